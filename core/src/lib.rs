@@ -1,0 +1,28 @@
+//! Plexus core: the query model, the network data dictionary, studies and
+//! purposes of use, sufficient statistics, disclosure control and pooling.
+//!
+//! Nothing here talks to the network or reads patient data; the node and the
+//! coordinator build on these types so both sides agree on what a query means
+//! and what a node may release.
+#![forbid(unsafe_code)]
+
+pub mod dictionary;
+pub mod disclosure;
+pub mod error;
+pub mod eval;
+pub mod hash;
+pub mod pool;
+pub mod purpose;
+pub mod query;
+pub mod stats;
+pub mod study;
+
+pub use dictionary::{Dictionary, VarType, Variable};
+pub use error::{Error, ErrorCode, Result};
+pub use purpose::{ConsentTerms, DuoCode, Purpose};
+pub use query::{Analysis, AnalysisKind, Cohort, CompareOp, Query, Value};
+pub use stats::{Cell, Moments, NodeStats, RawStats};
+pub use study::StudyDefinition;
+
+/// Minimum cell size used when nobody configures one.
+pub const DEFAULT_MIN_CELL_SIZE: u32 = 5;

@@ -1,0 +1,378 @@
+//! Pooling: combining the nodes' released sufficient statistics into one
+//! answer, by summing counts, sums and sums of squares (never averaging
+//! averages), and recording which node contributed what kind of answer.
+
+use serde::{Deserialize, Serialize};
+
+use crate::dictionary::Dictionary;
+use crate::error::{Error, ErrorCode, Result};
+use crate::query::Analysis;
+use crate::stats::{Cell, Moments, NodeStats};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeStatus {
+    /// Answered with released statistics.
+    Answered,
+    /// Answered, but its whole value fell under the minimum cell size.
+    Suppressed,
+    /// Not connected, or no answer before the deadline.
+    Missing,
+    /// Refused the job under its local policy or disclosure control.
+    Refused,
+    /// Tried and failed (data error, invalid answer).
+    Failed,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeOutcome {
+    pub node: String,
+    pub status: NodeStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// The error class a refusing or failing node gave.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<ErrorCode>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Provenance {
+    pub nodes: Vec<NodeOutcome>,
+    /// Nodes that returned statistics (including suppressed ones).
+    pub answered: u32,
+    pub min_nodes: u32,
+    /// Minimum cell size the pooled result was checked against.
+    pub min_cell_size: u32,
+}
+
+/// A pooled count. `count` is present only when every answering node
+/// released its part; otherwise `suppressed_at` names the nodes that
+/// suppressed theirs and `at_least` sums the parts that were released.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PooledCell {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at_least: Option<u64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub suppressed_at: Vec<String>,
+}
+
+impl PooledCell {
+    pub fn is_suppressed(&self) -> bool {
+        self.count.is_none()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum PooledValue {
+    Count {
+        n: PooledCell,
+    },
+    Summary {
+        variable: String,
+        n: u64,
+        mean: f64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        variance: Option<f64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sd: Option<f64>,
+    },
+    Histogram {
+        variable: String,
+        edges: Vec<f64>,
+        bins: Vec<PooledCell>,
+        below: PooledCell,
+        above: PooledCell,
+    },
+    Table {
+        row: String,
+        column: String,
+        row_levels: Vec<String>,
+        column_levels: Vec<String>,
+        /// `cells[r][c]`.
+        cells: Vec<Vec<PooledCell>>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PooledResult {
+    pub value: PooledValue,
+    pub provenance: Provenance,
+}
+
+impl PooledResult {
+    /// The number of patients the pooled value rests on, when known.
+    pub fn n(&self) -> Option<u64> {
+        match &self.value {
+            PooledValue::Count { n } => n.count,
+            PooledValue::Summary { n, .. } => Some(*n),
+            PooledValue::Histogram {
+                bins, below, above, ..
+            } => bins
+                .iter()
+                .chain([below, above])
+                .map(|c| c.count)
+                .sum::<Option<u64>>(),
+            PooledValue::Table { cells, .. } => {
+                cells.iter().flatten().map(|c| c.count).sum::<Option<u64>>()
+            }
+        }
+    }
+}
+
+fn pool_cells<'a>(cells: impl Iterator<Item = (&'a str, Cell)>, k: u32) -> PooledCell {
+    let mut sum = 0u64;
+    let mut suppressed_at = Vec::new();
+    let mut any = false;
+    for (node, c) in cells {
+        any = true;
+        match c {
+            Cell::Count(n) => sum = sum.saturating_add(n),
+            Cell::Suppressed => suppressed_at.push(node.to_string()),
+        }
+    }
+    if !any || (suppressed_at.is_empty() && sum < u64::from(k)) {
+        // pooled check: a total under k is never released either
+        return PooledCell {
+            count: None,
+            at_least: None,
+            suppressed_at,
+        };
+    }
+    if suppressed_at.is_empty() {
+        PooledCell {
+            count: Some(sum),
+            at_least: None,
+            suppressed_at,
+        }
+    } else {
+        PooledCell {
+            count: None,
+            at_least: (sum > 0).then_some(sum),
+            suppressed_at,
+        }
+    }
+}
+
+/// Combines the answers of the nodes that returned statistics. `others`
+/// lists nodes that did not (missing, refused, failed). Fails with an
+/// `unavailable` error when fewer than `min_nodes` answered.
+pub fn pool(
+    analysis: &Analysis,
+    dict: &Dictionary,
+    answers: &[(String, NodeStats)],
+    others: Vec<NodeOutcome>,
+    min_nodes: u32,
+    k: u32,
+) -> Result<PooledResult> {
+    let answered = answers.len() as u32;
+    if answered < min_nodes {
+        let missing: Vec<String> = others
+            .iter()
+            .map(|o| match &o.detail {
+                Some(d) => format!("{} ({:?}: {d})", o.node, o.status).to_lowercase(),
+                None => format!("{} ({:?})", o.node, o.status).to_lowercase(),
+            })
+            .collect();
+        // Say why: nodes that were unreachable make it an availability
+        // problem; nodes that all refused under one rule make it that rule's.
+        let code = if others.iter().any(|o| o.status == NodeStatus::Missing) || others.is_empty() {
+            ErrorCode::Unavailable
+        } else {
+            let codes: std::collections::BTreeSet<_> = others.iter().filter_map(|o| o.code).collect();
+            match codes.into_iter().collect::<Vec<_>>().as_slice() {
+                [one] => *one,
+                _ => ErrorCode::Unavailable,
+            }
+        };
+        return Err(Error::new(
+            code,
+            format!(
+                "only {answered} of the study's nodes answered and it needs at least {min_nodes}; not answering: {}",
+                if missing.is_empty() { "none".to_string() } else { missing.join(", ") }
+            ),
+        ));
+    }
+    let mut nodes: Vec<NodeOutcome> = Vec::new();
+    let status_of = |stats: &NodeStats| match stats {
+        NodeStats::Count(Cell::Suppressed) | NodeStats::Summary(None) => NodeStatus::Suppressed,
+        _ => NodeStatus::Answered,
+    };
+    for (node, stats) in answers {
+        nodes.push(NodeOutcome {
+            node: node.clone(),
+            status: status_of(stats),
+            detail: None,
+            code: None,
+        });
+    }
+    nodes.extend(others);
+    nodes.sort_by(|a, b| a.node.cmp(&b.node));
+    let provenance = Provenance {
+        nodes,
+        answered,
+        min_nodes,
+        min_cell_size: k,
+    };
+    let mismatch = || Error::internal("node statistics do not match the analysis (checked on receipt)");
+
+    let value = match analysis {
+        Analysis::Count {} => {
+            let cells = answers.iter().map(|(n, s)| match s {
+                NodeStats::Count(c) => Ok((n.as_str(), *c)),
+                _ => Err(mismatch()),
+            });
+            let cells: Vec<_> = cells.collect::<Result<_>>()?;
+            PooledValue::Count {
+                n: pool_cells(cells.into_iter(), k),
+            }
+        }
+        Analysis::Summary { variable } => {
+            let mut total = Moments::default();
+            for (_, s) in answers {
+                match s {
+                    NodeStats::Summary(Some(m)) => total.merge(m),
+                    NodeStats::Summary(None) => {}
+                    _ => return Err(mismatch()),
+                }
+            }
+            if total.n < u64::from(k).max(1) {
+                return Err(Error::disclosure(format!(
+                    "the summary of \"{variable}\" was suppressed at every node: fewer than {k} patients with a value"
+                )));
+            }
+            let variance = total.variance();
+            PooledValue::Summary {
+                variable: variable.clone(),
+                n: total.n,
+                mean: total.mean().unwrap_or(f64::NAN),
+                variance,
+                sd: variance.map(f64::sqrt),
+            }
+        }
+        Analysis::Histogram { variable, edges } => {
+            let mut parts = Vec::new();
+            for (n, s) in answers {
+                match s {
+                    NodeStats::Histogram { bins, below, above } => parts.push((n.as_str(), bins, *below, *above)),
+                    _ => return Err(mismatch()),
+                }
+            }
+            let nbins = edges.len() - 1;
+            PooledValue::Histogram {
+                variable: variable.clone(),
+                edges: edges.clone(),
+                bins: (0..nbins)
+                    .map(|i| pool_cells(parts.iter().map(|p| (p.0, p.1[i])), k))
+                    .collect(),
+                below: pool_cells(parts.iter().map(|p| (p.0, p.2)), k),
+                above: pool_cells(parts.iter().map(|p| (p.0, p.3)), k),
+            }
+        }
+        Analysis::Table { row, column } => {
+            let row_levels = dict.get(row)?.levels();
+            let column_levels = dict.get(column)?.levels();
+            let mut parts = Vec::new();
+            for (n, s) in answers {
+                match s {
+                    NodeStats::Table { cells, .. } => parts.push((n.as_str(), cells)),
+                    _ => return Err(mismatch()),
+                }
+            }
+            let nc = column_levels.len();
+            let cells = (0..row_levels.len())
+                .map(|r| {
+                    (0..nc)
+                        .map(|c| pool_cells(parts.iter().map(|p| (p.0, p.1[r * nc + c])), k))
+                        .collect()
+                })
+                .collect();
+            PooledValue::Table {
+                row: row.clone(),
+                column: column.clone(),
+                row_levels,
+                column_levels,
+                cells,
+            }
+        }
+    };
+    Ok(PooledResult { value, provenance })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_sum_and_suppression_is_reported() {
+        let d = Dictionary::cardiovascular();
+        let answers = vec![
+            ("a".to_string(), NodeStats::Count(Cell::Count(10))),
+            ("b".to_string(), NodeStats::Count(Cell::Count(7))),
+        ];
+        let r = pool(&Analysis::Count {}, &d, &answers, vec![], 2, 5).unwrap();
+        assert_eq!(r.n(), Some(17));
+        let answers = vec![
+            ("a".to_string(), NodeStats::Count(Cell::Count(10))),
+            ("b".to_string(), NodeStats::Count(Cell::Suppressed)),
+        ];
+        let r = pool(&Analysis::Count {}, &d, &answers, vec![], 2, 5).unwrap();
+        match r.value {
+            PooledValue::Count { n } => {
+                assert_eq!(n.count, None);
+                assert_eq!(n.at_least, Some(10));
+                assert_eq!(n.suppressed_at, ["b"]);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(r.provenance.nodes[1].status, NodeStatus::Suppressed);
+    }
+
+    #[test]
+    fn quorum_is_explicit() {
+        let d = Dictionary::cardiovascular();
+        let answers = vec![("a".to_string(), NodeStats::Count(Cell::Count(10)))];
+        let missing = vec![NodeOutcome {
+            node: "c".into(),
+            status: NodeStatus::Missing,
+            detail: Some("not connected".into()),
+            code: None,
+        }];
+        let e = pool(&Analysis::Count {}, &d, &answers, missing, 2, 5).unwrap_err();
+        assert_eq!(e.code, crate::ErrorCode::Unavailable);
+        assert!(e.message.contains("c (missing: not connected)"), "{e}");
+    }
+
+    #[test]
+    fn summary_is_pooled_from_sums() {
+        let d = Dictionary::cardiovascular();
+        let mut a = Moments::default();
+        let mut b = Moments::default();
+        let mut all = Moments::default();
+        for (i, x) in [60.0, 61.0, 70.0, 75.0, 80.0, 55.0, 66.0, 67.0, 90.0, 71.0, 72.0]
+            .iter()
+            .enumerate()
+        {
+            if i < 5 { a.add(*x) } else { b.add(*x) }
+            all.add(*x);
+        }
+        let answers = vec![
+            ("a".to_string(), NodeStats::Summary(Some(a))),
+            ("b".to_string(), NodeStats::Summary(Some(b))),
+        ];
+        let an = Analysis::Summary {
+            variable: "age".into(),
+        };
+        let r = pool(&an, &d, &answers, vec![], 1, 5).unwrap();
+        match r.value {
+            PooledValue::Summary { n, mean, variance, .. } => {
+                assert_eq!(n, 11);
+                assert!((mean - all.mean().unwrap()).abs() < 1e-12);
+                assert!((variance.unwrap() - all.variance().unwrap()).abs() < 1e-9);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}

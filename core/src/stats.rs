@@ -1,0 +1,218 @@
+//! Sufficient statistics: what a node computes (`RawStats`) and what it may
+//! release after disclosure control (`NodeStats`). Every analysis is built
+//! from quantities that add across sites, so pooling is summing.
+//!
+//! `NodeStats` holds counts and sums only: there is no variant that could
+//! carry a row, an identifier or a free-text value.
+
+use serde::{Deserialize, Serialize};
+
+use crate::dictionary::Dictionary;
+use crate::error::{Error, Result};
+use crate::query::Analysis;
+
+/// A released count, or the mark that it fell under the minimum cell size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Cell {
+    Count(u64),
+    Suppressed,
+}
+
+impl Cell {
+    pub fn count(self) -> Option<u64> {
+        match self {
+            Cell::Count(n) => Some(n),
+            Cell::Suppressed => None,
+        }
+    }
+}
+
+/// Count, sum and sum of squares of one numeric variable.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct Moments {
+    pub n: u64,
+    pub sum: f64,
+    pub sum_squares: f64,
+}
+
+impl Moments {
+    pub fn add(&mut self, x: f64) {
+        self.n += 1;
+        self.sum += x;
+        self.sum_squares += x * x;
+    }
+
+    pub fn merge(&mut self, other: &Moments) {
+        self.n += other.n;
+        self.sum += other.sum;
+        self.sum_squares += other.sum_squares;
+    }
+
+    pub fn mean(&self) -> Option<f64> {
+        (self.n > 0).then(|| self.sum / self.n as f64)
+    }
+
+    /// Sample variance (n - 1 denominator).
+    pub fn variance(&self) -> Option<f64> {
+        if self.n < 2 {
+            return None;
+        }
+        let n = self.n as f64;
+        Some(((self.sum_squares - self.sum * self.sum / n) / (n - 1.0)).max(0.0))
+    }
+}
+
+/// What a node computed, before disclosure control. Never leaves the node.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RawStats {
+    Count(u64),
+    Summary(Moments),
+    Histogram {
+        bins: Vec<u64>,
+        below: u64,
+        above: u64,
+    },
+    Table {
+        rows: u32,
+        columns: u32,
+        cells: Vec<u64>,
+    },
+}
+
+/// What a node releases: aggregates that passed its disclosure control.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeStats {
+    Count(Cell),
+    /// `None` when fewer than k patients have a value.
+    Summary(Option<Moments>),
+    Histogram {
+        bins: Vec<Cell>,
+        below: Cell,
+        above: Cell,
+    },
+    Table {
+        rows: u32,
+        columns: u32,
+        cells: Vec<Cell>,
+    },
+}
+
+impl NodeStats {
+    /// Checks that a received aggregate fits the query it answers and the
+    /// minimum cell size: the right shape, finite sums, no released count
+    /// under `k`. A node is a party we do not fully trust.
+    pub fn check(&self, analysis: &Analysis, dict: &Dictionary, k: u32) -> Result<()> {
+        let k = u64::from(k);
+        let cell_ok = |c: &Cell| match c {
+            Cell::Count(n) => *n >= k,
+            Cell::Suppressed => true,
+        };
+        let shape = |what: &str| Error::invalid(format!("node answered with {what}"));
+        match (analysis, self) {
+            (Analysis::Count {}, NodeStats::Count(c)) => {
+                if !cell_ok(c) {
+                    return Err(Error::disclosure("node released a count under the minimum cell size"));
+                }
+            }
+            (Analysis::Summary { .. }, NodeStats::Summary(m)) => {
+                if let Some(m) = m {
+                    if m.n < k {
+                        return Err(Error::disclosure(
+                            "node released moments resting on fewer patients than the minimum cell size",
+                        ));
+                    }
+                    if !(m.sum.is_finite() && m.sum_squares.is_finite() && m.sum_squares >= 0.0) {
+                        return Err(shape("sums that are not finite or a negative sum of squares"));
+                    }
+                    let n = m.n as f64;
+                    if m.sum * m.sum > m.sum_squares * n * (1.0 + 1e-9) + 1e-9 {
+                        return Err(shape("a sum of squares smaller than its sum allows"));
+                    }
+                }
+            }
+            (Analysis::Histogram { edges, .. }, NodeStats::Histogram { bins, below, above }) => {
+                if bins.len() + 1 != edges.len() {
+                    return Err(shape(&format!(
+                        "{} bins for {} edges",
+                        bins.len(),
+                        edges.len()
+                    )));
+                }
+                if !bins.iter().chain([below, above]).all(cell_ok) {
+                    return Err(Error::disclosure("node released a bin under the minimum cell size"));
+                }
+            }
+            (Analysis::Table { row, column }, NodeStats::Table { rows, columns, cells }) => {
+                let r = dict.get(row)?.levels().len() as u32;
+                let c = dict.get(column)?.levels().len() as u32;
+                if (*rows, *columns) != (r, c) || cells.len() != (r * c) as usize {
+                    return Err(shape(&format!(
+                        "a {rows}x{columns} table of {} cells where {r}x{c} was asked",
+                        cells.len()
+                    )));
+                }
+                if !cells.iter().all(cell_ok) {
+                    return Err(Error::disclosure("node released a table cell under the minimum cell size"));
+                }
+            }
+            (a, _) => {
+                return Err(shape(&format!(
+                    "statistics of another kind than the {} asked for",
+                    a.kind()
+                )))
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn moments_merge_equals_whole() {
+        let xs = [1.0, 2.5, 3.0, 10.0, -4.0, 7.25];
+        let mut whole = Moments::default();
+        xs.iter().for_each(|x| whole.add(*x));
+        let mut a = Moments::default();
+        let mut b = Moments::default();
+        xs[..2].iter().for_each(|x| a.add(*x));
+        xs[2..].iter().for_each(|x| b.add(*x));
+        a.merge(&b);
+        assert_eq!(a.n, whole.n);
+        assert!((a.mean().unwrap() - whole.mean().unwrap()).abs() < 1e-12);
+        assert!((a.variance().unwrap() - whole.variance().unwrap()).abs() < 1e-12);
+    }
+
+    #[test]
+    fn hostile_aggregates_are_refused() {
+        let d = Dictionary::cardiovascular();
+        let summary = Analysis::Summary {
+            variable: "age".into(),
+        };
+        let bad = NodeStats::Summary(Some(Moments {
+            n: 10,
+            sum: 100.0,
+            sum_squares: 1.0,
+        }));
+        assert!(bad.check(&summary, &d, 5).is_err());
+        let small = NodeStats::Count(Cell::Count(3));
+        assert_eq!(
+            small.check(&Analysis::Count {}, &d, 5).unwrap_err().code,
+            crate::ErrorCode::Disclosure
+        );
+        let table = Analysis::Table {
+            row: "sex".into(),
+            column: "smoking".into(),
+        };
+        let wrong = NodeStats::Table {
+            rows: 2,
+            columns: 2,
+            cells: vec![Cell::Suppressed; 4],
+        };
+        assert!(wrong.check(&table, &d, 5).is_err());
+    }
+}

@@ -1,0 +1,199 @@
+//! Studies: the unit of approval. A study names its purpose of use, the
+//! variables and analyses it may use, its researchers, its participating
+//! nodes and how many of them must answer for a result to stand.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::dictionary::{is_identifier, Dictionary};
+use crate::error::{Error, Result};
+use crate::purpose::Purpose;
+use crate::query::{AnalysisKind, Query};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PurposeSpec {
+    /// GRU, HMB or DS.
+    pub code: String,
+    /// The disease, for DS only.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub disease: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub modifiers: Vec<String>,
+}
+
+/// A study as registered by the network admin (`study.toml`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StudyDefinition {
+    pub id: String,
+    pub title: String,
+    pub variables: Vec<String>,
+    pub analyses: Vec<AnalysisKind>,
+    pub researchers: Vec<String>,
+    pub nodes: Vec<String>,
+    #[serde(default = "default_min_nodes")]
+    pub min_nodes: u32,
+    pub purpose: PurposeSpec,
+}
+
+fn default_min_nodes() -> u32 {
+    1
+}
+
+/// Whether `s` can name a certificate holder (researcher or node).
+pub fn is_principal_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '@'))
+}
+
+impl StudyDefinition {
+    pub fn from_toml(text: &str) -> Result<Self> {
+        toml::from_str(text).map_err(|e| Error::invalid(format!("study definition is not valid: {e}")))
+    }
+
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Error::invalid(format!("cannot read study file {}: {e}", path.display()))
+        })?;
+        Self::from_toml(&text)
+            .map_err(|e| Error::invalid(format!("{} (in {})", e.message, path.display())))
+    }
+
+    /// Checks the definition against the dictionary and returns its purpose.
+    pub fn validate(&self, dict: &Dictionary) -> Result<Purpose> {
+        if !is_identifier(&self.id) {
+            return Err(Error::invalid(format!(
+                "study id \"{}\" must start with a lowercase letter and hold only lowercase letters, digits, '_' or '-'",
+                self.id
+            )));
+        }
+        if self.title.trim().is_empty() {
+            return Err(Error::invalid(format!("study \"{}\" has no title", self.id)));
+        }
+        if self.variables.is_empty() {
+            return Err(Error::invalid(format!("study \"{}\" allows no variables", self.id)));
+        }
+        for v in &self.variables {
+            dict.get(v)?;
+        }
+        if self.analyses.is_empty() {
+            return Err(Error::invalid(format!("study \"{}\" allows no analyses", self.id)));
+        }
+        for (what, names) in [("researchers", &self.researchers), ("nodes", &self.nodes)] {
+            if names.is_empty() {
+                return Err(Error::invalid(format!("study \"{}\" lists no {what}", self.id)));
+            }
+            if let Some(bad) = names.iter().find(|n| !is_principal_name(n)) {
+                return Err(Error::invalid(format!(
+                    "\"{bad}\" in {what} of study \"{}\" is not a valid certificate name (letters, digits, '.', '_', '-', '@')",
+                    self.id
+                )));
+            }
+            let unique: BTreeSet<_> = names.iter().collect();
+            if unique.len() != names.len() {
+                return Err(Error::invalid(format!(
+                    "study \"{}\" lists one of its {what} twice",
+                    self.id
+                )));
+            }
+        }
+        if self.min_nodes == 0 || self.min_nodes as usize > self.nodes.len() {
+            return Err(Error::invalid(format!(
+                "study \"{}\" needs min_nodes between 1 and its {} nodes, got {}",
+                self.id,
+                self.nodes.len(),
+                self.min_nodes
+            )));
+        }
+        Purpose::from_parts(&self.purpose.code, &self.purpose.disease, &self.purpose.modifiers)
+    }
+
+    pub fn purpose(&self) -> Result<Purpose> {
+        Purpose::from_parts(&self.purpose.code, &self.purpose.disease, &self.purpose.modifiers)
+    }
+
+    /// Refuses, with a policy error, a query using an analysis or a variable
+    /// the study does not allow.
+    pub fn permits(&self, query: &Query) -> Result<()> {
+        let kind = query.analysis.kind();
+        if !self.analyses.contains(&kind) {
+            return Err(Error::policy(format!(
+                "study \"{}\" does not allow {kind} analyses (allowed: {})",
+                self.id,
+                self.analyses.iter().map(|a| a.as_str()).collect::<Vec<_>>().join(", ")
+            )));
+        }
+        for v in query.variables() {
+            if !self.variables.contains(&v) {
+                return Err(Error::policy(format!(
+                    "study \"{}\" does not allow variable \"{v}\" (allowed: {})",
+                    self.id,
+                    self.variables.join(", ")
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn has_researcher(&self, name: &str) -> bool {
+        self.researchers.iter().any(|r| r == name)
+    }
+
+    /// Hash of the definition, so a node can pin what it approved.
+    pub fn definition_hash(&self) -> String {
+        let bytes = serde_json::to_vec(self).expect("study serialises");
+        crate::hash::sha256_hex(&bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) const EXAMPLE: &str = r#"
+id = "aaa-outcomes"
+title = "Abdominal aortic aneurysm outcomes"
+variables = ["age", "sex", "aaa_diameter", "smoking"]
+analyses = ["count", "summary"]
+researchers = ["alice"]
+nodes = ["hospital-a", "hospital-b"]
+min_nodes = 2
+
+[purpose]
+code = "DS"
+disease = "MONDO:0005160"
+"#;
+
+    #[test]
+    fn example_validates_and_permits() {
+        let s = StudyDefinition::from_toml(EXAMPLE).unwrap();
+        let d = Dictionary::cardiovascular();
+        let p = s.validate(&d).unwrap();
+        assert_eq!(p.to_string(), "DS:MONDO:0005160");
+        let ok = Query::from_json(r#"{"analysis": {"summary": {"variable": "age"}}}"#).unwrap();
+        s.permits(&ok).unwrap();
+        let bad = Query::from_json(r#"{"analysis": {"summary": {"variable": "sbp"}}}"#).unwrap();
+        assert_eq!(s.permits(&bad).unwrap_err().code, crate::ErrorCode::Policy);
+        let hist = Query::from_json(
+            r#"{"analysis": {"histogram": {"variable": "age", "edges": [1, 2]}}}"#,
+        )
+        .unwrap();
+        assert!(s.permits(&hist).unwrap_err().message.contains("histogram"));
+    }
+
+    #[test]
+    fn invalid_min_nodes() {
+        let mut s = StudyDefinition::from_toml(EXAMPLE).unwrap();
+        s.min_nodes = 3;
+        assert!(s
+            .validate(&Dictionary::cardiovascular())
+            .unwrap_err()
+            .message
+            .contains("min_nodes"));
+    }
+}
