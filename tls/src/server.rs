@@ -1,0 +1,318 @@
+//! Accepting mutually authenticated connections for a tonic server.
+//!
+//! tonic's own TLS support does not expose the verified client certificate in
+//! a form we can authorise on, so the coordinator terminates TLS here and
+//! hands tonic already-authenticated streams whose [`PeerInfo`] becomes a
+//! request extension.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures::Stream;
+use rustls::ServerConfig;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::task::{JoinHandle, JoinSet};
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
+use tonic::transport::server::Connected;
+use tonic::{Request, Status};
+
+use crate::identity::{identity_from_cert, Identity, Role};
+
+/// A handshake that has not finished by then is dropped, so a silent or
+/// slow client holds a socket for at most this long.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Upper bound on handshakes in flight; beyond it accepting pauses instead of
+/// letting a flood of half-open connections exhaust memory.
+const MAX_PENDING_HANDSHAKES: usize = 1024;
+
+/// Pause after a failed `accept` (e.g. out of file descriptors) to avoid a hot loop.
+const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Who is on the other end of a connection, available to every handler.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerInfo {
+    /// The identity from the verified client certificate.
+    pub identity: Identity,
+    /// The TCP peer address (a proxy's or NAT's address for nodes behind one).
+    pub remote_addr: SocketAddr,
+}
+
+/// An authenticated TLS connection ready to be served.
+#[derive(Debug)]
+pub struct TlsConn {
+    inner: TlsStream<TcpStream>,
+    peer: PeerInfo,
+}
+
+impl TlsConn {
+    /// The authenticated peer.
+    pub fn peer(&self) -> &PeerInfo {
+        &self.peer
+    }
+
+    /// The underlying TLS stream, e.g. to inspect the negotiated protocol.
+    pub fn get_ref(&self) -> &TlsStream<TcpStream> {
+        &self.inner
+    }
+}
+
+impl AsyncRead for TlsConn {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for TlsConn {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+impl Connected for TlsConn {
+    type ConnectInfo = PeerInfo;
+
+    fn connect_info(&self) -> PeerInfo {
+        self.peer.clone()
+    }
+}
+
+/// The stream returned by [`incoming`]. Dropping it stops accepting, closes
+/// the listening socket and aborts handshakes in flight.
+#[derive(Debug)]
+pub struct Incoming {
+    rx: mpsc::Receiver<TlsConn>,
+    accept_task: JoinHandle<()>,
+}
+
+impl Stream for Incoming {
+    type Item = Result<TlsConn, io::Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.rx.poll_recv(cx).map(|conn| conn.map(Ok))
+    }
+}
+
+impl Drop for Incoming {
+    fn drop(&mut self) {
+        self.accept_task.abort();
+    }
+}
+
+/// Accepts TCP connections and yields those that complete a mutual TLS
+/// handshake with a certificate carrying a Plexus identity.
+///
+/// Feed it to `tonic::transport::Server::builder()...serve_with_incoming_shutdown`.
+/// Handshakes run concurrently in their own tasks with [`HANDSHAKE_TIMEOUT`];
+/// failures are logged at warn level and never end the stream. Must be called
+/// inside a tokio runtime.
+pub fn incoming(listener: TcpListener, config: Arc<ServerConfig>) -> Incoming {
+    incoming_with_timeout(listener, config, HANDSHAKE_TIMEOUT)
+}
+
+/// [`incoming`] with a custom handshake timeout.
+pub fn incoming_with_timeout(
+    listener: TcpListener,
+    config: Arc<ServerConfig>,
+    handshake_timeout: Duration,
+) -> Incoming {
+    let (tx, rx) = mpsc::channel(64);
+    let acceptor = TlsAcceptor::from(config);
+    let accept_task = tokio::spawn(accept_loop(listener, acceptor, tx, handshake_timeout));
+    Incoming { rx, accept_task }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    tx: mpsc::Sender<TlsConn>,
+    handshake_timeout: Duration,
+) {
+    // Owning the handshakes here means aborting this task aborts them too.
+    let mut handshakes = JoinSet::new();
+    loop {
+        while handshakes.try_join_next().is_some() {}
+        if handshakes.len() >= MAX_PENDING_HANDSHAKES {
+            tracing::warn!(
+                pending = handshakes.len(),
+                "too many tls handshakes in flight; pausing accept"
+            );
+            tokio::select! {
+                _ = handshakes.join_next() => continue,
+                () = tx.closed() => return,
+            }
+        }
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = tx.closed() => return,
+        };
+        match accepted {
+            Ok((tcp, remote_addr)) => {
+                handshakes.spawn(handshake(
+                    acceptor.clone(),
+                    tcp,
+                    remote_addr,
+                    handshake_timeout,
+                    tx.clone(),
+                ));
+            }
+            Err(error) => {
+                tracing::warn!(%error, "accepting a tcp connection failed; retrying");
+                tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+            }
+        }
+    }
+}
+
+async fn handshake(
+    acceptor: TlsAcceptor,
+    tcp: TcpStream,
+    remote_addr: SocketAddr,
+    timeout: Duration,
+    tx: mpsc::Sender<TlsConn>,
+) {
+    // gRPC messages are small and latency-bound.
+    let _ = tcp.set_nodelay(true);
+    let stream = match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(error)) => {
+            tracing::warn!(%remote_addr, %error, "tls handshake failed; dropping connection");
+            return;
+        }
+        Err(_) => {
+            tracing::warn!(
+                %remote_addr,
+                timeout_secs = timeout.as_secs_f32(),
+                "tls handshake timed out; dropping connection"
+            );
+            return;
+        }
+    };
+    let cert = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|certs| certs.first());
+    let Some(cert) = cert else {
+        // Unreachable with a config from `server_config`, which requires client certs.
+        tracing::warn!(%remote_addr, "client presented no certificate; dropping connection");
+        return;
+    };
+    let identity = match identity_from_cert(cert) {
+        Ok(identity) => identity,
+        Err(error) => {
+            tracing::warn!(%remote_addr, %error, "client certificate rejected; dropping connection");
+            return;
+        }
+    };
+    tracing::debug!(%remote_addr, peer = %identity, "accepted tls connection");
+    let conn = TlsConn {
+        inner: stream,
+        peer: PeerInfo {
+            identity,
+            remote_addr,
+        },
+    };
+    // A send error only means the server is shutting down.
+    let _ = tx.send(conn).await;
+}
+
+/// The authenticated peer of a request served over [`incoming`].
+pub fn peer<T>(req: &Request<T>) -> Result<&PeerInfo, Status> {
+    req.extensions().get::<PeerInfo>().ok_or_else(|| {
+        Status::unauthenticated(
+            "no verified client certificate on this connection; connect over mutual tls with a plexus certificate",
+        )
+    })
+}
+
+/// Returns the caller's identity if its role is one of `allowed`, else PermissionDenied.
+pub fn require_role<T>(req: &Request<T>, allowed: &[Role]) -> Result<Identity, Status> {
+    let identity = &peer(req)?.identity;
+    if allowed.contains(&identity.role) {
+        return Ok(identity.clone());
+    }
+    let needs = allowed
+        .iter()
+        .map(|r| r.as_str())
+        .collect::<Vec<_>>()
+        .join(" or ");
+    Err(Status::permission_denied(format!(
+        "certificate role \"{}\" may not call this service (needs {needs})",
+        identity.role
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request_from(role: Role) -> Request<()> {
+        let mut req = Request::new(());
+        req.extensions_mut().insert(PeerInfo {
+            identity: Identity::new(role, "x").unwrap(),
+            remote_addr: "127.0.0.1:1".parse().unwrap(),
+        });
+        req
+    }
+
+    #[test]
+    fn require_role_admits_listed_roles_only() {
+        let req = request_from(Role::Node);
+        assert_eq!(
+            require_role(&req, &[Role::Node]).unwrap(),
+            Identity::new(Role::Node, "x").unwrap()
+        );
+        let status = require_role(&req, &[Role::Researcher, Role::Admin]).unwrap_err();
+        assert_eq!(status.code(), tonic::Code::PermissionDenied);
+        assert_eq!(
+            status.message(),
+            "certificate role \"node\" may not call this service (needs researcher or admin)"
+        );
+    }
+
+    #[test]
+    fn missing_peer_is_unauthenticated() {
+        let req = Request::new(());
+        assert_eq!(peer(&req).unwrap_err().code(), tonic::Code::Unauthenticated);
+        assert_eq!(
+            require_role(&req, &[Role::Admin]).unwrap_err().code(),
+            tonic::Code::Unauthenticated
+        );
+    }
+}
