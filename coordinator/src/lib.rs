@@ -1,1 +1,17 @@
+//! Plexus coordinator: accepts the nodes' outbound streams and the
+//! researchers' queries, checks studies, fans jobs out, pools sufficient
+//! statistics and keeps the audit log.
 #![forbid(unsafe_code)]
+
+pub mod config;
+pub mod error;
+pub mod query;
+pub mod registry;
+pub mod server;
+pub mod service;
+pub mod state;
+pub mod store;
+
+pub use config::CoordinatorConfig;
+pub use error::{CoordinatorError, Result};
+pub use server::run;

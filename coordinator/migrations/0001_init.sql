@@ -1,0 +1,56 @@
+-- Coordinator state. Written to work on SQLite and PostgreSQL alike.
+
+CREATE TABLE studies (
+    id TEXT PRIMARY KEY,
+    definition TEXT NOT NULL,
+    definition_hash TEXT NOT NULL,
+    registered_by TEXT NOT NULL,
+    registered_at BIGINT NOT NULL
+);
+
+CREATE TABLE queries (
+    id TEXT PRIMARY KEY,
+    study_id TEXT NOT NULL REFERENCES studies(id),
+    researcher TEXT NOT NULL,
+    query TEXT NOT NULL,
+    query_hash TEXT NOT NULL,
+    status TEXT NOT NULL,
+    result TEXT,
+    error_code TEXT,
+    error_message TEXT,
+    submitted_at BIGINT NOT NULL,
+    finished_at BIGINT
+);
+
+CREATE INDEX queries_study ON queries(study_id);
+
+CREATE TABLE jobs (
+    id TEXT PRIMARY KEY,
+    query_id TEXT NOT NULL REFERENCES queries(id),
+    node_id TEXT NOT NULL,
+    status TEXT NOT NULL,
+    stats TEXT,
+    error_code TEXT,
+    error_message TEXT,
+    sent_at BIGINT NOT NULL,
+    finished_at BIGINT
+);
+
+CREATE INDEX jobs_query ON jobs(query_id);
+
+CREATE TABLE audit_events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    at BIGINT NOT NULL,
+    who TEXT NOT NULL,
+    role TEXT NOT NULL,
+    action TEXT NOT NULL,
+    study_id TEXT NOT NULL DEFAULT '',
+    query_id TEXT NOT NULL DEFAULT '',
+    job_id TEXT NOT NULL DEFAULT '',
+    node_id TEXT NOT NULL DEFAULT '',
+    query_hash TEXT NOT NULL DEFAULT '',
+    outcome TEXT NOT NULL,
+    detail TEXT NOT NULL DEFAULT ''
+);
+
+CREATE INDEX audit_study ON audit_events(study_id);

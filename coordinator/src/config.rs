@@ -1,0 +1,122 @@
+//! `coordinator.toml`: parsed strictly, then validated with errors that
+//! name the field.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use plexus_tls::TlsFiles;
+
+use crate::error::{CoordinatorError, Result};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CoordinatorConfig {
+    pub coordinator: CoordinatorSection,
+    pub tls: TlsFiles,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CoordinatorSection {
+    /// Name this coordinator gives itself in logs and audit entries.
+    #[serde(default = "default_id")]
+    pub id: String,
+    /// Address the gRPC server listens on.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// `sqlite://path/to/file.db` (created if missing).
+    #[serde(default = "default_database")]
+    pub database_url: String,
+    /// Network data dictionary; the embedded cardiovascular one when absent.
+    #[serde(default)]
+    pub dictionary: Option<PathBuf>,
+    /// The network's minimum cell size; nodes apply the larger of this and their own.
+    #[serde(default = "default_k")]
+    pub min_cell_size: u32,
+    /// How long a job may take at a node before the node counts as missing.
+    #[serde(default = "default_job_timeout")]
+    pub job_timeout_secs: u64,
+    /// How often nodes are asked to send heartbeats.
+    #[serde(default = "default_heartbeat")]
+    pub heartbeat_interval_secs: u64,
+}
+
+fn default_id() -> String {
+    "coordinator".into()
+}
+fn default_listen() -> SocketAddr {
+    "127.0.0.1:7443".parse().expect("valid address")
+}
+fn default_database() -> String {
+    "sqlite://coordinator.db".into()
+}
+fn default_k() -> u32 {
+    plexus_core::DEFAULT_MIN_CELL_SIZE
+}
+fn default_job_timeout() -> u64 {
+    60
+}
+fn default_heartbeat() -> u64 {
+    5
+}
+
+impl CoordinatorConfig {
+    /// Reads, parses and validates a config file; relative paths in it are
+    /// taken from the file's folder.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            CoordinatorError::Config(format!("cannot read {}: {e}", path.display()))
+        })?;
+        let mut cfg: CoordinatorConfig = toml::from_str(&text).map_err(|e| {
+            CoordinatorError::Config(format!("{} is not a valid coordinator config: {e}", path.display()))
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        cfg.resolve(base);
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn resolve(&mut self, base: &Path) {
+        self.tls = self.tls.resolve(base);
+        if let Some(d) = &self.coordinator.dictionary {
+            self.coordinator.dictionary = Some(base.join(d));
+        }
+        if let Some(rest) = self.coordinator.database_url.strip_prefix("sqlite://") {
+            let p = Path::new(rest);
+            if p.is_relative() && !rest.starts_with(':') {
+                self.coordinator.database_url = format!("sqlite://{}", base.join(p).display());
+            }
+        }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let c = &self.coordinator;
+        if c.min_cell_size == 0 {
+            return Err(CoordinatorError::Config(
+                "coordinator.min_cell_size must be at least 1 (5 is the usual minimum)".into(),
+            ));
+        }
+        if !c.database_url.starts_with("sqlite:") {
+            return Err(CoordinatorError::Config(format!(
+                "coordinator.database_url \"{}\" is not supported; use sqlite://path/to/coordinator.db",
+                c.database_url
+            )));
+        }
+        if c.job_timeout_secs == 0 || c.job_timeout_secs > 3600 {
+            return Err(CoordinatorError::Config(
+                "coordinator.job_timeout_secs must be between 1 and 3600".into(),
+            ));
+        }
+        if c.heartbeat_interval_secs == 0 || c.heartbeat_interval_secs > 300 {
+            return Err(CoordinatorError::Config(
+                "coordinator.heartbeat_interval_secs must be between 1 and 300".into(),
+            ));
+        }
+        self.tls
+            .validate()
+            .map_err(|e| CoordinatorError::Config(format!("[tls] {e}")))?;
+        Ok(())
+    }
+}

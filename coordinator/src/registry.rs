@@ -1,0 +1,196 @@
+//! Live nodes and the jobs waiting on them. Each connected node has one
+//! outgoing message channel (its stream) and a heartbeat time; each job in
+//! flight has a one-shot waiter that only the node it was sent to can fill.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tonic::Status;
+
+use plexus_proto::v1 as pb;
+
+use crate::store::now_ms;
+
+/// What a node told us about itself, and when we last heard from it.
+#[derive(Debug, Clone, Default)]
+pub struct NodeState {
+    pub node_id: String,
+    pub version: String,
+    pub dictionary_version: String,
+    pub data_snapshot: String,
+    pub connected_at: i64,
+    pub last_heartbeat: i64,
+    pub peer_address: String,
+}
+
+struct Connection {
+    conn_id: u64,
+    tx: mpsc::Sender<Result<pb::CoordinatorMessage, Status>>,
+    state: NodeState,
+}
+
+/// A node's answer to one job, still untrusted.
+pub type JobReply = Result<pb::job_result::Outcome, String>;
+
+struct Waiter {
+    node_id: String,
+    tx: oneshot::Sender<JobReply>,
+}
+
+pub struct Registry {
+    nodes: Mutex<HashMap<String, Connection>>,
+    /// Nodes seen since start that are not connected now, for `plexus nodes`.
+    gone: Mutex<HashMap<String, NodeState>>,
+    waiters: Mutex<HashMap<String, Waiter>>,
+    next_conn: AtomicU64,
+    liveness: Duration,
+}
+
+impl Registry {
+    pub fn new(liveness: Duration) -> Self {
+        Registry {
+            nodes: Mutex::new(HashMap::new()),
+            gone: Mutex::new(HashMap::new()),
+            waiters: Mutex::new(HashMap::new()),
+            next_conn: AtomicU64::new(1),
+            liveness,
+        }
+    }
+
+    /// Registers a node's stream, replacing an older connection of the same
+    /// node. Returns the connection id to hand back on disconnect.
+    pub fn connect(
+        &self,
+        state: NodeState,
+        tx: mpsc::Sender<Result<pb::CoordinatorMessage, Status>>,
+    ) -> u64 {
+        let conn_id = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        self.gone.lock().expect("lock").remove(&state.node_id);
+        self.nodes.lock().expect("lock").insert(
+            state.node_id.clone(),
+            Connection { conn_id, tx, state },
+        );
+        conn_id
+    }
+
+    /// Removes a node's stream (if it is still the current one) and fails
+    /// every job it still owed an answer.
+    pub fn disconnect(&self, node_id: &str, conn_id: u64) {
+        let mut nodes = self.nodes.lock().expect("lock");
+        if nodes.get(node_id).map(|c| c.conn_id) == Some(conn_id) {
+            if let Some(c) = nodes.remove(node_id) {
+                self.gone.lock().expect("lock").insert(node_id.to_string(), c.state);
+            }
+            drop(nodes);
+            let mut waiters = self.waiters.lock().expect("lock");
+            let ids: Vec<String> = waiters
+                .iter()
+                .filter(|(_, w)| w.node_id == node_id)
+                .map(|(id, _)| id.clone())
+                .collect();
+            for id in ids {
+                if let Some(w) = waiters.remove(&id) {
+                    let _ = w.tx.send(Err("node disconnected during the job".into()));
+                }
+            }
+        }
+    }
+
+    pub fn heartbeat(&self, node_id: &str, conn_id: u64) {
+        if let Some(c) = self.nodes.lock().expect("lock").get_mut(node_id) {
+            if c.conn_id == conn_id {
+                c.state.last_heartbeat = now_ms();
+            }
+        }
+    }
+
+    pub fn is_live(&self, node_id: &str) -> bool {
+        let now = now_ms();
+        self.nodes
+            .lock()
+            .expect("lock")
+            .get(node_id)
+            .is_some_and(|c| now - c.state.last_heartbeat <= self.liveness.as_millis() as i64)
+    }
+
+    /// Every node seen since start, with whether it is live now.
+    pub fn list(&self) -> Vec<(NodeState, bool)> {
+        let now = now_ms();
+        let mut out: Vec<(NodeState, bool)> = self
+            .nodes
+            .lock()
+            .expect("lock")
+            .values()
+            .map(|c| {
+                let live = now - c.state.last_heartbeat <= self.liveness.as_millis() as i64;
+                (c.state.clone(), live)
+            })
+            .collect();
+        out.extend(
+            self.gone
+                .lock()
+                .expect("lock")
+                .values()
+                .map(|s| (s.clone(), false)),
+        );
+        out.sort_by(|a, b| a.0.node_id.cmp(&b.0.node_id));
+        out
+    }
+
+    /// Sends a job down a node's stream and returns the waiter for its answer.
+    pub async fn send_job(
+        &self,
+        node_id: &str,
+        job: pb::Job,
+    ) -> Result<oneshot::Receiver<JobReply>, String> {
+        let tx = self
+            .nodes
+            .lock()
+            .expect("lock")
+            .get(node_id)
+            .map(|c| c.tx.clone())
+            .ok_or_else(|| "not connected".to_string())?;
+        let (wtx, wrx) = oneshot::channel();
+        let job_id = job.job_id.clone();
+        self.waiters.lock().expect("lock").insert(
+            job_id.clone(),
+            Waiter {
+                node_id: node_id.to_string(),
+                tx: wtx,
+            },
+        );
+        let msg = pb::CoordinatorMessage {
+            msg: Some(pb::coordinator_message::Msg::Job(job)),
+        };
+        if tx.send(Ok(msg)).await.is_err() {
+            self.waiters.lock().expect("lock").remove(&job_id);
+            return Err("stream closed while sending the job".into());
+        }
+        Ok(wrx)
+    }
+
+    /// Delivers a node's answer to the job's waiter. Answers for unknown
+    /// jobs, or from a node the job was not sent to, are refused.
+    pub fn deliver(&self, node_id: &str, job_id: &str, reply: JobReply) -> Result<(), String> {
+        let mut waiters = self.waiters.lock().expect("lock");
+        match waiters.get(job_id) {
+            None => Err(format!("no job {job_id} is waiting for an answer")),
+            Some(w) if w.node_id != node_id => Err(format!(
+                "job {job_id} was not sent to node {node_id}"
+            )),
+            Some(_) => {
+                let w = waiters.remove(job_id).expect("present");
+                let _ = w.tx.send(reply);
+                Ok(())
+            }
+        }
+    }
+
+    /// Forgets a job whose deadline passed.
+    pub fn abandon(&self, job_id: &str) {
+        self.waiters.lock().expect("lock").remove(job_id);
+    }
+}

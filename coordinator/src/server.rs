@@ -1,0 +1,99 @@
+//! Starting and stopping the coordinator: `run(config, listener, shutdown)`.
+//! The caller binds the listener (tests use 127.0.0.1:0) and owns the
+//! shutdown token.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use plexus_core::Dictionary;
+use plexus_proto::v1::{
+    admin_server::AdminServer, audit_server::AuditServer, node_link_server::NodeLinkServer,
+    research_server::ResearchServer,
+};
+
+use crate::config::CoordinatorConfig;
+use crate::error::{CoordinatorError, Result};
+use crate::registry::Registry;
+use crate::service::{admin::AdminService, audit::AuditService, node_link::NodeLinkService, research::ResearchService};
+use crate::state::State;
+use crate::store::{AuditEntry, Store};
+
+/// How long in-flight calls get to finish after shutdown is asked for.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Serves until `shutdown` is cancelled, then drains for a grace period.
+pub async fn run(config: CoordinatorConfig, listener: TcpListener, shutdown: CancellationToken) -> Result<()> {
+    config.validate()?;
+    let dictionary = Arc::new(
+        Dictionary::load_or_default(config.coordinator.dictionary.as_deref()).map_err(CoordinatorError::Core)?,
+    );
+    let tls = plexus_tls::server_config(&config.tls).map_err(|e| CoordinatorError::Tls(e.to_string()))?;
+    let store = Store::open(&config.coordinator.database_url).await?;
+    let interrupted = store.fail_interrupted().await?;
+    if interrupted > 0 {
+        warn!(queries = interrupted, "queries left pending by the previous run were marked failed");
+    }
+    let liveness = Duration::from_secs(config.coordinator.heartbeat_interval_secs * 3);
+    let (finished, _) = watch::channel(0);
+    let state = Arc::new(State {
+        registry: Registry::new(liveness),
+        store,
+        dictionary,
+        shutdown: shutdown.clone(),
+        finished,
+        config,
+    });
+    let addr = listener.local_addr().map_err(|e| CoordinatorError::Server(e.to_string()))?;
+    info!(%addr, dictionary = %state.dictionary.fingerprint(), "coordinator listening");
+    state
+        .audit(AuditEntry {
+            who: state.config.coordinator.id.clone(),
+            role: "coordinator".into(),
+            action: "coordinator.start".into(),
+            outcome: "ok".into(),
+            detail: format!("listening on {addr}"),
+            ..Default::default()
+        })
+        .await;
+
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(plexus_proto::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| CoordinatorError::Server(format!("reflection: {e}")))?;
+
+    let incoming = plexus_tls::incoming(listener, tls);
+    let token = shutdown.clone();
+    let server = tonic::transport::Server::builder()
+        .add_service(reflection)
+        .add_service(NodeLinkServer::new(NodeLinkService { state: state.clone() }))
+        .add_service(ResearchServer::new(ResearchService { state: state.clone() }))
+        .add_service(AdminServer::new(AdminService { state: state.clone() }))
+        .add_service(AuditServer::new(AuditService { state: state.clone() }))
+        .serve_with_incoming_shutdown(incoming, async move { token.cancelled().await });
+
+    let drained = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    tokio::select! {
+        r = server => r.map_err(|e| CoordinatorError::Server(e.to_string()))?,
+        _ = drained => warn!("in-flight calls did not finish within the grace period"),
+    }
+    state
+        .audit(AuditEntry {
+            who: state.config.coordinator.id.clone(),
+            role: "coordinator".into(),
+            action: "coordinator.stop".into(),
+            outcome: "ok".into(),
+            ..Default::default()
+        })
+        .await;
+    state.store.close().await;
+    info!("coordinator stopped");
+    Ok(())
+}

@@ -1,0 +1,99 @@
+//! Network administration: register studies, see which nodes are live.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use plexus_core::{Error, StudyDefinition};
+use plexus_proto::convert::{study_to_pb, to_status};
+use plexus_proto::v1 as pb;
+use plexus_proto::v1::admin_server::Admin;
+use plexus_tls::Role;
+
+use crate::state::State;
+use crate::store::AuditEntry;
+
+pub struct AdminService {
+    pub state: Arc<State>,
+}
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn register_study(
+        &self,
+        request: Request<pb::RegisterStudyRequest>,
+    ) -> Result<Response<pb::Study>, Status> {
+        let who = plexus_tls::require_role(&request, &[Role::Admin])?;
+        let req = request.into_inner();
+        let checked = req
+            .study
+            .ok_or_else(|| Error::invalid("the request carries no study"))
+            .and_then(StudyDefinition::try_from)
+            .and_then(|s| s.validate(&self.state.dictionary).map(|_| s));
+        let def = match checked {
+            Ok(d) => d,
+            Err(e) => {
+                self.state
+                    .audit(AuditEntry {
+                        who: who.name.clone(),
+                        role: "admin".into(),
+                        action: "study.register".into(),
+                        outcome: format!("refused:{}", e.code),
+                        detail: e.message.clone(),
+                        ..Default::default()
+                    })
+                    .await;
+                return Err(to_status(&e));
+            }
+        };
+        let existed = self
+            .state
+            .store
+            .upsert_study(&def, &who.name)
+            .await
+            .map_err(|e| e.to_status())?;
+        self.state
+            .audit(AuditEntry {
+                who: who.name.clone(),
+                role: "admin".into(),
+                action: if existed { "study.update" } else { "study.register" }.into(),
+                study_id: def.id.clone(),
+                outcome: "ok".into(),
+                detail: format!("definition {}", &def.definition_hash()[..16]),
+                ..Default::default()
+            })
+            .await;
+        let stored = self
+            .state
+            .store
+            .study(&def.id)
+            .await
+            .map_err(|e| e.to_status())?
+            .ok_or_else(|| Status::internal("study vanished after registration"))?;
+        Ok(Response::new(study_to_pb(&stored.definition, stored.registered_at)))
+    }
+
+    async fn list_nodes(
+        &self,
+        request: Request<pb::ListNodesRequest>,
+    ) -> Result<Response<pb::ListNodesResponse>, Status> {
+        plexus_tls::require_role(&request, &[Role::Admin, Role::Auditor, Role::Researcher])?;
+        let nodes = self
+            .state
+            .registry
+            .list()
+            .into_iter()
+            .map(|(s, live)| pb::NodeInfo {
+                node_id: s.node_id,
+                live,
+                version: s.version,
+                dictionary_version: s.dictionary_version,
+                data_snapshot: s.data_snapshot,
+                connected_unix_ms: s.connected_at,
+                last_heartbeat_unix_ms: s.last_heartbeat,
+                peer_address: s.peer_address,
+            })
+            .collect();
+        Ok(Response::new(pb::ListNodesResponse { nodes }))
+    }
+}

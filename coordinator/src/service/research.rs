@@ -1,0 +1,173 @@
+//! The researchers' service: submit a pooled query inside a study they are
+//! members of, fetch or wait for its result, list their studies.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tonic::{Request, Response, Status};
+
+use plexus_core::{Error, Query};
+use plexus_proto::convert::{study_to_pb, to_status};
+use plexus_proto::v1 as pb;
+use plexus_proto::v1::research_server::Research;
+use plexus_tls::Role;
+
+use crate::state::State;
+use crate::store::{now_ms, AuditEntry, QueryStatus, StoredQuery};
+
+pub struct ResearchService {
+    pub state: Arc<State>,
+}
+
+/// Longest a `GetResult` call may wait.
+const MAX_WAIT: Duration = Duration::from_secs(300);
+
+impl ResearchService {
+    async fn refuse(&self, who: &str, study: &str, e: Error) -> Status {
+        self.state
+            .audit(AuditEntry {
+                who: who.to_string(),
+                role: "researcher".into(),
+                action: "query.submit".into(),
+                study_id: study.to_string(),
+                outcome: format!("refused:{}", e.code),
+                detail: e.message.clone(),
+                ..Default::default()
+            })
+            .await;
+        to_status(&e)
+    }
+}
+
+#[tonic::async_trait]
+impl Research for ResearchService {
+    async fn submit_query(
+        &self,
+        request: Request<pb::SubmitQueryRequest>,
+    ) -> Result<Response<pb::SubmitQueryResponse>, Status> {
+        let who = plexus_tls::require_role(&request, &[Role::Researcher])?;
+        let req = request.into_inner();
+        let study = match self.state.store.study(&req.study_id).await {
+            Ok(Some(s)) => s.definition,
+            Ok(None) => {
+                let e = Error::not_found(format!(
+                    "study \"{}\" is not registered (list your studies with `plexus studies`)",
+                    req.study_id
+                ));
+                return Err(self.refuse(&who.name, &req.study_id, e).await);
+            }
+            Err(e) => return Err(e.to_status()),
+        };
+        if !study.has_researcher(&who.name) {
+            let e = Error::policy(format!(
+                "researcher \"{}\" is not a member of study \"{}\"; ask the network admin to add you",
+                who.name, study.id
+            ));
+            return Err(self.refuse(&who.name, &study.id, e).await);
+        }
+        let query = match req
+            .query
+            .ok_or_else(|| Error::invalid("the request carries no query"))
+            .and_then(Query::try_from)
+            .and_then(|q| q.validate(&self.state.dictionary).map(|_| q))
+            .and_then(|q| study.permits(&q).map(|_| q))
+        {
+            Ok(q) => q,
+            Err(e) => return Err(self.refuse(&who.name, &study.id, e).await),
+        };
+        let id = uuid::Uuid::new_v4().to_string();
+        let stored = StoredQuery {
+            id: id.clone(),
+            study_id: study.id.clone(),
+            researcher: who.name.clone(),
+            query_json: serde_json::to_string(&query).expect("query serialises"),
+            query_hash: query.hash(),
+            status: QueryStatus::Pending,
+            result_json: None,
+            error: None,
+            submitted_at: now_ms(),
+            finished_at: None,
+        };
+        self.state.store.insert_query(&stored).await.map_err(|e| e.to_status())?;
+        self.state
+            .audit(AuditEntry {
+                who: who.name.clone(),
+                role: "researcher".into(),
+                action: "query.submit".into(),
+                study_id: study.id.clone(),
+                query_id: id.clone(),
+                query_hash: stored.query_hash.clone(),
+                outcome: "accepted".into(),
+                detail: format!("{} on {} variables", query.analysis.kind(), query.variables().len()),
+                ..Default::default()
+            })
+            .await;
+        tokio::spawn(crate::query::run(self.state.clone(), id.clone(), study, query, who.name));
+        Ok(Response::new(pb::SubmitQueryResponse { query_id: id }))
+    }
+
+    async fn get_result(
+        &self,
+        request: Request<pb::GetResultRequest>,
+    ) -> Result<Response<pb::QueryResult>, Status> {
+        let who = plexus_tls::require_role(&request, &[Role::Researcher])?;
+        let req = request.into_inner();
+        let wait = Duration::from_millis(u64::from(req.wait_ms)).min(MAX_WAIT);
+        let mut finished = self.state.finished.subscribe();
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let q = self
+                .state
+                .store
+                .query(&req.query_id)
+                .await
+                .map_err(|e| e.to_status())?
+                .filter(|q| q.researcher == who.name)
+                .ok_or_else(|| {
+                    to_status(&Error::not_found(format!(
+                        "no query \"{}\" submitted by you",
+                        req.query_id
+                    )))
+                })?;
+            if q.status != QueryStatus::Pending || tokio::time::Instant::now() >= deadline {
+                return Ok(Response::new(to_pb(q)));
+            }
+            tokio::select! {
+                _ = finished.changed() => {}
+                _ = tokio::time::sleep_until(deadline) => {}
+                _ = self.state.shutdown.cancelled() => return Err(Status::unavailable("coordinator is shutting down; ask again later")),
+            }
+        }
+    }
+
+    async fn list_studies(
+        &self,
+        request: Request<pb::ListStudiesRequest>,
+    ) -> Result<Response<pb::ListStudiesResponse>, Status> {
+        let who = plexus_tls::require_role(&request, &[Role::Researcher, Role::Admin, Role::Auditor])?;
+        let studies = self.state.store.studies().await.map_err(|e| e.to_status())?;
+        let studies = studies
+            .into_iter()
+            .filter(|s| who.role != Role::Researcher || s.definition.has_researcher(&who.name))
+            .map(|s| study_to_pb(&s.definition, s.registered_at))
+            .collect();
+        Ok(Response::new(pb::ListStudiesResponse { studies }))
+    }
+}
+
+fn to_pb(q: StoredQuery) -> pb::QueryResult {
+    pb::QueryResult {
+        query_id: q.id,
+        study_id: q.study_id,
+        status: match q.status {
+            QueryStatus::Pending => pb::QueryStatus::Pending,
+            QueryStatus::Succeeded => pb::QueryStatus::Succeeded,
+            QueryStatus::Failed => pb::QueryStatus::Failed,
+        } as i32,
+        error: q.error.as_ref().map(pb::Error::from),
+        result_json: q.result_json.unwrap_or_default(),
+        submitted_unix_ms: q.submitted_at,
+        finished_unix_ms: q.finished_at.unwrap_or(0),
+        query_hash: q.query_hash,
+    }
+}

@@ -1,0 +1,362 @@
+//! Persistent coordinator state: studies, queries, jobs and the audit log,
+//! in SQLite through sqlx. A restart loses nothing that was acknowledged.
+
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, SqlitePool};
+
+use plexus_core::StudyDefinition;
+
+use crate::error::Result;
+
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QueryStatus {
+    Pending,
+    Succeeded,
+    Failed,
+}
+
+impl QueryStatus {
+    fn as_str(self) -> &'static str {
+        match self {
+            QueryStatus::Pending => "pending",
+            QueryStatus::Succeeded => "succeeded",
+            QueryStatus::Failed => "failed",
+        }
+    }
+    fn parse(s: &str) -> Self {
+        match s {
+            "succeeded" => QueryStatus::Succeeded,
+            "failed" => QueryStatus::Failed,
+            _ => QueryStatus::Pending,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct StoredStudy {
+    pub definition: StudyDefinition,
+    pub definition_hash: String,
+    pub registered_at: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct StoredQuery {
+    pub id: String,
+    pub study_id: String,
+    pub researcher: String,
+    pub query_json: String,
+    pub query_hash: String,
+    pub status: QueryStatus,
+    pub result_json: Option<String>,
+    pub error: Option<plexus_core::Error>,
+    pub submitted_at: i64,
+    pub finished_at: Option<i64>,
+}
+
+/// One audit entry. Never holds patient data: who did what, on which
+/// study and query, and how it ended.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub seq: i64,
+    pub at: i64,
+    pub who: String,
+    pub role: String,
+    pub action: String,
+    pub study_id: String,
+    pub query_id: String,
+    pub job_id: String,
+    pub node_id: String,
+    pub query_hash: String,
+    pub outcome: String,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    pub study_id: Option<String>,
+    pub who: Option<String>,
+    pub since: Option<i64>,
+    pub until: Option<i64>,
+    pub limit: Option<u32>,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    pool: SqlitePool,
+}
+
+impl Store {
+    /// Opens (creating if needed) and migrates the database.
+    pub async fn open(url: &str) -> Result<Self> {
+        let opts = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(std::time::Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(opts)
+            .await?;
+        sqlx::migrate!("./migrations").run(&pool).await?;
+        Ok(Store { pool })
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// Queries left pending by a previous process can never finish: their
+    /// node streams are gone. Marks them failed so researchers know to resubmit.
+    pub async fn fail_interrupted(&self) -> Result<u64> {
+        let r = sqlx::query(
+            "UPDATE queries SET status = 'failed', error_code = 'unavailable', \
+             error_message = 'the coordinator restarted before this query finished; submit it again', \
+             finished_at = ? WHERE status = 'pending'",
+        )
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected())
+    }
+
+    pub async fn upsert_study(&self, def: &StudyDefinition, by: &str) -> Result<bool> {
+        let json = serde_json::to_string(def).expect("study serialises");
+        let existed = self.study(&def.id).await?.is_some();
+        sqlx::query(
+            "INSERT INTO studies (id, definition, definition_hash, registered_by, registered_at) \
+             VALUES (?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET definition = excluded.definition, \
+             definition_hash = excluded.definition_hash, registered_by = excluded.registered_by, \
+             registered_at = excluded.registered_at",
+        )
+        .bind(&def.id)
+        .bind(json)
+        .bind(def.definition_hash())
+        .bind(by)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(existed)
+    }
+
+    fn row_to_study(row: &sqlx::sqlite::SqliteRow) -> Result<StoredStudy> {
+        let json: String = row.try_get("definition")?;
+        let definition: StudyDefinition = serde_json::from_str(&json).map_err(|e| {
+            crate::error::CoordinatorError::Core(plexus_core::Error::internal(format!(
+                "stored study is unreadable: {e}"
+            )))
+        })?;
+        Ok(StoredStudy {
+            definition,
+            definition_hash: row.try_get("definition_hash")?,
+            registered_at: row.try_get("registered_at")?,
+        })
+    }
+
+    pub async fn study(&self, id: &str) -> Result<Option<StoredStudy>> {
+        let row = sqlx::query("SELECT * FROM studies WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(Self::row_to_study).transpose()
+    }
+
+    pub async fn studies(&self) -> Result<Vec<StoredStudy>> {
+        let rows = sqlx::query("SELECT * FROM studies ORDER BY id")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(Self::row_to_study).collect()
+    }
+
+    pub async fn insert_query(&self, q: &StoredQuery) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO queries (id, study_id, researcher, query, query_hash, status, submitted_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&q.id)
+        .bind(&q.study_id)
+        .bind(&q.researcher)
+        .bind(&q.query_json)
+        .bind(&q.query_hash)
+        .bind(q.status.as_str())
+        .bind(q.submitted_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn finish_query(
+        &self,
+        id: &str,
+        outcome: std::result::Result<&str, &plexus_core::Error>,
+    ) -> Result<()> {
+        let (status, result, code, message) = match outcome {
+            Ok(json) => (QueryStatus::Succeeded, Some(json.to_string()), None, None),
+            Err(e) => (
+                QueryStatus::Failed,
+                None,
+                Some(e.code.as_str().to_string()),
+                Some(e.message.clone()),
+            ),
+        };
+        sqlx::query(
+            "UPDATE queries SET status = ?, result = ?, error_code = ?, error_message = ?, finished_at = ? \
+             WHERE id = ?",
+        )
+        .bind(status.as_str())
+        .bind(result)
+        .bind(code)
+        .bind(message)
+        .bind(now_ms())
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn query(&self, id: &str) -> Result<Option<StoredQuery>> {
+        let row = sqlx::query("SELECT * FROM queries WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        let code: Option<String> = row.try_get("error_code")?;
+        let message: Option<String> = row.try_get("error_message")?;
+        let error = code.map(|c| {
+            let code = match c.as_str() {
+                "disclosure" => plexus_core::ErrorCode::Disclosure,
+                "data" => plexus_core::ErrorCode::Data,
+                "policy" => plexus_core::ErrorCode::Policy,
+                "unavailable" => plexus_core::ErrorCode::Unavailable,
+                "invalid" => plexus_core::ErrorCode::Invalid,
+                "not_found" => plexus_core::ErrorCode::NotFound,
+                _ => plexus_core::ErrorCode::Internal,
+            };
+            plexus_core::Error::new(code, message.unwrap_or_default())
+        });
+        let status: String = row.try_get("status")?;
+        Ok(Some(StoredQuery {
+            id: row.try_get("id")?,
+            study_id: row.try_get("study_id")?,
+            researcher: row.try_get("researcher")?,
+            query_json: row.try_get("query")?,
+            query_hash: row.try_get("query_hash")?,
+            status: QueryStatus::parse(&status),
+            result_json: row.try_get("result")?,
+            error,
+            submitted_at: row.try_get("submitted_at")?,
+            finished_at: row.try_get("finished_at")?,
+        }))
+    }
+
+    pub async fn insert_job(&self, job_id: &str, query_id: &str, node_id: &str) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO jobs (id, query_id, node_id, status, sent_at) VALUES (?, ?, ?, 'sent', ?)",
+        )
+        .bind(job_id)
+        .bind(query_id)
+        .bind(node_id)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn finish_job(
+        &self,
+        job_id: &str,
+        status: &str,
+        stats_json: Option<String>,
+        error: Option<&plexus_core::Error>,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE jobs SET status = ?, stats = ?, error_code = ?, error_message = ?, finished_at = ? WHERE id = ?",
+        )
+        .bind(status)
+        .bind(stats_json)
+        .bind(error.map(|e| e.code.as_str().to_string()))
+        .bind(error.map(|e| e.message.clone()))
+        .bind(now_ms())
+        .bind(job_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Jobs of one query as (job id, node, status).
+    pub async fn jobs_of(&self, query_id: &str) -> Result<Vec<(String, String, String)>> {
+        let rows = sqlx::query("SELECT id, node_id, status FROM jobs WHERE query_id = ? ORDER BY node_id")
+            .bind(query_id)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("id")?, r.try_get("node_id")?, r.try_get("status")?)))
+            .collect()
+    }
+
+    pub async fn append_audit(&self, e: &AuditEntry) -> Result<i64> {
+        let r = sqlx::query(
+            "INSERT INTO audit_events (at, who, role, action, study_id, query_id, job_id, node_id, query_hash, outcome, detail) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(if e.at == 0 { now_ms() } else { e.at })
+        .bind(&e.who)
+        .bind(&e.role)
+        .bind(&e.action)
+        .bind(&e.study_id)
+        .bind(&e.query_id)
+        .bind(&e.job_id)
+        .bind(&e.node_id)
+        .bind(&e.query_hash)
+        .bind(&e.outcome)
+        .bind(&e.detail)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.last_insert_rowid())
+    }
+
+    pub async fn audit(&self, f: &AuditFilter) -> Result<Vec<AuditEntry>> {
+        let limit = i64::from(f.limit.unwrap_or(1000).clamp(1, 100_000));
+        let rows = sqlx::query(
+            "SELECT * FROM audit_events WHERE (? IS NULL OR study_id = ?) AND (? IS NULL OR who = ?) \
+             AND (? IS NULL OR at >= ?) AND (? IS NULL OR at < ?) ORDER BY seq LIMIT ?",
+        )
+        .bind(&f.study_id)
+        .bind(&f.study_id)
+        .bind(&f.who)
+        .bind(&f.who)
+        .bind(f.since)
+        .bind(f.since)
+        .bind(f.until)
+        .bind(f.until)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(AuditEntry {
+                    seq: r.try_get("seq")?,
+                    at: r.try_get("at")?,
+                    who: r.try_get("who")?,
+                    role: r.try_get("role")?,
+                    action: r.try_get("action")?,
+                    study_id: r.try_get("study_id")?,
+                    query_id: r.try_get("query_id")?,
+                    job_id: r.try_get("job_id")?,
+                    node_id: r.try_get("node_id")?,
+                    query_hash: r.try_get("query_hash")?,
+                    outcome: r.try_get("outcome")?,
+                    detail: r.try_get("detail")?,
+                })
+            })
+            .collect()
+    }
+}
