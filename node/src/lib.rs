@@ -1,1 +1,58 @@
+//! Plexus node: runs inside a hospital next to its data. It dials out to
+//! the coordinator, checks each job against the hospital's own policy,
+//! computes aggregates over consenting patients only, applies disclosure
+//! control and logs every job. It never sends a patient row.
 #![forbid(unsafe_code)]
+
+pub mod config;
+pub mod data;
+pub mod error;
+pub mod job;
+pub mod link;
+pub mod log;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+pub use config::NodeConfig;
+pub use error::{NodeError, Result};
+
+/// Options a test harness may set; production leaves them default.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Wait this long before computing each job (fault-injection tests).
+    pub job_delay: Duration,
+}
+
+/// Opens the data (refusing to start when the mapping does not match it),
+/// then keeps the link to the coordinator up until `shutdown`.
+pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> Result<()> {
+    run_with(config, shutdown, RunOptions::default()).await
+}
+
+pub async fn run_with(config: NodeConfig, shutdown: CancellationToken, options: RunOptions) -> Result<()> {
+    config.validate()?;
+    let dictionary = Arc::new(plexus_core::Dictionary::load_or_default(config.node.dictionary.as_deref())?);
+    let data = Arc::new(data::DataSource::open(&config.data, &config.consent, dictionary.clone()).await?);
+    let log = Arc::new(log::JobLog::open(&config.node.state_dir)?);
+    let tls = plexus_tls::client_config(&config.tls).map_err(|e| NodeError::Tls(e.to_string()))?;
+    info!(node = %config.node.id, variables = data.variables().len(), log = %log.path().display(), "node ready");
+    let runner = Arc::new(job::JobRunner {
+        config: Arc::new(config),
+        dictionary,
+        data: data.clone(),
+        log,
+        job_delay: options.job_delay,
+    });
+    let link = link::Link {
+        runner,
+        tls,
+        snapshot: Box::new(move || data.snapshot().unwrap_or_else(|e| format!("unknown ({e})"))),
+    };
+    link.run(shutdown).await;
+    info!("node stopped");
+    Ok(())
+}

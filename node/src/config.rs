@@ -1,0 +1,137 @@
+//! `node.toml`: what a hospital's IT configures. Parsed strictly, then
+//! validated with errors that name the field.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use plexus_tls::TlsFiles;
+
+use crate::data::{ConsentConfig, DataConfig};
+use crate::error::{NodeError, Result};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    pub node: NodeSection,
+    pub coordinator: CoordinatorSection,
+    pub tls: TlsFiles,
+    pub data: DataConfig,
+    pub consent: ConsentConfig,
+    pub policy: Policy,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSection {
+    /// The node's name; must equal the name in its certificate.
+    pub id: String,
+    /// Minimum cell size. The coordinator may ask for more, never less.
+    #[serde(default = "default_k")]
+    pub min_cell_size: u32,
+    /// Folder for the node's own state (local audit log).
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    /// Network data dictionary; the embedded cardiovascular one when absent.
+    #[serde(default)]
+    pub dictionary: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CoordinatorSection {
+    /// `https://host:port` of the coordinator; the node dials out to it.
+    pub address: String,
+    /// TLS name to expect on the coordinator's certificate, when it differs from the host.
+    #[serde(default)]
+    pub server_name: Option<String>,
+    /// `http://host:port` of the hospital's HTTP CONNECT proxy, if outbound traffic must use one.
+    #[serde(default)]
+    pub proxy: Option<String>,
+    /// Longest wait between reconnection attempts.
+    #[serde(default = "default_max_backoff")]
+    pub max_backoff_secs: u64,
+}
+
+/// The hospital's own rules, enforced whatever the coordinator says.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    /// Studies this hospital has approved. Jobs of any other study are refused.
+    pub allowed_studies: BTreeSet<String>,
+}
+
+fn default_k() -> u32 {
+    plexus_core::DEFAULT_MIN_CELL_SIZE
+}
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("state")
+}
+fn default_max_backoff() -> u64 {
+    30
+}
+
+impl NodeConfig {
+    /// Reads, parses and validates a config file; relative paths are taken
+    /// from the file's folder.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| NodeError::Config(format!("cannot read {}: {e}", path.display())))?;
+        let mut cfg: NodeConfig = toml::from_str(&text).map_err(|e| {
+            NodeError::Config(format!("{} is not a valid node config: {e}", path.display()))
+        })?;
+        cfg.resolve(path.parent().unwrap_or(Path::new(".")));
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn resolve(&mut self, base: &Path) {
+        self.tls = self.tls.resolve(base);
+        self.data = self.data.resolve(base);
+        self.consent = self.consent.resolve(base);
+        self.node.state_dir = base.join(&self.node.state_dir);
+        if let Some(d) = &self.node.dictionary {
+            self.node.dictionary = Some(base.join(d));
+        }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if !plexus_core::study::is_principal_name(&self.node.id) {
+            return Err(NodeError::Config(format!(
+                "node.id \"{}\" must be the name in the node's certificate (letters, digits, '.', '_', '-', '@')",
+                self.node.id
+            )));
+        }
+        if self.node.min_cell_size < 1 {
+            return Err(NodeError::Config(
+                "node.min_cell_size must be at least 1 (5 is the usual minimum)".into(),
+            ));
+        }
+        let addr = self.coordinator.address.trim();
+        if addr.is_empty() {
+            return Err(NodeError::Config(
+                "coordinator.address is empty; set it to https://host:port of your network's coordinator".into(),
+            ));
+        }
+        if !addr.starts_with("https://") {
+            return Err(NodeError::Config(format!(
+                "coordinator.address \"{addr}\" must start with https:// (nodes only speak mTLS)"
+            )));
+        }
+        if let Some(p) = &self.coordinator.proxy {
+            if !p.starts_with("http://") {
+                return Err(NodeError::Config(format!(
+                    "coordinator.proxy \"{p}\" must be an http://host:port HTTP CONNECT proxy"
+                )));
+            }
+        }
+        if self.coordinator.max_backoff_secs == 0 {
+            return Err(NodeError::Config("coordinator.max_backoff_secs must be at least 1".into()));
+        }
+        self.tls
+            .validate()
+            .map_err(|e| NodeError::Config(format!("[tls] {e}")))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,192 @@
+//! The `[data]` and `[consent]` sections of `node.toml`: where the
+//! hospital's patient table and consent records live, and which local column
+//! holds each dictionary variable.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use plexus_core::{Error, Result};
+use serde::{Deserialize, Serialize};
+
+/// File formats the embedded data source reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DataFormat {
+    Parquet,
+    Csv,
+}
+
+impl DataFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DataFormat::Parquet => "parquet",
+            DataFormat::Csv => "csv",
+        }
+    }
+
+    /// The format a file's extension names, if it names one.
+    pub fn from_extension(path: &Path) -> Option<Self> {
+        let ext = path.extension()?.to_str()?.to_ascii_lowercase();
+        match ext.as_str() {
+            "parquet" | "pq" => Some(DataFormat::Parquet),
+            "csv" => Some(DataFormat::Csv),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for DataFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `[data]`: the patient table, one row per patient.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    pub path: PathBuf,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<DataFormat>,
+    /// Local column holding the patient id that consent records refer to.
+    pub patient_id: String,
+    /// Dictionary variable -> local column.
+    #[serde(default)]
+    pub columns: BTreeMap<String, String>,
+}
+
+/// `[consent]`: consent records (`patient_id, purposes, valid_from,
+/// withdrawn_at`) and an optional opt-out list (`patient_id`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsentConfig {
+    pub path: PathBuf,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub opt_out: Option<PathBuf>,
+}
+
+fn resolve_path(base: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    }
+}
+
+impl DataConfig {
+    /// Resolves relative paths against `base`, the config file's directory.
+    pub fn resolve(&self, base: &Path) -> Self {
+        DataConfig {
+            path: resolve_path(base, &self.path),
+            ..self.clone()
+        }
+    }
+
+    /// The configured format, or the one the file's extension names.
+    pub fn format(&self) -> Result<DataFormat> {
+        match self.format {
+            Some(f) => Ok(f),
+            None => DataFormat::from_extension(&self.path).ok_or_else(|| {
+                Error::invalid(format!(
+                    "cannot tell the format of data file {} from its extension; set data.format to \"parquet\" or \"csv\"",
+                    self.path.display()
+                ))
+            }),
+        }
+    }
+
+    /// Checks what can be checked without reading the data.
+    pub fn validate(&self) -> Result<()> {
+        if self.path.as_os_str().is_empty() {
+            return Err(Error::invalid("data.path is empty; give the patient table's file"));
+        }
+        self.format()?;
+        if self.patient_id.trim().is_empty() {
+            return Err(Error::invalid(
+                "data.patient_id is empty; name the local column holding the patient id",
+            ));
+        }
+        if let Some((var, _)) = self.columns.iter().find(|(_, c)| c.trim().is_empty()) {
+            return Err(Error::invalid(format!(
+                "data.columns.{var} is empty; name the local column holding \"{var}\" or remove the line"
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl ConsentConfig {
+    /// Resolves relative paths against `base`, the config file's directory.
+    pub fn resolve(&self, base: &Path) -> Self {
+        ConsentConfig {
+            path: resolve_path(base, &self.path),
+            opt_out: self.opt_out.as_deref().map(|p| resolve_path(base, p)),
+        }
+    }
+
+    /// Checks that both files have a format we can tell from their extension.
+    pub fn validate(&self) -> Result<()> {
+        consent_format(&self.path, "consent.path")?;
+        if let Some(p) = &self.opt_out {
+            consent_format(p, "consent.opt_out")?;
+        }
+        Ok(())
+    }
+}
+
+/// Consent and opt-out files have no format setting: the extension decides.
+pub(crate) fn consent_format(path: &Path, field: &str) -> Result<DataFormat> {
+    DataFormat::from_extension(path).ok_or_else(|| {
+        Error::invalid(format!(
+            "{field} {} must end in .csv or .parquet so the node knows how to read it",
+            path.display()
+        ))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_resolves() {
+        #[derive(Deserialize)]
+        struct Cfg {
+            data: DataConfig,
+            consent: ConsentConfig,
+        }
+        let cfg: Cfg = toml::from_str(
+            r#"
+            [data]
+            path = "data/patients.parquet"
+            patient_id = "PatientID"
+            [data.columns]
+            age = "Age_Years"
+            [consent]
+            path = "data/consent.csv"
+            opt_out = "/abs/opt_out.csv"
+            "#,
+        )
+        .unwrap();
+        let d = cfg.data.resolve(Path::new("/etc/plexus"));
+        assert_eq!(d.path, Path::new("/etc/plexus/data/patients.parquet"));
+        assert_eq!(d.format().unwrap(), DataFormat::Parquet);
+        assert_eq!(d.columns["age"], "Age_Years");
+        d.validate().unwrap();
+        let c = cfg.consent.resolve(Path::new("/etc/plexus"));
+        assert_eq!(c.path, Path::new("/etc/plexus/data/consent.csv"));
+        assert_eq!(c.opt_out.as_deref(), Some(Path::new("/abs/opt_out.csv")));
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn rejects_unknown_fields_and_unknown_formats() {
+        let e = toml::from_str::<DataConfig>("path='a.csv'\npatient_id='id'\ncolour=1\n");
+        assert!(e.unwrap_err().to_string().contains("colour"));
+        let d: DataConfig = toml::from_str("path='a.txt'\npatient_id='id'\n").unwrap();
+        let e = d.validate().unwrap_err();
+        assert!(e.message.contains("data.format"), "{e}");
+        let d: DataConfig = toml::from_str("path='a.txt'\nformat='csv'\npatient_id='id'\n").unwrap();
+        assert_eq!(d.format().unwrap(), DataFormat::Csv);
+    }
+}

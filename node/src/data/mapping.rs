@@ -1,0 +1,163 @@
+//! Start-up checks of the column mapping against the data file: every
+//! mapped variable is in the dictionary, every mapped column is in the file
+//! with a type that can hold the variable, and categories and text dates
+//! hold only what the dictionary allows.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use datafusion::arrow::array::AsArray;
+use datafusion::arrow::datatypes::{DataType, Schema};
+use datafusion::functions_aggregate::expr_fn::count;
+use datafusion::prelude::{cast, in_list, lit, try_cast, DataFrame};
+use plexus_core::{Dictionary, Error, Result, VarType};
+
+use super::compile::{column, is_float, is_int, is_string, Mapped};
+
+/// Most offending values quoted in a start-up error.
+const EXAMPLES: usize = 3;
+
+/// Checks the mapping against the file's schema (no data read yet).
+pub(crate) fn map_columns(
+    dict: &Dictionary,
+    columns: &BTreeMap<String, String>,
+    schema: &Schema,
+    path: &Path,
+) -> Result<BTreeMap<String, Mapped>> {
+    let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+    let mut out = BTreeMap::new();
+    for (var, col) in columns {
+        let v = dict.get(var).map_err(|e| {
+            Error::invalid(format!(
+                "data.columns maps \"{var}\" to column \"{col}\", but {}; fix or remove the line in node.toml",
+                e.message
+            ))
+        })?;
+        let field = schema.field_with_name(col).map_err(|_| {
+            Error::data(format!(
+                "variable \"{var}\" is mapped to column \"{col}\" which is not in {} (columns: {})",
+                path.display(),
+                names.join(", ")
+            ))
+        })?;
+        let t = field.data_type();
+        let ok = match v.kind {
+            VarType::Integer => is_int(t),
+            VarType::Float => is_int(t) || is_float(t),
+            VarType::Boolean => *t == DataType::Boolean,
+            VarType::Categorical => is_string(t),
+            VarType::Date => matches!(t, DataType::Date32 | DataType::Date64) || is_string(t),
+        };
+        if !ok {
+            let want = match v.kind {
+                VarType::Integer => "an integer column",
+                VarType::Float => "a numeric column",
+                VarType::Boolean => "a boolean column (true/false)",
+                VarType::Categorical => "a text column",
+                VarType::Date => "a date column (YYYY-MM-DD)",
+            };
+            return Err(Error::data(format!(
+                "variable \"{var}\" ({}) is mapped to column \"{col}\" in {}, which holds {t}; map it to {want} or convert the column",
+                v.kind,
+                path.display()
+            )));
+        }
+        out.insert(
+            var.clone(),
+            Mapped {
+                kind: v.kind,
+                column: col.clone(),
+                dtype: t.clone(),
+            },
+        );
+    }
+    Ok(out)
+}
+
+/// Checks that the id column exists and can be joined on.
+pub(crate) fn check_id(schema: &Schema, id: &str, path: &Path) -> Result<DataType> {
+    let field = schema.field_with_name(id).map_err(|_| {
+        let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+        Error::data(format!(
+            "data.patient_id names column \"{id}\" which is not in {} (columns: {})",
+            path.display(),
+            names.join(", ")
+        ))
+    })?;
+    let t = field.data_type();
+    if !(is_int(t) || is_string(t)) {
+        return Err(Error::data(format!(
+            "patient id column \"{id}\" in {} holds {t}; patient ids must be integers or text",
+            path.display()
+        )));
+    }
+    Ok(t.clone())
+}
+
+/// Scans the data once: every category is one the dictionary lists, every
+/// text date parses.
+pub(crate) async fn check_values(
+    df: &DataFrame,
+    dict: &Dictionary,
+    mapped: &BTreeMap<String, Mapped>,
+    path: &Path,
+) -> Result<()> {
+    // Reading every mapped column once catches values the file's format
+    // cannot parse (a CSV date column with "2020-02-30") at start-up.
+    let reads: Vec<_> = mapped.values().map(|m| count(column(&m.column))).collect();
+    if !reads.is_empty() {
+        df.clone()
+            .aggregate(vec![], reads)
+            .map_err(|e| Error::internal(format!("cannot plan the read check: {e}")))?
+            .collect()
+            .await
+            .map_err(|e| Error::data(format!("cannot read {}: {e}", path.display())))?;
+    }
+    for (var, m) in mapped {
+        let c = column(&m.column);
+        let (bad, problem) = match m.kind {
+            VarType::Categorical => {
+                let cats = dict.variables[var].categories.iter().map(|s| lit(s.as_str()));
+                let text = cast(c.clone(), DataType::Utf8);
+                let bad = text.clone().is_not_null().and(in_list(text, cats.collect(), true));
+                (bad, "values that are not categories of the dictionary")
+            }
+            VarType::Date if is_string(&m.dtype) => {
+                let bad = c.clone().is_not_null().and(try_cast(c.clone(), DataType::Date32).is_null());
+                (bad, "values that are not dates YYYY-MM-DD")
+            }
+            _ => continue,
+        };
+        let found = df
+            .clone()
+            .filter(bad)
+            .and_then(|d| d.select(vec![cast(c, DataType::Utf8).alias("v")]))
+            .and_then(|d| d.distinct())
+            .and_then(|d| d.limit(0, Some(EXAMPLES)))
+            .map_err(|e| Error::internal(format!("cannot plan the check of \"{var}\": {e}")))?
+            .collect()
+            .await
+            .map_err(|e| Error::data(format!("cannot read {}: {e}", path.display())))?;
+        let mut examples = Vec::new();
+        for b in &found {
+            let a = b.column(0).as_string::<i32>();
+            examples.extend((0..b.num_rows()).map(|i| format!("\"{}\"", a.value(i))));
+        }
+        if !examples.is_empty() {
+            let allowed = match m.kind {
+                VarType::Categorical => format!(
+                    "; allowed: {}",
+                    dict.variables[var].categories.join(", ")
+                ),
+                _ => String::new(),
+            };
+            return Err(Error::data(format!(
+                "variable \"{var}\" is mapped to column \"{}\" in {}, which holds {problem} (e.g. {}{allowed}); fix the data or map another column",
+                m.column,
+                path.display(),
+                examples.join(", ")
+            )));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,223 @@
+//! The node's embedded data source: a Parquet or CSV patient table read
+//! through Apache DataFusion, restricted to consenting patients, answering
+//! queries with aggregates only.
+//!
+//! Cohorts compile to typed DataFusion expressions on the mapped local
+//! columns (no SQL text), consent is evaluated per query, and every analysis
+//! runs as an aggregate inside DataFusion so no patient row leaves the plan.
+
+mod compile;
+mod compute;
+pub mod config;
+mod consent;
+mod files;
+mod mapping;
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use chrono::NaiveDate;
+use datafusion::arrow::array::{ArrayRef, RecordBatch};
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::logical_expr::JoinType;
+use datafusion::prelude::{DataFrame, ParquetReadOptions, SessionContext};
+use plexus_core::{Analysis, Dictionary, Error, Purpose, Query, RawStats, Result};
+
+pub use config::{ConsentConfig, DataConfig, DataFormat};
+
+use compile::{column, Mapped};
+use consent::ConsentSource;
+use files::{csv_options, extension, path_str, read_error, stamp};
+
+const PATIENTS: &str = "patients";
+const CONSENTING_ID: &str = "__plexus_consenting_id";
+const OPTED_OUT_ID: &str = "__plexus_opted_out_id";
+
+/// The patient table, its mapping to the dictionary, and the consent
+/// records that decide who may be counted.
+pub struct DataSource {
+    ctx: SessionContext,
+    dict: Arc<Dictionary>,
+    path: PathBuf,
+    format: DataFormat,
+    id_column: String,
+    id_type: DataType,
+    mapped: BTreeMap<String, Mapped>,
+    consent: ConsentSource,
+}
+
+impl std::fmt::Debug for DataSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DataSource")
+            .field("path", &self.path)
+            .field("variables", &self.variables())
+            .finish_non_exhaustive()
+    }
+}
+
+impl DataSource {
+    /// Opens and validates the data and consent files against the mapping
+    /// and the dictionary; refuses to start with an error naming the
+    /// variable, the column and the file when something does not fit.
+    pub async fn open(data: &DataConfig, consent: &ConsentConfig, dict: Arc<Dictionary>) -> Result<Self> {
+        data.validate()?;
+        consent.validate()?;
+        let started = Instant::now();
+        let format = data.format()?;
+        let path = data.path.clone();
+        stamp(&path, "data file")?;
+        let ctx = SessionContext::new();
+        register(&ctx, &path, format, &data.patient_id).await?;
+        let df = ctx
+            .table(PATIENTS)
+            .await
+            .map_err(|e| read_error("data file", &path, format, e))?;
+        let schema = df.schema().as_arrow().clone();
+        let id_type = mapping::check_id(&schema, &data.patient_id, &path)?;
+        let mapped = mapping::map_columns(&dict, &data.columns, &schema, &path)?;
+        mapping::check_values(&df, &dict, &mapped, &path).await?;
+        let consent = ConsentSource::open(consent).await?;
+        tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, "data source opened");
+        Ok(DataSource {
+            ctx,
+            dict,
+            path,
+            format,
+            id_column: data.patient_id.clone(),
+            id_type,
+            mapped,
+            consent,
+        })
+    }
+
+    /// Variables this node can answer about (the mapped ones).
+    pub fn variables(&self) -> Vec<String> {
+        self.mapped.keys().cloned().collect()
+    }
+
+    /// Changes whenever the data, consent or opt-out file changes.
+    pub fn snapshot(&self) -> Result<String> {
+        let mut text = String::new();
+        let files = [(self.path.as_path(), "data file")]
+            .into_iter()
+            .chain(self.consent.paths().into_iter().map(|p| (p, "consent file")));
+        for (p, what) in files {
+            let s = stamp(p, what)?;
+            text.push_str(&format!("{}\0{}\0{}\n", p.display(), s.len, s.modified_ns));
+        }
+        Ok(plexus_core::hash::sha256_hex(text.as_bytes()))
+    }
+
+    /// Runs one query for a study with purpose `purpose`, counting only
+    /// patients whose consent covers it on `today`.
+    pub async fn compute(&self, query: &Query, purpose: &Purpose, today: NaiveDate) -> Result<RawStats> {
+        query.validate(&self.dict)?;
+        for v in query.variables() {
+            self.lookup(&v)?;
+        }
+        let started = Instant::now();
+        let df = self.consenting(purpose, today).await?;
+        let df = match &query.cohort {
+            Some(c) => {
+                let filter = compile::compile(c, &|v| self.lookup(v))?;
+                df.filter(filter)
+                    .map_err(|e| Error::internal(format!("cannot plan the cohort: {e}")))?
+            }
+            None => df,
+        };
+        let out = match &query.analysis {
+            Analysis::Count {} => compute::count_rows(df).await?,
+            Analysis::Summary { variable } => compute::summary(df, self.lookup(variable)?).await?,
+            Analysis::Histogram { variable, edges } => {
+                compute::histogram(df, self.lookup(variable)?, edges).await?
+            }
+            Analysis::Table { row, column } => {
+                let r = (self.lookup(row)?, self.dict.get(row)?);
+                let c = (self.lookup(column)?, self.dict.get(column)?);
+                compute::table(df, r, c).await?
+            }
+        };
+        tracing::debug!(
+            analysis = %query.analysis.kind(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "query computed"
+        );
+        Ok(out)
+    }
+
+    fn lookup(&self, variable: &str) -> Result<&Mapped> {
+        self.mapped.get(variable).ok_or_else(|| {
+            Error::data(format!(
+                "variable \"{variable}\" is not mapped at this node (the hospital can add it under [data.columns] in node.toml; otherwise leave it out of the query)"
+            ))
+        })
+    }
+
+    /// The patient table restricted to patients whose consent covers the
+    /// purpose today and who have not opted out.
+    async fn consenting(&self, purpose: &Purpose, today: NaiveDate) -> Result<DataFrame> {
+        let sets = self.consent.sets(purpose, today, &self.id_type).await?;
+        let plan_err = |e| Error::internal(format!("cannot plan the consent filter: {e}"));
+        let patients = self
+            .ctx
+            .table(PATIENTS)
+            .await
+            .map_err(|e| read_error("data file", &self.path, self.format, e))?;
+        let ids = self.id_table(CONSENTING_ID, &sets.consenting)?;
+        let mut df = patients
+            .join_on(ids, JoinType::LeftSemi, [column(&self.id_column).eq(column(CONSENTING_ID))])
+            .map_err(plan_err)?;
+        if !sets.opted_out.is_empty() {
+            let out = self.id_table(OPTED_OUT_ID, &sets.opted_out)?;
+            df = df
+                .join_on(out, JoinType::LeftAnti, [column(&self.id_column).eq(column(OPTED_OUT_ID))])
+                .map_err(plan_err)?;
+        }
+        Ok(df)
+    }
+
+    fn id_table(&self, name: &str, ids: &ArrayRef) -> Result<DataFrame> {
+        let schema = Schema::new(vec![Field::new(name, ids.data_type().clone(), true)]);
+        RecordBatch::try_new(Arc::new(schema), vec![Arc::clone(ids)])
+            .and_then(|b| Ok(self.ctx.read_batch(b)?))
+            .map_err(|e| Error::internal(format!("cannot build the consent table: {e}")))
+    }
+}
+
+/// Registers the patient table. CSV schemas are inferred from every row,
+/// with the id column read as text so ids keep their leading zeros.
+async fn register(ctx: &SessionContext, path: &std::path::Path, format: DataFormat, id: &str) -> Result<()> {
+    let what = "data file";
+    let p = path_str(path, what)?;
+    let ext = extension(path);
+    let err = |e| read_error(what, path, format, e);
+    match format {
+        DataFormat::Parquet => ctx
+            .register_parquet(PATIENTS, p, ParquetReadOptions::default().file_extension(&ext))
+            .await
+            .map_err(err),
+        DataFormat::Csv => {
+            let inferred = ctx
+                .read_csv(p, csv_options(&ext).schema_infer_max_records(usize::MAX))
+                .await
+                .map_err(err)?;
+            let fields: Vec<Field> = inferred
+                .schema()
+                .fields()
+                .iter()
+                .map(|f| match f.name() == id {
+                    true => Field::new(f.name(), DataType::Utf8, true),
+                    false => f.as_ref().clone(),
+                })
+                .collect();
+            let schema = Schema::new(fields);
+            ctx.register_csv(PATIENTS, p, csv_options(&ext).schema(&schema))
+                .await
+                .map_err(err)
+        }
+    }
+}
