@@ -1,1 +1,12 @@
+//! The `plexus` command line as a library: the client, output rendering,
+//! the in-process sandbox network used by `plexus demo` and the
+//! integration tests, and the synthetic data generator.
 #![forbid(unsafe_code)]
+
+pub mod bench;
+pub mod client;
+pub mod commands;
+pub mod demo;
+pub mod output;
+pub mod sandbox;
+pub mod synth;

@@ -1,0 +1,162 @@
+//! Connecting the CLI to the coordinator with the user's certificate.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use tonic::transport::Channel;
+
+use plexus_core::{Error, Query};
+use plexus_proto::v1 as pb;
+use plexus_proto::v1::{
+    admin_client::AdminClient, audit_client::AuditClient, research_client::ResearchClient,
+};
+use plexus_tls::TlsFiles;
+
+/// How to reach the coordinator and who you are.
+#[derive(Args, Debug, Clone)]
+pub struct ConnectArgs {
+    /// Coordinator address.
+    #[arg(
+        long,
+        env = "PLEXUS_COORDINATOR",
+        default_value = "https://127.0.0.1:7443",
+        global = true
+    )]
+    pub coordinator: String,
+    /// Folder with ca.pem and NAME.pem/NAME.key (as written by `plexus pki`).
+    #[arg(long, env = "PLEXUS_PKI", global = true)]
+    pub pki: Option<PathBuf>,
+    /// Your certificate name inside --pki.
+    #[arg(long = "as", env = "PLEXUS_AS", global = true)]
+    pub name: Option<String>,
+    /// Network CA certificate (instead of --pki).
+    #[arg(long, env = "PLEXUS_CA", global = true)]
+    pub ca: Option<PathBuf>,
+    /// Your certificate (instead of --pki/--as).
+    #[arg(long, env = "PLEXUS_CERT", global = true)]
+    pub cert: Option<PathBuf>,
+    /// Your private key (instead of --pki/--as).
+    #[arg(long, env = "PLEXUS_KEY", global = true)]
+    pub key: Option<PathBuf>,
+    /// TLS name of the coordinator, when it differs from the address's host.
+    #[arg(long, env = "PLEXUS_SERVER_NAME", global = true)]
+    pub server_name: Option<String>,
+}
+
+impl ConnectArgs {
+    pub fn tls_files(&self) -> anyhow::Result<TlsFiles> {
+        if let (Some(ca), Some(cert), Some(key)) = (&self.ca, &self.cert, &self.key) {
+            return Ok(TlsFiles {
+                ca: ca.clone(),
+                cert: cert.clone(),
+                key: key.clone(),
+            });
+        }
+        match (&self.pki, &self.name) {
+            (Some(dir), Some(name)) => Ok(TlsFiles {
+                ca: self.ca.clone().unwrap_or_else(|| dir.join("ca.pem")),
+                cert: dir.join(format!("{name}.pem")),
+                key: dir.join(format!("{name}.key")),
+            }),
+            _ => bail!(
+                "say who you are: --pki DIR --as NAME (files from `plexus pki issue`), or --ca, --cert and --key"
+            ),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Client {
+    channel: Channel,
+}
+
+impl Client {
+    pub async fn connect(args: &ConnectArgs) -> anyhow::Result<Self> {
+        let files = args.tls_files()?;
+        files.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+        Self::connect_with(&args.coordinator, &files, args.server_name.clone()).await
+    }
+
+    pub async fn connect_with(
+        address: &str,
+        files: &TlsFiles,
+        server_name: Option<String>,
+    ) -> anyhow::Result<Self> {
+        let tls = plexus_tls::client_config(files).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let opts = plexus_tls::ConnectOptions {
+            server_name,
+            proxy: None,
+            connect_timeout: Duration::from_secs(10),
+        };
+        let channel = plexus_tls::connect(address, Arc::clone(&tls), opts)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))
+            .with_context(|| format!("cannot connect to the coordinator at {address}"))?;
+        Ok(Client { channel })
+    }
+
+    pub fn research(&self) -> ResearchClient<Channel> {
+        ResearchClient::new(self.channel.clone())
+    }
+
+    pub fn admin(&self) -> AdminClient<Channel> {
+        AdminClient::new(self.channel.clone())
+    }
+
+    pub fn audit(&self) -> AuditClient<Channel> {
+        AuditClient::new(self.channel.clone())
+    }
+
+    /// Submits a query and waits for its result (up to `wait`).
+    pub async fn run_query(
+        &self,
+        study: &str,
+        query: &Query,
+        wait: Duration,
+    ) -> Result<pb::QueryResult, Error> {
+        let mut research = self.research();
+        let submitted = research
+            .submit_query(pb::SubmitQueryRequest {
+                study_id: study.to_string(),
+                query: Some(query.into()),
+            })
+            .await
+            .map_err(|s| plexus_proto::convert::from_status(&s))?
+            .into_inner();
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let r = research
+                .get_result(pb::GetResultRequest {
+                    query_id: submitted.query_id.clone(),
+                    wait_ms: left.as_millis().min(60_000) as u32,
+                })
+                .await
+                .map_err(|s| plexus_proto::convert::from_status(&s))?
+                .into_inner();
+            if r.status != pb::QueryStatus::Pending as i32 || left.is_zero() {
+                return Ok(r);
+            }
+        }
+    }
+}
+
+/// The pooled result of a finished query, or its error.
+pub fn outcome(r: &pb::QueryResult) -> Result<plexus_core::pool::PooledResult, Error> {
+    match pb::QueryStatus::try_from(r.status) {
+        Ok(pb::QueryStatus::Succeeded) => serde_json::from_str(&r.result_json)
+            .map_err(|e| Error::internal(format!("the coordinator's result is unreadable: {e}"))),
+        Ok(pb::QueryStatus::Failed) => Err(r
+            .error
+            .clone()
+            .map(Error::from)
+            .unwrap_or_else(|| Error::internal("query failed without an error"))),
+        _ => Err(Error::unavailable(format!(
+            "query {} is still running; fetch it later",
+            r.query_id
+        ))),
+    }
+}

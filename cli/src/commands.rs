@@ -1,0 +1,286 @@
+//! The CLI's commands other than `demo`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
+
+use plexus_core::{Query, StudyDefinition};
+use plexus_proto::v1 as pb;
+use plexus_tls::{DevCa, Role};
+
+use crate::client::{outcome, Client, ConnectArgs};
+use crate::output::{self, Format};
+
+pub fn pki_init(dir: &Path, force: bool) -> anyhow::Result<()> {
+    if dir.join("ca.pem").exists() && !force {
+        bail!(
+            "{} already holds a CA; use --force to replace it (every certificate it issued stops working)",
+            dir.display()
+        );
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let ca = DevCa::generate("Plexus development CA")?;
+    ca.save(dir)?;
+    println!(
+        "wrote {} and {} (keep the key secret)",
+        dir.join("ca.pem").display(),
+        dir.join("ca.key").display()
+    );
+    Ok(())
+}
+
+pub fn pki_issue(
+    dir: &Path,
+    role: Role,
+    name: &str,
+    dns: &[String],
+    ips: &[std::net::IpAddr],
+) -> anyhow::Result<()> {
+    let ca = DevCa::load(&dir.join("ca.pem"), &dir.join("ca.key")).with_context(|| {
+        format!(
+            "no CA in {} (run `plexus pki init --dir {}` first)",
+            dir.display(),
+            dir.display()
+        )
+    })?;
+    let issued = ca.issue(role, name, dns, ips)?;
+    issued.save(dir, name)?;
+    println!(
+        "issued {role} certificate for \"{name}\": {} and {}",
+        dir.join(format!("{name}.pem")).display(),
+        dir.join(format!("{name}.key")).display()
+    );
+    Ok(())
+}
+
+pub async fn study_register(conn: &ConnectArgs, file: &Path) -> anyhow::Result<()> {
+    let def = StudyDefinition::load(file)?;
+    let client = Client::connect(conn).await?;
+    let s = client
+        .admin()
+        .register_study(pb::RegisterStudyRequest {
+            study: Some(plexus_proto::convert::study_to_pb(&def, 0)),
+        })
+        .await
+        .map_err(|s| plexus_proto::convert::from_status(&s))?
+        .into_inner();
+    println!(
+        "registered study \"{}\" ({} nodes, at least {} must answer)",
+        s.id,
+        s.nodes.len(),
+        s.min_nodes
+    );
+    Ok(())
+}
+
+pub async fn studies(conn: &ConnectArgs) -> anyhow::Result<()> {
+    let client = Client::connect(conn).await?;
+    let r = client
+        .research()
+        .list_studies(pb::ListStudiesRequest {})
+        .await
+        .map_err(|s| plexus_proto::convert::from_status(&s))?
+        .into_inner();
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED);
+    t.set_header(vec![
+        "study", "title", "purpose", "analyses", "nodes", "min",
+    ]);
+    for s in r.studies {
+        let p = s.purpose.unwrap_or_default();
+        let purpose = plexus_core::Purpose::from_parts(&p.code, &p.disease, &p.modifiers)
+            .map(|p| p.to_string())
+            .unwrap_or(p.code);
+        t.add_row(vec![
+            s.id,
+            s.title,
+            purpose,
+            s.analyses.join(", "),
+            s.nodes.join(", "),
+            s.min_nodes.to_string(),
+        ]);
+    }
+    println!("{t}");
+    Ok(())
+}
+
+pub async fn query(
+    conn: &ConnectArgs,
+    study: &str,
+    file: &Path,
+    format: Format,
+    wait: Duration,
+) -> anyhow::Result<()> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let query = Query::from_json(&text)?;
+    let client = Client::connect(conn).await?;
+    let r = client
+        .run_query(study, &query, wait)
+        .await
+        .map_err(|e| anyhow::anyhow!("query refused [{}]: {}", e.code, e.message))?;
+    let pooled = outcome(&r)
+        .map_err(|e| anyhow::anyhow!("query {} failed [{}]: {}", r.query_id, e.code, e.message))?;
+    println!("{}", output::render(&pooled, format)?);
+    Ok(())
+}
+
+pub async fn nodes(conn: &ConnectArgs) -> anyhow::Result<()> {
+    let client = Client::connect(conn).await?;
+    let r = client
+        .admin()
+        .list_nodes(pb::ListNodesRequest {})
+        .await
+        .map_err(|s| plexus_proto::convert::from_status(&s))?
+        .into_inner();
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED);
+    t.set_header(vec![
+        "node",
+        "live",
+        "version",
+        "dictionary",
+        "data snapshot",
+        "last heartbeat",
+        "address",
+    ]);
+    for n in r.nodes {
+        t.add_row(vec![
+            n.node_id,
+            if n.live { "yes" } else { "no" }.to_string(),
+            n.version,
+            n.dictionary_version,
+            n.data_snapshot.chars().take(16).collect(),
+            time_text(n.last_heartbeat_unix_ms),
+            n.peer_address,
+        ]);
+    }
+    println!("{t}");
+    Ok(())
+}
+
+fn time_text(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+        .unwrap_or_default()
+}
+
+/// Parses `2026-01-31` or an RFC 3339 time into unix milliseconds.
+pub fn parse_time(s: &str) -> anyhow::Result<i64> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+        return Ok(t.timestamp_millis());
+    }
+    if let Ok(d) = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d") {
+        return Ok(d
+            .and_hms_opt(0, 0, 0)
+            .expect("midnight")
+            .and_utc()
+            .timestamp_millis());
+    }
+    bail!("\"{s}\" is not a date (YYYY-MM-DD) or an RFC 3339 time")
+}
+
+pub fn audit_table(events: &[pb::AuditEvent]) -> String {
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED);
+    t.set_header(vec![
+        "#", "time", "who", "role", "action", "study", "node", "outcome", "detail",
+    ]);
+    for e in events {
+        t.add_row(vec![
+            e.seq.to_string(),
+            time_text(e.at_unix_ms),
+            e.who.clone(),
+            e.role.clone(),
+            e.action.clone(),
+            e.study_id.clone(),
+            e.node_id.clone(),
+            e.outcome.clone(),
+            e.detail.chars().take(60).collect(),
+        ]);
+    }
+    t.to_string()
+}
+
+#[allow(clippy::too_many_arguments)]
+pub async fn audit_log(
+    conn: &ConnectArgs,
+    study: Option<String>,
+    who: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
+    limit: u32,
+    format: Format,
+) -> anyhow::Result<()> {
+    let client = Client::connect(conn).await?;
+    let events = client
+        .audit()
+        .list_events(pb::ListEventsRequest {
+            study_id: study.unwrap_or_default(),
+            who: who.unwrap_or_default(),
+            since_unix_ms: since.as_deref().map(parse_time).transpose()?.unwrap_or(0),
+            until_unix_ms: until.as_deref().map(parse_time).transpose()?.unwrap_or(0),
+            limit,
+        })
+        .await
+        .map_err(|s| plexus_proto::convert::from_status(&s))?
+        .into_inner()
+        .events;
+    match format {
+        Format::Table => println!("{}", audit_table(&events)),
+        Format::Json => {
+            let rows: Vec<serde_json::Value> = events
+                .iter()
+                .map(|e| {
+                    serde_json::json!({
+                        "seq": e.seq, "at": time_text(e.at_unix_ms), "who": e.who, "role": e.role,
+                        "action": e.action, "study": e.study_id, "query_id": e.query_id, "job_id": e.job_id,
+                        "node": e.node_id, "query_hash": e.query_hash, "outcome": e.outcome, "detail": e.detail,
+                    })
+                })
+                .collect();
+            println!("{}", serde_json::to_string_pretty(&rows)?);
+        }
+        Format::Csv => {
+            let mut w = csv::Writer::from_writer(std::io::stdout());
+            w.write_record([
+                "seq",
+                "at",
+                "who",
+                "role",
+                "action",
+                "study",
+                "query_id",
+                "job_id",
+                "node",
+                "query_hash",
+                "outcome",
+                "detail",
+            ])?;
+            for e in &events {
+                w.write_record([
+                    e.seq.to_string(),
+                    time_text(e.at_unix_ms),
+                    e.who.clone(),
+                    e.role.clone(),
+                    e.action.clone(),
+                    e.study_id.clone(),
+                    e.query_id.clone(),
+                    e.job_id.clone(),
+                    e.node_id.clone(),
+                    e.query_hash.clone(),
+                    e.outcome.clone(),
+                    e.detail.clone(),
+                ])?;
+            }
+            w.flush()?;
+        }
+    }
+    Ok(())
+}
+
+pub fn default_pki_dir() -> PathBuf {
+    PathBuf::from("pki")
+}

@@ -1,0 +1,143 @@
+//! `plexus demo`: three synthetic hospitals and a coordinator in one
+//! process, real mTLS on loopback, a registered study and a handful of
+//! pooled queries printed with their provenance.
+
+use std::time::{Duration, Instant};
+
+use plexus_core::Query;
+use plexus_proto::v1 as pb;
+
+use crate::client::outcome;
+use crate::output;
+use crate::sandbox::{self, Sandbox, SandboxOptions};
+
+pub struct DemoOptions {
+    pub patients_per_site: usize,
+    pub seed: u64,
+    pub keep: Option<std::path::PathBuf>,
+}
+
+const QUERIES: &[(&str, &str)] = &[
+    (
+        "How many consenting patients does the study see?",
+        r#"{"analysis": {"count": {}}}"#,
+    ),
+    (
+        "Aneurysm diameter (mm) in men aged 65 or more",
+        r#"{"cohort": {"and": [
+              {"compare": {"variable": "sex", "op": "=", "value": "M"}},
+              {"compare": {"variable": "age", "op": ">=", "value": 65}}]},
+            "analysis": {"summary": {"variable": "aaa_diameter"}}}"#,
+    ),
+    (
+        "Age distribution of current and former smokers",
+        r#"{"cohort": {"in": {"variable": "smoking", "values": ["current", "former"]}},
+            "analysis": {"histogram": {"variable": "age", "edges": [40, 50, 60, 70, 80, 90, 100]}}}"#,
+    ),
+    (
+        "Smoking by death during follow-up",
+        r#"{"analysis": {"table": {"row": "smoking", "column": "death"}}}"#,
+    ),
+    (
+        "A tiny cohort: women under 45 with diabetes and an aneurysm over 70 mm (cells under k are suppressed)",
+        r#"{"cohort": {"and": [
+              {"compare": {"variable": "sex", "op": "=", "value": "F"}},
+              {"compare": {"variable": "age", "op": "<", "value": 45}},
+              {"compare": {"variable": "diabetes", "op": "=", "value": true}},
+              {"compare": {"variable": "aaa_diameter", "op": ">", "value": 70}}]},
+            "analysis": {"count": {}}}"#,
+    ),
+];
+
+pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
+    let started = Instant::now();
+    println!("Plexus demo: a coordinator and three synthetic hospitals on loopback, real mTLS\n");
+    let mut sb_opts = SandboxOptions::new(opts.patients_per_site, opts.seed);
+    sb_opts.dir = opts.keep.clone();
+    let sb = Sandbox::start(sb_opts).await?;
+    println!("  files:        {}", sb.dir.display());
+    println!(
+        "  coordinator:  {} (SQLite {})",
+        sb.coordinator_url(),
+        sb.coordinator_config.coordinator.database_url
+    );
+    for (name, cfg) in &sb.node_configs {
+        println!(
+            "  node:         {name} -> {} patients in {}",
+            opts.patients_per_site,
+            cfg.data
+                .path
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+        );
+    }
+    let study = sandbox::demo_study();
+    sb.register_study(&study).await?;
+    println!(
+        "\nStudy \"{}\": {}\n  purpose {} (consent must cover it), researchers {:?}, at least {} of {} nodes must answer",
+        study.id,
+        study.title,
+        study.purpose()?,
+        study.researchers,
+        study.min_nodes,
+        study.nodes.len()
+    );
+
+    let alice = sb.client(sandbox::RESEARCHER).await?;
+    for (title, json) in QUERIES {
+        println!("\n== {title}");
+        let query = Query::from_json(json)?;
+        let t = Instant::now();
+        let result = alice
+            .run_query(&study.id, &query, Duration::from_secs(60))
+            .await;
+        match result.and_then(|r| outcome(&r)) {
+            Ok(r) => {
+                println!("{}", output::render_table(&r));
+                println!("({} ms)", t.elapsed().as_millis());
+            }
+            Err(e) => println!("refused [{}]: {}", e.code, e.message),
+        }
+    }
+
+    println!("\n== What a refused query looks like");
+    let bad = Query::from_json(r#"{"analysis": {"summary": {"variable": "systolic"}}}"#)?;
+    if let Err(e) = alice
+        .run_query(&study.id, &bad, Duration::from_secs(10))
+        .await
+    {
+        println!("unknown variable -> [{}] {}", e.code, e.message);
+    }
+    let bob = sb.client(sandbox::OUTSIDER).await?;
+    let count = Query::from_json(r#"{"analysis": {"count": {}}}"#)?;
+    if let Err(e) = bob
+        .run_query(&study.id, &count, Duration::from_secs(10))
+        .await
+    {
+        println!("researcher outside the study -> [{}] {}", e.code, e.message);
+    }
+
+    println!("\n== Audit log (last entries, as an auditor sees them)");
+    let auditor = sb.client(sandbox::AUDITOR).await?;
+    let events = auditor
+        .audit()
+        .list_events(pb::ListEventsRequest {
+            limit: 10_000,
+            ..Default::default()
+        })
+        .await
+        .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+        .into_inner()
+        .events;
+    let tail: Vec<_> = events.iter().rev().take(8).rev().cloned().collect();
+    println!("{}", crate::commands::audit_table(&tail));
+    println!("({} entries in all)", events.len());
+
+    sb.shutdown().await?;
+    println!(
+        "\ndemo finished in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}

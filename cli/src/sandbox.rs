@@ -1,0 +1,403 @@
+//! A whole Plexus network in one process: a throwaway CA, a coordinator on
+//! 127.0.0.1 with its SQLite file, and N hospital nodes on synthetic data,
+//! all over real mTLS on loopback. `plexus demo` and the integration tests
+//! are built on it; nodes and the coordinator can be stopped, killed and
+//! restarted to exercise faults.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use plexus_coordinator::config::{CoordinatorConfig, CoordinatorSection};
+use plexus_core::StudyDefinition;
+use plexus_node::config::{CoordinatorSection as NodeCoordinator, NodeConfig, NodeSection, Policy};
+use plexus_node::data::{ConsentConfig, DataConfig};
+use plexus_proto::v1 as pb;
+use plexus_tls::{DevCa, Role, TlsFiles};
+
+use crate::client::Client;
+use crate::synth::{self, DataFormat, Site, SiteSpec};
+
+/// Researchers, admins and auditors the sandbox issues certificates for.
+pub const RESEARCHER: &str = "alice";
+pub const OUTSIDER: &str = "bob";
+pub const ADMIN: &str = "admin";
+pub const AUDITOR: &str = "auditor";
+
+#[derive(Debug, Clone)]
+pub struct SandboxOptions {
+    pub sites: Vec<SiteSpec>,
+    /// Data format per site, cycled: the default mixes Parquet and CSV.
+    pub formats: Vec<DataFormat>,
+    pub node_min_cell_size: u32,
+    pub job_timeout_secs: u64,
+    pub heartbeat_secs: u64,
+    /// Keep files here instead of a temporary folder.
+    pub dir: Option<PathBuf>,
+    /// Keep every site's rows in memory (`Sandbox::sites`) for reference
+    /// computations. Benchmarks turn it off to measure the nodes alone.
+    pub keep_rows: bool,
+}
+
+impl SandboxOptions {
+    pub fn new(patients_per_site: usize, seed: u64) -> Self {
+        let sites = ["hospital-a", "hospital-b", "hospital-c"]
+            .iter()
+            .enumerate()
+            .map(|(i, name)| SiteSpec {
+                name: name.to_string(),
+                patients: patients_per_site,
+                seed: seed.wrapping_add(i as u64 * 7919),
+            })
+            .collect();
+        SandboxOptions {
+            sites,
+            formats: vec![DataFormat::Parquet, DataFormat::Parquet, DataFormat::Csv],
+            node_min_cell_size: plexus_core::DEFAULT_MIN_CELL_SIZE,
+            job_timeout_secs: 30,
+            heartbeat_secs: 1,
+            dir: None,
+            keep_rows: true,
+        }
+    }
+}
+
+struct Running {
+    token: CancellationToken,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    async fn stop(self) -> anyhow::Result<()> {
+        self.token.cancel();
+        self.task.await.context("task panicked")?
+    }
+}
+
+pub struct Sandbox {
+    _temp: Option<tempfile::TempDir>,
+    pub dir: PathBuf,
+    pub pki: PathBuf,
+    pub ca: DevCa,
+    pub address: SocketAddr,
+    pub coordinator_config: CoordinatorConfig,
+    pub node_configs: BTreeMap<String, NodeConfig>,
+    pub sites: Vec<Site>,
+    coordinator: Option<Running>,
+    nodes: BTreeMap<String, Running>,
+    node_options: BTreeMap<String, plexus_node::RunOptions>,
+}
+
+fn files(pki: &Path, name: &str) -> TlsFiles {
+    TlsFiles {
+        ca: pki.join("ca.pem"),
+        cert: pki.join(format!("{name}.pem")),
+        key: pki.join(format!("{name}.key")),
+    }
+}
+
+impl Sandbox {
+    /// Writes the CA, certificates and site data, then starts the
+    /// coordinator and every node and waits until all nodes are live.
+    pub async fn start(opts: SandboxOptions) -> anyhow::Result<Self> {
+        let mut sb = Self::prepare(opts).await?;
+        sb.start_coordinator().await?;
+        let names: Vec<String> = sb.node_configs.keys().cloned().collect();
+        for n in &names {
+            sb.start_node(n).await?;
+        }
+        sb.wait_live(&names, Duration::from_secs(30)).await?;
+        Ok(sb)
+    }
+
+    /// Everything but starting the servers.
+    pub async fn prepare(opts: SandboxOptions) -> anyhow::Result<Self> {
+        let (temp, dir) = match &opts.dir {
+            Some(d) => {
+                std::fs::create_dir_all(d)?;
+                (None, d.clone())
+            }
+            None => {
+                let t = tempfile::Builder::new()
+                    .prefix("plexus-sandbox-")
+                    .tempdir()?;
+                let p = t.path().to_path_buf();
+                (Some(t), p)
+            }
+        };
+        let pki = dir.join("pki");
+        std::fs::create_dir_all(&pki)?;
+        let ca = DevCa::generate("Plexus sandbox CA")?;
+        ca.save(&pki)?;
+        let localhost = vec!["localhost".to_string()];
+        let loopback = vec![IpAddr::V4(Ipv4Addr::LOCALHOST)];
+        ca.issue(Role::Coordinator, "coordinator", &localhost, &loopback)?
+            .save(&pki, "coordinator")?;
+        for (role, name) in [
+            (Role::Researcher, RESEARCHER),
+            (Role::Researcher, OUTSIDER),
+            (Role::Admin, ADMIN),
+            (Role::Auditor, AUDITOR),
+        ] {
+            ca.issue(role, name, &[], &[])?.save(&pki, name)?;
+        }
+
+        // Reserve a port for the coordinator; restarts reuse it so nodes reconnect.
+        let probe = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let address = probe.local_addr()?;
+        drop(probe);
+
+        let coordinator_config = CoordinatorConfig {
+            coordinator: CoordinatorSection {
+                id: "coordinator".into(),
+                listen: address,
+                database_url: format!("sqlite://{}", dir.join("coordinator.db").display()),
+                dictionary: None,
+                min_cell_size: plexus_core::DEFAULT_MIN_CELL_SIZE,
+                job_timeout_secs: opts.job_timeout_secs,
+                heartbeat_interval_secs: opts.heartbeat_secs,
+            },
+            tls: files(&pki, "coordinator"),
+        };
+
+        let mut sites = Vec::new();
+        let mut node_configs = BTreeMap::new();
+        for (i, spec) in opts.sites.iter().enumerate() {
+            let format = opts.formats[i % opts.formats.len().max(1)];
+            let site_dir = dir.join("sites").join(&spec.name);
+            let paths = if opts.keep_rows {
+                let site = synth::generate_site(spec);
+                let paths = synth::write_site(&site, &site_dir, format)?;
+                sites.push(site);
+                paths
+            } else {
+                synth::write_generated_site(spec, &site_dir, format)?
+            };
+            ca.issue(Role::Node, &spec.name, &[], &[])?
+                .save(&pki, &spec.name)?;
+            let columns = synth::node_columns()
+                .into_iter()
+                .map(|(var, col)| (var.to_string(), col.to_string()))
+                .collect();
+            let config = NodeConfig {
+                node: NodeSection {
+                    id: spec.name.clone(),
+                    min_cell_size: opts.node_min_cell_size,
+                    state_dir: site_dir.join("state"),
+                    dictionary: None,
+                },
+                coordinator: NodeCoordinator {
+                    address: format!("https://{address}"),
+                    server_name: Some("localhost".into()),
+                    proxy: None,
+                    max_backoff_secs: 1,
+                },
+                tls: files(&pki, &spec.name),
+                data: DataConfig {
+                    path: paths.data,
+                    format: None,
+                    patient_id: "patient_id".into(),
+                    columns,
+                },
+                consent: ConsentConfig {
+                    path: paths.consent,
+                    opt_out: Some(paths.opt_out),
+                },
+                policy: Policy {
+                    allowed_studies: [DEMO_STUDY.to_string()].into_iter().collect(),
+                },
+            };
+            node_configs.insert(spec.name.clone(), config);
+        }
+        Ok(Sandbox {
+            _temp: temp,
+            dir,
+            pki,
+            ca,
+            address,
+            coordinator_config,
+            node_configs,
+            sites,
+            coordinator: None,
+            nodes: BTreeMap::new(),
+            node_options: BTreeMap::new(),
+        })
+    }
+
+    pub fn coordinator_url(&self) -> String {
+        format!("https://{}", self.address)
+    }
+
+    pub async fn start_coordinator(&mut self) -> anyhow::Result<()> {
+        if self.coordinator.is_some() {
+            bail!("the coordinator is already running");
+        }
+        let mut listener = None;
+        for _ in 0..50 {
+            match tokio::net::TcpListener::bind(self.address).await {
+                Ok(l) => {
+                    listener = Some(l);
+                    break;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+        let listener = listener.with_context(|| format!("cannot bind {}", self.address))?;
+        let token = CancellationToken::new();
+        let config = self.coordinator_config.clone();
+        let t = token.clone();
+        let task =
+            tokio::spawn(async move { Ok(plexus_coordinator::run(config, listener, t).await?) });
+        self.coordinator = Some(Running { token, task });
+        Ok(())
+    }
+
+    /// Graceful stop: drains calls, closes the database.
+    pub async fn stop_coordinator(&mut self) -> anyhow::Result<()> {
+        match self.coordinator.take() {
+            Some(r) => r.stop().await,
+            None => Ok(()),
+        }
+    }
+
+    pub fn set_node_options(&mut self, node: &str, options: plexus_node::RunOptions) {
+        self.node_options.insert(node.to_string(), options);
+    }
+
+    pub async fn start_node(&mut self, name: &str) -> anyhow::Result<()> {
+        let config = self
+            .node_configs
+            .get(name)
+            .with_context(|| format!("no node {name} in the sandbox"))?
+            .clone();
+        if self.nodes.contains_key(name) {
+            bail!("node {name} is already running");
+        }
+        let token = CancellationToken::new();
+        let t = token.clone();
+        let options = self.node_options.get(name).cloned().unwrap_or_default();
+        let task =
+            tokio::spawn(async move { Ok(plexus_node::run_with(config, t, options).await?) });
+        self.nodes.insert(name.to_string(), Running { token, task });
+        Ok(())
+    }
+
+    pub async fn stop_node(&mut self, name: &str) -> anyhow::Result<()> {
+        match self.nodes.remove(name) {
+            Some(r) => r.stop().await,
+            None => Ok(()),
+        }
+    }
+
+    /// Kills a node the hard way: its task is aborted mid-whatever.
+    pub async fn kill_node(&mut self, name: &str) {
+        if let Some(r) = self.nodes.remove(name) {
+            r.task.abort();
+            let _ = r.task.await;
+        }
+    }
+
+    pub async fn client(&self, name: &str) -> anyhow::Result<Client> {
+        Client::connect_with(
+            &self.coordinator_url(),
+            &files(&self.pki, name),
+            Some("localhost".into()),
+        )
+        .await
+    }
+
+    /// Waits until every named node is live at the coordinator.
+    pub async fn wait_live(&self, nodes: &[String], timeout: Duration) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Ok(client) = self.client(ADMIN).await {
+                if let Ok(r) = client.admin().list_nodes(pb::ListNodesRequest {}).await {
+                    let live: Vec<String> = r
+                        .into_inner()
+                        .nodes
+                        .into_iter()
+                        .filter(|n| n.live)
+                        .map(|n| n.node_id)
+                        .collect();
+                    if nodes.iter().all(|n| live.contains(n)) {
+                        return Ok(());
+                    }
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                bail!("nodes {nodes:?} did not all connect within {timeout:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until the coordinator no longer lists `node` as live.
+    pub async fn wait_not_live(&self, node: &str, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let client = self.client(ADMIN).await?;
+            let r = client.admin().list_nodes(pb::ListNodesRequest {}).await?;
+            if !r
+                .into_inner()
+                .nodes
+                .iter()
+                .any(|n| n.node_id == node && n.live)
+            {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                bail!("node {node} still live after {timeout:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub async fn register_study(&self, study: &StudyDefinition) -> anyhow::Result<()> {
+        let client = self.client(ADMIN).await?;
+        client
+            .admin()
+            .register_study(pb::RegisterStudyRequest {
+                study: Some(plexus_proto::convert::study_to_pb(study, 0)),
+            })
+            .await
+            .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+        Ok(())
+    }
+
+    /// Stops everything, coordinator last.
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        let names: Vec<String> = self.nodes.keys().cloned().collect();
+        for n in names {
+            self.stop_node(&n).await?;
+        }
+        self.stop_coordinator().await
+    }
+}
+
+/// The study the sandbox's nodes approve by default.
+pub const DEMO_STUDY: &str = "aaa-outcomes";
+
+/// An abdominal aortic aneurysm outcomes study over the three hospitals.
+pub fn demo_study() -> StudyDefinition {
+    StudyDefinition::from_toml(DEMO_STUDY_TOML).expect("demo study is valid")
+}
+
+pub const DEMO_STUDY_TOML: &str = r#"id = "aaa-outcomes"
+title = "Abdominal aortic aneurysm: risk factors and survival"
+variables = ["age", "sex", "bmi", "sbp", "smoking", "diabetes", "aaa_diameter", "inclusion_date", "followup_days", "death"]
+analyses = ["count", "summary", "histogram", "table"]
+researchers = ["alice"]
+nodes = ["hospital-a", "hospital-b", "hospital-c"]
+min_nodes = 2
+
+[purpose]
+# disease-specific research on abdominal aortic aneurysm, not for profit
+code = "DS"
+disease = "MONDO:0005160"
+modifiers = ["NPU"]
+"#;
