@@ -1,4 +1,5 @@
--- Coordinator state. Written to work on SQLite and PostgreSQL alike.
+-- Coordinator state (SQLite). A PostgreSQL variant of these migrations comes with
+-- the PostgreSQL store; keep the two in step.
 
 CREATE TABLE studies (
     id TEXT PRIMARY KEY,

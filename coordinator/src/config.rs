@@ -70,7 +70,10 @@ impl CoordinatorConfig {
             CoordinatorError::Config(format!("cannot read {}: {e}", path.display()))
         })?;
         let mut cfg: CoordinatorConfig = toml::from_str(&text).map_err(|e| {
-            CoordinatorError::Config(format!("{} is not a valid coordinator config: {e}", path.display()))
+            CoordinatorError::Config(format!(
+                "{} is not a valid coordinator config: {e}",
+                path.display()
+            ))
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
         cfg.resolve(base);

@@ -8,7 +8,10 @@ use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(version, about = "Plexus coordinator: pools statistics from hospital nodes")]
+#[command(
+    version,
+    about = "Plexus coordinator: pools statistics from hospital nodes"
+)]
 struct Args {
     /// Path to coordinator.toml.
     #[arg(long, env = "PLEXUS_COORDINATOR_CONFIG")]
@@ -21,10 +24,13 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| "info".into());
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     if args.json_logs {
-        tracing_subscriber::fmt().json().with_env_filter(filter).init();
+        tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .init();
     } else {
         tracing_subscriber::fmt().with_env_filter(filter).init();
     }

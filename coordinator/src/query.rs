@@ -21,7 +21,13 @@ enum Answer {
 
 /// Runs a validated query to completion and records its outcome. Never
 /// panics on node misbehaviour: every answer is checked.
-pub async fn run(state: Arc<State>, query_id: String, study: StudyDefinition, query: Query, researcher: String) {
+pub async fn run(
+    state: Arc<State>,
+    query_id: String,
+    study: StudyDefinition,
+    query: Query,
+    researcher: String,
+) {
     let span = info_span!("query", query_id = %query_id, study = %study.id);
     async move {
         let outcome = execute(&state, &query_id, &study, &query).await;
@@ -31,7 +37,12 @@ pub async fn run(state: Arc<State>, query_id: String, study: StudyDefinition, qu
         };
         let stored = match result_json {
             Some(j) => state.store.finish_query(&query_id, Ok(j)).await,
-            None => state.store.finish_query(&query_id, Err(err.expect("error"))).await,
+            None => {
+                state
+                    .store
+                    .finish_query(&query_id, Err(err.expect("error")))
+                    .await
+            }
         };
         if let Err(e) = stored {
             warn!(error = %e, "could not store the query outcome");
@@ -60,10 +71,19 @@ pub async fn run(state: Arc<State>, query_id: String, study: StudyDefinition, qu
     .await
 }
 
-async fn execute(state: &Arc<State>, query_id: &str, study: &StudyDefinition, query: &Query) -> Result<String, Error> {
+async fn execute(
+    state: &Arc<State>,
+    query_id: &str,
+    study: &StudyDefinition,
+    query: &Query,
+) -> Result<String, Error> {
     let cfg = &state.config.coordinator;
     let k = cfg.min_cell_size;
-    let live: Vec<&String> = study.nodes.iter().filter(|n| state.registry.is_live(n)).collect();
+    let live: Vec<&String> = study
+        .nodes
+        .iter()
+        .filter(|n| state.registry.is_live(n))
+        .collect();
     if (live.len() as u32) < study.min_nodes {
         let down: Vec<&str> = study
             .nodes
@@ -95,7 +115,12 @@ async fn execute(state: &Arc<State>, query_id: &str, study: &StudyDefinition, qu
             query_hash: query_hash.clone(),
         };
         let timeout = Duration::from_secs(cfg.job_timeout_secs);
-        async move { (node.clone(), ask(&state, query_id, node, job, query, timeout).await) }
+        async move {
+            (
+                node.clone(),
+                ask(&state, query_id, node, job, query, timeout).await,
+            )
+        }
     });
     let replies = join_all(futures).await;
 
@@ -107,13 +132,27 @@ async fn execute(state: &Arc<State>, query_id: &str, study: &StudyDefinition, qu
             Answer::Other(o) => others.push(o),
         }
     }
-    let result = pool(&query.analysis, &state.dictionary, &answers, others, study.min_nodes, k)?;
+    let result = pool(
+        &query.analysis,
+        &state.dictionary,
+        &answers,
+        others,
+        study.min_nodes,
+        k,
+    )?;
     Ok(serde_json::to_string(&result).expect("result serialises"))
 }
 
 /// Sends one job and turns whatever comes back into an answer or a node
 /// outcome.
-async fn ask(state: &State, query_id: &str, node: &str, job: pb::Job, query: &Query, timeout: Duration) -> Answer {
+async fn ask(
+    state: &State,
+    query_id: &str,
+    node: &str,
+    job: pb::Job,
+    query: &Query,
+    timeout: Duration,
+) -> Answer {
     let job_id = job.job_id.clone();
     let audit = |outcome: &str, detail: String| AuditEntry {
         who: state.config.coordinator.id.clone(),
@@ -137,7 +176,9 @@ async fn ask(state: &State, query_id: &str, node: &str, job: pb::Job, query: &Qu
         })
     };
     if !state.registry.is_live(node) {
-        state.audit(audit("skipped", "node not connected".into())).await;
+        state
+            .audit(audit("skipped", "node not connected".into()))
+            .await;
         return missing("not connected");
     }
     if let Err(e) = state.store.insert_job(&job_id, query_id, node).await {
@@ -155,51 +196,73 @@ async fn ask(state: &State, query_id: &str, node: &str, job: pb::Job, query: &Qu
     };
     state.audit(entry_sent).await;
     let reply = tokio::time::timeout(timeout, rx).await;
-    let (answer, status, stats_json, err): (Answer, &str, Option<String>, Option<Error>) = match reply {
-        Err(_) => {
-            state.registry.abandon(&job_id);
-            (missing("no answer before the deadline"), "missing", None, None)
-        }
-        Ok(Err(_)) => (missing("node disconnected during the job"), "missing", None, None),
-        Ok(Ok(Err(detail))) => (missing(&detail), "missing", None, None),
-        Ok(Ok(Ok(pb::job_result::Outcome::Error(e)))) => {
-            let e: Error = e.into();
-            let status = match e.code {
-                ErrorCode::Policy | ErrorCode::Disclosure => NodeStatus::Refused,
-                _ => NodeStatus::Failed,
-            };
-            let outcome = NodeOutcome {
-                node: node.to_string(),
-                status,
-                detail: Some(format!("{}: {}", e.code, e.message)),
-                code: Some(e.code),
-            };
-            (Answer::Other(outcome), "refused", None, Some(e))
-        }
-        Ok(Ok(Ok(pb::job_result::Outcome::Stats(s)))) => {
-            let checked = NodeStats::try_from(s).and_then(|s| {
-                s.check(&query.analysis, &state.dictionary, state.config.coordinator.min_cell_size)
+    let (answer, status, stats_json, err): (Answer, &str, Option<String>, Option<Error>) =
+        match reply {
+            Err(_) => {
+                state.registry.abandon(&job_id);
+                (
+                    missing("no answer before the deadline"),
+                    "missing",
+                    None,
+                    None,
+                )
+            }
+            Ok(Err(_)) => (
+                missing("node disconnected during the job"),
+                "missing",
+                None,
+                None,
+            ),
+            Ok(Ok(Err(detail))) => (missing(&detail), "missing", None, None),
+            Ok(Ok(Ok(pb::job_result::Outcome::Error(e)))) => {
+                let e: Error = e.into();
+                let status = match e.code {
+                    ErrorCode::Policy | ErrorCode::Disclosure => NodeStatus::Refused,
+                    _ => NodeStatus::Failed,
+                };
+                let outcome = NodeOutcome {
+                    node: node.to_string(),
+                    status,
+                    detail: Some(format!("{}: {}", e.code, e.message)),
+                    code: Some(e.code),
+                };
+                (Answer::Other(outcome), "refused", None, Some(e))
+            }
+            Ok(Ok(Ok(pb::job_result::Outcome::Stats(s)))) => {
+                let checked = NodeStats::try_from(s).and_then(|s| {
+                    s.check(
+                        &query.analysis,
+                        &state.dictionary,
+                        state.config.coordinator.min_cell_size,
+                    )
                     .map(|_| s)
-            });
-            match checked {
-                Ok(s) => {
-                    let json = serde_json::to_string(&s).ok();
-                    (Answer::Stats(s), "answered", json, None)
-                }
-                Err(e) => {
-                    warn!(node = %node, error = %e, "node answer refused");
-                    let outcome = NodeOutcome {
-                        node: node.to_string(),
-                        status: NodeStatus::Failed,
-                        detail: Some(format!("answer refused by the coordinator: {}", e.message)),
-                        code: Some(e.code),
-                    };
-                    (Answer::Other(outcome), "invalid", None, Some(e))
+                });
+                match checked {
+                    Ok(s) => {
+                        let json = serde_json::to_string(&s).ok();
+                        (Answer::Stats(s), "answered", json, None)
+                    }
+                    Err(e) => {
+                        warn!(node = %node, error = %e, "node answer refused");
+                        let outcome = NodeOutcome {
+                            node: node.to_string(),
+                            status: NodeStatus::Failed,
+                            detail: Some(format!(
+                                "answer refused by the coordinator: {}",
+                                e.message
+                            )),
+                            code: Some(e.code),
+                        };
+                        (Answer::Other(outcome), "invalid", None, Some(e))
+                    }
                 }
             }
-        }
-    };
-    if let Err(e) = state.store.finish_job(&job_id, status, stats_json, err.as_ref()).await {
+        };
+    if let Err(e) = state
+        .store
+        .finish_job(&job_id, status, stats_json, err.as_ref())
+        .await
+    {
         warn!(error = %e, "could not record job outcome");
     }
     let detail = err.map(|e| e.message).unwrap_or_default();

@@ -69,10 +69,10 @@ impl Registry {
     ) -> u64 {
         let conn_id = self.next_conn.fetch_add(1, Ordering::Relaxed);
         self.gone.lock().expect("lock").remove(&state.node_id);
-        self.nodes.lock().expect("lock").insert(
-            state.node_id.clone(),
-            Connection { conn_id, tx, state },
-        );
+        self.nodes
+            .lock()
+            .expect("lock")
+            .insert(state.node_id.clone(), Connection { conn_id, tx, state });
         conn_id
     }
 
@@ -82,7 +82,10 @@ impl Registry {
         let mut nodes = self.nodes.lock().expect("lock");
         if nodes.get(node_id).map(|c| c.conn_id) == Some(conn_id) {
             if let Some(c) = nodes.remove(node_id) {
-                self.gone.lock().expect("lock").insert(node_id.to_string(), c.state);
+                self.gone
+                    .lock()
+                    .expect("lock")
+                    .insert(node_id.to_string(), c.state);
             }
             drop(nodes);
             let mut waiters = self.waiters.lock().expect("lock");
@@ -178,9 +181,9 @@ impl Registry {
         let mut waiters = self.waiters.lock().expect("lock");
         match waiters.get(job_id) {
             None => Err(format!("no job {job_id} is waiting for an answer")),
-            Some(w) if w.node_id != node_id => Err(format!(
-                "job {job_id} was not sent to node {node_id}"
-            )),
+            Some(w) if w.node_id != node_id => {
+                Err(format!("job {job_id} was not sent to node {node_id}"))
+            }
             Some(_) => {
                 let w = waiters.remove(job_id).expect("present");
                 let _ = w.tx.send(reply);

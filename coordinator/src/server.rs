@@ -19,7 +19,9 @@ use plexus_proto::v1::{
 use crate::config::CoordinatorConfig;
 use crate::error::{CoordinatorError, Result};
 use crate::registry::Registry;
-use crate::service::{admin::AdminService, audit::AuditService, node_link::NodeLinkService, research::ResearchService};
+use crate::service::{
+    admin::AdminService, audit::AuditService, node_link::NodeLinkService, research::ResearchService,
+};
 use crate::state::State;
 use crate::store::{AuditEntry, Store};
 
@@ -27,16 +29,25 @@ use crate::store::{AuditEntry, Store};
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Serves until `shutdown` is cancelled, then drains for a grace period.
-pub async fn run(config: CoordinatorConfig, listener: TcpListener, shutdown: CancellationToken) -> Result<()> {
+pub async fn run(
+    config: CoordinatorConfig,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<()> {
     config.validate()?;
     let dictionary = Arc::new(
-        Dictionary::load_or_default(config.coordinator.dictionary.as_deref()).map_err(CoordinatorError::Core)?,
+        Dictionary::load_or_default(config.coordinator.dictionary.as_deref())
+            .map_err(CoordinatorError::Core)?,
     );
-    let tls = plexus_tls::server_config(&config.tls).map_err(|e| CoordinatorError::Tls(e.to_string()))?;
+    let tls =
+        plexus_tls::server_config(&config.tls).map_err(|e| CoordinatorError::Tls(e.to_string()))?;
     let store = Store::open(&config.coordinator.database_url).await?;
     let interrupted = store.fail_interrupted().await?;
     if interrupted > 0 {
-        warn!(queries = interrupted, "queries left pending by the previous run were marked failed");
+        warn!(
+            queries = interrupted,
+            "queries left pending by the previous run were marked failed"
+        );
     }
     let liveness = Duration::from_secs(config.coordinator.heartbeat_interval_secs * 3);
     let (finished, _) = watch::channel(0);
@@ -48,7 +59,9 @@ pub async fn run(config: CoordinatorConfig, listener: TcpListener, shutdown: Can
         finished,
         config,
     });
-    let addr = listener.local_addr().map_err(|e| CoordinatorError::Server(e.to_string()))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| CoordinatorError::Server(e.to_string()))?;
     info!(%addr, dictionary = %state.dictionary.fingerprint(), "coordinator listening");
     state
         .audit(AuditEntry {
@@ -61,19 +74,33 @@ pub async fn run(config: CoordinatorConfig, listener: TcpListener, shutdown: Can
         })
         .await;
 
+    // Both reflection versions: grpcurl speaks v1, older tools only v1alpha.
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(plexus_proto::FILE_DESCRIPTOR_SET)
         .build_v1()
+        .map_err(|e| CoordinatorError::Server(format!("reflection: {e}")))?;
+    let reflection_alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(plexus_proto::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
         .map_err(|e| CoordinatorError::Server(format!("reflection: {e}")))?;
 
     let incoming = plexus_tls::incoming(listener, tls);
     let token = shutdown.clone();
     let server = tonic::transport::Server::builder()
         .add_service(reflection)
-        .add_service(NodeLinkServer::new(NodeLinkService { state: state.clone() }))
-        .add_service(ResearchServer::new(ResearchService { state: state.clone() }))
-        .add_service(AdminServer::new(AdminService { state: state.clone() }))
-        .add_service(AuditServer::new(AuditService { state: state.clone() }))
+        .add_service(reflection_alpha)
+        .add_service(NodeLinkServer::new(NodeLinkService {
+            state: state.clone(),
+        }))
+        .add_service(ResearchServer::new(ResearchService {
+            state: state.clone(),
+        }))
+        .add_service(AdminServer::new(AdminService {
+            state: state.clone(),
+        }))
+        .add_service(AuditServer::new(AuditService {
+            state: state.clone(),
+        }))
         .serve_with_incoming_shutdown(incoming, async move { token.cancelled().await });
 
     let drained = async {

@@ -96,6 +96,22 @@ pub struct Store {
 impl Store {
     /// Opens (creating if needed) and migrates the database.
     pub async fn open(url: &str) -> Result<Self> {
+        if let Some(path) = url
+            .strip_prefix("sqlite://")
+            .map(|p| p.split('?').next().unwrap_or(p))
+        {
+            if let Some(dir) = std::path::Path::new(path)
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+            {
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    crate::error::CoordinatorError::Config(format!(
+                        "cannot create the database folder {}: {e} (check coordinator.database_url and permissions)",
+                        dir.display()
+                    ))
+                })?;
+            }
+        }
         let opts = SqliteConnectOptions::from_str(url)?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
@@ -293,12 +309,19 @@ impl Store {
 
     /// Jobs of one query as (job id, node, status).
     pub async fn jobs_of(&self, query_id: &str) -> Result<Vec<(String, String, String)>> {
-        let rows = sqlx::query("SELECT id, node_id, status FROM jobs WHERE query_id = ? ORDER BY node_id")
-            .bind(query_id)
-            .fetch_all(&self.pool)
-            .await?;
+        let rows =
+            sqlx::query("SELECT id, node_id, status FROM jobs WHERE query_id = ? ORDER BY node_id")
+                .bind(query_id)
+                .fetch_all(&self.pool)
+                .await?;
         rows.iter()
-            .map(|r| Ok((r.try_get("id")?, r.try_get("node_id")?, r.try_get("status")?)))
+            .map(|r| {
+                Ok((
+                    r.try_get("id")?,
+                    r.try_get("node_id")?,
+                    r.try_get("status")?,
+                ))
+            })
             .collect()
     }
 
@@ -327,7 +350,7 @@ impl Store {
         let limit = i64::from(f.limit.unwrap_or(1000).clamp(1, 100_000));
         let rows = sqlx::query(
             "SELECT * FROM audit_events WHERE (? IS NULL OR study_id = ?) AND (? IS NULL OR who = ?) \
-             AND (? IS NULL OR at >= ?) AND (? IS NULL OR at < ?) ORDER BY seq LIMIT ?",
+             AND (? IS NULL OR at >= ?) AND (? IS NULL OR at < ?) ORDER BY seq DESC LIMIT ?",
         )
         .bind(&f.study_id)
         .bind(&f.study_id)
@@ -340,7 +363,9 @@ impl Store {
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
+        // newest `limit` entries, returned oldest first
         rows.iter()
+            .rev()
             .map(|r| {
                 Ok(AuditEntry {
                     seq: r.try_get("seq")?,

@@ -135,9 +135,8 @@ impl Dictionary {
                 path.display()
             ))
         })?;
-        Self::from_toml(&text).map_err(|e| {
-            Error::invalid(format!("{} (in {})", e.message, path.display()))
-        })
+        Self::from_toml(&text)
+            .map_err(|e| Error::invalid(format!("{} (in {})", e.message, path.display())))
     }
 
     /// Loads `path`, or the embedded cardiovascular dictionary when `None`.
@@ -224,7 +223,11 @@ impl Dictionary {
     /// tell they speak of the same variables.
     pub fn fingerprint(&self) -> String {
         let bytes = serde_json::to_vec(self).expect("dictionary serialises");
-        format!("{}@{}", self.version, &crate::hash::sha256_hex(&bytes)[..12])
+        format!(
+            "{}@{}",
+            self.version,
+            &crate::hash::sha256_hex(&bytes)[..12]
+        )
     }
 }
 
@@ -236,7 +239,10 @@ mod tests {
     fn embedded_dictionary_loads() {
         let d = Dictionary::cardiovascular();
         assert_eq!(d.get("age").unwrap().kind, VarType::Integer);
-        assert_eq!(d.get("smoking").unwrap().levels(), ["never", "former", "current"]);
+        assert_eq!(
+            d.get("smoking").unwrap().levels(),
+            ["never", "former", "current"]
+        );
         assert_eq!(d.get("death").unwrap().levels(), ["false", "true"]);
         assert_eq!(d.get("bmi").unwrap().numeric_bounds(), Some((12.0, 70.0)));
     }
@@ -253,17 +259,16 @@ mod tests {
 
     #[test]
     fn rejects_categorical_without_categories() {
-        let e = Dictionary::from_toml(
-            "name='x'\nversion='1'\n[variables.a]\ntype='categorical'\n",
-        )
-        .unwrap_err();
+        let e = Dictionary::from_toml("name='x'\nversion='1'\n[variables.a]\ntype='categorical'\n")
+            .unwrap_err();
         assert!(e.message.contains("lists no categories"), "{e}");
     }
 
     #[test]
     fn rejects_unknown_fields() {
-        let e = Dictionary::from_toml("name='x'\nversion='1'\ncolour=1\n[variables.a]\ntype='float'\n")
-            .unwrap_err();
+        let e =
+            Dictionary::from_toml("name='x'\nversion='1'\ncolour=1\n[variables.a]\ntype='float'\n")
+                .unwrap_err();
         assert!(e.message.contains("colour"), "{e}");
     }
 }

@@ -47,9 +47,18 @@ mod tests {
 
     #[test]
     fn small_cells_are_suppressed_never_sent() {
-        assert_eq!(apply(RawStats::Count(4), 5), NodeStats::Count(Cell::Suppressed));
-        assert_eq!(apply(RawStats::Count(0), 5), NodeStats::Count(Cell::Suppressed));
-        assert_eq!(apply(RawStats::Count(5), 5), NodeStats::Count(Cell::Count(5)));
+        assert_eq!(
+            apply(RawStats::Count(4), 5),
+            NodeStats::Count(Cell::Suppressed)
+        );
+        assert_eq!(
+            apply(RawStats::Count(0), 5),
+            NodeStats::Count(Cell::Suppressed)
+        );
+        assert_eq!(
+            apply(RawStats::Count(5), 5),
+            NodeStats::Count(Cell::Count(5))
+        );
         let m = Moments {
             n: 3,
             sum: 9.0,

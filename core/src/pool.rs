@@ -181,7 +181,8 @@ pub fn pool(
         let code = if others.iter().any(|o| o.status == NodeStatus::Missing) || others.is_empty() {
             ErrorCode::Unavailable
         } else {
-            let codes: std::collections::BTreeSet<_> = others.iter().filter_map(|o| o.code).collect();
+            let codes: std::collections::BTreeSet<_> =
+                others.iter().filter_map(|o| o.code).collect();
             match codes.into_iter().collect::<Vec<_>>().as_slice() {
                 [one] => *one,
                 _ => ErrorCode::Unavailable,
@@ -196,8 +197,20 @@ pub fn pool(
         ));
     }
     let mut nodes: Vec<NodeOutcome> = Vec::new();
+    // A node whose every released value was suppressed counts as suppressed.
     let status_of = |stats: &NodeStats| match stats {
         NodeStats::Count(Cell::Suppressed) | NodeStats::Summary(None) => NodeStatus::Suppressed,
+        NodeStats::Histogram { bins, below, above }
+            if bins
+                .iter()
+                .chain([below, above])
+                .all(|c| *c == Cell::Suppressed) =>
+        {
+            NodeStatus::Suppressed
+        }
+        NodeStats::Table { cells, .. } if cells.iter().all(|c| *c == Cell::Suppressed) => {
+            NodeStatus::Suppressed
+        }
         _ => NodeStatus::Answered,
     };
     for (node, stats) in answers {
@@ -216,7 +229,8 @@ pub fn pool(
         min_nodes,
         min_cell_size: k,
     };
-    let mismatch = || Error::internal("node statistics do not match the analysis (checked on receipt)");
+    let mismatch =
+        || Error::internal("node statistics do not match the analysis (checked on receipt)");
 
     let value = match analysis {
         Analysis::Count {} => {
@@ -256,7 +270,9 @@ pub fn pool(
             let mut parts = Vec::new();
             for (n, s) in answers {
                 match s {
-                    NodeStats::Histogram { bins, below, above } => parts.push((n.as_str(), bins, *below, *above)),
+                    NodeStats::Histogram { bins, below, above } => {
+                        parts.push((n.as_str(), bins, *below, *above))
+                    }
                     _ => return Err(mismatch()),
                 }
             }
@@ -351,11 +367,17 @@ mod tests {
         let mut a = Moments::default();
         let mut b = Moments::default();
         let mut all = Moments::default();
-        for (i, x) in [60.0, 61.0, 70.0, 75.0, 80.0, 55.0, 66.0, 67.0, 90.0, 71.0, 72.0]
-            .iter()
-            .enumerate()
+        for (i, x) in [
+            60.0, 61.0, 70.0, 75.0, 80.0, 55.0, 66.0, 67.0, 90.0, 71.0, 72.0,
+        ]
+        .iter()
+        .enumerate()
         {
-            if i < 5 { a.add(*x) } else { b.add(*x) }
+            if i < 5 {
+                a.add(*x)
+            } else {
+                b.add(*x)
+            }
             all.add(*x);
         }
         let answers = vec![
@@ -367,7 +389,9 @@ mod tests {
         };
         let r = pool(&an, &d, &answers, vec![], 1, 5).unwrap();
         match r.value {
-            PooledValue::Summary { n, mean, variance, .. } => {
+            PooledValue::Summary {
+                n, mean, variance, ..
+            } => {
                 assert_eq!(n, 11);
                 assert!((mean - all.mean().unwrap()).abs() < 1e-12);
                 assert!((variance.unwrap() - all.variance().unwrap()).abs() < 1e-9);

@@ -124,11 +124,9 @@ impl Purpose {
     /// wire: `code` GRU/HMB/DS, `disease` for DS, and modifiers.
     pub fn from_parts(code: &str, disease: &str, modifiers: &[String]) -> Result<Self> {
         let code = match code.trim().to_ascii_uppercase().as_str() {
-            "DS" if disease.trim().is_empty() => {
-                return Err(Error::invalid(
-                    "purpose DS needs a disease (set purpose.disease, for example \"MONDO:0005311\")",
-                ))
-            }
+            "DS" if disease.trim().is_empty() => return Err(Error::invalid(
+                "purpose DS needs a disease (set purpose.disease, for example \"MONDO:0005311\")",
+            )),
             "DS" => DuoCode::Ds(disease.trim().to_string()),
             other => {
                 if !disease.trim().is_empty() {
@@ -238,12 +236,16 @@ mod tests {
         assert!(!npu.covers(&study("HMB", "", &[])));
         assert!(npu.covers(&study("HMB", "", &["NPU"])));
         // a study may carry more modifiers than the consent imposes
-        assert!(ConsentTerms::parse("HMB").unwrap().covers(&study("HMB", "", &["NPU"])));
+        assert!(ConsentTerms::parse("HMB")
+            .unwrap()
+            .covers(&study("HMB", "", &["NPU"])));
     }
 
     #[test]
     fn empty_consent_covers_nothing() {
-        assert!(!ConsentTerms::parse("").unwrap().covers(&study("HMB", "", &[])));
+        assert!(!ConsentTerms::parse("")
+            .unwrap()
+            .covers(&study("HMB", "", &[])));
     }
 
     #[test]

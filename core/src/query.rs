@@ -279,7 +279,9 @@ fn validate_edges(edges: &[f64]) -> Result<()> {
         )));
     }
     if let Some(bad) = edges.iter().find(|e| !e.is_finite()) {
-        return Err(Error::invalid(format!("bin edge {bad} is not a finite number")));
+        return Err(Error::invalid(format!(
+            "bin edge {bad} is not a finite number"
+        )));
     }
     if let Some(w) = edges.windows(2).find(|w| w[0] >= w[1]) {
         return Err(Error::invalid(format!(
@@ -319,7 +321,11 @@ impl Cohort {
         match self {
             Cohort::And(items) | Cohort::Or(items) => {
                 if items.is_empty() {
-                    let op = if matches!(self, Cohort::And(_)) { "and" } else { "or" };
+                    let op = if matches!(self, Cohort::And(_)) {
+                        "and"
+                    } else {
+                        "or"
+                    };
                     return Err(Error::invalid(format!(
                         "cohort has an empty \"{op}\"; give it at least one condition or leave the cohort out to select everyone"
                     )));
@@ -355,7 +361,9 @@ impl Cohort {
                         "\"in\" on \"{variable}\" lists more than {MAX_SET_SIZE} values"
                     )));
                 }
-                values.iter().try_for_each(|v| check_value(variable, var, v))
+                values
+                    .iter()
+                    .try_for_each(|v| check_value(variable, var, v))
             }
             Cohort::IsNull { variable } | Cohort::NotNull { variable } => {
                 dict.get(variable).map(|_| ())
@@ -432,7 +440,10 @@ mod tests {
         )
         .unwrap();
         q.validate(&dict()).unwrap();
-        assert_eq!(q.variables(), ["age", "bmi", "inclusion_date", "sbp", "smoking"]);
+        assert_eq!(
+            q.variables(),
+            ["age", "bmi", "inclusion_date", "sbp", "smoking"]
+        );
         let again = Query::from_json(&serde_json::to_string(&q).unwrap()).unwrap();
         assert_eq!(q, again);
         assert_eq!(q.hash(), again.hash());
@@ -470,10 +481,14 @@ mod tests {
         assert!(err(r#"{"analysis": {"count": {}}, "extra": 1}"#)
             .message
             .contains("unknown field"));
-        assert!(err(r#"{"analysis": {"count": {}"#).message.contains("not valid JSON"));
-        assert!(err(r#"{"analysis": {"table": {"row": "sex", "column": "sex"}}}"#)
+        assert!(err(r#"{"analysis": {"count": {}"#)
             .message
-            .contains("two different variables"));
+            .contains("not valid JSON"));
+        assert!(
+            err(r#"{"analysis": {"table": {"row": "sex", "column": "sex"}}}"#)
+                .message
+                .contains("two different variables")
+        );
     }
 
     #[test]

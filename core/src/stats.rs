@@ -113,7 +113,9 @@ impl NodeStats {
         match (analysis, self) {
             (Analysis::Count {}, NodeStats::Count(c)) => {
                 if !cell_ok(c) {
-                    return Err(Error::disclosure("node released a count under the minimum cell size"));
+                    return Err(Error::disclosure(
+                        "node released a count under the minimum cell size",
+                    ));
                 }
             }
             (Analysis::Summary { .. }, NodeStats::Summary(m)) => {
@@ -124,7 +126,9 @@ impl NodeStats {
                         ));
                     }
                     if !(m.sum.is_finite() && m.sum_squares.is_finite() && m.sum_squares >= 0.0) {
-                        return Err(shape("sums that are not finite or a negative sum of squares"));
+                        return Err(shape(
+                            "sums that are not finite or a negative sum of squares",
+                        ));
                     }
                     let n = m.n as f64;
                     if m.sum * m.sum > m.sum_squares * n * (1.0 + 1e-9) + 1e-9 {
@@ -141,10 +145,19 @@ impl NodeStats {
                     )));
                 }
                 if !bins.iter().chain([below, above]).all(cell_ok) {
-                    return Err(Error::disclosure("node released a bin under the minimum cell size"));
+                    return Err(Error::disclosure(
+                        "node released a bin under the minimum cell size",
+                    ));
                 }
             }
-            (Analysis::Table { row, column }, NodeStats::Table { rows, columns, cells }) => {
+            (
+                Analysis::Table { row, column },
+                NodeStats::Table {
+                    rows,
+                    columns,
+                    cells,
+                },
+            ) => {
                 let r = dict.get(row)?.levels().len() as u32;
                 let c = dict.get(column)?.levels().len() as u32;
                 if (*rows, *columns) != (r, c) || cells.len() != (r * c) as usize {
@@ -154,7 +167,9 @@ impl NodeStats {
                     )));
                 }
                 if !cells.iter().all(cell_ok) {
-                    return Err(Error::disclosure("node released a table cell under the minimum cell size"));
+                    return Err(Error::disclosure(
+                        "node released a table cell under the minimum cell size",
+                    ));
                 }
             }
             (a, _) => {

@@ -53,7 +53,8 @@ pub fn is_principal_name(s: &str) -> bool {
 
 impl StudyDefinition {
     pub fn from_toml(text: &str) -> Result<Self> {
-        toml::from_str(text).map_err(|e| Error::invalid(format!("study definition is not valid: {e}")))
+        toml::from_str(text)
+            .map_err(|e| Error::invalid(format!("study definition is not valid: {e}")))
     }
 
     pub fn load(path: &Path) -> Result<Self> {
@@ -73,20 +74,32 @@ impl StudyDefinition {
             )));
         }
         if self.title.trim().is_empty() {
-            return Err(Error::invalid(format!("study \"{}\" has no title", self.id)));
+            return Err(Error::invalid(format!(
+                "study \"{}\" has no title",
+                self.id
+            )));
         }
         if self.variables.is_empty() {
-            return Err(Error::invalid(format!("study \"{}\" allows no variables", self.id)));
+            return Err(Error::invalid(format!(
+                "study \"{}\" allows no variables",
+                self.id
+            )));
         }
         for v in &self.variables {
             dict.get(v)?;
         }
         if self.analyses.is_empty() {
-            return Err(Error::invalid(format!("study \"{}\" allows no analyses", self.id)));
+            return Err(Error::invalid(format!(
+                "study \"{}\" allows no analyses",
+                self.id
+            )));
         }
         for (what, names) in [("researchers", &self.researchers), ("nodes", &self.nodes)] {
             if names.is_empty() {
-                return Err(Error::invalid(format!("study \"{}\" lists no {what}", self.id)));
+                return Err(Error::invalid(format!(
+                    "study \"{}\" lists no {what}",
+                    self.id
+                )));
             }
             if let Some(bad) = names.iter().find(|n| !is_principal_name(n)) {
                 return Err(Error::invalid(format!(
@@ -110,11 +123,19 @@ impl StudyDefinition {
                 self.min_nodes
             )));
         }
-        Purpose::from_parts(&self.purpose.code, &self.purpose.disease, &self.purpose.modifiers)
+        Purpose::from_parts(
+            &self.purpose.code,
+            &self.purpose.disease,
+            &self.purpose.modifiers,
+        )
     }
 
     pub fn purpose(&self) -> Result<Purpose> {
-        Purpose::from_parts(&self.purpose.code, &self.purpose.disease, &self.purpose.modifiers)
+        Purpose::from_parts(
+            &self.purpose.code,
+            &self.purpose.disease,
+            &self.purpose.modifiers,
+        )
     }
 
     /// Refuses, with a policy error, a query using an analysis or a variable
@@ -125,7 +146,11 @@ impl StudyDefinition {
             return Err(Error::policy(format!(
                 "study \"{}\" does not allow {kind} analyses (allowed: {})",
                 self.id,
-                self.analyses.iter().map(|a| a.as_str()).collect::<Vec<_>>().join(", ")
+                self.analyses
+                    .iter()
+                    .map(|a| a.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )));
         }
         for v in query.variables() {

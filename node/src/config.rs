@@ -79,7 +79,10 @@ impl NodeConfig {
         let text = std::fs::read_to_string(path)
             .map_err(|e| NodeError::Config(format!("cannot read {}: {e}", path.display())))?;
         let mut cfg: NodeConfig = toml::from_str(&text).map_err(|e| {
-            NodeError::Config(format!("{} is not a valid node config: {e}", path.display()))
+            NodeError::Config(format!(
+                "{} is not a valid node config: {e}",
+                path.display()
+            ))
         })?;
         cfg.resolve(path.parent().unwrap_or(Path::new(".")));
         cfg.validate()?;
@@ -127,11 +130,19 @@ impl NodeConfig {
             }
         }
         if self.coordinator.max_backoff_secs == 0 {
-            return Err(NodeError::Config("coordinator.max_backoff_secs must be at least 1".into()));
+            return Err(NodeError::Config(
+                "coordinator.max_backoff_secs must be at least 1".into(),
+            ));
         }
         self.tls
             .validate()
             .map_err(|e| NodeError::Config(format!("[tls] {e}")))?;
+        self.data
+            .validate()
+            .map_err(|e| NodeError::Config(format!("[data] {e}")))?;
+        self.consent
+            .validate()
+            .map_err(|e| NodeError::Config(format!("[consent] {e}")))?;
         Ok(())
     }
 }

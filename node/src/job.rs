@@ -50,8 +50,9 @@ impl JobRunner {
             let purpose = job
                 .purpose
                 .as_ref()
-                .map(|p| format!("{}{}{}", p.code, if p.disease.is_empty() { "" } else { ":" }, p.disease))
-                .unwrap_or_default();
+                .and_then(|p| Purpose::try_from(p.clone()).ok())
+                .map(|p| p.to_string())
+                .unwrap_or_else(|| "invalid".into());
             let outcome = self.execute(&job).await;
             let (label, detail) = match &outcome {
                 Ok(stats) => ("released".to_string(), describe(stats)),
@@ -91,7 +92,9 @@ impl JobRunner {
         }
         let now = chrono::Utc::now();
         let remaining = job.deadline_unix_ms - now.timestamp_millis();
-        let compute = self.data.compute(&checked.query, &checked.purpose, now.date_naive());
+        let compute = self
+            .data
+            .compute(&checked.query, &checked.purpose, now.date_naive());
         let raw = tokio::time::timeout(Duration::from_millis(remaining.max(0) as u64), compute)
             .await
             .map_err(|_| Error::unavailable("the job ran past its deadline at this node"))??;
@@ -142,7 +145,11 @@ fn result(job_id: &str, outcome: Result<NodeStats, Error>) -> pb::JobResult {
 fn describe(stats: &NodeStats) -> String {
     let cells: Vec<Cell> = match stats {
         NodeStats::Count(c) => vec![*c],
-        NodeStats::Summary(m) => vec![if m.is_some() { Cell::Count(0) } else { Cell::Suppressed }],
+        NodeStats::Summary(m) => vec![if m.is_some() {
+            Cell::Count(0)
+        } else {
+            Cell::Suppressed
+        }],
         NodeStats::Histogram { bins, below, above } => {
             bins.iter().chain([below, above]).copied().collect()
         }

@@ -33,10 +33,17 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> Result<()> 
     run_with(config, shutdown, RunOptions::default()).await
 }
 
-pub async fn run_with(config: NodeConfig, shutdown: CancellationToken, options: RunOptions) -> Result<()> {
+pub async fn run_with(
+    config: NodeConfig,
+    shutdown: CancellationToken,
+    options: RunOptions,
+) -> Result<()> {
     config.validate()?;
-    let dictionary = Arc::new(plexus_core::Dictionary::load_or_default(config.node.dictionary.as_deref())?);
-    let data = Arc::new(data::DataSource::open(&config.data, &config.consent, dictionary.clone()).await?);
+    let dictionary = Arc::new(plexus_core::Dictionary::load_or_default(
+        config.node.dictionary.as_deref(),
+    )?);
+    let data =
+        Arc::new(data::DataSource::open(&config.data, &config.consent, dictionary.clone()).await?);
     let log = Arc::new(log::JobLog::open(&config.node.state_dir)?);
     let tls = plexus_tls::client_config(&config.tls).map_err(|e| NodeError::Tls(e.to_string()))?;
     info!(node = %config.node.id, variables = data.variables().len(), log = %log.path().display(), "node ready");

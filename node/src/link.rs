@@ -96,7 +96,10 @@ impl Link {
         let mut inbound = match response {
             Ok(r) => r.into_inner(),
             Err(status) => {
-                return SessionEnd::Failed(format!("coordinator refused the stream: {}", status.message()))
+                return SessionEnd::Failed(format!(
+                    "coordinator refused the stream: {}",
+                    status.message()
+                ))
             }
         };
         let first = tokio::select! {
@@ -153,7 +156,9 @@ impl Link {
                 }
                 Ok(Some(_)) => {}
                 Ok(None) => break SessionEnd::Dropped("the coordinator closed the stream".into()),
-                Err(status) => break SessionEnd::Dropped(format!("stream failed: {}", status.message())),
+                Err(status) => {
+                    break SessionEnd::Dropped(format!("stream failed: {}", status.message()))
+                }
             }
         };
         if matches!(end, SessionEnd::Shutdown) {
@@ -185,7 +190,10 @@ mod tests {
         let max = Duration::from_secs(30);
         for attempt in 0..40 {
             let d = backoff(attempt, max);
-            assert!(d >= Duration::from_millis(100) && d <= max, "{attempt}: {d:?}");
+            assert!(
+                d >= Duration::from_millis(100) && d <= max,
+                "{attempt}: {d:?}"
+            );
         }
         assert!(backoff(0, max) <= Duration::from_millis(500));
     }

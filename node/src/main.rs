@@ -7,7 +7,10 @@ use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(version, about = "Plexus node: answers pooled queries with aggregates from this hospital's data")]
+#[command(
+    version,
+    about = "Plexus node: answers pooled queries with aggregates from this hospital's data"
+)]
 struct Args {
     /// Path to node.toml.
     #[arg(long, env = "PLEXUS_NODE_CONFIG")]
@@ -20,9 +23,13 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     if args.json_logs {
-        tracing_subscriber::fmt().json().with_env_filter(filter).init();
+        tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .init();
     } else {
         tracing_subscriber::fmt().with_env_filter(filter).init();
     }

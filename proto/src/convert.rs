@@ -152,7 +152,11 @@ fn op_from_pb(op: i32) -> Result<CompareOp> {
         Ok(pb::CompareOp::Le) => CompareOp::Le,
         Ok(pb::CompareOp::Gt) => CompareOp::Gt,
         Ok(pb::CompareOp::Ge) => CompareOp::Ge,
-        _ => return Err(Error::invalid(format!("comparison operator {op} is not one Plexus knows"))),
+        _ => {
+            return Err(Error::invalid(format!(
+                "comparison operator {op} is not one Plexus knows"
+            )))
+        }
     })
 }
 
@@ -203,7 +207,10 @@ fn cohort_from_pb(c: pb::Cohort, depth: usize) -> Result<Cohort> {
         if l.items.len() > plexus_core::query::MAX_COHORT_NODES {
             return Err(Error::invalid("cohort has too many conditions"));
         }
-        l.items.into_iter().map(|i| cohort_from_pb(i, depth + 1)).collect()
+        l.items
+            .into_iter()
+            .map(|i| cohort_from_pb(i, depth + 1))
+            .collect()
     };
     Ok(match c.node.ok_or_else(|| missing("cohort condition"))? {
         Node::And(l) => Cohort::And(list(l)?),
@@ -211,7 +218,10 @@ fn cohort_from_pb(c: pb::Cohort, depth: usize) -> Result<Cohort> {
         Node::Not(inner) => Cohort::Not(Box::new(cohort_from_pb(*inner, depth + 1)?)),
         Node::Compare(cmp) => Cohort::Compare {
             op: op_from_pb(cmp.op)?,
-            value: cmp.value.ok_or_else(|| missing("comparison value"))?.try_into()?,
+            value: cmp
+                .value
+                .ok_or_else(|| missing("comparison value"))?
+                .try_into()?,
             variable: cmp.variable,
         },
         Node::In(m) => {
@@ -219,12 +229,20 @@ fn cohort_from_pb(c: pb::Cohort, depth: usize) -> Result<Cohort> {
                 return Err(Error::invalid("\"in\" lists too many values"));
             }
             Cohort::In {
-                values: m.values.into_iter().map(Value::try_from).collect::<Result<_>>()?,
+                values: m
+                    .values
+                    .into_iter()
+                    .map(Value::try_from)
+                    .collect::<Result<_>>()?,
                 variable: m.variable,
             }
         }
-        Node::Null(n) if n.is_null => Cohort::IsNull { variable: n.variable },
-        Node::Null(n) => Cohort::NotNull { variable: n.variable },
+        Node::Null(n) if n.is_null => Cohort::IsNull {
+            variable: n.variable,
+        },
+        Node::Null(n) => Cohort::NotNull {
+            variable: n.variable,
+        },
     })
 }
 
@@ -262,7 +280,9 @@ impl TryFrom<pb::Analysis> for Analysis {
         use pb::analysis::Kind;
         Ok(match a.kind.ok_or_else(|| missing("analysis"))? {
             Kind::Count(_) => Analysis::Count {},
-            Kind::Summary(s) => Analysis::Summary { variable: s.variable },
+            Kind::Summary(s) => Analysis::Summary {
+                variable: s.variable,
+            },
             Kind::Histogram(h) => {
                 if h.edges.len() > plexus_core::query::MAX_BINS + 1 {
                     return Err(Error::invalid("histogram has too many bin edges"));
@@ -505,7 +525,12 @@ mod tests {
         let s = NodeStats::Table {
             rows: 2,
             columns: 2,
-            cells: vec![Cell::Count(7), Cell::Suppressed, Cell::Count(9), Cell::Count(12)],
+            cells: vec![
+                Cell::Count(7),
+                Cell::Suppressed,
+                Cell::Count(9),
+                Cell::Count(12),
+            ],
         };
         assert_eq!(NodeStats::try_from(pb::NodeStats::from(&s)).unwrap(), s);
         let e = Error::disclosure("too few");

@@ -56,7 +56,12 @@ impl Admin for AdminService {
             .audit(AuditEntry {
                 who: who.name.clone(),
                 role: "admin".into(),
-                action: if existed { "study.update" } else { "study.register" }.into(),
+                action: if existed {
+                    "study.update"
+                } else {
+                    "study.register"
+                }
+                .into(),
                 study_id: def.id.clone(),
                 outcome: "ok".into(),
                 detail: format!("definition {}", &def.definition_hash()[..16]),
@@ -70,7 +75,10 @@ impl Admin for AdminService {
             .await
             .map_err(|e| e.to_status())?
             .ok_or_else(|| Status::internal("study vanished after registration"))?;
-        Ok(Response::new(study_to_pb(&stored.definition, stored.registered_at)))
+        Ok(Response::new(study_to_pb(
+            &stored.definition,
+            stored.registered_at,
+        )))
     }
 
     async fn list_nodes(

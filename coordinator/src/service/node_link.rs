@@ -41,7 +41,11 @@ impl NodeLink for NodeLinkService {
             Some(pb::NodeMessage {
                 msg: Some(pb::node_message::Msg::Hello(h)),
             }) => h,
-            _ => return Err(Status::invalid_argument("the first message on the stream must be hello")),
+            _ => {
+                return Err(Status::invalid_argument(
+                    "the first message on the stream must be hello",
+                ))
+            }
         };
         if hello.node_id != identity.name {
             self.state
@@ -66,10 +70,13 @@ impl NodeLink for NodeLinkService {
         let welcome = pb::CoordinatorMessage {
             msg: Some(pb::coordinator_message::Msg::Welcome(pb::Welcome {
                 coordinator_id: self.state.config.coordinator.id.clone(),
-                heartbeat_interval_ms: (self.state.config.coordinator.heartbeat_interval_secs * 1000) as i64,
+                heartbeat_interval_ms: (self.state.config.coordinator.heartbeat_interval_secs
+                    * 1000) as i64,
             })),
         };
-        tx.send(Ok(welcome)).await.map_err(|_| Status::internal("stream closed"))?;
+        tx.send(Ok(welcome))
+            .await
+            .map_err(|_| Status::internal("stream closed"))?;
         if hello.dictionary_version != self.state.dictionary.fingerprint() {
             warn!(node = %node_id, node_dictionary = %hello.dictionary_version, coordinator_dictionary = %self.state.dictionary.fingerprint(), "node uses another data dictionary");
         }
@@ -142,7 +149,9 @@ fn handle(state: &State, node_id: &str, conn_id: u64, m: pb::NodeMessage) {
         Some(pb::node_message::Msg::Heartbeat(_)) => state.registry.heartbeat(node_id, conn_id),
         Some(pb::node_message::Msg::Result(r)) => {
             state.registry.heartbeat(node_id, conn_id);
-            let reply = r.outcome.ok_or_else(|| "answer without an outcome".to_string());
+            let reply = r
+                .outcome
+                .ok_or_else(|| "answer without an outcome".to_string());
             if let Err(e) = state.registry.deliver(node_id, &r.job_id, reply) {
                 warn!(job_id = %r.job_id, reason = %e, "answer ignored");
             }

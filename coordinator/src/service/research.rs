@@ -88,7 +88,11 @@ impl Research for ResearchService {
             submitted_at: now_ms(),
             finished_at: None,
         };
-        self.state.store.insert_query(&stored).await.map_err(|e| e.to_status())?;
+        self.state
+            .store
+            .insert_query(&stored)
+            .await
+            .map_err(|e| e.to_status())?;
         self.state
             .audit(AuditEntry {
                 who: who.name.clone(),
@@ -98,11 +102,21 @@ impl Research for ResearchService {
                 query_id: id.clone(),
                 query_hash: stored.query_hash.clone(),
                 outcome: "accepted".into(),
-                detail: format!("{} on {} variables", query.analysis.kind(), query.variables().len()),
+                detail: format!(
+                    "{} on {} variables",
+                    query.analysis.kind(),
+                    query.variables().len()
+                ),
                 ..Default::default()
             })
             .await;
-        tokio::spawn(crate::query::run(self.state.clone(), id.clone(), study, query, who.name));
+        tokio::spawn(crate::query::run(
+            self.state.clone(),
+            id.clone(),
+            study,
+            query,
+            who.name,
+        ));
         Ok(Response::new(pb::SubmitQueryResponse { query_id: id }))
     }
 
@@ -144,8 +158,14 @@ impl Research for ResearchService {
         &self,
         request: Request<pb::ListStudiesRequest>,
     ) -> Result<Response<pb::ListStudiesResponse>, Status> {
-        let who = plexus_tls::require_role(&request, &[Role::Researcher, Role::Admin, Role::Auditor])?;
-        let studies = self.state.store.studies().await.map_err(|e| e.to_status())?;
+        let who =
+            plexus_tls::require_role(&request, &[Role::Researcher, Role::Admin, Role::Auditor])?;
+        let studies = self
+            .state
+            .store
+            .studies()
+            .await
+            .map_err(|e| e.to_status())?;
         let studies = studies
             .into_iter()
             .filter(|s| who.role != Role::Researcher || s.definition.has_researcher(&who.name))

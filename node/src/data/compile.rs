@@ -103,7 +103,10 @@ pub(crate) fn compile(cohort: &Cohort, lookup: &Lookup<'_>) -> Result<Expr> {
         } => {
             let m = lookup(variable)?;
             let (lhs, rhs) = operands(variable, m, std::slice::from_ref(value))?;
-            let rhs = rhs.into_iter().next().expect("one value in, one literal out");
+            let rhs = rhs
+                .into_iter()
+                .next()
+                .expect("one value in, one literal out");
             match op {
                 CompareOp::Eq => lhs.eq(rhs),
                 CompareOp::Ne => lhs.not_eq(rhs),

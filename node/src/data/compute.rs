@@ -98,7 +98,10 @@ pub(crate) async fn histogram(df: DataFrame, m: &Mapped, edges: &[f64]) -> Resul
     );
     let x = m.as_f64();
     let grouped = df.filter(x.clone().is_not_null()).and_then(|df| {
-        df.aggregate(vec![udf.call(vec![x]).alias("bin")], vec![count_all().alias("n")])
+        df.aggregate(
+            vec![udf.call(vec![x]).alias("bin")],
+            vec![count_all().alias("n")],
+        )
     });
     let batches = collect(plan(grouped)?).await?;
     let mut counts = vec![0u64; bins];
@@ -174,7 +177,10 @@ pub(crate) async fn table(
 }
 
 fn first<'a>(batches: &'a [RecordBatch], col: usize) -> Option<&'a ArrayRef> {
-    batches.iter().find(|b| b.num_rows() > 0).map(|b| b.column(col))
+    batches
+        .iter()
+        .find(|b| b.num_rows() > 0)
+        .map(|b| b.column(col))
 }
 
 fn first_i64(batches: &[RecordBatch], col: usize) -> i64 {

@@ -98,7 +98,9 @@ impl DataConfig {
     /// Checks what can be checked without reading the data.
     pub fn validate(&self) -> Result<()> {
         if self.path.as_os_str().is_empty() {
-            return Err(Error::invalid("data.path is empty; give the patient table's file"));
+            return Err(Error::invalid(
+                "data.path is empty; give the patient table's file",
+            ));
         }
         self.format()?;
         if self.patient_id.trim().is_empty() {
@@ -186,7 +188,8 @@ mod tests {
         let d: DataConfig = toml::from_str("path='a.txt'\npatient_id='id'\n").unwrap();
         let e = d.validate().unwrap_err();
         assert!(e.message.contains("data.format"), "{e}");
-        let d: DataConfig = toml::from_str("path='a.txt'\nformat='csv'\npatient_id='id'\n").unwrap();
+        let d: DataConfig =
+            toml::from_str("path='a.txt'\nformat='csv'\npatient_id='id'\n").unwrap();
         assert_eq!(d.format().unwrap(), DataFormat::Csv);
     }
 }

@@ -70,7 +70,8 @@ impl ConsentSource {
             cache: Mutex::new(None),
         };
         stamp(&src.path, "consent file")?;
-        src.records(&src.path, format, "consent file", &CONSENT_COLUMNS).await?;
+        src.records(&src.path, format, "consent file", &CONSENT_COLUMNS)
+            .await?;
         if let Some((p, f)) = &src.opt_out {
             stamp(p, "opt-out file")?;
             src.records(p, *f, "opt-out file", &OPT_OUT_COLUMNS).await?;
@@ -140,7 +141,9 @@ impl ConsentSource {
 
     async fn consenting(&self, purpose: &Purpose, today: NaiveDate) -> Result<StringArray> {
         let what = "consent file";
-        let df = self.records(&self.path, self.format, what, &CONSENT_COLUMNS).await?;
+        let df = self
+            .records(&self.path, self.format, what, &CONSENT_COLUMNS)
+            .await?;
         let mut stream = df
             .execute_stream()
             .await
@@ -206,7 +209,9 @@ impl ConsentSource {
         let mut out = StringBuilder::new();
         for b in &batches {
             let ids = b.column(0).as_string::<i32>();
-            (0..b.num_rows()).filter_map(|i| text(ids, i)).for_each(|id| out.append_value(id));
+            (0..b.num_rows())
+                .filter_map(|i| text(ids, i))
+                .for_each(|id| out.append_value(id));
         }
         Ok(out.finish())
     }

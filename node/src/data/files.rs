@@ -125,7 +125,11 @@ pub(crate) fn csv_options(ext: &str) -> CsvReadOptions<'_> {
 
 /// Column names of a DataFrame, in file order.
 pub(crate) fn column_names(df: &DataFrame) -> Vec<String> {
-    df.schema().fields().iter().map(|f| f.name().clone()).collect()
+    df.schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect()
 }
 
 /// Checks that `df` (read from `path`) has `wanted` columns and returns
@@ -156,5 +160,6 @@ pub(crate) fn text_columns(
         };
         exprs.push(e.alias(*w));
     }
-    df.select(exprs).map_err(|e| Error::internal(format!("cannot select {what} columns: {e}")))
+    df.select(exprs)
+        .map_err(|e| Error::internal(format!("cannot select {what} columns: {e}")))
 }

@@ -117,13 +117,22 @@ pub(crate) async fn check_values(
         let c = column(&m.column);
         let (bad, problem) = match m.kind {
             VarType::Categorical => {
-                let cats = dict.variables[var].categories.iter().map(|s| lit(s.as_str()));
+                let cats = dict.variables[var]
+                    .categories
+                    .iter()
+                    .map(|s| lit(s.as_str()));
                 let text = cast(c.clone(), DataType::Utf8);
-                let bad = text.clone().is_not_null().and(in_list(text, cats.collect(), true));
+                let bad = text
+                    .clone()
+                    .is_not_null()
+                    .and(in_list(text, cats.collect(), true));
                 (bad, "values that are not categories of the dictionary")
             }
             VarType::Date if is_string(&m.dtype) => {
-                let bad = c.clone().is_not_null().and(try_cast(c.clone(), DataType::Date32).is_null());
+                let bad = c
+                    .clone()
+                    .is_not_null()
+                    .and(try_cast(c.clone(), DataType::Date32).is_null());
                 (bad, "values that are not dates YYYY-MM-DD")
             }
             _ => continue,
@@ -145,10 +154,9 @@ pub(crate) async fn check_values(
         }
         if !examples.is_empty() {
             let allowed = match m.kind {
-                VarType::Categorical => format!(
-                    "; allowed: {}",
-                    dict.variables[var].categories.join(", ")
-                ),
+                VarType::Categorical => {
+                    format!("; allowed: {}", dict.variables[var].categories.join(", "))
+                }
                 _ => String::new(),
             };
             return Err(Error::data(format!(

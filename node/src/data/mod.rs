@@ -63,7 +63,11 @@ impl DataSource {
     /// Opens and validates the data and consent files against the mapping
     /// and the dictionary; refuses to start with an error naming the
     /// variable, the column and the file when something does not fit.
-    pub async fn open(data: &DataConfig, consent: &ConsentConfig, dict: Arc<Dictionary>) -> Result<Self> {
+    pub async fn open(
+        data: &DataConfig,
+        consent: &ConsentConfig,
+        dict: Arc<Dictionary>,
+    ) -> Result<Self> {
         data.validate()?;
         consent.validate()?;
         let started = Instant::now();
@@ -81,7 +85,10 @@ impl DataSource {
         let mapped = mapping::map_columns(&dict, &data.columns, &schema, &path)?;
         mapping::check_values(&df, &dict, &mapped, &path).await?;
         let consent = ConsentSource::open(consent).await?;
-        tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, "data source opened");
+        tracing::debug!(
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "data source opened"
+        );
         Ok(DataSource {
             ctx,
             dict,
@@ -102,9 +109,12 @@ impl DataSource {
     /// Changes whenever the data, consent or opt-out file changes.
     pub fn snapshot(&self) -> Result<String> {
         let mut text = String::new();
-        let files = [(self.path.as_path(), "data file")]
-            .into_iter()
-            .chain(self.consent.paths().into_iter().map(|p| (p, "consent file")));
+        let files = [(self.path.as_path(), "data file")].into_iter().chain(
+            self.consent
+                .paths()
+                .into_iter()
+                .map(|p| (p, "consent file")),
+        );
         for (p, what) in files {
             let s = stamp(p, what)?;
             text.push_str(&format!("{}\0{}\0{}\n", p.display(), s.len, s.modified_ns));
@@ -114,7 +124,12 @@ impl DataSource {
 
     /// Runs one query for a study with purpose `purpose`, counting only
     /// patients whose consent covers it on `today`.
-    pub async fn compute(&self, query: &Query, purpose: &Purpose, today: NaiveDate) -> Result<RawStats> {
+    pub async fn compute(
+        &self,
+        query: &Query,
+        purpose: &Purpose,
+        today: NaiveDate,
+    ) -> Result<RawStats> {
         query.validate(&self.dict)?;
         for v in query.variables() {
             self.lookup(&v)?;
@@ -169,12 +184,20 @@ impl DataSource {
             .map_err(|e| read_error("data file", &self.path, self.format, e))?;
         let ids = self.id_table(CONSENTING_ID, &sets.consenting)?;
         let mut df = patients
-            .join_on(ids, JoinType::LeftSemi, [column(&self.id_column).eq(column(CONSENTING_ID))])
+            .join_on(
+                ids,
+                JoinType::LeftSemi,
+                [column(&self.id_column).eq(column(CONSENTING_ID))],
+            )
             .map_err(plan_err)?;
         if !sets.opted_out.is_empty() {
             let out = self.id_table(OPTED_OUT_ID, &sets.opted_out)?;
             df = df
-                .join_on(out, JoinType::LeftAnti, [column(&self.id_column).eq(column(OPTED_OUT_ID))])
+                .join_on(
+                    out,
+                    JoinType::LeftAnti,
+                    [column(&self.id_column).eq(column(OPTED_OUT_ID))],
+                )
                 .map_err(plan_err)?;
         }
         Ok(df)
@@ -190,14 +213,23 @@ impl DataSource {
 
 /// Registers the patient table. CSV schemas are inferred from every row,
 /// with the id column read as text so ids keep their leading zeros.
-async fn register(ctx: &SessionContext, path: &std::path::Path, format: DataFormat, id: &str) -> Result<()> {
+async fn register(
+    ctx: &SessionContext,
+    path: &std::path::Path,
+    format: DataFormat,
+    id: &str,
+) -> Result<()> {
     let what = "data file";
     let p = path_str(path, what)?;
     let ext = extension(path);
     let err = |e| read_error(what, path, format, e);
     match format {
         DataFormat::Parquet => ctx
-            .register_parquet(PATIENTS, p, ParquetReadOptions::default().file_extension(&ext))
+            .register_parquet(
+                PATIENTS,
+                p,
+                ParquetReadOptions::default().file_extension(&ext),
+            )
             .await
             .map_err(err),
         DataFormat::Csv => {

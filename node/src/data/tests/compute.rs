@@ -76,7 +76,10 @@ fn reference(rows: &[&Patient], query: &Query, dict: &Dictionary) -> RawStats {
         Analysis::Count {} => RawStats::Count(cohort.len() as u64),
         Analysis::Summary { variable } => {
             let mut m = Moments::default();
-            cohort.iter().filter_map(|p| number(p.datum(variable))).for_each(|x| m.add(x));
+            cohort
+                .iter()
+                .filter_map(|p| number(p.datum(variable)))
+                .for_each(|x| m.add(x));
             RawStats::Summary(m)
         }
         Analysis::Histogram { variable, edges } => {
@@ -91,7 +94,9 @@ fn reference(rows: &[&Patient], query: &Query, dict: &Dictionary) -> RawStats {
                 } else if x == last {
                     *bins.last_mut().unwrap() += 1;
                 } else {
-                    let i = (0..bins.len()).find(|&i| edges[i] <= x && x < edges[i + 1]).unwrap();
+                    let i = (0..bins.len())
+                        .find(|&i| edges[i] <= x && x < edges[i + 1])
+                        .unwrap();
                     bins[i] += 1;
                 }
             }
@@ -136,7 +141,10 @@ async fn agrees_with_reference(csv: bool) {
     let f = Fixture::with_rows(&rows, csv, &without);
     let src = f.open().await.unwrap();
     let dict = Dictionary::cardiovascular();
-    let consenting: Vec<&Patient> = rows.iter().filter(|p| !without.contains(&p.id.as_str())).collect();
+    let consenting: Vec<&Patient> = rows
+        .iter()
+        .filter(|p| !without.contains(&p.id.as_str()))
+        .collect();
     let hmb = purpose("HMB", "", &[]);
     let mut nonzero = 0;
     for cohort in COHORTS {
@@ -151,7 +159,10 @@ async fn agrees_with_reference(csv: bool) {
         }
     }
     // the cohorts are not all empty: most answers hold some patients
-    assert!(nonzero > COHORTS.len() * ANALYSES.len() * 3 / 4, "{nonzero}");
+    assert!(
+        nonzero > COHORTS.len() * ANALYSES.len() * 3 / 4,
+        "{nonzero}"
+    );
 }
 
 #[tokio::test]
@@ -180,9 +191,14 @@ async fn histogram_boundaries_exactly() {
     let rows: Vec<Patient> = patients(8);
     let f = Fixture::with_rows(&rows, false, &[]);
     let src = f.open().await.unwrap();
-    let q = Query::from_json(r#"{"analysis": {"histogram": {"variable": "age", "edges": [40, 50, 60, 80]}}}"#)
+    let q = Query::from_json(
+        r#"{"analysis": {"histogram": {"variable": "age", "edges": [40, 50, 60, 80]}}}"#,
+    )
+    .unwrap();
+    let got = src
+        .compute(&q, &purpose("GRU", "", &[]), date("2024-06-01"))
+        .await
         .unwrap();
-    let got = src.compute(&q, &purpose("GRU", "", &[]), date("2024-06-01")).await.unwrap();
     assert_eq!(
         got,
         RawStats::Histogram {
@@ -201,7 +217,13 @@ async fn unmapped_variable_is_a_data_error() {
     let src = f.open().await.unwrap();
     assert!(!src.variables().contains(&"sbp".to_string()));
     let q = Query::from_json(r#"{"analysis": {"summary": {"variable": "sbp"}}}"#).unwrap();
-    let e = src.compute(&q, &purpose("GRU", "", &[]), date("2024-06-01")).await.unwrap_err();
+    let e = src
+        .compute(&q, &purpose("GRU", "", &[]), date("2024-06-01"))
+        .await
+        .unwrap_err();
     assert_eq!(e.code, ErrorCode::Data);
-    assert!(e.message.contains("\"sbp\" is not mapped at this node"), "{e}");
+    assert!(
+        e.message.contains("\"sbp\" is not mapped at this node"),
+        "{e}"
+    );
 }

@@ -8,7 +8,9 @@ use datafusion::arrow::array::{ArrayRef, Int32Array, Int64Array, RecordBatch};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use plexus_core::{ErrorCode, Moments, Purpose, Query, RawStats};
 
-use super::{date, patients, purpose, write_consent, write_opt_out, write_parquet, Fixture, Patient};
+use super::{
+    date, patients, purpose, write_consent, write_opt_out, write_parquet, Fixture, Patient,
+};
 
 /// Twelve patients whose ages are distinct powers of two, so the sum of
 /// ages says exactly who was counted.
@@ -24,19 +26,19 @@ const TODAY: &str = "2024-06-01";
 
 fn cases() -> Vec<(&'static str, &'static str, &'static str, &'static str)> {
     vec![
-        ("P0000", "GRU", "2020-01-01", ""),            // in
-        ("P0001", "HMB", "2024-06-01", ""),            // in: valid from today
-        ("P0002", "HMB", "2020-01-01", "2024-06-01"),  // out: withdrawn today
-        ("P0003", "HMB", "2020-01-01", "2024-06-02"),  // in: withdrawn after today
-        ("P0004", "HMB", "2024-06-02", ""),            // out: not yet valid
+        ("P0000", "GRU", "2020-01-01", ""),           // in
+        ("P0001", "HMB", "2024-06-01", ""),           // in: valid from today
+        ("P0002", "HMB", "2020-01-01", "2024-06-01"), // out: withdrawn today
+        ("P0003", "HMB", "2020-01-01", "2024-06-02"), // in: withdrawn after today
+        ("P0004", "HMB", "2024-06-02", ""),           // out: not yet valid
         // P0005 has no record: out
-        ("P0006", "GRU", "2020-01-01", ""),            // out: opted out
+        ("P0006", "GRU", "2020-01-01", ""), // out: opted out
         ("P0007", "DS:MONDO:0005311", "2020-01-01", ""), // only for that disease
-        ("P0008", "HMB;NPU", "2020-01-01", ""),        // only for not-for-profit studies
-        ("P0009", "HMB", "2019-01-01", "2023-01-01"),  // withdrawn, then consented again
+        ("P0008", "HMB;NPU", "2020-01-01", ""), // only for not-for-profit studies
+        ("P0009", "HMB", "2019-01-01", "2023-01-01"), // withdrawn, then consented again
         ("P0009", "HMB", "2023-06-01", ""),
-        ("P0010", "HMB", "2020-01-01", "2022-01-01"),  // out: withdrawn before today
-        ("P0011", "", "2020-01-01", ""),               // out: no purpose
+        ("P0010", "HMB", "2020-01-01", "2022-01-01"), // out: withdrawn before today
+        ("P0011", "", "2020-01-01", ""),              // out: no purpose
     ]
 }
 
@@ -81,18 +83,33 @@ async fn consent_decides_who_is_counted() {
 #[tokio::test]
 async fn everyone_excluded_gives_empty_answers() {
     let f = consent_fixture();
-    write_consent(&f.consent.path, &[("P0000", "HMB", "2020-01-01", "2021-01-01")]);
+    write_consent(
+        &f.consent.path,
+        &[("P0000", "HMB", "2020-01-01", "2021-01-01")],
+    );
     let src = f.open().await.unwrap();
     let m = counted(&src, &purpose("HMB", "", &[]), TODAY).await;
     assert_eq!(m, Moments::default());
-    let q = Query::from_json(r#"{"analysis": {"table": {"row": "sex", "column": "death"}}}"#).unwrap();
-    let t = src.compute(&q, &purpose("HMB", "", &[]), date(TODAY)).await.unwrap();
-    assert_eq!(t, RawStats::Table { rows: 2, columns: 2, cells: vec![0; 4] });
+    let q =
+        Query::from_json(r#"{"analysis": {"table": {"row": "sex", "column": "death"}}}"#).unwrap();
+    let t = src
+        .compute(&q, &purpose("HMB", "", &[]), date(TODAY))
+        .await
+        .unwrap();
+    assert_eq!(
+        t,
+        RawStats::Table {
+            rows: 2,
+            columns: 2,
+            cells: vec![0; 4]
+        }
+    );
 }
 
 fn set_old_mtime(path: &std::path::Path, age_s: u64) {
     let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
-    f.set_modified(SystemTime::now() - Duration::from_secs(age_s)).unwrap();
+    f.set_modified(SystemTime::now() - Duration::from_secs(age_s))
+        .unwrap();
 }
 
 #[tokio::test]
@@ -154,12 +171,20 @@ async fn integer_ids_match_text_ids_in_consent() {
         Arc::new(Int64Array::from(vec![7, 8, 9, 10])),
         Arc::new(Int32Array::from(vec![1, 2, 4, 8])),
     ];
-    write_parquet(&f.data.path, &RecordBatch::try_new(Arc::new(schema), cols).unwrap());
+    write_parquet(
+        &f.data.path,
+        &RecordBatch::try_new(Arc::new(schema), cols).unwrap(),
+    );
     let mut f = f;
     f.data.columns.retain(|v, _| v == "age");
     write_consent(
         &f.consent.path,
-        &[("007", "GRU", "2020-01-01", ""), ("8", "GRU", "2020-01-01", ""), ("x9", "GRU", "2020-01-01", ""), ("10", "GRU", "2020-01-01", "")],
+        &[
+            ("007", "GRU", "2020-01-01", ""),
+            ("8", "GRU", "2020-01-01", ""),
+            ("x9", "GRU", "2020-01-01", ""),
+            ("10", "GRU", "2020-01-01", ""),
+        ],
     );
     write_opt_out(&f.path("opt_out.csv"), &["0010"]);
     let src = f.open().await.unwrap();

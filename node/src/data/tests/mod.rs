@@ -113,7 +113,10 @@ impl Patient {
         match var {
             "age" => self.age.map_or(Datum::Null, |a| Datum::Integer(a.into())),
             "sex" => text(self.sex),
-            "bmi" => self.bmi.filter(|x| !x.is_nan()).map_or(Datum::Null, Datum::Float),
+            "bmi" => self
+                .bmi
+                .filter(|x| !x.is_nan())
+                .map_or(Datum::Null, Datum::Float),
             "sbp" => self.sbp.map_or(Datum::Null, Datum::Integer),
             "smoking" => text(self.smoking),
             "diabetes" => boolean(self.diabetes),
@@ -137,14 +140,18 @@ pub(super) fn batch(rows: &[Patient]) -> RecordBatch {
         Field::new("Death", DataType::Boolean, true),
     ]);
     let cols: Vec<ArrayRef> = vec![
-        Arc::new(StringArray::from_iter_values(rows.iter().map(|p| p.id.as_str()))),
+        Arc::new(StringArray::from_iter_values(
+            rows.iter().map(|p| p.id.as_str()),
+        )),
         Arc::new(Int32Array::from_iter(rows.iter().map(|p| p.age))),
         Arc::new(StringArray::from_iter(rows.iter().map(|p| p.sex))),
         Arc::new(Float64Array::from_iter(rows.iter().map(|p| p.bmi))),
         Arc::new(Int64Array::from_iter(rows.iter().map(|p| p.sbp))),
         Arc::new(StringArray::from_iter(rows.iter().map(|p| p.smoking))),
         Arc::new(BooleanArray::from_iter(rows.iter().map(|p| p.diabetes))),
-        Arc::new(Date32Array::from_iter(rows.iter().map(|p| p.included.map(days)))),
+        Arc::new(Date32Array::from_iter(
+            rows.iter().map(|p| p.included.map(days)),
+        )),
         Arc::new(BooleanArray::from_iter(rows.iter().map(|p| p.death))),
     ];
     RecordBatch::try_new(Arc::new(schema), cols).unwrap()
@@ -224,7 +231,11 @@ impl Fixture {
     /// A fixture holding `rows` as Parquet or CSV, everyone consenting to
     /// GRU except the ids in `without`.
     pub fn with_rows(rows: &[Patient], csv: bool, without: &[&str]) -> Self {
-        let f = Fixture::new(if csv { "patients.csv" } else { "patients.parquet" });
+        let f = Fixture::new(if csv {
+            "patients.csv"
+        } else {
+            "patients.parquet"
+        });
         if csv {
             write_csv(&f.data.path, rows);
         } else {
@@ -244,6 +255,11 @@ impl Fixture {
     }
 
     pub async fn open(&self) -> plexus_core::Result<DataSource> {
-        DataSource::open(&self.data, &self.consent, Arc::new(Dictionary::cardiovascular())).await
+        DataSource::open(
+            &self.data,
+            &self.consent,
+            Arc::new(Dictionary::cardiovascular()),
+        )
+        .await
     }
 }

@@ -26,7 +26,16 @@ async fn opens_both_formats_and_lists_variables() {
         let src = f.open().await.unwrap();
         assert_eq!(
             src.variables(),
-            ["age", "bmi", "death", "diabetes", "inclusion_date", "sbp", "sex", "smoking"]
+            [
+                "age",
+                "bmi",
+                "death",
+                "diabetes",
+                "inclusion_date",
+                "sbp",
+                "sex",
+                "smoking"
+            ]
         );
         assert_eq!(src.snapshot().unwrap(), src.snapshot().unwrap());
     }
@@ -56,7 +65,15 @@ async fn mapped_column_missing() {
     f.data.columns.insert("sbp".into(), "Systolic".into());
     let e = open_err(&f).await;
     assert_eq!(e.code, ErrorCode::Data);
-    assert_names(&e, &["variable \"sbp\"", "column \"Systolic\"", "patients.parquet", "SBP mmHg"]);
+    assert_names(
+        &e,
+        &[
+            "variable \"sbp\"",
+            "column \"Systolic\"",
+            "patients.parquet",
+            "SBP mmHg",
+        ],
+    );
 }
 
 #[tokio::test]
@@ -80,7 +97,14 @@ async fn wrong_column_type() {
         f.data.columns.insert(var.into(), col.into());
         let e = open_err(&f).await;
         assert_eq!(e.code, ErrorCode::Data);
-        assert_names(&e, &[&format!("variable \"{var}\" ({kind})"), &format!("\"{col}\""), "patients.parquet"]);
+        assert_names(
+            &e,
+            &[
+                &format!("variable \"{var}\" ({kind})"),
+                &format!("\"{col}\""),
+                "patients.parquet",
+            ],
+        );
     }
 }
 
@@ -91,7 +115,16 @@ async fn category_not_in_dictionary() {
     let f = Fixture::with_rows(&rows, true, &[]);
     let e = open_err(&f).await;
     assert_eq!(e.code, ErrorCode::Data);
-    assert_names(&e, &["variable \"smoking\"", "column \"Smoking\"", "patients.csv", "\"sometimes\"", "never"]);
+    assert_names(
+        &e,
+        &[
+            "variable \"smoking\"",
+            "column \"Smoking\"",
+            "patients.csv",
+            "\"sometimes\"",
+            "never",
+        ],
+    );
 }
 
 #[tokio::test]
@@ -129,7 +162,15 @@ async fn text_dates_must_parse() {
     edit_csv(&f.data.path, 3, 7, "first of may");
     let e = open_err(&f).await;
     assert_eq!(e.code, ErrorCode::Data);
-    assert_names(&e, &["variable \"inclusion_date\"", "column \"InclDate\"", "not dates", "\"first of may\""]);
+    assert_names(
+        &e,
+        &[
+            "variable \"inclusion_date\"",
+            "column \"InclDate\"",
+            "not dates",
+            "\"first of may\"",
+        ],
+    );
 }
 
 #[tokio::test]
@@ -151,7 +192,11 @@ async fn consent_file_problems() {
     assert_names(&e, &["consent file", "no_consent.csv"]);
 
     let f = parquet();
-    std::fs::write(&f.consent.path, "patient_id,purpose,valid_from,withdrawn_at\nP0001,GRU,2020-01-01,\n").unwrap();
+    std::fs::write(
+        &f.consent.path,
+        "patient_id,purpose,valid_from,withdrawn_at\nP0001,GRU,2020-01-01,\n",
+    )
+    .unwrap();
     let e = open_err(&f).await;
     assert_names(&e, &["consent.csv", "no column \"purposes\""]);
 

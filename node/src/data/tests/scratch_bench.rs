@@ -1,11 +1,14 @@
-use std::time::Instant;
-use plexus_core::Query;
 use super::{date, patients, purpose, Fixture};
+use plexus_core::Query;
+use std::time::Instant;
 
 #[tokio::test]
 #[ignore]
 async fn scratch_bench() {
-    let n: usize = std::env::var("BENCH_N").ok().and_then(|s| s.parse().ok()).unwrap_or(1_000_000);
+    let n: usize = std::env::var("BENCH_N")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1_000_000);
     let csv = std::env::var("BENCH_CSV").is_ok();
     let rows = patients(n);
     let t = Instant::now();
@@ -14,7 +17,8 @@ async fn scratch_bench() {
     eprintln!("fixture written in {:?}", t.elapsed());
     for p in [&f.consent.path, &f.path("opt_out.csv"), &f.data.path] {
         let file = std::fs::OpenOptions::new().write(true).open(p).unwrap();
-        file.set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(100)).unwrap();
+        file.set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(100))
+            .unwrap();
     }
     let t = Instant::now();
     let src = f.open().await.unwrap();
@@ -30,6 +34,14 @@ async fn scratch_bench() {
         let q = Query::from_json(q).unwrap();
         let t = Instant::now();
         let r = src.compute(&q, &hmb, date("2024-06-01")).await.unwrap();
-        eprintln!("{:?} in {:?}: {:?}", q.analysis.kind(), t.elapsed(), match r { plexus_core::RawStats::Count(n) => format!("{n}"), _ => String::new() });
+        eprintln!(
+            "{:?} in {:?}: {:?}",
+            q.analysis.kind(),
+            t.elapsed(),
+            match r {
+                plexus_core::RawStats::Count(n) => format!("{n}"),
+                _ => String::new(),
+            }
+        );
     }
 }
