@@ -1,6 +1,6 @@
 //! The CLI's commands other than `demo`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -281,6 +281,44 @@ pub async fn audit_log(
     Ok(())
 }
 
-pub fn default_pki_dir() -> PathBuf {
-    PathBuf::from("pki")
+pub fn dictionary(file: Option<&Path>) -> anyhow::Result<()> {
+    let dict = plexus_core::Dictionary::load_or_default(file)?;
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED);
+    t.set_header(vec![
+        "variable",
+        "type",
+        "unit",
+        "bounds / categories",
+        "description",
+    ]);
+    for (name, v) in &dict.variables {
+        let range = match (v.kind, &v.min, &v.max) {
+            (plexus_core::VarType::Categorical, _, _) => v.categories.join(", "),
+            (plexus_core::VarType::Boolean, _, _) => "false, true".into(),
+            (_, Some(lo), Some(hi)) => format!("{} .. {}", bound(lo), bound(hi)),
+            _ => String::new(),
+        };
+        t.add_row(vec![
+            name.clone(),
+            v.kind.to_string(),
+            v.unit.clone().unwrap_or_default(),
+            range,
+            v.description.clone(),
+        ]);
+    }
+    println!(
+        "{} version {} ({})\n{t}",
+        dict.name,
+        dict.version,
+        dict.fingerprint()
+    );
+    Ok(())
+}
+
+fn bound(b: &plexus_core::dictionary::Bound) -> String {
+    match b {
+        plexus_core::dictionary::Bound::Number(x) => x.to_string(),
+        plexus_core::dictionary::Bound::Date(d) => d.to_string(),
+    }
 }

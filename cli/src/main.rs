@@ -65,6 +65,11 @@ enum Command {
     },
     /// List the studies you can query.
     Studies,
+    /// Show the network data dictionary's variables (the embedded one, or --file).
+    Dictionary {
+        #[arg(long)]
+        file: Option<PathBuf>,
+    },
     /// Submit a pooled query and print its result.
     Query {
         #[arg(long)]
@@ -202,6 +207,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             StudyCommand::List => commands::studies(&cli.conn).await,
         },
         Command::Studies => commands::studies(&cli.conn).await,
+        Command::Dictionary { file } => commands::dictionary(file.as_deref()),
         Command::Query {
             study,
             file,

@@ -203,7 +203,7 @@ impl Dictionary {
             let hint = self
                 .closest(name)
                 .map(|c| format!(" (did you mean \"{c}\"?)"))
-                .unwrap_or_else(|| " (list the dictionary's variables to see what exists)".into());
+                .unwrap_or_else(|| " (`plexus dictionary` lists the variables)".into());
             Error::invalid(format!(
                 "variable \"{name}\" is not in the data dictionary{hint}"
             ))
