@@ -98,6 +98,11 @@ impl Client {
         Ok(Client { channel })
     }
 
+    /// The underlying mTLS channel, for other gRPC clients (e.g. reflection).
+    pub fn channel(&self) -> Channel {
+        self.channel.clone()
+    }
+
     pub fn research(&self) -> ResearchClient<Channel> {
         ResearchClient::new(self.channel.clone())
     }

@@ -176,7 +176,7 @@ pub(crate) async fn table(
     })
 }
 
-fn first<'a>(batches: &'a [RecordBatch], col: usize) -> Option<&'a ArrayRef> {
+fn first(batches: &[RecordBatch], col: usize) -> Option<&ArrayRef> {
     batches
         .iter()
         .find(|b| b.num_rows() > 0)

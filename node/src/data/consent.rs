@@ -6,14 +6,13 @@
 //! line, never a patient id, and nothing here reports how many patients a
 //! purpose leaves out.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use chrono::NaiveDate;
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, StringArray, StringBuilder};
-use datafusion::arrow::compute::{cast, filter, is_not_null};
+use datafusion::arrow::array::{Array, AsArray, StringArray};
 use datafusion::arrow::datatypes::DataType;
+use datafusion::common::HashMap;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use futures::StreamExt;
 use plexus_core::query::parse_date;
@@ -21,17 +20,13 @@ use plexus_core::{ConsentTerms, Error, Purpose, Result};
 
 use super::config::{consent_format, ConsentConfig, DataFormat};
 use super::files::{read_error, read_table, stamp, text_columns, FileStamp};
+use super::ids::IdSet;
 
 const CONSENT_COLUMNS: [&str; 4] = ["patient_id", "purposes", "valid_from", "withdrawn_at"];
 const OPT_OUT_COLUMNS: [&str; 1] = ["patient_id"];
-
-/// Ids of the patients a purpose may count, in the data file's id type.
-pub(crate) struct ConsentSets {
-    /// Patients with a consent record covering the purpose today.
-    pub consenting: ArrayRef,
-    /// Patients on the opt-out list; empty when there is none.
-    pub opted_out: ArrayRef,
-}
+/// Admitted sets kept at once: one per study purpose in use today, so
+/// studies with different purposes do not evict each other.
+const CACHED_SETS: usize = 4;
 
 #[derive(Clone, PartialEq, Eq)]
 struct CacheKey {
@@ -49,7 +44,8 @@ pub(crate) struct ConsentSource {
     path: PathBuf,
     format: DataFormat,
     opt_out: Option<(PathBuf, DataFormat)>,
-    cache: Mutex<Option<(CacheKey, Arc<ConsentSets>)>>,
+    /// Most recently used first.
+    cache: Mutex<Vec<(CacheKey, Arc<IdSet>)>>,
 }
 
 impl ConsentSource {
@@ -67,7 +63,7 @@ impl ConsentSource {
             path: cfg.path.clone(),
             format,
             opt_out,
-            cache: Mutex::new(None),
+            cache: Mutex::new(Vec::new()),
         };
         stamp(&src.path, "consent file")?;
         src.records(&src.path, format, "consent file", &CONSENT_COLUMNS)
@@ -97,14 +93,15 @@ impl ConsentSource {
         text_columns(df, columns, what, path)
     }
 
-    /// The consenting and opted-out ids for `purpose` on `today`, cast to
-    /// `id_type`; cached while the files stay as they are.
-    pub async fn sets(
+    /// Ids of the patients whose consent covers `purpose` on `today` and
+    /// who have not opted out, in the terms of the data file's id column;
+    /// cached while the files stay as they are.
+    pub async fn admitted(
         &self,
         purpose: &Purpose,
         today: NaiveDate,
         id_type: &DataType,
-    ) -> Result<Arc<ConsentSets>> {
+    ) -> Result<Arc<IdSet>> {
         let consent = stamp(&self.path, "consent file")?;
         let opt_out = match &self.opt_out {
             Some((p, _)) => Some(stamp(p, "opt-out file")?),
@@ -117,29 +114,35 @@ impl ConsentSource {
             today,
             id_type: id_type.clone(),
         };
-        if let Some((k, sets)) = self.cache.lock().expect("cache lock").as_ref() {
-            if *k == key {
-                return Ok(Arc::clone(sets));
+        {
+            let mut cache = self.cache.lock().expect("cache lock");
+            // sets computed from files that have changed since are useless
+            cache.retain(|(k, _)| k.consent == key.consent && k.opt_out == key.opt_out);
+            if let Some(i) = cache.iter().position(|(k, _)| *k == key) {
+                let hit = cache.remove(i);
+                let ids = Arc::clone(&hit.1);
+                cache.insert(0, hit);
+                return Ok(ids);
             }
         }
-        let consenting = self.consenting(purpose, today).await?;
-        let opted_out = match &self.opt_out {
-            Some((p, f)) => self.opted_out(p, *f).await?,
-            None => StringArray::from(Vec::<&str>::new()),
-        };
-        let sets = Arc::new(ConsentSets {
-            consenting: to_id_type(&consenting, id_type)?,
-            opted_out: to_id_type(&opted_out, id_type)?,
-        });
+        let mut ids = IdSet::for_type(id_type);
+        self.consenting(purpose, today, &mut ids).await?;
+        if let Some((p, f)) = &self.opt_out {
+            self.remove_opted_out(p, *f, &mut ids).await?;
+        }
+        let ids = Arc::new(ids);
         // A file written within the last moments could change again without
         // changing its stamp: keep re-reading it until it has settled.
         if consent.settled() && opt_out.is_none_or(|s| s.settled()) {
-            *self.cache.lock().expect("cache lock") = Some((key, Arc::clone(&sets)));
+            let mut cache = self.cache.lock().expect("cache lock");
+            cache.retain(|(k, _)| *k != key);
+            cache.insert(0, (key, Arc::clone(&ids)));
+            cache.truncate(CACHED_SETS);
         }
-        Ok(sets)
+        Ok(ids)
     }
 
-    async fn consenting(&self, purpose: &Purpose, today: NaiveDate) -> Result<StringArray> {
+    async fn consenting(&self, purpose: &Purpose, today: NaiveDate, ids: &mut IdSet) -> Result<()> {
         let what = "consent file";
         let df = self
             .records(&self.path, self.format, what, &CONSENT_COLUMNS)
@@ -148,12 +151,11 @@ impl ConsentSource {
             .execute_stream()
             .await
             .map_err(|e| read_error(what, &self.path, self.format, e))?;
-        let mut out = StringBuilder::new();
-        let mut covers: HashMap<String, bool> = HashMap::new();
+        let mut covers: HashMap<String, bool> = HashMap::default();
         let mut row = 0usize;
         while let Some(batch) = stream.next().await {
             let batch = batch.map_err(|e| read_error(what, &self.path, self.format, e))?;
-            let [ids, purposes, from, until] =
+            let [id_col, purposes, from, until] =
                 [0, 1, 2, 3].map(|i| batch.column(i).as_string::<i32>());
             for i in 0..batch.num_rows() {
                 row += 1;
@@ -167,15 +169,15 @@ impl ConsentSource {
                         self.path.display()
                     ))
                 };
-                let id = text(ids, i).ok_or_else(|| bad("patient_id is empty"))?;
+                let id = text(id_col, i).ok_or_else(|| bad("patient_id is empty"))?;
                 let valid_from = text(from, i)
                     .ok_or_else(|| bad("valid_from is empty"))
                     .and_then(|s| {
-                        parse_date(s).ok_or_else(|| bad("valid_from is not a date YYYY-MM-DD"))
+                        date(s).ok_or_else(|| bad("valid_from is not a date YYYY-MM-DD"))
                     })?;
                 let withdrawn = match text(until, i) {
                     None => None,
-                    Some(s) => Some(parse_date(s).ok_or_else(|| {
+                    Some(s) => Some(date(s).ok_or_else(|| {
                         bad("withdrawn_at is not a date YYYY-MM-DD (leave it empty if consent stands)")
                     })?),
                 };
@@ -192,29 +194,51 @@ impl ConsentSource {
                 };
                 let in_force = valid_from <= today && withdrawn.is_none_or(|w| w > today);
                 if covered && in_force {
-                    out.append_value(id);
+                    ids.insert(id);
                 }
             }
         }
-        Ok(out.finish())
+        Ok(())
     }
 
-    async fn opted_out(&self, path: &Path, format: DataFormat) -> Result<StringArray> {
+    async fn remove_opted_out(
+        &self,
+        path: &Path,
+        format: DataFormat,
+        ids: &mut IdSet,
+    ) -> Result<()> {
         let what = "opt-out file";
         let df = self.records(path, format, what, &OPT_OUT_COLUMNS).await?;
-        let batches = df
-            .collect()
+        let mut stream = df
+            .execute_stream()
             .await
             .map_err(|e| read_error(what, path, format, e))?;
-        let mut out = StringBuilder::new();
-        for b in &batches {
-            let ids = b.column(0).as_string::<i32>();
-            (0..b.num_rows())
-                .filter_map(|i| text(ids, i))
-                .for_each(|id| out.append_value(id));
+        while let Some(batch) = stream.next().await {
+            let batch = batch.map_err(|e| read_error(what, path, format, e))?;
+            let col = batch.column(0).as_string::<i32>();
+            (0..batch.num_rows())
+                .filter_map(|i| text(col, i))
+                .for_each(|id| ids.remove(id));
         }
-        Ok(out.finish())
+        Ok(())
     }
+}
+
+/// Parses a date, taking the common `YYYY-MM-DD` shape without the
+/// general parser: a million consent rows hold two dates each.
+fn date(s: &str) -> Option<NaiveDate> {
+    let b = s.as_bytes();
+    let digits = |r: std::ops::Range<usize>| {
+        b[r].iter().try_fold(0u32, |n, c| {
+            c.is_ascii_digit().then(|| n * 10 + u32::from(c - b'0'))
+        })
+    };
+    if b.len() == 10 && b[4] == b'-' && b[7] == b'-' {
+        if let (Some(y), Some(m), Some(d)) = (digits(0..4), digits(5..7), digits(8..10)) {
+            return NaiveDate::from_ymd_opt(y as i32, m, d);
+        }
+    }
+    parse_date(s)
 }
 
 /// A non-empty, trimmed text value.
@@ -225,14 +249,28 @@ fn text(a: &StringArray, i: usize) -> Option<&str> {
     Some(a.value(i).trim()).filter(|s| !s.is_empty())
 }
 
-/// Casts ids to the data file's id type; ids that cannot be one (text ids
-/// against an integer column) match nobody and are dropped.
-fn to_id_type(ids: &StringArray, id_type: &DataType) -> Result<ArrayRef> {
-    let cast = cast(ids, id_type)
-        .map_err(|e| Error::internal(format!("cannot cast patient ids to {id_type}: {e}")))?;
-    if cast.null_count() == 0 {
-        return Ok(cast);
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fast_dates_agree_with_the_general_parser() {
+        for s in [
+            "2024-06-01",
+            "2024-02-29",
+            "2023-02-29",
+            "2020-13-01",
+            "2020-00-10",
+            "0000-01-01",
+            "2020-1-5",
+            "2020-01-5",
+            "20a0-01-01",
+            "2020/01/01",
+            "",
+            "2020-01-01x",
+            "+202-01-01",
+        ] {
+            assert_eq!(date(s), parse_date(s), "{s:?}");
+        }
     }
-    let keep = is_not_null(&cast).map_err(|e| Error::internal(e.to_string()))?;
-    filter(&cast, &keep).map_err(|e| Error::internal(e.to_string()))
 }

@@ -7,9 +7,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use datafusion::arrow::array::AsArray;
-use datafusion::arrow::datatypes::{DataType, Schema};
+use datafusion::arrow::datatypes::{DataType, Int64Type, Schema};
 use datafusion::functions_aggregate::expr_fn::count;
-use datafusion::prelude::{cast, in_list, lit, try_cast, DataFrame};
+use datafusion::prelude::{cast, in_list, lit, try_cast, when, DataFrame, Expr};
 use plexus_core::{Dictionary, Error, Result, VarType};
 
 use super::compile::{column, is_float, is_int, is_string, Mapped};
@@ -94,25 +94,16 @@ pub(crate) fn check_id(schema: &Schema, id: &str, path: &Path) -> Result<DataTyp
     Ok(t.clone())
 }
 
-/// Scans the data once: every category is one the dictionary lists, every
-/// text date parses.
-pub(crate) async fn check_values(
-    df: &DataFrame,
-    dict: &Dictionary,
-    mapped: &BTreeMap<String, Mapped>,
-    path: &Path,
-) -> Result<()> {
-    // Reading every mapped column once catches values the file's format
-    // cannot parse (a CSV date column with "2020-02-30") at start-up.
-    let reads: Vec<_> = mapped.values().map(|m| count(column(&m.column))).collect();
-    if !reads.is_empty() {
-        df.clone()
-            .aggregate(vec![], reads)
-            .map_err(|e| Error::internal(format!("cannot plan the read check: {e}")))?
-            .collect()
-            .await
-            .map_err(|e| Error::data(format!("cannot read {}: {e}", path.display())))?;
-    }
+/// A condition no row may meet, and how to describe the rows that do.
+struct Check<'a> {
+    var: &'a str,
+    mapped: &'a Mapped,
+    bad: Expr,
+    problem: &'static str,
+}
+
+fn checks<'a>(dict: &Dictionary, mapped: &'a BTreeMap<String, Mapped>) -> Vec<Check<'a>> {
+    let mut out = Vec::new();
     for (var, m) in mapped {
         let c = column(&m.column);
         let (bad, problem) = match m.kind {
@@ -121,7 +112,7 @@ pub(crate) async fn check_values(
                     .categories
                     .iter()
                     .map(|s| lit(s.as_str()));
-                let text = cast(c.clone(), DataType::Utf8);
+                let text = cast(c, DataType::Utf8);
                 let bad = text
                     .clone()
                     .is_not_null()
@@ -132,40 +123,96 @@ pub(crate) async fn check_values(
                 let bad = c
                     .clone()
                     .is_not_null()
-                    .and(try_cast(c.clone(), DataType::Date32).is_null());
+                    .and(try_cast(c, DataType::Date32).is_null());
                 (bad, "values that are not dates YYYY-MM-DD")
             }
             _ => continue,
         };
+        out.push(Check {
+            var,
+            mapped: m,
+            bad,
+            problem,
+        });
+    }
+    out
+}
+
+/// Scans the data once: every mapped column reads (a CSV date column with
+/// "2020-02-30" fails here, not at the first query), every category is one
+/// the dictionary lists, every text date parses.
+pub(crate) async fn check_values(
+    df: &DataFrame,
+    dict: &Dictionary,
+    mapped: &BTreeMap<String, Mapped>,
+    path: &Path,
+) -> Result<()> {
+    let checks = checks(dict, mapped);
+    let mut aggs: Vec<Expr> = mapped.values().map(|m| count(column(&m.column))).collect();
+    aggs.extend(
+        checks
+            .iter()
+            .map(|c| count(when(c.bad.clone(), lit(1)).end().expect("one branch"))),
+    );
+    if aggs.is_empty() {
+        return Ok(());
+    }
+    let read_err = |e| Error::data(format!("cannot read {}: {e}", path.display()));
+    let plan_err = |e| Error::internal(format!("cannot plan the start-up check: {e}"));
+    let counts = df
+        .clone()
+        .aggregate(vec![], aggs)
+        .map_err(plan_err)?
+        .collect()
+        .await
+        .map_err(read_err)?;
+    let Some(counts) = counts.iter().find(|b| b.num_rows() > 0) else {
+        return Ok(());
+    };
+    for (i, check) in checks.iter().enumerate() {
+        let failing = counts
+            .column(mapped.len() + i)
+            .as_primitive::<Int64Type>()
+            .value(0);
+        if failing == 0 {
+            continue;
+        }
         let found = df
             .clone()
-            .filter(bad)
-            .and_then(|d| d.select(vec![cast(c, DataType::Utf8).alias("v")]))
+            .filter(check.bad.clone())
+            .and_then(|d| {
+                d.select(vec![
+                    cast(column(&check.mapped.column), DataType::Utf8).alias("v")
+                ])
+            })
             .and_then(|d| d.distinct())
             .and_then(|d| d.limit(0, Some(EXAMPLES)))
-            .map_err(|e| Error::internal(format!("cannot plan the check of \"{var}\": {e}")))?
+            .map_err(plan_err)?
             .collect()
             .await
-            .map_err(|e| Error::data(format!("cannot read {}: {e}", path.display())))?;
+            .map_err(read_err)?;
         let mut examples = Vec::new();
         for b in &found {
             let a = b.column(0).as_string::<i32>();
             examples.extend((0..b.num_rows()).map(|i| format!("\"{}\"", a.value(i))));
         }
-        if !examples.is_empty() {
-            let allowed = match m.kind {
-                VarType::Categorical => {
-                    format!("; allowed: {}", dict.variables[var].categories.join(", "))
-                }
-                _ => String::new(),
-            };
-            return Err(Error::data(format!(
-                "variable \"{var}\" is mapped to column \"{}\" in {}, which holds {problem} (e.g. {}{allowed}); fix the data or map another column",
-                m.column,
-                path.display(),
-                examples.join(", ")
-            )));
-        }
+        let allowed = match check.mapped.kind {
+            VarType::Categorical => {
+                format!(
+                    "; allowed: {}",
+                    dict.variables[check.var].categories.join(", ")
+                )
+            }
+            _ => String::new(),
+        };
+        return Err(Error::data(format!(
+            "variable \"{}\" is mapped to column \"{}\" in {}, which holds {} (e.g. {}{allowed}); fix the data or map another column",
+            check.var,
+            check.mapped.column,
+            path.display(),
+            check.problem,
+            examples.join(", ")
+        )));
     }
     Ok(())
 }

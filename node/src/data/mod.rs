@@ -11,6 +11,7 @@ mod compute;
 pub mod config;
 mod consent;
 mod files;
+mod ids;
 mod mapping;
 #[cfg(test)]
 mod tests;
@@ -21,21 +22,17 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::NaiveDate;
-use datafusion::arrow::array::{ArrayRef, RecordBatch};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
-use datafusion::logical_expr::JoinType;
 use datafusion::prelude::{DataFrame, ParquetReadOptions, SessionContext};
 use plexus_core::{Analysis, Dictionary, Error, Purpose, Query, RawStats, Result};
 
 pub use config::{ConsentConfig, DataConfig, DataFormat};
 
-use compile::{column, Mapped};
+use compile::Mapped;
 use consent::ConsentSource;
 use files::{csv_options, extension, path_str, read_error, stamp};
 
 const PATIENTS: &str = "patients";
-const CONSENTING_ID: &str = "__plexus_consenting_id";
-const OPTED_OUT_ID: &str = "__plexus_opted_out_id";
 
 /// The patient table, its mapping to the dictionary, and the consent
 /// records that decide who may be counted.
@@ -175,39 +172,13 @@ impl DataSource {
     /// The patient table restricted to patients whose consent covers the
     /// purpose today and who have not opted out.
     async fn consenting(&self, purpose: &Purpose, today: NaiveDate) -> Result<DataFrame> {
-        let sets = self.consent.sets(purpose, today, &self.id_type).await?;
-        let plan_err = |e| Error::internal(format!("cannot plan the consent filter: {e}"));
-        let patients = self
-            .ctx
+        let admitted = self.consent.admitted(purpose, today, &self.id_type).await?;
+        self.ctx
             .table(PATIENTS)
             .await
-            .map_err(|e| read_error("data file", &self.path, self.format, e))?;
-        let ids = self.id_table(CONSENTING_ID, &sets.consenting)?;
-        let mut df = patients
-            .join_on(
-                ids,
-                JoinType::LeftSemi,
-                [column(&self.id_column).eq(column(CONSENTING_ID))],
-            )
-            .map_err(plan_err)?;
-        if !sets.opted_out.is_empty() {
-            let out = self.id_table(OPTED_OUT_ID, &sets.opted_out)?;
-            df = df
-                .join_on(
-                    out,
-                    JoinType::LeftAnti,
-                    [column(&self.id_column).eq(column(OPTED_OUT_ID))],
-                )
-                .map_err(plan_err)?;
-        }
-        Ok(df)
-    }
-
-    fn id_table(&self, name: &str, ids: &ArrayRef) -> Result<DataFrame> {
-        let schema = Schema::new(vec![Field::new(name, ids.data_type().clone(), true)]);
-        RecordBatch::try_new(Arc::new(schema), vec![Arc::clone(ids)])
-            .and_then(|b| Ok(self.ctx.read_batch(b)?))
-            .map_err(|e| Error::internal(format!("cannot build the consent table: {e}")))
+            .map_err(|e| read_error("data file", &self.path, self.format, e))?
+            .filter(admitted.filter(&self.id_column, &self.id_type))
+            .map_err(|e| Error::internal(format!("cannot plan the consent filter: {e}")))
     }
 }
 

@@ -191,3 +191,43 @@ async fn integer_ids_match_text_ids_in_consent() {
     let m = counted(&src, &purpose("HMB", "", &[]), TODAY).await;
     assert_eq!((m.n, m.sum), (2, 3.0));
 }
+
+fn write_consent_parquet(path: &std::path::Path, rows: &[(&str, &str, &str, &str)]) {
+    use datafusion::arrow::array::{Date32Array, StringArray};
+    let day = |s: &str| (!s.is_empty()).then(|| super::days(date(s)));
+    let schema = Schema::new(vec![
+        Field::new("patient_id", DataType::Utf8, false),
+        Field::new("purposes", DataType::Utf8, true),
+        Field::new("valid_from", DataType::Date32, true),
+        Field::new("withdrawn_at", DataType::Date32, true),
+        Field::new("note", DataType::Utf8, true),
+    ]);
+    let cols: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.0))),
+        Arc::new(StringArray::from_iter(rows.iter().map(|r| Some(r.1)))),
+        Arc::new(Date32Array::from_iter(rows.iter().map(|r| day(r.2)))),
+        Arc::new(Date32Array::from_iter(rows.iter().map(|r| day(r.3)))),
+        Arc::new(StringArray::from_iter(rows.iter().map(|_| None::<&str>))),
+    ];
+    write_parquet(path, &RecordBatch::try_new(Arc::new(schema), cols).unwrap());
+}
+
+#[tokio::test]
+async fn consent_in_parquet() {
+    let mut f = consent_fixture();
+    f.consent.path = f.path("consent.parquet");
+    write_consent_parquet(&f.consent.path, &cases());
+    let src = f.open().await.unwrap();
+    let hmb = purpose("HMB", "", &[]);
+    assert_eq!(counted(&src, &hmb, TODAY).await.sum, ages(&[0, 1, 3, 9]));
+    let mut rows = cases();
+    rows[4].2 = "";
+    write_consent_parquet(&f.consent.path, &rows);
+    let q = Query::from_json(r#"{"analysis": {"count": {}}}"#).unwrap();
+    let e = src.compute(&q, &hmb, date(TODAY)).await.unwrap_err();
+    assert!(
+        e.message
+            .contains("consent.parquet row 5: valid_from is empty"),
+        "{e}"
+    );
+}
