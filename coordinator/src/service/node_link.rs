@@ -118,7 +118,8 @@ impl NodeLink for NodeLinkService {
                         Ok(Some(m)) => handle(&state, &node_id, conn_id, m),
                         Ok(None) => break,
                         Err(e) => {
-                            warn!(error = %e, "node stream failed");
+                            // A node that stops or loses its network ends here too.
+                            info!(reason = %e.message(), "node stream ended without a goodbye");
                             break;
                         }
                     }

@@ -4,13 +4,14 @@
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, Int64Array, RecordBatch};
+use datafusion::arrow::compute::cast as arrow_cast;
 use datafusion::arrow::datatypes::{DataType, Float64Type, Int64Type};
 use datafusion::common::ScalarValue;
 use datafusion::error::DataFusionError;
 use datafusion::functions_aggregate::count::count_all;
 use datafusion::functions_aggregate::expr_fn::{count, sum};
 use datafusion::logical_expr::{create_udf, ColumnarValue, Volatility};
-use datafusion::prelude::{cast, DataFrame};
+use datafusion::prelude::DataFrame;
 use plexus_core::{Error, Moments, RawStats, Result, Variable};
 
 use super::compile::Mapped;
@@ -135,14 +136,13 @@ pub(crate) async fn table(
     (col, col_var): (&Mapped, &Variable),
 ) -> Result<RawStats> {
     let (r, c) = (row.value(), col.value());
+    // Group on the stored values (cheap keys) and turn the few group keys
+    // into level names afterwards.
     let grouped = df
         .filter(r.clone().is_not_null().and(c.clone().is_not_null()))
         .and_then(|df| {
             df.aggregate(
-                vec![
-                    cast(r, DataType::Utf8).alias("r"),
-                    cast(c, DataType::Utf8).alias("c"),
-                ],
+                vec![r.alias("r"), c.alias("c")],
                 vec![count_all().alias("n")],
             )
         });
@@ -150,9 +150,13 @@ pub(crate) async fn table(
     let row_levels = row_var.levels();
     let col_levels = col_var.levels();
     let mut cells = vec![0u64; row_levels.len() * col_levels.len()];
+    let text = |a: &ArrayRef| {
+        arrow_cast(a, &DataType::Utf8)
+            .map_err(|e| Error::internal(format!("cannot read the table's levels: {e}")))
+    };
     for b in &batches {
-        let rs = b.column(0).as_string::<i32>();
-        let cs = b.column(1).as_string::<i32>();
+        let (rs, cs) = (text(b.column(0))?, text(b.column(1))?);
+        let (rs, cs) = (rs.as_string::<i32>(), cs.as_string::<i32>());
         let ns = b.column(2).as_primitive::<Int64Type>();
         for i in 0..b.num_rows() {
             let level = |levels: &[String], v: &str, m: &Mapped| {

@@ -139,7 +139,7 @@ impl IdSet {
         udf.call(vec![arg])
     }
 
-    pub(crate) fn mask(&self, a: &ArrayRef) -> BooleanArray {
+    fn mask(&self, a: &ArrayRef) -> BooleanArray {
         let bits = match self {
             IdSet::Int(s) => {
                 let ids = a.as_primitive::<Int64Type>();

@@ -5,7 +5,6 @@
 mod compute;
 mod consent;
 mod open;
-mod scratch_bench;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
