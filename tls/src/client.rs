@@ -230,6 +230,34 @@ impl Dialer {
         tracing::debug!(target = %self.target, "tls connection established");
         Ok(stream)
     }
+
+    /// Dials and checks that the server is a coordinator: the CA and the
+    /// name are not enough, since any network member holds a CA-signed
+    /// certificate and might be given the coordinator's DNS name.
+    async fn dial_coordinator(&self) -> Result<TlsStream<TcpStream>> {
+        let stream = self.dial().await?;
+        let cert = stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first());
+        let identity = match cert {
+            Some(c) => crate::identity::identity_from_cert(c)?,
+            None => {
+                return Err(TlsError::NotCoordinator {
+                    addr: self.describe(),
+                    identity: "nobody (no certificate)".into(),
+                })
+            }
+        };
+        if identity.role != crate::identity::Role::Coordinator {
+            return Err(TlsError::NotCoordinator {
+                addr: self.describe(),
+                identity: identity.to_string(),
+            });
+        }
+        Ok(stream)
+    }
 }
 
 /// Resolves and connects, trying each resolved address in turn.
@@ -393,7 +421,8 @@ pub async fn dial(
     Dialer::new(endpoint, config, opts)?.dial().await
 }
 
-/// Opens a gRPC channel to `endpoint` (`https://host:port`) over mutual TLS.
+/// Opens a gRPC channel to the coordinator at `endpoint` (`https://host:port`)
+/// over mutual TLS; the server must present a coordinator-role certificate.
 ///
 /// The first connection is made eagerly so configuration mistakes surface at
 /// start-up; afterwards tonic reconnects through the same dialler on demand.
@@ -414,7 +443,7 @@ pub async fn connect(
         .keep_alive_while_idle(true);
     let connector = tower::service_fn(move |_uri: tonic::codegen::http::Uri| {
         let dialer = dialer.clone();
-        async move { dialer.dial().await.map(TokioIo::new) }
+        async move { dialer.dial_coordinator().await.map(TokioIo::new) }
     });
     channel
         .connect_with_connector(connector)

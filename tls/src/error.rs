@@ -241,6 +241,14 @@ pub enum TlsError {
     },
 
     /// tonic could not set up the gRPC channel.
+    /// The server's certificate is valid but not a coordinator's.
+    #[error("the server at {addr} presented the certificate of {identity}, not of a coordinator; check the coordinator address (another network member's certificate must not stand in for the coordinator)")]
+    NotCoordinator {
+        /// Where we dialled.
+        addr: String,
+        /// Who answered.
+        identity: String,
+    },
     #[error("could not open a grpc channel to {endpoint}: {reason}")]
     Transport {
         /// The endpoint.

@@ -499,3 +499,41 @@ async fn connect_error_names_the_address() {
     );
     assert!(err.contains("nothing is listening there"), "{err}");
 }
+
+#[tokio::test]
+async fn a_network_member_cannot_stand_in_for_the_coordinator() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = common::pki(dir.path());
+    // A node certificate that also carries the coordinator's names.
+    pki.ca
+        .issue(
+            plexus_tls::Role::Node,
+            "impostor",
+            &["localhost".to_owned()],
+            &[common::LOCALHOST],
+        )
+        .unwrap()
+        .save(dir.path(), "impostor")
+        .unwrap();
+    let impostor = common::files(dir.path(), &pki.coordinator.ca, "impostor");
+    let (_incoming, addr) = server(&impostor).await;
+    let err = plexus_tls::connect(
+        &format!("https://{addr}"),
+        client_config(&pki.node).unwrap(),
+        ConnectOptions::default(),
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("node:impostor, not of a coordinator"), "{err}");
+
+    // The real coordinator certificate passes.
+    let (_incoming, addr) = server(&pki.coordinator).await;
+    plexus_tls::connect(
+        &format!("https://{addr}"),
+        client_config(&pki.node).unwrap(),
+        ConnectOptions::default(),
+    )
+    .await
+    .unwrap();
+}
