@@ -247,15 +247,8 @@ impl Store {
         let code: Option<String> = row.try_get("error_code")?;
         let message: Option<String> = row.try_get("error_message")?;
         let error = code.map(|c| {
-            let code = match c.as_str() {
-                "disclosure" => plexus_core::ErrorCode::Disclosure,
-                "data" => plexus_core::ErrorCode::Data,
-                "policy" => plexus_core::ErrorCode::Policy,
-                "unavailable" => plexus_core::ErrorCode::Unavailable,
-                "invalid" => plexus_core::ErrorCode::Invalid,
-                "not_found" => plexus_core::ErrorCode::NotFound,
-                _ => plexus_core::ErrorCode::Internal,
-            };
+            let code =
+                plexus_core::ErrorCode::parse(&c).unwrap_or(plexus_core::ErrorCode::Internal);
             plexus_core::Error::new(code, message.unwrap_or_default())
         });
         let status: String = row.try_get("status")?;

@@ -35,6 +35,21 @@ impl ErrorCode {
             ErrorCode::NotFound => "not_found",
         }
     }
+
+    pub const ALL: [ErrorCode; 7] = [
+        ErrorCode::Disclosure,
+        ErrorCode::Data,
+        ErrorCode::Policy,
+        ErrorCode::Unavailable,
+        ErrorCode::Invalid,
+        ErrorCode::Internal,
+        ErrorCode::NotFound,
+    ];
+
+    /// The code whose [`as_str`](Self::as_str) is `s`, if any.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.as_str() == s)
+    }
 }
 
 impl std::fmt::Display for ErrorCode {
@@ -81,5 +96,18 @@ impl Error {
     }
     pub fn not_found(message: impl Into<String>) -> Self {
         Self::new(ErrorCode::NotFound, message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ErrorCode;
+
+    #[test]
+    fn codes_round_trip_through_their_names() {
+        for c in ErrorCode::ALL {
+            assert_eq!(ErrorCode::parse(c.as_str()), Some(c));
+        }
+        assert_eq!(ErrorCode::parse("teapot"), None);
     }
 }

@@ -85,16 +85,7 @@ pub fn from_status(s: &tonic::Status) -> Error {
         .metadata()
         .get("plexus-error-code")
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| match v {
-            "disclosure" => Some(ErrorCode::Disclosure),
-            "data" => Some(ErrorCode::Data),
-            "policy" => Some(ErrorCode::Policy),
-            "unavailable" => Some(ErrorCode::Unavailable),
-            "invalid" => Some(ErrorCode::Invalid),
-            "not_found" => Some(ErrorCode::NotFound),
-            "internal" => Some(ErrorCode::Internal),
-            _ => None,
-        })
+        .and_then(ErrorCode::parse)
         .unwrap_or(match s.code() {
             tonic::Code::InvalidArgument => ErrorCode::Invalid,
             tonic::Code::PermissionDenied | tonic::Code::Unauthenticated => ErrorCode::Policy,
