@@ -56,11 +56,13 @@ impl ConnectArgs {
             });
         }
         match (&self.pki, &self.name) {
-            (Some(dir), Some(name)) => Ok(TlsFiles {
-                ca: self.ca.clone().unwrap_or_else(|| dir.join("ca.pem")),
-                cert: dir.join(format!("{name}.pem")),
-                key: dir.join(format!("{name}.key")),
-            }),
+            (Some(dir), Some(name)) => {
+                let mut files = TlsFiles::in_dir(dir, name);
+                if let Some(ca) = &self.ca {
+                    files.ca = ca.clone();
+                }
+                Ok(files)
+            }
             _ => bail!(
                 "say who you are: --pki DIR --as NAME (files from `plexus pki issue`), or --ca, --cert and --key"
             ),

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -93,26 +93,33 @@ pub struct Sandbox {
     node_options: BTreeMap<String, plexus_node::RunOptions>,
 }
 
-fn files(pki: &Path, name: &str) -> TlsFiles {
-    TlsFiles {
-        ca: pki.join("ca.pem"),
-        cert: pki.join(format!("{name}.pem")),
-        key: pki.join(format!("{name}.key")),
-    }
-}
-
 impl Sandbox {
     /// Writes the CA, certificates and site data, then starts the
     /// coordinator and every node and waits until all nodes are live.
     pub async fn start(opts: SandboxOptions) -> anyhow::Result<Self> {
         let mut sb = Self::prepare(opts).await?;
-        sb.start_coordinator().await?;
-        let names: Vec<String> = sb.node_configs.keys().cloned().collect();
-        for n in &names {
-            sb.start_node(n).await?;
-        }
-        sb.wait_live(&names, Duration::from_secs(30)).await?;
+        sb.start_all().await?;
         Ok(sb)
+    }
+
+    /// Starts the coordinator and every node of a prepared sandbox (after a
+    /// test has adjusted their configs) and waits until all nodes are live.
+    pub async fn start_all(&mut self) -> anyhow::Result<()> {
+        self.start_coordinator().await?;
+        for n in self.node_names() {
+            self.start_node(&n).await?;
+        }
+        self.wait_all_live().await
+    }
+
+    pub fn node_names(&self) -> Vec<String> {
+        self.node_configs.keys().cloned().collect()
+    }
+
+    /// Waits until every node of the sandbox is live at the coordinator.
+    pub async fn wait_all_live(&self) -> anyhow::Result<()> {
+        self.wait_live(&self.node_names(), Duration::from_secs(30))
+            .await
     }
 
     /// Everything but starting the servers.
@@ -162,7 +169,7 @@ impl Sandbox {
                 job_timeout_secs: opts.job_timeout_secs,
                 heartbeat_interval_secs: opts.heartbeat_secs,
             },
-            tls: files(&pki, "coordinator"),
+            tls: TlsFiles::in_dir(&pki, "coordinator"),
         };
 
         let mut sites = Vec::new();
@@ -197,7 +204,7 @@ impl Sandbox {
                     proxy: None,
                     max_backoff_secs: 1,
                 },
-                tls: files(&pki, &spec.name),
+                tls: TlsFiles::in_dir(&pki, &spec.name),
                 data: DataConfig {
                     path: paths.data,
                     format: None,
@@ -305,7 +312,7 @@ impl Sandbox {
     pub async fn client(&self, name: &str) -> anyhow::Result<Client> {
         Client::connect_with(
             &self.coordinator_url(),
-            &files(&self.pki, name),
+            &TlsFiles::in_dir(&self.pki, name),
             Some("localhost".into()),
         )
         .await

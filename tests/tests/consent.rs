@@ -108,14 +108,7 @@ async fn a_study_sees_only_patients_whose_consent_covers_its_purpose() {
         cfg.policy.allowed_studies.insert(gru.id.clone());
         cfg.policy.allowed_studies.insert(hmb.id.clone());
     }
-    sb.start_coordinator().await.unwrap();
-    let names: Vec<String> = sb.node_configs.keys().cloned().collect();
-    for n in &names {
-        sb.start_node(n).await.unwrap();
-    }
-    sb.wait_live(&names, std::time::Duration::from_secs(30))
-        .await
-        .unwrap();
+    sb.start_all().await.unwrap();
     let demo = sandbox::demo_study();
     for study in [&demo, &gru, &hmb] {
         sb.register_study(study).await.unwrap();

@@ -34,8 +34,7 @@ async fn a_restarted_coordinator_keeps_studies_jobs_and_results() {
 
     sb.stop_coordinator().await.unwrap();
     sb.start_coordinator().await.unwrap();
-    let names: Vec<String> = sb.node_configs.keys().cloned().collect();
-    sb.wait_live(&names, Duration::from_secs(30)).await.unwrap();
+    sb.wait_all_live().await.unwrap();
 
     let alice = sb.client(sandbox::RESEARCHER).await.unwrap();
     let again = alice
@@ -103,12 +102,7 @@ async fn a_node_killed_mid_query_is_reported_missing_or_fails_the_quorum() {
             job_delay: Duration::from_secs(3),
         },
     );
-    sb.start_coordinator().await.unwrap();
-    let names: Vec<String> = sb.node_configs.keys().cloned().collect();
-    for n in &names {
-        sb.start_node(n).await.unwrap();
-    }
-    sb.wait_live(&names, Duration::from_secs(30)).await.unwrap();
+    sb.start_all().await.unwrap();
     let study = sandbox::demo_study(); // min_nodes = 2
     sb.register_study(&study).await.unwrap();
     let alice = sb.client(sandbox::RESEARCHER).await.unwrap();

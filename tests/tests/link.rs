@@ -60,12 +60,7 @@ async fn a_node_goes_out_through_the_hospital_proxy() {
         .unwrap()
         .coordinator
         .proxy = Some(proxy);
-    sb.start_coordinator().await.unwrap();
-    let names: Vec<String> = sb.node_configs.keys().cloned().collect();
-    for n in &names {
-        sb.start_node(n).await.unwrap();
-    }
-    sb.wait_live(&names, Duration::from_secs(30)).await.unwrap();
+    sb.start_all().await.unwrap();
     assert_eq!(tunnels.load(std::sync::atomic::Ordering::SeqCst), 1);
     let study = sandbox::demo_study();
     sb.register_study(&study).await.unwrap();
@@ -88,7 +83,6 @@ async fn nodes_reconnect_when_the_coordinator_comes_back() {
     // Nodes retry with backoff while nothing listens.
     tokio::time::sleep(Duration::from_secs(2)).await;
     sb.start_coordinator().await.unwrap();
-    let names: Vec<String> = sb.node_configs.keys().cloned().collect();
-    sb.wait_live(&names, Duration::from_secs(30)).await.unwrap();
+    sb.wait_all_live().await.unwrap();
     sb.shutdown().await.unwrap();
 }

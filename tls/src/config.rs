@@ -64,6 +64,19 @@ impl TlsFiles {
         Ok(())
     }
 
+    /// The files of certificate `name` in a folder laid out by [`DevCa::save`]
+    /// and [`IssuedCert::save`](crate::IssuedCert::save): `ca.pem`,
+    /// `<name>.pem`, `<name>.key`.
+    ///
+    /// [`DevCa::save`]: crate::DevCa::save
+    pub fn in_dir(dir: &Path, name: &str) -> TlsFiles {
+        TlsFiles {
+            ca: dir.join(crate::CA_CERT_FILE),
+            cert: dir.join(format!("{name}.pem")),
+            key: dir.join(format!("{name}.key")),
+        }
+    }
+
     /// Resolves relative paths against `base`, typically the config file's directory,
     /// so a config works regardless of the daemon's working directory.
     pub fn resolve(&self, base: &Path) -> TlsFiles {
