@@ -4,7 +4,6 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
 
 use plexus_core::{Query, StudyDefinition};
 use plexus_proto::v1 as pb;
@@ -83,9 +82,7 @@ pub async fn studies(conn: &ConnectArgs) -> anyhow::Result<()> {
         .await
         .map_err(|s| plexus_proto::convert::from_status(&s))?
         .into_inner();
-    let mut t = Table::new();
-    t.load_preset(UTF8_FULL_CONDENSED);
-    t.set_header(vec![
+    let mut t = output::new_table(vec![
         "study", "title", "purpose", "analyses", "nodes", "min",
     ]);
     for s in r.studies {
@@ -135,9 +132,7 @@ pub async fn nodes(conn: &ConnectArgs) -> anyhow::Result<()> {
         .await
         .map_err(|s| plexus_proto::convert::from_status(&s))?
         .into_inner();
-    let mut t = Table::new();
-    t.load_preset(UTF8_FULL_CONDENSED);
-    t.set_header(vec![
+    let mut t = output::new_table(vec![
         "node",
         "live",
         "version",
@@ -183,9 +178,7 @@ pub fn parse_time(s: &str) -> anyhow::Result<i64> {
 }
 
 pub fn audit_table(events: &[pb::AuditEvent]) -> String {
-    let mut t = Table::new();
-    t.load_preset(UTF8_FULL_CONDENSED);
-    t.set_header(vec![
+    let mut t = output::new_table(vec![
         "#", "time", "who", "role", "action", "study", "node", "outcome", "detail",
     ]);
     for e in events {
@@ -283,9 +276,7 @@ pub async fn audit_log(
 
 pub fn dictionary(file: Option<&Path>) -> anyhow::Result<()> {
     let dict = plexus_core::Dictionary::load_or_default(file)?;
-    let mut t = Table::new();
-    t.load_preset(UTF8_FULL_CONDENSED);
-    t.set_header(vec![
+    let mut t = output::new_table(vec![
         "variable",
         "type",
         "unit",

@@ -28,7 +28,9 @@ fn num(x: f64) -> String {
     }
 }
 
-fn new_table(header: Vec<String>) -> Table {
+/// An empty table in the CLI's one style, with `header`.
+pub fn new_table<S: Into<String>>(header: Vec<S>) -> Table {
+    let header: Vec<String> = header.into_iter().map(Into::into).collect();
     let mut t = Table::new();
     t.load_preset(UTF8_FULL_CONDENSED);
     t.set_header(header);
@@ -116,7 +118,7 @@ pub fn render_table(r: &PooledResult) -> String {
 
 pub fn provenance(r: &PooledResult) -> String {
     let p = &r.provenance;
-    let mut t = new_table(vec!["node".into(), "status".into(), "detail".into()]);
+    let mut t = new_table(vec!["node", "status", "detail"]);
     for n in &p.nodes {
         let status = match n.status {
             NodeStatus::Answered => "answered",

@@ -39,13 +39,8 @@ impl JobRunner {
                 .query
                 .as_ref()
                 .and_then(|q| q.analysis.as_ref())
-                .and_then(|a| a.kind.as_ref())
-                .map(|k| match k {
-                    pb::analysis::Kind::Count(_) => "count",
-                    pb::analysis::Kind::Summary(_) => "summary",
-                    pb::analysis::Kind::Histogram(_) => "histogram",
-                    pb::analysis::Kind::Table(_) => "table",
-                })
+                .and_then(|a| plexus_core::Analysis::try_from(a.clone()).ok())
+                .map(|a| a.kind().as_str())
                 .unwrap_or("unknown");
             let purpose = job
                 .purpose
