@@ -11,7 +11,7 @@ use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
 use datafusion::prelude::{ParquetReadOptions, SessionContext};
 
 use plexus_core::{Dictionary, Query};
-use plexus_node::data::{ConsentConfig, DataConfig, DataSource};
+use plexus_node::data::{ConsentConfig, DataConfig, DataSource, Limits};
 
 use crate::sandbox::{self, Sandbox, SandboxOptions};
 use crate::synth::DataFormat;
@@ -41,6 +41,12 @@ const QUERIES: &[(&str, &str)] = &[
             "analysis": {"histogram": {"variable": "aaa_diameter", "edges": [20, 30, 40, 50, 60, 70, 80, 90, 100, 110, 120]}}}"#,
     ),
 ];
+
+/// The centralised baseline applies no disclosure control of its own.
+const LIMITS: Limits = Limits {
+    k: 1,
+    max_parameter_share: 1.0,
+};
 
 fn median(mut xs: Vec<Duration>) -> Duration {
     xs.sort();
@@ -162,7 +168,9 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<()> {
             .run_query(&study.id, &query, Duration::from_secs(600))
             .await?;
         crate::client::outcome(&fed).map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
-        central.compute(&query, &purpose, today).await?;
+        central
+            .compute(&query, &purpose, today, LIMITS, None)
+            .await?;
         let mut f = Vec::new();
         let mut c = Vec::new();
         for _ in 0..opts.repetitions {
@@ -173,7 +181,9 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<()> {
             f.push(t.elapsed());
             crate::client::outcome(&r).map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
             let t = Instant::now();
-            central.compute(&query, &purpose, today).await?;
+            central
+                .compute(&query, &purpose, today, LIMITS, None)
+                .await?;
             c.push(t.elapsed());
         }
         let (fm, cm) = (median(f), median(c));

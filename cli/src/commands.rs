@@ -109,6 +109,7 @@ pub async fn query(
     file: &Path,
     format: Format,
     wait: Duration,
+    plot: Option<&Path>,
 ) -> anyhow::Result<()> {
     let text =
         std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
@@ -121,6 +122,10 @@ pub async fn query(
     let pooled = outcome(&r)
         .map_err(|e| anyhow::anyhow!("query {} failed [{}]: {}", r.query_id, e.code, e.message))?;
     println!("{}", output::render(&pooled, format)?);
+    if let Some(path) = plot {
+        crate::plot::plot_result(&pooled, path)?;
+        eprintln!("plot written to {}", path.display());
+    }
     Ok(())
 }
 

@@ -8,5 +8,6 @@ pub mod client;
 pub mod commands;
 pub mod demo;
 pub mod output;
+pub mod plot;
 pub mod sandbox;
 pub mod synth;

@@ -82,6 +82,10 @@ enum Command {
         /// How long to wait for the result.
         #[arg(long, default_value_t = 120)]
         wait_secs: u64,
+        /// Also draw the result (Kaplan-Meier curves, histograms) to an
+        /// .svg or .png file.
+        #[arg(long)]
+        plot: Option<PathBuf>,
     },
     /// Nodes known to the coordinator and whether they are live.
     Nodes,
@@ -213,6 +217,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             file,
             output,
             wait_secs,
+            plot,
         } => {
             commands::query(
                 &cli.conn,
@@ -220,6 +225,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 &file,
                 output,
                 Duration::from_secs(wait_secs),
+                plot.as_deref(),
             )
             .await
         }

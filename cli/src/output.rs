@@ -3,6 +3,8 @@
 
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Cell, CellAlignment, Table};
 
+use plexus_core::models::glm::Family;
+use plexus_core::models::inference::Coefficient;
 use plexus_core::pool::{NodeStatus, PooledCell, PooledResult, PooledValue};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -37,9 +39,65 @@ pub fn new_table<S: Into<String>>(header: Vec<S>) -> Table {
     t
 }
 
-/// The value as rows of strings: (header, rows). Shared by table and CSV.
-pub fn rows(r: &PooledResult) -> (Vec<String>, Vec<Vec<String>>) {
-    match &r.value {
+fn opt(x: Option<f64>) -> String {
+    x.map(num).unwrap_or_else(|| "-".into())
+}
+
+fn p_value(p: f64) -> String {
+    if p < 1e-4 {
+        "< 0.0001".into()
+    } else {
+        format!("{p:.4}")
+    }
+}
+
+fn strings<const N: usize>(items: [&str; N]) -> Vec<String> {
+    items.map(String::from).to_vec()
+}
+
+/// A regression table: one row per coefficient, with the ratio columns
+/// (odds, rate or hazard ratio) when the model has them.
+fn coefficient_rows(
+    coefficients: &[Coefficient],
+    statistic: &str,
+    ratio: Option<&str>,
+) -> (Vec<String>, Vec<Vec<String>>) {
+    let mut header = strings([
+        "term",
+        "estimate",
+        "std error",
+        statistic,
+        "p",
+        "95% CI low",
+        "95% CI high",
+    ]);
+    if let Some(r) = ratio {
+        header.extend([r.to_string(), format!("{r} low"), format!("{r} high")]);
+    }
+    let rows = coefficients
+        .iter()
+        .map(|c| {
+            let mut row = vec![
+                c.term.clone(),
+                num(c.estimate),
+                num(c.std_error),
+                num(c.statistic),
+                p_value(c.p_value),
+                num(c.ci_lower),
+                num(c.ci_upper),
+            ];
+            if let (Some(_), Some(r)) = (ratio, &c.ratio) {
+                row.extend([num(r.estimate), num(r.ci_lower), num(r.ci_upper)]);
+            }
+            row
+        })
+        .collect();
+    (header, rows)
+}
+
+/// The value as rows of strings: (header, rows), for the aligned table.
+pub fn rows(value: &PooledValue) -> (Vec<String>, Vec<Vec<String>>) {
+    match value {
         PooledValue::Count { n } => (vec!["count".into()], vec![vec![cell_text(n)]]),
         PooledValue::Summary {
             variable,
@@ -48,15 +106,13 @@ pub fn rows(r: &PooledResult) -> (Vec<String>, Vec<Vec<String>>) {
             variance,
             sd,
         } => (
-            ["variable", "n", "mean", "variance", "sd"]
-                .map(String::from)
-                .to_vec(),
+            strings(["variable", "n", "mean", "variance", "sd"]),
             vec![vec![
                 variable.clone(),
                 n.to_string(),
                 num(*mean),
-                variance.map(num).unwrap_or_else(|| "-".into()),
-                sd.map(num).unwrap_or_else(|| "-".into()),
+                opt(*variance),
+                opt(*sd),
             ]],
         ),
         PooledValue::Histogram {
@@ -101,11 +157,247 @@ pub fn rows(r: &PooledResult) -> (Vec<String>, Vec<Vec<String>>) {
                 .collect();
             (header, rows)
         }
+        PooledValue::Glm(g) => {
+            let ratio = match g.family {
+                Family::Binomial => Some("odds ratio"),
+                Family::Poisson => Some("rate ratio"),
+                Family::Gaussian => None,
+            };
+            coefficient_rows(&g.coefficients, &g.statistic, ratio)
+        }
+        PooledValue::Cox(c) => coefficient_rows(&c.coefficients, "z", Some("hazard ratio")),
+        PooledValue::KaplanMeier(k) => (
+            strings([
+                "group",
+                "at risk",
+                "events",
+                "median",
+                "survival at end",
+                "95% CI",
+                "note",
+            ]),
+            k.curves
+                .iter()
+                .map(|c| {
+                    let last = c.survival.len().saturating_sub(1);
+                    let mut note = Vec::new();
+                    if !c.suppressed_at.is_empty() {
+                        note.push(format!("suppressed at {}", c.suppressed_at.join(", ")));
+                    }
+                    if let Some(t) = c.merged_after {
+                        note.push(format!("merged after {t} ({})", c.merged_at.join(", ")));
+                    }
+                    vec![
+                        c.group.clone(),
+                        c.at_risk.to_string(),
+                        c.events.to_string(),
+                        c.median
+                            .map(|m| m.to_string())
+                            .unwrap_or_else(|| "not reached".into()),
+                        opt(c.survival.get(last).copied()),
+                        format!(
+                            "{} - {}",
+                            opt(c.lower.get(last).copied()),
+                            opt(c.upper.get(last).copied())
+                        ),
+                        note.join("; "),
+                    ]
+                })
+                .collect(),
+        ),
+        PooledValue::Correlation(c) => {
+            let mut header = vec!["correlation".to_string()];
+            header.extend(c.variables.iter().cloned());
+            let rows = c
+                .variables
+                .iter()
+                .zip(&c.correlation)
+                .map(|(v, row)| {
+                    let mut r = vec![v.clone()];
+                    r.extend(row.iter().map(|x| opt(*x)));
+                    r
+                })
+                .collect();
+            (header, rows)
+        }
+        PooledValue::Quantiles(q) => (
+            strings(["probability", "estimate", "bin low", "bin high", "note"]),
+            q.quantiles
+                .iter()
+                .map(|x| {
+                    vec![
+                        x.probability.to_string(),
+                        opt(x.estimate),
+                        opt(x.bin_lower),
+                        opt(x.bin_upper),
+                        x.note.clone().unwrap_or_default(),
+                    ]
+                })
+                .collect(),
+        ),
+        PooledValue::TwoByTwo(t) => (
+            strings(["measure", "estimate", "95% CI low", "95% CI high"]),
+            vec![
+                vec![
+                    "odds ratio".into(),
+                    num(t.odds_ratio.estimate),
+                    num(t.odds_ratio.ci_lower),
+                    num(t.odds_ratio.ci_upper),
+                ],
+                vec![
+                    "relative risk".into(),
+                    num(t.relative_risk.estimate),
+                    num(t.relative_risk.ci_lower),
+                    num(t.relative_risk.ci_upper),
+                ],
+            ],
+        ),
     }
 }
 
-pub fn render_table(r: &PooledResult) -> String {
-    let (header, body) = rows(r);
+/// What a value needs said under its table: fit statistics, tests,
+/// precision.
+pub fn footer(value: &PooledValue) -> Option<String> {
+    match value {
+        PooledValue::Glm(g) => Some(format!(
+            "{} ({} link) model of {}: N = {}; deviance {} on {} df; null deviance {} on {} df; dispersion {}; {} iterations, {}; {}",
+            g.family.as_str(),
+            g.link,
+            g.outcome,
+            g.n,
+            num(g.deviance),
+            g.df_residual,
+            opt(g.null_deviance),
+            g.df_null,
+            num(g.dispersion),
+            g.iterations,
+            if g.converged { "converged".to_string() } else { format!("NOT converged (tolerance {})", g.tolerance) },
+            g.missing
+        )),
+        PooledValue::Cox(c) => Some(format!(
+            "Cox model of ({}, {}), stratified by {}, {:?} ties: N = {}, {} events; likelihood ratio test {} on {} df, p = {}; {} iterations, {}; {}",
+            c.time,
+            c.event,
+            c.strata,
+            c.ties,
+            c.n,
+            c.events,
+            num(c.likelihood_ratio.chi_square),
+            c.likelihood_ratio.df,
+            p_value(c.likelihood_ratio.p_value),
+            c.iterations,
+            if c.converged { "converged" } else { "NOT converged" },
+            c.missing
+        )),
+        PooledValue::KaplanMeier(k) => {
+            let mut s = format!(
+                "Kaplan-Meier of ({}, {}) from {} over {} grid intervals; {}",
+                k.time, k.event, k.start, k.grid_intervals, k.confidence
+            );
+            if let Some(lr) = &k.log_rank {
+                s.push_str(&format!(
+                    "\nlog-rank test: chi-square {} on {} df, p = {}",
+                    num(lr.chi_square),
+                    lr.df,
+                    p_value(lr.p_value)
+                ));
+            }
+            Some(s)
+        }
+        PooledValue::Correlation(c) => {
+            let mut s = c.missing.clone();
+            let ns: std::collections::BTreeSet<_> = c.n.iter().flatten().flatten().collect();
+            if ns.len() == 1 {
+                s.push_str(&format!(" (N = {})", ns.into_iter().next().expect("one")));
+            }
+            if !c.suppressed.is_empty() {
+                s.push_str(&format!("\nsuppressed: {}", c.suppressed.join("; ")));
+            }
+            Some(s)
+        }
+        PooledValue::Quantiles(q) => Some(format!(
+            "{} from a pooled histogram of N = {}: {}; precision (widest bin) {}",
+            q.variable, q.n, q.method, q.precision
+        )),
+        PooledValue::TwoByTwo(t) => Some(format!(
+            "exposure {}={}, outcome {}={}: table [[{}, {}], [{}, {}]] (exposed: outcome, none; unexposed: outcome, none)\nchi-square {} (1 df, p = {}); with Yates' correction {} (p = {})",
+            t.exposure,
+            t.exposed_level,
+            t.outcome,
+            t.outcome_level,
+            t.table[0][0],
+            t.table[0][1],
+            t.table[1][0],
+            t.table[1][1],
+            num(t.chi_square),
+            p_value(t.p_value),
+            num(t.chi_square_yates),
+            p_value(t.p_value_yates)
+        )),
+        _ => None,
+    }
+}
+
+/// Rows for CSV: like the table, but survival curves and correlations in
+/// long form, one line per time or per pair.
+pub fn csv_rows(value: &PooledValue) -> (Vec<String>, Vec<Vec<String>>) {
+    match value {
+        PooledValue::KaplanMeier(k) => {
+            let header = strings([
+                "group",
+                "time",
+                "n_risk",
+                "n_event",
+                "n_censor",
+                "survival",
+                "std_error",
+                "lower",
+                "upper",
+            ]);
+            let rows = k
+                .curves
+                .iter()
+                .flat_map(|c| {
+                    (0..c.times.len()).map(move |j| {
+                        vec![
+                            c.group.clone(),
+                            c.times[j].to_string(),
+                            c.n_risk[j].to_string(),
+                            c.n_event[j].to_string(),
+                            c.n_censor[j].to_string(),
+                            c.survival[j].to_string(),
+                            c.std_error[j].to_string(),
+                            c.lower[j].to_string(),
+                            c.upper[j].to_string(),
+                        ]
+                    })
+                })
+                .collect();
+            (header, rows)
+        }
+        PooledValue::Correlation(c) => {
+            let header = strings(["variable_a", "variable_b", "n", "covariance", "correlation"]);
+            let mut rows = Vec::new();
+            let show = |x: Option<f64>| x.map(|v| v.to_string()).unwrap_or_default();
+            for (a, va) in c.variables.iter().enumerate() {
+                for (b, vb) in c.variables.iter().enumerate().skip(a) {
+                    rows.push(vec![
+                        va.clone(),
+                        vb.clone(),
+                        c.n[a][b].map(|n| n.to_string()).unwrap_or_default(),
+                        show(c.covariance[a][b]),
+                        show(c.correlation[a][b]),
+                    ]);
+                }
+            }
+            (header, rows)
+        }
+        other => rows(other),
+    }
+}
+
+fn table_of(value: &PooledValue) -> String {
+    let (header, body) = rows(value);
     let mut t = new_table(header);
     for row in body {
         t.add_row(
@@ -113,7 +405,22 @@ pub fn render_table(r: &PooledResult) -> String {
                 .map(|s| Cell::new(s).set_alignment(CellAlignment::Right)),
         );
     }
-    format!("{t}\n{}", provenance(r))
+    match footer(value) {
+        Some(f) => format!("{t}\n{f}"),
+        None => t.to_string(),
+    }
+}
+
+pub fn render_table(r: &PooledResult) -> String {
+    let mut out = table_of(&r.value);
+    for site in &r.by_site {
+        out.push_str(&format!("\n\nsite {}:\n", site.node));
+        match (&site.value, &site.error) {
+            (Some(v), _) => out.push_str(&table_of(v)),
+            (None, e) => out.push_str(e.as_deref().unwrap_or("no answer")),
+        }
+    }
+    format!("{out}\n{}", provenance(r))
 }
 
 pub fn provenance(r: &PooledResult) -> String {
@@ -137,21 +444,41 @@ pub fn provenance(r: &PooledResult) -> String {
         .n()
         .map(|n| n.to_string())
         .unwrap_or_else(|| "partly suppressed".into());
-    format!(
+    let mut out = format!(
         "N = {n}; {} of {} nodes answered (minimum {}); minimum cell size k = {}\n{t}",
         p.answered,
         p.nodes.len(),
         p.min_nodes,
         p.min_cell_size
-    )
+    );
+    for note in &p.notes {
+        out.push_str(&format!("\nnote: {note}"));
+    }
+    out
 }
 
+/// CSV of the pooled value; with sites, a first column says whose row it is.
 pub fn render_csv(r: &PooledResult) -> anyhow::Result<String> {
-    let (header, body) = rows(r);
+    let (header, body) = csv_rows(&r.value);
     let mut w = csv::Writer::from_writer(Vec::new());
-    w.write_record(&header)?;
+    let with_sites = !r.by_site.is_empty();
+    let prefix = |who: &str, row: Vec<String>| -> Vec<String> {
+        if with_sites {
+            std::iter::once(who.to_string()).chain(row).collect()
+        } else {
+            row
+        }
+    };
+    w.write_record(prefix("site", header))?;
     for row in body {
-        w.write_record(&row)?;
+        w.write_record(prefix("pooled", row))?;
+    }
+    for site in &r.by_site {
+        if let Some(v) = &site.value {
+            for row in csv_rows(v).1 {
+                w.write_record(prefix(&site.node, row))?;
+            }
+        }
     }
     Ok(String::from_utf8(w.into_inner()?)?)
 }

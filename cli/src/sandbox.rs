@@ -217,6 +217,7 @@ impl Sandbox {
                 },
                 policy: Policy {
                     allowed_studies: [DEMO_STUDY.to_string()].into_iter().collect(),
+                    max_parameter_share: plexus_core::DEFAULT_MAX_PARAMETER_SHARE,
                 },
             };
             node_configs.insert(spec.name.clone(), config);
@@ -397,7 +398,7 @@ pub fn demo_study() -> StudyDefinition {
 pub const DEMO_STUDY_TOML: &str = r#"id = "aaa-outcomes"
 title = "Abdominal aortic aneurysm: risk factors and survival"
 variables = ["age", "sex", "bmi", "sbp", "smoking", "diabetes", "aaa_diameter", "inclusion_date", "followup_days", "death"]
-analyses = ["count", "summary", "histogram", "table"]
+analyses = ["count", "summary", "histogram", "table", "glm", "cox", "kaplan_meier", "correlation", "quantiles", "two_by_two"]
 researchers = ["alice"]
 nodes = ["hospital-a", "hospital-b", "hospital-c"]
 min_nodes = 2

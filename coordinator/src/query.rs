@@ -7,8 +7,13 @@ use std::time::Duration;
 use futures::future::join_all;
 use tracing::{info, info_span, warn, Instrument};
 
-use plexus_core::pool::{pool, NodeOutcome, NodeStatus};
-use plexus_core::{Error, ErrorCode, NodeStats, Query, StudyDefinition};
+use plexus_core::models::cox::{CoxFitter, CoxStats};
+use plexus_core::models::glm::{GlmFitter, GlmStats, Iteration, Step};
+use plexus_core::pool::{
+    pool, pool_value, quorum, NodeOutcome, NodeStatus, PooledResult, PooledValue, Provenance,
+    SiteResult,
+};
+use plexus_core::{Analysis, Error, ErrorCode, NodeStats, Query, StudyDefinition};
 use plexus_proto::v1 as pb;
 
 use crate::state::State;
@@ -71,6 +76,58 @@ pub async fn run(
     .await
 }
 
+/// What every job of one query shares.
+struct Plan<'a> {
+    state: &'a Arc<State>,
+    query_id: &'a str,
+    study: &'a StudyDefinition,
+    query: &'a Query,
+    purpose: pb::Purpose,
+    wire_query: pb::Query,
+    query_hash: String,
+}
+
+impl Plan<'_> {
+    /// Sends one round of jobs to `nodes` and sorts the replies into
+    /// released statistics and everything else.
+    async fn round(
+        &self,
+        nodes: &[String],
+        iteration: Option<&Iteration>,
+    ) -> (Vec<(String, NodeStats)>, Vec<NodeOutcome>) {
+        let cfg = &self.state.config.coordinator;
+        let deadline = now_ms() + (cfg.job_timeout_secs * 1000) as i64;
+        let futures = nodes.iter().map(|node| {
+            let job = pb::Job {
+                job_id: uuid::Uuid::new_v4().to_string(),
+                study_id: self.study.id.clone(),
+                purpose: Some(self.purpose.clone()),
+                query: Some(self.wire_query.clone()),
+                min_cell_size: cfg.min_cell_size,
+                deadline_unix_ms: deadline,
+                query_hash: self.query_hash.clone(),
+                iteration: iteration.map(pb::Iteration::from),
+            };
+            let timeout = Duration::from_secs(cfg.job_timeout_secs);
+            async move {
+                (
+                    node.clone(),
+                    ask(self.state, self.query_id, node, job, self.query, timeout).await,
+                )
+            }
+        });
+        let mut answers = Vec::new();
+        let mut others = Vec::new();
+        for (node, a) in join_all(futures).await {
+            match a {
+                Answer::Stats(s) => answers.push((node, s)),
+                Answer::Other(o) => others.push(o),
+            }
+        }
+        (answers, others)
+    }
+}
+
 async fn execute(
     state: &Arc<State>,
     query_id: &str,
@@ -98,49 +155,267 @@ async fn execute(
             down.join(", ")
         )));
     }
-    let purpose = study.purpose()?;
-    let deadline = now_ms() + (cfg.job_timeout_secs * 1000) as i64;
-    let wire_query = pb::Query::from(query);
-    let query_hash = query.hash();
-
-    let futures = study.nodes.iter().map(|node| {
-        let state = state.clone();
-        let job = pb::Job {
-            job_id: uuid::Uuid::new_v4().to_string(),
-            study_id: study.id.clone(),
-            purpose: Some((&purpose).into()),
-            query: Some(wire_query.clone()),
-            min_cell_size: k,
-            deadline_unix_ms: deadline,
-            query_hash: query_hash.clone(),
+    let plan = Plan {
+        state,
+        query_id,
+        study,
+        query,
+        purpose: (&study.purpose()?).into(),
+        wire_query: pb::Query::from(query),
+        query_hash: query.hash(),
+    };
+    let result = if query.analysis.kind().is_iterative() {
+        let fit = fit(&plan, study.nodes.clone(), study.min_nodes).await?;
+        let mut result = PooledResult {
+            value: fit.value,
+            provenance: fit.provenance,
+            by_site: Vec::new(),
         };
-        let timeout = Duration::from_secs(cfg.job_timeout_secs);
-        async move {
-            (
-                node.clone(),
-                ask(&state, query_id, node, job, query, timeout).await,
-            )
+        if query.by_site {
+            let sites = fit.participants.iter().map(|node| {
+                let plan = &plan;
+                async move {
+                    match fit_site(plan, node).await {
+                        Ok(value) => SiteResult {
+                            node: node.clone(),
+                            value: Some(value),
+                            error: None,
+                        },
+                        Err(e) => SiteResult {
+                            node: node.clone(),
+                            value: None,
+                            error: Some(format!("{}: {}", e.code, e.message)),
+                        },
+                    }
+                }
+            });
+            result.by_site = join_all(sites).await;
         }
-    });
-    let replies = join_all(futures).await;
+        result
+    } else {
+        let (answers, others) = plan.round(&study.nodes, None).await;
+        let mut result = pool(
+            &query.analysis,
+            &state.dictionary,
+            &answers,
+            others,
+            study.min_nodes,
+            k,
+        )?;
+        if query.by_site {
+            result.by_site = answers
+                .iter()
+                .map(|(node, stats)| {
+                    let one = [(node.clone(), stats.clone())];
+                    match pool_value(&query.analysis, &state.dictionary, &one, k) {
+                        Ok(value) => SiteResult {
+                            node: node.clone(),
+                            value: Some(value),
+                            error: None,
+                        },
+                        Err(e) => SiteResult {
+                            node: node.clone(),
+                            value: None,
+                            error: Some(format!("{}: {}", e.code, e.message)),
+                        },
+                    }
+                })
+                .collect();
+        }
+        result
+    };
+    Ok(serde_json::to_string(&result).expect("result serialises"))
+}
 
-    let mut answers = Vec::new();
-    let mut others = Vec::new();
-    for (node, a) in replies {
-        match a {
-            Answer::Stats(s) => answers.push((node, s)),
-            Answer::Other(o) => others.push(o),
+/// The coordinator's half of an iterative fit: pooled statistics in,
+/// next coefficients out.
+enum Fitter {
+    Glm(GlmFitter),
+    Cox(CoxFitter),
+}
+
+impl Fitter {
+    fn new(query: &Query, dict: &plexus_core::Dictionary) -> Result<Self, Error> {
+        let names: Vec<String> = query
+            .analysis
+            .terms(dict)?
+            .iter()
+            .map(|t| t.name())
+            .collect();
+        let options = query
+            .analysis
+            .fit_options()
+            .ok_or_else(|| Error::internal("not an iterative analysis"))?;
+        Ok(match &query.analysis {
+            Analysis::Glm {
+                family,
+                outcome,
+                intercept,
+                ..
+            } => Fitter::Glm(GlmFitter::new(
+                *family,
+                outcome.clone(),
+                names,
+                *intercept,
+                options,
+            )),
+            Analysis::Cox {
+                time, event, ties, ..
+            } => Fitter::Cox(CoxFitter::new(
+                time.clone(),
+                event.clone(),
+                names,
+                *ties,
+                options,
+            )),
+            _ => return Err(Error::internal("not an iterative analysis")),
+        })
+    }
+
+    fn start(&mut self) -> Iteration {
+        match self {
+            Fitter::Glm(f) => f.start(),
+            Fitter::Cox(f) => f.start(),
         }
     }
-    let result = pool(
-        &query.analysis,
-        &state.dictionary,
-        &answers,
-        others,
-        study.min_nodes,
-        k,
-    )?;
-    Ok(serde_json::to_string(&result).expect("result serialises"))
+
+    /// Sums the round's statistics and takes one step.
+    fn step(&mut self, answers: &[(String, NodeStats)]) -> Result<Step<PooledValue>, Error> {
+        let mismatch =
+            || Error::internal("node statistics do not match the model (checked on receipt)");
+        match self {
+            Fitter::Glm(f) => {
+                let mut total = GlmStats::zero(f.parameters());
+                for (_, s) in answers {
+                    match s {
+                        NodeStats::Glm(g) => total.merge(g),
+                        _ => return Err(mismatch()),
+                    }
+                }
+                Ok(match f.step(&total)? {
+                    Step::Next(i) => Step::Next(i),
+                    Step::Done(r) => Step::Done(PooledValue::Glm(r)),
+                })
+            }
+            Fitter::Cox(f) => {
+                let mut total = CoxStats::zero(f.parameters());
+                for (_, s) in answers {
+                    match s {
+                        NodeStats::Cox(c) => total.merge(c),
+                        _ => return Err(mismatch()),
+                    }
+                }
+                Ok(match f.step(&total)? {
+                    Step::Next(i) => Step::Next(i),
+                    Step::Done(r) => Step::Done(PooledValue::Cox(r)),
+                })
+            }
+        }
+    }
+}
+
+struct Fit {
+    value: PooledValue,
+    provenance: Provenance,
+    /// Nodes whose data the final fit rests on.
+    participants: Vec<String>,
+}
+
+/// Runs an iterative fit over `nodes` to convergence. The nodes that
+/// answer the first round are the fit's participants. One lost later stops
+/// the fit with an error naming it and the round, unless the study allows
+/// starting again without it.
+async fn fit(plan: &Plan<'_>, nodes: Vec<String>, min_nodes: u32) -> Result<Fit, Error> {
+    let state = plan.state;
+    let k = state.config.coordinator.min_cell_size;
+    let mut fitter = Fitter::new(plan.query, &state.dictionary)?;
+    let mut iteration = fitter.start();
+    let mut participants: Vec<String> = Vec::new();
+    let mut outside: Vec<NodeOutcome> = Vec::new();
+    let mut notes = Vec::new();
+    let mut round = 0u32;
+    loop {
+        round += 1;
+        let asked = if round == 1 {
+            nodes.clone()
+        } else {
+            participants.clone()
+        };
+        let (answers, others) = plan.round(&asked, Some(&iteration)).await;
+        if round == 1 {
+            let statuses: Vec<(String, NodeStatus)> = answers
+                .iter()
+                .map(|(n, _)| (n.clone(), NodeStatus::Answered))
+                .collect();
+            quorum(&statuses, others.clone(), min_nodes, k)?;
+            participants = answers.iter().map(|(n, _)| n.clone()).collect();
+            outside = others;
+        } else if !others.is_empty() {
+            let lost: Vec<String> = others
+                .iter()
+                .map(|o| match &o.detail {
+                    Some(d) => format!("{} ({d})", o.node),
+                    None => o.node.clone(),
+                })
+                .collect();
+            let remaining: Vec<String> = participants
+                .iter()
+                .filter(|p| answers.iter().any(|(n, _)| n == *p))
+                .cloned()
+                .collect();
+            if !plan.study.continue_without_lost_nodes || (remaining.len() as u32) < min_nodes {
+                let why = if plan.study.continue_without_lost_nodes {
+                    format!(
+                        "only {} nodes remain and the study needs {min_nodes}",
+                        remaining.len()
+                    )
+                } else {
+                    "the study does not allow continuing without a node (continue_without_lost_nodes)"
+                        .to_string()
+                };
+                return Err(Error::unavailable(format!(
+                    "the fit lost {} in round {round}, so it was stopped: {why}; submit the query again once the node is back",
+                    lost.join(", ")
+                )));
+            }
+            notes.push(format!(
+                "{} stopped answering in round {round}; the fit started again without it, as the study allows, and rests on {} only",
+                lost.join(", "),
+                remaining.join(", ")
+            ));
+            for mut o in others {
+                o.status = NodeStatus::Missing;
+                o.detail = Some(format!("lost in round {round} of the fit"));
+                outside.push(o);
+            }
+            participants = remaining;
+            fitter = Fitter::new(plan.query, &state.dictionary)?;
+            iteration = fitter.start();
+            continue;
+        }
+        match fitter.step(&answers)? {
+            Step::Next(next) => iteration = next,
+            Step::Done(value) => {
+                let statuses: Vec<(String, NodeStatus)> = participants
+                    .iter()
+                    .map(|n| (n.clone(), NodeStatus::Answered))
+                    .collect();
+                let mut provenance = quorum(&statuses, outside, min_nodes, k)?;
+                provenance.notes = notes;
+                info!(rounds = round, "fit finished");
+                return Ok(Fit {
+                    value,
+                    provenance,
+                    participants,
+                });
+            }
+        }
+    }
+}
+
+/// One site's own fit, for a `by_site` query.
+async fn fit_site(plan: &Plan<'_>, node: &str) -> Result<PooledValue, Error> {
+    fit(plan, vec![node.to_string()], 1).await.map(|f| f.value)
 }
 
 /// Sends one job and turns whatever comes back into an answer or a node

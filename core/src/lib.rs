@@ -11,6 +11,7 @@ pub mod disclosure;
 pub mod error;
 pub mod eval;
 pub mod hash;
+pub mod models;
 pub mod pool;
 pub mod purpose;
 pub mod query;
@@ -26,3 +27,7 @@ pub use study::StudyDefinition;
 
 /// Minimum cell size used when nobody configures one.
 pub const DEFAULT_MIN_CELL_SIZE: u32 = 5;
+
+/// Largest share of a node's complete cases a regression model may use as
+/// parameters when nobody configures one (DataSHIELD's nfilter.glm).
+pub const DEFAULT_MAX_PARAMETER_SHARE: f64 = 0.33;

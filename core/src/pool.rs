@@ -6,6 +6,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::dictionary::Dictionary;
 use crate::error::{Error, ErrorCode, Result};
+use crate::models::correlation::{self, CorrelationResult};
+use crate::models::cox::CoxResult;
+use crate::models::derived::{self, QuantilesResult, TwoByTwoResult};
+use crate::models::glm::GlmResult;
+use crate::models::survival::{self, KaplanMeierResult};
 use crate::query::Analysis;
 use crate::stats::{Cell, Moments, NodeStats};
 
@@ -43,6 +48,10 @@ pub struct Provenance {
     pub min_nodes: u32,
     /// Minimum cell size the pooled result was checked against.
     pub min_cell_size: u32,
+    /// What the researcher should know about how the result came about
+    /// (a node lost during a fit, for instance).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 /// A pooled count. `count` is present only when every answering node
@@ -94,12 +103,32 @@ pub enum PooledValue {
         /// `cells[r][c]`.
         cells: Vec<Vec<PooledCell>>,
     },
+    Glm(GlmResult),
+    Cox(CoxResult),
+    KaplanMeier(KaplanMeierResult),
+    Correlation(CorrelationResult),
+    Quantiles(QuantilesResult),
+    TwoByTwo(TwoByTwoResult),
+}
+
+/// One site's own answer, when the query asked for them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SiteResult {
+    pub node: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<PooledValue>,
+    /// Why the site has no answer of its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PooledResult {
     pub value: PooledValue,
     pub provenance: Provenance,
+    /// Each site on its own, when the query asked `by_site`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub by_site: Vec<SiteResult>,
 }
 
 impl PooledResult {
@@ -118,6 +147,12 @@ impl PooledResult {
             PooledValue::Table { cells, .. } => {
                 cells.iter().flatten().map(|c| c.count).sum::<Option<u64>>()
             }
+            PooledValue::Glm(g) => Some(g.n),
+            PooledValue::Cox(c) => Some(c.n),
+            PooledValue::KaplanMeier(k) => Some(k.curves.iter().map(|c| c.at_risk).sum()),
+            PooledValue::Correlation(c) => c.n.iter().flatten().flatten().copied().min(),
+            PooledValue::Quantiles(q) => Some(q.n),
+            PooledValue::TwoByTwo(t) => Some(t.table.iter().flatten().sum()),
         }
     }
 }
@@ -156,6 +191,35 @@ fn pool_cells<'a>(cells: impl Iterator<Item = (&'a str, Cell)>, k: u32) -> Poole
     }
 }
 
+/// Why a result cannot stand: too few nodes answered.
+fn quorum_error(answered: u32, others: &[NodeOutcome], min_nodes: u32) -> Error {
+    let missing: Vec<String> = others
+        .iter()
+        .map(|o| match &o.detail {
+            Some(d) => format!("{} ({:?}: {d})", o.node, o.status).to_lowercase(),
+            None => format!("{} ({:?})", o.node, o.status).to_lowercase(),
+        })
+        .collect();
+    // Say why: nodes that were unreachable make it an availability
+    // problem; nodes that all refused under one rule make it that rule's.
+    let code = if others.iter().any(|o| o.status == NodeStatus::Missing) || others.is_empty() {
+        ErrorCode::Unavailable
+    } else {
+        let codes: std::collections::BTreeSet<_> = others.iter().filter_map(|o| o.code).collect();
+        match codes.into_iter().collect::<Vec<_>>().as_slice() {
+            [one] => *one,
+            _ => ErrorCode::Unavailable,
+        }
+    };
+    Error::new(
+            code,
+            format!(
+                "only {answered} of the study's nodes answered and it needs at least {min_nodes}; not answering: {}",
+                if missing.is_empty() { "none".to_string() } else { missing.join(", ") }
+            ),
+        )
+}
+
 /// Combines the answers of the nodes that returned statistics. `others`
 /// lists nodes that did not (missing, refused, failed). Fails with an
 /// `unavailable` error when fewer than `min_nodes` answered.
@@ -169,36 +233,19 @@ pub fn pool(
 ) -> Result<PooledResult> {
     let answered = answers.len() as u32;
     if answered < min_nodes {
-        let missing: Vec<String> = others
-            .iter()
-            .map(|o| match &o.detail {
-                Some(d) => format!("{} ({:?}: {d})", o.node, o.status).to_lowercase(),
-                None => format!("{} ({:?})", o.node, o.status).to_lowercase(),
-            })
-            .collect();
-        // Say why: nodes that were unreachable make it an availability
-        // problem; nodes that all refused under one rule make it that rule's.
-        let code = if others.iter().any(|o| o.status == NodeStatus::Missing) || others.is_empty() {
-            ErrorCode::Unavailable
-        } else {
-            let codes: std::collections::BTreeSet<_> =
-                others.iter().filter_map(|o| o.code).collect();
-            match codes.into_iter().collect::<Vec<_>>().as_slice() {
-                [one] => *one,
-                _ => ErrorCode::Unavailable,
-            }
-        };
-        return Err(Error::new(
-            code,
-            format!(
-                "only {answered} of the study's nodes answered and it needs at least {min_nodes}; not answering: {}",
-                if missing.is_empty() { "none".to_string() } else { missing.join(", ") }
-            ),
-        ));
+        return Err(quorum_error(answered, &others, min_nodes));
     }
     let mut nodes: Vec<NodeOutcome> = Vec::new();
     // A node whose every released value was suppressed counts as suppressed.
     let status_of = |stats: &NodeStats| match stats {
+        NodeStats::Survival(groups)
+            if groups
+                .iter()
+                .all(|g| *g == survival::GroupStats::Suppressed) =>
+        {
+            NodeStatus::Suppressed
+        }
+        NodeStats::Pairs(pairs) if pairs.iter().all(Option::is_none) => NodeStatus::Suppressed,
         NodeStats::Count(Cell::Suppressed) | NodeStats::Summary(None) => NodeStatus::Suppressed,
         NodeStats::Histogram { bins, below, above }
             if bins
@@ -228,7 +275,56 @@ pub fn pool(
         answered,
         min_nodes,
         min_cell_size: k,
+        notes: Vec::new(),
     };
+    let value = pool_value(analysis, dict, answers, k)?;
+    Ok(PooledResult {
+        value,
+        provenance,
+        by_site: Vec::new(),
+    })
+}
+
+/// Checks the quorum for an analysis pooled elsewhere (iterative fits)
+/// and describes every node's part.
+pub fn quorum(
+    answers: &[(String, NodeStatus)],
+    others: Vec<NodeOutcome>,
+    min_nodes: u32,
+    k: u32,
+) -> Result<Provenance> {
+    let answered = answers.len() as u32;
+    if answered < min_nodes {
+        return Err(quorum_error(answered, &others, min_nodes));
+    }
+    let mut nodes: Vec<NodeOutcome> = answers
+        .iter()
+        .map(|(node, status)| NodeOutcome {
+            node: node.clone(),
+            status: *status,
+            detail: None,
+            code: None,
+        })
+        .collect();
+    nodes.extend(others);
+    nodes.sort_by(|a, b| a.node.cmp(&b.node));
+    Ok(Provenance {
+        nodes,
+        answered,
+        min_nodes,
+        min_cell_size: k,
+        notes: Vec::new(),
+    })
+}
+
+/// The pooled value of a one-shot analysis from the answering nodes'
+/// released statistics.
+pub fn pool_value(
+    analysis: &Analysis,
+    dict: &Dictionary,
+    answers: &[(String, NodeStats)],
+    k: u32,
+) -> Result<PooledValue> {
     let mismatch =
         || Error::internal("node statistics do not match the analysis (checked on receipt)");
 
@@ -313,8 +409,87 @@ pub fn pool(
                 cells,
             }
         }
+        Analysis::Quantiles {
+            variable,
+            edges,
+            probabilities,
+        } => {
+            let histogram = Analysis::Histogram {
+                variable: variable.clone(),
+                edges: edges.clone(),
+            };
+            match pool_value(&histogram, dict, answers, k)? {
+                PooledValue::Histogram {
+                    bins, below, above, ..
+                } => PooledValue::Quantiles(derived::quantiles(
+                    variable,
+                    edges,
+                    &bins,
+                    &below,
+                    &above,
+                    probabilities,
+                )),
+                _ => return Err(mismatch()),
+            }
+        }
+        Analysis::TwoByTwo { exposure, outcome } => {
+            let table = Analysis::Table {
+                row: exposure.clone(),
+                column: outcome.clone(),
+            };
+            match pool_value(&table, dict, answers, k)? {
+                PooledValue::Table {
+                    row_levels,
+                    column_levels,
+                    cells,
+                    ..
+                } => PooledValue::TwoByTwo(derived::two_by_two(
+                    (exposure, outcome),
+                    (&row_levels[1], &column_levels[1]),
+                    &cells,
+                )?),
+                _ => return Err(mismatch()),
+            }
+        }
+        Analysis::KaplanMeier {
+            time,
+            event,
+            group,
+            grid,
+        } => {
+            let points = grid.points()?;
+            let labels = analysis.survival_groups(dict)?;
+            let parts = answers
+                .iter()
+                .map(|(n, s)| match s {
+                    NodeStats::Survival(g) => Ok((n.clone(), g.clone())),
+                    _ => Err(mismatch()),
+                })
+                .collect::<Result<Vec<_>>>()?;
+            PooledValue::KaplanMeier(survival::pool(
+                &points,
+                &labels,
+                &parts,
+                (time, event, group.as_deref()),
+            )?)
+        }
+        Analysis::Correlation { variables, missing } => {
+            let parts = answers
+                .iter()
+                .map(|(n, s)| match s {
+                    NodeStats::Pairs(p) => Ok((n.clone(), p.clone())),
+                    _ => Err(mismatch()),
+                })
+                .collect::<Result<Vec<_>>>()?;
+            PooledValue::Correlation(correlation::pool(variables, *missing, &parts)?)
+        }
+        Analysis::Glm { .. } | Analysis::Cox { .. } => {
+            return Err(Error::internal(
+                "regression models are pooled round by round by the fitting loop",
+            ))
+        }
     };
-    Ok(PooledResult { value, provenance })
+    Ok(value)
 }
 
 #[cfg(test)]

@@ -8,6 +8,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::dictionary::{Dictionary, VarType};
 use crate::error::{Error, Result};
+use crate::models::correlation::Missing;
+use crate::models::cox::Ties;
+use crate::models::glm::{Family, FitOptions};
+use crate::models::survival::Grid;
 
 /// Deepest cohort tree accepted; deeper trees are refused before any work.
 pub const MAX_COHORT_DEPTH: usize = 16;
@@ -17,6 +21,20 @@ pub const MAX_COHORT_NODES: usize = 256;
 pub const MAX_SET_SIZE: usize = 256;
 /// Most bins in one histogram.
 pub const MAX_BINS: usize = 1000;
+/// Most covariates in one regression model.
+pub const MAX_COVARIATES: usize = 50;
+/// Most variables in one correlation matrix.
+pub const MAX_CORRELATION_VARIABLES: usize = 20;
+/// Most probabilities in one quantiles query.
+pub const MAX_PROBABILITIES: usize = 99;
+/// Convergence tolerance of a GLM when the query names none (R's default).
+pub const DEFAULT_GLM_TOLERANCE: f64 = 1e-8;
+pub const DEFAULT_GLM_MAX_ITERATIONS: u32 = 25;
+/// Convergence tolerance of a Cox fit when the query names none (R's default).
+pub const DEFAULT_COX_TOLERANCE: f64 = 1e-9;
+pub const DEFAULT_COX_MAX_ITERATIONS: u32 = 20;
+/// Most rounds any iterative fit may take.
+pub const MAX_ITERATIONS: u32 = 100;
 
 /// A literal in a condition. Text is a category label or an ISO date,
 /// depending on the variable.
@@ -104,14 +122,26 @@ pub enum AnalysisKind {
     Summary,
     Histogram,
     Table,
+    Glm,
+    Cox,
+    KaplanMeier,
+    Correlation,
+    Quantiles,
+    TwoByTwo,
 }
 
 impl AnalysisKind {
-    pub const ALL: [AnalysisKind; 4] = [
+    pub const ALL: [AnalysisKind; 10] = [
         AnalysisKind::Count,
         AnalysisKind::Summary,
         AnalysisKind::Histogram,
         AnalysisKind::Table,
+        AnalysisKind::Glm,
+        AnalysisKind::Cox,
+        AnalysisKind::KaplanMeier,
+        AnalysisKind::Correlation,
+        AnalysisKind::Quantiles,
+        AnalysisKind::TwoByTwo,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -120,6 +150,12 @@ impl AnalysisKind {
             AnalysisKind::Summary => "summary",
             AnalysisKind::Histogram => "histogram",
             AnalysisKind::Table => "table",
+            AnalysisKind::Glm => "glm",
+            AnalysisKind::Cox => "cox",
+            AnalysisKind::KaplanMeier => "kaplan_meier",
+            AnalysisKind::Correlation => "correlation",
+            AnalysisKind::Quantiles => "quantiles",
+            AnalysisKind::TwoByTwo => "two_by_two",
         }
     }
 
@@ -128,10 +164,17 @@ impl AnalysisKind {
             .into_iter()
             .find(|k| k.as_str() == s.trim())
             .ok_or_else(|| {
+                let names: Vec<&str> = Self::ALL.iter().map(|k| k.as_str()).collect();
                 Error::invalid(format!(
-                    "\"{s}\" is not an analysis (use count, summary, histogram or table)"
+                    "\"{s}\" is not an analysis (use one of {})",
+                    names.join(", ")
                 ))
             })
+    }
+
+    /// Analyses fitted over several rounds of jobs.
+    pub fn is_iterative(self) -> bool {
+        matches!(self, AnalysisKind::Glm | AnalysisKind::Cox)
     }
 }
 
@@ -139,6 +182,14 @@ impl std::fmt::Display for AnalysisKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
     }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_probabilities() -> Vec<f64> {
+    vec![0.25, 0.5, 0.75]
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -152,6 +203,54 @@ pub enum Analysis {
     Histogram { variable: String, edges: Vec<f64> },
     /// Two-way contingency table of two discrete variables.
     Table { row: String, column: String },
+    /// Generalised linear model by federated IRLS.
+    Glm {
+        family: Family,
+        outcome: String,
+        covariates: Vec<String>,
+        #[serde(default = "default_true")]
+        intercept: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tolerance: Option<f64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max_iterations: Option<u32>,
+    },
+    /// Cox proportional hazards, stratified by site.
+    Cox {
+        time: String,
+        event: String,
+        covariates: Vec<String>,
+        #[serde(default)]
+        ties: Ties,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tolerance: Option<f64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max_iterations: Option<u32>,
+    },
+    /// Kaplan-Meier curves on a public time grid, with a log-rank test
+    /// between the groups.
+    KaplanMeier {
+        time: String,
+        event: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        group: Option<String>,
+        grid: Grid,
+    },
+    /// Covariance and correlation matrices of numeric variables.
+    Correlation {
+        variables: Vec<String>,
+        #[serde(default)]
+        missing: Missing,
+    },
+    /// Quantiles estimated from a pooled histogram on public bin edges.
+    Quantiles {
+        variable: String,
+        edges: Vec<f64>,
+        #[serde(default = "default_probabilities")]
+        probabilities: Vec<f64>,
+    },
+    /// Odds ratio, relative risk and chi-square of two binary variables.
+    TwoByTwo { exposure: String, outcome: String },
 }
 
 impl Analysis {
@@ -161,16 +260,98 @@ impl Analysis {
             Analysis::Summary { .. } => AnalysisKind::Summary,
             Analysis::Histogram { .. } => AnalysisKind::Histogram,
             Analysis::Table { .. } => AnalysisKind::Table,
+            Analysis::Glm { .. } => AnalysisKind::Glm,
+            Analysis::Cox { .. } => AnalysisKind::Cox,
+            Analysis::KaplanMeier { .. } => AnalysisKind::KaplanMeier,
+            Analysis::Correlation { .. } => AnalysisKind::Correlation,
+            Analysis::Quantiles { .. } => AnalysisKind::Quantiles,
+            Analysis::TwoByTwo { .. } => AnalysisKind::TwoByTwo,
         }
     }
 
     pub fn variables(&self) -> Vec<&str> {
         match self {
             Analysis::Count {} => vec![],
-            Analysis::Summary { variable } | Analysis::Histogram { variable, .. } => {
-                vec![variable]
-            }
+            Analysis::Summary { variable }
+            | Analysis::Histogram { variable, .. }
+            | Analysis::Quantiles { variable, .. } => vec![variable],
             Analysis::Table { row, column } => vec![row, column],
+            Analysis::TwoByTwo { exposure, outcome } => vec![exposure, outcome],
+            Analysis::Glm {
+                outcome,
+                covariates,
+                ..
+            } => std::iter::once(outcome.as_str())
+                .chain(covariates.iter().map(String::as_str))
+                .collect(),
+            Analysis::Cox {
+                time,
+                event,
+                covariates,
+                ..
+            } => [time.as_str(), event.as_str()]
+                .into_iter()
+                .chain(covariates.iter().map(String::as_str))
+                .collect(),
+            Analysis::KaplanMeier {
+                time, event, group, ..
+            } => [time.as_str(), event.as_str()]
+                .into_iter()
+                .chain(group.as_deref())
+                .collect(),
+            Analysis::Correlation { variables, .. } => {
+                variables.iter().map(String::as_str).collect()
+            }
+        }
+    }
+
+    /// Convergence settings of an iterative fit, with the defaults filled in.
+    pub fn fit_options(&self) -> Option<FitOptions> {
+        match self {
+            Analysis::Glm {
+                tolerance,
+                max_iterations,
+                ..
+            } => Some(FitOptions {
+                tolerance: tolerance.unwrap_or(DEFAULT_GLM_TOLERANCE),
+                max_iterations: max_iterations.unwrap_or(DEFAULT_GLM_MAX_ITERATIONS),
+            }),
+            Analysis::Cox {
+                tolerance,
+                max_iterations,
+                ..
+            } => Some(FitOptions {
+                tolerance: tolerance.unwrap_or(DEFAULT_COX_TOLERANCE),
+                max_iterations: max_iterations.unwrap_or(DEFAULT_COX_MAX_ITERATIONS),
+            }),
+            _ => None,
+        }
+    }
+
+    /// The design's columns of a regression model.
+    pub fn terms(&self, dict: &Dictionary) -> Result<Vec<crate::models::design::Term>> {
+        match self {
+            Analysis::Glm {
+                covariates,
+                intercept,
+                ..
+            } => crate::models::design::terms(dict, covariates, *intercept),
+            Analysis::Cox { covariates, .. } => {
+                crate::models::design::terms(dict, covariates, false)
+            }
+            other => Err(Error::internal(format!(
+                "a {} has no design matrix",
+                other.kind()
+            ))),
+        }
+    }
+
+    /// The group labels of a Kaplan-Meier analysis ("all" without a group).
+    pub fn survival_groups(&self, dict: &Dictionary) -> Result<Vec<String>> {
+        match self {
+            Analysis::KaplanMeier { group: Some(g), .. } => Ok(dict.get(g)?.levels()),
+            Analysis::KaplanMeier { group: None, .. } => Ok(vec!["all".into()]),
+            other => Err(Error::internal(format!("a {} has no groups", other.kind()))),
         }
     }
 }
@@ -182,6 +363,10 @@ pub struct Query {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cohort: Option<Cohort>,
     pub analysis: Analysis,
+    /// Also answer for each site on its own, under the same disclosure
+    /// control, next to the pooled answer.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub by_site: bool,
 }
 
 impl Query {
@@ -217,24 +402,7 @@ impl Query {
             let mut nodes = 0;
             c.validate(dict, 1, &mut nodes)?;
         }
-        match &self.analysis {
-            Analysis::Count {} => Ok(()),
-            Analysis::Summary { variable } => numeric(dict, variable, "summary").map(|_| ()),
-            Analysis::Histogram { variable, edges } => {
-                numeric(dict, variable, "histogram")?;
-                validate_edges(edges)
-            }
-            Analysis::Table { row, column } => {
-                discrete(dict, row)?;
-                discrete(dict, column)?;
-                if row == column {
-                    return Err(Error::invalid(format!(
-                        "a table needs two different variables, got \"{row}\" twice"
-                    )));
-                }
-                Ok(())
-            }
-        }
+        validate_analysis(&self.analysis, dict)
     }
 
     /// Hash of the query's JSON form, naming it in logs and job envelopes.
@@ -242,6 +410,194 @@ impl Query {
         let bytes = serde_json::to_vec(self).expect("query serialises");
         crate::hash::sha256_hex(&bytes)
     }
+}
+
+fn validate_analysis(analysis: &Analysis, dict: &Dictionary) -> Result<()> {
+    match analysis {
+        Analysis::Count {} => Ok(()),
+        Analysis::Summary { variable } => numeric(dict, variable, "summary").map(|_| ()),
+        Analysis::Histogram { variable, edges } => {
+            numeric(dict, variable, "histogram")?;
+            validate_edges(edges)
+        }
+        Analysis::Table { row, column } => {
+            discrete(dict, row, "a table")?;
+            discrete(dict, column, "a table")?;
+            different(row, column, "a table")
+        }
+        Analysis::Glm {
+            family,
+            outcome,
+            covariates,
+            intercept,
+            ..
+        } => {
+            let v = dict.get(outcome)?;
+            let fits = match family {
+                Family::Gaussian => v.kind.is_numeric(),
+                Family::Binomial => v.kind == VarType::Boolean,
+                Family::Poisson => v.kind == VarType::Integer,
+            };
+            if !fits {
+                let want = match family {
+                    Family::Gaussian => "a numeric outcome",
+                    Family::Binomial => "a boolean outcome",
+                    Family::Poisson => "an integer (count) outcome",
+                };
+                return Err(Error::invalid(format!(
+                    "a {} model needs {want}, and \"{outcome}\" is {}",
+                    family.as_str(),
+                    v.kind
+                )));
+            }
+            covariate_list(dict, covariates, &[outcome], *intercept)?;
+            fit_settings(analysis)
+        }
+        Analysis::Cox {
+            time,
+            event,
+            covariates,
+            ..
+        } => {
+            survival_variables(dict, time, event)?;
+            if covariates.is_empty() {
+                return Err(Error::invalid(
+                    "a Cox model needs at least one covariate (use kaplan_meier for curves without covariates)",
+                ));
+            }
+            covariate_list(dict, covariates, &[time, event], false)?;
+            fit_settings(analysis)
+        }
+        Analysis::KaplanMeier {
+            time,
+            event,
+            group,
+            grid,
+        } => {
+            survival_variables(dict, time, event)?;
+            if let Some(g) = group {
+                discrete(dict, g, "a survival group")?;
+                different(g, time, "a survival analysis")?;
+                different(g, event, "a survival analysis")?;
+            }
+            grid.points().map(|_| ())
+        }
+        Analysis::Correlation { variables, .. } => {
+            if variables.len() < 2 || variables.len() > MAX_CORRELATION_VARIABLES {
+                return Err(Error::invalid(format!(
+                    "a correlation needs between 2 and {MAX_CORRELATION_VARIABLES} variables, got {}",
+                    variables.len()
+                )));
+            }
+            for v in variables {
+                numeric(dict, v, "correlation")?;
+            }
+            unique(variables, "a correlation")
+        }
+        Analysis::Quantiles {
+            variable,
+            edges,
+            probabilities,
+        } => {
+            numeric(dict, variable, "quantile")?;
+            validate_edges(edges)?;
+            if probabilities.is_empty() || probabilities.len() > MAX_PROBABILITIES {
+                return Err(Error::invalid(format!(
+                    "quantiles need between 1 and {MAX_PROBABILITIES} probabilities"
+                )));
+            }
+            if let Some(p) = probabilities.iter().find(|p| !(0.0..=1.0).contains(*p)) {
+                return Err(Error::invalid(format!(
+                    "probability {p} is not between 0 and 1"
+                )));
+            }
+            Ok(())
+        }
+        Analysis::TwoByTwo { exposure, outcome } => {
+            for v in [exposure, outcome] {
+                discrete(dict, v, "a two-by-two table")?;
+                let levels = dict.get(v)?.levels();
+                if levels.len() != 2 {
+                    return Err(Error::invalid(format!(
+                        "a two-by-two table needs binary variables, and \"{v}\" has {} levels (use a table)",
+                        levels.len()
+                    )));
+                }
+            }
+            different(exposure, outcome, "a two-by-two table")
+        }
+    }
+}
+
+fn different(a: &str, b: &str, what: &str) -> Result<()> {
+    if a == b {
+        return Err(Error::invalid(format!(
+            "{what} needs two different variables, got \"{a}\" twice"
+        )));
+    }
+    Ok(())
+}
+
+fn unique(names: &[String], what: &str) -> Result<()> {
+    let mut seen = std::collections::BTreeSet::new();
+    match names.iter().find(|n| !seen.insert(n.as_str())) {
+        Some(dup) => Err(Error::invalid(format!("{what} lists \"{dup}\" twice"))),
+        None => Ok(()),
+    }
+}
+
+fn covariate_list(
+    dict: &Dictionary,
+    covariates: &[String],
+    taken: &[&String],
+    intercept: bool,
+) -> Result<()> {
+    if covariates.len() > MAX_COVARIATES {
+        return Err(Error::invalid(format!(
+            "a model may have at most {MAX_COVARIATES} covariates, got {}",
+            covariates.len()
+        )));
+    }
+    if covariates.is_empty() && !intercept {
+        return Err(Error::invalid(
+            "a model without an intercept needs at least one covariate",
+        ));
+    }
+    unique(covariates, "the model")?;
+    if let Some(c) = covariates.iter().find(|c| taken.contains(c)) {
+        return Err(Error::invalid(format!(
+            "\"{c}\" is the model's outcome (or time or event) and cannot also be a covariate"
+        )));
+    }
+    crate::models::design::terms(dict, covariates, intercept).map(|_| ())
+}
+
+fn survival_variables(dict: &Dictionary, time: &str, event: &str) -> Result<()> {
+    numeric(dict, time, "survival time")?;
+    if dict.get(event)?.kind != VarType::Boolean {
+        return Err(Error::invalid(format!(
+            "the event of a survival analysis must be boolean, and \"{event}\" is {}",
+            dict.get(event)?.kind
+        )));
+    }
+    Ok(())
+}
+
+fn fit_settings(analysis: &Analysis) -> Result<()> {
+    let o = analysis.fit_options().expect("iterative analysis");
+    if !(o.tolerance > 0.0 && o.tolerance <= 1e-2) {
+        return Err(Error::invalid(format!(
+            "tolerance must be above 0 and at most 0.01, got {}",
+            o.tolerance
+        )));
+    }
+    if o.max_iterations == 0 || o.max_iterations > MAX_ITERATIONS {
+        return Err(Error::invalid(format!(
+            "max_iterations must be between 1 and {MAX_ITERATIONS}, got {}",
+            o.max_iterations
+        )));
+    }
+    Ok(())
 }
 
 fn numeric<'a>(dict: &'a Dictionary, name: &str, what: &str) -> Result<&'a crate::Variable> {
@@ -255,11 +611,11 @@ fn numeric<'a>(dict: &'a Dictionary, name: &str, what: &str) -> Result<&'a crate
     Ok(v)
 }
 
-fn discrete(dict: &Dictionary, name: &str) -> Result<()> {
+fn discrete(dict: &Dictionary, name: &str, what: &str) -> Result<()> {
     let v = dict.get(name)?;
     if !v.kind.is_discrete() {
         return Err(Error::invalid(format!(
-            "a table needs categorical or boolean variables, and \"{name}\" is {} (use a histogram for numeric variables)",
+            "{what} needs categorical or boolean variables, and \"{name}\" is {} (use a histogram for numeric variables)",
             v.kind
         )));
     }
@@ -502,6 +858,7 @@ mod tests {
         let q = Query {
             cohort: Some(c),
             analysis: Analysis::Count {},
+            by_site: false,
         };
         assert!(q.validate(&dict()).unwrap_err().message.contains("deeper"));
     }

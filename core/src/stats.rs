@@ -9,6 +9,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::dictionary::Dictionary;
 use crate::error::{Error, Result};
+use crate::models::correlation::PairSums;
+use crate::models::cox::CoxStats;
+use crate::models::glm::GlmStats;
+use crate::models::linalg::packed_len;
+use crate::models::survival::{self, GroupCounts, GroupStats};
 use crate::query::Analysis;
 
 /// A released count, or the mark that it fell under the minimum cell size.
@@ -78,6 +83,12 @@ pub enum RawStats {
         columns: u32,
         cells: Vec<u64>,
     },
+    /// One IRLS round of a GLM; checked at the node before release.
+    Glm(GlmStats),
+    /// One Newton round of a Cox model; checked at the node before release.
+    Cox(CoxStats),
+    Survival(Vec<GroupCounts>),
+    Pairs(Vec<PairSums>),
 }
 
 /// What a node releases: aggregates that passed its disclosure control.
@@ -97,6 +108,11 @@ pub enum NodeStats {
         columns: u32,
         cells: Vec<Cell>,
     },
+    Glm(GlmStats),
+    Cox(CoxStats),
+    Survival(Vec<GroupStats>),
+    /// Per-pair sums, packed upper triangle; `None` where fewer than k.
+    Pairs(Vec<Option<PairSums>>),
 }
 
 impl NodeStats {
@@ -136,7 +152,10 @@ impl NodeStats {
                     }
                 }
             }
-            (Analysis::Histogram { edges, .. }, NodeStats::Histogram { bins, below, above }) => {
+            (
+                Analysis::Histogram { edges, .. } | Analysis::Quantiles { edges, .. },
+                NodeStats::Histogram { bins, below, above },
+            ) => {
                 if bins.len() + 1 != edges.len() {
                     return Err(shape(&format!(
                         "{} bins for {} edges",
@@ -151,7 +170,11 @@ impl NodeStats {
                 }
             }
             (
-                Analysis::Table { row, column },
+                Analysis::Table { row, column }
+                | Analysis::TwoByTwo {
+                    exposure: row,
+                    outcome: column,
+                },
                 NodeStats::Table {
                     rows,
                     columns,
@@ -170,6 +193,46 @@ impl NodeStats {
                     return Err(Error::disclosure(
                         "node released a table cell under the minimum cell size",
                     ));
+                }
+            }
+            (Analysis::Glm { .. }, NodeStats::Glm(g)) => {
+                g.check(analysis.terms(dict)?.len())?;
+                if g.n < k {
+                    return Err(Error::disclosure(
+                        "node released a model fit resting on fewer patients than the minimum cell size",
+                    ));
+                }
+            }
+            (Analysis::Cox { .. }, NodeStats::Cox(c)) => {
+                c.check(analysis.terms(dict)?.len())?;
+                if c.n < k {
+                    return Err(Error::disclosure(
+                        "node released a model fit resting on fewer patients than the minimum cell size",
+                    ));
+                }
+            }
+            (Analysis::KaplanMeier { grid, .. }, NodeStats::Survival(groups)) => {
+                let intervals = grid.points()?.len() - 1;
+                let expected = analysis.survival_groups(dict)?.len();
+                survival::check(groups, expected, intervals, k as u32)?;
+            }
+            (Analysis::Correlation { variables, .. }, NodeStats::Pairs(pairs)) => {
+                if pairs.len() != packed_len(variables.len()) {
+                    return Err(shape(&format!(
+                        "{} pairs for {} variables",
+                        pairs.len(),
+                        variables.len()
+                    )));
+                }
+                for p in pairs.iter().flatten() {
+                    if p.n < k {
+                        return Err(Error::disclosure(
+                            "node released sums resting on fewer patients than the minimum cell size",
+                        ));
+                    }
+                    if !p.plausible() {
+                        return Err(shape("sums that no set of values can have"));
+                    }
                 }
             }
             (a, _) => {

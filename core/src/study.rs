@@ -36,6 +36,11 @@ pub struct StudyDefinition {
     pub nodes: Vec<String>,
     #[serde(default = "default_min_nodes")]
     pub min_nodes: u32,
+    /// Whether an iterative fit (GLM, Cox) that loses a node between rounds
+    /// may start again without it, as long as `min_nodes` remain. Off by
+    /// default: the fit fails naming the node and the round.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub continue_without_lost_nodes: bool,
     pub purpose: PurposeSpec,
 }
 

@@ -60,6 +60,14 @@ pub struct CoordinatorSection {
 pub struct Policy {
     /// Studies this hospital has approved. Jobs of any other study are refused.
     pub allowed_studies: BTreeSet<String>,
+    /// A regression model may have at most this share of the node's
+    /// complete cases as parameters (DataSHIELD's nfilter.glm).
+    #[serde(default = "default_parameter_share")]
+    pub max_parameter_share: f64,
+}
+
+fn default_parameter_share() -> f64 {
+    plexus_core::DEFAULT_MAX_PARAMETER_SHARE
 }
 
 fn default_k() -> u32 {
@@ -128,6 +136,12 @@ impl NodeConfig {
                     "coordinator.proxy \"{p}\" must be an http://host:port HTTP CONNECT proxy"
                 )));
             }
+        }
+        let share = self.policy.max_parameter_share;
+        if !(share > 0.0 && share <= 1.0) {
+            return Err(NodeError::Config(format!(
+                "policy.max_parameter_share must be above 0 and at most 1 (0.33 is the usual value), got {share}"
+            )));
         }
         if self.coordinator.max_backoff_secs == 0 {
             return Err(NodeError::Config(

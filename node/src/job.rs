@@ -9,11 +9,13 @@ use std::time::Duration;
 use tracing::{info, info_span, warn, Instrument};
 
 use plexus_core::disclosure::{apply, effective_k};
+use plexus_core::models::glm::Iteration;
+use plexus_core::models::survival::GroupStats;
 use plexus_core::{Cell, Dictionary, Error, NodeStats, Purpose, Query};
 use plexus_proto::v1 as pb;
 
 use crate::config::NodeConfig;
-use crate::data::DataSource;
+use crate::data::{DataSource, Limits};
 use crate::log::{JobLog, LogEntry};
 
 pub struct JobRunner {
@@ -29,6 +31,7 @@ struct Checked {
     query: Query,
     purpose: Purpose,
     k: u32,
+    iteration: Option<Iteration>,
 }
 
 impl JobRunner {
@@ -87,9 +90,17 @@ impl JobRunner {
         }
         let now = chrono::Utc::now();
         let remaining = job.deadline_unix_ms - now.timestamp_millis();
-        let compute = self
-            .data
-            .compute(&checked.query, &checked.purpose, now.date_naive());
+        let limits = Limits {
+            k: checked.k,
+            max_parameter_share: self.config.policy.max_parameter_share,
+        };
+        let compute = self.data.compute(
+            &checked.query,
+            &checked.purpose,
+            now.date_naive(),
+            limits,
+            checked.iteration.as_ref(),
+        );
         let raw = tokio::time::timeout(Duration::from_millis(remaining.max(0) as u64), compute)
             .await
             .map_err(|_| Error::unavailable("the job ran past its deadline at this node"))??;
@@ -117,10 +128,12 @@ impl JobRunner {
                 .ok_or_else(|| Error::invalid("the job carries no query"))?,
         )?;
         query.validate(&self.dictionary)?;
+        let iteration = job.iteration.clone().map(Iteration::try_from).transpose()?;
         Ok(Checked {
             query,
             purpose,
             k: effective_k(self.config.node.min_cell_size, job.min_cell_size),
+            iteration,
         })
     }
 }
@@ -149,6 +162,26 @@ fn describe(stats: &NodeStats) -> String {
             bins.iter().chain([below, above]).copied().collect()
         }
         NodeStats::Table { cells, .. } => cells.clone(),
+        NodeStats::Glm(_) | NodeStats::Cox(_) => {
+            return "one model round (sums over complete cases)".into()
+        }
+        NodeStats::Survival(groups) => groups
+            .iter()
+            .map(|g| match g {
+                GroupStats::Released(_) => Cell::Count(0),
+                GroupStats::Suppressed => Cell::Suppressed,
+            })
+            .collect(),
+        NodeStats::Pairs(pairs) => pairs
+            .iter()
+            .map(|p| {
+                if p.is_some() {
+                    Cell::Count(0)
+                } else {
+                    Cell::Suppressed
+                }
+            })
+            .collect(),
     };
     let suppressed = cells.iter().filter(|c| **c == Cell::Suppressed).count();
     format!("{} values, {suppressed} suppressed", cells.len())

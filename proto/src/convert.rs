@@ -3,7 +3,14 @@
 //! out-of-range sizes are refused here with an `invalid` error.
 
 use plexus_core::error::{Error, ErrorCode, Result};
-use plexus_core::query::{Analysis, AnalysisKind, Cohort, CompareOp, Query, Value};
+use plexus_core::models::correlation::{Missing, PairSums};
+use plexus_core::models::cox::{CoxStats, Ties};
+use plexus_core::models::glm::{Family, GlmStats, Iteration};
+use plexus_core::models::survival::{Grid, GroupCounts, GroupStats, MAX_GRID_INTERVALS};
+use plexus_core::query::{
+    Analysis, AnalysisKind, Cohort, CompareOp, Query, Value, MAX_BINS, MAX_CORRELATION_VARIABLES,
+    MAX_COVARIATES, MAX_PROBABILITIES,
+};
 use plexus_core::stats::{Cell, Moments, NodeStats};
 use plexus_core::study::{PurposeSpec, StudyDefinition};
 use plexus_core::Purpose;
@@ -12,6 +19,8 @@ use crate::v1 as pb;
 
 /// Largest repeated field accepted from a peer (bins, cells, list items).
 const MAX_REPEATED: usize = 100_000;
+/// Largest vector of model sums accepted from a peer.
+const MAX_WIRE_VECTOR: usize = 1 << 16;
 
 fn missing(what: &str) -> Error {
     Error::invalid(format!("{what} is missing from the message"))
@@ -260,6 +269,85 @@ impl From<&Analysis> for pb::Analysis {
                 row: row.clone(),
                 column: column.clone(),
             }),
+            Analysis::Glm {
+                family,
+                outcome,
+                covariates,
+                intercept,
+                tolerance,
+                max_iterations,
+            } => Kind::Glm(pb::GlmAnalysis {
+                family: match family {
+                    Family::Gaussian => pb::GlmFamily::Gaussian,
+                    Family::Binomial => pb::GlmFamily::Binomial,
+                    Family::Poisson => pb::GlmFamily::Poisson,
+                } as i32,
+                outcome: outcome.clone(),
+                covariates: covariates.clone(),
+                no_intercept: !intercept,
+                fit: Some(fit_to_pb(*tolerance, *max_iterations)),
+            }),
+            Analysis::Cox {
+                time,
+                event,
+                covariates,
+                ties,
+                tolerance,
+                max_iterations,
+            } => Kind::Cox(pb::CoxAnalysis {
+                time: time.clone(),
+                event: event.clone(),
+                covariates: covariates.clone(),
+                ties: match ties {
+                    Ties::Efron => pb::CoxTies::Efron,
+                    Ties::Breslow => pb::CoxTies::Breslow,
+                } as i32,
+                fit: Some(fit_to_pb(*tolerance, *max_iterations)),
+            }),
+            Analysis::KaplanMeier {
+                time,
+                event,
+                group,
+                grid,
+            } => Kind::KaplanMeier(pb::KaplanMeierAnalysis {
+                time: time.clone(),
+                event: event.clone(),
+                group: group.clone().unwrap_or_default(),
+                grid: Some(match grid {
+                    Grid::Points(points) => pb::TimeGrid {
+                        points: points.clone(),
+                        ..Default::default()
+                    },
+                    Grid::Range { from, to, step } => pb::TimeGrid {
+                        points: vec![],
+                        from: *from,
+                        to: *to,
+                        step: *step,
+                    },
+                }),
+            }),
+            Analysis::Correlation { variables, missing } => {
+                Kind::Correlation(pb::CorrelationAnalysis {
+                    variables: variables.clone(),
+                    missing: match missing {
+                        Missing::CompleteCases => pb::MissingValues::CompleteCases,
+                        Missing::Pairwise => pb::MissingValues::Pairwise,
+                    } as i32,
+                })
+            }
+            Analysis::Quantiles {
+                variable,
+                edges,
+                probabilities,
+            } => Kind::Quantiles(pb::QuantilesAnalysis {
+                variable: variable.clone(),
+                edges: edges.clone(),
+                probabilities: probabilities.clone(),
+            }),
+            Analysis::TwoByTwo { exposure, outcome } => Kind::TwoByTwo(pb::TwoByTwoAnalysis {
+                exposure: exposure.clone(),
+                outcome: outcome.clone(),
+            }),
         };
         pb::Analysis { kind: Some(kind) }
     }
@@ -287,6 +375,133 @@ impl TryFrom<pb::Analysis> for Analysis {
                 row: t.row,
                 column: t.column,
             },
+            Kind::Glm(g) => {
+                let (tolerance, max_iterations) = fit_from_pb(g.fit);
+                Analysis::Glm {
+                    family: match pb::GlmFamily::try_from(g.family) {
+                        Ok(pb::GlmFamily::Gaussian) => Family::Gaussian,
+                        Ok(pb::GlmFamily::Binomial) => Family::Binomial,
+                        Ok(pb::GlmFamily::Poisson) => Family::Poisson,
+                        _ => return Err(Error::invalid("the GLM names no known family")),
+                    },
+                    outcome: g.outcome,
+                    covariates: bounded(g.covariates, MAX_COVARIATES, "covariates")?,
+                    intercept: !g.no_intercept,
+                    tolerance,
+                    max_iterations,
+                }
+            }
+            Kind::Cox(c) => {
+                let (tolerance, max_iterations) = fit_from_pb(c.fit);
+                Analysis::Cox {
+                    time: c.time,
+                    event: c.event,
+                    covariates: bounded(c.covariates, MAX_COVARIATES, "covariates")?,
+                    ties: match pb::CoxTies::try_from(c.ties) {
+                        Ok(pb::CoxTies::Breslow) => Ties::Breslow,
+                        Ok(pb::CoxTies::Efron | pb::CoxTies::Unspecified) => Ties::Efron,
+                        Err(_) => return Err(Error::invalid("unknown Cox ties method")),
+                    },
+                    tolerance,
+                    max_iterations,
+                }
+            }
+            Kind::KaplanMeier(k) => {
+                let g = k.grid.ok_or_else(|| missing("survival grid"))?;
+                let grid = if g.points.is_empty() {
+                    Grid::Range {
+                        from: g.from,
+                        to: g.to,
+                        step: g.step,
+                    }
+                } else {
+                    Grid::Points(bounded(g.points, MAX_GRID_INTERVALS + 1, "grid points")?)
+                };
+                Analysis::KaplanMeier {
+                    time: k.time,
+                    event: k.event,
+                    group: (!k.group.is_empty()).then_some(k.group),
+                    grid,
+                }
+            }
+            Kind::Correlation(c) => Analysis::Correlation {
+                variables: bounded(c.variables, MAX_CORRELATION_VARIABLES, "variables")?,
+                missing: match pb::MissingValues::try_from(c.missing) {
+                    Ok(pb::MissingValues::Pairwise) => Missing::Pairwise,
+                    Ok(_) => Missing::CompleteCases,
+                    Err(_) => return Err(Error::invalid("unknown missing-values rule")),
+                },
+            },
+            Kind::Quantiles(q) => Analysis::Quantiles {
+                variable: q.variable,
+                edges: bounded(q.edges, MAX_BINS + 1, "bin edges")?,
+                probabilities: bounded(q.probabilities, MAX_PROBABILITIES, "probabilities")?,
+            },
+            Kind::TwoByTwo(t) => Analysis::TwoByTwo {
+                exposure: t.exposure,
+                outcome: t.outcome,
+            },
+        })
+    }
+}
+
+fn fit_to_pb(tolerance: Option<f64>, max_iterations: Option<u32>) -> pb::FitSettings {
+    pb::FitSettings {
+        tolerance: tolerance.unwrap_or(0.0),
+        max_iterations: max_iterations.unwrap_or(0),
+    }
+}
+
+fn fit_from_pb(f: Option<pb::FitSettings>) -> (Option<f64>, Option<u32>) {
+    let f = f.unwrap_or_default();
+    (
+        (f.tolerance != 0.0).then_some(f.tolerance),
+        (f.max_iterations != 0).then_some(f.max_iterations),
+    )
+}
+
+/// Refuses a list longer than any valid message holds, before anything
+/// else looks at it.
+fn bounded<T>(items: Vec<T>, max: usize, what: &str) -> Result<Vec<T>> {
+    if items.len() > max {
+        return Err(Error::invalid(format!(
+            "the message carries {} {what}, more than the {max} allowed",
+            items.len()
+        )));
+    }
+    Ok(items)
+}
+
+impl From<&Iteration> for pb::Iteration {
+    fn from(i: &Iteration) -> Self {
+        pb::Iteration {
+            round: i.round,
+            coefficients: i.coefficients.clone(),
+            null_mean: i.null_mean,
+        }
+    }
+}
+
+impl TryFrom<pb::Iteration> for Iteration {
+    type Error = Error;
+    fn try_from(i: pb::Iteration) -> Result<Self> {
+        let coefficients = bounded(i.coefficients, MAX_WIRE_VECTOR, "coefficients")?;
+        if coefficients
+            .iter()
+            .chain(&i.null_mean)
+            .any(|v| !v.is_finite())
+        {
+            return Err(Error::invalid(
+                "the iteration carries a value that is not finite",
+            ));
+        }
+        if i.round == 0 {
+            return Err(Error::invalid("iteration rounds start at 1"));
+        }
+        Ok(Iteration {
+            round: i.round,
+            coefficients,
+            null_mean: i.null_mean,
         })
     }
 }
@@ -296,6 +511,7 @@ impl From<&Query> for pb::Query {
         pb::Query {
             cohort: q.cohort.as_ref().map(pb::Cohort::from),
             analysis: Some((&q.analysis).into()),
+            by_site: q.by_site,
         }
     }
 }
@@ -306,6 +522,7 @@ impl TryFrom<pb::Query> for Query {
         Ok(Query {
             cohort: q.cohort.map(Cohort::try_from).transpose()?,
             analysis: q.analysis.ok_or_else(|| missing("analysis"))?.try_into()?,
+            by_site: q.by_site,
         })
     }
 }
@@ -369,6 +586,56 @@ impl From<&NodeStats> for pb::NodeStats {
                 columns: *columns,
                 cells: cells.iter().map(|c| cell_to_pb(*c)).collect(),
             }),
+            NodeStats::Glm(g) => Kind::Glm(pb::GlmStats {
+                n: g.n,
+                xtwx: g.xtwx.clone(),
+                xtwz: g.xtwz.clone(),
+                deviance: g.deviance,
+                sum_y: g.sum_y,
+                null_deviance: g.null_deviance,
+            }),
+            NodeStats::Cox(c) => Kind::Cox(pb::CoxStats {
+                n: c.n,
+                events: c.events,
+                loglik: c.loglik,
+                gradient: c.gradient.clone(),
+                information: c.information.clone(),
+            }),
+            NodeStats::Survival(groups) => Kind::Survival(pb::SurvivalStats {
+                groups: groups
+                    .iter()
+                    .map(|g| pb::SurvivalGroup {
+                        value: Some(match g {
+                            GroupStats::Released(c) => {
+                                pb::survival_group::Value::Counts(pb::SurvivalCounts {
+                                    at_risk: c.at_risk,
+                                    events: c.events.clone(),
+                                    censored: c.censored.clone(),
+                                })
+                            }
+                            GroupStats::Suppressed => pb::survival_group::Value::Suppressed(true),
+                        }),
+                    })
+                    .collect(),
+            }),
+            NodeStats::Pairs(pairs) => Kind::Pairs(pb::PairStats {
+                pairs: pairs
+                    .iter()
+                    .map(|p| pb::PairCell {
+                        value: Some(match p {
+                            Some(p) => pb::pair_cell::Value::Sums(pb::PairSums {
+                                n: p.n,
+                                sum_x: p.sum_x,
+                                sum_y: p.sum_y,
+                                sum_xx: p.sum_xx,
+                                sum_yy: p.sum_yy,
+                                sum_xy: p.sum_xy,
+                            }),
+                            None => pb::pair_cell::Value::Suppressed(true),
+                        }),
+                    })
+                    .collect(),
+            }),
         };
         pb::NodeStats { kind: Some(kind) }
     }
@@ -399,6 +666,56 @@ impl TryFrom<pb::NodeStats> for NodeStats {
                 columns: t.columns,
                 cells: cells_from_pb(t.cells)?,
             },
+            Kind::Glm(g) => NodeStats::Glm(GlmStats {
+                n: g.n,
+                xtwx: bounded(g.xtwx, MAX_WIRE_VECTOR, "matrix entries")?,
+                xtwz: bounded(g.xtwz, MAX_WIRE_VECTOR, "vector entries")?,
+                deviance: g.deviance,
+                sum_y: g.sum_y,
+                null_deviance: g.null_deviance,
+            }),
+            Kind::Cox(c) => NodeStats::Cox(CoxStats {
+                n: c.n,
+                events: c.events,
+                loglik: c.loglik,
+                gradient: bounded(c.gradient, MAX_WIRE_VECTOR, "vector entries")?,
+                information: bounded(c.information, MAX_WIRE_VECTOR, "matrix entries")?,
+            }),
+            Kind::Survival(s) => NodeStats::Survival(
+                bounded(s.groups, MAX_REPEATED, "survival groups")?
+                    .into_iter()
+                    .map(|g| match g.value {
+                        Some(pb::survival_group::Value::Counts(c)) => {
+                            Ok(GroupStats::Released(GroupCounts {
+                                at_risk: c.at_risk,
+                                events: bounded(c.events, MAX_GRID_INTERVALS, "intervals")?,
+                                censored: bounded(c.censored, MAX_GRID_INTERVALS, "intervals")?,
+                            }))
+                        }
+                        Some(pb::survival_group::Value::Suppressed(true)) => {
+                            Ok(GroupStats::Suppressed)
+                        }
+                        _ => Err(missing("survival group")),
+                    })
+                    .collect::<Result<_>>()?,
+            ),
+            Kind::Pairs(p) => NodeStats::Pairs(
+                bounded(p.pairs, MAX_REPEATED, "pairs")?
+                    .into_iter()
+                    .map(|p| match p.value {
+                        Some(pb::pair_cell::Value::Sums(s)) => Ok(Some(PairSums {
+                            n: s.n,
+                            sum_x: s.sum_x,
+                            sum_y: s.sum_y,
+                            sum_xx: s.sum_xx,
+                            sum_yy: s.sum_yy,
+                            sum_xy: s.sum_xy,
+                        })),
+                        Some(pb::pair_cell::Value::Suppressed(true)) => Ok(None),
+                        _ => Err(missing("pair sums")),
+                    })
+                    .collect::<Result<_>>()?,
+            ),
         })
     }
 }
@@ -438,6 +755,7 @@ pub fn study_to_pb(s: &StudyDefinition, registered_unix_ms: i64) -> pb::Study {
         nodes: s.nodes.clone(),
         min_nodes: s.min_nodes,
         registered_unix_ms,
+        continue_without_lost_nodes: s.continue_without_lost_nodes,
     }
 }
 
@@ -457,6 +775,7 @@ impl TryFrom<pb::Study> for StudyDefinition {
             researchers: s.researchers,
             nodes: s.nodes,
             min_nodes: s.min_nodes,
+            continue_without_lost_nodes: s.continue_without_lost_nodes,
             purpose: PurposeSpec {
                 code: purpose.code,
                 disease: purpose.disease,

@@ -11,6 +11,8 @@ use plexus_core::{Analysis, ConsentTerms, Dictionary, Moments, Purpose, Query, R
 
 pub use plexus::sandbox::{self, Sandbox, SandboxOptions};
 
+pub mod reference;
+
 /// The value of dictionary variable `var` for one patient.
 pub fn datum(p: &Patient, var: &str) -> Datum {
     let f = |x: Option<f64>| x.map(Datum::Float).unwrap_or(Datum::Null);
@@ -124,6 +126,10 @@ pub fn reference(patients: &[&Patient], query: &Query, dict: &Dictionary) -> Raw
                 cells,
             }
         }
+        other => panic!(
+            "no row-by-row reference for a {} here; see tests/src/reference",
+            other.kind()
+        ),
     }
 }
 

@@ -38,6 +38,7 @@ fn raw_cells(r: &RawStats) -> Vec<u64> {
         }
         RawStats::Table { cells, .. } => cells.clone(),
         RawStats::Summary(_) => vec![],
+        other => panic!("not a counting analysis: {other:?}"),
     }
 }
 
@@ -53,6 +54,7 @@ fn pooled_cells(v: &PooledValue) -> Vec<PooledCell> {
             .collect(),
         PooledValue::Table { cells, .. } => cells.iter().flatten().cloned().collect(),
         PooledValue::Summary { .. } => vec![],
+        other => panic!("not a counting analysis: {other:?}"),
     }
 }
 

@@ -10,9 +10,11 @@ mod compile;
 mod compute;
 pub mod config;
 mod consent;
+mod extract;
 mod files;
 mod ids;
 mod mapping;
+mod models;
 #[cfg(test)]
 mod tests;
 
@@ -24,9 +26,11 @@ use std::time::Instant;
 use chrono::NaiveDate;
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::prelude::{DataFrame, ParquetReadOptions, SessionContext};
+use plexus_core::models::glm::Iteration;
 use plexus_core::{Analysis, Dictionary, Error, Purpose, Query, RawStats, Result};
 
 pub use config::{ConsentConfig, DataConfig, DataFormat};
+pub use models::Limits;
 
 use compile::Mapped;
 use consent::ConsentSource;
@@ -45,6 +49,7 @@ pub struct DataSource {
     id_type: DataType,
     mapped: BTreeMap<String, Mapped>,
     consent: ConsentSource,
+    models: models::ModelCache,
 }
 
 impl std::fmt::Debug for DataSource {
@@ -95,6 +100,7 @@ impl DataSource {
             id_type,
             mapped,
             consent,
+            models: models::ModelCache::new(),
         })
     }
 
@@ -119,46 +125,118 @@ impl DataSource {
         Ok(plexus_core::hash::sha256_hex(text.as_bytes()))
     }
 
-    /// Runs one query for a study with purpose `purpose`, counting only
-    /// patients whose consent covers it on `today`.
+    /// Runs one query (or one round of an iterative fit) for a study with
+    /// purpose `purpose`, counting only patients whose consent covers it on
+    /// `today`. Regression data is checked against `limits` before any
+    /// round is computed.
     pub async fn compute(
         &self,
         query: &Query,
         purpose: &Purpose,
         today: NaiveDate,
+        limits: Limits,
+        iteration: Option<&Iteration>,
     ) -> Result<RawStats> {
         query.validate(&self.dict)?;
         for v in query.variables() {
             self.lookup(&v)?;
         }
         let started = Instant::now();
-        let df = self.consenting(purpose, today).await?;
-        let df = match &query.cohort {
-            Some(c) => {
-                let filter = compile::compile(c, &|v| self.lookup(v))?;
-                df.filter(filter)
-                    .map_err(|e| Error::internal(format!("cannot plan the cohort: {e}")))?
-            }
-            None => df,
-        };
-        let out = match &query.analysis {
+        let analysis = &query.analysis;
+        if analysis.kind().is_iterative() {
+            let it = iteration.ok_or_else(|| {
+                Error::invalid("a regression job carries no iteration (round and coefficients)")
+            })?;
+            let key = format!("{}\0{purpose}\0{today}\0{}", query.hash(), self.snapshot()?);
+            let prepared = match self.models.get(&key) {
+                Some(p) => p,
+                None => {
+                    let df = self.cohort(query, purpose, today).await?;
+                    let vars = self.mapped_variables(analysis)?;
+                    let columns = extract::columns(df, &vars, &self.dict).await?;
+                    let (a, d) = (analysis.clone(), self.dict.clone());
+                    let prepared =
+                        blocking(move || models::prepare(&a, &d, &columns, limits)).await?;
+                    let prepared = Arc::new(prepared);
+                    self.models.put(key, prepared.clone());
+                    prepared
+                }
+            };
+            let (a, it) = (analysis.clone(), it.clone());
+            let out = blocking(move || models::round(&prepared, &a, &it)).await?;
+            tracing::debug!(
+                analysis = %analysis.kind(),
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "model round computed"
+            );
+            return Ok(out);
+        }
+        let df = self.cohort(query, purpose, today).await?;
+        let out = match analysis {
             Analysis::Count {} => compute::count_rows(df).await?,
             Analysis::Summary { variable } => compute::summary(df, self.lookup(variable)?).await?,
-            Analysis::Histogram { variable, edges } => {
-                compute::histogram(df, self.lookup(variable)?, edges).await?
-            }
-            Analysis::Table { row, column } => {
+            Analysis::Histogram { variable, edges }
+            | Analysis::Quantiles {
+                variable, edges, ..
+            } => compute::histogram(df, self.lookup(variable)?, edges).await?,
+            Analysis::Table { row, column }
+            | Analysis::TwoByTwo {
+                exposure: row,
+                outcome: column,
+            } => {
                 let r = (self.lookup(row)?, self.dict.get(row)?);
                 let c = (self.lookup(column)?, self.dict.get(column)?);
                 compute::table(df, r, c).await?
             }
+            Analysis::KaplanMeier { .. } | Analysis::Correlation { .. } => {
+                let vars = self.mapped_variables(analysis)?;
+                let columns = extract::columns(df, &vars, &self.dict).await?;
+                let (a, d) = (analysis.clone(), self.dict.clone());
+                blocking(move || match &a {
+                    Analysis::KaplanMeier { .. } => models::survival_counts(&a, &d, &columns),
+                    _ => models::pairs(&a, &columns),
+                })
+                .await?
+            }
+            Analysis::Glm { .. } | Analysis::Cox { .. } => {
+                return Err(Error::internal("regressions are computed round by round"))
+            }
         };
         tracing::debug!(
-            analysis = %query.analysis.kind(),
+            analysis = %analysis.kind(),
             elapsed_ms = started.elapsed().as_millis() as u64,
             "query computed"
         );
         Ok(out)
+    }
+
+    /// The consenting patients in the query's cohort.
+    async fn cohort(
+        &self,
+        query: &Query,
+        purpose: &Purpose,
+        today: NaiveDate,
+    ) -> Result<DataFrame> {
+        let df = self.consenting(purpose, today).await?;
+        match &query.cohort {
+            Some(c) => {
+                let filter = compile::compile(c, &|v| self.lookup(v))?;
+                df.filter(filter)
+                    .map_err(|e| Error::internal(format!("cannot plan the cohort: {e}")))
+            }
+            None => Ok(df),
+        }
+    }
+
+    fn mapped_variables<'a>(
+        &'a self,
+        analysis: &'a Analysis,
+    ) -> Result<Vec<(&'a str, &'a Mapped)>> {
+        analysis
+            .variables()
+            .into_iter()
+            .map(|v| Ok((v, self.lookup(v)?)))
+            .collect()
     }
 
     fn lookup(&self, variable: &str) -> Result<&Mapped> {
@@ -180,6 +258,13 @@ impl DataSource {
             .filter(admitted.filter(&self.id_column, &self.id_type))
             .map_err(|e| Error::internal(format!("cannot plan the consent filter: {e}")))
     }
+}
+
+/// Runs CPU-bound arithmetic off the async workers.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::internal(format!("computation task failed: {e}")))?
 }
 
 /// Registers the patient table. CSV schemas are inferred from every row,

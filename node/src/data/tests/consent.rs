@@ -48,7 +48,11 @@ fn ages(ids: &[usize]) -> f64 {
 
 async fn counted(src: &super::DataSource, p: &Purpose, today: &str) -> Moments {
     let q = Query::from_json(r#"{"analysis": {"summary": {"variable": "age"}}}"#).unwrap();
-    match src.compute(&q, p, date(today)).await.unwrap() {
+    match src
+        .compute(&q, p, date(today), super::TEST_LIMITS, None)
+        .await
+        .unwrap()
+    {
         RawStats::Summary(m) => m,
         other => panic!("{other:?}"),
     }
@@ -93,7 +97,13 @@ async fn everyone_excluded_gives_empty_answers() {
     let q =
         Query::from_json(r#"{"analysis": {"table": {"row": "sex", "column": "death"}}}"#).unwrap();
     let t = src
-        .compute(&q, &purpose("HMB", "", &[]), date(TODAY))
+        .compute(
+            &q,
+            &purpose("HMB", "", &[]),
+            date(TODAY),
+            super::TEST_LIMITS,
+            None,
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -152,7 +162,10 @@ async fn bad_row_names_file_and_line_not_the_patient() {
         let mut rows = cases();
         rows[4] = bad;
         write_consent(&f.consent.path, &rows);
-        let e = src.compute(&q, &hmb, date(TODAY)).await.unwrap_err();
+        let e = src
+            .compute(&q, &hmb, date(TODAY), super::TEST_LIMITS, None)
+            .await
+            .unwrap_err();
         assert_eq!(e.code, ErrorCode::Data);
         assert!(e.message.contains("consent.csv line 6"), "{e}");
         assert!(e.message.contains(problem), "{e}");
@@ -224,7 +237,10 @@ async fn consent_in_parquet() {
     rows[4].2 = "";
     write_consent_parquet(&f.consent.path, &rows);
     let q = Query::from_json(r#"{"analysis": {"count": {}}}"#).unwrap();
-    let e = src.compute(&q, &hmb, date(TODAY)).await.unwrap_err();
+    let e = src
+        .compute(&q, &hmb, date(TODAY), super::TEST_LIMITS, None)
+        .await
+        .unwrap_err();
     assert!(
         e.message
             .contains("consent.parquet row 5: valid_from is empty"),

@@ -20,7 +20,13 @@ use datafusion::parquet::arrow::ArrowWriter;
 use plexus_core::eval::Datum;
 use plexus_core::{Dictionary, Purpose};
 
-use super::{ConsentConfig, DataConfig, DataSource};
+use super::{ConsentConfig, DataConfig, DataSource, Limits};
+
+/// Limits for tests that apply disclosure control themselves.
+pub(super) const TEST_LIMITS: Limits = Limits {
+    k: 1,
+    max_parameter_share: 0.33,
+};
 
 pub(super) fn date(s: &str) -> NaiveDate {
     plexus_core::query::parse_date(s).unwrap()

@@ -1,0 +1,601 @@
+//! Kaplan-Meier curves and the log-rank test on a public time grid.
+//!
+//! The query names grid points g₀ < g₁ < … < gₘ. Interval j is (gⱼ, gⱼ₊₁].
+//! For every group a node counts the patients at risk after g₀, and the
+//! events and censorings in each interval; patients still followed after
+//! gₘ are counted as censored in the last interval (which changes no
+//! estimate on the grid and reveals nothing beyond it). Patients whose time
+//! is at or before g₀ are outside the curve. On a grid through every
+//! distinct time the pooled curve is the exact product-limit estimate.
+//!
+//! Disclosure control: once fewer than k patients are at risk at the start
+//! of an interval, that interval and every later one are merged into the
+//! last interval that still starts with k or more at risk; a group with
+//! fewer than k at risk from the start is suppressed.
+
+use serde::{Deserialize, Serialize};
+
+use super::inference::{chi_square_p, CONFIDENCE};
+use crate::error::{Error, Result};
+
+/// Most intervals in one grid (a daily grid over 27 years).
+pub const MAX_GRID_INTERVALS: usize = 10_000;
+
+/// The public time grid of a Kaplan-Meier query.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Grid {
+    /// Every `step` from `from` to `to` (both included).
+    Range {
+        from: f64,
+        to: f64,
+        step: f64,
+    },
+    Points(Vec<f64>),
+}
+
+impl Grid {
+    pub fn points(&self) -> Result<Vec<f64>> {
+        let points = match self {
+            Grid::Points(p) => p.clone(),
+            Grid::Range { from, to, step } => {
+                if !(from.is_finite() && to.is_finite() && step.is_finite() && *step > 0.0) {
+                    return Err(Error::invalid(
+                        "a grid range needs finite \"from\" and \"to\" and a positive \"step\"",
+                    ));
+                }
+                let count = ((to - from) / step).floor();
+                if count < 1.0 || count > MAX_GRID_INTERVALS as f64 {
+                    return Err(Error::invalid(format!(
+                        "a grid needs between 1 and {MAX_GRID_INTERVALS} intervals, and from {from} to {to} by {step} gives {count}"
+                    )));
+                }
+                (0..=count as usize)
+                    .map(|i| from + i as f64 * step)
+                    .collect()
+            }
+        };
+        if points.len() < 2 || points.len() > MAX_GRID_INTERVALS + 1 {
+            return Err(Error::invalid(format!(
+                "a grid needs between 2 and {} points, got {}",
+                MAX_GRID_INTERVALS + 1,
+                points.len()
+            )));
+        }
+        if let Some(bad) = points.iter().find(|p| !p.is_finite()) {
+            return Err(Error::invalid(format!(
+                "grid point {bad} is not a finite number"
+            )));
+        }
+        if let Some(w) = points.windows(2).find(|w| w[0] >= w[1]) {
+            return Err(Error::invalid(format!(
+                "grid points must be strictly increasing, but {} is followed by {}",
+                w[0], w[1]
+            )));
+        }
+        Ok(points)
+    }
+}
+
+/// The interval of time `t` on `points`: `None` at or before the first
+/// point, the last interval after the last point.
+pub fn interval_of(points: &[f64], t: f64) -> Option<usize> {
+    let m = points.len() - 1;
+    // NaN compares false and falls out with the times before the grid.
+    if t.partial_cmp(&points[0]) != Some(std::cmp::Ordering::Greater) {
+        return None;
+    }
+    // First point ≥ t closes t's interval.
+    let idx = points.partition_point(|p| *p < t);
+    Some(idx.clamp(1, m + 1).min(m) - 1)
+}
+
+/// A group's counts before disclosure control (one entry per interval).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct GroupCounts {
+    /// At risk just after the first grid point.
+    pub at_risk: u64,
+    pub events: Vec<u64>,
+    pub censored: Vec<u64>,
+}
+
+impl GroupCounts {
+    pub fn zero(intervals: usize) -> Self {
+        GroupCounts {
+            at_risk: 0,
+            events: vec![0; intervals],
+            censored: vec![0; intervals],
+        }
+    }
+
+    /// Counts one patient.
+    pub fn add(&mut self, points: &[f64], time: f64, event: bool) {
+        if let Some(j) = interval_of(points, time) {
+            self.at_risk += 1;
+            let beyond = time > points[points.len() - 1];
+            if event && !beyond {
+                self.events[j] += 1;
+            } else {
+                self.censored[j] += 1;
+            }
+        }
+    }
+
+    /// At risk at the start of each interval.
+    pub fn at_risk_by_interval(&self) -> Vec<u64> {
+        let mut n = self.at_risk;
+        self.events
+            .iter()
+            .zip(&self.censored)
+            .map(|(d, c)| {
+                let here = n;
+                n = n.saturating_sub(d + c);
+                here
+            })
+            .collect()
+    }
+
+    /// Sums every interval from `from` on into interval `from`.
+    fn merge_tail(&mut self, from: usize) {
+        let d: u64 = self.events[from..].iter().sum();
+        let c: u64 = self.censored[from..].iter().sum();
+        self.events.truncate(from + 1);
+        self.censored.truncate(from + 1);
+        self.events[from] = d;
+        self.censored[from] = c;
+    }
+}
+
+/// Counts every patient of a cohort: `group[i]` indexes `groups` groups.
+pub fn count(
+    points: &[f64],
+    time: &[f64],
+    event: &[bool],
+    group: &[u32],
+    groups: usize,
+) -> Vec<GroupCounts> {
+    let mut out = vec![GroupCounts::zero(points.len() - 1); groups];
+    for ((t, e), g) in time.iter().zip(event).zip(group) {
+        if let Some(c) = out.get_mut(*g as usize) {
+            c.add(points, *t, *e);
+        }
+    }
+    out
+}
+
+/// What a node releases for one group.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GroupStats {
+    /// `events` and `censored` may be shorter than the grid: the last entry
+    /// then covers every interval from its own to the grid's end.
+    Released(GroupCounts),
+    Suppressed,
+}
+
+/// Applies the at-risk rule to every group: intervals starting with 1 to
+/// k − 1 at risk are merged into the last interval starting with k or more.
+/// (Intervals with nobody left at risk hold nothing and stay as they are.)
+pub fn disclose(groups: Vec<GroupCounts>, k: u32) -> Vec<GroupStats> {
+    let k = u64::from(k);
+    groups
+        .into_iter()
+        .map(|mut g| {
+            let at_risk = g.at_risk_by_interval();
+            if g.at_risk < k {
+                return GroupStats::Suppressed;
+            }
+            if let Some(thin) = at_risk.iter().position(|n| *n > 0 && *n < k) {
+                g.merge_tail(thin - 1);
+            }
+            GroupStats::Released(g)
+        })
+        .collect()
+}
+
+/// Checks a received group against the grid and the at-risk rule.
+pub fn check(
+    groups: &[GroupStats],
+    expected_groups: usize,
+    intervals: usize,
+    k: u32,
+) -> Result<()> {
+    if groups.len() != expected_groups {
+        return Err(Error::invalid(format!(
+            "node answered {} survival groups where {expected_groups} were asked",
+            groups.len()
+        )));
+    }
+    for g in groups {
+        let GroupStats::Released(c) = g else { continue };
+        let len = c.events.len();
+        if len == 0 || len > intervals || c.censored.len() != len {
+            return Err(Error::invalid(format!(
+                "node answered {len} survival intervals for a grid of {intervals}"
+            )));
+        }
+        let total: u64 = c.events.iter().chain(&c.censored).sum();
+        if total != c.at_risk {
+            return Err(Error::invalid(
+                "node's events and censorings do not add up to its number at risk",
+            ));
+        }
+        if c.at_risk_by_interval()
+            .iter()
+            .any(|n| *n > 0 && *n < u64::from(k))
+        {
+            return Err(Error::disclosure(
+                "node released a survival interval with fewer than the minimum cell size at risk",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// One pooled survival curve.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Curve {
+    /// The group's level, or "all".
+    pub group: String,
+    pub at_risk: u64,
+    pub events: u64,
+    /// Right end of each interval.
+    pub times: Vec<f64>,
+    pub n_risk: Vec<u64>,
+    pub n_event: Vec<u64>,
+    pub n_censor: Vec<u64>,
+    pub survival: Vec<f64>,
+    /// Greenwood standard error of the survival.
+    pub std_error: Vec<f64>,
+    pub lower: Vec<f64>,
+    pub upper: Vec<f64>,
+    /// First grid time where survival is 0.5 or less; `None` if not reached.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub median: Option<f64>,
+    /// Nodes that suppressed this group (fewer than k at risk).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub suppressed_at: Vec<String>,
+    /// When intervals were merged under the at-risk rule: the grid time
+    /// after which the curve has one merged step, and the nodes that merged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub merged_after: Option<f64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub merged_at: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogRank {
+    pub chi_square: f64,
+    pub df: u32,
+    pub p_value: f64,
+    pub observed: Vec<f64>,
+    pub expected: Vec<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KaplanMeierResult {
+    pub time: String,
+    pub event: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// The grid's first point: the curves start at 1 there.
+    pub start: f64,
+    pub grid_intervals: u32,
+    /// How the confidence band is computed.
+    pub confidence: String,
+    pub curves: Vec<Curve>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_rank: Option<LogRank>,
+}
+
+/// Pools the nodes' released groups into curves and, with two or more
+/// groups, the log-rank test. `labels` names the groups.
+pub fn pool(
+    points: &[f64],
+    labels: &[String],
+    parts: &[(String, Vec<GroupStats>)],
+    names: (&str, &str, Option<&str>),
+) -> Result<KaplanMeierResult> {
+    let intervals = points.len() - 1;
+    let mut curves = Vec::with_capacity(labels.len());
+    let mut pooled = Vec::with_capacity(labels.len());
+    for (g, label) in labels.iter().enumerate() {
+        // The group's partition: as many intervals as its coarsest node kept.
+        let mut kept = intervals;
+        let mut merged_at = Vec::new();
+        let mut suppressed_at = Vec::new();
+        let mut released = Vec::new();
+        for (node, groups) in parts {
+            match groups.get(g) {
+                Some(GroupStats::Released(c)) => {
+                    if c.events.len() < intervals {
+                        merged_at.push(node.clone());
+                    }
+                    kept = kept.min(c.events.len());
+                    released.push(c);
+                }
+                Some(GroupStats::Suppressed) => suppressed_at.push(node.clone()),
+                None => {
+                    return Err(Error::internal(
+                        "survival groups do not match the query (checked on receipt)",
+                    ))
+                }
+            }
+        }
+        let mut total = GroupCounts::zero(kept);
+        for c in released {
+            let c = coarsen(c.clone(), kept);
+            total.at_risk += c.at_risk;
+            for j in 0..kept {
+                total.events[j] += c.events[j];
+                total.censored[j] += c.censored[j];
+            }
+        }
+        let mut curve = curve(&total, label, &times_of(points, kept), suppressed_at);
+        curve.merged_after = (kept < intervals).then(|| points[kept - 1]);
+        curve.merged_at = merged_at;
+        curves.push(curve);
+        pooled.push(total);
+    }
+    if pooled.iter().all(|g| g.at_risk == 0) {
+        return Err(Error::disclosure(
+            "every group was suppressed at every node: fewer than the minimum cell size at risk",
+        ));
+    }
+    // The test needs one partition for all groups: the coarsest.
+    let common = pooled
+        .iter()
+        .filter(|g| g.at_risk > 0)
+        .map(|g| g.events.len())
+        .min()
+        .unwrap_or(intervals);
+    let coarse: Vec<GroupCounts> = pooled.into_iter().map(|g| coarsen(g, common)).collect();
+    let log_rank = (labels.len() > 1).then(|| log_rank(&coarse)).flatten();
+    Ok(KaplanMeierResult {
+        time: names.0.into(),
+        event: names.1.into(),
+        group: names.2.map(str::to_string),
+        start: points[0],
+        grid_intervals: intervals as u32,
+        confidence: format!(
+            "{}% pointwise, log transform, Greenwood variance",
+            (CONFIDENCE * 100.0).round()
+        ),
+        curves,
+        log_rank,
+    })
+}
+
+/// Merges the tail of `c` so it has `kept` intervals.
+fn coarsen(mut c: GroupCounts, kept: usize) -> GroupCounts {
+    if c.events.len() > kept {
+        c.merge_tail(kept - 1);
+    }
+    c
+}
+
+/// Right ends of the first `kept` intervals, the last reaching the grid's end.
+fn times_of(points: &[f64], kept: usize) -> Vec<f64> {
+    let m = points.len() - 1;
+    (0..kept)
+        .map(|j| {
+            if j + 1 == kept {
+                points[m]
+            } else {
+                points[j + 1]
+            }
+        })
+        .collect()
+}
+
+fn curve(g: &GroupCounts, label: &str, times: &[f64], suppressed_at: Vec<String>) -> Curve {
+    let n_risk = g.at_risk_by_interval();
+    let z = super::inference::Reference::Normal.critical();
+    let (mut s, mut greenwood) = (1.0f64, 0.0f64);
+    let mut survival = Vec::with_capacity(times.len());
+    let mut std_error = Vec::with_capacity(times.len());
+    let mut lower = Vec::with_capacity(times.len());
+    let mut upper = Vec::with_capacity(times.len());
+    let mut median = None;
+    for (j, (&n, &d)) in n_risk.iter().zip(&g.events).enumerate() {
+        if n > 0 && d > 0 {
+            s *= 1.0 - d as f64 / n as f64;
+            greenwood += if n > d {
+                d as f64 / (n as f64 * (n - d) as f64)
+            } else {
+                f64::INFINITY
+            };
+        }
+        let se_log = greenwood.sqrt();
+        survival.push(s);
+        std_error.push(s * se_log);
+        if s > 0.0 && se_log.is_finite() {
+            lower.push((s * (-z * se_log).exp()).max(0.0));
+            upper.push((s * (z * se_log).exp()).min(1.0));
+        } else {
+            lower.push(f64::NAN);
+            upper.push(f64::NAN);
+        }
+        if median.is_none() && s <= 0.5 {
+            median = Some(times[j]);
+        }
+    }
+    Curve {
+        group: label.to_string(),
+        at_risk: g.at_risk,
+        events: g.events.iter().sum(),
+        times: times.to_vec(),
+        n_risk,
+        n_event: g.events.clone(),
+        n_censor: g.censored.clone(),
+        survival,
+        std_error,
+        lower,
+        upper,
+        median,
+        suppressed_at,
+        merged_after: None,
+        merged_at: Vec::new(),
+    }
+}
+
+/// The k-group log-rank test (R's `survdiff`, rho = 0) on the pooled
+/// intervals; `None` when fewer than two groups have anyone at risk.
+fn log_rank(groups: &[GroupCounts]) -> Option<LogRank> {
+    let present: Vec<&GroupCounts> = groups.iter().filter(|g| g.at_risk > 0).collect();
+    let k = present.len();
+    if k < 2 {
+        return None;
+    }
+    let risk: Vec<Vec<u64>> = present.iter().map(|g| g.at_risk_by_interval()).collect();
+    let intervals = risk[0].len();
+    let mut observed = vec![0.0; k];
+    let mut expected = vec![0.0; k];
+    let mut v = nalgebra::DMatrix::<f64>::zeros(k, k);
+    for j in 0..intervals {
+        let n: f64 = risk.iter().map(|r| r[j] as f64).sum();
+        let d: f64 = present.iter().map(|g| g.events[j] as f64).sum();
+        if n <= 0.0 || d <= 0.0 {
+            continue;
+        }
+        let factor = if n > 1.0 {
+            d * (n - d) / (n - 1.0)
+        } else {
+            0.0
+        };
+        for a in 0..k {
+            let na = risk[a][j] as f64;
+            observed[a] += present[a].events[j] as f64;
+            expected[a] += na * d / n;
+            for b in 0..k {
+                let nb = risk[b][j] as f64;
+                let delta = if a == b { 1.0 } else { 0.0 };
+                v[(a, b)] += factor * (na / n) * (delta - nb / n);
+            }
+        }
+    }
+    let m = k - 1;
+    let u = nalgebra::DVector::from_iterator(m, (0..m).map(|a| observed[a] - expected[a]));
+    let vm = v.view((0, 0), (m, m)).into_owned();
+    let chi = vm
+        .try_inverse()
+        .map(|inv| (u.transpose() * inv * &u)[(0, 0)])?;
+    Some(LogRank {
+        chi_square: chi,
+        df: m as u32,
+        p_value: chi_square_p(chi, m as f64),
+        observed,
+        expected,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn aml() -> (Vec<f64>, Vec<bool>, Vec<u32>) {
+        let rows = [
+            (9, 1, 0),
+            (13, 1, 0),
+            (13, 0, 0),
+            (18, 1, 0),
+            (23, 1, 0),
+            (28, 0, 0),
+            (31, 1, 0),
+            (34, 1, 0),
+            (45, 0, 0),
+            (48, 1, 0),
+            (161, 0, 0),
+            (5, 1, 1),
+            (5, 1, 1),
+            (8, 1, 1),
+            (8, 1, 1),
+            (12, 1, 1),
+            (16, 0, 1),
+            (23, 1, 1),
+            (27, 1, 1),
+            (30, 1, 1),
+            (33, 1, 1),
+            (43, 1, 1),
+            (45, 1, 1),
+        ];
+        (
+            rows.iter().map(|r| r.0 as f64).collect(),
+            rows.iter().map(|r| r.1 == 1).collect(),
+            rows.iter().map(|r| r.2).collect(),
+        )
+    }
+
+    #[test]
+    fn intervals_are_left_open() {
+        let p = [0.0, 10.0, 20.0];
+        assert_eq!(interval_of(&p, 0.0), None);
+        assert_eq!(interval_of(&p, 0.5), Some(0));
+        assert_eq!(interval_of(&p, 10.0), Some(0));
+        assert_eq!(interval_of(&p, 10.5), Some(1));
+        assert_eq!(interval_of(&p, 20.0), Some(1));
+        assert_eq!(interval_of(&p, 99.0), Some(1));
+    }
+
+    #[test]
+    fn aml_curves_and_log_rank_match_published_values() {
+        let (t, e, g) = aml();
+        let points = Grid::Range {
+            from: 0.0,
+            to: 200.0,
+            step: 1.0,
+        }
+        .points()
+        .unwrap();
+        let counts = count(&points, &t, &e, &g, 2);
+        let released = disclose(counts, 1);
+        let labels = vec!["maintained".to_string(), "nonmaintained".to_string()];
+        let r = pool(
+            &points,
+            &labels,
+            &[("a".into(), released)],
+            ("time", "status", Some("x")),
+        )
+        .unwrap();
+        assert_eq!(r.curves[0].median, Some(31.0));
+        assert_eq!(r.curves[1].median, Some(23.0));
+        let at = |c: &Curve, t: f64| c.survival[c.times.iter().position(|x| *x == t).unwrap()];
+        assert!((at(&r.curves[0], 9.0) - 10.0 / 11.0).abs() < 1e-12);
+        assert!((at(&r.curves[0], 23.0) - 54.0 / 88.0).abs() < 1e-12);
+        assert!((at(&r.curves[0], 31.0) - 216.0 / 440.0).abs() < 1e-12);
+        let lr = r.log_rank.unwrap();
+        assert!((lr.chi_square - 3.4).abs() < 0.05, "{lr:?}");
+        assert_eq!(lr.observed, [7.0, 11.0]);
+        assert!((lr.expected[0] - 10.69).abs() < 0.01);
+    }
+
+    #[test]
+    fn thin_tails_are_merged_and_small_groups_suppressed() {
+        let points = [0.0, 1.0, 2.0, 3.0, 4.0];
+        // 10 patients: at risk 10, 8, 6, 3 at the starts of the intervals.
+        let t = [1.0, 1.0, 2.0, 2.0, 3.0, 3.0, 3.0, 4.0, 9.0, 9.0];
+        let e = [
+            true, true, true, false, true, false, true, true, false, false,
+        ];
+        let counts = count(&points, &t, &e, &[0; 10], 1);
+        assert_eq!(counts[0].at_risk_by_interval(), [10, 8, 6, 3]);
+        let released = disclose(counts.clone(), 5);
+        let GroupStats::Released(c) = &released[0] else {
+            panic!()
+        };
+        assert_eq!(c.events, [2, 1, 3]);
+        assert_eq!(c.censored, [0, 1, 3]);
+        check(&released, 1, 4, 5).unwrap();
+        assert_eq!(disclose(counts, 11), [GroupStats::Suppressed]);
+        let r = pool(
+            &points,
+            &["all".into()],
+            &[("a".into(), released)],
+            ("t", "e", None),
+        )
+        .unwrap();
+        assert_eq!(r.curves[0].merged_after, Some(2.0));
+        assert_eq!(r.curves[0].merged_at, ["a"]);
+        assert_eq!(r.curves[0].times, [1.0, 2.0, 4.0]);
+    }
+}

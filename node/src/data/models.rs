@@ -1,0 +1,302 @@
+//! The node's side of the analyses computed in Rust over the cohort's
+//! columns: regression rounds (with the disclosure checks that must pass
+//! before any round is released), survival counts and cross-products.
+//!
+//! A regression fit takes several rounds of jobs with the same query; the
+//! prepared design is kept for a short while, keyed by the query, purpose,
+//! day and data snapshot, so later rounds do not read the data again.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use plexus_core::models::correlation::pair_sums;
+use plexus_core::models::cox::CoxData;
+use plexus_core::models::design::{
+    check_disclosure, complete_rows, design_matrix, ColumnData, Columns, Term,
+};
+use plexus_core::models::glm::{glm_stats, Family, Iteration};
+use plexus_core::models::linalg::{add_outer, first_dependent_column, packed_len};
+use plexus_core::models::survival;
+use plexus_core::{Analysis, Dictionary, Error, RawStats, Result};
+
+/// The disclosure limits a job runs under.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Minimum cell size.
+    pub k: u32,
+    /// Largest share of complete cases that may be parameters.
+    pub max_parameter_share: f64,
+}
+
+/// A regression's data, checked and ready for any number of rounds.
+pub(crate) enum Prepared {
+    Glm {
+        family: Family,
+        p: usize,
+        x: Vec<f64>,
+        y: Vec<f64>,
+    },
+    Cox(CoxData),
+}
+
+/// Prepared regressions kept between rounds.
+pub(crate) struct ModelCache {
+    entries: Mutex<Vec<(String, Instant, Arc<Prepared>)>>,
+}
+
+/// How many prepared fits a node keeps, and for how long after last use.
+const CACHE_ENTRIES: usize = 4;
+const CACHE_IDLE: Duration = Duration::from_secs(15 * 60);
+
+impl ModelCache {
+    pub fn new() -> Self {
+        ModelCache {
+            entries: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub fn get(&self, key: &str) -> Option<Arc<Prepared>> {
+        let mut entries = self.entries.lock().expect("model cache lock");
+        entries.retain(|(_, used, _)| used.elapsed() < CACHE_IDLE);
+        let hit = entries.iter_mut().find(|(k, _, _)| k == key)?;
+        hit.1 = Instant::now();
+        Some(hit.2.clone())
+    }
+
+    pub fn put(&self, key: String, prepared: Arc<Prepared>) {
+        let mut entries = self.entries.lock().expect("model cache lock");
+        entries.retain(|(k, _, _)| *k != key);
+        if entries.len() >= CACHE_ENTRIES {
+            // Drop the least recently used.
+            if let Some(oldest) = entries
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, (_, used, _))| *used)
+                .map(|(i, _)| i)
+            {
+                entries.remove(oldest);
+            }
+        }
+        entries.push((key, Instant::now(), prepared));
+    }
+}
+
+/// The variables whose columns a regression needs, and which of them must
+/// pass the level check.
+fn regression_variables(analysis: &Analysis) -> (Vec<&str>, Vec<&str>) {
+    match analysis {
+        Analysis::Glm {
+            family,
+            outcome,
+            covariates,
+            ..
+        } => {
+            let mut all: Vec<&str> = vec![outcome];
+            all.extend(covariates.iter().map(String::as_str));
+            let mut discrete: Vec<&str> = covariates.iter().map(String::as_str).collect();
+            if *family == Family::Binomial {
+                discrete.push(outcome);
+            }
+            (all, discrete)
+        }
+        Analysis::Cox {
+            time,
+            event,
+            covariates,
+            ..
+        } => {
+            let mut all: Vec<&str> = vec![time, event];
+            all.extend(covariates.iter().map(String::as_str));
+            (all, covariates.iter().map(String::as_str).collect())
+        }
+        _ => (vec![], vec![]),
+    }
+}
+
+/// Checks a regression's data at this node and builds its design. Every
+/// refusal names the rule and what to change.
+pub(crate) fn prepare(
+    analysis: &Analysis,
+    dict: &Dictionary,
+    columns: &Columns,
+    limits: Limits,
+) -> Result<Prepared> {
+    let (variables, discrete) = regression_variables(analysis);
+    let rows = complete_rows(columns, &variables)?;
+    let n = rows.len();
+    if n < limits.k as usize {
+        return Err(Error::disclosure(format!(
+            "only {n} complete cases at this node, fewer than the minimum cell size {} (widen the cohort)",
+            limits.k
+        )));
+    }
+    let terms = analysis.terms(dict)?;
+    check_disclosure(
+        dict,
+        columns,
+        &rows,
+        &discrete,
+        terms.len(),
+        limits.max_parameter_share,
+        limits.k,
+    )?;
+    let x = design_matrix(&terms, columns, &rows)?;
+    check_singular(&terms, &x)?;
+    let number = |name: &str| -> Result<Vec<f64>> {
+        let c = columns
+            .get(name)
+            .ok_or_else(|| Error::internal(format!("\"{name}\" was not extracted")))?;
+        Ok(rows.iter().map(|&r| c.number(r)).collect())
+    };
+    match analysis {
+        Analysis::Glm {
+            family, outcome, ..
+        } => {
+            let y = number(outcome)?;
+            if let Some(bad) = y.iter().find(|v| !family.admits(**v)) {
+                return Err(Error::data(format!(
+                    "\"{outcome}\" holds {bad} at this node, which a {} model cannot take; check the data",
+                    family.as_str()
+                )));
+            }
+            Ok(Prepared::Glm {
+                family: *family,
+                p: terms.len(),
+                x,
+                y,
+            })
+        }
+        Analysis::Cox { time, event, .. } => {
+            let t = number(time)?;
+            let e: Vec<bool> = number(event)?.iter().map(|v| *v == 1.0).collect();
+            let data = CoxData::new(&x, &t, &e, terms.len());
+            if data.events() < u64::from(limits.k) {
+                return Err(Error::disclosure(format!(
+                    "only {} events among this node's complete cases, fewer than the minimum cell size {} (widen the cohort)",
+                    data.events(),
+                    limits.k
+                )));
+            }
+            Ok(Prepared::Cox(data))
+        }
+        other => Err(Error::internal(format!(
+            "a {} is not a regression",
+            other.kind()
+        ))),
+    }
+}
+
+/// Refuses a design whose X'X is singular at this node (X'WX then is too):
+/// the estimates would not be identified and the matrix could reveal
+/// structure in very few patients.
+fn check_singular(terms: &[Term], x: &[f64]) -> Result<()> {
+    let p = terms.len();
+    let mut xtx = vec![0.0; packed_len(p)];
+    for row in x.chunks_exact(p) {
+        add_outer(&mut xtx, row, 1.0);
+    }
+    match first_dependent_column(p, &xtx) {
+        None => Ok(()),
+        Some(j) => Err(Error::disclosure(format!(
+            "the model's X'WX is singular at this node: \"{}\" is constant or a linear combination of the columns before it (drop it or a covariate it depends on)",
+            terms[j].name()
+        ))),
+    }
+}
+
+/// One round of a prepared regression at the round's coefficients.
+pub(crate) fn round(prepared: &Prepared, analysis: &Analysis, it: &Iteration) -> Result<RawStats> {
+    match (prepared, analysis) {
+        (Prepared::Glm { family, p, x, y }, _) => {
+            if !(it.coefficients.is_empty() || it.coefficients.len() == *p) {
+                return Err(Error::invalid(format!(
+                    "round {} carries {} coefficients for a model with {p}",
+                    it.round,
+                    it.coefficients.len()
+                )));
+            }
+            Ok(RawStats::Glm(glm_stats(
+                *family,
+                x,
+                y,
+                *p,
+                &it.coefficients,
+                it.null_mean,
+            )))
+        }
+        (Prepared::Cox(data), Analysis::Cox { ties, .. }) => {
+            check_coefficients(it, data)?;
+            Ok(RawStats::Cox(data.stats(&it.coefficients, *ties)))
+        }
+        _ => Err(Error::internal(
+            "prepared model does not match the analysis",
+        )),
+    }
+}
+
+fn check_coefficients(it: &Iteration, data: &CoxData) -> Result<()> {
+    let p = data.parameters();
+    if it.coefficients.len() != p {
+        return Err(Error::invalid(format!(
+            "round {} carries {} coefficients for a model with {p}",
+            it.round,
+            it.coefficients.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Survival counts per group on the query's grid.
+pub(crate) fn survival_counts(
+    analysis: &Analysis,
+    dict: &Dictionary,
+    columns: &Columns,
+) -> Result<RawStats> {
+    let Analysis::KaplanMeier {
+        time,
+        event,
+        group,
+        grid,
+    } = analysis
+    else {
+        return Err(Error::internal("not a survival analysis"));
+    };
+    let points = grid.points()?;
+    let groups = analysis.survival_groups(dict)?.len();
+    let mut variables: Vec<&str> = vec![time, event];
+    variables.extend(group.as_deref());
+    let rows = complete_rows(columns, &variables)?;
+    let get = |name: &str| {
+        columns
+            .get(name)
+            .ok_or_else(|| Error::internal(format!("\"{name}\" was not extracted")))
+    };
+    let (t, e) = (get(time)?, get(event)?);
+    let g: Option<&ColumnData> = group.as_deref().map(get).transpose()?;
+    let times: Vec<f64> = rows.iter().map(|&r| t.number(r)).collect();
+    let events: Vec<bool> = rows.iter().map(|&r| e.number(r) == 1.0).collect();
+    let labels: Vec<u32> = rows
+        .iter()
+        .map(|&r| g.map_or(0, |g| g.number(r) as u32))
+        .collect();
+    Ok(RawStats::Survival(survival::count(
+        &points, &times, &events, &labels, groups,
+    )))
+}
+
+/// Per-pair sums of a correlation's variables.
+pub(crate) fn pairs(analysis: &Analysis, columns: &Columns) -> Result<RawStats> {
+    let Analysis::Correlation { variables, missing } = analysis else {
+        return Err(Error::internal("not a correlation"));
+    };
+    let cols: Vec<Vec<f64>> = variables
+        .iter()
+        .map(|v| match columns.get(v) {
+            Some(ColumnData::Numeric(x)) => Ok(x.clone()),
+            _ => Err(Error::internal(format!(
+                "\"{v}\" was not extracted as numbers"
+            ))),
+        })
+        .collect::<Result<_>>()?;
+    Ok(RawStats::Pairs(pair_sums(&cols, *missing)))
+}

@@ -1,0 +1,8 @@
+//! Independent reference implementations of the standard methods, written
+//! plainly on rows in one place (no sufficient statistics, no federation),
+//! and checked against published textbook values in their own tests. The
+//! federated results are compared with these on the union of all sites.
+
+pub mod cox;
+pub mod glm;
+pub mod survival;
