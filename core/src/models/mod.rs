@@ -12,3 +12,6 @@ pub mod glm;
 pub mod inference;
 pub mod linalg;
 pub mod survival;
+
+#[cfg(test)]
+mod tests;
