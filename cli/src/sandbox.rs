@@ -397,7 +397,7 @@ pub fn demo_study() -> StudyDefinition {
 
 pub const DEMO_STUDY_TOML: &str = r#"id = "aaa-outcomes"
 title = "Abdominal aortic aneurysm: risk factors and survival"
-variables = ["age", "sex", "bmi", "sbp", "smoking", "diabetes", "aaa_diameter", "inclusion_date", "followup_days", "death"]
+variables = ["age", "sex", "bmi", "sbp", "smoking", "diabetes", "hypertension", "cholesterol", "aaa_diameter", "inclusion_date", "followup_days", "death"]
 analyses = ["count", "summary", "histogram", "table", "glm", "cox", "kaplan_meier", "correlation", "quantiles", "two_by_two"]
 researchers = ["alice"]
 nodes = ["hospital-a", "hospital-b", "hospital-c"]

@@ -334,6 +334,7 @@ async fn fit(plan: &Plan<'_>, nodes: Vec<String>, min_nodes: u32) -> Result<Fit,
     let mut outside: Vec<NodeOutcome> = Vec::new();
     let mut notes = Vec::new();
     let mut round = 0u32;
+    let mut round_ms = Vec::new();
     loop {
         round += 1;
         let asked = if round == 1 {
@@ -341,7 +342,9 @@ async fn fit(plan: &Plan<'_>, nodes: Vec<String>, min_nodes: u32) -> Result<Fit,
         } else {
             participants.clone()
         };
+        let started = std::time::Instant::now();
         let (answers, others) = plan.round(&asked, Some(&iteration)).await;
+        round_ms.push(started.elapsed().as_millis() as u64);
         if round == 1 {
             let statuses: Vec<(String, NodeStatus)> = answers
                 .iter()
@@ -402,6 +405,7 @@ async fn fit(plan: &Plan<'_>, nodes: Vec<String>, min_nodes: u32) -> Result<Fit,
                     .collect();
                 let mut provenance = quorum(&statuses, outside, min_nodes, k)?;
                 provenance.notes = notes;
+                provenance.round_ms = round_ms;
                 info!(rounds = round, "fit finished");
                 return Ok(Fit {
                     value,

@@ -52,6 +52,9 @@ pub struct Provenance {
     /// (a node lost during a fit, for instance).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
+    /// Wall time of each round of an iterative fit, in milliseconds.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub round_ms: Vec<u64>,
 }
 
 /// A pooled count. `count` is present only when every answering node
@@ -276,6 +279,7 @@ pub fn pool(
         min_nodes,
         min_cell_size: k,
         notes: Vec::new(),
+        round_ms: Vec::new(),
     };
     let value = pool_value(analysis, dict, answers, k)?;
     Ok(PooledResult {
@@ -314,6 +318,7 @@ pub fn quorum(
         min_nodes,
         min_cell_size: k,
         notes: Vec::new(),
+        round_ms: Vec::new(),
     })
 }
 

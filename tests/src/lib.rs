@@ -24,6 +24,8 @@ pub fn datum(p: &Patient, var: &str) -> Datum {
         "smoking" => Datum::Text(p.smoking.clone()),
         "diabetes" => Datum::Boolean(p.diabetes),
         "aaa_diameter" => f(p.aaa_diameter),
+        "hypertension" => Datum::Boolean(p.hypertension),
+        "cholesterol" => f(p.cholesterol),
         "inclusion_date" => Datum::Date(p.inclusion_date),
         "followup_days" => Datum::Integer(p.followup_days),
         "death" => Datum::Boolean(p.death),

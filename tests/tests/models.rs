@@ -41,6 +41,8 @@ fn row(p: &Patient, covariates: &[&str], intercept: bool) -> Option<Vec<f64>> {
             "bmi" => r.push(p.bmi?),
             "sbp" => r.push(p.sbp?),
             "aaa_diameter" => r.push(p.aaa_diameter?),
+            "cholesterol" => r.push(p.cholesterol?),
+            "hypertension" => r.push(f64::from(u8::from(p.hypertension))),
             "sex" => r.push(f64::from(u8::from(p.sex == "M"))),
             "smoking" => {
                 r.push(f64::from(u8::from(p.smoking == "former")));

@@ -50,6 +50,10 @@ pub struct Patient {
     pub diabetes: bool,
     /// Maximal abdominal aortic diameter, mm, rounded to 0.1; `None` when missing.
     pub aaa_diameter: Option<f64>,
+    /// Diagnosed or treated hypertension (more likely with higher blood pressure).
+    pub hypertension: bool,
+    /// Total cholesterol, mmol/L, rounded to 0.1; `None` when missing.
+    pub cholesterol: Option<f64>,
     pub inclusion_date: NaiveDate,
     /// Days from inclusion to death or censoring, ≥ 1, never past 2024-12-31.
     pub followup_days: i64,
@@ -131,6 +135,8 @@ pub fn node_columns() -> Vec<(&'static str, &'static str)> {
         ("smoking", "smoking_status"),
         ("diabetes", "diabetes"),
         ("aaa_diameter", "aaa_max_diameter_mm"),
+        ("hypertension", "htn"),
+        ("cholesterol", "chol_total_mmol"),
         ("inclusion_date", "inclusion_date"),
         ("followup_days", "followup_days"),
         ("death", "died"),
@@ -148,6 +154,8 @@ pub fn patient_schema() -> SchemaRef {
         Field::new("smoking_status", DataType::Utf8, false),
         Field::new("diabetes", DataType::Boolean, false),
         Field::new("aaa_max_diameter_mm", DataType::Float64, true),
+        Field::new("htn", DataType::Boolean, false),
+        Field::new("chol_total_mmol", DataType::Float64, true),
         Field::new("inclusion_date", DataType::Date32, false),
         Field::new("followup_days", DataType::Int64, false),
         Field::new("died", DataType::Boolean, false),
@@ -355,7 +363,8 @@ struct Generated {
 }
 
 /// Sequential generator: one RNG stream for the clinical data, one for
-/// consent, each drawing a fixed number of values per patient.
+/// consent and one for the variables added later (so adding them changed
+/// nothing else), each drawing a fixed number of values per patient.
 struct SiteGenerator {
     prefix: String,
     mix: CaseMix,
@@ -363,6 +372,7 @@ struct SiteGenerator {
     next: usize,
     clinical: StdRng,
     consent: StdRng,
+    extra: StdRng,
     inclusion_span: i64,
 }
 
@@ -375,6 +385,7 @@ impl SiteGenerator {
             next: 0,
             clinical: StdRng::seed_from_u64(spec.seed),
             consent: StdRng::seed_from_u64(splitmix64(spec.seed ^ 0xC0_75E7_u64)),
+            extra: StdRng::seed_from_u64(splitmix64(spec.seed ^ 0xE7_7A_u64)),
             inclusion_span: (last_inclusion() - first_inclusion()).num_days(),
         }
     }
@@ -463,6 +474,13 @@ impl SiteGenerator {
         let sbp_missing = rng.random_bool(0.02);
         let diam_missing = rng.random_bool(0.01);
 
+        // Variables of the extra stream.
+        let rng = &mut self.extra;
+        let hypertension = rng.random_bool(logistic(-0.4 + 0.06 * (sbp - 140.0)));
+        let z_chol: f64 = StandardNormal.sample(rng);
+        let cholesterol = round1((5.2 + 1.0 * z_chol).clamp(2.5, 10.0));
+        let chol_missing = rng.random_bool(0.02);
+
         Patient {
             patient_id,
             age,
@@ -472,6 +490,8 @@ impl SiteGenerator {
             smoking: smoking.to_string(),
             diabetes,
             aaa_diameter: (!diam_missing).then_some(diameter),
+            hypertension,
+            cholesterol: (!chol_missing).then_some(cholesterol),
             inclusion_date,
             followup_days,
             death,

@@ -196,7 +196,15 @@ fn synth_consent_shares() {
 fn synth_node_columns_match_schema() {
     let schema = patient_schema();
     let cols = node_columns();
-    assert_eq!(cols.len(), 10);
+    let dict = plexus_core::Dictionary::cardiovascular();
+    let mut names: Vec<&str> = cols.iter().map(|(v, _)| *v).collect();
+    names.sort();
+    let mut want: Vec<&str> = dict.variables.keys().map(String::as_str).collect();
+    want.sort();
+    assert_eq!(
+        names, want,
+        "every dictionary variable is in the synthetic file"
+    );
     for (_, local) in cols {
         assert!(schema.field_with_name(local).is_ok(), "{local}");
     }

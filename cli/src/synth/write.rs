@@ -30,6 +30,8 @@ pub fn patients_to_batch(patients: &[Patient]) -> Result<RecordBatch> {
     let mut smoking = StringBuilder::with_capacity(n, n * 6);
     let mut diabetes = BooleanBuilder::with_capacity(n);
     let mut diameter = Float64Builder::with_capacity(n);
+    let mut hypertension = BooleanBuilder::with_capacity(n);
+    let mut cholesterol = Float64Builder::with_capacity(n);
     let mut inclusion = Date32Builder::with_capacity(n);
     let mut followup = Int64Builder::with_capacity(n);
     let mut died = BooleanBuilder::with_capacity(n);
@@ -42,6 +44,8 @@ pub fn patients_to_batch(patients: &[Patient]) -> Result<RecordBatch> {
         smoking.append_value(&p.smoking);
         diabetes.append_value(p.diabetes);
         diameter.append_option(p.aaa_diameter);
+        hypertension.append_value(p.hypertension);
+        cholesterol.append_option(p.cholesterol);
         inclusion.append_value(days_since_epoch(p.inclusion_date));
         followup.append_value(p.followup_days);
         died.append_value(p.death);
@@ -55,6 +59,8 @@ pub fn patients_to_batch(patients: &[Patient]) -> Result<RecordBatch> {
         Arc::new(smoking.finish()),
         Arc::new(diabetes.finish()),
         Arc::new(diameter.finish()),
+        Arc::new(hypertension.finish()),
+        Arc::new(cholesterol.finish()),
         Arc::new(inclusion.finish()),
         Arc::new(followup.finish()),
         Arc::new(died.finish()),
@@ -140,6 +146,8 @@ pub(super) fn write_csv_patient<W: Write>(w: &mut csv::Writer<W>, p: &Patient) -
         &p.smoking,
         if p.diabetes { "true" } else { "false" },
         &fmt_opt_f64(p.aaa_diameter),
+        if p.hypertension { "true" } else { "false" },
+        &fmt_opt_f64(p.cholesterol),
         &fmt_date(p.inclusion_date),
         &p.followup_days.to_string(),
         if p.death { "true" } else { "false" },
