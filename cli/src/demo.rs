@@ -39,6 +39,21 @@ const QUERIES: &[(&str, &str)] = &[
         r#"{"analysis": {"table": {"row": "smoking", "column": "death"}}}"#,
     ),
     (
+        "What predicts death during follow-up? Logistic regression over all sites (federated IRLS)",
+        r#"{"analysis": {"glm": {"family": "binomial", "outcome": "death",
+              "covariates": ["age", "sex", "smoking", "diabetes", "hypertension", "aaa_diameter"]}}}"#,
+    ),
+    (
+        "Hazard of death, Cox model stratified by site (federated Newton-Raphson)",
+        r#"{"analysis": {"cox": {"time": "followup_days", "event": "death",
+              "covariates": ["age", "smoking", "diabetes", "aaa_diameter"]}}}"#,
+    ),
+    (
+        "Five-year survival by smoking status (Kaplan-Meier on a monthly grid, log-rank test)",
+        r#"{"analysis": {"kaplan_meier": {"time": "followup_days", "event": "death",
+              "group": "smoking", "grid": {"from": 0, "to": 1830, "step": 30.5}}}}"#,
+    ),
+    (
         "A tiny cohort: women under 45 with diabetes and an aneurysm over 70 mm (cells under k are suppressed)",
         r#"{"cohort": {"and": [
               {"compare": {"variable": "sex", "op": "=", "value": "F"}},
@@ -96,6 +111,15 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
             Ok(r) => {
                 println!("{}", output::render_table(&r));
                 println!("({} ms)", t.elapsed().as_millis());
+                if let (Some(dir), plexus_core::pool::PooledValue::KaplanMeier(_)) =
+                    (&opts.keep, &r.value)
+                {
+                    let path = dir.join("survival.svg");
+                    match crate::plot::plot_result(&r, &path) {
+                        Ok(()) => println!("(curves drawn to {})", path.display()),
+                        Err(e) => println!("(no plot: {e})"),
+                    }
+                }
             }
             Err(e) => println!("refused [{}]: {}", e.code, e.message),
         }
