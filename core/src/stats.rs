@@ -293,4 +293,99 @@ mod tests {
         };
         assert!(wrong.check(&table, &d, 5).is_err());
     }
+
+    #[test]
+    fn hostile_model_aggregates_are_refused() {
+        use crate::models::survival::{GroupCounts, GroupStats};
+        let d = Dictionary::cardiovascular();
+        let glm = crate::Query::from_json(
+            r#"{"analysis": {"glm": {"family": "gaussian", "outcome": "sbp", "covariates": ["age"]}}}"#,
+        )
+        .unwrap()
+        .analysis;
+        let good = GlmStats {
+            n: 10,
+            xtwx: vec![10.0, 600.0, 40000.0],
+            xtwz: vec![1400.0, 90000.0],
+            deviance: 50.0,
+            sum_y: 1400.0,
+            null_deviance: 0.0,
+        };
+        NodeStats::Glm(good.clone()).check(&glm, &d, 5).unwrap();
+        let short = GlmStats {
+            xtwz: vec![1.0],
+            ..good.clone()
+        };
+        assert!(NodeStats::Glm(short).check(&glm, &d, 5).is_err());
+        let nan = GlmStats {
+            deviance: f64::NAN,
+            ..good.clone()
+        };
+        assert!(NodeStats::Glm(nan).check(&glm, &d, 5).is_err());
+        let few = GlmStats { n: 3, ..good };
+        assert_eq!(
+            NodeStats::Glm(few).check(&glm, &d, 5).unwrap_err().code,
+            crate::ErrorCode::Disclosure
+        );
+
+        let km = crate::Query::from_json(
+            r#"{"analysis": {"kaplan_meier": {"time": "followup_days", "event": "death",
+                "grid": [0, 10, 20, 30]}}}"#,
+        )
+        .unwrap()
+        .analysis;
+        let counts = |at_risk, events: Vec<u64>, censored: Vec<u64>| {
+            NodeStats::Survival(vec![GroupStats::Released(GroupCounts {
+                at_risk,
+                events,
+                censored,
+            })])
+        };
+        counts(20, vec![2, 3, 1], vec![4, 5, 5])
+            .check(&km, &d, 5)
+            .unwrap();
+        // Events and censorings must add up to the number at risk.
+        assert!(counts(21, vec![2, 3, 1], vec![4, 5, 5])
+            .check(&km, &d, 5)
+            .is_err());
+        // The last interval starts with 3 at risk: under k.
+        assert_eq!(
+            counts(12, vec![2, 3, 1], vec![2, 2, 2])
+                .check(&km, &d, 5)
+                .unwrap_err()
+                .code,
+            crate::ErrorCode::Disclosure
+        );
+        // More intervals than the grid has.
+        assert!(counts(20, vec![1; 4], vec![4; 4])
+            .check(&km, &d, 5)
+            .is_err());
+
+        let cor = crate::Query::from_json(
+            r#"{"analysis": {"correlation": {"variables": ["age", "bmi"]}}}"#,
+        )
+        .unwrap()
+        .analysis;
+        let pair = PairSums {
+            n: 10,
+            sum_x: 700.0,
+            sum_y: 270.0,
+            sum_xx: 49_500.0,
+            sum_yy: 7_400.0,
+            sum_xy: 18_950.0,
+        };
+        NodeStats::Pairs(vec![Some(pair); 3])
+            .check(&cor, &d, 5)
+            .unwrap();
+        let impossible = PairSums {
+            sum_xx: 1.0,
+            ..pair
+        };
+        assert!(NodeStats::Pairs(vec![Some(impossible); 3])
+            .check(&cor, &d, 5)
+            .is_err());
+        assert!(NodeStats::Pairs(vec![Some(pair); 2])
+            .check(&cor, &d, 5)
+            .is_err());
+    }
 }

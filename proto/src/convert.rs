@@ -847,4 +847,92 @@ mod tests {
         let back = from_status(&to_status(&e));
         assert_eq!(back, e);
     }
+
+    #[test]
+    fn every_analysis_round_trips() {
+        for json in [
+            r#"{"analysis": {"glm": {"family": "poisson", "outcome": "age", "covariates": ["sex"],
+                "intercept": false, "tolerance": 1e-6, "max_iterations": 9}}, "by_site": true}"#,
+            r#"{"analysis": {"glm": {"family": "binomial", "outcome": "death", "covariates": []}}}"#,
+            r#"{"analysis": {"cox": {"time": "followup_days", "event": "death",
+                "covariates": ["age"], "ties": "breslow"}}}"#,
+            r#"{"analysis": {"kaplan_meier": {"time": "followup_days", "event": "death",
+                "group": "sex", "grid": {"from": 0, "to": 10, "step": 2}}}}"#,
+            r#"{"analysis": {"kaplan_meier": {"time": "followup_days", "event": "death",
+                "grid": [0, 1, 5]}}}"#,
+            r#"{"analysis": {"correlation": {"variables": ["age", "bmi"], "missing": "pairwise"}}}"#,
+            r#"{"analysis": {"quantiles": {"variable": "age", "edges": [40, 60, 100]}}}"#,
+            r#"{"analysis": {"two_by_two": {"exposure": "diabetes", "outcome": "death"}}}"#,
+        ] {
+            let q = Query::from_json(json).unwrap();
+            assert_eq!(Query::try_from(pb::Query::from(&q)).unwrap(), q, "{json}");
+        }
+    }
+
+    #[test]
+    fn model_statistics_round_trip_and_junk_is_refused() {
+        let all = [
+            NodeStats::Glm(GlmStats {
+                n: 10,
+                xtwx: vec![1.0, 2.0, 3.0],
+                xtwz: vec![4.0, 5.0],
+                deviance: 6.0,
+                sum_y: 7.0,
+                null_deviance: 8.0,
+            }),
+            NodeStats::Cox(CoxStats {
+                n: 10,
+                events: 4,
+                loglik: -3.5,
+                gradient: vec![0.1],
+                information: vec![2.0],
+            }),
+            NodeStats::Survival(vec![
+                GroupStats::Released(GroupCounts {
+                    at_risk: 9,
+                    events: vec![1, 2],
+                    censored: vec![3, 3],
+                }),
+                GroupStats::Suppressed,
+            ]),
+            NodeStats::Pairs(vec![
+                Some(PairSums {
+                    n: 6,
+                    sum_x: 1.0,
+                    sum_y: 2.0,
+                    sum_xx: 3.0,
+                    sum_yy: 4.0,
+                    sum_xy: 2.5,
+                }),
+                None,
+            ]),
+        ];
+        for s in all {
+            assert_eq!(NodeStats::try_from(pb::NodeStats::from(&s)).unwrap(), s);
+        }
+        let empty_group = pb::NodeStats {
+            kind: Some(pb::node_stats::Kind::Survival(pb::SurvivalStats {
+                groups: vec![pb::SurvivalGroup { value: None }],
+            })),
+        };
+        assert!(NodeStats::try_from(empty_group).is_err());
+        let huge = pb::NodeStats {
+            kind: Some(pb::node_stats::Kind::Glm(pb::GlmStats {
+                xtwx: vec![0.0; MAX_WIRE_VECTOR + 1],
+                ..Default::default()
+            })),
+        };
+        assert!(NodeStats::try_from(huge).is_err());
+        let nan = pb::Iteration {
+            round: 2,
+            coefficients: vec![f64::NAN],
+            null_mean: None,
+        };
+        assert!(Iteration::try_from(nan).is_err());
+        let zero = pb::Iteration {
+            round: 0,
+            ..Default::default()
+        };
+        assert!(Iteration::try_from(zero).is_err());
+    }
 }
