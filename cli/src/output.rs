@@ -167,15 +167,21 @@ pub fn rows(value: &PooledValue) -> (Vec<String>, Vec<Vec<String>>) {
         }
         PooledValue::Cox(c) => coefficient_rows(&c.coefficients, "z", Some("hazard ratio")),
         PooledValue::KaplanMeier(k) => (
-            strings([
-                "group",
-                "at risk",
-                "events",
-                "median",
-                "survival at end",
-                "95% CI",
-                "note",
-            ]),
+            vec![
+                "group".into(),
+                "at risk".into(),
+                "events".into(),
+                "median".into(),
+                format!(
+                    "survival at {}",
+                    k.curves
+                        .first()
+                        .and_then(|c| c.times.last())
+                        .map_or("end".to_string(), |t| t.to_string())
+                ),
+                "95% CI".into(),
+                "note".into(),
+            ],
             k.curves
                 .iter()
                 .map(|c| {

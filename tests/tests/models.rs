@@ -315,6 +315,17 @@ async fn kaplan_meier_on_a_daily_grid_is_the_exact_product_limit_of_the_union() 
         events.extend(e);
         groups.extend(std::iter::repeat_n(g as u32, rows.len()));
     }
+    // The researcher can draw it.
+    let dir = tempfile::tempdir().unwrap();
+    let png = dir.path().join("km.png");
+    plexus::plot::plot_result(&got, &png).unwrap();
+    assert!(std::fs::read(&png).unwrap().starts_with(b"\x89PNG"));
+    let table = plexus::output::render(&got, plexus::output::Format::Table).unwrap();
+    assert!(table.contains("log-rank test"), "{table}");
+    let csv = plexus::output::render(&got, plexus::output::Format::Csv).unwrap();
+    assert!(csv.starts_with("group,time,n_risk"), "{csv}");
+    assert_eq!(csv.lines().count(), 1 + 2 * 1825);
+
     let lr = km.log_rank.as_ref().unwrap();
     let want = rsurv::log_rank(&times, &events, &groups, 2);
     assert_close(lr.chi_square, want.chi_square, 1e-9, "log-rank");
@@ -362,6 +373,8 @@ async fn correlation_quantiles_and_two_by_two_equal_the_union() {
         "correlation",
     );
     assert!(c.missing.contains("pairwise"));
+    let e = plexus::plot::plot_result(&got, std::path::Path::new("unused.svg")).unwrap_err();
+    assert!(e.to_string().contains("nothing to plot for a correlation"), "{e}");
 
     let got = ask(
         &sb,
