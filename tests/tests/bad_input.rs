@@ -84,11 +84,11 @@ async fn bad_queries_are_refused_with_clear_errors_and_change_nothing() {
     // A study definition with an unknown variable is refused and stores nothing.
     let mut bad = sandbox::demo_study();
     bad.id = "broken".into();
-    bad.variables.push("cholesterol".into());
+    bad.variables.push("ldl_cholesterol".into());
     let e = sb.register_study(&bad).await.unwrap_err();
     assert!(
         e.to_string()
-            .contains("\"cholesterol\" is not in the data dictionary"),
+            .contains("\"ldl_cholesterol\" is not in the data dictionary"),
         "{e}"
     );
     let studies = alice
