@@ -10,7 +10,8 @@ use anyhow::Context;
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
 use datafusion::prelude::{ParquetReadOptions, SessionContext};
 
-use plexus_core::models::glm::{GlmFitter, Step};
+use plexus_core::models::fit::{IterativeFit, Step};
+use plexus_core::models::glm::GlmFitter;
 use plexus_core::models::survival;
 use plexus_core::pool::PooledValue;
 use plexus_core::{Dictionary, Purpose, Query, RawStats, StudyDefinition};

@@ -7,8 +7,9 @@ use std::time::Duration;
 use futures::future::join_all;
 use tracing::{info, info_span, warn, Instrument};
 
-use plexus_core::models::cox::{CoxFitter, CoxStats};
-use plexus_core::models::glm::{GlmFitter, GlmStats, Iteration, Step};
+use plexus_core::models::cox::CoxFitter;
+use plexus_core::models::fit::{Iteration, IterativeFit, Step};
+use plexus_core::models::glm::GlmFitter;
 use plexus_core::pool::{
     pool, pool_value, quorum, NodeOutcome, NodeStatus, PooledResult, PooledValue, Provenance,
     SiteResult,
@@ -283,34 +284,28 @@ impl Fitter {
     fn step(&mut self, answers: &[(String, NodeStats)]) -> Result<Step<PooledValue>, Error> {
         let mismatch =
             || Error::internal("node statistics do not match the model (checked on receipt)");
-        match self {
+        Ok(match self {
             Fitter::Glm(f) => {
-                let mut total = GlmStats::zero(f.parameters());
-                for (_, s) in answers {
-                    match s {
-                        NodeStats::Glm(g) => total.merge(g),
-                        _ => return Err(mismatch()),
-                    }
-                }
-                Ok(match f.step(&total)? {
+                let parts = answers.iter().map(|(_, s)| match s {
+                    NodeStats::Glm(g) => Ok(g),
+                    _ => Err(mismatch()),
+                });
+                match f.step_parts(parts.collect::<Result<Vec<_>, _>>()?)? {
                     Step::Next(i) => Step::Next(i),
                     Step::Done(r) => Step::Done(PooledValue::Glm(r)),
-                })
+                }
             }
             Fitter::Cox(f) => {
-                let mut total = CoxStats::zero(f.parameters());
-                for (_, s) in answers {
-                    match s {
-                        NodeStats::Cox(c) => total.merge(c),
-                        _ => return Err(mismatch()),
-                    }
-                }
-                Ok(match f.step(&total)? {
+                let parts = answers.iter().map(|(_, s)| match s {
+                    NodeStats::Cox(c) => Ok(c),
+                    _ => Err(mismatch()),
+                });
+                match f.step_parts(parts.collect::<Result<Vec<_>, _>>()?)? {
                     Step::Next(i) => Step::Next(i),
                     Step::Done(r) => Step::Done(PooledValue::Cox(r)),
-                })
+                }
             }
-        }
+        })
     }
 }
 

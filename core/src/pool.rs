@@ -234,11 +234,6 @@ pub fn pool(
     min_nodes: u32,
     k: u32,
 ) -> Result<PooledResult> {
-    let answered = answers.len() as u32;
-    if answered < min_nodes {
-        return Err(quorum_error(answered, &others, min_nodes));
-    }
-    let mut nodes: Vec<NodeOutcome> = Vec::new();
     // A node whose every released value was suppressed counts as suppressed.
     let status_of = |stats: &NodeStats| match stats {
         NodeStats::Survival(groups)
@@ -263,24 +258,11 @@ pub fn pool(
         }
         _ => NodeStatus::Answered,
     };
-    for (node, stats) in answers {
-        nodes.push(NodeOutcome {
-            node: node.clone(),
-            status: status_of(stats),
-            detail: None,
-            code: None,
-        });
-    }
-    nodes.extend(others);
-    nodes.sort_by(|a, b| a.node.cmp(&b.node));
-    let provenance = Provenance {
-        nodes,
-        answered,
-        min_nodes,
-        min_cell_size: k,
-        notes: Vec::new(),
-        round_ms: Vec::new(),
-    };
+    let statuses: Vec<(String, NodeStatus)> = answers
+        .iter()
+        .map(|(node, stats)| (node.clone(), status_of(stats)))
+        .collect();
+    let provenance = quorum(&statuses, others, min_nodes, k)?;
     let value = pool_value(analysis, dict, answers, k)?;
     Ok(PooledResult {
         value,

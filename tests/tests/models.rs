@@ -374,7 +374,10 @@ async fn correlation_quantiles_and_two_by_two_equal_the_union() {
     );
     assert!(c.missing.contains("pairwise"));
     let e = plexus::plot::plot_result(&got, std::path::Path::new("unused.svg")).unwrap_err();
-    assert!(e.to_string().contains("nothing to plot for a correlation"), "{e}");
+    assert!(
+        e.to_string().contains("nothing to plot for a correlation"),
+        "{e}"
+    );
 
     let got = ask(
         &sb,

@@ -8,7 +8,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::glm::{FitOptions, Iteration, Step};
+use super::fit::{Iteration, IterativeFit, RoundStats, Step};
+use super::glm::FitOptions;
 use super::inference::{chi_square_p, coefficients, Coefficient, Reference};
 use super::linalg::{add_outer, packed_index, packed_len, solve_spd};
 use crate::error::{Error, Result};
@@ -33,8 +34,8 @@ pub struct CoxStats {
     pub information: Vec<f64>,
 }
 
-impl CoxStats {
-    pub fn zero(p: usize) -> Self {
+impl RoundStats for CoxStats {
+    fn zero(p: usize) -> Self {
         CoxStats {
             gradient: vec![0.0; p],
             information: vec![0.0; packed_len(p)],
@@ -42,7 +43,7 @@ impl CoxStats {
         }
     }
 
-    pub fn merge(&mut self, other: &CoxStats) {
+    fn merge(&mut self, other: &CoxStats) {
         self.n += other.n;
         self.events += other.events;
         self.loglik += other.loglik;
@@ -55,7 +56,9 @@ impl CoxStats {
             .zip(&other.information)
             .for_each(|(a, b)| *a += b);
     }
+}
 
+impl CoxStats {
     pub fn check(&self, p: usize) -> Result<()> {
         if self.gradient.len() != p || self.information.len() != packed_len(p) {
             return Err(Error::invalid(format!(
@@ -265,12 +268,17 @@ impl CoxFitter {
             halvings: 0,
         }
     }
+}
 
-    pub fn parameters(&self) -> usize {
+impl IterativeFit for CoxFitter {
+    type Stats = CoxStats;
+    type Output = CoxResult;
+
+    fn parameters(&self) -> usize {
         self.terms.len()
     }
 
-    pub fn start(&mut self) -> Iteration {
+    fn start(&mut self) -> Iteration {
         self.round = 1;
         Iteration {
             round: 1,
@@ -279,7 +287,7 @@ impl CoxFitter {
         }
     }
 
-    pub fn step(&mut self, pooled: &CoxStats) -> Result<Step<CoxResult>> {
+    fn step(&mut self, pooled: &CoxStats) -> Result<Step<CoxResult>> {
         let p = self.parameters();
         pooled.check(p)?;
         if pooled.events == 0 {
@@ -324,7 +332,9 @@ impl CoxFitter {
         }
         Ok(self.next())
     }
+}
 
+impl CoxFitter {
     fn next(&mut self) -> Step<CoxResult> {
         self.round += 1;
         Step::Next(Iteration {
@@ -372,21 +382,6 @@ impl CoxFitter {
                 "complete cases: patients missing the time, the event or any covariate are left out"
                     .into(),
         }))
-    }
-}
-
-/// Runs a whole fit in-process (centralised baselines and tests).
-pub fn fit_locally(
-    mut fitter: CoxFitter,
-    mut round: impl FnMut(&Iteration) -> Result<CoxStats>,
-) -> Result<CoxResult> {
-    let mut it = fitter.start();
-    loop {
-        let stats = round(&it)?;
-        match fitter.step(&stats)? {
-            Step::Next(next) => it = next,
-            Step::Done(r) => return Ok(r),
-        }
     }
 }
 
@@ -449,7 +444,8 @@ mod tests {
                 max_iterations: 30,
             },
         );
-        fit_locally(fitter, |it| Ok(data.stats(&it.coefficients, ties))).unwrap()
+        crate::models::fit::fit_locally(fitter, |it| Ok(data.stats(&it.coefficients, ties)))
+            .unwrap()
     }
 
     #[test]

@@ -11,6 +11,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::fit::{IterativeFit, RoundStats};
 use super::inference::{coefficients, Coefficient, Reference};
 use super::linalg::{add_outer, packed_len, solve_spd};
 use crate::error::{Error, Result};
@@ -140,8 +141,8 @@ pub struct GlmStats {
     pub null_deviance: f64,
 }
 
-impl GlmStats {
-    pub fn zero(p: usize) -> Self {
+impl RoundStats for GlmStats {
+    fn zero(p: usize) -> Self {
         GlmStats {
             xtwx: vec![0.0; packed_len(p)],
             xtwz: vec![0.0; p],
@@ -149,7 +150,7 @@ impl GlmStats {
         }
     }
 
-    pub fn merge(&mut self, other: &GlmStats) {
+    fn merge(&mut self, other: &GlmStats) {
         self.n += other.n;
         self.xtwx
             .iter_mut()
@@ -163,7 +164,9 @@ impl GlmStats {
         self.sum_y += other.sum_y;
         self.null_deviance += other.null_deviance;
     }
+}
 
+impl GlmStats {
     /// Shape and finiteness of an aggregate received from a node.
     pub fn check(&self, p: usize) -> Result<()> {
         if self.xtwx.len() != packed_len(p) || self.xtwz.len() != p {
@@ -310,13 +313,17 @@ impl GlmFitter {
             null_mean: None,
         }
     }
+}
 
-    pub fn parameters(&self) -> usize {
+impl IterativeFit for GlmFitter {
+    type Stats = GlmStats;
+    type Output = GlmResult;
+
+    fn parameters(&self) -> usize {
         self.terms.len()
     }
 
-    /// The first round's instructions.
-    pub fn start(&mut self) -> Iteration {
+    fn start(&mut self) -> Iteration {
         self.round = 1;
         Iteration {
             round: 1,
@@ -325,8 +332,7 @@ impl GlmFitter {
         }
     }
 
-    /// Takes the pooled statistics of the current round and decides.
-    pub fn step(&mut self, pooled: &GlmStats) -> Result<Step<GlmResult>> {
+    fn step(&mut self, pooled: &GlmStats) -> Result<Step<GlmResult>> {
         let p = self.parameters();
         pooled.check(p)?;
         if pooled.n == 0 {
@@ -365,7 +371,9 @@ impl GlmFitter {
             null_mean: self.null_mean,
         }))
     }
+}
 
+impl GlmFitter {
     fn finish(&self, pooled: &GlmStats, converged: bool) -> Result<Step<GlmResult>> {
         let p = self.parameters();
         let (_, inverse) = solve_spd(p, &pooled.xtwx, &pooled.xtwz, "X'WX")?;
@@ -408,23 +416,6 @@ impl GlmFitter {
     }
 }
 
-/// Runs a whole fit over statistics computed in-process, as the
-/// centralised baseline and the tests do: `round` computes the pooled
-/// statistics for one round's instructions.
-pub fn fit_locally(
-    mut fitter: GlmFitter,
-    mut round: impl FnMut(&Iteration) -> Result<GlmStats>,
-) -> Result<GlmResult> {
-    let mut it = fitter.start();
-    loop {
-        let stats = round(&it)?;
-        match fitter.step(&stats)? {
-            Step::Next(next) => it = next,
-            Step::Done(r) => return Ok(r),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -440,7 +431,7 @@ mod tests {
                 max_iterations: 25,
             },
         );
-        fit_locally(fitter, |it| {
+        crate::models::fit::fit_locally(fitter, |it| {
             Ok(glm_stats(family, x, y, p, &it.coefficients, it.null_mean))
         })
         .unwrap()

@@ -8,6 +8,7 @@ pub mod correlation;
 pub mod cox;
 pub mod derived;
 pub mod design;
+pub mod fit;
 pub mod glm;
 pub mod inference;
 pub mod linalg;

@@ -14,6 +14,7 @@ use proptest::test_runner::TestCaseError;
 
 use super::correlation::{self, Missing};
 use super::cox::{self, CoxData, CoxResult, CoxStats, Ties};
+use super::fit::RoundStats;
 use super::glm::{self, Family, FitOptions, GlmFitter, GlmResult, GlmStats};
 use super::survival::{self, Curve, Grid, GroupStats, KaplanMeierResult};
 use crate::dictionary::Dictionary;
@@ -169,7 +170,7 @@ fn glm_fit(
             max_iterations: 25,
         },
     );
-    glm::fit_locally(fitter, |it| Ok(round(it)))
+    crate::models::fit::fit_locally(fitter, |it| Ok(round(it)))
 }
 
 /// The federated fit (each round merges the nodes' own statistics) equals
@@ -499,7 +500,7 @@ fn cox_fit(nodes: &[CoxData], ties: Ties) -> Result<CoxResult> {
             max_iterations: 30,
         },
     );
-    cox::fit_locally(fitter, |it| {
+    crate::models::fit::fit_locally(fitter, |it| {
         let mut pooled = CoxStats::zero(COX_P);
         for node in nodes {
             pooled.merge(&node.stats(&it.coefficients, ties));

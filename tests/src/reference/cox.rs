@@ -217,14 +217,8 @@ pub fn fit_cox(x: &[Vec<f64>], time: &[f64], event: &[bool], strata: &[u32], tie
 
 #[cfg(test)]
 mod tests {
+    use super::super::assert_close;
     use super::*;
-
-    fn assert_close(actual: f64, expected: f64, tol: f64, what: &str) {
-        assert!(
-            (actual - expected).abs() <= tol,
-            "{what}: got {actual}, expected {expected} +/- {tol}"
-        );
-    }
 
     /// R survival's `aml` data (Miller 1981): (time, event, nonmaintained).
     fn aml() -> Vec<(f64, bool, f64)> {

@@ -238,14 +238,8 @@ pub fn fit_glm(x: &[Vec<f64>], y: &[f64], family: Family) -> GlmFit {
 
 #[cfg(test)]
 mod tests {
+    use super::super::assert_close;
     use super::*;
-
-    fn assert_close(actual: f64, expected: f64, tol: f64, what: &str) {
-        assert!(
-            (actual - expected).abs() <= tol,
-            "{what}: got {actual}, expected {expected} +/- {tol}"
-        );
-    }
 
     /// Challenger O-ring data: launch temperature (F) and O-ring damage (0/1).
     const CHALLENGER: [(f64, f64); 23] = [

@@ -6,3 +6,12 @@
 pub mod cox;
 pub mod glm;
 pub mod survival;
+
+/// Asserts `actual` is within `tol` of a published `expected` value.
+#[cfg(test)]
+fn assert_close(actual: f64, expected: f64, tol: f64, what: &str) {
+    assert!(
+        (actual - expected).abs() <= tol,
+        "{what}: got {actual}, expected {expected} +/- {tol}"
+    );
+}

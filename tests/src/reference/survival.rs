@@ -178,14 +178,8 @@ pub fn log_rank(time: &[f64], event: &[bool], group: &[u32], groups: u32) -> Log
 
 #[cfg(test)]
 mod tests {
+    use super::super::assert_close;
     use super::*;
-
-    fn assert_close(actual: f64, expected: f64, tol: f64, what: &str) {
-        assert!(
-            (actual - expected).abs() <= tol,
-            "{what}: got {actual}, expected {expected} +/- {tol}"
-        );
-    }
 
     const MAINTAINED: [(f64, bool); 11] = [
         (9.0, true),
