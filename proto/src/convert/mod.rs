@@ -1,0 +1,328 @@
+//! Wire <-> domain conversions. Everything arriving from a peer is junk
+//! until proven otherwise: missing oneofs, unknown enum values and
+//! out-of-range sizes are refused here with an `invalid` error.
+
+use plexus_core::error::{Error, ErrorCode, Result};
+use plexus_core::models::correlation::{Missing, PairSums};
+use plexus_core::models::cox::{CoxStats, Ties};
+use plexus_core::models::glm::{Family, GlmStats, Iteration};
+use plexus_core::models::survival::{Grid, GroupCounts, GroupStats, MAX_GRID_INTERVALS};
+use plexus_core::query::{
+    Analysis, AnalysisKind, Cohort, CompareOp, Query, Value, MAX_BINS, MAX_CORRELATION_VARIABLES,
+    MAX_COVARIATES, MAX_PROBABILITIES,
+};
+use plexus_core::stats::{Cell, Moments, NodeStats};
+use plexus_core::study::{PurposeSpec, StudyDefinition};
+use plexus_core::Purpose;
+
+use crate::v1 as pb;
+
+mod query;
+mod stats;
+
+pub(crate) use query::bounded;
+
+/// Largest repeated field accepted from a peer (bins, cells, list items).
+pub(crate) const MAX_REPEATED: usize = 100_000;
+/// Largest vector of model sums accepted from a peer.
+pub(crate) const MAX_WIRE_VECTOR: usize = 1 << 16;
+
+pub(crate) fn missing(what: &str) -> Error {
+    Error::invalid(format!("{what} is missing from the message"))
+}
+
+// ---- errors ----
+
+impl From<ErrorCode> for pb::ErrorCode {
+    fn from(c: ErrorCode) -> Self {
+        match c {
+            ErrorCode::Disclosure => pb::ErrorCode::Disclosure,
+            ErrorCode::Data => pb::ErrorCode::Data,
+            ErrorCode::Policy => pb::ErrorCode::Policy,
+            ErrorCode::Unavailable => pb::ErrorCode::Unavailable,
+            ErrorCode::Invalid => pb::ErrorCode::Invalid,
+            ErrorCode::Internal => pb::ErrorCode::Internal,
+            ErrorCode::NotFound => pb::ErrorCode::NotFound,
+        }
+    }
+}
+
+pub fn code_from_i32(code: i32) -> ErrorCode {
+    match pb::ErrorCode::try_from(code).unwrap_or(pb::ErrorCode::Unspecified) {
+        pb::ErrorCode::Disclosure => ErrorCode::Disclosure,
+        pb::ErrorCode::Data => ErrorCode::Data,
+        pb::ErrorCode::Policy => ErrorCode::Policy,
+        pb::ErrorCode::Unavailable => ErrorCode::Unavailable,
+        pb::ErrorCode::Invalid => ErrorCode::Invalid,
+        pb::ErrorCode::NotFound => ErrorCode::NotFound,
+        pb::ErrorCode::Internal | pb::ErrorCode::Unspecified => ErrorCode::Internal,
+    }
+}
+
+impl From<&Error> for pb::Error {
+    fn from(e: &Error) -> Self {
+        pb::Error {
+            code: pb::ErrorCode::from(e.code) as i32,
+            message: e.message.clone(),
+        }
+    }
+}
+
+impl From<pb::Error> for Error {
+    fn from(e: pb::Error) -> Self {
+        Error::new(code_from_i32(e.code), e.message)
+    }
+}
+
+/// Maps a domain error to a gRPC status; the stable code travels in the
+/// `plexus-error-code` metadata so clients need not parse text.
+pub fn to_status(e: &Error) -> tonic::Status {
+    let code = match e.code {
+        ErrorCode::Invalid => tonic::Code::InvalidArgument,
+        ErrorCode::Policy => tonic::Code::PermissionDenied,
+        ErrorCode::Disclosure => tonic::Code::FailedPrecondition,
+        ErrorCode::Data => tonic::Code::FailedPrecondition,
+        ErrorCode::Unavailable => tonic::Code::Unavailable,
+        ErrorCode::NotFound => tonic::Code::NotFound,
+        ErrorCode::Internal => tonic::Code::Internal,
+    };
+    let mut status = tonic::Status::new(code, e.message.clone());
+    if let Ok(v) = e.code.as_str().parse() {
+        status.metadata_mut().insert("plexus-error-code", v);
+    }
+    status
+}
+
+/// Recovers the domain error from a status made by [`to_status`].
+pub fn from_status(s: &tonic::Status) -> Error {
+    let code = s
+        .metadata()
+        .get("plexus-error-code")
+        .and_then(|v| v.to_str().ok())
+        .and_then(ErrorCode::parse)
+        .unwrap_or(match s.code() {
+            tonic::Code::InvalidArgument => ErrorCode::Invalid,
+            tonic::Code::PermissionDenied | tonic::Code::Unauthenticated => ErrorCode::Policy,
+            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => ErrorCode::Unavailable,
+            tonic::Code::NotFound => ErrorCode::NotFound,
+            _ => ErrorCode::Internal,
+        });
+    Error::new(code, s.message().to_string())
+}
+
+// ---- studies ----
+
+impl From<&Purpose> for pb::Purpose {
+    fn from(p: &Purpose) -> Self {
+        pb::Purpose {
+            code: p.code_str().to_string(),
+            disease: p.disease().to_string(),
+            modifiers: p.modifiers.iter().cloned().collect(),
+        }
+    }
+}
+
+impl TryFrom<pb::Purpose> for Purpose {
+    type Error = Error;
+    fn try_from(p: pb::Purpose) -> Result<Self> {
+        Purpose::from_parts(&p.code, &p.disease, &p.modifiers)
+    }
+}
+
+/// Wire form of a study definition, with its registration time.
+pub fn study_to_pb(s: &StudyDefinition, registered_unix_ms: i64) -> pb::Study {
+    pb::Study {
+        id: s.id.clone(),
+        title: s.title.clone(),
+        purpose: Some(pb::Purpose {
+            code: s.purpose.code.clone(),
+            disease: s.purpose.disease.clone(),
+            modifiers: s.purpose.modifiers.clone(),
+        }),
+        variables: s.variables.clone(),
+        analyses: s.analyses.iter().map(|a| a.as_str().to_string()).collect(),
+        researchers: s.researchers.clone(),
+        nodes: s.nodes.clone(),
+        min_nodes: s.min_nodes,
+        registered_unix_ms,
+        continue_without_lost_nodes: s.continue_without_lost_nodes,
+    }
+}
+
+impl TryFrom<pb::Study> for StudyDefinition {
+    type Error = Error;
+    fn try_from(s: pb::Study) -> Result<Self> {
+        let purpose = s.purpose.ok_or_else(|| missing("study purpose"))?;
+        Ok(StudyDefinition {
+            id: s.id,
+            title: s.title,
+            variables: s.variables,
+            analyses: s
+                .analyses
+                .iter()
+                .map(|a| AnalysisKind::parse(a))
+                .collect::<Result<_>>()?,
+            researchers: s.researchers,
+            nodes: s.nodes,
+            min_nodes: s.min_nodes,
+            continue_without_lost_nodes: s.continue_without_lost_nodes,
+            purpose: PurposeSpec {
+                code: purpose.code,
+                disease: purpose.disease,
+                modifiers: purpose.modifiers,
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_round_trips() {
+        let q = Query::from_json(
+            r#"{"cohort": {"or": [
+                   {"compare": {"variable": "age", "op": ">=", "value": 65}},
+                   {"not": {"in": {"variable": "smoking", "values": ["former", "current"]}}},
+                   {"is_null": {"variable": "bmi"}},
+                   {"not_null": {"variable": "sbp"}},
+                   {"compare": {"variable": "diabetes", "op": "=", "value": true}},
+                   {"compare": {"variable": "bmi", "op": "<", "value": 30.5}}
+                ]},
+                "analysis": {"histogram": {"variable": "sbp", "edges": [100, 120, 140]}}}"#,
+        )
+        .unwrap();
+        let wire = pb::Query::from(&q);
+        assert_eq!(Query::try_from(wire).unwrap(), q);
+    }
+
+    #[test]
+    fn junk_is_refused() {
+        assert!(Query::try_from(pb::Query::default()).is_err());
+        let bad_op = pb::Cohort {
+            node: Some(pb::cohort::Node::Compare(pb::Comparison {
+                variable: "age".into(),
+                op: 99,
+                value: Some(pb::Value {
+                    kind: Some(pb::value::Kind::Integer(1)),
+                }),
+            })),
+        };
+        assert!(Cohort::try_from(bad_op).is_err());
+        let bad_cell = pb::NodeStats {
+            kind: Some(pb::node_stats::Kind::Count(pb::CountStats {
+                n: Some(pb::CountCell {
+                    value: Some(pb::count_cell::Value::Suppressed(false)),
+                }),
+            })),
+        };
+        assert!(NodeStats::try_from(bad_cell).is_err());
+    }
+
+    #[test]
+    fn stats_round_trip() {
+        let s = NodeStats::Table {
+            rows: 2,
+            columns: 2,
+            cells: vec![
+                Cell::Count(7),
+                Cell::Suppressed,
+                Cell::Count(9),
+                Cell::Count(12),
+            ],
+        };
+        assert_eq!(NodeStats::try_from(pb::NodeStats::from(&s)).unwrap(), s);
+        let e = Error::disclosure("too few");
+        let back = from_status(&to_status(&e));
+        assert_eq!(back, e);
+    }
+
+    #[test]
+    fn every_analysis_round_trips() {
+        for json in [
+            r#"{"analysis": {"glm": {"family": "poisson", "outcome": "age", "covariates": ["sex"],
+                "intercept": false, "tolerance": 1e-6, "max_iterations": 9}}, "by_site": true}"#,
+            r#"{"analysis": {"glm": {"family": "binomial", "outcome": "death", "covariates": []}}}"#,
+            r#"{"analysis": {"cox": {"time": "followup_days", "event": "death",
+                "covariates": ["age"], "ties": "breslow"}}}"#,
+            r#"{"analysis": {"kaplan_meier": {"time": "followup_days", "event": "death",
+                "group": "sex", "grid": {"from": 0, "to": 10, "step": 2}}}}"#,
+            r#"{"analysis": {"kaplan_meier": {"time": "followup_days", "event": "death",
+                "grid": [0, 1, 5]}}}"#,
+            r#"{"analysis": {"correlation": {"variables": ["age", "bmi"], "missing": "pairwise"}}}"#,
+            r#"{"analysis": {"quantiles": {"variable": "age", "edges": [40, 60, 100]}}}"#,
+            r#"{"analysis": {"two_by_two": {"exposure": "diabetes", "outcome": "death"}}}"#,
+        ] {
+            let q = Query::from_json(json).unwrap();
+            assert_eq!(Query::try_from(pb::Query::from(&q)).unwrap(), q, "{json}");
+        }
+    }
+
+    #[test]
+    fn model_statistics_round_trip_and_junk_is_refused() {
+        let all = [
+            NodeStats::Glm(GlmStats {
+                n: 10,
+                xtwx: vec![1.0, 2.0, 3.0],
+                xtwz: vec![4.0, 5.0],
+                deviance: 6.0,
+                sum_y: 7.0,
+                null_deviance: 8.0,
+            }),
+            NodeStats::Cox(CoxStats {
+                n: 10,
+                events: 4,
+                loglik: -3.5,
+                gradient: vec![0.1],
+                information: vec![2.0],
+            }),
+            NodeStats::Survival(vec![
+                GroupStats::Released(GroupCounts {
+                    at_risk: 9,
+                    events: vec![1, 2],
+                    censored: vec![3, 3],
+                }),
+                GroupStats::Suppressed,
+            ]),
+            NodeStats::Pairs(vec![
+                Some(PairSums {
+                    n: 6,
+                    sum_x: 1.0,
+                    sum_y: 2.0,
+                    sum_xx: 3.0,
+                    sum_yy: 4.0,
+                    sum_xy: 2.5,
+                }),
+                None,
+            ]),
+        ];
+        for s in all {
+            assert_eq!(NodeStats::try_from(pb::NodeStats::from(&s)).unwrap(), s);
+        }
+        let empty_group = pb::NodeStats {
+            kind: Some(pb::node_stats::Kind::Survival(pb::SurvivalStats {
+                groups: vec![pb::SurvivalGroup { value: None }],
+            })),
+        };
+        assert!(NodeStats::try_from(empty_group).is_err());
+        let huge = pb::NodeStats {
+            kind: Some(pb::node_stats::Kind::Glm(pb::GlmStats {
+                xtwx: vec![0.0; MAX_WIRE_VECTOR + 1],
+                ..Default::default()
+            })),
+        };
+        assert!(NodeStats::try_from(huge).is_err());
+        let nan = pb::Iteration {
+            round: 2,
+            coefficients: vec![f64::NAN],
+            null_mean: None,
+        };
+        assert!(Iteration::try_from(nan).is_err());
+        let zero = pb::Iteration {
+            round: 0,
+            ..Default::default()
+        };
+        assert!(Iteration::try_from(zero).is_err());
+    }
+}
