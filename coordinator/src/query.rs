@@ -332,6 +332,14 @@ async fn fit(plan: &Plan<'_>, nodes: Vec<String>, min_nodes: u32) -> Result<Fit,
     let mut round_ms = Vec::new();
     loop {
         round += 1;
+        // Step halving and restarts add rounds beyond max_iterations; this
+        // bounds them all.
+        if round > 4 * plexus_core::query::MAX_ITERATIONS {
+            return Err(Error::invalid(format!(
+                "the fit did not finish in {} rounds; loosen the tolerance or simplify the model",
+                round - 1
+            )));
+        }
         let asked = if round == 1 {
             nodes.clone()
         } else {
@@ -349,6 +357,19 @@ async fn fit(plan: &Plan<'_>, nodes: Vec<String>, min_nodes: u32) -> Result<Fit,
             participants = answers.iter().map(|(n, _)| n.clone()).collect();
             outside = others;
         } else if !others.is_empty() {
+            // A participant that answered but refused or failed this round
+            // (diverged, weights on too few patients) ends the fit: going on
+            // without it would silently change the population.
+            if let Some(o) = others.iter().find(|o| o.status != NodeStatus::Missing) {
+                return Err(Error::new(
+                    o.code.unwrap_or(ErrorCode::Internal),
+                    format!(
+                        "{} could not compute round {round} of the fit, so it was stopped: {}",
+                        o.node,
+                        o.detail.as_deref().unwrap_or("no detail")
+                    ),
+                ));
+            }
             let lost: Vec<String> = others
                 .iter()
                 .map(|o| match &o.detail {

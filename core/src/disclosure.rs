@@ -2,7 +2,7 @@
 //! must reach the minimum cell size k, or it is replaced by `Suppressed`.
 //! The node's own k is the floor; the coordinator can only raise it.
 
-use crate::models::survival;
+use crate::models::{correlation, survival};
 use crate::stats::{Cell, NodeStats, RawStats};
 
 /// The minimum cell size a node applies to a job: its own, or the
@@ -43,12 +43,7 @@ pub fn apply(raw: RawStats, k: u32) -> NodeStats {
         RawStats::Glm(g) => NodeStats::Glm(g),
         RawStats::Cox(c) => NodeStats::Cox(c),
         RawStats::Survival(groups) => NodeStats::Survival(survival::disclose(groups, k)),
-        RawStats::Pairs(pairs) => NodeStats::Pairs(
-            pairs
-                .into_iter()
-                .map(|p| (p.n >= u64::from(k)).then_some(p))
-                .collect(),
-        ),
+        RawStats::Pairs(pairs) => NodeStats::Pairs(correlation::disclose(pairs, k)),
     }
 }
 

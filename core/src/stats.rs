@@ -13,7 +13,7 @@ use crate::models::correlation::PairSums;
 use crate::models::cox::CoxStats;
 use crate::models::glm::GlmStats;
 use crate::models::linalg::packed_len;
-use crate::models::survival::{self, GroupCounts, GroupStats};
+use crate::models::survival::{self, GroupStats, Tally};
 use crate::query::Analysis;
 
 /// A released count, or the mark that it fell under the minimum cell size.
@@ -87,7 +87,7 @@ pub enum RawStats {
     Glm(GlmStats),
     /// One Newton round of a Cox model; checked at the node before release.
     Cox(CoxStats),
-    Survival(Vec<GroupCounts>),
+    Survival(Vec<Tally>),
     Pairs(Vec<PairSums>),
 }
 
@@ -336,6 +336,7 @@ mod tests {
         .analysis;
         let counts = |at_risk, events: Vec<u64>, censored: Vec<u64>| {
             NodeStats::Survival(vec![GroupStats::Released(GroupCounts {
+                open_end: false,
                 at_risk,
                 events,
                 censored,

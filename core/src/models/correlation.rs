@@ -41,7 +41,7 @@ pub struct PairSums {
 
 impl PairSums {
     pub fn merge(&mut self, o: &PairSums) {
-        self.n += o.n;
+        self.n = self.n.saturating_add(o.n);
         self.sum_x += o.sum_x;
         self.sum_y += o.sum_y;
         self.sum_xx += o.sum_xx;
@@ -113,6 +113,31 @@ pub fn pair_sums(columns: &[Vec<f64>], missing: Missing) -> Vec<PairSums> {
                     s.sum_yy += y * y;
                     s.sum_xy += x * y;
                 }
+            }
+        }
+    }
+    out
+}
+
+/// The node's disclosure rule for per-pair sums (packed upper triangle):
+/// an entry resting on fewer than `k` patients is withheld, and so is an
+/// entry whose patients differ from those of either variable's own entry
+/// by 1 to k − 1 (the difference would single those patients out: their
+/// count, and their sums by subtraction).
+pub fn disclose(pairs: Vec<PairSums>, k: u32) -> Vec<Option<PairSums>> {
+    let k = u64::from(k);
+    let p = (1..=pairs.len())
+        .find(|p| packed_len(*p) == pairs.len())
+        .unwrap_or(0);
+    let diagonal: Vec<u64> = (0..p).map(|a| pairs[packed_index(p, a, a)].n).collect();
+    let thin = |d: u64| d > 0 && d < k;
+    let mut out: Vec<Option<PairSums>> = pairs.iter().map(|s| (s.n >= k).then_some(*s)).collect();
+    for a in 0..p {
+        for b in a + 1..p {
+            let i = packed_index(p, a, b);
+            let n = pairs[i].n;
+            if thin(diagonal[a].saturating_sub(n)) || thin(diagonal[b].saturating_sub(n)) {
+                out[i] = None;
             }
         }
     }
@@ -229,5 +254,19 @@ mod tests {
         assert!(r.correlation[0][1].unwrap() > 0.99);
         let cc = pair_sums(&[x, y], Missing::CompleteCases);
         assert!(cc.iter().all(|s| s.n == 4));
+    }
+
+    #[test]
+    fn a_pair_that_would_single_out_patients_is_withheld() {
+        // 12 patients with x, 11 of them with y too: x without y is one patient.
+        let x: Vec<f64> = (0..12).map(f64::from).collect();
+        let mut y: Vec<f64> = (0..12).map(|v| f64::from(v) * 2.0).collect();
+        y[0] = f64::NAN;
+        let released = disclose(pair_sums(&[x.clone(), y.clone()], Missing::Pairwise), 5);
+        assert!(released[0].is_some() && released[2].is_some());
+        assert!(released[1].is_none(), "{released:?}");
+        // With complete cases every entry rests on the same 11 patients.
+        let released = disclose(pair_sums(&[x, y], Missing::CompleteCases), 5);
+        assert!(released.iter().all(Option::is_some));
     }
 }

@@ -44,8 +44,8 @@ impl RoundStats for CoxStats {
     }
 
     fn merge(&mut self, other: &CoxStats) {
-        self.n += other.n;
-        self.events += other.events;
+        self.n = self.n.saturating_add(other.n);
+        self.events = self.events.saturating_add(other.events);
         self.loglik += other.loglik;
         self.gradient
             .iter_mut()
@@ -135,6 +135,23 @@ impl CoxData {
 
     pub fn events(&self) -> u64 {
         self.event.iter().filter(|e| **e).count() as u64
+    }
+
+    /// The effective number of patients the risk weights exp(xβ) rest on,
+    /// (Σr)²/Σr²: coefficients chosen to put all the weight on a few
+    /// patients would make the round's sums theirs.
+    pub fn effective_n(&self, beta: &[f64]) -> f64 {
+        let (mut s, mut s2) = (0.0, 0.0);
+        for row in self.x.chunks_exact(self.p.max(1)) {
+            let r = row.iter().zip(beta).map(|(a, b)| a * b).sum::<f64>().exp();
+            s += r;
+            s2 += r * r;
+        }
+        if s2 > 0.0 && s2.is_finite() {
+            s * s / s2
+        } else {
+            0.0
+        }
     }
 
     /// Log partial likelihood, gradient and information at `beta`.
@@ -312,8 +329,11 @@ impl IterativeFit for CoxFitter {
             }
             let converged =
                 ((l - best_l) / l.abs().max(f64::MIN_POSITIVE)).abs() < self.options.tolerance;
-            if converged || self.round > self.options.max_iterations {
-                return self.finish(pooled, converged);
+            // Twenty halvings that still lower the likelihood: stop, and say
+            // the fit did not converge rather than step from a worse point.
+            let stuck = l < *best_l - 1e-12 * best_l.abs().max(1.0);
+            if stuck || converged || self.round > self.options.max_iterations {
+                return self.finish(pooled, converged && !stuck);
             }
         }
         self.halvings = 0;

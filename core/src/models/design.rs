@@ -219,6 +219,52 @@ pub fn check_disclosure(
     Ok(())
 }
 
+/// Disclosure check of the joint counts a regression's sums can reveal:
+/// X'X at the starting weights holds every two-way count between indicator
+/// columns, and the outcome's cross-tabulation with each level follows
+/// from a fitted model. So every pair of levels of two discrete variables
+/// among `variables` must hold at least `k` complete cases (an empty
+/// combination counts as under k, as a zero count does everywhere).
+pub fn check_cross_cells(
+    dict: &Dictionary,
+    columns: &Columns,
+    rows: &[usize],
+    variables: &[&str],
+    k: u32,
+) -> Result<()> {
+    let discrete: Vec<(&str, Vec<String>, &Vec<u32>)> = variables
+        .iter()
+        .filter_map(|name| {
+            let var = dict.get(name).ok()?;
+            match (var.kind.is_discrete(), columns.get(*name)) {
+                (true, Some(ColumnData::Levels(v))) => Some((*name, var.levels(), v)),
+                _ => None,
+            }
+        })
+        .collect();
+    for (i, (a, a_levels, a_values)) in discrete.iter().enumerate() {
+        for (b, b_levels, b_values) in &discrete[i + 1..] {
+            let width = b_levels.len();
+            let mut cells = vec![0u64; a_levels.len() * width];
+            for &r in rows {
+                let (x, y) = (a_values[r] as usize, b_values[r] as usize);
+                if x < a_levels.len() && y < width {
+                    cells[x * width + y] += 1;
+                }
+            }
+            if let Some(cell) = cells.iter().position(|c| *c < u64::from(k)) {
+                return Err(Error::disclosure(format!(
+                    "fewer than {k} of this node's complete cases have \"{a}\" = \"{}\" and \"{b}\" = \"{}\", \
+                     which the model's sums would reveal (merge levels, drop one of the two variables or widen the cohort)",
+                    a_levels[cell / width],
+                    b_levels[cell % width]
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -271,5 +317,31 @@ mod tests {
         let e = check_disclosure(&d, &cols, &rows, &["sex"], 4, 0.33, 1).unwrap_err();
         assert!(e.message.contains("4 parameters"), "{e}");
         check_disclosure(&d, &cols, &rows, &["sex"], 3, 0.33, 3).unwrap();
+    }
+
+    #[test]
+    fn small_cross_cells_are_refused() {
+        let d = Dictionary::cardiovascular();
+        let mut cols = Columns::new();
+        // Ten women and ten men; only one man died.
+        cols.insert(
+            "sex".into(),
+            ColumnData::Levels([vec![0; 10], vec![1; 10]].concat()),
+        );
+        let mut death = vec![0; 20];
+        death[..5].iter_mut().for_each(|d| *d = 1);
+        death[10] = 1;
+        cols.insert("death".into(), ColumnData::Levels(death));
+        let rows: Vec<usize> = (0..20).collect();
+        // Each level on its own has at least 5 patients...
+        check_disclosure(&d, &cols, &rows, &["sex", "death"], 2, 0.33, 5).unwrap();
+        // ...but men who died are one.
+        let e = check_cross_cells(&d, &cols, &rows, &["sex", "death", "age"], 5).unwrap_err();
+        assert!(
+            e.message
+                .contains("\"sex\" = \"M\" and \"death\" = \"true\""),
+            "{e}"
+        );
+        check_cross_cells(&d, &cols, &rows, &["sex", "death"], 1).unwrap();
     }
 }

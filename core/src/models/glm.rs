@@ -151,7 +151,7 @@ impl RoundStats for GlmStats {
     }
 
     fn merge(&mut self, other: &GlmStats) {
-        self.n += other.n;
+        self.n = self.n.saturating_add(other.n);
         self.xtwx
             .iter_mut()
             .zip(&other.xtwx)
@@ -207,6 +207,21 @@ pub fn glm_stats(
     beta: &[f64],
     null_mean: Option<f64>,
 ) -> GlmStats {
+    glm_round(family, x, y, p, beta, null_mean).0
+}
+
+/// [`glm_stats`] and the effective number of patients its weights rest on,
+/// (Σw)²/Σw²: coefficients chosen to put all the weight on a few patients
+/// would make X'WX and X'Wz theirs, so the node checks it before release.
+pub fn glm_round(
+    family: Family,
+    x: &[f64],
+    y: &[f64],
+    p: usize,
+    beta: &[f64],
+    null_mean: Option<f64>,
+) -> (GlmStats, f64) {
+    let (mut sum_w, mut sum_w2) = (0.0, 0.0);
     let mut out = GlmStats::zero(p);
     out.n = y.len() as u64;
     for (row, &yi) in x.chunks_exact(p).zip(y) {
@@ -219,6 +234,8 @@ pub fn glm_stats(
         let d = family.mu_eta(eta, mu);
         let w = d * d / family.variance(mu);
         let z = eta + (yi - mu) / d;
+        sum_w += w;
+        sum_w2 += w * w;
         add_outer(&mut out.xtwx, row, w);
         let wz = w * z;
         out.xtwz
@@ -240,7 +257,12 @@ pub fn glm_stats(
             out.null_deviance += family.deviance(yi, m);
         }
     }
-    out
+    let effective = if sum_w2 > 0.0 {
+        sum_w * sum_w / sum_w2
+    } else {
+        0.0
+    };
+    (out, effective)
 }
 
 /// Options a researcher may set on an iterative fit.

@@ -90,13 +90,54 @@ pub fn interval_of(points: &[f64], t: f64) -> Option<usize> {
     Some(idx.clamp(1, m + 1).min(m) - 1)
 }
 
-/// A group's counts before disclosure control (one entry per interval).
+/// A group's counts, one entry per interval.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct GroupCounts {
     /// At risk just after the first grid point.
     pub at_risk: u64,
     pub events: Vec<u64>,
     pub censored: Vec<u64>,
+    /// Fewer than k patients were still followed after the grid's end, so
+    /// the last interval also holds their events: its step covers all
+    /// later time.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub open_end: bool,
+}
+
+/// A group's counts before disclosure control, with what the node knows
+/// about the patients followed beyond the grid (never released as such).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Tally {
+    /// Patients beyond the grid are counted as censored in the last interval.
+    pub counts: GroupCounts,
+    pub beyond: u64,
+    pub beyond_events: u64,
+}
+
+impl Tally {
+    pub fn zero(intervals: usize) -> Self {
+        Tally {
+            counts: GroupCounts::zero(intervals),
+            beyond: 0,
+            beyond_events: 0,
+        }
+    }
+
+    /// Counts one patient.
+    pub fn add(&mut self, points: &[f64], time: f64, event: bool) {
+        if let Some(j) = interval_of(points, time) {
+            self.counts.at_risk += 1;
+            if time > points[points.len() - 1] {
+                self.counts.censored[j] += 1;
+                self.beyond += 1;
+                self.beyond_events += u64::from(event);
+            } else if event {
+                self.counts.events[j] += 1;
+            } else {
+                self.counts.censored[j] += 1;
+            }
+        }
+    }
 }
 
 impl GroupCounts {
@@ -105,19 +146,7 @@ impl GroupCounts {
             at_risk: 0,
             events: vec![0; intervals],
             censored: vec![0; intervals],
-        }
-    }
-
-    /// Counts one patient.
-    pub fn add(&mut self, points: &[f64], time: f64, event: bool) {
-        if let Some(j) = interval_of(points, time) {
-            self.at_risk += 1;
-            let beyond = time > points[points.len() - 1];
-            if event && !beyond {
-                self.events[j] += 1;
-            } else {
-                self.censored[j] += 1;
-            }
+            open_end: false,
         }
     }
 
@@ -153,8 +182,8 @@ pub fn count(
     event: &[bool],
     group: &[u32],
     groups: usize,
-) -> Vec<GroupCounts> {
-    let mut out = vec![GroupCounts::zero(points.len() - 1); groups];
+) -> Vec<Tally> {
+    let mut out = vec![Tally::zero(points.len() - 1); groups];
     for ((t, e), g) in time.iter().zip(event).zip(group) {
         if let Some(c) = out.get_mut(*g as usize) {
             c.add(points, *t, *e);
@@ -176,11 +205,22 @@ pub enum GroupStats {
 /// Applies the at-risk rule to every group: intervals starting with 1 to
 /// k − 1 at risk are merged into the last interval starting with k or more.
 /// (Intervals with nobody left at risk hold nothing and stay as they are.)
-pub fn disclose(groups: Vec<GroupCounts>, k: u32) -> Vec<GroupStats> {
+/// The time after the grid's end counts as one more interval: when 1 to
+/// k − 1 patients are followed beyond it, their events join the last
+/// interval, so moving the grid's end cannot reveal when they died.
+pub fn disclose(groups: Vec<Tally>, k: u32) -> Vec<GroupStats> {
     let k = u64::from(k);
     groups
         .into_iter()
-        .map(|mut g| {
+        .map(|t| {
+            let mut g = t.counts;
+            if t.beyond > 0 && t.beyond < k {
+                if let (Some(e), Some(c)) = (g.events.last_mut(), g.censored.last_mut()) {
+                    *e += t.beyond_events;
+                    *c -= t.beyond_events;
+                    g.open_end = true;
+                }
+            }
             let at_risk = g.at_risk_by_interval();
             if g.at_risk < k {
                 return GroupStats::Suppressed;
@@ -214,8 +254,12 @@ pub fn check(
                 "node answered {len} survival intervals for a grid of {intervals}"
             )));
         }
-        let total: u64 = c.events.iter().chain(&c.censored).sum();
-        if total != c.at_risk {
+        let total = c
+            .events
+            .iter()
+            .chain(&c.censored)
+            .try_fold(0u64, |acc, v| acc.checked_add(*v));
+        if total != Some(c.at_risk) {
             return Err(Error::invalid(
                 "node's events and censorings do not add up to its number at risk",
             ));
@@ -308,7 +352,7 @@ pub fn pool(
         for (node, groups) in parts {
             match groups.get(g) {
                 Some(GroupStats::Released(c)) => {
-                    if c.events.len() < intervals {
+                    if c.events.len() < intervals || c.open_end {
                         merged_at.push(node.clone());
                     }
                     kept = kept.min(c.events.len());
@@ -325,14 +369,14 @@ pub fn pool(
         let mut total = GroupCounts::zero(kept);
         for c in released {
             let c = coarsen(c.clone(), kept);
-            total.at_risk += c.at_risk;
+            total.at_risk = total.at_risk.saturating_add(c.at_risk);
             for j in 0..kept {
-                total.events[j] += c.events[j];
-                total.censored[j] += c.censored[j];
+                total.events[j] = total.events[j].saturating_add(c.events[j]);
+                total.censored[j] = total.censored[j].saturating_add(c.censored[j]);
             }
         }
         let mut curve = curve(&total, label, &times_of(points, kept), suppressed_at);
-        curve.merged_after = (kept < intervals).then(|| points[kept - 1]);
+        curve.merged_after = (!merged_at.is_empty() && total.at_risk > 0).then(|| points[kept - 1]);
         curve.merged_at = merged_at;
         curves.push(curve);
         pooled.push(total);
@@ -389,6 +433,26 @@ fn times_of(points: &[f64], kept: usize) -> Vec<f64> {
 }
 
 fn curve(g: &GroupCounts, label: &str, times: &[f64], suppressed_at: Vec<String>) -> Curve {
+    // A group nobody released has no curve, not a flat one at 1.
+    if g.at_risk == 0 {
+        return Curve {
+            group: label.to_string(),
+            at_risk: 0,
+            events: 0,
+            times: vec![],
+            n_risk: vec![],
+            n_event: vec![],
+            n_censor: vec![],
+            survival: vec![],
+            std_error: vec![],
+            lower: vec![],
+            upper: vec![],
+            median: None,
+            suppressed_at,
+            merged_after: None,
+            merged_at: vec![],
+        };
+    }
     let n_risk = g.at_risk_by_interval();
     let z = super::inference::Reference::Normal.critical();
     let (mut s, mut greenwood) = (1.0f64, 0.0f64);
@@ -578,7 +642,7 @@ mod tests {
             true, true, true, false, true, false, true, true, false, false,
         ];
         let counts = count(&points, &t, &e, &[0; 10], 1);
-        assert_eq!(counts[0].at_risk_by_interval(), [10, 8, 6, 3]);
+        assert_eq!(counts[0].counts.at_risk_by_interval(), [10, 8, 6, 3]);
         let released = disclose(counts.clone(), 5);
         let GroupStats::Released(c) = &released[0] else {
             panic!()
@@ -597,5 +661,74 @@ mod tests {
         assert_eq!(r.curves[0].merged_after, Some(2.0));
         assert_eq!(r.curves[0].merged_at, ["a"]);
         assert_eq!(r.curves[0].times, [1.0, 2.0, 4.0]);
+    }
+
+    #[test]
+    fn moving_the_grid_end_cannot_reveal_the_last_patients() {
+        // Six deaths at t = 1, then deaths at 3, 4 and 6 and one censored at 7.
+        let t = [1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 3.0, 4.0, 6.0, 7.0];
+        let e = [true, true, true, true, true, true, true, true, true, false];
+        let released = |end: f64| {
+            let counts = count(&[0.0, 1.0, end], &t, &e, &[0; 10], 1);
+            disclose(counts, 4).remove(0)
+        };
+        // Fewer than k = 4 are followed beyond 3.5 or 5: their deaths join the
+        // last interval, so both ends release the same counts.
+        let (a, b) = (released(3.5), released(5.0));
+        assert_eq!(a, b);
+        let GroupStats::Released(c) = a else { panic!() };
+        assert!(c.open_end);
+        assert_eq!(
+            (c.events.clone(), c.censored.clone()),
+            (vec![6, 3], vec![0, 1])
+        );
+        // Four (k) beyond 2: nothing is folded.
+        let GroupStats::Released(c) = released(2.0) else {
+            panic!()
+        };
+        assert!(!c.open_end);
+        assert_eq!(c.censored, [0, 4]);
+        let r = pool(
+            &[0.0, 1.0, 3.5],
+            &["all".into()],
+            &[
+                ("a".into(), vec![GroupStats::Released(c.clone())]),
+                ("b".into(), released_open(&t, &e)),
+            ],
+            ("t", "e", None),
+        )
+        .unwrap();
+        assert_eq!(r.curves[0].merged_at, ["b"]);
+        assert_eq!(r.curves[0].merged_after, Some(1.0));
+    }
+
+    fn released_open(t: &[f64], e: &[bool]) -> Vec<GroupStats> {
+        disclose(count(&[0.0, 1.0, 3.5], t, e, &vec![0; t.len()], 1), 4)
+    }
+
+    #[test]
+    fn a_group_nobody_released_has_no_curve() {
+        let r = pool(
+            &[0.0, 1.0, 2.0],
+            &["F".into(), "M".into()],
+            &[(
+                "a".into(),
+                vec![
+                    GroupStats::Suppressed,
+                    GroupStats::Released(GroupCounts {
+                        at_risk: 5,
+                        events: vec![1, 1],
+                        censored: vec![0, 3],
+                        open_end: false,
+                    }),
+                ],
+            )],
+            ("t", "e", Some("sex")),
+        )
+        .unwrap();
+        assert!(r.curves[0].times.is_empty() && r.curves[0].survival.is_empty());
+        assert_eq!(r.curves[0].suppressed_at, ["a"]);
+        assert_eq!(r.curves[1].survival.len(), 2);
+        assert!(r.log_rank.is_none());
     }
 }

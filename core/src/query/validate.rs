@@ -162,7 +162,12 @@ fn covariate_list(
             "\"{c}\" is the model's outcome (or time or event) and cannot also be a covariate"
         )));
     }
-    crate::models::design::terms(dict, covariates, intercept).map(|_| ())
+    if crate::models::design::terms(dict, covariates, intercept)?.is_empty() {
+        return Err(Error::invalid(
+            "the model has no parameters: its covariates have a single level each; add a covariate or the intercept",
+        ));
+    }
+    Ok(())
 }
 
 fn survival_variables(dict: &Dictionary, time: &str, event: &str) -> Result<()> {

@@ -147,7 +147,15 @@ impl DataSource {
             let it = iteration.ok_or_else(|| {
                 Error::invalid("a regression job carries no iteration (round and coefficients)")
             })?;
-            let key = format!("{}\0{purpose}\0{today}\0{}", query.hash(), self.snapshot()?);
+            // The limits are part of the key: data checked under a smaller k
+            // is never reused for a job that asks a larger one.
+            let key = format!(
+                "{}\0{purpose}\0{today}\0{}\0{}\0{}",
+                query.hash(),
+                self.snapshot()?,
+                limits.k,
+                limits.max_parameter_share
+            );
             let prepared = match self.models.get(&key) {
                 Some(p) => p,
                 None => {
@@ -163,7 +171,7 @@ impl DataSource {
                 }
             };
             let (a, it) = (analysis.clone(), it.clone());
-            let out = blocking(move || models::round(&prepared, &a, &it)).await?;
+            let out = blocking(move || models::round(&prepared, &a, &it, limits)).await?;
             tracing::debug!(
                 analysis = %analysis.kind(),
                 elapsed_ms = started.elapsed().as_millis() as u64,

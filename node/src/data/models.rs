@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 use plexus_core::models::correlation::pair_sums;
 use plexus_core::models::cox::CoxData;
 use plexus_core::models::design::{
-    check_disclosure, complete_rows, design_matrix, ColumnData, Columns, Term,
+    check_cross_cells, check_disclosure, complete_rows, design_matrix, ColumnData, Columns, Term,
 };
-use plexus_core::models::glm::{glm_stats, Family, Iteration};
+use plexus_core::models::glm::{glm_round, Family, Iteration};
 use plexus_core::models::linalg::{add_outer, first_dependent_column, packed_len};
 use plexus_core::models::survival;
 use plexus_core::{Analysis, Dictionary, Error, RawStats, Result};
@@ -107,7 +107,11 @@ fn regression_variables(analysis: &Analysis) -> (Vec<&str>, Vec<&str>) {
         } => {
             let mut all: Vec<&str> = vec![time, event];
             all.extend(covariates.iter().map(String::as_str));
-            (all, covariates.iter().map(String::as_str).collect())
+            // The event indicator is the model's binary outcome: both its
+            // levels, and its cross cells with every discrete covariate.
+            let mut discrete: Vec<&str> = covariates.iter().map(String::as_str).collect();
+            discrete.push(event);
+            (all, discrete)
         }
         _ => (vec![], vec![]),
     }
@@ -140,8 +144,9 @@ pub(crate) fn prepare(
         limits.max_parameter_share,
         limits.k,
     )?;
+    check_cross_cells(dict, columns, &rows, &discrete, limits.k)?;
     let x = design_matrix(&terms, columns, &rows)?;
-    check_singular(&terms, &x)?;
+    check_singular(&terms, &x, matches!(analysis, Analysis::Cox { .. }))?;
     let number = |name: &str| -> Result<Vec<f64>> {
         let c = columns
             .get(name)
@@ -188,12 +193,27 @@ pub(crate) fn prepare(
 
 /// Refuses a design whose X'X is singular at this node (X'WX then is too):
 /// the estimates would not be identified and the matrix could reveal
-/// structure in very few patients.
-fn check_singular(terms: &[Term], x: &[f64]) -> Result<()> {
+/// structure in very few patients. A Cox model has no intercept and each
+/// site is a stratum, so its columns are centred first: a covariate that
+/// is constant here is not identified here.
+fn check_singular(terms: &[Term], x: &[f64], centre: bool) -> Result<()> {
     let p = terms.len();
+    let n = x.len() / p.max(1);
+    let mut means = vec![0.0; p];
+    if centre && n > 0 {
+        for row in x.chunks_exact(p) {
+            means.iter_mut().zip(row).for_each(|(m, v)| *m += v);
+        }
+        means.iter_mut().for_each(|m| *m /= n as f64);
+    }
     let mut xtx = vec![0.0; packed_len(p)];
+    let mut centred = vec![0.0; p];
     for row in x.chunks_exact(p) {
-        add_outer(&mut xtx, row, 1.0);
+        centred
+            .iter_mut()
+            .zip(row.iter().zip(&means))
+            .for_each(|(c, (v, m))| *c = v - m);
+        add_outer(&mut xtx, &centred, 1.0);
     }
     match first_dependent_column(p, &xtx) {
         None => Ok(()),
@@ -205,8 +225,16 @@ fn check_singular(terms: &[Term], x: &[f64]) -> Result<()> {
 }
 
 /// One round of a prepared regression at the round's coefficients.
-pub(crate) fn round(prepared: &Prepared, analysis: &Analysis, it: &Iteration) -> Result<RawStats> {
-    match (prepared, analysis) {
+/// Refused when the coefficients put nearly all the weight on fewer than
+/// k patients (their sums would be those patients'), and when the sums are
+/// not finite (the fit diverged).
+pub(crate) fn round(
+    prepared: &Prepared,
+    analysis: &Analysis,
+    it: &Iteration,
+    limits: Limits,
+) -> Result<RawStats> {
+    let (stats, effective) = match (prepared, analysis) {
         (Prepared::Glm { family, p, x, y }, _) => {
             if !(it.coefficients.is_empty() || it.coefficients.len() == *p) {
                 return Err(Error::invalid(format!(
@@ -215,22 +243,52 @@ pub(crate) fn round(prepared: &Prepared, analysis: &Analysis, it: &Iteration) ->
                     it.coefficients.len()
                 )));
             }
-            Ok(RawStats::Glm(glm_stats(
-                *family,
-                x,
-                y,
-                *p,
-                &it.coefficients,
-                it.null_mean,
-            )))
+            let (stats, effective) = glm_round(*family, x, y, *p, &it.coefficients, it.null_mean);
+            (RawStats::Glm(stats), effective)
         }
         (Prepared::Cox(data), Analysis::Cox { ties, .. }) => {
             check_coefficients(it, data)?;
-            Ok(RawStats::Cox(data.stats(&it.coefficients, *ties)))
+            (
+                RawStats::Cox(data.stats(&it.coefficients, *ties)),
+                data.effective_n(&it.coefficients),
+            )
         }
-        _ => Err(Error::internal(
-            "prepared model does not match the analysis",
-        )),
+        _ => {
+            return Err(Error::internal(
+                "prepared model does not match the analysis",
+            ))
+        }
+    };
+    if !finite(&stats) {
+        return Err(Error::invalid(format!(
+            "the fit diverged at this node in round {}: its sums are not finite (check the model for separation or extreme covariates)",
+            it.round
+        )));
+    }
+    if effective < f64::from(limits.k) {
+        return Err(Error::disclosure(format!(
+            "round {}'s coefficients put nearly all the weight on fewer than {} patients at this node (effective n {effective:.1}); refused",
+            it.round, limits.k
+        )));
+    }
+    Ok(stats)
+}
+
+fn finite(stats: &RawStats) -> bool {
+    match stats {
+        RawStats::Glm(g) => g
+            .xtwx
+            .iter()
+            .chain(&g.xtwz)
+            .chain([&g.deviance, &g.sum_y, &g.null_deviance])
+            .all(|v| v.is_finite()),
+        RawStats::Cox(c) => c
+            .gradient
+            .iter()
+            .chain(&c.information)
+            .chain([&c.loglik])
+            .all(|v| v.is_finite()),
+        _ => true,
     }
 }
 
@@ -299,4 +357,48 @@ pub(crate) fn pairs(analysis: &Analysis, columns: &Columns) -> Result<RawStats> 
         })
         .collect::<Result<_>>()?;
     Ok(RawStats::Pairs(pair_sums(&cols, *missing)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn poisson() -> Prepared {
+        let x: Vec<f64> = (0..20).flat_map(|a| [1.0, f64::from(a)]).collect();
+        Prepared::Glm {
+            family: Family::Poisson,
+            p: 2,
+            x,
+            y: vec![1.0; 20],
+        }
+    }
+
+    fn round_at(beta: Vec<f64>) -> Result<RawStats> {
+        let analysis = plexus_core::Query::from_json(
+            r#"{"analysis": {"glm": {"family": "poisson", "outcome": "age", "covariates": ["bmi"]}}}"#,
+        )?
+        .analysis;
+        let it = Iteration {
+            round: 2,
+            coefficients: beta,
+            null_mean: None,
+        };
+        let limits = Limits {
+            k: 5,
+            max_parameter_share: 0.33,
+        };
+        round(&poisson(), &analysis, &it, limits)
+    }
+
+    #[test]
+    fn coefficients_that_single_out_patients_are_refused() {
+        round_at(vec![0.0, 0.01]).unwrap();
+        // exp(5 · a): the oldest patient carries nearly all the weight.
+        let e = round_at(vec![0.0, 5.0]).unwrap_err();
+        assert_eq!(e.code, plexus_core::ErrorCode::Disclosure);
+        assert!(e.message.contains("effective n"), "{e}");
+        // exp(1000 · a) overflows: the fit diverged, nothing is released.
+        let e = round_at(vec![0.0, 1000.0]).unwrap_err();
+        assert!(e.message.contains("diverged"), "{e}");
+    }
 }

@@ -279,6 +279,7 @@ mod tests {
             }),
             NodeStats::Survival(vec![
                 GroupStats::Released(GroupCounts {
+                    open_end: false,
                     at_risk: 9,
                     events: vec![1, 2],
                     censored: vec![3, 3],

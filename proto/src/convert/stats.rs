@@ -85,6 +85,7 @@ impl From<&NodeStats> for pb::NodeStats {
                                     at_risk: c.at_risk,
                                     events: c.events.clone(),
                                     censored: c.censored.clone(),
+                                    open_end: c.open_end,
                                 })
                             }
                             GroupStats::Suppressed => pb::survival_group::Value::Suppressed(true),
@@ -164,6 +165,7 @@ impl TryFrom<pb::NodeStats> for NodeStats {
                                 at_risk: c.at_risk,
                                 events: bounded(c.events, MAX_GRID_INTERVALS, "intervals")?,
                                 censored: bounded(c.censored, MAX_GRID_INTERVALS, "intervals")?,
+                                open_end: c.open_end,
                             }))
                         }
                         Some(pb::survival_group::Value::Suppressed(true)) => {
