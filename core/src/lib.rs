@@ -13,6 +13,7 @@ pub mod eval;
 pub mod hash;
 pub mod models;
 pub mod pool;
+pub mod privacy;
 pub mod purpose;
 pub mod query;
 pub mod stats;
