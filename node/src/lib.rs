@@ -8,6 +8,7 @@ pub mod config;
 pub mod data;
 pub mod error;
 pub mod job;
+pub mod ledger;
 pub mod link;
 pub mod log;
 

@@ -1,0 +1,240 @@
+//! The node's own privacy ledger: how much of each study's zCDP budget
+//! (ρ) this hospital has spent. A debit is written and synced to disk
+//! before anything it pays for is released, so a crash can lose a release
+//! but never a debit; the totals are rebuilt from the file at start-up.
+//!
+//! JSON lines in `STATE_DIR/privacy.ledger.jsonl`. A line cut short by a
+//! crash during its write paid for nothing (the release waits for the
+//! sync), so it is dropped at start-up with a warning; any other bad line
+//! stops the node, because guessing a spent budget is not safe.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+
+use plexus_core::{Error, Result};
+
+/// One debit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Debit {
+    pub at: String,
+    pub study_id: String,
+    pub job_id: String,
+    pub query_hash: String,
+    pub rho: f64,
+}
+
+/// What a study has spent and has left at this node after a debit.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Balance {
+    pub spent: f64,
+    pub remaining: f64,
+}
+
+struct Inner {
+    file: File,
+    spent: BTreeMap<String, f64>,
+}
+
+pub struct Ledger {
+    path: PathBuf,
+    inner: Mutex<Inner>,
+}
+
+/// Rounding slack when comparing sums of ρ with a budget.
+const SLACK: f64 = 1e-12;
+
+impl Ledger {
+    /// Opens (or creates) the ledger in `dir` and rebuilds every study's
+    /// spent budget from it.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let io = |what: &str, e: std::io::Error| {
+            Error::internal(format!(
+                "cannot {what} the privacy ledger in {}: {e} (check the node's state folder)",
+                dir.display()
+            ))
+        };
+        std::fs::create_dir_all(dir).map_err(|e| io("create the folder of", e))?;
+        let path = dir.join("privacy.ledger.jsonl");
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(io("read", e)),
+        };
+        let mut spent: BTreeMap<String, f64> = BTreeMap::new();
+        let complete = text.ends_with('\n') || text.is_empty();
+        let lines: Vec<&str> = text.lines().collect();
+        let mut keep = text.len();
+        for (i, line) in lines.iter().enumerate() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            let last = i + 1 == lines.len();
+            match serde_json::from_str::<Debit>(line) {
+                Ok(d) if d.rho.is_finite() && d.rho >= 0.0 => {
+                    *spent.entry(d.study_id).or_default() += d.rho;
+                }
+                _ if last && !complete => {
+                    tracing::warn!(
+                        path = %path.display(),
+                        "dropping a privacy ledger line cut short by a crash (it paid for no release)"
+                    );
+                    keep = text.len() - line.len();
+                }
+                _ => {
+                    return Err(Error::internal(format!(
+                        "line {} of the privacy ledger {} is not a valid debit; the node will not guess a spent budget (restore the file from backup)",
+                        i + 1,
+                        path.display()
+                    )))
+                }
+            }
+        }
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| io("open", e))?;
+        let mut file = file;
+        if keep < text.len() {
+            file.set_len(keep as u64).map_err(|e| io("repair", e))?;
+        } else if !complete {
+            // A whole debit whose newline was lost: it counts (the safe
+            // side), and the next debit starts on a line of its own.
+            file.write_all(b"\n").map_err(|e| io("repair", e))?;
+        }
+        Ok(Ledger {
+            path,
+            inner: Mutex::new(Inner { file, spent }),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// What `study` has spent here so far.
+    pub fn spent(&self, study: &str) -> f64 {
+        let inner = self.inner.lock().expect("ledger lock");
+        inner.spent.get(study).copied().unwrap_or(0.0)
+    }
+
+    /// Debits `rho` from `study`'s `budget`, durably, or refuses when the
+    /// budget at this node would be exceeded. Only after this returns may
+    /// the release it pays for leave the node.
+    pub fn debit(
+        &self,
+        study: &str,
+        budget: f64,
+        rho: f64,
+        job_id: &str,
+        query_hash: &str,
+    ) -> Result<Balance> {
+        if !(rho.is_finite() && rho >= 0.0) {
+            return Err(Error::invalid(format!(
+                "a privacy cost must be a finite rho of at least 0, got {rho}"
+            )));
+        }
+        let mut inner = self.inner.lock().expect("ledger lock");
+        let spent = inner.spent.get(study).copied().unwrap_or(0.0);
+        if spent + rho > budget * (1.0 + SLACK) {
+            return Err(Error::policy(format!(
+                "study \"{study}\" has spent rho {spent:.6} of its {budget:.6} at this node and this query costs {rho:.6}; \
+                 the hospital's budget for the study is exhausted (ask for a cheaper query or a new study)"
+            )));
+        }
+        let debit = Debit {
+            at: chrono::Utc::now().to_rfc3339(),
+            study_id: study.to_string(),
+            job_id: job_id.to_string(),
+            query_hash: query_hash.to_string(),
+            rho,
+        };
+        let mut line = serde_json::to_vec(&debit).expect("a debit serialises");
+        line.push(b'\n');
+        let written = inner
+            .file
+            .write_all(&line)
+            .and_then(|_| inner.file.sync_data());
+        if let Err(e) = written {
+            return Err(Error::internal(format!(
+                "cannot write the privacy ledger {}: {e}; nothing was released (check the node's state folder)",
+                self.path.display()
+            )));
+        }
+        let total = spent + rho;
+        inner.spent.insert(study.to_string(), total);
+        Ok(Balance {
+            spent: total,
+            remaining: (budget - total).max(0.0),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debits_survive_a_restart_and_the_budget_is_enforced() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(dir.path()).unwrap();
+        let b = ledger.debit("s1", 1.0, 0.4, "j1", "q").unwrap();
+        assert_eq!((b.spent, b.remaining), (0.4, 0.6));
+        ledger.debit("s1", 1.0, 0.6, "j2", "q").unwrap();
+        ledger.debit("s2", 1.0, 0.1, "j3", "q").unwrap();
+        let e = ledger.debit("s1", 1.0, 0.01, "j4", "q").unwrap_err();
+        assert_eq!(e.code, plexus_core::ErrorCode::Policy);
+        assert!(e.message.contains("exhausted"), "{e}");
+        drop(ledger);
+
+        // A restarted node knows what was spent.
+        let again = Ledger::open(dir.path()).unwrap();
+        assert!((again.spent("s1") - 1.0).abs() < 1e-12);
+        assert!((again.spent("s2") - 0.1).abs() < 1e-12);
+        assert!(again.debit("s1", 1.0, 0.01, "j5", "q").is_err());
+    }
+
+    #[test]
+    fn a_torn_last_line_is_dropped_and_a_corrupt_one_stops_the_node() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(dir.path()).unwrap();
+        ledger.debit("s1", 1.0, 0.25, "j1", "q").unwrap();
+        let path = ledger.path().to_path_buf();
+        drop(ledger);
+        // A crash in the middle of the next write.
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(br#"{"at":"2026-01-01","study_id":"s1","jo"#)
+            .unwrap();
+        drop(f);
+        let again = Ledger::open(dir.path()).unwrap();
+        assert!((again.spent("s1") - 0.25).abs() < 1e-12);
+        again.debit("s1", 1.0, 0.25, "j2", "q").unwrap();
+        drop(again);
+        let reread = Ledger::open(dir.path()).unwrap();
+        assert!((reread.spent("s1") - 0.5).abs() < 1e-12);
+        drop(reread);
+
+        // A whole debit that lost its newline counts, and the next debit
+        // starts on a line of its own.
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(br#"{"at":"t","study_id":"s1","job_id":"j3","query_hash":"q","rho":0.125}"#)
+            .unwrap();
+        drop(f);
+        let again = Ledger::open(dir.path()).unwrap();
+        assert!((again.spent("s1") - 0.625).abs() < 1e-12);
+        again.debit("s1", 1.0, 0.125, "j4", "q").unwrap();
+        drop(again);
+        assert!((Ledger::open(dir.path()).unwrap().spent("s1") - 0.75).abs() < 1e-12);
+
+        // A damaged line in the middle is not guessed around.
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, format!("garbage\n{text}")).unwrap();
+        let e = Ledger::open(dir.path()).err().unwrap();
+        assert!(e.message.contains("line 1"), "{e}");
+    }
+}
