@@ -12,6 +12,7 @@ use crate::models::correlation::Missing;
 use crate::models::cox::Ties;
 use crate::models::glm::{Family, FitOptions};
 
+mod canonical;
 mod validate;
 use crate::models::survival::Grid;
 
