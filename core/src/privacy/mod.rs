@@ -6,3 +6,4 @@
 pub mod accountant;
 pub mod fixed;
 pub mod noise;
+pub mod suppression;
