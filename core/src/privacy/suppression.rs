@@ -1,3 +1,5 @@
+//! Suppression rules beyond the minimum cell size.
+//!
 //! Secondary suppression of contingency tables. A researcher can always
 //! learn a table's margins (a count of each row level, of each column
 //! level), so a row or column holding exactly one suppressed cell gives it
@@ -5,6 +7,9 @@
 //! row and column therefore holds no suppressed cell or at least two; the
 //! extra cells chosen are the smallest released ones, which loses the least
 //! information.
+//!
+//! The dominance rule withholds a sum when one or two patients make up most
+//! of it.
 
 use crate::stats::Cell;
 
@@ -46,6 +51,36 @@ pub fn secondary(cells: &mut [Cell], rows: usize, columns: usize) -> usize {
     }
 }
 
+/// Share of a sum that one or two patients may hold before the sum (and
+/// a mean from it) is withheld, when nobody configures one.
+pub const DEFAULT_DOMINANCE_SHARE: f64 = 0.85;
+
+/// The (n, k) dominance rule with n = 2: a sum is withheld when its two
+/// largest contributions make up more than `share` of it, since the
+/// largest contributor could then estimate the other closely. Values are
+/// taken by magnitude; `largest` holds the two largest and `total` the sum
+/// of all magnitudes.
+pub fn dominated(largest: [f64; 2], total: f64, share: f64) -> bool {
+    // NaN or nothing to dominate: not dominated.
+    total > 0.0 && (largest[0].abs() + largest[1].abs()) > share * total
+}
+
+/// The two largest magnitudes among `values`, for [`dominated`].
+pub fn two_largest(values: impl IntoIterator<Item = f64>) -> ([f64; 2], f64) {
+    let mut top = [0.0f64; 2];
+    let mut total = 0.0;
+    for v in values {
+        let a = v.abs();
+        total += a;
+        if a > top[0] {
+            top = [a, top[0]];
+        } else if a > top[1] {
+            top[1] = a;
+        }
+    }
+    (top, total)
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
@@ -84,6 +119,17 @@ mod tests {
                 Cell::Suppressed
             ]
         );
+    }
+
+    #[test]
+    fn sums_dominated_by_two_patients_are_withheld() {
+        // Length of stay: one patient of 900 days among short stays.
+        let (top, total) = two_largest([900.0, 40.0, 3.0, 2.0, 4.0, 5.0, 1.0]);
+        assert_eq!(top, [900.0, 40.0]);
+        assert!(dominated(top, total, DEFAULT_DOMINANCE_SHARE));
+        let (top, total) = two_largest([10.0, 12.0, 11.0, 9.0, 13.0, 10.0]);
+        assert!(!dominated(top, total, DEFAULT_DOMINANCE_SHARE));
+        assert!(!dominated([0.0, 0.0], 0.0, DEFAULT_DOMINANCE_SHARE));
     }
 
     #[test]
