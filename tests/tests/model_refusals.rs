@@ -207,3 +207,62 @@ async fn a_node_lost_between_rounds_stops_the_fit_unless_the_study_allows() {
     assert_eq!(r.provenance.answered, 2);
     sb.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cohort_leaving_out_fewer_than_k_patients_is_refused() {
+    let sb = Sandbox::start(SandboxOptions::new(600, 33)).await.unwrap();
+    let study = sandbox::demo_study();
+    sb.register_study(&study).await.unwrap();
+    let purpose = study.purpose().unwrap();
+    // Find an age limit that leaves out 1 to 4 of a site's patients: the
+    // whole population minus a handful of the oldest.
+    let sites: Vec<(String, Vec<i64>)> = sb
+        .sites
+        .iter()
+        .map(|s| {
+            let ages = plexus_tests::consenting(s, &purpose, plexus_tests::today())
+                .iter()
+                .map(|p| p.age)
+                .collect();
+            (s.name.clone(), ages)
+        })
+        .collect();
+    let (limit, site) = (70..=96)
+        .rev()
+        .find_map(|limit| {
+            sites.iter().find_map(|(name, ages)| {
+                let left_out = ages.iter().filter(|a| **a >= limit).count();
+                (1..5).contains(&left_out).then(|| (limit, name.clone()))
+            })
+        })
+        .expect("some age limit leaves out 1 to 4 patients at some site");
+    let json = format!(
+        r#"{{"cohort": {{"compare": {{"variable": "age", "op": "<", "value": {limit}}}}},
+            "analysis": {{"summary": {{"variable": "sbp"}}}}}}"#
+    );
+    let outcome = ask(&sb, sandbox::RESEARCHER, &study.id, &json).await;
+    let detail = match &outcome {
+        Ok(r) => r
+            .provenance
+            .nodes
+            .iter()
+            .find(|n| n.node == site)
+            .and_then(|n| {
+                assert_eq!(n.status, NodeStatus::Refused, "{r:?}");
+                n.detail.clone()
+            })
+            .unwrap(),
+        Err(e) => e.message.clone(),
+    };
+    assert!(detail.contains("leaves out fewer than 5"), "{detail}");
+    // The whole population is answered as before.
+    ask(
+        &sb,
+        sandbox::RESEARCHER,
+        &study.id,
+        r#"{"analysis": {"summary": {"variable": "sbp"}}}"#,
+    )
+    .await
+    .unwrap();
+    sb.shutdown().await.unwrap();
+}

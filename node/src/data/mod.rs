@@ -50,6 +50,8 @@ pub struct DataSource {
     mapped: BTreeMap<String, Mapped>,
     consent: ConsentSource,
     models: models::ModelCache,
+    /// The study population's size for the last (purpose, day, snapshot).
+    population: std::sync::Mutex<Option<(String, u64)>>,
 }
 
 impl std::fmt::Debug for DataSource {
@@ -101,6 +103,7 @@ impl DataSource {
             mapped,
             consent,
             models: models::ModelCache::new(),
+            population: std::sync::Mutex::new(None),
         })
     }
 
@@ -159,6 +162,8 @@ impl DataSource {
             let prepared = match self.models.get(&key) {
                 Some(p) => p,
                 None => {
+                    self.check_complement(query, purpose, today, limits.k)
+                        .await?;
                     let df = self.cohort(query, purpose, today).await?;
                     let vars = self.mapped_variables(analysis)?;
                     let columns = extract::columns(df, &vars, &self.dict).await?;
@@ -179,9 +184,16 @@ impl DataSource {
             );
             return Ok(out);
         }
+        let cohort_size = self
+            .check_complement(query, purpose, today, limits.k)
+            .await?;
         let df = self.cohort(query, purpose, today).await?;
         let out = match analysis {
-            Analysis::Count {} => compute::count_rows(df).await?,
+            Analysis::Count {} => match cohort_size {
+                // Counted already by the complement check.
+                Some(n) => RawStats::Count(n),
+                None => compute::count_rows(df).await?,
+            },
             Analysis::Summary { variable } => compute::summary(df, self.lookup(variable)?).await?,
             Analysis::Histogram { variable, edges }
             | Analysis::Quantiles {
@@ -216,6 +228,52 @@ impl DataSource {
             "query computed"
         );
         Ok(out)
+    }
+
+    /// The complement rule: a cohort that leaves out 1 to k − 1 of the
+    /// study's patients at this node is refused, since its answer next to
+    /// the whole population's would single those patients out.
+    async fn check_complement(
+        &self,
+        query: &Query,
+        purpose: &Purpose,
+        today: NaiveDate,
+        k: u32,
+    ) -> Result<Option<u64>> {
+        if query.cohort.is_none() {
+            return Ok(None);
+        }
+        let population = self.population(purpose, today).await?;
+        let RawStats::Count(cohort) =
+            compute::count_rows(self.cohort(query, purpose, today).await?).await?
+        else {
+            return Err(Error::internal("a count returned something else"));
+        };
+        let left_out = population.saturating_sub(cohort);
+        if left_out > 0 && left_out < u64::from(k) {
+            return Err(Error::disclosure(format!(
+                "the cohort leaves out fewer than {k} of the study's patients at this node, so its answer would single them out next to the whole population's (drop the condition or make it exclude more patients)"
+            )));
+        }
+        Ok(Some(cohort))
+    }
+
+    /// How many patients the study may count here today (cached per
+    /// purpose, day and data snapshot).
+    async fn population(&self, purpose: &Purpose, today: NaiveDate) -> Result<u64> {
+        let key = format!("{purpose}\0{today}\0{}", self.snapshot()?);
+        if let Some((k, n)) = self.population.lock().expect("population lock").as_ref() {
+            if *k == key {
+                return Ok(*n);
+            }
+        }
+        let RawStats::Count(n) =
+            compute::count_rows(self.consenting(purpose, today).await?).await?
+        else {
+            return Err(Error::internal("a count returned something else"));
+        };
+        *self.population.lock().expect("population lock") = Some((key, n));
+        Ok(n)
     }
 
     /// The consenting patients in the query's cohort.
