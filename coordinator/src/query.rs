@@ -175,20 +175,7 @@ async fn execute(
         if query.by_site {
             let sites = fit.participants.iter().map(|node| {
                 let plan = &plan;
-                async move {
-                    match fit_site(plan, node).await {
-                        Ok(value) => SiteResult {
-                            node: node.clone(),
-                            value: Some(value),
-                            error: None,
-                        },
-                        Err(e) => SiteResult {
-                            node: node.clone(),
-                            value: None,
-                            error: Some(format!("{}: {}", e.code, e.message)),
-                        },
-                    }
-                }
+                async move { SiteResult::new(node, fit_site(plan, node).await) }
             });
             result.by_site = join_all(sites).await;
         }
@@ -208,18 +195,10 @@ async fn execute(
                 .iter()
                 .map(|(node, stats)| {
                     let one = [(node.clone(), stats.clone())];
-                    match pool_value(&query.analysis, &state.dictionary, &one, k) {
-                        Ok(value) => SiteResult {
-                            node: node.clone(),
-                            value: Some(value),
-                            error: None,
-                        },
-                        Err(e) => SiteResult {
-                            node: node.clone(),
-                            value: None,
-                            error: Some(format!("{}: {}", e.code, e.message)),
-                        },
-                    }
+                    SiteResult::new(
+                        node,
+                        pool_value(&query.analysis, &state.dictionary, &one, k),
+                    )
                 })
                 .collect();
         }

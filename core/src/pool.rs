@@ -125,6 +125,21 @@ pub struct SiteResult {
     pub error: Option<String>,
 }
 
+impl SiteResult {
+    /// A site's answer, or why it has none.
+    pub fn new(node: &str, outcome: Result<PooledValue>) -> Self {
+        let (value, error) = match outcome {
+            Ok(v) => (Some(v), None),
+            Err(e) => (None, Some(format!("{}: {}", e.code, e.message))),
+        };
+        SiteResult {
+            node: node.to_string(),
+            value,
+            error,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PooledResult {
     pub value: PooledValue,

@@ -137,26 +137,18 @@ impl CoxData {
         self.event.iter().filter(|e| **e).count() as u64
     }
 
-    /// The effective number of patients the risk weights exp(xβ) rest on,
-    /// (Σr)²/Σr²: coefficients chosen to put all the weight on a few
-    /// patients would make the round's sums theirs.
-    pub fn effective_n(&self, beta: &[f64]) -> f64 {
-        let (mut s, mut s2) = (0.0, 0.0);
-        for row in self.x.chunks_exact(self.p.max(1)) {
-            let r = row.iter().zip(beta).map(|(a, b)| a * b).sum::<f64>().exp();
-            s += r;
-            s2 += r * r;
-        }
-        if s2 > 0.0 && s2.is_finite() {
-            s * s / s2
-        } else {
-            0.0
-        }
-    }
-
     /// Log partial likelihood, gradient and information at `beta`.
     pub fn stats(&self, beta: &[f64], ties: Ties) -> CoxStats {
+        self.round(beta, ties).0
+    }
+
+    /// [`CoxData::stats`] and the effective number of patients the risk
+    /// weights r = exp(xβ) rest on, (Σr)²/Σr², from the same pass:
+    /// coefficients chosen to put all the weight on a few patients would
+    /// make the round's sums theirs, so the node checks it before release.
+    pub fn round(&self, beta: &[f64], ties: Ties) -> (CoxStats, f64) {
         let p = self.p;
+        let mut sum_r2 = 0.0;
         let q = packed_len(p);
         let mut out = CoxStats::zero(p);
         out.n = self.len() as u64;
@@ -179,6 +171,7 @@ impl CoxData {
                 let xb: f64 = row.iter().zip(beta).map(|(a, b)| a * b).sum();
                 let r = xb.exp();
                 s0 += r;
+                sum_r2 += r * r;
                 s1.iter_mut().zip(row).for_each(|(s, v)| *s += r * v);
                 add_outer(&mut s2, row, r);
                 if self.event[j] {
@@ -212,7 +205,13 @@ impl CoxData {
             }
             i = j;
         }
-        out
+        // After the last (earliest) time the risk set is everyone: s0 = Σr.
+        let effective = if sum_r2 > 0.0 && sum_r2.is_finite() {
+            s0 * s0 / sum_r2
+        } else {
+            0.0
+        };
+        (out, effective)
     }
 }
 
@@ -477,6 +476,21 @@ mod tests {
         assert!((c.std_error - 0.5119).abs() < 5e-4);
         assert!((r.likelihood_ratio.chi_square - 3.38).abs() < 5e-3);
         assert_eq!((r.n, r.events), (23, 18));
+    }
+
+    #[test]
+    fn effective_n_counts_the_patients_the_weights_rest_on() {
+        let x: Vec<f64> = (0..20).map(f64::from).collect();
+        let t: Vec<f64> = (0..20).map(|i| f64::from(i) + 1.0).collect();
+        let data = CoxData::new(&x, &t, &[true; 20], 1);
+        // Equal weights: every patient counts.
+        assert!((data.round(&[0.0], Ties::Efron).1 - 20.0).abs() < 1e-9);
+        // exp(5x): the largest x carries nearly all the weight.
+        assert!(data.round(&[5.0], Ties::Efron).1 < 1.1);
+        assert_eq!(
+            data.round(&[0.3], Ties::Efron).0,
+            data.stats(&[0.3], Ties::Efron)
+        );
     }
 
     #[test]

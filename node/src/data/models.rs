@@ -248,10 +248,8 @@ pub(crate) fn round(
         }
         (Prepared::Cox(data), Analysis::Cox { ties, .. }) => {
             check_coefficients(it, data)?;
-            (
-                RawStats::Cox(data.stats(&it.coefficients, *ties)),
-                data.effective_n(&it.coefficients),
-            )
+            let (stats, effective) = data.round(&it.coefficients, *ties);
+            (RawStats::Cox(stats), effective)
         }
         _ => {
             return Err(Error::internal(
