@@ -408,46 +408,14 @@ impl CoxFitter {
 mod tests {
     use super::*;
 
-    /// R's `survival::aml`: maintenance chemotherapy for AML (Miller 1981).
+    /// R's `survival::aml`, with x = 1 for "Nonmaintained".
     fn aml() -> (Vec<f64>, Vec<f64>, Vec<bool>) {
-        let maintained = [
-            (9, 1),
-            (13, 1),
-            (13, 0),
-            (18, 1),
-            (23, 1),
-            (28, 0),
-            (31, 1),
-            (34, 1),
-            (45, 0),
-            (48, 1),
-            (161, 0),
-        ];
-        let non = [
-            (5, 1),
-            (5, 1),
-            (8, 1),
-            (8, 1),
-            (12, 1),
-            (16, 0),
-            (23, 1),
-            (27, 1),
-            (30, 1),
-            (33, 1),
-            (43, 1),
-            (45, 1),
-        ];
-        let mut x = Vec::new();
-        let mut t = Vec::new();
-        let mut e = Vec::new();
-        for (group, rows) in [(0.0, &maintained[..]), (1.0, &non[..])] {
-            for (time, status) in rows {
-                x.push(group);
-                t.push(*time as f64);
-                e.push(*status == 1);
-            }
-        }
-        (x, t, e)
+        let rows = &crate::models::fixtures::AML;
+        (
+            rows.iter().map(|r| f64::from(r.2)).collect(),
+            rows.iter().map(|r| r.0).collect(),
+            rows.iter().map(|r| r.1).collect(),
+        )
     }
 
     fn fit(ties: Ties) -> CoxResult {

@@ -9,6 +9,8 @@ pub mod cox;
 pub mod derived;
 pub mod design;
 pub mod fit;
+#[cfg(test)]
+pub(crate) mod fixtures;
 pub mod glm;
 pub mod inference;
 pub mod linalg;

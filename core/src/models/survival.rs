@@ -558,34 +558,10 @@ mod tests {
     use super::*;
 
     fn aml() -> (Vec<f64>, Vec<bool>, Vec<u32>) {
-        let rows = [
-            (9, 1, 0),
-            (13, 1, 0),
-            (13, 0, 0),
-            (18, 1, 0),
-            (23, 1, 0),
-            (28, 0, 0),
-            (31, 1, 0),
-            (34, 1, 0),
-            (45, 0, 0),
-            (48, 1, 0),
-            (161, 0, 0),
-            (5, 1, 1),
-            (5, 1, 1),
-            (8, 1, 1),
-            (8, 1, 1),
-            (12, 1, 1),
-            (16, 0, 1),
-            (23, 1, 1),
-            (27, 1, 1),
-            (30, 1, 1),
-            (33, 1, 1),
-            (43, 1, 1),
-            (45, 1, 1),
-        ];
+        let rows = &crate::models::fixtures::AML;
         (
-            rows.iter().map(|r| r.0 as f64).collect(),
-            rows.iter().map(|r| r.1 == 1).collect(),
+            rows.iter().map(|r| r.0).collect(),
+            rows.iter().map(|r| r.1).collect(),
             rows.iter().map(|r| r.2).collect(),
         )
     }

@@ -217,42 +217,15 @@ pub fn fit_cox(x: &[Vec<f64>], time: &[f64], event: &[bool], strata: &[u32], tie
 
 #[cfg(test)]
 mod tests {
-    use super::super::assert_close;
+    use super::super::{assert_close, MAINTAINED, NONMAINTAINED};
     use super::*;
 
-    /// R survival's `aml` data (Miller 1981): (time, event, nonmaintained).
+    /// R survival's `aml` data: (time, event, nonmaintained).
     fn aml() -> Vec<(f64, bool, f64)> {
-        let maintained = [
-            (9.0, true),
-            (13.0, true),
-            (13.0, false),
-            (18.0, true),
-            (23.0, true),
-            (28.0, false),
-            (31.0, true),
-            (34.0, true),
-            (45.0, false),
-            (48.0, true),
-            (161.0, false),
-        ];
-        let nonmaintained = [
-            (5.0, true),
-            (5.0, true),
-            (8.0, true),
-            (8.0, true),
-            (12.0, true),
-            (16.0, false),
-            (23.0, true),
-            (27.0, true),
-            (30.0, true),
-            (33.0, true),
-            (43.0, true),
-            (45.0, true),
-        ];
-        maintained
+        MAINTAINED
             .iter()
             .map(|&(t, e)| (t, e, 0.0))
-            .chain(nonmaintained.iter().map(|&(t, e)| (t, e, 1.0)))
+            .chain(NONMAINTAINED.iter().map(|&(t, e)| (t, e, 1.0)))
             .collect()
     }
 

@@ -178,37 +178,8 @@ pub fn log_rank(time: &[f64], event: &[bool], group: &[u32], groups: u32) -> Log
 
 #[cfg(test)]
 mod tests {
-    use super::super::assert_close;
+    use super::super::{assert_close, MAINTAINED, NONMAINTAINED};
     use super::*;
-
-    const MAINTAINED: [(f64, bool); 11] = [
-        (9.0, true),
-        (13.0, true),
-        (13.0, false),
-        (18.0, true),
-        (23.0, true),
-        (28.0, false),
-        (31.0, true),
-        (34.0, true),
-        (45.0, false),
-        (48.0, true),
-        (161.0, false),
-    ];
-
-    const NONMAINTAINED: [(f64, bool); 12] = [
-        (5.0, true),
-        (5.0, true),
-        (8.0, true),
-        (8.0, true),
-        (12.0, true),
-        (16.0, false),
-        (23.0, true),
-        (27.0, true),
-        (30.0, true),
-        (33.0, true),
-        (43.0, true),
-        (45.0, true),
-    ];
 
     fn split(data: &[(f64, bool)]) -> (Vec<f64>, Vec<bool>) {
         (
