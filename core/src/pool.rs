@@ -57,6 +57,13 @@ pub struct Provenance {
     pub round_ms: Vec<u64>,
 }
 
+impl Provenance {
+    /// What `node` did for this result.
+    pub fn node(&self, node: &str) -> Option<&NodeOutcome> {
+        self.nodes.iter().find(|n| n.node == node)
+    }
+}
+
 /// A pooled count. `count` is present only when every answering node
 /// released its part; otherwise `suppressed_at` names the nodes that
 /// suppressed theirs and `at_least` sums the parts that were released.

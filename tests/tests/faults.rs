@@ -117,12 +117,7 @@ async fn a_node_killed_mid_query_is_reported_missing_or_fails_the_quorum() {
     tokio::time::sleep(Duration::from_millis(800)).await;
     sb.kill_node("hospital-c").await;
     let r = plexus::client::outcome(&submitted.await.unwrap().unwrap()).unwrap();
-    let c = r
-        .provenance
-        .nodes
-        .iter()
-        .find(|n| n.node == "hospital-c")
-        .unwrap();
+    let c = r.provenance.node("hospital-c").unwrap();
     assert_eq!(c.status, NodeStatus::Missing, "{r:?}");
     assert_eq!(r.provenance.answered, 2);
 

@@ -29,12 +29,7 @@ async fn each_model_rule_refuses_with_its_reason() {
 
     // Too many parameters for its cases: hospital-a refuses, b and c fit.
     let r = ask(&sb, alice, &study.id, LOGISTIC).await.unwrap();
-    let a = r
-        .provenance
-        .nodes
-        .iter()
-        .find(|n| n.node == "hospital-a")
-        .unwrap();
+    let a = r.provenance.node("hospital-a").unwrap();
     assert_eq!(a.status, NodeStatus::Refused, "{r:?}");
     let detail = a.detail.as_deref().unwrap();
     assert!(
@@ -181,12 +176,7 @@ async fn a_node_lost_between_rounds_stops_the_fit_unless_the_study_allows() {
     sb.start_node("hospital-c").await.unwrap();
     sb.wait_all_live().await.unwrap();
     let r = fit_losing_c(&mut sb, &study.id).await.unwrap();
-    let c = r
-        .provenance
-        .nodes
-        .iter()
-        .find(|n| n.node == "hospital-c")
-        .unwrap();
+    let c = r.provenance.node("hospital-c").unwrap();
     assert_eq!(c.status, NodeStatus::Missing);
     assert!(
         c.detail.as_deref().unwrap().contains("lost in round 2"),
@@ -244,9 +234,7 @@ async fn a_cohort_leaving_out_fewer_than_k_patients_is_refused() {
     let detail = match &outcome {
         Ok(r) => r
             .provenance
-            .nodes
-            .iter()
-            .find(|n| n.node == site)
+            .node(&site)
             .and_then(|n| {
                 assert_eq!(n.status, NodeStatus::Refused, "{r:?}");
                 n.detail.clone()

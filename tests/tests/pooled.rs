@@ -99,12 +99,7 @@ async fn every_analysis_equals_the_pooled_table() {
                     if s.n >= K {
                         m.merge(s);
                     } else {
-                        let o = got
-                            .provenance
-                            .nodes
-                            .iter()
-                            .find(|o| &o.node == name)
-                            .unwrap();
+                        let o = got.provenance.node(name).unwrap();
                         assert_eq!(
                             o.status,
                             plexus_core::pool::NodeStatus::Suppressed,
