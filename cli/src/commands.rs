@@ -161,6 +161,98 @@ pub async fn nodes(conn: &ConnectArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `plexus budget --study ID`: the study's privacy terms and spending.
+pub async fn budget(conn: &ConnectArgs, study: &str, format: Format) -> anyhow::Result<()> {
+    let client = Client::connect(conn).await?;
+    let r = client
+        .research()
+        .get_budget(pb::GetBudgetRequest {
+            study_id: study.to_string(),
+        })
+        .await
+        .map_err(|s| plexus_proto::convert::from_status(&s))?
+        .into_inner();
+    println!("{}", budget_text(&r, format)?);
+    Ok(())
+}
+
+/// A budget report as text (table or CSV) or JSON.
+pub fn budget_text(r: &pb::BudgetReport, format: Format) -> anyhow::Result<String> {
+    let nodes: Vec<serde_json::Value> = r
+        .nodes
+        .iter()
+        .map(|n| {
+            serde_json::json!({
+                "node": n.node_id,
+                "spent_rho": n.spent_rho,
+                "budget_rho": n.budget_rho,
+                "updated": time_text(n.updated_unix_ms),
+            })
+        })
+        .collect();
+    let json = serde_json::json!({
+        "study": r.study_id,
+        "exact": r.exact,
+        "budget_rho": r.budget_rho,
+        "spent_rho": r.spent_rho,
+        "remaining_rho": r.remaining_rho,
+        "epsilon_spent": r.epsilon_spent,
+        "epsilon_budget": r.epsilon_budget,
+        "delta": r.delta,
+        "queries_charged": r.queries_charged,
+        "nodes": nodes,
+    });
+    Ok(match format {
+        Format::Json => serde_json::to_string_pretty(&json)?,
+        Format::Csv => {
+            let mut w = csv::Writer::from_writer(Vec::new());
+            w.write_record(["node", "spent_rho", "budget_rho", "updated"])?;
+            w.write_record([
+                "coordinator".to_string(),
+                r.spent_rho.to_string(),
+                r.budget_rho.to_string(),
+                String::new(),
+            ])?;
+            for n in &r.nodes {
+                w.write_record([
+                    n.node_id.clone(),
+                    n.spent_rho.to_string(),
+                    n.budget_rho.to_string(),
+                    time_text(n.updated_unix_ms),
+                ])?;
+            }
+            String::from_utf8(w.into_inner()?)?
+        }
+        Format::Table if r.exact => format!(
+            "study {}: exact answers (no differential privacy, no budget); every node must accept this in its policy",
+            r.study_id
+        ),
+        Format::Table => {
+            let mut t = output::new_table(vec!["node", "spent rho", "budget rho", "last report"]);
+            for n in &r.nodes {
+                t.add_row(vec![
+                    n.node_id.clone(),
+                    format!("{:.4}", n.spent_rho),
+                    format!("{:.4}", n.budget_rho),
+                    time_text(n.updated_unix_ms),
+                ]);
+            }
+            format!(
+                "study {}: spent rho {:.4} of {:.4}, remaining {:.4}\n\
+                 (epsilon {:.3} of {:.3} at delta {:e}; {} charged queries)\n{t}",
+                r.study_id,
+                r.spent_rho,
+                r.budget_rho,
+                r.remaining_rho,
+                r.epsilon_spent,
+                r.epsilon_budget,
+                r.delta,
+                r.queries_charged
+            )
+        }
+    })
+}
+
 fn time_text(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms)
         .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())

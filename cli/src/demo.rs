@@ -17,10 +17,14 @@ pub struct DemoOptions {
     pub keep: Option<std::path::PathBuf>,
 }
 
-const QUERIES: &[(&str, &str)] = &[
+/// The demo's queries: the descriptive ones run in the study under
+/// differential privacy; the regressions, not yet released under it, run in
+/// the exact validation study (`true`).
+const QUERIES: &[(&str, &str, bool)] = &[
     (
         "How many consenting patients does the study see?",
         r#"{"analysis": {"count": {}}}"#,
+        false,
     ),
     (
         "Aneurysm diameter (mm) in men aged 65 or more",
@@ -28,30 +32,36 @@ const QUERIES: &[(&str, &str)] = &[
               {"compare": {"variable": "sex", "op": "=", "value": "M"}},
               {"compare": {"variable": "age", "op": ">=", "value": 65}}]},
             "analysis": {"summary": {"variable": "aaa_diameter"}}}"#,
+        false,
     ),
     (
         "Age distribution of current and former smokers",
         r#"{"cohort": {"in": {"variable": "smoking", "values": ["current", "former"]}},
             "analysis": {"histogram": {"variable": "age", "edges": [40, 50, 60, 70, 80, 90, 100]}}}"#,
+        false,
     ),
     (
         "Smoking by death during follow-up",
         r#"{"analysis": {"table": {"row": "smoking", "column": "death"}}}"#,
+        false,
     ),
     (
         "What predicts death during follow-up? Logistic regression over all sites (federated IRLS)",
         r#"{"analysis": {"glm": {"family": "binomial", "outcome": "death",
               "covariates": ["age", "sex", "smoking", "diabetes", "hypertension", "aaa_diameter"]}}}"#,
+        true,
     ),
     (
         "Hazard of death, Cox model stratified by site (federated Newton-Raphson)",
         r#"{"analysis": {"cox": {"time": "followup_days", "event": "death",
               "covariates": ["age", "smoking", "diabetes", "aaa_diameter"]}}}"#,
+        true,
     ),
     (
         "Five-year survival by smoking status (Kaplan-Meier on a monthly grid, log-rank test)",
         r#"{"analysis": {"kaplan_meier": {"time": "followup_days", "event": "death",
               "group": "smoking", "grid": {"from": 0, "to": 1830, "step": 30.5}}}}"#,
+        false,
     ),
     (
         "A tiny cohort: women under 45 with diabetes and an aneurysm over 70 mm (cells under k are suppressed)",
@@ -61,6 +71,7 @@ const QUERIES: &[(&str, &str)] = &[
               {"compare": {"variable": "diabetes", "op": "=", "value": true}},
               {"compare": {"variable": "aaa_diameter", "op": ">", "value": 70}}]},
             "analysis": {"count": {}}}"#,
+        false,
     ),
 ];
 
@@ -89,6 +100,8 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     }
     let study = sandbox::demo_study();
     sb.register_study(&study).await?;
+    let validation = sandbox::validation_study();
+    sb.register_study(&validation).await?;
     println!(
         "\nStudy \"{}\": {}\n  purpose {} (consent must cover it), researchers {:?}, at least {} of {} nodes must answer",
         study.id,
@@ -98,14 +111,26 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
         study.min_nodes,
         study.nodes.len()
     );
+    println!(
+        "  differential privacy: budget rho {} per hospital (epsilon {:.2} at delta {:e}), rho {} per query",
+        study.privacy.budget_rho,
+        study.privacy.epsilon(study.privacy.budget_rho),
+        study.privacy.delta,
+        study.privacy.query_rho
+    );
+    println!(
+        "Study \"{}\": the same, with exact answers for validating the models (each node accepts it in its policy)",
+        validation.id
+    );
 
     let alice = sb.client(sandbox::RESEARCHER).await?;
-    for (title, json) in QUERIES {
-        println!("\n== {title}");
+    for (title, json, exact) in QUERIES {
+        let target = if *exact { &validation } else { &study };
+        println!("\n== {title} [{}]", target.id);
         let query = Query::from_json(json)?;
         let t = Instant::now();
         let result = alice
-            .run_query(&study.id, &query, Duration::from_secs(60))
+            .run_query(&target.id, &query, Duration::from_secs(60))
             .await;
         match result.and_then(|r| outcome(&r)) {
             Ok(r) => {
@@ -124,6 +149,34 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
             Err(e) => println!("refused [{}]: {}", e.code, e.message),
         }
     }
+
+    println!("\n== Asking the first question again: the same answer, and nothing charged");
+    let again = Query::from_json(QUERIES[0].1)?;
+    match alice
+        .run_query(&study.id, &again, Duration::from_secs(60))
+        .await
+        .and_then(|r| outcome(&r))
+    {
+        Ok(r) => println!("{}", output::render_table(&r)),
+        Err(e) => println!("refused [{}]: {}", e.code, e.message),
+    }
+
+    println!(
+        "\n== The study's privacy budget (plexus budget --study {})",
+        study.id
+    );
+    let budget = alice
+        .research()
+        .get_budget(pb::GetBudgetRequest {
+            study_id: study.id.clone(),
+        })
+        .await
+        .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+        .into_inner();
+    println!(
+        "{}",
+        crate::commands::budget_text(&budget, output::Format::Table)?
+    );
 
     println!("\n== What a refused query looks like");
     let bad = Query::from_json(r#"{"analysis": {"summary": {"variable": "systolic"}}}"#)?;

@@ -89,6 +89,13 @@ enum Command {
     },
     /// Nodes known to the coordinator and whether they are live.
     Nodes,
+    /// A study's privacy budget: spent, remaining and each node's ledger.
+    Budget {
+        #[arg(long)]
+        study: String,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        output: Format,
+    },
     /// Auditors: the coordinator's audit log.
     Audit {
         #[command(subcommand)]
@@ -230,6 +237,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             .await
         }
         Command::Nodes => commands::nodes(&cli.conn).await,
+        Command::Budget { study, output } => commands::budget(&cli.conn, &study, output).await,
         Command::Audit { command } => match command {
             AuditCommand::Log {
                 study,

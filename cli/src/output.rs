@@ -105,16 +105,25 @@ pub fn rows(value: &PooledValue) -> (Vec<String>, Vec<Vec<String>>) {
             mean,
             variance,
             sd,
-        } => (
-            strings(["variable", "n", "mean", "variance", "sd"]),
-            vec![vec![
+            ci,
+            noise_sd,
+        } => {
+            let mut header = strings(["variable", "n", "mean", "95% CI", "variance", "sd"]);
+            let mut row = vec![
                 variable.clone(),
                 n.to_string(),
                 num(*mean),
+                ci.map(|[lo, hi]| format!("{} to {}", num(lo), num(hi)))
+                    .unwrap_or_default(),
                 opt(*variance),
                 opt(*sd),
-            ]],
-        ),
+            ];
+            if let Some(sd) = noise_sd {
+                header.push("noise sd (mean)".into());
+                row.push(num(*sd));
+            }
+            (header, vec![row])
+        }
         PooledValue::Histogram {
             variable,
             edges,
@@ -429,6 +438,8 @@ pub fn render_table(r: &PooledResult) -> String {
     format!("{out}\n{}", provenance(r))
 }
 
+use plexus_core::privacy::report::PrivacyReport;
+
 pub fn provenance(r: &PooledResult) -> String {
     let p = &r.provenance;
     let mut t = new_table(vec!["node", "status", "detail"]);
@@ -457,6 +468,42 @@ pub fn provenance(r: &PooledResult) -> String {
         p.min_nodes,
         p.min_cell_size
     );
+    for note in &p.notes {
+        out.push_str(&format!("\nnote: {note}"));
+    }
+    if let Some(privacy) = &r.privacy {
+        out.push('\n');
+        out.push_str(&privacy_text(privacy));
+    }
+    out
+}
+
+/// The privacy footer: what the query cost and what the study has left.
+pub fn privacy_text(p: &PrivacyReport) -> String {
+    if p.exact {
+        return "privacy: exact study (no noise, no budget), accepted as such by every answering node".into();
+    }
+    let mut out = format!(
+        "privacy: cost rho {} ({}), study spent {} of {} (epsilon {:.3} at delta {:e}), remaining {}",
+        num(p.cost_rho),
+        if p.cached {
+            "repeated answer, nothing charged".to_string()
+        } else {
+            format!("charged {}", num(p.charged_rho))
+        },
+        num(p.spent_rho),
+        num(p.budget_rho),
+        p.epsilon_spent,
+        p.delta,
+        num(p.remaining_rho),
+    );
+    if let Some(sd) = p.count_noise_sd {
+        out.push_str(&format!(
+            "\nprivacy: each pooled count carries noise of sd {} (95% within ±{})",
+            num(sd),
+            num(1.96 * sd)
+        ));
+    }
     for note in &p.notes {
         out.push_str(&format!("\nnote: {note}"));
     }

@@ -216,8 +216,14 @@ impl Sandbox {
                     opt_out: Some(paths.opt_out),
                 },
                 policy: Policy {
-                    allowed_studies: [DEMO_STUDY.to_string()].into_iter().collect(),
-                    max_parameter_share: plexus_core::DEFAULT_MAX_PARAMETER_SHARE,
+                    // A test network: it also accepts exact answers for the
+                    // validation study and for the demo study when a test
+                    // registers it as exact.
+                    exact_studies: [DEMO_STUDY, VALIDATION_STUDY]
+                        .map(String::from)
+                        .into_iter()
+                        .collect(),
+                    ..Policy::allowing([DEMO_STUDY, VALIDATION_STUDY].map(String::from))
                 },
             };
             node_configs.insert(spec.name.clone(), config);
@@ -389,10 +395,29 @@ impl Sandbox {
 
 /// The study the sandbox's nodes approve by default.
 pub const DEMO_STUDY: &str = "aaa-outcomes";
+/// A validation study with exact answers, which the sandbox's nodes accept.
+pub const VALIDATION_STUDY: &str = "aaa-validation";
 
-/// An abdominal aortic aneurysm outcomes study over the three hospitals.
+/// An abdominal aortic aneurysm outcomes study over the three hospitals,
+/// under differential privacy with the default budget.
 pub fn demo_study() -> StudyDefinition {
     StudyDefinition::from_toml(DEMO_STUDY_TOML).expect("demo study is valid")
+}
+
+/// The demo study registered for exact answers (the sandbox's nodes accept
+/// that), for tests that compare results with the union of the sites' rows.
+pub fn exact_study() -> StudyDefinition {
+    let mut s = demo_study();
+    s.privacy.exact = true;
+    s
+}
+
+/// The exact validation study the demo runs its regressions in.
+pub fn validation_study() -> StudyDefinition {
+    let mut s = exact_study();
+    s.id = VALIDATION_STUDY.into();
+    s.title = "Abdominal aortic aneurysm: exact validation of the models".into();
+    s
 }
 
 pub const DEMO_STUDY_TOML: &str = r#"id = "aaa-outcomes"
@@ -408,4 +433,11 @@ min_nodes = 2
 code = "DS"
 disease = "MONDO:0005160"
 modifiers = ["NPU"]
+
+[privacy]
+# Differential privacy under a zCDP budget at each hospital: rho 1.0 is
+# epsilon 8.4 at delta 1e-6 over the study's whole life; a query costs
+# rho 0.01 unless it says otherwise ("rho" in the query).
+budget_rho = 1.0
+query_rho = 0.01
 "#;

@@ -14,6 +14,9 @@ use plexus_core::pool::{
     pool, pool_value, quorum, NodeOutcome, NodeStatus, PooledResult, PooledValue, Provenance,
     SiteResult,
 };
+use plexus_core::privacy::report::{
+    annotate_summary, count_noise_sd, query_cost, NodeCharge, PrivacyReport, Receipt,
+};
 use plexus_core::{Analysis, Error, ErrorCode, NodeStats, Query, StudyDefinition};
 use plexus_proto::v1 as pb;
 
@@ -21,8 +24,15 @@ use crate::state::State;
 use crate::store::{now_ms, AuditEntry};
 
 enum Answer {
-    Stats(NodeStats),
+    Stats(NodeStats, Option<Receipt>),
     Other(NodeOutcome),
+}
+
+/// What one round of jobs brought back.
+struct Round {
+    answers: Vec<(String, NodeStats)>,
+    others: Vec<NodeOutcome>,
+    receipts: Vec<(String, Receipt)>,
 }
 
 /// Runs a validated query to completion and records its outcome. Never
@@ -86,16 +96,13 @@ struct Plan<'a> {
     purpose: pb::Purpose,
     wire_query: pb::Query,
     query_hash: String,
+    privacy: pb::JobPrivacy,
 }
 
 impl Plan<'_> {
     /// Sends one round of jobs to `nodes` and sorts the replies into
     /// released statistics and everything else.
-    async fn round(
-        &self,
-        nodes: &[String],
-        iteration: Option<&Iteration>,
-    ) -> (Vec<(String, NodeStats)>, Vec<NodeOutcome>) {
+    async fn round(&self, nodes: &[String], iteration: Option<&Iteration>) -> Round {
         let cfg = &self.state.config.coordinator;
         let deadline = now_ms() + (cfg.job_timeout_secs * 1000) as i64;
         let futures = nodes.iter().map(|node| {
@@ -108,6 +115,7 @@ impl Plan<'_> {
                 deadline_unix_ms: deadline,
                 query_hash: self.query_hash.clone(),
                 iteration: iteration.map(pb::Iteration::from),
+                privacy: Some(self.privacy),
             };
             let timeout = Duration::from_secs(cfg.job_timeout_secs);
             async move {
@@ -117,15 +125,23 @@ impl Plan<'_> {
                 )
             }
         });
-        let mut answers = Vec::new();
-        let mut others = Vec::new();
+        let mut round = Round {
+            answers: Vec::new(),
+            others: Vec::new(),
+            receipts: Vec::new(),
+        };
         for (node, a) in join_all(futures).await {
             match a {
-                Answer::Stats(s) => answers.push((node, s)),
-                Answer::Other(o) => others.push(o),
+                Answer::Stats(s, receipt) => {
+                    if let Some(r) = receipt {
+                        round.receipts.push((node.clone(), r));
+                    }
+                    round.answers.push((node, s));
+                }
+                Answer::Other(o) => round.others.push(o),
             }
         }
-        (answers, others)
+        round
     }
 }
 
@@ -164,13 +180,19 @@ async fn execute(
         purpose: (&study.purpose()?).into(),
         wire_query: pb::Query::from(query),
         query_hash: query.hash(),
+        privacy: pb::JobPrivacy {
+            exact: study.privacy.exact,
+            rho: query_cost(study, query),
+            budget_rho: study.privacy.budget_rho,
+        },
     };
-    let result = if query.analysis.kind().is_iterative() {
+    let mut result = if query.analysis.kind().is_iterative() {
         let fit = fit(&plan, study.nodes.clone(), study.min_nodes).await?;
         let mut result = PooledResult {
             value: fit.value,
             provenance: fit.provenance,
             by_site: Vec::new(),
+            privacy: None,
         };
         if query.by_site {
             let sites = fit.participants.iter().map(|node| {
@@ -181,7 +203,11 @@ async fn execute(
         }
         result
     } else {
-        let (answers, others) = plan.round(&study.nodes, None).await;
+        let Round {
+            answers,
+            others,
+            receipts,
+        } = plan.round(&study.nodes, None).await;
         let mut result = pool(
             &query.analysis,
             &state.dictionary,
@@ -190,6 +216,20 @@ async fn execute(
             study.min_nodes,
             k,
         )?;
+        if !study.privacy.exact {
+            result.privacy = Some(
+                account(
+                    state,
+                    query_id,
+                    study,
+                    query,
+                    &answers,
+                    &receipts,
+                    &mut result,
+                )
+                .await?,
+            );
+        }
         if query.by_site {
             result.by_site = answers
                 .iter()
@@ -204,7 +244,100 @@ async fn execute(
         }
         result
     };
+    if study.privacy.exact {
+        result.privacy = Some(PrivacyReport {
+            exact: true,
+            cost_rho: 0.0,
+            charged_rho: 0.0,
+            cached: false,
+            budget_rho: 0.0,
+            spent_rho: 0.0,
+            remaining_rho: 0.0,
+            epsilon_spent: 0.0,
+            delta: 0.0,
+            count_noise_sd: None,
+            nodes: Vec::new(),
+            notes: Vec::new(),
+        });
+    }
     Ok(serde_json::to_string(&result).expect("result serialises"))
+}
+
+/// Records what a query under differential privacy cost, and states it
+/// with the noise its values carry.
+async fn account(
+    state: &State,
+    query_id: &str,
+    study: &StudyDefinition,
+    query: &Query,
+    answers: &[(String, NodeStats)],
+    receipts: &[(String, Receipt)],
+    result: &mut PooledResult,
+) -> Result<PrivacyReport, Error> {
+    let store_err = |e: crate::error::CoordinatorError| {
+        Error::internal(format!(
+            "the coordinator could not record the query's privacy cost: {e}"
+        ))
+    };
+    let charged = receipts
+        .iter()
+        .map(|(_, r)| r.charged_rho)
+        .fold(0.0, f64::max);
+    let canonical = query.canonical_hash(&state.dictionary)?;
+    state
+        .store
+        .record_charge(query_id, &study.id, &canonical, charged)
+        .await
+        .map_err(store_err)?;
+    for (node, r) in receipts {
+        state
+            .store
+            .record_node_budget(&study.id, node, r.spent_rho, r.budget_rho)
+            .await
+            .map_err(store_err)?;
+    }
+    let (spent, _) = state.store.spent(&study.id).await.map_err(store_err)?;
+    // What any node has spent can exceed the coordinator's sum when a node
+    // charged a job whose query later failed; the larger figure stands.
+    let spent = receipts
+        .iter()
+        .map(|(_, r)| r.spent_rho)
+        .fold(spent, f64::max);
+    let budget = study.privacy.budget_rho;
+    let noise_of = |node: &str| {
+        receipts
+            .iter()
+            .find(|(n, _)| n == node)
+            .map(|(_, r)| r.noise)
+    };
+    let mut notes = Vec::new();
+    if let Some(note) = annotate_summary(&mut result.value, answers, noise_of) {
+        notes.push(note);
+    }
+    let noises: Vec<_> = receipts.iter().map(|(_, r)| r.noise).collect();
+    Ok(PrivacyReport {
+        exact: false,
+        cost_rho: query_cost(study, query),
+        charged_rho: charged,
+        cached: !receipts.is_empty() && receipts.iter().all(|(_, r)| r.cached),
+        budget_rho: budget,
+        spent_rho: spent,
+        remaining_rho: (budget - spent).max(0.0),
+        epsilon_spent: study.privacy.epsilon(spent),
+        delta: study.privacy.delta,
+        count_noise_sd: count_noise_sd(&noises),
+        nodes: receipts
+            .iter()
+            .map(|(node, r)| NodeCharge {
+                node: node.clone(),
+                charged_rho: r.charged_rho,
+                spent_rho: r.spent_rho,
+                budget_rho: r.budget_rho,
+                cached: r.cached,
+            })
+            .collect(),
+        notes,
+    })
 }
 
 /// The coordinator's half of an iterative fit: pooled statistics in,
@@ -325,7 +458,9 @@ async fn fit(plan: &Plan<'_>, nodes: Vec<String>, min_nodes: u32) -> Result<Fit,
             participants.clone()
         };
         let started = std::time::Instant::now();
-        let (answers, others) = plan.round(&asked, Some(&iteration)).await;
+        let Round {
+            answers, others, ..
+        } = plan.round(&asked, Some(&iteration)).await;
         round_ms.push(started.elapsed().as_millis() as u64);
         if round == 1 {
             let statuses: Vec<(String, NodeStatus)> = answers
@@ -488,7 +623,7 @@ async fn ask(
                 None,
             ),
             Ok(Ok(Err(detail))) => (missing(&detail), "missing", None, None),
-            Ok(Ok(Ok(pb::job_result::Outcome::Error(e)))) => {
+            Ok(Ok(Ok((pb::job_result::Outcome::Error(e), _)))) => {
                 let e: Error = e.into();
                 let status = match e.code {
                     ErrorCode::Policy | ErrorCode::Disclosure => NodeStatus::Refused,
@@ -502,19 +637,22 @@ async fn ask(
                 };
                 (Answer::Other(outcome), "refused", None, Some(e))
             }
-            Ok(Ok(Ok(pb::job_result::Outcome::Stats(s)))) => {
-                let checked = NodeStats::try_from(s).and_then(|s| {
-                    s.check(
-                        &query.analysis,
-                        &state.dictionary,
-                        state.config.coordinator.min_cell_size,
-                    )
-                    .map(|_| s)
-                });
+            Ok(Ok(Ok((pb::job_result::Outcome::Stats(s), receipt)))) => {
+                let receipt = receipt.map(Receipt::try_from).transpose();
+                let checked = receipt
+                    .and_then(|r| NodeStats::try_from(s).map(|s| (s, r)))
+                    .and_then(|(s, r)| {
+                        s.check(
+                            &query.analysis,
+                            &state.dictionary,
+                            state.config.coordinator.min_cell_size,
+                        )
+                        .map(|_| (s, r))
+                    });
                 match checked {
-                    Ok(s) => {
+                    Ok((s, receipt)) => {
                         let json = serde_json::to_string(&s).ok();
-                        (Answer::Stats(s), "answered", json, None)
+                        (Answer::Stats(s, receipt), "answered", json, None)
                     }
                     Err(e) => {
                         warn!(node = %node, error = %e, "node answer refused");

@@ -33,7 +33,8 @@ struct Connection {
 }
 
 /// A node's answer to one job, still untrusted.
-pub type JobReply = Result<pb::job_result::Outcome, String>;
+/// A node's answer with its privacy receipt, or why there is none.
+pub type JobReply = Result<(pb::job_result::Outcome, Option<pb::PrivacyReceipt>), String>;
 
 struct Waiter {
     node_id: String,

@@ -300,6 +300,99 @@ impl Store {
         Ok(())
     }
 
+    /// Records what a query spent of its study's budget (the most any
+    /// node charged), with its canonical hash so a repeat is recognised.
+    pub async fn record_charge(
+        &self,
+        query_id: &str,
+        study: &str,
+        canonical_hash: &str,
+        rho: f64,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO privacy_charges (query_id, study_id, canonical_hash, rho, at_unix_ms) VALUES (?, ?, ?, ?, ?) \
+             ON CONFLICT (query_id) DO UPDATE SET rho = excluded.rho",
+        )
+        .bind(query_id)
+        .bind(study)
+        .bind(canonical_hash)
+        .bind(rho)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// What `study` has spent as the coordinator accounts it, and over how
+    /// many charged queries.
+    pub async fn spent(&self, study: &str) -> Result<(f64, u32)> {
+        let row = sqlx::query(
+            "SELECT COALESCE(SUM(rho), 0.0) AS spent, COUNT(*) AS n FROM privacy_charges WHERE study_id = ? AND rho > 0",
+        )
+        .bind(study)
+        .fetch_one(&self.pool)
+        .await?;
+        let n: i64 = row.try_get("n")?;
+        Ok((row.try_get("spent")?, n as u32))
+    }
+
+    /// Whether a query with this canonical form was charged in `study`
+    /// before (the nodes then answer it from their caches, for free).
+    pub async fn charged_before(&self, study: &str, canonical_hash: &str) -> Result<bool> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n FROM privacy_charges WHERE study_id = ? AND canonical_hash = ?",
+        )
+        .bind(study)
+        .bind(canonical_hash)
+        .fetch_one(&self.pool)
+        .await?;
+        let n: i64 = row.try_get("n")?;
+        Ok(n > 0)
+    }
+
+    /// Keeps what a node last reported from its ledger for `study`.
+    pub async fn record_node_budget(
+        &self,
+        study: &str,
+        node: &str,
+        spent: f64,
+        budget: f64,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO node_budgets (study_id, node_id, spent_rho, budget_rho, updated_unix_ms) VALUES (?, ?, ?, ?, ?) \
+             ON CONFLICT (study_id, node_id) DO UPDATE SET spent_rho = excluded.spent_rho, \
+             budget_rho = excluded.budget_rho, updated_unix_ms = excluded.updated_unix_ms",
+        )
+        .bind(study)
+        .bind(node)
+        .bind(spent)
+        .bind(budget)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Every node's last report for `study` as (node, spent, budget, when).
+    pub async fn node_budgets(&self, study: &str) -> Result<Vec<(String, f64, f64, i64)>> {
+        let rows = sqlx::query(
+            "SELECT node_id, spent_rho, budget_rho, updated_unix_ms FROM node_budgets WHERE study_id = ? ORDER BY node_id",
+        )
+        .bind(study)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("node_id")?,
+                    r.try_get("spent_rho")?,
+                    r.try_get("budget_rho")?,
+                    r.try_get("updated_unix_ms")?,
+                ))
+            })
+            .collect()
+    }
+
     /// Jobs of one query as (job id, node, status).
     pub async fn jobs_of(&self, query_id: &str) -> Result<Vec<(String, String, String)>> {
         let rows =

@@ -1,9 +1,34 @@
 //! Disclosure control at the node: every count a released value rests on
-//! must reach the minimum cell size k, or it is replaced by `Suppressed`.
+//! must reach the minimum cell size k, or it is replaced by `Suppressed`;
+//! tables get secondary suppression so their margins cannot rebuild a
+//! suppressed cell; a sum that one or two patients dominate is withheld.
 //! The node's own k is the floor; the coordinator can only raise it.
+//!
+//! This is the whole of disclosure control in exact studies. In studies
+//! under differential privacy the same rules run on the noised values
+//! (see [`crate::privacy::release`]).
 
 use crate::models::{correlation, survival};
-use crate::stats::{Cell, NodeStats, RawStats};
+use crate::privacy::suppression::{dominated, secondary};
+use crate::stats::{Cell, NodeStats, RawStats, SummarySums};
+
+/// The node's disclosure rules for one job.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rules {
+    /// Minimum cell size.
+    pub k: u32,
+    /// Share of a sum that one or two patients may hold (dominance rule).
+    pub dominance_share: f64,
+}
+
+impl Rules {
+    pub fn new(k: u32) -> Self {
+        Rules {
+            k,
+            dominance_share: crate::privacy::suppression::DEFAULT_DOMINANCE_SHARE,
+        }
+    }
+}
 
 /// The minimum cell size a node applies to a job: its own, or the
 /// network's when that is stricter. Nothing from outside can lower it.
@@ -11,7 +36,7 @@ pub fn effective_k(node_k: u32, requested_k: u32) -> u32 {
     node_k.max(requested_k).max(1)
 }
 
-fn cell(n: u64, k: u32) -> Cell {
+pub(crate) fn cell(n: u64, k: u32) -> Cell {
     if n < u64::from(k) {
         Cell::Suppressed
     } else {
@@ -19,11 +44,30 @@ fn cell(n: u64, k: u32) -> Cell {
     }
 }
 
-/// Applies the minimum cell size to everything a node computed.
-pub fn apply(raw: RawStats, k: u32) -> NodeStats {
+/// Whether a summary's sum is dominated by one or two patients: checked on
+/// variables that cannot be negative (magnitudes), whose skewed sums are
+/// the ones a large contributor could unpick.
+pub(crate) fn summary_dominated(s: &SummarySums, share: f64) -> bool {
+    s.non_negative && dominated(s.largest, s.total_abs, share)
+}
+
+/// Primary then secondary suppression of a row-major table.
+pub(crate) fn suppress_table(counts: Vec<u64>, rows: u32, columns: u32, k: u32) -> Vec<Cell> {
+    let mut cells: Vec<Cell> = counts.into_iter().map(|n| cell(n, k)).collect();
+    secondary(&mut cells, rows as usize, columns as usize);
+    cells
+}
+
+/// Applies the disclosure rules to everything a node computed (exact
+/// studies).
+pub fn apply(raw: RawStats, rules: Rules) -> NodeStats {
+    let k = rules.k;
     match raw {
         RawStats::Count(n) => NodeStats::Count(cell(n, k)),
-        RawStats::Summary(m) => NodeStats::Summary((m.n >= u64::from(k)).then_some(m)),
+        RawStats::Summary(s) => NodeStats::Summary(
+            (s.moments.n >= u64::from(k) && !summary_dominated(&s, rules.dominance_share))
+                .then_some(s.moments),
+        ),
         RawStats::Histogram { bins, below, above } => NodeStats::Histogram {
             bins: bins.into_iter().map(|n| cell(n, k)).collect(),
             below: cell(below, k),
@@ -36,7 +80,7 @@ pub fn apply(raw: RawStats, k: u32) -> NodeStats {
         } => NodeStats::Table {
             rows,
             columns,
-            cells: cells.into_iter().map(|n| cell(n, k)).collect(),
+            cells: suppress_table(cells, rows, columns, k),
         },
         // Regression rounds are checked before they are computed (levels,
         // parameters per case, singularity); what is left is the count.
@@ -50,43 +94,82 @@ pub fn apply(raw: RawStats, k: u32) -> NodeStats {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stats::Moments;
+    use crate::Dictionary;
 
     #[test]
     fn small_cells_are_suppressed_never_sent() {
         assert_eq!(
-            apply(RawStats::Count(4), 5),
+            apply(RawStats::Count(4), Rules::new(5)),
             NodeStats::Count(Cell::Suppressed)
         );
         assert_eq!(
-            apply(RawStats::Count(0), 5),
+            apply(RawStats::Count(0), Rules::new(5)),
             NodeStats::Count(Cell::Suppressed)
         );
         assert_eq!(
-            apply(RawStats::Count(5), 5),
+            apply(RawStats::Count(5), Rules::new(5)),
             NodeStats::Count(Cell::Count(5))
         );
-        let m = Moments {
-            n: 3,
-            sum: 9.0,
-            sum_squares: 30.0,
-        };
-        assert_eq!(apply(RawStats::Summary(m), 5), NodeStats::Summary(None));
+        let age = Dictionary::cardiovascular();
+        let age = age.get("age").unwrap();
+        let few = SummarySums::of(age, "age", [60.0, 70.0, 80.0]);
+        assert_eq!(
+            apply(RawStats::Summary(few), Rules::new(5)),
+            NodeStats::Summary(None)
+        );
         let t = apply(
             RawStats::Table {
                 rows: 1,
                 columns: 3,
                 cells: vec![10, 2, 7],
             },
-            5,
+            Rules::new(5),
         );
         assert_eq!(
             t,
             NodeStats::Table {
                 rows: 1,
                 columns: 3,
-                cells: vec![Cell::Count(10), Cell::Suppressed, Cell::Count(7)]
+                // 7 goes too: the row's total minus 10 and 7 would give the 2.
+                cells: vec![Cell::Count(10), Cell::Suppressed, Cell::Suppressed]
             }
+        );
+    }
+
+    #[test]
+    fn tables_are_secondarily_suppressed_and_dominated_sums_withheld() {
+        // Row 0 holds one small cell: its row margin minus 10 would give it
+        // away, so the smallest other cell of the row goes too, and then
+        // the columns need a second cell each.
+        let t = apply(
+            RawStats::Table {
+                rows: 2,
+                columns: 2,
+                cells: vec![10, 2, 30, 40],
+            },
+            Rules::new(5),
+        );
+        let NodeStats::Table { cells, .. } = t else {
+            panic!()
+        };
+        assert!(cells.iter().all(|c| *c == Cell::Suppressed), "{cells:?}");
+        let d = Dictionary::cardiovascular();
+        let diameter = d.get("aaa_diameter").unwrap();
+        let mut values = vec![10.0; 8];
+        values.extend([120.0, 120.0]);
+        // 240 of 320: 75 %, released at the default 85 %, withheld at 70 %.
+        let s = SummarySums::of(diameter, "aaa_diameter", values);
+        assert!(matches!(
+            apply(RawStats::Summary(s.clone()), Rules::new(5)),
+            NodeStats::Summary(Some(_))
+        ));
+        let strict = Rules {
+            dominance_share: 0.7,
+            ..Rules::new(5)
+        };
+        assert_eq!(
+            apply(RawStats::Summary(s), strict),
+            NodeStats::Summary(None)
         );
     }
 

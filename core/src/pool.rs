@@ -11,8 +11,12 @@ use crate::models::cox::CoxResult;
 use crate::models::derived::{self, QuantilesResult, TwoByTwoResult};
 use crate::models::glm::GlmResult;
 use crate::models::survival::{self, KaplanMeierResult};
+use crate::privacy::report::PrivacyReport;
 use crate::query::Analysis;
 use crate::stats::{Cell, Moments, NodeStats};
+
+/// The normal quantile of a two-sided 95% interval.
+pub const Z_95: f64 = 1.959_963_984_540_054;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -97,6 +101,13 @@ pub enum PooledValue {
         variance: Option<f64>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         sd: Option<f64>,
+        /// 95% confidence interval of the mean: sampling error plus, under
+        /// differential privacy, the noise.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ci: Option<[f64; 2]>,
+        /// Standard deviation of the privacy noise in the mean.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        noise_sd: Option<f64>,
     },
     Histogram {
         variable: String,
@@ -154,6 +165,9 @@ pub struct PooledResult {
     /// Each site on its own, when the query asked `by_site`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub by_site: Vec<SiteResult>,
+    /// What the query cost and how its values were noised.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub privacy: Option<PrivacyReport>,
 }
 
 impl PooledResult {
@@ -290,6 +304,7 @@ pub fn pool(
         value,
         provenance,
         by_site: Vec::new(),
+        privacy: None,
     })
 }
 
@@ -363,12 +378,19 @@ pub fn pool_value(
                 )));
             }
             let variance = total.variance();
+            let mean = total.mean().unwrap_or(f64::NAN);
+            let ci = variance.map(|v| {
+                let half = Z_95 * (v / total.n as f64).sqrt();
+                [mean - half, mean + half]
+            });
             PooledValue::Summary {
                 variable: variable.clone(),
                 n: total.n,
-                mean: total.mean().unwrap_or(f64::NAN),
+                mean,
                 variance,
                 sd: variance.map(f64::sqrt),
+                ci,
+                noise_sd: None,
             }
         }
         Analysis::Histogram { variable, edges } => {

@@ -7,13 +7,14 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::dictionary::Dictionary;
+use crate::dictionary::{Dictionary, Variable};
 use crate::error::{Error, Result};
 use crate::models::correlation::PairSums;
 use crate::models::cox::CoxStats;
 use crate::models::glm::GlmStats;
 use crate::models::linalg::packed_len;
 use crate::models::survival::{self, GroupStats, Tally};
+use crate::privacy::fixed::{FixedPoint, DP_DIGITS};
 use crate::query::Analysis;
 
 /// A released count, or the mark that it fell under the minimum cell size.
@@ -68,11 +69,68 @@ impl Moments {
     }
 }
 
+/// Clamped fixed-point sums of one variable (see [`FixedPoint`]): what a
+/// noised summary is made from, with a sensitivity fixed by public bounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FixedSums {
+    pub n: u64,
+    pub sum: i128,
+    pub squares: i128,
+}
+
+/// Everything a node knows about one variable's values for a summary.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SummarySums {
+    /// Exact moments, released as such only in exact studies.
+    pub moments: Moments,
+    /// `None` when the variable has no public bounds (it cannot be noised).
+    pub fixed: Option<(FixedPoint, FixedSums)>,
+    /// The two largest magnitudes and the sum of all, for the dominance rule.
+    pub largest: [f64; 2],
+    pub total_abs: f64,
+    /// Whether the variable cannot be negative (the dominance rule applies
+    /// to magnitudes such as costs, sizes and durations).
+    pub non_negative: bool,
+}
+
+impl SummarySums {
+    /// The sums of the non-missing `values` of `var`.
+    pub fn of(var: &Variable, name: &str, values: impl IntoIterator<Item = f64>) -> Self {
+        let fp = FixedPoint::new(name, var, DP_DIGITS).ok();
+        let mut moments = Moments::default();
+        let mut fixed = FixedSums::default();
+        let (mut largest, mut total_abs) = ([0.0f64; 2], 0.0);
+        for x in values.into_iter().filter(|x| x.is_finite()) {
+            moments.add(x);
+            if let Some(fp) = &fp {
+                let e = i128::from(fp.encode(x));
+                fixed.n += 1;
+                fixed.sum += e;
+                fixed.squares += e * e;
+            }
+            let a = x.abs();
+            total_abs += a;
+            if a > largest[0] {
+                largest = [a, largest[0]];
+            } else if a > largest[1] {
+                largest[1] = a;
+            }
+        }
+        SummarySums {
+            moments,
+            fixed: fp.map(|fp| (fp, fixed)),
+            largest,
+            total_abs,
+            non_negative: var.numeric_bounds().is_some_and(|(lo, _)| lo >= 0.0),
+        }
+    }
+}
+
 /// What a node computed, before disclosure control. Never leaves the node.
 #[derive(Debug, Clone, PartialEq)]
 pub enum RawStats {
     Count(u64),
-    Summary(Moments),
+    Summary(SummarySums),
     Histogram {
         bins: Vec<u64>,
         below: u64,

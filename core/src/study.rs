@@ -24,8 +24,87 @@ pub struct PurposeSpec {
     pub modifiers: Vec<String>,
 }
 
+/// How a study's answers are protected: differential privacy under a zCDP
+/// budget (the default), or exact answers for a validation network whose
+/// every node has accepted that in its own policy.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrivacySettings {
+    /// Exact answers, no noise and no budget. Off by default; each node
+    /// must list the study in `policy.exact_studies` or it refuses.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub exact: bool,
+    /// The study's whole budget at each node, in zCDP ρ.
+    #[serde(default = "default_budget_rho")]
+    pub budget_rho: f64,
+    /// What a query costs when it does not say (`"rho"` in the query).
+    #[serde(default = "default_query_rho")]
+    pub query_rho: f64,
+    /// The δ of the (ε, δ) equivalent shown next to every budget.
+    #[serde(default = "default_delta")]
+    pub delta: f64,
+}
+
+/// A study's budget when its definition names none: ε ≈ 8.4 at δ = 1e-6.
+pub const DEFAULT_BUDGET_RHO: f64 = 1.0;
+/// A query's cost when neither it nor its study names one: a hundred
+/// queries per budget, and a count noised with σ ≈ 7.
+pub const DEFAULT_QUERY_RHO: f64 = 0.01;
+pub const DEFAULT_DELTA: f64 = 1e-6;
+
+fn default_budget_rho() -> f64 {
+    DEFAULT_BUDGET_RHO
+}
+fn default_query_rho() -> f64 {
+    DEFAULT_QUERY_RHO
+}
+fn default_delta() -> f64 {
+    DEFAULT_DELTA
+}
+
+impl Default for PrivacySettings {
+    fn default() -> Self {
+        PrivacySettings {
+            exact: false,
+            budget_rho: DEFAULT_BUDGET_RHO,
+            query_rho: DEFAULT_QUERY_RHO,
+            delta: DEFAULT_DELTA,
+        }
+    }
+}
+
+impl PrivacySettings {
+    /// The (ε, δ)-DP guarantee of spending `rho`.
+    pub fn epsilon(&self, rho: f64) -> f64 {
+        crate::privacy::accountant::epsilon(rho, self.delta)
+    }
+
+    fn validate(&self, study: &str) -> Result<()> {
+        let positive = |x: f64| x.is_finite() && x > 0.0;
+        if !positive(self.budget_rho) || !positive(self.query_rho) {
+            return Err(Error::invalid(format!(
+                "study \"{study}\": [privacy] budget_rho and query_rho must be positive numbers (zCDP rho), got {} and {}",
+                self.budget_rho, self.query_rho
+            )));
+        }
+        if self.query_rho > self.budget_rho {
+            return Err(Error::invalid(format!(
+                "study \"{study}\": [privacy] query_rho {} is larger than the whole budget_rho {}",
+                self.query_rho, self.budget_rho
+            )));
+        }
+        if !(self.delta > 0.0 && self.delta < 1e-3) {
+            return Err(Error::invalid(format!(
+                "study \"{study}\": [privacy] delta must be between 0 and 0.001, got {}",
+                self.delta
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// A study as registered by the network admin (`study.toml`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StudyDefinition {
     pub id: String,
@@ -42,6 +121,8 @@ pub struct StudyDefinition {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub continue_without_lost_nodes: bool,
     pub purpose: PurposeSpec,
+    #[serde(default)]
+    pub privacy: PrivacySettings,
 }
 
 fn default_min_nodes() -> u32 {
@@ -128,6 +209,7 @@ impl StudyDefinition {
                 self.min_nodes
             )));
         }
+        self.privacy.validate(&self.id)?;
         Purpose::from_parts(
             &self.purpose.code,
             &self.purpose.disease,

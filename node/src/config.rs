@@ -64,10 +64,50 @@ pub struct Policy {
     /// complete cases as parameters (DataSHIELD's nfilter.glm).
     #[serde(default = "default_parameter_share")]
     pub max_parameter_share: f64,
+    /// Studies this hospital accepts exact answers for (no noise, no
+    /// budget), such as a validation network's. Every other study is
+    /// answered under differential privacy, whatever its registration says.
+    #[serde(default)]
+    pub exact_studies: BTreeSet<String>,
+    /// The most one job may spend (zCDP ρ): the least noise the hospital
+    /// accepts. A job asking more is answered at this cost, with more noise.
+    #[serde(default = "default_max_query_rho")]
+    pub max_query_rho: f64,
+    /// The most budget any study may spend here, whatever it was registered with.
+    #[serde(default = "default_max_study_rho")]
+    pub max_study_rho: f64,
+    /// Share of a sum one or two patients may hold before it is withheld.
+    #[serde(default = "default_dominance_share")]
+    pub dominance_share: f64,
+}
+
+impl Policy {
+    /// A policy approving `studies`, with every other setting at its default.
+    pub fn allowing(studies: impl IntoIterator<Item = String>) -> Self {
+        Policy {
+            allowed_studies: studies.into_iter().collect(),
+            max_parameter_share: default_parameter_share(),
+            exact_studies: BTreeSet::new(),
+            max_query_rho: default_max_query_rho(),
+            max_study_rho: default_max_study_rho(),
+            dominance_share: default_dominance_share(),
+        }
+    }
 }
 
 fn default_parameter_share() -> f64 {
     plexus_core::DEFAULT_MAX_PARAMETER_SHARE
+}
+/// A count noised with σ ≥ √5 ≈ 2.2.
+pub const DEFAULT_MAX_QUERY_RHO: f64 = 0.1;
+fn default_max_query_rho() -> f64 {
+    DEFAULT_MAX_QUERY_RHO
+}
+fn default_max_study_rho() -> f64 {
+    plexus_core::study::DEFAULT_BUDGET_RHO
+}
+fn default_dominance_share() -> f64 {
+    plexus_core::privacy::suppression::DEFAULT_DOMINANCE_SHARE
 }
 
 fn default_k() -> u32 {
@@ -141,6 +181,28 @@ impl NodeConfig {
         if !(share > 0.0 && share <= 1.0) {
             return Err(NodeError::Config(format!(
                 "policy.max_parameter_share must be above 0 and at most 1 (0.33 is the usual value), got {share}"
+            )));
+        }
+        let p = &self.policy;
+        for (name, v) in [
+            ("max_query_rho", p.max_query_rho),
+            ("max_study_rho", p.max_study_rho),
+        ] {
+            if !(v.is_finite() && v > 0.0) {
+                return Err(NodeError::Config(format!(
+                    "policy.{name} must be a positive zCDP rho, got {v}"
+                )));
+            }
+        }
+        if !(p.dominance_share > 0.5 && p.dominance_share <= 1.0) {
+            return Err(NodeError::Config(format!(
+                "policy.dominance_share must be above 0.5 and at most 1 (0.85 is the usual value), got {}",
+                p.dominance_share
+            )));
+        }
+        if let Some(s) = p.exact_studies.difference(&p.allowed_studies).next() {
+            return Err(NodeError::Config(format!(
+                "policy.exact_studies lists \"{s}\", which is not in policy.allowed_studies"
             )));
         }
         if self.coordinator.max_backoff_secs == 0 {

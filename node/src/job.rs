@@ -8,14 +8,17 @@ use std::time::Duration;
 
 use tracing::{info, info_span, warn, Instrument};
 
-use plexus_core::disclosure::{apply, effective_k};
+use plexus_core::disclosure::{apply, effective_k, Rules};
 use plexus_core::models::glm::Iteration;
 use plexus_core::models::survival::GroupStats;
-use plexus_core::{Cell, Dictionary, Error, NodeStats, Purpose, Query};
+use plexus_core::privacy::release::release;
+use plexus_core::privacy::report::Receipt;
+use plexus_core::{AnalysisKind, Cell, Dictionary, Error, NodeStats, Purpose, Query};
 use plexus_proto::v1 as pb;
 
 use crate::config::NodeConfig;
 use crate::data::{DataSource, Limits};
+use crate::ledger::{Answer, Ledger};
 use crate::log::{JobLog, LogEntry};
 
 pub struct JobRunner {
@@ -23,19 +26,40 @@ pub struct JobRunner {
     pub dictionary: Arc<Dictionary>,
     pub data: Arc<DataSource>,
     pub log: Arc<JobLog>,
+    pub ledger: Arc<Ledger>,
     /// Delay before each job: fault-injection tests use it to kill a node mid-job.
     pub job_delay: Duration,
+    /// Fault injection: after the ledger debit, drop the job unanswered,
+    /// as if the node died between debit and release.
+    pub crash_after_debit: bool,
+}
+
+/// How this node protects one job's answer.
+#[derive(Debug, Clone, Copy)]
+enum Protection {
+    /// An exact study the hospital accepts as such.
+    Exact,
+    /// Differential privacy: this job spends `rho` of `budget`.
+    Private { rho: f64, budget: f64 },
 }
 
 struct Checked {
     query: Query,
     purpose: Purpose,
-    k: u32,
+    rules: Rules,
     iteration: Option<Iteration>,
+    protection: Protection,
 }
 
+/// What a job ends in: a release with its receipt, or an error.
+type Outcome = Result<(NodeStats, Option<Receipt>), Error>;
+
+/// Marks a job dropped on purpose by fault injection.
+const CRASHED: &str = "fault injection: dropped after the ledger debit";
+
 impl JobRunner {
-    pub async fn run(&self, job: pb::Job) -> pb::JobResult {
+    /// Runs one job; `None` only when fault injection drops it.
+    pub async fn run(&self, job: pb::Job) -> Option<pb::JobResult> {
         let span = info_span!("job", job_id = %job.job_id, study = %job.study_id, node = %self.config.node.id);
         async {
             let analysis = job
@@ -52,8 +76,12 @@ impl JobRunner {
                 .map(|p| p.to_string())
                 .unwrap_or_else(|| "invalid".into());
             let outcome = self.execute(&job).await;
+            if matches!(&outcome, Err(e) if e.message == CRASHED) {
+                warn!("{CRASHED}");
+                return None;
+            }
             let (label, detail) = match &outcome {
-                Ok(stats) => ("released".to_string(), describe(stats)),
+                Ok((stats, receipt)) => ("released".to_string(), describe(stats, receipt.as_ref())),
                 Err(e) if matches!(e.code, plexus_core::ErrorCode::Policy | plexus_core::ErrorCode::Disclosure) => {
                     (format!("refused:{}", e.code), e.message.clone())
                 }
@@ -72,39 +100,130 @@ impl JobRunner {
             if let Err(e) = self.log.append(&entry) {
                 // Refuse to release anything we could not log.
                 warn!(error = %e, "cannot write the local job log; refusing the job");
-                return result(&job.job_id, Err(Error::internal(
+                return Some(result(&job.job_id, Err(Error::internal(
                     "the node could not write its local job log; ask the hospital's IT to check the node's state folder",
-                )));
+                ))));
             }
             info!(outcome = %label, analysis, "job done");
-            result(&job.job_id, outcome)
+            Some(result(&job.job_id, outcome))
         }
         .instrument(span)
         .await
     }
 
-    async fn execute(&self, job: &pb::Job) -> Result<NodeStats, Error> {
+    async fn execute(&self, job: &pb::Job) -> Outcome {
         let checked = self.check(job)?;
         if !self.job_delay.is_zero() {
             tokio::time::sleep(self.job_delay).await;
         }
         let now = chrono::Utc::now();
+        let today = now.date_naive();
+        // A repeated query gets its earlier answer before anything is computed.
+        let key = match checked.protection {
+            Protection::Exact => None,
+            Protection::Private { rho, budget } => {
+                let key = self.cache_key(job, &checked, today, rho)?;
+                if let Some(kept) = self.ledger.cached(&key) {
+                    return Ok((
+                        kept.stats,
+                        Some(self.receipt(job, 0.0, budget, true, kept.noise)),
+                    ));
+                }
+                let spent = self.ledger.spent(&job.study_id);
+                if spent + rho > budget * (1.0 + 1e-12) {
+                    return Err(exhausted(&job.study_id, spent, budget, rho));
+                }
+                Some(key)
+            }
+        };
         let remaining = job.deadline_unix_ms - now.timestamp_millis();
         let limits = Limits {
-            k: checked.k,
+            k: checked.rules.k,
             max_parameter_share: self.config.policy.max_parameter_share,
         };
         let compute = self.data.compute(
             &checked.query,
             &checked.purpose,
-            now.date_naive(),
+            today,
             limits,
             checked.iteration.as_ref(),
         );
         let raw = tokio::time::timeout(Duration::from_millis(remaining.max(0) as u64), compute)
             .await
             .map_err(|_| Error::unavailable("the job ran past its deadline at this node"))??;
-        Ok(apply(raw, checked.k))
+        let (Protection::Private { rho, budget }, Some(key)) = (checked.protection, key) else {
+            return Ok((apply(raw, checked.rules), None));
+        };
+        let (stats, noise) = release(raw, checked.rules, rho)?;
+        let answer = Answer { key, stats, noise };
+        // Durable before anything leaves: a crash from here on loses the
+        // release, never the debit, and the kept answer is what a repeat gets.
+        let (balance, kept) = self.ledger.debit_answer(
+            &job.study_id,
+            budget,
+            rho,
+            &job.job_id,
+            &job.query_hash,
+            answer.clone(),
+        )?;
+        if self.crash_after_debit {
+            return Err(Error::internal(CRASHED));
+        }
+        Ok(match kept {
+            Some(kept) => (
+                kept.stats,
+                Some(self.receipt(job, 0.0, budget, true, kept.noise)),
+            ),
+            None => {
+                let receipt = Receipt {
+                    charged_rho: rho,
+                    spent_rho: balance.spent,
+                    budget_rho: budget,
+                    cached: false,
+                    noise: answer.noise,
+                };
+                (answer.stats, Some(receipt))
+            }
+        })
+    }
+
+    fn receipt(
+        &self,
+        job: &pb::Job,
+        charged: f64,
+        budget: f64,
+        cached: bool,
+        noise: plexus_core::privacy::release::NoiseScale,
+    ) -> Receipt {
+        Receipt {
+            charged_rho: charged,
+            spent_rho: self.ledger.spent(&job.study_id),
+            budget_rho: budget,
+            cached,
+            noise,
+        }
+    }
+
+    /// The key a released answer is kept under: the study, the query's
+    /// canonical form (so rephrasings share it, and nothing about which
+    /// patients it selects enters), the data snapshot, the day, the cost
+    /// and the disclosure rules.
+    fn cache_key(
+        &self,
+        job: &pb::Job,
+        checked: &Checked,
+        today: chrono::NaiveDate,
+        rho: f64,
+    ) -> Result<String, Error> {
+        let canonical = checked.query.canonical_hash(&self.dictionary)?;
+        let text = format!(
+            "{}\0{canonical}\0{}\0{today}\0{rho:e}\0{}\0{}",
+            job.study_id,
+            self.data.snapshot()?,
+            checked.rules.k,
+            checked.rules.dominance_share
+        );
+        Ok(plexus_core::hash::sha256_hex(text.as_bytes()))
     }
 
     fn check(&self, job: &pb::Job) -> Result<Checked, Error> {
@@ -129,28 +248,100 @@ impl JobRunner {
         )?;
         query.validate(&self.dictionary)?;
         let iteration = job.iteration.clone().map(Iteration::try_from).transpose()?;
+        let protection = self.protection(job, &query)?;
         Ok(Checked {
             query,
             purpose,
-            k: effective_k(self.config.node.min_cell_size, job.min_cell_size),
+            rules: Rules {
+                k: effective_k(self.config.node.min_cell_size, job.min_cell_size),
+                dominance_share: self.config.policy.dominance_share,
+            },
             iteration,
+            protection,
+        })
+    }
+
+    /// Exact only for a study registered as exact that the hospital
+    /// accepts as such; otherwise differential privacy, at no more than the
+    /// policy's cost per job and budget per study.
+    fn protection(&self, job: &pb::Job, query: &Query) -> Result<Protection, Error> {
+        let policy = &self.config.policy;
+        let terms = job.privacy.unwrap_or_default();
+        if terms.exact {
+            if policy.exact_studies.contains(&job.study_id) {
+                return Ok(Protection::Exact);
+            }
+            return Err(Error::policy(format!(
+                "study \"{}\" is registered for exact answers, and node {} answers it only under differential privacy; the hospital must list it in policy.exact_studies to accept that",
+                job.study_id, self.config.node.id
+            )));
+        }
+        let kind = query.analysis.kind();
+        if matches!(
+            kind,
+            AnalysisKind::Glm | AnalysisKind::Cox | AnalysisKind::Correlation
+        ) {
+            return Err(Error::policy(format!(
+                "{kind} is not yet released under differential privacy; run it in a study registered with [privacy] exact = true that the hospitals accept"
+            )));
+        }
+        if !(terms.rho.is_finite() && terms.rho > 0.0) {
+            return Err(Error::invalid(
+                "the job states no privacy cost for a study under differential privacy",
+            ));
+        }
+        let budget = if terms.budget_rho.is_finite() && terms.budget_rho > 0.0 {
+            terms.budget_rho.min(policy.max_study_rho)
+        } else {
+            policy.max_study_rho
+        };
+        Ok(Protection::Private {
+            rho: terms.rho.min(policy.max_query_rho),
+            budget,
         })
     }
 }
 
-fn result(job_id: &str, outcome: Result<NodeStats, Error>) -> pb::JobResult {
+fn exhausted(study: &str, spent: f64, budget: f64, rho: f64) -> Error {
+    Error::policy(format!(
+        "study \"{study}\" has spent rho {spent:.6} of its {budget:.6} at this node and this query costs {rho:.6}; \
+         the hospital's budget for the study is exhausted (ask for a cheaper query or a new study)"
+    ))
+}
+
+fn result(job_id: &str, outcome: Outcome) -> pb::JobResult {
+    let (outcome, privacy) = match outcome {
+        Ok((stats, receipt)) => (
+            pb::job_result::Outcome::Stats((&stats).into()),
+            receipt.as_ref().map(pb::PrivacyReceipt::from),
+        ),
+        Err(e) => (pb::job_result::Outcome::Error((&e).into()), None),
+    };
     pb::JobResult {
         job_id: job_id.to_string(),
-        outcome: Some(match outcome {
-            Ok(stats) => pb::job_result::Outcome::Stats((&stats).into()),
-            Err(e) => pb::job_result::Outcome::Error((&e).into()),
-        }),
+        outcome: Some(outcome),
+        privacy,
     }
 }
 
-/// A line for the local log about what left: the shape and how much was
-/// suppressed, never the numbers.
-fn describe(stats: &NodeStats) -> String {
+/// A line for the local log about what left: the shape, how much was
+/// suppressed and what it cost, never the numbers.
+fn describe(stats: &NodeStats, receipt: Option<&Receipt>) -> String {
+    let shape = shape(stats);
+    match receipt {
+        None => format!("{shape}; exact"),
+        Some(r) if r.cached => format!(
+            "{shape}; repeated a kept answer, rho 0 charged, {:.6} of {:.6} spent",
+            r.spent_rho, r.budget_rho
+        ),
+        Some(r) => format!(
+            "{shape}; rho {:.6} charged, {:.6} of {:.6} spent",
+            r.charged_rho, r.spent_rho, r.budget_rho
+        ),
+    }
+}
+
+fn shape(stats: &NodeStats) -> String {
     let cells: Vec<Cell> = match stats {
         NodeStats::Count(c) => vec![*c],
         NodeStats::Summary(m) => vec![if m.is_some() {

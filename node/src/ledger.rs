@@ -3,12 +3,20 @@
 //! before anything it pays for is released, so a crash can lose a release
 //! but never a debit; the totals are rebuilt from the file at start-up.
 //!
+//! Each debit also holds the answer it paid for, under a key made of the
+//! study, the query's canonical hash, the data snapshot, the day and the
+//! cost: the same query asked again on the same data gets the same answer
+//! back, free, so repeating a query cannot average its noise away. The key
+//! is built from the query's wording in canonical form, never from which
+//! patients it selects, so it says nothing about whether two cohorts hold
+//! the same patients.
+//!
 //! JSON lines in `STATE_DIR/privacy.ledger.jsonl`. A line cut short by a
 //! crash during its write paid for nothing (the release waits for the
 //! sync), so it is dropped at start-up with a warning; any other bad line
 //! stops the node, because guessing a spent budget is not safe.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -16,7 +24,16 @@ use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
-use plexus_core::{Error, Result};
+use plexus_core::privacy::release::NoiseScale;
+use plexus_core::{Error, NodeStats, Result};
+
+/// A released answer, kept so that asking again returns it unchanged.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Answer {
+    pub key: String,
+    pub stats: NodeStats,
+    pub noise: NoiseScale,
+}
 
 /// One debit.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -26,6 +43,8 @@ pub struct Debit {
     pub job_id: String,
     pub query_hash: String,
     pub rho: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answer: Option<Answer>,
 }
 
 /// What a study has spent and has left at this node after a debit.
@@ -38,6 +57,7 @@ pub struct Balance {
 struct Inner {
     file: File,
     spent: BTreeMap<String, f64>,
+    answers: HashMap<String, Answer>,
 }
 
 pub struct Ledger {
@@ -66,6 +86,7 @@ impl Ledger {
             Err(e) => return Err(io("read", e)),
         };
         let mut spent: BTreeMap<String, f64> = BTreeMap::new();
+        let mut answers = HashMap::new();
         let complete = text.ends_with('\n') || text.is_empty();
         let lines: Vec<&str> = text.lines().collect();
         let mut keep = text.len();
@@ -77,6 +98,9 @@ impl Ledger {
             match serde_json::from_str::<Debit>(line) {
                 Ok(d) if d.rho.is_finite() && d.rho >= 0.0 => {
                     *spent.entry(d.study_id).or_default() += d.rho;
+                    if let Some(a) = d.answer {
+                        answers.insert(a.key.clone(), a);
+                    }
                 }
                 _ if last && !complete => {
                     tracing::warn!(
@@ -109,7 +133,11 @@ impl Ledger {
         }
         Ok(Ledger {
             path,
-            inner: Mutex::new(Inner { file, spent }),
+            inner: Mutex::new(Inner {
+                file,
+                spent,
+                answers,
+            }),
         })
     }
 
@@ -123,6 +151,12 @@ impl Ledger {
         inner.spent.get(study).copied().unwrap_or(0.0)
     }
 
+    /// The answer released before under `key`, if any.
+    pub fn cached(&self, key: &str) -> Option<Answer> {
+        let inner = self.inner.lock().expect("ledger lock");
+        inner.answers.get(key).cloned()
+    }
+
     /// Debits `rho` from `study`'s `budget`, durably, or refuses when the
     /// budget at this node would be exceeded. Only after this returns may
     /// the release it pays for leave the node.
@@ -134,6 +168,35 @@ impl Ledger {
         job_id: &str,
         query_hash: &str,
     ) -> Result<Balance> {
+        self.debit_for(study, budget, rho, job_id, query_hash, None)
+            .map(|(b, _)| b)
+    }
+
+    /// Debits `rho` for `answer` and keeps the answer under its key, or,
+    /// when an answer is already kept under that key (the same query asked
+    /// twice at once), charges nothing and returns the kept one, which is
+    /// then what must be released.
+    pub fn debit_answer(
+        &self,
+        study: &str,
+        budget: f64,
+        rho: f64,
+        job_id: &str,
+        query_hash: &str,
+        answer: Answer,
+    ) -> Result<(Balance, Option<Answer>)> {
+        self.debit_for(study, budget, rho, job_id, query_hash, Some(answer))
+    }
+
+    fn debit_for(
+        &self,
+        study: &str,
+        budget: f64,
+        rho: f64,
+        job_id: &str,
+        query_hash: &str,
+        answer: Option<Answer>,
+    ) -> Result<(Balance, Option<Answer>)> {
         if !(rho.is_finite() && rho >= 0.0) {
             return Err(Error::invalid(format!(
                 "a privacy cost must be a finite rho of at least 0, got {rho}"
@@ -141,6 +204,13 @@ impl Ledger {
         }
         let mut inner = self.inner.lock().expect("ledger lock");
         let spent = inner.spent.get(study).copied().unwrap_or(0.0);
+        if let Some(kept) = answer.as_ref().and_then(|a| inner.answers.get(&a.key)) {
+            let balance = Balance {
+                spent,
+                remaining: (budget - spent).max(0.0),
+            };
+            return Ok((balance, Some(kept.clone())));
+        }
         if spent + rho > budget * (1.0 + SLACK) {
             return Err(Error::policy(format!(
                 "study \"{study}\" has spent rho {spent:.6} of its {budget:.6} at this node and this query costs {rho:.6}; \
@@ -153,6 +223,7 @@ impl Ledger {
             job_id: job_id.to_string(),
             query_hash: query_hash.to_string(),
             rho,
+            answer,
         };
         let mut line = serde_json::to_vec(&debit).expect("a debit serialises");
         line.push(b'\n');
@@ -168,10 +239,14 @@ impl Ledger {
         }
         let total = spent + rho;
         inner.spent.insert(study.to_string(), total);
-        Ok(Balance {
+        if let Some(a) = debit.answer {
+            inner.answers.insert(a.key.clone(), a);
+        }
+        let balance = Balance {
             spent: total,
             remaining: (budget - total).max(0.0),
-        })
+        };
+        Ok((balance, None))
     }
 }
 
@@ -197,6 +272,38 @@ mod tests {
         assert!((again.spent("s1") - 1.0).abs() < 1e-12);
         assert!((again.spent("s2") - 0.1).abs() < 1e-12);
         assert!(again.debit("s1", 1.0, 0.01, "j5", "q").is_err());
+    }
+
+    #[test]
+    fn answers_are_kept_with_their_debit_and_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(dir.path()).unwrap();
+        let answer = Answer {
+            key: "k1".into(),
+            stats: NodeStats::Count(plexus_core::Cell::Count(1234)),
+            noise: NoiseScale {
+                count_sd: 7.0,
+                ..Default::default()
+            },
+        };
+        assert!(ledger.cached("k1").is_none());
+        let (b, kept) = ledger
+            .debit_answer("s1", 1.0, 0.01, "j1", "q", answer.clone())
+            .unwrap();
+        assert!(kept.is_none());
+        assert!((b.spent - 0.01).abs() < 1e-15);
+        // The same key again (a concurrent duplicate): no charge, the kept answer.
+        let mut other = answer.clone();
+        other.stats = NodeStats::Count(plexus_core::Cell::Count(1240));
+        let (b, kept) = ledger
+            .debit_answer("s1", 1.0, 0.01, "j2", "q", other)
+            .unwrap();
+        assert_eq!(kept, Some(answer.clone()));
+        assert!((b.spent - 0.01).abs() < 1e-15);
+        drop(ledger);
+        let again = Ledger::open(dir.path()).unwrap();
+        assert_eq!(again.cached("k1"), Some(answer));
+        assert!((again.spent("s1") - 0.01).abs() < 1e-15);
     }
 
     #[test]

@@ -26,6 +26,9 @@ pub use error::{NodeError, Result};
 pub struct RunOptions {
     /// Wait this long before computing each job (fault-injection tests).
     pub job_delay: Duration,
+    /// Drop each job unanswered right after its ledger debit, as if the
+    /// node died between debit and release (fault-injection tests).
+    pub crash_after_debit: bool,
 }
 
 /// Opens the data (refusing to start when the mapping does not match it),
@@ -46,6 +49,7 @@ pub async fn run_with(
     let data =
         Arc::new(data::DataSource::open(&config.data, &config.consent, dictionary.clone()).await?);
     let log = Arc::new(log::JobLog::open(&config.node.state_dir)?);
+    let ledger = Arc::new(ledger::Ledger::open(&config.node.state_dir)?);
     let tls = plexus_tls::client_config(&config.tls).map_err(|e| NodeError::Tls(e.to_string()))?;
     info!(node = %config.node.id, variables = data.variables().len(), log = %log.path().display(), "node ready");
     let runner = Arc::new(job::JobRunner {
@@ -53,7 +57,9 @@ pub async fn run_with(
         dictionary,
         data: data.clone(),
         log,
+        ledger,
         job_delay: options.job_delay,
+        crash_after_debit: options.crash_after_debit,
     });
     let link = link::Link {
         runner,

@@ -146,7 +146,9 @@ impl Link {
                     let runner = self.runner.clone();
                     let tx = tx.clone();
                     jobs.spawn(async move {
-                        let result = runner.run(job).await;
+                        let Some(result) = runner.run(job).await else {
+                            return;
+                        };
                         let _ = tx
                             .send(pb::NodeMessage {
                                 msg: Some(pb::node_message::Msg::Result(result)),

@@ -7,7 +7,8 @@ use chrono::NaiveDate;
 
 use plexus::synth::{Patient, Site};
 use plexus_core::eval::{matches, Datum};
-use plexus_core::{Analysis, ConsentTerms, Dictionary, Moments, Purpose, Query, RawStats};
+use plexus_core::stats::SummarySums;
+use plexus_core::{Analysis, ConsentTerms, Dictionary, Purpose, Query, RawStats};
 
 pub use plexus::sandbox::{self, Sandbox, SandboxOptions};
 
@@ -77,12 +78,9 @@ pub fn reference(patients: &[&Patient], query: &Query, dict: &Dictionary) -> Raw
     match &query.analysis {
         Analysis::Count {} => RawStats::Count(cohort.len() as u64),
         Analysis::Summary { variable } => {
-            let mut m = Moments::default();
-            cohort
-                .iter()
-                .filter_map(|p| number(&datum(p, variable)))
-                .for_each(|x| m.add(x));
-            RawStats::Summary(m)
+            let values = cohort.iter().filter_map(|p| number(&datum(p, variable)));
+            let var = dict.get(variable).expect("variable");
+            RawStats::Summary(SummarySums::of(var, variable, values))
         }
         Analysis::Histogram { variable, edges } => {
             let mut bins = vec![0u64; edges.len() - 1];

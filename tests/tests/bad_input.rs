@@ -8,7 +8,7 @@ use tokio_util::sync::CancellationToken;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_queries_are_refused_with_clear_errors_and_change_nothing() {
     let sb = Sandbox::start(SandboxOptions::new(300, 8)).await.unwrap();
-    let study = sandbox::demo_study();
+    let study = sandbox::exact_study();
     sb.register_study(&study).await.unwrap();
     let before = ask(
         &sb,
@@ -82,7 +82,7 @@ async fn bad_queries_are_refused_with_clear_errors_and_change_nothing() {
     assert_eq!(e.code(), tonic::Code::NotFound);
 
     // A study definition with an unknown variable is refused and stores nothing.
-    let mut bad = sandbox::demo_study();
+    let mut bad = sandbox::exact_study();
     bad.id = "broken".into();
     bad.variables.push("ldl_cholesterol".into());
     let e = sb.register_study(&bad).await.unwrap_err();

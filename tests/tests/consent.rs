@@ -25,7 +25,7 @@ async fn count(sb: &Sandbox, study: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn withdrawal_and_opt_out_change_the_next_answer() {
     let sb = Sandbox::start(SandboxOptions::new(600, 21)).await.unwrap();
-    let study = sandbox::demo_study();
+    let study = sandbox::exact_study();
     sb.register_study(&study).await.unwrap();
     let purpose = study.purpose().unwrap();
     let expected: usize = sb
@@ -93,13 +93,13 @@ async fn a_study_sees_only_patients_whose_consent_covers_its_purpose() {
     opts.dir = None;
     let mut sb = Sandbox::prepare(opts).await.unwrap();
     // A general-research study (GRU): only GRU consents cover it.
-    let mut gru = sandbox::demo_study();
+    let mut gru = sandbox::exact_study();
     gru.id = "general-methods".into();
     gru.purpose.code = "GRU".into();
     gru.purpose.disease = String::new();
     gru.purpose.modifiers = vec![];
     // An HMB study without NPU: HMB;NPU consents do not cover it.
-    let mut hmb: StudyDefinition = sandbox::demo_study();
+    let mut hmb: StudyDefinition = sandbox::exact_study();
     hmb.id = "cv-risk".into();
     hmb.purpose.code = "HMB".into();
     hmb.purpose.disease = String::new();
@@ -109,7 +109,7 @@ async fn a_study_sees_only_patients_whose_consent_covers_its_purpose() {
         cfg.policy.allowed_studies.insert(hmb.id.clone());
     }
     sb.start_all().await.unwrap();
-    let demo = sandbox::demo_study();
+    let demo = sandbox::exact_study();
     for study in [&demo, &gru, &hmb] {
         sb.register_study(study).await.unwrap();
         let purpose = study.purpose().unwrap();

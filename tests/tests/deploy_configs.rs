@@ -385,8 +385,25 @@ async fn walkthrough_runs_from_the_deploy_files() {
             .await?;
 
         let alice = Client::connect_with(&url, &layout.tls("alice"), localhost.clone()).await?;
+        let mut answered = 0;
         for path in files(&deploy_dir().join("queries"), "json") {
             let query = Query::from_json(&std::fs::read_to_string(&path)?)?;
+            // The deploy study is under differential privacy, which does
+            // not release regressions and correlations yet: refused at
+            // submission, saying so.
+            if matches!(
+                query.analysis.kind(),
+                AnalysisKind::Glm | AnalysisKind::Cox | AnalysisKind::Correlation
+            ) {
+                let e = alice
+                    .run_query(&def.id, &query, Duration::from_secs(60))
+                    .await
+                    .unwrap_err();
+                assert_eq!(e.code, plexus_core::ErrorCode::Policy, "{}", path.display());
+                assert!(e.message.contains("differential privacy"), "{e}");
+                continue;
+            }
+            answered += 1;
             let r = alice
                 .run_query(&def.id, &query, Duration::from_secs(60))
                 .await?;
@@ -419,7 +436,7 @@ async fn walkthrough_runs_from_the_deploy_files() {
             .iter()
             .filter(|e| e.action == "query.result" && e.outcome == "ok")
             .count();
-        assert_eq!(results, files(&deploy_dir().join("queries"), "json").len());
+        assert_eq!(results, answered);
         anyhow::Ok(())
     }
     .await;

@@ -10,7 +10,7 @@ use plexus_tests::{ask, sandbox, Sandbox, SandboxOptions};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_coordinator_keeps_studies_jobs_and_results() {
     let mut sb = Sandbox::start(SandboxOptions::new(300, 12)).await.unwrap();
-    let study = sandbox::demo_study();
+    let study = sandbox::exact_study();
     sb.register_study(&study).await.unwrap();
     let alice = sb.client(sandbox::RESEARCHER).await.unwrap();
     let q =
@@ -94,16 +94,18 @@ async fn a_node_killed_mid_query_is_reported_missing_or_fails_the_quorum() {
         "hospital-c",
         plexus_node::RunOptions {
             job_delay: Duration::from_secs(3),
+            ..Default::default()
         },
     );
     sb.set_node_options(
         "hospital-b",
         plexus_node::RunOptions {
             job_delay: Duration::from_secs(3),
+            ..Default::default()
         },
     );
     sb.start_all().await.unwrap();
-    let study = sandbox::demo_study(); // min_nodes = 2
+    let study = sandbox::exact_study(); // min_nodes = 2
     sb.register_study(&study).await.unwrap();
     let alice = sb.client(sandbox::RESEARCHER).await.unwrap();
     let q = plexus_core::Query::from_json(r#"{"analysis": {"count": {}}}"#).unwrap();

@@ -62,7 +62,7 @@ async fn a_node_goes_out_through_the_hospital_proxy() {
         .proxy = Some(proxy);
     sb.start_all().await.unwrap();
     assert_eq!(tunnels.load(std::sync::atomic::Ordering::SeqCst), 1);
-    let study = sandbox::demo_study();
+    let study = sandbox::exact_study();
     sb.register_study(&study).await.unwrap();
     let r = ask(
         &sb,

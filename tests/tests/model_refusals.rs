@@ -23,7 +23,7 @@ async fn each_model_rule_refuses_with_its_reason() {
         .policy
         .max_parameter_share = 0.001;
     sb.start_all().await.unwrap();
-    let study = sandbox::demo_study();
+    let study = sandbox::exact_study();
     sb.register_study(&study).await.unwrap();
     let alice = sandbox::RESEARCHER;
 
@@ -156,11 +156,12 @@ async fn a_node_lost_between_rounds_stops_the_fit_unless_the_study_allows() {
             node,
             plexus_node::RunOptions {
                 job_delay: Duration::from_millis(250),
+                ..Default::default()
             },
         );
     }
     sb.start_all().await.unwrap();
-    let mut study = sandbox::demo_study();
+    let mut study = sandbox::exact_study();
     sb.register_study(&study).await.unwrap();
 
     let e = fit_losing_c(&mut sb, &study.id).await.unwrap_err();
@@ -201,7 +202,7 @@ async fn a_node_lost_between_rounds_stops_the_fit_unless_the_study_allows() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cohort_leaving_out_fewer_than_k_patients_is_refused() {
     let sb = Sandbox::start(SandboxOptions::new(600, 33)).await.unwrap();
-    let study = sandbox::demo_study();
+    let study = sandbox::exact_study();
     sb.register_study(&study).await.unwrap();
     let purpose = study.purpose().unwrap();
     // Find an age limit that leaves out 1 to 4 of a site's patients: the

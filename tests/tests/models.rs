@@ -78,7 +78,7 @@ async fn start_with(patients_per_site: usize) -> (Sandbox, StudyDefinition) {
     let sb = Sandbox::start(SandboxOptions::new(patients_per_site, 21))
         .await
         .unwrap();
-    let study = sandbox::demo_study();
+    let study = sandbox::exact_study();
     sb.register_study(&study).await.unwrap();
     (sb, study)
 }
@@ -155,6 +155,7 @@ async fn glm_families_equal_a_centralised_fit_pooled_and_by_site() {
             value,
             provenance: logistic.provenance.clone(),
             by_site: vec![],
+            privacy: None,
         };
         check_glm(&one, &rows, death, &covariates, rglm::Family::Binomial);
     }

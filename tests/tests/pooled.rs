@@ -3,7 +3,7 @@
 //! consenting patients.
 
 use plexus_core::pool::{PooledCell, PooledValue};
-use plexus_core::{Dictionary, Query, RawStats};
+use plexus_core::{Dictionary, NodeStats, Query, RawStats};
 
 use plexus_tests::{ask, consenting, reference, rel, sandbox, today, Sandbox, SandboxOptions};
 
@@ -29,15 +29,20 @@ const ANALYSES: &[&str] = &[
     r#"{"table": {"row": "sex", "column": "diabetes"}}"#,
 ];
 
-/// Every count a result is made of, in a fixed order.
-fn raw_cells(r: &RawStats) -> Vec<u64> {
-    match r {
-        RawStats::Count(n) => vec![*n],
-        RawStats::Histogram { bins, below, above } => {
-            bins.iter().copied().chain([*below, *above]).collect()
-        }
-        RawStats::Table { cells, .. } => cells.clone(),
-        RawStats::Summary(_) => vec![],
+/// What a site releases of each count under the node's disclosure rules
+/// (`None` where it suppresses): bins with below and above last, or the
+/// table's cells row by row.
+fn released_cells_of(r: &RawStats) -> Vec<Option<u64>> {
+    let released =
+        plexus_core::disclosure::apply(r.clone(), plexus_core::disclosure::Rules::new(K as u32));
+    match released {
+        NodeStats::Count(c) => vec![c.count()],
+        NodeStats::Histogram { bins, below, above } => bins
+            .iter()
+            .chain([&below, &above])
+            .map(|c| c.count())
+            .collect(),
+        NodeStats::Table { cells, .. } => cells.iter().map(|c| c.count()).collect(),
         other => panic!("not a counting analysis: {other:?}"),
     }
 }
@@ -63,7 +68,7 @@ const K: u64 = 5;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_analysis_equals_the_pooled_table() {
     let sb = Sandbox::start(SandboxOptions::new(1500, 11)).await.unwrap();
-    let study = sandbox::demo_study();
+    let study = sandbox::exact_study();
     sb.register_study(&study).await.unwrap();
     let purpose = study.purpose().unwrap();
     let dict = Dictionary::cardiovascular();
@@ -96,6 +101,7 @@ async fn every_analysis_equals_the_pooled_table() {
                 let mut m = plexus_core::Moments::default();
                 for (name, r) in &site_refs {
                     let RawStats::Summary(s) = r else { panic!() };
+                    let s = &s.moments;
                     if s.n >= K {
                         m.merge(s);
                     } else {
@@ -119,32 +125,30 @@ async fn every_analysis_equals_the_pooled_table() {
                 );
                 continue;
             }
-            // Each pooled cell is the exact sum when every site reached k,
-            // and is suppressed (naming the sites) when one did not.
+            // Each pooled cell is the exact sum when every site released
+            // it, and is suppressed (naming the sites) when one did not: a
+            // site suppresses a cell under k, and in a table also the cells
+            // secondary suppression picks so margins cannot rebuild it.
             let cells = pooled_cells(&got.value);
-            let per_site_cells: Vec<(String, Vec<u64>)> = site_refs
+            let per_site_cells: Vec<(String, Vec<Option<u64>>)> = site_refs
                 .iter()
-                .map(|(n, r)| (n.clone(), raw_cells(r)))
+                .map(|(n, r)| (n.clone(), released_cells_of(r)))
                 .collect();
             assert_eq!(cells.len(), per_site_cells[0].1.len(), "{json}");
             for (i, cell) in cells.iter().enumerate() {
                 let small: Vec<&str> = per_site_cells
                     .iter()
-                    .filter(|(_, c)| c[i] < K)
+                    .filter(|(_, c)| c[i].is_none())
                     .map(|(n, _)| n.as_str())
                     .collect();
-                let sum: u64 = per_site_cells.iter().map(|(_, c)| c[i]).sum();
                 if small.is_empty() {
+                    let sum: u64 = per_site_cells.iter().filter_map(|(_, c)| c[i]).sum();
                     assert_eq!(cell.count, Some(sum), "{json} cell {i}");
                     released_cells += 1;
                 } else {
                     assert_eq!(cell.count, None, "{json} cell {i}");
                     assert_eq!(cell.suppressed_at, small, "{json} cell {i}");
-                    let released: u64 = per_site_cells
-                        .iter()
-                        .filter(|(_, c)| c[i] >= K)
-                        .map(|(_, c)| c[i])
-                        .sum();
+                    let released: u64 = per_site_cells.iter().filter_map(|(_, c)| c[i]).sum();
                     assert_eq!(
                         cell.at_least,
                         (released > 0).then_some(released),
@@ -164,7 +168,7 @@ async fn every_analysis_equals_the_pooled_table() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cell_under_k_is_suppressed_at_the_node_and_reported() {
     let sb = Sandbox::start(SandboxOptions::new(800, 5)).await.unwrap();
-    let study = sandbox::demo_study();
+    let study = sandbox::exact_study();
     sb.register_study(&study).await.unwrap();
     // Very old current smokers with diabetes: a handful of patients at most.
     let json = r#"{"cohort": {"and": [

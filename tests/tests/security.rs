@@ -64,7 +64,7 @@ async fn nodes_with_foreign_or_wrong_certificates_are_refused() {
         .admin()
         .register_study(plexus_proto::v1::RegisterStudyRequest {
             study: Some(plexus_proto::convert::study_to_pb(
-                &sandbox::demo_study(),
+                &sandbox::exact_study(),
                 0,
             )),
         })
@@ -77,7 +77,7 @@ async fn nodes_with_foreign_or_wrong_certificates_are_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn researcher_outside_the_study_and_unapproved_studies_are_refused() {
     let sb = Sandbox::start(SandboxOptions::new(300, 4)).await.unwrap();
-    let study = sandbox::demo_study();
+    let study = sandbox::exact_study();
     sb.register_study(&study).await.unwrap();
 
     let e = ask(
@@ -92,7 +92,7 @@ async fn researcher_outside_the_study_and_unapproved_studies_are_refused() {
     assert!(e.message.contains("not a member of study"), "{e}");
 
     // A study registered at the coordinator that no hospital has approved.
-    let mut other = sandbox::demo_study();
+    let mut other = sandbox::exact_study();
     other.id = "unapproved".into();
     sb.register_study(&other).await.unwrap();
     let e = ask(

@@ -150,8 +150,10 @@ fn handle(state: &State, node_id: &str, conn_id: u64, m: pb::NodeMessage) {
         Some(pb::node_message::Msg::Heartbeat(_)) => state.registry.heartbeat(node_id, conn_id),
         Some(pb::node_message::Msg::Result(r)) => {
             state.registry.heartbeat(node_id, conn_id);
+            let privacy = r.privacy;
             let reply = r
                 .outcome
+                .map(|o| (o, privacy))
                 .ok_or_else(|| "answer without an outcome".to_string());
             if let Err(e) = state.registry.deliver(node_id, &r.job_id, reply) {
                 warn!(job_id = %r.job_id, reason = %e, "answer ignored");

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use tonic::{Request, Response, Status};
 
+use plexus_core::privacy::report::precheck;
 use plexus_core::{Error, Query};
 use plexus_proto::convert::{study_to_pb, to_status};
 use plexus_proto::v1 as pb;
@@ -23,6 +24,26 @@ pub struct ResearchService {
 const MAX_WAIT: Duration = Duration::from_secs(300);
 
 impl ResearchService {
+    async fn precheck(
+        &self,
+        study: &plexus_core::StudyDefinition,
+        query: &Query,
+    ) -> Result<Result<f64, Error>, Status> {
+        if study.privacy.exact {
+            return Ok(Ok(0.0));
+        }
+        let store = &self.state.store;
+        let (spent, _) = store.spent(&study.id).await.map_err(|e| e.to_status())?;
+        let repeat = match query.canonical_hash(&self.state.dictionary) {
+            Ok(h) => store
+                .charged_before(&study.id, &h)
+                .await
+                .map_err(|e| e.to_status())?,
+            Err(e) => return Ok(Err(e)),
+        };
+        Ok(precheck(study, query, spent, repeat))
+    }
+
     async fn refuse(&self, who: &str, study: &str, e: Error) -> Status {
         self.state
             .audit(AuditEntry {
@@ -75,6 +96,11 @@ impl Research for ResearchService {
             Ok(q) => q,
             Err(e) => return Err(self.refuse(&who.name, &study.id, e).await),
         };
+        // A query the study's budget cannot pay for is refused here, before
+        // any node spends anything on it.
+        if let Err(e) = self.precheck(&study, &query).await? {
+            return Err(self.refuse(&who.name, &study.id, e).await);
+        }
         let id = uuid::Uuid::new_v4().to_string();
         let stored = StoredQuery {
             id: id.clone(),
@@ -154,6 +180,16 @@ impl Research for ResearchService {
         }
     }
 
+    async fn get_budget(
+        &self,
+        request: Request<pb::GetBudgetRequest>,
+    ) -> Result<Response<pb::BudgetReport>, Status> {
+        let who =
+            plexus_tls::require_role(&request, &[Role::Researcher, Role::Admin, Role::Auditor])?;
+        let req = request.into_inner();
+        Ok(Response::new(self.budget(&who, &req.study_id).await?))
+    }
+
     async fn list_studies(
         &self,
         request: Request<pb::ListStudiesRequest>,
@@ -172,6 +208,57 @@ impl Research for ResearchService {
             .map(|s| study_to_pb(&s.definition, s.registered_at))
             .collect();
         Ok(Response::new(pb::ListStudiesResponse { studies }))
+    }
+}
+
+impl ResearchService {
+    async fn budget(
+        &self,
+        who: &plexus_tls::Identity,
+        study_id: &str,
+    ) -> Result<pb::BudgetReport, Status> {
+        let study = self
+            .state
+            .store
+            .study(study_id)
+            .await
+            .map_err(|e| e.to_status())?
+            .map(|s| s.definition)
+            .filter(|s| who.role != Role::Researcher || s.has_researcher(&who.name))
+            .ok_or_else(|| {
+                to_status(&Error::not_found(format!(
+                    "no study \"{study_id}\" that you may see (list yours with `plexus studies`)"
+                )))
+            })?;
+        let store = &self.state.store;
+        let (charged, queries) = store.spent(&study.id).await.map_err(|e| e.to_status())?;
+        let nodes = store
+            .node_budgets(&study.id)
+            .await
+            .map_err(|e| e.to_status())?;
+        let spent = nodes.iter().map(|n| n.1).fold(charged, f64::max);
+        let p = &study.privacy;
+        let budget = if p.exact { 0.0 } else { p.budget_rho };
+        Ok(pb::BudgetReport {
+            study_id: study.id.clone(),
+            exact: p.exact,
+            budget_rho: budget,
+            spent_rho: spent,
+            remaining_rho: (budget - spent).max(0.0),
+            delta: p.delta,
+            epsilon_spent: p.epsilon(spent),
+            epsilon_budget: p.epsilon(budget),
+            queries_charged: queries,
+            nodes: nodes
+                .into_iter()
+                .map(|(node_id, spent_rho, budget_rho, updated)| pb::NodeBudget {
+                    node_id,
+                    spent_rho,
+                    budget_rho,
+                    updated_unix_ms: updated,
+                })
+                .collect(),
+        })
     }
 }
 

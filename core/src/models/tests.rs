@@ -538,7 +538,7 @@ fn table_stats(cells: &[u64]) -> NodeStats {
             columns: 2,
             cells: cells.to_vec(),
         },
-        K,
+        disclosure::Rules::new(K),
     )
 }
 
@@ -549,7 +549,7 @@ fn histogram_stats(bins: &[u64], below: u64, above: u64) -> NodeStats {
             below,
             above,
         },
-        K,
+        disclosure::Rules::new(K),
     )
 }
 

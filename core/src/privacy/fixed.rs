@@ -15,6 +15,10 @@ pub struct FixedPoint {
     digits: u32,
 }
 
+/// Decimal digits of every noised sum: hundredths of the variable's unit,
+/// far below any noise a budget buys.
+pub const DP_DIGITS: u32 = 2;
+
 /// Most decimal digits kept; more would make sums of squares overflow
 /// long before any real cohort size.
 pub const MAX_DIGITS: u32 = 6;
@@ -46,7 +50,8 @@ impl FixedPoint {
         })
     }
 
-    fn scale(&self) -> f64 {
+    /// Encoded units per unit of the variable.
+    pub fn scale(&self) -> f64 {
         10f64.powi(self.digits as i32)
     }
 

@@ -6,4 +6,6 @@
 pub mod accountant;
 pub mod fixed;
 pub mod noise;
+pub mod release;
+pub mod report;
 pub mod suppression;

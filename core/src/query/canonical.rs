@@ -23,6 +23,7 @@ impl Query {
                 .transpose()?,
             analysis: self.analysis.clone(),
             by_site: self.by_site,
+            rho: self.rho,
         })
     }
 
@@ -313,7 +314,7 @@ mod tests {
             patients in prop::collection::vec(patient(), 40),
         ) {
             let d = dict();
-            let q = Query { cohort: Some(c.clone()), analysis: Analysis::Count {}, by_site: false };
+            let q = Query { cohort: Some(c.clone()), analysis: Analysis::Count {}, by_site: false, rho: None };
             prop_assume!(q.validate(&d).is_ok());
             let canon = q.canonical(&d).unwrap();
             let again = canon.canonical(&d).unwrap();

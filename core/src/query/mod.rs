@@ -370,6 +370,10 @@ pub struct Query {
     /// control, next to the pooled answer.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub by_site: bool,
+    /// What the query may spend of its study's privacy budget (zCDP ρ);
+    /// the study's `query_rho` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rho: Option<f64>,
 }
 
 impl Query {
@@ -404,6 +408,13 @@ impl Query {
         if let Some(c) = &self.cohort {
             let mut nodes = 0;
             c.validate(dict, 1, &mut nodes)?;
+        }
+        if let Some(rho) = self.rho {
+            if !(rho.is_finite() && rho > 0.0 && rho <= 100.0) {
+                return Err(Error::invalid(format!(
+                    "\"rho\" is the privacy cost of the query (zCDP) and must be a positive number, got {rho}"
+                )));
+            }
         }
         validate::analysis(&self.analysis, dict)
     }
@@ -519,6 +530,7 @@ mod tests {
             cohort: Some(c),
             analysis: Analysis::Count {},
             by_site: false,
+            rho: None,
         };
         assert!(q.validate(&dict()).unwrap_err().message.contains("deeper"));
     }

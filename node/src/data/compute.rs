@@ -9,10 +9,9 @@ use datafusion::arrow::datatypes::{DataType, Float64Type, Int64Type};
 use datafusion::common::ScalarValue;
 use datafusion::error::DataFusionError;
 use datafusion::functions_aggregate::count::count_all;
-use datafusion::functions_aggregate::expr_fn::{count, sum};
 use datafusion::logical_expr::{create_udf, ColumnarValue, Volatility};
 use datafusion::prelude::DataFrame;
-use plexus_core::{Error, Moments, RawStats, Result, Variable};
+use plexus_core::{Error, RawStats, Result, Variable};
 
 use super::compile::Mapped;
 
@@ -38,21 +37,6 @@ async fn collect(df: DataFrame) -> Result<Vec<RecordBatch>> {
 pub(crate) async fn count_rows(df: DataFrame) -> Result<RawStats> {
     let batches = collect(plan(df.aggregate(vec![], vec![count_all().alias("n")]))?).await?;
     Ok(RawStats::Count(first_i64(&batches, 0) as u64))
-}
-
-pub(crate) async fn summary(df: DataFrame, m: &Mapped) -> Result<RawStats> {
-    let x = m.as_f64();
-    let aggs = vec![
-        count(x.clone()).alias("n"),
-        sum(x.clone()).alias("s"),
-        sum(x.clone() * x).alias("ss"),
-    ];
-    let batches = collect(plan(df.aggregate(vec![], aggs))?).await?;
-    Ok(RawStats::Summary(Moments {
-        n: first_i64(&batches, 0) as u64,
-        sum: first_f64(&batches, 1),
-        sum_squares: first_f64(&batches, 2),
-    }))
 }
 
 /// Bin code of `x` on `edges`: `0..bins` for a bin (the last one closed on
@@ -192,11 +176,4 @@ fn first_i64(batches: &[RecordBatch], col: usize) -> i64 {
         .map(|a| a.as_primitive::<Int64Type>())
         .filter(|a| !a.is_null(0))
         .map_or(0, |a| a.value(0))
-}
-
-fn first_f64(batches: &[RecordBatch], col: usize) -> f64 {
-    first(batches, col)
-        .map(|a| a.as_primitive::<Float64Type>())
-        .filter(|a| !a.is_null(0))
-        .map_or(0.0, |a| a.value(0))
 }

@@ -26,7 +26,9 @@ use std::time::Instant;
 use chrono::NaiveDate;
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::prelude::{DataFrame, ParquetReadOptions, SessionContext};
+use plexus_core::models::design::ColumnData;
 use plexus_core::models::glm::Iteration;
+use plexus_core::stats::SummarySums;
 use plexus_core::{Analysis, Dictionary, Error, Purpose, Query, RawStats, Result};
 
 pub use config::{ConsentConfig, DataConfig, DataFormat};
@@ -194,7 +196,19 @@ impl DataSource {
                 Some(n) => RawStats::Count(n),
                 None => compute::count_rows(df).await?,
             },
-            Analysis::Summary { variable } => compute::summary(df, self.lookup(variable)?).await?,
+            Analysis::Summary { variable } => {
+                // Read into memory: the noised release needs clamped
+                // fixed-point sums and the dominance rule the largest values.
+                let vars = [(variable.as_str(), self.lookup(variable)?)];
+                let columns = extract::columns(df, &vars, &self.dict).await?;
+                let Some(ColumnData::Numeric(values)) = columns.get(variable) else {
+                    return Err(Error::internal(
+                        "a summary variable was not read as numbers",
+                    ));
+                };
+                let var = self.dict.get(variable)?;
+                RawStats::Summary(SummarySums::of(var, variable, values.iter().copied()))
+            }
             Analysis::Histogram { variable, edges }
             | Analysis::Quantiles {
                 variable, edges, ..

@@ -7,12 +7,14 @@ use plexus_core::models::correlation::{Missing, PairSums};
 use plexus_core::models::cox::{CoxStats, Ties};
 use plexus_core::models::glm::{Family, GlmStats, Iteration};
 use plexus_core::models::survival::{Grid, GroupCounts, GroupStats, MAX_GRID_INTERVALS};
+use plexus_core::privacy::release::NoiseScale;
+use plexus_core::privacy::report::Receipt;
 use plexus_core::query::{
     Analysis, AnalysisKind, Cohort, CompareOp, Query, Value, MAX_BINS, MAX_CORRELATION_VARIABLES,
     MAX_COVARIATES, MAX_PROBABILITIES,
 };
 use plexus_core::stats::{Cell, Moments, NodeStats};
-use plexus_core::study::{PurposeSpec, StudyDefinition};
+use plexus_core::study::{PrivacySettings, PurposeSpec, StudyDefinition};
 use plexus_core::Purpose;
 
 use crate::v1 as pb;
@@ -146,6 +148,56 @@ pub fn study_to_pb(s: &StudyDefinition, registered_unix_ms: i64) -> pb::Study {
         min_nodes: s.min_nodes,
         registered_unix_ms,
         continue_without_lost_nodes: s.continue_without_lost_nodes,
+        privacy: Some(pb::StudyPrivacy {
+            exact: s.privacy.exact,
+            budget_rho: s.privacy.budget_rho,
+            query_rho: s.privacy.query_rho,
+            delta: s.privacy.delta,
+        }),
+    }
+}
+
+impl From<&Receipt> for pb::PrivacyReceipt {
+    fn from(r: &Receipt) -> Self {
+        pb::PrivacyReceipt {
+            charged_rho: r.charged_rho,
+            spent_rho: r.spent_rho,
+            budget_rho: r.budget_rho,
+            cached: r.cached,
+            count_sd: r.noise.count_sd,
+            sum_sd: r.noise.sum_sd,
+            square_sd: r.noise.square_sd,
+        }
+    }
+}
+
+impl TryFrom<pb::PrivacyReceipt> for Receipt {
+    type Error = Error;
+    fn try_from(r: pb::PrivacyReceipt) -> Result<Self> {
+        let values = [
+            r.charged_rho,
+            r.spent_rho,
+            r.budget_rho,
+            r.count_sd,
+            r.sum_sd,
+            r.square_sd,
+        ];
+        if !values.iter().all(|v| v.is_finite() && *v >= 0.0) {
+            return Err(Error::invalid(
+                "node's privacy receipt holds a negative or non-finite number",
+            ));
+        }
+        Ok(Receipt {
+            charged_rho: r.charged_rho,
+            spent_rho: r.spent_rho,
+            budget_rho: r.budget_rho,
+            cached: r.cached,
+            noise: NoiseScale {
+                count_sd: r.count_sd,
+                sum_sd: r.sum_sd,
+                square_sd: r.square_sd,
+            },
+        })
     }
 }
 
@@ -166,6 +218,15 @@ impl TryFrom<pb::Study> for StudyDefinition {
             nodes: s.nodes,
             min_nodes: s.min_nodes,
             continue_without_lost_nodes: s.continue_without_lost_nodes,
+            privacy: s
+                .privacy
+                .map(|p| PrivacySettings {
+                    exact: p.exact,
+                    budget_rho: p.budget_rho,
+                    query_rho: p.query_rho,
+                    delta: p.delta,
+                })
+                .unwrap_or_default(),
             purpose: PurposeSpec {
                 code: purpose.code,
                 disease: purpose.disease,

@@ -407,6 +407,7 @@ impl From<&Query> for pb::Query {
             cohort: q.cohort.as_ref().map(pb::Cohort::from),
             analysis: Some((&q.analysis).into()),
             by_site: q.by_site,
+            rho: q.rho,
         }
     }
 }
@@ -418,6 +419,7 @@ impl TryFrom<pb::Query> for Query {
             cohort: q.cohort.map(Cohort::try_from).transpose()?,
             analysis: q.analysis.ok_or_else(|| missing("analysis"))?.try_into()?,
             by_site: q.by_site,
+            rho: q.rho,
         })
     }
 }

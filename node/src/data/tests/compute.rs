@@ -2,7 +2,8 @@
 //! over the same rows, for Parquet and CSV alike.
 
 use plexus_core::eval::{matches, Datum};
-use plexus_core::{Analysis, Dictionary, ErrorCode, Moments, Query, RawStats};
+use plexus_core::stats::SummarySums;
+use plexus_core::{Analysis, Dictionary, ErrorCode, Query, RawStats};
 
 use super::super::compute::bin_code;
 use super::{date, patients, purpose, Fixture, Patient};
@@ -75,12 +76,9 @@ fn reference(rows: &[&Patient], query: &Query, dict: &Dictionary) -> RawStats {
     match &query.analysis {
         Analysis::Count {} => RawStats::Count(cohort.len() as u64),
         Analysis::Summary { variable } => {
-            let mut m = Moments::default();
-            cohort
-                .iter()
-                .filter_map(|p| number(p.datum(variable)))
-                .for_each(|x| m.add(x));
-            RawStats::Summary(m)
+            let values = cohort.iter().filter_map(|p| number(p.datum(variable)));
+            let var = dict.get(variable).expect("variable");
+            RawStats::Summary(SummarySums::of(var, variable, values))
         }
         Analysis::Histogram { variable, edges } => {
             let mut bins = vec![0; edges.len() - 1];
@@ -129,6 +127,9 @@ fn reference(rows: &[&Patient], query: &Query, dict: &Dictionary) -> RawStats {
 fn assert_same(got: &RawStats, want: &RawStats, what: &str) {
     match (got, want) {
         (RawStats::Summary(g), RawStats::Summary(w)) => {
+            // The fixed-point sums are integers and must match exactly.
+            assert_eq!(g.fixed, w.fixed, "{what}");
+            let (g, w) = (&g.moments, &w.moments);
             let close = |a: f64, b: f64| (a - b).abs() <= 1e-9 * (1.0 + b.abs());
             assert!(
                 g.n == w.n && close(g.sum, w.sum) && close(g.sum_squares, w.sum_squares),

@@ -53,7 +53,7 @@ async fn counted(src: &super::DataSource, p: &Purpose, today: &str) -> Moments {
         .await
         .unwrap()
     {
-        RawStats::Summary(m) => m,
+        RawStats::Summary(m) => m.moments,
         other => panic!("{other:?}"),
     }
 }

@@ -1,0 +1,234 @@
+//! The noised release: what a node sends for a study under differential
+//! privacy. Every released number is an integer sum with a sensitivity
+//! fixed by public facts (1 for a count; the clamping bound of a
+//! fixed-point sum), noised with the exact discrete Gaussian at the σ the
+//! query's cost ρ buys. The minimum cell size, secondary suppression and
+//! the at-risk rule then run on the noised values, which is
+//! post-processing and costs nothing more.
+//!
+//! How each analysis spends its ρ:
+//! - count: one count, Δ = 1, σ = 1/√(2ρ);
+//! - histogram, quantiles, table, two-by-two: every patient falls in
+//!   exactly one cell (the bins with below and above, or the table's
+//!   cells), so the whole vector has L2 sensitivity 1 and each cell gets
+//!   σ = 1/√(2ρ);
+//! - summary: ρ/3 each to the count, the clamped sum and the clamped sum
+//!   of squares, with Δ = 1, max|x| and max x² in fixed point;
+//! - Kaplan-Meier: every patient is one event or one censoring in one
+//!   interval of one group, so the event and censoring counts of the whole
+//!   grid have L2 sensitivity 1 and each gets σ = 1/√(2ρ); the numbers at
+//!   risk are sums of them (post-processing), never noised on their own.
+//!
+//! Regression rounds and correlation sums are refused under differential
+//! privacy for now: their sensitivities depend on per-patient clipping
+//! that is not built yet.
+
+use serde::{Deserialize, Serialize};
+
+use super::accountant::sigma_for_rho;
+use super::noise::discrete_gaussian;
+use crate::disclosure::{cell, summary_dominated, suppress_table, Rules};
+use crate::error::{Error, Result};
+use crate::models::survival::{self, Tally};
+use crate::stats::{Moments, NodeStats, RawStats};
+
+/// The noise a release carries: standard deviations in the released
+/// values' own units (0 where the release has no such part).
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct NoiseScale {
+    /// Of each count (cells, bins, n).
+    pub count_sd: f64,
+    /// Of each sum, in the variable's unit.
+    pub sum_sd: f64,
+    /// Of each sum of squares, in the variable's unit squared.
+    pub square_sd: f64,
+}
+
+impl NoiseScale {
+    pub fn is_zero(&self) -> bool {
+        self.count_sd == 0.0 && self.sum_sd == 0.0 && self.square_sd == 0.0
+    }
+}
+
+fn noisy_count(n: u64, sigma: f64) -> Result<u64> {
+    let v = i128::from(n) + i128::from(discrete_gaussian(sigma)?);
+    // A negative count is impossible: post-processing makes it 0.
+    Ok(u64::try_from(v.max(0)).unwrap_or(u64::MAX))
+}
+
+fn noisy_sum(v: i128, sigma: f64) -> Result<i128> {
+    Ok(v + i128::from(discrete_gaussian(sigma)?))
+}
+
+/// Noises and checks what a node computed for a study under differential
+/// privacy at cost `rho`.
+pub fn release(raw: RawStats, rules: Rules, rho: f64) -> Result<(NodeStats, NoiseScale)> {
+    let k = rules.k;
+    let unit = sigma_for_rho(1.0, rho)?;
+    let counts = NoiseScale {
+        count_sd: unit,
+        ..NoiseScale::default()
+    };
+    let noisy = |n: u64| noisy_count(n, unit);
+    Ok(match raw {
+        RawStats::Count(n) => (NodeStats::Count(cell(noisy(n)?, k)), counts),
+        RawStats::Summary(s) => {
+            let Some((fp, sums)) = s.fixed else {
+                return Err(Error::invalid(
+                    "the variable has no public bounds in the data dictionary, so its sum cannot be noised; add min and max to the dictionary",
+                ));
+            };
+            let third = rho / 3.0;
+            let sd_n = sigma_for_rho(1.0, third)?;
+            let sd_sum = sigma_for_rho(fp.sum_sensitivity() as f64, third)?;
+            let sd_sq = sigma_for_rho(fp.square_sensitivity() as f64, third)?;
+            let scale = NoiseScale {
+                count_sd: sd_n,
+                sum_sd: sd_sum / fp.scale(),
+                square_sd: sd_sq / (fp.scale() * fp.scale()),
+            };
+            // The dominance rule looks at the exact values: a withheld
+            // summary says only that one or two patients dominate it.
+            if summary_dominated(&s, rules.dominance_share) {
+                return Ok((NodeStats::Summary(None), scale));
+            }
+            let n = noisy_count(sums.n, sd_n)?;
+            let sum = noisy_sum(sums.sum, sd_sum)?;
+            let squares = noisy_sum(sums.squares, sd_sq)?.max(0);
+            let released = (n >= u64::from(k)).then(|| Moments {
+                n,
+                sum: fp.decode(sum),
+                sum_squares: fp.decode_square(squares),
+            });
+            (NodeStats::Summary(released), scale)
+        }
+        RawStats::Histogram { bins, below, above } => (
+            NodeStats::Histogram {
+                bins: bins
+                    .into_iter()
+                    .map(|n| Ok(cell(noisy(n)?, k)))
+                    .collect::<Result<_>>()?,
+                below: cell(noisy(below)?, k),
+                above: cell(noisy(above)?, k),
+            },
+            counts,
+        ),
+        RawStats::Table {
+            rows,
+            columns,
+            cells,
+        } => {
+            let cells = cells.into_iter().map(noisy).collect::<Result<Vec<_>>>()?;
+            (
+                NodeStats::Table {
+                    rows,
+                    columns,
+                    cells: suppress_table(cells, rows, columns, k),
+                },
+                counts,
+            )
+        }
+        RawStats::Survival(groups) => {
+            let mut noised = Vec::with_capacity(groups.len());
+            for t in groups {
+                let mut out = Tally::zero(t.counts.events.len());
+                for (j, (d, c)) in t.counts.events.iter().zip(&t.counts.censored).enumerate() {
+                    out.counts.events[j] = noisy(*d)?;
+                    out.counts.censored[j] = noisy(*c)?;
+                }
+                // Patients followed beyond the grid are censorings of the
+                // last interval, noised with the rest: nothing about them
+                // needs a rule of its own.
+                out.counts.at_risk = out
+                    .counts
+                    .events
+                    .iter()
+                    .chain(&out.counts.censored)
+                    .sum();
+                noised.push(out);
+            }
+            (NodeStats::Survival(survival::disclose(noised, k)), counts)
+        }
+        RawStats::Glm(_) | RawStats::Cox(_) | RawStats::Pairs(_) => {
+            return Err(Error::policy(
+                "regressions and correlations are not yet released under differential privacy; run them in a study registered with [privacy] exact = true that the hospitals accept",
+            ))
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stats::{Cell, SummarySums};
+    use crate::Dictionary;
+
+    #[test]
+    fn counts_are_noised_at_the_scale_rho_buys() {
+        // ρ = 0.005 buys σ = 10 for a count.
+        let rules = Rules::new(5);
+        let draws: Vec<f64> = (0..2000)
+            .map(|_| {
+                let (s, noise) = release(RawStats::Count(1000), rules, 0.005).unwrap();
+                assert!((noise.count_sd - 10.0).abs() < 1e-12);
+                match s {
+                    NodeStats::Count(Cell::Count(n)) => n as f64 - 1000.0,
+                    other => panic!("{other:?}"),
+                }
+            })
+            .collect();
+        let mean = draws.iter().sum::<f64>() / draws.len() as f64;
+        let var = draws.iter().map(|d| (d - mean).powi(2)).sum::<f64>() / (draws.len() - 1) as f64;
+        assert!(mean.abs() < 1.0, "mean noise {mean}");
+        assert!((var.sqrt() - 10.0).abs() < 1.0, "noise sd {}", var.sqrt());
+        assert!(draws.iter().any(|d| *d != 0.0));
+    }
+
+    #[test]
+    fn summaries_are_noised_sums_of_clamped_values() {
+        let d = Dictionary::cardiovascular();
+        let age = d.get("age").unwrap();
+        // 500 is clamped to the dictionary's 110 before it is summed.
+        let mut values = vec![60.0; 999];
+        values.push(500.0);
+        let s = SummarySums::of(age, "age", values);
+        let (fp, sums) = s.fixed.unwrap();
+        assert_eq!(sums.sum, 999 * 6000 + 11_000);
+        let (out, noise) = release(RawStats::Summary(s), Rules::new(5), 0.03).unwrap();
+        // σ of the sum = 110 / √(2 · 0.01) ≈ 777.8 years.
+        assert!((noise.sum_sd - 110.0 / 0.02f64.sqrt()).abs() < 1e-9);
+        assert!((noise.count_sd - 1.0 / 0.02f64.sqrt()).abs() < 1e-12);
+        let NodeStats::Summary(Some(m)) = out else {
+            panic!()
+        };
+        assert!((m.sum - 60_050.0).abs() < 10.0 * noise.sum_sd, "{m:?}");
+        assert!(m.sum_squares >= 0.0);
+        assert_eq!(fp.scale(), 100.0);
+    }
+
+    #[test]
+    fn thin_cells_and_tables_stay_protected_after_noise() {
+        let rules = Rules::new(5);
+        // A tiny cell is suppressed whenever its noised value is under k,
+        // and secondary suppression then covers it.
+        let (t, _) = release(
+            RawStats::Table {
+                rows: 2,
+                columns: 2,
+                cells: vec![0, 1000, 1000, 1000],
+            },
+            rules,
+            // σ ≈ 0.7: the zero cell stays under 5.
+            1.0,
+        )
+        .unwrap();
+        let NodeStats::Table { cells, .. } = t else {
+            panic!()
+        };
+        assert_eq!(cells[0], Cell::Suppressed);
+        assert_eq!(cells.iter().filter(|c| **c == Cell::Suppressed).count(), 4);
+        let e = release(RawStats::Glm(Default::default()), rules, 0.1).unwrap_err();
+        assert_eq!(e.code, crate::ErrorCode::Policy);
+        assert!(e.message.contains("exact"), "{e}");
+    }
+}

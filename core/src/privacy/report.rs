@@ -1,0 +1,174 @@
+//! What a researcher is told about a result's privacy: what it cost, what
+//! the study has left, and how much noise its values carry.
+
+use serde::{Deserialize, Serialize};
+
+use super::release::NoiseScale;
+use crate::error::{Error, Result};
+use crate::pool::{PooledValue, Z_95};
+use crate::query::{AnalysisKind, Query};
+use crate::stats::NodeStats;
+use crate::study::StudyDefinition;
+
+/// One node's part of a query's cost.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeCharge {
+    pub node: String,
+    /// Debited for this query at the node (0 when it answered from its cache).
+    pub charged_rho: f64,
+    /// The study's spent budget at the node, after this query.
+    pub spent_rho: f64,
+    /// The budget the node enforces (the study's, or less by its policy).
+    pub budget_rho: f64,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cached: bool,
+}
+
+/// A result's privacy terms.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PrivacyReport {
+    /// An exact study: no noise, no budget.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub exact: bool,
+    /// What the query asked to spend (zCDP ρ).
+    pub cost_rho: f64,
+    /// The most any node debited for it (0 when every node repeated an
+    /// earlier answer).
+    pub charged_rho: f64,
+    /// Every node answered from its cache: the same answer as before, free.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cached: bool,
+    /// The study's budget and what it has spent, as the coordinator
+    /// accounts it (the most any node has spent).
+    pub budget_rho: f64,
+    pub spent_rho: f64,
+    pub remaining_rho: f64,
+    /// The (ε, δ)-DP equivalent of what the study has spent.
+    pub epsilon_spent: f64,
+    pub delta: f64,
+    /// Standard deviation of the noise in each pooled count (cells, bins,
+    /// n at risk), when the result has counts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count_noise_sd: Option<f64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<NodeCharge>,
+    /// How noise was post-processed (negative counts set to 0, a variance
+    /// clamped at 0) when that happened.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+}
+
+/// Root of the summed variances: the sd of a sum of independent noises.
+fn pooled_sd(sds: impl Iterator<Item = f64>) -> f64 {
+    sds.map(|s| s * s).sum::<f64>().sqrt()
+}
+
+/// The noise in each pooled count, from the nodes that answered.
+pub fn count_noise_sd(noises: &[NoiseScale]) -> Option<f64> {
+    let sd = pooled_sd(noises.iter().map(|n| n.count_sd));
+    (sd > 0.0).then_some(sd)
+}
+
+/// Widens a pooled summary's interval by the noise of the nodes whose
+/// moments are in it, and states that noise; returns a note when the
+/// noise made the variance negative (it is then reported as 0).
+pub fn annotate_summary(
+    value: &mut PooledValue,
+    answers: &[(String, NodeStats)],
+    noise_of: impl Fn(&str) -> Option<NoiseScale>,
+) -> Option<String> {
+    let PooledValue::Summary {
+        n,
+        mean,
+        variance,
+        sd,
+        ci,
+        noise_sd,
+        variable,
+    } = value
+    else {
+        return None;
+    };
+    let released: Vec<NoiseScale> = answers
+        .iter()
+        .filter(|(_, s)| matches!(s, NodeStats::Summary(Some(_))))
+        .filter_map(|(node, _)| noise_of(node))
+        .collect();
+    if released.iter().all(NoiseScale::is_zero) {
+        return None;
+    }
+    let nf = *n as f64;
+    // Delta method for a ratio of noised sums: Var(S/N) ≈ (σ_S² + m²σ_N²)/N².
+    let s2 = released.iter().map(|x| x.sum_sd * x.sum_sd).sum::<f64>();
+    let n2 = released
+        .iter()
+        .map(|x| x.count_sd * x.count_sd)
+        .sum::<f64>();
+    let noise = ((s2 + *mean * *mean * n2).sqrt() / nf).max(0.0);
+    *noise_sd = Some(noise);
+    let sampling = variance.map(|v| v / nf).unwrap_or(0.0);
+    let half = Z_95 * (sampling + noise * noise).sqrt();
+    *ci = Some([*mean - half, *mean + half]);
+    let note = (*variance == Some(0.0) && *n > 1).then(|| {
+        format!(
+            "the noised sums of \"{variable}\" gave a variance of 0 or less; it is reported as 0"
+        )
+    });
+    *sd = variance.map(f64::sqrt);
+    note
+}
+
+/// What a node says about one release's privacy.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct Receipt {
+    /// Debited for this job (0 when it repeated a kept answer).
+    pub charged_rho: f64,
+    /// The study's spent budget at the node after this job.
+    pub spent_rho: f64,
+    /// The budget the node enforces for the study.
+    pub budget_rho: f64,
+    pub cached: bool,
+    pub noise: NoiseScale,
+}
+
+/// What `query` asks to spend of its study's budget: 0 in an exact study.
+pub fn query_cost(study: &StudyDefinition, query: &Query) -> f64 {
+    if study.privacy.exact {
+        return 0.0;
+    }
+    query.rho.unwrap_or(study.privacy.query_rho)
+}
+
+/// Refuses at submission a query the study's privacy terms cannot answer:
+/// an analysis not yet released under differential privacy, or a cost
+/// beyond what the study has left (`spent` so far). A `repeat` of a query
+/// already charged is answered from the nodes' caches and costs nothing.
+/// Returns the query's cost.
+pub fn precheck(study: &StudyDefinition, query: &Query, spent: f64, repeat: bool) -> Result<f64> {
+    let cost = query_cost(study, query);
+    if study.privacy.exact {
+        return Ok(cost);
+    }
+    let kind = query.analysis.kind();
+    if matches!(
+        kind,
+        AnalysisKind::Glm | AnalysisKind::Cox | AnalysisKind::Correlation
+    ) {
+        return Err(Error::policy(format!(
+            "{kind} is not yet released under differential privacy, and study \"{}\" is under it; run it in a study registered with [privacy] exact = true that the hospitals accept",
+            study.id
+        )));
+    }
+    let budget = study.privacy.budget_rho;
+    if !repeat && spent + cost > budget * (1.0 + 1e-12) {
+        return Err(Error::policy(format!(
+            "study \"{}\" has spent rho {spent:.4} of its budget {budget:.4} (epsilon {:.2} of {:.2} at delta {:e}) and this query costs {cost:.4}; \
+             ask for a cheaper query with a smaller \"rho\" (more noise), or a new study",
+            study.id,
+            study.privacy.epsilon(spent),
+            study.privacy.epsilon(budget),
+            study.privacy.delta
+        )));
+    }
+    Ok(cost)
+}
