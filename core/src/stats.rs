@@ -69,8 +69,9 @@ impl Moments {
     }
 }
 
-/// Clamped fixed-point sums of one variable (see [`FixedPoint`]): what a
-/// noised summary is made from, with a sensitivity fixed by public bounds.
+/// Clamped fixed-point sums of one variable, centred on the middle of its
+/// bounds (see [`FixedPoint::centre`]): what a noised summary is made
+/// from, with a sensitivity fixed by public bounds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct FixedSums {
     pub n: u64,
@@ -103,7 +104,7 @@ impl SummarySums {
         for x in values.into_iter().filter(|x| x.is_finite()) {
             moments.add(x);
             if let Some(fp) = &fp {
-                let e = i128::from(fp.encode(x));
+                let e = i128::from(fp.encode(x) - fp.centre());
                 fixed.n += 1;
                 fixed.sum += e;
                 fixed.squares += e * e;

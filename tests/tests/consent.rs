@@ -105,8 +105,10 @@ async fn a_study_sees_only_patients_whose_consent_covers_its_purpose() {
     hmb.purpose.disease = String::new();
     hmb.purpose.modifiers = vec![];
     for cfg in sb.node_configs.values_mut() {
-        cfg.policy.allowed_studies.insert(gru.id.clone());
-        cfg.policy.allowed_studies.insert(hmb.id.clone());
+        for id in [&gru.id, &hmb.id] {
+            cfg.policy.allowed_studies.insert(id.clone());
+            cfg.policy.exact_studies.insert(id.clone());
+        }
     }
     sb.start_all().await.unwrap();
     let demo = sandbox::exact_study();

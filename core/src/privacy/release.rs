@@ -12,8 +12,9 @@
 //!   exactly one cell (the bins with below and above, or the table's
 //!   cells), so the whole vector has L2 sensitivity 1 and each cell gets
 //!   σ = 1/√(2ρ);
-//! - summary: ρ/3 each to the count, the clamped sum and the clamped sum
-//!   of squares, with Δ = 1, max|x| and max x² in fixed point;
+//! - summary: ρ/3 each to the count, the sum and the sum of squares of
+//!   the clamped values minus the middle of their bounds, with Δ = 1, half
+//!   the range and its square, in fixed point;
 //! - Kaplan-Meier: every patient is one event or one censoring in one
 //!   interval of one group, so the event and censoring counts of the whole
 //!   grid have L2 sensitivity 1 and each gets σ = 1/√(2ρ); the numbers at
@@ -42,6 +43,10 @@ pub struct NoiseScale {
     pub sum_sd: f64,
     /// Of each sum of squares, in the variable's unit squared.
     pub square_sd: f64,
+    /// The value sums were centred on before noising: the noise in a mean
+    /// m grows with |m − centre|·count_sd, not with m.
+    #[serde(default)]
+    pub centre: f64,
 }
 
 impl NoiseScale {
@@ -79,13 +84,16 @@ pub fn release(raw: RawStats, rules: Rules, rho: f64) -> Result<(NodeStats, Nois
                 ));
             };
             let third = rho / 3.0;
+            let spread = fp.centred_sensitivity() as f64;
             let sd_n = sigma_for_rho(1.0, third)?;
-            let sd_sum = sigma_for_rho(fp.sum_sensitivity() as f64, third)?;
-            let sd_sq = sigma_for_rho(fp.square_sensitivity() as f64, third)?;
+            let sd_sum = sigma_for_rho(spread, third)?;
+            let sd_sq = sigma_for_rho(spread * spread, third)?;
+            let centre = fp.decode(i128::from(fp.centre()));
             let scale = NoiseScale {
                 count_sd: sd_n,
                 sum_sd: sd_sum / fp.scale(),
                 square_sd: sd_sq / (fp.scale() * fp.scale()),
+                centre,
             };
             // The dominance rule looks at the exact values: a withheld
             // summary says only that one or two patients dominate it.
@@ -93,12 +101,22 @@ pub fn release(raw: RawStats, rules: Rules, rho: f64) -> Result<(NodeStats, Nois
                 return Ok((NodeStats::Summary(None), scale));
             }
             let n = noisy_count(sums.n, sd_n)?;
-            let sum = noisy_sum(sums.sum, sd_sum)?;
-            let squares = noisy_sum(sums.squares, sd_sq)?.max(0);
-            let released = (n >= u64::from(k)).then(|| Moments {
-                n,
-                sum: fp.decode(sum),
-                sum_squares: fp.decode_square(squares),
+            let centred = fp.decode(noisy_sum(sums.sum, sd_sum)?);
+            let centred_squares = fp.decode_square(noisy_sum(sums.squares, sd_sq)?.max(0));
+            let released = (n >= u64::from(k)).then(|| {
+                // Back from centred sums: Σx = Σ(x−c) + c·n and
+                // Σx² = Σ(x−c)² + 2c·Σ(x−c) + c²·n, all from noised values.
+                let nf = n as f64;
+                let sum = centred + centre * nf;
+                let squares = centred_squares + 2.0 * centre * centred + centre * centre * nf;
+                // Noise can leave Σx² below (Σx)²/n, a negative variance:
+                // it is raised to that floor (variance 0), which the pooled
+                // result then reports.
+                Moments {
+                    n,
+                    sum,
+                    sum_squares: squares.max(sum * sum / nf),
+                }
             });
             (NodeStats::Summary(released), scale)
         }
@@ -193,10 +211,12 @@ mod tests {
         values.push(500.0);
         let s = SummarySums::of(age, "age", values);
         let (fp, sums) = s.fixed.unwrap();
-        assert_eq!(sums.sum, 999 * 6000 + 11_000);
+        // Centred on 64 (the middle of 18..=110).
+        assert_eq!(sums.sum, 999 * (6000 - 6400) + (11_000 - 6400));
         let (out, noise) = release(RawStats::Summary(s), Rules::new(5), 0.03).unwrap();
-        // σ of the sum = 110 / √(2 · 0.01) ≈ 777.8 years.
-        assert!((noise.sum_sd - 110.0 / 0.02f64.sqrt()).abs() < 1e-9);
+        // σ of the sum = 46 / √(2 · 0.01) ≈ 325 years.
+        assert!((noise.sum_sd - 46.0 / 0.02f64.sqrt()).abs() < 1e-9);
+        assert_eq!(noise.centre, 64.0);
         assert!((noise.count_sd - 1.0 / 0.02f64.sqrt()).abs() < 1e-12);
         let NodeStats::Summary(Some(m)) = out else {
             panic!()

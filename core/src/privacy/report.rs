@@ -98,13 +98,13 @@ pub fn annotate_summary(
         return None;
     }
     let nf = *n as f64;
-    // Delta method for a ratio of noised sums: Var(S/N) ≈ (σ_S² + m²σ_N²)/N².
-    let s2 = released.iter().map(|x| x.sum_sd * x.sum_sd).sum::<f64>();
-    let n2 = released
+    // Delta method for a ratio of noised sums centred on c: the mean is
+    // c + ΣS/ΣN, so Var ≈ (σ_S² + (m − c)²·σ_N²)/N², node by node.
+    let var: f64 = released
         .iter()
-        .map(|x| x.count_sd * x.count_sd)
-        .sum::<f64>();
-    let noise = ((s2 + *mean * *mean * n2).sqrt() / nf).max(0.0);
+        .map(|x| x.sum_sd.powi(2) + (*mean - x.centre).powi(2) * x.count_sd.powi(2))
+        .sum();
+    let noise = var.sqrt() / nf;
     *noise_sd = Some(noise);
     let sampling = variance.map(|v| v / nf).unwrap_or(0.0);
     let half = Z_95 * (sampling + noise * noise).sqrt();

@@ -167,6 +167,7 @@ impl From<&Receipt> for pb::PrivacyReceipt {
             count_sd: r.noise.count_sd,
             sum_sd: r.noise.sum_sd,
             square_sd: r.noise.square_sd,
+            centre: r.noise.centre,
         }
     }
 }
@@ -182,7 +183,7 @@ impl TryFrom<pb::PrivacyReceipt> for Receipt {
             r.sum_sd,
             r.square_sd,
         ];
-        if !values.iter().all(|v| v.is_finite() && *v >= 0.0) {
+        if !values.iter().all(|v| v.is_finite() && *v >= 0.0) || !r.centre.is_finite() {
             return Err(Error::invalid(
                 "node's privacy receipt holds a negative or non-finite number",
             ));
@@ -196,6 +197,7 @@ impl TryFrom<pb::PrivacyReceipt> for Receipt {
                 count_sd: r.count_sd,
                 sum_sd: r.sum_sd,
                 square_sd: r.square_sd,
+                centre: r.centre,
             },
         })
     }
