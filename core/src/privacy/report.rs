@@ -172,3 +172,45 @@ pub fn precheck(study: &StudyDefinition, query: &Query, spent: f64, repeat: bool
     }
     Ok(cost)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Dictionary;
+
+    fn study() -> StudyDefinition {
+        let mut s = StudyDefinition::from_toml(crate::study::tests::EXAMPLE).unwrap();
+        s.analyses.push(AnalysisKind::Glm);
+        s.privacy.budget_rho = 0.05;
+        s
+    }
+
+    #[test]
+    fn precheck_refuses_what_the_budget_cannot_pay_and_models_under_dp() {
+        let s = study();
+        s.validate(&Dictionary::cardiovascular()).unwrap();
+        let count = Query::from_json(r#"{"analysis": {"count": {}}}"#).unwrap();
+        assert_eq!(precheck(&s, &count, 0.0, false).unwrap(), 0.01);
+        assert!(precheck(&s, &count, 0.04, false).is_ok());
+        let e = precheck(&s, &count, 0.045, false).unwrap_err();
+        assert_eq!(e.code, crate::ErrorCode::Policy);
+        assert!(
+            e.message
+                .contains("has spent rho 0.0450 of its budget 0.0500"),
+            "{e}"
+        );
+        // A repeat is answered from the nodes' caches, free.
+        assert!(precheck(&s, &count, 0.05, true).is_ok());
+        let dear = Query::from_json(r#"{"analysis": {"count": {}}, "rho": 0.2}"#).unwrap();
+        assert!(precheck(&s, &dear, 0.0, false).is_err());
+        let glm = Query::from_json(
+            r#"{"analysis": {"glm": {"family": "gaussian", "outcome": "age", "covariates": ["sex"]}}}"#,
+        )
+        .unwrap();
+        let e = precheck(&s, &glm, 0.0, false).unwrap_err();
+        assert!(e.message.contains("exact = true"), "{e}");
+        let mut exact = s.clone();
+        exact.privacy.exact = true;
+        assert_eq!(precheck(&exact, &glm, 10.0, false).unwrap(), 0.0);
+    }
+}
