@@ -49,6 +49,7 @@ const QUERIES: &[(&str, &str)] = &[
 
 /// The centralised baseline applies no disclosure control of its own.
 const LIMITS: Limits = Limits {
+    private: false,
     k: 1,
     max_parameter_share: 1.0,
 };

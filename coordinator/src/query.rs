@@ -14,6 +14,7 @@ use plexus_core::pool::{
     pool, pool_value, quorum, NodeOutcome, NodeStatus, PooledResult, PooledValue, Provenance,
     SiteResult,
 };
+use plexus_core::privacy::glm::{glm_noise, GlmBounds, DP_GLM_ROUNDS};
 use plexus_core::privacy::report::{
     annotate_summary, count_noise_sd, query_cost, NodeCharge, PrivacyReport, Receipt,
 };
@@ -182,7 +183,12 @@ async fn execute(
         query_hash: query.hash(),
         privacy: pb::JobPrivacy {
             exact: study.privacy.exact,
-            rho: query_cost(study, query),
+            // A fit's cost is split evenly over its fixed number of rounds.
+            rho: if query.analysis.kind().is_iterative() {
+                query_cost(study, query) / f64::from(DP_GLM_ROUNDS)
+            } else {
+                query_cost(study, query)
+            },
             budget_rho: study.privacy.budget_rho,
         },
     };
@@ -194,6 +200,23 @@ async fn execute(
             by_site: Vec::new(),
             privacy: None,
         };
+        if !study.privacy.exact {
+            let mut report = account(
+                state,
+                query_id,
+                study,
+                query,
+                &[],
+                &fit.receipts,
+                &mut result,
+            )
+            .await?;
+            report.notes.push(format!(
+                "fitted under differential privacy in {DP_GLM_ROUNDS} rounds of rho {:.4} each at every node; the standard errors and intervals include the noise, and \"converged\" means the last step moved every coefficient by less than twice its standard error",
+                plan.privacy.rho
+            ));
+            result.privacy = Some(report);
+        }
         if query.by_site {
             let sites = fit.participants.iter().map(|node| {
                 let plan = &plan;
@@ -343,12 +366,13 @@ async fn account(
 /// The coordinator's half of an iterative fit: pooled statistics in,
 /// next coefficients out.
 enum Fitter {
-    Glm(GlmFitter),
+    /// With the bounds its noise follows from, under differential privacy.
+    Glm(GlmFitter, Option<GlmBounds>),
     Cox(CoxFitter),
 }
 
 impl Fitter {
-    fn new(query: &Query, dict: &plexus_core::Dictionary) -> Result<Self, Error> {
+    fn new(query: &Query, dict: &plexus_core::Dictionary, private: bool) -> Result<Self, Error> {
         let names: Vec<String> = query
             .analysis
             .terms(dict)?
@@ -365,13 +389,17 @@ impl Fitter {
                 outcome,
                 intercept,
                 ..
-            } => Fitter::Glm(GlmFitter::new(
-                *family,
-                outcome.clone(),
-                names,
-                *intercept,
-                options,
-            )),
+            } => {
+                let fitter = GlmFitter::new(*family, outcome.clone(), names, *intercept, options);
+                if private {
+                    let bounds =
+                        GlmBounds::new(*family, &query.analysis.terms(dict)?, outcome, dict)?;
+                    let centres = bounds.centre.clone();
+                    Fitter::Glm(fitter.private(DP_GLM_ROUNDS, centres), Some(bounds))
+                } else {
+                    Fitter::Glm(fitter, None)
+                }
+            }
             Analysis::Cox {
                 time, event, ties, ..
             } => Fitter::Cox(CoxFitter::new(
@@ -387,9 +415,29 @@ impl Fitter {
 
     fn start(&mut self) -> Iteration {
         match self {
-            Fitter::Glm(f) => f.start(),
+            Fitter::Glm(f, _) => f.start(),
             Fitter::Cox(f) => f.start(),
         }
+    }
+
+    /// Tells a private fit how much noise the round's sums carry, from the
+    /// cost each node noised them at.
+    fn note_noise(&mut self, receipts: &[(String, Receipt)]) -> Result<(), Error> {
+        let Fitter::Glm(f, Some(bounds)) = self else {
+            return Ok(());
+        };
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        for (_, r) in receipts {
+            let n = glm_noise(bounds, r.noise.rho)?;
+            if a.is_empty() {
+                a = vec![0.0; n.xtwx.len()];
+                b = vec![0.0; n.xtwz.len()];
+            }
+            a.iter_mut().zip(&n.xtwx).for_each(|(v, sd)| *v += sd * sd);
+            b.iter_mut().zip(&n.xtwz).for_each(|(v, sd)| *v += sd * sd);
+        }
+        f.set_noise(a, b);
+        Ok(())
     }
 
     /// Sums the round's statistics and takes one step.
@@ -397,7 +445,7 @@ impl Fitter {
         let mismatch =
             || Error::internal("node statistics do not match the model (checked on receipt)");
         Ok(match self {
-            Fitter::Glm(f) => {
+            Fitter::Glm(f, _) => {
                 let parts = answers.iter().map(|(_, s)| match s {
                     NodeStats::Glm(g) => Ok(g),
                     _ => Err(mismatch()),
@@ -426,6 +474,24 @@ struct Fit {
     provenance: Provenance,
     /// Nodes whose data the final fit rests on.
     participants: Vec<String>,
+    /// What each node charged over every round (privacy), summed.
+    receipts: Vec<(String, Receipt)>,
+}
+
+/// Adds one round's receipts to a fit's running totals per node.
+fn add_receipts(totals: &mut Vec<(String, Receipt)>, round: &[(String, Receipt)]) {
+    for (node, r) in round {
+        match totals.iter_mut().find(|(n, _)| n == node) {
+            Some((_, t)) => {
+                t.charged_rho += r.charged_rho;
+                t.spent_rho = r.spent_rho;
+                t.budget_rho = r.budget_rho;
+                t.cached &= r.cached;
+                t.noise = r.noise;
+            }
+            None => totals.push((node.clone(), *r)),
+        }
+    }
 }
 
 /// Runs an iterative fit over `nodes` to convergence. The nodes that
@@ -435,7 +501,9 @@ struct Fit {
 async fn fit(plan: &Plan<'_>, nodes: Vec<String>, min_nodes: u32) -> Result<Fit, Error> {
     let state = plan.state;
     let k = state.config.coordinator.min_cell_size;
-    let mut fitter = Fitter::new(plan.query, &state.dictionary)?;
+    let private = !plan.study.privacy.exact;
+    let mut fitter = Fitter::new(plan.query, &state.dictionary, private)?;
+    let mut receipts: Vec<(String, Receipt)> = Vec::new();
     let mut iteration = fitter.start();
     let mut participants: Vec<String> = Vec::new();
     let mut outside: Vec<NodeOutcome> = Vec::new();
@@ -459,8 +527,11 @@ async fn fit(plan: &Plan<'_>, nodes: Vec<String>, min_nodes: u32) -> Result<Fit,
         };
         let started = std::time::Instant::now();
         let Round {
-            answers, others, ..
+            answers,
+            others,
+            receipts: charged,
         } = plan.round(&asked, Some(&iteration)).await;
+        add_receipts(&mut receipts, &charged);
         round_ms.push(started.elapsed().as_millis() as u64);
         if round == 1 {
             let statuses: Vec<(String, NodeStatus)> = answers
@@ -522,10 +593,11 @@ async fn fit(plan: &Plan<'_>, nodes: Vec<String>, min_nodes: u32) -> Result<Fit,
                 outside.push(o);
             }
             participants = remaining;
-            fitter = Fitter::new(plan.query, &state.dictionary)?;
+            fitter = Fitter::new(plan.query, &state.dictionary, private)?;
             iteration = fitter.start();
             continue;
         }
+        fitter.note_noise(&charged)?;
         match fitter.step(&answers)? {
             Step::Next(next) => iteration = next,
             Step::Done(value) => {
@@ -541,6 +613,7 @@ async fn fit(plan: &Plan<'_>, nodes: Vec<String>, min_nodes: u32) -> Result<Fit,
                     value,
                     provenance,
                     participants,
+                    receipts,
                 });
             }
         }

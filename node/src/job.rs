@@ -11,7 +11,7 @@ use tracing::{info, info_span, warn, Instrument};
 use plexus_core::disclosure::{apply, effective_k, Rules};
 use plexus_core::models::glm::Iteration;
 use plexus_core::models::survival::GroupStats;
-use plexus_core::privacy::release::release;
+use plexus_core::privacy::release::release_for;
 use plexus_core::privacy::report::Receipt;
 use plexus_core::{AnalysisKind, Cell, Dictionary, Error, NodeStats, Purpose, Query};
 use plexus_proto::v1 as pb;
@@ -140,6 +140,7 @@ impl JobRunner {
         let limits = Limits {
             k: checked.rules.k,
             max_parameter_share: self.config.policy.max_parameter_share,
+            private: matches!(checked.protection, Protection::Private { .. }),
         };
         let compute = self.data.compute(
             &checked.query,
@@ -154,7 +155,13 @@ impl JobRunner {
         let (Protection::Private { rho, budget }, Some(key)) = (checked.protection, key) else {
             return Ok((apply(raw, checked.rules), None));
         };
-        let (stats, noise) = release(raw, checked.rules, rho)?;
+        let (stats, noise) = release_for(
+            raw,
+            &checked.query.analysis,
+            &self.dictionary,
+            checked.rules,
+            rho,
+        )?;
         let answer = Answer { key, stats, noise };
         // Durable before anything leaves: a crash from here on loses the
         // release, never the debit, and the kept answer is what a repeat gets.
@@ -206,8 +213,9 @@ impl JobRunner {
 
     /// The key a released answer is kept under: the study, the query's
     /// canonical form (so rephrasings share it, and nothing about which
-    /// patients it selects enters), the data snapshot, the day, the cost
-    /// and the disclosure rules.
+    /// patients it selects enters), the round of a fit with its
+    /// coefficients, the data snapshot, the day, the cost and the
+    /// disclosure rules.
     fn cache_key(
         &self,
         job: &pb::Job,
@@ -216,8 +224,21 @@ impl JobRunner {
         rho: f64,
     ) -> Result<String, Error> {
         let canonical = checked.query.canonical_hash(&self.dictionary)?;
+        let round = checked
+            .iteration
+            .as_ref()
+            .map(|it| {
+                let bits: Vec<String> = it
+                    .coefficients
+                    .iter()
+                    .chain(&it.null_mean)
+                    .map(|b| format!("{:016x}", b.to_bits()))
+                    .collect();
+                format!("{}:{}:{}", it.round, it.null_mean.is_some(), bits.join(","))
+            })
+            .unwrap_or_default();
         let text = format!(
-            "{}\0{canonical}\0{}\0{today}\0{rho:e}\0{}\0{}",
+            "{}\0{canonical}\0{round}\0{}\0{today}\0{rho:e}\0{}\0{}",
             job.study_id,
             self.data.snapshot()?,
             checked.rules.k,
@@ -277,10 +298,7 @@ impl JobRunner {
             )));
         }
         let kind = query.analysis.kind();
-        if matches!(
-            kind,
-            AnalysisKind::Glm | AnalysisKind::Cox | AnalysisKind::Correlation
-        ) {
+        if matches!(kind, AnalysisKind::Cox | AnalysisKind::Correlation) {
             return Err(Error::policy(format!(
                 "{kind} is not yet released under differential privacy; run it in a study registered with [privacy] exact = true that the hospitals accept"
             )));

@@ -133,6 +133,9 @@ async fn a_spent_budget_is_refused_by_the_coordinator_and_by_each_node_even_afte
 
     // A node restarted mid-study keeps its ledger.
     sb.stop_node("hospital-a").await.unwrap();
+    sb.wait_not_live("hospital-a", std::time::Duration::from_secs(30))
+        .await
+        .unwrap();
     sb.start_node("hospital-a").await.unwrap();
     sb.wait_all_live().await.unwrap();
     let e = ask(&sb, sandbox::RESEARCHER, &generous.id, &count_query(75))
@@ -178,6 +181,9 @@ async fn a_crash_between_debit_and_release_loses_the_release_never_the_debit() {
 
     // Back up without the fault: the same query gets the kept answer, free.
     sb.kill_node("hospital-c").await;
+    sb.wait_not_live("hospital-c", std::time::Duration::from_secs(30))
+        .await
+        .unwrap();
     sb.set_node_options("hospital-c", plexus_node::RunOptions::default());
     sb.start_node("hospital-c").await.unwrap();
     sb.wait_all_live().await.unwrap();
@@ -263,5 +269,59 @@ async fn a_cohort_minus_one_patient_is_noised_and_the_tiny_complement_is_refused
             .unwrap(),
     };
     assert!(refused.contains("leaves out fewer than 5"), "{refused}");
+    sb.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_private_logistic_fit_spends_its_rounds_once_and_repeats_for_free() {
+    let sb = Sandbox::start(SandboxOptions::new(1500, 59)).await.unwrap();
+    let s = study(1.0);
+    sb.register_study(&s).await.unwrap();
+    let glm = r#"{"analysis": {"glm": {"family": "binomial", "outcome": "death",
+        "covariates": ["age", "diabetes"]}}, "rho": 0.6}"#;
+    let first = ask(&sb, sandbox::RESEARCHER, &s.id, glm).await.unwrap();
+    let PooledValue::Glm(g) = &first.value else {
+        panic!("{:?}", first.value)
+    };
+    assert_eq!(g.iterations, 5, "six rounds: five steps and the errors");
+    assert!(g.coefficients.iter().all(|c| c.std_error > 0.0));
+    let p = first.privacy.clone().unwrap();
+    // Six rounds of 0.1 at each node.
+    assert!((p.charged_rho - 0.6).abs() < 1e-9, "{p:?}");
+    assert!(p.notes.iter().any(|n| n.contains("6 rounds")), "{p:?}");
+    assert_eq!(p.nodes.len(), 3);
+
+    // Asked again: every round is a kept answer, so the same fit, free.
+    let again = ask(&sb, sandbox::RESEARCHER, &s.id, glm).await.unwrap();
+    assert_eq!(again.value, first.value);
+    let p = again.privacy.unwrap();
+    assert!(p.cached && p.charged_rho == 0.0, "{p:?}");
+    assert!((budget(&sb, &s.id).await.spent_rho - 0.6).abs() < 1e-9);
+
+    // What is not released under differential privacy is refused up front.
+    for (json, why) in [
+        (
+            r#"{"analysis": {"glm": {"family": "poisson", "outcome": "followup_days", "covariates": ["age"]}}}"#,
+            "poisson",
+        ),
+        (
+            r#"{"analysis": {"glm": {"family": "binomial", "outcome": "death", "covariates": ["age"]}}, "by_site": true}"#,
+            "by_site",
+        ),
+        (
+            r#"{"analysis": {"cox": {"time": "followup_days", "event": "death", "covariates": ["age"]}}}"#,
+            "cox",
+        ),
+        (
+            r#"{"analysis": {"correlation": {"variables": ["age", "bmi"]}}}"#,
+            "correlation",
+        ),
+    ] {
+        let e = ask(&sb, sandbox::RESEARCHER, &s.id, json)
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, ErrorCode::Policy, "{json}");
+        assert!(e.message.contains(why), "{e}");
+    }
     sb.shutdown().await.unwrap();
 }

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::fit::{IterativeFit, RoundStats};
 use super::inference::{coefficients, Coefficient, Reference};
-use super::linalg::{add_outer, packed_len, solve_spd};
+use super::linalg::{add_outer, packed_index, packed_len, solve_spd};
 use crate::error::{Error, Result};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -207,12 +207,14 @@ pub fn glm_stats(
     beta: &[f64],
     null_mean: Option<f64>,
 ) -> GlmStats {
-    glm_round(family, x, y, p, beta, null_mean).0
+    glm_round(family, x, y, p, beta, null_mean, f64::INFINITY).0
 }
 
 /// [`glm_stats`] and the effective number of patients its weights rest on,
 /// (Σw)²/Σw²: coefficients chosen to put all the weight on a few patients
 /// would make X'WX and X'Wz theirs, so the node checks it before release.
+/// Each patient's deviance terms are clipped at `deviance_clip` (infinite
+/// for exact answers; the noised release needs a bound).
 pub fn glm_round(
     family: Family,
     x: &[f64],
@@ -220,6 +222,7 @@ pub fn glm_round(
     p: usize,
     beta: &[f64],
     null_mean: Option<f64>,
+    deviance_clip: f64,
 ) -> (GlmStats, f64) {
     let (mut sum_w, mut sum_w2) = (0.0, 0.0);
     let mut out = GlmStats::zero(p);
@@ -244,17 +247,19 @@ pub fn glm_round(
             .for_each(|(a, xij)| *a += wz * xij);
         // The deviance at the starting values is never used for
         // convergence, only as the first "previous" deviance.
-        out.deviance += family.deviance(
-            yi,
-            if beta.is_empty() {
-                family.start(yi)
-            } else {
-                mu
-            },
-        );
+        out.deviance += family
+            .deviance(
+                yi,
+                if beta.is_empty() {
+                    family.start(yi)
+                } else {
+                    mu
+                },
+            )
+            .min(deviance_clip);
         out.sum_y += yi;
         if let Some(m) = null_mean {
-            out.null_deviance += family.deviance(yi, m);
+            out.null_deviance += family.deviance(yi, m).min(deviance_clip);
         }
     }
     let effective = if sum_w2 > 0.0 {
@@ -313,9 +318,34 @@ pub struct GlmFitter {
     beta: Vec<f64>,
     previous_deviance: Option<f64>,
     null_mean: Option<f64>,
+    /// Under differential privacy: the fixed number of rounds.
+    rounds: Option<u32>,
+    /// What the nodes centred each column on (empty: nothing).
+    centres: Vec<f64>,
+    /// The coefficients before the last step.
+    previous_beta: Vec<f64>,
+    /// Under differential privacy: the pooled noise variance of each
+    /// X'WX entry (packed) and each X'Wz entry, for the standard errors.
+    noise: Option<(Vec<f64>, Vec<f64>)>,
 }
 
 impl GlmFitter {
+    /// A fit under differential privacy: exactly `rounds` rounds (unless
+    /// the deviance criterion is met first), standard errors that include
+    /// the noise set by [`GlmFitter::set_noise`]. `centres` are what the
+    /// nodes subtract from each design column (the intercept, first, is
+    /// turned back at the end).
+    pub fn private(mut self, rounds: u32, centres: Vec<f64>) -> Self {
+        self.rounds = Some(rounds.max(2));
+        self.centres = centres;
+        self
+    }
+
+    /// The pooled noise variances of the last round's sums.
+    pub fn set_noise(&mut self, xtwx: Vec<f64>, xtwz: Vec<f64>) {
+        self.noise = Some((xtwx, xtwz));
+    }
+
     pub fn new(
         family: Family,
         outcome: String,
@@ -333,6 +363,10 @@ impl GlmFitter {
             beta: Vec::new(),
             previous_deviance: None,
             null_mean: None,
+            rounds: None,
+            centres: Vec::new(),
+            previous_beta: Vec::new(),
+            noise: None,
         }
     }
 }
@@ -375,17 +409,21 @@ impl IterativeFit for GlmFitter {
                 (deviance - prev).abs() / (deviance.abs() + 0.1) < self.options.tolerance
             });
         let iterations = self.round - 1;
-        if done || (!self.beta.is_empty() && iterations >= self.options.max_iterations) {
+        let last = match self.rounds {
+            Some(r) => self.round >= r,
+            None => !self.beta.is_empty() && iterations >= self.options.max_iterations,
+        };
+        if done || last {
             return self.finish(pooled, done);
         }
-        let (beta, _) = solve_spd(p, &pooled.xtwx, &pooled.xtwz, "X'WX")?;
+        let (beta, _) = self.solve(pooled)?;
         if beta.iter().any(|b| !b.is_finite()) {
             return Err(Error::invalid(
                 "the fit diverged (coefficients are not finite)",
             ));
         }
         self.previous_deviance = Some(deviance);
-        self.beta = beta;
+        self.previous_beta = std::mem::replace(&mut self.beta, beta);
         self.round += 1;
         Ok(Step::Next(Iteration {
             round: self.round,
@@ -396,9 +434,20 @@ impl IterativeFit for GlmFitter {
 }
 
 impl GlmFitter {
+    fn solve(&self, pooled: &GlmStats) -> Result<(Vec<f64>, nalgebra::DMatrix<f64>)> {
+        let p = self.parameters();
+        solve_spd(p, &pooled.xtwx, &pooled.xtwz, "X'WX").map_err(|e| match self.rounds {
+            Some(_) => Error::invalid(format!(
+                "the noised X'WX is not positive definite in round {}: at this cost the privacy noise outweighs what the cohort says about some coefficient; ask again with a larger \"rho\", fewer covariates or a larger cohort ({})",
+                self.round, e.message
+            )),
+            None => e,
+        })
+    }
+
     fn finish(&self, pooled: &GlmStats, converged: bool) -> Result<Step<GlmResult>> {
         let p = self.parameters();
-        let (_, inverse) = solve_spd(p, &pooled.xtwx, &pooled.xtwz, "X'WX")?;
+        let (_, inverse) = self.solve(pooled)?;
         let n = pooled.n as f64;
         let df_residual = n - p as f64;
         let (dispersion, reference, statistic) = match self.family {
@@ -409,10 +458,61 @@ impl GlmFitter {
             ),
             _ => (1.0, Reference::Normal, "z"),
         };
-        let variances: Vec<f64> = (0..p).map(|i| inverse[(i, i)] * dispersion).collect();
+        let mut cov = inverse.clone() * dispersion;
+        if let Some((a_var, b_var)) = &self.noise {
+            // β = A⁻¹b with noised A and b: to first order the noise adds
+            // A⁻¹ (Σ_b + Σ_A(β)) A⁻¹, where Σ_A(β)ₖ = Σⱼ Var(Aₖⱼ)·βⱼ².
+            let extra: Vec<f64> = (0..p)
+                .map(|k| {
+                    let from_a: f64 = (0..p)
+                        .map(|j| a_var[packed_index(p, k.min(j), k.max(j))] * self.beta[j].powi(2))
+                        .sum();
+                    b_var[k] + from_a
+                })
+                .collect();
+            for i in 0..p {
+                for l in 0..p {
+                    cov[(i, l)] += (0..p)
+                        .map(|k| inverse[(i, k)] * inverse[(l, k)] * extra[k])
+                        .sum::<f64>();
+                }
+            }
+        }
+        // Under noise the deviance never settles to a tolerance, and each
+        // round's fresh noise keeps every step at about √2 standard errors:
+        // a private fit has converged when its last step moved every
+        // coefficient by less than twice its standard error (centred units).
+        let converged = match self.rounds {
+            Some(_) => {
+                self.previous_beta.len() == p
+                    && (0..p).all(|j| {
+                        let moved = (self.beta[j] - self.previous_beta[j]).abs();
+                        moved <= 2.0 * cov[(j, j)].max(0.0).sqrt()
+                    })
+            }
+            None => converged,
+        };
+        let mut beta = self.beta.clone();
+        if self.intercept && self.centres.iter().any(|c| *c != 0.0) {
+            // The nodes fitted x − c: the intercept in x's own units is
+            // β₀ − Σ cⱼβⱼ, with variance e'Σe for e = (1, −c₁, …).
+            let e: Vec<f64> = self
+                .centres
+                .iter()
+                .enumerate()
+                .map(|(j, c)| if j == 0 { 1.0 } else { -c })
+                .collect();
+            beta[0] = e.iter().zip(&self.beta).map(|(a, b)| a * b).sum();
+            let var0: f64 = (0..p)
+                .flat_map(|i| (0..p).map(move |l| (i, l)))
+                .map(|(i, l)| e[i] * e[l] * cov[(i, l)])
+                .sum();
+            cov[(0, 0)] = var0;
+        }
+        let variances: Vec<f64> = (0..p).map(|i| cov[(i, i)]).collect();
         let coefficients = coefficients(
             &self.terms,
-            &self.beta,
+            &beta,
             &variances,
             reference,
             self.family != Family::Gaussian,

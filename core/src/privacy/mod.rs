@@ -5,6 +5,7 @@
 
 pub mod accountant;
 pub mod fixed;
+pub mod glm;
 pub mod noise;
 pub mod release;
 pub mod report;

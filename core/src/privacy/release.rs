@@ -20,17 +20,20 @@
 //!   grid have L2 sensitivity 1 and each gets σ = 1/√(2ρ); the numbers at
 //!   risk are sums of them (post-processing), never noised on their own.
 //!
-//! Regression rounds and correlation sums are refused under differential
-//! privacy for now: their sensitivities depend on per-patient clipping
-//! that is not built yet.
+//! GLM rounds (binomial, gaussian) are noised as [`super::glm`] explains.
+//! Cox rounds and correlation sums are refused under differential privacy
+//! for now.
 
 use serde::{Deserialize, Serialize};
 
 use super::accountant::sigma_for_rho;
+use super::glm::{glm_noise, release_glm, GlmBounds};
 use super::noise::discrete_gaussian;
+use crate::dictionary::Dictionary;
 use crate::disclosure::{cell, summary_dominated, suppress_table, Rules};
 use crate::error::{Error, Result};
 use crate::models::survival::{self, Tally};
+use crate::query::Analysis;
 use crate::stats::{Moments, NodeStats, RawStats};
 
 /// The noise a release carries: standard deviations in the released
@@ -47,6 +50,10 @@ pub struct NoiseScale {
     /// m grows with |m − centre|·count_sd, not with m.
     #[serde(default)]
     pub centre: f64,
+    /// The cost the release was noised at (the noise of sums whose scale
+    /// differs entry by entry, as in a regression round, follows from it).
+    #[serde(default)]
+    pub rho: f64,
 }
 
 impl NoiseScale {
@@ -65,6 +72,35 @@ fn noisy_sum(v: i128, sigma: f64) -> Result<i128> {
     Ok(v + i128::from(discrete_gaussian(sigma)?))
 }
 
+/// [`release`] for any analysis: GLM rounds are noised by
+/// [`super::glm::release_glm`] with the bounds of their design, everything
+/// else by [`release`].
+pub fn release_for(
+    raw: RawStats,
+    analysis: &Analysis,
+    dict: &Dictionary,
+    rules: Rules,
+    rho: f64,
+) -> Result<(NodeStats, NoiseScale)> {
+    let RawStats::Glm(stats) = raw else {
+        return release(raw, rules, rho);
+    };
+    let Analysis::Glm {
+        family, outcome, ..
+    } = analysis
+    else {
+        return Err(Error::internal("GLM sums for another analysis"));
+    };
+    let bounds = GlmBounds::new(*family, &analysis.terms(dict)?, outcome, dict)?;
+    let noise = glm_noise(&bounds, rho)?;
+    let scale = NoiseScale {
+        count_sd: noise.n,
+        rho,
+        ..NoiseScale::default()
+    };
+    Ok((NodeStats::Glm(release_glm(stats, &noise, *family)?), scale))
+}
+
 /// Noises and checks what a node computed for a study under differential
 /// privacy at cost `rho`.
 pub fn release(raw: RawStats, rules: Rules, rho: f64) -> Result<(NodeStats, NoiseScale)> {
@@ -72,6 +108,7 @@ pub fn release(raw: RawStats, rules: Rules, rho: f64) -> Result<(NodeStats, Nois
     let unit = sigma_for_rho(1.0, rho)?;
     let counts = NoiseScale {
         count_sd: unit,
+        rho,
         ..NoiseScale::default()
     };
     let noisy = |n: u64| noisy_count(n, unit);
@@ -94,6 +131,7 @@ pub fn release(raw: RawStats, rules: Rules, rho: f64) -> Result<(NodeStats, Nois
                 sum_sd: sd_sum / fp.scale(),
                 square_sd: sd_sq / (fp.scale() * fp.scale()),
                 centre,
+                rho,
             };
             // The dominance rule looks at the exact values: a withheld
             // summary says only that one or two patients dominate it.
@@ -167,9 +205,14 @@ pub fn release(raw: RawStats, rules: Rules, rho: f64) -> Result<(NodeStats, Nois
             }
             (NodeStats::Survival(survival::disclose(noised, k)), counts)
         }
-        RawStats::Glm(_) | RawStats::Cox(_) | RawStats::Pairs(_) => {
+        RawStats::Glm(_) => {
+            return Err(Error::internal(
+                "GLM rounds are released by release_for, which knows their design",
+            ))
+        }
+        RawStats::Cox(_) | RawStats::Pairs(_) => {
             return Err(Error::policy(
-                "regressions and correlations are not yet released under differential privacy; run them in a study registered with [privacy] exact = true that the hospitals accept",
+                "Cox models and correlations are not yet released under differential privacy; run them in a study registered with [privacy] exact = true that the hospitals accept",
             ))
         }
     })
@@ -247,7 +290,7 @@ mod tests {
         };
         assert_eq!(cells[0], Cell::Suppressed);
         assert_eq!(cells.iter().filter(|c| **c == Cell::Suppressed).count(), 4);
-        let e = release(RawStats::Glm(Default::default()), rules, 0.1).unwrap_err();
+        let e = release(RawStats::Cox(Default::default()), rules, 0.1).unwrap_err();
         assert_eq!(e.code, crate::ErrorCode::Policy);
         assert!(e.message.contains("exact"), "{e}");
     }

@@ -150,14 +150,23 @@ pub fn precheck(study: &StudyDefinition, query: &Query, spent: f64, repeat: bool
         return Ok(cost);
     }
     let kind = query.analysis.kind();
-    if matches!(
-        kind,
-        AnalysisKind::Glm | AnalysisKind::Cox | AnalysisKind::Correlation
-    ) {
+    if matches!(kind, AnalysisKind::Cox | AnalysisKind::Correlation) {
         return Err(Error::policy(format!(
             "{kind} is not yet released under differential privacy, and study \"{}\" is under it; run it in a study registered with [privacy] exact = true that the hospitals accept",
             study.id
         )));
+    }
+    if let crate::query::Analysis::Glm { family, .. } = &query.analysis {
+        if *family == crate::models::glm::Family::Poisson {
+            return Err(Error::policy(
+                "poisson models are not released under differential privacy (their weights have no public bound); use a binomial or gaussian model, or a study registered with [privacy] exact = true",
+            ));
+        }
+        if query.by_site {
+            return Err(Error::policy(
+                "by_site is not offered for models under differential privacy: each site's own fit would spend the query's budget again; ask without by_site",
+            ));
+        }
     }
     let budget = study.privacy.budget_rho;
     if !repeat && spent + cost > budget * (1.0 + 1e-12) {
@@ -204,11 +213,16 @@ mod tests {
         let dear = Query::from_json(r#"{"analysis": {"count": {}}, "rho": 0.2}"#).unwrap();
         assert!(precheck(&s, &dear, 0.0, false).is_err());
         let glm = Query::from_json(
-            r#"{"analysis": {"glm": {"family": "gaussian", "outcome": "age", "covariates": ["sex"]}}}"#,
+            r#"{"analysis": {"glm": {"family": "poisson", "outcome": "age", "covariates": ["sex"]}}}"#,
         )
         .unwrap();
         let e = precheck(&s, &glm, 0.0, false).unwrap_err();
         assert!(e.message.contains("exact = true"), "{e}");
+        let gaussian = Query::from_json(
+            r#"{"analysis": {"glm": {"family": "gaussian", "outcome": "age", "covariates": ["sex"]}}}"#,
+        )
+        .unwrap();
+        assert_eq!(precheck(&s, &gaussian, 0.0, false).unwrap(), 0.01);
         let mut exact = s.clone();
         exact.privacy.exact = true;
         assert_eq!(precheck(&exact, &glm, 10.0, false).unwrap(), 0.0);

@@ -155,11 +155,12 @@ impl DataSource {
             // The limits are part of the key: data checked under a smaller k
             // is never reused for a job that asks a larger one.
             let key = format!(
-                "{}\0{purpose}\0{today}\0{}\0{}\0{}",
+                "{}\0{purpose}\0{today}\0{}\0{}\0{}\0{}",
                 query.hash(),
                 self.snapshot()?,
                 limits.k,
-                limits.max_parameter_share
+                limits.max_parameter_share,
+                limits.private
             );
             let prepared = match self.models.get(&key) {
                 Some(p) => p,

@@ -17,6 +17,7 @@ use plexus_core::models::design::{
 use plexus_core::models::glm::{glm_round, Family, Iteration};
 use plexus_core::models::linalg::{add_outer, first_dependent_column, packed_len};
 use plexus_core::models::survival;
+use plexus_core::privacy::glm::GlmBounds;
 use plexus_core::{Analysis, Dictionary, Error, RawStats, Result};
 
 /// The disclosure limits a job runs under.
@@ -26,6 +27,10 @@ pub struct Limits {
     pub k: u32,
     /// Largest share of complete cases that may be parameters.
     pub max_parameter_share: f64,
+    /// The answer will be noised: covariates and outcome are clamped to the
+    /// dictionary's bounds and deviance terms clipped, so every patient's
+    /// contribution has the bound the noise is calibrated to.
+    pub private: bool,
 }
 
 /// A regression's data, checked and ready for any number of rounds.
@@ -35,6 +40,8 @@ pub(crate) enum Prepared {
         p: usize,
         x: Vec<f64>,
         y: Vec<f64>,
+        /// Per-patient clip of deviance terms (infinite in exact studies).
+        deviance_clip: f64,
     },
     Cox(CoxData),
 }
@@ -157,18 +164,26 @@ pub(crate) fn prepare(
         Analysis::Glm {
             family, outcome, ..
         } => {
-            let y = number(outcome)?;
+            let mut y = number(outcome)?;
             if let Some(bad) = y.iter().find(|v| !family.admits(**v)) {
                 return Err(Error::data(format!(
                     "\"{outcome}\" holds {bad} at this node, which a {} model cannot take; check the data",
                     family.as_str()
                 )));
             }
+            let mut x = x;
+            let mut deviance_clip = f64::INFINITY;
+            if limits.private {
+                let bounds = GlmBounds::new(*family, &terms, outcome, dict)?;
+                clamp_design(&mut x, &mut y, &bounds);
+                deviance_clip = bounds.deviance_clip;
+            }
             Ok(Prepared::Glm {
                 family: *family,
                 p: terms.len(),
                 x,
                 y,
+                deviance_clip,
             })
         }
         Analysis::Cox { time, event, .. } => {
@@ -235,7 +250,16 @@ pub(crate) fn round(
     limits: Limits,
 ) -> Result<RawStats> {
     let (stats, effective) = match (prepared, analysis) {
-        (Prepared::Glm { family, p, x, y }, _) => {
+        (
+            Prepared::Glm {
+                family,
+                p,
+                x,
+                y,
+                deviance_clip,
+            },
+            _,
+        ) => {
             if !(it.coefficients.is_empty() || it.coefficients.len() == *p) {
                 return Err(Error::invalid(format!(
                     "round {} carries {} coefficients for a model with {p}",
@@ -243,7 +267,15 @@ pub(crate) fn round(
                     it.coefficients.len()
                 )));
             }
-            let (stats, effective) = glm_round(*family, x, y, *p, &it.coefficients, it.null_mean);
+            let (stats, effective) = glm_round(
+                *family,
+                x,
+                y,
+                *p,
+                &it.coefficients,
+                it.null_mean,
+                *deviance_clip,
+            );
             (RawStats::Glm(stats), effective)
         }
         (Prepared::Cox(data), Analysis::Cox { ties, .. }) => {
@@ -270,6 +302,23 @@ pub(crate) fn round(
         )));
     }
     Ok(stats)
+}
+
+/// Clamps the design's numeric columns and the outcome to their public
+/// bounds (a no-op on data within the dictionary's ranges) and centres the
+/// numeric columns as the noise calibration expects.
+fn clamp_design(x: &mut [f64], y: &mut [f64], bounds: &GlmBounds) {
+    let p = bounds.clamp.len();
+    for row in x.chunks_exact_mut(p) {
+        for ((v, c), centre) in row.iter_mut().zip(&bounds.clamp).zip(&bounds.centre) {
+            if let Some((lo, hi)) = c {
+                *v = v.clamp(*lo, *hi) - centre;
+            }
+        }
+    }
+    if let Some((lo, hi)) = bounds.outcome {
+        y.iter_mut().for_each(|v| *v = v.clamp(lo, hi));
+    }
 }
 
 fn finite(stats: &RawStats) -> bool {
@@ -368,6 +417,7 @@ mod tests {
             p: 2,
             x,
             y: vec![1.0; 20],
+            deviance_clip: f64::INFINITY,
         }
     }
 
@@ -384,6 +434,7 @@ mod tests {
         let limits = Limits {
             k: 5,
             max_parameter_share: 0.33,
+            private: false,
         };
         round(&poisson(), &analysis, &it, limits)
     }

@@ -168,6 +168,7 @@ impl From<&Receipt> for pb::PrivacyReceipt {
             sum_sd: r.noise.sum_sd,
             square_sd: r.noise.square_sd,
             centre: r.noise.centre,
+            rho: r.noise.rho,
         }
     }
 }
@@ -182,6 +183,7 @@ impl TryFrom<pb::PrivacyReceipt> for Receipt {
             r.count_sd,
             r.sum_sd,
             r.square_sd,
+            r.rho,
         ];
         if !values.iter().all(|v| v.is_finite() && *v >= 0.0) || !r.centre.is_finite() {
             return Err(Error::invalid(
@@ -198,6 +200,7 @@ impl TryFrom<pb::PrivacyReceipt> for Receipt {
                 sum_sd: r.sum_sd,
                 square_sd: r.square_sd,
                 centre: r.centre,
+                rho: r.rho,
             },
         })
     }

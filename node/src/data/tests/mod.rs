@@ -24,6 +24,7 @@ use super::{ConsentConfig, DataConfig, DataSource, Limits};
 
 /// Limits for tests that apply disclosure control themselves.
 pub(super) const TEST_LIMITS: Limits = Limits {
+    private: false,
     k: 1,
     max_parameter_share: 0.33,
 };
