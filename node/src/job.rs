@@ -298,7 +298,7 @@ impl JobRunner {
             )));
         }
         let kind = query.analysis.kind();
-        if matches!(kind, AnalysisKind::Cox | AnalysisKind::Correlation) {
+        if kind == AnalysisKind::Cox {
             return Err(Error::policy(format!(
                 "{kind} is not yet released under differential privacy; run it in a study registered with [privacy] exact = true that the hospitals accept"
             )));

@@ -298,6 +298,30 @@ async fn a_private_logistic_fit_spends_its_rounds_once_and_repeats_for_free() {
     assert!(p.cached && p.charged_rho == 0.0, "{p:?}");
     assert!((budget(&sb, &s.id).await.spent_rho - 0.6).abs() < 1e-9);
 
+    // A correlation is noised too, and consistent: |r| <= 1, variances >= 0.
+    let cor = ask(
+        &sb,
+        sandbox::RESEARCHER,
+        &s.id,
+        r#"{"analysis": {"correlation": {"variables": ["age", "bmi", "sbp"], "missing": "pairwise"}}, "rho": 0.05}"#,
+    )
+    .await
+    .unwrap();
+    let PooledValue::Correlation(c) = &cor.value else {
+        panic!("{:?}", cor.value)
+    };
+    for (i, row) in c.correlation.iter().enumerate() {
+        for (j, r) in row.iter().enumerate() {
+            let r = r.unwrap_or_else(|| panic!("{c:?}"));
+            assert!(r.abs() <= 1.0, "{c:?}");
+            if i == j {
+                assert_eq!(r, 1.0);
+                assert!(c.covariance[i][j].unwrap() >= 0.0);
+            }
+        }
+    }
+    assert!(cor.privacy.unwrap().count_noise_sd.unwrap() > 0.0);
+
     // What is not released under differential privacy is refused up front.
     for (json, why) in [
         (
@@ -311,10 +335,6 @@ async fn a_private_logistic_fit_spends_its_rounds_once_and_repeats_for_free() {
         (
             r#"{"analysis": {"cox": {"time": "followup_days", "event": "death", "covariates": ["age"]}}}"#,
             "cox",
-        ),
-        (
-            r#"{"analysis": {"correlation": {"variables": ["age", "bmi"]}}}"#,
-            "correlation",
         ),
     ] {
         let e = ask(&sb, sandbox::RESEARCHER, &s.id, json)

@@ -20,18 +20,20 @@
 //!   grid have L2 sensitivity 1 and each gets σ = 1/√(2ρ); the numbers at
 //!   risk are sums of them (post-processing), never noised on their own.
 //!
-//! GLM rounds (binomial, gaussian) are noised as [`super::glm`] explains.
-//! Cox rounds and correlation sums are refused under differential privacy
-//! for now.
+//! GLM rounds (binomial, gaussian) are noised as [`super::glm`] explains,
+//! correlation sums as [`release_pairs`] does. Cox rounds are refused under
+//! differential privacy for now.
 
 use serde::{Deserialize, Serialize};
 
 use super::accountant::sigma_for_rho;
-use super::glm::{glm_noise, release_glm, GlmBounds};
+use super::glm::{glm_noise, noise_float, release_glm, GlmBounds};
 use super::noise::discrete_gaussian;
 use crate::dictionary::Dictionary;
 use crate::disclosure::{cell, summary_dominated, suppress_table, Rules};
 use crate::error::{Error, Result};
+use crate::models::correlation::{self, PairSums};
+use crate::models::linalg::{packed_index, packed_len};
 use crate::models::survival::{self, Tally};
 use crate::query::Analysis;
 use crate::stats::{Moments, NodeStats, RawStats};
@@ -82,6 +84,9 @@ pub fn release_for(
     rules: Rules,
     rho: f64,
 ) -> Result<(NodeStats, NoiseScale)> {
+    if let (RawStats::Pairs(pairs), Analysis::Correlation { variables, .. }) = (&raw, analysis) {
+        return release_pairs(pairs, variables, dict, rules, rho);
+    }
     let RawStats::Glm(stats) = raw else {
         return release(raw, rules, rho);
     };
@@ -99,6 +104,87 @@ pub fn release_for(
         ..NoiseScale::default()
     };
     Ok((NodeStats::Glm(release_glm(stats, &noise, *family)?), scale))
+}
+
+/// Noises a correlation's per-pair sums. Each variable is clamped (at the
+/// node) and, here, centred and scaled to u = (x − c)/h in [−1, 1]; every
+/// patient then adds at most 1 to each of a pair's six sums (n, Σu, Σv,
+/// Σu², Σv², Σuv), so the whole packed set of m pairs has L2 sensitivity
+/// √(6m). Noised in that scale, the sums are made consistent (Σu² ≥ (Σu)²/n,
+/// |cross| ≤ the product of spreads) and turned back into the variables'
+/// units; the pairwise disclosure rule then runs on the noised counts.
+fn release_pairs(
+    pairs: &[PairSums],
+    variables: &[String],
+    dict: &Dictionary,
+    rules: Rules,
+    rho: f64,
+) -> Result<(NodeStats, NoiseScale)> {
+    let p = variables.len();
+    if pairs.len() != packed_len(p) {
+        return Err(Error::internal("pair sums do not match the variables"));
+    }
+    let mut scale = Vec::with_capacity(p);
+    for v in variables {
+        let (lo, hi) = dict.get(v)?.numeric_bounds().ok_or_else(|| {
+            Error::invalid(format!(
+                "\"{v}\" has no public bounds in the data dictionary, so its sums cannot be noised; add min and max"
+            ))
+        })?;
+        scale.push(((lo + hi) / 2.0, ((hi - lo) / 2.0).max(f64::MIN_POSITIVE)));
+    }
+    let sigma = sigma_for_rho((6.0 * pairs.len() as f64).sqrt(), rho)?;
+    let mut noised = Vec::with_capacity(pairs.len());
+    for a in 0..p {
+        for b in a..p {
+            let s = &pairs[packed_index(p, a, b)];
+            let ((ca, ha), (cb, hb)) = (scale[a], scale[b]);
+            let n = s.n as f64;
+            // Centred, scaled sums of the clamped values.
+            let su = (s.sum_x - ca * n) / ha;
+            let sv = (s.sum_y - cb * n) / hb;
+            let suu = (s.sum_xx - 2.0 * ca * s.sum_x + ca * ca * n) / (ha * ha);
+            let svv = (s.sum_yy - 2.0 * cb * s.sum_y + cb * cb * n) / (hb * hb);
+            let suv = (s.sum_xy - cb * s.sum_x - ca * s.sum_y + ca * cb * n) / (ha * hb);
+            let n = noisy_count(s.n, sigma)?;
+            let nf = (n as f64).max(1.0);
+            let su = noise_float(su, sigma)?;
+            let sv = if a == b { su } else { noise_float(sv, sigma)? };
+            let suu = noise_float(suu, sigma)?.max(su * su / nf);
+            let svv = if a == b {
+                suu
+            } else {
+                noise_float(svv, sigma)?.max(sv * sv / nf)
+            };
+            let spread = ((suu - su * su / nf) * (svv - sv * sv / nf))
+                .max(0.0)
+                .sqrt();
+            let cross = if a == b {
+                suu - su * su / nf
+            } else {
+                (noise_float(suv, sigma)? - su * sv / nf).clamp(-spread, spread)
+            };
+            let suv = cross + su * sv / nf;
+            let nf = n as f64;
+            noised.push(PairSums {
+                n,
+                sum_x: ca * nf + ha * su,
+                sum_y: cb * nf + hb * sv,
+                sum_xx: ca * ca * nf + 2.0 * ca * ha * su + ha * ha * suu,
+                sum_yy: cb * cb * nf + 2.0 * cb * hb * sv + hb * hb * svv,
+                sum_xy: ca * cb * nf + ca * hb * sv + cb * ha * su + ha * hb * suv,
+            });
+        }
+    }
+    let noise = NoiseScale {
+        count_sd: sigma,
+        rho,
+        ..NoiseScale::default()
+    };
+    Ok((
+        NodeStats::Pairs(correlation::disclose(noised, rules.k)),
+        noise,
+    ))
 }
 
 /// Noises and checks what a node computed for a study under differential
@@ -210,9 +296,14 @@ pub fn release(raw: RawStats, rules: Rules, rho: f64) -> Result<(NodeStats, Nois
                 "GLM rounds are released by release_for, which knows their design",
             ))
         }
-        RawStats::Cox(_) | RawStats::Pairs(_) => {
+        RawStats::Pairs(_) => {
+            return Err(Error::internal(
+                "correlation sums are released by release_for, which knows their variables",
+            ))
+        }
+        RawStats::Cox(_) => {
             return Err(Error::policy(
-                "Cox models and correlations are not yet released under differential privacy; run them in a study registered with [privacy] exact = true that the hospitals accept",
+                "Cox models are not yet released under differential privacy; run them in a study registered with [privacy] exact = true that the hospitals accept",
             ))
         }
     })
@@ -293,5 +384,57 @@ mod tests {
         let e = release(RawStats::Cox(Default::default()), rules, 0.1).unwrap_err();
         assert_eq!(e.code, crate::ErrorCode::Policy);
         assert!(e.message.contains("exact"), "{e}");
+    }
+
+    #[test]
+    fn correlation_sums_are_noised_consistently_and_stay_close() {
+        let d = Dictionary::cardiovascular();
+        // age and sbp, correlated, 20,000 patients, a few without sbp.
+        let age: Vec<f64> = (0..20_000).map(|i| 40.0 + f64::from(i % 50)).collect();
+        let sbp: Vec<f64> = age
+            .iter()
+            .enumerate()
+            .map(|(i, a)| {
+                if i % 97 == 0 {
+                    f64::NAN
+                } else {
+                    80.0 + a + f64::from((i * 7919 % 31) as u32)
+                }
+            })
+            .collect();
+        let raw = correlation::pair_sums(&[age, sbp], correlation::Missing::Pairwise);
+        let vars = vec!["age".to_string(), "sbp".to_string()];
+        let analysis = Analysis::Correlation {
+            variables: vars.clone(),
+            missing: correlation::Missing::Pairwise,
+        };
+        let exact = correlation::pool(
+            &vars,
+            correlation::Missing::Pairwise,
+            &[("a".into(), raw.iter().copied().map(Some).collect())],
+        )
+        .unwrap();
+        let (stats, noise) =
+            release_for(RawStats::Pairs(raw), &analysis, &d, Rules::new(5), 0.1).unwrap();
+        // √(6·3)/√0.2 ≈ 9.5 in units of half the range.
+        assert!((noise.count_sd - (18.0f64).sqrt() / 0.2f64.sqrt()).abs() < 1e-9);
+        let NodeStats::Pairs(pairs) = stats else {
+            panic!()
+        };
+        assert!(
+            pairs.iter().all(|p| p.is_some_and(|p| p.plausible())),
+            "{pairs:?}"
+        );
+        let noised = correlation::pool(
+            &vars,
+            correlation::Missing::Pairwise,
+            &[("a".into(), pairs)],
+        )
+        .unwrap();
+        let (r, want) = (
+            noised.correlation[0][1].unwrap(),
+            exact.correlation[0][1].unwrap(),
+        );
+        assert!((r - want).abs() < 0.05, "{r} vs {want}");
     }
 }

@@ -150,7 +150,7 @@ pub fn precheck(study: &StudyDefinition, query: &Query, spent: f64, repeat: bool
         return Ok(cost);
     }
     let kind = query.analysis.kind();
-    if matches!(kind, AnalysisKind::Cox | AnalysisKind::Correlation) {
+    if kind == AnalysisKind::Cox {
         return Err(Error::policy(format!(
             "{kind} is not yet released under differential privacy, and study \"{}\" is under it; run it in a study registered with [privacy] exact = true that the hospitals accept",
             study.id

@@ -227,9 +227,10 @@ impl DataSource {
                 let vars = self.mapped_variables(analysis)?;
                 let columns = extract::columns(df, &vars, &self.dict).await?;
                 let (a, d) = (analysis.clone(), self.dict.clone());
+                let private = limits.private;
                 blocking(move || match &a {
                     Analysis::KaplanMeier { .. } => models::survival_counts(&a, &d, &columns),
-                    _ => models::pairs(&a, &columns),
+                    _ => models::pairs(&a, &d, &columns, private),
                 })
                 .await?
             }

@@ -390,14 +390,28 @@ pub(crate) fn survival_counts(
 }
 
 /// Per-pair sums of a correlation's variables.
-pub(crate) fn pairs(analysis: &Analysis, columns: &Columns) -> Result<RawStats> {
+/// Per-pair sums of a correlation; values are clamped to their public
+/// bounds first when the answer will be noised (`private`).
+pub(crate) fn pairs(
+    analysis: &Analysis,
+    dict: &Dictionary,
+    columns: &Columns,
+    private: bool,
+) -> Result<RawStats> {
     let Analysis::Correlation { variables, missing } = analysis else {
         return Err(Error::internal("not a correlation"));
     };
     let cols: Vec<Vec<f64>> = variables
         .iter()
         .map(|v| match columns.get(v) {
-            Some(ColumnData::Numeric(x)) => Ok(x.clone()),
+            Some(ColumnData::Numeric(x)) => {
+                let bounds = dict.get(v)?.numeric_bounds().filter(|_| private);
+                Ok(match bounds {
+                    // NaN (missing) stays NaN through clamp.
+                    Some((lo, hi)) => x.iter().map(|v| v.clamp(lo, hi)).collect(),
+                    None => x.clone(),
+                })
+            }
             _ => Err(Error::internal(format!(
                 "\"{v}\" was not extracted as numbers"
             ))),
