@@ -15,6 +15,7 @@ use crate::models::glm::GlmStats;
 use crate::models::linalg::packed_len;
 use crate::models::survival::{self, GroupStats, Tally};
 use crate::privacy::fixed::{FixedPoint, DP_DIGITS};
+use crate::privacy::suppression::two_largest;
 use crate::query::Analysis;
 
 /// A released count, or the mark that it fell under the minimum cell size.
@@ -98,10 +99,10 @@ impl SummarySums {
     /// The sums of the non-missing `values` of `var`.
     pub fn of(var: &Variable, name: &str, values: impl IntoIterator<Item = f64>) -> Self {
         let fp = FixedPoint::new(name, var, DP_DIGITS).ok();
+        let values: Vec<f64> = values.into_iter().filter(|x| x.is_finite()).collect();
         let mut moments = Moments::default();
         let mut fixed = FixedSums::default();
-        let (mut largest, mut total_abs) = ([0.0f64; 2], 0.0);
-        for x in values.into_iter().filter(|x| x.is_finite()) {
+        for &x in &values {
             moments.add(x);
             if let Some(fp) = &fp {
                 let e = i128::from(fp.encode(x) - fp.centre());
@@ -109,14 +110,8 @@ impl SummarySums {
                 fixed.sum += e;
                 fixed.squares += e * e;
             }
-            let a = x.abs();
-            total_abs += a;
-            if a > largest[0] {
-                largest = [a, largest[0]];
-            } else if a > largest[1] {
-                largest[1] = a;
-            }
         }
+        let (largest, total_abs) = two_largest(values.iter().copied());
         SummarySums {
             moments,
             fixed: fp.map(|fp| (fp, fixed)),
