@@ -142,7 +142,7 @@ impl Layout {
             std::fs::copy(&p, deploy.join(file_name(&p)))?;
         }
 
-        let mut opts = SandboxOptions::new(800, 17);
+        let mut opts = SandboxOptions::new(3000, 17);
         opts.dir = Some(deploy.join("demo"));
         let sandbox = Sandbox::prepare(opts).await?;
 

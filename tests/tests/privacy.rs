@@ -274,7 +274,7 @@ async fn a_cohort_minus_one_patient_is_noised_and_the_tiny_complement_is_refused
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_private_logistic_fit_spends_its_rounds_once_and_repeats_for_free() {
-    let sb = Sandbox::start(SandboxOptions::new(1500, 59)).await.unwrap();
+    let sb = Sandbox::start(SandboxOptions::new(4000, 59)).await.unwrap();
     let s = study(1.0);
     sb.register_study(&s).await.unwrap();
     let glm = r#"{"analysis": {"glm": {"family": "binomial", "outcome": "death",

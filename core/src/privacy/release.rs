@@ -32,7 +32,7 @@ use super::noise::discrete_gaussian;
 use crate::dictionary::Dictionary;
 use crate::disclosure::{cell, summary_dominated, suppress_table, Rules};
 use crate::error::{Error, Result};
-use crate::models::correlation::{self, PairSums};
+use crate::models::correlation::PairSums;
 use crate::models::linalg::{packed_index, packed_len};
 use crate::models::survival::{self, Tally};
 use crate::query::Analysis;
@@ -112,7 +112,7 @@ pub fn release_for(
 /// Σu², Σv², Σuv), so the whole packed set of m pairs has L2 sensitivity
 /// √(6m). Noised in that scale, the sums are made consistent (Σu² ≥ (Σu)²/n,
 /// |cross| ≤ the product of spreads) and turned back into the variables'
-/// units; the pairwise disclosure rule then runs on the noised counts.
+/// units; an entry on fewer than k noised patients is withheld.
 fn release_pairs(
     pairs: &[PairSums],
     variables: &[String],
@@ -181,10 +181,15 @@ fn release_pairs(
         rho,
         ..NoiseScale::default()
     };
-    Ok((
-        NodeStats::Pairs(correlation::disclose(noised, rules.k)),
-        noise,
-    ))
+    // An entry on fewer than k (noised) patients is withheld. The rule
+    // against thin pairwise differences is not needed here: every count is
+    // noised, so a difference between two of them is noise, not patients.
+    let k = u64::from(rules.k);
+    let released = noised
+        .into_iter()
+        .map(|s| (s.n >= k).then_some(s))
+        .collect();
+    Ok((NodeStats::Pairs(released), noise))
 }
 
 /// Noises and checks what a node computed for a study under differential
@@ -312,6 +317,7 @@ pub fn release(raw: RawStats, rules: Rules, rho: f64) -> Result<(NodeStats, Nois
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::models::correlation;
     use crate::stats::{Cell, SummarySums};
     use crate::Dictionary;
 
