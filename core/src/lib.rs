@@ -11,6 +11,7 @@ pub mod disclosure;
 pub mod error;
 pub mod eval;
 pub mod hash;
+pub mod merkle;
 pub mod models;
 pub mod pool;
 pub mod privacy;
