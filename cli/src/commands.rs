@@ -22,10 +22,17 @@ pub fn pki_init(dir: &Path, force: bool) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let ca = DevCa::generate("Plexus development CA")?;
     ca.save(dir)?;
+    let (key, key_path, pub_path) = plexus_tls::SigningKey::generate_into(dir, "coordinator")?;
     println!(
         "wrote {} and {} (keep the key secret)",
         dir.join("ca.pem").display(),
         dir.join("ca.key").display()
+    );
+    println!(
+        "wrote the coordinator's job-signing key {} (secret; coordinator.signing_key) and its public half {} (every node pins it as coordinator.signing_key): {}",
+        key_path.display(),
+        pub_path.display(),
+        key.public_hex()
     );
     Ok(())
 }

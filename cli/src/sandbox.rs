@@ -141,6 +141,8 @@ impl Sandbox {
         std::fs::create_dir_all(&pki)?;
         let ca = DevCa::generate("Plexus sandbox CA")?;
         ca.save(&pki)?;
+        let (_, signing_key, verifying_key) =
+            plexus_tls::SigningKey::generate_into(&pki, "coordinator")?;
         let localhost = vec!["localhost".to_string()];
         let loopback = vec![IpAddr::V4(Ipv4Addr::LOCALHOST)];
         ca.issue(Role::Coordinator, "coordinator", &localhost, &loopback)?
@@ -168,6 +170,7 @@ impl Sandbox {
                 min_cell_size: plexus_core::DEFAULT_MIN_CELL_SIZE,
                 job_timeout_secs: opts.job_timeout_secs,
                 heartbeat_interval_secs: opts.heartbeat_secs,
+                signing_key,
             },
             tls: TlsFiles::in_dir(&pki, "coordinator"),
         };
@@ -203,6 +206,7 @@ impl Sandbox {
                     server_name: Some("localhost".into()),
                     proxy: None,
                     max_backoff_secs: 1,
+                    signing_key: verifying_key.clone(),
                 },
                 tls: TlsFiles::in_dir(&pki, &spec.name),
                 data: DataConfig {

@@ -41,6 +41,9 @@ pub struct CoordinatorSection {
     /// How often nodes are asked to send heartbeats.
     #[serde(default = "default_heartbeat")]
     pub heartbeat_interval_secs: u64,
+    /// The Ed25519 key jobs are signed with (`coordinator-signing.key`, as
+    /// `plexus pki init` writes it); nodes pin its public half.
+    pub signing_key: PathBuf,
 }
 
 fn default_id() -> String {
@@ -83,6 +86,7 @@ impl CoordinatorConfig {
 
     pub fn resolve(&mut self, base: &Path) {
         self.tls = self.tls.resolve(base);
+        self.coordinator.signing_key = base.join(&self.coordinator.signing_key);
         if let Some(d) = &self.coordinator.dictionary {
             self.coordinator.dictionary = Some(base.join(d));
         }
@@ -94,7 +98,17 @@ impl CoordinatorConfig {
         }
     }
 
+    /// The key jobs are signed with.
+    pub fn signing_key(&self) -> Result<plexus_tls::SigningKey> {
+        plexus_tls::SigningKey::load(&self.coordinator.signing_key).map_err(|e| {
+            CoordinatorError::Config(format!(
+                "coordinator.signing_key: {e} (`plexus pki init` writes coordinator-signing.key)"
+            ))
+        })
+    }
+
     pub fn validate(&self) -> Result<()> {
+        self.signing_key()?;
         let c = &self.coordinator;
         if c.min_cell_size == 0 {
             return Err(CoordinatorError::Config(

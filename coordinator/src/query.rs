@@ -108,7 +108,9 @@ impl Plan<'_> {
         let deadline = now_ms() + (cfg.job_timeout_secs * 1000) as i64;
         let futures = nodes.iter().map(|node| {
             let job = pb::Job {
-                job_id: uuid::Uuid::new_v4().to_string(),
+                job_id: job_id(),
+                audience: node.clone(),
+                issued_unix_ms: now_ms(),
                 study_id: self.study.id.clone(),
                 purpose: Some(self.purpose.clone()),
                 query: Some(self.wire_query.clone()),
@@ -625,6 +627,14 @@ async fn fit_site(plan: &Plan<'_>, node: &str) -> Result<PooledValue, Error> {
     fit(plan, vec![node.to_string()], 1).await.map(|f| f.value)
 }
 
+/// A random 128-bit job id, hex.
+fn job_id() -> String {
+    let mut bytes = [0u8; 16];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
+        .expect("the system's random source works");
+    hex::encode(bytes)
+}
+
 /// Sends one job and turns whatever comes back into an answer or a node
 /// outcome.
 async fn ask(
@@ -668,7 +678,11 @@ async fn ask(
         return missing("coordinator could not record the job");
     }
     let entry_sent = audit("sent", String::new());
-    let rx = match state.registry.send_job(node, job.clone()).await {
+    let rx = match state
+        .registry
+        .send_job(node, job.clone(), &state.signer)
+        .await
+    {
         Ok(rx) => rx,
         Err(e) => {
             let _ = state.store.finish_job(&job_id, "missing", None, None).await;

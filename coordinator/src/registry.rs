@@ -145,10 +145,12 @@ impl Registry {
     }
 
     /// Sends a job down a node's stream and returns the waiter for its answer.
+    /// The job is signed here, over the exact bytes the node receives.
     pub async fn send_job(
         &self,
         node_id: &str,
         job: pb::Job,
+        signer: &plexus_tls::SigningKey,
     ) -> Result<oneshot::Receiver<JobReply>, String> {
         let tx = self
             .nodes
@@ -166,8 +168,12 @@ impl Registry {
                 tx: wtx,
             },
         );
+        let bytes = prost::Message::encode_to_vec(&job);
         let msg = pb::CoordinatorMessage {
-            msg: Some(pb::coordinator_message::Msg::Job(job)),
+            msg: Some(pb::coordinator_message::Msg::SignedJob(pb::SignedJob {
+                signature: signer.sign(&bytes),
+                job: bytes,
+            })),
         };
         if tx.send(Ok(msg)).await.is_err() {
             self.waiters.lock().expect("lock").remove(&job_id);

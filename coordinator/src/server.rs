@@ -51,7 +51,9 @@ pub async fn run(
     }
     let liveness = Duration::from_secs(config.coordinator.heartbeat_interval_secs * 3);
     let (finished, _) = watch::channel(0);
+    let signer = Arc::new(config.signing_key()?);
     let state = Arc::new(State {
+        signer,
         registry: Registry::new(liveness),
         store,
         dictionary,

@@ -17,6 +17,8 @@ pub struct State {
     pub store: Store,
     pub registry: Registry,
     pub dictionary: Arc<Dictionary>,
+    /// Signs every job envelope.
+    pub signer: Arc<plexus_tls::SigningKey>,
     pub shutdown: CancellationToken,
     /// Bumped whenever a query finishes, to wake waiting `GetResult` calls.
     pub finished: watch::Sender<u64>,

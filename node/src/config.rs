@@ -52,6 +52,9 @@ pub struct CoordinatorSection {
     /// Longest wait between reconnection attempts.
     #[serde(default = "default_max_backoff")]
     pub max_backoff_secs: u64,
+    /// The coordinator's job-signing public key (`coordinator-signing.pub`,
+    /// 64 hex characters), pinned: a job not signed by it is refused.
+    pub signing_key: PathBuf,
 }
 
 /// The hospital's own rules, enforced whatever the coordinator says.
@@ -121,6 +124,15 @@ fn default_max_backoff() -> u64 {
 }
 
 impl NodeConfig {
+    /// The coordinator's pinned job-signing key.
+    pub fn verifying_key(&self) -> Result<plexus_tls::VerifyingKey> {
+        plexus_tls::VerifyingKey::load(&self.coordinator.signing_key).map_err(|e| {
+            NodeError::Config(format!(
+                "coordinator.signing_key: {e} (ask the network admin for the coordinator's coordinator-signing.pub)"
+            ))
+        })
+    }
+
     /// Reads, parses and validates a config file; relative paths are taken
     /// from the file's folder.
     pub fn load(path: &Path) -> Result<Self> {
@@ -139,6 +151,7 @@ impl NodeConfig {
 
     pub fn resolve(&mut self, base: &Path) {
         self.tls = self.tls.resolve(base);
+        self.coordinator.signing_key = base.join(&self.coordinator.signing_key);
         self.data = self.data.resolve(base);
         self.consent = self.consent.resolve(base);
         self.node.state_dir = base.join(&self.node.state_dir);
@@ -213,6 +226,7 @@ impl NodeConfig {
         self.tls
             .validate()
             .map_err(|e| NodeError::Config(format!("[tls] {e}")))?;
+        self.verifying_key()?;
         self.data
             .validate()
             .map_err(|e| NodeError::Config(format!("[data] {e}")))?;

@@ -18,6 +18,7 @@ use plexus_proto::v1 as pb;
 
 use crate::config::NodeConfig;
 use crate::data::{DataSource, Limits};
+use crate::envelope::{self, SeenJobs};
 use crate::ledger::{Answer, Ledger};
 use crate::log::{JobLog, LogEntry};
 
@@ -27,6 +28,10 @@ pub struct JobRunner {
     pub data: Arc<DataSource>,
     pub log: Arc<JobLog>,
     pub ledger: Arc<Ledger>,
+    /// The coordinator's pinned job-signing key.
+    pub verifying_key: plexus_tls::VerifyingKey,
+    /// Job ids taken so far, against replays.
+    pub seen: Arc<SeenJobs>,
     /// Delay before each job: fault-injection tests use it to kill a node mid-job.
     pub job_delay: Duration,
     /// Fault injection: after the ledger debit, drop the job unanswered,
@@ -58,6 +63,39 @@ type Outcome = Result<(NodeStats, Option<Receipt>), Error>;
 const CRASHED: &str = "fault injection: dropped after the ledger debit";
 
 impl JobRunner {
+    /// Checks a signed job (signature, audience, expiry, replay) and runs
+    /// it; a refused envelope is logged here and answered with the reason.
+    pub async fn take(&self, signed: pb::SignedJob) -> Option<pb::JobResult> {
+        let now = chrono::Utc::now();
+        let opened = envelope::open(
+            &signed,
+            &self.verifying_key,
+            &self.config.node.id,
+            now.timestamp_millis(),
+            &self.seen,
+        );
+        match opened {
+            Ok(job) => self.run(job).await,
+            Err(refusal) => {
+                warn!(job_id = %refusal.job_id, reason = %refusal.error, "job envelope refused");
+                let entry = LogEntry {
+                    at: now.to_rfc3339(),
+                    job_id: refusal.job_id.clone(),
+                    study_id: String::new(),
+                    purpose: String::new(),
+                    query_hash: String::new(),
+                    analysis: "unknown".into(),
+                    outcome: format!("refused:{}", refusal.error.code),
+                    detail: refusal.error.message.clone(),
+                };
+                if let Err(e) = self.log.append(&entry) {
+                    warn!(error = %e, "cannot write the local job log");
+                }
+                Some(result(&refusal.job_id, Err(refusal.error)))
+            }
+        }
+    }
+
     /// Runs one job; `None` only when fault injection drops it.
     pub async fn run(&self, job: pb::Job) -> Option<pb::JobResult> {
         let span = info_span!("job", job_id = %job.job_id, study = %job.study_id, node = %self.config.node.id);

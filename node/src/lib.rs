@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod data;
+pub mod envelope;
 pub mod error;
 pub mod job;
 pub mod ledger;
@@ -50,6 +51,11 @@ pub async fn run_with(
         Arc::new(data::DataSource::open(&config.data, &config.consent, dictionary.clone()).await?);
     let log = Arc::new(log::JobLog::open(&config.node.state_dir)?);
     let ledger = Arc::new(ledger::Ledger::open(&config.node.state_dir)?);
+    let seen = Arc::new(envelope::SeenJobs::open(
+        &config.node.state_dir,
+        chrono::Utc::now().timestamp_millis(),
+    )?);
+    let verifying_key = config.verifying_key()?;
     let tls = plexus_tls::client_config(&config.tls).map_err(|e| NodeError::Tls(e.to_string()))?;
     info!(node = %config.node.id, variables = data.variables().len(), log = %log.path().display(), "node ready");
     let runner = Arc::new(job::JobRunner {
@@ -58,6 +64,8 @@ pub async fn run_with(
         data: data.clone(),
         log,
         ledger,
+        verifying_key,
+        seen,
         job_delay: options.job_delay,
         crash_after_debit: options.crash_after_debit,
     });

@@ -140,13 +140,13 @@ impl Link {
             };
             match msg {
                 Ok(Some(pb::CoordinatorMessage {
-                    msg: Some(pb::coordinator_message::Msg::Job(job)),
+                    msg: Some(pb::coordinator_message::Msg::SignedJob(job)),
                 })) => {
                     while jobs.try_join_next().is_some() {}
                     let runner = self.runner.clone();
                     let tx = tx.clone();
                     jobs.spawn(async move {
-                        let Some(result) = runner.run(job).await else {
+                        let Some(result) = runner.take(job).await else {
                             return;
                         };
                         let _ = tx

@@ -149,6 +149,7 @@ impl Layout {
         let pki = root.join("pki");
         let ca = DevCa::generate("deploy test CA")?;
         ca.save(&pki)?;
+        plexus_tls::SigningKey::generate_into(&pki, "coordinator")?;
         ca.issue(
             Role::Coordinator,
             "coordinator",

@@ -272,13 +272,13 @@ fn check_ca(
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum FileMode {
+pub(crate) enum FileMode {
     Public,
     /// Owner read/write only, set at creation so the key is never briefly world-readable.
     Private,
 }
 
-fn write_file(path: &Path, contents: &str, mode: FileMode) -> Result<()> {
+pub(crate) fn write_file(path: &Path, contents: &str, mode: FileMode) -> Result<()> {
     let mut opts = fs::OpenOptions::new();
     opts.write(true).create(true).truncate(true);
     #[cfg(unix)]

@@ -102,6 +102,17 @@ pub enum TlsError {
         reason: String,
     },
 
+    /// A signing or verifying key file holds no usable Ed25519 key.
+    #[error("could not load the {what} from \"{}\": {reason}", path.display())]
+    SigningKey {
+        /// "signing key" or "verifying key".
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Why, with what to do.
+        reason: String,
+    },
+
     /// The loaded CA is not usable as a CA.
     #[error("ca certificate \"{}\" is unusable: {reason}", path.display())]
     InvalidCa {

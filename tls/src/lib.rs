@@ -19,6 +19,7 @@ mod config;
 mod error;
 mod identity;
 mod server;
+mod signing;
 
 pub use ca::{DevCa, IssuedCert, CA_CERT_FILE, CA_KEY_FILE, CA_VALIDITY_DAYS, LEAF_VALIDITY_DAYS};
 pub use client::{connect, dial, ConnectOptions};
@@ -29,6 +30,7 @@ pub use server::{
     incoming, incoming_with_timeout, peer, require_role, Incoming, PeerInfo, TlsConn,
     HANDSHAKE_TIMEOUT,
 };
+pub use signing::{signing_key_files, SigningKey, VerifyingKey};
 
 /// Re-exported so callers can name config and certificate types without
 /// depending on matching versions themselves.

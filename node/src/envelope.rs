@@ -1,0 +1,257 @@
+//! Signed job envelopes, checked before anything runs. A job is taken only
+//! when it carries the coordinator's Ed25519 signature over its exact
+//! bytes (against the key pinned in `coordinator.signing_key`), names this
+//! node as its audience, has not expired, is valid for at most 15 minutes,
+//! and was never seen before. Seen job ids are kept on disk until they
+//! expire, so a replay is refused after a restart too.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use prost::Message;
+use serde::{Deserialize, Serialize};
+
+use plexus_core::{Error, Result};
+use plexus_proto::v1 as pb;
+use plexus_tls::VerifyingKey;
+
+/// Longest a job may be valid, from issue to deadline.
+pub const MAX_JOB_VALIDITY_MS: i64 = 15 * 60 * 1000;
+/// How far ahead of this node's clock a job may claim to be issued.
+pub const CLOCK_SKEW_MS: i64 = 60 * 1000;
+
+/// Why an envelope was refused, with the job id when it could be read.
+#[derive(Debug)]
+pub struct Refusal {
+    pub job_id: String,
+    pub error: Error,
+}
+
+/// Checks `signed` and returns the job it carries.
+pub fn open(
+    signed: &pb::SignedJob,
+    key: &VerifyingKey,
+    node_id: &str,
+    now_ms: i64,
+    seen: &SeenJobs,
+) -> std::result::Result<pb::Job, Refusal> {
+    // The id is read before the signature is checked only to name the
+    // refusal; nothing else of an unverified job is used.
+    let unverified = pb::Job::decode(signed.job.as_slice()).ok();
+    let job_id = unverified
+        .as_ref()
+        .map(|j| j.job_id.clone())
+        .unwrap_or_default();
+    let refuse = |error: Error| Refusal {
+        job_id: job_id.clone(),
+        error,
+    };
+    if !key.verify(&signed.job, &signed.signature) {
+        return Err(refuse(Error::policy(
+            "the job's signature does not verify against the coordinator key pinned in coordinator.signing_key; it was changed on the way or signed by another key, and is refused",
+        )));
+    }
+    let job = unverified
+        .ok_or_else(|| refuse(Error::invalid("the signed job is not a valid job message")))?;
+    if job.audience != node_id {
+        return Err(refuse(Error::policy(format!(
+            "the job is addressed to \"{}\", not to this node ({node_id}), and is refused",
+            job.audience
+        ))));
+    }
+    if job.deadline_unix_ms <= now_ms {
+        return Err(refuse(Error::policy(
+            "the job has expired (its deadline passed) and is refused",
+        )));
+    }
+    if job.issued_unix_ms > now_ms + CLOCK_SKEW_MS {
+        return Err(refuse(Error::policy(
+            "the job claims to be issued in the future (check the clocks of the coordinator and this node); refused",
+        )));
+    }
+    if job.deadline_unix_ms - job.issued_unix_ms > MAX_JOB_VALIDITY_MS {
+        return Err(refuse(Error::policy(
+            "the job is valid for more than 15 minutes; refused",
+        )));
+    }
+    if job.job_id.len() < 32 {
+        return Err(refuse(Error::policy(
+            "the job id is not a 128-bit random value; refused",
+        )));
+    }
+    seen.record(&job.job_id, job.deadline_unix_ms, now_ms)
+        .map_err(refuse)?;
+    Ok(job)
+}
+
+#[derive(Serialize, Deserialize)]
+struct Seen {
+    job_id: String,
+    expires_unix_ms: i64,
+}
+
+/// Job ids this node has taken, kept until they expire.
+pub struct SeenJobs {
+    path: PathBuf,
+    inner: Mutex<(File, HashMap<String, i64>)>,
+}
+
+impl SeenJobs {
+    /// Opens `STATE_DIR/seen_jobs.jsonl`, keeping only ids not yet expired.
+    pub fn open(dir: &Path, now_ms: i64) -> Result<Self> {
+        let io = |what: &str, e: std::io::Error| {
+            Error::internal(format!(
+                "cannot {what} the list of seen jobs in {}: {e} (check the node's state folder)",
+                dir.display()
+            ))
+        };
+        std::fs::create_dir_all(dir).map_err(|e| io("create the folder of", e))?;
+        let path = dir.join("seen_jobs.jsonl");
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(io("read", e)),
+        };
+        // A line torn by a crash is skipped: its job was never run.
+        let live: HashMap<String, i64> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Seen>(l).ok())
+            .filter(|s| s.expires_unix_ms > now_ms)
+            .map(|s| (s.job_id, s.expires_unix_ms))
+            .collect();
+        // Rewrite without the expired ids, then append.
+        let mut compact = String::new();
+        for (job_id, expires_unix_ms) in &live {
+            let line = serde_json::to_string(&Seen {
+                job_id: job_id.clone(),
+                expires_unix_ms: *expires_unix_ms,
+            })
+            .expect("serialises");
+            compact.push_str(&line);
+            compact.push('\n');
+        }
+        let tmp = dir.join("seen_jobs.jsonl.tmp");
+        std::fs::write(&tmp, compact).map_err(|e| io("write", e))?;
+        std::fs::rename(&tmp, &path).map_err(|e| io("replace", e))?;
+        let file = OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .map_err(|e| io("open", e))?;
+        Ok(SeenJobs {
+            path,
+            inner: Mutex::new((file, live)),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Records `job_id` (durably) or refuses it as a replay.
+    fn record(&self, job_id: &str, expires_unix_ms: i64, now_ms: i64) -> Result<()> {
+        let mut inner = self.inner.lock().expect("seen jobs lock");
+        if inner.1.get(job_id).is_some_and(|e| *e > now_ms) {
+            return Err(Error::policy(format!(
+                "job {job_id} was already taken by this node; a replayed job is refused"
+            )));
+        }
+        let mut line = serde_json::to_vec(&Seen {
+            job_id: job_id.to_string(),
+            expires_unix_ms,
+        })
+        .expect("serialises");
+        line.push(b'\n');
+        inner
+            .0
+            .write_all(&line)
+            .and_then(|_| inner.0.sync_data())
+            .map_err(|e| {
+                Error::internal(format!(
+                    "cannot record the job in {}: {e}; refused (check the node's state folder)",
+                    self.path.display()
+                ))
+            })?;
+        inner.1.insert(job_id.to_string(), expires_unix_ms);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use plexus_tls::SigningKey;
+
+    const NOW: i64 = 1_800_000_000_000;
+
+    fn job(id: &str, audience: &str) -> pb::Job {
+        pb::Job {
+            job_id: id.into(),
+            study_id: "s".into(),
+            audience: audience.into(),
+            issued_unix_ms: NOW,
+            deadline_unix_ms: NOW + 30_000,
+            ..Default::default()
+        }
+    }
+
+    fn sign(key: &SigningKey, job: &pb::Job) -> pb::SignedJob {
+        let bytes = job.encode_to_vec();
+        pb::SignedJob {
+            signature: key.sign(&bytes),
+            job: bytes,
+        }
+    }
+
+    #[test]
+    fn tampered_expired_replayed_and_misaddressed_jobs_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (key, _, _) = SigningKey::generate_into(dir.path(), "coordinator").unwrap();
+        let pinned = key.verifying_key();
+        let state = dir.path().join("state");
+        let seen = SeenJobs::open(&state, NOW).unwrap();
+        let id = "0123456789abcdef0123456789abcdef";
+        let good = sign(&key, &job(id, "hospital-a"));
+
+        // One byte changed anywhere in the job: the signature fails.
+        for i in 0..good.job.len() {
+            let mut bad = good.clone();
+            bad.job[i] ^= 0x01;
+            let r = open(&bad, &pinned, "hospital-a", NOW, &seen).unwrap_err();
+            assert!(r.error.message.contains("signature"), "{i}: {}", r.error);
+        }
+        // Another key's signature.
+        let dir2 = tempfile::tempdir().unwrap();
+        let (other, _, _) = SigningKey::generate_into(dir2.path(), "evil").unwrap();
+        let forged = sign(&other, &job(id, "hospital-a"));
+        assert!(open(&forged, &pinned, "hospital-a", NOW, &seen).is_err());
+        // For another node.
+        let r = open(&good, &pinned, "hospital-b", NOW, &seen).unwrap_err();
+        assert!(r.error.message.contains("addressed"), "{}", r.error);
+        assert_eq!(r.job_id, id);
+        // Expired.
+        let r = open(&good, &pinned, "hospital-a", NOW + 31_000, &seen).unwrap_err();
+        assert!(r.error.message.contains("expired"), "{}", r.error);
+        // Valid too long.
+        let mut long = job("fedcba9876543210fedcba9876543210", "hospital-a");
+        long.deadline_unix_ms = NOW + MAX_JOB_VALIDITY_MS + 1;
+        let r = open(&sign(&key, &long), &pinned, "hospital-a", NOW, &seen).unwrap_err();
+        assert!(r.error.message.contains("15 minutes"), "{}", r.error);
+
+        // Taken once, then a replay is refused, also after a restart.
+        open(&good, &pinned, "hospital-a", NOW, &seen).unwrap();
+        let r = open(&good, &pinned, "hospital-a", NOW + 1, &seen).unwrap_err();
+        assert!(r.error.message.contains("replayed"), "{}", r.error);
+        drop(seen);
+        let reopened = SeenJobs::open(&state, NOW + 2).unwrap();
+        let r = open(&good, &pinned, "hospital-a", NOW + 2, &reopened).unwrap_err();
+        assert!(r.error.message.contains("replayed"), "{}", r.error);
+        // Expired ids are forgotten at the next start.
+        drop(reopened);
+        let later = SeenJobs::open(&state, NOW + 60_000).unwrap();
+        let text = std::fs::read_to_string(later.path()).unwrap();
+        assert!(text.is_empty(), "{text}");
+    }
+}
