@@ -692,6 +692,16 @@ async fn ask(
     };
     state.audit(entry_sent).await;
     let reply = tokio::time::timeout(timeout, rx).await;
+    // The node's signed statement, kept with the job for later checks.
+    let mut signed: Option<(Vec<u8>, Vec<u8>, Vec<u8>)> = None;
+    let reply = reply.map(|r| {
+        r.map(|r| {
+            r.map(|s| {
+                signed = Some((s.statement, s.signature, s.certificate));
+                (s.outcome, s.privacy)
+            })
+        })
+    });
     let (answer, status, stats_json, err): (Answer, &str, Option<String>, Option<Error>) =
         match reply {
             Err(_) => {
@@ -763,6 +773,15 @@ async fn ask(
         .await
     {
         warn!(error = %e, "could not record job outcome");
+    }
+    if let Some((statement, signature, certificate)) = signed {
+        if let Err(e) = state
+            .store
+            .record_signature(&job_id, &statement, &signature, &certificate)
+            .await
+        {
+            warn!(error = %e, "could not record the node's signed statement");
+        }
     }
     let detail = err.map(|e| e.message).unwrap_or_default();
     state.audit(audit(status, detail)).await;

@@ -33,11 +33,26 @@ struct Connection {
 }
 
 /// A node's answer to one job, still untrusted.
-/// A node's answer with its privacy receipt, or why there is none.
-pub type JobReply = Result<(pb::job_result::Outcome, Option<pb::PrivacyReceipt>), String>;
+/// A node's verified answer: its outcome and privacy receipt, taken from
+/// the statement it signed, and what a third party needs to check that
+/// signature later.
+#[derive(Debug, Clone)]
+pub struct SignedReply {
+    pub outcome: pb::job_result::Outcome,
+    pub privacy: Option<pb::PrivacyReceipt>,
+    pub statement: Vec<u8>,
+    pub signature: Vec<u8>,
+    /// The node's certificate (DER) the signature was checked against.
+    pub certificate: Vec<u8>,
+}
+
+/// A node's answer, or why there is none.
+pub type JobReply = Result<SignedReply, String>;
 
 struct Waiter {
     node_id: String,
+    /// SHA-256 of the signed job bytes sent, which the node's statement must name.
+    job_hash: Vec<u8>,
     tx: oneshot::Sender<JobReply>,
 }
 
@@ -161,14 +176,17 @@ impl Registry {
             .ok_or_else(|| "not connected".to_string())?;
         let (wtx, wrx) = oneshot::channel();
         let job_id = job.job_id.clone();
+        let bytes = prost::Message::encode_to_vec(&job);
         self.waiters.lock().expect("lock").insert(
             job_id.clone(),
             Waiter {
                 node_id: node_id.to_string(),
+                job_hash: ring::digest::digest(&ring::digest::SHA256, &bytes)
+                    .as_ref()
+                    .to_vec(),
                 tx: wtx,
             },
         );
-        let bytes = prost::Message::encode_to_vec(&job);
         let msg = pb::CoordinatorMessage {
             msg: Some(pb::coordinator_message::Msg::SignedJob(pb::SignedJob {
                 signature: signer.sign(&bytes),
@@ -183,8 +201,16 @@ impl Registry {
     }
 
     /// Delivers a node's answer to the job's waiter. Answers for unknown
-    /// jobs, or from a node the job was not sent to, are refused.
-    pub fn deliver(&self, node_id: &str, job_id: &str, reply: JobReply) -> Result<(), String> {
+    /// jobs, or from a node the job was not sent to, are refused; an
+    /// answer whose signed statement names another job's bytes reaches the
+    /// waiter as an error.
+    pub fn deliver(
+        &self,
+        node_id: &str,
+        job_id: &str,
+        job_hash: Option<&[u8]>,
+        reply: JobReply,
+    ) -> Result<(), String> {
         let mut waiters = self.waiters.lock().expect("lock");
         match waiters.get(job_id) {
             None => Err(format!("no job {job_id} is waiting for an answer")),
@@ -193,6 +219,16 @@ impl Registry {
             }
             Some(_) => {
                 let w = waiters.remove(job_id).expect("present");
+                let reply = match (reply, job_hash) {
+                    (Ok(r), Some(h)) if h != w.job_hash.as_slice() => {
+                        let _ = r;
+                        Err(
+                            "the node's signed statement names other job bytes than those sent"
+                                .into(),
+                        )
+                    }
+                    (reply, _) => reply,
+                };
                 let _ = w.tx.send(reply);
                 Ok(())
             }

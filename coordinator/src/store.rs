@@ -393,6 +393,45 @@ impl Store {
             .collect()
     }
 
+    /// Keeps a node's signed statement about a job, its signature and the
+    /// certificate it verified against, so a third party can check them.
+    pub async fn record_signature(
+        &self,
+        job_id: &str,
+        statement: &[u8],
+        signature: &[u8],
+        certificate: &[u8],
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE jobs SET statement = ?, signature = ?, node_certificate = ? WHERE id = ?",
+        )
+        .bind(statement)
+        .bind(signature)
+        .bind(certificate)
+        .bind(job_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// A job's signed statement, signature and node certificate, when kept.
+    pub async fn signature_of(&self, job_id: &str) -> Result<Option<(Vec<u8>, Vec<u8>, Vec<u8>)>> {
+        let row = sqlx::query(
+            "SELECT statement, signature, node_certificate FROM jobs WHERE id = ? AND statement IS NOT NULL",
+        )
+        .bind(job_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| {
+            Ok((
+                r.try_get("statement")?,
+                r.try_get("signature")?,
+                r.try_get("node_certificate")?,
+            ))
+        })
+        .transpose()
+    }
+
     /// Jobs of one query as (job id, node, status).
     pub async fn jobs_of(&self, query_id: &str) -> Result<Vec<(String, String, String)>> {
         let rows =

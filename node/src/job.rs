@@ -32,6 +32,8 @@ pub struct JobRunner {
     pub verifying_key: plexus_tls::VerifyingKey,
     /// Job ids taken so far, against replays.
     pub seen: Arc<SeenJobs>,
+    /// Signs every result with the node's TLS key.
+    pub signer: Arc<plexus_tls::CertSigner>,
     /// Delay before each job: fault-injection tests use it to kill a node mid-job.
     pub job_delay: Duration,
     /// Fault injection: after the ledger debit, drop the job unanswered,
@@ -67,6 +69,9 @@ impl JobRunner {
     /// it; a refused envelope is logged here and answered with the reason.
     pub async fn take(&self, signed: pb::SignedJob) -> Option<pb::JobResult> {
         let now = chrono::Utc::now();
+        let job_hash = ring::digest::digest(&ring::digest::SHA256, &signed.job)
+            .as_ref()
+            .to_vec();
         let opened = envelope::open(
             &signed,
             &self.verifying_key,
@@ -75,7 +80,7 @@ impl JobRunner {
             &self.seen,
         );
         match opened {
-            Ok(job) => self.run(job).await,
+            Ok(job) => self.run(job, job_hash).await,
             Err(refusal) => {
                 warn!(job_id = %refusal.job_id, reason = %refusal.error, "job envelope refused");
                 let entry = LogEntry {
@@ -91,13 +96,13 @@ impl JobRunner {
                 if let Err(e) = self.log.append(&entry) {
                     warn!(error = %e, "cannot write the local job log");
                 }
-                Some(result(&refusal.job_id, Err(refusal.error)))
+                Some(self.result(&refusal.job_id, job_hash, Err(refusal.error)))
             }
         }
     }
 
     /// Runs one job; `None` only when fault injection drops it.
-    pub async fn run(&self, job: pb::Job) -> Option<pb::JobResult> {
+    pub async fn run(&self, job: pb::Job, job_hash: Vec<u8>) -> Option<pb::JobResult> {
         let span = info_span!("job", job_id = %job.job_id, study = %job.study_id, node = %self.config.node.id);
         async {
             let analysis = job
@@ -138,12 +143,12 @@ impl JobRunner {
             if let Err(e) = self.log.append(&entry) {
                 // Refuse to release anything we could not log.
                 warn!(error = %e, "cannot write the local job log; refusing the job");
-                return Some(result(&job.job_id, Err(Error::internal(
+                return Some(self.result(&job.job_id, job_hash, Err(Error::internal(
                     "the node could not write its local job log; ask the hospital's IT to check the node's state folder",
                 ))));
             }
             info!(outcome = %label, analysis, "job done");
-            Some(result(&job.job_id, outcome))
+            Some(self.result(&job.job_id, job_hash, outcome))
         }
         .instrument(span)
         .await
@@ -365,18 +370,42 @@ fn exhausted(study: &str, spent: f64, budget: f64, rho: f64) -> Error {
     ))
 }
 
-fn result(job_id: &str, outcome: Outcome) -> pb::JobResult {
-    let (outcome, privacy) = match outcome {
-        Ok((stats, receipt)) => (
-            pb::job_result::Outcome::Stats((&stats).into()),
-            receipt.as_ref().map(pb::PrivacyReceipt::from),
-        ),
-        Err(e) => (pb::job_result::Outcome::Error((&e).into()), None),
-    };
-    pb::JobResult {
-        job_id: job_id.to_string(),
-        outcome: Some(outcome),
-        privacy,
+impl JobRunner {
+    /// The answer to a job, with the statement the node signs about it:
+    /// the job's hash, this node, the outcome, its privacy receipt and the
+    /// data snapshot it was computed on.
+    fn result(&self, job_id: &str, job_hash: Vec<u8>, outcome: Outcome) -> pb::JobResult {
+        let (outcome, privacy) = match outcome {
+            Ok((stats, receipt)) => (
+                pb::job_result::Outcome::Stats((&stats).into()),
+                receipt.as_ref().map(pb::PrivacyReceipt::from),
+            ),
+            Err(e) => (pb::job_result::Outcome::Error((&e).into()), None),
+        };
+        let statement = pb::ResultStatement {
+            job_id: job_id.to_string(),
+            job_hash,
+            node_id: self.config.node.id.clone(),
+            outcome: Some(match &outcome {
+                pb::job_result::Outcome::Stats(s) => {
+                    pb::result_statement::Outcome::Stats(s.clone())
+                }
+                pb::job_result::Outcome::Error(e) => {
+                    pb::result_statement::Outcome::Error(e.clone())
+                }
+            }),
+            privacy,
+            data_snapshot: self.data.snapshot().unwrap_or_default(),
+            signed_unix_ms: chrono::Utc::now().timestamp_millis(),
+        };
+        let statement = prost::Message::encode_to_vec(&statement);
+        pb::JobResult {
+            job_id: job_id.to_string(),
+            outcome: Some(outcome),
+            privacy,
+            signature: self.signer.sign(&statement),
+            statement,
+        }
     }
 }
 

@@ -56,6 +56,9 @@ pub async fn run_with(
         chrono::Utc::now().timestamp_millis(),
     )?);
     let verifying_key = config.verifying_key()?;
+    let signer = Arc::new(
+        plexus_tls::CertSigner::load(&config.tls.key).map_err(|e| NodeError::Tls(e.to_string()))?,
+    );
     let tls = plexus_tls::client_config(&config.tls).map_err(|e| NodeError::Tls(e.to_string()))?;
     info!(node = %config.node.id, variables = data.variables().len(), log = %log.path().display(), "node ready");
     let runner = Arc::new(job::JobRunner {
@@ -66,6 +69,7 @@ pub async fn run_with(
         ledger,
         verifying_key,
         seen,
+        signer,
         job_delay: options.job_delay,
         crash_after_debit: options.crash_after_debit,
     });

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use futures::Stream;
 use rustls::ServerConfig;
+use rustls_pki_types::CertificateDer;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -43,6 +44,9 @@ pub struct PeerInfo {
     pub identity: Identity,
     /// The TCP peer address (a proxy's or NAT's address for nodes behind one).
     pub remote_addr: SocketAddr,
+    /// The verified client certificate (DER), whose key signs the peer's
+    /// statements (a node's results).
+    pub certificate: CertificateDer<'static>,
 }
 
 /// An authenticated TLS connection ready to be served.
@@ -233,6 +237,7 @@ async fn handshake(
         tracing::warn!(%remote_addr, "client presented no certificate; dropping connection");
         return;
     };
+    let certificate = cert.clone().into_owned();
     let identity = match identity_from_cert(cert) {
         Ok(identity) => identity,
         Err(error) => {
@@ -246,6 +251,7 @@ async fn handshake(
         peer: PeerInfo {
             identity,
             remote_addr,
+            certificate,
         },
     };
     // A send error only means the server is shutting down.
@@ -287,6 +293,7 @@ mod tests {
         req.extensions_mut().insert(PeerInfo {
             identity: Identity::new(role, "x").unwrap(),
             remote_addr: "127.0.0.1:1".parse().unwrap(),
+            certificate: CertificateDer::from(Vec::new()),
         });
         req
     }

@@ -125,9 +125,83 @@ impl VerifyingKey {
     }
 }
 
+/// Signs with a party's TLS key (its certificate's ECDSA P-256 key), so
+/// anyone holding the certificate can check the signature later.
+pub struct CertSigner {
+    pair: ring::signature::EcdsaKeyPair,
+    rng: ring::rand::SystemRandom,
+}
+
+impl CertSigner {
+    /// Reads the PKCS#8 PEM key of `tls.key`.
+    pub fn load(path: &Path) -> Result<CertSigner> {
+        let der = PrivatePkcs8KeyDer::from_pem_file(path).map_err(|e| match e {
+            rustls_pki_types::pem::Error::Io(source) => TlsError::io("read", path, source),
+            other => TlsError::SigningKey {
+                what: "signing key",
+                path: path.to_owned(),
+                reason: format!("{other} (expected the PKCS#8 key `plexus pki issue` writes)"),
+            },
+        })?;
+        let rng = ring::rand::SystemRandom::new();
+        let pair = ring::signature::EcdsaKeyPair::from_pkcs8(
+            &ring::signature::ECDSA_P256_SHA256_ASN1_SIGNING,
+            der.secret_pkcs8_der(),
+            &rng,
+        )
+        .map_err(|e| TlsError::SigningKey {
+            what: "signing key",
+            path: path.to_owned(),
+            reason: format!("not an ECDSA P-256 key ({e})"),
+        })?;
+        Ok(CertSigner { pair, rng })
+    }
+
+    pub fn sign(&self, message: &[u8]) -> Vec<u8> {
+        self.pair
+            .sign(&self.rng, message)
+            .map(|s| s.as_ref().to_vec())
+            .unwrap_or_default()
+    }
+}
+
+/// Checks a [`CertSigner`] signature against the signer's certificate.
+pub fn verify_by_certificate(
+    certificate: &[u8],
+    message: &[u8],
+    signature: &[u8],
+) -> std::result::Result<(), String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(certificate)
+        .map_err(|e| format!("the certificate cannot be parsed: {e}"))?;
+    let key = cert.public_key().subject_public_key.data.as_ref();
+    UnparsedPublicKey::new(&ring::signature::ECDSA_P256_SHA256_ASN1, key)
+        .verify(message, signature)
+        .map_err(|_| "the signature does not verify against the certificate's key".to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_node_signs_with_its_tls_key_and_anyone_checks_with_its_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = crate::DevCa::generate("test CA").unwrap();
+        let (cert, key) = ca
+            .issue(crate::Role::Node, "hospital-a", &[], &[])
+            .unwrap()
+            .save(dir.path(), "hospital-a")
+            .unwrap();
+        let signer = CertSigner::load(&key).unwrap();
+        let der = crate::load_certs(&cert).unwrap().remove(0);
+        let sig = signer.sign(b"result");
+        verify_by_certificate(der.as_ref(), b"result", &sig).unwrap();
+        assert!(verify_by_certificate(der.as_ref(), b"resulT", &sig).is_err());
+        let other = ca.issue(crate::Role::Node, "hospital-b", &[], &[]).unwrap();
+        let (other_cert, _) = other.save(dir.path(), "hospital-b").unwrap();
+        let other_der = crate::load_certs(&other_cert).unwrap().remove(0);
+        assert!(verify_by_certificate(other_der.as_ref(), b"result", &sig).is_err());
+    }
 
     #[test]
     fn keys_round_trip_through_their_files_and_signatures_verify() {

@@ -6,6 +6,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
+use prost::Message;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -15,7 +16,7 @@ use plexus_proto::v1 as pb;
 use plexus_proto::v1::node_link_server::NodeLink;
 use plexus_tls::Role;
 
-use crate::registry::NodeState;
+use crate::registry::{NodeState, SignedReply};
 use crate::state::State;
 use crate::store::{now_ms, AuditEntry};
 
@@ -34,7 +35,9 @@ impl NodeLink for NodeLinkService {
         request: Request<Streaming<pb::NodeMessage>>,
     ) -> Result<Response<Self::AttachStream>, Status> {
         let identity = plexus_tls::require_role(&request, &[Role::Node])?;
-        let peer_addr = plexus_tls::peer(&request)?.remote_addr.to_string();
+        let peer = plexus_tls::peer(&request)?;
+        let peer_addr = peer.remote_addr.to_string();
+        let certificate = peer.certificate.as_ref().to_vec();
         let mut inbound = request.into_inner();
 
         let hello = match inbound.message().await? {
@@ -115,7 +118,7 @@ impl NodeLink for NodeLinkService {
                         _ = state.shutdown.cancelled() => break,
                     };
                     match msg {
-                        Ok(Some(m)) => handle(&state, &node_id, conn_id, m),
+                        Ok(Some(m)) => handle(&state, &node_id, conn_id, &certificate, m),
                         Ok(None) => break,
                         Err(e) => {
                             // A node that stops or loses its network ends here too.
@@ -145,21 +148,58 @@ impl NodeLink for NodeLinkService {
     }
 }
 
-fn handle(state: &State, node_id: &str, conn_id: u64, m: pb::NodeMessage) {
+fn handle(state: &State, node_id: &str, conn_id: u64, certificate: &[u8], m: pb::NodeMessage) {
     match m.msg {
         Some(pb::node_message::Msg::Heartbeat(_)) => state.registry.heartbeat(node_id, conn_id),
         Some(pb::node_message::Msg::Result(r)) => {
             state.registry.heartbeat(node_id, conn_id);
-            let privacy = r.privacy;
-            let reply = r
-                .outcome
-                .map(|o| (o, privacy))
-                .ok_or_else(|| "answer without an outcome".to_string());
-            if let Err(e) = state.registry.deliver(node_id, &r.job_id, reply) {
+            let (reply, job_hash) = match open_result(node_id, certificate, &r) {
+                Ok((reply, hash)) => (Ok(reply), Some(hash)),
+                Err(e) => (Err(e), None),
+            };
+            if let Err(e) = state
+                .registry
+                .deliver(node_id, &r.job_id, job_hash.as_deref(), reply)
+            {
                 warn!(job_id = %r.job_id, reason = %e, "answer ignored");
             }
         }
         Some(pb::node_message::Msg::Hello(_)) => warn!("repeated hello ignored"),
         None => warn!("empty message ignored"),
     }
+}
+
+/// Checks a node's signed statement about a job against its certificate
+/// and takes the outcome from it. Returns the statement's job hash, which
+/// the registry compares with the job it sent.
+fn open_result(
+    node_id: &str,
+    certificate: &[u8],
+    r: &pb::JobResult,
+) -> Result<(SignedReply, Vec<u8>), String> {
+    plexus_tls::verify_by_certificate(certificate, &r.statement, &r.signature)
+        .map_err(|e| format!("the node's result is not signed by its certificate: {e}"))?;
+    let statement = pb::ResultStatement::decode(r.statement.as_slice())
+        .map_err(|e| format!("the node's signed statement is not valid: {e}"))?;
+    if statement.node_id != node_id || statement.job_id != r.job_id {
+        return Err(format!(
+            "the node's signed statement is about job {} of node {}",
+            statement.job_id, statement.node_id
+        ));
+    }
+    let outcome = match statement.outcome {
+        Some(pb::result_statement::Outcome::Stats(s)) => pb::job_result::Outcome::Stats(s),
+        Some(pb::result_statement::Outcome::Error(e)) => pb::job_result::Outcome::Error(e),
+        None => return Err("the node's signed statement has no outcome".into()),
+    };
+    Ok((
+        SignedReply {
+            outcome,
+            privacy: statement.privacy,
+            statement: r.statement.clone(),
+            signature: r.signature.clone(),
+            certificate: certificate.to_vec(),
+        },
+        statement.job_hash,
+    ))
 }
