@@ -172,10 +172,7 @@ impl JobRunner {
                         Some(self.receipt(job, 0.0, budget, true, kept.noise)),
                     ));
                 }
-                let spent = self.ledger.spent(&job.study_id);
-                if spent + rho > budget * (1.0 + 1e-12) {
-                    return Err(exhausted(&job.study_id, spent, budget, rho));
-                }
+                self.ledger.affords(&job.study_id, budget, rho)?;
                 Some(key)
             }
         };
@@ -208,13 +205,13 @@ impl JobRunner {
         let answer = Answer { key, stats, noise };
         // Durable before anything leaves: a crash from here on loses the
         // release, never the debit, and the kept answer is what a repeat gets.
-        let (balance, kept) = self.ledger.debit_answer(
+        let (balance, kept) = self.ledger.debit(
             &job.study_id,
             budget,
             rho,
             &job.job_id,
             &job.query_hash,
-            answer.clone(),
+            Some(answer.clone()),
         )?;
         if self.crash_after_debit {
             return Err(Error::internal(CRASHED));
@@ -361,13 +358,6 @@ impl JobRunner {
             budget,
         })
     }
-}
-
-fn exhausted(study: &str, spent: f64, budget: f64, rho: f64) -> Error {
-    Error::policy(format!(
-        "study \"{study}\" has spent rho {spent:.6} of its {budget:.6} at this node and this query costs {rho:.6}; \
-         the hospital's budget for the study is exhausted (ask for a cheaper query or a new study)"
-    ))
 }
 
 impl JobRunner {

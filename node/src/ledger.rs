@@ -157,38 +157,20 @@ impl Ledger {
         inner.answers.get(key).cloned()
     }
 
+    /// Refuses, naming what was spent, when `rho` more would take `study`
+    /// past `budget` at this node: checked before a job computes anything,
+    /// and again by [`Ledger::debit`].
+    pub fn affords(&self, study: &str, budget: f64, rho: f64) -> Result<()> {
+        affords(study, self.spent(study), budget, rho)
+    }
+
     /// Debits `rho` from `study`'s `budget`, durably, or refuses when the
     /// budget at this node would be exceeded. Only after this returns may
-    /// the release it pays for leave the node.
+    /// the release it pays for leave the node. The `answer` it pays for is
+    /// kept under its key; when an answer is already kept under that key
+    /// (the same query asked twice at once), nothing is charged and the
+    /// kept one is returned, which is then what must be released.
     pub fn debit(
-        &self,
-        study: &str,
-        budget: f64,
-        rho: f64,
-        job_id: &str,
-        query_hash: &str,
-    ) -> Result<Balance> {
-        self.debit_for(study, budget, rho, job_id, query_hash, None)
-            .map(|(b, _)| b)
-    }
-
-    /// Debits `rho` for `answer` and keeps the answer under its key, or,
-    /// when an answer is already kept under that key (the same query asked
-    /// twice at once), charges nothing and returns the kept one, which is
-    /// then what must be released.
-    pub fn debit_answer(
-        &self,
-        study: &str,
-        budget: f64,
-        rho: f64,
-        job_id: &str,
-        query_hash: &str,
-        answer: Answer,
-    ) -> Result<(Balance, Option<Answer>)> {
-        self.debit_for(study, budget, rho, job_id, query_hash, Some(answer))
-    }
-
-    fn debit_for(
         &self,
         study: &str,
         budget: f64,
@@ -211,12 +193,7 @@ impl Ledger {
             };
             return Ok((balance, Some(kept.clone())));
         }
-        if spent + rho > budget * (1.0 + SLACK) {
-            return Err(Error::policy(format!(
-                "study \"{study}\" has spent rho {spent:.6} of its {budget:.6} at this node and this query costs {rho:.6}; \
-                 the hospital's budget for the study is exhausted (ask for a cheaper query or a new study)"
-            )));
-        }
+        affords(study, spent, budget, rho)?;
         let debit = Debit {
             at: chrono::Utc::now().to_rfc3339(),
             study_id: study.to_string(),
@@ -250,6 +227,16 @@ impl Ledger {
     }
 }
 
+fn affords(study: &str, spent: f64, budget: f64, rho: f64) -> Result<()> {
+    if spent + rho > budget * (1.0 + SLACK) {
+        return Err(Error::policy(format!(
+            "study \"{study}\" has spent rho {spent:.6} of its {budget:.6} at this node and this query costs {rho:.6}; \
+             the hospital's budget for the study is exhausted (ask for a cheaper query or a new study)"
+        )));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -258,11 +245,11 @@ mod tests {
     fn debits_survive_a_restart_and_the_budget_is_enforced() {
         let dir = tempfile::tempdir().unwrap();
         let ledger = Ledger::open(dir.path()).unwrap();
-        let b = ledger.debit("s1", 1.0, 0.4, "j1", "q").unwrap();
+        let (b, _) = ledger.debit("s1", 1.0, 0.4, "j1", "q", None).unwrap();
         assert_eq!((b.spent, b.remaining), (0.4, 0.6));
-        ledger.debit("s1", 1.0, 0.6, "j2", "q").unwrap();
-        ledger.debit("s2", 1.0, 0.1, "j3", "q").unwrap();
-        let e = ledger.debit("s1", 1.0, 0.01, "j4", "q").unwrap_err();
+        ledger.debit("s1", 1.0, 0.6, "j2", "q", None).unwrap();
+        ledger.debit("s2", 1.0, 0.1, "j3", "q", None).unwrap();
+        let e = ledger.debit("s1", 1.0, 0.01, "j4", "q", None).unwrap_err();
         assert_eq!(e.code, plexus_core::ErrorCode::Policy);
         assert!(e.message.contains("exhausted"), "{e}");
         drop(ledger);
@@ -271,7 +258,7 @@ mod tests {
         let again = Ledger::open(dir.path()).unwrap();
         assert!((again.spent("s1") - 1.0).abs() < 1e-12);
         assert!((again.spent("s2") - 0.1).abs() < 1e-12);
-        assert!(again.debit("s1", 1.0, 0.01, "j5", "q").is_err());
+        assert!(again.debit("s1", 1.0, 0.01, "j5", "q", None).is_err());
     }
 
     #[test]
@@ -288,7 +275,7 @@ mod tests {
         };
         assert!(ledger.cached("k1").is_none());
         let (b, kept) = ledger
-            .debit_answer("s1", 1.0, 0.01, "j1", "q", answer.clone())
+            .debit("s1", 1.0, 0.01, "j1", "q", Some(answer.clone()))
             .unwrap();
         assert!(kept.is_none());
         assert!((b.spent - 0.01).abs() < 1e-15);
@@ -296,7 +283,7 @@ mod tests {
         let mut other = answer.clone();
         other.stats = NodeStats::Count(plexus_core::Cell::Count(1240));
         let (b, kept) = ledger
-            .debit_answer("s1", 1.0, 0.01, "j2", "q", other)
+            .debit("s1", 1.0, 0.01, "j2", "q", Some(other))
             .unwrap();
         assert_eq!(kept, Some(answer.clone()));
         assert!((b.spent - 0.01).abs() < 1e-15);
@@ -310,7 +297,7 @@ mod tests {
     fn a_torn_last_line_is_dropped_and_a_corrupt_one_stops_the_node() {
         let dir = tempfile::tempdir().unwrap();
         let ledger = Ledger::open(dir.path()).unwrap();
-        ledger.debit("s1", 1.0, 0.25, "j1", "q").unwrap();
+        ledger.debit("s1", 1.0, 0.25, "j1", "q", None).unwrap();
         let path = ledger.path().to_path_buf();
         drop(ledger);
         // A crash in the middle of the next write.
@@ -320,7 +307,7 @@ mod tests {
         drop(f);
         let again = Ledger::open(dir.path()).unwrap();
         assert!((again.spent("s1") - 0.25).abs() < 1e-12);
-        again.debit("s1", 1.0, 0.25, "j2", "q").unwrap();
+        again.debit("s1", 1.0, 0.25, "j2", "q", None).unwrap();
         drop(again);
         let reread = Ledger::open(dir.path()).unwrap();
         assert!((reread.spent("s1") - 0.5).abs() < 1e-12);
@@ -334,7 +321,7 @@ mod tests {
         drop(f);
         let again = Ledger::open(dir.path()).unwrap();
         assert!((again.spent("s1") - 0.625).abs() < 1e-12);
-        again.debit("s1", 1.0, 0.125, "j4", "q").unwrap();
+        again.debit("s1", 1.0, 0.125, "j4", "q", None).unwrap();
         drop(again);
         assert!((Ledger::open(dir.path()).unwrap().spent("s1") - 0.75).abs() < 1e-12);
 
