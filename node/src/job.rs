@@ -11,9 +11,9 @@ use tracing::{info, info_span, warn, Instrument};
 use plexus_core::disclosure::{apply, effective_k, Rules};
 use plexus_core::models::glm::Iteration;
 use plexus_core::models::survival::GroupStats;
-use plexus_core::privacy::release::release_for;
+use plexus_core::privacy::release::{releasable, release_for};
 use plexus_core::privacy::report::Receipt;
-use plexus_core::{AnalysisKind, Cell, Dictionary, Error, NodeStats, Purpose, Query};
+use plexus_core::{Cell, Dictionary, Error, NodeStats, Purpose, Query};
 use plexus_proto::v1 as pb;
 
 use crate::config::NodeConfig;
@@ -337,12 +337,7 @@ impl JobRunner {
                 job.study_id, self.config.node.id
             )));
         }
-        let kind = query.analysis.kind();
-        if kind == AnalysisKind::Cox {
-            return Err(Error::policy(format!(
-                "{kind} is not yet released under differential privacy; run it in a study registered with [privacy] exact = true that the hospitals accept"
-            )));
-        }
+        releasable(query)?;
         if !(terms.rho.is_finite() && terms.rho > 0.0) {
             return Err(Error::invalid(
                 "the job states no privacy cost for a study under differential privacy",

@@ -112,11 +112,7 @@ impl GlmBounds {
                 let m = lo.abs().max(hi.abs());
                 (1.0, m, m, (hi - lo) * (hi - lo), Some((lo, hi)))
             }
-            Family::Poisson => {
-                return Err(Error::policy(
-                    "poisson models are not released under differential privacy (their weights have no public bound); use a binomial or gaussian model, or a study registered with [privacy] exact = true",
-                ))
-            }
+            Family::Poisson => return Err(super::release::poisson_refused()),
         };
         Ok(GlmBounds {
             scale,

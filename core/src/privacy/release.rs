@@ -33,9 +33,10 @@ use crate::dictionary::Dictionary;
 use crate::disclosure::{cell, summary_dominated, suppress_table, Rules};
 use crate::error::{Error, Result};
 use crate::models::correlation::PairSums;
+use crate::models::glm::Family;
 use crate::models::linalg::{packed_index, packed_len};
 use crate::models::survival::{self, Tally};
-use crate::query::Analysis;
+use crate::query::{Analysis, Query};
 use crate::stats::{Moments, NodeStats, RawStats};
 
 /// The noise a release carries: standard deviations in the released
@@ -72,6 +73,34 @@ fn noisy_count(n: u64, sigma: f64) -> Result<u64> {
 
 fn noisy_sum(v: i128, sigma: f64) -> Result<i128> {
     Ok(v + i128::from(discrete_gaussian(sigma)?))
+}
+
+/// Refuses, with a `policy` error saying why and what to do, a query whose
+/// answer is not released under differential privacy: a Cox model, a
+/// poisson GLM (its weights have no public bound), or a fit per site (each
+/// would spend the query's budget again). The coordinator asks this at
+/// submission and every node again before it computes.
+pub fn releasable(query: &Query) -> Result<()> {
+    match &query.analysis {
+        Analysis::Cox { .. } => Err(cox_refused()),
+        Analysis::Glm { family, .. } if *family == Family::Poisson => Err(poisson_refused()),
+        Analysis::Glm { .. } if query.by_site => Err(Error::policy(
+            "by_site is not offered for models under differential privacy: each site's own fit would spend the query's budget again; ask without by_site",
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn cox_refused() -> Error {
+    Error::policy(
+        "cox is not yet released under differential privacy; run it in a study registered with [privacy] exact = true that the hospitals accept",
+    )
+}
+
+pub(crate) fn poisson_refused() -> Error {
+    Error::policy(
+        "poisson models are not released under differential privacy (their weights have no public bound); use a binomial or gaussian model, or a study registered with [privacy] exact = true",
+    )
 }
 
 /// [`release`] for any analysis: GLM rounds are noised by
@@ -286,12 +315,7 @@ pub fn release(raw: RawStats, rules: Rules, rho: f64) -> Result<(NodeStats, Nois
                 // Patients followed beyond the grid are censorings of the
                 // last interval, noised with the rest: nothing about them
                 // needs a rule of its own.
-                out.counts.at_risk = out
-                    .counts
-                    .events
-                    .iter()
-                    .chain(&out.counts.censored)
-                    .sum();
+                out.counts.at_risk = out.counts.events.iter().chain(&out.counts.censored).sum();
                 noised.push(out);
             }
             (NodeStats::Survival(survival::disclose(noised, k)), counts)
@@ -306,11 +330,7 @@ pub fn release(raw: RawStats, rules: Rules, rho: f64) -> Result<(NodeStats, Nois
                 "correlation sums are released by release_for, which knows their variables",
             ))
         }
-        RawStats::Cox(_) => {
-            return Err(Error::policy(
-                "Cox models are not yet released under differential privacy; run them in a study registered with [privacy] exact = true that the hospitals accept",
-            ))
-        }
+        RawStats::Cox(_) => return Err(cox_refused()),
     })
 }
 

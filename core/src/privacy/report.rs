@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use super::release::NoiseScale;
 use crate::error::{Error, Result};
 use crate::pool::{PooledValue, Z_95};
-use crate::query::{AnalysisKind, Query};
+use crate::query::Query;
 use crate::stats::NodeStats;
 use crate::study::StudyDefinition;
 
@@ -149,25 +149,7 @@ pub fn precheck(study: &StudyDefinition, query: &Query, spent: f64, repeat: bool
     if study.privacy.exact {
         return Ok(cost);
     }
-    let kind = query.analysis.kind();
-    if kind == AnalysisKind::Cox {
-        return Err(Error::policy(format!(
-            "{kind} is not yet released under differential privacy, and study \"{}\" is under it; run it in a study registered with [privacy] exact = true that the hospitals accept",
-            study.id
-        )));
-    }
-    if let crate::query::Analysis::Glm { family, .. } = &query.analysis {
-        if *family == crate::models::glm::Family::Poisson {
-            return Err(Error::policy(
-                "poisson models are not released under differential privacy (their weights have no public bound); use a binomial or gaussian model, or a study registered with [privacy] exact = true",
-            ));
-        }
-        if query.by_site {
-            return Err(Error::policy(
-                "by_site is not offered for models under differential privacy: each site's own fit would spend the query's budget again; ask without by_site",
-            ));
-        }
-    }
+    super::release::releasable(query)?;
     let budget = study.privacy.budget_rho;
     if !repeat && spent + cost > budget * (1.0 + 1e-12) {
         return Err(Error::policy(format!(
@@ -185,6 +167,7 @@ pub fn precheck(study: &StudyDefinition, query: &Query, spent: f64, repeat: bool
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::query::AnalysisKind;
     use crate::Dictionary;
 
     fn study() -> StudyDefinition {
