@@ -220,13 +220,9 @@ impl Registry {
             Some(_) => {
                 let w = waiters.remove(job_id).expect("present");
                 let reply = match (reply, job_hash) {
-                    (Ok(r), Some(h)) if h != w.job_hash.as_slice() => {
-                        let _ = r;
-                        Err(
-                            "the node's signed statement names other job bytes than those sent"
-                                .into(),
-                        )
-                    }
+                    (Ok(_), Some(h)) if h != w.job_hash.as_slice() => Err(
+                        "the node's signed statement names other job bytes than those sent".into(),
+                    ),
                     (reply, _) => reply,
                 };
                 let _ = w.tx.send(reply);

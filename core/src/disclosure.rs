@@ -112,7 +112,7 @@ mod tests {
         );
         let age = Dictionary::cardiovascular();
         let age = age.get("age").unwrap();
-        let few = SummarySums::of(age, "age", [60.0, 70.0, 80.0]);
+        let few = SummarySums::of(age, "age", &[60.0, 70.0, 80.0]);
         assert_eq!(
             apply(RawStats::Summary(few), Rules::new(5)),
             NodeStats::Summary(None)
@@ -158,7 +158,7 @@ mod tests {
         let mut values = vec![10.0; 8];
         values.extend([120.0, 120.0]);
         // 240 of 320: 75 %, released at the default 85 %, withheld at 70 %.
-        let s = SummarySums::of(diameter, "aaa_diameter", values);
+        let s = SummarySums::of(diameter, "aaa_diameter", &values);
         assert!(matches!(
             apply(RawStats::Summary(s.clone()), Rules::new(5)),
             NodeStats::Summary(Some(_))

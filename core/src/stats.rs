@@ -96,13 +96,13 @@ pub struct SummarySums {
 }
 
 impl SummarySums {
-    /// The sums of the non-missing `values` of `var`.
-    pub fn of(var: &Variable, name: &str, values: impl IntoIterator<Item = f64>) -> Self {
+    /// The sums of the finite (non-missing) `values` of `var`.
+    pub fn of(var: &Variable, name: &str, values: &[f64]) -> Self {
         let fp = FixedPoint::new(name, var, DP_DIGITS).ok();
-        let values: Vec<f64> = values.into_iter().filter(|x| x.is_finite()).collect();
+        let finite = || values.iter().copied().filter(|x| x.is_finite());
         let mut moments = Moments::default();
         let mut fixed = FixedSums::default();
-        for &x in &values {
+        for x in finite() {
             moments.add(x);
             if let Some(fp) = &fp {
                 let e = i128::from(fp.encode(x) - fp.centre());
@@ -111,7 +111,7 @@ impl SummarySums {
                 fixed.squares += e * e;
             }
         }
-        let (largest, total_abs) = two_largest(values.iter().copied());
+        let (largest, total_abs) = two_largest(finite());
         SummarySums {
             moments,
             fixed: fp.map(|fp| (fp, fixed)),

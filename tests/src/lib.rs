@@ -78,9 +78,12 @@ pub fn reference(patients: &[&Patient], query: &Query, dict: &Dictionary) -> Raw
     match &query.analysis {
         Analysis::Count {} => RawStats::Count(cohort.len() as u64),
         Analysis::Summary { variable } => {
-            let values = cohort.iter().filter_map(|p| number(&datum(p, variable)));
+            let values: Vec<f64> = cohort
+                .iter()
+                .filter_map(|p| number(&datum(p, variable)))
+                .collect();
             let var = dict.get(variable).expect("variable");
-            RawStats::Summary(SummarySums::of(var, variable, values))
+            RawStats::Summary(SummarySums::of(var, variable, &values))
         }
         Analysis::Histogram { variable, edges } => {
             let mut bins = vec![0u64; edges.len() - 1];

@@ -59,7 +59,7 @@ fn noised_means_and_counts_stay_within_their_stated_intervals() {
             true_sum += values.iter().sum::<f64>();
             true_n += values.len() as u64;
             true_count += cohort.len() as u64;
-            let sums = SummarySums::of(var, variable, values);
+            let sums = SummarySums::of(var, variable, &values);
             let (stats, noise) = release(RawStats::Summary(sums), rules, RHO).unwrap();
             answers.push((name.clone(), stats));
             noises.push((name.clone(), noise));

@@ -369,7 +369,7 @@ mod tests {
         // 500 is clamped to the dictionary's 110 before it is summed.
         let mut values = vec![60.0; 999];
         values.push(500.0);
-        let s = SummarySums::of(age, "age", values);
+        let s = SummarySums::of(age, "age", &values);
         let (fp, sums) = s.fixed.unwrap();
         // Centred on 64 (the middle of 18..=110).
         assert_eq!(sums.sum, 999 * (6000 - 6400) + (11_000 - 6400));

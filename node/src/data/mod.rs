@@ -208,7 +208,7 @@ impl DataSource {
                     ));
                 };
                 let var = self.dict.get(variable)?;
-                RawStats::Summary(SummarySums::of(var, variable, values.iter().copied()))
+                RawStats::Summary(SummarySums::of(var, variable, values))
             }
             Analysis::Histogram { variable, edges }
             | Analysis::Quantiles {

@@ -76,9 +76,12 @@ fn reference(rows: &[&Patient], query: &Query, dict: &Dictionary) -> RawStats {
     match &query.analysis {
         Analysis::Count {} => RawStats::Count(cohort.len() as u64),
         Analysis::Summary { variable } => {
-            let values = cohort.iter().filter_map(|p| number(p.datum(variable)));
+            let values: Vec<f64> = cohort
+                .iter()
+                .filter_map(|p| number(p.datum(variable)))
+                .collect();
             let var = dict.get(variable).expect("variable");
-            RawStats::Summary(SummarySums::of(var, variable, values))
+            RawStats::Summary(SummarySums::of(var, variable, &values))
         }
         Analysis::Histogram { variable, edges } => {
             let mut bins = vec![0; edges.len() - 1];
