@@ -61,6 +61,17 @@ struct Checked {
 /// What a job ends in: a release with its receipt, or an error.
 type Outcome = Result<(NodeStats, Option<Receipt>), Error>;
 
+/// The receipt of a kept answer given again: nothing charged.
+fn repeated(spent: f64, budget: f64, noise: plexus_core::privacy::release::NoiseScale) -> Receipt {
+    Receipt {
+        charged_rho: 0.0,
+        spent_rho: spent,
+        budget_rho: budget,
+        cached: true,
+        noise,
+    }
+}
+
 /// Marks a job dropped on purpose by fault injection.
 const CRASHED: &str = "fault injection: dropped after the ledger debit";
 
@@ -167,10 +178,8 @@ impl JobRunner {
             Protection::Private { rho, budget } => {
                 let key = self.cache_key(job, &checked, today, rho)?;
                 if let Some(kept) = self.ledger.cached(&key) {
-                    return Ok((
-                        kept.stats,
-                        Some(self.receipt(job, 0.0, budget, true, kept.noise)),
-                    ));
+                    let spent = self.ledger.spent(&job.study_id);
+                    return Ok((kept.stats, Some(repeated(spent, budget, kept.noise))));
                 }
                 self.ledger.affords(&job.study_id, budget, rho)?;
                 Some(key)
@@ -219,7 +228,7 @@ impl JobRunner {
         Ok(match kept {
             Some(kept) => (
                 kept.stats,
-                Some(self.receipt(job, 0.0, budget, true, kept.noise)),
+                Some(repeated(balance.spent, budget, kept.noise)),
             ),
             None => {
                 let receipt = Receipt {
@@ -232,23 +241,6 @@ impl JobRunner {
                 (answer.stats, Some(receipt))
             }
         })
-    }
-
-    fn receipt(
-        &self,
-        job: &pb::Job,
-        charged: f64,
-        budget: f64,
-        cached: bool,
-        noise: plexus_core::privacy::release::NoiseScale,
-    ) -> Receipt {
-        Receipt {
-            charged_rho: charged,
-            spent_rho: self.ledger.spent(&job.study_id),
-            budget_rho: budget,
-            cached,
-            noise,
-        }
     }
 
     /// The key a released answer is kept under: the study, the query's
