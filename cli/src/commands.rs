@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 
+use plexus_core::audit::AuditEntry;
 use plexus_core::{Query, StudyDefinition};
 use plexus_proto::v1 as pb;
 use plexus_tls::{DevCa, Role};
@@ -260,7 +261,7 @@ pub fn budget_text(r: &pb::BudgetReport, format: Format) -> anyhow::Result<Strin
     })
 }
 
-fn time_text(ms: i64) -> String {
+pub fn time_text(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms)
         .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
         .unwrap_or_default()
@@ -281,24 +282,38 @@ pub fn parse_time(s: &str) -> anyhow::Result<i64> {
     bail!("\"{s}\" is not a date (YYYY-MM-DD) or an RFC 3339 time")
 }
 
-pub fn audit_table(events: &[pb::AuditEvent]) -> String {
+pub fn audit_table(events: &[AuditEntry]) -> String {
     let mut t = output::new_table(vec![
-        "#", "time", "who", "role", "action", "study", "node", "outcome", "detail",
+        "#", "time", "who", "role", "action", "study", "node", "outcome", "rho", "detail",
     ]);
     for e in events {
         t.add_row(vec![
             e.seq.to_string(),
-            time_text(e.at_unix_ms),
+            time_text(e.at),
             e.who.clone(),
             e.role.clone(),
             e.action.clone(),
             e.study_id.clone(),
-            e.node_id.clone(),
+            if e.node_id.is_empty() {
+                e.nodes.join(",")
+            } else {
+                e.node_id.clone()
+            },
             e.outcome.clone(),
+            e.privacy_cost
+                .map(|c| format!("{c:.4}"))
+                .unwrap_or_default(),
             e.detail.chars().take(60).collect(),
         ]);
     }
     t.to_string()
+}
+
+/// An entry for `--output json|csv`: every field, times as RFC 3339.
+fn audit_row(e: &AuditEntry) -> serde_json::Value {
+    let mut v = serde_json::to_value(e).expect("entry serialises");
+    v["at"] = serde_json::Value::String(time_text(e.at));
+    v
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -312,7 +327,7 @@ pub async fn audit_log(
     format: Format,
 ) -> anyhow::Result<()> {
     let client = Client::connect(conn).await?;
-    let events = client
+    let events: Vec<AuditEntry> = client
         .audit()
         .list_events(pb::ListEventsRequest {
             study_id: study.unwrap_or_default(),
@@ -324,53 +339,53 @@ pub async fn audit_log(
         .await
         .map_err(|s| plexus_proto::convert::from_status(&s))?
         .into_inner()
-        .events;
+        .events
+        .into_iter()
+        .map(AuditEntry::from)
+        .collect();
     match format {
         Format::Table => println!("{}", audit_table(&events)),
         Format::Json => {
-            let rows: Vec<serde_json::Value> = events
-                .iter()
-                .map(|e| {
-                    serde_json::json!({
-                        "seq": e.seq, "at": time_text(e.at_unix_ms), "who": e.who, "role": e.role,
-                        "action": e.action, "study": e.study_id, "query_id": e.query_id, "job_id": e.job_id,
-                        "node": e.node_id, "query_hash": e.query_hash, "outcome": e.outcome, "detail": e.detail,
-                    })
-                })
-                .collect();
+            let rows: Vec<serde_json::Value> = events.iter().map(audit_row).collect();
             println!("{}", serde_json::to_string_pretty(&rows)?);
         }
         Format::Csv => {
             let mut w = csv::Writer::from_writer(std::io::stdout());
-            w.write_record([
+            let columns = [
                 "seq",
                 "at",
                 "who",
                 "role",
                 "action",
-                "study",
+                "study_id",
+                "purpose",
                 "query_id",
                 "job_id",
-                "node",
+                "node_id",
+                "nodes",
                 "query_hash",
+                "result_size",
+                "suppressed",
+                "privacy_cost",
+                "privacy_remaining",
                 "outcome",
                 "detail",
-            ])?;
+            ];
+            w.write_record(columns)?;
             for e in &events {
-                w.write_record([
-                    e.seq.to_string(),
-                    time_text(e.at_unix_ms),
-                    e.who.clone(),
-                    e.role.clone(),
-                    e.action.clone(),
-                    e.study_id.clone(),
-                    e.query_id.clone(),
-                    e.job_id.clone(),
-                    e.node_id.clone(),
-                    e.query_hash.clone(),
-                    e.outcome.clone(),
-                    e.detail.clone(),
-                ])?;
+                let row = audit_row(e);
+                w.write_record(columns.iter().map(|c| {
+                    match &row[*c] {
+                        serde_json::Value::String(s) => s.clone(),
+                        serde_json::Value::Null => String::new(),
+                        serde_json::Value::Array(a) => a
+                            .iter()
+                            .filter_map(|x| x.as_str())
+                            .collect::<Vec<_>>()
+                            .join(";"),
+                        other => other.to_string(),
+                    }
+                }))?;
             }
             w.flush()?;
         }

@@ -207,9 +207,30 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
         .map_err(|s| anyhow::anyhow!("{}", s.message()))?
         .into_inner()
         .events;
-    let tail: Vec<_> = events.iter().rev().take(8).rev().cloned().collect();
+    let tail: Vec<plexus_core::audit::AuditEntry> = events
+        .iter()
+        .rev()
+        .take(8)
+        .rev()
+        .cloned()
+        .map(Into::into)
+        .collect();
     println!("{}", crate::commands::audit_table(&tail));
     println!("({} entries in all)", events.len());
+
+    println!("\n== The auditor verifies the log (plexus audit verify / prove)");
+    let key = crate::audit::load_key(&sb.pki.join("coordinator-signing.pub"))?;
+    let report = crate::audit::verify(&auditor, &key, None, true).await?;
+    println!(
+        "{} entries rebuild the root {} that the coordinator signed",
+        report.entries, report.checkpoint.head.root
+    );
+    let proof = crate::audit::prove(&auditor, &key, 1).await?;
+    println!(
+        "entry 1 ({}) is in that tree: {} proof hashes verified",
+        proof.entry.action,
+        proof.proof.len()
+    );
 
     sb.shutdown().await?;
     println!(

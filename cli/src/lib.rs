@@ -3,6 +3,7 @@
 //! integration tests, and the synthetic data generator.
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod bench;
 pub mod client;
 pub mod commands;

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
+use plexus::audit;
 use plexus::client::ConnectArgs;
 use plexus::commands;
 use plexus::output::Format;
@@ -158,6 +159,73 @@ enum AuditCommand {
         #[arg(long, value_enum, default_value_t = Format::Table)]
         output: Format,
     },
+    /// Check the whole log against its latest signed checkpoint, and that it
+    /// extends a checkpoint you saved earlier; or check a node's job log.
+    Verify {
+        /// The coordinator's public signing key you pinned (default:
+        /// coordinator-signing.pub in --pki).
+        #[arg(long)]
+        log_key: Option<PathBuf>,
+        /// A checkpoint saved earlier with --save: prove the log extends it.
+        #[arg(long)]
+        since: Option<PathBuf>,
+        /// Save the checkpoint verified now, for the next --since.
+        #[arg(long)]
+        save: Option<PathBuf>,
+        /// Have the coordinator sign a checkpoint of the log as it is now.
+        #[arg(long)]
+        fresh: bool,
+        /// Verify a node's job log instead: its state folder or jobs.log.jsonl.
+        #[arg(long)]
+        node_log: Option<PathBuf>,
+        /// The node's audit key (node-audit-signing.pub) you pinned.
+        #[arg(long, requires = "node_log")]
+        node_key: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print and check the inclusion proof of one entry (its # in `audit log`).
+    Prove {
+        entry: u64,
+        #[arg(long)]
+        log_key: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Compare a node's job log with the coordinator's record of the jobs it
+    /// sent that node; report any job one side has and the other not.
+    Reconcile {
+        /// The node's state folder or its jobs.log.jsonl.
+        #[arg(long)]
+        node_log: PathBuf,
+        /// The node's id.
+        #[arg(long)]
+        node: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Export the log as FHIR R4 AuditEvent resources (NDJSON).
+    Export {
+        #[arg(long, value_enum, default_value_t = ExportFormat::Fhir)]
+        format: ExportFormat,
+        /// Write here instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[arg(long)]
+        study: Option<String>,
+        #[arg(long)]
+        who: Option<String>,
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long)]
+        until: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum ExportFormat {
+    /// FHIR R4 AuditEvent, one resource a line.
+    Fhir,
 }
 
 #[tokio::main]
@@ -247,6 +315,52 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 limit,
                 output,
             } => commands::audit_log(&cli.conn, study, who, since, until, limit, output).await,
+            AuditCommand::Verify {
+                log_key,
+                since,
+                save,
+                fresh,
+                node_log,
+                node_key,
+                json,
+            } => {
+                let args = audit::VerifyArgs {
+                    log_key,
+                    since,
+                    save,
+                    fresh,
+                    node_log,
+                    node_key,
+                    json,
+                };
+                audit::cmd_verify(&cli.conn, args).await
+            }
+            AuditCommand::Prove {
+                entry,
+                log_key,
+                json,
+            } => audit::cmd_prove(&cli.conn, log_key.as_deref(), entry, json).await,
+            AuditCommand::Reconcile {
+                node_log,
+                node,
+                json,
+            } => audit::cmd_reconcile(&cli.conn, &node_log, &node, json).await,
+            AuditCommand::Export {
+                format: ExportFormat::Fhir,
+                out,
+                study,
+                who,
+                since,
+                until,
+            } => {
+                let filter = audit::Filter {
+                    study,
+                    who,
+                    since: since.as_deref().map(commands::parse_time).transpose()?,
+                    until: until.as_deref().map(commands::parse_time).transpose()?,
+                };
+                audit::cmd_export_fhir(&cli.conn, filter, out.as_deref()).await
+            }
         },
     }
 }

@@ -170,6 +170,7 @@ impl Sandbox {
                 min_cell_size: plexus_core::DEFAULT_MIN_CELL_SIZE,
                 job_timeout_secs: opts.job_timeout_secs,
                 heartbeat_interval_secs: opts.heartbeat_secs,
+                audit_checkpoint_secs: 60,
                 signing_key,
             },
             tls: TlsFiles::in_dir(&pki, "coordinator"),
@@ -200,6 +201,7 @@ impl Sandbox {
                     min_cell_size: opts.node_min_cell_size,
                     state_dir: site_dir.join("state"),
                     dictionary: None,
+                    audit_checkpoint_secs: 60,
                 },
                 coordinator: NodeCoordinator {
                     address: format!("https://{address}"),

@@ -41,6 +41,10 @@ pub struct CoordinatorSection {
     /// How often nodes are asked to send heartbeats.
     #[serde(default = "default_heartbeat")]
     pub heartbeat_interval_secs: u64,
+    /// How often a signed checkpoint of the audit log is published while
+    /// the log grows (auditors can also ask for one at any time).
+    #[serde(default = "default_checkpoint_interval")]
+    pub audit_checkpoint_secs: u64,
     /// The Ed25519 key jobs are signed with (`coordinator-signing.key`, as
     /// `plexus pki init` writes it); nodes pin its public half.
     pub signing_key: PathBuf,
@@ -63,6 +67,9 @@ fn default_job_timeout() -> u64 {
 }
 fn default_heartbeat() -> u64 {
     5
+}
+fn default_checkpoint_interval() -> u64 {
+    60
 }
 
 impl CoordinatorConfig {
@@ -124,6 +131,11 @@ impl CoordinatorConfig {
         if c.job_timeout_secs == 0 || c.job_timeout_secs > 3600 {
             return Err(CoordinatorError::Config(
                 "coordinator.job_timeout_secs must be between 1 and 3600".into(),
+            ));
+        }
+        if c.audit_checkpoint_secs == 0 || c.audit_checkpoint_secs > 86_400 {
+            return Err(CoordinatorError::Config(
+                "coordinator.audit_checkpoint_secs must be between 1 and 86400 (a day)".into(),
             ));
         }
         if c.heartbeat_interval_secs == 0 || c.heartbeat_interval_secs > 300 {

@@ -3,6 +3,7 @@
 //! statistics and keeps the audit log.
 #![forbid(unsafe_code)]
 
+pub mod audit_log;
 pub mod config;
 pub mod error;
 pub mod query;

@@ -69,19 +69,31 @@ pub async fn run(
             Err(e) => (format!("failed:{}", e.code), e.message.clone()),
         };
         info!(outcome = %outcome_str, "query finished");
-        state
-            .audit(AuditEntry {
-                who: researcher,
-                role: "researcher".into(),
-                action: "query.result".into(),
-                study_id: study.id.clone(),
-                query_id: query_id.clone(),
-                query_hash: query.hash(),
-                outcome: outcome_str,
-                detail,
-                ..Default::default()
-            })
-            .await;
+        let mut entry = AuditEntry {
+            who: researcher,
+            role: "researcher".into(),
+            action: "query.result".into(),
+            study_id: study.id.clone(),
+            purpose: study.purpose().map(|p| p.to_string()).unwrap_or_default(),
+            query_id: query_id.clone(),
+            query_hash: query.hash(),
+            nodes: study.nodes.clone(),
+            outcome: outcome_str,
+            detail,
+            ..Default::default()
+        };
+        // What left the network: size, suppression and privacy cost, never a value.
+        if let Some(pooled) = result_json
+            .and_then(|j| serde_json::from_str::<plexus_core::pool::PooledResult>(j).ok())
+        {
+            entry.result_size = pooled.n();
+            entry.suppressed = pooled.suppressed_cells();
+            if let Some(p) = pooled.privacy.as_ref().filter(|p| !p.exact) {
+                entry.privacy_cost = Some(p.charged_rho);
+                entry.privacy_remaining = Some(p.remaining_rho);
+            }
+        }
+        state.audit(entry).await;
         state.notify_finished();
     }
     .instrument(span)
@@ -655,6 +667,12 @@ async fn ask(
         job_id: job_id.clone(),
         node_id: node.to_string(),
         query_hash: job.query_hash.clone(),
+        purpose: job
+            .purpose
+            .clone()
+            .and_then(|p| plexus_core::Purpose::try_from(p).ok())
+            .map(|p| p.to_string())
+            .unwrap_or_default(),
         outcome: outcome.to_string(),
         detail,
         ..Default::default()
@@ -784,6 +802,13 @@ async fn ask(
         }
     }
     let detail = err.map(|e| e.message).unwrap_or_default();
-    state.audit(audit(status, detail)).await;
+    let mut entry = audit(status, detail);
+    // The node's own debit, never its figures (with secure aggregation
+    // the coordinator has none to log).
+    if let Answer::Stats(_, Some(r)) = &answer {
+        entry.privacy_cost = Some(r.charged_rho);
+        entry.privacy_remaining = Some((r.budget_rho - r.spent_rho).max(0.0));
+    }
+    state.audit(entry).await;
     answer
 }

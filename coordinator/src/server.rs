@@ -16,6 +16,7 @@ use plexus_proto::v1::{
     research_server::ResearchServer,
 };
 
+use crate::audit_log::AuditLog;
 use crate::config::CoordinatorConfig;
 use crate::error::{CoordinatorError, Result};
 use crate::registry::Registry;
@@ -52,8 +53,15 @@ pub async fn run(
     let liveness = Duration::from_secs(config.coordinator.heartbeat_interval_secs * 3);
     let (finished, _) = watch::channel(0);
     let signer = Arc::new(config.signing_key()?);
+    let audit_log =
+        Arc::new(AuditLog::open(store.clone(), signer.clone(), &config.coordinator.id).await?);
+    tokio::spawn(audit_log.clone().publish_every(
+        Duration::from_secs(config.coordinator.audit_checkpoint_secs),
+        shutdown.clone(),
+    ));
     let state = Arc::new(State {
         signer,
+        audit_log,
         registry: Registry::new(liveness),
         store,
         dictionary,
@@ -122,6 +130,10 @@ pub async fn run(
             ..Default::default()
         })
         .await;
+    // The last entries get a checkpoint before the database closes.
+    if let Err(e) = state.audit_log.publish_if_grown().await {
+        warn!(error = %e, "could not publish the final audit checkpoint");
+    }
     state.store.close().await;
     info!("coordinator stopped");
     Ok(())

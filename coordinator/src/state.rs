@@ -8,9 +8,10 @@ use tracing::error;
 
 use plexus_core::Dictionary;
 
+use crate::audit_log::AuditLog;
 use crate::config::CoordinatorConfig;
 use crate::registry::Registry;
-use crate::store::{now_ms, AuditEntry, Store};
+use crate::store::{AuditEntry, Store};
 
 pub struct State {
     pub config: CoordinatorConfig,
@@ -19,6 +20,8 @@ pub struct State {
     pub dictionary: Arc<Dictionary>,
     /// Signs every job envelope.
     pub signer: Arc<plexus_tls::SigningKey>,
+    /// The Merkle audit log.
+    pub audit_log: Arc<AuditLog>,
     pub shutdown: CancellationToken,
     /// Bumped whenever a query finishes, to wake waiting `GetResult` calls.
     pub finished: watch::Sender<u64>,
@@ -27,12 +30,10 @@ pub struct State {
 impl State {
     /// Appends an audit entry. A failure to audit is logged loudly; the
     /// action it describes has already happened and cannot be undone.
-    pub async fn audit(&self, mut entry: AuditEntry) {
-        if entry.at == 0 {
-            entry.at = now_ms();
-        }
-        if let Err(e) = self.store.append_audit(&entry).await {
-            error!(error = %e, action = %entry.action, "could not append to the audit log");
+    pub async fn audit(&self, entry: AuditEntry) {
+        let action = entry.action.clone();
+        if let Err(e) = self.audit_log.append(entry).await {
+            error!(error = %e, %action, "could not append to the audit log");
         }
     }
 

@@ -61,23 +61,8 @@ pub struct StoredQuery {
     pub finished_at: Option<i64>,
 }
 
-/// One audit entry. Never holds patient data: who did what, on which
-/// study and query, and how it ended.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct AuditEntry {
-    pub seq: i64,
-    pub at: i64,
-    pub who: String,
-    pub role: String,
-    pub action: String,
-    pub study_id: String,
-    pub query_id: String,
-    pub job_id: String,
-    pub node_id: String,
-    pub query_hash: String,
-    pub outcome: String,
-    pub detail: String,
-}
+pub use plexus_core::audit::AuditEntry;
+pub use plexus_core::merkle::Checkpoint;
 
 #[derive(Debug, Clone, Default)]
 pub struct AuditFilter {
@@ -450,27 +435,14 @@ impl Store {
             .collect()
     }
 
+    /// Appends an entry at the `seq` it carries (the log's next position,
+    /// assigned by the caller that keeps the Merkle tree).
     pub async fn append_audit(&self, e: &AuditEntry) -> Result<i64> {
-        let r = sqlx::query(
-            "INSERT INTO audit_events (at, who, role, action, study_id, query_id, job_id, node_id, query_hash, outcome, detail) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(if e.at == 0 { now_ms() } else { e.at })
-        .bind(&e.who)
-        .bind(&e.role)
-        .bind(&e.action)
-        .bind(&e.study_id)
-        .bind(&e.query_id)
-        .bind(&e.job_id)
-        .bind(&e.node_id)
-        .bind(&e.query_hash)
-        .bind(&e.outcome)
-        .bind(&e.detail)
-        .execute(&self.pool)
-        .await?;
-        Ok(r.last_insert_rowid())
+        insert_audit(e).execute(&self.pool).await?;
+        Ok(e.seq)
     }
 
+    /// Entries matching `f`: the newest `limit`, returned oldest first.
     pub async fn audit(&self, f: &AuditFilter) -> Result<Vec<AuditEntry>> {
         let limit = i64::from(f.limit.unwrap_or(1000).clamp(1, 100_000));
         let rows = sqlx::query(
@@ -488,25 +460,124 @@ impl Store {
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
-        // newest `limit` entries, returned oldest first
-        rows.iter()
-            .rev()
-            .map(|r| {
-                Ok(AuditEntry {
-                    seq: r.try_get("seq")?,
-                    at: r.try_get("at")?,
-                    who: r.try_get("who")?,
-                    role: r.try_get("role")?,
-                    action: r.try_get("action")?,
-                    study_id: r.try_get("study_id")?,
-                    query_id: r.try_get("query_id")?,
-                    job_id: r.try_get("job_id")?,
-                    node_id: r.try_get("node_id")?,
-                    query_hash: r.try_get("query_hash")?,
-                    outcome: r.try_get("outcome")?,
-                    detail: r.try_get("detail")?,
-                })
-            })
-            .collect()
+        rows.iter().rev().map(audit_entry).collect()
     }
+
+    /// Up to `limit` entries after `after_seq`, in log order: how the whole
+    /// log is read, a page at a time.
+    pub async fn audit_page(&self, after_seq: i64, limit: u32) -> Result<Vec<AuditEntry>> {
+        let rows = sqlx::query("SELECT * FROM audit_events WHERE seq > ? ORDER BY seq LIMIT ?")
+            .bind(after_seq)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(audit_entry).collect()
+    }
+
+    /// One entry by its position.
+    pub async fn audit_entry(&self, seq: i64) -> Result<Option<AuditEntry>> {
+        let row = sqlx::query("SELECT * FROM audit_events WHERE seq = ?")
+            .bind(seq)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(audit_entry).transpose()
+    }
+
+    /// Writes many entries in one transaction (an import, or a benchmark
+    /// filling a log); each carries its own `seq`.
+    pub async fn append_audit_batch(&self, entries: &[AuditEntry]) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        for e in entries {
+            insert_audit(e).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn insert_checkpoint(&self, c: &Checkpoint) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO audit_checkpoints (origin, size, root, at, signature) VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(&c.origin)
+        .bind(c.head.size as i64)
+        .bind(&c.head.root)
+        .bind(c.at_unix_ms)
+        .bind(&c.signature)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The checkpoint published last.
+    pub async fn latest_checkpoint(&self) -> Result<Option<Checkpoint>> {
+        let row = sqlx::query("SELECT * FROM audit_checkpoints ORDER BY id DESC LIMIT 1")
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| {
+            Ok(Checkpoint {
+                origin: r.try_get("origin")?,
+                head: plexus_core::merkle::TreeHead {
+                    size: r.try_get::<i64, _>("size")? as u64,
+                    root: r.try_get("root")?,
+                },
+                at_unix_ms: r.try_get("at")?,
+                signature: r.try_get("signature")?,
+            })
+        })
+        .transpose()
+    }
+}
+
+fn insert_audit(
+    e: &AuditEntry,
+) -> sqlx::query::Query<'_, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'_>> {
+    sqlx::query(
+        "INSERT INTO audit_events (seq, at, who, role, action, study_id, purpose, query_id, job_id, node_id, nodes, \
+         query_hash, result_size, suppressed, privacy_cost, privacy_remaining, outcome, detail) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(e.seq)
+    .bind(e.at)
+    .bind(&e.who)
+    .bind(&e.role)
+    .bind(&e.action)
+    .bind(&e.study_id)
+    .bind(&e.purpose)
+    .bind(&e.query_id)
+    .bind(&e.job_id)
+    .bind(&e.node_id)
+    .bind(serde_json::to_string(&e.nodes).expect("strings serialise"))
+    .bind(&e.query_hash)
+    .bind(e.result_size.map(|n| n as i64))
+    .bind(e.suppressed as i64)
+    .bind(e.privacy_cost)
+    .bind(e.privacy_remaining)
+    .bind(&e.outcome)
+    .bind(&e.detail)
+}
+
+fn audit_entry(r: &sqlx::sqlite::SqliteRow) -> Result<AuditEntry> {
+    let nodes: String = r.try_get("nodes")?;
+    Ok(AuditEntry {
+        seq: r.try_get("seq")?,
+        at: r.try_get("at")?,
+        who: r.try_get("who")?,
+        role: r.try_get("role")?,
+        action: r.try_get("action")?,
+        study_id: r.try_get("study_id")?,
+        purpose: r.try_get("purpose")?,
+        query_id: r.try_get("query_id")?,
+        job_id: r.try_get("job_id")?,
+        node_id: r.try_get("node_id")?,
+        nodes: serde_json::from_str(&nodes).unwrap_or_else(|_| vec![nodes.clone()]),
+        query_hash: r.try_get("query_hash")?,
+        result_size: r
+            .try_get::<Option<i64>, _>("result_size")?
+            .map(|n| n as u64),
+        suppressed: r.try_get::<i64, _>("suppressed")? as u64,
+        privacy_cost: r.try_get("privacy_cost")?,
+        privacy_remaining: r.try_get("privacy_remaining")?,
+        outcome: r.try_get("outcome")?,
+        detail: r.try_get("detail")?,
+    })
 }

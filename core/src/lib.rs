@@ -6,6 +6,7 @@
 //! and what a node may release.
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod dictionary;
 pub mod disclosure;
 pub mod error;

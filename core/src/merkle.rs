@@ -186,7 +186,17 @@ impl Checkpoint {
     }
 
     pub fn sign(key: &Ed25519KeyPair, origin: &str, head: TreeHead, at_unix_ms: i64) -> Self {
-        let signature = hex::encode(key.sign(&Self::signed_bytes(origin, &head, at_unix_ms)));
+        Self::sign_with(|m| key.sign(m).as_ref().to_vec(), origin, head, at_unix_ms)
+    }
+
+    /// Signs with whatever holds the log keeper's Ed25519 key.
+    pub fn sign_with(
+        sign: impl FnOnce(&[u8]) -> Vec<u8>,
+        origin: &str,
+        head: TreeHead,
+        at_unix_ms: i64,
+    ) -> Self {
+        let signature = hex::encode(sign(&Self::signed_bytes(origin, &head, at_unix_ms)));
         Checkpoint {
             origin: origin.to_string(),
             head,
@@ -214,27 +224,57 @@ impl Checkpoint {
 
 /// Checks a whole log against a checkpoint: the entries, in order, must
 /// make exactly the tree the checkpoint signed. An entry edited, removed,
-/// added or moved changes the root or the size.
-pub fn verify_log(leaves: impl IntoIterator<Item = Leaf>, checkpoint: &TreeHead) -> Result<()> {
-    let log = MerkleLog::from_leaves(leaves);
-    let head = log.head();
-    if head.size < checkpoint.size {
+/// added or moved changes the root or the size. The checkpoint may be older
+/// than the log: its size names the prefix it covers. Returns how many
+/// entries the log holds.
+pub fn verify_log(leaves: impl IntoIterator<Item = Leaf>, checkpoint: &TreeHead) -> Result<u64> {
+    verify_log_heads(leaves, std::slice::from_ref(checkpoint))
+}
+
+/// [`verify_log`] against many checkpoints in one pass over the log (a
+/// node's checkpoint file, say). Two checkpoints of the same size with
+/// different roots are a split view.
+pub fn verify_log_heads(
+    leaves: impl IntoIterator<Item = Leaf>,
+    checkpoints: &[TreeHead],
+) -> Result<u64> {
+    let mut sorted: Vec<&TreeHead> = checkpoints.iter().collect();
+    sorted.sort_by_key(|h| h.size);
+    for pair in sorted.windows(2) {
+        if pair[0].size == pair[1].size && pair[0].root != pair[1].root {
+            return Err(split_view(pair[0], pair[1]));
+        }
+    }
+    let largest = sorted.last().map_or(0, |h| h.size);
+    type Pending<'a> = std::iter::Peekable<std::vec::IntoIter<&'a TreeHead>>;
+    fn check(log: &MerkleLog, pending: &mut Pending<'_>) -> Result<()> {
+        while let Some(head) = pending.next_if(|h| h.size == log.len()) {
+            if log.head() != *head {
+                return Err(Error::invalid(format!(
+                    "the first {} entries of the log do not make the root the checkpoint signed ({}): an entry was edited, removed or reordered",
+                    head.size, head.root
+                )));
+            }
+        }
+        Ok(())
+    }
+    let mut pending = sorted.into_iter().peekable();
+    let mut log = MerkleLog::new();
+    check(&log, &mut pending)?;
+    let mut total = 0u64;
+    for leaf in leaves {
+        total += 1;
+        if total <= largest {
+            log.push(leaf);
+            check(&log, &mut pending)?;
+        }
+    }
+    if total < largest {
         return Err(Error::invalid(format!(
-            "the log holds {} entries but a checkpoint signed {}: entries were removed or the log was truncated",
-            head.size, checkpoint.size
+            "the log holds {total} entries but a checkpoint signed {largest}: entries were removed or the log was truncated"
         )));
     }
-    // The checkpoint may be older than the log: compare the prefix it names.
-    let prefix = MerkleLog::from_leaves(
-        (0..checkpoint.size).map(|i| *log.tree.get(i as usize).expect("within the log")),
-    );
-    if prefix.head() != *checkpoint {
-        return Err(Error::invalid(format!(
-            "the first {} entries of the log do not make the root the checkpoint signed ({}): an entry was edited, removed or reordered",
-            checkpoint.size, checkpoint.root
-        )));
-    }
-    Ok(())
+    Ok(total)
 }
 
 #[cfg(test)]
@@ -345,5 +385,24 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn one_pass_checks_every_checkpoint_and_reports_a_split_view() {
+        let all = leaves(40);
+        let heads: Vec<TreeHead> = [0u64, 7, 7, 23, 40]
+            .iter()
+            .map(|&n| MerkleLog::from_leaves(all[..n as usize].iter().copied()).head())
+            .collect();
+        assert_eq!(verify_log_heads(all.iter().copied(), &heads).unwrap(), 40);
+        let mut forked = heads.clone();
+        forked[2].root = "11".repeat(32);
+        let e = verify_log_heads(all.iter().copied(), &forked).unwrap_err();
+        assert!(e.message.contains("split view"), "{}", e.message);
+        let mut edited = all.clone();
+        edited[20] = leaf_of(b"edited");
+        assert!(verify_log_heads(edited.iter().copied(), &heads).is_err());
+        let e = verify_log_heads(all[..30].iter().copied(), &heads).unwrap_err();
+        assert!(e.message.contains("truncated"), "{}", e.message);
     }
 }

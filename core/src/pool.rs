@@ -196,6 +196,23 @@ impl PooledResult {
     }
 }
 
+impl PooledResult {
+    /// How many of the result's cells were withheld by disclosure control.
+    pub fn suppressed_cells(&self) -> u64 {
+        let count = |cells: &mut dyn Iterator<Item = &PooledCell>| {
+            cells.filter(|c| c.is_suppressed()).count() as u64
+        };
+        match &self.value {
+            PooledValue::Count { n } => count(&mut std::iter::once(n)),
+            PooledValue::Histogram {
+                bins, below, above, ..
+            } => count(&mut bins.iter().chain([below, above])),
+            PooledValue::Table { cells, .. } => count(&mut cells.iter().flatten()),
+            _ => 0,
+        }
+    }
+}
+
 fn pool_cells<'a>(cells: impl Iterator<Item = (&'a str, Cell)>, k: u32) -> PooledCell {
     let mut sum = 0u64;
     let mut suppressed_at = Vec::new();

@@ -36,6 +36,10 @@ pub struct NodeSection {
     /// Network data dictionary; the embedded cardiovascular one when absent.
     #[serde(default)]
     pub dictionary: Option<PathBuf>,
+    /// How often a signed checkpoint of the local job log is written while
+    /// the log grows.
+    #[serde(default = "default_checkpoint_interval")]
+    pub audit_checkpoint_secs: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -115,6 +119,9 @@ fn default_dominance_share() -> f64 {
 
 fn default_k() -> u32 {
     plexus_core::DEFAULT_MIN_CELL_SIZE
+}
+fn default_checkpoint_interval() -> u64 {
+    60
 }
 fn default_state_dir() -> PathBuf {
     PathBuf::from("state")

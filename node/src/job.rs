@@ -103,6 +103,7 @@ impl JobRunner {
                     analysis: "unknown".into(),
                     outcome: format!("refused:{}", refusal.error.code),
                     detail: refusal.error.message.clone(),
+                    ..Default::default()
                 };
                 if let Err(e) = self.log.append(&entry) {
                     warn!(error = %e, "cannot write the local job log");
@@ -141,6 +142,7 @@ impl JobRunner {
                 }
                 Err(e) => (format!("failed:{}", e.code), e.message.clone()),
             };
+            let receipt = outcome.as_ref().ok().and_then(|(_, r)| r.as_ref());
             let entry = LogEntry {
                 at: chrono::Utc::now().to_rfc3339(),
                 job_id: job.job_id.clone(),
@@ -150,6 +152,8 @@ impl JobRunner {
                 analysis: analysis.into(),
                 outcome: label.clone(),
                 detail,
+                privacy_cost: receipt.map(|r| r.charged_rho),
+                privacy_remaining: receipt.map(|r| (r.budget_rho - r.spent_rho).max(0.0)),
             };
             if let Err(e) = self.log.append(&entry) {
                 // Refuse to release anything we could not log.

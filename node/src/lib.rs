@@ -49,7 +49,15 @@ pub async fn run_with(
     )?);
     let data =
         Arc::new(data::DataSource::open(&config.data, &config.consent, dictionary.clone()).await?);
-    let log = Arc::new(log::JobLog::open(&config.node.state_dir)?);
+    let log = Arc::new(log::JobLog::open_signed(
+        &config.node.state_dir,
+        &config.node.id,
+    )?);
+    let audit = log.clone();
+    let checkpoints = tokio::spawn(log.clone().publish_every(
+        std::time::Duration::from_secs(config.node.audit_checkpoint_secs.max(1)),
+        shutdown.clone(),
+    ));
     let ledger = Arc::new(ledger::Ledger::open(&config.node.state_dir)?);
     let seen = Arc::new(envelope::SeenJobs::open(
         &config.node.state_dir,
@@ -79,6 +87,11 @@ pub async fn run_with(
         snapshot: Box::new(move || data.snapshot().unwrap_or_else(|e| format!("unknown ({e})"))),
     };
     link.run(shutdown).await;
+    // The last entries get their checkpoint before the node says it stopped.
+    checkpoints.abort();
+    if let Err(e) = audit.publish_if_grown() {
+        tracing::warn!(error = %e, "could not publish the final checkpoint of the job log");
+    }
     info!("node stopped");
     Ok(())
 }

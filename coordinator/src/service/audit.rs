@@ -1,9 +1,12 @@
-//! The auditors' view of the coordinator's append-only log.
+//! The auditors' view of the coordinator's append-only Merkle log: entries,
+//! signed checkpoints, and inclusion and consistency proofs.
 
 use std::sync::Arc;
 
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use plexus_core::merkle::Checkpoint;
 use plexus_proto::v1 as pb;
 use plexus_proto::v1::audit_server::Audit;
 use plexus_tls::Role;
@@ -11,12 +14,24 @@ use plexus_tls::Role;
 use crate::state::State;
 use crate::store::AuditFilter;
 
+/// Entries sent per database page while the whole log is exported.
+const EXPORT_PAGE: u32 = 10_000;
+
 pub struct AuditService {
     pub state: Arc<State>,
 }
 
 fn non_empty(s: String) -> Option<String> {
     (!s.is_empty()).then_some(s)
+}
+
+impl AuditService {
+    fn signed(&self, c: Checkpoint) -> pb::SignedCheckpoint {
+        pb::SignedCheckpoint {
+            public_key: self.state.signer.public_hex(),
+            ..c.into()
+        }
+    }
 }
 
 #[tonic::async_trait]
@@ -41,21 +56,88 @@ impl Audit for AuditService {
             .await
             .map_err(|e| e.to_status())?
             .into_iter()
-            .map(|e| pb::AuditEvent {
-                seq: e.seq as u64,
-                at_unix_ms: e.at,
-                who: e.who,
-                role: e.role,
-                action: e.action,
-                study_id: e.study_id,
-                query_id: e.query_id,
-                job_id: e.job_id,
-                node_id: e.node_id,
-                query_hash: e.query_hash,
-                outcome: e.outcome,
-                detail: e.detail,
-            })
+            .map(pb::AuditEvent::from)
             .collect();
         Ok(Response::new(pb::ListEventsResponse { events }))
+    }
+
+    type ExportLogStream = ReceiverStream<Result<pb::AuditEvent, Status>>;
+
+    async fn export_log(
+        &self,
+        request: Request<pb::ExportLogRequest>,
+    ) -> Result<Response<Self::ExportLogStream>, Status> {
+        plexus_tls::require_role(&request, &[Role::Auditor, Role::Admin])?;
+        let mut after = request.into_inner().after_seq.min(i64::MAX as u64) as i64;
+        let store = self.state.store.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(4 * EXPORT_PAGE as usize);
+        tokio::spawn(async move {
+            loop {
+                let page = match store.audit_page(after, EXPORT_PAGE).await {
+                    Ok(page) => page,
+                    Err(e) => {
+                        let _ = tx.send(Err(e.to_status())).await;
+                        return;
+                    }
+                };
+                let Some(last) = page.last() else { return };
+                after = last.seq;
+                for e in page {
+                    if tx.send(Ok(e.into())).await.is_err() {
+                        return; // the auditor hung up
+                    }
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn get_checkpoint(
+        &self,
+        request: Request<pb::GetCheckpointRequest>,
+    ) -> Result<Response<pb::SignedCheckpoint>, Status> {
+        plexus_tls::require_role(&request, &[Role::Auditor, Role::Admin])?;
+        let log = &self.state.audit_log;
+        let checkpoint = match log.latest().await {
+            Some(c) if !request.get_ref().fresh => c,
+            _ => log.checkpoint().await.map_err(|e| e.to_status())?,
+        };
+        Ok(Response::new(self.signed(checkpoint)))
+    }
+
+    async fn prove_inclusion(
+        &self,
+        request: Request<pb::ProveInclusionRequest>,
+    ) -> Result<Response<pb::InclusionProof>, Status> {
+        plexus_tls::require_role(&request, &[Role::Auditor, Role::Admin])?;
+        let seq = request.into_inner().seq.min(i64::MAX as u64) as i64;
+        let (entry, checkpoint, proof) = self
+            .state
+            .audit_log
+            .prove_inclusion(seq)
+            .await
+            .map_err(|e| e.to_status())?;
+        Ok(Response::new(pb::InclusionProof {
+            event: Some(entry.into()),
+            checkpoint: Some(self.signed(checkpoint)),
+            proof,
+        }))
+    }
+
+    async fn prove_consistency(
+        &self,
+        request: Request<pb::ProveConsistencyRequest>,
+    ) -> Result<Response<pb::ConsistencyProof>, Status> {
+        plexus_tls::require_role(&request, &[Role::Auditor, Role::Admin])?;
+        let (checkpoint, proof) = self
+            .state
+            .audit_log
+            .prove_consistency(request.into_inner().old_size)
+            .await
+            .map_err(|e| e.to_status())?;
+        Ok(Response::new(pb::ConsistencyProof {
+            checkpoint: Some(self.signed(checkpoint)),
+            proof,
+        }))
     }
 }

@@ -125,6 +125,8 @@ impl Research for ResearchService {
                 role: "researcher".into(),
                 action: "query.submit".into(),
                 study_id: study.id.clone(),
+                purpose: study.purpose().map(|p| p.to_string()).unwrap_or_default(),
+                nodes: study.nodes.clone(),
                 query_id: id.clone(),
                 query_hash: stored.query_hash.clone(),
                 outcome: "accepted".into(),

@@ -19,6 +19,7 @@ use plexus_core::Purpose;
 
 use crate::v1 as pb;
 
+mod audit;
 mod query;
 mod stats;
 

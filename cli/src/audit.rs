@@ -1,0 +1,607 @@
+//! `plexus audit ...`: what an auditor runs against the coordinator's Merkle
+//! log and a node's local job log. Nothing here trusts the coordinator: each
+//! checkpoint is checked against the coordinator key the auditor pinned, the
+//! tree is rebuilt from the entries themselves, and proofs are verified
+//! locally.
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context};
+use serde::Serialize;
+
+use plexus_core::audit::AuditEntry;
+use plexus_core::merkle::{
+    leaf_of, verify_consistency, verify_inclusion, verify_log, verify_log_heads, Checkpoint,
+    TreeHead,
+};
+use plexus_proto::v1 as pb;
+
+use crate::client::Client;
+
+fn status(s: tonic::Status) -> anyhow::Error {
+    let e = plexus_proto::convert::from_status(&s);
+    anyhow!("{}: {}", e.code, e.message)
+}
+
+/// The coordinator's public signing key, as `plexus pki init` wrote it.
+pub fn load_key(path: &Path) -> anyhow::Result<Vec<u8>> {
+    let key = plexus_tls::VerifyingKey::load(path).map_err(|e| {
+        anyhow!(
+            "{e}; pass the public key you pinned for this log with --log-key (the coordinator's is coordinator-signing.pub from `plexus pki init`)"
+        )
+    })?;
+    Ok(hex::decode(key.to_hex()).expect("hex from the key"))
+}
+
+/// Checks a checkpoint's signature against the pinned key.
+pub fn check_signature(c: &Checkpoint, key: &[u8]) -> anyhow::Result<()> {
+    c.verify(key).map_err(|e| {
+        anyhow!(
+            "{}; it was not signed by the key you pinned (or was altered after signing)",
+            e.message
+        )
+    })
+}
+
+fn checkpoint_of(c: Option<pb::SignedCheckpoint>) -> anyhow::Result<Checkpoint> {
+    c.map(Checkpoint::from)
+        .ok_or_else(|| anyhow!("the coordinator sent no checkpoint"))
+}
+
+/// Reads the whole coordinator log, in order, handing each entry to `f`.
+pub async fn stream_log(
+    client: &Client,
+    mut f: impl FnMut(AuditEntry) -> anyhow::Result<()>,
+) -> anyhow::Result<u64> {
+    let mut stream = client
+        .audit()
+        .export_log(pb::ExportLogRequest { after_seq: 0 })
+        .await
+        .map_err(status)?
+        .into_inner();
+    let mut n = 0;
+    while let Some(event) = stream.message().await.map_err(status)? {
+        f(event.into())?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// What `plexus audit verify` found.
+#[derive(Debug, Clone, Serialize)]
+pub struct VerifyReport {
+    pub entries: u64,
+    pub checkpoint: Checkpoint,
+    /// Entries appended after the checkpoint, not yet covered by one.
+    pub uncovered: u64,
+    /// The earlier checkpoint the log was shown to extend.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub earlier: Option<TreeHead>,
+}
+
+/// Checks the whole coordinator log against its latest checkpoint (a new
+/// one when `fresh`), and, given an auditor's earlier checkpoint, that
+/// today's log extends it (consistency proof, and the entries themselves).
+pub async fn verify(
+    client: &Client,
+    key: &[u8],
+    earlier: Option<&Checkpoint>,
+    fresh: bool,
+) -> anyhow::Result<VerifyReport> {
+    let mut audit = client.audit();
+    let checkpoint: Checkpoint = audit
+        .get_checkpoint(pb::GetCheckpointRequest { fresh })
+        .await
+        .map_err(status)?
+        .into_inner()
+        .into();
+    check_signature(&checkpoint, key)?;
+    if let Some(old) = earlier {
+        check_signature(old, key).context("the earlier checkpoint")?;
+    }
+    let mut leaves = Vec::new();
+    let mut gap: Option<String> = None;
+    stream_log(client, |e| {
+        let expected = leaves.len() as i64 + 1;
+        if e.seq != expected && gap.is_none() {
+            gap = Some(format!(
+                "entry {expected} is missing (the next entry is numbered {}): entries were removed",
+                e.seq
+            ));
+        }
+        leaves.push(e.leaf());
+        Ok(())
+    })
+    .await?;
+    let mut heads = vec![checkpoint.head.clone()];
+    heads.extend(earlier.map(|c| c.head.clone()));
+    let entries = verify_log_heads(leaves.iter().copied(), &heads).map_err(|e| {
+        anyhow!(
+            "the audit log does not match its signed checkpoint: {}{}",
+            e.message,
+            gap.as_deref()
+                .map(|g| format!(" ({g})"))
+                .unwrap_or_default()
+        )
+    })?;
+    if let Some(g) = gap {
+        bail!("the audit log is not numbered without gaps: {g}");
+    }
+    if let Some(old) = earlier {
+        // The coordinator's own proof that the old tree is a prefix of the new.
+        let proof = audit
+            .prove_consistency(pb::ProveConsistencyRequest {
+                old_size: old.head.size,
+            })
+            .await
+            .map_err(status)?
+            .into_inner();
+        let new = checkpoint_of(proof.checkpoint)?;
+        check_signature(&new, key)?;
+        verify_consistency(&old.head, &new.head, &proof.proof).map_err(|e| anyhow!(e.message))?;
+    }
+    Ok(VerifyReport {
+        uncovered: entries - checkpoint.head.size,
+        entries,
+        checkpoint,
+        earlier: earlier.map(|c| c.head.clone()),
+    })
+}
+
+/// What `plexus audit prove` prints.
+#[derive(Debug, Clone, Serialize)]
+pub struct InclusionReport {
+    pub entry: AuditEntry,
+    pub index: u64,
+    pub leaf: String,
+    pub checkpoint: Checkpoint,
+    /// The sibling hashes from the leaf up, hex.
+    pub proof: Vec<String>,
+}
+
+/// Fetches and verifies the inclusion proof of entry `seq`.
+pub async fn prove(client: &Client, key: &[u8], seq: u64) -> anyhow::Result<InclusionReport> {
+    let r = client
+        .audit()
+        .prove_inclusion(pb::ProveInclusionRequest { seq })
+        .await
+        .map_err(status)?
+        .into_inner();
+    let checkpoint = checkpoint_of(r.checkpoint)?;
+    check_signature(&checkpoint, key)?;
+    let entry: AuditEntry = r
+        .event
+        .ok_or_else(|| anyhow!("the coordinator sent no entry"))?
+        .into();
+    if entry.seq as u64 != seq {
+        bail!(
+            "asked for entry {seq}, the coordinator sent entry {}",
+            entry.seq
+        );
+    }
+    let leaf = entry.leaf();
+    verify_inclusion(&checkpoint.head, &leaf, seq - 1, &r.proof).map_err(|e| anyhow!(e.message))?;
+    Ok(InclusionReport {
+        index: seq - 1,
+        leaf: hex::encode(leaf),
+        proof: r
+            .proof
+            .as_bytes()
+            .chunks(64)
+            .map(|c| String::from_utf8_lossy(c).into_owned())
+            .collect(),
+        entry,
+        checkpoint,
+    })
+}
+
+/// A node's job log as an auditor receives it: the `jobs.log.jsonl` file
+/// or the node's state folder.
+pub struct NodeLog {
+    pub lines: Vec<String>,
+    pub checkpoints: Vec<Checkpoint>,
+    folder: PathBuf,
+}
+
+impl NodeLog {
+    pub fn read(path: &Path) -> anyhow::Result<NodeLog> {
+        let (file, folder) = if path.is_dir() {
+            (path.join("jobs.log.jsonl"), path.to_path_buf())
+        } else {
+            (
+                path.to_path_buf(),
+                path.parent().unwrap_or(Path::new(".")).to_path_buf(),
+            )
+        };
+        let text = std::fs::read_to_string(&file).with_context(|| {
+            format!(
+                "cannot read the node's job log {} (give the node's state folder or its jobs.log.jsonl)",
+                file.display()
+            )
+        })?;
+        let lines = text
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(String::from)
+            .collect();
+        let checkpoints =
+            plexus_node::log::read_checkpoints(&folder.join("audit-checkpoints.jsonl"))?;
+        Ok(NodeLog {
+            lines,
+            checkpoints,
+            folder,
+        })
+    }
+
+    /// The job ids the node recorded.
+    pub fn job_ids(&self) -> anyhow::Result<BTreeSet<String>> {
+        self.lines
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                serde_json::from_str::<plexus_node::log::LogEntry>(l)
+                    .map(|e| e.job_id)
+                    .with_context(|| {
+                        format!("line {} of the node's job log is not an entry", i + 1)
+                    })
+            })
+            .filter(|id| !matches!(id.as_deref(), Ok("")))
+            .collect()
+    }
+
+    /// The node's audit key beside its log, when the auditor pinned none.
+    pub fn key_beside(&self) -> PathBuf {
+        self.folder.join("node-audit-signing.pub")
+    }
+}
+
+/// What `plexus audit verify --node-log` found.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeVerifyReport {
+    pub origin: String,
+    pub entries: u64,
+    pub checkpoints: usize,
+    pub latest: Option<TreeHead>,
+}
+
+/// Checks a node's job log against every checkpoint it signed.
+pub fn verify_node(log: &NodeLog, key: &[u8]) -> anyhow::Result<NodeVerifyReport> {
+    for c in &log.checkpoints {
+        check_signature(c, key)?;
+    }
+    let heads: Vec<TreeHead> = log.checkpoints.iter().map(|c| c.head.clone()).collect();
+    let entries = verify_log_heads(log.lines.iter().map(|l| leaf_of(l.as_bytes())), &heads)
+        .map_err(|e| {
+            anyhow!(
+                "the node's job log does not match its signed checkpoints: {}",
+                e.message
+            )
+        })?;
+    Ok(NodeVerifyReport {
+        origin: log
+            .checkpoints
+            .last()
+            .map(|c| c.origin.clone())
+            .unwrap_or_default(),
+        entries,
+        checkpoints: log.checkpoints.len(),
+        latest: log
+            .checkpoints
+            .iter()
+            .map(|c| c.head.clone())
+            .max_by_key(|h| h.size),
+    })
+}
+
+/// What `plexus audit reconcile` found: jobs one side has and the other not.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Reconciliation {
+    pub node: String,
+    /// Jobs in both logs.
+    pub matched: usize,
+    /// Sent by the coordinator, absent from the node's log.
+    pub only_coordinator: Vec<String>,
+    /// In the node's log, absent from the coordinator's.
+    pub only_node: Vec<String>,
+}
+
+impl Reconciliation {
+    pub fn is_clean(&self) -> bool {
+        self.only_coordinator.is_empty() && self.only_node.is_empty()
+    }
+}
+
+/// Compares the jobs the coordinator sent to `node` with the node's log.
+pub async fn reconcile(
+    client: &Client,
+    log: &NodeLog,
+    node: &str,
+) -> anyhow::Result<Reconciliation> {
+    let at_node = log.job_ids()?;
+    let mut sent = BTreeSet::new();
+    stream_log(client, |e| {
+        if e.action == "job" && e.node_id == node && e.outcome == "sent" {
+            sent.insert(e.job_id);
+        }
+        Ok(())
+    })
+    .await?;
+    Ok(Reconciliation {
+        node: node.to_string(),
+        matched: sent.intersection(&at_node).count(),
+        only_coordinator: sent.difference(&at_node).cloned().collect(),
+        only_node: at_node.difference(&sent).cloned().collect(),
+    })
+}
+
+/// Which entries an export or listing keeps.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    pub study: Option<String>,
+    pub who: Option<String>,
+    pub since: Option<i64>,
+    pub until: Option<i64>,
+}
+
+impl Filter {
+    pub fn keeps(&self, e: &AuditEntry) -> bool {
+        self.study.as_ref().is_none_or(|s| &e.study_id == s)
+            && self.who.as_ref().is_none_or(|w| &e.who == w)
+            && self.since.is_none_or(|t| e.at >= t)
+            && self.until.is_none_or(|t| e.at < t)
+    }
+}
+
+/// Writes the log's entries as FHIR R4 AuditEvent resources, one JSON
+/// object a line (NDJSON); returns how many.
+pub async fn export_fhir(
+    client: &Client,
+    filter: &Filter,
+    out: &mut dyn Write,
+) -> anyhow::Result<u64> {
+    let observer = client
+        .audit()
+        .get_checkpoint(pb::GetCheckpointRequest { fresh: false })
+        .await
+        .map(|c| c.into_inner().origin)
+        .unwrap_or_else(|_| "coordinator".into());
+    let observer = format!("plexus-coordinator/{observer}");
+    let mut written = 0;
+    stream_log(client, |e| {
+        if filter.keeps(&e) {
+            serde_json::to_writer(&mut *out, &e.to_fhir(&observer))?;
+            out.write_all(b"\n")?;
+            written += 1;
+        }
+        Ok(())
+    })
+    .await?;
+    out.flush()?;
+    Ok(written)
+}
+
+/// Reads a checkpoint an auditor saved (`plexus audit verify --save`).
+pub fn read_checkpoint(path: &Path) -> anyhow::Result<Checkpoint> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the saved checkpoint {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| {
+        format!(
+            "{} is not a checkpoint saved by `plexus audit verify --save`",
+            path.display()
+        )
+    })
+}
+
+/// Checks a whole list of entries against a checkpoint (used by tests and
+/// the benchmark; `verify` streams instead).
+pub fn verify_entries(entries: &[AuditEntry], checkpoint: &TreeHead) -> anyhow::Result<u64> {
+    verify_log(entries.iter().map(AuditEntry::leaf), checkpoint).map_err(|e| anyhow!(e.message))
+}
+
+// ---- the commands ----
+
+/// The coordinator key to check checkpoints with: `--log-key`, else the
+/// `coordinator-signing.pub` in `--pki`.
+pub fn pinned_key(
+    conn: &crate::client::ConnectArgs,
+    log_key: Option<&Path>,
+) -> anyhow::Result<Vec<u8>> {
+    let path = match (log_key, &conn.pki) {
+        (Some(p), _) => p.to_path_buf(),
+        (None, Some(pki)) => pki.join("coordinator-signing.pub"),
+        (None, None) => bail!(
+            "no coordinator key to check the log's checkpoints with: pass --log-key FILE (coordinator-signing.pub, as `plexus pki init` wrote it) or --pki DIR holding it"
+        ),
+    };
+    load_key(&path)
+}
+
+fn print_json(value: &impl Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+fn time(ms: i64) -> String {
+    crate::commands::time_text(ms)
+}
+
+pub struct VerifyArgs {
+    pub log_key: Option<PathBuf>,
+    pub since: Option<PathBuf>,
+    pub save: Option<PathBuf>,
+    pub fresh: bool,
+    pub node_log: Option<PathBuf>,
+    pub node_key: Option<PathBuf>,
+    pub json: bool,
+}
+
+pub async fn cmd_verify(conn: &crate::client::ConnectArgs, a: VerifyArgs) -> anyhow::Result<()> {
+    if let Some(path) = &a.node_log {
+        let log = NodeLog::read(path)?;
+        let key_path = a.node_key.clone().unwrap_or_else(|| log.key_beside());
+        if a.node_key.is_none() {
+            eprintln!(
+                "note: checking against {} from the node's own folder; pin the node's key with --node-key for a proof that does not rest on that folder",
+                key_path.display()
+            );
+        }
+        let report = verify_node(&log, &load_key(&key_path)?)?;
+        if a.json {
+            return print_json(&report);
+        }
+        match &report.latest {
+            Some(h) => println!(
+                "node log {}: {} entries; all {} checkpoints verify; the latest covers {} entries (root {})",
+                report.origin, report.entries, report.checkpoints, h.size, h.root
+            ),
+            None => println!(
+                "node log: {} entries and no checkpoint yet; nothing to verify them against (the node signs one every node.audit_checkpoint_secs)",
+                report.entries
+            ),
+        }
+        return Ok(());
+    }
+    let key = pinned_key(conn, a.log_key.as_deref())?;
+    let earlier = a.since.as_deref().map(read_checkpoint).transpose()?;
+    let client = Client::connect(conn).await?;
+    let report = verify(&client, &key, earlier.as_ref(), a.fresh).await?;
+    if let Some(path) = &a.save {
+        std::fs::write(path, serde_json::to_string_pretty(&report.checkpoint)?)
+            .with_context(|| format!("cannot save the checkpoint to {}", path.display()))?;
+    }
+    if a.json {
+        return print_json(&report);
+    }
+    let c = &report.checkpoint;
+    println!(
+        "audit log verified: {} entries; checkpoint of {} entries signed by {} at {} (root {})",
+        report.entries,
+        c.head.size,
+        c.origin,
+        time(c.at_unix_ms),
+        c.head.root
+    );
+    if report.uncovered > 0 {
+        println!(
+            "{} newer entries are not yet in a checkpoint; run with --fresh to have one signed now",
+            report.uncovered
+        );
+    }
+    if let Some(old) = &report.earlier {
+        println!(
+            "the log extends your earlier checkpoint of {} entries (root {}): nothing recorded then was changed or removed",
+            old.size, old.root
+        );
+    }
+    if let Some(path) = &a.save {
+        println!(
+            "checkpoint saved to {}; next time run `plexus audit verify --since {}`",
+            path.display(),
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+pub async fn cmd_prove(
+    conn: &crate::client::ConnectArgs,
+    log_key: Option<&Path>,
+    seq: u64,
+    json: bool,
+) -> anyhow::Result<()> {
+    if seq == 0 {
+        bail!("entries are numbered from 1 (see `plexus audit log`)");
+    }
+    let key = pinned_key(conn, log_key)?;
+    let client = Client::connect(conn).await?;
+    let r = prove(&client, &key, seq).await?;
+    if json {
+        return print_json(&r);
+    }
+    let e = &r.entry;
+    println!(
+        "entry {}: {} {} ({}) {} {} at {}",
+        e.seq,
+        e.who,
+        e.action,
+        e.role,
+        e.study_id,
+        e.outcome,
+        time(e.at)
+    );
+    println!("leaf {} at index {}", r.leaf, r.index);
+    println!(
+        "in the tree of {} entries with root {}, checkpoint signed by {} at {}",
+        r.checkpoint.head.size,
+        r.checkpoint.head.root,
+        r.checkpoint.origin,
+        time(r.checkpoint.at_unix_ms)
+    );
+    println!("inclusion proof ({} hashes, leaf to root):", r.proof.len());
+    for h in &r.proof {
+        println!("  {h}");
+    }
+    println!("verified: the entry is in the log the checkpoint signed");
+    Ok(())
+}
+
+pub async fn cmd_reconcile(
+    conn: &crate::client::ConnectArgs,
+    node_log: &Path,
+    node: &str,
+    json: bool,
+) -> anyhow::Result<()> {
+    let log = NodeLog::read(node_log)?;
+    let client = Client::connect(conn).await?;
+    let r = reconcile(&client, &log, node).await?;
+    if json {
+        print_json(&r)?;
+    } else {
+        println!(
+            "node {}: {} jobs in both logs, {} only in the coordinator's, {} only in the node's",
+            r.node,
+            r.matched,
+            r.only_coordinator.len(),
+            r.only_node.len()
+        );
+        for id in &r.only_coordinator {
+            println!("  sent by the coordinator, not in the node's log: {id}");
+        }
+        for id in &r.only_node {
+            println!("  in the node's log, not in the coordinator's: {id}");
+        }
+    }
+    if !r.is_clean() {
+        bail!(
+            "the logs disagree about {} jobs",
+            r.only_coordinator.len() + r.only_node.len()
+        );
+    }
+    Ok(())
+}
+
+pub async fn cmd_export_fhir(
+    conn: &crate::client::ConnectArgs,
+    filter: Filter,
+    out: Option<&Path>,
+) -> anyhow::Result<()> {
+    let client = Client::connect(conn).await?;
+    let written = match out {
+        Some(path) => {
+            let file = std::fs::File::create(path)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            let mut w = std::io::BufWriter::new(file);
+            let n = export_fhir(&client, &filter, &mut w).await?;
+            eprintln!(
+                "wrote {n} FHIR R4 AuditEvent resources to {}",
+                path.display()
+            );
+            n
+        }
+        None => export_fhir(&client, &filter, &mut std::io::stdout().lock()).await?,
+    };
+    let _ = written;
+    Ok(())
+}
