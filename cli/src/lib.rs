@@ -5,6 +5,7 @@
 
 pub mod audit;
 pub mod bench;
+pub mod bench_audit;
 pub mod client;
 pub mod commands;
 pub mod demo;

@@ -54,6 +54,18 @@ enum Command {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// Benchmark: audit log append and verify throughput (use --release).
+    BenchAudit {
+        /// Entries in the log.
+        #[arg(long, default_value_t = 1_000_000)]
+        entries: u64,
+        /// Single appends timed on top of them.
+        #[arg(long, default_value_t = 2_000)]
+        appends: u64,
+        /// Keep the generated files here.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
     /// Development certificate authority (rcgen): for trials and tests, not production.
     Pki {
         #[command(subcommand)]
@@ -254,6 +266,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 patients_per_site: patients,
                 seed,
                 keep,
+            })
+            .await
+        }
+        Command::BenchAudit {
+            entries,
+            appends,
+            dir,
+        } => {
+            plexus::bench_audit::run(plexus::bench_audit::AuditBenchOptions {
+                entries,
+                appends,
+                dir,
             })
             .await
         }
