@@ -179,6 +179,11 @@ impl NodeConfig {
                 "node.min_cell_size must be at least 1 (5 is the usual minimum)".into(),
             ));
         }
+        if !(1..=86_400).contains(&self.node.audit_checkpoint_secs) {
+            return Err(NodeError::Config(
+                "node.audit_checkpoint_secs must be between 1 and 86400 (a day)".into(),
+            ));
+        }
         let addr = self.coordinator.address.trim();
         if addr.is_empty() {
             return Err(NodeError::Config(

@@ -55,7 +55,7 @@ pub async fn run_with(
     )?);
     let audit = log.clone();
     let checkpoints = tokio::spawn(log.clone().publish_every(
-        std::time::Duration::from_secs(config.node.audit_checkpoint_secs.max(1)),
+        std::time::Duration::from_secs(config.node.audit_checkpoint_secs),
         shutdown.clone(),
     ));
     let ledger = Arc::new(ledger::Ledger::open(&config.node.state_dir)?);
