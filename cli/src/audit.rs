@@ -605,3 +605,151 @@ pub async fn cmd_export_fhir(
     let _ = written;
     Ok(())
 }
+
+/// One node's signed answer to a query, as a third party checked it.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeEvidence {
+    pub node: String,
+    pub job_id: String,
+    pub status: String,
+    /// `stats` or `error:<code>` as the node signed it.
+    pub signed_outcome: Option<String>,
+    pub signed_at: Option<i64>,
+    pub charged_rho: Option<f64>,
+    /// Empty when every check passed.
+    pub problems: Vec<String>,
+}
+
+/// Fetches what each node signed for `query_id` and checks it: the
+/// certificate was issued by the network CA to that node and valid when it
+/// signed, the signature verifies, and the statement names that job and node.
+pub async fn evidence(
+    client: &Client,
+    ca: &[plexus_tls::CertificateDer<'static>],
+    query_id: &str,
+) -> anyhow::Result<Vec<NodeEvidence>> {
+    use prost::Message;
+    let r = client
+        .audit()
+        .query_evidence(pb::QueryEvidenceRequest {
+            query_id: query_id.to_string(),
+        })
+        .await
+        .map_err(status)?
+        .into_inner();
+    Ok(r.nodes
+        .into_iter()
+        .map(|n| {
+            let mut e = NodeEvidence {
+                node: n.node_id.clone(),
+                job_id: n.job_id.clone(),
+                status: n.status.clone(),
+                signed_outcome: None,
+                signed_at: None,
+                charged_rho: None,
+                problems: Vec::new(),
+            };
+            if n.statement.is_empty() {
+                e.problems
+                    .push(format!("no signed answer (the job ended {})", n.status));
+                return e;
+            }
+            let statement = match pb::ResultStatement::decode(n.statement.as_slice()) {
+                Ok(s) => s,
+                Err(err) => {
+                    e.problems
+                        .push(format!("the stored statement does not decode: {err}"));
+                    return e;
+                }
+            };
+            e.signed_at = Some(statement.signed_unix_ms);
+            e.charged_rho = statement.privacy.as_ref().map(|p| p.charged_rho);
+            e.signed_outcome = statement.outcome.as_ref().map(|o| match o {
+                pb::result_statement::Outcome::Stats(_) => "stats".to_string(),
+                pb::result_statement::Outcome::Error(err) => {
+                    format!("error:{}", plexus_core::Error::from(err.clone()).code)
+                }
+            });
+            if let Err(err) =
+                plexus_tls::verify_issued_by(ca, &n.certificate, statement.signed_unix_ms)
+            {
+                e.problems.push(err);
+            }
+            match plexus_tls::identity_from_cert(&plexus_tls::CertificateDer::from(
+                n.certificate.clone(),
+            )) {
+                Ok(id) if id.role == plexus_tls::Role::Node && id.name == n.node_id => {}
+                Ok(id) => e.problems.push(format!(
+                    "the certificate belongs to {} {}, not node {}",
+                    id.role, id.name, n.node_id
+                )),
+                Err(err) => e
+                    .problems
+                    .push(format!("the certificate names no identity: {err}")),
+            }
+            if let Err(err) =
+                plexus_tls::verify_by_certificate(&n.certificate, &n.statement, &n.signature)
+            {
+                e.problems.push(err);
+            }
+            if statement.job_id != n.job_id || statement.node_id != n.node_id {
+                e.problems.push(format!(
+                    "the statement names job {} of node {}, not job {} of node {}",
+                    statement.job_id, statement.node_id, n.job_id, n.node_id
+                ));
+            }
+            e
+        })
+        .collect())
+}
+
+pub async fn cmd_evidence(
+    conn: &crate::client::ConnectArgs,
+    query_id: &str,
+    json: bool,
+) -> anyhow::Result<()> {
+    let ca_path = conn
+        .ca
+        .clone()
+        .or_else(|| conn.pki.as_ref().map(|p| p.join("ca.pem")))
+        .ok_or_else(|| {
+            anyhow!("pass --ca (the network CA) or --pki to check the nodes' certificates")
+        })?;
+    let ca = plexus_tls::load_certs(&ca_path)?;
+    let client = Client::connect(conn).await?;
+    let nodes = evidence(&client, &ca, query_id).await?;
+    if json {
+        print_json(&nodes)?;
+    } else {
+        for n in &nodes {
+            let what = n.signed_outcome.as_deref().unwrap_or("-");
+            let when = n.signed_at.map(time).unwrap_or_default();
+            if n.problems.is_empty() {
+                println!(
+                    "{}: job {} {} signed at {} (rho {:.4}): signature, certificate and statement check",
+                    n.node,
+                    n.job_id,
+                    what,
+                    when,
+                    n.charged_rho.unwrap_or(0.0)
+                );
+            } else {
+                println!(
+                    "{}: job {} ({}): {}",
+                    n.node,
+                    n.job_id,
+                    n.status,
+                    n.problems.join("; ")
+                );
+            }
+        }
+    }
+    let bad = nodes
+        .iter()
+        .filter(|n| !n.problems.is_empty() && n.status == "answered")
+        .count();
+    if bad > 0 {
+        bail!("{bad} answered jobs do not carry a valid node signature");
+    }
+    Ok(())
+}

@@ -216,6 +216,12 @@ enum AuditCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Check what each node signed for a query: certificate, signature, statement.
+    Evidence {
+        query_id: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// Export the log as FHIR R4 AuditEvent resources (NDJSON).
     Export {
         #[arg(long, value_enum, default_value_t = ExportFormat::Fhir)]
@@ -369,6 +375,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 node,
                 json,
             } => audit::cmd_reconcile(&cli.conn, &node_log, &node, json).await,
+            AuditCommand::Evidence { query_id, json } => {
+                audit::cmd_evidence(&cli.conn, &query_id, json).await
+            }
             AuditCommand::Export {
                 format: ExportFormat::Fhir,
                 out,

@@ -198,6 +198,32 @@ async fn auditors_verify_prove_reconcile_and_export_the_log() {
     .await
     .unwrap();
 
+    // What each node signed for a query, checked by a third party with
+    // only the network CA.
+    let ca = plexus_tls::load_certs(&sb.pki.join("ca.pem")).unwrap();
+    let evidence = audit::evidence(&auditor, &ca, &result.query_id)
+        .await
+        .unwrap();
+    assert_eq!(evidence.len(), 3);
+    for n in &evidence {
+        assert!(n.problems.is_empty(), "{n:?}");
+        assert_eq!(n.signed_outcome.as_deref(), Some("stats"));
+    }
+    let job = &evidence[0].job_id;
+    sqlx::query("UPDATE jobs SET statement = CAST(replace(CAST(statement AS TEXT), 'hospital', 'hospitaL') AS BLOB) WHERE id = ?")
+        .bind(job)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let evidence = audit::evidence(&auditor, &ca, &result.query_id)
+        .await
+        .unwrap();
+    let tampered = evidence.iter().find(|n| &n.job_id == job).unwrap();
+    assert!(
+        tampered.problems.iter().any(|p| p.contains("signature")),
+        "{tampered:?}"
+    );
+
     // FHIR R4 AuditEvent export.
     let mut out = Vec::new();
     let n = audit::export_fhir(&auditor, &audit::Filter::default(), &mut out)

@@ -30,7 +30,10 @@ pub use server::{
     incoming, incoming_with_timeout, peer, require_role, Incoming, PeerInfo, TlsConn,
     HANDSHAKE_TIMEOUT,
 };
-pub use signing::{signing_key_files, verify_by_certificate, CertSigner, SigningKey, VerifyingKey};
+pub use signing::{
+    signing_key_files, verify_by_certificate, verify_issued_by, CertSigner, SigningKey,
+    VerifyingKey,
+};
 
 /// Re-exported so callers can name config and certificate types without
 /// depending on matching versions themselves.

@@ -179,6 +179,41 @@ pub fn verify_by_certificate(
         .map_err(|_| "the signature does not verify against the certificate's key".to_string())
 }
 
+/// Checks that `certificate` was issued by one of `ca` (the network's CA
+/// bundle) for a network member and was valid at `at_unix_ms`: what a third
+/// party checks before trusting a signature made with it.
+pub fn verify_issued_by(
+    ca: &[rustls_pki_types::CertificateDer<'static>],
+    certificate: &[u8],
+    at_unix_ms: i64,
+) -> std::result::Result<(), String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in ca {
+        roots
+            .add(c.clone())
+            .map_err(|e| format!("the CA certificate is not usable: {e}"))?;
+    }
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        std::sync::Arc::new(roots),
+        crate::provider(),
+    )
+    .build()
+    .map_err(|e| format!("cannot check against the CA: {e}"))?;
+    let at = rustls_pki_types::UnixTime::since_unix_epoch(std::time::Duration::from_millis(
+        at_unix_ms.max(0) as u64,
+    ));
+    verifier
+        .verify_client_cert(
+            &rustls_pki_types::CertificateDer::from(certificate.to_vec()),
+            &[],
+            at,
+        )
+        .map(|_| ())
+        .map_err(|e| {
+            format!("the certificate was not issued by the network CA, or was not valid then: {e}")
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

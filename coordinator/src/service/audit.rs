@@ -140,4 +140,47 @@ impl Audit for AuditService {
             proof,
         }))
     }
+
+    async fn query_evidence(
+        &self,
+        request: Request<pb::QueryEvidenceRequest>,
+    ) -> Result<Response<pb::QueryEvidenceResponse>, Status> {
+        plexus_tls::require_role(&request, &[Role::Auditor, Role::Admin])?;
+        let query_id = request.into_inner().query_id;
+        let store = &self.state.store;
+        let query = store
+            .query(&query_id)
+            .await
+            .map_err(|e| e.to_status())?
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "no query {query_id}; query ids are in `plexus audit log`"
+                ))
+            })?;
+        let mut nodes = Vec::new();
+        for (job_id, node_id, status) in
+            store.jobs_of(&query_id).await.map_err(|e| e.to_status())?
+        {
+            let (statement, signature, certificate) = store
+                .signature_of(&job_id)
+                .await
+                .map_err(|e| e.to_status())?
+                .unwrap_or_default();
+            nodes.push(pb::NodeEvidence {
+                job_id,
+                node_id,
+                status,
+                statement,
+                signature,
+                certificate,
+            });
+        }
+        Ok(Response::new(pb::QueryEvidenceResponse {
+            query_id,
+            study_id: query.study_id,
+            query_hash: query.query_hash,
+            status: format!("{:?}", query.status).to_lowercase(),
+            nodes,
+        }))
+    }
 }
