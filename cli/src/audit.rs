@@ -115,8 +115,7 @@ pub async fn verify(
         Ok(())
     })
     .await?;
-    let mut heads = vec![checkpoint.head.clone()];
-    heads.extend(earlier.map(|c| c.head.clone()));
+    let heads = vec![checkpoint.head.clone()];
     let entries = verify_log_heads(leaves.iter().copied(), &heads).map_err(|e| {
         anyhow!(
             "the audit log does not match its signed checkpoint: {}{}",
@@ -130,6 +129,19 @@ pub async fn verify(
         bail!("the audit log is not numbered without gaps: {g}");
     }
     if let Some(old) = earlier {
+        // The log itself, cut at the earlier size, must make the earlier
+        // root: both are signed, so a difference is a split view.
+        if old.head.size > entries {
+            bail!(
+                "the log holds {entries} entries but your earlier checkpoint signed {}: entries were removed or the log was truncated",
+                old.head.size
+            );
+        }
+        let then = plexus_core::merkle::MerkleLog::from_leaves(
+            leaves[..old.head.size as usize].iter().copied(),
+        )
+        .head();
+        verify_consistency(&old.head, &then, "").map_err(|e| anyhow!(e.message))?;
         // The coordinator's own proof that the old tree is a prefix of the new.
         let proof = audit
             .prove_consistency(pb::ProveConsistencyRequest {

@@ -41,7 +41,12 @@ fn entry(i: u64) -> AuditEntry {
         job_id: hex(i),
         node_id: format!("hospital-{}", (b'a' + (i % 3) as u8) as char),
         query_hash: hex(i / 3).repeat(2),
-        outcome: if i.is_multiple_of(2) { "sent" } else { "answered" }.into(),
+        outcome: if i.is_multiple_of(2) {
+            "sent"
+        } else {
+            "answered"
+        }
+        .into(),
         privacy_cost: Some(0.01),
         privacy_remaining: Some(0.5),
         ..Default::default()

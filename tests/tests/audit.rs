@@ -40,8 +40,9 @@ async fn auditors_verify_prove_reconcile_and_export_the_log() {
     // The whole log against a fresh checkpoint.
     let first = audit::verify(&auditor, &key, None, true).await.unwrap();
     assert!(first.entries >= 12, "{first:?}");
-    assert_eq!(first.checkpoint.head.size, first.entries);
-    assert_eq!(first.uncovered, 0);
+    // Reading the log is recorded too, after the checkpoint was signed.
+    assert_eq!(first.checkpoint.head.size + first.uncovered, first.entries);
+    assert!(first.uncovered <= 1, "{first:?}");
     let saved = first.checkpoint.clone();
 
     // Another key does not verify the coordinator's checkpoints.
@@ -273,7 +274,7 @@ async fn auditors_verify_prove_reconcile_and_export_the_log() {
         .await
         .unwrap();
     let e = err(audit::verify(&auditor, &key, None, false).await);
-    assert!(e.contains("truncated"), "{e}");
+    assert!(e.contains("truncated") || e.contains("removed"), "{e}");
     let e = err(audit::verify(&auditor, &key, Some(&after.checkpoint), false).await);
     assert!(e.contains("truncated") || e.contains("removed"), "{e}");
     pool.close().await;

@@ -26,6 +26,27 @@ fn non_empty(s: String) -> Option<String> {
 }
 
 impl AuditService {
+    /// Reading the whole log or a query's evidence is itself recorded.
+    async fn read_by(
+        &self,
+        who: &plexus_tls::Identity,
+        action: &str,
+        query_id: String,
+        detail: String,
+    ) {
+        self.state
+            .audit(crate::store::AuditEntry {
+                who: who.name.clone(),
+                role: who.role.to_string(),
+                action: action.into(),
+                query_id,
+                outcome: "ok".into(),
+                detail,
+                ..Default::default()
+            })
+            .await;
+    }
+
     fn signed(&self, c: Checkpoint) -> pb::SignedCheckpoint {
         pb::SignedCheckpoint {
             public_key: self.state.signer.public_hex(),
@@ -67,8 +88,15 @@ impl Audit for AuditService {
         &self,
         request: Request<pb::ExportLogRequest>,
     ) -> Result<Response<Self::ExportLogStream>, Status> {
-        plexus_tls::require_role(&request, &[Role::Auditor, Role::Admin])?;
+        let who = plexus_tls::require_role(&request, &[Role::Auditor, Role::Admin])?;
         let mut after = request.into_inner().after_seq.min(i64::MAX as u64) as i64;
+        self.read_by(
+            &who,
+            "audit.export",
+            String::new(),
+            format!("from entry {}", after + 1),
+        )
+        .await;
         let store = self.state.store.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(4 * EXPORT_PAGE as usize);
         tokio::spawn(async move {
@@ -145,8 +173,10 @@ impl Audit for AuditService {
         &self,
         request: Request<pb::QueryEvidenceRequest>,
     ) -> Result<Response<pb::QueryEvidenceResponse>, Status> {
-        plexus_tls::require_role(&request, &[Role::Auditor, Role::Admin])?;
+        let who = plexus_tls::require_role(&request, &[Role::Auditor, Role::Admin])?;
         let query_id = request.into_inner().query_id;
+        self.read_by(&who, "audit.evidence", query_id.clone(), String::new())
+            .await;
         let store = &self.state.store;
         let query = store
             .query(&query_id)
