@@ -1,7 +1,9 @@
-//! Running one job at the hospital: the node's own checks first (allowlist,
-//! deadline, a well-formed query against its own dictionary), then the
-//! computation on consenting patients, then disclosure control, then the
-//! local log. Whatever happens, the answer is an aggregate or an error.
+//! Running one job at the hospital: the node's own checks first (the
+//! study and its approved definition, deadline, a well-formed query against
+//! its own dictionary, the hospital's narrowing), then the computation on
+//! consenting patients, then disclosure control, then the local log.
+//! Whatever happens, the answer is an aggregate or an error; for a study
+//! under review, the aggregate waits for the data steward first.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,8 +21,11 @@ use plexus_proto::v1 as pb;
 use crate::config::NodeConfig;
 use crate::data::{DataSource, Limits};
 use crate::envelope::{self, SeenJobs};
+use crate::error::NodeError;
 use crate::ledger::{Answer, Ledger};
 use crate::log::{JobLog, LogEntry};
+use crate::policy;
+use crate::review::{Decision, HeldResult, ReviewQueue, Verdict};
 
 pub struct JobRunner {
     pub config: Arc<NodeConfig>,
@@ -34,6 +39,8 @@ pub struct JobRunner {
     pub seen: Arc<SeenJobs>,
     /// Signs every result with the node's TLS key.
     pub signer: Arc<plexus_tls::CertSigner>,
+    /// Results of the studies `policy.review` names wait here for the data steward.
+    pub review: ReviewQueue,
     /// Delay before each job: fault-injection tests use it to kill a node mid-job.
     pub job_delay: Duration,
     /// Fault injection: after the ledger debit, drop the job unanswered,
@@ -78,7 +85,9 @@ const CRASHED: &str = "fault injection: dropped after the ledger debit";
 impl JobRunner {
     /// Checks a signed job (signature, audience, expiry, replay) and runs
     /// it; a refused envelope is logged here and answered with the reason.
-    pub async fn take(&self, signed: pb::SignedJob) -> Option<pb::JobResult> {
+    /// The message to send back is the answer, or a notice that the result
+    /// is held for review.
+    pub async fn take(&self, signed: pb::SignedJob) -> Option<pb::node_message::Msg> {
         let now = chrono::Utc::now();
         let job_hash = ring::digest::digest(&ring::digest::SHA256, &signed.job)
             .as_ref()
@@ -97,23 +106,25 @@ impl JobRunner {
                 let entry = LogEntry {
                     at: now.to_rfc3339(),
                     job_id: refusal.job_id.clone(),
-                    study_id: String::new(),
-                    purpose: String::new(),
-                    query_hash: String::new(),
                     analysis: "unknown".into(),
                     outcome: format!("refused:{}", refusal.error.code),
                     detail: refusal.error.message.clone(),
+                    ..Default::default()
                 };
                 if let Err(e) = self.log.append(&entry) {
                     warn!(error = %e, "cannot write the local job log");
                 }
-                Some(self.result(&refusal.job_id, job_hash, Err(refusal.error)))
+                Some(answer(self.result(
+                    &refusal.job_id,
+                    job_hash,
+                    Err(refusal.error),
+                )))
             }
         }
     }
 
     /// Runs one job; `None` only when fault injection drops it.
-    pub async fn run(&self, job: pb::Job, job_hash: Vec<u8>) -> Option<pb::JobResult> {
+    pub async fn run(&self, job: pb::Job, job_hash: Vec<u8>) -> Option<pb::node_message::Msg> {
         let span = info_span!("job", job_id = %job.job_id, study = %job.study_id, node = %self.config.node.id);
         async {
             let analysis = job
@@ -133,6 +144,11 @@ impl JobRunner {
             if matches!(&outcome, Err(e) if e.message == CRASHED) {
                 warn!("{CRASHED}");
                 return None;
+            }
+            if let Ok((stats, receipt)) = &outcome {
+                if self.config.policy.reviews(&job.study_id) {
+                    return Some(self.hold(&job, job_hash, stats, receipt.as_ref(), analysis, &purpose));
+                }
             }
             let (label, detail) = match &outcome {
                 Ok((stats, receipt)) => ("released".to_string(), describe(stats, receipt.as_ref())),
@@ -154,12 +170,12 @@ impl JobRunner {
             if let Err(e) = self.log.append(&entry) {
                 // Refuse to release anything we could not log.
                 warn!(error = %e, "cannot write the local job log; refusing the job");
-                return Some(self.result(&job.job_id, job_hash, Err(Error::internal(
+                return Some(answer(self.result(&job.job_id, job_hash, Err(Error::internal(
                     "the node could not write its local job log; ask the hospital's IT to check the node's state folder",
-                ))));
+                )))));
             }
             info!(outcome = %label, analysis, "job done");
-            Some(self.result(&job.job_id, job_hash, outcome))
+            Some(answer(self.result(&job.job_id, job_hash, outcome)))
         }
         .instrument(span)
         .await
@@ -280,12 +296,7 @@ impl JobRunner {
     }
 
     fn check(&self, job: &pb::Job) -> Result<Checked, Error> {
-        if !self.config.policy.allowed_studies.contains(&job.study_id) {
-            return Err(Error::policy(format!(
-                "study \"{}\" is not on node {}'s allowlist; the hospital must approve it in policy.allowed_studies",
-                job.study_id, self.config.node.id
-            )));
-        }
+        let allowed = policy::pinned(&self.config, job)?;
         if job.deadline_unix_ms <= chrono::Utc::now().timestamp_millis() {
             return Err(Error::unavailable("the job arrived after its deadline"));
         }
@@ -300,6 +311,7 @@ impl JobRunner {
                 .ok_or_else(|| Error::invalid("the job carries no query"))?,
         )?;
         query.validate(&self.dictionary)?;
+        policy::narrowed(&self.config.node.id, &job.study_id, allowed, &query)?;
         let iteration = job.iteration.clone().map(Iteration::try_from).transpose()?;
         let protection = self.protection(job, &query)?;
         Ok(Checked {
@@ -359,6 +371,19 @@ impl JobRunner {
             ),
             Err(e) => (pb::job_result::Outcome::Error((&e).into()), None),
         };
+        let snapshot = self.data.snapshot().unwrap_or_default();
+        self.signed(job_id, job_hash, outcome, privacy, snapshot, None)
+    }
+
+    fn signed(
+        &self,
+        job_id: &str,
+        job_hash: Vec<u8>,
+        outcome: pb::job_result::Outcome,
+        privacy: Option<pb::PrivacyReceipt>,
+        data_snapshot: String,
+        review: Option<pb::Review>,
+    ) -> pb::JobResult {
         let statement = pb::ResultStatement {
             job_id: job_id.to_string(),
             job_hash,
@@ -372,8 +397,9 @@ impl JobRunner {
                 }
             }),
             privacy,
-            data_snapshot: self.data.snapshot().unwrap_or_default(),
+            data_snapshot,
             signed_unix_ms: chrono::Utc::now().timestamp_millis(),
+            review,
         };
         let statement = prost::Message::encode_to_vec(&statement);
         pb::JobResult {
@@ -384,6 +410,158 @@ impl JobRunner {
             statement,
         }
     }
+
+    /// Puts a released result in the review queue instead of sending it,
+    /// logs that, and says so to the coordinator. If it cannot be queued
+    /// or logged, nothing is released and the job fails.
+    fn hold(
+        &self,
+        job: &pb::Job,
+        job_hash: Vec<u8>,
+        stats: &NodeStats,
+        receipt: Option<&Receipt>,
+        analysis: &str,
+        purpose: &str,
+    ) -> pb::node_message::Msg {
+        let now = chrono::Utc::now();
+        let summary = describe(stats, receipt);
+        let query = job
+            .query
+            .clone()
+            .and_then(|q| Query::try_from(q).ok())
+            .and_then(|q| serde_json::to_value(q).ok())
+            .unwrap_or_default();
+        let held = HeldResult {
+            job_id: job.job_id.clone(),
+            node_id: self.config.node.id.clone(),
+            study_id: job.study_id.clone(),
+            study_definition_hash: job.study_definition_hash.clone(),
+            purpose: purpose.to_string(),
+            analysis: analysis.to_string(),
+            query_hash: job.query_hash.clone(),
+            query,
+            job_hash: hex::encode(&job_hash),
+            held_unix_ms: now.timestamp_millis(),
+            deadline_unix_ms: job.deadline_unix_ms,
+            stats: hex::encode(prost::Message::encode_to_vec(&pb::NodeStats::from(stats))),
+            privacy: receipt
+                .map(|r| hex::encode(prost::Message::encode_to_vec(&pb::PrivacyReceipt::from(r)))),
+            data_snapshot: self.data.snapshot().unwrap_or_default(),
+            summary: summary.clone(),
+        };
+        let entry = LogEntry {
+            at: now.to_rfc3339(),
+            job_id: job.job_id.clone(),
+            study_id: job.study_id.clone(),
+            purpose: purpose.to_string(),
+            query_hash: job.query_hash.clone(),
+            analysis: analysis.to_string(),
+            outcome: "held".into(),
+            detail: format!(
+                "{summary}; held for review by the data steward until {}",
+                crate::review::desk::rfc3339(held.answer_by_unix_ms())
+            ),
+        };
+        let queued = self
+            .review
+            .hold(&held)
+            .and_then(|_| self.log.append(&entry).map_err(NodeError::Log));
+        if let Err(e) = queued {
+            warn!(error = %e, "cannot hold the result for review; refusing the job");
+            return answer(self.result(&job.job_id, job_hash, Err(Error::internal(
+                "the node could not put the result in its review queue or log it; nothing was released; ask the hospital's IT to check the node's state folder",
+            ))));
+        }
+        info!(analysis, "result held for review");
+        pb::node_message::Msg::Held(pb::Held {
+            job_id: job.job_id.clone(),
+            held_unix_ms: held.held_unix_ms,
+        })
+    }
+
+    /// The signed answer to a held job once the data steward decided (or
+    /// its deadline passed), logged. Approved sends the held aggregate
+    /// unchanged; rejected and expired send a refusal and nothing else.
+    pub fn answer_held(
+        &self,
+        held: &HeldResult,
+        decision: &Decision,
+    ) -> Result<pb::JobResult, NodeError> {
+        let node = &self.config.node.id;
+        let damaged = |what: &str, e: &dyn std::fmt::Display| {
+            NodeError::State(format!(
+                "the held {what} of job {} is damaged ({e}); it cannot be released",
+                held.job_id
+            ))
+        };
+        let job_hash = hex::decode(&held.job_hash).map_err(|e| damaged("job hash", &e))?;
+        let (outcome, privacy, detail) = match decision.verdict {
+            Verdict::Approved => {
+                let bytes = hex::decode(&held.stats).map_err(|e| damaged("result", &e))?;
+                let stats = <pb::NodeStats as prost::Message>::decode(bytes.as_slice())
+                    .map_err(|e| damaged("result", &e))?;
+                let privacy = held
+                    .privacy
+                    .as_ref()
+                    .map(|p| {
+                        let bytes = hex::decode(p).map_err(|e| damaged("privacy receipt", &e))?;
+                        <pb::PrivacyReceipt as prost::Message>::decode(bytes.as_slice())
+                            .map_err(|e| damaged("privacy receipt", &e))
+                    })
+                    .transpose()?;
+                (
+                    pb::job_result::Outcome::Stats(stats),
+                    privacy,
+                    format!("approved by {}: {}", decision.by, held.summary),
+                )
+            }
+            Verdict::Rejected => {
+                let e = Error::policy(format!(
+                    "the data steward of {node} rejected the result after review: {}",
+                    decision.reason
+                ));
+                let detail = format!("rejected by {}: {}", decision.by, decision.reason);
+                (pb::job_result::Outcome::Error((&e).into()), None, detail)
+            }
+            Verdict::Expired => {
+                let e = Error::unavailable(format!(
+                    "the result was held for review by the data steward of {node}, who did not decide before the job's deadline; nothing was released"
+                ));
+                let detail =
+                    "no decision before the job's deadline; nothing was released".to_string();
+                (pb::job_result::Outcome::Error((&e).into()), None, detail)
+            }
+        };
+        let entry = LogEntry {
+            at: chrono::Utc::now().to_rfc3339(),
+            job_id: held.job_id.clone(),
+            study_id: held.study_id.clone(),
+            purpose: held.purpose.clone(),
+            query_hash: held.query_hash.clone(),
+            analysis: held.analysis.clone(),
+            outcome: decision.verdict.outcome().into(),
+            detail,
+        };
+        self.log.append(&entry)?;
+        let review = pb::Review {
+            decision: decision.verdict.as_str().into(),
+            reason: decision.reason.clone(),
+            held_unix_ms: held.held_unix_ms,
+            decided_unix_ms: decision.decided_unix_ms,
+        };
+        Ok(self.signed(
+            &held.job_id,
+            job_hash,
+            outcome,
+            privacy,
+            held.data_snapshot.clone(),
+            Some(review),
+        ))
+    }
+}
+
+fn answer(result: pb::JobResult) -> pb::node_message::Msg {
+    pb::node_message::Msg::Result(result)
 }
 
 /// A line for the local log about what left: the shape, how much was

@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use serde::{Deserialize, Serialize};
 
 /// One job as the node saw it. Never holds patient data or counts.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct LogEntry {
     pub at: String,
     pub job_id: String,
@@ -18,7 +18,9 @@ pub struct LogEntry {
     pub purpose: String,
     pub query_hash: String,
     pub analysis: String,
-    /// `released`, `refused:<code>` or `failed:<code>`.
+    /// `released`, `refused:<code>` or `failed:<code>`; for a study under
+    /// review `held`, then `reviewed-approved`, `reviewed-rejected` or
+    /// `review-expired`.
     pub outcome: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub detail: String,
