@@ -264,3 +264,61 @@ impl Registry {
         self.waiters.lock().expect("lock").remove(job_id);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(id: &str) -> pb::Job {
+        pb::Job {
+            job_id: id.into(),
+            study_id: "s".into(),
+            query_hash: "q".into(),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_held_job_outlives_its_nodes_disconnect_and_others_fail() {
+        let dir = tempfile::tempdir().unwrap();
+        let (signer, _, _) = plexus_tls::SigningKey::generate_into(dir.path(), "c").unwrap();
+        let registry = Registry::new(Duration::from_secs(10));
+        let (tx, _rx) = mpsc::channel(8);
+        let state = |id: &str| NodeState {
+            node_id: id.into(),
+            ..Default::default()
+        };
+        let conn = registry.connect(state("a"), tx.clone());
+        let mut held = registry.send_job("a", job("held"), &signer).await.unwrap();
+        let mut plain = registry.send_job("a", job("plain"), &signer).await.unwrap();
+
+        assert!(registry
+            .hold("b", "held")
+            .unwrap_err()
+            .contains("not sent to node b"));
+        assert!(registry.hold("a", "nope").is_err());
+        assert_eq!(
+            registry.hold("a", "held").unwrap(),
+            ("s".to_string(), "q".to_string())
+        );
+        registry.disconnect("a", conn);
+        assert_eq!(
+            plain.try_recv().unwrap().unwrap_err(),
+            "node disconnected during the job"
+        );
+        assert!(held.try_recv().is_err(), "still waiting");
+
+        // The node comes back and answers on its new connection.
+        registry.connect(state("a"), tx);
+        let reply = SignedReply {
+            outcome: pb::job_result::Outcome::Error(pb::Error::default()),
+            privacy: None,
+            statement: vec![],
+            signature: vec![],
+            certificate: vec![],
+            review: None,
+        };
+        registry.deliver("a", "held", None, Ok(reply)).unwrap();
+        assert!(held.try_recv().unwrap().is_ok());
+    }
+}

@@ -219,7 +219,7 @@ impl Policy {
         ] {
             let unknown = list
                 .iter()
-                .find(|s| !self.studies.contains_key(*s) && !(key == "review" && *s == "*"));
+                .find(|s| !(self.studies.contains_key(*s) || (key == "review" && *s == "*")));
             if let Some(s) = unknown {
                 let hint = if key == "review" {
                     " (\"*\" reviews every study)"

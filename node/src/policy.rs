@@ -99,11 +99,11 @@ pub fn pinned<'a>(config: &'a NodeConfig, job: &pb::Job) -> Result<&'a StudyPoli
     if approved.contains(received) {
         return Ok(allowed);
     }
-    let received = if received.is_empty() {
-        "none (the coordinator sent no definition hash)"
-    } else {
-        received
-    };
+    if received.is_empty() {
+        return Err(Error::policy(format!(
+            "the job of study \"{study}\" names no definition hash, so node {node} cannot tell which version of the study it is; the coordinator must be upgraded to one that pins study definitions"
+        )));
+    }
     let approved = if approved.is_empty() {
         "none yet".to_string()
     } else {
@@ -272,7 +272,7 @@ mod tests {
             assert!(e.message.contains(part), "{part}: {e}");
         }
         let e = super::pinned(&cfg, &job("")).unwrap_err();
-        assert!(e.message.contains("sent no definition hash"), "{e}");
+        assert!(e.message.contains("names no definition hash"), "{e}");
         let mut other = job(&pinned_hash);
         other.study_id = "other-study".into();
         let e = super::pinned(&cfg, &other).unwrap_err();
@@ -353,7 +353,8 @@ mod tests {
     fn policy_config_errors_name_the_key() {
         let dir = tempfile::tempdir().unwrap();
         let base = config(dir.path());
-        let cases: Vec<(Box<dyn Fn(&mut crate::config::Policy)>, &str)> = vec![
+        type Change = Box<dyn Fn(&mut crate::config::Policy)>;
+        let cases: Vec<(Change, &str)> = vec![
             (
                 Box::new(|p| p.allowed_studies = Some(vec![STUDY.into()])),
                 "policy.allowed_studies was replaced",
