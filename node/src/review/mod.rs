@@ -19,6 +19,7 @@
 
 pub mod cli;
 pub mod desk;
+mod gate;
 
 use std::collections::BTreeMap;
 use std::io::Write;
