@@ -82,6 +82,65 @@ pub async fn study_register(conn: &ConnectArgs, file: &Path) -> anyhow::Result<(
     Ok(())
 }
 
+/// `plexus study show ID` (as registered at the coordinator) or `plexus
+/// study show --file study.toml`: the definition and the hash hospitals pin
+/// in their node policy.
+pub async fn study_show(
+    conn: &ConnectArgs,
+    id: Option<&str>,
+    file: Option<&Path>,
+) -> anyhow::Result<()> {
+    let (def, hash, registered) = match (id, file) {
+        (Some(_), Some(_)) | (None, None) => {
+            bail!("name a registered study (plexus study show ID) or a study file (--file study.toml), not both")
+        }
+        (None, Some(file)) => {
+            let def = StudyDefinition::load(file)?;
+            let hash = def.definition_hash();
+            (def, hash, None)
+        }
+        (Some(id), None) => {
+            let client = Client::connect(conn).await?;
+            let r = client
+                .research()
+                .list_studies(pb::ListStudiesRequest {})
+                .await
+                .map_err(|s| plexus_proto::convert::from_status(&s))?
+                .into_inner();
+            let Some(s) = r.studies.into_iter().find(|s| s.id == id) else {
+                bail!("no study \"{id}\" that you may see is registered (`plexus study list` lists them)");
+            };
+            let registered = s.registered_unix_ms;
+            let reported = s.definition_hash.clone();
+            let def = StudyDefinition::try_from(s)?;
+            // An older coordinator does not report it; the hash is of the
+            // definition as it sends it.
+            let hash = if reported.is_empty() {
+                def.definition_hash()
+            } else {
+                reported
+            };
+            (def, hash, Some(registered))
+        }
+    };
+    println!("study       {}", def.id);
+    println!("definition  {hash}");
+    if let Some(at) = registered {
+        let at = chrono::DateTime::from_timestamp_millis(at)
+            .map(|t| t.to_rfc3339())
+            .unwrap_or_default();
+        println!("registered  {at}");
+    }
+    println!();
+    print!("{}", toml::to_string(&def)?);
+    println!();
+    println!(
+        "each hospital that approves this version runs:\n  plexus-node approve --config node.toml --study {} --hash {hash}",
+        def.id
+    );
+    Ok(())
+}
+
 pub async fn studies(conn: &ConnectArgs) -> anyhow::Result<()> {
     let client = Client::connect(conn).await?;
     let r = client

@@ -151,6 +151,13 @@ enum StudyCommand {
     },
     /// List registered studies.
     List,
+    /// A study's definition and the hash hospitals approve it by: as
+    /// registered (ID), or from a study file (--file).
+    Show {
+        id: Option<String>,
+        #[arg(long)]
+        file: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -314,6 +321,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Study { command } => match command {
             StudyCommand::Register { file } => commands::study_register(&cli.conn, &file).await,
             StudyCommand::List => commands::studies(&cli.conn).await,
+            StudyCommand::Show { id, file } => {
+                commands::study_show(&cli.conn, id.as_deref(), file.as_deref()).await
+            }
         },
         Command::Studies => commands::studies(&cli.conn).await,
         Command::Dictionary { file } => commands::dictionary(file.as_deref()),

@@ -229,7 +229,7 @@ impl Sandbox {
                         .map(String::from)
                         .into_iter()
                         .collect(),
-                    ..Policy::allowing([DEMO_STUDY, VALIDATION_STUDY].map(String::from))
+                    ..Policy::approving(&approved_studies())
                 },
             };
             node_configs.insert(spec.name.clone(), config);
@@ -389,6 +389,37 @@ impl Sandbox {
         Ok(())
     }
 
+    /// Approves `study`'s current definition at every node, as each
+    /// hospital's steward would with `plexus-node approve`; running nodes
+    /// take it from their next job.
+    pub fn approve(&self, study: &StudyDefinition) -> anyhow::Result<()> {
+        for name in self.node_names() {
+            self.approve_at(&name, study)?;
+        }
+        Ok(())
+    }
+
+    /// Approves `study`'s current definition at one node.
+    pub fn approve_at(&self, node: &str, study: &StudyDefinition) -> anyhow::Result<()> {
+        let config = self
+            .node_configs
+            .get(node)
+            .with_context(|| format!("no node {node} in the sandbox"))?;
+        plexus_node::policy::approve(config, &study.id, &study.definition_hash(), "sandbox", "")?;
+        Ok(())
+    }
+
+    /// A node's review queue, where the results its policy holds wait.
+    pub fn review_queue(&self, node: &str) -> anyhow::Result<plexus_node::review::ReviewQueue> {
+        let config = self
+            .node_configs
+            .get(node)
+            .with_context(|| format!("no node {node} in the sandbox"))?;
+        Ok(plexus_node::review::ReviewQueue::open(
+            &config.node.state_dir,
+        )?)
+    }
+
     /// Stops everything, coordinator last.
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
         let names: Vec<String> = self.nodes.keys().cloned().collect();
@@ -397,6 +428,13 @@ impl Sandbox {
         }
         self.stop_coordinator().await
     }
+}
+
+/// The study definitions every sandbox node approves in its config: the
+/// demo study, its exact twin (the same id) and the validation study. A
+/// test that changes a definition approves it with [`Sandbox::approve`].
+pub fn approved_studies() -> [StudyDefinition; 3] {
+    [demo_study(), exact_study(), validation_study()]
 }
 
 /// The study the sandbox's nodes approve by default.

@@ -110,6 +110,9 @@ struct Plan<'a> {
     wire_query: pb::Query,
     query_hash: String,
     privacy: pb::JobPrivacy,
+    /// The definition the query runs under, which each node checks
+    /// against the versions its hospital approved.
+    definition_hash: String,
 }
 
 impl Plan<'_> {
@@ -131,6 +134,7 @@ impl Plan<'_> {
                 query_hash: self.query_hash.clone(),
                 iteration: iteration.map(pb::Iteration::from),
                 privacy: Some(self.privacy),
+                study_definition_hash: self.definition_hash.clone(),
             };
             let timeout = Duration::from_secs(cfg.job_timeout_secs);
             async move {
@@ -195,6 +199,7 @@ async fn execute(
         purpose: (&study.purpose()?).into(),
         wire_query: pb::Query::from(query),
         query_hash: query.hash(),
+        definition_hash: study.definition_hash(),
         privacy: pb::JobPrivacy {
             exact: study.privacy.exact,
             // A fit's cost is split evenly over its fixed number of rounds.
@@ -712,10 +717,13 @@ async fn ask(
     let reply = tokio::time::timeout(timeout, rx).await;
     // The node's signed statement, kept with the job for later checks.
     let mut signed: Option<(Vec<u8>, Vec<u8>, Vec<u8>)> = None;
+    // The hospital data steward's decision, when the node held the result.
+    let mut review: Option<pb::Review> = None;
     let reply = reply.map(|r| {
         r.map(|r| {
             r.map(|s| {
                 signed = Some((s.statement, s.signature, s.certificate));
+                review = s.review;
                 (s.outcome, s.privacy)
             })
         })
@@ -802,6 +810,7 @@ async fn ask(
         }
     }
     let detail = err.map(|e| e.message).unwrap_or_default();
+    let (status, detail) = reviewed(status, detail, node, review.as_ref());
     let mut entry = audit(status, detail);
     // The node's own debit, never its figures (with secure aggregation
     // the coordinator has none to log).
@@ -811,4 +820,27 @@ async fn ask(
     }
     state.audit(entry).await;
     answer
+}
+
+/// The audit outcome of a job whose result the node held for its data
+/// steward: says who decided what, on top of what the coordinator made of
+/// the answer.
+fn reviewed<'a>(
+    status: &'a str,
+    detail: String,
+    node: &str,
+    review: Option<&pb::Review>,
+) -> (&'a str, String) {
+    let Some(r) = review else {
+        return (status, detail);
+    };
+    match (r.decision.as_str(), status) {
+        ("approved", "answered") => (
+            "reviewed-approved",
+            format!("released after review by the data steward of {node}"),
+        ),
+        ("rejected", _) => ("reviewed-rejected", detail),
+        ("expired", _) => ("review-expired", detail),
+        _ => (status, detail),
+    }
 }

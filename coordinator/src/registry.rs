@@ -32,7 +32,6 @@ struct Connection {
     state: NodeState,
 }
 
-/// A node's answer to one job, still untrusted.
 /// A node's verified answer: its outcome and privacy receipt, taken from
 /// the statement it signed, and what a third party needs to check that
 /// signature later.
@@ -44,6 +43,9 @@ pub struct SignedReply {
     pub signature: Vec<u8>,
     /// The node's certificate (DER) the signature was checked against.
     pub certificate: Vec<u8>,
+    /// The hospital data steward's decision, when the node held the result
+    /// for review.
+    pub review: Option<pb::Review>,
 }
 
 /// A node's answer, or why there is none.
@@ -51,9 +53,15 @@ pub type JobReply = Result<SignedReply, String>;
 
 struct Waiter {
     node_id: String,
+    /// The job's study and query hash, to name them in the audit log.
+    study_id: String,
+    query_hash: String,
     /// SHA-256 of the signed job bytes sent, which the node's statement must name.
     job_hash: Vec<u8>,
     tx: oneshot::Sender<JobReply>,
+    /// The node holds the result for its data steward: the answer may come
+    /// on a later connection, so a disconnect does not fail the job.
+    held: bool,
 }
 
 pub struct Registry {
@@ -107,7 +115,7 @@ impl Registry {
             let mut waiters = self.waiters.lock().expect("lock");
             let ids: Vec<String> = waiters
                 .iter()
-                .filter(|(_, w)| w.node_id == node_id)
+                .filter(|(_, w)| w.node_id == node_id && !w.held)
                 .map(|(id, _)| id.clone())
                 .collect();
             for id in ids {
@@ -181,10 +189,13 @@ impl Registry {
             job_id.clone(),
             Waiter {
                 node_id: node_id.to_string(),
+                study_id: job.study_id.clone(),
+                query_hash: job.query_hash.clone(),
                 job_hash: ring::digest::digest(&ring::digest::SHA256, &bytes)
                     .as_ref()
                     .to_vec(),
                 tx: wtx,
+                held: false,
             },
         );
         let msg = pb::CoordinatorMessage {
@@ -231,8 +242,83 @@ impl Registry {
         }
     }
 
+    /// Marks a job as held for review at its node, which keeps it waiting
+    /// across the node's reconnections until its deadline. Refused for an
+    /// unknown job or one sent to another node. Returns the job's study and
+    /// query hash.
+    pub fn hold(&self, node_id: &str, job_id: &str) -> Result<(String, String), String> {
+        match self.waiters.lock().expect("lock").get_mut(job_id) {
+            None => Err(format!("no job {job_id} is waiting for an answer")),
+            Some(w) if w.node_id != node_id => {
+                Err(format!("job {job_id} was not sent to node {node_id}"))
+            }
+            Some(w) => {
+                w.held = true;
+                Ok((w.study_id.clone(), w.query_hash.clone()))
+            }
+        }
+    }
+
     /// Forgets a job whose deadline passed.
     pub fn abandon(&self, job_id: &str) {
         self.waiters.lock().expect("lock").remove(job_id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(id: &str) -> pb::Job {
+        pb::Job {
+            job_id: id.into(),
+            study_id: "s".into(),
+            query_hash: "q".into(),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_held_job_outlives_its_nodes_disconnect_and_others_fail() {
+        let dir = tempfile::tempdir().unwrap();
+        let (signer, _, _) = plexus_tls::SigningKey::generate_into(dir.path(), "c").unwrap();
+        let registry = Registry::new(Duration::from_secs(10));
+        let (tx, _rx) = mpsc::channel(8);
+        let state = |id: &str| NodeState {
+            node_id: id.into(),
+            ..Default::default()
+        };
+        let conn = registry.connect(state("a"), tx.clone());
+        let mut held = registry.send_job("a", job("held"), &signer).await.unwrap();
+        let mut plain = registry.send_job("a", job("plain"), &signer).await.unwrap();
+
+        assert!(registry
+            .hold("b", "held")
+            .unwrap_err()
+            .contains("not sent to node b"));
+        assert!(registry.hold("a", "nope").is_err());
+        assert_eq!(
+            registry.hold("a", "held").unwrap(),
+            ("s".to_string(), "q".to_string())
+        );
+        registry.disconnect("a", conn);
+        assert_eq!(
+            plain.try_recv().unwrap().unwrap_err(),
+            "node disconnected during the job"
+        );
+        assert!(held.try_recv().is_err(), "still waiting");
+
+        // The node comes back and answers on its new connection.
+        registry.connect(state("a"), tx);
+        let reply = SignedReply {
+            outcome: pb::job_result::Outcome::Error(pb::Error::default()),
+            privacy: None,
+            statement: vec![],
+            signature: vec![],
+            certificate: vec![],
+            review: None,
+        };
+        registry.deliver("a", "held", None, Ok(reply)).unwrap();
+        assert!(held.try_recv().unwrap().is_ok());
     }
 }

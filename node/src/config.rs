@@ -1,11 +1,12 @@
 //! `node.toml`: what a hospital's IT configures. Parsed strictly, then
 //! validated with errors that name the field.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use plexus_core::{AnalysisKind, Dictionary, StudyDefinition};
 use plexus_tls::TlsFiles;
 
 use crate::data::{ConsentConfig, DataConfig};
@@ -65,8 +66,18 @@ pub struct CoordinatorSection {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Policy {
-    /// Studies this hospital has approved. Jobs of any other study are refused.
-    pub allowed_studies: BTreeSet<String>,
+    /// The studies this hospital takes part in, each pinned to the
+    /// definitions it approved (`[policy.studies.ID]`). Jobs of any other
+    /// study, or of a definition not approved, are refused.
+    #[serde(default)]
+    pub studies: BTreeMap<String, StudyPolicy>,
+    /// Studies whose results wait for the hospital's data steward
+    /// (`plexus-node review ...`) before they leave; `"*"` for every study.
+    #[serde(default)]
+    pub review: BTreeSet<String>,
+    /// Replaced by `[policy.studies.ID]`; read only to say so.
+    #[serde(default, skip_serializing)]
+    pub allowed_studies: Option<Vec<String>>,
     /// A regression model may have at most this share of the node's
     /// complete cases as parameters (DataSHIELD's nfilter.glm).
     #[serde(default = "default_parameter_share")]
@@ -88,11 +99,41 @@ pub struct Policy {
     pub dominance_share: f64,
 }
 
-impl Policy {
-    /// A policy approving `studies`, with every other setting at its default.
-    pub fn allowing(studies: impl IntoIterator<Item = String>) -> Self {
+/// What the hospital approved of one study (`[policy.studies.ID]`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StudyPolicy {
+    /// SHA-256 (hex) of each approved version of the study's definition, as
+    /// `plexus study show ID` prints it. Versions approved later with
+    /// `plexus-node approve` (kept in the state folder) count too.
+    #[serde(default)]
+    pub definition_hashes: BTreeSet<String>,
+    /// When set, the only analyses this node runs for the study.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analyses: Option<BTreeSet<AnalysisKind>>,
+    /// When set, the only variables (in cohorts and analyses) this node
+    /// lets the study use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub variables: Option<BTreeSet<String>>,
+}
+
+impl StudyPolicy {
+    /// A study pinned to the given definition hashes, not narrowed.
+    pub fn pinned(hashes: impl IntoIterator<Item = String>) -> Self {
+        StudyPolicy {
+            definition_hashes: hashes.into_iter().collect(),
+            ..Default::default()
+        }
+    }
+}
+
+impl Default for Policy {
+    /// No study approved, every other setting at its default.
+    fn default() -> Self {
         Policy {
-            allowed_studies: studies.into_iter().collect(),
+            studies: BTreeMap::new(),
+            review: BTreeSet::new(),
+            allowed_studies: None,
             max_parameter_share: default_parameter_share(),
             exact_studies: BTreeSet::new(),
             max_query_rho: default_max_query_rho(),
@@ -100,6 +141,107 @@ impl Policy {
             dominance_share: default_dominance_share(),
         }
     }
+}
+
+impl Policy {
+    /// A policy approving exactly these study definitions, every other
+    /// setting at its default.
+    pub fn approving<'a>(studies: impl IntoIterator<Item = &'a StudyDefinition>) -> Self {
+        let mut policy = Policy::default();
+        for s in studies {
+            policy.approve(s);
+        }
+        policy
+    }
+
+    /// Adds `study`'s current definition to the approved versions of its id.
+    pub fn approve(&mut self, study: &StudyDefinition) {
+        self.studies
+            .entry(study.id.clone())
+            .or_default()
+            .definition_hashes
+            .insert(study.definition_hash());
+    }
+
+    /// Whether results of `study` wait for the data steward.
+    pub fn reviews(&self, study: &str) -> bool {
+        self.review.contains("*") || self.review.contains(study)
+    }
+
+    /// Checks the narrowing lists against the network's data dictionary,
+    /// which the node loads only when it starts.
+    pub fn validate_variables(&self, dictionary: &Dictionary) -> Result<()> {
+        for (id, s) in &self.studies {
+            for v in s.variables.iter().flatten() {
+                if dictionary.get(v).is_err() {
+                    return Err(NodeError::Config(format!(
+                        "policy.studies.{id}.variables names \"{v}\", which is not in the data dictionary; use the dictionary's names (`plexus dictionary` lists them)"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if self.allowed_studies.is_some() {
+            return Err(NodeError::Config(
+                "policy.allowed_studies was replaced by one [policy.studies.ID] table per study that pins the approved definition hashes (definition_hashes = [\"...\"], as `plexus study show ID` prints them); move each study there".into(),
+            ));
+        }
+        for (id, s) in &self.studies {
+            if !plexus_core::dictionary::is_identifier(id) {
+                return Err(NodeError::Config(format!(
+                    "[policy.studies.{id}]: \"{id}\" is not a study id (lowercase letters, digits, '_' or '-', starting with a letter)"
+                )));
+            }
+            if let Some(h) = s.definition_hashes.iter().find(|h| !is_sha256_hex(h)) {
+                return Err(NodeError::Config(format!(
+                    "policy.studies.{id}.definition_hashes: \"{h}\" is not a SHA-256 hex digest (64 characters 0-9, a-f); copy it from `plexus study show {id}`"
+                )));
+            }
+            for (key, empty) in [
+                (
+                    "analyses",
+                    s.analyses.as_ref().is_some_and(|a| a.is_empty()),
+                ),
+                (
+                    "variables",
+                    s.variables.as_ref().is_some_and(|v| v.is_empty()),
+                ),
+            ] {
+                if empty {
+                    return Err(NodeError::Config(format!(
+                        "policy.studies.{id}.{key} is empty, which lets the study do nothing; leave the key out to allow what the study allows, or remove the study"
+                    )));
+                }
+            }
+        }
+        for (key, list) in [
+            ("exact_studies", &self.exact_studies),
+            ("review", &self.review),
+        ] {
+            let unknown = list
+                .iter()
+                .find(|s| !(self.studies.contains_key(*s) || (key == "review" && *s == "*")));
+            if let Some(s) = unknown {
+                let hint = if key == "review" {
+                    " (\"*\" reviews every study)"
+                } else {
+                    ""
+                };
+                return Err(NodeError::Config(format!(
+                    "policy.{key} lists \"{s}\", which has no [policy.studies.{s}] table{hint}"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether `s` is a SHA-256 digest written as 64 lowercase hex characters.
+pub fn is_sha256_hex(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 fn default_parameter_share() -> f64 {
@@ -225,11 +367,7 @@ impl NodeConfig {
                 p.dominance_share
             )));
         }
-        if let Some(s) = p.exact_studies.difference(&p.allowed_studies).next() {
-            return Err(NodeError::Config(format!(
-                "policy.exact_studies lists \"{s}\", which is not in policy.allowed_studies"
-            )));
-        }
+        p.validate()?;
         if self.coordinator.max_backoff_secs == 0 {
             return Err(NodeError::Config(
                 "coordinator.max_backoff_secs must be at least 1".into(),

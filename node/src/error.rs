@@ -8,6 +8,9 @@ pub enum NodeError {
     Core(#[from] plexus_core::Error),
     #[error("tls: {0}")]
     Tls(String),
+    /// A file in the node's state folder (approvals, review queue).
+    #[error("{0}")]
+    State(String),
     #[error("local audit log: {0}")]
     Log(#[from] std::io::Error),
 }

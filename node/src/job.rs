@@ -1,7 +1,9 @@
-//! Running one job at the hospital: the node's own checks first (allowlist,
-//! deadline, a well-formed query against its own dictionary), then the
-//! computation on consenting patients, then disclosure control, then the
-//! local log. Whatever happens, the answer is an aggregate or an error.
+//! Running one job at the hospital: the node's own checks first (the
+//! study and its approved definition, deadline, a well-formed query against
+//! its own dictionary, the hospital's narrowing), then the computation on
+//! consenting patients, then disclosure control, then the local log.
+//! Whatever happens, the answer is an aggregate or an error; for a study
+//! under review, the aggregate waits for the data steward first.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,6 +23,8 @@ use crate::data::{DataSource, Limits};
 use crate::envelope::{self, SeenJobs};
 use crate::ledger::{Answer, Ledger};
 use crate::log::{JobLog, LogEntry};
+use crate::policy;
+use crate::review::ReviewQueue;
 
 pub struct JobRunner {
     pub config: Arc<NodeConfig>,
@@ -34,6 +38,8 @@ pub struct JobRunner {
     pub seen: Arc<SeenJobs>,
     /// Signs every result with the node's TLS key.
     pub signer: Arc<plexus_tls::CertSigner>,
+    /// Results of the studies `policy.review` names wait here for the data steward.
+    pub review: ReviewQueue,
     /// Delay before each job: fault-injection tests use it to kill a node mid-job.
     pub job_delay: Duration,
     /// Fault injection: after the ledger debit, drop the job unanswered,
@@ -59,7 +65,7 @@ struct Checked {
 }
 
 /// What a job ends in: a release with its receipt, or an error.
-type Outcome = Result<(NodeStats, Option<Receipt>), Error>;
+pub(crate) type Outcome = Result<(NodeStats, Option<Receipt>), Error>;
 
 /// The receipt of a kept answer given again: nothing charged.
 fn repeated(spent: f64, budget: f64, noise: plexus_core::privacy::release::NoiseScale) -> Receipt {
@@ -78,7 +84,9 @@ const CRASHED: &str = "fault injection: dropped after the ledger debit";
 impl JobRunner {
     /// Checks a signed job (signature, audience, expiry, replay) and runs
     /// it; a refused envelope is logged here and answered with the reason.
-    pub async fn take(&self, signed: pb::SignedJob) -> Option<pb::JobResult> {
+    /// The message to send back is the answer, or a notice that the result
+    /// is held for review.
+    pub async fn take(&self, signed: pb::SignedJob) -> Option<pb::node_message::Msg> {
         let now = chrono::Utc::now();
         let job_hash = ring::digest::digest(&ring::digest::SHA256, &signed.job)
             .as_ref()
@@ -97,9 +105,6 @@ impl JobRunner {
                 let entry = LogEntry {
                     at: now.to_rfc3339(),
                     job_id: refusal.job_id.clone(),
-                    study_id: String::new(),
-                    purpose: String::new(),
-                    query_hash: String::new(),
                     analysis: "unknown".into(),
                     outcome: format!("refused:{}", refusal.error.code),
                     detail: refusal.error.message.clone(),
@@ -108,13 +113,17 @@ impl JobRunner {
                 if let Err(e) = self.log.append(&entry) {
                     warn!(error = %e, "cannot write the local job log");
                 }
-                Some(self.result(&refusal.job_id, job_hash, Err(refusal.error)))
+                Some(answer(self.result(
+                    &refusal.job_id,
+                    job_hash,
+                    Err(refusal.error),
+                )))
             }
         }
     }
 
     /// Runs one job; `None` only when fault injection drops it.
-    pub async fn run(&self, job: pb::Job, job_hash: Vec<u8>) -> Option<pb::JobResult> {
+    pub async fn run(&self, job: pb::Job, job_hash: Vec<u8>) -> Option<pb::node_message::Msg> {
         let span = info_span!("job", job_id = %job.job_id, study = %job.study_id, node = %self.config.node.id);
         async {
             let analysis = job
@@ -134,6 +143,11 @@ impl JobRunner {
             if matches!(&outcome, Err(e) if e.message == CRASHED) {
                 warn!("{CRASHED}");
                 return None;
+            }
+            if let Ok((stats, receipt)) = &outcome {
+                if self.config.policy.reviews(&job.study_id) {
+                    return Some(self.hold(&job, job_hash, stats, receipt.as_ref(), analysis, &purpose));
+                }
             }
             let (label, detail) = match &outcome {
                 Ok((stats, receipt)) => ("released".to_string(), describe(stats, receipt.as_ref())),
@@ -158,12 +172,12 @@ impl JobRunner {
             if let Err(e) = self.log.append(&entry) {
                 // Refuse to release anything we could not log.
                 warn!(error = %e, "cannot write the local job log; refusing the job");
-                return Some(self.result(&job.job_id, job_hash, Err(Error::internal(
+                return Some(answer(self.result(&job.job_id, job_hash, Err(Error::internal(
                     "the node could not write its local job log; ask the hospital's IT to check the node's state folder",
-                ))));
+                )))));
             }
             info!(outcome = %label, analysis, "job done");
-            Some(self.result(&job.job_id, job_hash, outcome))
+            Some(answer(self.result(&job.job_id, job_hash, outcome)))
         }
         .instrument(span)
         .await
@@ -284,12 +298,7 @@ impl JobRunner {
     }
 
     fn check(&self, job: &pb::Job) -> Result<Checked, Error> {
-        if !self.config.policy.allowed_studies.contains(&job.study_id) {
-            return Err(Error::policy(format!(
-                "study \"{}\" is not on node {}'s allowlist; the hospital must approve it in policy.allowed_studies",
-                job.study_id, self.config.node.id
-            )));
-        }
+        let allowed = policy::pinned(&self.config, job)?;
         if job.deadline_unix_ms <= chrono::Utc::now().timestamp_millis() {
             return Err(Error::unavailable("the job arrived after its deadline"));
         }
@@ -304,6 +313,7 @@ impl JobRunner {
                 .ok_or_else(|| Error::invalid("the job carries no query"))?,
         )?;
         query.validate(&self.dictionary)?;
+        policy::narrowed(&self.config.node.id, &job.study_id, allowed, &query)?;
         let iteration = job.iteration.clone().map(Iteration::try_from).transpose()?;
         let protection = self.protection(job, &query)?;
         Ok(Checked {
@@ -355,7 +365,12 @@ impl JobRunner {
     /// The answer to a job, with the statement the node signs about it:
     /// the job's hash, this node, the outcome, its privacy receipt and the
     /// data snapshot it was computed on.
-    fn result(&self, job_id: &str, job_hash: Vec<u8>, outcome: Outcome) -> pb::JobResult {
+    pub(crate) fn result(
+        &self,
+        job_id: &str,
+        job_hash: Vec<u8>,
+        outcome: Outcome,
+    ) -> pb::JobResult {
         let (outcome, privacy) = match outcome {
             Ok((stats, receipt)) => (
                 pb::job_result::Outcome::Stats((&stats).into()),
@@ -363,6 +378,19 @@ impl JobRunner {
             ),
             Err(e) => (pb::job_result::Outcome::Error((&e).into()), None),
         };
+        let snapshot = self.data.snapshot().unwrap_or_default();
+        self.signed(job_id, job_hash, outcome, privacy, snapshot, None)
+    }
+
+    pub(crate) fn signed(
+        &self,
+        job_id: &str,
+        job_hash: Vec<u8>,
+        outcome: pb::job_result::Outcome,
+        privacy: Option<pb::PrivacyReceipt>,
+        data_snapshot: String,
+        review: Option<pb::Review>,
+    ) -> pb::JobResult {
         let statement = pb::ResultStatement {
             job_id: job_id.to_string(),
             job_hash,
@@ -376,8 +404,9 @@ impl JobRunner {
                 }
             }),
             privacy,
-            data_snapshot: self.data.snapshot().unwrap_or_default(),
+            data_snapshot,
             signed_unix_ms: chrono::Utc::now().timestamp_millis(),
+            review,
         };
         let statement = prost::Message::encode_to_vec(&statement);
         pb::JobResult {
@@ -390,9 +419,13 @@ impl JobRunner {
     }
 }
 
+pub(crate) fn answer(result: pb::JobResult) -> pb::node_message::Msg {
+    pb::node_message::Msg::Result(result)
+}
+
 /// A line for the local log about what left: the shape, how much was
 /// suppressed and what it cost, never the numbers.
-fn describe(stats: &NodeStats, receipt: Option<&Receipt>) -> String {
+pub(crate) fn describe(stats: &NodeStats, receipt: Option<&Receipt>) -> String {
     let shape = shape(stats);
     match receipt {
         None => format!("{shape}; exact"),

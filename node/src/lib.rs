@@ -1,7 +1,9 @@
 //! Plexus node: runs inside a hospital next to its data. It dials out to
-//! the coordinator, checks each job against the hospital's own policy,
-//! computes aggregates over consenting patients only, applies disclosure
-//! control and logs every job. It never sends a patient row.
+//! the coordinator, checks each job against the hospital's own policy
+//! (approved study definitions, narrowing), computes aggregates over
+//! consenting patients only, applies disclosure control, holds the results
+//! the hospital reviews for its data steward, and logs every job. It never
+//! sends a patient row.
 #![forbid(unsafe_code)]
 
 pub mod config;
@@ -12,12 +14,14 @@ pub mod job;
 pub mod ledger;
 pub mod link;
 pub mod log;
+pub mod policy;
+pub mod review;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 
 pub use config::NodeConfig;
 pub use error::{NodeError, Result};
@@ -47,6 +51,13 @@ pub async fn run_with(
     let dictionary = Arc::new(plexus_core::Dictionary::load_or_default(
         config.node.dictionary.as_deref(),
     )?);
+    config.policy.validate_variables(&dictionary)?;
+    for id in config.policy.studies.keys() {
+        if policy::approved_hashes(&config, id)?.is_empty() {
+            warn!(study = %id, "no definition of this study is approved yet; its jobs are refused until `plexus-node approve` records one");
+        }
+    }
+    let review = review::ReviewQueue::open(&config.node.state_dir)?;
     let data =
         Arc::new(data::DataSource::open(&config.data, &config.consent, dictionary.clone()).await?);
     let log = Arc::new(log::JobLog::open_signed(
@@ -78,15 +89,24 @@ pub async fn run_with(
         verifying_key,
         seen,
         signer,
+        review: review.clone(),
         job_delay: options.job_delay,
         crash_after_debit: options.crash_after_debit,
     });
+    let desk = Arc::new(review::desk::Desk {
+        queue: review.clone(),
+        runner: runner.clone(),
+    });
+    // Dies with this future, also when a harness aborts the node.
+    let desk = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(desk.run(shutdown.clone())));
     let link = link::Link {
         runner,
         tls,
         snapshot: Box::new(move || data.snapshot().unwrap_or_else(|e| format!("unknown ({e})"))),
+        review,
     };
     link.run(shutdown).await;
+    let _ = desk.await;
     // The last entries get their checkpoint before the node says it stopped.
     checkpoints.abort();
     if let Err(e) = audit.publish_if_grown() {

@@ -1,7 +1,9 @@
 //! The node's outbound link: dial the coordinator over mTLS (directly or
 //! through the hospital's HTTP CONNECT proxy), say hello, send heartbeats,
-//! take jobs and send back results, and reconnect with exponential backoff
-//! and jitter whenever the link drops. No inbound port is ever opened.
+//! take jobs and send back results (and the reviewed results the data
+//! steward decided on, whenever they are ready), and reconnect with
+//! exponential backoff and jitter whenever the link drops. No inbound port
+//! is ever opened.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,11 +18,14 @@ use plexus_proto::v1 as pb;
 use plexus_proto::v1::node_link_client::NodeLinkClient;
 
 use crate::job::JobRunner;
+use crate::review::{desk, ReviewQueue};
 
 pub struct Link {
     pub runner: Arc<JobRunner>,
     pub tls: Arc<rustls::ClientConfig>,
     pub snapshot: Box<dyn Fn() -> String + Send + Sync>,
+    /// Reviewed results wait here until they are answered and sent.
+    pub review: ReviewQueue,
 }
 
 enum SessionEnd {
@@ -133,9 +138,15 @@ impl Link {
             }
         }));
         let mut jobs = tokio::task::JoinSet::new();
+        let mut review_tick = tokio::time::interval(desk::POLL);
+        review_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let end = loop {
             let msg = tokio::select! {
                 m = inbound.message() => m,
+                _ = review_tick.tick() => {
+                    self.send_reviewed(&tx).await;
+                    continue;
+                }
                 _ = shutdown.cancelled() => break SessionEnd::Shutdown,
             };
             match msg {
@@ -146,14 +157,10 @@ impl Link {
                     let runner = self.runner.clone();
                     let tx = tx.clone();
                     jobs.spawn(async move {
-                        let Some(result) = runner.take(job).await else {
+                        let Some(msg) = runner.take(job).await else {
                             return;
                         };
-                        let _ = tx
-                            .send(pb::NodeMessage {
-                                msg: Some(pb::node_message::Msg::Result(result)),
-                            })
-                            .await;
+                        let _ = tx.send(pb::NodeMessage { msg: Some(msg) }).await;
                     });
                 }
                 Ok(Some(_)) => {}
@@ -171,6 +178,38 @@ impl Link {
             .await;
         }
         end
+    }
+}
+
+impl Link {
+    /// Sends the answers to reviewed results that are ready, and closes
+    /// each in the queue once it is on the stream.
+    async fn send_reviewed(&self, tx: &mpsc::Sender<pb::NodeMessage>) {
+        let queue = self.review.clone();
+        let now = chrono::Utc::now().timestamp_millis();
+        let ready = match tokio::task::spawn_blocking(move || desk::ready(&queue, now)).await {
+            Ok(Ok(ready)) => ready,
+            Ok(Err(e)) => {
+                warn!(error = %e, "cannot read the review queue");
+                return;
+            }
+            Err(e) => {
+                warn!(error = %e, "reading the review queue failed");
+                return;
+            }
+        };
+        for (job_id, result) in ready {
+            let msg = pb::NodeMessage {
+                msg: Some(pb::node_message::Msg::Result(result)),
+            };
+            if tx.send(msg).await.is_err() {
+                return;
+            }
+            let note = format!("sent at {}", chrono::Utc::now().to_rfc3339());
+            if let Err(e) = self.review.close(&job_id, &note) {
+                warn!(job_id = %job_id, error = %e, "sent a reviewed result but cannot note it");
+            }
+        }
     }
 }
 

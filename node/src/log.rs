@@ -36,7 +36,9 @@ pub struct LogEntry {
     pub purpose: String,
     pub query_hash: String,
     pub analysis: String,
-    /// `released`, `refused:<code>` or `failed:<code>`.
+    /// `released`, `refused:<code>` or `failed:<code>`; for a study under
+    /// review `held`, then `reviewed-approved`, `reviewed-rejected` or
+    /// `review-expired`.
     pub outcome: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub detail: String,

@@ -1,10 +1,14 @@
-//! `plexus-node --config node.toml`
+//! `plexus-node --config node.toml` runs the node; `plexus-node approve` and
+//! `plexus-node review ...` are the hospital data steward's commands.
 #![forbid(unsafe_code)]
 
 use std::path::PathBuf;
 
-use clap::Parser;
+use clap::{Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
+
+use plexus_node::review::{cli, ReviewQueue, Verdict};
+use plexus_node::NodeConfig;
 
 #[derive(Parser)]
 #[command(
@@ -13,19 +17,144 @@ use tokio_util::sync::CancellationToken;
 )]
 struct Args {
     /// Path to node.toml.
-    #[arg(long, env = "PLEXUS_NODE_CONFIG")]
-    config: PathBuf,
+    #[arg(long, env = "PLEXUS_NODE_CONFIG", global = true)]
+    config: Option<PathBuf>,
     /// Log as JSON lines instead of text.
     #[arg(long)]
     json_logs: bool,
+    /// Without a command, the node runs.
+    #[command(subcommand)]
+    command: Option<Command>,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+#[derive(Subcommand)]
+enum Command {
+    /// Run the node (the default).
+    Run,
+    /// Approve a version of a study's definition, by the hash `plexus study
+    /// show ID` prints; the running node takes it from its next job.
+    Approve {
+        #[arg(long)]
+        study: String,
+        /// SHA-256 of the definition (64 hex characters).
+        #[arg(long)]
+        hash: String,
+        /// Why, or on whose request, kept with the approval.
+        #[arg(long, default_value = "")]
+        note: String,
+    },
+    /// Sign a checkpoint of the local job log now (it is also signed every
+    /// node.audit_checkpoint_secs while the log grows) and print it.
+    Checkpoint,
+    /// The release gate: results held for the data steward.
+    Review {
+        #[command(subcommand)]
+        command: ReviewCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ReviewCommand {
+    /// Results waiting for a decision.
+    List {
+        /// Also the decided ones.
+        #[arg(long)]
+        all: bool,
+    },
+    /// One held result, exactly as it would leave.
+    Show {
+        job: String,
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+    /// Release a held result.
+    Approve { job: String },
+    /// Refuse a held result; the reason reaches the researcher.
+    Reject {
+        job: String,
+        #[arg(long)]
+        reason: String,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Output {
+    Text,
+    Json,
+}
+
+fn main() {
     let args = Args::parse();
+    if let Err(e) = dispatch(args) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn dispatch(args: Args) -> anyhow::Result<()> {
+    let Some(path) = args.config.clone() else {
+        anyhow::bail!("say which node.toml to use with --config PATH (or PLEXUS_NODE_CONFIG)");
+    };
+    let config = NodeConfig::load(&path)?;
+    let now = || chrono::Utc::now().timestamp_millis();
+    let by = plexus_node::policy::local_user();
+    match args.command {
+        None | Some(Command::Run) => run(config, args.json_logs),
+        Some(Command::Approve { study, hash, note }) => {
+            let done = plexus_node::policy::approve(&config, &study, &hash, &by, &note)?;
+            println!(
+                "{} definition {} of study \"{study}\"; approved versions now: {}",
+                if done.recorded {
+                    "approved"
+                } else {
+                    "already approved:"
+                },
+                hash.trim().to_ascii_lowercase(),
+                done.hashes.into_iter().collect::<Vec<_>>().join(", ")
+            );
+            Ok(())
+        }
+        Some(Command::Checkpoint) => {
+            let log =
+                plexus_node::log::JobLog::open_signed(&config.node.state_dir, &config.node.id)?;
+            let c = log.checkpoint()?;
+            println!("{}", serde_json::to_string_pretty(&c)?);
+            eprintln!(
+                "signed a checkpoint of {} entries into {}; auditors check it with `plexus audit verify --node-log {}`",
+                c.head.size,
+                config.node.state_dir.join(plexus_node::log::CHECKPOINT_FILE).display(),
+                config.node.state_dir.display()
+            );
+            Ok(())
+        }
+        Some(Command::Review { command }) => {
+            let queue = ReviewQueue::open(&config.node.state_dir)?;
+            let out = match command {
+                ReviewCommand::List { all } => cli::list(&queue, all, now())?,
+                ReviewCommand::Show { job, output } => {
+                    let entry = queue.entry(&job)?;
+                    match output {
+                        Output::Text => cli::show_text(&entry)?,
+                        Output::Json => serde_json::to_string_pretty(&cli::show_json(&entry)?)?,
+                    }
+                }
+                ReviewCommand::Approve { job } => {
+                    cli::decide(&queue, &job, Verdict::Approved, "", &by, now())?
+                }
+                ReviewCommand::Reject { job, reason } => {
+                    cli::decide(&queue, &job, Verdict::Rejected, &reason, &by, now())?
+                }
+            };
+            println!("{out}");
+            Ok(())
+        }
+    }
+}
+
+fn run(config: NodeConfig, json_logs: bool) -> anyhow::Result<()> {
     let filter =
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    if args.json_logs {
+    if json_logs {
         tracing_subscriber::fmt()
             .json()
             .with_env_filter(filter)
@@ -33,23 +162,26 @@ async fn main() -> anyhow::Result<()> {
     } else {
         tracing_subscriber::fmt().with_env_filter(filter).init();
     }
-    let config = plexus_node::NodeConfig::load(&args.config)?;
-    let shutdown = CancellationToken::new();
-    let token = shutdown.clone();
-    tokio::spawn(async move {
-        let _ = tokio::signal::ctrl_c().await;
-        tracing::info!("shutdown requested");
-        token.cancel();
-    });
-    #[cfg(unix)]
-    {
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async move {
+        let shutdown = CancellationToken::new();
         let token = shutdown.clone();
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::spawn(async move {
-            term.recv().await;
+            let _ = tokio::signal::ctrl_c().await;
+            tracing::info!("shutdown requested");
             token.cancel();
         });
-    }
-    plexus_node::run(config, shutdown).await?;
-    Ok(())
+        #[cfg(unix)]
+        {
+            let token = shutdown.clone();
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            tokio::spawn(async move {
+                term.recv().await;
+                token.cancel();
+            });
+        }
+        plexus_node::run(config, shutdown).await?;
+        Ok(())
+    })
 }

@@ -105,9 +105,9 @@ async fn a_study_sees_only_patients_whose_consent_covers_its_purpose() {
     hmb.purpose.disease = String::new();
     hmb.purpose.modifiers = vec![];
     for cfg in sb.node_configs.values_mut() {
-        for id in [&gru.id, &hmb.id] {
-            cfg.policy.allowed_studies.insert(id.clone());
-            cfg.policy.exact_studies.insert(id.clone());
+        for study in [&gru, &hmb] {
+            cfg.policy.approve(study);
+            cfg.policy.exact_studies.insert(study.id.clone());
         }
     }
     sb.start_all().await.unwrap();

@@ -211,9 +211,13 @@ impl Layout {
                 s.nodes.contains(&id),
                 "{what}: {id} is not a node of the study"
             );
+            let hash = s.definition_hash();
             assert!(
-                cfg.policy.allowed_studies.contains(&s.id),
-                "{what}: does not allow {}",
+                cfg.policy
+                    .studies
+                    .get(&s.id)
+                    .is_some_and(|p| p.definition_hashes.contains(&hash)),
+                "{what}: does not approve deploy/study.toml; pin its hash {hash} in policy.studies.{}.definition_hashes",
                 s.id
             );
             assert_eq!(

@@ -174,6 +174,8 @@ async fn a_node_lost_between_rounds_stops_the_fit_unless_the_study_allows() {
     // The study now allows going on without a lost node (2 of 3 remain).
     study.continue_without_lost_nodes = true;
     sb.register_study(&study).await.unwrap();
+    // A changed definition: the hospitals approve it before it runs.
+    sb.approve(&study).unwrap();
     sb.start_node("hospital-c").await.unwrap();
     sb.wait_all_live().await.unwrap();
     let r = fit_losing_c(&mut sb, &study.id).await.unwrap();

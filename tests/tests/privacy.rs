@@ -99,6 +99,8 @@ async fn a_spent_budget_is_refused_by_the_coordinator_and_by_each_node_even_afte
     // At the coordinator: a study of 0.02 pays for two queries.
     let small = study(0.02);
     sb.register_study(&small).await.unwrap();
+    // A definition of its own, which every hospital approves.
+    sb.approve(&small).unwrap();
     for age in [50, 60] {
         ask(&sb, sandbox::RESEARCHER, &small.id, &count_query(age))
             .await
@@ -122,6 +124,9 @@ async fn a_spent_budget_is_refused_by_the_coordinator_and_by_each_node_even_afte
     // passes the coordinator, and every node refuses from its own ledger.
     let generous = study(1.0);
     sb.register_study(&generous).await.unwrap();
+    // The hospitals approved this definition (the demo study's) in their
+    // config already; approving it again changes nothing.
+    sb.approve(&generous).unwrap();
     let e = ask(&sb, sandbox::RESEARCHER, &generous.id, &count_query(75))
         .await
         .unwrap_err();

@@ -118,7 +118,7 @@ impl NodeLink for NodeLinkService {
                         _ = state.shutdown.cancelled() => break,
                     };
                     match msg {
-                        Ok(Some(m)) => handle(&state, &node_id, conn_id, &certificate, m),
+                        Ok(Some(m)) => handle(&state, &node_id, conn_id, &certificate, m).await,
                         Ok(None) => break,
                         Err(e) => {
                             // A node that stops or loses its network ends here too.
@@ -148,7 +148,13 @@ impl NodeLink for NodeLinkService {
     }
 }
 
-fn handle(state: &State, node_id: &str, conn_id: u64, certificate: &[u8], m: pb::NodeMessage) {
+async fn handle(
+    state: &State,
+    node_id: &str,
+    conn_id: u64,
+    certificate: &[u8],
+    m: pb::NodeMessage,
+) {
     match m.msg {
         Some(pb::node_message::Msg::Heartbeat(_)) => state.registry.heartbeat(node_id, conn_id),
         Some(pb::node_message::Msg::Result(r)) => {
@@ -162,6 +168,31 @@ fn handle(state: &State, node_id: &str, conn_id: u64, certificate: &[u8], m: pb:
                 .deliver(node_id, &r.job_id, job_hash.as_deref(), reply)
             {
                 warn!(job_id = %r.job_id, reason = %e, "answer ignored");
+            }
+        }
+        Some(pb::node_message::Msg::Held(h)) => {
+            state.registry.heartbeat(node_id, conn_id);
+            match state.registry.hold(node_id, &h.job_id) {
+                Ok((study_id, query_hash)) => {
+                    info!(job_id = %h.job_id, "result held for review at the node");
+                    state
+                        .audit(AuditEntry {
+                            who: node_id.to_string(),
+                            role: "node".into(),
+                            action: "job".into(),
+                            study_id,
+                            job_id: h.job_id.clone(),
+                            node_id: node_id.to_string(),
+                            query_hash,
+                            outcome: "held".into(),
+                            detail: format!(
+                                "result held for review by the data steward of {node_id}"
+                            ),
+                            ..Default::default()
+                        })
+                        .await;
+                }
+                Err(e) => warn!(job_id = %h.job_id, reason = %e, "hold notice ignored"),
             }
         }
         Some(pb::node_message::Msg::Hello(_)) => warn!("repeated hello ignored"),
@@ -199,6 +230,7 @@ fn open_result(
             statement: r.statement.clone(),
             signature: r.signature.clone(),
             certificate: certificate.to_vec(),
+            review: statement.review,
         },
         statement.job_hash,
     ))

@@ -155,6 +155,7 @@ pub fn study_to_pb(s: &StudyDefinition, registered_unix_ms: i64) -> pb::Study {
             query_rho: s.privacy.query_rho,
             delta: s.privacy.delta,
         }),
+        definition_hash: s.definition_hash(),
     }
 }
 
