@@ -222,8 +222,8 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     let key = crate::audit::load_key(&sb.pki.join("coordinator-signing.pub"))?;
     let report = crate::audit::verify(&auditor, &key, None, true).await?;
     println!(
-        "{} entries rebuild the root {} that the coordinator signed",
-        report.entries, report.checkpoint.head.root
+        "the first {} entries rebuild the root {} that the coordinator signed ({} entries in all: reading the log is logged too)",
+        report.checkpoint.head.size, report.checkpoint.head.root, report.entries
     );
     let proof = crate::audit::prove(&auditor, &key, 1).await?;
     println!(
