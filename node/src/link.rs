@@ -19,7 +19,8 @@ use crate::job::JobRunner;
 
 pub struct Link {
     pub runner: Arc<JobRunner>,
-    pub tls: Arc<rustls::ClientConfig>,
+    /// The `[tls]` files, re-read at every connection.
+    pub credentials: crate::credentials::Credentials,
     pub snapshot: Box<dyn Fn() -> String + Send + Sync>,
 }
 
@@ -72,7 +73,7 @@ impl Link {
             connect_timeout: Duration::from_secs(10),
         };
         let channel = tokio::select! {
-            c = plexus_tls::connect(&cfg.coordinator.address, self.tls.clone(), opts) => match c {
+            c = plexus_tls::connect(&cfg.coordinator.address, self.credentials.for_connection(), opts) => match c {
                 Ok(c) => c,
                 Err(e) => return SessionEnd::Failed(e.to_string()),
             },
