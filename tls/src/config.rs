@@ -202,9 +202,8 @@ impl LoadedServer {
         let (roots, cas) = load_roots(&files.ca)?;
         let crl = load_crl(files, &cas)?;
         let certs = load_certs(&files.cert)?;
-        let cert_serial = x509_parser::parse_x509_certificate(certs[0].as_ref())
-            .map(|(_, c)| crate::ca_dir::serial_hex(c.raw_serial()))
-            .map_err(|e| TlsError::Pem {
+        let cert_serial =
+            crate::identity::serial_from_cert(&certs[0]).map_err(|e| TlsError::Pem {
                 what: "certificates",
                 path: files.cert.clone(),
                 reason: format!("the first certificate cannot be parsed: {e}"),

@@ -41,7 +41,9 @@ pub use config::{
 };
 pub use crl::RevocationList;
 pub use error::{Result, TlsError};
-pub use identity::{identity_from_cert, validate_name, Identity, Role, MAX_NAME_LEN, URI_PREFIX};
+pub use identity::{
+    identity_from_cert, serial_from_cert, validate_name, Identity, Role, MAX_NAME_LEN, URI_PREFIX,
+};
 pub use reload::{ServerTls, DEFAULT_RELOAD_INTERVAL};
 pub use server::{
     incoming, incoming_with_timeout, peer, require_role, Incoming, PeerInfo, TlsConn,

@@ -10,8 +10,7 @@ use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use rustls_pki_types::{CertificateDer, UnixTime};
 
-use crate::ca_dir::serial_hex;
-use crate::identity::identity_from_cert;
+use crate::identity::{identity_from_cert, serial_from_cert};
 
 /// Delegates every decision to `inner`; only adds the log line.
 #[derive(Debug)]
@@ -43,10 +42,7 @@ impl ClientCertVerifier for NamingVerifier {
             .inspect_err(|error| {
                 let peer = identity_from_cert(end_entity)
                     .map_or_else(|_| "unknown".to_owned(), |i| i.to_string());
-                let serial = x509_parser::parse_x509_certificate(end_entity.as_ref()).map_or_else(
-                    |_| "unknown".to_owned(),
-                    |(_, c)| serial_hex(c.raw_serial()),
-                );
+                let serial = serial_from_cert(end_entity).unwrap_or_else(|_| "unknown".to_owned());
                 tracing::warn!(%peer, %serial, %error, "client certificate refused");
             })
     }
