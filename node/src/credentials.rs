@@ -55,9 +55,16 @@ impl Credentials {
 
     /// The client config for a new connection, re-read from the files; the
     /// result signer switches to the same files' key.
-    pub fn for_connection(&self) -> Arc<ClientConfig> {
+    pub async fn for_connection(&self) -> Arc<ClientConfig> {
+        let files = self.files.clone();
+        let loaded =
+            match tokio::task::spawn_blocking(move || plexus_tls::client_credentials(&files)).await
+            {
+                Ok(loaded) => loaded.map_err(|e| e.to_string()),
+                Err(e) => Err(format!("reading them was interrupted: {e}")),
+            };
         let mut last_good = self.last_good.lock().expect("credentials lock");
-        match plexus_tls::client_credentials(&self.files) {
+        match loaded {
             Ok((config, signer)) => {
                 *last_good = (config, Arc::new(signer));
             }
@@ -68,5 +75,57 @@ impl Credentials {
         }
         self.signer.replace(last_good.1.clone());
         last_good.0.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use plexus_tls::{CaDir, DevCa, Role};
+
+    fn serial(path: &std::path::Path) -> String {
+        plexus_tls::serial_from_cert(&plexus_tls::load_certs(path).unwrap()[0]).unwrap()
+    }
+
+    #[tokio::test]
+    async fn each_connection_rereads_the_files_and_keeps_the_last_good_ones() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ca = CaDir::create(tmp.path(), DevCa::generate("t").unwrap(), 7).unwrap();
+        let (_, cert, _) = ca.issue(Role::Node, "hospital-a", &[], &[]).unwrap();
+        let creds = Credentials::load(TlsFiles::in_dir(tmp.path(), "hospital-a")).unwrap();
+        let signer = creds.signer();
+        let first_cert = std::fs::read(&cert).unwrap();
+        let first_der = plexus_tls::load_certs(&cert).unwrap().remove(0);
+        let first = creds.for_connection().await;
+
+        // Rotated: the next connection gets a new config, and results are
+        // signed with the new key.
+        ca.issue(Role::Node, "hospital-a", &[], &[]).unwrap();
+        let second = creds.for_connection().await;
+        assert!(!Arc::ptr_eq(&first, &second));
+        let new_der = plexus_tls::load_certs(&cert).unwrap().remove(0);
+        assert_ne!(
+            serial(&cert),
+            plexus_tls::serial_from_cert(&first_der).unwrap()
+        );
+        let sig = signer.sign(b"result");
+        plexus_tls::verify_by_certificate(new_der.as_ref(), b"result", &sig).unwrap();
+        assert!(plexus_tls::verify_by_certificate(first_der.as_ref(), b"result", &sig).is_err());
+
+        // Half a rotation (the old certificate back, the new key left):
+        // the pair does not match, so the last good pair stays in use.
+        std::fs::write(&cert, &first_cert).unwrap();
+        let third = creds.for_connection().await;
+        assert!(Arc::ptr_eq(&second, &third));
+        let sig = signer.sign(b"result");
+        plexus_tls::verify_by_certificate(new_der.as_ref(), b"result", &sig).unwrap();
+        let e = plexus_tls::client_credentials(&TlsFiles::in_dir(tmp.path(), "hospital-a"))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains("check that tls.cert and tls.key belong together"),
+            "{e}"
+        );
     }
 }

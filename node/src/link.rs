@@ -72,8 +72,9 @@ impl Link {
             proxy: cfg.coordinator.proxy.clone(),
             connect_timeout: Duration::from_secs(10),
         };
+        let tls = self.credentials.for_connection().await;
         let channel = tokio::select! {
-            c = plexus_tls::connect(&cfg.coordinator.address, self.credentials.for_connection(), opts) => match c {
+            c = plexus_tls::connect(&cfg.coordinator.address, tls, opts) => match c {
                 Ok(c) => c,
                 Err(e) => return SessionEnd::Failed(e.to_string()),
             },

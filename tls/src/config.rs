@@ -288,26 +288,10 @@ pub fn client_config(files: &TlsFiles) -> Result<Arc<ClientConfig>> {
 /// A node's client config and the key it signs results with, loaded
 /// together so that after a rotation the certificate presented and the
 /// key results are signed with always belong together (the coordinator
-/// checks each result against the connection's certificate).
+/// checks each result against the connection's certificate; rustls
+/// refuses a key that does not match the certificate).
 pub fn client_credentials(files: &TlsFiles) -> Result<(Arc<ClientConfig>, crate::CertSigner)> {
     let config = client_config(files)?;
     let signer = crate::CertSigner::load(&files.key)?;
-    let certs = load_certs(&files.cert)?;
-    let (_, leaf) =
-        x509_parser::parse_x509_certificate(certs[0].as_ref()).map_err(|e| TlsError::Pem {
-            what: "certificates",
-            path: files.cert.clone(),
-            reason: format!("the first certificate cannot be parsed: {e}"),
-        })?;
-    if leaf.public_key().subject_public_key.data.as_ref() != signer.public_key() {
-        return Err(TlsError::Pem {
-            what: "a private key",
-            path: files.key.clone(),
-            reason: format!(
-                "it does not belong to the certificate \"{}\" (files of two different `plexus pki issue` runs?); install the certificate and key issued together",
-                files.cert.display()
-            ),
-        });
-    }
     Ok((config, signer))
 }

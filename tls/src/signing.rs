@@ -157,12 +157,6 @@ impl CertSigner {
         Ok(CertSigner { pair, rng })
     }
 
-    /// The public key (uncompressed P-256 point), as a certificate carries it.
-    pub fn public_key(&self) -> &[u8] {
-        use ring::signature::KeyPair as _;
-        self.pair.public_key().as_ref()
-    }
-
     pub fn sign(&self, message: &[u8]) -> Vec<u8> {
         self.pair
             .sign(&self.rng, message)
