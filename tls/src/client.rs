@@ -7,21 +7,20 @@
 
 use std::fmt;
 use std::net::Ipv6Addr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
 use rustls::{CertificateError, ClientConfig};
 use rustls_pki_types::ServerName;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::error::{Result, TlsError};
+use crate::primed::Primed;
 
 /// Largest CONNECT response head we read before giving up on the proxy.
 const MAX_PROXY_RESPONSE: usize = 8 * 1024;
@@ -293,70 +292,7 @@ impl Dialer {
             }
         };
         first.truncate(n);
-        Ok(Primed {
-            inner: stream,
-            first,
-            pos: 0,
-        })
-    }
-}
-
-/// A TLS stream whose first bytes were already read (see
-/// [`Dialer::dial_coordinator`]); they are handed out again before the rest.
-struct Primed {
-    inner: TlsStream<TcpStream>,
-    first: Vec<u8>,
-    pos: usize,
-}
-
-impl AsyncRead for Primed {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        if self.pos < self.first.len() {
-            let n = buf.remaining().min(self.first.len() - self.pos);
-            let start = self.pos;
-            buf.put_slice(&self.first[start..start + n]);
-            self.pos += n;
-            if self.pos == self.first.len() {
-                self.first = Vec::new();
-                self.pos = 0;
-            }
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Primed {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
+        Ok(Primed::new(stream, first))
     }
 }
 

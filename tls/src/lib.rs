@@ -21,6 +21,7 @@ mod config;
 mod crl;
 mod error;
 mod identity;
+mod primed;
 mod reload;
 mod server;
 mod signing;
