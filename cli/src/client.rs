@@ -41,6 +41,10 @@ pub struct ConnectArgs {
     /// Your private key (instead of --pki/--as).
     #[arg(long, env = "PLEXUS_KEY", global = true)]
     pub key: Option<PathBuf>,
+    /// Certificate revocation list to check the coordinator against (with
+    /// --pki, DIR/crl.pem is used when present).
+    #[arg(long, env = "PLEXUS_CRL", global = true)]
+    pub crl: Option<PathBuf>,
     /// TLS name of the coordinator, when it differs from the address's host.
     #[arg(long, env = "PLEXUS_SERVER_NAME", global = true)]
     pub server_name: Option<String>,
@@ -53,6 +57,7 @@ impl ConnectArgs {
                 ca: ca.clone(),
                 cert: cert.clone(),
                 key: key.clone(),
+                crl: self.crl.clone(),
             });
         }
         match (&self.pki, &self.name) {
@@ -60,6 +65,9 @@ impl ConnectArgs {
                 let mut files = TlsFiles::in_dir(dir, name);
                 if let Some(ca) = &self.ca {
                     files.ca = ca.clone();
+                }
+                if let Some(crl) = &self.crl {
+                    files.crl = Some(crl.clone());
                 }
                 Ok(files)
             }

@@ -8,59 +8,9 @@ use anyhow::{bail, Context};
 use plexus_core::audit::AuditEntry;
 use plexus_core::{Query, StudyDefinition};
 use plexus_proto::v1 as pb;
-use plexus_tls::{DevCa, Role};
 
 use crate::client::{outcome, Client, ConnectArgs};
 use crate::output::{self, Format};
-
-pub fn pki_init(dir: &Path, force: bool) -> anyhow::Result<()> {
-    if dir.join("ca.pem").exists() && !force {
-        bail!(
-            "{} already holds a CA; use --force to replace it (every certificate it issued stops working)",
-            dir.display()
-        );
-    }
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let ca = DevCa::generate("Plexus development CA")?;
-    ca.save(dir)?;
-    let (key, key_path, pub_path) = plexus_tls::SigningKey::generate_into(dir, "coordinator")?;
-    println!(
-        "wrote {} and {} (keep the key secret)",
-        dir.join("ca.pem").display(),
-        dir.join("ca.key").display()
-    );
-    println!(
-        "wrote the coordinator's job-signing key {} (secret; coordinator.signing_key) and its public half {} (every node pins it as coordinator.signing_key): {}",
-        key_path.display(),
-        pub_path.display(),
-        key.public_hex()
-    );
-    Ok(())
-}
-
-pub fn pki_issue(
-    dir: &Path,
-    role: Role,
-    name: &str,
-    dns: &[String],
-    ips: &[std::net::IpAddr],
-) -> anyhow::Result<()> {
-    let ca = DevCa::load(&dir.join("ca.pem"), &dir.join("ca.key")).with_context(|| {
-        format!(
-            "no CA in {} (run `plexus pki init --dir {}` first)",
-            dir.display(),
-            dir.display()
-        )
-    })?;
-    let issued = ca.issue(role, name, dns, ips)?;
-    issued.save(dir, name)?;
-    println!(
-        "issued {role} certificate for \"{name}\": {} and {}",
-        dir.join(format!("{name}.pem")).display(),
-        dir.join(format!("{name}.key")).display()
-    );
-    Ok(())
-}
 
 pub async fn study_register(conn: &ConnectArgs, file: &Path) -> anyhow::Result<()> {
     let def = StudyDefinition::load(file)?;

@@ -10,6 +10,7 @@ pub mod client;
 pub mod commands;
 pub mod demo;
 pub mod output;
+pub mod pki;
 pub mod plot;
 pub mod sandbox;
 pub mod synth;

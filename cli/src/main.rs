@@ -12,6 +12,7 @@ use plexus::audit;
 use plexus::client::ConnectArgs;
 use plexus::commands;
 use plexus::output::Format;
+use plexus::pki;
 
 #[derive(Parser)]
 #[command(
@@ -118,12 +119,16 @@ enum Command {
 
 #[derive(Subcommand)]
 enum PkiCommand {
-    /// Create a CA in --dir (ca.pem, ca.key).
+    /// Create a CA in --dir (ca.pem, ca.key), its empty revocation list
+    /// (crl.pem) and the coordinator's job-signing key pair.
     Init {
         #[arg(long, default_value = "pki")]
         dir: PathBuf,
         #[arg(long)]
         force: bool,
+        /// Days the revocation list is valid (refresh it with `plexus pki crl`).
+        #[arg(long, default_value_t = plexus_tls::CRL_VALIDITY_DAYS)]
+        days: u32,
     },
     /// Issue a certificate whose SAN carries a role and a name.
     Issue {
@@ -139,6 +144,40 @@ enum PkiCommand {
         /// IP addresses for a server certificate.
         #[arg(long)]
         ip: Vec<IpAddr>,
+    },
+    /// Revoke a certificate and rewrite crl.pem: by NAME (every certificate
+    /// issued to it) or by --serial (one certificate, e.g. the old one after
+    /// a rotation).
+    #[command(group(clap::ArgGroup::new("target").required(true).args(["name", "serial"])))]
+    Revoke {
+        #[arg(long, default_value = "pki")]
+        dir: PathBuf,
+        /// The name the certificate was issued to, e.g. hospital-b.
+        name: Option<String>,
+        /// The certificate's serial (hex, as `plexus pki list` shows it).
+        #[arg(long)]
+        serial: Option<String>,
+        /// unspecified, key-compromise, affiliation-changed, superseded or
+        /// cessation-of-operation.
+        #[arg(long, default_value = "unspecified")]
+        reason: plexus_tls::RevocationReason,
+        /// Days the new revocation list is valid.
+        #[arg(long, default_value_t = plexus_tls::CRL_VALIDITY_DAYS)]
+        days: u32,
+    },
+    /// Re-sign crl.pem with the same revocations and a fresh validity: run it
+    /// before the list in use expires (an expired list refuses everyone).
+    Crl {
+        #[arg(long, default_value = "pki")]
+        dir: PathBuf,
+        /// Days the new revocation list is valid.
+        #[arg(long, default_value_t = plexus_tls::CRL_VALIDITY_DAYS)]
+        days: u32,
+    },
+    /// List the certificates this CA issued, with serials and revocations.
+    List {
+        #[arg(long, default_value = "pki")]
+        dir: PathBuf,
     },
 }
 
@@ -309,14 +348,30 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             .await
         }
         Command::Pki { command } => match command {
-            PkiCommand::Init { dir, force } => commands::pki_init(&dir, force),
+            PkiCommand::Init { dir, force, days } => pki::init(&dir, force, days),
             PkiCommand::Issue {
                 dir,
                 role,
                 name,
                 dns,
                 ip,
-            } => commands::pki_issue(&dir, role, &name, &dns, &ip),
+            } => pki::issue(&dir, role, &name, &dns, &ip),
+            PkiCommand::Revoke {
+                dir,
+                name,
+                serial,
+                reason,
+                days,
+            } => {
+                let target = match (name, serial) {
+                    (Some(name), None) => plexus_tls::RevokeTarget::Name(name),
+                    (None, Some(serial)) => plexus_tls::RevokeTarget::Serial(serial),
+                    _ => unreachable!("clap requires exactly one of NAME and --serial"),
+                };
+                pki::revoke(&dir, target, reason, days)
+            }
+            PkiCommand::Crl { dir, days } => pki::crl(&dir, days),
+            PkiCommand::List { dir } => pki::list(&dir),
         },
         Command::Study { command } => match command {
             StudyCommand::Register { file } => commands::study_register(&cli.conn, &file).await,

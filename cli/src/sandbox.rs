@@ -18,7 +18,7 @@ use plexus_core::StudyDefinition;
 use plexus_node::config::{CoordinatorSection as NodeCoordinator, NodeConfig, NodeSection, Policy};
 use plexus_node::data::{ConsentConfig, DataConfig};
 use plexus_proto::v1 as pb;
-use plexus_tls::{DevCa, Role, TlsFiles};
+use plexus_tls::{CaDir, DevCa, Role, TlsFiles};
 
 use crate::client::Client;
 use crate::synth::{self, DataFormat, Site, SiteSpec};
@@ -83,7 +83,8 @@ pub struct Sandbox {
     _temp: Option<tempfile::TempDir>,
     pub dir: PathBuf,
     pub pki: PathBuf,
-    pub ca: DevCa,
+    /// The network's CA and its folder (`pki`): issue, revoke, refresh the CRL.
+    pub ca: CaDir,
     pub address: SocketAddr,
     pub coordinator_config: CoordinatorConfig,
     pub node_configs: BTreeMap<String, NodeConfig>,
@@ -139,21 +140,25 @@ impl Sandbox {
         };
         let pki = dir.join("pki");
         std::fs::create_dir_all(&pki)?;
-        let ca = DevCa::generate("Plexus sandbox CA")?;
-        ca.save(&pki)?;
+        // As `plexus pki init` lays it out: ca.pem, ca.key, index.json and
+        // an empty crl.pem, which every party below loads as tls.crl.
+        let ca = CaDir::create(
+            &pki,
+            DevCa::generate("Plexus sandbox CA")?,
+            plexus_tls::CRL_VALIDITY_DAYS,
+        )?;
         let (_, signing_key, verifying_key) =
             plexus_tls::SigningKey::generate_into(&pki, "coordinator")?;
         let localhost = vec!["localhost".to_string()];
         let loopback = vec![IpAddr::V4(Ipv4Addr::LOCALHOST)];
-        ca.issue(Role::Coordinator, "coordinator", &localhost, &loopback)?
-            .save(&pki, "coordinator")?;
+        ca.issue(Role::Coordinator, "coordinator", &localhost, &loopback)?;
         for (role, name) in [
             (Role::Researcher, RESEARCHER),
             (Role::Researcher, OUTSIDER),
             (Role::Admin, ADMIN),
             (Role::Auditor, AUDITOR),
         ] {
-            ca.issue(role, name, &[], &[])?.save(&pki, name)?;
+            ca.issue(role, name, &[], &[])?;
         }
 
         // Reserve a port for the coordinator; restarts reuse it so nodes reconnect.
@@ -172,6 +177,8 @@ impl Sandbox {
                 heartbeat_interval_secs: opts.heartbeat_secs,
                 audit_checkpoint_secs: 60,
                 signing_key,
+                // Rotation and revocation tests should not wait seconds.
+                tls_reload_ms: 200,
             },
             tls: TlsFiles::in_dir(&pki, "coordinator"),
         };
@@ -189,8 +196,7 @@ impl Sandbox {
             } else {
                 synth::write_generated_site(spec, &site_dir, format)?
             };
-            ca.issue(Role::Node, &spec.name, &[], &[])?
-                .save(&pki, &spec.name)?;
+            ca.issue(Role::Node, &spec.name, &[], &[])?;
             let columns = synth::node_columns()
                 .into_iter()
                 .map(|(var, col)| (var.to_string(), col.to_string()))

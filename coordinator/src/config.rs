@@ -48,6 +48,11 @@ pub struct CoordinatorSection {
     /// The Ed25519 key jobs are signed with (`coordinator-signing.key`, as
     /// `plexus pki init` writes it); nodes pin its public half.
     pub signing_key: PathBuf,
+    /// How often the `[tls]` files are checked for changes (milliseconds):
+    /// a rotated certificate or a new revocation list is used for new
+    /// connections within two intervals, without a restart.
+    #[serde(default = "default_tls_reload_ms")]
+    pub tls_reload_ms: u64,
 }
 
 fn default_id() -> String {
@@ -70,6 +75,9 @@ fn default_heartbeat() -> u64 {
 }
 fn default_checkpoint_interval() -> u64 {
     60
+}
+fn default_tls_reload_ms() -> u64 {
+    plexus_tls::DEFAULT_RELOAD_INTERVAL.as_millis() as u64
 }
 
 impl CoordinatorConfig {
@@ -142,6 +150,12 @@ impl CoordinatorConfig {
             return Err(CoordinatorError::Config(
                 "coordinator.heartbeat_interval_secs must be between 1 and 300".into(),
             ));
+        }
+        if !(100..=600_000).contains(&c.tls_reload_ms) {
+            return Err(CoordinatorError::Config(format!(
+                "coordinator.tls_reload_ms must be between 100 and 600000 (2000 is the default), got {}",
+                c.tls_reload_ms
+            )));
         }
         self.tls
             .validate()

@@ -40,8 +40,11 @@ pub async fn run(
         Dictionary::load_or_default(config.coordinator.dictionary.as_deref())
             .map_err(CoordinatorError::Core)?,
     );
-    let tls =
-        plexus_tls::server_config(&config.tls).map_err(|e| CoordinatorError::Tls(e.to_string()))?;
+    let tls = plexus_tls::ServerTls::watch(
+        config.tls.clone(),
+        Duration::from_millis(config.coordinator.tls_reload_ms),
+    )
+    .map_err(|e| CoordinatorError::Tls(e.to_string()))?;
     let store = Store::open(&config.coordinator.database_url).await?;
     let interrupted = store.fail_interrupted().await?;
     if interrupted > 0 {
@@ -62,6 +65,7 @@ pub async fn run(
     let state = Arc::new(State {
         signer,
         audit_log,
+        tls,
         registry: Registry::new(liveness),
         store,
         dictionary,
@@ -94,7 +98,8 @@ pub async fn run(
         .build_v1alpha()
         .map_err(|e| CoordinatorError::Server(format!("reflection: {e}")))?;
 
-    let incoming = plexus_tls::incoming(listener, tls);
+    tokio::spawn(audit_tls_reloads(state.clone()));
+    let incoming = plexus_tls::incoming(listener, state.tls.clone());
     let token = shutdown.clone();
     let server = tonic::transport::Server::builder()
         .add_service(reflection)
@@ -137,4 +142,35 @@ pub async fn run(
     state.store.close().await;
     info!("coordinator stopped");
     Ok(())
+}
+
+/// Records every change of the coordinator's certificate or revocation
+/// list in the audit log, so an auditor can tell which certificates were
+/// accepted when.
+async fn audit_tls_reloads(state: Arc<State>) {
+    let mut tls = state.tls.clone();
+    loop {
+        let loaded = tokio::select! {
+            loaded = tls.changed() => loaded,
+            () = state.shutdown.cancelled() => return,
+        };
+        let crl = match &loaded.crl {
+            Some(crl) => format!(
+                "revocation list number {} ({} revoked)",
+                crl.numbers(),
+                crl.revoked_count()
+            ),
+            None => "no revocation list".into(),
+        };
+        state
+            .audit(AuditEntry {
+                who: state.config.coordinator.id.clone(),
+                role: "coordinator".into(),
+                action: "tls.reload".into(),
+                outcome: "ok".into(),
+                detail: format!("certificate serial {}, {crl}", loaded.cert_serial),
+                ..Default::default()
+            })
+            .await;
+    }
 }

@@ -22,6 +22,9 @@ pub struct State {
     pub signer: Arc<plexus_tls::SigningKey>,
     /// The Merkle audit log.
     pub audit_log: Arc<AuditLog>,
+    /// The TLS config new connections get; replaced when the `[tls]` files
+    /// change (rotation, a new revocation list).
+    pub tls: plexus_tls::ServerTls,
     pub shutdown: CancellationToken,
     /// Bumped whenever a query finishes, to wake waiting `GetResult` calls.
     pub finished: watch::Sender<u64>,

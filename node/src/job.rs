@@ -36,8 +36,8 @@ pub struct JobRunner {
     pub verifying_key: plexus_tls::VerifyingKey,
     /// Job ids taken so far, against replays.
     pub seen: Arc<SeenJobs>,
-    /// Signs every result with the node's TLS key.
-    pub signer: Arc<plexus_tls::CertSigner>,
+    /// Signs every result with the node's TLS key (the current connection's).
+    pub signer: Arc<crate::credentials::ResultSigner>,
     /// Results of the studies `policy.review` names wait here for the data steward.
     pub review: ReviewQueue,
     /// Delay before each job: fault-injection tests use it to kill a node mid-job.

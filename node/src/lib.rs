@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod credentials;
 pub mod data;
 pub mod envelope;
 pub mod error;
@@ -75,10 +76,7 @@ pub async fn run_with(
         chrono::Utc::now().timestamp_millis(),
     )?);
     let verifying_key = config.verifying_key()?;
-    let signer = Arc::new(
-        plexus_tls::CertSigner::load(&config.tls.key).map_err(|e| NodeError::Tls(e.to_string()))?,
-    );
-    let tls = plexus_tls::client_config(&config.tls).map_err(|e| NodeError::Tls(e.to_string()))?;
+    let credentials = credentials::Credentials::load(config.tls.clone())?;
     info!(node = %config.node.id, variables = data.variables().len(), log = %log.path().display(), "node ready");
     let runner = Arc::new(job::JobRunner {
         config: Arc::new(config),
@@ -88,7 +86,7 @@ pub async fn run_with(
         ledger,
         verifying_key,
         seen,
-        signer,
+        signer: credentials.signer(),
         review: review.clone(),
         job_delay: options.job_delay,
         crash_after_debit: options.crash_after_debit,
@@ -101,7 +99,7 @@ pub async fn run_with(
     let desk = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(desk.run(shutdown.clone())));
     let link = link::Link {
         runner,
-        tls,
+        credentials,
         snapshot: Box::new(move || data.snapshot().unwrap_or_else(|e| format!("unknown ({e})"))),
         review,
     };

@@ -22,7 +22,8 @@ use crate::review::{desk, ReviewQueue};
 
 pub struct Link {
     pub runner: Arc<JobRunner>,
-    pub tls: Arc<rustls::ClientConfig>,
+    /// The `[tls]` files, re-read at every connection.
+    pub credentials: crate::credentials::Credentials,
     pub snapshot: Box<dyn Fn() -> String + Send + Sync>,
     /// Reviewed results wait here until they are answered and sent.
     pub review: ReviewQueue,
@@ -76,8 +77,9 @@ impl Link {
             proxy: cfg.coordinator.proxy.clone(),
             connect_timeout: Duration::from_secs(10),
         };
+        let tls = self.credentials.for_connection().await;
         let channel = tokio::select! {
-            c = plexus_tls::connect(&cfg.coordinator.address, self.tls.clone(), opts) => match c {
+            c = plexus_tls::connect(&cfg.coordinator.address, tls, opts) => match c {
                 Ok(c) => c,
                 Err(e) => return SessionEnd::Failed(e.to_string()),
             },

@@ -19,7 +19,7 @@ use plexus_core::pool::NodeStatus;
 use plexus_core::{AnalysisKind, Dictionary, Query, StudyDefinition};
 use plexus_node::NodeConfig;
 use plexus_proto::v1 as pb;
-use plexus_tls::{DevCa, Role, TlsFiles};
+use plexus_tls::{CaDir, DevCa, Role, TlsFiles};
 
 fn deploy_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
@@ -146,26 +146,29 @@ impl Layout {
         opts.dir = Some(deploy.join("demo"));
         let sandbox = Sandbox::prepare(opts).await?;
 
+        // What `plexus pki init` and `plexus pki issue` write.
         let pki = root.join("pki");
-        let ca = DevCa::generate("deploy test CA")?;
-        ca.save(&pki)?;
+        let ca = CaDir::create(
+            &pki,
+            DevCa::generate("deploy test CA")?,
+            plexus_tls::CRL_VALIDITY_DAYS,
+        )?;
         plexus_tls::SigningKey::generate_into(&pki, "coordinator")?;
         ca.issue(
             Role::Coordinator,
             "coordinator",
             &["localhost".into()],
             &["127.0.0.1".parse()?],
-        )?
-        .save(&pki, "coordinator")?;
+        )?;
         for node in &study().nodes {
-            ca.issue(Role::Node, node, &[], &[])?.save(&pki, node)?;
+            ca.issue(Role::Node, node, &[], &[])?;
         }
         for (role, name) in [
             (Role::Admin, "admin"),
             (Role::Researcher, "alice"),
             (Role::Auditor, "auditor"),
         ] {
-            ca.issue(role, name, &[], &[])?.save(&pki, name)?;
+            ca.issue(role, name, &[], &[])?;
         }
         Ok(Layout {
             _temp: temp,
@@ -184,6 +187,7 @@ impl Layout {
             ca: pki.join("ca.pem"),
             cert: pki.join(format!("{name}.pem")),
             key: pki.join(format!("{name}.key")),
+            crl: Some(pki.join("crl.pem")),
         }
     }
 
@@ -231,10 +235,14 @@ impl Layout {
                 "{what}"
             );
             let tls = self.tls(&id);
+            let (Some(crl), Some(want_crl)) = (&cfg.tls.crl, &tls.crl) else {
+                panic!("{what}: [tls] crl must name ../pki/crl.pem");
+            };
             for (got, want) in [
                 (&cfg.tls.ca, &tls.ca),
                 (&cfg.tls.cert, &tls.cert),
                 (&cfg.tls.key, &tls.key),
+                (crl, want_crl),
             ] {
                 assert!(
                     same_file(got, want),
@@ -298,7 +306,13 @@ async fn coordinator_config_loads() {
         )
     );
     assert_eq!(c.min_cell_size, plexus_core::DEFAULT_MIN_CELL_SIZE);
-    assert!(same_file(&cfg.tls.cert, &layout.tls("coordinator").cert));
+    assert_eq!(c.tls_reload_ms, 2000);
+    let tls = layout.tls("coordinator");
+    assert!(same_file(&cfg.tls.cert, &tls.cert));
+    assert!(same_file(
+        cfg.tls.crl.as_deref().expect("[tls] crl"),
+        tls.crl.as_deref().unwrap()
+    ));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

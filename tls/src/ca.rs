@@ -10,9 +10,11 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose,
+    RevokedCertParams, SanType, SerialNumber,
 };
+use ring::rand::SecureRandom;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, DnsName};
 use time::{Duration, OffsetDateTime};
@@ -53,6 +55,12 @@ impl std::fmt::Debug for DevCa {
 /// A freshly issued leaf certificate and its private key, both PEM encoded.
 #[derive(Clone)]
 pub struct IssuedCert {
+    /// Who the certificate names.
+    pub identity: Identity,
+    /// The certificate's serial number, lowercase hex: what a CRL lists to revoke it.
+    pub serial: String,
+    /// When the certificate expires (unix seconds).
+    pub not_after_unix: i64,
     /// The leaf certificate.
     pub cert_pem: String,
     /// The leaf's PKCS#8 private key.
@@ -62,6 +70,9 @@ pub struct IssuedCert {
 impl std::fmt::Debug for IssuedCert {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("IssuedCert")
+            .field("identity", &self.identity)
+            .field("serial", &self.serial)
+            .field("not_after_unix", &self.not_after_unix)
             .field("cert_pem", &self.cert_pem)
             .field("key_pem", &"[elided]")
             .finish()
@@ -193,6 +204,8 @@ impl DevCa {
         ];
         params.use_authority_key_identifier_extension = true;
         set_validity(&mut params, valid_days.max(1));
+        let serial = random_serial().map_err(|e| TlsError::rcgen(what.clone(), e))?;
+        params.serial_number = Some(SerialNumber::from_slice(&serial));
 
         let uri = identity
             .to_uri()
@@ -219,10 +232,91 @@ impl DevCa {
             .signed_by(&key, &self.issuer)
             .map_err(|e| TlsError::rcgen(what, e))?;
         Ok(IssuedCert {
+            identity,
+            serial: hex::encode(serial),
+            not_after_unix: params.not_after.unix_timestamp(),
             cert_pem: cert.pem(),
             key_pem: key.serialize_pem(),
         })
     }
+
+    /// Signs a certificate revocation list listing `revoked`, valid from an
+    /// hour ago (clock skew) until `valid_days` days from now. `crl_number`
+    /// must grow with every list so a party can tell the newer of two.
+    pub fn sign_crl(
+        &self,
+        revoked: &[RevokedSerial],
+        crl_number: u64,
+        valid_days: u32,
+    ) -> Result<String> {
+        let now = OffsetDateTime::now_utc();
+        self.sign_crl_between(
+            revoked,
+            crl_number,
+            (now - CLOCK_SKEW).unix_timestamp(),
+            (now + Duration::days(i64::from(valid_days.max(1)))).unix_timestamp(),
+        )
+    }
+
+    /// [`DevCa::sign_crl`] with explicit this-update and next-update times
+    /// (unix seconds), e.g. to make an already expired list for a test.
+    pub fn sign_crl_between(
+        &self,
+        revoked: &[RevokedSerial],
+        crl_number: u64,
+        this_update_unix: i64,
+        next_update_unix: i64,
+    ) -> Result<String> {
+        let now = OffsetDateTime::now_utc();
+        let what = || format!("sign certificate revocation list number {crl_number}");
+        let time = |unix: i64| {
+            OffsetDateTime::from_unix_timestamp(unix)
+                .map_err(|_| TlsError::rcgen(what(), rcgen::Error::Time))
+        };
+        let revoked_certs = revoked
+            .iter()
+            .map(|r| RevokedCertParams {
+                serial_number: SerialNumber::from_slice(&r.serial),
+                revocation_time: OffsetDateTime::from_unix_timestamp(r.revoked_unix).unwrap_or(now),
+                reason_code: Some(r.reason.to_rcgen()),
+                invalidity_date: None,
+            })
+            .collect();
+        let params = CertificateRevocationListParams {
+            this_update: time(this_update_unix)?,
+            next_update: time(next_update_unix)?,
+            crl_number: SerialNumber::from(crl_number),
+            issuing_distribution_point: None,
+            revoked_certs,
+            key_identifier_method: KeyIdMethod::Sha256,
+        };
+        let crl = params
+            .signed_by(&self.issuer)
+            .map_err(|e| TlsError::rcgen(what(), e))?;
+        crl.pem().map_err(|e| TlsError::rcgen(what(), e))
+    }
+}
+
+/// One certificate a CRL revokes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RevokedSerial {
+    /// Serial number (big-endian bytes).
+    pub serial: Vec<u8>,
+    /// When the CA revoked it (unix seconds).
+    pub revoked_unix: i64,
+    /// Why.
+    pub reason: crate::ca_dir::RevocationReason,
+}
+
+/// 16 random bytes, positive and without a leading zero byte, so the hex
+/// of the bytes is exactly how every X.509 parser prints the serial.
+fn random_serial() -> std::result::Result<[u8; 16], rcgen::Error> {
+    let mut serial = [0u8; 16];
+    ring::rand::SystemRandom::new()
+        .fill(&mut serial)
+        .map_err(|_| rcgen::Error::RingUnspecified)?;
+    serial[0] = (serial[0] & 0x3f) | 0x40;
+    Ok(serial)
 }
 
 fn distinguished_name(common_name: &str) -> DistinguishedName {
@@ -278,7 +372,24 @@ pub(crate) enum FileMode {
     Private,
 }
 
+/// Writes `contents` to a temporary file next to `path`, then renames it
+/// into place: a daemon that re-reads its certificate files (rotation) or
+/// the CRL never sees a half-written file.
 pub(crate) fn write_file(path: &Path, contents: &str, mode: FileMode) -> Result<()> {
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let temp = path.with_file_name(format!(".{file_name}.{}.tmp", std::process::id()));
+    let written = write_new(&temp, contents, mode)
+        .and_then(|()| fs::rename(&temp, path).map_err(|e| TlsError::io("replace", path, e)));
+    if written.is_err() {
+        let _ = fs::remove_file(&temp);
+    }
+    written
+}
+
+fn write_new(path: &Path, contents: &str, mode: FileMode) -> Result<()> {
     let mut opts = fs::OpenOptions::new();
     opts.write(true).create(true).truncate(true);
     #[cfg(unix)]
@@ -289,7 +400,7 @@ pub(crate) fn write_file(path: &Path, contents: &str, mode: FileMode) -> Result<
     let mut file = opts
         .open(path)
         .map_err(|e| TlsError::io("create", path, e))?;
-    // An existing file keeps its old mode through `open`; tighten it explicitly.
+    // A leftover file keeps its old mode through `open`; tighten it explicitly.
     #[cfg(unix)]
     if mode == FileMode::Private {
         use std::os::unix::fs::PermissionsExt;

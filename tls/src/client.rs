@@ -20,6 +20,7 @@ use tokio_rustls::TlsConnector;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::error::{Result, TlsError};
+use crate::primed::Primed;
 
 /// Largest CONNECT response head we read before giving up on the proxy.
 const MAX_PROXY_RESPONSE: usize = 8 * 1024;
@@ -231,11 +232,23 @@ impl Dialer {
         Ok(stream)
     }
 
-    /// Dials and checks that the server is a coordinator: the CA and the
-    /// name are not enough, since any network member holds a CA-signed
-    /// certificate and might be given the coordinator's DNS name.
-    async fn dial_coordinator(&self) -> Result<TlsStream<TcpStream>> {
-        let stream = self.dial().await?;
+    /// Dials, checks that the server is a coordinator (the CA and the name
+    /// are not enough: any network member holds a CA-signed certificate and
+    /// might be given the coordinator's DNS name), and waits for the
+    /// coordinator's first bytes: with TLS 1.3 the server judges our
+    /// certificate only after our side of the handshake is done, so this is
+    /// where a revoked or unknown certificate is refused, with the reason.
+    async fn dial_coordinator(&self) -> Result<Primed> {
+        tokio::time::timeout(self.timeout, self.dial_coordinator_inner())
+            .await
+            .map_err(|_| TlsError::Timeout {
+                addr: self.describe(),
+                after: self.timeout,
+            })?
+    }
+
+    async fn dial_coordinator_inner(&self) -> Result<Primed> {
+        let mut stream = self.dial_inner().await?;
         let cert = stream
             .get_ref()
             .1
@@ -256,7 +269,30 @@ impl Dialer {
                 identity: identity.to_string(),
             });
         }
-        Ok(stream)
+        // An HTTP/2 server speaks first (its SETTINGS frame).
+        let mut first = vec![0u8; 512];
+        let n = match stream.read(&mut first).await {
+            Ok(0) => {
+                return Err(TlsError::Handshake {
+                    addr: self.describe(),
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "the server closed the connection right after the handshake",
+                    ),
+                    hint: " (it did not accept our certificate; check that it was issued by the network's ca, has not expired and has not been revoked)".to_owned(),
+                })
+            }
+            Ok(n) => n,
+            Err(source) => {
+                return Err(TlsError::Handshake {
+                    addr: self.describe(),
+                    hint: handshake_hint(&source, &self.server_name),
+                    source,
+                })
+            }
+        };
+        first.truncate(n);
+        Ok(Primed::new(stream, first))
     }
 }
 
@@ -387,11 +423,29 @@ fn handshake_hint(e: &std::io::Error, server_name: &ServerName<'_>) -> String {
             CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
                 "the server certificate is not valid yet; check the clocks on both machines".to_owned()
             }
+            CertificateError::Revoked => {
+                "the server certificate has been revoked (tls.crl lists it); the coordinator must install a new certificate".to_owned()
+            }
+            CertificateError::ExpiredRevocationList | CertificateError::ExpiredRevocationListContext { .. } => {
+                "our tls.crl has expired; run `plexus pki crl` where the network ca is kept and copy the new crl.pem here".to_owned()
+            }
+            CertificateError::UnknownRevocationStatus => {
+                "tls.crl holds no list from the ca that issued the server certificate; add that ca's crl".to_owned()
+            }
             _ => return String::new(),
         },
-        Some(rustls::Error::AlertReceived(_)) => {
-            "the server rejected this connection; check that our certificate was issued by the coordinator's ca and has not expired".to_owned()
-        }
+        Some(rustls::Error::AlertReceived(alert)) => match alert {
+            rustls::AlertDescription::CertificateRevoked => {
+                "the server refused us: our certificate has been revoked; ask the network admin for a new one (`plexus pki issue`)".to_owned()
+            }
+            rustls::AlertDescription::CertificateExpired => {
+                "the server refused us: our certificate has expired or is not valid yet; ask the network admin for a new one, and check the clocks".to_owned()
+            }
+            rustls::AlertDescription::UnknownCA => {
+                "the server refused us: it does not trust the ca that issued our certificate, or cannot check its revocation (is the coordinator's revocation list expired?)".to_owned()
+            }
+            _ => "the server rejected this connection; check that our certificate was issued by the coordinator's ca, has not expired and has not been revoked".to_owned(),
+        },
         Some(rustls::Error::NoApplicationProtocol) => {
             "the server does not speak http/2; is this a plexus coordinator?".to_owned()
         }
@@ -424,8 +478,10 @@ pub async fn dial(
 /// Opens a gRPC channel to the coordinator at `endpoint` (`https://host:port`)
 /// over mutual TLS; the server must present a coordinator-role certificate.
 ///
-/// The first connection is made eagerly so configuration mistakes surface at
-/// start-up; afterwards tonic reconnects through the same dialler on demand.
+/// The first connection is made eagerly, up to the coordinator's first
+/// HTTP/2 frame, so configuration mistakes and a refused (e.g. revoked)
+/// certificate surface here with the reason; afterwards tonic reconnects
+/// through the same dialler on demand.
 pub async fn connect(
     endpoint: &str,
     config: Arc<ClientConfig>,

@@ -8,6 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::{ring, CryptoProvider};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
@@ -15,12 +16,14 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde::{Deserialize, Serialize};
 
+use crate::crl::RevocationList;
 use crate::error::{Result, TlsError};
 
 /// ALPN protocol for gRPC over HTTP/2.
 const ALPN_H2: &[u8] = b"h2";
 
-/// The three PEM files every Plexus party needs.
+/// The three PEM files every Plexus party needs, and the revocation list
+/// it checks peers against.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct TlsFiles {
@@ -30,6 +33,12 @@ pub struct TlsFiles {
     pub cert: PathBuf,
     /// This party's private key.
     pub key: PathBuf,
+    /// Certificate revocation list(s) of the CA(s) in `ca` (`crl.pem` from
+    /// `plexus pki`). When set, a peer whose certificate is listed, or whose
+    /// revocation status the lists cannot tell, is refused, and an expired
+    /// list is an error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crl: Option<PathBuf>,
 }
 
 impl TlsFiles {
@@ -52,7 +61,14 @@ impl TlsFiles {
                 "run `plexus pki issue` to create a certificate and key, or fix the path",
             ),
         ];
-        for (field, path, hint) in checks {
+        let crl = self.crl.as_ref().map(|crl| {
+            (
+                "crl",
+                crl,
+                "copy the crl.pem kept next to the network's ca.pem (`plexus pki crl` writes a fresh one), or leave tls.crl out",
+            )
+        });
+        for (field, path, hint) in checks.into_iter().chain(crl) {
             if !path.is_file() {
                 return Err(TlsError::MissingFile {
                     field,
@@ -64,16 +80,18 @@ impl TlsFiles {
         Ok(())
     }
 
-    /// The files of certificate `name` in a folder laid out by [`DevCa::save`]
-    /// and [`IssuedCert::save`](crate::IssuedCert::save): `ca.pem`,
-    /// `<name>.pem`, `<name>.key`.
+    /// The files of certificate `name` in a folder laid out by [`CaDir`]:
+    /// `ca.pem`, `<name>.pem`, `<name>.key`, and `crl.pem` when the folder
+    /// has one (folders made before revocation lists existed do not).
     ///
-    /// [`DevCa::save`]: crate::DevCa::save
+    /// [`CaDir`]: crate::CaDir
     pub fn in_dir(dir: &Path, name: &str) -> TlsFiles {
+        let crl = dir.join(crate::CRL_FILE);
         TlsFiles {
             ca: dir.join(crate::CA_CERT_FILE),
             cert: dir.join(format!("{name}.pem")),
             key: dir.join(format!("{name}.key")),
+            crl: crl.is_file().then_some(crl),
         }
     }
 
@@ -91,6 +109,7 @@ impl TlsFiles {
             ca: abs(&self.ca),
             cert: abs(&self.cert),
             key: abs(&self.key),
+            crl: self.crl.as_ref().map(abs),
         }
     }
 }
@@ -143,63 +162,136 @@ fn pem_error(path: &Path, what: &'static str, e: rustls_pki_types::pem::Error) -
     }
 }
 
-fn load_roots(path: &Path) -> Result<RootCertStore> {
+fn load_roots(path: &Path) -> Result<(RootCertStore, Vec<CertificateDer<'static>>)> {
     let mut roots = RootCertStore::empty();
-    for cert in load_certs(path)? {
-        roots.add(cert).map_err(|e| TlsError::Pem {
+    let certs = load_certs(path)?;
+    for cert in &certs {
+        roots.add(cert.clone()).map_err(|e| TlsError::Pem {
             what: "a trusted ca",
             path: path.to_owned(),
             reason: format!("{e} (tls.ca must hold the plexus ca certificate)"),
         })?;
     }
-    Ok(roots)
+    Ok((roots, certs))
 }
 
-/// Server config for the coordinator: TLS 1.3/1.2, ALPN `h2`, and a client
-/// certificate signed by the CA is mandatory.
-pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>> {
-    files.validate()?;
-    let roots = Arc::new(load_roots(&files.ca)?);
-    let certs = load_certs(&files.cert)?;
-    let key = load_key(&files.key)?;
-    let provider = provider();
-    let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
-        .build()
-        .map_err(|source| TlsError::Verifier {
+fn load_crl(files: &TlsFiles, cas: &[CertificateDer<'_>]) -> Result<Option<RevocationList>> {
+    files
+        .crl
+        .as_deref()
+        .map(|path| RevocationList::load(path, cas))
+        .transpose()
+}
+
+/// A server config and what it was built from, for logs and for cutting
+/// connections a newer revocation list revokes.
+#[derive(Clone, Debug)]
+pub struct LoadedServer {
+    /// The config new connections are accepted with.
+    pub config: Arc<ServerConfig>,
+    /// The revocation list, when `tls.crl` is set.
+    pub crl: Option<RevocationList>,
+    /// Serial (hex) of the certificate this server presents.
+    pub cert_serial: String,
+}
+
+impl LoadedServer {
+    /// Loads everything [`server_config`] does and keeps the parts.
+    pub fn load(files: &TlsFiles) -> Result<LoadedServer> {
+        files.validate()?;
+        let (roots, cas) = load_roots(&files.ca)?;
+        let crl = load_crl(files, &cas)?;
+        let certs = load_certs(&files.cert)?;
+        let cert_serial =
+            crate::identity::serial_from_cert(&certs[0]).map_err(|e| TlsError::Pem {
+                what: "certificates",
+                path: files.cert.clone(),
+                reason: format!("the first certificate cannot be parsed: {e}"),
+            })?;
+        let key = load_key(&files.key)?;
+        let provider = provider();
+        let mut verifier =
+            WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
+        if let Some(crl) = &crl {
+            // Unknown status stays an error (rustls' default): with a list
+            // configured, a certificate it cannot vouch for is refused.
+            verifier = verifier
+                .with_crls(crl.ders())
+                .enforce_revocation_expiration();
+        }
+        let verifier = verifier.build().map_err(|source| TlsError::Verifier {
             path: files.ca.clone(),
             source,
         })?;
-    let config_err = |source| TlsError::Config {
-        side: "server",
-        source,
-    };
-    let mut config = ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(config_err)?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(certs, key)
-        .map_err(config_err)?;
-    config.alpn_protocols = vec![ALPN_H2.to_vec()];
-    Ok(Arc::new(config))
+        let config_err = |source| TlsError::Config {
+            side: "server",
+            source,
+        };
+        let mut config = ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(config_err)?
+            .with_client_cert_verifier(Arc::new(crate::verifier::NamingVerifier {
+                inner: verifier,
+            }))
+            .with_single_cert(certs, key)
+            .map_err(config_err)?;
+        config.alpn_protocols = vec![ALPN_H2.to_vec()];
+        Ok(LoadedServer {
+            config: Arc::new(config),
+            crl,
+            cert_serial,
+        })
+    }
+}
+
+/// Server config for the coordinator: TLS 1.3/1.2, ALPN `h2`, and a client
+/// certificate signed by the CA (and not revoked, with `tls.crl`) is mandatory.
+pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>> {
+    Ok(LoadedServer::load(files)?.config)
 }
 
 /// Client config for nodes and the CLI: trusts only the Plexus CA (never the
-/// system roots, so a TLS-inspecting proxy cannot intercept) and presents our certificate.
+/// system roots, so a TLS-inspecting proxy cannot intercept), checks the
+/// server against `tls.crl` when set, and presents our certificate.
 pub fn client_config(files: &TlsFiles) -> Result<Arc<ClientConfig>> {
     files.validate()?;
-    let roots = load_roots(&files.ca)?;
+    let (roots, cas) = load_roots(&files.ca)?;
+    let crl = load_crl(files, &cas)?;
     let certs = load_certs(&files.cert)?;
     let key = load_key(&files.key)?;
+    let provider = provider();
+    let mut verifier =
+        WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone());
+    if let Some(crl) = &crl {
+        verifier = verifier
+            .with_crls(crl.ders())
+            .enforce_revocation_expiration();
+    }
+    let verifier = verifier.build().map_err(|source| TlsError::Verifier {
+        path: files.ca.clone(),
+        source,
+    })?;
     let config_err = |source| TlsError::Config {
         side: "client",
         source,
     };
-    let mut config = ClientConfig::builder_with_provider(provider())
+    let mut config = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(config_err)?
-        .with_root_certificates(roots)
+        .with_webpki_verifier(verifier)
         .with_client_auth_cert(certs, key)
         .map_err(config_err)?;
     config.alpn_protocols = vec![ALPN_H2.to_vec()];
     Ok(Arc::new(config))
+}
+
+/// A node's client config and the key it signs results with, loaded
+/// together so that after a rotation the certificate presented and the
+/// key results are signed with always belong together (the coordinator
+/// checks each result against the connection's certificate; rustls
+/// refuses a key that does not match the certificate).
+pub fn client_credentials(files: &TlsFiles) -> Result<(Arc<ClientConfig>, crate::CertSigner)> {
+    let config = client_config(files)?;
+    let signer = crate::CertSigner::load(&files.key)?;
+    Ok((config, signer))
 }

@@ -113,6 +113,58 @@ pub enum TlsError {
         reason: String,
     },
 
+    /// `tls.crl` cannot be used.
+    #[error("tls.crl \"{}\" cannot be used: {reason}", path.display())]
+    Crl {
+        /// The CRL file.
+        path: PathBuf,
+        /// Why, with what to do.
+        reason: String,
+    },
+
+    /// A folder holds no CA to issue or revoke with.
+    #[error("no ca in \"{}\" (run `plexus pki init --dir {}` first, or pass the --dir that holds ca.pem and ca.key)", dir.display(), dir.display())]
+    NoCa {
+        /// The folder.
+        dir: PathBuf,
+    },
+
+    /// The CA's index of issued certificates cannot be read or written.
+    #[error("the ca index \"{}\" is unusable: {reason}", path.display())]
+    CaIndex {
+        /// The index file.
+        path: PathBuf,
+        /// Why, with what to do.
+        reason: String,
+    },
+
+    /// Nothing matches what was asked to be revoked.
+    #[error("{what} (`plexus pki list --dir {}` shows the certificates this ca issued)", dir.display())]
+    NotIssued {
+        /// What was not found.
+        what: String,
+        /// The CA folder.
+        dir: PathBuf,
+    },
+
+    /// What was asked to be revoked is revoked already.
+    #[error("{what} is already revoked (serial {serials}); `plexus pki crl` re-issues the list if parties need a fresh copy")]
+    AlreadyRevoked {
+        /// What.
+        what: String,
+        /// Its serial(s).
+        serials: String,
+    },
+
+    /// A serial number given on the command line is not one.
+    #[error("serial \"{given}\" is invalid: {reason}")]
+    InvalidSerial {
+        /// As given.
+        given: String,
+        /// Why.
+        reason: String,
+    },
+
     /// The loaded CA is not usable as a CA.
     #[error("ca certificate \"{}\" is unusable: {reason}", path.display())]
     InvalidCa {
@@ -151,8 +203,8 @@ pub enum TlsError {
         source: rustls::Error,
     },
 
-    /// The client certificate verifier could not be built.
-    #[error("could not build the client certificate verifier from \"{}\": {source}", path.display())]
+    /// The peer certificate verifier could not be built.
+    #[error("could not build the certificate verifier from \"{}\": {source}", path.display())]
     Verifier {
         /// The CA file.
         path: PathBuf,

@@ -166,6 +166,16 @@ pub fn validate_name(name: &str) -> Result<()> {
     Ok(())
 }
 
+/// A certificate's serial number as lowercase hex without leading zero
+/// bytes: how `plexus pki list` shows it and a CRL names the certificate.
+pub fn serial_from_cert(der: &CertificateDer<'_>) -> Result<String> {
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(der.as_ref()).map_err(|e| TlsError::CertParse {
+            reason: e.to_string(),
+        })?;
+    Ok(crate::ca_dir::serial_hex(cert.raw_serial()))
+}
+
 /// Reads the Plexus identity out of a DER certificate.
 ///
 /// Exactly one `spiffe://plexus/...` URI SAN must be present; other URI SANs

@@ -3,8 +3,9 @@
 //! Nodes inside hospitals dial out to the coordinator; every connection is
 //! mutually authenticated against a Plexus CA and every certificate carries
 //! exactly one identity `spiffe://plexus/<role>/<name>`. This crate issues such
-//! certificates ([`DevCa`]), builds rustls configs from PEM files
-//! ([`server_config`], [`client_config`]), terminates TLS for tonic servers
+//! certificates ([`DevCa`], [`CaDir`]) and revokes them (`crl.pem`), builds
+//! rustls configs from PEM files ([`server_config`], [`client_config`]),
+//! re-reads the server's files when they change ([`ServerTls`]), terminates TLS for tonic servers
 //! ([`incoming`], [`require_role`]) and dials the coordinator, optionally via an
 //! HTTP CONNECT proxy ([`connect`]).
 //!
@@ -14,18 +15,37 @@
 #![forbid(unsafe_code)]
 
 mod ca;
+mod ca_dir;
 mod client;
 mod config;
+mod crl;
 mod error;
 mod identity;
+mod primed;
+mod reload;
 mod server;
 mod signing;
+mod verifier;
 
-pub use ca::{DevCa, IssuedCert, CA_CERT_FILE, CA_KEY_FILE, CA_VALIDITY_DAYS, LEAF_VALIDITY_DAYS};
+pub use ca::{
+    DevCa, IssuedCert, RevokedSerial, CA_CERT_FILE, CA_KEY_FILE, CA_VALIDITY_DAYS,
+    LEAF_VALIDITY_DAYS,
+};
+pub use ca_dir::{
+    normalize_serial, serial_hex, CaDir, CaIndex, CrlWritten, IndexEntry, Revocation,
+    RevocationReason, RevokeTarget, CRL_FILE, CRL_VALIDITY_DAYS, INDEX_FILE,
+};
 pub use client::{connect, dial, ConnectOptions};
-pub use config::{client_config, load_certs, load_key, provider, server_config, TlsFiles};
+pub use config::{
+    client_config, client_credentials, load_certs, load_key, provider, server_config, LoadedServer,
+    TlsFiles,
+};
+pub use crl::RevocationList;
 pub use error::{Result, TlsError};
-pub use identity::{identity_from_cert, validate_name, Identity, Role, MAX_NAME_LEN, URI_PREFIX};
+pub use identity::{
+    identity_from_cert, serial_from_cert, validate_name, Identity, Role, MAX_NAME_LEN, URI_PREFIX,
+};
+pub use reload::{ServerTls, DEFAULT_RELOAD_INTERVAL};
 pub use server::{
     incoming, incoming_with_timeout, peer, require_role, Incoming, PeerInfo, TlsConn,
     HANDSHAKE_TIMEOUT,

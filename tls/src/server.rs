@@ -8,12 +8,10 @@
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures::Stream;
-use rustls::ServerConfig;
 use rustls_pki_types::CertificateDer;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -25,6 +23,7 @@ use tonic::transport::server::Connected;
 use tonic::{Request, Status};
 
 use crate::identity::{identity_from_cert, Identity, Role};
+use crate::reload::ServerTls;
 
 /// A handshake that has not finished by then is dropped, so a silent or
 /// slow client holds a socket for at most this long.
@@ -142,28 +141,30 @@ impl Drop for Incoming {
 /// handshake with a certificate carrying a Plexus identity.
 ///
 /// Feed it to `tonic::transport::Server::builder()...serve_with_incoming_shutdown`.
+/// Each connection is accepted with the config `tls` holds at that moment,
+/// so a [`ServerTls::watch`] config rotates certificates and revocation
+/// lists without a restart; a bare `Arc<ServerConfig>` never changes.
 /// Handshakes run concurrently in their own tasks with [`HANDSHAKE_TIMEOUT`];
 /// failures are logged at warn level and never end the stream. Must be called
 /// inside a tokio runtime.
-pub fn incoming(listener: TcpListener, config: Arc<ServerConfig>) -> Incoming {
-    incoming_with_timeout(listener, config, HANDSHAKE_TIMEOUT)
+pub fn incoming(listener: TcpListener, tls: impl Into<ServerTls>) -> Incoming {
+    incoming_with_timeout(listener, tls, HANDSHAKE_TIMEOUT)
 }
 
 /// [`incoming`] with a custom handshake timeout.
 pub fn incoming_with_timeout(
     listener: TcpListener,
-    config: Arc<ServerConfig>,
+    tls: impl Into<ServerTls>,
     handshake_timeout: Duration,
 ) -> Incoming {
     let (tx, rx) = mpsc::channel(64);
-    let acceptor = TlsAcceptor::from(config);
-    let accept_task = tokio::spawn(accept_loop(listener, acceptor, tx, handshake_timeout));
+    let accept_task = tokio::spawn(accept_loop(listener, tls.into(), tx, handshake_timeout));
     Incoming { rx, accept_task }
 }
 
 async fn accept_loop(
     listener: TcpListener,
-    acceptor: TlsAcceptor,
+    tls: ServerTls,
     tx: mpsc::Sender<TlsConn>,
     handshake_timeout: Duration,
 ) {
@@ -188,7 +189,7 @@ async fn accept_loop(
         match accepted {
             Ok((tcp, remote_addr)) => {
                 handshakes.spawn(handshake(
-                    acceptor.clone(),
+                    TlsAcceptor::from(tls.config()),
                     tcp,
                     remote_addr,
                     handshake_timeout,

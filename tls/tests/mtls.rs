@@ -3,23 +3,17 @@
 
 mod common;
 
-use std::convert::Infallible;
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures::StreamExt;
 use plexus_tls::{
-    client_config, connect, dial, incoming, incoming_with_timeout, require_role, server_config,
-    ConnectOptions, DevCa, Identity, Incoming, PeerInfo, Role, TlsConn,
+    client_config, connect, dial, incoming, incoming_with_timeout, server_config, ConnectOptions,
+    DevCa, Identity, Incoming, Role, TlsConn,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tonic::body::Body;
-use tonic::codegen::http;
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -366,55 +360,6 @@ async fn proxy_refusal_reports_the_status_line() {
     );
 }
 
-/// Answers every call with the caller's identity in a header, or
-/// PermissionDenied for non-node callers, using only what tonic puts in the extensions.
-#[derive(Clone)]
-struct WhoAmI;
-
-impl tonic::server::NamedService for WhoAmI {
-    const NAME: &'static str = "plexus.test.WhoAmI";
-}
-
-impl tower::Service<http::Request<Body>> for WhoAmI {
-    type Response = http::Response<Body>;
-    type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: http::Request<Body>) -> Self::Future {
-        let mut call = tonic::Request::new(());
-        if let Some(peer) = req.extensions().get::<PeerInfo>() {
-            call.extensions_mut().insert(peer.clone());
-        }
-        let response = match require_role(&call, &[Role::Node]) {
-            Ok(identity) => {
-                let mut response = tonic::Status::ok("").into_http::<Body>();
-                response
-                    .headers_mut()
-                    .insert("x-identity", identity.to_string().parse().unwrap());
-                response
-            }
-            Err(status) => status.into_http(),
-        };
-        Box::pin(async move { Ok(response) })
-    }
-}
-
-async fn call_whoami(channel: &mut tonic::transport::Channel) -> http::Response<Body> {
-    use tower::{Service, ServiceExt};
-    let req = http::Request::builder()
-        .method("POST")
-        .uri("/plexus.test.WhoAmI/Get")
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .body(Body::empty())
-        .unwrap();
-    channel.ready().await.unwrap().call(req).await.unwrap()
-}
-
 #[tokio::test]
 async fn tonic_round_trip_through_proxy_sees_peer_info() {
     let dir = tempfile::tempdir().unwrap();
@@ -423,7 +368,7 @@ async fn tonic_round_trip_through_proxy_sees_peer_info() {
     let (shutdown_tx, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(
         tonic::transport::Server::builder()
-            .add_service(WhoAmI)
+            .add_service(common::WhoAmI)
             .serve_with_incoming_shutdown(incoming, async {
                 let _ = shutdown_rx.await;
             }),
@@ -442,7 +387,7 @@ async fn tonic_round_trip_through_proxy_sees_peer_info() {
     )
     .await
     .unwrap();
-    let response = call_whoami(&mut channel).await;
+    let response = common::call_whoami(&mut channel).await;
     assert_eq!(response.headers()["grpc-status"], "0");
     assert_eq!(response.headers()["x-identity"], "node:hospital-a");
     assert_eq!(seen.lock().unwrap().len(), 1);
@@ -461,7 +406,8 @@ async fn tonic_round_trip_through_proxy_sees_peer_info() {
     )
     .await
     .unwrap();
-    let status = tonic::Status::from_header_map(call_whoami(&mut channel).await.headers()).unwrap();
+    let status =
+        tonic::Status::from_header_map(common::call_whoami(&mut channel).await.headers()).unwrap();
     assert_eq!(status.code(), tonic::Code::PermissionDenied);
     assert_eq!(
         status.message(),
@@ -527,8 +473,14 @@ async fn a_network_member_cannot_stand_in_for_the_coordinator() {
     .to_string();
     assert!(err.contains("node:impostor, not of a coordinator"), "{err}");
 
-    // The real coordinator certificate passes.
-    let (_incoming, addr) = server(&pki.coordinator).await;
+    // The real coordinator certificate passes (a serving one: the client
+    // waits for the server's first HTTP/2 frame to know it was accepted).
+    let (incoming, addr) = server(&pki.coordinator).await;
+    let _server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(common::WhoAmI)
+            .serve_with_incoming(incoming),
+    );
     plexus_tls::connect(
         &format!("https://{addr}"),
         client_config(&pki.node).unwrap(),

@@ -162,8 +162,13 @@ fn tls_files_validate_and_resolve() {
         ca: "pki/ca.pem".into(),
         cert: "/abs/node.pem".into(),
         key: "node.key".into(),
+        crl: Some("pki/crl.pem".into()),
     };
     let resolved = files.resolve(std::path::Path::new("/etc/plexus"));
+    assert_eq!(
+        resolved.crl.as_deref(),
+        Some(std::path::Path::new("/etc/plexus/pki/crl.pem"))
+    );
     assert_eq!(resolved.ca, std::path::Path::new("/etc/plexus/pki/ca.pem"));
     assert_eq!(resolved.cert, std::path::Path::new("/abs/node.pem"));
     assert_eq!(resolved.key, std::path::Path::new("/etc/plexus/node.key"));

@@ -83,6 +83,8 @@ impl NodeLink for NodeLinkService {
         if hello.dictionary_version != self.state.dictionary.fingerprint() {
             warn!(node = %node_id, node_dictionary = %hello.dictionary_version, coordinator_dictionary = %self.state.dictionary.fingerprint(), "node uses another data dictionary");
         }
+        // Kept to tell the node why, should a new revocation list cut it off.
+        let revoked_tx = tx.clone();
         let conn_id = self.state.registry.connect(
             NodeState {
                 node_id: node_id.clone(),
@@ -110,11 +112,20 @@ impl NodeLink for NodeLinkService {
 
         let state = self.state.clone();
         let span = info_span!("node_stream", node = %node_id);
+        let mut tls = self.state.tls.clone();
         tokio::spawn(
             async move {
+                let peer_cert = plexus_tls::CertificateDer::from(certificate.clone());
                 loop {
                     let msg = tokio::select! {
                         m = inbound.message() => m,
+                        loaded = tls.changed() => {
+                            if loaded.crl.as_ref().is_some_and(|crl| crl.revokes(&peer_cert)) {
+                                cut_revoked(&state, &node_id, &revoked_tx).await;
+                                break;
+                            }
+                            continue;
+                        }
                         _ = state.shutdown.cancelled() => break,
                     };
                     match msg {
@@ -146,6 +157,33 @@ impl NodeLink for NodeLinkService {
         let out = ReceiverStream::new(rx).take_until(async move { shutdown.cancelled().await });
         Ok(Response::new(Box::pin(out)))
     }
+}
+
+/// A revocation list loaded while the node was connected revokes its
+/// certificate: the stream ends with the reason, and the node's next
+/// connection is refused at the handshake.
+async fn cut_revoked(
+    state: &State,
+    node_id: &str,
+    tx: &mpsc::Sender<Result<pb::CoordinatorMessage, Status>>,
+) {
+    warn!("the node's certificate was revoked by the new revocation list; closing its stream");
+    let _ = tx
+        .send(Err(Status::permission_denied(
+            "this node's certificate has been revoked by the network's certificate revocation list; ask the network admin for a new certificate",
+        )))
+        .await;
+    state
+        .audit(AuditEntry {
+            who: node_id.to_string(),
+            role: "node".into(),
+            action: "node.revoked".into(),
+            node_id: node_id.to_string(),
+            outcome: "refused".into(),
+            detail: "certificate revoked while connected; stream closed".into(),
+            ..Default::default()
+        })
+        .await;
 }
 
 async fn handle(
