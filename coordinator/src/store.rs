@@ -445,10 +445,12 @@ impl Store {
     /// Entries matching `f`: the newest `limit`, returned oldest first.
     pub async fn audit(&self, f: &AuditFilter) -> Result<Vec<AuditEntry>> {
         let limit = i64::from(f.limit.unwrap_or(1000).clamp(1, 100_000));
-        let rows = sqlx::query(
-            "SELECT * FROM audit_events WHERE (? IS NULL OR study_id = ?) AND (? IS NULL OR who = ?) \
-             AND (? IS NULL OR at >= ?) AND (? IS NULL OR at < ?) ORDER BY seq DESC LIMIT ?",
-        )
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            audit_columns!(),
+            " FROM audit_events WHERE (? IS NULL OR study_id = ?) AND (? IS NULL OR who = ?) \
+             AND (? IS NULL OR at >= ?) AND (? IS NULL OR at < ?) ORDER BY seq DESC LIMIT ?"
+        ))
         .bind(&f.study_id)
         .bind(&f.study_id)
         .bind(&f.who)
@@ -466,20 +468,51 @@ impl Store {
     /// Up to `limit` entries after `after_seq`, in log order: how the whole
     /// log is read, a page at a time.
     pub async fn audit_page(&self, after_seq: i64, limit: u32) -> Result<Vec<AuditEntry>> {
-        let rows = sqlx::query("SELECT * FROM audit_events WHERE seq > ? ORDER BY seq LIMIT ?")
-            .bind(after_seq)
-            .bind(i64::from(limit))
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            audit_columns!(),
+            " FROM audit_events WHERE seq > ? ORDER BY seq LIMIT ?"
+        ))
+        .bind(after_seq)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter().map(audit_entry).collect()
+    }
+
+    /// The entries with `lo < seq <= hi`, in log order.
+    pub async fn audit_range(&self, lo: i64, hi: i64) -> Result<Vec<AuditEntry>> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            audit_columns!(),
+            " FROM audit_events WHERE seq > ? AND seq <= ? ORDER BY seq"
+        ))
+        .bind(lo)
+        .bind(hi)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(audit_entry).collect()
+    }
+
+    /// The highest entry number (0 for an empty log).
+    pub async fn audit_last_seq(&self) -> Result<i64> {
+        Ok(
+            sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM audit_events")
+                .fetch_one(&self.pool)
+                .await?,
+        )
     }
 
     /// One entry by its position.
     pub async fn audit_entry(&self, seq: i64) -> Result<Option<AuditEntry>> {
-        let row = sqlx::query("SELECT * FROM audit_events WHERE seq = ?")
-            .bind(seq)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            audit_columns!(),
+            " FROM audit_events WHERE seq = ?"
+        ))
+        .bind(seq)
+        .fetch_optional(&self.pool)
+        .await?;
         row.as_ref().map(audit_entry).transpose()
     }
 
@@ -556,28 +589,41 @@ fn insert_audit(
     .bind(&e.detail)
 }
 
+/// The columns [`audit_entry`] reads, by position.
+macro_rules! audit_columns {
+    () => {
+        "seq, at, who, role, action, study_id, purpose, query_id, job_id, node_id, nodes, \
+         query_hash, result_size, suppressed, privacy_cost, privacy_remaining, outcome, detail"
+    };
+}
+use audit_columns;
+
+/// An entry from a row of [`audit_columns`], read by position (a million
+/// rows are read when the log is verified or the tree rebuilt).
 fn audit_entry(r: &sqlx::sqlite::SqliteRow) -> Result<AuditEntry> {
-    let nodes: String = r.try_get("nodes")?;
+    let nodes: String = r.try_get(10)?;
     Ok(AuditEntry {
-        seq: r.try_get("seq")?,
-        at: r.try_get("at")?,
-        who: r.try_get("who")?,
-        role: r.try_get("role")?,
-        action: r.try_get("action")?,
-        study_id: r.try_get("study_id")?,
-        purpose: r.try_get("purpose")?,
-        query_id: r.try_get("query_id")?,
-        job_id: r.try_get("job_id")?,
-        node_id: r.try_get("node_id")?,
-        nodes: serde_json::from_str(&nodes).unwrap_or_else(|_| vec![nodes.clone()]),
-        query_hash: r.try_get("query_hash")?,
-        result_size: r
-            .try_get::<Option<i64>, _>("result_size")?
-            .map(|n| n as u64),
-        suppressed: r.try_get::<i64, _>("suppressed")? as u64,
-        privacy_cost: r.try_get("privacy_cost")?,
-        privacy_remaining: r.try_get("privacy_remaining")?,
-        outcome: r.try_get("outcome")?,
-        detail: r.try_get("detail")?,
+        seq: r.try_get(0)?,
+        at: r.try_get(1)?,
+        who: r.try_get(2)?,
+        role: r.try_get(3)?,
+        action: r.try_get(4)?,
+        study_id: r.try_get(5)?,
+        purpose: r.try_get(6)?,
+        query_id: r.try_get(7)?,
+        job_id: r.try_get(8)?,
+        node_id: r.try_get(9)?,
+        nodes: if nodes == "[]" {
+            Vec::new()
+        } else {
+            serde_json::from_str(&nodes).unwrap_or_else(|_| vec![nodes.clone()])
+        },
+        query_hash: r.try_get(11)?,
+        result_size: r.try_get::<Option<i64>, _>(12)?.map(|n| n as u64),
+        suppressed: r.try_get::<i64, _>(13)? as u64,
+        privacy_cost: r.try_get(14)?,
+        privacy_remaining: r.try_get(15)?,
+        outcome: r.try_get(16)?,
+        detail: r.try_get(17)?,
     })
 }
