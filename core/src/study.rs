@@ -325,8 +325,8 @@ disease = "MONDO:0005160"
             s.definition_hash(),
             crate::hash::sha256_hex(json.as_bytes())
         );
-        let on = StudyDefinition::from_toml(&format!("secure_aggregation = true\n{EXAMPLE}"))
-            .unwrap();
+        let on =
+            StudyDefinition::from_toml(&format!("secure_aggregation = true\n{EXAMPLE}")).unwrap();
         assert!(on.secure_aggregation);
         assert_ne!(on.definition_hash(), s.definition_hash());
         // Two nodes cannot aggregate securely.

@@ -12,6 +12,7 @@ pub mod job;
 pub mod ledger;
 pub mod link;
 pub mod log;
+pub mod secagg;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,6 +31,10 @@ pub struct RunOptions {
     /// Drop each job unanswered right after its ledger debit, as if the
     /// node died between debit and release (fault-injection tests).
     pub crash_after_debit: bool,
+    /// Answer the key round of secure aggregation, then drop every masked
+    /// job unanswered after computing it, as if the node died mid-job
+    /// (fault-injection tests).
+    pub drop_masked_jobs: bool,
 }
 
 /// Opens the data (refusing to start when the mapping does not match it),
@@ -72,6 +77,8 @@ pub async fn run_with(
         signer,
         job_delay: options.job_delay,
         crash_after_debit: options.crash_after_debit,
+        sessions: Arc::new(secagg::Sessions::new()),
+        drop_masked_jobs: options.drop_masked_jobs,
     });
     let link = link::Link {
         runner,

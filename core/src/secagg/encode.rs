@@ -372,14 +372,16 @@ impl Contribution {
         };
         Ok(match self {
             Contribution::Count(n) => NodeStats::Count(cell(n, k)),
-            Contribution::Summary(m) => NodeStats::Summary((m.n >= u64::from(k).max(1)).then(|| {
-                let n = m.n as f64;
-                Moments {
-                    n: m.n,
-                    sum: m.sum,
-                    sum_squares: m.sum_squares.max(m.sum * m.sum / n),
-                }
-            })),
+            Contribution::Summary(m) => {
+                NodeStats::Summary((m.n >= u64::from(k).max(1)).then(|| {
+                    let n = m.n as f64;
+                    Moments {
+                        n: m.n,
+                        sum: m.sum,
+                        sum_squares: m.sum_squares.max(m.sum * m.sum / n),
+                    }
+                }))
+            }
             Contribution::Histogram { bins, below, above } => NodeStats::Histogram {
                 bins: bins.into_iter().map(|n| cell(n, k)).collect(),
                 below: cell(below, k),
@@ -412,7 +414,7 @@ impl Contribution {
     }
 }
 
-fn dominated() -> Error {
+pub(crate) fn dominated() -> Error {
     Error::disclosure(
         "one or two patients dominate this node's sum, so the node withholds its part; under secure aggregation it does so by refusing, and the pooled result is computed without it",
     )
@@ -560,7 +562,11 @@ mod tests {
             let q = query(json);
             let v = c.encode().unwrap();
             assert_eq!(v.len(), vector_len(&q.analysis, &d).unwrap(), "{json}");
-            assert_eq!(Contribution::decode(&q.analysis, &d, &v).unwrap(), c, "{json}");
+            assert_eq!(
+                Contribution::decode(&q.analysis, &d, &v).unwrap(),
+                c,
+                "{json}"
+            );
             // One value short is refused.
             assert!(Contribution::decode(&q.analysis, &d, &v[1..]).is_err());
         }

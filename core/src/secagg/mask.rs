@@ -241,7 +241,10 @@ impl KeyPairs {
                 Error::internal(format!("no private key for {} (checked above)", other.node))
             })?;
             let theirs = other.keys.get(&self.node).ok_or_else(|| {
-                Error::internal(format!("{} has no key for this node (validated)", other.node))
+                Error::internal(format!(
+                    "{} has no key for this node (validated)",
+                    other.node
+                ))
             })?;
             let prk = agreement::agree_ephemeral(key, &UnparsedPublicKey::new(&X25519, theirs), |secret| {
                 salt.extract(secret)
@@ -474,7 +477,8 @@ mod tests {
         assert!(e.message.contains("not the one this node made"), "{e}");
 
         // A roster without this node.
-        let outsider = KeyPairs::generate("s1", "hospital-zz", nodes.iter().map(String::as_str)).unwrap();
+        let outsider =
+            KeyPairs::generate("s1", "hospital-zz", nodes.iter().map(String::as_str)).unwrap();
         let e = outsider.agree(&roster).unwrap_err();
         assert!(e.message.contains("does not name this node"), "{e}");
 

@@ -42,12 +42,43 @@
 mod encode;
 mod mask;
 
+pub(crate) use encode::dominated;
+
 pub use encode::{
     add_into, decode_real, encode_real, supported, vector_len, Contribution, FRACTION_BITS,
     MAX_ELEMENTS, MAX_REAL,
 };
 pub use mask::{KeyPairs, Masker, PublicKey, Roster, RosterNode, KEY_LEN, MIN_NODES};
 
+use crate::pool::{PooledCell, PooledValue};
+
 /// The name a securely aggregated answer goes by where a node's name
 /// would stand (the pooled statistics are nobody's own).
-pub const POOLED: &str = "secure aggregate";
+pub const POOLED: &str = "pooled sums (secure aggregation)";
+
+/// Takes [`POOLED`] out of the lists of nodes that suppressed or merged a
+/// value: under secure aggregation suppression is applied to the pooled
+/// sums, so a suppressed cell reads as a plain pooled total under the
+/// minimum cell size, as it does without secure aggregation.
+pub fn unlabel(value: &mut PooledValue) {
+    let cell = |c: &mut PooledCell| c.suppressed_at.retain(|n| n != POOLED);
+    match value {
+        PooledValue::Count { n } => cell(n),
+        PooledValue::Histogram {
+            bins, below, above, ..
+        } => bins.iter_mut().chain([below, above]).for_each(cell),
+        PooledValue::Table { cells, .. } => cells.iter_mut().flatten().for_each(cell),
+        PooledValue::KaplanMeier(k) => {
+            for c in &mut k.curves {
+                c.suppressed_at.retain(|n| n != POOLED);
+                c.merged_at.retain(|n| n != POOLED);
+            }
+        }
+        PooledValue::Summary { .. }
+        | PooledValue::Glm(_)
+        | PooledValue::Cox(_)
+        | PooledValue::Correlation(_)
+        | PooledValue::Quantiles(_)
+        | PooledValue::TwoByTwo(_) => {}
+    }
+}
