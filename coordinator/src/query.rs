@@ -544,8 +544,9 @@ struct Fit {
     receipts: Vec<(String, Receipt)>,
 }
 
-/// Adds one round's receipts to a fit's running totals per node.
-fn add_receipts(totals: &mut Vec<(String, Receipt)>, round: &[(String, Receipt)]) {
+/// Adds one round's receipts to a query's running totals per node (the
+/// rounds of a fit, the attempts of a secure aggregation).
+pub(crate) fn add_receipts(totals: &mut Vec<(String, Receipt)>, round: &[(String, Receipt)]) {
     for (node, r) in round {
         match totals.iter_mut().find(|(n, _)| n == node) {
             Some((_, t)) => {
@@ -813,25 +814,25 @@ async fn ask(
                 };
                 (Answer::Other(outcome), "refused", None, Some(e))
             }
-            Ok(Ok(Ok((outcome @ (pb::job_result::Outcome::Keys(_) | pb::job_result::Outcome::Masked(_)), receipt)))) => {
-                match secure_answer(&job, outcome, receipt, query, &state.dictionary) {
-                    Ok((answer, stored)) => (answer, "answered", Some(stored), None),
-                    Err(e) => {
-                        warn!(node = %node, error = %e, "node answer refused");
-                        let outcome = NodeOutcome {
-                            node: node.to_string(),
-                            status: NodeStatus::Failed,
-                            detail: Some(format!(
-                                "answer refused by the coordinator: {}",
-                                e.message
-                            )),
-                            code: Some(e.code),
-                        };
-                        (Answer::Other(outcome), "invalid", None, Some(e))
-                    }
+            Ok(Ok(Ok((
+                outcome @ (pb::job_result::Outcome::Keys(_) | pb::job_result::Outcome::Masked(_)),
+                receipt,
+            )))) => match secure_answer(&job, outcome, receipt, query, &state.dictionary) {
+                Ok((answer, stored)) => (answer, "answered", Some(stored), None),
+                Err(e) => {
+                    warn!(node = %node, error = %e, "node answer refused");
+                    let outcome = NodeOutcome {
+                        node: node.to_string(),
+                        status: NodeStatus::Failed,
+                        detail: Some(format!("answer refused by the coordinator: {}", e.message)),
+                        code: Some(e.code),
+                    };
+                    (Answer::Other(outcome), "invalid", None, Some(e))
                 }
-            }
-            Ok(Ok(Ok((pb::job_result::Outcome::Stats(_), _)))) if job.secure_aggregation.is_some() => {
+            },
+            Ok(Ok(Ok((pb::job_result::Outcome::Stats(_), _))))
+                if job.secure_aggregation.is_some() =>
+            {
                 // A node's own figures where only a masked vector was
                 // asked for: neither used nor kept.
                 signed = None;
@@ -913,7 +914,9 @@ fn secure_answer(
     query: &Query,
     dict: &plexus_core::Dictionary,
 ) -> Result<(Answer, String), Error> {
-    let wrong = || Error::invalid("the node answered another step of secure aggregation than the one asked");
+    let wrong = || {
+        Error::invalid("the node answered another step of secure aggregation than the one asked")
+    };
     let sa = job.secure_aggregation.as_ref().ok_or_else(|| {
         Error::invalid("the node answered a plain job with a secure aggregation step")
     })?;
@@ -948,7 +951,10 @@ fn secure_answer(
         }
         (pb::job_result::Outcome::Masked(m), Some(pb::secure_aggregation::Step::Mask(request))) => {
             let roster = plexus_core::secagg::Roster::try_from(
-                request.roster.clone().ok_or_else(|| Error::internal("a mask job without a roster"))?,
+                request
+                    .roster
+                    .clone()
+                    .ok_or_else(|| Error::internal("a mask job without a roster"))?,
             )?;
             if m.session_id != sa.session_id
                 || m.step != request.step

@@ -18,7 +18,7 @@ use plexus_core::{Error, NodeStats};
 use plexus_proto::v1 as pb;
 use tracing::{info, warn};
 
-use crate::query::{Answer, Plan, Round};
+use crate::query::{add_receipts, Answer, Plan, Round};
 
 /// An open secure aggregation session: its roster, the largest minimum
 /// cell size the roster's nodes asked for, and the next step to mask.
@@ -168,7 +168,9 @@ impl Plan<'_> {
                     Answer::Masked(vector, receipt) => {
                         add_into(&mut sum, &vector);
                         if let Some(r) = receipt {
-                            round.receipts.push((node.clone(), r));
+                            // Per node over the attempts: what a dropped
+                            // attempt charged counts, once.
+                            add_receipts(&mut round.receipts, &[(node.clone(), r)]);
                         }
                         answered.push(node);
                     }

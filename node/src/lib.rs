@@ -48,6 +48,26 @@ pub async fn run_with(
     shutdown: CancellationToken,
     options: RunOptions,
 ) -> Result<()> {
+    let runner = Arc::new(open_runner(config, options).await?);
+    let tls =
+        plexus_tls::client_config(&runner.config.tls).map_err(|e| NodeError::Tls(e.to_string()))?;
+    let data = runner.data.clone();
+    info!(node = %runner.config.node.id, variables = data.variables().len(), log = %runner.log.path().display(), "node ready");
+    let link = link::Link {
+        runner,
+        tls,
+        snapshot: Box::new(move || data.snapshot().unwrap_or_else(|e| format!("unknown ({e})"))),
+    };
+    link.run(shutdown).await;
+    info!("node stopped");
+    Ok(())
+}
+
+/// Everything a node needs to take jobs, opened from its config: the
+/// data (refused when the mapping does not match it), the local log, the
+/// privacy ledger, the seen jobs, the coordinator's pinned key and the
+/// node's signing key. Tests drive a runner directly with crafted jobs.
+pub async fn open_runner(config: NodeConfig, options: RunOptions) -> Result<job::JobRunner> {
     config.validate()?;
     let dictionary = Arc::new(plexus_core::Dictionary::load_or_default(
         config.node.dictionary.as_deref(),
@@ -64,12 +84,10 @@ pub async fn run_with(
     let signer = Arc::new(
         plexus_tls::CertSigner::load(&config.tls.key).map_err(|e| NodeError::Tls(e.to_string()))?,
     );
-    let tls = plexus_tls::client_config(&config.tls).map_err(|e| NodeError::Tls(e.to_string()))?;
-    info!(node = %config.node.id, variables = data.variables().len(), log = %log.path().display(), "node ready");
-    let runner = Arc::new(job::JobRunner {
+    Ok(job::JobRunner {
         config: Arc::new(config),
         dictionary,
-        data: data.clone(),
+        data,
         log,
         ledger,
         verifying_key,
@@ -79,13 +97,5 @@ pub async fn run_with(
         crash_after_debit: options.crash_after_debit,
         sessions: Arc::new(secagg::Sessions::new()),
         drop_masked_jobs: options.drop_masked_jobs,
-    });
-    let link = link::Link {
-        runner,
-        tls,
-        snapshot: Box::new(move || data.snapshot().unwrap_or_else(|e| format!("unknown ({e})"))),
-    };
-    link.run(shutdown).await;
-    info!("node stopped");
-    Ok(())
+    })
 }
