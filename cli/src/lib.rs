@@ -10,4 +10,5 @@ pub mod demo;
 pub mod output;
 pub mod plot;
 pub mod sandbox;
+pub mod secure_bench;
 pub mod synth;
