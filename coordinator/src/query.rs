@@ -935,7 +935,7 @@ fn secure_answer(
                 .map(String::as_str)
                 .filter(|n| *n != job.audience)
                 .collect();
-            if !keys.keys().map(String::as_str).eq(expected.into_iter()) {
+            if !keys.keys().map(String::as_str).eq(expected) {
                 return Err(Error::invalid(
                     "the node's public keys are not one for each other node of the session",
                 ));

@@ -91,7 +91,7 @@ pub fn vector_to_bytes(v: &[u128]) -> Vec<u8> {
 /// A vector from bytes, refused unless made of whole 16-byte elements
 /// within the size limit.
 pub fn vector_from_bytes(bytes: &[u8]) -> Result<Vec<u128>> {
-    if bytes.len() % 16 != 0 {
+    if !bytes.chunks_exact(16).remainder().is_empty() {
         return Err(Error::invalid(format!(
             "a masked vector of {} bytes is not made of 16-byte elements",
             bytes.len()
