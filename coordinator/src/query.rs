@@ -782,6 +782,17 @@ async fn ask(
             })
         })
     });
+    // An answer the coordinator does not take: the node failed the job.
+    let invalid = |e: Error| {
+        warn!(node = %node, error = %e, "node answer refused");
+        let outcome = NodeOutcome {
+            node: node.to_string(),
+            status: NodeStatus::Failed,
+            detail: Some(format!("answer refused by the coordinator: {}", e.message)),
+            code: Some(e.code),
+        };
+        (Answer::Other(outcome), "invalid", None, Some(e))
+    };
     let (answer, status, stats_json, err): (Answer, &str, Option<String>, Option<Error>) =
         match reply {
             Err(_) => {
@@ -819,16 +830,7 @@ async fn ask(
                 receipt,
             )))) => match secure_answer(&job, outcome, receipt, query, &state.dictionary) {
                 Ok((answer, stored)) => (answer, "answered", Some(stored), None),
-                Err(e) => {
-                    warn!(node = %node, error = %e, "node answer refused");
-                    let outcome = NodeOutcome {
-                        node: node.to_string(),
-                        status: NodeStatus::Failed,
-                        detail: Some(format!("answer refused by the coordinator: {}", e.message)),
-                        code: Some(e.code),
-                    };
-                    (Answer::Other(outcome), "invalid", None, Some(e))
-                }
+                Err(e) => invalid(e),
             },
             Ok(Ok(Ok((pb::job_result::Outcome::Stats(_), _))))
                 if job.secure_aggregation.is_some() =>
@@ -836,17 +838,9 @@ async fn ask(
                 // A node's own figures where only a masked vector was
                 // asked for: neither used nor kept.
                 signed = None;
-                let e = Error::invalid(
+                invalid(Error::invalid(
                     "the node answered a secure aggregation job with plain statistics; they were discarded unread (is the node's plexus-node older than its study?)",
-                );
-                warn!(node = %node, "plain answer to a secure aggregation job discarded");
-                let outcome = NodeOutcome {
-                    node: node.to_string(),
-                    status: NodeStatus::Failed,
-                    detail: Some(format!("answer refused by the coordinator: {}", e.message)),
-                    code: Some(e.code),
-                };
-                (Answer::Other(outcome), "invalid", None, Some(e))
+                ))
             }
             Ok(Ok(Ok((pb::job_result::Outcome::Stats(s), receipt)))) => {
                 let receipt = receipt.map(Receipt::try_from).transpose();
@@ -865,19 +859,7 @@ async fn ask(
                         let json = serde_json::to_string(&s).ok();
                         (Answer::Stats(s, receipt), "answered", json, None)
                     }
-                    Err(e) => {
-                        warn!(node = %node, error = %e, "node answer refused");
-                        let outcome = NodeOutcome {
-                            node: node.to_string(),
-                            status: NodeStatus::Failed,
-                            detail: Some(format!(
-                                "answer refused by the coordinator: {}",
-                                e.message
-                            )),
-                            code: Some(e.code),
-                        };
-                        (Answer::Other(outcome), "invalid", None, Some(e))
-                    }
+                    Err(e) => invalid(e),
                 }
             }
         };
@@ -940,11 +922,13 @@ fn secure_answer(
                     "the node's public keys are not one for each other node of the session",
                 ));
             }
+            let public: std::collections::BTreeMap<&String, String> =
+                keys.iter().map(|(p, k)| (p, hex::encode(k))).collect();
             let stored = serde_json::json!({
                 "secure_aggregation": {
                     "session_id": sa.session_id,
                     "min_cell_size": k.min_cell_size,
-                    "public_keys": keys.iter().map(|(p, k)| (p.clone(), hex::encode(k))).collect::<std::collections::BTreeMap<_, _>>(),
+                    "public_keys": public,
                 }
             });
             Ok((Answer::Keys(keys, k.min_cell_size), stored.to_string()))

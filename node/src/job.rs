@@ -13,7 +13,7 @@ use plexus_core::models::glm::Iteration;
 use plexus_core::models::survival::GroupStats;
 use plexus_core::privacy::release::{contribute, releasable, release_for};
 use plexus_core::privacy::report::Receipt;
-use plexus_core::secagg::{self, Contribution, Roster};
+use plexus_core::secagg::{self, Contribution};
 use plexus_core::{Cell, Dictionary, Error, NodeStats, Purpose, Query};
 use plexus_proto::convert::{keys_to_pb, vector_to_bytes};
 use plexus_proto::v1 as pb;
@@ -23,7 +23,7 @@ use crate::data::{DataSource, Limits};
 use crate::envelope::{self, SeenJobs};
 use crate::ledger::{Answer, Kept, Ledger};
 use crate::log::{JobLog, LogEntry};
-use crate::secagg::Sessions;
+use crate::secagg::{MaskFor, Sessions, Step};
 
 pub struct JobRunner {
     pub config: Arc<NodeConfig>,
@@ -78,52 +78,6 @@ enum Reply {
 
 /// What a job ends in: a release with its receipt, or an error.
 type Outcome = Result<(Reply, Option<Receipt>), Error>;
-
-/// The step of secure aggregation a job asks for.
-enum Secure {
-    Keys {
-        session_id: String,
-        nodes: Vec<String>,
-    },
-    Mask {
-        roster: Roster,
-        step: u32,
-    },
-}
-
-impl Secure {
-    fn of(job: &pb::Job) -> Result<Option<Self>, Error> {
-        let Some(sa) = &job.secure_aggregation else {
-            return Ok(None);
-        };
-        Ok(Some(match sa.step.clone() {
-            Some(pb::secure_aggregation::Step::KeyRequest(k)) => Secure::Keys {
-                session_id: sa.session_id.clone(),
-                nodes: k.nodes,
-            },
-            Some(pb::secure_aggregation::Step::Mask(m)) => {
-                let roster = Roster::try_from(m.roster.ok_or_else(|| {
-                    Error::invalid("the secure aggregation job carries no roster")
-                })?)?;
-                if roster.session_id != sa.session_id {
-                    return Err(Error::invalid(format!(
-                        "the roster is for session {}, and the job for session {}",
-                        roster.session_id, sa.session_id
-                    )));
-                }
-                Secure::Mask {
-                    roster,
-                    step: m.step,
-                }
-            }
-            None => {
-                return Err(Error::invalid(
-                    "the secure aggregation job names no step (key request or mask)",
-                ))
-            }
-        }))
-    }
-}
 
 /// The receipt of a kept answer given again: nothing charged.
 fn repeated(spent: f64, budget: f64, noise: plexus_core::privacy::release::NoiseScale) -> Receipt {
@@ -235,7 +189,7 @@ impl JobRunner {
 
     async fn execute(&self, job: &pb::Job) -> Outcome {
         let checked = self.check(job)?;
-        let secure = Secure::of(job)?;
+        let secure = Step::of(job)?;
         if secure.is_some() {
             secagg::supported(&checked.query)?;
             secagg::vector_len(&checked.query.analysis, &self.dictionary)?;
@@ -243,14 +197,14 @@ impl JobRunner {
         let now_ms = chrono::Utc::now().timestamp_millis();
         let masker = match secure {
             None => None,
-            Some(Secure::Keys { session_id, nodes }) => {
+            Some(Step::Keys { session_id, nodes }) => {
                 return self.make_keys(job, &checked, &session_id, &nodes, now_ms)
             }
-            Some(Secure::Mask { roster, step }) => Some((
-                self.sessions.masker(&roster, step, now_ms)?,
-                roster.session_id,
+            Some(Step::Mask { roster, step }) => Some(MaskFor {
+                masker: self.sessions.masker(&roster, step, now_ms)?,
+                session_id: roster.session_id,
                 step,
-            )),
+            }),
         };
         if !self.job_delay.is_zero() {
             tokio::time::sleep(self.job_delay).await;
@@ -346,23 +300,18 @@ impl JobRunner {
     }
 
     /// The reply carrying `kept`: as it is, or masked for a roster.
-    fn reply(
-        &self,
-        kept: Kept,
-        receipt: Option<Receipt>,
-        masker: Option<&(Arc<secagg::Masker>, String, u32)>,
-    ) -> Outcome {
+    fn reply(&self, kept: Kept, receipt: Option<Receipt>, masker: Option<&MaskFor>) -> Outcome {
         let reply = match (kept, masker) {
             (Kept::Stats(stats), None) => Reply::Stats(stats),
-            (Kept::Contribution(c), Some((masker, session_id, step))) => {
-                let vector = masker.mask(*step, &c.encode()?)?;
+            (Kept::Contribution(c), Some(m)) => {
+                let vector = m.masker.mask(m.step, &c.encode()?)?;
                 if self.drop_masked_jobs {
                     return Err(Error::internal(DROPPED));
                 }
                 Reply::Masked(pb::MaskedStats {
-                    session_id: session_id.clone(),
-                    roster_digest: masker.digest().to_vec(),
-                    step: *step,
+                    session_id: m.session_id.clone(),
+                    roster_digest: m.masker.digest().to_vec(),
+                    step: m.step,
                     vector: vector_to_bytes(&vector),
                 })
             }

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use plexus_core::secagg::{KeyPairs, Masker, PublicKey, Roster, MIN_NODES};
 use plexus_core::study::is_principal_name;
 use plexus_core::{Error, Result};
+use plexus_proto::v1 as pb;
 
 /// How long a session's keys are kept after their last use.
 pub const SESSION_TTL_MS: i64 = 30 * 60 * 1000;
@@ -163,6 +164,60 @@ impl Sessions {
         session.expires_ms = now_ms + SESSION_TTL_MS;
         Ok(masker)
     }
+}
+
+/// The step of secure aggregation a job asks for.
+pub(crate) enum Step {
+    Keys {
+        session_id: String,
+        nodes: Vec<String>,
+    },
+    Mask {
+        roster: Roster,
+        step: u32,
+    },
+}
+
+impl Step {
+    /// The step `job` asks for, or `None` for a plain job.
+    pub(crate) fn of(job: &pb::Job) -> Result<Option<Self>, Error> {
+        let Some(sa) = &job.secure_aggregation else {
+            return Ok(None);
+        };
+        Ok(Some(match sa.step.clone() {
+            Some(pb::secure_aggregation::Step::KeyRequest(k)) => Step::Keys {
+                session_id: sa.session_id.clone(),
+                nodes: k.nodes,
+            },
+            Some(pb::secure_aggregation::Step::Mask(m)) => {
+                let roster = Roster::try_from(m.roster.ok_or_else(|| {
+                    Error::invalid("the secure aggregation job carries no roster")
+                })?)?;
+                if roster.session_id != sa.session_id {
+                    return Err(Error::invalid(format!(
+                        "the roster is for session {}, and the job for session {}",
+                        roster.session_id, sa.session_id
+                    )));
+                }
+                Step::Mask {
+                    roster,
+                    step: m.step,
+                }
+            }
+            None => {
+                return Err(Error::invalid(
+                    "the secure aggregation job names no step (key request or mask)",
+                ))
+            }
+        }))
+    }
+}
+
+/// The masker of the roster a job was accepted under, and where it is.
+pub(crate) struct MaskFor {
+    pub masker: Arc<Masker>,
+    pub session_id: String,
+    pub step: u32,
 }
 
 #[cfg(test)]
