@@ -204,6 +204,7 @@ impl JobRunner {
                 masker: self.sessions.masker(&roster, step, now_ms)?,
                 session_id: roster.session_id,
                 step,
+                deadline_ms: job.deadline_unix_ms,
             }),
         };
         if !self.job_delay.is_zero() {
@@ -307,6 +308,11 @@ impl JobRunner {
                 let vector = m.masker.mask(m.step, &c.encode()?)?;
                 if self.drop_masked_jobs {
                     return Err(Error::internal(DROPPED));
+                }
+                if chrono::Utc::now().timestamp_millis() >= m.deadline_ms {
+                    return Err(Error::unavailable(
+                        "the job's deadline passed before the masked answer was ready, so it is not sent: the coordinator may already be running the round again without this node",
+                    ));
                 }
                 Reply::Masked(pb::MaskedStats {
                     session_id: m.session_id.clone(),

@@ -218,6 +218,11 @@ pub(crate) struct MaskFor {
     pub masker: Arc<Masker>,
     pub session_id: String,
     pub step: u32,
+    /// The job's deadline. A masked answer is never sent after it: the
+    /// coordinator has then given the node up and may re-run the round
+    /// without it, and a late answer added to the first attempt's, less
+    /// the re-run's sum, would be this node's figure.
+    pub deadline_ms: i64,
 }
 
 #[cfg(test)]
