@@ -55,10 +55,13 @@ impl Plan<'_> {
     }
 
     /// The key round of a new session over `nodes`: its roster is the
-    /// nodes that answered with keys; the others come back with why.
+    /// nodes that answered with keys; the others come back with why. The
+    /// key request carries the round's `iteration` too, so that a node can
+    /// start computing while the roster is being built.
     async fn open_session(
         &self,
         nodes: &[String],
+        iteration: Option<&Iteration>,
     ) -> Result<(Session, Vec<NodeOutcome>), Vec<NodeOutcome>> {
         let session_id = session_id();
         let request = pb::SecureAggregation {
@@ -70,7 +73,7 @@ impl Plan<'_> {
         let mut keys = std::collections::BTreeMap::new();
         let mut others = Vec::new();
         let mut k = self.state.config.coordinator.min_cell_size;
-        for (node, answer) in self.send(nodes, None, Some(request)).await {
+        for (node, answer) in self.send(nodes, iteration, Some(request)).await {
             match answer {
                 Answer::Keys(public, node_k) => {
                     k = k.max(node_k);
@@ -137,7 +140,7 @@ impl Plan<'_> {
                 return Err(self.too_few(candidates.len(), &round.others));
             }
             if session.is_none() {
-                match self.open_session(&candidates).await {
+                match self.open_session(&candidates, iteration).await {
                     Ok((opened, refused)) => {
                         round.others.extend(refused);
                         *session = Some(opened);

@@ -23,7 +23,7 @@ use crate::data::{DataSource, Limits};
 use crate::envelope::{self, SeenJobs};
 use crate::ledger::{Answer, Kept, Ledger};
 use crate::log::{JobLog, LogEntry};
-use crate::secagg::{MaskFor, Sessions, Step};
+use crate::secagg::{fingerprint, MaskFor, Pending, Sessions, Step};
 
 pub struct JobRunner {
     pub config: Arc<NodeConfig>,
@@ -227,21 +227,33 @@ impl JobRunner {
             }
         };
         let remaining = job.deadline_unix_ms - now.timestamp_millis();
-        let limits = Limits {
-            k: checked.rules.k,
-            max_parameter_share: self.config.policy.max_parameter_share,
-            private: matches!(checked.protection, Protection::Private { .. }),
+        let limits = self.limits(&checked);
+        let remaining = Duration::from_millis(remaining.max(0) as u64);
+        let late = || Error::unavailable("the job ran past its deadline at this node");
+        // Under secure aggregation the computation may have started with
+        // the key round.
+        let started = masker.as_ref().and_then(|m| {
+            self.sessions
+                .take_pending(&m.session_id, &fingerprint(job), today)
+        });
+        let raw = match started {
+            Some(task) => tokio::time::timeout(remaining, task)
+                .await
+                .map_err(|_| late())?
+                .map_err(|e| Error::internal(format!("the node's computation stopped: {e}")))??,
+            None => {
+                let compute = self.data.compute(
+                    &checked.query,
+                    &checked.purpose,
+                    today,
+                    limits,
+                    checked.iteration.as_ref(),
+                );
+                tokio::time::timeout(remaining, compute)
+                    .await
+                    .map_err(|_| late())??
+            }
         };
-        let compute = self.data.compute(
-            &checked.query,
-            &checked.purpose,
-            today,
-            limits,
-            checked.iteration.as_ref(),
-        );
-        let raw = tokio::time::timeout(Duration::from_millis(remaining.max(0) as u64), compute)
-            .await
-            .map_err(|_| Error::unavailable("the job ran past its deadline at this node"))??;
         let (Protection::Private { rho, budget }, Some(key)) = (checked.protection, key) else {
             let kept = match masker {
                 None => Kept::Stats(apply(raw, checked.rules)),
@@ -332,7 +344,9 @@ impl JobRunner {
 
     /// The key round of a secure aggregation session: after the job's own
     /// checks (done) and the budget's, fresh key pairs for every other node
-    /// named, kept in memory; only the public halves leave.
+    /// named, kept in memory; only the public halves leave. The
+    /// computation starts now, so that it overlaps the key round; it is
+    /// used only by a masked job of the session asking the same.
     fn make_keys(
         &self,
         job: &pb::Job,
@@ -341,16 +355,36 @@ impl JobRunner {
         nodes: &[String],
         now_ms: i64,
     ) -> Outcome {
+        let today = chrono::Utc::now().date_naive();
+        let mut cached = false;
         if let Protection::Private { rho, budget } = checked.protection {
-            let today = chrono::Utc::now().date_naive();
             let key = self.cache_key(job, checked, today, rho, true)?;
-            if self.ledger.cached(&key).is_none() {
+            cached = self.ledger.cached(&key).is_some();
+            if !cached {
                 self.ledger.affords(&job.study_id, budget, rho)?;
             }
         }
         let public = self
             .sessions
             .make_keys(session_id, &self.config.node.id, nodes, now_ms)?;
+        if !cached {
+            let (data, query, purpose) = (
+                self.data.clone(),
+                checked.query.clone(),
+                checked.purpose.clone(),
+            );
+            let (limits, iteration) = (self.limits(checked), checked.iteration.clone());
+            let task = tokio::spawn(async move {
+                data.compute(&query, &purpose, today, limits, iteration.as_ref())
+                    .await
+            });
+            let pending = Pending {
+                fingerprint: fingerprint(job),
+                today,
+                task: tokio_util::task::AbortOnDropHandle::new(task),
+            };
+            self.sessions.set_pending(session_id, pending);
+        }
         Ok((
             Reply::Keys(pb::KeyShare {
                 session_id: session_id.to_string(),
@@ -359,6 +393,15 @@ impl JobRunner {
             }),
             None,
         ))
+    }
+
+    /// What the computation of a checked job may release.
+    fn limits(&self, checked: &Checked) -> Limits {
+        Limits {
+            k: checked.rules.k,
+            max_parameter_share: self.config.policy.max_parameter_share,
+            private: matches!(checked.protection, Protection::Private { .. }),
+        }
     }
 
     /// The key a released answer is kept under: the study, the query's

@@ -8,8 +8,9 @@ use std::sync::{Arc, Mutex};
 
 use plexus_core::secagg::{KeyPairs, Masker, PublicKey, Roster, MIN_NODES};
 use plexus_core::study::is_principal_name;
-use plexus_core::{Error, Result};
+use plexus_core::{Error, RawStats, Result};
 use plexus_proto::v1 as pb;
+use tokio_util::task::AbortOnDropHandle;
 
 /// How long a session's keys are kept after their last use.
 pub const SESSION_TTL_MS: i64 = 30 * 60 * 1000;
@@ -32,6 +33,39 @@ struct Session {
     roster_digest: Option<[u8; 32]>,
     steps: HashSet<u32>,
     expires_ms: i64,
+    /// The computation started with the key round, for the masked job
+    /// that asks the same (see [`Pending`]).
+    pending: Option<Pending>,
+}
+
+/// A computation a node starts when it is asked for keys, so that the
+/// key round's round trip and the computation overlap: the statistics stay
+/// in memory, nothing is noised, charged or sent until the masked job of
+/// the session asks for exactly the same ([`fingerprint`]). Dropped (and
+/// the computation stopped) with its session.
+pub struct Pending {
+    pub fingerprint: [u8; 32],
+    pub today: chrono::NaiveDate,
+    pub task: AbortOnDropHandle<Result<RawStats>>,
+}
+
+/// What a job asks a node to compute, without what differs between the
+/// jobs of one session (id, times, the secure aggregation step): two jobs
+/// with the same fingerprint ask for the same statistics.
+pub(crate) fn fingerprint(job: &pb::Job) -> [u8; 32] {
+    let what = pb::Job {
+        study_id: job.study_id.clone(),
+        purpose: job.purpose.clone(),
+        query: job.query.clone(),
+        min_cell_size: job.min_cell_size,
+        query_hash: job.query_hash.clone(),
+        iteration: job.iteration.clone(),
+        privacy: job.privacy,
+        audience: job.audience.clone(),
+        ..Default::default()
+    };
+    let d = ring::digest::digest(&ring::digest::SHA256, &prost::Message::encode_to_vec(&what));
+    d.as_ref().try_into().expect("32 bytes")
 }
 
 /// Every secure aggregation session this node has keys for.
@@ -103,9 +137,32 @@ impl Sessions {
                 roster_digest: None,
                 steps: HashSet::new(),
                 expires_ms: now_ms + SESSION_TTL_MS,
+                pending: None,
             },
         );
         Ok(public)
+    }
+
+    /// Keeps the computation started for a session's key round.
+    pub fn set_pending(&self, session_id: &str, pending: Pending) {
+        let mut inner = self.inner.lock().expect("sessions lock");
+        if let Some(s) = inner.get_mut(session_id) {
+            s.pending = Some(pending);
+        }
+    }
+
+    /// The computation started with the session's key round, when it was
+    /// for the same statistics (`fingerprint`, on the same day); dropped
+    /// otherwise.
+    pub fn take_pending(
+        &self,
+        session_id: &str,
+        fingerprint: &[u8; 32],
+        today: chrono::NaiveDate,
+    ) -> Option<AbortOnDropHandle<Result<RawStats>>> {
+        let mut inner = self.inner.lock().expect("sessions lock");
+        let pending = inner.get_mut(session_id)?.pending.take()?;
+        (pending.fingerprint == *fingerprint && pending.today == today).then_some(pending.task)
     }
 
     /// Accepts `roster` for step `step` of its session and returns the
@@ -273,6 +330,62 @@ mod tests {
         // Expired sessions are forgotten.
         let e = s.masker(&r, 4, NOW + SESSION_TTL_MS + 1).unwrap_err();
         assert!(e.message.contains("holds no keys"), "{e}");
+    }
+
+    #[test]
+    fn a_computation_started_with_the_keys_serves_only_the_same_question() {
+        let key_job = pb::Job {
+            job_id: "k".into(),
+            study_id: "s".into(),
+            query_hash: "q".into(),
+            audience: "a".into(),
+            deadline_unix_ms: 1,
+            secure_aggregation: Some(pb::SecureAggregation {
+                session_id: SID.into(),
+                step: None,
+            }),
+            ..Default::default()
+        };
+        let mask_job = pb::Job {
+            job_id: "m".into(),
+            deadline_unix_ms: 2,
+            issued_unix_ms: 1,
+            secure_aggregation: None,
+            ..key_job.clone()
+        };
+        assert_eq!(fingerprint(&key_job), fingerprint(&mask_job));
+        let other = pb::Job {
+            query_hash: "another query".into(),
+            ..mask_job.clone()
+        };
+        assert_ne!(fingerprint(&key_job), fingerprint(&other));
+
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let s = Sessions::new();
+            s.make_keys(SID, "a", &nodes(), NOW).unwrap();
+            let today = chrono::NaiveDate::from_ymd_opt(2026, 1, 1).unwrap();
+            let pending = |f| Pending {
+                fingerprint: f,
+                today,
+                task: AbortOnDropHandle::new(tokio::spawn(async { Ok(RawStats::Count(7)) })),
+            };
+            s.set_pending(SID, pending(fingerprint(&key_job)));
+            // Another question gets nothing, and the computation is dropped.
+            assert!(s.take_pending(SID, &fingerprint(&other), today).is_none());
+            assert!(s
+                .take_pending(SID, &fingerprint(&mask_job), today)
+                .is_none());
+            s.set_pending(SID, pending(fingerprint(&key_job)));
+            let task = s.take_pending(SID, &fingerprint(&mask_job), today).unwrap();
+            assert_eq!(task.await.unwrap().unwrap(), RawStats::Count(7));
+            // Taken once.
+            assert!(s
+                .take_pending(SID, &fingerprint(&mask_job), today)
+                .is_none());
+        });
     }
 
     #[test]
