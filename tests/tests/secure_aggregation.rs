@@ -422,16 +422,35 @@ async fn a_node_dropping_mid_job_leads_to_a_rerun_without_it_or_a_clear_failure(
     let r = ask(&sb, sandbox::RESEARCHER, &private.id, count)
         .await
         .unwrap();
-    let report = r.privacy.unwrap();
+    let report = r.privacy.clone().unwrap();
     assert!((report.charged_rho - 0.01).abs() < 1e-12, "{report:?}");
     for node in ["hospital-a", "hospital-b", "hospital-c"] {
         let charge = report.nodes.iter().find(|c| c.node == node).unwrap();
         assert!((charge.charged_rho - 0.01).abs() < 1e-12, "{charge:?}");
         assert_eq!(debits(&sb, node, &private.id), 1, "{node}");
     }
-    // Three nodes' noise in the pooled count, not four.
+    // Three nodes' noise in the pooled count, not four, around the count.
     let sd = report.count_noise_sd.unwrap();
     assert!((sd - (3.0f64 / 0.02).sqrt()).abs() < 1e-9, "{sd}");
+    let PooledValue::Count { n: noised } = &r.value else {
+        panic!("{r:?}")
+    };
+    let error = noised.count.unwrap() as f64 - total as f64;
+    assert!(error.abs() < 6.0 * sd, "{error} off with sd {sd}");
+    // A noised summary states its noise, from every roster node's receipt.
+    let r = ask(
+        &sb,
+        sandbox::RESEARCHER,
+        &private.id,
+        r#"{"analysis": {"summary": {"variable": "sbp"}}}"#,
+    )
+    .await
+    .unwrap();
+    let PooledValue::Summary { noise_sd, ci, .. } = &r.value else {
+        panic!("{r:?}")
+    };
+    assert!(noise_sd.unwrap() > 0.0 && ci.is_some(), "{r:?}");
+    assert_eq!(r.privacy.unwrap().nodes.len(), 3);
 
     // With c gone too, only a and b would remain: a clear failure naming
     // both, and nothing unmasked.
