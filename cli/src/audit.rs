@@ -678,6 +678,8 @@ pub async fn evidence(
             e.charged_rho = statement.privacy.as_ref().map(|p| p.charged_rho);
             e.signed_outcome = statement.outcome.as_ref().map(|o| match o {
                 pb::result_statement::Outcome::Stats(_) => "stats".to_string(),
+                pb::result_statement::Outcome::Keys(_) => "secure-aggregation keys".to_string(),
+                pb::result_statement::Outcome::Masked(_) => "masked stats".to_string(),
                 pb::result_statement::Outcome::Error(err) => {
                     format!("error:{}", plexus_core::Error::from(err.clone()).code)
                 }

@@ -26,6 +26,11 @@ pub struct BenchOptions {
     pub repetitions: usize,
     pub seed: u64,
     pub dir: Option<PathBuf>,
+    /// Patients per node of the secure-aggregation comparison (its own
+    /// networks of 3 and 20 nodes).
+    pub secure_patients_per_site: usize,
+    /// Only the secure-aggregation comparison.
+    pub secure_only: bool,
 }
 
 const QUERIES: &[(&str, &str)] = &[
@@ -93,6 +98,21 @@ fn concat_csv(files: &[PathBuf], out: &Path) -> anyhow::Result<()> {
 }
 
 pub async fn run(opts: BenchOptions) -> anyhow::Result<()> {
+    if !opts.secure_only {
+        federated(&opts).await?;
+    }
+    crate::secure_bench::run(crate::secure_bench::SecureBenchOptions {
+        patients_per_site: opts.secure_patients_per_site,
+        repetitions: opts.repetitions,
+        seed: opts.seed,
+        nodes: vec![3, 20],
+    })
+    .await?;
+    Ok(())
+}
+
+/// Federated against centralised, over three nodes.
+async fn federated(opts: &BenchOptions) -> anyhow::Result<()> {
     println!(
         "plexus bench: 3 nodes x {} patients (Parquet), loopback mTLS, {} repetitions per query",
         opts.patients_per_site, opts.repetitions

@@ -112,7 +112,11 @@ pub async fn studies(conn: &ConnectArgs) -> anyhow::Result<()> {
             s.title,
             purpose,
             s.analyses.join(", "),
-            s.nodes.join(", "),
+            if s.secure_aggregation {
+                format!("{} (secure aggregation)", s.nodes.join(", "))
+            } else {
+                s.nodes.join(", ")
+            },
             s.min_nodes.to_string(),
         ]);
     }

@@ -13,4 +13,5 @@ pub mod output;
 pub mod pki;
 pub mod plot;
 pub mod sandbox;
+pub mod secure_bench;
 pub mod synth;

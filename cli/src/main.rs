@@ -54,6 +54,13 @@ enum Command {
         /// Keep the generated files here.
         #[arg(long)]
         dir: Option<PathBuf>,
+        /// Patients per hospital in the secure-aggregation comparison
+        /// (its own networks of 3 and 20 hospitals).
+        #[arg(long, default_value_t = 100_000)]
+        secure_patients: usize,
+        /// Run only the secure-aggregation comparison.
+        #[arg(long)]
+        secure_only: bool,
     },
     /// Benchmark: audit log append and verify throughput (use --release).
     BenchAudit {
@@ -338,12 +345,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             repetitions,
             seed,
             dir,
+            secure_patients,
+            secure_only,
         } => {
             plexus::bench::run(plexus::bench::BenchOptions {
                 patients_per_site: patients,
                 repetitions: repetitions.max(1),
                 seed,
                 dir,
+                secure_patients_per_site: secure_patients,
+                secure_only,
             })
             .await
         }

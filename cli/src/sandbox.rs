@@ -46,11 +46,16 @@ pub struct SandboxOptions {
 
 impl SandboxOptions {
     pub fn new(patients_per_site: usize, seed: u64) -> Self {
-        let sites = ["hospital-a", "hospital-b", "hospital-c"]
-            .iter()
-            .enumerate()
-            .map(|(i, name)| SiteSpec {
-                name: name.to_string(),
+        Self::with_nodes(3, patients_per_site, seed)
+    }
+
+    /// A network of `nodes` hospitals: hospital-a, hospital-b, … (then
+    /// hospital-27, hospital-28, … past the alphabet). The first three
+    /// are those of [`SandboxOptions::new`].
+    pub fn with_nodes(nodes: usize, patients_per_site: usize, seed: u64) -> Self {
+        let sites = (0..nodes)
+            .map(|i| SiteSpec {
+                name: node_name(i),
                 patients: patients_per_site,
                 seed: seed.wrapping_add(i as u64 * 7919),
             })
@@ -64,6 +69,14 @@ impl SandboxOptions {
             dir: None,
             keep_rows: true,
         }
+    }
+}
+
+/// The name of the sandbox's `i`-th hospital (from 0).
+pub fn node_name(i: usize) -> String {
+    match u8::try_from(i).ok().filter(|i| *i < 26) {
+        Some(i) => format!("hospital-{}", char::from(b'a' + i)),
+        None => format!("hospital-{}", i + 1),
     }
 }
 
@@ -231,7 +244,7 @@ impl Sandbox {
                     // A test network: it also accepts exact answers for the
                     // validation study and for the demo study when a test
                     // registers it as exact.
-                    exact_studies: [DEMO_STUDY, VALIDATION_STUDY]
+                    exact_studies: [DEMO_STUDY, VALIDATION_STUDY, SECURE_STUDY]
                         .map(String::from)
                         .into_iter()
                         .collect(),
@@ -383,6 +396,13 @@ impl Sandbox {
         }
     }
 
+    /// `study` over every node of the sandbox (for networks of other than
+    /// the three default hospitals).
+    pub fn over_all_nodes(&self, mut study: StudyDefinition) -> StudyDefinition {
+        study.nodes = self.node_names();
+        study
+    }
+
     pub async fn register_study(&self, study: &StudyDefinition) -> anyhow::Result<()> {
         let client = self.client(ADMIN).await?;
         client
@@ -437,10 +457,17 @@ impl Sandbox {
 }
 
 /// The study definitions every sandbox node approves in its config: the
-/// demo study, its exact twin (the same id) and the validation study. A
+/// demo study, its exact twin (the same id), the validation study and the
+/// two secure-aggregation studies. A
 /// test that changes a definition approves it with [`Sandbox::approve`].
-pub fn approved_studies() -> [StudyDefinition; 3] {
-    [demo_study(), exact_study(), validation_study()]
+pub fn approved_studies() -> [StudyDefinition; 5] {
+    [
+        demo_study(),
+        exact_study(),
+        validation_study(),
+        secure_study(),
+        secure_private_study(),
+    ]
 }
 
 /// The study the sandbox's nodes approve by default.
@@ -459,6 +486,32 @@ pub fn demo_study() -> StudyDefinition {
 pub fn exact_study() -> StudyDefinition {
     let mut s = demo_study();
     s.privacy.exact = true;
+    s
+}
+
+/// The exact study with secure aggregation, which the sandbox's nodes
+/// accept: the same questions as [`exact_study`] with the coordinator
+/// reading only sums across the hospitals.
+pub const SECURE_STUDY: &str = "aaa-secure";
+/// The demo study under differential privacy with secure aggregation.
+pub const SECURE_PRIVATE_STUDY: &str = "aaa-secure-dp";
+
+/// [`exact_study`] under secure aggregation, as [`SECURE_STUDY`].
+pub fn secure_study() -> StudyDefinition {
+    let mut s = exact_study();
+    s.id = SECURE_STUDY.into();
+    s.title = "Abdominal aortic aneurysm: exact answers under secure aggregation".into();
+    s.secure_aggregation = true;
+    s
+}
+
+/// [`demo_study`] (differential privacy) under secure aggregation, as
+/// [`SECURE_PRIVATE_STUDY`].
+pub fn secure_private_study() -> StudyDefinition {
+    let mut s = demo_study();
+    s.id = SECURE_PRIVATE_STUDY.into();
+    s.title = "Abdominal aortic aneurysm: differential privacy under secure aggregation".into();
+    s.secure_aggregation = true;
     s
 }
 

@@ -8,6 +8,7 @@ pub mod config;
 pub mod error;
 pub mod query;
 pub mod registry;
+mod secure;
 pub mod server;
 pub mod service;
 pub mod state;

@@ -15,25 +15,41 @@ use plexus_core::pool::{
     SiteResult,
 };
 use plexus_core::privacy::glm::{glm_noise, GlmBounds, DP_GLM_ROUNDS};
+use plexus_core::privacy::release::NoiseScale;
 use plexus_core::privacy::report::{
-    annotate_summary, count_noise_sd, query_cost, NodeCharge, PrivacyReport, Receipt,
+    annotate_summary_noises, count_noise_sd, query_cost, NodeCharge, PrivacyReport, Receipt,
 };
+use plexus_core::secagg::{self, PublicKey};
 use plexus_core::{Analysis, Error, ErrorCode, NodeStats, Query, StudyDefinition};
+use plexus_proto::convert::{keys_from_pb, vector_from_bytes};
 use plexus_proto::v1 as pb;
 
 use crate::state::State;
 use crate::store::{now_ms, AuditEntry};
 
-enum Answer {
+pub(crate) enum Answer {
     Stats(NodeStats, Option<Receipt>),
+    /// A node's public keys for a secure aggregation session, by peer,
+    /// and the minimum cell size it asks the pooled sums to meet.
+    Keys(std::collections::BTreeMap<String, PublicKey>, u32),
+    /// A node's masked vector for a roster, checked against the job.
+    Masked(Vec<u128>, Option<Receipt>),
     Other(NodeOutcome),
 }
 
 /// What one round of jobs brought back.
-struct Round {
-    answers: Vec<(String, NodeStats)>,
-    others: Vec<NodeOutcome>,
-    receipts: Vec<(String, Receipt)>,
+pub(crate) struct Round {
+    /// Released statistics by node, or under secure aggregation the one
+    /// pooled answer under [`secagg::POOLED`].
+    pub answers: Vec<(String, NodeStats)>,
+    /// The nodes whose data the answers rest on.
+    pub contributors: Vec<String>,
+    pub others: Vec<NodeOutcome>,
+    pub receipts: Vec<(String, Receipt)>,
+    /// What the researcher should know about how the round came about.
+    pub notes: Vec<String>,
+    /// The minimum cell size the answers were checked against.
+    pub min_cell_size: u32,
 }
 
 /// Runs a validated query to completion and records its outcome. Never
@@ -101,24 +117,29 @@ pub async fn run(
 }
 
 /// What every job of one query shares.
-struct Plan<'a> {
-    state: &'a Arc<State>,
-    query_id: &'a str,
-    study: &'a StudyDefinition,
-    query: &'a Query,
-    purpose: pb::Purpose,
-    wire_query: pb::Query,
-    query_hash: String,
-    privacy: pb::JobPrivacy,
+pub(crate) struct Plan<'a> {
+    pub state: &'a Arc<State>,
+    pub query_id: &'a str,
+    pub study: &'a StudyDefinition,
+    pub query: &'a Query,
+    pub purpose: pb::Purpose,
+    pub wire_query: pb::Query,
+    pub query_hash: String,
+    pub privacy: pb::JobPrivacy,
     /// The definition the query runs under, which each node checks
     /// against the versions its hospital approved.
-    definition_hash: String,
+    pub definition_hash: String,
 }
 
 impl Plan<'_> {
-    /// Sends one round of jobs to `nodes` and sorts the replies into
-    /// released statistics and everything else.
-    async fn round(&self, nodes: &[String], iteration: Option<&Iteration>) -> Round {
+    /// Sends one job to each of `nodes` (one step of a secure aggregation
+    /// session when `secure` is set) and returns every node's answer.
+    pub(crate) async fn send(
+        &self,
+        nodes: &[String],
+        iteration: Option<&Iteration>,
+        secure: Option<pb::SecureAggregation>,
+    ) -> Vec<(String, Answer)> {
         let cfg = &self.state.config.coordinator;
         let deadline = now_ms() + (cfg.job_timeout_secs * 1000) as i64;
         let futures = nodes.iter().map(|node| {
@@ -135,6 +156,7 @@ impl Plan<'_> {
                 iteration: iteration.map(pb::Iteration::from),
                 privacy: Some(self.privacy),
                 study_definition_hash: self.definition_hash.clone(),
+                secure_aggregation: secure.clone(),
             };
             let timeout = Duration::from_secs(cfg.job_timeout_secs);
             async move {
@@ -144,20 +166,33 @@ impl Plan<'_> {
                 )
             }
         });
+        join_all(futures).await
+    }
+
+    /// Sends one round of jobs to `nodes` and sorts the replies into
+    /// released statistics and everything else.
+    async fn round(&self, nodes: &[String], iteration: Option<&Iteration>) -> Round {
         let mut round = Round {
             answers: Vec::new(),
+            contributors: Vec::new(),
             others: Vec::new(),
             receipts: Vec::new(),
+            notes: Vec::new(),
+            min_cell_size: self.state.config.coordinator.min_cell_size,
         };
-        for (node, a) in join_all(futures).await {
+        for (node, a) in self.send(nodes, iteration, None).await {
             match a {
                 Answer::Stats(s, receipt) => {
                     if let Some(r) = receipt {
                         round.receipts.push((node.clone(), r));
                     }
+                    round.contributors.push(node.clone());
                     round.answers.push((node, s));
                 }
                 Answer::Other(o) => round.others.push(o),
+                Answer::Keys(..) | Answer::Masked(..) => {
+                    unreachable!("ask refuses secure answers to a plain job")
+                }
             }
         }
         round
@@ -211,6 +246,11 @@ async fn execute(
             budget_rho: study.privacy.budget_rho,
         },
     };
+    if study.secure_aggregation {
+        // Checked at submission; a result per site would show each
+        // hospital's own figures.
+        secagg::supported(query)?;
+    }
     let mut result = if query.analysis.kind().is_iterative() {
         let fit = fit(&plan, study.nodes.clone(), study.min_nodes).await?;
         let mut result = PooledResult {
@@ -244,11 +284,34 @@ async fn execute(
             result.by_site = join_all(sites).await;
         }
         result
+    } else if study.secure_aggregation {
+        let round = plan
+            .secure_round(&mut None, &study.nodes, None, true)
+            .await?;
+        // Every roster node's moments are in the pooled summary.
+        let noises: Vec<NoiseScale> = round.receipts.iter().map(|(_, r)| r.noise).collect();
+        let receipts = round.receipts.clone();
+        let mut result = crate::secure::pool_secure(&plan, round)?;
+        if !study.privacy.exact {
+            let report = account(
+                state,
+                query_id,
+                study,
+                query,
+                &noises,
+                &receipts,
+                &mut result,
+            )
+            .await?;
+            result.privacy = Some(report);
+        }
+        result
     } else {
         let Round {
             answers,
             others,
             receipts,
+            ..
         } = plan.round(&study.nodes, None).await;
         let mut result = pool(
             &query.analysis,
@@ -259,13 +322,20 @@ async fn execute(
             k,
         )?;
         if !study.privacy.exact {
+            // The nodes whose released moments are in a pooled summary.
+            let noises: Vec<NoiseScale> = answers
+                .iter()
+                .filter(|(_, s)| matches!(s, NodeStats::Summary(Some(_))))
+                .filter_map(|(node, _)| receipts.iter().find(|(n, _)| n == node))
+                .map(|(_, r)| r.noise)
+                .collect();
             result.privacy = Some(
                 account(
                     state,
                     query_id,
                     study,
                     query,
-                    &answers,
+                    &noises,
                     &receipts,
                     &mut result,
                 )
@@ -312,7 +382,7 @@ async fn account(
     query_id: &str,
     study: &StudyDefinition,
     query: &Query,
-    answers: &[(String, NodeStats)],
+    summary_noises: &[NoiseScale],
     receipts: &[(String, Receipt)],
     result: &mut PooledResult,
 ) -> Result<PrivacyReport, Error> {
@@ -346,14 +416,8 @@ async fn account(
         .map(|(_, r)| r.spent_rho)
         .fold(spent, f64::max);
     let budget = study.privacy.budget_rho;
-    let noise_of = |node: &str| {
-        receipts
-            .iter()
-            .find(|(n, _)| n == node)
-            .map(|(_, r)| r.noise)
-    };
     let mut notes = Vec::new();
-    if let Some(note) = annotate_summary(&mut result.value, answers, noise_of) {
+    if let Some(note) = annotate_summary_noises(&mut result.value, summary_noises) {
         notes.push(note);
     }
     let noises: Vec<_> = receipts.iter().map(|(_, r)| r.noise).collect();
@@ -497,8 +561,9 @@ struct Fit {
     receipts: Vec<(String, Receipt)>,
 }
 
-/// Adds one round's receipts to a fit's running totals per node.
-fn add_receipts(totals: &mut Vec<(String, Receipt)>, round: &[(String, Receipt)]) {
+/// Adds one round's receipts to a query's running totals per node (the
+/// rounds of a fit, the attempts of a secure aggregation).
+pub(crate) fn add_receipts(totals: &mut Vec<(String, Receipt)>, round: &[(String, Receipt)]) {
     for (node, r) in round {
         match totals.iter_mut().find(|(n, _)| n == node) {
             Some((_, t)) => {
@@ -529,6 +594,9 @@ async fn fit(plan: &Plan<'_>, nodes: Vec<String>, min_nodes: u32) -> Result<Fit,
     let mut notes = Vec::new();
     let mut round = 0u32;
     let mut round_ms = Vec::new();
+    // Under secure aggregation: the session whose roster the rounds use,
+    // until a node is lost (then a restart needs fresh keys).
+    let mut session = None;
     loop {
         round += 1;
         // Step halving and restarts add rounds beyond max_iterations; this
@@ -547,18 +615,30 @@ async fn fit(plan: &Plan<'_>, nodes: Vec<String>, min_nodes: u32) -> Result<Fit,
         let started = std::time::Instant::now();
         let Round {
             answers,
+            contributors,
             others,
             receipts: charged,
-        } = plan.round(&asked, Some(&iteration)).await;
+            notes: round_notes,
+            ..
+        } = if plan.study.secure_aggregation {
+            // The first round may start again with fresh keys without a
+            // node that dropped, as a one-shot query does; later rounds
+            // follow the fit's own rule for lost nodes.
+            plan.secure_round(&mut session, &asked, Some(&iteration), round == 1)
+                .await?
+        } else {
+            plan.round(&asked, Some(&iteration)).await
+        };
         add_receipts(&mut receipts, &charged);
+        notes.extend(round_notes);
         round_ms.push(started.elapsed().as_millis() as u64);
         if round == 1 {
-            let statuses: Vec<(String, NodeStatus)> = answers
+            let statuses: Vec<(String, NodeStatus)> = contributors
                 .iter()
-                .map(|(n, _)| (n.clone(), NodeStatus::Answered))
+                .map(|n| (n.clone(), NodeStatus::Answered))
                 .collect();
             quorum(&statuses, others.clone(), min_nodes, k)?;
-            participants = answers.iter().map(|(n, _)| n.clone()).collect();
+            participants = contributors;
             outside = others;
         } else if !others.is_empty() {
             // A participant that answered but refused or failed this round
@@ -583,7 +663,7 @@ async fn fit(plan: &Plan<'_>, nodes: Vec<String>, min_nodes: u32) -> Result<Fit,
                 .collect();
             let remaining: Vec<String> = participants
                 .iter()
-                .filter(|p| answers.iter().any(|(n, _)| n == *p))
+                .filter(|p| contributors.contains(p))
                 .cloned()
                 .collect();
             if !plan.study.continue_without_lost_nodes || (remaining.len() as u32) < min_nodes {
@@ -728,6 +808,17 @@ async fn ask(
             })
         })
     });
+    // An answer the coordinator does not take: the node failed the job.
+    let invalid = |e: Error| {
+        warn!(node = %node, error = %e, "node answer refused");
+        let outcome = NodeOutcome {
+            node: node.to_string(),
+            status: NodeStatus::Failed,
+            detail: Some(format!("answer refused by the coordinator: {}", e.message)),
+            code: Some(e.code),
+        };
+        (Answer::Other(outcome), "invalid", None, Some(e))
+    };
     let (answer, status, stats_json, err): (Answer, &str, Option<String>, Option<Error>) =
         match reply {
             Err(_) => {
@@ -760,6 +851,23 @@ async fn ask(
                 };
                 (Answer::Other(outcome), "refused", None, Some(e))
             }
+            Ok(Ok(Ok((
+                outcome @ (pb::job_result::Outcome::Keys(_) | pb::job_result::Outcome::Masked(_)),
+                receipt,
+            )))) => match secure_answer(&job, outcome, receipt, query, &state.dictionary) {
+                Ok((answer, stored)) => (answer, "answered", Some(stored), None),
+                Err(e) => invalid(e),
+            },
+            Ok(Ok(Ok((pb::job_result::Outcome::Stats(_), _))))
+                if job.secure_aggregation.is_some() =>
+            {
+                // A node's own figures where only a masked vector was
+                // asked for: neither used nor kept.
+                signed = None;
+                invalid(Error::invalid(
+                    "the node answered a secure aggregation job with plain statistics; they were discarded unread (is the node's plexus-node older than its study?)",
+                ))
+            }
             Ok(Ok(Ok((pb::job_result::Outcome::Stats(s), receipt)))) => {
                 let receipt = receipt.map(Receipt::try_from).transpose();
                 let checked = receipt
@@ -777,19 +885,7 @@ async fn ask(
                         let json = serde_json::to_string(&s).ok();
                         (Answer::Stats(s, receipt), "answered", json, None)
                     }
-                    Err(e) => {
-                        warn!(node = %node, error = %e, "node answer refused");
-                        let outcome = NodeOutcome {
-                            node: node.to_string(),
-                            status: NodeStatus::Failed,
-                            detail: Some(format!(
-                                "answer refused by the coordinator: {}",
-                                e.message
-                            )),
-                            code: Some(e.code),
-                        };
-                        (Answer::Other(outcome), "invalid", None, Some(e))
-                    }
+                    Err(e) => invalid(e),
                 }
             }
         };
@@ -842,5 +938,93 @@ fn reviewed<'a>(
         ("rejected", _) => ("reviewed-rejected", detail),
         ("expired", _) => ("review-expired", detail),
         _ => (status, detail),
+    }
+}
+
+/// Checks a node's answer to one step of a secure aggregation session
+/// against the job sent: public keys for the session and every other node
+/// asked, or a masked vector for the roster, step and analysis. Returns the
+/// answer and what the jobs table keeps of it (the keys, or the masked
+/// vector: never a figure of the node's own).
+fn secure_answer(
+    job: &pb::Job,
+    outcome: pb::job_result::Outcome,
+    receipt: Option<pb::PrivacyReceipt>,
+    query: &Query,
+    dict: &plexus_core::Dictionary,
+) -> Result<(Answer, String), Error> {
+    let wrong = || {
+        Error::invalid("the node answered another step of secure aggregation than the one asked")
+    };
+    let sa = job.secure_aggregation.as_ref().ok_or_else(|| {
+        Error::invalid("the node answered a plain job with a secure aggregation step")
+    })?;
+    match (outcome, &sa.step) {
+        (
+            pb::job_result::Outcome::Keys(k),
+            Some(pb::secure_aggregation::Step::KeyRequest(request)),
+        ) => {
+            if k.session_id != sa.session_id {
+                return Err(wrong());
+            }
+            let keys = keys_from_pb(k.keys)?;
+            let expected: std::collections::BTreeSet<&str> = request
+                .nodes
+                .iter()
+                .map(String::as_str)
+                .filter(|n| *n != job.audience)
+                .collect();
+            if !keys.keys().map(String::as_str).eq(expected) {
+                return Err(Error::invalid(
+                    "the node's public keys are not one for each other node of the session",
+                ));
+            }
+            let public: std::collections::BTreeMap<&String, String> =
+                keys.iter().map(|(p, k)| (p, hex::encode(k))).collect();
+            let stored = serde_json::json!({
+                "secure_aggregation": {
+                    "session_id": sa.session_id,
+                    "min_cell_size": k.min_cell_size,
+                    "public_keys": public,
+                }
+            });
+            Ok((Answer::Keys(keys, k.min_cell_size), stored.to_string()))
+        }
+        (pb::job_result::Outcome::Masked(m), Some(pb::secure_aggregation::Step::Mask(request))) => {
+            let roster = plexus_core::secagg::Roster::try_from(
+                request
+                    .roster
+                    .clone()
+                    .ok_or_else(|| Error::internal("a mask job without a roster"))?,
+            )?;
+            if m.session_id != sa.session_id
+                || m.step != request.step
+                || m.roster_digest != roster.digest()
+            {
+                return Err(Error::invalid(
+                    "the node masked for another session, step or roster than the one sent",
+                ));
+            }
+            let vector = vector_from_bytes(&m.vector)?;
+            let len = secagg::vector_len(&query.analysis, dict)?;
+            if vector.len() != len {
+                return Err(Error::invalid(format!(
+                    "the node's masked vector has {} values where this {} has {len}",
+                    vector.len(),
+                    query.analysis.kind()
+                )));
+            }
+            let receipt = receipt.map(Receipt::try_from).transpose()?;
+            let stored = serde_json::json!({
+                "secure_aggregation": {
+                    "session_id": m.session_id,
+                    "step": m.step,
+                    "roster_digest": hex::encode(&m.roster_digest),
+                    "masked": hex::encode(&m.vector),
+                }
+            });
+            Ok((Answer::Masked(vector, receipt), stored.to_string()))
+        }
+        _ => Err(wrong()),
     }
 }

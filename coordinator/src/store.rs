@@ -417,6 +417,17 @@ impl Store {
         .transpose()
     }
 
+    /// What the jobs table keeps of a job's answer (its `stats` column):
+    /// the released statistics, or under secure aggregation the public
+    /// keys or the masked vector only.
+    pub async fn job_answer(&self, job_id: &str) -> Result<Option<String>> {
+        let row = sqlx::query("SELECT stats FROM jobs WHERE id = ?")
+            .bind(job_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.try_get("stats")).transpose()?.flatten())
+    }
+
     /// Jobs of one query as (job id, node, status).
     pub async fn jobs_of(&self, query_id: &str) -> Result<Vec<(String, String, String)>> {
         let rows =

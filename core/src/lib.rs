@@ -18,6 +18,7 @@ pub mod pool;
 pub mod privacy;
 pub mod purpose;
 pub mod query;
+pub mod secagg;
 pub mod stats;
 pub mod study;
 

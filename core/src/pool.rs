@@ -248,7 +248,7 @@ fn pool_cells<'a>(cells: impl Iterator<Item = (&'a str, Cell)>, k: u32) -> Poole
 }
 
 /// Why a result cannot stand: too few nodes answered.
-fn quorum_error(answered: u32, others: &[NodeOutcome], min_nodes: u32) -> Error {
+pub fn quorum_error(answered: u32, others: &[NodeOutcome], min_nodes: u32) -> Error {
     let missing: Vec<String> = others
         .iter()
         .map(|o| match &o.detail {

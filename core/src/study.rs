@@ -120,6 +120,14 @@ pub struct StudyDefinition {
     /// default: the fit fails naming the node and the round.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub continue_without_lost_nodes: bool,
+    /// Whether the nodes' answers are pooled by secure aggregation: each
+    /// node sends its statistics masked so that only the sum across the
+    /// nodes can be read (see [`crate::secagg`]). Off by default, and left
+    /// out of the serialised definition when off, so definitions (and
+    /// their hashes) without it stay as they were. Needs at least
+    /// [`crate::secagg::MIN_NODES`] nodes.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub secure_aggregation: bool,
     pub purpose: PurposeSpec,
     #[serde(default)]
     pub privacy: PrivacySettings,
@@ -209,6 +217,14 @@ impl StudyDefinition {
                 self.min_nodes
             )));
         }
+        if self.secure_aggregation && self.nodes.len() < crate::secagg::MIN_NODES {
+            return Err(Error::invalid(format!(
+                "study \"{}\" uses secure_aggregation, which needs at least {} nodes (a sum over two would give each of them the other's figure), and it lists {}",
+                self.id,
+                crate::secagg::MIN_NODES,
+                self.nodes.len()
+            )));
+        }
         self.privacy.validate(&self.id)?;
         Purpose::from_parts(
             &self.purpose.code,
@@ -296,6 +312,29 @@ disease = "MONDO:0005160"
         )
         .unwrap();
         assert!(s.permits(&hist).unwrap_err().message.contains("histogram"));
+    }
+
+    #[test]
+    fn secure_aggregation_leaves_the_hash_of_other_definitions_alone() {
+        let s = StudyDefinition::from_toml(EXAMPLE).unwrap();
+        assert!(!s.secure_aggregation);
+        let json = serde_json::to_string(&s).unwrap();
+        assert!(!json.contains("secure_aggregation"), "{json}");
+        // The hash of a definition without the option, as before it existed.
+        assert_eq!(
+            s.definition_hash(),
+            crate::hash::sha256_hex(json.as_bytes())
+        );
+        let on =
+            StudyDefinition::from_toml(&format!("secure_aggregation = true\n{EXAMPLE}")).unwrap();
+        assert!(on.secure_aggregation);
+        assert_ne!(on.definition_hash(), s.definition_hash());
+        // Two nodes cannot aggregate securely.
+        let e = on.validate(&Dictionary::cardiovascular()).unwrap_err();
+        assert!(e.message.contains("at least 3 nodes"), "{e}");
+        let mut three = on.clone();
+        three.nodes.push("hospital-c".into());
+        three.validate(&Dictionary::cardiovascular()).unwrap();
     }
 
     #[test]

@@ -13,18 +13,21 @@ use tracing::{info, info_span, warn, Instrument};
 use plexus_core::disclosure::{apply, effective_k, Rules};
 use plexus_core::models::glm::Iteration;
 use plexus_core::models::survival::GroupStats;
-use plexus_core::privacy::release::{releasable, release_for};
+use plexus_core::privacy::release::{contribute, releasable, release_for};
 use plexus_core::privacy::report::Receipt;
+use plexus_core::secagg::{self, Contribution};
 use plexus_core::{Cell, Dictionary, Error, NodeStats, Purpose, Query};
+use plexus_proto::convert::{keys_to_pb, vector_to_bytes};
 use plexus_proto::v1 as pb;
 
 use crate::config::NodeConfig;
 use crate::data::{DataSource, Limits};
 use crate::envelope::{self, SeenJobs};
-use crate::ledger::{Answer, Ledger};
+use crate::ledger::{Answer, Kept, Ledger};
 use crate::log::{JobLog, LogEntry};
 use crate::policy;
 use crate::review::ReviewQueue;
+use crate::secagg::{fingerprint, MaskFor, Pending, Sessions, Step};
 
 pub struct JobRunner {
     pub config: Arc<NodeConfig>,
@@ -45,6 +48,12 @@ pub struct JobRunner {
     /// Fault injection: after the ledger debit, drop the job unanswered,
     /// as if the node died between debit and release.
     pub crash_after_debit: bool,
+    /// Secure aggregation sessions this node made keys for.
+    pub sessions: Arc<Sessions>,
+    /// Fault injection: answer the key round of secure aggregation, then
+    /// compute each masked job and drop it unanswered, as if the node died
+    /// mid-job.
+    pub drop_masked_jobs: bool,
 }
 
 /// How this node protects one job's answer.
@@ -64,8 +73,17 @@ struct Checked {
     protection: Protection,
 }
 
+/// What a job's answer carries.
+pub(crate) enum Reply {
+    Stats(NodeStats),
+    /// Public keys for a secure aggregation session.
+    Keys(pb::KeyShare),
+    /// A contribution masked for a roster: all the coordinator gets.
+    Masked(pb::MaskedStats),
+}
+
 /// What a job ends in: a release with its receipt, or an error.
-pub(crate) type Outcome = Result<(NodeStats, Option<Receipt>), Error>;
+pub(crate) type Outcome = Result<(Reply, Option<Receipt>), Error>;
 
 /// The receipt of a kept answer given again: nothing charged.
 fn repeated(spent: f64, budget: f64, noise: plexus_core::privacy::release::NoiseScale) -> Receipt {
@@ -80,6 +98,8 @@ fn repeated(spent: f64, budget: f64, noise: plexus_core::privacy::release::Noise
 
 /// Marks a job dropped on purpose by fault injection.
 const CRASHED: &str = "fault injection: dropped after the ledger debit";
+/// Marks a masked job dropped on purpose by fault injection.
+const DROPPED: &str = "fault injection: masked job dropped unanswered";
 
 impl JobRunner {
     /// Checks a signed job (signature, audience, expiry, replay) and runs
@@ -139,18 +159,27 @@ impl JobRunner {
                 .and_then(|p| Purpose::try_from(p.clone()).ok())
                 .map(|p| p.to_string())
                 .unwrap_or_else(|| "invalid".into());
-            let outcome = self.execute(&job).await;
-            if matches!(&outcome, Err(e) if e.message == CRASHED) {
-                warn!("{CRASHED}");
-                return None;
+            let outcome = if job.secure_aggregation.is_some() && self.config.policy.reviews(&job.study_id) {
+                Err(Error::policy(format!(
+                    "study \"{}\" is under review at node {} (policy.review), and its data steward could see only a masked vector under secure aggregation; the hospital must take the study off policy.review to answer it",
+                    job.study_id, self.config.node.id
+                )))
+            } else {
+                self.execute(&job).await
+            };
+            if let Err(e) = &outcome {
+                if e.message == CRASHED || e.message == DROPPED {
+                    warn!("{}", e.message);
+                    return None;
+                }
             }
-            if let Ok((stats, receipt)) = &outcome {
+            if let Ok((Reply::Stats(stats), receipt)) = &outcome {
                 if self.config.policy.reviews(&job.study_id) {
                     return Some(self.hold(&job, job_hash, stats, receipt.as_ref(), analysis, &purpose));
                 }
             }
             let (label, detail) = match &outcome {
-                Ok((stats, receipt)) => ("released".to_string(), describe(stats, receipt.as_ref())),
+                Ok((reply, receipt)) => ("released".to_string(), describe(reply, receipt.as_ref())),
                 Err(e) if matches!(e.code, plexus_core::ErrorCode::Policy | plexus_core::ErrorCode::Disclosure) => {
                     (format!("refused:{}", e.code), e.message.clone())
                 }
@@ -185,6 +214,24 @@ impl JobRunner {
 
     async fn execute(&self, job: &pb::Job) -> Outcome {
         let checked = self.check(job)?;
+        let secure = Step::of(job)?;
+        if secure.is_some() {
+            secagg::supported(&checked.query)?;
+            secagg::vector_len(&checked.query.analysis, &self.dictionary)?;
+        }
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        let masker = match secure {
+            None => None,
+            Some(Step::Keys { session_id, nodes }) => {
+                return self.make_keys(job, &checked, &session_id, &nodes, now_ms)
+            }
+            Some(Step::Mask { roster, step }) => Some(MaskFor {
+                masker: self.sessions.masker(&roster, step, now_ms)?,
+                session_id: roster.session_id,
+                step,
+                deadline_ms: job.deadline_unix_ms,
+            }),
+        };
         if !self.job_delay.is_zero() {
             tokio::time::sleep(self.job_delay).await;
         }
@@ -194,42 +241,71 @@ impl JobRunner {
         let key = match checked.protection {
             Protection::Exact => None,
             Protection::Private { rho, budget } => {
-                let key = self.cache_key(job, &checked, today, rho)?;
+                let key = self.cache_key(job, &checked, today, rho, masker.is_some())?;
                 if let Some(kept) = self.ledger.cached(&key) {
                     let spent = self.ledger.spent(&job.study_id);
-                    return Ok((kept.stats, Some(repeated(spent, budget, kept.noise))));
+                    let receipt = repeated(spent, budget, kept.noise);
+                    return self.reply(kept.kept, Some(receipt), masker.as_ref());
                 }
                 self.ledger.affords(&job.study_id, budget, rho)?;
                 Some(key)
             }
         };
         let remaining = job.deadline_unix_ms - now.timestamp_millis();
-        let limits = Limits {
-            k: checked.rules.k,
-            max_parameter_share: self.config.policy.max_parameter_share,
-            private: matches!(checked.protection, Protection::Private { .. }),
+        let limits = self.limits(&checked);
+        let remaining = Duration::from_millis(remaining.max(0) as u64);
+        let late = || Error::unavailable("the job ran past its deadline at this node");
+        // Under secure aggregation the computation may have started with
+        // the key round.
+        let started = masker.as_ref().and_then(|m| {
+            self.sessions
+                .take_pending(&m.session_id, &fingerprint(job), today)
+        });
+        let raw = match started {
+            Some(task) => tokio::time::timeout(remaining, task)
+                .await
+                .map_err(|_| late())?
+                .map_err(|e| Error::internal(format!("the node's computation stopped: {e}")))??,
+            None => {
+                let compute = self.data.compute(
+                    &checked.query,
+                    &checked.purpose,
+                    today,
+                    limits,
+                    checked.iteration.as_ref(),
+                );
+                tokio::time::timeout(remaining, compute)
+                    .await
+                    .map_err(|_| late())??
+            }
         };
-        let compute = self.data.compute(
-            &checked.query,
-            &checked.purpose,
-            today,
-            limits,
-            checked.iteration.as_ref(),
-        );
-        let raw = tokio::time::timeout(Duration::from_millis(remaining.max(0) as u64), compute)
-            .await
-            .map_err(|_| Error::unavailable("the job ran past its deadline at this node"))??;
         let (Protection::Private { rho, budget }, Some(key)) = (checked.protection, key) else {
-            return Ok((apply(raw, checked.rules), None));
+            let kept = match masker {
+                None => Kept::Stats(apply(raw, checked.rules)),
+                Some(_) => Kept::Contribution(Contribution::exact(raw, checked.rules)?),
+            };
+            return self.reply(kept, None, masker.as_ref());
         };
-        let (stats, noise) = release_for(
-            raw,
-            &checked.query.analysis,
-            &self.dictionary,
-            checked.rules,
-            rho,
-        )?;
-        let answer = Answer { key, stats, noise };
+        let (kept, noise) = if masker.is_some() {
+            let (c, noise) = contribute(
+                raw,
+                &checked.query.analysis,
+                &self.dictionary,
+                checked.rules,
+                rho,
+            )?;
+            (Kept::Contribution(c), noise)
+        } else {
+            let (stats, noise) = release_for(
+                raw,
+                &checked.query.analysis,
+                &self.dictionary,
+                checked.rules,
+                rho,
+            )?;
+            (Kept::Stats(stats), noise)
+        };
+        let answer = Answer { key, kept, noise };
         // Durable before anything leaves: a crash from here on loses the
         // release, never the debit, and the kept answer is what a repeat gets.
         let (balance, kept) = self.ledger.debit(
@@ -243,11 +319,11 @@ impl JobRunner {
         if self.crash_after_debit {
             return Err(Error::internal(CRASHED));
         }
-        Ok(match kept {
-            Some(kept) => (
-                kept.stats,
-                Some(repeated(balance.spent, budget, kept.noise)),
-            ),
+        match kept {
+            Some(kept) => {
+                let receipt = repeated(balance.spent, budget, kept.noise);
+                self.reply(kept.kept, Some(receipt), masker.as_ref())
+            }
             None => {
                 let receipt = Receipt {
                     charged_rho: rho,
@@ -256,9 +332,101 @@ impl JobRunner {
                     cached: false,
                     noise: answer.noise,
                 };
-                (answer.stats, Some(receipt))
+                self.reply(answer.kept, Some(receipt), masker.as_ref())
             }
-        })
+        }
+    }
+
+    /// The reply carrying `kept`: as it is, or masked for a roster.
+    fn reply(&self, kept: Kept, receipt: Option<Receipt>, masker: Option<&MaskFor>) -> Outcome {
+        let reply = match (kept, masker) {
+            (Kept::Stats(stats), None) => Reply::Stats(stats),
+            (Kept::Contribution(c), Some(m)) => {
+                let vector = m.masker.mask(m.step, &c.encode()?)?;
+                if self.drop_masked_jobs {
+                    return Err(Error::internal(DROPPED));
+                }
+                if chrono::Utc::now().timestamp_millis() >= m.deadline_ms {
+                    return Err(Error::unavailable(
+                        "the job's deadline passed before the masked answer was ready, so it is not sent: the coordinator may already be running the round again without this node",
+                    ));
+                }
+                Reply::Masked(pb::MaskedStats {
+                    session_id: m.session_id.clone(),
+                    roster_digest: m.masker.digest().to_vec(),
+                    step: m.step,
+                    vector: vector_to_bytes(&vector),
+                })
+            }
+            _ => {
+                return Err(Error::internal(
+                    "a kept answer of the wrong kind for this job (plain for a secure job, or the reverse)",
+                ))
+            }
+        };
+        Ok((reply, receipt))
+    }
+
+    /// The key round of a secure aggregation session: after the job's own
+    /// checks (done) and the budget's, fresh key pairs for every other node
+    /// named, kept in memory; only the public halves leave. The
+    /// computation starts now, so that it overlaps the key round; it is
+    /// used only by a masked job of the session asking the same.
+    fn make_keys(
+        &self,
+        job: &pb::Job,
+        checked: &Checked,
+        session_id: &str,
+        nodes: &[String],
+        now_ms: i64,
+    ) -> Outcome {
+        let today = chrono::Utc::now().date_naive();
+        let mut cached = false;
+        if let Protection::Private { rho, budget } = checked.protection {
+            let key = self.cache_key(job, checked, today, rho, true)?;
+            cached = self.ledger.cached(&key).is_some();
+            if !cached {
+                self.ledger.affords(&job.study_id, budget, rho)?;
+            }
+        }
+        let public = self
+            .sessions
+            .make_keys(session_id, &self.config.node.id, nodes, now_ms)?;
+        if !cached {
+            let (data, query, purpose) = (
+                self.data.clone(),
+                checked.query.clone(),
+                checked.purpose.clone(),
+            );
+            let (limits, iteration) = (self.limits(checked), checked.iteration.clone());
+            let task = tokio::spawn(async move {
+                data.compute(&query, &purpose, today, limits, iteration.as_ref())
+                    .await
+            });
+            let pending = Pending {
+                fingerprint: fingerprint(job),
+                today,
+                task: tokio_util::task::AbortOnDropHandle::new(task),
+            };
+            self.sessions.set_pending(session_id, pending);
+        }
+        Ok((
+            Reply::Keys(pb::KeyShare {
+                session_id: session_id.to_string(),
+                keys: keys_to_pb(&public),
+                min_cell_size: checked.rules.k,
+            }),
+            None,
+        ))
+    }
+
+    /// What the computation of a checked job may release.
+    fn limits(&self, checked: &Checked) -> Limits {
+        Limits {
+            k: checked.rules.k,
+            max_parameter_share: self.config.policy.max_parameter_share,
+            private: matches!(checked.protection, Protection::Private { .. }),
+        }
     }
 
     /// The key a released answer is kept under: the study, the query's
@@ -272,6 +440,7 @@ impl JobRunner {
         checked: &Checked,
         today: chrono::NaiveDate,
         rho: f64,
+        secure: bool,
     ) -> Result<String, Error> {
         let canonical = checked.query.canonical_hash(&self.dictionary)?;
         let round = checked
@@ -287,13 +456,18 @@ impl JobRunner {
                 format!("{}:{}:{}", it.round, it.null_mean.is_some(), bits.join(","))
             })
             .unwrap_or_default();
-        let text = format!(
+        let mut text = format!(
             "{}\0{canonical}\0{round}\0{}\0{today}\0{rho:e}\0{}\0{}",
             job.study_id,
             self.data.snapshot()?,
             checked.rules.k,
             checked.rules.dominance_share
         );
+        // A contribution to a secure aggregate is kept apart from a release
+        // of the same query: it is unsuppressed, and only ever sent masked.
+        if secure {
+            text.push_str("\0secure aggregation");
+        }
         Ok(plexus_core::hash::sha256_hex(text.as_bytes()))
     }
 
@@ -372,8 +546,12 @@ impl JobRunner {
         outcome: Outcome,
     ) -> pb::JobResult {
         let (outcome, privacy) = match outcome {
-            Ok((stats, receipt)) => (
-                pb::job_result::Outcome::Stats((&stats).into()),
+            Ok((reply, receipt)) => (
+                match reply {
+                    Reply::Stats(stats) => pb::job_result::Outcome::Stats((&stats).into()),
+                    Reply::Keys(k) => pb::job_result::Outcome::Keys(k),
+                    Reply::Masked(m) => pb::job_result::Outcome::Masked(m),
+                },
                 receipt.as_ref().map(pb::PrivacyReceipt::from),
             ),
             Err(e) => (pb::job_result::Outcome::Error((&e).into()), None),
@@ -402,6 +580,10 @@ impl JobRunner {
                 pb::job_result::Outcome::Error(e) => {
                     pb::result_statement::Outcome::Error(e.clone())
                 }
+                pb::job_result::Outcome::Keys(k) => pb::result_statement::Outcome::Keys(k.clone()),
+                pb::job_result::Outcome::Masked(m) => {
+                    pb::result_statement::Outcome::Masked(m.clone())
+                }
             }),
             privacy,
             data_snapshot,
@@ -425,8 +607,23 @@ pub(crate) fn answer(result: pb::JobResult) -> pb::node_message::Msg {
 
 /// A line for the local log about what left: the shape, how much was
 /// suppressed and what it cost, never the numbers.
-pub(crate) fn describe(stats: &NodeStats, receipt: Option<&Receipt>) -> String {
-    let shape = shape(stats);
+pub(crate) fn describe(reply: &Reply, receipt: Option<&Receipt>) -> String {
+    let shape = match reply {
+        Reply::Stats(stats) => shape(stats),
+        Reply::Keys(k) => {
+            return format!(
+                "secure aggregation session {}: {} public keys made for the key round",
+                k.session_id,
+                k.keys.len()
+            )
+        }
+        Reply::Masked(m) => format!(
+            "secure aggregation session {} step {}: {} values sent masked",
+            m.session_id,
+            m.step,
+            m.vector.len() / 16
+        ),
+    };
     match receipt {
         None => format!("{shape}; exact"),
         Some(r) if r.cached => format!(

@@ -25,14 +25,28 @@ use std::sync::Mutex;
 use serde::{Deserialize, Serialize};
 
 use plexus_core::privacy::release::NoiseScale;
+use plexus_core::secagg::Contribution;
 use plexus_core::{Error, NodeStats, Result};
 
 /// A released answer, kept so that asking again returns it unchanged.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Answer {
     pub key: String,
-    pub stats: NodeStats,
+    #[serde(flatten)]
+    pub kept: Kept,
     pub noise: NoiseScale,
+}
+
+/// What a kept answer holds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kept {
+    /// The statistics released.
+    Stats(NodeStats),
+    /// Under secure aggregation: the noised contribution, which is masked
+    /// afresh for every session (a re-run after a node dropped gets the
+    /// same noised values under new masks, for no new charge).
+    Contribution(Contribution),
 }
 
 /// One debit.
@@ -267,7 +281,7 @@ mod tests {
         let ledger = Ledger::open(dir.path()).unwrap();
         let answer = Answer {
             key: "k1".into(),
-            stats: NodeStats::Count(plexus_core::Cell::Count(1234)),
+            kept: Kept::Stats(NodeStats::Count(plexus_core::Cell::Count(1234))),
             noise: NoiseScale {
                 count_sd: 7.0,
                 ..Default::default()
@@ -281,7 +295,7 @@ mod tests {
         assert!((b.spent - 0.01).abs() < 1e-15);
         // The same key again (a concurrent duplicate): no charge, the kept answer.
         let mut other = answer.clone();
-        other.stats = NodeStats::Count(plexus_core::Cell::Count(1240));
+        other.kept = Kept::Stats(NodeStats::Count(plexus_core::Cell::Count(1240)));
         let (b, kept) = ledger
             .debit("s1", 1.0, 0.01, "j2", "q", Some(other))
             .unwrap();
@@ -291,6 +305,24 @@ mod tests {
         let again = Ledger::open(dir.path()).unwrap();
         assert_eq!(again.cached("k1"), Some(answer));
         assert!((again.spent("s1") - 0.01).abs() < 1e-15);
+        // The file keeps its shape: the statistics under "stats".
+        let text = std::fs::read_to_string(again.path()).unwrap();
+        assert!(
+            text.contains(r#""stats":{"count":{"count":1234}}"#),
+            "{text}"
+        );
+
+        // A contribution to a secure aggregate is kept the same way.
+        let secure = Answer {
+            key: "k2".into(),
+            kept: Kept::Contribution(Contribution::Count(17)),
+            noise: NoiseScale::default(),
+        };
+        again
+            .debit("s1", 1.0, 0.01, "j3", "q", Some(secure.clone()))
+            .unwrap();
+        drop(again);
+        assert_eq!(Ledger::open(dir.path()).unwrap().cached("k2"), Some(secure));
     }
 
     #[test]

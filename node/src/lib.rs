@@ -17,6 +17,7 @@ pub mod link;
 pub mod log;
 pub mod policy;
 pub mod review;
+pub mod secagg;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,6 +36,10 @@ pub struct RunOptions {
     /// Drop each job unanswered right after its ledger debit, as if the
     /// node died between debit and release (fault-injection tests).
     pub crash_after_debit: bool,
+    /// Answer the key round of secure aggregation, then drop every masked
+    /// job unanswered after computing it, as if the node died mid-job
+    /// (fault-injection tests).
+    pub drop_masked_jobs: bool,
 }
 
 /// Opens the data (refusing to start when the mapping does not match it),
@@ -48,49 +53,16 @@ pub async fn run_with(
     shutdown: CancellationToken,
     options: RunOptions,
 ) -> Result<()> {
-    config.validate()?;
-    let dictionary = Arc::new(plexus_core::Dictionary::load_or_default(
-        config.node.dictionary.as_deref(),
-    )?);
-    config.policy.validate_variables(&dictionary)?;
-    for id in config.policy.studies.keys() {
-        if policy::approved_hashes(&config, id)?.is_empty() {
-            warn!(study = %id, "no definition of this study is approved yet; its jobs are refused until `plexus-node approve` records one");
-        }
-    }
-    let review = review::ReviewQueue::open(&config.node.state_dir)?;
-    let data =
-        Arc::new(data::DataSource::open(&config.data, &config.consent, dictionary.clone()).await?);
-    let log = Arc::new(log::JobLog::open_signed(
-        &config.node.state_dir,
-        &config.node.id,
-    )?);
-    let audit = log.clone();
-    let checkpoints = tokio::spawn(log.clone().publish_every(
-        std::time::Duration::from_secs(config.node.audit_checkpoint_secs),
+    let (runner, credentials) = open_parts(config, options).await?;
+    let runner = Arc::new(runner);
+    let data = runner.data.clone();
+    let review = runner.review.clone();
+    let audit = runner.log.clone();
+    let checkpoints = tokio::spawn(audit.clone().publish_every(
+        std::time::Duration::from_secs(runner.config.node.audit_checkpoint_secs),
         shutdown.clone(),
     ));
-    let ledger = Arc::new(ledger::Ledger::open(&config.node.state_dir)?);
-    let seen = Arc::new(envelope::SeenJobs::open(
-        &config.node.state_dir,
-        chrono::Utc::now().timestamp_millis(),
-    )?);
-    let verifying_key = config.verifying_key()?;
-    let credentials = credentials::Credentials::load(config.tls.clone())?;
-    info!(node = %config.node.id, variables = data.variables().len(), log = %log.path().display(), "node ready");
-    let runner = Arc::new(job::JobRunner {
-        config: Arc::new(config),
-        dictionary,
-        data: data.clone(),
-        log,
-        ledger,
-        verifying_key,
-        seen,
-        signer: credentials.signer(),
-        review: review.clone(),
-        job_delay: options.job_delay,
-        crash_after_debit: options.crash_after_debit,
-    });
+    info!(node = %runner.config.node.id, variables = data.variables().len(), log = %runner.log.path().display(), "node ready");
     let desk = Arc::new(review::desk::Desk {
         queue: review.clone(),
         runner: runner.clone(),
@@ -112,4 +84,59 @@ pub async fn run_with(
     }
     info!("node stopped");
     Ok(())
+}
+
+/// Everything a node needs to take jobs, opened from its config: the
+/// data (refused when the mapping does not match it), the local log, the
+/// privacy ledger, the seen jobs, the review queue, the coordinator's pinned
+/// key and the node's signing key. Tests drive a runner directly with
+/// crafted jobs.
+pub async fn open_runner(config: NodeConfig, options: RunOptions) -> Result<job::JobRunner> {
+    Ok(open_parts(config, options).await?.0)
+}
+
+async fn open_parts(
+    config: NodeConfig,
+    options: RunOptions,
+) -> Result<(job::JobRunner, credentials::Credentials)> {
+    config.validate()?;
+    let dictionary = Arc::new(plexus_core::Dictionary::load_or_default(
+        config.node.dictionary.as_deref(),
+    )?);
+    config.policy.validate_variables(&dictionary)?;
+    for id in config.policy.studies.keys() {
+        if policy::approved_hashes(&config, id)?.is_empty() {
+            warn!(study = %id, "no definition of this study is approved yet; its jobs are refused until `plexus-node approve` records one");
+        }
+    }
+    let review = review::ReviewQueue::open(&config.node.state_dir)?;
+    let data =
+        Arc::new(data::DataSource::open(&config.data, &config.consent, dictionary.clone()).await?);
+    let log = Arc::new(log::JobLog::open_signed(
+        &config.node.state_dir,
+        &config.node.id,
+    )?);
+    let ledger = Arc::new(ledger::Ledger::open(&config.node.state_dir)?);
+    let seen = Arc::new(envelope::SeenJobs::open(
+        &config.node.state_dir,
+        chrono::Utc::now().timestamp_millis(),
+    )?);
+    let verifying_key = config.verifying_key()?;
+    let credentials = credentials::Credentials::load(config.tls.clone())?;
+    let runner = job::JobRunner {
+        config: Arc::new(config),
+        dictionary,
+        data,
+        log,
+        ledger,
+        verifying_key,
+        seen,
+        signer: credentials.signer(),
+        review,
+        job_delay: options.job_delay,
+        crash_after_debit: options.crash_after_debit,
+        sessions: Arc::new(secagg::Sessions::new()),
+        drop_masked_jobs: options.drop_masked_jobs,
+    };
+    Ok((runner, credentials))
 }

@@ -259,6 +259,8 @@ fn open_result(
     let outcome = match statement.outcome {
         Some(pb::result_statement::Outcome::Stats(s)) => pb::job_result::Outcome::Stats(s),
         Some(pb::result_statement::Outcome::Error(e)) => pb::job_result::Outcome::Error(e),
+        Some(pb::result_statement::Outcome::Keys(k)) => pb::job_result::Outcome::Keys(k),
+        Some(pb::result_statement::Outcome::Masked(m)) => pb::job_result::Outcome::Masked(m),
         None => return Err("the node's signed statement has no outcome".into()),
     };
     Ok((

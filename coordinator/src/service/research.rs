@@ -29,6 +29,16 @@ impl ResearchService {
         study: &plexus_core::StudyDefinition,
         query: &Query,
     ) -> Result<Result<f64, Error>, Status> {
+        if study.secure_aggregation {
+            // What secure aggregation does not answer is refused here,
+            // before any node is asked.
+            let secure = plexus_core::secagg::supported(query).and_then(|_| {
+                plexus_core::secagg::vector_len(&query.analysis, &self.state.dictionary)
+            });
+            if let Err(e) = secure {
+                return Ok(Err(e));
+            }
+        }
         if study.privacy.exact {
             return Ok(Ok(0.0));
         }

@@ -105,8 +105,9 @@ pub struct GroupCounts {
 }
 
 /// A group's counts before disclosure control, with what the node knows
-/// about the patients followed beyond the grid (never released as such).
-#[derive(Debug, Clone, PartialEq, Default)]
+/// about the patients followed beyond the grid (never released as such;
+/// under secure aggregation only their sum over the nodes is read).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct Tally {
     /// Patients beyond the grid are counted as censored in the last interval.
     pub counts: GroupCounts,

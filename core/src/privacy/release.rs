@@ -37,7 +37,8 @@ use crate::models::glm::Family;
 use crate::models::linalg::{packed_index, packed_len};
 use crate::models::survival::{self, Tally};
 use crate::query::{Analysis, Query};
-use crate::stats::{Moments, NodeStats, RawStats};
+use crate::secagg::Contribution;
+use crate::stats::{Moments, NodeStats, RawStats, SummarySums};
 
 /// The noise a release carries: standard deviations in the released
 /// values' own units (0 where the release has no such part).
@@ -149,6 +150,26 @@ fn release_pairs(
     rules: Rules,
     rho: f64,
 ) -> Result<(NodeStats, NoiseScale)> {
+    let (noised, noise) = noise_pairs(pairs, variables, dict, rho)?;
+    // An entry on fewer than k (noised) patients is withheld. The rule
+    // against thin pairwise differences is not needed here: every count is
+    // noised, so a difference between two of them is noise, not patients.
+    let k = u64::from(rules.k);
+    let released = noised
+        .into_iter()
+        .map(|s| (s.n >= k).then_some(s))
+        .collect();
+    Ok((NodeStats::Pairs(released), noise))
+}
+
+/// The noised, mutually consistent per-pair sums of [`release_pairs`],
+/// before any is withheld.
+fn noise_pairs(
+    pairs: &[PairSums],
+    variables: &[String],
+    dict: &Dictionary,
+    rho: f64,
+) -> Result<(Vec<PairSums>, NoiseScale)> {
     let p = variables.len();
     if pairs.len() != packed_len(p) {
         return Err(Error::internal("pair sums do not match the variables"));
@@ -210,15 +231,135 @@ fn release_pairs(
         rho,
         ..NoiseScale::default()
     };
-    // An entry on fewer than k (noised) patients is withheld. The rule
-    // against thin pairwise differences is not needed here: every count is
-    // noised, so a difference between two of them is noise, not patients.
-    let k = u64::from(rules.k);
-    let released = noised
-        .into_iter()
-        .map(|s| (s.n >= k).then_some(s))
-        .collect();
-    Ok((NodeStats::Pairs(released), noise))
+    Ok((noised, noise))
+}
+
+/// The noise a summary's release carries: ρ/3 each to the count, the
+/// centred sum and the centred sum of squares. Returns the scale in the
+/// variable's units and the three σ in fixed-point units the noise is
+/// drawn at.
+fn summary_noise(s: &SummarySums, rho: f64) -> Result<(NoiseScale, [f64; 3])> {
+    let Some((fp, _)) = &s.fixed else {
+        return Err(Error::invalid(
+            "the variable has no public bounds in the data dictionary, so its sum cannot be noised; add min and max to the dictionary",
+        ));
+    };
+    let third = rho / 3.0;
+    let spread = fp.centred_sensitivity() as f64;
+    let sd_n = sigma_for_rho(1.0, third)?;
+    let sd_sum = sigma_for_rho(spread, third)?;
+    let sd_sq = sigma_for_rho(spread * spread, third)?;
+    let scale = NoiseScale {
+        count_sd: sd_n,
+        sum_sd: sd_sum / fp.scale(),
+        square_sd: sd_sq / (fp.scale() * fp.scale()),
+        centre: fp.decode(i128::from(fp.centre())),
+        rho,
+    };
+    Ok((scale, [sd_n, sd_sum, sd_sq]))
+}
+
+/// A summary's count, sum and sum of squares, noised in fixed point at
+/// the σ of [`summary_noise`] and turned back from centred sums:
+/// Σx = Σ(x−c) + c·n and Σx² = Σ(x−c)² + 2c·Σ(x−c) + c²·n, all from noised
+/// values. With `floor`, a noised centred sum of squares under 0 is raised
+/// to 0.
+fn noised_moments(s: &SummarySums, sigmas: [f64; 3], floor: bool) -> Result<Moments> {
+    let Some((fp, sums)) = &s.fixed else {
+        return Err(Error::internal(
+            "a summary without fixed-point sums (checked)",
+        ));
+    };
+    let [sd_n, sd_sum, sd_sq] = sigmas;
+    let n = noisy_count(sums.n, sd_n)?;
+    let centred = fp.decode(noisy_sum(sums.sum, sd_sum)?);
+    let squares = noisy_sum(sums.squares, sd_sq)?;
+    let centred_squares = fp.decode_square(if floor { squares.max(0) } else { squares });
+    let (c, nf) = (fp.decode(i128::from(fp.centre())), n as f64);
+    Ok(Moments {
+        n,
+        sum: centred + c * nf,
+        sum_squares: centred_squares + 2.0 * c * centred + c * c * nf,
+    })
+}
+
+/// What a node adds to a secure aggregate in a study under differential
+/// privacy: every value noised exactly as [`release_for`] noises it, at
+/// the same cost, but nothing suppressed or withheld for falling under the
+/// minimum cell size (the coordinator applies it to the pooled sums) and
+/// no floor a pooled sum could not take back. A summary one or two
+/// patients dominate is refused, as the node cannot withhold it silently.
+pub fn contribute(
+    raw: RawStats,
+    analysis: &Analysis,
+    dict: &Dictionary,
+    rules: Rules,
+    rho: f64,
+) -> Result<(Contribution, NoiseScale)> {
+    let unit = sigma_for_rho(1.0, rho)?;
+    let counts = NoiseScale {
+        count_sd: unit,
+        rho,
+        ..NoiseScale::default()
+    };
+    let noisy = |n: u64| noisy_count(n, unit);
+    let noisy_all = |v: Vec<u64>| v.into_iter().map(noisy).collect::<Result<Vec<_>>>();
+    Ok(match raw {
+        RawStats::Count(n) => (Contribution::Count(noisy(n)?), counts),
+        RawStats::Summary(s) => {
+            let (scale, sigmas) = summary_noise(&s, rho)?;
+            if summary_dominated(&s, rules.dominance_share) {
+                return Err(crate::secagg::dominated());
+            }
+            (
+                Contribution::Summary(noised_moments(&s, sigmas, false)?),
+                scale,
+            )
+        }
+        RawStats::Histogram { bins, below, above } => (
+            Contribution::Histogram {
+                bins: noisy_all(bins)?,
+                below: noisy(below)?,
+                above: noisy(above)?,
+            },
+            counts,
+        ),
+        RawStats::Table {
+            rows,
+            columns,
+            cells,
+        } => (
+            Contribution::Table {
+                rows,
+                columns,
+                cells: noisy_all(cells)?,
+            },
+            counts,
+        ),
+        RawStats::Survival(groups) => {
+            let mut noised = Vec::with_capacity(groups.len());
+            for t in groups {
+                let mut out = Tally::zero(t.counts.events.len());
+                out.counts.events = noisy_all(t.counts.events)?;
+                out.counts.censored = noisy_all(t.counts.censored)?;
+                out.counts.at_risk = out.counts.events.iter().chain(&out.counts.censored).sum();
+                noised.push(out);
+            }
+            (Contribution::Survival(noised), counts)
+        }
+        RawStats::Pairs(pairs) => {
+            let Analysis::Correlation { variables, .. } = analysis else {
+                return Err(Error::internal("correlation sums for another analysis"));
+            };
+            let (noised, noise) = noise_pairs(&pairs, variables, dict, rho)?;
+            (Contribution::Pairs(noised), noise)
+        }
+        raw @ RawStats::Glm(_) => match release_for(raw, analysis, dict, rules, rho)? {
+            (NodeStats::Glm(g), noise) => (Contribution::Glm(g), noise),
+            _ => return Err(Error::internal("a GLM round released as something else")),
+        },
+        RawStats::Cox(_) => return Err(cox_refused()),
+    })
 }
 
 /// Noises and checks what a node computed for a study under differential
@@ -235,46 +376,19 @@ pub fn release(raw: RawStats, rules: Rules, rho: f64) -> Result<(NodeStats, Nois
     Ok(match raw {
         RawStats::Count(n) => (NodeStats::Count(cell(noisy(n)?, k)), counts),
         RawStats::Summary(s) => {
-            let Some((fp, sums)) = s.fixed else {
-                return Err(Error::invalid(
-                    "the variable has no public bounds in the data dictionary, so its sum cannot be noised; add min and max to the dictionary",
-                ));
-            };
-            let third = rho / 3.0;
-            let spread = fp.centred_sensitivity() as f64;
-            let sd_n = sigma_for_rho(1.0, third)?;
-            let sd_sum = sigma_for_rho(spread, third)?;
-            let sd_sq = sigma_for_rho(spread * spread, third)?;
-            let centre = fp.decode(i128::from(fp.centre()));
-            let scale = NoiseScale {
-                count_sd: sd_n,
-                sum_sd: sd_sum / fp.scale(),
-                square_sd: sd_sq / (fp.scale() * fp.scale()),
-                centre,
-                rho,
-            };
+            let (scale, sigmas) = summary_noise(&s, rho)?;
             // The dominance rule looks at the exact values: a withheld
             // summary says only that one or two patients dominate it.
             if summary_dominated(&s, rules.dominance_share) {
                 return Ok((NodeStats::Summary(None), scale));
             }
-            let n = noisy_count(sums.n, sd_n)?;
-            let centred = fp.decode(noisy_sum(sums.sum, sd_sum)?);
-            let centred_squares = fp.decode_square(noisy_sum(sums.squares, sd_sq)?.max(0));
-            let released = (n >= u64::from(k)).then(|| {
-                // Back from centred sums: Σx = Σ(x−c) + c·n and
-                // Σx² = Σ(x−c)² + 2c·Σ(x−c) + c²·n, all from noised values.
-                let nf = n as f64;
-                let sum = centred + centre * nf;
-                let squares = centred_squares + 2.0 * centre * centred + centre * centre * nf;
-                // Noise can leave Σx² below (Σx)²/n, a negative variance:
-                // it is raised to that floor (variance 0), which the pooled
-                // result then reports.
-                Moments {
-                    n,
-                    sum,
-                    sum_squares: squares.max(sum * sum / nf),
-                }
+            let m = noised_moments(&s, sigmas, true)?;
+            // Noise can leave Σx² below (Σx)²/n, a negative variance: it is
+            // raised to that floor (variance 0), which the pooled result
+            // then reports.
+            let released = (m.n >= u64::from(k)).then(|| Moments {
+                sum_squares: m.sum_squares.max(m.sum * m.sum / m.n as f64),
+                ..m
             });
             (NodeStats::Summary(released), scale)
         }
@@ -462,5 +576,55 @@ mod tests {
             exact.correlation[0][1].unwrap(),
         );
         assert!((r - want).abs() < 0.05, "{r} vs {want}");
+    }
+
+    #[test]
+    fn contributions_to_a_secure_aggregate_are_noised_alike_but_never_suppressed() {
+        let d = Dictionary::cardiovascular();
+        let rules = Rules::new(5);
+        let count = Query::from_json(r#"{"analysis": {"count": {}}}"#).unwrap();
+        // A count of 2 is suppressed in a release, but enters the aggregate.
+        let (c, noise) = contribute(RawStats::Count(2), &count.analysis, &d, rules, 1e6).unwrap();
+        assert_eq!(c, Contribution::Count(2), "σ ≈ 0.0007 rounds to no noise");
+        assert!((noise.count_sd - 1.0 / 2e6f64.sqrt()).abs() < 1e-12);
+        let (released, _) = release(RawStats::Count(2), rules, 1e6).unwrap();
+        assert_eq!(released, NodeStats::Count(Cell::Suppressed));
+
+        // A summary: the same noise scale as the release, moments near the truth.
+        let age = d.get("age").unwrap();
+        let values: Vec<f64> = (0..1000).map(|i| 40.0 + f64::from(i % 40)).collect();
+        let s = SummarySums::of(age, "age", &values);
+        let summary =
+            Query::from_json(r#"{"analysis": {"summary": {"variable": "age"}}}"#).unwrap();
+        let (c, noise) = contribute(
+            RawStats::Summary(s.clone()),
+            &summary.analysis,
+            &d,
+            rules,
+            0.03,
+        )
+        .unwrap();
+        let (_, released) = release(RawStats::Summary(s.clone()), rules, 0.03).unwrap();
+        assert_eq!(noise, released);
+        let Contribution::Summary(m) = c else {
+            panic!()
+        };
+        assert!((m.sum - s.moments.sum).abs() < 10.0 * noise.sum_sd + 64.0 * 10.0 * noise.count_sd);
+        assert!(m.n.abs_diff(1000) < (10.0 * noise.count_sd) as u64 + 1);
+
+        // Cox stays refused under differential privacy.
+        let cox = Query::from_json(
+            r#"{"analysis": {"cox": {"time": "followup_days", "event": "death", "covariates": ["age"]}}}"#,
+        )
+        .unwrap();
+        let e = contribute(
+            RawStats::Cox(Default::default()),
+            &cox.analysis,
+            &d,
+            rules,
+            0.1,
+        )
+        .unwrap_err();
+        assert_eq!(e.code, crate::ErrorCode::Policy);
     }
 }

@@ -77,6 +77,17 @@ pub fn annotate_summary(
     answers: &[(String, NodeStats)],
     noise_of: impl Fn(&str) -> Option<NoiseScale>,
 ) -> Option<String> {
+    let released: Vec<NoiseScale> = answers
+        .iter()
+        .filter(|(_, s)| matches!(s, NodeStats::Summary(Some(_))))
+        .filter_map(|(node, _)| noise_of(node))
+        .collect();
+    annotate_summary_noises(value, &released)
+}
+
+/// [`annotate_summary`] from the noise of every node whose moments are in
+/// the pooled summary (under secure aggregation: every roster node).
+pub fn annotate_summary_noises(value: &mut PooledValue, released: &[NoiseScale]) -> Option<String> {
     let PooledValue::Summary {
         n,
         mean,
@@ -89,11 +100,6 @@ pub fn annotate_summary(
     else {
         return None;
     };
-    let released: Vec<NoiseScale> = answers
-        .iter()
-        .filter(|(_, s)| matches!(s, NodeStats::Summary(Some(_))))
-        .filter_map(|(node, _)| noise_of(node))
-        .collect();
     if released.iter().all(NoiseScale::is_zero) {
         return None;
     }

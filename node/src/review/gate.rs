@@ -9,7 +9,7 @@ use plexus_proto::v1 as pb;
 
 use super::{Decision, HeldResult, Verdict};
 use crate::error::NodeError;
-use crate::job::{answer, describe, JobRunner};
+use crate::job::{answer, describe, JobRunner, Reply};
 use crate::log::LogEntry;
 
 impl JobRunner {
@@ -26,7 +26,7 @@ impl JobRunner {
         purpose: &str,
     ) -> pb::node_message::Msg {
         let now = chrono::Utc::now();
-        let summary = describe(stats, receipt);
+        let summary = describe(&Reply::Stats(stats.clone()), receipt);
         let query = job
             .query
             .clone()

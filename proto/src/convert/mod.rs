@@ -21,7 +21,10 @@ use crate::v1 as pb;
 
 mod audit;
 mod query;
+mod secagg;
 mod stats;
+
+pub use secagg::{keys_from_pb, keys_to_pb, vector_from_bytes, vector_to_bytes};
 
 pub(crate) use query::bounded;
 
@@ -149,6 +152,7 @@ pub fn study_to_pb(s: &StudyDefinition, registered_unix_ms: i64) -> pb::Study {
         min_nodes: s.min_nodes,
         registered_unix_ms,
         continue_without_lost_nodes: s.continue_without_lost_nodes,
+        secure_aggregation: s.secure_aggregation,
         privacy: Some(pb::StudyPrivacy {
             exact: s.privacy.exact,
             budget_rho: s.privacy.budget_rho,
@@ -225,6 +229,7 @@ impl TryFrom<pb::Study> for StudyDefinition {
             nodes: s.nodes,
             min_nodes: s.min_nodes,
             continue_without_lost_nodes: s.continue_without_lost_nodes,
+            secure_aggregation: s.secure_aggregation,
             privacy: s
                 .privacy
                 .map(|p| PrivacySettings {
