@@ -96,3 +96,119 @@ async fn every_answer_is_signed_by_its_node_and_can_be_checked_later() {
     }
     sb.shutdown().await.unwrap();
 }
+
+/// Each envelope refusal through a real node runner: refused with its
+/// reason and logged in the node's job log, a replay also after the node
+/// is opened again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tampered_expired_replayed_and_misaddressed_jobs_are_refused_and_logged() {
+    use plexus_proto::v1 as pb;
+    use prost::Message;
+
+    let sb = Sandbox::prepare(SandboxOptions::new(200, 79))
+        .await
+        .unwrap();
+    let config = sb.node_configs["hospital-a"].clone();
+    let key = plexus_tls::SigningKey::load(&sb.coordinator_config.coordinator.signing_key).unwrap();
+    let study = sandbox::exact_study();
+    let query = plexus_core::Query::from_json(r#"{"analysis": {"count": {}}}"#).unwrap();
+    let job = |id: &str, audience: &str, issued: i64, deadline: i64| pb::Job {
+        job_id: id.to_string(),
+        study_id: study.id.clone(),
+        purpose: Some((&study.purpose().unwrap()).into()),
+        query_hash: query.hash(),
+        query: Some(pb::Query::from(&query)),
+        min_cell_size: 5,
+        deadline_unix_ms: deadline,
+        issued_unix_ms: issued,
+        audience: audience.into(),
+        privacy: Some(pb::JobPrivacy {
+            exact: true,
+            ..Default::default()
+        }),
+        study_definition_hash: study.definition_hash(),
+        ..Default::default()
+    };
+    let sign = |job: &pb::Job| {
+        let bytes = job.encode_to_vec();
+        pb::SignedJob {
+            signature: key.sign(&bytes),
+            job: bytes,
+        }
+    };
+    let outcome = |msg: Option<pb::node_message::Msg>| match msg {
+        Some(pb::node_message::Msg::Result(r)) => r.outcome.unwrap(),
+        other => panic!("expected a result, got {other:?}"),
+    };
+    let refusal = |o: pb::job_result::Outcome| match o {
+        pb::job_result::Outcome::Error(e) => e.message,
+        other => panic!("expected a refusal, got {other:?}"),
+    };
+    let now = chrono::Utc::now().timestamp_millis();
+    let id = |n: u8| format!("{n:02x}").repeat(16);
+    let runner = plexus_node::open_runner(config.clone(), plexus_node::RunOptions::default())
+        .await
+        .unwrap();
+
+    // One byte changed after signing.
+    let mut tampered = sign(&job(&id(1), "hospital-a", now, now + 60_000));
+    let last = tampered.job.len() - 1;
+    tampered.job[last] ^= 1;
+    let m = refusal(outcome(runner.take(tampered).await));
+    assert!(m.contains("signature"), "{m}");
+    // Expired.
+    let m = refusal(outcome(
+        runner
+            .take(sign(&job(
+                &id(2),
+                "hospital-a",
+                now - 120_000,
+                now - 60_000,
+            )))
+            .await,
+    ));
+    assert!(m.contains("expired"), "{m}");
+    // For another node.
+    let m = refusal(outcome(
+        runner
+            .take(sign(&job(&id(3), "hospital-b", now, now + 60_000)))
+            .await,
+    ));
+    assert!(m.contains("addressed to \"hospital-b\""), "{m}");
+    // Answered once, then replayed.
+    let valid = sign(&job(&id(4), "hospital-a", now, now + 60_000));
+    let first = outcome(runner.take(valid.clone()).await);
+    assert!(
+        matches!(first, pb::job_result::Outcome::Stats(_)),
+        "{first:?}"
+    );
+    let m = refusal(outcome(runner.take(valid.clone()).await));
+    assert!(m.contains("replay") || m.contains("already"), "{m}");
+    drop(runner);
+    // ... and replayed again after the node is opened anew.
+    let runner = plexus_node::open_runner(config.clone(), plexus_node::RunOptions::default())
+        .await
+        .unwrap();
+    let m = refusal(outcome(runner.take(valid).await));
+    assert!(m.contains("replay") || m.contains("already"), "{m}");
+
+    let log =
+        plexus_node::log::JobLog::read_all(&config.node.state_dir.join("jobs.log.jsonl")).unwrap();
+    let outcomes: Vec<(&str, &str)> = log
+        .iter()
+        .map(|e| (e.job_id.as_str(), e.outcome.as_str()))
+        .collect();
+    assert_eq!(
+        outcomes,
+        vec![
+            // The id a tampered job claims, kept to say which job was refused.
+            (id(1).as_str(), "refused:policy"),
+            (id(2).as_str(), "refused:policy"),
+            (id(3).as_str(), "refused:policy"),
+            (id(4).as_str(), "released"),
+            (id(4).as_str(), "refused:policy"),
+            (id(4).as_str(), "refused:policy"),
+        ],
+        "{log:?}"
+    );
+}
