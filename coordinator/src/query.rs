@@ -52,6 +52,20 @@ pub(crate) struct Round {
     pub min_cell_size: u32,
 }
 
+impl Round {
+    /// A round with nothing in it yet, checked against `min_cell_size`.
+    pub fn empty(min_cell_size: u32) -> Self {
+        Round {
+            answers: Vec::new(),
+            contributors: Vec::new(),
+            others: Vec::new(),
+            receipts: Vec::new(),
+            notes: Vec::new(),
+            min_cell_size,
+        }
+    }
+}
+
 /// Runs a validated query to completion and records its outcome. Never
 /// panics on node misbehaviour: every answer is checked.
 pub async fn run(
@@ -172,14 +186,7 @@ impl Plan<'_> {
     /// Sends one round of jobs to `nodes` and sorts the replies into
     /// released statistics and everything else.
     async fn round(&self, nodes: &[String], iteration: Option<&Iteration>) -> Round {
-        let mut round = Round {
-            answers: Vec::new(),
-            contributors: Vec::new(),
-            others: Vec::new(),
-            receipts: Vec::new(),
-            notes: Vec::new(),
-            min_cell_size: self.state.config.coordinator.min_cell_size,
-        };
+        let mut round = Round::empty(self.state.config.coordinator.min_cell_size);
         for (node, a) in self.send(nodes, iteration, None).await {
             match a {
                 Answer::Stats(s, receipt) => {

@@ -127,14 +127,7 @@ impl Plan<'_> {
         let dict = &self.state.dictionary;
         let len = secagg::vector_len(&self.query.analysis, dict)?;
         let mut candidates = nodes.to_vec();
-        let mut round = Round {
-            answers: Vec::new(),
-            contributors: Vec::new(),
-            others: Vec::new(),
-            receipts: Vec::new(),
-            notes: Vec::new(),
-            min_cell_size: self.state.config.coordinator.min_cell_size,
-        };
+        let mut round = Round::empty(self.state.config.coordinator.min_cell_size);
         for attempt in 1.. {
             if candidates.len() < self.secure_quorum() {
                 return Err(self.too_few(candidates.len(), &round.others));

@@ -678,3 +678,43 @@ async fn a_node_refuses_small_changed_and_foreign_rosters() {
         .iter()
         .any(|e| e.detail.contains("values sent masked") && e.outcome == "released"));
 }
+
+/// A hospital that reviews a study's results before they leave refuses
+/// that study's secure-aggregation jobs: its data steward could see only a
+/// masked vector. With two nodes left the query fails, naming the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_reviewing_a_study_refuses_its_secure_aggregation_jobs() {
+    let mut sb = Sandbox::prepare(SandboxOptions::new(200, 103))
+        .await
+        .unwrap();
+    sb.node_configs
+        .get_mut("hospital-c")
+        .unwrap()
+        .policy
+        .review
+        .insert(sandbox::SECURE_STUDY.to_string());
+    sb.start_all().await.unwrap();
+    let study = sandbox::secure_study();
+    sb.register_study(&study).await.unwrap();
+    let e = ask(
+        &sb,
+        sandbox::RESEARCHER,
+        &study.id,
+        r#"{"analysis": {"count": {}}}"#,
+    )
+    .await
+    .unwrap_err();
+    assert!(e.message.contains("hospital-c"), "{e:?}");
+    assert!(e.message.contains("policy.review"), "{e:?}");
+    let log = plexus_node::log::JobLog::read_all(
+        &sb.node_configs["hospital-c"]
+            .node
+            .state_dir
+            .join("jobs.log.jsonl"),
+    )
+    .unwrap();
+    assert!(log
+        .iter()
+        .any(|l| l.outcome == "refused:policy" && l.detail.contains("masked vector")));
+    sb.shutdown().await.unwrap();
+}
