@@ -100,12 +100,9 @@ pub async fn run(opts: AuditBenchOptions) -> anyhow::Result<()> {
     // rebuild the tree, compare with the checkpoint.
     let t = Instant::now();
     let mut leaves = Vec::with_capacity(total as usize);
-    let mut after = 0;
-    loop {
-        let page = store.audit_page(after, 20_000).await?;
-        let Some(last) = page.last() else { break };
-        after = last.seq;
-        leaves.extend(page.iter().map(AuditEntry::leaf));
+    let mut pages = store.audit_pages(0);
+    while let Some(page) = pages.recv().await {
+        leaves.extend(page?.iter().map(AuditEntry::leaf));
     }
     let read_and_hash = t.elapsed();
     let t = Instant::now();

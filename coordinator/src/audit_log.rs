@@ -19,9 +19,6 @@ use plexus_core::Error;
 use crate::error::Result;
 use crate::store::{now_ms, Store};
 
-/// Entries read from the database at once when the tree is rebuilt.
-const PAGE: u32 = 20_000;
-
 pub struct AuditLog {
     store: Store,
     signer: Arc<plexus_tls::SigningKey>,
@@ -49,12 +46,9 @@ impl AuditLog {
         let latest = store.latest_checkpoint().await?;
         let mut tree = MerkleLog::new();
         let mut at_checkpoint = None;
-        let mut after = 0;
-        loop {
-            let page = store.audit_page(after, PAGE).await?;
-            let Some(last) = page.last() else { break };
-            after = last.seq;
-            for e in &page {
+        let mut pages = store.audit_pages(0);
+        while let Some(page) = pages.recv().await {
+            for e in &page? {
                 if e.seq != tree.len() as i64 + 1 {
                     error!(
                         expected = tree.len() + 1,

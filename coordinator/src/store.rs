@@ -476,9 +476,8 @@ impl Store {
         rows.iter().rev().map(audit_entry).collect()
     }
 
-    /// Up to `limit` entries after `after_seq`, in log order: how the whole
-    /// log is read, a page at a time.
-    pub async fn audit_page(&self, after_seq: i64, limit: u32) -> Result<Vec<AuditEntry>> {
+    /// Up to `limit` entries after `after_seq`, in log order.
+    async fn audit_page(&self, after_seq: i64, limit: u32) -> Result<Vec<AuditEntry>> {
         let rows = sqlx::query(concat!(
             "SELECT ",
             audit_columns!(),
@@ -492,7 +491,7 @@ impl Store {
     }
 
     /// The entries with `lo < seq <= hi`, in log order.
-    pub async fn audit_range(&self, lo: i64, hi: i64) -> Result<Vec<AuditEntry>> {
+    async fn audit_range(&self, lo: i64, hi: i64) -> Result<Vec<AuditEntry>> {
         let rows = sqlx::query(concat!(
             "SELECT ",
             audit_columns!(),
@@ -505,13 +504,62 @@ impl Store {
         rows.iter().map(audit_entry).collect()
     }
 
-    /// The highest entry number (0 for an empty log).
-    pub async fn audit_last_seq(&self) -> Result<i64> {
-        Ok(
-            sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM audit_events")
-                .fetch_one(&self.pool)
-                .await?,
-        )
+    /// The whole log after entry `after`, in order, a page at a time: the
+    /// entries that stand now are read a range at a time with two reads
+    /// in flight (the database read is what rebuilding or verifying a
+    /// million-entry log waits on), then those appended meanwhile. An error
+    /// ends the pages; dropping the receiver stops the reading.
+    pub fn audit_pages(&self, after: i64) -> tokio::sync::mpsc::Receiver<Result<Vec<AuditEntry>>> {
+        const PAGE: i64 = 10_000;
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        let store = self.clone();
+        tokio::spawn(async move {
+            let last: i64 =
+                match sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM audit_events")
+                    .fetch_one(&store.pool)
+                    .await
+                {
+                    Ok(last) => last,
+                    Err(e) => {
+                        let _ = tx.send(Err(e.into())).await;
+                        return;
+                    }
+                };
+            let mut reads = std::collections::VecDeque::new();
+            let mut next = after;
+            loop {
+                while reads.len() < 2 && next < last {
+                    let (lo, hi) = (next, (next + PAGE).min(last));
+                    let store = store.clone();
+                    reads.push_back(tokio::spawn(async move { store.audit_range(lo, hi).await }));
+                    next = hi;
+                }
+                let Some(read) = reads.pop_front() else { break };
+                let page = read.await.unwrap_or_else(|e| {
+                    Err(crate::error::CoordinatorError::Server(format!(
+                        "reading the audit log failed: {e}"
+                    )))
+                });
+                let failed = page.is_err();
+                if tx.send(page).await.is_err() || failed {
+                    return;
+                }
+            }
+            let mut after = after.max(last);
+            loop {
+                let page = store.audit_page(after, PAGE as u32).await;
+                match &page {
+                    Ok(p) if p.is_empty() => return,
+                    Ok(p) => after = p.last().expect("not empty").seq,
+                    Err(_) => {}
+                }
+                let failed = page.is_err();
+                if tx.send(page).await.is_err() || failed {
+                    return;
+                }
+            }
+        });
+        rx
     }
 
     /// One entry by its position.

@@ -14,8 +14,8 @@ use plexus_tls::Role;
 use crate::state::State;
 use crate::store::AuditFilter;
 
-/// Entries sent per database page while the whole log is exported.
-const EXPORT_PAGE: u32 = 10_000;
+/// Entries buffered between the database reads and the auditor's stream.
+const EXPORT_BUFFER: usize = 40_000;
 
 pub struct AuditService {
     pub state: Arc<State>,
@@ -89,7 +89,7 @@ impl Audit for AuditService {
         request: Request<pb::ExportLogRequest>,
     ) -> Result<Response<Self::ExportLogStream>, Status> {
         let who = plexus_tls::require_role(&request, &[Role::Auditor, Role::Admin])?;
-        let mut after = request.into_inner().after_seq.min(i64::MAX as u64) as i64;
+        let after = request.into_inner().after_seq.min(i64::MAX as u64) as i64;
         self.read_by(
             &who,
             "audit.export",
@@ -97,69 +97,21 @@ impl Audit for AuditService {
             format!("from entry {}", after + 1),
         )
         .await;
-        let store = self.state.store.clone();
-        let (tx, rx) = tokio::sync::mpsc::channel(4 * EXPORT_PAGE as usize);
+        let mut pages = self.state.store.audit_pages(after);
+        let (tx, rx) = tokio::sync::mpsc::channel(EXPORT_BUFFER);
         tokio::spawn(async move {
-            let send_page = |page: Vec<crate::store::AuditEntry>| {
-                let tx = tx.clone();
-                async move {
-                    for e in page {
-                        if tx.send(Ok(e.into())).await.is_err() {
-                            return false; // the auditor hung up
-                        }
-                    }
-                    true
-                }
-            };
-            // The log as it stands: ranges read two at a time (the database
-            // read is what a million-entry verify waits on), sent in order.
-            let last = match store.audit_last_seq().await {
-                Ok(last) => last,
-                Err(e) => {
-                    let _ = tx.send(Err(e.to_status())).await;
-                    return;
-                }
-            };
-            let mut reads = std::collections::VecDeque::new();
-            let mut next = after;
-            loop {
-                while reads.len() < 2 && next < last {
-                    let (lo, hi) = (next, (next + i64::from(EXPORT_PAGE)).min(last));
-                    let store = store.clone();
-                    reads.push_back(tokio::spawn(async move { store.audit_range(lo, hi).await }));
-                    next = hi;
-                }
-                let Some(read) = reads.pop_front() else { break };
-                match read.await {
-                    Ok(Ok(page)) => {
-                        if !send_page(page).await {
-                            return;
-                        }
-                    }
-                    Ok(Err(e)) => {
-                        let _ = tx.send(Err(e.to_status())).await;
-                        return;
-                    }
-                    Err(e) => {
-                        let _ = tx.send(Err(Status::internal(e.to_string()))).await;
-                        return;
-                    }
-                }
-            }
-            // Entries appended while it was read.
-            after = after.max(last);
-            loop {
-                let page = match store.audit_page(after, EXPORT_PAGE).await {
+            while let Some(page) = pages.recv().await {
+                let page = match page {
                     Ok(page) => page,
                     Err(e) => {
                         let _ = tx.send(Err(e.to_status())).await;
                         return;
                     }
                 };
-                let Some(last) = page.last() else { return };
-                after = last.seq;
-                if !send_page(page).await {
-                    return;
+                for e in page {
+                    if tx.send(Ok(e.into())).await.is_err() {
+                        return; // the auditor hung up
+                    }
                 }
             }
         });
