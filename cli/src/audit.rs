@@ -600,7 +600,7 @@ pub async fn cmd_export_fhir(
     out: Option<&Path>,
 ) -> anyhow::Result<()> {
     let client = Client::connect(conn).await?;
-    let written = match out {
+    match out {
         Some(path) => {
             let file = std::fs::File::create(path)
                 .with_context(|| format!("cannot write {}", path.display()))?;
@@ -610,11 +610,11 @@ pub async fn cmd_export_fhir(
                 "wrote {n} FHIR R4 AuditEvent resources to {}",
                 path.display()
             );
-            n
         }
-        None => export_fhir(&client, &filter, &mut std::io::stdout().lock()).await?,
-    };
-    let _ = written;
+        None => {
+            export_fhir(&client, &filter, &mut std::io::stdout().lock()).await?;
+        }
+    }
     Ok(())
 }
 
