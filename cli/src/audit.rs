@@ -13,8 +13,7 @@ use serde::Serialize;
 
 use plexus_core::audit::AuditEntry;
 use plexus_core::merkle::{
-    leaf_of, verify_consistency, verify_inclusion, verify_log, verify_log_heads, Checkpoint,
-    TreeHead,
+    leaf_of, verify_consistency, verify_inclusion, verify_log_heads, Checkpoint, TreeHead,
 };
 use plexus_proto::v1 as pb;
 
@@ -404,12 +403,6 @@ pub fn read_checkpoint(path: &Path) -> anyhow::Result<Checkpoint> {
             path.display()
         )
     })
-}
-
-/// Checks a whole list of entries against a checkpoint (used by tests and
-/// the benchmark; `verify` streams instead).
-pub fn verify_entries(entries: &[AuditEntry], checkpoint: &TreeHead) -> anyhow::Result<u64> {
-    verify_log(entries.iter().map(AuditEntry::leaf), checkpoint).map_err(|e| anyhow!(e.message))
 }
 
 // ---- the commands ----

@@ -118,11 +118,6 @@ impl AuditLog {
         Ok(())
     }
 
-    /// How many entries the log holds.
-    pub async fn size(&self) -> u64 {
-        self.inner.lock().await.tree.len()
-    }
-
     /// Signs and stores a checkpoint of the log as it is now.
     pub async fn checkpoint(&self) -> Result<Checkpoint> {
         let mut inner = self.inner.lock().await;
