@@ -68,7 +68,14 @@ fn build_binaries() -> Result<Binaries> {
     let mut cmd = Command::new(cargo);
     cmd.current_dir(repo_root())
         .args(["build", "--locked", "--quiet"])
-        .args(["-p", "plexus", "-p", "plexus-node", "-p", "plexus-coordinator"])
+        .args([
+            "-p",
+            "plexus",
+            "-p",
+            "plexus-node",
+            "-p",
+            "plexus-coordinator",
+        ])
         .arg("--target-dir")
         .arg(target_dir);
     if release {
@@ -154,7 +161,12 @@ pub struct Daemon {
 
 impl Daemon {
     /// Starts `argv` with stdout and stderr appended to `log`.
-    pub fn spawn(name: &str, argv: &[String], env: &[(String, String)], log: &Path) -> Result<Self> {
+    pub fn spawn(
+        name: &str,
+        argv: &[String],
+        env: &[(String, String)],
+        log: &Path,
+    ) -> Result<Self> {
         let out = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -200,7 +212,11 @@ impl Daemon {
                 return Ok(status);
             }
             if tokio::time::Instant::now() >= deadline {
-                bail!("{} did not exit within {timeout:?}; its log:\n{}", self.name, self.log());
+                bail!(
+                    "{} did not exit within {timeout:?}; its log:\n{}",
+                    self.name,
+                    self.log()
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -321,8 +337,18 @@ impl Install {
         let ip = opts.listen_ip.to_string();
         install.cli_offline(&["pki", "init", "--dir", &pki]).await?;
         let coordinator = [
-            "pki", "issue", "--dir", &pki, "--role", "coordinator", "--name", "coordinator",
-            "--dns", "localhost", "--ip", &ip,
+            "pki",
+            "issue",
+            "--dir",
+            &pki,
+            "--role",
+            "coordinator",
+            "--name",
+            "coordinator",
+            "--dns",
+            "localhost",
+            "--ip",
+            &ip,
         ];
         install.cli_offline(&coordinator).await?;
         for (role, name) in [
@@ -334,7 +360,9 @@ impl Install {
             ("auditor", "auditor"),
         ] {
             install
-                .cli_offline(&["pki", "issue", "--dir", &pki, "--role", role, "--name", name])
+                .cli_offline(&[
+                    "pki", "issue", "--dir", &pki, "--role", role, "--name", name,
+                ])
                 .await?;
         }
 
@@ -356,10 +384,15 @@ impl Install {
             "heartbeat_interval_secs".into(),
             (opts.heartbeat_interval_secs as i64).into(),
         );
-        s.insert("job_timeout_secs".into(), (opts.job_timeout_secs as i64).into());
+        s.insert(
+            "job_timeout_secs".into(),
+            (opts.job_timeout_secs as i64).into(),
+        );
         let path = install.path("/etc/plexus/coordinator.toml");
         write_config(&path, c, "coordinator", |p| {
-            plexus_coordinator::CoordinatorConfig::load(p).map(drop).map_err(|e| e.to_string())
+            plexus_coordinator::CoordinatorConfig::load(p)
+                .map(drop)
+                .map_err(|e| e.to_string())
         })?;
 
         for (id, format) in SITES {
@@ -383,7 +416,10 @@ impl Install {
             );
             if opts.exact {
                 let policy = table(&mut n, "policy")?;
-                policy.insert("exact_studies".into(), vec![install.study.id.clone()].into());
+                policy.insert(
+                    "exact_studies".into(),
+                    vec![install.study.id.clone()].into(),
+                );
                 let pin = policy
                     .get_mut("studies")
                     .and_then(|s| s.as_table_mut())
@@ -397,7 +433,9 @@ impl Install {
             }
             let path = install.path(&format!("/etc/plexus/node-{id}.toml"));
             write_config(&path, n, "node", |p| {
-                plexus_node::NodeConfig::load(p).map(drop).map_err(|e| e.to_string())
+                plexus_node::NodeConfig::load(p)
+                    .map(drop)
+                    .map_err(|e| e.to_string())
             })?;
         }
         Ok(install)
@@ -416,9 +454,15 @@ impl Install {
             text = text.replace(from, to);
         }
         for prefix in ["/etc/plexus", "/var/lib/", "/srv/plexus"] {
-            text = text.replace(&format!("\"{prefix}"), &format!("\"{}", self.path(prefix).display()));
+            text = text.replace(
+                &format!("\"{prefix}"),
+                &format!("\"{}", self.path(prefix).display()),
+            );
         }
-        text = text.replace("sqlite:///var/lib/", &format!("sqlite://{}/", self.path("/var/lib").display()));
+        text = text.replace(
+            "sqlite:///var/lib/",
+            &format!("sqlite://{}/", self.path("/var/lib").display()),
+        );
         toml::from_str(&text).with_context(|| format!("{rel} is not TOML"))
     }
 
@@ -511,8 +555,15 @@ impl Install {
             .cli(
                 "alice",
                 &[
-                    "query", "--study", &self.study.id, "--file", &file, "--output", "json",
-                    "--wait-secs", "120",
+                    "query",
+                    "--study",
+                    &self.study.id,
+                    "--file",
+                    &file,
+                    "--output",
+                    "json",
+                    "--wait-secs",
+                    "120",
                 ],
             )
             .await?;

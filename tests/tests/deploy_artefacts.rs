@@ -103,10 +103,15 @@ fn units_carry_the_hardening_directives() {
         assert!((10..=60).contains(&stop), "{unit}: TimeoutStopSec={stop}");
         assert!(one("ExecStart").starts_with("/usr/bin/plexus-"), "{unit}");
         assert!(
-            d["Environment"].iter().any(|e| e == "PLEXUS_LOG_FORMAT=json"),
+            d["Environment"]
+                .iter()
+                .any(|e| e == "PLEXUS_LOG_FORMAT=json"),
             "{unit}: JSON logs for the journal"
         );
-        assert!(!d.contains_key("DynamicUser"), "{unit}: User=plexus, not DynamicUser");
+        assert!(
+            !d.contains_key("DynamicUser"),
+            "{unit}: User=plexus, not DynamicUser"
+        );
     }
     let template = directives(&deploy().join("systemd/plexus-node@.service"));
     assert_eq!(template["StateDirectory"], ["plexus-node/%i"]);
@@ -164,7 +169,10 @@ fn units_pass_systemd_analyze_verify() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(out.status.success(), "systemd-analyze verify failed:\n{text}");
+    assert!(
+        out.status.success(),
+        "systemd-analyze verify failed:\n{text}"
+    );
     assert_eq!(text.trim(), "", "systemd-analyze verify is not clean");
 }
 
@@ -287,7 +295,12 @@ fn parse_node(path: &Path) -> plexus_node::NodeConfig {
     // where the config is installed (the process tests run installed ones).
     let c = parse(&config_text(path, "node", |t| parse(t).map(drop)))
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    assert_eq!(c.data.columns.len(), 12, "{}: [data.columns]", path.display());
+    assert_eq!(
+        c.data.columns.len(),
+        12,
+        "{}: [data.columns]",
+        path.display()
+    );
     c
 }
 
@@ -299,7 +312,10 @@ fn parse_coordinator(path: &Path) -> plexus_coordinator::CoordinatorConfig {
     // which exists only where the config is installed.
     let c = parse(&config_text(path, "coordinator", |t| parse(t).map(drop)))
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    assert!(c.coordinator.database_url.starts_with("postgres://") || c.coordinator.database_url.starts_with("sqlite://"));
+    assert!(
+        c.coordinator.database_url.starts_with("postgres://")
+            || c.coordinator.database_url.starts_with("sqlite://")
+    );
     assert_eq!(c.coordinator.id, "coordinator", "{}", path.display());
     c
 }
@@ -317,7 +333,9 @@ fn compose_and_systemd_configs_parse() {
             if name.starts_with("node") && name.ends_with(".toml") {
                 let n = parse_node(&p);
                 assert!(
-                    n.policy.studies[&study.id].definition_hashes.contains(&hash),
+                    n.policy.studies[&study.id]
+                        .definition_hashes
+                        .contains(&hash),
                     "{}: pin deploy/study.toml's hash {hash}",
                     p.display()
                 );
@@ -343,7 +361,10 @@ fn compose_and_systemd_configs_parse() {
         if line.starts_with("- ./") || line.starts_with("- ../") {
             let src = line[2..].split(':').next().unwrap();
             let p = deploy().join("compose").join(src);
-            assert!(p.exists(), "compose.yaml mounts {src}, which does not exist");
+            assert!(
+                p.exists(),
+                "compose.yaml mounts {src}, which does not exist"
+            );
             mounts += 1;
         }
     }
@@ -363,9 +384,15 @@ fn dockerfiles_build_release_binaries_as_a_non_root_user() {
         );
         assert!(text.contains("USER 10001:10001"), "{file}");
         assert!(text.contains("HEALTHCHECK"), "{file}");
-        assert!(text.contains(&format!("/dev/tcp/127.0.0.1/{port}")), "{file}");
+        assert!(
+            text.contains(&format!("/dev/tcp/127.0.0.1/{port}")),
+            "{file}"
+        );
         assert!(text.contains("VOLUME [\"/var/lib/plexus\"]"), "{file}");
-        assert!(text.contains("--mount=type=cache"), "{file}: cached dependencies");
+        assert!(
+            text.contains("--mount=type=cache"),
+            "{file}: cached dependencies"
+        );
         assert!(text.matches("FROM ").count() >= 2, "{file}: multi-stage");
     }
     let ignore = std::fs::read_to_string(repo_root().join(".dockerignore")).unwrap();
@@ -415,7 +442,17 @@ async fn systemd_style_deployment_answers_queries_and_stops_cleanly() {
         answered += 1;
     }
     let log = install
-        .cli("auditor", &["audit", "log", "--study", "aaa-outcomes", "--output", "json"])
+        .cli(
+            "auditor",
+            &[
+                "audit",
+                "log",
+                "--study",
+                "aaa-outcomes",
+                "--output",
+                "json",
+            ],
+        )
         .await
         .unwrap();
     assert_eq!(

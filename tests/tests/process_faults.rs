@@ -95,7 +95,16 @@ async fn a_node_killed_mid_job_is_reported_missing_and_rejoins_when_restarted() 
         c.kill().await.unwrap();
     };
     let (r, ()) = tokio::join!(submitted, killer);
-    assert_without_c(&r.unwrap(), &sites);
+    let r = r.unwrap();
+    assert_without_c(&r, &sites);
+    // It died holding the job, not before the job was sent.
+    let detail = r.provenance.node("hospital-c").unwrap().detail.clone();
+    assert!(
+        detail
+            .as_deref()
+            .is_some_and(|d| d.contains("disconnected during the job")),
+        "{detail:?}"
+    );
 
     // Restarted, hospital-c reconnects and answers again.
     let mut c = install.start_node("hospital-c", None).unwrap();
@@ -148,7 +157,16 @@ impl Netns {
         let ns_ip = format!("10.231.{x}.2/30");
         let root_ip = format!("{}/30", ns.root_ip);
         ip(&["netns", "add", &ns.name])?;
-        ip(&["link", "add", &ns.root_if, "type", "veth", "peer", "name", &ns.ns_if])?;
+        ip(&[
+            "link",
+            "add",
+            &ns.root_if,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &ns.ns_if,
+        ])?;
         ip(&["link", "set", &ns.ns_if, "netns", &ns.name])?;
         ip(&["addr", "add", &root_ip, "dev", &ns.root_if])?;
         ip(&["link", "set", &ns.root_if, "up"])?;
