@@ -13,6 +13,7 @@ use plexus_core::{Analysis, ConsentTerms, Dictionary, Purpose, Query, RawStats};
 pub use plexus::sandbox::{self, Sandbox, SandboxOptions};
 
 pub mod pg;
+pub mod processes;
 pub mod reference;
 
 /// The value of dictionary variable `var` for one patient.
