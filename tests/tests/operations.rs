@@ -431,7 +431,7 @@ async fn check_stored(sb: &mut Sandbox, id: &str) -> pb::QueryResult {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopping_coordinator_finishes_queries_in_flight_within_its_grace() {
     let nodes = ["hospital-a", "hospital-b", "hospital-c"];
-    let mut sb = slow(603, &nodes, Duration::from_secs(2)).await;
+    let mut sb = slow(603, &nodes, Duration::from_secs(3)).await;
     sb.start_all().await.unwrap();
     sb.register_study(&sandbox::exact_study()).await.unwrap();
     let alice = sb.client(sandbox::RESEARCHER).await.unwrap();
