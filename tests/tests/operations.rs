@@ -606,3 +606,46 @@ async fn a_stopping_node_answers_what_outlasts_its_grace_with_a_retryable_error(
     assert_eq!(again.provenance.answered, 3);
     sb.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operations_settings_are_checked_and_name_the_field() {
+    let sb = Sandbox::prepare(with_metrics(10, 607)).await.unwrap();
+    let mut coordinator = sb.coordinator_config.clone();
+    coordinator.coordinator.shutdown_grace_secs = 4000;
+    assert_eq!(
+        coordinator.validate().unwrap_err().to_string(),
+        "config: coordinator.shutdown_grace_secs must be at most 3600 (20 is the default), got 4000"
+    );
+    let mut coordinator = sb.coordinator_config.clone();
+    coordinator.coordinator.metrics_listen = Some(coordinator.coordinator.listen);
+    assert_eq!(
+        coordinator.validate().unwrap_err().to_string(),
+        "config: coordinator.metrics_listen must differ from coordinator.listen"
+    );
+    let mut node = sb.node_configs["hospital-a"].clone();
+    node.node.shutdown_grace_secs = 4000;
+    assert_eq!(
+        node.validate().unwrap_err().to_string(),
+        "config: node.shutdown_grace_secs must be at most 3600 (20 is the default), got 4000"
+    );
+
+    // A metrics port already taken stops the node before it opens anything.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let mut node = sb.node_configs["hospital-a"].clone();
+    node.node.metrics_listen = Some(addr);
+    let e = plexus_node::run(node, tokio_util::sync::CancellationToken::new())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with(&format!("cannot listen for metrics on {addr} (")),
+        "{e}"
+    );
+    assert!(
+        e.ends_with(
+            "check that no other process uses the port and that node.metrics_listen is right"
+        ),
+        "{e}"
+    );
+}
