@@ -42,6 +42,9 @@ pub struct SandboxOptions {
     /// Keep every site's rows in memory (`Sandbox::sites`) for reference
     /// computations. Benchmarks turn it off to measure the nodes alone.
     pub keep_rows: bool,
+    /// Serve `/metrics`, `/healthz` and `/readyz` on a free loopback port
+    /// per daemon (in the configs' `metrics_listen`).
+    pub metrics: bool,
 }
 
 impl SandboxOptions {
@@ -68,11 +71,18 @@ impl SandboxOptions {
             heartbeat_secs: 1,
             dir: None,
             keep_rows: true,
+            metrics: false,
         }
     }
 }
 
 /// The name of the sandbox's `i`-th hospital (from 0).
+/// A loopback address with a port free right now, for a listener the
+/// sandbox's config names before the daemon binds it.
+fn free_port() -> std::io::Result<SocketAddr> {
+    std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()
+}
+
 pub fn node_name(i: usize) -> String {
     match u8::try_from(i).ok().filter(|i| *i < 26) {
         Some(i) => format!("hospital-{}", char::from(b'a' + i)),
@@ -192,6 +202,8 @@ impl Sandbox {
                 signing_key,
                 // Rotation and revocation tests should not wait seconds.
                 tls_reload_ms: 200,
+                metrics_listen: opts.metrics.then(free_port).transpose()?,
+                shutdown_grace_secs: 20,
             },
             tls: TlsFiles::in_dir(&pki, "coordinator"),
         };
@@ -221,6 +233,8 @@ impl Sandbox {
                     state_dir: site_dir.join("state"),
                     dictionary: None,
                     audit_checkpoint_secs: 60,
+                    metrics_listen: opts.metrics.then(free_port).transpose()?,
+                    shutdown_grace_secs: 20,
                 },
                 coordinator: NodeCoordinator {
                     address: format!("https://{address}"),

@@ -53,6 +53,14 @@ pub struct CoordinatorSection {
     /// connections within two intervals, without a restart.
     #[serde(default = "default_tls_reload_ms")]
     pub tls_reload_ms: u64,
+    /// Where to serve `/metrics`, `/healthz` and `/readyz` over plain HTTP
+    /// (e.g. `127.0.0.1:9464`); no listener when absent.
+    #[serde(default)]
+    pub metrics_listen: Option<SocketAddr>,
+    /// On SIGTERM/SIGINT, how long queries in flight may take to finish
+    /// before they are failed with a retryable error.
+    #[serde(default = "default_shutdown_grace")]
+    pub shutdown_grace_secs: u64,
 }
 
 fn default_id() -> String {
@@ -75,6 +83,9 @@ fn default_heartbeat() -> u64 {
 }
 fn default_checkpoint_interval() -> u64 {
     60
+}
+fn default_shutdown_grace() -> u64 {
+    20
 }
 fn default_tls_reload_ms() -> u64 {
     plexus_tls::DEFAULT_RELOAD_INTERVAL.as_millis() as u64
@@ -156,6 +167,17 @@ impl CoordinatorConfig {
                 "coordinator.tls_reload_ms must be between 100 and 600000 (2000 is the default), got {}",
                 c.tls_reload_ms
             )));
+        }
+        if c.shutdown_grace_secs > 3600 {
+            return Err(CoordinatorError::Config(format!(
+                "coordinator.shutdown_grace_secs must be at most 3600 (20 is the default), got {}",
+                c.shutdown_grace_secs
+            )));
+        }
+        if c.metrics_listen.is_some_and(|a| a == c.listen) {
+            return Err(CoordinatorError::Config(
+                "coordinator.metrics_listen must differ from coordinator.listen".into(),
+            ));
         }
         self.tls
             .validate()

@@ -17,6 +17,8 @@ pub enum CoordinatorError {
     Tls(String),
     #[error("server: {0}")]
     Server(String),
+    #[error("{0}")]
+    Ops(#[from] plexus_ops::OpsError),
 }
 
 pub type Result<T, E = CoordinatorError> = std::result::Result<T, E>;

@@ -16,24 +16,22 @@ struct Args {
     /// Path to coordinator.toml.
     #[arg(long, env = "PLEXUS_COORDINATOR_CONFIG")]
     config: PathBuf,
-    /// Log as JSON lines instead of text.
-    #[arg(long)]
+    /// Log format: text, or json for one JSON object per line.
+    #[arg(long, env = plexus_ops::LOG_FORMAT_ENV, default_value = "text")]
+    log_format: plexus_ops::LogFormat,
+    /// The same as --log-format json (kept for older unit files).
+    #[arg(long, hide = true)]
     json_logs: bool,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    if args.json_logs {
-        tracing_subscriber::fmt()
-            .json()
-            .with_env_filter(filter)
-            .init();
+    plexus_ops::logging::init(if args.json_logs {
+        plexus_ops::LogFormat::Json
     } else {
-        tracing_subscriber::fmt().with_env_filter(filter).init();
-    }
+        args.log_format
+    });
     let config = plexus_coordinator::CoordinatorConfig::load(&args.config)?;
     let listener = tokio::net::TcpListener::bind(config.coordinator.listen)
         .await

@@ -77,7 +77,13 @@ pub async fn run(
 ) {
     let span = info_span!("query", query_id = %query_id, study = %study.id);
     async move {
-        let outcome = execute(&state, &query_id, &study, &query).await;
+        let started = std::time::Instant::now();
+        let mut outcome = execute(&state, &query_id, &study, &query).await;
+        if state.abort_queries.is_cancelled() {
+            // Cut short by the end of the shutdown grace period: whatever
+            // the nodes managed is not a complete answer.
+            outcome = Err(Error::unavailable(crate::server::SHUT_DOWN_MID_QUERY));
+        }
         let (result_json, err) = match &outcome {
             Ok(json) => (Some(json.as_str()), None),
             Err(e) => (None, Some(e)),
@@ -99,6 +105,20 @@ pub async fn run(
             Err(e) => (format!("failed:{}", e.code), e.message.clone()),
         };
         info!(outcome = %outcome_str, "query finished");
+        let analysis = query.analysis.kind().as_str();
+        state.metrics.query(analysis, &outcome_str);
+        state
+            .metrics
+            .query_seconds
+            .get_or_create(&crate::metrics::AnalysisLabels {
+                analysis: analysis.to_string(),
+            })
+            .observe(started.elapsed().as_secs_f64());
+        if !study.privacy.exact {
+            if let Ok((spent, _)) = state.store.spent(&study.id).await {
+                state.metrics.budget(&study.id, spent);
+            }
+        }
         let mut entry = AuditEntry {
             who: researcher,
             role: "researcher".into(),
@@ -777,7 +797,12 @@ async fn ask(
             code: None,
         })
     };
+    if state.abort_queries.is_cancelled() {
+        // The shutdown grace period is over: no new job goes out.
+        return missing("the coordinator is shutting down");
+    }
     if !state.registry.is_live(node) {
+        state.metrics.job(node, "skipped", None);
         state
             .audit(audit("skipped", "node not connected".into()))
             .await;
@@ -787,6 +812,7 @@ async fn ask(
         warn!(error = %e, "could not record job");
         return missing("coordinator could not record the job");
     }
+    let started = std::time::Instant::now();
     let entry_sent = audit("sent", String::new());
     let rx = match state
         .registry
@@ -796,12 +822,19 @@ async fn ask(
         Ok(rx) => rx,
         Err(e) => {
             let _ = state.store.finish_job(&job_id, "missing", None, None).await;
+            state.metrics.job(node, "missing", None);
             state.audit(audit("missing", e.clone())).await;
             return missing(&e);
         }
     };
     state.audit(entry_sent).await;
-    let reply = tokio::time::timeout(timeout, rx).await;
+    let reply = tokio::select! {
+        r = tokio::time::timeout(timeout, rx) => r,
+        () = state.abort_queries.cancelled() => {
+            state.registry.abandon(&job_id);
+            Ok(Ok(Err("the coordinator shut down before the node answered".to_string())))
+        }
+    };
     // The node's signed statement, kept with the job for later checks.
     let mut signed: Option<(Vec<u8>, Vec<u8>, Vec<u8>)> = None;
     // The hospital data steward's decision, when the node held the result.
@@ -896,6 +929,9 @@ async fn ask(
                 }
             }
         };
+    state
+        .metrics
+        .job(node, status, Some(started.elapsed().as_secs_f64()));
     if let Err(e) = state
         .store
         .finish_job(&job_id, status, stats_json, err.as_ref())

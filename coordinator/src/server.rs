@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use plexus_core::Dictionary;
@@ -19,6 +20,7 @@ use plexus_proto::v1::{
 use crate::audit_log::AuditLog;
 use crate::config::CoordinatorConfig;
 use crate::error::{CoordinatorError, Result};
+use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::service::{
     admin::AdminService, audit::AuditService, node_link::NodeLinkService, research::ResearchService,
@@ -26,16 +28,31 @@ use crate::service::{
 use crate::state::State;
 use crate::store::{AuditEntry, Store};
 
-/// How long in-flight calls get to finish after shutdown is asked for.
+/// How long calls still open get to finish once queries in flight are
+/// done or failed and the server stops.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
-/// Serves until `shutdown` is cancelled, then drains for a grace period.
+/// What a researcher is told while the coordinator drains.
+pub const SHUTTING_DOWN: &str = "the coordinator is shutting down, retry shortly";
+
+/// The error a query still running when the shutdown grace period ends
+/// is failed with (and the audit log records).
+pub const SHUT_DOWN_MID_QUERY: &str =
+    "the coordinator shut down before this query finished; submit it again";
+
+/// Serves until `shutdown` is cancelled, then stops taking queries, gives
+/// those in flight `coordinator.shutdown_grace_secs` to finish, fails the
+/// rest with a retryable error, and closes with a final audit checkpoint.
 pub async fn run(
     config: CoordinatorConfig,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<()> {
     config.validate()?;
+    let metrics_listener = match config.coordinator.metrics_listen {
+        Some(addr) => Some(plexus_ops::bind(addr, "coordinator.metrics_listen").await?),
+        None => None,
+    };
     let dictionary = Arc::new(
         Dictionary::load_or_default(config.coordinator.dictionary.as_deref())
             .map_err(CoordinatorError::Core)?,
@@ -58,10 +75,16 @@ pub async fn run(
     let signer = Arc::new(config.signing_key()?);
     let audit_log =
         Arc::new(AuditLog::open(store.clone(), signer.clone(), &config.coordinator.id).await?);
+    // Streams, waiting calls and background tasks end on `stopping`, once
+    // the queries in flight are through.
+    let stopping = CancellationToken::new();
     tokio::spawn(audit_log.clone().publish_every(
         Duration::from_secs(config.coordinator.audit_checkpoint_secs),
-        shutdown.clone(),
+        stopping.clone(),
     ));
+    let readiness = plexus_ops::Readiness::new();
+    readiness.set("server", false, "starting");
+    let metrics = Arc::new(Metrics::new());
     let state = Arc::new(State {
         signer,
         audit_log,
@@ -69,10 +92,22 @@ pub async fn run(
         registry: Registry::new(liveness),
         store,
         dictionary,
-        shutdown: shutdown.clone(),
+        shutdown: stopping.clone(),
+        draining: shutdown.clone(),
+        abort_queries: CancellationToken::new(),
+        queries: TaskTracker::new(),
+        metrics,
+        readiness,
         finished,
         config,
     });
+    let ops_stop = CancellationToken::new();
+    let ops = metrics_listener.map(|l| {
+        let addr = l.local_addr().ok();
+        info!(addr = ?addr, "metrics, health and readiness served over http");
+        tokio::spawn(plexus_ops::serve(l, endpoint(&state), ops_stop.clone()))
+    });
+    record_budgets(&state).await;
     let addr = listener
         .local_addr()
         .map_err(|e| CoordinatorError::Server(e.to_string()))?;
@@ -100,7 +135,7 @@ pub async fn run(
 
     tokio::spawn(audit_tls_reloads(state.clone()));
     let incoming = plexus_tls::incoming(listener, state.tls.clone());
-    let token = shutdown.clone();
+    let token = stopping.clone();
     let server = tonic::transport::Server::builder()
         .add_service(reflection)
         .add_service(reflection_alpha)
@@ -117,14 +152,16 @@ pub async fn run(
             state: state.clone(),
         }))
         .serve_with_incoming_shutdown(incoming, async move { token.cancelled().await });
+    state.readiness.set("server", true, "");
 
     let drained = async {
-        shutdown.cancelled().await;
+        drain(&state).await;
+        stopping.cancel();
         tokio::time::sleep(SHUTDOWN_GRACE).await;
     };
     tokio::select! {
         r = server => r.map_err(|e| CoordinatorError::Server(e.to_string()))?,
-        _ = drained => warn!("in-flight calls did not finish within the grace period"),
+        _ = drained => warn!("calls still open did not finish within the grace period"),
     }
     state
         .audit(AuditEntry {
@@ -140,8 +177,74 @@ pub async fn run(
         warn!(error = %e, "could not publish the final audit checkpoint");
     }
     state.store.close().await;
+    ops_stop.cancel();
+    if let Some(ops) = ops {
+        let _ = ops.await;
+    }
     info!("coordinator stopped");
     Ok(())
+}
+
+/// Waits for shutdown, refuses new queries from then on (`draining`),
+/// lets the queries in flight finish within the grace period and fails
+/// the rest.
+async fn drain(state: &State) {
+    state.draining.cancelled().await;
+    state.readiness.set(
+        plexus_ops::readiness::SHUTDOWN,
+        false,
+        "the coordinator is shutting down",
+    );
+    state.queries.close();
+    let grace = Duration::from_secs(state.config.coordinator.shutdown_grace_secs);
+    info!(
+        queries = state.queries.len(),
+        grace_secs = grace.as_secs(),
+        "shutdown requested; new queries are refused while those in flight finish"
+    );
+    if tokio::time::timeout(grace, state.queries.wait())
+        .await
+        .is_err()
+    {
+        warn!(
+            queries = state.queries.len(),
+            "queries still in flight at the end of the grace period are failed"
+        );
+        state.abort_queries.cancel();
+        // Their jobs give up at once; storing and auditing each outcome is
+        // all that is left.
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, state.queries.wait()).await;
+    }
+}
+
+/// What `/metrics` and `/readyz` serve.
+fn endpoint(state: &Arc<State>) -> plexus_ops::Endpoint {
+    let s = state.clone();
+    plexus_ops::Endpoint {
+        registry: state.metrics.registry.clone(),
+        readiness: state.readiness.clone(),
+        refresh: Some(Arc::new(move || {
+            let live = s.registry.list().iter().filter(|(_, live)| *live).count();
+            s.metrics.live_nodes.set(live as i64);
+        })),
+    }
+}
+
+/// Each study's budget spent so far, so the gauge is right from the start
+/// and not only after the study's next query.
+async fn record_budgets(state: &State) {
+    let studies = match state.store.studies().await {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(error = %e, "cannot read the studies for the budget metrics");
+            return;
+        }
+    };
+    for s in studies.iter().filter(|s| !s.definition.privacy.exact) {
+        if let Ok((spent, _)) = state.store.spent(&s.definition.id).await {
+            state.metrics.budget(&s.definition.id, spent);
+        }
+    }
 }
 
 /// Records every change of the coordinator's certificate or revocation

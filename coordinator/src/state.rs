@@ -4,12 +4,14 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::error;
 
 use plexus_core::Dictionary;
 
 use crate::audit_log::AuditLog;
 use crate::config::CoordinatorConfig;
+use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::store::{AuditEntry, Store};
 
@@ -25,7 +27,21 @@ pub struct State {
     /// The TLS config new connections get; replaced when the `[tls]` files
     /// change (rotation, a new revocation list).
     pub tls: plexus_tls::ServerTls,
+    /// Cancelled last, once queries in flight are done: node streams and
+    /// waiting `GetResult` calls end, the server stops.
     pub shutdown: CancellationToken,
+    /// Cancelled when shutdown is asked for: new queries are refused while
+    /// those in flight get the grace period to finish.
+    pub draining: CancellationToken,
+    /// Cancelled when the grace period is over: jobs still waiting for a
+    /// node give up and their queries fail with a retryable error.
+    pub abort_queries: CancellationToken,
+    /// Every query running in the background.
+    pub queries: TaskTracker,
+    pub metrics: Arc<Metrics>,
+    /// `/readyz`: the store is open and the server serving, the lease (when
+    /// there is one) held, and no shutdown under way.
+    pub readiness: plexus_ops::Readiness,
     /// Bumped whenever a query finishes, to wake waiting `GetResult` calls.
     pub finished: watch::Sender<u64>,
 }
@@ -35,8 +51,11 @@ impl State {
     /// action it describes has already happened and cannot be undone.
     pub async fn audit(&self, entry: AuditEntry) {
         let action = entry.action.clone();
-        if let Err(e) = self.audit_log.append(entry).await {
-            error!(error = %e, %action, "could not append to the audit log");
+        match self.audit_log.append(entry).await {
+            Ok(seq) => {
+                self.metrics.audit_entries.set(seq);
+            }
+            Err(e) => error!(error = %e, %action, "could not append to the audit log"),
         }
     }
 

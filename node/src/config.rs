@@ -41,6 +41,19 @@ pub struct NodeSection {
     /// the log grows.
     #[serde(default = "default_checkpoint_interval")]
     pub audit_checkpoint_secs: u64,
+    /// Where to serve `/metrics`, `/healthz` and `/readyz` over plain HTTP
+    /// (e.g. `127.0.0.1:9465`). Absent by default: the node then opens no
+    /// port at all; keep it on localhost or a monitoring network.
+    #[serde(default)]
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// On SIGTERM/SIGINT, how long jobs in flight may take to finish
+    /// before they are answered with a retryable error.
+    #[serde(default = "default_shutdown_grace")]
+    pub shutdown_grace_secs: u64,
+}
+
+fn default_shutdown_grace() -> u64 {
+    20
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -310,6 +323,12 @@ impl NodeConfig {
     }
 
     pub fn validate(&self) -> Result<()> {
+        if self.node.shutdown_grace_secs > 3600 {
+            return Err(NodeError::Config(format!(
+                "node.shutdown_grace_secs must be at most 3600 (20 is the default), got {}",
+                self.node.shutdown_grace_secs
+            )));
+        }
         if !plexus_core::study::is_principal_name(&self.node.id) {
             return Err(NodeError::Config(format!(
                 "node.id \"{}\" must be the name in the node's certificate (letters, digits, '.', '_', '-', '@')",

@@ -13,6 +13,8 @@ pub enum NodeError {
     State(String),
     #[error("local audit log: {0}")]
     Log(#[from] std::io::Error),
+    #[error("{0}")]
+    Ops(#[from] plexus_ops::OpsError),
 }
 
 pub type Result<T, E = NodeError> = std::result::Result<T, E>;

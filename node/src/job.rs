@@ -54,6 +54,10 @@ pub struct JobRunner {
     /// compute each masked job and drop it unanswered, as if the node died
     /// mid-job.
     pub drop_masked_jobs: bool,
+    pub metrics: Arc<crate::metrics::NodeMetrics>,
+    /// `/readyz`: connected to the coordinator and the data source healthy
+    /// (a data source that cannot read calls `readiness.set_degraded`).
+    pub readiness: plexus_ops::Readiness,
 }
 
 /// How this node protects one job's answer.
@@ -122,6 +126,8 @@ impl JobRunner {
             Ok(job) => self.run(job, job_hash).await,
             Err(refusal) => {
                 warn!(job_id = %refusal.job_id, reason = %refusal.error, "job envelope refused");
+                self.metrics
+                    .job(&format!("refused:{}", refusal.error.code), 0.0);
                 let entry = LogEntry {
                     at: now.to_rfc3339(),
                     job_id: refusal.job_id.clone(),
@@ -142,10 +148,39 @@ impl JobRunner {
         }
     }
 
+    /// The answer to a job this node will not finish because it is
+    /// shutting down: a signed, retryable error, logged locally like any
+    /// other outcome. The job's id is read from the envelope without
+    /// checking it, since nothing is computed or released.
+    pub(crate) fn cut_short(&self, signed: &pb::SignedJob, reason: &str) -> pb::node_message::Msg {
+        let job_hash = ring::digest::digest(&ring::digest::SHA256, &signed.job)
+            .as_ref()
+            .to_vec();
+        let job = <pb::Job as prost::Message>::decode(signed.job.as_slice()).unwrap_or_default();
+        let e = Error::unavailable(reason);
+        warn!(job_id = %job.job_id, study = %job.study_id, "{reason}");
+        let entry = LogEntry {
+            at: chrono::Utc::now().to_rfc3339(),
+            job_id: job.job_id.clone(),
+            study_id: job.study_id.clone(),
+            query_hash: job.query_hash.clone(),
+            analysis: "unknown".into(),
+            outcome: format!("failed:{}", e.code),
+            detail: e.message.clone(),
+            ..Default::default()
+        };
+        if let Err(err) = self.log.append(&entry) {
+            warn!(error = %err, "cannot write the local job log");
+        }
+        self.metrics.job(&format!("failed:{}", e.code), 0.0);
+        answer(self.result(&job.job_id, job_hash, Err(e)))
+    }
+
     /// Runs one job; `None` only when fault injection drops it.
     pub async fn run(&self, job: pb::Job, job_hash: Vec<u8>) -> Option<pb::node_message::Msg> {
         let span = info_span!("job", job_id = %job.job_id, study = %job.study_id, node = %self.config.node.id);
         async {
+            let started = std::time::Instant::now();
             let analysis = job
                 .query
                 .as_ref()
@@ -170,11 +205,14 @@ impl JobRunner {
             if let Err(e) = &outcome {
                 if e.message == CRASHED || e.message == DROPPED {
                     warn!("{}", e.message);
+                    self.metrics.job("dropped", started.elapsed().as_secs_f64());
                     return None;
                 }
             }
             if let Ok((Reply::Stats(stats), receipt)) = &outcome {
                 if self.config.policy.reviews(&job.study_id) {
+                    self.metrics.job("held", started.elapsed().as_secs_f64());
+                    self.record_budget(&job.study_id);
                     return Some(self.hold(&job, job_hash, stats, receipt.as_ref(), analysis, &purpose));
                 }
             }
@@ -206,10 +244,20 @@ impl JobRunner {
                 )))));
             }
             info!(outcome = %label, analysis, "job done");
+            self.metrics.job(&label, started.elapsed().as_secs_f64());
+            self.record_budget(&job.study_id);
             Some(answer(self.result(&job.job_id, job_hash, outcome)))
         }
         .instrument(span)
         .await
+    }
+
+    /// The study's spending by this node's own ledger, for the metrics;
+    /// only studies in the hospital's policy, so the labels stay bounded.
+    fn record_budget(&self, study: &str) {
+        if self.config.policy.studies.contains_key(study) {
+            self.metrics.budget(study, self.ledger.spent(study));
+        }
     }
 
     async fn execute(&self, job: &pb::Job) -> Outcome {
@@ -279,6 +327,7 @@ impl JobRunner {
                     .map_err(|_| late())??
             }
         };
+        self.metrics.rows_scanned.inc_by(crate::metrics::rows(&raw));
         let (Protection::Private { rho, budget }, Some(key)) = (checked.protection, key) else {
             let kept = match masker {
                 None => Kept::Stats(apply(raw, checked.rules)),

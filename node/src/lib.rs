@@ -15,6 +15,7 @@ pub mod job;
 pub mod ledger;
 pub mod link;
 pub mod log;
+pub mod metrics;
 pub mod policy;
 pub mod review;
 pub mod secagg;
@@ -53,8 +54,28 @@ pub async fn run_with(
     shutdown: CancellationToken,
     options: RunOptions,
 ) -> Result<()> {
+    config.validate()?;
+    let metrics_listener = match config.node.metrics_listen {
+        Some(addr) => Some(plexus_ops::bind(addr, "node.metrics_listen").await?),
+        None => None,
+    };
     let (runner, credentials) = open_parts(config, options).await?;
     let runner = Arc::new(runner);
+    runner.readiness.set(
+        link::LINK_CHECK,
+        false,
+        "not connected to the coordinator yet",
+    );
+    let ops_stop = CancellationToken::new();
+    let ops = metrics_listener.map(|l| {
+        let endpoint = plexus_ops::Endpoint {
+            registry: runner.metrics.registry.clone(),
+            readiness: runner.readiness.clone(),
+            refresh: None,
+        };
+        info!(addr = ?l.local_addr().ok(), "metrics, health and readiness served over http");
+        tokio::spawn(plexus_ops::serve(l, endpoint, ops_stop.clone()))
+    });
     let data = runner.data.clone();
     let review = runner.review.clone();
     let audit = runner.log.clone();
@@ -81,6 +102,10 @@ pub async fn run_with(
     checkpoints.abort();
     if let Err(e) = audit.publish_if_grown() {
         tracing::warn!(error = %e, "could not publish the final checkpoint of the job log");
+    }
+    ops_stop.cancel();
+    if let Some(ops) = ops {
+        let _ = ops.await;
     }
     info!("node stopped");
     Ok(())
@@ -137,6 +162,8 @@ async fn open_parts(
         crash_after_debit: options.crash_after_debit,
         sessions: Arc::new(secagg::Sessions::new()),
         drop_masked_jobs: options.drop_masked_jobs,
+        metrics: Arc::new(metrics::NodeMetrics::new()),
+        readiness: plexus_ops::Readiness::new(),
     };
     Ok((runner, credentials))
 }

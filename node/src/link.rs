@@ -5,6 +5,7 @@
 //! exponential backoff and jitter whenever the link drops. No inbound port
 //! is ever opened.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,6 +20,9 @@ use plexus_proto::v1::node_link_client::NodeLinkClient;
 
 use crate::job::JobRunner;
 use crate::review::{desk, ReviewQueue};
+
+/// The readiness check the link owns: ready while connected.
+pub const LINK_CHECK: &str = "coordinator";
 
 pub struct Link {
     pub runner: Arc<JobRunner>,
@@ -45,6 +49,14 @@ impl Link {
         let mut attempt: u32 = 0;
         loop {
             let end = self.session(&shutdown).await;
+            self.runner.metrics.connected.set(0);
+            let not_ready = match &end {
+                SessionEnd::Shutdown => "the node is shutting down".to_string(),
+                SessionEnd::Dropped(r) | SessionEnd::Failed(r) => {
+                    format!("not connected to the coordinator ({r})")
+                }
+            };
+            self.runner.readiness.set(LINK_CHECK, false, not_ready);
             let reason = match end {
                 SessionEnd::Shutdown => return,
                 SessionEnd::Dropped(reason) => {
@@ -121,11 +133,13 @@ impl Link {
             Err(status) => return SessionEnd::Failed(status.message().to_string()),
         };
         info!(coordinator = %cfg.coordinator.address, "connected to the coordinator");
+        self.runner.metrics.connected.set(1);
+        self.runner.readiness.set(LINK_CHECK, true, "");
 
         // Everything spawned for this session dies with it (a dropped or
         // killed session must not keep the stream open behind our back).
         let beat_tx = tx.clone();
-        let _heartbeat = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
+        let heartbeat = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
             let mut tick = tokio::time::interval(interval);
             loop {
                 tick.tick().await;
@@ -140,6 +154,8 @@ impl Link {
             }
         }));
         let mut jobs = tokio::task::JoinSet::new();
+        // The envelope of each job task, to answer it if shutdown cuts it short.
+        let mut running: HashMap<tokio::task::Id, pb::SignedJob> = HashMap::new();
         let mut review_tick = tokio::time::interval(desk::POLL);
         review_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let end = loop {
@@ -155,15 +171,19 @@ impl Link {
                 Ok(Some(pb::CoordinatorMessage {
                     msg: Some(pb::coordinator_message::Msg::SignedJob(job)),
                 })) => {
-                    while jobs.try_join_next().is_some() {}
+                    while let Some(done) = jobs.try_join_next_with_id() {
+                        running.remove(&done.map(|(id, ())| id).unwrap_or_else(|e| e.id()));
+                    }
                     let runner = self.runner.clone();
                     let tx = tx.clone();
-                    jobs.spawn(async move {
+                    let envelope = job.clone();
+                    let handle = jobs.spawn(async move {
                         let Some(msg) = runner.take(job).await else {
                             return;
                         };
                         let _ = tx.send(pb::NodeMessage { msg: Some(msg) }).await;
                     });
+                    running.insert(handle.id(), envelope);
                 }
                 Ok(Some(_)) => {}
                 Ok(None) => break SessionEnd::Dropped("the coordinator closed the stream".into()),
@@ -173,13 +193,83 @@ impl Link {
             }
         };
         if matches!(end, SessionEnd::Shutdown) {
-            // Give jobs in flight a moment to finish and send their answers.
-            let _ = tokio::time::timeout(Duration::from_secs(5), async {
-                while jobs.join_next().await.is_some() {}
+            self.drain(jobs, running, &mut inbound, &tx).await;
+            // Close our half of the stream once every answer is queued on
+            // it, and wait (briefly) for the coordinator to close its half.
+            drop(heartbeat);
+            drop(tx);
+            let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                while let Ok(Some(_)) = inbound.message().await {}
             })
             .await;
         }
         end
+    }
+
+    /// Shutdown with jobs in flight: they get `node.shutdown_grace_secs`
+    /// to finish and send their answers; a job arriving meanwhile, or one
+    /// still running at the end, is answered with a retryable error.
+    async fn drain(
+        &self,
+        mut jobs: tokio::task::JoinSet<()>,
+        mut running: HashMap<tokio::task::Id, pb::SignedJob>,
+        inbound: &mut tonic::Streaming<pb::CoordinatorMessage>,
+        tx: &mpsc::Sender<pb::NodeMessage>,
+    ) {
+        let node = &self.runner.config.node;
+        let grace = Duration::from_secs(node.shutdown_grace_secs);
+        let refusing = format!(
+            "node {} is shutting down and takes no new jobs; retry shortly",
+            node.id
+        );
+        info!(
+            jobs = jobs.len(),
+            grace_secs = grace.as_secs(),
+            "shutdown requested; finishing jobs in flight"
+        );
+        let deadline = tokio::time::sleep(grace);
+        tokio::pin!(deadline);
+        let mut inbound_open = true;
+        loop {
+            tokio::select! {
+                done = jobs.join_next_with_id() => match done {
+                    None => return,
+                    Some(Ok((id, ()))) => { running.remove(&id); }
+                    Some(Err(e)) => { running.remove(&e.id()); }
+                },
+                m = inbound.message(), if inbound_open => match m {
+                    Ok(Some(pb::CoordinatorMessage {
+                        msg: Some(pb::coordinator_message::Msg::SignedJob(job)),
+                    })) => {
+                        let msg = self.runner.cut_short(&job, &refusing);
+                        let _ = tx.send(pb::NodeMessage { msg: Some(msg) }).await;
+                    }
+                    Ok(Some(_)) => {}
+                    Ok(None) | Err(_) => inbound_open = false,
+                },
+                () = &mut deadline => break,
+            }
+        }
+        // The grace period is over: stop what still runs and say so.
+        jobs.abort_all();
+        let cut = format!(
+            "node {} shut down before this job finished; submit the query again",
+            node.id
+        );
+        while let Some(done) = jobs.join_next_with_id().await {
+            let id = match done {
+                Ok((id, ())) => {
+                    // Finished (and answered) just in time.
+                    running.remove(&id);
+                    continue;
+                }
+                Err(e) => e.id(),
+            };
+            if let Some(job) = running.remove(&id) {
+                let msg = self.runner.cut_short(&job, &cut);
+                let _ = tx.send(pb::NodeMessage { msg: Some(msg) }).await;
+            }
+        }
     }
 }
 

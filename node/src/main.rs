@@ -19,8 +19,11 @@ struct Args {
     /// Path to node.toml.
     #[arg(long, env = "PLEXUS_NODE_CONFIG", global = true)]
     config: Option<PathBuf>,
-    /// Log as JSON lines instead of text.
-    #[arg(long)]
+    /// Log format: text, or json for one JSON object per line.
+    #[arg(long, env = plexus_ops::LOG_FORMAT_ENV, default_value = "text", global = true)]
+    log_format: plexus_ops::LogFormat,
+    /// The same as --log-format json (kept for older unit files).
+    #[arg(long, hide = true)]
     json_logs: bool,
     /// Without a command, the node runs.
     #[command(subcommand)]
@@ -99,7 +102,14 @@ fn dispatch(args: Args) -> anyhow::Result<()> {
     let now = || chrono::Utc::now().timestamp_millis();
     let by = plexus_node::policy::local_user();
     match args.command {
-        None | Some(Command::Run) => run(config, args.json_logs),
+        None | Some(Command::Run) => run(
+            config,
+            if args.json_logs {
+                plexus_ops::LogFormat::Json
+            } else {
+                args.log_format
+            },
+        ),
         Some(Command::Approve { study, hash, note }) => {
             let done = plexus_node::policy::approve(&config, &study, &hash, &by, &note)?;
             println!(
@@ -151,17 +161,8 @@ fn dispatch(args: Args) -> anyhow::Result<()> {
     }
 }
 
-fn run(config: NodeConfig, json_logs: bool) -> anyhow::Result<()> {
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    if json_logs {
-        tracing_subscriber::fmt()
-            .json()
-            .with_env_filter(filter)
-            .init();
-    } else {
-        tracing_subscriber::fmt().with_env_filter(filter).init();
-    }
+fn run(config: NodeConfig, log_format: plexus_ops::LogFormat) -> anyhow::Result<()> {
+    plexus_ops::logging::init(log_format);
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
         let shutdown = CancellationToken::new();

@@ -55,6 +55,10 @@ impl ResearchService {
     }
 
     async fn refuse(&self, who: &str, study: &str, e: Error) -> Status {
+        // Refused before it was parsed or checked: its analysis is not known.
+        self.state
+            .metrics
+            .query("unknown", &format!("refused:{}", e.code));
         self.state
             .audit(AuditEntry {
                 who: who.to_string(),
@@ -78,6 +82,10 @@ impl Research for ResearchService {
     ) -> Result<Response<pb::SubmitQueryResponse>, Status> {
         let who = plexus_tls::require_role(&request, &[Role::Researcher])?;
         let req = request.into_inner();
+        if self.state.draining.is_cancelled() {
+            let e = Error::unavailable(crate::server::SHUTTING_DOWN);
+            return Err(self.refuse(&who.name, &req.study_id, e).await);
+        }
         let study = match self.state.store.study(&req.study_id).await {
             Ok(Some(s)) => s.definition,
             Ok(None) => {
@@ -148,7 +156,7 @@ impl Research for ResearchService {
                 ..Default::default()
             })
             .await;
-        tokio::spawn(crate::query::run(
+        self.state.queries.spawn(crate::query::run(
             self.state.clone(),
             id.clone(),
             study,
@@ -184,10 +192,15 @@ impl Research for ResearchService {
             if q.status != QueryStatus::Pending || tokio::time::Instant::now() >= deadline {
                 return Ok(Response::new(to_pb(q)));
             }
+            if self.state.shutdown.is_cancelled() {
+                return Err(Status::unavailable(crate::server::SHUTTING_DOWN));
+            }
+            // A query finishing as the server stops wakes both branches:
+            // either way the loop reads its final state once more.
             tokio::select! {
                 _ = finished.changed() => {}
                 _ = tokio::time::sleep_until(deadline) => {}
-                _ = self.state.shutdown.cancelled() => return Err(Status::unavailable("coordinator is shutting down; ask again later")),
+                _ = self.state.shutdown.cancelled() => {}
             }
         }
     }
