@@ -17,6 +17,8 @@ pub enum CoordinatorError {
     Tls(String),
     #[error("server: {0}")]
     Server(String),
+    #[error("this coordinator lost its lease and stopped: {0}")]
+    LeaseLost(String),
 }
 
 pub type Result<T, E = CoordinatorError> = std::result::Result<T, E>;

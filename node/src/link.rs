@@ -42,9 +42,14 @@ impl Link {
     pub async fn run(&self, shutdown: CancellationToken) {
         let cfg = &self.runner.config.coordinator;
         let max = Duration::from_secs(cfg.max_backoff_secs);
+        let addresses = cfg.addresses();
+        // The coordinator tried next: after a failure or a dropped link,
+        // the next one in the list (the standby may have taken over).
+        let mut next = 0;
         let mut attempt: u32 = 0;
         loop {
-            let end = self.session(&shutdown).await;
+            let address = addresses[next % addresses.len()];
+            let end = self.session(address, &shutdown).await;
             let reason = match end {
                 SessionEnd::Shutdown => return,
                 SessionEnd::Dropped(reason) => {
@@ -53,10 +58,12 @@ impl Link {
                 }
                 SessionEnd::Failed(reason) => reason,
             };
+            next += 1;
             let delay = backoff(attempt, max);
             attempt = attempt.saturating_add(1);
             warn!(
-                coordinator = %cfg.address,
+                coordinator = %address,
+                next = %addresses[next % addresses.len()],
                 proxy = cfg.proxy.as_deref().unwrap_or("none"),
                 attempt,
                 retry_in_ms = delay.as_millis() as u64,
@@ -70,7 +77,7 @@ impl Link {
         }
     }
 
-    async fn session(&self, shutdown: &CancellationToken) -> SessionEnd {
+    async fn session(&self, address: &str, shutdown: &CancellationToken) -> SessionEnd {
         let cfg = &self.runner.config;
         let opts = plexus_tls::ConnectOptions {
             server_name: cfg.coordinator.server_name.clone(),
@@ -79,7 +86,7 @@ impl Link {
         };
         let tls = self.credentials.for_connection().await;
         let channel = tokio::select! {
-            c = plexus_tls::connect(&cfg.coordinator.address, tls, opts) => match c {
+            c = plexus_tls::connect(address, tls, opts) => match c {
                 Ok(c) => c,
                 Err(e) => return SessionEnd::Failed(e.to_string()),
             },
@@ -120,7 +127,7 @@ impl Link {
             Ok(_) => return SessionEnd::Failed("coordinator did not welcome the node".into()),
             Err(status) => return SessionEnd::Failed(status.message().to_string()),
         };
-        info!(coordinator = %cfg.coordinator.address, "connected to the coordinator");
+        info!(coordinator = %address, "connected to the coordinator");
 
         // Everything spawned for this session dies with it (a dropped or
         // killed session must not keep the stream open behind our back).
