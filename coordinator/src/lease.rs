@@ -175,9 +175,7 @@ impl Lease {
             match tokio::time::timeout(left, self.renew(epoch)).await {
                 Ok(Ok(true)) => renewed_at = started,
                 Ok(Ok(false)) => {
-                    return format!(
-                        "another coordinator took the lease over from epoch {epoch}"
-                    )
+                    return format!("another coordinator took the lease over from epoch {epoch}")
                 }
                 Ok(Err(e)) => {
                     tracing::warn!(error = %e, epoch, "could not renew the coordinator lease; retrying")

@@ -241,12 +241,17 @@ impl Drop for CloseOnDrop {
 }
 
 fn server_ended(
-    r: std::result::Result<std::result::Result<(), tonic::transport::Error>, tokio::task::JoinError>,
+    r: std::result::Result<
+        std::result::Result<(), tonic::transport::Error>,
+        tokio::task::JoinError,
+    >,
 ) -> Result<()> {
     match r {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(CoordinatorError::Server(e.to_string())),
-        Err(e) => Err(CoordinatorError::Server(format!("the server task ended: {e}"))),
+        Err(e) => Err(CoordinatorError::Server(format!(
+            "the server task ended: {e}"
+        ))),
     }
 }
 
@@ -335,7 +340,8 @@ impl Gate {
 impl tower::Service<tonic::codegen::http::Request<tonic::body::Body>> for Gate {
     type Response = tonic::codegen::http::Response<tonic::body::Body>;
     type Error = std::convert::Infallible;
-    type Future = futures::future::BoxFuture<'static, std::result::Result<Self::Response, Self::Error>>;
+    type Future =
+        futures::future::BoxFuture<'static, std::result::Result<Self::Response, Self::Error>>;
 
     fn poll_ready(
         &mut self,

@@ -194,16 +194,26 @@ impl Store {
         on_pool!(self, pool => drop(pool.close()))
     }
 
-    /// Queries left pending by a previous process can never finish: their
-    /// node streams are gone. Marks them failed so researchers know to resubmit.
+    /// Queries left pending by a previous process (or by the active
+    /// coordinator this one took over from) can never finish: their node
+    /// streams are gone. Marks them failed so researchers know to resubmit,
+    /// and their jobs still out as interrupted.
     pub async fn fail_interrupted(&self) -> Result<u64> {
         on_pool!(self, pool => {
+        let now = now_ms();
+        sqlx::query(
+            "UPDATE jobs SET status = 'interrupted', finished_at = $1 WHERE status = 'sent' \
+             AND query_id IN (SELECT id FROM queries WHERE status = 'pending')",
+        )
+        .bind(now)
+        .execute(pool)
+        .await?;
         let r = sqlx::query(
             "UPDATE queries SET status = 'failed', error_code = 'unavailable', \
              error_message = 'the coordinator restarted before this query finished; submit it again', \
              finished_at = $1 WHERE status = 'pending'",
         )
-        .bind(now_ms())
+        .bind(now)
         .execute(pool)
         .await?;
         Ok(r.rows_affected())
@@ -653,12 +663,12 @@ impl Store {
                     .await
             });
             let last = match last {
-                    Ok(last) => last,
-                    Err(e) => {
-                        let _ = tx.send(Err(e.into())).await;
-                        return;
-                    }
-                };
+                Ok(last) => last,
+                Err(e) => {
+                    let _ = tx.send(Err(e.into())).await;
+                    return;
+                }
+            };
             let mut reads = std::collections::VecDeque::new();
             let mut next = after;
             loop {

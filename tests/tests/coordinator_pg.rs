@@ -143,7 +143,10 @@ async fn one_lease_holder_expiry_hands_over_and_stale_writes_are_refused() {
     // A connection without the epoch may read but not write.
     assert!(store.study(&study.id).await.unwrap().is_some());
     let e = store.upsert_study(&study, "admin").await.unwrap_err();
-    assert!(e.to_string().contains("another coordinator took over"), "{e}");
+    assert!(
+        e.to_string().contains("another coordinator took over"),
+        "{e}"
+    );
 
     // A holds on, B waits: the lease expires only when A stops renewing.
     // Expiry hands over, with a new epoch.
@@ -182,7 +185,10 @@ async fn one_lease_holder_expiry_hands_over_and_stale_writes_are_refused() {
     let store_b = Store::open_fenced(db.url(), Some(2)).await.unwrap();
     store_b.upsert_study(&study, "admin").await.unwrap();
     store_b.append_audit(&entry).await.unwrap();
-    assert_eq!(store.audit_entry(1).await.unwrap().unwrap().action, "late.write");
+    assert_eq!(
+        store.audit_entry(1).await.unwrap().unwrap().action,
+        "late.write"
+    );
 
     // A clean release hands over at once.
     b.release(2).await.unwrap();

@@ -23,11 +23,14 @@ use plexus_tls::TlsFiles;
 
 const COUNT: &str = r#"{"analysis": {"count": {}}}"#;
 
+/// The lease's holder and epoch (none before the first coordinator
+/// migrated the database and took it).
 async fn holder(pool: &sqlx::PgPool) -> Option<(String, i64)> {
     sqlx::query_as("SELECT holder, epoch FROM coordinator_lease WHERE id = 1")
         .fetch_optional(pool)
         .await
-        .unwrap()
+        .ok()
+        .flatten()
 }
 
 async fn wait_for_holder(pool: &sqlx::PgPool, who: &str) -> i64 {
@@ -83,7 +86,11 @@ async fn the_standby_takes_over_when_the_active_coordinator_dies() {
     sb.start_coordinator().await.unwrap();
     assert_eq!(wait_for_holder(&pool, "coordinator-a").await, 1);
     let token_b = CancellationToken::new();
-    let b = tokio::spawn(plexus_coordinator::run(config_b, listener_b, token_b.clone()));
+    let b = tokio::spawn(plexus_coordinator::run(
+        config_b,
+        listener_b,
+        token_b.clone(),
+    ));
     for node in sb.node_names() {
         sb.start_node(&node).await.unwrap();
     }
@@ -103,9 +110,9 @@ async fn the_standby_takes_over_when_the_active_coordinator_dies() {
         .unwrap_err();
     assert_eq!(refused.code(), tonic::Code::Unavailable);
     assert!(
-        refused
-            .message()
-            .contains("this coordinator (coordinator-b) is on standby, the active one is coordinator-a"),
+        refused.message().contains(
+            "this coordinator (coordinator-b) is on standby, the active one is coordinator-a"
+        ),
         "{refused:?}"
     );
 
@@ -186,7 +193,8 @@ async fn the_standby_takes_over_when_the_active_coordinator_dies() {
             .unwrap();
     assert_eq!(takeovers.len(), 1, "{takeovers:?}");
     assert!(
-        takeovers[0].contains("coordinator-b took the lease over at epoch 2 from coordinator-a (epoch 1)"),
+        takeovers[0]
+            .contains("coordinator-b took the lease over at epoch 2 from coordinator-a (epoch 1)"),
         "{takeovers:?}"
     );
     let queries: Vec<(String, String, Option<String>)> =
@@ -197,7 +205,10 @@ async fn the_standby_takes_over_when_the_active_coordinator_dies() {
     assert_eq!(queries.len(), 3, "{queries:?}");
     for (id, status, code) in &queries {
         if *id == in_flight {
-            assert_eq!((status.as_str(), code.as_deref()), ("failed", Some("unavailable")));
+            assert_eq!(
+                (status.as_str(), code.as_deref()),
+                ("failed", Some("unavailable"))
+            );
         } else {
             assert_eq!(status, "succeeded", "{queries:?}");
         }
@@ -214,10 +225,19 @@ async fn the_standby_takes_over_when_the_active_coordinator_dies() {
         .await
         .unwrap();
     assert_eq!(answered, 6, "the two finished queries' jobs, three each");
-    let repeated: Vec<(String, String, String)> = sqlx::query_as(
-        "SELECT action, query_id, job_id FROM audit_events \
+    let jobs_of_interrupted: Vec<String> =
+        sqlx::query_scalar("SELECT status FROM jobs WHERE query_id = $1")
+            .bind(&in_flight)
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(jobs_of_interrupted, ["interrupted"; 3]);
+    // One submission and at most one result per query; a job is sent once
+    // and ends once.
+    let repeated: Vec<(String, String, String, String)> = sqlx::query_as(
+        "SELECT action, query_id, job_id, outcome FROM audit_events \
          WHERE action IN ('query.submit', 'query.result', 'job') \
-         GROUP BY action, query_id, job_id HAVING COUNT(*) > 1",
+         GROUP BY action, query_id, job_id, outcome HAVING COUNT(*) > 1",
     )
     .fetch_all(&pool)
     .await
