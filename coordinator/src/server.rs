@@ -63,9 +63,7 @@ pub async fn run(
 
     // One server for the whole run: the gate answers for the standby and
     // hands calls to the services once this coordinator is active.
-    let (gate, phase) = Gate::new(format!(
-        "this coordinator ({instance}) is starting; try again shortly"
-    ));
+    let (gate, phase) = Gate::new();
     let serving = CancellationToken::new();
     let incoming = plexus_tls::incoming(listener, tls.clone());
     let stop = serving.clone();
@@ -317,6 +315,9 @@ fn routes(state: &Arc<State>) -> Result<Routes> {
 
 /// What the gate does with a call.
 enum Phase {
+    /// Hold it until the coordinator is active or on standby (calls made
+    /// while the database opens wait, as they did for the listener).
+    Starting,
     /// Refuse it as unavailable, saying why.
     Standby(String),
     /// Hand it to the services.
@@ -331,9 +332,20 @@ struct Gate {
 }
 
 impl Gate {
-    fn new(starting: String) -> (Gate, watch::Sender<Phase>) {
-        let (tx, rx) = watch::channel(Phase::Standby(starting));
+    fn new() -> (Gate, watch::Sender<Phase>) {
+        let (tx, rx) = watch::channel(Phase::Starting);
         (Gate { phase: rx }, tx)
+    }
+
+    /// The routes to hand a call to, or why it is refused.
+    fn route(phase: &Phase) -> std::result::Result<Routes, tonic::Status> {
+        match phase {
+            Phase::Active(routes) => Ok(routes.clone()),
+            Phase::Standby(why) => Err(tonic::Status::unavailable(why.clone())),
+            Phase::Starting => Err(tonic::Status::unavailable(
+                "this coordinator is starting; try again shortly",
+            )),
+        }
     }
 }
 
@@ -351,14 +363,18 @@ impl tower::Service<tonic::codegen::http::Request<tonic::body::Body>> for Gate {
     }
 
     fn call(&mut self, req: tonic::codegen::http::Request<tonic::body::Body>) -> Self::Future {
-        let routes = match &*self.phase.borrow() {
-            Phase::Active(routes) => Ok(routes.clone()),
-            Phase::Standby(why) => Err(tonic::Status::unavailable(why.clone())),
-        };
-        match routes {
-            Ok(mut routes) => Box::pin(async move { routes.call(req).await }),
-            Err(status) => Box::pin(async move { Ok(status.into_http()) }),
-        }
+        let mut phase = self.phase.clone();
+        Box::pin(async move {
+            let routes = match phase.wait_for(|p| !matches!(p, Phase::Starting)).await {
+                Ok(p) => Gate::route(&p),
+                // The coordinator is gone (its run ended).
+                Err(_) => Gate::route(&Phase::Starting),
+            };
+            match routes {
+                Ok(mut routes) => routes.call(req).await,
+                Err(status) => Ok(status.into_http()),
+            }
+        })
     }
 }
 
