@@ -408,3 +408,28 @@ impl NodeConfig {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::CoordinatorSection;
+
+    #[test]
+    fn coordinators_are_tried_address_first_then_the_list_each_once() {
+        let c: CoordinatorSection = toml::from_str(
+            r#"address = "https://a.example:7443"
+addresses = ["https://b.example:7443", "https://a.example:7443", " "]
+signing_key = "coordinator-signing.pub""#,
+        )
+        .unwrap();
+        assert_eq!(
+            c.addresses(),
+            ["https://a.example:7443", "https://b.example:7443"]
+        );
+        let c: CoordinatorSection = toml::from_str(
+            r#"addresses = ["https://b.example:7443"]
+signing_key = "coordinator-signing.pub""#,
+        )
+        .unwrap();
+        assert_eq!(c.addresses(), ["https://b.example:7443"]);
+    }
+}

@@ -5,14 +5,22 @@
 //!
 //! Needs `PLEXUS_TEST_DATABASE_URL` (see `plexus_tests::pg`).
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use tokio_util::sync::CancellationToken;
+
 use plexus::audit;
+use plexus::client::Client;
+use plexus_coordinator::audit_log::AuditLog;
 use plexus_coordinator::lease::{Attempt, Lease};
-use plexus_coordinator::store::Store;
+use plexus_coordinator::store::{AuditEntry, Store};
+use plexus_coordinator::CoordinatorError;
 use plexus_core::pool::PooledValue;
+use plexus_proto::v1 as pb;
 use plexus_tests::pg::TestDatabase;
 use plexus_tests::{ask, consenting, sandbox, today, Sandbox, SandboxOptions};
+use plexus_tls::TlsFiles;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pooled_query_and_the_audit_log_on_postgres() {
@@ -200,5 +208,125 @@ async fn one_lease_holder_expiry_hands_over_and_stale_writes_are_refused() {
     for s in [store, store_a, store_b] {
         s.close().await;
     }
+    db.drop_now().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_audit_appends_on_postgres_number_without_gaps() {
+    let Some(db) = TestDatabase::create("coord_audit").await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (signer, key_path, _) =
+        plexus_tls::SigningKey::generate_into(dir.path(), "coordinator-signing").unwrap();
+    let store = Store::open(db.url()).await.unwrap();
+    let log = Arc::new(
+        AuditLog::open(store.clone(), Arc::new(signer), "coordinator")
+            .await
+            .unwrap(),
+    );
+    let writers: Vec<_> = (0..64)
+        .map(|i| {
+            let log = log.clone();
+            tokio::spawn(async move {
+                log.append(AuditEntry {
+                    who: format!("writer-{i}"),
+                    role: "researcher".into(),
+                    action: "test.append".into(),
+                    outcome: "ok".into(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+            })
+        })
+        .collect();
+    let mut seqs = Vec::new();
+    for w in writers {
+        seqs.push(w.await.unwrap());
+    }
+    seqs.sort_unstable();
+    assert_eq!(seqs, (1..=64).collect::<Vec<i64>>());
+    let signed = log.checkpoint().await.unwrap();
+    assert_eq!(signed.head.size, 64);
+
+    // Another process with the same key (a standby taking over) rebuilds
+    // the very tree the checkpoint signed, and extends it.
+    let signer = plexus_tls::SigningKey::load(&key_path).unwrap();
+    let rebuilt = AuditLog::open(store.clone(), Arc::new(signer), "coordinator")
+        .await
+        .unwrap();
+    assert_eq!(rebuilt.latest().await.unwrap().head, signed.head);
+    let (now, _) = rebuilt.prove_consistency(64).await.unwrap();
+    assert_eq!(now.head, signed.head);
+    let seq = rebuilt
+        .append(AuditEntry {
+            who: "coordinator-b".into(),
+            role: "coordinator".into(),
+            action: "test.append".into(),
+            outcome: "ok".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(seq, 65);
+    store.close().await;
+    db.drop_now().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_active_coordinator_that_loses_its_lease_stops_serving() {
+    let Some(db) = TestDatabase::create("coord_lost").await else {
+        return;
+    };
+    let mut opts = SandboxOptions::new(50, 3);
+    opts.database_url = Some(db.url().to_string());
+    let sb = Sandbox::prepare(opts).await.unwrap();
+    let mut config = sb.coordinator_config.clone();
+    config.coordinator.lease_ttl_ms = 600;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("https://{}", listener.local_addr().unwrap());
+    let task = tokio::spawn(plexus_coordinator::run(
+        config,
+        listener,
+        CancellationToken::new(),
+    ));
+    let files = TlsFiles::in_dir(&sb.pki, sandbox::RESEARCHER);
+    let client = Client::connect_with(&url, &files, Some("localhost".into()))
+        .await
+        .unwrap();
+    client
+        .research()
+        .list_studies(pb::ListStudiesRequest::default())
+        .await
+        .unwrap();
+
+    // Another coordinator takes the lease (as after a pause longer than
+    // the lease): this one notices at its next renewal and stops.
+    let pool = sqlx::PgPool::connect(db.url()).await.unwrap();
+    sqlx::query("UPDATE coordinator_lease SET holder = 'usurper', epoch = epoch + 1")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("the coordinator stops")
+        .unwrap();
+    match ended {
+        Err(CoordinatorError::LeaseLost(reason)) => assert!(
+            reason.contains("another coordinator took the lease over from epoch 1"),
+            "{reason}"
+        ),
+        other => panic!("{other:?}"),
+    }
+    assert!(client
+        .research()
+        .list_studies(pb::ListStudiesRequest::default())
+        .await
+        .is_err());
+    assert!(Client::connect_with(&url, &files, Some("localhost".into()))
+        .await
+        .is_err());
+    pool.close().await;
     db.drop_now().await;
 }
