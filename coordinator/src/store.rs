@@ -210,7 +210,7 @@ impl Store {
         .await?;
         let r = sqlx::query(
             "UPDATE queries SET status = 'failed', error_code = 'unavailable', \
-             error_message = 'the coordinator restarted before this query finished; submit it again', \
+             error_message = 'the coordinator stopped before this query finished (a restart, or a failover to a standby coordinator); submit it again', \
              finished_at = $1 WHERE status = 'pending'",
         )
         .bind(now)
