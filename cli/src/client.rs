@@ -18,14 +18,16 @@ use plexus_tls::TlsFiles;
 /// How to reach the coordinator and who you are.
 #[derive(Args, Debug, Clone)]
 pub struct ConnectArgs {
-    /// Coordinator address.
+    /// Coordinator address; repeat it (or separate with commas) for
+    /// active/standby coordinators: the active one is used.
     #[arg(
         long,
         env = "PLEXUS_COORDINATOR",
         default_value = "https://127.0.0.1:7443",
+        value_delimiter = ',',
         global = true
     )]
-    pub coordinator: String,
+    pub coordinator: Vec<String>,
     /// Folder with ca.pem and NAME.pem/NAME.key (as written by `plexus pki`).
     #[arg(long, env = "PLEXUS_PKI", global = true)]
     pub pki: Option<PathBuf>,
@@ -87,7 +89,44 @@ impl Client {
     pub async fn connect(args: &ConnectArgs) -> anyhow::Result<Self> {
         let files = args.tls_files()?;
         files.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
-        Self::connect_with(&args.coordinator, &files, args.server_name.clone()).await
+        Self::connect_any(&args.coordinator, &files, args.server_name.clone()).await
+    }
+
+    /// Connects to the active one of `addresses`, tried in turn: one
+    /// that cannot be reached, or answers `unavailable` (a standby), is
+    /// skipped. With one address, connects to it without asking.
+    pub async fn connect_any(
+        addresses: &[String],
+        files: &TlsFiles,
+        server_name: Option<String>,
+    ) -> anyhow::Result<Self> {
+        let mut why = Vec::new();
+        for address in addresses {
+            let client = match Self::connect_with(address, files, server_name.clone()).await {
+                Ok(c) if addresses.len() == 1 => return Ok(c),
+                Ok(c) => c,
+                Err(e) => {
+                    why.push(format!("{e:#}"));
+                    continue;
+                }
+            };
+            // Any answer but `unavailable` comes from the active one.
+            match client
+                .research()
+                .list_studies(pb::ListStudiesRequest::default())
+                .await
+            {
+                Err(status) if status.code() == tonic::Code::Unavailable => {
+                    why.push(format!("{address}: {}", status.message()));
+                }
+                _ => return Ok(client),
+            }
+        }
+        bail!(
+            "no active coordinator among {}: {}",
+            addresses.join(", "),
+            why.join("; ")
+        )
     }
 
     pub async fn connect_with(

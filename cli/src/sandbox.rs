@@ -45,6 +45,9 @@ pub struct SandboxOptions {
     /// Serve `/metrics`, `/healthz` and `/readyz` on a free loopback port
     /// per daemon (in the configs' `metrics_listen`).
     pub metrics: bool,
+    /// The coordinator's database: its own SQLite file in the sandbox
+    /// folder when absent, else this URL (e.g. a PostgreSQL database).
+    pub database_url: Option<String>,
 }
 
 impl SandboxOptions {
@@ -72,6 +75,7 @@ impl SandboxOptions {
             dir: None,
             keep_rows: true,
             metrics: false,
+            database_url: None,
         }
     }
 }
@@ -113,6 +117,9 @@ pub struct Sandbox {
     pub node_configs: BTreeMap<String, NodeConfig>,
     pub sites: Vec<Site>,
     coordinator: Option<Running>,
+    /// More coordinators' URLs (active/standby on one PostgreSQL database),
+    /// started by the test itself: nodes and clients try them after ours.
+    other_coordinators: Vec<String>,
     nodes: BTreeMap<String, Running>,
     node_options: BTreeMap<String, plexus_node::RunOptions>,
 }
@@ -193,7 +200,11 @@ impl Sandbox {
             coordinator: CoordinatorSection {
                 id: "coordinator".into(),
                 listen: address,
-                database_url: format!("sqlite://{}", dir.join("coordinator.db").display()),
+                database_url: opts.database_url.clone().unwrap_or_else(|| {
+                    format!("sqlite://{}", dir.join("coordinator.db").display())
+                }),
+                instance: None,
+                lease_ttl_ms: 5000,
                 dictionary: None,
                 min_cell_size: plexus_core::DEFAULT_MIN_CELL_SIZE,
                 job_timeout_secs: opts.job_timeout_secs,
@@ -238,6 +249,7 @@ impl Sandbox {
                 },
                 coordinator: NodeCoordinator {
                     address: format!("https://{address}"),
+                    addresses: Vec::new(),
                     server_name: Some("localhost".into()),
                     proxy: None,
                     max_backoff_secs: 1,
@@ -277,6 +289,7 @@ impl Sandbox {
             node_configs,
             sites,
             coordinator: None,
+            other_coordinators: Vec::new(),
             nodes: BTreeMap::new(),
             node_options: BTreeMap::new(),
         })
@@ -308,6 +321,32 @@ impl Sandbox {
             tokio::spawn(async move { Ok(plexus_coordinator::run(config, listener, t).await?) });
         self.coordinator = Some(Running { token, task });
         Ok(())
+    }
+
+    /// Adds another coordinator (a standby on the same PostgreSQL
+    /// database, run by the test) that nodes and clients try after the
+    /// sandbox's own; call before the nodes start.
+    pub fn add_coordinator(&mut self, url: &str) {
+        self.other_coordinators.push(url.to_string());
+        for config in self.node_configs.values_mut() {
+            config.coordinator.addresses.push(url.to_string());
+        }
+    }
+
+    /// Every coordinator URL, the sandbox's own first.
+    pub fn coordinator_urls(&self) -> Vec<String> {
+        std::iter::once(self.coordinator_url())
+            .chain(self.other_coordinators.iter().cloned())
+            .collect()
+    }
+
+    /// Kills the coordinator the hard way: its task is aborted
+    /// mid-whatever (a lease it held is not released and must expire).
+    pub async fn kill_coordinator(&mut self) {
+        if let Some(r) = self.coordinator.take() {
+            r.task.abort();
+            let _ = r.task.await;
+        }
     }
 
     /// Graceful stop: drains calls, closes the database.
@@ -355,9 +394,10 @@ impl Sandbox {
         }
     }
 
+    /// A client of the active coordinator as `name`.
     pub async fn client(&self, name: &str) -> anyhow::Result<Client> {
-        Client::connect_with(
-            &self.coordinator_url(),
+        Client::connect_any(
+            &self.coordinator_urls(),
             &TlsFiles::in_dir(&self.pki, name),
             Some("localhost".into()),
         )

@@ -26,9 +26,21 @@ pub struct CoordinatorSection {
     /// Address the gRPC server listens on.
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
-    /// `sqlite://path/to/file.db` (created if missing).
+    /// `sqlite://path/to/file.db` (created if missing), or
+    /// `postgres://user@host:5432/db`: coordinators sharing one PostgreSQL
+    /// database run active/standby under a lease.
     #[serde(default = "default_database")]
     pub database_url: String,
+    /// This coordinator's name in the lease of a shared PostgreSQL
+    /// database (`id` when absent); each coordinator sharing one database
+    /// needs its own.
+    #[serde(default)]
+    pub instance: Option<String>,
+    /// How long the active coordinator's lease lasts without a renewal
+    /// (milliseconds; renewed every third of it): a standby takes over
+    /// this long after the active one died.
+    #[serde(default = "default_lease_ttl_ms")]
+    pub lease_ttl_ms: u64,
     /// Network data dictionary; the embedded cardiovascular one when absent.
     #[serde(default)]
     pub dictionary: Option<PathBuf>,
@@ -71,6 +83,9 @@ fn default_listen() -> SocketAddr {
 }
 fn default_database() -> String {
     "sqlite://coordinator.db".into()
+}
+fn default_lease_ttl_ms() -> u64 {
+    5000
 }
 fn default_k() -> u32 {
     plexus_core::DEFAULT_MIN_CELL_SIZE
@@ -124,6 +139,14 @@ impl CoordinatorConfig {
         }
     }
 
+    /// This coordinator's name in the lease.
+    pub fn instance(&self) -> &str {
+        self.coordinator
+            .instance
+            .as_deref()
+            .unwrap_or(&self.coordinator.id)
+    }
+
     /// The key jobs are signed with.
     pub fn signing_key(&self) -> Result<plexus_tls::SigningKey> {
         plexus_tls::SigningKey::load(&self.coordinator.signing_key).map_err(|e| {
@@ -141,11 +164,22 @@ impl CoordinatorConfig {
                 "coordinator.min_cell_size must be at least 1 (5 is the usual minimum)".into(),
             ));
         }
-        if !c.database_url.starts_with("sqlite:") {
+        if !c.database_url.starts_with("sqlite:") && !crate::store::is_postgres(&c.database_url) {
             return Err(CoordinatorError::Config(format!(
-                "coordinator.database_url \"{}\" is not supported; use sqlite://path/to/coordinator.db",
+                "coordinator.database_url \"{}\" is not supported; use sqlite://path/to/coordinator.db or postgres://user@host:5432/database",
                 c.database_url
             )));
+        }
+        if !(300..=600_000).contains(&c.lease_ttl_ms) {
+            return Err(CoordinatorError::Config(format!(
+                "coordinator.lease_ttl_ms must be between 300 and 600000 (5000 is the default), got {}",
+                c.lease_ttl_ms
+            )));
+        }
+        if c.instance.as_deref().is_some_and(|i| i.trim().is_empty()) {
+            return Err(CoordinatorError::Config(
+                "coordinator.instance is empty; name this coordinator (e.g. coordinator-a) or leave the key out to use coordinator.id".into(),
+            ));
         }
         if c.job_timeout_secs == 0 || c.job_timeout_secs > 3600 {
             return Err(CoordinatorError::Config(

@@ -19,6 +19,8 @@ pub enum CoordinatorError {
     Server(String),
     #[error("{0}")]
     Ops(#[from] plexus_ops::OpsError),
+    #[error("this coordinator lost its lease and stopped: {0}")]
+    LeaseLost(String),
 }
 
 pub type Result<T, E = CoordinatorError> = std::result::Result<T, E>;

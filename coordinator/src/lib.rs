@@ -6,6 +6,7 @@
 pub mod audit_log;
 pub mod config;
 pub mod error;
+pub mod lease;
 pub mod metrics;
 pub mod query;
 pub mod registry;

@@ -8,8 +8,9 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tokio_util::task::{AbortOnDropHandle, TaskTracker};
+use tonic::service::Routes;
+use tracing::{error, info, warn};
 
 use plexus_core::Dictionary;
 use plexus_proto::v1::{
@@ -20,6 +21,7 @@ use plexus_proto::v1::{
 use crate::audit_log::AuditLog;
 use crate::config::CoordinatorConfig;
 use crate::error::{CoordinatorError, Result};
+use crate::lease::{Attempt, Lease};
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::service::{
@@ -43,6 +45,14 @@ pub const SHUT_DOWN_MID_QUERY: &str =
 /// Serves until `shutdown` is cancelled, then stops taking queries, gives
 /// those in flight `coordinator.shutdown_grace_secs` to finish, fails the
 /// rest with a retryable error, and closes with a final audit checkpoint.
+///
+///
+/// On PostgreSQL the coordinator first takes the lease (see
+/// [`crate::lease`]): while another coordinator holds it, this one stays
+/// on standby and answers every call with `unavailable` naming the active
+/// one; it takes over when that lease expires. A coordinator that loses
+/// its lease stops serving at once and returns
+/// [`CoordinatorError::LeaseLost`].
 pub async fn run(
     config: CoordinatorConfig,
     listener: TcpListener,
@@ -62,7 +72,83 @@ pub async fn run(
         Duration::from_millis(config.coordinator.tls_reload_ms),
     )
     .map_err(|e| CoordinatorError::Tls(e.to_string()))?;
-    let store = Store::open(&config.coordinator.database_url).await?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| CoordinatorError::Server(e.to_string()))?;
+    let url = config.coordinator.database_url.clone();
+    let instance = config.instance().to_string();
+
+    let readiness = plexus_ops::Readiness::new();
+    readiness.set("server", false, "starting");
+    let metrics = Arc::new(Metrics::new());
+    let liveness = Duration::from_secs(config.coordinator.heartbeat_interval_secs * 3);
+    let registry = Arc::new(Registry::new(liveness));
+    let ops_stop = CancellationToken::new();
+    let _ops_guard = ops_stop.clone().drop_guard();
+    let ops = metrics_listener.map(|l| {
+        let addr = l.local_addr().ok();
+        info!(addr = ?addr, "metrics, health and readiness served over http");
+        tokio::spawn(plexus_ops::serve(
+            l,
+            endpoint(&metrics, &readiness, &registry),
+            ops_stop.clone(),
+        ))
+    });
+
+    // One server for the whole run: the gate answers for the standby and
+    // hands calls to the services once this coordinator is active.
+    let (gate, phase) = Gate::new();
+    let serving = CancellationToken::new();
+    let incoming = plexus_tls::incoming(listener, tls.clone());
+    let stop = serving.clone();
+    // If this future is dropped (its task aborted: the in-process stand-in
+    // for a killed process), the server and everything of the active phase
+    // stop with it instead of serving on.
+    let _serving_guard = serving.clone().drop_guard();
+    let mut server = AbortOnDropHandle::new(tokio::spawn(
+        tonic::transport::Server::builder().serve_with_incoming_shutdown(
+            gate,
+            incoming,
+            async move { stop.cancelled().await },
+        ),
+    ));
+
+    let lease = if crate::store::is_postgres(&url) {
+        let unfenced = Store::open(&url).await?;
+        let pool = unfenced.postgres().expect("a postgres store").clone();
+        Some(Lease::new(
+            pool,
+            &instance,
+            Duration::from_millis(config.coordinator.lease_ttl_ms),
+        ))
+    } else {
+        None
+    };
+    let (epoch, previous) = match &lease {
+        None => (None, None),
+        Some(lease) => {
+            let won = tokio::select! {
+                won = wait_for_lease(lease, &phase, &readiness, addr) => won?,
+                () = shutdown.cancelled() => None,
+                r = &mut server => return server_ended(r),
+            };
+            match won {
+                Some((epoch, previous)) => (Some(epoch), previous),
+                None => {
+                    serving.cancel();
+                    let _ = tokio::time::timeout(SHUTDOWN_GRACE, server).await;
+                    info!("coordinator stopped while on standby");
+                    return Ok(());
+                }
+            }
+        }
+    };
+
+    let store = Store::open_fenced(&url, epoch).await?;
+    // Dropped with this future (its task aborted, the in-process stand-in
+    // for a killed process), the store takes no more writes from tasks
+    // this run spawned, as a dead process would not.
+    let _store_guard = CloseOnDrop(store.clone());
     let interrupted = store.fail_interrupted().await?;
     if interrupted > 0 {
         warn!(
@@ -70,29 +156,26 @@ pub async fn run(
             "queries left pending by the previous run were marked failed"
         );
     }
-    let liveness = Duration::from_secs(config.coordinator.heartbeat_interval_secs * 3);
     let (finished, _) = watch::channel(0);
     let signer = Arc::new(config.signing_key()?);
     let audit_log =
         Arc::new(AuditLog::open(store.clone(), signer.clone(), &config.coordinator.id).await?);
-    // Streams, waiting calls and background tasks end on `stopping`, once
-    // the queries in flight are through.
-    let stopping = CancellationToken::new();
+    // Everything of the active phase stops with this token: once the
+    // queries in flight are through after a shutdown, or at a lost lease.
+    let active = CancellationToken::new();
+    let _active_guard = active.clone().drop_guard();
     tokio::spawn(audit_log.clone().publish_every(
         Duration::from_secs(config.coordinator.audit_checkpoint_secs),
-        stopping.clone(),
+        active.clone(),
     ));
-    let readiness = plexus_ops::Readiness::new();
-    readiness.set("server", false, "starting");
-    let metrics = Arc::new(Metrics::new());
     let state = Arc::new(State {
         signer,
         audit_log,
         tls,
-        registry: Registry::new(liveness),
+        registry,
         store,
         dictionary,
-        shutdown: stopping.clone(),
+        shutdown: active.clone(),
         draining: shutdown.clone(),
         abort_queries: CancellationToken::new(),
         queries: TaskTracker::new(),
@@ -101,17 +184,8 @@ pub async fn run(
         finished,
         config,
     });
-    let ops_stop = CancellationToken::new();
-    let ops = metrics_listener.map(|l| {
-        let addr = l.local_addr().ok();
-        info!(addr = ?addr, "metrics, health and readiness served over http");
-        tokio::spawn(plexus_ops::serve(l, endpoint(&state), ops_stop.clone()))
-    });
     record_budgets(&state).await;
-    let addr = listener
-        .local_addr()
-        .map_err(|e| CoordinatorError::Server(e.to_string()))?;
-    info!(%addr, dictionary = %state.dictionary.fingerprint(), "coordinator listening");
+    info!(%addr, %instance, epoch, dictionary = %state.dictionary.fingerprint(), "coordinator listening");
     state
         .audit(AuditEntry {
             who: state.config.coordinator.id.clone(),
@@ -122,46 +196,57 @@ pub async fn run(
             ..Default::default()
         })
         .await;
-
-    // Both reflection versions: grpcurl speaks v1, older tools only v1alpha.
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(plexus_proto::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|e| CoordinatorError::Server(format!("reflection: {e}")))?;
-    let reflection_alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(plexus_proto::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()
-        .map_err(|e| CoordinatorError::Server(format!("reflection: {e}")))?;
-
-    tokio::spawn(audit_tls_reloads(state.clone()));
-    let incoming = plexus_tls::incoming(listener, state.tls.clone());
-    let token = stopping.clone();
-    let server = tonic::transport::Server::builder()
-        .add_service(reflection)
-        .add_service(reflection_alpha)
-        .add_service(NodeLinkServer::new(NodeLinkService {
-            state: state.clone(),
-        }))
-        .add_service(ResearchServer::new(ResearchService {
-            state: state.clone(),
-        }))
-        .add_service(AdminServer::new(AdminService {
-            state: state.clone(),
-        }))
-        .add_service(AuditServer::new(AuditService {
-            state: state.clone(),
-        }))
-        .serve_with_incoming_shutdown(incoming, async move { token.cancelled().await });
+    if let (Some(epoch), Some((holder, old_epoch))) = (epoch, &previous) {
+        warn!(%instance, epoch, previous = %holder, previous_epoch = old_epoch, interrupted, "took over from the previous active coordinator");
+        state
+            .audit(AuditEntry {
+                who: state.config.coordinator.id.clone(),
+                role: "coordinator".into(),
+                action: "coordinator.takeover".into(),
+                outcome: "ok".into(),
+                detail: format!(
+                    "{instance} took the lease over at epoch {epoch} from {holder} (epoch {old_epoch}); {interrupted} interrupted queries marked failed"
+                ),
+                ..Default::default()
+            })
+            .await;
+    }
+    phase.send_replace(Phase::Active(routes(&state)?));
     state.readiness.set("server", true, "");
+    tokio::spawn(audit_tls_reloads(state.clone()));
 
-    let drained = async {
-        drain(&state).await;
-        stopping.cancel();
-        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    let lost = async {
+        match (&lease, epoch) {
+            (Some(lease), Some(epoch)) => lease.keep(epoch).await,
+            _ => std::future::pending().await,
+        }
     };
     tokio::select! {
-        r = server => r.map_err(|e| CoordinatorError::Server(e.to_string()))?,
-        _ = drained => warn!("calls still open did not finish within the grace period"),
+        reason = lost => {
+            // Stop at once: the standby may be active already, and every
+            // write of ours is refused by the database anyway.
+            error!(%instance, reason = %reason, "this coordinator lost its lease and stops serving");
+            state.readiness.set("server", false, &format!("lost its lease: {reason}"));
+            phase.send_replace(Phase::Standby(format!(
+                "this coordinator ({instance}) lost its lease ({reason}); another coordinator is active"
+            )));
+            active.cancel();
+            serving.cancel();
+            server.abort();
+            state.store.close().await;
+            return Err(CoordinatorError::LeaseLost(reason));
+        }
+        () = drain(&state) => {}
+        r = &mut server => return server_ended(r),
+    }
+    active.cancel();
+    serving.cancel();
+    match tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await {
+        Ok(r) => server_ended(r)?,
+        Err(_) => {
+            warn!("calls still open did not finish within the grace period");
+            server.abort();
+        }
     }
     state
         .audit(AuditEntry {
@@ -176,6 +261,12 @@ pub async fn run(
     if let Err(e) = state.audit_log.publish_if_grown().await {
         warn!(error = %e, "could not publish the final audit checkpoint");
     }
+    if let (Some(lease), Some(epoch)) = (&lease, epoch) {
+        // A standby takes over now instead of after the lease expires.
+        if let Err(e) = lease.release(epoch).await {
+            warn!(error = %e, "could not release the coordinator lease; a standby takes over when it expires");
+        }
+    }
     state.store.close().await;
     ops_stop.cancel();
     if let Some(ops) = ops {
@@ -183,6 +274,188 @@ pub async fn run(
     }
     info!("coordinator stopped");
     Ok(())
+}
+
+struct CloseOnDrop(Store);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        self.0.close_now();
+    }
+}
+
+fn server_ended(
+    r: std::result::Result<
+        std::result::Result<(), tonic::transport::Error>,
+        tokio::task::JoinError,
+    >,
+) -> Result<()> {
+    match r {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(CoordinatorError::Server(e.to_string())),
+        Err(e) => Err(CoordinatorError::Server(format!(
+            "the server task ended: {e}"
+        ))),
+    }
+}
+
+/// Waits on standby until this coordinator holds the lease; returns its
+/// epoch and whom it took over from.
+async fn wait_for_lease(
+    lease: &Lease,
+    phase: &watch::Sender<Phase>,
+    readiness: &plexus_ops::Readiness,
+    addr: std::net::SocketAddr,
+) -> Result<Option<(i64, Option<(String, i64)>)>> {
+    let mut seen = None;
+    loop {
+        match lease.try_acquire().await? {
+            Attempt::Acquired { epoch, previous } => return Ok(Some((epoch, previous))),
+            Attempt::HeldBy {
+                holder,
+                epoch,
+                expires_in_ms,
+            } => {
+                if seen.as_ref() != Some(&(holder.clone(), epoch)) {
+                    info!(instance = %lease.instance(), %addr, active = %holder, epoch, "on standby: another coordinator holds the lease");
+                    let why = format!(
+                        "this coordinator ({}) is on standby, the active one is {holder}",
+                        lease.instance()
+                    );
+                    readiness.set("server", false, &why);
+                    phase.send_replace(Phase::Standby(why));
+                    seen = Some((holder, epoch));
+                }
+                let poll = (lease.ttl() / 4).min(Duration::from_millis(500));
+                let wait = Duration::from_millis(expires_in_ms.max(0) as u64 + 20).min(poll);
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
+}
+
+/// The coordinator's gRPC services.
+fn routes(state: &Arc<State>) -> Result<Routes> {
+    // Both reflection versions: grpcurl speaks v1, older tools only v1alpha.
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(plexus_proto::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| CoordinatorError::Server(format!("reflection: {e}")))?;
+    let reflection_alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(plexus_proto::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(|e| CoordinatorError::Server(format!("reflection: {e}")))?;
+    Ok(Routes::new(reflection)
+        .add_service(reflection_alpha)
+        .add_service(NodeLinkServer::new(NodeLinkService {
+            state: state.clone(),
+        }))
+        .add_service(ResearchServer::new(ResearchService {
+            state: state.clone(),
+        }))
+        .add_service(AdminServer::new(AdminService {
+            state: state.clone(),
+        }))
+        .add_service(AuditServer::new(AuditService {
+            state: state.clone(),
+        }))
+        .prepare())
+}
+
+/// What the gate does with a call.
+enum Phase {
+    /// Hold it until the coordinator is active or on standby (calls made
+    /// while the database opens wait, as they did for the listener).
+    Starting,
+    /// Refuse it as unavailable, saying why.
+    Standby(String),
+    /// Hand it to the services.
+    Active(Routes),
+}
+
+/// The one service the server runs: refuses calls on standby, routes
+/// them to the coordinator's services once active.
+#[derive(Clone)]
+struct Gate {
+    phase: watch::Receiver<Phase>,
+}
+
+impl Gate {
+    fn new() -> (Gate, watch::Sender<Phase>) {
+        let (tx, rx) = watch::channel(Phase::Starting);
+        (Gate { phase: rx }, tx)
+    }
+
+    /// The routes to hand a call to, or why it is refused.
+    fn route(phase: &Phase) -> std::result::Result<Routes, tonic::Status> {
+        match phase {
+            Phase::Active(routes) => Ok(routes.clone()),
+            Phase::Standby(why) => Err(tonic::Status::unavailable(why.clone())),
+            Phase::Starting => Err(tonic::Status::unavailable(
+                "this coordinator is starting; try again shortly",
+            )),
+        }
+    }
+}
+
+impl tower::Service<tonic::codegen::http::Request<tonic::body::Body>> for Gate {
+    type Response = tonic::codegen::http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future =
+        futures::future::BoxFuture<'static, std::result::Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::result::Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: tonic::codegen::http::Request<tonic::body::Body>) -> Self::Future {
+        let mut phase = self.phase.clone();
+        Box::pin(async move {
+            let routes = match phase.wait_for(|p| !matches!(p, Phase::Starting)).await {
+                Ok(p) => Gate::route(&p),
+                // The coordinator is gone (its run ended).
+                Err(_) => Gate::route(&Phase::Starting),
+            };
+            match routes {
+                Ok(mut routes) => routes.call(req).await,
+                Err(status) => Ok(status.into_http()),
+            }
+        })
+    }
+}
+
+/// Records every change of the coordinator's certificate or revocation
+/// list in the audit log, so an auditor can tell which certificates were
+/// accepted when.
+async fn audit_tls_reloads(state: Arc<State>) {
+    let mut tls = state.tls.clone();
+    loop {
+        let loaded = tokio::select! {
+            loaded = tls.changed() => loaded,
+            () = state.shutdown.cancelled() => return,
+        };
+        let crl = match &loaded.crl {
+            Some(crl) => format!(
+                "revocation list number {} ({} revoked)",
+                crl.numbers(),
+                crl.revoked_count()
+            ),
+            None => "no revocation list".into(),
+        };
+        state
+            .audit(AuditEntry {
+                who: state.config.coordinator.id.clone(),
+                role: "coordinator".into(),
+                action: "tls.reload".into(),
+                outcome: "ok".into(),
+                detail: format!("certificate serial {}, {crl}", loaded.cert_serial),
+                ..Default::default()
+            })
+            .await;
+    }
 }
 
 /// Waits for shutdown, refuses new queries from then on (`draining`),
@@ -217,15 +490,20 @@ async fn drain(state: &State) {
     }
 }
 
-/// What `/metrics` and `/readyz` serve.
-fn endpoint(state: &Arc<State>) -> plexus_ops::Endpoint {
-    let s = state.clone();
+/// What `/metrics` and `/readyz` serve, from the start (a standby is
+/// alive but not ready).
+fn endpoint(
+    metrics: &Arc<Metrics>,
+    readiness: &plexus_ops::Readiness,
+    registry: &Arc<Registry>,
+) -> plexus_ops::Endpoint {
+    let (m, r) = (metrics.clone(), registry.clone());
     plexus_ops::Endpoint {
-        registry: state.metrics.registry.clone(),
-        readiness: state.readiness.clone(),
+        registry: metrics.registry.clone(),
+        readiness: readiness.clone(),
         refresh: Some(Arc::new(move || {
-            let live = s.registry.list().iter().filter(|(_, live)| *live).count();
-            s.metrics.live_nodes.set(live as i64);
+            let live = r.list().iter().filter(|(_, live)| *live).count();
+            m.live_nodes.set(live as i64);
         })),
     }
 }
@@ -244,36 +522,5 @@ async fn record_budgets(state: &State) {
         if let Ok((spent, _)) = state.store.spent(&s.definition.id).await {
             state.metrics.budget(&s.definition.id, spent);
         }
-    }
-}
-
-/// Records every change of the coordinator's certificate or revocation
-/// list in the audit log, so an auditor can tell which certificates were
-/// accepted when.
-async fn audit_tls_reloads(state: Arc<State>) {
-    let mut tls = state.tls.clone();
-    loop {
-        let loaded = tokio::select! {
-            loaded = tls.changed() => loaded,
-            () = state.shutdown.cancelled() => return,
-        };
-        let crl = match &loaded.crl {
-            Some(crl) => format!(
-                "revocation list number {} ({} revoked)",
-                crl.numbers(),
-                crl.revoked_count()
-            ),
-            None => "no revocation list".into(),
-        };
-        state
-            .audit(AuditEntry {
-                who: state.config.coordinator.id.clone(),
-                role: "coordinator".into(),
-                action: "tls.reload".into(),
-                outcome: "ok".into(),
-                detail: format!("certificate serial {}, {crl}", loaded.cert_serial),
-                ..Default::default()
-            })
-            .await;
     }
 }

@@ -18,7 +18,7 @@ use crate::store::{AuditEntry, Store};
 pub struct State {
     pub config: CoordinatorConfig,
     pub store: Store,
-    pub registry: Registry,
+    pub registry: Arc<Registry>,
     pub dictionary: Arc<Dictionary>,
     /// Signs every job envelope.
     pub signer: Arc<plexus_tls::SigningKey>,

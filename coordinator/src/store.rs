@@ -1,15 +1,51 @@
 //! Persistent coordinator state: studies, queries, jobs and the audit log,
-//! in SQLite through sqlx. A restart loses nothing that was acknowledged.
+//! in SQLite (the default, one coordinator) or PostgreSQL (production, and
+//! active/standby coordinators sharing one database) through sqlx. A
+//! restart loses nothing that was acknowledged.
+//!
+//! One `Store` holds either pool; every statement is written once, with
+//! `$1`-style parameters both databases read, and [`on_pool`] runs it on
+//! whichever pool is open, each arm compiled for its own driver (so rows
+//! decode natively; sqlx's `Any` driver would copy every value of a
+//! million-row audit read through its own types and cannot set SQLite's
+//! journal options).
 
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
 
 use plexus_core::StudyDefinition;
 
 use crate::error::Result;
+
+/// The SQLSTATE the PostgreSQL fencing trigger raises when a coordinator
+/// writes under an epoch that is no longer the lease's.
+pub const FENCED_SQLSTATE: &str = "PX001";
+
+#[derive(Clone)]
+enum Pool {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// Runs `$body` with `$pool` bound to the open pool, compiled once per
+/// database.
+macro_rules! on_pool {
+    ($store:expr, $pool:ident => $body:expr) => {
+        match &$store.pool {
+            Pool::Sqlite($pool) => $body,
+            Pool::Postgres($pool) => $body,
+        }
+    };
+}
+
+/// Whether `url` names a PostgreSQL database.
+pub fn is_postgres(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
+}
 
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
@@ -75,12 +111,37 @@ pub struct AuditFilter {
 
 #[derive(Clone)]
 pub struct Store {
-    pool: SqlitePool,
+    pool: Pool,
 }
 
 impl Store {
-    /// Opens (creating if needed) and migrates the database.
+    /// Opens (creating if needed) and migrates the database. On
+    /// PostgreSQL the connections carry no epoch: once a coordinator holds
+    /// the lease, writes through this store are refused (see
+    /// [`Store::open_fenced`]).
     pub async fn open(url: &str) -> Result<Self> {
+        Self::open_fenced(url, None).await
+    }
+
+    /// Opens the database; on PostgreSQL every connection carries the
+    /// fencing `epoch` of the lease this coordinator holds, and the
+    /// database refuses its writes once another coordinator took over.
+    pub async fn open_fenced(url: &str, epoch: Option<i64>) -> Result<Self> {
+        if is_postgres(url) {
+            let mut opts = PgConnectOptions::from_str(url)?;
+            if let Some(epoch) = epoch {
+                opts = opts.options([("plexus.epoch", epoch.to_string())]);
+            }
+            let pool = PgPoolOptions::new()
+                .max_connections(8)
+                .acquire_timeout(std::time::Duration::from_secs(10))
+                .connect_with(opts)
+                .await?;
+            sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+            return Ok(Store {
+                pool: Pool::Postgres(pool),
+            });
+        }
         if let Some(path) = url
             .strip_prefix("sqlite://")
             .map(|p| p.split('?').next().unwrap_or(p))
@@ -107,34 +168,65 @@ impl Store {
             .max_connections(4)
             .connect_with(opts)
             .await?;
-        sqlx::migrate!("./migrations").run(&pool).await?;
-        Ok(Store { pool })
+        sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
+        Ok(Store {
+            pool: Pool::Sqlite(pool),
+        })
+    }
+
+    /// The PostgreSQL pool, when the store is on PostgreSQL (the lease
+    /// is taken through it).
+    pub fn postgres(&self) -> Option<&PgPool> {
+        match &self.pool {
+            Pool::Postgres(p) => Some(p),
+            Pool::Sqlite(_) => None,
+        }
     }
 
     pub async fn close(&self) {
-        self.pool.close().await;
+        on_pool!(self, pool => pool.close().await)
     }
 
-    /// Queries left pending by a previous process can never finish: their
-    /// node streams are gone. Marks them failed so researchers know to resubmit.
+    /// Refuses every further use of the pool at once, without waiting for
+    /// connections to close: nothing this store's owner still runs can
+    /// write after it (statements already running finish).
+    pub fn close_now(&self) {
+        on_pool!(self, pool => drop(pool.close()))
+    }
+
+    /// Queries left pending by a previous process (or by the active
+    /// coordinator this one took over from) can never finish: their node
+    /// streams are gone. Marks them failed so researchers know to resubmit,
+    /// and their jobs still out as interrupted.
     pub async fn fail_interrupted(&self) -> Result<u64> {
+        on_pool!(self, pool => {
+        let now = now_ms();
+        sqlx::query(
+            "UPDATE jobs SET status = 'interrupted', finished_at = $1 WHERE status = 'sent' \
+             AND query_id IN (SELECT id FROM queries WHERE status = 'pending')",
+        )
+        .bind(now)
+        .execute(pool)
+        .await?;
         let r = sqlx::query(
             "UPDATE queries SET status = 'failed', error_code = 'unavailable', \
-             error_message = 'the coordinator restarted before this query finished; submit it again', \
-             finished_at = ? WHERE status = 'pending'",
+             error_message = 'the coordinator stopped before this query finished (a restart, or a failover to a standby coordinator); submit it again', \
+             finished_at = $1 WHERE status = 'pending'",
         )
-        .bind(now_ms())
-        .execute(&self.pool)
+        .bind(now)
+        .execute(pool)
         .await?;
         Ok(r.rows_affected())
+        })
     }
 
     pub async fn upsert_study(&self, def: &StudyDefinition, by: &str) -> Result<bool> {
+        on_pool!(self, pool => {
         let json = serde_json::to_string(def).expect("study serialises");
         let existed = self.study(&def.id).await?.is_some();
         sqlx::query(
             "INSERT INTO studies (id, definition, definition_hash, registered_by, registered_at) \
-             VALUES (?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET definition = excluded.definition, \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT(id) DO UPDATE SET definition = excluded.definition, \
              definition_hash = excluded.definition_hash, registered_by = excluded.registered_by, \
              registered_at = excluded.registered_at",
         )
@@ -143,12 +235,22 @@ impl Store {
         .bind(def.definition_hash())
         .bind(by)
         .bind(now_ms())
-        .execute(&self.pool)
+        .execute(pool)
         .await?;
         Ok(existed)
+        })
     }
 
-    fn row_to_study(row: &sqlx::sqlite::SqliteRow) -> Result<StoredStudy> {
+    fn row_to_study<R>(row: &R) -> Result<StoredStudy>
+    where
+        R: Row,
+        for<'a> &'a str: sqlx::ColumnIndex<R>,
+        usize: sqlx::ColumnIndex<R>,
+        for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+        for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+        for<'r> f64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+        for<'r> Vec<u8>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    {
         let json: String = row.try_get("definition")?;
         let definition: StudyDefinition = serde_json::from_str(&json).map_err(|e| {
             crate::error::CoordinatorError::Core(plexus_core::Error::internal(format!(
@@ -163,24 +265,29 @@ impl Store {
     }
 
     pub async fn study(&self, id: &str) -> Result<Option<StoredStudy>> {
-        let row = sqlx::query("SELECT * FROM studies WHERE id = ?")
+        on_pool!(self, pool => {
+        let row = sqlx::query("SELECT * FROM studies WHERE id = $1")
             .bind(id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(pool)
             .await?;
         row.as_ref().map(Self::row_to_study).transpose()
+        })
     }
 
     pub async fn studies(&self) -> Result<Vec<StoredStudy>> {
+        on_pool!(self, pool => {
         let rows = sqlx::query("SELECT * FROM studies ORDER BY id")
-            .fetch_all(&self.pool)
+            .fetch_all(pool)
             .await?;
         rows.iter().map(Self::row_to_study).collect()
+        })
     }
 
     pub async fn insert_query(&self, q: &StoredQuery) -> Result<()> {
+        on_pool!(self, pool => {
         sqlx::query(
             "INSERT INTO queries (id, study_id, researcher, query, query_hash, status, submitted_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(&q.id)
         .bind(&q.study_id)
@@ -189,9 +296,10 @@ impl Store {
         .bind(&q.query_hash)
         .bind(q.status.as_str())
         .bind(q.submitted_at)
-        .execute(&self.pool)
+        .execute(pool)
         .await?;
         Ok(())
+        })
     }
 
     pub async fn finish_query(
@@ -199,6 +307,7 @@ impl Store {
         id: &str,
         outcome: std::result::Result<&str, &plexus_core::Error>,
     ) -> Result<()> {
+        on_pool!(self, pool => {
         let (status, result, code, message) = match outcome {
             Ok(json) => (QueryStatus::Succeeded, Some(json.to_string()), None, None),
             Err(e) => (
@@ -209,8 +318,8 @@ impl Store {
             ),
         };
         sqlx::query(
-            "UPDATE queries SET status = ?, result = ?, error_code = ?, error_message = ?, finished_at = ? \
-             WHERE id = ?",
+            "UPDATE queries SET status = $1, result = $2, error_code = $3, error_message = $4, finished_at = $5 \
+             WHERE id = $6",
         )
         .bind(status.as_str())
         .bind(result)
@@ -218,15 +327,17 @@ impl Store {
         .bind(message)
         .bind(now_ms())
         .bind(id)
-        .execute(&self.pool)
+        .execute(pool)
         .await?;
         Ok(())
+        })
     }
 
     pub async fn query(&self, id: &str) -> Result<Option<StoredQuery>> {
-        let row = sqlx::query("SELECT * FROM queries WHERE id = ?")
+        on_pool!(self, pool => {
+        let row = sqlx::query("SELECT * FROM queries WHERE id = $1")
             .bind(id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(pool)
             .await?;
         let Some(row) = row else { return Ok(None) };
         let code: Option<String> = row.try_get("error_code")?;
@@ -249,19 +360,22 @@ impl Store {
             submitted_at: row.try_get("submitted_at")?,
             finished_at: row.try_get("finished_at")?,
         }))
+        })
     }
 
     pub async fn insert_job(&self, job_id: &str, query_id: &str, node_id: &str) -> Result<()> {
+        on_pool!(self, pool => {
         sqlx::query(
-            "INSERT INTO jobs (id, query_id, node_id, status, sent_at) VALUES (?, ?, ?, 'sent', ?)",
+            "INSERT INTO jobs (id, query_id, node_id, status, sent_at) VALUES ($1, $2, $3, 'sent', $4)",
         )
         .bind(job_id)
         .bind(query_id)
         .bind(node_id)
         .bind(now_ms())
-        .execute(&self.pool)
+        .execute(pool)
         .await?;
         Ok(())
+        })
     }
 
     pub async fn finish_job(
@@ -271,8 +385,9 @@ impl Store {
         stats_json: Option<String>,
         error: Option<&plexus_core::Error>,
     ) -> Result<()> {
+        on_pool!(self, pool => {
         sqlx::query(
-            "UPDATE jobs SET status = ?, stats = ?, error_code = ?, error_message = ?, finished_at = ? WHERE id = ?",
+            "UPDATE jobs SET status = $1, stats = $2, error_code = $3, error_message = $4, finished_at = $5 WHERE id = $6",
         )
         .bind(status)
         .bind(stats_json)
@@ -280,9 +395,10 @@ impl Store {
         .bind(error.map(|e| e.message.clone()))
         .bind(now_ms())
         .bind(job_id)
-        .execute(&self.pool)
+        .execute(pool)
         .await?;
         Ok(())
+        })
     }
 
     /// Records what a query spent of its study's budget (the most any
@@ -294,8 +410,9 @@ impl Store {
         canonical_hash: &str,
         rho: f64,
     ) -> Result<()> {
+        on_pool!(self, pool => {
         sqlx::query(
-            "INSERT INTO privacy_charges (query_id, study_id, canonical_hash, rho, at_unix_ms) VALUES (?, ?, ?, ?, ?) \
+            "INSERT INTO privacy_charges (query_id, study_id, canonical_hash, rho, at_unix_ms) VALUES ($1, $2, $3, $4, $5) \
              ON CONFLICT (query_id) DO UPDATE SET rho = excluded.rho",
         )
         .bind(query_id)
@@ -303,36 +420,41 @@ impl Store {
         .bind(canonical_hash)
         .bind(rho)
         .bind(now_ms())
-        .execute(&self.pool)
+        .execute(pool)
         .await?;
         Ok(())
+        })
     }
 
     /// What `study` has spent as the coordinator accounts it, and over how
     /// many charged queries.
     pub async fn spent(&self, study: &str) -> Result<(f64, u32)> {
+        on_pool!(self, pool => {
         let row = sqlx::query(
-            "SELECT COALESCE(SUM(rho), 0.0) AS spent, COUNT(*) AS n FROM privacy_charges WHERE study_id = ? AND rho > 0",
+            "SELECT COALESCE(SUM(rho), 0.0) AS spent, COUNT(*) AS n FROM privacy_charges WHERE study_id = $1 AND rho > 0",
         )
         .bind(study)
-        .fetch_one(&self.pool)
+        .fetch_one(pool)
         .await?;
         let n: i64 = row.try_get("n")?;
         Ok((row.try_get("spent")?, n as u32))
+        })
     }
 
     /// Whether a query with this canonical form was charged in `study`
     /// before (the nodes then answer it from their caches, for free).
     pub async fn charged_before(&self, study: &str, canonical_hash: &str) -> Result<bool> {
+        on_pool!(self, pool => {
         let row = sqlx::query(
-            "SELECT COUNT(*) AS n FROM privacy_charges WHERE study_id = ? AND canonical_hash = ?",
+            "SELECT COUNT(*) AS n FROM privacy_charges WHERE study_id = $1 AND canonical_hash = $2",
         )
         .bind(study)
         .bind(canonical_hash)
-        .fetch_one(&self.pool)
+        .fetch_one(pool)
         .await?;
         let n: i64 = row.try_get("n")?;
         Ok(n > 0)
+        })
     }
 
     /// Keeps what a node last reported from its ledger for `study`.
@@ -343,8 +465,9 @@ impl Store {
         spent: f64,
         budget: f64,
     ) -> Result<()> {
+        on_pool!(self, pool => {
         sqlx::query(
-            "INSERT INTO node_budgets (study_id, node_id, spent_rho, budget_rho, updated_unix_ms) VALUES (?, ?, ?, ?, ?) \
+            "INSERT INTO node_budgets (study_id, node_id, spent_rho, budget_rho, updated_unix_ms) VALUES ($1, $2, $3, $4, $5) \
              ON CONFLICT (study_id, node_id) DO UPDATE SET spent_rho = excluded.spent_rho, \
              budget_rho = excluded.budget_rho, updated_unix_ms = excluded.updated_unix_ms",
         )
@@ -353,18 +476,20 @@ impl Store {
         .bind(spent)
         .bind(budget)
         .bind(now_ms())
-        .execute(&self.pool)
+        .execute(pool)
         .await?;
         Ok(())
+        })
     }
 
     /// Every node's last report for `study` as (node, spent, budget, when).
     pub async fn node_budgets(&self, study: &str) -> Result<Vec<(String, f64, f64, i64)>> {
+        on_pool!(self, pool => {
         let rows = sqlx::query(
-            "SELECT node_id, spent_rho, budget_rho, updated_unix_ms FROM node_budgets WHERE study_id = ? ORDER BY node_id",
+            "SELECT node_id, spent_rho, budget_rho, updated_unix_ms FROM node_budgets WHERE study_id = $1 ORDER BY node_id",
         )
         .bind(study)
-        .fetch_all(&self.pool)
+        .fetch_all(pool)
         .await?;
         rows.iter()
             .map(|r| {
@@ -376,6 +501,7 @@ impl Store {
                 ))
             })
             .collect()
+        })
     }
 
     /// Keeps a node's signed statement about a job, its signature and the
@@ -387,25 +513,28 @@ impl Store {
         signature: &[u8],
         certificate: &[u8],
     ) -> Result<()> {
+        on_pool!(self, pool => {
         sqlx::query(
-            "UPDATE jobs SET statement = ?, signature = ?, node_certificate = ? WHERE id = ?",
+            "UPDATE jobs SET statement = $1, signature = $2, node_certificate = $3 WHERE id = $4",
         )
         .bind(statement)
         .bind(signature)
         .bind(certificate)
         .bind(job_id)
-        .execute(&self.pool)
+        .execute(pool)
         .await?;
         Ok(())
+        })
     }
 
     /// A job's signed statement, signature and node certificate, when kept.
     pub async fn signature_of(&self, job_id: &str) -> Result<Option<(Vec<u8>, Vec<u8>, Vec<u8>)>> {
+        on_pool!(self, pool => {
         let row = sqlx::query(
-            "SELECT statement, signature, node_certificate FROM jobs WHERE id = ? AND statement IS NOT NULL",
+            "SELECT statement, signature, node_certificate FROM jobs WHERE id = $1 AND statement IS NOT NULL",
         )
         .bind(job_id)
-        .fetch_optional(&self.pool)
+        .fetch_optional(pool)
         .await?;
         row.map(|r| {
             Ok((
@@ -415,25 +544,29 @@ impl Store {
             ))
         })
         .transpose()
+        })
     }
 
     /// What the jobs table keeps of a job's answer (its `stats` column):
     /// the released statistics, or under secure aggregation the public
     /// keys or the masked vector only.
     pub async fn job_answer(&self, job_id: &str) -> Result<Option<String>> {
-        let row = sqlx::query("SELECT stats FROM jobs WHERE id = ?")
+        on_pool!(self, pool => {
+        let row = sqlx::query("SELECT stats FROM jobs WHERE id = $1")
             .bind(job_id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(pool)
             .await?;
         Ok(row.map(|r| r.try_get("stats")).transpose()?.flatten())
+        })
     }
 
     /// Jobs of one query as (job id, node, status).
     pub async fn jobs_of(&self, query_id: &str) -> Result<Vec<(String, String, String)>> {
+        on_pool!(self, pool => {
         let rows =
-            sqlx::query("SELECT id, node_id, status FROM jobs WHERE query_id = ? ORDER BY node_id")
+            sqlx::query("SELECT id, node_id, status FROM jobs WHERE query_id = $1 ORDER BY node_id")
                 .bind(query_id)
-                .fetch_all(&self.pool)
+                .fetch_all(pool)
                 .await?;
         rows.iter()
             .map(|r| {
@@ -444,23 +577,28 @@ impl Store {
                 ))
             })
             .collect()
+        })
     }
 
     /// Appends an entry at the `seq` it carries (the log's next position,
     /// assigned by the caller that keeps the Merkle tree).
     pub async fn append_audit(&self, e: &AuditEntry) -> Result<i64> {
-        insert_audit(e).execute(&self.pool).await?;
+        on_pool!(self, pool => {
+        insert_audit!(e).execute(pool).await?;
         Ok(e.seq)
+        })
     }
 
     /// Entries matching `f`: the newest `limit`, returned oldest first.
     pub async fn audit(&self, f: &AuditFilter) -> Result<Vec<AuditEntry>> {
+        on_pool!(self, pool => {
         let limit = i64::from(f.limit.unwrap_or(1000).clamp(1, 100_000));
         let rows = sqlx::query(concat!(
             "SELECT ",
             audit_columns!(),
-            " FROM audit_events WHERE (? IS NULL OR study_id = ?) AND (? IS NULL OR who = ?) \
-             AND (? IS NULL OR at >= ?) AND (? IS NULL OR at < ?) ORDER BY seq DESC LIMIT ?"
+            " FROM audit_events WHERE (CAST($1 AS TEXT) IS NULL OR study_id = $2) \
+             AND (CAST($3 AS TEXT) IS NULL OR who = $4) AND (CAST($5 AS BIGINT) IS NULL OR at >= $6) \
+             AND (CAST($7 AS BIGINT) IS NULL OR at < $8) ORDER BY seq DESC LIMIT $9"
         ))
         .bind(&f.study_id)
         .bind(&f.study_id)
@@ -471,37 +609,42 @@ impl Store {
         .bind(f.until)
         .bind(f.until)
         .bind(limit)
-        .fetch_all(&self.pool)
+        .fetch_all(pool)
         .await?;
         rows.iter().rev().map(audit_entry).collect()
+        })
     }
 
     /// Up to `limit` entries after `after_seq`, in log order.
     async fn audit_page(&self, after_seq: i64, limit: u32) -> Result<Vec<AuditEntry>> {
+        on_pool!(self, pool => {
         let rows = sqlx::query(concat!(
             "SELECT ",
             audit_columns!(),
-            " FROM audit_events WHERE seq > ? ORDER BY seq LIMIT ?"
+            " FROM audit_events WHERE seq > $1 ORDER BY seq LIMIT $2"
         ))
         .bind(after_seq)
         .bind(i64::from(limit))
-        .fetch_all(&self.pool)
+        .fetch_all(pool)
         .await?;
         rows.iter().map(audit_entry).collect()
+        })
     }
 
     /// The entries with `lo < seq <= hi`, in log order.
     async fn audit_range(&self, lo: i64, hi: i64) -> Result<Vec<AuditEntry>> {
+        on_pool!(self, pool => {
         let rows = sqlx::query(concat!(
             "SELECT ",
             audit_columns!(),
-            " FROM audit_events WHERE seq > ? AND seq <= ? ORDER BY seq"
+            " FROM audit_events WHERE seq > $1 AND seq <= $2 ORDER BY seq"
         ))
         .bind(lo)
         .bind(hi)
-        .fetch_all(&self.pool)
+        .fetch_all(pool)
         .await?;
         rows.iter().map(audit_entry).collect()
+        })
     }
 
     /// The whole log after entry `after`, in order, a page at a time: the
@@ -514,17 +657,18 @@ impl Store {
         let (tx, rx) = tokio::sync::mpsc::channel(2);
         let store = self.clone();
         tokio::spawn(async move {
-            let last: i64 =
-                match sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM audit_events")
-                    .fetch_one(&store.pool)
+            let last: std::result::Result<i64, _> = on_pool!(store, pool => {
+                sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM audit_events")
+                    .fetch_one(pool)
                     .await
-                {
-                    Ok(last) => last,
-                    Err(e) => {
-                        let _ = tx.send(Err(e.into())).await;
-                        return;
-                    }
-                };
+            });
+            let last = match last {
+                Ok(last) => last,
+                Err(e) => {
+                    let _ = tx.send(Err(e.into())).await;
+                    return;
+                }
+            };
             let mut reads = std::collections::VecDeque::new();
             let mut next = after;
             loop {
@@ -564,46 +708,53 @@ impl Store {
 
     /// One entry by its position.
     pub async fn audit_entry(&self, seq: i64) -> Result<Option<AuditEntry>> {
+        on_pool!(self, pool => {
         let row = sqlx::query(concat!(
             "SELECT ",
             audit_columns!(),
-            " FROM audit_events WHERE seq = ?"
+            " FROM audit_events WHERE seq = $1"
         ))
         .bind(seq)
-        .fetch_optional(&self.pool)
+        .fetch_optional(pool)
         .await?;
         row.as_ref().map(audit_entry).transpose()
+        })
     }
 
     /// Writes many entries in one transaction (an import, or a benchmark
     /// filling a log); each carries its own `seq`.
     pub async fn append_audit_batch(&self, entries: &[AuditEntry]) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        on_pool!(self, pool => {
+        let mut tx = pool.begin().await?;
         for e in entries {
-            insert_audit(e).execute(&mut *tx).await?;
+            insert_audit!(e).execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())
+        })
     }
 
     pub async fn insert_checkpoint(&self, c: &Checkpoint) -> Result<()> {
+        on_pool!(self, pool => {
         sqlx::query(
-            "INSERT INTO audit_checkpoints (origin, size, root, at, signature) VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO audit_checkpoints (origin, size, root, at, signature) VALUES ($1, $2, $3, $4, $5)",
         )
         .bind(&c.origin)
         .bind(c.head.size as i64)
         .bind(&c.head.root)
         .bind(c.at_unix_ms)
         .bind(&c.signature)
-        .execute(&self.pool)
+        .execute(pool)
         .await?;
         Ok(())
+        })
     }
 
     /// The checkpoint published last.
     pub async fn latest_checkpoint(&self) -> Result<Option<Checkpoint>> {
+        on_pool!(self, pool => {
         let row = sqlx::query("SELECT * FROM audit_checkpoints ORDER BY id DESC LIMIT 1")
-            .fetch_optional(&self.pool)
+            .fetch_optional(pool)
             .await?;
         row.map(|r| {
             Ok(Checkpoint {
@@ -617,16 +768,19 @@ impl Store {
             })
         })
         .transpose()
+        })
     }
 }
 
-fn insert_audit(
-    e: &AuditEntry,
-) -> sqlx::query::Query<'_, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'_>> {
-    sqlx::query(
+/// The statement that writes entry `$e` (a macro: each database's arm of
+/// [`on_pool`] builds its own query type).
+macro_rules! insert_audit {
+    ($e:expr) => {{
+        let e: &AuditEntry = $e;
+        sqlx::query(
         "INSERT INTO audit_events (seq, at, who, role, action, study_id, purpose, query_id, job_id, node_id, nodes, \
          query_hash, result_size, suppressed, privacy_cost, privacy_remaining, outcome, detail) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
     )
     .bind(e.seq)
     .bind(e.at)
@@ -646,7 +800,9 @@ fn insert_audit(
     .bind(e.privacy_remaining)
     .bind(&e.outcome)
     .bind(&e.detail)
+    }};
 }
+use insert_audit;
 
 /// The columns [`audit_entry`] reads, by position.
 macro_rules! audit_columns {
@@ -659,7 +815,16 @@ use audit_columns;
 
 /// An entry from a row of [`audit_columns`], read by position (a million
 /// rows are read when the log is verified or the tree rebuilt).
-fn audit_entry(r: &sqlx::sqlite::SqliteRow) -> Result<AuditEntry> {
+fn audit_entry<R>(r: &R) -> Result<AuditEntry>
+where
+    R: Row,
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+    usize: sqlx::ColumnIndex<R>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> f64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> Vec<u8>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
     let nodes: String = r.try_get(10)?;
     Ok(AuditEntry {
         seq: r.try_get(0)?,
@@ -685,4 +850,22 @@ fn audit_entry(r: &sqlx::sqlite::SqliteRow) -> Result<AuditEntry> {
         outcome: r.try_get(16)?,
         detail: r.try_get(17)?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    /// The SQLite and PostgreSQL migrations stay in step: the same
+    /// versions under the same names, in the same order.
+    #[test]
+    fn migration_folders_hold_the_same_versions() {
+        let names = |m: sqlx::migrate::Migrator| {
+            m.iter()
+                .map(|m| (m.version, m.description.to_string()))
+                .collect::<Vec<_>>()
+        };
+        let sqlite = names(sqlx::migrate!("./migrations/sqlite"));
+        let postgres = names(sqlx::migrate!("./migrations/postgres"));
+        assert!(sqlite.len() >= 5, "{sqlite:?}");
+        assert_eq!(sqlite, postgres);
+    }
 }

@@ -60,7 +60,13 @@ fn default_shutdown_grace() -> u64 {
 #[serde(deny_unknown_fields)]
 pub struct CoordinatorSection {
     /// `https://host:port` of the coordinator; the node dials out to it.
+    #[serde(default)]
     pub address: String,
+    /// More coordinators (active/standby on one database): the node tries
+    /// `address` then these in turn whenever it (re)connects, and stays
+    /// with the one that accepts it.
+    #[serde(default)]
+    pub addresses: Vec<String>,
     /// TLS name to expect on the coordinator's certificate, when it differs from the host.
     #[serde(default)]
     pub server_name: Option<String>,
@@ -73,6 +79,21 @@ pub struct CoordinatorSection {
     /// The coordinator's job-signing public key (`coordinator-signing.pub`,
     /// 64 hex characters), pinned: a job not signed by it is refused.
     pub signing_key: PathBuf,
+}
+
+impl CoordinatorSection {
+    /// Every coordinator to try, in order: `address`, then `addresses`
+    /// (empty entries left out, each once).
+    pub fn addresses(&self) -> Vec<&str> {
+        let mut all: Vec<&str> = Vec::new();
+        for a in std::iter::once(&self.address).chain(&self.addresses) {
+            let a = a.trim();
+            if !a.is_empty() && !all.contains(&a) {
+                all.push(a);
+            }
+        }
+        all
+    }
 }
 
 /// The hospital's own rules, enforced whatever the coordinator says.
@@ -345,16 +366,17 @@ impl NodeConfig {
                 "node.audit_checkpoint_secs must be between 1 and 86400 (a day)".into(),
             ));
         }
-        let addr = self.coordinator.address.trim();
-        if addr.is_empty() {
+        if self.coordinator.addresses().is_empty() {
             return Err(NodeError::Config(
-                "coordinator.address is empty; set it to https://host:port of your network's coordinator".into(),
+                "coordinator.address is empty; set it to https://host:port of your network's coordinator (or list several in coordinator.addresses)".into(),
             ));
         }
-        if !addr.starts_with("https://") {
-            return Err(NodeError::Config(format!(
-                "coordinator.address \"{addr}\" must start with https:// (nodes only speak mTLS)"
-            )));
+        for addr in self.coordinator.addresses() {
+            if !addr.starts_with("https://") {
+                return Err(NodeError::Config(format!(
+                    "coordinator address \"{addr}\" must start with https:// (nodes only speak mTLS)"
+                )));
+            }
         }
         if let Some(p) = &self.coordinator.proxy {
             if !p.starts_with("http://") {
@@ -403,5 +425,30 @@ impl NodeConfig {
             .validate()
             .map_err(|e| NodeError::Config(format!("[consent] {e}")))?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CoordinatorSection;
+
+    #[test]
+    fn coordinators_are_tried_address_first_then_the_list_each_once() {
+        let c: CoordinatorSection = toml::from_str(
+            r#"address = "https://a.example:7443"
+addresses = ["https://b.example:7443", "https://a.example:7443", " "]
+signing_key = "coordinator-signing.pub""#,
+        )
+        .unwrap();
+        assert_eq!(
+            c.addresses(),
+            ["https://a.example:7443", "https://b.example:7443"]
+        );
+        let c: CoordinatorSection = toml::from_str(
+            r#"addresses = ["https://b.example:7443"]
+signing_key = "coordinator-signing.pub""#,
+        )
+        .unwrap();
+        assert_eq!(c.addresses(), ["https://b.example:7443"]);
     }
 }

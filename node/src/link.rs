@@ -46,9 +46,14 @@ impl Link {
     pub async fn run(&self, shutdown: CancellationToken) {
         let cfg = &self.runner.config.coordinator;
         let max = Duration::from_secs(cfg.max_backoff_secs);
+        let addresses = cfg.addresses();
+        // The coordinator tried next: after a failure or a dropped link,
+        // the next one in the list (the standby may have taken over).
+        let mut next = 0;
         let mut attempt: u32 = 0;
         loop {
-            let end = self.session(&shutdown).await;
+            let address = addresses[next % addresses.len()];
+            let end = self.session(address, &shutdown).await;
             self.runner.metrics.connected.set(0);
             let not_ready = match &end {
                 SessionEnd::Shutdown => "the node is shutting down".to_string(),
@@ -65,10 +70,12 @@ impl Link {
                 }
                 SessionEnd::Failed(reason) => reason,
             };
+            next += 1;
             let delay = backoff(attempt, max);
             attempt = attempt.saturating_add(1);
             warn!(
-                coordinator = %cfg.address,
+                coordinator = %address,
+                next = %addresses[next % addresses.len()],
                 proxy = cfg.proxy.as_deref().unwrap_or("none"),
                 attempt,
                 retry_in_ms = delay.as_millis() as u64,
@@ -82,7 +89,7 @@ impl Link {
         }
     }
 
-    async fn session(&self, shutdown: &CancellationToken) -> SessionEnd {
+    async fn session(&self, address: &str, shutdown: &CancellationToken) -> SessionEnd {
         let cfg = &self.runner.config;
         let opts = plexus_tls::ConnectOptions {
             server_name: cfg.coordinator.server_name.clone(),
@@ -91,7 +98,7 @@ impl Link {
         };
         let tls = self.credentials.for_connection().await;
         let channel = tokio::select! {
-            c = plexus_tls::connect(&cfg.coordinator.address, tls, opts) => match c {
+            c = plexus_tls::connect(address, tls, opts) => match c {
                 Ok(c) => c,
                 Err(e) => return SessionEnd::Failed(e.to_string()),
             },
@@ -132,7 +139,7 @@ impl Link {
             Ok(_) => return SessionEnd::Failed("coordinator did not welcome the node".into()),
             Err(status) => return SessionEnd::Failed(status.message().to_string()),
         };
-        info!(coordinator = %cfg.coordinator.address, "connected to the coordinator");
+        info!(coordinator = %address, "connected to the coordinator");
         self.runner.metrics.connected.set(1);
         self.runner.readiness.set(LINK_CHECK, true, "");
 
