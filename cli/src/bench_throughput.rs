@@ -83,6 +83,7 @@ pub async fn run(opts: ThroughputOptions) -> anyhow::Result<Vec<(usize, Figures)
     );
     let mut results = Vec::new();
     for c in levels {
+        let cpu_before = load::process_cpu_time();
         let (figures, error) = load::closed_loop(
             &alice,
             &study.id,
@@ -97,17 +98,23 @@ pub async fn run(opts: ThroughputOptions) -> anyhow::Result<Vec<(usize, Figures)
                 figures.failed
             );
         }
+        let cpu = load::process_cpu_time()
+            .zip(cpu_before)
+            .map(|(after, before)| after.saturating_sub(before));
         println!(
             "concurrency {c}: {} queries in {:.1} s",
             figures.completed(),
             figures.elapsed.as_secs_f64()
         );
-        results.push((c, figures));
+        // CPU seconds per wall second: how many cores the whole network
+        // (coordinator, nodes, researchers, all in this process) kept busy.
+        let busy = cpu.map(|cpu| cpu.as_secs_f64() / figures.elapsed.as_secs_f64());
+        results.push((c, figures, busy));
     }
     let baseline = results
         .iter()
-        .find(|(c, _)| *c == 1)
-        .map(|(_, f)| f.per_second())
+        .find(|(c, _, _)| *c == 1)
+        .map(|(_, f, _)| f.per_second())
         .unwrap_or(f64::NAN);
     let mut table = Table::new();
     table.load_preset(UTF8_FULL_CONDENSED);
@@ -118,8 +125,9 @@ pub async fn run(opts: ThroughputOptions) -> anyhow::Result<Vec<(usize, Figures)
         "x concurrency 1",
         "p50 ms",
         "p99 ms",
+        "CPU cores busy",
     ]);
-    for (c, f) in &results {
+    for (c, f, busy) in &results {
         table.add_row(vec![
             c.to_string(),
             f.completed().to_string(),
@@ -127,9 +135,15 @@ pub async fn run(opts: ThroughputOptions) -> anyhow::Result<Vec<(usize, Figures)
             format!("{:.2}", f.per_second() / baseline),
             ms(f.percentile(0.5)),
             ms(f.percentile(0.99)),
+            busy.map(|b| format!("{b:.2}"))
+                .unwrap_or_else(|| "-".into()),
         ]);
     }
     println!("{table}");
+    println!(
+        "the machine has {} cores; CPU cores busy below that while queries/s stop growing means the queries wait on something other than CPU",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    );
     sb.shutdown().await?;
-    Ok(results)
+    Ok(results.into_iter().map(|(c, f, _)| (c, f)).collect())
 }
