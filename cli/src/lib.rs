@@ -6,9 +6,11 @@
 pub mod audit;
 pub mod bench;
 pub mod bench_audit;
+pub mod bench_throughput;
 pub mod client;
 pub mod commands;
 pub mod demo;
+pub mod load;
 pub mod output;
 pub mod pki;
 pub mod plot;

@@ -61,6 +61,27 @@ enum Command {
         /// Run only the secure-aggregation comparison.
         #[arg(long)]
         secure_only: bool,
+        /// Instead: the coordinator's sustained queries/second and p50/p99
+        /// latency over --nodes nodes at each --concurrency level.
+        #[arg(long)]
+        throughput: bool,
+        /// Nodes of the throughput benchmark.
+        #[arg(long, default_value_t = 20, requires = "throughput")]
+        nodes: usize,
+        /// Patients per node of the throughput benchmark.
+        #[arg(long, default_value_t = 2_000, requires = "throughput")]
+        throughput_patients: usize,
+        /// Seconds of load per concurrency level.
+        #[arg(long, default_value_t = 10, requires = "throughput")]
+        seconds: u64,
+        /// Concurrency levels (researchers with a query in flight), comma-separated; 1 is the baseline.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "1,8,32,64",
+            requires = "throughput"
+        )]
+        concurrency: Vec<usize>,
     },
     /// Benchmark: audit log append and verify throughput (use --release).
     BenchAudit {
@@ -347,7 +368,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             dir,
             secure_patients,
             secure_only,
+            throughput,
+            nodes,
+            throughput_patients,
+            seconds,
+            concurrency,
         } => {
+            if throughput {
+                return plexus::bench_throughput::run(
+                    plexus::bench_throughput::ThroughputOptions {
+                        nodes,
+                        patients_per_site: throughput_patients,
+                        seed,
+                        seconds,
+                        concurrency,
+                    },
+                )
+                .await
+                .map(|_| ());
+            }
             plexus::bench::run(plexus::bench::BenchOptions {
                 patients_per_site: patients,
                 repetitions: repetitions.max(1),

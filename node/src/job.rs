@@ -45,6 +45,8 @@ pub struct JobRunner {
     pub review: ReviewQueue,
     /// Delay before each job: fault-injection tests use it to kill a node mid-job.
     pub job_delay: Duration,
+    /// How many more jobs wait `job_delay` (`None`: all of them).
+    pub slow_jobs_left: Option<std::sync::atomic::AtomicU32>,
     /// Fault injection: after the ledger debit, drop the job unanswered,
     /// as if the node died between debit and release.
     pub crash_after_debit: bool,
@@ -280,7 +282,7 @@ impl JobRunner {
                 deadline_ms: job.deadline_unix_ms,
             }),
         };
-        if !self.job_delay.is_zero() {
+        if !self.job_delay.is_zero() && self.still_slow() {
             tokio::time::sleep(self.job_delay).await;
         }
         let now = chrono::Utc::now();
@@ -585,6 +587,18 @@ impl JobRunner {
 }
 
 impl JobRunner {
+    /// Whether this job still waits `job_delay` (fault injection), counting
+    /// it against `slow_jobs_left`.
+    fn still_slow(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        match &self.slow_jobs_left {
+            None => true,
+            Some(left) => left
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok(),
+        }
+    }
+
     /// The answer to a job, with the statement the node signs about it:
     /// the job's hash, this node, the outcome, its privacy receipt and the
     /// data snapshot it was computed on.

@@ -34,6 +34,9 @@ pub use error::{NodeError, Result};
 pub struct RunOptions {
     /// Wait this long before computing each job (fault-injection tests).
     pub job_delay: Duration,
+    /// Only the first this many jobs wait `job_delay`; later ones run at
+    /// once, as a node that was slow and is fast again. `None`: every job.
+    pub slow_jobs: Option<u32>,
     /// Drop each job unanswered right after its ledger debit, as if the
     /// node died between debit and release (fault-injection tests).
     pub crash_after_debit: bool,
@@ -159,6 +162,7 @@ async fn open_parts(
         signer: credentials.signer(),
         review,
         job_delay: options.job_delay,
+        slow_jobs_left: options.slow_jobs.map(std::sync::atomic::AtomicU32::new),
         crash_after_debit: options.crash_after_debit,
         sessions: Arc::new(secagg::Sessions::new()),
         drop_masked_jobs: options.drop_masked_jobs,

@@ -1,0 +1,149 @@
+//! `plexus bench --throughput`: the coordinator's sustained query rate with
+//! many nodes. Researchers at concurrency C each submit a query of the load
+//! mix ([`crate::load::MIX`]), wait for its answer and submit the next, for
+//! N seconds per level; concurrency 1 is the baseline measured in the same
+//! run, so the table shows what concurrency buys.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
+
+use crate::load::{self, Figures};
+use crate::sandbox::{self, Sandbox, SandboxOptions};
+use crate::synth::DataFormat;
+
+pub struct ThroughputOptions {
+    pub nodes: usize,
+    pub patients_per_site: usize,
+    pub seed: u64,
+    /// Seconds of load per concurrency level.
+    pub seconds: u64,
+    /// Concurrency levels, in order; 1 is added first when missing, as the
+    /// baseline.
+    pub concurrency: Vec<usize>,
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1}", d.as_secs_f64() * 1000.0)
+}
+
+/// Starts the network, runs each level and prints the table.
+pub async fn run(opts: ThroughputOptions) -> anyhow::Result<Vec<(usize, Figures)>> {
+    let mut levels = opts.concurrency.clone();
+    levels.retain(|c| *c > 0);
+    if !levels.contains(&1) {
+        levels.insert(0, 1);
+    }
+    let t = Instant::now();
+    let mut sb_opts = SandboxOptions::with_nodes(opts.nodes, opts.patients_per_site, opts.seed);
+    sb_opts.formats = vec![DataFormat::Parquet];
+    sb_opts.keep_rows = false;
+    sb_opts.job_timeout_secs = 600;
+    let sb = Sandbox::start(sb_opts)
+        .await
+        .with_context(|| format!("cannot start a sandbox of {} nodes", opts.nodes))?;
+    println!(
+        "plexus bench --throughput: {} nodes x {} patients (Parquet), loopback mTLS, started in {:.1} s",
+        opts.nodes,
+        opts.patients_per_site,
+        t.elapsed().as_secs_f64()
+    );
+    // The exact study: every query is computed at every node (a study
+    // under differential privacy would answer repeats from the nodes' caches).
+    let study = sb.over_all_nodes(sandbox::exact_study());
+    sb.approve(&study)?;
+    sb.register_study(&study).await?;
+    let alice = sb.client(sandbox::RESEARCHER).await?;
+    let mix = load::mix()?;
+    // Warm-up: each query once, which also checks that all nodes answer.
+    for (label, q) in &mix {
+        let r = alice
+            .run_query(&study.id, q, Duration::from_secs(600))
+            .await?;
+        let pooled = crate::client::outcome(&r).map_err(|e| anyhow::anyhow!("{label}: {e}"))?;
+        if pooled.provenance.answered as usize != opts.nodes {
+            anyhow::bail!(
+                "{label}: {} of {} nodes answered the warm-up",
+                pooled.provenance.answered,
+                opts.nodes
+            );
+        }
+    }
+    let queries: Vec<_> = mix.into_iter().map(|(_, q)| q).collect();
+    println!(
+        "query mix: {} ({} kinds, round-robin), {} s per concurrency level",
+        load::MIX
+            .iter()
+            .map(|(l, _)| *l)
+            .collect::<Vec<_>>()
+            .join("; "),
+        queries.len(),
+        opts.seconds
+    );
+    let mut results = Vec::new();
+    for c in levels {
+        let cpu_before = load::process_cpu_time();
+        let (figures, error) = load::closed_loop(
+            &alice,
+            &study.id,
+            &queries,
+            c,
+            Duration::from_secs(opts.seconds),
+        )
+        .await;
+        if let Some(e) = error {
+            anyhow::bail!(
+                "{} of the queries at concurrency {c} failed; the first: {e}",
+                figures.failed
+            );
+        }
+        let cpu = load::process_cpu_time()
+            .zip(cpu_before)
+            .map(|(after, before)| after.saturating_sub(before));
+        println!(
+            "concurrency {c}: {} queries in {:.1} s",
+            figures.completed(),
+            figures.elapsed.as_secs_f64()
+        );
+        // CPU seconds per wall second: how many cores the whole network
+        // (coordinator, nodes, researchers, all in this process) kept busy.
+        let busy = cpu.map(|cpu| cpu.as_secs_f64() / figures.elapsed.as_secs_f64());
+        results.push((c, figures, busy));
+    }
+    let baseline = results
+        .iter()
+        .find(|(c, _, _)| *c == 1)
+        .map(|(_, f, _)| f.per_second())
+        .unwrap_or(f64::NAN);
+    let mut table = Table::new();
+    table.load_preset(UTF8_FULL_CONDENSED);
+    table.set_header(vec![
+        "concurrency",
+        "queries",
+        "queries/s",
+        "x concurrency 1",
+        "p50 ms",
+        "p99 ms",
+        "CPU cores busy",
+    ]);
+    for (c, f, busy) in &results {
+        table.add_row(vec![
+            c.to_string(),
+            f.completed().to_string(),
+            format!("{:.1}", f.per_second()),
+            format!("{:.2}", f.per_second() / baseline),
+            ms(f.percentile(0.5)),
+            ms(f.percentile(0.99)),
+            busy.map(|b| format!("{b:.2}"))
+                .unwrap_or_else(|| "-".into()),
+        ]);
+    }
+    println!("{table}");
+    println!(
+        "the machine has {} cores; CPU cores busy below that while queries/s stop growing means the queries wait on something other than CPU",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    );
+    sb.shutdown().await?;
+    Ok(results.into_iter().map(|(c, f, _)| (c, f)).collect())
+}
