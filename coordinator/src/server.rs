@@ -226,7 +226,7 @@ pub async fn run(
             // Stop at once: the standby may be active already, and every
             // write of ours is refused by the database anyway.
             error!(%instance, reason = %reason, "this coordinator lost its lease and stops serving");
-            state.readiness.set("server", false, &format!("lost its lease: {reason}"));
+            state.readiness.set("server", false, format!("lost its lease: {reason}"));
             phase.send_replace(Phase::Standby(format!(
                 "this coordinator ({instance}) lost its lease ({reason}); another coordinator is active"
             )));
