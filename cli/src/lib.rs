@@ -6,6 +6,7 @@
 pub mod audit;
 pub mod bench;
 pub mod bench_audit;
+pub mod bench_warehouse;
 pub mod client;
 pub mod commands;
 pub mod demo;

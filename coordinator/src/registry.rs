@@ -24,6 +24,9 @@ pub struct NodeState {
     pub connected_at: i64,
     pub last_heartbeat: i64,
     pub peer_address: String,
+    /// From the latest heartbeat: the node cannot reach its data, and why.
+    pub degraded: bool,
+    pub health_detail: String,
 }
 
 struct Connection {
@@ -130,6 +133,22 @@ impl Registry {
         if let Some(c) = self.nodes.lock().expect("lock").get_mut(node_id) {
             if c.conn_id == conn_id {
                 c.state.last_heartbeat = now_ms();
+            }
+        }
+    }
+
+    /// A heartbeat that carries the node's snapshot and health (nodes that
+    /// predate these fields send them empty: the snapshot from the hello
+    /// stays).
+    pub fn heartbeat_with(&self, node_id: &str, conn_id: u64, beat: &pb::Heartbeat) {
+        if let Some(c) = self.nodes.lock().expect("lock").get_mut(node_id) {
+            if c.conn_id == conn_id {
+                c.state.last_heartbeat = now_ms();
+                if !beat.data_snapshot.is_empty() {
+                    c.state.data_snapshot = beat.data_snapshot.clone();
+                }
+                c.state.degraded = beat.degraded;
+                c.state.health_detail = beat.health_detail.clone();
             }
         }
     }

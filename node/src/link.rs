@@ -125,13 +125,21 @@ impl Link {
         // Everything spawned for this session dies with it (a dropped or
         // killed session must not keep the stream open behind our back).
         let beat_tx = tx.clone();
+        let data = self.runner.data.clone();
         let _heartbeat = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
             let mut tick = tokio::time::interval(interval);
             loop {
                 tick.tick().await;
+                // Each beat probes the data source, so a warehouse that went
+                // down shows as degraded, and one that came back as healthy,
+                // within one interval.
+                let health = data.refresh().await;
                 let msg = pb::NodeMessage {
                     msg: Some(pb::node_message::Msg::Heartbeat(pb::Heartbeat {
                         sent_unix_ms: chrono::Utc::now().timestamp_millis(),
+                        data_snapshot: data.snapshot().unwrap_or_default(),
+                        degraded: health.is_some(),
+                        health_detail: health.unwrap_or_default(),
                     })),
                 };
                 if beat_tx.send(msg).await.is_err() {
