@@ -14,7 +14,7 @@ use plexus_core::models::glm::{Family, GlmFitter};
 use plexus_core::{Dictionary, Purpose, Query, RawStats};
 use plexus_node::data::{ConsentConfig, DataConfig, DataSource, Limits};
 use sqlx::postgres::PgConnectOptions;
-use sqlx::{ConnectOptions, Connection, Executor};
+use sqlx::{ConnectOptions, Executor};
 
 use crate::synth::{self, generate_site, node_columns, SiteSpec};
 

@@ -126,14 +126,22 @@ impl Link {
         // killed session must not keep the stream open behind our back).
         let beat_tx = tx.clone();
         let data = self.runner.data.clone();
+        // The data source is probed once per interval on its own task, so a
+        // warehouse that went down shows as degraded (and one that came
+        // back as healthy) within about one interval, and a slow probe
+        // never delays a heartbeat.
+        let probed = data.clone();
+        let _probe = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
+            loop {
+                probed.refresh().await;
+                tokio::time::sleep(interval).await;
+            }
+        }));
         let _heartbeat = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
             let mut tick = tokio::time::interval(interval);
             loop {
                 tick.tick().await;
-                // Each beat probes the data source, so a warehouse that went
-                // down shows as degraded, and one that came back as healthy,
-                // within one interval.
-                let health = data.refresh().await;
+                let health = data.health();
                 let msg = pb::NodeMessage {
                     msg: Some(pb::node_message::Msg::Heartbeat(pb::Heartbeat {
                         sent_unix_ms: chrono::Utc::now().timestamp_millis(),

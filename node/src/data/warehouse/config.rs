@@ -279,10 +279,93 @@ impl VariableSource {
                     (None, None) => {}
                 }
             }
-            _ => return Err(Error::invalid(format!(
+            _ => {
+                return Err(Error::invalid(format!(
                 "{at} needs exactly one of column (of the person table) or table (an event table)"
-            ))),
+            )))
+            }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::super::config::DataConfig;
+    use super::*;
+
+    const BASE: &str = r#"
+        source = "postgres"
+        [postgres]
+        url = "postgres://node@db:5432/cdm"
+        [postgres.person]
+        table = "person"
+        [postgres.variables]
+        age = { column = "age_years" }
+        sbp = { table = "measurement", concept_column = "measurement_concept_id", concept_id = 3004249, value = "value_as_number", date_column = "measurement_date" }
+        diabetes = { table = "condition_occurrence", concept_column = "condition_concept_id", concept_id = 201826 }
+    "#;
+
+    #[test]
+    fn parses_with_defaults() {
+        let d: DataConfig = toml::from_str(BASE).unwrap();
+        d.validate().unwrap();
+        let pg = d.postgres.unwrap();
+        assert_eq!(pg.person.id, "person_id");
+        assert_eq!(pg.schema, "public");
+        assert_eq!(pg.variables["sbp"].pick, Pick::Latest);
+        assert_eq!(pg.variables["diabetes"].person_column, "person_id");
+        assert_eq!(pg.statement_timeout_ms, 60_000);
+    }
+
+    #[test]
+    fn refuses_what_cannot_work_naming_the_field() {
+        let cases = [
+            ("\ncolour = 1", "colour"),
+            (
+                "\n[postgres.variables.bmi]\ncolumn = \"bmi\"\ntable = \"m\"",
+                "variables.bmi",
+            ),
+            (
+                "\n[postgres.variables.bmi]\ntable = \"m\"\nvalue = \"v\"",
+                "variables.bmi.date_column",
+            ),
+            (
+                "\n[postgres.variables.bmi]\ntable = \"m\"\nconcept_id = 1",
+                "concept_column",
+            ),
+            (
+                "\n[postgres.variables.bmi]\ncolumn = \"a\\u0000b\"",
+                "variables.bmi.column",
+            ),
+            (
+                "\n[postgres.variables.bmi]\ncolumn = \"\"",
+                "variables.bmi.column",
+            ),
+        ];
+        for (extra, field) in cases {
+            let text = format!("{BASE}{extra}");
+            let msg = match toml::from_str::<DataConfig>(&text) {
+                Err(e) => e.to_string(),
+                Ok(d) => d.validate().unwrap_err().message,
+            };
+            assert!(msg.contains(field), "{field}: {msg}");
+        }
+        let mut d: DataConfig = toml::from_str(BASE).unwrap();
+        d.postgres.as_mut().unwrap().statement_timeout_ms = 0;
+        assert!(d
+            .validate()
+            .unwrap_err()
+            .message
+            .contains("statement_timeout_ms"));
+        let mut d: DataConfig = toml::from_str(BASE).unwrap();
+        d.postgres.as_mut().unwrap().ca = Some("ca.pem".into());
+        assert!(d.validate().unwrap_err().message.contains("sslmode"));
+        let mut d: DataConfig = toml::from_str(BASE).unwrap();
+        d.path = "patients.parquet".into();
+        assert!(d.validate().unwrap_err().message.contains("data.path"));
+        let mut d: DataConfig = toml::from_str(BASE).unwrap();
+        d.source = None;
+        assert!(d.validate().unwrap_err().message.contains("data.source"));
     }
 }
