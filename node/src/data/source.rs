@@ -12,6 +12,9 @@ use super::config::{ConsentConfig, DataConfig, SourceKind};
 use super::warehouse::Warehouse;
 use super::{FileSource, Limits};
 
+/// One per node, opened once and shared behind an `Arc`: the variants'
+/// sizes do not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum DataSource {
     Files(FileSource),
