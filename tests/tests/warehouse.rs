@@ -21,6 +21,8 @@ use sqlx::{ConnectOptions, Connection, Row};
 struct Pair {
     files: DataSource,
     pg: DataSource,
+    /// Data in PostgreSQL, consent in the files.
+    pg_files: DataSource,
     site: Site,
     db: TestDatabase,
     _dir: tempfile::TempDir,
@@ -39,6 +41,10 @@ async fn pair(purpose: &str, patients: usize) -> Option<Pair> {
         .await
         .unwrap();
     let dict = Arc::new(Dictionary::cardiovascular());
+    let consent_files = ConsentConfig {
+        path: paths.consent.clone(),
+        opt_out: Some(paths.opt_out.clone()),
+    };
     let files = DataSource::open(
         &DataConfig {
             path: paths.data,
@@ -60,13 +66,17 @@ async fn pair(purpose: &str, patients: usize) -> Option<Pair> {
     let pg = DataSource::open(
         &synth::warehouse::data_config(db.url()),
         &ConsentConfig::default(),
-        dict,
+        dict.clone(),
     )
     .await
     .unwrap();
+    let mut cfg = synth::warehouse::data_config(db.url());
+    cfg.postgres.as_mut().unwrap().consent = None;
+    let pg_files = DataSource::open(&cfg, &consent_files, dict).await.unwrap();
     Some(Pair {
         files,
         pg,
+        pg_files,
         site,
         db,
         _dir: dir,
@@ -233,7 +243,29 @@ async fn every_analysis_on_postgres_equals_the_parquet_node() {
         panic!()
     };
     assert!(s.moments.n > 0);
-    let _ = &p.site;
+    // Consent may also stay in the files next to a warehouse.
+    for purpose in &purposes {
+        for cohort in [COHORTS[0], COHORTS[2], COHORTS[6]] {
+            for analysis in &ANALYSES[..9] {
+                let q = query(cohort, analysis);
+                let f = p.files.compute(&q, purpose, day(), limits(), None).await;
+                let w = p.pg_files.compute(&q, purpose, day(), limits(), None).await;
+                assert_eq!(f, w, "consent files: {purpose} {cohort} {analysis}");
+            }
+        }
+    }
+    // And both count exactly the patients the reference consent rules admit.
+    for purpose in &purposes {
+        let want = plexus_tests::consenting(&p.site, purpose, day()).len() as u64;
+        let q = query("null", r#"{"count": {}}"#);
+        assert_eq!(
+            p.pg.compute(&q, purpose, day(), limits(), None)
+                .await
+                .unwrap(),
+            RawStats::Count(want),
+            "{purpose}"
+        );
+    }
     p.db.drop_now().await;
 }
 
