@@ -73,14 +73,28 @@ fn raw(var: &Var, person_id: &str, params: &mut Params) -> String {
             value,
             pick,
         } => {
-            let mut filter = format!("e.{} = p.{person_id}", person.sql());
-            if let Some((col, id)) = concept {
-                let ph = params.push(Param::I64(*id), "int8");
-                let _ = write!(filter, " AND e.{} = {ph}", col.sql());
-            }
+            let with_concept = |mut filter: String, params: &mut Params| {
+                if let Some((col, id)) = concept {
+                    let ph = params.push(Param::I64(*id), "int8");
+                    let _ = write!(filter, " AND e.{} = {ph}", col.sql());
+                }
+                filter
+            };
             match value {
-                None => format!("EXISTS (SELECT 1 FROM {} e WHERE {filter})", table.sql()),
+                // Uncorrelated, so PostgreSQL reads the event table once into
+                // a hash (a "hashed SubPlan") instead of probing it per
+                // patient; no NULL ids, so the answer is true or false.
+                None => {
+                    let only = with_concept(format!("e.{} IS NOT NULL", person.sql()), params);
+                    format!(
+                        "coalesce(p.{person_id} IN (SELECT e.{} FROM {} e WHERE {only}), false)",
+                        person.sql(),
+                        table.sql()
+                    )
+                }
                 Some((v, date)) => {
+                    let filter =
+                        with_concept(format!("e.{} = p.{person_id}", person.sql()), params);
                     let dir = match pick {
                         Pick::Latest => "DESC",
                         Pick::First => "ASC",
