@@ -297,6 +297,46 @@ mod tests {
         }
     }
 
+    #[test]
+    fn heartbeats_carry_the_latest_snapshot_and_health() {
+        let registry = Registry::new(Duration::from_secs(10));
+        let (tx, _rx) = mpsc::channel(8);
+        let hello = NodeState {
+            node_id: "a".into(),
+            data_snapshot: "s0".into(),
+            ..Default::default()
+        };
+        let conn = registry.connect(hello, tx);
+        let beat = |snapshot: &str, detail: &str| pb::Heartbeat {
+            sent_unix_ms: 1,
+            data_snapshot: snapshot.into(),
+            degraded: !detail.is_empty(),
+            health_detail: detail.into(),
+        };
+        let state = || registry.list().into_iter().next().unwrap().0;
+        registry.heartbeat_with(
+            "a",
+            conn,
+            &beat("", "the hospital database at db:5432 is unreachable"),
+        );
+        let s = state();
+        assert_eq!((s.data_snapshot.as_str(), s.degraded), ("s0", true));
+        assert!(s.health_detail.contains("db:5432"));
+        // An old connection's beat is ignored.
+        registry.heartbeat_with("a", conn + 1, &beat("old", ""));
+        assert!(state().degraded);
+        registry.heartbeat_with("a", conn, &beat("s1", ""));
+        let s = state();
+        assert_eq!(
+            (
+                s.data_snapshot.as_str(),
+                s.degraded,
+                s.health_detail.as_str()
+            ),
+            ("s1", false, "")
+        );
+    }
+
     #[tokio::test]
     async fn a_held_job_outlives_its_nodes_disconnect_and_others_fail() {
         let dir = tempfile::tempdir().unwrap();

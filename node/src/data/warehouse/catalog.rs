@@ -23,6 +23,12 @@ impl Ident {
     pub fn sql(&self) -> &str {
         &self.0
     }
+
+    /// A name taken as already quoted: for unit tests of the compiler only.
+    #[cfg(test)]
+    pub fn trusted(quoted: &str) -> Ident {
+        Ident(quoted.to_string())
+    }
 }
 
 /// What a column can hold, from its catalogue type.

@@ -293,3 +293,77 @@ pub(crate) fn id_match(person_id: &str, person: Family, other: &str, family: Fam
         format!("btrim({other}::text) = p.{person_id}::text")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::catalog::{Column, Family, Ident, Source, Var};
+    use super::*;
+
+    fn var(kind: VarType, column: &str) -> Var {
+        Var {
+            kind,
+            source: Source::Column(Column {
+                ident: Ident::trusted(column),
+                family: Family::Text,
+                data_type: "text".into(),
+            }),
+        }
+    }
+
+    /// Whatever a cohort carries ends up in the parameters, never in the text.
+    #[test]
+    fn values_are_bound_never_pasted() {
+        let payload = "'; DROP TABLE person; -- $1 \" \\";
+        let (sex, smoking, day, age) = (
+            var(VarType::Categorical, "sex"),
+            var(VarType::Categorical, "smoking_status"),
+            var(VarType::Date, "inclusion_date"),
+            var(VarType::Float, "age_years"),
+        );
+        let aliases = Aliases {
+            vars: [
+                ("sex", ("v0".to_string(), &sex)),
+                ("smoking", ("v1".to_string(), &smoking)),
+                ("inclusion_date", ("v2".to_string(), &day)),
+                ("age", ("v3".to_string(), &age)),
+            ]
+            .into_iter()
+            .collect(),
+        };
+        let either: Cohort = serde_json::from_str(&format!(
+            r#"{{"or": [{{"compare": {{"variable": "sex", "op": "=", "value": {p}}}}},
+                        {{"in": {{"variable": "smoking", "values": ["never", {p}]}}}},
+                        {{"not": {{"compare": {{"variable": "age", "op": "<", "value": 1e308}}}}}},
+                        {{"compare": {{"variable": "inclusion_date", "op": ">=", "value": "2020-02-29"}}}}]}}"#,
+            p = serde_json::to_string(payload).unwrap()
+        ))
+        .unwrap();
+        let mut params = Params::default();
+        let text = cohort_sql(&either, &aliases, &mut params);
+        assert!(
+            !text.contains("DROP") && !text.contains("never") && !text.contains("2020"),
+            "{text}"
+        );
+        assert_eq!(
+            text,
+            "(((t.v0 COLLATE \"C\") = $1::text) OR ((t.v1 COLLATE \"C\") = ANY($2::text[])) \
+             OR (NOT ((t.v3)::float8 < $3::float8)) OR (t.v2 >= $4::date))"
+        );
+        assert_eq!(
+            params.0,
+            vec![
+                Param::Text(payload.into()),
+                Param::Texts(vec!["never".into(), payload.into()]),
+                Param::F64(1e308),
+                Param::Text("2020-02-29".into()),
+            ]
+        );
+        // An unmapped variable is an error, not a column name.
+        let bad: Cohort = serde_json::from_str(r#"{"is_null": {"variable": "x\"; --"}}"#).unwrap();
+        assert!(cohort(&bad, &aliases, &mut params).is_err());
+    }
+
+    fn cohort_sql(c: &Cohort, a: &Aliases<'_>, p: &mut Params) -> String {
+        cohort(c, a, p).unwrap()
+    }
+}
