@@ -170,6 +170,7 @@ async fn federated(opts: &BenchOptions) -> anyhow::Result<()> {
             format: None,
             patient_id: any.data.patient_id.clone(),
             columns: any.data.columns.clone(),
+            ..Default::default()
         },
         &ConsentConfig {
             path: union_dir.join("consent.csv"),

@@ -166,6 +166,7 @@ pub async fn nodes(conn: &ConnectArgs) -> anyhow::Result<()> {
         "data snapshot",
         "last heartbeat",
         "address",
+        "health",
     ]);
     for n in r.nodes {
         t.add_row(vec![
@@ -176,6 +177,10 @@ pub async fn nodes(conn: &ConnectArgs) -> anyhow::Result<()> {
             n.data_snapshot.chars().take(16).collect(),
             time_text(n.last_heartbeat_unix_ms),
             n.peer_address,
+            match n.degraded {
+                false => "ok".to_string(),
+                true => format!("degraded: {}", n.health_detail),
+            },
         ]);
     }
     println!("{t}");

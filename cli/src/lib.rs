@@ -7,6 +7,7 @@ pub mod audit;
 pub mod bench;
 pub mod bench_audit;
 pub mod bench_throughput;
+pub mod bench_warehouse;
 pub mod client;
 pub mod commands;
 pub mod demo;

@@ -6,6 +6,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use plexus::audit;
@@ -82,6 +83,14 @@ enum Command {
             requires = "throughput"
         )]
         concurrency: Vec<usize>,
+        /// Run only the warehouse comparison: one node on PostgreSQL and
+        /// one on Parquet holding the same --patients patients.
+        #[arg(long)]
+        warehouse: bool,
+        /// PostgreSQL server for --warehouse (a throwaway database is
+        /// created on it and dropped afterwards).
+        #[arg(long, env = "PLEXUS_BENCH_DATABASE_URL")]
+        database_url: Option<String>,
     },
     /// Benchmark: audit log append and verify throughput (use --release).
     BenchAudit {
@@ -373,7 +382,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             throughput_patients,
             seconds,
             concurrency,
+            warehouse,
+            database_url,
         } => {
+            if warehouse {
+                let url = database_url.context(
+                    "--warehouse needs --database-url postgres://user@host:port/db (or PLEXUS_BENCH_DATABASE_URL)",
+                )?;
+                return plexus::bench_warehouse::run(patients, repetitions.max(1), seed, &url)
+                    .await;
+            }
             if throughput {
                 return plexus::bench_throughput::run(
                     plexus::bench_throughput::ThroughputOptions {

@@ -261,6 +261,7 @@ impl Sandbox {
                     format: None,
                     patient_id: "patient_id".into(),
                     columns,
+                    ..Default::default()
                 },
                 consent: ConsentConfig {
                     path: paths.consent,

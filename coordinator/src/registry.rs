@@ -24,6 +24,9 @@ pub struct NodeState {
     pub connected_at: i64,
     pub last_heartbeat: i64,
     pub peer_address: String,
+    /// From the latest heartbeat: the node cannot reach its data, and why.
+    pub degraded: bool,
+    pub health_detail: String,
 }
 
 struct Connection {
@@ -130,6 +133,22 @@ impl Registry {
         if let Some(c) = self.nodes.lock().expect("lock").get_mut(node_id) {
             if c.conn_id == conn_id {
                 c.state.last_heartbeat = now_ms();
+            }
+        }
+    }
+
+    /// A heartbeat that carries the node's snapshot and health (nodes that
+    /// predate these fields send them empty: the snapshot from the hello
+    /// stays).
+    pub fn heartbeat_with(&self, node_id: &str, conn_id: u64, beat: &pb::Heartbeat) {
+        if let Some(c) = self.nodes.lock().expect("lock").get_mut(node_id) {
+            if c.conn_id == conn_id {
+                c.state.last_heartbeat = now_ms();
+                if !beat.data_snapshot.is_empty() {
+                    c.state.data_snapshot = beat.data_snapshot.clone();
+                }
+                c.state.degraded = beat.degraded;
+                c.state.health_detail = beat.health_detail.clone();
             }
         }
     }
@@ -276,6 +295,46 @@ mod tests {
             query_hash: "q".into(),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn heartbeats_carry_the_latest_snapshot_and_health() {
+        let registry = Registry::new(Duration::from_secs(10));
+        let (tx, _rx) = mpsc::channel(8);
+        let hello = NodeState {
+            node_id: "a".into(),
+            data_snapshot: "s0".into(),
+            ..Default::default()
+        };
+        let conn = registry.connect(hello, tx);
+        let beat = |snapshot: &str, detail: &str| pb::Heartbeat {
+            sent_unix_ms: 1,
+            data_snapshot: snapshot.into(),
+            degraded: !detail.is_empty(),
+            health_detail: detail.into(),
+        };
+        let state = || registry.list().into_iter().next().unwrap().0;
+        registry.heartbeat_with(
+            "a",
+            conn,
+            &beat("", "the hospital database at db:5432 is unreachable"),
+        );
+        let s = state();
+        assert_eq!((s.data_snapshot.as_str(), s.degraded), ("s0", true));
+        assert!(s.health_detail.contains("db:5432"));
+        // An old connection's beat is ignored.
+        registry.heartbeat_with("a", conn + 1, &beat("old", ""));
+        assert!(state().degraded);
+        registry.heartbeat_with("a", conn, &beat("s1", ""));
+        let s = state();
+        assert_eq!(
+            (
+                s.data_snapshot.as_str(),
+                s.degraded,
+                s.health_detail.as_str()
+            ),
+            ("s1", false, "")
+        );
     }
 
     #[tokio::test]

@@ -19,6 +19,8 @@ pub struct NodeConfig {
     pub coordinator: CoordinatorSection,
     pub tls: TlsFiles,
     pub data: DataConfig,
+    /// Absent on a warehouse node that keeps consent in its database.
+    #[serde(default)]
     pub consent: ConsentConfig,
     pub policy: Policy,
 }
@@ -421,8 +423,8 @@ impl NodeConfig {
         self.data
             .validate()
             .map_err(|e| NodeError::Config(format!("[data] {e}")))?;
-        self.consent
-            .validate()
+        self.data
+            .validate_consent(&self.consent)
             .map_err(|e| NodeError::Config(format!("[consent] {e}")))?;
         Ok(())
     }

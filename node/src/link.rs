@@ -146,13 +146,33 @@ impl Link {
         // Everything spawned for this session dies with it (a dropped or
         // killed session must not keep the stream open behind our back).
         let beat_tx = tx.clone();
+        let data = self.runner.data.clone();
+        // The data source is probed once per interval on its own task, so a
+        // warehouse that went down shows as degraded (and one that came
+        // back as healthy) within about one interval, in heartbeats and in
+        // /readyz, and a slow probe never delays a heartbeat.
+        let probed = data.clone();
+        let readiness = self.runner.readiness.clone();
+        let _probe = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
+            loop {
+                match probed.refresh().await {
+                    Some(problem) => readiness.set_degraded(problem),
+                    None => readiness.clear_degraded(),
+                }
+                tokio::time::sleep(interval).await;
+            }
+        }));
         let heartbeat = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
             let mut tick = tokio::time::interval(interval);
             loop {
                 tick.tick().await;
+                let health = data.health();
                 let msg = pb::NodeMessage {
                     msg: Some(pb::node_message::Msg::Heartbeat(pb::Heartbeat {
                         sent_unix_ms: chrono::Utc::now().timestamp_millis(),
+                        data_snapshot: data.snapshot().unwrap_or_default(),
+                        degraded: health.is_some(),
+                        health_detail: health.unwrap_or_default(),
                     })),
                 };
                 if beat_tx.send(msg).await.is_err() {

@@ -27,6 +27,7 @@ use rand_distr::{Distribution, Exp1, StandardNormal};
 
 #[cfg(test)]
 mod tests;
+pub mod warehouse;
 mod write;
 
 pub use write::patients_to_batch;

@@ -100,6 +100,8 @@ impl Admin for AdminService {
                 connected_unix_ms: s.connected_at,
                 last_heartbeat_unix_ms: s.last_heartbeat,
                 peer_address: s.peer_address,
+                degraded: s.degraded,
+                health_detail: s.health_detail,
             })
             .collect();
         Ok(Response::new(pb::ListNodesResponse { nodes }))

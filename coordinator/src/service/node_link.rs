@@ -94,6 +94,7 @@ impl NodeLink for NodeLinkService {
                 connected_at: now,
                 last_heartbeat: now,
                 peer_address: peer_addr.clone(),
+                ..Default::default()
             },
             tx,
         );
@@ -194,7 +195,9 @@ async fn handle(
     m: pb::NodeMessage,
 ) {
     match m.msg {
-        Some(pb::node_message::Msg::Heartbeat(_)) => state.registry.heartbeat(node_id, conn_id),
+        Some(pb::node_message::Msg::Heartbeat(beat)) => {
+            state.registry.heartbeat_with(node_id, conn_id, &beat)
+        }
         Some(pb::node_message::Msg::Result(r)) => {
             state.registry.heartbeat(node_id, conn_id);
             let (reply, job_hash) = match open_result(node_id, certificate, &r) {

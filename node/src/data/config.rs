@@ -41,32 +41,53 @@ impl std::fmt::Display for DataFormat {
     }
 }
 
+/// Where the node reads its patients from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceKind {
+    /// A Parquet or CSV file (`data.path`), the default.
+    #[default]
+    Files,
+    /// A PostgreSQL warehouse (`[data.postgres]`).
+    Postgres,
+}
+
 /// `[data]`: the patient table, one row per patient.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct DataConfig {
+    /// `files` (default) or `postgres`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<SourceKind>,
+    #[serde(default)]
     pub path: PathBuf,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub format: Option<DataFormat>,
     /// Local column holding the patient id that consent records refer to.
+    #[serde(default)]
     pub patient_id: String,
     /// Dictionary variable -> local column.
     #[serde(default)]
     pub columns: BTreeMap<String, String>,
+    /// The warehouse, when `source = "postgres"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postgres: Option<super::warehouse::WarehouseConfig>,
 }
 
 /// `[consent]`: consent records (`patient_id, purposes, valid_from,
 /// withdrawn_at`) and an optional opt-out list (`patient_id`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct ConsentConfig {
+    /// Empty when a warehouse node keeps consent in its database.
+    #[serde(default)]
     pub path: PathBuf,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub opt_out: Option<PathBuf>,
 }
 
-fn resolve_path(base: &Path, p: &Path) -> PathBuf {
-    if p.is_absolute() {
+pub(crate) fn resolve(base: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() || p.as_os_str().is_empty() {
         p.to_path_buf()
     } else {
         base.join(p)
@@ -77,9 +98,15 @@ impl DataConfig {
     /// Resolves relative paths against `base`, the config file's directory.
     pub fn resolve(&self, base: &Path) -> Self {
         DataConfig {
-            path: resolve_path(base, &self.path),
+            path: resolve(base, &self.path),
+            postgres: self.postgres.as_ref().map(|p| p.resolve(base)),
             ..self.clone()
         }
+    }
+
+    /// Files unless `source = "postgres"`.
+    pub fn source(&self) -> SourceKind {
+        self.source.unwrap_or_default()
     }
 
     /// The configured format, or the one the file's extension names.
@@ -97,6 +124,27 @@ impl DataConfig {
 
     /// Checks what can be checked without reading the data.
     pub fn validate(&self) -> Result<()> {
+        if self.source() == SourceKind::Postgres {
+            let Some(pg) = &self.postgres else {
+                return Err(Error::invalid(
+                    "data.source is \"postgres\" but there is no [data.postgres] section; add one (see the README's config reference)",
+                ));
+            };
+            if !self.path.as_os_str().is_empty()
+                || !self.columns.is_empty()
+                || !self.patient_id.is_empty()
+            {
+                return Err(Error::invalid(
+                    "data.path, data.patient_id and [data.columns] are for files; a postgres node maps its variables under [data.postgres.person] and [data.postgres.variables]",
+                ));
+            }
+            return pg.validate();
+        }
+        if self.postgres.is_some() {
+            return Err(Error::invalid(
+                "[data.postgres] is set but data.source is not \"postgres\"; set data.source = \"postgres\" or remove the section",
+            ));
+        }
         if self.path.as_os_str().is_empty() {
             return Err(Error::invalid(
                 "data.path is empty; give the patient table's file",
@@ -117,12 +165,31 @@ impl DataConfig {
     }
 }
 
+impl DataConfig {
+    /// Consent comes from the `[consent]` files, or from the warehouse's
+    /// tables when `[data.postgres.consent]` names them (never both).
+    pub fn validate_consent(&self, consent: &ConsentConfig) -> Result<()> {
+        let in_tables = self.source() == SourceKind::Postgres
+            && self.postgres.as_ref().is_some_and(|p| p.consent.is_some());
+        match (in_tables, consent.path.as_os_str().is_empty()) {
+            (true, true) if consent.opt_out.is_none() => Ok(()),
+            (true, _) => Err(Error::invalid(
+                "consent is read from [data.postgres.consent] tables and from [consent] files; keep one",
+            )),
+            (false, true) => Err(Error::invalid(
+                "consent.path is missing; give the consent file, or (on a postgres node) name the consent table under [data.postgres.consent]",
+            )),
+            (false, false) => consent.validate(),
+        }
+    }
+}
+
 impl ConsentConfig {
     /// Resolves relative paths against `base`, the config file's directory.
     pub fn resolve(&self, base: &Path) -> Self {
         ConsentConfig {
-            path: resolve_path(base, &self.path),
-            opt_out: self.opt_out.as_deref().map(|p| resolve_path(base, p)),
+            path: resolve(base, &self.path),
+            opt_out: self.opt_out.as_deref().map(|p| resolve(base, p)),
         }
     }
 

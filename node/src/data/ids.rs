@@ -67,6 +67,17 @@ impl TextIds {
         };
     }
 
+    /// Every id, for a warehouse query that binds them as one array.
+    fn all(&self) -> Vec<String> {
+        let short = self.short.iter().map(|k| {
+            let b = k.to_le_bytes();
+            String::from_utf8_lossy(&b[..usize::from(b[15])]).into_owned()
+        });
+        short
+            .chain(self.long.iter().map(|s| s.to_string()))
+            .collect()
+    }
+
     fn contains(&self, id: &str) -> bool {
         match pack(id) {
             Some(k) => self.short.contains(&k),
@@ -106,6 +117,15 @@ impl IdSet {
                 }
             }
             IdSet::Text(s) => s.remove(id),
+        }
+    }
+
+    /// The ids as one bound array for a warehouse query.
+    pub(crate) fn as_param(&self) -> super::warehouse::Param {
+        use super::warehouse::Param;
+        match self {
+            IdSet::Int(s) => Param::I64s(s.iter().copied().collect()),
+            IdSet::Text(s) => Param::Texts(s.all()),
         }
     }
 

@@ -15,8 +15,10 @@ mod files;
 mod ids;
 mod mapping;
 mod models;
+mod source;
 #[cfg(test)]
 mod tests;
+pub mod warehouse;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -31,8 +33,9 @@ use plexus_core::models::glm::Iteration;
 use plexus_core::stats::SummarySums;
 use plexus_core::{Analysis, Dictionary, Error, Purpose, Query, RawStats, Result};
 
-pub use config::{ConsentConfig, DataConfig, DataFormat};
+pub use config::{ConsentConfig, DataConfig, DataFormat, SourceKind};
 pub use models::Limits;
+pub use source::DataSource;
 
 use compile::Mapped;
 use consent::ConsentSource;
@@ -42,7 +45,7 @@ const PATIENTS: &str = "patients";
 
 /// The patient table, its mapping to the dictionary, and the consent
 /// records that decide who may be counted.
-pub struct DataSource {
+pub struct FileSource {
     ctx: SessionContext,
     dict: Arc<Dictionary>,
     path: PathBuf,
@@ -56,16 +59,16 @@ pub struct DataSource {
     population: std::sync::Mutex<Option<(String, u64)>>,
 }
 
-impl std::fmt::Debug for DataSource {
+impl std::fmt::Debug for FileSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DataSource")
+        f.debug_struct("FileSource")
             .field("path", &self.path)
             .field("variables", &self.variables())
             .finish_non_exhaustive()
     }
 }
 
-impl DataSource {
+impl FileSource {
     /// Opens and validates the data and consent files against the mapping
     /// and the dictionary; refuses to start with an error naming the
     /// variable, the column and the file when something does not fit.
@@ -95,7 +98,7 @@ impl DataSource {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "data source opened"
         );
-        Ok(DataSource {
+        Ok(FileSource {
             ctx,
             dict,
             path,
@@ -343,7 +346,9 @@ impl DataSource {
 }
 
 /// Runs CPU-bound arithmetic off the async workers.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| Error::internal(format!("computation task failed: {e}")))?

@@ -223,6 +223,7 @@ impl Fixture {
                 .iter()
                 .map(|(v, c)| (v.to_string(), c.to_string()))
                 .collect::<BTreeMap<_, _>>(),
+            ..Default::default()
         }
         .resolve(dir.path());
         let consent = ConsentConfig {

@@ -1,0 +1,369 @@
+//! Queries compiled to SQL text whose identifiers all come from the
+//! catalogue-checked mapping ([`Ident`]) or are fixed aliases written here,
+//! and whose values (cohort constants, concept ids, category labels,
+//! histogram edges, dates, consent purposes, admitted ids) are all bound
+//! parameters `$1, $2, ...` with an explicit type.
+//!
+//! The semantics follow the file path (`data/compile.rs`): SQL's
+//! three-valued logic, NaN read as a missing value, text compared byte by
+//! byte (`COLLATE "C"`), dates as dates.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+
+use plexus_core::query::parse_date;
+use plexus_core::{Cohort, CompareOp, Error, Result, Value, VarType};
+
+use super::catalog::{Family, Source, Var};
+use super::config::Pick;
+
+/// A bound value.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Param {
+    I64(i64),
+    F64(f64),
+    Bool(bool),
+    /// Text, also dates as `YYYY-MM-DD` cast by the statement.
+    Text(String),
+    I64s(Vec<i64>),
+    F64s(Vec<f64>),
+    Bools(Vec<bool>),
+    Texts(Vec<String>),
+}
+
+/// Parameters of one statement, in order.
+#[derive(Debug, Default)]
+pub(crate) struct Params(pub Vec<Param>);
+
+impl Params {
+    /// Adds a value and returns its placeholder with the SQL type `ty`.
+    pub fn push(&mut self, p: Param, ty: &str) -> String {
+        self.0.push(p);
+        format!("${}::{ty}", self.0.len())
+    }
+
+    pub fn bind<'q>(
+        &self,
+        mut q: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+        for p in &self.0 {
+            q = match p.clone() {
+                Param::I64(v) => q.bind(v),
+                Param::F64(v) => q.bind(v),
+                Param::Bool(v) => q.bind(v),
+                Param::Text(v) => q.bind(v),
+                Param::I64s(v) => q.bind(v),
+                Param::F64s(v) => q.bind(v),
+                Param::Bools(v) => q.bind(v),
+                Param::Texts(v) => q.bind(v),
+            };
+        }
+        q
+    }
+}
+
+/// The variable's raw value for the person row `p`.
+fn raw(var: &Var, person_id: &str, params: &mut Params) -> String {
+    match &var.source {
+        Source::Column(c) => format!("p.{}", c.ident.sql()),
+        Source::Event {
+            table,
+            person,
+            concept,
+            value,
+            pick,
+        } => {
+            let with_concept = |mut filter: String, params: &mut Params| {
+                if let Some((col, id)) = concept {
+                    let ph = params.push(Param::I64(*id), "int8");
+                    let _ = write!(filter, " AND e.{} = {ph}", col.sql());
+                }
+                filter
+            };
+            match value {
+                // Uncorrelated, so PostgreSQL reads the event table once into
+                // a hash (a "hashed SubPlan") instead of probing it per
+                // patient; no NULL ids, so the answer is true or false.
+                None => {
+                    let only = with_concept(format!("e.{} IS NOT NULL", person.sql()), params);
+                    format!(
+                        "coalesce(p.{person_id} IN (SELECT e.{} FROM {} e WHERE {only}), false)",
+                        person.sql(),
+                        table.sql()
+                    )
+                }
+                Some((v, date)) => {
+                    let filter =
+                        with_concept(format!("e.{} = p.{person_id}", person.sql()), params);
+                    let dir = match pick {
+                        Pick::Latest => "DESC",
+                        Pick::First => "ASC",
+                    };
+                    let v = v.ident.sql();
+                    // Ties on the date are broken by the value, so the
+                    // answer does not depend on the physical row order.
+                    format!(
+                        "(SELECT e.{v} FROM {} e WHERE {filter} AND e.{v} IS NOT NULL \
+                         ORDER BY e.{} {dir} NULLS LAST, e.{v} {dir} LIMIT 1)",
+                        table.sql(),
+                        date.sql()
+                    )
+                }
+            }
+        }
+    }
+}
+
+/// The value in its canonical type: int8, float8 with NaN as NULL, boolean,
+/// text, date.
+pub(crate) fn value(var: &Var, person_id: &str, params: &mut Params) -> String {
+    let r = raw(var, person_id, params);
+    match var.kind {
+        VarType::Integer => format!("({r})::int8"),
+        VarType::Float => format!("NULLIF(({r})::float8, 'NaN'::float8)"),
+        VarType::Boolean => format!("({r})::boolean"),
+        VarType::Categorical => format!("({r})::text"),
+        VarType::Date => format!("({r})::date"),
+    }
+}
+
+/// Variables a query reads, each under a fixed alias `v0, v1, ...` of the
+/// inner select.
+pub(crate) struct Aliases<'a> {
+    pub vars: BTreeMap<&'a str, (String, &'a Var)>,
+}
+
+impl<'a> Aliases<'a> {
+    pub fn get(&self, name: &str) -> Result<&(String, &'a Var)> {
+        self.vars.get(name).ok_or_else(|| {
+            Error::data(format!(
+                "variable \"{name}\" is not mapped at this node (the hospital can add it under [data.postgres.variables] in node.toml; otherwise leave it out of the query)"
+            ))
+        })
+    }
+}
+
+pub(crate) fn cohort(c: &Cohort, a: &Aliases<'_>, params: &mut Params) -> Result<String> {
+    Ok(match c {
+        Cohort::And(items) | Cohort::Or(items) => {
+            if items.is_empty() {
+                return Err(Error::invalid("cohort has an empty \"and\" or \"or\""));
+            }
+            let op = if matches!(c, Cohort::And(_)) {
+                " AND "
+            } else {
+                " OR "
+            };
+            let parts = items
+                .iter()
+                .map(|i| cohort(i, a, params))
+                .collect::<Result<Vec<_>>>()?;
+            format!("({})", parts.join(op))
+        }
+        Cohort::Not(inner) => format!("(NOT {})", cohort(inner, a, params)?),
+        Cohort::Compare {
+            variable,
+            op,
+            value,
+        } => {
+            let (lhs, rhs) = operands(variable, a, std::slice::from_ref(value), params, false)?;
+            let op = match op {
+                CompareOp::Eq => "=",
+                CompareOp::Ne => "<>",
+                CompareOp::Lt => "<",
+                CompareOp::Le => "<=",
+                CompareOp::Gt => ">",
+                CompareOp::Ge => ">=",
+            };
+            format!("({lhs} {op} {rhs})")
+        }
+        Cohort::In { variable, values } => {
+            let (lhs, rhs) = operands(variable, a, values, params, true)?;
+            format!("({lhs} = ANY({rhs}))")
+        }
+        Cohort::IsNull { variable } => format!("(t.{} IS NULL)", a.get(variable)?.0),
+        Cohort::NotNull { variable } => format!("(t.{} IS NOT NULL)", a.get(variable)?.0),
+    })
+}
+
+/// The column side and the bound side of a comparison, in one type, as
+/// `data/compile.rs` types them. With `list` the bound side is one array.
+fn operands(
+    name: &str,
+    a: &Aliases<'_>,
+    values: &[Value],
+    params: &mut Params,
+    list: bool,
+) -> Result<(String, String)> {
+    let (alias, var) = a.get(name)?;
+    let col = format!("t.{alias}");
+    let mismatch = |v: &Value| {
+        Error::invalid(format!(
+            "\"{name}\" is {} and cannot be compared with {v}",
+            var.kind
+        ))
+    };
+    let one = |params: &mut Params, p: Param, ty: &str| params.push(p, ty);
+    match var.kind {
+        VarType::Integer | VarType::Float => {
+            let all_int = values.iter().all(|v| matches!(v, Value::Integer(_)));
+            if var.kind == VarType::Integer && all_int {
+                let xs = values
+                    .iter()
+                    .map(|v| match v {
+                        Value::Integer(i) => Ok(*i),
+                        other => Err(mismatch(other)),
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                let rhs = match list {
+                    true => params.push(Param::I64s(xs), "int8[]"),
+                    false => one(params, Param::I64(xs[0]), "int8"),
+                };
+                return Ok((col, rhs));
+            }
+            let xs = values
+                .iter()
+                .map(|v| match v {
+                    Value::Integer(i) => Ok(*i as f64),
+                    Value::Float(x) => Ok(*x),
+                    other => Err(mismatch(other)),
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let rhs = match list {
+                true => params.push(Param::F64s(xs), "float8[]"),
+                false => one(params, Param::F64(xs[0]), "float8"),
+            };
+            Ok((format!("({col})::float8"), rhs))
+        }
+        VarType::Boolean => {
+            let xs = values
+                .iter()
+                .map(|v| match v {
+                    Value::Boolean(b) => Ok(*b),
+                    other => Err(mismatch(other)),
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let rhs = match list {
+                true => params.push(Param::Bools(xs), "boolean[]"),
+                false => one(params, Param::Bool(xs[0]), "boolean"),
+            };
+            Ok((col, rhs))
+        }
+        VarType::Categorical => {
+            let xs = values
+                .iter()
+                .map(|v| match v {
+                    Value::Text(s) => Ok(s.clone()),
+                    other => Err(mismatch(other)),
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let rhs = match list {
+                true => params.push(Param::Texts(xs), "text[]"),
+                false => one(params, Param::Text(xs[0].clone()), "text"),
+            };
+            Ok((format!("({col} COLLATE \"C\")"), rhs))
+        }
+        VarType::Date => {
+            let xs = values
+                .iter()
+                .map(|v| match v {
+                    Value::Text(s) => parse_date(s).map(|d| d.to_string()).ok_or_else(|| {
+                        Error::invalid(format!(
+                            "\"{s}\" is not a date for \"{name}\"; write dates as YYYY-MM-DD"
+                        ))
+                    }),
+                    other => Err(mismatch(other)),
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let rhs = match list {
+                true => params.push(Param::Texts(xs), "date[]"),
+                false => one(params, Param::Text(xs[0].clone()), "date"),
+            };
+            Ok((col, rhs))
+        }
+    }
+}
+
+/// `p.id` compared with an id column of another table, cast when one side
+/// holds integers and the other text.
+pub(crate) fn id_match(person_id: &str, person: Family, other: &str, family: Family) -> String {
+    if person == family {
+        format!("{other} = p.{person_id}")
+    } else {
+        format!("btrim({other}::text) = p.{person_id}::text")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::catalog::{Column, Family, Ident, Source, Var};
+    use super::*;
+
+    fn var(kind: VarType, column: &str) -> Var {
+        Var {
+            kind,
+            source: Source::Column(Column {
+                ident: Ident::trusted(column),
+                family: Family::Text,
+                data_type: "text".into(),
+            }),
+        }
+    }
+
+    /// Whatever a cohort carries ends up in the parameters, never in the text.
+    #[test]
+    fn values_are_bound_never_pasted() {
+        let payload = "'; DROP TABLE person; -- $1 \" \\";
+        let (sex, smoking, day, age) = (
+            var(VarType::Categorical, "sex"),
+            var(VarType::Categorical, "smoking_status"),
+            var(VarType::Date, "inclusion_date"),
+            var(VarType::Float, "age_years"),
+        );
+        let aliases = Aliases {
+            vars: [
+                ("sex", ("v0".to_string(), &sex)),
+                ("smoking", ("v1".to_string(), &smoking)),
+                ("inclusion_date", ("v2".to_string(), &day)),
+                ("age", ("v3".to_string(), &age)),
+            ]
+            .into_iter()
+            .collect(),
+        };
+        let either: Cohort = serde_json::from_str(&format!(
+            r#"{{"or": [{{"compare": {{"variable": "sex", "op": "=", "value": {p}}}}},
+                        {{"in": {{"variable": "smoking", "values": ["never", {p}]}}}},
+                        {{"not": {{"compare": {{"variable": "age", "op": "<", "value": 1e308}}}}}},
+                        {{"compare": {{"variable": "inclusion_date", "op": ">=", "value": "2020-02-29"}}}}]}}"#,
+            p = serde_json::to_string(payload).unwrap()
+        ))
+        .unwrap();
+        let mut params = Params::default();
+        let text = cohort_sql(&either, &aliases, &mut params);
+        assert!(
+            !text.contains("DROP") && !text.contains("never") && !text.contains("2020"),
+            "{text}"
+        );
+        assert_eq!(
+            text,
+            "(((t.v0 COLLATE \"C\") = $1::text) OR ((t.v1 COLLATE \"C\") = ANY($2::text[])) \
+             OR (NOT ((t.v3)::float8 < $3::float8)) OR (t.v2 >= $4::date))"
+        );
+        assert_eq!(
+            params.0,
+            vec![
+                Param::Text(payload.into()),
+                Param::Texts(vec!["never".into(), payload.into()]),
+                Param::F64(1e308),
+                Param::Text("2020-02-29".into()),
+            ]
+        );
+        // An unmapped variable is an error, not a column name.
+        let bad: Cohort = serde_json::from_str(r#"{"is_null": {"variable": "x\"; --"}}"#).unwrap();
+        assert!(cohort(&bad, &aliases, &mut params).is_err());
+    }
+
+    fn cohort_sql(c: &Cohort, a: &Aliases<'_>, p: &mut Params) -> String {
+        cohort(c, a, p).unwrap()
+    }
+}
