@@ -145,10 +145,6 @@ pub async fn run(
     };
 
     let store = Store::open_fenced(&url, epoch).await?;
-    // Dropped with this future (its task aborted, the in-process stand-in
-    // for a killed process), the store takes no more writes from tasks
-    // this run spawned, as a dead process would not.
-    let _store_guard = CloseOnDrop(store.clone());
     let interrupted = store.fail_interrupted().await?;
     if interrupted > 0 {
         warn!(
@@ -164,6 +160,11 @@ pub async fn run(
     // queries in flight are through after a shutdown, or at a lost lease.
     let active = CancellationToken::new();
     let _active_guard = active.clone().drop_guard();
+    // Declared after the active token's guard so it is dropped first:
+    // dropped with this future (its task aborted, the in-process stand-in
+    // for a killed process), the store takes no more writes from tasks
+    // this run spawned, as a dead process would not.
+    let _store_guard = CloseOnDrop(store.clone());
     tokio::spawn(audit_log.clone().publish_every(
         Duration::from_secs(config.coordinator.audit_checkpoint_secs),
         active.clone(),
