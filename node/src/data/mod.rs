@@ -229,13 +229,7 @@ impl FileSource {
             Analysis::KaplanMeier { .. } | Analysis::Correlation { .. } => {
                 let vars = self.mapped_variables(analysis)?;
                 let columns = extract::columns(df, &vars, &self.dict).await?;
-                let (a, d) = (analysis.clone(), self.dict.clone());
-                let private = limits.private;
-                blocking(move || match &a {
-                    Analysis::KaplanMeier { .. } => models::survival_counts(&a, &d, &columns),
-                    _ => models::pairs(&a, &d, &columns, private),
-                })
-                .await?
+                survival_or_pairs(analysis, &self.dict, columns, limits.private).await?
             }
             Analysis::Glm { .. } | Analysis::Cox { .. } => {
                 return Err(Error::internal("regressions are computed round by round"))
@@ -343,6 +337,22 @@ impl FileSource {
             .filter(admitted.filter(&self.id_column, &self.id_type))
             .map_err(|e| Error::internal(format!("cannot plan the consent filter: {e}")))
     }
+}
+
+/// Kaplan-Meier counts or correlation sums from the analysis's columns,
+/// off the async workers; the file and the warehouse source share it.
+async fn survival_or_pairs(
+    analysis: &Analysis,
+    dict: &Arc<Dictionary>,
+    columns: plexus_core::models::design::Columns,
+    private: bool,
+) -> Result<RawStats> {
+    let (a, d) = (analysis.clone(), dict.clone());
+    blocking(move || match &a {
+        Analysis::KaplanMeier { .. } => models::survival_counts(&a, &d, &columns),
+        _ => models::pairs(&a, &d, &columns, private),
+    })
+    .await
 }
 
 /// Runs CPU-bound arithmetic off the async workers.

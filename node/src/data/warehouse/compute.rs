@@ -28,8 +28,8 @@ use sqlx::Row;
 use super::catalog::Family;
 use super::sql::{self, Aliases, Param, Params};
 use super::{db_error, Consent, Warehouse};
-use crate::data::blocking;
 use crate::data::models::{self, Limits};
+use crate::data::{blocking, survival_or_pairs};
 
 /// The cohort as a relation `t` (columns `pid`, `v0`, ...) with its filter.
 struct Relation<'a> {
@@ -398,13 +398,7 @@ pub(super) async fn run(
         }
         Analysis::KaplanMeier { .. } | Analysis::Correlation { .. } => {
             let columns = w.columns(query, purpose, today).await?;
-            let (a, d) = (analysis.clone(), w.dict.clone());
-            let private = limits.private;
-            blocking(move || match &a {
-                Analysis::KaplanMeier { .. } => models::survival_counts(&a, &d, &columns),
-                _ => models::pairs(&a, &d, &columns, private),
-            })
-            .await?
+            survival_or_pairs(analysis, &w.dict, columns, limits.private).await?
         }
         Analysis::Glm { .. } | Analysis::Cox { .. } => {
             return Err(Error::internal("regressions are computed round by round"))
