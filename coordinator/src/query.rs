@@ -34,7 +34,9 @@ pub(crate) enum Answer {
     Keys(std::collections::BTreeMap<String, PublicKey>, u32),
     /// A node's masked vector for a roster, checked against the job.
     Masked(Vec<u128>, Option<Receipt>),
-    Other(NodeOutcome),
+    /// Anything else: missing, failed, or refused (with the receipt of what
+    /// the node charged when its refusal was decided on a noised release).
+    Other(NodeOutcome, Option<Receipt>),
 }
 
 /// What one round of jobs brought back.
@@ -78,7 +80,14 @@ pub async fn run(
     let span = info_span!("query", query_id = %query_id, study = %study.id);
     async move {
         let started = std::time::Instant::now();
-        let mut outcome = execute(&state, &query_id, &study, &query).await;
+        let charges = std::sync::Mutex::new(Vec::new());
+        let mut outcome = execute(&state, &query_id, &study, &query, &charges).await;
+        if outcome.is_err() && !study.privacy.exact {
+            // The hospitals charged what they released or refused on noised
+            // values even though the query failed: the study's account says
+            // so too.
+            record_failed_charge(&state, &query_id, &study, &query, &charges).await;
+        }
         if state.abort_queries.is_cancelled() {
             // Cut short by the end of the shutdown grace period: whatever
             // the nodes managed is not a complete answer.
@@ -163,6 +172,8 @@ pub(crate) struct Plan<'a> {
     /// The definition the query runs under, which each node checks
     /// against the versions its hospital approved.
     pub definition_hash: String,
+    /// Every node's receipts so far, summed over the query's jobs.
+    pub charges: &'a std::sync::Mutex<Vec<(String, Receipt)>>,
 }
 
 impl Plan<'_> {
@@ -194,10 +205,12 @@ impl Plan<'_> {
             };
             let timeout = Duration::from_secs(cfg.job_timeout_secs);
             async move {
-                (
-                    node.clone(),
-                    ask(self.state, self.query_id, node, job, self.query, timeout).await,
-                )
+                let answer = ask(self.state, self.query_id, node, job, self.query, timeout).await;
+                if let Some(r) = answer.receipt() {
+                    let mut charges = self.charges.lock().expect("charges lock");
+                    add_receipts(&mut charges, &[(node.clone(), r)]);
+                }
+                (node.clone(), answer)
             }
         });
         join_all(futures).await
@@ -216,7 +229,12 @@ impl Plan<'_> {
                     round.contributors.push(node.clone());
                     round.answers.push((node, s));
                 }
-                Answer::Other(o) => round.others.push(o),
+                Answer::Other(o, receipt) => {
+                    if let Some(r) = receipt {
+                        round.receipts.push((node.clone(), r));
+                    }
+                    round.others.push(o);
+                }
                 Answer::Keys(..) | Answer::Masked(..) => {
                     unreachable!("ask refuses secure answers to a plain job")
                 }
@@ -231,6 +249,7 @@ async fn execute(
     query_id: &str,
     study: &StudyDefinition,
     query: &Query,
+    charges: &std::sync::Mutex<Vec<(String, Receipt)>>,
 ) -> Result<String, Error> {
     let cfg = &state.config.coordinator;
     let k = cfg.min_cell_size;
@@ -262,6 +281,7 @@ async fn execute(
         wire_query: pb::Query::from(query),
         query_hash: query.hash(),
         definition_hash: study.definition_hash(),
+        charges,
         privacy: pb::JobPrivacy {
             exact: study.privacy.exact,
             // A fit's cost is split evenly over its fixed number of rounds.
@@ -428,13 +448,6 @@ async fn account(
         .record_charge(query_id, &study.id, &canonical, charged)
         .await
         .map_err(store_err)?;
-    for (node, r) in receipts {
-        state
-            .store
-            .record_node_budget(&study.id, node, r.spent_rho, r.budget_rho)
-            .await
-            .map_err(store_err)?;
-    }
     let (spent, _) = state.store.spent(&study.id).await.map_err(store_err)?;
     // What any node has spent can exceed the coordinator's sum when a node
     // charged a job whose query later failed; the larger figure stands.
@@ -790,12 +803,15 @@ async fn ask(
         ..Default::default()
     };
     let missing = |detail: &str| {
-        Answer::Other(NodeOutcome {
-            node: node.to_string(),
-            status: NodeStatus::Missing,
-            detail: Some(detail.to_string()),
-            code: None,
-        })
+        Answer::Other(
+            NodeOutcome {
+                node: node.to_string(),
+                status: NodeStatus::Missing,
+                detail: Some(detail.to_string()),
+                code: None,
+            },
+            None,
+        )
     };
     if state.abort_queries.is_cancelled() {
         // The shutdown grace period is over: no new job goes out.
@@ -857,7 +873,7 @@ async fn ask(
             detail: Some(format!("answer refused by the coordinator: {}", e.message)),
             code: Some(e.code),
         };
-        (Answer::Other(outcome), "invalid", None, Some(e))
+        (Answer::Other(outcome, None), "invalid", None, Some(e))
     };
     let (answer, status, stats_json, err): (Answer, &str, Option<String>, Option<Error>) =
         match reply {
@@ -877,8 +893,12 @@ async fn ask(
                 None,
             ),
             Ok(Ok(Err(detail))) => (missing(&detail), "missing", None, None),
-            Ok(Ok(Ok((pb::job_result::Outcome::Error(e), _)))) => {
+            Ok(Ok(Ok((pb::job_result::Outcome::Error(e), receipt)))) => {
                 let e: Error = e.into();
+                // A refusal decided on a noised release carries what it
+                // charged; a receipt that does not parse is dropped (the
+                // node's ledger stays the authority).
+                let receipt = receipt.and_then(|r| Receipt::try_from(r).ok());
                 let status = match e.code {
                     ErrorCode::Policy | ErrorCode::Disclosure => NodeStatus::Refused,
                     _ => NodeStatus::Failed,
@@ -889,7 +909,7 @@ async fn ask(
                     detail: Some(format!("{}: {}", e.code, e.message)),
                     code: Some(e.code),
                 };
-                (Answer::Other(outcome), "refused", None, Some(e))
+                (Answer::Other(outcome, receipt), "refused", None, Some(e))
             }
             Ok(Ok(Ok((
                 outcome @ (pb::job_result::Outcome::Keys(_) | pb::job_result::Outcome::Masked(_)),
@@ -953,12 +973,62 @@ async fn ask(
     let mut entry = audit(status, detail);
     // The node's own debit, never its figures (with secure aggregation
     // the coordinator has none to log).
-    if let Answer::Stats(_, Some(r)) = &answer {
+    if let Some(r) = answer.receipt() {
         entry.privacy_cost = Some(r.charged_rho);
         entry.privacy_remaining = Some((r.budget_rho - r.spent_rho).max(0.0));
+        // The per-node view follows each node's own ledger as its
+        // receipts arrive, whatever becomes of the query.
+        if let Err(e) = state
+            .store
+            .record_node_budget(&job.study_id, node, r.spent_rho, r.budget_rho)
+            .await
+        {
+            warn!(error = %e, "could not record the node's budget");
+        }
     }
     state.audit(entry).await;
     answer
+}
+
+impl Answer {
+    /// What the node says it charged for this job, if anything.
+    pub(crate) fn receipt(&self) -> Option<Receipt> {
+        match self {
+            Answer::Stats(_, r) | Answer::Masked(_, r) | Answer::Other(_, r) => *r,
+            Answer::Keys(..) => None,
+        }
+    }
+}
+
+/// Records what the study's nodes charged for a query that failed: the
+/// most any node charged over the query's jobs, as for an answered one.
+async fn record_failed_charge(
+    state: &State,
+    query_id: &str,
+    study: &StudyDefinition,
+    query: &Query,
+    charges: &std::sync::Mutex<Vec<(String, Receipt)>>,
+) {
+    let charged = charges
+        .lock()
+        .expect("charges lock")
+        .iter()
+        .map(|(_, r)| r.charged_rho)
+        .fold(0.0, f64::max);
+    if charged <= 0.0 {
+        return;
+    }
+    let recorded = match query.canonical_hash(&state.dictionary) {
+        Ok(canonical) => state
+            .store
+            .record_charge(query_id, &study.id, &canonical, charged)
+            .await
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(e.message),
+    };
+    if let Err(e) = recorded {
+        warn!(error = %e, "could not record what a failed query charged");
+    }
 }
 
 /// The audit outcome of a job whose result the node held for its data

@@ -79,7 +79,7 @@ impl Plan<'_> {
                     k = k.max(node_k);
                     keys.insert(node, public);
                 }
-                Answer::Other(o) => others.push(o),
+                Answer::Other(o, _) => others.push(o),
                 Answer::Stats(..) | Answer::Masked(..) => {
                     unreachable!("ask refuses answers of another step")
                 }
@@ -170,7 +170,7 @@ impl Plan<'_> {
                         }
                         answered.push(node);
                     }
-                    Answer::Other(o) => lost.push(o),
+                    Answer::Other(o, _) => lost.push(o),
                     Answer::Stats(..) | Answer::Keys(..) => {
                         unreachable!("ask refuses answers of another step")
                     }

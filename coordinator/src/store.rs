@@ -457,7 +457,9 @@ impl Store {
         })
     }
 
-    /// Keeps what a node last reported from its ledger for `study`.
+    /// Keeps what a node reported from its ledger for `study`. A node's
+    /// spending only grows, so receipts of concurrent queries that arrive
+    /// out of order never move it back.
     pub async fn record_node_budget(
         &self,
         study: &str,
@@ -468,7 +470,8 @@ impl Store {
         on_pool!(self, pool => {
         sqlx::query(
             "INSERT INTO node_budgets (study_id, node_id, spent_rho, budget_rho, updated_unix_ms) VALUES ($1, $2, $3, $4, $5) \
-             ON CONFLICT (study_id, node_id) DO UPDATE SET spent_rho = excluded.spent_rho, \
+             ON CONFLICT (study_id, node_id) DO UPDATE SET \
+             spent_rho = CASE WHEN excluded.spent_rho > node_budgets.spent_rho THEN excluded.spent_rho ELSE node_budgets.spent_rho END, \
              budget_rho = excluded.budget_rho, updated_unix_ms = excluded.updated_unix_ms",
         )
         .bind(study)

@@ -19,13 +19,21 @@ pub struct Rules {
     pub k: u32,
     /// Share of a sum that one or two patients may hold (dominance rule).
     pub dominance_share: f64,
+    /// Largest share of a node's complete cases that a model's parameters
+    /// may make up (DataSHIELD's nfilter.glm).
+    pub max_parameter_share: f64,
 }
+
+/// The share of complete cases a model's parameters may make up when
+/// nobody configures one.
+pub const DEFAULT_PARAMETER_SHARE: f64 = 0.33;
 
 impl Rules {
     pub fn new(k: u32) -> Self {
         Rules {
             k,
             dominance_share: crate::privacy::suppression::DEFAULT_DOMINANCE_SHARE,
+            max_parameter_share: DEFAULT_PARAMETER_SHARE,
         }
     }
 }
@@ -34,6 +42,26 @@ impl Rules {
 /// network's when that is stricter. Nothing from outside can lower it.
 pub fn effective_k(node_k: u32, requested_k: u32) -> u32 {
     node_k.max(requested_k).max(1)
+}
+
+/// The complement rule of an exact study: a cohort that leaves out 1 to
+/// k − 1 of the study's patients at a node is refused there, since its
+/// answer next to the whole population's would single those patients out.
+///
+/// Studies under differential privacy do not run it. On exact counts it
+/// is an oracle (asked about `not (quasi-identifiers and P)` for a series
+/// of P it spells out a patient's record for no budget), and on a noisy
+/// count it cannot tell a cohort that leaves out nobody from one that
+/// leaves out a few at any cost a node allows: it would refuse both alike,
+/// at random. The noise on the two answers is what hides the difference.
+pub fn complement(population: u64, cohort: u64, k: u32) -> crate::error::Result<()> {
+    let left_out = population.saturating_sub(cohort);
+    if left_out > 0 && left_out < u64::from(k) {
+        return Err(crate::error::Error::disclosure(format!(
+            "complement rule: the cohort leaves out fewer than {k} of the study's patients at this node, so its answer would single them out next to the whole population's (drop the condition or make it exclude more patients)"
+        )));
+    }
+    Ok(())
 }
 
 pub(crate) fn cell(n: u64, k: u32) -> Cell {

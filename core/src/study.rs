@@ -80,13 +80,15 @@ impl PrivacySettings {
     }
 
     fn validate(&self, study: &str) -> Result<()> {
-        let positive = |x: f64| x.is_finite() && x > 0.0;
-        if !positive(self.budget_rho) || !positive(self.query_rho) {
-            return Err(Error::invalid(format!(
-                "study \"{study}\": [privacy] budget_rho and query_rho must be positive numbers (zCDP rho), got {} and {}",
-                self.budget_rho, self.query_rho
-            )));
-        }
+        use crate::privacy::accountant::check_rho;
+        check_rho(
+            &format!("study \"{study}\": [privacy] budget_rho"),
+            self.budget_rho,
+        )?;
+        check_rho(
+            &format!("study \"{study}\": [privacy] query_rho"),
+            self.query_rho,
+        )?;
         if self.query_rho > self.budget_rho {
             return Err(Error::invalid(format!(
                 "study \"{study}\": [privacy] query_rho {} is larger than the whole budget_rho {}",

@@ -127,6 +127,11 @@ pub struct Policy {
     /// accepts. A job asking more is answered at this cost, with more noise.
     #[serde(default = "default_max_query_rho")]
     pub max_query_rho: f64,
+    /// The least one job may spend (zCDP ρ). A job asking less is refused:
+    /// the budget then bounds how many questions a study can ask here, not
+    /// only how much they learn.
+    #[serde(default = "default_min_query_rho")]
+    pub min_query_rho: f64,
     /// The most budget any study may spend here, whatever it was registered with.
     #[serde(default = "default_max_study_rho")]
     pub max_study_rho: f64,
@@ -173,6 +178,7 @@ impl Default for Policy {
             max_parameter_share: default_parameter_share(),
             exact_studies: BTreeSet::new(),
             max_query_rho: default_max_query_rho(),
+            min_query_rho: default_min_query_rho(),
             max_study_rho: default_max_study_rho(),
             dominance_share: default_dominance_share(),
         }
@@ -287,6 +293,14 @@ fn default_parameter_share() -> f64 {
 pub const DEFAULT_MAX_QUERY_RHO: f64 = 0.1;
 fn default_max_query_rho() -> f64 {
     DEFAULT_MAX_QUERY_RHO
+}
+/// A hospital's floor on one job's cost when it sets none: a count at
+/// this cost is noised with σ ≈ 71 patients, and a study's default budget
+/// pays for at most 10,000 jobs at it.
+pub const DEFAULT_MIN_QUERY_RHO: f64 = 1e-4;
+
+fn default_min_query_rho() -> f64 {
+    DEFAULT_MIN_QUERY_RHO
 }
 fn default_max_study_rho() -> f64 {
     plexus_core::study::DEFAULT_BUDGET_RHO
@@ -403,6 +417,14 @@ impl NodeConfig {
                     "policy.{name} must be a positive zCDP rho, got {v}"
                 )));
             }
+        }
+        if !(p.min_query_rho.is_finite() && p.min_query_rho >= 0.0)
+            || p.min_query_rho > p.max_query_rho
+        {
+            return Err(NodeError::Config(format!(
+                "policy.min_query_rho must be a zCDP rho from 0 up to policy.max_query_rho ({}), got {}",
+                p.max_query_rho, p.min_query_rho
+            )));
         }
         if !(p.dominance_share > 0.5 && p.dominance_share <= 1.0) {
             return Err(NodeError::Config(format!(

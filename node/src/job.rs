@@ -13,7 +13,7 @@ use tracing::{info, info_span, warn, Instrument};
 use plexus_core::disclosure::{apply, effective_k, Rules};
 use plexus_core::models::glm::Iteration;
 use plexus_core::models::survival::GroupStats;
-use plexus_core::privacy::release::{contribute, releasable, release_for};
+use plexus_core::privacy::release::{contribute, releasable, release_for, Release};
 use plexus_core::privacy::report::Receipt;
 use plexus_core::secagg::{self, Contribution};
 use plexus_core::{Cell, Dictionary, Error, NodeStats, Purpose, Query};
@@ -82,6 +82,9 @@ struct Checked {
 /// What a job's answer carries.
 pub(crate) enum Reply {
     Stats(NodeStats),
+    /// A refusal decided on a noised release the job paid for (in a study
+    /// under differential privacy): it goes back with its receipt.
+    Refused(Error),
     /// Public keys for a secure aggregation session.
     Keys(pb::KeyShare),
     /// A contribution masked for a roster: all the coordinator gets.
@@ -219,6 +222,7 @@ impl JobRunner {
                 }
             }
             let (label, detail) = match &outcome {
+                Ok((Reply::Refused(e), _)) => (format!("refused:{}", e.code), e.message.clone()),
                 Ok((reply, receipt)) => ("released".to_string(), describe(reply, receipt.as_ref())),
                 Err(e) if matches!(e.code, plexus_core::ErrorCode::Policy | plexus_core::ErrorCode::Disclosure) => {
                     (format!("refused:{}", e.code), e.message.clone())
@@ -347,14 +351,21 @@ impl JobRunner {
             )?;
             (Kept::Contribution(c), noise)
         } else {
-            let (stats, noise) = release_for(
+            let (release, noise) = release_for(
                 raw,
                 &checked.query.analysis,
                 &self.dictionary,
                 checked.rules,
                 rho,
+                checked.iteration.as_ref(),
             )?;
-            (Kept::Stats(stats), noise)
+            let kept = match release {
+                Release::Stats(stats) => Kept::Stats(stats),
+                // Decided on the noised values: kept and charged like an
+                // answer, so asking again repeats it for nothing.
+                Release::Refused(e) => Kept::Refused(e),
+            };
+            (kept, noise)
         };
         let answer = Answer { key, kept, noise };
         // Durable before anything leaves: a crash from here on loses the
@@ -391,6 +402,7 @@ impl JobRunner {
     /// The reply carrying `kept`: as it is, or masked for a roster.
     fn reply(&self, kept: Kept, receipt: Option<Receipt>, masker: Option<&MaskFor>) -> Outcome {
         let reply = match (kept, masker) {
+            (Kept::Refused(e), _) => Reply::Refused(e),
             (Kept::Stats(stats), None) => Reply::Stats(stats),
             (Kept::Contribution(c), Some(m)) => {
                 let vector = m.masker.mask(m.step, &c.encode()?)?;
@@ -547,6 +559,7 @@ impl JobRunner {
             rules: Rules {
                 k: effective_k(self.config.node.min_cell_size, job.min_cell_size),
                 dominance_share: self.config.policy.dominance_share,
+                max_parameter_share: self.config.policy.max_parameter_share,
             },
             iteration,
             protection,
@@ -574,15 +587,22 @@ impl JobRunner {
                 "the job states no privacy cost for a study under differential privacy",
             ));
         }
+        let rho = terms.rho.min(policy.max_query_rho);
+        if rho < policy.min_query_rho {
+            return Err(Error::policy(format!(
+                "the job's privacy cost rho {} is below node {}'s floor policy.min_query_rho {}: ask with a larger \"rho\" (a fit spends its rho over {} rounds)",
+                terms.rho,
+                self.config.node.id,
+                policy.min_query_rho,
+                plexus_core::privacy::glm::DP_GLM_ROUNDS
+            )));
+        }
         let budget = if terms.budget_rho.is_finite() && terms.budget_rho > 0.0 {
             terms.budget_rho.min(policy.max_study_rho)
         } else {
             policy.max_study_rho
         };
-        Ok(Protection::Private {
-            rho: terms.rho.min(policy.max_query_rho),
-            budget,
-        })
+        Ok(Protection::Private { rho, budget })
     }
 }
 
@@ -612,6 +632,7 @@ impl JobRunner {
             Ok((reply, receipt)) => (
                 match reply {
                     Reply::Stats(stats) => pb::job_result::Outcome::Stats((&stats).into()),
+                    Reply::Refused(e) => pb::job_result::Outcome::Error((&e).into()),
                     Reply::Keys(k) => pb::job_result::Outcome::Keys(k),
                     Reply::Masked(m) => pb::job_result::Outcome::Masked(m),
                 },
@@ -673,6 +694,7 @@ pub(crate) fn answer(result: pb::JobResult) -> pb::node_message::Msg {
 pub(crate) fn describe(reply: &Reply, receipt: Option<&Receipt>) -> String {
     let shape = match reply {
         Reply::Stats(stats) => shape(stats),
+        Reply::Refused(e) => format!("refused ({})", e.code),
         Reply::Keys(k) => {
             return format!(
                 "secure aggregation session {}: {} public keys made for the key round",

@@ -47,6 +47,9 @@ pub enum Kept {
     /// afresh for every session (a re-run after a node dropped gets the
     /// same noised values under new masks, for no new charge).
     Contribution(Contribution),
+    /// A refusal decided on the noised values the debit paid for (a
+    /// model's level rule, say): asking again gets the same refusal, free.
+    Refused(Error),
 }
 
 /// One debit.

@@ -33,7 +33,14 @@ async fn each_model_rule_refuses_with_its_reason() {
     assert_eq!(a.status, NodeStatus::Refused, "{r:?}");
     let detail = a.detail.as_deref().unwrap();
     assert!(
-        detail.contains("the model has 6 parameters") && detail.contains("complete cases"),
+        detail.contains("parameter-share rule") && detail.contains("model's 6 parameters"),
+        "{detail}"
+    );
+    // The rule and the public figures, never the node's count of cases.
+    assert!(
+        !detail
+            .chars()
+            .any(|c| c.is_ascii_digit() && c != '6' && c != '0' && c != '1'),
         "{detail}"
     );
     assert_eq!(r.provenance.answered, 2);

@@ -104,6 +104,18 @@ impl Family {
         }
     }
 
+    /// The weight w and the product w·z one patient with outcome `y`
+    /// adds in a fit's first round, at R's starting values. They depend
+    /// on the outcome only, which is what lets the first round's sums be
+    /// read as counts (see `privacy::decisions`).
+    pub(crate) fn first_round_weights(self, y: f64) -> (f64, f64) {
+        let mu = self.start(y);
+        let eta = self.link_of(mu);
+        let d = self.mu_eta(eta, mu);
+        let w = d * d / self.variance(mu);
+        (w, w * (eta + (y - mu) / d))
+    }
+
     /// Whether `y` is a possible outcome for the family.
     pub fn admits(self, y: f64) -> bool {
         match self {

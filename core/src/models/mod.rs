@@ -14,6 +14,7 @@ pub(crate) mod fixtures;
 pub mod glm;
 pub mod inference;
 pub mod linalg;
+pub mod rules;
 pub mod survival;
 
 #[cfg(test)]

@@ -13,6 +13,23 @@
 
 use crate::error::{Error, Result};
 
+/// The smallest privacy cost a query or a study may name: a count at it
+/// is noised with σ ≈ 707, well past any use, and the samplers stay exact.
+pub const MIN_RHO: f64 = 1e-6;
+/// The largest: a budget beyond it (ε in the hundreds) promises nothing.
+pub const MAX_RHO: f64 = 100.0;
+
+/// Refuses, naming `what` and the range, a privacy cost outside
+/// [`MIN_RHO`]..=[`MAX_RHO`] (or not a number).
+pub fn check_rho(what: &str, rho: f64) -> Result<()> {
+    if !(rho.is_finite() && (MIN_RHO..=MAX_RHO).contains(&rho)) {
+        return Err(Error::invalid(format!(
+            "{what} is a privacy cost in zCDP rho and must be a number from {MIN_RHO:e} to {MAX_RHO}, got {rho:e}"
+        )));
+    }
+    Ok(())
+}
+
 /// ρ of the discrete Gaussian mechanism with noise `sigma` on a query of
 /// L2 sensitivity `sensitivity`.
 pub fn rho_of_gaussian(sensitivity: f64, sigma: f64) -> f64 {

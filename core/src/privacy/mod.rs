@@ -4,6 +4,7 @@
 //! noised sums.
 
 pub mod accountant;
+pub mod decisions;
 pub mod fixed;
 pub mod glm;
 pub mod noise;

@@ -23,17 +23,26 @@
 //! GLM rounds (binomial, gaussian) are noised as [`super::glm`] explains,
 //! correlation sums as [`release_pairs`] does. Cox rounds are refused under
 //! differential privacy for now.
+//!
+//! No rule here looks at an exact value. The rules that exact studies
+//! decide on the data (the complement rule, the dominance rule, a
+//! model's level, two-way, parameter-share and singular-design rules)
+//! are either decided on the noised values the job pays for
+//! ([`super::decisions`]) or left to the noise, whose scale is set by what
+//! any one patient could add; the README's Privacy section says which
+//! and why.
 
 use serde::{Deserialize, Serialize};
 
 use super::accountant::sigma_for_rho;
+use super::decisions::glm_first_round;
 use super::glm::{glm_noise, noise_float, release_glm, GlmBounds};
 use super::noise::discrete_gaussian;
 use crate::dictionary::Dictionary;
 use crate::disclosure::{cell, summary_dominated, suppress_table, Rules};
 use crate::error::{Error, Result};
 use crate::models::correlation::PairSums;
-use crate::models::glm::Family;
+use crate::models::glm::{Family, Iteration};
 use crate::models::linalg::{packed_index, packed_len};
 use crate::models::survival::{self, Tally};
 use crate::query::{Analysis, Query};
@@ -104,21 +113,35 @@ pub(crate) fn poisson_refused() -> Error {
     )
 }
 
+/// What a node sends for one job in a study under differential privacy:
+/// the noised statistics, or a refusal decided on them. A refusal is
+/// post-processing of a release the job paid for, so it is charged like
+/// an answer and says nothing the noised statistics would not.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Release {
+    Stats(NodeStats),
+    Refused(Error),
+}
+
 /// [`release`] for any analysis: GLM rounds are noised by
-/// [`super::glm::release_glm`] with the bounds of their design, everything
-/// else by [`release`].
+/// [`super::glm::release_glm`] with the bounds of their design (and a
+/// fit's first round is checked by [`glm_first_round`] on its noised
+/// sums), everything else by [`release`].
 pub fn release_for(
     raw: RawStats,
     analysis: &Analysis,
     dict: &Dictionary,
     rules: Rules,
     rho: f64,
-) -> Result<(NodeStats, NoiseScale)> {
+    iteration: Option<&Iteration>,
+) -> Result<(Release, NoiseScale)> {
     if let (RawStats::Pairs(pairs), Analysis::Correlation { variables, .. }) = (&raw, analysis) {
-        return release_pairs(pairs, variables, dict, rules, rho);
+        let (stats, noise) = release_pairs(pairs, variables, dict, rules, rho)?;
+        return Ok((Release::Stats(stats), noise));
     }
     let RawStats::Glm(stats) = raw else {
-        return release(raw, rules, rho);
+        let (stats, noise) = release(raw, rules, rho)?;
+        return Ok((Release::Stats(stats), noise));
     };
     let Analysis::Glm {
         family, outcome, ..
@@ -126,14 +149,22 @@ pub fn release_for(
     else {
         return Err(Error::internal("GLM sums for another analysis"));
     };
-    let bounds = GlmBounds::new(*family, &analysis.terms(dict)?, outcome, dict)?;
+    let terms = analysis.terms(dict)?;
+    let bounds = GlmBounds::new(*family, &terms, outcome, dict)?;
     let noise = glm_noise(&bounds, rho)?;
     let scale = NoiseScale {
         count_sd: noise.n,
         rho,
         ..NoiseScale::default()
     };
-    Ok((NodeStats::Glm(release_glm(stats, &noise, *family)?), scale))
+    let noised = release_glm(stats, &noise, *family)?;
+    let first = iteration.is_some_and(|it| it.coefficients.is_empty());
+    if first {
+        if let Some(refusal) = glm_first_round(&noised, &terms, *family, outcome, dict, rules)? {
+            return Ok((Release::Refused(refusal), scale));
+        }
+    }
+    Ok((Release::Stats(NodeStats::Glm(noised)), scale))
 }
 
 /// Noises a correlation's per-pair sums. Each variable is clamped (at the
@@ -354,8 +385,8 @@ pub fn contribute(
             let (noised, noise) = noise_pairs(&pairs, variables, dict, rho)?;
             (Contribution::Pairs(noised), noise)
         }
-        raw @ RawStats::Glm(_) => match release_for(raw, analysis, dict, rules, rho)? {
-            (NodeStats::Glm(g), noise) => (Contribution::Glm(g), noise),
+        raw @ RawStats::Glm(_) => match release_for(raw, analysis, dict, rules, rho, None)? {
+            (Release::Stats(NodeStats::Glm(g)), noise) => (Contribution::Glm(g), noise),
             _ => return Err(Error::internal("a GLM round released as something else")),
         },
         RawStats::Cox(_) => return Err(cox_refused()),
@@ -376,12 +407,11 @@ pub fn release(raw: RawStats, rules: Rules, rho: f64) -> Result<(NodeStats, Nois
     Ok(match raw {
         RawStats::Count(n) => (NodeStats::Count(cell(noisy(n)?, k)), counts),
         RawStats::Summary(s) => {
+            // No dominance rule here: it would decide on exact values (an
+            // oracle), and the sums are clamped to the dictionary's bounds
+            // and noised at a scale set by the largest value any patient
+            // could hold, so no patient's value stands out of the noise.
             let (scale, sigmas) = summary_noise(&s, rho)?;
-            // The dominance rule looks at the exact values: a withheld
-            // summary says only that one or two patients dominate it.
-            if summary_dominated(&s, rules.dominance_share) {
-                return Ok((NodeStats::Summary(None), scale));
-            }
             let m = noised_moments(&s, sigmas, true)?;
             // Noise can leave Σx² below (Σx)²/n, a negative variance: it is
             // raised to that floor (variance 0), which the pooled result
@@ -554,8 +584,17 @@ mod tests {
             &[("a".into(), raw.iter().copied().map(Some).collect())],
         )
         .unwrap();
-        let (stats, noise) =
-            release_for(RawStats::Pairs(raw), &analysis, &d, Rules::new(5), 0.1).unwrap();
+        let (Release::Stats(stats), noise) = release_for(
+            RawStats::Pairs(raw),
+            &analysis,
+            &d,
+            Rules::new(5),
+            0.1,
+            None,
+        )
+        .unwrap() else {
+            panic!("correlation sums are never refused")
+        };
         // √(6·3)/√0.2 ≈ 9.5 in units of half the range.
         assert!((noise.count_sd - (18.0f64).sqrt() / 0.2f64.sqrt()).abs() < 1e-9);
         let NodeStats::Pairs(pairs) = stats else {

@@ -157,6 +157,12 @@ pub fn precheck(study: &StudyDefinition, query: &Query, spent: f64, repeat: bool
     }
     super::release::releasable(query)?;
     let budget = study.privacy.budget_rho;
+    if cost > budget {
+        return Err(Error::invalid(format!(
+            "the query's \"rho\" {cost} is more than study \"{}\"'s whole budget {budget}; ask with a smaller \"rho\"",
+            study.id
+        )));
+    }
     if !repeat && spent + cost > budget * (1.0 + 1e-12) {
         return Err(Error::policy(format!(
             "study \"{}\" has spent rho {spent:.4} of its budget {budget:.4} (epsilon {:.2} of {:.2} at delta {:e}) and this query costs {cost:.4}; \

@@ -410,11 +410,7 @@ impl Query {
             c.validate(dict, 1, &mut nodes)?;
         }
         if let Some(rho) = self.rho {
-            if !(rho.is_finite() && rho > 0.0 && rho <= 100.0) {
-                return Err(Error::invalid(format!(
-                    "\"rho\" is the privacy cost of the query (zCDP) and must be a positive number, got {rho}"
-                )));
-            }
+            crate::privacy::accountant::check_rho("the query's \"rho\"", rho)?;
         }
         validate::analysis(&self.analysis, dict)
     }

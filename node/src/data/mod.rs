@@ -168,8 +168,7 @@ impl FileSource {
             let prepared = match self.models.get(&key) {
                 Some(p) => p,
                 None => {
-                    self.check_complement(query, purpose, today, limits.k)
-                        .await?;
+                    self.check_complement(query, purpose, today, limits).await?;
                     let df = self.cohort(query, purpose, today).await?;
                     let vars = self.mapped_variables(analysis)?;
                     let columns = extract::columns(df, &vars, &self.dict).await?;
@@ -190,9 +189,7 @@ impl FileSource {
             );
             return Ok(out);
         }
-        let cohort_size = self
-            .check_complement(query, purpose, today, limits.k)
-            .await?;
+        let cohort_size = self.check_complement(query, purpose, today, limits).await?;
         let df = self.cohort(query, purpose, today).await?;
         let out = match analysis {
             Analysis::Count {} => match cohort_size {
@@ -243,17 +240,17 @@ impl FileSource {
         Ok(out)
     }
 
-    /// The complement rule: a cohort that leaves out 1 to k − 1 of the
-    /// study's patients at this node is refused, since its answer next to
-    /// the whole population's would single those patients out.
+    /// The complement rule of an exact study
+    /// ([`plexus_core::disclosure::complement`]); returns the cohort's size
+    /// when it counted it. Under differential privacy nothing is decided.
     async fn check_complement(
         &self,
         query: &Query,
         purpose: &Purpose,
         today: NaiveDate,
-        k: u32,
+        limits: Limits,
     ) -> Result<Option<u64>> {
-        if query.cohort.is_none() {
+        if query.cohort.is_none() || limits.private {
             return Ok(None);
         }
         let population = self.population(purpose, today).await?;
@@ -262,12 +259,7 @@ impl FileSource {
         else {
             return Err(Error::internal("a count returned something else"));
         };
-        let left_out = population.saturating_sub(cohort);
-        if left_out > 0 && left_out < u64::from(k) {
-            return Err(Error::disclosure(format!(
-                "the cohort leaves out fewer than {k} of the study's patients at this node, so its answer would single them out next to the whole population's (drop the condition or make it exclude more patients)"
-            )));
-        }
+        plexus_core::disclosure::complement(population, cohort, limits.k)?;
         Ok(Some(cohort))
     }
 

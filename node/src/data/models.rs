@@ -11,11 +11,10 @@ use std::time::{Duration, Instant};
 
 use plexus_core::models::correlation::pair_sums;
 use plexus_core::models::cox::CoxData;
-use plexus_core::models::design::{
-    check_cross_cells, check_disclosure, complete_rows, design_matrix, ColumnData, Columns, Term,
-};
+use plexus_core::models::design::{complete_rows, design_matrix, ColumnData, Columns, Term};
 use plexus_core::models::glm::{glm_round, Family, Iteration};
 use plexus_core::models::linalg::{add_outer, first_dependent_column, packed_len};
+use plexus_core::models::rules::{check_cross_cells, check_disclosure};
 use plexus_core::models::survival;
 use plexus_core::privacy::glm::GlmBounds;
 use plexus_core::{Analysis, Dictionary, Error, RawStats, Result};
@@ -88,23 +87,19 @@ impl ModelCache {
     }
 }
 
-/// The variables whose columns a regression needs, and which of them must
-/// pass the level check.
-fn regression_variables(analysis: &Analysis) -> (Vec<&str>, Vec<&str>) {
+/// The variables whose columns a regression needs: every one of them is
+/// held to the level and two-way rules when it has levels at this node
+/// (a covariate, the outcome, a Cox model's time and event alike).
+fn regression_variables(analysis: &Analysis) -> Vec<&str> {
     match analysis {
         Analysis::Glm {
-            family,
             outcome,
             covariates,
             ..
         } => {
             let mut all: Vec<&str> = vec![outcome];
             all.extend(covariates.iter().map(String::as_str));
-            let mut discrete: Vec<&str> = covariates.iter().map(String::as_str).collect();
-            if *family == Family::Binomial {
-                discrete.push(outcome);
-            }
-            (all, discrete)
+            all
         }
         Analysis::Cox {
             time,
@@ -114,46 +109,47 @@ fn regression_variables(analysis: &Analysis) -> (Vec<&str>, Vec<&str>) {
         } => {
             let mut all: Vec<&str> = vec![time, event];
             all.extend(covariates.iter().map(String::as_str));
-            // The event indicator is the model's binary outcome: both its
-            // levels, and its cross cells with every discrete covariate.
-            let mut discrete: Vec<&str> = covariates.iter().map(String::as_str).collect();
-            discrete.push(event);
-            (all, discrete)
+            all
         }
-        _ => (vec![], vec![]),
+        _ => vec![],
     }
 }
 
 /// Checks a regression's data at this node and builds its design. Every
-/// refusal names the rule and what to change.
+/// refusal names the rule and what to change. In a study under
+/// differential privacy nothing is decided here on the exact data: the
+/// rules run on the noised first round (`privacy::decisions`).
 pub(crate) fn prepare(
     analysis: &Analysis,
     dict: &Dictionary,
     columns: &Columns,
     limits: Limits,
 ) -> Result<Prepared> {
-    let (variables, discrete) = regression_variables(analysis);
+    let variables = regression_variables(analysis);
     let rows = complete_rows(columns, &variables)?;
-    let n = rows.len();
-    if n < limits.k as usize {
-        return Err(Error::disclosure(format!(
-            "only {n} complete cases at this node, fewer than the minimum cell size {} (widen the cohort)",
-            limits.k
-        )));
-    }
     let terms = analysis.terms(dict)?;
-    check_disclosure(
-        dict,
-        columns,
-        &rows,
-        &discrete,
-        terms.len(),
-        limits.max_parameter_share,
-        limits.k,
-    )?;
-    check_cross_cells(dict, columns, &rows, &discrete, limits.k)?;
+    if !limits.private {
+        if rows.len() < limits.k as usize {
+            return Err(Error::disclosure(format!(
+                "complete-cases rule: the model would rest on fewer than {} complete cases at this node (widen the cohort)",
+                limits.k
+            )));
+        }
+        check_disclosure(
+            dict,
+            columns,
+            &rows,
+            &variables,
+            terms.len(),
+            limits.max_parameter_share,
+            limits.k,
+        )?;
+        check_cross_cells(dict, columns, &rows, &variables, limits.k)?;
+    }
     let x = design_matrix(&terms, columns, &rows)?;
-    check_singular(&terms, &x, matches!(analysis, Analysis::Cox { .. }))?;
+    if !limits.private {
+        check_singular(&terms, &x, matches!(analysis, Analysis::Cox { .. }))?;
+    }
     let number = |name: &str| -> Result<Vec<f64>> {
         let c = columns
             .get(name)
@@ -165,9 +161,9 @@ pub(crate) fn prepare(
             family, outcome, ..
         } => {
             let mut y = number(outcome)?;
-            if let Some(bad) = y.iter().find(|v| !family.admits(**v)) {
+            if y.iter().any(|v| !family.admits(*v)) {
                 return Err(Error::data(format!(
-                    "\"{outcome}\" holds {bad} at this node, which a {} model cannot take; check the data",
+                    "\"{outcome}\" holds a value at this node that a {} model cannot take (the hospital should check the data)",
                     family.as_str()
                 )));
             }
@@ -192,8 +188,7 @@ pub(crate) fn prepare(
             let data = CoxData::new(&x, &t, &e, terms.len());
             if data.events() < u64::from(limits.k) {
                 return Err(Error::disclosure(format!(
-                    "only {} events among this node's complete cases, fewer than the minimum cell size {} (widen the cohort)",
-                    data.events(),
+                    "events rule: fewer than {} events among this node's complete cases (widen the cohort)",
                     limits.k
                 )));
             }
@@ -233,16 +228,19 @@ fn check_singular(terms: &[Term], x: &[f64], centre: bool) -> Result<()> {
     match first_dependent_column(p, &xtx) {
         None => Ok(()),
         Some(j) => Err(Error::disclosure(format!(
-            "the model's X'WX is singular at this node: \"{}\" is constant or a linear combination of the columns before it (drop it or a covariate it depends on)",
+            "singular-design rule: the model's X'WX is singular at this node, \"{}\" is constant or a linear combination of the columns before it (drop it or a covariate it depends on)",
             terms[j].name()
         ))),
     }
 }
 
 /// One round of a prepared regression at the round's coefficients.
-/// Refused when the coefficients put nearly all the weight on fewer than
-/// k patients (their sums would be those patients'), and when the sums are
-/// not finite (the fit diverged).
+/// Refused when the sums are not finite (the fit diverged), and in an
+/// exact study when the coefficients put nearly all the weight on fewer
+/// than k patients (their sums would be those patients'). Under
+/// differential privacy every patient's part of a round is bounded
+/// whatever the coefficients, which is what the noise is calibrated to,
+/// so no rule looks at the exact weights.
 pub(crate) fn round(
     prepared: &Prepared,
     analysis: &Analysis,
@@ -295,9 +293,9 @@ pub(crate) fn round(
             it.round
         )));
     }
-    if effective < f64::from(limits.k) {
+    if !limits.private && effective < f64::from(limits.k) {
         return Err(Error::disclosure(format!(
-            "round {}'s coefficients put nearly all the weight on fewer than {} patients at this node (effective n {effective:.1}); refused",
+            "weight rule: round {}'s coefficients put nearly all the weight on fewer than {} patients at this node; refused",
             it.round, limits.k
         )));
     }
@@ -459,7 +457,7 @@ mod tests {
         // exp(5 · a): the oldest patient carries nearly all the weight.
         let e = round_at(vec![0.0, 5.0]).unwrap_err();
         assert_eq!(e.code, plexus_core::ErrorCode::Disclosure);
-        assert!(e.message.contains("effective n"), "{e}");
+        assert!(e.message.starts_with("weight rule"), "{e}");
         // exp(1000 · a) overflows: the fit diverged, nothing is released.
         let e = round_at(vec![0.0, 1000.0]).unwrap_err();
         assert!(e.message.contains("diverged"), "{e}");

@@ -193,9 +193,9 @@ impl Warehouse {
         query: &Query,
         purpose: &Purpose,
         today: NaiveDate,
-        k: u32,
+        limits: Limits,
     ) -> Result<Option<u64>> {
-        if query.cohort.is_none() {
+        if query.cohort.is_none() || limits.private {
             return Ok(None);
         }
         let population = self
@@ -208,12 +208,7 @@ impl Warehouse {
                     .await?,
             )
             .await?;
-        let left_out = population.saturating_sub(cohort);
-        if left_out > 0 && left_out < u64::from(k) {
-            return Err(Error::disclosure(format!(
-                "the cohort leaves out fewer than {k} of the study's patients at this node, so its answer would single them out next to the whole population's (drop the condition or make it exclude more patients)"
-            )));
-        }
+        plexus_core::disclosure::complement(population, cohort, limits.k)?;
         Ok(Some(cohort))
     }
 
@@ -298,7 +293,7 @@ pub(super) async fn run(
         let prepared = match w.models.get(&key) {
             Some(p) => p,
             None => {
-                w.check_complement(query, purpose, today, limits.k).await?;
+                w.check_complement(query, purpose, today, limits).await?;
                 let columns = w.columns(query, purpose, today).await?;
                 let (a, d) = (analysis.clone(), w.dict.clone());
                 let prepared = std::sync::Arc::new(
@@ -311,7 +306,7 @@ pub(super) async fn run(
         let (a, it) = (analysis.clone(), it.clone());
         return blocking(move || models::round(&prepared, &a, &it, limits)).await;
     }
-    let cohort_size = w.check_complement(query, purpose, today, limits.k).await?;
+    let cohort_size = w.check_complement(query, purpose, today, limits).await?;
     Ok(match analysis {
         Analysis::Count {} => match cohort_size {
             Some(n) => RawStats::Count(n),
