@@ -349,3 +349,60 @@ async fn a_private_logistic_fit_spends_its_rounds_once_and_repeats_for_free() {
     }
     sb.shutdown().await.unwrap();
 }
+
+/// The coordinator's view of what each node spent equals the node's own
+/// ledger whatever became of the queries: answered, refused on noised
+/// values, or failed for want of a quorum after a node had paid.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_coordinators_budget_view_equals_each_nodes_ledger_after_failed_queries() {
+    let mut sb = Sandbox::prepare(SandboxOptions::new(800, 97))
+        .await
+        .unwrap();
+    let s = study(1.0);
+    // hospital-b and hospital-c run only counts for this study.
+    for node in ["hospital-b", "hospital-c"] {
+        let policy = sb.node_configs.get_mut(node).unwrap();
+        policy.policy.studies.get_mut(&s.id).unwrap().analyses = Some(
+            [plexus_core::query::AnalysisKind::Count]
+                .into_iter()
+                .collect(),
+        );
+    }
+    sb.start_all().await.unwrap();
+    sb.register_study(&s).await.unwrap();
+    ask(&sb, sandbox::RESEARCHER, &s.id, &count_query(50))
+        .await
+        .unwrap();
+    // A histogram: hospital-a answers and pays, the other two refuse on
+    // their policy, and the query fails its quorum of two.
+    let e = ask(
+        &sb,
+        sandbox::RESEARCHER,
+        &s.id,
+        r#"{"analysis": {"histogram": {"variable": "age", "edges": [40, 60, 80, 100]}}, "rho": 0.02}"#,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.code, ErrorCode::Policy, "{e}");
+    let report = budget(&sb, &s.id).await;
+    let mut most = 0.0f64;
+    for node in sb.node_names() {
+        let dir = &sb.node_configs[&node].node.state_dir;
+        let ledger = Ledger::open(dir).unwrap().spent(&s.id);
+        let seen = report
+            .nodes
+            .iter()
+            .find(|n| n.node_id == node)
+            .unwrap_or_else(|| panic!("{node} missing from {report:?}"));
+        assert!(
+            (seen.spent_rho - ledger).abs() < 1e-12,
+            "{node}: coordinator {} vs ledger {ledger}",
+            seen.spent_rho
+        );
+        most = most.max(ledger);
+    }
+    // hospital-a paid for both queries; the study's account says so.
+    assert!((most - 0.03).abs() < 1e-12, "{most}");
+    assert!((report.spent_rho - 0.03).abs() < 1e-12, "{report:?}");
+    sb.shutdown().await.unwrap();
+}
