@@ -210,7 +210,20 @@ pub enum GroupStats {
 /// k − 1 patients are followed beyond it, their events join the last
 /// interval, so moving the grid's end cannot reveal when they died.
 pub fn disclose(groups: Vec<Tally>, k: u32) -> Vec<GroupStats> {
+    disclose_above(groups, k, u64::from(k))
+}
+
+/// [`disclose`] with the at-risk rule's floor raised to `floor` (never
+/// under k): intervals starting with 1 to floor − 1 at risk are merged, and
+/// a group with fewer than `floor` at risk from the start is suppressed.
+/// Under differential privacy the floor also covers the noise of a
+/// released number at risk ([`crate::privacy::survival`]), so a tail that
+/// could be noise over nobody is never shown interval by interval. The rule
+/// on patients followed beyond the grid stays at k (a noised release has
+/// none: they are censorings of the last interval).
+pub fn disclose_above(groups: Vec<Tally>, k: u32, floor: u64) -> Vec<GroupStats> {
     let k = u64::from(k);
+    let floor = floor.max(k);
     groups
         .into_iter()
         .map(|t| {
@@ -223,10 +236,10 @@ pub fn disclose(groups: Vec<Tally>, k: u32) -> Vec<GroupStats> {
                 }
             }
             let at_risk = g.at_risk_by_interval();
-            if g.at_risk < k {
+            if g.at_risk < floor {
                 return GroupStats::Suppressed;
             }
-            if let Some(thin) = at_risk.iter().position(|n| *n > 0 && *n < k) {
+            if let Some(thin) = at_risk.iter().position(|n| *n > 0 && *n < floor) {
                 g.merge_tail(thin - 1);
             }
             GroupStats::Released(g)

@@ -15,10 +15,11 @@
 //! - summary: ρ/3 each to the count, the sum and the sum of squares of
 //!   the clamped values minus the middle of their bounds, with Δ = 1, half
 //!   the range and its square, in fixed point;
-//! - Kaplan-Meier: every patient is one event or one censoring in one
-//!   interval of one group, so the event and censoring counts of the whole
-//!   grid have L2 sensitivity 1 and each gets σ = 1/√(2ρ); the numbers at
-//!   risk are sums of them (post-processing), never noised on their own.
+//! - Kaplan-Meier: the events and censorings of each group go through a
+//!   tree of range counts over the grid ([`super::survival`]): a patient
+//!   changes one leaf-to-root path of L nodes, so every node gets
+//!   σ = √L/√(2ρ), and the numbers at risk come from the consistent
+//!   cumulative counts, with an error that grows with log m, not m.
 //!
 //! GLM rounds (binomial, gaussian) are noised as [`super::glm`] explains,
 //! correlation sums as [`release_pairs`] does. Cox rounds are refused under
@@ -35,7 +36,6 @@ use crate::error::{Error, Result};
 use crate::models::correlation::PairSums;
 use crate::models::glm::Family;
 use crate::models::linalg::{packed_index, packed_len};
-use crate::models::survival::{self, Tally};
 use crate::query::{Analysis, Query};
 use crate::secagg::Contribution;
 use crate::stats::{Moments, NodeStats, RawStats, SummarySums};
@@ -337,15 +337,8 @@ pub fn contribute(
             counts,
         ),
         RawStats::Survival(groups) => {
-            let mut noised = Vec::with_capacity(groups.len());
-            for t in groups {
-                let mut out = Tally::zero(t.counts.events.len());
-                out.counts.events = noisy_all(t.counts.events)?;
-                out.counts.censored = noisy_all(t.counts.censored)?;
-                out.counts.at_risk = out.counts.events.iter().chain(&out.counts.censored).sum();
-                noised.push(out);
-            }
-            (Contribution::Survival(noised), counts)
+            let (noised, noise, _) = super::survival::noise_groups(groups, rho)?;
+            (Contribution::Survival(noised), noise)
         }
         RawStats::Pairs(pairs) => {
             let Analysis::Correlation { variables, .. } = analysis else {
@@ -419,20 +412,8 @@ pub fn release(raw: RawStats, rules: Rules, rho: f64) -> Result<(NodeStats, Nois
             )
         }
         RawStats::Survival(groups) => {
-            let mut noised = Vec::with_capacity(groups.len());
-            for t in groups {
-                let mut out = Tally::zero(t.counts.events.len());
-                for (j, (d, c)) in t.counts.events.iter().zip(&t.counts.censored).enumerate() {
-                    out.counts.events[j] = noisy(*d)?;
-                    out.counts.censored[j] = noisy(*c)?;
-                }
-                // Patients followed beyond the grid are censorings of the
-                // last interval, noised with the rest: nothing about them
-                // needs a rule of its own.
-                out.counts.at_risk = out.counts.events.iter().chain(&out.counts.censored).sum();
-                noised.push(out);
-            }
-            (NodeStats::Survival(survival::disclose(noised, k)), counts)
+            let (groups, noise) = super::survival::release_groups(groups, k, rho)?;
+            (NodeStats::Survival(groups), noise)
         }
         RawStats::Glm(_) => {
             return Err(Error::internal(
