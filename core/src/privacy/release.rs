@@ -44,7 +44,10 @@ use crate::stats::{Moments, NodeStats, RawStats, SummarySums};
 /// values' own units (0 where the release has no such part).
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
 pub struct NoiseScale {
-    /// Of each count (cells, bins, n).
+    /// Of each count (cells, bins, n). For Kaplan-Meier, of each node of
+    /// the trees of range counts the events and censorings went through
+    /// ([`super::survival`]); the grid then fixes what that leaves in each
+    /// released count ([`super::survival::TreeNoise`]).
     pub count_sd: f64,
     /// Of each sum, in the variable's unit.
     pub sum_sd: f64,

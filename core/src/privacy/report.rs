@@ -48,7 +48,8 @@ pub struct PrivacyReport {
     pub epsilon_spent: f64,
     pub delta: f64,
     /// Standard deviation of the noise in each pooled count (cells, bins,
-    /// n at risk), when the result has counts.
+    /// n at risk), when the result has counts; for Kaplan-Meier, the
+    /// largest of a pooled number at risk (a note gives the rest).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub count_noise_sd: Option<f64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
