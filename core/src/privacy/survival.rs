@@ -341,9 +341,10 @@ pub fn release_counts(
 /// fitted non-decreasing by isotonic regression and rounded. The total
 /// stays the consistent estimate of the root: every value lies in
 /// [0, total] and the last one is the total, so the fit ends there and the
-/// number at risk at the start carries no bias from this step (an
-/// unconstrained fit would end at the largest mean of a tail of the noisy
-/// sums, above the total). Clamping and the fit can only bring the
+/// number at risk at the start carries no bias from this step beyond the
+/// floor at 0 (an unconstrained fit would end at the largest mean of a tail
+/// of the noisy sums, above the total: some 50 phantom patients per site on
+/// a daily five-year grid). Clamping and the fit can only bring the
 /// cumulative counts closer to any non-decreasing truth in the largest
 /// error.
 pub fn counts_from_cumulative(leaves: &[f64]) -> Vec<u64> {
