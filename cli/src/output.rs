@@ -176,25 +176,24 @@ pub fn rows(value: &PooledValue) -> (Vec<String>, Vec<Vec<String>>) {
         }
         PooledValue::Cox(c) => coefficient_rows(&c.coefficients, "z", Some("hazard ratio")),
         PooledValue::KaplanMeier(k) => (
-            vec![
-                "group".into(),
-                "at risk".into(),
-                "events".into(),
-                "median".into(),
-                format!(
-                    "survival at {}",
-                    k.curves
-                        .first()
-                        .and_then(|c| c.times.last())
-                        .map_or("end".to_string(), |t| t.to_string())
-                ),
-                "95% CI".into(),
-                "note".into(),
-            ],
+            strings([
+                "group",
+                "at risk",
+                "events",
+                "median",
+                "survival stated until",
+                "survival then",
+                "95% CI",
+                "note",
+            ]),
             k.curves
                 .iter()
                 .map(|c| {
-                    let last = c.survival.len().saturating_sub(1);
+                    // The last time survival is stated, not the grid's end:
+                    // after it the released counts show nobody at risk, or
+                    // intervals were merged.
+                    let last = c.survival.iter().rposition(Option::is_some);
+                    let at = |v: &[Option<f64>]| last.and_then(|j| v[j]);
                     let mut note = Vec::new();
                     if !c.suppressed_at.is_empty() {
                         note.push(format!("suppressed at {}", c.suppressed_at.join(", ")));
@@ -202,19 +201,19 @@ pub fn rows(value: &PooledValue) -> (Vec<String>, Vec<Vec<String>>) {
                     if let Some(t) = c.merged_after {
                         note.push(format!("merged after {t} ({})", c.merged_at.join(", ")));
                     }
+                    let median = match (c.median, c.stated_until) {
+                        (Some(m), _) => m.to_string(),
+                        (None, Some(t)) => format!("not reached by {t}"),
+                        (None, None) => "-".into(),
+                    };
                     vec![
                         c.group.clone(),
                         c.at_risk.to_string(),
                         c.events.to_string(),
-                        c.median
-                            .map(|m| m.to_string())
-                            .unwrap_or_else(|| "not reached".into()),
-                        opt(c.survival.get(last).copied()),
-                        format!(
-                            "{} - {}",
-                            opt(c.lower.get(last).copied()),
-                            opt(c.upper.get(last).copied())
-                        ),
+                        median,
+                        c.stated_until.map_or("-".into(), |t| t.to_string()),
+                        opt(at(&c.survival)),
+                        format!("{} - {}", opt(at(&c.lower)), opt(at(&c.upper))),
                         note.join("; "),
                     ]
                 })
@@ -309,6 +308,11 @@ pub fn footer(value: &PooledValue) -> Option<String> {
                 "Kaplan-Meier of ({}, {}) from {} over {} grid intervals; {}",
                 k.time, k.event, k.start, k.grid_intervals, k.confidence
             );
+            for c in &k.curves {
+                for note in &c.notes {
+                    s.push_str(&format!("\n{}: {note}", c.group));
+                }
+            }
             if let Some(lr) = &k.log_rank {
                 s.push_str(&format!(
                     "\nlog-rank test: chi-square {} on {} df, p = {}",
@@ -316,6 +320,9 @@ pub fn footer(value: &PooledValue) -> Option<String> {
                     lr.df,
                     p_value(lr.p_value)
                 ));
+                if let Some(note) = &lr.note {
+                    s.push_str(&format!("\nlog-rank test: {note}"));
+                }
             }
             Some(s)
         }
@@ -353,6 +360,12 @@ pub fn footer(value: &PooledValue) -> Option<String> {
     }
 }
 
+/// A CSV field: a missing value (a survival not stated, a standard error
+/// that is not finite) is an empty field, as R and pandas read NA.
+fn missing_empty(x: Option<f64>) -> String {
+    x.map(|v| v.to_string()).unwrap_or_default()
+}
+
 /// Rows for CSV: like the table, but survival curves and correlations in
 /// long form, one line per time or per pair.
 pub fn csv_rows(value: &PooledValue) -> (Vec<String>, Vec<Vec<String>>) {
@@ -380,10 +393,10 @@ pub fn csv_rows(value: &PooledValue) -> (Vec<String>, Vec<Vec<String>>) {
                             c.n_risk[j].to_string(),
                             c.n_event[j].to_string(),
                             c.n_censor[j].to_string(),
-                            c.survival[j].to_string(),
-                            c.std_error[j].to_string(),
-                            c.lower[j].to_string(),
-                            c.upper[j].to_string(),
+                            missing_empty(c.survival[j]),
+                            missing_empty(c.std_error[j]),
+                            missing_empty(c.lower[j]),
+                            missing_empty(c.upper[j]),
                         ]
                     })
                 })
@@ -542,4 +555,96 @@ pub fn render(r: &PooledResult, format: Format) -> anyhow::Result<String> {
         Format::Json => serde_json::to_string_pretty(r)?,
         Format::Csv => render_csv(r)?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use plexus_core::models::survival;
+    use plexus_core::pool::{NodeOutcome, Provenance};
+    use plexus_proto::v1 as pb;
+
+    /// A Kaplan-Meier result whose standard error is missing (everyone at
+    /// risk died, so survival is 0 and Greenwood's sum infinite) reaches
+    /// the CLI as JSON null, the way the coordinator stores it; the CLI
+    /// reads it back and prints it as missing instead of failing.
+    #[test]
+    fn a_kaplan_meier_result_with_a_missing_standard_error_prints() {
+        let points = [0.0, 10.0, 20.0, 30.0];
+        // Five die by 10, the other five by 20: nobody is left after 20.
+        let t = [5.0, 5.0, 5.0, 5.0, 5.0, 15.0, 15.0, 15.0, 15.0, 15.0];
+        let groups = survival::disclose(survival::count(&points, &t, &[true; 10], &[0; 10], 1), 5);
+        let km = survival::pool(
+            &points,
+            &["all".into()],
+            &[("hospital-a".into(), groups)],
+            ("followup_days", "death", None),
+        )
+        .unwrap();
+        let result = PooledResult {
+            value: PooledValue::KaplanMeier(km),
+            provenance: Provenance {
+                nodes: vec![NodeOutcome {
+                    node: "hospital-a".into(),
+                    status: NodeStatus::Answered,
+                    detail: None,
+                    code: None,
+                }],
+                answered: 1,
+                min_nodes: 1,
+                min_cell_size: 5,
+                notes: vec![],
+                round_ms: vec![],
+            },
+            by_site: vec![],
+            privacy: None,
+        };
+        let json = serde_json::to_string(&result).unwrap();
+        assert!(
+            json.contains(r#""lower":["#) && json.contains("null,null]"),
+            "{json}"
+        );
+        let reply = pb::QueryResult {
+            status: pb::QueryStatus::Succeeded as i32,
+            result_json: json,
+            ..Default::default()
+        };
+        let back = crate::client::outcome(&reply).unwrap();
+
+        let table = render(&back, Format::Table).unwrap();
+        // Median 10, survival stated until 20 where it is 0 with no interval.
+        let row = table.lines().find(|l| l.contains(" all ")).unwrap();
+        let cells: Vec<&str> = row.split(['│', '┆']).map(str::trim).collect();
+        assert_eq!(
+            cells[1..8],
+            ["all", "10", "10", "10", "20", "0.000", "- - -"],
+            "{table}"
+        );
+        assert!(
+            table.contains("all: survival is not stated after 20: the released counts show nobody at risk after it"),
+            "{table}"
+        );
+
+        let csv = render(&back, Format::Csv).unwrap();
+        let lines: Vec<&str> = csv.lines().collect();
+        assert_eq!(
+            lines[0],
+            "group,time,n_risk,n_event,n_censor,survival,std_error,lower,upper"
+        );
+        assert!(lines[1].starts_with("all,10,10,5,0,0.5,0.158"), "{csv}");
+        assert_eq!(lines[2], "all,20,5,5,0,0,,,");
+        assert_eq!(lines[3], "all,30,0,0,0,,,,");
+
+        let pretty = render(&back, Format::Json).unwrap();
+        let again: PooledResult = serde_json::from_str(&pretty).unwrap();
+        let PooledValue::KaplanMeier(k) = &again.value else {
+            panic!()
+        };
+        assert_eq!(k.curves[0].std_error[1], None);
+
+        let dir = tempfile::tempdir().unwrap();
+        let png = dir.path().join("km.png");
+        crate::plot::plot_result(&back, &png).unwrap();
+        assert!(std::fs::read(&png).unwrap().starts_with(b"\x89PNG"));
+    }
 }

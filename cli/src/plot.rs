@@ -400,21 +400,34 @@ pub fn plot_result(r: &plexus_core::pool::PooledResult, path: &Path) -> Result<(
     use plexus_core::pool::PooledValue;
     match &r.value {
         PooledValue::KaplanMeier(k) => {
+            // Each curve is drawn only where survival is stated: it ends
+            // where the released counts stop showing patients at risk or
+            // intervals were merged, never flat to the grid's end.
             let curves: Vec<Curve> = k
                 .curves
                 .iter()
-                .filter(|c| c.at_risk > 0)
-                .map(|c| Curve {
-                    label: match &k.group {
-                        Some(g) => format!("{g}={} (n={})", c.group, c.at_risk),
-                        None => format!("all (n={})", c.at_risk),
-                    },
-                    times: c.times.clone(),
-                    survival: c.survival.clone(),
-                    lower: c.lower.clone(),
-                    upper: c.upper.clone(),
+                .filter(|c| c.survival.iter().any(Option::is_some))
+                .map(|c| {
+                    let stated: Vec<usize> =
+                        (0..c.times.len()).filter(|&j| c.survival[j].is_some()).collect();
+                    let column = |v: &[Option<f64>]| -> Vec<f64> {
+                        stated.iter().map(|&j| v[j].unwrap_or(f64::NAN)).collect()
+                    };
+                    Curve {
+                        label: match &k.group {
+                            Some(g) => format!("{g}={} (n={})", c.group, c.at_risk),
+                            None => format!("all (n={})", c.at_risk),
+                        },
+                        times: stated.iter().map(|&j| c.times[j]).collect(),
+                        survival: column(&c.survival),
+                        lower: column(&c.lower),
+                        upper: column(&c.upper),
+                    }
                 })
                 .collect();
+            if curves.is_empty() {
+                bail!("nothing to plot: no curve states survival at any time (the result's notes say why)");
+            }
             let title = format!("Kaplan-Meier: {} / {}", k.time, k.event);
             km_plot(path, &title, &k.time, k.start, &curves)
         }

@@ -17,7 +17,8 @@ use plexus_core::pool::{
 use plexus_core::privacy::glm::{glm_noise, GlmBounds, DP_GLM_ROUNDS};
 use plexus_core::privacy::release::NoiseScale;
 use plexus_core::privacy::report::{
-    annotate_summary_noises, count_noise_sd, query_cost, NodeCharge, PrivacyReport, Receipt,
+    annotate_summary_noises, count_noise_sd, query_cost, survival_noise, NodeCharge, PrivacyReport,
+    Receipt,
 };
 use plexus_core::secagg::{self, PublicKey};
 use plexus_core::{Analysis, Error, ErrorCode, NodeStats, Query, StudyDefinition};
@@ -461,6 +462,12 @@ async fn account(
         notes.push(note);
     }
     let noises: Vec<_> = receipts.iter().map(|(_, r)| r.noise).collect();
+    // A Kaplan-Meier count's noise follows from the tree its node used.
+    let mut count_sd = count_noise_sd(&noises);
+    if let Some((sd, note)) = survival_noise(&query.analysis, &noises)? {
+        count_sd = Some(sd);
+        notes.push(note);
+    }
     Ok(PrivacyReport {
         exact: false,
         cost_rho: query_cost(study, query),
@@ -471,7 +478,7 @@ async fn account(
         remaining_rho: (budget - spent).max(0.0),
         epsilon_spent: study.privacy.epsilon(spent),
         delta: study.privacy.delta,
-        count_noise_sd: count_noise_sd(&noises),
+        count_noise_sd: count_sd,
         nodes: receipts
             .iter()
             .map(|(node, r)| NodeCharge {

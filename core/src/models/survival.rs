@@ -210,7 +210,20 @@ pub enum GroupStats {
 /// k − 1 patients are followed beyond it, their events join the last
 /// interval, so moving the grid's end cannot reveal when they died.
 pub fn disclose(groups: Vec<Tally>, k: u32) -> Vec<GroupStats> {
+    disclose_above(groups, k, u64::from(k))
+}
+
+/// [`disclose`] with the at-risk rule's floor raised to `floor` (never
+/// under k): intervals starting with 1 to floor − 1 at risk are merged, and
+/// a group with fewer than `floor` at risk from the start is suppressed.
+/// Under differential privacy the floor also covers the noise of a
+/// released number at risk ([`crate::privacy::survival`]), so a tail that
+/// could be noise over nobody is never shown interval by interval. The rule
+/// on patients followed beyond the grid stays at k (a noised release has
+/// none: they are censorings of the last interval).
+pub fn disclose_above(groups: Vec<Tally>, k: u32, floor: u64) -> Vec<GroupStats> {
     let k = u64::from(k);
+    let floor = floor.max(k);
     groups
         .into_iter()
         .map(|t| {
@@ -223,10 +236,10 @@ pub fn disclose(groups: Vec<Tally>, k: u32) -> Vec<GroupStats> {
                 }
             }
             let at_risk = g.at_risk_by_interval();
-            if g.at_risk < k {
+            if g.at_risk < floor {
                 return GroupStats::Suppressed;
             }
-            if let Some(thin) = at_risk.iter().position(|n| *n > 0 && *n < k) {
+            if let Some(thin) = at_risk.iter().position(|n| *n > 0 && *n < floor) {
                 g.merge_tail(thin - 1);
             }
             GroupStats::Released(g)
@@ -289,14 +302,23 @@ pub struct Curve {
     pub n_risk: Vec<u64>,
     pub n_event: Vec<u64>,
     pub n_censor: Vec<u64>,
-    pub survival: Vec<f64>,
-    /// Greenwood standard error of the survival.
-    pub std_error: Vec<f64>,
-    pub lower: Vec<f64>,
-    pub upper: Vec<f64>,
-    /// First grid time where survival is 0.5 or less; `None` if not reached.
+    /// Survival at each time; missing (null) where the released counts
+    /// cannot place it at that time: nobody is at risk any more, or the
+    /// interval is a merged tail whose events fall anywhere after its start.
+    pub survival: Vec<Option<f64>>,
+    /// Greenwood standard error of the survival; missing also where it is
+    /// not finite (every patient at risk died, so survival is 0).
+    pub std_error: Vec<Option<f64>>,
+    pub lower: Vec<Option<f64>>,
+    pub upper: Vec<Option<f64>>,
+    /// First time where the stated survival is 0.5 or less; `None` if not
+    /// reached by [`Curve::stated_until`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub median: Option<f64>,
+    /// The last time at which survival is stated: where the released counts
+    /// stop showing patients at risk, or where intervals were merged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stated_until: Option<f64>,
     /// Nodes that suppressed this group (fewer than k at risk).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub suppressed_at: Vec<String>,
@@ -306,6 +328,9 @@ pub struct Curve {
     pub merged_after: Option<f64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub merged_at: Vec<String>,
+    /// Why survival or the median is not stated beyond some time.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -315,6 +340,15 @@ pub struct LogRank {
     pub p_value: f64,
     pub observed: Vec<f64>,
     pub expected: Vec<f64>,
+    /// When the test ran over merged intervals: the time after which every
+    /// interval counted as one, the nodes that merged them, and a note
+    /// saying so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub merged_after: Option<f64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub merged_at: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -376,9 +410,17 @@ pub fn pool(
                 total.censored[j] = total.censored[j].saturating_add(c.censored[j]);
             }
         }
-        let mut curve = curve(&total, label, &times_of(points, kept), suppressed_at);
-        curve.merged_after = (!merged_at.is_empty() && total.at_risk > 0).then(|| points[kept - 1]);
+        let merged_after = (!merged_at.is_empty() && total.at_risk > 0).then(|| points[kept - 1]);
+        let mut curve = curve(
+            &total,
+            label,
+            &times_of(points, kept),
+            merged_after.is_some(),
+        );
+        curve.suppressed_at = suppressed_at;
+        curve.merged_after = merged_after;
         curve.merged_at = merged_at;
+        curve.notes = curve_notes(&curve);
         curves.push(curve);
         pooled.push(total);
     }
@@ -395,7 +437,10 @@ pub fn pool(
         .min()
         .unwrap_or(intervals);
     let coarse: Vec<GroupCounts> = pooled.into_iter().map(|g| coarsen(g, common)).collect();
-    let log_rank = (labels.len() > 1).then(|| log_rank(&coarse)).flatten();
+    let log_rank = (labels.len() > 1)
+        .then(|| log_rank(&coarse))
+        .flatten()
+        .map(|test| merged_test(test, &curves, points[common - 1]));
     Ok(KaplanMeierResult {
         time: names.0.into(),
         event: names.1.into(),
@@ -433,37 +478,53 @@ fn times_of(points: &[f64], kept: usize) -> Vec<f64> {
         .collect()
 }
 
-fn curve(g: &GroupCounts, label: &str, times: &[f64], suppressed_at: Vec<String>) -> Curve {
+/// The curve of pooled counts `g` at `times`. Survival is stated at the
+/// end of an interval only when the released counts show patients at risk
+/// in it and it is a single grid interval: never in a merged last interval
+/// (`merged_tail`), whose events may fall anywhere after its start, nor
+/// once nobody is left at risk. So the median, and any survival read off
+/// the curve, rest on times the data reach.
+fn curve(g: &GroupCounts, label: &str, times: &[f64], merged_tail: bool) -> Curve {
+    let mut out = Curve {
+        group: label.to_string(),
+        at_risk: g.at_risk,
+        events: g.events.iter().sum(),
+        times: vec![],
+        n_risk: vec![],
+        n_event: vec![],
+        n_censor: vec![],
+        survival: vec![],
+        std_error: vec![],
+        lower: vec![],
+        upper: vec![],
+        median: None,
+        stated_until: None,
+        suppressed_at: vec![],
+        merged_after: None,
+        merged_at: vec![],
+        notes: vec![],
+    };
     // A group nobody released has no curve, not a flat one at 1.
     if g.at_risk == 0 {
-        return Curve {
-            group: label.to_string(),
-            at_risk: 0,
-            events: 0,
-            times: vec![],
-            n_risk: vec![],
-            n_event: vec![],
-            n_censor: vec![],
-            survival: vec![],
-            std_error: vec![],
-            lower: vec![],
-            upper: vec![],
-            median: None,
-            suppressed_at,
-            merged_after: None,
-            merged_at: vec![],
-        };
+        return out;
     }
     let n_risk = g.at_risk_by_interval();
     let z = super::inference::Reference::Normal.critical();
     let (mut s, mut greenwood) = (1.0f64, 0.0f64);
-    let mut survival = Vec::with_capacity(times.len());
-    let mut std_error = Vec::with_capacity(times.len());
-    let mut lower = Vec::with_capacity(times.len());
-    let mut upper = Vec::with_capacity(times.len());
-    let mut median = None;
+    let last = n_risk.len() - 1;
     for (j, (&n, &d)) in n_risk.iter().zip(&g.events).enumerate() {
-        if n > 0 && d > 0 {
+        if n == 0 || (merged_tail && j == last) {
+            for v in [
+                &mut out.survival,
+                &mut out.std_error,
+                &mut out.lower,
+                &mut out.upper,
+            ] {
+                v.push(None);
+            }
+            continue;
+        }
+        if d > 0 {
             s *= 1.0 - d as f64 / n as f64;
             greenwood += if n > d {
                 d as f64 / (n as f64 * (n - d) as f64)
@@ -472,36 +533,80 @@ fn curve(g: &GroupCounts, label: &str, times: &[f64], suppressed_at: Vec<String>
             };
         }
         let se_log = greenwood.sqrt();
-        survival.push(s);
-        std_error.push(s * se_log);
-        if s > 0.0 && se_log.is_finite() {
-            lower.push((s * (-z * se_log).exp()).max(0.0));
-            upper.push((s * (z * se_log).exp()).min(1.0));
-        } else {
-            lower.push(f64::NAN);
-            upper.push(f64::NAN);
+        let finite = se_log.is_finite();
+        out.survival.push(Some(s));
+        out.std_error.push(finite.then_some(s * se_log));
+        let band = s > 0.0 && finite;
+        out.lower
+            .push(band.then(|| (s * (-z * se_log).exp()).max(0.0)));
+        out.upper
+            .push(band.then(|| (s * (z * se_log).exp()).min(1.0)));
+        if out.median.is_none() && s <= 0.5 {
+            out.median = Some(times[j]);
         }
-        if median.is_none() && s <= 0.5 {
-            median = Some(times[j]);
-        }
+        out.stated_until = Some(times[j]);
     }
-    Curve {
-        group: label.to_string(),
-        at_risk: g.at_risk,
-        events: g.events.iter().sum(),
-        times: times.to_vec(),
-        n_risk,
-        n_event: g.events.clone(),
-        n_censor: g.censored.clone(),
-        survival,
-        std_error,
-        lower,
-        upper,
-        median,
-        suppressed_at,
-        merged_after: None,
-        merged_at: Vec::new(),
+    out.times = times.to_vec();
+    out.n_risk = n_risk;
+    out.n_event = g.events.clone();
+    out.n_censor = g.censored.clone();
+    out
+}
+
+/// Says why a curve stops short of the grid, from its released counts.
+fn curve_notes(c: &Curve) -> Vec<String> {
+    let mut notes = Vec::new();
+    if c.at_risk == 0 {
+        return notes;
     }
+    let shown = |t: Option<f64>| t.map_or("at any time".to_string(), |t| format!("after {t}"));
+    if let Some(after) = c.merged_after {
+        let last = c.times.len() - 1;
+        notes.push(format!(
+            "survival is not stated {}: the intervals after {after} were merged into one at {}, where too few patients were at risk to release them one by one; its {} events and {} censorings fall somewhere after {after}",
+            shown(c.stated_until),
+            c.merged_at.join(", "),
+            c.n_event[last],
+            c.n_censor[last]
+        ));
+    } else if c.n_risk.last() == Some(&0) {
+        notes.push(format!(
+            "survival is not stated {}: the released counts show nobody at risk after it",
+            shown(c.stated_until)
+        ));
+    }
+    if c.median.is_none() && !notes.is_empty() {
+        notes.push(match c.stated_until {
+            Some(t) => {
+                format!("the median is not reached by {t}, the last time survival is stated")
+            }
+            None => "the median is not stated".to_string(),
+        });
+    }
+    notes
+}
+
+/// Marks a log-rank test that ran over merged intervals: after `after`
+/// (the start of the common partition's last interval) every interval
+/// counted as one, at the nodes the curves name.
+fn merged_test(mut test: LogRank, curves: &[Curve], after: f64) -> LogRank {
+    let mut nodes: Vec<String> = curves
+        .iter()
+        .filter(|c| c.merged_after.is_some())
+        .flat_map(|c| c.merged_at.iter().cloned())
+        .collect();
+    nodes.sort();
+    nodes.dedup();
+    if nodes.is_empty() {
+        return test;
+    }
+    test.note = Some(format!(
+        "the test ran with the intervals after {after} merged into one (at {}, where too few patients were at risk): it compares the groups interval by interval up to {after} and only in total after it",
+        nodes.join(", ")
+    ));
+    test.merged_after = Some(after);
+    test.merged_at = nodes;
+    test
 }
 
 /// The k-group log-rank test (R's `survdiff`, rho = 0) on the pooled
@@ -551,6 +656,9 @@ fn log_rank(groups: &[GroupCounts]) -> Option<LogRank> {
         p_value: chi_square_p(chi, m as f64),
         observed,
         expected,
+        merged_after: None,
+        merged_at: Vec::new(),
+        note: None,
     })
 }
 
@@ -600,7 +708,8 @@ mod tests {
         .unwrap();
         assert_eq!(r.curves[0].median, Some(31.0));
         assert_eq!(r.curves[1].median, Some(23.0));
-        let at = |c: &Curve, t: f64| c.survival[c.times.iter().position(|x| *x == t).unwrap()];
+        let at =
+            |c: &Curve, t: f64| c.survival[c.times.iter().position(|x| *x == t).unwrap()].unwrap();
         assert!((at(&r.curves[0], 9.0) - 10.0 / 11.0).abs() < 1e-12);
         assert!((at(&r.curves[0], 23.0) - 54.0 / 88.0).abs() < 1e-12);
         assert!((at(&r.curves[0], 31.0) - 216.0 / 440.0).abs() < 1e-12);
@@ -677,6 +786,126 @@ mod tests {
         .unwrap();
         assert_eq!(r.curves[0].merged_at, ["b"]);
         assert_eq!(r.curves[0].merged_after, Some(1.0));
+    }
+
+    #[test]
+    fn survival_and_the_median_stop_where_follow_up_stops() {
+        // The finding: nobody followed beyond 2358, a grid to 3650, a tail
+        // merged at the node, and most of the merged tail's patients dying.
+        let points = [0.0, 500.0, 1000.0, 1500.0, 2000.0, 2500.0, 3000.0, 3650.0];
+        let short = [
+            (400.0, true),
+            (400.0, true),
+            (900.0, false),
+            (1400.0, true),
+            (1400.0, true),
+            (1450.0, false),
+            (1600.0, true),
+            (1700.0, true),
+            (2100.0, true),
+            (2200.0, true),
+            (2300.0, false),
+            (2358.0, true),
+        ];
+        // A second group followed to 3600, never thin.
+        let long: Vec<(f64, bool)> = (0..30)
+            .map(|i| (100.0 + 100.0 * f64::from(i % 20) + f64::from(i), i % 3 == 0))
+            .chain((0..10).map(|_| (3600.0, false)))
+            .collect();
+        let rows: Vec<(f64, bool, u32)> = short
+            .iter()
+            .map(|(t, e)| (*t, *e, 0))
+            .chain(long.iter().map(|(t, e)| (*t, *e, 1)))
+            .collect();
+        let t: Vec<f64> = rows.iter().map(|r| r.0).collect();
+        let e: Vec<bool> = rows.iter().map(|r| r.1).collect();
+        let g: Vec<u32> = rows.iter().map(|r| r.2).collect();
+        let released = disclose(count(&points, &t, &e, &g, 2), 5);
+        let r = pool(
+            &points,
+            &["short".into(), "long".into()],
+            &[("hospital-a".into(), released)],
+            ("t", "e", Some("cohort")),
+        )
+        .unwrap();
+        let c = &r.curves[0];
+        // Four at risk after 2000 (under k): merged into (1500, 3650].
+        assert_eq!(c.merged_after, Some(1500.0));
+        assert_eq!(c.times.last(), Some(&3650.0));
+        // Its survival drops to 0.11 in the merged tail, but no median of
+        // 3650 and no survival at 3650: both stop at 1500.
+        assert_eq!(c.survival.last(), Some(&None));
+        assert_eq!(c.std_error.last(), Some(&None));
+        assert_eq!(c.stated_until, Some(1500.0));
+        assert_eq!(c.median, None);
+        let stated = c.survival.iter().flatten().copied().fold(1.0, f64::min);
+        assert!((stated - 10.0 / 12.0 * 7.0 / 9.0).abs() < 1e-12, "{stated}");
+        assert!(c.notes[0].starts_with("survival is not stated after 1500: the intervals after 1500 were merged into one at hospital-a"), "{:?}", c.notes);
+        assert!(
+            c.notes[0].ends_with("its 5 events and 1 censorings fall somewhere after 1500"),
+            "{:?}",
+            c.notes
+        );
+        assert_eq!(
+            c.notes[1],
+            "the median is not reached by 1500, the last time survival is stated"
+        );
+        // The other group is stated to the grid's end.
+        assert_eq!(r.curves[1].stated_until, Some(3650.0));
+        assert!(r.curves[1].notes.is_empty(), "{:?}", r.curves[1].notes);
+        // The log-rank test had to merge both groups after 1500, and says so.
+        let lr = r.log_rank.unwrap();
+        assert_eq!(lr.merged_after, Some(1500.0));
+        assert_eq!(lr.merged_at, ["hospital-a"]);
+        assert!(lr.note.unwrap().starts_with(
+            "the test ran with the intervals after 1500 merged into one (at hospital-a"
+        ));
+
+        // An exact study with k = 1 merges nothing: on a daily grid the
+        // curve is stated to the last follow-up, 2358, and not after.
+        let daily = Grid::Range {
+            from: 0.0,
+            to: 3650.0,
+            step: 1.0,
+        }
+        .points()
+        .unwrap();
+        let (t, e): (Vec<f64>, Vec<bool>) = short.iter().copied().unzip();
+        let released = disclose(count(&daily, &t, &e, &[0; 12], 1), 1);
+        let r = pool(
+            &daily,
+            &["all".into()],
+            &[("a".into(), released)],
+            ("t", "e", None),
+        )
+        .unwrap();
+        let c = &r.curves[0];
+        assert_eq!(c.merged_after, None);
+        assert_eq!(c.times.len(), 3650);
+        assert_eq!(c.stated_until, Some(2358.0));
+        assert_eq!(c.survival.iter().flatten().count(), 2358);
+        // Every patient left by 2358, the last of them dying: survival is 0
+        // there, its standard error not finite, so missing.
+        let j = 2357;
+        assert_eq!(c.survival[j], Some(0.0));
+        assert_eq!((c.std_error[j], c.lower[j], c.upper[j]), (None, None, None));
+        assert_eq!(c.median, Some(1700.0));
+        assert_eq!(
+            c.notes,
+            ["survival is not stated after 2358: the released counts show nobody at risk after it"]
+        );
+        assert!(r.log_rank.is_none());
+        // A missing standard error is null in JSON and reads back.
+        let json = serde_json::to_string(&r).unwrap();
+        assert!(json.contains("null"));
+        let back = serde_json::from_str::<KaplanMeierResult>(&json).unwrap();
+        let b = &back.curves[0];
+        assert_eq!(
+            (b.survival[j], b.std_error[j], b.lower[j]),
+            (Some(0.0), None, None)
+        );
+        assert_eq!(b.survival.len(), c.survival.len());
+        assert_eq!(b.notes, c.notes);
     }
 
     fn released_open(t: &[f64], e: &[bool]) -> Vec<GroupStats> {

@@ -41,6 +41,15 @@ fn all_close(a: &[f64], b: &[f64], tol: f64) -> bool {
     a.len() == b.len() && a.iter().zip(b).all(|(x, y)| close(*x, *y, tol))
 }
 
+/// [`all_close`] for values that may be missing: missing in both, or close.
+fn all_close_opt(a: &[Option<f64>], b: &[Option<f64>], tol: f64) -> bool {
+    a.len() == b.len()
+        && a.iter().zip(b).all(|(x, y)| match (x, y) {
+            (Some(x), Some(y)) => close(*x, *y, tol),
+            (x, y) => x.is_none() && y.is_none(),
+        })
+}
+
 // ---------------------------------------------------------------------------
 // Splits
 
@@ -357,11 +366,13 @@ fn same_curve(a: &Curve, b: &Curve) -> Check {
     prop_assert_eq!(&a.n_risk, &b.n_risk);
     prop_assert_eq!(&a.n_event, &b.n_event);
     prop_assert_eq!(&a.n_censor, &b.n_censor);
-    prop_assert!(all_close(&a.survival, &b.survival, 1e-12));
-    prop_assert!(all_close(&a.std_error, &b.std_error, 1e-12));
-    prop_assert!(all_close(&a.lower, &b.lower, 1e-12));
-    prop_assert!(all_close(&a.upper, &b.upper, 1e-12));
+    prop_assert!(all_close_opt(&a.survival, &b.survival, 1e-12));
+    prop_assert!(all_close_opt(&a.std_error, &b.std_error, 1e-12));
+    prop_assert!(all_close_opt(&a.lower, &b.lower, 1e-12));
+    prop_assert!(all_close_opt(&a.upper, &b.upper, 1e-12));
     prop_assert_eq!(a.median, b.median);
+    prop_assert_eq!(a.stated_until, b.stated_until);
+    prop_assert_eq!(&a.notes, &b.notes);
     prop_assert_eq!(a.merged_after, b.merged_after);
     Ok(())
 }
@@ -675,7 +686,7 @@ proptest! {
                 c.n_event[kept - 1],
                 e.n_event[kept - 1..].iter().sum::<u64>() + folded
             );
-            prop_assert!(all_close(&c.survival[..kept - 1], &e.survival[..kept - 1], 1e-12));
+            prop_assert!(all_close_opt(&c.survival[..kept - 1], &e.survival[..kept - 1], 1e-12));
             prop_assert_eq!(c.merged_after.is_some(), !c.merged_at.is_empty());
             if kept < intervals || folded > 0 {
                 prop_assert!(c.merged_after.is_some());

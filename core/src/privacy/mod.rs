@@ -11,3 +11,4 @@ pub mod noise;
 pub mod release;
 pub mod report;
 pub mod suppression;
+pub mod survival;

@@ -15,10 +15,11 @@
 //! - summary: ρ/3 each to the count, the sum and the sum of squares of
 //!   the clamped values minus the middle of their bounds, with Δ = 1, half
 //!   the range and its square, in fixed point;
-//! - Kaplan-Meier: every patient is one event or one censoring in one
-//!   interval of one group, so the event and censoring counts of the whole
-//!   grid have L2 sensitivity 1 and each gets σ = 1/√(2ρ); the numbers at
-//!   risk are sums of them (post-processing), never noised on their own.
+//! - Kaplan-Meier: the events and censorings of each group go through a
+//!   tree of range counts over the grid ([`super::survival`]): a patient
+//!   changes one leaf-to-root path of L nodes, so every node gets
+//!   σ = √L/√(2ρ), and the numbers at risk come from the consistent
+//!   cumulative counts, with an error that grows with log m, not m.
 //!
 //! GLM rounds (binomial, gaussian) are noised as [`super::glm`] explains,
 //! correlation sums as [`release_pairs`] does. Cox rounds are refused under
@@ -44,7 +45,6 @@ use crate::error::{Error, Result};
 use crate::models::correlation::PairSums;
 use crate::models::glm::{Family, Iteration};
 use crate::models::linalg::{packed_index, packed_len};
-use crate::models::survival::{self, Tally};
 use crate::query::{Analysis, Query};
 use crate::secagg::Contribution;
 use crate::stats::{Moments, NodeStats, RawStats, SummarySums};
@@ -53,7 +53,10 @@ use crate::stats::{Moments, NodeStats, RawStats, SummarySums};
 /// values' own units (0 where the release has no such part).
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
 pub struct NoiseScale {
-    /// Of each count (cells, bins, n).
+    /// Of each count (cells, bins, n). For Kaplan-Meier, of each node of
+    /// the trees of range counts the events and censorings went through
+    /// ([`super::survival`]); the grid then fixes what that leaves in each
+    /// released count ([`super::survival::TreeNoise`]).
     pub count_sd: f64,
     /// Of each sum, in the variable's unit.
     pub sum_sd: f64,
@@ -368,15 +371,8 @@ pub fn contribute(
             counts,
         ),
         RawStats::Survival(groups) => {
-            let mut noised = Vec::with_capacity(groups.len());
-            for t in groups {
-                let mut out = Tally::zero(t.counts.events.len());
-                out.counts.events = noisy_all(t.counts.events)?;
-                out.counts.censored = noisy_all(t.counts.censored)?;
-                out.counts.at_risk = out.counts.events.iter().chain(&out.counts.censored).sum();
-                noised.push(out);
-            }
-            (Contribution::Survival(noised), counts)
+            let (noised, noise, _) = super::survival::noise_groups(groups, rho)?;
+            (Contribution::Survival(noised), noise)
         }
         RawStats::Pairs(pairs) => {
             let Analysis::Correlation { variables, .. } = analysis else {
@@ -449,20 +445,8 @@ pub fn release(raw: RawStats, rules: Rules, rho: f64) -> Result<(NodeStats, Nois
             )
         }
         RawStats::Survival(groups) => {
-            let mut noised = Vec::with_capacity(groups.len());
-            for t in groups {
-                let mut out = Tally::zero(t.counts.events.len());
-                for (j, (d, c)) in t.counts.events.iter().zip(&t.counts.censored).enumerate() {
-                    out.counts.events[j] = noisy(*d)?;
-                    out.counts.censored[j] = noisy(*c)?;
-                }
-                // Patients followed beyond the grid are censorings of the
-                // last interval, noised with the rest: nothing about them
-                // needs a rule of its own.
-                out.counts.at_risk = out.counts.events.iter().chain(&out.counts.censored).sum();
-                noised.push(out);
-            }
-            (NodeStats::Survival(survival::disclose(noised, k)), counts)
+            let (groups, noise) = super::survival::release_groups(groups, k, rho)?;
+            (NodeStats::Survival(groups), noise)
         }
         RawStats::Glm(_) => {
             return Err(Error::internal(

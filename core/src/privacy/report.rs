@@ -4,9 +4,10 @@
 use serde::{Deserialize, Serialize};
 
 use super::release::NoiseScale;
+use super::survival::TreeNoise;
 use crate::error::{Error, Result};
 use crate::pool::{PooledValue, Z_95};
-use crate::query::Query;
+use crate::query::{Analysis, Query};
 use crate::stats::NodeStats;
 use crate::study::StudyDefinition;
 
@@ -47,7 +48,8 @@ pub struct PrivacyReport {
     pub epsilon_spent: f64,
     pub delta: f64,
     /// Standard deviation of the noise in each pooled count (cells, bins,
-    /// n at risk), when the result has counts.
+    /// n at risk), when the result has counts; for Kaplan-Meier, the
+    /// largest of a pooled number at risk (a note gives the rest).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub count_noise_sd: Option<f64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -67,6 +69,44 @@ fn pooled_sd(sds: impl Iterator<Item = f64>) -> f64 {
 pub fn count_noise_sd(noises: &[NoiseScale]) -> Option<f64> {
     let sd = pooled_sd(noises.iter().map(|n| n.count_sd));
     (sd > 0.0).then_some(sd)
+}
+
+/// The noise of a pooled Kaplan-Meier result, from the nodes' receipts
+/// (each gives the σ of every node of its trees, see
+/// [`super::survival`]) and the query's public grid: the standard deviation
+/// of a pooled number at risk (the largest over the grid), to report as the
+/// result's count noise, and a note saying what each σ applies to. `None`
+/// for any other analysis.
+pub fn survival_noise(analysis: &Analysis, noises: &[NoiseScale]) -> Result<Option<(f64, String)>> {
+    let Analysis::KaplanMeier { grid, .. } = analysis else {
+        return Ok(None);
+    };
+    let sds: Vec<f64> = noises
+        .iter()
+        .map(|n| n.count_sd)
+        .filter(|sd| *sd > 0.0)
+        .collect();
+    if sds.is_empty() {
+        return Ok(None);
+    }
+    let unit = TreeNoise::of(grid.points()?.len() - 1, 1.0);
+    let pooled = pooled_sd(sds.iter().copied());
+    let (lo, hi) = sds.iter().fold((f64::INFINITY, 0.0f64), |(lo, hi), sd| {
+        (lo.min(*sd), hi.max(*sd))
+    });
+    let per_node = if hi - lo <= 1e-9 * hi {
+        format!("{lo:.1}")
+    } else {
+        format!("{lo:.1} to {hi:.1}")
+    };
+    let at_risk = unit.at_risk_sd * pooled;
+    let note = format!(
+        "Kaplan-Meier counts were released through a tree of range counts over the grid's {} intervals ({} levels, one patient changes one path): each node noised every range count with sd {per_node}; after consistent post-processing a pooled number at risk carries noise of sd up to {at_risk:.1} and one interval's pooled events or censorings about {:.1}; the Greenwood intervals are sampling error only and do not include this noise",
+        unit.intervals,
+        unit.levels,
+        unit.interval_sd * pooled,
+    );
+    Ok(Some((at_risk, note)))
 }
 
 /// Widens a pooled summary's interval by the noise of the nodes whose
@@ -187,6 +227,30 @@ mod tests {
         s.analyses.push(AnalysisKind::Glm);
         s.privacy.budget_rho = 0.05;
         s
+    }
+
+    #[test]
+    fn kaplan_meier_noise_is_stated_for_what_it_applies_to() {
+        let km = Query::from_json(
+            r#"{"analysis": {"kaplan_meier": {"time": "followup_days", "event": "death",
+                "grid": {"from": 0, "to": 1826, "step": 1}}}}"#,
+        )
+        .unwrap();
+        let node = TreeNoise::for_cost(1826, 0.01).unwrap();
+        let receipt = NoiseScale {
+            count_sd: node.node_sd,
+            rho: 0.01,
+            ..NoiseScale::default()
+        };
+        let (sd, note) = survival_noise(&km.analysis, &[receipt; 3])
+            .unwrap()
+            .unwrap();
+        // Three nodes: √3 times one node's noise in a number at risk.
+        assert!((sd - node.at_risk_sd * 3f64.sqrt()).abs() < 1e-9, "{sd}");
+        assert!(note.contains("1826 intervals (12 levels"), "{note}");
+        assert!(note.contains("sd 24.5;"), "{note}");
+        let count = Query::from_json(r#"{"analysis": {"count": {}}}"#).unwrap();
+        assert_eq!(survival_noise(&count.analysis, &[receipt]).unwrap(), None);
     }
 
     #[test]
