@@ -20,6 +20,16 @@ use crate::registry::{NodeState, SignedReply};
 use crate::state::State;
 use crate::store::{now_ms, AuditEntry};
 
+/// The hello's strings reach `plexus nodes` and the audit log: refused when
+/// they hold a control character (see [`plexus_core::text`]).
+fn check_hello(h: &pb::Hello) -> Result<(), plexus_core::Error> {
+    use plexus_core::text::check;
+    check("hello.node_id", &h.node_id)?;
+    check("hello.version", &h.version)?;
+    check("hello.dictionary_version", &h.dictionary_version)?;
+    check("hello.data_snapshot", &h.data_snapshot)
+}
+
 pub struct NodeLinkService {
     pub state: Arc<State>,
 }
@@ -50,6 +60,20 @@ impl NodeLink for NodeLinkService {
                 ))
             }
         };
+        if let Err(e) = check_hello(&hello) {
+            self.state
+                .audit(AuditEntry {
+                    who: identity.name.clone(),
+                    role: "node".into(),
+                    action: "node.connect".into(),
+                    node_id: identity.name.clone(),
+                    outcome: format!("refused:{}", e.code),
+                    detail: e.message.clone(),
+                    ..Default::default()
+                })
+                .await;
+            return Err(plexus_proto::convert::to_status(&e));
+        }
         if hello.node_id != identity.name {
             self.state
                 .audit(AuditEntry {
@@ -117,6 +141,7 @@ impl NodeLink for NodeLinkService {
         tokio::spawn(
             async move {
                 let peer_cert = plexus_tls::CertificateDer::from(certificate.clone());
+                let mut refused_text = false;
                 loop {
                     let msg = tokio::select! {
                         m = inbound.message() => m,
@@ -130,7 +155,17 @@ impl NodeLink for NodeLinkService {
                         _ = state.shutdown.cancelled() => break,
                     };
                     match msg {
-                        Ok(Some(m)) => handle(&state, &node_id, conn_id, &certificate, m).await,
+                        Ok(Some(m)) => {
+                            handle(
+                                &state,
+                                &node_id,
+                                conn_id,
+                                &certificate,
+                                m,
+                                &mut refused_text,
+                            )
+                            .await
+                        }
                         Ok(None) => break,
                         Err(e) => {
                             // A node that stops or loses its network ends here too.
@@ -193,9 +228,23 @@ async fn handle(
     conn_id: u64,
     certificate: &[u8],
     m: pb::NodeMessage,
+    refused_text: &mut bool,
 ) {
     match m.msg {
-        Some(pb::node_message::Msg::Heartbeat(beat)) => {
+        Some(pb::node_message::Msg::Heartbeat(mut beat)) => {
+            // Still a sign of life; only the text is refused.
+            let checks = [
+                plexus_core::text::check("heartbeat.data_snapshot", &beat.data_snapshot),
+                plexus_core::text::check("heartbeat.health_detail", &beat.health_detail),
+            ];
+            if let Some(e) = checks.into_iter().find_map(Result::err) {
+                if !*refused_text {
+                    warn!(reason = %e.message, "heartbeat text refused; liveness and the degraded flag kept");
+                    *refused_text = true;
+                }
+                beat.data_snapshot.clear();
+                beat.health_detail = format!("refused from the node: {}", e.message);
+            }
             state.registry.heartbeat_with(node_id, conn_id, &beat)
         }
         Some(pb::node_message::Msg::Result(r)) => {
@@ -261,7 +310,13 @@ fn open_result(
     }
     let outcome = match statement.outcome {
         Some(pb::result_statement::Outcome::Stats(s)) => pb::job_result::Outcome::Stats(s),
-        Some(pb::result_statement::Outcome::Error(e)) => pb::job_result::Outcome::Error(e),
+        // The node's reason reaches the researcher and the audit log:
+        // escaped here rather than refused, since the signed statement
+        // (kept as it came) is evidence of the node's decision.
+        Some(pb::result_statement::Outcome::Error(mut e)) => {
+            e.message = plexus_core::text::escape(&e.message).into_owned();
+            pb::job_result::Outcome::Error(e)
+        }
         Some(pb::result_statement::Outcome::Keys(k)) => pb::job_result::Outcome::Keys(k),
         Some(pb::result_statement::Outcome::Masked(m)) => pb::job_result::Outcome::Masked(m),
         None => return Err("the node's signed statement has no outcome".into()),
