@@ -168,9 +168,17 @@ pub async fn nodes(conn: &ConnectArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `plexus nodes`, every text from the nodes escaped.
+/// `plexus nodes`: the full view for admins and auditors; a researcher's
+/// view (names and liveness of their studies' nodes) as two columns.
 pub fn nodes_table(r: &pb::ListNodesResponse) -> String {
     let live = |l: bool| if l { "yes" } else { "no" }.to_string();
+    if r.liveness_only {
+        let mut t = output::new_table(vec!["node", "live"]);
+        for n in &r.nodes {
+            t.add_row(vec![output::safe(&n.node_id), live(n.live)]);
+        }
+        return t.to_string();
+    }
     let mut t = output::new_table(vec![
         "node",
         "live",
@@ -557,18 +565,37 @@ mod tests {
     }
 
     #[test]
-    fn the_node_list_escapes_what_nodes_sent() {
+    fn a_researchers_node_list_shows_names_and_liveness_only() {
         let node = |id: &str, live: bool| pb::NodeInfo {
             node_id: id.into(),
             live,
             ..Default::default()
         };
+        let r = pb::ListNodesResponse {
+            nodes: vec![node("hospital-a", true), node("hospital-b", false)],
+            liveness_only: true,
+        };
+        let table = nodes_table(&r);
+        let header = table.lines().nth(1).unwrap();
+        assert!(
+            header.contains("node") && header.contains("live"),
+            "{table}"
+        );
+        assert!(
+            !table.contains("address") && !table.contains("snapshot"),
+            "{table}"
+        );
+        assert!(
+            table.contains("hospital-b") && table.contains("no"),
+            "{table}"
+        );
         let full = nodes_table(&pb::ListNodesResponse {
             nodes: vec![pb::NodeInfo {
                 peer_address: "10.0.0.1:4000".into(),
                 version: "0.1.0\u{1b}]0;owned\u{7}".into(),
                 ..node("hospital-a", true)
             }],
+            liveness_only: false,
         });
         assert!(
             full.contains("10.0.0.1:4000") && full.contains("address"),
