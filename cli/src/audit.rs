@@ -18,6 +18,7 @@ use plexus_core::merkle::{
 use plexus_proto::v1 as pb;
 
 use crate::client::Client;
+use crate::output::{safe, safe_json};
 
 fn status(s: tonic::Status) -> anyhow::Error {
     let e = plexus_proto::convert::from_status(&s);
@@ -382,7 +383,8 @@ pub async fn export_fhir(
     let mut written = 0;
     stream_log(client, |e| {
         if filter.keeps(&e) {
-            serde_json::to_writer(&mut *out, &e.to_fhir(&observer))?;
+            let line = serde_json::to_string(&e.to_fhir(&observer))?;
+            out.write_all(safe_json(&line).as_bytes())?;
             out.write_all(b"\n")?;
             written += 1;
         }
@@ -424,7 +426,7 @@ pub fn pinned_key(
 }
 
 fn print_json(value: &impl Serialize) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
+    println!("{}", safe_json(&serde_json::to_string_pretty(value)?));
     Ok(())
 }
 
@@ -459,7 +461,7 @@ pub async fn cmd_verify(conn: &crate::client::ConnectArgs, a: VerifyArgs) -> any
         match &report.latest {
             Some(h) => println!(
                 "node log {}: {} entries; all {} checkpoints verify; the latest covers {} entries (root {})",
-                report.origin, report.entries, report.checkpoints, h.size, h.root
+                safe(&report.origin), report.entries, report.checkpoints, h.size, safe(&h.root)
             ),
             None => println!(
                 "node log: {} entries and no checkpoint yet; nothing to verify them against (the node signs one every node.audit_checkpoint_secs)",
@@ -484,9 +486,9 @@ pub async fn cmd_verify(conn: &crate::client::ConnectArgs, a: VerifyArgs) -> any
         "audit log verified: {} entries; checkpoint of {} entries signed by {} at {} (root {})",
         report.entries,
         c.head.size,
-        c.origin,
+        safe(&c.origin),
         time(c.at_unix_ms),
-        c.head.root
+        safe(&c.head.root)
     );
     if report.uncovered > 0 {
         println!(
@@ -497,7 +499,8 @@ pub async fn cmd_verify(conn: &crate::client::ConnectArgs, a: VerifyArgs) -> any
     if let Some(old) = &report.earlier {
         println!(
             "the log extends your earlier checkpoint of {} entries (root {}): nothing recorded then was changed or removed",
-            old.size, old.root
+            old.size,
+            safe(&old.root)
         );
     }
     if let Some(path) = &a.save {
@@ -529,24 +532,24 @@ pub async fn cmd_prove(
     println!(
         "entry {}: {} {} ({}) {} {} at {}",
         e.seq,
-        e.who,
-        e.action,
-        e.role,
-        e.study_id,
-        e.outcome,
+        safe(&e.who),
+        safe(&e.action),
+        safe(&e.role),
+        safe(&e.study_id),
+        safe(&e.outcome),
         time(e.at)
     );
     println!("leaf {} at index {}", r.leaf, r.index);
     println!(
         "in the tree of {} entries with root {}, checkpoint signed by {} at {}",
         r.checkpoint.head.size,
-        r.checkpoint.head.root,
-        r.checkpoint.origin,
+        safe(&r.checkpoint.head.root),
+        safe(&r.checkpoint.origin),
         time(r.checkpoint.at_unix_ms)
     );
     println!("inclusion proof ({} hashes, leaf to root):", r.proof.len());
     for h in &r.proof {
-        println!("  {h}");
+        println!("  {}", safe(h));
     }
     println!("verified: the entry is in the log the checkpoint signed");
     Ok(())
@@ -566,16 +569,22 @@ pub async fn cmd_reconcile(
     } else {
         println!(
             "node {}: {} jobs in both logs, {} only in the coordinator's, {} only in the node's",
-            r.node,
+            safe(&r.node),
             r.matched,
             r.only_coordinator.len(),
             r.only_node.len()
         );
         for id in &r.only_coordinator {
-            println!("  sent by the coordinator, not in the node's log: {id}");
+            println!(
+                "  sent by the coordinator, not in the node's log: {}",
+                safe(id)
+            );
         }
         for id in &r.only_node {
-            println!("  in the node's log, not in the coordinator's: {id}");
+            println!(
+                "  in the node's log, not in the coordinator's: {}",
+                safe(id)
+            );
         }
     }
     if !r.is_clean() {
@@ -734,19 +743,19 @@ pub async fn cmd_evidence(
             if n.problems.is_empty() {
                 println!(
                     "{}: job {} {} signed at {} (rho {:.4}): signature, certificate and statement check",
-                    n.node,
-                    n.job_id,
-                    what,
+                    safe(&n.node),
+                    safe(&n.job_id),
+                    safe(what),
                     when,
                     n.charged_rho.unwrap_or(0.0)
                 );
             } else {
                 println!(
                     "{}: job {} ({}): {}",
-                    n.node,
-                    n.job_id,
-                    n.status,
-                    n.problems.join("; ")
+                    safe(&n.node),
+                    safe(&n.job_id),
+                    safe(&n.status),
+                    safe(&n.problems.join("; "))
                 );
             }
         }

@@ -25,7 +25,7 @@ pub async fn study_register(conn: &ConnectArgs, file: &Path) -> anyhow::Result<(
         .into_inner();
     println!(
         "registered study \"{}\" ({} nodes, at least {} must answer)",
-        s.id,
+        output::safe(&s.id),
         s.nodes.len(),
         s.min_nodes
     );
@@ -73,21 +73,27 @@ pub async fn study_show(
             (def, hash, Some(registered))
         }
     };
-    println!("study       {}", def.id);
-    println!("definition  {hash}");
+    use std::fmt::Write;
+    let mut out = String::new();
+    writeln!(out, "study       {}", def.id)?;
+    writeln!(out, "definition  {hash}")?;
     if let Some(at) = registered {
         let at = chrono::DateTime::from_timestamp_millis(at)
             .map(|t| t.to_rfc3339())
             .unwrap_or_default();
-        println!("registered  {at}");
+        writeln!(out, "registered  {at}")?;
     }
-    println!();
-    print!("{}", toml::to_string(&def)?);
-    println!();
-    println!(
+    writeln!(out)?;
+    write!(out, "{}", toml::to_string(&def)?)?;
+    writeln!(out)?;
+    write!(
+        out,
         "each hospital that approves this version runs:\n  plexus-node approve --config node.toml --study {} --hash {hash}",
         def.id
-    );
+    )?;
+    // A definition registered before text was checked, or a local file,
+    // may still hold control characters.
+    println!("{}", output::safe_text(&out));
     Ok(())
 }
 
@@ -108,15 +114,15 @@ pub async fn studies(conn: &ConnectArgs) -> anyhow::Result<()> {
             .map(|p| p.to_string())
             .unwrap_or(p.code);
         t.add_row(vec![
-            s.id,
-            s.title,
-            purpose,
-            s.analyses.join(", "),
-            if s.secure_aggregation {
+            output::safe(&s.id),
+            output::safe(&s.title),
+            output::safe(&purpose),
+            output::safe(&s.analyses.join(", ")),
+            output::safe(&if s.secure_aggregation {
                 format!("{} (secure aggregation)", s.nodes.join(", "))
             } else {
                 s.nodes.join(", ")
-            },
+            }),
             s.min_nodes.to_string(),
         ]);
     }
@@ -158,6 +164,21 @@ pub async fn nodes(conn: &ConnectArgs) -> anyhow::Result<()> {
         .await
         .map_err(|s| plexus_proto::convert::from_status(&s))?
         .into_inner();
+    println!("{}", nodes_table(&r));
+    Ok(())
+}
+
+/// `plexus nodes`: the full view for admins and auditors; a researcher's
+/// view (names and liveness of their studies' nodes) as two columns.
+pub fn nodes_table(r: &pb::ListNodesResponse) -> String {
+    let live = |l: bool| if l { "yes" } else { "no" }.to_string();
+    if r.liveness_only {
+        let mut t = output::new_table(vec!["node", "live"]);
+        for n in &r.nodes {
+            t.add_row(vec![output::safe(&n.node_id), live(n.live)]);
+        }
+        return t.to_string();
+    }
     let mut t = output::new_table(vec![
         "node",
         "live",
@@ -168,23 +189,22 @@ pub async fn nodes(conn: &ConnectArgs) -> anyhow::Result<()> {
         "address",
         "health",
     ]);
-    for n in r.nodes {
+    for n in &r.nodes {
         t.add_row(vec![
-            n.node_id,
-            if n.live { "yes" } else { "no" }.to_string(),
-            n.version,
-            n.dictionary_version,
-            n.data_snapshot.chars().take(16).collect(),
+            output::safe(&n.node_id),
+            live(n.live),
+            output::safe(&n.version),
+            output::safe(&n.dictionary_version),
+            output::safe(&n.data_snapshot.chars().take(16).collect::<String>()),
             time_text(n.last_heartbeat_unix_ms),
-            n.peer_address,
+            output::safe(&n.peer_address),
             match n.degraded {
                 false => "ok".to_string(),
-                true => format!("degraded: {}", n.health_detail),
+                true => format!("degraded: {}", output::safe(&n.health_detail)),
             },
         ]);
     }
-    println!("{t}");
-    Ok(())
+    t.to_string()
 }
 
 /// `plexus budget --study ID`: the study's privacy terms and spending.
@@ -229,7 +249,7 @@ pub fn budget_text(r: &pb::BudgetReport, format: Format) -> anyhow::Result<Strin
         "nodes": nodes,
     });
     Ok(match format {
-        Format::Json => serde_json::to_string_pretty(&json)?,
+        Format::Json => output::safe_json(&serde_json::to_string_pretty(&json)?),
         Format::Csv => {
             let mut w = csv::Writer::from_writer(Vec::new());
             w.write_record(["node", "spent_rho", "budget_rho", "updated"])?;
@@ -240,24 +260,24 @@ pub fn budget_text(r: &pb::BudgetReport, format: Format) -> anyhow::Result<Strin
                 String::new(),
             ])?;
             for n in &r.nodes {
-                w.write_record([
+                w.write_record(output::csv_row([
                     n.node_id.clone(),
                     n.spent_rho.to_string(),
                     n.budget_rho.to_string(),
                     time_text(n.updated_unix_ms),
-                ])?;
+                ]))?;
             }
             String::from_utf8(w.into_inner()?)?
         }
         Format::Table if r.exact => format!(
             "study {}: exact answers (no differential privacy, no budget); every node must accept this in its policy",
-            r.study_id
+            output::safe(&r.study_id)
         ),
         Format::Table => {
             let mut t = output::new_table(vec!["node", "spent rho", "budget rho", "last report"]);
             for n in &r.nodes {
                 t.add_row(vec![
-                    n.node_id.clone(),
+                    output::safe(&n.node_id),
                     format!("{:.4}", n.spent_rho),
                     format!("{:.4}", n.budget_rho),
                     time_text(n.updated_unix_ms),
@@ -266,7 +286,7 @@ pub fn budget_text(r: &pb::BudgetReport, format: Format) -> anyhow::Result<Strin
             format!(
                 "study {}: spent rho {:.4} of {:.4}, remaining {:.4}\n\
                  (epsilon {:.3} of {:.3} at delta {:e}; {} charged queries)\n{t}",
-                r.study_id,
+                output::safe(&r.study_id),
                 r.spent_rho,
                 r.budget_rho,
                 r.remaining_rho,
@@ -300,28 +320,32 @@ pub fn parse_time(s: &str) -> anyhow::Result<i64> {
     bail!("\"{s}\" is not a date (YYYY-MM-DD) or an RFC 3339 time")
 }
 
+/// `plexus audit log` as a table. Every text cell is escaped: entries
+/// written before text was checked, and text from nodes, may hold control
+/// characters.
 pub fn audit_table(events: &[AuditEntry]) -> String {
     let mut t = output::new_table(vec![
         "#", "time", "who", "role", "action", "study", "node", "outcome", "rho", "detail",
     ]);
     for e in events {
+        let node = if e.node_id.is_empty() {
+            e.nodes.join(",")
+        } else {
+            e.node_id.clone()
+        };
         t.add_row(vec![
             e.seq.to_string(),
             time_text(e.at),
-            e.who.clone(),
-            e.role.clone(),
-            e.action.clone(),
-            e.study_id.clone(),
-            if e.node_id.is_empty() {
-                e.nodes.join(",")
-            } else {
-                e.node_id.clone()
-            },
-            e.outcome.clone(),
+            output::safe(&e.who),
+            output::safe(&e.role),
+            output::safe(&e.action),
+            output::safe(&e.study_id),
+            output::safe(&node),
+            output::safe(&e.outcome),
             e.privacy_cost
                 .map(|c| format!("{c:.4}"))
                 .unwrap_or_default(),
-            e.detail.chars().take(60).collect(),
+            output::safe(&e.detail.chars().take(60).collect::<String>()),
         ]);
     }
     t.to_string()
@@ -332,6 +356,62 @@ fn audit_row(e: &AuditEntry) -> serde_json::Value {
     let mut v = serde_json::to_value(e).expect("entry serialises");
     v["at"] = serde_json::Value::String(time_text(e.at));
     v
+}
+
+/// The columns of `plexus audit log --output csv`, in order.
+const AUDIT_CSV_COLUMNS: [&str; 18] = [
+    "seq",
+    "at",
+    "who",
+    "role",
+    "action",
+    "study_id",
+    "purpose",
+    "query_id",
+    "job_id",
+    "node_id",
+    "nodes",
+    "query_hash",
+    "result_size",
+    "suppressed",
+    "privacy_cost",
+    "privacy_remaining",
+    "outcome",
+    "detail",
+];
+
+/// `plexus audit log` as printed: a table, JSON (lossless, with the
+/// characters serde leaves raw escaped), or CSV (cells escaped, formulas
+/// neutralised; see [`output::csv_cell`]).
+pub fn audit_text(events: &[AuditEntry], format: Format) -> anyhow::Result<String> {
+    Ok(match format {
+        Format::Table => audit_table(events),
+        Format::Json => {
+            let rows: Vec<serde_json::Value> = events.iter().map(audit_row).collect();
+            output::safe_json(&serde_json::to_string_pretty(&rows)?)
+        }
+        Format::Csv => {
+            let mut w = csv::Writer::from_writer(Vec::new());
+            w.write_record(AUDIT_CSV_COLUMNS)?;
+            for e in events {
+                let row = audit_row(e);
+                w.write_record(AUDIT_CSV_COLUMNS.iter().map(|c| {
+                    match &row[*c] {
+                        serde_json::Value::String(s) => output::csv_cell(s),
+                        serde_json::Value::Null => String::new(),
+                        serde_json::Value::Array(a) => output::csv_cell(
+                            &a.iter()
+                                .filter_map(|x| x.as_str())
+                                .collect::<Vec<_>>()
+                                .join(";"),
+                        ),
+                        other => other.to_string(),
+                    }
+                }))?;
+            }
+            String::from_utf8(w.into_inner()?)?
+        }
+    })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -361,52 +441,11 @@ pub async fn audit_log(
         .into_iter()
         .map(AuditEntry::from)
         .collect();
+    let text = audit_text(&events, format)?;
     match format {
-        Format::Table => println!("{}", audit_table(&events)),
-        Format::Json => {
-            let rows: Vec<serde_json::Value> = events.iter().map(audit_row).collect();
-            println!("{}", serde_json::to_string_pretty(&rows)?);
-        }
-        Format::Csv => {
-            let mut w = csv::Writer::from_writer(std::io::stdout());
-            let columns = [
-                "seq",
-                "at",
-                "who",
-                "role",
-                "action",
-                "study_id",
-                "purpose",
-                "query_id",
-                "job_id",
-                "node_id",
-                "nodes",
-                "query_hash",
-                "result_size",
-                "suppressed",
-                "privacy_cost",
-                "privacy_remaining",
-                "outcome",
-                "detail",
-            ];
-            w.write_record(columns)?;
-            for e in &events {
-                let row = audit_row(e);
-                w.write_record(columns.iter().map(|c| {
-                    match &row[*c] {
-                        serde_json::Value::String(s) => s.clone(),
-                        serde_json::Value::Null => String::new(),
-                        serde_json::Value::Array(a) => a
-                            .iter()
-                            .filter_map(|x| x.as_str())
-                            .collect::<Vec<_>>()
-                            .join(";"),
-                        other => other.to_string(),
-                    }
-                }))?;
-            }
-            w.flush()?;
-        }
+        // CSV ends its last record with a line break already.
+        Format::Csv => print!("{text}"),
+        Format::Table | Format::Json => println!("{text}"),
     }
     Ok(())
 }
@@ -448,5 +487,120 @@ fn bound(b: &plexus_core::dictionary::Bound) -> String {
     match b {
         plexus_core::dictionary::Bound::Number(x) => x.to_string(),
         plexus_core::dictionary::Bound::Date(d) => d.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An entry as an old log (before text was checked) or a hostile
+    /// node could have left it.
+    fn hostile() -> AuditEntry {
+        AuditEntry {
+            seq: 3,
+            at: 1_790_000_000_000,
+            who: "=cmd|' /C calc'!A0".into(),
+            role: "researcher".into(),
+            action: "query.submit".into(),
+            study_id: "aaa\u{1b}[2J".into(),
+            purpose: "@SUM(A1:A9)".into(),
+            nodes: vec!["-2+3".into(), "hospital-a".into()],
+            outcome: "refused:invalid".into(),
+            detail: "ok\n2026-01-01 admin study.register ok \u{202E}gpj.exe".into(),
+            privacy_cost: Some(0.01),
+            ..Default::default()
+        }
+    }
+
+    fn raw(text: &str) -> bool {
+        text.chars()
+            .any(|c| plexus_core::text::is_unsafe(c) && c != '\n')
+    }
+
+    #[test]
+    fn the_audit_log_table_escapes_control_characters() {
+        let table = audit_text(&[hostile()], Format::Table).unwrap();
+        assert!(!raw(&table), "{table}");
+        assert!(table.contains("aaa\\u{1b}[2J"), "{table}");
+        assert!(table.contains("ok\\u{a}2026-01-01"), "{table}");
+        assert!(table.contains("\\u{202e}gpj.exe"), "{table}");
+        assert!(
+            !table.lines().any(|l| l.starts_with("2026-01-01")),
+            "no forged line: {table}"
+        );
+    }
+
+    #[test]
+    fn the_audit_log_csv_escapes_and_neutralises_formulas() {
+        let text = audit_text(&[hostile()], Format::Csv).unwrap();
+        assert!(!raw(&text), "{text}");
+        assert_eq!(text.lines().count(), 2, "a header and one record: {text}");
+        let mut reader = csv::Reader::from_reader(text.as_bytes());
+        let record = reader.records().next().unwrap().unwrap();
+        let column = |name: &str| {
+            let i = AUDIT_CSV_COLUMNS.iter().position(|c| *c == name).unwrap();
+            record[i].to_string()
+        };
+        assert_eq!(column("who"), "'=cmd|' /C calc'!A0");
+        assert_eq!(column("purpose"), "'@SUM(A1:A9)");
+        assert_eq!(column("nodes"), "'-2+3;hospital-a");
+        assert_eq!(column("study_id"), "aaa\\u{1b}[2J");
+        assert_eq!(
+            column("detail"),
+            "ok\\u{a}2026-01-01 admin study.register ok \\u{202e}gpj.exe"
+        );
+        assert_eq!(column("privacy_cost"), "0.01");
+        assert_eq!(column("seq"), "3");
+    }
+
+    #[test]
+    fn the_audit_log_json_is_lossless_and_safe_on_a_terminal() {
+        let text = audit_text(&[hostile()], Format::Json).unwrap();
+        assert!(!raw(&text), "{text}");
+        let back: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(back[0]["study_id"], "aaa\u{1b}[2J");
+        assert_eq!(back[0]["who"], "=cmd|' /C calc'!A0");
+        assert_eq!(back[0]["detail"], hostile().detail);
+    }
+
+    #[test]
+    fn a_researchers_node_list_shows_names_and_liveness_only() {
+        let node = |id: &str, live: bool| pb::NodeInfo {
+            node_id: id.into(),
+            live,
+            ..Default::default()
+        };
+        let r = pb::ListNodesResponse {
+            nodes: vec![node("hospital-a", true), node("hospital-b", false)],
+            liveness_only: true,
+        };
+        let table = nodes_table(&r);
+        let header = table.lines().nth(1).unwrap();
+        assert!(
+            header.contains("node") && header.contains("live"),
+            "{table}"
+        );
+        assert!(
+            !table.contains("address") && !table.contains("snapshot"),
+            "{table}"
+        );
+        assert!(
+            table.contains("hospital-b") && table.contains("no"),
+            "{table}"
+        );
+        let full = nodes_table(&pb::ListNodesResponse {
+            nodes: vec![pb::NodeInfo {
+                peer_address: "10.0.0.1:4000".into(),
+                version: "0.1.0\u{1b}]0;owned\u{7}".into(),
+                ..node("hospital-a", true)
+            }],
+            liveness_only: false,
+        });
+        assert!(
+            full.contains("10.0.0.1:4000") && full.contains("address"),
+            "{full}"
+        );
+        assert!(!raw(&full), "{full}");
     }
 }

@@ -339,7 +339,8 @@ async fn main() {
         .with_writer(std::io::stderr)
         .init();
     if let Err(e) = run(cli).await {
-        eprintln!("error: {e:#}");
+        // Messages may quote what a coordinator, a node or a file held.
+        eprintln!("error: {}", plexus::output::safe_text(&format!("{e:#}")));
         std::process::exit(1);
     }
 }

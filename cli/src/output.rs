@@ -1,5 +1,9 @@
 //! Rendering pooled results for people (aligned tables), programs (JSON)
-//! and spreadsheets (CSV).
+//! and spreadsheets (CSV), and the escaping every output of the CLI goes
+//! through: text from the coordinator, a node or an old log may hold
+//! control or bidirectional formatting characters (see
+//! [`plexus_core::text`]), which must never reach a terminal or a
+//! spreadsheet raw.
 
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Cell, CellAlignment, Table};
 
@@ -12,6 +16,45 @@ pub enum Format {
     Table,
     Json,
     Csv,
+}
+
+/// A table cell or a line of plain text: control and bidirectional
+/// formatting characters shown as `\u{1b}`-style escapes.
+pub fn safe(s: &str) -> String {
+    plexus_core::text::escape(s).into_owned()
+}
+
+/// A whole rendered text (a table, a TOML document, an error message):
+/// its own line breaks stay, every other unsafe character is escaped.
+pub fn safe_text(s: &str) -> String {
+    plexus_core::text::escape_keeping_lines(s).into_owned()
+}
+
+/// JSON as serde_json wrote it, with the characters it leaves raw (DEL, C1,
+/// bidirectional formatting) escaped as `\uXXXX`: the same JSON value.
+pub fn safe_json(s: &str) -> String {
+    plexus_core::text::escape_json(s).into_owned()
+}
+
+/// A CSV cell: escaped like [`safe`] (no raw line break forges a row), and
+/// a cell a spreadsheet would take for a formula, one beginning with `=`,
+/// `+`, `-`, `@`, tab or carriage return (OWASP's CSV injection list),
+/// gets a leading `'` so it stays text. A plain finite number such as
+/// `-0.25` is left as it is: it is a number to the spreadsheet too.
+pub fn csv_cell(s: &str) -> String {
+    let formula = s.starts_with(['=', '+', '-', '@', '\t', '\r'])
+        && !s.parse::<f64>().is_ok_and(f64::is_finite);
+    let escaped = safe(s);
+    if formula {
+        format!("'{escaped}")
+    } else {
+        escaped
+    }
+}
+
+/// A row of [`csv_cell`]s.
+pub fn csv_row<S: AsRef<str>>(cells: impl IntoIterator<Item = S>) -> Vec<String> {
+    cells.into_iter().map(|c| csv_cell(c.as_ref())).collect()
 }
 
 pub fn cell_text(c: &PooledCell) -> String {
@@ -442,13 +485,13 @@ fn table_of(value: &PooledValue) -> String {
 pub fn render_table(r: &PooledResult) -> String {
     let mut out = table_of(&r.value);
     for site in &r.by_site {
-        out.push_str(&format!("\n\nsite {}:\n", site.node));
+        out.push_str(&format!("\n\nsite {}:\n", safe(&site.node)));
         match (&site.value, &site.error) {
             (Some(v), _) => out.push_str(&table_of(v)),
-            (None, e) => out.push_str(e.as_deref().unwrap_or("no answer")),
+            (None, e) => out.push_str(&safe(e.as_deref().unwrap_or("no answer"))),
         }
     }
-    format!("{out}\n{}", provenance(r))
+    safe_text(&format!("{out}\n{}", provenance(r)))
 }
 
 use plexus_core::privacy::report::PrivacyReport;
@@ -465,9 +508,9 @@ pub fn provenance(r: &PooledResult) -> String {
             NodeStatus::Failed => "failed",
         };
         t.add_row(vec![
-            n.node.clone(),
+            safe(&n.node),
             status.into(),
-            n.detail.clone().unwrap_or_default(),
+            safe(n.detail.as_deref().unwrap_or_default()),
         ]);
     }
     let n = r
@@ -482,7 +525,7 @@ pub fn provenance(r: &PooledResult) -> String {
         p.min_cell_size
     );
     for note in &p.notes {
-        out.push_str(&format!("\nnote: {note}"));
+        out.push_str(&format!("\nnote: {}", safe(note)));
     }
     if let Some(privacy) = &r.privacy {
         out.push('\n');
@@ -535,14 +578,14 @@ pub fn render_csv(r: &PooledResult) -> anyhow::Result<String> {
             row
         }
     };
-    w.write_record(prefix("site", header))?;
+    w.write_record(csv_row(prefix("site", header)))?;
     for row in body {
-        w.write_record(prefix("pooled", row))?;
+        w.write_record(csv_row(prefix("pooled", row)))?;
     }
     for site in &r.by_site {
         if let Some(v) = &site.value {
             for row in csv_rows(v).1 {
-                w.write_record(prefix(&site.node, row))?;
+                w.write_record(csv_row(prefix(&site.node, row)))?;
             }
         }
     }
@@ -552,7 +595,7 @@ pub fn render_csv(r: &PooledResult) -> anyhow::Result<String> {
 pub fn render(r: &PooledResult, format: Format) -> anyhow::Result<String> {
     Ok(match format {
         Format::Table => render_table(r),
-        Format::Json => serde_json::to_string_pretty(r)?,
+        Format::Json => safe_json(&serde_json::to_string_pretty(r)?),
         Format::Csv => render_csv(r)?,
     })
 }
@@ -646,5 +689,39 @@ mod tests {
         let png = dir.path().join("km.png");
         crate::plot::plot_result(&back, &png).unwrap();
         assert!(std::fs::read(&png).unwrap().starts_with(b"\x89PNG"));
+    }
+
+    #[test]
+    fn csv_cells_that_a_spreadsheet_would_evaluate_stay_text() {
+        for (cell, expected) in [
+            ("=cmd|' /C calc'!A0", "'=cmd|' /C calc'!A0"),
+            ("+41 20 123", "'+41 20 123"),
+            ("-2+3", "'-2+3"),
+            ("@SUM(A1:A9)", "'@SUM(A1:A9)"),
+            ("\t=1", "'\\u{9}=1"),
+            ("\r=1", "'\\u{d}=1"),
+            ("-inf", "'-inf"),
+            // Numbers stay numbers, and text not starting a formula stays.
+            ("-0.25", "-0.25"),
+            ("+3", "+3"),
+            ("-1e-5", "-1e-5"),
+            ("a=b", "a=b"),
+            ("hospital-a", "hospital-a"),
+            ("", ""),
+            // No raw line break forges a row.
+            ("ok\nforged,row", "ok\\u{a}forged,row"),
+        ] {
+            assert_eq!(csv_cell(cell), expected, "{cell:?}");
+        }
+    }
+
+    #[test]
+    fn rendered_text_keeps_its_own_lines_only() {
+        assert_eq!(safe("a\nb\u{1b}"), "a\\u{a}b\\u{1b}");
+        assert_eq!(
+            safe_text("line 1\nline 2\r\u{202E}"),
+            "line 1\nline 2\\u{d}\\u{202e}"
+        );
+        assert_eq!(safe_json("[\n  \"a\u{9b}\"\n]"), "[\n  \"a\\u009b\"\n]");
     }
 }

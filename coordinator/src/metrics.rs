@@ -55,6 +55,9 @@ pub struct Metrics {
     pub jobs: Family<JobLabels, Counter>,
     pub job_seconds: Family<NodeLabels, Histogram>,
     pub live_nodes: Gauge,
+    /// Connections closed because a newer one with the same node identity
+    /// replaced them: a steady rise means two daemons share a certificate.
+    pub node_replacements: Family<NodeLabels, Counter>,
     pub budget_spent: Family<StudyLabels, Gauge<f64, AtomicU64>>,
     pub audit_entries: Gauge,
 }
@@ -102,6 +105,12 @@ impl Metrics {
             "Nodes connected with a recent heartbeat",
             live_nodes.clone(),
         );
+        let node_replacements = Family::<NodeLabels, Counter>::default();
+        r.register(
+            "plexus_node_replacements",
+            "Node connections replaced by a newer connection with the same node identity",
+            node_replacements.clone(),
+        );
         let budget_spent = Family::<StudyLabels, Gauge<f64, AtomicU64>>::default();
         r.register(
             "plexus_study_budget_spent_rho",
@@ -121,6 +130,7 @@ impl Metrics {
             jobs,
             job_seconds,
             live_nodes,
+            node_replacements,
             budget_spent,
             audit_entries,
         }
@@ -149,6 +159,14 @@ impl Metrics {
                 })
                 .observe(s);
         }
+    }
+
+    pub fn node_replaced(&self, node: &str) {
+        self.node_replacements
+            .get_or_create(&NodeLabels {
+                node: node.to_string(),
+            })
+            .inc();
     }
 
     pub fn budget(&self, study: &str, spent_rho: f64) {

@@ -1,6 +1,13 @@
 //! Live nodes and the jobs waiting on them. Each connected node has one
 //! outgoing message channel (its stream) and a heartbeat time; each job in
 //! flight has a one-shot waiter that only the node it was sent to can fill.
+//!
+//! One connection per node identity, and the newest wins: a second
+//! `Attach` under a node's certificate replaces the first, whose stream the
+//! caller closes (see [`Replaced::close`]) so a legitimate node reconnects.
+//! Every connection has its own id, and a connection's end removes the
+//! node's entry only while that entry is still its own, so one connection
+//! of a node never evicts another by going away.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -8,6 +15,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
 use plexus_proto::v1 as pb;
@@ -29,10 +37,44 @@ pub struct NodeState {
     pub health_detail: String,
 }
 
+type Outbound = mpsc::Sender<Result<pb::CoordinatorMessage, Status>>;
+
 struct Connection {
     conn_id: u64,
-    tx: mpsc::Sender<Result<pb::CoordinatorMessage, Status>>,
+    tx: Outbound,
+    /// Cancelled when a newer connection of the node replaces this one.
+    closed: CancellationToken,
     state: NodeState,
+}
+
+/// A node's connection as registered: its id, to hand back on disconnect,
+/// the token cancelled should a newer connection replace it, and the older
+/// connection this one replaced, if any.
+pub struct Connected {
+    pub conn_id: u64,
+    pub closed: CancellationToken,
+    pub replaced: Option<Replaced>,
+}
+
+/// The older connection of a node that a newer one replaced. Its jobs in
+/// flight have already failed; [`Replaced::close`] ends its stream.
+pub struct Replaced {
+    pub conn_id: u64,
+    /// What the older connection told us, with its peer address and when
+    /// it connected.
+    pub state: NodeState,
+    tx: Outbound,
+    closed: CancellationToken,
+}
+
+impl Replaced {
+    /// Ends the older stream with `status` (what the node is told) and
+    /// stops its reader. Never waits: a stream whose buffer is full just
+    /// ends without the status, which the node also reconnects from.
+    pub fn close(self, status: Status) {
+        let _ = self.tx.try_send(Err(status));
+        self.closed.cancel();
+    }
 }
 
 /// A node's verified answer: its outcome and privacy receipt, taken from
@@ -56,6 +98,8 @@ pub type JobReply = Result<SignedReply, String>;
 
 struct Waiter {
     node_id: String,
+    /// The connection the job went down: its end fails the job.
+    conn_id: u64,
     /// The job's study and query hash, to name them in the audit log.
     study_id: String,
     query_hash: String,
@@ -87,44 +131,74 @@ impl Registry {
         }
     }
 
-    /// Registers a node's stream, replacing an older connection of the same
-    /// node. Returns the connection id to hand back on disconnect.
-    pub fn connect(
-        &self,
-        state: NodeState,
-        tx: mpsc::Sender<Result<pb::CoordinatorMessage, Status>>,
-    ) -> u64 {
+    /// Registers a node's stream. An older connection of the same node is
+    /// replaced (the newest wins): it is returned in
+    /// [`Connected::replaced`] for the caller to close and record, and the
+    /// jobs it still owed an answer fail now.
+    pub fn connect(&self, state: NodeState, tx: Outbound) -> Connected {
         let conn_id = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        let closed = CancellationToken::new();
         self.gone.lock().expect("lock").remove(&state.node_id);
-        self.nodes
-            .lock()
-            .expect("lock")
-            .insert(state.node_id.clone(), Connection { conn_id, tx, state });
-        conn_id
+        let old = self.nodes.lock().expect("lock").insert(
+            state.node_id.clone(),
+            Connection {
+                conn_id,
+                tx,
+                closed: closed.clone(),
+                state,
+            },
+        );
+        let replaced = old.map(|c| {
+            self.fail_jobs_of(
+                c.conn_id,
+                "another connection with the node's identity replaced the one the job was sent on",
+            );
+            Replaced {
+                conn_id: c.conn_id,
+                state: c.state,
+                tx: c.tx,
+                closed: c.closed,
+            }
+        });
+        Connected {
+            conn_id,
+            closed,
+            replaced,
+        }
     }
 
-    /// Removes a node's stream (if it is still the current one) and fails
-    /// every job it still owed an answer.
-    pub fn disconnect(&self, node_id: &str, conn_id: u64) {
+    /// A connection ended: the node's entry goes if it is still this
+    /// connection's (a replaced connection's end leaves its successor
+    /// alone), and every job sent on it that is not held for review fails.
+    /// Returns whether it was the node's current connection.
+    pub fn disconnect(&self, node_id: &str, conn_id: u64) -> bool {
         let mut nodes = self.nodes.lock().expect("lock");
-        if nodes.get(node_id).map(|c| c.conn_id) == Some(conn_id) {
+        let current = nodes.get(node_id).map(|c| c.conn_id) == Some(conn_id);
+        if current {
             if let Some(c) = nodes.remove(node_id) {
                 self.gone
                     .lock()
                     .expect("lock")
                     .insert(node_id.to_string(), c.state);
             }
-            drop(nodes);
-            let mut waiters = self.waiters.lock().expect("lock");
-            let ids: Vec<String> = waiters
-                .iter()
-                .filter(|(_, w)| w.node_id == node_id && !w.held)
-                .map(|(id, _)| id.clone())
-                .collect();
-            for id in ids {
-                if let Some(w) = waiters.remove(&id) {
-                    let _ = w.tx.send(Err("node disconnected during the job".into()));
-                }
+        }
+        drop(nodes);
+        self.fail_jobs_of(conn_id, "node disconnected during the job");
+        current
+    }
+
+    /// Fails the jobs sent on connection `conn_id`, except those the node
+    /// holds for review, which may be answered on a later connection.
+    fn fail_jobs_of(&self, conn_id: u64, why: &str) {
+        let mut waiters = self.waiters.lock().expect("lock");
+        let ids: Vec<String> = waiters
+            .iter()
+            .filter(|(_, w)| w.conn_id == conn_id && !w.held)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in ids {
+            if let Some(w) = waiters.remove(&id) {
+                let _ = w.tx.send(Err(why.into()));
             }
         }
     }
@@ -194,29 +268,33 @@ impl Registry {
         job: pb::Job,
         signer: &plexus_tls::SigningKey,
     ) -> Result<oneshot::Receiver<JobReply>, String> {
-        let tx = self
-            .nodes
-            .lock()
-            .expect("lock")
-            .get(node_id)
-            .map(|c| c.tx.clone())
-            .ok_or_else(|| "not connected".to_string())?;
         let (wtx, wrx) = oneshot::channel();
         let job_id = job.job_id.clone();
         let bytes = prost::Message::encode_to_vec(&job);
-        self.waiters.lock().expect("lock").insert(
-            job_id.clone(),
-            Waiter {
-                node_id: node_id.to_string(),
-                study_id: job.study_id.clone(),
-                query_hash: job.query_hash.clone(),
-                job_hash: ring::digest::digest(&ring::digest::SHA256, &bytes)
-                    .as_ref()
-                    .to_vec(),
-                tx: wtx,
-                held: false,
-            },
-        );
+        let job_hash = ring::digest::digest(&ring::digest::SHA256, &bytes)
+            .as_ref()
+            .to_vec();
+        // The waiter is filed under the connection while that connection
+        // is still the node's, so a replacement from now on fails it.
+        let tx = {
+            let nodes = self.nodes.lock().expect("lock");
+            let c = nodes
+                .get(node_id)
+                .ok_or_else(|| "not connected".to_string())?;
+            self.waiters.lock().expect("lock").insert(
+                job_id.clone(),
+                Waiter {
+                    node_id: node_id.to_string(),
+                    conn_id: c.conn_id,
+                    study_id: job.study_id.clone(),
+                    query_hash: job.query_hash.clone(),
+                    job_hash,
+                    tx: wtx,
+                    held: false,
+                },
+            );
+            c.tx.clone()
+        };
         let msg = pb::CoordinatorMessage {
             msg: Some(pb::coordinator_message::Msg::SignedJob(pb::SignedJob {
                 signature: signer.sign(&bytes),
@@ -306,7 +384,7 @@ mod tests {
             data_snapshot: "s0".into(),
             ..Default::default()
         };
-        let conn = registry.connect(hello, tx);
+        let conn = registry.connect(hello, tx).conn_id;
         let beat = |snapshot: &str, detail: &str| pb::Heartbeat {
             sent_unix_ms: 1,
             data_snapshot: snapshot.into(),
@@ -338,6 +416,69 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_newest_connection_wins_and_an_older_ones_end_evicts_nobody() {
+        let dir = tempfile::tempdir().unwrap();
+        let (signer, _, _) = plexus_tls::SigningKey::generate_into(dir.path(), "c").unwrap();
+        let registry = Registry::new(Duration::from_secs(10));
+        let hello = |peer: &str| NodeState {
+            node_id: "a".into(),
+            peer_address: peer.into(),
+            connected_at: now_ms(),
+            last_heartbeat: now_ms(),
+            ..Default::default()
+        };
+        let (tx1, mut rx1) = mpsc::channel(8);
+        let first = registry.connect(hello("10.0.0.1:4000"), tx1);
+        assert!(first.replaced.is_none());
+        let mut job_on_first = registry.send_job("a", job("j1"), &signer).await.unwrap();
+        assert!(
+            rx1.recv().await.unwrap().is_ok(),
+            "the job went down the first stream"
+        );
+
+        let (tx2, mut rx2) = mpsc::channel(8);
+        let second = registry.connect(hello("10.0.0.9:5000"), tx2);
+        let old = second.replaced.expect("the first connection was replaced");
+        assert_eq!(old.conn_id, first.conn_id);
+        assert_eq!(old.state.peer_address, "10.0.0.1:4000");
+        // The job sent on the replaced connection fails now, not at its deadline.
+        assert!(job_on_first
+            .try_recv()
+            .unwrap()
+            .unwrap_err()
+            .contains("replaced"));
+        assert!(!first.closed.is_cancelled());
+        old.close(Status::aborted("replaced"));
+        assert!(
+            first.closed.is_cancelled(),
+            "the older reader is told to stop"
+        );
+        assert_eq!(
+            rx1.recv().await.unwrap().unwrap_err().code(),
+            tonic::Code::Aborted
+        );
+
+        // New jobs go down the second stream; the first one's end leaves
+        // the node connected and its new job waiting.
+        let mut job_on_second = registry.send_job("a", job("j2"), &signer).await.unwrap();
+        assert!(rx2.recv().await.unwrap().is_ok());
+        assert!(!registry.disconnect("a", first.conn_id));
+        assert!(registry.is_live("a"));
+        assert_eq!(
+            registry.list()[0].0.peer_address,
+            "10.0.0.9:5000",
+            "the node is listed with its current connection"
+        );
+        assert!(job_on_second.try_recv().is_err(), "still waiting");
+        assert!(registry.disconnect("a", second.conn_id));
+        assert!(!registry.is_live("a"));
+        assert_eq!(
+            job_on_second.try_recv().unwrap().unwrap_err(),
+            "node disconnected during the job"
+        );
+    }
+
+    #[tokio::test]
     async fn a_held_job_outlives_its_nodes_disconnect_and_others_fail() {
         let dir = tempfile::tempdir().unwrap();
         let (signer, _, _) = plexus_tls::SigningKey::generate_into(dir.path(), "c").unwrap();
@@ -347,7 +488,7 @@ mod tests {
             node_id: id.into(),
             ..Default::default()
         };
-        let conn = registry.connect(state("a"), tx.clone());
+        let conn = registry.connect(state("a"), tx.clone()).conn_id;
         let mut held = registry.send_job("a", job("held"), &signer).await.unwrap();
         let mut plain = registry.send_job("a", job("plain"), &signer).await.unwrap();
 

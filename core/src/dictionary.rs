@@ -148,13 +148,21 @@ impl Dictionary {
     }
 
     pub fn validate(&self) -> Result<()> {
+        crate::text::check("dictionary name", &self.name)?;
+        crate::text::check("dictionary version", &self.version)?;
         if self.version.trim().is_empty() {
             return Err(Error::invalid("data dictionary has an empty version"));
         }
         if self.variables.is_empty() {
             return Err(Error::invalid("data dictionary defines no variables"));
         }
-        for (name, var) in &self.variables {
+        for (i, (name, var)) in self.variables.iter().enumerate() {
+            // Before any message below echoes the name or a label.
+            crate::text::check(&format!("the name of dictionary variable {}", i + 1), name)?;
+            let field = |f: &str| format!("variable \"{name}\" {f}");
+            crate::text::check(&field("unit"), var.unit.as_deref().unwrap_or_default())?;
+            crate::text::check(&field("description"), &var.description)?;
+            crate::text::check_all(&field("categories"), &var.categories)?;
             if !is_identifier(name) {
                 return Err(Error::invalid(format!(
                     "variable name \"{name}\" must start with a lowercase letter and hold only lowercase letters, digits, '_' or '-'"
@@ -255,6 +263,22 @@ mod tests {
             e.message,
             "variable \"smokin\" is not in the data dictionary (did you mean \"smoking\"?)"
         );
+    }
+
+    #[test]
+    fn rejects_control_characters_naming_the_field() {
+        let toml = "name='x'\nversion='1'\n[variables.a]\ntype='categorical'\ncategories=['yes', \"no\\u001b[8m\"]\n";
+        let e = Dictionary::from_toml(toml).unwrap_err();
+        assert!(
+            e.message
+                .starts_with("variable \"a\" categories[1] holds the control character U+001B"),
+            "{e}"
+        );
+        let toml =
+            "name='x'\nversion='1'\n[variables.a]\ntype='float'\ndescription=\"kg\\u202e\"\n";
+        let e = Dictionary::from_toml(toml).unwrap_err();
+        assert!(e.message.contains("description holds"), "{e}");
+        assert!(e.message.contains("U+202E"), "{e}");
     }
 
     #[test]

@@ -21,6 +21,7 @@ pub mod query;
 pub mod secagg;
 pub mod stats;
 pub mod study;
+pub mod text;
 
 pub use dictionary::{Dictionary, VarType, Variable};
 pub use error::{Error, ErrorCode, Result};

@@ -11,6 +11,7 @@ use crate::dictionary::{is_identifier, Dictionary};
 use crate::error::{Error, Result};
 use crate::purpose::Purpose;
 use crate::query::{AnalysisKind, Query};
+use crate::text;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -163,6 +164,8 @@ impl StudyDefinition {
 
     /// Checks the definition against the dictionary and returns its purpose.
     pub fn validate(&self, dict: &Dictionary) -> Result<Purpose> {
+        // First, so that no later error echoes a control character.
+        self.check_text()?;
         if !is_identifier(&self.id) {
             return Err(Error::invalid(format!(
                 "study id \"{}\" must start with a lowercase letter and hold only lowercase letters, digits, '_' or '-'",
@@ -233,6 +236,19 @@ impl StudyDefinition {
             &self.purpose.disease,
             &self.purpose.modifiers,
         )
+    }
+
+    /// Every string of the definition against [`text::check`], named by
+    /// its path in `study.toml`.
+    fn check_text(&self) -> Result<()> {
+        text::check("study.id", &self.id)?;
+        text::check("study.title", &self.title)?;
+        text::check_all("study.variables", &self.variables)?;
+        text::check_all("study.researchers", &self.researchers)?;
+        text::check_all("study.nodes", &self.nodes)?;
+        text::check("study.purpose.code", &self.purpose.code)?;
+        text::check("study.purpose.disease", &self.purpose.disease)?;
+        text::check_all("study.purpose.modifiers", &self.purpose.modifiers)
     }
 
     pub fn purpose(&self) -> Result<Purpose> {
@@ -337,6 +353,42 @@ disease = "MONDO:0005160"
         let mut three = on.clone();
         three.nodes.push("hospital-c".into());
         three.validate(&Dictionary::cardiovascular()).unwrap();
+    }
+
+    #[test]
+    fn control_characters_are_refused_naming_the_field() {
+        let d = Dictionary::cardiovascular();
+        type Edit = fn(&mut StudyDefinition);
+        let edits: [(Edit, &str); 5] = [
+            (
+                |s| s.id.push('\u{1b}'),
+                "study.id holds the control character U+001B",
+            ),
+            (
+                |s| s.title = "AAA\n2026-01-01 admin study.register ok".into(),
+                "study.title holds the control character U+000A",
+            ),
+            (
+                |s| s.variables[2] = "aaa\u{202e}diameter".into(),
+                "study.variables[2] holds the control character U+202E",
+            ),
+            (
+                |s| s.purpose.disease = "MONDO:0005160\u{2066}".into(),
+                "study.purpose.disease holds the control character U+2066",
+            ),
+            (
+                |s| s.nodes.push("hospital-\u{9b}c".into()),
+                "study.nodes[2] holds the control character U+009B",
+            ),
+        ];
+        for (edit, expected) in edits {
+            let mut s = StudyDefinition::from_toml(EXAMPLE).unwrap();
+            edit(&mut s);
+            let e = s.validate(&d).unwrap_err();
+            assert_eq!(e.code, crate::ErrorCode::Invalid);
+            assert!(e.message.starts_with(expected), "{e}");
+            assert!(!e.message.chars().any(text::is_unsafe), "{e:?}");
+        }
     }
 
     #[test]

@@ -36,6 +36,9 @@ pub struct Link {
 enum SessionEnd {
     /// We were connected, then the stream ended.
     Dropped(String),
+    /// We were connected, then a newer connection with our identity
+    /// replaced ours at the coordinator (status `aborted`).
+    Replaced(String),
     /// We never got as far as a welcome.
     Failed(String),
     Shutdown,
@@ -51,13 +54,20 @@ impl Link {
         // the next one in the list (the standby may have taken over).
         let mut next = 0;
         let mut attempt: u32 = 0;
+        // Replacements in a row. Two daemons with one certificate replace
+        // each other at every reconnection: each replacement in a row
+        // doubles the wait (up to max_backoff_secs), so the pair settles
+        // to one swap per max_backoff_secs or so instead of flapping at
+        // full speed, while a node replaced once (by an impostor that
+        // then leaves, say) is back within half a second.
+        let mut replaced: u32 = 0;
         loop {
             let address = addresses[next % addresses.len()];
             let end = self.session(address, &shutdown).await;
             self.runner.metrics.connected.set(0);
             let not_ready = match &end {
                 SessionEnd::Shutdown => "the node is shutting down".to_string(),
-                SessionEnd::Dropped(r) | SessionEnd::Failed(r) => {
+                SessionEnd::Dropped(r) | SessionEnd::Replaced(r) | SessionEnd::Failed(r) => {
                     format!("not connected to the coordinator ({r})")
                 }
             };
@@ -66,6 +76,16 @@ impl Link {
                 SessionEnd::Shutdown => return,
                 SessionEnd::Dropped(reason) => {
                     attempt = 0;
+                    replaced = 0;
+                    reason
+                }
+                SessionEnd::Replaced(reason) => {
+                    warn!(
+                        replaced_in_a_row = replaced + 1,
+                        "another connection with this node's certificate replaced ours at the coordinator; if this repeats, another daemon runs with this node's certificate: stop it, or have the certificate revoked if its key was copied"
+                    );
+                    attempt = replaced;
+                    replaced = replaced.saturating_add(1);
                     reason
                 }
                 SessionEnd::Failed(reason) => reason,
@@ -214,6 +234,9 @@ impl Link {
                 }
                 Ok(Some(_)) => {}
                 Ok(None) => break SessionEnd::Dropped("the coordinator closed the stream".into()),
+                Err(status) if status.code() == tonic::Code::Aborted => {
+                    break SessionEnd::Replaced(status.message().to_string())
+                }
                 Err(status) => {
                     break SessionEnd::Dropped(format!("stream failed: {}", status.message()))
                 }

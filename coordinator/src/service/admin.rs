@@ -1,5 +1,7 @@
-//! Network administration: register studies, see which nodes are live.
+//! Network administration: register studies, see which nodes are live
+//! (researchers see the names and liveness of their studies' nodes only).
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
@@ -85,7 +87,11 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::ListNodesRequest>,
     ) -> Result<Response<pb::ListNodesResponse>, Status> {
-        plexus_tls::require_role(&request, &[Role::Admin, Role::Auditor, Role::Researcher])?;
+        let who =
+            plexus_tls::require_role(&request, &[Role::Admin, Role::Auditor, Role::Researcher])?;
+        if who.role == Role::Researcher {
+            return Ok(Response::new(self.liveness_view(&who.name).await?));
+        }
         let nodes = self
             .state
             .registry
@@ -104,6 +110,47 @@ impl Admin for AdminService {
                 health_detail: s.health_detail,
             })
             .collect();
-        Ok(Response::new(pb::ListNodesResponse { nodes }))
+        Ok(Response::new(pb::ListNodesResponse {
+            nodes,
+            liveness_only: false,
+        }))
+    }
+}
+
+impl AdminService {
+    /// What a researcher sees: the nodes of the studies they are a member
+    /// of (named in the study definitions they can already read), each
+    /// with whether it is live, and nothing else. Withheld, because each
+    /// tells a researcher more than whether their query can be answered:
+    /// the address (a hospital's network layout), the software and
+    /// dictionary versions (which flaws a node has), the data snapshot
+    /// (it changes when data or consent change, which helps differencing
+    /// attacks), connection and heartbeat times (answers count as
+    /// heartbeats, so they show when other queries ran, and restarts), and
+    /// the health detail (a hospital's database outages and host names).
+    async fn liveness_view(&self, researcher: &str) -> Result<pb::ListNodesResponse, Status> {
+        let studies = self
+            .state
+            .store
+            .studies()
+            .await
+            .map_err(|e| e.to_status())?;
+        let names: BTreeSet<String> = studies
+            .into_iter()
+            .filter(|s| s.definition.has_researcher(researcher))
+            .flat_map(|s| s.definition.nodes)
+            .collect();
+        let registry = &self.state.registry;
+        Ok(pb::ListNodesResponse {
+            nodes: names
+                .into_iter()
+                .map(|node_id| pb::NodeInfo {
+                    live: registry.is_live(&node_id),
+                    node_id,
+                    ..Default::default()
+                })
+                .collect(),
+            liveness_only: true,
+        })
     }
 }

@@ -173,6 +173,9 @@ impl Audit for AuditService {
     ) -> Result<Response<pb::QueryEvidenceResponse>, Status> {
         let who = plexus_tls::require_role(&request, &[Role::Auditor, Role::Admin])?;
         let query_id = request.into_inner().query_id;
+        // The id is written to the log below.
+        plexus_core::text::check("query_id", &query_id)
+            .map_err(|e| plexus_proto::convert::to_status(&e))?;
         self.read_by(&who, "audit.evidence", query_id.clone(), String::new())
             .await;
         let store = &self.state.store;

@@ -1,6 +1,15 @@
 //! The nodes' long-lived streams: registration, heartbeats, jobs down and
 //! results up. Only a certificate with role `node` may connect, and only
 //! under its own name.
+//!
+//! One stream per node identity, and the newest wins: a second `Attach`
+//! under a node's certificate replaces the first, whose stream ends with
+//! [`REPLACED`] (status `aborted`) so that a legitimate node reconnects,
+//! and each replacement is audited as `node.replaced` with both peers'
+//! addresses. A stolen key is answered by revoking the certificate, not by
+//! this rule: an impostor and the real node would keep replacing each
+//! other, which the warnings and the `plexus_node_replacements` metric
+//! show.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -16,9 +25,27 @@ use plexus_proto::v1 as pb;
 use plexus_proto::v1::node_link_server::NodeLink;
 use plexus_tls::Role;
 
-use crate::registry::{NodeState, SignedReply};
+use crate::registry::{Connected, NodeState, Replaced, SignedReply};
 use crate::state::State;
 use crate::store::{now_ms, AuditEntry};
+
+/// What the node whose stream a newer connection replaced is told. Nodes
+/// tell it by its code, `aborted`, which nothing else on this stream uses.
+pub const REPLACED: &str = "another connection with this node's identity replaced this stream; the node reconnects by itself, and if this repeats, two daemons run with one certificate: stop one of them (or revoke the certificate if its key was copied)";
+
+/// A connection replaced sooner than this after it connected is probably
+/// one of two daemons fighting over one identity, not a reconnection.
+const FLAP_WINDOW_MS: i64 = 60_000;
+
+/// The hello's strings reach `plexus nodes` and the audit log: refused when
+/// they hold a control character (see [`plexus_core::text`]).
+fn check_hello(h: &pb::Hello) -> Result<(), plexus_core::Error> {
+    use plexus_core::text::check;
+    check("hello.node_id", &h.node_id)?;
+    check("hello.version", &h.version)?;
+    check("hello.dictionary_version", &h.dictionary_version)?;
+    check("hello.data_snapshot", &h.data_snapshot)
+}
 
 pub struct NodeLinkService {
     pub state: Arc<State>,
@@ -50,6 +77,20 @@ impl NodeLink for NodeLinkService {
                 ))
             }
         };
+        if let Err(e) = check_hello(&hello) {
+            self.state
+                .audit(AuditEntry {
+                    who: identity.name.clone(),
+                    role: "node".into(),
+                    action: "node.connect".into(),
+                    node_id: identity.name.clone(),
+                    outcome: format!("refused:{}", e.code),
+                    detail: e.message.clone(),
+                    ..Default::default()
+                })
+                .await;
+            return Err(plexus_proto::convert::to_status(&e));
+        }
         if hello.node_id != identity.name {
             self.state
                 .audit(AuditEntry {
@@ -85,7 +126,11 @@ impl NodeLink for NodeLinkService {
         }
         // Kept to tell the node why, should a new revocation list cut it off.
         let revoked_tx = tx.clone();
-        let conn_id = self.state.registry.connect(
+        let Connected {
+            conn_id,
+            closed,
+            replaced,
+        } = self.state.registry.connect(
             NodeState {
                 node_id: node_id.clone(),
                 version: hello.version.clone(),
@@ -110,6 +155,9 @@ impl NodeLink for NodeLinkService {
                 ..Default::default()
             })
             .await;
+        if let Some(old) = replaced {
+            close_replaced(&self.state, &node_id, &peer_addr, old).await;
+        }
 
         let state = self.state.clone();
         let span = info_span!("node_stream", node = %node_id);
@@ -117,9 +165,12 @@ impl NodeLink for NodeLinkService {
         tokio::spawn(
             async move {
                 let peer_cert = plexus_tls::CertificateDer::from(certificate.clone());
+                let mut refused_text = false;
                 loop {
                     let msg = tokio::select! {
                         m = inbound.message() => m,
+                        // A newer connection took over; `node.replaced` says so.
+                        _ = closed.cancelled() => break,
                         loaded = tls.changed() => {
                             if loaded.crl.as_ref().is_some_and(|crl| crl.revokes(&peer_cert)) {
                                 cut_revoked(&state, &node_id, &revoked_tx).await;
@@ -130,7 +181,17 @@ impl NodeLink for NodeLinkService {
                         _ = state.shutdown.cancelled() => break,
                     };
                     match msg {
-                        Ok(Some(m)) => handle(&state, &node_id, conn_id, &certificate, m).await,
+                        Ok(Some(m)) => {
+                            handle(
+                                &state,
+                                &node_id,
+                                conn_id,
+                                &certificate,
+                                m,
+                                &mut refused_text,
+                            )
+                            .await
+                        }
                         Ok(None) => break,
                         Err(e) => {
                             // A node that stops or loses its network ends here too.
@@ -139,8 +200,12 @@ impl NodeLink for NodeLinkService {
                         }
                     }
                 }
-                state.registry.disconnect(&node_id, conn_id);
-                info!("node disconnected");
+                let current = state.registry.disconnect(&node_id, conn_id);
+                if closed.is_cancelled() {
+                    info!(peer = %peer_addr, "replaced node stream closed");
+                    return;
+                }
+                info!(peer = %peer_addr, "node disconnected");
                 state
                     .audit(AuditEntry {
                         who: node_id.clone(),
@@ -148,6 +213,14 @@ impl NodeLink for NodeLinkService {
                         action: "node.disconnect".into(),
                         node_id: node_id.clone(),
                         outcome: "ok".into(),
+                        detail: format!(
+                            "stream from {peer_addr} ended{}",
+                            if current {
+                                ""
+                            } else {
+                                "; a newer connection stays"
+                            }
+                        ),
                         ..Default::default()
                     })
                     .await;
@@ -158,6 +231,36 @@ impl NodeLink for NodeLinkService {
         let out = ReceiverStream::new(rx).take_until(async move { shutdown.cancelled().await });
         Ok(Response::new(Box::pin(out)))
     }
+}
+
+/// Newest wins: the older stream of `node_id` ends with [`REPLACED`], and
+/// the replacement is counted, logged and audited with both peers'
+/// addresses. A replaced connection that had only just connected points
+/// at two daemons sharing one certificate, and the warning says so.
+async fn close_replaced(state: &State, node_id: &str, new_peer: &str, old: Replaced) {
+    let old_peer = old.state.peer_address.clone();
+    let old_age_ms = (now_ms() - old.state.connected_at).max(0);
+    old.close(Status::aborted(REPLACED));
+    state.metrics.node_replaced(node_id);
+    if old_age_ms < FLAP_WINDOW_MS {
+        warn!(%old_peer, %new_peer, old_age_ms, "a new connection with this node's identity replaced one that was under a minute old; if this repeats, two daemons run with one certificate (or its key was copied): stop one of them, or revoke the certificate");
+    } else {
+        warn!(%old_peer, %new_peer, old_age_ms, "a new connection with this node's identity replaced the open one (a reconnection before the old stream was seen to end, or another holder of the node's key)");
+    }
+    state
+        .audit(AuditEntry {
+            who: node_id.to_string(),
+            role: "node".into(),
+            action: "node.replaced".into(),
+            node_id: node_id.to_string(),
+            outcome: "ok".into(),
+            detail: format!(
+                "connection from {new_peer} replaced the one from {old_peer} (open {} s), whose stream was closed",
+                old_age_ms / 1000
+            ),
+            ..Default::default()
+        })
+        .await;
 }
 
 /// A revocation list loaded while the node was connected revokes its
@@ -193,9 +296,23 @@ async fn handle(
     conn_id: u64,
     certificate: &[u8],
     m: pb::NodeMessage,
+    refused_text: &mut bool,
 ) {
     match m.msg {
-        Some(pb::node_message::Msg::Heartbeat(beat)) => {
+        Some(pb::node_message::Msg::Heartbeat(mut beat)) => {
+            // Still a sign of life; only the text is refused.
+            let checks = [
+                plexus_core::text::check("heartbeat.data_snapshot", &beat.data_snapshot),
+                plexus_core::text::check("heartbeat.health_detail", &beat.health_detail),
+            ];
+            if let Some(e) = checks.into_iter().find_map(Result::err) {
+                if !*refused_text {
+                    warn!(reason = %e.message, "heartbeat text refused; liveness and the degraded flag kept");
+                    *refused_text = true;
+                }
+                beat.data_snapshot.clear();
+                beat.health_detail = format!("refused from the node: {}", e.message);
+            }
             state.registry.heartbeat_with(node_id, conn_id, &beat)
         }
         Some(pb::node_message::Msg::Result(r)) => {
@@ -261,7 +378,13 @@ fn open_result(
     }
     let outcome = match statement.outcome {
         Some(pb::result_statement::Outcome::Stats(s)) => pb::job_result::Outcome::Stats(s),
-        Some(pb::result_statement::Outcome::Error(e)) => pb::job_result::Outcome::Error(e),
+        // The node's reason reaches the researcher and the audit log:
+        // escaped here rather than refused, since the signed statement
+        // (kept as it came) is evidence of the node's decision.
+        Some(pb::result_statement::Outcome::Error(mut e)) => {
+            e.message = plexus_core::text::escape(&e.message).into_owned();
+            pb::job_result::Outcome::Error(e)
+        }
         Some(pb::result_statement::Outcome::Keys(k)) => pb::job_result::Outcome::Keys(k),
         Some(pb::result_statement::Outcome::Masked(m)) => pb::job_result::Outcome::Masked(m),
         None => return Err("the node's signed statement has no outcome".into()),

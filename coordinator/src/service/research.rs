@@ -82,6 +82,10 @@ impl Research for ResearchService {
     ) -> Result<Response<pb::SubmitQueryResponse>, Status> {
         let who = plexus_tls::require_role(&request, &[Role::Researcher])?;
         let req = request.into_inner();
+        if let Err(e) = plexus_core::text::check("study_id", &req.study_id) {
+            let shown = plexus_core::text::escape(&req.study_id).into_owned();
+            return Err(self.refuse(&who.name, &shown, e).await);
+        }
         if self.state.draining.is_cancelled() {
             let e = Error::unavailable(crate::server::SHUTTING_DOWN);
             return Err(self.refuse(&who.name, &req.study_id, e).await);

@@ -13,6 +13,7 @@ use crate::models::cox::Ties;
 use crate::models::glm::{Family, FitOptions};
 
 mod canonical;
+mod text;
 mod validate;
 use crate::models::survival::Grid;
 
@@ -405,6 +406,8 @@ impl Query {
     /// Checks every variable, type, operator, bin edge and limit against the
     /// dictionary. Errors say what is wrong and how to fix it.
     pub fn validate(&self, dict: &Dictionary) -> Result<()> {
+        // First, so that no later error echoes a control character.
+        text::check_query(self)?;
         if let Some(c) = &self.cohort {
             let mut nodes = 0;
             c.validate(dict, 1, &mut nodes)?;
@@ -512,6 +515,38 @@ mod tests {
                 .message
                 .contains("two different variables")
         );
+    }
+
+    #[test]
+    fn control_characters_are_refused_naming_the_field() {
+        let cases = [
+            (
+                r#"{"analysis": {"summary": {"variable": "age\u001b[2J"}}}"#,
+                "analysis.summary.variable holds the control character U+001B",
+            ),
+            (
+                r#"{"cohort": {"and": [{"is_null": {"variable": "bmi"}},
+                     {"in": {"variable": "smoking", "values": ["former", "current\nforged"]}}]},
+                   "analysis": {"count": {}}}"#,
+                "cohort.and[1].in.values[1] holds the control character U+000A",
+            ),
+            (
+                r#"{"cohort": {"not": {"compare": {"variable": "sex", "op": "=", "value": "F\u202e"}}},
+                   "analysis": {"count": {}}}"#,
+                "cohort.not.compare.value holds the control character U+202E",
+            ),
+            (
+                r#"{"analysis": {"glm": {"family": "binomial", "outcome": "death",
+                     "covariates": ["age", "\u0085sex"]}}}"#,
+                "analysis.glm.covariates[1] holds the control character U+0085",
+            ),
+        ];
+        for (json, expected) in cases {
+            let e = err(json);
+            assert_eq!(e.code, crate::ErrorCode::Invalid, "{e}");
+            assert!(e.message.starts_with(expected), "{e}");
+            assert!(!e.message.chars().any(crate::text::is_unsafe), "{e:?}");
+        }
     }
 
     #[test]

@@ -216,6 +216,8 @@ impl TryFrom<pb::Study> for StudyDefinition {
     type Error = Error;
     fn try_from(s: pb::Study) -> Result<Self> {
         let purpose = s.purpose.ok_or_else(|| missing("study purpose"))?;
+        // Before parsing, whose error would echo the name.
+        plexus_core::text::check_all("study.analyses", &s.analyses)?;
         Ok(StudyDefinition {
             id: s.id,
             title: s.title,
