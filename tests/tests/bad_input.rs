@@ -50,6 +50,23 @@ async fn bad_queries_are_refused_with_clear_errors_and_change_nothing() {
             ErrorCode::Invalid,
             "not valid JSON",
         ),
+        // A privacy cost outside what any study may spend: named with the
+        // range, never an internal error from the samplers.
+        (
+            r#"{"analysis": {"count": {}}, "rho": 1e308}"#,
+            ErrorCode::Invalid,
+            "must be a number from 1e-6 to 100, got 1e308",
+        ),
+        (
+            r#"{"analysis": {"count": {}}, "rho": 1e-300}"#,
+            ErrorCode::Invalid,
+            "must be a number from 1e-6 to 100, got 1e-300",
+        ),
+        (
+            r#"{"analysis": {"count": {}}, "rho": -0.5}"#,
+            ErrorCode::Invalid,
+            "privacy cost in zCDP rho",
+        ),
     ];
     for (json, code, text) in cases {
         let e = ask(&sb, sandbox::RESEARCHER, &study.id, json)
@@ -113,6 +130,26 @@ async fn bad_queries_are_refused_with_clear_errors_and_change_nothing() {
     .await
     .unwrap();
     assert_eq!(before.value, after.value);
+
+    // Under differential privacy a query may not ask more than its
+    // study's whole budget.
+    let mut private = sandbox::demo_study();
+    private.id = "private".into();
+    sb.register_study(&private).await.unwrap();
+    let e = ask(
+        &sb,
+        sandbox::RESEARCHER,
+        &private.id,
+        r#"{"analysis": {"count": {}}, "rho": 2}"#,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.code, ErrorCode::Invalid, "{e}");
+    assert!(
+        e.message
+            .contains("more than study \"private\"'s whole budget 1"),
+        "{e}"
+    );
     sb.shutdown().await.unwrap();
 }
 
