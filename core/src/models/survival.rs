@@ -306,6 +306,12 @@ pub struct Curve {
     pub merged_after: Option<f64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub merged_at: Vec<String>,
+    /// Under secure aggregation: how many nodes suppressed this group, and
+    /// how many merged intervals, which nobody can tell.
+    #[serde(default, skip_serializing_if = "crate::pool::is_zero")]
+    pub suppressed_by: u32,
+    #[serde(default, skip_serializing_if = "crate::pool::is_zero")]
+    pub merged_by: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -333,6 +339,24 @@ pub struct KaplanMeierResult {
     pub log_rank: Option<LogRank>,
 }
 
+/// One group pooled over the nodes: the sum of the released counts on the
+/// coarsest partition any node kept, and who (or, under secure
+/// aggregation, how many) suppressed the group or merged intervals.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PooledGroup {
+    pub total: GroupCounts,
+    pub suppressed_at: Vec<String>,
+    pub merged_at: Vec<String>,
+    pub suppressed_by: u32,
+    pub merged_by: u32,
+}
+
+impl PooledGroup {
+    fn merged(&self) -> bool {
+        !self.merged_at.is_empty() || self.merged_by > 0
+    }
+}
+
 /// Pools the nodes' released groups into curves and, with two or more
 /// groups, the log-rank test. `labels` names the groups.
 pub fn pool(
@@ -342,9 +366,8 @@ pub fn pool(
     names: (&str, &str, Option<&str>),
 ) -> Result<KaplanMeierResult> {
     let intervals = points.len() - 1;
-    let mut curves = Vec::with_capacity(labels.len());
-    let mut pooled = Vec::with_capacity(labels.len());
-    for (g, label) in labels.iter().enumerate() {
+    let mut groups = Vec::with_capacity(labels.len());
+    for g in 0..labels.len() {
         // The group's partition: as many intervals as its coarsest node kept.
         let mut kept = intervals;
         let mut merged_at = Vec::new();
@@ -376,9 +399,36 @@ pub fn pool(
                 total.censored[j] = total.censored[j].saturating_add(c.censored[j]);
             }
         }
-        let mut curve = curve(&total, label, &times_of(points, kept), suppressed_at);
-        curve.merged_after = (!merged_at.is_empty() && total.at_risk > 0).then(|| points[kept - 1]);
-        curve.merged_at = merged_at;
+        groups.push(PooledGroup {
+            total,
+            suppressed_at,
+            merged_at,
+            suppressed_by: 0,
+            merged_by: 0,
+        });
+    }
+    finish(points, labels, groups, names)
+}
+
+/// Curves and the log-rank test from groups pooled already.
+pub fn finish(
+    points: &[f64],
+    labels: &[String],
+    groups: Vec<PooledGroup>,
+    names: (&str, &str, Option<&str>),
+) -> Result<KaplanMeierResult> {
+    let intervals = points.len() - 1;
+    let mut curves = Vec::with_capacity(labels.len());
+    let mut pooled = Vec::with_capacity(labels.len());
+    for (group, label) in groups.into_iter().zip(labels) {
+        let kept = group.total.events.len();
+        let merged = group.merged();
+        let total = group.total;
+        let mut curve = curve(&total, label, &times_of(points, kept), group.suppressed_at);
+        curve.merged_after = (merged && total.at_risk > 0).then(|| points[kept - 1]);
+        curve.merged_at = group.merged_at;
+        curve.suppressed_by = group.suppressed_by;
+        curve.merged_by = group.merged_by;
         curves.push(curve);
         pooled.push(total);
     }
@@ -412,7 +462,7 @@ pub fn pool(
 }
 
 /// Merges the tail of `c` so it has `kept` intervals.
-fn coarsen(mut c: GroupCounts, kept: usize) -> GroupCounts {
+pub fn coarsen(mut c: GroupCounts, kept: usize) -> GroupCounts {
     if c.events.len() > kept {
         c.merge_tail(kept - 1);
     }
@@ -452,6 +502,8 @@ fn curve(g: &GroupCounts, label: &str, times: &[f64], suppressed_at: Vec<String>
             suppressed_at,
             merged_after: None,
             merged_at: vec![],
+            suppressed_by: 0,
+            merged_by: 0,
         };
     }
     let n_risk = g.at_risk_by_interval();
@@ -501,6 +553,8 @@ fn curve(g: &GroupCounts, label: &str, times: &[f64], suppressed_at: Vec<String>
         suppressed_at,
         merged_after: None,
         merged_at: Vec::new(),
+        suppressed_by: 0,
+        merged_by: 0,
     }
 }
 
