@@ -40,6 +40,7 @@ mod encode;
 pub mod keys;
 pub mod mask;
 pub mod shares;
+pub mod steps;
 mod sum;
 pub mod unmask;
 
@@ -48,7 +49,7 @@ pub use encode::{
 };
 pub use keys::{KeyBundle, KeyPairs, PublicKey, Roster, SignedBundle, KEY_LEN};
 pub use mask::{add_into, PairKeys, Seed};
-pub use sum::Summed;
+pub use sum::{Summed, SummedGroup};
 
 /// Fewest nodes a secure aggregate may rest on: with two, each could
 /// subtract its own figure from the sum and read the other's.
