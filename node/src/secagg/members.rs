@@ -19,9 +19,19 @@ pub(crate) fn check(
     trust: &PeerTrust,
     now_ms: i64,
 ) -> Result<()> {
-    roster.validate()?;
     let sid = &roster.session_id;
     let study = &session.study;
+    if let Some(m) = roster
+        .members
+        .iter()
+        .find(|m| !study.nodes.contains(&m.bundle.node))
+    {
+        return Err(Error::policy(format!(
+            "roster member {} of session {sid} is refused: it is not a node of study \"{}\" in the definition this node approved ({})",
+            m.bundle.node, study.study_id, study.definition_hash
+        )));
+    }
+    roster.validate()?;
     let least = MIN_NODES.max(study.min_nodes as usize);
     if roster.members.len() < least {
         return Err(Error::policy(format!(
@@ -37,12 +47,6 @@ pub(crate) fn check(
                 "roster member {node} of session {sid} is refused: {rule}"
             ))
         };
-        if !study.nodes.contains(node) {
-            return Err(refuse(format!(
-                "it is not a node of study \"{}\" in the definition this node approved ({})",
-                study.study_id, study.definition_hash
-            )));
-        }
         if node == me {
             if m.bytes != session.own_bundle {
                 return Err(refuse(
