@@ -212,7 +212,7 @@ impl JobRunner {
                     self.metrics.job("held", started.elapsed().as_secs_f64());
                     self.record_budget(&job.study_id);
                     let held = HeldMask::of(mask);
-                    return Some(self.hold(&job, job_hash, stats, receipt.as_ref(), analysis, &purpose, Some(held)));
+                    return Some(self.hold(&job, job_hash, (stats, receipt.as_ref()), analysis, &purpose, Some(held)));
                 }
                 let (stats, mask, receipt) = (stats.clone(), mask.clone(), *receipt);
                 outcome = self.mask_release(&stats, &mask).map(|r| (r, receipt));
@@ -228,7 +228,7 @@ impl JobRunner {
                 if self.config.policy.reviews(&job.study_id) {
                     self.metrics.job("held", started.elapsed().as_secs_f64());
                     self.record_budget(&job.study_id);
-                    return Some(self.hold(&job, job_hash, stats, receipt.as_ref(), analysis, &purpose, None));
+                    return Some(self.hold(&job, job_hash, (stats, receipt.as_ref()), analysis, &purpose, None));
                 }
             }
             let (label, detail) = match &outcome {
