@@ -682,6 +682,12 @@ pub async fn evidence(
                 pb::result_statement::Outcome::Stats(_) => "stats".to_string(),
                 pb::result_statement::Outcome::Keys(_) => "secure-aggregation keys".to_string(),
                 pb::result_statement::Outcome::Masked(_) => "masked stats".to_string(),
+                pb::result_statement::Outcome::Confirmed(_) => {
+                    "secure-aggregation survivor list".to_string()
+                }
+                pb::result_statement::Outcome::Unmasked(_) => {
+                    "secure-aggregation unmasking".to_string()
+                }
                 pb::result_statement::Outcome::Error(err) => {
                     format!("error:{}", plexus_core::Error::from(err.clone()).code)
                 }

@@ -20,9 +20,9 @@ use plexus_core::privacy::report::{
     annotate_summary_noises, count_noise_sd, query_cost, survival_noise, NodeCharge, PrivacyReport,
     Receipt,
 };
-use plexus_core::secagg::{self, PublicKey};
+use plexus_core::secagg::steps::{Confirmation, MaskedAnswer, Unmasked};
+use plexus_core::secagg::{self, SignedBundle, Summed};
 use plexus_core::{Analysis, Error, ErrorCode, NodeStats, Query, StudyDefinition};
-use plexus_proto::convert::{keys_from_pb, vector_from_bytes};
 use plexus_proto::v1 as pb;
 
 use crate::state::State;
@@ -30,11 +30,14 @@ use crate::store::{now_ms, AuditEntry};
 
 pub(crate) enum Answer {
     Stats(NodeStats, Option<Receipt>),
-    /// A node's public keys for a secure aggregation session, by peer,
-    /// and the minimum cell size it asks the pooled sums to meet.
-    Keys(std::collections::BTreeMap<String, PublicKey>, u32),
-    /// A node's masked vector for a roster, checked against the job.
-    Masked(Vec<u128>, Option<Receipt>),
+    /// A node's signed key bundle for a secure aggregation session.
+    Keys(SignedBundle),
+    /// A node's masked answer for a roster, checked against the job.
+    Masked(MaskedAnswer, Option<Receipt>),
+    /// A survivor's signature over the survivor list.
+    Confirmed(Confirmation),
+    /// What a survivor revealed to unmask the sum.
+    Unmasked(Unmasked),
     /// Anything else: missing, failed, or refused (with the receipt of what
     /// the node charged when its refusal was decided on a noised release).
     Other(NodeOutcome, Option<Receipt>),
@@ -43,8 +46,10 @@ pub(crate) enum Answer {
 /// What one round of jobs brought back.
 pub(crate) struct Round {
     /// Released statistics by node, or under secure aggregation the one
-    /// pooled answer under [`secagg::POOLED`].
+    /// pooled round of a fit under [`secagg::POOLED`].
     pub answers: Vec<(String, NodeStats)>,
+    /// Under secure aggregation: the unmasked sum of the survivors.
+    pub secure: Option<Summed>,
     /// The nodes whose data the answers rest on.
     pub contributors: Vec<String>,
     pub others: Vec<NodeOutcome>,
@@ -60,6 +65,7 @@ impl Round {
     pub fn empty(min_cell_size: u32) -> Self {
         Round {
             answers: Vec::new(),
+            secure: None,
             contributors: Vec::new(),
             others: Vec::new(),
             receipts: Vec::new(),
@@ -186,6 +192,16 @@ impl Plan<'_> {
         iteration: Option<&Iteration>,
         secure: Option<pb::SecureAggregation>,
     ) -> Vec<(String, Answer)> {
+        self.send_each(nodes, iteration, |_| secure.clone()).await
+    }
+
+    /// [`Plan::send`] with a secure aggregation step of its own for each node.
+    pub(crate) async fn send_each(
+        &self,
+        nodes: &[String],
+        iteration: Option<&Iteration>,
+        secure: impl Fn(&str) -> Option<pb::SecureAggregation>,
+    ) -> Vec<(String, Answer)> {
         let cfg = &self.state.config.coordinator;
         let deadline = now_ms() + (cfg.job_timeout_secs * 1000) as i64;
         let futures = nodes.iter().map(|node| {
@@ -202,7 +218,7 @@ impl Plan<'_> {
                 iteration: iteration.map(pb::Iteration::from),
                 privacy: Some(self.privacy),
                 study_definition_hash: self.definition_hash.clone(),
-                secure_aggregation: secure.clone(),
+                secure_aggregation: secure(node),
             };
             let timeout = Duration::from_secs(cfg.job_timeout_secs);
             async move {
@@ -236,9 +252,7 @@ impl Plan<'_> {
                     }
                     round.others.push(o);
                 }
-                Answer::Keys(..) | Answer::Masked(..) => {
-                    unreachable!("ask refuses secure answers to a plain job")
-                }
+                _ => unreachable!("ask refuses secure answers to a plain job"),
             }
         }
         round
@@ -668,9 +682,10 @@ async fn fit(plan: &Plan<'_>, nodes: Vec<String>, min_nodes: u32) -> Result<Fit,
             notes: round_notes,
             ..
         } = if plan.study.secure_aggregation {
-            // The first round may start again with fresh keys without a
-            // node that dropped, as a one-shot query does; later rounds
-            // follow the fit's own rule for lost nodes.
+            // In the first round a node lost after the key round is a
+            // dropout, as in a one-shot query: the fit rests on the
+            // survivors. In later rounds nothing is unmasked without a
+            // participant, and the fit's own rule for lost nodes applies.
             plan.secure_round(&mut session, &asked, Some(&iteration), round == 1)
                 .await?
         } else {
@@ -713,8 +728,14 @@ async fn fit(plan: &Plan<'_>, nodes: Vec<String>, min_nodes: u32) -> Result<Fit,
                 .filter(|p| contributors.contains(p))
                 .cloned()
                 .collect();
-            if !plan.study.continue_without_lost_nodes || (remaining.len() as u32) < min_nodes {
-                let why = if plan.study.continue_without_lost_nodes {
+            let restartable = plan.study.continue_without_lost_nodes
+                && (remaining.len() as u32) >= min_nodes
+                && !plan.study.secure_aggregation;
+            if !restartable {
+                let why = if plan.study.secure_aggregation && plan.study.continue_without_lost_nodes
+                {
+                    "under secure aggregation each hospital answers a round of a fit for one set of hospitals only, so the fit cannot start again without it".to_string()
+                } else if plan.study.continue_without_lost_nodes {
                     format!(
                         "only {} nodes remain and the study needs {min_nodes}",
                         remaining.len()
@@ -919,7 +940,10 @@ async fn ask(
                 (Answer::Other(outcome, receipt), "refused", None, Some(e))
             }
             Ok(Ok(Ok((
-                outcome @ (pb::job_result::Outcome::Keys(_) | pb::job_result::Outcome::Masked(_)),
+                outcome @ (pb::job_result::Outcome::Keys(_)
+                | pb::job_result::Outcome::Masked(_)
+                | pb::job_result::Outcome::Confirmed(_)
+                | pb::job_result::Outcome::Unmasked(_)),
                 receipt,
             )))) => match secure_answer(&job, outcome, receipt, query, &state.dictionary) {
                 Ok((answer, stored)) => (answer, "answered", Some(stored), None),
@@ -1002,7 +1026,7 @@ impl Answer {
     pub(crate) fn receipt(&self) -> Option<Receipt> {
         match self {
             Answer::Stats(_, r) | Answer::Masked(_, r) | Answer::Other(_, r) => *r,
-            Answer::Keys(..) => None,
+            Answer::Keys(..) | Answer::Confirmed(..) | Answer::Unmasked(..) => None,
         }
     }
 }
@@ -1062,10 +1086,13 @@ fn reviewed<'a>(
 }
 
 /// Checks a node's answer to one step of a secure aggregation session
-/// against the job sent: public keys for the session and every other node
-/// asked, or a masked vector for the roster, step and analysis. Returns the
-/// answer and what the jobs table keeps of it (the keys, or the masked
-/// vector: never a figure of the node's own).
+/// against the job sent: a key bundle for the session, signed with the
+/// key of a certificate for that node, with a key for every other node
+/// asked; a masked answer for the roster, step and analysis, with a share
+/// for every other member; a signature over the survivor list asked; or
+/// shares and seeds for the survivors and dropped asked. Returns the answer
+/// and what the jobs table keeps of it (never a figure of the node's own:
+/// the node's signed statement kept beside it holds the whole message).
 fn secure_answer(
     job: &pb::Job,
     outcome: pb::job_result::Outcome,
@@ -1073,77 +1100,128 @@ fn secure_answer(
     query: &Query,
     dict: &plexus_core::Dictionary,
 ) -> Result<(Answer, String), Error> {
+    use pb::job_result::Outcome;
+    use pb::secure_aggregation::Step;
     let wrong = || {
         Error::invalid("the node answered another step of secure aggregation than the one asked")
     };
     let sa = job.secure_aggregation.as_ref().ok_or_else(|| {
         Error::invalid("the node answered a plain job with a secure aggregation step")
     })?;
+    let sid = &sa.session_id;
+    let stored = |v: serde_json::Value| serde_json::json!({ "secure_aggregation": v }).to_string();
     match (outcome, &sa.step) {
-        (
-            pb::job_result::Outcome::Keys(k),
-            Some(pb::secure_aggregation::Step::KeyRequest(request)),
-        ) => {
-            if k.session_id != sa.session_id {
+        (Outcome::Keys(k), Some(Step::KeyRequest(request))) => {
+            let signed = SignedBundle::try_from(
+                k.bundle
+                    .ok_or_else(|| Error::invalid("the node's key answer carries no bundle"))?,
+            )?;
+            let b = &signed.bundle;
+            if k.session_id != *sid || b.session_id != *sid || b.node != job.audience {
                 return Err(wrong());
             }
-            let keys = keys_from_pb(k.keys)?;
             let expected: std::collections::BTreeSet<&str> = request
                 .nodes
                 .iter()
                 .map(String::as_str)
                 .filter(|n| *n != job.audience)
                 .collect();
-            if !keys.keys().map(String::as_str).eq(expected) {
+            if !b.keys.keys().map(String::as_str).eq(expected) {
                 return Err(Error::invalid(
                     "the node's public keys are not one for each other node of the session",
                 ));
             }
+            plexus_tls::verify_by_certificate(
+                &signed.certificate,
+                &secagg::keys::bundle_message(&signed.bytes),
+                &signed.signature,
+            )
+            .map_err(|e| Error::invalid(format!("the node's key bundle: {e}")))?;
             let public: std::collections::BTreeMap<&String, String> =
-                keys.iter().map(|(p, k)| (p, hex::encode(k))).collect();
-            let stored = serde_json::json!({
-                "secure_aggregation": {
-                    "session_id": sa.session_id,
-                    "min_cell_size": k.min_cell_size,
-                    "public_keys": public,
-                }
-            });
-            Ok((Answer::Keys(keys, k.min_cell_size), stored.to_string()))
+                b.keys.iter().map(|(p, k)| (p, hex::encode(k))).collect();
+            let json = stored(serde_json::json!({
+                "session_id": sid,
+                "public_keys": public,
+            }));
+            Ok((Answer::Keys(signed), json))
         }
-        (pb::job_result::Outcome::Masked(m), Some(pb::secure_aggregation::Step::Mask(request))) => {
+        (Outcome::Masked(m), Some(Step::Mask(request))) => {
             let roster = plexus_core::secagg::Roster::try_from(
                 request
                     .roster
                     .clone()
                     .ok_or_else(|| Error::internal("a mask job without a roster"))?,
             )?;
-            if m.session_id != sa.session_id
-                || m.step != request.step
-                || m.roster_digest != roster.digest()
+            let m = MaskedAnswer::try_from(m)?;
+            if m.session_id != *sid || m.step != request.step || m.roster_digest != roster.digest()
             {
                 return Err(Error::invalid(
                     "the node masked for another session, step or roster than the one sent",
                 ));
             }
-            let vector = vector_from_bytes(&m.vector)?;
             let len = secagg::vector_len(&query.analysis, dict)?;
-            if vector.len() != len {
+            if m.vector.len() != len {
                 return Err(Error::invalid(format!(
                     "the node's masked vector has {} values where this {} has {len}",
-                    vector.len(),
+                    m.vector.len(),
                     query.analysis.kind()
                 )));
             }
+            let others: Vec<String> = roster
+                .node_ids()
+                .into_iter()
+                .filter(|n| *n != job.audience)
+                .collect();
+            if !m.shares.keys().eq(others.iter()) {
+                return Err(Error::invalid(
+                    "the node's masked answer does not carry one share for each other roster member",
+                ));
+            }
             let receipt = receipt.map(Receipt::try_from).transpose()?;
-            let stored = serde_json::json!({
-                "secure_aggregation": {
-                    "session_id": m.session_id,
-                    "step": m.step,
-                    "roster_digest": hex::encode(&m.roster_digest),
-                    "masked": hex::encode(&m.vector),
-                }
-            });
-            Ok((Answer::Masked(vector, receipt), stored.to_string()))
+            let json = stored(serde_json::json!({
+                "session_id": m.session_id,
+                "step": m.step,
+                "roster_digest": hex::encode(m.roster_digest),
+                "masked": hex::encode(plexus_proto::convert::vector_to_bytes(&m.vector)),
+            }));
+            Ok((Answer::Masked(m, receipt), json))
+        }
+        (Outcome::Confirmed(c), Some(Step::Confirm(request))) => {
+            let c = Confirmation::try_from(c)?;
+            let mut asked = request.survivors.clone();
+            asked.sort();
+            if c.session_id != *sid || c.step != request.step || c.survivors != asked {
+                return Err(wrong());
+            }
+            let json = stored(serde_json::json!({
+                "session_id": sid,
+                "step": c.step,
+                "signed_survivors": c.survivors,
+            }));
+            Ok((Answer::Confirmed(c), json))
+        }
+        (Outcome::Unmasked(u), Some(Step::Unmask(request))) => {
+            let u = Unmasked::try_from(u)?;
+            if u.session_id != *sid
+                || u.step != request.step
+                || !u
+                    .revealed
+                    .shares
+                    .keys()
+                    .all(|o| request.survivors.contains(o))
+                || !u.revealed.seeds.keys().all(|p| request.dropped.contains(p))
+            {
+                return Err(Error::invalid(
+                    "the node revealed for other nodes or another step than the ones asked",
+                ));
+            }
+            let json = stored(serde_json::json!({
+                "session_id": sid,
+                "step": u.step,
+                "revealed_shares": u.revealed.shares.len(),
+                "revealed_seeds": u.revealed.seeds.len(),
+            }));
+            Ok((Answer::Unmasked(u), json))
         }
         _ => Err(wrong()),
     }

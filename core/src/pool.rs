@@ -71,7 +71,7 @@ impl Provenance {
 /// A pooled count. `count` is present only when every answering node
 /// released its part; otherwise `suppressed_at` names the nodes that
 /// suppressed theirs and `at_least` sums the parts that were released.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PooledCell {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub count: Option<u64>,
@@ -79,6 +79,14 @@ pub struct PooledCell {
     pub at_least: Option<u64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub suppressed_at: Vec<String>,
+    /// Under secure aggregation: how many nodes suppressed their part,
+    /// which nobody can tell (`suppressed_at` is then empty).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub suppressed_by: u32,
+}
+
+pub(crate) fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl PooledCell {
@@ -224,25 +232,40 @@ fn pool_cells<'a>(cells: impl Iterator<Item = (&'a str, Cell)>, k: u32) -> Poole
             Cell::Suppressed => suppressed_at.push(node.to_string()),
         }
     }
-    if !any || (suppressed_at.is_empty() && sum < u64::from(k)) {
-        // pooled check: a total under k is never released either
-        return PooledCell {
-            count: None,
-            at_least: None,
-            suppressed_at,
-        };
+    if !any {
+        return PooledCell::default();
     }
-    if suppressed_at.is_empty() {
+    PooledCell {
+        suppressed_at: suppressed_at.clone(),
+        ..settle(sum, !suppressed_at.is_empty(), k)
+    }
+}
+
+/// A pooled cell from the sum of the parts released and how many nodes
+/// suppressed theirs. Secure aggregation knows only how many
+/// (`suppressed_by`); the plain pool knows who.
+pub fn pooled_cell(total: u64, suppressed_by: u32, k: u32) -> PooledCell {
+    PooledCell {
+        suppressed_by,
+        ..settle(total, suppressed_by > 0, k)
+    }
+}
+
+/// Released only when no node suppressed its part and the total reaches
+/// `k` (a pooled total under k is never released either); otherwise the
+/// parts released are at least the total.
+fn settle(total: u64, suppressed: bool, k: u32) -> PooledCell {
+    if suppressed {
         PooledCell {
-            count: Some(sum),
-            at_least: None,
-            suppressed_at,
+            at_least: (total > 0).then_some(total),
+            ..PooledCell::default()
         }
+    } else if total < u64::from(k) {
+        PooledCell::default()
     } else {
         PooledCell {
-            count: None,
-            at_least: (sum > 0).then_some(sum),
-            suppressed_at,
+            count: Some(total),
+            ..PooledCell::default()
         }
     }
 }
@@ -274,6 +297,31 @@ pub fn quorum_error(answered: u32, others: &[NodeOutcome], min_nodes: u32) -> Er
                 if missing.is_empty() { "none".to_string() } else { missing.join(", ") }
             ),
         )
+}
+
+/// The pooled summary of the moments every node released, refused when
+/// they rest on fewer than `k` patients.
+pub fn summary_value(variable: &str, total: Moments, k: u32) -> Result<PooledValue> {
+    if total.n < u64::from(k).max(1) {
+        return Err(Error::disclosure(format!(
+            "the summary of \"{variable}\" was suppressed at every node: fewer than {k} patients with a value"
+        )));
+    }
+    let variance = total.variance();
+    let mean = total.mean().unwrap_or(f64::NAN);
+    let ci = variance.map(|v| {
+        let half = Z_95 * (v / total.n as f64).sqrt();
+        [mean - half, mean + half]
+    });
+    Ok(PooledValue::Summary {
+        variable: variable.to_string(),
+        n: total.n,
+        mean,
+        variance,
+        sd: variance.map(f64::sqrt),
+        ci,
+        noise_sd: None,
+    })
 }
 
 /// Combines the answers of the nodes that returned statistics. `others`
@@ -389,26 +437,7 @@ pub fn pool_value(
                     _ => return Err(mismatch()),
                 }
             }
-            if total.n < u64::from(k).max(1) {
-                return Err(Error::disclosure(format!(
-                    "the summary of \"{variable}\" was suppressed at every node: fewer than {k} patients with a value"
-                )));
-            }
-            let variance = total.variance();
-            let mean = total.mean().unwrap_or(f64::NAN);
-            let ci = variance.map(|v| {
-                let half = Z_95 * (v / total.n as f64).sqrt();
-                [mean - half, mean + half]
-            });
-            PooledValue::Summary {
-                variable: variable.clone(),
-                n: total.n,
-                mean,
-                variance,
-                sd: variance.map(f64::sqrt),
-                ci,
-                noise_sd: None,
-            }
+            summary_value(variable, total, k)?
         }
         Analysis::Histogram { variable, edges } => {
             let mut parts = Vec::new();

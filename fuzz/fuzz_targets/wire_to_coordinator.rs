@@ -1,14 +1,16 @@
 //! Bytes a node or a researcher sends the coordinator -> prost decode ->
 //! the `TryFrom` conversions and checks the coordinator applies on receipt:
 //! a node's results (plain statistics checked against the query, privacy
-//! receipts, secure-aggregation keys and masked vectors, its signed
-//! statement), a researcher's query, an admin's study.
+//! receipts, secure aggregation's signed key bundles, masked answers,
+//! survivor signatures and unmasking answers, its signed statement), a
+//! researcher's query, an admin's study.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use plexus_core::privacy::report::Receipt;
 use plexus_core::{Dictionary, Error, NodeStats, Query, StudyDefinition};
-use plexus_proto::convert::{keys_from_pb, vector_from_bytes};
+use plexus_core::secagg::steps::{Confirmation, MaskedAnswer, Unmasked};
+use plexus_core::secagg::SignedBundle;
 use plexus_proto::v1 as pb;
 use prost::Message;
 
@@ -32,10 +34,18 @@ fn outcome(
             let _ = Error::from(e);
         }
         Some(pb::result_statement::Outcome::Keys(k)) => {
-            let _ = keys_from_pb(k.keys);
+            if let Some(b) = k.bundle {
+                let _ = SignedBundle::try_from(b);
+            }
         }
         Some(pb::result_statement::Outcome::Masked(m)) => {
-            let _ = vector_from_bytes(&m.vector);
+            let _ = MaskedAnswer::try_from(m);
+        }
+        Some(pb::result_statement::Outcome::Confirmed(c)) => {
+            let _ = Confirmation::try_from(c);
+        }
+        Some(pb::result_statement::Outcome::Unmasked(u)) => {
+            let _ = Unmasked::try_from(u);
         }
         None => {}
     }
@@ -53,6 +63,10 @@ fuzz_target!(|data: &[u8]| {
                 pb::job_result::Outcome::Error(e) => pb::result_statement::Outcome::Error(e),
                 pb::job_result::Outcome::Keys(k) => pb::result_statement::Outcome::Keys(k),
                 pb::job_result::Outcome::Masked(m) => pb::result_statement::Outcome::Masked(m),
+                pb::job_result::Outcome::Confirmed(c) => {
+                    pb::result_statement::Outcome::Confirmed(c)
+                }
+                pb::job_result::Outcome::Unmasked(u) => pb::result_statement::Outcome::Unmasked(u),
             });
             outcome(direct, r.privacy, dict, queries);
             if let Ok(s) = pb::ResultStatement::decode(r.statement.as_slice()) {

@@ -1,12 +1,15 @@
 //! Bytes the coordinator sends a node -> prost decode of the stream message
 //! and of the signed job inside -> the `TryFrom` conversions a node applies
 //! before it runs anything: the query (validated against the dictionary),
-//! the purpose, the iteration of a fit, the secure-aggregation roster.
+//! the purpose, the iteration of a fit, each step of secure aggregation
+//! (the study definition of a key request, the roster of signed key
+//! bundles, the survivor lists, the unmask request).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use plexus_core::secagg::steps::{Partition, UnmaskRequest};
 use plexus_core::secagg::Roster;
-use plexus_core::{Dictionary, Purpose, Query};
+use plexus_core::{Dictionary, Purpose, Query, StudyDefinition};
 use plexus_proto::v1 as pb;
 use prost::Message;
 
@@ -23,12 +26,25 @@ fn job(job: pb::Job, dict: &Dictionary) {
     if let Some(it) = job.iteration {
         let _ = plexus_core::models::fit::Iteration::try_from(it);
     }
-    if let Some(pb::secure_aggregation::Step::Mask(m)) =
-        job.secure_aggregation.and_then(|s| s.step)
-    {
-        if let Some(r) = m.roster {
-            let _ = Roster::try_from(r);
+    match job.secure_aggregation.and_then(|s| s.step) {
+        Some(pb::secure_aggregation::Step::KeyRequest(k)) => {
+            let _ = serde_json::from_slice::<StudyDefinition>(&k.study_definition);
         }
+        Some(pb::secure_aggregation::Step::Mask(m)) => {
+            if let Some(r) = m.roster {
+                if let Ok(r) = Roster::try_from(r) {
+                    let _ = r.validate();
+                    let _ = r.digest();
+                }
+            }
+        }
+        Some(pb::secure_aggregation::Step::Confirm(c)) => {
+            let _ = Partition::try_from(c);
+        }
+        Some(pb::secure_aggregation::Step::Unmask(u)) => {
+            let _ = UnmaskRequest::try_from(u);
+        }
+        None => {}
     }
 }
 

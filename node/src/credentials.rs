@@ -6,24 +6,79 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use tracing::error;
 
-use plexus_tls::{CertSigner, ClientConfig, TlsFiles};
+use plexus_tls::{CertSigner, ClientConfig, PeerTrust, TlsFiles};
 
 use crate::error::{NodeError, Result};
 
+/// The node's key, the certificate it belongs to, and what peers'
+/// certificates are checked against: loaded together from one reading of
+/// the `[tls]` files.
+struct Keys {
+    signer: CertSigner,
+    /// DER of the node's own certificate.
+    certificate: Vec<u8>,
+    trust: PeerTrust,
+}
+
 /// The key results are signed with: always the key of the certificate the
 /// current connection presented, since the coordinator checks each result
-/// against that certificate.
-pub struct ResultSigner(RwLock<Arc<CertSigner>>);
+/// against that certificate. Secure aggregation's key bundles are signed
+/// with it too, and carry the certificate; the roster's other members are
+/// checked against the network CA and CRL loaded with it.
+pub struct ResultSigner(RwLock<Arc<Keys>>);
 
 impl ResultSigner {
     pub fn sign(&self, message: &[u8]) -> Vec<u8> {
-        let signer = self.0.read().expect("signer lock").clone();
-        signer.sign(message)
+        let keys = self.0.read().expect("signer lock").clone();
+        keys.signer.sign(message)
     }
 
-    fn replace(&self, signer: Arc<CertSigner>) {
-        *self.0.write().expect("signer lock") = signer;
+    /// Signs `message` and returns the signature with the certificate
+    /// (DER) whose key made it.
+    pub fn sign_with_certificate(&self, message: &[u8]) -> (Vec<u8>, Vec<u8>) {
+        let keys = self.0.read().expect("signer lock").clone();
+        (keys.signer.sign(message), keys.certificate.clone())
     }
+
+    /// The network CA and revocation lists as last loaded.
+    pub fn trust(&self) -> PeerTrust {
+        self.0.read().expect("signer lock").trust.clone()
+    }
+
+    fn replace(&self, keys: Arc<Keys>) {
+        *self.0.write().expect("signer lock") = keys;
+    }
+}
+
+/// One reading of the `[tls]` files: the client config, the key, its
+/// certificate and the trust anchors. The certificate is read apart from
+/// the config, so the key is checked against it: a rotation caught half
+/// way through is a failed load, not a key signing for another certificate.
+fn load(files: &TlsFiles) -> std::result::Result<(Arc<ClientConfig>, Keys), String> {
+    let (config, signer) = plexus_tls::client_credentials(files).map_err(|e| e.to_string())?;
+    let certificate = plexus_tls::load_certs(&files.cert)
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .next()
+        .ok_or_else(|| format!("{} holds no certificate", files.cert.display()))?
+        .as_ref()
+        .to_vec();
+    let probe = b"plexus-node: the key belongs to the certificate";
+    plexus_tls::verify_by_certificate(&certificate, probe, &signer.sign(probe)).map_err(|_| {
+        format!(
+            "tls.key does not belong to the certificate in {} (a rotation half done?); check that tls.cert and tls.key belong together",
+            files.cert.display()
+        )
+    })?;
+    let trust = PeerTrust::load(files).map_err(|e| e.to_string())?;
+    Ok((
+        config,
+        Keys {
+            signer,
+            certificate,
+            trust,
+        },
+    ))
 }
 
 /// Loads the `[tls]` files for each connection, falling back to the last
@@ -32,19 +87,18 @@ impl ResultSigner {
 pub struct Credentials {
     files: TlsFiles,
     signer: Arc<ResultSigner>,
-    last_good: Mutex<(Arc<ClientConfig>, Arc<CertSigner>)>,
+    last_good: Mutex<(Arc<ClientConfig>, Arc<Keys>)>,
 }
 
 impl Credentials {
     /// Loads the files once; unusable files stop the node at start-up.
     pub fn load(files: TlsFiles) -> Result<Self> {
-        let (config, signer) =
-            plexus_tls::client_credentials(&files).map_err(|e| NodeError::Tls(e.to_string()))?;
-        let signer = Arc::new(signer);
+        let (config, keys) = load(&files).map_err(NodeError::Tls)?;
+        let keys = Arc::new(keys);
         Ok(Credentials {
             files,
-            signer: Arc::new(ResultSigner(RwLock::new(signer.clone()))),
-            last_good: Mutex::new((config, signer)),
+            signer: Arc::new(ResultSigner(RwLock::new(keys.clone()))),
+            last_good: Mutex::new((config, keys)),
         })
     }
 
@@ -57,16 +111,14 @@ impl Credentials {
     /// result signer switches to the same files' key.
     pub async fn for_connection(&self) -> Arc<ClientConfig> {
         let files = self.files.clone();
-        let loaded =
-            match tokio::task::spawn_blocking(move || plexus_tls::client_credentials(&files)).await
-            {
-                Ok(loaded) => loaded.map_err(|e| e.to_string()),
-                Err(e) => Err(format!("reading them was interrupted: {e}")),
-            };
+        let loaded = match tokio::task::spawn_blocking(move || load(&files)).await {
+            Ok(loaded) => loaded,
+            Err(e) => Err(format!("reading them was interrupted: {e}")),
+        };
         let mut last_good = self.last_good.lock().expect("credentials lock");
         match loaded {
-            Ok((config, signer)) => {
-                *last_good = (config, Arc::new(signer));
+            Ok((config, keys)) => {
+                *last_good = (config, Arc::new(keys));
             }
             Err(e) => error!(
                 error = %e,

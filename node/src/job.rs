@@ -13,11 +13,10 @@ use tracing::{info, info_span, warn, Instrument};
 use plexus_core::disclosure::{apply, effective_k, Rules};
 use plexus_core::models::glm::Iteration;
 use plexus_core::models::survival::GroupStats;
-use plexus_core::privacy::release::{contribute, releasable, release_for, Release};
+use plexus_core::privacy::release::{releasable, release_for, Release};
 use plexus_core::privacy::report::Receipt;
-use plexus_core::secagg::{self, Contribution};
+use plexus_core::secagg;
 use plexus_core::{Cell, Dictionary, Error, NodeStats, Purpose, Query};
-use plexus_proto::convert::{keys_to_pb, vector_to_bytes};
 use plexus_proto::v1 as pb;
 
 use crate::config::NodeConfig;
@@ -27,7 +26,7 @@ use crate::ledger::{Answer, Kept, Ledger};
 use crate::log::{JobLog, LogEntry};
 use crate::policy;
 use crate::review::ReviewQueue;
-use crate::secagg::{fingerprint, MaskFor, Pending, Sessions, Step};
+use crate::secagg::{fingerprint, Commitments, HeldMask, MaskFor, Sessions, Step};
 
 pub struct JobRunner {
     pub config: Arc<NodeConfig>,
@@ -52,6 +51,8 @@ pub struct JobRunner {
     pub crash_after_debit: bool,
     /// Secure aggregation sessions this node made keys for.
     pub sessions: Arc<Sessions>,
+    /// The hospitals each secure aggregation contribution may be summed with.
+    pub commitments: Arc<Commitments>,
     /// Fault injection: answer the key round of secure aggregation, then
     /// compute each masked job and drop it unanswered, as if the node died
     /// mid-job.
@@ -64,19 +65,19 @@ pub struct JobRunner {
 
 /// How this node protects one job's answer.
 #[derive(Debug, Clone, Copy)]
-enum Protection {
+pub(crate) enum Protection {
     /// An exact study the hospital accepts as such.
     Exact,
     /// Differential privacy: this job spends `rho` of `budget`.
     Private { rho: f64, budget: f64 },
 }
 
-struct Checked {
-    query: Query,
-    purpose: Purpose,
-    rules: Rules,
-    iteration: Option<Iteration>,
-    protection: Protection,
+pub(crate) struct Checked {
+    pub query: Query,
+    pub purpose: Purpose,
+    pub rules: Rules,
+    pub iteration: Option<Iteration>,
+    pub protection: Protection,
 }
 
 /// What a job's answer carries.
@@ -85,10 +86,17 @@ pub(crate) enum Reply {
     /// A refusal decided on a noised release the job paid for (in a study
     /// under differential privacy): it goes back with its receipt.
     Refused(Error),
-    /// Public keys for a secure aggregation session.
+    /// Signed public keys for a secure aggregation session.
     Keys(pb::KeyShare),
-    /// A contribution masked for a roster: all the coordinator gets.
+    /// The clear release of a masked job, still to be masked (after the
+    /// data steward's approval, for a study under review).
+    ToMask(NodeStats, MaskFor),
+    /// The clear release masked for a roster: all the coordinator gets.
     Masked(pb::MaskedStats),
+    /// This node's signature over a survivor list.
+    Confirmed(pb::Confirmation),
+    /// What unmasking the survivors' sum needs from this node.
+    Unmasked(pb::Unmasked),
 }
 
 /// What a job ends in: a release with its receipt, or an error.
@@ -108,7 +116,7 @@ fn repeated(spent: f64, budget: f64, noise: plexus_core::privacy::release::Noise
 /// Marks a job dropped on purpose by fault injection.
 const CRASHED: &str = "fault injection: dropped after the ledger debit";
 /// Marks a masked job dropped on purpose by fault injection.
-const DROPPED: &str = "fault injection: masked job dropped unanswered";
+pub(crate) const DROPPED: &str = "fault injection: masked job dropped unanswered";
 
 impl JobRunner {
     /// Checks a signed job (signature, audience, expiry, replay) and runs
@@ -199,14 +207,19 @@ impl JobRunner {
                 .and_then(|p| Purpose::try_from(p.clone()).ok())
                 .map(|p| p.to_string())
                 .unwrap_or_else(|| "invalid".into());
-            let outcome = if job.secure_aggregation.is_some() && self.config.policy.reviews(&job.study_id) {
-                Err(Error::policy(format!(
-                    "study \"{}\" is under review at node {} (policy.review), and its data steward could see only a masked vector under secure aggregation; the hospital must take the study off policy.review to answer it",
-                    job.study_id, self.config.node.id
-                )))
-            } else {
-                self.execute(&job).await
-            };
+            let mut outcome = self.execute(&job).await;
+            // Under secure aggregation the steward reviews the clear
+            // release that is to be masked, and it is masked on approval.
+            if let Ok((Reply::ToMask(stats, mask), receipt)) = &outcome {
+                if self.config.policy.reviews(&job.study_id) {
+                    self.metrics.job("held", started.elapsed().as_secs_f64());
+                    self.record_budget(&job.study_id);
+                    let held = HeldMask::of(mask);
+                    return Some(self.hold(&job, job_hash, (stats, receipt.as_ref()), analysis, &purpose, Some(held)));
+                }
+                let (stats, mask, receipt) = (stats.clone(), mask.clone(), *receipt);
+                outcome = self.mask_release(&stats, &mask).map(|r| (r, receipt));
+            }
             if let Err(e) = &outcome {
                 if e.message == CRASHED || e.message == DROPPED {
                     warn!("{}", e.message);
@@ -218,7 +231,7 @@ impl JobRunner {
                 if self.config.policy.reviews(&job.study_id) {
                     self.metrics.job("held", started.elapsed().as_secs_f64());
                     self.record_budget(&job.study_id);
-                    return Some(self.hold(&job, job_hash, stats, receipt.as_ref(), analysis, &purpose));
+                    return Some(self.hold(&job, job_hash, (stats, receipt.as_ref()), analysis, &purpose, None));
                 }
             }
             let (label, detail) = match &outcome {
@@ -276,15 +289,24 @@ impl JobRunner {
         let now_ms = chrono::Utc::now().timestamp_millis();
         let masker = match secure {
             None => None,
-            Some(Step::Keys { session_id, nodes }) => {
-                return self.make_keys(job, &checked, &session_id, &nodes, now_ms)
+            Some(Step::Keys {
+                session_id,
+                nodes,
+                definition,
+            }) => return self.secure_keys(job, &checked, &session_id, &nodes, &definition, now_ms),
+            Some(Step::Confirm {
+                session_id,
+                partition,
+            }) => return self.secure_confirm(job, &session_id, partition, now_ms),
+            Some(Step::Unmask {
+                session_id,
+                request,
+            }) => return self.secure_unmask(job, &session_id, request, now_ms),
+            Some(Step::Mask { roster, step }) => {
+                let today = chrono::Utc::now().date_naive();
+                let contribution = self.contribution_key(job, &checked, today)?;
+                Some(self.secure_roster(job, &checked, &roster, step, contribution, now_ms)?)
             }
-            Some(Step::Mask { roster, step }) => Some(MaskFor {
-                masker: self.sessions.masker(&roster, step, now_ms)?,
-                session_id: roster.session_id,
-                step,
-                deadline_ms: job.deadline_unix_ms,
-            }),
         };
         if !self.job_delay.is_zero() && self.still_slow() {
             tokio::time::sleep(self.job_delay).await;
@@ -295,11 +317,11 @@ impl JobRunner {
         let key = match checked.protection {
             Protection::Exact => None,
             Protection::Private { rho, budget } => {
-                let key = self.cache_key(job, &checked, today, rho, masker.is_some())?;
+                let key = self.cache_key(job, &checked, today, rho)?;
                 if let Some(kept) = self.ledger.cached(&key) {
                     let spent = self.ledger.spent(&job.study_id);
                     let receipt = repeated(spent, budget, kept.noise);
-                    return self.reply(kept.kept, Some(receipt), masker.as_ref());
+                    return self.reply(kept.kept, Some(receipt), masker);
                 }
                 self.ledger.affords(&job.study_id, budget, rho)?;
                 Some(key)
@@ -335,37 +357,22 @@ impl JobRunner {
         };
         self.metrics.rows_scanned.inc_by(crate::metrics::rows(&raw));
         let (Protection::Private { rho, budget }, Some(key)) = (checked.protection, key) else {
-            let kept = match masker {
-                None => Kept::Stats(apply(raw, checked.rules)),
-                Some(_) => Kept::Contribution(Contribution::exact(raw, checked.rules)?),
-            };
-            return self.reply(kept, None, masker.as_ref());
+            return self.reply(Kept::Stats(apply(raw, checked.rules)), None, masker);
         };
-        let (kept, noise) = if masker.is_some() {
-            let (c, noise) = contribute(
-                raw,
-                &checked.query.analysis,
-                &self.dictionary,
-                checked.rules,
-                rho,
-            )?;
-            (Kept::Contribution(c), noise)
-        } else {
-            let (release, noise) = release_for(
-                raw,
-                &checked.query.analysis,
-                &self.dictionary,
-                checked.rules,
-                rho,
-                checked.iteration.as_ref(),
-            )?;
-            let kept = match release {
-                Release::Stats(stats) => Kept::Stats(stats),
-                // Decided on the noised values: kept and charged like an
-                // answer, so asking again repeats it for nothing.
-                Release::Refused(e) => Kept::Refused(e),
-            };
-            (kept, noise)
+        let (release, noise) = release_for(
+            raw,
+            &checked.query.analysis,
+            &self.dictionary,
+            checked.rules,
+            rho,
+            checked.iteration.as_ref(),
+        )?;
+        let kept = match release {
+            Release::Stats(stats) => Kept::Stats(stats),
+            // Decided on the noised values: kept and charged like an
+            // answer, so asking again repeats it for nothing (under secure
+            // aggregation the node is then a dropout of the session).
+            Release::Refused(e) => Kept::Refused(e),
         };
         let answer = Answer { key, kept, noise };
         // Durable before anything leaves: a crash from here on loses the
@@ -384,7 +391,7 @@ impl JobRunner {
         match kept {
             Some(kept) => {
                 let receipt = repeated(balance.spent, budget, kept.noise);
-                self.reply(kept.kept, Some(receipt), masker.as_ref())
+                self.reply(kept.kept, Some(receipt), masker)
             }
             None => {
                 let receipt = Receipt {
@@ -394,97 +401,31 @@ impl JobRunner {
                     cached: false,
                     noise: answer.noise,
                 };
-                self.reply(answer.kept, Some(receipt), masker.as_ref())
+                self.reply(answer.kept, Some(receipt), masker)
             }
         }
     }
 
-    /// The reply carrying `kept`: as it is, or masked for a roster.
-    fn reply(&self, kept: Kept, receipt: Option<Receipt>, masker: Option<&MaskFor>) -> Outcome {
+    /// The reply carrying `kept`: as it is, or (under secure aggregation)
+    /// to be masked for the session's roster. Under secure aggregation
+    /// what is masked is exactly what this node would release in a plain
+    /// study.
+    fn reply(&self, kept: Kept, receipt: Option<Receipt>, masker: Option<MaskFor>) -> Outcome {
         let reply = match (kept, masker) {
             (Kept::Refused(e), _) => Reply::Refused(e),
             (Kept::Stats(stats), None) => Reply::Stats(stats),
-            (Kept::Contribution(c), Some(m)) => {
-                let vector = m.masker.mask(m.step, &c.encode()?)?;
-                if self.drop_masked_jobs {
-                    return Err(Error::internal(DROPPED));
-                }
-                if chrono::Utc::now().timestamp_millis() >= m.deadline_ms {
-                    return Err(Error::unavailable(
-                        "the job's deadline passed before the masked answer was ready, so it is not sent: the coordinator may already be running the round again without this node",
-                    ));
-                }
-                Reply::Masked(pb::MaskedStats {
-                    session_id: m.session_id.clone(),
-                    roster_digest: m.masker.digest().to_vec(),
-                    step: m.step,
-                    vector: vector_to_bytes(&vector),
-                })
-            }
-            _ => {
+            (Kept::Stats(stats), Some(m)) => Reply::ToMask(stats, m),
+            (Kept::Contribution(_), _) => {
                 return Err(Error::internal(
-                    "a kept answer of the wrong kind for this job (plain for a secure job, or the reverse)",
+                    "a kept answer of an older node's secure aggregation, which is never sent again (it was kept under a key no query asks for)",
                 ))
             }
         };
         Ok((reply, receipt))
     }
 
-    /// The key round of a secure aggregation session: after the job's own
-    /// checks (done) and the budget's, fresh key pairs for every other node
-    /// named, kept in memory; only the public halves leave. The
-    /// computation starts now, so that it overlaps the key round; it is
-    /// used only by a masked job of the session asking the same.
-    fn make_keys(
-        &self,
-        job: &pb::Job,
-        checked: &Checked,
-        session_id: &str,
-        nodes: &[String],
-        now_ms: i64,
-    ) -> Outcome {
-        let today = chrono::Utc::now().date_naive();
-        let mut cached = false;
-        if let Protection::Private { rho, budget } = checked.protection {
-            let key = self.cache_key(job, checked, today, rho, true)?;
-            cached = self.ledger.cached(&key).is_some();
-            if !cached {
-                self.ledger.affords(&job.study_id, budget, rho)?;
-            }
-        }
-        let public = self
-            .sessions
-            .make_keys(session_id, &self.config.node.id, nodes, now_ms)?;
-        if !cached {
-            let (data, query, purpose) = (
-                self.data.clone(),
-                checked.query.clone(),
-                checked.purpose.clone(),
-            );
-            let (limits, iteration) = (self.limits(checked), checked.iteration.clone());
-            let task = tokio::spawn(async move {
-                data.compute(&query, &purpose, today, limits, iteration.as_ref())
-                    .await
-            });
-            let pending = Pending {
-                fingerprint: fingerprint(job),
-                today,
-                task: tokio_util::task::AbortOnDropHandle::new(task),
-            };
-            self.sessions.set_pending(session_id, pending);
-        }
-        Ok((
-            Reply::Keys(pb::KeyShare {
-                session_id: session_id.to_string(),
-                keys: keys_to_pb(&public),
-                min_cell_size: checked.rules.k,
-            }),
-            None,
-        ))
-    }
-
     /// What the computation of a checked job may release.
-    fn limits(&self, checked: &Checked) -> Limits {
+    pub(crate) fn limits(&self, checked: &Checked) -> Limits {
         Limits {
             k: checked.rules.k,
             max_parameter_share: self.config.policy.max_parameter_share,
@@ -496,41 +437,50 @@ impl JobRunner {
     /// canonical form (so rephrasings share it, and nothing about which
     /// patients it selects enters), the round of a fit with its
     /// coefficients, the data snapshot, the day, the cost and the
-    /// disclosure rules.
-    fn cache_key(
+    /// disclosure rules. Under secure aggregation the same: what is
+    /// masked is the release a plain study would get.
+    pub(crate) fn cache_key(
         &self,
         job: &pb::Job,
         checked: &Checked,
         today: chrono::NaiveDate,
         rho: f64,
-        secure: bool,
     ) -> Result<String, Error> {
         let canonical = checked.query.canonical_hash(&self.dictionary)?;
-        let round = checked
-            .iteration
-            .as_ref()
-            .map(|it| {
-                let bits: Vec<String> = it
-                    .coefficients
-                    .iter()
-                    .chain(&it.null_mean)
-                    .map(|b| format!("{:016x}", b.to_bits()))
-                    .collect();
-                format!("{}:{}:{}", it.round, it.null_mean.is_some(), bits.join(","))
-            })
-            .unwrap_or_default();
-        let mut text = format!(
-            "{}\0{canonical}\0{round}\0{}\0{today}\0{rho:e}\0{}\0{}",
+        let text = format!(
+            "{}\0{canonical}\0{}\0{}\0{today}\0{rho:e}\0{}\0{}",
             job.study_id,
+            round_text(checked),
             self.data.snapshot()?,
             checked.rules.k,
             checked.rules.dominance_share
         );
-        // A contribution to a secure aggregate is kept apart from a release
-        // of the same query: it is unsuppressed, and only ever sent masked.
-        if secure {
-            text.push_str("\0secure aggregation");
-        }
+        Ok(plexus_core::hash::sha256_hex(text.as_bytes()))
+    }
+
+    /// The key of what a masked job contributes, which this node sums with
+    /// one set of hospitals only (see `secagg::Commitments`): the study,
+    /// the query's canonical form, the round of a fit with its
+    /// coefficients, the data snapshot and, under differential privacy,
+    /// the day. Not the cost or the disclosure rules: the same data under
+    /// another k or ρ is the same contribution.
+    pub(crate) fn contribution_key(
+        &self,
+        job: &pb::Job,
+        checked: &Checked,
+        today: chrono::NaiveDate,
+    ) -> Result<String, Error> {
+        let canonical = checked.query.canonical_hash(&self.dictionary)?;
+        let day = match checked.protection {
+            Protection::Exact => String::new(),
+            Protection::Private { .. } => today.to_string(),
+        };
+        let text = format!(
+            "secure aggregation contribution\0{}\0{canonical}\0{}\0{}\0{day}",
+            job.study_id,
+            round_text(checked),
+            self.data.snapshot()?,
+        );
         Ok(plexus_core::hash::sha256_hex(text.as_bytes()))
     }
 
@@ -606,6 +556,23 @@ impl JobRunner {
     }
 }
 
+/// The round of a fit with its coefficients, exactly, for the keys above.
+fn round_text(checked: &Checked) -> String {
+    checked
+        .iteration
+        .as_ref()
+        .map(|it| {
+            let bits: Vec<String> = it
+                .coefficients
+                .iter()
+                .chain(&it.null_mean)
+                .map(|b| format!("{:016x}", b.to_bits()))
+                .collect();
+            format!("{}:{}:{}", it.round, it.null_mean.is_some(), bits.join(","))
+        })
+        .unwrap_or_default()
+}
+
 impl JobRunner {
     /// Whether this job still waits `job_delay` (fault injection), counting
     /// it against `slow_jobs_left`.
@@ -635,6 +602,11 @@ impl JobRunner {
                     Reply::Refused(e) => pb::job_result::Outcome::Error((&e).into()),
                     Reply::Keys(k) => pb::job_result::Outcome::Keys(k),
                     Reply::Masked(m) => pb::job_result::Outcome::Masked(m),
+                    Reply::Confirmed(c) => pb::job_result::Outcome::Confirmed(c),
+                    Reply::Unmasked(u) => pb::job_result::Outcome::Unmasked(u),
+                    Reply::ToMask(..) => pb::job_result::Outcome::Error(
+                        (&Error::internal("a clear release of a masked job was not masked")).into(),
+                    ),
                 },
                 receipt.as_ref().map(pb::PrivacyReceipt::from),
             ),
@@ -668,6 +640,12 @@ impl JobRunner {
                 pb::job_result::Outcome::Masked(m) => {
                     pb::result_statement::Outcome::Masked(m.clone())
                 }
+                pb::job_result::Outcome::Confirmed(c) => {
+                    pb::result_statement::Outcome::Confirmed(c.clone())
+                }
+                pb::job_result::Outcome::Unmasked(u) => {
+                    pb::result_statement::Outcome::Unmasked(u.clone())
+                }
             }),
             privacy,
             data_snapshot,
@@ -697,17 +675,39 @@ pub(crate) fn describe(reply: &Reply, receipt: Option<&Receipt>) -> String {
         Reply::Refused(e) => format!("refused ({})", e.code),
         Reply::Keys(k) => {
             return format!(
-                "secure aggregation session {}: {} public keys made for the key round",
-                k.session_id,
-                k.keys.len()
+                "secure aggregation session {}: keys made and signed for the key round",
+                k.session_id
             )
         }
+        Reply::ToMask(stats, m) => format!(
+            "secure aggregation session {} step {}: {}, to be masked",
+            m.session_id,
+            m.step,
+            shape(stats)
+        ),
         Reply::Masked(m) => format!(
             "secure aggregation session {} step {}: {} values sent masked",
             m.session_id,
             m.step,
             m.vector.len() / 16
         ),
+        Reply::Confirmed(c) => {
+            return format!(
+                "secure aggregation session {} step {}: signed the survivor list {}",
+                c.session_id,
+                c.step,
+                c.survivors.join(", ")
+            )
+        }
+        Reply::Unmasked(u) => {
+            return format!(
+                "secure aggregation session {} step {}: revealed {} shares of survivors' self masks and {} pair seeds with dropped nodes",
+                u.session_id,
+                u.step,
+                u.shares.len(),
+                u.seeds.len()
+            )
+        }
     };
     match receipt {
         None => format!("{shape}; exact"),

@@ -25,7 +25,6 @@ use std::sync::Mutex;
 use serde::{Deserialize, Serialize};
 
 use plexus_core::privacy::release::NoiseScale;
-use plexus_core::secagg::Contribution;
 use plexus_core::{Error, NodeStats, Result};
 
 /// A released answer, kept so that asking again returns it unchanged.
@@ -41,12 +40,16 @@ pub struct Answer {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Kept {
-    /// The statistics released.
+    /// The statistics released: in the clear, or under secure aggregation
+    /// masked afresh for every session (a repeat gets the same noised
+    /// values under new masks, for no new charge).
     Stats(NodeStats),
-    /// Under secure aggregation: the noised contribution, which is masked
-    /// afresh for every session (a re-run after a node dropped gets the
-    /// same noised values under new masks, for no new charge).
-    Contribution(Contribution),
+    /// What a node before the current secure aggregation kept for a secure
+    /// aggregate: a noised sum with no disclosure control, which is never
+    /// masked or sent again. Read so that the debit it paid for still
+    /// counts; newer nodes key their kept answers so that none of these
+    /// is ever looked up.
+    Contribution(serde_json::Value),
     /// A refusal decided on the noised values the debit paid for (a
     /// model's level rule, say): asking again gets the same refusal, free.
     Refused(Error),
@@ -314,18 +317,20 @@ mod tests {
             text.contains(r#""stats":{"count":{"count":1234}}"#),
             "{text}"
         );
+    }
 
-        // A contribution to a secure aggregate is kept the same way.
-        let secure = Answer {
-            key: "k2".into(),
-            kept: Kept::Contribution(Contribution::Count(17)),
-            noise: NoiseScale::default(),
-        };
-        again
-            .debit("s1", 1.0, 0.01, "j3", "q", Some(secure.clone()))
-            .unwrap();
-        drop(again);
-        assert_eq!(Ledger::open(dir.path()).unwrap().cached("k2"), Some(secure));
+    #[test]
+    fn contributions_kept_by_an_older_node_still_load_and_count() {
+        let dir = tempfile::tempdir().unwrap();
+        // A debit for a secure aggregate, as the previous scheme kept it.
+        let line = r#"{"at":"2026-01-01T00:00:00Z","study_id":"s1","job_id":"j1","query_hash":"q","rho":0.01,"answer":{"key":"k9","contribution":{"count":17},"noise":{"count_sd":7.0,"sum_sd":0.0,"square_sd":0.0}}}"#;
+        std::fs::write(dir.path().join("privacy.ledger.jsonl"), format!("{line}\n")).unwrap();
+        let ledger = Ledger::open(dir.path()).unwrap();
+        assert!((ledger.spent("s1") - 0.01).abs() < 1e-15);
+        assert!(matches!(
+            ledger.cached("k9").map(|a| a.kept),
+            Some(Kept::Contribution(_))
+        ));
     }
 
     #[test]

@@ -151,6 +151,7 @@ async fn open_parts(
     )?);
     let verifying_key = config.verifying_key()?;
     let credentials = credentials::Credentials::load(config.tls.clone())?;
+    let config_state_dir = config.node.state_dir.clone();
     let runner = job::JobRunner {
         config: Arc::new(config),
         dictionary,
@@ -165,6 +166,7 @@ async fn open_parts(
         slow_jobs_left: options.slow_jobs.map(std::sync::atomic::AtomicU32::new),
         crash_after_debit: options.crash_after_debit,
         sessions: Arc::new(secagg::Sessions::new()),
+        commitments: Arc::new(secagg::Commitments::open(&config_state_dir)?),
         drop_masked_jobs: options.drop_masked_jobs,
         metrics: Arc::new(metrics::NodeMetrics::new()),
         readiness: plexus_ops::Readiness::new(),

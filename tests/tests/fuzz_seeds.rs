@@ -70,6 +70,176 @@ fn to_node() -> BTreeMap<String, Vec<u8>> {
             };
             (format!("job-{name}"), msg.encode_to_vec())
         })
+        .chain(secure_jobs())
+        .collect()
+}
+
+const NODES: [&str; 3] = ["hospital-a", "hospital-b", "hospital-c"];
+const SESSION: &str = "00112233445566778899aabbccddeeff";
+
+/// A signed key bundle of fixed bytes (the fuzzers check shapes, not
+/// signatures).
+fn bundle(node: &str) -> pb::SignedKeyBundle {
+    let b = pb::KeyBundle {
+        session_id: SESSION.into(),
+        study_id: "aaa-secure".into(),
+        study_definition_hash: "ab".repeat(32),
+        query_binding: vec![1; 32],
+        node_id: node.into(),
+        keys: NODES
+            .iter()
+            .filter(|p| **p != node)
+            .map(|p| pb::PeerKey {
+                peer: p.to_string(),
+                public_key: vec![9; 32],
+            })
+            .collect(),
+    };
+    pb::SignedKeyBundle {
+        bundle: b.encode_to_vec(),
+        signature: vec![3; 72],
+        certificate: vec![4; 400],
+    }
+}
+
+/// Each step of a secure aggregation session as a node receives it.
+fn secure_jobs() -> Vec<(String, Vec<u8>)> {
+    use pb::secure_aggregation::Step;
+    let roster = pb::Roster {
+        session_id: SESSION.into(),
+        nodes: NODES
+            .iter()
+            .map(|n| pb::RosterNode {
+                node_id: n.to_string(),
+                bundle: Some(bundle(n)),
+            })
+            .collect(),
+    };
+    let steps = [
+        (
+            "keys",
+            Step::KeyRequest(pb::KeyRequest {
+                nodes: NODES.map(String::from).to_vec(),
+                study_definition: serde_json::to_vec(&study()).unwrap(),
+            }),
+        ),
+        (
+            "mask",
+            Step::Mask(pb::MaskRequest {
+                roster: Some(roster),
+                step: 1,
+            }),
+        ),
+        (
+            "confirm",
+            Step::Confirm(pb::ConfirmRequest {
+                step: 1,
+                survivors: NODES[..2].iter().map(|n| n.to_string()).collect(),
+                dropped: vec![NODES[2].into()],
+            }),
+        ),
+        (
+            "unmask",
+            Step::Unmask(pb::UnmaskRequest {
+                step: 1,
+                survivors: NODES[..2].iter().map(|n| n.to_string()).collect(),
+                dropped: vec![NODES[2].into()],
+                confirmations: vec![pb::SurvivorSignature {
+                    node_id: NODES[1].into(),
+                    signature: vec![5; 72],
+                }],
+                shares: vec![pb::EncryptedShare {
+                    sender: NODES[1].into(),
+                    recipient: String::new(),
+                    ciphertext: vec![6; 49],
+                }],
+            }),
+        ),
+    ];
+    steps
+        .into_iter()
+        .map(|(name, step)| {
+            let job = pb::Job {
+                job_id: "0123456789abcdef0123456789abcdef".into(),
+                study_id: "aaa-secure".into(),
+                audience: "hospital-a".into(),
+                secure_aggregation: Some(pb::SecureAggregation {
+                    session_id: SESSION.into(),
+                    step: Some(step),
+                }),
+                ..Default::default()
+            };
+            (format!("job-secure-{name}"), job.encode_to_vec())
+        })
+        .collect()
+}
+
+/// Each answer of a node in a secure aggregation session.
+fn secure_results() -> Vec<(String, Vec<u8>)> {
+    use pb::job_result::Outcome;
+    let outcomes = [
+        (
+            "keys",
+            Outcome::Keys(pb::KeyShare {
+                session_id: SESSION.into(),
+                bundle: Some(bundle(NODES[0])),
+            }),
+        ),
+        (
+            "masked",
+            Outcome::Masked(pb::MaskedStats {
+                session_id: SESSION.into(),
+                roster_digest: vec![2; 32],
+                step: 1,
+                vector: vec![0xa5; 32],
+                shares: NODES[1..]
+                    .iter()
+                    .map(|n| pb::EncryptedShare {
+                        sender: String::new(),
+                        recipient: n.to_string(),
+                        ciphertext: vec![6; 49],
+                    })
+                    .collect(),
+                self_mask_commitment: vec![8; 32],
+            }),
+        ),
+        (
+            "confirmed",
+            Outcome::Confirmed(pb::Confirmation {
+                session_id: SESSION.into(),
+                step: 1,
+                survivors: NODES[..2].iter().map(|n| n.to_string()).collect(),
+                signature: vec![5; 72],
+            }),
+        ),
+        (
+            "unmasked",
+            Outcome::Unmasked(pb::Unmasked {
+                session_id: SESSION.into(),
+                step: 1,
+                shares: vec![pb::RevealedShare {
+                    owner: NODES[1].into(),
+                    share: vec![1; 33],
+                }],
+                seeds: vec![pb::RevealedSeed {
+                    peer: NODES[2].into(),
+                    seed: vec![7; 32],
+                }],
+            }),
+        ),
+    ];
+    outcomes
+        .into_iter()
+        .map(|(name, outcome)| {
+            let msg = pb::NodeMessage {
+                msg: Some(pb::node_message::Msg::Result(pb::JobResult {
+                    job_id: "0123456789abcdef0123456789abcdef".into(),
+                    outcome: Some(outcome),
+                    ..Default::default()
+                })),
+            };
+            (format!("result-secure-{name}"), msg.encode_to_vec())
+        })
         .collect()
 }
 
@@ -126,6 +296,7 @@ fn to_coordinator() -> BTreeMap<String, Vec<u8>> {
         };
         out.insert(format!("result-{name}"), msg.encode_to_vec());
     }
+    out.extend(secure_results());
     out
 }
 

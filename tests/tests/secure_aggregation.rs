@@ -1,9 +1,14 @@
 //! Secure aggregation end to end: the pooled results equal the plain
-//! path's; the coordinator keeps masked vectors that look random and give
-//! away no node's figures; a node dropping mid-job leads to a re-run with
-//! fresh keys (at no second privacy charge) or to a clear failure, never to
-//! an unmasked figure; and a node refuses rosters under 3 nodes, changed
-//! rosters and rosters that are not its own.
+//! path's; a cell a node suppresses is suppressed in the pool as in the
+//! clear, counted but never named; the coordinator keeps masked vectors
+//! that look random and give away no node's figures; a node dropping
+//! after the key round still yields the survivors' exact sum from one
+//! session, with no re-run; a study under release review is answered once
+//! the steward approves. `secure_aggregation/harness.rs` plays a hostile
+//! coordinator against real node runners.
+
+#[path = "secure_aggregation/harness.rs"]
+mod harness;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -12,11 +17,12 @@ use prost::Message;
 use serde_json::Value;
 
 use plexus_coordinator::store::Store;
+use plexus_core::disclosure::{apply, Rules};
 use plexus_core::pool::{NodeStatus, PooledValue};
-use plexus_core::secagg::{add_into, KeyPairs, Roster};
-use plexus_core::{Dictionary, ErrorCode, Query, RawStats};
+use plexus_core::secagg::{add_into, encode};
+use plexus_core::{Dictionary, ErrorCode, NodeStats, Query, RawStats};
 use plexus_node::RunOptions;
-use plexus_proto::convert::{keys_from_pb, vector_from_bytes};
+use plexus_proto::convert::vector_from_bytes;
 use plexus_proto::v1 as pb;
 use plexus_tests::{ask, consenting, reference, sandbox, today, Sandbox, SandboxOptions};
 
@@ -40,11 +46,11 @@ const QUERIES: &[&str] = &[
 
 /// Equal, except that numbers need only agree to a relative 1e-9 (secure
 /// aggregation carries sums in fixed point, 2^-32, and adds them in
-/// another order than the plain path's floating point) and that the nodes
-/// a cell was suppressed at are not compared: a plain cell empty at every
-/// node (ages above the dictionary's bounds) names them all, while under
-/// secure aggregation suppression is of the pooled sum and names none.
-fn assert_close(a: &Value, b: &Value, at: &str) {
+/// another order than the plain path's floating point) and that where the
+/// plain pool names the nodes that suppressed or merged a value, secure
+/// aggregation says how many: `suppressed_at` and `merged_at` are compared
+/// by length with `suppressed_by` and `merged_by`.
+pub fn assert_close(a: &Value, b: &Value, at: &str) {
     match (a, b) {
         (Value::Number(x), Value::Number(y)) => {
             let (x, y) = (x.as_f64().unwrap(), y.as_f64().unwrap());
@@ -58,8 +64,21 @@ fn assert_close(a: &Value, b: &Value, at: &str) {
             }
         }
         (Value::Object(x), Value::Object(y)) => {
-            let kx: BTreeSet<_> = x.keys().filter(|k| *k != "suppressed_at").collect();
-            let ky: BTreeSet<_> = y.keys().filter(|k| *k != "suppressed_at").collect();
+            for (named, counted) in [
+                ("suppressed_at", "suppressed_by"),
+                ("merged_at", "merged_by"),
+            ] {
+                let names = x.get(named).and_then(Value::as_array).map_or(0, Vec::len);
+                let count = y.get(counted).and_then(Value::as_u64).unwrap_or(0) as usize;
+                assert_eq!(names, count, "{at}.{named}");
+                assert!(
+                    y.get(named).is_none(),
+                    "{at}: secure aggregation names nodes"
+                );
+            }
+            let skip = ["suppressed_at", "suppressed_by", "merged_at", "merged_by"];
+            let kx: BTreeSet<_> = x.keys().filter(|k| !skip.contains(&k.as_str())).collect();
+            let ky: BTreeSet<_> = y.keys().filter(|k| !skip.contains(&k.as_str())).collect();
             assert_eq!(kx, ky, "{at}: fields");
             for k in kx {
                 assert_close(&x[k], &y[k], &format!("{at}.{k}"));
@@ -88,7 +107,6 @@ async fn pooled_results_equal_the_plain_path() {
             serde_json::to_value(&s.value).unwrap(),
         );
         assert_close(&pv, &sv, json);
-        assert!(!sv.to_string().contains("suppressed_at"), "{json}: {sv}");
         // Every node answered, and none is shown with a figure of its own.
         assert_eq!(s.provenance.answered, 3, "{json}");
         for n in &s.provenance.nodes {
@@ -138,7 +156,7 @@ fn per_site(sb: &Sandbox, json: &str) -> Vec<(String, RawStats)> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn small_cells_are_suppressed_on_the_pooled_sums_not_at_each_node() {
+async fn a_cell_a_node_suppresses_is_suppressed_in_the_pool_as_in_the_clear() {
     let sb = Sandbox::start(SandboxOptions::new(400, 83)).await.unwrap();
     let plain = sandbox::exact_study();
     let secure = sandbox::secure_study();
@@ -173,11 +191,15 @@ async fn small_cells_are_suppressed_on_the_pooled_sums_not_at_each_node() {
         else {
             panic!("{p:?} {s:?}")
         };
-        // Plain: the small node suppressed its part. Secure: the pooled
-        // sum is at least k and released whole, naming no node.
+        // What the nodes released and what they suppressed is the same in
+        // both: no pooled count, the released parts as a lower bound. The
+        // plain pool says who suppressed; secure aggregation how many.
+        let small = counts.iter().filter(|n| **n < 5).count();
         assert_eq!(pn.count, None, "{counts:?}: {pn:?}");
-        assert!(!pn.suppressed_at.is_empty());
-        assert_eq!(sn.count, Some(total), "{counts:?}");
+        assert_eq!(sn.count, None, "{counts:?}: {sn:?}");
+        assert_eq!(sn.at_least, pn.at_least, "{counts:?}");
+        assert_eq!(pn.suppressed_at.len(), small);
+        assert_eq!(sn.suppressed_by as usize, small);
         assert!(sn.suppressed_at.is_empty());
         break;
     }
@@ -199,6 +221,7 @@ async fn small_cells_are_suppressed_on_the_pooled_sums_not_at_each_node() {
         panic!("{s:?}")
     };
     assert_eq!((n.count, n.at_least), (None, None), "{n:?}");
+    assert_eq!(n.suppressed_by, 3, "{n:?}");
     assert!(n.suppressed_at.is_empty(), "{n:?}");
     sb.shutdown().await.unwrap();
 }
@@ -238,53 +261,55 @@ async fn the_coordinator_keeps_only_masked_vectors_that_look_random() {
     let sb = Sandbox::start(SandboxOptions::new(400, 89)).await.unwrap();
     let study = sandbox::secure_study();
     sb.register_study(&study).await.unwrap();
-    // A histogram of 100 one-year bins: 102 small counts per node.
+    // A histogram of 100 one-year bins: 102 small counts per node, and as
+    // many suppression indicators.
     let edges: Vec<String> = (18..=118).map(|e| e.to_string()).collect();
     let json = format!(
         r#"{{"analysis": {{"histogram": {{"variable": "age", "edges": [{}]}}}}}}"#,
         edges.join(", ")
     );
     let client = sb.client(sandbox::RESEARCHER).await.unwrap();
+    let query = Query::from_json(&json).unwrap();
     let r = client
-        .run_query(
-            &study.id,
-            &Query::from_json(&json).unwrap(),
-            Duration::from_secs(60),
-        )
+        .run_query(&study.id, &query, Duration::from_secs(60))
         .await
         .unwrap();
     assert_eq!(r.status, pb::QueryStatus::Succeeded as i32, "{r:?}");
 
+    // What each node would release in the clear, encoded as it is masked.
+    let dict = Dictionary::cardiovascular();
     let figures: BTreeMap<String, Vec<u128>> = per_site(&sb, &json)
         .into_iter()
-        .map(|(node, raw)| match raw {
-            RawStats::Histogram { bins, below, above } => {
-                let mut v: Vec<u128> = bins.into_iter().map(u128::from).collect();
-                v.extend([u128::from(below), u128::from(above)]);
-                (node, v)
-            }
-            other => panic!("{other:?}"),
+        .map(|(node, raw)| {
+            let clear: NodeStats = apply(raw, Rules::new(5));
+            (node, encode(&clear, &query.analysis, &dict).unwrap())
         })
         .collect();
     let store = Store::open(&sb.coordinator_config.coordinator.database_url)
         .await
         .unwrap();
     let jobs = stored(&sb, &r.query_id).await;
-    assert_eq!(jobs.len(), 6, "a key round and a masked round: {jobs:?}");
+    assert_eq!(jobs.len(), 9, "keys, masks and unmasking: {jobs:?}");
     let mut all_bytes = Vec::new();
-    let mut sum = vec![0u128; 102];
+    let mut sum = vec![0u128; 204];
     for (job_id, node, answer) in &jobs {
         let sa = &answer["secure_aggregation"];
         assert!(sa.is_object(), "{node}: the jobs table holds {answer}");
-        // The signed statement kept with the job holds no more than the table.
         let (statement, _, _) = store.signature_of(job_id).await.unwrap().unwrap();
         let statement = pb::ResultStatement::decode(statement.as_slice()).unwrap();
         if let Some(keys) = sa.get("public_keys") {
             assert_eq!(keys.as_object().unwrap().len(), 2, "{answer}");
-            let Some(pb::result_statement::Outcome::Keys(k)) = statement.outcome else {
-                panic!("{node}: {statement:?}")
-            };
-            assert_eq!(keys_from_pb(k.keys).unwrap().len(), 2);
+            assert!(matches!(
+                statement.outcome,
+                Some(pb::result_statement::Outcome::Keys(_))
+            ));
+            continue;
+        }
+        if sa.get("revealed_shares").is_some() {
+            // No dropout: each survivor revealed its shares of the three
+            // self masks, and no pair seed.
+            assert_eq!(sa["revealed_shares"], 3, "{answer}");
+            assert_eq!(sa["revealed_seeds"], 0, "{answer}");
             continue;
         }
         let bytes = hex::decode(sa["masked"].as_str().unwrap()).unwrap();
@@ -292,6 +317,7 @@ async fn the_coordinator_keeps_only_masked_vectors_that_look_random() {
             panic!("{node}: {statement:?}")
         };
         assert_eq!(m.vector, bytes);
+        assert_eq!(m.shares.len(), 2, "a share for each other node");
         let masked = vector_from_bytes(&bytes).unwrap();
         let plain = &figures[node];
         assert_eq!(masked.len(), plain.len());
@@ -300,20 +326,32 @@ async fn the_coordinator_keeps_only_masked_vectors_that_look_random() {
             masked.iter().all(|w| *w > u128::from(u64::MAX)),
             "{node}: a masked element looks like a count"
         );
-        assert!(masked.iter().zip(plain).all(|(m, p)| m != p));
         add_into(&mut sum, &masked);
         all_bytes.extend(bytes);
     }
-    // 3 × 102 elements of 16 bytes; 330.5 is the 0.1% critical value.
+    // 3 × 204 elements of 16 bytes; 330.5 is the 0.1% critical value.
     let chi = byte_chi_square(&all_bytes);
     assert!(
         chi < 330.5,
         "masked payloads do not look random: chi-square {chi}"
     );
-    // Only their sum means anything: the pooled histogram.
-    let mut want = vec![0u128; 102];
+    // Even their sum is no figure: the self masks stay on it until the
+    // survivors reveal their shares.
+    let mut want = vec![0u128; 204];
     figures.values().for_each(|v| add_into(&mut want, v));
-    assert_eq!(sum, want);
+    assert!(sum.iter().zip(&want).all(|(s, w)| s != w));
+    // The result is the plain pool of the clear releases.
+    let pooled = plexus::client::outcome(&r).unwrap();
+    let named: Vec<(String, NodeStats)> = per_site(&sb, &json)
+        .into_iter()
+        .map(|(n, raw)| (n, apply(raw, Rules::new(5))))
+        .collect();
+    let plain = plexus_core::pool::pool_value(&query.analysis, &dict, &named, 5).unwrap();
+    assert_close(
+        &serde_json::to_value(&plain).unwrap(),
+        &serde_json::to_value(&pooled.value).unwrap(),
+        &json,
+    );
     store.close().await;
     sb.shutdown().await.unwrap();
 }
@@ -332,7 +370,7 @@ fn debits(sb: &Sandbox, node: &str, study: &str) -> usize {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_dropping_mid_job_leads_to_a_rerun_without_it_or_a_clear_failure() {
+async fn a_node_dropping_after_the_key_round_leaves_the_exact_sum_of_the_others_with_no_rerun() {
     let mut opts = SandboxOptions::with_nodes(4, 300, 97);
     opts.job_timeout_secs = 4;
     let mut sb = Sandbox::prepare(opts).await.unwrap();
@@ -355,7 +393,7 @@ async fn a_node_dropping_mid_job_leads_to_a_rerun_without_it_or_a_clear_failure(
     }
     let count = r#"{"cohort": {"compare": {"variable": "age", "op": ">=", "value": 60}}, "analysis": {"count": {}}}"#;
 
-    // Exact: the re-run over a, b and c gives their exact pooled count.
+    // Exact: one session, a, b and c's exact pooled count.
     let client = sb.client(sandbox::RESEARCHER).await.unwrap();
     let submitted = client
         .run_query(
@@ -377,50 +415,48 @@ async fn a_node_dropping_mid_job_leads_to_a_rerun_without_it_or_a_clear_failure(
         d.detail
             .as_deref()
             .unwrap()
-            .contains("left out of secure aggregation after attempt 1"),
+            .contains("dropped from the secure aggregation after the key round"),
         "{d:?}"
     );
     assert!(
         r.provenance
             .notes
             .iter()
-            .any(|n| n.contains("attempt 1: hospital-d") && n.contains("fresh keys")),
+            .any(|n| n.contains("hospital-d dropped") && n.contains("no re-run")),
         "{:?}",
         r.provenance.notes
     );
-    // Never an unmasked figure: the first attempt's masked vectors of a,
-    // b and c, without d's, sum to noise, not to a count.
+    // One session: 4 key answers, 3 masked answers (d's never came), 3
+    // signatures on the survivor list, 3 unmasking answers, of which each
+    // revealed the pair seed it shares with d.
     let jobs = stored(&sb, &submitted.query_id).await;
-    let mut sessions: BTreeMap<String, (usize, Vec<u128>)> = BTreeMap::new();
-    for (_, _, answer) in &jobs {
-        let sa = &answer["secure_aggregation"];
-        if let Some(masked) = sa.get("masked") {
-            let v = vector_from_bytes(&hex::decode(masked.as_str().unwrap()).unwrap()).unwrap();
-            let entry = sessions
-                .entry(sa["session_id"].as_str().unwrap().to_string())
-                .or_insert((0, vec![0u128; 1]));
-            entry.0 += 1;
-            add_into(&mut entry.1, &v);
-        }
-    }
-    assert_eq!(sessions.len(), 2, "{jobs:?}");
-    let PooledValue::Count { n } = &want.value else {
-        panic!()
+    let sessions: BTreeSet<&str> = jobs
+        .iter()
+        .filter_map(|(_, _, a)| a["secure_aggregation"]["session_id"].as_str())
+        .collect();
+    assert_eq!(sessions.len(), 1, "{jobs:?}");
+    let kinds = |key: &str| {
+        jobs.iter()
+            .filter(|(_, _, a)| a["secure_aggregation"].get(key).is_some())
+            .count()
     };
-    let total = u128::from(n.count.unwrap());
-    let sums: Vec<u128> = sessions.values().map(|(_, v)| v[0]).collect();
-    assert!(
-        sums.contains(&total),
-        "the complete session sums to the count"
+    assert_eq!(
+        [
+            kinds("public_keys"),
+            kinds("masked"),
+            kinds("signed_survivors"),
+            kinds("revealed_seeds")
+        ],
+        [4, 3, 3, 3],
+        "{jobs:?}"
     );
-    assert!(
-        sums.iter()
-            .any(|s| *s != total && *s > u128::from(u64::MAX)),
-        "the incomplete session's sum is no figure: {sums:?}"
-    );
+    assert!(jobs
+        .iter()
+        .filter(|(_, _, a)| a["secure_aggregation"].get("revealed_seeds").is_some())
+        .all(|(_, _, a)| a["secure_aggregation"]["revealed_seeds"] == 1));
 
-    // A fit whose first round loses d starts again without it, round by
-    // round over one session: the same model as the plain fit over a, b, c.
+    // A fit whose first round loses d rests on a, b and c: the same model
+    // as the plain fit over them.
     let glm = r#"{"analysis": {"glm": {"family": "gaussian", "outcome": "sbp", "covariates": ["age", "sex"]}}}"#;
     let fitted = ask(&sb, sandbox::RESEARCHER, &secure.id, glm)
         .await
@@ -436,8 +472,8 @@ async fn a_node_dropping_mid_job_leads_to_a_rerun_without_it_or_a_clear_failure(
         NodeStatus::Missing
     );
 
-    // Under differential privacy the re-run costs nothing twice: a, b and
-    // c answer it from their ledgers' caches.
+    // Under differential privacy: a, b and c are charged once and their
+    // three noises are in the pooled count.
     let r = ask(&sb, sandbox::RESEARCHER, &private.id, count)
         .await
         .unwrap();
@@ -448,36 +484,36 @@ async fn a_node_dropping_mid_job_leads_to_a_rerun_without_it_or_a_clear_failure(
         assert!((charge.charged_rho - 0.01).abs() < 1e-12, "{charge:?}");
         assert_eq!(debits(&sb, node, &private.id), 1, "{node}");
     }
-    // Three nodes' noise in the pooled count, not four, around the count.
     let sd = report.count_noise_sd.unwrap();
     assert!((sd - (3.0f64 / 0.02).sqrt()).abs() < 1e-9, "{sd}");
     let PooledValue::Count { n: noised } = &r.value else {
         panic!("{r:?}")
     };
-    let error = noised.count.unwrap() as f64 - total as f64;
-    assert!(error.abs() < 6.0 * sd, "{error} off with sd {sd}");
-    // A noised summary states its noise, from every roster node's receipt.
-    let r = ask(
-        &sb,
-        sandbox::RESEARCHER,
-        &private.id,
-        r#"{"analysis": {"summary": {"variable": "sbp"}}}"#,
-    )
-    .await
-    .unwrap();
-    let PooledValue::Summary { noise_sd, ci, .. } = &r.value else {
-        panic!("{r:?}")
+    let PooledValue::Count { n } = &want.value else {
+        panic!()
     };
-    assert!(noise_sd.unwrap() > 0.0 && ci.is_some(), "{r:?}");
-    assert_eq!(r.privacy.unwrap().nodes.len(), 3);
+    let error = noised.count.unwrap() as f64 - n.count.unwrap() as f64;
+    assert!(error.abs() < 6.0 * sd, "{error} off with sd {sd}");
+    // The same question again, over all four now that d answers its keys:
+    // a, b and c contributed it to a sum over themselves, and a sum over
+    // four would give away d's figure by difference. They refuse.
+    let e = ask(&sb, sandbox::RESEARCHER, &private.id, count)
+        .await
+        .unwrap_err();
+    assert!(
+        e.message
+            .contains("already contributed this question's answer to a secure sum over hospital-a, hospital-b, hospital-c"),
+        "{e}"
+    );
 
-    // With c gone too, only a and b would remain: a clear failure naming
-    // both, and nothing unmasked.
+    // With c gone too, too few would survive: a clear failure, and nothing
+    // unmasked.
     sb.stop_node("hospital-c").await.unwrap();
     sb.wait_not_live("hospital-c", Duration::from_secs(10))
         .await
         .unwrap();
-    let e = ask(&sb, sandbox::RESEARCHER, &secure.id, count)
+    let other = r#"{"cohort": {"compare": {"variable": "age", "op": ">=", "value": 70}}, "analysis": {"count": {}}}"#;
+    let e = ask(&sb, sandbox::RESEARCHER, &secure.id, other)
         .await
         .unwrap_err();
     assert_eq!(e.code, ErrorCode::Unavailable, "{e}");
@@ -487,206 +523,15 @@ async fn a_node_dropping_mid_job_leads_to_a_rerun_without_it_or_a_clear_failure(
     sb.shutdown().await.unwrap();
 }
 
-/// A node's job runner driven directly, with jobs signed by the sandbox's
-/// coordinator key: what a coordinator could send, honest or not.
-struct Node {
-    runner: plexus_node::job::JobRunner,
-    key: plexus_tls::SigningKey,
-    study: plexus_core::StudyDefinition,
-}
-
-impl Node {
-    fn job(&self, query: &str, secure: pb::SecureAggregation) -> pb::SignedJob {
-        let query = Query::from_json(query).unwrap();
-        let now = chrono::Utc::now().timestamp_millis();
-        let mut id = [0u8; 16];
-        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut id).unwrap();
-        let job = pb::Job {
-            job_id: hex::encode(id),
-            study_id: self.study.id.clone(),
-            purpose: Some((&self.study.purpose().unwrap()).into()),
-            query_hash: query.hash(),
-            query: Some(pb::Query::from(&query)),
-            min_cell_size: 5,
-            deadline_unix_ms: now + 60_000,
-            issued_unix_ms: now,
-            audience: "hospital-a".into(),
-            privacy: Some(pb::JobPrivacy {
-                exact: true,
-                ..Default::default()
-            }),
-            secure_aggregation: Some(secure),
-            study_definition_hash: self.study.definition_hash(),
-            ..Default::default()
-        };
-        let bytes = job.encode_to_vec();
-        pb::SignedJob {
-            signature: self.key.sign(&bytes),
-            job: bytes,
-        }
-    }
-
-    async fn send(&self, query: &str, secure: pb::SecureAggregation) -> pb::job_result::Outcome {
-        let signed = self.job(query, secure);
-        match self.runner.take(signed).await.unwrap() {
-            pb::node_message::Msg::Result(r) => r.outcome.unwrap(),
-            other => panic!("expected a result, got {other:?}"),
-        }
-    }
-
-    async fn keys(&self, session: &str, nodes: &[&str]) -> pb::job_result::Outcome {
-        let request = pb::SecureAggregation {
-            session_id: session.into(),
-            step: Some(pb::secure_aggregation::Step::KeyRequest(pb::KeyRequest {
-                nodes: nodes.iter().map(|n| n.to_string()).collect(),
-            })),
-        };
-        self.send(COUNT, request).await
-    }
-
-    async fn mask(&self, roster: &Roster, step: u32) -> pb::job_result::Outcome {
-        let request = pb::SecureAggregation {
-            session_id: roster.session_id.clone(),
-            step: Some(pb::secure_aggregation::Step::Mask(pb::MaskRequest {
-                roster: Some(pb::Roster::from(roster)),
-                step,
-            })),
-        };
-        self.send(COUNT, request).await
-    }
-
-    /// hospital-a's keys for a new session over a, b and c, and the
-    /// others' key pairs made here.
-    async fn session(&self, session: &str) -> (Roster, BTreeMap<String, KeyPairs>) {
-        let nodes = ["hospital-a", "hospital-b", "hospital-c"];
-        let pb::job_result::Outcome::Keys(k) = self.keys(session, &nodes).await else {
-            panic!("no keys")
-        };
-        assert_eq!(k.min_cell_size, 5);
-        let mut public = BTreeMap::new();
-        public.insert("hospital-a".to_string(), keys_from_pb(k.keys).unwrap());
-        let mut others = BTreeMap::new();
-        for n in &nodes[1..] {
-            let kp = KeyPairs::generate(session, n, nodes).unwrap();
-            public.insert(n.to_string(), kp.public_keys().clone());
-            others.insert(n.to_string(), kp);
-        }
-        (Roster::new(session, public), others)
-    }
-}
-
-const COUNT: &str = r#"{"analysis": {"count": {}}}"#;
-
-fn refused(outcome: pb::job_result::Outcome, needle: &str) {
-    let pb::job_result::Outcome::Error(e) = outcome else {
-        panic!("not refused: {outcome:?}")
-    };
-    assert_eq!(
-        plexus_proto::convert::code_from_i32(e.code),
-        ErrorCode::Policy,
-        "{e:?}"
-    );
-    assert!(e.message.contains(needle), "{needle}: {}", e.message);
-}
-
+/// A hospital that reviews a study's results before they leave holds the
+/// clear release of a masked job for its data steward, and masks it only
+/// on approval: the pooled answer then equals the plain path's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_refuses_small_changed_and_foreign_rosters() {
-    let sb = Sandbox::prepare(SandboxOptions::new(200, 101))
-        .await
-        .unwrap();
-    let config = sb.node_configs["hospital-a"].clone();
-    let node = Node {
-        runner: plexus_node::open_runner(config.clone(), RunOptions::default())
-            .await
-            .unwrap(),
-        key: plexus_tls::SigningKey::load(&sb.coordinator_config.coordinator.signing_key).unwrap(),
-        study: sandbox::secure_study(),
-    };
-
-    // An honest session: hospital-a masks its count; with b and c adding
-    // masked zeros, the sum is a's count.
-    let s1 = "11111111111111111111111111111111";
-    let (roster, others) = node.session(s1).await;
-    let pb::job_result::Outcome::Masked(m) = node.mask(&roster, 1).await else {
-        panic!("no masked answer")
-    };
-    assert_eq!(m.roster_digest, roster.digest());
-    let mut sum = vector_from_bytes(&m.vector).unwrap();
-    for (_, kp) in others {
-        let masker = kp.agree(&roster).unwrap();
-        add_into(&mut sum, &masker.mask(1, &[0]).unwrap());
-    }
-    let RawStats::Count(want) = per_site(&sb, COUNT)[0].1 else {
-        panic!()
-    };
-    assert_eq!(sum, vec![u128::from(want)]);
-
-    // The same session with one key changed: refused.
-    let mut changed = roster.clone();
-    changed.nodes[1].keys.values_mut().next().unwrap()[0] ^= 1;
-    refused(node.mask(&changed, 2).await, "differs from the roster");
-    // The same step twice: refused.
-    refused(node.mask(&roster, 1).await, "already masked step 1");
-
-    // A session of two nodes: no keys are made.
-    refused(
-        node.keys(
-            "22222222222222222222222222222222",
-            &["hospital-a", "hospital-b"],
-        )
-        .await,
-        "at least 3",
-    );
-    // A roster of two in a session asked of three: refused.
-    let s3 = "33333333333333333333333333333333";
-    let (roster, _) = node.session(s3).await;
-    let mut two = roster.clone();
-    two.nodes.retain(|n| n.node != "hospital-c");
-    two.nodes
-        .iter_mut()
-        .for_each(|n| n.keys.retain(|p, _| p != "hospital-c"));
-    refused(node.mask(&two, 1).await, "at least 3");
-
-    // A roster without this node, or with keys for it it did not make.
-    let s4 = "44444444444444444444444444444444";
-    let (roster, _) = node.session(s4).await;
-    let mut foreign = roster.clone();
-    foreign.nodes[0].node = "hospital-z".into();
-    foreign.nodes.rotate_left(1);
-    for n in &mut foreign.nodes {
-        if let Some(k) = n.keys.remove("hospital-a") {
-            n.keys.insert("hospital-z".into(), k);
-        }
-    }
-    refused(node.mask(&foreign, 1).await, "does not name this node");
-    let s5 = "55555555555555555555555555555555";
-    let (roster, _) = node.session(s5).await;
-    let mut forged = roster.clone();
-    forged.nodes[0].keys.values_mut().next().unwrap()[7] ^= 0x40;
-    refused(node.mask(&forged, 1).await, "not the one this node made");
-    // A session it never made keys for.
-    let (mut stranger, _) = node.session("66666666666666666666666666666666").await;
-    stranger.session_id = "77777777777777777777777777777777".into();
-    refused(node.mask(&stranger, 1).await, "holds no keys");
-
-    // Every refusal is in the node's own log.
-    let log =
-        plexus_node::log::JobLog::read_all(&config.node.state_dir.join("jobs.log.jsonl")).unwrap();
-    let refusals = log.iter().filter(|e| e.outcome == "refused:policy").count();
-    assert_eq!(refusals, 7, "{log:#?}");
-    assert!(log
-        .iter()
-        .any(|e| e.detail.contains("values sent masked") && e.outcome == "released"));
-}
-
-/// A hospital that reviews a study's results before they leave refuses
-/// that study's secure-aggregation jobs: its data steward could see only a
-/// masked vector. With two nodes left the query fails, naming the reason.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_reviewing_a_study_refuses_its_secure_aggregation_jobs() {
-    let mut sb = Sandbox::prepare(SandboxOptions::new(200, 103))
-        .await
-        .unwrap();
+async fn a_reviewing_hospital_masks_its_release_only_after_the_steward_approves_it() {
+    use plexus_node::review::{Status, Verdict};
+    let mut opts = SandboxOptions::new(200, 103);
+    opts.job_timeout_secs = 60;
+    let mut sb = Sandbox::prepare(opts).await.unwrap();
     sb.node_configs
         .get_mut("hospital-c")
         .unwrap()
@@ -695,17 +540,60 @@ async fn a_node_reviewing_a_study_refuses_its_secure_aggregation_jobs() {
         .insert(sandbox::SECURE_STUDY.to_string());
     sb.start_all().await.unwrap();
     let study = sandbox::secure_study();
+    let plain = sandbox::exact_study();
     sb.register_study(&study).await.unwrap();
-    let e = ask(
-        &sb,
-        sandbox::RESEARCHER,
-        &study.id,
-        r#"{"analysis": {"count": {}}}"#,
+    sb.register_study(&plain).await.unwrap();
+    let queue = sb.review_queue("hospital-c").unwrap();
+    let client = sb.client(sandbox::RESEARCHER).await.unwrap();
+    let count = r#"{"analysis": {"count": {}}}"#;
+    let query = Query::from_json(count).unwrap();
+    let id = study.id.clone();
+    let running =
+        tokio::spawn(async move { client.run_query(&id, &query, Duration::from_secs(90)).await });
+    // The steward sees the clear release that is to be masked.
+    let held = loop {
+        let pending: Vec<_> = queue
+            .entries()
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.status() == Status::Pending)
+            .collect();
+        if let Some(e) = pending.into_iter().next() {
+            break e;
+        }
+        if running.is_finished() {
+            panic!(
+                "the query ended before hospital-c held its result: {:?}",
+                running.await
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(held.held.secure_aggregation.is_some(), "{held:?}");
+    let shown = plexus_node::review::cli::show_json(&held).unwrap();
+    let RawStats::Count(mine) = per_site(&sb, count)[2].1 else {
+        panic!()
+    };
+    assert_eq!(
+        serde_json::from_value::<NodeStats>(shown["stats"].clone()).unwrap(),
+        NodeStats::Count(plexus_core::Cell::Count(mine))
+    );
+    plexus_node::review::cli::decide(
+        &queue,
+        &held.held.job_id,
+        Verdict::Approved,
+        "",
+        "steward",
+        chrono::Utc::now().timestamp_millis(),
     )
-    .await
-    .unwrap_err();
-    assert!(e.message.contains("hospital-c"), "{e:?}");
-    assert!(e.message.contains("policy.review"), "{e:?}");
+    .unwrap();
+    let r = running.await.unwrap().unwrap();
+    let pooled = plexus::client::outcome(&r).unwrap();
+    let want = ask(&sb, sandbox::RESEARCHER, &plain.id, count)
+        .await
+        .unwrap();
+    assert_eq!(pooled.value, want.value);
+    assert_eq!(pooled.provenance.answered, 3);
     let log = plexus_node::log::JobLog::read_all(
         &sb.node_configs["hospital-c"]
             .node
@@ -713,8 +601,14 @@ async fn a_node_reviewing_a_study_refuses_its_secure_aggregation_jobs() {
             .join("jobs.log.jsonl"),
     )
     .unwrap();
+    let outcomes: Vec<&str> = log
+        .iter()
+        .filter(|l| l.job_id == held.held.job_id)
+        .map(|l| l.outcome.as_str())
+        .collect();
+    assert_eq!(outcomes, ["held", "reviewed-approved"], "{log:#?}");
     assert!(log
         .iter()
-        .any(|l| l.outcome == "refused:policy" && l.detail.contains("masked vector")));
+        .any(|l| l.outcome == "reviewed-approved" && l.detail.contains("sent masked")));
     sb.shutdown().await.unwrap();
 }

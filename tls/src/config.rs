@@ -162,7 +162,7 @@ fn pem_error(path: &Path, what: &'static str, e: rustls_pki_types::pem::Error) -
     }
 }
 
-fn load_roots(path: &Path) -> Result<(RootCertStore, Vec<CertificateDer<'static>>)> {
+pub(crate) fn load_roots(path: &Path) -> Result<(RootCertStore, Vec<CertificateDer<'static>>)> {
     let mut roots = RootCertStore::empty();
     let certs = load_certs(path)?;
     for cert in &certs {
@@ -175,7 +175,10 @@ fn load_roots(path: &Path) -> Result<(RootCertStore, Vec<CertificateDer<'static>
     Ok((roots, certs))
 }
 
-fn load_crl(files: &TlsFiles, cas: &[CertificateDer<'_>]) -> Result<Option<RevocationList>> {
+pub(crate) fn load_crl(
+    files: &TlsFiles,
+    cas: &[CertificateDer<'_>],
+) -> Result<Option<RevocationList>> {
     files
         .crl
         .as_deref()

@@ -21,6 +21,7 @@ mod config;
 mod crl;
 mod error;
 mod identity;
+mod peer;
 mod primed;
 mod reload;
 mod server;
@@ -45,6 +46,7 @@ pub use error::{Result, TlsError};
 pub use identity::{
     identity_from_cert, serial_from_cert, validate_name, Identity, Role, MAX_NAME_LEN, URI_PREFIX,
 };
+pub use peer::PeerTrust;
 pub use reload::{ServerTls, DEFAULT_RELOAD_INTERVAL};
 pub use server::{
     incoming, incoming_with_timeout, peer, require_role, Incoming, PeerInfo, TlsConn,

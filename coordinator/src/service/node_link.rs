@@ -387,6 +387,8 @@ fn open_result(
         }
         Some(pb::result_statement::Outcome::Keys(k)) => pb::job_result::Outcome::Keys(k),
         Some(pb::result_statement::Outcome::Masked(m)) => pb::job_result::Outcome::Masked(m),
+        Some(pb::result_statement::Outcome::Confirmed(c)) => pb::job_result::Outcome::Confirmed(c),
+        Some(pb::result_statement::Outcome::Unmasked(u)) => pb::job_result::Outcome::Unmasked(u),
         None => return Err("the node's signed statement has no outcome".into()),
     };
     Ok((

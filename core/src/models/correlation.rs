@@ -181,6 +181,23 @@ pub fn pool(
             }
         }
     }
+    let described = suppressed_at
+        .into_iter()
+        .map(|nodes| (!nodes.is_empty()).then(|| nodes.join(", ")))
+        .collect();
+    Ok(finish(variables, missing, &total, described))
+}
+
+/// Matrices from pooled pairs; `suppressed[i]`, when set, says where pair
+/// i was suppressed (nodes by name, or how many under secure aggregation)
+/// and withholds it.
+pub fn finish(
+    variables: &[String],
+    missing: Missing,
+    total: &[PairSums],
+    suppressed_where: Vec<Option<String>>,
+) -> CorrelationResult {
+    let p = variables.len();
     let mut n = vec![vec![None; p]; p];
     let mut cov = vec![vec![None; p]; p];
     let mut cor = vec![vec![None; p]; p];
@@ -188,13 +205,8 @@ pub fn pool(
     for a in 0..p {
         for b in a..p {
             let i = packed_index(p, a, b);
-            if !suppressed_at[i].is_empty() {
-                suppressed.push(format!(
-                    "{} × {}: {}",
-                    variables[a],
-                    variables[b],
-                    suppressed_at[i].join(", ")
-                ));
+            if let Some(Some(at)) = suppressed_where.get(i) {
+                suppressed.push(format!("{} × {}: {at}", variables[a], variables[b]));
                 continue;
             }
             let s = &total[i];
@@ -210,14 +222,14 @@ pub fn pool(
             cor[b][a] = cor[a][b];
         }
     }
-    Ok(CorrelationResult {
+    CorrelationResult {
         variables: variables.to_vec(),
         missing: missing.describe().into(),
         n,
         covariance: cov,
         correlation: cor,
         suppressed,
-    })
+    }
 }
 
 #[cfg(test)]

@@ -196,8 +196,7 @@ mod tests {
     fn cell(n: u64) -> PooledCell {
         PooledCell {
             count: Some(n),
-            at_least: None,
-            suppressed_at: vec![],
+            ..PooledCell::default()
         }
     }
 

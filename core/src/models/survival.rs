@@ -331,6 +331,12 @@ pub struct Curve {
     /// Why survival or the median is not stated beyond some time.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
+    /// Under secure aggregation: how many nodes suppressed this group, and
+    /// how many merged intervals, which nobody can tell.
+    #[serde(default, skip_serializing_if = "crate::pool::is_zero")]
+    pub suppressed_by: u32,
+    #[serde(default, skip_serializing_if = "crate::pool::is_zero")]
+    pub merged_by: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -376,9 +382,8 @@ pub fn pool(
     names: (&str, &str, Option<&str>),
 ) -> Result<KaplanMeierResult> {
     let intervals = points.len() - 1;
-    let mut curves = Vec::with_capacity(labels.len());
-    let mut pooled = Vec::with_capacity(labels.len());
-    for (g, label) in labels.iter().enumerate() {
+    let mut groups = Vec::with_capacity(labels.len());
+    for g in 0..labels.len() {
         // The group's partition: as many intervals as its coarsest node kept.
         let mut kept = intervals;
         let mut merged_at = Vec::new();
@@ -410,16 +415,61 @@ pub fn pool(
                 total.censored[j] = total.censored[j].saturating_add(c.censored[j]);
             }
         }
-        let merged_after = (!merged_at.is_empty() && total.at_risk > 0).then(|| points[kept - 1]);
+        groups.push(PooledGroup {
+            total,
+            suppressed_at,
+            merged_at,
+            suppressed_by: 0,
+            merged_by: 0,
+        });
+    }
+    finish(points, labels, groups, names)
+}
+
+/// One group pooled over the nodes: the sum of the released counts on the
+/// coarsest partition any node kept, and who (or, under secure
+/// aggregation, how many) suppressed the group or merged intervals.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PooledGroup {
+    pub total: GroupCounts,
+    pub suppressed_at: Vec<String>,
+    pub merged_at: Vec<String>,
+    pub suppressed_by: u32,
+    pub merged_by: u32,
+}
+
+impl PooledGroup {
+    fn merged(&self) -> bool {
+        !self.merged_at.is_empty() || self.merged_by > 0
+    }
+}
+
+/// Curves and the log-rank test from groups pooled already.
+pub fn finish(
+    points: &[f64],
+    labels: &[String],
+    groups: Vec<PooledGroup>,
+    names: (&str, &str, Option<&str>),
+) -> Result<KaplanMeierResult> {
+    let intervals = points.len() - 1;
+    let mut curves = Vec::with_capacity(labels.len());
+    let mut pooled = Vec::with_capacity(labels.len());
+    for (group, label) in groups.into_iter().zip(labels) {
+        let kept = group.total.events.len();
+        let merged = group.merged();
+        let total = group.total;
+        let merged_after = (merged && total.at_risk > 0).then(|| points[kept - 1]);
         let mut curve = curve(
             &total,
             label,
             &times_of(points, kept),
             merged_after.is_some(),
         );
-        curve.suppressed_at = suppressed_at;
+        curve.suppressed_at = group.suppressed_at;
         curve.merged_after = merged_after;
-        curve.merged_at = merged_at;
+        curve.merged_at = group.merged_at;
+        curve.suppressed_by = group.suppressed_by;
+        curve.merged_by = group.merged_by;
         curve.notes = curve_notes(&curve);
         curves.push(curve);
         pooled.push(total);
@@ -457,7 +507,7 @@ pub fn pool(
 }
 
 /// Merges the tail of `c` so it has `kept` intervals.
-fn coarsen(mut c: GroupCounts, kept: usize) -> GroupCounts {
+pub fn coarsen(mut c: GroupCounts, kept: usize) -> GroupCounts {
     if c.events.len() > kept {
         c.merge_tail(kept - 1);
     }
@@ -503,6 +553,8 @@ fn curve(g: &GroupCounts, label: &str, times: &[f64], merged_tail: bool) -> Curv
         merged_after: None,
         merged_at: vec![],
         notes: vec![],
+        suppressed_by: 0,
+        merged_by: 0,
     };
     // A group nobody released has no curve, not a flat one at 1.
     if g.at_risk == 0 {
@@ -565,7 +617,7 @@ fn curve_notes(c: &Curve) -> Vec<String> {
         notes.push(format!(
             "survival is not stated {}: the intervals after {after} were merged into one at {}, where too few patients were at risk to release them one by one; its {} events and {} censorings fall somewhere after {after}",
             shown(c.stated_until),
-            c.merged_at.join(", "),
+            merged_where(c),
             c.n_event[last],
             c.n_censor[last]
         ));
@@ -586,23 +638,38 @@ fn curve_notes(c: &Curve) -> Vec<String> {
     notes
 }
 
+/// Where a curve's intervals were merged: the nodes, or under secure
+/// aggregation how many (which ones nobody can tell).
+fn merged_where(c: &Curve) -> String {
+    if c.merged_at.is_empty() {
+        format!("{} node(s)", c.merged_by)
+    } else {
+        c.merged_at.join(", ")
+    }
+}
+
 /// Marks a log-rank test that ran over merged intervals: after `after`
 /// (the start of the common partition's last interval) every interval
 /// counted as one, at the nodes the curves name.
 fn merged_test(mut test: LogRank, curves: &[Curve], after: f64) -> LogRank {
-    let mut nodes: Vec<String> = curves
+    let merged: Vec<&Curve> = curves.iter().filter(|c| c.merged_after.is_some()).collect();
+    if merged.is_empty() {
+        return test;
+    }
+    let mut nodes: Vec<String> = merged
         .iter()
-        .filter(|c| c.merged_after.is_some())
         .flat_map(|c| c.merged_at.iter().cloned())
         .collect();
     nodes.sort();
     nodes.dedup();
-    if nodes.is_empty() {
-        return test;
-    }
-    test.note = Some(format!(
-        "the test ran with the intervals after {after} merged into one (at {}, where too few patients were at risk): it compares the groups interval by interval up to {after} and only in total after it",
+    let place = if nodes.is_empty() {
+        let most = merged.iter().map(|c| c.merged_by).max().unwrap_or(0);
+        format!("{most} node(s), not named under secure aggregation")
+    } else {
         nodes.join(", ")
+    };
+    test.note = Some(format!(
+        "the test ran with the intervals after {after} merged into one (at {place}, where too few patients were at risk): it compares the groups interval by interval up to {after} and only in total after it"
     ));
     test.merged_after = Some(after);
     test.merged_at = nodes;

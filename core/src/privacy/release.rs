@@ -40,13 +40,12 @@ use super::decisions::glm_first_round;
 use super::glm::{glm_noise, noise_float, release_glm, GlmBounds};
 use super::noise::discrete_gaussian;
 use crate::dictionary::Dictionary;
-use crate::disclosure::{cell, summary_dominated, suppress_table, Rules};
+use crate::disclosure::{cell, suppress_table, Rules};
 use crate::error::{Error, Result};
 use crate::models::correlation::PairSums;
 use crate::models::glm::{Family, Iteration};
 use crate::models::linalg::{packed_index, packed_len};
 use crate::query::{Analysis, Query};
-use crate::secagg::Contribution;
 use crate::stats::{Moments, NodeStats, RawStats, SummarySums};
 
 /// The noise a release carries: standard deviations in the released
@@ -317,78 +316,6 @@ fn noised_moments(s: &SummarySums, sigmas: [f64; 3], floor: bool) -> Result<Mome
     })
 }
 
-/// What a node adds to a secure aggregate in a study under differential
-/// privacy: every value noised exactly as [`release_for`] noises it, at
-/// the same cost, but nothing suppressed or withheld for falling under the
-/// minimum cell size (the coordinator applies it to the pooled sums) and
-/// no floor a pooled sum could not take back. A summary one or two
-/// patients dominate is refused, as the node cannot withhold it silently.
-pub fn contribute(
-    raw: RawStats,
-    analysis: &Analysis,
-    dict: &Dictionary,
-    rules: Rules,
-    rho: f64,
-) -> Result<(Contribution, NoiseScale)> {
-    let unit = sigma_for_rho(1.0, rho)?;
-    let counts = NoiseScale {
-        count_sd: unit,
-        rho,
-        ..NoiseScale::default()
-    };
-    let noisy = |n: u64| noisy_count(n, unit);
-    let noisy_all = |v: Vec<u64>| v.into_iter().map(noisy).collect::<Result<Vec<_>>>();
-    Ok(match raw {
-        RawStats::Count(n) => (Contribution::Count(noisy(n)?), counts),
-        RawStats::Summary(s) => {
-            let (scale, sigmas) = summary_noise(&s, rho)?;
-            if summary_dominated(&s, rules.dominance_share) {
-                return Err(crate::secagg::dominated());
-            }
-            (
-                Contribution::Summary(noised_moments(&s, sigmas, false)?),
-                scale,
-            )
-        }
-        RawStats::Histogram { bins, below, above } => (
-            Contribution::Histogram {
-                bins: noisy_all(bins)?,
-                below: noisy(below)?,
-                above: noisy(above)?,
-            },
-            counts,
-        ),
-        RawStats::Table {
-            rows,
-            columns,
-            cells,
-        } => (
-            Contribution::Table {
-                rows,
-                columns,
-                cells: noisy_all(cells)?,
-            },
-            counts,
-        ),
-        RawStats::Survival(groups) => {
-            let (noised, noise, _) = super::survival::noise_groups(groups, rho)?;
-            (Contribution::Survival(noised), noise)
-        }
-        RawStats::Pairs(pairs) => {
-            let Analysis::Correlation { variables, .. } = analysis else {
-                return Err(Error::internal("correlation sums for another analysis"));
-            };
-            let (noised, noise) = noise_pairs(&pairs, variables, dict, rho)?;
-            (Contribution::Pairs(noised), noise)
-        }
-        raw @ RawStats::Glm(_) => match release_for(raw, analysis, dict, rules, rho, None)? {
-            (Release::Stats(NodeStats::Glm(g)), noise) => (Contribution::Glm(g), noise),
-            _ => return Err(Error::internal("a GLM round released as something else")),
-        },
-        RawStats::Cox(_) => return Err(cox_refused()),
-    })
-}
-
 /// Noises and checks what a node computed for a study under differential
 /// privacy at cost `rho`.
 pub fn release(raw: RawStats, rules: Rules, rho: f64) -> Result<(NodeStats, NoiseScale)> {
@@ -599,55 +526,5 @@ mod tests {
             exact.correlation[0][1].unwrap(),
         );
         assert!((r - want).abs() < 0.05, "{r} vs {want}");
-    }
-
-    #[test]
-    fn contributions_to_a_secure_aggregate_are_noised_alike_but_never_suppressed() {
-        let d = Dictionary::cardiovascular();
-        let rules = Rules::new(5);
-        let count = Query::from_json(r#"{"analysis": {"count": {}}}"#).unwrap();
-        // A count of 2 is suppressed in a release, but enters the aggregate.
-        let (c, noise) = contribute(RawStats::Count(2), &count.analysis, &d, rules, 1e6).unwrap();
-        assert_eq!(c, Contribution::Count(2), "σ ≈ 0.0007 rounds to no noise");
-        assert!((noise.count_sd - 1.0 / 2e6f64.sqrt()).abs() < 1e-12);
-        let (released, _) = release(RawStats::Count(2), rules, 1e6).unwrap();
-        assert_eq!(released, NodeStats::Count(Cell::Suppressed));
-
-        // A summary: the same noise scale as the release, moments near the truth.
-        let age = d.get("age").unwrap();
-        let values: Vec<f64> = (0..1000).map(|i| 40.0 + f64::from(i % 40)).collect();
-        let s = SummarySums::of(age, "age", &values);
-        let summary =
-            Query::from_json(r#"{"analysis": {"summary": {"variable": "age"}}}"#).unwrap();
-        let (c, noise) = contribute(
-            RawStats::Summary(s.clone()),
-            &summary.analysis,
-            &d,
-            rules,
-            0.03,
-        )
-        .unwrap();
-        let (_, released) = release(RawStats::Summary(s.clone()), rules, 0.03).unwrap();
-        assert_eq!(noise, released);
-        let Contribution::Summary(m) = c else {
-            panic!()
-        };
-        assert!((m.sum - s.moments.sum).abs() < 10.0 * noise.sum_sd + 64.0 * 10.0 * noise.count_sd);
-        assert!(m.n.abs_diff(1000) < (10.0 * noise.count_sd) as u64 + 1);
-
-        // Cox stays refused under differential privacy.
-        let cox = Query::from_json(
-            r#"{"analysis": {"cox": {"time": "followup_days", "event": "death", "covariates": ["age"]}}}"#,
-        )
-        .unwrap();
-        let e = contribute(
-            RawStats::Cox(Default::default()),
-            &cox.analysis,
-            &d,
-            rules,
-            0.1,
-        )
-        .unwrap_err();
-        assert_eq!(e.code, crate::ErrorCode::Policy);
     }
 }

@@ -1,302 +1,55 @@
-//! Pairwise masks that cancel in a sum.
+//! Masks that cancel in a sum, and the keys that encrypt self-mask shares.
 //!
-//! Keys: ring's X25519 private keys are ephemeral, good for one agreement
-//! each, so a node makes one key pair per other node of the session and
-//! the roster carries n − 1 public keys per node (n(n − 1) keys of 32 bytes:
-//! 12 KB for 20 nodes, 78 KB for 50). That keeps the whole of secure
-//! aggregation on ring, the crate the rest of Plexus already trusts for
-//! its cryptography, with no second X25519 implementation to review.
+//! Node u and node v hold a pair key: HKDF-SHA256 extracted from their
+//! X25519 agreement, salted with the roster's digest. From it each step s
+//! of the session gets
 //!
-//! Masks: node i and node j (i before j in the roster's order) agree a
-//! secret with their keys for each other; HKDF-SHA256 extracts a pair key
-//! from it, salted with the roster's digest (which binds the session id and
-//! every key), and expands it, labelled with both node ids in order, the
-//! step and a block counter, into a stream of 128-bit words. Node i adds
-//! the stream and node j subtracts it, so in the sum over the roster every
-//! pair's stream cancels. A session's pair keys serve several steps (the
-//! rounds of a fit); the node never masks twice at the same step, since two
-//! vectors under one mask would give away their difference.
+//! - a pairwise seed, expanded under [`PAIR_SEED_LABEL`] with both ids in
+//!   roster order and s: the seed of the mask u adds and v subtracts (or the
+//!   reverse), and what a survivor reveals when its partner dropped; being
+//!   per step, revealing it gives away no other step's mask;
+//! - one AEAD key per direction, expanded under [`SHARE_KEY_LABEL`] with
+//!   the sender, the recipient and s: ChaCha20-Poly1305 encrypting the one
+//!   share of the sender's self-mask seed the recipient holds. Each key
+//!   encrypts one message, so its nonce is fixed.
+//!
+//! A seed becomes a mask by [`stream`]: HKDF-Expand with the seed as the
+//! pseudorandom key, labelled with the mask's kind and a block counter,
+//! read as little-endian 128-bit words.
 
 use std::collections::BTreeMap;
 
-use ring::agreement::{self, EphemeralPrivateKey, UnparsedPublicKey, X25519};
+use ring::aead::{self, LessSafeKey, UnboundKey, CHACHA20_POLY1305};
 use ring::hkdf;
-use ring::rand::SystemRandom;
 
 use crate::error::{Error, Result};
 
-/// Fewest nodes a secure aggregate may have: with two, each could subtract
-/// its own figure from the sum and read the other's.
-pub const MIN_NODES: usize = 3;
-/// Bytes of an X25519 public key.
-pub const KEY_LEN: usize = 32;
+/// A 32-byte seed of a mask.
+pub type Seed = [u8; 32];
 
-pub type PublicKey = [u8; KEY_LEN];
+const PAIR_SEED_LABEL: &[u8] = b"plexus secagg pair seed v2";
+const SHARE_KEY_LABEL: &[u8] = b"plexus secagg share key v1";
+const STREAM_LABEL: &[u8] = b"plexus secagg stream v2";
 
 /// HKDF-SHA256 expands at most 255 blocks of 32 bytes per call.
 const BLOCK_BYTES: usize = 255 * 32;
 const WORDS_PER_BLOCK: usize = BLOCK_BYTES / 16;
 
-const ROSTER_LABEL: &[u8] = b"plexus secagg roster v1";
-const MASK_LABEL: &[u8] = b"plexus secagg mask v1";
-
-/// One node of a roster and its public key for each other node.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RosterNode {
-    pub node: String,
-    pub keys: BTreeMap<String, PublicKey>,
+/// What a mask stream masks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A node's own self mask, from its seed b_u.
+    SelfMask,
+    /// The mask two nodes share.
+    Pair,
 }
 
-/// Who takes part in one secure aggregation session, with their keys.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Roster {
-    pub session_id: String,
-    /// Ordered by node id, each node once.
-    pub nodes: Vec<RosterNode>,
-}
-
-impl Roster {
-    /// Builds a roster from each node's public keys, in node-id order.
-    pub fn new(session_id: &str, keys: BTreeMap<String, BTreeMap<String, PublicKey>>) -> Self {
-        Roster {
-            session_id: session_id.to_string(),
-            nodes: keys
-                .into_iter()
-                .map(|(node, keys)| RosterNode { node, keys })
-                .collect(),
+impl Kind {
+    fn label(self) -> &'static [u8] {
+        match self {
+            Kind::SelfMask => b"self",
+            Kind::Pair => b"pair",
         }
-    }
-
-    /// Checks the roster's shape: a session id, at least [`MIN_NODES`]
-    /// nodes in strict id order, and for every node exactly one key for
-    /// each other node.
-    pub fn validate(&self) -> Result<()> {
-        if self.session_id.is_empty() {
-            return Err(Error::invalid("the roster names no session"));
-        }
-        if self.nodes.len() < MIN_NODES {
-            return Err(Error::policy(format!(
-                "the roster of secure aggregation session {} has {} nodes and needs at least {MIN_NODES}: in a smaller sum a node's figure could be read by the others",
-                self.session_id,
-                self.nodes.len()
-            )));
-        }
-        if let Some(w) = self.nodes.windows(2).find(|w| w[0].node >= w[1].node) {
-            return Err(Error::invalid(format!(
-                "the roster is not in node-id order with each node once (\"{}\" before \"{}\")",
-                w[0].node, w[1].node
-            )));
-        }
-        for n in &self.nodes {
-            let others = self.nodes.iter().filter(|o| o.node != n.node);
-            let expected: Vec<&str> = others.map(|o| o.node.as_str()).collect();
-            let got: Vec<&str> = n.keys.keys().map(String::as_str).collect();
-            if got != expected {
-                return Err(Error::invalid(format!(
-                    "the roster gives {} keys for [{}] where one key for each other node [{}] is needed",
-                    n.node,
-                    got.join(", "),
-                    expected.join(", ")
-                )));
-            }
-        }
-        Ok(())
-    }
-
-    pub fn position(&self, node: &str) -> Option<usize> {
-        self.nodes.iter().position(|n| n.node == node)
-    }
-
-    pub fn node_ids(&self) -> Vec<String> {
-        self.nodes.iter().map(|n| n.node.clone()).collect()
-    }
-
-    /// SHA-256 over a canonical encoding of the session id and every key:
-    /// two rosters with the same digest are the same roster.
-    pub fn digest(&self) -> [u8; 32] {
-        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
-        let mut field = |bytes: &[u8]| {
-            ctx.update(&(bytes.len() as u64).to_be_bytes());
-            ctx.update(bytes);
-        };
-        field(ROSTER_LABEL);
-        field(self.session_id.as_bytes());
-        field(&(self.nodes.len() as u64).to_be_bytes());
-        for n in &self.nodes {
-            field(n.node.as_bytes());
-            field(&(n.keys.len() as u64).to_be_bytes());
-            for (peer, key) in &n.keys {
-                field(peer.as_bytes());
-                field(key);
-            }
-        }
-        let d = ctx.finish();
-        let mut out = [0u8; 32];
-        out.copy_from_slice(d.as_ref());
-        out
-    }
-}
-
-/// The key pairs one node made for one session, one per other node. The
-/// private halves live in memory only and are used once each.
-pub struct KeyPairs {
-    session_id: String,
-    node: String,
-    private: BTreeMap<String, EphemeralPrivateKey>,
-    public: BTreeMap<String, PublicKey>,
-}
-
-impl std::fmt::Debug for KeyPairs {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KeyPairs")
-            .field("session_id", &self.session_id)
-            .field("node", &self.node)
-            .field("peers", &self.public.keys().collect::<Vec<_>>())
-            .finish()
-    }
-}
-
-impl KeyPairs {
-    /// Fresh key pairs of `node` for every other node of `peers`.
-    pub fn generate<'a>(
-        session_id: &str,
-        node: &str,
-        peers: impl IntoIterator<Item = &'a str>,
-    ) -> Result<Self> {
-        let rng = SystemRandom::new();
-        let mut private = BTreeMap::new();
-        let mut public = BTreeMap::new();
-        for peer in peers.into_iter().filter(|p| *p != node) {
-            let key = EphemeralPrivateKey::generate(&X25519, &rng)
-                .map_err(|_| Error::internal("the system's random source failed"))?;
-            let mut pk = [0u8; KEY_LEN];
-            pk.copy_from_slice(
-                key.compute_public_key()
-                    .map_err(|_| Error::internal("cannot compute an X25519 public key"))?
-                    .as_ref(),
-            );
-            public.insert(peer.to_string(), pk);
-            private.insert(peer.to_string(), key);
-        }
-        Ok(KeyPairs {
-            session_id: session_id.to_string(),
-            node: node.to_string(),
-            private,
-            public,
-        })
-    }
-
-    pub fn session_id(&self) -> &str {
-        &self.session_id
-    }
-
-    /// The public key made for each peer.
-    pub fn public_keys(&self) -> &BTreeMap<String, PublicKey> {
-        &self.public
-    }
-
-    /// Checks `roster` against these keys (same session, this node in it,
-    /// its keys for this node the ones made here) and agrees a pair key
-    /// with every other roster node. The private keys are spent.
-    pub fn agree(self, roster: &Roster) -> Result<Masker> {
-        roster.validate()?;
-        if roster.session_id != self.session_id {
-            return Err(Error::policy(format!(
-                "the roster is for session {}, not {}",
-                roster.session_id, self.session_id
-            )));
-        }
-        let me = roster.position(&self.node).ok_or_else(|| {
-            Error::policy(format!(
-                "the roster of session {} does not name this node ({}); refused",
-                roster.session_id, self.node
-            ))
-        })?;
-        for (peer, key) in &roster.nodes[me].keys {
-            match self.public.get(peer) {
-                Some(made) if made == key => {}
-                Some(_) => {
-                    return Err(Error::policy(format!(
-                        "the roster's key of this node ({}) for {peer} is not the one this node made for session {}; refused",
-                        self.node, roster.session_id
-                    )))
-                }
-                None => {
-                    return Err(Error::policy(format!(
-                        "the roster names {peer}, for whom this node ({}) made no key in session {}; refused",
-                        self.node, roster.session_id
-                    )))
-                }
-            }
-        }
-        let digest = roster.digest();
-        let salt = hkdf::Salt::new(hkdf::HKDF_SHA256, &digest);
-        let mut private = self.private;
-        let mut pairs = Vec::with_capacity(roster.nodes.len() - 1);
-        for (j, other) in roster.nodes.iter().enumerate() {
-            if j == me {
-                continue;
-            }
-            let key = private.remove(&other.node).ok_or_else(|| {
-                Error::internal(format!("no private key for {} (checked above)", other.node))
-            })?;
-            let theirs = other.keys.get(&self.node).ok_or_else(|| {
-                Error::internal(format!(
-                    "{} has no key for this node (validated)",
-                    other.node
-                ))
-            })?;
-            let prk = agreement::agree_ephemeral(key, &UnparsedPublicKey::new(&X25519, theirs), |secret| {
-                salt.extract(secret)
-            })
-            .map_err(|_| {
-                Error::policy(format!(
-                    "the key of {} in the roster of session {} is not a valid X25519 public key; refused",
-                    other.node, roster.session_id
-                ))
-            })?;
-            let (lo, hi) = if me < j {
-                (&self.node, &other.node)
-            } else {
-                (&other.node, &self.node)
-            };
-            pairs.push(Pair {
-                add: me < j,
-                lo: lo.clone(),
-                hi: hi.clone(),
-                prk,
-            });
-        }
-        Ok(Masker {
-            node: self.node,
-            digest,
-            pairs,
-        })
-    }
-}
-
-struct Pair {
-    /// This node comes first in the pair: it adds the stream.
-    add: bool,
-    lo: String,
-    hi: String,
-    prk: hkdf::Prk,
-}
-
-/// A node's pair keys for one roster: masks its vectors.
-pub struct Masker {
-    node: String,
-    digest: [u8; 32],
-    pairs: Vec<Pair>,
-}
-
-impl std::fmt::Debug for Masker {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Masker")
-            .field("node", &self.node)
-            .field("digest", &hex::encode(self.digest))
-            .field("pairs", &self.pairs.len())
-            .finish()
     }
 }
 
@@ -308,45 +61,200 @@ impl hkdf::KeyType for Bytes {
     }
 }
 
-impl Masker {
+/// The first `len` words of the mask stream of `seed`.
+pub fn stream(seed: &Seed, kind: Kind, len: usize) -> Result<Vec<u128>> {
+    let prk = hkdf::Prk::new_less_safe(hkdf::HKDF_SHA256, seed);
+    let mut out = Vec::with_capacity(len);
+    let mut block = vec![0u8; BLOCK_BYTES];
+    let mut b = 0u64;
+    while out.len() < len {
+        let words = (len - out.len()).min(WORDS_PER_BLOCK);
+        let bytes = &mut block[..words * 16];
+        let counter = b.to_be_bytes();
+        let info: [&[u8]; 3] = [STREAM_LABEL, kind.label(), &counter];
+        prk.expand(&info, Bytes(bytes.len()))
+            .and_then(|okm| okm.fill(bytes))
+            .map_err(|_| Error::internal("HKDF could not expand a mask block"))?;
+        out.extend(
+            bytes
+                .chunks_exact(16)
+                .map(|c| u128::from_le_bytes(c.try_into().expect("16 bytes"))),
+        );
+        b += 1;
+    }
+    Ok(out)
+}
+
+/// Adds `v` into `acc`, element by element, modulo 2^128.
+pub fn add_into(acc: &mut [u128], v: &[u128]) {
+    for (a, b) in acc.iter_mut().zip(v) {
+        *a = a.wrapping_add(*b);
+    }
+}
+
+/// Subtracts `v` from `acc`, element by element, modulo 2^128.
+pub fn sub_from(acc: &mut [u128], v: &[u128]) {
+    for (a, b) in acc.iter_mut().zip(v) {
+        *a = a.wrapping_sub(*b);
+    }
+}
+
+/// Whether `node` adds the pair mask it shares with `peer` (it comes
+/// first in the roster's node-id order) or subtracts it.
+pub fn adds(node: &str, peer: &str) -> bool {
+    node < peer
+}
+
+fn expand32(prk: &hkdf::Prk, info: &[&[u8]]) -> Result<Seed> {
+    let mut out = [0u8; 32];
+    prk.expand(info, Bytes(32))
+        .and_then(|okm| okm.fill(&mut out))
+        .map_err(|_| Error::internal("HKDF could not expand a key"))?;
+    Ok(out)
+}
+
+fn len_prefixed(s: &str) -> Vec<u8> {
+    [&(s.len() as u32).to_be_bytes()[..], s.as_bytes()].concat()
+}
+
+/// A node's pair keys with every other member of one roster.
+pub struct PairKeys {
+    node: String,
+    session_id: String,
+    digest: [u8; 32],
+    pairs: BTreeMap<String, hkdf::Prk>,
+}
+
+impl std::fmt::Debug for PairKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PairKeys")
+            .field("node", &self.node)
+            .field("session_id", &self.session_id)
+            .field("digest", &hex::encode(self.digest))
+            .field("peers", &self.pairs.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl PairKeys {
+    pub(crate) fn new(
+        node: String,
+        session_id: String,
+        digest: [u8; 32],
+        pairs: BTreeMap<String, hkdf::Prk>,
+    ) -> Self {
+        PairKeys {
+            node,
+            session_id,
+            digest,
+            pairs,
+        }
+    }
+
     /// The digest of the roster the pair keys were agreed over.
     pub fn digest(&self) -> [u8; 32] {
         self.digest
     }
 
-    /// `plain` with every pair's stream for `step` added or subtracted.
-    pub fn mask(&self, step: u32, plain: &[u128]) -> Result<Vec<u128>> {
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    fn pair(&self, peer: &str) -> Result<&hkdf::Prk> {
+        self.pairs.get(peer).ok_or_else(|| {
+            Error::policy(format!(
+                "{peer} is not a member of the roster of session {}",
+                self.session_id
+            ))
+        })
+    }
+
+    /// The seed of the mask this node shares with `peer` at `step`.
+    pub fn pair_seed(&self, peer: &str, step: u32) -> Result<Seed> {
+        let (lo, hi) = if adds(&self.node, peer) {
+            (self.node.as_str(), peer)
+        } else {
+            (peer, self.node.as_str())
+        };
+        let (lo, hi, step) = (len_prefixed(lo), len_prefixed(hi), step.to_be_bytes());
+        expand32(self.pair(peer)?, &[PAIR_SEED_LABEL, &lo, &hi, &step])
+    }
+
+    fn share_key(
+        &self,
+        peer: &str,
+        sender: &str,
+        recipient: &str,
+        step: u32,
+    ) -> Result<LessSafeKey> {
+        let (s, r, step) = (
+            len_prefixed(sender),
+            len_prefixed(recipient),
+            step.to_be_bytes(),
+        );
+        let key = expand32(self.pair(peer)?, &[SHARE_KEY_LABEL, &s, &r, &step])?;
+        let key = UnboundKey::new(&CHACHA20_POLY1305, &key)
+            .map_err(|_| Error::internal("cannot make a share encryption key"))?;
+        Ok(LessSafeKey::new(key))
+    }
+
+    fn aad(&self, sender: &str, recipient: &str, step: u32) -> Vec<u8> {
+        [
+            len_prefixed(&self.session_id),
+            self.digest.to_vec(),
+            len_prefixed(sender),
+            len_prefixed(recipient),
+            step.to_be_bytes().to_vec(),
+        ]
+        .concat()
+    }
+
+    /// `share` encrypted for `recipient`, bound to the session, roster,
+    /// step and both ids.
+    pub fn encrypt_share(&self, recipient: &str, step: u32, share: &[u8]) -> Result<Vec<u8>> {
+        let key = self.share_key(recipient, &self.node, recipient, step)?;
+        let mut out = share.to_vec();
+        key.seal_in_place_append_tag(
+            aead::Nonce::assume_unique_for_key([0u8; 12]),
+            aead::Aad::from(self.aad(&self.node, recipient, step)),
+            &mut out,
+        )
+        .map_err(|_| Error::internal("cannot encrypt a share"))?;
+        Ok(out)
+    }
+
+    /// The share `sender` encrypted for this node at `step`, or a `policy`
+    /// error when it does not decrypt (altered, or made for another
+    /// roster, step or node).
+    pub fn decrypt_share(&self, sender: &str, step: u32, ciphertext: &[u8]) -> Result<Vec<u8>> {
+        let key = self.share_key(sender, sender, &self.node, step)?;
+        let mut buf = ciphertext.to_vec();
+        let plain = key
+            .open_in_place(
+                aead::Nonce::assume_unique_for_key([0u8; 12]),
+                aead::Aad::from(self.aad(sender, &self.node, step)),
+                &mut buf,
+            )
+            .map_err(|_| {
+                Error::policy(format!(
+                    "the share {sender} encrypted for this node at step {step} of session {} does not decrypt: it was altered or made for another roster; refused",
+                    self.session_id
+                ))
+            })?;
+        Ok(plain.to_vec())
+    }
+
+    /// `plain` masked at `step`: the self mask of `self_seed` added, and
+    /// the pair mask with every other member added or subtracted.
+    pub fn mask(&self, step: u32, plain: &[u128], self_seed: &Seed) -> Result<Vec<u128>> {
         let mut out = plain.to_vec();
-        let mut block = vec![0u8; BLOCK_BYTES];
-        for pair in &self.pairs {
-            for (b, chunk) in out.chunks_mut(WORDS_PER_BLOCK).enumerate() {
-                let bytes = &mut block[..chunk.len() * 16];
-                let (step, counter) = (step.to_be_bytes(), (b as u64).to_be_bytes());
-                let (lo_len, hi_len) = (
-                    (pair.lo.len() as u32).to_be_bytes(),
-                    (pair.hi.len() as u32).to_be_bytes(),
-                );
-                let info: [&[u8]; 7] = [
-                    MASK_LABEL,
-                    &lo_len,
-                    pair.lo.as_bytes(),
-                    &hi_len,
-                    pair.hi.as_bytes(),
-                    &step,
-                    &counter,
-                ];
-                pair.prk
-                    .expand(&info, Bytes(bytes.len()))
-                    .and_then(|okm| okm.fill(bytes))
-                    .map_err(|_| Error::internal("HKDF could not expand a mask block"))?;
-                for (word, m) in chunk.iter_mut().zip(bytes.chunks_exact(16)) {
-                    let m = u128::from_le_bytes(m.try_into().expect("16 bytes"));
-                    *word = if pair.add {
-                        word.wrapping_add(m)
-                    } else {
-                        word.wrapping_sub(m)
-                    };
-                }
+        add_into(&mut out, &stream(self_seed, Kind::SelfMask, plain.len())?);
+        for peer in self.pairs.keys() {
+            let m = stream(&self.pair_seed(peer, step)?, Kind::Pair, plain.len())?;
+            if adds(&self.node, peer) {
+                add_into(&mut out, &m);
+            } else {
+                sub_from(&mut out, &m);
             }
         }
         Ok(out)
@@ -356,59 +264,7 @@ impl Masker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::secagg::add_into;
-    use proptest::prelude::*;
-
-    fn names(n: usize) -> Vec<String> {
-        (0..n).map(|i| format!("hospital-{i:02}")).collect()
-    }
-
-    /// Every node's key pairs and the roster built from their public keys.
-    fn session(nodes: &[String]) -> (Vec<KeyPairs>, Roster) {
-        let pairs: Vec<KeyPairs> = nodes
-            .iter()
-            .map(|n| KeyPairs::generate("s1", n, nodes.iter().map(String::as_str)).unwrap())
-            .collect();
-        let keys = pairs
-            .iter()
-            .map(|p| (p.node.clone(), p.public_keys().clone()))
-            .collect();
-        (pairs, Roster::new("s1", keys))
-    }
-
-    proptest! {
-        #![proptest_config(ProptestConfig::with_cases(24))]
-        #[test]
-        fn masks_cancel_for_any_roster_of_3_to_50_nodes(
-            n in 3usize..=50,
-            len in 1usize..40,
-            step in any::<u32>(),
-            seed in any::<u64>(),
-        ) {
-            let nodes = names(n);
-            let (pairs, roster) = session(&nodes);
-            prop_assert!(roster.validate().is_ok());
-            // Random plain vectors, one per node.
-            let mut state = seed | 1;
-            let mut next = || {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                u128::from(state) << 64 | u128::from(state.rotate_left(21))
-            };
-            let plain: Vec<Vec<u128>> = (0..n).map(|_| (0..len).map(|_| next()).collect()).collect();
-            let mut want = vec![0u128; len];
-            let mut got = vec![0u128; len];
-            for (kp, x) in pairs.into_iter().zip(&plain) {
-                let masker = kp.agree(&roster).unwrap();
-                let masked = masker.mask(step, x).unwrap();
-                prop_assert_ne!(&masked, x);
-                add_into(&mut want, x);
-                add_into(&mut got, &masked);
-            }
-            prop_assert_eq!(got, want);
-        }
-    }
+    use crate::secagg::keys::tests::{names, session};
 
     /// Pearson's chi-square of the byte frequencies against uniform.
     fn byte_chi_square(words: &[u128]) -> f64 {
@@ -426,69 +282,50 @@ mod tests {
     }
 
     #[test]
-    fn a_masked_vector_looks_uniformly_random_and_hides_the_plain_one() {
+    fn a_masked_vector_looks_uniformly_random_and_steps_differ() {
         let nodes = names(3);
-        let (mut pairs, roster) = session(&nodes);
-        let masker = pairs.remove(1).agree(&roster).unwrap();
-        // Small counts, as a node's histogram would hold: bytes far from uniform.
+        let (mut pairs, roster) = session("s1", &nodes);
+        let keys = pairs.remove(1).agree(&roster).unwrap();
         let plain: Vec<u128> = (0..4096u128).map(|i| i % 50).collect();
-        let masked = masker.mask(0, &plain).unwrap();
+        let masked = keys.mask(0, &plain, &[1; 32]).unwrap();
         assert!(masked.iter().zip(&plain).all(|(m, p)| m != p));
         // 255 degrees of freedom: 330.5 is the 0.1% critical value.
         let chi = byte_chi_square(&masked);
         assert!(chi < 330.5, "masked bytes chi-square {chi}");
         assert!(byte_chi_square(&plain) > 100_000.0);
-        // Another step of the same session gives an unrelated mask.
-        let again = masker.mask(1, &plain).unwrap();
+        let again = keys.mask(1, &plain, &[1; 32]).unwrap();
         assert!(again.iter().zip(&masked).all(|(a, m)| a != m));
+        // A stream longer than one HKDF block is one stream.
+        let long = stream(&[3; 32], Kind::Pair, WORDS_PER_BLOCK + 3).unwrap();
+        assert_eq!(long[..5], stream(&[3; 32], Kind::Pair, 5).unwrap()[..]);
+        assert_ne!(long[0], stream(&[3; 32], Kind::SelfMask, 1).unwrap()[0]);
     }
 
     #[test]
-    fn rosters_that_cannot_hide_a_node_are_refused() {
+    fn pair_seeds_agree_and_shares_open_only_for_their_recipient() {
         let nodes = names(3);
-        let (mut pairs, roster) = session(&nodes);
-
-        // Two nodes.
-        let two = Roster {
-            nodes: roster.nodes[..2]
-                .iter()
-                .map(|n| RosterNode {
-                    node: n.node.clone(),
-                    keys: n
-                        .keys
-                        .iter()
-                        .filter(|(p, _)| **p != nodes[2])
-                        .map(|(p, k)| (p.clone(), *k))
-                        .collect(),
-                })
-                .collect(),
-            ..roster.clone()
-        };
-        let e = two.validate().unwrap_err();
-        assert_eq!(e.code, crate::ErrorCode::Policy);
-        assert!(e.message.contains("at least 3"), "{e}");
-
-        // A roster whose key for this node is not the one it made.
-        let mut forged = roster.clone();
-        let k = forged.nodes[0].keys.get_mut(&nodes[1]).unwrap();
-        k[0] ^= 1;
-        let first = pairs.remove(0);
-        let e = first.agree(&forged).unwrap_err();
-        assert!(e.message.contains("not the one this node made"), "{e}");
-
-        // A roster without this node.
-        let outsider =
-            KeyPairs::generate("s1", "hospital-zz", nodes.iter().map(String::as_str)).unwrap();
-        let e = outsider.agree(&roster).unwrap_err();
-        assert!(e.message.contains("does not name this node"), "{e}");
-
-        // Another session's roster.
-        let other = KeyPairs::generate("s2", &nodes[1], nodes.iter().map(String::as_str)).unwrap();
-        assert!(other.agree(&roster).is_err());
-
-        // Any change to a key changes the digest.
-        let mut changed = roster.clone();
-        changed.nodes[2].keys.values_mut().next().unwrap()[5] ^= 0x80;
-        assert_ne!(changed.digest(), roster.digest());
+        let (pairs, roster) = session("s1", &nodes);
+        let keys: Vec<PairKeys> = pairs
+            .into_iter()
+            .map(|p| p.agree(&roster).unwrap())
+            .collect();
+        assert_eq!(
+            keys[0].pair_seed(&nodes[2], 4).unwrap(),
+            keys[2].pair_seed(&nodes[0], 4).unwrap()
+        );
+        assert_ne!(
+            keys[0].pair_seed(&nodes[2], 4).unwrap(),
+            keys[0].pair_seed(&nodes[2], 5).unwrap()
+        );
+        let c = keys[0].encrypt_share(&nodes[1], 4, b"share").unwrap();
+        assert_eq!(keys[1].decrypt_share(&nodes[0], 4, &c).unwrap(), b"share");
+        // Another step, another sender, another recipient: refused.
+        assert!(keys[1].decrypt_share(&nodes[0], 5, &c).is_err());
+        assert!(keys[1].decrypt_share(&nodes[2], 4, &c).is_err());
+        assert!(keys[2].decrypt_share(&nodes[0], 4, &c).is_err());
+        let mut altered = c.clone();
+        altered[0] ^= 1;
+        let e = keys[1].decrypt_share(&nodes[0], 4, &altered).unwrap_err();
+        assert!(e.message.contains("does not decrypt"), "{e}");
     }
 }

@@ -20,10 +20,10 @@ impl JobRunner {
         &self,
         job: &pb::Job,
         job_hash: Vec<u8>,
-        stats: &NodeStats,
-        receipt: Option<&Receipt>,
+        (stats, receipt): (&NodeStats, Option<&Receipt>),
         analysis: &str,
         purpose: &str,
+        secure: Option<crate::secagg::HeldMask>,
     ) -> pb::node_message::Msg {
         let now = chrono::Utc::now();
         let summary = describe(&Reply::Stats(stats.clone()), receipt);
@@ -50,6 +50,7 @@ impl JobRunner {
                 .map(|r| hex::encode(prost::Message::encode_to_vec(&pb::PrivacyReceipt::from(r)))),
             data_snapshot: self.data.snapshot().unwrap_or_default(),
             summary: summary.clone(),
+            secure_aggregation: secure,
         };
         let entry = LogEntry {
             at: now.to_rfc3339(),
@@ -60,8 +61,13 @@ impl JobRunner {
             analysis: analysis.to_string(),
             outcome: "held".into(),
             detail: format!(
-                "{summary}; held for review by the data steward until {}",
-                crate::review::desk::rfc3339(held.answer_by_unix_ms())
+                "{summary}; held for review by the data steward until {}{}",
+                crate::review::desk::rfc3339(held.answer_by_unix_ms()),
+                if held.secure_aggregation.is_some() {
+                    " (on approval it leaves masked, under secure aggregation)"
+                } else {
+                    ""
+                }
             ),
             ..Default::default()
         };
@@ -84,7 +90,9 @@ impl JobRunner {
 
     /// The signed answer to a held job once the data steward decided (or
     /// its deadline passed), logged. Approved sends the held aggregate
-    /// unchanged; rejected and expired send a refusal and nothing else.
+    /// unchanged, or under secure aggregation masked with the session's
+    /// keys (when they are gone, a refusal: the node is a dropout);
+    /// rejected and expired send a refusal and nothing else.
     pub fn answer_held(
         &self,
         held: &HeldResult,
@@ -112,11 +120,21 @@ impl JobRunner {
                             .map_err(|e| damaged("privacy receipt", &e))
                     })
                     .transpose()?;
-                (
-                    pb::job_result::Outcome::Stats(stats),
-                    privacy,
-                    format!("approved by {}: {}", decision.by, held.summary),
-                )
+                let detail = format!("approved by {}: {}", decision.by, held.summary);
+                match &held.secure_aggregation {
+                    None => (pb::job_result::Outcome::Stats(stats), privacy, detail),
+                    Some(secure) => match self.mask_held(held, secure, stats) {
+                        Ok(masked) => (
+                            pb::job_result::Outcome::Masked(masked),
+                            privacy,
+                            format!("{detail}; sent masked for session {}", secure.session_id),
+                        ),
+                        Err(e) => {
+                            let detail = format!("{detail}; not sent: {}", e.message);
+                            (pb::job_result::Outcome::Error((&e).into()), None, detail)
+                        }
+                    },
+                }
             }
             Verdict::Rejected => {
                 let e = Error::policy(format!(
@@ -161,5 +179,22 @@ impl JobRunner {
             held.data_snapshot.clone(),
             Some(review),
         ))
+    }
+
+    /// The approved clear release of a held masked job, masked.
+    fn mask_held(
+        &self,
+        held: &HeldResult,
+        secure: &crate::secagg::HeldMask,
+        stats: pb::NodeStats,
+    ) -> Result<pb::MaskedStats, Error> {
+        let stats = NodeStats::try_from(stats)?;
+        let query: Query = serde_json::from_value(held.query.clone())
+            .map_err(|e| Error::internal(format!("the held query is damaged: {e}")))?;
+        let mask = secure.mask_for(query.analysis, held.deadline_unix_ms);
+        match self.mask_release(&stats, &mask)? {
+            Reply::Masked(m) => Ok(m),
+            _ => Err(Error::internal("masking gave no masked answer")),
+        }
     }
 }

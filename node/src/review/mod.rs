@@ -62,6 +62,11 @@ pub struct HeldResult {
     pub data_snapshot: String,
     /// The local log's line about it: shape, suppression and cost.
     pub summary: String,
+    /// Under secure aggregation: `stats` leaves masked for this session's
+    /// roster, with the keys the running node holds in memory (a restart
+    /// loses them, and the node is then a dropout of the session).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secure_aggregation: Option<crate::secagg::HeldMask>,
 }
 
 impl HeldResult {

@@ -28,6 +28,7 @@ fn held(job_id: &str, stats: &NodeStats) -> HeldResult {
         privacy: None,
         data_snapshot: "snap".into(),
         summary: "1 values, 0 suppressed; exact".into(),
+        secure_aggregation: None,
     }
 }
 
