@@ -175,6 +175,28 @@ pub(crate) fn load_roots(path: &Path) -> Result<(RootCertStore, Vec<CertificateD
     Ok((roots, certs))
 }
 
+/// The verifier of client certificates against the network CA(s) and,
+/// when set, the revocation list: a server's handshakes and a node's check
+/// of its secure aggregation peers use the same one.
+pub(crate) fn client_verifier(
+    roots: RootCertStore,
+    crl: Option<&RevocationList>,
+    ca: &Path,
+) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>> {
+    let mut verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider());
+    if let Some(crl) = crl {
+        // Unknown status stays an error (rustls' default): with a list
+        // configured, a certificate it cannot vouch for is refused.
+        verifier = verifier
+            .with_crls(crl.ders())
+            .enforce_revocation_expiration();
+    }
+    verifier.build().map_err(|source| TlsError::Verifier {
+        path: ca.to_path_buf(),
+        source,
+    })
+}
+
 pub(crate) fn load_crl(
     files: &TlsFiles,
     cas: &[CertificateDer<'_>],
@@ -213,19 +235,7 @@ impl LoadedServer {
             })?;
         let key = load_key(&files.key)?;
         let provider = provider();
-        let mut verifier =
-            WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
-        if let Some(crl) = &crl {
-            // Unknown status stays an error (rustls' default): with a list
-            // configured, a certificate it cannot vouch for is refused.
-            verifier = verifier
-                .with_crls(crl.ders())
-                .enforce_revocation_expiration();
-        }
-        let verifier = verifier.build().map_err(|source| TlsError::Verifier {
-            path: files.ca.clone(),
-            source,
-        })?;
+        let verifier = client_verifier(roots, crl.as_ref(), &files.ca)?;
         let config_err = |source| TlsError::Config {
             side: "server",
             source,

@@ -5,12 +5,11 @@
 use std::sync::Arc;
 
 use rustls::server::danger::ClientCertVerifier;
-use rustls::server::WebPkiClientVerifier;
 use rustls_pki_types::{CertificateDer, UnixTime};
 
-use crate::config::{load_crl, load_roots, TlsFiles};
+use crate::config::{client_verifier, load_crl, load_roots, TlsFiles};
 use crate::crl::RevocationList;
-use crate::error::{Result, TlsError};
+use crate::error::Result;
 use crate::identity::{identity_from_cert, Role};
 
 /// The network CA(s) of `tls.ca` and, when `tls.crl` is set, the
@@ -36,17 +35,7 @@ impl PeerTrust {
     pub fn load(files: &TlsFiles) -> Result<PeerTrust> {
         let (roots, cas) = load_roots(&files.ca)?;
         let crl = load_crl(files, &cas)?;
-        let mut verifier =
-            WebPkiClientVerifier::builder_with_provider(Arc::new(roots), crate::provider());
-        if let Some(crl) = &crl {
-            verifier = verifier
-                .with_crls(crl.ders())
-                .enforce_revocation_expiration();
-        }
-        let verifier = verifier.build().map_err(|source| TlsError::Verifier {
-            path: files.ca.clone(),
-            source,
-        })?;
+        let verifier = client_verifier(roots, crl.as_ref(), &files.ca)?;
         Ok(PeerTrust { verifier, crl })
     }
 
