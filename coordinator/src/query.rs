@@ -219,6 +219,8 @@ impl Plan<'_> {
                 privacy: Some(self.privacy),
                 study_definition_hash: self.definition_hash.clone(),
                 secure_aggregation: secure(node),
+                // The witnessed log's fields, filled once it is built.
+                ..Default::default()
             };
             let timeout = Duration::from_secs(cfg.job_timeout_secs);
             async move {

@@ -390,6 +390,7 @@ mod tests {
             data_snapshot: snapshot.into(),
             degraded: !detail.is_empty(),
             health_detail: detail.into(),
+            ..Default::default()
         };
         let state = || registry.list().into_iter().next().unwrap().0;
         registry.heartbeat_with(

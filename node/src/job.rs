@@ -651,6 +651,7 @@ impl JobRunner {
             data_snapshot,
             signed_unix_ms: chrono::Utc::now().timestamp_millis(),
             review,
+            witnessed: None,
         };
         let statement = prost::Message::encode_to_vec(&statement);
         pb::JobResult {

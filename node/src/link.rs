@@ -132,6 +132,7 @@ impl Link {
                 version: env!("CARGO_PKG_VERSION").to_string(),
                 dictionary_version: self.runner.dictionary.fingerprint(),
                 data_snapshot: (self.snapshot)(),
+                ..Default::default()
             })),
         };
         tx.send(hello).await.expect("receiver alive");
@@ -193,6 +194,7 @@ impl Link {
                         data_snapshot: data.snapshot().unwrap_or_default(),
                         degraded: health.is_some(),
                         health_detail: health.unwrap_or_default(),
+                        ..Default::default()
                     })),
                 };
                 if beat_tx.send(msg).await.is_err() {
