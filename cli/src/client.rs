@@ -171,32 +171,69 @@ impl Client {
         query: &Query,
         wait: Duration,
     ) -> Result<pb::QueryResult, Error> {
-        let mut research = self.research();
-        let submitted = research
+        let query_id = self.submit(study, query).await?;
+        self.wait_result(&query_id, wait).await
+    }
+
+    /// Submits a query; its id once the coordinator accepted it.
+    pub async fn submit(&self, study: &str, query: &Query) -> Result<String, Error> {
+        Ok(self
+            .research()
             .submit_query(pb::SubmitQueryRequest {
                 study_id: study.to_string(),
                 query: Some(query.into()),
             })
             .await
             .map_err(|s| plexus_proto::convert::from_status(&s))?
-            .into_inner();
+            .into_inner()
+            .query_id)
+    }
+
+    /// The state of one of the caller's queries, waiting up to `wait` for
+    /// it to finish. A coordinator that cannot be reached meanwhile (a
+    /// restart, a failover) is asked again until `wait` runs out; then the
+    /// error is `unavailable` and names the query, which stays accepted and
+    /// can be fetched later (`plexus result ID`).
+    pub async fn wait_result(
+        &self,
+        query_id: &str,
+        wait: Duration,
+    ) -> Result<pb::QueryResult, Error> {
+        let mut research = self.research();
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let r = research
+            let asked = research
                 .get_result(pb::GetResultRequest {
-                    query_id: submitted.query_id.clone(),
+                    query_id: query_id.to_string(),
                     wait_ms: left.as_millis().min(60_000) as u32,
                 })
                 .await
-                .map_err(|s| plexus_proto::convert::from_status(&s))?
-                .into_inner();
-            if r.status != pb::QueryStatus::Pending as i32 || left.is_zero() {
-                return Ok(r);
+                .map_err(|s| plexus_proto::convert::from_status(&s));
+            match asked {
+                Ok(r) => {
+                    let r = r.into_inner();
+                    if r.status != pb::QueryStatus::Pending as i32 || left.is_zero() {
+                        return Ok(r);
+                    }
+                }
+                Err(e) if e.code == plexus_core::ErrorCode::Unavailable => {
+                    if left.is_zero() {
+                        return Err(Error::unavailable(format!(
+                            "query {query_id} was accepted, but the coordinator could not be reached while waiting for its result ({}); fetch it with `plexus result {query_id}` once the coordinator is back",
+                            e.message
+                        )));
+                    }
+                    tokio::time::sleep(RETRY_PAUSE.min(left)).await;
+                }
+                Err(e) => return Err(e),
             }
         }
     }
 }
+
+/// How long a client waits before asking an unreachable coordinator again.
+const RETRY_PAUSE: Duration = Duration::from_millis(500);
 
 /// The pooled result of a finished query, or its error.
 pub fn outcome(r: &pb::QueryResult) -> Result<plexus_core::pool::PooledResult, Error> {

@@ -142,10 +142,38 @@ pub async fn query(
         std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
     let query = Query::from_json(&text)?;
     let client = Client::connect(conn).await?;
-    let r = client
-        .run_query(study, &query, wait)
+    let id = client
+        .submit(study, &query)
         .await
         .map_err(|e| anyhow::anyhow!("query refused [{}]: {}", e.code, e.message))?;
+    show_result(&client, &id, wait, format, plot).await
+}
+
+/// `plexus result ID`: one of the caller's queries, waited for up to
+/// `wait` (a query accepted before a coordinator restart is fetched the
+/// same way once it is back).
+pub async fn result(
+    conn: &ConnectArgs,
+    id: &str,
+    wait: Duration,
+    format: Format,
+    plot: Option<&Path>,
+) -> anyhow::Result<()> {
+    let client = Client::connect(conn).await?;
+    show_result(&client, id, wait, format, plot).await
+}
+
+async fn show_result(
+    client: &Client,
+    id: &str,
+    wait: Duration,
+    format: Format,
+    plot: Option<&Path>,
+) -> anyhow::Result<()> {
+    let r = client
+        .wait_result(id, wait)
+        .await
+        .map_err(|e| anyhow::anyhow!("query {id} [{}]: {}", e.code, e.message))?;
     let pooled = outcome(&r)
         .map_err(|e| anyhow::anyhow!("query {} failed [{}]: {}", r.query_id, e.code, e.message))?;
     println!("{}", output::render(&pooled, format)?);

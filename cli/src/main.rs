@@ -138,6 +138,21 @@ enum Command {
         #[arg(long)]
         plot: Option<PathBuf>,
     },
+    /// Fetch one of your queries by its id (printed by `plexus query` and
+    /// in errors), waiting for it to finish: also after a coordinator
+    /// restart or failover interrupted the wait.
+    Result {
+        /// The query's id.
+        id: String,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        output: Format,
+        /// How long to wait for a query still running (0: answer at once).
+        #[arg(long, default_value_t = 120)]
+        wait_secs: u64,
+        /// Also draw the result to an .svg or .png file.
+        #[arg(long)]
+        plot: Option<PathBuf>,
+    },
     /// Nodes known to the coordinator and whether they are live.
     Nodes,
     /// A study's privacy budget: spent, remaining and each node's ledger.
@@ -464,6 +479,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 &file,
                 output,
                 Duration::from_secs(wait_secs),
+                plot.as_deref(),
+            )
+            .await
+        }
+        Command::Result {
+            id,
+            output,
+            wait_secs,
+            plot,
+        } => {
+            commands::result(
+                &cli.conn,
+                &id,
+                Duration::from_secs(wait_secs),
+                output,
                 plot.as_deref(),
             )
             .await

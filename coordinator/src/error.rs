@@ -29,6 +29,13 @@ impl CoordinatorError {
     pub fn to_core(&self) -> Error {
         match self {
             CoordinatorError::Core(e) => e.clone(),
+            // The coordinator is stopping (or its database is overloaded):
+            // the caller should come back, not report a bug.
+            CoordinatorError::Database(sqlx::Error::PoolClosed | sqlx::Error::PoolTimedOut) => {
+                Error::unavailable(format!(
+                    "{self}: the coordinator is stopping or busy; try again shortly"
+                ))
+            }
             other => Error::new(ErrorCode::Internal, other.to_string()),
         }
     }

@@ -421,11 +421,56 @@ impl tower::Service<tonic::codegen::http::Request<tonic::body::Body>> for Gate {
                 Err(_) => Gate::route(&Phase::Starting),
             };
             match routes {
-                Ok(mut routes) => routes.call(req).await,
+                Ok(mut routes) => routes.call(req).await.map(caller_mistakes),
                 Err(status) => Ok(status.into_http()),
             }
         })
     }
+}
+
+/// tonic answers a request it cannot decode before any service sees it:
+/// INTERNAL for a message nested past prost's recursion limit, OUT_OF_RANGE
+/// for one over the size limit. Both are the caller's mistake, so they
+/// leave as INVALID_ARGUMENT with the `invalid` code and a message saying
+/// what to change; the services' own errors (which carry their code in the
+/// metadata) pass unchanged.
+fn caller_mistakes(
+    response: tonic::codegen::http::Response<tonic::body::Body>,
+) -> tonic::codegen::http::Response<tonic::body::Body> {
+    let Some(status) = tonic::Status::from_header_map(response.headers()) else {
+        return response;
+    };
+    if status
+        .metadata()
+        .contains_key(plexus_proto::convert::ERROR_CODE_KEY)
+    {
+        return response;
+    }
+    let message = match status.code() {
+        tonic::Code::Internal if status.message().starts_with("failed to decode") => format!(
+            "the request is not a message the coordinator can read: {} (a cohort may nest at most {} conditions deep)",
+            short(status.message()),
+            plexus_core::query::MAX_COHORT_DEPTH
+        ),
+        tonic::Code::OutOfRange => format!(
+            "the request is larger than the coordinator accepts: {} (send a smaller query)",
+            status.message()
+        ),
+        _ => return response,
+    };
+    plexus_proto::convert::to_status(&plexus_core::Error::invalid(message)).into_http()
+}
+
+/// The start and end of a long message (prost repeats the path of every
+/// level of a too-deep message).
+fn short(message: &str) -> String {
+    let chars: Vec<char> = message.chars().collect();
+    if chars.len() <= 200 {
+        return message.to_string();
+    }
+    let head: String = chars[..80].iter().collect();
+    let tail: String = chars[chars.len() - 80..].iter().collect();
+    format!("{head} … {tail}")
 }
 
 /// Records every change of the coordinator's certificate or revocation

@@ -183,3 +183,116 @@ async fn a_node_config_pointing_at_a_missing_file_refuses_to_start() {
         .to_string();
     assert!(e.contains("broken.toml"), "{e}");
 }
+
+/// A request the coordinator cannot even decode (nested past the wire
+/// format's recursion limit, or over the size limit) is the caller's
+/// mistake: `invalid`, never `internal`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_and_too_deep_requests_are_invalid_not_internal() {
+    let sb = Sandbox::start(SandboxOptions::new(50, 9)).await.unwrap();
+    let study = sandbox::exact_study();
+    sb.register_study(&study).await.unwrap();
+    let alice = sb.client(sandbox::RESEARCHER).await.unwrap();
+    let count = Query::from_json(r#"{"analysis": {"count": {}}}"#).unwrap();
+    let leaf = pb::Cohort {
+        node: Some(pb::cohort::Node::Null(pb::NullTest {
+            variable: "age".into(),
+            is_null: false,
+        })),
+    };
+    let mut deep = leaf.clone();
+    for _ in 0..150 {
+        deep = pb::Cohort {
+            node: Some(pb::cohort::Node::Not(Box::new(deep))),
+        };
+    }
+    let wide = pb::Cohort {
+        node: Some(pb::cohort::Node::And(pb::CohortList {
+            items: vec![leaf; 700_000],
+        })),
+    };
+    for (cohort, says) in [
+        (deep, "nest at most"),
+        (wide, "larger than the coordinator accepts"),
+    ] {
+        let mut q: pb::Query = (&count).into();
+        q.cohort = Some(cohort);
+        let status = alice
+            .research()
+            .submit_query(pb::SubmitQueryRequest {
+                study_id: study.id.clone(),
+                query: Some(q),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+        let e = plexus_proto::convert::from_status(&status);
+        assert_eq!(e.code, ErrorCode::Invalid, "{e}");
+        assert!(e.message.contains(says), "{e}");
+        assert!(e.message.len() < 600, "{}", e.message.len());
+    }
+    sb.shutdown().await.unwrap();
+}
+
+/// A researcher waiting for a query while the coordinator dies is told the
+/// query id and `unavailable`, never `internal`; once the coordinator is
+/// back the same wait (or `plexus result ID`) fetches the query's final
+/// state: failed as retryable, since the crash interrupted it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_interrupted_by_a_coordinator_crash_is_fetched_by_its_id() {
+    let mut sb = Sandbox::prepare(SandboxOptions::new(100, 10))
+        .await
+        .unwrap();
+    for node in sb.node_names() {
+        sb.set_node_options(
+            &node,
+            plexus_node::RunOptions {
+                job_delay: std::time::Duration::from_secs(3),
+                ..Default::default()
+            },
+        );
+    }
+    sb.start_all().await.unwrap();
+    let study = sandbox::exact_study();
+    sb.register_study(&study).await.unwrap();
+    let alice = sb.client(sandbox::RESEARCHER).await.unwrap();
+    let count = Query::from_json(r#"{"analysis": {"count": {}}}"#).unwrap();
+    let waiter = sb.client(sandbox::RESEARCHER).await.unwrap();
+    let bob = sb.client(sandbox::OUTSIDER).await.unwrap();
+    let id = alice.submit(&study.id, &count).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    sb.kill_coordinator().await;
+
+    // While it is down: unavailable, naming the query and the command.
+    let e = alice
+        .wait_result(&id, std::time::Duration::from_secs(1))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, ErrorCode::Unavailable, "{e}");
+    assert!(e.message.contains(&id), "{e}");
+    assert!(e.message.contains("plexus result"), "{e}");
+
+    // A wait that spans the restart gets the final state.
+    let waiting = {
+        let id = id.clone();
+        tokio::spawn(async move {
+            waiter
+                .wait_result(&id, std::time::Duration::from_secs(60))
+                .await
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    sb.start_coordinator().await.unwrap();
+    let r = waiting.await.unwrap().unwrap();
+    assert_eq!(r.status, pb::QueryStatus::Failed as i32, "{r:?}");
+    let e = plexus::client::outcome(&r).unwrap_err();
+    assert_eq!(e.code, ErrorCode::Unavailable, "{e}");
+    assert!(e.message.contains("submit it again"), "{e}");
+    // Another researcher cannot fetch it.
+    let e = bob
+        .wait_result(&id, std::time::Duration::ZERO)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, ErrorCode::NotFound, "{e}");
+    sb.shutdown().await.unwrap();
+}

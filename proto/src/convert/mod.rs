@@ -80,6 +80,9 @@ impl From<pb::Error> for Error {
     }
 }
 
+/// The response metadata key that carries an error's stable code.
+pub const ERROR_CODE_KEY: &str = "plexus-error-code";
+
 /// Maps a domain error to a gRPC status; the stable code travels in the
 /// `plexus-error-code` metadata so clients need not parse text.
 pub fn to_status(e: &Error) -> tonic::Status {
@@ -94,7 +97,7 @@ pub fn to_status(e: &Error) -> tonic::Status {
     };
     let mut status = tonic::Status::new(code, e.message.clone());
     if let Ok(v) = e.code.as_str().parse() {
-        status.metadata_mut().insert("plexus-error-code", v);
+        status.metadata_mut().insert(ERROR_CODE_KEY, v);
     }
     status
 }
@@ -103,13 +106,21 @@ pub fn to_status(e: &Error) -> tonic::Status {
 pub fn from_status(s: &tonic::Status) -> Error {
     let code = s
         .metadata()
-        .get("plexus-error-code")
+        .get(ERROR_CODE_KEY)
         .and_then(|v| v.to_str().ok())
         .and_then(ErrorCode::parse)
         .unwrap_or(match s.code() {
-            tonic::Code::InvalidArgument => ErrorCode::Invalid,
+            // A request too large or too deep for the server to decode is
+            // the caller's mistake.
+            tonic::Code::InvalidArgument | tonic::Code::OutOfRange => ErrorCode::Invalid,
             tonic::Code::PermissionDenied | tonic::Code::Unauthenticated => ErrorCode::Policy,
-            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => ErrorCode::Unavailable,
+            // No code from the server: the connection failed or was cut
+            // (a restarting coordinator), which a retry may cure.
+            tonic::Code::Unavailable
+            | tonic::Code::DeadlineExceeded
+            | tonic::Code::Unknown
+            | tonic::Code::Cancelled
+            | tonic::Code::Aborted => ErrorCode::Unavailable,
             tonic::Code::NotFound => ErrorCode::NotFound,
             _ => ErrorCode::Internal,
         });
