@@ -509,3 +509,102 @@ async fn control_characters_are_refused_on_entry_and_escaped_in_the_audit_log() 
     assert_eq!(back[0]["who"], "=cmd|' /C calc'!A0", "JSON is lossless");
     sb.shutdown().await.unwrap();
 }
+
+/// An unauthenticated flood: `sockets` TCP connections to `address` that
+/// never send a byte, each reopened as soon as the server drops it, until
+/// `stop`; on a runtime of its own, as an attacker outside the process
+/// would be. Returns how many sockets it opened.
+fn flood(
+    address: std::net::SocketAddr,
+    sockets: usize,
+    stop: CancellationToken,
+) -> std::thread::JoinHandle<u64> {
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let opened = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+            let mut tasks = tokio::task::JoinSet::new();
+            for _ in 0..sockets {
+                let (stop, opened) = (stop.clone(), opened.clone());
+                tasks.spawn(async move {
+                    use tokio::io::AsyncReadExt;
+                    while !stop.is_cancelled() {
+                        let Ok(mut s) = tokio::net::TcpStream::connect(address).await else {
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                            continue;
+                        };
+                        opened.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let mut buf = [0u8; 64];
+                        tokio::select! {
+                            _ = s.read(&mut buf) => {}
+                            _ = stop.cancelled() => {}
+                        }
+                    }
+                });
+            }
+            while tasks.join_next().await.is_some() {}
+            opened.load(std::sync::atomic::Ordering::Relaxed)
+        })
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_silent_sockets_does_not_keep_nodes_or_researchers_out() {
+    let mut sb = Sandbox::start(SandboxOptions::new(100, 17)).await.unwrap();
+    sb.register_study(&sandbox::exact_study()).await.unwrap();
+    let address: std::net::SocketAddr = sb
+        .coordinator_url()
+        .trim_start_matches("https://")
+        .parse()
+        .unwrap();
+
+    // 2,000 sockets, more than the listener ever holds pending at once,
+    // all from the address the node and the researcher use too.
+    let stop = CancellationToken::new();
+    let attacker = flood(address, 2_000, stop.clone());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    // Without the listener's limits, the flood held every pending slot
+    // for the whole handshake timeout: new connections waited 10 to 20 s.
+    // With them, a researcher who connects under the flood gets answers...
+    let bound = Duration::from_secs(5);
+    let started = std::time::Instant::now();
+    let r = tokio::time::timeout(
+        bound,
+        ask(
+            &sb,
+            sandbox::RESEARCHER,
+            &sandbox::exact_study().id,
+            r#"{"analysis": {"count": {}}}"#,
+        ),
+    )
+    .await
+    .expect("a researcher's query is answered under the flood")
+    .unwrap();
+    let query = started.elapsed();
+    assert_eq!(r.provenance.answered, 3, "{:?}", r.provenance);
+    // ...and a node that restarts under it connects again.
+    sb.stop_node("hospital-a").await.unwrap();
+    sb.wait_not_live("hospital-a", Duration::from_secs(30))
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    sb.start_node("hospital-a").await.unwrap();
+    sb.wait_live(&["hospital-a".to_string()], bound)
+        .await
+        .expect("the node reconnects under the flood");
+    let reconnect = started.elapsed();
+
+    stop.cancel();
+    let opened = attacker.join().unwrap();
+    eprintln!(
+        "under a flood of 2,000 silent sockets ({opened} opened in all): node reconnected in {:.1} s, a researcher's query took {:.1} s",
+        reconnect.as_secs_f64(),
+        query.as_secs_f64()
+    );
+    assert!(opened > 2_000, "the flood reopened the sockets it lost");
+    sb.shutdown().await.unwrap();
+}

@@ -14,6 +14,7 @@
 
 #![forbid(unsafe_code)]
 
+mod admission;
 mod ca;
 mod ca_dir;
 mod client;
@@ -28,6 +29,7 @@ mod server;
 mod signing;
 mod verifier;
 
+pub use admission::Limits as HandshakeLimits;
 pub use ca::{
     DevCa, IssuedCert, RevokedSerial, CA_CERT_FILE, CA_KEY_FILE, CA_VALIDITY_DAYS,
     LEAF_VALIDITY_DAYS,
@@ -49,8 +51,8 @@ pub use identity::{
 pub use peer::PeerTrust;
 pub use reload::{ServerTls, DEFAULT_RELOAD_INTERVAL};
 pub use server::{
-    incoming, incoming_with_timeout, peer, require_role, Incoming, PeerInfo, TlsConn,
-    HANDSHAKE_TIMEOUT,
+    incoming, incoming_with_limits, incoming_with_timeout, peer, require_role, Incoming, PeerInfo,
+    TlsConn, HANDSHAKE_TIMEOUT,
 };
 pub use signing::{
     signing_key_files, verify_by_certificate, verify_issued_by, CertSigner, SigningKey,

@@ -8,6 +8,8 @@
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -22,16 +24,13 @@ use tokio_rustls::TlsAcceptor;
 use tonic::transport::server::Connected;
 use tonic::{Request, Status};
 
+use crate::admission::{DropLog, Dropped, Limits, Pending};
 use crate::identity::{identity_from_cert, Identity, Role};
 use crate::reload::ServerTls;
 
 /// A handshake that has not finished by then is dropped, so a silent or
 /// slow client holds a socket for at most this long.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Upper bound on handshakes in flight; beyond it accepting pauses instead of
-/// letting a flood of half-open connections exhaust memory.
-const MAX_PENDING_HANDSHAKES: usize = 1024;
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Pause after a failed `accept` (e.g. out of file descriptors) to avoid a hot loop.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
@@ -144,11 +143,13 @@ impl Drop for Incoming {
 /// Each connection is accepted with the config `tls` holds at that moment,
 /// so a [`ServerTls::watch`] config rotates certificates and revocation
 /// lists without a restart; a bare `Arc<ServerConfig>` never changes.
-/// Handshakes run concurrently in their own tasks with [`HANDSHAKE_TIMEOUT`];
-/// failures are logged at warn level and never end the stream. Must be called
-/// inside a tokio runtime.
+/// Handshakes run concurrently in their own tasks under the default
+/// [`Limits`] (see [`crate::admission`] for how a flood of unauthenticated
+/// sockets is kept from starving real clients); drops are logged at warn
+/// level, summarised under a flood, and never end the stream. Must be
+/// called inside a tokio runtime.
 pub fn incoming(listener: TcpListener, tls: impl Into<ServerTls>) -> Incoming {
-    incoming_with_timeout(listener, tls, HANDSHAKE_TIMEOUT)
+    incoming_with_limits(listener, tls, Limits::default())
 }
 
 /// [`incoming`] with a custom handshake timeout.
@@ -157,8 +158,22 @@ pub fn incoming_with_timeout(
     tls: impl Into<ServerTls>,
     handshake_timeout: Duration,
 ) -> Incoming {
+    let limits = Limits {
+        handshake: handshake_timeout,
+        first_byte: Limits::default().first_byte.min(handshake_timeout),
+        ..Limits::default()
+    };
+    incoming_with_limits(listener, tls, limits)
+}
+
+/// [`incoming`] with custom [`Limits`].
+pub fn incoming_with_limits(
+    listener: TcpListener,
+    tls: impl Into<ServerTls>,
+    limits: Limits,
+) -> Incoming {
     let (tx, rx) = mpsc::channel(64);
-    let accept_task = tokio::spawn(accept_loop(listener, tls.into(), tx, handshake_timeout));
+    let accept_task = tokio::spawn(accept_loop(listener, tls.into(), tx, limits));
     Incoming { rx, accept_task }
 }
 
@@ -166,35 +181,57 @@ async fn accept_loop(
     listener: TcpListener,
     tls: ServerTls,
     tx: mpsc::Sender<TlsConn>,
-    handshake_timeout: Duration,
+    limits: Limits,
 ) {
     // Owning the handshakes here means aborting this task aborts them too.
     let mut handshakes = JoinSet::new();
+    let mut pending = Pending::default();
+    let drops = Arc::new(Mutex::new(DropLog::default()));
+    let mut summary = tokio::time::interval(Duration::from_secs(1));
+    summary.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        while handshakes.try_join_next().is_some() {}
-        if handshakes.len() >= MAX_PENDING_HANDSHAKES {
-            tracing::warn!(
-                pending = handshakes.len(),
-                "too many tls handshakes in flight; pausing accept"
-            );
-            tokio::select! {
-                _ = handshakes.join_next() => continue,
-                () = tx.closed() => return,
-            }
+        while let Some(done) = handshakes.try_join_next_with_id() {
+            pending.finished(match done {
+                Ok((id, ())) => id,
+                Err(e) => e.id(),
+            });
         }
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
+            Some(done) = handshakes.join_next_with_id() => {
+                pending.finished(match done {
+                    Ok((id, ())) => id,
+                    Err(e) => e.id(),
+                });
+                continue;
+            }
+            _ = summary.tick() => {
+                lock(&drops).roll();
+                continue;
+            }
             () = tx.closed() => return,
         };
         match accepted {
             Ok((tcp, remote_addr)) => {
-                handshakes.spawn(handshake(
+                let source = remote_addr.ip();
+                for dropped in pending.make_room(source, &limits) {
+                    lock(&drops).record(
+                        Dropped::Evicted,
+                        dropped,
+                        &format_args!("{} pending handshakes", pending.len()),
+                    );
+                }
+                let spoke = Arc::new(AtomicBool::new(false));
+                let abort = handshakes.spawn(handshake(
                     TlsAcceptor::from(tls.config()),
                     tcp,
                     remote_addr,
-                    handshake_timeout,
+                    limits,
+                    Arc::clone(&spoke),
+                    Arc::clone(&drops),
                     tx.clone(),
                 ));
+                pending.insert(source, spoke, abort);
             }
             Err(error) => {
                 tracing::warn!(%error, "accepting a tcp connection failed; retrying");
@@ -204,26 +241,55 @@ async fn accept_loop(
     }
 }
 
+fn lock(drops: &Mutex<DropLog>) -> std::sync::MutexGuard<'_, DropLog> {
+    drops
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 async fn handshake(
     acceptor: TlsAcceptor,
     tcp: TcpStream,
     remote_addr: SocketAddr,
-    timeout: Duration,
+    limits: Limits,
+    spoke: Arc<AtomicBool>,
+    drops: Arc<Mutex<DropLog>>,
     tx: mpsc::Sender<TlsConn>,
 ) {
+    let source = remote_addr.ip();
     // gRPC messages are small and latency-bound.
     let _ = tcp.set_nodelay(true);
-    let stream = match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
-        Ok(Ok(stream)) => stream,
+    let started = tokio::time::Instant::now();
+    let mut first = [0u8; 1];
+    match tokio::time::timeout(limits.first_byte, tcp.peek(&mut first)).await {
+        Ok(Ok(n)) if n > 0 => spoke.store(true, Ordering::Relaxed),
+        // Closed before saying anything: nothing to log.
+        Ok(Ok(_)) => return,
         Ok(Err(error)) => {
-            tracing::warn!(%remote_addr, %error, "tls handshake failed; dropping connection");
+            lock(&drops).record(Dropped::Failed, source, &error);
             return;
         }
         Err(_) => {
-            tracing::warn!(
-                %remote_addr,
-                timeout_secs = timeout.as_secs_f32(),
-                "tls handshake timed out; dropping connection"
+            lock(&drops).record(
+                Dropped::Silent,
+                source,
+                &format_args!("{:.1} s", limits.first_byte.as_secs_f32()),
+            );
+            return;
+        }
+    }
+    let left = limits.handshake.saturating_sub(started.elapsed());
+    let stream = match tokio::time::timeout(left, acceptor.accept(tcp)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(error)) => {
+            lock(&drops).record(Dropped::Failed, source, &error);
+            return;
+        }
+        Err(_) => {
+            lock(&drops).record(
+                Dropped::TimedOut,
+                source,
+                &format_args!("{:.1} s", limits.handshake.as_secs_f32()),
             );
             return;
         }
@@ -235,14 +301,14 @@ async fn handshake(
         .and_then(|certs| certs.first());
     let Some(cert) = cert else {
         // Unreachable with a config from `server_config`, which requires client certs.
-        tracing::warn!(%remote_addr, "client presented no certificate; dropping connection");
+        lock(&drops).record(Dropped::Failed, source, &"client presented no certificate");
         return;
     };
     let certificate = cert.clone().into_owned();
     let identity = match identity_from_cert(cert) {
         Ok(identity) => identity,
         Err(error) => {
-            tracing::warn!(%remote_addr, %error, "client certificate rejected; dropping connection");
+            lock(&drops).record(Dropped::Rejected, source, &error);
             return;
         }
     };
