@@ -215,6 +215,7 @@ pub fn nodes_table(r: &pb::ListNodesResponse) -> String {
         "data snapshot",
         "last heartbeat",
         "address",
+        "clock",
         "health",
     ]);
     for n in &r.nodes {
@@ -226,6 +227,7 @@ pub fn nodes_table(r: &pb::ListNodesResponse) -> String {
             output::safe(&n.data_snapshot.chars().take(16).collect::<String>()),
             time_text(n.last_heartbeat_unix_ms),
             output::safe(&n.peer_address),
+            clock_text(n.clock_offset_ms),
             match n.degraded {
                 false => "ok".to_string(),
                 true => format!("degraded: {}", output::safe(&n.health_detail)),
@@ -233,6 +235,17 @@ pub fn nodes_table(r: &pb::ListNodesResponse) -> String {
         ]);
     }
     t.to_string()
+}
+
+/// A node's clock against the coordinator's, flagged beyond the tolerance
+/// that makes jobs fail.
+fn clock_text(offset_ms: i64) -> String {
+    let text = format!("{:+.1} s", offset_ms as f64 / 1000.0);
+    if plexus_core::clock::is_off(offset_ms) {
+        format!("{text} (off: synchronise)")
+    } else {
+        text
+    }
 }
 
 /// `plexus budget --study ID`: the study's privacy terms and spending.

@@ -35,6 +35,9 @@ pub struct NodeState {
     /// From the latest heartbeat: the node cannot reach its data, and why.
     pub degraded: bool,
     pub health_detail: String,
+    /// The node's clock minus ours, from its latest heartbeat's sending
+    /// time (so it includes the one-way transit): positive when ahead.
+    pub clock_offset_ms: i64,
 }
 
 type Outbound = mpsc::Sender<Result<pb::CoordinatorMessage, Status>>;
@@ -214,17 +217,68 @@ impl Registry {
     /// A heartbeat that carries the node's snapshot and health (nodes that
     /// predate these fields send them empty: the snapshot from the hello
     /// stays).
-    pub fn heartbeat_with(&self, node_id: &str, conn_id: u64, beat: &pb::Heartbeat) {
-        if let Some(c) = self.nodes.lock().expect("lock").get_mut(node_id) {
-            if c.conn_id == conn_id {
-                c.state.last_heartbeat = now_ms();
-                if !beat.data_snapshot.is_empty() {
-                    c.state.data_snapshot = beat.data_snapshot.clone();
-                }
-                c.state.degraded = beat.degraded;
-                c.state.health_detail = beat.health_detail.clone();
-            }
+    ///
+    /// Returns the echo of the node's clock to send back, so the node
+    /// measures its offset from the round trip.
+    pub fn heartbeat_with(
+        &self,
+        node_id: &str,
+        conn_id: u64,
+        beat: &pb::Heartbeat,
+    ) -> Option<(Outbound, pb::ClockEcho)> {
+        let mut nodes = self.nodes.lock().expect("lock");
+        let c = nodes.get_mut(node_id).filter(|c| c.conn_id == conn_id)?;
+        let now = now_ms();
+        c.state.last_heartbeat = now;
+        if !beat.data_snapshot.is_empty() {
+            c.state.data_snapshot = beat.data_snapshot.clone();
         }
+        c.state.degraded = beat.degraded;
+        c.state.health_detail = beat.health_detail.clone();
+        if beat.sent_unix_ms <= 0 {
+            return None;
+        }
+        c.state.clock_offset_ms = beat.sent_unix_ms.saturating_sub(now);
+        let echo = pb::ClockEcho {
+            coordinator_unix_ms: now,
+            heartbeat_sent_unix_ms: beat.sent_unix_ms,
+        };
+        Some((c.tx.clone(), echo))
+    }
+
+    /// What is wrong with this coordinator's clock, if anything: most of
+    /// the live nodes (at least one) measure it off by more than the
+    /// tolerance, in the same direction. One node whose clock is off is
+    /// that node's problem, which it reports itself.
+    pub fn clock_problem(&self) -> Option<String> {
+        let now = now_ms();
+        let liveness = self.liveness.as_millis() as i64;
+        let mut offsets: Vec<i64> = self
+            .nodes
+            .lock()
+            .expect("lock")
+            .values()
+            .filter(|c| now - c.state.last_heartbeat <= liveness)
+            .map(|c| c.state.clock_offset_ms)
+            .collect();
+        if offsets.is_empty() {
+            return None;
+        }
+        offsets.sort_unstable();
+        // Our clock minus theirs, as the nodes see it (the median node).
+        let ours = -offsets[offsets.len() / 2];
+        let off = offsets
+            .iter()
+            .filter(|o| plexus_core::clock::is_off(**o) && o.signum() == -ours.signum())
+            .count();
+        if off * 2 <= offsets.len() && offsets.len() > 1 {
+            return None;
+        }
+        plexus_core::clock::problem(
+            "the coordinator's",
+            &format!("the clocks of {off} of its {} live nodes", offsets.len()),
+            ours,
+        )
     }
 
     pub fn is_live(&self, node_id: &str) -> bool {

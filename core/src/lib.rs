@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod audit;
+pub mod clock;
 pub mod dictionary;
 pub mod disclosure;
 pub mod error;

@@ -57,11 +57,17 @@ pub struct JobRunner {
     /// compute each masked job and drop it unanswered, as if the node died
     /// mid-job.
     pub drop_masked_jobs: bool,
+    /// Fault injection: how far this node's clock is off (see
+    /// [`crate::RunOptions::clock_skew_ms`]).
+    pub clock_skew_ms: i64,
     pub metrics: Arc<crate::metrics::NodeMetrics>,
     /// `/readyz`: connected to the coordinator and the data source healthy
     /// (a data source that cannot read calls `readiness.set_degraded`).
     pub readiness: plexus_ops::Readiness,
 }
+
+/// The readiness check for this node's clock against the coordinator's.
+pub const CLOCK_CHECK: &str = "clock";
 
 /// How this node protects one job's answer.
 #[derive(Debug, Clone, Copy)]
@@ -119,6 +125,31 @@ const CRASHED: &str = "fault injection: dropped after the ledger debit";
 pub(crate) const DROPPED: &str = "fault injection: masked job dropped unanswered";
 
 impl JobRunner {
+    /// Records a measured offset of this node's clock from the
+    /// coordinator's: in the metrics, and in readiness, which fails saying
+    /// "clock" beyond the tolerance (jobs would be refused as expired or
+    /// issued in the future while everything else looks healthy).
+    pub fn measured_clock(&self, offset_ms: i64) {
+        self.metrics
+            .clock_offset_seconds
+            .set(offset_ms as f64 / 1000.0);
+        match plexus_core::clock::problem("this node's", "the coordinator's", offset_ms) {
+            Some(why) => {
+                if self.readiness.status().is_ok() {
+                    tracing::warn!(offset_ms, "{why}");
+                }
+                self.readiness.set(CLOCK_CHECK, false, why);
+            }
+            None => self.readiness.set(CLOCK_CHECK, true, ""),
+        }
+    }
+
+    /// This node's clock, in Unix milliseconds: what jobs' issue times and
+    /// deadlines are checked against.
+    pub fn now_ms(&self) -> i64 {
+        chrono::Utc::now().timestamp_millis() + self.clock_skew_ms
+    }
+
     /// Checks a signed job (signature, audience, expiry, replay) and runs
     /// it; a refused envelope is logged here and answered with the reason.
     /// The message to send back is the answer, or a notice that the result
@@ -132,7 +163,7 @@ impl JobRunner {
             &signed,
             &self.verifying_key,
             &self.config.node.id,
-            now.timestamp_millis(),
+            self.now_ms(),
             &self.seen,
         );
         match opened {
@@ -327,7 +358,7 @@ impl JobRunner {
                 Some(key)
             }
         };
-        let remaining = job.deadline_unix_ms - now.timestamp_millis();
+        let remaining = job.deadline_unix_ms - self.now_ms();
         let limits = self.limits(&checked);
         let remaining = Duration::from_millis(remaining.max(0) as u64);
         let late = || Error::unavailable("the job ran past its deadline at this node");
@@ -486,7 +517,7 @@ impl JobRunner {
 
     fn check(&self, job: &pb::Job) -> Result<Checked, Error> {
         let allowed = policy::pinned(&self.config, job)?;
-        if job.deadline_unix_ms <= chrono::Utc::now().timestamp_millis() {
+        if job.deadline_unix_ms <= self.now_ms() {
             return Err(Error::unavailable("the job arrived after its deadline"));
         }
         let purpose = Purpose::try_from(

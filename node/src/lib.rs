@@ -44,6 +44,10 @@ pub struct RunOptions {
     /// job unanswered after computing it, as if the node died mid-job
     /// (fault-injection tests).
     pub drop_masked_jobs: bool,
+    /// Fault injection: this node's clock reads this many milliseconds
+    /// ahead of the machine's (behind when negative), for the checks of
+    /// jobs' issue times and deadlines and for its heartbeats.
+    pub clock_skew_ms: i64,
 }
 
 /// Opens the data (refusing to start when the mapping does not match it),
@@ -168,6 +172,7 @@ async fn open_parts(
         sessions: Arc::new(secagg::Sessions::new()),
         commitments: Arc::new(secagg::Commitments::open(&config_state_dir)?),
         drop_masked_jobs: options.drop_masked_jobs,
+        clock_skew_ms: options.clock_skew_ms,
         metrics: Arc::new(metrics::NodeMetrics::new()),
         readiness: plexus_ops::Readiness::new(),
     };

@@ -136,6 +136,7 @@ impl Link {
             })),
         };
         tx.send(hello).await.expect("receiver alive");
+        let hello_sent_ms = self.runner.now_ms();
         let response = tokio::select! {
             r = client.attach(ReceiverStream::new(rx)) => r,
             _ = shutdown.cancelled() => return SessionEnd::Shutdown,
@@ -156,7 +157,16 @@ impl Link {
         let interval = match first {
             Ok(Some(pb::CoordinatorMessage {
                 msg: Some(pb::coordinator_message::Msg::Welcome(w)),
-            })) => Duration::from_millis(w.heartbeat_interval_ms.clamp(200, 300_000) as u64),
+            })) => {
+                if w.coordinator_unix_ms > 0 {
+                    self.runner.measured_clock(plexus_core::clock::offset_ms(
+                        hello_sent_ms,
+                        w.coordinator_unix_ms,
+                        self.runner.now_ms(),
+                    ));
+                }
+                Duration::from_millis(w.heartbeat_interval_ms.clamp(200, 300_000) as u64)
+            }
             Ok(_) => return SessionEnd::Failed("coordinator did not welcome the node".into()),
             Err(status) => return SessionEnd::Failed(status.message().to_string()),
         };
@@ -168,6 +178,7 @@ impl Link {
         // killed session must not keep the stream open behind our back).
         let beat_tx = tx.clone();
         let data = self.runner.data.clone();
+        let clock = self.runner.clone();
         // The data source is probed once per interval on its own task, so a
         // warehouse that went down shows as degraded (and one that came
         // back as healthy) within about one interval, in heartbeats and in
@@ -190,7 +201,7 @@ impl Link {
                 let health = data.health();
                 let msg = pb::NodeMessage {
                     msg: Some(pb::node_message::Msg::Heartbeat(pb::Heartbeat {
-                        sent_unix_ms: chrono::Utc::now().timestamp_millis(),
+                        sent_unix_ms: clock.now_ms(),
                         data_snapshot: data.snapshot().unwrap_or_default(),
                         degraded: health.is_some(),
                         health_detail: health.unwrap_or_default(),
@@ -233,6 +244,21 @@ impl Link {
                         let _ = tx.send(pb::NodeMessage { msg: Some(msg) }).await;
                     });
                     running.insert(handle.id(), envelope);
+                }
+                Ok(Some(pb::CoordinatorMessage {
+                    msg: Some(pb::coordinator_message::Msg::Clock(echo)),
+                })) => {
+                    // Only an echo of a heartbeat this node sent measures
+                    // anything: a made-up send time would fake the offset.
+                    let now = self.runner.now_ms();
+                    let sent = echo.heartbeat_sent_unix_ms;
+                    if sent >= hello_sent_ms && sent <= now && echo.coordinator_unix_ms > 0 {
+                        self.runner.measured_clock(plexus_core::clock::offset_ms(
+                            sent,
+                            echo.coordinator_unix_ms,
+                            now,
+                        ));
+                    }
                 }
                 Ok(Some(_)) => {}
                 Ok(None) => break SessionEnd::Dropped("the coordinator closed the stream".into()),

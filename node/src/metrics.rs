@@ -40,6 +40,9 @@ pub struct NodeMetrics {
     pub rows_scanned: Counter,
     pub budget_spent: Family<StudyLabels, Gauge<f64, AtomicU64>>,
     pub connected: Gauge,
+    /// This node's clock minus the coordinator's, from the latest
+    /// heartbeat's round trip.
+    pub clock_offset_seconds: Gauge<f64, AtomicU64>,
 }
 
 impl Default for NodeMetrics {
@@ -77,6 +80,13 @@ impl NodeMetrics {
             "Privacy budget (zCDP rho) spent per study by this node's own ledger",
             budget_spent.clone(),
         );
+        let clock_offset_seconds = Gauge::<f64, AtomicU64>::default();
+        r.register_with_unit(
+            "plexus_node_clock_offset",
+            "This node's clock minus the coordinator's, measured from heartbeat round trips (readiness fails beyond 10 s)",
+            Unit::Seconds,
+            clock_offset_seconds.clone(),
+        );
         let connected = Gauge::default();
         r.register(
             "plexus_node_coordinator_connected",
@@ -90,6 +100,7 @@ impl NodeMetrics {
             rows_scanned,
             budget_spent,
             connected,
+            clock_offset_seconds,
         }
     }
 

@@ -649,3 +649,66 @@ async fn operations_settings_are_checked_and_name_the_field() {
         "{e}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_clock_is_a_minute_ahead_is_not_ready_and_says_clock() {
+    let mut sb = Sandbox::prepare(with_metrics(60, 605)).await.unwrap();
+    sb.set_node_options(
+        "hospital-a",
+        RunOptions {
+            clock_skew_ms: 60_000,
+            ..Default::default()
+        },
+    );
+    sb.start_all().await.unwrap();
+    sb.register_study(&sandbox::exact_study()).await.unwrap();
+
+    // The node says what is wrong instead of looking healthy while it
+    // refuses every job as expired.
+    let reason = wait_for(node_ops(&sb, "hospital-a"), "/readyz", 503).await;
+    assert!(
+        reason.starts_with("not ready: clock: this node's clock is")
+            && reason.contains("ahead of the coordinator's"),
+        "{reason}"
+    );
+    let (_, page) = get(node_ops(&sb, "hospital-a"), "/metrics").await;
+    let offset = sample(&page, "plexus_node_clock_offset_seconds", &[]);
+    assert!((59.0..61.0).contains(&offset), "{offset}");
+    assert_eq!(get(node_ops(&sb, "hospital-b"), "/readyz").await.0, 200);
+    // One node off is that node's problem: the coordinator stays ready.
+    assert_eq!(get(coordinator_ops(&sb), "/readyz").await.0, 200);
+
+    // The admins' view shows it too.
+    let admin = sb.client(sandbox::ADMIN).await.unwrap();
+    let nodes = admin
+        .admin()
+        .list_nodes(pb::ListNodesRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let offsets: BTreeMap<String, i64> = nodes
+        .nodes
+        .iter()
+        .map(|n| (n.node_id.clone(), n.clock_offset_ms))
+        .collect();
+    assert!(
+        (59_000..61_000).contains(&offsets["hospital-a"]),
+        "{offsets:?}"
+    );
+    assert!(offsets["hospital-b"].abs() < 2_000, "{offsets:?}");
+    let table = plexus::commands::nodes_table(&nodes);
+    assert!(table.contains("(off: synchronise)"), "{table}");
+
+    // And it is why its jobs fail.
+    let r = ask(
+        &sb,
+        sandbox::RESEARCHER,
+        &sandbox::exact_study().id,
+        r#"{"analysis": {"count": {}}, "by_site": true}"#,
+    )
+    .await
+    .unwrap();
+    let a = r.provenance.node("hospital-a").expect("hospital-a listed");
+    assert_ne!(a.status, NodeStatus::Answered, "{:?}", r.provenance);
+    sb.shutdown().await.unwrap();
+}

@@ -108,6 +108,7 @@ impl Admin for AdminService {
                 peer_address: s.peer_address,
                 degraded: s.degraded,
                 health_detail: s.health_detail,
+                clock_offset_ms: s.clock_offset_ms,
             })
             .collect();
         Ok(Response::new(pb::ListNodesResponse {

@@ -29,6 +29,9 @@ use crate::registry::{Connected, NodeState, Replaced, SignedReply};
 use crate::state::State;
 use crate::store::{now_ms, AuditEntry};
 
+/// The coordinator's readiness check for its own clock against its nodes'.
+const CLOCK_CHECK: &str = "clock";
+
 /// What the node whose stream a newer connection replaced is told. Nodes
 /// tell it by its code, `aborted`, which nothing else on this stream uses.
 pub const REPLACED: &str = "another connection with this node's identity replaced this stream; the node reconnects by itself, and if this repeats, two daemons run with one certificate: stop one of them (or revoke the certificate if its key was copied)";
@@ -114,6 +117,7 @@ impl NodeLink for NodeLinkService {
         let welcome = pb::CoordinatorMessage {
             msg: Some(pb::coordinator_message::Msg::Welcome(pb::Welcome {
                 coordinator_id: self.state.config.coordinator.id.clone(),
+                coordinator_unix_ms: now_ms(),
                 heartbeat_interval_ms: (self.state.config.coordinator.heartbeat_interval_secs
                     * 1000) as i64,
             })),
@@ -313,7 +317,16 @@ async fn handle(
                 beat.data_snapshot.clear();
                 beat.health_detail = format!("refused from the node: {}", e.message);
             }
-            state.registry.heartbeat_with(node_id, conn_id, &beat)
+            if let Some((tx, echo)) = state.registry.heartbeat_with(node_id, conn_id, &beat) {
+                // Best effort: a full stream only loses one measurement.
+                let _ = tx.try_send(Ok(pb::CoordinatorMessage {
+                    msg: Some(pb::coordinator_message::Msg::Clock(echo)),
+                }));
+            }
+            match state.registry.clock_problem() {
+                Some(why) => state.readiness.set(CLOCK_CHECK, false, why),
+                None => state.readiness.set(CLOCK_CHECK, true, ""),
+            }
         }
         Some(pb::node_message::Msg::Result(r)) => {
             state.registry.heartbeat(node_id, conn_id);
