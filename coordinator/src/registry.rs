@@ -430,6 +430,41 @@ mod tests {
     }
 
     #[test]
+    fn the_coordinator_s_clock_is_off_when_most_live_nodes_say_so() {
+        let registry = Registry::new(Duration::from_secs(10));
+        let beat = |ahead_ms: i64| pb::Heartbeat {
+            sent_unix_ms: now_ms() + ahead_ms,
+            ..Default::default()
+        };
+        let mut conns = Vec::new();
+        for id in ["a", "b", "c"] {
+            let (tx, rx) = mpsc::channel(8);
+            let hello = NodeState {
+                node_id: id.into(),
+                ..Default::default()
+            };
+            conns.push((id, registry.connect(hello, tx).conn_id, rx));
+        }
+        // Each beat is echoed with the coordinator's time and the node's.
+        let (tx, echo) = registry.heartbeat_with("a", conns[0].1, &beat(0)).unwrap();
+        assert!(!tx.is_closed());
+        assert!((echo.coordinator_unix_ms - now_ms()).abs() < 1_000);
+        // One node a minute ahead: its problem, not the coordinator's.
+        registry.heartbeat_with("b", conns[1].1, &beat(0));
+        registry.heartbeat_with("c", conns[2].1, &beat(60_000));
+        assert_eq!(registry.clock_problem(), None);
+        // Two of three a minute ahead: the coordinator is the one behind.
+        registry.heartbeat_with("b", conns[1].1, &beat(60_000));
+        let why = registry.clock_problem().unwrap();
+        assert!(
+            why.starts_with(
+                "the coordinator's clock is 60.0 s behind the clocks of 2 of its 3 live nodes"
+            ),
+            "{why}"
+        );
+    }
+
+    #[test]
     fn heartbeats_carry_the_latest_snapshot_and_health() {
         let registry = Registry::new(Duration::from_secs(10));
         let (tx, _rx) = mpsc::channel(8);
