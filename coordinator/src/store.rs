@@ -33,13 +33,40 @@ enum Pool {
 
 /// Runs `$body` with `$pool` bound to the open pool, compiled once per
 /// database.
-macro_rules! on_pool {
+macro_rules! on_pool_raw {
     ($store:expr, $pool:ident => $body:expr) => {
         match &$store.pool {
             Pool::Sqlite($pool) => $body,
             Pool::Postgres($pool) => $body,
         }
     };
+}
+
+/// [`on_pool`] on the connection audit entries are committed through (see
+/// [`Store::audit_pool`]).
+macro_rules! on_audit_pool {
+    ($store:expr, $pool:ident => $body:expr) => {{
+        let store: &Store = &$store;
+        let r: Result<_> = async {
+            match (&store.pool, &store.audit_pool) {
+                (Pool::Sqlite(_), Some($pool)) => $body,
+                (Pool::Sqlite($pool), None) => $body,
+                (Pool::Postgres($pool), _) => $body,
+            }
+        }
+        .await;
+        r.map_err(|e| store.named(e))
+    }};
+}
+
+/// [`on_pool_raw`] for a body that returns a [`Result`]: a database error
+/// comes back naming the database it came from.
+macro_rules! on_pool {
+    ($store:expr, $pool:ident => $body:expr) => {{
+        let store: &Store = &$store;
+        let r: Result<_> = async { on_pool_raw!(store, $pool => $body) }.await;
+        r.map_err(|e| store.named(e))
+    }};
 }
 
 /// Whether `url` names a PostgreSQL database.
@@ -100,6 +127,24 @@ pub struct StoredQuery {
 pub use plexus_core::audit::AuditEntry;
 pub use plexus_core::merkle::Checkpoint;
 
+/// What [`Store::interrupted`] found.
+#[derive(Debug, Clone, Default)]
+pub struct Interrupted {
+    pub queries: Vec<InterruptedQuery>,
+    /// Jobs still out, as (job, query, node), whose outcome is not audited.
+    pub jobs: Vec<(String, String, String)>,
+}
+
+#[derive(Debug, Clone)]
+pub struct InterruptedQuery {
+    pub query: StoredQuery,
+    /// Whether the log holds its `query.submit` entry: without one, the
+    /// coordinator stopped before the query was accepted.
+    pub submit_audited: bool,
+    /// Whether the log holds its `query.result` entry already.
+    pub result_audited: bool,
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct AuditFilter {
     pub study_id: Option<String>,
@@ -112,6 +157,46 @@ pub struct AuditFilter {
 #[derive(Clone)]
 pub struct Store {
     pool: Pool,
+    /// On SQLite, the one connection audit entries and checkpoints are
+    /// committed through, with `synchronous = FULL` (its commit fsyncs
+    /// the write-ahead log). The other connections run with `NORMAL`:
+    /// their commits are appended to the same WAL file without an fsync,
+    /// and the next audit commit makes them durable with its own. Every
+    /// write the coordinator acknowledges is followed by its audit entry,
+    /// so nothing acknowledged rests on an unsynced write, while one
+    /// fsync per batch of entries replaces one per statement. `None` on
+    /// PostgreSQL (every commit is durable there) and in the baseline mode
+    /// (`coordinator.audit_group_commit = false`, every commit fsynced).
+    audit_pool: Option<SqlitePool>,
+    /// The database as errors name it: the SQLite file, or the PostgreSQL
+    /// URL without its password.
+    name: std::sync::Arc<str>,
+}
+
+/// `url` as errors show it: a SQLite file's path, a PostgreSQL URL
+/// without its password.
+pub fn database_name(url: &str) -> String {
+    if let Some(path) = url
+        .strip_prefix("sqlite://")
+        .or(url.strip_prefix("sqlite:"))
+    {
+        return path.split('?').next().unwrap_or(path).to_string();
+    }
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let (authority, tail) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+            let authority = match authority.rsplit_once('@') {
+                Some((user, host)) => {
+                    let user = user.split(':').next().unwrap_or(user);
+                    format!("{user}@{host}")
+                }
+                None => authority.to_string(),
+            };
+            let tail = tail.split('?').next().unwrap_or(tail);
+            format!("{scheme}://{authority}{tail}")
+        }
+        None => url.to_string(),
+    }
 }
 
 impl Store {
@@ -127,8 +212,25 @@ impl Store {
     /// fencing `epoch` of the lease this coordinator holds, and the
     /// database refuses its writes once another coordinator took over.
     pub async fn open_fenced(url: &str, epoch: Option<i64>) -> Result<Self> {
+        Self::open_with(url, epoch, true).await
+    }
+
+    /// [`Store::open_fenced`]; `group_commit = false` opens SQLite the way
+    /// coordinators before group commit did (every commit fsynced, audit
+    /// entries through the shared connections), to measure against.
+    pub async fn open_with(url: &str, epoch: Option<i64>, group_commit: bool) -> Result<Self> {
+        let name: std::sync::Arc<str> = database_name(url).into();
+        let named = |e: sqlx::Error| crate::error::CoordinatorError::Db {
+            database: name.to_string(),
+            source: e,
+        };
+        let migrate = |e: sqlx::migrate::MigrateError| {
+            crate::error::CoordinatorError::Config(format!(
+                "cannot bring the database {name} up to date: {e}"
+            ))
+        };
         if is_postgres(url) {
-            let mut opts = PgConnectOptions::from_str(url)?;
+            let mut opts = PgConnectOptions::from_str(url).map_err(named)?;
             if let Some(epoch) = epoch {
                 opts = opts.options([("plexus.epoch", epoch.to_string())]);
             }
@@ -136,10 +238,16 @@ impl Store {
                 .max_connections(8)
                 .acquire_timeout(std::time::Duration::from_secs(10))
                 .connect_with(opts)
-                .await?;
-            sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+                .await
+                .map_err(named)?;
+            sqlx::migrate!("./migrations/postgres")
+                .run(&pool)
+                .await
+                .map_err(migrate)?;
             return Ok(Store {
                 pool: Pool::Postgres(pool),
+                audit_pool: None,
+                name,
             });
         }
         if let Some(path) = url
@@ -158,20 +266,94 @@ impl Store {
                 })?;
             }
         }
-        let opts = SqliteConnectOptions::from_str(url)?
+        let opts = SqliteConnectOptions::from_str(url)
+            .map_err(named)?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
-            .busy_timeout(std::time::Duration::from_secs(10));
+            .busy_timeout(std::time::Duration::from_secs(10))
+            // A checkpoint truncates the WAL back to this size (64 MiB):
+            // a WAL that grew while the volume was full gives the space
+            // back instead of holding it.
+            .pragma("journal_size_limit", "67108864");
+        let shared = if group_commit {
+            opts.clone().synchronous(SqliteSynchronous::Normal)
+        } else {
+            opts.clone()
+        };
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
-            .connect_with(opts)
-            .await?;
-        sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
-        Ok(Store {
+            .connect_with(shared)
+            .await
+            .map_err(named)?;
+        sqlx::migrate!("./migrations/sqlite")
+            .run(&pool)
+            .await
+            .map_err(migrate)?;
+        let audit_pool = if group_commit {
+            Some(
+                SqlitePoolOptions::new()
+                    .max_connections(1)
+                    .connect_with(opts)
+                    .await
+                    .map_err(named)?,
+            )
+        } else {
+            None
+        };
+        let store = Store {
             pool: Pool::Sqlite(pool),
+            audit_pool,
+            name,
+        };
+        store.checkpoint_wal().await;
+        Ok(store)
+    }
+
+    /// Runs one statement (tests make the database misbehave with it).
+    #[cfg(test)]
+    pub(crate) async fn exec_for_test(&self, sql: &str) {
+        on_pool_raw!(self, pool => {
+            sqlx::query(sql).execute(pool).await.expect(sql);
         })
+    }
+
+    /// The database as errors name it.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `e` naming this store's database, when it is a database error.
+    pub(crate) fn named(
+        &self,
+        e: crate::error::CoordinatorError,
+    ) -> crate::error::CoordinatorError {
+        match e {
+            crate::error::CoordinatorError::Database(source) => {
+                crate::error::CoordinatorError::Db {
+                    database: self.name.to_string(),
+                    source,
+                }
+            }
+            other => other,
+        }
+    }
+
+    /// Moves everything in SQLite's write-ahead log into the database and
+    /// truncates the log to nothing (at start-up and at a clean stop): a
+    /// WAL that grew while the volume was full, or that a crash left,
+    /// gives its space back. A failure is only logged: the WAL is still
+    /// read correctly, it just keeps its size until the next checkpoint.
+    pub async fn checkpoint_wal(&self) {
+        if let Pool::Sqlite(pool) = &self.pool {
+            if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+                .execute(pool)
+                .await
+            {
+                tracing::warn!(database = %self.name, error = %e, "could not checkpoint and truncate the SQLite write-ahead log");
+            }
+        }
     }
 
     /// The PostgreSQL pool, when the store is on PostgreSQL (the lease
@@ -183,15 +365,80 @@ impl Store {
         }
     }
 
+    /// Closes the database after moving SQLite's write-ahead log into it.
     pub async fn close(&self) {
-        on_pool!(self, pool => pool.close().await)
+        self.checkpoint_wal().await;
+        if let Some(p) = &self.audit_pool {
+            p.close().await;
+        }
+        on_pool_raw!(self, pool => pool.close().await)
     }
 
     /// Refuses every further use of the pool at once, without waiting for
     /// connections to close: nothing this store's owner still runs can
     /// write after it (statements already running finish).
     pub fn close_now(&self) {
-        on_pool!(self, pool => drop(pool.close()))
+        if let Some(p) = &self.audit_pool {
+            drop(p.close());
+        }
+        on_pool_raw!(self, pool => drop(pool.close()))
+    }
+
+    /// What a previous process (or the active coordinator this one took
+    /// over from) left unfinished, to audit before
+    /// [`Store::fail_interrupted`] marks it failed: its pending queries,
+    /// each with whether the log holds its `query.submit` and its
+    /// `query.result` entry (a result is audited before it is stored, so
+    /// a crash between the two leaves a pending query already audited),
+    /// and their jobs still out whose outcome the log does not hold, as
+    /// (job, query, node).
+    pub async fn interrupted(&self) -> Result<Interrupted> {
+        let ids: Vec<String> = on_pool!(self, pool => {
+            Ok(sqlx::query_scalar(
+                "SELECT id FROM queries WHERE status = 'pending' ORDER BY submitted_at, id",
+            )
+            .fetch_all(pool)
+            .await?)
+        })?;
+        if ids.is_empty() {
+            return Ok(Interrupted::default());
+        }
+        let audited: Vec<(String, String)> = on_pool!(self, pool => {
+            let rows = sqlx::query(
+                "SELECT query_id, action FROM audit_events WHERE action IN ('query.submit', 'query.result') \
+                 AND query_id IN (SELECT id FROM queries WHERE status = 'pending')",
+            )
+            .fetch_all(pool)
+            .await?;
+            rows.iter()
+                .map(|r| Ok((r.try_get("query_id")?, r.try_get("action")?)))
+                .collect::<Result<Vec<_>>>()
+        })?;
+        let mut queries = Vec::with_capacity(ids.len());
+        for id in &ids {
+            if let Some(q) = self.query(id).await? {
+                let has = |action: &str| audited.iter().any(|(q, a)| q == id && a == action);
+                queries.push(InterruptedQuery {
+                    submit_audited: has("query.submit"),
+                    result_audited: has("query.result"),
+                    query: q,
+                });
+            }
+        }
+        let jobs = on_pool!(self, pool => {
+            let rows = sqlx::query(
+                "SELECT j.id, j.query_id, j.node_id FROM jobs j WHERE j.status = 'sent' \
+                 AND j.query_id IN (SELECT id FROM queries WHERE status = 'pending') \
+                 AND NOT EXISTS (SELECT 1 FROM audit_events a WHERE a.job_id = j.id \
+                 AND a.action = 'job' AND a.outcome <> 'sent') ORDER BY j.query_id, j.node_id, j.id",
+            )
+            .fetch_all(pool)
+            .await?;
+            rows.iter()
+                .map(|r| Ok((r.try_get("id")?, r.try_get("query_id")?, r.try_get("node_id")?)))
+                .collect::<Result<Vec<_>>>()
+        })?;
+        Ok(Interrupted { queries, jobs })
     }
 
     /// Queries left pending by a previous process (or by the active
@@ -586,7 +833,7 @@ impl Store {
     /// Appends an entry at the `seq` it carries (the log's next position,
     /// assigned by the caller that keeps the Merkle tree).
     pub async fn append_audit(&self, e: &AuditEntry) -> Result<i64> {
-        on_pool!(self, pool => {
+        on_audit_pool!(self, pool => {
         insert_audit!(e).execute(pool).await?;
         Ok(e.seq)
         })
@@ -660,7 +907,7 @@ impl Store {
         let (tx, rx) = tokio::sync::mpsc::channel(2);
         let store = self.clone();
         tokio::spawn(async move {
-            let last: std::result::Result<i64, _> = on_pool!(store, pool => {
+            let last: std::result::Result<i64, _> = on_pool_raw!(store, pool => {
                 sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM audit_events")
                     .fetch_one(pool)
                     .await
@@ -668,7 +915,7 @@ impl Store {
             let last = match last {
                 Ok(last) => last,
                 Err(e) => {
-                    let _ = tx.send(Err(e.into())).await;
+                    let _ = tx.send(Err(store.named(e.into()))).await;
                     return;
                 }
             };
@@ -724,10 +971,11 @@ impl Store {
         })
     }
 
-    /// Writes many entries in one transaction (an import, or a benchmark
-    /// filling a log); each carries its own `seq`.
+    /// Writes many entries in one transaction, each at the `seq` it
+    /// carries: all of them or none (a batch of the group commit, an
+    /// import, or a benchmark filling a log).
     pub async fn append_audit_batch(&self, entries: &[AuditEntry]) -> Result<()> {
-        on_pool!(self, pool => {
+        on_audit_pool!(self, pool => {
         let mut tx = pool.begin().await?;
         for e in entries {
             insert_audit!(e).execute(&mut *tx).await?;
@@ -738,7 +986,7 @@ impl Store {
     }
 
     pub async fn insert_checkpoint(&self, c: &Checkpoint) -> Result<()> {
-        on_pool!(self, pool => {
+        on_audit_pool!(self, pool => {
         sqlx::query(
             "INSERT INTO audit_checkpoints (origin, size, root, at, signature) VALUES ($1, $2, $3, $4, $5)",
         )
