@@ -1042,21 +1042,21 @@ async fn ask(
     // finished: a crash in between leaves a job the next start finds
     // already audited, never a finished job without its entry.
     state.audit(entry).await;
+    // With the node's signed statement, kept for later checks.
     if let Err(e) = state
         .store
-        .finish_job(&job_id, status, stats_json, err.as_ref())
+        .finish_signed_job(
+            &job_id,
+            status,
+            stats_json,
+            err.as_ref(),
+            signed
+                .as_ref()
+                .map(|(st, sig, cert)| (st.as_slice(), sig.as_slice(), cert.as_slice())),
+        )
         .await
     {
-        warn!(error = %e, "could not record job outcome");
-    }
-    if let Some((statement, signature, certificate)) = signed {
-        if let Err(e) = state
-            .store
-            .record_signature(&job_id, &statement, &signature, &certificate)
-            .await
-        {
-            warn!(error = %e, "could not record the node's signed statement");
-        }
+        warn!(error = %e, "could not record the job's outcome and the node's signed statement");
     }
     if let Some(r) = answer.receipt() {
         // The per-node view follows each node's own ledger as its

@@ -42,13 +42,13 @@ macro_rules! on_pool_raw {
     };
 }
 
-/// [`on_pool`] on the connection audit entries are committed through (see
-/// [`Store::audit_pool`]).
-macro_rules! on_audit_pool {
+/// [`on_pool`] for a statement that writes: on SQLite with group commit,
+/// through the one writing connection (see [`Store::writer`]).
+macro_rules! on_writer {
     ($store:expr, $pool:ident => $body:expr) => {{
         let store: &Store = &$store;
         let r: Result<_> = async {
-            match (&store.pool, &store.audit_pool) {
+            match (&store.pool, &store.writer) {
                 (Pool::Sqlite(_), Some($pool)) => $body,
                 (Pool::Sqlite($pool), None) => $body,
                 (Pool::Postgres($pool), _) => $body,
@@ -157,17 +157,20 @@ pub struct AuditFilter {
 #[derive(Clone)]
 pub struct Store {
     pool: Pool,
-    /// On SQLite, the one connection audit entries and checkpoints are
-    /// committed through, with `synchronous = FULL` (its commit fsyncs
-    /// the write-ahead log). The other connections run with `NORMAL`:
-    /// their commits are appended to the same WAL file without an fsync,
-    /// and the next audit commit makes them durable with its own. Every
-    /// write the coordinator acknowledges is followed by its audit entry,
-    /// so nothing acknowledged rests on an unsynced write, while one
-    /// fsync per batch of entries replaces one per statement. `None` on
-    /// PostgreSQL (every commit is durable there) and in the baseline mode
-    /// (`coordinator.audit_group_commit = false`, every commit fsynced).
-    audit_pool: Option<SqlitePool>,
+    /// On SQLite, the one connection every write goes through (`pool`
+    /// then only reads). Writers queue for it in the pool, without
+    /// SQLite's lock contention and its busy-wait sleeps between
+    /// connections. It runs with `synchronous = NORMAL`: a commit is
+    /// appended to the write-ahead log without an fsync, except an audit
+    /// batch, committed with `FULL`, whose fsync of the WAL file makes
+    /// every earlier commit durable with it. Every write the coordinator
+    /// acknowledges is followed by its audit entry, so nothing
+    /// acknowledged rests on an unsynced write, while one fsync per batch
+    /// of entries replaces one per statement. `None` on PostgreSQL (every
+    /// commit is durable there, and its own group commit gathers them) and
+    /// in the baseline mode (`coordinator.audit_group_commit = false`:
+    /// four connections that all write, every commit fsynced).
+    writer: Option<SqlitePool>,
     /// The database as errors name it: the SQLite file, or the PostgreSQL
     /// URL without its password.
     name: std::sync::Arc<str>,
@@ -246,7 +249,7 @@ impl Store {
                 .map_err(migrate)?;
             return Ok(Store {
                 pool: Pool::Postgres(pool),
-                audit_pool: None,
+                writer: None,
                 name,
             });
         }
@@ -277,25 +280,22 @@ impl Store {
             // a WAL that grew while the volume was full gives the space
             // back instead of holding it.
             .pragma("journal_size_limit", "67108864");
-        let shared = if group_commit {
-            opts.clone().synchronous(SqliteSynchronous::Normal)
-        } else {
-            opts.clone()
-        };
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
-            .connect_with(shared)
+            .connect_with(opts.clone())
             .await
             .map_err(named)?;
         sqlx::migrate!("./migrations/sqlite")
             .run(&pool)
             .await
             .map_err(migrate)?;
-        let audit_pool = if group_commit {
+        let writer = if group_commit {
             Some(
                 SqlitePoolOptions::new()
                     .max_connections(1)
-                    .connect_with(opts)
+                    // Writers wait in this queue under load, not in SQLite.
+                    .acquire_timeout(std::time::Duration::from_secs(120))
+                    .connect_with(opts.synchronous(SqliteSynchronous::Normal))
                     .await
                     .map_err(named)?,
             )
@@ -304,7 +304,7 @@ impl Store {
         };
         let store = Store {
             pool: Pool::Sqlite(pool),
-            audit_pool,
+            writer,
             name,
         };
         store.checkpoint_wal().await;
@@ -368,7 +368,7 @@ impl Store {
     /// Closes the database after moving SQLite's write-ahead log into it.
     pub async fn close(&self) {
         self.checkpoint_wal().await;
-        if let Some(p) = &self.audit_pool {
+        if let Some(p) = &self.writer {
             p.close().await;
         }
         on_pool_raw!(self, pool => pool.close().await)
@@ -378,7 +378,7 @@ impl Store {
     /// connections to close: nothing this store's owner still runs can
     /// write after it (statements already running finish).
     pub fn close_now(&self) {
-        if let Some(p) = &self.audit_pool {
+        if let Some(p) = &self.writer {
             drop(p.close());
         }
         on_pool_raw!(self, pool => drop(pool.close()))
@@ -446,7 +446,7 @@ impl Store {
     /// streams are gone. Marks them failed so researchers know to resubmit,
     /// and their jobs still out as interrupted.
     pub async fn fail_interrupted(&self) -> Result<u64> {
-        on_pool!(self, pool => {
+        on_writer!(self, pool => {
         let now = now_ms();
         sqlx::query(
             "UPDATE jobs SET status = 'interrupted', finished_at = $1 WHERE status = 'sent' \
@@ -468,7 +468,7 @@ impl Store {
     }
 
     pub async fn upsert_study(&self, def: &StudyDefinition, by: &str) -> Result<bool> {
-        on_pool!(self, pool => {
+        on_writer!(self, pool => {
         let json = serde_json::to_string(def).expect("study serialises");
         let existed = self.study(&def.id).await?.is_some();
         sqlx::query(
@@ -531,7 +531,7 @@ impl Store {
     }
 
     pub async fn insert_query(&self, q: &StoredQuery) -> Result<()> {
-        on_pool!(self, pool => {
+        on_writer!(self, pool => {
         sqlx::query(
             "INSERT INTO queries (id, study_id, researcher, query, query_hash, status, submitted_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -554,7 +554,7 @@ impl Store {
         id: &str,
         outcome: std::result::Result<&str, &plexus_core::Error>,
     ) -> Result<()> {
-        on_pool!(self, pool => {
+        on_writer!(self, pool => {
         let (status, result, code, message) = match outcome {
             Ok(json) => (QueryStatus::Succeeded, Some(json.to_string()), None, None),
             Err(e) => (
@@ -611,7 +611,7 @@ impl Store {
     }
 
     pub async fn insert_job(&self, job_id: &str, query_id: &str, node_id: &str) -> Result<()> {
-        on_pool!(self, pool => {
+        on_writer!(self, pool => {
         sqlx::query(
             "INSERT INTO jobs (id, query_id, node_id, status, sent_at) VALUES ($1, $2, $3, 'sent', $4)",
         )
@@ -632,15 +632,35 @@ impl Store {
         stats_json: Option<String>,
         error: Option<&plexus_core::Error>,
     ) -> Result<()> {
-        on_pool!(self, pool => {
+        self.finish_signed_job(job_id, status, stats_json, error, None)
+            .await
+    }
+
+    /// [`Store::finish_job`] keeping, in the same statement, the node's
+    /// signed statement, its signature and the certificate it verified
+    /// against (see [`Store::record_signature`]).
+    pub async fn finish_signed_job(
+        &self,
+        job_id: &str,
+        status: &str,
+        stats_json: Option<String>,
+        error: Option<&plexus_core::Error>,
+        signed: Option<(&[u8], &[u8], &[u8])>,
+    ) -> Result<()> {
+        on_writer!(self, pool => {
         sqlx::query(
-            "UPDATE jobs SET status = $1, stats = $2, error_code = $3, error_message = $4, finished_at = $5 WHERE id = $6",
+            "UPDATE jobs SET status = $1, stats = $2, error_code = $3, error_message = $4, finished_at = $5, \
+             statement = COALESCE($6, statement), signature = COALESCE($7, signature), \
+             node_certificate = COALESCE($8, node_certificate) WHERE id = $9",
         )
         .bind(status)
         .bind(stats_json)
         .bind(error.map(|e| e.code.as_str().to_string()))
         .bind(error.map(|e| e.message.clone()))
         .bind(now_ms())
+        .bind(signed.map(|s| s.0))
+        .bind(signed.map(|s| s.1))
+        .bind(signed.map(|s| s.2))
         .bind(job_id)
         .execute(pool)
         .await?;
@@ -657,7 +677,7 @@ impl Store {
         canonical_hash: &str,
         rho: f64,
     ) -> Result<()> {
-        on_pool!(self, pool => {
+        on_writer!(self, pool => {
         sqlx::query(
             "INSERT INTO privacy_charges (query_id, study_id, canonical_hash, rho, at_unix_ms) VALUES ($1, $2, $3, $4, $5) \
              ON CONFLICT (query_id) DO UPDATE SET rho = excluded.rho",
@@ -714,7 +734,7 @@ impl Store {
         spent: f64,
         budget: f64,
     ) -> Result<()> {
-        on_pool!(self, pool => {
+        on_writer!(self, pool => {
         sqlx::query(
             "INSERT INTO node_budgets (study_id, node_id, spent_rho, budget_rho, updated_unix_ms) VALUES ($1, $2, $3, $4, $5) \
              ON CONFLICT (study_id, node_id) DO UPDATE SET \
@@ -763,7 +783,7 @@ impl Store {
         signature: &[u8],
         certificate: &[u8],
     ) -> Result<()> {
-        on_pool!(self, pool => {
+        on_writer!(self, pool => {
         sqlx::query(
             "UPDATE jobs SET statement = $1, signature = $2, node_certificate = $3 WHERE id = $4",
         )
@@ -833,7 +853,7 @@ impl Store {
     /// Appends an entry at the `seq` it carries (the log's next position,
     /// assigned by the caller that keeps the Merkle tree).
     pub async fn append_audit(&self, e: &AuditEntry) -> Result<i64> {
-        on_audit_pool!(self, pool => {
+        on_writer!(self, pool => {
         insert_audit!(e).execute(pool).await?;
         Ok(e.seq)
         })
@@ -975,7 +995,32 @@ impl Store {
     /// carries: all of them or none (a batch of the group commit, an
     /// import, or a benchmark filling a log).
     pub async fn append_audit_batch(&self, entries: &[AuditEntry]) -> Result<()> {
-        on_audit_pool!(self, pool => {
+        if let Some(writer) = &self.writer {
+            let r: Result<()> = async {
+                let mut conn = writer.acquire().await?;
+                // This commit fsyncs the WAL, and with it every earlier
+                // commit of the NORMAL writes (see [`Store::writer`]).
+                sqlx::query("PRAGMA synchronous = FULL")
+                    .execute(&mut *conn)
+                    .await?;
+                let written: Result<()> = async {
+                    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+                    for e in entries {
+                        insert_audit!(e).execute(&mut *tx).await?;
+                    }
+                    tx.commit().await?;
+                    Ok(())
+                }
+                .await;
+                sqlx::query("PRAGMA synchronous = NORMAL")
+                    .execute(&mut *conn)
+                    .await?;
+                written
+            }
+            .await;
+            return r.map_err(|e| self.named(e));
+        }
+        on_pool!(self, pool => {
         let mut tx = pool.begin().await?;
         for e in entries {
             insert_audit!(e).execute(&mut *tx).await?;
@@ -986,7 +1031,7 @@ impl Store {
     }
 
     pub async fn insert_checkpoint(&self, c: &Checkpoint) -> Result<()> {
-        on_audit_pool!(self, pool => {
+        on_writer!(self, pool => {
         sqlx::query(
             "INSERT INTO audit_checkpoints (origin, size, root, at, signature) VALUES ($1, $2, $3, $4, $5)",
         )
