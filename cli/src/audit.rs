@@ -317,6 +317,13 @@ pub struct Reconciliation {
     pub only_coordinator: Vec<String>,
     /// In the node's log, absent from the coordinator's.
     pub only_node: Vec<String>,
+    /// Sent in the coordinator's log, then recorded there as never handed
+    /// to the node's stream (`unsent`) or as cut off by a coordinator
+    /// restart before any answer (`interrupted`), and absent from the
+    /// node's log: the job never reached the node, which both logs agree
+    /// on. Listed, not a difference: with the `sent` entry written ahead
+    /// of the job, a crash between the two leaves exactly this.
+    pub undelivered: Vec<String>,
 }
 
 impl Reconciliation {
@@ -333,18 +340,32 @@ pub async fn reconcile(
 ) -> anyhow::Result<Reconciliation> {
     let at_node = log.job_ids()?;
     let mut sent = BTreeSet::new();
+    let mut not_delivered = BTreeSet::new();
     stream_log(client, |e| {
-        if e.action == "job" && e.node_id == node && e.outcome == "sent" {
-            sent.insert(e.job_id);
+        if e.action == "job" && e.node_id == node {
+            match e.outcome.as_str() {
+                "sent" => {
+                    sent.insert(e.job_id);
+                }
+                "unsent" | "interrupted" => {
+                    not_delivered.insert(e.job_id);
+                }
+                _ => {}
+            }
         }
         Ok(())
     })
     .await?;
+    let (undelivered, only_coordinator): (Vec<String>, Vec<String>) = sent
+        .difference(&at_node)
+        .cloned()
+        .partition(|id| not_delivered.contains(id));
     Ok(Reconciliation {
         node: node.to_string(),
         matched: sent.intersection(&at_node).count(),
-        only_coordinator: sent.difference(&at_node).cloned().collect(),
+        only_coordinator,
         only_node: at_node.difference(&sent).cloned().collect(),
+        undelivered,
     })
 }
 
@@ -584,6 +605,12 @@ pub async fn cmd_reconcile(
             println!(
                 "  in the node's log, not in the coordinator's: {}",
                 safe(id)
+            );
+        }
+        if !r.undelivered.is_empty() {
+            println!(
+                "{} more sent but never delivered, as the coordinator's log records (unsent, or interrupted by a coordinator restart) and the node's log agrees",
+                r.undelivered.len()
             );
         }
     }

@@ -3,6 +3,12 @@
 //! mix ([`crate::load::MIX`]), wait for its answer and submit the next, for
 //! N seconds per level; concurrency 1 is the baseline measured in the same
 //! run, so the table shows what concurrency buys.
+//!
+//! With `baseline`, every level runs twice in the same network: first
+//! with the coordinator's audit group commit off
+//! (`coordinator.audit_group_commit = false`: one commit per audit entry
+//! behind one lock, the path before group commit), then with it on, and
+//! the table shows both and their ratio.
 
 use std::time::{Duration, Instant};
 
@@ -22,7 +28,13 @@ pub struct ThroughputOptions {
     /// Concurrency levels, in order; 1 is added first when missing, as the
     /// baseline.
     pub concurrency: Vec<usize>,
+    /// Also measure every level with audit group commit off, in the same
+    /// run, and show the ratio.
+    pub baseline: bool,
 }
+
+/// One level's figures and how many cores the network kept busy.
+type Level = (usize, Figures, Option<f64>);
 
 fn ms(d: Duration) -> String {
     format!("{:.1}", d.as_secs_f64() * 1000.0)
@@ -40,7 +52,12 @@ pub async fn run(opts: ThroughputOptions) -> anyhow::Result<Vec<(usize, Figures)
     sb_opts.formats = vec![DataFormat::Parquet];
     sb_opts.keep_rows = false;
     sb_opts.job_timeout_secs = 600;
-    let sb = Sandbox::start(sb_opts)
+    let mut sb = Sandbox::prepare(sb_opts)
+        .await
+        .with_context(|| format!("cannot prepare a sandbox of {} nodes", opts.nodes))?;
+    // The baseline runs first, on the coordinator the network starts with.
+    sb.coordinator_config.coordinator.audit_group_commit = !opts.baseline;
+    sb.start_all()
         .await
         .with_context(|| format!("cannot start a sandbox of {} nodes", opts.nodes))?;
     println!(
@@ -81,17 +98,44 @@ pub async fn run(opts: ThroughputOptions) -> anyhow::Result<Vec<(usize, Figures)
         queries.len(),
         opts.seconds
     );
+    let mut baseline_levels = None;
+    if opts.baseline {
+        println!(
+            "audit group commit off (the baseline: one commit per audit entry behind one lock)"
+        );
+        baseline_levels =
+            Some(levels_run(&alice, &study.id, &queries, &levels, opts.seconds).await?);
+        // The same network, the coordinator restarted with group commit.
+        sb.stop_coordinator().await?;
+        sb.coordinator_config.coordinator.audit_group_commit = true;
+        sb.start_coordinator().await?;
+        sb.wait_all_live().await?;
+        println!("audit group commit on");
+    }
+    let alice = sb.client(sandbox::RESEARCHER).await?;
+    let results = levels_run(&alice, &study.id, &queries, &levels, opts.seconds).await?;
+    print_table(&results, baseline_levels.as_deref());
+    println!(
+        "the machine has {} cores; CPU cores busy below that while queries/s stop growing means the queries wait on something other than CPU",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    );
+    sb.shutdown().await?;
+    Ok(results.into_iter().map(|(c, f, _)| (c, f)).collect())
+}
+
+/// Runs every concurrency level in turn.
+async fn levels_run(
+    alice: &crate::client::Client,
+    study: &str,
+    queries: &[plexus_core::Query],
+    levels: &[usize],
+    seconds: u64,
+) -> anyhow::Result<Vec<Level>> {
     let mut results = Vec::new();
-    for c in levels {
+    for &c in levels {
         let cpu_before = load::process_cpu_time();
-        let (figures, error) = load::closed_loop(
-            &alice,
-            &study.id,
-            &queries,
-            c,
-            Duration::from_secs(opts.seconds),
-        )
-        .await;
+        let (figures, error) =
+            load::closed_loop(alice, study, queries, c, Duration::from_secs(seconds)).await;
         if let Some(e) = error {
             anyhow::bail!(
                 "{} of the queries at concurrency {c} failed; the first: {e}",
@@ -111,14 +155,20 @@ pub async fn run(opts: ThroughputOptions) -> anyhow::Result<Vec<(usize, Figures)
         let busy = cpu.map(|cpu| cpu.as_secs_f64() / figures.elapsed.as_secs_f64());
         results.push((c, figures, busy));
     }
-    let baseline = results
+    Ok(results)
+}
+
+/// The table: each level with group commit, and beside it the baseline
+/// and the ratio when it was measured.
+fn print_table(results: &[Level], baseline: Option<&[Level]>) {
+    let one = results
         .iter()
         .find(|(c, _, _)| *c == 1)
         .map(|(_, f, _)| f.per_second())
         .unwrap_or(f64::NAN);
     let mut table = Table::new();
     table.load_preset(UTF8_FULL_CONDENSED);
-    table.set_header(vec![
+    let mut header = vec![
         "concurrency",
         "queries",
         "queries/s",
@@ -126,24 +176,39 @@ pub async fn run(opts: ThroughputOptions) -> anyhow::Result<Vec<(usize, Figures)
         "p50 ms",
         "p99 ms",
         "CPU cores busy",
-    ]);
-    for (c, f, busy) in &results {
-        table.add_row(vec![
+    ];
+    if baseline.is_some() {
+        header.extend([
+            "baseline queries/s",
+            "baseline p50 ms",
+            "baseline p99 ms",
+            "x baseline",
+        ]);
+    }
+    table.set_header(header);
+    for (c, f, busy) in results {
+        let mut row = vec![
             c.to_string(),
             f.completed().to_string(),
             format!("{:.1}", f.per_second()),
-            format!("{:.2}", f.per_second() / baseline),
+            format!("{:.2}", f.per_second() / one),
             ms(f.percentile(0.5)),
             ms(f.percentile(0.99)),
             busy.map(|b| format!("{b:.2}"))
                 .unwrap_or_else(|| "-".into()),
-        ]);
+        ];
+        if let Some(base) = baseline {
+            match base.iter().find(|(bc, _, _)| bc == c) {
+                Some((_, b, _)) => row.extend([
+                    format!("{:.1}", b.per_second()),
+                    ms(b.percentile(0.5)),
+                    ms(b.percentile(0.99)),
+                    format!("{:.2}", f.per_second() / b.per_second()),
+                ]),
+                None => row.extend(["-".into(), "-".into(), "-".into(), "-".into()]),
+            }
+        }
+        table.add_row(row);
     }
     println!("{table}");
-    println!(
-        "the machine has {} cores; CPU cores busy below that while queries/s stop growing means the queries wait on something other than CPU",
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
-    );
-    sb.shutdown().await?;
-    Ok(results.into_iter().map(|(c, f, _)| (c, f)).collect())
 }

@@ -83,6 +83,11 @@ enum Command {
             requires = "throughput"
         )]
         concurrency: Vec<usize>,
+        /// Skip the baseline: by default every level also runs with the
+        /// coordinator's audit group commit off (one commit per audit
+        /// entry, the path before group commit), and the table shows the ratio.
+        #[arg(long, requires = "throughput")]
+        no_baseline: bool,
         /// Run only the warehouse comparison: one node on PostgreSQL and
         /// one on Parquet holding the same --patients patients.
         #[arg(long)]
@@ -398,6 +403,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             throughput_patients,
             seconds,
             concurrency,
+            no_baseline,
             warehouse,
             database_url,
         } => {
@@ -416,6 +422,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         seed,
                         seconds,
                         concurrency,
+                        baseline: !no_baseline,
                     },
                 )
                 .await

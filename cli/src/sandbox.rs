@@ -215,6 +215,7 @@ impl Sandbox {
                 tls_reload_ms: 200,
                 metrics_listen: opts.metrics.then(free_port).transpose()?,
                 shutdown_grace_secs: 20,
+                audit_group_commit: true,
             },
             tls: TlsFiles::in_dir(&pki, "coordinator"),
         };

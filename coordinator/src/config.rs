@@ -73,6 +73,17 @@ pub struct CoordinatorSection {
     /// before they are failed with a retryable error.
     #[serde(default = "default_shutdown_grace")]
     pub shutdown_grace_secs: u64,
+    /// Commit audit entries waiting for the disk together (one transaction
+    /// and one fsync per batch). `false` runs the path of coordinators
+    /// before group commit, one commit per entry behind one lock: only to
+    /// measure against (`plexus bench --throughput` does), never in
+    /// production.
+    #[serde(default = "default_true")]
+    pub audit_group_commit: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_id() -> String {

@@ -9,6 +9,14 @@ pub enum CoordinatorError {
     Config(String),
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
+    /// A database error with the database it came from: the file of a
+    /// SQLite database, the server and database of a PostgreSQL one (never
+    /// its password), so an operator knows which volume or server to look at.
+    #[error("database {database}: {source}{}", hint(source))]
+    Db {
+        database: String,
+        source: sqlx::Error,
+    },
     #[error("database migration: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("{0}")]
@@ -29,12 +37,10 @@ impl CoordinatorError {
     pub fn to_core(&self) -> Error {
         match self {
             CoordinatorError::Core(e) => e.clone(),
-            // The coordinator is stopping (or its database is overloaded):
-            // the caller should come back, not report a bug.
-            CoordinatorError::Database(sqlx::Error::PoolClosed | sqlx::Error::PoolTimedOut) => {
-                Error::unavailable(format!(
-                    "{self}: the coordinator is stopping or busy; try again shortly"
-                ))
+            CoordinatorError::Db { source, .. } | CoordinatorError::Database(source)
+                if is_unavailable(source) =>
+            {
+                Error::new(ErrorCode::Unavailable, self.to_string())
             }
             other => Error::new(ErrorCode::Internal, other.to_string()),
         }
@@ -42,5 +48,58 @@ impl CoordinatorError {
 
     pub fn to_status(&self) -> tonic::Status {
         plexus_proto::convert::to_status(&self.to_core())
+    }
+}
+
+/// Whether a database error is the database being out of reach for now
+/// (a full volume, an I/O error, a lost connection, a fenced write) rather
+/// than a fault in the statement: a retry later can succeed.
+pub fn is_unavailable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Tls(_) => true,
+        sqlx::Error::Database(db) => {
+            let code = db.code().unwrap_or_default();
+            // SQLite reports its (extended) result code as a number,
+            // PostgreSQL a five-character SQLSTATE.
+            match code.parse::<i32>() {
+                // FULL, IOERR, BUSY, LOCKED, READONLY, CANTOPEN, NOMEM.
+                Ok(n) if code.len() < 5 => matches!(n & 0xff, 13 | 10 | 5 | 6 | 8 | 14 | 7),
+                _ => {
+                    code.starts_with("53")
+                        || code.starts_with("08")
+                        || code.starts_with("57P")
+                        || code == crate::store::FENCED_SQLSTATE
+                }
+            }
+        }
+        _ => false,
+    }
+}
+
+/// Whether a database error says the volume or the server's disk is full.
+pub fn is_full(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(io) => io.raw_os_error() == Some(28),
+        sqlx::Error::Database(db) => {
+            let code = db.code().unwrap_or_default();
+            match code.parse::<i32>() {
+                Ok(n) if code.len() < 5 => n & 0xff == 13,
+                _ => code == "53100",
+            }
+        }
+        _ => false,
+    }
+}
+
+/// What the operator should do about a database error, when that is clear.
+fn hint(e: &sqlx::Error) -> &'static str {
+    if is_full(e) {
+        " (the volume holding the database is full: free space there; the coordinator writes again as soon as there is room, without a restart)"
+    } else {
+        ""
     }
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::join_all;
-use tracing::{info, info_span, warn, Instrument};
+use tracing::{error, info, info_span, warn, Instrument};
 
 use plexus_core::models::cox::CoxFitter;
 use plexus_core::models::fit::{Iteration, IterativeFit, Step};
@@ -100,26 +100,65 @@ pub async fn run(
             // the nodes managed is not a complete answer.
             outcome = Err(Error::unavailable(crate::server::SHUT_DOWN_MID_QUERY));
         }
-        let (result_json, err) = match &outcome {
-            Ok(json) => (Some(json.as_str()), None),
-            Err(e) => (None, Some(e)),
-        };
-        let stored = match result_json {
-            Some(j) => state.store.finish_query(&query_id, Ok(j)).await,
-            None => {
-                state
-                    .store
-                    .finish_query(&query_id, Err(err.expect("error")))
-                    .await
-            }
-        };
-        if let Err(e) = stored {
-            warn!(error = %e, "could not store the query outcome");
-        }
-        let (outcome_str, detail) = match &outcome {
+        let (mut outcome_str, detail) = match &outcome {
             Ok(_) => ("ok".to_string(), String::new()),
             Err(e) => (format!("failed:{}", e.code), e.message.clone()),
         };
+        let mut entry = AuditEntry {
+            who: researcher,
+            role: "researcher".into(),
+            action: "query.result".into(),
+            study_id: study.id.clone(),
+            purpose: study.purpose().map(|p| p.to_string()).unwrap_or_default(),
+            query_id: query_id.clone(),
+            query_hash: query.hash(),
+            nodes: study.nodes.clone(),
+            outcome: outcome_str.clone(),
+            detail,
+            ..Default::default()
+        };
+        // What left the network: size, suppression and privacy cost, never a value.
+        if let Some(pooled) = outcome
+            .as_ref()
+            .ok()
+            .and_then(|j| serde_json::from_str::<plexus_core::pool::PooledResult>(j).ok())
+        {
+            entry.result_size = pooled.n();
+            entry.suppressed = pooled.suppressed_cells();
+            if let Some(p) = pooled.privacy.as_ref().filter(|p| !p.exact) {
+                entry.privacy_cost = Some(p.charged_rho);
+                entry.privacy_remaining = Some(p.remaining_rho);
+            }
+        }
+        // Write-ahead: the result is stored (and so can be fetched) only
+        // once its `query.result` entry is durable. A result the log could
+        // not record is withheld: the query fails, retryably.
+        match state.audit_log.append(entry).await {
+            Ok(seq) => {
+                state.metrics.audit_entries.set(seq);
+            }
+            Err(e) => {
+                let e = e.to_core();
+                error!(error = %e.message, "query result withheld: its audit entry could not be written");
+                outcome = Err(Error::new(
+                    e.code,
+                    format!(
+                        "the result of query {query_id} was withheld: {} (submit it again once the coordinator's database takes writes)",
+                        e.message
+                    ),
+                ));
+                outcome_str = format!("failed:{}", e.code);
+            }
+        }
+        let stored = match &outcome {
+            Ok(j) => state.store.finish_query(&query_id, Ok(j)).await,
+            Err(e) => state.store.finish_query(&query_id, Err(e)).await,
+        };
+        if let Err(e) = stored {
+            // Still pending in the database: the next start marks it
+            // failed (its result entry is already in the log).
+            warn!(error = %e, "could not store the query outcome");
+        }
         info!(outcome = %outcome_str, "query finished");
         let analysis = query.analysis.kind().as_str();
         state.metrics.query(analysis, &outcome_str);
@@ -135,31 +174,6 @@ pub async fn run(
                 state.metrics.budget(&study.id, spent);
             }
         }
-        let mut entry = AuditEntry {
-            who: researcher,
-            role: "researcher".into(),
-            action: "query.result".into(),
-            study_id: study.id.clone(),
-            purpose: study.purpose().map(|p| p.to_string()).unwrap_or_default(),
-            query_id: query_id.clone(),
-            query_hash: query.hash(),
-            nodes: study.nodes.clone(),
-            outcome: outcome_str,
-            detail,
-            ..Default::default()
-        };
-        // What left the network: size, suppression and privacy cost, never a value.
-        if let Some(pooled) = result_json
-            .and_then(|j| serde_json::from_str::<plexus_core::pool::PooledResult>(j).ok())
-        {
-            entry.result_size = pooled.n();
-            entry.suppressed = pooled.suppressed_cells();
-            if let Some(p) = pooled.privacy.as_ref().filter(|p| !p.exact) {
-                entry.privacy_cost = Some(p.charged_rho);
-                entry.privacy_remaining = Some(p.remaining_rho);
-            }
-        }
-        state.audit(entry).await;
         state.notify_finished();
     }
     .instrument(span)
@@ -856,10 +870,38 @@ async fn ask(
     }
     if let Err(e) = state.store.insert_job(&job_id, query_id, node).await {
         warn!(error = %e, "could not record job");
-        return missing("coordinator could not record the job");
+        return missing(&format!(
+            "the coordinator could not record the job: {}",
+            e.to_core().message
+        ));
     }
     let started = std::time::Instant::now();
-    let entry_sent = audit("sent", String::new());
+    // Write-ahead: the `sent` entry is durable before the job leaves, so
+    // every job a node may release is in the log even if the coordinator
+    // dies the next instant. Not recorded, not sent.
+    match state.audit_log.append(audit("sent", String::new())).await {
+        Ok(seq) => {
+            state.metrics.audit_entries.set(seq);
+        }
+        Err(e) => {
+            let e = e.to_core();
+            warn!(node = %node, error = %e.message, "job not sent: its audit entry could not be written");
+            let _ = state
+                .store
+                .finish_job(&job_id, "failed", None, Some(&e))
+                .await;
+            state.metrics.job(node, "failed", None);
+            return Answer::Other(
+                NodeOutcome {
+                    node: node.to_string(),
+                    status: NodeStatus::Failed,
+                    detail: Some(format!("not sent: {}", e.message)),
+                    code: Some(ErrorCode::Unavailable),
+                },
+                None,
+            );
+        }
+    }
     let rx = match state
         .registry
         .send_job(node, job.clone(), &state.signer)
@@ -869,11 +911,13 @@ async fn ask(
         Err(e) => {
             let _ = state.store.finish_job(&job_id, "missing", None, None).await;
             state.metrics.job(node, "missing", None);
-            state.audit(audit("missing", e.clone())).await;
+            // Its `sent` entry is written: this says the job never went
+            // down the node's stream (reconcile expects no trace of it at
+            // the node).
+            state.audit(audit("unsent", e.clone())).await;
             return missing(&e);
         }
     };
-    state.audit(entry_sent).await;
     let reply = tokio::select! {
         r = tokio::time::timeout(timeout, rx) => r,
         () = state.abort_queries.cancelled() => {
@@ -985,30 +1029,36 @@ async fn ask(
     state
         .metrics
         .job(node, status, Some(started.elapsed().as_secs_f64()));
-    if let Err(e) = state
-        .store
-        .finish_job(&job_id, status, stats_json, err.as_ref())
-        .await
-    {
-        warn!(error = %e, "could not record job outcome");
-    }
-    if let Some((statement, signature, certificate)) = signed {
-        if let Err(e) = state
-            .store
-            .record_signature(&job_id, &statement, &signature, &certificate)
-            .await
-        {
-            warn!(error = %e, "could not record the node's signed statement");
-        }
-    }
-    let detail = err.map(|e| e.message).unwrap_or_default();
-    let (status, detail) = reviewed(status, detail, node, review.as_ref());
-    let mut entry = audit(status, detail);
+    let detail = err.as_ref().map(|e| e.message.clone()).unwrap_or_default();
+    let (audited_status, detail) = reviewed(status, detail, node, review.as_ref());
+    let mut entry = audit(audited_status, detail);
     // The node's own debit, never its figures (with secure aggregation
     // the coordinator has none to log).
     if let Some(r) = answer.receipt() {
         entry.privacy_cost = Some(r.charged_rho);
         entry.privacy_remaining = Some((r.budget_rho - r.spent_rho).max(0.0));
+    }
+    // The job's outcome is in the log before the jobs table says it is
+    // finished: a crash in between leaves a job the next start finds
+    // already audited, never a finished job without its entry.
+    state.audit(entry).await;
+    // With the node's signed statement, kept for later checks.
+    if let Err(e) = state
+        .store
+        .finish_signed_job(
+            &job_id,
+            status,
+            stats_json,
+            err.as_ref(),
+            signed
+                .as_ref()
+                .map(|(st, sig, cert)| (st.as_slice(), sig.as_slice(), cert.as_slice())),
+        )
+        .await
+    {
+        warn!(error = %e, "could not record the job's outcome and the node's signed statement");
+    }
+    if let Some(r) = answer.receipt() {
         // The per-node view follows each node's own ledger as its
         // receipts arrive, whatever becomes of the query.
         if let Err(e) = state
@@ -1019,7 +1069,6 @@ async fn ask(
             warn!(error = %e, "could not record the node's budget");
         }
     }
-    state.audit(entry).await;
     answer
 }
 

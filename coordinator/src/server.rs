@@ -144,18 +144,18 @@ pub async fn run(
         }
     };
 
-    let store = Store::open_fenced(&url, epoch).await?;
-    let interrupted = store.fail_interrupted().await?;
-    if interrupted > 0 {
-        warn!(
-            queries = interrupted,
-            "queries left pending by the previous run were marked failed"
-        );
-    }
+    let group_commit = config.coordinator.audit_group_commit;
+    let store = Store::open_with(&url, epoch, group_commit).await?;
     let (finished, _) = watch::channel(0);
     let signer = Arc::new(config.signing_key()?);
-    let audit_log =
-        Arc::new(AuditLog::open(store.clone(), signer.clone(), &config.coordinator.id).await?);
+    let mut audit_log =
+        AuditLog::open(store.clone(), signer.clone(), &config.coordinator.id).await?;
+    if !group_commit {
+        warn!("audit group commit is off (coordinator.audit_group_commit = false): every audit entry is its own commit, as a baseline to measure against");
+        audit_log = audit_log.without_group_commit();
+    }
+    let audit_log = Arc::new(audit_log);
+    let interrupted = fail_interrupted(&store, &audit_log, &config.coordinator.id).await?;
     // Everything of the active phase stops with this token: once the
     // queries in flight are through after a shutdown, or at a lost lease.
     let active = CancellationToken::new();
@@ -275,6 +275,73 @@ pub async fn run(
     }
     info!("coordinator stopped");
     Ok(())
+}
+
+/// Queries (and their jobs) a previous process left unfinished can never
+/// finish: their node streams are gone. Their outcome is decided here, so
+/// it is audited here: a `job` entry `interrupted` for every job still
+/// out, a `query.result` entry `interrupted` for every query, committed
+/// before the queries are marked failed (a crash in between audits them
+/// again at the next start rather than never). Returns how many queries.
+async fn fail_interrupted(store: &Store, log: &AuditLog, coordinator: &str) -> Result<u64> {
+    let crate::store::Interrupted { queries, jobs } = store.interrupted().await?;
+    if queries.is_empty() {
+        return Ok(0);
+    }
+    let study_of = |query: &str| {
+        queries
+            .iter()
+            .find(|q| q.query.id == query)
+            .map(|q| (q.query.study_id.clone(), q.query.query_hash.clone()))
+            .unwrap_or_default()
+    };
+    let mut entries: Vec<AuditEntry> = jobs
+        .iter()
+        .map(|(job, query, node)| {
+            let (study_id, query_hash) = study_of(query);
+            AuditEntry {
+                who: coordinator.to_string(),
+                role: "coordinator".into(),
+                action: "job".into(),
+                study_id,
+                query_id: query.clone(),
+                job_id: job.clone(),
+                node_id: node.clone(),
+                query_hash,
+                outcome: "interrupted".into(),
+                detail: "the coordinator stopped before the node's answer was recorded; what the node did is in its own job log".into(),
+                ..Default::default()
+            }
+        })
+        .collect();
+    entries.extend(
+        queries
+            .iter()
+            .filter(|q| !q.result_audited)
+            .map(|q| AuditEntry {
+                who: q.query.researcher.clone(),
+                role: "researcher".into(),
+                action: "query.result".into(),
+                study_id: q.query.study_id.clone(),
+                query_id: q.query.id.clone(),
+                query_hash: q.query.query_hash.clone(),
+                outcome: "interrupted".into(),
+                detail: if q.submit_audited {
+                    "the coordinator stopped before this query finished (a restart, or a failover to a standby coordinator); submit it again".into()
+                } else {
+                    "never accepted: the coordinator stopped before the query's submission was recorded, and nothing was sent for it".into()
+                },
+                ..Default::default()
+            }),
+    );
+    log.append_all(entries).await?;
+    let failed = store.fail_interrupted().await?;
+    warn!(
+        queries = failed,
+        jobs = jobs.len(),
+        "queries left pending by the previous run were marked failed and their outcome audited"
+    );
+    Ok(failed)
 }
 
 struct CloseOnDrop(Store);

@@ -33,13 +33,40 @@ enum Pool {
 
 /// Runs `$body` with `$pool` bound to the open pool, compiled once per
 /// database.
-macro_rules! on_pool {
+macro_rules! on_pool_raw {
     ($store:expr, $pool:ident => $body:expr) => {
         match &$store.pool {
             Pool::Sqlite($pool) => $body,
             Pool::Postgres($pool) => $body,
         }
     };
+}
+
+/// [`on_pool`] for a statement that writes: on SQLite with group commit,
+/// through the one writing connection (see [`Store::writer`]).
+macro_rules! on_writer {
+    ($store:expr, $pool:ident => $body:expr) => {{
+        let store: &Store = &$store;
+        let r: Result<_> = async {
+            match (&store.pool, &store.writer) {
+                (Pool::Sqlite(_), Some($pool)) => $body,
+                (Pool::Sqlite($pool), None) => $body,
+                (Pool::Postgres($pool), _) => $body,
+            }
+        }
+        .await;
+        r.map_err(|e| store.named(e))
+    }};
+}
+
+/// [`on_pool_raw`] for a body that returns a [`Result`]: a database error
+/// comes back naming the database it came from.
+macro_rules! on_pool {
+    ($store:expr, $pool:ident => $body:expr) => {{
+        let store: &Store = &$store;
+        let r: Result<_> = async { on_pool_raw!(store, $pool => $body) }.await;
+        r.map_err(|e| store.named(e))
+    }};
 }
 
 /// Whether `url` names a PostgreSQL database.
@@ -100,6 +127,24 @@ pub struct StoredQuery {
 pub use plexus_core::audit::AuditEntry;
 pub use plexus_core::merkle::Checkpoint;
 
+/// What [`Store::interrupted`] found.
+#[derive(Debug, Clone, Default)]
+pub struct Interrupted {
+    pub queries: Vec<InterruptedQuery>,
+    /// Jobs still out, as (job, query, node), whose outcome is not audited.
+    pub jobs: Vec<(String, String, String)>,
+}
+
+#[derive(Debug, Clone)]
+pub struct InterruptedQuery {
+    pub query: StoredQuery,
+    /// Whether the log holds its `query.submit` entry: without one, the
+    /// coordinator stopped before the query was accepted.
+    pub submit_audited: bool,
+    /// Whether the log holds its `query.result` entry already.
+    pub result_audited: bool,
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct AuditFilter {
     pub study_id: Option<String>,
@@ -112,6 +157,49 @@ pub struct AuditFilter {
 #[derive(Clone)]
 pub struct Store {
     pool: Pool,
+    /// On SQLite, the one connection every write goes through (`pool`
+    /// then only reads). Writers queue for it in the pool, without
+    /// SQLite's lock contention and its busy-wait sleeps between
+    /// connections. It runs with `synchronous = NORMAL`: a commit is
+    /// appended to the write-ahead log without an fsync, except an audit
+    /// batch, committed with `FULL`, whose fsync of the WAL file makes
+    /// every earlier commit durable with it. Every write the coordinator
+    /// acknowledges is followed by its audit entry, so nothing
+    /// acknowledged rests on an unsynced write, while one fsync per batch
+    /// of entries replaces one per statement. `None` on PostgreSQL (every
+    /// commit is durable there, and its own group commit gathers them) and
+    /// in the baseline mode (`coordinator.audit_group_commit = false`:
+    /// four connections that all write, every commit fsynced).
+    writer: Option<SqlitePool>,
+    /// The database as errors name it: the SQLite file, or the PostgreSQL
+    /// URL without its password.
+    name: std::sync::Arc<str>,
+}
+
+/// `url` as errors show it: a SQLite file's path, a PostgreSQL URL
+/// without its password.
+pub fn database_name(url: &str) -> String {
+    if let Some(path) = url
+        .strip_prefix("sqlite://")
+        .or(url.strip_prefix("sqlite:"))
+    {
+        return path.split('?').next().unwrap_or(path).to_string();
+    }
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let (authority, tail) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+            let authority = match authority.rsplit_once('@') {
+                Some((user, host)) => {
+                    let user = user.split(':').next().unwrap_or(user);
+                    format!("{user}@{host}")
+                }
+                None => authority.to_string(),
+            };
+            let tail = tail.split('?').next().unwrap_or(tail);
+            format!("{scheme}://{authority}{tail}")
+        }
+        None => url.to_string(),
+    }
 }
 
 impl Store {
@@ -127,8 +215,25 @@ impl Store {
     /// fencing `epoch` of the lease this coordinator holds, and the
     /// database refuses its writes once another coordinator took over.
     pub async fn open_fenced(url: &str, epoch: Option<i64>) -> Result<Self> {
+        Self::open_with(url, epoch, true).await
+    }
+
+    /// [`Store::open_fenced`]; `group_commit = false` opens SQLite the way
+    /// coordinators before group commit did (every commit fsynced, audit
+    /// entries through the shared connections), to measure against.
+    pub async fn open_with(url: &str, epoch: Option<i64>, group_commit: bool) -> Result<Self> {
+        let name: std::sync::Arc<str> = database_name(url).into();
+        let named = |e: sqlx::Error| crate::error::CoordinatorError::Db {
+            database: name.to_string(),
+            source: e,
+        };
+        let migrate = |e: sqlx::migrate::MigrateError| {
+            crate::error::CoordinatorError::Config(format!(
+                "cannot bring the database {name} up to date: {e}"
+            ))
+        };
         if is_postgres(url) {
-            let mut opts = PgConnectOptions::from_str(url)?;
+            let mut opts = PgConnectOptions::from_str(url).map_err(named)?;
             if let Some(epoch) = epoch {
                 opts = opts.options([("plexus.epoch", epoch.to_string())]);
             }
@@ -136,10 +241,16 @@ impl Store {
                 .max_connections(8)
                 .acquire_timeout(std::time::Duration::from_secs(10))
                 .connect_with(opts)
-                .await?;
-            sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+                .await
+                .map_err(named)?;
+            sqlx::migrate!("./migrations/postgres")
+                .run(&pool)
+                .await
+                .map_err(migrate)?;
             return Ok(Store {
                 pool: Pool::Postgres(pool),
+                writer: None,
+                name,
             });
         }
         if let Some(path) = url
@@ -158,20 +269,91 @@ impl Store {
                 })?;
             }
         }
-        let opts = SqliteConnectOptions::from_str(url)?
+        let opts = SqliteConnectOptions::from_str(url)
+            .map_err(named)?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
-            .busy_timeout(std::time::Duration::from_secs(10));
+            .busy_timeout(std::time::Duration::from_secs(10))
+            // A checkpoint truncates the WAL back to this size (64 MiB):
+            // a WAL that grew while the volume was full gives the space
+            // back instead of holding it.
+            .pragma("journal_size_limit", "67108864");
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
-            .connect_with(opts)
-            .await?;
-        sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
-        Ok(Store {
+            .connect_with(opts.clone())
+            .await
+            .map_err(named)?;
+        sqlx::migrate!("./migrations/sqlite")
+            .run(&pool)
+            .await
+            .map_err(migrate)?;
+        let writer = if group_commit {
+            Some(
+                SqlitePoolOptions::new()
+                    .max_connections(1)
+                    // Writers wait in this queue under load, not in SQLite.
+                    .acquire_timeout(std::time::Duration::from_secs(120))
+                    .connect_with(opts.synchronous(SqliteSynchronous::Normal))
+                    .await
+                    .map_err(named)?,
+            )
+        } else {
+            None
+        };
+        let store = Store {
             pool: Pool::Sqlite(pool),
+            writer,
+            name,
+        };
+        store.checkpoint_wal().await;
+        Ok(store)
+    }
+
+    /// Runs one statement (tests make the database misbehave with it).
+    #[cfg(test)]
+    pub(crate) async fn exec_for_test(&self, sql: &str) {
+        on_pool_raw!(self, pool => {
+            sqlx::query(sql).execute(pool).await.expect(sql);
         })
+    }
+
+    /// The database as errors name it.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `e` naming this store's database, when it is a database error.
+    pub(crate) fn named(
+        &self,
+        e: crate::error::CoordinatorError,
+    ) -> crate::error::CoordinatorError {
+        match e {
+            crate::error::CoordinatorError::Database(source) => {
+                crate::error::CoordinatorError::Db {
+                    database: self.name.to_string(),
+                    source,
+                }
+            }
+            other => other,
+        }
+    }
+
+    /// Moves everything in SQLite's write-ahead log into the database and
+    /// truncates the log to nothing (at start-up and at a clean stop): a
+    /// WAL that grew while the volume was full, or that a crash left,
+    /// gives its space back. A failure is only logged: the WAL is still
+    /// read correctly, it just keeps its size until the next checkpoint.
+    pub async fn checkpoint_wal(&self) {
+        if let Pool::Sqlite(pool) = &self.pool {
+            if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+                .execute(pool)
+                .await
+            {
+                tracing::warn!(database = %self.name, error = %e, "could not checkpoint and truncate the SQLite write-ahead log");
+            }
+        }
     }
 
     /// The PostgreSQL pool, when the store is on PostgreSQL (the lease
@@ -183,15 +365,80 @@ impl Store {
         }
     }
 
+    /// Closes the database after moving SQLite's write-ahead log into it.
     pub async fn close(&self) {
-        on_pool!(self, pool => pool.close().await)
+        self.checkpoint_wal().await;
+        if let Some(p) = &self.writer {
+            p.close().await;
+        }
+        on_pool_raw!(self, pool => pool.close().await)
     }
 
     /// Refuses every further use of the pool at once, without waiting for
     /// connections to close: nothing this store's owner still runs can
     /// write after it (statements already running finish).
     pub fn close_now(&self) {
-        on_pool!(self, pool => drop(pool.close()))
+        if let Some(p) = &self.writer {
+            drop(p.close());
+        }
+        on_pool_raw!(self, pool => drop(pool.close()))
+    }
+
+    /// What a previous process (or the active coordinator this one took
+    /// over from) left unfinished, to audit before
+    /// [`Store::fail_interrupted`] marks it failed: its pending queries,
+    /// each with whether the log holds its `query.submit` and its
+    /// `query.result` entry (a result is audited before it is stored, so
+    /// a crash between the two leaves a pending query already audited),
+    /// and their jobs still out whose outcome the log does not hold, as
+    /// (job, query, node).
+    pub async fn interrupted(&self) -> Result<Interrupted> {
+        let ids: Vec<String> = on_pool!(self, pool => {
+            Ok(sqlx::query_scalar(
+                "SELECT id FROM queries WHERE status = 'pending' ORDER BY submitted_at, id",
+            )
+            .fetch_all(pool)
+            .await?)
+        })?;
+        if ids.is_empty() {
+            return Ok(Interrupted::default());
+        }
+        let audited: Vec<(String, String)> = on_pool!(self, pool => {
+            let rows = sqlx::query(
+                "SELECT query_id, action FROM audit_events WHERE action IN ('query.submit', 'query.result') \
+                 AND query_id IN (SELECT id FROM queries WHERE status = 'pending')",
+            )
+            .fetch_all(pool)
+            .await?;
+            rows.iter()
+                .map(|r| Ok((r.try_get("query_id")?, r.try_get("action")?)))
+                .collect::<Result<Vec<_>>>()
+        })?;
+        let mut queries = Vec::with_capacity(ids.len());
+        for id in &ids {
+            if let Some(q) = self.query(id).await? {
+                let has = |action: &str| audited.iter().any(|(q, a)| q == id && a == action);
+                queries.push(InterruptedQuery {
+                    submit_audited: has("query.submit"),
+                    result_audited: has("query.result"),
+                    query: q,
+                });
+            }
+        }
+        let jobs = on_pool!(self, pool => {
+            let rows = sqlx::query(
+                "SELECT j.id, j.query_id, j.node_id FROM jobs j WHERE j.status = 'sent' \
+                 AND j.query_id IN (SELECT id FROM queries WHERE status = 'pending') \
+                 AND NOT EXISTS (SELECT 1 FROM audit_events a WHERE a.job_id = j.id \
+                 AND a.action = 'job' AND a.outcome <> 'sent') ORDER BY j.query_id, j.node_id, j.id",
+            )
+            .fetch_all(pool)
+            .await?;
+            rows.iter()
+                .map(|r| Ok((r.try_get("id")?, r.try_get("query_id")?, r.try_get("node_id")?)))
+                .collect::<Result<Vec<_>>>()
+        })?;
+        Ok(Interrupted { queries, jobs })
     }
 
     /// Queries left pending by a previous process (or by the active
@@ -199,7 +446,7 @@ impl Store {
     /// streams are gone. Marks them failed so researchers know to resubmit,
     /// and their jobs still out as interrupted.
     pub async fn fail_interrupted(&self) -> Result<u64> {
-        on_pool!(self, pool => {
+        on_writer!(self, pool => {
         let now = now_ms();
         sqlx::query(
             "UPDATE jobs SET status = 'interrupted', finished_at = $1 WHERE status = 'sent' \
@@ -221,7 +468,7 @@ impl Store {
     }
 
     pub async fn upsert_study(&self, def: &StudyDefinition, by: &str) -> Result<bool> {
-        on_pool!(self, pool => {
+        on_writer!(self, pool => {
         let json = serde_json::to_string(def).expect("study serialises");
         let existed = self.study(&def.id).await?.is_some();
         sqlx::query(
@@ -284,7 +531,7 @@ impl Store {
     }
 
     pub async fn insert_query(&self, q: &StoredQuery) -> Result<()> {
-        on_pool!(self, pool => {
+        on_writer!(self, pool => {
         sqlx::query(
             "INSERT INTO queries (id, study_id, researcher, query, query_hash, status, submitted_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -307,7 +554,7 @@ impl Store {
         id: &str,
         outcome: std::result::Result<&str, &plexus_core::Error>,
     ) -> Result<()> {
-        on_pool!(self, pool => {
+        on_writer!(self, pool => {
         let (status, result, code, message) = match outcome {
             Ok(json) => (QueryStatus::Succeeded, Some(json.to_string()), None, None),
             Err(e) => (
@@ -364,7 +611,7 @@ impl Store {
     }
 
     pub async fn insert_job(&self, job_id: &str, query_id: &str, node_id: &str) -> Result<()> {
-        on_pool!(self, pool => {
+        on_writer!(self, pool => {
         sqlx::query(
             "INSERT INTO jobs (id, query_id, node_id, status, sent_at) VALUES ($1, $2, $3, 'sent', $4)",
         )
@@ -385,15 +632,35 @@ impl Store {
         stats_json: Option<String>,
         error: Option<&plexus_core::Error>,
     ) -> Result<()> {
-        on_pool!(self, pool => {
+        self.finish_signed_job(job_id, status, stats_json, error, None)
+            .await
+    }
+
+    /// [`Store::finish_job`] keeping, in the same statement, the node's
+    /// signed statement, its signature and the certificate it verified
+    /// against (see [`Store::record_signature`]).
+    pub async fn finish_signed_job(
+        &self,
+        job_id: &str,
+        status: &str,
+        stats_json: Option<String>,
+        error: Option<&plexus_core::Error>,
+        signed: Option<(&[u8], &[u8], &[u8])>,
+    ) -> Result<()> {
+        on_writer!(self, pool => {
         sqlx::query(
-            "UPDATE jobs SET status = $1, stats = $2, error_code = $3, error_message = $4, finished_at = $5 WHERE id = $6",
+            "UPDATE jobs SET status = $1, stats = $2, error_code = $3, error_message = $4, finished_at = $5, \
+             statement = COALESCE($6, statement), signature = COALESCE($7, signature), \
+             node_certificate = COALESCE($8, node_certificate) WHERE id = $9",
         )
         .bind(status)
         .bind(stats_json)
         .bind(error.map(|e| e.code.as_str().to_string()))
         .bind(error.map(|e| e.message.clone()))
         .bind(now_ms())
+        .bind(signed.map(|s| s.0))
+        .bind(signed.map(|s| s.1))
+        .bind(signed.map(|s| s.2))
         .bind(job_id)
         .execute(pool)
         .await?;
@@ -410,7 +677,7 @@ impl Store {
         canonical_hash: &str,
         rho: f64,
     ) -> Result<()> {
-        on_pool!(self, pool => {
+        on_writer!(self, pool => {
         sqlx::query(
             "INSERT INTO privacy_charges (query_id, study_id, canonical_hash, rho, at_unix_ms) VALUES ($1, $2, $3, $4, $5) \
              ON CONFLICT (query_id) DO UPDATE SET rho = excluded.rho",
@@ -467,7 +734,7 @@ impl Store {
         spent: f64,
         budget: f64,
     ) -> Result<()> {
-        on_pool!(self, pool => {
+        on_writer!(self, pool => {
         sqlx::query(
             "INSERT INTO node_budgets (study_id, node_id, spent_rho, budget_rho, updated_unix_ms) VALUES ($1, $2, $3, $4, $5) \
              ON CONFLICT (study_id, node_id) DO UPDATE SET \
@@ -516,7 +783,7 @@ impl Store {
         signature: &[u8],
         certificate: &[u8],
     ) -> Result<()> {
-        on_pool!(self, pool => {
+        on_writer!(self, pool => {
         sqlx::query(
             "UPDATE jobs SET statement = $1, signature = $2, node_certificate = $3 WHERE id = $4",
         )
@@ -586,7 +853,7 @@ impl Store {
     /// Appends an entry at the `seq` it carries (the log's next position,
     /// assigned by the caller that keeps the Merkle tree).
     pub async fn append_audit(&self, e: &AuditEntry) -> Result<i64> {
-        on_pool!(self, pool => {
+        on_writer!(self, pool => {
         insert_audit!(e).execute(pool).await?;
         Ok(e.seq)
         })
@@ -660,7 +927,7 @@ impl Store {
         let (tx, rx) = tokio::sync::mpsc::channel(2);
         let store = self.clone();
         tokio::spawn(async move {
-            let last: std::result::Result<i64, _> = on_pool!(store, pool => {
+            let last: std::result::Result<i64, _> = on_pool_raw!(store, pool => {
                 sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM audit_events")
                     .fetch_one(pool)
                     .await
@@ -668,7 +935,7 @@ impl Store {
             let last = match last {
                 Ok(last) => last,
                 Err(e) => {
-                    let _ = tx.send(Err(e.into())).await;
+                    let _ = tx.send(Err(store.named(e.into()))).await;
                     return;
                 }
             };
@@ -724,9 +991,35 @@ impl Store {
         })
     }
 
-    /// Writes many entries in one transaction (an import, or a benchmark
-    /// filling a log); each carries its own `seq`.
+    /// Writes many entries in one transaction, each at the `seq` it
+    /// carries: all of them or none (a batch of the group commit, an
+    /// import, or a benchmark filling a log).
     pub async fn append_audit_batch(&self, entries: &[AuditEntry]) -> Result<()> {
+        if let Some(writer) = &self.writer {
+            let r: Result<()> = async {
+                let mut conn = writer.acquire().await?;
+                // This commit fsyncs the WAL, and with it every earlier
+                // commit of the NORMAL writes (see [`Store::writer`]).
+                sqlx::query("PRAGMA synchronous = FULL")
+                    .execute(&mut *conn)
+                    .await?;
+                let written: Result<()> = async {
+                    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+                    for e in entries {
+                        insert_audit!(e).execute(&mut *tx).await?;
+                    }
+                    tx.commit().await?;
+                    Ok(())
+                }
+                .await;
+                sqlx::query("PRAGMA synchronous = NORMAL")
+                    .execute(&mut *conn)
+                    .await?;
+                written
+            }
+            .await;
+            return r.map_err(|e| self.named(e));
+        }
         on_pool!(self, pool => {
         let mut tx = pool.begin().await?;
         for e in entries {
@@ -738,7 +1031,7 @@ impl Store {
     }
 
     pub async fn insert_checkpoint(&self, c: &Checkpoint) -> Result<()> {
-        on_pool!(self, pool => {
+        on_writer!(self, pool => {
         sqlx::query(
             "INSERT INTO audit_checkpoints (origin, size, root, at, signature) VALUES ($1, $2, $3, $4, $5)",
         )

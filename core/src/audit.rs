@@ -64,7 +64,9 @@ impl AuditEntry {
         !(self.outcome.starts_with("refused")
             || self.outcome.starts_with("failed")
             || self.outcome.starts_with("missing")
-            || self.outcome.starts_with("rejected"))
+            || self.outcome.starts_with("rejected")
+            || self.outcome.starts_with("interrupted")
+            || self.outcome.starts_with("unsent"))
     }
 
     /// The entry as a FHIR R4 AuditEvent resource: who → agent, what →

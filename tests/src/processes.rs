@@ -67,15 +67,12 @@ fn build_binaries() -> Result<Binaries> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(repo_root())
+        // The workspace's binaries with the dependency features of
+        // `cargo test --workspace` (selecting examples, of which there are
+        // none, turns the dev-dependencies on): the dependencies built for
+        // the tests are reused instead of compiled again with other features.
         .args(["build", "--locked", "--quiet"])
-        .args([
-            "-p",
-            "plexus",
-            "-p",
-            "plexus-node",
-            "-p",
-            "plexus-coordinator",
-        ])
+        .args(["--workspace", "--bins", "--examples"])
         .arg("--target-dir")
         .arg(target_dir);
     if release {

@@ -141,8 +141,12 @@ impl Research for ResearchService {
             .insert_query(&stored)
             .await
             .map_err(|e| e.to_status())?;
-        self.state
-            .audit(AuditEntry {
+        // Write-ahead: the query is accepted (and run) only once its
+        // `query.submit` entry is durable. Not recorded, not run.
+        let submitted = self
+            .state
+            .audit_log
+            .append(AuditEntry {
                 who: who.name.clone(),
                 role: "researcher".into(),
                 action: "query.submit".into(),
@@ -160,6 +164,32 @@ impl Research for ResearchService {
                 ..Default::default()
             })
             .await;
+        match submitted {
+            Ok(seq) => {
+                self.state.metrics.audit_entries.set(seq);
+            }
+            Err(e) => {
+                let e = e.to_core();
+                let e = Error::new(
+                    e.code,
+                    format!(
+                        "query {id} was not run: {} (submit it again once the coordinator's database takes writes)",
+                        e.message
+                    ),
+                );
+                tracing::error!(query_id = %id, error = %e.message, "query refused: its audit entry could not be written");
+                if let Err(stored) = self.state.store.finish_query(&id, Err(&e)).await {
+                    // Still pending: the next start marks it interrupted
+                    // and audits that.
+                    tracing::warn!(query_id = %id, error = %stored, "could not mark the refused query failed");
+                }
+                self.state.metrics.query(
+                    query.analysis.kind().as_str(),
+                    &format!("refused:{}", e.code),
+                );
+                return Err(to_status(&e));
+            }
+        }
         self.state.queries.spawn(crate::query::run(
             self.state.clone(),
             id.clone(),
