@@ -160,7 +160,14 @@ async fn auditors_verify_prove_reconcile_and_export_the_log() {
     let text = std::fs::read_to_string(&b_log).unwrap();
     let first_line = text.lines().next().unwrap().to_string();
     let deleted: serde_json::Value = serde_json::from_str(&first_line).unwrap();
-    let rest: String = text.lines().skip(1).map(|l| format!("{l}\n")).collect();
+    // Every entry of that job (its write-ahead `accepted` and its outcome).
+    let rest: String = text
+        .lines()
+        .filter(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["job_id"] != deleted["job_id"]
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
     let edited_dir = sb.dir.join("b-log-copy");
     std::fs::create_dir_all(&edited_dir).unwrap();
     std::fs::write(edited_dir.join("jobs.log.jsonl"), rest).unwrap();

@@ -113,9 +113,10 @@ async fn each_model_rule_refuses_with_its_reason() {
     sb.shutdown().await.unwrap();
 }
 
+/// The outcomes in a node's job log (not its write-ahead `accepted` entries).
 fn log_lines(path: &PathBuf) -> usize {
-    std::fs::read_to_string(path)
-        .map(|t| t.lines().count())
+    plexus_node::log::JobLog::read_outcomes(path)
+        .map(|entries| entries.len())
         .unwrap_or(0)
 }
 

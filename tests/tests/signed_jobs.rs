@@ -193,7 +193,8 @@ async fn tampered_expired_replayed_and_misaddressed_jobs_are_refused_and_logged(
     assert!(m.contains("replay") || m.contains("already"), "{m}");
 
     let log =
-        plexus_node::log::JobLog::read_all(&config.node.state_dir.join("jobs.log.jsonl")).unwrap();
+        plexus_node::log::JobLog::read_outcomes(&config.node.state_dir.join("jobs.log.jsonl"))
+            .unwrap();
     let outcomes: Vec<(&str, &str)> = log
         .iter()
         .map(|e| (e.job_id.as_str(), e.outcome.as_str()))
