@@ -233,7 +233,14 @@ impl NodeLog {
                 file.display()
             )
         })?;
-        let lines = text
+        // A last line without its newline is still being written (or was
+        // torn by a crash, and the node cuts it off when it starts): it
+        // holds no entry yet.
+        let whole = match text.rfind('\n') {
+            Some(i) => &text[..=i],
+            None => "",
+        };
+        let lines = whole
             .lines()
             .filter(|l| !l.is_empty())
             .map(String::from)

@@ -176,9 +176,20 @@ impl JobRunner {
         match opened {
             Ok(job) => {
                 // Nothing is taken while the records cannot be written.
+                // The refusal is logged once the log can be written again.
                 if let Err(e) = self.check_storage() {
                     warn!(job_id = %job.job_id, reason = %e, "job refused: the node's records cannot be written");
                     self.metrics.job(&format!("failed:{}", e.code), 0.0);
+                    self.log_later(LogEntry {
+                        at: now.to_rfc3339(),
+                        job_id: job.job_id.clone(),
+                        study_id: job.study_id.clone(),
+                        query_hash: job.query_hash.clone(),
+                        analysis: "unknown".into(),
+                        outcome: format!("failed:{}", e.code),
+                        detail: e.message.clone(),
+                        ..Default::default()
+                    });
                     return Some(answer(self.result(&job.job_id, job_hash, Err(e))));
                 }
                 self.run(job, job_hash).await
@@ -196,7 +207,9 @@ impl JobRunner {
                     ..Default::default()
                 };
                 if let Err(e) = self.log.append(&entry) {
-                    warn!(error = %e, "cannot write the local job log");
+                    let e = self.log_failed(&e);
+                    warn!(reason = %e, "cannot write the local job log");
+                    self.log_later(entry);
                 }
                 Some(answer(self.result(
                     &refusal.job_id,
@@ -267,6 +280,11 @@ impl JobRunner {
             if let Err(e) = self.log.append(&accepted) {
                 let e = self.log_failed(&e);
                 warn!(reason = %e, "job refused: cannot write the job log");
+                self.log_later(LogEntry {
+                    outcome: format!("failed:{}", e.code),
+                    detail: e.message.clone(),
+                    ..accepted
+                });
                 self.metrics.job(
                     &format!("failed:{}", e.code),
                     started.elapsed().as_secs_f64(),
@@ -275,11 +293,7 @@ impl JobRunner {
             }
             let mut outcome = self.execute(&job).await;
             if let Some(problem) = self.ledger.trouble() {
-                self.readiness.set(
-                    STORAGE_CHECK,
-                    false,
-                    format!("{problem}; jobs are refused until it can"),
-                );
+                self.records_failing(&problem);
             }
             // Under secure aggregation the steward reviews the clear
             // release that is to be masked, and it is masked on approval.
@@ -352,7 +366,7 @@ impl JobRunner {
                 // is logged once the log can be written again.
                 let e = self.log_failed(&e);
                 warn!(reason = %e, "cannot write the local job log; refusing the job");
-                self.unlogged.lock().expect("unlogged lock").push(LogEntry {
+                self.log_later(LogEntry {
                     at: chrono::Utc::now().to_rfc3339(),
                     outcome: format!("failed:{}", e.code),
                     detail: format!("answered unavailable, with nothing released: {}", e.message),
@@ -685,15 +699,27 @@ impl JobRunner {
             "cannot write the job log {}: {e}",
             self.log.path().display()
         );
+        self.records_failing(&problem);
+        Error::unavailable(format!(
+            "node {} {problem}; nothing was released, and the node takes no jobs until the hospital's IT frees space in its state folder or fixes the disk",
+            self.config.node.id
+        ))
+    }
+
+    /// An outcome the job log could not take now, written (in order) once
+    /// it can, so the log still holds every job the node answered.
+    fn log_later(&self, entry: LogEntry) {
+        self.unlogged.lock().expect("unlogged lock").push(entry);
+    }
+
+    /// The node's records cannot be written: not ready, and the metric says so.
+    fn records_failing(&self, problem: &str) {
+        self.metrics.records_writable.set(0);
         self.readiness.set(
             STORAGE_CHECK,
             false,
             format!("{problem}; jobs are refused until it can"),
         );
-        Error::unavailable(format!(
-            "node {} {problem}; nothing was released, and the node takes no jobs until the hospital's IT frees space in its state folder or fixes the disk",
-            self.config.node.id
-        ))
     }
 
     /// What stops the node's records from being written, if anything.
@@ -713,11 +739,7 @@ impl JobRunner {
             return Ok(());
         };
         let unavailable = |problem: &str| {
-            self.readiness.set(
-                STORAGE_CHECK,
-                false,
-                format!("{problem}; jobs are refused until it can"),
-            );
+            self.records_failing(problem);
             Error::unavailable(format!(
                 "node {} {problem}; the node takes no jobs until the hospital's IT frees space in its state folder or fixes the disk",
                 self.config.node.id
@@ -755,6 +777,8 @@ impl JobRunner {
             unlogged.remove(0);
         }
         info!("the node's records can be written again; taking jobs");
+        self.metrics.records_writable.set(1);
+        self.metrics.records_writable.set(1);
         self.readiness.set(STORAGE_CHECK, true, "");
         Ok(())
     }
@@ -779,7 +803,7 @@ impl JobRunner {
         if let Err(e) = self.log.append(&entry) {
             let e = self.log_failed(&e);
             warn!(reason = %e, "cannot log a dropped job; it is logged when the log can be written");
-            self.unlogged.lock().expect("unlogged lock").push(entry);
+            self.log_later(entry);
         }
     }
 

@@ -154,6 +154,12 @@ impl Ledger {
         Ok(ledger)
     }
 
+    /// Opens the ledger read-only, checked as at start-up, beside a node
+    /// that may be running (a tool or a test reading what was spent).
+    pub fn read(dir: &Path) -> Result<Self> {
+        Self::open_mode(dir, Mode::Read)
+    }
+
     /// Opens the ledger read-only with the node's audit key, to sign a
     /// checkpoint beside a running node (`plexus-node checkpoint`).
     pub fn open_to_sign(dir: &Path, node_id: &str) -> Result<Self> {
