@@ -317,12 +317,14 @@ async fn node_job_logs_verify_against_their_own_checkpoints() {
         let log = NodeLog::read(&dir).unwrap();
         let key = audit::load_key(&log.key_beside()).unwrap();
         let report = audit::verify_node(&log, &key).unwrap();
-        assert_eq!(report.entries, 2);
-        assert_eq!(report.latest.as_ref().unwrap().size, 2);
+        // Each job: its write-ahead `accepted` entry, then its outcome.
+        assert_eq!(report.entries, 4);
+        assert_eq!(report.latest.as_ref().unwrap().size, 4);
 
         // An edited line fails.
         let mut edited = NodeLog::read(&dir).unwrap();
-        edited.lines[0] = edited.lines[0].replace("released", "refused:policy");
+        assert!(edited.lines[1].contains("released"), "{:?}", edited.lines);
+        edited.lines[1] = edited.lines[1].replace("released", "refused:policy");
         let e = audit::verify_node(&edited, &key).unwrap_err();
         assert!(format!("{e:#}").contains("edited"), "{e:#}");
         // A truncated log fails.
