@@ -4,7 +4,7 @@
 //! tree is rebuilt from the entries themselves, and proofs are verified
 //! locally.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -233,7 +233,14 @@ impl NodeLog {
                 file.display()
             )
         })?;
-        let lines = text
+        // A last line without its newline is still being written (or was
+        // torn by a crash, and the node cuts it off when it starts): it
+        // holds no entry yet.
+        let whole = match text.rfind('\n') {
+            Some(i) => &text[..=i],
+            None => "",
+        };
+        let lines = whole
             .lines()
             .filter(|l| !l.is_empty())
             .map(String::from)
@@ -249,18 +256,25 @@ impl NodeLog {
 
     /// The job ids the node recorded.
     pub fn job_ids(&self) -> anyhow::Result<BTreeSet<String>> {
-        self.lines
-            .iter()
-            .enumerate()
-            .map(|(i, l)| {
-                serde_json::from_str::<plexus_node::log::LogEntry>(l)
-                    .map(|e| e.job_id)
-                    .with_context(|| {
-                        format!("line {} of the node's job log is not an entry", i + 1)
-                    })
-            })
-            .filter(|id| !matches!(id.as_deref(), Ok("")))
-            .collect()
+        Ok(self.jobs()?.into_keys().collect())
+    }
+
+    /// Each job the node recorded, with what became of it: its last
+    /// outcome, or `accepted` while it has none.
+    pub fn jobs(&self) -> anyhow::Result<BTreeMap<String, String>> {
+        let mut jobs = BTreeMap::new();
+        for (i, l) in self.lines.iter().enumerate() {
+            let e = serde_json::from_str::<plexus_node::log::LogEntry>(l)
+                .with_context(|| format!("line {} of the node's job log is not an entry", i + 1))?;
+            if e.job_id.is_empty() {
+                continue;
+            }
+            let last = jobs.entry(e.job_id).or_insert_with(String::new);
+            if e.outcome != plexus_node::log::ACCEPTED || last.is_empty() {
+                *last = e.outcome;
+            }
+        }
+        Ok(jobs)
     }
 
     /// The node's audit key beside its log, when the auditor pinned none.
@@ -307,29 +321,49 @@ pub fn verify_node(log: &NodeLog, key: &[u8]) -> anyhow::Result<NodeVerifyReport
     })
 }
 
-/// What `plexus audit reconcile` found: jobs one side has and the other not.
+/// What `plexus audit reconcile` found: jobs one side has and the other
+/// not, or whose ends the two sides tell differently.
+///
+/// Consistent, so not listed: a job both logs hold; a job the coordinator
+/// sent and recorded `missing` (no answer came) that the node never logged
+/// (it never reached the node) or logged as dropped (its link broke, or it
+/// was killed, with the job in hand). A job the node accepted and has no
+/// outcome for yet is counted as in flight.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Reconciliation {
     pub node: String,
     /// Jobs in both logs.
     pub matched: usize,
-    /// Sent by the coordinator, absent from the node's log.
+    /// Jobs sent that never reached the node or that it dropped, which the
+    /// coordinator also recorded as unanswered.
+    pub unanswered: usize,
+    /// Jobs the node accepted and has no outcome for yet (running, or the
+    /// node stopped and has not started again).
+    pub in_flight: Vec<String>,
+    /// Sent by the coordinator and answered in its log, absent from the
+    /// node's.
     pub only_coordinator: Vec<String>,
     /// In the node's log, absent from the coordinator's.
     pub only_node: Vec<String>,
-    /// Sent in the coordinator's log, then recorded there as never handed
-    /// to the node's stream (`unsent`) or as cut off by a coordinator
-    /// restart before any answer (`interrupted`), and absent from the
-    /// node's log: the job never reached the node, which both logs agree
-    /// on. Listed, not a difference: with the `sent` entry written ahead
-    /// of the job, a crash between the two leaves exactly this.
-    pub undelivered: Vec<String>,
+    /// The node logged the job dropped, the coordinator an answer.
+    pub dropped_but_answered: Vec<String>,
 }
 
 impl Reconciliation {
     pub fn is_clean(&self) -> bool {
-        self.only_coordinator.is_empty() && self.only_node.is_empty()
+        self.only_coordinator.is_empty()
+            && self.only_node.is_empty()
+            && self.dropped_but_answered.is_empty()
     }
+}
+
+/// Whether the coordinator recorded no answer for a job: it recorded it
+/// `missing` (or another end without an answer), or no end at all yet.
+fn unanswered(outcome: Option<&String>) -> bool {
+    !matches!(
+        outcome.map(String::as_str),
+        Some(o) if matches!(o, "answered" | "refused" | "invalid" | "held") || o.starts_with("reviewed")
+    )
 }
 
 /// Compares the jobs the coordinator sent to `node` with the node's log.
@@ -338,35 +372,47 @@ pub async fn reconcile(
     log: &NodeLog,
     node: &str,
 ) -> anyhow::Result<Reconciliation> {
-    let at_node = log.job_ids()?;
+    let at_node = log.jobs()?;
     let mut sent = BTreeSet::new();
-    let mut not_delivered = BTreeSet::new();
+    let mut ended: BTreeMap<String, String> = BTreeMap::new();
     stream_log(client, |e| {
         if e.action == "job" && e.node_id == node {
-            match e.outcome.as_str() {
-                "sent" => {
-                    sent.insert(e.job_id);
-                }
-                "unsent" | "interrupted" => {
-                    not_delivered.insert(e.job_id);
-                }
-                _ => {}
+            if e.outcome == "sent" {
+                sent.insert(e.job_id);
+            } else {
+                ended.insert(e.job_id, e.outcome);
             }
         }
         Ok(())
     })
     .await?;
-    let (undelivered, only_coordinator): (Vec<String>, Vec<String>) = sent
-        .difference(&at_node)
-        .cloned()
-        .partition(|id| not_delivered.contains(id));
-    Ok(Reconciliation {
+    let mut r = Reconciliation {
         node: node.to_string(),
-        matched: sent.intersection(&at_node).count(),
-        only_coordinator,
-        only_node: at_node.difference(&sent).cloned().collect(),
-        undelivered,
-    })
+        ..Default::default()
+    };
+    for id in &sent {
+        let coordinator = ended.get(id);
+        match at_node.get(id) {
+            None if unanswered(coordinator) => r.unanswered += 1,
+            None => r.only_coordinator.push(id.clone()),
+            Some(o) if o.starts_with("dropped") && !unanswered(coordinator) => {
+                r.dropped_but_answered.push(id.clone())
+            }
+            Some(o) if o.starts_with("dropped") => r.unanswered += 1,
+            Some(o) => {
+                if o == plexus_node::log::ACCEPTED {
+                    r.in_flight.push(id.clone());
+                }
+                r.matched += 1;
+            }
+        }
+    }
+    r.only_node = at_node
+        .keys()
+        .filter(|id| !sent.contains(*id))
+        .cloned()
+        .collect();
+    Ok(r)
 }
 
 /// Which entries an export or listing keeps.
@@ -589,12 +635,26 @@ pub async fn cmd_reconcile(
         print_json(&r)?;
     } else {
         println!(
-            "node {}: {} jobs in both logs, {} only in the coordinator's, {} only in the node's",
+            "node {}: {} jobs in both logs, {} unanswered by both accounts, {} only in the coordinator's, {} only in the node's, {} dropped by the node but answered by the coordinator's",
             safe(&r.node),
             r.matched,
+            r.unanswered,
             r.only_coordinator.len(),
-            r.only_node.len()
+            r.only_node.len(),
+            r.dropped_but_answered.len()
         );
+        for id in &r.in_flight {
+            println!(
+                "  accepted by the node, no outcome yet (running, or the node has not restarted since it stopped): {}",
+                safe(id)
+            );
+        }
+        for id in &r.dropped_but_answered {
+            println!(
+                "  dropped in the node's log, answered in the coordinator's: {}",
+                safe(id)
+            );
+        }
         for id in &r.only_coordinator {
             println!(
                 "  sent by the coordinator, not in the node's log: {}",
@@ -607,17 +667,11 @@ pub async fn cmd_reconcile(
                 safe(id)
             );
         }
-        if !r.undelivered.is_empty() {
-            println!(
-                "{} more sent but never delivered, as the coordinator's log records (unsent, or interrupted by a coordinator restart) and the node's log agrees",
-                r.undelivered.len()
-            );
-        }
     }
     if !r.is_clean() {
         bail!(
             "the logs disagree about {} jobs",
-            r.only_coordinator.len() + r.only_node.len()
+            r.only_coordinator.len() + r.only_node.len() + r.dropped_but_answered.len()
         );
     }
     Ok(())

@@ -164,16 +164,19 @@ impl SeenJobs {
         })
         .expect("serialises");
         line.push(b'\n');
-        inner
-            .0
-            .write_all(&line)
-            .and_then(|_| inner.0.sync_data())
-            .map_err(|e| {
-                Error::internal(format!(
-                    "cannot record the job in {}: {e}; refused (check the node's state folder)",
-                    self.path.display()
-                ))
-            })?;
+        // A failed write (a full disk) is cut back off, so the next id is
+        // not appended to a fragment.
+        let len = inner.0.metadata().map(|m| m.len());
+        let written = inner.0.write_all(&line).and_then(|_| inner.0.sync_data());
+        if let Err(e) = written {
+            if let Ok(len) = len {
+                let _ = inner.0.set_len(len);
+            }
+            return Err(Error::unavailable(format!(
+                "cannot record the job in {}: {e}; nothing was computed, and the node takes no jobs until the hospital's IT frees space in its state folder or fixes the disk",
+                self.path.display()
+            )));
+        }
         inner.1.insert(job_id.to_string(), expires_unix_ms);
         Ok(())
     }

@@ -61,13 +61,20 @@ pub struct JobRunner {
     /// [`crate::RunOptions::clock_skew_ms`]).
     pub clock_skew_ms: i64,
     pub metrics: Arc<crate::metrics::NodeMetrics>,
-    /// `/readyz`: connected to the coordinator and the data source healthy
-    /// (a data source that cannot read calls `readiness.set_degraded`).
+    /// `/readyz`: connected to the coordinator, the data source healthy
+    /// (a data source that cannot read calls `readiness.set_degraded`) and
+    /// the ledger and job log writable ([`STORAGE_CHECK`]).
     pub readiness: plexus_ops::Readiness,
+    /// Outcomes the job log could not take when they happened (a full
+    /// disk), written once it can.
+    pub unlogged: std::sync::Mutex<Vec<LogEntry>>,
 }
 
 /// The readiness check for this node's clock against the coordinator's.
 pub const CLOCK_CHECK: &str = "clock";
+/// The readiness check the node's records own: failing while the ledger
+/// or the job log cannot be written.
+pub const STORAGE_CHECK: &str = "storage";
 
 /// How this node protects one job's answer.
 #[derive(Debug, Clone, Copy)]
@@ -167,7 +174,26 @@ impl JobRunner {
             &self.seen,
         );
         match opened {
-            Ok(job) => self.run(job, job_hash).await,
+            Ok(job) => {
+                // Nothing is taken while the records cannot be written.
+                // The refusal is logged once the log can be written again.
+                if let Err(e) = self.check_storage() {
+                    warn!(job_id = %job.job_id, reason = %e, "job refused: the node's records cannot be written");
+                    self.metrics.job(&format!("failed:{}", e.code), 0.0);
+                    self.log_later(LogEntry {
+                        at: now.to_rfc3339(),
+                        job_id: job.job_id.clone(),
+                        study_id: job.study_id.clone(),
+                        query_hash: job.query_hash.clone(),
+                        analysis: "unknown".into(),
+                        outcome: format!("failed:{}", e.code),
+                        detail: e.message.clone(),
+                        ..Default::default()
+                    });
+                    return Some(answer(self.result(&job.job_id, job_hash, Err(e))));
+                }
+                self.run(job, job_hash).await
+            }
             Err(refusal) => {
                 warn!(job_id = %refusal.job_id, reason = %refusal.error, "job envelope refused");
                 self.metrics
@@ -181,7 +207,9 @@ impl JobRunner {
                     ..Default::default()
                 };
                 if let Err(e) = self.log.append(&entry) {
-                    warn!(error = %e, "cannot write the local job log");
+                    let e = self.log_failed(&e);
+                    warn!(reason = %e, "cannot write the local job log");
+                    self.log_later(entry);
                 }
                 Some(answer(self.result(
                     &refusal.job_id,
@@ -238,7 +266,35 @@ impl JobRunner {
                 .and_then(|p| Purpose::try_from(p.clone()).ok())
                 .map(|p| p.to_string())
                 .unwrap_or_else(|| "invalid".into());
+            // Write-ahead: the job is in the log before anything is computed.
+            let accepted = LogEntry {
+                at: chrono::Utc::now().to_rfc3339(),
+                job_id: job.job_id.clone(),
+                study_id: job.study_id.clone(),
+                purpose: purpose.clone(),
+                query_hash: job.query_hash.clone(),
+                analysis: analysis.into(),
+                outcome: crate::log::ACCEPTED.into(),
+                ..Default::default()
+            };
+            if let Err(e) = self.log.append(&accepted) {
+                let e = self.log_failed(&e);
+                warn!(reason = %e, "job refused: cannot write the job log");
+                self.log_later(LogEntry {
+                    outcome: format!("failed:{}", e.code),
+                    detail: e.message.clone(),
+                    ..accepted
+                });
+                self.metrics.job(
+                    &format!("failed:{}", e.code),
+                    started.elapsed().as_secs_f64(),
+                );
+                return Some(answer(self.result(&job.job_id, job_hash, Err(e))));
+            }
             let mut outcome = self.execute(&job).await;
+            if let Some(problem) = self.ledger.trouble() {
+                self.records_failing(&problem);
+            }
             // Under secure aggregation the steward reviews the clear
             // release that is to be masked, and it is masked on approval.
             if let Ok((Reply::ToMask(stats, mask), receipt)) = &outcome {
@@ -246,7 +302,14 @@ impl JobRunner {
                     self.metrics.job("held", started.elapsed().as_secs_f64());
                     self.record_budget(&job.study_id);
                     let held = HeldMask::of(mask);
-                    return Some(self.hold(&job, job_hash, (stats, receipt.as_ref()), analysis, &purpose, Some(held)));
+                    return Some(self.hold(
+                        &job,
+                        job_hash,
+                        (stats, receipt.as_ref()),
+                        analysis,
+                        &purpose,
+                        Some(held),
+                    ));
                 }
                 let (stats, mask, receipt) = (stats.clone(), mask.clone(), *receipt);
                 outcome = self.mask_release(&stats, &mask).map(|r| (r, receipt));
@@ -262,13 +325,25 @@ impl JobRunner {
                 if self.config.policy.reviews(&job.study_id) {
                     self.metrics.job("held", started.elapsed().as_secs_f64());
                     self.record_budget(&job.study_id);
-                    return Some(self.hold(&job, job_hash, (stats, receipt.as_ref()), analysis, &purpose, None));
+                    return Some(self.hold(
+                        &job,
+                        job_hash,
+                        (stats, receipt.as_ref()),
+                        analysis,
+                        &purpose,
+                        None,
+                    ));
                 }
             }
             let (label, detail) = match &outcome {
                 Ok((Reply::Refused(e), _)) => (format!("refused:{}", e.code), e.message.clone()),
                 Ok((reply, receipt)) => ("released".to_string(), describe(reply, receipt.as_ref())),
-                Err(e) if matches!(e.code, plexus_core::ErrorCode::Policy | plexus_core::ErrorCode::Disclosure) => {
+                Err(e)
+                    if matches!(
+                        e.code,
+                        plexus_core::ErrorCode::Policy | plexus_core::ErrorCode::Disclosure
+                    ) =>
+                {
                     (format!("refused:{}", e.code), e.message.clone())
                 }
                 Err(e) => (format!("failed:{}", e.code), e.message.clone()),
@@ -287,11 +362,23 @@ impl JobRunner {
                 privacy_remaining: receipt.map(|r| (r.budget_rho - r.spent_rho).max(0.0)),
             };
             if let Err(e) = self.log.append(&entry) {
-                // Refuse to release anything we could not log.
-                warn!(error = %e, "cannot write the local job log; refusing the job");
-                return Some(answer(self.result(&job.job_id, job_hash, Err(Error::internal(
-                    "the node could not write its local job log; ask the hospital's IT to check the node's state folder",
-                )))));
+                // Refuse to release anything we could not log; the refusal
+                // is logged once the log can be written again.
+                let e = self.log_failed(&e);
+                warn!(reason = %e, "cannot write the local job log; refusing the job");
+                self.log_later(LogEntry {
+                    at: chrono::Utc::now().to_rfc3339(),
+                    outcome: format!("failed:{}", e.code),
+                    detail: format!("answered unavailable, with nothing released: {}", e.message),
+                    privacy_cost: None,
+                    privacy_remaining: None,
+                    ..entry
+                });
+                self.metrics.job(
+                    &format!("failed:{}", e.code),
+                    started.elapsed().as_secs_f64(),
+                );
+                return Some(answer(self.result(&job.job_id, job_hash, Err(e))));
             }
             info!(outcome = %label, analysis, "job done");
             self.metrics.job(&label, started.elapsed().as_secs_f64());
@@ -605,6 +692,121 @@ fn round_text(checked: &Checked) -> String {
 }
 
 impl JobRunner {
+    /// The job log could not be written: the node turns not ready, and the
+    /// job is answered `unavailable`, naming the file (never the data).
+    pub(crate) fn log_failed(&self, e: &std::io::Error) -> Error {
+        let problem = format!(
+            "cannot write the job log {}: {e}",
+            self.log.path().display()
+        );
+        self.records_failing(&problem);
+        Error::unavailable(format!(
+            "node {} {problem}; nothing was released, and the node takes no jobs until the hospital's IT frees space in its state folder or fixes the disk",
+            self.config.node.id
+        ))
+    }
+
+    /// An outcome the job log could not take now, written (in order) once
+    /// it can, so the log still holds every job the node answered.
+    fn log_later(&self, entry: LogEntry) {
+        self.unlogged.lock().expect("unlogged lock").push(entry);
+    }
+
+    /// The node's records cannot be written: not ready, and the metric says so.
+    fn records_failing(&self, problem: &str) {
+        self.metrics.records_writable.set(0);
+        self.readiness.set(
+            STORAGE_CHECK,
+            false,
+            format!("{problem}; jobs are refused until it can"),
+        );
+    }
+
+    /// What stops the node's records from being written, if anything.
+    pub fn storage_problem(&self) -> Option<String> {
+        self.ledger.trouble().or_else(|| self.log.trouble())
+    }
+
+    /// Ready to take a job as far as the node's records go: when a write
+    /// failed before, a probe write in the state folder must succeed first
+    /// (space came back), then the failed writes' leftovers are cut off and
+    /// the outcomes the log missed are written. Otherwise `unavailable`,
+    /// naming the file. Also run periodically, so a node turns ready again
+    /// without a job or a restart.
+    pub fn check_storage(&self) -> Result<(), Error> {
+        let pending = !self.unlogged.lock().expect("unlogged lock").is_empty();
+        let Some(problem) = self.storage_problem().or_else(|| pending.then(String::new)) else {
+            return Ok(());
+        };
+        let unavailable = |problem: &str| {
+            self.records_failing(problem);
+            Error::unavailable(format!(
+                "node {} {problem}; the node takes no jobs until the hospital's IT frees space in its state folder or fixes the disk",
+                self.config.node.id
+            ))
+        };
+        let dir = &self.config.node.state_dir;
+        if let Err(e) = probe(dir) {
+            let problem = if problem.is_empty() {
+                format!("cannot write its state folder {}: {e}", dir.display())
+            } else {
+                problem
+            };
+            return Err(unavailable(&problem));
+        }
+        if let Err(e) = self.ledger.recover() {
+            return Err(unavailable(&format!(
+                "cannot write the privacy ledger {}: {e}",
+                self.ledger.path().display()
+            )));
+        }
+        if let Err(e) = self.log.recover() {
+            return Err(unavailable(&format!(
+                "cannot write the job log {}: {e}",
+                self.log.path().display()
+            )));
+        }
+        let mut unlogged = self.unlogged.lock().expect("unlogged lock");
+        while let Some(entry) = unlogged.first() {
+            if let Err(e) = self.log.append(entry) {
+                return Err(unavailable(&format!(
+                    "cannot write the job log {}: {e}",
+                    self.log.path().display()
+                )));
+            }
+            unlogged.remove(0);
+        }
+        info!("the node's records can be written again; taking jobs");
+        self.metrics.records_writable.set(1);
+        self.metrics.records_writable.set(1);
+        self.readiness.set(STORAGE_CHECK, true, "");
+        Ok(())
+    }
+
+    /// Logs a job the node was computing when its link to the coordinator
+    /// broke: nothing was sent for it.
+    pub(crate) fn dropped(&self, signed: &pb::SignedJob, reason: &str) {
+        let job = <pb::Job as prost::Message>::decode(signed.job.as_slice()).unwrap_or_default();
+        let Some(accepted) = self.log.accepted(&job.job_id) else {
+            return;
+        };
+        let entry = LogEntry {
+            at: chrono::Utc::now().to_rfc3339(),
+            outcome: crate::log::DROPPED_LINK.into(),
+            detail: format!(
+                "the link to the coordinator broke with the job in hand ({reason}); nothing was sent"
+            ),
+            ..accepted
+        };
+        warn!(job_id = %job.job_id, "job dropped: the link to the coordinator broke");
+        self.metrics.job("dropped", 0.0);
+        if let Err(e) = self.log.append(&entry) {
+            let e = self.log_failed(&e);
+            warn!(reason = %e, "cannot log a dropped job; it is logged when the log can be written");
+            self.log_later(entry);
+        }
+    }
+
     /// Whether this job still waits `job_delay` (fault injection), counting
     /// it against `slow_jobs_left`.
     fn still_slow(&self) -> bool {
@@ -693,6 +895,19 @@ impl JobRunner {
             statement,
         }
     }
+}
+
+/// Writes and syncs a small file in the state folder and removes it: does
+/// the disk take writes again?
+fn probe(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::io::Write;
+    let path = dir.join(".plexus-write-probe");
+    let written = std::fs::File::create(&path).and_then(|mut f| {
+        f.write_all(&[0u8; 16 * 1024])?;
+        f.sync_all()
+    });
+    let _ = std::fs::remove_file(&path);
+    written
 }
 
 pub(crate) fn answer(result: pb::JobResult) -> pb::node_message::Msg {

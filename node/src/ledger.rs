@@ -11,21 +11,38 @@
 //! patients it selects, so it says nothing about whether two cohorts hold
 //! the same patients.
 //!
-//! JSON lines in `STATE_DIR/privacy.ledger.jsonl`. A line cut short by a
-//! crash during its write paid for nothing (the release waits for the
-//! sync), so it is dropped at start-up with a warning; any other bad line
-//! stops the node, because guessing a spent budget is not safe.
+//! JSON lines in `STATE_DIR/privacy.ledger.jsonl`, each a sealed record
+//! ([`crate::record`]): it carries the hash of the debit before it and its
+//! own, so an edited debit (ρ set to 0, say) or a debit removed from the
+//! middle stops the node at start-up naming the file and line. Checkpoints
+//! of the ledger (its number of records and last hash), signed with the
+//! node's audit key like the job log's, go to `ledger-checkpoints.jsonl`:
+//! a ledger cut at its end, or rebuilt with a fresh chain, does not match
+//! them. And the job log is read against the ledger at start-up: a job it
+//! records as charged must have its debit here ([`Ledger::cross_check`]).
+//!
+//! A last line cut short by a crash during its write paid for nothing (the
+//! release waits for the sync), so it is cut off at start-up with a warning;
+//! the cross-check proves it (a job log that records the job charged stops
+//! the node instead). Any other bad line stops the node, because guessing
+//! a spent budget is not safe. A write that fails (a full disk) is cut back
+//! off the file at once, so no debit is ever appended to a fragment.
+//!
+//! Ledgers written before chaining hold unchained lines. They are read as
+//! a prefix only, and the first chained debit's `prev` covers them.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::{File, OpenOptions};
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
+use plexus_core::merkle::{Checkpoint, TreeHead};
 use plexus_core::privacy::release::NoiseScale;
 use plexus_core::{Error, NodeStats, Result};
+
+use crate::log::JobLog;
+use crate::record::{self, Appender};
 
 /// A released answer, kept so that asking again returns it unchanged.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -75,23 +92,89 @@ pub struct Balance {
 }
 
 struct Inner {
-    file: File,
+    /// `None` when opened read-only (a tool beside a running node).
+    file: Option<Appender>,
     spent: BTreeMap<String, f64>,
     answers: HashMap<String, Answer>,
+    /// Each job's debit: its line in the file and its ρ.
+    debits: HashMap<String, (usize, f64)>,
+    /// Records in the file (legacy ones included) and the next line number.
+    count: u64,
+    next_line: usize,
+    last_signed: Option<u64>,
+    /// Why the last write failed, while none has succeeded since.
+    trouble: Option<String>,
 }
 
 pub struct Ledger {
     path: PathBuf,
+    checkpoints: PathBuf,
+    origin: String,
+    key: Option<Arc<plexus_tls::SigningKey>>,
     inner: Mutex<Inner>,
 }
 
 /// Rounding slack when comparing sums of ρ with a budget.
 const SLACK: f64 = 1e-12;
 
+/// The ledger's file name in the state folder.
+pub const LEDGER_FILE: &str = "privacy.ledger.jsonl";
+/// Signed checkpoints of the ledger (size and chain hash), one JSON line each.
+pub const LEDGER_CHECKPOINT_FILE: &str = "ledger-checkpoints.jsonl";
+
+/// What to do about a ledger that does not check.
+const RESTORE: &str = "the node will not guess a spent budget: restore the state folder from its last backup (privacy.ledger.jsonl with ledger-checkpoints.jsonl and jobs.log.jsonl), never by editing the ledger";
+
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    Write,
+    Read,
+}
+
 impl Ledger {
-    /// Opens (or creates) the ledger in `dir` and rebuilds every study's
+    /// Opens (or creates) the ledger in `dir` for the node, without the
+    /// audit key (no checkpoints are signed), and rebuilds every study's
     /// spent budget from it.
     pub fn open(dir: &Path) -> Result<Self> {
+        Self::open_mode(dir, Mode::Write)
+    }
+
+    /// The node's way in: [`Ledger::open`] with the node's audit key, so
+    /// checkpoints of the ledger are signed.
+    pub fn open_signed(dir: &Path, node_id: &str) -> Result<Self> {
+        let key = crate::log::audit_key(dir).map_err(|e| {
+            Error::internal(format!(
+                "cannot load the node's audit key in {}: {e}",
+                dir.display()
+            ))
+        })?;
+        let mut ledger = Self::open_mode(dir, Mode::Write)?;
+        ledger.origin = format!("node/{node_id}/ledger");
+        ledger.key = Some(key);
+        Ok(ledger)
+    }
+
+    /// Opens the ledger read-only, checked as at start-up, beside a node
+    /// that may be running (a tool or a test reading what was spent).
+    pub fn read(dir: &Path) -> Result<Self> {
+        Self::open_mode(dir, Mode::Read)
+    }
+
+    /// Opens the ledger read-only with the node's audit key, to sign a
+    /// checkpoint beside a running node (`plexus-node checkpoint`).
+    pub fn open_to_sign(dir: &Path, node_id: &str) -> Result<Self> {
+        let mut ledger = Self::open_mode(dir, Mode::Read)?;
+        ledger.origin = format!("node/{node_id}/ledger");
+        ledger.key = Some(crate::log::audit_key(dir).map_err(|e| {
+            Error::internal(format!(
+                "cannot load the node's audit key in {}: {e}",
+                dir.display()
+            ))
+        })?);
+        Ok(ledger)
+    }
+
+    fn open_mode(dir: &Path, mode: Mode) -> Result<Self> {
         let io = |what: &str, e: std::io::Error| {
             Error::internal(format!(
                 "cannot {what} the privacy ledger in {}: {e} (check the node's state folder)",
@@ -99,66 +182,220 @@ impl Ledger {
             ))
         };
         std::fs::create_dir_all(dir).map_err(|e| io("create the folder of", e))?;
-        let path = dir.join("privacy.ledger.jsonl");
-        let text = match std::fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-            Err(e) => return Err(io("read", e)),
-        };
+        let path = dir.join(LEDGER_FILE);
+        let checkpoints = dir.join(LEDGER_CHECKPOINT_FILE);
+        let scan = record::scan(
+            &path,
+            "privacy ledger",
+            |line| match serde_json::from_slice::<Debit>(line) {
+                Ok(d) if d.rho.is_finite() && d.rho >= 0.0 => Ok(d),
+                Ok(d) => Err(format!(
+                    "its rho {} is not a finite rho of at least 0",
+                    d.rho
+                )),
+                Err(e) => Err(format!("not a debit ({e})")),
+            },
+        )
+        .map_err(|e| io("read", e))?
+        .map_err(|e| Error::internal(format!("{e}; {RESTORE}")))?;
+        let signed = crate::log::read_checkpoints(&checkpoints)
+            .map_err(|e| Error::internal(format!("{e}; {RESTORE}")))?;
+        let (_, public) = plexus_tls::signing_key_files(dir, crate::log::AUDIT_KEY_STEM);
+        let public = plexus_tls::VerifyingKey::load(&public)
+            .ok()
+            .map(|k| hex::decode(k.to_hex()).expect("hex from the key"));
+        let count = scan.records.len() as u64;
+        for (i, c) in signed.iter().enumerate() {
+            let line = i + 1;
+            let cps = checkpoints.display();
+            if let Some(public) = &public {
+                if c.verify(public).is_err() {
+                    return Err(Error::internal(format!(
+                        "line {line} of {cps} is a checkpoint not signed by this node's audit key; {RESTORE}"
+                    )));
+                }
+            }
+            if c.head.size > count {
+                return Err(Error::internal(format!(
+                    "the privacy ledger {} holds {count} debits but line {line} of {cps} signed {}: debits were removed from the ledger; {RESTORE}",
+                    path.display(),
+                    c.head.size
+                )));
+            }
+            let at = match c.head.size {
+                0 => record::GENESIS,
+                n => scan.heads[n as usize - 1].as_str(),
+            };
+            if at != c.head.root {
+                return Err(Error::internal(format!(
+                    "the first {} debits of the privacy ledger {} are not those line {line} of {cps} signed: a debit was edited, removed or reordered and the chain rebuilt; {RESTORE}",
+                    c.head.size,
+                    path.display()
+                )));
+            }
+        }
+        if let (Some(torn), Mode::Write) = (&scan.torn, mode) {
+            tracing::warn!(
+                path = %path.display(),
+                line = torn.line,
+                reason = %torn.reason,
+                "cutting off the privacy ledger's last line, torn by a crash while it was written (it paid for no release: a release waits for its debit to be written; the job log is checked for it before the node starts)"
+            );
+        }
+        if scan.legacy > 0 && scan.legacy == scan.records.len() && mode == Mode::Write {
+            tracing::info!(
+                path = %path.display(),
+                lines = scan.legacy,
+                "the privacy ledger holds only unchained debits written before chaining; new debits are chained after them"
+            );
+        }
         let mut spent: BTreeMap<String, f64> = BTreeMap::new();
         let mut answers = HashMap::new();
-        let complete = text.ends_with('\n') || text.is_empty();
-        let lines: Vec<&str> = text.lines().collect();
-        let mut keep = text.len();
-        for (i, line) in lines.iter().enumerate() {
-            if line.trim().is_empty() {
-                continue;
+        let mut debits = HashMap::new();
+        let mut next_line = 1;
+        for r in &scan.records {
+            let d = &r.value;
+            *spent.entry(d.study_id.clone()).or_default() += d.rho;
+            if let Some(a) = &d.answer {
+                answers.insert(a.key.clone(), a.clone());
             }
-            let last = i + 1 == lines.len();
-            match serde_json::from_str::<Debit>(line) {
-                Ok(d) if d.rho.is_finite() && d.rho >= 0.0 => {
-                    *spent.entry(d.study_id).or_default() += d.rho;
-                    if let Some(a) = d.answer {
-                        answers.insert(a.key.clone(), a);
-                    }
-                }
-                _ if last && !complete => {
-                    tracing::warn!(
-                        path = %path.display(),
-                        "dropping a privacy ledger line cut short by a crash (it paid for no release)"
-                    );
-                    keep = text.len() - line.len();
-                }
-                _ => {
-                    return Err(Error::internal(format!(
-                        "line {} of the privacy ledger {} is not a valid debit; the node will not guess a spent budget (restore the file from backup)",
-                        i + 1,
-                        path.display()
-                    )))
-                }
-            }
+            debits.insert(d.job_id.clone(), (r.line, d.rho));
+            next_line = r.line + 1;
         }
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(|e| io("open", e))?;
-        let mut file = file;
-        if keep < text.len() {
-            file.set_len(keep as u64).map_err(|e| io("repair", e))?;
-        } else if !complete {
-            // A whole debit whose newline was lost: it counts (the safe
-            // side), and the next debit starts on a line of its own.
-            file.write_all(b"\n").map_err(|e| io("repair", e))?;
-        }
+        let file = match mode {
+            Mode::Write => Some(Appender::open(&scan).map_err(|e| io("repair", e))?),
+            Mode::Read => None,
+        };
         Ok(Ledger {
             path,
+            checkpoints,
+            origin: String::new(),
+            key: None,
             inner: Mutex::new(Inner {
                 file,
                 spent,
                 answers,
+                debits,
+                count,
+                next_line,
+                last_signed: signed.last().map(|c| c.head.size),
+                trouble: None,
             }),
         })
+    }
+
+    /// Refuses to start when the job log shows a charge the ledger does
+    /// not hold: a released or refused job whose privacy cost the log
+    /// records must have its debit here, of that ρ. A ledger cut back, or a
+    /// debit edited, cannot then silently lower what a study spent.
+    pub fn cross_check(&self, log: &JobLog) -> Result<()> {
+        let inner = self.inner.lock().expect("ledger lock");
+        for c in log.charged() {
+            match inner.debits.get(&c.job_id) {
+                None => {
+                    return Err(Error::internal(format!(
+                        "line {} of the job log {} records job {} charged rho {}, and the privacy ledger {} holds no debit for it: debits were removed from the ledger; {RESTORE}",
+                        c.line,
+                        log.path().display(),
+                        c.job_id,
+                        c.rho,
+                        self.path.display()
+                    )))
+                }
+                Some((line, rho)) if (rho - c.rho).abs() > SLACK * c.rho.abs().max(1.0) => {
+                    return Err(Error::internal(format!(
+                        "line {} of the job log {} records job {} charged rho {}, and line {line} of the privacy ledger {} debits rho {rho} for it: a debit was edited; {RESTORE}",
+                        c.line,
+                        log.path().display(),
+                        c.job_id,
+                        c.rho,
+                        self.path.display()
+                    )))
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Why the last write failed, while none has succeeded since.
+    pub fn trouble(&self) -> Option<String> {
+        self.inner.lock().expect("ledger lock").trouble.clone()
+    }
+
+    /// After a failed write, once the disk takes writes again: cuts the
+    /// failed write's leftovers off (if that did not happen at once) and
+    /// forgets the failure.
+    pub fn recover(&self) -> std::io::Result<()> {
+        let mut inner = self.inner.lock().expect("ledger lock");
+        if inner.trouble.is_none() {
+            return Ok(());
+        }
+        if let Some(f) = inner.file.as_mut() {
+            f.repair()?;
+        }
+        inner.trouble = None;
+        Ok(())
+    }
+
+    /// Test hook (fault injection): the next `n` writes fail as on a full
+    /// disk.
+    pub fn fail_next_writes(&self, n: u32) {
+        if let Some(f) = self.inner.lock().expect("ledger lock").file.as_mut() {
+            f.fail_next(n);
+        }
+    }
+
+    /// Signs a checkpoint of the ledger as it is now (its number of records
+    /// and the hash of the last) and appends it to the checkpoint file.
+    pub fn checkpoint(&self) -> Result<Checkpoint> {
+        let mut inner = self.inner.lock().expect("ledger lock");
+        self.sign(&mut inner)
+    }
+
+    /// Signs a checkpoint when the ledger grew since the last one.
+    pub fn publish_if_grown(&self) -> Result<Option<Checkpoint>> {
+        let mut inner = self.inner.lock().expect("ledger lock");
+        if inner.last_signed == Some(inner.count) {
+            return Ok(None);
+        }
+        self.sign(&mut inner).map(Some)
+    }
+
+    fn sign(&self, inner: &mut Inner) -> Result<Checkpoint> {
+        let key = self.key.as_ref().ok_or_else(|| {
+            Error::internal("this privacy ledger was opened without the node's audit key")
+        })?;
+        let root = match &inner.file {
+            Some(f) => f.head().to_string(),
+            None => self.read_head()?,
+        };
+        let head = TreeHead {
+            size: inner.count,
+            root,
+        };
+        let c = Checkpoint::sign_with(
+            |m| key.sign(m),
+            &self.origin,
+            head,
+            chrono::Utc::now().timestamp_millis(),
+        );
+        crate::log::append_checkpoint(&self.checkpoints, &c).map_err(|e| {
+            Error::unavailable(format!(
+                "cannot write the ledger checkpoint file {}: {e}",
+                self.checkpoints.display()
+            ))
+        })?;
+        inner.last_signed = Some(c.head.size);
+        Ok(c)
+    }
+
+    /// The chain's hash as read (read-only opening).
+    fn read_head(&self) -> Result<String> {
+        let scan = record::scan(&self.path, "privacy ledger", |_| Ok(()))
+            .map_err(|e| Error::internal(e.to_string()))?
+            .map_err(Error::internal)?;
+        Ok(scan.head().to_string())
     }
 
     pub fn path(&self) -> &Path {
@@ -222,18 +459,28 @@ impl Ledger {
             rho,
             answer,
         };
-        let mut line = serde_json::to_vec(&debit).expect("a debit serialises");
-        line.push(b'\n');
-        let written = inner
-            .file
-            .write_all(&line)
-            .and_then(|_| inner.file.sync_data());
+        let object = serde_json::to_vec(&debit).expect("a debit serialises");
+        let written = match inner.file.as_mut() {
+            Some(file) => file.append(&object),
+            None => Err(std::io::Error::other(
+                "the ledger was opened read-only (a tool beside the node)",
+            )),
+        };
         if let Err(e) = written {
-            return Err(Error::internal(format!(
-                "cannot write the privacy ledger {}: {e}; nothing was released (check the node's state folder)",
+            let problem = format!(
+                "cannot write the privacy ledger {}: {e}",
                 self.path.display()
+            );
+            inner.trouble = Some(problem.clone());
+            return Err(Error::unavailable(format!(
+                "{problem}; nothing was released, and the node takes no jobs until the hospital's IT frees space in its state folder or fixes the disk"
             )));
         }
+        inner.trouble = None;
+        inner.count += 1;
+        let line = inner.next_line;
+        inner.next_line += 1;
+        inner.debits.insert(job_id.to_string(), (line, rho));
         let total = spent + rho;
         inner.spent.insert(study.to_string(), total);
         if let Some(a) = debit.answer {
@@ -260,6 +507,8 @@ fn affords(study: &str, spent: f64, budget: f64, rho: f64) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::OpenOptions;
+    use std::io::Write;
 
     #[test]
     fn debits_survive_a_restart_and_the_budget_is_enforced() {
@@ -355,20 +604,178 @@ mod tests {
 
         // A whole debit that lost its newline counts, and the next debit
         // starts on a line of its own.
-        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
-        f.write_all(br#"{"at":"t","study_id":"s1","job_id":"j3","query_hash":"q","rho":0.125}"#)
-            .unwrap();
-        drop(f);
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, text.trim_end()).unwrap();
         let again = Ledger::open(dir.path()).unwrap();
-        assert!((again.spent("s1") - 0.625).abs() < 1e-12);
+        assert!((again.spent("s1") - 0.5).abs() < 1e-12);
         again.debit("s1", 1.0, 0.125, "j4", "q", None).unwrap();
         drop(again);
-        assert!((Ledger::open(dir.path()).unwrap().spent("s1") - 0.75).abs() < 1e-12);
+        assert!((Ledger::open(dir.path()).unwrap().spent("s1") - 0.625).abs() < 1e-12);
 
         // A damaged line in the middle is not guessed around.
         let text = std::fs::read_to_string(&path).unwrap();
         std::fs::write(&path, format!("garbage\n{text}")).unwrap();
         let e = Ledger::open(dir.path()).err().unwrap();
         assert!(e.message.contains("line 1"), "{e}");
+    }
+
+    fn three_debits(dir: &Path, signed: bool) -> PathBuf {
+        let ledger = if signed {
+            Ledger::open_signed(dir, "node-a").unwrap()
+        } else {
+            Ledger::open(dir).unwrap()
+        };
+        for (i, rho) in [0.03, 0.04, 0.01].into_iter().enumerate() {
+            ledger
+                .debit("s1", 1.0, rho, &format!("j{i}"), "q", None)
+                .unwrap();
+        }
+        if signed {
+            ledger.checkpoint().unwrap();
+        }
+        ledger.path().to_path_buf()
+    }
+
+    #[test]
+    fn an_edited_debit_is_refused_naming_the_file_and_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = three_debits(dir.path(), false);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.lines().all(|l| l.contains("\"hash\":")), "{text}");
+        std::fs::write(&path, text.replacen("\"rho\":0.04", "\"rho\":0.0", 1)).unwrap();
+        let e = Ledger::open(dir.path()).err().unwrap();
+        assert!(
+            e.message.contains("line 2 of the privacy ledger")
+                && e.message.contains(&path.display().to_string())
+                && e.message.contains("edited"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_ledger_cut_in_the_middle_or_at_its_end_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = three_debits(dir.path(), true);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+
+        // The middle debit removed: the next no longer follows.
+        std::fs::write(&path, format!("{}\n{}\n", lines[0], lines[2])).unwrap();
+        let e = Ledger::open(dir.path()).err().unwrap();
+        assert!(
+            e.message.contains("line 2") && e.message.contains("prev"),
+            "{e}"
+        );
+
+        // The last debit removed: shorter than its signed checkpoint.
+        std::fs::write(&path, format!("{}\n{}\n", lines[0], lines[1])).unwrap();
+        let e = Ledger::open(dir.path()).err().unwrap();
+        assert!(
+            e.message.contains("holds 2 debits") && e.message.contains("ledger-checkpoints.jsonl"),
+            "{e}"
+        );
+
+        // Rebuilt with a fresh chain and a debit set to 0: not what was signed.
+        let rebuilt = tempfile::tempdir().unwrap();
+        let forged = Ledger::open(rebuilt.path()).unwrap();
+        for (i, rho) in [0.03, 0.0, 0.01].into_iter().enumerate() {
+            forged
+                .debit("s1", 1.0, rho, &format!("j{i}"), "q", None)
+                .unwrap();
+        }
+        std::fs::copy(forged.path(), &path).unwrap();
+        let e = Ledger::open(dir.path()).err().unwrap();
+        assert!(e.message.contains("the first 3 debits"), "{e}");
+
+        // Put back, it opens, and a checkpoint only signs what grew.
+        std::fs::write(&path, &text).unwrap();
+        let ledger = Ledger::open_signed(dir.path(), "node-a").unwrap();
+        assert!((ledger.spent("s1") - 0.08).abs() < 1e-12);
+        assert!(ledger.publish_if_grown().unwrap().is_none());
+    }
+
+    #[test]
+    fn a_ledger_written_before_chaining_is_read_and_chained_after() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(LEDGER_FILE);
+        let legacy = r#"{"at":"2026-01-01T00:00:00Z","study_id":"s1","job_id":"j1","query_hash":"q","rho":0.02}
+{"at":"2026-01-01T00:00:01Z","study_id":"s1","job_id":"j2","query_hash":"q","rho":0.03}
+"#;
+        std::fs::write(&path, legacy).unwrap();
+        let ledger = Ledger::open(dir.path()).unwrap();
+        assert!((ledger.spent("s1") - 0.05).abs() < 1e-12);
+        ledger.debit("s1", 1.0, 0.01, "j3", "q", None).unwrap();
+        drop(ledger);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.starts_with(legacy), "{text}");
+        assert!((Ledger::open(dir.path()).unwrap().spent("s1") - 0.06).abs() < 1e-12);
+
+        // An edited legacy debit breaks the chain at the first chained one.
+        std::fs::write(&path, text.replacen("\"rho\":0.03", "\"rho\":0.0", 1)).unwrap();
+        let e = Ledger::open(dir.path()).err().unwrap();
+        assert!(e.message.contains("line 3"), "{e}");
+    }
+
+    #[test]
+    fn a_full_disk_leaves_no_fragment_and_loses_no_debit() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(dir.path()).unwrap();
+        ledger.debit("s1", 1.0, 0.1, "j1", "q", None).unwrap();
+        ledger.fail_next_writes(1);
+        let e = ledger.debit("s1", 1.0, 0.2, "j2", "q", None).unwrap_err();
+        assert_eq!(e.code, plexus_core::ErrorCode::Unavailable);
+        assert!(
+            e.message.contains(&ledger.path().display().to_string())
+                && e.message.contains("No space left"),
+            "{e}"
+        );
+        assert!(ledger.trouble().is_some());
+        assert!((ledger.spent("s1") - 0.1).abs() < 1e-12);
+        // Space is back: the next debit is on a line of its own.
+        ledger.debit("s1", 1.0, 0.3, "j3", "q", None).unwrap();
+        assert!(ledger.trouble().is_none());
+        drop(ledger);
+        let again = Ledger::open(dir.path()).unwrap();
+        assert!((again.spent("s1") - 0.4).abs() < 1e-12);
+    }
+
+    #[test]
+    fn the_job_log_and_the_ledger_are_cross_checked() {
+        use crate::log::{JobLog, LogEntry};
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(dir.path()).unwrap();
+        ledger.debit("s1", 1.0, 0.04, "j1", "q", None).unwrap();
+        ledger.debit("s1", 1.0, 0.03, "j2", "q", None).unwrap();
+        let log = JobLog::open(dir.path()).unwrap();
+        for (job, rho) in [("j1", 0.04), ("j2", 0.03), ("j3", 0.0)] {
+            log.append(&LogEntry {
+                job_id: job.into(),
+                outcome: "released".into(),
+                privacy_cost: Some(rho),
+                ..Default::default()
+            })
+            .unwrap();
+        }
+        drop((ledger, log));
+        let log = JobLog::open(dir.path()).unwrap();
+        Ledger::open(dir.path()).unwrap().cross_check(&log).unwrap();
+
+        // The last debit cut off (as a "torn" tail would be): the job log
+        // still shows it, so the node does not start.
+        let path = dir.path().join(LEDGER_FILE);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let first = text.lines().next().unwrap();
+        std::fs::write(&path, format!("{first}\n{{\"at\":\"2026")).unwrap();
+        let e = Ledger::open(dir.path())
+            .unwrap()
+            .cross_check(&log)
+            .unwrap_err();
+        assert!(
+            e.message.contains("line 2 of the job log")
+                && e.message.contains("j2")
+                && e.message.contains(LEDGER_FILE)
+                && e.message.contains("jobs.log.jsonl"),
+            "{e}"
+        );
     }
 }

@@ -17,6 +17,7 @@ pub mod link;
 pub mod log;
 pub mod metrics;
 pub mod policy;
+pub mod record;
 pub mod review;
 pub mod secagg;
 
@@ -86,10 +87,25 @@ pub async fn run_with(
     let data = runner.data.clone();
     let review = runner.review.clone();
     let audit = runner.log.clone();
-    let checkpoints = tokio::spawn(audit.clone().publish_every(
-        std::time::Duration::from_secs(runner.config.node.audit_checkpoint_secs),
+    let ledger = runner.ledger.clone();
+    let checkpoints = tokio::spawn(publish_checkpoints(
+        audit.clone(),
+        ledger.clone(),
+        Duration::from_secs(runner.config.node.audit_checkpoint_secs),
         shutdown.clone(),
     ));
+    // A node whose records could not be written turns ready again once
+    // they can, without a job or a restart.
+    let storage = {
+        let runner = runner.clone();
+        tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(STORAGE_PROBE).await;
+                let runner = runner.clone();
+                let _ = tokio::task::spawn_blocking(move || runner.check_storage()).await;
+            }
+        }))
+    };
     info!(node = %runner.config.node.id, variables = data.variables().len(), log = %runner.log.path().display(), "node ready");
     let desk = Arc::new(review::desk::Desk {
         queue: review.clone(),
@@ -107,8 +123,12 @@ pub async fn run_with(
     let _ = desk.await;
     // The last entries get their checkpoint before the node says it stopped.
     checkpoints.abort();
+    drop(storage);
     if let Err(e) = audit.publish_if_grown() {
         tracing::warn!(error = %e, "could not publish the final checkpoint of the job log");
+    }
+    if let Err(e) = ledger.publish_if_grown() {
+        tracing::warn!(error = %e, "could not publish the final checkpoint of the privacy ledger");
     }
     ops_stop.cancel();
     if let Some(ops) = ops {
@@ -116,6 +136,34 @@ pub async fn run_with(
     }
     info!("node stopped");
     Ok(())
+}
+
+/// How often a node whose records could not be written checks whether
+/// they can again.
+const STORAGE_PROBE: Duration = Duration::from_secs(2);
+
+/// Signs checkpoints of the job log and of the privacy ledger every
+/// `every` while they grow, until `shutdown`.
+async fn publish_checkpoints(
+    log: Arc<log::JobLog>,
+    ledger: Arc<ledger::Ledger>,
+    every: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if let Err(e) = log.publish_if_grown() {
+            warn!(error = %e, "could not publish a checkpoint of the job log");
+        }
+        if let Err(e) = ledger.publish_if_grown() {
+            warn!(error = %e, "could not publish a checkpoint of the privacy ledger");
+        }
+    }
 }
 
 /// Everything a node needs to take jobs, opened from its config: the
@@ -148,7 +196,23 @@ async fn open_parts(
         &config.node.state_dir,
         &config.node.id,
     )?);
-    let ledger = Arc::new(ledger::Ledger::open(&config.node.state_dir)?);
+    let ledger = Arc::new(ledger::Ledger::open_signed(
+        &config.node.state_dir,
+        &config.node.id,
+    )?);
+    // A debit the job log shows cannot have vanished from the ledger.
+    ledger.cross_check(&log)?;
+    // Jobs the node was killed with: accepted, never answered.
+    let dropped = log.close_open(
+        log::DROPPED_CRASH,
+        "the node stopped (killed or crashed) with this job accepted and unanswered; nothing was sent for it",
+    )?;
+    if dropped > 0 {
+        warn!(
+            jobs = dropped,
+            "the node last stopped with jobs in hand; they are logged as dropped:crash"
+        );
+    }
     let seen = Arc::new(envelope::SeenJobs::open(
         &config.node.state_dir,
         chrono::Utc::now().timestamp_millis(),
@@ -175,6 +239,7 @@ async fn open_parts(
         clock_skew_ms: options.clock_skew_ms,
         metrics: Arc::new(metrics::NodeMetrics::new()),
         readiness: plexus_ops::Readiness::new(),
+        unlogged: std::sync::Mutex::new(Vec::new()),
     };
     Ok((runner, credentials))
 }

@@ -179,6 +179,7 @@ impl Link {
         let beat_tx = tx.clone();
         let data = self.runner.data.clone();
         let clock = self.runner.clone();
+        let records = self.runner.clone();
         // The data source is probed once per interval on its own task, so a
         // warehouse that went down shows as degraded (and one that came
         // back as healthy) within about one interval, in heartbeats and in
@@ -198,7 +199,9 @@ impl Link {
             let mut tick = tokio::time::interval(interval);
             loop {
                 tick.tick().await;
-                let health = data.health();
+                // A node that cannot write its ledger or job log says so
+                // like a data source that cannot read.
+                let health = data.health().or_else(|| records.storage_problem());
                 let msg = pb::NodeMessage {
                     msg: Some(pb::node_message::Msg::Heartbeat(pb::Heartbeat {
                         sent_unix_ms: clock.now_ms(),
@@ -270,6 +273,24 @@ impl Link {
                 }
             }
         };
+        if let SessionEnd::Dropped(reason)
+        | SessionEnd::Replaced(reason)
+        | SessionEnd::Failed(reason) = &end
+        {
+            // Jobs still in hand when the link broke are stopped and
+            // logged as dropped: nothing goes back for them.
+            jobs.abort_all();
+            while let Some(done) = jobs.join_next_with_id().await {
+                if let Err(e) = done {
+                    if let Some(job) = running.remove(&e.id()) {
+                        let runner = self.runner.clone();
+                        let reason = reason.clone();
+                        let _ = tokio::task::spawn_blocking(move || runner.dropped(&job, &reason))
+                            .await;
+                    }
+                }
+            }
+        }
         if matches!(end, SessionEnd::Shutdown) {
             self.drain(jobs, running, &mut inbound, &tx).await;
             // Close our half of the stream once every answer is queued on

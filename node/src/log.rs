@@ -10,7 +10,26 @@
 //! when the node stops, and on demand (`plexus-node checkpoint`). An auditor
 //! checks the lines against them with `plexus audit verify --node-log`.
 
-use std::fs::{File, OpenOptions};
+//!
+//! Every line is a sealed record ([`crate::record`]): it carries its own
+//! hash and the previous line's, so a torn or edited line is named at
+//! start-up. Write-ahead: a job the node takes gets an `accepted` entry
+//! before anything is computed, then exactly one outcome (`released`,
+//! `refused:<code>`, `failed:<code>`, `held`, or `dropped:link` when the
+//! link to the coordinator broke with the job in hand) before anything goes
+//! back. An `accepted` entry without an outcome at start-up is a job the
+//! node was killed with: it gets `dropped:crash`. So after any crash every
+//! job the node took has an outcome, and reconciling with the coordinator's
+//! log shows no noise.
+//!
+//! At start-up the log must match every checkpoint the node signed: a log
+//! shorter than a checkpoint (cut) or one whose lines do not make its root
+//! (rewritten) stops the node. A last line torn by a crash during its write
+//! is cut off with a warning when no checkpoint covers it: its outcome was
+//! never sent, since the answer waits for the sync.
+
+use std::collections::HashMap;
+use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -18,7 +37,9 @@ use std::sync::{Arc, Mutex};
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
-use plexus_core::merkle::{leaf_of, Checkpoint, MerkleLog};
+use plexus_core::merkle::{leaf_of, verify_log_heads, Checkpoint, MerkleLog, TreeHead};
+
+use crate::record::{self, Appender};
 
 /// The job log's file name in the state folder.
 pub const JOB_LOG_FILE: &str = "jobs.log.jsonl";
@@ -26,6 +47,13 @@ pub const JOB_LOG_FILE: &str = "jobs.log.jsonl";
 pub const CHECKPOINT_FILE: &str = "audit-checkpoints.jsonl";
 /// Stem of the node's audit key files (`node-audit-signing.key` / `.pub`).
 pub const AUDIT_KEY_STEM: &str = "node-audit";
+
+/// The outcome written before a job is computed.
+pub const ACCEPTED: &str = "accepted";
+/// The outcome of a job the node was computing when its link broke.
+pub const DROPPED_LINK: &str = "dropped:link";
+/// The outcome, written at start-up, of a job the node was killed with.
+pub const DROPPED_CRASH: &str = "dropped:crash";
 
 /// One job as the node saw it. Never holds patient data.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -36,9 +64,10 @@ pub struct LogEntry {
     pub purpose: String,
     pub query_hash: String,
     pub analysis: String,
-    /// `released`, `refused:<code>` or `failed:<code>`; for a study under
-    /// review `held`, then `reviewed-approved`, `reviewed-rejected` or
-    /// `review-expired`.
+    /// `accepted` (write-ahead, before computing), then one of `released`,
+    /// `refused:<code>`, `failed:<code>`, `dropped:link`, `dropped:crash`;
+    /// for a study under review `held`, then `reviewed-approved`,
+    /// `reviewed-rejected` or `review-expired`.
     pub outcome: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub detail: String,
@@ -50,64 +79,149 @@ pub struct LogEntry {
     pub privacy_remaining: Option<f64>,
 }
 
+/// A job the log says was charged, for the start-up cross-check with the
+/// privacy ledger.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Charged {
+    pub line: usize,
+    pub job_id: String,
+    pub rho: f64,
+}
+
 pub struct JobLog {
     path: PathBuf,
     checkpoints: PathBuf,
     origin: String,
     key: Option<Arc<plexus_tls::SigningKey>>,
+    /// Charged jobs as read at open.
+    charged: Vec<Charged>,
     inner: Mutex<Inner>,
 }
 
 struct Inner {
-    file: File,
+    /// `None` when opened read-only (a tool beside a running node).
+    file: Option<Appender>,
     tree: MerkleLog,
     last_signed: Option<u64>,
+    /// Jobs with an `accepted` entry and no outcome yet.
+    open: HashMap<String, LogEntry>,
+    /// Why the last append failed, until one succeeds.
+    trouble: Option<String>,
+}
+
+/// How the log is opened.
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    /// The node: repairs a torn last line and appends.
+    Write,
+    /// A tool beside a (possibly running) node: reads and signs, never
+    /// changes the log, leaves out a last line still being written.
+    Read,
+}
+
+fn bad(message: String) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, message)
 }
 
 impl JobLog {
-    /// Opens the log in `dir` without a signing key (checkpoints cannot be
-    /// made): for tools that only read or append.
+    /// Opens the log in `dir` for the node (repairing a torn last line)
+    /// without a signing key: checkpoints cannot be made.
     pub fn open(dir: &Path) -> std::io::Result<Self> {
+        Self::open_mode(dir, Mode::Write)
+    }
+
+    fn open_mode(dir: &Path, mode: Mode) -> std::io::Result<Self> {
         std::fs::create_dir_all(dir)?;
         let path = dir.join(JOB_LOG_FILE);
-        let mut tree = MerkleLog::new();
-        if path.exists() {
-            let bytes = std::fs::read(&path)?;
-            for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-                tree.push(leaf_of(line));
+        let checkpoints = dir.join(CHECKPOINT_FILE);
+        let scan = record::scan(&path, "job log", |line| {
+            serde_json::from_slice::<LogEntry>(line).map_err(|e| format!("not a job log entry ({e})"))
+        })?
+        .map_err(|e| {
+            bad(format!(
+                "{e}; the node does not run on a damaged job log: restore {} from the last backup of the state folder (an auditor can check a copy with `plexus audit verify --node-log`)",
+                path.display()
+            ))
+        })?;
+        let signed = read_checkpoints(&checkpoints)?;
+        let (_, public) = plexus_tls::signing_key_files(dir, AUDIT_KEY_STEM);
+        let key = plexus_tls::VerifyingKey::load(&public).ok();
+        check_against_checkpoints(
+            &path,
+            &checkpoints,
+            scan.records.iter().map(|r| leaf_of(&r.bytes)),
+            scan.records.len() as u64,
+            &signed,
+            key.as_ref(),
+        )?;
+        if let Some(torn) = &scan.torn {
+            if mode == Mode::Write {
+                warn!(
+                    path = %path.display(),
+                    line = torn.line,
+                    reason = %torn.reason,
+                    "cutting off the job log's last line, torn by a crash while it was written (its outcome was never sent: answers wait for the write)"
+                );
             }
         }
-        let file = OpenOptions::new().create(true).append(true).open(&path)?;
+        let mut tree = MerkleLog::new();
+        let mut open = HashMap::new();
+        let mut charged = Vec::new();
+        for r in &scan.records {
+            tree.push(leaf_of(&r.bytes));
+            let e = &r.value;
+            if e.outcome == ACCEPTED {
+                open.insert(e.job_id.clone(), e.clone());
+            } else {
+                open.remove(&e.job_id);
+            }
+            if let Some(rho) = e.privacy_cost.filter(|rho| *rho > 0.0) {
+                if e.outcome == "released" || e.outcome.starts_with("refused") {
+                    charged.push(Charged {
+                        line: r.line,
+                        job_id: e.job_id.clone(),
+                        rho,
+                    });
+                }
+            }
+        }
+        let file = match mode {
+            Mode::Write => Some(Appender::open(&scan)?),
+            Mode::Read => None,
+        };
         Ok(JobLog {
             path,
-            checkpoints: dir.join(CHECKPOINT_FILE),
+            checkpoints,
             origin: String::new(),
             key: None,
+            charged,
             inner: Mutex::new(Inner {
                 file,
                 tree,
-                last_signed: None,
+                last_signed: signed.last().map(|c| c.head.size),
+                open,
+                trouble: None,
             }),
         })
     }
 
     /// Opens the log of node `node_id` with its audit key, making the key
-    /// on first use.
+    /// on first use: the node's own way in.
     pub fn open_signed(dir: &Path, node_id: &str) -> std::io::Result<Self> {
-        let mut log = Self::open(dir)?;
-        let (key_path, _) = plexus_tls::signing_key_files(dir, AUDIT_KEY_STEM);
-        let key = if key_path.exists() {
-            plexus_tls::SigningKey::load(&key_path)
-        } else {
-            plexus_tls::SigningKey::generate_into(dir, AUDIT_KEY_STEM).map(|(k, _, _)| k)
-        }
-        .map_err(|e| std::io::Error::other(e.to_string()))?;
+        let key = audit_key(dir)?;
+        let mut log = Self::open_mode(dir, Mode::Write)?;
         log.origin = format!("node/{node_id}");
-        log.key = Some(Arc::new(key));
-        let last = read_checkpoints(&log.checkpoints)?
-            .last()
-            .map(|c| c.head.size);
-        log.inner.lock().expect("log lock").last_signed = last;
+        log.key = Some(key);
+        Ok(log)
+    }
+
+    /// Opens the log read-only with the node's audit key, to sign a
+    /// checkpoint beside a running node (`plexus-node checkpoint`).
+    pub fn open_to_sign(dir: &Path, node_id: &str) -> std::io::Result<Self> {
+        let key = audit_key(dir)?;
+        let mut log = Self::open_mode(dir, Mode::Read)?;
+        log.origin = format!("node/{node_id}");
+        log.key = Some(key);
         Ok(log)
     }
 
@@ -115,15 +229,106 @@ impl JobLog {
         &self.path
     }
 
+    /// Appends one entry, durably (written and synced) before it returns.
+    /// A failed write leaves no fragment behind and is remembered (see
+    /// [`JobLog::trouble`]) until an append succeeds.
     pub fn append(&self, entry: &LogEntry) -> std::io::Result<()> {
-        let mut line = serde_json::to_vec(entry).map_err(std::io::Error::other)?;
-        let leaf = leaf_of(&line);
-        line.push(b'\n');
+        let object = serde_json::to_vec(entry).map_err(std::io::Error::other)?;
         let mut inner = self.inner.lock().expect("log lock");
-        inner.file.write_all(&line)?;
-        inner.file.sync_data()?;
-        inner.tree.push(leaf);
+        let file = inner.file.as_mut().ok_or_else(|| {
+            std::io::Error::other("this job log was opened read-only (a tool beside the node)")
+        })?;
+        let line = match file.append(&object) {
+            Ok(line) => line,
+            Err(e) => {
+                inner.trouble = Some(e.to_string());
+                return Err(e);
+            }
+        };
+        inner.trouble = None;
+        inner.tree.push(leaf_of(&line));
+        if entry.outcome == ACCEPTED {
+            inner.open.insert(entry.job_id.clone(), entry.clone());
+        } else {
+            inner.open.remove(&entry.job_id);
+        }
         Ok(())
+    }
+
+    /// Why the last write failed, while no write has succeeded since.
+    pub fn trouble(&self) -> Option<String> {
+        self.inner.lock().expect("log lock").trouble.clone()
+    }
+
+    /// After a failed write, once the disk takes writes again: cuts the
+    /// failed write's leftovers off (if that did not happen at once) and
+    /// forgets the failure.
+    pub fn recover(&self) -> std::io::Result<()> {
+        let mut inner = self.inner.lock().expect("log lock");
+        if inner.trouble.is_none() {
+            return Ok(());
+        }
+        if let Some(f) = inner.file.as_mut() {
+            f.repair()?;
+        }
+        inner.trouble = None;
+        Ok(())
+    }
+
+    /// Test hook (fault injection): the next `n` writes fail as on a full
+    /// disk.
+    pub fn fail_next_writes(&self, n: u32) {
+        if let Some(f) = self.inner.lock().expect("log lock").file.as_mut() {
+            f.fail_next(n);
+        }
+    }
+
+    /// Whether `job_id` was accepted and has no outcome yet.
+    pub fn is_open(&self, job_id: &str) -> bool {
+        self.inner
+            .lock()
+            .expect("log lock")
+            .open
+            .contains_key(job_id)
+    }
+
+    /// Jobs the log says were charged (released or refused with a privacy
+    /// cost), as read at open.
+    pub fn charged(&self) -> &[Charged] {
+        &self.charged
+    }
+
+    /// Closes each job accepted and never finished, which at start-up is
+    /// a job the node was killed with, with `outcome` (`dropped:crash`).
+    /// Returns how many.
+    pub fn close_open(&self, outcome: &str, detail: &str) -> std::io::Result<usize> {
+        let open: Vec<LogEntry> = {
+            let inner = self.inner.lock().expect("log lock");
+            let mut v: Vec<LogEntry> = inner.open.values().cloned().collect();
+            v.sort_by(|a, b| a.at.cmp(&b.at).then(a.job_id.cmp(&b.job_id)));
+            v
+        };
+        for accepted in &open {
+            self.append(&LogEntry {
+                at: chrono::Utc::now().to_rfc3339(),
+                outcome: outcome.to_string(),
+                detail: detail.to_string(),
+                privacy_cost: None,
+                privacy_remaining: None,
+                ..accepted.clone()
+            })?;
+        }
+        Ok(open.len())
+    }
+
+    /// The job's `accepted` entry, if it has no outcome yet.
+    pub fn accepted(&self, job_id: &str) -> Option<LogEntry> {
+        self.inner
+            .lock()
+            .expect("log lock")
+            .open
+            .get(job_id)
+            .cloned()
     }
 
     pub fn len(&self) -> u64 {
@@ -151,14 +356,7 @@ impl JobLog {
             inner.tree.head(),
             chrono::Utc::now().timestamp_millis(),
         );
-        let mut line = serde_json::to_vec(&c).map_err(std::io::Error::other)?;
-        line.push(b'\n');
-        let mut f = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.checkpoints)?;
-        f.write_all(&line)?;
-        f.sync_data()?;
+        append_checkpoint(&self.checkpoints, &c)?;
         inner.last_signed = Some(c.head.size);
         Ok(c)
     }
@@ -195,28 +393,117 @@ impl JobLog {
         }
     }
 
-    /// Reads every entry back, e.g. for an auditor or a test.
+    /// Reads every entry back (`accepted` ones included), e.g. for an
+    /// auditor or a test. A last line still being written is left out.
     pub fn read_all(path: &Path) -> std::io::Result<Vec<LogEntry>> {
-        let text = std::fs::read_to_string(path)?;
-        text.lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(|l| serde_json::from_str(l).map_err(std::io::Error::other))
-            .collect()
+        let scan = record::scan(path, "job log", |line| {
+            serde_json::from_slice::<LogEntry>(line)
+                .map_err(|e| format!("not a job log entry ({e})"))
+        })?
+        .map_err(bad)?;
+        Ok(scan.records.into_iter().map(|r| r.value).collect())
+    }
+
+    /// Every entry but the write-ahead `accepted` ones: what became of
+    /// each job, in order.
+    pub fn read_outcomes(path: &Path) -> std::io::Result<Vec<LogEntry>> {
+        let mut all = Self::read_all(path)?;
+        all.retain(|e| e.outcome != ACCEPTED);
+        Ok(all)
     }
 }
 
-/// Every checkpoint in a node's checkpoint file, oldest first.
+/// The node's audit key in `dir`, made on first use.
+pub(crate) fn audit_key(dir: &Path) -> std::io::Result<Arc<plexus_tls::SigningKey>> {
+    std::fs::create_dir_all(dir)?;
+    let (key_path, _) = plexus_tls::signing_key_files(dir, AUDIT_KEY_STEM);
+    let key = if key_path.exists() {
+        plexus_tls::SigningKey::load(&key_path)
+    } else {
+        plexus_tls::SigningKey::generate_into(dir, AUDIT_KEY_STEM).map(|(k, _, _)| k)
+    }
+    .map_err(|e| std::io::Error::other(e.to_string()))?;
+    Ok(Arc::new(key))
+}
+
+/// Checks a record's lines against every checkpoint signed over it: none
+/// may cover more lines than there are, each must verify with the node's
+/// key (when its `.pub` is there) and the lines must make each root.
+pub(crate) fn check_against_checkpoints(
+    path: &Path,
+    checkpoints_path: &Path,
+    leaves: impl Iterator<Item = plexus_core::merkle::Leaf>,
+    len: u64,
+    signed: &[Checkpoint],
+    key: Option<&plexus_tls::VerifyingKey>,
+) -> std::io::Result<()> {
+    let restore = "restore the state folder from its last backup; do not edit these files";
+    for (i, c) in signed.iter().enumerate() {
+        if let Some(key) = key {
+            let public = hex::decode(key.to_hex()).expect("hex from the key");
+            if c.verify(&public).is_err() {
+                return Err(bad(format!(
+                    "line {} of {} is a checkpoint not signed by this node's audit key; {restore}",
+                    i + 1,
+                    checkpoints_path.display()
+                )));
+            }
+        }
+        if c.head.size > len {
+            return Err(bad(format!(
+                "{} holds {len} records but line {} of {} signed {}: records were removed from its end; {restore}",
+                path.display(),
+                i + 1,
+                checkpoints_path.display(),
+                c.head.size
+            )));
+        }
+    }
+    let heads: Vec<TreeHead> = signed.iter().map(|c| c.head.clone()).collect();
+    verify_log_heads(leaves, &heads).map_err(|e| {
+        bad(format!(
+            "{} does not match the checkpoints in {}: {}; {restore}",
+            path.display(),
+            checkpoints_path.display(),
+            e.message
+        ))
+    })?;
+    Ok(())
+}
+
+/// Appends a signed checkpoint to a checkpoint file, cutting a failed
+/// write back off so no line follows a fragment.
+pub(crate) fn append_checkpoint(path: &Path, c: &Checkpoint) -> std::io::Result<()> {
+    let mut line = serde_json::to_vec(c).map_err(std::io::Error::other)?;
+    line.push(b'\n');
+    let mut f = OpenOptions::new().create(true).append(true).open(path)?;
+    let len = f.metadata()?.len();
+    if let Err(e) = f.write_all(&line).and_then(|()| f.sync_data()) {
+        let _ = f.set_len(len).and_then(|()| f.sync_all());
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// Every checkpoint in a node's checkpoint file, oldest first. A last line
+/// without its newline (a write cut short) is left out.
 pub fn read_checkpoints(path: &Path) -> std::io::Result<Vec<Checkpoint>> {
     if !path.exists() {
         return Ok(Vec::new());
     }
     let text = std::fs::read_to_string(path)?;
-    text.lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| {
+    let complete = text.ends_with('\n');
+    let lines: Vec<&str> = text.lines().collect();
+    let n = lines.len();
+    lines
+        .into_iter()
+        .enumerate()
+        .filter(|(i, l)| !l.trim().is_empty() && (complete || i + 1 < n))
+        .map(|(i, l)| {
             serde_json::from_str(l).map_err(|e| {
-                std::io::Error::other(format!(
-                    "{} holds a line that is not a checkpoint: {e}",
+                bad(format!(
+                    "line {} of {} is not a checkpoint: {e}",
+                    i + 1,
                     path.display()
                 ))
             })
@@ -228,6 +515,7 @@ pub fn read_checkpoints(path: &Path) -> std::io::Result<Vec<Checkpoint>> {
 mod tests {
     use super::*;
     use plexus_core::merkle::verify_log;
+    use std::fs::OpenOptions;
 
     #[test]
     fn checkpoints_sign_the_lines_as_written_and_survive_reopening() {
@@ -267,5 +555,95 @@ mod tests {
             .replacen("job-2", "job-9", 1);
         let leaves = edited.lines().map(|l| leaf_of(l.as_bytes()));
         assert!(verify_log(leaves, &c.head).is_err());
+    }
+
+    fn entry(job: &str, outcome: &str) -> LogEntry {
+        LogEntry {
+            job_id: job.into(),
+            outcome: outcome.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_torn_last_line_is_cut_off_unless_a_checkpoint_covers_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = JobLog::open_signed(dir.path(), "node-a").unwrap();
+        log.append(&entry("j1", "released")).unwrap();
+        log.append(&entry("j2", "released")).unwrap();
+        drop(log);
+        let path = dir.path().join(JOB_LOG_FILE);
+        let whole = std::fs::read(&path).unwrap();
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(br#"{"at":"","job_id":"j3","stu"#).unwrap();
+        drop(f);
+        let log = JobLog::open_signed(dir.path(), "node-a").unwrap();
+        assert_eq!(log.len(), 2);
+        assert_eq!(std::fs::read(&path).unwrap(), whole);
+        log.append(&entry("j3", "released")).unwrap();
+        log.checkpoint().unwrap();
+        drop(log);
+        assert_eq!(JobLog::read_all(&path).unwrap().len(), 3);
+
+        // The signed last line cut short: records were removed.
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, &text[..text.len() - 20]).unwrap();
+        let e = JobLog::open(dir.path()).err().unwrap();
+        assert!(e.to_string().contains("holds 2 records"), "{e}");
+
+        // A line edited in the middle: named by its line.
+        std::fs::write(&path, text.replacen("j2", "j9", 1)).unwrap();
+        let e = JobLog::open(dir.path()).err().unwrap();
+        assert!(e.to_string().contains("line 2 of the job log"), "{e}");
+    }
+
+    #[test]
+    fn a_full_disk_leaves_no_fragment_and_the_log_goes_on_when_space_returns() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = JobLog::open(dir.path()).unwrap();
+        log.append(&entry("j1", ACCEPTED)).unwrap();
+        log.fail_next_writes(1);
+        assert!(crate::record::is_full(
+            &log.append(&entry("j1", "released")).unwrap_err()
+        ));
+        assert!(log.trouble().is_some());
+        assert!(log.is_open("j1"));
+        log.append(&entry("j1", "failed:unavailable")).unwrap();
+        assert!(log.trouble().is_none() && !log.is_open("j1"));
+        drop(log);
+        let outcomes: Vec<String> = JobLog::read_all(&dir.path().join(JOB_LOG_FILE))
+            .unwrap()
+            .into_iter()
+            .map(|e| e.outcome)
+            .collect();
+        assert_eq!(outcomes, [ACCEPTED, "failed:unavailable"]);
+    }
+
+    #[test]
+    fn jobs_accepted_and_never_answered_are_closed_as_dropped_at_start_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = JobLog::open(dir.path()).unwrap();
+        log.append(&entry("j1", ACCEPTED)).unwrap();
+        log.append(&entry("j2", ACCEPTED)).unwrap();
+        log.append(&entry("j1", "released")).unwrap();
+        drop(log);
+        let log = JobLog::open(dir.path()).unwrap();
+        assert!(log.is_open("j2") && !log.is_open("j1"));
+        assert_eq!(log.close_open(DROPPED_CRASH, "killed").unwrap(), 1);
+        assert_eq!(log.close_open(DROPPED_CRASH, "killed").unwrap(), 0);
+        drop(log);
+        let path = dir.path().join(JOB_LOG_FILE);
+        let outcomes: Vec<(String, String)> = JobLog::read_outcomes(&path)
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.job_id, e.outcome))
+            .collect();
+        assert_eq!(
+            outcomes,
+            [
+                ("j1".to_string(), "released".to_string()),
+                ("j2".to_string(), DROPPED_CRASH.to_string())
+            ]
+        );
     }
 }

@@ -125,15 +125,25 @@ fn dispatch(args: Args) -> anyhow::Result<()> {
             Ok(())
         }
         Some(Command::Checkpoint) => {
-            let log =
-                plexus_node::log::JobLog::open_signed(&config.node.state_dir, &config.node.id)?;
+            let state = &config.node.state_dir;
+            let log = plexus_node::log::JobLog::open_to_sign(state, &config.node.id)?;
             let c = log.checkpoint()?;
             println!("{}", serde_json::to_string_pretty(&c)?);
             eprintln!(
                 "signed a checkpoint of {} entries into {}; auditors check it with `plexus audit verify --node-log {}`",
                 c.head.size,
-                config.node.state_dir.join(plexus_node::log::CHECKPOINT_FILE).display(),
-                config.node.state_dir.display()
+                state.join(plexus_node::log::CHECKPOINT_FILE).display(),
+                state.display()
+            );
+            let ledger = plexus_node::ledger::Ledger::open_to_sign(state, &config.node.id)?;
+            let c = ledger.checkpoint()?;
+            println!("{}", serde_json::to_string_pretty(&c)?);
+            eprintln!(
+                "signed a checkpoint of the privacy ledger's {} records into {}",
+                c.head.size,
+                state
+                    .join(plexus_node::ledger::LEDGER_CHECKPOINT_FILE)
+                    .display()
             );
             Ok(())
         }

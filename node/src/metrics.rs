@@ -43,6 +43,8 @@ pub struct NodeMetrics {
     /// This node's clock minus the coordinator's, from the latest
     /// heartbeat's round trip.
     pub clock_offset_seconds: Gauge<f64, AtomicU64>,
+    /// 1 while the privacy ledger and the job log can be written, else 0.
+    pub records_writable: Gauge,
 }
 
 impl Default for NodeMetrics {
@@ -93,6 +95,13 @@ impl NodeMetrics {
             "1 while the node's stream to the coordinator is up, else 0",
             connected.clone(),
         );
+        let records_writable = Gauge::default();
+        records_writable.set(1);
+        r.register(
+            "plexus_node_records_writable",
+            "1 while the node can write its privacy ledger and job log, else 0 (it refuses jobs)",
+            records_writable.clone(),
+        );
         NodeMetrics {
             registry: Arc::new(r),
             jobs,
@@ -101,6 +110,7 @@ impl NodeMetrics {
             budget_spent,
             connected,
             clock_offset_seconds,
+            records_writable,
         }
     }
 

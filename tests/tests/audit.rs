@@ -160,7 +160,14 @@ async fn auditors_verify_prove_reconcile_and_export_the_log() {
     let text = std::fs::read_to_string(&b_log).unwrap();
     let first_line = text.lines().next().unwrap().to_string();
     let deleted: serde_json::Value = serde_json::from_str(&first_line).unwrap();
-    let rest: String = text.lines().skip(1).map(|l| format!("{l}\n")).collect();
+    // Every entry of that job (its write-ahead `accepted` and its outcome).
+    let rest: String = text
+        .lines()
+        .filter(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["job_id"] != deleted["job_id"]
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
     let edited_dir = sb.dir.join("b-log-copy");
     std::fs::create_dir_all(&edited_dir).unwrap();
     std::fs::write(edited_dir.join("jobs.log.jsonl"), rest).unwrap();
@@ -310,12 +317,14 @@ async fn node_job_logs_verify_against_their_own_checkpoints() {
         let log = NodeLog::read(&dir).unwrap();
         let key = audit::load_key(&log.key_beside()).unwrap();
         let report = audit::verify_node(&log, &key).unwrap();
-        assert_eq!(report.entries, 2);
-        assert_eq!(report.latest.as_ref().unwrap().size, 2);
+        // Each job: its write-ahead `accepted` entry, then its outcome.
+        assert_eq!(report.entries, 4);
+        assert_eq!(report.latest.as_ref().unwrap().size, 4);
 
         // An edited line fails.
         let mut edited = NodeLog::read(&dir).unwrap();
-        edited.lines[0] = edited.lines[0].replace("released", "refused:policy");
+        assert!(edited.lines[1].contains("released"), "{:?}", edited.lines);
+        edited.lines[1] = edited.lines[1].replace("released", "refused:policy");
         let e = audit::verify_node(&edited, &key).unwrap_err();
         assert!(format!("{e:#}").contains("edited"), "{e:#}");
         // A truncated log fails.

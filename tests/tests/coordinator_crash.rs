@@ -186,10 +186,10 @@ async fn a_coordinator_killed_mid_burst_keeps_every_query_and_released_job_in_it
             "released without a `sent` entry: {r:?}"
         );
         assert!(r.is_clean(), "{r:?}");
-        undelivered += r.undelivered.len();
+        undelivered += r.unanswered;
     }
     eprintln!(
-        "{} queries accepted, {} stored, {interrupted} interrupted by the kills, {} jobs, {undelivered} sent but never delivered",
+        "{} queries accepted, {} stored, {interrupted} interrupted by the kills, {} jobs, {undelivered} sent but never answered (the coordinator and the node agree)",
         accepted.len(),
         stored.len(),
         outcomes.len()

@@ -1,5 +1,6 @@
 //! The node's outbound link: through the hospital's HTTP CONNECT proxy, and
-//! back again after the coordinator goes away and returns.
+//! back again after the coordinator goes away and returns; a job in hand
+//! when the link breaks is logged dropped, and the logs still reconcile.
 
 use std::time::Duration;
 
@@ -84,5 +85,67 @@ async fn nodes_reconnect_when_the_coordinator_comes_back() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     sb.start_coordinator().await.unwrap();
     sb.wait_all_live().await.unwrap();
+    sb.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_in_hand_when_the_link_breaks_is_logged_dropped_and_the_logs_reconcile() {
+    let mut opts = SandboxOptions::new(200, 19);
+    opts.job_timeout_secs = 3;
+    let mut sb = Sandbox::prepare(opts).await.unwrap();
+    sb.set_node_options(
+        "hospital-c",
+        plexus_node::RunOptions {
+            job_delay: Duration::from_secs(60),
+            ..Default::default()
+        },
+    );
+    sb.start_all().await.unwrap();
+    let study = sandbox::exact_study();
+    sb.register_study(&study).await.unwrap();
+    let r = ask(
+        &sb,
+        sandbox::RESEARCHER,
+        &study.id,
+        r#"{"analysis": {"count": {}}}"#,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.provenance.answered, 2, "{:?}", r.provenance);
+    let state = sb.node_configs["hospital-c"].node.state_dir.clone();
+    let log = state.join(plexus_node::log::JOB_LOG_FILE);
+    let entries = plexus_node::log::JobLog::read_all(&log).unwrap();
+    let [accepted] = entries.as_slice() else {
+        panic!("hospital-c holds one job: {entries:?}");
+    };
+    assert_eq!(accepted.outcome, plexus_node::log::ACCEPTED);
+
+    // The coordinator goes away with the job still in hospital-c's hands.
+    sb.stop_coordinator().await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let dropped = loop {
+        let entries = plexus_node::log::JobLog::read_all(&log).unwrap();
+        if entries.len() > 1 {
+            break entries[1].clone();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{entries:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(dropped.job_id, accepted.job_id);
+    assert_eq!(dropped.outcome, plexus_node::log::DROPPED_LINK);
+
+    // The coordinator recorded the job missing: the logs agree.
+    sb.start_coordinator().await.unwrap();
+    sb.wait_all_live().await.unwrap();
+    let auditor = sb.client(sandbox::AUDITOR).await.unwrap();
+    let r = plexus::audit::reconcile(
+        &auditor,
+        &plexus::audit::NodeLog::read(&state).unwrap(),
+        "hospital-c",
+    )
+    .await
+    .unwrap();
+    assert!(r.is_clean(), "{r:?}");
+    assert_eq!((r.matched, r.unanswered), (0, 1), "{r:?}");
     sb.shutdown().await.unwrap();
 }

@@ -1,7 +1,7 @@
 //! Disclosure control of the regression and survival analyses at the node,
 //! and what happens when a node is lost between the rounds of a fit.
 
-use std::path::PathBuf;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use plexus_core::pool::{NodeStatus, PooledValue};
@@ -113,9 +113,10 @@ async fn each_model_rule_refuses_with_its_reason() {
     sb.shutdown().await.unwrap();
 }
 
-fn log_lines(path: &PathBuf) -> usize {
-    std::fs::read_to_string(path)
-        .map(|t| t.lines().count())
+/// The outcomes in a node's job log (not its write-ahead `accepted` entries).
+fn log_lines(path: &Path) -> usize {
+    plexus_node::log::JobLog::read_outcomes(path)
+        .map(|entries| entries.len())
         .unwrap_or(0)
 }
 

@@ -22,7 +22,7 @@ const SUMMARY: &str = r#"{"cohort": {"compare": {"variable": "sex", "op": "=", "
     "analysis": {"summary": {"variable": "age"}}}"#;
 
 fn log_of(sb: &Sandbox, node: &str) -> Vec<LogEntry> {
-    JobLog::read_all(&sb.node_configs[node].node.state_dir.join("jobs.log.jsonl")).unwrap()
+    JobLog::read_outcomes(&sb.node_configs[node].node.state_dir.join("jobs.log.jsonl")).unwrap()
 }
 
 fn last_log(sb: &Sandbox, node: &str) -> LogEntry {

@@ -147,7 +147,7 @@ async fn a_spent_budget_is_refused_by_the_coordinator_and_by_each_node_even_afte
         .await
         .unwrap_err();
     assert!(e.message.contains("exhausted"), "{e}");
-    let ledger = Ledger::open(&sb.node_configs["hospital-a"].node.state_dir).unwrap();
+    let ledger = Ledger::read(&sb.node_configs["hospital-a"].node.state_dir).unwrap();
     assert!((ledger.spent(&small.id) - 0.02).abs() < 1e-12);
     sb.shutdown().await.unwrap();
 }
@@ -197,7 +197,7 @@ async fn a_crash_between_debit_and_release_loses_the_release_never_the_debit() {
     let charge = p.nodes.iter().find(|n| n.node == "hospital-c").unwrap();
     assert!(charge.cached && charge.charged_rho == 0.0, "{charge:?}");
     assert!((charge.spent_rho - 0.01).abs() < 1e-12, "{charge:?}");
-    let ledger = Ledger::open(&state).unwrap();
+    let ledger = Ledger::read(&state).unwrap();
     assert!((ledger.spent(&s.id) - 0.01).abs() < 1e-12);
     // And what hospital-c sent is the answer it had paid for.
     let text = std::fs::read_to_string(state.join("privacy.ledger.jsonl")).unwrap();
@@ -388,7 +388,7 @@ async fn the_coordinators_budget_view_equals_each_nodes_ledger_after_failed_quer
     let mut most = 0.0f64;
     for node in sb.node_names() {
         let dir = &sb.node_configs[&node].node.state_dir;
-        let ledger = Ledger::open(dir).unwrap().spent(&s.id);
+        let ledger = Ledger::read(dir).unwrap().spent(&s.id);
         let seen = report
             .nodes
             .iter()

@@ -244,3 +244,245 @@ async fn a_partitioned_node_is_reported_missing_and_rejoins_after_healing() {
     assert!(again.values().all(|n| *n > 0), "{again:?}");
     drop(c);
 }
+
+/// The job log's entries, as (job id, outcome), oldest first.
+fn job_log(path: &std::path::Path) -> Vec<(String, String)> {
+    plexus_node::log::JobLog::read_all(path)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|e| (e.job_id, e.outcome))
+        .collect()
+}
+
+/// Jobs with an `accepted` entry and no outcome after it.
+fn open_jobs(entries: &[(String, String)]) -> Vec<String> {
+    let mut open: Vec<String> = Vec::new();
+    for (job, outcome) in entries {
+        if outcome == plexus_node::log::ACCEPTED {
+            open.push(job.clone());
+        } else {
+            open.retain(|j| j != job);
+        }
+    }
+    open
+}
+
+/// `plexus audit reconcile` for every node: the command exits non-zero on
+/// any difference.
+async fn reconcile_all(install: &Install) {
+    for node in &install.nodes {
+        let dir = install.path(&format!("/var/lib/plexus-node/{node}"));
+        let dir = dir.display().to_string();
+        let out = install
+            .cli(
+                "auditor",
+                &["audit", "reconcile", "--node-log", &dir, "--node", node],
+            )
+            .await
+            .unwrap_or_else(|e| panic!("reconcile {node}: {e}"));
+        assert!(
+            out.contains("0 only in the coordinator's, 0 only in the node's, 0 dropped"),
+            "{node}: {out}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_with_a_job_in_hand_logs_it_dropped_and_the_logs_reconcile() {
+    let install = Install::new(fast_options()).await.unwrap();
+    let _coordinator = install.start_coordinator().unwrap();
+    let mut nodes = install.start_nodes().unwrap();
+    let all = ["hospital-a", "hospital-b", "hospital-c"];
+    install
+        .wait_live(&all, true, Duration::from_secs(60))
+        .await
+        .unwrap();
+    install.register_study().await.unwrap();
+    per_site(&install.query("by-site", BY_SITE).await.unwrap());
+
+    // Freeze hospital-c the moment it has accepted the next job (its
+    // write-ahead entry is on disk), then SIGKILL it.
+    let c = nodes.remove("hospital-c").unwrap();
+    let c_log = install
+        .path("/var/lib/plexus-node/hospital-c")
+        .join(plexus_node::log::JOB_LOG_FILE);
+    let submitted = {
+        let install = &install;
+        async move { install.query("pooled", POOLED).await }
+    };
+    let killer = async {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        let caught = loop {
+            if !open_jobs(&job_log(&c_log)).is_empty() {
+                c.signal(Signal::SIGSTOP).unwrap();
+                break true;
+            }
+            if tokio::time::Instant::now() > deadline {
+                break false;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        };
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        c.kill().await.unwrap();
+        caught
+    };
+    let (r, caught) = tokio::join!(submitted, killer);
+    let r = r.unwrap();
+    let in_hand = open_jobs(&job_log(&c_log));
+    eprintln!(
+        "hospital-c killed with {} job(s) accepted and unanswered (caught in flight: {caught})",
+        in_hand.len()
+    );
+    if !in_hand.is_empty() {
+        let c_status = r.provenance.node("hospital-c").unwrap().status;
+        assert_eq!(c_status, NodeStatus::Missing, "{:?}", r.provenance);
+    }
+
+    // Restarted, hospital-c closes what it was killed with.
+    let mut c = install.start_node("hospital-c", None).unwrap();
+    install
+        .wait_live(&all, true, Duration::from_secs(60))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\nhospital-c log:\n{}", c.log()));
+    assert!(c.running());
+    let entries = job_log(&c_log);
+    assert!(open_jobs(&entries).is_empty(), "{entries:?}");
+    for job in &in_hand {
+        assert!(
+            entries.contains(&(job.clone(), plexus_node::log::DROPPED_CRASH.to_string())),
+            "{entries:?}"
+        );
+    }
+    per_site(&install.query("after", AFTER).await.unwrap());
+    reconcile_all(&install).await;
+}
+
+/// A tmpfs mounted over a folder, unmounted when dropped.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &std::path::Path, size: &str) -> Result<Self, String> {
+        std::fs::create_dir_all(at).map_err(|e| e.to_string())?;
+        let out = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(at)
+            .output()
+            .map_err(|e| format!("cannot run mount: {e}"))?;
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
+        }
+        Ok(Tmpfs(at.to_path_buf()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Fills the file system holding `dir` with one file until it is full.
+fn fill(dir: &std::path::Path) -> std::path::PathBuf {
+    use std::io::Write;
+    let path = dir.join("filler");
+    let mut f = std::fs::File::create(&path).unwrap();
+    let chunk = vec![0u8; 4096];
+    while f.write_all(&chunk).and_then(|()| f.sync_data()).is_ok() {}
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_disk_is_full_refuses_jobs_then_recovers_without_losing_a_debit() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: a small tmpfs for the node's state folder needs root (mount); run the test as root");
+        return;
+    }
+    // Under differential privacy, so hospital-c's jobs debit its ledger.
+    let install = Install::new(InstallOptions {
+        exact: false,
+        ..fast_options()
+    })
+    .await
+    .unwrap();
+    let state = install.path("/var/lib/plexus-node/hospital-c");
+    let _tmpfs = match Tmpfs::mount(&state, "4m") {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("skipped: cannot mount a tmpfs for the node's state folder ({e})");
+            return;
+        }
+    };
+    let _coordinator = install.start_coordinator().unwrap();
+    let nodes = install.start_nodes().unwrap();
+    let all = ["hospital-a", "hospital-b", "hospital-c"];
+    install
+        .wait_live(&all, true, Duration::from_secs(60))
+        .await
+        .unwrap();
+    install.register_study().await.unwrap();
+    let answered = |r: &PooledResult| r.provenance.node("hospital-c").unwrap().status;
+    let first = install.query("first", POOLED).await.unwrap();
+    assert_eq!(
+        answered(&first),
+        NodeStatus::Answered,
+        "{:?}",
+        first.provenance
+    );
+
+    // The disk fills up: hospital-c refuses, naming the file, not the data.
+    // (Appends that fit in the pages its files already hold still succeed
+    // on a tmpfs, so it may take a few jobs to run into the full disk.)
+    let filler = fill(&state);
+    let mut tries = 0;
+    let c = loop {
+        let full = install.query("full", AFTER).await.unwrap();
+        let c = full.provenance.node("hospital-c").unwrap().clone();
+        if c.status != NodeStatus::Answered || tries == 20 {
+            break c;
+        }
+        tries += 1;
+    };
+    assert_eq!(c.status, NodeStatus::Failed, "{c:?}");
+    let detail = c.detail.clone().unwrap_or_default();
+    assert!(
+        detail.contains("unavailable")
+            && detail.contains(&state.display().to_string())
+            && detail.contains("No space left"),
+        "{detail}"
+    );
+
+    // Space comes back: hospital-c answers again with no restart.
+    std::fs::remove_file(&filler).unwrap();
+    let third = r#"{"cohort": {"not_null": {"variable": "sbp"}}, "analysis": {"count": {}}}"#;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = install.query("after-space", third).await.unwrap();
+        if answered(&r) == NodeStatus::Answered {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "hospital-c did not recover: {:?}",
+            r.provenance
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    for (_, n) in nodes {
+        n.terminate(Duration::from_secs(20)).await.unwrap();
+    }
+
+    // Every charge in the job log has its debit; the ledger checks.
+    let log = plexus_node::log::JobLog::open(&state).unwrap();
+    let ledger = plexus_node::ledger::Ledger::open(&state).unwrap();
+    ledger.cross_check(&log).unwrap();
+    assert!(log.charged().len() >= 2, "{:?}", log.charged());
+    let spent = ledger.spent(&install.study.id);
+    let charged: f64 = log.charged().iter().map(|c| c.rho).sum();
+    assert!(spent >= charged - 1e-9, "{spent} vs {charged}");
+}

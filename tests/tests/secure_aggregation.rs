@@ -594,7 +594,7 @@ async fn a_reviewing_hospital_masks_its_release_only_after_the_steward_approves_
         .unwrap();
     assert_eq!(pooled.value, want.value);
     assert_eq!(pooled.provenance.answered, 3);
-    let log = plexus_node::log::JobLog::read_all(
+    let log = plexus_node::log::JobLog::read_outcomes(
         &sb.node_configs["hospital-c"]
             .node
             .state_dir

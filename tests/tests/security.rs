@@ -117,7 +117,7 @@ async fn researcher_outside_the_study_and_unapproved_studies_are_refused() {
     );
     assert!(e.message.contains("policy"), "node refusals are named: {e}");
     for (name, cfg) in &sb.node_configs {
-        let log = JobLog::read_all(&cfg.node.state_dir.join("jobs.log.jsonl")).unwrap();
+        let log = JobLog::read_outcomes(&cfg.node.state_dir.join("jobs.log.jsonl")).unwrap();
         let refused: Vec<_> = log.iter().filter(|e| e.study_id == "unapproved").collect();
         assert_eq!(refused.len(), 1, "{name}: {log:?}");
         assert_eq!(refused[0].outcome, "refused:policy");

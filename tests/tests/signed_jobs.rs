@@ -193,7 +193,8 @@ async fn tampered_expired_replayed_and_misaddressed_jobs_are_refused_and_logged(
     assert!(m.contains("replay") || m.contains("already"), "{m}");
 
     let log =
-        plexus_node::log::JobLog::read_all(&config.node.state_dir.join("jobs.log.jsonl")).unwrap();
+        plexus_node::log::JobLog::read_outcomes(&config.node.state_dir.join("jobs.log.jsonl"))
+            .unwrap();
     let outcomes: Vec<(&str, &str)> = log
         .iter()
         .map(|e| (e.job_id.as_str(), e.outcome.as_str()))
@@ -208,6 +209,107 @@ async fn tampered_expired_replayed_and_misaddressed_jobs_are_refused_and_logged(
             (id(4).as_str(), "released"),
             (id(4).as_str(), "refused:policy"),
             (id(4).as_str(), "refused:policy"),
+        ],
+        "{log:?}"
+    );
+}
+
+/// A node that cannot write its job log (a full disk, injected) refuses the
+/// job `unavailable`, naming the file, turns not ready, and takes the next
+/// job once the log can be written, logging the refusal then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_cannot_write_its_job_log_refuses_unavailable_and_recovers() {
+    use plexus_proto::v1 as pb;
+    use prost::Message;
+
+    let sb = Sandbox::prepare(SandboxOptions::new(200, 83))
+        .await
+        .unwrap();
+    let config = sb.node_configs["hospital-a"].clone();
+    let key = plexus_tls::SigningKey::load(&sb.coordinator_config.coordinator.signing_key).unwrap();
+    let study = sandbox::exact_study();
+    let query = plexus_core::Query::from_json(r#"{"analysis": {"count": {}}}"#).unwrap();
+    let now = chrono::Utc::now().timestamp_millis();
+    let signed = |id: &str| {
+        let bytes = pb::Job {
+            job_id: id.to_string(),
+            study_id: study.id.clone(),
+            purpose: Some((&study.purpose().unwrap()).into()),
+            query_hash: query.hash(),
+            query: Some(pb::Query::from(&query)),
+            min_cell_size: 5,
+            deadline_unix_ms: now + 60_000,
+            issued_unix_ms: now,
+            audience: "hospital-a".into(),
+            privacy: Some(pb::JobPrivacy {
+                exact: true,
+                ..Default::default()
+            }),
+            study_definition_hash: study.definition_hash(),
+            ..Default::default()
+        }
+        .encode_to_vec();
+        pb::SignedJob {
+            signature: key.sign(&bytes),
+            job: bytes,
+        }
+    };
+    let outcome = |msg: Option<pb::node_message::Msg>| match msg {
+        Some(pb::node_message::Msg::Result(r)) => r.outcome.unwrap(),
+        other => panic!("expected a result, got {other:?}"),
+    };
+    let runner = plexus_node::open_runner(config.clone(), plexus_node::RunOptions::default())
+        .await
+        .unwrap();
+    let (first, second) = ("05".repeat(16), "06".repeat(16));
+
+    runner.log.fail_next_writes(1);
+    let refused = match outcome(runner.take(signed(&first)).await) {
+        pb::job_result::Outcome::Error(e) => plexus_core::Error::from(e),
+        other => panic!("expected a refusal, got {other:?}"),
+    };
+    assert_eq!(
+        refused.code,
+        plexus_core::ErrorCode::Unavailable,
+        "{refused}"
+    );
+    assert!(
+        refused.message.contains("jobs.log.jsonl") && refused.message.contains("No space left"),
+        "{refused}"
+    );
+    let why = runner.readiness.status().unwrap_err();
+    assert!(
+        why.contains("storage") && why.contains("jobs.log.jsonl"),
+        "{why}"
+    );
+    assert!(runner.storage_problem().is_some());
+
+    // The disk takes writes again: the next job is answered, the node is
+    // ready as far as its records go, and the refusal is in the log.
+    let answered = outcome(runner.take(signed(&second)).await);
+    assert!(
+        matches!(answered, pb::job_result::Outcome::Stats(_)),
+        "{answered:?}"
+    );
+    assert!(runner.storage_problem().is_none());
+    assert!(!runner
+        .readiness
+        .status()
+        .err()
+        .unwrap_or_default()
+        .contains("storage"));
+    let log =
+        plexus_node::log::JobLog::read_all(&config.node.state_dir.join("jobs.log.jsonl")).unwrap();
+    let outcomes: Vec<(&str, &str)> = log
+        .iter()
+        .map(|e| (e.job_id.as_str(), e.outcome.as_str()))
+        .collect();
+    assert_eq!(
+        outcomes,
+        vec![
+            (first.as_str(), "failed:unavailable"),
+            (second.as_str(), "accepted"),
+            (second.as_str(), "released"),
         ],
         "{log:?}"
     );

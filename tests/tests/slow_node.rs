@@ -97,7 +97,7 @@ async fn wait_answered_late(sb: &Sandbox, node: &str, job_id: &str) -> plexus_no
         .join(plexus_node::log::JOB_LOG_FILE);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let entries = plexus_node::log::JobLog::read_all(&path).unwrap_or_default();
+        let entries = plexus_node::log::JobLog::read_outcomes(&path).unwrap_or_default();
         if let Some(e) = entries.into_iter().find(|e| e.job_id == job_id) {
             return e;
         }
