@@ -35,6 +35,10 @@ pub struct NodeState {
     /// From the latest heartbeat: the node cannot reach its data, and why.
     pub degraded: bool,
     pub health_detail: String,
+    /// The size of the coordinator's audit checkpoint the node says it
+    /// witnessed last (hello, heartbeats): the size the next job's
+    /// consistency proof starts from.
+    pub witnessed_size: u64,
 }
 
 type Outbound = mpsc::Sender<Result<pb::CoordinatorMessage, Status>>;
@@ -223,8 +227,19 @@ impl Registry {
                 }
                 c.state.degraded = beat.degraded;
                 c.state.health_detail = beat.health_detail.clone();
+                c.state.witnessed_size = beat.witnessed_size;
             }
         }
+    }
+
+    /// The size of the audit checkpoint `node_id` reported it witnessed
+    /// last (0 when it reported none or is not connected).
+    pub fn witnessed_size(&self, node_id: &str) -> u64 {
+        self.nodes
+            .lock()
+            .expect("lock")
+            .get(node_id)
+            .map_or(0, |c| c.state.witnessed_size)
     }
 
     pub fn is_live(&self, node_id: &str) -> bool {

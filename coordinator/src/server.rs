@@ -154,8 +154,16 @@ pub async fn run(
     }
     let (finished, _) = watch::channel(0);
     let signer = Arc::new(config.signing_key()?);
-    let audit_log =
-        Arc::new(AuditLog::open(store.clone(), signer.clone(), &config.coordinator.id).await?);
+    check_database(&store, &url).await?;
+    let audit_log = Arc::new(
+        AuditLog::open_sealed(
+            store.clone(),
+            signer.clone(),
+            &config.coordinator.id,
+            crate::audit_seal::Seal::for_database(&url),
+        )
+        .await?,
+    );
     // Everything of the active phase stops with this token: once the
     // queries in flight are through after a shutdown, or at a lost lease.
     let active = CancellationToken::new();
@@ -524,4 +532,16 @@ async fn record_budgets(state: &State) {
             state.metrics.budget(&s.definition.id, spent);
         }
     }
+}
+
+/// Start-up's quick integrity check of the database: a damaged SQLite file
+/// is refused with its path, before anything is read from or added to it.
+async fn check_database(store: &Store, url: &str) -> Result<()> {
+    if let Some(problems) = store.quick_check().await? {
+        let problems: String = problems.chars().take(800).collect();
+        return Err(crate::error::CoordinatorError::Server(format!(
+            "the database {url} failed its integrity check (PRAGMA quick_check): {problems}; stop here and restore it from backup (or copy out what `sqlite3 FILE .recover` saves)"
+        )));
+    }
+    Ok(())
 }

@@ -61,6 +61,8 @@ pub struct JobRunner {
     /// `/readyz`: connected to the coordinator and the data source healthy
     /// (a data source that cannot read calls `readiness.set_degraded`).
     pub readiness: plexus_ops::Readiness,
+    /// The coordinator's audit log as this node witnessed it.
+    pub witness: Arc<crate::witness::Witness>,
 }
 
 /// How this node protects one job's answer.
@@ -134,7 +136,14 @@ impl JobRunner {
             &self.config.node.id,
             now.timestamp_millis(),
             &self.seen,
-        );
+        )
+        .and_then(|job| match self.witness.check(&job) {
+            Ok(()) => Ok(job),
+            Err(error) => Err(envelope::Refusal {
+                job_id: job.job_id.clone(),
+                error,
+            }),
+        });
         match opened {
             Ok(job) => self.run(job, job_hash).await,
             Err(refusal) => {
@@ -651,7 +660,7 @@ impl JobRunner {
             data_snapshot,
             signed_unix_ms: chrono::Utc::now().timestamp_millis(),
             review,
-            witnessed: None,
+            witnessed: self.witness.signed(),
         };
         let statement = prost::Message::encode_to_vec(&statement);
         pb::JobResult {

@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod policy;
 pub mod review;
 pub mod secagg;
+pub mod witness;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -150,6 +151,14 @@ async fn open_parts(
         chrono::Utc::now().timestamp_millis(),
     )?);
     let verifying_key = config.verifying_key()?;
+    let metrics = Arc::new(metrics::NodeMetrics::new());
+    let readiness = plexus_ops::Readiness::new();
+    let witness = Arc::new(witness::Witness::open(
+        &config.node.state_dir,
+        verifying_key.clone(),
+        readiness.clone(),
+        metrics.witness_refusals.clone(),
+    )?);
     let credentials = credentials::Credentials::load(config.tls.clone())?;
     let config_state_dir = config.node.state_dir.clone();
     let runner = job::JobRunner {
@@ -168,8 +177,9 @@ async fn open_parts(
         sessions: Arc::new(secagg::Sessions::new()),
         commitments: Arc::new(secagg::Commitments::open(&config_state_dir)?),
         drop_masked_jobs: options.drop_masked_jobs,
-        metrics: Arc::new(metrics::NodeMetrics::new()),
-        readiness: plexus_ops::Readiness::new(),
+        metrics,
+        readiness,
+        witness,
     };
     Ok((runner, credentials))
 }

@@ -28,6 +28,12 @@ pub struct OutcomeLabels {
     pub outcome: String,
 }
 
+/// A rule of the witnessed audit log (`witness.fork`, ...).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RuleLabels {
+    pub rule: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StudyLabels {
     pub study: String,
@@ -40,6 +46,9 @@ pub struct NodeMetrics {
     pub rows_scanned: Counter,
     pub budget_spent: Family<StudyLabels, Gauge<f64, AtomicU64>>,
     pub connected: Gauge,
+    /// Jobs refused because their checkpoint of the coordinator's audit
+    /// log broke a rule of the witness (see [`crate::witness`]).
+    pub witness_refusals: Family<RuleLabels, Counter>,
 }
 
 impl Default for NodeMetrics {
@@ -83,8 +92,15 @@ impl NodeMetrics {
             "1 while the node's stream to the coordinator is up, else 0",
             connected.clone(),
         );
+        let witness_refusals = Family::<RuleLabels, Counter>::default();
+        r.register(
+            "plexus_node_witness_refusals",
+            "Jobs refused because the coordinator's audit checkpoint did not extend the one this node witnessed, by rule",
+            witness_refusals.clone(),
+        );
         NodeMetrics {
             registry: Arc::new(r),
+            witness_refusals,
             jobs,
             job_seconds,
             rows_scanned,
