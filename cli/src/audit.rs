@@ -79,6 +79,10 @@ pub struct VerifyReport {
     /// The earlier checkpoint the log was shown to extend.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub earlier: Option<TreeHead>,
+    /// The checkpoints the nodes witnessed, each checked against the log.
+    pub witnessed: Vec<crate::audit_witness::Witnessed>,
+    /// Breaks of the log recorded by `plexus-coordinator audit-repair`.
+    pub repairs: Vec<crate::audit_witness::RecordedRepair>,
 }
 
 /// Checks the whole coordinator log against its latest checkpoint (a new
@@ -89,6 +93,20 @@ pub async fn verify(
     key: &[u8],
     earlier: Option<&Checkpoint>,
     fresh: bool,
+) -> anyhow::Result<VerifyReport> {
+    verify_with(client, key, earlier, fresh, &[]).await
+}
+
+/// [`verify`], also against the checkpoints the nodes witnessed (those
+/// signed into the answers the coordinator kept, and the nodes'
+/// `witnessed-checkpoint.json` files in `witnessed_files`): one the log
+/// does not extend fails, unless a recorded repair came after it.
+pub async fn verify_with(
+    client: &Client,
+    key: &[u8],
+    earlier: Option<&Checkpoint>,
+    fresh: bool,
+    witnessed_files: &[&Path],
 ) -> anyhow::Result<VerifyReport> {
     let mut audit = client.audit();
     let checkpoint: Checkpoint = audit
@@ -103,7 +121,16 @@ pub async fn verify(
     }
     let mut leaves = Vec::new();
     let mut gap: Option<String> = None;
+    let mut repairs = Vec::new();
     stream_log(client, |e| {
+        if e.action == "audit.repair" {
+            repairs.push(crate::audit_witness::RecordedRepair {
+                seq: e.seq,
+                at: e.at,
+                who: e.who.clone(),
+                detail: e.detail.clone(),
+            });
+        }
         let expected = leaves.len() as i64 + 1;
         if e.seq != expected && gap.is_none() {
             gap = Some(format!(
@@ -154,11 +181,26 @@ pub async fn verify(
         check_signature(&new, key)?;
         verify_consistency(&old.head, &new.head, &proof.proof).map_err(|e| anyhow!(e.message))?;
     }
+    let seen = crate::audit_witness::collect(client, witnessed_files).await?;
+    let witnessed = crate::audit_witness::check(seen, key, &leaves, &repairs);
+    let broken: Vec<String> = witnessed
+        .iter()
+        .filter(|w| !w.problems.is_empty())
+        .map(|w| format!("{} ({}): {}", w.node, w.source, w.problems.join("; ")))
+        .collect();
+    if !broken.is_empty() {
+        bail!(
+            "the audit log does not extend checkpoints the hospitals witnessed: {}",
+            broken.join(" | ")
+        );
+    }
     Ok(VerifyReport {
         uncovered: entries - checkpoint.head.size,
         entries,
         checkpoint,
         earlier: earlier.map(|c| c.head.clone()),
+        witnessed,
+        repairs,
     })
 }
 
@@ -508,6 +550,8 @@ pub struct VerifyArgs {
     pub fresh: bool,
     pub node_log: Option<PathBuf>,
     pub node_key: Option<PathBuf>,
+    /// Nodes' `witnessed-checkpoint.json` files to check the log against.
+    pub witnessed: Vec<PathBuf>,
     pub json: bool,
 }
 
@@ -540,7 +584,8 @@ pub async fn cmd_verify(conn: &crate::client::ConnectArgs, a: VerifyArgs) -> any
     let key = pinned_key(conn, a.log_key.as_deref())?;
     let earlier = a.since.as_deref().map(read_checkpoint).transpose()?;
     let client = Client::connect(conn).await?;
-    let report = verify(&client, &key, earlier.as_ref(), a.fresh).await?;
+    let files: Vec<&Path> = a.witnessed.iter().map(PathBuf::as_path).collect();
+    let report = verify_with(&client, &key, earlier.as_ref(), a.fresh, &files).await?;
     if let Some(path) = &a.save {
         std::fs::write(path, serde_json::to_string_pretty(&report.checkpoint)?)
             .with_context(|| format!("cannot save the checkpoint to {}", path.display()))?;
@@ -561,6 +606,47 @@ pub async fn cmd_verify(conn: &crate::client::ConnectArgs, a: VerifyArgs) -> any
         println!(
             "{} newer entries are not yet in a checkpoint; run with --fresh to have one signed now",
             report.uncovered
+        );
+    }
+    let nodes: BTreeSet<&str> = report
+        .witnessed
+        .iter()
+        .filter(|w| w.superseded_by_repair.is_none())
+        .map(|w| w.node.as_str())
+        .collect();
+    if report.witnessed.is_empty() {
+        println!(
+            "no node has witnessed a checkpoint of this log yet (nodes witness one with every job)"
+        );
+    } else {
+        println!(
+            "the log extends the {} checkpoints the hospitals witnessed ({}), up to {} entries",
+            report
+                .witnessed
+                .iter()
+                .filter(|w| w.superseded_by_repair.is_none())
+                .count(),
+            safe(&nodes.into_iter().collect::<Vec<_>>().join(", ")),
+            report.witnessed.iter().map(|w| w.size).max().unwrap_or(0)
+        );
+    }
+    for r in &report.repairs {
+        let before = report
+            .witnessed
+            .iter()
+            .filter(|w| w.superseded_by_repair == Some(r.seq))
+            .count();
+        println!(
+            "warning: entry {} records a repair of the log by {} at {}: {}{}",
+            r.seq,
+            safe(&r.who),
+            time(r.at),
+            safe(&r.detail),
+            if before > 0 {
+                format!(" ({before} checkpoints the hospitals witnessed before it belong to the log as it was)")
+            } else {
+                String::new()
+            }
         );
     }
     if let Some(old) = &report.earlier {

@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod audit;
+pub mod audit_witness;
 pub mod bench;
 pub mod bench_audit;
 pub mod bench_throughput;

@@ -296,6 +296,11 @@ enum AuditCommand {
         /// The node's audit key (node-audit-signing.pub) you pinned.
         #[arg(long, requires = "node_log")]
         node_key: Option<PathBuf>,
+        /// A node's witnessed-checkpoint.json (its state folder holds it),
+        /// to check the log against what that hospital witnessed; the
+        /// checkpoints signed into the nodes' answers are always checked.
+        #[arg(long)]
+        witnessed: Vec<PathBuf>,
         #[arg(long)]
         json: bool,
     },
@@ -523,6 +528,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 fresh,
                 node_log,
                 node_key,
+                witnessed,
                 json,
             } => {
                 let args = audit::VerifyArgs {
@@ -532,6 +538,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     fresh,
                     node_log,
                     node_key,
+                    witnessed,
                     json,
                 };
                 audit::cmd_verify(&cli.conn, args).await

@@ -25,6 +25,7 @@ use plexus_core::audit::AuditEntry;
 use plexus_core::merkle::{Checkpoint, MerkleLog};
 use plexus_core::Error;
 
+use crate::audit_seal::Seal;
 use crate::error::Result;
 use crate::store::{now_ms, Store};
 
@@ -32,6 +33,8 @@ pub struct AuditLog {
     store: Store,
     signer: Arc<plexus_tls::SigningKey>,
     origin: String,
+    /// The checkpoint and leaves kept beside a SQLite database.
+    seal: Option<Seal>,
     inner: Arc<Mutex<Inner>>,
     /// The group commit's queue; `None` in the baseline mode, where each
     /// append is its own commit behind the lock (as before group commit).
@@ -51,61 +54,362 @@ const MAX_BATCH: usize = 4096;
 struct Inner {
     tree: MerkleLog,
     latest: Option<Checkpoint>,
+    /// Consistency proofs to `latest` from the sizes nodes witnessed.
+    proofs: WitnessProofs,
+}
+
+/// Proofs from earlier sizes to the latest published checkpoint, for the
+/// jobs that show it to nodes. A proof to a checkpoint can only be made
+/// while the tree is that checkpoint's size, so they are made when it is
+/// signed, for the sizes nodes were recently proven from (most nodes
+/// report the previous checkpoint); a size not among them makes a new
+/// checkpoint rather than one per job.
+#[derive(Default)]
+struct WitnessProofs {
+    /// Earlier size → hex proof to `latest` (empty when not made yet).
+    by_size: std::collections::BTreeMap<u64, String>,
+}
+
+/// The most earlier sizes proofs are kept for.
+const WITNESS_PROOF_SIZES: usize = 64;
+
+/// What a job shows its node of the audit log: the latest published
+/// checkpoint and an RFC 6962 consistency proof from the size the node
+/// witnessed last.
+#[derive(Debug, Clone)]
+pub struct ShownCheckpoint {
+    pub checkpoint: Checkpoint,
+    /// The size the proof starts from (the node's reported size).
+    pub from_size: u64,
+    /// Lowercase hex hashes, 32 bytes each; empty when `from_size` is 0
+    /// or not smaller than the checkpoint (the node then checks roots or
+    /// sees a truncation).
+    pub proof: Vec<String>,
+}
+
+/// The stored log read at start-up: its tree and where it stops
+/// extending the reference checkpoint, if it does.
+struct Loaded {
+    tree: MerkleLog,
+    /// Positions missing from the stored log (1-based, below its end).
+    gaps: Vec<i64>,
+    /// Why the log does not extend the reference checkpoint.
+    broken: Option<String>,
+    /// The checkpoint the log was checked against.
+    reference: Option<Checkpoint>,
+}
+
+/// A line about an entry for messages: what it says it is.
+fn describe(e: &AuditEntry) -> String {
+    let at = chrono::DateTime::from_timestamp_millis(e.at)
+        .map(|t| t.to_rfc3339())
+        .unwrap_or_else(|| e.at.to_string());
+    let mut s = format!("{} by {} at {at}", e.action, e.who);
+    if !e.job_id.is_empty() {
+        s.push_str(&format!(", job {}", e.job_id));
+    } else if !e.query_id.is_empty() {
+        s.push_str(&format!(", query {}", e.query_id));
+    }
+    if !e.outcome.is_empty() {
+        s.push_str(&format!(", outcome {}", e.outcome));
+    }
+    s
+}
+
+/// Reads the stored log and checks it against the last signed checkpoint
+/// (the newer of the database's and the seal's), naming the first entry
+/// that differs when the sealed leaves can tell.
+async fn load(
+    store: &Store,
+    signer: &plexus_tls::SigningKey,
+    seal: Option<&Seal>,
+) -> Result<Loaded> {
+    let stored = store.latest_checkpoint().await?;
+    let sealed = match seal {
+        Some(s) => s.checkpoint()?,
+        None => None,
+    };
+    let public = signer.verifying_key();
+    let mut broken = None;
+    for (c, whence) in [(&stored, "the database"), (&sealed, "the seal file")] {
+        if let Some(c) = c {
+            let sig = hex::decode(&c.signature).unwrap_or_default();
+            let bytes = Checkpoint::signed_bytes(&c.origin, &c.head, c.at_unix_ms);
+            if !public.verify(&bytes, &sig) && broken.is_none() {
+                broken = Some(format!(
+                    "the last checkpoint in {whence} is not signed by this coordinator's key (coordinator.signing_key): it was forged, or the key was replaced (restore the key or the file)"
+                ));
+            }
+        }
+    }
+    let reference = match (stored, sealed) {
+        (Some(a), Some(b)) => {
+            if a.head.size == b.head.size && a.head.root != b.head.root {
+                broken = Some(format!(
+                    "the database and the seal file hold two checkpoints of {} entries with different roots ({} and {})",
+                    a.head.size, a.head.root, b.head.root
+                ));
+            }
+            Some(if b.head.size > a.head.size { b } else { a })
+        }
+        (a, b) => a.or(b),
+    };
+    let sealed_leaves = match (seal, &reference) {
+        (Some(s), Some(c)) => s.leaves_of(c)?,
+        _ => None,
+    };
+    let mut tree = MerkleLog::new();
+    let mut gaps = Vec::new();
+    let mut pages = store.audit_pages(0);
+    while let Some(page) = pages.recv().await {
+        for e in &page? {
+            let position = tree.len() as i64 + 1;
+            if e.seq > position {
+                gaps.extend(position..e.seq);
+                if broken.is_none() {
+                    broken = Some(format!(
+                        "entry {position} is missing (the stored log goes from entry {} to entry {}): entries were deleted",
+                        position - 1,
+                        e.seq
+                    ));
+                }
+                // Placeholders keep positions and seq numbers in step
+                // until a repair writes them.
+                for missing in position..e.seq {
+                    tree.push(missing_entry(missing).leaf());
+                }
+            }
+            let i = tree.len() as usize;
+            if broken.is_none() {
+                if let Some(leaf) = sealed_leaves.as_ref().and_then(|l| l.get(i)) {
+                    if *leaf != e.leaf() {
+                        broken = Some(format!(
+                            "entry {} ({}) is not the entry the checkpoint signed: it was edited",
+                            e.seq,
+                            describe(e)
+                        ));
+                    }
+                }
+            }
+            tree.push(e.leaf());
+        }
+    }
+    if let Some(c) = &reference {
+        if tree.len() < c.head.size && broken.is_none() {
+            broken = Some(if tree.is_empty() {
+                format!(
+                    "the database holds no audit entries but the last checkpoint signed {}: the database was deleted or replaced",
+                    c.head.size
+                )
+            } else {
+                format!(
+                    "entries {} to {} are missing (the stored log ends at entry {}): the log was truncated",
+                    tree.len() + 1,
+                    c.head.size,
+                    tree.len()
+                )
+            });
+        }
+        if broken.is_none() && tree.len() >= c.head.size {
+            let prefix =
+                MerkleLog::from_leaves(tree.leaves()[..c.head.size as usize].iter().copied());
+            if prefix.head() != c.head {
+                broken = Some(format!(
+                    "the first {} entries do not make the root the checkpoint signed: an entry among them was edited or moved (the sealed leaves that would name it are missing)",
+                    c.head.size
+                ));
+            }
+        }
+    }
+    Ok(Loaded {
+        tree,
+        gaps,
+        broken,
+        reference,
+    })
+}
+
+/// The entry a repair writes where one was deleted.
+fn missing_entry(seq: i64) -> AuditEntry {
+    AuditEntry {
+        seq,
+        at: 0,
+        who: String::new(),
+        role: "coordinator".into(),
+        action: "audit.missing".into(),
+        outcome: "missing".into(),
+        detail: format!("entry {seq} was deleted from the stored log; written by audit-repair"),
+        ..Default::default()
+    }
+}
+
+/// What `audit-repair` recorded.
+#[derive(Debug, Clone)]
+pub struct Repair {
+    /// The checkpoint the stored log did not extend.
+    pub old: Option<Checkpoint>,
+    /// Why.
+    pub break_: String,
+    /// The `audit.repair` entry's position.
+    pub seq: i64,
+    /// Positions written as `audit.missing`.
+    pub filled: Vec<i64>,
+    /// The checkpoint signed over the repaired log.
+    pub new: Checkpoint,
 }
 
 impl AuditLog {
-    /// Rebuilds the tree from the stored entries and checks it against the
-    /// last stored checkpoint. A log that no longer matches its own
-    /// checkpoint was changed behind the coordinator's back: that is logged
-    /// as an error (auditors' `plexus audit verify` reports it too) and the
-    /// coordinator carries on appending, since refusing to record new
-    /// actions would hide them as well.
+    /// Rebuilds the tree from the stored entries and checks that the log
+    /// extends its last signed checkpoint. A log that does not was changed
+    /// behind the coordinator's back: start-up is refused, naming the
+    /// first entry that differs, until `plexus-coordinator audit-repair`
+    /// records the break in the log itself (signing fresh checkpoints over
+    /// the edited log would launder it).
     pub async fn open(
         store: Store,
         signer: Arc<plexus_tls::SigningKey>,
         origin: &str,
     ) -> Result<Self> {
-        let latest = store.latest_checkpoint().await?;
-        let mut tree = MerkleLog::new();
-        let mut at_checkpoint = None;
-        let mut pages = store.audit_pages(0);
-        while let Some(page) = pages.recv().await {
-            for e in &page? {
-                if e.seq != tree.len() as i64 + 1 {
-                    error!(
-                        expected = tree.len() + 1,
-                        found = e.seq,
-                        "the audit log has a gap or a reordering: entries were removed or moved"
-                    );
-                }
-                tree.push(e.leaf());
-                if latest.as_ref().is_some_and(|c| c.head.size == tree.len()) {
-                    at_checkpoint = Some(tree.head());
-                }
-            }
+        Self::open_sealed(store, signer, origin, None).await
+    }
+
+    /// [`AuditLog::open`], also checking against (and from now on
+    /// keeping) the seal beside the database.
+    pub async fn open_sealed(
+        store: Store,
+        signer: Arc<plexus_tls::SigningKey>,
+        origin: &str,
+        seal: Option<Seal>,
+    ) -> Result<Self> {
+        let loaded = load(&store, &signer, seal.as_ref()).await?;
+        if let Some(why) = loaded.broken {
+            let c = loaded.reference.as_ref();
+            error!(reason = %why, "the stored audit log does not extend its last signed checkpoint; refusing to start");
+            return Err(Error::invalid(format!(
+                "the stored audit log does not extend its last signed checkpoint ({} entries, root {}, signed at {}): {why}; restore the database from backup, or record the break with `plexus-coordinator audit-repair --config FILE --reason \"...\"` (nodes that witnessed the old log refuse jobs until their operators reset)",
+                c.map_or(0, |c| c.head.size),
+                c.map(|c| c.head.root.as_str()).unwrap_or(""),
+                c.map(|c| c.at_unix_ms).unwrap_or(0),
+            ))
+            .into());
         }
-        if let Some(c) = &latest {
-            if c.head.size == 0 {
-                at_checkpoint = Some(MerkleLog::new().head());
-            }
-            if at_checkpoint.as_ref() != Some(&c.head) {
-                error!(
-                    entries = tree.len(),
-                    checkpoint_size = c.head.size,
-                    "the stored audit log does not match its last signed checkpoint: entries were edited, removed or truncated"
-                );
-            }
-        }
+        let tree = loaded.tree;
+        let latest = loaded.reference;
         info!(entries = tree.len(), "audit log loaded");
-        let inner = Arc::new(Mutex::new(Inner { tree, latest }));
+        let inner = Arc::new(Mutex::new(Inner {
+            tree,
+            latest,
+            proofs: WitnessProofs::default(),
+        }));
         let (queue, waiting) = mpsc::unbounded_channel();
         tokio::spawn(write(store.clone(), inner.clone(), waiting));
         Ok(AuditLog {
             store,
             signer,
             origin: origin.to_string(),
+            seal,
             inner,
             queue: Some(queue),
+        })
+    }
+
+    /// `plexus-coordinator audit-repair`, with the coordinator stopped:
+    /// records a break of the stored log instead of hiding it. Deleted
+    /// entries are written back as `audit.missing`, then an
+    /// `audit.repair` entry names the old checkpoint, the log's head, the
+    /// first bad entry and the reason, and a checkpoint is signed over
+    /// the result, after which start-up accepts the log.
+    pub async fn repair(
+        store: Store,
+        signer: Arc<plexus_tls::SigningKey>,
+        origin: &str,
+        seal: Option<Seal>,
+        by: &str,
+        reason: &str,
+    ) -> Result<Repair> {
+        let reason = reason.trim();
+        if reason.is_empty() {
+            return Err(Error::invalid(
+                "say why the audit log is repaired with --reason \"...\" (it is kept in the log)",
+            )
+            .into());
+        }
+        plexus_core::text::check("reason", reason)?;
+        let loaded = load(&store, &signer, seal.as_ref()).await?;
+        let Some(why) = loaded.broken else {
+            return Err(Error::invalid(
+                "the stored audit log extends its last signed checkpoint: there is nothing to repair",
+            )
+            .into());
+        };
+        let mut filled = Vec::new();
+        for &seq in &loaded.gaps {
+            let mut e = missing_entry(seq);
+            e.at = now_ms();
+            store.append_audit(&e).await?;
+            filled.push(seq);
+        }
+        // Rebuilt from the database, with the written placeholders.
+        let mut tree = MerkleLog::new();
+        let mut pages = store.audit_pages(0);
+        while let Some(page) = pages.recv().await {
+            for e in &page? {
+                tree.push(e.leaf());
+            }
+        }
+        let head = tree.head();
+        let old = loaded.reference;
+        let entry = AuditEntry {
+            seq: tree.len() as i64 + 1,
+            at: now_ms(),
+            who: by.to_string(),
+            role: "admin".into(),
+            action: "audit.repair".into(),
+            outcome: "ok".into(),
+            detail: format!(
+                "the stored log ({} entries, root {}) did not extend the checkpoint of {} entries (root {}, signed at {}): {why}{}; reason: {reason}",
+                head.size,
+                head.root,
+                old.as_ref().map_or(0, |c| c.head.size),
+                old.as_ref().map(|c| c.head.root.as_str()).unwrap_or(""),
+                old.as_ref().map_or(0, |c| c.at_unix_ms),
+                if filled.is_empty() {
+                    String::new()
+                } else {
+                    format!("; deleted entries written back as audit.missing: {filled:?}")
+                },
+            ),
+            ..Default::default()
+        };
+        store.append_audit(&entry).await?;
+        tree.push(entry.leaf());
+        let log = AuditLog {
+            store,
+            signer,
+            origin: origin.to_string(),
+            seal: None,
+            inner: Arc::new(Mutex::new(Inner {
+                tree,
+                latest: None,
+                proofs: WitnessProofs::default(),
+            })),
+            queue: None,
+        };
+        let new = log.checkpoint().await?;
+        if let Some(seal) = &seal {
+            let inner = log.inner.lock().await;
+            seal.replace(&new, inner.tree.leaves())?;
+        }
+        warn!(
+            seq = entry.seq,
+            reason, "audit log repaired: the break is recorded in the log"
+        );
+        Ok(Repair {
+            old,
+            break_: why,
+            seq: entry.seq,
+            filled,
+            new,
         })
     }
 
@@ -219,8 +523,72 @@ impl AuditLog {
             now_ms(),
         );
         self.store.insert_checkpoint(&c).await?;
+        if let Some(seal) = &self.seal {
+            seal.record(&c, inner.tree.leaves())?;
+        }
+        // Proofs to the new checkpoint from the previous one and from the
+        // sizes nodes were proven from lately (kept, largest first).
+        let mut sizes: Vec<u64> = inner.proofs.by_size.keys().copied().collect();
+        sizes.extend(inner.latest.as_ref().map(|l| l.head.size));
+        sizes.retain(|&s| s > 0 && s < c.head.size);
+        sizes.sort_unstable_by(|a, b| b.cmp(a));
+        sizes.dedup();
+        sizes.truncate(WITNESS_PROOF_SIZES);
+        let mut by_size = std::collections::BTreeMap::new();
+        for size in sizes {
+            by_size.insert(size, inner.tree.prove_consistency(size)?);
+        }
+        inner.proofs.by_size = by_size;
         inner.latest = Some(c.clone());
         Ok(c)
+    }
+
+    /// The latest published checkpoint (one is signed if none exists yet)
+    /// and a consistency proof to it from `from_size`, the size a node
+    /// witnessed last, for the node to check before it takes a job. No
+    /// checkpoint is signed per job: only when none exists, or when the
+    /// log grew since the latest one and no proof from `from_size` was
+    /// made while it could be.
+    pub async fn witness(&self, from_size: u64) -> Result<ShownCheckpoint> {
+        let mut inner = self.inner.lock().await;
+        let mut checkpoint = match &inner.latest {
+            Some(c) => c.clone(),
+            None => self.sign(&mut inner).await?,
+        };
+        let size = checkpoint.head.size;
+        if from_size == 0 || from_size >= size {
+            // Nothing to prove from, or a node that witnessed more than
+            // this log's latest checkpoint: it is shown the checkpoint and
+            // sees for itself that the log shrank.
+            return Ok(ShownCheckpoint {
+                checkpoint,
+                from_size,
+                proof: Vec::new(),
+            });
+        }
+        let proof = match inner.proofs.by_size.get(&from_size) {
+            Some(p) => p.clone(),
+            None if inner.tree.len() == size => {
+                let p = inner.tree.prove_consistency(from_size)?;
+                inner.proofs.by_size.insert(from_size, p.clone());
+                p
+            }
+            None => {
+                inner.proofs.by_size.insert(from_size, String::new());
+                checkpoint = self.sign(&mut inner).await?;
+                inner
+                    .proofs
+                    .by_size
+                    .get(&from_size)
+                    .cloned()
+                    .unwrap_or_default()
+            }
+        };
+        Ok(ShownCheckpoint {
+            checkpoint,
+            from_size,
+            proof: split_hashes(&proof),
+        })
     }
 
     /// A checkpoint of the current tree: the latest one if nothing was
@@ -313,6 +681,15 @@ impl AuditLog {
             }
         }
     }
+}
+
+/// A hex proof (32 bytes a step) as one hex hash a step.
+pub fn split_hashes(proof: &str) -> Vec<String> {
+    proof
+        .as_bytes()
+        .chunks(64)
+        .map(|c| String::from_utf8_lossy(c).into_owned())
+        .collect()
 }
 
 /// The group commit's writer: takes everything queued (up to

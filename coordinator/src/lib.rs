@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod audit_log;
+pub mod audit_seal;
 pub mod config;
 pub mod error;
 pub mod lease;
@@ -15,6 +16,7 @@ pub mod server;
 pub mod service;
 pub mod state;
 pub mod store;
+pub mod witness;
 
 pub use config::CoordinatorConfig;
 pub use error::{CoordinatorError, Result};

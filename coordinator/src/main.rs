@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 )]
 struct Args {
     /// Path to coordinator.toml.
-    #[arg(long, env = "PLEXUS_COORDINATOR_CONFIG")]
+    #[arg(long, env = "PLEXUS_COORDINATOR_CONFIG", global = true)]
     config: PathBuf,
     /// Log format: text, or json for one JSON object per line.
     #[arg(long, env = plexus_ops::LOG_FORMAT_ENV, default_value = "text")]
@@ -22,6 +22,24 @@ struct Args {
     /// The same as --log-format json (kept for older unit files).
     #[arg(long, hide = true)]
     json_logs: bool,
+    /// Without a command, the coordinator runs.
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(clap::Subcommand)]
+enum Command {
+    /// With the coordinator stopped: record in the audit log that the
+    /// stored log no longer extends its last signed checkpoint (entries
+    /// edited, deleted or truncated, a database restored from an older
+    /// backup), so that start-up accepts it again. Deleted entries are
+    /// written back as `audit.missing`; an `audit.repair` entry names the
+    /// old checkpoint, the log's head, the first bad entry and the reason.
+    AuditRepair {
+        /// Why (an incident ticket, who restored what): kept in the log.
+        #[arg(long)]
+        reason: String,
+    },
 }
 
 #[tokio::main]
@@ -33,6 +51,9 @@ async fn main() -> anyhow::Result<()> {
         args.log_format
     });
     let config = plexus_coordinator::CoordinatorConfig::load(&args.config)?;
+    if let Some(Command::AuditRepair { reason }) = args.command {
+        return audit_repair(&config, &reason).await;
+    }
     let listener = tokio::net::TcpListener::bind(config.coordinator.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.coordinator.listen))?;
@@ -44,6 +65,43 @@ async fn main() -> anyhow::Result<()> {
         token.cancel();
     });
     plexus_coordinator::run(config, listener, shutdown).await?;
+    Ok(())
+}
+
+async fn audit_repair(
+    config: &plexus_coordinator::CoordinatorConfig,
+    reason: &str,
+) -> anyhow::Result<()> {
+    use plexus_coordinator::audit_log::AuditLog;
+    let url = &config.coordinator.database_url;
+    let store = plexus_coordinator::store::Store::open(url).await?;
+    let signer = std::sync::Arc::new(config.signing_key()?);
+    let by = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+    let r = AuditLog::repair(
+        store.clone(),
+        signer,
+        &config.coordinator.id,
+        plexus_coordinator::audit_seal::Seal::for_database(url),
+        &by,
+        reason,
+    )
+    .await?;
+    store.close().await;
+    println!(
+        "recorded the break as audit entry {}: {}\nold checkpoint: {}\nnew checkpoint: {} entries, root {}{}\nthe coordinator starts again; nodes that witnessed the old log refuse jobs until their operators run `plexus-node witness reset`",
+        r.seq,
+        r.break_,
+        r.old
+            .map(|c| format!("{} entries, root {}", c.head.size, c.head.root))
+            .unwrap_or_else(|| "none".into()),
+        r.new.head.size,
+        r.new.head.root,
+        if r.filled.is_empty() {
+            String::new()
+        } else {
+            format!("\ndeleted entries written back as audit.missing: {:?}", r.filled)
+        }
+    );
     Ok(())
 }
 

@@ -233,7 +233,7 @@ impl Plan<'_> {
                 privacy: Some(self.privacy),
                 study_definition_hash: self.definition_hash.clone(),
                 secure_aggregation: secure(node),
-                // The witnessed log's fields, filled once it is built.
+                // The witnessed log's fields, filled in `ask`.
                 ..Default::default()
             };
             let timeout = Duration::from_secs(cfg.job_timeout_secs);
@@ -826,6 +826,7 @@ async fn ask(
     query: &Query,
     timeout: Duration,
 ) -> Answer {
+    let job = crate::witness::attach(state, node, job).await;
     let job_id = job.job_id.clone();
     let audit = |outcome: &str, detail: String| AuditEntry {
         who: state.config.coordinator.id.clone(),

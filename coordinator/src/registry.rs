@@ -38,6 +38,10 @@ pub struct NodeState {
     /// The node's clock minus ours, from its latest heartbeat's sending
     /// time (so it includes the one-way transit): positive when ahead.
     pub clock_offset_ms: i64,
+    /// The size of the coordinator's audit checkpoint the node says it
+    /// witnessed last (hello, heartbeats): the size the next job's
+    /// consistency proof starts from.
+    pub witnessed_size: u64,
 }
 
 type Outbound = mpsc::Sender<Result<pb::CoordinatorMessage, Status>>;
@@ -235,6 +239,7 @@ impl Registry {
         }
         c.state.degraded = beat.degraded;
         c.state.health_detail = beat.health_detail.clone();
+        c.state.witnessed_size = beat.witnessed_size;
         if beat.sent_unix_ms <= 0 {
             return None;
         }
@@ -279,6 +284,16 @@ impl Registry {
             &format!("the clocks of {off} of its {} live nodes", offsets.len()),
             ours,
         )
+    }
+
+    /// The size of the audit checkpoint `node_id` reported it witnessed
+    /// last (0 when it reported none or is not connected).
+    pub fn witnessed_size(&self, node_id: &str) -> u64 {
+        self.nodes
+            .lock()
+            .expect("lock")
+            .get(node_id)
+            .map_or(0, |c| c.state.witnessed_size)
     }
 
     pub fn is_live(&self, node_id: &str) -> bool {

@@ -148,8 +148,14 @@ pub async fn run(
     let store = Store::open_with(&url, epoch, group_commit).await?;
     let (finished, _) = watch::channel(0);
     let signer = Arc::new(config.signing_key()?);
-    let mut audit_log =
-        AuditLog::open(store.clone(), signer.clone(), &config.coordinator.id).await?;
+    check_database(&store, &url).await?;
+    let mut audit_log = AuditLog::open_sealed(
+        store.clone(),
+        signer.clone(),
+        &config.coordinator.id,
+        crate::audit_seal::Seal::for_database(&url),
+    )
+    .await?;
     if !group_commit {
         warn!("audit group commit is off (coordinator.audit_group_commit = false): every audit entry is its own commit, as a baseline to measure against");
         audit_log = audit_log.without_group_commit();
@@ -636,4 +642,16 @@ async fn record_budgets(state: &State) {
             state.metrics.budget(&s.definition.id, spent);
         }
     }
+}
+
+/// Start-up's quick integrity check of the database: a damaged SQLite file
+/// is refused with its path, before anything is read from or added to it.
+async fn check_database(store: &Store, url: &str) -> Result<()> {
+    if let Some(problems) = store.quick_check().await? {
+        let problems: String = problems.chars().take(800).collect();
+        return Err(crate::error::CoordinatorError::Server(format!(
+            "the database {url} failed its integrity check (PRAGMA quick_check): {problems}; stop here and restore it from backup (or copy out what `sqlite3 FILE .recover` saves)"
+        )));
+    }
+    Ok(())
 }

@@ -365,6 +365,20 @@ impl Store {
         }
     }
 
+    /// SQLite's `PRAGMA quick_check`: `Some(problems)` when the database
+    /// file is damaged (PostgreSQL checks its own pages: always `None`).
+    pub async fn quick_check(&self) -> Result<Option<String>> {
+        match &self.pool {
+            Pool::Postgres(_) => Ok(None),
+            Pool::Sqlite(pool) => {
+                let rows: Vec<String> = sqlx::query_scalar("PRAGMA quick_check")
+                    .fetch_all(pool)
+                    .await?;
+                Ok((rows != ["ok"]).then(|| rows.join("; ")))
+            }
+        }
+    }
+
     /// Closes the database after moving SQLite's write-ahead log into it.
     pub async fn close(&self) {
         self.checkpoint_wal().await;
@@ -794,6 +808,37 @@ impl Store {
         .execute(pool)
         .await?;
         Ok(())
+        })
+    }
+
+    /// Up to `limit` kept statements of jobs whose id sorts after
+    /// `after`: (job id, node id, statement, signature, certificate).
+    #[allow(clippy::type_complexity)]
+    pub async fn signed_statements(
+        &self,
+        after: &str,
+        limit: u32,
+    ) -> Result<Vec<(String, String, Vec<u8>, Vec<u8>, Vec<u8>)>> {
+        on_pool!(self, pool => {
+        let rows = sqlx::query(
+            "SELECT id, node_id, statement, signature, node_certificate FROM jobs \
+             WHERE id > $1 AND statement IS NOT NULL ORDER BY id LIMIT $2",
+        )
+        .bind(after)
+        .bind(i64::from(limit))
+        .fetch_all(pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("id")?,
+                    r.try_get("node_id")?,
+                    r.try_get("statement")?,
+                    r.try_get("signature")?,
+                    r.try_get("node_certificate")?,
+                ))
+            })
+            .collect()
         })
     }
 

@@ -70,6 +70,11 @@ impl MerkleLog {
         self.tree.len()
     }
 
+    /// Every leaf, in order.
+    pub fn leaves(&self) -> &[Leaf] {
+        self.tree.items()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.tree.is_empty()
     }

@@ -68,6 +68,8 @@ pub struct JobRunner {
     /// Outcomes the job log could not take when they happened (a full
     /// disk), written once it can.
     pub unlogged: std::sync::Mutex<Vec<LogEntry>>,
+    /// The coordinator's audit log as this node witnessed it.
+    pub witness: Arc<crate::witness::Witness>,
 }
 
 /// The readiness check for this node's clock against the coordinator's.
@@ -172,7 +174,14 @@ impl JobRunner {
             &self.config.node.id,
             self.now_ms(),
             &self.seen,
-        );
+        )
+        .and_then(|job| match self.witness.check(&job) {
+            Ok(()) => Ok(job),
+            Err(error) => Err(envelope::Refusal {
+                job_id: job.job_id.clone(),
+                error,
+            }),
+        });
         match opened {
             Ok(job) => {
                 // Nothing is taken while the records cannot be written.
@@ -884,7 +893,7 @@ impl JobRunner {
             data_snapshot,
             signed_unix_ms: chrono::Utc::now().timestamp_millis(),
             review,
-            witnessed: None,
+            witnessed: self.witness.signed(),
         };
         let statement = prost::Message::encode_to_vec(&statement);
         pb::JobResult {

@@ -20,6 +20,7 @@ pub mod policy;
 pub mod record;
 pub mod review;
 pub mod secagg;
+pub mod witness;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -218,6 +219,14 @@ async fn open_parts(
         chrono::Utc::now().timestamp_millis(),
     )?);
     let verifying_key = config.verifying_key()?;
+    let metrics = Arc::new(metrics::NodeMetrics::new());
+    let readiness = plexus_ops::Readiness::new();
+    let witness = Arc::new(witness::Witness::open(
+        &config.node.state_dir,
+        verifying_key.clone(),
+        readiness.clone(),
+        metrics.witness_refusals.clone(),
+    )?);
     let credentials = credentials::Credentials::load(config.tls.clone())?;
     let config_state_dir = config.node.state_dir.clone();
     let runner = job::JobRunner {
@@ -237,9 +246,10 @@ async fn open_parts(
         commitments: Arc::new(secagg::Commitments::open(&config_state_dir)?),
         drop_masked_jobs: options.drop_masked_jobs,
         clock_skew_ms: options.clock_skew_ms,
-        metrics: Arc::new(metrics::NodeMetrics::new()),
-        readiness: plexus_ops::Readiness::new(),
         unlogged: std::sync::Mutex::new(Vec::new()),
+        metrics,
+        readiness,
+        witness,
     };
     Ok((runner, credentials))
 }

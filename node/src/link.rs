@@ -126,13 +126,15 @@ impl Link {
         };
         let mut client = NodeLinkClient::new(channel);
         let (tx, rx) = mpsc::channel::<pb::NodeMessage>(64);
+        let (witnessed_size, witnessed_root) = self.runner.witness.reported();
         let hello = pb::NodeMessage {
             msg: Some(pb::node_message::Msg::Hello(pb::Hello {
                 node_id: cfg.node.id.clone(),
                 version: env!("CARGO_PKG_VERSION").to_string(),
                 dictionary_version: self.runner.dictionary.fingerprint(),
                 data_snapshot: (self.snapshot)(),
-                ..Default::default()
+                witnessed_size,
+                witnessed_root,
             })),
         };
         tx.send(hello).await.expect("receiver alive");
@@ -180,6 +182,7 @@ impl Link {
         let data = self.runner.data.clone();
         let clock = self.runner.clone();
         let records = self.runner.clone();
+        let witness = self.runner.witness.clone();
         // The data source is probed once per interval on its own task, so a
         // warehouse that went down shows as degraded (and one that came
         // back as healthy) within about one interval, in heartbeats and in
@@ -202,13 +205,15 @@ impl Link {
                 // A node that cannot write its ledger or job log says so
                 // like a data source that cannot read.
                 let health = data.health().or_else(|| records.storage_problem());
+                let (witnessed_size, witnessed_root) = witness.reported();
                 let msg = pb::NodeMessage {
                     msg: Some(pb::node_message::Msg::Heartbeat(pb::Heartbeat {
                         sent_unix_ms: clock.now_ms(),
                         data_snapshot: data.snapshot().unwrap_or_default(),
                         degraded: health.is_some(),
                         health_detail: health.unwrap_or_default(),
-                        ..Default::default()
+                        witnessed_size,
+                        witnessed_root,
                     })),
                 };
                 if beat_tx.send(msg).await.is_err() {

@@ -49,10 +49,30 @@ enum Command {
     /// Sign a checkpoint of the local job log now (it is also signed every
     /// node.audit_checkpoint_secs while the log grows) and print it.
     Checkpoint,
+    /// The coordinator's audit log as this node witnessed it.
+    Witness {
+        #[command(subcommand)]
+        command: WitnessCommand,
+    },
     /// The release gate: results held for the data steward.
     Review {
         #[command(subcommand)]
         command: ReviewCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum WitnessCommand {
+    /// What this node witnessed: the newest checkpoint, a break if any,
+    /// and earlier resets.
+    Show,
+    /// After a break (a fork, a truncation, a bad signature): forget the
+    /// witnessed checkpoint and take the next one the coordinator shows.
+    /// Only once the network admin has explained the break (a restored
+    /// backup, an `audit-repair`); the reason is kept in the file.
+    Reset {
+        #[arg(long)]
+        reason: String,
     },
 }
 
@@ -145,6 +165,29 @@ fn dispatch(args: Args) -> anyhow::Result<()> {
                     .join(plexus_node::ledger::LEDGER_CHECKPOINT_FILE)
                     .display()
             );
+            Ok(())
+        }
+        Some(Command::Witness { command }) => {
+            let dir = &config.node.state_dir;
+            match command {
+                WitnessCommand::Show => {
+                    let w = plexus_node::witness::Witnessed::load(dir)?;
+                    println!("{}", serde_json::to_string_pretty(&w)?);
+                }
+                WitnessCommand::Reset { reason } => {
+                    let r = plexus_node::witness::reset(dir, &by, &reason)?;
+                    println!(
+                        "reset the witnessed checkpoint in {}{}{}; the node takes the next checkpoint the coordinator shows (a running node from its next job)",
+                        dir.join(plexus_node::witness::WITNESS_FILE).display(),
+                        r.forgot
+                            .map(|c| format!(", forgetting the one of {} entries", c.head.size))
+                            .unwrap_or_default(),
+                        r.cleared
+                            .map(|b| format!(", clearing the break {}", b.rule.name()))
+                            .unwrap_or_default(),
+                    );
+                }
+            }
             Ok(())
         }
         Some(Command::Review { command }) => {

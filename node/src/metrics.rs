@@ -28,6 +28,12 @@ pub struct OutcomeLabels {
     pub outcome: String,
 }
 
+/// A rule of the witnessed audit log (`witness.fork`, ...).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RuleLabels {
+    pub rule: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StudyLabels {
     pub study: String,
@@ -45,6 +51,9 @@ pub struct NodeMetrics {
     pub clock_offset_seconds: Gauge<f64, AtomicU64>,
     /// 1 while the privacy ledger and the job log can be written, else 0.
     pub records_writable: Gauge,
+    /// Jobs refused because their checkpoint of the coordinator's audit
+    /// log broke a rule of the witness (see [`crate::witness`]).
+    pub witness_refusals: Family<RuleLabels, Counter>,
 }
 
 impl Default for NodeMetrics {
@@ -102,8 +111,15 @@ impl NodeMetrics {
             "1 while the node can write its privacy ledger and job log, else 0 (it refuses jobs)",
             records_writable.clone(),
         );
+        let witness_refusals = Family::<RuleLabels, Counter>::default();
+        r.register(
+            "plexus_node_witness_refusals",
+            "Jobs refused because the coordinator's audit checkpoint did not extend the one this node witnessed, by rule",
+            witness_refusals.clone(),
+        );
         NodeMetrics {
             registry: Arc::new(r),
+            witness_refusals,
             jobs,
             job_seconds,
             rows_scanned,

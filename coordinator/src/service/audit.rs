@@ -214,4 +214,43 @@ impl Audit for AuditService {
             nodes,
         }))
     }
+
+    async fn witnessed_checkpoints(
+        &self,
+        request: Request<pb::WitnessedCheckpointsRequest>,
+    ) -> Result<Response<pb::WitnessedCheckpointsResponse>, Status> {
+        use prost::Message;
+        let who = plexus_tls::require_role(&request, &[Role::Auditor, Role::Admin])?;
+        self.read_by(&who, "audit.witnessed", String::new(), String::new())
+            .await;
+        let store = &self.state.store;
+        let mut seen = std::collections::HashSet::new();
+        let mut evidence = Vec::new();
+        let mut after = String::new();
+        loop {
+            let page = store
+                .signed_statements(&after, 5_000)
+                .await
+                .map_err(|e| e.to_status())?;
+            let Some(last) = page.last() else { break };
+            after = last.0.clone();
+            for (job_id, node_id, statement, signature, certificate) in page {
+                let Ok(s) = pb::ResultStatement::decode(statement.as_slice()) else {
+                    continue;
+                };
+                let Some(w) = s.witnessed else { continue };
+                if seen.insert((node_id.clone(), w.size, w.root)) {
+                    evidence.push(pb::NodeEvidence {
+                        job_id,
+                        node_id,
+                        status: "answered".into(),
+                        statement,
+                        signature,
+                        certificate,
+                    });
+                }
+            }
+        }
+        Ok(Response::new(pb::WitnessedCheckpointsResponse { evidence }))
+    }
 }

@@ -143,6 +143,7 @@ impl NodeLink for NodeLinkService {
                 connected_at: now,
                 last_heartbeat: now,
                 peer_address: peer_addr.clone(),
+                witnessed_size: hello.witnessed_size,
                 ..Default::default()
             },
             tx,

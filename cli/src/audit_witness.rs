@@ -1,0 +1,193 @@
+//! `plexus audit verify` against the checkpoints the hospitals witnessed.
+//! Every job shows its node the coordinator's latest signed checkpoint,
+//! and the node signs the one it witnessed into its answer; the
+//! coordinator keeps those answers. A checkpoint carrying the coordinator's
+//! own signature that the log does not extend proves the log was
+//! rewritten, truncated or shown differently to different hospitals,
+//! whoever relays it: so the log is caught with no checkpoint saved by
+//! anyone, unless the coordinator also destroyed every answer it kept (and
+//! then the nodes' own `witnessed-checkpoint.json` files, given with
+//! `--witnessed`, still hold one each).
+
+use std::path::Path;
+
+use anyhow::{anyhow, Context};
+use prost::Message;
+use serde::Serialize;
+
+use plexus_core::merkle::{Checkpoint, Leaf, MerkleLog};
+use plexus_proto::v1 as pb;
+
+use crate::client::Client;
+
+/// One checkpoint a node witnessed, as checked against the log.
+#[derive(Debug, Clone, Serialize)]
+pub struct Witnessed {
+    /// The node that witnessed it (from its signed statement, or the file).
+    pub node: String,
+    /// Where it was found: the job whose signed answer carries it, or a file.
+    pub source: String,
+    pub size: u64,
+    pub root: String,
+    pub signed_at: i64,
+    /// Empty when the log extends it.
+    pub problems: Vec<String>,
+    /// Signed before an `audit.repair` entry that recorded a break: the
+    /// log it belonged to was repaired, and the repair is reported instead.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub superseded_by_repair: Option<i64>,
+}
+
+/// An `audit.repair` entry of the log.
+#[derive(Debug, Clone, Serialize)]
+pub struct RecordedRepair {
+    pub seq: i64,
+    pub at: i64,
+    pub who: String,
+    pub detail: String,
+}
+
+/// The checkpoints the nodes witnessed, from the answers the coordinator
+/// kept, plus those of nodes' `witnessed-checkpoint.json` files.
+pub async fn collect(
+    client: &Client,
+    files: &[&Path],
+) -> anyhow::Result<Vec<(Witnessed, Checkpoint)>> {
+    let r = client
+        .audit()
+        .witnessed_checkpoints(pb::WitnessedCheckpointsRequest {})
+        .await
+        .map_err(|s| {
+            let e = plexus_proto::convert::from_status(&s);
+            anyhow!("{}: {}", e.code, e.message)
+        })?
+        .into_inner();
+    let mut out = Vec::new();
+    for n in r.evidence {
+        let mut problems = Vec::new();
+        let Ok(statement) = pb::ResultStatement::decode(n.statement.as_slice()) else {
+            continue;
+        };
+        let Some(w) = statement.witnessed else {
+            continue;
+        };
+        if let Err(e) =
+            plexus_tls::verify_by_certificate(&n.certificate, &n.statement, &n.signature)
+        {
+            problems.push(format!(
+                "the node's signature over its answer does not verify: {e}"
+            ));
+        }
+        let c = Checkpoint::from(w);
+        out.push((
+            Witnessed {
+                node: statement.node_id.clone(),
+                source: format!("answer to job {}", n.job_id),
+                size: c.head.size,
+                root: c.head.root.clone(),
+                signed_at: c.at_unix_ms,
+                problems,
+                superseded_by_repair: None,
+            },
+            c,
+        ));
+    }
+    for path in files {
+        let text = std::fs::read_to_string(path).with_context(|| {
+            format!(
+                "cannot read the node's witnessed checkpoint file {}",
+                path.display()
+            )
+        })?;
+        let file: plexus_node::witness::Witnessed =
+            serde_json::from_str(&text).with_context(|| {
+                format!(
+                    "{} is not a node's witnessed-checkpoint.json",
+                    path.display()
+                )
+            })?;
+        // The file names no node: whoever handed it over vouches for it.
+        let node = format!("the node whose file is {}", path.display());
+        let mut shown: Vec<Checkpoint> = file.checkpoint.into_iter().collect();
+        if let Some(b) = file.broken {
+            // What the node refused is evidence too: the coordinator signed it.
+            shown.push(b.shown);
+        }
+        for c in shown {
+            out.push((
+                Witnessed {
+                    node: node.clone(),
+                    source: path.display().to_string(),
+                    size: c.head.size,
+                    root: c.head.root.clone(),
+                    signed_at: c.at_unix_ms,
+                    problems: Vec::new(),
+                    superseded_by_repair: None,
+                },
+                c,
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// Checks each witnessed checkpoint: signed by the pinned coordinator key
+/// and made by the log's own entries. A checkpoint signed before a
+/// recorded repair and not matching is reported as superseded by it.
+pub fn check(
+    witnessed: Vec<(Witnessed, Checkpoint)>,
+    key: &[u8],
+    leaves: &[Leaf],
+    repairs: &[RecordedRepair],
+) -> Vec<Witnessed> {
+    let mut sizes: Vec<u64> = witnessed.iter().map(|(_, c)| c.head.size).collect();
+    sizes.sort_unstable();
+    sizes.dedup();
+    // The log's root at each witnessed size, in one pass.
+    let mut roots = std::collections::HashMap::new();
+    let mut tree = MerkleLog::new();
+    let mut next = sizes.iter().peekable();
+    if next.peek() == Some(&&0) {
+        roots.insert(0, tree.head().root);
+        next.next();
+    }
+    for leaf in leaves {
+        tree.push(*leaf);
+        if next.peek() == Some(&&tree.len()) {
+            roots.insert(tree.len(), tree.head().root);
+            next.next();
+        }
+    }
+    witnessed
+        .into_iter()
+        .map(|(mut w, c)| {
+            if let Err(e) = c.verify(key) {
+                w.problems.push(format!(
+                    "{}; it is not signed by the coordinator key you pinned, so it says nothing about this log",
+                    e.message
+                ));
+                return w;
+            }
+            let problem = match roots.get(&c.head.size) {
+                None => Some(format!(
+                    "{} witnessed a checkpoint of {} entries but the log holds {}: entries were removed or the log was truncated",
+                    w.node,
+                    c.head.size,
+                    leaves.len()
+                )),
+                Some(root) if *root != c.head.root => Some(format!(
+                    "{} witnessed a checkpoint of {} entries with root {} but the log's first {} entries make root {}: entries were edited, removed or reordered, or the log shown to this hospital was another",
+                    w.node, c.head.size, c.head.root, c.head.size, root
+                )),
+                Some(_) => None,
+            };
+            if let Some(p) = problem {
+                match repairs.iter().find(|r| r.at >= c.at_unix_ms) {
+                    Some(r) => w.superseded_by_repair = Some(r.seq),
+                    None => w.problems.push(p),
+                }
+            }
+            w
+        })
+        .collect()
+}
