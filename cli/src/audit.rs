@@ -190,7 +190,7 @@ pub async fn verify_with(
         .collect();
     if !broken.is_empty() {
         bail!(
-            "the audit log does not extend checkpoints the hospitals witnessed: {}",
+            "the audit log does not extend checkpoints the hospitals witnessed, or the answers that carry them were altered: {}",
             broken.join(" | ")
         );
     }

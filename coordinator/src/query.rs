@@ -174,7 +174,7 @@ pub async fn run(
                 state.metrics.budget(&study.id, spent);
             }
         }
-        state.notify_finished();
+        state.notify_finished(&query_id);
     }
     .instrument(span)
     .await

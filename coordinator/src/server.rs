@@ -146,7 +146,9 @@ pub async fn run(
 
     let group_commit = config.coordinator.audit_group_commit;
     let store = Store::open_with(&url, epoch, group_commit).await?;
-    let (finished, _) = watch::channel(0);
+    // Enough for the queries that can finish while a waiter reads its
+    // own; a waiter that lags behind reads its query again.
+    let (finished, _) = tokio::sync::broadcast::channel(1024);
     let signer = Arc::new(config.signing_key()?);
     check_database(&store, &url).await?;
     let mut audit_log = AuditLog::open_sealed(

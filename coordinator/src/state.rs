@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use tokio::sync::watch;
+use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::error;
@@ -42,8 +42,11 @@ pub struct State {
     /// `/readyz`: the store is open and the server serving, the lease (when
     /// there is one) held, and no shutdown under way.
     pub readiness: plexus_ops::Readiness,
-    /// Bumped whenever a query finishes, to wake waiting `GetResult` calls.
-    pub finished: watch::Sender<u64>,
+    /// The id of each query as it finishes, to wake the `GetResult` calls
+    /// waiting for that query (and only those: with hundreds in flight,
+    /// waking every waiter on every finish made each re-read its query and
+    /// starved the database's read connections).
+    pub finished: broadcast::Sender<String>,
 }
 
 impl State {
@@ -59,7 +62,8 @@ impl State {
         }
     }
 
-    pub fn notify_finished(&self) {
-        self.finished.send_modify(|v| *v = v.wrapping_add(1));
+    pub fn notify_finished(&self, query_id: &str) {
+        // No receiver means no one is waiting.
+        let _ = self.finished.send(query_id.to_string());
     }
 }

@@ -231,8 +231,21 @@ impl Research for ResearchService {
             }
             // A query finishing as the server stops wakes both branches:
             // either way the loop reads its final state once more.
+            let ours = async {
+                loop {
+                    match finished.recv().await {
+                        Ok(id) if id == req.query_id => return,
+                        Ok(_) => {}
+                        // Missed some: ours may be among them.
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return,
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                            return std::future::pending().await
+                        }
+                    }
+                }
+            };
             tokio::select! {
-                _ = finished.changed() => {}
+                _ = ours => {}
                 _ = tokio::time::sleep_until(deadline) => {}
                 _ = self.state.shutdown.cancelled() => {}
             }
