@@ -52,6 +52,10 @@ pub async fn run(opts: ThroughputOptions) -> anyhow::Result<Vec<(usize, Figures)
     sb_opts.formats = vec![DataFormat::Parquet];
     sb_opts.keep_rows = false;
     sb_opts.job_timeout_secs = 600;
+    // Nodes count as gone after three missed heartbeats: at 1 s, a node
+    // whose heartbeat waits behind its jobs on a saturated machine drops
+    // out of a fit; at 5 s only a real outage does.
+    sb_opts.heartbeat_secs = 5;
     let mut sb = Sandbox::prepare(sb_opts)
         .await
         .with_context(|| format!("cannot prepare a sandbox of {} nodes", opts.nodes))?;

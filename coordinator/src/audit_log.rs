@@ -848,6 +848,48 @@ mod tests {
         );
     }
 
+    /// Appends per second with 1, 8 and 64 appenders, each waiting for its
+    /// entry to be durable before the next, with and without group commit
+    /// (`cargo test -p plexus-coordinator --release audit_append_rate --
+    /// --ignored --nocapture`).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "a measurement, not a check"]
+    async fn audit_append_rate() {
+        for group in [false, true] {
+            for appenders in [1usize, 8, 64] {
+                let dir = tempfile::tempdir().unwrap();
+                let (_, log) = log_in(dir.path()).await;
+                let log = Arc::new(if group {
+                    log
+                } else {
+                    log.without_group_commit()
+                });
+                let until = std::time::Instant::now() + std::time::Duration::from_secs(3);
+                let started = std::time::Instant::now();
+                let tasks = (0..appenders).map(|i| {
+                    let log = log.clone();
+                    tokio::spawn(async move {
+                        let mut n = 0u64;
+                        while std::time::Instant::now() < until {
+                            log.append(entry(i)).await.unwrap();
+                            n += 1;
+                        }
+                        n
+                    })
+                });
+                let n: u64 = futures::future::join_all(tasks)
+                    .await
+                    .into_iter()
+                    .map(|r| r.unwrap())
+                    .sum();
+                println!(
+                    "group commit {group}, {appenders} appenders: {:.0} durable appends/s",
+                    n as f64 / started.elapsed().as_secs_f64()
+                );
+            }
+        }
+    }
+
     /// The baseline mode (no group commit) numbers entries the same way.
     #[tokio::test]
     async fn without_group_commit_appends_one_by_one() {

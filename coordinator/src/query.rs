@@ -1040,9 +1040,28 @@ async fn ask(
         entry.privacy_remaining = Some((r.budget_rho - r.spent_rho).max(0.0));
     }
     // The job's outcome is in the log before the jobs table says it is
-    // finished: a crash in between leaves a job the next start finds
-    // already audited, never a finished job without its entry.
-    state.audit(entry).await;
+    // finished, and before the answer is used: a crash in between leaves a
+    // job the next start finds already audited, never a finished job
+    // without its entry. An answer the log could not record is not used
+    // (what the node charged still counts).
+    let receipt = answer.receipt();
+    let (answer, status, stats_json, err) = match state.audit_log.append(entry).await {
+        Ok(seq) => {
+            state.metrics.audit_entries.set(seq);
+            (answer, status, stats_json, err)
+        }
+        Err(e) => {
+            let e = e.to_core();
+            warn!(node = %node, error = %e.message, "node answer not used: its audit entry could not be written");
+            let outcome = NodeOutcome {
+                node: node.to_string(),
+                status: NodeStatus::Failed,
+                detail: Some(format!("answer not used: {}", e.message)),
+                code: Some(e.code),
+            };
+            (Answer::Other(outcome, receipt), "failed", None, Some(e))
+        }
+    };
     // With the node's signed statement, kept for later checks.
     if let Err(e) = state
         .store

@@ -289,8 +289,11 @@ pub async fn run(
 /// finish: their node streams are gone. Their outcome is decided here, so
 /// it is audited here: a `job` entry `interrupted` for every job still
 /// out, a `query.result` entry `interrupted` for every query, committed
-/// before the queries are marked failed (a crash in between audits them
-/// again at the next start rather than never). Returns how many queries.
+/// before the queries are marked failed. What the log already holds is not
+/// audited twice (a crash between this commit and the marking, or between
+/// a result's entry and its storing: such a query's entry stays the one
+/// written, while the database, which lost the result, marks it failed).
+/// Returns how many queries.
 async fn fail_interrupted(store: &Store, log: &AuditLog, coordinator: &str) -> Result<u64> {
     let crate::store::Interrupted { queries, jobs } = store.interrupted().await?;
     if queries.is_empty() {

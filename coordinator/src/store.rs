@@ -1195,6 +1195,24 @@ where
 
 #[cfg(test)]
 mod tests {
+    /// Errors name the database without ever showing a password.
+    #[test]
+    fn database_names_show_the_file_or_the_server_never_a_password() {
+        use super::database_name;
+        assert_eq!(
+            database_name("sqlite:///var/lib/plexus-coordinator/coordinator.db?mode=rwc"),
+            "/var/lib/plexus-coordinator/coordinator.db"
+        );
+        assert_eq!(
+            database_name("postgres://plexus:s3cret@db.example:5432/plexus?sslmode=verify-full"),
+            "postgres://plexus@db.example:5432/plexus"
+        );
+        assert_eq!(
+            database_name("postgresql://db.example/plexus"),
+            "postgresql://db.example/plexus"
+        );
+    }
+
     /// The SQLite and PostgreSQL migrations stay in step: the same
     /// versions under the same names, in the same order.
     #[test]
