@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 struct Args {
     /// Path to coordinator.toml.
     #[arg(long, env = "PLEXUS_COORDINATOR_CONFIG", global = true)]
-    config: PathBuf,
+    config: Option<PathBuf>,
     /// Log format: text, or json for one JSON object per line.
     #[arg(long, env = plexus_ops::LOG_FORMAT_ENV, default_value = "text")]
     log_format: plexus_ops::LogFormat,
@@ -50,7 +50,12 @@ async fn main() -> anyhow::Result<()> {
     } else {
         args.log_format
     });
-    let config = plexus_coordinator::CoordinatorConfig::load(&args.config)?;
+    let Some(path) = args.config.as_deref() else {
+        anyhow::bail!(
+            "say which coordinator.toml to use with --config PATH (or PLEXUS_COORDINATOR_CONFIG)"
+        );
+    };
+    let config = plexus_coordinator::CoordinatorConfig::load(path)?;
     if let Some(Command::AuditRepair { reason }) = args.command {
         return audit_repair(&config, &reason).await;
     }
@@ -118,4 +123,14 @@ async fn wait_for_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        super::Args::command().debug_assert();
+    }
 }
