@@ -630,6 +630,15 @@ pub async fn cmd_verify(conn: &crate::client::ConnectArgs, a: VerifyArgs) -> any
             report.witnessed.iter().map(|w| w.size).max().unwrap_or(0)
         );
     }
+    for w in report.witnessed.iter().filter(|w| w.unattributed.is_some()) {
+        println!(
+            "warning: the checkpoint of {} entries from {} cannot be attributed to {}: {}",
+            w.size,
+            safe(&w.source),
+            safe(&w.node),
+            safe(w.unattributed.as_deref().unwrap_or_default())
+        );
+    }
     for r in &report.repairs {
         let before = report
             .witnessed

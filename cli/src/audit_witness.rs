@@ -32,6 +32,11 @@ pub struct Witnessed {
     pub signed_at: i64,
     /// Empty when the log extends it.
     pub problems: Vec<String>,
+    /// Why the node that relayed it cannot be confirmed (its signature over
+    /// the kept answer fails). The checkpoint still counts: its evidence is
+    /// the coordinator's own signature.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unattributed: Option<String>,
     /// Signed before an `audit.repair` entry that recorded a break: the
     /// log it belonged to was repaired, and the repair is reported instead.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -64,20 +69,16 @@ pub async fn collect(
         .into_inner();
     let mut out = Vec::new();
     for n in r.evidence {
-        let mut problems = Vec::new();
         let Ok(statement) = pb::ResultStatement::decode(n.statement.as_slice()) else {
             continue;
         };
         let Some(w) = statement.witnessed else {
             continue;
         };
-        if let Err(e) =
+        let unattributed =
             plexus_tls::verify_by_certificate(&n.certificate, &n.statement, &n.signature)
-        {
-            problems.push(format!(
-                "the node's signature over its answer does not verify: {e}"
-            ));
-        }
+                .err()
+                .map(|e| format!("the node's signature over its kept answer does not verify: {e}"));
         let c = Checkpoint::from(w);
         out.push((
             Witnessed {
@@ -86,7 +87,8 @@ pub async fn collect(
                 size: c.head.size,
                 root: c.head.root.clone(),
                 signed_at: c.at_unix_ms,
-                problems,
+                problems: Vec::new(),
+                unattributed,
                 superseded_by_repair: None,
             },
             c,
@@ -122,6 +124,7 @@ pub async fn collect(
                     root: c.head.root.clone(),
                     signed_at: c.at_unix_ms,
                     problems: Vec::new(),
+                    unattributed: None,
                     superseded_by_repair: None,
                 },
                 c,

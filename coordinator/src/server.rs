@@ -652,11 +652,18 @@ async fn record_budgets(state: &State) {
 /// Start-up's quick integrity check of the database: a damaged SQLite file
 /// is refused with its path, before anything is read from or added to it.
 async fn check_database(store: &Store, url: &str) -> Result<()> {
-    if let Some(problems) = store.quick_check().await? {
+    let damaged = |problems: &str| {
         let problems: String = problems.chars().take(800).collect();
-        return Err(crate::error::CoordinatorError::Server(format!(
+        crate::error::CoordinatorError::Server(format!(
             "the database {url} failed its integrity check (PRAGMA quick_check): {problems}; stop here and restore it from backup (or copy out what `sqlite3 FILE .recover` saves)"
-        )));
+        ))
+    };
+    let checked = store
+        .quick_check()
+        .await
+        .map_err(|e| damaged(&e.to_string()))?;
+    if let Some(problems) = checked {
+        return Err(damaged(&problems));
     }
     Ok(())
 }

@@ -20,6 +20,15 @@ pub async fn attach(state: &State, node: &str, mut job: pb::Job) -> pb::Job {
     let from = state.registry.witnessed_size(node);
     match state.audit_log.witness(from).await {
         Ok(shown) => {
+            if shown.from_size > shown.checkpoint.head.size {
+                // The node saw more of this log than the log now holds.
+                error!(
+                    node,
+                    witnessed = shown.from_size,
+                    latest = shown.checkpoint.head.size,
+                    "the node witnessed a larger checkpoint of the audit log than the latest one: the log lost entries it had signed; the node refuses its jobs (witness.truncated) until the break is repaired and its operator resets"
+                );
+            }
             job.witness_checkpoint = Some(pb::SignedCheckpoint {
                 public_key: state.signer.public_hex(),
                 ..shown.checkpoint.into()

@@ -5,7 +5,8 @@
 //! edited or deleted while stopped refuses to start, naming the entry,
 //! until `audit-repair` records the break; and `audit verify` catches a
 //! rewritten log through the checkpoints the hospitals witnessed, with no
-//! checkpoint saved by anyone.
+//! checkpoint saved by anyone; a damaged database file is refused at start
+//! with its path.
 
 use std::path::Path;
 
@@ -353,5 +354,33 @@ async fn audit_verify_catches_a_rewritten_log_through_the_checkpoints_the_hospit
             .unwrap_err()
     );
     assert!(e.contains("witness"), "{e}");
+    sb.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_database_is_refused_at_start_with_its_path() {
+    let (mut sb, _study) = witnessed_sandbox(109).await;
+    sb.stop_coordinator().await.unwrap();
+    let url = sb.coordinator_config.coordinator.database_url.clone();
+    let file = url.strip_prefix("sqlite://").unwrap();
+    let file = file.split('?').next().unwrap().to_string();
+    // Fold the write-ahead log in, then damage one page in the middle.
+    let pool = db(&sb).await;
+    sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    let mut bytes = std::fs::read(&file).unwrap();
+    let pages = bytes.len() / 4096;
+    assert!(pages > 3, "{pages}");
+    // Page headers (the b-tree page type) of the later half: the pages
+    // the latest rows went to.
+    for page in pages / 2..pages {
+        bytes[page * 4096] = 0xA5;
+    }
+    std::fs::write(&file, bytes).unwrap();
+    let e = start_refused(&sb).await;
+    assert!(e.contains(&file) && e.contains("quick_check"), "{e}");
     sb.shutdown().await.unwrap();
 }
