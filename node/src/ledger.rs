@@ -104,6 +104,9 @@ struct Inner {
     last_signed: Option<u64>,
     /// Why the last write failed, while none has succeeded since.
     trouble: Option<String>,
+    /// The chain's hash after `count` records as read (what a read-only
+    /// opening signs: the file may grow beside it).
+    head_at_open: String,
 }
 
 pub struct Ledger {
@@ -280,6 +283,7 @@ impl Ledger {
                 next_line,
                 last_signed: signed.last().map(|c| c.head.size),
                 trouble: None,
+                head_at_open: scan.head().to_string(),
             }),
         })
     }
@@ -368,7 +372,7 @@ impl Ledger {
         })?;
         let root = match &inner.file {
             Some(f) => f.head().to_string(),
-            None => self.read_head()?,
+            None => inner.head_at_open.clone(),
         };
         let head = TreeHead {
             size: inner.count,
@@ -388,14 +392,6 @@ impl Ledger {
         })?;
         inner.last_signed = Some(c.head.size);
         Ok(c)
-    }
-
-    /// The chain's hash as read (read-only opening).
-    fn read_head(&self) -> Result<String> {
-        let scan = record::scan(&self.path, "privacy ledger", |_| Ok(()))
-            .map_err(|e| Error::internal(e.to_string()))?
-            .map_err(Error::internal)?;
-        Ok(scan.head().to_string())
     }
 
     pub fn path(&self) -> &Path {

@@ -46,8 +46,9 @@ enum Command {
         #[arg(long, default_value = "")]
         note: String,
     },
-    /// Sign a checkpoint of the local job log now (it is also signed every
-    /// node.audit_checkpoint_secs while the log grows) and print it.
+    /// Sign a checkpoint of the local job log and of the privacy ledger now
+    /// (they are also signed every node.audit_checkpoint_secs while they
+    /// grow) and print the job log's.
     Checkpoint,
     /// The coordinator's audit log as this node witnessed it.
     Witness {
@@ -156,11 +157,12 @@ fn dispatch(args: Args) -> anyhow::Result<()> {
                 state.display()
             );
             let ledger = plexus_node::ledger::Ledger::open_to_sign(state, &config.node.id)?;
+            // Stdout keeps the job log's checkpoint alone, as before.
             let c = ledger.checkpoint()?;
-            println!("{}", serde_json::to_string_pretty(&c)?);
             eprintln!(
-                "signed a checkpoint of the privacy ledger's {} records into {}",
+                "signed a checkpoint of the privacy ledger's {} records (last hash {}) into {}",
                 c.head.size,
+                c.head.root,
                 state
                     .join(plexus_node::ledger::LEDGER_CHECKPOINT_FILE)
                     .display()

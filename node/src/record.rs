@@ -438,6 +438,14 @@ mod tests {
         let e = scan(&path, "test file", parse).unwrap().unwrap_err();
         assert!(e.contains("line 3"), "{e}");
 
+        // A crash that left the file longer than its data (zeros at the
+        // end) is a torn last line too.
+        let mut zeros = text.clone().into_bytes();
+        zeros.extend_from_slice(&[0u8; 64]);
+        std::fs::write(&path, &zeros).unwrap();
+        let s = scan(&path, "test file", parse).unwrap().unwrap();
+        assert_eq!((s.records.len(), s.torn.as_ref().unwrap().line), (4, 5));
+
         // An unchained line after a chained one is not read.
         std::fs::write(&path, format!("{text}{{\"old\":4}}\n")).unwrap();
         let e = scan(&path, "test file", parse).unwrap().unwrap_err();

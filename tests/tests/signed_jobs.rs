@@ -314,3 +314,63 @@ async fn a_node_that_cannot_write_its_job_log_refuses_unavailable_and_recovers()
         "{log:?}"
     );
 }
+
+/// A node does not start on an edited ledger, nor on a ledger missing a
+/// debit its job log records: the error names the files and the line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_refuses_to_start_on_an_edited_or_cut_ledger() {
+    use plexus_node::ledger::{Ledger, LEDGER_FILE};
+    use plexus_node::log::{JobLog, LogEntry};
+
+    let sb = Sandbox::prepare(SandboxOptions::new(200, 89))
+        .await
+        .unwrap();
+    let config = sb.node_configs["hospital-a"].clone();
+    let state = config.node.state_dir.clone();
+    let ledger = Ledger::open(&state).unwrap();
+    let log = JobLog::open(&state).unwrap();
+    for (job, rho) in [("j1", 0.03), ("j2", 0.04), ("j3", 0.01)] {
+        ledger.debit("s1", 1.0, rho, job, "q", None).unwrap();
+        log.append(&LogEntry {
+            job_id: job.into(),
+            study_id: "s1".into(),
+            outcome: "released".into(),
+            privacy_cost: Some(rho),
+            ..Default::default()
+        })
+        .unwrap();
+    }
+    drop((ledger, log));
+    let path = state.join(LEDGER_FILE);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let open = || plexus_node::open_runner(config.clone(), plexus_node::RunOptions::default());
+
+    // A debit's rho set to 0.
+    std::fs::write(&path, text.replacen("\"rho\":0.04", "\"rho\":0.0", 1)).unwrap();
+    let e = open()
+        .await
+        .err()
+        .expect("an edited ledger is refused")
+        .to_string();
+    assert!(
+        e.contains("line 2 of the privacy ledger") && e.contains(&path.display().to_string()),
+        "{e}"
+    );
+
+    // The last debit cut off: the job log still records the charge.
+    let kept: String = text.lines().take(2).map(|l| format!("{l}\n")).collect();
+    std::fs::write(&path, kept).unwrap();
+    let e = open()
+        .await
+        .err()
+        .expect("a cut ledger is refused")
+        .to_string();
+    assert!(
+        e.contains("job j3") && e.contains(LEDGER_FILE) && e.contains("jobs.log.jsonl"),
+        "{e}"
+    );
+
+    // Put back whole, the node opens.
+    std::fs::write(&path, &text).unwrap();
+    open().await.unwrap();
+}
