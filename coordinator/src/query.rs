@@ -217,6 +217,7 @@ impl Plan<'_> {
         secure: impl Fn(&str) -> Option<pb::SecureAggregation>,
     ) -> Vec<(String, Answer)> {
         let cfg = &self.state.config.coordinator;
+        // Set again as each job leaves (see `ask`).
         let deadline = now_ms() + (cfg.job_timeout_secs * 1000) as i64;
         let futures = nodes.iter().map(|node| {
             let job = pb::Job {
@@ -903,11 +904,13 @@ async fn ask(
             );
         }
     }
-    let rx = match state
-        .registry
-        .send_job(node, job.clone(), &state.signer)
-        .await
-    {
+    // Valid from the moment it leaves, not from when the round was planned:
+    // a burst whose jobs wait for their records must not spend the nodes'
+    // time on that wait (nodes refused them as expired).
+    let mut leaving = job.clone();
+    leaving.issued_unix_ms = now_ms();
+    leaving.deadline_unix_ms = leaving.issued_unix_ms + timeout.as_millis() as i64;
+    let rx = match state.registry.send_job(node, leaving, &state.signer).await {
         Ok(rx) => rx,
         Err(e) => {
             let _ = state.store.finish_job(&job_id, "missing", None, None).await;
