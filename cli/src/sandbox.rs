@@ -216,6 +216,7 @@ impl Sandbox {
                 metrics_listen: opts.metrics.then(free_port).transpose()?,
                 shutdown_grace_secs: 20,
                 audit_group_commit: true,
+                max_running_queries: 16,
             },
             tls: TlsFiles::in_dir(&pki, "coordinator"),
         };

@@ -80,6 +80,13 @@ pub struct CoordinatorSection {
     /// production.
     #[serde(default = "default_true")]
     pub audit_group_commit: bool,
+    /// Queries whose jobs may be out at the nodes at once. More wait, in
+    /// the order they were submitted, and their jobs are signed (and their
+    /// deadlines start) only when their turn comes: a burst is answered
+    /// first come, first served, instead of every query's jobs sharing the
+    /// nodes at once and all of them finishing late (or expiring).
+    #[serde(default = "default_running_queries")]
+    pub max_running_queries: u32,
 }
 
 fn default_true() -> bool {
@@ -100,6 +107,9 @@ fn default_lease_ttl_ms() -> u64 {
 }
 fn default_k() -> u32 {
     plexus_core::DEFAULT_MIN_CELL_SIZE
+}
+fn default_running_queries() -> u32 {
+    16
 }
 fn default_job_timeout() -> u64 {
     60
@@ -191,6 +201,12 @@ impl CoordinatorConfig {
             return Err(CoordinatorError::Config(
                 "coordinator.instance is empty; name this coordinator (e.g. coordinator-a) or leave the key out to use coordinator.id".into(),
             ));
+        }
+        if c.max_running_queries == 0 || c.max_running_queries > 10_000 {
+            return Err(CoordinatorError::Config(format!(
+                "coordinator.max_running_queries must be between 1 and 10000 (16 is the default), got {}",
+                c.max_running_queries
+            )));
         }
         if c.job_timeout_secs == 0 || c.job_timeout_secs > 3600 {
             return Err(CoordinatorError::Config(

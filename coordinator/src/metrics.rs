@@ -60,6 +60,9 @@ pub struct Metrics {
     pub node_replacements: Family<NodeLabels, Counter>,
     pub budget_spent: Family<StudyLabels, Gauge<f64, AtomicU64>>,
     pub audit_entries: Gauge,
+    /// Accepted queries waiting for their turn to run
+    /// (`coordinator.max_running_queries`).
+    pub queries_waiting: Gauge,
 }
 
 impl Default for Metrics {
@@ -123,6 +126,12 @@ impl Metrics {
             "Entries in the coordinator's audit log",
             audit_entries.clone(),
         );
+        let queries_waiting = Gauge::default();
+        r.register(
+            "plexus_queries_waiting",
+            "Accepted queries waiting for their turn to run (coordinator.max_running_queries)",
+            queries_waiting.clone(),
+        );
         Metrics {
             registry: Arc::new(r),
             queries,
@@ -133,6 +142,7 @@ impl Metrics {
             node_replacements,
             budget_spent,
             audit_entries,
+            queries_waiting,
         }
     }
 

@@ -88,7 +88,18 @@ pub async fn run(
     async move {
         let started = std::time::Instant::now();
         let charges = std::sync::Mutex::new(Vec::new());
-        let mut outcome = execute(&state, &query_id, &study, &query, &charges).await;
+        // Its turn (first come, first served); its jobs are signed and
+        // their deadlines start only then.
+        state.metrics.queries_waiting.inc();
+        let turn = tokio::select! {
+            t = state.running.acquire() => t.ok(),
+            () = state.abort_queries.cancelled() => None,
+        };
+        state.metrics.queries_waiting.dec();
+        let mut outcome = match turn {
+            Some(_turn) => execute(&state, &query_id, &study, &query, &charges).await,
+            None => Err(Error::unavailable(crate::server::SHUT_DOWN_MID_QUERY)),
+        };
         if outcome.is_err() && !study.privacy.exact {
             // The hospitals charged what they released or refused on noised
             // values even though the query failed: the study's account says

@@ -188,6 +188,7 @@ pub async fn run(
         draining: shutdown.clone(),
         abort_queries: CancellationToken::new(),
         queries: TaskTracker::new(),
+        running: tokio::sync::Semaphore::new(config.coordinator.max_running_queries as usize),
         metrics,
         readiness,
         finished,

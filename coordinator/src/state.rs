@@ -38,6 +38,9 @@ pub struct State {
     pub abort_queries: CancellationToken,
     /// Every query running in the background.
     pub queries: TaskTracker,
+    /// Turns to run (`coordinator.max_running_queries`): a query holds
+    /// one from its first job to its result; the rest wait in order.
+    pub running: tokio::sync::Semaphore,
     pub metrics: Arc<Metrics>,
     /// `/readyz`: the store is open and the server serving, the lease (when
     /// there is one) held, and no shutdown under way.

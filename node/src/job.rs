@@ -470,7 +470,7 @@ impl JobRunner {
                 .map_err(|_| late())?
                 .map_err(|e| Error::internal(format!("the node's computation stopped: {e}")))??,
             None => {
-                let compute = self.data.compute(
+                let compute = self.data.compute_apart(
                     &checked.query,
                     &checked.purpose,
                     today,

@@ -78,7 +78,7 @@ impl DataSource {
     }
 
     /// Runs one query (or one round of an iterative fit); see
-    /// [`FileSource::compute`].
+    /// [`FileSource::compute`]. Jobs use [`Self::compute_apart`].
     pub async fn compute(
         &self,
         query: &Query,
@@ -92,4 +92,64 @@ impl DataSource {
             DataSource::Warehouse(w) => w.compute(query, purpose, today, limits, iteration).await,
         }
     }
+
+    /// [`Self::compute`], with a file source's computation (DataFusion's
+    /// planning and execution: all CPU) on the node's compute threads,
+    /// never on the async workers that keep the coordinator link: a burst
+    /// of jobs slows the jobs, while heartbeats, HTTP/2 keep-alive answers
+    /// and other jobs' answers still go out. (With DataFusion on the async
+    /// workers, a 200-query burst on 20 nodes in one process held both
+    /// workers for tens of seconds, jobs expired before they were opened
+    /// and nodes dropped out of fits.) Dropping the returned future stops
+    /// the computation.
+    pub async fn compute_apart(
+        self: &Arc<Self>,
+        query: &Query,
+        purpose: &Purpose,
+        today: NaiveDate,
+        limits: Limits,
+        iteration: Option<&Iteration>,
+    ) -> Result<RawStats> {
+        if let DataSource::Warehouse(w) = &**self {
+            // Waits on the warehouse: nothing to move.
+            return w.compute(query, purpose, today, limits, iteration).await;
+        }
+        let (source, query, purpose, iteration) = (
+            self.clone(),
+            query.clone(),
+            purpose.clone(),
+            iteration.cloned(),
+        );
+        let task = compute_threads().spawn(async move {
+            source
+                .compute(&query, &purpose, today, limits, iteration.as_ref())
+                .await
+        });
+        tokio_util::task::AbortOnDropHandle::new(task)
+            .await
+            .map_err(|e| {
+                plexus_core::Error::internal(format!("the node's computation stopped: {e}"))
+            })?
+    }
+}
+
+/// The runtime DataFusion runs on: one thread per core, apart from the
+/// async workers (DataFusion's own advice for CPU-bound work beside
+/// network I/O). One per process, made on first use.
+fn compute_threads() -> &'static tokio::runtime::Handle {
+    static THREADS: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    THREADS
+        .get_or_init(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(
+                    std::thread::available_parallelism()
+                        .map(|n| n.get())
+                        .unwrap_or(1),
+                )
+                .thread_name("plexus-compute")
+                .enable_all()
+                .build()
+                .expect("the node's compute threads start")
+        })
+        .handle()
 }

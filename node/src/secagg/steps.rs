@@ -131,7 +131,7 @@ impl JobRunner {
             );
             let (limits, iteration) = (self.limits(checked), checked.iteration.clone());
             let task = tokio::spawn(async move {
-                data.compute(&query, &purpose, today, limits, iteration.as_ref())
+                data.compute_apart(&query, &purpose, today, limits, iteration.as_ref())
                     .await
             });
             let pending = Pending {
