@@ -30,8 +30,10 @@ struct Finished {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_concurrent_queries_on_twenty_nodes_all_finish_with_the_right_answer() {
+    // PLEXUS_TEST_LOG=warn (an env filter) shows what the daemons log.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_env("PLEXUS_TEST_LOG"))
+        .with_test_writer()
         .try_init();
     let sb = Sandbox::start(SandboxOptions::with_nodes(NODES, PATIENTS_PER_SITE, 61))
         .await
