@@ -167,7 +167,8 @@ impl SeenJobs {
         // A failed write (a full disk) is cut back off, so the next id is
         // not appended to a fragment.
         let len = inner.0.metadata().map(|m| m.len());
-        let written = inner.0.write_all(&line).and_then(|_| inner.0.sync_data());
+        let file = &mut inner.0;
+        let written = crate::disk::wait(|| file.write_all(&line).and_then(|_| file.sync_data()));
         if let Err(e) = written {
             if let Ok(len) = len {
                 let _ = inner.0.set_len(len);

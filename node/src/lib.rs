@@ -9,6 +9,7 @@
 pub mod config;
 pub mod credentials;
 pub mod data;
+mod disk;
 pub mod envelope;
 pub mod error;
 pub mod job;

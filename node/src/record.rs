@@ -310,9 +310,8 @@ impl Appender {
             let _ = self.file.write_all(&line[..line.len() / 2]);
             Err(std::io::Error::from_raw_os_error(28))
         } else {
-            self.file
-                .write_all(&line)
-                .and_then(|()| self.file.sync_data())
+            let file = &mut self.file;
+            crate::disk::wait(|| file.write_all(&line).and_then(|()| file.sync_data()))
         };
         if let Err(e) = written {
             self.dirty = true;

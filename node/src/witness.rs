@@ -174,15 +174,16 @@ impl Witnessed {
             ))
         };
         let text = serde_json::to_vec_pretty(self).expect("serialises");
-        let mut f = std::fs::File::create(&tmp).map_err(|e| io("write", e))?;
-        f.write_all(&text)
-            .and_then(|_| f.sync_all())
-            .map_err(|e| io("write", e))?;
-        std::fs::rename(&tmp, &path).map_err(|e| io("replace", e))?;
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| io("sync the folder of", e))?;
-        Ok(())
+        crate::disk::wait(|| {
+            let mut f = std::fs::File::create(&tmp).map_err(|e| io("write", e))?;
+            f.write_all(&text)
+                .and_then(|_| f.sync_all())
+                .map_err(|e| io("write", e))?;
+            std::fs::rename(&tmp, &path).map_err(|e| io("replace", e))?;
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| io("sync the folder of", e))
+        })
     }
 
     fn heads(&self) -> BTreeMap<u64, String> {
