@@ -42,7 +42,7 @@ use plexus_core::privacy::release::NoiseScale;
 use plexus_core::{Error, NodeStats, Result};
 
 use crate::log::JobLog;
-use crate::record::{self, Appender};
+use crate::record::{self, Appender, Writer};
 
 /// A released answer, kept so that asking again returns it unchanged.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -92,8 +92,8 @@ pub struct Balance {
 }
 
 struct Inner {
-    /// `None` when opened read-only (a tool beside a running node).
-    file: Option<Appender>,
+    /// The ledger file; read-only for a tool beside a running node.
+    records: Writer,
     spent: BTreeMap<String, f64>,
     answers: HashMap<String, Answer>,
     /// Each job's debit: its line in the file and its ρ.
@@ -102,8 +102,6 @@ struct Inner {
     count: u64,
     next_line: usize,
     last_signed: Option<u64>,
-    /// Why the last write failed, while none has succeeded since.
-    trouble: Option<String>,
     /// The chain's hash after `count` records as read (what a read-only
     /// opening signs: the file may grow beside it).
     head_at_open: String,
@@ -275,14 +273,13 @@ impl Ledger {
             origin: String::new(),
             key: None,
             inner: Mutex::new(Inner {
-                file,
+                records: Writer::new(file),
                 spent,
                 answers,
                 debits,
                 count,
                 next_line,
                 last_signed: signed.last().map(|c| c.head.size),
-                trouble: None,
                 head_at_open: scan.head().to_string(),
             }),
         })
@@ -324,30 +321,19 @@ impl Ledger {
 
     /// Why the last write failed, while none has succeeded since.
     pub fn trouble(&self) -> Option<String> {
-        self.inner.lock().expect("ledger lock").trouble.clone()
+        self.inner.lock().expect("ledger lock").records.trouble()
     }
 
-    /// After a failed write, once the disk takes writes again: cuts the
-    /// failed write's leftovers off (if that did not happen at once) and
-    /// forgets the failure.
+    /// After a failed write, once the disk takes writes again: cuts its
+    /// leftovers off and forgets it ([`Writer::recover`]).
     pub fn recover(&self) -> std::io::Result<()> {
-        let mut inner = self.inner.lock().expect("ledger lock");
-        if inner.trouble.is_none() {
-            return Ok(());
-        }
-        if let Some(f) = inner.file.as_mut() {
-            f.repair()?;
-        }
-        inner.trouble = None;
-        Ok(())
+        self.inner.lock().expect("ledger lock").records.recover()
     }
 
     /// Test hook (fault injection): the next `n` writes fail as on a full
     /// disk.
     pub fn fail_next_writes(&self, n: u32) {
-        if let Some(f) = self.inner.lock().expect("ledger lock").file.as_mut() {
-            f.fail_next(n);
-        }
+        self.inner.lock().expect("ledger lock").records.fail_next(n);
     }
 
     /// Signs a checkpoint of the ledger as it is now (its number of records
@@ -370,8 +356,8 @@ impl Ledger {
         let key = self.key.as_ref().ok_or_else(|| {
             Error::internal("this privacy ledger was opened without the node's audit key")
         })?;
-        let root = match &inner.file {
-            Some(f) => f.head().to_string(),
+        let root = match inner.records.head() {
+            Some(head) => head.to_string(),
             None => inner.head_at_open.clone(),
         };
         let head = TreeHead {
@@ -456,23 +442,24 @@ impl Ledger {
             answer,
         };
         let object = serde_json::to_vec(&debit).expect("a debit serialises");
-        let written = match inner.file.as_mut() {
-            Some(file) => file.append(&object),
-            None => Err(std::io::Error::other(
-                "the ledger was opened read-only (a tool beside the node)",
-            )),
-        };
-        if let Err(e) = written {
-            let problem = format!(
+        let problem = |e: &std::io::Error| {
+            format!(
                 "cannot write the privacy ledger {}: {e}",
                 self.path.display()
-            );
-            inner.trouble = Some(problem.clone());
+            )
+        };
+        let written = inner.records.append(&object, problem).unwrap_or_else(|| {
+            let e =
+                std::io::Error::other("the ledger was opened read-only (a tool beside the node)");
+            inner.records.failed(problem(&e));
+            Err(e)
+        });
+        if let Err(e) = written {
             return Err(Error::unavailable(format!(
-                "{problem}; nothing was released, and the node takes no jobs until the hospital's IT frees space in its state folder or fixes the disk"
+                "{}; nothing was released, and the node takes no jobs until the hospital's IT frees space in its state folder or fixes the disk",
+                problem(&e)
             )));
         }
-        inner.trouble = None;
         inner.count += 1;
         let line = inner.next_line;
         inner.next_line += 1;

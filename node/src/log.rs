@@ -39,7 +39,7 @@ use tracing::warn;
 
 use plexus_core::merkle::{leaf_of, verify_log_heads, Checkpoint, MerkleLog, TreeHead};
 
-use crate::record::{self, Appender};
+use crate::record::{self, Appender, Writer};
 
 /// The job log's file name in the state folder.
 pub const JOB_LOG_FILE: &str = "jobs.log.jsonl";
@@ -99,14 +99,12 @@ pub struct JobLog {
 }
 
 struct Inner {
-    /// `None` when opened read-only (a tool beside a running node).
-    file: Option<Appender>,
+    /// The log file; read-only for a tool beside a running node.
+    records: Writer,
     tree: MerkleLog,
     last_signed: Option<u64>,
     /// Jobs with an `accepted` entry and no outcome yet.
     open: HashMap<String, LogEntry>,
-    /// Why the last append failed, until one succeeds.
-    trouble: Option<String>,
 }
 
 /// How the log is opened.
@@ -196,11 +194,10 @@ impl JobLog {
             key: None,
             charged,
             inner: Mutex::new(Inner {
-                file,
+                records: Writer::new(file),
                 tree,
                 last_signed: signed.last().map(|c| c.head.size),
                 open,
-                trouble: None,
             }),
         })
     }
@@ -235,17 +232,14 @@ impl JobLog {
     pub fn append(&self, entry: &LogEntry) -> std::io::Result<()> {
         let object = serde_json::to_vec(entry).map_err(std::io::Error::other)?;
         let mut inner = self.inner.lock().expect("log lock");
-        let file = inner.file.as_mut().ok_or_else(|| {
-            std::io::Error::other("this job log was opened read-only (a tool beside the node)")
-        })?;
-        let line = match file.append(&object) {
-            Ok(line) => line,
-            Err(e) => {
-                inner.trouble = Some(e.to_string());
-                return Err(e);
-            }
-        };
-        inner.trouble = None;
+        let line = inner
+            .records
+            .append(&object, |e| e.to_string())
+            .unwrap_or_else(|| {
+                Err(std::io::Error::other(
+                    "this job log was opened read-only (a tool beside the node)",
+                ))
+            })?;
         inner.tree.push(leaf_of(&line));
         if entry.outcome == ACCEPTED {
             inner.open.insert(entry.job_id.clone(), entry.clone());
@@ -257,30 +251,19 @@ impl JobLog {
 
     /// Why the last write failed, while no write has succeeded since.
     pub fn trouble(&self) -> Option<String> {
-        self.inner.lock().expect("log lock").trouble.clone()
+        self.inner.lock().expect("log lock").records.trouble()
     }
 
-    /// After a failed write, once the disk takes writes again: cuts the
-    /// failed write's leftovers off (if that did not happen at once) and
-    /// forgets the failure.
+    /// After a failed write, once the disk takes writes again: cuts its
+    /// leftovers off and forgets it ([`Writer::recover`]).
     pub fn recover(&self) -> std::io::Result<()> {
-        let mut inner = self.inner.lock().expect("log lock");
-        if inner.trouble.is_none() {
-            return Ok(());
-        }
-        if let Some(f) = inner.file.as_mut() {
-            f.repair()?;
-        }
-        inner.trouble = None;
-        Ok(())
+        self.inner.lock().expect("log lock").records.recover()
     }
 
     /// Test hook (fault injection): the next `n` writes fail as on a full
     /// disk.
     pub fn fail_next_writes(&self, n: u32) {
-        if let Some(f) = self.inner.lock().expect("log lock").file.as_mut() {
-            f.fail_next(n);
-        }
+        self.inner.lock().expect("log lock").records.fail_next(n);
     }
 
     /// Whether `job_id` was accepted and has no outcome yet.

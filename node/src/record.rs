@@ -341,6 +341,78 @@ impl Appender {
     }
 }
 
+/// A record file as the node holds it: its [`Appender`] (none when opened
+/// read-only, by a tool beside a running node) and why the last write
+/// failed, until one succeeds. The privacy ledger and the job log each hold
+/// one, so a failed write is remembered, repaired and faked (the test hook)
+/// the same way in both.
+#[derive(Debug)]
+pub struct Writer {
+    file: Option<Appender>,
+    trouble: Option<String>,
+}
+
+impl Writer {
+    /// `file` is `None` for a read-only opening.
+    pub fn new(file: Option<Appender>) -> Writer {
+        Writer {
+            file,
+            trouble: None,
+        }
+    }
+
+    /// The hash of the last record written, `None` when read-only.
+    pub fn head(&self) -> Option<&str> {
+        self.file.as_ref().map(Appender::head)
+    }
+
+    /// Appends `object` ([`Appender::append`]) and remembers how that went:
+    /// a failure, in the words `problem` gives it, until an append
+    /// succeeds. `None` when the file was opened read-only (nothing is
+    /// written, nothing remembered).
+    pub fn append(
+        &mut self,
+        object: &[u8],
+        problem: impl FnOnce(&std::io::Error) -> String,
+    ) -> Option<std::io::Result<Vec<u8>>> {
+        let written = self.file.as_mut()?.append(object);
+        self.trouble = written.as_ref().err().map(problem);
+        Some(written)
+    }
+
+    /// Remembers a write that failed without reaching the file.
+    pub fn failed(&mut self, problem: String) {
+        self.trouble = Some(problem);
+    }
+
+    /// Why the last write failed, while none has succeeded since.
+    pub fn trouble(&self) -> Option<String> {
+        self.trouble.clone()
+    }
+
+    /// After a failed write, once the disk takes writes again: cuts the
+    /// failed write's leftovers off (if that did not happen at once) and
+    /// forgets the failure.
+    pub fn recover(&mut self) -> std::io::Result<()> {
+        if self.trouble.is_none() {
+            return Ok(());
+        }
+        if let Some(f) = self.file.as_mut() {
+            f.repair()?;
+        }
+        self.trouble = None;
+        Ok(())
+    }
+
+    /// Test hook (fault injection): the next `n` writes fail as on a full
+    /// disk.
+    pub fn fail_next(&mut self, n: u32) {
+        if let Some(f) = self.file.as_mut() {
+            f.fail_next(n);
+        }
+    }
+}
+
 /// Whether an I/O error means the disk is full (the node waits for space).
 pub fn is_full(e: &std::io::Error) -> bool {
     matches!(e.raw_os_error(), Some(28) | Some(122)) || e.kind() == std::io::ErrorKind::StorageFull

@@ -12,6 +12,7 @@ use plexus_core::{Analysis, ConsentTerms, Dictionary, Purpose, Query, RawStats};
 
 pub use plexus::sandbox::{self, Sandbox, SandboxOptions};
 
+pub mod jobs;
 pub mod pg;
 pub mod processes;
 pub mod reference;

@@ -258,6 +258,21 @@ pub struct InstallOptions {
     pub exact: bool,
 }
 
+impl InstallOptions {
+    /// What the fault tests run with: heartbeats each second, jobs timed
+    /// out after 15 s, nodes reconnecting within a second, and the study
+    /// exact so results can be compared exactly.
+    pub fn fast() -> Self {
+        InstallOptions {
+            heartbeat_interval_secs: 1,
+            job_timeout_secs: 15,
+            max_backoff_secs: 1,
+            exact: true,
+            ..InstallOptions::default()
+        }
+    }
+}
+
 impl Default for InstallOptions {
     fn default() -> Self {
         InstallOptions {
@@ -517,6 +532,32 @@ impl Install {
             .collect()
     }
 
+    /// Starts the coordinator and every node, and waits until every node
+    /// is live (see [`Install::wait_all_live`]).
+    pub async fn start_all(&self) -> Result<(Daemon, BTreeMap<String, Daemon>)> {
+        let coordinator = self.start_coordinator()?;
+        let nodes = self.start_nodes()?;
+        self.wait_all_live(&coordinator).await?;
+        Ok((coordinator, nodes))
+    }
+
+    /// Starts the coordinator (again: after a kill, say) with the nodes
+    /// running, and waits until every node is live on it.
+    pub async fn restart_coordinator(&self) -> Result<Daemon> {
+        let coordinator = self.start_coordinator()?;
+        self.wait_all_live(&coordinator).await?;
+        Ok(coordinator)
+    }
+
+    /// Waits up to a minute until every node is live; the error holds the
+    /// log of `started`, the daemon the test (re)started.
+    pub async fn wait_all_live(&self, started: &Daemon) -> Result<()> {
+        let all: Vec<&str> = self.nodes.iter().map(String::as_str).collect();
+        self.wait_live(&all, true, Duration::from_secs(60))
+            .await
+            .map_err(|e| anyhow!("{e}\n{} log:\n{}", started.name, started.log()))
+    }
+
     fn pki(&self) -> PathBuf {
         self.path("/etc/plexus/pki")
     }
@@ -613,6 +654,60 @@ impl Install {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+    }
+}
+
+/// A small tmpfs mounted over a folder, to fill up: a full disk for the
+/// daemon whose state folder it is. Unmounted when dropped.
+pub struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    /// Whether this test may mount a tmpfs (it runs as root); when not, says
+    /// the test is skipped, `what` naming the folder.
+    pub fn permitted(what: &str) -> bool {
+        if nix::unistd::geteuid().is_root() {
+            return true;
+        }
+        eprintln!("skipped: a small tmpfs for {what} needs root (mount); run the test as root");
+        false
+    }
+
+    /// Mounts a tmpfs of `size` (`mount` syntax: "4m") at `dir`, made if
+    /// missing; `None` after saying the test is skipped when mounting is not
+    /// permitted here, `what` naming the folder.
+    pub fn mount(dir: &Path, size: &str, what: &str) -> Option<Self> {
+        match Self::try_mount(dir, size) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                eprintln!("skipped: cannot mount a tmpfs for {what} ({e})");
+                None
+            }
+        }
+    }
+
+    fn try_mount(dir: &Path, size: &str) -> std::result::Result<Self, String> {
+        std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+        let out = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(dir)
+            .output()
+            .map_err(|e| format!("cannot run mount: {e}"))?;
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
+        }
+        Ok(Tmpfs(dir.to_path_buf()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
     }
 }
 

@@ -62,22 +62,8 @@ async fn burst(install: &Install, researchers: usize, stop: Arc<AtomicBool>) -> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_coordinator_killed_mid_burst_keeps_every_query_and_released_job_in_its_log() {
-    let install = Install::new(InstallOptions {
-        heartbeat_interval_secs: 1,
-        job_timeout_secs: 15,
-        max_backoff_secs: 1,
-        exact: true,
-        ..InstallOptions::default()
-    })
-    .await
-    .unwrap();
-    let mut coordinator = install.start_coordinator().unwrap();
-    let _nodes = install.start_nodes().unwrap();
-    let all = ["hospital-a", "hospital-b", "hospital-c"];
-    install
-        .wait_live(&all, true, Duration::from_secs(60))
-        .await
-        .unwrap();
+    let install = Install::new(InstallOptions::fast()).await.unwrap();
+    let (mut coordinator, _nodes) = install.start_all().await.unwrap();
     install.register_study().await.unwrap();
 
     let mut accepted = Vec::new();
@@ -96,11 +82,7 @@ async fn a_coordinator_killed_mid_burst_keeps_every_query_and_released_job_in_it
         );
         assert!(!ids.is_empty(), "no query was accepted before the kill");
         accepted.extend(ids);
-        coordinator = install.start_coordinator().unwrap();
-        install
-            .wait_live(&all, true, Duration::from_secs(60))
-            .await
-            .unwrap_or_else(|e| panic!("{e}\ncoordinator log:\n{}", coordinator.log()));
+        coordinator = install.restart_coordinator().await.unwrap();
     }
 
     // The coordinator's own record, from its database.

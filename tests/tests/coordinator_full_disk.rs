@@ -7,45 +7,14 @@
 //! again once space returns, with every accepted query's entries.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use plexus::client::Client;
 use plexus_core::Query;
 use plexus_proto::v1 as pb;
-use plexus_tests::processes::{Install, InstallOptions};
+use plexus_tests::processes::{Install, InstallOptions, Tmpfs};
 
 const POOLED: &str = r#"{"analysis": {"count": {}}}"#;
-
-/// A tmpfs of `size` mounted at `dir`; unmounted when dropped.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(dir: &Path, size: &str) -> Result<Self, String> {
-        std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
-        let out = Command::new("mount")
-            .args([
-                "-t",
-                "tmpfs",
-                "-o",
-                &format!("size={size},mode=0700"),
-                "tmpfs",
-            ])
-            .arg(dir)
-            .output()
-            .map_err(|e| format!("cannot run mount: {e}"))?;
-        if !out.status.success() {
-            return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
-        }
-        Ok(Tmpfs(dir.to_path_buf()))
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
 
 /// Fills the volume holding `dir` until a write fails with ENOSPC.
 fn fill(dir: &Path) -> PathBuf {
@@ -80,35 +49,17 @@ async fn submit(alice: &Client, study: &str) -> Result<String, tonic::Status> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_volume_refuses_queries_naming_the_database_and_recovers_when_space_returns() {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: mounting a small tmpfs for the coordinator's database needs root");
+    const WHAT: &str = "the coordinator's database";
+    if !Tmpfs::permitted(WHAT) {
         return;
     }
-    let install = Install::new(InstallOptions {
-        heartbeat_interval_secs: 1,
-        job_timeout_secs: 15,
-        max_backoff_secs: 1,
-        exact: true,
-        ..InstallOptions::default()
-    })
-    .await
-    .unwrap();
+    let install = Install::new(InstallOptions::fast()).await.unwrap();
     let state = install.path("/var/lib/plexus-coordinator");
-    let _tmpfs = match Tmpfs::mount(&state, "16m") {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("skipped: mounting a tmpfs is not permitted here ({e})");
-            return;
-        }
+    let Some(_tmpfs) = Tmpfs::mount(&state, "16m", WHAT) else {
+        return;
     };
     let db = state.join("coordinator.db");
-    let mut coordinator = install.start_coordinator().unwrap();
-    let _nodes = install.start_nodes().unwrap();
-    let all = ["hospital-a", "hospital-b", "hospital-c"];
-    install
-        .wait_live(&all, true, Duration::from_secs(60))
-        .await
-        .unwrap();
+    let (mut coordinator, _nodes) = install.start_all().await.unwrap();
     install.register_study().await.unwrap();
     let alice = Client::connect_with(
         &install.url,
@@ -163,11 +114,7 @@ async fn a_full_volume_refuses_queries_naming_the_database_and_recovers_when_spa
     }
     coordinator.kill().await.unwrap();
     std::fs::remove_file(&filler).unwrap();
-    coordinator = install.start_coordinator().unwrap();
-    install
-        .wait_live(&all, true, Duration::from_secs(60))
-        .await
-        .unwrap_or_else(|e| panic!("{e}\ncoordinator log:\n{}", coordinator.log()));
+    coordinator = install.restart_coordinator().await.unwrap();
     let auditor = Client::connect_with(
         &install.url,
         &install.tls("auditor"),

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use plexus_core::pool::{NodeStatus, PooledResult, PooledValue};
-use plexus_tests::processes::{Install, InstallOptions};
+use plexus_tests::processes::{Install, InstallOptions, Tmpfs};
 
 fn count(v: &PooledValue) -> u64 {
     match v {
@@ -59,26 +59,10 @@ fn assert_without_c(r: &PooledResult, sites: &BTreeMap<String, u64>) {
     );
 }
 
-fn fast_options() -> InstallOptions {
-    InstallOptions {
-        heartbeat_interval_secs: 1,
-        job_timeout_secs: 15,
-        max_backoff_secs: 1,
-        exact: true,
-        ..InstallOptions::default()
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_killed_mid_job_is_reported_missing_and_rejoins_when_restarted() {
-    let install = Install::new(fast_options()).await.unwrap();
-    let _coordinator = install.start_coordinator().unwrap();
-    let mut nodes = install.start_nodes().unwrap();
-    let all = ["hospital-a", "hospital-b", "hospital-c"];
-    install
-        .wait_live(&all, true, Duration::from_secs(60))
-        .await
-        .unwrap();
+    let install = Install::new(InstallOptions::fast()).await.unwrap();
+    let (_coordinator, mut nodes) = install.start_all().await.unwrap();
     install.register_study().await.unwrap();
     let sites = per_site(&install.query("by-site", BY_SITE).await.unwrap());
 
@@ -108,10 +92,7 @@ async fn a_node_killed_mid_job_is_reported_missing_and_rejoins_when_restarted() 
 
     // Restarted, hospital-c reconnects and answers again.
     let mut c = install.start_node("hospital-c", None).unwrap();
-    install
-        .wait_live(&all, true, Duration::from_secs(60))
-        .await
-        .unwrap_or_else(|e| panic!("{e}\nhospital-c log:\n{}", c.log()));
+    install.wait_all_live(&c).await.unwrap();
     assert!(c.running());
     let after = install.query("after", AFTER).await.unwrap();
     let again = per_site(&after);
@@ -211,7 +192,7 @@ async fn a_partitioned_node_is_reported_missing_and_rejoins_after_healing() {
     // and -b dial it from the root namespace, hospital-c from its own.
     let install = Install::new(InstallOptions {
         listen_ip: ns.root_ip,
-        ..fast_options()
+        ..InstallOptions::fast()
     })
     .await
     .unwrap();
@@ -289,14 +270,8 @@ async fn reconcile_all(install: &Install) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_killed_with_a_job_in_hand_logs_it_dropped_and_the_logs_reconcile() {
-    let install = Install::new(fast_options()).await.unwrap();
-    let _coordinator = install.start_coordinator().unwrap();
-    let mut nodes = install.start_nodes().unwrap();
-    let all = ["hospital-a", "hospital-b", "hospital-c"];
-    install
-        .wait_live(&all, true, Duration::from_secs(60))
-        .await
-        .unwrap();
+    let install = Install::new(InstallOptions::fast()).await.unwrap();
+    let (_coordinator, mut nodes) = install.start_all().await.unwrap();
     install.register_study().await.unwrap();
     per_site(&install.query("by-site", BY_SITE).await.unwrap());
 
@@ -340,10 +315,7 @@ async fn a_node_killed_with_a_job_in_hand_logs_it_dropped_and_the_logs_reconcile
 
     // Restarted, hospital-c closes what it was killed with.
     let mut c = install.start_node("hospital-c", None).unwrap();
-    install
-        .wait_live(&all, true, Duration::from_secs(60))
-        .await
-        .unwrap_or_else(|e| panic!("{e}\nhospital-c log:\n{}", c.log()));
+    install.wait_all_live(&c).await.unwrap();
     assert!(c.running());
     let entries = job_log(&c_log);
     assert!(open_jobs(&entries).is_empty(), "{entries:?}");
@@ -355,36 +327,6 @@ async fn a_node_killed_with_a_job_in_hand_logs_it_dropped_and_the_logs_reconcile
     }
     per_site(&install.query("after", AFTER).await.unwrap());
     reconcile_all(&install).await;
-}
-
-/// A tmpfs mounted over a folder, unmounted when dropped.
-struct Tmpfs(std::path::PathBuf);
-
-impl Tmpfs {
-    fn mount(at: &std::path::Path, size: &str) -> Result<Self, String> {
-        std::fs::create_dir_all(at).map_err(|e| e.to_string())?;
-        let out = Command::new("mount")
-            .args([
-                "-t",
-                "tmpfs",
-                "-o",
-                &format!("size={size},mode=0700"),
-                "tmpfs",
-            ])
-            .arg(at)
-            .output()
-            .map_err(|e| format!("cannot run mount: {e}"))?;
-        if !out.status.success() {
-            return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
-        }
-        Ok(Tmpfs(at.to_path_buf()))
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
 }
 
 /// Fills the file system holding `dir` with one file until it is full.
@@ -399,32 +341,22 @@ fn fill(dir: &std::path::Path) -> std::path::PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_whose_disk_is_full_refuses_jobs_then_recovers_without_losing_a_debit() {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: a small tmpfs for the node's state folder needs root (mount); run the test as root");
+    const WHAT: &str = "the node's state folder";
+    if !Tmpfs::permitted(WHAT) {
         return;
     }
     // Under differential privacy, so hospital-c's jobs debit its ledger.
     let install = Install::new(InstallOptions {
         exact: false,
-        ..fast_options()
+        ..InstallOptions::fast()
     })
     .await
     .unwrap();
     let state = install.path("/var/lib/plexus-node/hospital-c");
-    let _tmpfs = match Tmpfs::mount(&state, "4m") {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("skipped: cannot mount a tmpfs for the node's state folder ({e})");
-            return;
-        }
+    let Some(_tmpfs) = Tmpfs::mount(&state, "4m", WHAT) else {
+        return;
     };
-    let _coordinator = install.start_coordinator().unwrap();
-    let nodes = install.start_nodes().unwrap();
-    let all = ["hospital-a", "hospital-b", "hospital-c"];
-    install
-        .wait_live(&all, true, Duration::from_secs(60))
-        .await
-        .unwrap();
+    let (_coordinator, nodes) = install.start_all().await.unwrap();
     install.register_study().await.unwrap();
     let answered = |r: &PooledResult| r.provenance.node("hospital-c").unwrap().status;
     let first = install.query("first", POOLED).await.unwrap();

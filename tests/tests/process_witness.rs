@@ -10,22 +10,8 @@ use sqlx::sqlite::SqlitePoolOptions;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_log_edited_while_stopped_stops_the_daemon_until_audit_repair() {
-    let install = Install::new(InstallOptions {
-        heartbeat_interval_secs: 1,
-        job_timeout_secs: 15,
-        max_backoff_secs: 1,
-        exact: true,
-        ..InstallOptions::default()
-    })
-    .await
-    .unwrap();
-    let coordinator = install.start_coordinator().unwrap();
-    let _nodes = install.start_nodes().unwrap();
-    let all = ["hospital-a", "hospital-b", "hospital-c"];
-    install
-        .wait_live(&all, true, Duration::from_secs(60))
-        .await
-        .unwrap();
+    let install = Install::new(InstallOptions::fast()).await.unwrap();
+    let (coordinator, _nodes) = install.start_all().await.unwrap();
     install.register_study().await.unwrap();
     install
         .query("count", r#"{"analysis": {"count": {}}}"#)
@@ -75,9 +61,5 @@ async fn a_log_edited_while_stopped_stops_the_daemon_until_audit_repair() {
     assert!(out.contains("recorded the break as audit entry"), "{out}");
     assert!(out.contains("entry 3"), "{out}");
 
-    let _coordinator = install.start_coordinator().unwrap();
-    install
-        .wait_live(&all, true, Duration::from_secs(60))
-        .await
-        .unwrap();
+    let _coordinator = install.restart_coordinator().await.unwrap();
 }

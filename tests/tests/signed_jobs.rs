@@ -5,6 +5,7 @@
 //! `plexus_node::envelope`, tested there one by one.)
 
 use plexus_core::pool::NodeStatus;
+use plexus_tests::jobs::{exact_job, sign};
 use plexus_tests::{ask, sandbox, Sandbox, SandboxOptions};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -103,7 +104,6 @@ async fn every_answer_is_signed_by_its_node_and_can_be_checked_later() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tampered_expired_replayed_and_misaddressed_jobs_are_refused_and_logged() {
     use plexus_proto::v1 as pb;
-    use prost::Message;
 
     let sb = Sandbox::prepare(SandboxOptions::new(200, 79))
         .await
@@ -112,29 +112,9 @@ async fn tampered_expired_replayed_and_misaddressed_jobs_are_refused_and_logged(
     let key = plexus_tls::SigningKey::load(&sb.coordinator_config.coordinator.signing_key).unwrap();
     let study = sandbox::exact_study();
     let query = plexus_core::Query::from_json(r#"{"analysis": {"count": {}}}"#).unwrap();
-    let job = |id: &str, audience: &str, issued: i64, deadline: i64| pb::Job {
-        job_id: id.to_string(),
-        study_id: study.id.clone(),
-        purpose: Some((&study.purpose().unwrap()).into()),
-        query_hash: query.hash(),
-        query: Some(pb::Query::from(&query)),
-        min_cell_size: 5,
-        deadline_unix_ms: deadline,
-        issued_unix_ms: issued,
-        audience: audience.into(),
-        privacy: Some(pb::JobPrivacy {
-            exact: true,
-            ..Default::default()
-        }),
-        study_definition_hash: study.definition_hash(),
-        ..Default::default()
-    };
-    let sign = |job: &pb::Job| {
-        let bytes = job.encode_to_vec();
-        pb::SignedJob {
-            signature: key.sign(&bytes),
-            job: bytes,
-        }
+    // Signed and due a minute after it was issued.
+    let signed = |id: &str, audience: &str, issued: i64| {
+        sign(&key, &exact_job(&study, &query, id, audience, issued))
     };
     let outcome = |msg: Option<pb::node_message::Msg>| match msg {
         Some(pb::node_message::Msg::Result(r)) => r.outcome.unwrap(),
@@ -151,7 +131,7 @@ async fn tampered_expired_replayed_and_misaddressed_jobs_are_refused_and_logged(
         .unwrap();
 
     // One byte changed after signing.
-    let mut tampered = sign(&job(&id(1), "hospital-a", now, now + 60_000));
+    let mut tampered = signed(&id(1), "hospital-a", now);
     let last = tampered.job.len() - 1;
     tampered.job[last] ^= 1;
     let m = refusal(outcome(runner.take(tampered).await));
@@ -159,24 +139,17 @@ async fn tampered_expired_replayed_and_misaddressed_jobs_are_refused_and_logged(
     // Expired.
     let m = refusal(outcome(
         runner
-            .take(sign(&job(
-                &id(2),
-                "hospital-a",
-                now - 120_000,
-                now - 60_000,
-            )))
+            .take(signed(&id(2), "hospital-a", now - 120_000))
             .await,
     ));
     assert!(m.contains("expired"), "{m}");
     // For another node.
     let m = refusal(outcome(
-        runner
-            .take(sign(&job(&id(3), "hospital-b", now, now + 60_000)))
-            .await,
+        runner.take(signed(&id(3), "hospital-b", now)).await,
     ));
     assert!(m.contains("addressed to \"hospital-b\""), "{m}");
     // Answered once, then replayed.
-    let valid = sign(&job(&id(4), "hospital-a", now, now + 60_000));
+    let valid = signed(&id(4), "hospital-a", now);
     let first = outcome(runner.take(valid.clone()).await);
     assert!(
         matches!(first, pb::job_result::Outcome::Stats(_)),
@@ -220,7 +193,6 @@ async fn tampered_expired_replayed_and_misaddressed_jobs_are_refused_and_logged(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_that_cannot_write_its_job_log_refuses_unavailable_and_recovers() {
     use plexus_proto::v1 as pb;
-    use prost::Message;
 
     let sb = Sandbox::prepare(SandboxOptions::new(200, 83))
         .await
@@ -230,30 +202,7 @@ async fn a_node_that_cannot_write_its_job_log_refuses_unavailable_and_recovers()
     let study = sandbox::exact_study();
     let query = plexus_core::Query::from_json(r#"{"analysis": {"count": {}}}"#).unwrap();
     let now = chrono::Utc::now().timestamp_millis();
-    let signed = |id: &str| {
-        let bytes = pb::Job {
-            job_id: id.to_string(),
-            study_id: study.id.clone(),
-            purpose: Some((&study.purpose().unwrap()).into()),
-            query_hash: query.hash(),
-            query: Some(pb::Query::from(&query)),
-            min_cell_size: 5,
-            deadline_unix_ms: now + 60_000,
-            issued_unix_ms: now,
-            audience: "hospital-a".into(),
-            privacy: Some(pb::JobPrivacy {
-                exact: true,
-                ..Default::default()
-            }),
-            study_definition_hash: study.definition_hash(),
-            ..Default::default()
-        }
-        .encode_to_vec();
-        pb::SignedJob {
-            signature: key.sign(&bytes),
-            job: bytes,
-        }
-    };
+    let signed = |id: &str| sign(&key, &exact_job(&study, &query, id, "hospital-a", now));
     let outcome = |msg: Option<pb::node_message::Msg>| match msg {
         Some(pb::node_message::Msg::Result(r)) => r.outcome.unwrap(),
         other => panic!("expected a result, got {other:?}"),

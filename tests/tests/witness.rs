@@ -16,8 +16,8 @@ use plexus_coordinator::audit_seal::Seal;
 use plexus_core::merkle::{leaf_of, Checkpoint, MerkleLog};
 use plexus_node::witness::{Rule, Witnessed};
 use plexus_proto::v1 as pb;
+use plexus_tests::jobs::{exact_job, sign};
 use plexus_tests::{ask, sandbox, Sandbox, SandboxOptions};
-use prost::Message;
 use sqlx::sqlite::SqlitePoolOptions;
 
 const COUNT: &str = r#"{"analysis": {"count": {}}}"#;
@@ -137,31 +137,12 @@ async fn a_node_shown_a_forked_checkpoint_refuses_jobs_and_readiness_says_why() 
     let forged = Checkpoint::sign_with(|m| key.sign(m), &seen.origin, other.head(), now);
     let query = plexus_core::Query::from_json(COUNT).unwrap();
     let job = pb::Job {
-        job_id: "ab".repeat(16),
-        study_id: study.id.clone(),
-        purpose: Some((&study.purpose().unwrap()).into()),
-        query_hash: query.hash(),
-        query: Some(pb::Query::from(&query)),
-        min_cell_size: 5,
-        deadline_unix_ms: now + 60_000,
-        issued_unix_ms: now,
-        audience: "hospital-a".into(),
-        privacy: Some(pb::JobPrivacy {
-            exact: true,
-            ..Default::default()
-        }),
-        study_definition_hash: study.definition_hash(),
         witness_checkpoint: Some(forged.into()),
         witness_from_size: seen.head.size,
         witness_proof: split(&other.prove_consistency(seen.head.size).unwrap()),
-        ..Default::default()
+        ..exact_job(&study, &query, &"ab".repeat(16), "hospital-a", now)
     };
-    let bytes = job.encode_to_vec();
-    let signed = pb::SignedJob {
-        signature: key.sign(&bytes),
-        job: bytes,
-    };
-    let message = match runner.take(signed).await {
+    let message = match runner.take(sign(&key, &job)).await {
         Some(pb::node_message::Msg::Result(r)) => match r.outcome.unwrap() {
             pb::job_result::Outcome::Error(e) => e.message,
             other => panic!("expected a refusal, got {other:?}"),
