@@ -216,6 +216,14 @@ impl Sandbox {
                 metrics_listen: opts.metrics.then(free_port).transpose()?,
                 shutdown_grace_secs: 20,
                 audit_group_commit: true,
+                // On PostgreSQL, the seal in the sandbox folder (named for
+                // the instance, so coordinators sharing the database may
+                // share the folder); beside the SQLite file otherwise.
+                audit_seal_dir: opts
+                    .database_url
+                    .as_deref()
+                    .filter(|u| plexus_coordinator::store::is_postgres(u))
+                    .map(|_| dir.clone()),
             },
             tls: TlsFiles::in_dir(&pki, "coordinator"),
         };
