@@ -194,3 +194,124 @@ pub fn check(
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use plexus_core::merkle::leaf_of;
+    use plexus_tls::SigningKey;
+
+    /// The coordinator's key and the public half an auditor pins.
+    fn key(dir: &Path, stem: &str) -> (SigningKey, Vec<u8>) {
+        let (key, _, _) = SigningKey::generate_into(dir, stem).unwrap();
+        let public = hex::decode(key.public_hex()).unwrap();
+        (key, public)
+    }
+
+    fn leaves(entries: &[&str]) -> Vec<Leaf> {
+        entries.iter().map(|e| leaf_of(e.as_bytes())).collect()
+    }
+
+    /// The checkpoint a node was shown over `leaves`, signed by `key`.
+    fn shown(key: &SigningKey, leaves: &[Leaf], at: i64) -> (Witnessed, Checkpoint) {
+        let head = MerkleLog::from_leaves(leaves.iter().copied()).head();
+        let c = Checkpoint::sign_with(|m| key.sign(m), "coordinator", head, at);
+        let w = Witnessed {
+            node: "hospital-a".into(),
+            source: "answer to job j-1".into(),
+            size: c.head.size,
+            root: c.head.root.clone(),
+            signed_at: c.at_unix_ms,
+            problems: Vec::new(),
+            unattributed: None,
+            superseded_by_repair: None,
+        };
+        (w, c)
+    }
+
+    const LOG: [&str; 5] = ["e1", "e2", "e3", "e4", "e5"];
+
+    /// What hospital-a witnessed at 3 entries, checked against `log`.
+    fn check_against(log: &[Leaf], repairs: &[RecordedRepair]) -> Witnessed {
+        let dir = tempfile::tempdir().unwrap();
+        let (coordinator, pinned) = key(dir.path(), "coordinator");
+        let witnessed = shown(&coordinator, &leaves(&LOG[..3]), 1_000);
+        let mut out = check(vec![witnessed], &pinned, log, repairs);
+        assert_eq!(out.len(), 1);
+        out.remove(0)
+    }
+
+    #[test]
+    fn a_log_that_extends_the_witnessed_checkpoint_passes() {
+        let w = check_against(&leaves(&LOG), &[]);
+        assert!(w.problems.is_empty(), "{:?}", w.problems);
+        assert_eq!(w.superseded_by_repair, None);
+    }
+
+    #[test]
+    fn an_entry_changed_under_a_witnessed_checkpoint_fails_naming_the_roots() {
+        let edited = leaves(&["e1", "e2 (edited)", "e3", "e4", "e5"]);
+        let w = check_against(&edited, &[]);
+        assert_eq!(w.problems.len(), 1, "{:?}", w.problems);
+        let p = &w.problems[0];
+        let honest = MerkleLog::from_leaves(leaves(&LOG[..3])).head().root;
+        let altered = MerkleLog::from_leaves(edited[..3].iter().copied())
+            .head()
+            .root;
+        assert!(
+            p.contains("hospital-a witnessed a checkpoint of 3 entries")
+                && p.contains(&format!("with root {honest}"))
+                && p.contains(&format!("make root {altered}"))
+                && p.contains("edited, removed or reordered"),
+            "{p}"
+        );
+    }
+
+    #[test]
+    fn a_log_truncated_below_a_witnessed_checkpoint_fails() {
+        let w = check_against(&leaves(&LOG[..2]), &[]);
+        assert_eq!(
+            w.problems,
+            ["hospital-a witnessed a checkpoint of 3 entries but the log holds 2: entries were removed or the log was truncated"]
+        );
+    }
+
+    /// A checkpoint of another log, validly signed by another key: it
+    /// proves nothing about this log and is reported as not the pinned
+    /// key's, not compared.
+    #[test]
+    fn a_checkpoint_signed_by_another_key_is_reported_as_unsigned() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, pinned) = key(dir.path(), "coordinator");
+        let (other, other_public) = key(dir.path(), "impostor");
+        let (w, c) = shown(&other, &leaves(&["x1", "x2", "x3"]), 1_000);
+        assert!(c.verify(&other_public).is_ok(), "a valid signature");
+        let out = check(vec![(w, c)], &pinned, &leaves(&LOG), &[]);
+        assert_eq!(out[0].problems.len(), 1, "{:?}", out[0].problems);
+        assert!(
+            out[0].problems[0].contains("does not carry a valid signature")
+                && out[0].problems[0].contains("not signed by the coordinator key you pinned"),
+            "{}",
+            out[0].problems[0]
+        );
+    }
+
+    /// A repair recorded after the checkpoint was signed explains the
+    /// mismatch (reported as the repair); one recorded before does not.
+    #[test]
+    fn only_a_later_recorded_repair_supersedes_a_mismatch() {
+        let edited = leaves(&["e1", "e2 (edited)", "e3", "e4", "e5"]);
+        let repair = |at| RecordedRepair {
+            seq: 5,
+            at,
+            who: "operator".into(),
+            detail: "restored from backup".into(),
+        };
+        let w = check_against(&edited, &[repair(2_000)]);
+        assert!(w.problems.is_empty(), "{:?}", w.problems);
+        assert_eq!(w.superseded_by_repair, Some(5));
+        let w = check_against(&edited, &[repair(500)]);
+        assert_eq!(w.superseded_by_repair, None);
+        assert_eq!(w.problems.len(), 1, "{:?}", w.problems);
+    }
+}

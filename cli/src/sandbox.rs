@@ -217,6 +217,14 @@ impl Sandbox {
                 shutdown_grace_secs: 20,
                 audit_group_commit: true,
                 max_running_queries: 16,
+                // On PostgreSQL, the seal in the sandbox folder (named for
+                // the instance, so coordinators sharing the database may
+                // share the folder); beside the SQLite file otherwise.
+                audit_seal_dir: opts
+                    .database_url
+                    .as_deref()
+                    .filter(|u| plexus_coordinator::store::is_postgres(u))
+                    .map(|_| dir.clone()),
             },
             tls: TlsFiles::in_dir(&pki, "coordinator"),
         };

@@ -33,7 +33,8 @@ pub struct AuditLog {
     store: Store,
     signer: Arc<plexus_tls::SigningKey>,
     origin: String,
-    /// The checkpoint and leaves kept beside a SQLite database.
+    /// The checkpoint and leaves kept outside the database (see
+    /// [`crate::audit_seal`]).
     seal: Option<Seal>,
     /// The latest checkpoint and its proofs, read by every job without
     /// waiting for the appends that hold `inner`.
@@ -151,7 +152,7 @@ async fn load(
             }
         }
     }
-    let reference = match (stored, sealed) {
+    let reference = match (stored, sealed.clone()) {
         (Some(a), Some(b)) => {
             if a.head.size == b.head.size && a.head.root != b.head.root {
                 broken = Some(format!(
@@ -163,7 +164,10 @@ async fn load(
         }
         (a, b) => a.or(b),
     };
-    let sealed_leaves = match (seal, &reference) {
+    // The leaves the seal holds of its own checkpoint, which name an
+    // edited entry within it (also when the database's checkpoint is the
+    // newer one, as on a standby whose seal predates the active one's).
+    let sealed_leaves = match (seal, &sealed) {
         (Some(s), Some(c)) => s.leaves_of(c)?,
         _ => None,
     };
@@ -203,28 +207,37 @@ async fn load(
             tree.push(e.leaf());
         }
     }
-    if let Some(c) = &reference {
-        if tree.len() < c.head.size && broken.is_none() {
+    // The stored log must extend both checkpoints: the newer one, and the
+    // seal's when it is older (a prefix check).
+    let older = sealed.filter(|s| {
+        reference
+            .as_ref()
+            .is_some_and(|r| s.head.size < r.head.size)
+    });
+    for c in reference.iter().chain(older.iter()) {
+        if broken.is_some() {
+            break;
+        }
+        if tree.len() < c.head.size {
             broken = Some(if tree.is_empty() {
                 format!(
-                    "the database holds no audit entries but the last checkpoint signed {}: the database was deleted or replaced",
+                    "the database holds no audit entries but the last checkpoint signed {}: the database was deleted or replaced (or emptied)",
                     c.head.size
                 )
             } else {
                 format!(
-                    "entries {} to {} are missing (the stored log ends at entry {}): the log was truncated",
+                    "entries {} to {} are missing (the stored log ends at entry {}): the log was truncated, or the database was restored from an older backup",
                     tree.len() + 1,
                     c.head.size,
                     tree.len()
                 )
             });
-        }
-        if broken.is_none() && tree.len() >= c.head.size {
+        } else {
             let prefix =
                 MerkleLog::from_leaves(tree.leaves()[..c.head.size as usize].iter().copied());
             if prefix.head() != c.head {
                 broken = Some(format!(
-                    "the first {} entries do not make the root the checkpoint signed: an entry among them was edited or moved (the sealed leaves that would name it are missing)",
+                    "the first {} entries do not make the root the checkpoint signed: an entry among them was edited or moved, or the database was replaced (the sealed leaves that would name the entry are missing)",
                     c.head.size
                 ));
             }
@@ -290,12 +303,20 @@ impl AuditLog {
         origin: &str,
         seal: Option<Seal>,
     ) -> Result<Self> {
+        if let Some(seal) = &seal {
+            seal.check_writable()?;
+        }
         let loaded = load(&store, &signer, seal.as_ref()).await?;
         if let Some(why) = loaded.broken {
             let c = loaded.reference.as_ref();
-            error!(reason = %why, "the stored audit log does not extend its last signed checkpoint; refusing to start");
+            let sealed = match &seal {
+                Some(s) => format!("the seal {}", s.checkpoint_path().display()),
+                None => "no seal outside the database".into(),
+            };
+            error!(reason = %why, database = %store.name(), seal = %sealed, "the stored audit log does not extend its last signed checkpoint; refusing to start");
             return Err(Error::invalid(format!(
-                "the stored audit log does not extend its last signed checkpoint ({} entries, root {}, signed at {}): {why}; restore the database from backup, or record the break with `plexus-coordinator audit-repair --config FILE --reason \"...\"` (nodes that witnessed the old log refuse jobs until their operators reset)",
+                "the stored audit log in {} does not extend its last signed checkpoint ({} entries, root {}, signed at {}; checked against the database and {sealed}): {why}; restore the database from backup, or record the break with `plexus-coordinator audit-repair --config FILE --reason \"...\"` (nodes that witnessed the old log refuse jobs until their operators reset)",
+                store.name(),
                 c.map_or(0, |c| c.head.size),
                 c.map(|c| c.head.root.as_str()).unwrap_or(""),
                 c.map(|c| c.at_unix_ms).unwrap_or(0),
@@ -934,6 +955,58 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// A standby's seal is older than the database (the active coordinator
+    /// signed since): it opens as long as the stored log extends the sealed
+    /// checkpoint, and seals the leaves it lacks at its next checkpoint. An
+    /// entry edited under the older sealed checkpoint is named through its
+    /// leaves, with the seal file, though the database's checkpoint is newer.
+    #[tokio::test]
+    async fn a_standby_seal_older_than_the_database_is_a_prefix_check() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("audit.db").display());
+        let store = Store::open(&url).await.unwrap();
+        let (key, _, _) = plexus_tls::SigningKey::generate_into(dir.path(), "c").unwrap();
+        let key = Arc::new(key);
+        let seal = |instance: &str| Some(Seal::named(dir.path(), instance));
+        let open = |instance: &'static str| {
+            AuditLog::open_sealed(store.clone(), key.clone(), "test", seal(instance))
+        };
+        // b was active first and sealed 2 entries; then a, 5.
+        let b = open("b").await.unwrap();
+        b.append_all(vec![entry(0), entry(1)]).await.unwrap();
+        b.checkpoint().await.unwrap();
+        drop(b);
+        let a = open("a").await.unwrap();
+        a.append_all(vec![entry(2), entry(3), entry(4)])
+            .await
+            .unwrap();
+        assert_eq!(a.checkpoint().await.unwrap().head.size, 5);
+        drop(a);
+
+        store
+            .exec_for_test("UPDATE audit_events SET who = 'nobody' WHERE seq = 1")
+            .await;
+        let e = open("b").await.err().unwrap().to_core().message;
+        let b_seal = dir.path().join("b.audit-checkpoint.json");
+        assert!(
+            e.contains("entry 1 (")
+                && e.contains("edited")
+                && e.contains(&b_seal.display().to_string()),
+            "{e}"
+        );
+        store
+            .exec_for_test("UPDATE audit_events SET who = 'researcher-0' WHERE seq = 1")
+            .await;
+
+        // b takes over: its seal is a prefix; its next checkpoint seals
+        // the three leaves it lacked.
+        let b = open("b").await.unwrap();
+        let c = b.checkpoint().await.unwrap();
+        assert_eq!(c.head.size, 5);
+        let sealed = Seal::named(dir.path(), "b").leaves_of(&c).unwrap();
+        assert_eq!(sealed.map(|l| l.len()), Some(5));
     }
 
     /// The baseline mode (no group commit) numbers entries the same way.

@@ -87,6 +87,18 @@ pub struct CoordinatorSection {
     /// nodes at once and all of them finishing late (or expiring).
     #[serde(default = "default_running_queries")]
     pub max_running_queries: u32,
+    /// Where this coordinator keeps its seal of the audit log (the last
+    /// signed checkpoint and the leaves it covers, outside the database),
+    /// so that a database emptied, replaced or restored from an older
+    /// backup is refused at start. Default: beside a SQLite database file
+    /// (`coordinator.db.checkpoint.json`, `coordinator.db.audit-leaves`);
+    /// for PostgreSQL the folder of the config file. When set (or on
+    /// PostgreSQL) the files are named for the instance,
+    /// `<instance>.audit-checkpoint.json` and `<instance>.audit-leaves`,
+    /// so an active and a standby coordinator may share the folder. It
+    /// must be on this coordinator's own disk and writable by it.
+    #[serde(default)]
+    pub audit_seal_dir: Option<PathBuf>,
 }
 
 fn default_true() -> bool {
@@ -157,6 +169,18 @@ impl CoordinatorConfig {
             if p.is_relative() && !rest.starts_with(':') {
                 self.coordinator.database_url = format!("sqlite://{}", base.join(p).display());
             }
+        }
+        let base = if base.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            base
+        };
+        match &self.coordinator.audit_seal_dir {
+            Some(d) => self.coordinator.audit_seal_dir = Some(base.join(d)),
+            None if crate::store::is_postgres(&self.coordinator.database_url) => {
+                self.coordinator.audit_seal_dir = Some(base.to_path_buf())
+            }
+            None => {}
         }
     }
 
@@ -234,6 +258,26 @@ impl CoordinatorConfig {
                 "coordinator.shutdown_grace_secs must be at most 3600 (20 is the default), got {}",
                 c.shutdown_grace_secs
             )));
+        }
+        if let Some(dir) = &c.audit_seal_dir {
+            if crate::audit_seal::is_in_memory(&c.database_url) {
+                return Err(CoordinatorError::Config(format!(
+                    "coordinator.audit_seal_dir is set ({}) but the database is in memory, so every start would find the sealed log gone; leave the key out, or use a database file",
+                    dir.display()
+                )));
+            }
+            let instance = self.instance();
+            if instance.contains(['/', '\\']) || instance == "." || instance == ".." {
+                return Err(CoordinatorError::Config(format!(
+                    "the seal files in coordinator.audit_seal_dir are named for coordinator.instance (or coordinator.id), but \"{instance}\" is not a file name; choose a name without / or \\ (e.g. coordinator-a)"
+                )));
+            }
+            if !dir.is_dir() {
+                return Err(CoordinatorError::Config(format!(
+                    "coordinator.audit_seal_dir {} is not a folder; create it on this coordinator's own disk, writable by the coordinator",
+                    dir.display()
+                )));
+            }
         }
         if c.metrics_listen.is_some_and(|a| a == c.listen) {
             return Err(CoordinatorError::Config(

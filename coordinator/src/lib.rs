@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod audit_log;
+pub mod audit_repair;
 pub mod audit_seal;
 pub mod config;
 pub mod error;

@@ -77,21 +77,8 @@ async fn audit_repair(
     config: &plexus_coordinator::CoordinatorConfig,
     reason: &str,
 ) -> anyhow::Result<()> {
-    use plexus_coordinator::audit_log::AuditLog;
-    let url = &config.coordinator.database_url;
-    let store = plexus_coordinator::store::Store::open(url).await?;
-    let signer = std::sync::Arc::new(config.signing_key()?);
     let by = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
-    let r = AuditLog::repair(
-        store.clone(),
-        signer,
-        &config.coordinator.id,
-        plexus_coordinator::audit_seal::Seal::for_database(url),
-        &by,
-        reason,
-    )
-    .await?;
-    store.close().await;
+    let r = plexus_coordinator::audit_repair::repair(config, &by, reason).await?;
     println!(
         "recorded the break as audit entry {}: {}\nold checkpoint: {}\nnew checkpoint: {} entries, root {}{}\nthe coordinator starts again; nodes that witnessed the old log refuse jobs until their operators run `plexus-node witness reset`",
         r.seq,

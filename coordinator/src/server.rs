@@ -145,25 +145,44 @@ pub async fn run(
     };
 
     let group_commit = config.coordinator.audit_group_commit;
-    let store = Store::open_with(&url, epoch, group_commit).await?;
     // Enough for the queries that can finish while a waiter reads its
     // own; a waiter that lags behind reads its query again.
     let (finished, _) = tokio::sync::broadcast::channel(1024);
-    let signer = Arc::new(config.signing_key()?);
-    check_database(&store, &url).await?;
-    let mut audit_log = AuditLog::open_sealed(
-        store.clone(),
-        signer.clone(),
-        &config.coordinator.id,
-        crate::audit_seal::Seal::for_database(&url),
-    )
-    .await?;
-    if !group_commit {
-        warn!("audit group commit is off (coordinator.audit_group_commit = false): every audit entry is its own commit, as a baseline to measure against");
-        audit_log = audit_log.without_group_commit();
+    let opened = async {
+        let store = Store::open_with(&url, epoch, group_commit).await?;
+        let signer = Arc::new(config.signing_key()?);
+        check_database(&store, &url).await?;
+        let mut audit_log = AuditLog::open_sealed(
+            store.clone(),
+            signer.clone(),
+            &config.coordinator.id,
+            crate::audit_seal::Seal::for_config(&config),
+        )
+        .await?;
+        if !group_commit {
+            warn!("audit group commit is off (coordinator.audit_group_commit = false): every audit entry is its own commit, as a baseline to measure against");
+            audit_log = audit_log.without_group_commit();
+        }
+        let audit_log = Arc::new(audit_log);
+        let interrupted = fail_interrupted(&store, &audit_log, &config.coordinator.id).await?;
+        Ok::<_, CoordinatorError>((store, signer, audit_log, interrupted))
     }
-    let audit_log = Arc::new(audit_log);
-    let interrupted = fail_interrupted(&store, &audit_log, &config.coordinator.id).await?;
+    .await;
+    let (store, signer, audit_log, interrupted) = match opened {
+        Ok(o) => o,
+        Err(e) => {
+            // Refused at start (a log that does not extend its checkpoint,
+            // a damaged database): the lease is let go at once, so that
+            // `audit-repair` or another coordinator need not wait it out.
+            if let (Some(lease), Some(epoch)) = (&lease, epoch) {
+                if let Err(e) = lease.release(epoch).await {
+                    warn!(error = %e, "could not release the coordinator lease");
+                }
+            }
+            serving.cancel();
+            return Err(e);
+        }
+    };
     // Everything of the active phase stops with this token: once the
     // queries in flight are through after a shutdown, or at a lost lease.
     let active = CancellationToken::new();

@@ -330,3 +330,130 @@ async fn an_active_coordinator_that_loses_its_lease_stops_serving() {
     pool.close().await;
     db.drop_now().await;
 }
+
+/// Runs the coordinator of `config` until it fails at start-up (one that
+/// starts fails the test).
+async fn start_refused(config: &plexus_coordinator::CoordinatorConfig) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let token = CancellationToken::new();
+    let run = plexus_coordinator::run(config.clone(), listener, token.clone());
+    match tokio::time::timeout(Duration::from_secs(20), run).await {
+        Ok(Err(e)) => e.to_string(),
+        Ok(Ok(())) => panic!("the coordinator started and stopped"),
+        Err(_) => {
+            token.cancel();
+            panic!("the coordinator started")
+        }
+    }
+}
+
+/// `plexus-coordinator audit-repair` with the sandbox coordinator's config.
+async fn repair(config: &plexus_coordinator::CoordinatorConfig, reason: &str) -> String {
+    plexus_coordinator::audit_repair::repair(config, "operator", reason)
+        .await
+        .unwrap()
+        .break_
+}
+
+/// A PostgreSQL database emptied while the coordinator was stopped, or
+/// restored from an older backup, is refused at the next start through the
+/// seal on the coordinator's own disk (the database's own checkpoints went
+/// with it), until `audit-repair` records the break.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_emptied_or_older_postgres_database_is_refused_at_start_until_a_repair() {
+    let Some(db) = TestDatabase::create("coord_seal").await else {
+        return;
+    };
+    let mut opts = SandboxOptions::new(60, 67);
+    opts.database_url = Some(db.url().to_string());
+    let mut sb = Sandbox::start(opts).await.unwrap();
+    let config = sb.coordinator_config.clone();
+    assert_eq!(
+        config.coordinator.audit_seal_dir.as_deref(),
+        Some(sb.dir.as_path())
+    );
+    let study = sandbox::exact_study();
+    sb.register_study(&study).await.unwrap();
+    let key = audit::load_key(&sb.pki.join("coordinator-signing.pub")).unwrap();
+    let auditor = sb.client(sandbox::AUDITOR).await.unwrap();
+    let signed = audit::verify(&auditor, &key, None, true).await.unwrap();
+    assert!(signed.entries >= 2, "{signed:?}");
+    // A clean stop signs a last checkpoint, sealed in the sandbox folder
+    // under the instance's name.
+    sb.stop_coordinator().await.unwrap();
+    let sealed = sb.dir.join("coordinator.audit-checkpoint.json");
+    let kept: plexus_core::merkle::Checkpoint =
+        serde_json::from_str(&std::fs::read_to_string(&sealed).unwrap()).unwrap();
+    assert!(kept.head.size >= signed.entries, "{kept:?}");
+    let leaves = std::fs::metadata(sb.dir.join("coordinator.audit-leaves")).unwrap();
+    assert_eq!(leaves.len(), kept.head.size * 32);
+
+    // The audit tables emptied, checkpoints and all.
+    let pool = sqlx::PgPool::connect(db.url()).await.unwrap();
+    sqlx::query("TRUNCATE audit_events, audit_checkpoints")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let e = start_refused(&config).await;
+    assert!(
+        e.contains("does not extend its last signed checkpoint")
+            && e.contains("holds no audit entries")
+            && e.contains(&format!("signed {}", kept.head.size)),
+        "{e}"
+    );
+    assert!(e.contains(&sealed.display().to_string()), "{e}");
+    let name = plexus_coordinator::store::database_name(db.url());
+    assert!(name.starts_with("postgres://") && e.contains(&name), "{e}");
+    assert!(
+        e.contains("restore the database from backup") && e.contains("audit-repair"),
+        "{e}"
+    );
+
+    // The repair records the break; the coordinator starts and serves.
+    let why = repair(&config, "test: audit tables emptied on purpose").await;
+    assert!(why.contains("holds no audit entries"), "{why}");
+    sb.start_coordinator().await.unwrap();
+    sb.wait_all_live().await.unwrap();
+    let auditor = sb.client(sandbox::AUDITOR).await.unwrap();
+    let after = audit::verify(&auditor, &key, None, true).await.unwrap();
+    assert_eq!(after.repairs.len(), 1, "{after:?}");
+    sb.stop_coordinator().await.unwrap();
+
+    // Restored from an older backup: the newest entries and the
+    // checkpoints that covered them are gone from the database.
+    let kept: plexus_core::merkle::Checkpoint =
+        serde_json::from_str(&std::fs::read_to_string(&sealed).unwrap()).unwrap();
+    // Written as a restore writes, without the fencing triggers.
+    let older = 2i64;
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query("SET LOCAL session_replication_role = replica")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM audit_events WHERE seq > $1")
+        .bind(older)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM audit_checkpoints WHERE size > $1")
+        .bind(older)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    pool.close().await;
+    let e = start_refused(&config).await;
+    assert!(
+        e.contains(&format!(
+            "entries {} to {} are missing",
+            older + 1,
+            kept.head.size
+        )),
+        "{e}"
+    );
+    repair(&config, "test: restored from an older backup").await;
+    sb.start_coordinator().await.unwrap();
+    sb.wait_all_live().await.unwrap();
+    sb.shutdown().await.unwrap();
+    db.drop_now().await;
+}

@@ -56,7 +56,7 @@ async fn repair(sb: &Sandbox, reason: &str) -> plexus_coordinator::audit_log::Re
         store.clone(),
         signer,
         &c.id,
-        Seal::for_database(&c.database_url),
+        Seal::for_config(&sb.coordinator_config),
         "operator",
         reason,
     )
@@ -306,8 +306,7 @@ async fn audit_verify_catches_a_rewritten_log_through_the_checkpoints_the_hospit
         .await
         .unwrap();
     pool.close().await;
-    let url = &sb.coordinator_config.coordinator.database_url;
-    let seal = Seal::for_database(url).unwrap();
+    let seal = Seal::for_config(&sb.coordinator_config).unwrap();
     std::fs::remove_file(seal.checkpoint_path()).unwrap();
     sb.start_coordinator().await.unwrap();
     sb.wait_all_live().await.unwrap();
