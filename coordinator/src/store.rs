@@ -1041,28 +1041,17 @@ impl Store {
     /// import, or a benchmark filling a log).
     pub async fn append_audit_batch(&self, entries: &[AuditEntry]) -> Result<()> {
         if let Some(writer) = &self.writer {
-            let r: Result<()> = async {
-                let mut conn = writer.acquire().await?;
-                // This commit fsyncs the WAL, and with it every earlier
-                // commit of the NORMAL writes (see [`Store::writer`]).
-                sqlx::query("PRAGMA synchronous = FULL")
-                    .execute(&mut *conn)
-                    .await?;
-                let written: Result<()> = async {
-                    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-                    for e in entries {
-                        insert_audit!(e).execute(&mut *tx).await?;
-                    }
-                    tx.commit().await?;
-                    Ok(())
-                }
-                .await;
-                sqlx::query("PRAGMA synchronous = NORMAL")
-                    .execute(&mut *conn)
-                    .await?;
-                written
+            let mut conn = writer.acquire().await.map_err(|e| self.named(e.into()))?;
+            let r = full_sync_batch(&mut conn, entries).await;
+            if r.is_err() {
+                // A commit that failed (a full disk) can leave SQLite's
+                // transaction open on this connection; the next batch then
+                // failed as `internal` ("Safety level may not be changed
+                // inside a transaction") after space came back. The
+                // connection is closed, which rolls that back, and the
+                // next write opens a fresh one.
+                conn.close_on_drop();
             }
-            .await;
             return r.map_err(|e| self.named(e));
         }
         on_pool!(self, pool => {
@@ -1115,6 +1104,34 @@ impl Store {
 
 /// The statement that writes entry `$e` (a macro: each database's arm of
 /// [`on_pool`] builds its own query type).
+/// One audit batch on the writing connection, committed at
+/// `synchronous = FULL`: this commit fsyncs the WAL, and with it every
+/// earlier commit of the NORMAL writes (see [`Store::writer`]). The
+/// write's own error is the one reported.
+async fn full_sync_batch(
+    conn: &mut sqlx::pool::PoolConnection<sqlx::Sqlite>,
+    entries: &[AuditEntry],
+) -> Result<()> {
+    sqlx::query("PRAGMA synchronous = FULL")
+        .execute(&mut **conn)
+        .await?;
+    let written: Result<()> = async {
+        let mut tx = sqlx::Connection::begin(&mut **conn).await?;
+        for e in entries {
+            insert_audit!(e).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+    .await;
+    let normal = sqlx::query("PRAGMA synchronous = NORMAL")
+        .execute(&mut **conn)
+        .await;
+    written?;
+    normal?;
+    Ok(())
+}
+
 macro_rules! insert_audit {
     ($e:expr) => {{
         let e: &AuditEntry = $e;
