@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 
 use prost::Message;
@@ -97,6 +98,11 @@ struct Seen {
 pub struct SeenJobs {
     path: PathBuf,
     inner: Mutex<(File, HashMap<String, i64>)>,
+    /// Why the last write failed, and the file's length before it (what
+    /// a recovery cuts it back to), until a write or a recovery succeeds.
+    failed: Mutex<Option<(String, Option<u64>)>>,
+    /// Test hook (fault injection): writes that fail like a full disk.
+    fail_next: std::sync::atomic::AtomicU32,
 }
 
 impl SeenJobs {
@@ -143,6 +149,8 @@ impl SeenJobs {
         Ok(SeenJobs {
             path,
             inner: Mutex::new((file, live)),
+            failed: Mutex::new(None),
+            fail_next: Default::default(),
         })
     }
 
@@ -166,20 +174,72 @@ impl SeenJobs {
         line.push(b'\n');
         // A failed write (a full disk) is cut back off, so the next id is
         // not appended to a fragment.
-        let len = inner.0.metadata().map(|m| m.len());
+        let len = inner.0.metadata().map(|m| m.len()).ok();
         let file = &mut inner.0;
-        let written = crate::disk::wait(|| file.write_all(&line).and_then(|_| file.sync_data()));
+        let written = if self.fail_next.load(Ordering::Relaxed) > 0 {
+            self.fail_next.fetch_sub(1, Ordering::Relaxed);
+            let _ = file.write_all(&line[..line.len() / 2]);
+            Err(std::io::Error::from_raw_os_error(28))
+        } else {
+            crate::disk::wait(|| file.write_all(&line).and_then(|_| file.sync_data()))
+        };
         if let Err(e) = written {
-            if let Ok(len) = len {
+            if let Some(len) = len {
                 let _ = inner.0.set_len(len);
             }
+            // Until a write or a recovery succeeds, the node's storage
+            // check says why (readiness, heartbeats), as for the ledger
+            // and the job log.
+            *self.failed.lock().expect("seen jobs lock") = Some((
+                format!(
+                    "cannot write its list of seen jobs {}: {e}",
+                    self.path.display()
+                ),
+                len,
+            ));
             return Err(Error::unavailable(format!(
                 "cannot record the job in {}: {e}; nothing was computed, and the node takes no jobs until the hospital's IT frees space in its state folder or fixes the disk",
                 self.path.display()
             )));
         }
+        *self.failed.lock().expect("seen jobs lock") = None;
         inner.1.insert(job_id.to_string(), expires_unix_ms);
         Ok(())
+    }
+
+    /// Why the last write failed, until a write or [`Self::recover`]
+    /// succeeds.
+    pub fn trouble(&self) -> Option<String> {
+        self.failed
+            .lock()
+            .expect("seen jobs lock")
+            .as_ref()
+            .map(|(why, _)| why.clone())
+    }
+
+    /// After a failed write: cuts off whatever of it reached the file, so
+    /// the next id is not appended to a fragment, and clears the trouble.
+    pub fn recover(&self) -> std::io::Result<()> {
+        // Locks in the order `record` takes them.
+        let inner = self.inner.lock().expect("seen jobs lock");
+        let mut failed = self.failed.lock().expect("seen jobs lock");
+        let Some((_, len)) = failed.as_ref() else {
+            return Ok(());
+        };
+        if let Some(len) = *len {
+            if inner.0.metadata()?.len() > len {
+                inner.0.set_len(len)?;
+                inner.0.sync_all()?;
+            }
+        }
+        *failed = None;
+        Ok(())
+    }
+
+    /// Test hook (fault injection): the next `n` writes fail like a full
+    /// disk, each after writing half its line.
+    pub fn fail_next_writes(&self, n: u32) {
+        self.fail_next.store(n, Ordering::Relaxed);
     }
 }
 

@@ -205,6 +205,11 @@ impl JobRunner {
             }
             Err(refusal) => {
                 warn!(job_id = %refusal.job_id, reason = %refusal.error, "job envelope refused");
+                // Its id could not be recorded: the node is not ready
+                // until it can (the storage probe brings it back).
+                if let Some(problem) = self.seen.trouble() {
+                    self.records_failing(&problem);
+                }
                 self.metrics
                     .job(&format!("refused:{}", refusal.error.code), 0.0);
                 let entry = LogEntry {
@@ -733,7 +738,10 @@ impl JobRunner {
 
     /// What stops the node's records from being written, if anything.
     pub fn storage_problem(&self) -> Option<String> {
-        self.ledger.trouble().or_else(|| self.log.trouble())
+        self.ledger
+            .trouble()
+            .or_else(|| self.log.trouble())
+            .or_else(|| self.seen.trouble())
     }
 
     /// Ready to take a job as far as the node's records go: when a write
@@ -775,6 +783,12 @@ impl JobRunner {
                 self.log.path().display()
             )));
         }
+        if let Err(e) = self.seen.recover() {
+            return Err(unavailable(&format!(
+                "cannot write its list of seen jobs {}: {e}",
+                self.seen.path().display()
+            )));
+        }
         let mut unlogged = self.unlogged.lock().expect("unlogged lock");
         while let Some(entry) = unlogged.first() {
             if let Err(e) = self.log.append(entry) {
@@ -786,7 +800,6 @@ impl JobRunner {
             unlogged.remove(0);
         }
         info!("the node's records can be written again; taking jobs");
-        self.metrics.records_writable.set(1);
         self.metrics.records_writable.set(1);
         self.readiness.set(STORAGE_CHECK, true, "");
         Ok(())

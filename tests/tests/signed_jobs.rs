@@ -264,6 +264,79 @@ async fn a_node_that_cannot_write_its_job_log_refuses_unavailable_and_recovers()
     );
 }
 
+/// A node that cannot record a job's id in its list of seen jobs (a full
+/// disk, injected) refuses the job `unavailable` naming the file, and is
+/// not ready, as for its ledger and job log, until the storage probe finds
+/// the file writable again; the fragment the failed write left is cut off,
+/// and the refused job can be sent again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_cannot_record_a_seen_job_is_not_ready_until_it_can() {
+    use plexus_proto::v1 as pb;
+
+    let sb = Sandbox::prepare(SandboxOptions::new(200, 84))
+        .await
+        .unwrap();
+    let config = sb.node_configs["hospital-a"].clone();
+    let key = plexus_tls::SigningKey::load(&sb.coordinator_config.coordinator.signing_key).unwrap();
+    let study = sandbox::exact_study();
+    let query = plexus_core::Query::from_json(r#"{"analysis": {"count": {}}}"#).unwrap();
+    let now = chrono::Utc::now().timestamp_millis();
+    let job = sign(
+        &key,
+        &exact_job(&study, &query, &"07".repeat(16), "hospital-a", now),
+    );
+    let outcome = |msg: Option<pb::node_message::Msg>| match msg {
+        Some(pb::node_message::Msg::Result(r)) => r.outcome.unwrap(),
+        other => panic!("expected a result, got {other:?}"),
+    };
+    let runner = plexus_node::open_runner(config.clone(), plexus_node::RunOptions::default())
+        .await
+        .unwrap();
+    let seen_file = config.node.state_dir.join("seen_jobs.jsonl");
+    let before = std::fs::metadata(&seen_file).unwrap().len();
+
+    runner.seen.fail_next_writes(1);
+    let refused = match outcome(runner.take(job.clone()).await) {
+        pb::job_result::Outcome::Error(e) => plexus_core::Error::from(e),
+        other => panic!("expected a refusal, got {other:?}"),
+    };
+    assert_eq!(
+        refused.code,
+        plexus_core::ErrorCode::Unavailable,
+        "{refused}"
+    );
+    assert!(
+        refused.message.contains("seen_jobs.jsonl") && refused.message.contains("No space left"),
+        "{refused}"
+    );
+    let why = runner.readiness.status().unwrap_err();
+    assert!(
+        why.contains("storage") && why.contains("seen_jobs.jsonl"),
+        "{why}"
+    );
+    assert!(runner
+        .storage_problem()
+        .is_some_and(|p| p.contains("seen jobs")));
+
+    // The disk takes writes again: the probe clears the trouble and the
+    // node is ready as far as its records go; nothing of the failed write
+    // is left in the file, and the job, never computed, is taken.
+    runner.check_storage().unwrap();
+    assert!(runner.storage_problem().is_none());
+    assert!(!runner
+        .readiness
+        .status()
+        .err()
+        .unwrap_or_default()
+        .contains("storage"));
+    assert_eq!(std::fs::metadata(&seen_file).unwrap().len(), before);
+    let answered = outcome(runner.take(job).await);
+    assert!(
+        matches!(answered, pb::job_result::Outcome::Stats(_)),
+        "{answered:?}"
+    );
+}
+
 /// A node does not start on an edited ledger, nor on a ledger missing a
 /// debit its job log records: the error names the files and the line.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
