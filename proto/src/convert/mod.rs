@@ -122,9 +122,20 @@ pub fn from_status(s: &tonic::Status) -> Error {
             | tonic::Code::Cancelled
             | tonic::Code::Aborted => ErrorCode::Unavailable,
             tonic::Code::NotFound => ErrorCode::NotFound,
+            // The connection broke mid-call (a coordinator killed while a
+            // researcher waited): tonic reports the HTTP/2 error as
+            // `internal`, with the transport's error as its source or in
+            // its message. A server's own errors carry their code above.
+            tonic::Code::Internal if cut_off(s) => ErrorCode::Unavailable,
             _ => ErrorCode::Internal,
         });
     Error::new(code, s.message().to_string())
+}
+
+/// A status made on this side from a broken connection, not sent by a
+/// server.
+fn cut_off(s: &tonic::Status) -> bool {
+    std::error::Error::source(s).is_some() || s.message().starts_with("h2 protocol error")
 }
 
 // ---- studies ----
@@ -322,6 +333,23 @@ mod tests {
         let e = Error::disclosure("too few");
         let back = from_status(&to_status(&e));
         assert_eq!(back, e);
+    }
+
+    #[test]
+    fn a_connection_cut_mid_call_is_unavailable_and_a_servers_internal_error_is_not() {
+        // What tonic makes of an HTTP/2 stream reset by a dying server.
+        let cut = tonic::Status::internal("h2 protocol error: http2 error");
+        assert_eq!(from_status(&cut).code, ErrorCode::Unavailable);
+        let mut with_source = tonic::Status::internal("stream error");
+        with_source.set_source(std::sync::Arc::new(std::io::Error::from(
+            std::io::ErrorKind::ConnectionReset,
+        )));
+        assert_eq!(from_status(&with_source).code, ErrorCode::Unavailable);
+        // An internal error a server sent, with or without our code.
+        let sent = tonic::Status::internal("the pool's matrix is singular");
+        assert_eq!(from_status(&sent).code, ErrorCode::Internal);
+        let ours = to_status(&Error::internal("h2 protocol error: not really"));
+        assert_eq!(from_status(&ours).code, ErrorCode::Internal);
     }
 
     #[test]
