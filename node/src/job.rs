@@ -189,16 +189,7 @@ impl JobRunner {
                 if let Err(e) = self.check_storage() {
                     warn!(job_id = %job.job_id, reason = %e, "job refused: the node's records cannot be written");
                     self.metrics.job(&format!("failed:{}", e.code), 0.0);
-                    self.log_later(LogEntry {
-                        at: now.to_rfc3339(),
-                        job_id: job.job_id.clone(),
-                        study_id: job.study_id.clone(),
-                        query_hash: job.query_hash.clone(),
-                        analysis: "unknown".into(),
-                        outcome: format!("failed:{}", e.code),
-                        detail: e.message.clone(),
-                        ..Default::default()
-                    });
+                    self.log_later(failed_before_running(&job, now, &e));
                     return Some(answer(self.result(&job.job_id, job_hash, Err(e))));
                 }
                 self.run(job, job_hash).await
@@ -245,16 +236,7 @@ impl JobRunner {
         let job = <pb::Job as prost::Message>::decode(signed.job.as_slice()).unwrap_or_default();
         let e = Error::unavailable(reason);
         warn!(job_id = %job.job_id, study = %job.study_id, "{reason}");
-        let entry = LogEntry {
-            at: chrono::Utc::now().to_rfc3339(),
-            job_id: job.job_id.clone(),
-            study_id: job.study_id.clone(),
-            query_hash: job.query_hash.clone(),
-            analysis: "unknown".into(),
-            outcome: format!("failed:{}", e.code),
-            detail: e.message.clone(),
-            ..Default::default()
-        };
+        let entry = failed_before_running(&job, chrono::Utc::now(), &e);
         if let Err(err) = self.log.append(&entry) {
             warn!(error = %err, "cannot write the local job log");
         }
@@ -930,6 +912,20 @@ fn probe(dir: &std::path::Path) -> std::io::Result<()> {
     });
     let _ = std::fs::remove_file(&path);
     written
+}
+
+/// The job-log entry of a job failed before anything of it ran.
+fn failed_before_running(job: &pb::Job, at: chrono::DateTime<chrono::Utc>, e: &Error) -> LogEntry {
+    LogEntry {
+        at: at.to_rfc3339(),
+        job_id: job.job_id.clone(),
+        study_id: job.study_id.clone(),
+        query_hash: job.query_hash.clone(),
+        analysis: "unknown".into(),
+        outcome: format!("failed:{}", e.code),
+        detail: e.message.clone(),
+        ..Default::default()
+    }
 }
 
 pub(crate) fn answer(result: pb::JobResult) -> pb::node_message::Msg {
