@@ -618,11 +618,26 @@ impl Install {
         }
     }
 
+    /// A gRPC client of the coordinator with `name`'s certificate.
+    pub async fn client(&self, name: &str) -> Result<Client> {
+        Client::connect_with(&self.url, &self.tls(name), Some("localhost".into())).await
+    }
+
+    /// The coordinator's whole audit log, as its auditor reads it.
+    pub async fn audit_log(&self) -> Result<Vec<plexus_core::audit::AuditEntry>> {
+        let auditor = self.client("auditor").await?;
+        let mut entries = Vec::new();
+        plexus::audit::stream_log(&auditor, |e| {
+            entries.push(e);
+            Ok(())
+        })
+        .await?;
+        Ok(entries)
+    }
+
     /// The nodes the coordinator lists as live (empty while it is down).
     pub async fn live_nodes(&self) -> Vec<String> {
-        let Ok(admin) =
-            Client::connect_with(&self.url, &self.tls("admin"), Some("localhost".into())).await
-        else {
+        let Ok(admin) = self.client("admin").await else {
             return Vec::new();
         };
         match admin.admin().list_nodes(pb::ListNodesRequest {}).await {

@@ -14,7 +14,6 @@ use std::time::Duration;
 
 use plexus::audit::{self, NodeLog};
 use plexus::client::Client;
-use plexus_core::audit::AuditEntry;
 use plexus_core::Query;
 use plexus_proto::v1 as pb;
 use plexus_tests::processes::{Install, InstallOptions};
@@ -99,20 +98,8 @@ async fn a_coordinator_killed_mid_burst_keeps_every_query_and_released_job_in_it
         "a query is still pending after the restart: {stored:?}"
     );
 
-    let auditor = Client::connect_with(
-        &install.url,
-        &install.tls("auditor"),
-        Some("localhost".into()),
-    )
-    .await
-    .unwrap();
-    let mut entries: Vec<AuditEntry> = Vec::new();
-    audit::stream_log(&auditor, |e| {
-        entries.push(e);
-        Ok(())
-    })
-    .await
-    .unwrap();
+    let entries = install.audit_log().await.unwrap();
+    let auditor = install.client("auditor").await.unwrap();
     let of = |action: &str, query: &str| {
         entries
             .iter()

@@ -61,13 +61,7 @@ async fn a_full_volume_refuses_queries_naming_the_database_and_recovers_when_spa
     let db = state.join("coordinator.db");
     let (mut coordinator, _nodes) = install.start_all().await.unwrap();
     install.register_study().await.unwrap();
-    let alice = Client::connect_with(
-        &install.url,
-        &install.tls("alice"),
-        Some("localhost".into()),
-    )
-    .await
-    .unwrap();
+    let alice = install.client("alice").await.unwrap();
     let mut accepted = vec![submit(&alice, &install.study.id).await.unwrap()];
 
     // Full: queries are refused (once what SQLite had allocated is used
@@ -115,20 +109,7 @@ async fn a_full_volume_refuses_queries_naming_the_database_and_recovers_when_spa
     coordinator.kill().await.unwrap();
     std::fs::remove_file(&filler).unwrap();
     coordinator = install.restart_coordinator().await.unwrap();
-    let auditor = Client::connect_with(
-        &install.url,
-        &install.tls("auditor"),
-        Some("localhost".into()),
-    )
-    .await
-    .unwrap();
-    let mut entries = Vec::new();
-    plexus::audit::stream_log(&auditor, |e| {
-        entries.push(e);
-        Ok(())
-    })
-    .await
-    .unwrap();
+    let entries = install.audit_log().await.unwrap();
     for id in &accepted {
         let of = |action: &str| {
             entries

@@ -5,6 +5,7 @@
 //! `plexus_node::envelope`, tested there one by one.)
 
 use plexus_core::pool::NodeStatus;
+use plexus_proto::v1 as pb;
 use plexus_tests::jobs::{exact_job, sign};
 use plexus_tests::{ask, sandbox, Sandbox, SandboxOptions};
 
@@ -50,7 +51,6 @@ async fn a_node_refuses_and_logs_jobs_not_signed_by_the_key_it_pins() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_answer_is_signed_by_its_node_and_can_be_checked_later() {
-    use plexus_proto::v1 as pb;
     use prost::Message;
 
     let sb = Sandbox::start(SandboxOptions::new(300, 67)).await.unwrap();
@@ -103,8 +103,6 @@ async fn every_answer_is_signed_by_its_node_and_can_be_checked_later() {
 /// is opened again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tampered_expired_replayed_and_misaddressed_jobs_are_refused_and_logged() {
-    use plexus_proto::v1 as pb;
-
     let sb = Sandbox::prepare(SandboxOptions::new(200, 79))
         .await
         .unwrap();
@@ -187,68 +185,120 @@ async fn tampered_expired_replayed_and_misaddressed_jobs_are_refused_and_logged(
     );
 }
 
+/// hospital-a's job runner in a prepared sandbox (no daemons), with exact
+/// count jobs for it signed in the coordinator's place: the node's side of
+/// a job, taken directly.
+struct OneNode {
+    /// Keeps the sandbox's folder.
+    _sb: Sandbox,
+    config: plexus_node::config::NodeConfig,
+    runner: plexus_node::job::JobRunner,
+    key: plexus_tls::SigningKey,
+    study: plexus_core::StudyDefinition,
+    query: plexus_core::Query,
+    issued_unix_ms: i64,
+}
+
+impl OneNode {
+    async fn start(seed: u64) -> Self {
+        let sb = Sandbox::prepare(SandboxOptions::new(200, seed))
+            .await
+            .unwrap();
+        let config = sb.node_configs["hospital-a"].clone();
+        let key =
+            plexus_tls::SigningKey::load(&sb.coordinator_config.coordinator.signing_key).unwrap();
+        let runner = plexus_node::open_runner(config.clone(), plexus_node::RunOptions::default())
+            .await
+            .unwrap();
+        OneNode {
+            _sb: sb,
+            config,
+            runner,
+            key,
+            study: sandbox::exact_study(),
+            query: plexus_core::Query::from_json(r#"{"analysis": {"count": {}}}"#).unwrap(),
+            issued_unix_ms: chrono::Utc::now().timestamp_millis(),
+        }
+    }
+
+    fn job(&self, id: &str) -> pb::SignedJob {
+        sign(
+            &self.key,
+            &exact_job(
+                &self.study,
+                &self.query,
+                id,
+                "hospital-a",
+                self.issued_unix_ms,
+            ),
+        )
+    }
+
+    /// What the node answers `job`.
+    async fn take(&self, job: pb::SignedJob) -> pb::job_result::Outcome {
+        match self.runner.take(job).await {
+            Some(pb::node_message::Msg::Result(r)) => r.outcome.unwrap(),
+            other => panic!("expected a result, got {other:?}"),
+        }
+    }
+
+    /// `outcome` is the refusal of a node that cannot write `file` (full),
+    /// and the node is not ready, for its storage, naming the file.
+    fn assert_refused_for_storage(&self, outcome: pb::job_result::Outcome, file: &str) {
+        let refused = match outcome {
+            pb::job_result::Outcome::Error(e) => plexus_core::Error::from(e),
+            other => panic!("expected a refusal, got {other:?}"),
+        };
+        assert_eq!(
+            refused.code,
+            plexus_core::ErrorCode::Unavailable,
+            "{refused}"
+        );
+        assert!(
+            refused.message.contains(file) && refused.message.contains("No space left"),
+            "{refused}"
+        );
+        let why = self.runner.readiness.status().unwrap_err();
+        assert!(why.contains("storage") && why.contains(file), "{why}");
+        assert!(self.runner.storage_problem().is_some());
+    }
+
+    /// The node's records can be written, as far as it and its readiness know.
+    fn assert_storage_ready(&self) {
+        assert!(self.runner.storage_problem().is_none());
+        assert!(!self
+            .runner
+            .readiness
+            .status()
+            .err()
+            .unwrap_or_default()
+            .contains("storage"));
+    }
+}
+
 /// A node that cannot write its job log (a full disk, injected) refuses the
 /// job `unavailable`, naming the file, turns not ready, and takes the next
 /// job once the log can be written, logging the refusal then.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_that_cannot_write_its_job_log_refuses_unavailable_and_recovers() {
-    use plexus_proto::v1 as pb;
-
-    let sb = Sandbox::prepare(SandboxOptions::new(200, 83))
-        .await
-        .unwrap();
-    let config = sb.node_configs["hospital-a"].clone();
-    let key = plexus_tls::SigningKey::load(&sb.coordinator_config.coordinator.signing_key).unwrap();
-    let study = sandbox::exact_study();
-    let query = plexus_core::Query::from_json(r#"{"analysis": {"count": {}}}"#).unwrap();
-    let now = chrono::Utc::now().timestamp_millis();
-    let signed = |id: &str| sign(&key, &exact_job(&study, &query, id, "hospital-a", now));
-    let outcome = |msg: Option<pb::node_message::Msg>| match msg {
-        Some(pb::node_message::Msg::Result(r)) => r.outcome.unwrap(),
-        other => panic!("expected a result, got {other:?}"),
-    };
-    let runner = plexus_node::open_runner(config.clone(), plexus_node::RunOptions::default())
-        .await
-        .unwrap();
+    let node = OneNode::start(83).await;
     let (first, second) = ("05".repeat(16), "06".repeat(16));
 
-    runner.log.fail_next_writes(1);
-    let refused = match outcome(runner.take(signed(&first)).await) {
-        pb::job_result::Outcome::Error(e) => plexus_core::Error::from(e),
-        other => panic!("expected a refusal, got {other:?}"),
-    };
-    assert_eq!(
-        refused.code,
-        plexus_core::ErrorCode::Unavailable,
-        "{refused}"
-    );
-    assert!(
-        refused.message.contains("jobs.log.jsonl") && refused.message.contains("No space left"),
-        "{refused}"
-    );
-    let why = runner.readiness.status().unwrap_err();
-    assert!(
-        why.contains("storage") && why.contains("jobs.log.jsonl"),
-        "{why}"
-    );
-    assert!(runner.storage_problem().is_some());
+    node.runner.log.fail_next_writes(1);
+    let refused = node.take(node.job(&first)).await;
+    node.assert_refused_for_storage(refused, "jobs.log.jsonl");
 
     // The disk takes writes again: the next job is answered, the node is
     // ready as far as its records go, and the refusal is in the log.
-    let answered = outcome(runner.take(signed(&second)).await);
+    let answered = node.take(node.job(&second)).await;
     assert!(
         matches!(answered, pb::job_result::Outcome::Stats(_)),
         "{answered:?}"
     );
-    assert!(runner.storage_problem().is_none());
-    assert!(!runner
-        .readiness
-        .status()
-        .err()
-        .unwrap_or_default()
-        .contains("storage"));
+    node.assert_storage_ready();
     let log =
-        plexus_node::log::JobLog::read_all(&config.node.state_dir.join("jobs.log.jsonl")).unwrap();
+        plexus_node::log::JobLog::read_all(&node.config.node.state_dir.join("jobs.log.jsonl"))
+            .unwrap();
     let outcomes: Vec<(&str, &str)> = log
         .iter()
         .map(|e| (e.job_id.as_str(), e.outcome.as_str()))
@@ -271,66 +321,26 @@ async fn a_node_that_cannot_write_its_job_log_refuses_unavailable_and_recovers()
 /// and the refused job can be sent again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_that_cannot_record_a_seen_job_is_not_ready_until_it_can() {
-    use plexus_proto::v1 as pb;
-
-    let sb = Sandbox::prepare(SandboxOptions::new(200, 84))
-        .await
-        .unwrap();
-    let config = sb.node_configs["hospital-a"].clone();
-    let key = plexus_tls::SigningKey::load(&sb.coordinator_config.coordinator.signing_key).unwrap();
-    let study = sandbox::exact_study();
-    let query = plexus_core::Query::from_json(r#"{"analysis": {"count": {}}}"#).unwrap();
-    let now = chrono::Utc::now().timestamp_millis();
-    let job = sign(
-        &key,
-        &exact_job(&study, &query, &"07".repeat(16), "hospital-a", now),
-    );
-    let outcome = |msg: Option<pb::node_message::Msg>| match msg {
-        Some(pb::node_message::Msg::Result(r)) => r.outcome.unwrap(),
-        other => panic!("expected a result, got {other:?}"),
-    };
-    let runner = plexus_node::open_runner(config.clone(), plexus_node::RunOptions::default())
-        .await
-        .unwrap();
-    let seen_file = config.node.state_dir.join("seen_jobs.jsonl");
+    let node = OneNode::start(84).await;
+    let job = node.job(&"07".repeat(16));
+    let seen_file = node.config.node.state_dir.join("seen_jobs.jsonl");
     let before = std::fs::metadata(&seen_file).unwrap().len();
 
-    runner.seen.fail_next_writes(1);
-    let refused = match outcome(runner.take(job.clone()).await) {
-        pb::job_result::Outcome::Error(e) => plexus_core::Error::from(e),
-        other => panic!("expected a refusal, got {other:?}"),
-    };
-    assert_eq!(
-        refused.code,
-        plexus_core::ErrorCode::Unavailable,
-        "{refused}"
-    );
-    assert!(
-        refused.message.contains("seen_jobs.jsonl") && refused.message.contains("No space left"),
-        "{refused}"
-    );
-    let why = runner.readiness.status().unwrap_err();
-    assert!(
-        why.contains("storage") && why.contains("seen_jobs.jsonl"),
-        "{why}"
-    );
-    assert!(runner
+    node.runner.seen.fail_next_writes(1);
+    let refused = node.take(job.clone()).await;
+    node.assert_refused_for_storage(refused, "seen_jobs.jsonl");
+    assert!(node
+        .runner
         .storage_problem()
         .is_some_and(|p| p.contains("seen jobs")));
 
     // The disk takes writes again: the probe clears the trouble and the
     // node is ready as far as its records go; nothing of the failed write
     // is left in the file, and the job, never computed, is taken.
-    runner.check_storage().unwrap();
-    assert!(runner.storage_problem().is_none());
-    assert!(!runner
-        .readiness
-        .status()
-        .err()
-        .unwrap_or_default()
-        .contains("storage"));
+    node.runner.check_storage().unwrap();
+    node.assert_storage_ready();
     assert_eq!(std::fs::metadata(&seen_file).unwrap().len(), before);
-    let answered = outcome(runner.take(job).await);
+    let answered = node.take(job).await;
     assert!(
         matches!(answered, pb::job_result::Outcome::Stats(_)),
         "{answered:?}"
