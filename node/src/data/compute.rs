@@ -143,17 +143,8 @@ pub(crate) async fn table(
         let (rs, cs) = (rs.as_string::<i32>(), cs.as_string::<i32>());
         let ns = b.column(2).as_primitive::<Int64Type>();
         for i in 0..b.num_rows() {
-            let level = |levels: &[String], v: &str, m: &Mapped| {
-                levels.iter().position(|l| l == v).ok_or_else(|| {
-                    Error::data(format!(
-                        "column \"{}\" holds a value that is not a level of the dictionary; \
-                         fix the data file or the mapping and restart the node",
-                        m.column
-                    ))
-                })
-            };
-            let ri = level(&row_levels, rs.value(i), row)?;
-            let ci = level(&col_levels, cs.value(i), col)?;
+            let ri = level_index(&row_levels, rs.value(i), row)?;
+            let ci = level_index(&col_levels, cs.value(i), col)?;
             cells[ri * col_levels.len() + ci] += ns.value(i) as u64;
         }
     }
@@ -161,6 +152,17 @@ pub(crate) async fn table(
         rows: row_levels.len() as u32,
         columns: col_levels.len() as u32,
         cells,
+    })
+}
+
+/// Index of a stored value among a variable's dictionary levels.
+pub(crate) fn level_index(levels: &[String], v: &str, m: &Mapped) -> Result<usize> {
+    levels.iter().position(|l| l == v).ok_or_else(|| {
+        Error::data(format!(
+            "column \"{}\" holds a value that is not a level of the dictionary; \
+             fix the data file or the mapping and restart the node",
+            m.column
+        ))
     })
 }
 

@@ -72,7 +72,16 @@ pub struct DataConfig {
     /// The warehouse, when `source = "postgres"`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub postgres: Option<super::warehouse::WarehouseConfig>,
+    /// MiB of the file's mapped columns the node keeps in memory between
+    /// jobs (default [`DEFAULT_MEMORY_MIB`]); a file whose columns take more
+    /// is read for every job, and 0 always reads the file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mib: Option<u64>,
 }
+
+/// `data.memory_mib` when it is not set: the mapped columns of about a
+/// million patients with a dozen variables.
+pub const DEFAULT_MEMORY_MIB: u64 = 256;
 
 /// `[consent]`: consent records (`patient_id, purposes, valid_from,
 /// withdrawn_at`) and an optional opt-out list (`patient_id`).
@@ -95,6 +104,12 @@ pub(crate) fn resolve(base: &Path, p: &Path) -> PathBuf {
 }
 
 impl DataConfig {
+    /// `data.memory_mib` in bytes.
+    pub fn memory_budget(&self) -> usize {
+        let mib = self.memory_mib.unwrap_or(DEFAULT_MEMORY_MIB);
+        usize::try_from(mib.saturating_mul(1024 * 1024)).unwrap_or(usize::MAX)
+    }
+
     /// Resolves relative paths against `base`, the config file's directory.
     pub fn resolve(&self, base: &Path) -> Self {
         DataConfig {

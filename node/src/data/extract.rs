@@ -3,21 +3,28 @@
 //! survival counts, cross-products). The columns never leave this module's
 //! callers: only the sums computed from them are released.
 
-use datafusion::arrow::array::{Array, AsArray};
+use datafusion::arrow::array::{Array, ArrayRef, AsArray};
 use datafusion::arrow::compute::cast as arrow_cast;
 use datafusion::arrow::datatypes::{DataType, Float64Type};
-use datafusion::prelude::DataFrame;
+use datafusion::prelude::{DataFrame, Expr};
 use plexus_core::models::design::{ColumnData, Columns, MISSING_LEVEL};
 use plexus_core::{Dictionary, Error, Result, VarType};
 
 use super::compile::Mapped;
 
-/// Reads `variables` of every row of `df` into memory.
-pub(crate) async fn columns(
-    df: DataFrame,
+/// How one extracted column is turned into numbers or level indices.
+pub(crate) struct Kind {
+    kind: VarType,
+    levels: Vec<String>,
+    column: String,
+}
+
+/// The expressions that read `variables` (numbers as Float64, levels as
+/// their stored value), aliased `v0`, `v1`, ..., and how to convert each.
+pub(crate) fn plan(
     variables: &[(&str, &Mapped)],
     dict: &Dictionary,
-) -> Result<Columns> {
+) -> Result<(Vec<Expr>, Vec<Kind>)> {
     let mut exprs = Vec::with_capacity(variables.len());
     let mut kinds = Vec::with_capacity(variables.len());
     for (i, (name, m)) in variables.iter().enumerate() {
@@ -32,8 +39,22 @@ pub(crate) async fn columns(
             }
         };
         exprs.push(expr.alias(format!("v{i}")));
-        kinds.push((var.kind, var.levels(), m.column.clone()));
+        kinds.push(Kind {
+            kind: var.kind,
+            levels: var.levels(),
+            column: m.column.clone(),
+        });
     }
+    Ok((exprs, kinds))
+}
+
+/// Reads `variables` of every row of `df` into memory.
+pub(crate) async fn columns(
+    df: DataFrame,
+    variables: &[(&str, &Mapped)],
+    dict: &Dictionary,
+) -> Result<Columns> {
+    let (exprs, kinds) = plan(variables, dict)?;
     let batches = df
         .select(exprs)
         .map_err(|e| Error::internal(format!("cannot plan the model variables: {e}")))?
@@ -46,20 +67,31 @@ pub(crate) async fn columns(
                  if the file changed since start-up, check it and restart the node)",
             )
         })?;
-    let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+    let names: Vec<&str> = variables.iter().map(|(n, _)| *n).collect();
+    let arrays: Vec<Vec<ArrayRef>> = (0..kinds.len())
+        .map(|i| batches.iter().map(|b| b.column(i).clone()).collect())
+        .collect();
+    convert(&names, &kinds, &arrays)
+}
+
+/// Turns the arrays [`plan`]'s expressions produced (per variable, one
+/// array per batch) into columns.
+pub(crate) fn convert(names: &[&str], kinds: &[Kind], arrays: &[Vec<ArrayRef>]) -> Result<Columns> {
     let mut out = Columns::new();
-    for (i, ((name, _), (kind, levels, column))) in variables.iter().zip(kinds).enumerate() {
-        let data = if kind.is_numeric() {
+    for ((name, k), parts) in names.iter().zip(kinds).zip(arrays) {
+        let rows: usize = parts.iter().map(|a| a.len()).sum();
+        let (levels, column) = (&k.levels, &k.column);
+        let data = if k.kind.is_numeric() {
             let mut v = Vec::with_capacity(rows);
-            for b in &batches {
-                let a = b.column(i).as_primitive::<Float64Type>();
+            for a in parts {
+                let a = a.as_primitive::<Float64Type>();
                 v.extend((0..a.len()).map(|r| if a.is_null(r) { f64::NAN } else { a.value(r) }));
             }
             ColumnData::Numeric(v)
         } else {
             let mut v = Vec::with_capacity(rows);
-            for b in &batches {
-                let text = arrow_cast(b.column(i), &DataType::Utf8).map_err(|e| {
+            for a in parts {
+                let text = arrow_cast(a, &DataType::Utf8).map_err(|e| {
                     Error::internal(format!("cannot read the levels of \"{name}\": {e}"))
                 })?;
                 let text = text.as_string::<i32>();

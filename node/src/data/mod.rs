@@ -15,6 +15,7 @@ mod files;
 mod ids;
 mod mapping;
 mod models;
+mod resident;
 mod source;
 #[cfg(test)]
 mod tests;
@@ -40,6 +41,7 @@ pub use source::DataSource;
 use compile::Mapped;
 use consent::ConsentSource;
 use files::{csv_options, extension, path_str, read_error, stamp};
+use resident::Resident;
 
 const PATIENTS: &str = "patients";
 
@@ -57,6 +59,11 @@ pub struct FileSource {
     models: models::ModelCache,
     /// The study population's size for the last (purpose, day, snapshot).
     population: std::sync::Mutex<Option<(String, u64)>>,
+    /// Bytes of mapped columns the node may keep in memory between jobs.
+    memory_budget: usize,
+    /// The columns in memory, for the data file's stamp; `None` beside a
+    /// stamp when that version did not fit the budget.
+    resident: tokio::sync::Mutex<Option<(files::FileStamp, Option<Arc<Resident>>)>>,
 }
 
 impl std::fmt::Debug for FileSource {
@@ -98,7 +105,7 @@ impl FileSource {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "data source opened"
         );
-        Ok(FileSource {
+        let source = FileSource {
             ctx,
             dict,
             path,
@@ -109,7 +116,12 @@ impl FileSource {
             consent,
             models: models::ModelCache::new(),
             population: std::sync::Mutex::new(None),
-        })
+            memory_budget: data.memory_budget(),
+            resident: tokio::sync::Mutex::new(None),
+        };
+        // Warm: the first job finds the columns in memory.
+        source.resident().await?;
+        Ok(source)
     }
 
     /// Variables this node can answer about (the mapped ones).
@@ -136,7 +148,9 @@ impl FileSource {
     /// Runs one query (or one round of an iterative fit) for a study with
     /// purpose `purpose`, counting only patients whose consent covers it on
     /// `today`. Regression data is checked against `limits` before any
-    /// round is computed.
+    /// round is computed. Answers from the columns in memory when the data
+    /// file fits `data.memory_mib`, by scanning it otherwise; both give the
+    /// same answer.
     pub async fn compute(
         &self,
         query: &Query,
@@ -151,6 +165,7 @@ impl FileSource {
         }
         let started = Instant::now();
         let analysis = &query.analysis;
+        let resident = self.resident().await?;
         if analysis.kind().is_iterative() {
             let it = iteration.ok_or_else(|| {
                 Error::invalid("a regression job carries no iteration (round and coefficients)")
@@ -168,10 +183,19 @@ impl FileSource {
             let prepared = match self.models.get(&key) {
                 Some(p) => p,
                 None => {
-                    self.check_complement(query, purpose, today, limits).await?;
-                    let df = self.cohort(query, purpose, today).await?;
                     let vars = self.mapped_variables(analysis)?;
-                    let columns = extract::columns(df, &vars, &self.dict).await?;
+                    let columns = match &resident {
+                        Some(table) => {
+                            let (cohort, _) =
+                                self.in_memory(table, query, purpose, today, limits).await?;
+                            cohort.columns(&self.ctx, &vars, &self.dict)?
+                        }
+                        None => {
+                            self.check_complement(query, purpose, today, limits).await?;
+                            let df = self.cohort(query, purpose, today).await?;
+                            extract::columns(df, &vars, &self.dict).await?
+                        }
+                    };
                     let (a, d) = (analysis.clone(), self.dict.clone());
                     let prepared =
                         blocking(move || models::prepare(&a, &d, &columns, limits)).await?;
@@ -189,26 +213,156 @@ impl FileSource {
             );
             return Ok(out);
         }
+        let out = match &resident {
+            Some(table) => {
+                self.once_in_memory(table, query, purpose, today, limits)
+                    .await?
+            }
+            None => self.once_scanning(query, purpose, today, limits).await?,
+        };
+        tracing::debug!(
+            analysis = %analysis.kind(),
+            in_memory = resident.is_some(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "query computed"
+        );
+        Ok(out)
+    }
+
+    /// The columns in memory for the data file as it is now, read when it
+    /// changed; `None` when they do not fit the budget (said once per
+    /// version of the file) or the budget is 0.
+    async fn resident(&self) -> Result<Option<Arc<Resident>>> {
+        if self.memory_budget == 0 {
+            return Ok(None);
+        }
+        let now = stamp(&self.path, "data file")?;
+        let mut slot = self.resident.lock().await;
+        if let Some((s, table)) = slot.as_ref() {
+            if *s == now {
+                return Ok(table.clone());
+            }
+        }
+        let started = Instant::now();
+        let table = Resident::load(
+            &self.ctx,
+            PATIENTS,
+            (&self.path, self.format),
+            &self.id_column,
+            self.mapped.values(),
+            self.memory_budget,
+        )
+        .await?
+        .map(Arc::new);
+        match &table {
+            Some(t) => tracing::info!(
+                mib = format!("{:.1}", t.bytes() as f64 / (1024.0 * 1024.0)),
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "data file's mapped columns read into memory"
+            ),
+            None => tracing::warn!(
+                budget_mib = self.memory_budget / (1024 * 1024),
+                "the data file's mapped columns do not fit data.memory_mib; \
+                 every job reads the file (raise data.memory_mib to keep them in memory)"
+            ),
+        }
+        // A file written within the last moments could change again without
+        // changing its stamp: keep re-reading it until it has settled.
+        *slot = now.settled().then(|| (now, table.clone()));
+        Ok(table)
+    }
+
+    /// The consenting rows of the query's cohort, in memory, after the
+    /// complement rule of an exact study; with the cohort's size when the
+    /// rule counted it.
+    async fn in_memory<'t>(
+        &self,
+        table: &'t Resident,
+        query: &Query,
+        purpose: &Purpose,
+        today: NaiveDate,
+        limits: Limits,
+    ) -> Result<(resident::Cohort<'t>, Option<u64>)> {
+        let admitted = self.consent.admitted(purpose, today, &self.id_type).await?;
+        let ids = (&admitted, self.id_column.as_str(), &self.id_type);
+        let filter = match &query.cohort {
+            Some(c) => Some(compile::compile(c, &|v| self.lookup(v))?),
+            None => None,
+        };
+        let cohort = table.cohort(&self.ctx, ids, filter)?;
+        if query.cohort.is_none() || limits.private {
+            return Ok((cohort, None));
+        }
+        let population = table.population(&self.ctx, ids)?;
+        plexus_core::disclosure::complement(population, cohort.len(), limits.k)?;
+        let n = cohort.len();
+        Ok((cohort, Some(n)))
+    }
+
+    /// A one-round analysis from the columns in memory.
+    async fn once_in_memory(
+        &self,
+        table: &Resident,
+        query: &Query,
+        purpose: &Purpose,
+        today: NaiveDate,
+        limits: Limits,
+    ) -> Result<RawStats> {
+        let (cohort, _) = self.in_memory(table, query, purpose, today, limits).await?;
+        let ctx = &self.ctx;
+        let analysis = &query.analysis;
+        Ok(match analysis {
+            Analysis::Count {} => RawStats::Count(cohort.len()),
+            Analysis::Summary { variable } => {
+                let vars = [(variable.as_str(), self.lookup(variable)?)];
+                let columns = cohort.columns(ctx, &vars, &self.dict)?;
+                self.summary(variable, &columns)?
+            }
+            Analysis::Histogram { variable, edges }
+            | Analysis::Quantiles {
+                variable, edges, ..
+            } => cohort.histogram(ctx, self.lookup(variable)?, edges)?,
+            Analysis::Table { row, column }
+            | Analysis::TwoByTwo {
+                exposure: row,
+                outcome: column,
+            } => {
+                let r = (self.lookup(row)?, self.dict.get(row)?);
+                let c = (self.lookup(column)?, self.dict.get(column)?);
+                cohort.table(ctx, r, c)?
+            }
+            Analysis::KaplanMeier { .. } | Analysis::Correlation { .. } => {
+                let vars = self.mapped_variables(analysis)?;
+                let columns = cohort.columns(ctx, &vars, &self.dict)?;
+                survival_or_pairs(analysis, &self.dict, columns, limits.private).await?
+            }
+            Analysis::Glm { .. } | Analysis::Cox { .. } => {
+                return Err(Error::internal("regressions are computed round by round"))
+            }
+        })
+    }
+
+    /// A one-round analysis by scanning the data file.
+    async fn once_scanning(
+        &self,
+        query: &Query,
+        purpose: &Purpose,
+        today: NaiveDate,
+        limits: Limits,
+    ) -> Result<RawStats> {
+        let analysis = &query.analysis;
         let cohort_size = self.check_complement(query, purpose, today, limits).await?;
         let df = self.cohort(query, purpose, today).await?;
-        let out = match analysis {
+        Ok(match analysis {
             Analysis::Count {} => match cohort_size {
                 // Counted already by the complement check.
                 Some(n) => RawStats::Count(n),
                 None => compute::count_rows(df).await?,
             },
             Analysis::Summary { variable } => {
-                // Read into memory: the noised release needs clamped
-                // fixed-point sums and the dominance rule the largest values.
                 let vars = [(variable.as_str(), self.lookup(variable)?)];
                 let columns = extract::columns(df, &vars, &self.dict).await?;
-                let Some(ColumnData::Numeric(values)) = columns.get(variable) else {
-                    return Err(Error::internal(
-                        "a summary variable was not read as numbers",
-                    ));
-                };
-                let var = self.dict.get(variable)?;
-                RawStats::Summary(SummarySums::of(var, variable, values))
+                self.summary(variable, &columns)?
             }
             Analysis::Histogram { variable, edges }
             | Analysis::Quantiles {
@@ -231,13 +385,23 @@ impl FileSource {
             Analysis::Glm { .. } | Analysis::Cox { .. } => {
                 return Err(Error::internal("regressions are computed round by round"))
             }
+        })
+    }
+
+    /// A summary's sums from its column: the noised release needs clamped
+    /// fixed-point sums and the dominance rule the largest values.
+    fn summary(
+        &self,
+        variable: &str,
+        columns: &plexus_core::models::design::Columns,
+    ) -> Result<RawStats> {
+        let Some(ColumnData::Numeric(values)) = columns.get(variable) else {
+            return Err(Error::internal(
+                "a summary variable was not read as numbers",
+            ));
         };
-        tracing::debug!(
-            analysis = %analysis.kind(),
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "query computed"
-        );
-        Ok(out)
+        let var = self.dict.get(variable)?;
+        Ok(RawStats::Summary(SummarySums::of(var, variable, values)))
     }
 
     /// The complement rule of an exact study

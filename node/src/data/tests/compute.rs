@@ -8,7 +8,7 @@ use plexus_core::{Analysis, Dictionary, ErrorCode, Query, RawStats};
 use super::super::compute::bin_code;
 use super::{date, patients, purpose, Fixture, Patient};
 
-const COHORTS: &[&str] = &[
+pub(super) const COHORTS: &[&str] = &[
     r#"null"#,
     r#"{"compare": {"variable": "age", "op": ">=", "value": 60}}"#,
     r#"{"and": [{"compare": {"variable": "sex", "op": "=", "value": "F"}},
@@ -33,7 +33,7 @@ const COHORTS: &[&str] = &[
                         {"not_null": {"variable": "death"}}]}]}"#,
 ];
 
-const ANALYSES: &[&str] = &[
+pub(super) const ANALYSES: &[&str] = &[
     r#"{"count": {}}"#,
     r#"{"summary": {"variable": "age"}}"#,
     r#"{"summary": {"variable": "bmi"}}"#,

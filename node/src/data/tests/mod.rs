@@ -5,6 +5,7 @@
 mod compute;
 mod consent;
 mod open;
+mod resident;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

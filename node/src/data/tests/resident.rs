@@ -1,0 +1,147 @@
+//! The columns kept in memory give the answers the scanning path gives,
+//! and follow the data and consent files: a changed data file is read
+//! again at the next job, a withdrawal counts at the next job.
+
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use plexus_core::models::glm::Iteration;
+use plexus_core::{Query, RawStats};
+
+use super::compute::{ANALYSES, COHORTS};
+use super::{date, patients, purpose, write_consent, Fixture, TEST_LIMITS};
+
+/// Dates a file an hour back, so the node treats it as settled and keeps
+/// what it read from it.
+fn settle(path: &Path) {
+    std::fs::File::options()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_modified(SystemTime::now() - Duration::from_secs(3600))
+        .unwrap();
+}
+
+const MORE: &[&str] = &[
+    r#"{"correlation": {"variables": ["age", "bmi", "sbp"]}}"#,
+    r#"{"correlation": {"variables": ["age", "sbp"], "missing": "pairwise"}}"#,
+];
+
+const MODELS: &[&str] = &[
+    r#"{"glm": {"family": "binomial", "outcome": "death", "covariates": ["age", "sex", "smoking"]}}"#,
+    r#"{"glm": {"family": "gaussian", "outcome": "sbp", "covariates": ["age", "bmi", "diabetes"]}}"#,
+];
+
+async fn answers(f: &Fixture, csv: bool) -> Vec<(String, Result<RawStats, String>)> {
+    let src = f.open().await.unwrap();
+    let gru = purpose("GRU", "", &[]);
+    let today = date("2024-06-01");
+    let mut out = Vec::new();
+    for cohort in COHORTS {
+        for analysis in ANALYSES.iter().chain(MORE).chain(MODELS) {
+            let json = format!(r#"{{"cohort": {cohort}, "analysis": {analysis}}}"#);
+            let query = Query::from_json(&json).unwrap();
+            let round = Iteration {
+                round: 1,
+                coefficients: vec![],
+                null_mean: None,
+            };
+            let iteration = query.analysis.kind().is_iterative().then_some(&round);
+            let got = src
+                .compute(&query, &gru, today, TEST_LIMITS, iteration)
+                .await
+                .map_err(|e| e.message);
+            out.push((format!("csv={csv} {json}"), got));
+        }
+    }
+    out
+}
+
+async fn in_memory_equals_scanning(csv: bool) {
+    let rows = patients(240);
+    let mut f = Fixture::with_rows(&rows, csv, &["P0003", "P0010", "P0100"]);
+    settle(&f.data.path);
+    settle(&f.consent.path);
+    let in_memory = answers(&f, csv).await;
+    f.data.memory_mib = Some(0);
+    let scanning = answers(&f, csv).await;
+    let mut answered = 0;
+    for ((what, a), (_, b)) in in_memory.iter().zip(&scanning) {
+        // Same rows in the same order: the same sums, bit for bit.
+        assert_eq!(a, b, "{what}");
+        answered += usize::from(a.is_ok());
+    }
+    assert!(answered > in_memory.len() * 3 / 4, "{answered}");
+}
+
+#[tokio::test]
+async fn parquet_in_memory_equals_scanning() {
+    in_memory_equals_scanning(false).await;
+}
+
+#[tokio::test]
+async fn csv_in_memory_equals_scanning() {
+    in_memory_equals_scanning(true).await;
+}
+
+async fn count(src: &crate::data::DataSource, cohort: &str) -> u64 {
+    let q = Query::from_json(&format!(
+        r#"{{"cohort": {cohort}, "analysis": {{"count": {{}}}}}}"#
+    ))
+    .unwrap();
+    match src
+        .compute(
+            &q,
+            &purpose("GRU", "", &[]),
+            date("2024-06-01"),
+            TEST_LIMITS,
+            None,
+        )
+        .await
+        .unwrap()
+    {
+        RawStats::Count(n) => n,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_changed_data_file_is_read_again_at_the_next_job() {
+    let rows = patients(120);
+    let f = Fixture::with_rows(&rows, false, &[]);
+    settle(&f.data.path);
+    settle(&f.consent.path);
+    let src = f.open().await.unwrap();
+    assert_eq!(count(&src, "null").await, 120);
+    // The hospital's nightly export replaces the file with fewer rows.
+    super::write_parquet(&f.data.path, &super::batch(&rows[..100]));
+    settle(&f.data.path);
+    assert_eq!(count(&src, "null").await, 100);
+}
+
+#[tokio::test]
+async fn a_withdrawal_counts_at_the_next_job_with_the_columns_in_memory() {
+    let rows = patients(60);
+    let f = Fixture::with_rows(&rows, false, &[]);
+    settle(&f.data.path);
+    settle(&f.consent.path);
+    let src = f.open().await.unwrap();
+    let women = r#"{"compare": {"variable": "sex", "op": "=", "value": "F"}}"#;
+    let before = count(&src, women).await;
+    let first_woman = rows.iter().find(|p| p.sex == Some("F")).unwrap();
+    let consent: Vec<_> = rows
+        .iter()
+        .map(|p| {
+            let withdrawn = if p.id == first_woman.id {
+                "2024-01-01"
+            } else {
+                ""
+            };
+            (p.id.as_str(), "GRU", "2019-01-01", withdrawn)
+        })
+        .collect();
+    write_consent(&f.consent.path, &consent);
+    settle(&f.consent.path);
+    assert_eq!(count(&src, women).await, before - 1);
+    assert_eq!(count(&src, "null").await, 59);
+}
