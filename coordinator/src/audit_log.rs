@@ -27,7 +27,7 @@ use plexus_core::Error;
 
 use crate::audit_seal::Seal;
 use crate::error::Result;
-use crate::store::{now_ms, Store};
+use crate::store::{now_ms, JobRow, Store};
 
 pub struct AuditLog {
     store: Store,
@@ -49,6 +49,8 @@ pub struct AuditLog {
 /// `seq` of the last of them once they are durable, or why they are not.
 struct Waiting {
     entries: Vec<AuditEntry>,
+    /// Job rows written in the same transaction as the entries.
+    jobs: Vec<JobRow>,
     done: oneshot::Sender<std::result::Result<i64, Error>>,
 }
 
@@ -477,6 +479,21 @@ impl AuditLog {
         Ok(entry.seq)
     }
 
+    /// [`Self::append`], writing `job`'s row in the same transaction: a
+    /// job's row and its `sent` (or outcome) entry are durable together or
+    /// not at all, and take one turn of the database, not two. Without
+    /// group commit the row is written first, then the entry, as before.
+    pub async fn append_with_job(&self, mut entry: AuditEntry, job: JobRow) -> Result<i64> {
+        if entry.at == 0 {
+            entry.at = now_ms();
+        }
+        if self.queue.is_some() {
+            return self.enqueue_with(vec![entry], vec![job]).await;
+        }
+        self.store.write_jobs(std::slice::from_ref(&job)).await?;
+        self.append(entry).await
+    }
+
     /// Appends `entries` in one commit, at consecutive positions, all or
     /// none; returns the `seq` of the last (the log's size before, when
     /// `entries` is empty).
@@ -494,7 +511,7 @@ impl AuditLog {
         for (i, e) in entries.iter_mut().enumerate() {
             e.seq = start + i as i64;
         }
-        self.store.append_audit_batch(&entries).await?;
+        self.store.append_audit_batch(&entries, &[]).await?;
         for e in &entries {
             inner.tree.push(e.leaf());
         }
@@ -503,6 +520,11 @@ impl AuditLog {
 
     /// Hands `entries` to the writer and waits until they are durable.
     async fn enqueue(&self, entries: Vec<AuditEntry>) -> Result<i64> {
+        self.enqueue_with(entries, Vec::new()).await
+    }
+
+    /// [`Self::enqueue`] with job rows for the same transaction.
+    async fn enqueue_with(&self, entries: Vec<AuditEntry>, jobs: Vec<JobRow>) -> Result<i64> {
         let (done, answer) = oneshot::channel();
         let stopped = || {
             crate::error::CoordinatorError::Core(Error::unavailable(
@@ -512,7 +534,11 @@ impl AuditLog {
         self.queue
             .as_ref()
             .expect("group commit")
-            .send(Waiting { entries, done })
+            .send(Waiting {
+                entries,
+                jobs,
+                done,
+            })
             .map_err(|_| stopped())?;
         match answer.await {
             Ok(r) => r.map_err(crate::error::CoordinatorError::Core),
@@ -539,7 +565,7 @@ impl AuditLog {
                 e
             })
             .collect();
-        self.store.append_audit_batch(&entries).await?;
+        self.store.append_audit_batch(&entries, &[]).await?;
         for e in &entries {
             inner.tree.push(e.leaf());
         }
@@ -783,8 +809,10 @@ async fn write(
         let mut inner = inner.lock().await;
         let mut seq = inner.tree.len() as i64;
         let mut entries = Vec::with_capacity(n);
+        let mut jobs = Vec::new();
         let mut last = Vec::with_capacity(batch.len());
         for w in &mut batch {
+            jobs.append(&mut w.jobs);
             for mut e in w.entries.drain(..) {
                 seq += 1;
                 e.seq = seq;
@@ -792,10 +820,10 @@ async fn write(
             }
             last.push(seq);
         }
-        let written = if entries.is_empty() {
+        let written = if entries.is_empty() && jobs.is_empty() {
             Ok(())
         } else {
-            store.append_audit_batch(&entries).await
+            store.append_audit_batch(&entries, &jobs).await
         };
         match written {
             Ok(()) => {
@@ -913,6 +941,55 @@ mod tests {
             store.audit_entry(2).await.unwrap().unwrap().who,
             "researcher-2"
         );
+    }
+
+    /// A job's row and its entry share one transaction: a batch that
+    /// fails leaves the row as it was, and the next one writes both.
+    #[tokio::test]
+    async fn a_job_row_and_its_entry_are_written_together_or_not_at_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, log) = log_in(dir.path()).await;
+        let url = format!("sqlite://{}", dir.path().join("audit.db").display());
+        let other = Store::open(&url).await.unwrap();
+        other
+            .exec_for_test("INSERT INTO studies VALUES ('s', '{}', 'h', 'r', 0)")
+            .await;
+        other
+            .exec_for_test(
+                "INSERT INTO queries (id, study_id, researcher, query, query_hash, status, submitted_at) \
+                 VALUES ('q', 's', 'r', '{}', 'h', 'pending', 0)",
+            )
+            .await;
+        let status = |store: Store| async move {
+            let jobs = store.jobs_of("q").await.unwrap();
+            jobs.into_iter().map(|(_, _, s)| s).collect::<Vec<_>>()
+        };
+        let sent = JobRow::sent("j", "q", "node-a");
+        assert_eq!(log.append_with_job(entry(0), sent).await.unwrap(), 1);
+        assert_eq!(status(store.clone()).await, ["sent"]);
+        other
+            .exec_for_test(
+                "CREATE TRIGGER refuse BEFORE INSERT ON audit_events BEGIN SELECT RAISE(ABORT, 'refused for the test'); END",
+            )
+            .await;
+        let signed: Option<(&[u8], &[u8], &[u8])> = Some((b"statement", b"signature", b"cert"));
+        let answered = JobRow::finished(
+            ("j", "q", "node-a"),
+            "answered",
+            Some("{}".into()),
+            None,
+            signed,
+        );
+        log.append_with_job(entry(1), answered.clone())
+            .await
+            .unwrap_err();
+        assert_eq!(status(store.clone()).await, ["sent"]);
+        assert_eq!(store.signature_of("j").await.unwrap(), None);
+        other.exec_for_test("DROP TRIGGER refuse").await;
+        assert_eq!(log.append_with_job(entry(2), answered).await.unwrap(), 2);
+        assert_eq!(status(store.clone()).await, ["answered"]);
+        let kept = store.signature_of("j").await.unwrap().unwrap();
+        assert_eq!(kept.0, b"statement");
     }
 
     /// Appends per second with 1, 8 and 64 appenders, each waiting for its

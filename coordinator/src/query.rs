@@ -26,7 +26,7 @@ use plexus_core::{Analysis, Error, ErrorCode, NodeStats, Query, StudyDefinition}
 use plexus_proto::v1 as pb;
 
 use crate::state::State;
-use crate::store::{now_ms, AuditEntry};
+use crate::store::{now_ms, AuditEntry, JobRow};
 
 pub(crate) enum Answer {
     Stats(NodeStats, Option<Receipt>),
@@ -881,28 +881,27 @@ async fn ask(
             .await;
         return missing("not connected");
     }
-    if let Err(e) = state.store.insert_job(&job_id, query_id, node).await {
-        warn!(error = %e, "could not record job");
-        return missing(&format!(
-            "the coordinator could not record the job: {}",
-            e.to_core().message
-        ));
-    }
     let started = std::time::Instant::now();
-    // Write-ahead: the `sent` entry is durable before the job leaves, so
-    // every job a node may release is in the log even if the coordinator
-    // dies the next instant. Not recorded, not sent.
-    match state.audit_log.append(audit("sent", String::new())).await {
+    // Write-ahead: the job's row and its `sent` entry are durable (in one
+    // transaction) before the job leaves, so every job a node may release
+    // is in the log even if the coordinator dies the next instant. Not
+    // recorded, not sent.
+    let row = JobRow::sent(&job_id, query_id, node);
+    match state
+        .audit_log
+        .append_with_job(audit("sent", String::new()), row)
+        .await
+    {
         Ok(seq) => {
             state.metrics.audit_entries.set(seq);
         }
         Err(e) => {
             let e = e.to_core();
             warn!(node = %node, error = %e.message, "job not sent: its audit entry could not be written");
-            let _ = state
-                .store
-                .finish_job(&job_id, "failed", None, Some(&e))
-                .await;
+            // Best effort: the write that just failed will likely fail too.
+            let failed =
+                JobRow::finished((&job_id, query_id, node), "failed", None, Some(&e), None);
+            let _ = state.store.write_jobs(&[failed]).await;
             state.metrics.job(node, "failed", None);
             return Answer::Other(
                 NodeOutcome {
@@ -1053,45 +1052,53 @@ async fn ask(
         entry.privacy_cost = Some(r.charged_rho);
         entry.privacy_remaining = Some((r.budget_rho - r.spent_rho).max(0.0));
     }
-    // The job's outcome is in the log before the jobs table says it is
-    // finished, and before the answer is used: a crash in between leaves a
-    // job the next start finds already audited, never a finished job
-    // without its entry. An answer the log could not record is not used
-    // (what the node charged still counts).
+    // The job's outcome and its finished row (with the node's signed
+    // statement, kept for later checks) are durable together, in one
+    // transaction, before the answer is used: never a finished job without
+    // its entry. An answer the log could not record is not used (what the
+    // node charged still counts).
     let receipt = answer.receipt();
-    let (answer, status, stats_json, err) = match state.audit_log.append(entry).await {
+    let row = JobRow::finished(
+        (&job_id, query_id, node),
+        status,
+        stats_json.clone(),
+        err.as_ref(),
+        signed
+            .as_ref()
+            .map(|(st, sig, cert)| (st.as_slice(), sig.as_slice(), cert.as_slice())),
+    );
+    let answer = match state.audit_log.append_with_job(entry, row).await {
         Ok(seq) => {
             state.metrics.audit_entries.set(seq);
-            (answer, status, stats_json, err)
+            answer
         }
         Err(e) => {
             let e = e.to_core();
             warn!(node = %node, error = %e.message, "node answer not used: its audit entry could not be written");
+            // Best effort, kept with the node's signed statement: the row
+            // says the answer was not used (the write that just failed
+            // will likely fail too).
+            let failed = JobRow::finished(
+                (&job_id, query_id, node),
+                "failed",
+                None,
+                Some(&e),
+                signed
+                    .as_ref()
+                    .map(|(st, sig, cert)| (st.as_slice(), sig.as_slice(), cert.as_slice())),
+            );
+            if let Err(e) = state.store.write_jobs(&[failed]).await {
+                warn!(error = %e, "could not record the job's outcome and the node's signed statement");
+            }
             let outcome = NodeOutcome {
                 node: node.to_string(),
                 status: NodeStatus::Failed,
                 detail: Some(format!("answer not used: {}", e.message)),
                 code: Some(e.code),
             };
-            (Answer::Other(outcome, receipt), "failed", None, Some(e))
+            Answer::Other(outcome, receipt)
         }
     };
-    // With the node's signed statement, kept for later checks.
-    if let Err(e) = state
-        .store
-        .finish_signed_job(
-            &job_id,
-            status,
-            stats_json,
-            err.as_ref(),
-            signed
-                .as_ref()
-                .map(|(st, sig, cert)| (st.as_slice(), sig.as_slice(), cert.as_slice())),
-        )
-        .await
-    {
-        warn!(error = %e, "could not record the job's outcome and the node's signed statement");
-    }
     if let Some(r) = answer.receipt() {
         // The per-node view follows each node's own ledger as its
         // receipts arrive, whatever becomes of the query.

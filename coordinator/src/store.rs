@@ -624,21 +624,8 @@ impl Store {
         })
     }
 
-    pub async fn insert_job(&self, job_id: &str, query_id: &str, node_id: &str) -> Result<()> {
-        on_writer!(self, pool => {
-        sqlx::query(
-            "INSERT INTO jobs (id, query_id, node_id, status, sent_at) VALUES ($1, $2, $3, 'sent', $4)",
-        )
-        .bind(job_id)
-        .bind(query_id)
-        .bind(node_id)
-        .bind(now_ms())
-        .execute(pool)
-        .await?;
-        Ok(())
-        })
-    }
-
+    /// Marks a job as ended without an answer (not sent, or lost): the
+    /// answered ones are written with their audit entry (see [`JobRow`]).
     pub async fn finish_job(
         &self,
         job_id: &str,
@@ -646,35 +633,16 @@ impl Store {
         stats_json: Option<String>,
         error: Option<&plexus_core::Error>,
     ) -> Result<()> {
-        self.finish_signed_job(job_id, status, stats_json, error, None)
-            .await
-    }
-
-    /// [`Store::finish_job`] keeping, in the same statement, the node's
-    /// signed statement, its signature and the certificate it verified
-    /// against (see [`Store::record_signature`]).
-    pub async fn finish_signed_job(
-        &self,
-        job_id: &str,
-        status: &str,
-        stats_json: Option<String>,
-        error: Option<&plexus_core::Error>,
-        signed: Option<(&[u8], &[u8], &[u8])>,
-    ) -> Result<()> {
         on_writer!(self, pool => {
         sqlx::query(
-            "UPDATE jobs SET status = $1, stats = $2, error_code = $3, error_message = $4, finished_at = $5, \
-             statement = COALESCE($6, statement), signature = COALESCE($7, signature), \
-             node_certificate = COALESCE($8, node_certificate) WHERE id = $9",
+            "UPDATE jobs SET status = $1, stats = $2, error_code = $3, error_message = $4, finished_at = $5 \
+             WHERE id = $6",
         )
         .bind(status)
         .bind(stats_json)
         .bind(error.map(|e| e.code.as_str().to_string()))
         .bind(error.map(|e| e.message.clone()))
         .bind(now_ms())
-        .bind(signed.map(|s| s.0))
-        .bind(signed.map(|s| s.1))
-        .bind(signed.map(|s| s.2))
         .bind(job_id)
         .execute(pool)
         .await?;
@@ -1039,10 +1007,10 @@ impl Store {
     /// Writes many entries in one transaction, each at the `seq` it
     /// carries: all of them or none (a batch of the group commit, an
     /// import, or a benchmark filling a log).
-    pub async fn append_audit_batch(&self, entries: &[AuditEntry]) -> Result<()> {
+    pub async fn append_audit_batch(&self, entries: &[AuditEntry], jobs: &[JobRow]) -> Result<()> {
         if let Some(writer) = &self.writer {
             let mut conn = writer.acquire().await.map_err(|e| self.named(e.into()))?;
-            let r = full_sync_batch(&mut conn, entries).await;
+            let r = full_sync_batch(&mut conn, entries, jobs).await;
             if r.is_err() {
                 // A commit that failed (a full disk) can leave SQLite's
                 // transaction open on this connection; the next batch then
@@ -1056,8 +1024,23 @@ impl Store {
         }
         on_pool!(self, pool => {
         let mut tx = pool.begin().await?;
-        for e in entries {
-            insert_audit!(e).execute(&mut *tx).await?;
+        for rows in jobs.chunks(JOB_ROWS_PER_STATEMENT) {
+            upsert_jobs!(rows).build().execute(&mut *tx).await?;
+        }
+        for rows in entries.chunks(AUDIT_ROWS_PER_STATEMENT) {
+            insert_audit_rows!(rows).build().execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+        })
+    }
+
+    /// Writes job rows (see [`JobRow`]) in one transaction.
+    pub async fn write_jobs(&self, jobs: &[JobRow]) -> Result<()> {
+        on_writer!(self, pool => {
+        let mut tx = pool.begin().await?;
+        for rows in jobs.chunks(JOB_ROWS_PER_STATEMENT) {
+            upsert_jobs!(rows).build().execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -1111,14 +1094,18 @@ impl Store {
 async fn full_sync_batch(
     conn: &mut sqlx::pool::PoolConnection<sqlx::Sqlite>,
     entries: &[AuditEntry],
+    jobs: &[JobRow],
 ) -> Result<()> {
     sqlx::query("PRAGMA synchronous = FULL")
         .execute(&mut **conn)
         .await?;
     let written: Result<()> = async {
         let mut tx = sqlx::Connection::begin(&mut **conn).await?;
-        for e in entries {
-            insert_audit!(e).execute(&mut *tx).await?;
+        for rows in jobs.chunks(JOB_ROWS_PER_STATEMENT) {
+            upsert_jobs!(rows).build().execute(&mut *tx).await?;
+        }
+        for rows in entries.chunks(AUDIT_ROWS_PER_STATEMENT) {
+            insert_audit_rows!(rows).build().execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -1161,6 +1148,145 @@ macro_rules! insert_audit {
     }};
 }
 use insert_audit;
+
+/// Entries written by one statement of a batch: each statement is a round
+/// trip to the database (on SQLite, a hand-off to its worker thread while
+/// the one writing connection is held), so a batch of a thousand entries
+/// costs two statements, not a thousand. 18 values a row stays well
+/// inside SQLite's 32,766 and PostgreSQL's 65,535 bound values.
+const AUDIT_ROWS_PER_STATEMENT: usize = 500;
+
+/// One statement writing `$rows` (a slice of entries, each at the `seq` it
+/// carries), as [`insert_audit`] writes one.
+macro_rules! insert_audit_rows {
+    ($rows:expr) => {{
+        let mut q = sqlx::QueryBuilder::new(concat!(
+            "INSERT INTO audit_events (",
+            audit_columns!(),
+            ") "
+        ));
+        q.push_values($rows, |mut b, e: &AuditEntry| {
+            b.push_bind(e.seq)
+                .push_bind(e.at)
+                .push_bind(e.who.clone())
+                .push_bind(e.role.clone())
+                .push_bind(e.action.clone())
+                .push_bind(e.study_id.clone())
+                .push_bind(e.purpose.clone())
+                .push_bind(e.query_id.clone())
+                .push_bind(e.job_id.clone())
+                .push_bind(e.node_id.clone())
+                .push_bind(serde_json::to_string(&e.nodes).expect("strings serialise"))
+                .push_bind(e.query_hash.clone())
+                .push_bind(e.result_size.map(|n| n as i64))
+                .push_bind(e.suppressed as i64)
+                .push_bind(e.privacy_cost)
+                .push_bind(e.privacy_remaining)
+                .push_bind(e.outcome.clone())
+                .push_bind(e.detail.clone());
+        });
+        q
+    }};
+}
+use insert_audit_rows;
+
+/// A job's row as one write leaves it: sent (`status = 'sent'`, no
+/// `finished_at`) or finished. Written with the job's audit entry in the
+/// group commit's transaction ([`crate::audit_log::AuditLog::append_with_job`]).
+#[derive(Debug, Clone)]
+pub struct JobRow {
+    pub id: String,
+    pub query_id: String,
+    pub node_id: String,
+    pub status: String,
+    pub stats: Option<String>,
+    pub error: Option<(String, String)>,
+    /// When sent, or when finished.
+    pub at: i64,
+    pub finished: bool,
+    /// The node's signed statement, its signature and the certificate it
+    /// verified against (see [`Store::record_signature`]).
+    pub signed: Option<(Vec<u8>, Vec<u8>, Vec<u8>)>,
+}
+
+impl JobRow {
+    /// A job about to leave for `node_id`.
+    pub fn sent(id: &str, query_id: &str, node_id: &str) -> Self {
+        JobRow {
+            id: id.to_string(),
+            query_id: query_id.to_string(),
+            node_id: node_id.to_string(),
+            status: "sent".to_string(),
+            stats: None,
+            error: None,
+            at: now_ms(),
+            finished: false,
+            signed: None,
+        }
+    }
+
+    /// A job's end, with what the node answered and its signed statement.
+    pub fn finished(
+        (id, query_id, node_id): (&str, &str, &str),
+        status: &str,
+        stats: Option<String>,
+        error: Option<&plexus_core::Error>,
+        signed: Option<(&[u8], &[u8], &[u8])>,
+    ) -> Self {
+        JobRow {
+            status: status.to_string(),
+            stats,
+            error: error.map(|e| (e.code.as_str().to_string(), e.message.clone())),
+            finished: true,
+            signed: signed.map(|(a, b, c)| (a.to_vec(), b.to_vec(), c.to_vec())),
+            ..JobRow::sent(id, query_id, node_id)
+        }
+    }
+}
+
+/// Job rows written by one statement (12 values a row).
+const JOB_ROWS_PER_STATEMENT: usize = 500;
+
+/// One statement writing `$rows` of [`JobRow`]: a new job is inserted, a
+/// finished one updates its row keeping when it was sent and, when it
+/// brings none, the signed statement already kept.
+macro_rules! upsert_jobs {
+    ($rows:expr) => {{
+        let mut q = sqlx::QueryBuilder::new(
+            "INSERT INTO jobs (id, query_id, node_id, status, stats, error_code, error_message, \
+             sent_at, finished_at, statement, signature, node_certificate) ",
+        );
+        q.push_values($rows, |mut b, j: &JobRow| {
+            let (code, message) = j.error.clone().unzip();
+            let (statement, signature, certificate) = match j.signed.clone() {
+                Some((s, g, c)) => (Some(s), Some(g), Some(c)),
+                None => (None, None, None),
+            };
+            b.push_bind(j.id.clone())
+                .push_bind(j.query_id.clone())
+                .push_bind(j.node_id.clone())
+                .push_bind(j.status.clone())
+                .push_bind(j.stats.clone())
+                .push_bind(code)
+                .push_bind(message)
+                .push_bind(j.at)
+                .push_bind(j.finished.then_some(j.at))
+                .push_bind(statement)
+                .push_bind(signature)
+                .push_bind(certificate);
+        });
+        q.push(
+            " ON CONFLICT (id) DO UPDATE SET status = excluded.status, stats = excluded.stats, \
+             error_code = excluded.error_code, error_message = excluded.error_message, \
+             finished_at = excluded.finished_at, \
+             statement = COALESCE(excluded.statement, jobs.statement), \
+             signature = COALESCE(excluded.signature, jobs.signature), \
+             node_certificate = COALESCE(excluded.node_certificate, jobs.node_certificate)",
+        );
+        q
+    }};
+}
+use upsert_jobs;
 
 /// The columns [`audit_entry`] reads, by position.
 macro_rules! audit_columns {
