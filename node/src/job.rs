@@ -470,6 +470,9 @@ impl JobRunner {
             }
         };
         self.metrics.rows_scanned.inc_by(crate::metrics::rows(&raw));
+        self.metrics
+            .data_in_memory
+            .set(self.data.in_memory_bytes() as i64);
         let (Protection::Private { rho, budget }, Some(key)) = (checked.protection, key) else {
             return self.reply(Kept::Stats(apply(raw, checked.rules)), None, masker);
         };

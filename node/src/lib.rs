@@ -221,6 +221,7 @@ async fn open_parts(
     )?);
     let verifying_key = config.verifying_key()?;
     let metrics = Arc::new(metrics::NodeMetrics::new());
+    metrics.data_in_memory.set(data.in_memory_bytes() as i64);
     let readiness = plexus_ops::Readiness::new();
     let witness = Arc::new(witness::Witness::open(
         &config.node.state_dir,

@@ -51,6 +51,8 @@ pub struct NodeMetrics {
     pub clock_offset_seconds: Gauge<f64, AtomicU64>,
     /// 1 while the privacy ledger and the job log can be written, else 0.
     pub records_writable: Gauge,
+    /// Bytes of the data file's columns kept in memory between jobs.
+    pub data_in_memory: Gauge,
     /// Jobs refused because their checkpoint of the coordinator's audit
     /// log broke a rule of the witness (see [`crate::witness`]).
     pub witness_refusals: Family<RuleLabels, Counter>,
@@ -111,6 +113,13 @@ impl NodeMetrics {
             "1 while the node can write its privacy ledger and job log, else 0 (it refuses jobs)",
             records_writable.clone(),
         );
+        let data_in_memory = Gauge::default();
+        r.register_with_unit(
+            "plexus_node_data_in_memory",
+            "Data file columns this node keeps in memory between jobs (0: every job reads the file; see data.memory_mib)",
+            Unit::Bytes,
+            data_in_memory.clone(),
+        );
         let witness_refusals = Family::<RuleLabels, Counter>::default();
         r.register(
             "plexus_node_witness_refusals",
@@ -127,6 +136,7 @@ impl NodeMetrics {
             connected,
             clock_offset_seconds,
             records_writable,
+            data_in_memory,
         }
     }
 

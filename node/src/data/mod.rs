@@ -229,6 +229,15 @@ impl FileSource {
         Ok(out)
     }
 
+    /// Bytes of columns kept between jobs (0 while loading).
+    pub fn in_memory_bytes(&self) -> usize {
+        self.resident.try_lock().map_or(0, |slot| {
+            slot.as_ref()
+                .and_then(|(_, t)| t.as_ref())
+                .map_or(0, |t| t.bytes())
+        })
+    }
+
     /// The columns in memory for the data file as it is now, read when it
     /// changed; `None` when they do not fit the budget (said once per
     /// version of the file) or the budget is 0.

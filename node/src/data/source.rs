@@ -60,6 +60,16 @@ impl DataSource {
         }
     }
 
+    /// Bytes of the data file's columns kept in memory between jobs; 0 when
+    /// every job reads the file (a warehouse, a file over
+    /// `data.memory_mib`, or one written in the last moments).
+    pub fn in_memory_bytes(&self) -> usize {
+        match self {
+            DataSource::Files(f) => f.in_memory_bytes(),
+            DataSource::Warehouse(_) => 0,
+        }
+    }
+
     /// `None` when healthy; why not otherwise (a warehouse that cannot be
     /// reached). As of the last [`Self::refresh`] or failed query.
     pub fn health(&self) -> Option<String> {

@@ -145,3 +145,26 @@ async fn a_withdrawal_counts_at_the_next_job_with_the_columns_in_memory() {
     assert_eq!(count(&src, women).await, before - 1);
     assert_eq!(count(&src, "null").await, 59);
 }
+
+#[tokio::test]
+async fn a_table_over_the_memory_budget_is_read_from_the_file_with_the_same_answers() {
+    let rows = patients(20_000);
+    let mut f = Fixture::with_rows(&rows, false, &["P0003"]);
+    settle(&f.data.path);
+    settle(&f.consent.path);
+    let kept = f.open().await.unwrap();
+    let bytes = kept.in_memory_bytes();
+    assert!(bytes > 1024 * 1024, "{bytes}");
+    // A hospital that gives the node 1 MiB for columns.
+    f.data.memory_mib = Some(1);
+    let read = f.open().await.unwrap();
+    assert_eq!(read.in_memory_bytes(), 0);
+    for cohort in [
+        "null",
+        r#"{"compare": {"variable": "age", "op": ">=", "value": 60}}"#,
+    ] {
+        assert_eq!(count(&kept, cohort).await, count(&read, cohort).await);
+    }
+    assert_eq!(count(&read, "null").await, 19_999);
+    assert_eq!(kept.in_memory_bytes(), bytes);
+}
