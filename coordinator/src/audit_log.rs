@@ -482,7 +482,9 @@ impl AuditLog {
     /// [`Self::append`], writing `job`'s row in the same transaction: a
     /// job's row and its `sent` (or outcome) entry are durable together or
     /// not at all, and take one turn of the database, not two. Without
-    /// group commit the row is written first, then the entry, as before.
+    /// group commit they are two writes, as before: a sent job's row before
+    /// its entry, a finished job's after it (the log has an outcome before
+    /// the jobs table does).
     pub async fn append_with_job(&self, mut entry: AuditEntry, job: JobRow) -> Result<i64> {
         if entry.at == 0 {
             entry.at = now_ms();
@@ -490,8 +492,17 @@ impl AuditLog {
         if self.queue.is_some() {
             return self.enqueue_with(vec![entry], vec![job]).await;
         }
-        self.store.write_jobs(std::slice::from_ref(&job)).await?;
-        self.append(entry).await
+        if !job.finished {
+            self.store.write_jobs(std::slice::from_ref(&job)).await?;
+            return self.append(entry).await;
+        }
+        let seq = self.append(entry).await?;
+        if let Err(e) = self.store.write_jobs(std::slice::from_ref(&job)).await {
+            // The outcome is in the log; only the jobs table lags, as it
+            // could before group commit.
+            warn!(job_id = %job.id, error = %e, "could not record the job's outcome and the node's signed statement");
+        }
+        Ok(seq)
     }
 
     /// Appends `entries` in one commit, at consecutive positions, all or
