@@ -226,7 +226,7 @@ fn breach(rule: Rule, detail: impl Into<String>) -> Breach {
 /// The checks, on their own so they can be tested without files.
 fn judge(
     w: &Witnessed,
-    key: &VerifyingKey,
+    verify: &dyn Fn(&[u8], &[u8]) -> bool,
     shown: Option<&pb::SignedCheckpoint>,
     from_size: u64,
     proof: &[String],
@@ -245,7 +245,7 @@ fn judge(
     };
     let shown = Checkpoint::from(shown.clone());
     let signature = hex::decode(&shown.signature).unwrap_or_default();
-    if !key.verify(
+    if !verify(
         &Checkpoint::signed_bytes(&shown.origin, &shown.head, shown.at_unix_ms),
         &signature,
     ) {
@@ -348,6 +348,11 @@ fn judge(
 pub struct Witness {
     dir: PathBuf,
     key: VerifyingKey,
+    /// The checkpoint (signed bytes and signature) whose signature this
+    /// process verified last: jobs show the same checkpoint until the log
+    /// is next signed, and checking the same bytes against the same
+    /// signature again gives the same answer.
+    verified: Mutex<Option<(Vec<u8>, Vec<u8>)>>,
     state: Mutex<Witnessed>,
     readiness: plexus_ops::Readiness,
     refusals: Family<RuleLabels, Counter>,
@@ -366,6 +371,7 @@ impl Witness {
         let w = Witness {
             dir: dir.to_path_buf(),
             key,
+            verified: Mutex::new(None),
             state: Mutex::new(state),
             readiness,
             refusals,
@@ -424,9 +430,23 @@ impl Witness {
             self.count(b.rule);
             return Err(Error::policy(refusal_text(b)));
         }
+        let verify = |message: &[u8], signature: &[u8]| {
+            let mut last = self.verified.lock().expect("verified lock");
+            if last
+                .as_ref()
+                .is_some_and(|(m, s)| m == message && s == signature)
+            {
+                return true;
+            }
+            let good = self.key.verify(message, signature);
+            if good {
+                *last = Some((message.to_vec(), signature.to_vec()));
+            }
+            good
+        };
         let verdict = judge(
             &state,
-            &self.key,
+            &verify,
             job.witness_checkpoint.as_ref(),
             job.witness_from_size,
             &job.witness_proof,
