@@ -624,6 +624,29 @@ mod tests {
     }
 
     #[test]
+    fn a_checkpoint_verified_once_is_taken_again_but_a_forged_signature_on_it_breaks_the_witness() {
+        let (_dir, mut c, w) = setup();
+        c.grow(4);
+        let good = c.job(0);
+        w.check(&good).unwrap();
+        // The same checkpoint on the next job: taken (from the verified one).
+        w.check(&good).unwrap();
+        // The same signed bytes with another signature: checked, and refused.
+        let mut forged = good.clone();
+        let shown = forged.witness_checkpoint.as_mut().unwrap();
+        let first = if shown.signature.starts_with('0') {
+            "1"
+        } else {
+            "0"
+        };
+        shown.signature.replace_range(..1, first);
+        refused_by(&w, &forged, Rule::Signature);
+        // A forged checkpoint breaks the witness for good: the genuine one,
+        // verified before, is refused too until an operator resets.
+        refused_by(&w, &good, Rule::Signature);
+    }
+
+    #[test]
     fn a_growing_log_is_witnessed_and_kept_across_restarts() {
         let (dir, mut c, w) = setup();
         // Nothing witnessed: a job without a checkpoint is taken.
