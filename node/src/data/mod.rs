@@ -184,18 +184,10 @@ impl FileSource {
                 Some(p) => p,
                 None => {
                     let vars = self.mapped_variables(analysis)?;
-                    let columns = match &resident {
-                        Some(table) => {
-                            let (cohort, _) =
-                                self.in_memory(table, query, purpose, today, limits).await?;
-                            cohort.columns(&self.ctx, &vars, &self.dict)?
-                        }
-                        None => {
-                            self.check_complement(query, purpose, today, limits).await?;
-                            let df = self.cohort(query, purpose, today).await?;
-                            extract::columns(df, &vars, &self.dict).await?
-                        }
-                    };
+                    let rows = self
+                        .rows(resident.as_deref(), query, purpose, today, limits)
+                        .await?;
+                    let columns = rows.columns(&self.ctx, &vars, &self.dict).await?;
                     let (a, d) = (analysis.clone(), self.dict.clone());
                     let prepared =
                         blocking(move || models::prepare(&a, &d, &columns, limits)).await?;
@@ -213,13 +205,10 @@ impl FileSource {
             );
             return Ok(out);
         }
-        let out = match &resident {
-            Some(table) => {
-                self.once_in_memory(table, query, purpose, today, limits)
-                    .await?
-            }
-            None => self.once_scanning(query, purpose, today, limits).await?,
-        };
+        let rows = self
+            .rows(resident.as_deref(), query, purpose, today, limits)
+            .await?;
+        let out = self.once(rows, analysis, limits).await?;
         tracing::debug!(
             analysis = %analysis.kind(),
             in_memory = resident.is_some(),
@@ -281,17 +270,22 @@ impl FileSource {
         Ok(table)
     }
 
-    /// The consenting rows of the query's cohort, in memory, after the
-    /// complement rule of an exact study; with the cohort's size when the
-    /// rule counted it.
-    async fn in_memory<'t>(
+    /// The consenting rows of the query's cohort, after the complement rule
+    /// of an exact study: from the columns in `table`, or planned over the
+    /// file when there is none.
+    async fn rows<'t>(
         &self,
-        table: &'t Resident,
+        table: Option<&'t Resident>,
         query: &Query,
         purpose: &Purpose,
         today: NaiveDate,
         limits: Limits,
-    ) -> Result<(resident::Cohort<'t>, Option<u64>)> {
+    ) -> Result<Rows<'t>> {
+        let Some(table) = table else {
+            let counted = self.check_complement(query, purpose, today, limits).await?;
+            let df = self.cohort(query, purpose, today).await?;
+            return Ok(Rows::File { df, counted });
+        };
         let admitted = self.consent.admitted(purpose, today, &self.id_type).await?;
         let ids = (&admitted, self.id_column.as_str(), &self.id_type);
         let filter = match &query.cohort {
@@ -299,38 +293,26 @@ impl FileSource {
             None => None,
         };
         let cohort = table.cohort(&self.ctx, ids, filter)?;
-        if query.cohort.is_none() || limits.private {
-            return Ok((cohort, None));
+        if query.cohort.is_some() && !limits.private {
+            plexus_core::disclosure::complement(cohort.population, cohort.len(), limits.k)?;
         }
-        let population = table.population(&self.ctx, ids)?;
-        plexus_core::disclosure::complement(population, cohort.len(), limits.k)?;
-        let n = cohort.len();
-        Ok((cohort, Some(n)))
+        Ok(Rows::Memory(cohort))
     }
 
-    /// A one-round analysis from the columns in memory.
-    async fn once_in_memory(
-        &self,
-        table: &Resident,
-        query: &Query,
-        purpose: &Purpose,
-        today: NaiveDate,
-        limits: Limits,
-    ) -> Result<RawStats> {
-        let (cohort, _) = self.in_memory(table, query, purpose, today, limits).await?;
+    /// A one-round analysis over the cohort's rows.
+    async fn once(&self, rows: Rows<'_>, analysis: &Analysis, limits: Limits) -> Result<RawStats> {
         let ctx = &self.ctx;
-        let analysis = &query.analysis;
         Ok(match analysis {
-            Analysis::Count {} => RawStats::Count(cohort.len()),
+            Analysis::Count {} => RawStats::Count(rows.count().await?),
             Analysis::Summary { variable } => {
                 let vars = [(variable.as_str(), self.lookup(variable)?)];
-                let columns = cohort.columns(ctx, &vars, &self.dict)?;
+                let columns = rows.columns(ctx, &vars, &self.dict).await?;
                 self.summary(variable, &columns)?
             }
             Analysis::Histogram { variable, edges }
             | Analysis::Quantiles {
                 variable, edges, ..
-            } => cohort.histogram(ctx, self.lookup(variable)?, edges)?,
+            } => rows.histogram(ctx, self.lookup(variable)?, edges).await?,
             Analysis::Table { row, column }
             | Analysis::TwoByTwo {
                 exposure: row,
@@ -338,57 +320,11 @@ impl FileSource {
             } => {
                 let r = (self.lookup(row)?, self.dict.get(row)?);
                 let c = (self.lookup(column)?, self.dict.get(column)?);
-                cohort.table(ctx, r, c)?
+                rows.table(ctx, r, c).await?
             }
             Analysis::KaplanMeier { .. } | Analysis::Correlation { .. } => {
                 let vars = self.mapped_variables(analysis)?;
-                let columns = cohort.columns(ctx, &vars, &self.dict)?;
-                survival_or_pairs(analysis, &self.dict, columns, limits.private).await?
-            }
-            Analysis::Glm { .. } | Analysis::Cox { .. } => {
-                return Err(Error::internal("regressions are computed round by round"))
-            }
-        })
-    }
-
-    /// A one-round analysis by scanning the data file.
-    async fn once_scanning(
-        &self,
-        query: &Query,
-        purpose: &Purpose,
-        today: NaiveDate,
-        limits: Limits,
-    ) -> Result<RawStats> {
-        let analysis = &query.analysis;
-        let cohort_size = self.check_complement(query, purpose, today, limits).await?;
-        let df = self.cohort(query, purpose, today).await?;
-        Ok(match analysis {
-            Analysis::Count {} => match cohort_size {
-                // Counted already by the complement check.
-                Some(n) => RawStats::Count(n),
-                None => compute::count_rows(df).await?,
-            },
-            Analysis::Summary { variable } => {
-                let vars = [(variable.as_str(), self.lookup(variable)?)];
-                let columns = extract::columns(df, &vars, &self.dict).await?;
-                self.summary(variable, &columns)?
-            }
-            Analysis::Histogram { variable, edges }
-            | Analysis::Quantiles {
-                variable, edges, ..
-            } => compute::histogram(df, self.lookup(variable)?, edges).await?,
-            Analysis::Table { row, column }
-            | Analysis::TwoByTwo {
-                exposure: row,
-                outcome: column,
-            } => {
-                let r = (self.lookup(row)?, self.dict.get(row)?);
-                let c = (self.lookup(column)?, self.dict.get(column)?);
-                compute::table(df, r, c).await?
-            }
-            Analysis::KaplanMeier { .. } | Analysis::Correlation { .. } => {
-                let vars = self.mapped_variables(analysis)?;
-                let columns = extract::columns(df, &vars, &self.dict).await?;
+                let columns = rows.columns(ctx, &vars, &self.dict).await?;
                 survival_or_pairs(analysis, &self.dict, columns, limits.private).await?
             }
             Analysis::Glm { .. } | Analysis::Cox { .. } => {
@@ -501,6 +437,62 @@ impl FileSource {
             .map_err(|e| read_error("data file", &self.path, self.format, e))?
             .filter(admitted.filter(&self.id_column, &self.id_type))
             .map_err(|e| Error::internal(format!("cannot plan the consent filter: {e}")))
+    }
+}
+
+/// The consenting rows of one job's cohort: selected from the columns in
+/// memory, or a plan over the data file (with the cohort's size when the
+/// complement rule counted it). Each analysis reads them the same way
+/// from either.
+enum Rows<'t> {
+    Memory(resident::Cohort<'t>),
+    File { df: DataFrame, counted: Option<u64> },
+}
+
+impl Rows<'_> {
+    async fn count(self) -> Result<u64> {
+        match self {
+            Rows::Memory(c) => Ok(c.len()),
+            // Counted already by the complement check.
+            Rows::File {
+                counted: Some(n), ..
+            } => Ok(n),
+            Rows::File { df, counted: None } => match compute::count_rows(df).await? {
+                RawStats::Count(n) => Ok(n),
+                _ => Err(Error::internal("a count returned something else")),
+            },
+        }
+    }
+
+    async fn columns(
+        self,
+        ctx: &SessionContext,
+        variables: &[(&str, &Mapped)],
+        dict: &Dictionary,
+    ) -> Result<plexus_core::models::design::Columns> {
+        match self {
+            Rows::Memory(c) => c.columns(ctx, variables, dict),
+            Rows::File { df, .. } => extract::columns(df, variables, dict).await,
+        }
+    }
+
+    async fn histogram(self, ctx: &SessionContext, m: &Mapped, edges: &[f64]) -> Result<RawStats> {
+        match self {
+            Rows::Memory(c) => c.histogram(ctx, m, edges),
+            Rows::File { df, .. } => compute::histogram(df, m, edges).await,
+        }
+    }
+
+    async fn table(
+        self,
+        ctx: &SessionContext,
+        row: (&Mapped, &plexus_core::Variable),
+        column: (&Mapped, &plexus_core::Variable),
+    ) -> Result<RawStats> {
+        match self {
+            Rows::Memory(c) => c.table(ctx, row, column),
+            Rows::File { df, .. } => compute::table(df, row, column).await,
+        }
     }
 }
 

@@ -48,6 +48,9 @@ pub(crate) struct Resident {
 pub(crate) struct Cohort<'a> {
     table: &'a Resident,
     rows: RecordBatch,
+    /// The consenting patients, in the cohort or not (the study population
+    /// of the complement rule).
+    pub population: u64,
 }
 
 impl Resident {
@@ -147,17 +150,6 @@ impl Resident {
         Ok(mask)
     }
 
-    /// How many patients in `admitted` the table holds (the study
-    /// population of the complement rule).
-    pub fn population(
-        &self,
-        ctx: &SessionContext,
-        (admitted, id_column, id_type): (&Arc<IdSet>, &str, &DataType),
-    ) -> Result<u64> {
-        let mask = self.consenting(ctx, admitted, id_column, id_type)?;
-        Ok(mask.true_count() as u64)
-    }
-
     /// The consenting rows that satisfy `filter` (a compiled cohort; rows
     /// where it is unknown are left out, as in SQL).
     pub fn cohort(
@@ -167,6 +159,7 @@ impl Resident {
         filter: Option<Expr>,
     ) -> Result<Cohort<'_>> {
         let mut keep = self.consenting(ctx, admitted, id_column, id_type)?;
+        let population = keep.true_count() as u64;
         if let Some(f) = filter {
             let matches = self.mask(ctx, f)?;
             keep = and(&keep, &matches)
@@ -174,7 +167,11 @@ impl Resident {
         }
         let rows = filter_record_batch(&self.batch, &keep)
             .map_err(|e| Error::internal(format!("cannot select the cohort's rows: {e}")))?;
-        Ok(Cohort { table: self, rows })
+        Ok(Cohort {
+            table: self,
+            rows,
+            population,
+        })
     }
 }
 

@@ -22,6 +22,14 @@ fn settle(path: &Path) {
         .unwrap();
 }
 
+/// [`Fixture::with_rows`] with its data and consent files settled.
+fn settled(rows: &[super::Patient], csv: bool, without: &[&str]) -> Fixture {
+    let f = Fixture::with_rows(rows, csv, without);
+    settle(&f.data.path);
+    settle(&f.consent.path);
+    f
+}
+
 const MORE: &[&str] = &[
     r#"{"correlation": {"variables": ["age", "bmi", "sbp"]}}"#,
     r#"{"correlation": {"variables": ["age", "sbp"], "missing": "pairwise"}}"#,
@@ -59,9 +67,7 @@ async fn answers(f: &Fixture, csv: bool) -> Vec<(String, Result<RawStats, String
 
 async fn in_memory_equals_scanning(csv: bool) {
     let rows = patients(240);
-    let mut f = Fixture::with_rows(&rows, csv, &["P0003", "P0010", "P0100"]);
-    settle(&f.data.path);
-    settle(&f.consent.path);
+    let mut f = settled(&rows, csv, &["P0003", "P0010", "P0100"]);
     let in_memory = answers(&f, csv).await;
     f.data.memory_mib = Some(0);
     let scanning = answers(&f, csv).await;
@@ -108,9 +114,7 @@ async fn count(src: &crate::data::DataSource, cohort: &str) -> u64 {
 #[tokio::test]
 async fn a_changed_data_file_is_read_again_at_the_next_job() {
     let rows = patients(120);
-    let f = Fixture::with_rows(&rows, false, &[]);
-    settle(&f.data.path);
-    settle(&f.consent.path);
+    let f = settled(&rows, false, &[]);
     let src = f.open().await.unwrap();
     assert_eq!(count(&src, "null").await, 120);
     // The hospital's nightly export replaces the file with fewer rows.
@@ -122,9 +126,7 @@ async fn a_changed_data_file_is_read_again_at_the_next_job() {
 #[tokio::test]
 async fn a_withdrawal_counts_at_the_next_job_with_the_columns_in_memory() {
     let rows = patients(60);
-    let f = Fixture::with_rows(&rows, false, &[]);
-    settle(&f.data.path);
-    settle(&f.consent.path);
+    let f = settled(&rows, false, &[]);
     let src = f.open().await.unwrap();
     let women = r#"{"compare": {"variable": "sex", "op": "=", "value": "F"}}"#;
     let before = count(&src, women).await;
@@ -149,9 +151,7 @@ async fn a_withdrawal_counts_at_the_next_job_with_the_columns_in_memory() {
 #[tokio::test]
 async fn a_table_over_the_memory_budget_is_read_from_the_file_with_the_same_answers() {
     let rows = patients(20_000);
-    let mut f = Fixture::with_rows(&rows, false, &["P0003"]);
-    settle(&f.data.path);
-    settle(&f.consent.path);
+    let mut f = settled(&rows, false, &["P0003"]);
     let kept = f.open().await.unwrap();
     let bytes = kept.in_memory_bytes();
     assert!(bytes > 1024 * 1024, "{bytes}");
