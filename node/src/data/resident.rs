@@ -23,6 +23,7 @@ use datafusion::arrow::datatypes::{DataType, Float64Type};
 use datafusion::common::DFSchema;
 use datafusion::logical_expr::ColumnarValue;
 use datafusion::prelude::{Expr, SessionContext};
+use futures::StreamExt;
 use plexus_core::models::design::Columns;
 use plexus_core::{Dictionary, Error, RawStats, Result, Variable};
 
@@ -78,10 +79,21 @@ impl Resident {
             .select(names.iter().map(|n| column(n)).collect::<Vec<_>>())
             .map_err(|e| Error::internal(format!("cannot plan the column read: {e}")))?;
         let schema = Arc::new(df.schema().as_arrow().clone());
-        let batches = df
-            .collect()
+        let mut stream = df
+            .execute_stream()
             .await
             .map_err(|e| read_error("data file", path, format, e))?;
+        // Stops reading as soon as the budget is passed: a file far over
+        // it is never held whole.
+        let (mut batches, mut bytes) = (Vec::new(), 0usize);
+        while let Some(b) = stream.next().await {
+            let b = b.map_err(|e| read_error("data file", path, format, e))?;
+            bytes += b.get_array_memory_size();
+            if bytes > budget {
+                return Ok(None);
+            }
+            batches.push(b);
+        }
         let batch = concat_batches(&schema, &batches)
             .map_err(|e| Error::internal(format!("cannot join the column batches: {e}")))?;
         if batch.get_array_memory_size() > budget {
