@@ -983,7 +983,11 @@ mod tests {
                 "CREATE TRIGGER refuse BEFORE INSERT ON audit_events BEGIN SELECT RAISE(ABORT, 'refused for the test'); END",
             )
             .await;
-        let signed: Option<(&[u8], &[u8], &[u8])> = Some((b"statement", b"signature", b"cert"));
+        let signed = Some((
+            b"statement".to_vec(),
+            b"signature".to_vec(),
+            b"cert".to_vec(),
+        ));
         let answered = JobRow::finished(
             ("j", "q", "node-a"),
             "answered",

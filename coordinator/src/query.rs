@@ -1061,11 +1061,9 @@ async fn ask(
     let row = JobRow::finished(
         (&job_id, query_id, node),
         status,
-        stats_json.clone(),
+        stats_json,
         err.as_ref(),
-        signed
-            .as_ref()
-            .map(|(st, sig, cert)| (st.as_slice(), sig.as_slice(), cert.as_slice())),
+        signed.clone(),
     );
     let answer = match state.audit_log.append_with_job(entry, row).await {
         Ok(seq) => {
@@ -1078,15 +1076,8 @@ async fn ask(
             // Best effort, kept with the node's signed statement: the row
             // says the answer was not used (the write that just failed
             // will likely fail too).
-            let failed = JobRow::finished(
-                (&job_id, query_id, node),
-                "failed",
-                None,
-                Some(&e),
-                signed
-                    .as_ref()
-                    .map(|(st, sig, cert)| (st.as_slice(), sig.as_slice(), cert.as_slice())),
-            );
+            let failed =
+                JobRow::finished((&job_id, query_id, node), "failed", None, Some(&e), signed);
             if let Err(e) = state.store.write_jobs(&[failed]).await {
                 warn!(error = %e, "could not record the job's outcome and the node's signed statement");
             }

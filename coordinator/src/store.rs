@@ -867,7 +867,10 @@ impl Store {
     /// assigned by the caller that keeps the Merkle tree).
     pub async fn append_audit(&self, e: &AuditEntry) -> Result<i64> {
         on_writer!(self, pool => {
-        insert_audit!(e).execute(pool).await?;
+        insert_audit_rows!(std::slice::from_ref(e))
+            .build()
+            .execute(pool)
+            .await?;
         Ok(e.seq)
         })
     }
@@ -1024,12 +1027,7 @@ impl Store {
         }
         on_pool!(self, pool => {
         let mut tx = pool.begin().await?;
-        for rows in jobs.chunks(JOB_ROWS_PER_STATEMENT) {
-            upsert_jobs!(rows).build().execute(&mut *tx).await?;
-        }
-        for rows in entries.chunks(AUDIT_ROWS_PER_STATEMENT) {
-            insert_audit_rows!(rows).build().execute(&mut *tx).await?;
-        }
+        write_batch!(tx, entries, jobs);
         tx.commit().await?;
         Ok(())
         })
@@ -1039,9 +1037,7 @@ impl Store {
     pub async fn write_jobs(&self, jobs: &[JobRow]) -> Result<()> {
         on_writer!(self, pool => {
         let mut tx = pool.begin().await?;
-        for rows in jobs.chunks(JOB_ROWS_PER_STATEMENT) {
-            upsert_jobs!(rows).build().execute(&mut *tx).await?;
-        }
+        write_batch!(tx, &[] as &[AuditEntry], jobs);
         tx.commit().await?;
         Ok(())
         })
@@ -1101,12 +1097,7 @@ async fn full_sync_batch(
         .await?;
     let written: Result<()> = async {
         let mut tx = sqlx::Connection::begin(&mut **conn).await?;
-        for rows in jobs.chunks(JOB_ROWS_PER_STATEMENT) {
-            upsert_jobs!(rows).build().execute(&mut *tx).await?;
-        }
-        for rows in entries.chunks(AUDIT_ROWS_PER_STATEMENT) {
-            insert_audit_rows!(rows).build().execute(&mut *tx).await?;
-        }
+        write_batch!(tx, entries, jobs);
         tx.commit().await?;
         Ok(())
     }
@@ -1119,36 +1110,6 @@ async fn full_sync_batch(
     Ok(())
 }
 
-macro_rules! insert_audit {
-    ($e:expr) => {{
-        let e: &AuditEntry = $e;
-        sqlx::query(
-        "INSERT INTO audit_events (seq, at, who, role, action, study_id, purpose, query_id, job_id, node_id, nodes, \
-         query_hash, result_size, suppressed, privacy_cost, privacy_remaining, outcome, detail) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
-    )
-    .bind(e.seq)
-    .bind(e.at)
-    .bind(&e.who)
-    .bind(&e.role)
-    .bind(&e.action)
-    .bind(&e.study_id)
-    .bind(&e.purpose)
-    .bind(&e.query_id)
-    .bind(&e.job_id)
-    .bind(&e.node_id)
-    .bind(serde_json::to_string(&e.nodes).expect("strings serialise"))
-    .bind(&e.query_hash)
-    .bind(e.result_size.map(|n| n as i64))
-    .bind(e.suppressed as i64)
-    .bind(e.privacy_cost)
-    .bind(e.privacy_remaining)
-    .bind(&e.outcome)
-    .bind(&e.detail)
-    }};
-}
-use insert_audit;
-
 /// Entries written by one statement of a batch: each statement is a round
 /// trip to the database (on SQLite, a hand-off to its worker thread while
 /// the one writing connection is held), so a batch of a thousand entries
@@ -1157,7 +1118,7 @@ use insert_audit;
 const AUDIT_ROWS_PER_STATEMENT: usize = 500;
 
 /// One statement writing `$rows` (a slice of entries, each at the `seq` it
-/// carries), as [`insert_audit`] writes one.
+/// carries).
 macro_rules! insert_audit_rows {
     ($rows:expr) => {{
         let mut q = sqlx::QueryBuilder::new(concat!(
@@ -1231,14 +1192,14 @@ impl JobRow {
         status: &str,
         stats: Option<String>,
         error: Option<&plexus_core::Error>,
-        signed: Option<(&[u8], &[u8], &[u8])>,
+        signed: Option<(Vec<u8>, Vec<u8>, Vec<u8>)>,
     ) -> Self {
         JobRow {
             status: status.to_string(),
             stats,
             error: error.map(|e| (e.code.as_str().to_string(), e.message.clone())),
             finished: true,
-            signed: signed.map(|(a, b, c)| (a.to_vec(), b.to_vec(), c.to_vec())),
+            signed,
             ..JobRow::sent(id, query_id, node_id)
         }
     }
@@ -1287,6 +1248,21 @@ macro_rules! upsert_jobs {
     }};
 }
 use upsert_jobs;
+
+/// The statements of one batch in transaction `$tx`: the job rows
+/// ([`JobRow`]), then the audit entries, many rows a statement.
+macro_rules! write_batch {
+    ($tx:expr, $entries:expr, $jobs:expr) => {{
+        let (entries, jobs): (&[AuditEntry], &[JobRow]) = ($entries, $jobs);
+        for rows in jobs.chunks(JOB_ROWS_PER_STATEMENT) {
+            upsert_jobs!(rows).build().execute(&mut *$tx).await?;
+        }
+        for rows in entries.chunks(AUDIT_ROWS_PER_STATEMENT) {
+            insert_audit_rows!(rows).build().execute(&mut *$tx).await?;
+        }
+    }};
+}
+use write_batch;
 
 /// The columns [`audit_entry`] reads, by position.
 macro_rules! audit_columns {
