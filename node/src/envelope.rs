@@ -10,7 +10,7 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use prost::Message;
 use serde::{Deserialize, Serialize};
@@ -18,6 +18,9 @@ use serde::{Deserialize, Serialize};
 use plexus_core::{Error, Result};
 use plexus_proto::v1 as pb;
 use plexus_tls::VerifyingKey;
+
+use crate::disk::GroupSync;
+use crate::record::Ticket;
 
 /// Longest a job may be valid, from issue to deadline.
 pub const MAX_JOB_VALIDITY_MS: i64 = 15 * 60 * 1000;
@@ -38,7 +41,7 @@ pub fn open(
     node_id: &str,
     now_ms: i64,
     seen: &SeenJobs,
-) -> std::result::Result<pb::Job, Refusal> {
+) -> std::result::Result<(pb::Job, Ticket), Refusal> {
     // The id is read before the signature is checked only to name the
     // refusal; nothing else of an unverified job is used.
     let unverified = pb::Job::decode(signed.job.as_slice()).ok();
@@ -83,9 +86,19 @@ pub fn open(
             "the job id is not a 128-bit random value; refused",
         )));
     }
-    seen.record(&job.job_id, job.deadline_unix_ms, now_ms)
+    let recorded = seen
+        .record(&job.job_id, job.deadline_unix_ms, now_ms)
         .map_err(refuse)?;
-    Ok(job)
+    Ok((job, recorded))
+}
+
+/// The seen-jobs file and the ids it holds.
+struct Seens {
+    file: File,
+    /// The file's length after the last whole write.
+    len: u64,
+    live: HashMap<String, i64>,
+    sync: Arc<GroupSync>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -97,7 +110,7 @@ struct Seen {
 /// Job ids this node has taken, kept until they expire.
 pub struct SeenJobs {
     path: PathBuf,
-    inner: Mutex<(File, HashMap<String, i64>)>,
+    inner: Mutex<Seens>,
     /// Why the last write failed, and the file's length before it (what
     /// a recovery cuts it back to), until a write or a recovery succeeds.
     failed: Mutex<Option<(String, Option<u64>)>>,
@@ -146,9 +159,16 @@ impl SeenJobs {
             .append(true)
             .open(&path)
             .map_err(|e| io("open", e))?;
+        let len = file.metadata().map_err(|e| io("read", e))?.len();
+        let sync = Arc::new(GroupSync::new(&file, len).map_err(|e| io("open", e))?);
         Ok(SeenJobs {
             path,
-            inner: Mutex::new((file, live)),
+            inner: Mutex::new(Seens {
+                file,
+                len,
+                live,
+                sync,
+            }),
             failed: Mutex::new(None),
             fail_next: Default::default(),
         })
@@ -158,10 +178,15 @@ impl SeenJobs {
         &self.path
     }
 
-    /// Records `job_id` (durably) or refuses it as a replay.
-    fn record(&self, job_id: &str, expires_unix_ms: i64, now_ms: i64) -> Result<()> {
+    /// Records `job_id` or refuses it as a replay. The id is written under
+    /// the lock; the ticket returned is waited for ([`SeenJobs::durable`])
+    /// before anything about the job leaves the node, so the ids of jobs
+    /// taken together share one sync (group commit, as for the job log)
+    /// and the sync overlaps the job's computation. A replay arriving
+    /// meanwhile is refused already.
+    fn record(&self, job_id: &str, expires_unix_ms: i64, now_ms: i64) -> Result<Ticket> {
         let mut inner = self.inner.lock().expect("seen jobs lock");
-        if inner.1.get(job_id).is_some_and(|e| *e > now_ms) {
+        if inner.live.get(job_id).is_some_and(|e| *e > now_ms) {
             return Err(Error::policy(format!(
                 "job {job_id} was already taken by this node; a replayed job is refused"
             )));
@@ -173,67 +198,113 @@ impl SeenJobs {
         .expect("serialises");
         line.push(b'\n');
         // A failed write (a full disk) is cut back off, so the next id is
-        // not appended to a fragment.
-        let len = inner.0.metadata().map(|m| m.len()).ok();
-        let file = &mut inner.0;
-        let written = if self.fail_next.load(Ordering::Relaxed) > 0 {
+        // not appended to a fragment. After a failed sync nothing is
+        // written until a recovery.
+        let len = inner.len;
+        let written = if let Some((why, _)) = inner.sync.failed() {
+            Err(std::io::Error::other(why))
+        } else if self.fail_next.load(Ordering::Relaxed) > 0 {
             self.fail_next.fetch_sub(1, Ordering::Relaxed);
-            let _ = file.write_all(&line[..line.len() / 2]);
+            let _ = inner.file.write_all(&line[..line.len() / 2]);
             Err(std::io::Error::from_raw_os_error(28))
         } else {
-            crate::disk::wait(|| file.write_all(&line).and_then(|_| file.sync_data()))
+            inner.file.write_all(&line)
         };
-        if let Err(e) = written {
-            if let Some(len) = len {
-                let _ = inner.0.set_len(len);
+        match written {
+            Ok(()) => {
+                inner.len += line.len() as u64;
+                inner.sync.wrote(inner.len);
+                inner.live.insert(job_id.to_string(), expires_unix_ms);
+                Ok(Ticket::new(inner.sync.clone(), inner.len))
             }
-            // Until a write or a recovery succeeds, the node's storage
-            // check says why (readiness, heartbeats), as for the ledger
-            // and the job log.
-            *self.failed.lock().expect("seen jobs lock") = Some((
-                format!(
-                    "cannot write its list of seen jobs {}: {e}",
-                    self.path.display()
-                ),
-                len,
-            ));
-            return Err(Error::unavailable(format!(
-                "cannot record the job in {}: {e}; nothing was computed, and the node takes no jobs until the hospital's IT frees space in its state folder or fixes the disk",
-                self.path.display()
-            )));
+            Err(e) => {
+                let _ = inner.file.set_len(len);
+                let cut = inner.sync.failed().map_or(len, |(_, durable)| durable);
+                Err(self.failed_at(&e, Some(cut)))
+            }
         }
-        *self.failed.lock().expect("seen jobs lock") = None;
-        inner.1.insert(job_id.to_string(), expires_unix_ms);
-        Ok(())
+    }
+
+    /// Waits until a job's id ([`SeenJobs::record`]) is on disk: before
+    /// anything about the job goes back, so a replay after a restart is
+    /// refused. `unavailable`, naming the file, when the sync failed.
+    pub async fn durable(&self, recorded: Ticket) -> Result<()> {
+        let sync = recorded.sync();
+        recorded.wait_async().await.map_err(|e| {
+            let cut = sync.failed().map(|(_, durable)| durable);
+            self.failed_at(&e, cut)
+        })
+    }
+
+    /// Remembers a failed write or sync and what a recovery cuts the file
+    /// back to; the refusal to answer with.
+    fn failed_at(&self, e: &std::io::Error, cut: Option<u64>) -> Error {
+        // Until a write or a recovery succeeds, the node's storage check
+        // says why (readiness, heartbeats), as for the ledger and the job
+        // log.
+        *self.failed.lock().expect("seen jobs lock") = Some((
+            format!(
+                "cannot write its list of seen jobs {}: {e}",
+                self.path.display()
+            ),
+            cut,
+        ));
+        Error::unavailable(format!(
+            "cannot record the job in {}: {e}; nothing was released, and the node takes no jobs until the hospital's IT frees space in its state folder or fixes the disk",
+            self.path.display()
+        ))
     }
 
     /// Why the last write failed, until a write or [`Self::recover`]
     /// succeeds.
     pub fn trouble(&self) -> Option<String> {
-        self.failed
-            .lock()
-            .expect("seen jobs lock")
-            .as_ref()
-            .map(|(why, _)| why.clone())
+        let sync = self.inner.lock().expect("seen jobs lock").sync.clone();
+        let failed = self.failed.lock().expect("seen jobs lock");
+        failed.as_ref().map(|(why, _)| why.clone()).or_else(|| {
+            sync.failed().map(|(why, _)| {
+                format!(
+                    "cannot write its list of seen jobs {}: {why}",
+                    self.path.display()
+                )
+            })
+        })
     }
 
     /// After a failed write: cuts off whatever of it reached the file, so
     /// the next id is not appended to a fragment, and clears the trouble.
+    /// After a failed sync the file is cut back to what was durable and
+    /// syncs start afresh (the ids cut off stay refused in memory: a
+    /// replay check that remembers too much refuses, never admits).
     pub fn recover(&self) -> std::io::Result<()> {
         // Locks in the order `record` takes them.
-        let inner = self.inner.lock().expect("seen jobs lock");
+        let mut inner = self.inner.lock().expect("seen jobs lock");
         let mut failed = self.failed.lock().expect("seen jobs lock");
-        let Some((_, len)) = failed.as_ref() else {
-            return Ok(());
+        let cut = match (failed.as_ref(), inner.sync.failed()) {
+            (_, Some((_, durable))) => Some(durable),
+            (Some((_, len)), None) => *len,
+            (None, None) => return Ok(()),
         };
-        if let Some(len) = *len {
-            if inner.0.metadata()?.len() > len {
-                inner.0.set_len(len)?;
-                inner.0.sync_all()?;
+        if let Some(len) = cut {
+            if inner.file.metadata()?.len() > len {
+                inner.file.set_len(len)?;
+                inner.file.sync_all()?;
+            }
+            if inner.sync.failed().is_some() || inner.len > len {
+                inner.len = len;
+                inner.sync = Arc::new(GroupSync::new(&inner.file, len)?);
             }
         }
         *failed = None;
         Ok(())
+    }
+
+    /// Test hook (fault injection): the next `n` syncs fail (EIO).
+    pub fn fail_next_syncs(&self, n: u32) {
+        self.inner
+            .lock()
+            .expect("seen jobs lock")
+            .sync
+            .fail_next_syncs(n);
     }
 
     /// Test hook (fault injection): the next `n` writes fail like a full
@@ -305,7 +376,8 @@ mod tests {
         assert!(r.error.message.contains("15 minutes"), "{}", r.error);
 
         // Taken once, then a replay is refused, also after a restart.
-        open(&good, &pinned, "hospital-a", NOW, &seen).unwrap();
+        let (_, recorded) = open(&good, &pinned, "hospital-a", NOW, &seen).unwrap();
+        recorded.wait().unwrap();
         let r = open(&good, &pinned, "hospital-a", NOW + 1, &seen).unwrap_err();
         assert!(r.error.message.contains("replayed"), "{}", r.error);
         drop(seen);
@@ -317,5 +389,52 @@ mod tests {
         let later = SeenJobs::open(&state, NOW + 60_000).unwrap();
         let text = std::fs::read_to_string(later.path()).unwrap();
         assert!(text.is_empty(), "{text}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_sync_of_a_seen_id_refuses_the_job_and_recovery_cuts_it_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let (key, _, _) = SigningKey::generate_into(dir.path(), "coordinator").unwrap();
+        let pinned = key.verifying_key();
+        let state = dir.path().join("state");
+        let seen = SeenJobs::open(&state, NOW).unwrap();
+        let ids = [
+            "0123456789abcdef0123456789abcde1",
+            "0123456789abcdef0123456789abcde2",
+            "0123456789abcdef0123456789abcde3",
+        ];
+        let signed: Vec<_> = ids.iter().map(|id| sign(&key, &job(id, "h"))).collect();
+        let (_, first) = open(&signed[0], &pinned, "h", NOW, &seen).unwrap();
+        seen.durable(first).await.unwrap();
+
+        seen.fail_next_syncs(1);
+        let (_, second) = open(&signed[1], &pinned, "h", NOW, &seen).unwrap();
+        let e = seen.durable(second).await.unwrap_err();
+        assert_eq!(e.code, plexus_core::ErrorCode::Unavailable);
+        assert!(e.message.contains("seen_jobs.jsonl"), "{e}");
+        assert!(seen.trouble().is_some());
+        // Still refused as a replay: remembering too much refuses, never
+        // admits. A new job is refused until a recovery.
+        let r = open(&signed[1], &pinned, "h", NOW, &seen).unwrap_err();
+        assert!(r.error.message.contains("replayed"), "{}", r.error);
+        assert!(open(&signed[2], &pinned, "h", NOW, &seen).is_err());
+
+        seen.recover().unwrap();
+        assert_eq!(seen.trouble(), None);
+        let text = std::fs::read_to_string(seen.path()).unwrap();
+        assert_eq!(
+            text.lines().count(),
+            1,
+            "cut back to the durable id: {text}"
+        );
+        assert!(text.contains(ids[0]), "{text}");
+        let (_, third) = open(&signed[2], &pinned, "h", NOW, &seen).unwrap();
+        seen.durable(third).await.unwrap();
+        drop(seen);
+        let reopened = SeenJobs::open(&state, NOW).unwrap();
+        for i in [0, 2] {
+            let r = open(&signed[i], &pinned, "h", NOW, &reopened).unwrap_err();
+            assert!(r.error.message.contains("replayed"), "{}", r.error);
+        }
     }
 }

@@ -25,6 +25,7 @@ use crate::envelope::{self, SeenJobs};
 use crate::ledger::{Answer, Kept, Ledger};
 use crate::log::{JobLog, LogEntry};
 use crate::policy;
+use crate::record;
 use crate::review::ReviewQueue;
 use crate::secagg::{fingerprint, Commitments, HeldMask, MaskFor, Sessions, Step};
 
@@ -175,15 +176,15 @@ impl JobRunner {
             self.now_ms(),
             &self.seen,
         )
-        .and_then(|job| match self.witness.check(&job) {
-            Ok(()) => Ok(job),
+        .and_then(|(job, seen)| match self.witness.check(&job) {
+            Ok(()) => Ok((job, seen)),
             Err(error) => Err(envelope::Refusal {
                 job_id: job.job_id.clone(),
                 error,
             }),
         });
         match opened {
-            Ok(job) => {
+            Ok((job, seen)) => {
                 // Nothing is taken while the records cannot be written.
                 // The refusal is logged once the log can be written again.
                 if let Err(e) = self.check_storage() {
@@ -192,7 +193,7 @@ impl JobRunner {
                     self.log_later(failed_before_running(&job, now, &e));
                     return Some(answer(self.result(&job.job_id, job_hash, Err(e))));
                 }
-                self.run(job, job_hash).await
+                self.run(job, job_hash, seen).await
             }
             Err(refusal) => {
                 warn!(job_id = %refusal.job_id, reason = %refusal.error, "job envelope refused");
@@ -244,8 +245,14 @@ impl JobRunner {
         answer(self.result(&job.job_id, job_hash, Err(e)))
     }
 
-    /// Runs one job; `None` only when fault injection drops it.
-    pub async fn run(&self, job: pb::Job, job_hash: Vec<u8>) -> Option<pb::node_message::Msg> {
+    /// Runs one job; `None` only when fault injection drops it. `seen` is
+    /// the job's id in the list of seen jobs, on its way to the disk.
+    pub(crate) async fn run(
+        &self,
+        job: pb::Job,
+        job_hash: Vec<u8>,
+        seen: record::Ticket,
+    ) -> Option<pb::node_message::Msg> {
         let span = info_span!("job", job_id = %job.job_id, study = %job.study_id, node = %self.config.node.id);
         async {
             let started = std::time::Instant::now();
@@ -262,7 +269,12 @@ impl JobRunner {
                 .and_then(|p| Purpose::try_from(p.clone()).ok())
                 .map(|p| p.to_string())
                 .unwrap_or_else(|| "invalid".into());
-            // Write-ahead: the job is in the log before anything is computed.
+            // Write-ahead: the job is in the log before anything is
+            // computed. It reaches the disk with the job's outcome (the
+            // same file, so the outcome's sync covers it) or with any other
+            // job's entry synced meanwhile: a crash before that loses no
+            // release, since nothing goes back before the outcome is on
+            // disk, and the coordinator then holds the job unanswered.
             let accepted = LogEntry {
                 at: chrono::Utc::now().to_rfc3339(),
                 job_id: job.job_id.clone(),
@@ -273,7 +285,7 @@ impl JobRunner {
                 outcome: crate::log::ACCEPTED.into(),
                 ..Default::default()
             };
-            if let Err(e) = self.log.append(&accepted) {
+            if let Err(e) = self.log.write_ahead(&accepted) {
                 let e = self.log_failed(&e);
                 warn!(reason = %e, "job refused: cannot write the job log");
                 self.log_later(LogEntry {
@@ -288,6 +300,14 @@ impl JobRunner {
                 return Some(answer(self.result(&job.job_id, job_hash, Err(e))));
             }
             let mut outcome = self.execute(&job).await;
+            // The job's id is on disk before anything about it goes back,
+            // so it is refused as a replay after a restart.
+            if let Err(e) = self.seen.durable(seen).await {
+                if let Some(problem) = self.seen.trouble() {
+                    self.records_failing(&problem);
+                }
+                outcome = Err(e);
+            }
             if let Some(problem) = self.ledger.trouble() {
                 self.records_failing(&problem);
             }
@@ -357,7 +377,7 @@ impl JobRunner {
                 privacy_cost: receipt.map(|r| r.charged_rho),
                 privacy_remaining: receipt.map(|r| (r.budget_rho - r.spent_rho).max(0.0)),
             };
-            if let Err(e) = self.log.append(&entry) {
+            if let Err(e) = self.log.append_async(&entry).await {
                 // Refuse to release anything we could not log; the refusal
                 // is logged once the log can be written again.
                 let e = self.log_failed(&e);

@@ -42,7 +42,7 @@ use plexus_core::privacy::release::NoiseScale;
 use plexus_core::{Error, NodeStats, Result};
 
 use crate::log::JobLog;
-use crate::record::{self, Appender, Writer};
+use crate::record::{self, Appender, Recovered, Writer};
 
 /// A released answer, kept so that asking again returns it unchanged.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -326,14 +326,32 @@ impl Ledger {
 
     /// After a failed write, once the disk takes writes again: cuts its
     /// leftovers off and forgets it ([`Writer::recover`]).
+    /// After a failed sync the ledger is cut back to its last durable
+    /// debit and read again from the file.
     pub fn recover(&self) -> std::io::Result<()> {
-        self.inner.lock().expect("ledger lock").records.recover()
+        let mut inner = self.inner.lock().expect("ledger lock");
+        if inner.records.recover()? == Recovered::Reload {
+            let dir = self.path.parent().unwrap_or(Path::new("."));
+            let fresh = Self::open_mode(dir, Mode::Write)
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            *inner = fresh.inner.into_inner().expect("ledger lock");
+        }
+        Ok(())
     }
 
     /// Test hook (fault injection): the next `n` writes fail as on a full
     /// disk.
     pub fn fail_next_writes(&self, n: u32) {
         self.inner.lock().expect("ledger lock").records.fail_next(n);
+    }
+
+    /// Test hook (fault injection): the next `n` syncs fail (EIO).
+    pub fn fail_next_syncs(&self, n: u32) {
+        self.inner
+            .lock()
+            .expect("ledger lock")
+            .records
+            .fail_next_syncs(n);
     }
 
     /// Signs a checkpoint of the ledger as it is now (its number of records
@@ -356,6 +374,15 @@ impl Ledger {
         let key = self.key.as_ref().ok_or_else(|| {
             Error::internal("this privacy ledger was opened without the node's audit key")
         })?;
+        // A checkpoint covers only debits on disk.
+        if let Some(ticket) = inner.records.ticket() {
+            ticket.wait().map_err(|e| {
+                Error::unavailable(format!(
+                    "cannot sign a checkpoint of the privacy ledger {}: {e}",
+                    self.path.display()
+                ))
+            })?;
+        }
         let root = match inner.records.head() {
             Some(head) => head.to_string(),
             None => inner.head_at_open.clone(),
@@ -425,12 +452,37 @@ impl Ledger {
         }
         let mut inner = self.inner.lock().expect("ledger lock");
         let spent = inner.spent.get(study).copied().unwrap_or(0.0);
+        let problem = |e: &std::io::Error| {
+            format!(
+                "cannot write the privacy ledger {}: {e}",
+                self.path.display()
+            )
+        };
+        let refused = |e: &std::io::Error| {
+            Error::unavailable(format!(
+                "{}; nothing was released, and the node takes no jobs until the hospital's IT frees space in its state folder or fixes the disk",
+                problem(e)
+            ))
+        };
         if let Some(kept) = answer.as_ref().and_then(|a| inner.answers.get(&a.key)) {
             let balance = Balance {
                 spent,
                 remaining: (budget - spent).max(0.0),
             };
-            return Ok((balance, Some(kept.clone())));
+            let kept = kept.clone();
+            // The debit that kept it may still be on its way to the disk
+            // (group commit): the kept answer leaves only after it.
+            let ticket = inner.records.ticket();
+            drop(inner);
+            if let Some(Err(e)) = ticket.map(record::Ticket::wait) {
+                self.inner
+                    .lock()
+                    .expect("ledger lock")
+                    .records
+                    .failed(problem(&e));
+                return Err(refused(&e));
+            }
+            return Ok((balance, Some(kept)));
         }
         affords(study, spent, budget, rho)?;
         let debit = Debit {
@@ -442,24 +494,13 @@ impl Ledger {
             answer,
         };
         let object = serde_json::to_vec(&debit).expect("a debit serialises");
-        let problem = |e: &std::io::Error| {
-            format!(
-                "cannot write the privacy ledger {}: {e}",
-                self.path.display()
-            )
-        };
-        let written = inner.records.append(&object, problem).unwrap_or_else(|| {
+        let written = inner.records.write(&object, problem).unwrap_or_else(|| {
             let e =
                 std::io::Error::other("the ledger was opened read-only (a tool beside the node)");
             inner.records.failed(problem(&e));
             Err(e)
         });
-        if let Err(e) = written {
-            return Err(Error::unavailable(format!(
-                "{}; nothing was released, and the node takes no jobs until the hospital's IT frees space in its state folder or fixes the disk",
-                problem(&e)
-            )));
-        }
+        let written = written.map_err(|e| refused(&e))?;
         inner.count += 1;
         let line = inner.next_line;
         inner.next_line += 1;
@@ -473,6 +514,19 @@ impl Ledger {
             spent: total,
             remaining: (budget - total).max(0.0),
         };
+        // The debit counts at once for every other job (a failed sync
+        // only over-counts until the ledger is read again); the release it
+        // pays for waits until it is on disk, sharing the sync with the
+        // debits written meanwhile.
+        drop(inner);
+        if let Err(e) = written.durable() {
+            self.inner
+                .lock()
+                .expect("ledger lock")
+                .records
+                .failed(problem(&e));
+            return Err(refused(&e));
+        }
         Ok((balance, None))
     }
 }
@@ -511,6 +565,34 @@ mod tests {
         assert!((again.spent("s1") - 1.0).abs() < 1e-12);
         assert!((again.spent("s2") - 0.1).abs() < 1e-12);
         assert!(again.debit("s1", 1.0, 0.01, "j5", "q", None).is_err());
+    }
+
+    #[test]
+    fn a_debit_whose_sync_failed_is_refused_and_recovery_reads_the_ledger_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open_signed(dir.path(), "node-a").unwrap();
+        ledger.debit("s1", 1.0, 0.25, "j1", "q", None).unwrap();
+        ledger.fail_next_syncs(1);
+        let e = ledger.debit("s1", 1.0, 0.25, "j2", "q", None).unwrap_err();
+        assert_eq!(e.code, plexus_core::ErrorCode::Unavailable);
+        assert!(e.message.contains(LEDGER_FILE), "{e}");
+        assert!(ledger.trouble().is_some());
+        // Until recovery the refused debit still counts (over, never under)
+        // and nothing more is written or signed.
+        assert!((ledger.spent("s1") - 0.5).abs() < 1e-12);
+        assert!(ledger.debit("s1", 1.0, 0.1, "j3", "q", None).is_err());
+        assert!(ledger.checkpoint().is_err());
+        ledger.recover().unwrap();
+        assert_eq!(ledger.trouble(), None);
+        assert!(
+            (ledger.spent("s1") - 0.25).abs() < 1e-12,
+            "read again from the file"
+        );
+        ledger.debit("s1", 1.0, 0.1, "j3", "q", None).unwrap();
+        assert_eq!(ledger.checkpoint().unwrap().head.size, 2);
+        drop(ledger);
+        let again = Ledger::open_signed(dir.path(), "node-a").unwrap();
+        assert!((again.spent("s1") - 0.35).abs() < 1e-12);
     }
 
     #[test]

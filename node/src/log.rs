@@ -39,7 +39,7 @@ use tracing::warn;
 
 use plexus_core::merkle::{leaf_of, verify_log_heads, Checkpoint, MerkleLog, TreeHead};
 
-use crate::record::{self, Appender, Writer};
+use crate::record::{self, Appender, Recovered, Writer};
 
 /// The job log's file name in the state folder.
 pub const JOB_LOG_FILE: &str = "jobs.log.jsonl";
@@ -227,26 +227,65 @@ impl JobLog {
     }
 
     /// Appends one entry, durably (written and synced) before it returns.
+    /// The entry is written under the log's lock and synced after it, so
+    /// the entries of jobs running at once share one sync (group commit).
     /// A failed write leaves no fragment behind and is remembered (see
-    /// [`JobLog::trouble`]) until an append succeeds.
+    /// [`JobLog::trouble`]) until an append succeeds; a failed sync until
+    /// [`JobLog::recover`].
     pub fn append(&self, entry: &LogEntry) -> std::io::Result<()> {
+        let written = self.write(entry)?;
+        written.durable().map(drop).inspect_err(|e| {
+            self.inner
+                .lock()
+                .expect("log lock")
+                .records
+                .failed(e.to_string())
+        })
+    }
+
+    /// [`JobLog::append`] for async callers: the job's task awaits the
+    /// sync without holding an async worker.
+    pub async fn append_async(&self, entry: &LogEntry) -> std::io::Result<()> {
+        let written = self.write(entry)?;
+        written.durable_async().await.map(drop).inspect_err(|e| {
+            self.inner
+                .lock()
+                .expect("log lock")
+                .records
+                .failed(e.to_string())
+        })
+    }
+
+    /// Writes one entry without waiting for it to reach the disk: a job's
+    /// write-ahead `accepted` entry, made durable by the sync of its
+    /// outcome ([`JobLog::append`]), which covers every entry before it. A
+    /// failed write is refused at once, as by [`JobLog::append`].
+    pub fn write_ahead(&self, entry: &LogEntry) -> std::io::Result<()> {
+        // Not waited for: durable with the next entry synced after it.
+        let _unsynced = self.write(entry)?;
+        Ok(())
+    }
+
+    /// Writes one entry under the lock and updates the tree and the open
+    /// jobs; the caller waits for it outside the lock.
+    fn write(&self, entry: &LogEntry) -> std::io::Result<record::Written> {
         let object = serde_json::to_vec(entry).map_err(std::io::Error::other)?;
         let mut inner = self.inner.lock().expect("log lock");
-        let line = inner
+        let written = inner
             .records
-            .append(&object, |e| e.to_string())
+            .write(&object, |e| e.to_string())
             .unwrap_or_else(|| {
                 Err(std::io::Error::other(
                     "this job log was opened read-only (a tool beside the node)",
                 ))
             })?;
-        inner.tree.push(leaf_of(&line));
+        inner.tree.push(leaf_of(written.line()));
         if entry.outcome == ACCEPTED {
             inner.open.insert(entry.job_id.clone(), entry.clone());
         } else {
             inner.open.remove(&entry.job_id);
         }
-        Ok(())
+        Ok(written)
     }
 
     /// Why the last write failed, while no write has succeeded since.
@@ -256,14 +295,32 @@ impl JobLog {
 
     /// After a failed write, once the disk takes writes again: cuts its
     /// leftovers off and forgets it ([`Writer::recover`]).
+    ///
+    /// After a failed sync the log is cut back to its last durable entry
+    /// and read again from the file.
     pub fn recover(&self) -> std::io::Result<()> {
-        self.inner.lock().expect("log lock").records.recover()
+        let mut inner = self.inner.lock().expect("log lock");
+        if inner.records.recover()? == Recovered::Reload {
+            let dir = self.path.parent().unwrap_or(Path::new("."));
+            let fresh = Self::open_mode(dir, Mode::Write)?;
+            *inner = fresh.inner.into_inner().expect("log lock");
+        }
+        Ok(())
     }
 
     /// Test hook (fault injection): the next `n` writes fail as on a full
     /// disk.
     pub fn fail_next_writes(&self, n: u32) {
         self.inner.lock().expect("log lock").records.fail_next(n);
+    }
+
+    /// Test hook (fault injection): the next `n` syncs fail (EIO).
+    pub fn fail_next_syncs(&self, n: u32) {
+        self.inner
+            .lock()
+            .expect("log lock")
+            .records
+            .fail_next_syncs(n);
     }
 
     /// Whether `job_id` was accepted and has no outcome yet.
@@ -333,6 +390,10 @@ impl JobLog {
         let key = self.key.as_ref().ok_or_else(|| {
             std::io::Error::other("this job log was opened without the node's audit key")
         })?;
+        // A checkpoint covers only entries on disk.
+        if let Some(ticket) = inner.records.ticket() {
+            ticket.wait()?;
+        }
         let c = Checkpoint::sign_with(
             |m| key.sign(m),
             &self.origin,
@@ -499,6 +560,66 @@ mod tests {
     use super::*;
     use plexus_core::merkle::verify_log;
     use std::fs::OpenOptions;
+
+    #[test]
+    fn entries_appended_at_once_from_many_threads_are_all_kept_in_one_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Arc::new(JobLog::open_signed(dir.path(), "node-a").unwrap());
+        let threads: Vec<_> = (0..8)
+            .map(|t| {
+                let log = log.clone();
+                std::thread::spawn(move || {
+                    for i in 0..40 {
+                        log.append(&entry(&format!("job-{t}-{i}"), ACCEPTED))
+                            .unwrap();
+                        log.append(&entry(&format!("job-{t}-{i}"), "released"))
+                            .unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let c = log.checkpoint().unwrap();
+        assert_eq!(c.head.size, 640);
+        drop(log);
+        // Reopening checks every line's chain and the checkpoint's root.
+        let log = JobLog::open_signed(dir.path(), "node-a").unwrap();
+        assert_eq!(log.len(), 640);
+        let all = JobLog::read_all(&dir.path().join(JOB_LOG_FILE)).unwrap();
+        let jobs: std::collections::HashSet<_> = all.iter().map(|e| e.job_id.clone()).collect();
+        assert_eq!(jobs.len(), 320);
+        assert!((0..8).all(|t| (0..40).all(|i| !log.is_open(&format!("job-{t}-{i}")))));
+    }
+
+    #[test]
+    fn a_failed_sync_refuses_until_recovery_cuts_the_log_back_to_what_was_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = JobLog::open_signed(dir.path(), "node-a").unwrap();
+        log.append(&entry("a", ACCEPTED)).unwrap();
+        log.fail_next_syncs(1);
+        let e = log.append(&entry("a", "released")).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(5), "{e}");
+        // Not written over: every later append and checkpoint is refused
+        // while the failed sync stands, and the node's storage check says so.
+        assert!(log.trouble().is_some());
+        assert!(log.append(&entry("b", ACCEPTED)).is_err());
+        assert!(log.checkpoint().is_err());
+        log.recover().unwrap();
+        assert_eq!(log.trouble(), None);
+        assert_eq!(log.len(), 1, "cut back to the durable entry");
+        assert!(log.is_open("a"), "its outcome was never durable");
+        log.append(&entry("a", "failed:storage")).unwrap();
+        let c = log.checkpoint().unwrap();
+        assert_eq!(c.head.size, 2);
+        drop(log);
+        let log = JobLog::open_signed(dir.path(), "node-a").unwrap();
+        let all = JobLog::read_all(&dir.path().join(JOB_LOG_FILE)).unwrap();
+        let outcomes: Vec<_> = all.iter().map(|e| e.outcome.as_str()).collect();
+        assert_eq!(outcomes, [ACCEPTED, "failed:storage"]);
+        assert_eq!(log.len(), 2);
+    }
 
     #[test]
     fn checkpoints_sign_the_lines_as_written_and_survive_reopening() {

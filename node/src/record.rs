@@ -25,8 +25,11 @@
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use plexus_core::hash::sha256_hex;
+
+use crate::disk::GroupSync;
 
 /// The `prev` of the first record of a file.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -244,7 +247,9 @@ pub fn scan<T>(
     Ok(Ok(scan))
 }
 
-/// Appends sealed records to one file, never after a fragment.
+/// Appends sealed records to one file, never after a fragment, with group
+/// commit ([`GroupSync`]): a record is written under its owner's lock and
+/// made durable after it, so records written meanwhile share one sync.
 #[derive(Debug)]
 pub struct Appender {
     path: PathBuf,
@@ -254,9 +259,70 @@ pub struct Appender {
     head: String,
     /// A failed write may have left bytes after `len`.
     dirty: bool,
+    sync: Arc<GroupSync>,
     /// Test hook: the next this many appends write half their line and
     /// fail as a full disk would.
     fail_next: u32,
+}
+
+/// A record written into the file and not yet known to be durable: what
+/// [`Appender::write`] returns. [`Written::durable`] waits for its sync;
+/// until it returns nothing may act on the record (release, reply).
+#[derive(Debug)]
+#[must_use = "a written record is durable only once `durable` returns"]
+pub struct Written {
+    line: Vec<u8>,
+    ticket: Ticket,
+}
+
+impl Written {
+    /// Waits until the record is on disk; returns its line (without its
+    /// newline).
+    pub fn durable(self) -> std::io::Result<Vec<u8>> {
+        self.ticket.wait()?;
+        Ok(self.line)
+    }
+
+    /// [`Written::durable`] for async callers ([`GroupSync::wait_async`]).
+    pub async fn durable_async(self) -> std::io::Result<Vec<u8>> {
+        self.ticket.wait_async().await?;
+        Ok(self.line)
+    }
+
+    /// The line written (without its newline).
+    pub fn line(&self) -> &[u8] {
+        &self.line
+    }
+}
+
+/// Everything written to a file up to some point, to wait for.
+#[derive(Debug)]
+#[must_use = "nothing is durable until `wait` returns"]
+pub struct Ticket {
+    end: u64,
+    sync: Arc<GroupSync>,
+}
+
+impl Ticket {
+    /// A ticket for the first `end` bytes of the file `sync` syncs.
+    pub(crate) fn new(sync: Arc<GroupSync>, end: u64) -> Ticket {
+        Ticket { end, sync }
+    }
+
+    /// The file's syncs, to ask why one failed after [`Ticket::wait`].
+    pub(crate) fn sync(&self) -> Arc<GroupSync> {
+        self.sync.clone()
+    }
+
+    /// Returns once everything the ticket covers is on disk.
+    pub fn wait(self) -> std::io::Result<()> {
+        self.sync.wait(self.end)
+    }
+
+    /// [`Ticket::wait`] for async callers.
+    pub async fn wait_async(self) -> std::io::Result<()> {
+        self.sync.wait_async(self.end).await
+    }
 }
 
 impl Appender {
@@ -268,24 +334,26 @@ impl Appender {
             .create(true)
             .append(true)
             .open(&scan.path)?;
-        let mut a = Appender {
-            path: scan.path.clone(),
-            file,
-            len: scan.good_len,
-            head: scan.head().to_string(),
-            dirty: false,
-            fail_next: 0,
-        };
-        if a.file.metadata()?.len() != a.len {
-            a.file.set_len(a.len)?;
-            a.file.sync_all()?;
+        let mut len = scan.good_len;
+        if file.metadata()?.len() != len {
+            file.set_len(len)?;
+            file.sync_all()?;
         }
         if scan.unterminated {
-            a.file.write_all(b"\n")?;
-            a.file.sync_data()?;
-            a.len += 1;
+            (&file).write_all(b"\n")?;
+            file.sync_data()?;
+            len += 1;
         }
-        Ok(a)
+        let sync = Arc::new(GroupSync::new(&file, len)?);
+        Ok(Appender {
+            path: scan.path.clone(),
+            file,
+            len,
+            head: scan.head().to_string(),
+            dirty: false,
+            sync,
+            fail_next: 0,
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -297,11 +365,14 @@ impl Appender {
         &self.head
     }
 
-    /// Seals `object` after the last record, writes it and syncs it.
-    /// Returns the line written (without its newline). On an error the
-    /// file is cut back to its last good record, or the cut is retried
-    /// before the next append.
-    pub fn append(&mut self, object: &[u8]) -> std::io::Result<Vec<u8>> {
+    /// Seals `object` after the last record and writes it (to the page
+    /// cache); [`Written::durable`] then waits for it to reach the disk.
+    /// On an error the file is cut back to its last good record, or the
+    /// cut is retried before the next write.
+    pub fn write(&mut self, object: &[u8]) -> std::io::Result<Written> {
+        if let Some((why, _)) = self.sync.failed() {
+            return Err(std::io::Error::other(why));
+        }
         self.repair()?;
         let (mut line, hash) = seal(object, &self.head);
         line.push(b'\n');
@@ -310,8 +381,7 @@ impl Appender {
             let _ = self.file.write_all(&line[..line.len() / 2]);
             Err(std::io::Error::from_raw_os_error(28))
         } else {
-            let file = &mut self.file;
-            crate::disk::wait(|| file.write_all(&line).and_then(|()| file.sync_data()))
+            self.file.write_all(&line)
         };
         if let Err(e) = written {
             self.dirty = true;
@@ -319,9 +389,29 @@ impl Appender {
             return Err(e);
         }
         self.len += line.len() as u64;
+        self.sync.wrote(self.len);
         self.head = hash;
         line.pop();
-        Ok(line)
+        Ok(Written {
+            line,
+            ticket: self.ticket(),
+        })
+    }
+
+    /// A ticket for every record written so far: a record that others act
+    /// on before their own write (a kept answer, a checkpoint) is durable
+    /// once it is waited for.
+    pub fn ticket(&self) -> Ticket {
+        Ticket {
+            end: self.len,
+            sync: self.sync.clone(),
+        }
+    }
+
+    /// [`Appender::write`] and wait until it is durable, holding `self`:
+    /// for start-up and tools, where nothing else writes.
+    pub fn append(&mut self, object: &[u8]) -> std::io::Result<Vec<u8>> {
+        self.write(object)?.durable()
     }
 
     /// Cuts a failed write's bytes off the file.
@@ -332,6 +422,19 @@ impl Appender {
             self.dirty = false;
         }
         Ok(())
+    }
+
+    /// After a failed sync: cuts the file back to what the last good sync
+    /// made durable. The records after it, though written, are gone, so
+    /// the owner must read its state again from the file (and open a new
+    /// appender): returns true when that is needed.
+    fn cut_to_durable(&mut self) -> std::io::Result<bool> {
+        let Some((_, durable)) = self.sync.failed() else {
+            return Ok(false);
+        };
+        self.file.set_len(durable)?;
+        self.file.sync_all()?;
+        Ok(true)
     }
 
     /// Test hook (fault injection): the next `n` appends fail like a full
@@ -352,6 +455,17 @@ pub struct Writer {
     trouble: Option<String>,
 }
 
+/// What [`Writer::recover`] did.
+#[derive(Debug, PartialEq)]
+pub enum Recovered {
+    /// Nothing was wrong, or a failed write was cut off: the owner's state
+    /// holds.
+    InPlace,
+    /// A failed sync: the file was cut back to its last durable record, so
+    /// the owner reads its state again from the file.
+    Reload,
+}
+
 impl Writer {
     /// `file` is `None` for a read-only opening.
     pub fn new(file: Option<Appender>) -> Writer {
@@ -366,42 +480,67 @@ impl Writer {
         self.file.as_ref().map(Appender::head)
     }
 
-    /// Appends `object` ([`Appender::append`]) and remembers how that went:
-    /// a failure, in the words `problem` gives it, until an append
-    /// succeeds. `None` when the file was opened read-only (nothing is
-    /// written, nothing remembered).
-    pub fn append(
+    /// A ticket for every record written so far ([`Appender::ticket`]),
+    /// `None` when read-only.
+    pub fn ticket(&self) -> Option<Ticket> {
+        self.file.as_ref().map(Appender::ticket)
+    }
+
+    /// Writes `object` ([`Appender::write`]) and remembers how that went:
+    /// a failure, in the words `problem` gives it, until a write succeeds.
+    /// `None` when the file was opened read-only (nothing is written,
+    /// nothing remembered). The caller waits for [`Written::durable`] after
+    /// letting go of its lock, and tells [`Writer::failed`] when that fails.
+    pub fn write(
         &mut self,
         object: &[u8],
         problem: impl FnOnce(&std::io::Error) -> String,
-    ) -> Option<std::io::Result<Vec<u8>>> {
-        let written = self.file.as_mut()?.append(object);
+    ) -> Option<std::io::Result<Written>> {
+        let written = self.file.as_mut()?.write(object);
         self.trouble = written.as_ref().err().map(problem);
         Some(written)
     }
 
-    /// Remembers a write that failed without reaching the file.
+    /// Remembers a write that failed without reaching the file, or whose
+    /// sync failed.
     pub fn failed(&mut self, problem: String) {
         self.trouble = Some(problem);
     }
 
-    /// Why the last write failed, while none has succeeded since.
+    /// Why the last write failed, while none has succeeded since; a failed
+    /// sync counts until [`Writer::recover`].
     pub fn trouble(&self) -> Option<String> {
-        self.trouble.clone()
+        self.trouble.clone().or_else(|| {
+            let (why, _) = self.file.as_ref()?.sync.failed()?;
+            Some(format!("cannot write {}: {why}", self.path_display()))
+        })
+    }
+
+    fn path_display(&self) -> String {
+        self.file
+            .as_ref()
+            .map(|f| f.path.display().to_string())
+            .unwrap_or_default()
     }
 
     /// After a failed write, once the disk takes writes again: cuts the
     /// failed write's leftovers off (if that did not happen at once) and
-    /// forgets the failure.
-    pub fn recover(&mut self) -> std::io::Result<()> {
+    /// forgets the failure. After a failed sync, cuts the file back to its
+    /// last durable record and says the owner must read it again.
+    pub fn recover(&mut self) -> std::io::Result<Recovered> {
+        let Some(f) = self.file.as_mut() else {
+            self.trouble = None;
+            return Ok(Recovered::InPlace);
+        };
+        if f.cut_to_durable()? {
+            return Ok(Recovered::Reload);
+        }
         if self.trouble.is_none() {
-            return Ok(());
+            return Ok(Recovered::InPlace);
         }
-        if let Some(f) = self.file.as_mut() {
-            f.repair()?;
-        }
+        f.repair()?;
         self.trouble = None;
-        Ok(())
+        Ok(Recovered::InPlace)
     }
 
     /// Test hook (fault injection): the next `n` writes fail as on a full
@@ -409,6 +548,13 @@ impl Writer {
     pub fn fail_next(&mut self, n: u32) {
         if let Some(f) = self.file.as_mut() {
             f.fail_next(n);
+        }
+    }
+
+    /// Test hook (fault injection): the next `n` syncs fail (EIO).
+    pub fn fail_next_syncs(&self, n: u32) {
+        if let Some(f) = self.file.as_ref() {
+            f.sync.fail_next_syncs(n);
         }
     }
 }
