@@ -56,6 +56,17 @@ struct Synced {
     failed: Option<String>,
 }
 
+/// A sync round of [`GroupSync::wait_async`]: ends, waking the other
+/// waiters, when dropped.
+struct Round(Arc<GroupSync>);
+
+impl Drop for Round {
+    fn drop(&mut self) {
+        self.0.syncing.store(false, Ordering::Release);
+        self.0.rounds.send_modify(|n| *n += 1);
+    }
+}
+
 impl GroupSync {
     /// For `file` (appended to through another handle), `len` bytes long
     /// and durable.
@@ -104,14 +115,11 @@ impl GroupSync {
                 return Err(std::io::Error::other(why));
             }
             if !self.syncing.swap(true, Ordering::AcqRel) {
-                let me = self.clone();
-                let synced = tokio::task::spawn_blocking(move || {
-                    let r = me.sync_upto(end);
-                    me.syncing.store(false, Ordering::Release);
-                    me.rounds.send_modify(|n| *n += 1);
-                    r
-                })
-                .await;
+                // The round ends when the closure ends, or when it is
+                // dropped unrun (a runtime shutting down) or panics: the
+                // other waiters then run the next round themselves.
+                let round = Round(self.clone());
+                let synced = tokio::task::spawn_blocking(move || round.0.sync_upto(end)).await;
                 return synced.unwrap_or_else(|e| Err(std::io::Error::other(e)));
             }
             // Another waiter syncs: its round may cover these bytes.
@@ -224,6 +232,27 @@ mod tests {
         let more = write_lines(&mut file, &sync, 1);
         sync.wait(more[0]).unwrap();
         assert_eq!(sync.syncs(), 2);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_round_that_ends_without_syncing_wakes_its_waiters_to_sync_themselves() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut file = appending(dir.path());
+        let sync = Arc::new(GroupSync::new(&file, 0).unwrap());
+        let end = write_lines(&mut file, &sync, 1)[0];
+        // A round that is running, as far as the waiter can tell.
+        sync.syncing.store(true, Ordering::Release);
+        let waiter = tokio::spawn({
+            let sync = sync.clone();
+            async move { sync.wait_async(end).await }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(!waiter.is_finished(), "it waits for the running round");
+        assert_eq!(sync.syncs(), 0);
+        // The round is dropped unrun (a panic, a runtime shutting down).
+        drop(Round(sync.clone()));
+        waiter.await.unwrap().unwrap();
+        assert_eq!(sync.syncs(), 1, "the waiter ran the next round itself");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
