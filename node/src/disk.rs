@@ -122,10 +122,9 @@ impl GroupSync {
                 let synced = tokio::task::spawn_blocking(move || round.0.sync_upto(end)).await;
                 return synced.unwrap_or_else(|e| Err(std::io::Error::other(e)));
             }
-            // Another waiter syncs: its round may cover these bytes.
-            if rounds.changed().await.is_err() {
-                return self.wait(end);
-            }
+            // Another waiter syncs: its round may cover these bytes. (The
+            // sender lives in `self`, so waiting cannot fail.)
+            let _ = rounds.changed().await;
         }
     }
 
@@ -199,19 +198,22 @@ mod tests {
             .collect()
     }
 
-    fn appending(dir: &std::path::Path) -> std::fs::File {
-        std::fs::OpenOptions::new()
+    /// An empty record file to append to and its syncs (the folder lives
+    /// as long as the first).
+    fn fresh() -> (tempfile::TempDir, std::fs::File, Arc<GroupSync>) {
+        let dir = tempfile::tempdir().unwrap();
+        let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(dir.join("records.jsonl"))
-            .unwrap()
+            .open(dir.path().join("records.jsonl"))
+            .unwrap();
+        let sync = Arc::new(GroupSync::new(&file, 0).unwrap());
+        (dir, file, sync)
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn waiters_for_records_written_before_a_sync_share_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut file = appending(dir.path());
-        let sync = Arc::new(GroupSync::new(&file, 0).unwrap());
+        let (_dir, mut file, sync) = fresh();
         let ends = write_lines(&mut file, &sync, 200);
         let waiters: Vec<_> = ends
             .iter()
@@ -236,9 +238,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_round_that_ends_without_syncing_wakes_its_waiters_to_sync_themselves() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut file = appending(dir.path());
-        let sync = Arc::new(GroupSync::new(&file, 0).unwrap());
+        let (_dir, mut file, sync) = fresh();
         let end = write_lines(&mut file, &sync, 1)[0];
         // A round that is running, as far as the waiter can tell.
         sync.syncing.store(true, Ordering::Release);
@@ -257,9 +257,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_failed_sync_fails_every_waiter_after_the_last_good_one() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut file = appending(dir.path());
-        let sync = Arc::new(GroupSync::new(&file, 0).unwrap());
+        let (_dir, mut file, sync) = fresh();
         let first = write_lines(&mut file, &sync, 1)[0];
         sync.wait_async(first).await.unwrap();
         sync.fail_next_syncs(1);

@@ -219,8 +219,18 @@ impl SeenJobs {
             }
             Err(e) => {
                 let _ = inner.file.set_len(len);
-                let cut = inner.sync.failed().map_or(len, |(_, durable)| durable);
-                Err(self.failed_at(&e, Some(cut)))
+                // Until a write or a recovery succeeds, the node's storage
+                // check says why (readiness, heartbeats), as for the ledger
+                // and the job log. A failed sync says so by itself (see
+                // `trouble`).
+                *self.failed.lock().expect("seen jobs lock") = Some((
+                    format!(
+                        "cannot write its list of seen jobs {}: {e}",
+                        self.path.display()
+                    ),
+                    Some(len),
+                ));
+                Err(self.refused(&e))
             }
         }
     }
@@ -228,27 +238,13 @@ impl SeenJobs {
     /// Waits until a job's id ([`SeenJobs::record`]) is on disk: before
     /// anything about the job goes back, so a replay after a restart is
     /// refused. `unavailable`, naming the file, when the sync failed.
+    /// A failed sync is the list's trouble until [`SeenJobs::recover`].
     pub async fn durable(&self, recorded: Ticket) -> Result<()> {
-        let sync = recorded.sync();
-        recorded.wait_async().await.map_err(|e| {
-            let cut = sync.failed().map(|(_, durable)| durable);
-            self.failed_at(&e, cut)
-        })
+        recorded.wait_async().await.map_err(|e| self.refused(&e))
     }
 
-    /// Remembers a failed write or sync and what a recovery cuts the file
-    /// back to; the refusal to answer with.
-    fn failed_at(&self, e: &std::io::Error, cut: Option<u64>) -> Error {
-        // Until a write or a recovery succeeds, the node's storage check
-        // says why (readiness, heartbeats), as for the ledger and the job
-        // log.
-        *self.failed.lock().expect("seen jobs lock") = Some((
-            format!(
-                "cannot write its list of seen jobs {}: {e}",
-                self.path.display()
-            ),
-            cut,
-        ));
+    /// The refusal of a job whose id could not be written or synced.
+    fn refused(&self, e: &std::io::Error) -> Error {
         Error::unavailable(format!(
             "cannot record the job in {}: {e}; nothing was released, and the node takes no jobs until the hospital's IT frees space in its state folder or fixes the disk",
             self.path.display()

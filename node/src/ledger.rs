@@ -474,13 +474,8 @@ impl Ledger {
             // (group commit): the kept answer leaves only after it.
             let ticket = inner.records.ticket();
             drop(inner);
-            if let Some(Err(e)) = ticket.map(record::Ticket::wait) {
-                self.inner
-                    .lock()
-                    .expect("ledger lock")
-                    .records
-                    .failed(problem(&e));
-                return Err(refused(&e));
+            if let Some(ticket) = ticket {
+                ticket.wait().map_err(|e| refused(&e))?;
             }
             return Ok((balance, Some(kept)));
         }
@@ -517,16 +512,10 @@ impl Ledger {
         // The debit counts at once for every other job (a failed sync
         // only over-counts until the ledger is read again); the release it
         // pays for waits until it is on disk, sharing the sync with the
-        // debits written meanwhile.
+        // debits written meanwhile. A failed sync is the ledger's trouble
+        // until recovery ([`Writer::trouble`]).
         drop(inner);
-        if let Err(e) = written.durable() {
-            self.inner
-                .lock()
-                .expect("ledger lock")
-                .records
-                .failed(problem(&e));
-            return Err(refused(&e));
-        }
+        written.durable().map_err(|e| refused(&e))?;
         Ok((balance, None))
     }
 }

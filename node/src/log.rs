@@ -233,27 +233,13 @@ impl JobLog {
     /// [`JobLog::trouble`]) until an append succeeds; a failed sync until
     /// [`JobLog::recover`].
     pub fn append(&self, entry: &LogEntry) -> std::io::Result<()> {
-        let written = self.write(entry)?;
-        written.durable().map(drop).inspect_err(|e| {
-            self.inner
-                .lock()
-                .expect("log lock")
-                .records
-                .failed(e.to_string())
-        })
+        self.write(entry)?.durable().map(drop)
     }
 
     /// [`JobLog::append`] for async callers: the job's task awaits the
     /// sync without holding an async worker.
     pub async fn append_async(&self, entry: &LogEntry) -> std::io::Result<()> {
-        let written = self.write(entry)?;
-        written.durable_async().await.map(drop).inspect_err(|e| {
-            self.inner
-                .lock()
-                .expect("log lock")
-                .records
-                .failed(e.to_string())
-        })
+        self.write(entry)?.durable_async().await.map(drop)
     }
 
     /// Writes one entry without waiting for it to reach the disk: a job's

@@ -309,11 +309,6 @@ impl Ticket {
         Ticket { end, sync }
     }
 
-    /// The file's syncs, to ask why one failed after [`Ticket::wait`].
-    pub(crate) fn sync(&self) -> Arc<GroupSync> {
-        self.sync.clone()
-    }
-
     /// Returns once everything the ticket covers is on disk.
     pub fn wait(self) -> std::io::Result<()> {
         self.sync.wait(self.end)
@@ -490,7 +485,8 @@ impl Writer {
     /// a failure, in the words `problem` gives it, until a write succeeds.
     /// `None` when the file was opened read-only (nothing is written,
     /// nothing remembered). The caller waits for [`Written::durable`] after
-    /// letting go of its lock, and tells [`Writer::failed`] when that fails.
+    /// letting go of its lock; a failed sync is then this writer's trouble
+    /// until [`Writer::recover`], without being told.
     pub fn write(
         &mut self,
         object: &[u8],
@@ -501,8 +497,7 @@ impl Writer {
         Some(written)
     }
 
-    /// Remembers a write that failed without reaching the file, or whose
-    /// sync failed.
+    /// Remembers a write that failed without reaching the file.
     pub fn failed(&mut self, problem: String) {
         self.trouble = Some(problem);
     }
