@@ -9,6 +9,11 @@
 //! (`coordinator.audit_group_commit = false`: one commit per audit entry
 //! behind one lock, the path before group commit), then with it on, and
 //! the table shows both and their ratio.
+//!
+//! The coordinator runs on threads of its own, so the table splits each
+//! query's CPU between it and the rest of the process (the nodes and the
+//! researchers), and the last line says how many queries/s the coordinator
+//! alone could answer on this machine's cores.
 
 use std::time::{Duration, Instant};
 
@@ -33,8 +38,37 @@ pub struct ThroughputOptions {
     pub baseline: bool,
 }
 
-/// One level's figures and how many cores the network kept busy.
-type Level = (usize, Figures, Option<f64>);
+/// One level's figures and where its CPU went.
+type Level = (usize, Figures, Option<Cpu>);
+
+/// The threads of the coordinator: its own runtime's, and SQLite's worker
+/// threads (only the coordinator has a SQLite database in the sandbox).
+const COORDINATOR: &[&str] = &[sandbox::COORDINATOR_THREADS, "sqlx-sqlite-wor"];
+
+/// CPU time of one level: how many cores the network kept busy, and the
+/// milliseconds of CPU per answered query spent by the coordinator and by
+/// everything else in the process (twenty nodes and the researchers).
+#[derive(Debug, Clone, Copy)]
+struct Cpu {
+    busy: f64,
+    coordinator_ms: f64,
+    others_ms: f64,
+}
+
+impl Cpu {
+    /// Queries per second the coordinator could sustain on `cores` if
+    /// nothing else ran on them: an upper bound, hand-offs and contention
+    /// left out.
+    fn coordinator_ceiling(&self, cores: usize) -> f64 {
+        cores as f64 * 1000.0 / self.coordinator_ms
+    }
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
 
 fn ms(d: Duration) -> String {
     format!("{:.1}", d.as_secs_f64() * 1000.0)
@@ -56,6 +90,9 @@ pub async fn run(opts: ThroughputOptions) -> anyhow::Result<Vec<(usize, Figures)
     // whose heartbeat waits behind its jobs on a saturated machine drops
     // out of a fit; at 5 s only a real outage does.
     sb_opts.heartbeat_secs = 5;
+    // The coordinator on threads of its own, so that its CPU is told
+    // apart from the nodes' in the table.
+    sb_opts.coordinator_threads = Some(cores());
     let mut sb = Sandbox::prepare(sb_opts)
         .await
         .with_context(|| format!("cannot prepare a sandbox of {} nodes", opts.nodes))?;
@@ -121,8 +158,21 @@ pub async fn run(opts: ThroughputOptions) -> anyhow::Result<Vec<(usize, Figures)
     print_table(&results, baseline_levels.as_deref());
     println!(
         "the machine has {} cores; CPU cores busy below that while queries/s stop growing means the queries wait on something other than CPU",
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+        cores()
     );
+    if let Some((c, cpu)) = results
+        .iter()
+        .filter_map(|(c, _, cpu)| cpu.map(|cpu| (c, cpu)))
+        .min_by(|a, b| a.1.coordinator_ms.total_cmp(&b.1.coordinator_ms))
+    {
+        println!(
+            "the coordinator (its threads and SQLite's) spent {:.1} ms of CPU per query at {c} in flight: alone on these {} cores it could answer at most about {:.0} queries/s; the nodes and researchers sharing them spent {:.1} ms",
+            cpu.coordinator_ms,
+            cores(),
+            cpu.coordinator_ceiling(cores()),
+            cpu.others_ms
+        );
+    }
     sb.shutdown().await?;
     Ok(results.into_iter().map(|(c, f, _)| (c, f)).collect())
 }
@@ -137,7 +187,7 @@ async fn levels_run(
 ) -> anyhow::Result<Vec<Level>> {
     let mut results = Vec::new();
     for &c in levels {
-        let cpu_before = load::process_cpu_time();
+        let before = load::process_cpu_time().zip(load::threads_cpu_time(COORDINATOR));
         let (figures, error) =
             load::closed_loop(alice, study, queries, c, Duration::from_secs(seconds)).await;
         if let Some(e) = error {
@@ -146,9 +196,7 @@ async fn levels_run(
                 figures.failed
             );
         }
-        let cpu = load::process_cpu_time()
-            .zip(cpu_before)
-            .map(|(after, before)| after.saturating_sub(before));
+        let after = load::process_cpu_time().zip(load::threads_cpu_time(COORDINATOR));
         println!(
             "concurrency {c}: {} queries in {:.1} s",
             figures.completed(),
@@ -156,8 +204,17 @@ async fn levels_run(
         );
         // CPU seconds per wall second: how many cores the whole network
         // (coordinator, nodes, researchers, all in this process) kept busy.
-        let busy = cpu.map(|cpu| cpu.as_secs_f64() / figures.elapsed.as_secs_f64());
-        results.push((c, figures, busy));
+        let cpu = before.zip(after).map(|((all0, co0), (all1, co1))| {
+            let all = all1.saturating_sub(all0).as_secs_f64() * 1000.0;
+            let coordinator = co1.saturating_sub(co0).as_secs_f64() * 1000.0;
+            let n = figures.completed().max(1) as f64;
+            Cpu {
+                busy: all / 1000.0 / figures.elapsed.as_secs_f64(),
+                coordinator_ms: coordinator / n,
+                others_ms: (all - coordinator).max(0.0) / n,
+            }
+        });
+        results.push((c, figures, cpu));
     }
     Ok(results)
 }
@@ -180,6 +237,8 @@ fn print_table(results: &[Level], baseline: Option<&[Level]>) {
         "p50 ms",
         "p99 ms",
         "CPU cores busy",
+        "coordinator CPU ms/query",
+        "nodes+researchers CPU ms/query",
     ];
     if baseline.is_some() {
         header.extend([
@@ -198,9 +257,15 @@ fn print_table(results: &[Level], baseline: Option<&[Level]>) {
             format!("{:.2}", f.per_second() / one),
             ms(f.percentile(0.5)),
             ms(f.percentile(0.99)),
-            busy.map(|b| format!("{b:.2}"))
-                .unwrap_or_else(|| "-".into()),
         ];
+        row.extend(match busy {
+            Some(cpu) => [
+                format!("{:.2}", cpu.busy),
+                format!("{:.1}", cpu.coordinator_ms),
+                format!("{:.1}", cpu.others_ms),
+            ],
+            None => ["-".into(), "-".into(), "-".into()],
+        });
         if let Some(base) = baseline {
             match base.iter().find(|(bc, _, _)| bc == c) {
                 Some((_, b, _)) => row.extend([

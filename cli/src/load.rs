@@ -104,12 +104,36 @@ pub fn percentile(samples: &[Duration], p: f64) -> Duration {
 /// Beside wall time it tells a slow machine from a slow program: on a
 /// machine shared with other work, wall time alone says little.
 pub fn process_cpu_time() -> Option<Duration> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    // Fields after the command name, which is in parentheses and may hold spaces.
+    stat_cpu_time(&std::fs::read_to_string("/proc/self/stat").ok()?).map(|(_, t)| t)
+}
+
+/// CPU time used so far by this process's threads whose name starts with
+/// one of `prefixes` (`None` where there is no /proc). Only threads alive
+/// now count: keep the threads measured alive across the measurement.
+pub fn threads_cpu_time(prefixes: &[&str]) -> Option<Duration> {
+    let mut total = Duration::ZERO;
+    for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            continue; // the thread ended meanwhile
+        };
+        if let Some((name, t)) = stat_cpu_time(&stat) {
+            if prefixes.iter().any(|p| name.starts_with(p)) {
+                total += t;
+            }
+        }
+    }
+    Some(total)
+}
+
+/// The command name and user + system time of a /proc `stat` line, at
+/// Linux's usual 100 ticks a second.
+fn stat_cpu_time(stat: &str) -> Option<(&str, Duration)> {
+    // The command name is in parentheses and may hold spaces.
+    let name = &stat[stat.find('(')? + 1..stat.rfind(')')?];
     let rest = &stat[stat.rfind(')')? + 2..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
     let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    Some(Duration::from_millis(ticks * 10))
+    Some((name, Duration::from_millis(ticks * 10)))
 }
 
 /// `concurrency` researchers each submit a query, wait for its answer and
@@ -189,7 +213,30 @@ mod tests {
             let spin: u64 = (0..2_000_000u64).map(|i| i ^ (i >> 3)).sum();
             assert!(spin > 0);
             assert!(process_cpu_time().is_some());
+            let own = std::thread::current()
+                .name()
+                .map(|n| n.chars().take(15).collect::<String>());
+            // The test thread's name is its test's: it counts itself, not
+            // threads of other names.
+            if let Some(own) = own {
+                let mine = threads_cpu_time(&[&own]).unwrap();
+                assert!(mine <= process_cpu_time().unwrap());
+            }
+            assert_eq!(
+                threads_cpu_time(&["no thread is named this"]),
+                Some(Duration::ZERO)
+            );
         }
+    }
+
+    #[test]
+    fn a_stat_line_gives_the_thread_name_and_its_cpu_time() {
+        let line = "4242 (plexus coord) S 1 2 3 4 5 6 7 8 9 10 150 50 0 0 20 0 1";
+        assert_eq!(
+            stat_cpu_time(line),
+            Some(("plexus coord", Duration::from_millis(2000)))
+        );
+        assert_eq!(stat_cpu_time("4242 no parentheses"), None);
     }
 
     #[test]

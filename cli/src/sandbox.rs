@@ -48,7 +48,16 @@ pub struct SandboxOptions {
     /// The coordinator's database: its own SQLite file in the sandbox
     /// folder when absent, else this URL (e.g. a PostgreSQL database).
     pub database_url: Option<String>,
+    /// Run the coordinator on a runtime of its own with this many worker
+    /// threads, all named [`COORDINATOR_THREADS`], so that a benchmark can
+    /// tell the coordinator's CPU from the nodes' sharing its process. By
+    /// default everything runs on the caller's runtime.
+    pub coordinator_threads: Option<usize>,
 }
+
+/// The name of the coordinator's threads (workers and blocking pool) when
+/// [`SandboxOptions::coordinator_threads`] gives it a runtime of its own.
+pub const COORDINATOR_THREADS: &str = "plexus-coord";
 
 impl SandboxOptions {
     pub fn new(patients_per_site: usize, seed: u64) -> Self {
@@ -76,6 +85,7 @@ impl SandboxOptions {
             keep_rows: true,
             metrics: false,
             database_url: None,
+            coordinator_threads: None,
         }
     }
 }
@@ -99,6 +109,37 @@ struct Running {
     task: JoinHandle<anyhow::Result<()>>,
 }
 
+/// The coordinator's own runtime ([`SandboxOptions::coordinator_threads`]).
+/// A runtime may not be dropped on an async worker, so it is let go in the
+/// background.
+struct OwnRuntime(Option<tokio::runtime::Runtime>);
+
+impl OwnRuntime {
+    fn new(workers: usize) -> std::io::Result<Self> {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers.max(1))
+            .thread_name(COORDINATOR_THREADS)
+            // Blocking threads that come and go would take their CPU time
+            // out of /proc with them.
+            .thread_keep_alive(Duration::from_secs(3600))
+            .enable_all()
+            .build()
+            .map(|rt| OwnRuntime(Some(rt)))
+    }
+
+    fn handle(&self) -> Option<&tokio::runtime::Handle> {
+        self.0.as_ref().map(|rt| rt.handle())
+    }
+}
+
+impl Drop for OwnRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
 impl Running {
     async fn stop(self) -> anyhow::Result<()> {
         self.token.cancel();
@@ -117,6 +158,7 @@ pub struct Sandbox {
     pub node_configs: BTreeMap<String, NodeConfig>,
     pub sites: Vec<Site>,
     coordinator: Option<Running>,
+    coordinator_runtime: Option<OwnRuntime>,
     /// More coordinators' URLs (active/standby on one PostgreSQL database),
     /// started by the test itself: nodes and clients try them after ours.
     other_coordinators: Vec<String>,
@@ -300,6 +342,11 @@ impl Sandbox {
             node_configs,
             sites,
             coordinator: None,
+            coordinator_runtime: opts
+                .coordinator_threads
+                .map(OwnRuntime::new)
+                .transpose()
+                .context("cannot start the coordinator's runtime")?,
             other_coordinators: Vec::new(),
             nodes: BTreeMap::new(),
             node_options: BTreeMap::new(),
@@ -328,8 +375,21 @@ impl Sandbox {
         let token = CancellationToken::new();
         let config = self.coordinator_config.clone();
         let t = token.clone();
-        let task =
-            tokio::spawn(async move { Ok(plexus_coordinator::run(config, listener, t).await?) });
+        // The coordinator may run on a runtime of its own, which takes the
+        // listener over as a std socket.
+        let listener = listener.into_std()?;
+        let run = async move {
+            let listener = tokio::net::TcpListener::from_std(listener)?;
+            Ok(plexus_coordinator::run(config, listener, t).await?)
+        };
+        let task = match self
+            .coordinator_runtime
+            .as_ref()
+            .and_then(OwnRuntime::handle)
+        {
+            Some(rt) => rt.spawn(run),
+            None => tokio::spawn(run),
+        };
         self.coordinator = Some(Running { token, task });
         Ok(())
     }
