@@ -279,7 +279,11 @@ impl Store {
             // A checkpoint truncates the WAL back to this size (64 MiB):
             // a WAL that grew while the volume was full gives the space
             // back instead of holding it.
-            .pragma("journal_size_limit", "67108864");
+            .pragma("journal_size_limit", "67108864")
+            // Statement journals (an upsert of many rows inside a batch
+            // opens one) and sorts stay in memory: on disk each was a new
+            // file in /var/tmp, written page by page and unlinked.
+            .pragma("temp_store", "memory");
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(opts.clone())
@@ -295,7 +299,17 @@ impl Store {
                     .max_connections(1)
                     // Writers wait in this queue under load, not in SQLite.
                     .acquire_timeout(std::time::Duration::from_secs(120))
-                    .connect_with(opts.synchronous(SqliteSynchronous::Normal))
+                    .connect_with(
+                        opts.synchronous(SqliteSynchronous::Normal)
+                            // The writer rewrites the same pages batch after
+                            // batch: 32 MiB keeps them in memory instead of
+                            // reading them back (SQLite's default is 2 MiB).
+                            .pragma("cache_size", "-32768")
+                            // Move the WAL into the database every 10,000
+                            // pages (40 MiB) rather than every 1,000: a page
+                            // rewritten by many commits is copied once.
+                            .pragma("wal_autocheckpoint", "10000"),
+                    )
                     .await
                     .map_err(named)?,
             )

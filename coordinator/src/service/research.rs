@@ -123,7 +123,9 @@ impl Research for ResearchService {
         if let Err(e) = self.precheck(&study, &query).await? {
             return Err(self.refuse(&who.name, &study.id, e).await);
         }
-        let id = uuid::Uuid::new_v4().to_string();
+        // Time-ordered (UUIDv7), so that stored queries and their jobs
+        // are appended to the end of their indexes.
+        let id = uuid::Uuid::now_v7().to_string();
         let stored = StoredQuery {
             id: id.clone(),
             study_id: study.id.clone(),
