@@ -365,7 +365,10 @@ async fn main() {
         .init();
     if let Err(e) = run(cli).await {
         // Messages may quote what a coordinator, a node or a file held.
-        eprintln!("error: {}", plexus::output::safe_text(&format!("{e:#}")));
+        eprintln!(
+            "error: {}",
+            plexus::output::safe_text(&plexus_ops::error_text(e.as_ref()))
+        );
         std::process::exit(1);
     }
 }

@@ -43,8 +43,15 @@ enum Command {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+async fn main() {
+    if let Err(e) = run(Args::parse()).await {
+        // One line, each cause once, no backtrace: for the operator.
+        eprintln!("error: {}", plexus_ops::error_text(e.as_ref()));
+        std::process::exit(1);
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
     plexus_ops::logging::init(if args.json_logs {
         plexus_ops::LogFormat::Json
     } else {
@@ -77,7 +84,7 @@ async fn audit_repair(
     config: &plexus_coordinator::CoordinatorConfig,
     reason: &str,
 ) -> anyhow::Result<()> {
-    let by = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+    let by = plexus_ops::local_user();
     let r = plexus_coordinator::audit_repair::repair(config, &by, reason).await?;
     println!(
         "recorded the break as audit entry {}: {}\nold checkpoint: {}\nnew checkpoint: {} entries, root {}{}\nthe coordinator starts again; nodes that witnessed the old log refuse jobs until their operators run `plexus-node witness reset`",

@@ -110,7 +110,8 @@ enum Output {
 fn main() {
     let args = Args::parse();
     if let Err(e) = dispatch(args) {
-        eprintln!("error: {e:#}");
+        // One line, each cause once, no backtrace: for the operator.
+        eprintln!("error: {}", plexus_ops::error_text(e.as_ref()));
         std::process::exit(1);
     }
 }

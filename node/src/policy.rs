@@ -219,11 +219,7 @@ pub fn approve(
 }
 
 /// The local account running a command, for the records of who decided.
-pub fn local_user() -> String {
-    std::env::var("USER")
-        .or_else(|_| std::env::var("USERNAME"))
-        .unwrap_or_else(|_| "unknown".into())
-}
+pub use plexus_ops::local_user;
 
 #[cfg(test)]
 mod tests {

@@ -1,16 +1,21 @@
 //! What operators see of a running daemon, shared by the coordinator and
 //! the node: the Prometheus `/metrics` page, `/healthz` and `/readyz`, and
-//! the log format (text or JSON lines).
+//! the log format (text or JSON lines), how a command's error is printed,
+//! and who is running a command.
 //!
 //! A crate of its own because both daemons need exactly the same HTTP
 //! surface and log set-up, neither daemon may depend on the other, and
 //! `plexus-core` stays free of networking.
 #![forbid(unsafe_code)]
 
+pub mod account;
+pub mod errors;
 pub mod http;
 pub mod logging;
 pub mod readiness;
 
+pub use account::local_user;
+pub use errors::error_text;
 pub use http::{bind, serve, Endpoint};
 pub use logging::{LogFormat, LOG_FORMAT_ENV};
 pub use prometheus_client;

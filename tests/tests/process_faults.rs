@@ -418,3 +418,85 @@ async fn a_node_whose_disk_is_full_refuses_jobs_then_recovers_without_losing_a_d
     let charged: f64 = log.charged().iter().map(|c| c.rho).sum();
     assert!(spent >= charged - 1e-9, "{spent} vs {charged}");
 }
+
+/// Every line `text` holds that starts with "error:".
+fn error_lines(text: &str) -> Vec<&str> {
+    text.lines().filter(|l| l.starts_with("error:")).collect()
+}
+
+/// A start-up error as an operator sees it: one `error:` line whose parts
+/// ("what: why: why") each appear once, no backtrace even with
+/// RUST_BACKTRACE=1, no "Caused by" list, no colour codes in a log written
+/// to a file.
+fn said_once(who: &str, output: &str, expect: &str) {
+    let lines = error_lines(output);
+    assert_eq!(lines.len(), 1, "{who}: one error line, got:\n{output}");
+    let line = lines[0];
+    assert!(line.contains(expect), "{who}: {line}");
+    let parts: Vec<&str> = line.trim_start_matches("error: ").split(": ").collect();
+    for (i, p) in parts.iter().enumerate() {
+        assert!(
+            !parts[i + 1..]
+                .iter()
+                .any(|q| q.contains(p) || p.contains(q)),
+            "{who}: \"{p}\" said twice in: {line}"
+        );
+    }
+    for noise in ["backtrace", "Caused by", "\u{1b}["] {
+        assert!(!output.contains(noise), "{who}: {noise:?} in:\n{output}");
+    }
+}
+
+/// Runs a unit's command with RUST_BACKTRACE=1, expects it to exit with
+/// an error within a minute, and returns what it printed.
+async fn fails_at_start(u: &plexus_tests::processes::Unit) -> String {
+    let run = tokio::process::Command::new(&u.exec_start[0])
+        .args(&u.exec_start[1..])
+        .envs(u.environment.iter().map(|(k, v)| (k, v)))
+        .env("RUST_BACKTRACE", "1")
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .unwrap_or_else(|_| panic!("{:?} still runs after a minute", u.exec_start))
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !out.status.success(),
+        "{:?} succeeded:\n{text}",
+        u.exec_start
+    );
+    text
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_up_error_is_said_once_without_a_backtrace() {
+    let install = Install::new(InstallOptions::fast()).await.unwrap();
+
+    // The coordinator's port is taken (the example: with
+    // RUST_BACKTRACE=1 it printed a 30-frame backtrace).
+    let _taken = std::net::TcpListener::bind(install.listen).unwrap();
+    let u = install
+        .unit_command("plexus-coordinator.service", None)
+        .unwrap();
+    let text = fails_at_start(&u).await;
+    said_once("coordinator", &text, "cannot listen on");
+
+    // A node whose data file is gone.
+    let id = &install.nodes[0];
+    let data = install.path(&format!("/srv/plexus/{id}"));
+    for f in std::fs::read_dir(&data).unwrap().flatten() {
+        if f.file_name().to_string_lossy().starts_with("patients.") {
+            std::fs::remove_file(f.path()).unwrap();
+        }
+    }
+    let u = install
+        .unit_command("plexus-node@.service", Some(id))
+        .unwrap();
+    let text = fails_at_start(&u).await;
+    said_once(id, &text, "patients.");
+}
