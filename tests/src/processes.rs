@@ -757,6 +757,15 @@ fn write_config(
     Ok(())
 }
 
+/// All a finished process printed: its stdout, then its stderr.
+pub fn printed(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
 /// Runs `program args`, returning stdout, or its stderr as the error.
 pub async fn run(program: &Path, args: &[&str]) -> Result<String> {
     let out = tokio::process::Command::new(program)

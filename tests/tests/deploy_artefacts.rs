@@ -164,11 +164,7 @@ fn units_pass_systemd_analyze_verify() {
         .args(&units)
         .output()
         .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = processes::printed(&out);
     assert!(
         out.status.success(),
         "systemd-analyze verify failed:\n{text}"
@@ -214,11 +210,7 @@ fn check_script_passes_and_rendered_configs_parse() {
         .arg(out_dir.path())
         .output()
         .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = processes::printed(&out);
     if out.status.code() == Some(77) {
         skip("deploy/check.sh", text.trim());
         return;

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use plexus_core::pool::{NodeStatus, PooledResult, PooledValue};
-use plexus_tests::processes::{Install, InstallOptions, Tmpfs};
+use plexus_tests::processes::{self, Install, InstallOptions, Tmpfs};
 
 fn count(v: &PooledValue) -> u64 {
     match v {
@@ -460,11 +460,7 @@ async fn fails_at_start(u: &plexus_tests::processes::Unit) -> String {
         .await
         .unwrap_or_else(|_| panic!("{:?} still runs after a minute", u.exec_start))
         .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = processes::printed(&out);
     assert!(
         !out.status.success(),
         "{:?} succeeded:\n{text}",
