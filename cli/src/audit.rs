@@ -63,7 +63,10 @@ pub async fn stream_log(
         .into_inner();
     let mut n = 0;
     while let Some(event) = stream.message().await.map_err(status)? {
-        f(event.into())?;
+        let seq = event.seq;
+        f(event
+            .try_into()
+            .with_context(|| format!("entry {seq} of the coordinator's log"))?)?;
         n += 1;
     }
     Ok(n)
@@ -228,7 +231,8 @@ pub async fn prove(client: &Client, key: &[u8], seq: u64) -> anyhow::Result<Incl
     let entry: AuditEntry = r
         .event
         .ok_or_else(|| anyhow!("the coordinator sent no entry"))?
-        .into();
+        .try_into()
+        .with_context(|| format!("entry {seq} the coordinator sent"))?;
     if entry.seq as u64 != seq {
         bail!(
             "asked for entry {seq}, the coordinator sent entry {}",
@@ -422,7 +426,7 @@ pub async fn reconcile(
             if e.outcome == "sent" {
                 sent.insert(e.job_id);
             } else {
-                ended.insert(e.job_id, e.outcome);
+                ended.insert(e.job_id, e.outcome.to_string());
             }
         }
         Ok(())
@@ -695,10 +699,10 @@ pub async fn cmd_prove(
         "entry {}: {} {} ({}) {} {} at {}",
         e.seq,
         safe(&e.who),
-        safe(&e.action),
-        safe(&e.role),
+        e.action,
+        e.role,
         safe(&e.study_id),
-        safe(&e.outcome),
+        e.outcome,
         time(e.at)
     );
     println!("leaf {} at index {}", r.leaf, r.index);

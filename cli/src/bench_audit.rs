@@ -11,7 +11,7 @@ use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
 
 use plexus_coordinator::audit_log::AuditLog;
 use plexus_coordinator::store::Store;
-use plexus_core::audit::AuditEntry;
+use plexus_core::audit::{Action, AuditEntry, Outcome, Role};
 use plexus_core::merkle::{leaf_of, verify_log};
 
 use crate::sandbox::{self, Sandbox, SandboxOptions};
@@ -31,25 +31,21 @@ const VERIFY_TARGET: Duration = Duration::from_secs(10);
 /// A job entry as the coordinator writes them, with realistic field sizes.
 fn entry(i: u64) -> AuditEntry {
     let hex = |x: u64| format!("{:016x}{:016x}", x.wrapping_mul(0x9e37_79b9_7f4a_7c15), x);
+    let outcome = if i.is_multiple_of(2) {
+        Outcome::Sent
+    } else {
+        Outcome::Answered
+    };
     AuditEntry {
-        who: "coordinator".into(),
-        role: "coordinator".into(),
-        action: "job".into(),
         study_id: "aaa-outcomes".into(),
         purpose: "research".into(),
         query_id: hex(i / 3),
         job_id: hex(i),
         node_id: format!("hospital-{}", (b'a' + (i % 3) as u8) as char),
         query_hash: hex(i / 3).repeat(2),
-        outcome: if i.is_multiple_of(2) {
-            "sent"
-        } else {
-            "answered"
-        }
-        .into(),
         privacy_cost: Some(0.01),
         privacy_remaining: Some(0.5),
-        ..Default::default()
+        ..AuditEntry::new("coordinator", Role::Coordinator, Action::Job, outcome)
     }
 }
 

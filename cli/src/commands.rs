@@ -378,11 +378,11 @@ pub fn audit_table(events: &[AuditEntry]) -> String {
             e.seq.to_string(),
             time_text(e.at),
             output::safe(&e.who),
-            output::safe(&e.role),
-            output::safe(&e.action),
+            e.role.to_string(),
+            e.action.to_string(),
             output::safe(&e.study_id),
             output::safe(&node),
-            output::safe(&e.outcome),
+            e.outcome.to_string(),
             e.privacy_cost
                 .map(|c| format!("{c:.4}"))
                 .unwrap_or_default(),
@@ -480,8 +480,9 @@ pub async fn audit_log(
         .into_inner()
         .events
         .into_iter()
-        .map(AuditEntry::from)
-        .collect();
+        .map(AuditEntry::try_from)
+        .collect::<Result<_, _>>()
+        .context("the coordinator's audit log")?;
     let text = audit_text(&events, format)?;
     match format {
         // CSV ends its last record with a line break already.
@@ -534,6 +535,8 @@ fn bound(b: &plexus_core::dictionary::Bound) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use plexus_core::audit::{Action, Outcome, Role};
+    use plexus_core::ErrorCode;
 
     /// An entry as an old log (before text was checked) or a hostile
     /// node could have left it.
@@ -541,16 +544,17 @@ mod tests {
         AuditEntry {
             seq: 3,
             at: 1_790_000_000_000,
-            who: "=cmd|' /C calc'!A0".into(),
-            role: "researcher".into(),
-            action: "query.submit".into(),
             study_id: "aaa\u{1b}[2J".into(),
             purpose: "@SUM(A1:A9)".into(),
             nodes: vec!["-2+3".into(), "hospital-a".into()],
-            outcome: "refused:invalid".into(),
             detail: "ok\n2026-01-01 admin study.register ok \u{202E}gpj.exe".into(),
             privacy_cost: Some(0.01),
-            ..Default::default()
+            ..AuditEntry::new(
+                "=cmd|' /C calc'!A0",
+                Role::Researcher,
+                Action::QuerySubmit,
+                Outcome::Refused(Some(ErrorCode::Invalid)),
+            )
         }
     }
 

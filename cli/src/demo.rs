@@ -213,8 +213,8 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
         .take(8)
         .rev()
         .cloned()
-        .map(Into::into)
-        .collect();
+        .map(TryInto::try_into)
+        .collect::<Result<_, _>>()?;
     println!("{}", crate::commands::audit_table(&tail));
     println!("({} entries in all)", events.len());
 

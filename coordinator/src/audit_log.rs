@@ -22,6 +22,7 @@ use tokio::sync::{mpsc, oneshot, Mutex};
 use tracing::{error, info, warn};
 
 use plexus_core::audit::AuditEntry;
+use plexus_core::audit::{Action, Outcome, Role};
 use plexus_core::merkle::{Checkpoint, MerkleLog};
 use plexus_core::Error;
 
@@ -122,9 +123,7 @@ fn describe(e: &AuditEntry) -> String {
     } else if !e.query_id.is_empty() {
         s.push_str(&format!(", query {}", e.query_id));
     }
-    if !e.outcome.is_empty() {
-        s.push_str(&format!(", outcome {}", e.outcome));
-    }
+    s.push_str(&format!(", outcome {}", e.outcome));
     s
 }
 
@@ -258,12 +257,13 @@ fn missing_entry(seq: i64) -> AuditEntry {
     AuditEntry {
         seq,
         at: 0,
-        who: String::new(),
-        role: "coordinator".into(),
-        action: "audit.missing".into(),
-        outcome: "missing".into(),
         detail: format!("entry {seq} was deleted from the stored log; written by audit-repair"),
-        ..Default::default()
+        ..AuditEntry::new(
+            String::new(),
+            Role::Coordinator,
+            Action::AuditMissing,
+            Outcome::Missing,
+        )
     }
 }
 
@@ -401,10 +401,6 @@ impl AuditLog {
         let entry = AuditEntry {
             seq: tree.len() as i64 + 1,
             at: now_ms(),
-            who: by.to_string(),
-            role: "admin".into(),
-            action: "audit.repair".into(),
-            outcome: "ok".into(),
             detail: format!(
                 "the stored log ({} entries, root {}) did not extend the checkpoint of {} entries (root {}, signed at {}): {why}{}; reason: {reason}",
                 head.size,
@@ -418,7 +414,7 @@ impl AuditLog {
                     format!("; deleted entries written back as audit.missing: {filled:?}")
                 },
             ),
-            ..Default::default()
+            ..AuditEntry::new(by.to_string(), Role::Admin, Action::AuditRepair, Outcome::Ok)
         };
         store.append_audit(&entry).await?;
         tree.push(entry.leaf());
@@ -878,11 +874,12 @@ mod tests {
 
     fn entry(i: usize) -> AuditEntry {
         AuditEntry {
-            who: format!("researcher-{i}"),
-            role: "researcher".into(),
-            action: "query.submit".into(),
-            outcome: "accepted".into(),
-            ..Default::default()
+            ..AuditEntry::new(
+                format!("researcher-{i}"),
+                Role::Researcher,
+                Action::QuerySubmit,
+                Outcome::Accepted,
+            )
         }
     }
 

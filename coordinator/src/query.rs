@@ -25,6 +25,8 @@ use plexus_core::secagg::{self, SignedBundle, Summed};
 use plexus_core::{Analysis, Error, ErrorCode, NodeStats, Query, StudyDefinition};
 use plexus_proto::v1 as pb;
 
+use plexus_core::audit::{Action, Outcome, Role};
+
 use crate::state::State;
 use crate::store::{now_ms, AuditEntry, JobRow};
 
@@ -111,22 +113,18 @@ pub async fn run(
             // the nodes managed is not a complete answer.
             outcome = Err(Error::unavailable(crate::server::SHUT_DOWN_MID_QUERY));
         }
-        let (mut outcome_str, detail) = match &outcome {
-            Ok(_) => ("ok".to_string(), String::new()),
-            Err(e) => (format!("failed:{}", e.code), e.message.clone()),
+        let (mut audited, detail) = match &outcome {
+            Ok(_) => (Outcome::Ok, String::new()),
+            Err(e) => (Outcome::Failed(e.code), e.message.clone()),
         };
         let mut entry = AuditEntry {
-            who: researcher,
-            role: "researcher".into(),
-            action: "query.result".into(),
             study_id: study.id.clone(),
             purpose: study.purpose().map(|p| p.to_string()).unwrap_or_default(),
             query_id: query_id.clone(),
             query_hash: query.hash(),
             nodes: study.nodes.clone(),
-            outcome: outcome_str.clone(),
             detail,
-            ..Default::default()
+            ..AuditEntry::new(researcher, Role::Researcher, Action::QueryResult, audited)
         };
         // What left the network: size, suppression and privacy cost, never a value.
         if let Some(pooled) = outcome
@@ -158,7 +156,7 @@ pub async fn run(
                         e.message
                     ),
                 ));
-                outcome_str = format!("failed:{}", e.code);
+                audited = Outcome::Failed(e.code);
             }
         }
         let stored = match &outcome {
@@ -170,9 +168,9 @@ pub async fn run(
             // failed (its result entry is already in the log).
             warn!(error = %e, "could not store the query outcome");
         }
-        info!(outcome = %outcome_str, "query finished");
+        info!(outcome = %audited, "query finished");
         let analysis = query.analysis.kind().as_str();
-        state.metrics.query(analysis, &outcome_str);
+        state.metrics.query(analysis, &audited.to_string());
         state
             .metrics
             .query_seconds
@@ -840,10 +838,7 @@ async fn ask(
 ) -> Answer {
     let job = crate::witness::attach(state, node, job).await;
     let job_id = job.job_id.clone();
-    let audit = |outcome: &str, detail: String| AuditEntry {
-        who: state.config.coordinator.id.clone(),
-        role: "coordinator".into(),
-        action: "job".into(),
+    let audit = |outcome: Outcome, detail: String| AuditEntry {
         study_id: job.study_id.clone(),
         query_id: query_id.to_string(),
         job_id: job_id.clone(),
@@ -855,9 +850,13 @@ async fn ask(
             .and_then(|p| plexus_core::Purpose::try_from(p).ok())
             .map(|p| p.to_string())
             .unwrap_or_default(),
-        outcome: outcome.to_string(),
         detail,
-        ..Default::default()
+        ..AuditEntry::new(
+            state.config.coordinator.id.clone(),
+            Role::Coordinator,
+            Action::Job,
+            outcome,
+        )
     };
     let missing = |detail: &str| {
         Answer::Other(
@@ -877,7 +876,7 @@ async fn ask(
     if !state.registry.is_live(node) {
         state.metrics.job(node, "skipped", None);
         state
-            .audit(audit("skipped", "node not connected".into()))
+            .audit(audit(Outcome::Skipped, "node not connected".into()))
             .await;
         return missing("not connected");
     }
@@ -889,7 +888,7 @@ async fn ask(
     let row = JobRow::sent(&job_id, query_id, node);
     match state
         .audit_log
-        .append_with_job(audit("sent", String::new()), row)
+        .append_with_job(audit(Outcome::Sent, String::new()), row)
         .await
     {
         Ok(seq) => {
@@ -928,7 +927,7 @@ async fn ask(
             // Its `sent` entry is written: this says the job never went
             // down the node's stream (reconcile expects no trace of it at
             // the node).
-            state.audit(audit("unsent", e.clone())).await;
+            state.audit(audit(Outcome::Unsent, e.clone())).await;
             return missing(&e);
         }
     };
@@ -961,26 +960,31 @@ async fn ask(
             detail: Some(format!("answer refused by the coordinator: {}", e.message)),
             code: Some(e.code),
         };
-        (Answer::Other(outcome, None), "invalid", None, Some(e))
+        (
+            Answer::Other(outcome, None),
+            Outcome::Invalid,
+            None,
+            Some(e),
+        )
     };
-    let (answer, status, stats_json, err): (Answer, &str, Option<String>, Option<Error>) =
+    let (answer, status, stats_json, err): (Answer, Outcome, Option<String>, Option<Error>) =
         match reply {
             Err(_) => {
                 state.registry.abandon(&job_id);
                 (
                     missing("no answer before the deadline"),
-                    "missing",
+                    Outcome::Missing,
                     None,
                     None,
                 )
             }
             Ok(Err(_)) => (
                 missing("node disconnected during the job"),
-                "missing",
+                Outcome::Missing,
                 None,
                 None,
             ),
-            Ok(Ok(Err(detail))) => (missing(&detail), "missing", None, None),
+            Ok(Ok(Err(detail))) => (missing(&detail), Outcome::Missing, None, None),
             Ok(Ok(Ok((pb::job_result::Outcome::Error(e), receipt)))) => {
                 let e: Error = e.into();
                 // A refusal decided on a noised release carries what it
@@ -997,7 +1001,12 @@ async fn ask(
                     detail: Some(format!("{}: {}", e.code, e.message)),
                     code: Some(e.code),
                 };
-                (Answer::Other(outcome, receipt), "refused", None, Some(e))
+                (
+                    Answer::Other(outcome, receipt),
+                    Outcome::Refused(None),
+                    None,
+                    Some(e),
+                )
             }
             Ok(Ok(Ok((
                 outcome @ (pb::job_result::Outcome::Keys(_)
@@ -1006,7 +1015,7 @@ async fn ask(
                 | pb::job_result::Outcome::Unmasked(_)),
                 receipt,
             )))) => match secure_answer(&job, outcome, receipt, query, &state.dictionary) {
-                Ok((answer, stored)) => (answer, "answered", Some(stored), None),
+                Ok((answer, stored)) => (answer, Outcome::Answered, Some(stored), None),
                 Err(e) => invalid(e),
             },
             Ok(Ok(Ok((pb::job_result::Outcome::Stats(_), _))))
@@ -1034,15 +1043,17 @@ async fn ask(
                 match checked {
                     Ok((s, receipt)) => {
                         let json = serde_json::to_string(&s).ok();
-                        (Answer::Stats(s, receipt), "answered", json, None)
+                        (Answer::Stats(s, receipt), Outcome::Answered, json, None)
                     }
                     Err(e) => invalid(e),
                 }
             }
         };
-    state
-        .metrics
-        .job(node, status, Some(started.elapsed().as_secs_f64()));
+    state.metrics.job(
+        node,
+        &status.to_string(),
+        Some(started.elapsed().as_secs_f64()),
+    );
     let detail = err.as_ref().map(|e| e.message.clone()).unwrap_or_default();
     let (audited_status, detail) = reviewed(status, detail, node, review.as_ref());
     let mut entry = audit(audited_status, detail);
@@ -1060,7 +1071,7 @@ async fn ask(
     let receipt = answer.receipt();
     let row = JobRow::finished(
         (&job_id, query_id, node),
-        status,
+        &status.to_string(),
         stats_json,
         err.as_ref(),
         signed.clone(),
@@ -1148,22 +1159,22 @@ async fn record_failed_charge(
 /// The audit outcome of a job whose result the node held for its data
 /// steward: says who decided what, on top of what the coordinator made of
 /// the answer.
-fn reviewed<'a>(
-    status: &'a str,
+fn reviewed(
+    status: Outcome,
     detail: String,
     node: &str,
     review: Option<&pb::Review>,
-) -> (&'a str, String) {
+) -> (Outcome, String) {
     let Some(r) = review else {
         return (status, detail);
     };
     match (r.decision.as_str(), status) {
-        ("approved", "answered") => (
-            "reviewed-approved",
+        ("approved", Outcome::Answered) => (
+            Outcome::ReviewedApproved,
             format!("released after review by the data steward of {node}"),
         ),
-        ("rejected", _) => ("reviewed-rejected", detail),
-        ("expired", _) => ("review-expired", detail),
+        ("rejected", _) => (Outcome::ReviewedRejected, detail),
+        ("expired", _) => (Outcome::ReviewExpired, detail),
         _ => (status, detail),
     }
 }

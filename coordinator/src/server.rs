@@ -12,6 +12,7 @@ use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 use tonic::service::Routes;
 use tracing::{error, info, warn};
 
+use plexus_core::audit::{Action, Outcome, Role};
 use plexus_core::Dictionary;
 use plexus_proto::v1::{
     admin_server::AdminServer, audit_server::AuditServer, node_link_server::NodeLinkServer,
@@ -217,26 +218,23 @@ pub async fn run(
     info!(%addr, %instance, epoch, dictionary = %state.dictionary.fingerprint(), "coordinator listening");
     state
         .audit(AuditEntry {
-            who: state.config.coordinator.id.clone(),
-            role: "coordinator".into(),
-            action: "coordinator.start".into(),
-            outcome: "ok".into(),
             detail: format!("listening on {addr}"),
-            ..Default::default()
+            ..AuditEntry::new(
+                state.config.coordinator.id.clone(),
+                Role::Coordinator,
+                Action::CoordinatorStart,
+                Outcome::Ok,
+            )
         })
         .await;
     if let (Some(epoch), Some((holder, old_epoch))) = (epoch, &previous) {
         warn!(%instance, epoch, previous = %holder, previous_epoch = old_epoch, interrupted, "took over from the previous active coordinator");
         state
             .audit(AuditEntry {
-                who: state.config.coordinator.id.clone(),
-                role: "coordinator".into(),
-                action: "coordinator.takeover".into(),
-                outcome: "ok".into(),
                 detail: format!(
                     "{instance} took the lease over at epoch {epoch} from {holder} (epoch {old_epoch}); {interrupted} interrupted queries marked failed"
                 ),
-                ..Default::default()
+                ..AuditEntry::new(state.config.coordinator.id.clone(), Role::Coordinator, Action::CoordinatorTakeover, Outcome::Ok)
             })
             .await;
     }
@@ -279,11 +277,12 @@ pub async fn run(
     }
     state
         .audit(AuditEntry {
-            who: state.config.coordinator.id.clone(),
-            role: "coordinator".into(),
-            action: "coordinator.stop".into(),
-            outcome: "ok".into(),
-            ..Default::default()
+            ..AuditEntry::new(
+                state.config.coordinator.id.clone(),
+                Role::Coordinator,
+                Action::CoordinatorStop,
+                Outcome::Ok,
+            )
         })
         .await;
     // The last entries get a checkpoint before the database closes.
@@ -331,17 +330,13 @@ async fn fail_interrupted(store: &Store, log: &AuditLog, coordinator: &str) -> R
         .map(|(job, query, node)| {
             let (study_id, query_hash) = study_of(query);
             AuditEntry {
-                who: coordinator.to_string(),
-                role: "coordinator".into(),
-                action: "job".into(),
                 study_id,
                 query_id: query.clone(),
                 job_id: job.clone(),
                 node_id: node.clone(),
                 query_hash,
-                outcome: "interrupted".into(),
                 detail: "the coordinator stopped before the node's answer was recorded; what the node did is in its own job log".into(),
-                ..Default::default()
+                ..AuditEntry::new(coordinator.to_string(), Role::Coordinator, Action::Job, Outcome::Interrupted)
             }
         })
         .collect();
@@ -350,19 +345,15 @@ async fn fail_interrupted(store: &Store, log: &AuditLog, coordinator: &str) -> R
             .iter()
             .filter(|q| !q.result_audited)
             .map(|q| AuditEntry {
-                who: q.query.researcher.clone(),
-                role: "researcher".into(),
-                action: "query.result".into(),
                 study_id: q.query.study_id.clone(),
                 query_id: q.query.id.clone(),
                 query_hash: q.query.query_hash.clone(),
-                outcome: "interrupted".into(),
                 detail: if q.submit_audited {
                     "the coordinator stopped before this query finished (a restart, or a failover to a standby coordinator); submit it again".into()
                 } else {
                     "never accepted: the coordinator stopped before the query's submission was recorded, and nothing was sent for it".into()
                 },
-                ..Default::default()
+                ..AuditEntry::new(q.query.researcher.clone(), Role::Researcher, Action::QueryResult, Outcome::Interrupted)
             }),
     );
     log.append_all(entries).await?;
@@ -591,12 +582,13 @@ async fn audit_tls_reloads(state: Arc<State>) {
         };
         state
             .audit(AuditEntry {
-                who: state.config.coordinator.id.clone(),
-                role: "coordinator".into(),
-                action: "tls.reload".into(),
-                outcome: "ok".into(),
                 detail: format!("certificate serial {}, {crl}", loaded.cert_serial),
-                ..Default::default()
+                ..AuditEntry::new(
+                    state.config.coordinator.id.clone(),
+                    Role::Coordinator,
+                    Action::TlsReload,
+                    Outcome::Ok,
+                )
             })
             .await;
     }

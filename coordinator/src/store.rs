@@ -1144,8 +1144,8 @@ macro_rules! insert_audit_rows {
             b.push_bind(e.seq)
                 .push_bind(e.at)
                 .push_bind(e.who.clone())
-                .push_bind(e.role.clone())
-                .push_bind(e.action.clone())
+                .push_bind(e.role.as_str())
+                .push_bind(e.action.as_str())
                 .push_bind(e.study_id.clone())
                 .push_bind(e.purpose.clone())
                 .push_bind(e.query_id.clone())
@@ -1157,7 +1157,7 @@ macro_rules! insert_audit_rows {
                 .push_bind(e.suppressed as i64)
                 .push_bind(e.privacy_cost)
                 .push_bind(e.privacy_remaining)
-                .push_bind(e.outcome.clone())
+                .push_bind(e.outcome.to_string())
                 .push_bind(e.detail.clone());
         });
         q
@@ -1300,12 +1300,17 @@ where
     for<'r> Vec<u8>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
 {
     let nodes: String = r.try_get(10)?;
+    let seq: i64 = r.try_get(0)?;
+    // A role, action or outcome no version writes: an edited database.
+    let closed = |e: plexus_core::audit::UnknownValue| {
+        plexus_core::Error::internal(format!("audit entry {seq}: {e}"))
+    };
     Ok(AuditEntry {
-        seq: r.try_get(0)?,
+        seq,
         at: r.try_get(1)?,
         who: r.try_get(2)?,
-        role: r.try_get(3)?,
-        action: r.try_get(4)?,
+        role: r.try_get::<String, _>(3)?.parse().map_err(closed)?,
+        action: r.try_get::<String, _>(4)?.parse().map_err(closed)?,
         study_id: r.try_get(5)?,
         purpose: r.try_get(6)?,
         query_id: r.try_get(7)?,
@@ -1321,7 +1326,7 @@ where
         suppressed: r.try_get::<i64, _>(13)? as u64,
         privacy_cost: r.try_get(14)?,
         privacy_remaining: r.try_get(15)?,
-        outcome: r.try_get(16)?,
+        outcome: r.try_get::<String, _>(16)?.parse().map_err(closed)?,
         detail: r.try_get(17)?,
     })
 }

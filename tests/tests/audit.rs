@@ -179,7 +179,8 @@ async fn auditors_verify_prove_reconcile_and_export_the_log() {
         vec![deleted["job_id"].as_str().unwrap()]
     );
     assert!(r.only_node.is_empty());
-    // ... or from the coordinator's.
+    // ... or from the coordinator's (its database edited to say the job
+    // was never sent; an outcome no version writes is refused on reading).
     let c_job: String = sqlx::query_scalar(
         "SELECT job_id FROM audit_events WHERE node_id = 'hospital-c' AND outcome = 'sent' ORDER BY seq LIMIT 1",
     )
@@ -187,7 +188,7 @@ async fn auditors_verify_prove_reconcile_and_export_the_log() {
     .await
     .unwrap();
     sqlx::query(
-        "UPDATE audit_events SET outcome = 'removed' WHERE job_id = ? AND outcome = 'sent'",
+        "UPDATE audit_events SET outcome = 'skipped' WHERE job_id = ? AND outcome = 'sent'",
     )
     .bind(&c_job)
     .execute(&pool)
@@ -199,7 +200,7 @@ async fn auditors_verify_prove_reconcile_and_export_the_log() {
         .unwrap();
     assert_eq!(r.only_node, vec![c_job.clone()]);
     sqlx::query(
-        "UPDATE audit_events SET outcome = 'sent' WHERE job_id = ? AND outcome = 'removed'",
+        "UPDATE audit_events SET outcome = 'sent' WHERE job_id = ? AND outcome = 'skipped'",
     )
     .bind(&c_job)
     .execute(&pool)

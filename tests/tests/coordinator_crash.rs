@@ -129,12 +129,12 @@ async fn a_coordinator_killed_mid_burst_keeps_every_query_and_released_job_in_it
         .count();
 
     // Every job sent has exactly one outcome.
-    let mut outcomes: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    let mut outcomes: BTreeMap<&str, Vec<plexus_core::audit::Outcome>> = BTreeMap::new();
     for e in entries.iter().filter(|e| e.action == "job") {
         outcomes
             .entry(e.job_id.as_str())
             .or_default()
-            .push(e.outcome.as_str());
+            .push(e.outcome);
     }
     for (job, o) in &outcomes {
         let sent = o.iter().filter(|o| **o == "sent").count();

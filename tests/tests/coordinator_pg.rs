@@ -16,6 +16,7 @@ use plexus_coordinator::audit_log::AuditLog;
 use plexus_coordinator::lease::{Attempt, Lease};
 use plexus_coordinator::store::{AuditEntry, Store};
 use plexus_coordinator::CoordinatorError;
+use plexus_core::audit::{Action, Outcome, Role};
 use plexus_core::pool::PooledValue;
 use plexus_proto::v1 as pb;
 use plexus_tests::pg::TestDatabase;
@@ -183,11 +184,12 @@ async fn one_lease_holder_expiry_hands_over_and_stale_writes_are_refused() {
     let entry = plexus_coordinator::store::AuditEntry {
         seq: 1,
         at: 1,
-        who: "coordinator-a".into(),
-        role: "coordinator".into(),
-        action: "late.write".into(),
-        outcome: "ok".into(),
-        ..Default::default()
+        ..AuditEntry::new(
+            "coordinator-a",
+            Role::Coordinator,
+            Action::CoordinatorStop,
+            Outcome::Ok,
+        )
     };
     assert!(store_a.append_audit(&entry).await.is_err());
     let store_b = Store::open_fenced(db.url(), Some(2)).await.unwrap();
@@ -195,7 +197,7 @@ async fn one_lease_holder_expiry_hands_over_and_stale_writes_are_refused() {
     store_b.append_audit(&entry).await.unwrap();
     assert_eq!(
         store.audit_entry(1).await.unwrap().unwrap().action,
-        "late.write"
+        "coordinator.stop"
     );
 
     // A clean release hands over at once.
@@ -230,11 +232,12 @@ async fn concurrent_audit_appends_on_postgres_number_without_gaps() {
             let log = log.clone();
             tokio::spawn(async move {
                 log.append(AuditEntry {
-                    who: format!("writer-{i}"),
-                    role: "researcher".into(),
-                    action: "test.append".into(),
-                    outcome: "ok".into(),
-                    ..Default::default()
+                    ..AuditEntry::new(
+                        format!("writer-{i}"),
+                        Role::Researcher,
+                        Action::QuerySubmit,
+                        Outcome::Ok,
+                    )
                 })
                 .await
                 .unwrap()
@@ -261,11 +264,12 @@ async fn concurrent_audit_appends_on_postgres_number_without_gaps() {
     assert_eq!(now.head, signed.head);
     let seq = rebuilt
         .append(AuditEntry {
-            who: "coordinator-b".into(),
-            role: "coordinator".into(),
-            action: "test.append".into(),
-            outcome: "ok".into(),
-            ..Default::default()
+            ..AuditEntry::new(
+                "coordinator-b",
+                Role::Coordinator,
+                Action::QuerySubmit,
+                Outcome::Ok,
+            )
         })
         .await
         .unwrap();

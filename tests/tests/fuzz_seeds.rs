@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use prost::Message;
 
-use plexus_core::audit::AuditEntry;
+use plexus_core::audit::{Action, AuditEntry, Outcome, Role};
 use plexus_core::disclosure::{apply, Rules};
 use plexus_core::merkle::{Checkpoint, MerkleLog};
 use plexus_core::stats::SummarySums;
@@ -308,12 +308,13 @@ fn audit() -> BTreeMap<String, Vec<u8>> {
         .map(|seq| AuditEntry {
             seq,
             at: 1_800_000_000_000 + seq,
-            who: "alice".into(),
-            role: "researcher".into(),
-            action: "query.submit".into(),
             study_id: "aaa-outcomes".into(),
-            outcome: "accepted".into(),
-            ..Default::default()
+            ..AuditEntry::new(
+                "alice",
+                Role::Researcher,
+                Action::QuerySubmit,
+                Outcome::Accepted,
+            )
         })
         .collect();
     let log = MerkleLog::from_leaves(entries.iter().map(AuditEntry::leaf));

@@ -479,7 +479,7 @@ async fn control_characters_are_refused_on_entry_and_escaped_in_the_audit_log() 
         .into_inner()
         .events
         .into_iter()
-        .map(Into::into)
+        .map(|e| e.try_into().unwrap())
         .collect();
     let old = events.iter().find(|e| e.seq == 1).unwrap();
     assert_eq!(

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
+use plexus_core::audit::{self, Action, Outcome};
 use plexus_core::{Error, StudyDefinition};
 use plexus_proto::convert::{study_to_pb, to_status};
 use plexus_proto::v1 as pb;
@@ -37,12 +38,13 @@ impl Admin for AdminService {
             Err(e) => {
                 self.state
                     .audit(AuditEntry {
-                        who: who.name.clone(),
-                        role: "admin".into(),
-                        action: "study.register".into(),
-                        outcome: format!("refused:{}", e.code),
                         detail: e.message.clone(),
-                        ..Default::default()
+                        ..AuditEntry::new(
+                            who.name.clone(),
+                            audit::Role::Admin,
+                            Action::StudyRegister,
+                            Outcome::Refused(Some(e.code)),
+                        )
                     })
                     .await;
                 return Err(to_status(&e));
@@ -56,18 +58,18 @@ impl Admin for AdminService {
             .map_err(|e| e.to_status())?;
         self.state
             .audit(AuditEntry {
-                who: who.name.clone(),
-                role: "admin".into(),
-                action: if existed {
-                    "study.update"
-                } else {
-                    "study.register"
-                }
-                .into(),
                 study_id: def.id.clone(),
-                outcome: "ok".into(),
                 detail: format!("definition {}", &def.definition_hash()[..16]),
-                ..Default::default()
+                ..AuditEntry::new(
+                    who.name.clone(),
+                    audit::Role::Admin,
+                    if existed {
+                        Action::StudyUpdate
+                    } else {
+                        Action::StudyRegister
+                    },
+                    Outcome::Ok,
+                )
             })
             .await;
         let stored = self

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use plexus_core::audit::{self, Action, Outcome};
 use plexus_core::merkle::Checkpoint;
 use plexus_proto::v1 as pb;
 use plexus_proto::v1::audit_server::Audit;
@@ -30,19 +31,22 @@ impl AuditService {
     async fn read_by(
         &self,
         who: &plexus_tls::Identity,
-        action: &str,
+        action: Action,
         query_id: String,
         detail: String,
     ) {
+        let role = match who.role {
+            Role::Node => audit::Role::Node,
+            Role::Researcher => audit::Role::Researcher,
+            Role::Auditor => audit::Role::Auditor,
+            Role::Coordinator => audit::Role::Coordinator,
+            Role::Admin => audit::Role::Admin,
+        };
         self.state
             .audit(crate::store::AuditEntry {
-                who: who.name.clone(),
-                role: who.role.to_string(),
-                action: action.into(),
                 query_id,
-                outcome: "ok".into(),
                 detail,
-                ..Default::default()
+                ..crate::store::AuditEntry::new(who.name.clone(), role, action, Outcome::Ok)
             })
             .await;
     }
@@ -92,7 +96,7 @@ impl Audit for AuditService {
         let after = request.into_inner().after_seq.min(i64::MAX as u64) as i64;
         self.read_by(
             &who,
-            "audit.export",
+            Action::AuditExport,
             String::new(),
             format!("from entry {}", after + 1),
         )
@@ -176,7 +180,7 @@ impl Audit for AuditService {
         // The id is written to the log below.
         plexus_core::text::check("query_id", &query_id)
             .map_err(|e| plexus_proto::convert::to_status(&e))?;
-        self.read_by(&who, "audit.evidence", query_id.clone(), String::new())
+        self.read_by(&who, Action::AuditEvidence, query_id.clone(), String::new())
             .await;
         let store = &self.state.store;
         let query = store
@@ -221,7 +225,7 @@ impl Audit for AuditService {
     ) -> Result<Response<pb::WitnessedCheckpointsResponse>, Status> {
         use prost::Message;
         let who = plexus_tls::require_role(&request, &[Role::Auditor, Role::Admin])?;
-        self.read_by(&who, "audit.witnessed", String::new(), String::new())
+        self.read_by(&who, Action::AuditWitnessed, String::new(), String::new())
             .await;
         let store = &self.state.store;
         let mut seen = std::collections::HashSet::new();

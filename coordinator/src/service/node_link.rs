@@ -21,6 +21,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, info_span, warn, Instrument};
 
+use plexus_core::audit::{self, Action, Outcome};
 use plexus_proto::v1 as pb;
 use plexus_proto::v1::node_link_server::NodeLink;
 use plexus_tls::Role;
@@ -83,13 +84,14 @@ impl NodeLink for NodeLinkService {
         if let Err(e) = check_hello(&hello) {
             self.state
                 .audit(AuditEntry {
-                    who: identity.name.clone(),
-                    role: "node".into(),
-                    action: "node.connect".into(),
                     node_id: identity.name.clone(),
-                    outcome: format!("refused:{}", e.code),
                     detail: e.message.clone(),
-                    ..Default::default()
+                    ..AuditEntry::new(
+                        identity.name.clone(),
+                        audit::Role::Node,
+                        Action::NodeConnect,
+                        Outcome::Refused(Some(e.code)),
+                    )
                 })
                 .await;
             return Err(plexus_proto::convert::to_status(&e));
@@ -97,13 +99,14 @@ impl NodeLink for NodeLinkService {
         if hello.node_id != identity.name {
             self.state
                 .audit(AuditEntry {
-                    who: identity.name.clone(),
-                    role: "node".into(),
-                    action: "node.connect".into(),
                     node_id: hello.node_id.clone(),
-                    outcome: "refused".into(),
                     detail: "node id does not match its certificate".into(),
-                    ..Default::default()
+                    ..AuditEntry::new(
+                        identity.name.clone(),
+                        audit::Role::Node,
+                        Action::NodeConnect,
+                        Outcome::Refused(None),
+                    )
                 })
                 .await;
             return Err(Status::permission_denied(format!(
@@ -151,13 +154,14 @@ impl NodeLink for NodeLinkService {
         info!(node = %node_id, peer = %peer_addr, version = %hello.version, "node connected");
         self.state
             .audit(AuditEntry {
-                who: node_id.clone(),
-                role: "node".into(),
-                action: "node.connect".into(),
                 node_id: node_id.clone(),
-                outcome: "ok".into(),
                 detail: format!("version {} from {peer_addr}", hello.version),
-                ..Default::default()
+                ..AuditEntry::new(
+                    node_id.clone(),
+                    audit::Role::Node,
+                    Action::NodeConnect,
+                    Outcome::Ok,
+                )
             })
             .await;
         if let Some(old) = replaced {
@@ -213,11 +217,7 @@ impl NodeLink for NodeLinkService {
                 info!(peer = %peer_addr, "node disconnected");
                 state
                     .audit(AuditEntry {
-                        who: node_id.clone(),
-                        role: "node".into(),
-                        action: "node.disconnect".into(),
                         node_id: node_id.clone(),
-                        outcome: "ok".into(),
                         detail: format!(
                             "stream from {peer_addr} ended{}",
                             if current {
@@ -226,7 +226,12 @@ impl NodeLink for NodeLinkService {
                                 "; a newer connection stays"
                             }
                         ),
-                        ..Default::default()
+                        ..AuditEntry::new(
+                            node_id.clone(),
+                            audit::Role::Node,
+                            Action::NodeDisconnect,
+                            Outcome::Ok,
+                        )
                     })
                     .await;
             }
@@ -254,16 +259,12 @@ async fn close_replaced(state: &State, node_id: &str, new_peer: &str, old: Repla
     }
     state
         .audit(AuditEntry {
-            who: node_id.to_string(),
-            role: "node".into(),
-            action: "node.replaced".into(),
             node_id: node_id.to_string(),
-            outcome: "ok".into(),
             detail: format!(
                 "connection from {new_peer} replaced the one from {old_peer} (open {} s), whose stream was closed",
                 old_age_ms / 1000
             ),
-            ..Default::default()
+            ..AuditEntry::new(node_id.to_string(), audit::Role::Node, Action::NodeReplaced, Outcome::Ok)
         })
         .await;
 }
@@ -284,13 +285,14 @@ async fn cut_revoked(
         .await;
     state
         .audit(AuditEntry {
-            who: node_id.to_string(),
-            role: "node".into(),
-            action: "node.revoked".into(),
             node_id: node_id.to_string(),
-            outcome: "refused".into(),
             detail: "certificate revoked while connected; stream closed".into(),
-            ..Default::default()
+            ..AuditEntry::new(
+                node_id.to_string(),
+                audit::Role::Node,
+                Action::NodeRevoked,
+                Outcome::Refused(None),
+            )
         })
         .await;
 }
@@ -349,18 +351,19 @@ async fn handle(
                     info!(job_id = %h.job_id, "result held for review at the node");
                     state
                         .audit(AuditEntry {
-                            who: node_id.to_string(),
-                            role: "node".into(),
-                            action: "job".into(),
                             study_id,
                             job_id: h.job_id.clone(),
                             node_id: node_id.to_string(),
                             query_hash,
-                            outcome: "held".into(),
                             detail: format!(
                                 "result held for review by the data steward of {node_id}"
                             ),
-                            ..Default::default()
+                            ..AuditEntry::new(
+                                node_id.to_string(),
+                                audit::Role::Node,
+                                Action::Job,
+                                Outcome::Held,
+                            )
                         })
                         .await;
                 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use tonic::{Request, Response, Status};
 
+use plexus_core::audit::{self, Action, Outcome};
 use plexus_core::privacy::report::precheck;
 use plexus_core::{Error, Query};
 use plexus_proto::convert::{study_to_pb, to_status};
@@ -61,13 +62,14 @@ impl ResearchService {
             .query("unknown", &format!("refused:{}", e.code));
         self.state
             .audit(AuditEntry {
-                who: who.to_string(),
-                role: "researcher".into(),
-                action: "query.submit".into(),
                 study_id: study.to_string(),
-                outcome: format!("refused:{}", e.code),
                 detail: e.message.clone(),
-                ..Default::default()
+                ..AuditEntry::new(
+                    who,
+                    audit::Role::Researcher,
+                    Action::QuerySubmit,
+                    Outcome::Refused(Some(e.code)),
+                )
             })
             .await;
         to_status(&e)
@@ -149,21 +151,22 @@ impl Research for ResearchService {
             .state
             .audit_log
             .append(AuditEntry {
-                who: who.name.clone(),
-                role: "researcher".into(),
-                action: "query.submit".into(),
                 study_id: study.id.clone(),
                 purpose: study.purpose().map(|p| p.to_string()).unwrap_or_default(),
                 nodes: study.nodes.clone(),
                 query_id: id.clone(),
                 query_hash: stored.query_hash.clone(),
-                outcome: "accepted".into(),
                 detail: format!(
                     "{} on {} variables",
                     query.analysis.kind(),
                     query.variables().len()
                 ),
-                ..Default::default()
+                ..AuditEntry::new(
+                    who.name.clone(),
+                    audit::Role::Researcher,
+                    Action::QuerySubmit,
+                    Outcome::Accepted,
+                )
             })
             .await;
         match submitted {

@@ -8,14 +8,14 @@ impl From<plexus_core::audit::AuditEntry> for pb::AuditEvent {
             seq: e.seq.max(0) as u64,
             at_unix_ms: e.at,
             who: e.who,
-            role: e.role,
-            action: e.action,
+            role: e.role.to_string(),
+            action: e.action.to_string(),
             study_id: e.study_id,
             query_id: e.query_id,
             job_id: e.job_id,
             node_id: e.node_id,
             query_hash: e.query_hash,
-            outcome: e.outcome,
+            outcome: e.outcome.to_string(),
             detail: e.detail,
             purpose: e.purpose,
             nodes: e.nodes,
@@ -27,14 +27,18 @@ impl From<plexus_core::audit::AuditEntry> for pb::AuditEvent {
     }
 }
 
-impl From<pb::AuditEvent> for plexus_core::audit::AuditEntry {
-    fn from(e: pb::AuditEvent) -> Self {
-        plexus_core::audit::AuditEntry {
+/// An event from the wire: a role, action or outcome no version of Plexus
+/// writes is refused (a hostile or newer coordinator), never guessed.
+impl TryFrom<pb::AuditEvent> for plexus_core::audit::AuditEntry {
+    type Error = plexus_core::audit::UnknownValue;
+
+    fn try_from(e: pb::AuditEvent) -> Result<Self, Self::Error> {
+        Ok(plexus_core::audit::AuditEntry {
             seq: e.seq as i64,
             at: e.at_unix_ms,
             who: e.who,
-            role: e.role,
-            action: e.action,
+            role: e.role.parse()?,
+            action: e.action.parse()?,
             study_id: e.study_id,
             purpose: e.purpose,
             query_id: e.query_id,
@@ -46,9 +50,9 @@ impl From<pb::AuditEvent> for plexus_core::audit::AuditEntry {
             suppressed: e.suppressed,
             privacy_cost: e.privacy_cost,
             privacy_remaining: e.privacy_remaining,
-            outcome: e.outcome,
+            outcome: e.outcome.parse()?,
             detail: e.detail,
-        }
+        })
     }
 }
 
