@@ -11,7 +11,7 @@ use std::time::Duration;
 use tracing::{info, info_span, warn, Instrument};
 
 use plexus_core::disclosure::{apply, effective_k, Rules};
-use plexus_core::models::glm::Iteration;
+use plexus_core::models::fit::Iteration;
 use plexus_core::models::survival::GroupStats;
 use plexus_core::privacy::release::{releasable, release_for, Release};
 use plexus_core::privacy::report::Receipt;

@@ -17,7 +17,7 @@ use std::path::Path;
 
 use chrono::NaiveDate;
 use plexus::synth::{self, ConsentRecord, DataFormat, Patient, Site};
-use plexus_core::models::glm::Iteration;
+use plexus_core::models::fit::Iteration;
 use plexus_core::privacy::accountant::epsilon;
 use plexus_core::stats::Cell;
 use plexus_core::{NodeStats, Query, StudyDefinition};

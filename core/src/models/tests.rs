@@ -14,7 +14,7 @@ use proptest::test_runner::TestCaseError;
 
 use super::correlation::{self, Missing};
 use super::cox::{self, CoxData, CoxResult, CoxStats, Ties};
-use super::fit::RoundStats;
+use super::fit::{Iteration, RoundStats};
 use super::glm::{self, Family, FitOptions, GlmFitter, GlmResult, GlmStats};
 use super::survival::{self, Curve, Grid, GroupStats, KaplanMeierResult};
 use crate::dictionary::Dictionary;
@@ -167,7 +167,7 @@ fn glm_case(family: Family) -> impl Strategy<Value = (GlmData, Split)> {
 
 fn glm_fit(
     family: Family,
-    mut round: impl FnMut(&glm::Iteration) -> GlmStats,
+    mut round: impl FnMut(&Iteration) -> GlmStats,
 ) -> Result<GlmResult> {
     let fitter = GlmFitter::new(
         family,

@@ -5,7 +5,8 @@
 use plexus_core::error::{Error, ErrorCode, Result};
 use plexus_core::models::correlation::{Missing, PairSums};
 use plexus_core::models::cox::{CoxStats, Ties};
-use plexus_core::models::glm::{Family, GlmStats, Iteration};
+use plexus_core::models::fit::Iteration;
+use plexus_core::models::glm::{Family, GlmStats};
 use plexus_core::models::survival::{Grid, GroupCounts, GroupStats, MAX_GRID_INTERVALS};
 use plexus_core::privacy::release::NoiseScale;
 use plexus_core::privacy::report::Receipt;
