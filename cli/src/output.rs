@@ -7,9 +7,10 @@
 
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Cell, CellAlignment, Table};
 
+use plexus_core::cell::PooledCell;
 use plexus_core::models::glm::Family;
 use plexus_core::models::inference::Coefficient;
-use plexus_core::pool::{NodeStatus, PooledCell, PooledResult, PooledValue};
+use plexus_core::pool::{NodeStatus, PooledResult, PooledValue};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {

@@ -8,9 +8,10 @@
 //! under differential privacy the same rules run on the noised values
 //! (see [`crate::privacy::release`]).
 
+use crate::cell::Cell;
 use crate::models::{correlation, survival};
 use crate::privacy::suppression::{dominated, secondary};
-use crate::stats::{Cell, NodeStats, RawStats, SummarySums};
+use crate::stats::{NodeStats, RawStats, SummarySums};
 
 /// The node's disclosure rules for one job.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -4,6 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::cell::{Cell, PooledCell};
 use crate::dictionary::Dictionary;
 use crate::error::{Error, ErrorCode, Result};
 use crate::models::correlation::{self, CorrelationResult};
@@ -13,7 +14,7 @@ use crate::models::glm::GlmResult;
 use crate::models::survival::{self, KaplanMeierResult};
 use crate::privacy::report::PrivacyReport;
 use crate::query::Analysis;
-use crate::stats::{Cell, Moments, NodeStats};
+use crate::stats::{Moments, NodeStats};
 
 /// The normal quantile of a two-sided 95% interval.
 pub const Z_95: f64 = 1.959_963_984_540_054;
@@ -65,33 +66,6 @@ impl Provenance {
     /// What `node` did for this result.
     pub fn node(&self, node: &str) -> Option<&NodeOutcome> {
         self.nodes.iter().find(|n| n.node == node)
-    }
-}
-
-/// A pooled count. `count` is present only when every answering node
-/// released its part; otherwise `suppressed_at` names the nodes that
-/// suppressed theirs and `at_least` sums the parts that were released.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PooledCell {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub count: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub at_least: Option<u64>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub suppressed_at: Vec<String>,
-    /// Under secure aggregation: how many nodes suppressed their part,
-    /// which nobody can tell (`suppressed_at` is then empty).
-    #[serde(default, skip_serializing_if = "is_zero")]
-    pub suppressed_by: u32,
-}
-
-pub(crate) fn is_zero(n: &u32) -> bool {
-    *n == 0
-}
-
-impl PooledCell {
-    pub fn is_suppressed(&self) -> bool {
-        self.count.is_none()
     }
 }
 

@@ -7,6 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::cell::Cell;
 use crate::dictionary::{Dictionary, Variable};
 use crate::error::{Error, Result};
 use crate::models::correlation::PairSums;
@@ -17,23 +18,6 @@ use crate::models::survival::{self, GroupStats, Tally};
 use crate::privacy::fixed::{FixedPoint, DP_DIGITS};
 use crate::privacy::suppression::two_largest;
 use crate::query::Analysis;
-
-/// A released count, or the mark that it fell under the minimum cell size.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Cell {
-    Count(u64),
-    Suppressed,
-}
-
-impl Cell {
-    pub fn count(self) -> Option<u64> {
-        match self {
-            Cell::Count(n) => Some(n),
-            Cell::Suppressed => None,
-        }
-    }
-}
 
 /// Count, sum and sum of squares of one numeric variable.
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]

@@ -165,10 +165,7 @@ fn glm_case(family: Family) -> impl Strategy<Value = (GlmData, Split)> {
     .prop_map(move |(raw, split)| (glm_data(family, &raw), split))
 }
 
-fn glm_fit(
-    family: Family,
-    mut round: impl FnMut(&Iteration) -> GlmStats,
-) -> Result<GlmResult> {
+fn glm_fit(family: Family, mut round: impl FnMut(&Iteration) -> GlmStats) -> Result<GlmResult> {
     let fitter = GlmFitter::new(
         family,
         "y".into(),

@@ -393,8 +393,9 @@ pub fn release(raw: RawStats, rules: Rules, rho: f64) -> Result<(NodeStats, Nois
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cell::Cell;
     use crate::models::correlation;
-    use crate::stats::{Cell, SummarySums};
+    use crate::stats::SummarySums;
     use crate::Dictionary;
 
     #[test]

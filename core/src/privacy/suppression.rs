@@ -11,7 +11,7 @@
 //! The dominance rule withholds a sum when one or two patients make up most
 //! of it.
 
-use crate::stats::Cell;
+use crate::cell::Cell;
 
 /// Suppresses further cells of a row-major `rows × columns` table until no
 /// row or column holds exactly one suppressed cell. Returns how many cells

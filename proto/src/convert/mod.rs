@@ -2,6 +2,7 @@
 //! until proven otherwise: missing oneofs, unknown enum values and
 //! out-of-range sizes are refused here with an `invalid` error.
 
+use plexus_core::cell::Cell;
 use plexus_core::error::{Error, ErrorCode, Result};
 use plexus_core::models::correlation::{Missing, PairSums};
 use plexus_core::models::cox::{CoxStats, Ties};
@@ -14,7 +15,7 @@ use plexus_core::query::{
     Analysis, AnalysisKind, Cohort, CompareOp, Query, Value, MAX_BINS, MAX_CORRELATION_VARIABLES,
     MAX_COVARIATES, MAX_PROBABILITIES,
 };
-use plexus_core::stats::{Cell, Moments, NodeStats};
+use plexus_core::stats::{Moments, NodeStats};
 use plexus_core::study::{PrivacySettings, PurposeSpec, StudyDefinition};
 use plexus_core::Purpose;
 
