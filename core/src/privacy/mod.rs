@@ -10,5 +10,4 @@ pub mod glm;
 pub mod noise;
 pub mod release;
 pub mod report;
-pub mod suppression;
 pub mod survival;
