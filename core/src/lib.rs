@@ -11,6 +11,7 @@ pub mod cell;
 pub mod clock;
 pub mod dictionary;
 pub mod disclosure;
+pub mod dp;
 pub mod error;
 pub mod eval;
 pub mod hash;

@@ -9,13 +9,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::cell::Cell;
 use crate::dictionary::{Dictionary, Variable};
+use crate::dp::fixed::{FixedPoint, DP_DIGITS};
 use crate::error::{Error, Result};
 use crate::models::correlation::PairSums;
 use crate::models::cox::CoxStats;
 use crate::models::glm::GlmStats;
 use crate::models::linalg::packed_len;
 use crate::models::survival::{self, GroupStats, Tally};
-use crate::privacy::fixed::{FixedPoint, DP_DIGITS};
 use crate::query::Analysis;
 
 /// Count, sum and sum of squares of one numeric variable.

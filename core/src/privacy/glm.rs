@@ -28,9 +28,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::accountant::sigma_for_rho;
-use super::noise::discrete_gaussian;
 use crate::dictionary::Dictionary;
+use crate::dp::accountant::sigma_for_rho;
+use crate::dp::noise::discrete_gaussian;
 use crate::error::{Error, Result};
 use crate::models::design::Term;
 use crate::models::glm::{Family, GlmStats};

@@ -35,12 +35,12 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::accountant::sigma_for_rho;
 use super::decisions::glm_first_round;
 use super::glm::{glm_noise, noise_float, release_glm, GlmBounds};
-use super::noise::discrete_gaussian;
 use crate::dictionary::Dictionary;
 use crate::disclosure::{cell, suppress_table, Rules};
+use crate::dp::accountant::sigma_for_rho;
+use crate::dp::noise::discrete_gaussian;
 use crate::error::{Error, Result};
 use crate::models::correlation::PairSums;
 use crate::models::fit::Iteration;
