@@ -15,11 +15,11 @@ use plexus_core::pool::{
     SiteResult,
 };
 use plexus_core::privacy::glm::{glm_noise, GlmBounds, DP_GLM_ROUNDS};
-use plexus_core::privacy::release::NoiseScale;
 use plexus_core::privacy::report::{
     annotate_summary_noises, count_noise_sd, query_cost, survival_noise, NodeCharge, PrivacyReport,
     Receipt,
 };
+use plexus_core::privacy::scale::NoiseScale;
 use plexus_core::secagg::steps::{Confirmation, MaskedAnswer, Unmasked};
 use plexus_core::secagg::{self, SignedBundle, Summed};
 use plexus_core::{Analysis, Error, ErrorCode, NodeStats, Query, StudyDefinition};

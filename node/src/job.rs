@@ -119,7 +119,7 @@ pub(crate) enum Reply {
 pub(crate) type Outcome = Result<(Reply, Option<Receipt>), Error>;
 
 /// The receipt of a kept answer given again: nothing charged.
-fn repeated(spent: f64, budget: f64, noise: plexus_core::privacy::release::NoiseScale) -> Receipt {
+fn repeated(spent: f64, budget: f64, noise: plexus_core::privacy::scale::NoiseScale) -> Receipt {
     Receipt {
         charged_rho: 0.0,
         spent_rho: spent,

@@ -8,4 +8,5 @@ pub mod decisions;
 pub mod glm;
 pub mod release;
 pub mod report;
+pub mod scale;
 pub mod survival;

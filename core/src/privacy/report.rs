@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::release::NoiseScale;
+use super::scale::NoiseScale;
 use super::survival::TreeNoise;
 use crate::error::{Error, Result};
 use crate::pool::{PooledValue, Z_95};

@@ -40,7 +40,7 @@
 //! produce, use only noised values: they are post-processing and cost
 //! nothing more.
 
-use super::release::NoiseScale;
+use super::scale::NoiseScale;
 use crate::dp::accountant::sigma_for_rho;
 use crate::dp::noise::discrete_gaussian;
 use crate::error::{Error, Result};

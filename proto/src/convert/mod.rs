@@ -9,8 +9,8 @@ use plexus_core::models::cox::{CoxStats, Ties};
 use plexus_core::models::fit::Iteration;
 use plexus_core::models::glm::{Family, GlmStats};
 use plexus_core::models::survival::{Grid, GroupCounts, GroupStats, MAX_GRID_INTERVALS};
-use plexus_core::privacy::release::NoiseScale;
 use plexus_core::privacy::report::Receipt;
+use plexus_core::privacy::scale::NoiseScale;
 use plexus_core::query::{
     Analysis, AnalysisKind, Cohort, CompareOp, Query, Value, MAX_BINS, MAX_CORRELATION_VARIABLES,
     MAX_COVARIATES, MAX_PROBABILITIES,
