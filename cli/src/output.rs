@@ -495,7 +495,7 @@ pub fn render_table(r: &PooledResult) -> String {
     safe_text(&format!("{out}\n{}", provenance(r)))
 }
 
-use plexus_core::privacy::report::PrivacyReport;
+use plexus_core::pool::PrivacyReport;
 
 pub fn provenance(r: &PooledResult) -> String {
     let p = &r.provenance;
