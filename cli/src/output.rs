@@ -7,9 +7,10 @@
 
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Cell, CellAlignment, Table};
 
+use plexus_core::cell::PooledCell;
 use plexus_core::models::glm::Family;
 use plexus_core::models::inference::Coefficient;
-use plexus_core::pool::{NodeStatus, PooledCell, PooledResult, PooledValue};
+use plexus_core::pool::{NodeStatus, PooledResult, PooledValue};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -494,7 +495,7 @@ pub fn render_table(r: &PooledResult) -> String {
     safe_text(&format!("{out}\n{}", provenance(r)))
 }
 
-use plexus_core::privacy::report::PrivacyReport;
+use plexus_core::pool::PrivacyReport;
 
 pub fn provenance(r: &PooledResult) -> String {
     let p = &r.provenance;

@@ -11,15 +11,14 @@ use plexus_core::models::cox::CoxFitter;
 use plexus_core::models::fit::{Iteration, IterativeFit, Step};
 use plexus_core::models::glm::GlmFitter;
 use plexus_core::pool::{
-    pool, pool_value, quorum, NodeOutcome, NodeStatus, PooledResult, PooledValue, Provenance,
-    SiteResult,
+    pool, pool_value, quorum, NodeCharge, NodeOutcome, NodeStatus, PooledResult, PooledValue,
+    PrivacyReport, Provenance, SiteResult,
 };
 use plexus_core::privacy::glm::{glm_noise, GlmBounds, DP_GLM_ROUNDS};
-use plexus_core::privacy::release::NoiseScale;
 use plexus_core::privacy::report::{
-    annotate_summary_noises, count_noise_sd, query_cost, survival_noise, NodeCharge, PrivacyReport,
-    Receipt,
+    annotate_summary_noises, count_noise_sd, query_cost, survival_noise, Receipt,
 };
+use plexus_core::privacy::scale::NoiseScale;
 use plexus_core::secagg::steps::{Confirmation, MaskedAnswer, Unmasked};
 use plexus_core::secagg::{self, SignedBundle, Summed};
 use plexus_core::{Analysis, Error, ErrorCode, NodeStats, Query, StudyDefinition};

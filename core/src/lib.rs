@@ -7,9 +7,11 @@
 #![forbid(unsafe_code)]
 
 pub mod audit;
+pub mod cell;
 pub mod clock;
 pub mod dictionary;
 pub mod disclosure;
+pub mod dp;
 pub mod error;
 pub mod eval;
 pub mod hash;
@@ -24,11 +26,12 @@ pub mod stats;
 pub mod study;
 pub mod text;
 
+pub use cell::Cell;
 pub use dictionary::{Dictionary, VarType, Variable};
 pub use error::{Error, ErrorCode, Result};
 pub use purpose::{ConsentTerms, DuoCode, Purpose};
 pub use query::{Analysis, AnalysisKind, Cohort, CompareOp, Query, Value};
-pub use stats::{Cell, Moments, NodeStats, RawStats};
+pub use stats::{Moments, NodeStats, RawStats};
 pub use study::StudyDefinition;
 
 /// Minimum cell size used when nobody configures one.

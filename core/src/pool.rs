@@ -4,6 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::cell::{Cell, PooledCell};
 use crate::dictionary::Dictionary;
 use crate::error::{Error, ErrorCode, Result};
 use crate::models::correlation::{self, CorrelationResult};
@@ -11,9 +12,8 @@ use crate::models::cox::CoxResult;
 use crate::models::derived::{self, QuantilesResult, TwoByTwoResult};
 use crate::models::glm::GlmResult;
 use crate::models::survival::{self, KaplanMeierResult};
-use crate::privacy::report::PrivacyReport;
 use crate::query::Analysis;
-use crate::stats::{Cell, Moments, NodeStats};
+use crate::stats::{Moments, NodeStats};
 
 /// The normal quantile of a two-sided 95% interval.
 pub const Z_95: f64 = 1.959_963_984_540_054;
@@ -65,33 +65,6 @@ impl Provenance {
     /// What `node` did for this result.
     pub fn node(&self, node: &str) -> Option<&NodeOutcome> {
         self.nodes.iter().find(|n| n.node == node)
-    }
-}
-
-/// A pooled count. `count` is present only when every answering node
-/// released its part; otherwise `suppressed_at` names the nodes that
-/// suppressed theirs and `at_least` sums the parts that were released.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PooledCell {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub count: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub at_least: Option<u64>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub suppressed_at: Vec<String>,
-    /// Under secure aggregation: how many nodes suppressed their part,
-    /// which nobody can tell (`suppressed_at` is then empty).
-    #[serde(default, skip_serializing_if = "is_zero")]
-    pub suppressed_by: u32,
-}
-
-pub(crate) fn is_zero(n: &u32) -> bool {
-    *n == 0
-}
-
-impl PooledCell {
-    pub fn is_suppressed(&self) -> bool {
-        self.count.is_none()
     }
 }
 
@@ -176,6 +149,55 @@ pub struct PooledResult {
     /// What the query cost and how its values were noised.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub privacy: Option<PrivacyReport>,
+}
+
+/// One node's part of a query's cost.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeCharge {
+    pub node: String,
+    /// Debited for this query at the node (0 when it answered from its cache).
+    pub charged_rho: f64,
+    /// The study's spent budget at the node, after this query.
+    pub spent_rho: f64,
+    /// The budget the node enforces (the study's, or less by its policy).
+    pub budget_rho: f64,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cached: bool,
+}
+
+/// A result's privacy terms.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PrivacyReport {
+    /// An exact study: no noise, no budget.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub exact: bool,
+    /// What the query asked to spend (zCDP ρ).
+    pub cost_rho: f64,
+    /// The most any node debited for it (0 when every node repeated an
+    /// earlier answer).
+    pub charged_rho: f64,
+    /// Every node answered from its cache: the same answer as before, free.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cached: bool,
+    /// The study's budget and what it has spent, as the coordinator
+    /// accounts it (the most any node has spent).
+    pub budget_rho: f64,
+    pub spent_rho: f64,
+    pub remaining_rho: f64,
+    /// The (ε, δ)-DP equivalent of what the study has spent.
+    pub epsilon_spent: f64,
+    pub delta: f64,
+    /// Standard deviation of the noise in each pooled count (cells, bins,
+    /// n at risk), when the result has counts; for Kaplan-Meier, the
+    /// largest of a pooled number at risk (a note gives the rest).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count_noise_sd: Option<f64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<NodeCharge>,
+    /// How noise was post-processed (negative counts set to 0, a variance
+    /// clamped at 0) when that happened.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 impl PooledResult {

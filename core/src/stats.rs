@@ -7,33 +7,16 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::cell::Cell;
 use crate::dictionary::{Dictionary, Variable};
+use crate::dp::fixed::{FixedPoint, DP_DIGITS};
 use crate::error::{Error, Result};
 use crate::models::correlation::PairSums;
 use crate::models::cox::CoxStats;
 use crate::models::glm::GlmStats;
 use crate::models::linalg::packed_len;
 use crate::models::survival::{self, GroupStats, Tally};
-use crate::privacy::fixed::{FixedPoint, DP_DIGITS};
-use crate::privacy::suppression::two_largest;
 use crate::query::Analysis;
-
-/// A released count, or the mark that it fell under the minimum cell size.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Cell {
-    Count(u64),
-    Suppressed,
-}
-
-impl Cell {
-    pub fn count(self) -> Option<u64> {
-        match self {
-            Cell::Count(n) => Some(n),
-            Cell::Suppressed => None,
-        }
-    }
-}
 
 /// Count, sum and sum of squares of one numeric variable.
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
@@ -120,6 +103,24 @@ impl SummarySums {
             non_negative: var.numeric_bounds().is_some_and(|(lo, _)| lo >= 0.0),
         }
     }
+}
+
+/// The two largest magnitudes among `values` and the sum of all
+/// magnitudes: what the dominance rule
+/// ([`crate::disclosure::suppression::dominated`]) weighs.
+pub fn two_largest(values: impl IntoIterator<Item = f64>) -> ([f64; 2], f64) {
+    let mut top = [0.0f64; 2];
+    let mut total = 0.0;
+    for v in values {
+        let a = v.abs();
+        total += a;
+        if a > top[0] {
+            top = [a, top[0]];
+        } else if a > top[1] {
+            top[1] = a;
+        }
+    }
+    (top, total)
 }
 
 /// What a node computed, before disclosure control. Never leaves the node.

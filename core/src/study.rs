@@ -77,11 +77,11 @@ impl Default for PrivacySettings {
 impl PrivacySettings {
     /// The (ε, δ)-DP guarantee of spending `rho`.
     pub fn epsilon(&self, rho: f64) -> f64 {
-        crate::privacy::accountant::epsilon(rho, self.delta)
+        crate::dp::accountant::epsilon(rho, self.delta)
     }
 
     fn validate(&self, study: &str) -> Result<()> {
-        use crate::privacy::accountant::check_rho;
+        use crate::dp::accountant::check_rho;
         check_rho(
             &format!("study \"{study}\": [privacy] budget_rho"),
             self.budget_rho,

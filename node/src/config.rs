@@ -306,7 +306,7 @@ fn default_max_study_rho() -> f64 {
     plexus_core::study::DEFAULT_BUDGET_RHO
 }
 fn default_dominance_share() -> f64 {
-    plexus_core::privacy::suppression::DEFAULT_DOMINANCE_SHARE
+    plexus_core::disclosure::suppression::DEFAULT_DOMINANCE_SHARE
 }
 
 fn default_k() -> u32 {

@@ -11,7 +11,7 @@ use std::time::Duration;
 use tracing::{info, info_span, warn, Instrument};
 
 use plexus_core::disclosure::{apply, effective_k, Rules};
-use plexus_core::models::glm::Iteration;
+use plexus_core::models::fit::Iteration;
 use plexus_core::models::survival::GroupStats;
 use plexus_core::privacy::release::{releasable, release_for, Release};
 use plexus_core::privacy::report::Receipt;
@@ -119,7 +119,7 @@ pub(crate) enum Reply {
 pub(crate) type Outcome = Result<(Reply, Option<Receipt>), Error>;
 
 /// The receipt of a kept answer given again: nothing charged.
-fn repeated(spent: f64, budget: f64, noise: plexus_core::privacy::release::NoiseScale) -> Receipt {
+fn repeated(spent: f64, budget: f64, noise: plexus_core::privacy::scale::NoiseScale) -> Receipt {
     Receipt {
         charged_rho: 0.0,
         spent_rho: spent,

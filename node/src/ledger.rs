@@ -38,7 +38,7 @@ use std::sync::{Arc, Mutex};
 use serde::{Deserialize, Serialize};
 
 use plexus_core::merkle::{Checkpoint, TreeHead};
-use plexus_core::privacy::release::NoiseScale;
+use plexus_core::privacy::scale::NoiseScale;
 use plexus_core::{Error, NodeStats, Result};
 
 use crate::log::JobLog;

@@ -2,7 +2,8 @@
 //! across the nodes, equals the same analysis on the union of the sites'
 //! consenting patients.
 
-use plexus_core::pool::{PooledCell, PooledValue};
+use plexus_core::cell::PooledCell;
+use plexus_core::pool::PooledValue;
 use plexus_core::{Dictionary, NodeStats, Query, RawStats};
 
 use plexus_tests::{ask, consenting, reference, rel, sandbox, today, Sandbox, SandboxOptions};

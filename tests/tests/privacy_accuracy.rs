@@ -15,12 +15,13 @@
 
 use plexus::synth::{generate_site, SiteSpec, DEMO_SITE_NAMES};
 use plexus_core::disclosure::Rules;
+use plexus_core::dp::accountant::sigma_for_rho;
+use plexus_core::dp::noise::discrete_gaussian;
 use plexus_core::models::survival::{self, Curve, Grid, GroupStats, Tally};
 use plexus_core::pool::{pool_value, PooledValue, Z_95};
-use plexus_core::privacy::accountant::sigma_for_rho;
-use plexus_core::privacy::noise::discrete_gaussian;
-use plexus_core::privacy::release::{release, NoiseScale};
+use plexus_core::privacy::release::release;
 use plexus_core::privacy::report::{annotate_summary, count_noise_sd};
+use plexus_core::privacy::scale::NoiseScale;
 use plexus_core::privacy::survival::TreeNoise;
 use plexus_core::stats::SummarySums;
 use plexus_core::{Analysis, Dictionary, NodeStats, RawStats};

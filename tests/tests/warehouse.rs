@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use chrono::NaiveDate;
 use plexus::synth::{self, generate_site, node_columns, Site, SiteSpec};
-use plexus_core::models::glm::Iteration;
+use plexus_core::models::fit::Iteration;
 use plexus_core::{Dictionary, ErrorCode, Purpose, Query, RawStats};
 use plexus_node::data::{ConsentConfig, DataConfig, DataSource, Limits};
 use plexus_tests::pg::TestDatabase;

@@ -5,8 +5,8 @@
 use serde::{Deserialize, Serialize};
 
 use super::inference::{chi_square_p, Reference};
+use crate::cell::PooledCell;
 use crate::error::{Error, Result};
-use crate::pool::PooledCell;
 
 /// One estimated quantile: linear interpolation inside the bin where the
 /// cumulative count crosses it. The true value lies in `[bin_lower,

@@ -2,9 +2,30 @@
 //! in rounds. Each round it sends an [`Iteration`], sums the nodes' round
 //! statistics and takes one step.
 
+use serde::{Deserialize, Serialize};
+
 use crate::error::Result;
 
-pub use super::glm::{Iteration, Step};
+/// What the coordinator sends with each round of an iterative fit.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Iteration {
+    /// 1 for the first round.
+    pub round: u32,
+    /// Empty in a GLM's first round (nodes start from R's starting values).
+    pub coefficients: Vec<f64>,
+    /// Mean of the null model, once known, so nodes can return the null
+    /// deviance alongside.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub null_mean: Option<f64>,
+}
+
+/// What the coordinator does after a round: run another, or stop with the
+/// fit's result.
+pub enum Step<R> {
+    /// Run another round with these.
+    Next(Iteration),
+    Done(R),
+}
 
 /// Round statistics that add across nodes.
 pub trait RoundStats: Sized {

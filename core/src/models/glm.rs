@@ -11,7 +11,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::fit::{IterativeFit, RoundStats};
+use super::fit::{Iteration, IterativeFit, RoundStats, Step};
 use super::inference::{coefficients, Coefficient, Reference};
 use super::linalg::{add_outer, packed_index, packed_len, solve_spd};
 use crate::error::{Error, Result};
@@ -124,19 +124,6 @@ impl Family {
             Family::Poisson => y >= 0.0 && y.is_finite(),
         }
     }
-}
-
-/// What the coordinator sends with each round of an iterative fit.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-pub struct Iteration {
-    /// 1 for the first round.
-    pub round: u32,
-    /// Empty in a GLM's first round (nodes start from R's starting values).
-    pub coefficients: Vec<f64>,
-    /// Mean of the null model, once known, so nodes can return the null
-    /// deviance alongside.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub null_mean: Option<f64>,
 }
 
 /// One node's contribution to one IRLS round.
@@ -311,12 +298,6 @@ pub struct GlmResult {
     pub tolerance: f64,
     /// How missing values were handled.
     pub missing: String,
-}
-
-pub enum Step<R> {
-    /// Run another round with these.
-    Next(Iteration),
-    Done(R),
 }
 
 /// The coordinator's side of a federated IRLS fit.

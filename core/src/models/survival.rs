@@ -333,9 +333,9 @@ pub struct Curve {
     pub notes: Vec<String>,
     /// Under secure aggregation: how many nodes suppressed this group, and
     /// how many merged intervals, which nobody can tell.
-    #[serde(default, skip_serializing_if = "crate::pool::is_zero")]
+    #[serde(default, skip_serializing_if = "crate::cell::is_zero")]
     pub suppressed_by: u32,
-    #[serde(default, skip_serializing_if = "crate::pool::is_zero")]
+    #[serde(default, skip_serializing_if = "crate::cell::is_zero")]
     pub merged_by: u32,
 }
 

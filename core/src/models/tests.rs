@@ -14,7 +14,7 @@ use proptest::test_runner::TestCaseError;
 
 use super::correlation::{self, Missing};
 use super::cox::{self, CoxData, CoxResult, CoxStats, Ties};
-use super::fit::RoundStats;
+use super::fit::{Iteration, RoundStats};
 use super::glm::{self, Family, FitOptions, GlmFitter, GlmResult, GlmStats};
 use super::survival::{self, Curve, Grid, GroupStats, KaplanMeierResult};
 use crate::dictionary::Dictionary;
@@ -165,10 +165,7 @@ fn glm_case(family: Family) -> impl Strategy<Value = (GlmData, Split)> {
     .prop_map(move |(raw, split)| (glm_data(family, &raw), split))
 }
 
-fn glm_fit(
-    family: Family,
-    mut round: impl FnMut(&glm::Iteration) -> GlmStats,
-) -> Result<GlmResult> {
+fn glm_fit(family: Family, mut round: impl FnMut(&Iteration) -> GlmStats) -> Result<GlmResult> {
     let fitter = GlmFitter::new(
         family,
         "y".into(),

@@ -28,9 +28,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::accountant::sigma_for_rho;
-use super::noise::discrete_gaussian;
 use crate::dictionary::Dictionary;
+use crate::dp::accountant::sigma_for_rho;
+use crate::dp::noise::discrete_gaussian;
 use crate::error::{Error, Result};
 use crate::models::design::Term;
 use crate::models::glm::{Family, GlmStats};
@@ -49,6 +49,14 @@ pub const BINOMIAL_DEVIANCE_CLIP: f64 = 18.420_680_743_952_367;
 
 /// Largest |w·z| of one patient in a logistic model.
 const LOGISTIC_WZ: f64 = 1.225;
+
+/// Why a poisson model is refused under differential privacy, with what
+/// to ask instead.
+pub(crate) fn poisson_refused() -> Error {
+    Error::policy(
+        "poisson models are not released under differential privacy (their weights have no public bound); use a binomial or gaussian model, or a study registered with [privacy] exact = true",
+    )
+}
 
 /// The public bounds a GLM round's sensitivity follows from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -112,7 +120,7 @@ impl GlmBounds {
                 let m = lo.abs().max(hi.abs());
                 (1.0, m, m, (hi - lo) * (hi - lo), Some((lo, hi)))
             }
-            Family::Poisson => return Err(super::release::poisson_refused()),
+            Family::Poisson => return Err(poisson_refused()),
         };
         Ok(GlmBounds {
             scale,

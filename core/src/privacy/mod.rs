@@ -1,14 +1,12 @@
-//! Differential privacy building blocks: exact integer noise, fixed-point
-//! encoding with public clamping bounds, and zCDP accounting. The node
-//! noises what it releases with these; the coordinator only ever sees
-//! noised sums.
+//! Differential privacy at release: what a node noises and sends for a
+//! study that is not exact, the decisions it takes on noised values, and
+//! what the researcher is told about a result's cost and noise. The
+//! building blocks (noise, fixed point, zCDP accounting) are in
+//! [`crate::dp`]. The coordinator only ever sees noised sums.
 
-pub mod accountant;
 pub mod decisions;
-pub mod fixed;
 pub mod glm;
-pub mod noise;
 pub mod release;
 pub mod report;
-pub mod suppression;
+pub mod scale;
 pub mod survival;

@@ -33,49 +33,20 @@
 //! any one patient could add; the README's Privacy section says which
 //! and why.
 
-use serde::{Deserialize, Serialize};
-
-use super::accountant::sigma_for_rho;
 use super::decisions::glm_first_round;
-use super::glm::{glm_noise, noise_float, release_glm, GlmBounds};
-use super::noise::discrete_gaussian;
+use super::glm::{glm_noise, noise_float, poisson_refused, release_glm, GlmBounds};
+use super::scale::NoiseScale;
 use crate::dictionary::Dictionary;
 use crate::disclosure::{cell, suppress_table, Rules};
+use crate::dp::accountant::sigma_for_rho;
+use crate::dp::noise::discrete_gaussian;
 use crate::error::{Error, Result};
 use crate::models::correlation::PairSums;
-use crate::models::glm::{Family, Iteration};
+use crate::models::fit::Iteration;
+use crate::models::glm::Family;
 use crate::models::linalg::{packed_index, packed_len};
 use crate::query::{Analysis, Query};
 use crate::stats::{Moments, NodeStats, RawStats, SummarySums};
-
-/// The noise a release carries: standard deviations in the released
-/// values' own units (0 where the release has no such part).
-#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
-pub struct NoiseScale {
-    /// Of each count (cells, bins, n). For Kaplan-Meier, of each node of
-    /// the trees of range counts the events and censorings went through
-    /// ([`super::survival`]); the grid then fixes what that leaves in each
-    /// released count ([`super::survival::TreeNoise`]).
-    pub count_sd: f64,
-    /// Of each sum, in the variable's unit.
-    pub sum_sd: f64,
-    /// Of each sum of squares, in the variable's unit squared.
-    pub square_sd: f64,
-    /// The value sums were centred on before noising: the noise in a mean
-    /// m grows with |m − centre|·count_sd, not with m.
-    #[serde(default)]
-    pub centre: f64,
-    /// The cost the release was noised at (the noise of sums whose scale
-    /// differs entry by entry, as in a regression round, follows from it).
-    #[serde(default)]
-    pub rho: f64,
-}
-
-impl NoiseScale {
-    pub fn is_zero(&self) -> bool {
-        self.count_sd == 0.0 && self.sum_sd == 0.0 && self.square_sd == 0.0
-    }
-}
 
 fn noisy_count(n: u64, sigma: f64) -> Result<u64> {
     let v = i128::from(n) + i128::from(discrete_gaussian(sigma)?);
@@ -106,12 +77,6 @@ pub fn releasable(query: &Query) -> Result<()> {
 fn cox_refused() -> Error {
     Error::policy(
         "cox is not yet released under differential privacy; run it in a study registered with [privacy] exact = true that the hospitals accept",
-    )
-}
-
-pub(crate) fn poisson_refused() -> Error {
-    Error::policy(
-        "poisson models are not released under differential privacy (their weights have no public bound); use a binomial or gaussian model, or a study registered with [privacy] exact = true",
     )
 }
 
@@ -392,8 +357,9 @@ pub fn release(raw: RawStats, rules: Rules, rho: f64) -> Result<(NodeStats, Nois
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cell::Cell;
     use crate::models::correlation;
-    use crate::stats::{Cell, SummarySums};
+    use crate::stats::SummarySums;
     use crate::Dictionary;
 
     #[test]

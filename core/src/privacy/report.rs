@@ -1,64 +1,17 @@
 //! What a researcher is told about a result's privacy: what it cost, what
-//! the study has left, and how much noise its values carry.
+//! the study has left, and how much noise its values carry. The report
+//! itself is part of the pooled result ([`crate::pool::PrivacyReport`]);
+//! here are the figures that go into it, and the check at submission.
 
 use serde::{Deserialize, Serialize};
 
-use super::release::NoiseScale;
+use super::scale::NoiseScale;
 use super::survival::TreeNoise;
 use crate::error::{Error, Result};
 use crate::pool::{PooledValue, Z_95};
 use crate::query::{Analysis, Query};
 use crate::stats::NodeStats;
 use crate::study::StudyDefinition;
-
-/// One node's part of a query's cost.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct NodeCharge {
-    pub node: String,
-    /// Debited for this query at the node (0 when it answered from its cache).
-    pub charged_rho: f64,
-    /// The study's spent budget at the node, after this query.
-    pub spent_rho: f64,
-    /// The budget the node enforces (the study's, or less by its policy).
-    pub budget_rho: f64,
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub cached: bool,
-}
-
-/// A result's privacy terms.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct PrivacyReport {
-    /// An exact study: no noise, no budget.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub exact: bool,
-    /// What the query asked to spend (zCDP ρ).
-    pub cost_rho: f64,
-    /// The most any node debited for it (0 when every node repeated an
-    /// earlier answer).
-    pub charged_rho: f64,
-    /// Every node answered from its cache: the same answer as before, free.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub cached: bool,
-    /// The study's budget and what it has spent, as the coordinator
-    /// accounts it (the most any node has spent).
-    pub budget_rho: f64,
-    pub spent_rho: f64,
-    pub remaining_rho: f64,
-    /// The (ε, δ)-DP equivalent of what the study has spent.
-    pub epsilon_spent: f64,
-    pub delta: f64,
-    /// Standard deviation of the noise in each pooled count (cells, bins,
-    /// n at risk), when the result has counts; for Kaplan-Meier, the
-    /// largest of a pooled number at risk (a note gives the rest).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub count_noise_sd: Option<f64>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub nodes: Vec<NodeCharge>,
-    /// How noise was post-processed (negative counts set to 0, a variance
-    /// clamped at 0) when that happened.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub notes: Vec<String>,
-}
 
 /// Root of the summed variances: the sd of a sum of independent noises.
 fn pooled_sd(sds: impl Iterator<Item = f64>) -> f64 {

@@ -22,7 +22,7 @@
 //!    censoring in one interval of one group, so adding or removing them
 //!    changes by 1 the (at most) L nodes on one leaf-to-root path of one
 //!    tree and nothing else; everything released has L2 sensitivity √L,
-//!    and σ = √L/√(2ρ) costs ρ = L/(2σ²) (see [`super::accountant`]).
+//!    and σ = √L/√(2ρ) costs ρ = L/(2σ²) (see [`crate::dp::accountant`]).
 //! 3. Consistency: the least-squares node counts under "a parent is the sum
 //!    of its children", in two passes (weighted averaging bottom-up, mean
 //!    consistency top-down). With inverse-variance weights the passes are
@@ -40,9 +40,9 @@
 //! produce, use only noised values: they are post-processing and cost
 //! nothing more.
 
-use super::accountant::sigma_for_rho;
-use super::noise::discrete_gaussian;
-use super::release::NoiseScale;
+use super::scale::NoiseScale;
+use crate::dp::accountant::sigma_for_rho;
+use crate::dp::noise::discrete_gaussian;
 use crate::error::{Error, Result};
 use crate::models::survival::{self, GroupStats, Tally};
 

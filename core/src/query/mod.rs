@@ -413,7 +413,7 @@ impl Query {
             c.validate(dict, 1, &mut nodes)?;
         }
         if let Some(rho) = self.rho {
-            crate::privacy::accountant::check_rho("the query's \"rho\"", rho)?;
+            crate::dp::accountant::check_rho("the query's \"rho\"", rho)?;
         }
         validate::analysis(&self.analysis, dict)
     }

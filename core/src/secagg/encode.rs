@@ -29,12 +29,13 @@
 //! | GLM round | n, X'WX, X'Wz, deviance, Σy, null deviance |
 //! | Cox round | n, events, log likelihood, gradient, information |
 
+use crate::cell::Cell;
 use crate::dictionary::Dictionary;
 use crate::error::{Error, Result};
 use crate::models::linalg::packed_len;
 use crate::models::survival::GroupStats;
 use crate::query::{Analysis, Query};
-use crate::stats::{Cell, NodeStats};
+use crate::stats::NodeStats;
 
 /// Fractional bits of a real value in fixed point.
 pub const FRACTION_BITS: u32 = 32;

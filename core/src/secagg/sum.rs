@@ -5,6 +5,7 @@
 //! withheld. Where the plain pool names nodes, this says how many.
 
 use super::encode::{decode_real, Shape};
+use crate::cell::PooledCell;
 use crate::dictionary::Dictionary;
 use crate::error::{Error, Result};
 use crate::models::correlation::{self, PairSums};
@@ -13,7 +14,7 @@ use crate::models::derived;
 use crate::models::glm::GlmStats;
 use crate::models::linalg::packed_len;
 use crate::models::survival::{self, GroupCounts, PooledGroup};
-use crate::pool::{pooled_cell, summary_value, PooledCell, PooledValue};
+use crate::pool::{pooled_cell, summary_value, PooledValue};
 use crate::query::Analysis;
 use crate::stats::{Moments, NodeStats};
 
@@ -346,11 +347,11 @@ impl Summed {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cell::Cell;
     use crate::models::survival::GroupStats;
     use crate::pool::pool_value;
     use crate::secagg::encode::encode;
     use crate::secagg::mask::add_into;
-    use crate::stats::Cell;
     use crate::Query;
 
     /// Pools `answers` in the clear and through their encoded sum; the

@@ -30,7 +30,7 @@ use chrono::NaiveDate;
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::prelude::{DataFrame, ParquetReadOptions, SessionContext};
 use plexus_core::models::design::ColumnData;
-use plexus_core::models::glm::Iteration;
+use plexus_core::models::fit::Iteration;
 use plexus_core::stats::SummarySums;
 use plexus_core::{Analysis, Dictionary, Error, Purpose, Query, RawStats, Result};
 

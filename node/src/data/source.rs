@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use chrono::NaiveDate;
-use plexus_core::models::glm::Iteration;
+use plexus_core::models::fit::Iteration;
 use plexus_core::{Dictionary, Purpose, Query, RawStats, Result};
 
 use super::config::{ConsentConfig, DataConfig, SourceKind};

@@ -2,18 +2,20 @@
 //! until proven otherwise: missing oneofs, unknown enum values and
 //! out-of-range sizes are refused here with an `invalid` error.
 
+use plexus_core::cell::Cell;
 use plexus_core::error::{Error, ErrorCode, Result};
 use plexus_core::models::correlation::{Missing, PairSums};
 use plexus_core::models::cox::{CoxStats, Ties};
-use plexus_core::models::glm::{Family, GlmStats, Iteration};
+use plexus_core::models::fit::Iteration;
+use plexus_core::models::glm::{Family, GlmStats};
 use plexus_core::models::survival::{Grid, GroupCounts, GroupStats, MAX_GRID_INTERVALS};
-use plexus_core::privacy::release::NoiseScale;
 use plexus_core::privacy::report::Receipt;
+use plexus_core::privacy::scale::NoiseScale;
 use plexus_core::query::{
     Analysis, AnalysisKind, Cohort, CompareOp, Query, Value, MAX_BINS, MAX_CORRELATION_VARIABLES,
     MAX_COVARIATES, MAX_PROBABILITIES,
 };
-use plexus_core::stats::{Cell, Moments, NodeStats};
+use plexus_core::stats::{Moments, NodeStats};
 use plexus_core::study::{PrivacySettings, PurposeSpec, StudyDefinition};
 use plexus_core::Purpose;
 

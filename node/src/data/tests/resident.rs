@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-use plexus_core::models::glm::Iteration;
+use plexus_core::models::fit::Iteration;
 use plexus_core::{Query, RawStats};
 
 use super::compute::{ANALYSES, COHORTS};

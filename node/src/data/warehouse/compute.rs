@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 
 use chrono::NaiveDate;
 use plexus_core::models::design::{ColumnData, Columns, MISSING_LEVEL};
-use plexus_core::models::glm::Iteration;
+use plexus_core::models::fit::Iteration;
 use plexus_core::stats::SummarySums;
 use plexus_core::{Analysis, ConsentTerms, Error, Purpose, Query, RawStats, Result, VarType};
 use sqlx::Row;

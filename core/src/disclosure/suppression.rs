@@ -11,7 +11,7 @@
 //! The dominance rule withholds a sum when one or two patients make up most
 //! of it.
 
-use crate::stats::Cell;
+use crate::cell::Cell;
 
 /// Suppresses further cells of a row-major `rows × columns` table until no
 /// row or column holds exactly one suppressed cell. Returns how many cells
@@ -65,27 +65,12 @@ pub fn dominated(largest: [f64; 2], total: f64, share: f64) -> bool {
     total > 0.0 && (largest[0].abs() + largest[1].abs()) > share * total
 }
 
-/// The two largest magnitudes among `values`, for [`dominated`].
-pub fn two_largest(values: impl IntoIterator<Item = f64>) -> ([f64; 2], f64) {
-    let mut top = [0.0f64; 2];
-    let mut total = 0.0;
-    for v in values {
-        let a = v.abs();
-        total += a;
-        if a > top[0] {
-            top = [a, top[0]];
-        } else if a > top[1] {
-            top[1] = a;
-        }
-    }
-    (top, total)
-}
-
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
 
     use super::*;
+    use crate::stats::two_largest;
 
     fn table(counts: &[u64], k: u64) -> Vec<Cell> {
         counts

@@ -8,9 +8,12 @@
 //! under differential privacy the same rules run on the noised values
 //! (see [`crate::privacy::release`]).
 
+pub mod suppression;
+
+use self::suppression::{dominated, secondary};
+use crate::cell::Cell;
 use crate::models::{correlation, survival};
-use crate::privacy::suppression::{dominated, secondary};
-use crate::stats::{Cell, NodeStats, RawStats, SummarySums};
+use crate::stats::{NodeStats, RawStats, SummarySums};
 
 /// The node's disclosure rules for one job.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -32,7 +35,7 @@ impl Rules {
     pub fn new(k: u32) -> Self {
         Rules {
             k,
-            dominance_share: crate::privacy::suppression::DEFAULT_DOMINANCE_SHARE,
+            dominance_share: suppression::DEFAULT_DOMINANCE_SHARE,
             max_parameter_share: DEFAULT_PARAMETER_SHARE,
         }
     }
