@@ -56,7 +56,7 @@ impl State {
     /// Appends an audit entry. A failure to audit is logged loudly; the
     /// action it describes has already happened and cannot be undone.
     pub async fn audit(&self, entry: AuditEntry) {
-        let action = entry.action.clone();
+        let action = entry.action;
         match self.audit_log.append(entry).await {
             Ok(seq) => {
                 self.metrics.audit_entries.set(seq);

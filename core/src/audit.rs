@@ -270,13 +270,13 @@ macro_rules! closed_set_strings {
 
         impl PartialEq<str> for $name {
             fn eq(&self, other: &str) -> bool {
-                self.to_string() == other
+                other.parse::<$name>().is_ok_and(|o| o == *self)
             }
         }
 
         impl PartialEq<&str> for $name {
             fn eq(&self, other: &&str) -> bool {
-                self.to_string() == *other
+                *self == **other
             }
         }
     };
