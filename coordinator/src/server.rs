@@ -28,20 +28,9 @@ use crate::registry::Registry;
 use crate::service::{
     admin::AdminService, audit::AuditService, node_link::NodeLinkService, research::ResearchService,
 };
+use crate::shutdown::SHUTDOWN_GRACE;
 use crate::state::State;
 use crate::store::{AuditEntry, Store};
-
-/// How long calls still open get to finish once queries in flight are
-/// done or failed and the server stops.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
-
-/// What a researcher is told while the coordinator drains.
-pub const SHUTTING_DOWN: &str = "the coordinator is shutting down, retry shortly";
-
-/// The error a query still running when the shutdown grace period ends
-/// is failed with (and the audit log records).
-pub const SHUT_DOWN_MID_QUERY: &str =
-    "the coordinator shut down before this query finished; submit it again";
 
 /// Serves until `shutdown` is cancelled, then stops taking queries, gives
 /// those in flight `coordinator.shutdown_grace_secs` to finish, fails the

@@ -89,7 +89,7 @@ impl Research for ResearchService {
             return Err(self.refuse(&who.name, &shown, e).await);
         }
         if self.state.draining.is_cancelled() {
-            let e = Error::unavailable(crate::server::SHUTTING_DOWN);
+            let e = Error::unavailable(crate::shutdown::SHUTTING_DOWN);
             return Err(self.refuse(&who.name, &req.study_id, e).await);
         }
         let study = match self.state.store.study(&req.study_id).await {
@@ -232,7 +232,7 @@ impl Research for ResearchService {
                 return Ok(Response::new(to_pb(q)));
             }
             if self.state.shutdown.is_cancelled() {
-                return Err(Status::unavailable(crate::server::SHUTTING_DOWN));
+                return Err(Status::unavailable(crate::shutdown::SHUTTING_DOWN));
             }
             // A query finishing as the server stops wakes both branches:
             // either way the loop reads its final state once more.

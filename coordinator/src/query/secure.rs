@@ -25,7 +25,7 @@ use plexus_core::Error;
 use plexus_proto::v1 as pb;
 use tracing::{info, warn};
 
-use crate::query::{add_receipts, Answer, Plan, Round};
+use super::plan::{add_receipts, Answer, Plan, Round};
 
 /// An open secure aggregation session: its roster and the next step.
 pub(crate) struct Session {
