@@ -68,7 +68,7 @@ fn every_toml_in_deploy_is_checked_here() {
     for n in &names {
         assert!(
             n == "coordinator.toml" || n == "study.toml" || n.starts_with("node"),
-            "deploy/{n} is checked by no test; add a check for it to tests/tests/deploy_configs.rs"
+            "deploy/{n} is checked by no test; add a check for it to tests/tests/it/deploy_configs.rs"
         );
     }
     assert!(

@@ -1,7 +1,7 @@
 //! The wire fuzz targets' seed corpora (fuzz/seeds/), encoded from the
 //! example queries in deploy/queries and deploy/study.toml: this test fails
 //! when they drift from what the code encodes today. Regenerate them with
-//! `PLEXUS_WRITE_FUZZ_SEEDS=1 cargo test -p plexus-tests --test fuzz_seeds`.
+//! `PLEXUS_WRITE_FUZZ_SEEDS=1 cargo test -p plexus-tests --test it -- fuzz_seeds::`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -379,7 +379,7 @@ fn the_wire_fuzz_seeds_are_what_the_code_encodes() {
             let kept = std::fs::read(&path).unwrap_or_default();
             assert!(
                 kept == *bytes,
-                "{} is out of date: regenerate the seeds with PLEXUS_WRITE_FUZZ_SEEDS=1 cargo test -p plexus-tests --test fuzz_seeds",
+                "{} is out of date: regenerate the seeds with PLEXUS_WRITE_FUZZ_SEEDS=1 cargo test -p plexus-tests --test it -- fuzz_seeds::",
                 path.display()
             );
         }
