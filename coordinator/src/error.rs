@@ -22,9 +22,25 @@ pub enum CoordinatorError {
     #[error("{0}")]
     Core(#[from] Error),
     #[error("tls: {0}")]
-    Tls(String),
+    Tls(#[from] plexus_tls::TlsError),
+    /// The gRPC server failed while serving.
     #[error("server: {0}")]
-    Server(String),
+    Transport(#[from] tonic::transport::Error),
+    /// A task of the coordinator's ended by a panic or a cancellation.
+    #[error("the {task} task ended: {source}")]
+    Task {
+        task: &'static str,
+        source: tokio::task::JoinError,
+    },
+    /// The gRPC reflection service could not read the embedded descriptors.
+    #[error("reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    /// The listening socket's address could not be read.
+    #[error("listening socket: {0}")]
+    Listener(std::io::Error),
+    /// Start-up's integrity check found the database damaged.
+    #[error("the database {url} failed its integrity check (PRAGMA quick_check): {problems}; stop here and restore it from backup (or copy out what `sqlite3 FILE .recover` saves)")]
+    Damaged { url: String, problems: String },
     #[error("{0}")]
     Ops(#[from] plexus_ops::OpsError),
     #[error("this coordinator lost its lease and stopped: {0}")]

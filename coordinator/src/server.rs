@@ -60,11 +60,8 @@ pub async fn run(
     let tls = plexus_tls::ServerTls::watch(
         config.tls.clone(),
         Duration::from_millis(config.coordinator.tls_reload_ms),
-    )
-    .map_err(|e| CoordinatorError::Tls(e.to_string()))?;
-    let addr = listener
-        .local_addr()
-        .map_err(|e| CoordinatorError::Server(e.to_string()))?;
+    )?;
+    let addr = listener.local_addr().map_err(CoordinatorError::Listener)?;
     let url = config.coordinator.database_url.clone();
     let instance = config.instance().to_string();
 
@@ -371,10 +368,11 @@ fn server_ended(
 ) -> Result<()> {
     match r {
         Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(CoordinatorError::Server(e.to_string())),
-        Err(e) => Err(CoordinatorError::Server(format!(
-            "the server task ended: {e}"
-        ))),
+        Ok(Err(e)) => Err(e.into()),
+        Err(source) => Err(CoordinatorError::Task {
+            task: "server",
+            source,
+        }),
     }
 }
 
@@ -418,12 +416,10 @@ fn routes(state: &Arc<State>) -> Result<Routes> {
     // Both reflection versions: grpcurl speaks v1, older tools only v1alpha.
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(plexus_proto::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|e| CoordinatorError::Server(format!("reflection: {e}")))?;
+        .build_v1()?;
     let reflection_alpha = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(plexus_proto::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()
-        .map_err(|e| CoordinatorError::Server(format!("reflection: {e}")))?;
+        .build_v1alpha()?;
     Ok(Routes::new(reflection)
         .add_service(reflection_alpha)
         .add_service(NodeLinkServer::new(NodeLinkService {
@@ -653,11 +649,9 @@ async fn record_budgets(state: &State) {
 /// Start-up's quick integrity check of the database: a damaged SQLite file
 /// is refused with its path, before anything is read from or added to it.
 async fn check_database(store: &Store, url: &str) -> Result<()> {
-    let damaged = |problems: &str| {
-        let problems: String = problems.chars().take(800).collect();
-        crate::error::CoordinatorError::Server(format!(
-            "the database {url} failed its integrity check (PRAGMA quick_check): {problems}; stop here and restore it from backup (or copy out what `sqlite3 FILE .recover` saves)"
-        ))
+    let damaged = |problems: &str| CoordinatorError::Damaged {
+        url: url.to_string(),
+        problems: problems.chars().take(800).collect(),
     };
     let checked = store
         .quick_check()

@@ -979,10 +979,11 @@ impl Store {
                     next = hi;
                 }
                 let Some(read) = reads.pop_front() else { break };
-                let page = read.await.unwrap_or_else(|e| {
-                    Err(crate::error::CoordinatorError::Server(format!(
-                        "reading the audit log failed: {e}"
-                    )))
+                let page = read.await.unwrap_or_else(|source| {
+                    Err(crate::error::CoordinatorError::Task {
+                        task: "audit log reading",
+                        source,
+                    })
                 });
                 let failed = page.is_err();
                 if tx.send(page).await.is_err() || failed {

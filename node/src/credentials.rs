@@ -54,23 +54,18 @@ impl ResultSigner {
 /// certificate and the trust anchors. The certificate is read apart from
 /// the config, so the key is checked against it: a rotation caught half
 /// way through is a failed load, not a key signing for another certificate.
-fn load(files: &TlsFiles) -> std::result::Result<(Arc<ClientConfig>, Keys), String> {
-    let (config, signer) = plexus_tls::client_credentials(files).map_err(|e| e.to_string())?;
-    let certificate = plexus_tls::load_certs(&files.cert)
-        .map_err(|e| e.to_string())?
+fn load(files: &TlsFiles) -> Result<(Arc<ClientConfig>, Keys)> {
+    let (config, signer) = plexus_tls::client_credentials(files)?;
+    let certificate = plexus_tls::load_certs(&files.cert)?
         .into_iter()
         .next()
-        .ok_or_else(|| format!("{} holds no certificate", files.cert.display()))?
+        .ok_or_else(|| NodeError::NoCertificate(files.cert.clone()))?
         .as_ref()
         .to_vec();
     let probe = b"plexus-node: the key belongs to the certificate";
-    plexus_tls::verify_by_certificate(&certificate, probe, &signer.sign(probe)).map_err(|_| {
-        format!(
-            "tls.key does not belong to the certificate in {} (a rotation half done?); check that tls.cert and tls.key belong together",
-            files.cert.display()
-        )
-    })?;
-    let trust = PeerTrust::load(files).map_err(|e| e.to_string())?;
+    plexus_tls::verify_by_certificate(&certificate, probe, &signer.sign(probe))
+        .map_err(|_| NodeError::KeyMismatch(files.cert.clone()))?;
+    let trust = PeerTrust::load(files)?;
     Ok((
         config,
         Keys {
@@ -93,7 +88,7 @@ pub struct Credentials {
 impl Credentials {
     /// Loads the files once; unusable files stop the node at start-up.
     pub fn load(files: TlsFiles) -> Result<Self> {
-        let (config, keys) = load(&files).map_err(NodeError::Tls)?;
+        let (config, keys) = load(&files)?;
         let keys = Arc::new(keys);
         Ok(Credentials {
             files,
@@ -111,18 +106,19 @@ impl Credentials {
     /// result signer switches to the same files' key.
     pub async fn for_connection(&self) -> Arc<ClientConfig> {
         let files = self.files.clone();
-        let loaded = match tokio::task::spawn_blocking(move || load(&files)).await {
-            Ok(loaded) => loaded,
-            Err(e) => Err(format!("reading them was interrupted: {e}")),
-        };
+        let loaded = tokio::task::spawn_blocking(move || load(&files)).await;
         let mut last_good = self.last_good.lock().expect("credentials lock");
         match loaded {
-            Ok((config, keys)) => {
+            Ok(Ok((config, keys))) => {
                 *last_good = (config, Arc::new(keys));
             }
-            Err(e) => error!(
+            Ok(Err(e)) => error!(
                 error = %e,
                 "the [tls] files cannot be used; connecting with the ones loaded last until they are fixed"
+            ),
+            Err(e) => error!(
+                error = %e,
+                "reading the [tls] files was interrupted; connecting with the ones loaded last"
             ),
         }
         self.signer.replace(last_good.1.clone());

@@ -194,10 +194,11 @@ async fn open_parts(
     let review = review::ReviewQueue::open(&config.node.state_dir)?;
     let data =
         Arc::new(data::DataSource::open(&config.data, &config.consent, dictionary.clone()).await?);
-    let log = Arc::new(log::JobLog::open_signed(
-        &config.node.state_dir,
-        &config.node.id,
-    )?);
+    let log_path = config.node.state_dir.join(log::JOB_LOG_FILE);
+    let log = Arc::new(
+        log::JobLog::open_signed(&config.node.state_dir, &config.node.id)
+            .map_err(NodeError::log(&log_path))?,
+    );
     let ledger = Arc::new(ledger::Ledger::open_signed(
         &config.node.state_dir,
         &config.node.id,
@@ -205,10 +206,12 @@ async fn open_parts(
     // A debit the job log shows cannot have vanished from the ledger.
     ledger.cross_check(&log)?;
     // Jobs the node was killed with: accepted, never answered.
-    let dropped = log.close_open(
-        log::DROPPED_CRASH,
-        "the node stopped (killed or crashed) with this job accepted and unanswered; nothing was sent for it",
-    )?;
+    let dropped = log
+        .close_open(
+            log::DROPPED_CRASH,
+            "the node stopped (killed or crashed) with this job accepted and unanswered; nothing was sent for it",
+        )
+        .map_err(NodeError::log(log.path()))?;
     if dropped > 0 {
         warn!(
             jobs = dropped,

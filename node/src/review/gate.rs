@@ -71,10 +71,11 @@ impl JobRunner {
             ),
             ..Default::default()
         };
-        let queued = self
-            .review
-            .hold(&held)
-            .and_then(|_| self.log.append(&entry).map_err(NodeError::Log));
+        let queued = self.review.hold(&held).and_then(|_| {
+            self.log
+                .append(&entry)
+                .map_err(NodeError::log(self.log.path()))
+        });
         if let Err(e) = queued {
             warn!(error = %e, "cannot hold the result for review; refusing the job");
             return answer(self.result(&job.job_id, job_hash, Err(Error::internal(
@@ -164,7 +165,9 @@ impl JobRunner {
             detail,
             ..Default::default()
         };
-        self.log.append(&entry)?;
+        self.log
+            .append(&entry)
+            .map_err(NodeError::log(self.log.path()))?;
         let review = pb::Review {
             decision: decision.verdict.as_str().into(),
             reason: decision.reason.clone(),
