@@ -247,6 +247,15 @@ fn lock(drops: &Mutex<DropLog>) -> std::sync::MutexGuard<'_, DropLog> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// Whether a socket's error is its peer hanging up.
+fn closed_by_peer(error: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        error.kind(),
+        ConnectionReset | ConnectionAborted | BrokenPipe | NotConnected | UnexpectedEof
+    )
+}
+
 async fn handshake(
     acceptor: TlsAcceptor,
     tcp: TcpStream,
@@ -263,8 +272,14 @@ async fn handshake(
     let mut first = [0u8; 1];
     match tokio::time::timeout(limits.first_byte, tcp.peek(&mut first)).await {
         Ok(Ok(n)) if n > 0 => spoke.store(true, Ordering::Relaxed),
-        // Closed before saying anything: nothing to log.
+        // Closed before saying anything: nothing to log. A TCP readiness
+        // probe (kubelet's, a load balancer's) connects and closes, often
+        // with a reset to leave no TIME_WAIT behind.
         Ok(Ok(_)) => return,
+        Ok(Err(error)) if closed_by_peer(&error) => {
+            tracing::debug!(%source, %error, "closed before sending anything (a TCP probe?)");
+            return;
+        }
         Ok(Err(error)) => {
             lock(&drops).record(Dropped::Failed, source, &error);
             return;
