@@ -35,7 +35,10 @@ use crate::store::{AuditEntry, Store};
 /// Serves until `shutdown` is cancelled, then stops taking queries, gives
 /// those in flight `coordinator.shutdown_grace_secs` to finish, fails the
 /// rest with a retryable error, and closes with a final audit checkpoint.
-///
+/// The body's numbered phases: 1 read the config, dictionary and TLS
+/// files; 2 serve (metrics, and gRPC behind the standby gate); 3 wait for
+/// the lease; 4 open the database and the audit log; 5 go active; 6 serve
+/// until shutdown, a lost lease or a failed server; 7 close.
 ///
 /// On PostgreSQL the coordinator first takes the lease (see
 /// [`crate::lease`]): while another coordinator holds it, this one stays
@@ -48,6 +51,7 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<()> {
+    // 1. What start-up reads: the config, the dictionary, the TLS files.
     config.validate()?;
     let metrics_listener = match config.coordinator.metrics_listen {
         Some(addr) => Some(plexus_ops::bind(addr, "coordinator.metrics_listen").await?),
@@ -65,6 +69,9 @@ pub async fn run(
     let url = config.coordinator.database_url.clone();
     let instance = config.instance().to_string();
 
+    // 2. Serving at once: metrics and health over HTTP, and one gRPC
+    // server for the whole run whose gate answers for the standby and
+    // hands calls to the services once this coordinator is active.
     let readiness = plexus_ops::Readiness::new();
     readiness.set("server", false, "starting");
     let metrics = Arc::new(Metrics::new());
@@ -81,36 +88,16 @@ pub async fn run(
             ops_stop.clone(),
         ))
     });
-
-    // One server for the whole run: the gate answers for the standby and
-    // hands calls to the services once this coordinator is active.
     let (gate, phase) = Gate::new();
     let serving = CancellationToken::new();
-    let incoming = plexus_tls::incoming(listener, tls.clone());
-    let stop = serving.clone();
     // If this future is dropped (its task aborted: the in-process stand-in
     // for a killed process), the server and everything of the active phase
     // stop with it instead of serving on.
     let _serving_guard = serving.clone().drop_guard();
-    let mut server = AbortOnDropHandle::new(tokio::spawn(
-        tonic::transport::Server::builder().serve_with_incoming_shutdown(
-            gate,
-            incoming,
-            async move { stop.cancelled().await },
-        ),
-    ));
+    let mut server = serve_grpc(gate, listener, tls.clone(), serving.clone());
 
-    let lease = if crate::store::is_postgres(&url) {
-        let unfenced = Store::open(&url).await?;
-        let pool = unfenced.postgres().expect("a postgres store").clone();
-        Some(Lease::new(
-            pool,
-            &instance,
-            Duration::from_millis(config.coordinator.lease_ttl_ms),
-        ))
-    } else {
-        None
-    };
+    // 3. On PostgreSQL, standby until this coordinator holds the lease.
+    let lease = lease_for(&url, &instance, &config).await?;
     let (epoch, previous) = match &lease {
         None => (None, None),
         Some(lease) => {
@@ -131,31 +118,9 @@ pub async fn run(
         }
     };
 
-    let group_commit = config.coordinator.audit_group_commit;
-    // Enough for the queries that can finish while a waiter reads its
-    // own; a waiter that lags behind reads its query again.
-    let (finished, _) = tokio::sync::broadcast::channel(1024);
-    let opened = async {
-        let store = Store::open_with(&url, epoch, group_commit).await?;
-        let signer = Arc::new(config.signing_key()?);
-        check_database(&store, &url).await?;
-        let mut audit_log = AuditLog::open_sealed(
-            store.clone(),
-            signer.clone(),
-            &config.coordinator.id,
-            crate::audit_seal::Seal::for_config(&config),
-        )
-        .await?;
-        if !group_commit {
-            warn!("audit group commit is off (coordinator.audit_group_commit = false): every audit entry is its own commit, as a baseline to measure against");
-            audit_log = audit_log.without_group_commit();
-        }
-        let audit_log = Arc::new(audit_log);
-        let interrupted = fail_interrupted(&store, &audit_log, &config.coordinator.id).await?;
-        Ok::<_, CoordinatorError>((store, signer, audit_log, interrupted))
-    }
-    .await;
-    let (store, signer, audit_log, interrupted) = match opened {
+    // 4. The database and the audit log opened and checked, and what the
+    // previous run left unfinished failed and audited.
+    let (store, signer, audit_log, interrupted) = match open_log(&config, &url, epoch).await {
         Ok(o) => o,
         Err(e) => {
             // Refused at start (a log that does not extend its checkpoint,
@@ -183,6 +148,9 @@ pub async fn run(
         Duration::from_secs(config.coordinator.audit_checkpoint_secs),
         active.clone(),
     ));
+    // Enough for the queries that can finish while a waiter reads its
+    // own; a waiter that lags behind reads its query again.
+    let (finished, _) = tokio::sync::broadcast::channel(1024);
     let state = Arc::new(State {
         signer,
         audit_log,
@@ -200,34 +168,17 @@ pub async fn run(
         finished,
         config,
     });
+
+    // 5. Active: the start (and a takeover) audited, the services open.
     record_budgets(&state).await;
     info!(%addr, %instance, epoch, dictionary = %state.dictionary.fingerprint(), "coordinator listening");
-    state
-        .audit(AuditEntry {
-            detail: format!("listening on {addr}"),
-            ..AuditEntry::new(
-                state.config.coordinator.id.clone(),
-                Role::Coordinator,
-                Action::CoordinatorStart,
-                Outcome::Ok,
-            )
-        })
-        .await;
-    if let (Some(epoch), Some((holder, old_epoch))) = (epoch, &previous) {
-        warn!(%instance, epoch, previous = %holder, previous_epoch = old_epoch, interrupted, "took over from the previous active coordinator");
-        state
-            .audit(AuditEntry {
-                detail: format!(
-                    "{instance} took the lease over at epoch {epoch} from {holder} (epoch {old_epoch}); {interrupted} interrupted queries marked failed"
-                ),
-                ..AuditEntry::new(state.config.coordinator.id.clone(), Role::Coordinator, Action::CoordinatorTakeover, Outcome::Ok)
-            })
-            .await;
-    }
+    audit_start(&state, addr, epoch.zip(previous), interrupted).await;
     phase.send_replace(Phase::Active(routes(&state)?));
     state.readiness.set("server", true, "");
     tokio::spawn(audit_tls_reloads(state.clone()));
 
+    // 6. Serving until a shutdown drains the queries in flight, the
+    // lease is lost, or the server fails.
     let lost = async {
         match (&lease, epoch) {
             (Some(lease), Some(epoch)) => lease.keep(epoch).await,
@@ -252,6 +203,9 @@ pub async fn run(
         () = drain(&state) => {}
         r = &mut server => return server_ended(r),
     }
+
+    // 7. Closing: calls still open get the grace period, the stop is
+    // audited under a last checkpoint, the lease is handed on.
     active.cancel();
     serving.cancel();
     match tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await {
@@ -262,14 +216,12 @@ pub async fn run(
         }
     }
     state
-        .audit(AuditEntry {
-            ..AuditEntry::new(
-                state.config.coordinator.id.clone(),
-                Role::Coordinator,
-                Action::CoordinatorStop,
-                Outcome::Ok,
-            )
-        })
+        .audit(AuditEntry::new(
+            state.config.coordinator.id.clone(),
+            Role::Coordinator,
+            Action::CoordinatorStop,
+            Outcome::Ok,
+        ))
         .await;
     // The last entries get a checkpoint before the database closes.
     if let Err(e) = state.audit_log.publish_if_grown().await {
@@ -288,6 +240,106 @@ pub async fn run(
     }
     info!("coordinator stopped");
     Ok(())
+}
+
+/// The gRPC server, on the listener from the start, until `serving` is
+/// cancelled; aborted when the handle is dropped.
+fn serve_grpc(
+    gate: Gate,
+    listener: TcpListener,
+    tls: plexus_tls::ServerTls,
+    serving: CancellationToken,
+) -> AbortOnDropHandle<std::result::Result<(), tonic::transport::Error>> {
+    let incoming = plexus_tls::incoming(listener, tls);
+    AbortOnDropHandle::new(tokio::spawn(
+        tonic::transport::Server::builder().serve_with_incoming_shutdown(
+            gate,
+            incoming,
+            async move { serving.cancelled().await },
+        ),
+    ))
+}
+
+/// The lease of the active coordinator, on PostgreSQL (see
+/// [`crate::lease`]); SQLite has one coordinator and no lease.
+async fn lease_for(url: &str, instance: &str, config: &CoordinatorConfig) -> Result<Option<Lease>> {
+    if !crate::store::is_postgres(url) {
+        return Ok(None);
+    }
+    let unfenced = Store::open(url).await?;
+    let pool = unfenced.postgres().expect("a postgres store").clone();
+    Ok(Some(Lease::new(
+        pool,
+        instance,
+        Duration::from_millis(config.coordinator.lease_ttl_ms),
+    )))
+}
+
+/// Opens the store (fenced by the lease's `epoch`), checks the database,
+/// opens the audit log against its seal, and fails and audits what the
+/// previous run left unfinished (returning how many queries).
+async fn open_log(
+    config: &CoordinatorConfig,
+    url: &str,
+    epoch: Option<i64>,
+) -> Result<(Store, Arc<plexus_tls::SigningKey>, Arc<AuditLog>, u64)> {
+    let group_commit = config.coordinator.audit_group_commit;
+    let store = Store::open_with(url, epoch, group_commit).await?;
+    let signer = Arc::new(config.signing_key()?);
+    check_database(&store, url).await?;
+    let mut audit_log = AuditLog::open_sealed(
+        store.clone(),
+        signer.clone(),
+        &config.coordinator.id,
+        crate::audit_seal::Seal::for_config(config),
+    )
+    .await?;
+    if !group_commit {
+        warn!("audit group commit is off (coordinator.audit_group_commit = false): every audit entry is its own commit, as a baseline to measure against");
+        audit_log = audit_log.without_group_commit();
+    }
+    let audit_log = Arc::new(audit_log);
+    let interrupted = fail_interrupted(&store, &audit_log, &config.coordinator.id).await?;
+    Ok((store, signer, audit_log, interrupted))
+}
+
+/// Audits the start, and a takeover at an epoch from the previous
+/// holder of the lease (its instance and epoch).
+async fn audit_start(
+    state: &State,
+    addr: std::net::SocketAddr,
+    takeover: Option<(i64, (String, i64))>,
+    interrupted: u64,
+) {
+    let coordinator = &state.config.coordinator.id;
+    state
+        .audit(AuditEntry {
+            detail: format!("listening on {addr}"),
+            ..AuditEntry::new(
+                coordinator.clone(),
+                Role::Coordinator,
+                Action::CoordinatorStart,
+                Outcome::Ok,
+            )
+        })
+        .await;
+    if let Some((epoch, (holder, old_epoch))) = takeover {
+        let instance = state.config.instance();
+        warn!(%instance, epoch, previous = %holder, previous_epoch = old_epoch, interrupted, "took over from the previous active coordinator");
+        state
+            .audit(AuditEntry {
+                detail: format!(
+                    "{instance} took the lease over at epoch {epoch} from {holder} (epoch {old_epoch}); {interrupted} interrupted queries marked failed"
+                ),
+                ..AuditEntry::new(
+                    coordinator.clone(),
+                    Role::Coordinator,
+                    Action::CoordinatorTakeover,
+                    Outcome::Ok,
+                )
+            })
+            .await;
+    }
 }
 
 /// Queries (and their jobs) a previous process left unfinished can never
