@@ -255,7 +255,7 @@ impl Layout {
                 .data
                 .columns
                 .iter()
-                .map(|(v, c)| (v.clone(), c.clone()))
+                .map(|(v, c)| (v.clone(), c.column.clone()))
                 .collect();
             let mut expected: Vec<(String, String)> = synth::node_columns()
                 .into_iter()

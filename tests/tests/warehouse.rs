@@ -51,7 +51,7 @@ async fn pair(purpose: &str, patients: usize) -> Option<Pair> {
             patient_id: "patient_id".into(),
             columns: node_columns()
                 .into_iter()
-                .map(|(v, c)| (v.to_string(), c.to_string()))
+                .map(|(v, c)| (v.to_string(), c.into()))
                 .collect(),
             ..Default::default()
         },
