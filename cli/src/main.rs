@@ -42,6 +42,26 @@ enum Command {
         #[arg(long)]
         keep: Option<PathBuf>,
     },
+    /// Write synthetic hospitals' patient, consent and opt-out files for a
+    /// trial network (the demo's patients, without running anything).
+    Synth {
+        /// Folder to write to: each site goes to OUT/sites/<name>/.
+        #[arg(long)]
+        out: PathBuf,
+        /// Hospitals: hospital-a, hospital-b, ...
+        #[arg(long, default_value_t = 3)]
+        sites: usize,
+        /// Patients per hospital.
+        #[arg(long, default_value_t = 5000)]
+        patients: usize,
+        /// Format of every patient file; by default as the demo: every
+        /// third site (hospital-c, ...) CSV, the others Parquet.
+        #[arg(long, value_enum)]
+        format: Option<SynthFormat>,
+        /// Seed of the synthetic data (the same seed, the same patients).
+        #[arg(long, default_value_t = 2026)]
+        seed: u64,
+    },
     /// Benchmark: federated against centralised latency over three nodes (use --release).
     Bench {
         /// Patients per hospital.
@@ -349,6 +369,21 @@ enum AuditCommand {
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum SynthFormat {
+    Parquet,
+    Csv,
+}
+
+impl From<SynthFormat> for plexus::synth::DataFormat {
+    fn from(f: SynthFormat) -> Self {
+        match f {
+            SynthFormat::Parquet => plexus::synth::DataFormat::Parquet,
+            SynthFormat::Csv => plexus::synth::DataFormat::Csv,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
 enum ExportFormat {
     /// FHIR R4 AuditEvent, one resource a line.
     Fhir,
@@ -386,6 +421,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 keep,
             })
             .await
+        }
+        Command::Synth {
+            out,
+            sites,
+            patients,
+            format,
+            seed,
+        } => {
+            let opts = plexus::synth_command::SynthOptions {
+                out,
+                sites,
+                patients,
+                format: format.map(Into::into),
+                seed,
+            };
+            let written = plexus::synth_command::write(&opts)?;
+            print!("{}", plexus::synth_command::report(&opts, &written));
+            Ok(())
         }
         Command::BenchAudit {
             entries,
