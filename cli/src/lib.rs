@@ -20,3 +20,4 @@ pub mod sandbox;
 pub mod secure_bench;
 pub mod synth;
 pub mod synth_command;
+pub mod wait;

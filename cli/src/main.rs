@@ -178,8 +178,25 @@ enum Command {
         #[arg(long)]
         plot: Option<PathBuf>,
     },
-    /// Nodes known to the coordinator and whether they are live.
-    Nodes,
+    /// Nodes known to the coordinator and whether they are live; with
+    /// --wait, first wait until the nodes wanted are live.
+    #[command(group(clap::ArgGroup::new("wanted").args(["count", "nodes"]).requires("wait")))]
+    Nodes {
+        /// Wait (also while the coordinator starts) until --count nodes or
+        /// every one of --nodes is live; exit non-zero after --timeout,
+        /// naming the nodes that are not.
+        #[arg(long, requires = "wanted")]
+        wait: bool,
+        /// With --wait: at least this many live nodes.
+        #[arg(long)]
+        count: Option<usize>,
+        /// With --wait: these nodes live (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        nodes: Vec<String>,
+        /// With --wait: how long to wait (60s, 2m, 500ms; a bare number is seconds).
+        #[arg(long, default_value = "60s", value_parser = plexus::wait::parse_timeout, requires = "wait")]
+        timeout: Duration,
+    },
     /// A study's privacy budget: spent, remaining and each node's ledger.
     Budget {
         #[arg(long)]
@@ -566,7 +583,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             )
             .await
         }
-        Command::Nodes => commands::nodes(&cli.conn).await,
+        Command::Nodes { wait: false, .. } => commands::nodes(&cli.conn).await,
+        Command::Nodes {
+            wait: true,
+            count,
+            nodes,
+            timeout,
+        } => {
+            let wanted = match count {
+                Some(n) => plexus::wait::Wanted::Count(n),
+                None => plexus::wait::Wanted::Nodes(nodes),
+            };
+            let listing = plexus::wait::wait(&cli.conn, &wanted, timeout).await?;
+            println!("{}", commands::nodes_table(&listing));
+            Ok(())
+        }
         Command::Budget { study, output } => commands::budget(&cli.conn, &study, output).await,
         Command::Audit { command } => match command {
             AuditCommand::Log {

@@ -480,3 +480,79 @@ async fn systemd_style_deployment_answers_queries_and_stops_cleanly() {
         .unwrap();
     assert!(status.success(), "coordinator exited with {status}:\n{log}");
 }
+
+/// `plexus nodes --wait`, as a script starting a network uses it: started
+/// before the nodes, it returns once they are live; asked for a node that
+/// never comes, it fails after its timeout naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_wait_returns_once_the_nodes_are_live_and_names_those_that_are_not() {
+    let install = Install::new(InstallOptions::fast()).await.unwrap();
+    let coordinator = install.start_coordinator().unwrap();
+    let waiting = {
+        let install = &install;
+        async move {
+            install
+                .cli(
+                    "admin",
+                    &["nodes", "--wait", "--count", "3", "--timeout", "60s"],
+                )
+                .await
+        }
+    };
+    let started = async {
+        // The coordinator may not even listen yet: the wait outlives that.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        install.start_nodes()
+    };
+    let (listed, nodes) = tokio::join!(waiting, started);
+    let nodes = nodes.unwrap();
+    let listed = listed.unwrap_or_else(|e| panic!("{e}\ncoordinator log:\n{}", coordinator.log()));
+    for n in &install.nodes {
+        let row = listed.lines().find(|l| l.contains(n.as_str()));
+        assert!(
+            row.is_some_and(|r| r.contains("yes")),
+            "{n} not listed live:\n{listed}"
+        );
+    }
+
+    let e = install
+        .cli(
+            "admin",
+            &[
+                "nodes",
+                "--wait",
+                "--nodes",
+                "hospital-a,hospital-z",
+                "--timeout",
+                "2s",
+            ],
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("not live after 2 s: hospital-z (live: hospital-a, hospital-b, hospital-c;"),
+        "{e}"
+    );
+
+    for (_, node) in nodes {
+        node.terminate(Duration::from_secs(20)).await.unwrap();
+    }
+    // No coordinator at all: it says so, after the timeout.
+    coordinator
+        .terminate(Duration::from_secs(20))
+        .await
+        .unwrap();
+    let e = install
+        .cli(
+            "admin",
+            &["nodes", "--wait", "--count", "1", "--timeout", "1s"],
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("the coordinator's node listing could not be read within 1 s"),
+        "{e}"
+    );
+}
