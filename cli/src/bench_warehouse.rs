@@ -127,7 +127,7 @@ pub async fn run(patients: usize, repetitions: usize, seed: u64, url: &str) -> a
                 patient_id: "patient_id".into(),
                 columns: node_columns()
                     .into_iter()
-                    .map(|(v, c)| (v.to_string(), c.to_string()))
+                    .map(|(v, c)| (v.to_string(), c.into()))
                     .collect(),
                 ..Default::default()
             },

@@ -19,3 +19,5 @@ pub mod plot;
 pub mod sandbox;
 pub mod secure_bench;
 pub mod synth;
+pub mod synth_command;
+pub mod wait;

@@ -42,6 +42,26 @@ enum Command {
         #[arg(long)]
         keep: Option<PathBuf>,
     },
+    /// Write synthetic hospitals' patient, consent and opt-out files for a
+    /// trial network (the demo's patients, without running anything).
+    Synth {
+        /// Folder to write to: each site goes to OUT/sites/<name>/.
+        #[arg(long)]
+        out: PathBuf,
+        /// Hospitals: hospital-a, hospital-b, ...
+        #[arg(long, default_value_t = 3)]
+        sites: usize,
+        /// Patients per hospital.
+        #[arg(long, default_value_t = 5000)]
+        patients: usize,
+        /// Format of every patient file; by default as the demo: every
+        /// third site (hospital-c, ...) CSV, the others Parquet.
+        #[arg(long, value_enum)]
+        format: Option<SynthFormat>,
+        /// Seed of the synthetic data (the same seed, the same patients).
+        #[arg(long, default_value_t = 2026)]
+        seed: u64,
+    },
     /// Benchmark: federated against centralised latency over three nodes (use --release).
     Bench {
         /// Patients per hospital.
@@ -158,8 +178,25 @@ enum Command {
         #[arg(long)]
         plot: Option<PathBuf>,
     },
-    /// Nodes known to the coordinator and whether they are live.
-    Nodes,
+    /// Nodes known to the coordinator and whether they are live; with
+    /// --wait, first wait until the nodes wanted are live.
+    #[command(group(clap::ArgGroup::new("wanted").args(["count", "nodes"]).requires("wait")))]
+    Nodes {
+        /// Wait (also while the coordinator starts) until --count nodes or
+        /// every one of --nodes is live; exit non-zero after --timeout,
+        /// naming the nodes that are not.
+        #[arg(long, requires = "wanted")]
+        wait: bool,
+        /// With --wait: at least this many live nodes.
+        #[arg(long)]
+        count: Option<usize>,
+        /// With --wait: these nodes live (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        nodes: Vec<String>,
+        /// With --wait: how long to wait (60s, 2m, 500ms; a bare number is seconds).
+        #[arg(long, default_value = "60s", value_parser = plexus::wait::parse_timeout, requires = "wait")]
+        timeout: Duration,
+    },
     /// A study's privacy budget: spent, remaining and each node's ledger.
     Budget {
         #[arg(long)]
@@ -349,6 +386,21 @@ enum AuditCommand {
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum SynthFormat {
+    Parquet,
+    Csv,
+}
+
+impl From<SynthFormat> for plexus::synth::DataFormat {
+    fn from(f: SynthFormat) -> Self {
+        match f {
+            SynthFormat::Parquet => plexus::synth::DataFormat::Parquet,
+            SynthFormat::Csv => plexus::synth::DataFormat::Csv,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
 enum ExportFormat {
     /// FHIR R4 AuditEvent, one resource a line.
     Fhir,
@@ -386,6 +438,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 keep,
             })
             .await
+        }
+        Command::Synth {
+            out,
+            sites,
+            patients,
+            format,
+            seed,
+        } => {
+            let opts = plexus::synth_command::SynthOptions {
+                out,
+                sites,
+                patients,
+                format: format.map(Into::into),
+                seed,
+            };
+            let written = plexus::synth_command::write(&opts)?;
+            print!("{}", plexus::synth_command::report(&opts, &written));
+            Ok(())
         }
         Command::BenchAudit {
             entries,
@@ -513,7 +583,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             )
             .await
         }
-        Command::Nodes => commands::nodes(&cli.conn).await,
+        Command::Nodes { wait: false, .. } => commands::nodes(&cli.conn).await,
+        Command::Nodes {
+            wait: true,
+            count,
+            nodes,
+            timeout,
+        } => {
+            let wanted = match count {
+                Some(n) => plexus::wait::Wanted::Count(n),
+                None => plexus::wait::Wanted::Nodes(nodes),
+            };
+            let listing = plexus::wait::wait(&cli.conn, &wanted, timeout).await?;
+            println!("{}", commands::nodes_table(&listing));
+            Ok(())
+        }
         Command::Budget { study, output } => commands::budget(&cli.conn, &study, output).await,
         Command::Audit { command } => match command {
             AuditCommand::Log {

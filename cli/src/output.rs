@@ -500,7 +500,15 @@ use plexus_core::pool::PrivacyReport;
 pub fn provenance(r: &PooledResult) -> String {
     let p = &r.provenance;
     let mut t = new_table(vec!["node", "status", "detail"]);
-    for n in &p.nodes {
+    for (i, n) in p.nodes.iter().enumerate() {
+        // A reason several nodes gave is printed once.
+        let earlier = p.nodes[..i]
+            .iter()
+            .find(|e| n.detail.is_some() && e.status == n.status && e.detail == n.detail);
+        let detail = match earlier {
+            Some(e) => format!("as {}", safe(&e.node)),
+            None => safe(n.detail.as_deref().unwrap_or_default()),
+        };
         let status = match n.status {
             NodeStatus::Answered => "answered",
             NodeStatus::Suppressed => "suppressed (< k)",
@@ -508,11 +516,7 @@ pub fn provenance(r: &PooledResult) -> String {
             NodeStatus::Refused => "refused",
             NodeStatus::Failed => "failed",
         };
-        t.add_row(vec![
-            safe(&n.node),
-            status.into(),
-            safe(n.detail.as_deref().unwrap_or_default()),
-        ]);
+        t.add_row(vec![safe(&n.node), status.into(), detail]);
     }
     let n = r
         .n()
@@ -690,6 +694,46 @@ mod tests {
         let png = dir.path().join("km.png");
         crate::plot::plot_result(&back, &png).unwrap();
         assert!(std::fs::read(&png).unwrap().starts_with(b"\x89PNG"));
+    }
+
+    #[test]
+    fn a_refusal_several_nodes_gave_is_printed_once() {
+        let node = |name: &str, status, detail: Option<&str>| NodeOutcome {
+            node: name.into(),
+            status,
+            detail: detail.map(String::from),
+            code: None,
+        };
+        let why = "study \"s\" has not been approved by this hospital yet";
+        let result = PooledResult {
+            value: PooledValue::Count {
+                n: plexus_core::pool::PooledCell {
+                    count: Some(40),
+                    at_least: None,
+                    suppressed_at: vec![],
+                    suppressed_by: 0,
+                },
+            },
+            provenance: Provenance {
+                nodes: vec![
+                    node("hospital-a", NodeStatus::Answered, None),
+                    node("hospital-b", NodeStatus::Answered, None),
+                    node("hospital-c", NodeStatus::Refused, Some(why)),
+                    node("hospital-d", NodeStatus::Refused, Some(why)),
+                ],
+                answered: 2,
+                min_nodes: 2,
+                min_cell_size: 5,
+                notes: vec![],
+                round_ms: vec![],
+            },
+            by_site: vec![],
+            privacy: None,
+        };
+        let text = provenance(&result);
+        assert_eq!(text.matches(why).count(), 1, "{text}");
+        let d = text.lines().find(|l| l.contains("hospital-d")).unwrap();
+        assert!(d.contains("as hospital-c"), "{text}");
     }
 
     #[test]

@@ -287,7 +287,7 @@ impl Sandbox {
             ca.issue(Role::Node, &spec.name, &[], &[])?;
             let columns = synth::node_columns()
                 .into_iter()
-                .map(|(var, col)| (var.to_string(), col.to_string()))
+                .map(|(var, col)| (var.to_string(), col.into()))
                 .collect();
             let config = NodeConfig {
                 node: NodeSection {

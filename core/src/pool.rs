@@ -294,12 +294,24 @@ fn settle(total: u64, suppressed: bool, k: u32) -> PooledCell {
 
 /// Why a result cannot stand: too few nodes answered.
 pub fn quorum_error(answered: u32, others: &[NodeOutcome], min_nodes: u32) -> Error {
-    let missing: Vec<String> = others
+    // Nodes that gave the same reason are named together and the reason
+    // said once: three hospitals that have not approved a study are one
+    // refusal to read, not three.
+    let mut reasons: Vec<(String, Vec<&str>)> = Vec::new();
+    for o in others {
+        let status = format!("{:?}", o.status).to_lowercase();
+        let why = match &o.detail {
+            Some(d) => format!("{status}: {d}"),
+            None => status,
+        };
+        match reasons.iter_mut().find(|(w, _)| *w == why) {
+            Some((_, nodes)) => nodes.push(&o.node),
+            None => reasons.push((why, vec![&o.node])),
+        }
+    }
+    let missing: Vec<String> = reasons
         .iter()
-        .map(|o| match &o.detail {
-            Some(d) => format!("{} ({:?}: {d})", o.node, o.status).to_lowercase(),
-            None => format!("{} ({:?})", o.node, o.status).to_lowercase(),
-        })
+        .map(|(why, nodes)| format!("{} ({why})", nodes.join(", ")))
         .collect();
     // Say why: nodes that were unreachable make it an availability
     // problem; nodes that all refused under one rule make it that rule's.
@@ -316,7 +328,7 @@ pub fn quorum_error(answered: u32, others: &[NodeOutcome], min_nodes: u32) -> Er
             code,
             format!(
                 "only {answered} of the study's nodes answered and it needs at least {min_nodes}; not answering: {}",
-                if missing.is_empty() { "none".to_string() } else { missing.join(", ") }
+                if missing.is_empty() { "none".to_string() } else { missing.join("; ") }
             ),
         )
 }
@@ -633,6 +645,32 @@ mod tests {
         let e = pool(&Analysis::Count {}, &d, &answers, missing, 2, 5).unwrap_err();
         assert_eq!(e.code, crate::ErrorCode::Unavailable);
         assert!(e.message.contains("c (missing: not connected)"), "{e}");
+    }
+
+    #[test]
+    fn nodes_refusing_alike_are_named_together_with_the_reason_once() {
+        let outcome = |node: &str, status, detail: &str| NodeOutcome {
+            node: node.into(),
+            status,
+            detail: Some(detail.into()),
+            code: Some(crate::ErrorCode::Policy),
+        };
+        let unapproved = "study \"s\" has not been approved by this hospital yet; approve it";
+        let others = [
+            outcome("a", NodeStatus::Refused, unapproved),
+            outcome("b", NodeStatus::Refused, unapproved),
+            outcome("c", NodeStatus::Refused, "node c does not run glm analyses"),
+            outcome("d", NodeStatus::Refused, unapproved),
+        ];
+        let e = quorum_error(0, &others, 2);
+        assert_eq!(e.code, crate::ErrorCode::Policy);
+        assert_eq!(e.message.matches(unapproved).count(), 1, "{e}");
+        assert!(
+            e.message.ends_with(&format!(
+                "not answering: a, b, d (refused: {unapproved}); c (refused: node c does not run glm analyses)"
+            )),
+            "{e}"
+        );
     }
 
     #[test]

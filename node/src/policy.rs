@@ -89,13 +89,20 @@ pub fn approved_hashes(config: &NodeConfig, study: &str) -> Result<BTreeSet<Stri
 pub fn pinned<'a>(config: &'a NodeConfig, job: &pb::Job) -> Result<&'a StudyPolicy, Error> {
     let node = &config.node.id;
     let study = &job.study_id;
+    let received = job.study_definition_hash.as_str();
+    // The node's name stays out of the refusals a hospital resolves by
+    // approving: the coordinator names the node beside its refusal, and
+    // tells the researcher once for all the nodes that refused alike.
+    let how = format!(
+        "check the definition (`plexus study show {study}` prints it and its hash), then approve it with `plexus-node approve --config node.toml --study {study} --hash {}` (or add the hash to policy.studies.{study}.definition_hashes in node.toml)",
+        if received.is_empty() { "HASH" } else { received }
+    );
     let Some(allowed) = config.policy.studies.get(study) else {
         return Err(Error::policy(format!(
-            "study \"{study}\" is not in node {node}'s policy; the hospital must add a [policy.studies.{study}] table to its node.toml and approve the study's definition to take part"
+            "study \"{study}\" is not in this hospital's policy; to take part, the hospital should add a [policy.studies.{study}] table to its node.toml, restart the node, {how}"
         )));
     };
     let approved = approved_hashes(config, study)?;
-    let received = job.study_definition_hash.as_str();
     if approved.contains(received) {
         return Ok(allowed);
     }
@@ -104,13 +111,14 @@ pub fn pinned<'a>(config: &'a NodeConfig, job: &pb::Job) -> Result<&'a StudyPoli
             "the job of study \"{study}\" names no definition hash, so node {node} cannot tell which version of the study it is; the coordinator must be upgraded to one that pins study definitions"
         )));
     }
-    let approved = if approved.is_empty() {
-        "none yet".to_string()
-    } else {
-        approved.into_iter().collect::<Vec<_>>().join(", ")
-    };
+    if approved.is_empty() {
+        return Err(Error::policy(format!(
+            "study \"{study}\" has not been approved by this hospital yet; to approve it, the hospital should {how}"
+        )));
+    }
+    let approved = approved.into_iter().collect::<Vec<_>>().join(", ");
     Err(Error::policy(format!(
-        "study \"{study}\" arrived with definition hash {received}, which node {node} has not approved (approved: {approved}); the study was registered or changed after the hospital's approval. After checking the definition (`plexus study show {study}` prints it with its hash), the hospital re-approves it with `plexus-node approve --config node.toml --study {study} --hash {received}` or adds the hash to policy.studies.{study}.definition_hashes"
+        "study \"{study}\" arrived with definition hash {received}, which this hospital has not approved (approved: {approved}): the study changed since the hospital's approval; to approve the new version, the hospital should {how}"
     )))
 }
 
@@ -267,12 +275,17 @@ mod tests {
         ] {
             assert!(e.message.contains(part), "{part}: {e}");
         }
+        assert!(
+            e.message.contains("changed since the hospital's approval"),
+            "{e}"
+        );
         let e = super::pinned(&cfg, &job("")).unwrap_err();
         assert!(e.message.contains("names no definition hash"), "{e}");
         let mut other = job(&pinned_hash);
         other.study_id = "other-study".into();
         let e = super::pinned(&cfg, &other).unwrap_err();
         assert!(e.message.contains("[policy.studies.other-study]"), "{e}");
+        assert!(e.message.contains("restart the node"), "{e}");
 
         // Approved by the steward: taken from the next job, no restart.
         let done = approve(&cfg, STUDY, &changed.to_uppercase(), "steward", "v2").unwrap();
@@ -296,6 +309,41 @@ mod tests {
         std::fs::write(approvals_path(dir.path()), "not json\n").unwrap();
         let e = super::pinned(&cfg, &job(&changed)).unwrap_err();
         assert!(e.message.contains("line 1 of the approvals file"), "{e}");
+    }
+
+    #[test]
+    fn a_study_never_approved_is_refused_as_not_approved_yet_not_as_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = config(dir.path());
+        cfg.policy
+            .studies
+            .get_mut(STUDY)
+            .unwrap()
+            .definition_hashes
+            .clear();
+        let hash = "5".repeat(64);
+        let e = super::pinned(&cfg, &job(&hash)).unwrap_err();
+        assert_eq!(e.code, plexus_core::ErrorCode::Policy);
+        for part in [
+            "study \"aaa-outcomes\" has not been approved by this hospital yet",
+            &format!("plexus-node approve --config node.toml --study aaa-outcomes --hash {hash}"),
+            "plexus study show aaa-outcomes",
+        ] {
+            assert!(e.message.contains(part), "{part}: {e}");
+        }
+        for wrong in ["changed", "re-approve", "approved:", "hospital-a"] {
+            assert!(!e.message.contains(wrong), "{wrong}: {e}");
+        }
+
+        // Once approved, the next version is a change.
+        approve(&cfg, STUDY, &hash, "steward", "").unwrap();
+        let next = "6".repeat(64);
+        let e = super::pinned(&cfg, &job(&next)).unwrap_err();
+        assert!(
+            e.message.contains("changed since the hospital's approval"),
+            "{e}"
+        );
+        assert!(e.message.contains(&format!("approved: {hash}")), "{e}");
     }
 
     #[test]

@@ -14,6 +14,8 @@ use datafusion::prelude::{cast, in_list, lit, try_cast, when, Expr};
 use plexus_core::query::parse_date;
 use plexus_core::{Cohort, CompareOp, Error, Result, Value, VarType};
 
+use super::booleans::BooleanValues;
+
 /// A dictionary variable as it is stored at this node.
 #[derive(Debug, Clone)]
 pub(crate) struct Mapped {
@@ -22,6 +24,8 @@ pub(crate) struct Mapped {
     pub column: String,
     /// Arrow type of the local column.
     pub dtype: DataType,
+    /// A boolean held as codes: the values that mean true and false.
+    pub booleans: Option<BooleanValues>,
 }
 
 /// A column by its exact name: `col("Name")` would parse and lowercase it.
@@ -44,10 +48,23 @@ pub(crate) fn is_string(t: &DataType) -> bool {
 
 impl Mapped {
     /// The variable's value in its canonical type: integers as stored,
-    /// floats as Float64 with NaN as null, categories as strings, dates as
-    /// Date32.
+    /// floats as Float64 with NaN as null, booleans (also those held as
+    /// codes) as Boolean, categories as strings, dates as Date32.
     pub fn value(&self) -> Expr {
         let c = column(&self.column);
+        if let (VarType::Boolean, Some(b)) = (self.kind, &self.booleans) {
+            // Codes compared as text; any other value reads as missing (the
+            // start-up check refused those present then).
+            let text = cast(c, DataType::Utf8);
+            let list = |l: &[String]| l.iter().map(|v| lit(v.as_str())).collect();
+            return when(
+                in_list(text.clone(), list(&b.true_values), false),
+                lit(true),
+            )
+            .when(in_list(text, list(&b.false_values), false), lit(false))
+            .end()
+            .expect("a case with two branches is valid");
+        }
         match self.kind {
             VarType::Float if is_float(&self.dtype) => {
                 let x = cast(c, DataType::Float64);

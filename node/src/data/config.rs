@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use plexus_core::{Error, Result};
 use serde::{Deserialize, Serialize};
 
+pub use super::booleans::BooleanValues;
+
 /// File formats the embedded data source reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -66,9 +68,10 @@ pub struct DataConfig {
     /// Local column holding the patient id that consent records refer to.
     #[serde(default)]
     pub patient_id: String,
-    /// Dictionary variable -> local column.
+    /// Dictionary variable -> local column (and, for a boolean held as
+    /// codes, the values that mean true and false).
     #[serde(default)]
-    pub columns: BTreeMap<String, String>,
+    pub columns: BTreeMap<String, ColumnMapping>,
     /// The warehouse, when `source = "postgres"`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub postgres: Option<super::warehouse::WarehouseConfig>,
@@ -77,6 +80,100 @@ pub struct DataConfig {
     /// is read for every job, and 0 always reads the file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_mib: Option<u64>,
+}
+
+/// Where one variable is in the patient file: `"column"`, or
+/// `{ column = "...", true_values = [...], false_values = [...] }` for a
+/// boolean held as codes (see [`BooleanValues`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ColumnMapping {
+    pub column: String,
+    pub booleans: Option<BooleanValues>,
+}
+
+impl From<&str> for ColumnMapping {
+    fn from(column: &str) -> Self {
+        ColumnMapping {
+            column: column.to_string(),
+            booleans: None,
+        }
+    }
+}
+
+impl From<String> for ColumnMapping {
+    fn from(column: String) -> Self {
+        ColumnMapping {
+            column,
+            booleans: None,
+        }
+    }
+}
+
+/// The table form of a [`ColumnMapping`].
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ColumnTable {
+    column: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    true_values: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    false_values: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    missing_values: Vec<String>,
+}
+
+impl Serialize for ColumnMapping {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        match &self.booleans {
+            None => s.serialize_str(&self.column),
+            Some(b) => ColumnTable {
+                column: self.column.clone(),
+                true_values: b.true_values.clone(),
+                false_values: b.false_values.clone(),
+                missing_values: b.missing_values.clone(),
+            }
+            .serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ColumnMapping {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = ColumnMapping;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str(
+                    "a column name, or { column = \"...\", true_values = [...], false_values = [...] }",
+                )
+            }
+
+            fn visit_str<E: serde::de::Error>(
+                self,
+                column: &str,
+            ) -> std::result::Result<ColumnMapping, E> {
+                Ok(column.into())
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> std::result::Result<ColumnMapping, A::Error> {
+                let t =
+                    ColumnTable::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(ColumnMapping {
+                    booleans: BooleanValues::from_keys(
+                        &t.true_values,
+                        &t.false_values,
+                        &t.missing_values,
+                    ),
+                    column: t.column,
+                })
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
 }
 
 /// `data.memory_mib` when it is not set: the mapped columns of about a
@@ -171,10 +268,15 @@ impl DataConfig {
                 "data.patient_id is empty; name the local column holding the patient id",
             ));
         }
-        if let Some((var, _)) = self.columns.iter().find(|(_, c)| c.trim().is_empty()) {
-            return Err(Error::invalid(format!(
-                "data.columns.{var} is empty; name the local column holding \"{var}\" or remove the line"
-            )));
+        for (var, c) in &self.columns {
+            if c.column.trim().is_empty() {
+                return Err(Error::invalid(format!(
+                    "data.columns.{var} is empty; name the local column holding \"{var}\" or remove the line"
+                )));
+            }
+            if let Some(b) = &c.booleans {
+                b.validate(&format!("data.columns.{var}"))?;
+            }
         }
         Ok(())
     }
@@ -255,12 +357,75 @@ mod tests {
         let d = cfg.data.resolve(Path::new("/etc/plexus"));
         assert_eq!(d.path, Path::new("/etc/plexus/data/patients.parquet"));
         assert_eq!(d.format().unwrap(), DataFormat::Parquet);
-        assert_eq!(d.columns["age"], "Age_Years");
+        assert_eq!(d.columns["age"], "Age_Years".into());
         d.validate().unwrap();
         let c = cfg.consent.resolve(Path::new("/etc/plexus"));
         assert_eq!(c.path, Path::new("/etc/plexus/data/consent.csv"));
         assert_eq!(c.opt_out.as_deref(), Some(Path::new("/abs/opt_out.csv")));
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn a_boolean_held_as_codes_declares_its_values() {
+        let d: DataConfig = toml::from_str(
+            r#"
+            path = "p.csv"
+            patient_id = "id"
+            [columns]
+            age = "age_years"
+            death = { column = "died", true_values = ["1", "Y"], false_values = ["0", "N"] }
+            [columns.diabetes]
+            column = "dm"
+            true_values = ["yes"]
+            false_values = ["no"]
+            missing_values = ["unknown"]
+            "#,
+        )
+        .unwrap();
+        d.validate().unwrap();
+        assert_eq!(d.columns["age"], "age_years".into());
+        let death = &d.columns["death"];
+        assert_eq!(death.column, "died");
+        let b = death.booleans.as_ref().unwrap();
+        assert_eq!((b.true_values.len(), b.false_values.len()), (2, 2));
+        assert_eq!(
+            d.columns["diabetes"]
+                .booleans
+                .as_ref()
+                .unwrap()
+                .missing_values,
+            ["unknown"]
+        );
+        // Written back the way it was read.
+        let again: DataConfig = toml::from_str(&toml::to_string(&d).unwrap()).unwrap();
+        assert_eq!(again, d);
+
+        for (mapping, want) in [
+            (
+                r#"death = { column = "died", true_values = ["1"], false_values = ["1"] }"#,
+                "\"1\" is in both data.columns.death.true_values and data.columns.death.false_values",
+            ),
+            (
+                r#"death = { column = "died", true_values = ["1"] }"#,
+                "data.columns.death.false_values is empty",
+            ),
+            (
+                r#"death = { column = "", true_values = ["1"], false_values = ["0"] }"#,
+                "data.columns.death is empty",
+            ),
+        ] {
+            let d: DataConfig = toml::from_str(&format!(
+                "path = 'p.csv'\npatient_id = 'id'\n[columns]\n{mapping}\n"
+            ))
+            .unwrap();
+            let e = d.validate().unwrap_err();
+            assert!(e.message.contains(want), "{want}: {e}");
+        }
+        let e = toml::from_str::<DataConfig>(
+            "path = 'p.csv'\npatient_id = 'id'\n[columns]\ndeath = { column = 'died', true = ['1'] }\n",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("unknown field `true`"), "{e}");
     }
 
     #[test]

@@ -13,6 +13,7 @@ use datafusion::prelude::{cast, in_list, lit, try_cast, when, DataFrame, Expr};
 use plexus_core::{Dictionary, Error, Result, VarType};
 
 use super::compile::{column, is_float, is_int, is_string, Mapped};
+use super::config::ColumnMapping;
 
 /// Most offending values quoted in a start-up error.
 const EXAMPLES: usize = 3;
@@ -20,13 +21,14 @@ const EXAMPLES: usize = 3;
 /// Checks the mapping against the file's schema (no data read yet).
 pub(crate) fn map_columns(
     dict: &Dictionary,
-    columns: &BTreeMap<String, String>,
+    columns: &BTreeMap<String, ColumnMapping>,
     schema: &Schema,
     path: &Path,
 ) -> Result<BTreeMap<String, Mapped>> {
     let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
     let mut out = BTreeMap::new();
-    for (var, col) in columns {
+    for (var, mapping) in columns {
+        let col = &mapping.column;
         let v = dict.get(var).map_err(|e| {
             Error::invalid(format!(
                 "data.columns maps \"{var}\" to column \"{col}\", but {}; fix or remove the line in node.toml",
@@ -41,9 +43,17 @@ pub(crate) fn map_columns(
             ))
         })?;
         let t = field.data_type();
+        if mapping.booleans.is_some() && v.kind != VarType::Boolean {
+            return Err(Error::invalid(format!(
+                "data.columns.{var} declares true_values and false_values, but \"{var}\" is {}; only a boolean variable takes them, so remove them",
+                v.kind
+            )));
+        }
         let ok = match v.kind {
             VarType::Integer => is_int(t),
             VarType::Float => is_int(t) || is_float(t),
+            // Codes such as 0/1 or Y/N, read through the declared values.
+            VarType::Boolean if mapping.booleans.is_some() => is_int(t) || is_string(t),
             VarType::Boolean => *t == DataType::Boolean,
             VarType::Categorical => is_string(t),
             VarType::Date => matches!(t, DataType::Date32 | DataType::Date64) || is_string(t),
@@ -52,7 +62,12 @@ pub(crate) fn map_columns(
             let want = match v.kind {
                 VarType::Integer => "an integer column",
                 VarType::Float => "a numeric column",
-                VarType::Boolean => "a boolean column (true/false)",
+                VarType::Boolean if mapping.booleans.is_some() => {
+                    "a text or integer column (its values are compared with true_values and false_values), or drop them to read a boolean column"
+                }
+                VarType::Boolean => {
+                    "a boolean column (true/false), or declare the column's codes: data.columns.VAR = { column = \"...\", true_values = [\"1\"], false_values = [\"0\"] }"
+                }
                 VarType::Categorical => "a text column",
                 VarType::Date => "a date column (YYYY-MM-DD)",
             };
@@ -68,6 +83,7 @@ pub(crate) fn map_columns(
                 kind: v.kind,
                 column: col.clone(),
                 dtype: t.clone(),
+                booleans: mapping.booleans.clone(),
             },
         );
     }
@@ -119,6 +135,18 @@ fn checks<'a>(dict: &Dictionary, mapped: &'a BTreeMap<String, Mapped>) -> Vec<Ch
                     .and(in_list(text, cats.collect(), true));
                 (bad, "values that are not categories of the dictionary")
             }
+            VarType::Boolean => match &m.booleans {
+                Some(b) => {
+                    let declared = b.declared().into_iter().map(lit).collect();
+                    let text = cast(c, DataType::Utf8);
+                    let bad = text
+                        .clone()
+                        .is_not_null()
+                        .and(in_list(text, declared, true));
+                    (bad, "values that are in none of its lists")
+                }
+                None => continue,
+            },
             VarType::Date if is_string(&m.dtype) => {
                 let bad = c
                     .clone()
@@ -196,13 +224,18 @@ pub(crate) async fn check_values(
             let a = b.column(0).as_string::<i32>();
             examples.extend((0..b.num_rows()).map(|i| format!("\"{}\"", a.value(i))));
         }
-        let allowed = match check.mapped.kind {
-            VarType::Categorical => {
+        let allowed = match (check.mapped.kind, &check.mapped.booleans) {
+            (VarType::Categorical, _) => {
                 format!(
                     "; allowed: {}",
                     dict.variables[check.var].categories.join(", ")
                 )
             }
+            (VarType::Boolean, Some(b)) => format!(
+                "; data.columns.{} declares {}: add each value to the list it belongs to (missing_values for unknowns)",
+                check.var,
+                b.described()
+            ),
             _ => String::new(),
         };
         return Err(Error::data(format!(

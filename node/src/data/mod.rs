@@ -6,6 +6,7 @@
 //! columns (no SQL text), consent is evaluated per query, and every analysis
 //! runs as an aggregate inside DataFusion so no patient row leaves the plan.
 
+mod booleans;
 mod compile;
 mod compute;
 pub mod config;
@@ -34,7 +35,7 @@ use plexus_core::models::fit::Iteration;
 use plexus_core::stats::SummarySums;
 use plexus_core::{Analysis, Dictionary, Error, Purpose, Query, RawStats, Result};
 
-pub use config::{ConsentConfig, DataConfig, DataFormat, SourceKind};
+pub use config::{BooleanValues, ColumnMapping, ConsentConfig, DataConfig, DataFormat, SourceKind};
 pub use models::Limits;
 pub use source::DataSource;
 

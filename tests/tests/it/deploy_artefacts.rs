@@ -364,15 +364,27 @@ fn compose_and_systemd_configs_parse() {
 }
 
 #[test]
-fn dockerfiles_build_release_binaries_as_a_non_root_user() {
+fn dockerfiles_build_stripped_release_binaries_as_a_non_root_user() {
+    // The images ship the dist profile: release without debug information
+    // or symbols (the release binaries are 535 to 600 MB).
+    let manifest: toml::Table =
+        toml::from_str(&std::fs::read_to_string(repo_root().join("Cargo.toml")).unwrap()).unwrap();
+    let dist = &manifest["profile"]["dist"];
+    assert_eq!(dist["inherits"].as_str(), Some("release"), "{dist}");
+    assert_eq!(dist["strip"].as_bool(), Some(true), "{dist}");
+    assert_eq!(dist["debug"].as_bool(), Some(false), "{dist}");
     for (file, package, port) in [
         ("coordinator.Dockerfile", "plexus-coordinator", "9464"),
         ("node.Dockerfile", "plexus-node", "9465"),
     ] {
         let text = std::fs::read_to_string(deploy().join("docker").join(file)).unwrap();
         assert!(
-            text.contains(&format!("cargo build --release --locked -p {package}")),
+            text.contains(&format!("cargo build --profile dist --locked -p {package}")),
             "{file}"
+        );
+        assert!(
+            !text.contains("target/release/"),
+            "{file}: ships unstripped binaries"
         );
         assert!(text.contains("USER 10001:10001"), "{file}");
         assert!(text.contains("HEALTHCHECK"), "{file}");
@@ -479,4 +491,80 @@ async fn systemd_style_deployment_answers_queries_and_stops_cleanly() {
         .await
         .unwrap();
     assert!(status.success(), "coordinator exited with {status}:\n{log}");
+}
+
+/// `plexus nodes --wait`, as a script starting a network uses it: started
+/// before the nodes, it returns once they are live; asked for a node that
+/// never comes, it fails after its timeout naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_wait_returns_once_the_nodes_are_live_and_names_those_that_are_not() {
+    let install = Install::new(InstallOptions::fast()).await.unwrap();
+    let coordinator = install.start_coordinator().unwrap();
+    let waiting = {
+        let install = &install;
+        async move {
+            install
+                .cli(
+                    "admin",
+                    &["nodes", "--wait", "--count", "3", "--timeout", "60s"],
+                )
+                .await
+        }
+    };
+    let started = async {
+        // The coordinator may not even listen yet: the wait outlives that.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        install.start_nodes()
+    };
+    let (listed, nodes) = tokio::join!(waiting, started);
+    let nodes = nodes.unwrap();
+    let listed = listed.unwrap_or_else(|e| panic!("{e}\ncoordinator log:\n{}", coordinator.log()));
+    for n in &install.nodes {
+        let row = listed.lines().find(|l| l.contains(n.as_str()));
+        assert!(
+            row.is_some_and(|r| r.contains("yes")),
+            "{n} not listed live:\n{listed}"
+        );
+    }
+
+    let e = install
+        .cli(
+            "admin",
+            &[
+                "nodes",
+                "--wait",
+                "--nodes",
+                "hospital-a,hospital-z",
+                "--timeout",
+                "2s",
+            ],
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("not live after 2 s: hospital-z (live: hospital-a, hospital-b, hospital-c;"),
+        "{e}"
+    );
+
+    for (_, node) in nodes {
+        node.terminate(Duration::from_secs(20)).await.unwrap();
+    }
+    // No coordinator at all: it says so, after the timeout.
+    coordinator
+        .terminate(Duration::from_secs(20))
+        .await
+        .unwrap();
+    let e = install
+        .cli(
+            "admin",
+            &["nodes", "--wait", "--count", "1", "--timeout", "1s"],
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("the coordinator's node listing could not be read within 1 s"),
+        "{e}"
+    );
 }

@@ -1,7 +1,8 @@
 //! The example files under `deploy/` are the README's walkthrough. They must
 //! parse and validate, point at the certificates `plexus pki` writes and at
-//! the data `plexus demo --keep deploy/demo` writes, and answer every example
-//! query when a coordinator and the three nodes run from them.
+//! the data `plexus synth --out deploy/demo` (and `plexus demo --keep
+//! deploy/demo`) writes, and answer every example query when a coordinator
+//! and the three nodes run from them.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -255,7 +256,7 @@ impl Layout {
                 .data
                 .columns
                 .iter()
-                .map(|(v, c)| (v.clone(), c.clone()))
+                .map(|(v, c)| (v.clone(), c.column.clone()))
                 .collect();
             let mut expected: Vec<(String, String)> = synth::node_columns()
                 .into_iter()
@@ -461,4 +462,49 @@ async fn walkthrough_runs_from_the_deploy_files() {
     }
     coordinator.stop().await.unwrap();
     result.unwrap();
+}
+
+/// `plexus synth --out deploy/demo` writes the files the example node
+/// configs read, with the patients `plexus demo --keep deploy/demo` writes
+/// for the same `--patients` and `--seed`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn synth_writes_the_data_the_node_configs_read() {
+    let demo = SandboxOptions::new(300, 23);
+    assert_eq!(plexus::synth_command::specs(3, 300, 23), demo.sites);
+    for i in 0..5 {
+        assert_eq!(
+            plexus::synth_command::format_of(None, i),
+            demo.formats[i % demo.formats.len()],
+            "site {i}"
+        );
+        assert_eq!(plexus::synth_command::site_name(i), sandbox::node_name(i));
+    }
+    assert_eq!(plexus::synth_command::site_name(30), sandbox::node_name(30));
+
+    let temp = tempfile::tempdir().unwrap();
+    let deploy = temp.path().join("deploy");
+    std::fs::create_dir_all(&deploy).unwrap();
+    for p in files(&deploy_dir(), "toml") {
+        std::fs::copy(&p, deploy.join(file_name(&p))).unwrap();
+    }
+    let opts = plexus::synth_command::SynthOptions {
+        out: deploy.join("demo"),
+        sites: 3,
+        patients: 300,
+        format: None,
+        seed: 23,
+    };
+    plexus::synth_command::write(&opts).unwrap();
+    let dict = std::sync::Arc::new(Dictionary::cardiovascular());
+    for path in files(&deploy, "toml")
+        .into_iter()
+        .filter(|p| is_node_config(p))
+    {
+        let mut cfg: NodeConfig = toml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        cfg.resolve(&deploy);
+        let source = plexus_node::data::DataSource::open(&cfg.data, &cfg.consent, dict.clone())
+            .await
+            .unwrap_or_else(|e| panic!("{}: {e}", file_name(&path)));
+        assert_eq!(source.variables().len(), dict.variables.len());
+    }
 }

@@ -467,3 +467,107 @@ async fn a_rejected_result_is_that_nodes_refusal_with_the_reason_and_an_undecide
     assert_eq!(audit.last().unwrap().0, "review-expired", "{audit:?}");
     sb.shutdown().await.unwrap();
 }
+
+/// The first hour of a new study, with the real binaries and the commands
+/// the README gives: the network admin registers a study no hospital has
+/// heard of; the researcher is told once, for all three nodes, that it is
+/// in no hospital's policy; each hospital adds its table and restarts, and
+/// the researcher is told once that no hospital has approved it yet (not
+/// that it changed); each hospital approves the hash `plexus study show`
+/// prints with `plexus-node approve`, and the query is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_study_registered_from_scratch_is_answered_once_each_hospital_approves_it() {
+    use plexus_tests::processes::{Install, InstallOptions};
+
+    // Under differential privacy, as the README's study.
+    let opts = InstallOptions {
+        exact: false,
+        ..InstallOptions::fast()
+    };
+    let install = Install::new(opts).await.unwrap();
+    let (coordinator, mut nodes) = install.start_all().await.unwrap();
+    let study = "first-hour";
+    let text = std::fs::read_to_string(&install.study_file)
+        .unwrap()
+        .replacen("id = \"aaa-outcomes\"", &format!("id = \"{study}\""), 1);
+    let file = install.path("/etc/plexus/first-hour.toml");
+    std::fs::write(&file, text).unwrap();
+    let file = file.display().to_string();
+    install
+        .cli("admin", &["study", "register", "--file", &file])
+        .await
+        .unwrap();
+    let query = install.root.join("count.json");
+    std::fs::write(&query, COUNT).unwrap();
+    let query = query.display().to_string();
+    let args = [
+        "query", "--study", study, "--file", &query, "--output", "json",
+    ];
+    let ask = || install.cli("alice", &args);
+    let all = "hospital-a, hospital-b, hospital-c (refused: policy: ";
+
+    // In no hospital's policy: said once, naming the three nodes.
+    let e = ask().await.unwrap_err().to_string();
+    assert!(e.contains(all), "{e}");
+    let said = format!("study \"{study}\" is not in this hospital's policy");
+    assert_eq!(e.matches(&said).count(), 1, "{e}");
+    assert!(e.contains(&format!("[policy.studies.{study}]")), "{e}");
+
+    // Each hospital takes part (a table, no approval yet) and restarts.
+    for id in &install.nodes {
+        let config = install.path(&format!("/etc/plexus/node-{id}.toml"));
+        let mut text = std::fs::read_to_string(&config).unwrap();
+        text.push_str(&format!("\n[policy.studies.{study}]\n"));
+        std::fs::write(&config, text).unwrap();
+        let old = nodes.remove(id).unwrap();
+        old.terminate(Duration::from_secs(20)).await.unwrap();
+        nodes.insert(id.clone(), install.start_node(id, None).unwrap());
+    }
+    install.wait_all_live(&coordinator).await.unwrap();
+
+    // Not approved yet: said once, without talk of a change.
+    let e = ask().await.unwrap_err().to_string();
+    assert!(e.contains(all), "{e}");
+    let said = format!("study \"{study}\" has not been approved by this hospital yet");
+    assert_eq!(e.matches(&said).count(), 1, "{e}");
+    for wrong in ["changed", "re-approve", "approved:"] {
+        assert!(!e.contains(wrong), "{wrong}: {e}");
+    }
+
+    // What the hospitals approve: the hash `plexus study show` prints,
+    // the one the refusal names too.
+    let shown = install
+        .cli("admin", &["study", "show", study])
+        .await
+        .unwrap();
+    let hash = shown
+        .lines()
+        .find_map(|l| l.strip_prefix("definition"))
+        .map(str::trim)
+        .unwrap_or_else(|| panic!("no hash in:\n{shown}"))
+        .to_string();
+    let approve = format!("plexus-node approve --config node.toml --study {study} --hash {hash}");
+    assert!(e.contains(&approve), "{e}");
+    for id in &install.nodes {
+        let config = install.path(&format!("/etc/plexus/node-{id}.toml"));
+        let config = config.display().to_string();
+        let args = [
+            "approve", "--config", &config, "--study", study, "--hash", &hash,
+        ];
+        plexus_tests::processes::run(&install.bins.node, &args)
+            .await
+            .unwrap();
+    }
+
+    // Answered by every hospital, without another restart.
+    let out = ask().await.unwrap();
+    let r: PooledResult = serde_json::from_str(&out).unwrap();
+    assert_eq!(r.provenance.answered, 3, "{r:?}");
+    for (_, node) in nodes {
+        node.terminate(Duration::from_secs(20)).await.unwrap();
+    }
+    coordinator
+        .terminate(Duration::from_secs(20))
+        .await
+        .unwrap();
+}

@@ -51,7 +51,7 @@ async fn pair(purpose: &str, patients: usize) -> Option<Pair> {
             patient_id: "patient_id".into(),
             columns: node_columns()
                 .into_iter()
-                .map(|(v, c)| (v.to_string(), c.to_string()))
+                .map(|(v, c)| (v.to_string(), c.into()))
                 .collect(),
             ..Default::default()
         },
@@ -266,6 +266,99 @@ async fn every_analysis_on_postgres_equals_the_parquet_node() {
             "{purpose}"
         );
     }
+    p.db.drop_now().await;
+}
+
+/// Booleans held as codes in the warehouse: `death` as Y/N text in the
+/// person table and `hypertension` as the latest 1/0 of an event table
+/// (an older, opposite row must not be picked) answer every query exactly
+/// as the boolean columns of the same patients; a code in none of the
+/// declared lists stops the node at start-up, naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn boolean_codes_in_postgres_answer_as_booleans() {
+    let Some(p) = pair("wh_codes", 600).await else {
+        return;
+    };
+    let mut c = sqlx::PgConnection::connect(p.db.url()).await.unwrap();
+    for sql in [
+        "ALTER TABLE person ADD COLUMN died_yn text",
+        "UPDATE person SET died_yn = CASE WHEN died THEN 'Y' ELSE 'N' END",
+        "CREATE TABLE htn_flag (person_id text NOT NULL, noted date NOT NULL, flag integer)",
+        "INSERT INTO htn_flag SELECT person_id, inclusion_date, htn::int FROM person",
+        "INSERT INTO htn_flag SELECT person_id, inclusion_date - 400, 1 - htn::int FROM person",
+    ] {
+        sqlx::query(sql).execute(&mut c).await.unwrap();
+    }
+    let mut cfg = synth::warehouse::data_config(p.db.url());
+    let vars = &mut cfg.postgres.as_mut().unwrap().variables;
+    let death = vars.get_mut("death").unwrap();
+    death.column = Some("died_yn".into());
+    death.true_values = vec!["Y".into()];
+    death.false_values = vec!["N".into()];
+    death.missing_values = vec!["U".into()];
+    let htn: plexus_node::data::warehouse::VariableSource = toml::from_str(
+        r#"table = "htn_flag"
+           value = "flag"
+           date_column = "noted"
+           true_values = ["1"]
+           false_values = ["0"]"#,
+    )
+    .unwrap();
+    vars.insert("hypertension".into(), htn);
+    let dict = Arc::new(Dictionary::cardiovascular());
+    let coded = DataSource::open(&cfg, &ConsentConfig::default(), dict.clone())
+        .await
+        .unwrap();
+
+    let hmb = Purpose::from_parts("HMB", "", &[]).unwrap();
+    let cohorts = [
+        "null",
+        r#"{"compare": {"variable": "death", "op": "=", "value": true}}"#,
+        r#"{"and": [{"compare": {"variable": "hypertension", "op": "=", "value": true}},
+                    {"in": {"variable": "death", "values": [false]}}]}"#,
+        r#"{"is_null": {"variable": "death"}}"#,
+    ];
+    let analyses = [
+        r#"{"count": {}}"#,
+        r#"{"summary": {"variable": "age"}}"#,
+        r#"{"table": {"row": "hypertension", "column": "death"}}"#,
+        r#"{"two_by_two": {"exposure": "hypertension", "outcome": "death"}}"#,
+        r#"{"kaplan_meier": {"time": "followup_days", "event": "death", "group": "hypertension", "grid": {"from": 0, "to": 1826, "step": 90}}}"#,
+    ];
+    for cohort in cohorts {
+        for analysis in analyses {
+            let q = query(cohort, analysis);
+            let want = p.pg.compute(&q, &hmb, day(), limits(), None).await;
+            let got = coded.compute(&q, &hmb, day(), limits(), None).await;
+            assert_eq!(got, want, "{cohort} {analysis}");
+        }
+    }
+    let deaths = plexus_tests::consenting(&p.site, &hmb, day())
+        .iter()
+        .filter(|patient| patient.death)
+        .count() as u64;
+    let q = query(cohorts[1], r#"{"count": {}}"#);
+    let got = coded.compute(&q, &hmb, day(), limits(), None).await;
+    assert_eq!(got.unwrap(), RawStats::Count(deaths));
+
+    sqlx::query(
+        "UPDATE person SET died_yn = 'dead' WHERE person_id = (SELECT min(person_id) FROM person)",
+    )
+    .execute(&mut c)
+    .await
+    .unwrap();
+    let e = DataSource::open(&cfg, &ConsentConfig::default(), dict)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, ErrorCode::Data, "{e}");
+    for part in [
+        "variable \"death\"",
+        "\"dead\"",
+        "data.postgres.variables.death declares true_values \"Y\"; false_values \"N\"; missing_values \"U\"",
+    ] {
+        assert!(e.message.contains(part), "{part}: {e}");
+    }
+    drop(c);
     p.db.drop_now().await;
 }
 

@@ -2,6 +2,7 @@
 //! written as Parquet and CSV with mixed-case local column names, consent
 //! files, and a row-at-a-time reference built on `plexus_core::eval`.
 
+mod booleans;
 mod compute;
 mod consent;
 mod open;
@@ -222,7 +223,7 @@ impl Fixture {
             patient_id: ID.into(),
             columns: MAPPING
                 .iter()
-                .map(|(v, c)| (v.to_string(), c.to_string()))
+                .map(|(v, c)| (v.to_string(), (*c).into()))
                 .collect::<BTreeMap<_, _>>(),
             ..Default::default()
         }

@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use plexus_core::{Dictionary, Error, Result, VarType};
 use sqlx::{PgPool, Row};
 
+use super::super::booleans::BooleanValues;
 use super::config::{Pick, VariableSource, WarehouseConfig};
 use super::db_error;
 
@@ -166,15 +167,24 @@ pub(crate) enum Source {
 pub(crate) struct Var {
     pub kind: VarType,
     pub source: Source,
+    /// A boolean held as codes: the values that mean true and false.
+    pub booleans: Option<BooleanValues>,
 }
 
 const IDS: [Family; 2] = [Family::Int, Family::Text];
 
-fn wanted(kind: VarType) -> (&'static [Family], &'static str) {
+fn wanted(kind: VarType, codes: bool) -> (&'static [Family], &'static str) {
     match kind {
+        VarType::Boolean if codes => (
+            &[Family::Int, Family::Text],
+            "text or integer codes (compared with true_values and false_values)",
+        ),
         VarType::Integer => (&[Family::Int], "integers"),
         VarType::Float => (&[Family::Int, Family::Float], "numbers"),
-        VarType::Boolean => (&[Family::Bool], "booleans"),
+        VarType::Boolean => (
+            &[Family::Bool],
+            "booleans, or codes declared with true_values = [...] and false_values = [...]",
+        ),
         VarType::Categorical => (&[Family::Text], "text"),
         VarType::Date => (&[Family::Date], "dates"),
     }
@@ -199,7 +209,14 @@ pub(crate) async fn map_variables(
                 e.message
             ))
         })?;
-        let (families, want) = wanted(v.kind);
+        let booleans = src.booleans();
+        if booleans.is_some() && v.kind != VarType::Boolean {
+            return Err(Error::invalid(format!(
+                "{at} declares true_values and false_values, but \"{name}\" is {}; only a boolean variable takes them, so remove them",
+                v.kind
+            )));
+        }
+        let (families, want) = wanted(v.kind, booleans.is_some());
         let source = match src {
             VariableSource {
                 column: Some(c), ..
@@ -285,6 +302,7 @@ pub(crate) async fn map_variables(
             Var {
                 kind: v.kind,
                 source,
+                booleans,
             },
         );
     }

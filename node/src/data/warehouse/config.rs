@@ -13,6 +13,8 @@ use std::path::{Path, PathBuf};
 use plexus_core::{Error, Result};
 use serde::{Deserialize, Serialize};
 
+use super::super::booleans::BooleanValues;
+
 fn default_pool_size() -> u32 {
     4
 }
@@ -134,6 +136,14 @@ pub struct VariableSource {
     pub date_column: Option<String>,
     #[serde(default)]
     pub pick: Pick,
+    /// A boolean held as codes (a text or integer column or value): the
+    /// values that mean true, false and missing (see `data::booleans`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub true_values: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub false_values: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub missing_values: Vec<String>,
 }
 
 /// Consent (`patient_id, purposes, valid_from, withdrawn_at`) and opt-out
@@ -232,7 +242,20 @@ impl WarehouseConfig {
 }
 
 impl VariableSource {
+    /// The declared codes of a boolean, if any.
+    pub fn booleans(&self) -> Option<BooleanValues> {
+        BooleanValues::from_keys(&self.true_values, &self.false_values, &self.missing_values)
+    }
+
     fn validate(&self, at: &str) -> Result<()> {
+        if let Some(b) = self.booleans() {
+            b.validate(at)?;
+            if self.table.is_some() && self.value.is_none() {
+                return Err(Error::invalid(format!(
+                    "{at} maps the presence of a row, which is already a boolean; true_values and false_values apply to a value column, so remove them or name the value"
+                )));
+            }
+        }
         match (&self.column, &self.table) {
             (Some(c), None) => {
                 check_name(&format!("{at}.column"), c)?;
@@ -316,6 +339,15 @@ mod tests {
         assert_eq!(pg.variables["sbp"].pick, Pick::Latest);
         assert_eq!(pg.variables["diabetes"].person_column, "person_id");
         assert_eq!(pg.statement_timeout_ms, 60_000);
+        assert_eq!(pg.variables["age"].booleans(), None);
+
+        let with_codes = format!(
+            "{BASE}\n[postgres.variables.death]\ncolumn = \"died_yn\"\ntrue_values = [\"Y\"]\nfalse_values = [\"N\"]\nmissing_values = [\"U\"]"
+        );
+        let d: DataConfig = toml::from_str(&with_codes).unwrap();
+        d.validate().unwrap();
+        let b = d.postgres.unwrap().variables["death"].booleans().unwrap();
+        assert_eq!(b.declared(), ["N", "U", "Y"]);
     }
 
     #[test]
@@ -341,6 +373,18 @@ mod tests {
             (
                 "\n[postgres.variables.bmi]\ncolumn = \"\"",
                 "variables.bmi.column",
+            ),
+            (
+                "\n[postgres.variables.death]\ncolumn = \"died\"\ntrue_values = [\"Y\"]",
+                "variables.death.false_values is empty",
+            ),
+            (
+                "\n[postgres.variables.death]\ncolumn = \"died\"\ntrue_values = [\"Y\"]\nfalse_values = [\"Y\"]",
+                "\"Y\" is in both data.postgres.variables.death.true_values",
+            ),
+            (
+                "\n[postgres.variables.htn]\ntable = \"c\"\ntrue_values = [\"Y\"]\nfalse_values = [\"N\"]",
+                "presence of a row",
             ),
         ];
         for (extra, field) in cases {

@@ -366,20 +366,28 @@ impl Warehouse {
         Ok(())
     }
 
-    /// Every category in a mapped text column is one the dictionary lists.
+    /// Every category in a mapped text column is one the dictionary lists,
+    /// and every code of a boolean held as codes one its mapping declares.
     async fn check_categories(&self) -> Result<()> {
         for (name, var) in &self.vars {
-            if var.kind != plexus_core::VarType::Categorical {
-                continue;
-            }
             let mut params = sql::Params::default();
-            let v = sql::value(var, self.id.ident.sql(), &mut params);
-            let cats = params.push(
-                sql::Param::Texts(self.dict.get(name)?.categories.clone()),
-                "text[]",
-            );
+            let (v, allowed) = match (var.kind, &var.booleans) {
+                (plexus_core::VarType::Categorical, _) => (
+                    sql::value(var, self.id.ident.sql(), &mut params),
+                    self.dict.get(name)?.categories.clone(),
+                ),
+                (plexus_core::VarType::Boolean, Some(b)) => (
+                    format!(
+                        "({})::text",
+                        sql::raw(var, self.id.ident.sql(), &mut params)
+                    ),
+                    b.declared(),
+                ),
+                _ => continue,
+            };
+            let allowed_param = params.push(sql::Param::Texts(allowed), "text[]");
             let text = format!(
-                "SELECT DISTINCT x FROM (SELECT {v} AS x FROM {} p) s WHERE x IS NOT NULL AND NOT (x = ANY({cats})) LIMIT 3",
+                "SELECT DISTINCT x FROM (SELECT {v} AS x FROM {} p) s WHERE x IS NOT NULL AND NOT (x = ANY({allowed_param})) LIMIT 3",
                 self.person.ident.sql()
             );
             let bad: Vec<String> = params
@@ -390,13 +398,21 @@ impl Warehouse {
                 .iter()
                 .map(|r| format!("{:?}", r.get::<String, _>(0)))
                 .collect();
-            if !bad.is_empty() {
-                return Err(Error::data(format!(
+            if bad.is_empty() {
+                continue;
+            }
+            return Err(Error::data(match &var.booleans {
+                Some(b) => format!(
+                    "variable \"{name}\" holds values that are in none of its lists (e.g. {}); data.postgres.variables.{name} declares {}: add each value to the list it belongs to (missing_values for unknowns), or fix the data",
+                    bad.join(", "),
+                    b.described()
+                ),
+                None => format!(
                     "variable \"{name}\" holds values that are not categories of the dictionary (e.g. {}; allowed: {}); fix the data or map another column",
                     bad.join(", "),
                     self.dict.get(name)?.categories.join(", ")
-                )));
-            }
+                ),
+            }));
         }
         Ok(())
     }

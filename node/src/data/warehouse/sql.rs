@@ -63,7 +63,7 @@ impl Params {
 }
 
 /// The variable's raw value for the person row `p`.
-fn raw(var: &Var, person_id: &str, params: &mut Params) -> String {
+pub(crate) fn raw(var: &Var, person_id: &str, params: &mut Params) -> String {
     match &var.source {
         Source::Column(c) => format!("p.{}", c.ident.sql()),
         Source::Event {
@@ -118,6 +118,21 @@ fn raw(var: &Var, person_id: &str, params: &mut Params) -> String {
 /// text, date.
 pub(crate) fn value(var: &Var, person_id: &str, params: &mut Params) -> String {
     let r = raw(var, person_id, params);
+    if let (VarType::Boolean, Some(b)) = (var.kind, &var.booleans) {
+        // Codes compared as text, as the file path does; the raw value (a
+        // subquery for an event table) is read once: its position among
+        // the true values then the false ones says which it is, and a
+        // value in neither has none, so it reads as missing.
+        let codes: Vec<String> = b
+            .true_values
+            .iter()
+            .chain(&b.false_values)
+            .cloned()
+            .collect();
+        let codes = params.push(Param::Texts(codes), "text[]");
+        let trues = params.push(Param::I64(b.true_values.len() as i64), "int8");
+        return format!("(array_position({codes}, ({r})::text) <= {trues})");
+    }
     match var.kind {
         VarType::Integer => format!("({r})::int8"),
         VarType::Float => format!("NULLIF(({r})::float8, 'NaN'::float8)"),
@@ -307,7 +322,32 @@ mod tests {
                 family: Family::Text,
                 data_type: "text".into(),
             }),
+            booleans: None,
         }
+    }
+
+    /// Codes reach the statement as parameters too.
+    #[test]
+    fn boolean_codes_are_bound() {
+        let mut died = var(VarType::Boolean, "died_yn");
+        died.booleans = Some(crate::data::BooleanValues {
+            true_values: vec!["Y".into(), "'; --".into()],
+            false_values: vec!["N".into()],
+            missing_values: vec!["U".into()],
+        });
+        let mut params = Params::default();
+        let text = value(&died, "person_id", &mut params);
+        assert_eq!(
+            text,
+            "(array_position($1::text[], (p.died_yn)::text) <= $2::int8)"
+        );
+        assert_eq!(
+            params.0,
+            vec![
+                Param::Texts(vec!["Y".into(), "'; --".into(), "N".into()]),
+                Param::I64(2),
+            ]
+        );
     }
 
     /// Whatever a cohort carries ends up in the parameters, never in the text.
