@@ -38,7 +38,8 @@ fn base() -> &'static PathBuf {
             )
             .expect("coordinator certificate");
             for node in ["hospital-a", "hospital-b", "hospital-c"] {
-                ca.issue(Role::Node, node, &[], &[]).expect("node certificate");
+                ca.issue(Role::Node, node, &[], &[])
+                    .expect("node certificate");
             }
             (dir, deploy)
         })

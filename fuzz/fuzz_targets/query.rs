@@ -28,6 +28,10 @@ fuzz_target!(|data: &[u8]| {
         let _ = query.analysis.terms(dict);
         let wire = pb::Query::from(&query);
         let back = Query::try_from(wire).expect("a valid query converts back from the wire");
-        assert_eq!(back.hash(), query.hash(), "the wire round trip changed the query");
+        assert_eq!(
+            back.hash(),
+            query.hash(),
+            "the wire round trip changed the query"
+        );
     }
 });

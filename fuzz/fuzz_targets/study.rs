@@ -16,9 +16,13 @@ fuzz_target!(|data: &[u8]| {
         if study.validate(dict).is_ok() {
             let _ = study.purpose();
             let wire = plexus_proto::convert::study_to_pb(&study, 0);
-            let back = StudyDefinition::try_from(wire)
-                .expect("a valid study converts back from the wire");
-            assert_eq!(back.definition_hash(), hash, "the wire round trip changed the study");
+            let back =
+                StudyDefinition::try_from(wire).expect("a valid study converts back from the wire");
+            assert_eq!(
+                back.definition_hash(),
+                hash,
+                "the wire round trip changed the study"
+            );
         }
     }
     if let Ok(d) = Dictionary::from_toml(text) {

@@ -1,50 +1,36 @@
 //! Bytes the coordinator sends a node -> prost decode of the stream message
-//! and of the signed job inside -> the `TryFrom` conversions a node applies
-//! before it runs anything: the query (validated against the dictionary),
-//! the purpose, the iteration of a fit, each step of secure aggregation
-//! (the study definition of a key request, the roster of signed key
-//! bundles, the survivor lists, the unmask request).
+//! and of the signed job inside -> `plexus_proto::job::JobRequest::read`,
+//! the node's own reading of a job before it runs anything (the purpose,
+//! the query, the iteration of a fit, the step of secure aggregation) ->
+//! the query validated against the dictionary, the study definition of a
+//! key request, the roster of signed key bundles.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use plexus_core::secagg::steps::{Partition, UnmaskRequest};
-use plexus_core::secagg::Roster;
-use plexus_core::{Dictionary, Purpose, Query, StudyDefinition};
+use plexus_core::{Dictionary, StudyDefinition};
+use plexus_proto::job::{JobRequest, SecureStep};
 use plexus_proto::v1 as pb;
 use prost::Message;
 
+/// The node's own reading of a job (`JobRequest::read`, as `node/src/job.rs`
+/// calls it), then what the node does with each part.
 fn job(job: pb::Job, dict: &Dictionary) {
-    if let Some(Ok(q)) = job.query.map(Query::try_from) {
-        if q.validate(dict).is_ok() {
-            let _ = q.hash();
-            let _ = q.analysis.terms(dict);
-        }
+    let Ok(request) = JobRequest::read(&job) else {
+        return;
+    };
+    if request.query.validate(dict).is_ok() {
+        let _ = request.query.hash();
+        let _ = request.query.analysis.terms(dict);
     }
-    if let Some(p) = job.purpose {
-        let _ = Purpose::try_from(p);
-    }
-    if let Some(it) = job.iteration {
-        let _ = plexus_core::models::fit::Iteration::try_from(it);
-    }
-    match job.secure_aggregation.and_then(|s| s.step) {
-        Some(pb::secure_aggregation::Step::KeyRequest(k)) => {
-            let _ = serde_json::from_slice::<StudyDefinition>(&k.study_definition);
+    match request.secure {
+        Some(SecureStep::Keys { definition, .. }) => {
+            let _ = serde_json::from_slice::<StudyDefinition>(&definition);
         }
-        Some(pb::secure_aggregation::Step::Mask(m)) => {
-            if let Some(r) = m.roster {
-                if let Ok(r) = Roster::try_from(r) {
-                    let _ = r.validate();
-                    let _ = r.digest();
-                }
-            }
+        Some(SecureStep::Mask { roster, .. }) => {
+            let _ = roster.validate();
+            let _ = roster.digest();
         }
-        Some(pb::secure_aggregation::Step::Confirm(c)) => {
-            let _ = Partition::try_from(c);
-        }
-        Some(pb::secure_aggregation::Step::Unmask(u)) => {
-            let _ = UnmaskRequest::try_from(u);
-        }
-        None => {}
+        Some(SecureStep::Confirm { .. }) | Some(SecureStep::Unmask { .. }) | None => {}
     }
 }
 

@@ -17,6 +17,7 @@ use plexus_core::privacy::release::{releasable, release_for, Release};
 use plexus_core::privacy::report::Receipt;
 use plexus_core::secagg;
 use plexus_core::{Cell, Dictionary, Error, NodeStats, Purpose, Query};
+use plexus_proto::job::{JobRequest, SecureStep};
 use plexus_proto::v1 as pb;
 
 use crate::config::NodeConfig;
@@ -27,7 +28,7 @@ use crate::log::{JobLog, LogEntry};
 use crate::policy;
 use crate::record;
 use crate::review::ReviewQueue;
-use crate::secagg::{fingerprint, Commitments, HeldMask, MaskFor, Sessions, Step};
+use crate::secagg::{fingerprint, Commitments, HeldMask, MaskFor, Sessions};
 
 pub struct JobRunner {
     pub config: Arc<NodeConfig>,
@@ -94,6 +95,8 @@ pub(crate) struct Checked {
     pub rules: Rules,
     pub iteration: Option<Iteration>,
     pub protection: Protection,
+    /// The step of secure aggregation asked, for a secure study's jobs.
+    pub secure: Option<SecureStep>,
 }
 
 /// What a job's answer carries.
@@ -415,7 +418,7 @@ impl JobRunner {
 
     async fn execute(&self, job: &pb::Job) -> Outcome {
         let checked = self.check(job)?;
-        let secure = Step::of(job)?;
+        let secure = checked.secure.clone();
         if secure.is_some() {
             secagg::supported(&checked.query)?;
             secagg::vector_len(&checked.query.analysis, &self.dictionary)?;
@@ -423,20 +426,20 @@ impl JobRunner {
         let now_ms = chrono::Utc::now().timestamp_millis();
         let masker = match secure {
             None => None,
-            Some(Step::Keys {
+            Some(SecureStep::Keys {
                 session_id,
                 nodes,
                 definition,
             }) => return self.secure_keys(job, &checked, &session_id, &nodes, &definition, now_ms),
-            Some(Step::Confirm {
+            Some(SecureStep::Confirm {
                 session_id,
                 partition,
             }) => return self.secure_confirm(job, &session_id, partition, now_ms),
-            Some(Step::Unmask {
+            Some(SecureStep::Unmask {
                 session_id,
                 request,
             }) => return self.secure_unmask(job, &session_id, request, now_ms),
-            Some(Step::Mask { roster, step }) => {
+            Some(SecureStep::Mask { roster, step }) => {
                 let today = chrono::Utc::now().date_naive();
                 let contribution = self.contribution_key(job, &checked, today)?;
                 Some(self.secure_roster(job, &checked, &roster, step, contribution, now_ms)?)
@@ -626,19 +629,14 @@ impl JobRunner {
         if job.deadline_unix_ms <= self.now_ms() {
             return Err(Error::unavailable("the job arrived after its deadline"));
         }
-        let purpose = Purpose::try_from(
-            job.purpose
-                .clone()
-                .ok_or_else(|| Error::invalid("the job names no purpose of use"))?,
-        )?;
-        let query = Query::try_from(
-            job.query
-                .clone()
-                .ok_or_else(|| Error::invalid("the job carries no query"))?,
-        )?;
+        let JobRequest {
+            purpose,
+            query,
+            iteration,
+            secure,
+        } = JobRequest::read(job)?;
         query.validate(&self.dictionary)?;
         policy::narrowed(&self.config.node.id, &job.study_id, allowed, &query)?;
-        let iteration = job.iteration.clone().map(Iteration::try_from).transpose()?;
         let protection = self.protection(job, &query)?;
         Ok(Checked {
             query,
@@ -650,6 +648,7 @@ impl JobRunner {
             },
             iteration,
             protection,
+            secure,
         })
     }
 
@@ -889,24 +888,7 @@ impl JobRunner {
             job_id: job_id.to_string(),
             job_hash,
             node_id: self.config.node.id.clone(),
-            outcome: Some(match &outcome {
-                pb::job_result::Outcome::Stats(s) => {
-                    pb::result_statement::Outcome::Stats(s.clone())
-                }
-                pb::job_result::Outcome::Error(e) => {
-                    pb::result_statement::Outcome::Error(e.clone())
-                }
-                pb::job_result::Outcome::Keys(k) => pb::result_statement::Outcome::Keys(k.clone()),
-                pb::job_result::Outcome::Masked(m) => {
-                    pb::result_statement::Outcome::Masked(m.clone())
-                }
-                pb::job_result::Outcome::Confirmed(c) => {
-                    pb::result_statement::Outcome::Confirmed(c.clone())
-                }
-                pb::job_result::Outcome::Unmasked(u) => {
-                    pb::result_statement::Outcome::Unmasked(u.clone())
-                }
-            }),
+            outcome: Some(outcome.clone().into()),
             privacy,
             data_snapshot,
             signed_unix_ms: chrono::Utc::now().timestamp_millis(),

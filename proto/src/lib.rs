@@ -5,6 +5,8 @@
 #![forbid(unsafe_code)]
 
 pub mod convert;
+pub mod job;
+pub mod reply;
 
 pub mod v1 {
     #![allow(clippy::all, missing_docs)]

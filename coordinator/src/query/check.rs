@@ -7,9 +7,10 @@
 use plexus_core::audit::Outcome;
 use plexus_core::pool::{NodeOutcome, NodeStatus};
 use plexus_core::privacy::report::Receipt;
-use plexus_core::secagg::steps::{Confirmation, MaskedAnswer, Unmasked};
-use plexus_core::secagg::{self, SignedBundle};
-use plexus_core::{Error, ErrorCode, NodeStats, Query};
+
+use plexus_core::secagg;
+use plexus_core::{Error, ErrorCode, Query};
+use plexus_proto::reply::NodeReply;
 use plexus_proto::v1 as pb;
 use tracing::warn;
 
@@ -51,12 +52,11 @@ pub(super) fn reviewed(
 /// the node's signed statement kept beside it holds the whole message).
 fn secure_answer(
     job: &pb::Job,
-    outcome: pb::job_result::Outcome,
+    outcome: NodeReply,
     receipt: Option<pb::PrivacyReceipt>,
     query: &Query,
     dict: &plexus_core::Dictionary,
 ) -> Result<(Answer, String), Error> {
-    use pb::job_result::Outcome;
     use pb::secure_aggregation::Step;
     let wrong = || {
         Error::invalid("the node answered another step of secure aggregation than the one asked")
@@ -67,13 +67,15 @@ fn secure_answer(
     let sid = &sa.session_id;
     let stored = |v: serde_json::Value| serde_json::json!({ "secure_aggregation": v }).to_string();
     match (outcome, &sa.step) {
-        (Outcome::Keys(k), Some(Step::KeyRequest(request))) => {
-            let signed = SignedBundle::try_from(
-                k.bundle
-                    .ok_or_else(|| Error::invalid("the node's key answer carries no bundle"))?,
-            )?;
+        (
+            NodeReply::Keys {
+                session_id,
+                bundle: signed,
+            },
+            Some(Step::KeyRequest(request)),
+        ) => {
             let b = &signed.bundle;
-            if k.session_id != *sid || b.session_id != *sid || b.node != job.audience {
+            if session_id != *sid || b.session_id != *sid || b.node != job.audience {
                 return Err(wrong());
             }
             let expected: std::collections::BTreeSet<&str> = request
@@ -101,14 +103,13 @@ fn secure_answer(
             }));
             Ok((Answer::Keys(signed), json))
         }
-        (Outcome::Masked(m), Some(Step::Mask(request))) => {
+        (NodeReply::Masked(m), Some(Step::Mask(request))) => {
             let roster = plexus_core::secagg::Roster::try_from(
                 request
                     .roster
                     .clone()
                     .ok_or_else(|| Error::internal("a mask job without a roster"))?,
             )?;
-            let m = MaskedAnswer::try_from(m)?;
             if m.session_id != *sid || m.step != request.step || m.roster_digest != roster.digest()
             {
                 return Err(Error::invalid(
@@ -142,8 +143,7 @@ fn secure_answer(
             }));
             Ok((Answer::Masked(m, receipt), json))
         }
-        (Outcome::Confirmed(c), Some(Step::Confirm(request))) => {
-            let c = Confirmation::try_from(c)?;
+        (NodeReply::Confirmed(c), Some(Step::Confirm(request))) => {
             let mut asked = request.survivors.clone();
             asked.sort();
             if c.session_id != *sid || c.step != request.step || c.survivors != asked {
@@ -156,8 +156,7 @@ fn secure_answer(
             }));
             Ok((Answer::Confirmed(c), json))
         }
-        (Outcome::Unmasked(u), Some(Step::Unmask(request))) => {
-            let u = Unmasked::try_from(u)?;
+        (NodeReply::Unmasked(u), Some(Step::Unmask(request))) => {
             if u.session_id != *sid
                 || u.step != request.step
                 || !u
@@ -246,11 +245,23 @@ pub(super) fn reply(
             Some(e),
         )
     };
+    if job.secure_aggregation.is_some()
+        && matches!(reply.outcome, pb::job_result::Outcome::Stats(_))
+    {
+        // A node's own figures where only a masked vector was asked for:
+        // neither read, used nor kept (its signed statement holds them).
+        return Checked {
+            review: reply.review,
+            ..invalid(Error::invalid(
+                "the node answered a secure aggregation job with plain statistics; they were discarded unread (is the node's plexus-node older than its study?)",
+            ))
+        };
+    }
     let signed = Some((reply.statement, reply.signature, reply.certificate));
     let receipt = reply.privacy;
-    let mut result = match reply.outcome {
-        pb::job_result::Outcome::Error(e) => {
-            let e: Error = e.into();
+    let mut result = match NodeReply::read(reply.outcome) {
+        Err(e) => invalid(e),
+        Ok(NodeReply::Refused(e)) => {
             // A refusal decided on a noised release carries what it
             // charged; a receipt that does not parse is dropped (the
             // node's ledger stays the authority).
@@ -272,46 +283,27 @@ pub(super) fn reply(
                 Some(e),
             )
         }
-        outcome @ (pb::job_result::Outcome::Keys(_)
-        | pb::job_result::Outcome::Masked(_)
-        | pb::job_result::Outcome::Confirmed(_)
-        | pb::job_result::Outcome::Unmasked(_)) => {
-            match secure_answer(job, outcome, receipt, query, &state.dictionary) {
-                Ok((answer, stored)) => checked(answer, Outcome::Answered, Some(stored), None),
-                Err(e) => invalid(e),
-            }
-        }
-        pb::job_result::Outcome::Stats(_) if job.secure_aggregation.is_some() => {
-            // A node's own figures where only a masked vector was asked
-            // for: neither used nor kept.
-            return Checked {
-                review: reply.review,
-                ..invalid(Error::invalid(
-                    "the node answered a secure aggregation job with plain statistics; they were discarded unread (is the node's plexus-node older than its study?)",
-                ))
-            };
-        }
-        pb::job_result::Outcome::Stats(s) => {
-            let checked_stats = receipt
-                .map(Receipt::try_from)
-                .transpose()
-                .and_then(|r| NodeStats::try_from(s).map(|s| (s, r)))
-                .and_then(|(s, r)| {
-                    s.check(
-                        &query.analysis,
-                        &state.dictionary,
-                        state.config.coordinator.min_cell_size,
-                    )
-                    .map(|_| (s, r))
-                });
+        Ok(NodeReply::Stats(s)) => {
+            let checked_stats = receipt.map(Receipt::try_from).transpose().and_then(|r| {
+                s.check(
+                    &query.analysis,
+                    &state.dictionary,
+                    state.config.coordinator.min_cell_size,
+                )
+                .map(|_| r)
+            });
             match checked_stats {
-                Ok((s, receipt)) => {
+                Ok(receipt) => {
                     let json = serde_json::to_string(&s).ok();
                     checked(Answer::Stats(s, receipt), Outcome::Answered, json, None)
                 }
                 Err(e) => invalid(e),
             }
         }
+        Ok(secure) => match secure_answer(job, secure, receipt, query, &state.dictionary) {
+            Ok((answer, stored)) => checked(answer, Outcome::Answered, Some(stored), None),
+            Err(e) => invalid(e),
+        },
     };
     result.signed = signed;
     result.review = reply.review;

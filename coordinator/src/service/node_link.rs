@@ -394,7 +394,6 @@ fn open_result(
         ));
     }
     let outcome = match statement.outcome {
-        Some(pb::result_statement::Outcome::Stats(s)) => pb::job_result::Outcome::Stats(s),
         // The node's reason reaches the researcher and the audit log:
         // escaped here rather than refused, since the signed statement
         // (kept as it came) is evidence of the node's decision.
@@ -402,10 +401,7 @@ fn open_result(
             e.message = plexus_core::text::escape(&e.message).into_owned();
             pb::job_result::Outcome::Error(e)
         }
-        Some(pb::result_statement::Outcome::Keys(k)) => pb::job_result::Outcome::Keys(k),
-        Some(pb::result_statement::Outcome::Masked(m)) => pb::job_result::Outcome::Masked(m),
-        Some(pb::result_statement::Outcome::Confirmed(c)) => pb::job_result::Outcome::Confirmed(c),
-        Some(pb::result_statement::Outcome::Unmasked(u)) => pb::job_result::Outcome::Unmasked(u),
+        Some(signed) => signed.into(),
         None => return Err("the node's signed statement has no outcome".into()),
     };
     Ok((

@@ -13,9 +13,6 @@ pub use sessions::{Pending, Session, SessionStudy, Sessions, StepState, SESSION_
 
 pub use steps::HeldMask;
 
-use plexus_core::secagg::steps::{Partition, UnmaskRequest};
-use plexus_core::secagg::Roster;
-use plexus_core::{Error, Result};
 use plexus_proto::v1 as pb;
 
 /// What a job asks a node to compute, without what differs between the
@@ -54,72 +51,6 @@ pub(crate) fn binding(job: &pb::Job) -> [u8; 32] {
     ctx.update(b"plexus secagg session binding v1");
     ctx.update(&prost::Message::encode_to_vec(&what));
     ctx.finish().as_ref().try_into().expect("32 bytes")
-}
-
-/// The step of secure aggregation a job asks for.
-pub(crate) enum Step {
-    Keys {
-        session_id: String,
-        nodes: Vec<String>,
-        definition: Vec<u8>,
-    },
-    Mask {
-        roster: Roster,
-        step: u32,
-    },
-    Confirm {
-        session_id: String,
-        partition: Partition,
-    },
-    Unmask {
-        session_id: String,
-        request: UnmaskRequest,
-    },
-}
-
-impl Step {
-    /// The step `job` asks for, or `None` for a plain job.
-    pub(crate) fn of(job: &pb::Job) -> Result<Option<Self>> {
-        let Some(sa) = &job.secure_aggregation else {
-            return Ok(None);
-        };
-        let session_id = sa.session_id.clone();
-        Ok(Some(match sa.step.clone() {
-            Some(pb::secure_aggregation::Step::KeyRequest(k)) => Step::Keys {
-                session_id,
-                nodes: k.nodes,
-                definition: k.study_definition,
-            },
-            Some(pb::secure_aggregation::Step::Mask(m)) => {
-                let roster = Roster::try_from(m.roster.ok_or_else(|| {
-                    Error::invalid("the secure aggregation job carries no roster")
-                })?)?;
-                if roster.session_id != session_id {
-                    return Err(Error::invalid(format!(
-                        "the roster is for session {}, and the job for session {session_id}",
-                        roster.session_id
-                    )));
-                }
-                Step::Mask {
-                    roster,
-                    step: m.step,
-                }
-            }
-            Some(pb::secure_aggregation::Step::Confirm(c)) => Step::Confirm {
-                session_id,
-                partition: Partition::try_from(c)?,
-            },
-            Some(pb::secure_aggregation::Step::Unmask(u)) => Step::Unmask {
-                session_id,
-                request: UnmaskRequest::try_from(u)?,
-            },
-            None => {
-                return Err(Error::invalid(
-                    "the secure aggregation job names no step (keys, mask, confirm or unmask)",
-                ))
-            }
-        }))
-    }
 }
 
 /// Where a masked job's answer goes: the session, the step, and the
