@@ -150,7 +150,7 @@ enum Command {
     Query {
         #[arg(long)]
         study: String,
-        /// Query as JSON (see README, "Query format").
+        /// Query as JSON (see docs/src/reference/query-format.md).
         #[arg(long)]
         file: PathBuf,
         #[arg(long, value_enum, default_value_t = Format::Table)]

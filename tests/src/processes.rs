@@ -343,7 +343,7 @@ impl Install {
             synth::write_generated_site(spec, &install.path("/srv/plexus").join(name), format)?;
         }
 
-        // The dev CA, with the `plexus pki` commands the README gives.
+        // The dev CA, with the `plexus pki` commands the walkthrough gives (docs/src/walkthrough.md).
         let pki = install.path("/etc/plexus/pki");
         let pki = pki.to_str().context("non-UTF-8 temp path")?.to_string();
         let ip = opts.listen_ip.to_string();

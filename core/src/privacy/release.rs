@@ -30,7 +30,7 @@
 //! model's level, two-way, parameter-share and singular-design rules)
 //! are either decided on the noised values the job pays for
 //! ([`super::decisions`]) or left to the noise, whose scale is set by what
-//! any one patient could add; the README's Privacy section says which
+//! any one patient could add; the book's differential privacy page (docs/src/privacy/differential-privacy.md) says which
 //! and why.
 
 use super::decisions::glm_first_round;

@@ -382,7 +382,7 @@ impl Query {
     pub fn from_json(text: &str) -> Result<Self> {
         serde_json::from_str(text).map_err(|e| {
             Error::invalid(format!(
-                "query is not valid JSON for a Plexus query: {e} (see the README's \"Query format\")"
+                "query is not valid JSON for a Plexus query: {e} (see the book's query reference, docs/src/reference/query-format.md)"
             ))
         })
     }

@@ -97,7 +97,7 @@ fn units_carry_the_hardening_directives() {
         let state = one("StateDirectory");
         assert_eq!(one("ReadWritePaths"), format!("/var/lib/{state}"), "{unit}");
         assert!(state.starts_with("plexus-"), "{unit}: {state}");
-        // Graceful shutdown takes up to 5 s (README); systemd waits longer
+        // Graceful shutdown takes up to 5 s (docs/src/operations/monitoring.md); systemd waits longer
         // before SIGKILL.
         let stop: u64 = one("TimeoutStopSec").parse().unwrap();
         assert!((10..=60).contains(&stop), "{unit}: TimeoutStopSec={stop}");

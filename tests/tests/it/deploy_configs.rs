@@ -1,4 +1,4 @@
-//! The example files under `deploy/` are the README's walkthrough. They must
+//! The example files under `deploy/` are the book's walkthrough (docs/src/walkthrough.md). They must
 //! parse and validate, point at the certificates `plexus pki` writes and at
 //! the data `plexus synth --out deploy/demo` (and `plexus demo --keep
 //! deploy/demo`) writes, and answer every example query when a coordinator
@@ -122,7 +122,7 @@ fn queries_validate_and_cover_every_analysis() {
     assert_eq!(kinds, AnalysisKind::ALL.into_iter().collect());
 }
 
-/// The README layout in a temporary folder: `deploy/` (copied configs),
+/// The walkthrough's layout in a temporary folder: `deploy/` (copied configs),
 /// `deploy/demo/` (what `plexus demo --keep deploy/demo` writes) and
 /// `pki/` (what `plexus pki init` and `plexus pki issue` write).
 struct Layout {
@@ -367,7 +367,7 @@ async fn wait_live(admin: &Client, nodes: &[String]) -> Result<()> {
     }
 }
 
-/// The README walkthrough, with the coordinator on a free port instead of 7443.
+/// The walkthrough (docs/src/walkthrough.md), with the coordinator on a free port instead of 7443.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn walkthrough_runs_from_the_deploy_files() {
     let layout = Layout::new().await.unwrap();

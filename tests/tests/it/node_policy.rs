@@ -469,7 +469,7 @@ async fn a_rejected_result_is_that_nodes_refusal_with_the_reason_and_an_undecide
 }
 
 /// The first hour of a new study, with the real binaries and the commands
-/// the README gives: the network admin registers a study no hospital has
+/// the walkthrough gives: the network admin registers a study no hospital has
 /// heard of; the researcher is told once, for all three nodes, that it is
 /// in no hospital's policy; each hospital adds its table and restarts, and
 /// the researcher is told once that no hospital has approved it yet (not
@@ -479,7 +479,7 @@ async fn a_rejected_result_is_that_nodes_refusal_with_the_reason_and_an_undecide
 async fn a_study_registered_from_scratch_is_answered_once_each_hospital_approves_it() {
     use plexus_tests::processes::{Install, InstallOptions};
 
-    // Under differential privacy, as the README's study.
+    // Under differential privacy, as the walkthrough's study.
     let opts = InstallOptions {
         exact: false,
         ..InstallOptions::fast()
