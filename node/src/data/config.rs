@@ -239,7 +239,7 @@ impl DataConfig {
         if self.source() == SourceKind::Postgres {
             let Some(pg) = &self.postgres else {
                 return Err(Error::invalid(
-                    "data.source is \"postgres\" but there is no [data.postgres] section; add one (see docs/src/reference/node-toml.md, "A node on a PostgreSQL warehouse")",
+                    "data.source is \"postgres\" but there is no [data.postgres] section; add one (see docs/src/reference/node-toml.md, section A node on a PostgreSQL warehouse)",
                 ));
             };
             if !self.path.as_os_str().is_empty()
