@@ -707,7 +707,7 @@ mod tests {
         let why = "study \"s\" has not been approved by this hospital yet";
         let result = PooledResult {
             value: PooledValue::Count {
-                n: plexus_core::pool::PooledCell {
+                n: plexus_core::cell::PooledCell {
                     count: Some(40),
                     at_least: None,
                     suppressed_at: vec![],
