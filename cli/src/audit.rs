@@ -15,6 +15,7 @@ use plexus_core::audit::AuditEntry;
 use plexus_core::merkle::{
     leaf_of, verify_consistency, verify_inclusion, verify_log_heads, Checkpoint, TreeHead,
 };
+use plexus_core::node_audit;
 use plexus_proto::v1 as pb;
 
 use crate::client::Client;
@@ -266,7 +267,7 @@ pub struct NodeLog {
 impl NodeLog {
     pub fn read(path: &Path) -> anyhow::Result<NodeLog> {
         let (file, folder) = if path.is_dir() {
-            (path.join("jobs.log.jsonl"), path.to_path_buf())
+            (path.join(node_audit::JOB_LOG_FILE), path.to_path_buf())
         } else {
             (
                 path.to_path_buf(),
@@ -291,8 +292,7 @@ impl NodeLog {
             .filter(|l| !l.is_empty())
             .map(String::from)
             .collect();
-        let checkpoints =
-            plexus_node::log::read_checkpoints(&folder.join("audit-checkpoints.jsonl"))?;
+        let checkpoints = node_audit::read_checkpoints(&folder.join(node_audit::CHECKPOINT_FILE))?;
         Ok(NodeLog {
             lines,
             checkpoints,
@@ -310,13 +310,13 @@ impl NodeLog {
     pub fn jobs(&self) -> anyhow::Result<BTreeMap<String, String>> {
         let mut jobs = BTreeMap::new();
         for (i, l) in self.lines.iter().enumerate() {
-            let e = serde_json::from_str::<plexus_node::log::LogEntry>(l)
+            let e = serde_json::from_str::<node_audit::LogEntry>(l)
                 .with_context(|| format!("line {} of the node's job log is not an entry", i + 1))?;
             if e.job_id.is_empty() {
                 continue;
             }
             let last = jobs.entry(e.job_id).or_insert_with(String::new);
-            if e.outcome != plexus_node::log::ACCEPTED || last.is_empty() {
+            if e.outcome != node_audit::ACCEPTED || last.is_empty() {
                 *last = e.outcome;
             }
         }
@@ -325,7 +325,7 @@ impl NodeLog {
 
     /// The node's audit key beside its log, when the auditor pinned none.
     pub fn key_beside(&self) -> PathBuf {
-        self.folder.join("node-audit-signing.pub")
+        plexus_tls::signing_key_files(&self.folder, node_audit::AUDIT_KEY_STEM).1
     }
 }
 
@@ -446,7 +446,7 @@ pub async fn reconcile(
             }
             Some(o) if o.starts_with("dropped") => r.unanswered += 1,
             Some(o) => {
-                if o == plexus_node::log::ACCEPTED {
+                if o == node_audit::ACCEPTED {
                     r.in_flight.push(id.clone());
                 }
                 r.matched += 1;

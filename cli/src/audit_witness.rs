@@ -101,7 +101,7 @@ pub async fn collect(
                 path.display()
             )
         })?;
-        let file: plexus_node::witness::Witnessed =
+        let file: plexus_core::node_audit::Witnessed =
             serde_json::from_str(&text).with_context(|| {
                 format!(
                     "{} is not a node's witnessed-checkpoint.json",
