@@ -18,8 +18,8 @@ use plexus_core::merkle::{
 use plexus_core::node_audit;
 use plexus_proto::v1 as pb;
 
-use crate::client::Client;
 use crate::output::{safe, safe_json};
+use plexus_client::Client;
 
 fn status(s: tonic::Status) -> anyhow::Error {
     let e = plexus_proto::convert::from_status(&s);
@@ -525,7 +525,7 @@ pub fn read_checkpoint(path: &Path) -> anyhow::Result<Checkpoint> {
 /// The coordinator key to check checkpoints with: `--log-key`, else the
 /// `coordinator-signing.pub` in `--pki`.
 pub fn pinned_key(
-    conn: &crate::client::ConnectArgs,
+    conn: &plexus_client::ConnectArgs,
     log_key: Option<&Path>,
 ) -> anyhow::Result<Vec<u8>> {
     let path = match (log_key, &conn.pki) {
@@ -559,7 +559,7 @@ pub struct VerifyArgs {
     pub json: bool,
 }
 
-pub async fn cmd_verify(conn: &crate::client::ConnectArgs, a: VerifyArgs) -> anyhow::Result<()> {
+pub async fn cmd_verify(conn: &plexus_client::ConnectArgs, a: VerifyArgs) -> anyhow::Result<()> {
     if let Some(path) = &a.node_log {
         let log = NodeLog::read(path)?;
         let key_path = a.node_key.clone().unwrap_or_else(|| log.key_beside());
@@ -680,7 +680,7 @@ pub async fn cmd_verify(conn: &crate::client::ConnectArgs, a: VerifyArgs) -> any
 }
 
 pub async fn cmd_prove(
-    conn: &crate::client::ConnectArgs,
+    conn: &plexus_client::ConnectArgs,
     log_key: Option<&Path>,
     seq: u64,
     json: bool,
@@ -722,7 +722,7 @@ pub async fn cmd_prove(
 }
 
 pub async fn cmd_reconcile(
-    conn: &crate::client::ConnectArgs,
+    conn: &plexus_client::ConnectArgs,
     node_log: &Path,
     node: &str,
     json: bool,
@@ -777,7 +777,7 @@ pub async fn cmd_reconcile(
 }
 
 pub async fn cmd_export_fhir(
-    conn: &crate::client::ConnectArgs,
+    conn: &plexus_client::ConnectArgs,
     filter: Filter,
     out: Option<&Path>,
 ) -> anyhow::Result<()> {
@@ -906,7 +906,7 @@ pub async fn evidence(
 }
 
 pub async fn cmd_evidence(
-    conn: &crate::client::ConnectArgs,
+    conn: &plexus_client::ConnectArgs,
     query_id: &str,
     json: bool,
 ) -> anyhow::Result<()> {

@@ -18,7 +18,7 @@ use serde::Serialize;
 use plexus_core::merkle::{Checkpoint, Leaf, MerkleLog};
 use plexus_proto::v1 as pb;
 
-use crate::client::Client;
+use plexus_client::Client;
 
 /// One checkpoint a node witnessed, as checked against the log.
 #[derive(Debug, Clone, Serialize)]

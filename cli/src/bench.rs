@@ -17,9 +17,9 @@ use plexus_core::pool::PooledValue;
 use plexus_core::{Dictionary, Purpose, Query, RawStats, StudyDefinition};
 use plexus_node::data::{ConsentConfig, DataConfig, DataSource, Limits};
 
-use crate::client::Client;
 use crate::sandbox::{self, Sandbox, SandboxOptions};
 use crate::synth::DataFormat;
+use plexus_client::Client;
 
 pub struct BenchOptions {
     pub patients_per_site: usize,
@@ -197,7 +197,7 @@ async fn federated(opts: &BenchOptions) -> anyhow::Result<()> {
         let fed = alice
             .run_query(&study.id, &query, Duration::from_secs(600))
             .await?;
-        crate::client::outcome(&fed).map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+        plexus_client::outcome(&fed).map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
         central
             .compute(&query, &purpose, today, LIMITS, None)
             .await?;
@@ -209,7 +209,7 @@ async fn federated(opts: &BenchOptions) -> anyhow::Result<()> {
                 .run_query(&study.id, &query, Duration::from_secs(600))
                 .await?;
             f.push(t.elapsed());
-            crate::client::outcome(&r).map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+            plexus_client::outcome(&r).map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
             let t = Instant::now();
             central
                 .compute(&query, &purpose, today, LIMITS, None)
@@ -320,7 +320,7 @@ async fn models(
             .run_query(&study.id, &logistic, Duration::from_secs(600))
             .await?;
         let fed = t.elapsed();
-        let pooled = crate::client::outcome(&r).map_err(|e| anyhow::anyhow!("logistic: {e}"))?;
+        let pooled = plexus_client::outcome(&r).map_err(|e| anyhow::anyhow!("logistic: {e}"))?;
         let PooledValue::Glm(g) = &pooled.value else {
             anyhow::bail!("the logistic query returned no model");
         };
@@ -378,7 +378,7 @@ async fn models(
             .run_query(&study.id, &km, Duration::from_secs(600))
             .await?;
         let fed = t.elapsed();
-        crate::client::outcome(&r).map_err(|e| anyhow::anyhow!("kaplan-meier: {e}"))?;
+        plexus_client::outcome(&r).map_err(|e| anyhow::anyhow!("kaplan-meier: {e}"))?;
         let t = Instant::now();
         let raw = central.compute(&km, purpose, today, LIMITS, None).await?;
         let RawStats::Survival(groups) = raw else {

@@ -119,7 +119,7 @@ pub async fn run(opts: ThroughputOptions) -> anyhow::Result<Vec<(usize, Figures)
         let r = alice
             .run_query(&study.id, q, Duration::from_secs(600))
             .await?;
-        let pooled = crate::client::outcome(&r).map_err(|e| anyhow::anyhow!("{label}: {e}"))?;
+        let pooled = plexus_client::outcome(&r).map_err(|e| anyhow::anyhow!("{label}: {e}"))?;
         if pooled.provenance.answered as usize != opts.nodes {
             anyhow::bail!(
                 "{label}: {} of {} nodes answered the warm-up",
@@ -179,7 +179,7 @@ pub async fn run(opts: ThroughputOptions) -> anyhow::Result<Vec<(usize, Figures)
 
 /// Runs every concurrency level in turn.
 async fn levels_run(
-    alice: &crate::client::Client,
+    alice: &plexus_client::Client,
     study: &str,
     queries: &[plexus_core::Query],
     levels: &[usize],

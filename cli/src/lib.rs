@@ -1,6 +1,7 @@
-//! The `plexus` command line as a library: the client, output rendering,
-//! the in-process sandbox network used by `plexus demo` and the
-//! integration tests, and the synthetic data generator.
+//! The `plexus` command line as a library: output rendering, the audit
+//! checks, the in-process sandbox network used by `plexus demo` and the
+//! integration tests, and the synthetic data generator. The client that
+//! reaches the coordinator is the `plexus-client` crate.
 #![forbid(unsafe_code)]
 
 pub mod audit;
@@ -9,7 +10,6 @@ pub mod bench;
 pub mod bench_audit;
 pub mod bench_throughput;
 pub mod bench_warehouse;
-pub mod client;
 pub mod commands;
 pub mod demo;
 pub mod load;

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use plexus_core::Query;
 
-use crate::client::{outcome, Client};
+use plexus_client::{outcome, Client};
 
 /// The mix: counts, summaries, a table, a histogram, a Kaplan-Meier curve
 /// and a gaussian GLM (iterative: several rounds of jobs). Counts differ in

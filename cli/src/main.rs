@@ -10,10 +10,10 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use plexus::audit;
-use plexus::client::ConnectArgs;
 use plexus::commands;
 use plexus::output::Format;
 use plexus::pki;
+use plexus_client::ConnectArgs;
 
 #[derive(Parser)]
 #[command(

@@ -657,7 +657,7 @@ mod tests {
             result_json: json,
             ..Default::default()
         };
-        let back = crate::client::outcome(&reply).unwrap();
+        let back = plexus_client::outcome(&reply).unwrap();
 
         let table = render(&back, Format::Table).unwrap();
         // Median 10, survival stated until 20 where it is 0 with no interval.

@@ -20,8 +20,8 @@ use plexus_node::data::{ConsentConfig, DataConfig};
 use plexus_proto::v1 as pb;
 use plexus_tls::{CaDir, DevCa, Role, TlsFiles};
 
-use crate::client::Client;
 use crate::synth::{self, DataFormat, Site, SiteSpec};
+use plexus_client::Client;
 
 /// Researchers, admins and auditors the sandbox issues certificates for.
 pub const RESEARCHER: &str = "alice";

@@ -86,7 +86,7 @@ async fn measure(opts: &SecureBenchOptions, nodes: usize) -> anyhow::Result<Meas
                 .run_query(&study, query, Duration::from_secs(600))
                 .await?;
             let elapsed = t.elapsed();
-            let pooled = crate::client::outcome(&r)
+            let pooled = plexus_client::outcome(&r)
                 .map_err(|e| anyhow::anyhow!("summary in {study}: {e}"))?;
             anyhow::Ok((elapsed, pooled))
         }

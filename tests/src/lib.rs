@@ -163,7 +163,7 @@ pub async fn ask(
     let r = client
         .run_query(study, &query, std::time::Duration::from_secs(60))
         .await?;
-    plexus::client::outcome(&r)
+    plexus_client::outcome(&r)
 }
 
 /// Today's date as the nodes see it.

@@ -12,9 +12,9 @@ use anyhow::{bail, Context, Result};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use plexus::client::{outcome, Client};
 use plexus::sandbox::{self, Sandbox, SandboxOptions};
 use plexus::synth;
+use plexus_client::{outcome, Client};
 use plexus_coordinator::CoordinatorConfig;
 use plexus_core::pool::NodeStatus;
 use plexus_core::{AnalysisKind, Dictionary, Query, StudyDefinition};

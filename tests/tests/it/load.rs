@@ -51,7 +51,7 @@ async fn two_hundred_concurrent_queries_on_twenty_nodes_all_finish_with_the_righ
             .run_query(&study.id, q, Duration::from_secs(120))
             .await
             .unwrap();
-        let pooled = plexus::client::outcome(&r).unwrap_or_else(|e| panic!("{label}, alone: {e}"));
+        let pooled = plexus_client::outcome(&r).unwrap_or_else(|e| panic!("{label}, alone: {e}"));
         assert_eq!(
             pooled.provenance.answered as usize, NODES,
             "{label}: {pooled:?}"
@@ -132,7 +132,7 @@ async fn two_hundred_concurrent_queries_on_twenty_nodes_all_finish_with_the_righ
     // Every answer is right.
     for f in &finished {
         let label = mix[f.index % mix.len()].0;
-        let pooled = plexus::client::outcome(&f.result)
+        let pooled = plexus_client::outcome(&f.result)
             .unwrap_or_else(|e| panic!("#{} {label} ({}): {e}", f.index, f.query_id));
         assert_eq!(
             pooled.provenance.answered as usize, NODES,
@@ -203,7 +203,7 @@ async fn two_hundred_concurrent_queries_on_twenty_nodes_all_finish_with_the_righ
 /// Submits one query and waits for its final state, keeping `outstanding`
 /// up to date so a deadline can say what never finished.
 async fn one(
-    client: plexus::client::Client,
+    client: plexus_client::Client,
     outstanding: Arc<Mutex<BTreeMap<usize, String>>>,
     study_id: String,
     index: usize,
