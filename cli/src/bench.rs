@@ -17,9 +17,9 @@ use plexus_core::pool::PooledValue;
 use plexus_core::{Dictionary, Purpose, Query, RawStats, StudyDefinition};
 use plexus_node::data::{ConsentConfig, DataConfig, DataSource, Limits};
 
-use crate::sandbox::{self, Sandbox, SandboxOptions};
-use crate::synth::DataFormat;
 use plexus_client::Client;
+use plexus_sandbox::synth::DataFormat;
+use plexus_sandbox::{self as sandbox, Sandbox, SandboxOptions};
 
 pub struct BenchOptions {
     pub patients_per_site: usize,

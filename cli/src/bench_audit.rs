@@ -14,7 +14,7 @@ use plexus_coordinator::store::Store;
 use plexus_core::audit::{Action, AuditEntry, Outcome, Role};
 use plexus_core::merkle::{leaf_of, verify_log};
 
-use crate::sandbox::{self, Sandbox, SandboxOptions};
+use plexus_sandbox::{self as sandbox, Sandbox, SandboxOptions};
 
 pub struct AuditBenchOptions {
     pub entries: u64,

@@ -1,6 +1,6 @@
 //! `plexus bench --throughput`: the coordinator's sustained query rate with
 //! many nodes. Researchers at concurrency C each submit a query of the load
-//! mix ([`crate::load::MIX`]), wait for its answer and submit the next, for
+//! mix ([`plexus_sandbox::load::MIX`]), wait for its answer and submit the next, for
 //! N seconds per level; concurrency 1 is the baseline measured in the same
 //! run, so the table shows what concurrency buys.
 //!
@@ -20,9 +20,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
 
-use crate::load::{self, Figures};
-use crate::sandbox::{self, Sandbox, SandboxOptions};
-use crate::synth::DataFormat;
+use plexus_sandbox::load::{self, Figures};
+use plexus_sandbox::synth::DataFormat;
+use plexus_sandbox::{self as sandbox, Sandbox, SandboxOptions};
 
 pub struct ThroughputOptions {
     pub nodes: usize,

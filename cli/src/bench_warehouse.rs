@@ -16,7 +16,7 @@ use plexus_node::data::{ConsentConfig, DataConfig, DataSource, Limits};
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, Executor};
 
-use crate::synth::{self, generate_site, node_columns, SiteSpec};
+use plexus_sandbox::synth::{self, generate_site, node_columns, SiteSpec};
 
 const QUERIES: &[(&str, &str)] = &[
     (

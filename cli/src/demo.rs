@@ -8,8 +8,8 @@ use plexus_core::Query;
 use plexus_proto::v1 as pb;
 
 use crate::output;
-use crate::sandbox::{self, Sandbox, SandboxOptions};
 use plexus_client::outcome;
+use plexus_sandbox::{self as sandbox, Sandbox, SandboxOptions};
 
 pub struct DemoOptions {
     pub patients_per_site: usize,

@@ -391,11 +391,11 @@ enum SynthFormat {
     Csv,
 }
 
-impl From<SynthFormat> for plexus::synth::DataFormat {
+impl From<SynthFormat> for plexus_sandbox::synth::DataFormat {
     fn from(f: SynthFormat) -> Self {
         match f {
-            SynthFormat::Parquet => plexus::synth::DataFormat::Parquet,
-            SynthFormat::Csv => plexus::synth::DataFormat::Csv,
+            SynthFormat::Parquet => plexus_sandbox::synth::DataFormat::Parquet,
+            SynthFormat::Csv => plexus_sandbox::synth::DataFormat::Csv,
         }
     }
 }

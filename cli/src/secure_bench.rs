@@ -11,8 +11,8 @@ use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
 
 use plexus_core::Query;
 
-use crate::sandbox::{self, Sandbox, SandboxOptions};
-use crate::synth::DataFormat;
+use plexus_sandbox::synth::DataFormat;
+use plexus_sandbox::{self as sandbox, Sandbox, SandboxOptions};
 
 /// The query timed: a summary, whose answer is three numbers per node, so
 /// the comparison shows the protocol's cost rather than the vector's size.

@@ -5,12 +5,12 @@
 
 use chrono::NaiveDate;
 
-use plexus::synth::{Patient, Site};
 use plexus_core::eval::{matches, Datum};
 use plexus_core::stats::SummarySums;
 use plexus_core::{Analysis, ConsentTerms, Dictionary, Purpose, Query, RawStats};
+use plexus_sandbox::synth::{Patient, Site};
 
-pub use plexus::sandbox::{self, Sandbox, SandboxOptions};
+pub use plexus_sandbox::{self as sandbox, Sandbox, SandboxOptions};
 
 pub mod jobs;
 pub mod pg;

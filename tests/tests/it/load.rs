@@ -8,10 +8,10 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use plexus::load::percentile;
 use plexus_core::pool::PooledValue;
 use plexus_core::{Dictionary, Query, RawStats};
 use plexus_proto::v1 as pb;
+use plexus_sandbox::load::percentile;
 use plexus_tests::{consenting, reference, sandbox, today, Sandbox, SandboxOptions};
 
 const NODES: usize = 20;
@@ -42,7 +42,7 @@ async fn two_hundred_concurrent_queries_on_twenty_nodes_all_finish_with_the_righ
     sb.approve(&study).unwrap();
     sb.register_study(&study).await.unwrap();
     let alice = sb.client(sandbox::RESEARCHER).await.unwrap();
-    let mix = plexus::load::mix().unwrap();
+    let mix = plexus_sandbox::load::mix().unwrap();
 
     // Each query of the mix alone first: what every concurrent copy must equal.
     let mut alone = Vec::new();
@@ -96,7 +96,7 @@ async fn two_hundred_concurrent_queries_on_twenty_nodes_all_finish_with_the_righ
             .collect(),
     ));
     let started = Instant::now();
-    let cpu_before = plexus::load::process_cpu_time();
+    let cpu_before = plexus_sandbox::load::process_cpu_time();
     let mut tasks = tokio::task::JoinSet::new();
     for index in 0..QUERIES {
         let (label, query) = mix[index % mix.len()].clone();
@@ -123,7 +123,7 @@ async fn two_hundred_concurrent_queries_on_twenty_nodes_all_finish_with_the_righ
         }
     };
     let elapsed = started.elapsed();
-    let cpu = plexus::load::process_cpu_time()
+    let cpu = plexus_sandbox::load::process_cpu_time()
         .zip(cpu_before)
         .map(|(after, before)| after.saturating_sub(before));
     assert_eq!(finished.len(), QUERIES);
