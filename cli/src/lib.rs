@@ -6,15 +6,10 @@
 
 pub mod audit;
 pub mod audit_witness;
-pub mod bench;
-pub mod bench_audit;
-pub mod bench_throughput;
-pub mod bench_warehouse;
 pub mod commands;
 pub mod demo;
 pub mod output;
 pub mod pki;
 pub mod plot;
-pub mod secure_bench;
 pub mod synth_command;
 pub mod wait;

@@ -6,7 +6,6 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use plexus::audit;
@@ -61,73 +60,6 @@ enum Command {
         /// Seed of the synthetic data (the same seed, the same patients).
         #[arg(long, default_value_t = 2026)]
         seed: u64,
-    },
-    /// Benchmark: federated against centralised latency over three nodes (use --release).
-    Bench {
-        /// Patients per hospital.
-        #[arg(long, default_value_t = 1_000_000)]
-        patients: usize,
-        /// Timed repetitions per query.
-        #[arg(long, default_value_t = 7)]
-        repetitions: usize,
-        #[arg(long, default_value_t = 7)]
-        seed: u64,
-        /// Keep the generated files here.
-        #[arg(long)]
-        dir: Option<PathBuf>,
-        /// Patients per hospital in the secure-aggregation comparison
-        /// (its own networks of 3 and 20 hospitals).
-        #[arg(long, default_value_t = 100_000)]
-        secure_patients: usize,
-        /// Run only the secure-aggregation comparison.
-        #[arg(long)]
-        secure_only: bool,
-        /// Instead: the coordinator's sustained queries/second and p50/p99
-        /// latency over --nodes nodes at each --concurrency level.
-        #[arg(long)]
-        throughput: bool,
-        /// Nodes of the throughput benchmark.
-        #[arg(long, default_value_t = 20, requires = "throughput")]
-        nodes: usize,
-        /// Patients per node of the throughput benchmark.
-        #[arg(long, default_value_t = 2_000, requires = "throughput")]
-        throughput_patients: usize,
-        /// Seconds of load per concurrency level.
-        #[arg(long, default_value_t = 10, requires = "throughput")]
-        seconds: u64,
-        /// Concurrency levels (researchers with a query in flight), comma-separated; 1 is the baseline.
-        #[arg(
-            long,
-            value_delimiter = ',',
-            default_value = "1,8,32,64",
-            requires = "throughput"
-        )]
-        concurrency: Vec<usize>,
-        /// Skip the baseline: by default every level also runs with the
-        /// coordinator's audit group commit off (one commit per audit
-        /// entry, the path before group commit), and the table shows the ratio.
-        #[arg(long, requires = "throughput")]
-        no_baseline: bool,
-        /// Run only the warehouse comparison: one node on PostgreSQL and
-        /// one on Parquet holding the same --patients patients.
-        #[arg(long)]
-        warehouse: bool,
-        /// PostgreSQL server for --warehouse (a throwaway database is
-        /// created on it and dropped afterwards).
-        #[arg(long, env = "PLEXUS_BENCH_DATABASE_URL")]
-        database_url: Option<String>,
-    },
-    /// Benchmark: audit log append and verify throughput (use --release).
-    BenchAudit {
-        /// Entries in the log.
-        #[arg(long, default_value_t = 1_000_000)]
-        entries: u64,
-        /// Single appends timed on top of them.
-        #[arg(long, default_value_t = 2_000)]
-        appends: u64,
-        /// Keep the generated files here.
-        #[arg(long)]
-        dir: Option<PathBuf>,
     },
     /// Development certificate authority (rcgen): for trials and tests, not production.
     Pki {
@@ -456,65 +388,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let written = plexus::synth_command::write(&opts)?;
             print!("{}", plexus::synth_command::report(&opts, &written));
             Ok(())
-        }
-        Command::BenchAudit {
-            entries,
-            appends,
-            dir,
-        } => {
-            plexus::bench_audit::run(plexus::bench_audit::AuditBenchOptions {
-                entries,
-                appends,
-                dir,
-            })
-            .await
-        }
-        Command::Bench {
-            patients,
-            repetitions,
-            seed,
-            dir,
-            secure_patients,
-            secure_only,
-            throughput,
-            nodes,
-            throughput_patients,
-            seconds,
-            concurrency,
-            no_baseline,
-            warehouse,
-            database_url,
-        } => {
-            if warehouse {
-                let url = database_url.context(
-                    "--warehouse needs --database-url postgres://user@host:port/db (or PLEXUS_BENCH_DATABASE_URL)",
-                )?;
-                return plexus::bench_warehouse::run(patients, repetitions.max(1), seed, &url)
-                    .await;
-            }
-            if throughput {
-                return plexus::bench_throughput::run(
-                    plexus::bench_throughput::ThroughputOptions {
-                        nodes,
-                        patients_per_site: throughput_patients,
-                        seed,
-                        seconds,
-                        concurrency,
-                        baseline: !no_baseline,
-                    },
-                )
-                .await
-                .map(|_| ());
-            }
-            plexus::bench::run(plexus::bench::BenchOptions {
-                patients_per_site: patients,
-                repetitions: repetitions.max(1),
-                seed,
-                dir,
-                secure_patients_per_site: secure_patients,
-                secure_only,
-            })
-            .await
         }
         Command::Pki { command } => match command {
             PkiCommand::Init { dir, force, days } => pki::init(&dir, force, days),

@@ -1,5 +1,5 @@
 //! Many researcher queries at once: the query mix and the closed-loop
-//! driver shared by `plexus bench --throughput` and the load test
+//! driver shared by `plexus-bench throughput` and the load test
 //! (tests/tests/it/load.rs), so the benchmark measures what the test checks.
 
 use std::sync::atomic::{AtomicUsize, Ordering};

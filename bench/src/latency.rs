@@ -1,6 +1,7 @@
-//! `plexus bench`: end-to-end latency of pooled queries over three nodes on
-//! loopback with mTLS, against the same computation done centrally by
-//! DataFusion over all three sites' rows at once, in the same run.
+//! `plexus-bench latency`: end-to-end latency of pooled queries over three
+//! nodes on loopback with mTLS, against the same computation done centrally
+//! by DataFusion over all three sites' rows at once, in the same run; then
+//! the secure-aggregation comparison ([`crate::secure`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -29,8 +30,6 @@ pub struct BenchOptions {
     /// Patients per node of the secure-aggregation comparison (its own
     /// networks of 3 and 20 nodes).
     pub secure_patients_per_site: usize,
-    /// Only the secure-aggregation comparison.
-    pub secure_only: bool,
 }
 
 const QUERIES: &[(&str, &str)] = &[
@@ -98,14 +97,12 @@ fn concat_csv(files: &[PathBuf], out: &Path) -> anyhow::Result<()> {
 }
 
 pub async fn run(opts: BenchOptions) -> anyhow::Result<()> {
-    if !opts.secure_only {
-        federated(&opts).await?;
-    }
-    crate::secure_bench::run(crate::secure_bench::SecureBenchOptions {
+    federated(&opts).await?;
+    crate::secure::run(crate::secure::SecureBenchOptions {
         patients_per_site: opts.secure_patients_per_site,
         repetitions: opts.repetitions,
         seed: opts.seed,
-        nodes: vec![3, 20],
+        nodes: crate::secure::NODES.to_vec(),
     })
     .await?;
     Ok(())
@@ -114,7 +111,7 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<()> {
 /// Federated against centralised, over three nodes.
 async fn federated(opts: &BenchOptions) -> anyhow::Result<()> {
     println!(
-        "plexus bench: 3 nodes x {} patients (Parquet), loopback mTLS, {} repetitions per query",
+        "plexus-bench latency: 3 nodes x {} patients (Parquet), loopback mTLS, {} repetitions per query",
         opts.patients_per_site, opts.repetitions
     );
     let t = Instant::now();

@@ -1,4 +1,4 @@
-//! `plexus bench-audit`: audit append and verify throughput on a log of a
+//! `plexus-bench audit`: audit append and verify throughput on a log of a
 //! million entries, through the coordinator's own code and the auditor's
 //! own command path (gRPC over mTLS, as `plexus audit verify` runs).
 
@@ -124,9 +124,9 @@ pub async fn run(opts: AuditBenchOptions) -> anyhow::Result<()> {
     sb.start_all().await?;
     let start = t.elapsed();
     let auditor = sb.client(sandbox::AUDITOR).await?;
-    let key = crate::audit::load_key(&sb.pki.join("coordinator-signing.pub"))?;
+    let key = plexus::audit::load_key(&sb.pki.join("coordinator-signing.pub"))?;
     let t = Instant::now();
-    let report = crate::audit::verify(&auditor, &key, None, true).await?;
+    let report = plexus::audit::verify(&auditor, &key, None, true).await?;
     let verify_rpc = t.elapsed();
     anyhow::ensure!(
         report.entries >= total,

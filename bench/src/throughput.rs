@@ -1,7 +1,7 @@
-//! `plexus bench --throughput`: the coordinator's sustained query rate with
+//! `plexus-bench throughput`: the coordinator's sustained query rate with
 //! many nodes. Researchers at concurrency C each submit a query of the load
-//! mix ([`plexus_sandbox::load::MIX`]), wait for its answer and submit the next, for
-//! N seconds per level; concurrency 1 is the baseline measured in the same
+//! mix ([`plexus_sandbox::load::MIX`]), wait for its answer and submit the
+//! next, for N seconds per level; concurrency 1 is the baseline measured in the same
 //! run, so the table shows what concurrency buys.
 //!
 //! With `baseline`, every level runs twice in the same network: first
@@ -102,7 +102,7 @@ pub async fn run(opts: ThroughputOptions) -> anyhow::Result<Vec<(usize, Figures)
         .await
         .with_context(|| format!("cannot start a sandbox of {} nodes", opts.nodes))?;
     println!(
-        "plexus bench --throughput: {} nodes x {} patients (Parquet), loopback mTLS, started in {:.1} s",
+        "plexus-bench throughput: {} nodes x {} patients (Parquet), loopback mTLS, started in {:.1} s",
         opts.nodes,
         opts.patients_per_site,
         t.elapsed().as_secs_f64()

@@ -1,6 +1,7 @@
-//! The secure-aggregation part of `plexus bench`: the latency of the same
-//! summary query in an exact study with and without secure aggregation,
-//! over 3 nodes and over 20, on loopback with mTLS. Both studies run on the
+//! `plexus-bench secure`, also the second part of `plexus-bench latency`:
+//! the latency of the same summary query in an exact study with and
+//! without secure aggregation, over 3 nodes and over 20, on loopback with
+//! mTLS. Both studies run on the
 //! same sandbox, interleaved repetition by repetition, so what differs is
 //! the key round, the roster, masking and unmasking.
 
@@ -18,6 +19,9 @@ use plexus_sandbox::{self as sandbox, Sandbox, SandboxOptions};
 /// the comparison shows the protocol's cost rather than the vector's size.
 const SUMMARY: &str = r#"{"cohort": {"in": {"variable": "smoking", "values": ["current", "former"]}},
     "analysis": {"summary": {"variable": "sbp"}}}"#;
+
+/// The network sizes measured: 3 hospitals and 20.
+pub const NODES: [usize; 2] = [3, 20];
 
 /// The added latency at 3 nodes the benchmark is held to, in percent.
 pub const TARGET_OVERHEAD_PCT: f64 = 20.0;
