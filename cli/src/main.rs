@@ -30,6 +30,13 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a coordinator and three synthetic hospitals in this process and query them.
+    #[cfg_attr(
+        not(feature = "demo"),
+        command(
+            about = "Not in this build (it needs the demo feature): run a coordinator and three synthetic hospitals in this process"
+        ),
+        allow(dead_code)
+    )]
     Demo {
         /// Patients per hospital.
         #[arg(long, default_value_t = 5000)]
@@ -43,6 +50,13 @@ enum Command {
     },
     /// Write synthetic hospitals' patient, consent and opt-out files for a
     /// trial network (the demo's patients, without running anything).
+    #[cfg_attr(
+        not(feature = "demo"),
+        command(
+            about = "Not in this build (it needs the demo feature): write synthetic hospitals' files for a trial network"
+        ),
+        allow(dead_code)
+    )]
     Synth {
         /// Folder to write to: each site goes to OUT/sites/<name>/.
         #[arg(long)]
@@ -323,6 +337,7 @@ enum SynthFormat {
     Csv,
 }
 
+#[cfg(feature = "demo")]
 impl From<SynthFormat> for plexus_sandbox::synth::DataFormat {
     fn from(f: SynthFormat) -> Self {
         match f {
@@ -331,6 +346,14 @@ impl From<SynthFormat> for plexus_sandbox::synth::DataFormat {
         }
     }
 }
+
+/// What `plexus demo` and `plexus synth` say in a build without the demo
+/// feature: they need the sandbox, which links both daemons, DataFusion and
+/// sqlx, and the CLI researchers install leaves it out.
+#[cfg(not(feature = "demo"))]
+const WITHOUT_DEMO: &str = "plexus demo is not in this build (it runs both daemons in this process): build plexus with the demo feature, e.g. `cargo run --locked -p plexus --features demo -- demo`";
+#[cfg(not(feature = "demo"))]
+const WITHOUT_SYNTH: &str = "plexus synth is not in this build (it comes with the demo's synthetic data): build plexus with the demo feature, e.g. `cargo run --locked -p plexus --features demo -- synth --out DIR`";
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 enum ExportFormat {
@@ -359,6 +382,11 @@ async fn main() {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        #[cfg(not(feature = "demo"))]
+        Command::Demo { .. } => anyhow::bail!(WITHOUT_DEMO),
+        #[cfg(not(feature = "demo"))]
+        Command::Synth { .. } => anyhow::bail!(WITHOUT_SYNTH),
+        #[cfg(feature = "demo")]
         Command::Demo {
             patients,
             seed,
@@ -371,6 +399,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             })
             .await
         }
+        #[cfg(feature = "demo")]
         Command::Synth {
             out,
             sites,

@@ -94,7 +94,7 @@ fn study_is_valid_and_is_the_demo_study() {
     assert_eq!(
         s,
         sandbox::demo_study(),
-        "deploy/study.toml and DEMO_STUDY_TOML in cli/src/sandbox.rs differ"
+        "deploy/study.toml and DEMO_STUDY_TOML in sandbox/src/lib.rs differ"
     );
 }
 
