@@ -18,7 +18,7 @@ use plexus_core::merkle::{
 use plexus_core::node_audit;
 use plexus_proto::v1 as pb;
 
-use crate::output::{safe, safe_json};
+use crate::output::{safe, safe_json, Report};
 use plexus_client::Client;
 
 fn status(s: tonic::Status) -> anyhow::Error {
@@ -556,7 +556,7 @@ pub struct VerifyArgs {
     pub node_key: Option<PathBuf>,
     /// Nodes' `witnessed-checkpoint.json` files to check the log against.
     pub witnessed: Vec<PathBuf>,
-    pub json: bool,
+    pub output: Report,
 }
 
 pub async fn cmd_verify(conn: &plexus_client::ConnectArgs, a: VerifyArgs) -> anyhow::Result<()> {
@@ -570,7 +570,7 @@ pub async fn cmd_verify(conn: &plexus_client::ConnectArgs, a: VerifyArgs) -> any
             );
         }
         let report = verify_node(&log, &load_key(&key_path)?)?;
-        if a.json {
+        if a.output == Report::Json {
             return print_json(&report);
         }
         match &report.latest {
@@ -594,7 +594,7 @@ pub async fn cmd_verify(conn: &plexus_client::ConnectArgs, a: VerifyArgs) -> any
         std::fs::write(path, serde_json::to_string_pretty(&report.checkpoint)?)
             .with_context(|| format!("cannot save the checkpoint to {}", path.display()))?;
     }
-    if a.json {
+    if a.output == Report::Json {
         return print_json(&report);
     }
     let c = &report.checkpoint;
@@ -683,7 +683,7 @@ pub async fn cmd_prove(
     conn: &plexus_client::ConnectArgs,
     log_key: Option<&Path>,
     seq: u64,
-    json: bool,
+    output: Report,
 ) -> anyhow::Result<()> {
     if seq == 0 {
         bail!("entries are numbered from 1 (see `plexus audit log`)");
@@ -691,7 +691,7 @@ pub async fn cmd_prove(
     let key = pinned_key(conn, log_key)?;
     let client = Client::connect(conn).await?;
     let r = prove(&client, &key, seq).await?;
-    if json {
+    if output == Report::Json {
         return print_json(&r);
     }
     let e = &r.entry;
@@ -725,12 +725,12 @@ pub async fn cmd_reconcile(
     conn: &plexus_client::ConnectArgs,
     node_log: &Path,
     node: &str,
-    json: bool,
+    output: Report,
 ) -> anyhow::Result<()> {
     let log = NodeLog::read(node_log)?;
     let client = Client::connect(conn).await?;
     let r = reconcile(&client, &log, node).await?;
-    if json {
+    if output == Report::Json {
         print_json(&r)?;
     } else {
         println!(
@@ -908,7 +908,7 @@ pub async fn evidence(
 pub async fn cmd_evidence(
     conn: &plexus_client::ConnectArgs,
     query_id: &str,
-    json: bool,
+    output: Report,
 ) -> anyhow::Result<()> {
     let ca_path = conn
         .ca
@@ -920,7 +920,7 @@ pub async fn cmd_evidence(
     let ca = plexus_tls::load_certs(&ca_path)?;
     let client = Client::connect(conn).await?;
     let nodes = evidence(&client, &ca, query_id).await?;
-    if json {
+    if output == Report::Json {
         print_json(&nodes)?;
     } else {
         for n in &nodes {

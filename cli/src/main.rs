@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 
 use plexus::audit;
 use plexus::commands;
-use plexus::output::Format;
+use plexus::output::{Format, Report};
 use plexus::pki;
 use plexus_client::ConnectArgs;
 
@@ -80,13 +80,12 @@ enum Command {
         #[command(subcommand)]
         command: PkiCommand,
     },
-    /// Network admin: studies.
+    /// Studies: list those you may see, show one's definition and hash,
+    /// register one (network admin).
     Study {
         #[command(subcommand)]
         command: StudyCommand,
     },
-    /// List the studies you can query.
-    Studies,
     /// Show the network data dictionary's variables (the embedded one, or --file).
     Dictionary {
         #[arg(long)]
@@ -228,7 +227,8 @@ enum StudyCommand {
         #[arg(long)]
         file: PathBuf,
     },
-    /// List registered studies.
+    /// List the studies you may see: a researcher those they belong to,
+    /// admins and auditors every registered one.
     List,
     /// A study's definition and the hash hospitals approve it by: as
     /// registered (ID), or from a study file (--file).
@@ -284,16 +284,16 @@ enum AuditCommand {
         /// checkpoints signed into the nodes' answers are always checked.
         #[arg(long)]
         witnessed: Vec<PathBuf>,
-        #[arg(long)]
-        json: bool,
+        #[arg(long, value_enum, default_value_t = Report::Text)]
+        output: Report,
     },
     /// Print and check the inclusion proof of one entry (its # in `audit log`).
     Prove {
         entry: u64,
         #[arg(long)]
         log_key: Option<PathBuf>,
-        #[arg(long)]
-        json: bool,
+        #[arg(long, value_enum, default_value_t = Report::Text)]
+        output: Report,
     },
     /// Compare a node's job log with the coordinator's record of the jobs it
     /// sent that node; report any job one side has and the other not.
@@ -304,14 +304,14 @@ enum AuditCommand {
         /// The node's id.
         #[arg(long)]
         node: String,
-        #[arg(long)]
-        json: bool,
+        #[arg(long, value_enum, default_value_t = Report::Text)]
+        output: Report,
     },
     /// Check what each node signed for a query: certificate, signature, statement.
     Evidence {
         query_id: String,
-        #[arg(long)]
-        json: bool,
+        #[arg(long, value_enum, default_value_t = Report::Text)]
+        output: Report,
     },
     /// Export the log as FHIR R4 AuditEvent resources (NDJSON).
     Export {
@@ -451,7 +451,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 commands::study_show(&cli.conn, id.as_deref(), file.as_deref()).await
             }
         },
-        Command::Studies => commands::studies(&cli.conn).await,
         Command::Dictionary { file } => commands::dictionary(file.as_deref()),
         Command::Query {
             study,
@@ -518,7 +517,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 node_log,
                 node_key,
                 witnessed,
-                json,
+                output,
             } => {
                 let args = audit::VerifyArgs {
                     log_key,
@@ -528,22 +527,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     node_log,
                     node_key,
                     witnessed,
-                    json,
+                    output,
                 };
                 audit::cmd_verify(&cli.conn, args).await
             }
             AuditCommand::Prove {
                 entry,
                 log_key,
-                json,
-            } => audit::cmd_prove(&cli.conn, log_key.as_deref(), entry, json).await,
+                output,
+            } => audit::cmd_prove(&cli.conn, log_key.as_deref(), entry, output).await,
             AuditCommand::Reconcile {
                 node_log,
                 node,
-                json,
-            } => audit::cmd_reconcile(&cli.conn, &node_log, &node, json).await,
-            AuditCommand::Evidence { query_id, json } => {
-                audit::cmd_evidence(&cli.conn, &query_id, json).await
+                output,
+            } => audit::cmd_reconcile(&cli.conn, &node_log, &node, output).await,
+            AuditCommand::Evidence { query_id, output } => {
+                audit::cmd_evidence(&cli.conn, &query_id, output).await
             }
             AuditCommand::Export {
                 format: ExportFormat::Fhir,

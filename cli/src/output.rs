@@ -19,6 +19,14 @@ pub enum Format {
     Csv,
 }
 
+/// How a report (a verification, a proof, a reconciliation, evidence) is
+/// printed: sentences, or its JSON.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Report {
+    Text,
+    Json,
+}
+
 /// A table cell or a line of plain text: control and bidirectional
 /// formatting characters shown as `\u{1b}`-style escapes.
 pub fn safe(s: &str) -> String {
