@@ -15,10 +15,11 @@ use plexus_core::audit::AuditEntry;
 use plexus_core::merkle::{
     leaf_of, verify_consistency, verify_inclusion, verify_log_heads, Checkpoint, TreeHead,
 };
+use plexus_core::node_audit;
 use plexus_proto::v1 as pb;
 
-use crate::client::Client;
-use crate::output::{safe, safe_json};
+use crate::output::{safe, safe_json, Report};
+use plexus_client::Client;
 
 fn status(s: tonic::Status) -> anyhow::Error {
     let e = plexus_proto::convert::from_status(&s);
@@ -266,7 +267,7 @@ pub struct NodeLog {
 impl NodeLog {
     pub fn read(path: &Path) -> anyhow::Result<NodeLog> {
         let (file, folder) = if path.is_dir() {
-            (path.join("jobs.log.jsonl"), path.to_path_buf())
+            (path.join(node_audit::JOB_LOG_FILE), path.to_path_buf())
         } else {
             (
                 path.to_path_buf(),
@@ -291,8 +292,7 @@ impl NodeLog {
             .filter(|l| !l.is_empty())
             .map(String::from)
             .collect();
-        let checkpoints =
-            plexus_node::log::read_checkpoints(&folder.join("audit-checkpoints.jsonl"))?;
+        let checkpoints = node_audit::read_checkpoints(&folder.join(node_audit::CHECKPOINT_FILE))?;
         Ok(NodeLog {
             lines,
             checkpoints,
@@ -310,13 +310,13 @@ impl NodeLog {
     pub fn jobs(&self) -> anyhow::Result<BTreeMap<String, String>> {
         let mut jobs = BTreeMap::new();
         for (i, l) in self.lines.iter().enumerate() {
-            let e = serde_json::from_str::<plexus_node::log::LogEntry>(l)
+            let e = serde_json::from_str::<node_audit::LogEntry>(l)
                 .with_context(|| format!("line {} of the node's job log is not an entry", i + 1))?;
             if e.job_id.is_empty() {
                 continue;
             }
             let last = jobs.entry(e.job_id).or_insert_with(String::new);
-            if e.outcome != plexus_node::log::ACCEPTED || last.is_empty() {
+            if e.outcome != node_audit::ACCEPTED || last.is_empty() {
                 *last = e.outcome;
             }
         }
@@ -325,7 +325,7 @@ impl NodeLog {
 
     /// The node's audit key beside its log, when the auditor pinned none.
     pub fn key_beside(&self) -> PathBuf {
-        self.folder.join("node-audit-signing.pub")
+        plexus_tls::signing_key_files(&self.folder, node_audit::AUDIT_KEY_STEM).1
     }
 }
 
@@ -446,7 +446,7 @@ pub async fn reconcile(
             }
             Some(o) if o.starts_with("dropped") => r.unanswered += 1,
             Some(o) => {
-                if o == plexus_node::log::ACCEPTED {
+                if o == node_audit::ACCEPTED {
                     r.in_flight.push(id.clone());
                 }
                 r.matched += 1;
@@ -525,7 +525,7 @@ pub fn read_checkpoint(path: &Path) -> anyhow::Result<Checkpoint> {
 /// The coordinator key to check checkpoints with: `--log-key`, else the
 /// `coordinator-signing.pub` in `--pki`.
 pub fn pinned_key(
-    conn: &crate::client::ConnectArgs,
+    conn: &plexus_client::ConnectArgs,
     log_key: Option<&Path>,
 ) -> anyhow::Result<Vec<u8>> {
     let path = match (log_key, &conn.pki) {
@@ -556,10 +556,10 @@ pub struct VerifyArgs {
     pub node_key: Option<PathBuf>,
     /// Nodes' `witnessed-checkpoint.json` files to check the log against.
     pub witnessed: Vec<PathBuf>,
-    pub json: bool,
+    pub output: Report,
 }
 
-pub async fn cmd_verify(conn: &crate::client::ConnectArgs, a: VerifyArgs) -> anyhow::Result<()> {
+pub async fn cmd_verify(conn: &plexus_client::ConnectArgs, a: VerifyArgs) -> anyhow::Result<()> {
     if let Some(path) = &a.node_log {
         let log = NodeLog::read(path)?;
         let key_path = a.node_key.clone().unwrap_or_else(|| log.key_beside());
@@ -570,7 +570,7 @@ pub async fn cmd_verify(conn: &crate::client::ConnectArgs, a: VerifyArgs) -> any
             );
         }
         let report = verify_node(&log, &load_key(&key_path)?)?;
-        if a.json {
+        if a.output == Report::Json {
             return print_json(&report);
         }
         match &report.latest {
@@ -594,7 +594,7 @@ pub async fn cmd_verify(conn: &crate::client::ConnectArgs, a: VerifyArgs) -> any
         std::fs::write(path, serde_json::to_string_pretty(&report.checkpoint)?)
             .with_context(|| format!("cannot save the checkpoint to {}", path.display()))?;
     }
-    if a.json {
+    if a.output == Report::Json {
         return print_json(&report);
     }
     let c = &report.checkpoint;
@@ -680,10 +680,10 @@ pub async fn cmd_verify(conn: &crate::client::ConnectArgs, a: VerifyArgs) -> any
 }
 
 pub async fn cmd_prove(
-    conn: &crate::client::ConnectArgs,
+    conn: &plexus_client::ConnectArgs,
     log_key: Option<&Path>,
     seq: u64,
-    json: bool,
+    output: Report,
 ) -> anyhow::Result<()> {
     if seq == 0 {
         bail!("entries are numbered from 1 (see `plexus audit log`)");
@@ -691,7 +691,7 @@ pub async fn cmd_prove(
     let key = pinned_key(conn, log_key)?;
     let client = Client::connect(conn).await?;
     let r = prove(&client, &key, seq).await?;
-    if json {
+    if output == Report::Json {
         return print_json(&r);
     }
     let e = &r.entry;
@@ -722,15 +722,15 @@ pub async fn cmd_prove(
 }
 
 pub async fn cmd_reconcile(
-    conn: &crate::client::ConnectArgs,
+    conn: &plexus_client::ConnectArgs,
     node_log: &Path,
     node: &str,
-    json: bool,
+    output: Report,
 ) -> anyhow::Result<()> {
     let log = NodeLog::read(node_log)?;
     let client = Client::connect(conn).await?;
     let r = reconcile(&client, &log, node).await?;
-    if json {
+    if output == Report::Json {
         print_json(&r)?;
     } else {
         println!(
@@ -777,7 +777,7 @@ pub async fn cmd_reconcile(
 }
 
 pub async fn cmd_export_fhir(
-    conn: &crate::client::ConnectArgs,
+    conn: &plexus_client::ConnectArgs,
     filter: Filter,
     out: Option<&Path>,
 ) -> anyhow::Result<()> {
@@ -906,9 +906,9 @@ pub async fn evidence(
 }
 
 pub async fn cmd_evidence(
-    conn: &crate::client::ConnectArgs,
+    conn: &plexus_client::ConnectArgs,
     query_id: &str,
-    json: bool,
+    output: Report,
 ) -> anyhow::Result<()> {
     let ca_path = conn
         .ca
@@ -920,7 +920,7 @@ pub async fn cmd_evidence(
     let ca = plexus_tls::load_certs(&ca_path)?;
     let client = Client::connect(conn).await?;
     let nodes = evidence(&client, &ca, query_id).await?;
-    if json {
+    if output == Report::Json {
         print_json(&nodes)?;
     } else {
         for n in &nodes {

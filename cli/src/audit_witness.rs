@@ -18,7 +18,7 @@ use serde::Serialize;
 use plexus_core::merkle::{Checkpoint, Leaf, MerkleLog};
 use plexus_proto::v1 as pb;
 
-use crate::client::Client;
+use plexus_client::Client;
 
 /// One checkpoint a node witnessed, as checked against the log.
 #[derive(Debug, Clone, Serialize)]
@@ -101,7 +101,7 @@ pub async fn collect(
                 path.display()
             )
         })?;
-        let file: plexus_node::witness::Witnessed =
+        let file: plexus_core::node_audit::Witnessed =
             serde_json::from_str(&text).with_context(|| {
                 format!(
                     "{} is not a node's witnessed-checkpoint.json",

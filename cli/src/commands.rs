@@ -9,8 +9,8 @@ use plexus_core::audit::AuditEntry;
 use plexus_core::{Query, StudyDefinition};
 use plexus_proto::v1 as pb;
 
-use crate::client::{outcome, Client, ConnectArgs};
 use crate::output::{self, Format};
+use plexus_client::{outcome, Client, ConnectArgs};
 
 pub async fn study_register(conn: &ConnectArgs, file: &Path) -> anyhow::Result<()> {
     let def = StudyDefinition::load(file)?;

@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 use plexus_core::Query;
 use plexus_proto::v1 as pb;
 
-use crate::client::outcome;
 use crate::output;
-use crate::sandbox::{self, Sandbox, SandboxOptions};
+use plexus_client::outcome;
+use plexus_sandbox::{self as sandbox, Sandbox, SandboxOptions};
 
 pub struct DemoOptions {
     pub patients_per_site: usize,

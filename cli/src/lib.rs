@@ -1,23 +1,18 @@
-//! The `plexus` command line as a library: the client, output rendering,
-//! the in-process sandbox network used by `plexus demo` and the
-//! integration tests, and the synthetic data generator.
+//! The `plexus` command line as a library: the researchers', auditors'
+//! and admins' commands, output rendering and the audit checks. The client
+//! that reaches the coordinator is the `plexus-client` crate. `plexus demo`
+//! and `plexus synth` need the in-process sandbox (`plexus-sandbox`, which
+//! links both daemons) and come only with the `demo` feature.
 #![forbid(unsafe_code)]
 
 pub mod audit;
 pub mod audit_witness;
-pub mod bench;
-pub mod bench_audit;
-pub mod bench_throughput;
-pub mod bench_warehouse;
-pub mod client;
 pub mod commands;
+#[cfg(feature = "demo")]
 pub mod demo;
-pub mod load;
 pub mod output;
 pub mod pki;
 pub mod plot;
-pub mod sandbox;
-pub mod secure_bench;
-pub mod synth;
+#[cfg(feature = "demo")]
 pub mod synth_command;
 pub mod wait;

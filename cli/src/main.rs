@@ -6,14 +6,13 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use plexus::audit;
-use plexus::client::ConnectArgs;
 use plexus::commands;
-use plexus::output::Format;
+use plexus::output::{Format, Report};
 use plexus::pki;
+use plexus_client::ConnectArgs;
 
 #[derive(Parser)]
 #[command(
@@ -31,6 +30,13 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a coordinator and three synthetic hospitals in this process and query them.
+    #[cfg_attr(
+        not(feature = "demo"),
+        command(
+            about = "Not in this build (it needs the demo feature): run a coordinator and three synthetic hospitals in this process"
+        ),
+        allow(dead_code)
+    )]
     Demo {
         /// Patients per hospital.
         #[arg(long, default_value_t = 5000)]
@@ -44,6 +50,13 @@ enum Command {
     },
     /// Write synthetic hospitals' patient, consent and opt-out files for a
     /// trial network (the demo's patients, without running anything).
+    #[cfg_attr(
+        not(feature = "demo"),
+        command(
+            about = "Not in this build (it needs the demo feature): write synthetic hospitals' files for a trial network"
+        ),
+        allow(dead_code)
+    )]
     Synth {
         /// Folder to write to: each site goes to OUT/sites/<name>/.
         #[arg(long)]
@@ -62,85 +75,17 @@ enum Command {
         #[arg(long, default_value_t = 2026)]
         seed: u64,
     },
-    /// Benchmark: federated against centralised latency over three nodes (use --release).
-    Bench {
-        /// Patients per hospital.
-        #[arg(long, default_value_t = 1_000_000)]
-        patients: usize,
-        /// Timed repetitions per query.
-        #[arg(long, default_value_t = 7)]
-        repetitions: usize,
-        #[arg(long, default_value_t = 7)]
-        seed: u64,
-        /// Keep the generated files here.
-        #[arg(long)]
-        dir: Option<PathBuf>,
-        /// Patients per hospital in the secure-aggregation comparison
-        /// (its own networks of 3 and 20 hospitals).
-        #[arg(long, default_value_t = 100_000)]
-        secure_patients: usize,
-        /// Run only the secure-aggregation comparison.
-        #[arg(long)]
-        secure_only: bool,
-        /// Instead: the coordinator's sustained queries/second and p50/p99
-        /// latency over --nodes nodes at each --concurrency level.
-        #[arg(long)]
-        throughput: bool,
-        /// Nodes of the throughput benchmark.
-        #[arg(long, default_value_t = 20, requires = "throughput")]
-        nodes: usize,
-        /// Patients per node of the throughput benchmark.
-        #[arg(long, default_value_t = 2_000, requires = "throughput")]
-        throughput_patients: usize,
-        /// Seconds of load per concurrency level.
-        #[arg(long, default_value_t = 10, requires = "throughput")]
-        seconds: u64,
-        /// Concurrency levels (researchers with a query in flight), comma-separated; 1 is the baseline.
-        #[arg(
-            long,
-            value_delimiter = ',',
-            default_value = "1,8,32,64",
-            requires = "throughput"
-        )]
-        concurrency: Vec<usize>,
-        /// Skip the baseline: by default every level also runs with the
-        /// coordinator's audit group commit off (one commit per audit
-        /// entry, the path before group commit), and the table shows the ratio.
-        #[arg(long, requires = "throughput")]
-        no_baseline: bool,
-        /// Run only the warehouse comparison: one node on PostgreSQL and
-        /// one on Parquet holding the same --patients patients.
-        #[arg(long)]
-        warehouse: bool,
-        /// PostgreSQL server for --warehouse (a throwaway database is
-        /// created on it and dropped afterwards).
-        #[arg(long, env = "PLEXUS_BENCH_DATABASE_URL")]
-        database_url: Option<String>,
-    },
-    /// Benchmark: audit log append and verify throughput (use --release).
-    BenchAudit {
-        /// Entries in the log.
-        #[arg(long, default_value_t = 1_000_000)]
-        entries: u64,
-        /// Single appends timed on top of them.
-        #[arg(long, default_value_t = 2_000)]
-        appends: u64,
-        /// Keep the generated files here.
-        #[arg(long)]
-        dir: Option<PathBuf>,
-    },
     /// Development certificate authority (rcgen): for trials and tests, not production.
     Pki {
         #[command(subcommand)]
         command: PkiCommand,
     },
-    /// Network admin: studies.
+    /// Studies: list those you may see, show one's definition and hash,
+    /// register one (network admin).
     Study {
         #[command(subcommand)]
         command: StudyCommand,
     },
-    /// List the studies you can query.
-    Studies,
     /// Show the network data dictionary's variables (the embedded one, or --file).
     Dictionary {
         #[arg(long)]
@@ -282,7 +227,8 @@ enum StudyCommand {
         #[arg(long)]
         file: PathBuf,
     },
-    /// List registered studies.
+    /// List the studies you may see: a researcher those they belong to,
+    /// admins and auditors every registered one.
     List,
     /// A study's definition and the hash hospitals approve it by: as
     /// registered (ID), or from a study file (--file).
@@ -338,16 +284,16 @@ enum AuditCommand {
         /// checkpoints signed into the nodes' answers are always checked.
         #[arg(long)]
         witnessed: Vec<PathBuf>,
-        #[arg(long)]
-        json: bool,
+        #[arg(long, value_enum, default_value_t = Report::Text)]
+        output: Report,
     },
     /// Print and check the inclusion proof of one entry (its # in `audit log`).
     Prove {
         entry: u64,
         #[arg(long)]
         log_key: Option<PathBuf>,
-        #[arg(long)]
-        json: bool,
+        #[arg(long, value_enum, default_value_t = Report::Text)]
+        output: Report,
     },
     /// Compare a node's job log with the coordinator's record of the jobs it
     /// sent that node; report any job one side has and the other not.
@@ -358,14 +304,14 @@ enum AuditCommand {
         /// The node's id.
         #[arg(long)]
         node: String,
-        #[arg(long)]
-        json: bool,
+        #[arg(long, value_enum, default_value_t = Report::Text)]
+        output: Report,
     },
     /// Check what each node signed for a query: certificate, signature, statement.
     Evidence {
         query_id: String,
-        #[arg(long)]
-        json: bool,
+        #[arg(long, value_enum, default_value_t = Report::Text)]
+        output: Report,
     },
     /// Export the log as FHIR R4 AuditEvent resources (NDJSON).
     Export {
@@ -391,14 +337,23 @@ enum SynthFormat {
     Csv,
 }
 
-impl From<SynthFormat> for plexus::synth::DataFormat {
+#[cfg(feature = "demo")]
+impl From<SynthFormat> for plexus_sandbox::synth::DataFormat {
     fn from(f: SynthFormat) -> Self {
         match f {
-            SynthFormat::Parquet => plexus::synth::DataFormat::Parquet,
-            SynthFormat::Csv => plexus::synth::DataFormat::Csv,
+            SynthFormat::Parquet => plexus_sandbox::synth::DataFormat::Parquet,
+            SynthFormat::Csv => plexus_sandbox::synth::DataFormat::Csv,
         }
     }
 }
+
+/// What `plexus demo` and `plexus synth` say in a build without the demo
+/// feature: they need the sandbox, which links both daemons, DataFusion and
+/// sqlx, and the CLI researchers install leaves it out.
+#[cfg(not(feature = "demo"))]
+const WITHOUT_DEMO: &str = "plexus demo is not in this build (it runs both daemons in this process): build plexus with the demo feature, e.g. `cargo run --locked -p plexus --features demo -- demo`";
+#[cfg(not(feature = "demo"))]
+const WITHOUT_SYNTH: &str = "plexus synth is not in this build (it comes with the demo's synthetic data): build plexus with the demo feature, e.g. `cargo run --locked -p plexus --features demo -- synth --out DIR`";
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 enum ExportFormat {
@@ -427,6 +382,11 @@ async fn main() {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        #[cfg(not(feature = "demo"))]
+        Command::Demo { .. } => anyhow::bail!(WITHOUT_DEMO),
+        #[cfg(not(feature = "demo"))]
+        Command::Synth { .. } => anyhow::bail!(WITHOUT_SYNTH),
+        #[cfg(feature = "demo")]
         Command::Demo {
             patients,
             seed,
@@ -439,6 +399,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             })
             .await
         }
+        #[cfg(feature = "demo")]
         Command::Synth {
             out,
             sites,
@@ -456,65 +417,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let written = plexus::synth_command::write(&opts)?;
             print!("{}", plexus::synth_command::report(&opts, &written));
             Ok(())
-        }
-        Command::BenchAudit {
-            entries,
-            appends,
-            dir,
-        } => {
-            plexus::bench_audit::run(plexus::bench_audit::AuditBenchOptions {
-                entries,
-                appends,
-                dir,
-            })
-            .await
-        }
-        Command::Bench {
-            patients,
-            repetitions,
-            seed,
-            dir,
-            secure_patients,
-            secure_only,
-            throughput,
-            nodes,
-            throughput_patients,
-            seconds,
-            concurrency,
-            no_baseline,
-            warehouse,
-            database_url,
-        } => {
-            if warehouse {
-                let url = database_url.context(
-                    "--warehouse needs --database-url postgres://user@host:port/db (or PLEXUS_BENCH_DATABASE_URL)",
-                )?;
-                return plexus::bench_warehouse::run(patients, repetitions.max(1), seed, &url)
-                    .await;
-            }
-            if throughput {
-                return plexus::bench_throughput::run(
-                    plexus::bench_throughput::ThroughputOptions {
-                        nodes,
-                        patients_per_site: throughput_patients,
-                        seed,
-                        seconds,
-                        concurrency,
-                        baseline: !no_baseline,
-                    },
-                )
-                .await
-                .map(|_| ());
-            }
-            plexus::bench::run(plexus::bench::BenchOptions {
-                patients_per_site: patients,
-                repetitions: repetitions.max(1),
-                seed,
-                dir,
-                secure_patients_per_site: secure_patients,
-                secure_only,
-            })
-            .await
         }
         Command::Pki { command } => match command {
             PkiCommand::Init { dir, force, days } => pki::init(&dir, force, days),
@@ -549,7 +451,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 commands::study_show(&cli.conn, id.as_deref(), file.as_deref()).await
             }
         },
-        Command::Studies => commands::studies(&cli.conn).await,
         Command::Dictionary { file } => commands::dictionary(file.as_deref()),
         Command::Query {
             study,
@@ -616,7 +517,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 node_log,
                 node_key,
                 witnessed,
-                json,
+                output,
             } => {
                 let args = audit::VerifyArgs {
                     log_key,
@@ -626,22 +527,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     node_log,
                     node_key,
                     witnessed,
-                    json,
+                    output,
                 };
                 audit::cmd_verify(&cli.conn, args).await
             }
             AuditCommand::Prove {
                 entry,
                 log_key,
-                json,
-            } => audit::cmd_prove(&cli.conn, log_key.as_deref(), entry, json).await,
+                output,
+            } => audit::cmd_prove(&cli.conn, log_key.as_deref(), entry, output).await,
             AuditCommand::Reconcile {
                 node_log,
                 node,
-                json,
-            } => audit::cmd_reconcile(&cli.conn, &node_log, &node, json).await,
-            AuditCommand::Evidence { query_id, json } => {
-                audit::cmd_evidence(&cli.conn, &query_id, json).await
+                output,
+            } => audit::cmd_reconcile(&cli.conn, &node_log, &node, output).await,
+            AuditCommand::Evidence { query_id, output } => {
+                audit::cmd_evidence(&cli.conn, &query_id, output).await
             }
             AuditCommand::Export {
                 format: ExportFormat::Fhir,

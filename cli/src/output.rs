@@ -19,6 +19,14 @@ pub enum Format {
     Csv,
 }
 
+/// How a report (a verification, a proof, a reconciliation, evidence) is
+/// printed: sentences, or its JSON.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Report {
+    Text,
+    Json,
+}
+
 /// A table cell or a line of plain text: control and bidirectional
 /// formatting characters shown as `\u{1b}`-style escapes.
 pub fn safe(s: &str) -> String {
@@ -657,7 +665,7 @@ mod tests {
             result_json: json,
             ..Default::default()
         };
-        let back = crate::client::outcome(&reply).unwrap();
+        let back = plexus_client::outcome(&reply).unwrap();
 
         let table = render(&back, Format::Table).unwrap();
         // Median 10, survival stated until 20 where it is 0 with no interval.

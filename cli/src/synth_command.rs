@@ -1,6 +1,6 @@
 //! `plexus synth`: synthetic hospitals' patient, consent and opt-out files
 //! for a trial network, without running anything. The patients are the
-//! [`crate::synth`] generator's; with the same `--patients` and `--seed`
+//! [`plexus_sandbox::synth`] generator's; with the same `--patients` and `--seed`
 //! they are those `plexus demo --keep DIR` leaves in `DIR/sites/`, so the
 //! example configs in `deploy/` read either.
 
@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
-use crate::synth::{self, DataFormat, SitePaths, SiteSpec};
+use plexus_sandbox::synth::{self, DataFormat, SitePaths, SiteSpec};
 
 /// What `plexus synth` writes.
 #[derive(Debug, Clone, PartialEq, Eq)]

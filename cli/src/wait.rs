@@ -11,7 +11,7 @@ use anyhow::{anyhow, bail, Result};
 
 use plexus_proto::v1 as pb;
 
-use crate::client::{Client, ConnectArgs};
+use plexus_client::{Client, ConnectArgs};
 
 /// Which nodes must be live.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -450,8 +450,8 @@ impl AuditLog {
     }
 
     /// The same log without group commit: every append is its own commit
-    /// behind one lock, as before group commit (what `plexus bench
-    /// --throughput` measures against, with
+    /// behind one lock, as before group commit (what `plexus-bench
+    /// throughput` measures against, with
     /// `coordinator.audit_group_commit = false`).
     pub fn without_group_commit(mut self) -> Self {
         // The writer ends once its queue has no sender left.

@@ -76,7 +76,7 @@ pub struct CoordinatorSection {
     /// Commit audit entries waiting for the disk together (one transaction
     /// and one fsync per batch). `false` runs the path of coordinators
     /// before group commit, one commit per entry behind one lock: only to
-    /// measure against (`plexus bench --throughput` does), never in
+    /// measure against (`plexus-bench throughput` does), never in
     /// production.
     #[serde(default = "default_true")]
     pub audit_group_commit: bool,

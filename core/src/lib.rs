@@ -17,6 +17,7 @@ pub mod eval;
 pub mod hash;
 pub mod merkle;
 pub mod models;
+pub mod node_audit;
 pub mod pool;
 pub mod privacy;
 pub mod purpose;

@@ -1,6 +1,8 @@
 # syntax=docker/dockerfile:1.7
-# Plexus coordinator image, and (target `cli`) the `plexus` admin and
-# researcher CLI. Build from the repository root:
+# Plexus coordinator image, (target `cli`) the `plexus` admin and
+# researcher CLI, and (target `sample-data`, for the compose file's
+# development network only) the CLI with `plexus synth`. Build from the
+# repository root:
 #   docker build -f deploy/docker/coordinator.Dockerfile -t plexus-coordinator .
 #   docker build -f deploy/docker/coordinator.Dockerfile --target cli -t plexus-cli .
 # Run: mount coordinator.toml at /etc/plexus/coordinator.toml, the PKI files
@@ -41,6 +43,23 @@ WORKDIR /var/lib/plexus
 VOLUME ["/pki"]
 ENTRYPOINT ["/usr/local/bin/plexus"]
 CMD ["--help"]
+
+# `plexus synth` comes with the CLI's demo feature, which links both
+# daemons: a build of its own for the sample-data image, so the `cli`
+# image stays the CLI researchers install.
+FROM builder AS demo-builder
+RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
+    --mount=type=cache,target=/usr/local/cargo/git,sharing=locked \
+    --mount=type=cache,target=/src/target,sharing=locked \
+    cargo build --profile dist --locked -p plexus --features demo \
+    && install -D -m 0755 target/dist/plexus /out/plexus-demo
+
+FROM runtime-base AS sample-data
+COPY --from=demo-builder /out/plexus-demo /usr/local/bin/plexus
+USER 10001:10001
+WORKDIR /var/lib/plexus
+ENTRYPOINT ["/usr/local/bin/plexus"]
+CMD ["synth", "--out", "/demo"]
 
 FROM runtime-base AS coordinator
 COPY --from=builder /out/plexus-coordinator /usr/local/bin/plexus-coordinator

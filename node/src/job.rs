@@ -45,11 +45,14 @@ pub struct JobRunner {
     /// Results of the studies `policy.review` names wait here for the data steward.
     pub review: ReviewQueue,
     /// Delay before each job: fault-injection tests use it to kill a node mid-job.
+    #[cfg(feature = "fault-injection")]
     pub job_delay: Duration,
     /// How many more jobs wait `job_delay` (`None`: all of them).
+    #[cfg(feature = "fault-injection")]
     pub slow_jobs_left: Option<std::sync::atomic::AtomicU32>,
     /// Fault injection: after the ledger debit, drop the job unanswered,
     /// as if the node died between debit and release.
+    #[cfg(feature = "fault-injection")]
     pub crash_after_debit: bool,
     /// Secure aggregation sessions this node made keys for.
     pub sessions: Arc<Sessions>,
@@ -58,9 +61,11 @@ pub struct JobRunner {
     /// Fault injection: answer the key round of secure aggregation, then
     /// compute each masked job and drop it unanswered, as if the node died
     /// mid-job.
+    #[cfg(feature = "fault-injection")]
     pub drop_masked_jobs: bool,
     /// Fault injection: how far this node's clock is off (see
     /// [`crate::RunOptions::clock_skew_ms`]).
+    #[cfg(feature = "fault-injection")]
     pub clock_skew_ms: i64,
     pub metrics: Arc<crate::metrics::NodeMetrics>,
     /// `/readyz`: connected to the coordinator, the data source healthy
@@ -133,8 +138,10 @@ fn repeated(spent: f64, budget: f64, noise: plexus_core::privacy::scale::NoiseSc
 }
 
 /// Marks a job dropped on purpose by fault injection.
+#[cfg(feature = "fault-injection")]
 const CRASHED: &str = "fault injection: dropped after the ledger debit";
 /// Marks a masked job dropped on purpose by fault injection.
+#[cfg(feature = "fault-injection")]
 pub(crate) const DROPPED: &str = "fault injection: masked job dropped unanswered";
 
 impl JobRunner {
@@ -160,7 +167,11 @@ impl JobRunner {
     /// This node's clock, in Unix milliseconds: what jobs' issue times and
     /// deadlines are checked against.
     pub fn now_ms(&self) -> i64 {
-        chrono::Utc::now().timestamp_millis() + self.clock_skew_ms
+        #[cfg(feature = "fault-injection")]
+        let skew = self.clock_skew_ms;
+        #[cfg(not(feature = "fault-injection"))]
+        let skew = 0;
+        chrono::Utc::now().timestamp_millis() + skew
     }
 
     /// Checks a signed job (signature, audience, expiry, replay) and runs
@@ -333,6 +344,7 @@ impl JobRunner {
                 let (stats, mask, receipt) = (stats.clone(), mask.clone(), *receipt);
                 outcome = self.mask_release(&stats, &mask).map(|r| (r, receipt));
             }
+            #[cfg(feature = "fault-injection")]
             if let Err(e) = &outcome {
                 if e.message == CRASHED || e.message == DROPPED {
                     warn!("{}", e.message);
@@ -445,6 +457,7 @@ impl JobRunner {
                 Some(self.secure_roster(job, &checked, &roster, step, contribution, now_ms)?)
             }
         };
+        #[cfg(feature = "fault-injection")]
         if !self.job_delay.is_zero() && self.still_slow() {
             tokio::time::sleep(self.job_delay).await;
         }
@@ -525,6 +538,7 @@ impl JobRunner {
             &job.query_hash,
             Some(answer.clone()),
         )?;
+        #[cfg(feature = "fault-injection")]
         if self.crash_after_debit {
             return Err(Error::internal(CRASHED));
         }
@@ -835,6 +849,7 @@ impl JobRunner {
 
     /// Whether this job still waits `job_delay` (fault injection), counting
     /// it against `slow_jobs_left`.
+    #[cfg(feature = "fault-injection")]
     fn still_slow(&self) -> bool {
         use std::sync::atomic::Ordering;
         match &self.slow_jobs_left {

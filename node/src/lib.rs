@@ -32,24 +32,32 @@ use tracing::{info, warn};
 pub use config::NodeConfig;
 pub use error::{NodeError, Result};
 
-/// Options a test harness may set; production leaves them default.
+/// Options a test harness may set; production leaves them default. The
+/// fault-injection hooks exist only with the `fault-injection` feature
+/// (the integration tests turn it on), so a release build of the node has
+/// none of them.
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {
     /// Wait this long before computing each job (fault-injection tests).
+    #[cfg(feature = "fault-injection")]
     pub job_delay: Duration,
     /// Only the first this many jobs wait `job_delay`; later ones run at
     /// once, as a node that was slow and is fast again. `None`: every job.
+    #[cfg(feature = "fault-injection")]
     pub slow_jobs: Option<u32>,
     /// Drop each job unanswered right after its ledger debit, as if the
     /// node died between debit and release (fault-injection tests).
+    #[cfg(feature = "fault-injection")]
     pub crash_after_debit: bool,
     /// Answer the key round of secure aggregation, then drop every masked
     /// job unanswered after computing it, as if the node died mid-job
     /// (fault-injection tests).
+    #[cfg(feature = "fault-injection")]
     pub drop_masked_jobs: bool,
     /// Fault injection: this node's clock reads this many milliseconds
     /// ahead of the machine's (behind when negative), for the checks of
     /// jobs' issue times and deadlines and for its heartbeats.
+    #[cfg(feature = "fault-injection")]
     pub clock_skew_ms: i64,
 }
 
@@ -179,7 +187,7 @@ pub async fn open_runner(config: NodeConfig, options: RunOptions) -> Result<job:
 
 async fn open_parts(
     config: NodeConfig,
-    options: RunOptions,
+    #[cfg_attr(not(feature = "fault-injection"), allow(unused_variables))] options: RunOptions,
 ) -> Result<(job::JobRunner, credentials::Credentials)> {
     config.validate()?;
     let dictionary = Arc::new(plexus_core::Dictionary::load_or_default(
@@ -244,12 +252,17 @@ async fn open_parts(
         seen,
         signer: credentials.signer(),
         review,
+        #[cfg(feature = "fault-injection")]
         job_delay: options.job_delay,
+        #[cfg(feature = "fault-injection")]
         slow_jobs_left: options.slow_jobs.map(std::sync::atomic::AtomicU32::new),
+        #[cfg(feature = "fault-injection")]
         crash_after_debit: options.crash_after_debit,
         sessions: Arc::new(secagg::Sessions::new()),
         commitments: Arc::new(secagg::Commitments::open(&config_state_dir)?),
+        #[cfg(feature = "fault-injection")]
         drop_masked_jobs: options.drop_masked_jobs,
+        #[cfg(feature = "fault-injection")]
         clock_skew_ms: options.clock_skew_ms,
         unlogged: std::sync::Mutex::new(Vec::new()),
         metrics,

@@ -34,50 +34,18 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use serde::{Deserialize, Serialize};
 use tracing::warn;
 
 use plexus_core::merkle::{leaf_of, verify_log_heads, Checkpoint, MerkleLog, TreeHead};
 
 use crate::record::{self, Appender, Recovered, Writer};
 
-/// The job log's file name in the state folder.
-pub const JOB_LOG_FILE: &str = "jobs.log.jsonl";
-/// Signed checkpoints of the job log, one JSON line each.
-pub const CHECKPOINT_FILE: &str = "audit-checkpoints.jsonl";
-/// Stem of the node's audit key files (`node-audit-signing.key` / `.pub`).
-pub const AUDIT_KEY_STEM: &str = "node-audit";
-
-/// The outcome written before a job is computed.
-pub const ACCEPTED: &str = "accepted";
-/// The outcome of a job the node was computing when its link broke.
-pub const DROPPED_LINK: &str = "dropped:link";
-/// The outcome, written at start-up, of a job the node was killed with.
-pub const DROPPED_CRASH: &str = "dropped:crash";
-
-/// One job as the node saw it. Never holds patient data.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct LogEntry {
-    pub at: String,
-    pub job_id: String,
-    pub study_id: String,
-    pub purpose: String,
-    pub query_hash: String,
-    pub analysis: String,
-    /// `accepted` (write-ahead, before computing), then one of `released`,
-    /// `refused:<code>`, `failed:<code>`, `dropped:link`, `dropped:crash`;
-    /// for a study under review `held`, then `reviewed-approved`,
-    /// `reviewed-rejected` or `review-expired`.
-    pub outcome: String,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub detail: String,
-    /// What the job debited from the study's budget here (zCDP ρ).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub privacy_cost: Option<f64>,
-    /// The study's budget left here after it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub privacy_remaining: Option<f64>,
-}
+// The entry format and file names auditors read too: in plexus-core, so
+// the CLI reads a node's log without linking the node.
+pub use plexus_core::node_audit::{
+    read_checkpoints, LogEntry, ACCEPTED, AUDIT_KEY_STEM, CHECKPOINT_FILE, DROPPED_CRASH,
+    DROPPED_LINK, JOB_LOG_FILE,
+};
 
 /// A job the log says was charged, for the start-up cross-check with the
 /// privacy ledger.
@@ -513,32 +481,6 @@ pub(crate) fn append_checkpoint(path: &Path, c: &Checkpoint) -> std::io::Result<
         return Err(e);
     }
     Ok(())
-}
-
-/// Every checkpoint in a node's checkpoint file, oldest first. A last line
-/// without its newline (a write cut short) is left out.
-pub fn read_checkpoints(path: &Path) -> std::io::Result<Vec<Checkpoint>> {
-    if !path.exists() {
-        return Ok(Vec::new());
-    }
-    let text = std::fs::read_to_string(path)?;
-    let complete = text.ends_with('\n');
-    let lines: Vec<&str> = text.lines().collect();
-    let n = lines.len();
-    lines
-        .into_iter()
-        .enumerate()
-        .filter(|(i, l)| !l.trim().is_empty() && (complete || i + 1 < n))
-        .map(|(i, l)| {
-            serde_json::from_str(l).map_err(|e| {
-                bad(format!(
-                    "line {} of {} is not a checkpoint: {e}",
-                    i + 1,
-                    path.display()
-                ))
-            })
-        })
-        .collect()
 }
 
 #[cfg(test)]

@@ -16,13 +16,11 @@
 //! until an operator runs `plexus-node witness reset --reason "..."`,
 //! which is recorded in the same file.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use serde::{Deserialize, Serialize};
 use tracing::{error, info, warn};
 
 use plexus_core::merkle::{verify_consistency, Checkpoint, TreeHead};
@@ -32,171 +30,40 @@ use plexus_tls::VerifyingKey;
 
 use crate::metrics::RuleLabels;
 
-/// The file this node keeps what it witnessed in.
-pub const WITNESS_FILE: &str = "witnessed-checkpoint.json";
 /// The readiness check the witness owns.
 pub const WITNESS_CHECK: &str = "witness";
 /// Earlier heads kept, to check the proofs of jobs sent before the
 /// coordinator heard which checkpoint this node witnessed last.
 const HISTORY: usize = 256;
-const FORMAT: u32 = 1;
 
-/// The rules a checkpoint shown in a job must keep.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Rule {
-    /// The checkpoint is not signed by the pinned coordinator key.
-    Signature,
-    /// The checkpoint names another log than the one witnessed.
-    Origin,
-    /// Two checkpoints of one size with different roots.
-    SplitView,
-    /// A checkpoint smaller than the witnessed one, not proven a prefix.
-    Truncated,
-    /// The consistency proof does not show the witnessed log is a prefix.
-    Fork,
-    /// A job without a checkpoint once one was witnessed.
-    Missing,
-    /// A proof from a size this node never witnessed.
-    Unproven,
-}
+// The file's format, read by auditors too: in plexus-core, so the CLI
+// reads it without linking the node.
+use plexus_core::node_audit::WITNESSED_FORMAT as FORMAT;
+pub use plexus_core::node_audit::{Broken, Reset, Rule, Witnessed, WITNESS_FILE};
 
-impl Rule {
-    /// The rule's name in refusals, readiness and the metric.
-    pub fn name(self) -> &'static str {
-        match self {
-            Rule::Signature => "witness.signature",
-            Rule::Origin => "witness.origin",
-            Rule::SplitView => "witness.split-view",
-            Rule::Truncated => "witness.truncated",
-            Rule::Fork => "witness.fork",
-            Rule::Missing => "witness.missing",
-            Rule::Unproven => "witness.unproven",
-        }
-    }
-
-    /// Whether breaking the rule shows the coordinator's log itself is
-    /// not what this node witnessed (jobs are refused until an operator
-    /// acts), rather than one job being incomplete.
-    pub fn sticky(self) -> bool {
-        !matches!(self, Rule::Missing | Rule::Unproven)
-    }
-}
-
-/// A break of the witnessed log: jobs are refused until a reset.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Broken {
-    pub rule: Rule,
-    pub detail: String,
-    /// RFC 3339.
-    pub at: String,
-    /// The job that showed the checkpoint.
-    pub job_id: String,
-    /// The checkpoint shown.
-    pub shown: Checkpoint,
-}
-
-/// An operator's reset, kept for auditors.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Reset {
-    pub at: String,
-    pub by: String,
-    pub reason: String,
-    /// What was witnessed before the reset.
-    pub forgot: Option<Checkpoint>,
-    /// The break the reset cleared, if any.
-    pub cleared: Option<Broken>,
-}
-
-/// `STATE_DIR/witnessed-checkpoint.json`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Witnessed {
-    pub format: u32,
-    /// The newest checkpoint witnessed (verified).
-    pub checkpoint: Option<Checkpoint>,
-    /// Earlier heads witnessed, oldest first.
-    #[serde(default)]
-    pub history: Vec<TreeHead>,
-    #[serde(default)]
-    pub broken: Option<Broken>,
-    #[serde(default)]
-    pub resets: Vec<Reset>,
-}
-
-impl Witnessed {
-    /// Reads the file in `dir` (empty when there is none).
-    pub fn load(dir: &Path) -> Result<Self> {
-        let path = dir.join(WITNESS_FILE);
-        let text = match std::fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Ok(Witnessed {
-                    format: FORMAT,
-                    ..Default::default()
-                })
-            }
-            Err(e) => {
-                return Err(Error::internal(format!(
-                    "cannot read {}: {e} (check the node's state folder)",
-                    path.display()
-                )))
-            }
-        };
-        let w: Witnessed = serde_json::from_str(&text).map_err(|e| {
-            Error::invalid(format!(
-                "{} is not a witnessed checkpoint file: {e}; it is written whole or not at all, so it was edited or the disk is failing: restore it from backup, or run `plexus-node witness reset --reason \"...\"` to witness afresh",
-                path.display()
-            ))
-        })?;
-        if w.format != FORMAT {
-            return Err(Error::invalid(format!(
-                "{} has format {}, this node reads format {FORMAT}: run the node version that wrote it, or `plexus-node witness reset --reason \"...\"`",
-                path.display(),
-                w.format
-            )));
-        }
-        Ok(w)
-    }
-
-    /// Writes the file in `dir` whole: a temporary file, fsync, rename,
-    /// fsync of the folder, so a crash leaves the old or the new one.
-    pub fn store(&self, dir: &Path) -> Result<()> {
-        use std::io::Write;
-        let path = dir.join(WITNESS_FILE);
-        let tmp = dir.join(format!("{WITNESS_FILE}.tmp"));
-        let io = |what: &str, e: std::io::Error| {
-            Error::unavailable(format!(
-                "cannot {what} {}: {e} (check the node's state folder and its free space)",
-                path.display()
-            ))
-        };
-        let text = serde_json::to_vec_pretty(self).expect("serialises");
-        crate::disk::wait(|| {
-            let mut f = std::fs::File::create(&tmp).map_err(|e| io("write", e))?;
-            f.write_all(&text)
-                .and_then(|_| f.sync_all())
-                .map_err(|e| io("write", e))?;
-            std::fs::rename(&tmp, &path).map_err(|e| io("replace", e))?;
-            std::fs::File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(|e| io("sync the folder of", e))
-        })
-    }
-
-    fn heads(&self) -> BTreeMap<u64, String> {
-        let mut heads: BTreeMap<u64, String> = self
-            .history
-            .iter()
-            .map(|h| (h.size, h.root.clone()))
-            .collect();
-        if let Some(c) = &self.checkpoint {
-            heads.insert(c.head.size, c.head.root.clone());
-        }
-        heads
-    }
+/// Writes the file in `dir` whole: a temporary file, fsync, rename,
+/// fsync of the folder, so a crash leaves the old or the new one.
+fn store(w: &Witnessed, dir: &Path) -> Result<()> {
+    use std::io::Write;
+    let path = dir.join(WITNESS_FILE);
+    let tmp = dir.join(format!("{WITNESS_FILE}.tmp"));
+    let io = |what: &str, e: std::io::Error| {
+        Error::unavailable(format!(
+            "cannot {what} {}: {e} (check the node's state folder and its free space)",
+            path.display()
+        ))
+    };
+    let text = serde_json::to_vec_pretty(w).expect("serialises");
+    crate::disk::wait(|| {
+        let mut f = std::fs::File::create(&tmp).map_err(|e| io("write", e))?;
+        f.write_all(&text)
+            .and_then(|_| f.sync_all())
+            .map_err(|e| io("write", e))?;
+        std::fs::rename(&tmp, &path).map_err(|e| io("replace", e))?;
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| io("sync the folder of", e))
+    })
 }
 
 /// What the checks decided about one job's checkpoint.
@@ -460,7 +327,7 @@ impl Witness {
                     let over = next.history.len().saturating_sub(HISTORY);
                     next.history.drain(..over);
                 }
-                next.store(&self.dir)?;
+                store(&next, &self.dir)?;
                 *state = next;
                 Ok(())
             }
@@ -485,7 +352,7 @@ impl Witness {
                 let mut next = state.clone();
                 next.broken = Some(broken.clone());
                 // Refused whether or not the break could be written down.
-                if let Err(e) = next.store(&self.dir) {
+                if let Err(e) = store(&next, &self.dir) {
                     error!(error = %e, "cannot record the break of the witnessed log");
                 }
                 *state = next;
@@ -549,7 +416,7 @@ pub fn reset(dir: &Path, by: &str, reason: &str) -> Result<Reset> {
     w.resets.push(reset.clone());
     std::fs::create_dir_all(dir)
         .map_err(|e| Error::internal(format!("cannot create the folder {}: {e}", dir.display())))?;
-    w.store(dir)?;
+    store(&w, dir)?;
     Ok(reset)
 }
 

@@ -5,12 +5,12 @@
 
 use chrono::NaiveDate;
 
-use plexus::synth::{Patient, Site};
 use plexus_core::eval::{matches, Datum};
 use plexus_core::stats::SummarySums;
 use plexus_core::{Analysis, ConsentTerms, Dictionary, Purpose, Query, RawStats};
+use plexus_sandbox::synth::{Patient, Site};
 
-pub use plexus::sandbox::{self, Sandbox, SandboxOptions};
+pub use plexus_sandbox::{self as sandbox, Sandbox, SandboxOptions};
 
 pub mod jobs;
 pub mod pg;
@@ -163,7 +163,7 @@ pub async fn ask(
     let r = client
         .run_query(study, &query, std::time::Duration::from_secs(60))
         .await?;
-    plexus::client::outcome(&r)
+    plexus_client::outcome(&r)
 }
 
 /// Today's date as the nodes see it.

@@ -20,11 +20,11 @@ use anyhow::{anyhow, bail, Context, Result};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use plexus::client::Client;
-use plexus::synth::{self, DataFormat};
+use plexus_client::Client;
 use plexus_core::pool::PooledResult;
 use plexus_core::StudyDefinition;
 use plexus_proto::v1 as pb;
+use plexus_sandbox::synth::{self, DataFormat};
 use plexus_tls::TlsFiles;
 
 /// The repository root.

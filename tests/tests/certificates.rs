@@ -157,7 +157,7 @@ async fn a_revoked_node_is_cut_off_and_refused_at_its_next_connection_while_the_
     ])
     .await;
     let node_b = TlsFiles::in_dir(&sb.pki, "hospital-b");
-    let e = plexus::client::Client::connect_with(
+    let e = plexus_client::Client::connect_with(
         &sb.coordinator_url(),
         &node_b,
         Some("localhost".into()),

@@ -474,11 +474,11 @@ async fn a_stopping_coordinator_finishes_queries_in_flight_within_its_grace() {
 
     // The researcher waiting on the query got its answer during the drain.
     let answer = waiting.await.unwrap().unwrap().into_inner();
-    let pooled = plexus::client::outcome(&answer).unwrap();
+    let pooled = plexus_client::outcome(&answer).unwrap();
     assert_eq!(pooled.provenance.answered, 3);
 
     let stored = check_stored(&mut sb, &id).await;
-    assert_eq!(plexus::client::outcome(&stored).unwrap(), pooled);
+    assert_eq!(plexus_client::outcome(&stored).unwrap(), pooled);
     sb.shutdown().await.unwrap();
 }
 
@@ -505,7 +505,7 @@ async fn a_stopping_coordinator_fails_what_outlasts_its_grace_with_a_retryable_e
     });
     sb.stop_coordinator().await.unwrap();
     let answer = waiting.await.unwrap().unwrap().into_inner();
-    let e = plexus::client::outcome(&answer).unwrap_err();
+    let e = plexus_client::outcome(&answer).unwrap_err();
     assert_eq!(e.code, ErrorCode::Unavailable);
     assert_eq!(
         e.message,
@@ -547,7 +547,7 @@ async fn a_stopping_node_finishes_its_job_within_its_grace() {
     sb.register_study(&sandbox::exact_study()).await.unwrap();
     let id = submit_in_flight(&sb, &["hospital-a"]).await;
     sb.stop_node("hospital-a").await.unwrap();
-    let pooled = plexus::client::outcome(&wait_result(&sb, &id).await).unwrap();
+    let pooled = plexus_client::outcome(&wait_result(&sb, &id).await).unwrap();
     assert_eq!(pooled.provenance.answered, 3);
     assert!(pooled
         .provenance
@@ -569,7 +569,7 @@ async fn a_stopping_node_answers_what_outlasts_its_grace_with_a_retryable_error(
     sb.register_study(&sandbox::exact_study()).await.unwrap();
     let id = submit_in_flight(&sb, &["hospital-a"]).await;
     sb.stop_node("hospital-a").await.unwrap();
-    let pooled = plexus::client::outcome(&wait_result(&sb, &id).await).unwrap();
+    let pooled = plexus_client::outcome(&wait_result(&sb, &id).await).unwrap();
     assert_eq!(pooled.provenance.answered, 2);
     let a = pooled
         .provenance

@@ -96,7 +96,7 @@ impl Research for ResearchService {
             Ok(Some(s)) => s.definition,
             Ok(None) => {
                 let e = Error::not_found(format!(
-                    "study \"{}\" is not registered (list your studies with `plexus studies`)",
+                    "study \"{}\" is not registered (list your studies with `plexus study list`)",
                     req.study_id
                 ));
                 return Err(self.refuse(&who.name, &req.study_id, e).await);
@@ -304,7 +304,7 @@ impl ResearchService {
             .filter(|s| who.role != Role::Researcher || s.has_researcher(&who.name))
             .ok_or_else(|| {
                 to_status(&Error::not_found(format!(
-                    "no study \"{study_id}\" that you may see (list yours with `plexus studies`)"
+                    "no study \"{study_id}\" that you may see (list yours with `plexus study list`)"
                 )))
             })?;
         let store = &self.state.store;

@@ -16,7 +16,7 @@ use plexus_proto::v1 as pb;
 
 use super::sessions::{accept_roster, Pending, Session, SessionStudy};
 use super::{binding, fingerprint, MaskFor};
-use crate::job::{Checked, JobRunner, Outcome, Reply, DROPPED};
+use crate::job::{Checked, JobRunner, Outcome, Reply};
 
 /// What a held result needs to be masked once the data steward approves
 /// it: the session and step (whose keys the running node holds in memory),
@@ -212,8 +212,9 @@ impl JobRunner {
     /// share encrypted to its holder, then masked. Never after the job's
     /// deadline.
     pub(crate) fn mask_release(&self, stats: &NodeStats, m: &MaskFor) -> Result<Reply> {
+        #[cfg(feature = "fault-injection")]
         if self.drop_masked_jobs {
-            return Err(Error::internal(DROPPED));
+            return Err(Error::internal(crate::job::DROPPED));
         }
         stats.check(&m.analysis, &self.dictionary, m.k)?;
         let plain = encode(stats, &m.analysis, &self.dictionary)?;

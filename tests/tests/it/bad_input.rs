@@ -285,7 +285,7 @@ async fn a_query_interrupted_by_a_coordinator_crash_is_fetched_by_its_id() {
     sb.start_coordinator().await.unwrap();
     let r = waiting.await.unwrap().unwrap();
     assert_eq!(r.status, pb::QueryStatus::Failed as i32, "{r:?}");
-    let e = plexus::client::outcome(&r).unwrap_err();
+    let e = plexus_client::outcome(&r).unwrap_err();
     assert_eq!(e.code, ErrorCode::Unavailable, "{e}");
     assert!(e.message.contains("submit it again"), "{e}");
     // Another researcher cannot fetch it.

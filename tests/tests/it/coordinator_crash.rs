@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use plexus::audit::{self, NodeLog};
-use plexus::client::Client;
+use plexus_client::Client;
 use plexus_core::Query;
 use plexus_proto::v1 as pb;
 use plexus_tests::processes::{Install, InstallOptions};

@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use plexus::client::Client;
+use plexus_client::Client;
 use plexus_core::Query;
 use plexus_proto::v1 as pb;
 use plexus_tests::processes::{Install, InstallOptions, Tmpfs};

@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use plexus::audit;
-use plexus::client::Client;
+use plexus_client::Client;
 use plexus_coordinator::audit_log::AuditLog;
 use plexus_coordinator::lease::{Attempt, Lease};
 use plexus_coordinator::store::{AuditEntry, Store};

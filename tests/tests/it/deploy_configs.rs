@@ -12,14 +12,14 @@ use anyhow::{bail, Context, Result};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use plexus::client::{outcome, Client};
-use plexus::sandbox::{self, Sandbox, SandboxOptions};
-use plexus::synth;
+use plexus_client::{outcome, Client};
 use plexus_coordinator::CoordinatorConfig;
 use plexus_core::pool::NodeStatus;
 use plexus_core::{AnalysisKind, Dictionary, Query, StudyDefinition};
 use plexus_node::NodeConfig;
 use plexus_proto::v1 as pb;
+use plexus_sandbox::synth;
+use plexus_sandbox::{self as sandbox, Sandbox, SandboxOptions};
 use plexus_tls::{CaDir, DevCa, Role, TlsFiles};
 
 fn deploy_dir() -> PathBuf {
@@ -94,7 +94,7 @@ fn study_is_valid_and_is_the_demo_study() {
     assert_eq!(
         s,
         sandbox::demo_study(),
-        "deploy/study.toml and DEMO_STUDY_TOML in cli/src/sandbox.rs differ"
+        "deploy/study.toml and DEMO_STUDY_TOML in sandbox/src/lib.rs differ"
     );
 }
 

@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use plexus::audit;
-use plexus::client::Client;
+use plexus_client::Client;
 use plexus_core::pool::PooledValue;
 use plexus_core::Query;
 use plexus_proto::v1 as pb;
@@ -46,7 +46,7 @@ async fn wait_for_holder(pool: &sqlx::PgPool, who: &str) -> i64 {
 }
 
 fn count_of(r: &pb::QueryResult) -> u64 {
-    let pooled = plexus::client::outcome(r).unwrap();
+    let pooled = plexus_client::outcome(r).unwrap();
     match pooled.value {
         PooledValue::Count { n } => n.count.expect("count released"),
         other => panic!("{other:?}"),
@@ -163,7 +163,7 @@ async fn the_standby_takes_over_when_the_active_coordinator_dies() {
         .await
         .unwrap()
         .into_inner();
-    let e = plexus::client::outcome(&interrupted).unwrap_err();
+    let e = plexus_client::outcome(&interrupted).unwrap_err();
     assert_eq!(e.code, plexus_core::ErrorCode::Unavailable, "{e:?}");
     assert!(e.message.contains("submit it again"), "{e:?}");
     // The resubmission succeeds at B.

@@ -19,7 +19,7 @@ async fn a_restarted_coordinator_keeps_studies_jobs_and_results() {
         .run_query(&study.id, &q, Duration::from_secs(30))
         .await
         .unwrap();
-    let first_result = plexus::client::outcome(&first).unwrap();
+    let first_result = plexus_client::outcome(&first).unwrap();
     let audit_before = sb
         .client(sandbox::AUDITOR)
         .await
@@ -46,7 +46,7 @@ async fn a_restarted_coordinator_keeps_studies_jobs_and_results() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(plexus::client::outcome(&again).unwrap(), first_result);
+    assert_eq!(plexus_client::outcome(&again).unwrap(), first_result);
     let studies = alice
         .research()
         .list_studies(pb::ListStudiesRequest {})
@@ -118,7 +118,7 @@ async fn a_node_killed_mid_query_is_reported_missing_or_fails_the_quorum() {
     };
     tokio::time::sleep(Duration::from_millis(800)).await;
     sb.kill_node("hospital-c").await;
-    let r = plexus::client::outcome(&submitted.await.unwrap().unwrap()).unwrap();
+    let r = plexus_client::outcome(&submitted.await.unwrap().unwrap()).unwrap();
     let c = r.provenance.node("hospital-c").unwrap();
     assert_eq!(c.status, NodeStatus::Missing, "{r:?}");
     assert_eq!(r.provenance.answered, 2);
@@ -134,7 +134,7 @@ async fn a_node_killed_mid_query_is_reported_missing_or_fails_the_quorum() {
     };
     tokio::time::sleep(Duration::from_millis(800)).await;
     sb.kill_node("hospital-b").await;
-    let e = plexus::client::outcome(&submitted.await.unwrap().unwrap()).unwrap_err();
+    let e = plexus_client::outcome(&submitted.await.unwrap().unwrap()).unwrap_err();
     assert_eq!(e.code, ErrorCode::Unavailable, "{e}");
     assert!(
         e.message.contains("hospital-b") && e.message.contains("at least 2"),

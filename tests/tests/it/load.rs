@@ -8,10 +8,10 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use plexus::load::percentile;
 use plexus_core::pool::PooledValue;
 use plexus_core::{Dictionary, Query, RawStats};
 use plexus_proto::v1 as pb;
+use plexus_sandbox::load::percentile;
 use plexus_tests::{consenting, reference, sandbox, today, Sandbox, SandboxOptions};
 
 const NODES: usize = 20;
@@ -42,7 +42,7 @@ async fn two_hundred_concurrent_queries_on_twenty_nodes_all_finish_with_the_righ
     sb.approve(&study).unwrap();
     sb.register_study(&study).await.unwrap();
     let alice = sb.client(sandbox::RESEARCHER).await.unwrap();
-    let mix = plexus::load::mix().unwrap();
+    let mix = plexus_sandbox::load::mix().unwrap();
 
     // Each query of the mix alone first: what every concurrent copy must equal.
     let mut alone = Vec::new();
@@ -51,7 +51,7 @@ async fn two_hundred_concurrent_queries_on_twenty_nodes_all_finish_with_the_righ
             .run_query(&study.id, q, Duration::from_secs(120))
             .await
             .unwrap();
-        let pooled = plexus::client::outcome(&r).unwrap_or_else(|e| panic!("{label}, alone: {e}"));
+        let pooled = plexus_client::outcome(&r).unwrap_or_else(|e| panic!("{label}, alone: {e}"));
         assert_eq!(
             pooled.provenance.answered as usize, NODES,
             "{label}: {pooled:?}"
@@ -96,7 +96,7 @@ async fn two_hundred_concurrent_queries_on_twenty_nodes_all_finish_with_the_righ
             .collect(),
     ));
     let started = Instant::now();
-    let cpu_before = plexus::load::process_cpu_time();
+    let cpu_before = plexus_sandbox::load::process_cpu_time();
     let mut tasks = tokio::task::JoinSet::new();
     for index in 0..QUERIES {
         let (label, query) = mix[index % mix.len()].clone();
@@ -123,7 +123,7 @@ async fn two_hundred_concurrent_queries_on_twenty_nodes_all_finish_with_the_righ
         }
     };
     let elapsed = started.elapsed();
-    let cpu = plexus::load::process_cpu_time()
+    let cpu = plexus_sandbox::load::process_cpu_time()
         .zip(cpu_before)
         .map(|(after, before)| after.saturating_sub(before));
     assert_eq!(finished.len(), QUERIES);
@@ -132,7 +132,7 @@ async fn two_hundred_concurrent_queries_on_twenty_nodes_all_finish_with_the_righ
     // Every answer is right.
     for f in &finished {
         let label = mix[f.index % mix.len()].0;
-        let pooled = plexus::client::outcome(&f.result)
+        let pooled = plexus_client::outcome(&f.result)
             .unwrap_or_else(|e| panic!("#{} {label} ({}): {e}", f.index, f.query_id));
         assert_eq!(
             pooled.provenance.answered as usize, NODES,
@@ -203,7 +203,7 @@ async fn two_hundred_concurrent_queries_on_twenty_nodes_all_finish_with_the_righ
 /// Submits one query and waits for its final state, keeping `outstanding`
 /// up to date so a deadline can say what never finished.
 async fn one(
-    client: plexus::client::Client,
+    client: plexus_client::Client,
     outstanding: Arc<Mutex<BTreeMap<usize, String>>>,
     study_id: String,
     index: usize,

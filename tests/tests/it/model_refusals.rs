@@ -151,7 +151,7 @@ async fn fit_losing_c(
     // inside the next round's job delay.
     tokio::time::sleep(Duration::from_millis(120)).await;
     sb.kill_node("hospital-c").await;
-    plexus::client::outcome(&running.await.unwrap().unwrap())
+    plexus_client::outcome(&running.await.unwrap().unwrap())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

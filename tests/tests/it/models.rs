@@ -3,10 +3,10 @@
 //! consenting rows (`plexus_tests::reference`, itself checked against
 //! published textbook values).
 
-use plexus::synth::Patient;
 use plexus_core::models::survival::Curve;
 use plexus_core::pool::{PooledResult, PooledValue};
 use plexus_core::{Dictionary, StudyDefinition};
+use plexus_sandbox::synth::Patient;
 use plexus_tests::reference::{cox as rcox, glm as rglm, survival as rsurv};
 use plexus_tests::{ask, consenting, rel, sandbox, today, Sandbox, SandboxOptions};
 

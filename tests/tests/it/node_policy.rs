@@ -311,7 +311,7 @@ async fn a_held_result_leaves_only_when_approved_exactly_as_shown_also_across_a_
     assert!(cli::show_text(&held).unwrap().contains(&job_id));
     cli::decide(&queue, &job_id, Verdict::Approved, "", "steward", now_ms()).unwrap();
     let r = query.await.unwrap().unwrap();
-    let pooled = plexus::client::outcome(&r).unwrap();
+    let pooled = plexus_client::outcome(&r).unwrap();
     assert_eq!(pooled.provenance.answered, 3);
     let purpose = study.purpose().unwrap();
     let expected: usize = sb
@@ -375,7 +375,7 @@ async fn a_held_result_leaves_only_when_approved_exactly_as_shown_also_across_a_
     assert!(!query.is_finished());
     sb.start_node("hospital-a").await.unwrap();
     let r = query.await.unwrap().unwrap();
-    let pooled = plexus::client::outcome(&r).unwrap();
+    let pooled = plexus_client::outcome(&r).unwrap();
     assert_eq!(pooled.provenance.answered, 3, "{pooled:?}");
     let (status, statement) = received(&sb, &r.query_id, "hospital-a").await;
     assert_eq!(status, "answered");
@@ -421,7 +421,7 @@ async fn a_rejected_result_is_that_nodes_refusal_with_the_reason_and_an_undecide
         now_ms(),
     )
     .unwrap();
-    let r = plexus::client::outcome(&query.await.unwrap().unwrap()).unwrap();
+    let r = plexus_client::outcome(&query.await.unwrap().unwrap()).unwrap();
     assert_eq!(r.provenance.answered, 2);
     let b = r.provenance.node("hospital-b").unwrap();
     assert_eq!(b.status, NodeStatus::Refused, "{b:?}");
@@ -444,7 +444,7 @@ async fn a_rejected_result_is_that_nodes_refusal_with_the_reason_and_an_undecide
     let query = submit(&sb, &study.id, COUNT).await;
     let held = wait_held(&queue).await;
     let job_id = held.held.job_id.clone();
-    let r = plexus::client::outcome(&query.await.unwrap().unwrap()).unwrap();
+    let r = plexus_client::outcome(&query.await.unwrap().unwrap()).unwrap();
     let b = r.provenance.node("hospital-b").unwrap();
     assert_eq!(b.code, Some(ErrorCode::Unavailable), "{b:?}");
     assert!(

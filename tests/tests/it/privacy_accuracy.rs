@@ -13,7 +13,6 @@
 //! few times the noise. `cargo test -p plexus-tests --test
 //! privacy_accuracy kaplan -- --nocapture` prints the figures.
 
-use plexus::synth::{generate_site, SiteSpec, DEMO_SITE_NAMES};
 use plexus_core::disclosure::Rules;
 use plexus_core::dp::accountant::sigma_for_rho;
 use plexus_core::dp::noise::discrete_gaussian;
@@ -25,6 +24,7 @@ use plexus_core::privacy::scale::NoiseScale;
 use plexus_core::privacy::survival::TreeNoise;
 use plexus_core::stats::SummarySums;
 use plexus_core::{Analysis, Dictionary, NodeStats, RawStats};
+use plexus_sandbox::synth::{generate_site, SiteSpec, DEMO_SITE_NAMES};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 

@@ -2,12 +2,12 @@
 //! coordinator run it (clamped, centred design; six noised rounds; noise
 //! in the standard errors), against the exact fit on the same rows.
 
-use plexus::synth::{generate_site, Patient, SiteSpec};
 use plexus_core::models::design::terms;
 use plexus_core::models::fit::{IterativeFit, RoundStats, Step};
 use plexus_core::models::glm::{glm_round, Family, FitOptions, GlmFitter, GlmResult, GlmStats};
 use plexus_core::privacy::glm::{glm_noise, release_glm, GlmBounds, DP_GLM_ROUNDS};
 use plexus_core::Dictionary;
+use plexus_sandbox::synth::{generate_site, Patient, SiteSpec};
 
 const COVARIATES: [&str; 4] = ["age", "smoking", "diabetes", "aaa_diameter"];
 

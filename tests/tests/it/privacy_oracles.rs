@@ -16,13 +16,13 @@
 use std::path::Path;
 
 use chrono::NaiveDate;
-use plexus::synth::{self, ConsentRecord, DataFormat, Patient, Site};
 use plexus_core::cell::Cell;
 use plexus_core::dp::accountant::epsilon;
 use plexus_core::models::fit::Iteration;
 use plexus_core::{NodeStats, Query, StudyDefinition};
 use plexus_node::job::JobRunner;
 use plexus_proto::v1 as pb;
+use plexus_sandbox::synth::{self, ConsentRecord, DataFormat, Patient, Site};
 use plexus_tests::{sandbox, Sandbox, SandboxOptions};
 use prost::Message;
 

@@ -341,7 +341,7 @@ async fn the_coordinator_keeps_only_masked_vectors_that_look_random() {
     figures.values().for_each(|v| add_into(&mut want, v));
     assert!(sum.iter().zip(&want).all(|(s, w)| s != w));
     // The result is the plain pool of the clear releases.
-    let pooled = plexus::client::outcome(&r).unwrap();
+    let pooled = plexus_client::outcome(&r).unwrap();
     let named: Vec<(String, NodeStats)> = per_site(&sb, &json)
         .into_iter()
         .map(|(n, raw)| (n, apply(raw, Rules::new(5))))
@@ -403,7 +403,7 @@ async fn a_node_dropping_after_the_key_round_leaves_the_exact_sum_of_the_others_
         )
         .await
         .unwrap();
-    let r = plexus::client::outcome(&submitted).unwrap();
+    let r = plexus_client::outcome(&submitted).unwrap();
     let want = ask(&sb, sandbox::RESEARCHER, &exact.id, count)
         .await
         .unwrap();
@@ -588,7 +588,7 @@ async fn a_reviewing_hospital_masks_its_release_only_after_the_steward_approves_
     )
     .unwrap();
     let r = running.await.unwrap().unwrap();
-    let pooled = plexus::client::outcome(&r).unwrap();
+    let pooled = plexus_client::outcome(&r).unwrap();
     let want = ask(&sb, sandbox::RESEARCHER, &plain.id, count)
         .await
         .unwrap();

@@ -134,7 +134,7 @@ async fn attach_as(
     tokio::sync::mpsc::Sender<pb::NodeMessage>,
     tonic::Streaming<pb::CoordinatorMessage>,
 ) {
-    let client = plexus::client::Client::connect_with(
+    let client = plexus_client::Client::connect_with(
         &sb.coordinator_url(),
         &plexus_tls::TlsFiles::in_dir(&sb.pki, node),
         Some("localhost".into()),

@@ -122,7 +122,7 @@ async fn a_node_past_the_deadline_is_reported_missing_and_its_late_answer_is_ign
         .run_query(&study.id, &query, Duration::from_secs(30))
         .await
         .unwrap();
-    let r = plexus::client::outcome(&first).unwrap();
+    let r = plexus_client::outcome(&first).unwrap();
     let c = r.provenance.node("hospital-c").unwrap();
     assert_eq!(c.status, NodeStatus::Missing, "{r:?}");
     assert!(
@@ -167,7 +167,7 @@ async fn a_node_past_the_deadline_is_reported_missing_and_its_late_answer_is_ign
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(plexus::client::outcome(&again).unwrap(), r);
+    assert_eq!(plexus_client::outcome(&again).unwrap(), r);
     let (_, outcomes) = job_audit(&sb, &first.query_id, "hospital-c").await;
     assert_eq!(outcomes, ["sent", "missing"], "late answer was recorded");
     sb.shutdown().await.unwrap();

@@ -10,10 +10,10 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use chrono::NaiveDate;
-use plexus::synth::{self, generate_site, node_columns, Site, SiteSpec};
 use plexus_core::models::fit::Iteration;
 use plexus_core::{Dictionary, ErrorCode, Purpose, Query, RawStats};
 use plexus_node::data::{ConsentConfig, DataConfig, DataSource, Limits};
+use plexus_sandbox::synth::{self, generate_site, node_columns, Site, SiteSpec};
 use plexus_tests::pg::TestDatabase;
 use sqlx::{ConnectOptions, Connection, Row};
 

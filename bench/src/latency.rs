@@ -1,6 +1,7 @@
-//! `plexus bench`: end-to-end latency of pooled queries over three nodes on
-//! loopback with mTLS, against the same computation done centrally by
-//! DataFusion over all three sites' rows at once, in the same run.
+//! `plexus-bench latency`: end-to-end latency of pooled queries over three
+//! nodes on loopback with mTLS, against the same computation done centrally
+//! by DataFusion over all three sites' rows at once, in the same run; then
+//! the secure-aggregation comparison ([`crate::secure`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -17,9 +18,9 @@ use plexus_core::pool::PooledValue;
 use plexus_core::{Dictionary, Purpose, Query, RawStats, StudyDefinition};
 use plexus_node::data::{ConsentConfig, DataConfig, DataSource, Limits};
 
-use crate::client::Client;
-use crate::sandbox::{self, Sandbox, SandboxOptions};
-use crate::synth::DataFormat;
+use plexus_client::Client;
+use plexus_sandbox::synth::DataFormat;
+use plexus_sandbox::{self as sandbox, Sandbox, SandboxOptions};
 
 pub struct BenchOptions {
     pub patients_per_site: usize,
@@ -29,8 +30,6 @@ pub struct BenchOptions {
     /// Patients per node of the secure-aggregation comparison (its own
     /// networks of 3 and 20 nodes).
     pub secure_patients_per_site: usize,
-    /// Only the secure-aggregation comparison.
-    pub secure_only: bool,
 }
 
 const QUERIES: &[(&str, &str)] = &[
@@ -98,14 +97,12 @@ fn concat_csv(files: &[PathBuf], out: &Path) -> anyhow::Result<()> {
 }
 
 pub async fn run(opts: BenchOptions) -> anyhow::Result<()> {
-    if !opts.secure_only {
-        federated(&opts).await?;
-    }
-    crate::secure_bench::run(crate::secure_bench::SecureBenchOptions {
+    federated(&opts).await?;
+    crate::secure::run(crate::secure::SecureBenchOptions {
         patients_per_site: opts.secure_patients_per_site,
         repetitions: opts.repetitions,
         seed: opts.seed,
-        nodes: vec![3, 20],
+        nodes: crate::secure::NODES.to_vec(),
     })
     .await?;
     Ok(())
@@ -114,7 +111,7 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<()> {
 /// Federated against centralised, over three nodes.
 async fn federated(opts: &BenchOptions) -> anyhow::Result<()> {
     println!(
-        "plexus bench: 3 nodes x {} patients (Parquet), loopback mTLS, {} repetitions per query",
+        "plexus-bench latency: 3 nodes x {} patients (Parquet), loopback mTLS, {} repetitions per query",
         opts.patients_per_site, opts.repetitions
     );
     let t = Instant::now();
@@ -197,7 +194,7 @@ async fn federated(opts: &BenchOptions) -> anyhow::Result<()> {
         let fed = alice
             .run_query(&study.id, &query, Duration::from_secs(600))
             .await?;
-        crate::client::outcome(&fed).map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+        plexus_client::outcome(&fed).map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
         central
             .compute(&query, &purpose, today, LIMITS, None)
             .await?;
@@ -209,7 +206,7 @@ async fn federated(opts: &BenchOptions) -> anyhow::Result<()> {
                 .run_query(&study.id, &query, Duration::from_secs(600))
                 .await?;
             f.push(t.elapsed());
-            crate::client::outcome(&r).map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+            plexus_client::outcome(&r).map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
             let t = Instant::now();
             central
                 .compute(&query, &purpose, today, LIMITS, None)
@@ -320,7 +317,7 @@ async fn models(
             .run_query(&study.id, &logistic, Duration::from_secs(600))
             .await?;
         let fed = t.elapsed();
-        let pooled = crate::client::outcome(&r).map_err(|e| anyhow::anyhow!("logistic: {e}"))?;
+        let pooled = plexus_client::outcome(&r).map_err(|e| anyhow::anyhow!("logistic: {e}"))?;
         let PooledValue::Glm(g) = &pooled.value else {
             anyhow::bail!("the logistic query returned no model");
         };
@@ -378,7 +375,7 @@ async fn models(
             .run_query(&study.id, &km, Duration::from_secs(600))
             .await?;
         let fed = t.elapsed();
-        crate::client::outcome(&r).map_err(|e| anyhow::anyhow!("kaplan-meier: {e}"))?;
+        plexus_client::outcome(&r).map_err(|e| anyhow::anyhow!("kaplan-meier: {e}"))?;
         let t = Instant::now();
         let raw = central.compute(&km, purpose, today, LIMITS, None).await?;
         let RawStats::Survival(groups) = raw else {

@@ -1,4 +1,4 @@
-//! `plexus bench --warehouse`: the same synthetic patients on a node that
+//! `plexus-bench warehouse`: the same synthetic patients on a node that
 //! reads PostgreSQL and on one that reads Parquet; median latency of each
 //! node computing the same queries (DataSource::compute, no network), side
 //! by side in the same run.
@@ -16,7 +16,7 @@ use plexus_node::data::{ConsentConfig, DataConfig, DataSource, Limits};
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, Executor};
 
-use crate::synth::{self, generate_site, node_columns, SiteSpec};
+use plexus_sandbox::synth::{self, generate_site, node_columns, SiteSpec};
 
 const QUERIES: &[(&str, &str)] = &[
     (
@@ -91,7 +91,7 @@ async fn fit(
 }
 
 pub async fn run(patients: usize, repetitions: usize, seed: u64, url: &str) -> anyhow::Result<()> {
-    println!("plexus bench --warehouse: {patients} patients on PostgreSQL and on Parquet, one node each, {repetitions} repetitions per query");
+    println!("plexus-bench warehouse: {patients} patients on PostgreSQL and on Parquet, one node each, {repetitions} repetitions per query");
     let t = Instant::now();
     let site = generate_site(&SiteSpec {
         name: "hospital-a".into(),

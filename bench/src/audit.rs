@@ -1,4 +1,4 @@
-//! `plexus bench-audit`: audit append and verify throughput on a log of a
+//! `plexus-bench audit`: audit append and verify throughput on a log of a
 //! million entries, through the coordinator's own code and the auditor's
 //! own command path (gRPC over mTLS, as `plexus audit verify` runs).
 
@@ -14,7 +14,7 @@ use plexus_coordinator::store::Store;
 use plexus_core::audit::{Action, AuditEntry, Outcome, Role};
 use plexus_core::merkle::{leaf_of, verify_log};
 
-use crate::sandbox::{self, Sandbox, SandboxOptions};
+use plexus_sandbox::{self as sandbox, Sandbox, SandboxOptions};
 
 pub struct AuditBenchOptions {
     pub entries: u64,
@@ -124,9 +124,9 @@ pub async fn run(opts: AuditBenchOptions) -> anyhow::Result<()> {
     sb.start_all().await?;
     let start = t.elapsed();
     let auditor = sb.client(sandbox::AUDITOR).await?;
-    let key = crate::audit::load_key(&sb.pki.join("coordinator-signing.pub"))?;
+    let key = plexus::audit::load_key(&sb.pki.join("coordinator-signing.pub"))?;
     let t = Instant::now();
-    let report = crate::audit::verify(&auditor, &key, None, true).await?;
+    let report = plexus::audit::verify(&auditor, &key, None, true).await?;
     let verify_rpc = t.elapsed();
     anyhow::ensure!(
         report.entries >= total,

@@ -3,6 +3,14 @@
 //! all over real mTLS on loopback. `plexus demo` and the integration tests
 //! are built on it; nodes and the coordinator can be stopped, killed and
 //! restarted to exercise faults.
+//!
+//! [`synth`] makes the hospitals' synthetic patients, [`load`] drives a
+//! query load against a sandbox. A crate of its own, apart from the
+//! researcher's CLI, because it links both daemons.
+#![forbid(unsafe_code)]
+
+pub mod load;
+pub mod synth;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -20,8 +28,8 @@ use plexus_node::data::{ConsentConfig, DataConfig};
 use plexus_proto::v1 as pb;
 use plexus_tls::{CaDir, DevCa, Role, TlsFiles};
 
-use crate::client::Client;
-use crate::synth::{self, DataFormat, Site, SiteSpec};
+use plexus_client::Client;
+use synth::{DataFormat, Site, SiteSpec};
 
 /// Researchers, admins and auditors the sandbox issues certificates for.
 pub const RESEARCHER: &str = "alice";
@@ -90,13 +98,13 @@ impl SandboxOptions {
     }
 }
 
-/// The name of the sandbox's `i`-th hospital (from 0).
 /// A loopback address with a port free right now, for a listener the
 /// sandbox's config names before the daemon binds it.
 fn free_port() -> std::io::Result<SocketAddr> {
     std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()
 }
 
+/// The name of the sandbox's `i`-th hospital (from 0).
 pub fn node_name(i: usize) -> String {
     match u8::try_from(i).ok().filter(|i| *i < 26) {
         Some(i) => format!("hospital-{}", char::from(b'a' + i)),

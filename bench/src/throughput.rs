@@ -1,7 +1,7 @@
-//! `plexus bench --throughput`: the coordinator's sustained query rate with
+//! `plexus-bench throughput`: the coordinator's sustained query rate with
 //! many nodes. Researchers at concurrency C each submit a query of the load
-//! mix ([`crate::load::MIX`]), wait for its answer and submit the next, for
-//! N seconds per level; concurrency 1 is the baseline measured in the same
+//! mix ([`plexus_sandbox::load::MIX`]), wait for its answer and submit the
+//! next, for N seconds per level; concurrency 1 is the baseline measured in the same
 //! run, so the table shows what concurrency buys.
 //!
 //! With `baseline`, every level runs twice in the same network: first
@@ -20,9 +20,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
 
-use crate::load::{self, Figures};
-use crate::sandbox::{self, Sandbox, SandboxOptions};
-use crate::synth::DataFormat;
+use plexus_sandbox::load::{self, Figures};
+use plexus_sandbox::synth::DataFormat;
+use plexus_sandbox::{self as sandbox, Sandbox, SandboxOptions};
 
 pub struct ThroughputOptions {
     pub nodes: usize,
@@ -102,7 +102,7 @@ pub async fn run(opts: ThroughputOptions) -> anyhow::Result<Vec<(usize, Figures)
         .await
         .with_context(|| format!("cannot start a sandbox of {} nodes", opts.nodes))?;
     println!(
-        "plexus bench --throughput: {} nodes x {} patients (Parquet), loopback mTLS, started in {:.1} s",
+        "plexus-bench throughput: {} nodes x {} patients (Parquet), loopback mTLS, started in {:.1} s",
         opts.nodes,
         opts.patients_per_site,
         t.elapsed().as_secs_f64()
@@ -119,7 +119,7 @@ pub async fn run(opts: ThroughputOptions) -> anyhow::Result<Vec<(usize, Figures)
         let r = alice
             .run_query(&study.id, q, Duration::from_secs(600))
             .await?;
-        let pooled = crate::client::outcome(&r).map_err(|e| anyhow::anyhow!("{label}: {e}"))?;
+        let pooled = plexus_client::outcome(&r).map_err(|e| anyhow::anyhow!("{label}: {e}"))?;
         if pooled.provenance.answered as usize != opts.nodes {
             anyhow::bail!(
                 "{label}: {} of {} nodes answered the warm-up",
@@ -179,7 +179,7 @@ pub async fn run(opts: ThroughputOptions) -> anyhow::Result<Vec<(usize, Figures)
 
 /// Runs every concurrency level in turn.
 async fn levels_run(
-    alice: &crate::client::Client,
+    alice: &plexus_client::Client,
     study: &str,
     queries: &[plexus_core::Query],
     levels: &[usize],

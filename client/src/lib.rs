@@ -1,4 +1,7 @@
-//! Connecting the CLI to the coordinator with the user's certificate.
+//! Connecting to the coordinator with the user's certificate: the
+//! `plexus` CLI's connection options and its client, also used by the
+//! sandbox, the benchmarks and the tests, which need it without the CLI.
+#![forbid(unsafe_code)]
 
 use std::path::PathBuf;
 use std::sync::Arc;

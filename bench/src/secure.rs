@@ -1,6 +1,7 @@
-//! The secure-aggregation part of `plexus bench`: the latency of the same
-//! summary query in an exact study with and without secure aggregation,
-//! over 3 nodes and over 20, on loopback with mTLS. Both studies run on the
+//! `plexus-bench secure`, also the second part of `plexus-bench latency`:
+//! the latency of the same summary query in an exact study with and
+//! without secure aggregation, over 3 nodes and over 20, on loopback with
+//! mTLS. Both studies run on the
 //! same sandbox, interleaved repetition by repetition, so what differs is
 //! the key round, the roster, masking and unmasking.
 
@@ -11,13 +12,16 @@ use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
 
 use plexus_core::Query;
 
-use crate::sandbox::{self, Sandbox, SandboxOptions};
-use crate::synth::DataFormat;
+use plexus_sandbox::synth::DataFormat;
+use plexus_sandbox::{self as sandbox, Sandbox, SandboxOptions};
 
 /// The query timed: a summary, whose answer is three numbers per node, so
 /// the comparison shows the protocol's cost rather than the vector's size.
 const SUMMARY: &str = r#"{"cohort": {"in": {"variable": "smoking", "values": ["current", "former"]}},
     "analysis": {"summary": {"variable": "sbp"}}}"#;
+
+/// The network sizes measured: 3 hospitals and 20.
+pub const NODES: [usize; 2] = [3, 20];
 
 /// The added latency at 3 nodes the benchmark is held to, in percent.
 pub const TARGET_OVERHEAD_PCT: f64 = 20.0;
@@ -86,7 +90,7 @@ async fn measure(opts: &SecureBenchOptions, nodes: usize) -> anyhow::Result<Meas
                 .run_query(&study, query, Duration::from_secs(600))
                 .await?;
             let elapsed = t.elapsed();
-            let pooled = crate::client::outcome(&r)
+            let pooled = plexus_client::outcome(&r)
                 .map_err(|e| anyhow::anyhow!("summary in {study}: {e}"))?;
             anyhow::Ok((elapsed, pooled))
         }

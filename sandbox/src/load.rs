@@ -1,5 +1,5 @@
 //! Many researcher queries at once: the query mix and the closed-loop
-//! driver shared by `plexus bench --throughput` and the load test
+//! driver shared by `plexus-bench throughput` and the load test
 //! (tests/tests/it/load.rs), so the benchmark measures what the test checks.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use plexus_core::Query;
 
-use crate::client::{outcome, Client};
+use plexus_client::{outcome, Client};
 
 /// The mix: counts, summaries, a table, a histogram, a Kaplan-Meier curve
 /// and a gaussian GLM (iterative: several rounds of jobs). Counts differ in

@@ -1,5 +1,5 @@
 //! A synthetic site as an OMOP-style PostgreSQL warehouse, for the
-//! warehouse tests and `plexus bench --warehouse`: a `person` table with
+//! warehouse tests and `plexus-bench warehouse`: a `person` table with
 //! most variables as columns, systolic blood pressure as `measurement` rows
 //! (an older reading, the latest one, and a heart rate of another concept
 //! that must not be picked), diabetes as `condition_occurrence` rows (plus

@@ -1,0 +1,204 @@
+//! `plexus-bench`: Plexus's benchmarks, one mode each, on in-process
+//! networks of the sandbox. Developers' tooling, apart from the `plexus`
+//! CLI researchers install. Run them on a release build:
+//! `cargo run --release --locked -p plexus-bench -- MODE`.
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+mod audit;
+mod latency;
+mod secure;
+mod throughput;
+mod warehouse;
+
+#[derive(Parser)]
+#[command(
+    name = "plexus-bench",
+    version,
+    about = "Plexus benchmarks on in-process networks (use --release)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    mode: Mode,
+}
+
+#[derive(Subcommand)]
+enum Mode {
+    /// Federated against centralised latency over three nodes, then the
+    /// added latency of secure aggregation.
+    Latency {
+        /// Patients per hospital.
+        #[arg(long, default_value_t = 1_000_000)]
+        patients: usize,
+        /// Timed repetitions per query.
+        #[arg(long, default_value_t = 7)]
+        repetitions: usize,
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+        /// Keep the generated files here.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Patients per hospital in the secure-aggregation comparison
+        /// (its own networks of 3 and 20 hospitals).
+        #[arg(long, default_value_t = 100_000)]
+        secure_patients: usize,
+    },
+    /// Only the added latency of secure aggregation, over networks of 3
+    /// and 20 hospitals.
+    Secure {
+        /// Patients per hospital.
+        #[arg(long, default_value_t = 100_000)]
+        patients: usize,
+        /// Timed repetitions per network and study.
+        #[arg(long, default_value_t = 7)]
+        repetitions: usize,
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+    },
+    /// The coordinator's sustained queries/second and p50/p99 latency over
+    /// --nodes nodes at each --concurrency level.
+    Throughput {
+        /// Nodes of the network.
+        #[arg(long, default_value_t = 20)]
+        nodes: usize,
+        /// Patients per node.
+        #[arg(long, default_value_t = 2_000)]
+        patients: usize,
+        /// Seconds of load per concurrency level.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Concurrency levels (researchers with a query in flight), comma-separated; 1 is the baseline.
+        #[arg(long, value_delimiter = ',', default_value = "1,8,32,64")]
+        concurrency: Vec<usize>,
+        /// Skip the baseline: by default every level also runs with the
+        /// coordinator's audit group commit off (one commit per audit
+        /// entry, the path before group commit), and the table shows the ratio.
+        #[arg(long)]
+        no_baseline: bool,
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+    },
+    /// One node on PostgreSQL and one on Parquet holding the same
+    /// --patients patients.
+    Warehouse {
+        /// Patients of each node.
+        #[arg(long, default_value_t = 1_000_000)]
+        patients: usize,
+        /// Timed repetitions per query.
+        #[arg(long, default_value_t = 7)]
+        repetitions: usize,
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+        /// PostgreSQL server (a throwaway database is created on it and
+        /// dropped afterwards).
+        #[arg(long, env = "PLEXUS_BENCH_DATABASE_URL")]
+        database_url: Option<String>,
+    },
+    /// Audit log append and verify throughput.
+    Audit {
+        /// Entries in the log.
+        #[arg(long, default_value_t = 1_000_000)]
+        entries: u64,
+        /// Single appends timed on top of them.
+        #[arg(long, default_value_t = 2_000)]
+        appends: u64,
+        /// Keep the generated files here.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+}
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    if let Err(e) = run(cli.mode).await {
+        eprintln!(
+            "error: {}",
+            plexus::output::safe_text(&plexus_ops::error_text(e.as_ref()))
+        );
+        std::process::exit(1);
+    }
+}
+
+async fn run(mode: Mode) -> anyhow::Result<()> {
+    match mode {
+        Mode::Latency {
+            patients,
+            repetitions,
+            seed,
+            dir,
+            secure_patients,
+        } => {
+            latency::run(latency::BenchOptions {
+                patients_per_site: patients,
+                repetitions: repetitions.max(1),
+                seed,
+                dir,
+                secure_patients_per_site: secure_patients,
+            })
+            .await
+        }
+        Mode::Secure {
+            patients,
+            repetitions,
+            seed,
+        } => secure::run(secure::SecureBenchOptions {
+            patients_per_site: patients,
+            repetitions: repetitions.max(1),
+            seed,
+            nodes: secure::NODES.to_vec(),
+        })
+        .await
+        .map(|_| ()),
+        Mode::Throughput {
+            nodes,
+            patients,
+            seconds,
+            concurrency,
+            no_baseline,
+            seed,
+        } => throughput::run(throughput::ThroughputOptions {
+            nodes,
+            patients_per_site: patients,
+            seed,
+            seconds,
+            concurrency,
+            baseline: !no_baseline,
+        })
+        .await
+        .map(|_| ()),
+        Mode::Warehouse {
+            patients,
+            repetitions,
+            seed,
+            database_url,
+        } => {
+            let url = database_url.context(
+                "the warehouse benchmark needs --database-url postgres://user@host:port/db (or PLEXUS_BENCH_DATABASE_URL)",
+            )?;
+            warehouse::run(patients, repetitions.max(1), seed, &url).await
+        }
+        Mode::Audit {
+            entries,
+            appends,
+            dir,
+        } => {
+            audit::run(audit::AuditBenchOptions {
+                entries,
+                appends,
+                dir,
+            })
+            .await
+        }
+    }
+}
