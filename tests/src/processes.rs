@@ -75,6 +75,23 @@ fn build_binaries() -> Result<Binaries> {
         .args(["--workspace", "--bins", "--examples"])
         .arg("--target-dir")
         .arg(target_dir);
+    // What cargo sets for the running test describes the tests crate, not
+    // the build: ring's build script tracks CARGO_MANIFEST_DIR, so with
+    // the test's value inherited, ring and everything above it (rustls,
+    // sqlx, the workspace) were compiled a second time, and the next
+    // top-level build compiled them back.
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        if key.starts_with("CARGO_PKG_")
+            || key.starts_with("CARGO_MANIFEST_")
+            || key.starts_with("CARGO_BIN_")
+            || key.starts_with("CARGO_CRATE_")
+            || key == "CARGO_TARGET_TMPDIR"
+            || key == "CARGO_PRIMARY_PACKAGE"
+        {
+            cmd.env_remove(key.as_ref());
+        }
+    }
     if release {
         cmd.arg("--release");
     }
