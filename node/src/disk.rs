@@ -161,6 +161,7 @@ impl GroupSync {
         }
     }
 
+    #[cfg(any(test, feature = "fault-injection"))]
     /// Test hook (fault injection): the next `n` syncs fail with EIO.
     pub(crate) fn fail_next_syncs(&self, n: u32) {
         self.fail_next.store(n, Ordering::Relaxed);

@@ -294,6 +294,7 @@ impl SeenJobs {
         Ok(())
     }
 
+    #[cfg(any(test, feature = "fault-injection"))]
     /// Test hook (fault injection): the next `n` syncs fail (EIO).
     pub fn fail_next_syncs(&self, n: u32) {
         self.inner
@@ -303,6 +304,7 @@ impl SeenJobs {
             .fail_next_syncs(n);
     }
 
+    #[cfg(any(test, feature = "fault-injection"))]
     /// Test hook (fault injection): the next `n` writes fail like a full
     /// disk, each after writing half its line.
     pub fn fail_next_writes(&self, n: u32) {

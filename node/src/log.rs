@@ -262,12 +262,14 @@ impl JobLog {
         Ok(())
     }
 
+    #[cfg(any(test, feature = "fault-injection"))]
     /// Test hook (fault injection): the next `n` writes fail as on a full
     /// disk.
     pub fn fail_next_writes(&self, n: u32) {
         self.inner.lock().expect("log lock").records.fail_next(n);
     }
 
+    #[cfg(any(test, feature = "fault-injection"))]
     /// Test hook (fault injection): the next `n` syncs fail (EIO).
     pub fn fail_next_syncs(&self, n: u32) {
         self.inner

@@ -432,6 +432,7 @@ impl Appender {
         Ok(true)
     }
 
+    #[cfg(any(test, feature = "fault-injection"))]
     /// Test hook (fault injection): the next `n` appends fail like a full
     /// disk, each after writing half its line.
     pub fn fail_next(&mut self, n: u32) {
@@ -538,6 +539,7 @@ impl Writer {
         Ok(Recovered::InPlace)
     }
 
+    #[cfg(any(test, feature = "fault-injection"))]
     /// Test hook (fault injection): the next `n` writes fail as on a full
     /// disk.
     pub fn fail_next(&mut self, n: u32) {
@@ -546,6 +548,7 @@ impl Writer {
         }
     }
 
+    #[cfg(any(test, feature = "fault-injection"))]
     /// Test hook (fault injection): the next `n` syncs fail (EIO).
     pub fn fail_next_syncs(&self, n: u32) {
         if let Some(f) = self.file.as_ref() {
