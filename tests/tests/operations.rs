@@ -325,7 +325,9 @@ async fn readiness_follows_the_coordinator_link() {
     let node = "hospital-a";
     for addr in [coordinator_ops(&sb), node_ops(&sb, node)] {
         assert_eq!(get(addr, "/healthz").await, (200, "ok\n".into()));
-        assert_eq!(get(addr, "/readyz").await, (200, "ready\n".into()));
+        // The coordinator counts a node live on its hello; the node marks
+        // itself ready once the coordinator's welcome is in, a moment later.
+        assert_eq!(wait_for(addr, "/readyz", 200).await, "ready\n");
     }
 
     sb.stop_coordinator().await.unwrap();
