@@ -13,6 +13,7 @@ use crate::models::cox::Ties;
 use crate::models::glm::{Family, FitOptions};
 
 mod canonical;
+pub mod syntax;
 mod text;
 mod validate;
 use crate::models::survival::Grid;
