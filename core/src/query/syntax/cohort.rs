@@ -215,7 +215,7 @@ pub fn parse_cohort(text: &str, dict: &Dictionary) -> Result<Cohort> {
         .then_ignore(end())
         .parse(text)
         .into_result()
-        .map_err(|errors| grammar_error(text, errors))?;
+        .map_err(|errors| grammar_error(text, errors, ""))?;
     Lower { text, dict }.condition(&syntax)
 }
 

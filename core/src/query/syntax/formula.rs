@@ -170,7 +170,7 @@ pub fn parse_formula(text: &str, kind: AnalysisKind, dict: &Dictionary) -> Resul
         .then_ignore(end())
         .parse(text)
         .into_result()
-        .map_err(|errors| grammar_error(text, errors))?;
+        .map_err(|errors| grammar_error(text, errors, ":*^/%|"))?;
     Lower { text, dict, kind }.formula(&written)
 }
 

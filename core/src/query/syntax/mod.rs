@@ -102,8 +102,14 @@ pub(crate) fn at_column(text: &str, span: Range<usize>, message: impl AsRef<str>
     ))
 }
 
-/// The first grammar error, in words.
-fn grammar_error(text: &str, mut errors: Vec<Rich<'_, char>>) -> Error {
+/// Tokens the grammars try only to continue a number or a name, or to
+/// refuse an operator with a reason: listing them as "expected" would
+/// confuse more than help.
+pub(crate) const NOT_WORTH_EXPECTING: &str = ".eE(\\`";
+
+/// The first grammar error, in words. `quiet` lists further tokens not to
+/// mention as expected.
+fn grammar_error(text: &str, mut errors: Vec<Rich<'_, char>>, quiet: &str) -> Error {
     errors.sort_by_key(|e| e.span().start);
     let Some(e) = errors.into_iter().next() else {
         return Error::internal("the parser failed without saying why");
@@ -112,10 +118,25 @@ fn grammar_error(text: &str, mut errors: Vec<Rich<'_, char>>) -> Error {
         RichReason::Custom(m) => m.clone(),
         RichReason::ExpectedFound { expected, found } => {
             let mut wanted: Vec<String> = Vec::new();
+            let mut open_string = false;
             for p in expected {
                 let w = match p {
+                    RichPattern::Token(t) if matches!(**t, '"' | '\'') => {
+                        open_string = true;
+                        continue;
+                    }
+                    RichPattern::Token(t)
+                        if NOT_WORTH_EXPECTING.contains(**t) || quiet.contains(**t) =>
+                    {
+                        continue
+                    }
+                    RichPattern::Token(t) if **t == '%' => "%in%".to_string(),
                     RichPattern::Token(t) => format!("\"{}\"", **t),
-                    RichPattern::Label(l) if l == "whitespace" => continue,
+                    RichPattern::Label(l)
+                        if matches!(l.as_ref(), "whitespace" | "inline whitespace" | "digit") =>
+                    {
+                        continue
+                    }
                     RichPattern::Label(l) => l.to_string(),
                     RichPattern::Identifier(i) => i.clone(),
                     RichPattern::EndOfInput => "the end of the text".into(),
@@ -125,18 +146,24 @@ fn grammar_error(text: &str, mut errors: Vec<Rich<'_, char>>) -> Error {
                     wanted.push(w);
                 }
             }
-            let found = match found {
-                Some(c) => format!("\"{}\"", **c),
-                None => "the end of the text".into(),
+            let found = match found.as_deref() {
+                None => "the end of the text".to_string(),
+                Some(' ') => "a space".to_string(),
+                Some('"') => "'\"'".to_string(),
+                Some(c) => format!("\"{c}\""),
             };
-            match wanted.len() {
-                0 => format!("unexpected {found}"),
-                1 => format!("expected {}, found {found}", wanted[0]),
-                n => format!(
-                    "expected {} or {}, found {found}",
-                    wanted[..n - 1].join(", "),
-                    wanted[n - 1]
-                ),
+            if open_string && found == "the end of the text" {
+                "the string is not closed; end it with the quote it starts with".to_string()
+            } else {
+                match wanted.len() {
+                    0 => format!("unexpected {found}"),
+                    1 => format!("expected {}, found {found}", wanted[0]),
+                    n => format!(
+                        "expected {} or {}, found {found}",
+                        wanted[..n - 1].join(", "),
+                        wanted[n - 1]
+                    ),
+                }
             }
         }
     };

@@ -212,7 +212,15 @@ fn cohort_errors_name_the_column() {
         assert!(message.starts_with(expected), "{text}: {message}");
     }
     assert_eq!(cohort_error("   "), "the cohort expression is empty");
-    assert!(cohort_error("age >= 65)").contains("found \")\""));
+    assert_eq!(
+        cohort_error("age >= 65)"),
+        "column 10: expected %in%, \"&\", \"|\" or the end of the text, found \")\""
+    );
+    assert_eq!(
+        cohort_error("sex == \"F"),
+        "column 10: the string is not closed; end it with the quote it starts with"
+    );
+    assert!(cohort_error("1 < age < 5").starts_with("column 9: expected"));
 }
 
 #[test]
