@@ -20,6 +20,8 @@ mod cohort;
 mod formula;
 mod lex;
 mod print;
+#[cfg(test)]
+mod proptests;
 mod request;
 #[cfg(test)]
 mod tests;
@@ -56,16 +58,24 @@ fn precheck(what: &str, text: &str) -> Result<()> {
     if text.trim().is_empty() {
         return Err(Error::invalid(format!("the {what} is empty")));
     }
+    // Parentheses open, and the `!`s in a row (each nests the rest).
     let (mut depth, mut bangs, mut quote) = (0usize, 0usize, None);
-    for (at, c) in text.char_indices() {
+    let mut chars = text.char_indices().peekable();
+    while let Some((at, c)) = chars.next() {
         match (quote, c) {
             (Some(q), c) if c == q => quote = None,
             (Some(_), _) => {}
             (None, '"' | '\'' | '`') => quote = Some(c),
-            (None, '(') => depth += 1,
-            (None, ')') => depth = depth.saturating_sub(1),
-            (None, '!') => bangs += 1,
-            _ => {}
+            (None, '!') if chars.peek().is_some_and(|(_, next)| *next != '=') => bangs += 1,
+            (None, c) if c.is_whitespace() => {}
+            (None, c) => {
+                bangs = 0;
+                match c {
+                    '(' => depth += 1,
+                    ')' => depth = depth.saturating_sub(1),
+                    _ => {}
+                }
+            }
         }
         if depth + bangs > MAX_NESTING {
             return Err(at_column(
