@@ -27,14 +27,13 @@ pub fn formula_text(analysis: &Analysis) -> Option<String> {
             intercept,
             ..
         } => {
-            let mut terms = right(covariates);
-            match (terms.is_empty(), intercept) {
-                (true, true) => terms.push("1".into()),
-                (true, false) => terms.push("0".into()),
-                (false, true) => {}
-                (false, false) => terms.push("- 1".into()),
-            }
-            let text = terms.join(" + ").replace("+ - 1", "- 1");
+            let terms = right(covariates).join(" + ");
+            let text = match (terms.is_empty(), intercept) {
+                (true, true) => "1".to_string(),
+                (true, false) => "0".to_string(),
+                (false, true) => terms,
+                (false, false) => format!("{terms} - 1"),
+            };
             Some(format!("{} ~ {text}", name_text(outcome)))
         }
         Analysis::Cox {
