@@ -140,8 +140,8 @@ pub async fn query(
 ) -> anyhow::Result<()> {
     let text =
         std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
-    // Either form, tree or text; errors in it before any connection.
-    crate::verbs::parse_request(&text)?;
+    // Either form, tree or text: the coordinator reads it with the
+    // network's dictionary.
     let client = Client::connect(conn).await?;
     let id = crate::verbs::submit_request(&client, study, &text).await?;
     show_result(&client, &id, wait, format, plot).await

@@ -11,7 +11,10 @@ use serde_json::{json, Map, Value as Json};
 use plexus_client::{outcome, Client, ConnectArgs};
 use plexus_core::pool::PooledResult;
 use plexus_core::query::syntax;
-use plexus_core::{Cohort, CompareOp, Dictionary, Query, Value, VarType};
+use plexus_core::{Cohort, CompareOp, Value};
+#[cfg(test)]
+use plexus_core::{Dictionary, Query};
+use plexus_proto::v1 as pb;
 
 use crate::output::{self, Format};
 
@@ -150,21 +153,11 @@ pub fn parse_grid(text: &str) -> anyhow::Result<Json> {
     Ok(json!(points))
 }
 
-/// The dictionary the CLI parses query text with before sending it.
-fn local_dictionary() -> Dictionary {
-    Dictionary::cardiovascular()
-}
-
-/// The query a request stands for, parsed here so that a typo is reported
-/// at once, with a caret under its column.
-pub fn parse_request(request: &str) -> anyhow::Result<Query> {
-    Query::from_request(request, &local_dictionary()).map_err(|e| {
-        let shown = match pointer(request, &e.message) {
-            Some(p) => format!("{}\n{p}", e.message),
-            None => e.message.clone(),
-        };
-        anyhow::anyhow!("query refused [{}]: {}", e.code, output::safe_text(&shown))
-    })
+/// The query a request stands for with the embedded dictionary, as the
+/// coordinator of the demo network reads it.
+#[cfg(test)]
+fn parse_request(request: &str) -> anyhow::Result<Query> {
+    Query::from_request(request, &Dictionary::cardiovascular()).map_err(|e| refused(request, &e))
 }
 
 /// The caret under the column an error names, in the request's `"where"`
@@ -184,17 +177,23 @@ fn pointer(request: &str, message: &str) -> Option<String> {
 }
 
 /// Submits a query request (either form of docs/src/reference/query-format.md)
-/// and returns the query's id.
+/// and returns the query's id. The coordinator reads the text with the
+/// network's dictionary; an error in it comes back naming the column, and
+/// is shown with a caret under it.
 pub async fn submit_request(client: &Client, study: &str, request: &str) -> anyhow::Result<String> {
-    // TODO(query_json): once SubmitQueryRequest carries the request text
-    // (`query_json`), send `request` as it is and let the coordinator parse
-    // it with the network's dictionary; until then the text is parsed here
-    // with the embedded dictionary and the tree is sent.
-    let query = parse_request(request)?;
     client
-        .submit(study, &query)
+        .submit_json(study, request)
         .await
-        .map_err(|e| anyhow::anyhow!("query refused [{}]: {}", e.code, e.message))
+        .map_err(|e| refused(request, &e))
+}
+
+/// A refusal, with a caret under the column of the text it names.
+fn refused(request: &str, e: &plexus_core::Error) -> anyhow::Error {
+    let shown = match pointer(request, &e.message) {
+        Some(p) => format!("{}\n{p}", e.message),
+        None => e.message.clone(),
+    };
+    anyhow::anyhow!("query refused [{}]: {}", e.code, output::safe_text(&shown))
 }
 
 /// Submits one request and prints its result (and its plot).
@@ -205,8 +204,6 @@ pub async fn run(
     plot: Option<&std::path::Path>,
 ) -> anyhow::Result<()> {
     let request = request_of(options, analysis);
-    // Errors in the text before any connection is made.
-    parse_request(&request)?;
     let client = Client::connect(conn).await?;
     let id = submit_request(&client, &options.study, &request).await?;
     crate::commands::show_result(&client, &id, wait(options), options.output, plot).await
@@ -231,13 +228,15 @@ pub fn level_cohort(cohort: Option<&str>, variable: &str, level: &Value) -> Stri
     }
 }
 
-/// The levels of a `--by` variable, as the values a condition compares
-/// with.
-pub fn levels(dict: &Dictionary, variable: &str) -> anyhow::Result<Vec<Value>> {
-    let v = dict.get(variable)?;
-    Ok(match v.kind {
-        VarType::Boolean => vec![Value::Boolean(false), Value::Boolean(true)],
-        VarType::Categorical => v.categories.iter().cloned().map(Value::Text).collect(),
+/// The levels of a `--by` variable in the coordinator's dictionary, as the
+/// values a condition compares with.
+pub fn levels(dict: &pb::Dictionary, variable: &str) -> anyhow::Result<Vec<Value>> {
+    let Some(v) = dict.variables.iter().find(|v| v.name == variable) else {
+        bail!("--by: no variable \"{variable}\" in the network's dictionary (list them with GET /v1/dictionary or `plexus study show`)")
+    };
+    Ok(match v.r#type.as_str() {
+        "boolean" => vec![Value::Boolean(false), Value::Boolean(true)],
+        "categorical" => v.categories.iter().cloned().map(Value::Text).collect(),
         other => {
             bail!("--by needs a categorical or boolean variable, and \"{variable}\" is {other}")
         }
@@ -251,7 +250,13 @@ pub async fn summary_by(
     variable: &str,
     by: &str,
 ) -> anyhow::Result<()> {
-    let dict = local_dictionary();
+    let client = Client::connect(conn).await?;
+    let dict = client
+        .research()
+        .get_dictionary(pb::GetDictionaryRequest {})
+        .await
+        .map_err(|s| anyhow::anyhow!("{}", plexus_proto::convert::from_status(&s)))?
+        .into_inner();
     let levels = levels(&dict, by)?;
     let requests: Vec<(String, String)> = levels
         .iter()
@@ -266,10 +271,6 @@ pub async fn summary_by(
             (level_label(level), request)
         })
         .collect();
-    for (_, request) in &requests {
-        parse_request(request)?;
-    }
-    let client = Client::connect(conn).await?;
     let mut results: Vec<(String, Result<PooledResult, String>)> = Vec::new();
     for (label, request) in requests {
         let answer = async {
@@ -410,7 +411,7 @@ mod tests {
         for analysis in analyses {
             let request = request_of(&o, analysis);
             let q = parse_request(&request).unwrap();
-            q.validate(&local_dictionary()).unwrap();
+            q.validate(&Dictionary::cardiovascular()).unwrap();
         }
         let q = parse_request(&request_of(&o, glm("death ~ age", Family::Binomial))).unwrap();
         assert_eq!(
@@ -467,8 +468,9 @@ mod tests {
 
     #[test]
     fn by_levels_add_to_the_cohort() {
-        let d = local_dictionary();
-        let levels = levels(&d, "smoking").unwrap();
+        let d = Dictionary::cardiovascular();
+        let wire = plexus_proto::convert::dictionary_to_pb(&d);
+        let levels = levels(&wire, "smoking").unwrap();
         assert_eq!(levels.len(), 3);
         assert_eq!(
             level_cohort(Some("age >= 65 | bmi > 30"), "smoking", &levels[1]),
@@ -478,7 +480,8 @@ mod tests {
             level_cohort(None, "diabetes", &Value::Boolean(true)),
             "diabetes == TRUE"
         );
-        assert!(levels_error(&d, "age").contains("categorical or boolean"));
+        assert!(levels_error(&wire, "age").contains("categorical or boolean"));
+        assert!(levels_error(&wire, "smokin").contains("no variable \"smokin\""));
         for level in levels {
             let request = request_json(
                 summary("bmi"),
@@ -497,7 +500,7 @@ mod tests {
         assert_eq!(rendered, "smoking = never:\nrefused: too few patients");
     }
 
-    fn levels_error(d: &Dictionary, v: &str) -> String {
+    fn levels_error(d: &pb::Dictionary, v: &str) -> String {
         levels(d, v).unwrap_err().to_string()
     }
 }

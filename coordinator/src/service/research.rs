@@ -349,11 +349,11 @@ impl ResearchService {
 fn read_query(
     tree: Option<pb::Query>,
     json: &str,
-    _dictionary: &plexus_core::Dictionary,
+    dictionary: &plexus_core::Dictionary,
 ) -> Result<Query, Error> {
     match (tree, json.is_empty()) {
         (Some(q), true) => Query::try_from(q),
-        (None, false) => Query::from_json(json),
+        (None, false) => Query::from_request(json, dictionary),
         (Some(_), false) => Err(Error::invalid(
             "the request carries the query twice (as a tree and as JSON); send one",
         )),

@@ -317,6 +317,10 @@ pub struct GlmFitter {
     centres: Vec<f64>,
     /// The coefficients before the last step.
     previous_beta: Vec<f64>,
+    /// The pooled X'WX the last step was solved from (weights at the
+    /// coefficients before it), whose inverse R's `glm` and statsmodels
+    /// report as the covariance of an exact fit.
+    previous_xtwx: Option<Vec<f64>>,
     /// Under differential privacy: the pooled noise variance of each
     /// X'WX entry (packed) and each X'Wz entry, for the standard errors.
     noise: Option<(Vec<f64>, Vec<f64>)>,
@@ -359,6 +363,7 @@ impl GlmFitter {
             rounds: None,
             centres: Vec::new(),
             previous_beta: Vec::new(),
+            previous_xtwx: None,
             noise: None,
         }
     }
@@ -416,6 +421,7 @@ impl IterativeFit for GlmFitter {
             ));
         }
         self.previous_deviance = Some(deviance);
+        self.previous_xtwx = Some(pooled.xtwx.clone());
         self.previous_beta = std::mem::replace(&mut self.beta, beta);
         self.round += 1;
         Ok(Step::Next(Iteration {
@@ -440,7 +446,19 @@ impl GlmFitter {
 
     fn finish(&self, pooled: &GlmStats, converged: bool) -> Result<Step<GlmResult>> {
         let p = self.parameters();
-        let (_, inverse) = self.solve(pooled)?;
+        // An exact fit reports the covariance as R's glm.fit and
+        // statsmodels' IRLS do: from the X'WX of the step that gave the
+        // final coefficients (weights one step behind them), so that the
+        // standard errors equal theirs to the last digits, not to the
+        // fit's tolerance. A private fit keeps the last round's, which its
+        // noise terms below are computed for.
+        let (_, inverse) = match (&self.previous_xtwx, self.rounds) {
+            (Some(xtwx), None) => self.solve(&GlmStats {
+                xtwx: xtwx.clone(),
+                ..pooled.clone()
+            })?,
+            _ => self.solve(pooled)?,
+        };
         let n = pooled.n as f64;
         let df_residual = n - p as f64;
         let (dispersion, reference, statistic) = match self.family {
