@@ -12,9 +12,10 @@
 #' asked for the studies once, so a wrong CA or a refused certificate shows
 #' now rather than at the first query.
 #'
-#' @param url The coordinator's address, e.g. `"https://127.0.0.1:50051"`.
-#'   Defaults to the `url` of `connect_file`, else the `PLEXUS_URL`
-#'   environment variable.
+#' @param url The coordinator's address, e.g. `"https://127.0.0.1:7443"`.
+#'   Defaults to the `url` of `connect_file`, else the `PLEXUS_URL` or
+#'   `PLEXUS_COORDINATOR` environment variable (as the CLI), else
+#'   `https://127.0.0.1:7443`.
 #' @param ca The network CA certificate (PEM) the coordinator's certificate
 #'   must be signed by.
 #' @param cert,key Your client certificate and its private key (PEM).
@@ -32,7 +33,7 @@
 #' @examples
 #' \dontrun{
 #' con <- px_connect(connect_file = "demo/connect.json", role = "researcher")
-#' con <- px_connect(pki = "pki", as = "alice", url = "https://127.0.0.1:50051")
+#' con <- px_connect(pki = "pki", as = "alice", url = "https://127.0.0.1:7443")
 #' }
 #' @export
 px_connect <- function(url = NULL, ca = NULL, cert = NULL, key = NULL,
@@ -73,10 +74,8 @@ px_connect <- function(url = NULL, ca = NULL, cert = NULL, key = NULL,
   } else {
     role <- NULL
   }
-  url <- url %||% (if (nzchar(Sys.getenv("PLEXUS_URL"))) Sys.getenv("PLEXUS_URL"))
-  if (is.null(url)) {
-    connection_abort("no coordinator address: give `url`, a `connect_file`, or set PLEXUS_URL")
-  }
+  url <- url %||% env_or_null("PLEXUS_URL") %||% env_or_null("PLEXUS_COORDINATOR") %||%
+    "https://127.0.0.1:7443"
   url <- sub("/+$", "", url)
   con <- structure(list(
     url = url, ca = ca, cert = cert, key = key, name = name, role = role,
@@ -146,6 +145,11 @@ check_certificate_dates <- function(con) {
       con$cert, identity_label(con), format(dates[1], "%Y-%m-%d %H:%M:%S UTC")), file = con$cert)
   }
   invisible()
+}
+
+env_or_null <- function(name) {
+  value <- Sys.getenv(name)
+  if (nzchar(value)) value
 }
 
 `%||%` <- function(a, b) if (is.null(a)) b else a
