@@ -83,7 +83,7 @@ print.px_glm <- function(x, digits = max(3L, getOption("digits") - 3L),
   df <- format(c(v$df_null, v$df_residual))
   label <- format(c("Null deviance:", "Residual deviance:"), justify = "right")
   cat(paste0(label, " ", dev, "  on ", df, "  degrees of freedom\n"), sep = "")
-  cat(sprintf("n = %s complete cases (missing values: %s)\n", format(v$n), v$missing %||% "?"))
+  cat(sprintf("n = %s (%s)\n", format(v$n), gsub("_", " ", v$missing %||% "complete_cases")))
   cat(sprintf("\nNumber of Fisher Scoring iterations: %s%s\n", v$iterations,
               if (isFALSE(v$converged)) " (did not converge)" else ""))
   print_by_site(x, function(s) paste(sprintf("%s %s", term_label(chr(s$coefficients, "term")),

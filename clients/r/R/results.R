@@ -51,7 +51,9 @@ print_provenance <- function(x) {
   }
   for (note in unlist(p$notes)) cat("  note:", note, "\n")
   pr <- x$privacy
-  if (is.null(pr) || isTRUE(pr$exact)) {
+  if (is.null(pr)) {
+    cat("Privacy: not stated\n")
+  } else if (isTRUE(pr$exact)) {
     cat("Privacy: exact study (no noise, no budget)\n")
   } else {
     cat(sprintf("Privacy: cost rho %s (charged %s%s); budget left rho %s of %s (epsilon spent %s at delta %s)\n",
@@ -73,7 +75,7 @@ print.px_result <- function(x, ...) {
 
 #' @export
 print.px_count <- function(x, ...) {
-  cat("Count:", cell_text(x$value$n), "\n")
+  cat(sprintf("Count: %s\n", cell_text(x$value$n)))
   print_by_site(x, function(v) cell_text(v$n))
   print_provenance(x)
 }

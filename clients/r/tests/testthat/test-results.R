@@ -101,7 +101,7 @@ test_that("kaplan-meier tidies like broom's survfit and plots", {
 test_that("counts, summaries and tables print and convert", {
   n <- result_of("count.json", px_count, study = "aaa-outcomes")
   out <- capture.output(print(n))
-  expect_equal(out[1], "Count: 1234 ")
+  expect_equal(out[1], "Count: 1234")
   expect_true(any(grepl("hospital-b: no answer: disclosure: cohort under 5", out, fixed = TRUE)))
   expect_true(any(grepl("noise sd of a count: 7.07", out, fixed = TRUE)))
   expect_equal(as.data.frame(n), data.frame(n = 1234, suppressed = FALSE))
