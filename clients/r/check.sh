@@ -62,7 +62,7 @@ rout=$(ls plexus.Rcheck/tests/testthat.Rout* 2>/dev/null | head -1 || true)
 if [[ -n "$rout" ]]; then
   echo "== testthat ($rout)"
   # The summary line and every skip, failure and warning with its reason.
-  sed -n '/══ Skipped\|══ Failed\|══ Warnings\|\[ FAIL/,$p' "$rout" | tail -n 80
+  sed -n '/^> test_check/,/^> proc.time/p' "$rout" | sed '1d;$d' | tail -n 120
 fi
 warnings=$(grep -cE '\.\.\. (WARNING|ERROR)$' "$log" || true)
 notes=$(grep -cE '\.\.\. NOTE$' "$log" || true)
