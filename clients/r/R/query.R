@@ -14,9 +14,13 @@ where_text <- function(where) {
   px_abort("invalid", "`where` is a string such as \"age >= 65 & sex == 'M'\" or a one-sided formula")
 }
 
+# The formula's text; `survival::Surv` is written `Surv`, as the
+# coordinator's syntax knows it.
 formula_text <- function(formula) {
-  if (inherits(formula, "formula")) return(deparse_text(formula))
-  if (is.character(formula) && length(formula) == 1 && !is.na(formula)) return(formula)
+  if (inherits(formula, "formula")) formula <- deparse_text(formula)
+  if (is.character(formula) && length(formula) == 1 && !is.na(formula)) {
+    return(gsub("survival::Surv(", "Surv(", formula, fixed = TRUE))
+  }
   px_abort("invalid", "`formula` is an R formula (`death ~ age + smoking`) or its text")
 }
 

@@ -53,7 +53,7 @@ test_that("cox and kaplan-meier send their formula, ties and grid", {
   px_km(con, Surv(followup_days, death) ~ 1, study = "s", grid = I(c(0, 365, 730)))
   b <- posted(con)
   expect_equal(b[[1]]$analysis$cox,
-               list(formula = "survival::Surv(followup_days, death) ~ age + diabetes", ties = "breslow"))
+               list(formula = "Surv(followup_days, death) ~ age + diabetes", ties = "breslow"))
   expect_equal(b[[2]]$analysis$cox, list(formula = "Surv(followup_days, death) ~ age"))
   expect_equal(b[[3]]$analysis$kaplan_meier,
                list(formula = "Surv(followup_days, death) ~ diabetes",
