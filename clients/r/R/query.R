@@ -57,7 +57,26 @@ query_body <- function(analysis, where = NULL, by_site = FALSE, rho = NULL) {
 
 empty_object <- function() structure(list(), names = character(0))
 
-# Submits one query to `study` and waits for its result.
+#' Submit any analysis
+#'
+#' The general form behind [px_count()], [px_glm()] and the others: any
+#' analysis of the query format (docs/src/reference/query-format.md) as an R list, e.g.
+#' `list(histogram = list(variable = "age", edges = c(40, 60, 80, 100)))`,
+#' `list(two_by_two = list(exposure = "diabetes", outcome = "death"))`,
+#' `list(quantiles = ...)` or `list(correlation = ...)`.
+#'
+#' @inheritParams px_count
+#' @param analysis The analysis object as a named list (one element).
+#' @param call Recorded in the result, for printing.
+#' @return A result object: `px_count`, `px_glm`, ... by the result's kind,
+#'   else a `px_result` whose `value` is the coordinator's JSON as lists.
+#' @examples
+#' \dontrun{
+#' h <- px_query(con, "aaa-validation",
+#'               list(histogram = list(variable = "age", edges = c(40, 60, 80, 100))))
+#' h$value$bins
+#' }
+#' @export
 px_query <- function(con, study, analysis, where = NULL, by_site = FALSE, rho = NULL,
                      timeout = NULL, call = NULL) {
   stopifnot(inherits(con, "px_connection"))

@@ -145,3 +145,18 @@ test_that("studies, dictionary, budget and audit log decode into data frames", {
   expect_true(is.na(a$job_id))
   expect_s3_class(a$at, "POSIXct")
 })
+
+test_that("any analysis goes through px_query and prints in its raw form", {
+  hist <- json(list(query_id = "qh", study_id = "s", status = "succeeded", error = NULL,
+                    result = list(value = list(kind = "histogram", variable = "age", edges = c(40, 60, 80),
+                                               bins = list(list(count = 10), list(suppressed_at = list("hospital-a"))),
+                                               below = list(), above = list()),
+                                  provenance = list(nodes = list(list(node = "hospital-a", status = "answered")),
+                                                    answered = 1, min_nodes = 1, min_cell_size = 5))))
+  con <- fake_connection(answering(hist))
+  h <- px_query(con, "s", list(histogram = list(variable = "age", edges = c(40, 60, 80))))
+  expect_equal(posted(con)[[1]]$analysis$histogram$edges, list(40, 60, 80))
+  expect_s3_class(h, c("px_histogram", "px_result"))
+  expect_equal(h$value$bins[[1]]$count, 10)
+  expect_output(print(h), "Plexus result of kind histogram")
+})
