@@ -75,7 +75,7 @@ test_that("Kaplan-Meier curves equal survfit at the grid times", {
   for (level in c("FALSE", "TRUE")) {
     ours <- td[td$strata == paste0("diabetes=", tolower(level)) & !is.na(td$estimate), ]
     expect_gt(nrow(ours), 10)
-    rs <- summary(rfit[paste0("diabetes=", level)], times = ours$time)
+    rs <- summary(rfit[paste0("diabetes=", level)], times = ours$time, extend = TRUE)
     expect_equal(rs$time, ours$time)
     expect_relative(ours$estimate, rs$surv, label = paste("survival, diabetes", level))
     se <- !is.na(ours$std.error)
