@@ -26,19 +26,22 @@ px_studies <- function(con) {
 #' The network's data dictionary
 #'
 #' @inheritParams px_studies
-#' @return A data frame: `name`, `type` (numeric, integer, categorical,
-#'   boolean, date), `levels` (comma-separated), `unit`, `description`. The
-#'   levels as lists are in `attr(, "levels")`.
+#' @return A data frame: `name`, `type` (integer, float, categorical,
+#'   boolean, date), `levels` (the categories, comma-separated; the first is
+#'   a model's reference level), `unit`, `min`, `max` (public bounds, as
+#'   text), `description`. The levels as vectors are in `attr(, "levels")`.
 #' @export
 px_dictionary <- function(con) {
   vars <- px_get(con, "/v1/dictionary")$variables
-  levels <- lapply(vars, function(v) unlist(v$levels))
+  levels <- lapply(vars, function(v) unlist(v$categories %||% v$levels))
   out <- data.frame(
     name = chr(vars, "name"),
     type = chr(vars, "type"),
     levels = vapply(levels, function(l) if (length(l)) paste(l, collapse = ", ") else NA_character_,
                     character(1)),
     unit = chr(vars, "unit"),
+    min = chr(vars, "min"),
+    max = chr(vars, "max"),
     description = chr(vars, "description"),
     stringsAsFactors = FALSE)
   attr(out, "levels") <- stats::setNames(levels, out$name)

@@ -45,11 +45,19 @@ family_name <- function(family) {
   px_abort("invalid", "`family` is \"gaussian\", \"binomial\", \"poisson\" or a family object such as binomial()")
 }
 
-# The QueryRequest body as JSON text.
-query_body <- function(analysis, where = NULL, by_site = FALSE, rho = NULL) {
+# The QueryRequest body as JSON text: the cohort and formula as text, or
+# with syntax = "tree" as the query tree (see tree.R).
+query_body <- function(analysis, where = NULL, by_site = FALSE, rho = NULL, syntax = "text") {
   body <- list()
-  if (!is.null(where)) body$where <- where_text(where)
-  body$analysis <- analysis
+  where <- where_text(where)
+  if (identical(syntax, "tree")) {
+    tree <- to_tree(analysis, where)
+    body$cohort <- tree$cohort
+    body$analysis <- tree$analysis
+  } else {
+    body$where <- where
+    body$analysis <- analysis
+  }
   if (isTRUE(by_site)) body$by_site <- TRUE
   if (!is.null(rho)) body$rho <- rho
   as.character(jsonlite::toJSON(body, auto_unbox = TRUE, digits = NA, null = "null"))
@@ -83,7 +91,7 @@ px_query <- function(con, study, analysis, where = NULL, by_site = FALSE, rho = 
   if (!is.character(study) || length(study) != 1) {
     px_abort("invalid", "`study` is one study id, e.g. \"aaa-validation\"")
   }
-  body <- query_body(analysis, where, by_site, rho)
+  body <- query_body(analysis, where, by_site, rho, syntax = con$syntax %||% "text")
   accepted <- px_post(con, paste0("/v1/studies/", path_segment(study), "/queries"), body)
   if (is.null(accepted$query_id)) {
     px_abort("internal", "the coordinator accepted the query without giving its id")

@@ -134,7 +134,8 @@ test_that("each failure arrives as its condition class with the coordinator's me
     err <- expect_error(px_count(case$con, case$study, where = case$where), class = case$class)
     expect_s3_class(err, c("plexus_error", "error", "condition"))
     expect_match(conditionMessage(err), case$word, fixed = TRUE)
-    body <- plexus:::query_body(list(count = plexus:::empty_object()), case$where)
+    body <- plexus:::query_body(list(count = plexus:::empty_object()), case$where,
+                                syntax = case$con$syntax)
     expect_equal(conditionMessage(err), raw_error(case$con, case$study, body)$message)
   }
 })

@@ -160,3 +160,31 @@ test_that("any analysis goes through px_query and prints in its raw form", {
   expect_equal(h$value$bins[[1]]$count, 10)
   expect_output(print(h), "Plexus result of kind histogram")
 })
+
+test_that("with syntax = \"tree\" R parses cohorts and formulas into the query tree", {
+  con <- fake_connection(answering(fixture("glm_binomial.json")))
+  con$syntax <- "tree"
+  px_glm(con, death ~ age + smoking - 1, family = "binomial", study = "s",
+         where = ~ age >= 65 & (sex == "M" | !is.na(bmi)) & smoking %in% c("never", "former") & !(diabetes == TRUE) & x > -2)
+  px_cox(con, Surv(followup_days, death) ~ age, study = "s", ties = "breslow")
+  px_km(con, Surv(followup_days, death) ~ diabetes, study = "s", where = ~ is.na(bmi))
+  px_km(con, Surv(followup_days, death) ~ 1, study = "s")
+  b <- posted(con)
+  expect_null(b[[1]]$where)
+  expect_equal(b[[1]]$analysis$glm, list(family = "binomial", outcome = "death",
+                                         covariates = list("age", "smoking"), intercept = FALSE))
+  expect_equal(b[[1]]$cohort, list(and = list(
+    list(compare = list(variable = "age", op = ">=", value = 65)),
+    list(or = list(list(compare = list(variable = "sex", op = "==", value = "M")),
+                   list(not_null = list(variable = "bmi")))),
+    list("in" = list(variable = "smoking", values = list("never", "former"))),
+    list(not = list(compare = list(variable = "diabetes", op = "==", value = TRUE))),
+    list(compare = list(variable = "x", op = ">", value = -2)))))
+  expect_equal(b[[2]]$analysis$cox, list(time = "followup_days", event = "death",
+                                         covariates = list("age"), ties = "breslow"))
+  expect_equal(b[[3]]$analysis$kaplan_meier$group, "diabetes")
+  expect_equal(b[[3]]$cohort, list(is_null = list(variable = "bmi")))
+  expect_null(b[[4]]$analysis$kaplan_meier$group)
+  expect_error(px_glm(con, death ~ age * sex, study = "s"), class = "plexus_invalid_error",
+               regexp = "age \\* sex is not a dictionary variable")
+})
