@@ -110,12 +110,14 @@ connection_abort <- function(message, ...) px_abort("connection", message, ...)
 tls_abort <- function(con, msg) {
   who <- identity_label(con)
   lower <- tolower(msg)
-  hint <- if (grepl("expired", lower)) {
-    sprintf("the coordinator refused the client certificate %s (%s) as expired: ask the network admin for a new one",
-            con$cert, who)
-  } else if (grepl("unable to get local issuer|self.signed|certificate verify failed|unknown issuer|unable to verify", lower)) {
+  hint <- if (grepl("ssl peer certificate or ssh remote key was not ok|unable to get local issuer|self.signed|certificate verify failed|unknown issuer|unable to verify", lower)) {
+    # curl's code for a server certificate it does not trust (its detail
+    # text may be left over from an earlier handshake).
     sprintf("the coordinator's certificate is not signed by the CA in %s: check that `ca` is the network's CA (pki/ca.pem)",
             con$ca)
+  } else if (grepl("expired", lower)) {
+    sprintf("the coordinator refused the client certificate %s (%s) as expired: ask the network admin for a new one",
+            con$cert, who)
   } else if (grepl("unknown ca|bad certificate|certificate required|handshake failure|certificate unknown|decrypt error|access denied", lower)) {
     sprintf("the coordinator refused the client certificate %s (%s): it must be issued by the network's CA and not revoked",
             con$cert, who)

@@ -119,3 +119,8 @@ expect_relative <- function(actual, expected, tol = 1e-8, label = "") {
   testthat::expect_true(all(is.finite(actual)) && worst <= tol,
                         label = sprintf("%s: largest relative difference %.3g (tolerance %g)", label, worst, tol))
 }
+
+# How the CLI reaches the demo: its PKI, certificate name and address.
+cli_connection_args <- function(l) {
+  c("--pki", l$cf$pki, "--as", l$cf$identities$researcher$name, "--coordinator", l$cf$url)
+}
