@@ -42,7 +42,7 @@ as.data.frame.px_km <- function(x, ...) tidy.px_km(x, ...)
 #' @export
 print.px_km <- function(x, ...) {
   v <- x$value
-  cat(sprintf("Kaplan-Meier: Surv(%s, %s) ~ %s, %s grid intervals from %s; 95%% intervals: %s\n\n",
+  cat(sprintf("Kaplan-Meier: Surv(%s, %s) ~ %s, %s grid intervals from %s; intervals: %s\n\n",
               v$time, v$event, v$group %||% "1", v$grid_intervals, v$start, v$confidence))
   curves <- v$curves
   tab <- data.frame(

@@ -1,22 +1,25 @@
 # Records the coordinator's QueryResult JSON for a few queries into
 # tests/testthat/fixtures/live_*.json, so the offline tests print and tidy
 # real answers:
-#   Rscript clients/r/tools/record-fixtures.R DIR/connect.json
-# (from a `plexus demo --serve --dir DIR`; needs the package installed).
+#   Rscript clients/r/tools/record-fixtures.R DIR/connect.json [text|tree]
+# (from a `plexus demo --serve --dir DIR`; needs the package installed;
+# `tree` for a coordinator without the text syntax).
 
 library(plexus)
 args <- commandArgs(trailingOnly = TRUE)
-if (length(args) != 1) stop("usage: record-fixtures.R DIR/connect.json")
+if (!length(args) %in% 1:2) stop("usage: record-fixtures.R DIR/connect.json [text|tree]")
 here <- dirname(normalizePath(sub("^--file=", "", grep("^--file=", commandArgs(), value = TRUE))))
 out <- file.path(here, "..", "tests", "testthat", "fixtures")
 cf <- jsonlite::fromJSON(args[[1]])
-con <- px_connect(connect_file = args[[1]], role = "researcher")
+con <- px_connect(connect_file = args[[1]], role = "researcher",
+                  syntax = if (length(args) == 2) args[[2]] else "text")
 exact <- cf$studies$exact
 private <- cf$studies$private
 
 record <- function(name, study, analysis, where = NULL) {
-  body <- plexus:::query_body(analysis, where)
+  body <- plexus:::query_body(analysis, where, syntax = con$syntax)
   resp <- con$transport("POST", paste0(con$url, "/v1/studies/", study, "/queries"), body, con)
+  if (resp$status != 202) stop(name, ": ", resp$body)
   id <- jsonlite::fromJSON(resp$body)$query_id
   repeat {
     r <- con$transport("GET", paste0(con$url, "/v1/queries/", id, "?wait_ms=30000"), NULL, con, timeout = 60)
