@@ -1,5 +1,5 @@
 # Times the R client against a running network:
-#   Rscript clients/r/bench.R [--connect DIR/connect.json] [--n 20] [--study ID]
+#   Rscript clients/r/bench.R [--connect DIR/connect.json] [--n 20] [--study ID] [--syntax text|tree]
 # Without --connect it starts `$PLEXUS_BIN demo --serve` in a temporary
 # folder (its start-up is not timed). Prints the time from library(plexus)
 # to the first count's result, then the median (and range) of N counts and
@@ -45,7 +45,7 @@ if (!is.null(demo)) {
 
 t0 <- Sys.time()
 library(plexus)
-con <- px_connect(connect_file = connect, role = "researcher")
+con <- px_connect(connect_file = connect, role = "researcher", syntax = opt("syntax", "text"))
 first <- px_count(con, study)
 t_first <- as.numeric(difftime(Sys.time(), t0, units = "secs"))
 
@@ -56,9 +56,9 @@ time_it <- function(f) {
     as.numeric(difftime(Sys.time(), t, units = "secs"))
   }, numeric(1))
 }
-counts <- time_it(function(i) px_count(con, study, where = sprintf("age >= %d", 30 + i)))
+counts <- time_it(function(i) px_count(con, study, where = sprintf("age >= %d", 50 + i)))
 fits <- time_it(function(i) px_glm(con, death ~ age + sex + smoking + diabetes, family = "binomial",
-                                   study = study, where = sprintf("age >= %d", 30 + i)))
+                                   study = study, where = sprintf("age >= %d", 50 + i)))
 
 ms <- function(x) sprintf("%7.1f ms", 1000 * x)
 cat(sprintf("plexus R client %s, study %s, %s\n", utils::packageVersion("plexus"), study, con$url))
