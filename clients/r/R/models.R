@@ -19,6 +19,7 @@ coef_frame <- function(coefs) {
 }
 
 model_text <- function(x) {
+  if (!is.null(x$formula)) return(x$formula)
   req <- x$request$analysis
   f <- req$glm$formula %||% req$cox$formula
   if (!is.null(f)) return(f)

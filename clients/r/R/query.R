@@ -98,6 +98,7 @@ px_query <- function(con, study, analysis, where = NULL, by_site = FALSE, rho = 
   }
   res <- px_result(con, accepted$query_id, timeout = timeout)
   res$request <- jsonlite::fromJSON(body, simplifyVector = FALSE)
+  res$formula <- analysis[[1]]$formula
   res$call <- call
   res
 }

@@ -17,7 +17,7 @@ fake_connection <- function(handler) {
     handler(method, path, body)
   }
   con <- px_connect(url = "https://127.0.0.1:1", ca = tf("ca"), cert = tf("cert"), key = tf("key"),
-                    check = FALSE, transport = transport)
+                    check = FALSE, syntax = "text", transport = transport)
   con$log <- log
   con
 }

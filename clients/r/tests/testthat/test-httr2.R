@@ -14,7 +14,7 @@ test_that("the httr2 transport sends the certificate options, the method and the
   dir <- withr::local_tempdir()
   for (f in c("ca.pem", "alice.pem", "alice.key")) writeLines("x", file.path(dir, f))
   withr::local_options(httr2_mock = mock)
-  con <- px_connect(pki = dir, as = "alice", url = "https://127.0.0.1:7/", check = FALSE,
+  con <- px_connect(pki = dir, as = "alice", url = "https://127.0.0.1:7/", check = FALSE, syntax = "text",
                     transport = plexus:::httr2_transport)
   expect_equal(con$url, "https://127.0.0.1:7")
   res <- px_count(con, "aaa-outcomes", where = "age >= 65")
