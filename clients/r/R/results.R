@@ -69,7 +69,7 @@ print_provenance <- function(x) {
 #' @export
 print.px_result <- function(x, ...) {
   cat("Plexus result of kind", x$value$kind, "\n")
-  utils::str(x$value, max.level = 2, give.attr = FALSE)
+  cat(jsonlite::toJSON(x$value, auto_unbox = TRUE, pretty = TRUE, digits = NA, null = "null"), "\n")
   print_provenance(x)
 }
 
