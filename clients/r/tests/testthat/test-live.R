@@ -222,3 +222,18 @@ test_that("R and the CLI give the same numbers to the last digit", {
                    tidy(fit)$std.error)
   expect_identical(cli$value$deviance, glance(fit)$deviance)
 })
+
+test_that("the budget and the audit log are read by their roles", {
+  l <- live_demo()
+  px_count(l$con, l$private, where = ~ age >= 60)
+  b <- px_budget(l$con, l$private)
+  expect_false(b$exact)
+  expect_gt(b$spent_rho, 0)
+  expect_equal(b$remaining_rho, b$budget_rho - b$spent_rho, tolerance = 1e-9)
+  auditor <- px_connect(connect_file = l$connect_file, role = "auditor")
+  log <- px_audit_log(auditor, study_id = l$private, limit = 50)
+  expect_gt(nrow(log), 0)
+  expect_true("alice" %in% log$who)
+  expect_s3_class(log$at, "POSIXct")
+  expect_error(px_audit_log(l$con), class = "plexus_policy_error")
+})
