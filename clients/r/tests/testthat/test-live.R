@@ -216,10 +216,13 @@ test_that("R and the CLI give the same numbers to the last digit", {
   expect_null(attr(out, "status"))
   cli <- jsonlite::fromJSON(paste(out, collapse = "\n"), simplifyVector = FALSE)
   fit <- px_glm(l$con, death ~ age + sex + smoking + diabetes, family = "binomial", study = l$exact)
-  expect_identical(vapply(cli$value$coefficients, `[[`, numeric(1), "estimate"),
-                   tidy(fit)$estimate)
-  expect_identical(vapply(cli$value$coefficients, `[[`, numeric(1), "std_error"),
-                   tidy(fit)$std.error)
+  ours <- fit$value$coefficients
+  for (field in c("estimate", "std_error", "statistic", "p_value", "ci_lower", "ci_upper")) {
+    expect_identical(vapply(cli$value$coefficients, `[[`, numeric(1), field),
+                     vapply(ours, `[[`, numeric(1), field), label = field)
+  }
+  expect_identical(vapply(cli$value$coefficients, function(c) c$ratio$estimate, numeric(1)),
+                   vapply(ours, function(c) c$ratio$estimate, numeric(1)), label = "odds ratios")
   expect_identical(cli$value$deviance, glance(fit)$deviance)
 })
 
