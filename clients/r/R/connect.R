@@ -28,9 +28,10 @@
 #' @param check Ask the coordinator for the studies now, to fail early.
 #' @param syntax How cohorts and formulas travel: `"text"` (the
 #'   coordinator parses `where` and `formula`, naming the column of a
-#'   mistake) or `"tree"` (R parses them and sends the query tree of the
-#'   query format, for a coordinator without the text syntax). Default: the
-#'   `plexus.syntax` option, else `"text"`.
+#'   mistake), `"tree"` (R parses them and sends the query tree of the
+#'   query format) or `"auto"` (text, and the tree from then on if the
+#'   coordinator answers that it does not know the text fields). Default:
+#'   the `plexus.syntax` option, else `"auto"`.
 #' @param transport For tests: a function `(method, url, body, con, ...)`
 #'   returning `list(status =, body =)`; `NULL` uses httr2 (curl) and
 #'   checks the certificate's dates first.
@@ -45,8 +46,8 @@ px_connect <- function(url = NULL, ca = NULL, cert = NULL, key = NULL,
                        pki = NULL, as = NULL,
                        connect_file = NULL, role = "researcher",
                        timeout = 300, check = TRUE,
-                       syntax = getOption("plexus.syntax", "text"), transport = NULL) {
-  syntax <- match.arg(syntax, c("text", "tree"))
+                       syntax = getOption("plexus.syntax", "auto"), transport = NULL) {
+  syntax <- match.arg(syntax, c("auto", "text", "tree"))
   name <- NULL
   source <- NULL
   if (!is.null(connect_file)) {
@@ -86,7 +87,7 @@ px_connect <- function(url = NULL, ca = NULL, cert = NULL, key = NULL,
   url <- sub("/+$", "", url)
   con <- structure(list(
     url = url, ca = ca, cert = cert, key = key, name = name, role = role,
-    source = source, timeout = timeout, syntax = syntax,
+    source = source, timeout = timeout, syntax = syntax, state = new.env(parent = emptyenv()),
     transport = transport %||% httr2_transport
   ), class = "px_connection")
   who <- identity_label(con)

@@ -63,6 +63,14 @@ query_body <- function(analysis, where = NULL, by_site = FALSE, rho = NULL, synt
   as.character(jsonlite::toJSON(body, auto_unbox = TRUE, digits = NA, null = "null"))
 }
 
+# "text" or "tree" for the next query: as the connection says, or with
+# "auto" text until the coordinator shows it does not read it.
+query_syntax <- function(con) {
+  syntax <- con$syntax %||% "text"
+  if (identical(syntax, "auto")) syntax <- con$state$syntax %||% "text"
+  syntax
+}
+
 empty_object <- function() structure(list(), names = character(0))
 
 #' Submit any analysis
@@ -91,8 +99,22 @@ px_query <- function(con, study, analysis, where = NULL, by_site = FALSE, rho = 
   if (!is.character(study) || length(study) != 1) {
     px_abort("invalid", "`study` is one study id, e.g. \"aaa-validation\"")
   }
-  body <- query_body(analysis, where, by_site, rho, syntax = con$syntax %||% "text")
-  accepted <- px_post(con, paste0("/v1/studies/", path_segment(study), "/queries"), body)
+  path <- paste0("/v1/studies/", path_segment(study), "/queries")
+  syntax <- query_syntax(con)
+  body <- query_body(analysis, where, by_site, rho, syntax = syntax)
+  accepted <- tryCatch(px_post(con, path, body), plexus_invalid_error = function(e) {
+    # A coordinator without the text syntax names the field it does not
+    # know; with syntax = "auto" the query is sent again as its tree, and
+    # so are the connection's later queries.
+    texts <- !is.null(where) || !is.null(analysis[[1]]$formula)
+    if (identical(con$syntax, "auto") && syntax == "text" && texts &&
+        grepl("unknown field `(where|formula)`", conditionMessage(e))) {
+      assign("syntax", "tree", envir = con$state)
+      body <<- query_body(analysis, where, by_site, rho, syntax = "tree")
+      return(px_post(con, path, body))
+    }
+    stop(e)
+  })
   if (is.null(accepted$query_id)) {
     px_abort("internal", "the coordinator accepted the query without giving its id")
   }

@@ -188,3 +188,29 @@ test_that("with syntax = \"tree\" R parses cohorts and formulas into the query t
   expect_error(px_glm(con, death ~ age * sex, study = "s"), class = "plexus_invalid_error",
                regexp = "age \\* sex is not a dictionary variable")
 })
+
+test_that("with syntax = \"auto\" a coordinator without the text syntax gets the tree from then on", {
+  con <- fake_connection(function(method, path, body) {
+    if (method == "POST" && grepl('"where"', body)) {
+      return(list(status = 400, body = error_body("invalid",
+        "query is not valid JSON for a Plexus query: unknown field `where`, expected one of `cohort`, `analysis`")))
+    }
+    if (method == "POST") return(list(status = 202, body = '{"query_id": "q1"}'))
+    list(status = 200, body = fixture("count.json"))
+  })
+  con$syntax <- "auto"
+  expect_equal(as.numeric(px_count(con, "s", where = "age >= 65")), 1234)
+  expect_equal(as.numeric(px_count(con, "s", where = "age >= 70")), 1234)
+  b <- posted(con)
+  expect_length(b, 3)
+  expect_equal(b[[1]]$where, "age >= 65")
+  expect_equal(b[[2]]$cohort, list(compare = list(variable = "age", op = ">=", value = 65)))
+  expect_equal(b[[3]]$cohort, list(compare = list(variable = "age", op = ">=", value = 70)))
+  # Another refusal is not retried.
+  con2 <- fake_connection(function(method, path, body) {
+    list(status = 400, body = error_body("invalid", 'variable "sbpp" is not in the data dictionary'))
+  })
+  con2$syntax <- "auto"
+  expect_error(px_count(con2, "s", where = "sbpp > 1"), class = "plexus_invalid_error", regexp = "sbpp")
+  expect_length(posted(con2), 1)
+})
