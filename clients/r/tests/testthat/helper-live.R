@@ -63,22 +63,15 @@ start_demo <- function(bin) {
   # The nodes are ready a moment after the connect file appears: wait until
   # the exact study answers a count.
   con <- px_connect(connect_file = connect, role = "researcher")
-  # A coordinator without the text syntax (where, formula) gets the tree.
-  probe <- tryCatch(px_count(con, live$exact, where = "age >= 0", timeout = 60),
-                    plexus_invalid_error = function(e) e, plexus_unavailable_error = function(e) NULL)
-  if (inherits(probe, "plexus_invalid_error") && grepl("unknown field `where`", conditionMessage(probe))) {
+  # A coordinator without the text syntax (where, formula) gets the tree
+  # (px_connect's syntax = "auto" finds out on the first cohort).
+  tryCatch(px_count(con, live$exact, where = "age >= 0", timeout = 60),
+           plexus_unavailable_error = function(e) NULL)
+  if (identical(plexus:::query_syntax(con), "tree")) {
     message("this coordinator does not read `where` and `formula` text: the live tests send query trees")
     options(plexus.syntax = "tree")
     withr::defer(options(plexus.syntax = NULL), envir = testthat::teardown_env())
     con <- px_connect(connect_file = connect, role = "researcher")
-  }
-  deadline <- Sys.time() + 60
-  repeat {
-    ok <- tryCatch({ px_count(con, live$exact, timeout = 30); TRUE },
-                   plexus_unavailable_error = function(e) e)
-    if (isTRUE(ok)) break
-    if (Sys.time() > deadline) stop("the demo's exact study did not answer: ", conditionMessage(ok))
-    Sys.sleep(0.5)
   }
   live$con <- con
   invisible(live)

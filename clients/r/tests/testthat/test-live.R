@@ -149,7 +149,7 @@ test_that("each failure arrives as its condition class with the coordinator's me
     expect_s3_class(err, c("plexus_error", "error", "condition"))
     expect_match(conditionMessage(err), case$word, fixed = TRUE)
     body <- plexus:::query_body(list(count = plexus:::empty_object()), case$where,
-                                syntax = case$con$syntax)
+                                syntax = plexus:::query_syntax(case$con))
     expect_equal(conditionMessage(err), raw_error(case$con, case$study, body)$message)
   }
 })
