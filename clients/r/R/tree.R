@@ -15,6 +15,10 @@ cohort_tree <- function(text) {
 }
 
 cohort_node <- function(e, text) {
+  if (is.symbol(e)) {
+    # A boolean variable on its own.
+    return(list(compare = list(variable = as.character(e), op = "==", value = TRUE)))
+  }
   if (!is.call(e)) tree_abort(text, "a condition is a comparison, %in%, is.na() or a combination with & | !")
   op <- as.character(e[[1]])
   switch(op,
@@ -33,9 +37,17 @@ cohort_node <- function(e, text) {
     "is.na" = list(is_null = list(variable = variable_name(e[[2]], text))),
     "%in%" = list("in" = list(variable = variable_name(e[[2]], text),
                               values = literal_values(e[[3]], text))),
-    "==" = , "!=" = , "<" = , "<=" = , ">" = , ">=" =
-      list(compare = list(variable = variable_name(e[[2]], text), op = op,
-                          value = literal(e[[3]], text))),
+    "==" = , "!=" = , "<" = , "<=" = , ">" = , ">=" = {
+      if (!is.symbol(e[[2]]) && is.symbol(e[[3]])) {
+        # `65 <= age` is `age >= 65`.
+        flipped <- c("==" = "==", "!=" = "!=", "<" = ">", "<=" = ">=", ">" = "<", ">=" = "<=")
+        list(compare = list(variable = as.character(e[[3]]), op = flipped[[op]],
+                            value = literal(e[[2]], text)))
+      } else {
+        list(compare = list(variable = variable_name(e[[2]], text), op = op,
+                            value = literal(e[[3]], text)))
+      }
+    },
     tree_abort(text, sprintf("%s is not a cohort operator", op)))
 }
 

@@ -185,6 +185,10 @@ test_that("with syntax = \"tree\" R parses cohorts and formulas into the query t
   expect_equal(b[[3]]$analysis$kaplan_meier$group, "diabetes")
   expect_equal(b[[3]]$cohort, list(is_null = list(variable = "bmi")))
   expect_null(b[[4]]$analysis$kaplan_meier$group)
+  px_count(con, "s", where = "65 <= age & diabetes")
+  expect_equal(posted(con)[[5]]$cohort, list(and = list(
+    list(compare = list(variable = "age", op = ">=", value = 65)),
+    list(compare = list(variable = "diabetes", op = "==", value = TRUE)))))
   expect_error(px_glm(con, death ~ age * sex, study = "s"), class = "plexus_invalid_error",
                regexp = "age \\* sex is not a dictionary variable")
 })
