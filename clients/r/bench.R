@@ -1,5 +1,5 @@
 # Times the R client against a running network:
-#   Rscript clients/r/bench.R [--connect DIR/connect.json] [--n 20] [--study ID] [--syntax text|tree]
+#   Rscript clients/r/bench.R [--connect DIR/connect.json] [--n 20] [--study ID] [--syntax auto|text|tree]
 # Without --connect it starts `$PLEXUS_BIN demo --serve` in a temporary
 # folder (its start-up is not timed). Prints the time from library(plexus)
 # to the first count's result, then the median (and range) of N counts and
@@ -33,22 +33,28 @@ study <- opt("study", jsonlite::fromJSON(connect)$studies$exact)
 # Wait until the network answers, so the first timed count is not a
 # start-up race (only when this script started the demo).
 if (!is.null(demo)) {
-  library(plexus)
-  con <- px_connect(connect_file = connect)
+  con <- plexus::px_connect(connect_file = connect)
   for (i in 1:120) {
-    ok <- tryCatch({ px_count(con, study); TRUE }, plexus_error = function(e) FALSE)
+    ok <- tryCatch({ plexus::px_count(con, study); TRUE }, plexus_error = function(e) FALSE)
     if (ok) break
     Sys.sleep(0.5)
   }
-  detach("package:plexus", unload = TRUE)
 }
 
-t0 <- Sys.time()
-library(plexus)
-con <- px_connect(connect_file = connect, role = "researcher", syntax = opt("syntax", "text"))
-first <- px_count(con, study)
-t_first <- as.numeric(difftime(Sys.time(), t0, units = "secs"))
+# The first count is timed in a fresh R process, so that nothing this
+# script loaded (httr2, curl, jsonlite) is counted as loaded already.
+first_code <- sprintf(paste(
+  't0 <- Sys.time(); library(plexus);',
+  'con <- px_connect(connect_file = "%s", role = "researcher", syntax = "%s");',
+  'n <- px_count(con, "%s");',
+  'cat(as.numeric(difftime(Sys.time(), t0, units = "secs")), as.numeric(n))'),
+  connect, opt("syntax", "auto"), study)
+first <- system2(file.path(R.home("bin"), "Rscript"), c("-e", shQuote(first_code)), stdout = TRUE)
+first <- as.numeric(strsplit(utils::tail(first, 1), " ")[[1]])
+t_first <- first[1]
 
+library(plexus)
+con <- px_connect(connect_file = connect, role = "researcher", syntax = opt("syntax", "auto"))
 time_it <- function(f) {
   vapply(seq_len(n), function(i) {
     t <- Sys.time()
@@ -62,7 +68,7 @@ fits <- time_it(function(i) px_glm(con, death ~ age + sex + smoking + diabetes, 
 
 ms <- function(x) sprintf("%7.1f ms", 1000 * x)
 cat(sprintf("plexus R client %s, study %s, %s\n", utils::packageVersion("plexus"), study, con$url))
-cat(sprintf("library(plexus) to the first count (n = %s): %s\n", as.numeric(first), ms(t_first)))
+cat(sprintf("library(plexus) to the first count (n = %s, fresh R process): %s\n", first[2], ms(t_first)))
 cat(sprintf("count, median of %d:          %s (min %s, max %s)\n", n, ms(stats::median(counts)),
             ms(min(counts)), ms(max(counts))))
 cat(sprintf("logistic fit, median of %d:   %s (min %s, max %s)\n", n, ms(stats::median(fits)),
