@@ -1,0 +1,4 @@
+library(testthat)
+library(plexus)
+
+test_check("plexus")
