@@ -14,7 +14,11 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let dict = plexus_fuzz::dictionary();
-    for kind in [AnalysisKind::Glm, AnalysisKind::Cox, AnalysisKind::KaplanMeier] {
+    for kind in [
+        AnalysisKind::Glm,
+        AnalysisKind::Cox,
+        AnalysisKind::KaplanMeier,
+    ] {
         match parse_formula(text, kind, dict) {
             Err(e) => {
                 let _ = pointer(text, &e.message);
@@ -33,7 +37,10 @@ fuzz_target!(|data: &[u8]| {
                 };
                 let printed = formula_text(&analysis).expect("a glm has a formula");
                 let again = parse_formula(&printed, kind, dict).expect("a printed formula parses");
-                assert_eq!(again, f, "printing and parsing changed the formula: {printed}");
+                assert_eq!(
+                    again, f,
+                    "printing and parsing changed the formula: {printed}"
+                );
             }
         }
     }

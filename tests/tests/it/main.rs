@@ -31,6 +31,7 @@ mod privacy_glm;
 mod privacy_oracles;
 mod process_faults;
 mod process_witness;
+mod query_syntax;
 mod reflection;
 mod secure_aggregation;
 mod security;
