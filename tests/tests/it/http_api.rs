@@ -143,6 +143,36 @@ async fn http_and_grpc_give_the_same_answers_and_errors() {
         );
     }
 
+    // The text form is read into the same tree: the same hash, the same
+    // answer as the tree form over gRPC.
+    let tree = r#"{"cohort": {"compare": {"variable": "age", "op": ">=", "value": 65}},
+        "analysis": {"glm": {"family": "binomial", "outcome": "death",
+                             "covariates": ["age", "smoking", "diabetes"]}}}"#;
+    let over_grpc = alice_grpc
+        .run_query(
+            &study.id,
+            &plexus_core::Query::from_json(tree).unwrap(),
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+    let text = ask_http(
+        &alice,
+        &study.id,
+        r#"{"where": "age >= 65",
+            "analysis": {"glm": {"formula": "death ~ age + smoking + diabetes", "family": "binomial"}}}"#,
+    )
+    .await;
+    assert_eq!(text.body["status"], "succeeded", "{:?}", text.body);
+    assert_eq!(
+        text.body["query_hash"].as_str().unwrap(),
+        over_grpc.query_hash
+    );
+    assert_eq!(
+        strip_run(text.body["result"].clone()),
+        strip_run(serde_json::from_str(&over_grpc.result_json).unwrap())
+    );
+
     // The budget, as gRPC reports it.
     let budget = alice
         .get(&format!("/v1/studies/{}/budget", study.id))
@@ -170,6 +200,26 @@ async fn http_and_grpc_give_the_same_answers_and_errors() {
             400,
             "invalid",
             "not valid JSON",
+        ),
+        (
+            &alice,
+            "POST",
+            "/v1/studies/aaa-validation-exact/queries",
+            Some(
+                r#"{"analysis": {"glm": {"formula": "death ~ agee + smoking", "family": "binomial"}}}"#,
+            ),
+            400,
+            "invalid",
+            "did you mean \"age\"",
+        ),
+        (
+            &alice,
+            "POST",
+            "/v1/studies/aaa-validation-exact/queries",
+            Some(r#"{"where": "(age >= 65", "analysis": {"count": {}}}"#),
+            400,
+            "invalid",
+            "column",
         ),
         (
             &alice,
