@@ -63,10 +63,10 @@ def demo(tmp_path_factory) -> Iterator[Demo]:
         reason = ("PLEXUS_BIN is not set: the live tests need the plexus binary built with the demo feature "
                   "(cargo build -p plexus --features demo; PLEXUS_BIN=target/debug/plexus) or PLEXUS_CONNECT")
         if _ci():
-            pytest.fail(reason + " (CI=true: failing instead of skipping)")
+            pytest.fail(reason + " (CI=true: failing instead of skipping)", pytrace=False)
         pytest.skip(reason)
     if not os.access(binary, os.X_OK):
-        pytest.fail(f"PLEXUS_BIN={binary} is not an executable file")
+        pytest.fail(f"PLEXUS_BIN={binary} is not an executable file", pytrace=False)
     directory = str(tmp_path_factory.mktemp("demo"))
     log_path = os.path.join(directory, "demo.log")
     log = open(log_path, "wb")
