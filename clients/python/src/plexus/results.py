@@ -535,7 +535,7 @@ class KmResult(Result):
 
     def medians(self) -> Dict[str, Optional[float]]:
         """Median survival per group (``None`` where not reached where survival is stated)."""
-        return {c.get("group"): c.get("median") for c in self.curves}
+        return {str(c.get("group")): c.get("median") for c in self.curves}
 
     def _glance_fields(self) -> Dict[str, Any]:
         lr = self.value.get("log_rank") or {}
