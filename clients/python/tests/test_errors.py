@@ -67,3 +67,10 @@ def test_unknown_study_raises_not_found_at_study():
         return httpx.Response(404, json={"error": {"code": "not_found", "message": 'study "nope" does not exist'}})
     with pytest.raises(plexus.NotFound, match='study "nope" does not exist'):
         mock_network(handler).study("nope")
+
+
+def test_read_timeout_is_unavailable():
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise httpx.ReadTimeout("timed out", request=request)
+    with pytest.raises(plexus.Unavailable, match="did not answer GET /v1/studies in time"):
+        mock_network(handler).studies()

@@ -17,7 +17,7 @@ import pandas as pd
 
 from . import audit as _audit
 from ._tls import Identity, explain_tls_failure, ssl_context
-from .errors import PlexusConnectionError, error_from_body
+from .errors import PlexusConnectionError, Unavailable, error_from_body
 from .study import Study
 
 __all__ = ["Network", "DEFAULT_TIMEOUT"]
@@ -142,8 +142,14 @@ class Network:
             extra["timeout"] = timeout
         try:
             response = self._client.request(method, path, json=json_body, params=clean or None, **extra)
-        except httpx.TimeoutException:
-            raise
+        except httpx.ConnectTimeout as e:
+            raise PlexusConnectionError(
+                f"cannot connect to {self.url}: no answer to the connection within "
+                f"{self._client.timeout.connect} s (is the address right, is a firewall in the way?)",
+                role=self.identity.role) from e
+        except httpx.TimeoutException as e:
+            raise Unavailable("unavailable", f"the coordinator at {self.url} did not answer {method} {path} in time "
+                                             f"({type(e).__name__})") from e
         except (httpx.TransportError, OSError) as e:
             raise explain_tls_failure(e, self.identity, self.url) from e
         if response.status_code >= 400:
