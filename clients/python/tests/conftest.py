@@ -21,6 +21,8 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 
+#: PLEXUS_HTTP2=1 runs the live tests over HTTP/2 instead of HTTP/1.1.
+HTTP2 = os.environ.get("PLEXUS_HTTP2", "") == "1"
 START_TIMEOUT = float(os.environ.get("PLEXUS_DEMO_START_SECS", "180"))
 
 
@@ -48,7 +50,7 @@ class Demo:
     def network(self, role: str = "researcher"):
         import plexus
 
-        return plexus.Network.from_connect_file(self.connect_path, role=role)
+        return plexus.Network.from_connect_file(self.connect_path, role=role, http2=HTTP2)
 
 
 @pytest.fixture(scope="session")

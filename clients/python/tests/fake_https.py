@@ -20,13 +20,13 @@ from helpers import fixture
 from pki import issue, make_ca
 
 DICTIONARY = {"variables": [
-    {"name": "age", "type": "integer", "levels": None, "description": "age at inclusion", "unit": "years"},
-    {"name": "sex", "type": "categorical", "levels": ["F", "M"], "description": "sex", "unit": None},
-    {"name": "smoking", "type": "categorical", "levels": ["never", "former", "current"], "description": "smoking",
+    {"name": "age", "type": "integer", "categories": [], "description": "age at inclusion", "unit": "years"},
+    {"name": "sex", "type": "categorical", "categories": ["F", "M"], "description": "sex", "unit": None},
+    {"name": "smoking", "type": "categorical", "categories": ["never", "former", "current"], "description": "smoking",
      "unit": None},
-    {"name": "diabetes", "type": "boolean", "levels": None, "description": "diabetes", "unit": None},
-    {"name": "death", "type": "boolean", "levels": None, "description": "death", "unit": None},
-    {"name": "followup_days", "type": "integer", "levels": None, "description": "follow-up", "unit": "days"},
+    {"name": "diabetes", "type": "boolean", "categories": [], "description": "diabetes", "unit": None},
+    {"name": "death", "type": "boolean", "categories": [], "description": "death", "unit": None},
+    {"name": "followup_days", "type": "integer", "categories": [], "description": "follow-up", "unit": "days"},
 ]}
 STUDIES = [
     {"id": "aaa-validation", "title": "exact validation", "privacy": {"exact": True, "budget_rho": 0, "query_rho": 0},

@@ -48,11 +48,11 @@ class FakeCoordinator:
             return httpx.Response(200, json={"id": "aaa-validation", "title": "Validation", "privacy": {"exact": True}})
         if path == "/v1/dictionary":
             return httpx.Response(200, json={"variables": [
-                {"name": "age", "type": "integer", "levels": None, "description": "age at inclusion", "unit": "years"},
-                {"name": "smoking", "type": "categorical", "levels": ["never", "former", "current"],
+                {"name": "age", "type": "integer", "categories": [], "description": "age at inclusion", "unit": "years"},
+                {"name": "smoking", "type": "categorical", "categories": ["never", "former", "current"],
                  "description": "smoking status", "unit": None},
-                {"name": "diabetes", "type": "boolean", "levels": None, "description": "diabetes", "unit": None},
-                {"name": "bmi", "type": "numeric", "levels": None, "description": "BMI", "unit": "kg/m2"}]})
+                {"name": "diabetes", "type": "boolean", "categories": [], "description": "diabetes", "unit": None},
+                {"name": "bmi", "type": "float", "categories": [], "description": "BMI", "unit": "kg/m2"}]})
         return httpx.Response(404, json={"error": {"code": "not_found", "message": f"no route {path}"}})
 
 

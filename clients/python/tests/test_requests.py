@@ -118,8 +118,9 @@ def test_dictionary_and_studies_frames():
     s = net.studies()
     assert list(s["id"]) == ["aaa-validation"] and bool(s["exact"][0])
     d = net.dictionary()
-    assert list(d.columns) == ["name", "type", "levels", "description", "unit"]
+    assert list(d.columns) == ["name", "type", "levels", "description", "unit", "min", "max"]
     assert d.set_index("name").loc["smoking", "levels"] == ["never", "former", "current"]
+    assert d.set_index("name").loc["age", "levels"] is None
 
 
 def test_budget():

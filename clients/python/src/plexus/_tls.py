@@ -65,7 +65,7 @@ def _not_before(path: str) -> Optional[float]:
         return None
 
 
-def ssl_context(identity: Identity) -> ssl.SSLContext:
+def ssl_context(identity: Identity, http2: bool = False) -> ssl.SSLContext:
     """A client context that trusts only the network's CA and presents the identity's certificate.
 
     Raises :class:`PlexusConnectionError` naming the file when one is
@@ -111,6 +111,10 @@ def ssl_context(identity: Identity) -> ssl.SSLContext:
             path=identity.cert,
             role=role,
         ) from e
+    # The coordinator serves gRPC and this API on one port and tells them
+    # apart by ALPN: a connection that chose HTTP/1.1 gets the API, any
+    # other is taken for HTTP/2 (where the API is served too).
+    ctx.set_alpn_protocols(["h2", "http/1.1"] if http2 else ["http/1.1"])
     return ctx
 
 
@@ -146,6 +150,14 @@ def explain_tls_failure(error: BaseException, identity: Identity, url: str) -> P
             f"cannot connect to {url}: the coordinator refused {identity.describe()} "
             f"(the TLS alert says: {error}); check that it was issued by the network's CA and not revoked, "
             "and that the key matches it",
+            path=identity.cert,
+            role=identity.role,
+        )
+    if "eof occurred in violation of protocol" in lower or "unexpected eof" in lower or "connection reset" in lower:
+        return PlexusConnectionError(
+            f"cannot connect to {url}: the coordinator closed the connection during the TLS handshake, "
+            f"which is how it refuses {identity.describe()}: check that it was issued by the network's CA "
+            f"({identity.ca}), is not revoked or expired, and that the key matches it",
             path=identity.cert,
             role=identity.role,
         )

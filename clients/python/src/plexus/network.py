@@ -52,6 +52,9 @@ class Network:
     error messages. A missing, unreadable or expired file raises
     :class:`~plexus.PlexusConnectionError` here, before any request.
 
+    ``http2=True`` offers HTTP/2 (needs the ``h2`` package: ``pip install
+    'httpx[http2]'``); by default the client speaks HTTP/1.1.
+
     ``transport`` replaces the network transport (``httpx.MockTransport`` in
     tests); the TLS files are then not read.
     """
@@ -65,6 +68,7 @@ class Network:
         *,
         role: str = "client",
         timeout: float = DEFAULT_TIMEOUT,
+        http2: bool = False,
         transport: Optional[httpx.BaseTransport] = None,
     ) -> None:
         self.url: str = url.rstrip("/")
@@ -72,8 +76,8 @@ class Network:
         #: Where the demo's connect file said the reference data and studies are (``from_connect_file`` only).
         self.connect_info: Dict[str, Any] = {}
         if transport is None:
-            verify: Any = ssl_context(self.identity)
-            self._client = httpx.Client(base_url=self.url, verify=verify, timeout=timeout)
+            verify: Any = ssl_context(self.identity, http2)
+            self._client = httpx.Client(base_url=self.url, verify=verify, timeout=timeout, http2=http2)
         else:
             self._client = httpx.Client(base_url=self.url, transport=transport, timeout=timeout)
 
@@ -184,15 +188,29 @@ class Network:
         info = self.request("GET", f"/v1/studies/{study_id}")
         return Study(self, study_id, info)
 
+    def _variables(self) -> List[Dict[str, Any]]:
+        """The dictionary's variables with ``levels`` (a categorical variable's ``categories``, else None)."""
+        out = []
+        for v in self.request("GET", "/v1/dictionary").get("variables", []):
+            v = dict(v)
+            v["levels"] = list(v.get("categories") or v.get("levels") or []) or None
+            out.append(v)
+        return out
+
     def dictionary(self) -> pd.DataFrame:
-        """The network's data dictionary: name, type, levels, description, unit."""
-        variables = self.request("GET", "/v1/dictionary").get("variables", [])
-        return pd.DataFrame(variables, columns=["name", "type", "levels", "description", "unit"])
+        """The network's data dictionary: name, type, levels, description, unit, min, max.
+
+        ``levels`` are a categorical variable's categories in the
+        dictionary's order (the first is a model's reference level), else
+        None; ``min`` and ``max`` the public bounds as the dictionary writes
+        them.
+        """
+        return pd.DataFrame(self._variables(), columns=["name", "type", "levels", "description", "unit", "min", "max"])
 
     def _variable(self, name: str) -> Dict[str, Any]:
-        for v in self.request("GET", "/v1/dictionary").get("variables", []):
+        for v in self._variables():
             if v.get("name") == name:
-                return dict(v)
+                return v
         from .errors import InvalidQuery  # noqa: PLC0415
 
         raise InvalidQuery("invalid", f"variable {name!r} is not in the data dictionary")
