@@ -206,7 +206,7 @@ def test_wrong_ca_and_foreign_or_expired_certificate(demo, tmp_path):
         plexus.Network(demo.url, demo.connect["ca"], cert, key, role="researcher", http2=HTTP2)
     other_ca, other_key = make_ca(str(tmp_path), "other")
     cert, key = issue(str(tmp_path), "mallory", other_ca, other_key)
-    with pytest.raises(plexus.PlexusConnectionError, match="refuses? the researcher certificate"):
+    with pytest.raises(plexus.PlexusConnectionError, match="refuse[ds] the researcher certificate"):
         plexus.Network(demo.url, demo.connect["ca"], cert, key, role="researcher", http2=HTTP2).studies()
 
 

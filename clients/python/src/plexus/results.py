@@ -239,7 +239,9 @@ class CountResult(Result):
         return self.n
 
     def __repr__(self) -> str:
-        shown = self.n if self.n is not None else f"suppressed (at least {self.at_least or 0})"
+        shown: Any = self.n
+        if self.n is None:
+            shown = f"suppressed (at least {self.at_least})" if self.at_least else "suppressed"
         return f"<CountResult n={shown}: {self._repr_header()}>"
 
 
