@@ -44,6 +44,16 @@ def design(ref: pd.DataFrame, dictionary: pd.DataFrame, outcome: List[str], cova
     return data, pd.DataFrame(cols, index=data.index)
 
 
+FORMS = ["text", "tree"]
+
+
+def glm(study, form: str, family: str, outcome: str, covariates: List[str]):
+    """The GLM as an R formula (text form) or as outcome and covariates (tree form)."""
+    if form == "text":
+        return study.glm(f"{outcome} ~ {' + '.join(covariates)}", family=family)
+    return study.analysis({"glm": {"family": family, "outcome": outcome, "covariates": covariates}})
+
+
 def assert_close(got: pd.Series, want: pd.Series, rel: float, what: str) -> None:
     assert list(got.index) == list(want.index), f"{what}: terms {list(got.index)} != {list(want.index)}"
     for term in want.index:
@@ -51,9 +61,10 @@ def assert_close(got: pd.Series, want: pd.Series, rel: float, what: str) -> None
         assert math.isclose(g, w, rel_tol=rel, abs_tol=rel * 1e-3), f"{what} {term}: plexus {g!r} reference {w!r}"
 
 
-def test_gaussian_glm_equals_statsmodels(exact_study, reference, researcher):
+@pytest.mark.parametrize("form", FORMS)
+def test_gaussian_glm_equals_statsmodels(exact_study, reference, researcher, form):
     sm = pytest.importorskip("statsmodels.api")
-    fit = exact_study.glm("sbp ~ age + sex + bmi", family="gaussian")
+    fit = glm(exact_study, form, "gaussian", "sbp", ["age", "sex", "bmi"])
     data, X = design(reference, researcher.dictionary(), ["sbp"], ["age", "sex", "bmi"])
     ref = sm.GLM(data["sbp"].astype(float), X, family=sm.families.Gaussian()).fit(tol=1e-12)
     assert fit.value["n"] == len(data)
@@ -64,9 +75,10 @@ def test_gaussian_glm_equals_statsmodels(exact_study, reference, researcher):
     assert list(t.columns) == ["term", "estimate", "std_error", "statistic", "p_value", "conf_low", "conf_high"]
 
 
-def test_binomial_glm_equals_statsmodels(exact_study, reference, researcher):
+@pytest.mark.parametrize("form", FORMS)
+def test_binomial_glm_equals_statsmodels(exact_study, reference, researcher, form):
     sm = pytest.importorskip("statsmodels.api")
-    fit = exact_study.glm("death ~ age + smoking + diabetes", family="binomial")
+    fit = glm(exact_study, form, "binomial", "death", ["age", "smoking", "diabetes"])
     data, X = design(reference, researcher.dictionary(), ["death"], ["age", "smoking", "diabetes"])
     ref = sm.GLM(data["death"].astype(float), X, family=sm.families.Binomial()).fit(tol=1e-12)
     assert fit.value["n"] == len(data)
@@ -80,10 +92,15 @@ def test_binomial_glm_equals_statsmodels(exact_study, reference, researcher):
     assert g.nobs == len(data) and bool(g.converged) and g.nodes_answered >= 2
 
 
-def test_kaplan_meier_equals_lifelines(exact_study, reference):
+@pytest.mark.parametrize("form", FORMS)
+def test_kaplan_meier_equals_lifelines(exact_study, reference, form):
     lifelines = pytest.importorskip("lifelines")
     # A daily grid gives the product-limit estimate itself (followup_days is whole days).
-    km = exact_study.km("Surv(followup_days, death) ~ smoking", grid=(0, 1826, 1))
+    if form == "text":
+        km = exact_study.km("Surv(followup_days, death) ~ smoking", grid=(0, 1826, 1))
+    else:
+        km = exact_study.analysis({"kaplan_meier": {"time": "followup_days", "event": "death", "group": "smoking",
+                                                    "grid": {"from": 0, "to": 1826, "step": 1}}})
     tidy = km.tidy()
     data = reference.dropna(subset=["followup_days", "death", "smoking"])
     data = data[data["followup_days"] > 0]
@@ -97,14 +114,20 @@ def test_kaplan_meier_equals_lifelines(exact_study, reference):
         np.testing.assert_allclose(curve["estimate"].to_numpy(), want, rtol=1e-10, err_msg=str(level))
         checked += len(curve)
     assert checked > 30
-    # the 30-day grid of the brief: one query, curves and a log-rank test
-    coarse = exact_study.km("Surv(followup_days, death) ~ smoking", grid=(0, 1826, 30))
-    assert coarse.value["grid_intervals"] == 60 and coarse.value.get("log_rank")
+    if form == "text":
+        # a 30-day grid: one query, curves and a log-rank test
+        coarse = exact_study.km("Surv(followup_days, death) ~ smoking", grid=(0, 1826, 30))
+        assert coarse.value["grid_intervals"] == 60 and coarse.value.get("log_rank")
 
 
-def test_cox_equals_lifelines_stratified_by_site(exact_study, reference, researcher):
+@pytest.mark.parametrize("form", FORMS)
+def test_cox_equals_lifelines_stratified_by_site(exact_study, reference, researcher, form):
     lifelines = pytest.importorskip("lifelines")
-    fit = exact_study.cox("Surv(followup_days, death) ~ age + diabetes + smoking")
+    if form == "text":
+        fit = exact_study.cox("Surv(followup_days, death) ~ age + diabetes + smoking")
+    else:
+        fit = exact_study.analysis({"cox": {"time": "followup_days", "event": "death",
+                                            "covariates": ["age", "diabetes", "smoking"]}})
     assert fit.value["ties"] == "efron" and fit.value["strata"] == "site"
     data, X = design(reference, researcher.dictionary(), ["followup_days", "death", "site"],
                      ["age", "diabetes", "smoking"], intercept=False)
@@ -162,33 +185,49 @@ def test_same_numbers_as_the_cli(demo, exact_study, tmp_path):
     assert py.raw["value"] == cli["value"]  # every number to the last digit
 
 
-def test_errors_are_typed(demo, researcher, exact_study):
+def test_unknown_variable_is_invalid_query(exact_study):
+    with pytest.raises(plexus.InvalidQuery) as e:
+        exact_study.analysis({"glm": {"family": "binomial", "outcome": "death", "covariates": ["agee"]}})
+    assert "agee" in str(e.value) and e.value.code == "invalid" and e.value.status == 400
+
+
+def test_misspelt_formula_is_invalid_query_naming_it(exact_study):
     with pytest.raises(plexus.InvalidQuery) as e:
         exact_study.glm("death ~ agee", family="binomial")
     assert "agee" in str(e.value) and e.value.code == "invalid"
+
+
+def test_policy_not_found_and_disclosure_errors(demo, researcher, exact_study):
     with pytest.raises(plexus.NotFound):
         researcher.study("no-such-study")
     outsider = demo.network("outsider")
-    with pytest.raises(plexus.PolicyRefused):
-        outsider.study(exact_study.id).count()
+    with pytest.raises(plexus.NotFound):
+        outsider.study(exact_study.id)  # a study one is not a member of is not shown
+    with pytest.raises(plexus.PolicyRefused, match="not a member") as e:
+        outsider.study(exact_study.id, fetch=False).count()
+    assert e.value.status == 403
     private = researcher.study(demo.connect.get("studies", {}).get("private", "aaa-outcomes"))
+    tiny = {"and": [{"compare": {"variable": "age", "op": ">=", "value": 99}},
+                    {"compare": {"variable": "bmi", "op": ">", "value": 45}}]}
     try:
-        r = private.count("age >= 99 & age < 100 & bmi > 45")
+        r = private.count(tiny, rho=0.001)
     except plexus.DisclosureRefused as err:
         assert err.code == "disclosure"
     else:
-        assert r.suppressed or (r.n is not None and r.provenance.privacy and not r.provenance.privacy.get("exact"))
+        assert r.suppressed, f"a count of patients aged 99+ with a BMI over 45 was released: {r.raw}"
 
 
 def test_budget_and_privacy_provenance(demo, researcher):
     private = researcher.study(demo.connect.get("studies", {}).get("private", "aaa-outcomes"))
     before = private.budget()
-    r = private.count("age >= 50", rho=0.001)
+    r = private.count({"compare": {"variable": "age", "op": ">=", "value": 60}}, rho=0.001)
     after = private.budget()
-    assert not before.exact and after.spent_rho >= before.spent_rho
     g = r.glance().iloc[0]
-    assert g.exact is False or not g.exact
-    assert g.privacy_remaining_rho is not None
+    assert not before.exact and not g.exact and g.privacy_requested_rho == 0.001
+    # charged 0.001, or 0 when the nodes answered the same query from their cache
+    assert g.privacy_cost_rho in (0.0, 0.001) and bool(g.cached) == (g.privacy_cost_rho == 0.0)
+    assert after.spent_rho == pytest.approx(before.spent_rho + g.privacy_cost_rho, abs=1e-12)
+    assert g.privacy_remaining_rho == pytest.approx(after.remaining_rho, abs=1e-12)
 
 
 def test_wrong_ca_and_foreign_or_expired_certificate(demo, tmp_path):
@@ -219,7 +258,7 @@ def test_audit_inclusion_and_consistency_verify(demo, exact_study):
     seq = int(events["seq"].max())
     check = auditor.verify_inclusion(seq)
     assert check.seq == seq
-    exact_study.count("age >= 70")
+    exact_study.count({"compare": {"variable": "age", "op": ">=", "value": 70}})
     new = auditor.verify_consistency(old)
     assert int(new["size"]) >= int(old["size"])
     qid = exact_study.submit({"analysis": {"count": {}}}).query_id

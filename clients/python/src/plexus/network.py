@@ -183,9 +183,15 @@ class Network:
         return pd.DataFrame(rows, columns=["id", "title", "exact", "budget_rho", "query_rho", "min_nodes", "nodes",
                                            "analyses", "researchers", "purpose"])
 
-    def study(self, study_id: str) -> Study:
-        """The study ``study_id`` (fetched now, so an unknown id raises :class:`~plexus.NotFound` here)."""
-        info = self.request("GET", f"/v1/studies/{study_id}")
+    def study(self, study_id: str, fetch: bool = True) -> Study:
+        """The study ``study_id``.
+
+        Its definition is fetched now (``fetch=True``), so an unknown id, or
+        a study this identity may not see, raises :class:`~plexus.NotFound`
+        here. With ``fetch=False`` nothing is asked until the first query,
+        whose error then says why (``PolicyRefused`` for a non-member).
+        """
+        info = self.request("GET", f"/v1/studies/{study_id}") if fetch else {"id": study_id}
         return Study(self, study_id, info)
 
     def _variables(self) -> List[Dict[str, Any]]:
