@@ -10,6 +10,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 mod audit;
+mod http;
 mod latency;
 mod secure;
 mod throughput;
@@ -97,6 +98,18 @@ enum Mode {
         /// dropped afterwards).
         #[arg(long, env = "PLEXUS_BENCH_DATABASE_URL")]
         database_url: Option<String>,
+    },
+    /// The HTTP/JSON API against gRPC: the median time of a count and a
+    /// logistic fit over each, on one network.
+    Http {
+        /// Patients per hospital.
+        #[arg(long, default_value_t = 100_000)]
+        patients: usize,
+        /// Timed repetitions per query and transport.
+        #[arg(long, default_value_t = 15)]
+        repetitions: usize,
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
     },
     /// Audit log append and verify throughput.
     Audit {
@@ -187,6 +200,18 @@ async fn run(mode: Mode) -> anyhow::Result<()> {
                 "the warehouse benchmark needs --database-url postgres://user@host:port/db (or PLEXUS_BENCH_DATABASE_URL)",
             )?;
             warehouse::run(patients, repetitions.max(1), seed, &url).await
+        }
+        Mode::Http {
+            patients,
+            repetitions,
+            seed,
+        } => {
+            http::run(http::HttpBenchOptions {
+                patients_per_site: patients,
+                repetitions: repetitions.max(1),
+                seed,
+            })
+            .await
         }
         Mode::Audit {
             entries,

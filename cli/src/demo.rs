@@ -15,7 +15,13 @@ pub struct DemoOptions {
     pub patients_per_site: usize,
     pub seed: u64,
     pub keep: Option<std::path::PathBuf>,
+    /// Keep the network running for other clients (CLI, Python, R) instead
+    /// of running the demo's queries.
+    pub serve: bool,
 }
+
+/// The file `plexus demo --serve` writes: how to connect.
+pub const CONNECT_FILE: &str = "connect.json";
 
 /// The demo's queries: most run in the study under differential privacy;
 /// the Cox model, not yet released under it, runs in the exact validation
@@ -76,6 +82,9 @@ const QUERIES: &[(&str, &str, bool)] = &[
 ];
 
 pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
+    if opts.serve {
+        return serve(opts).await;
+    }
     let started = Instant::now();
     println!("Plexus demo: a coordinator and three synthetic hospitals on loopback, real mTLS\n");
     let mut sb_opts = SandboxOptions::new(opts.patients_per_site, opts.seed);
@@ -237,5 +246,105 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
         "\ndemo finished in {:.1} s",
         started.elapsed().as_secs_f64()
     );
+    Ok(())
+}
+
+/// `plexus demo --serve`: the demo network, kept running until SIGINT or
+/// SIGTERM, with `connect.json` and a reference table of the exact
+/// study's rows in its folder, and how to connect printed.
+async fn serve(opts: DemoOptions) -> anyhow::Result<()> {
+    let mut sb_opts = SandboxOptions::new(opts.patients_per_site, opts.seed);
+    sb_opts.dir = opts.keep.clone();
+    let sb = Sandbox::start(sb_opts).await?;
+    let study = sandbox::demo_study();
+    sb.register_study(&study).await?;
+    let validation = sandbox::validation_study();
+    sb.register_study(&validation).await?;
+
+    let dir = sb.dir.clone();
+    let reference = dir.join("reference").join(format!("{}.csv", validation.id));
+    let rows = sandbox::reference::write_union(
+        &sb.sites,
+        &validation.purpose()?,
+        chrono::Utc::now().date_naive(),
+        &reference,
+    )?;
+    let url = sb.coordinator_url();
+    let identity = |name: &str| {
+        serde_json::json!({
+            "name": name,
+            "cert": sb.pki.join(format!("{name}.pem")),
+            "key": sb.pki.join(format!("{name}.key")),
+        })
+    };
+    let connect = serde_json::json!({
+        "url": url,
+        "pki": sb.pki,
+        "ca": sb.pki.join("ca.pem"),
+        "identities": {
+            "researcher": identity(sandbox::RESEARCHER),
+            "outsider": identity(sandbox::OUTSIDER),
+            "auditor": identity(sandbox::AUDITOR),
+            "admin": identity(sandbox::ADMIN),
+        },
+        "studies": {"private": study.id, "exact": validation.id},
+        "reference": {validation.id.clone(): reference},
+    });
+    let connect_path = dir.join(CONNECT_FILE);
+    // Written whole, then renamed: whoever waits for the file never reads half of it.
+    let partial = dir.join(format!("{CONNECT_FILE}.partial"));
+    std::fs::write(&partial, serde_json::to_string_pretty(&connect)? + "\n")?;
+    std::fs::rename(&partial, &connect_path)?;
+
+    let pki = sb.pki.display();
+    let connect_file = connect_path.display();
+    println!(
+        "Plexus demo network: a coordinator and three synthetic hospitals ({} patients each) on loopback, real mTLS
+
+  coordinator   {url}   (gRPC and the HTTP/JSON API: {url}/v1/openapi.json)
+  studies       {} (differential privacy), {} (exact answers)
+  certificates  {pki}  (researcher alice, outsider bob, auditor, admin)
+  connect file  {connect_file}
+  reference     {} ({rows} consenting patients of the exact study, for checking results)
+
+From the CLI:
+  plexus --coordinator {url} --pki {pki} --as alice count --study {}
+  plexus --coordinator {url} --pki {pki} --as alice glm --study {} \"death ~ age + smoking\" --family binomial
+
+From Python (pip install ./clients/python):
+  import plexus
+  net = plexus.Network.from_connect_file(\"{connect_file}\")
+  net.study(\"{}\").glm(\"death ~ age + smoking\", family=\"binomial\").tidy()
+
+From R (R CMD INSTALL clients/r):
+  library(plexus)
+  con <- px_connect(connect_file = \"{connect_file}\")
+  px_glm(con, death ~ age + smoking, family = \"binomial\", study = \"{}\")
+
+With curl:
+  curl --cacert {pki}/ca.pem --cert {pki}/alice.pem --key {pki}/alice.key {url}/v1/studies
+
+Serving until interrupted (Ctrl-C or SIGTERM).",
+        opts.patients_per_site,
+        study.id,
+        validation.id,
+        reference.display(),
+        validation.id,
+        validation.id,
+        validation.id,
+        validation.id,
+    );
+    wait_for_stop().await?;
+    println!("stopping the demo network");
+    sb.shutdown().await
+}
+
+/// Until SIGINT (Ctrl-C) or SIGTERM.
+async fn wait_for_stop() -> anyhow::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r?,
+        _ = term.recv() => {}
+    }
     Ok(())
 }

@@ -45,8 +45,13 @@ enum Command {
         #[arg(long, default_value_t = 2026)]
         seed: u64,
         /// Keep the demo's files (certificates, data, database) in this folder.
-        #[arg(long)]
+        #[arg(long, visible_alias = "dir")]
         keep: Option<PathBuf>,
+        /// Keep the network running for the CLI, Python and R instead of
+        /// running the demo's queries: prints how to connect and writes it
+        /// to connect.json in the folder.
+        #[arg(long)]
+        serve: bool,
     },
     /// Write synthetic hospitals' patient, consent and opt-out files for a
     /// trial network (the demo's patients, without running anything).
@@ -391,11 +396,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             patients,
             seed,
             keep,
+            serve,
         } => {
             plexus::demo::run(plexus::demo::DemoOptions {
                 patients_per_site: patients,
                 seed,
                 keep,
+                serve,
             })
             .await
         }

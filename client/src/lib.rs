@@ -3,6 +3,8 @@
 //! sandbox, the benchmarks and the tests, which need it without the CLI.
 #![forbid(unsafe_code)]
 
+pub mod http;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -185,6 +187,24 @@ impl Client {
             .submit_query(pb::SubmitQueryRequest {
                 study_id: study.to_string(),
                 query: Some(query.into()),
+                ..Default::default()
+            })
+            .await
+            .map_err(|s| plexus_proto::convert::from_status(&s))?
+            .into_inner()
+            .query_id)
+    }
+
+    /// Submits a query in its JSON form, which may write the cohort
+    /// (`where`) and a model (`formula`) as text: the coordinator reads it
+    /// with its dictionary. Its id once the coordinator accepted it.
+    pub async fn submit_json(&self, study: &str, query_json: &str) -> Result<String, Error> {
+        Ok(self
+            .research()
+            .submit_query(pb::SubmitQueryRequest {
+                study_id: study.to_string(),
+                query: None,
+                query_json: query_json.to_string(),
             })
             .await
             .map_err(|s| plexus_proto::convert::from_status(&s))?

@@ -8,6 +8,7 @@ pub mod audit_repair;
 pub mod audit_seal;
 pub mod config;
 pub mod error;
+pub mod http;
 pub mod lease;
 pub mod metrics;
 pub mod query;

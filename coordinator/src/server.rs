@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -243,21 +244,78 @@ pub async fn run(
 }
 
 /// The gRPC server, on the listener from the start, until `serving` is
-/// cancelled; aborted when the handle is dropped.
+/// cancelled; aborted when the handle is dropped. Connections that chose
+/// HTTP/1.1 by ALPN (the HTTP/JSON API's clients: R's curl, Python's
+/// httpx) are served by hyper's HTTP/1.1 server with the same gate and
+/// services; all others are tonic's, on HTTP/2 (where the JSON API is
+/// served too, for clients that prefer `h2`).
 fn serve_grpc(
     gate: Gate,
     listener: TcpListener,
     tls: plexus_tls::ServerTls,
     serving: CancellationToken,
 ) -> AbortOnDropHandle<std::result::Result<(), tonic::transport::Error>> {
-    let incoming = plexus_tls::incoming(listener, tls);
-    AbortOnDropHandle::new(tokio::spawn(
-        tonic::transport::Server::builder().serve_with_incoming_shutdown(
-            gate,
-            incoming,
-            async move { serving.cancelled().await },
-        ),
-    ))
+    let (http1, connections) = tokio::sync::mpsc::channel(64);
+    let incoming = plexus_tls::incoming(listener, tls).filter_map(move |conn| {
+        let http1 = http1.clone();
+        async move {
+            match conn {
+                Ok(conn) if conn.alpn() == Some(plexus_tls::ALPN_HTTP1) => {
+                    // Gone only when the HTTP/1.1 server stopped, as the
+                    // whole server is stopping.
+                    let _ = http1.send(conn).await;
+                    None
+                }
+                other => Some(other),
+            }
+        }
+    });
+    let api = serve_http1(gate.clone(), connections, serving.clone());
+    AbortOnDropHandle::new(tokio::spawn(async move {
+        let _api = AbortOnDropHandle::new(tokio::spawn(api));
+        tonic::transport::Server::builder()
+            .serve_with_incoming_shutdown(gate, incoming, serving.cancelled())
+            .await
+    }))
+}
+
+/// Serves each HTTP/1.1 connection with the gate, the caller's verified
+/// certificate in every request's extensions as tonic puts it there.
+/// Stops taking connections when `serving` is cancelled; the connections
+/// still open end with the task.
+async fn serve_http1(
+    gate: Gate,
+    mut connections: tokio::sync::mpsc::Receiver<plexus_tls::TlsConn>,
+    serving: CancellationToken,
+) {
+    let mut open = tokio::task::JoinSet::new();
+    loop {
+        let conn = tokio::select! {
+            conn = connections.recv() => match conn {
+                Some(conn) => conn,
+                None => break,
+            },
+            () = serving.cancelled() => break,
+        };
+        let peer = conn.peer().clone();
+        let gate = gate.clone();
+        let service = hyper::service::service_fn(
+            move |mut request: hyper::Request<hyper::body::Incoming>| {
+                request.extensions_mut().insert(peer.clone());
+                let mut gate = gate.clone();
+                async move { tower::Service::call(&mut gate, request.map(tonic::body::Body::new)).await }
+            },
+        );
+        open.spawn(async move {
+            let served = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(conn), service)
+                .await;
+            if let Err(e) = served {
+                tracing::debug!(error = %e, "http/1.1 connection ended with an error");
+            }
+        });
+        while open.try_join_next().is_some() {}
+    }
 }
 
 /// The lease of the active coordinator, on PostgreSQL (see
@@ -463,7 +521,8 @@ async fn wait_for_lease(
     }
 }
 
-/// The coordinator's gRPC services.
+/// The coordinator's gRPC services, and beside them the HTTP/JSON API
+/// that calls the same services ([`crate::http`]).
 fn routes(state: &Arc<State>) -> Result<Routes> {
     // Both reflection versions: grpcurl speaks v1, older tools only v1alpha.
     let reflection = tonic_reflection::server::Builder::configure()
@@ -472,7 +531,7 @@ fn routes(state: &Arc<State>) -> Result<Routes> {
     let reflection_alpha = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(plexus_proto::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
-    Ok(Routes::new(reflection)
+    let routes = Routes::new(reflection)
         .add_service(reflection_alpha)
         .add_service(NodeLinkServer::new(NodeLinkService {
             state: state.clone(),
@@ -485,8 +544,9 @@ fn routes(state: &Arc<State>) -> Result<Routes> {
         }))
         .add_service(AuditServer::new(AuditService {
             state: state.clone(),
-        }))
-        .prepare())
+        }));
+    let router = routes.into_axum_router().merge(crate::http::router(state));
+    Ok(Routes::from(router).prepare())
 }
 
 /// What the gate does with a call.

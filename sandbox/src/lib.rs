@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 pub mod load;
+pub mod reference;
 pub mod synth;
 
 use std::collections::BTreeMap;

@@ -37,29 +37,7 @@ pub fn datum(p: &Patient, var: &str) -> Datum {
     }
 }
 
-/// Patients of a site whose consent covers `purpose` on `today` and who
-/// did not opt out: the population a node may count.
-pub fn consenting<'a>(site: &'a Site, purpose: &Purpose, today: NaiveDate) -> Vec<&'a Patient> {
-    let ok: std::collections::HashSet<&str> = site
-        .consent
-        .iter()
-        .filter(|c| c.valid_from <= today && c.withdrawn_at.is_none_or(|w| w > today))
-        .filter(|c| {
-            ConsentTerms::parse(&c.purposes)
-                .expect("valid consent")
-                .covers(purpose)
-        })
-        .map(|c| c.patient_id.as_str())
-        .collect();
-    let opted_out: std::collections::HashSet<&str> =
-        site.opt_out.iter().map(String::as_str).collect();
-    site.patients
-        .iter()
-        .filter(|p| {
-            ok.contains(p.patient_id.as_str()) && !opted_out.contains(p.patient_id.as_str())
-        })
-        .collect()
-}
+pub use plexus_sandbox::reference::consenting;
 
 fn number(d: &Datum) -> Option<f64> {
     match d {

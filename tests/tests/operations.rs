@@ -376,6 +376,7 @@ async fn submit_in_flight(sb: &Sandbox, nodes: &[&str]) -> String {
         .submit_query(pb::SubmitQueryRequest {
             study_id: sandbox::exact_study().id,
             query: Some((&query).into()),
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -21,6 +21,8 @@ use crate::error::{Result, TlsError};
 
 /// ALPN protocol for gRPC over HTTP/2.
 const ALPN_H2: &[u8] = b"h2";
+/// ALPN protocol of the coordinator's HTTP/JSON API's clients.
+pub const ALPN_HTTP1: &[u8] = b"http/1.1";
 
 /// The three PEM files every Plexus party needs, and the revocation list
 /// it checks peers against.
@@ -248,7 +250,7 @@ impl LoadedServer {
             }))
             .with_single_cert(certs, key)
             .map_err(config_err)?;
-        config.alpn_protocols = vec![ALPN_H2.to_vec()];
+        config.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_HTTP1.to_vec()];
         Ok(LoadedServer {
             config: Arc::new(config),
             crl,
@@ -257,7 +259,7 @@ impl LoadedServer {
     }
 }
 
-/// Server config for the coordinator: TLS 1.3/1.2, ALPN `h2`, and a client
+/// Server config for the coordinator: TLS 1.3/1.2, ALPN `h2` (gRPC) and `http/1.1` (the HTTP/JSON API), and a client
 /// certificate signed by the CA (and not revoked, with `tls.crl`) is mandatory.
 pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>> {
     Ok(LoadedServer::load(files)?.config)

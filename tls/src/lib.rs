@@ -41,7 +41,7 @@ pub use ca_dir::{
 pub use client::{connect, dial, ConnectOptions};
 pub use config::{
     client_config, client_credentials, load_certs, load_key, provider, server_config, LoadedServer,
-    TlsFiles,
+    TlsFiles, ALPN_HTTP1,
 };
 pub use crl::RevocationList;
 pub use error::{Result, TlsError};

@@ -60,6 +60,11 @@ impl TlsConn {
         &self.peer
     }
 
+    /// The application protocol the client chose by ALPN, if any.
+    pub fn alpn(&self) -> Option<&[u8]> {
+        self.inner.get_ref().1.alpn_protocol()
+    }
+
     /// The underlying TLS stream, e.g. to inspect the negotiated protocol.
     pub fn get_ref(&self) -> &TlsStream<TcpStream> {
         &self.inner

@@ -9,7 +9,7 @@ use tonic::{Request, Response, Status};
 use plexus_core::audit::{self, Action, Outcome};
 use plexus_core::privacy::report::precheck;
 use plexus_core::{Error, Query};
-use plexus_proto::convert::{study_to_pb, to_status};
+use plexus_proto::convert::{dictionary_to_pb, study_to_pb, to_status};
 use plexus_proto::v1 as pb;
 use plexus_proto::v1::research_server::Research;
 use plexus_tls::Role;
@@ -110,10 +110,7 @@ impl Research for ResearchService {
             ));
             return Err(self.refuse(&who.name, &study.id, e).await);
         }
-        let query = match req
-            .query
-            .ok_or_else(|| Error::invalid("the request carries no query"))
-            .and_then(Query::try_from)
+        let query = match read_query(req.query, &req.query_json, &self.state.dictionary)
             .and_then(|q| q.validate(&self.state.dictionary).map(|_| q))
             .and_then(|q| study.permits(&q).map(|_| q))
         {
@@ -267,6 +264,14 @@ impl Research for ResearchService {
         Ok(Response::new(self.budget(&who, &req.study_id).await?))
     }
 
+    async fn get_dictionary(
+        &self,
+        request: Request<pb::GetDictionaryRequest>,
+    ) -> Result<Response<pb::Dictionary>, Status> {
+        plexus_tls::require_role(&request, &[Role::Researcher, Role::Admin, Role::Auditor])?;
+        Ok(Response::new(dictionary_to_pb(&self.state.dictionary)))
+    }
+
     async fn list_studies(
         &self,
         request: Request<pb::ListStudiesRequest>,
@@ -336,6 +341,23 @@ impl ResearchService {
                 })
                 .collect(),
         })
+    }
+}
+
+/// The query a request carries: a tree, or its JSON form read with the
+/// dictionary (which may write the cohort and the model as text).
+fn read_query(
+    tree: Option<pb::Query>,
+    json: &str,
+    _dictionary: &plexus_core::Dictionary,
+) -> Result<Query, Error> {
+    match (tree, json.is_empty()) {
+        (Some(q), true) => Query::try_from(q),
+        (None, false) => Query::from_json(json),
+        (Some(_), false) => Err(Error::invalid(
+            "the request carries the query twice (as a tree and as JSON); send one",
+        )),
+        (None, true) => Err(Error::invalid("the request carries no query")),
     }
 }
 

@@ -159,6 +159,33 @@ impl TryFrom<pb::Purpose> for Purpose {
     }
 }
 
+/// Wire form of the data dictionary: what researchers may name.
+pub fn dictionary_to_pb(d: &plexus_core::Dictionary) -> pb::Dictionary {
+    let bound = |b: &Option<plexus_core::dictionary::Bound>| match b {
+        None => String::new(),
+        Some(plexus_core::dictionary::Bound::Number(x)) => x.to_string(),
+        Some(plexus_core::dictionary::Bound::Date(d)) => d.to_string(),
+    };
+    pb::Dictionary {
+        variables: d
+            .variables
+            .iter()
+            .map(|(name, v)| pb::DictionaryVariable {
+                name: name.clone(),
+                r#type: v.kind.as_str().to_string(),
+                unit: v.unit.clone().unwrap_or_default(),
+                categories: v.categories.clone(),
+                description: v.description.clone(),
+                min: bound(&v.min),
+                max: bound(&v.max),
+            })
+            .collect(),
+        name: d.name.clone(),
+        version: d.version.clone(),
+        fingerprint: d.fingerprint(),
+    }
+}
+
 /// Wire form of a study definition, with its registration time.
 pub fn study_to_pb(s: &StudyDefinition, registered_unix_ms: i64) -> pb::Study {
     pb::Study {

@@ -83,6 +83,7 @@ async fn bad_queries_are_refused_with_clear_errors_and_change_nothing() {
         .submit_query(pb::SubmitQueryRequest {
             study_id: study.id.clone(),
             query: None,
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -93,6 +94,7 @@ async fn bad_queries_are_refused_with_clear_errors_and_change_nothing() {
         .submit_query(pb::SubmitQueryRequest {
             study_id: "no-such-study".into(),
             query: Some((&q).into()),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -222,6 +224,7 @@ async fn oversized_and_too_deep_requests_are_invalid_not_internal() {
             .submit_query(pb::SubmitQueryRequest {
                 study_id: study.id.clone(),
                 query: Some(q),
+                ..Default::default()
             })
             .await
             .unwrap_err();

@@ -41,6 +41,7 @@ async fn burst(install: &Install, researchers: usize, stop: Arc<AtomicBool>) -> 
                         .submit_query(pb::SubmitQueryRequest {
                             study_id: study.clone(),
                             query: Some(query.clone()),
+                            ..Default::default()
                         })
                         .await;
                     match r {

@@ -42,6 +42,7 @@ async fn submit(alice: &Client, study: &str) -> Result<String, tonic::Status> {
         .submit_query(pb::SubmitQueryRequest {
             study_id: study.to_string(),
             query: Some(query),
+            ..Default::default()
         })
         .await
         .map(|r| r.into_inner().query_id)

@@ -142,6 +142,7 @@ async fn the_standby_takes_over_when_the_active_coordinator_dies() {
         .submit_query(pb::SubmitQueryRequest {
             study_id: study.id.clone(),
             query: Some((&query).into()),
+            ..Default::default()
         })
         .await
         .unwrap()

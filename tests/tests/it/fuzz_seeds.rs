@@ -249,6 +249,7 @@ fn to_coordinator() -> BTreeMap<String, Vec<u8>> {
         let r = pb::SubmitQueryRequest {
             study_id: "aaa-outcomes".into(),
             query: Some((&q).into()),
+            ..Default::default()
         };
         out.insert(format!("submit-{name}"), r.encode_to_vec());
     }

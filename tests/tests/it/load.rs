@@ -216,6 +216,7 @@ async fn one(
         .submit_query(pb::SubmitQueryRequest {
             study_id,
             query: Some((&query).into()),
+            ..Default::default()
         })
         .await
         .unwrap_or_else(|s| panic!("#{index} {label} refused: {}", s.message()))

@@ -17,6 +17,7 @@ mod deploy_configs;
 mod failover;
 mod faults;
 mod fuzz_seeds;
+mod http_api;
 mod link;
 mod load;
 mod model_refusals;

@@ -1,0 +1,92 @@
+//! The rows a study sees, for checking Plexus's answers with the tools
+//! researchers trust: the union of the consenting patients of every site,
+//! as one table (R's `glm`, `survival`, statsmodels, lifelines read it).
+//! Synthetic patients only: this exists for the demo network and the tests.
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use chrono::NaiveDate;
+use plexus_core::{ConsentTerms, Purpose};
+
+use crate::synth::{Patient, Site};
+
+/// Patients of a site whose consent covers `purpose` on `today` and who
+/// did not opt out: the population a node may count.
+pub fn consenting<'a>(site: &'a Site, purpose: &Purpose, today: NaiveDate) -> Vec<&'a Patient> {
+    let ok: HashSet<&str> = site
+        .consent
+        .iter()
+        .filter(|c| c.valid_from <= today && c.withdrawn_at.is_none_or(|w| w > today))
+        .filter(|c| {
+            ConsentTerms::parse(&c.purposes)
+                .expect("valid consent")
+                .covers(purpose)
+        })
+        .map(|c| c.patient_id.as_str())
+        .collect();
+    let opted_out: HashSet<&str> = site.opt_out.iter().map(String::as_str).collect();
+    site.patients
+        .iter()
+        .filter(|p| {
+            ok.contains(p.patient_id.as_str()) && !opted_out.contains(p.patient_id.as_str())
+        })
+        .collect()
+}
+
+/// The columns of [`write_union`]: `site`, then the dictionary's variables.
+pub const UNION_COLUMNS: [&str; 13] = [
+    "site",
+    "age",
+    "sex",
+    "bmi",
+    "sbp",
+    "smoking",
+    "diabetes",
+    "aaa_diameter",
+    "hypertension",
+    "cholesterol",
+    "inclusion_date",
+    "followup_days",
+    "death",
+];
+
+/// Writes the consenting patients of every site as one CSV file, a row a
+/// patient: dictionary variable names as columns plus `site`, booleans as
+/// `true`/`false`, missing values empty. Returns the number of rows.
+pub fn write_union(
+    sites: &[Site],
+    purpose: &Purpose,
+    today: NaiveDate,
+    path: &Path,
+) -> anyhow::Result<usize> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut out = csv::Writer::from_path(path)?;
+    out.write_record(UNION_COLUMNS)?;
+    let number = |x: Option<f64>| x.map(|v| v.to_string()).unwrap_or_default();
+    let mut rows = 0;
+    for site in sites {
+        for p in consenting(site, purpose, today) {
+            out.write_record([
+                site.name.clone(),
+                p.age.to_string(),
+                p.sex.clone(),
+                number(p.bmi),
+                number(p.sbp),
+                p.smoking.clone(),
+                p.diabetes.to_string(),
+                number(p.aaa_diameter),
+                p.hypertension.to_string(),
+                number(p.cholesterol),
+                p.inclusion_date.to_string(),
+                p.followup_days.to_string(),
+                p.death.to_string(),
+            ])?;
+            rows += 1;
+        }
+    }
+    out.flush()?;
+    Ok(rows)
+}
