@@ -72,7 +72,7 @@ else
 fi
 export MPLBACKEND=Agg
 set +e
-"$PY" -m pytest -q -p no:cacheprovider clients/python/tests "$@"
+"$PY" -m pytest -q -rxs -p no:cacheprovider clients/python/tests "$@"
 status=$?
 set -e
 echo "clients/python/check.sh: $(($(date +%s) - started)) s"

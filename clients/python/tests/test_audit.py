@@ -94,6 +94,10 @@ def test_consistency_proofs_verify(old, new):
         audit.verify_consistency(old, audit.merkle_root(edited[:old]).hex(), new, new_root, proof)
 
 
+def test_every_log_extends_the_empty_one():
+    audit.verify_consistency(0, "", 5, audit.merkle_root(_leaves(5)).hex(), "")
+
+
 def _signed_proof(events, seq, key=None):
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey

@@ -47,6 +47,14 @@ def design(ref: pd.DataFrame, dictionary: pd.DataFrame, outcome: List[str], cova
 FORMS = ["text", "tree"]
 
 
+@pytest.fixture
+def form(request):
+    """``text`` (formula and where) or ``tree`` (the query format's fields)."""
+    if request.param == "text":
+        request.getfixturevalue("needs_text_forms")
+    return request.param
+
+
 def glm(study, form: str, family: str, outcome: str, covariates: List[str]):
     """The GLM as an R formula (text form) or as outcome and covariates (tree form)."""
     if form == "text":
@@ -61,7 +69,7 @@ def assert_close(got: pd.Series, want: pd.Series, rel: float, what: str) -> None
         assert math.isclose(g, w, rel_tol=rel, abs_tol=rel * 1e-3), f"{what} {term}: plexus {g!r} reference {w!r}"
 
 
-@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("form", FORMS, indirect=True)
 def test_gaussian_glm_equals_statsmodels(exact_study, reference, researcher, form):
     sm = pytest.importorskip("statsmodels.api")
     fit = glm(exact_study, form, "gaussian", "sbp", ["age", "sex", "bmi"])
@@ -75,7 +83,7 @@ def test_gaussian_glm_equals_statsmodels(exact_study, reference, researcher, for
     assert list(t.columns) == ["term", "estimate", "std_error", "statistic", "p_value", "conf_low", "conf_high"]
 
 
-@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("form", FORMS, indirect=True)
 def test_binomial_glm_equals_statsmodels(exact_study, reference, researcher, form):
     sm = pytest.importorskip("statsmodels.api")
     fit = glm(exact_study, form, "binomial", "death", ["age", "smoking", "diabetes"])
@@ -92,7 +100,7 @@ def test_binomial_glm_equals_statsmodels(exact_study, reference, researcher, for
     assert g.nobs == len(data) and bool(g.converged) and g.nodes_answered >= 2
 
 
-@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("form", FORMS, indirect=True)
 def test_kaplan_meier_equals_lifelines(exact_study, reference, form):
     lifelines = pytest.importorskip("lifelines")
     # A daily grid gives the product-limit estimate itself (followup_days is whole days).
@@ -120,7 +128,7 @@ def test_kaplan_meier_equals_lifelines(exact_study, reference, form):
         assert coarse.value["grid_intervals"] == 60 and coarse.value.get("log_rank")
 
 
-@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("form", FORMS, indirect=True)
 def test_cox_equals_lifelines_stratified_by_site(exact_study, reference, researcher, form):
     lifelines = pytest.importorskip("lifelines")
     if form == "text":
@@ -140,7 +148,7 @@ def test_cox_equals_lifelines_stratified_by_site(exact_study, reference, researc
     assert_close(hr, np.exp(cph.params_), 1e-7, "hazard ratio")
 
 
-def test_count_summary_table_histogram(exact_study, reference):
+def test_count_summary_table_histogram(exact_study, reference, needs_text_forms):
     n = exact_study.count("age >= 65")
     assert n.n == int((reference["age"] >= 65).sum())
     s = exact_study.summary("bmi", where="age >= 65")
@@ -158,7 +166,7 @@ def test_count_summary_table_histogram(exact_study, reference):
     assert len(counts) >= 3
 
 
-def test_text_and_tree_forms_give_the_same_query(exact_study):
+def test_text_and_tree_forms_give_the_same_query(exact_study, needs_text_forms):
     text = exact_study.submit({"where": "age >= 65", "analysis": {"glm": {"formula": "death ~ age + diabetes",
                                                                           "family": "binomial"}}}).result()
     tree = exact_study.submit({"cohort": {"compare": {"variable": "age", "op": ">=", "value": 65}},
@@ -191,7 +199,7 @@ def test_unknown_variable_is_invalid_query(exact_study):
     assert "agee" in str(e.value) and e.value.code == "invalid" and e.value.status == 400
 
 
-def test_misspelt_formula_is_invalid_query_naming_it(exact_study):
+def test_misspelt_formula_is_invalid_query_naming_it(exact_study, needs_text_forms):
     with pytest.raises(plexus.InvalidQuery) as e:
         exact_study.glm("death ~ agee", family="binomial")
     assert "agee" in str(e.value) and e.value.code == "invalid"
@@ -252,12 +260,16 @@ def test_wrong_ca_and_foreign_or_expired_certificate(demo, tmp_path):
 def test_audit_inclusion_and_consistency_verify(demo, exact_study):
     auditor = demo.network("auditor")
     exact_study.count()
-    old = auditor.checkpoint()
     events = auditor.audit_log(study_id=exact_study.id, limit=50)
-    assert len(events) > 0 and {"seq", "who", "action", "outcome"} <= set(events.columns)
+    assert len(events) > 0 and {"seq", "who", "action", "outcome", "at"} <= set(events.columns)
     seq = int(events["seq"].max())
-    check = auditor.verify_inclusion(seq)
-    assert check.seq == seq
+    proof = auditor.inclusion_proof(seq)
+    check = auditor.verify_inclusion(proof, public_key=proof["checkpoint"]["public_key"])
+    assert check.seq == seq and check.signature_checked
+    for earlier in range(1, seq, max(1, seq // 20)):  # events of every kind, with and without costs
+        auditor.verify_inclusion(earlier)
+    old = proof["checkpoint"]
+    assert int(old["size"]) >= seq
     exact_study.count({"compare": {"variable": "age", "op": ">=", "value": 70}})
     new = auditor.verify_consistency(old)
     assert int(new["size"]) >= int(old["size"])
