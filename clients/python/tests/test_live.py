@@ -166,6 +166,29 @@ def test_count_summary_table_histogram(exact_study, reference, needs_text_forms)
     assert len(counts) >= 3
 
 
+def test_count_summary_table_histogram_as_trees(exact_study, reference):
+    assert exact_study.count().n == len(reference)
+    old = {"compare": {"variable": "age", "op": ">=", "value": 65}}
+    assert exact_study.count(old).n == int((reference["age"] >= 65).sum())
+    s = exact_study.summary("bmi", where=old)
+    want = reference.loc[reference["age"] >= 65, "bmi"].dropna()
+    assert s.value["n"] == len(want)
+    assert math.isclose(s.value["mean"], want.mean(), rel_tol=1e-12)
+    assert math.isclose(s.value["sd"], want.std(), rel_tol=1e-9)
+    tab = exact_study.table("smoking", "death").to_frame()
+    for level in tab.index:
+        for outcome in tab.columns:
+            want_n = int(((reference["smoking"] == level) & (reference["death"] == (outcome == "true"))).sum())
+            got = tab.loc[level, outcome]
+            assert pd.isna(got) or int(got) == want_n, (level, outcome)
+    h = exact_study.histogram("age", [40, 50, 60, 70, 80, 90, 100]).tidy()
+    for _, b in h.dropna(subset=["count"]).iterrows():
+        last = b.bin_upper == 100
+        inside = (reference["age"] >= b.bin_lower) & ((reference["age"] <= b.bin_upper) if last else
+                                                      (reference["age"] < b.bin_upper))
+        assert int(b["count"]) == int(inside.sum())
+
+
 def test_text_and_tree_forms_give_the_same_query(exact_study, needs_text_forms):
     text = exact_study.submit({"where": "age >= 65", "analysis": {"glm": {"formula": "death ~ age + diabetes",
                                                                           "family": "binomial"}}}).result()
