@@ -175,6 +175,10 @@ def test_count_summary_table_histogram_as_trees(exact_study, reference):
     assert s.value["n"] == len(want)
     assert math.isclose(s.value["mean"], want.mean(), rel_tol=1e-12)
     assert math.isclose(s.value["sd"], want.std(), rel_tol=1e-9)
+    by = exact_study.summary("bmi", by="smoking").tidy().set_index("smoking")
+    for level, rows in reference.groupby("smoking"):
+        assert by.loc[level, "n"] == rows["bmi"].notna().sum()
+        assert math.isclose(by.loc[level, "mean"], rows["bmi"].mean(), rel_tol=1e-12)
     tab = exact_study.table("smoking", "death").to_frame()
     for level in tab.index:
         for outcome in tab.columns:

@@ -76,8 +76,23 @@ def test_summary_by_runs_one_query_per_level():
 def test_summary_by_boolean_uses_true_false():
     fake, study = study_with("summary", "summary")
     r = study.summary("bmi", by="diabetes")
-    assert [b["where"] for b in fake.bodies] == ["diabetes == FALSE", "diabetes == TRUE"]
+    assert [b["cohort"] for b in fake.bodies] == [
+        {"compare": {"variable": "diabetes", "op": "=", "value": False}},
+        {"compare": {"variable": "diabetes", "op": "=", "value": True}}]
     assert list(r) == ["FALSE", "TRUE"]
+
+
+def test_summary_by_with_a_tree_where_stays_a_tree():
+    fake, study = study_with("summary", "summary", "summary")
+    study.summary("bmi", where={"not_null": {"variable": "bmi"}}, by="smoking")
+    assert fake.bodies[1]["cohort"] == {"and": [{"not_null": {"variable": "bmi"}},
+                                                {"compare": {"variable": "smoking", "op": "=", "value": "former"}}]}
+    assert "where" not in fake.bodies[1]
+
+
+def test_summary_by_text_where_escapes_quotes():
+    from plexus.study import and_where
+    assert and_where("age > 1", "smoking", 'a "b"') == '(age > 1) & smoking == "a \\"b\\""'
 
 
 def test_summary_by_numeric_is_refused_before_any_query():

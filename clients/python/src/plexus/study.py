@@ -51,13 +51,14 @@ def _r_literal(value: Any) -> str:
     return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def and_where(where: Where, condition: str) -> Union[str, Dict[str, Any]]:
-    """``where`` with ``condition`` added (``(where) & condition``); a tree ``where`` is kept as a tree."""
+def and_where(where: Where, variable: str, level: Any) -> Union[str, Dict[str, Any]]:
+    """``where`` and ``variable == level``: as text when ``where`` is text, else as a cohort tree."""
+    if isinstance(where, str) and where.strip():
+        return f"({where}) & {variable} == {_r_literal(level)}"
+    condition: Dict[str, Any] = {"compare": {"variable": variable, "op": "=", "value": level}}
     if where is None or where == "":
         return condition
-    if isinstance(where, str):
-        return f"({where}) & {condition}"
-    raise TypeError("summary(by=...) needs a text where (or none), not a cohort tree")
+    return {"and": [dict(where), condition]}
 
 
 def build_request(analysis: Mapping[str, Any], where: Where = None, by_site: bool = False,
@@ -235,7 +236,8 @@ class Study:
 
         ``by`` names a categorical or boolean variable: the client then runs
         one query per level of it from the data dictionary, adding
-        ``by == "level"`` to ``where``, and returns a
+        ``by == "level"`` to ``where`` (as text when ``where`` is text, else
+        as a cohort tree), and returns a
         :class:`~plexus.SummaryByResult`. Each of those queries is charged
         on its own in a private study.
         """
@@ -254,10 +256,9 @@ class Study:
                                           f"{by!r} is {var.get('type')}")
         results: Dict[str, SummaryResult] = {}
         for level in levels:
-            cond = f"{by} == {_r_literal(level)}"
             label = ("TRUE" if level else "FALSE") if isinstance(level, bool) else str(level)
             results[label] = self._run({"summary": {"variable": variable}},  # type: ignore[assignment]
-                                       and_where(where, cond), by_site, rho, timeout)
+                                       and_where(where, by, level), by_site, rho, timeout)
         return SummaryByResult(by, results)
 
     def table(self, row: str, column: str, where: Where = None, *, by_site: bool = False, rho: Optional[float] = None,
