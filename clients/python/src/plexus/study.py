@@ -56,8 +56,8 @@ def and_where(where: Where, variable: str, level: Any) -> Union[str, Dict[str, A
     if isinstance(where, str) and where.strip():
         return f"({where}) & {variable} == {_r_literal(level)}"
     condition: Dict[str, Any] = {"compare": {"variable": variable, "op": "=", "value": level}}
-    if where is None or where == "":
-        return condition
+    if not isinstance(where, Mapping):
+        return condition  # None or blank text: no cohort
     return {"and": [dict(where), condition]}
 
 
