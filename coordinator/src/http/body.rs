@@ -233,9 +233,10 @@ pub struct QueryResult {
     /// Why the query failed (status failed).
     pub error: Option<ErrorDetail>,
     /// The pooled result with its provenance (status succeeded), as
-    /// docs/src/reference/results.md describes it.
+    /// docs/src/reference/results.md describes it: the stored JSON itself,
+    /// passed on unread, so every number is the one gRPC returns.
     #[schema(value_type = Option<Object>)]
-    pub result: Option<serde_json::Value>,
+    pub result: Option<Box<serde_json::value::RawValue>>,
 }
 
 impl TryFrom<pb::QueryResult> for QueryResult {
@@ -250,12 +251,14 @@ impl TryFrom<pb::QueryResult> for QueryResult {
         let result = if r.result_json.is_empty() {
             None
         } else {
-            Some(serde_json::from_str(&r.result_json).map_err(|e| {
-                Error::internal(format!(
-                    "the stored result of query {} is not JSON: {e}",
-                    r.query_id
-                ))
-            })?)
+            Some(
+                serde_json::value::RawValue::from_string(r.result_json).map_err(|e| {
+                    Error::internal(format!(
+                        "the stored result of query {} is not JSON: {e}",
+                        r.query_id
+                    ))
+                })?,
+            )
         };
         Ok(QueryResult {
             query_id: r.query_id,
