@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 
 use plexus_core::audit::AuditEntry;
-use plexus_core::{Query, StudyDefinition};
+use plexus_core::StudyDefinition;
 use plexus_proto::v1 as pb;
 
 use crate::output::{self, Format};
@@ -140,12 +140,10 @@ pub async fn query(
 ) -> anyhow::Result<()> {
     let text =
         std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
-    let query = Query::from_json(&text)?;
+    // Either form, tree or text; errors in it before any connection.
+    crate::verbs::parse_request(&text)?;
     let client = Client::connect(conn).await?;
-    let id = client
-        .submit(study, &query)
-        .await
-        .map_err(|e| anyhow::anyhow!("query refused [{}]: {}", e.code, e.message))?;
+    let id = crate::verbs::submit_request(&client, study, &text).await?;
     show_result(&client, &id, wait, format, plot).await
 }
 
@@ -163,7 +161,7 @@ pub async fn result(
     show_result(&client, id, wait, format, plot).await
 }
 
-async fn show_result(
+pub async fn show_result(
     client: &Client,
     id: &str,
     wait: Duration,

@@ -15,4 +15,5 @@ pub mod pki;
 pub mod plot;
 #[cfg(feature = "demo")]
 pub mod synth_command;
+pub mod verbs;
 pub mod wait;

@@ -12,6 +12,7 @@ use plexus::audit;
 use plexus::commands;
 use plexus::output::{Format, Report};
 use plexus::pki;
+use plexus::verbs::{self, Family, QueryOptions, Ties};
 use plexus_client::ConnectArgs;
 
 #[derive(Parser)]
@@ -100,7 +101,8 @@ enum Command {
     Query {
         #[arg(long)]
         study: String,
-        /// Query as JSON (see docs/src/reference/query-format.md).
+        /// Query as JSON, the tree or the text form ("where", "formula"; see
+        /// docs/src/reference/query-format.md and query-syntax.md).
         #[arg(long)]
         file: PathBuf,
         #[arg(long, value_enum, default_value_t = Format::Table)]
@@ -112,6 +114,65 @@ enum Command {
         /// .svg or .png file.
         #[arg(long)]
         plot: Option<PathBuf>,
+    },
+    /// Count the patients in a cohort.
+    Count {
+        #[command(flatten)]
+        options: QueryOptions,
+    },
+    /// Mean, variance and standard deviation of a numeric variable.
+    Summary {
+        /// The numeric variable.
+        variable: String,
+        /// Summarise for each level of this categorical or boolean variable
+        /// (from the embedded dictionary), each level added to the cohort.
+        /// Each level is its own query and spends its own privacy budget.
+        #[arg(long, value_name = "CATVAR")]
+        by: Option<String>,
+        #[command(flatten)]
+        options: QueryOptions,
+    },
+    /// Two-way contingency table of two categorical or boolean variables.
+    Table {
+        row: String,
+        column: String,
+        #[command(flatten)]
+        options: QueryOptions,
+    },
+    /// Generalised linear model from an R formula, e.g. "death ~ age + smoking".
+    Glm {
+        /// The model: OUTCOME ~ TERM + TERM ("- 1" drops the intercept).
+        formula: String,
+        /// Error distribution and link, as R's glm (identity, logit, log).
+        #[arg(long, value_enum, default_value_t = Family::Gaussian)]
+        family: Family,
+        #[command(flatten)]
+        options: QueryOptions,
+    },
+    /// Cox proportional hazards (stratified by site), e.g.
+    /// "Surv(followup_days, death) ~ age + smoking".
+    Cox {
+        /// The model: Surv(TIME, EVENT) ~ TERM + TERM.
+        formula: String,
+        /// How tied event times are handled (efron without it, as R's coxph).
+        #[arg(long, value_enum)]
+        ties: Option<Ties>,
+        #[command(flatten)]
+        options: QueryOptions,
+    },
+    /// Kaplan-Meier curves on a public time grid, with a log-rank test
+    /// between groups, e.g. "Surv(followup_days, death) ~ smoking".
+    Km {
+        /// The curves: Surv(TIME, EVENT) ~ GROUP, or ~ 1 for one curve.
+        formula: String,
+        /// The time grid: FROM:TO:STEP (e.g. 0:1826:30) or points (0,365,730).
+        #[arg(long)]
+        grid: String,
+        /// Also draw the curves to an .svg or .png file.
+        #[arg(long)]
+        plot: Option<PathBuf>,
+        #[command(flatten)]
+        options: QueryOptions,
     },
     /// Fetch one of your queries by its id (printed by `plexus query` and
     /// in errors), waiting for it to finish: also after a coordinator
@@ -476,6 +537,42 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             )
             .await
         }
+        Command::Count { options } => verbs::run(&cli.conn, &options, verbs::count(), None).await,
+        Command::Summary {
+            variable,
+            by: None,
+            options,
+        } => verbs::run(&cli.conn, &options, verbs::summary(&variable), None).await,
+        Command::Summary {
+            variable,
+            by: Some(by),
+            options,
+        } => verbs::summary_by(&cli.conn, &options, &variable, &by).await,
+        Command::Table {
+            row,
+            column,
+            options,
+        } => verbs::run(&cli.conn, &options, verbs::table(&row, &column), None).await,
+        Command::Glm {
+            formula,
+            family,
+            options,
+        } => verbs::run(&cli.conn, &options, verbs::glm(&formula, family), None).await,
+        Command::Cox {
+            formula,
+            ties,
+            options,
+        } => verbs::run(&cli.conn, &options, verbs::cox(&formula, ties), None).await,
+        Command::Km {
+            formula,
+            grid,
+            plot,
+            options,
+        } => {
+            let grid = verbs::parse_grid(&grid)?;
+            let analysis = verbs::kaplan_meier(&formula, &grid);
+            verbs::run(&cli.conn, &options, analysis, plot.as_deref()).await
+        }
         Command::Result {
             id,
             output,
@@ -568,5 +665,96 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 audit::cmd_export_fhir(&cli.conn, filter, out.as_deref()).await
             }
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Command {
+        Cli::try_parse_from(std::iter::once("plexus").chain(args.iter().copied()))
+            .unwrap_or_else(|e| panic!("{args:?}: {e}"))
+            .command
+    }
+
+    #[test]
+    fn query_verbs_parse() {
+        let Command::Glm {
+            formula,
+            family,
+            options,
+        } = parse(&[
+            "glm",
+            "--study",
+            "aaa-outcomes",
+            "death ~ age + smoking",
+            "--family",
+            "binomial",
+            "--where",
+            "age >= 65",
+            "--rho",
+            "0.05",
+        ])
+        else {
+            panic!("not glm")
+        };
+        assert_eq!(formula, "death ~ age + smoking");
+        assert_eq!(family, Family::Binomial);
+        assert_eq!(options.study, "aaa-outcomes");
+        assert_eq!(options.cohort.as_deref(), Some("age >= 65"));
+        assert_eq!(options.rho, Some(0.05));
+
+        let Command::Km {
+            formula,
+            grid,
+            plot,
+            options,
+        } = parse(&[
+            "km",
+            "--study",
+            "s",
+            "Surv(followup_days, death) ~ smoking",
+            "--grid",
+            "0:1826:30",
+            "--plot",
+            "km.png",
+            "--output",
+            "json",
+            "--by-site",
+        ])
+        else {
+            panic!("not km")
+        };
+        assert_eq!(formula, "Surv(followup_days, death) ~ smoking");
+        assert_eq!(grid, "0:1826:30");
+        assert_eq!(plot, Some(PathBuf::from("km.png")));
+        assert!(options.by_site);
+        assert_eq!(options.output, plexus::output::Format::Json);
+
+        let Command::Summary { variable, by, .. } =
+            parse(&["summary", "bmi", "--by", "smoking", "--study", "s"])
+        else {
+            panic!("not summary")
+        };
+        assert_eq!((variable.as_str(), by.as_deref()), ("bmi", Some("smoking")));
+        assert!(matches!(
+            parse(&["cox", "--study", "s", "Surv(t, e) ~ x", "--ties", "breslow"]),
+            Command::Cox {
+                ties: Some(Ties::Breslow),
+                ..
+            }
+        ));
+        assert!(matches!(
+            parse(&["table", "smoking", "death", "--study", "s"]),
+            Command::Table { .. }
+        ));
+        assert!(matches!(
+            parse(&["count", "--study", "s", "--where", "diabetes"]),
+            Command::Count { .. }
+        ));
+        // The study is required; a km needs its grid.
+        assert!(Cli::try_parse_from(["plexus", "count"]).is_err());
+        assert!(Cli::try_parse_from(["plexus", "km", "--study", "s", "Surv(t, e) ~ 1"]).is_err());
     }
 }

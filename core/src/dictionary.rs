@@ -218,7 +218,8 @@ impl Dictionary {
         })
     }
 
-    fn closest(&self, name: &str) -> Option<&str> {
+    /// The variable name nearest to `name`, for "did you mean" hints.
+    pub fn closest(&self, name: &str) -> Option<&str> {
         self.variables
             .keys()
             .map(|k| (strsim::jaro_winkler(name, k), k.as_str()))

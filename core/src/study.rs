@@ -276,8 +276,14 @@ impl StudyDefinition {
         }
         for v in query.variables() {
             if !self.variables.contains(&v) {
+                // Say where the variable is used: in a formula or a "where"
+                // text, the researcher never wrote a field name for it.
+                let used = match query.analysis.role_of(&v) {
+                    Some(role) => format!("the {kind}'s {role}"),
+                    None => "a condition of the cohort".into(),
+                };
                 return Err(Error::policy(format!(
-                    "study \"{}\" does not allow variable \"{v}\" (allowed: {})",
+                    "study \"{}\" does not allow variable \"{v}\", used as {used} (allowed: {})",
                     self.id,
                     self.variables.join(", ")
                 )));

@@ -1,5 +1,5 @@
-//! A researcher's query text (JSON as `plexus query` reads it, or TOML)
-//! -> `plexus_core::Query` -> validated against the network dictionary and
+//! A researcher's query text (JSON as `plexus query` reads it, in the tree
+//! or the text form of a query request, or TOML) -> `plexus_core::Query` -> validated against the network dictionary and
 //! the demo study, as the coordinator does on submission. A query that
 //! passes must survive the wire round trip unchanged.
 #![no_main]
@@ -16,6 +16,7 @@ fuzz_target!(|data: &[u8]| {
     let study = plexus_fuzz::study();
     let parsed = [
         Query::from_json(text).ok(),
+        Query::from_request(text, dict).ok(),
         toml::from_str::<Query>(text).ok(),
     ];
     for query in parsed.into_iter().flatten() {

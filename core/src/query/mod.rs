@@ -13,6 +13,7 @@ use crate::models::cox::Ties;
 use crate::models::glm::{Family, FitOptions};
 
 mod canonical;
+pub mod syntax;
 mod text;
 mod validate;
 use crate::models::survival::Grid;
@@ -306,6 +307,70 @@ impl Analysis {
             Analysis::Correlation { variables, .. } => {
                 variables.iter().map(String::as_str).collect()
             }
+        }
+    }
+
+    /// What `variable` is to this analysis ("outcome", "covariate", ...),
+    /// for messages; `None` when the analysis does not use it.
+    pub fn role_of(&self, variable: &str) -> Option<&'static str> {
+        let is = |name: &str| name == variable;
+        let listed = |names: &[String]| names.iter().any(|n| is(n));
+        match self {
+            Analysis::Count {} => None,
+            Analysis::Summary { variable: v }
+            | Analysis::Histogram { variable: v, .. }
+            | Analysis::Quantiles { variable: v, .. } => is(v).then_some("variable"),
+            Analysis::Table { row, column } => {
+                if is(row) {
+                    Some("row")
+                } else {
+                    is(column).then_some("column")
+                }
+            }
+            Analysis::TwoByTwo { exposure, outcome } => {
+                if is(exposure) {
+                    Some("exposure")
+                } else {
+                    is(outcome).then_some("outcome")
+                }
+            }
+            Analysis::Glm {
+                outcome,
+                covariates,
+                ..
+            } => {
+                if is(outcome) {
+                    Some("outcome")
+                } else {
+                    listed(covariates).then_some("covariate")
+                }
+            }
+            Analysis::Cox {
+                time,
+                event,
+                covariates,
+                ..
+            } => {
+                if is(time) {
+                    Some("time")
+                } else if is(event) {
+                    Some("event")
+                } else {
+                    listed(covariates).then_some("covariate")
+                }
+            }
+            Analysis::KaplanMeier {
+                time, event, group, ..
+            } => {
+                if is(time) {
+                    Some("time")
+                } else if is(event) {
+                    Some("event")
+                } else {
+                    group.as_deref().is_some_and(is).then_some("group")
+                }
+            }
+            Analysis::Correlation { variables, .. } => listed(variables).then_some("variable"),
         }
     }
 
