@@ -173,3 +173,18 @@ def test_request_json_is_plain_json():
     assert post.headers["content-type"] == "application/json"
     assert json.loads(post.content) == {"analysis": {"count": {}}}
     assert post.url.path == "/v1/studies/aaa-validation/queries"
+
+
+def test_import_and_a_count_need_no_pandas():
+    import subprocess
+    import sys
+
+    code = ("import sys, httpx, plexus\n"
+            "from helpers import FakeCoordinator, fixture, mock_network\n"
+            "study = mock_network(FakeCoordinator([fixture('count')])).study('aaa-validation')\n"
+            "assert study.count().n == 3863\n"
+            "print('pandas' in sys.modules)\n")
+    import os
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=os.path.dirname(__file__))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"

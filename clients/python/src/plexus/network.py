@@ -13,7 +13,7 @@ import os
 from typing import Any, Dict, List, Mapping, Optional, Union
 
 import httpx
-import pandas as pd
+from ._pandas import pd
 
 from . import audit as _audit
 from ._tls import Identity, explain_tls_failure, ssl_context

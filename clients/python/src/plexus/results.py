@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from statistics import NormalDist
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Type
 
-import pandas as pd
+from ._pandas import pd
 
 __all__ = [
     "Provenance",
