@@ -220,6 +220,20 @@ def test_same_numbers_as_the_cli(demo, exact_study, tmp_path):
     assert py.raw["value"] == cli["value"]  # every number to the last digit
 
 
+def test_same_numbers_as_the_cli_glm_verb(demo, exact_study, needs_text_forms):
+    if not demo.binary:
+        pytest.skip("PLEXUS_BIN is not set: no CLI to compare with")
+    formula, where = "death ~ age + smoking + diabetes", 'sex == "M" & age >= 60'
+    cmd = [demo.binary, "--coordinator", demo.url, "--pki", demo.pki, "--as",
+           demo.connect["identities"]["researcher"]["name"], "glm", "--study",
+           exact_study.id, formula, "--family", "binomial", "--where", where, "--output", "json"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    cli = json.loads(out.stdout)
+    py = exact_study.glm(formula, family="binomial", where=where)
+    assert py.raw["value"] == cli["value"]
+
+
 def test_unknown_variable_is_invalid_query(exact_study):
     with pytest.raises(plexus.InvalidQuery) as e:
         exact_study.analysis({"glm": {"family": "binomial", "outcome": "death", "covariates": ["agee"]}})
