@@ -129,32 +129,3 @@ def reference(demo, researcher):
             frame[name] = frame[name].map(lambda v: None if pd.isna(v) else str(v).strip().lower() == "true")
     return frame
 
-
-@pytest.fixture(scope="session")
-def text_forms(exact_study) -> bool:
-    """Whether the coordinator reads the text forms (``where``, ``formula``) yet.
-
-    They come with the query syntax (docs/src/reference/query-syntax.md),
-    which lands apart from the HTTP API. Until then the tests that need them
-    are marked xfail with that reason, and run for real once it is there;
-    PLEXUS_REQUIRE_TEXT_FORMS=1 makes them fail instead.
-    """
-    import plexus
-
-    try:
-        exact_study.count("age >= 65")
-    except plexus.InvalidQuery as e:
-        if "unknown field `where`" in str(e):
-            return False
-        raise
-    return True
-
-
-@pytest.fixture
-def needs_text_forms(text_forms) -> None:
-    """Marks the test xfail when the coordinator does not read the text forms yet."""
-    if not text_forms:
-        reason = "the coordinator does not read the text forms (where, formula) yet: the query syntax has not landed"
-        if os.environ.get("PLEXUS_REQUIRE_TEXT_FORMS") == "1":
-            pytest.fail(reason, pytrace=False)
-        pytest.xfail(reason)

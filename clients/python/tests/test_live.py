@@ -47,14 +47,6 @@ def design(ref: pd.DataFrame, dictionary: pd.DataFrame, outcome: List[str], cova
 FORMS = ["text", "tree"]
 
 
-@pytest.fixture
-def form(request):
-    """``text`` (formula and where) or ``tree`` (the query format's fields)."""
-    if request.param == "text":
-        request.getfixturevalue("needs_text_forms")
-    return request.param
-
-
 def glm(study, form: str, family: str, outcome: str, covariates: List[str]):
     """The GLM as an R formula (text form) or as outcome and covariates (tree form)."""
     if form == "text":
@@ -69,7 +61,7 @@ def assert_close(got: pd.Series, want: pd.Series, rel: float, what: str) -> None
         assert math.isclose(g, w, rel_tol=rel, abs_tol=rel * 1e-3), f"{what} {term}: plexus {g!r} reference {w!r}"
 
 
-@pytest.mark.parametrize("form", FORMS, indirect=True)
+@pytest.mark.parametrize("form", FORMS)
 def test_gaussian_glm_equals_statsmodels(exact_study, reference, researcher, form):
     sm = pytest.importorskip("statsmodels.api")
     fit = glm(exact_study, form, "gaussian", "sbp", ["age", "sex", "bmi"])
@@ -83,7 +75,7 @@ def test_gaussian_glm_equals_statsmodels(exact_study, reference, researcher, for
     assert list(t.columns) == ["term", "estimate", "std_error", "statistic", "p_value", "conf_low", "conf_high"]
 
 
-@pytest.mark.parametrize("form", FORMS, indirect=True)
+@pytest.mark.parametrize("form", FORMS)
 def test_binomial_glm_equals_statsmodels(exact_study, reference, researcher, form):
     sm = pytest.importorskip("statsmodels.api")
     fit = glm(exact_study, form, "binomial", "death", ["age", "smoking", "diabetes"])
@@ -100,7 +92,7 @@ def test_binomial_glm_equals_statsmodels(exact_study, reference, researcher, for
     assert g.nobs == len(data) and bool(g.converged) and g.nodes_answered >= 2
 
 
-@pytest.mark.parametrize("form", FORMS, indirect=True)
+@pytest.mark.parametrize("form", FORMS)
 def test_kaplan_meier_equals_lifelines(exact_study, reference, form):
     lifelines = pytest.importorskip("lifelines")
     # A daily grid gives the product-limit estimate itself (followup_days is whole days).
@@ -128,7 +120,7 @@ def test_kaplan_meier_equals_lifelines(exact_study, reference, form):
         assert coarse.value["grid_intervals"] == 60 and coarse.value.get("log_rank")
 
 
-@pytest.mark.parametrize("form", FORMS, indirect=True)
+@pytest.mark.parametrize("form", FORMS)
 def test_cox_equals_lifelines_stratified_by_site(exact_study, reference, researcher, form):
     lifelines = pytest.importorskip("lifelines")
     if form == "text":
@@ -148,7 +140,7 @@ def test_cox_equals_lifelines_stratified_by_site(exact_study, reference, researc
     assert_close(hr, np.exp(cph.params_), 1e-7, "hazard ratio")
 
 
-def test_count_summary_table_histogram(exact_study, reference, needs_text_forms):
+def test_count_summary_table_histogram(exact_study, reference):
     n = exact_study.count("age >= 65")
     assert n.n == int((reference["age"] >= 65).sum())
     s = exact_study.summary("bmi", where="age >= 65")
@@ -193,7 +185,7 @@ def test_count_summary_table_histogram_as_trees(exact_study, reference):
         assert int(b["count"]) == int(inside.sum())
 
 
-def test_text_and_tree_forms_give_the_same_query(exact_study, needs_text_forms):
+def test_text_and_tree_forms_give_the_same_query(exact_study):
     text = exact_study.submit({"where": "age >= 65", "analysis": {"glm": {"formula": "death ~ age + diabetes",
                                                                           "family": "binomial"}}}).result()
     tree = exact_study.submit({"cohort": {"compare": {"variable": "age", "op": ">=", "value": 65}},
@@ -220,7 +212,7 @@ def test_same_numbers_as_the_cli(demo, exact_study, tmp_path):
     assert py.raw["value"] == cli["value"]  # every number to the last digit
 
 
-def test_same_numbers_as_the_cli_glm_verb(demo, exact_study, needs_text_forms):
+def test_same_numbers_as_the_cli_glm_verb(demo, exact_study):
     if not demo.binary:
         pytest.skip("PLEXUS_BIN is not set: no CLI to compare with")
     formula, where = "death ~ age + smoking + diabetes", 'sex == "M" & age >= 60'
@@ -240,7 +232,7 @@ def test_unknown_variable_is_invalid_query(exact_study):
     assert "agee" in str(e.value) and e.value.code == "invalid" and e.value.status == 400
 
 
-def test_misspelt_formula_is_invalid_query_naming_it(exact_study, needs_text_forms):
+def test_misspelt_formula_is_invalid_query_naming_it(exact_study):
     with pytest.raises(plexus.InvalidQuery) as e:
         exact_study.glm("death ~ agee", family="binomial")
     assert "agee" in str(e.value) and e.value.code == "invalid"

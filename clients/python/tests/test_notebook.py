@@ -43,7 +43,7 @@ def check_outputs(outputs) -> None:
 
 
 @pytest.mark.live
-def test_quickstart_notebook_runs(demo, tmp_path, needs_text_forms):
+def test_quickstart_notebook_runs(demo, tmp_path):
     check_outputs(run_notebook(demo.connect_path, tmp_path))
 
 
