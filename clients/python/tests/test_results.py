@@ -1,0 +1,158 @@
+"""tidy(), glance(), summary() and plot() from recorded result JSON."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+
+import plexus
+from plexus.results import KM_COLUMNS, TIDY_COLUMNS, result_from_json
+
+from helpers import fixture
+
+
+def load(name: str) -> plexus.Result:
+    env = fixture(name)
+    return result_from_json(env["result"], env)
+
+
+def test_classes_by_kind():
+    assert isinstance(load("count"), plexus.CountResult)
+    assert isinstance(load("summary"), plexus.SummaryResult)
+    assert isinstance(load("table"), plexus.TableResult)
+    assert isinstance(load("histogram"), plexus.HistogramResult)
+    assert isinstance(load("glm_binomial"), plexus.GlmResult)
+    assert isinstance(load("cox"), plexus.CoxResult)
+    assert isinstance(load("km"), plexus.KmResult)
+    generic = result_from_json({"value": {"kind": "two_by_two", "exposure": "diabetes", "chi_square": 4.2},
+                                "provenance": {"nodes": [], "answered": 0, "min_nodes": 2, "min_cell_size": 5}})
+    assert type(generic) is plexus.Result
+    assert generic.tidy().loc[0, "chi_square"] == 4.2
+
+
+def test_raw_is_the_result_json():
+    env = fixture("glm_binomial")
+    r = result_from_json(env["result"], env)
+    assert r.raw == env["result"]
+    assert r.provenance.query_hash == "ab" * 32 and r.provenance.answered == 3
+    assert r.provenance.round_ms == [12, 10, 9, 9, 8]
+
+
+def test_glm_tidy_columns_and_values():
+    t = load("glm_binomial").tidy()
+    assert list(t.columns) == TIDY_COLUMNS
+    age = t.set_index("term").loc["age"]
+    assert age.estimate == 0.05 and age.std_error == 0.01 and age.statistic == 5.0
+    assert age.conf_low == 0.0304003601545995 and age.conf_high == 0.0695996398454005
+
+
+def test_glm_exponentiate_uses_server_ratio_then_exp():
+    t = load("glm_binomial").tidy(exponentiate=True).set_index("term")
+    assert t.loc["age", "estimate"] == 1.0512710963760241  # the server's ratio object
+    assert t.loc["age", "conf_low"] == 1.0308672
+    assert t.loc["age", "std_error"] == 0.01  # stays on the log scale, as broom
+    # diabetes has no ratio object in the fixture: exp() of estimate and bounds
+    assert t.loc["diabetes", "estimate"] == pytest.approx(math.exp(0.4), rel=1e-15)
+    assert t.loc["diabetes", "conf_high"] == pytest.approx(math.exp(0.79199279690801), rel=1e-15)
+
+
+def test_glm_other_conf_level_recomputes_z_interval():
+    t = load("glm_binomial").tidy(conf_level=0.9).set_index("term")
+    z = 1.6448536269514722
+    assert t.loc["age", "conf_low"] == pytest.approx(0.05 - z * 0.01, rel=1e-12)
+    e = load("glm_binomial").tidy(conf_level=0.9, exponentiate=True).set_index("term")
+    assert e.loc["age", "conf_high"] == pytest.approx(math.exp(0.05 + z * 0.01), rel=1e-12)
+
+
+def test_glm_glance_and_summary():
+    r = load("glm_binomial")
+    g = r.glance()
+    assert len(g) == 1
+    row = g.iloc[0]
+    assert row.nobs == 3863 and row.deviance == 3000.5 and row.null_deviance == 3200.25
+    assert row.df_residual == 3859.0 and row.iterations == 5 and bool(row.converged)
+    assert row.nodes_answered == 3 and bool(row.exact) and row.privacy_cost_rho == 0.0
+    text = r.summary()
+    assert "Dep. variable: death" in text and "smoking=former" in text and "P>|z|" in text
+    assert repr(r) == text
+    assert r.params["age"] == 0.05 and r.bse["age"] == 0.01
+
+
+def test_cox_tidy_hazard_ratio_and_glance():
+    r = load("cox")
+    t = r.tidy(exponentiate=True)
+    assert t.loc[0, "estimate"] == 1.0408107741923882
+    g = r.glance().iloc[0]
+    assert g.events == 900 and g.lr_chi_square == 60.0 and g.ties == "efron"
+    assert "hazard_ratio" in r.summary()
+
+
+def test_km_tidy_like_broom():
+    r = load("km")
+    t = r.tidy()
+    assert list(t.columns) == KM_COLUMNS
+    assert len(t) == 6
+    current = t[t.strata == "current"]
+    assert list(current.time) == [30.0, 60.0, 90.0]
+    assert math.isnan(current.estimate.iloc[2])  # not stated after the last patient at risk
+    assert r.survival_at([30, 60], group="never").tolist() == [0.95, 0.8444444444444444]
+    assert r.medians() == {"never": None, "current": 60.0}
+    g = r.glance().iloc[0]
+    assert g.curves == 2 and g.log_rank_p_value == 4.4e-7 and g.n == 150
+    with pytest.raises(ValueError):
+        r.survival_at([30])
+
+
+def test_count_and_suppressed_count():
+    c = load("count")
+    assert c.n == 3863 and int(c) == 3863 and not c.suppressed
+    assert "n=3863" in repr(c)
+    s = load("count_suppressed")
+    assert s.n is None and s.suppressed and s.at_least == 7
+    assert s.tidy().loc[0, "suppressed_at"] == "hospital-a,hospital-b"
+    g = s.glance().iloc[0]
+    assert g.privacy_cost_rho == 0.01 and g.privacy_remaining_rho == 0.95 and not g.exact
+    with pytest.raises(ValueError):
+        int(s)
+
+
+def test_histogram_and_table():
+    h = load("histogram")
+    t = h.tidy()
+    assert list(t.bin_lower) == [40.0, 50.0, 60.0, 70.0, 80.0, 90.0]
+    assert t["count"].tolist()[:5] == [23, 319, 1222, 1606, 619] and pd.isna(t["count"].iloc[5])
+    assert h.below is None
+    tab = load("table")
+    wide = tab.to_frame()
+    assert wide.loc["former", "true"] == 300 and pd.isna(wide.loc["current", "true"])
+    long = tab.tidy()
+    assert list(long.columns[:3]) == ["smoking", "death", "count"] and len(long) == 6
+
+
+def test_summary_tidy():
+    t = load("summary").tidy().iloc[0]
+    assert t.variable == "bmi" and t.conf_low == 27.3 and t.sd == 4.0
+
+
+def test_plots_draw():
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    ax = load("km").plot()
+    assert len(ax.get_lines()) == 2
+    xs = ax.get_lines()[1].get_xdata()
+    assert list(xs) == [0.0, 30.0, 60.0]  # the curve starts at 1 at the grid's start and ends where stated
+    ax = load("histogram").plot()
+    assert len(ax.patches) == 6
+    with pytest.raises(NotImplementedError):
+        load("count").plot()
+
+
+def test_by_site_values():
+    env = fixture("count")
+    raw = dict(env["result"], by_site=[{"node": "hospital-a", "value": {"kind": "count", "n": {"count": 1200}}},
+                                       {"node": "hospital-c", "error": "disclosure: fewer than 5"}])
+    r = result_from_json(raw)
+    assert r.by_site["hospital-a"].n == 1200
+    assert r.by_site_errors == {"hospital-c": "disclosure: fewer than 5"}
