@@ -7,8 +7,8 @@ use chrono::NaiveDate;
 
 use plexus_core::eval::{matches, Datum};
 use plexus_core::stats::SummarySums;
-use plexus_core::{Analysis, ConsentTerms, Dictionary, Purpose, Query, RawStats};
-use plexus_sandbox::synth::{Patient, Site};
+use plexus_core::{Analysis, Dictionary, Query, RawStats};
+use plexus_sandbox::synth::Patient;
 
 pub use plexus_sandbox::{self as sandbox, Sandbox, SandboxOptions};
 

@@ -19,7 +19,7 @@ use super::plan::{add_receipts, Plan, Round};
 /// next coefficients out.
 enum Fitter {
     /// With the bounds its noise follows from, under differential privacy.
-    Glm(GlmFitter, Option<GlmBounds>),
+    Glm(Box<GlmFitter>, Option<GlmBounds>),
     Cox(CoxFitter),
 }
 
@@ -47,9 +47,12 @@ impl Fitter {
                     let bounds =
                         GlmBounds::new(*family, &query.analysis.terms(dict)?, outcome, dict)?;
                     let centres = bounds.centre.clone();
-                    Fitter::Glm(fitter.private(DP_GLM_ROUNDS, centres), Some(bounds))
+                    Fitter::Glm(
+                        Box::new(fitter.private(DP_GLM_ROUNDS, centres)),
+                        Some(bounds),
+                    )
                 } else {
-                    Fitter::Glm(fitter, None)
+                    Fitter::Glm(Box::new(fitter), None)
                 }
             }
             Analysis::Cox {

@@ -53,6 +53,16 @@ fn strip_run(mut v: serde_json::Value) -> serde_json::Value {
     v
 }
 
+/// A request refused: method, path, body, HTTP status, code, message part.
+type ErrorCase = (
+    &'static str,
+    &'static str,
+    Option<&'static str>,
+    u16,
+    &'static str,
+    &'static str,
+);
+
 const RUN_FIELDS: &[&str] = &[
     "query_id",
     "job_id",
@@ -182,9 +192,9 @@ async fn http_and_grpc_give_the_same_answers_and_errors() {
     assert_eq!(budget.body["exact"], true);
 
     // Errors: a stable code in the body and the HTTP status of that code.
-    let cases: &[(&HttpClient, &str, &str, Option<&str>, u16, &str, &str)] = &[
+    // (method, path, body, HTTP status, code, a part of the message)
+    let cases: &[ErrorCase] = &[
         (
-            &alice,
             "POST",
             "/v1/studies/aaa-validation-exact/queries",
             Some(r#"{"analysis": {"summary": {"variable": "systolic"}}}"#),
@@ -193,7 +203,6 @@ async fn http_and_grpc_give_the_same_answers_and_errors() {
             "not in the data dictionary",
         ),
         (
-            &alice,
             "POST",
             "/v1/studies/aaa-validation-exact/queries",
             Some(r#"{"analysis": {"count": {}"#),
@@ -202,7 +211,6 @@ async fn http_and_grpc_give_the_same_answers_and_errors() {
             "not valid JSON",
         ),
         (
-            &alice,
             "POST",
             "/v1/studies/aaa-validation-exact/queries",
             Some(
@@ -213,7 +221,6 @@ async fn http_and_grpc_give_the_same_answers_and_errors() {
             "did you mean \"age\"",
         ),
         (
-            &alice,
             "POST",
             "/v1/studies/aaa-validation-exact/queries",
             Some(r#"{"where": "(age >= 65", "analysis": {"count": {}}}"#),
@@ -222,7 +229,6 @@ async fn http_and_grpc_give_the_same_answers_and_errors() {
             "column",
         ),
         (
-            &alice,
             "POST",
             "/v1/studies/no-such-study/queries",
             Some(r#"{"analysis": {"count": {}}}"#),
@@ -231,7 +237,6 @@ async fn http_and_grpc_give_the_same_answers_and_errors() {
             "not registered",
         ),
         (
-            &alice,
             "GET",
             "/v1/queries/no-such-query",
             None,
@@ -240,7 +245,6 @@ async fn http_and_grpc_give_the_same_answers_and_errors() {
             "no query",
         ),
         (
-            &alice,
             "GET",
             "/v1/audit/events",
             None,
@@ -249,7 +253,6 @@ async fn http_and_grpc_give_the_same_answers_and_errors() {
             "may not call",
         ),
         (
-            &alice,
             "GET",
             "/v1/no-such-call",
             None,
@@ -259,9 +262,9 @@ async fn http_and_grpc_give_the_same_answers_and_errors() {
         ),
     ];
     let study_path = format!("/v1/studies/{}/queries", study.id);
-    for (who, method, path, body, status, code, text) in cases {
+    for (method, path, body, status, code, text) in cases {
         let path = path.replace("/v1/studies/aaa-validation-exact/queries", &study_path);
-        let answer = who.request(method, &path, *body).await.unwrap();
+        let answer = alice.request(method, &path, *body).await.unwrap();
         assert_eq!(answer.status, *status, "{method} {path}: {:?}", answer.body);
         assert_eq!(answer.body["error"]["code"], *code, "{:?}", answer.body);
         let message = answer.body["error"]["message"].as_str().unwrap();
