@@ -101,7 +101,7 @@ pub async fn run(opts: HttpBenchOptions) -> anyhow::Result<()> {
     }
     println!("{table}");
     println!(
-        "(gRPC: one call to submit and one to wait on a connection kept open; HTTP: a new TLS connection per request, as the benchmark's minimal client makes them)"
+        "(each transport on one connection kept open, as the CLI, R and Python clients do; HTTP polls with bounded waits)"
     );
     sb.shutdown().await
 }

@@ -1,7 +1,8 @@
 //! A minimal client of the coordinator's HTTP/JSON API, for the tests and
 //! the benchmark that compare it with gRPC: HTTP/1.1 over the same mutual
 //! TLS, a certificate from a `pki` folder, answering the status and the
-//! JSON body. Researchers use the Python and R clients, or the CLI.
+//! JSON body. It keeps its connection open between requests, as the R
+//! and Python clients do. Researchers use those clients, or the CLI.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -15,9 +16,13 @@ use plexus_tls::TlsFiles;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
+type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
 pub struct HttpClient {
     connector: TlsConnector,
     address: SocketAddr,
+    /// The open connection, taken by one request at a time.
+    open: tokio::sync::Mutex<Option<Sender>>,
 }
 
 /// An answer: the HTTP status and the body as JSON.
@@ -36,6 +41,7 @@ impl HttpClient {
         Ok(HttpClient {
             connector: TlsConnector::from(Arc::new(config)),
             address,
+            open: tokio::sync::Mutex::new(None),
         })
     }
 
@@ -47,19 +53,32 @@ impl HttpClient {
         self.request("POST", path, Some(body)).await
     }
 
-    /// One request on its own connection.
+    /// A new connection.
+    async fn connect(&self) -> anyhow::Result<Sender> {
+        let tcp = TcpStream::connect(self.address).await?;
+        let name = rustls::pki_types::ServerName::try_from("localhost")?;
+        let tls = self.connector.connect(name, tcp).await?;
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
+        tokio::spawn(connection);
+        Ok(sender)
+    }
+
+    /// One request, on the open connection when it is still usable.
     pub async fn request(
         &self,
         method: &str,
         path: &str,
         body: Option<&str>,
     ) -> anyhow::Result<Answer> {
-        let tcp = TcpStream::connect(self.address).await?;
-        let name = rustls::pki_types::ServerName::try_from("localhost")?;
-        let tls = self.connector.connect(name, tcp).await?;
-        let (mut sender, connection) =
-            hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
-        tokio::spawn(connection);
+        let mut open = self.open.lock().await;
+        let kept = match open.take() {
+            Some(mut sender) => sender.ready().await.is_ok().then_some(sender),
+            None => None,
+        };
+        let mut sender = match kept {
+            Some(sender) => sender,
+            None => self.connect().await?,
+        };
         let request = hyper::Request::builder()
             .method(method)
             .uri(path)
@@ -69,6 +88,7 @@ impl HttpClient {
         let response = sender.send_request(request).await?;
         let status = response.status().as_u16();
         let bytes = response.into_body().collect().await?.to_bytes();
+        *open = Some(sender);
         let body = serde_json::from_slice(&bytes).with_context(|| {
             format!(
                 "{method} {path} answered {status} with a body that is not JSON: {}",
