@@ -171,6 +171,7 @@ pub fn fit_glm(x: &[Vec<f64>], y: &[f64], family: Family) -> GlmFit {
     let mut dev_old = deviance(family, y, &mu);
     let mut beta = DVector::<f64>::zeros(p);
     let mut iterations = 0;
+    let mut last_xtwx = DMatrix::<f64>::zeros(p, p);
 
     for iteration in 1..=MAX_ITERATIONS {
         iterations = iteration;
@@ -184,9 +185,11 @@ pub fn fit_glm(x: &[Vec<f64>], y: &[f64], family: Family) -> GlmFit {
         let xtwx = cross_product(&design, &w);
         let xtwz = DVector::from_fn(p, |j, _| (0..n).map(|i| design[(i, j)] * w[i] * z[i]).sum());
         beta = xtwx
+            .clone()
             .cholesky()
             .expect("X'WX is not positive definite")
             .solve(&xtwz);
+        last_xtwx = xtwx;
         let new_eta = &design * &beta;
         eta = new_eta.iter().copied().collect();
         mu = eta.iter().map(|&e| family.inverse_link(e)).collect();
@@ -199,16 +202,10 @@ pub fn fit_glm(x: &[Vec<f64>], y: &[f64], family: Family) -> GlmFit {
     }
     let final_deviance = dev_old;
 
-    // Standard errors with W evaluated at the final coefficients.
-    let w: Vec<f64> = eta
-        .iter()
-        .zip(&mu)
-        .map(|(&e, &m)| {
-            let d = family.mu_eta(e);
-            d * d / family.variance(m)
-        })
-        .collect();
-    let covariance_unscaled = cross_product(&design, &w)
+    // Standard errors from the X'WX the last step was solved from (W at
+    // the coefficients before it), as R's glm.fit and statsmodels report
+    // them.
+    let covariance_unscaled = last_xtwx
         .cholesky()
         .expect("X'WX is not positive definite")
         .inverse();
