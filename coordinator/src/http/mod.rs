@@ -55,11 +55,22 @@ pub fn router(state: &Arc<State>) -> axum::Router {
             state: state.clone(),
         }),
     };
-    let (router, _) = api_router().split_for_parts();
+    // The routes and their document come from one router: the document
+    // is written once here and served as it is.
+    let (router, doc) = api_router().split_for_parts();
+    let doc = doc.to_json().expect("the OpenAPI document serialises");
     router
         .route(
             "/v1/openapi.json",
-            axum::routing::get(|| async { Json(openapi()) }),
+            axum::routing::get(move || {
+                let doc = doc.clone();
+                async move {
+                    (
+                        [(axum::http::header::CONTENT_TYPE, "application/json")],
+                        doc,
+                    )
+                }
+            }),
         )
         .route("/v1/{*rest}", axum::routing::any(no_such_call))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))

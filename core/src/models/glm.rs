@@ -453,10 +453,7 @@ impl GlmFitter {
         // fit's tolerance. A private fit keeps the last round's, which its
         // noise terms below are computed for.
         let (_, inverse) = match (&self.previous_xtwx, self.rounds) {
-            (Some(xtwx), None) => self.solve(&GlmStats {
-                xtwx: xtwx.clone(),
-                ..pooled.clone()
-            })?,
+            (Some(xtwx), None) => solve_spd(p, xtwx, &pooled.xtwz, "X'WX")?,
             _ => self.solve(pooled)?,
         };
         let n = pooled.n as f64;
