@@ -298,41 +298,35 @@ async fn serve(opts: DemoOptions) -> anyhow::Result<()> {
 
     let pki = sb.pki.display();
     let connect_file = connect_path.display();
+    let (patients, private, exact) = (opts.patients_per_site, &study.id, &validation.id);
+    let reference = reference.display();
     println!(
-        "Plexus demo network: a coordinator and three synthetic hospitals ({} patients each) on loopback, real mTLS
+        "Plexus demo network: a coordinator and three synthetic hospitals ({patients} patients each) on loopback, real mTLS
 
   coordinator   {url}   (gRPC and the HTTP/JSON API: {url}/v1/openapi.json)
-  studies       {} (differential privacy), {} (exact answers)
+  studies       {private} (differential privacy), {exact} (exact answers)
   certificates  {pki}  (researcher alice, outsider bob, auditor, admin)
   connect file  {connect_file}
-  reference     {} ({rows} consenting patients of the exact study, for checking results)
+  reference     {reference} ({rows} consenting patients of the exact study, for checking results)
 
 From the CLI:
-  plexus --coordinator {url} --pki {pki} --as alice count --study {}
-  plexus --coordinator {url} --pki {pki} --as alice glm --study {} \"death ~ age + smoking\" --family binomial
+  plexus --coordinator {url} --pki {pki} --as alice count --study {exact}
+  plexus --coordinator {url} --pki {pki} --as alice glm --study {exact} \"death ~ age + smoking\" --family binomial
 
 From Python (pip install ./clients/python):
   import plexus
   net = plexus.Network.from_connect_file(\"{connect_file}\")
-  net.study(\"{}\").glm(\"death ~ age + smoking\", family=\"binomial\").tidy()
+  net.study(\"{exact}\").glm(\"death ~ age + smoking\", family=\"binomial\").tidy()
 
 From R (R CMD INSTALL clients/r):
   library(plexus)
   con <- px_connect(connect_file = \"{connect_file}\")
-  px_glm(con, death ~ age + smoking, family = \"binomial\", study = \"{}\")
+  px_glm(con, death ~ age + smoking, family = \"binomial\", study = \"{exact}\")
 
 With curl:
   curl --cacert {pki}/ca.pem --cert {pki}/alice.pem --key {pki}/alice.key {url}/v1/studies
 
-Serving until interrupted (Ctrl-C or SIGTERM).",
-        opts.patients_per_site,
-        study.id,
-        validation.id,
-        reference.display(),
-        validation.id,
-        validation.id,
-        validation.id,
-        validation.id,
+Serving until interrupted (Ctrl-C or SIGTERM)."
     );
     wait_for_stop().await?;
     println!("stopping the demo network");

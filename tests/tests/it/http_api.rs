@@ -118,13 +118,24 @@ async fn http_and_grpc_give_the_same_answers_and_errors() {
 
     // The same queries over both transports: the same numbers, to the last
     // digit, and the same provenance apart from the run's own ids and times.
-    for query in [
-        r#"{"analysis": {"count": {}}}"#,
-        r#"{"cohort": {"compare": {"variable": "age", "op": ">=", "value": 65}},
+    // Where a query has a text form too, it is read into the same tree:
+    // the same hash, the same answer as the tree form over gRPC.
+    for (query, text) in [
+        (r#"{"analysis": {"count": {}}}"#, None),
+        (
+            r#"{"cohort": {"compare": {"variable": "age", "op": ">=", "value": 65}},
             "analysis": {"glm": {"family": "binomial", "outcome": "death",
                                  "covariates": ["age", "smoking", "diabetes"]}}}"#,
-        r#"{"analysis": {"kaplan_meier": {"time": "followup_days", "event": "death",
+            Some(
+                r#"{"where": "age >= 65",
+            "analysis": {"glm": {"formula": "death ~ age + smoking + diabetes", "family": "binomial"}}}"#,
+            ),
+        ),
+        (
+            r#"{"analysis": {"kaplan_meier": {"time": "followup_days", "event": "death",
               "group": "smoking", "grid": {"from": 0, "to": 1830, "step": 30.5}}}}"#,
+            None,
+        ),
     ] {
         let over_grpc = alice_grpc
             .run_query(
@@ -134,54 +145,26 @@ async fn http_and_grpc_give_the_same_answers_and_errors() {
             )
             .await
             .unwrap();
-        let over_http = ask_http(&alice, &study.id, query).await;
-        assert_eq!(over_http.status, 200, "{:?}", over_http.body);
-        assert_eq!(
-            over_http.body["status"], "succeeded",
-            "{:?}",
-            over_http.body
-        );
-        assert_eq!(
-            over_http.body["query_hash"].as_str().unwrap(),
-            over_grpc.query_hash
-        );
         let grpc_result: serde_json::Value = serde_json::from_str(&over_grpc.result_json).unwrap();
-        assert_eq!(
-            strip_run(over_http.body["result"].clone()),
-            strip_run(grpc_result),
-            "{query}"
-        );
+        for body in std::iter::once(query).chain(text) {
+            let over_http = ask_http(&alice, &study.id, body).await;
+            assert_eq!(over_http.status, 200, "{:?}", over_http.body);
+            assert_eq!(
+                over_http.body["status"], "succeeded",
+                "{:?}",
+                over_http.body
+            );
+            assert_eq!(
+                over_http.body["query_hash"].as_str().unwrap(),
+                over_grpc.query_hash
+            );
+            assert_eq!(
+                strip_run(over_http.body["result"].clone()),
+                strip_run(grpc_result.clone()),
+                "{body}"
+            );
+        }
     }
-
-    // The text form is read into the same tree: the same hash, the same
-    // answer as the tree form over gRPC.
-    let tree = r#"{"cohort": {"compare": {"variable": "age", "op": ">=", "value": 65}},
-        "analysis": {"glm": {"family": "binomial", "outcome": "death",
-                             "covariates": ["age", "smoking", "diabetes"]}}}"#;
-    let over_grpc = alice_grpc
-        .run_query(
-            &study.id,
-            &plexus_core::Query::from_json(tree).unwrap(),
-            Duration::from_secs(60),
-        )
-        .await
-        .unwrap();
-    let text = ask_http(
-        &alice,
-        &study.id,
-        r#"{"where": "age >= 65",
-            "analysis": {"glm": {"formula": "death ~ age + smoking + diabetes", "family": "binomial"}}}"#,
-    )
-    .await;
-    assert_eq!(text.body["status"], "succeeded", "{:?}", text.body);
-    assert_eq!(
-        text.body["query_hash"].as_str().unwrap(),
-        over_grpc.query_hash
-    );
-    assert_eq!(
-        strip_run(text.body["result"].clone()),
-        strip_run(serde_json::from_str(&over_grpc.result_json).unwrap())
-    );
 
     // The budget, as gRPC reports it.
     let budget = alice
