@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand};
 mod audit;
 mod http;
 mod latency;
+mod peers;
 mod secure;
 mod throughput;
 mod warehouse;
@@ -110,6 +111,31 @@ enum Mode {
         repetitions: usize,
         #[arg(long, default_value_t = 7)]
         seed: u64,
+    },
+    /// The federated peers' benchmark query (consenting patients aged 50
+    /// or more: count, mean, sd and histograms of age and systolic
+    /// pressure) with Plexus run as processes, against DuckDB holding every
+    /// site's rows in one place, in the same run. Needs the daemons and the
+    /// CLI built beside this binary and Python with duckdb
+    /// (bench/peers/setup.sh).
+    Peers {
+        /// Patients per hospital, one run per size (comma-separated).
+        #[arg(long, value_delimiter = ',', default_value = "100000,1000000")]
+        patients: Vec<usize>,
+        /// Timed repetitions per phase (cold starts: at most 3).
+        #[arg(long, default_value_t = 5)]
+        repetitions: usize,
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+        /// Keep the generated files and the daemons' logs here.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Python with the duckdb package.
+        #[arg(long, env = "PLEXUS_BENCH_PYTHON")]
+        python: Option<PathBuf>,
+        /// The nodes' data.memory_mib (the node's default when absent).
+        #[arg(long)]
+        memory_mib: Option<u64>,
     },
     /// Audit log append and verify throughput.
     Audit {
@@ -210,6 +236,31 @@ async fn run(mode: Mode) -> anyhow::Result<()> {
                 patients_per_site: patients,
                 repetitions: repetitions.max(1),
                 seed,
+            })
+            .await
+        }
+        Mode::Peers {
+            patients,
+            repetitions,
+            seed,
+            dir,
+            python,
+            memory_mib,
+        } => {
+            let python = match python {
+                Some(p) => p,
+                None => std::env::var_os("HOME")
+                    .map(PathBuf::from)
+                    .context("HOME is not set; pass --python")?
+                    .join(".cache/plexus-bench-tools/python/bin/python"),
+            };
+            peers::run(peers::PeersOptions {
+                sizes: patients,
+                repetitions: repetitions.max(1),
+                seed,
+                dir,
+                python,
+                memory_mib,
             })
             .await
         }
