@@ -127,9 +127,7 @@ impl ConsentSource {
         }
         let mut ids = IdSet::for_type(id_type);
         self.consenting(purpose, today, &mut ids).await?;
-        if let Some((p, f)) = &self.opt_out {
-            self.remove_opted_out(p, *f, &mut ids).await?;
-        }
+        self.remove_opted_out(&mut ids).await?;
         let ids = Arc::new(ids);
         // A file written within the last moments could change again without
         // changing its stamp: keep re-reading it until it has settled.
@@ -143,6 +141,36 @@ impl ConsentSource {
     }
 
     async fn consenting(&self, purpose: &Purpose, today: NaiveDate, ids: &mut IdSet) -> Result<()> {
+        let mut covers: HashMap<usize, bool> = HashMap::default();
+        self.each_record(|r| {
+            let covered = match covers.get(&r.terms_index) {
+                Some(c) => *c,
+                None => {
+                    let c = r.terms.covers(purpose);
+                    covers.insert(r.terms_index, c);
+                    c
+                }
+            };
+            if covered && r.valid_from <= today && r.withdrawn_at.is_none_or(|w| w > today) {
+                ids.insert(r.id);
+            }
+        })
+        .await
+    }
+
+    /// The stamps of the consent and opt-out files as they are now.
+    pub fn stamps(&self) -> Result<(FileStamp, Option<FileStamp>)> {
+        let consent = stamp(&self.path, "consent file")?;
+        let opt_out = match &self.opt_out {
+            Some((p, _)) => Some(stamp(p, "opt-out file")?),
+            None => None,
+        };
+        Ok((consent, opt_out))
+    }
+
+    /// Calls `visit` with every consent record, in file order, each read
+    /// and checked once: an error names the file and the line.
+    pub async fn each_record(&self, mut visit: impl FnMut(Record<'_>)) -> Result<()> {
         let what = "consent file";
         let df = self
             .records(&self.path, self.format, what, &CONSENT_COLUMNS)
@@ -151,7 +179,9 @@ impl ConsentSource {
             .execute_stream()
             .await
             .map_err(|e| read_error(what, &self.path, self.format, e))?;
-        let mut covers: HashMap<String, bool> = HashMap::default();
+        // Each distinct text of terms parsed once.
+        let mut terms: HashMap<String, usize> = HashMap::default();
+        let mut parsed: Vec<ConsentTerms> = Vec::new();
         let mut row = 0usize;
         while let Some(batch) = stream.next().await {
             let batch = batch.map_err(|e| read_error(what, &self.path, self.format, e))?;
@@ -175,38 +205,39 @@ impl ConsentSource {
                     .and_then(|s| {
                         date(s).ok_or_else(|| bad("valid_from is not a date YYYY-MM-DD"))
                     })?;
-                let withdrawn = match text(until, i) {
+                let withdrawn_at = match text(until, i) {
                     None => None,
                     Some(s) => Some(date(s).ok_or_else(|| {
                         bad("withdrawn_at is not a date YYYY-MM-DD (leave it empty if consent stands)")
                     })?),
                 };
-                let terms = text(purposes, i).unwrap_or("");
-                let covered = match covers.get(terms) {
-                    Some(c) => *c,
+                let t = text(purposes, i).unwrap_or("");
+                let terms_index = match terms.get(t) {
+                    Some(k) => *k,
                     None => {
-                        let c = ConsentTerms::parse(terms)
-                            .map_err(|e| bad(&e.message))?
-                            .covers(purpose);
-                        covers.insert(terms.to_string(), c);
-                        c
+                        parsed.push(ConsentTerms::parse(t).map_err(|e| bad(&e.message))?);
+                        terms.insert(t.to_string(), parsed.len() - 1);
+                        parsed.len() - 1
                     }
                 };
-                let in_force = valid_from <= today && withdrawn.is_none_or(|w| w > today);
-                if covered && in_force {
-                    ids.insert(id);
-                }
+                visit(Record {
+                    id,
+                    terms: &parsed[terms_index],
+                    terms_index,
+                    valid_from,
+                    withdrawn_at,
+                });
             }
         }
         Ok(())
     }
 
-    async fn remove_opted_out(
-        &self,
-        path: &Path,
-        format: DataFormat,
-        ids: &mut IdSet,
-    ) -> Result<()> {
+    /// Calls `visit` with every id of the opt-out file, if there is one.
+    pub async fn each_opt_out(&self, mut visit: impl FnMut(&str)) -> Result<()> {
+        let Some((path, format)) = &self.opt_out else {
+            return Ok(());
+        };
+        let (path, format) = (path.as_path(), *format);
         let what = "opt-out file";
         let df = self.records(path, format, what, &OPT_OUT_COLUMNS).await?;
         let mut stream = df
@@ -218,10 +249,25 @@ impl ConsentSource {
             let col = batch.column(0).as_string::<i32>();
             (0..batch.num_rows())
                 .filter_map(|i| text(col, i))
-                .for_each(|id| ids.remove(id));
+                .for_each(&mut visit);
         }
         Ok(())
     }
+
+    async fn remove_opted_out(&self, ids: &mut IdSet) -> Result<()> {
+        self.each_opt_out(|id| ids.remove(id)).await
+    }
+}
+
+/// One consent record, checked.
+pub(crate) struct Record<'a> {
+    pub id: &'a str,
+    pub terms: &'a ConsentTerms,
+    /// The same for records with the same text of terms, counting from 0
+    /// in order of first appearance.
+    pub terms_index: usize,
+    pub valid_from: NaiveDate,
+    pub withdrawn_at: Option<NaiveDate>,
 }
 
 /// Parses a date, taking the common `YYYY-MM-DD` shape without the

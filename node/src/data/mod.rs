@@ -17,6 +17,7 @@ mod ids;
 mod mapping;
 mod models;
 mod resident;
+mod selection;
 mod source;
 #[cfg(test)]
 mod tests;
@@ -247,7 +248,7 @@ impl FileSource {
             &self.ctx,
             PATIENTS,
             (&self.path, self.format),
-            &self.id_column,
+            (&self.id_column, &self.id_type),
             self.mapped.values(),
             self.memory_budget,
         )
@@ -287,13 +288,12 @@ impl FileSource {
             let df = self.cohort(query, purpose, today).await?;
             return Ok(Rows::File { df, counted });
         };
-        let admitted = self.consent.admitted(purpose, today, &self.id_type).await?;
-        let ids = (&admitted, self.id_column.as_str(), &self.id_type);
+        let consenting = table.consenting(&self.consent, purpose, today).await?;
         let filter = match &query.cohort {
             Some(c) => Some(compile::compile(c, &|v| self.lookup(v))?),
             None => None,
         };
-        let cohort = table.cohort(&self.ctx, ids, filter)?;
+        let cohort = table.cohort(&self.ctx, consenting, filter)?;
         if query.cohort.is_some() && !limits.private {
             plexus_core::disclosure::complement(cohort.population, cohort.len(), limits.k)?;
         }

@@ -17,38 +17,48 @@
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
+use chrono::NaiveDate;
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch};
-use datafusion::arrow::compute::{and, cast as arrow_cast, concat_batches, filter_record_batch};
+use datafusion::arrow::compute::{and, cast as arrow_cast, concat, filter_record_batch};
 use datafusion::arrow::datatypes::{DataType, Float64Type};
 use datafusion::common::DFSchema;
 use datafusion::logical_expr::ColumnarValue;
 use datafusion::prelude::{Expr, SessionContext};
 use futures::StreamExt;
 use plexus_core::models::design::Columns;
-use plexus_core::{Dictionary, Error, RawStats, Result, Variable};
+use plexus_core::{Dictionary, Error, Purpose, RawStats, Result, Variable};
 
 use super::compile::{column, Mapped};
 use super::compute::{bin_code, level_index};
 use super::config::DataFormat;
+use super::consent::ConsentSource;
 use super::extract;
 use super::files::read_error;
-use super::ids::IdSet;
+use super::selection::ConsentRows;
 
-/// Consenting-row masks kept at once (one per admitted set in use).
-const CACHED_MASKS: usize = 4;
+/// Consent selections kept at once (one per purpose and day in use).
+const CACHED_SELECTIONS: usize = 4;
 
 /// One version of the data file's mapped columns, in file order.
 pub(crate) struct Resident {
     batch: RecordBatch,
     schema: DFSchema,
-    /// Consenting rows per admitted set, most recently used first.
-    masks: Mutex<Vec<(Arc<IdSet>, BooleanArray)>>,
+    id_column: String,
+    id_type: DataType,
+    /// The consent records joined to these rows, for one version of the
+    /// consent files; built by the first job after they change.
+    consent: tokio::sync::Mutex<Option<Arc<ConsentRows>>>,
+    /// Consenting rows per purpose and day, for `consent`'s version, most
+    /// recently used first.
+    selections: Mutex<Vec<((String, NaiveDate), BooleanArray)>>,
 }
 
-/// The consenting rows of a job's cohort.
+/// The consenting rows of a job's cohort: a row mask over the table. Only
+/// the columns an analysis reads are copied out, when it reads them.
 pub(crate) struct Cohort<'a> {
     table: &'a Resident,
-    rows: RecordBatch,
+    keep: BooleanArray,
+    len: u64,
     /// The consenting patients, in the cohort or not (the study population
     /// of the complement rule).
     pub population: u64,
@@ -61,7 +71,7 @@ impl Resident {
         ctx: &SessionContext,
         table: &str,
         (path, format): (&Path, DataFormat),
-        id_column: &str,
+        (id_column, id_type): (&str, &DataType),
         mapped: impl Iterator<Item = &Mapped>,
         budget: usize,
     ) -> Result<Option<Resident>> {
@@ -85,16 +95,35 @@ impl Resident {
             .map_err(|e| read_error("data file", path, format, e))?;
         // Stops reading as soon as the budget is passed: a file far over
         // it is never held whole.
-        let (mut batches, mut bytes) = (Vec::new(), 0usize);
+        // Kept column by column, so that joining the pieces of one column
+        // holds that column twice for a moment, not the whole table.
+        let mut pieces: Vec<Vec<ArrayRef>> = vec![Vec::new(); schema.fields().len()];
+        let mut bytes = 0usize;
         while let Some(b) = stream.next().await {
             let b = b.map_err(|e| read_error("data file", path, format, e))?;
             bytes += b.get_array_memory_size();
             if bytes > budget {
                 return Ok(None);
             }
-            batches.push(b);
+            for (p, c) in pieces.iter_mut().zip(b.columns()) {
+                p.push(Arc::clone(c));
+            }
         }
-        let batch = concat_batches(&schema, &batches)
+        let mut columns = Vec::with_capacity(pieces.len());
+        for p in &mut pieces {
+            let parts: Vec<&dyn Array> = p.iter().map(|a| a.as_ref()).collect();
+            let whole = match parts.len() {
+                0 => datafusion::arrow::array::new_empty_array(
+                    schema.field(columns.len()).data_type(),
+                ),
+                _ => concat(&parts)
+                    .map_err(|e| Error::internal(format!("cannot join the column pieces: {e}")))?,
+            };
+            drop(parts);
+            p.clear();
+            columns.push(whole);
+        }
+        let batch = RecordBatch::try_new(Arc::clone(&schema), columns)
             .map_err(|e| Error::internal(format!("cannot join the column batches: {e}")))?;
         if batch.get_array_memory_size() > budget {
             return Ok(None);
@@ -104,7 +133,10 @@ impl Resident {
         Ok(Some(Resident {
             batch,
             schema,
-            masks: Mutex::new(Vec::new()),
+            id_column: id_column.to_string(),
+            id_type: id_type.clone(),
+            consent: tokio::sync::Mutex::new(None),
+            selections: Mutex::new(Vec::new()),
         }))
     }
 
@@ -113,53 +145,75 @@ impl Resident {
         self.batch.get_array_memory_size()
     }
 
-    /// Evaluates an expression over the columns of `batch` (this table's
-    /// rows or a subset of them), with DataFusion's type coercion.
-    fn eval(&self, ctx: &SessionContext, expr: Expr, batch: &RecordBatch) -> Result<ArrayRef> {
-        let physical = ctx
-            .create_physical_expr(expr, &self.schema)
-            .map_err(|e| Error::internal(format!("cannot plan an expression: {e}")))?;
-        let value = physical
-            .evaluate(batch)
-            .and_then(|v: ColumnarValue| v.into_array(batch.num_rows()))
-            .map_err(|e| {
-                tracing::warn!(error = %e, "evaluating over the in-memory columns failed");
-                Error::data(
-                    "the node could not evaluate the query over its data (see the node log)",
-                )
-            })?;
-        Ok(value)
-    }
-
+    /// Rows where a filter holds (unknown counts as not).
     fn mask(&self, ctx: &SessionContext, expr: Expr) -> Result<BooleanArray> {
-        let a = self.eval(ctx, expr, &self.batch)?;
+        let a = eval(ctx, &self.schema, expr, &self.batch)?;
         a.as_boolean_opt()
             .cloned()
             .ok_or_else(|| Error::internal("a filter did not evaluate to true or false"))
     }
 
-    /// Rows of patients in `admitted`, remembered per set.
-    fn consenting(
+    /// Rows of patients whose consent covers `purpose` on `today` and who
+    /// have not opted out, by the consent files as they are now.
+    pub async fn consenting(
         &self,
-        ctx: &SessionContext,
-        admitted: &Arc<IdSet>,
-        id_column: &str,
-        id_type: &DataType,
+        consent: &ConsentSource,
+        purpose: &Purpose,
+        today: NaiveDate,
     ) -> Result<BooleanArray> {
+        let stamps = consent.stamps()?;
+        let joined = {
+            let mut slot = self.consent.lock().await;
+            match slot.as_ref() {
+                Some(c) if c.stamps == stamps => Arc::clone(c),
+                _ => {
+                    let id = self.batch.schema().index_of(&self.id_column).map_err(|e| {
+                        Error::internal(format!("the id column is not in memory: {e}"))
+                    })?;
+                    let started = std::time::Instant::now();
+                    let built = Arc::new(
+                        ConsentRows::build(consent, stamps, self.batch.column(id), &self.id_type)
+                            .await?,
+                    );
+                    tracing::debug!(
+                        elapsed_ms = started.elapsed().as_millis() as u64,
+                        kib = built.bytes() / 1024,
+                        "consent records joined to the rows in memory"
+                    );
+                    // A file written within the last moments could change
+                    // again without changing its stamp: read it again next
+                    // time until it has settled.
+                    let settled = stamps.0.settled() && stamps.1.is_none_or(|s| s.settled());
+                    *slot = settled.then(|| Arc::clone(&built));
+                    // After the slot changed: a selection of the old version
+                    // cached meanwhile goes too (see below).
+                    self.selections.lock().expect("selection lock").clear();
+                    built
+                }
+            }
+        };
+        let key = (purpose.to_string(), today);
         {
-            let mut masks = self.masks.lock().expect("mask lock");
-            if let Some(i) = masks.iter().position(|(s, _)| Arc::ptr_eq(s, admitted)) {
-                let hit = masks.remove(i);
-                let mask = hit.1.clone();
-                masks.insert(0, hit);
-                return Ok(mask);
+            let mut cache = self.selections.lock().expect("selection lock");
+            if let Some(i) = cache.iter().position(|(k, _)| *k == key) {
+                let hit = cache.remove(i);
+                let rows = hit.1.clone();
+                cache.insert(0, hit);
+                return Ok(rows);
             }
         }
-        let mask = self.mask(ctx, admitted.filter(id_column, id_type))?;
-        let mut masks = self.masks.lock().expect("mask lock");
-        masks.insert(0, (Arc::clone(admitted), mask.clone()));
-        masks.truncate(CACHED_MASKS);
-        Ok(mask)
+        let rows = joined.select(purpose, today);
+        let mut cache = self.selections.lock().expect("selection lock");
+        // Only selections of the consent version in the slot are kept.
+        if self
+            .consent
+            .try_lock()
+            .is_ok_and(|slot| slot.as_ref().is_some_and(|c| Arc::ptr_eq(c, &joined)))
+        {
+            cache.insert(0, (key, rows.clone()));
+            cache.truncate(CACHED_SELECTIONS);
+        }
+        Ok(rows)
     }
 
     /// The consenting rows that satisfy `filter` (a compiled cohort; rows
@@ -167,33 +221,69 @@ impl Resident {
     pub fn cohort(
         &self,
         ctx: &SessionContext,
-        (admitted, id_column, id_type): (&Arc<IdSet>, &str, &DataType),
+        consenting: BooleanArray,
         filter: Option<Expr>,
     ) -> Result<Cohort<'_>> {
-        let mut keep = self.consenting(ctx, admitted, id_column, id_type)?;
+        let mut keep = consenting;
         let population = keep.true_count() as u64;
         if let Some(f) = filter {
             let matches = self.mask(ctx, f)?;
             keep = and(&keep, &matches)
                 .map_err(|e| Error::internal(format!("cannot combine row masks: {e}")))?;
         }
-        let rows = filter_record_batch(&self.batch, &keep)
-            .map_err(|e| Error::internal(format!("cannot select the cohort's rows: {e}")))?;
+        let len = keep.true_count() as u64;
         Ok(Cohort {
             table: self,
-            rows,
+            keep,
+            len,
             population,
         })
     }
 }
 
+/// Evaluates an expression over `batch`, whose schema is `schema`, with
+/// DataFusion's type coercion.
+fn eval(
+    ctx: &SessionContext,
+    schema: &DFSchema,
+    expr: Expr,
+    batch: &RecordBatch,
+) -> Result<ArrayRef> {
+    let physical = ctx
+        .create_physical_expr(expr, schema)
+        .map_err(|e| Error::internal(format!("cannot plan an expression: {e}")))?;
+    physical
+        .evaluate(batch)
+        .and_then(|v: ColumnarValue| v.into_array(batch.num_rows()))
+        .map_err(|e| {
+            tracing::warn!(error = %e, "evaluating over the in-memory columns failed");
+            Error::data("the node could not evaluate the query over its data (see the node log)")
+        })
+}
+
 impl Cohort<'_> {
     pub fn len(&self) -> u64 {
-        self.rows.num_rows() as u64
+        self.len
     }
 
+    /// Evaluates `expr` over the cohort's rows of the columns it names
+    /// (a summary reads one column of a dozen: the others are not copied).
     fn eval(&self, ctx: &SessionContext, expr: Expr) -> Result<ArrayRef> {
-        self.table.eval(ctx, expr, &self.rows)
+        let table = &self.table.batch;
+        let mut indices = expr
+            .column_refs()
+            .into_iter()
+            .map(|c| table.schema().index_of(&c.name))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| Error::internal(format!("an expression names no column held: {e}")))?;
+        indices.sort_unstable();
+        let internal = |e: &dyn std::fmt::Display| {
+            Error::internal(format!("cannot select the cohort's rows: {e}"))
+        };
+        let columns = table.project(&indices).map_err(|e| internal(&e))?;
+        let rows = filter_record_batch(&columns, &self.keep).map_err(|e| internal(&e))?;
+        let schema = DFSchema::try_from(rows.schema()).map_err(|e| internal(&e))?;
+        eval(ctx, &schema, expr, &rows)
     }
 
     /// `variables` of the cohort's rows, as [`extract::columns`] reads them.

@@ -91,18 +91,16 @@ async fn csv_in_memory_equals_scanning() {
 }
 
 async fn count(src: &crate::data::DataSource, cohort: &str) -> u64 {
+    count_on(src, cohort, "2024-06-01").await
+}
+
+async fn count_on(src: &crate::data::DataSource, cohort: &str, day: &str) -> u64 {
     let q = Query::from_json(&format!(
         r#"{{"cohort": {cohort}, "analysis": {{"count": {{}}}}}}"#
     ))
     .unwrap();
     match src
-        .compute(
-            &q,
-            &purpose("GRU", "", &[]),
-            date("2024-06-01"),
-            TEST_LIMITS,
-            None,
-        )
+        .compute(&q, &purpose("GRU", "", &[]), date(day), TEST_LIMITS, None)
         .await
         .unwrap()
     {
@@ -146,6 +144,36 @@ async fn a_withdrawal_counts_at_the_next_job_with_the_columns_in_memory() {
     settle(&f.consent.path);
     assert_eq!(count(&src, women).await, before - 1);
     assert_eq!(count(&src, "null").await, 59);
+}
+
+#[tokio::test]
+async fn a_new_day_counts_the_consent_that_starts_or_ends_on_it() {
+    let rows = patients(60);
+    let consent: Vec<_> = rows
+        .iter()
+        .enumerate()
+        .map(|(i, p)| match i {
+            // Consent given as of June 2nd, and consent withdrawn as of June 3rd.
+            0 => (p.id.as_str(), "GRU", "2024-06-02", ""),
+            1 => (p.id.as_str(), "GRU", "2019-01-01", "2024-06-03"),
+            _ => (p.id.as_str(), "GRU", "2019-01-01", ""),
+        })
+        .collect();
+    let f = settled(&rows, false, &[]);
+    write_consent(&f.consent.path, &consent);
+    settle(&f.consent.path);
+    // One node, its columns and consent selections in memory, day after day.
+    let src = f.open().await.unwrap();
+    let second = format!(
+        r#"{{"in": {{"variable": "age", "values": [{}]}}}}"#,
+        rows[1].age.unwrap()
+    );
+    assert_eq!(count_on(&src, "null", "2024-06-01").await, 59);
+    assert_eq!(count_on(&src, "null", "2024-06-02").await, 60);
+    let with_second = count_on(&src, &second, "2024-06-02").await;
+    assert_eq!(count_on(&src, "null", "2024-06-03").await, 59);
+    assert_eq!(count_on(&src, &second, "2024-06-03").await, with_second - 1);
+    assert_eq!(count_on(&src, "null", "2024-06-01").await, 59);
 }
 
 #[tokio::test]
