@@ -28,7 +28,11 @@ enum Look {
     Failed(String),
 }
 
-/// How long between two looks at the listing.
+/// The first pause between two looks at the listing: a network that is
+/// starting is usually there within tens of milliseconds (a cold start
+/// waited half a second here for nodes that were live after 60 ms).
+const FIRST_POLL: Duration = Duration::from_millis(10);
+/// The pause it doubles up to.
 const POLL: Duration = Duration::from_millis(500);
 
 /// Reads `60s`, `2m`, `1500ms` or a bare number of seconds.
@@ -106,6 +110,7 @@ pub async fn wait(
     let mut client: Option<Client> = None;
     let mut last = None;
     let mut why = String::from("the coordinator was not asked yet");
+    let mut pause = FIRST_POLL;
     loop {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         let attempt = tokio::time::timeout(left.max(POLL), async {
@@ -154,9 +159,10 @@ pub async fn wait(
             return Err(timed_out(wanted, timeout, last.as_ref(), &why));
         }
         tokio::time::sleep(
-            POLL.min(deadline.saturating_duration_since(tokio::time::Instant::now())),
+            pause.min(deadline.saturating_duration_since(tokio::time::Instant::now())),
         )
         .await;
+        pause = (pause * 2).min(POLL);
     }
 }
 
