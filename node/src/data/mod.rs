@@ -51,6 +51,8 @@ const PATIENTS: &str = "patients";
 /// records that decide who may be counted.
 pub struct FileSource {
     ctx: SessionContext,
+    /// One partition: reads the file in its row order (see `open`).
+    columns_ctx: SessionContext,
     dict: Arc<Dictionary>,
     path: PathBuf,
     format: DataFormat,
@@ -94,6 +96,12 @@ impl FileSource {
         stamp(&path, "data file")?;
         let ctx = SessionContext::new();
         register(&ctx, &path, format, &data.patient_id).await?;
+        // Columns kept in memory are read one or a few at a time, and must
+        // line up row for row: one partition reads the file in its order.
+        let columns_ctx = SessionContext::new_with_config(
+            datafusion::prelude::SessionConfig::new().with_target_partitions(1),
+        );
+        register(&columns_ctx, &path, format, &data.patient_id).await?;
         let df = ctx
             .table(PATIENTS)
             .await
@@ -109,6 +117,7 @@ impl FileSource {
         );
         let source = FileSource {
             ctx,
+            columns_ctx,
             dict,
             path,
             format,
@@ -245,25 +254,31 @@ impl FileSource {
         }
         let started = Instant::now();
         let table = Resident::load(
-            &self.ctx,
-            PATIENTS,
-            (&self.path, self.format),
+            (&self.columns_ctx, PATIENTS),
+            (&self.path, self.format, now),
             (&self.id_column, &self.id_type),
-            self.mapped.values(),
             self.memory_budget,
         )
         .await?
         .map(Arc::new);
         match &table {
-            Some(t) => tracing::info!(
-                mib = format!("{:.1}", t.bytes() as f64 / (1024.0 * 1024.0)),
-                elapsed_ms = started.elapsed().as_millis() as u64,
-                "data file's mapped columns read into memory"
-            ),
+            Some(t) => {
+                // Warm: the consent records joined to the rows before the
+                // first job asks (a consent file with a bad record is
+                // reported by that job, naming the line).
+                if let Err(e) = t.joined(&self.consent).await {
+                    tracing::debug!(error = %e.message, "consent not joined at start");
+                }
+                tracing::info!(
+                    mib = format!("{:.1}", t.bytes() as f64 / (1024.0 * 1024.0)),
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "data file's id column read and consent joined; other columns are read when a job first needs them"
+                )
+            }
             None => tracing::warn!(
                 budget_mib = self.memory_budget / (1024 * 1024),
-                "the data file's mapped columns do not fit data.memory_mib; \
-                 every job reads the file (raise data.memory_mib to keep them in memory)"
+                "the data file's id column does not fit data.memory_mib; \
+                 every job reads the file (raise data.memory_mib to keep columns in memory)"
             ),
         }
         // A file written within the last moments could change again without
@@ -293,11 +308,21 @@ impl FileSource {
             Some(c) => Some(compile::compile(c, &|v| self.lookup(v))?),
             None => None,
         };
-        let cohort = table.cohort(&self.ctx, consenting, filter)?;
+        // The columns the cohort and the analysis read, and no others.
+        let mut names: Vec<String> = filter
+            .iter()
+            .flat_map(|f| f.column_refs())
+            .map(|c| c.name.clone())
+            .collect();
+        for (_, m) in self.mapped_variables(&query.analysis)? {
+            names.push(m.column.clone());
+        }
+        let batch = table.columns(&names).await?;
+        let cohort = table.cohort(&self.ctx, batch, consenting, filter)?;
         if query.cohort.is_some() && !limits.private {
             plexus_core::disclosure::complement(cohort.population, cohort.len(), limits.k)?;
         }
-        Ok(Rows::Memory(cohort))
+        Ok(Rows::Memory(cohort, std::marker::PhantomData))
     }
 
     /// A one-round analysis over the cohort's rows.
@@ -446,14 +471,14 @@ impl FileSource {
 /// complement rule counted it). Each analysis reads them the same way
 /// from either.
 enum Rows<'t> {
-    Memory(resident::Cohort<'t>),
+    Memory(resident::Cohort, std::marker::PhantomData<&'t ()>),
     File { df: DataFrame, counted: Option<u64> },
 }
 
 impl Rows<'_> {
     async fn count(self) -> Result<u64> {
         match self {
-            Rows::Memory(c) => Ok(c.len()),
+            Rows::Memory(c, _) => Ok(c.len()),
             // Counted already by the complement check.
             Rows::File {
                 counted: Some(n), ..
@@ -472,14 +497,14 @@ impl Rows<'_> {
         dict: &Dictionary,
     ) -> Result<plexus_core::models::design::Columns> {
         match self {
-            Rows::Memory(c) => c.columns(ctx, variables, dict),
+            Rows::Memory(c, _) => c.columns(ctx, variables, dict),
             Rows::File { df, .. } => extract::columns(df, variables, dict).await,
         }
     }
 
     async fn histogram(self, ctx: &SessionContext, m: &Mapped, edges: &[f64]) -> Result<RawStats> {
         match self {
-            Rows::Memory(c) => c.histogram(ctx, m, edges),
+            Rows::Memory(c, _) => c.histogram(ctx, m, edges),
             Rows::File { df, .. } => compute::histogram(df, m, edges).await,
         }
     }
@@ -491,7 +516,7 @@ impl Rows<'_> {
         column: (&Mapped, &plexus_core::Variable),
     ) -> Result<RawStats> {
         match self {
-            Rows::Memory(c) => c.table(ctx, row, column),
+            Rows::Memory(c, _) => c.table(ctx, row, column),
             Rows::File { df, .. } => compute::table(df, row, column).await,
         }
     }

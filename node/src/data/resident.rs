@@ -1,26 +1,32 @@
-//! The mapped columns of the patient table kept in memory between jobs.
+//! The patient table's columns kept in memory between jobs.
 //!
 //! Planning and running a DataFusion query costs about a millisecond even
 //! on a few thousand rows, and every job paid it two or three times
 //! (consent, the complement rule's count, the analysis) plus the Parquet
-//! decoding. The node instead reads the id column and the mapped columns
-//! once per version of the data file, keeps them as Arrow arrays within
-//! `data.memory_mib`, and answers a job by evaluating the same typed
-//! expressions the scanning path plans ([`super::compile`], the consent
-//! filter of [`super::ids`]) directly on those arrays: one pass, no plan,
-//! no file read. Consent stays decided per job (a withdrawal takes effect
-//! on the next query); the consenting rows are remembered per admitted set.
+//! decoding. The node instead keeps the columns jobs use as Arrow arrays
+//! within `data.memory_mib`, and answers a job by evaluating the same typed
+//! expressions the scanning path plans ([`super::compile`]) directly on
+//! those arrays: one pass, no plan, no file read.
 //!
-//! A table larger than the budget is not kept: the node logs it once and
-//! reads the file for every job, as before.
+//! A column is read the first time a job needs it (the id column at
+//! start-up, to join the consent records to the rows) and kept while it
+//! fits: when a job needs columns that do not fit beside those kept, the
+//! ones used longest ago go; a job whose own columns do not fit reads
+//! them for itself and keeps none. A Parquet file gives one column without
+//! decoding the others, so a node that is asked about three of its twelve
+//! variables holds three. Consent stays decided per job (a withdrawal takes
+//! effect on the next query) from the consent records joined to the rows
+//! ([`super::selection`]), and the consenting rows are remembered per
+//! purpose and day.
 
-use std::path::Path;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use chrono::NaiveDate;
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch};
 use datafusion::arrow::compute::{and, cast as arrow_cast, concat, filter_record_batch};
-use datafusion::arrow::datatypes::{DataType, Float64Type};
+use datafusion::arrow::datatypes::{DataType, Field, Float64Type, Schema};
 use datafusion::common::DFSchema;
 use datafusion::logical_expr::ColumnarValue;
 use datafusion::prelude::{Expr, SessionContext};
@@ -33,18 +39,27 @@ use super::compute::{bin_code, level_index};
 use super::config::DataFormat;
 use super::consent::ConsentSource;
 use super::extract;
-use super::files::read_error;
+use super::files::{read_error, stamp, FileStamp};
 use super::selection::ConsentRows;
 
 /// Consent selections kept at once (one per purpose and day in use).
 const CACHED_SELECTIONS: usize = 4;
 
-/// One version of the data file's mapped columns, in file order.
+/// Columns of one version of the data file, in file order.
 pub(crate) struct Resident {
-    batch: RecordBatch,
-    schema: DFSchema,
+    ctx: SessionContext,
+    table: String,
+    path: PathBuf,
+    format: DataFormat,
+    /// The version of the file the columns are from.
+    stamp: FileStamp,
+    rows: usize,
+    budget: usize,
     id_column: String,
     id_type: DataType,
+    held: Mutex<Held>,
+    /// One read of the file at a time.
+    reading: tokio::sync::Mutex<()>,
     /// The consent records joined to these rows, for one version of the
     /// consent files; built by the first job after they change.
     consent: tokio::sync::Mutex<Option<Arc<ConsentRows>>>,
@@ -53,10 +68,26 @@ pub(crate) struct Resident {
     selections: Mutex<Vec<((String, NaiveDate), BooleanArray)>>,
 }
 
-/// The consenting rows of a job's cohort: a row mask over the table. Only
-/// the columns an analysis reads are copied out, when it reads them.
-pub(crate) struct Cohort<'a> {
-    table: &'a Resident,
+/// The columns kept, and when each was last used.
+#[derive(Default)]
+struct Held {
+    columns: HashMap<String, (Arc<Field>, ArrayRef, u64)>,
+    clock: u64,
+}
+
+impl Held {
+    fn bytes(&self) -> usize {
+        self.columns
+            .values()
+            .map(|(_, a, _)| a.get_array_memory_size())
+            .sum()
+    }
+}
+
+/// The consenting rows of a job's cohort: a row mask over the job's
+/// columns. Only the columns an expression names are copied out.
+pub(crate) struct Cohort {
+    batch: RecordBatch,
     keep: BooleanArray,
     len: u64,
     /// The consenting patients, in the cohort or not (the study population
@@ -64,116 +95,199 @@ pub(crate) struct Cohort<'a> {
     pub population: u64,
 }
 
+/// Reads `names` of `table` whole, each column joined from the file's
+/// batches one at a time, so that joining holds one column twice for a
+/// moment, not the table.
+async fn read_columns(
+    ctx: &SessionContext,
+    table: &str,
+    (path, format): (&Path, DataFormat),
+    names: &[String],
+) -> Result<Vec<(Arc<Field>, ArrayRef)>> {
+    let df = ctx
+        .table(table)
+        .await
+        .map_err(|e| read_error("data file", path, format, e))?
+        .select(names.iter().map(|n| column(n)).collect::<Vec<_>>())
+        .map_err(|e| Error::internal(format!("cannot plan the column read: {e}")))?;
+    let schema = Arc::new(df.schema().as_arrow().clone());
+    let mut stream = df
+        .execute_stream()
+        .await
+        .map_err(|e| read_error("data file", path, format, e))?;
+    let mut pieces: Vec<Vec<ArrayRef>> = vec![Vec::new(); schema.fields().len()];
+    while let Some(b) = stream.next().await {
+        let b = b.map_err(|e| read_error("data file", path, format, e))?;
+        for (p, c) in pieces.iter_mut().zip(b.columns()) {
+            p.push(Arc::clone(c));
+        }
+    }
+    let mut out = Vec::with_capacity(pieces.len());
+    for (field, p) in schema.fields().iter().zip(&mut pieces) {
+        let parts: Vec<&dyn Array> = p.iter().map(|a| a.as_ref()).collect();
+        let whole = match parts.len() {
+            0 => datafusion::arrow::array::new_empty_array(field.data_type()),
+            _ => concat(&parts)
+                .map_err(|e| Error::internal(format!("cannot join the column pieces: {e}")))?,
+        };
+        drop(parts);
+        p.clear();
+        out.push((Arc::clone(field), whole));
+    }
+    Ok(out)
+}
+
 impl Resident {
-    /// Reads the id column and the mapped columns of `table` (registered in
-    /// `ctx`); `None` when they take more than `budget` bytes.
+    /// Reads the id column of `table` (registered in `ctx`) from the file
+    /// at `stamp`; `None` when it alone takes more than `budget` bytes.
     pub async fn load(
-        ctx: &SessionContext,
-        table: &str,
-        (path, format): (&Path, DataFormat),
+        (ctx, table): (&SessionContext, &str),
+        (path, format, stamp): (&Path, DataFormat, FileStamp),
         (id_column, id_type): (&str, &DataType),
-        mapped: impl Iterator<Item = &Mapped>,
         budget: usize,
     ) -> Result<Option<Resident>> {
-        let mut names: Vec<&str> = vec![id_column];
-        for m in mapped {
-            if !names.contains(&m.column.as_str()) {
-                names.push(m.column.as_str());
-            }
-        }
-        let df = ctx
-            .table(table)
-            .await
-            .map_err(|e| read_error("data file", path, format, e))?;
-        let df = df
-            .select(names.iter().map(|n| column(n)).collect::<Vec<_>>())
-            .map_err(|e| Error::internal(format!("cannot plan the column read: {e}")))?;
-        let schema = Arc::new(df.schema().as_arrow().clone());
-        let mut stream = df
-            .execute_stream()
-            .await
-            .map_err(|e| read_error("data file", path, format, e))?;
-        // Stops reading as soon as the budget is passed: a file far over
-        // it is never held whole.
-        // Kept column by column, so that joining the pieces of one column
-        // holds that column twice for a moment, not the whole table.
-        let mut pieces: Vec<Vec<ArrayRef>> = vec![Vec::new(); schema.fields().len()];
-        let mut bytes = 0usize;
-        while let Some(b) = stream.next().await {
-            let b = b.map_err(|e| read_error("data file", path, format, e))?;
-            bytes += b.get_array_memory_size();
-            if bytes > budget {
-                return Ok(None);
-            }
-            for (p, c) in pieces.iter_mut().zip(b.columns()) {
-                p.push(Arc::clone(c));
-            }
-        }
-        let mut columns = Vec::with_capacity(pieces.len());
-        for p in &mut pieces {
-            let parts: Vec<&dyn Array> = p.iter().map(|a| a.as_ref()).collect();
-            let whole = match parts.len() {
-                0 => datafusion::arrow::array::new_empty_array(
-                    schema.field(columns.len()).data_type(),
-                ),
-                _ => concat(&parts)
-                    .map_err(|e| Error::internal(format!("cannot join the column pieces: {e}")))?,
-            };
-            drop(parts);
-            p.clear();
-            columns.push(whole);
-        }
-        let batch = RecordBatch::try_new(Arc::clone(&schema), columns)
-            .map_err(|e| Error::internal(format!("cannot join the column batches: {e}")))?;
-        if batch.get_array_memory_size() > budget {
+        let mut read = read_columns(ctx, table, (path, format), &[id_column.to_string()]).await?;
+        let (field, ids) = read
+            .pop()
+            .ok_or_else(|| Error::internal("no id column read"))?;
+        if ids.get_array_memory_size() > budget {
             return Ok(None);
         }
-        let schema = DFSchema::try_from(batch.schema())
-            .map_err(|e| Error::internal(format!("cannot describe the columns: {e}")))?;
+        let mut held = Held::default();
+        held.columns
+            .insert(id_column.to_string(), (field, Arc::clone(&ids), 0));
         Ok(Some(Resident {
-            batch,
-            schema,
+            ctx: ctx.clone(),
+            table: table.to_string(),
+            path: path.to_path_buf(),
+            format,
+            stamp,
+            rows: ids.len(),
+            budget,
             id_column: id_column.to_string(),
             id_type: id_type.clone(),
+            held: Mutex::new(held),
+            reading: tokio::sync::Mutex::new(()),
             consent: tokio::sync::Mutex::new(None),
             selections: Mutex::new(Vec::new()),
         }))
     }
 
-    /// Bytes held.
+    /// Bytes held: columns and the joined consent records.
     pub fn bytes(&self) -> usize {
-        self.batch.get_array_memory_size()
+        let consent = self
+            .consent
+            .try_lock()
+            .map_or(0, |c| c.as_ref().map_or(0, |c| c.bytes()));
+        self.held.lock().expect("column lock").bytes() + consent
     }
 
-    /// Rows where a filter holds (unknown counts as not).
-    fn mask(&self, ctx: &SessionContext, expr: Expr) -> Result<BooleanArray> {
-        let a = eval(ctx, &self.schema, expr, &self.batch)?;
-        a.as_boolean_opt()
-            .cloned()
-            .ok_or_else(|| Error::internal("a filter did not evaluate to true or false"))
+    /// `names` (local columns) as one batch for a job: those kept, the
+    /// others read from the file and kept when they fit beside the ones
+    /// the job needs (the ones used longest ago make room).
+    pub async fn columns(&self, names: &[String]) -> Result<RecordBatch> {
+        let mut names: Vec<String> = names.to_vec();
+        names.sort();
+        names.dedup();
+        let missing: Vec<String> = {
+            let held = self.held.lock().expect("column lock");
+            names
+                .iter()
+                .filter(|n| !held.columns.contains_key(*n))
+                .cloned()
+                .collect()
+        };
+        let mut read = Vec::new();
+        if !missing.is_empty() {
+            let _one = self.reading.lock().await;
+            // Another job may have read them meanwhile.
+            let missing: Vec<String> = {
+                let held = self.held.lock().expect("column lock");
+                missing
+                    .into_iter()
+                    .filter(|n| !held.columns.contains_key(n))
+                    .collect()
+            };
+            if !missing.is_empty() {
+                let started = std::time::Instant::now();
+                read = read_columns(&self.ctx, &self.table, (&self.path, self.format), &missing)
+                    .await?;
+                // Columns of another version of the file must not meet these.
+                let now = stamp(&self.path, "data file")?;
+                if now != self.stamp || read.iter().any(|(_, a)| a.len() != self.rows) {
+                    return Err(Error::data(
+                        "the data file changed while the node read it; ask again (the next \
+                         job reads the new file)",
+                    ));
+                }
+                tracing::debug!(
+                    columns = missing.join(","),
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "columns read into memory"
+                );
+            }
+        }
+        let mut held = self.held.lock().expect("column lock");
+        held.clock += 1;
+        let clock = held.clock;
+        let mut fields = Vec::with_capacity(names.len());
+        let mut arrays = Vec::with_capacity(names.len());
+        for n in &names {
+            let (f, a) = match held.columns.get_mut(n) {
+                Some(c) => {
+                    c.2 = clock;
+                    (Arc::clone(&c.0), Arc::clone(&c.1))
+                }
+                None => read
+                    .iter()
+                    .find(|(f, _)| f.name() == n)
+                    .map(|(f, a)| (Arc::clone(f), Arc::clone(a)))
+                    .ok_or_else(|| Error::internal(format!("column {n} was not read")))?,
+            };
+            fields.push(f);
+            arrays.push(a);
+        }
+        // Keep what was read, making room from the columns used longest
+        // ago; a job whose own columns exceed the budget keeps nothing new.
+        if !read.is_empty() {
+            let needed: usize = arrays.iter().map(|a| a.get_array_memory_size()).sum();
+            if needed <= self.budget {
+                for (f, a) in read {
+                    held.columns.insert(f.name().clone(), (f, a, clock));
+                }
+                while held.bytes() > self.budget {
+                    let oldest = held
+                        .columns
+                        .iter()
+                        .filter(|(_, c)| c.2 != clock)
+                        .min_by_key(|(_, c)| c.2)
+                        .map(|(n, _)| n.clone());
+                    match oldest {
+                        Some(n) => held.columns.remove(&n),
+                        None => break,
+                    };
+                }
+            }
+        }
+        let rows =
+            datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(self.rows));
+        RecordBatch::try_new_with_options(Arc::new(Schema::new(fields)), arrays, &rows)
+            .map_err(|e| Error::internal(format!("cannot assemble the job's columns: {e}")))
     }
 
-    /// Rows of patients whose consent covers `purpose` on `today` and who
-    /// have not opted out, by the consent files as they are now.
-    pub async fn consenting(
-        &self,
-        consent: &ConsentSource,
-        purpose: &Purpose,
-        today: NaiveDate,
-    ) -> Result<BooleanArray> {
+    /// The consent records joined to these rows, for the consent files as
+    /// they are now (joined again when they changed).
+    pub async fn joined(&self, consent: &ConsentSource) -> Result<Arc<ConsentRows>> {
         let stamps = consent.stamps()?;
         let joined = {
             let mut slot = self.consent.lock().await;
             match slot.as_ref() {
                 Some(c) if c.stamps == stamps => Arc::clone(c),
                 _ => {
-                    let id = self.batch.schema().index_of(&self.id_column).map_err(|e| {
-                        Error::internal(format!("the id column is not in memory: {e}"))
-                    })?;
+                    let ids = self.columns(std::slice::from_ref(&self.id_column)).await?;
                     let started = std::time::Instant::now();
                     let built = Arc::new(
-                        ConsentRows::build(consent, stamps, self.batch.column(id), &self.id_type)
-                            .await?,
+                        ConsentRows::build(consent, stamps, ids.column(0), &self.id_type).await?,
                     );
                     tracing::debug!(
                         elapsed_ms = started.elapsed().as_millis() as u64,
@@ -192,6 +306,18 @@ impl Resident {
                 }
             }
         };
+        Ok(joined)
+    }
+
+    /// Rows of patients whose consent covers `purpose` on `today` and who
+    /// have not opted out, by the consent files as they are now.
+    pub async fn consenting(
+        &self,
+        consent: &ConsentSource,
+        purpose: &Purpose,
+        today: NaiveDate,
+    ) -> Result<BooleanArray> {
+        let joined = self.joined(consent).await?;
         let key = (purpose.to_string(), today);
         {
             let mut cache = self.selections.lock().expect("selection lock");
@@ -216,24 +342,31 @@ impl Resident {
         Ok(rows)
     }
 
-    /// The consenting rows that satisfy `filter` (a compiled cohort; rows
+    /// The consenting rows of `batch` (a job's columns, from
+    /// [`Resident::columns`]) that satisfy `filter` (a compiled cohort; rows
     /// where it is unknown are left out, as in SQL).
     pub fn cohort(
         &self,
         ctx: &SessionContext,
+        batch: RecordBatch,
         consenting: BooleanArray,
         filter: Option<Expr>,
-    ) -> Result<Cohort<'_>> {
+    ) -> Result<Cohort> {
         let mut keep = consenting;
         let population = keep.true_count() as u64;
         if let Some(f) = filter {
-            let matches = self.mask(ctx, f)?;
-            keep = and(&keep, &matches)
+            let schema = DFSchema::try_from(batch.schema())
+                .map_err(|e| Error::internal(format!("cannot describe the columns: {e}")))?;
+            let matches = eval(ctx, &schema, f, &batch)?;
+            let matches = matches
+                .as_boolean_opt()
+                .ok_or_else(|| Error::internal("a filter did not evaluate to true or false"))?;
+            keep = and(&keep, matches)
                 .map_err(|e| Error::internal(format!("cannot combine row masks: {e}")))?;
         }
         let len = keep.true_count() as u64;
         Ok(Cohort {
-            table: self,
+            batch,
             keep,
             len,
             population,
@@ -261,7 +394,7 @@ fn eval(
         })
 }
 
-impl Cohort<'_> {
+impl Cohort {
     pub fn len(&self) -> u64 {
         self.len
     }
@@ -269,7 +402,7 @@ impl Cohort<'_> {
     /// Evaluates `expr` over the cohort's rows of the columns it names
     /// (a summary reads one column of a dozen: the others are not copied).
     fn eval(&self, ctx: &SessionContext, expr: Expr) -> Result<ArrayRef> {
-        let table = &self.table.batch;
+        let table = &self.batch;
         let mut indices = expr
             .column_refs()
             .into_iter()

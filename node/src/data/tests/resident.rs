@@ -176,23 +176,95 @@ async fn a_new_day_counts_the_consent_that_starts_or_ends_on_it() {
     assert_eq!(count_on(&src, "null", "2024-06-01").await, 59);
 }
 
+async fn compute(src: &crate::data::DataSource, json: &str) -> RawStats {
+    let q = Query::from_json(json).unwrap();
+    src.compute(
+        &q,
+        &purpose("GRU", "", &[]),
+        date("2024-06-01"),
+        TEST_LIMITS,
+        None,
+    )
+    .await
+    .unwrap()
+}
+
 #[tokio::test]
-async fn a_table_over_the_memory_budget_is_read_from_the_file_with_the_same_answers() {
-    let rows = patients(20_000);
+async fn columns_are_read_when_a_job_needs_them_and_kept_within_the_budget() {
+    let rows = patients(200_000);
     let mut f = settled(&rows, false, &["P0003"]);
     let kept = f.open().await.unwrap();
-    let bytes = kept.in_memory_bytes();
-    assert!(bytes > 1024 * 1024, "{bytes}");
-    // A hospital that gives the node 1 MiB for columns.
+    // At start: the id column and the consent records joined to the rows.
+    let at_start = kept.in_memory_bytes();
+    assert!(at_start > 1024 * 1024, "{at_start}");
+    // A hospital that gives the node 4 MiB: room for the ids and one or two
+    // more columns (about 1.6 MiB each), not for every column a job reads.
+    f.data.memory_mib = Some(4);
+    let tight = f.open().await.unwrap();
+    let older = r#"{"compare": {"variable": "age", "op": ">=", "value": 60}}"#;
+    let jobs = [
+        format!(r#"{{"cohort": {older}, "analysis": {{"summary": {{"variable": "sbp"}}}}}}"#),
+        format!(r#"{{"cohort": {older}, "analysis": {{"summary": {{"variable": "bmi"}}}}}}"#),
+        r#"{"cohort": null, "analysis": {"table": {"row": "sex", "column": "smoking"}}}"#.into(),
+        r#"{"cohort": null, "analysis": {"correlation": {"variables": ["age", "bmi", "sbp"]}}}"#
+            .into(),
+        format!(r#"{{"cohort": {older}, "analysis": {{"count": {{}}}}}}"#),
+    ];
+    for job in &jobs {
+        assert_eq!(
+            compute(&kept, job).await,
+            compute(&tight, job).await,
+            "{job}"
+        );
+        // Columns are read on demand; the tight node never keeps more than
+        // its budget of columns (beside the joined consent records).
+        assert!(tight.in_memory_bytes() <= 4 * 1024 * 1024 + 200_000 * 16 + 4096);
+    }
+    assert!(kept.in_memory_bytes() > at_start + 4 * 1024 * 1024);
+    assert_eq!(count(&tight, "null").await, 199_999);
+    // A node whose budget does not hold even the id column reads the file
+    // for every job, with the same answers.
     f.data.memory_mib = Some(1);
     let read = f.open().await.unwrap();
     assert_eq!(read.in_memory_bytes(), 0);
-    for cohort in [
-        "null",
-        r#"{"compare": {"variable": "age", "op": ">=", "value": 60}}"#,
-    ] {
-        assert_eq!(count(&kept, cohort).await, count(&read, cohort).await);
+    for job in &jobs {
+        assert_eq!(
+            compute(&kept, job).await,
+            compute(&read, job).await,
+            "{job}"
+        );
     }
-    assert_eq!(count(&read, "null").await, 19_999);
-    assert_eq!(kept.in_memory_bytes(), bytes);
+}
+
+#[tokio::test]
+async fn columns_read_at_different_times_line_up_row_for_row() {
+    // Many small row groups: a file DataFusion would read in several
+    // partitions, whose batches may arrive in any order. Columns read by
+    // separate jobs must still belong to the same patients.
+    let rows = patients(60_000);
+    let mut f = settled(&rows, false, &["P0003"]);
+    let batch = super::batch(&rows);
+    let file = std::fs::File::create(&f.data.path).unwrap();
+    let props = datafusion::parquet::file::properties::WriterProperties::builder()
+        .set_max_row_group_row_count(Some(2_000))
+        .build();
+    let mut w = datafusion::parquet::arrow::ArrowWriter::try_new(file, batch.schema(), Some(props))
+        .unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+    settle(&f.data.path);
+    let kept = f.open().await.unwrap();
+    // The file path reads in parallel, in any order: compared on integer
+    // values, whose sums do not depend on the order of the additions.
+    f.data.memory_mib = Some(0);
+    let read = f.open().await.unwrap();
+    let older = r#"{"compare": {"variable": "age", "op": ">=", "value": 60}}"#;
+    for job in [
+        format!(r#"{{"cohort": {older}, "analysis": {{"summary": {{"variable": "sbp"}}}}}}"#),
+        format!(r#"{{"cohort": {older}, "analysis": {{"table": {{"row": "sex", "column": "smoking"}}}}}}"#),
+        r#"{"cohort": {"compare": {"variable": "sex", "op": "=", "value": "F"}}, "analysis": {"summary": {"variable": "age"}}}"#.into(),
+        r#"{"cohort": null, "analysis": {"correlation": {"variables": ["age", "sbp"]}}}"#.into(),
+    ] {
+        assert_eq!(compute(&kept, &job).await, compute(&read, &job).await, "{job}");
+    }
 }
