@@ -13,9 +13,9 @@
 //! hospital's exports usually do) and a hash join otherwise, decided as it
 //! goes: a record out of order switches it to hashing for the rest.
 
-use datafusion::common::HashMap;
+use hashbrown::{DefaultHashBuilder, HashTable};
 use std::borrow::Borrow;
-use std::hash::Hash;
+use std::hash::{BuildHasher, Hash};
 
 use chrono::{Datelike, NaiveDate};
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray};
@@ -168,7 +168,8 @@ async fn join(
 }
 
 /// Finds the rows of an id: by merging while both the rows and the ids
-/// asked come in order, by a hash table once they do not.
+/// asked come in order, by a hash table of row numbers once they do not
+/// (4 bytes a row: keyed by the rows' own ids, never copied).
 struct Rows<K, F> {
     key: F,
     n: usize,
@@ -176,7 +177,9 @@ struct Rows<K, F> {
     /// The first row whose id is not below the last one asked.
     cursor: usize,
     /// First row of each id, and the next row with the same id.
-    hash: Option<(HashMap<K, u32>, Vec<u32>)>,
+    hash: Option<(HashTable<u32>, Vec<u32>)>,
+    hasher: DefaultHashBuilder,
+    _key: std::marker::PhantomData<K>,
 }
 
 const NONE: u32 = u32::MAX;
@@ -200,6 +203,8 @@ impl<K: Ord + Hash + Copy, F: Fn(usize) -> Option<K>> Rows<K, F> {
             sorted,
             cursor: 0,
             hash: None,
+            hasher: DefaultHashBuilder::default(),
+            _key: std::marker::PhantomData,
         }
     }
 
@@ -224,22 +229,30 @@ impl<K: Ord + Hash + Copy, F: Fn(usize) -> Option<K>> Rows<K, F> {
             return;
         }
         self.sorted = false;
-        let n = self.n;
+        let (n, hasher) = (self.n, &self.hasher);
+        let hash_of = |r: u32| key(r as usize).map_or(0, |d| hasher.hash_one(d.borrow()));
         let (heads, next) = self.hash.get_or_insert_with(|| {
-            let mut heads: HashMap<K, u32> =
-                HashMap::with_capacity_and_hasher(n, Default::default());
+            let mut heads: HashTable<u32> = HashTable::with_capacity(n);
             let mut next = vec![NONE; n];
             // Rows go in last to first, so each id's chain runs in row order.
             for r in (0..n).rev() {
-                if let Some(k) = key(r) {
-                    if let Some(h) = heads.insert(k, r as u32) {
-                        next[r] = h;
+                let Some(d) = key(r) else { continue };
+                let h = hasher.hash_one(d.borrow());
+                match heads.find_mut(h, |&o| key(o as usize) == Some(d)) {
+                    Some(head) => {
+                        next[r] = *head;
+                        *head = r as u32;
+                    }
+                    None => {
+                        heads.insert_unique(h, r as u32, |&o| hash_of(o));
                     }
                 }
             }
             (heads, next)
         });
-        let mut r = heads.get(k).copied().unwrap_or(NONE);
+        let h = hasher.hash_one(k);
+        let found = heads.find(h, |&o| key(o as usize).is_some_and(|d| d.borrow() == k));
+        let mut r = found.copied().unwrap_or(NONE);
         while r != NONE {
             emit(r);
             r = next[r as usize];
