@@ -418,6 +418,21 @@ async fn wait_result(sb: &Sandbox, id: &str) -> pb::QueryResult {
         .into_inner()
 }
 
+/// Waits until `node` has taken in a job (its id is in the node's list of
+/// seen jobs): the coordinator audits a job as sent before it leaves, so a
+/// node stopped right after that may never see it, which a loaded machine
+/// showed once.
+async fn received(sb: &Sandbox, node: &str) {
+    let seen = sb.node_configs[node].node.state_dir.join("seen_jobs.jsonl");
+    for _ in 0..300 {
+        if std::fs::read_to_string(&seen).is_ok_and(|t| !t.trim().is_empty()) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{node} never took in its job ({})", seen.display());
+}
+
 /// Restarts the coordinator and returns the query's stored row, once the
 /// whole audit log verified against a fresh signed checkpoint.
 async fn check_stored(sb: &mut Sandbox, id: &str) -> pb::QueryResult {
@@ -549,6 +564,7 @@ async fn a_stopping_node_finishes_its_job_within_its_grace() {
     sb.start_all().await.unwrap();
     sb.register_study(&sandbox::exact_study()).await.unwrap();
     let id = submit_in_flight(&sb, &["hospital-a"]).await;
+    received(&sb, "hospital-a").await;
     sb.stop_node("hospital-a").await.unwrap();
     let pooled = plexus_client::outcome(&wait_result(&sb, &id).await).unwrap();
     assert_eq!(pooled.provenance.answered, 3);
@@ -571,6 +587,7 @@ async fn a_stopping_node_answers_what_outlasts_its_grace_with_a_retryable_error(
     sb.start_all().await.unwrap();
     sb.register_study(&sandbox::exact_study()).await.unwrap();
     let id = submit_in_flight(&sb, &["hospital-a"]).await;
+    received(&sb, "hospital-a").await;
     sb.stop_node("hospital-a").await.unwrap();
     let pooled = plexus_client::outcome(&wait_result(&sb, &id).await).unwrap();
     assert_eq!(pooled.provenance.answered, 2);
