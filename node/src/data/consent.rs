@@ -102,11 +102,7 @@ impl ConsentSource {
         today: NaiveDate,
         id_type: &DataType,
     ) -> Result<Arc<IdSet>> {
-        let consent = stamp(&self.path, "consent file")?;
-        let opt_out = match &self.opt_out {
-            Some((p, _)) => Some(stamp(p, "opt-out file")?),
-            None => None,
-        };
+        let (consent, opt_out) = self.stamps()?;
         let key = CacheKey {
             consent,
             opt_out,

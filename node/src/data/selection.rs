@@ -80,11 +80,14 @@ impl ConsentRows {
             let ints = cast(DataType::Int64)?;
             let ints = ints.as_primitive::<Int64Type>();
             let key = |r: usize| ints.is_valid(r).then(|| ints.value(r));
-            let (mut c, mut o) = (Rows::new(key, rows), Rows::new(key, rows));
             join(
                 consent,
-                |id, emit| id.parse::<i64>().into_iter().for_each(|k| c.each(&k, emit)),
-                |id, emit| id.parse::<i64>().into_iter().for_each(|k| o.each(&k, emit)),
+                Rows::new(key, rows),
+                |find, id, emit| {
+                    if let Ok(k) = id.parse::<i64>() {
+                        find.find(&k, emit)
+                    }
+                },
                 (&mut records, &mut terms, &mut opted_out),
             )
             .await?;
@@ -92,11 +95,10 @@ impl ConsentRows {
             let texts = cast(DataType::Utf8View)?;
             let texts = texts.as_string_view();
             let key = |r: usize| texts.is_valid(r).then(|| texts.value(r));
-            let (mut c, mut o) = (Rows::new(key, rows), Rows::new(key, rows));
             join(
                 consent,
-                |id, emit| c.each(id, emit),
-                |id, emit| o.each(id, emit),
+                Rows::new(key, rows),
+                |find, id, emit| find.find(id, emit),
                 (&mut records, &mut terms, &mut opted_out),
             )
             .await?;
@@ -136,13 +138,14 @@ impl ConsentRows {
     }
 }
 
-/// Joins the records of `consent` to rows: `consent_rows` and
-/// `opt_out_rows` call their second argument with each row of the id
-/// given as the files' text (none for text that names no row).
-async fn join(
+/// Joins the records of `consent`, then its opt-outs, to rows: `rows_of`
+/// calls its last argument with each row of the id given as the files'
+/// text (none for text that names no row), through `find`, which both
+/// passes share (its sort check and hash table are made once).
+async fn join<K: Ord + Hash + Copy, F: Fn(usize) -> Option<K>>(
     consent: &ConsentSource,
-    mut consent_rows: impl FnMut(&str, &mut dyn FnMut(u32)),
-    mut opt_out_rows: impl FnMut(&str, &mut dyn FnMut(u32)),
+    mut find: Rows<K, F>,
+    rows_of: impl Fn(&mut Rows<K, F>, &str, &mut dyn FnMut(u32)),
     (records, terms, opted_out): (&mut Vec<RowConsent>, &mut Vec<ConsentTerms>, &mut Vec<u32>),
 ) -> Result<()> {
     consent
@@ -152,7 +155,7 @@ async fn join(
             }
             let (from, until) = (day(r.valid_from), r.withdrawn_at.map_or(i32::MAX, day));
             let terms = r.terms_index as u32;
-            consent_rows(r.id, &mut |row| {
+            rows_of(&mut find, r.id, &mut |row| {
                 records.push(RowConsent {
                     row,
                     terms,
@@ -162,8 +165,9 @@ async fn join(
             });
         })
         .await?;
+    find.rewind();
     consent
-        .each_opt_out(|id| opt_out_rows(id, &mut |row| opted_out.push(row)))
+        .each_opt_out(|id| rows_of(&mut find, id, &mut |row| opted_out.push(row)))
         .await
 }
 
@@ -208,7 +212,12 @@ impl<K: Ord + Hash + Copy, F: Fn(usize) -> Option<K>> Rows<K, F> {
         }
     }
 
-    fn each<Q>(&mut self, k: &Q, emit: &mut dyn FnMut(u32))
+    /// Merging starts again from the first row, for a second list of ids.
+    fn rewind(&mut self) {
+        self.cursor = 0;
+    }
+
+    fn find<Q>(&mut self, k: &Q, emit: &mut dyn FnMut(u32))
     where
         K: Borrow<Q>,
         Q: Ord + Hash + ?Sized,
@@ -268,14 +277,19 @@ mod tests {
     fn check(data: &[Option<i64>], asked: &[i64]) {
         let key = |r: usize| data[r];
         let mut find = Rows::new(key, data.len());
-        for k in asked {
-            let mut got = Vec::new();
-            find.each(k, &mut |r| got.push(r));
-            let want: Vec<u32> = (0..data.len())
-                .filter(|&r| data[r] == Some(*k))
-                .map(|r| r as u32)
-                .collect();
-            assert_eq!(got, want, "id {k} of {asked:?} in {data:?}");
+        // A second pass after rewinding, as the opt-outs follow the consent
+        // records, finds the same rows.
+        for pass in 0..2 {
+            for k in asked {
+                let mut got = Vec::new();
+                find.find(k, &mut |r| got.push(r));
+                let want: Vec<u32> = (0..data.len())
+                    .filter(|&r| data[r] == Some(*k))
+                    .map(|r| r as u32)
+                    .collect();
+                assert_eq!(got, want, "pass {pass}: id {k} of {asked:?} in {data:?}");
+            }
+            find.rewind();
         }
     }
 
@@ -313,7 +327,7 @@ mod tests {
         let mut find = Rows::new(key, data.len());
         let mut rows_of = |id: &str| {
             let mut got = Vec::new();
-            find.each(id, &mut |r| got.push(r));
+            find.find(id, &mut |r| got.push(r));
             got
         };
         assert_eq!(rows_of("P02"), [1, 2]);
