@@ -292,14 +292,14 @@ impl FileSource {
     /// The consenting rows of the query's cohort, after the complement rule
     /// of an exact study: from the columns in `table`, or planned over the
     /// file when there is none.
-    async fn rows<'t>(
+    async fn rows(
         &self,
-        table: Option<&'t Resident>,
+        table: Option<&Resident>,
         query: &Query,
         purpose: &Purpose,
         today: NaiveDate,
         limits: Limits,
-    ) -> Result<Rows<'t>> {
+    ) -> Result<Rows> {
         let Some(table) = table else {
             let counted = self.check_complement(query, purpose, today, limits).await?;
             let df = self.cohort(query, purpose, today).await?;
@@ -320,15 +320,15 @@ impl FileSource {
             names.push(m.column.clone());
         }
         let batch = table.columns(&names).await?;
-        let cohort = table.cohort(&self.ctx, batch, consenting, filter)?;
+        let cohort = resident::Cohort::new(&self.ctx, batch, consenting, filter)?;
         if query.cohort.is_some() && !limits.private {
             plexus_core::disclosure::complement(cohort.population, cohort.len(), limits.k)?;
         }
-        Ok(Rows::Memory(cohort, std::marker::PhantomData))
+        Ok(Rows::Memory(cohort))
     }
 
     /// A one-round analysis over the cohort's rows.
-    async fn once(&self, rows: Rows<'_>, analysis: &Analysis, limits: Limits) -> Result<RawStats> {
+    async fn once(&self, rows: Rows, analysis: &Analysis, limits: Limits) -> Result<RawStats> {
         let ctx = &self.ctx;
         Ok(match analysis {
             Analysis::Count {} => RawStats::Count(rows.count().await?),
@@ -472,15 +472,15 @@ impl FileSource {
 /// memory, or a plan over the data file (with the cohort's size when the
 /// complement rule counted it). Each analysis reads them the same way
 /// from either.
-enum Rows<'t> {
-    Memory(resident::Cohort, std::marker::PhantomData<&'t ()>),
+enum Rows {
+    Memory(resident::Cohort),
     File { df: DataFrame, counted: Option<u64> },
 }
 
-impl Rows<'_> {
+impl Rows {
     async fn count(self) -> Result<u64> {
         match self {
-            Rows::Memory(c, _) => Ok(c.len()),
+            Rows::Memory(c) => Ok(c.len()),
             // Counted already by the complement check.
             Rows::File {
                 counted: Some(n), ..
@@ -499,14 +499,14 @@ impl Rows<'_> {
         dict: &Dictionary,
     ) -> Result<plexus_core::models::design::Columns> {
         match self {
-            Rows::Memory(c, _) => c.columns(ctx, variables, dict),
+            Rows::Memory(c) => c.columns(ctx, variables, dict),
             Rows::File { df, .. } => extract::columns(df, variables, dict).await,
         }
     }
 
     async fn histogram(self, ctx: &SessionContext, m: &Mapped, edges: &[f64]) -> Result<RawStats> {
         match self {
-            Rows::Memory(c, _) => c.histogram(ctx, m, edges),
+            Rows::Memory(c) => c.histogram(ctx, m, edges),
             Rows::File { df, .. } => compute::histogram(df, m, edges).await,
         }
     }
@@ -518,7 +518,7 @@ impl Rows<'_> {
         column: (&Mapped, &plexus_core::Variable),
     ) -> Result<RawStats> {
         match self {
-            Rows::Memory(c, _) => c.table(ctx, row, column),
+            Rows::Memory(c) => c.table(ctx, row, column),
             Rows::File { df, .. } => compute::table(df, row, column).await,
         }
     }

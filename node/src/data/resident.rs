@@ -348,12 +348,33 @@ impl Resident {
         }
         Ok(rows)
     }
+}
 
+/// Evaluates an expression over `batch`, whose schema is `schema`, with
+/// DataFusion's type coercion.
+fn eval(
+    ctx: &SessionContext,
+    schema: &DFSchema,
+    expr: Expr,
+    batch: &RecordBatch,
+) -> Result<ArrayRef> {
+    let physical = ctx
+        .create_physical_expr(expr, schema)
+        .map_err(|e| Error::internal(format!("cannot plan an expression: {e}")))?;
+    physical
+        .evaluate(batch)
+        .and_then(|v: ColumnarValue| v.into_array(batch.num_rows()))
+        .map_err(|e| {
+            tracing::warn!(error = %e, "evaluating over the in-memory columns failed");
+            Error::data("the node could not evaluate the query over its data (see the node log)")
+        })
+}
+
+impl Cohort {
     /// The consenting rows of `batch` (a job's columns, from
     /// [`Resident::columns`]) that satisfy `filter` (a compiled cohort; rows
     /// where it is unknown are left out, as in SQL).
-    pub fn cohort(
-        &self,
+    pub fn new(
         ctx: &SessionContext,
         batch: RecordBatch,
         consenting: BooleanArray,
@@ -379,29 +400,7 @@ impl Resident {
             population,
         })
     }
-}
 
-/// Evaluates an expression over `batch`, whose schema is `schema`, with
-/// DataFusion's type coercion.
-fn eval(
-    ctx: &SessionContext,
-    schema: &DFSchema,
-    expr: Expr,
-    batch: &RecordBatch,
-) -> Result<ArrayRef> {
-    let physical = ctx
-        .create_physical_expr(expr, schema)
-        .map_err(|e| Error::internal(format!("cannot plan an expression: {e}")))?;
-    physical
-        .evaluate(batch)
-        .and_then(|v: ColumnarValue| v.into_array(batch.num_rows()))
-        .map_err(|e| {
-            tracing::warn!(error = %e, "evaluating over the in-memory columns failed");
-            Error::data("the node could not evaluate the query over its data (see the node log)")
-        })
-}
-
-impl Cohort {
     pub fn len(&self) -> u64 {
         self.len
     }
