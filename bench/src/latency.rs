@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::{median, ms};
 use anyhow::Context;
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
 use datafusion::prelude::{ParquetReadOptions, SessionContext};
@@ -57,23 +58,6 @@ const LIMITS: Limits = Limits {
     k: 1,
     max_parameter_share: 1.0,
 };
-
-fn median(mut xs: Vec<Duration>) -> Duration {
-    xs.sort();
-    xs[xs.len() / 2]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.1}", d.as_secs_f64() * 1000.0)
-}
-
-/// Peak resident memory of this process (VmHWM), when the OS tells.
-fn peak_rss_mib() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb / 1024.0)
-}
 
 /// Concatenates CSV files that share a header.
 fn concat_csv(files: &[PathBuf], out: &Path) -> anyhow::Result<()> {
@@ -226,7 +210,7 @@ async fn federated(opts: &BenchOptions) -> anyhow::Result<()> {
     println!("{table}");
     println!("worst federated / centralised ratio: {worst:.2} (target <= 1.5)");
     models(&alice, &central, &study, &purpose, today, opts.repetitions).await?;
-    if let Some(peak) = peak_rss_mib() {
+    if let Some(peak) = crate::peak_rss_mib("self") {
         println!(
             "peak memory of this whole process (coordinator + 3 nodes + centralised baseline): {peak:.0} MiB (target per node < 1024 MiB)"
         );

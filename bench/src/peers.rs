@@ -32,6 +32,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde::Deserialize;
 
+use crate::median;
 use plexus_core::pool::{PooledResult, PooledValue};
 use plexus_core::ConsentTerms;
 use plexus_sandbox::synth::DataFormat;
@@ -181,6 +182,17 @@ struct DuckFigures {
     floor_cpu_s: Vec<f64>,
 }
 
+impl DuckFigures {
+    /// DuckDB's figures of one of the two variables.
+    fn moments(&self, variable: &str) -> anyhow::Result<&DuckMoments> {
+        match variable {
+            "age" => Ok(&self.age),
+            "sbp" => Ok(&self.sbp),
+            other => bail!("DuckDB's side has no figures of {other}"),
+        }
+    }
+}
+
 /// One timed phase of Plexus: median wall time of the four answers,
 /// CPU seconds per repetition (daemons and CLI), as measured.
 struct Phase {
@@ -201,11 +213,6 @@ struct Figures {
 
 fn median_f(mut xs: Vec<f64>) -> f64 {
     xs.sort_by(f64::total_cmp);
-    xs[xs.len() / 2]
-}
-
-fn median_d(mut xs: Vec<Duration>) -> Duration {
-    xs.sort();
     xs[xs.len() / 2]
 }
 
@@ -245,10 +252,23 @@ impl Figures {
             "".into(),
             "".into(),
         ]);
-        for (name, p) in [
-            ("Plexus warm, 4 calls in sequence", &self.sequential),
-            ("Plexus warm, 4 calls at once", &self.parallel),
-            ("Plexus cold: start, 4 answers", &self.cold),
+        // The daemons' peak memory is over the whole run: on the cold row.
+        for (name, p, mib) in [
+            (
+                "Plexus warm, 4 calls in sequence",
+                &self.sequential,
+                String::new(),
+            ),
+            (
+                "Plexus warm, 4 calls at once",
+                &self.parallel,
+                String::new(),
+            ),
+            (
+                "Plexus cold: start, 4 answers",
+                &self.cold,
+                format!("{plexus_mib:.0}"),
+            ),
         ] {
             let s = p.wall.as_secs_f64();
             t.add_row(vec![
@@ -256,11 +276,7 @@ impl Figures {
                 ms(s),
                 ratio(s),
                 format!("{:.3}", p.cpu_s),
-                if std::ptr::eq(p, &self.cold) {
-                    format!("{plexus_mib:.0}")
-                } else {
-                    "".into()
-                },
+                mib,
             ]);
         }
         println!(
@@ -364,7 +380,7 @@ async fn measure(
         }
         let cpu = daemons.cpu_s()? - d0 + children_cpu_s()? - c0;
         Ok(Phase {
-            wall: median_d(walls),
+            wall: median(walls),
             cpu_s: cpu / runs as f64,
         })
     };
@@ -381,7 +397,7 @@ async fn measure(
         sequential,
         parallel,
         cold: Phase {
-            wall: median_d(cold),
+            wall: median(cold),
             cpu_s: median_f(cold_cpu),
         },
         peak_mib,
@@ -453,14 +469,9 @@ impl Daemons {
         self.children
             .iter()
             .map(|(n, c)| {
-                let status = std::fs::read_to_string(format!("/proc/{}/status", c.id()))?;
-                let kb = status
-                    .lines()
-                    .find_map(|l| l.strip_prefix("VmHWM:"))
-                    .and_then(|v| v.split_whitespace().next())
-                    .and_then(|v| v.parse::<f64>().ok())
-                    .context("no VmHWM in /proc/PID/status")?;
-                Ok((n.clone(), kb / 1024.0))
+                let mib = crate::peak_rss_mib(&c.id().to_string())
+                    .with_context(|| format!("no peak memory of {n} in /proc"))?;
+                Ok((n.clone(), mib))
             })
             .collect()
     }
@@ -701,11 +712,7 @@ fn compare(answers: &Answers, duck: &DuckFigures) -> anyhow::Result<String> {
                 sd,
                 ..
             } => {
-                let d = if variable == "age" {
-                    &duck.age
-                } else {
-                    &duck.sbp
-                };
+                let d = duck.moments(variable)?;
                 let sd = sd.context("an exact summary has no sd")?;
                 if *n != d.n || !close(*mean, d.mean) || !close(sd, d.sd) {
                     bail!(
@@ -729,11 +736,7 @@ fn compare(answers: &Answers, duck: &DuckFigures) -> anyhow::Result<String> {
                 above,
                 ..
             } => {
-                let d = if variable == "age" {
-                    &duck.age
-                } else {
-                    &duck.sbp
-                };
+                let d = duck.moments(variable)?;
                 let last = bins.len() as i64;
                 let cells = bins
                     .iter()

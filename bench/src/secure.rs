@@ -7,6 +7,7 @@
 
 use std::time::{Duration, Instant};
 
+use crate::{median, ms};
 use anyhow::Context;
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
 
@@ -45,15 +46,6 @@ impl Measured {
     pub fn overhead_pct(&self) -> f64 {
         (self.secure.as_secs_f64() / self.plain.as_secs_f64() - 1.0) * 100.0
     }
-}
-
-fn median(mut xs: Vec<Duration>) -> Duration {
-    xs.sort();
-    xs[xs.len() / 2]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.1}", d.as_secs_f64() * 1000.0)
 }
 
 /// Measures one network size: a sandbox of `nodes` hospitals, the exact

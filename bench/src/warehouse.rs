@@ -5,8 +5,9 @@
 
 use std::str::FromStr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
+use crate::{median, ms};
 use anyhow::Context;
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
 use plexus_core::models::fit::{IterativeFit, Step};
@@ -49,15 +50,6 @@ const LIMITS: Limits = Limits {
     k: 5,
     max_parameter_share: 0.33,
 };
-
-fn median(mut xs: Vec<Duration>) -> Duration {
-    xs.sort();
-    xs[xs.len() / 2]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.1}", d.as_secs_f64() * 1000.0)
-}
 
 /// A whole IRLS fit, each round computed by `source`.
 async fn fit(
