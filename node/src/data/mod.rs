@@ -333,7 +333,11 @@ impl FileSource {
         Ok(match analysis {
             Analysis::Count {} => RawStats::Count(rows.count().await?),
             Analysis::Summary { variable } => {
-                let vars = [(variable.as_str(), self.lookup(variable)?)];
+                let m = self.lookup(variable)?;
+                if let Rows::Memory(c) = &rows {
+                    return c.summary(ctx, (variable, m, self.dict.get(variable)?));
+                }
+                let vars = [(variable.as_str(), m)];
                 let columns = rows.columns(ctx, &vars, &self.dict).await?;
                 self.summary(variable, &columns)?
             }

@@ -24,15 +24,24 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use chrono::NaiveDate;
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch};
-use datafusion::arrow::compute::{and, cast as arrow_cast, concat, filter_record_batch};
-use datafusion::arrow::datatypes::{DataType, Field, Float64Type, Schema};
+use datafusion::arrow::array::{
+    Array, ArrayRef, ArrowPrimitiveType, AsArray, BooleanArray, PrimitiveArray, RecordBatch,
+};
+use datafusion::arrow::buffer::BooleanBuffer;
+use datafusion::arrow::compute::{
+    and, cast as arrow_cast, concat, filter_record_batch, prep_null_mask_filter,
+};
+use datafusion::arrow::datatypes::{
+    DataType, Field, Float64Type, Int16Type, Int32Type, Int64Type, Int8Type, Schema, UInt16Type,
+    UInt32Type, UInt64Type, UInt8Type,
+};
 use datafusion::common::DFSchema;
 use datafusion::logical_expr::ColumnarValue;
 use datafusion::prelude::{Expr, SessionContext};
 use futures::StreamExt;
 use plexus_core::models::design::Columns;
-use plexus_core::{Dictionary, Error, Purpose, RawStats, Result, Variable};
+use plexus_core::stats::SummaryAcc;
+use plexus_core::{Dictionary, Error, Purpose, RawStats, Result, VarType, Variable};
 
 use super::compile::{column, Mapped};
 use super::compute::{bin_code, level_index};
@@ -391,6 +400,10 @@ impl Cohort {
                 .ok_or_else(|| Error::internal("a filter did not evaluate to true or false"))?;
             keep = and(&keep, matches)
                 .map_err(|e| Error::internal(format!("cannot combine row masks: {e}")))?;
+            if keep.null_count() > 0 {
+                // Unknown is out, as in SQL: a plain mask walks faster.
+                keep = prep_null_mask_filter(&keep);
+            }
         }
         let len = keep.true_count() as u64;
         Ok(Cohort {
@@ -441,20 +454,86 @@ impl Cohort {
         extract::convert(&names, &kinds, &arrays)
     }
 
+    /// Calls `f` with the cohort's value of numeric variable `m` in each
+    /// row where it is present, in row order, as `m.as_f64()` reads it.
+    ///
+    /// A column held as plain numbers is read in place through the row
+    /// mask; other columns (codes, small floats) are evaluated from the
+    /// expression. Reading in place skips copying the cohort's rows out and
+    /// the cast: at 1,000,000 rows a summary took 2.3x as long that way
+    /// (`plexus-bench peers`, see the commit).
+    pub fn each_number(
+        &self,
+        ctx: &SessionContext,
+        m: &Mapped,
+        mut f: impl FnMut(f64),
+    ) -> Result<()> {
+        let plain = self.batch.column_by_name(&m.column).filter(|a| {
+            let t = a.data_type();
+            t == &m.dtype
+                && m.booleans.is_none()
+                && match m.kind {
+                    VarType::Float => t == &DataType::Float64,
+                    VarType::Integer => t.is_integer(),
+                    _ => false,
+                }
+        });
+        let Some(a) = plain else {
+            let xs = self.eval(ctx, m.as_f64())?;
+            xs.as_primitive::<Float64Type>()
+                .iter()
+                .flatten()
+                .for_each(f);
+            return Ok(());
+        };
+        let keep = self.keep.values();
+        match a.data_type() {
+            // NaN reads as missing.
+            DataType::Float64 => each_in(
+                a.as_primitive::<Float64Type>(),
+                keep,
+                |v| v,
+                |x| {
+                    if !x.is_nan() {
+                        f(x)
+                    }
+                },
+            ),
+            DataType::Int64 => each_in(a.as_primitive::<Int64Type>(), keep, |v| v as f64, f),
+            DataType::Int32 => each_in(a.as_primitive::<Int32Type>(), keep, |v| v as f64, f),
+            DataType::Int16 => each_in(a.as_primitive::<Int16Type>(), keep, |v| v as f64, f),
+            DataType::Int8 => each_in(a.as_primitive::<Int8Type>(), keep, |v| v as f64, f),
+            DataType::UInt64 => each_in(a.as_primitive::<UInt64Type>(), keep, |v| v as f64, f),
+            DataType::UInt32 => each_in(a.as_primitive::<UInt32Type>(), keep, |v| v as f64, f),
+            DataType::UInt16 => each_in(a.as_primitive::<UInt16Type>(), keep, |v| v as f64, f),
+            DataType::UInt8 => each_in(a.as_primitive::<UInt8Type>(), keep, |v| v as f64, f),
+            t => return Err(Error::internal(format!("{t} read as a plain number"))),
+        }
+        Ok(())
+    }
+
+    /// A summary's sums, as [`SummarySums::of`] over the values
+    /// [`extract::columns`] reads, in one pass.
+    pub fn summary(
+        &self,
+        ctx: &SessionContext,
+        (name, m, var): (&str, &Mapped, &Variable),
+    ) -> Result<RawStats> {
+        let mut acc = SummaryAcc::new(var, name);
+        self.each_number(ctx, m, |x| acc.push(x))?;
+        Ok(RawStats::Summary(acc.finish()))
+    }
+
     /// Counts on public bin edges, as [`super::compute::histogram`].
     pub fn histogram(&self, ctx: &SessionContext, m: &Mapped, edges: &[f64]) -> Result<RawStats> {
-        let xs = self.eval(ctx, m.as_f64())?;
-        let xs = xs.as_primitive::<Float64Type>();
         let bins = edges.len().saturating_sub(1);
         let mut counts = vec![0u64; bins];
         let (mut below, mut above) = (0u64, 0u64);
-        for x in xs.iter().flatten() {
-            match bin_code(edges, x) {
-                -1 => below += 1,
-                c if c >= 0 && (c as usize) < bins => counts[c as usize] += 1,
-                _ => above += 1,
-            }
-        }
+        self.each_number(ctx, m, |x| match bin_code(edges, x) {
+            -1 => below += 1,
+            c if c >= 0 && (c as usize) < bins => counts[c as usize] += 1,
+            _ => above += 1,
+        })?;
         Ok(RawStats::Histogram {
             bins: counts,
             below,
@@ -492,5 +571,23 @@ impl Cohort {
             columns: col_levels.len() as u32,
             cells,
         })
+    }
+}
+
+/// Calls `f` with `to_f64` of each present value of `a` in the rows `keep`
+/// selects.
+fn each_in<T: ArrowPrimitiveType>(
+    a: &PrimitiveArray<T>,
+    keep: &BooleanBuffer,
+    to_f64: impl Fn(T::Native) -> f64,
+    mut f: impl FnMut(f64),
+) {
+    let values = a.values();
+    match a.nulls() {
+        None => keep.set_indices().for_each(|i| f(to_f64(values[i]))),
+        Some(nulls) => keep
+            .set_indices()
+            .filter(|&i| nulls.is_valid(i))
+            .for_each(|i| f(to_f64(values[i]))),
     }
 }
