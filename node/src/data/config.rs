@@ -80,6 +80,21 @@ pub struct DataConfig {
     /// is read for every job, and 0 always reads the file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_mib: Option<u64>,
+    /// Folder where the node keeps the consent records joined to the data
+    /// file's rows between runs, so a restart on unchanged files reads
+    /// neither the id column nor the consent file: `"cache"` beside the
+    /// config when the key is absent, `""` for none. It holds what the
+    /// consent file holds per row (terms and dates), no ids; keep it with
+    /// the data files, out of off-site backups of `state_dir`.
+    #[serde(default = "default_cache_dir", skip_serializing_if = "Option::is_none")]
+    pub cache_dir: Option<PathBuf>,
+}
+
+/// `data.cache_dir` when the key is absent.
+pub const DEFAULT_CACHE_DIR: &str = "cache";
+
+fn default_cache_dir() -> Option<PathBuf> {
+    Some(PathBuf::from(DEFAULT_CACHE_DIR))
 }
 
 /// Where one variable is in the patient file: `"column"`, or
@@ -212,8 +227,17 @@ impl DataConfig {
         DataConfig {
             path: resolve(base, &self.path),
             postgres: self.postgres.as_ref().map(|p| p.resolve(base)),
+            cache_dir: self.cache_dir.as_ref().map(|d| resolve(base, d)),
             ..self.clone()
         }
+    }
+
+    /// The folder for the consent join between runs, if any
+    /// (`data.cache_dir`, not set to `""`).
+    pub fn cache_dir(&self) -> Option<&Path> {
+        self.cache_dir
+            .as_deref()
+            .filter(|d| !d.as_os_str().is_empty())
     }
 
     /// Files unless `source = "postgres"`.

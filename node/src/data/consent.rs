@@ -219,6 +219,7 @@ impl ConsentSource {
                 visit(Record {
                     id,
                     terms: &parsed[terms_index],
+                    terms_text: t,
                     terms_index,
                     valid_from,
                     withdrawn_at,
@@ -259,6 +260,8 @@ impl ConsentSource {
 pub(crate) struct Record<'a> {
     pub id: &'a str,
     pub terms: &'a ConsentTerms,
+    /// The text `terms` was parsed from.
+    pub terms_text: &'a str,
     /// The same for records with the same text of terms, counting from 0
     /// in order of first appearance.
     pub terms_index: usize,

@@ -17,6 +17,11 @@ use super::config::DataFormat;
 pub(crate) struct FileStamp {
     pub len: u64,
     pub modified_ns: u128,
+    /// The inode's change time and number: they move whenever the file is
+    /// written, replaced or restored, also by tools that set its
+    /// modification time back (`cp -p`, `rsync -a`).
+    pub changed_ns: u128,
+    pub inode: u64,
 }
 
 impl FileStamp {
@@ -28,6 +33,7 @@ impl FileStamp {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_nanos())
             .unwrap_or(0);
+        // A later write sets the modification time to its own moment.
         self.modified_ns + 2_000_000_000 < now
     }
 }
@@ -52,9 +58,19 @@ pub(crate) fn stamp(path: &Path, what: &str) -> Result<FileStamp> {
         .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
         .map(|d| d.as_nanos())
         .unwrap_or(0);
+    #[cfg(unix)]
+    let (changed_ns, inode) = {
+        use std::os::unix::fs::MetadataExt;
+        let ns = i128::from(meta.ctime()) * 1_000_000_000 + i128::from(meta.ctime_nsec());
+        (u128::try_from(ns).unwrap_or(0), meta.ino())
+    };
+    #[cfg(not(unix))]
+    let (changed_ns, inode) = (0, 0);
     Ok(FileStamp {
         len: meta.len(),
         modified_ns,
+        changed_ns,
+        inode,
     })
 }
 

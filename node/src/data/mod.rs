@@ -17,6 +17,7 @@ mod ids;
 mod mapping;
 mod models;
 mod resident;
+mod saved;
 mod selection;
 mod source;
 #[cfg(test)]
@@ -68,6 +69,8 @@ pub struct FileSource {
     /// The columns in memory, for the data file's stamp; `None` beside a
     /// stamp when that version did not fit the budget.
     resident: tokio::sync::Mutex<Option<(files::FileStamp, Option<Arc<Resident>>)>>,
+    /// Where the consent join is kept between runs (`data.cache_dir`).
+    saved: Option<saved::SavedJoin>,
 }
 
 impl std::fmt::Debug for FileSource {
@@ -111,7 +114,24 @@ impl FileSource {
         let schema = df.schema().as_arrow().clone();
         let id_type = mapping::check_id(&schema, &data.patient_id, &path)?;
         let mapped = mapping::map_columns(&dict, &data.columns, &schema, &path)?;
-        mapping::check_values(&df, &dict, &mapped, &path).await?;
+        // A restart on the same file, mapping and dictionary skips the
+        // check it passed (see `saved`).
+        let checked = data
+            .cache_dir()
+            .map(|d| saved::SavedCheck::in_dir(d, &path));
+        let now = stamp(&path, "data file")?;
+        let key = format!(
+            "{}\n{now:?}\n{mapped:?}\n{}",
+            path.display(),
+            serde_json::to_string(dict.as_ref())
+                .map_err(|e| Error::internal(format!("cannot write the dictionary: {e}")))?
+        );
+        if !checked.as_ref().is_some_and(|c| c.passed(&key)) {
+            mapping::check_values(&df, &dict, &mapped, &path).await?;
+            if let Some(c) = checked.filter(|_| now.settled()) {
+                c.remember(&key);
+            }
+        }
         let consent = ConsentSource::open(consent).await?;
         tracing::debug!(
             elapsed_ms = started.elapsed().as_millis() as u64,
@@ -131,6 +151,9 @@ impl FileSource {
             population: std::sync::Mutex::new(None),
             memory_budget: data.memory_budget(),
             resident: tokio::sync::Mutex::new(None),
+            saved: data
+                .cache_dir()
+                .map(|d| saved::SavedJoin::in_dir(d, &data.path)),
         };
         // Warm: the first job finds the columns in memory.
         source.resident().await?;
@@ -260,6 +283,7 @@ impl FileSource {
             (&self.path, self.format, now),
             (&self.id_column, &self.id_type),
             self.memory_budget,
+            (&self.consent, self.saved.as_ref()),
         )
         .await?
         .map(Arc::new);
@@ -274,7 +298,7 @@ impl FileSource {
                 tracing::info!(
                     mib = format!("{:.1}", t.bytes() as f64 / (1024.0 * 1024.0)),
                     elapsed_ms = started.elapsed().as_millis() as u64,
-                    "data file's id column read and consent joined; other columns are read when a job first needs them"
+                    "consent joined to the data file's rows; other columns are read when a job first needs them"
                 )
             }
             None => tracing::warn!(

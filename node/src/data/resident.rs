@@ -49,7 +49,8 @@ use super::config::DataFormat;
 use super::consent::ConsentSource;
 use super::extract;
 use super::files::{read_error, stamp, FileStamp};
-use super::selection::ConsentRows;
+use super::saved::SavedJoin;
+use super::selection::{ConsentRows, ConsentStamps};
 
 /// Consent selections kept at once (one per purpose and day in use).
 const CACHED_SELECTIONS: usize = 4;
@@ -66,6 +67,8 @@ pub(crate) struct Resident {
     budget: usize,
     id_column: String,
     id_type: DataType,
+    /// Where the consent join is saved for the next start, if anywhere.
+    saved: Option<SavedJoin>,
     held: Mutex<Held>,
     /// One read of the file at a time.
     reading: tokio::sync::Mutex<()>,
@@ -154,14 +157,51 @@ async fn read_columns(
 }
 
 impl Resident {
-    /// Reads the id column of `table` (registered in `ctx`) from the file
-    /// at `stamp`; `None` when it alone takes more than `budget` bytes.
+    /// The rows of `table` (registered in `ctx`) from the file at `stamp`,
+    /// ready to join consent: with the consent join saved for these files
+    /// when there is one, else with the id column read. `None` when that
+    /// alone takes more than `budget` bytes.
     pub async fn load(
         (ctx, table): (&SessionContext, &str),
         (path, format, stamp): (&Path, DataFormat, FileStamp),
         (id_column, id_type): (&str, &DataType),
         budget: usize,
+        (consent, saved): (&ConsentSource, Option<&SavedJoin>),
     ) -> Result<Option<Resident>> {
+        let resident = |rows: usize, held: Held, joined: Option<Arc<ConsentRows>>| Resident {
+            ctx: ctx.clone(),
+            table: table.to_string(),
+            path: path.to_path_buf(),
+            format,
+            stamp,
+            rows,
+            budget,
+            id_column: id_column.to_string(),
+            id_type: id_type.clone(),
+            saved: saved.cloned(),
+            held: Mutex::new(held),
+            reading: tokio::sync::Mutex::new(()),
+            consent: tokio::sync::Mutex::new(joined),
+            selections: Mutex::new(Vec::new()),
+        };
+        if let Some(saved) = saved {
+            let stamps = consent.stamps()?;
+            let key = join_key((path, &stamp), (id_column, id_type), consent, &stamps);
+            let s = saved.clone();
+            let loaded = tokio::task::spawn_blocking(move || s.load(&key, stamps))
+                .await
+                .map_err(|e| Error::internal(format!("loading the consent join failed: {e}")))?;
+            if let Some(joined) = loaded.filter(|j| j.bytes() <= budget) {
+                tracing::info!(
+                    "consent join loaded from data.cache_dir (the files are as it was made from)"
+                );
+                return Ok(Some(resident(
+                    joined.rows(),
+                    Held::default(),
+                    Some(Arc::new(joined)),
+                )));
+            }
+        }
         let mut read = read_columns(ctx, table, (path, format), &[id_column.to_string()]).await?;
         let (field, ids) = read
             .pop()
@@ -172,21 +212,7 @@ impl Resident {
         let mut held = Held::default();
         held.columns
             .insert(id_column.to_string(), (field, Arc::clone(&ids), 0));
-        Ok(Some(Resident {
-            ctx: ctx.clone(),
-            table: table.to_string(),
-            path: path.to_path_buf(),
-            format,
-            stamp,
-            rows: ids.len(),
-            budget,
-            id_column: id_column.to_string(),
-            id_type: id_type.clone(),
-            held: Mutex::new(held),
-            reading: tokio::sync::Mutex::new(()),
-            consent: tokio::sync::Mutex::new(None),
-            selections: Mutex::new(Vec::new()),
-        }))
+        Ok(Some(resident(ids.len(), held, None)))
     }
 
     /// Bytes held: columns and the joined consent records.
@@ -305,6 +331,14 @@ impl Resident {
                     let built = Arc::new(
                         ConsentRows::build(consent, stamps, ids.column(0), &self.id_type).await?,
                     );
+                    drop(ids);
+                    // Jobs do not read ids: they are read again when the
+                    // consent files change.
+                    self.held
+                        .lock()
+                        .expect("column lock")
+                        .columns
+                        .remove(&self.id_column);
                     tracing::debug!(
                         elapsed_ms = started.elapsed().as_millis() as u64,
                         kib = built.bytes() / 1024,
@@ -315,6 +349,21 @@ impl Resident {
                     // time until it has settled.
                     let settled = stamps.0.settled() && stamps.1.is_none_or(|s| s.settled());
                     *slot = settled.then(|| Arc::clone(&built));
+                    if let Some(saved) = self
+                        .saved
+                        .clone()
+                        .filter(|_| settled && self.stamp.settled())
+                    {
+                        let key = join_key(
+                            (&self.path, &self.stamp),
+                            (&self.id_column, &self.id_type),
+                            consent,
+                            &stamps,
+                        );
+                        let built = Arc::clone(&built);
+                        // Off the job's path; the next start finds it.
+                        tokio::task::spawn_blocking(move || saved.save(&key, &built));
+                    }
                     // After the slot changed: a selection of the old version
                     // cached meanwhile goes too (see below).
                     self.selections.lock().expect("selection lock").clear();
@@ -590,4 +639,23 @@ fn each_in<T: ArrowPrimitiveType>(
             .filter(|&i| nulls.is_valid(i))
             .for_each(|i| f(to_f64(values[i]))),
     }
+}
+
+/// What a saved consent join must have been made from: the data file and
+/// its id column, the consent and opt-out files, each path with its stamp.
+fn join_key(
+    (path, stamp): (&Path, &FileStamp),
+    (id_column, id_type): (&str, &DataType),
+    consent: &ConsentSource,
+    stamps: &ConsentStamps,
+) -> Vec<u8> {
+    let mut key = format!(
+        "data {}\n{stamp:?}\nid {id_column:?} {id_type}\n",
+        path.display()
+    );
+    let consent_stamps = [Some(stamps.0), stamps.1];
+    for (p, s) in consent.paths().into_iter().zip(consent_stamps) {
+        key.push_str(&format!("consent {}\n{s:?}\n", p.display()));
+    }
+    key.into_bytes()
 }

@@ -16,6 +16,7 @@
 use hashbrown::{DefaultHashBuilder, HashTable};
 use std::borrow::Borrow;
 use std::hash::{BuildHasher, Hash};
+use std::io::{Read, Write};
 
 use chrono::{Datelike, NaiveDate};
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray};
@@ -42,12 +43,17 @@ struct RowConsent {
 /// The consent and opt-out records of one version of those files, joined
 /// to the rows of one version of the data file.
 pub(crate) struct ConsentRows {
-    pub stamps: (FileStamp, Option<FileStamp>),
+    pub stamps: ConsentStamps,
     rows: usize,
     records: Vec<RowConsent>,
     terms: Vec<ConsentTerms>,
+    /// The text each of `terms` was read from, for saving the join.
+    texts: Vec<String>,
     opted_out: Vec<u32>,
 }
+
+/// The consent and opt-out files' stamps.
+pub(crate) type ConsentStamps = (FileStamp, Option<FileStamp>);
 
 fn day(d: NaiveDate) -> i32 {
     d.num_days_from_ce() - 719_163
@@ -58,7 +64,7 @@ impl ConsentRows {
     /// `stamps`) and joins them to `ids`, the data file's id column.
     pub async fn build(
         consent: &ConsentSource,
-        stamps: (FileStamp, Option<FileStamp>),
+        stamps: ConsentStamps,
         ids: &ArrayRef,
         id_type: &DataType,
     ) -> Result<Self> {
@@ -73,9 +79,16 @@ impl ConsentRows {
             arrow_cast(ids, &t)
                 .map_err(|e| Error::internal(format!("cannot read the id column: {e}")))
         };
-        let mut records = Vec::new();
-        let mut terms = Vec::new();
-        let mut opted_out = Vec::new();
+        let mut joined = ConsentRows {
+            stamps,
+            rows,
+            // Most patients have one record: no doubling of a million
+            // records as they come.
+            records: Vec::with_capacity(rows),
+            terms: Vec::new(),
+            texts: Vec::new(),
+            opted_out: Vec::new(),
+        };
         if is_int(id_type) {
             let ints = cast(DataType::Int64)?;
             let ints = ints.as_primitive::<Int64Type>();
@@ -88,7 +101,7 @@ impl ConsentRows {
                         find.find(&k, emit)
                     }
                 },
-                (&mut records, &mut terms, &mut opted_out),
+                &mut joined,
             )
             .await?;
         } else {
@@ -99,16 +112,171 @@ impl ConsentRows {
                 consent,
                 Rows::new(key, rows),
                 |find, id, emit| find.find(id, emit),
-                (&mut records, &mut terms, &mut opted_out),
+                &mut joined,
             )
             .await?;
         }
-        records.shrink_to_fit();
-        Ok(ConsentRows {
+        joined.records.shrink_to_fit();
+        Ok(joined)
+    }
+
+    /// A join of `rows` rows with `records` (row, terms) valid from
+    /// 2019-01-01 on, for tests.
+    #[cfg(test)]
+    pub fn for_test(rows: usize, records: &[(u32, &str)], opted_out: &[u32]) -> Self {
+        let stamp = FileStamp {
+            len: 0,
+            modified_ns: 0,
+            changed_ns: 0,
+            inode: 0,
+        };
+        let mut texts: Vec<String> = Vec::new();
+        let mut out = Vec::new();
+        for &(row, t) in records {
+            let i = texts.iter().position(|x| x == t).unwrap_or_else(|| {
+                texts.push(t.to_string());
+                texts.len() - 1
+            });
+            out.push(RowConsent {
+                row,
+                terms: i as u32,
+                from: day(NaiveDate::from_ymd_opt(2019, 1, 1).expect("a date")),
+                until: i32::MAX,
+            });
+        }
+        ConsentRows {
+            stamps: (stamp, None),
+            rows,
+            records: out,
+            terms: texts
+                .iter()
+                .map(|t| ConsentTerms::parse(t).expect("terms"))
+                .collect(),
+            texts,
+            opted_out: opted_out.to_vec(),
+        }
+    }
+
+    /// The join without `row`'s consent records (tests tell joins apart
+    /// by it).
+    #[cfg(test)]
+    pub fn without(mut self, row: u32) -> Self {
+        self.records.retain(|r| r.row != row);
+        self
+    }
+
+    /// Rows of the data file the join was made for.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Writes the join for [`super::saved`]: little-endian counts, the
+    /// texts of the terms, the records, the opted-out rows.
+    pub fn write_to(&self, w: &mut impl Write) -> std::io::Result<()> {
+        w.write_all(&(self.rows as u64).to_le_bytes())?;
+        w.write_all(&(self.texts.len() as u64).to_le_bytes())?;
+        for t in &self.texts {
+            w.write_all(&(t.len() as u64).to_le_bytes())?;
+            w.write_all(t.as_bytes())?;
+        }
+        w.write_all(&(self.records.len() as u64).to_le_bytes())?;
+        let mut chunk = Vec::with_capacity(16 * 4096);
+        for part in self.records.chunks(4096) {
+            chunk.clear();
+            for r in part {
+                chunk.extend_from_slice(&r.row.to_le_bytes());
+                chunk.extend_from_slice(&r.terms.to_le_bytes());
+                chunk.extend_from_slice(&r.from.to_le_bytes());
+                chunk.extend_from_slice(&r.until.to_le_bytes());
+            }
+            w.write_all(&chunk)?;
+        }
+        w.write_all(&(self.opted_out.len() as u64).to_le_bytes())?;
+        for row in &self.opted_out {
+            w.write_all(&row.to_le_bytes())?;
+        }
+        Ok(())
+    }
+
+    /// A join as [`Self::write_to`] wrote it; `None` unless every part is
+    /// there and consistent (rows and terms in range, terms that parse).
+    /// Reads no further than the join.
+    pub fn read_from(r: &mut impl Read, stamps: ConsentStamps) -> Option<Self> {
+        fn u64_at(r: &mut impl Read) -> Option<u64> {
+            let mut b = [0u8; 8];
+            r.read_exact(&mut b).ok()?;
+            Some(u64::from_le_bytes(b))
+        }
+        let rows = usize::try_from(u64_at(r)?).ok()?;
+        u32::try_from(rows).ok()?;
+        // Counts are checked against what a join of `rows` rows can hold
+        // before anything is allocated for them.
+        let n_texts = usize::try_from(u64_at(r)?).ok()?;
+        if n_texts > rows.max(1) {
+            return None;
+        }
+        let mut texts = Vec::with_capacity(n_texts);
+        let mut terms = Vec::with_capacity(n_texts);
+        for _ in 0..n_texts {
+            let len = usize::try_from(u64_at(r)?).ok()?;
+            if len > 1 << 20 {
+                return None;
+            }
+            let mut b = vec![0u8; len];
+            r.read_exact(&mut b).ok()?;
+            let text = String::from_utf8(b).ok()?;
+            terms.push(ConsentTerms::parse(&text).ok()?);
+            texts.push(text);
+        }
+        let n = usize::try_from(u64_at(r)?).ok()?;
+        // A patient may hold several consent records, never this many.
+        if n > rows.saturating_mul(64) {
+            return None;
+        }
+        let mut records = Vec::with_capacity(n);
+        // In chunks of 4,096 records: a million reads of 16 bytes took
+        // twice as long.
+        let mut chunk = vec![0u8; 16 * 4096];
+        let mut left = n;
+        while left > 0 {
+            let take = left.min(4096);
+            let bytes = &mut chunk[..16 * take];
+            r.read_exact(bytes).ok()?;
+            for b in bytes.chunks_exact(16) {
+                let word = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().expect("4 bytes"));
+                let (row, t) = (word(0), word(4));
+                if row as usize >= rows || t as usize >= terms.len() {
+                    return None;
+                }
+                records.push(RowConsent {
+                    row,
+                    terms: t,
+                    from: word(8) as i32,
+                    until: word(12) as i32,
+                });
+            }
+            left -= take;
+        }
+        let n = usize::try_from(u64_at(r)?).ok()?;
+        if n > rows.saturating_mul(64) {
+            return None;
+        }
+        let mut opted_out = Vec::with_capacity(n);
+        for _ in 0..n {
+            let mut b = [0u8; 4];
+            r.read_exact(&mut b).ok()?;
+            let row = u32::from_le_bytes(b);
+            if row as usize >= rows {
+                return None;
+            }
+            opted_out.push(row);
+        }
+        Some(ConsentRows {
             stamps,
             rows,
             records,
             terms,
+            texts,
             opted_out,
         })
     }
@@ -138,7 +306,8 @@ impl ConsentRows {
     }
 }
 
-/// Joins the records of `consent`, then its opt-outs, to rows: `rows_of`
+/// Joins the records of `consent`, then its opt-outs, to rows (into
+/// `out`'s records and opted-out rows): `rows_of`
 /// calls its last argument with each row of the id given as the files'
 /// text (none for text that names no row), through `find`, which both
 /// passes share (its sort check and hash table are made once).
@@ -146,12 +315,20 @@ async fn join<K: Ord + Hash + Copy, F: Fn(usize) -> Option<K>>(
     consent: &ConsentSource,
     mut find: Rows<K, F>,
     rows_of: impl Fn(&mut Rows<K, F>, &str, &mut dyn FnMut(u32)),
-    (records, terms, opted_out): (&mut Vec<RowConsent>, &mut Vec<ConsentTerms>, &mut Vec<u32>),
+    out: &mut ConsentRows,
 ) -> Result<()> {
+    let ConsentRows {
+        records,
+        terms,
+        texts,
+        opted_out,
+        ..
+    } = out;
     consent
         .each_record(|r| {
             if r.terms_index == terms.len() {
                 terms.push(r.terms.clone());
+                texts.push(r.terms_text.to_string());
             }
             let (from, until) = (day(r.valid_from), r.withdrawn_at.map_or(i32::MAX, day));
             let terms = r.terms_index as u32;

@@ -271,4 +271,13 @@ impl Fixture {
         )
         .await
     }
+
+    /// Opens the source with `data.cache_dir` set to `cache_dir`.
+    pub async fn open_in(&self, cache_dir: &Path) -> plexus_core::Result<DataSource> {
+        let data = DataConfig {
+            cache_dir: Some(cache_dir.to_path_buf()),
+            ..self.data.clone()
+        };
+        DataSource::open(&data, &self.consent, Arc::new(Dictionary::cardiovascular())).await
+    }
 }

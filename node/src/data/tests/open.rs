@@ -128,6 +128,38 @@ async fn category_not_in_dictionary() {
 }
 
 #[tokio::test]
+async fn a_data_file_changed_while_the_node_was_down_is_checked_again() {
+    let mut rows = patients(30);
+    let f = Fixture::with_rows(&rows, true, &[]);
+    let an_hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    let settle = |p: &std::path::Path| {
+        std::fs::File::options()
+            .write(true)
+            .open(p)
+            .unwrap()
+            .set_modified(an_hour_ago)
+            .unwrap();
+    };
+    settle(&f.data.path);
+    let cache = f.path("cache");
+    // The first start checks the file and notes that it passed.
+    f.open_in(&cache).await.unwrap();
+    assert!(std::fs::read_dir(&cache).unwrap().any(|e| e
+        .unwrap()
+        .file_name()
+        .to_string_lossy()
+        .starts_with("values-checked-")));
+    f.open_in(&cache).await.unwrap();
+    // A new export with a value outside the dictionary, even with the old
+    // file's modification time, is checked again and refused.
+    rows[5].smoking = Some("sometimes");
+    super::write_csv(&f.data.path, &rows);
+    settle(&f.data.path);
+    let e = f.open_in(&cache).await.expect_err("a bad value");
+    assert_names(&e, &["variable \"smoking\"", "\"sometimes\""]);
+}
+
+#[tokio::test]
 async fn unknown_dictionary_variable_in_mapping() {
     let mut f = parquet();
     f.data.columns.insert("sbpp".into(), "SBP mmHg".into());

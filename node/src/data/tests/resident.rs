@@ -27,6 +27,7 @@ fn settled(rows: &[super::Patient], csv: bool, without: &[&str]) -> Fixture {
     let f = Fixture::with_rows(rows, csv, without);
     settle(&f.data.path);
     settle(&f.consent.path);
+    settle(f.consent.opt_out.as_ref().unwrap());
     f
 }
 
@@ -176,6 +177,108 @@ async fn a_new_day_counts_the_consent_that_starts_or_ends_on_it() {
     assert_eq!(count_on(&src, "null", "2024-06-01").await, 59);
 }
 
+/// Waits for the join a node saves off the job's path.
+async fn saved_join(f: &Fixture, cache: &Path) -> crate::data::saved::SavedJoin {
+    let saved = crate::data::saved::SavedJoin::in_dir(cache, &f.data.path);
+    for _ in 0..500 {
+        if saved.path().exists() {
+            return saved;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("no consent join saved in {}", cache.display());
+}
+
+fn consent_stamps(f: &Fixture) -> crate::data::selection::ConsentStamps {
+    let s = |p: &Path| crate::data::files::stamp(p, "test file").unwrap();
+    (s(&f.consent.path), f.consent.opt_out.as_deref().map(s))
+}
+
+#[tokio::test]
+async fn a_node_restarted_on_the_same_files_uses_the_join_it_saved() {
+    let rows = patients(60);
+    let f = settled(&rows, false, &[]);
+    let cache = f.path("cache");
+    let src = f.open_in(&cache).await.unwrap();
+    assert_eq!(count(&src, "null").await, 60);
+    drop(src);
+    // What the next start loads is what was saved: a saved join without
+    // the first row's consent shows as one patient fewer.
+    saved_join(&f, &cache)
+        .await
+        .edit(consent_stamps(&f), |rows| rows.without(0));
+    let src = f.open_in(&cache).await.unwrap();
+    assert_eq!(count(&src, "null").await, 59);
+    // A job after the consent file changed joins it again.
+    write_consent(
+        &f.consent.path,
+        &rows
+            .iter()
+            .map(|p| (p.id.as_str(), "GRU", "2019-01-01", ""))
+            .collect::<Vec<_>>(),
+    );
+    settle(&f.consent.path);
+    assert_eq!(count(&src, "null").await, 60);
+}
+
+#[tokio::test]
+async fn a_consent_file_restored_with_its_old_size_and_time_is_joined_again() {
+    let rows = patients(60);
+    let f = settled(&rows, false, &[]);
+    let cache = f.path("cache");
+    let src = f.open_in(&cache).await.unwrap();
+    assert_eq!(count(&src, "null").await, 60);
+    drop(src);
+    saved_join(&f, &cache).await;
+    // While the node is down, the first patient's consent becomes one that
+    // does not cover the study (same length), and the file gets its old
+    // modification time back, as `cp -p` or `rsync -a` would leave it.
+    let before = std::fs::metadata(&f.consent.path).unwrap();
+    let consent: Vec<_> = rows
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            (
+                p.id.as_str(),
+                if i == 0 { "HMB" } else { "GRU" },
+                "2019-01-01",
+                "",
+            )
+        })
+        .collect();
+    write_consent(&f.consent.path, &consent);
+    std::fs::File::options()
+        .write(true)
+        .open(&f.consent.path)
+        .unwrap()
+        .set_modified(before.modified().unwrap())
+        .unwrap();
+    let after = std::fs::metadata(&f.consent.path).unwrap();
+    assert_eq!(
+        (before.len(), before.modified().unwrap()),
+        (after.len(), after.modified().unwrap())
+    );
+    let src = f.open_in(&cache).await.unwrap();
+    assert_eq!(count(&src, "null").await, 59);
+}
+
+#[tokio::test]
+async fn a_damaged_saved_join_is_replaced_from_the_files() {
+    let rows = patients(60);
+    let f = settled(&rows, false, &["P0002"]);
+    let cache = f.path("cache");
+    let src = f.open_in(&cache).await.unwrap();
+    assert_eq!(count(&src, "null").await, 59);
+    drop(src);
+    let saved = saved_join(&f, &cache).await;
+    let mut bytes = std::fs::read(saved.path()).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 1;
+    std::fs::write(saved.path(), &bytes).unwrap();
+    let src = f.open_in(&cache).await.unwrap();
+    assert_eq!(count(&src, "null").await, 59);
+}
+
 async fn compute(src: &crate::data::DataSource, json: &str) -> RawStats {
     let q = Query::from_json(json).unwrap();
     src.compute(
@@ -194,7 +297,8 @@ async fn columns_are_read_when_a_job_needs_them_and_kept_within_the_budget() {
     let rows = patients(200_000);
     let mut f = settled(&rows, false, &["P0003"]);
     let kept = f.open().await.unwrap();
-    // At start: the id column and the consent records joined to the rows.
+    // At start: the consent records joined to the rows (the id column they
+    // were joined by is let go).
     let at_start = kept.in_memory_bytes();
     assert!(at_start > 1024 * 1024, "{at_start}");
     // A hospital that gives the node 4 MiB: room for the ids and one or two
