@@ -51,13 +51,18 @@ impl FixedPoint {
     }
 
     /// Encoded units per unit of the variable.
+    #[inline]
     pub fn scale(&self) -> f64 {
-        10f64.powi(self.digits as i32)
+        // Powers of ten up to MAX_DIGITS are exact in f64: the same values
+        // `10f64.powi` gives, without its call on every value encoded.
+        const POWERS: [f64; MAX_DIGITS as usize + 1] = [1.0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6];
+        POWERS[self.digits as usize]
     }
 
     /// The value clamped to the bounds, as an integer.
+    #[inline]
     pub fn encode(&self, x: f64) -> i64 {
-        ((x * self.scale()).round() as i64).clamp(self.lower, self.upper)
+        round_to_i64(x * self.scale()).clamp(self.lower, self.upper)
     }
 
     /// An encoded sum back in the variable's unit.
@@ -94,10 +99,85 @@ impl FixedPoint {
     }
 }
 
+/// `v.round() as i64` (halves away from zero, saturating), without the C
+/// library's `round`: the cast truncates, and the fraction it drops is
+/// exact below 2^52, above which every double is a whole number already.
+/// A summary encodes every value of the cohort: `round` and `powi` calls
+/// were 30% of a node's CPU in a warm profile at a million patients.
+#[inline]
+pub fn round_to_i64(v: f64) -> i64 {
+    // Whole already, or not finite (NaN casts to 0 as `round` then would).
+    if v.is_nan() || v.abs() >= 4_503_599_627_370_496.0 {
+        return v as i64;
+    }
+    let t = v as i64;
+    let frac = v - t as f64;
+    if frac >= 0.5 {
+        t + 1
+    } else if frac <= -0.5 {
+        t - 1
+    } else {
+        t
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::Dictionary;
+
+    #[test]
+    fn rounding_equals_the_library_round() {
+        let mut cases = vec![
+            0.0,
+            -0.0,
+            0.5,
+            -0.5,
+            1.5,
+            -1.5,
+            2.5,
+            -2.5,
+            0.49999999999999994,
+            -0.49999999999999994,
+            4503599627370495.5,
+            -4503599627370495.5,
+            4503599627370496.0,
+            9007199254740993.0,
+            1e300,
+            -1e300,
+            f64::MAX,
+            f64::MIN,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            f64::NAN,
+            9.223_372_036_854_776e18,
+            -9.223_372_036_854_776e18,
+        ];
+        let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+        for _ in 0..200_000 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let x = f64::from_bits(state);
+            if x.is_finite() {
+                cases.push(x);
+            }
+            // Values as a summary meets them: a measurement times 10^digits.
+            cases.push((state % 4_000_000) as f64 / 8.0 - 250_000.0);
+            cases.push(((state >> 20) % 30_000) as f64 * 0.01 * 100.0);
+        }
+        for x in cases {
+            assert_eq!(round_to_i64(x), x.round() as i64, "{x:e}");
+        }
+        for d in 0..=MAX_DIGITS {
+            let fp = FixedPoint {
+                lower: 0,
+                upper: 1,
+                digits: d,
+            };
+            assert_eq!(fp.scale().to_bits(), 10f64.powi(d as i32).to_bits());
+        }
+    }
 
     #[test]
     fn values_are_clamped_and_round_trip() {

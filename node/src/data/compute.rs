@@ -43,7 +43,14 @@ pub(crate) async fn count_rows(df: DataFrame) -> Result<RawStats> {
 /// the right), -1 below the first edge, `bins` above the last.
 pub(crate) fn bin_code(edges: &[f64], x: f64) -> i64 {
     let bins = edges.len() as i64 - 1;
-    let le = edges.partition_point(|e| *e <= x) as i64;
+    // The edges at or below x. For the few edges of a histogram a count
+    // without branches is faster than a binary search, whose branches the
+    // data decides (a third of a node's time at a million patients).
+    let le = if edges.len() <= 64 {
+        edges.iter().map(|e| usize::from(*e <= x)).sum::<usize>() as i64
+    } else {
+        edges.partition_point(|e| *e <= x) as i64
+    };
     if le == 0 {
         -1
     } else if le <= bins {

@@ -196,6 +196,31 @@ fn bin_codes_on_boundaries() {
     assert_eq!(codes, [-1, 0, 0, 1, 1, 1, 2]);
 }
 
+#[test]
+fn bin_codes_count_as_a_binary_search_does() {
+    // Few edges are counted, many searched: the same codes either way.
+    for n in [2usize, 11, 64, 65, 200] {
+        let edges: Vec<f64> = (0..n).map(|i| -3.0 + 0.37 * i as f64).collect();
+        let mut xs: Vec<f64> = (0..5_000).map(|i| -5.0 + 0.017 * i as f64).collect();
+        xs.extend(&edges);
+        xs.extend([f64::NAN, f64::INFINITY, f64::NEG_INFINITY, -0.0]);
+        for x in xs {
+            let le = edges.partition_point(|e| *e <= x) as i64;
+            let bins = n as i64 - 1;
+            let want = if le == 0 {
+                -1
+            } else if le <= bins {
+                le - 1
+            } else if x == edges[n - 1] {
+                bins - 1
+            } else {
+                bins
+            };
+            assert_eq!(bin_code(&edges, x), want, "{n} edges, x = {x}");
+        }
+    }
+}
+
 #[tokio::test]
 async fn histogram_boundaries_exactly() {
     // ages 39, 40, 50, 59, 60, 79, 80, 81 lead the fixture table
