@@ -137,6 +137,11 @@ enum Mode {
         /// The nodes' data.memory_mib (the node's default when absent).
         #[arg(long)]
         memory_mib: Option<u64>,
+        /// Also measure an earlier build, in the same run on the same
+        /// files: a folder holding its plexus, plexus-node and
+        /// plexus-coordinator.
+        #[arg(long)]
+        before: Option<PathBuf>,
     },
     /// Audit log append and verify throughput.
     Audit {
@@ -267,6 +272,7 @@ async fn run(mode: Mode) -> anyhow::Result<()> {
             dir,
             python,
             memory_mib,
+            before,
         } => {
             let python = match python {
                 Some(p) => p,
@@ -282,6 +288,7 @@ async fn run(mode: Mode) -> anyhow::Result<()> {
                 dir,
                 python,
                 memory_mib,
+                before,
             })
             .await
         }

@@ -52,6 +52,9 @@ pub struct PeersOptions {
     pub python: PathBuf,
     /// The nodes' `data.memory_mib` (their default when absent).
     pub memory_mib: Option<u64>,
+    /// A folder with an earlier build's `plexus`, `plexus-node` and
+    /// `plexus-coordinator`, measured in the same run on the same files.
+    pub before: Option<PathBuf>,
 }
 
 fn age_edges() -> Vec<f64> {
@@ -88,7 +91,14 @@ fn queries() -> Vec<(&'static str, String)> {
 }
 
 pub async fn run(opts: PeersOptions) -> anyhow::Result<()> {
-    let bins = Binaries::beside_this()?;
+    let mut bins = Vec::new();
+    if let Some(dir) = &opts.before {
+        bins.push((
+            format!("before ({})", dir.display()),
+            Binaries::in_dir(dir)?,
+        ));
+    }
+    bins.push(("".to_string(), Binaries::beside_this()?));
     check_python(&opts.python)?;
     let temp;
     let base = match &opts.dir {
@@ -125,16 +135,26 @@ impl Binaries {
         let dir = exe
             .parent()
             .context("the benchmark's executable has no folder")?;
+        Self::find(dir, "build the daemons and the CLI with the benchmark: \
+             cargo build --release --locked -p plexus -p plexus-node -p plexus-coordinator -p plexus-bench")
+    }
+
+    /// An earlier build's executables, for `--before`.
+    fn in_dir(dir: &Path) -> anyhow::Result<Self> {
+        Self::find(
+            dir,
+            "--before names a folder holding an earlier build's plexus, \
+             plexus-node and plexus-coordinator (copy them from its target/release)",
+        )
+    }
+
+    fn find(dir: &Path, hint: &str) -> anyhow::Result<Self> {
         let find = |name: &str| {
             let p = dir.join(name);
             if p.is_file() {
                 Ok(p)
             } else {
-                bail!(
-                    "{} is not built; build the daemons and the CLI with the benchmark: \
-                     cargo build --release --locked -p plexus -p plexus-node -p plexus-coordinator -p plexus-bench",
-                    p.display()
-                )
+                bail!("{} is not there; {hint}", p.display())
             }
         };
         Ok(Binaries {
@@ -200,14 +220,27 @@ struct Phase {
     cpu_s: f64,
 }
 
-struct Figures {
-    duck: DuckFigures,
+/// One build of Plexus, measured.
+struct PlexusFigures {
+    /// "" for this build, "before (DIR)" for `--before`.
+    label: String,
     sequential: Phase,
     parallel: Phase,
+    /// Start on files the nodes have not seen, and four answers.
+    first: Phase,
+    /// The daemons' peak resident memory (VmHWM, MiB) over that start.
+    first_peak_mib: Vec<(String, f64)>,
+    /// Restart on the same files, and four answers.
     cold: Phase,
-    /// Peak resident memory of each daemon (VmHWM), MiB.
+    /// The daemons' peak resident memory (VmHWM, MiB) over the last
+    /// restart and the warm calls.
     peak_mib: Vec<(String, f64)>,
-    /// Each node's time to load its columns at the last start, from its log.
+}
+
+struct Figures {
+    duck: DuckFigures,
+    plexus: Vec<PlexusFigures>,
+    /// How the answers compared with DuckDB's.
     checked: String,
 }
 
@@ -220,7 +253,6 @@ impl Figures {
     fn print(&self, patients: usize) {
         let duck = median_f(self.duck.runs_s.clone());
         let floor = median_f(self.duck.floor_s.clone());
-        let plexus_mib: f64 = self.peak_mib.iter().map(|(_, m)| m).sum();
         let mut t = Table::new();
         t.load_preset(UTF8_FULL_CONDENSED).set_header(vec![
             "3 sites",
@@ -252,50 +284,66 @@ impl Figures {
             "".into(),
             "".into(),
         ]);
-        // The daemons' peak memory is over the whole run: on the cold row.
-        for (name, p, mib) in [
-            (
-                "Plexus warm, 4 calls in sequence",
-                &self.sequential,
-                String::new(),
-            ),
-            (
-                "Plexus warm, 4 calls at once",
-                &self.parallel,
-                String::new(),
-            ),
-            (
-                "Plexus cold: start, 4 answers",
-                &self.cold,
-                format!("{plexus_mib:.0}"),
-            ),
-        ] {
-            let s = p.wall.as_secs_f64();
-            t.add_row(vec![
-                name.to_string(),
-                ms(s),
-                ratio(s),
-                format!("{:.3}", p.cpu_s),
-                mib,
-            ]);
+        let total =
+            |peaks: &[(String, f64)]| format!("{:.0}", peaks.iter().map(|(_, m)| m).sum::<f64>());
+        for p in &self.plexus {
+            let who = if p.label.is_empty() {
+                "Plexus".to_string()
+            } else {
+                format!("Plexus {}", p.label)
+            };
+            // Peak memory is over a start and what followed it: the
+            // restart's covers the warm calls.
+            for (name, phase, mib) in [
+                ("warm, 4 calls in sequence", &p.sequential, String::new()),
+                ("warm, 4 calls at once", &p.parallel, String::new()),
+                (
+                    "cold: first start, 4 answers",
+                    &p.first,
+                    total(&p.first_peak_mib),
+                ),
+                ("cold: restart, 4 answers", &p.cold, total(&p.peak_mib)),
+            ] {
+                let s = phase.wall.as_secs_f64();
+                t.add_row(vec![
+                    format!("{who} {name}"),
+                    ms(s),
+                    ratio(s),
+                    format!("{:.3}", phase.cpu_s),
+                    mib,
+                ]);
+            }
         }
         println!(
             "\n{} patients per site (DuckDB {}, {} threads)\n{t}",
             patients, self.duck.version, self.duck.threads
         );
-        let each: Vec<String> = self
-            .peak_mib
-            .iter()
-            .map(|(n, m)| format!("{n} {m:.0}"))
-            .collect();
-        println!("Plexus peak MiB per process: {}", each.join(", "));
+        let each = |peaks: &[(String, f64)]| {
+            peaks
+                .iter()
+                .map(|(n, m)| format!("{n} {m:.0}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        for p in &self.plexus {
+            let who = if p.label.is_empty() {
+                "Plexus"
+            } else {
+                &p.label
+            };
+            println!(
+                "{who}: peak MiB per process, first start: {}; restart: {}",
+                each(&p.first_peak_mib),
+                each(&p.peak_mib)
+            );
+        }
         println!("{}", self.checked);
     }
 }
 
 async fn measure(
     opts: &PeersOptions,
-    bins: &Binaries,
+    builds: &[(String, Binaries)],
     dir: &Path,
     patients: usize,
 ) -> anyhow::Result<Figures> {
@@ -330,37 +378,95 @@ async fn measure(
     let study = sandbox::exact_study();
     let today = chrono::Utc::now().date_naive();
 
-    // Set-up start: the study is registered once, kept in the coordinator's
-    // database for the timed starts.
-    let cli = Cli::new(bins, &sb, dir)?;
-    let mut daemons = Daemons::start(bins, &configs, dir)?;
-    cli.wait_nodes(3)?;
-    sb.register_study(&study).await?;
-    daemons.stop()?;
+    // Set-up start: the study is registered once (by the oldest build, so
+    // the newer one reads what it wrote, as after an upgrade), kept in the
+    // coordinator's database for the timed starts.
+    {
+        let (_, first) = &builds[0];
+        let cli = Cli::new(first, &sb, dir)?;
+        let mut daemons = Daemons::start(first, &configs, dir)?;
+        cli.wait_nodes(3)?;
+        sb.register_study(&study).await?;
+        daemons.stop()?;
+    }
 
+    let mut plexus = Vec::new();
+    let mut answers: Option<Answers> = None;
+    for (label, bins) in builds {
+        let (figures, a) = measure_plexus(opts, bins, &configs, &sb, dir)?;
+        match &answers {
+            Some(first) if *first != a => {
+                bail!("{label}: the answers differ from the other build's")
+            }
+            _ => answers = Some(a),
+        }
+        plexus.push(PlexusFigures {
+            label: label.clone(),
+            ..figures
+        });
+    }
+    let answers = answers.expect("at least one build");
+
+    // DuckDB, after Plexus has stopped, so each has the machine to itself.
+    let duck = duckdb(opts, &sb, dir, today, opts.repetitions)?;
+    let checked = compare(&answers, &duck)?;
+    Ok(Figures {
+        duck,
+        plexus,
+        checked,
+    })
+}
+
+/// Cold starts, then warm calls in sequence and at once, of one build.
+fn measure_plexus(
+    opts: &PeersOptions,
+    bins: &Binaries,
+    configs: &Configs,
+    sb: &Sandbox,
+    dir: &Path,
+) -> anyhow::Result<(PlexusFigures, Answers)> {
     let runs = opts.repetitions;
+    let cli = Cli::new(bins, sb, dir)?;
 
     // Cold: start the daemons, wait until the nodes are live, four answers.
-    let mut cold = Vec::new();
-    let mut cold_cpu = Vec::new();
-    let mut answers = None;
-    for i in 0..runs.clamp(1, 3) {
+    // First on files the nodes have not seen (nothing in their cache
+    // folders), then restarts on the same files.
+    let cold_start = || -> anyhow::Result<(Daemons, Duration, f64, Answers)> {
         let c0 = children_cpu_s()?;
         let t0 = Instant::now();
-        let d = Daemons::start(bins, &configs, dir)?;
+        let d = Daemons::start(bins, configs, dir)?;
         cli.wait_nodes(3)?;
         let a = cli.sequential()?;
-        cold.push(t0.elapsed());
-        cold_cpu.push(d.cpu_s()? + children_cpu_s()? - c0);
-        answers = Some(a);
-        if i + 1 < runs.clamp(1, 3) {
-            let mut d = d;
-            d.stop()?;
-        } else {
-            daemons = d;
+        let wall = t0.elapsed();
+        let cpu = d.cpu_s()? + children_cpu_s()? - c0;
+        Ok((d, wall, cpu, a))
+    };
+    for cache in &configs.caches {
+        match std::fs::remove_dir_all(cache) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e)?,
+            _ => {}
         }
     }
-    let answers = answers.expect("at least one cold run");
+    let (mut d, wall, cpu, answers) = cold_start()?;
+    let first = Phase { wall, cpu_s: cpu };
+    let first_peak_mib = d.peak_mib()?;
+    d.stop()?;
+    let mut cold = Vec::new();
+    let mut cold_cpu = Vec::new();
+    let mut daemons = None;
+    for _ in 0..runs.clamp(1, 3) {
+        if let Some(mut d) = daemons.take() {
+            Daemons::stop(&mut d)?;
+        }
+        let (d, wall, cpu, a) = cold_start()?;
+        if a != answers {
+            bail!("a restart's answer differs from the first start's");
+        }
+        cold.push(wall);
+        cold_cpu.push(cpu);
+        daemons = Some(d);
+    }
+    let mut daemons = daemons.expect("the last cold start's daemons");
 
     // Warm: the daemons stay up.
     let phase = |parallel: bool| -> anyhow::Result<Phase> {
@@ -388,26 +494,27 @@ async fn measure(
     let parallel = phase(true)?;
     let peak_mib = daemons.peak_mib()?;
     daemons.stop()?;
-
-    // DuckDB, after Plexus has stopped, so each has the machine to itself.
-    let duck = duckdb(opts, &sb, dir, today, runs)?;
-    let checked = compare(&answers, &duck)?;
-    Ok(Figures {
-        duck,
+    let figures = PlexusFigures {
+        label: String::new(),
         sequential,
         parallel,
+        first,
+        first_peak_mib,
         cold: Phase {
             wall: median(cold),
             cpu_s: median_f(cold_cpu),
         },
         peak_mib,
-        checked,
-    })
+    };
+    Ok((figures, answers))
 }
 
 struct Configs {
     coordinator: PathBuf,
     nodes: Vec<(String, PathBuf)>,
+    /// The nodes' `data.cache_dir`: the default, beside their configs
+    /// (left unset, so an earlier build without it reads the configs).
+    caches: Vec<PathBuf>,
 }
 
 fn write_configs(sb: &Sandbox, dir: &Path) -> anyhow::Result<Configs> {
@@ -419,7 +526,11 @@ fn write_configs(sb: &Sandbox, dir: &Path) -> anyhow::Result<Configs> {
         std::fs::write(&path, toml::to_string(config)?)?;
         nodes.push((name.clone(), path));
     }
-    Ok(Configs { coordinator, nodes })
+    Ok(Configs {
+        coordinator,
+        nodes,
+        caches: vec![dir.join(plexus_node::data::config::DEFAULT_CACHE_DIR)],
+    })
 }
 
 /// The coordinator and the nodes as child processes, logging to files.
