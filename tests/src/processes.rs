@@ -2,7 +2,7 @@
 //! and `plexus-node` binaries as separate processes, started with the
 //! `ExecStart=` and `Environment=` of the units in `deploy/systemd/`, reading
 //! the example configs of `deploy/systemd/` with their absolute paths
-//! (`/etc/plexus`, `/var/lib`, `/srv/plexus`) moved under a temporary root,
+//! (`/etc/plexus`, `/var/lib`, `/var/cache`, `/srv/plexus`) moved under a temporary root,
 //! certificates from `plexus pki` and queries through the `plexus` CLI.
 //!
 //! The binaries are built by `cargo build` the first time a test asks for
@@ -436,6 +436,9 @@ impl Install {
             let s = table(&mut n, "node")?;
             let state = install.path(&format!("/var/lib/plexus-node/{id}"));
             s.insert("state_dir".into(), state.display().to_string().into());
+            // As plexus-node@.service's CacheDirectory=plexus-node/%i.
+            let cache = install.path(&format!("/var/cache/plexus-node/{id}"));
+            table(&mut n, "data")?.insert("cache_dir".into(), cache.display().to_string().into());
             let s = table(&mut n, "coordinator")?;
             s.insert("address".into(), install.url.clone().into());
             s.insert("server_name".into(), "localhost".into());
@@ -482,7 +485,7 @@ impl Install {
         for (from, to) in replace {
             text = text.replace(from, to);
         }
-        for prefix in ["/etc/plexus", "/var/lib/", "/srv/plexus"] {
+        for prefix in ["/etc/plexus", "/var/lib/", "/var/cache/", "/srv/plexus"] {
             text = text.replace(
                 &format!("\"{prefix}"),
                 &format!("\"{}", self.path(prefix).display()),
