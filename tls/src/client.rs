@@ -238,8 +238,27 @@ impl Dialer {
     /// coordinator's first bytes: with TLS 1.3 the server judges our
     /// certificate only after our side of the handshake is done, so this is
     /// where a revoked or unknown certificate is refused, with the reason.
+    ///
+    /// A handshake the coordinator cut off is tried again twice, after 50
+    /// and 200 ms, within the same timeout: a listener holding off a flood
+    /// of connections sheds some of them, and a researcher's call or a
+    /// node's reconnection caught in it should not fail for that.
     async fn dial_coordinator(&self) -> Result<Primed> {
-        tokio::time::timeout(self.timeout, self.dial_coordinator_inner())
+        let dial = async {
+            let mut pause = Duration::from_millis(50);
+            for _ in 0..2 {
+                match self.dial_coordinator_inner().await {
+                    Err(e) if e.shed() => {
+                        tracing::debug!(target = %self.target, error = %e, "handshake cut off; dialling again");
+                        tokio::time::sleep(pause).await;
+                        pause *= 4;
+                    }
+                    other => return other,
+                }
+            }
+            self.dial_coordinator_inner().await
+        };
+        tokio::time::timeout(self.timeout, dial)
             .await
             .map_err(|_| TlsError::Timeout {
                 addr: self.describe(),
@@ -527,6 +546,25 @@ fn transport_reason(e: &(dyn std::error::Error + 'static)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_cut_off_handshake_is_dialled_again() {
+        let handshake = |kind| TlsError::Handshake {
+            addr: "127.0.0.1:1".into(),
+            source: std::io::Error::new(kind, "test"),
+            hint: String::new(),
+        };
+        assert!(handshake(std::io::ErrorKind::ConnectionReset).shed());
+        assert!(handshake(std::io::ErrorKind::ConnectionAborted).shed());
+        // A refused certificate or a server that is not there is final.
+        assert!(!handshake(std::io::ErrorKind::InvalidData).shed());
+        assert!(!handshake(std::io::ErrorKind::UnexpectedEof).shed());
+        assert!(!TlsError::Timeout {
+            addr: "127.0.0.1:1".into(),
+            after: Duration::from_secs(1),
+        }
+        .shed());
+    }
 
     fn hp(host: &str, port: u16) -> HostPort {
         HostPort {

@@ -336,4 +336,17 @@ impl TlsError {
             source,
         }
     }
+
+    /// A handshake the server cut off (reset or aborted), as a listener
+    /// under a flood of connections sheds some: worth trying again.
+    pub(crate) fn shed(&self) -> bool {
+        matches!(
+            self,
+            TlsError::Handshake { source, .. }
+                if matches!(
+                    source.kind(),
+                    io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted
+                )
+        )
+    }
 }
