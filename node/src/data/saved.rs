@@ -113,7 +113,10 @@ impl SavedJoin {
             }
         };
         // Read as it is decoded (the file is as large as the join).
-        let rows = read(BufReader::new(file), key, stamps);
+        let max_items = file
+            .metadata()
+            .map_or(0, |m| usize::try_from(m.len() / 4).unwrap_or(usize::MAX));
+        let rows = read(BufReader::new(file), key, stamps, max_items);
         if rows.is_none() {
             tracing::info!(path = %self.path.display(), "the saved consent join is of other files or damaged; joining from the files");
         }
@@ -159,7 +162,12 @@ impl SavedJoin {
 }
 
 /// The join in a saved file if it is whole and saved under `key`.
-fn read(from: impl Read, key: &[u8], stamps: ConsentStamps) -> Option<ConsentRows> {
+fn read(
+    from: impl Read,
+    key: &[u8],
+    stamps: ConsentStamps,
+    max_items: usize,
+) -> Option<ConsentRows> {
     let mut r = Crc {
         inner: from,
         crc: crc32fast::Hasher::new(),
@@ -176,7 +184,7 @@ fn read(from: impl Read, key: &[u8], stamps: ConsentStamps) -> Option<ConsentRow
     if saved_key != key {
         return None;
     }
-    let rows = ConsentRows::read_from(&mut r, stamps)?;
+    let rows = ConsentRows::read_from(&mut r, stamps, max_items)?;
     let crc = r.crc.finalize();
     let mut end = Vec::new();
     r.inner.read_to_end(&mut end).ok()?;
@@ -235,7 +243,8 @@ mod tests {
         let join = ConsentRows::for_test(10, &[(0, "GRU"), (3, "HMB"), (9, "GRU")], &[3]);
         saved.save(b"key", &join);
         let file = std::fs::read(saved.path()).unwrap();
-        let whole = |bytes: &[u8], key: &[u8]| read(bytes, key, stamps()).is_some();
+        let whole =
+            |bytes: &[u8], key: &[u8]| read(bytes, key, stamps(), bytes.len() / 4).is_some();
         assert!(whole(&file, b"key"));
         assert_eq!(saved.load(b"key", stamps()).unwrap().rows(), 10);
         // Made from other files.
@@ -251,6 +260,25 @@ mod tests {
         let mut longer = file.clone();
         longer.push(0);
         assert!(!whole(&longer, b"key"));
+    }
+
+    #[test]
+    fn a_join_loads_as_it_was_saved_whatever_its_counts() {
+        // Two rows, 100 records of one patient, more kinds of terms than
+        // rows: all of it comes back.
+        let terms = ["GRU", "HMB", "HMB;NPU", "DS:MONDO:0005160"];
+        let records: Vec<(u32, &str)> = (0..100).map(|i| (i % 2, terms[i as usize % 4])).collect();
+        let join = ConsentRows::for_test(2, &records, &[1, 1]);
+        let dir = tempfile::tempdir().unwrap();
+        let saved = SavedJoin::in_dir(dir.path(), Path::new("patients.csv"));
+        saved.save(b"k", &join);
+        let back = saved.load(b"k", stamps()).unwrap();
+        let bytes = |j: &ConsentRows| {
+            let mut out = Vec::new();
+            j.write_to(&mut out).unwrap();
+            out
+        };
+        assert_eq!(bytes(&back), bytes(&join));
     }
 
     #[test]

@@ -200,8 +200,9 @@ impl ConsentRows {
 
     /// A join as [`Self::write_to`] wrote it; `None` unless every part is
     /// there and consistent (rows and terms in range, terms that parse).
-    /// Reads no further than the join.
-    pub fn read_from(r: &mut impl Read, stamps: ConsentStamps) -> Option<Self> {
+    /// Reads no further than the join; `max_items` bounds the room made for
+    /// any count read (the file's bytes / 4 will do).
+    pub fn read_from(r: &mut impl Read, stamps: ConsentStamps, max_items: usize) -> Option<Self> {
         fn u64_at(r: &mut impl Read) -> Option<u64> {
             let mut b = [0u8; 8];
             r.read_exact(&mut b).ok()?;
@@ -209,14 +210,12 @@ impl ConsentRows {
         }
         let rows = usize::try_from(u64_at(r)?).ok()?;
         u32::try_from(rows).ok()?;
-        // Counts are checked against what a join of `rows` rows can hold
-        // before anything is allocated for them.
+        // A damaged count must not allocate more than the file could hold
+        // before the read fails at its end.
+        let room = |n: usize| n.min(max_items);
         let n_texts = usize::try_from(u64_at(r)?).ok()?;
-        if n_texts > rows.max(1) {
-            return None;
-        }
-        let mut texts = Vec::with_capacity(n_texts);
-        let mut terms = Vec::with_capacity(n_texts);
+        let mut texts = Vec::with_capacity(room(n_texts));
+        let mut terms = Vec::with_capacity(room(n_texts));
         for _ in 0..n_texts {
             let len = usize::try_from(u64_at(r)?).ok()?;
             if len > 1 << 20 {
@@ -229,11 +228,7 @@ impl ConsentRows {
             texts.push(text);
         }
         let n = usize::try_from(u64_at(r)?).ok()?;
-        // A patient may hold several consent records, never this many.
-        if n > rows.saturating_mul(64) {
-            return None;
-        }
-        let mut records = Vec::with_capacity(n);
+        let mut records = Vec::with_capacity(room(n));
         // In chunks of 4,096 records: a million reads of 16 bytes took
         // twice as long.
         let mut chunk = vec![0u8; 16 * 4096];
@@ -258,10 +253,7 @@ impl ConsentRows {
             left -= take;
         }
         let n = usize::try_from(u64_at(r)?).ok()?;
-        if n > rows.saturating_mul(64) {
-            return None;
-        }
-        let mut opted_out = Vec::with_capacity(n);
+        let mut opted_out = Vec::with_capacity(room(n));
         for _ in 0..n {
             let mut b = [0u8; 4];
             r.read_exact(&mut b).ok()?;
