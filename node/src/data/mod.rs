@@ -96,7 +96,9 @@ impl FileSource {
         let started = Instant::now();
         let format = data.format()?;
         let path = data.path.clone();
-        stamp(&path, "data file")?;
+        // Taken before anything is read: the value check below is of this
+        // version of the file or a later one.
+        let now = stamp(&path, "data file")?;
         let ctx = SessionContext::new();
         register(&ctx, &path, format, &data.patient_id).await?;
         // Columns kept in memory are read one or a few at a time, and must
@@ -119,7 +121,6 @@ impl FileSource {
         let checked = data
             .cache_dir()
             .map(|d| saved::SavedCheck::in_dir(d, &path));
-        let now = stamp(&path, "data file")?;
         let key = format!(
             "{}\n{now:?}\n{mapped:?}\n{}",
             path.display(),

@@ -207,6 +207,17 @@ pub(super) fn write_opt_out(path: &Path, ids: &[&str]) {
     std::fs::write(path, format!("patient_id\n{}\n", ids.join("\n"))).unwrap();
 }
 
+/// Dates a file an hour back, so the node treats it as settled and keeps
+/// what it read from it.
+pub(super) fn settle(path: &Path) {
+    std::fs::File::options()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(3600))
+        .unwrap();
+}
+
 /// A temporary node folder with data, consent and opt-out files.
 pub(super) struct Fixture {
     pub dir: tempfile::TempDir,

@@ -3,7 +3,7 @@
 
 use plexus_core::ErrorCode;
 
-use super::{patients, write_consent, Fixture};
+use super::{patients, settle, write_consent, Fixture};
 
 fn parquet() -> Fixture {
     Fixture::with_rows(&patients(30), false, &[])
@@ -131,15 +131,6 @@ async fn category_not_in_dictionary() {
 async fn a_data_file_changed_while_the_node_was_down_is_checked_again() {
     let mut rows = patients(30);
     let f = Fixture::with_rows(&rows, true, &[]);
-    let an_hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
-    let settle = |p: &std::path::Path| {
-        std::fs::File::options()
-            .write(true)
-            .open(p)
-            .unwrap()
-            .set_modified(an_hour_ago)
-            .unwrap();
-    };
     settle(&f.data.path);
     let cache = f.path("cache");
     // The first start checks the file and notes that it passed.

@@ -3,24 +3,13 @@
 //! again at the next job, a withdrawal counts at the next job.
 
 use std::path::Path;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use plexus_core::models::fit::Iteration;
 use plexus_core::{Query, RawStats};
 
 use super::compute::{ANALYSES, COHORTS};
-use super::{date, patients, purpose, write_consent, Fixture, TEST_LIMITS};
-
-/// Dates a file an hour back, so the node treats it as settled and keeps
-/// what it read from it.
-fn settle(path: &Path) {
-    std::fs::File::options()
-        .write(true)
-        .open(path)
-        .unwrap()
-        .set_modified(SystemTime::now() - Duration::from_secs(3600))
-        .unwrap();
-}
+use super::{date, patients, purpose, settle, write_consent, Fixture, TEST_LIMITS};
 
 /// [`Fixture::with_rows`] with its data and consent files settled.
 fn settled(rows: &[super::Patient], csv: bool, without: &[&str]) -> Fixture {
@@ -194,19 +183,32 @@ fn consent_stamps(f: &Fixture) -> crate::data::selection::ConsentStamps {
     (s(&f.consent.path), f.consent.opt_out.as_deref().map(s))
 }
 
+/// A node started once on `rows` (settled Parquet, everyone but `without`
+/// consenting) with a cache folder, that counted its patients and stopped:
+/// the fixture, its cache folder and the join it saved there.
+async fn started_once(
+    rows: &[super::Patient],
+    without: &[&str],
+) -> (Fixture, std::path::PathBuf, crate::data::saved::SavedJoin) {
+    let f = settled(rows, false, without);
+    let cache = f.path("cache");
+    let src = f.open_in(&cache).await.unwrap();
+    assert_eq!(
+        count(&src, "null").await,
+        (rows.len() - without.len()) as u64
+    );
+    drop(src);
+    let saved = saved_join(&f, &cache).await;
+    (f, cache, saved)
+}
+
 #[tokio::test]
 async fn a_node_restarted_on_the_same_files_uses_the_join_it_saved() {
     let rows = patients(60);
-    let f = settled(&rows, false, &[]);
-    let cache = f.path("cache");
-    let src = f.open_in(&cache).await.unwrap();
-    assert_eq!(count(&src, "null").await, 60);
-    drop(src);
+    let (f, cache, saved) = started_once(&rows, &[]).await;
     // What the next start loads is what was saved: a saved join without
     // the first row's consent shows as one patient fewer.
-    saved_join(&f, &cache)
-        .await
-        .edit(consent_stamps(&f), |rows| rows.without(0));
+    saved.edit(consent_stamps(&f), |rows| rows.without(0));
     let src = f.open_in(&cache).await.unwrap();
     assert_eq!(count(&src, "null").await, 59);
     // A job after the consent file changed joins it again.
@@ -224,12 +226,7 @@ async fn a_node_restarted_on_the_same_files_uses_the_join_it_saved() {
 #[tokio::test]
 async fn a_consent_file_restored_with_its_old_size_and_time_is_joined_again() {
     let rows = patients(60);
-    let f = settled(&rows, false, &[]);
-    let cache = f.path("cache");
-    let src = f.open_in(&cache).await.unwrap();
-    assert_eq!(count(&src, "null").await, 60);
-    drop(src);
-    saved_join(&f, &cache).await;
+    let (f, cache, _) = started_once(&rows, &[]).await;
     // While the node is down, the first patient's consent becomes one that
     // does not cover the study (same length), and the file gets its old
     // modification time back, as `cp -p` or `rsync -a` would leave it.
@@ -265,12 +262,7 @@ async fn a_consent_file_restored_with_its_old_size_and_time_is_joined_again() {
 #[tokio::test]
 async fn a_damaged_saved_join_is_replaced_from_the_files() {
     let rows = patients(60);
-    let f = settled(&rows, false, &["P0002"]);
-    let cache = f.path("cache");
-    let src = f.open_in(&cache).await.unwrap();
-    assert_eq!(count(&src, "null").await, 59);
-    drop(src);
-    let saved = saved_join(&f, &cache).await;
+    let (f, cache, saved) = started_once(&rows, &["P0002"]).await;
     let mut bytes = std::fs::read(saved.path()).unwrap();
     let mid = bytes.len() / 2;
     bytes[mid] ^= 1;
