@@ -453,10 +453,10 @@ fn measure_plexus(
     d.stop()?;
     let mut cold = Vec::new();
     let mut cold_cpu = Vec::new();
-    let mut daemons = None;
+    let mut daemons: Option<Daemons> = None;
     for _ in 0..runs.clamp(1, 3) {
         if let Some(mut d) = daemons.take() {
-            Daemons::stop(&mut d)?;
+            d.stop()?;
         }
         let (d, wall, cpu, a) = cold_start()?;
         if a != answers {
