@@ -145,15 +145,28 @@ test_that("each failure arrives as its condition class with the coordinator's me
   }
 })
 
-test_that("a tiny cohort in the private study is refused or suppressed", {
+test_that("a tiny cohort is refused or suppressed in the exact study, noised in the private one", {
   l <- live_demo()
-  res <- tryCatch(px_count(l$con, l$private, where = "age >= 104 & sex == \"F\" & diabetes == TRUE"),
+  tiny <- "age >= 104 & sex == \"F\" & diabetes == TRUE"
+  # The exact study decides on exact counts: never released.
+  res <- tryCatch(px_count(l$con, l$exact, where = tiny),
                   plexus_disclosure_error = function(e) e)
   if (inherits(res, "error")) {
     expect_true(nzchar(conditionMessage(res)))
   } else {
     expect_true(is.na(as.numeric(res)))
     expect_true(as.data.frame(res)$suppressed)
+  }
+  # Under differential privacy the rule decides on the noised counts, so a
+  # noised number may come back; it carries its noise and its charge.
+  res <- tryCatch(px_count(l$con, l$private, where = tiny),
+                  plexus_disclosure_error = function(e) e)
+  if (inherits(res, "error")) {
+    expect_true(nzchar(conditionMessage(res)))
+  } else if (!isTRUE(as.data.frame(res)$suppressed)) {
+    pr <- attr(px_provenance(res), "privacy")
+    expect_gt(pr$count_noise_sd, 0)
+    expect_gt(pr$charged_rho, 0)
   }
 })
 
