@@ -104,11 +104,21 @@ async fn a_changed_data_file_is_read_again_at_the_next_job() {
     let rows = patients(120);
     let f = settled(&rows, false, &[]);
     let src = f.open().await.unwrap();
+    let older = r#"{"compare": {"variable": "age", "op": ">=", "value": 50}}"#;
+    let expected = |rows: &[super::Patient]| {
+        rows.iter()
+            .filter(|p| p.age.is_some_and(|a| a >= 50))
+            .count() as u64
+    };
     assert_eq!(count(&src, "null").await, 120);
+    // Twice: the second time from the cohort's rows kept in memory.
+    assert_eq!(count(&src, older).await, expected(&rows));
+    assert_eq!(count(&src, older).await, expected(&rows));
     // The hospital's nightly export replaces the file with fewer rows.
     super::write_parquet(&f.data.path, &super::batch(&rows[..100]));
     settle(&f.data.path);
     assert_eq!(count(&src, "null").await, 100);
+    assert_eq!(count(&src, older).await, expected(&rows[..100]));
 }
 
 #[tokio::test]
