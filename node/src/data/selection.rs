@@ -359,14 +359,21 @@ struct Rows<K, F> {
     /// The first row whose id is not below the last one asked, or the
     /// place a binary search found.
     cursor: usize,
-    /// Rows out of order (an id below an earlier one, or none): a bit per
-    /// row, and the rows of each such id, in row order.
-    strays: Option<(Vec<u64>, HashMap<K, Vec<u32>>)>,
+    /// Rows out of order, when there are some and not too many.
+    strays: Option<Strays<K>>,
     /// Ids asked out of order so far, each found by a binary search.
     searches: usize,
     /// First row of each id, and the next row with the same id.
     hash: Option<(HashTable<u32>, Vec<u32>)>,
     hasher: DefaultHashBuilder,
+}
+
+/// Rows out of order (an id below an earlier one, or none).
+struct Strays<K> {
+    /// A bit per row: set for a stray.
+    bits: Vec<u64>,
+    /// The stray rows of each id, in row order.
+    of: HashMap<K, Vec<u32>>,
 }
 
 const NONE: u32 = u32::MAX;
@@ -403,7 +410,7 @@ impl<K: Ord + Hash + Copy, F: Fn(usize) -> Option<K>> Rows<K, F> {
                     of.entry(k).or_default().push(r);
                 }
             }
-            (bits, of)
+            Strays { bits, of }
         });
         Rows {
             key,
@@ -425,7 +432,7 @@ impl<K: Ord + Hash + Copy, F: Fn(usize) -> Option<K>> Rows<K, F> {
     fn stray(&self, r: usize) -> bool {
         self.strays
             .as_ref()
-            .is_some_and(|(bits, _)| bits[r / 64] & (1 << (r % 64)) != 0)
+            .is_some_and(|s| s.bits[r / 64] & (1 << (r % 64)) != 0)
     }
 
     /// The first row at or after `r` that is in order (`n` if none).
@@ -486,7 +493,7 @@ impl<K: Ord + Hash + Copy, F: Fn(usize) -> Option<K>> Rows<K, F> {
             }
         }
         let strays: &[u32] = match &self.strays {
-            Some((_, of)) => of.get(k).map_or(&[], Vec::as_slice),
+            Some(s) => s.of.get(k).map_or(&[], Vec::as_slice),
             None => &[],
         };
         let mut strays = strays.iter().copied().peekable();
@@ -496,7 +503,7 @@ impl<K: Ord + Hash + Copy, F: Fn(usize) -> Option<K>> Rows<K, F> {
                 r += 1;
                 continue;
             }
-            if !(self.key)(r).is_some_and(|d| d.borrow() == k) {
+            if (self.key)(r).is_none_or(|d| d.borrow() != k) {
                 break;
             }
             // Each id's rows in row order, strays among them.
@@ -626,7 +633,7 @@ mod tests {
         let find = Rows::new(key, data.len());
         assert!(find.sorted);
         // Rows 10 (no id), 501 (500 after 501) and 1000 (a second 3).
-        assert_eq!(find.strays.as_ref().map(|(_, of)| of.len()), Some(2));
+        assert_eq!(find.strays.as_ref().map(|s| s.of.len()), Some(2));
         // Too many strays: hashed.
         let shuffled: Vec<Option<i64>> = (0..1000).map(|i| Some((i * 7919) % 1000)).collect();
         let key = |r: usize| shuffled[r];
