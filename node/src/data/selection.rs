@@ -349,7 +349,7 @@ async fn join<K: Ord + Hash + Copy, F: Fn(usize) -> Option<K>>(
 /// as text, "P-999999" before "P-1000000"; rows appended after the sort; a
 /// missing id) still merges: those rows are set aside in a small table of
 /// their own, and an id asked out of order is found by a binary search.
-/// Past [`STRAYS`] of either, the hash table is built: a file with one
+/// Past [`strays_allowed`] of either, the hash table is built: a file with one
 /// stray row in a million (the benchmark's) joined in 110 ms instead of
 /// 354 ms hashing.
 struct Rows<K, F> {
