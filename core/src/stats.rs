@@ -191,6 +191,39 @@ pub enum RawStats {
     Pairs(Vec<PairSums>),
 }
 
+impl RawStats {
+    /// Whether two computations of the same statistics agree: counts,
+    /// fixed-point sums and largest magnitudes exactly, floating-point sums
+    /// to `relative` (a database adds in another order than the file
+    /// node), everything else exactly.
+    pub fn agrees_with(&self, other: &RawStats, relative: f64) -> bool {
+        let close = |a: f64, b: f64| a == b || (a - b).abs() <= relative * a.abs().max(b.abs());
+        match (self, other) {
+            (RawStats::Summary(a), RawStats::Summary(b)) => {
+                a.moments.n == b.moments.n
+                    && close(a.moments.sum, b.moments.sum)
+                    && close(a.moments.sum_squares, b.moments.sum_squares)
+                    && a.fixed == b.fixed
+                    && a.largest == b.largest
+                    && close(a.total_abs, b.total_abs)
+                    && a.non_negative == b.non_negative
+            }
+            (RawStats::Pairs(a), RawStats::Pairs(b)) => {
+                a.len() == b.len()
+                    && a.iter().zip(b).all(|(x, y)| {
+                        x.n == y.n
+                            && close(x.sum_x, y.sum_x)
+                            && close(x.sum_y, y.sum_y)
+                            && close(x.sum_xx, y.sum_xx)
+                            && close(x.sum_yy, y.sum_yy)
+                            && close(x.sum_xy, y.sum_xy)
+                    })
+            }
+            _ => self == other,
+        }
+    }
+}
+
 /// What a node releases: aggregates that passed its disclosure control.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

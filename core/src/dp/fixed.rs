@@ -59,6 +59,12 @@ impl FixedPoint {
         POWERS[self.digits as usize]
     }
 
+    /// The encoded clamp limits (lower, upper), for a node that encodes
+    /// inside its database.
+    pub fn limits(&self) -> (i64, i64) {
+        (self.lower, self.upper)
+    }
+
     /// The value clamped to the bounds, as an integer.
     #[inline]
     pub fn encode(&self, x: f64) -> i64 {

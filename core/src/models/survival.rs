@@ -126,16 +126,22 @@ impl Tally {
 
     /// Counts one patient.
     pub fn add(&mut self, points: &[f64], time: f64, event: bool) {
+        self.add_many(points, time, event, 1);
+    }
+
+    /// Counts `n` patients with the same time and event (a node whose
+    /// database counted them).
+    pub fn add_many(&mut self, points: &[f64], time: f64, event: bool, n: u64) {
         if let Some(j) = interval_of(points, time) {
-            self.counts.at_risk += 1;
+            self.counts.at_risk += n;
             if time > points[points.len() - 1] {
-                self.counts.censored[j] += 1;
-                self.beyond += 1;
-                self.beyond_events += u64::from(event);
+                self.counts.censored[j] += n;
+                self.beyond += n;
+                self.beyond_events += if event { n } else { 0 };
             } else if event {
-                self.counts.events[j] += 1;
+                self.counts.events[j] += n;
             } else {
-                self.counts.censored[j] += 1;
+                self.counts.censored[j] += n;
             }
         }
     }
