@@ -232,7 +232,27 @@ pub fn nodes_table(r: &pb::ListNodesResponse) -> String {
             },
         ]);
     }
-    t.to_string()
+    let mut text = t.to_string();
+    let noticed: Vec<&pb::NodeInfo> = r
+        .nodes
+        .iter()
+        .filter(|n| !n.mapping_notices.is_empty())
+        .collect();
+    if !noticed.is_empty() {
+        text.push_str(
+            "\nmapping notices (the hospital's data mapping, checked at the node's start):\n",
+        );
+        for n in noticed {
+            for m in &n.mapping_notices {
+                text.push_str(&format!(
+                    "  {}: {}\n",
+                    output::safe(&n.node_id),
+                    output::safe(m)
+                ));
+            }
+        }
+    }
+    text
 }
 
 /// A node's clock against the coordinator's, flagged beyond the tolerance
@@ -645,5 +665,24 @@ mod tests {
             "{full}"
         );
         assert!(!raw(&full), "{full}");
+        assert!(!full.contains("mapping notices"), "{full}");
+        // What a node's mapping check noticed, under the table, made safe.
+        let noticed = nodes_table(&pb::ListNodesResponse {
+            nodes: vec![pb::NodeInfo {
+                mapping_notices: vec![
+                    "data.postgres.variables.gi_bleed.concepts: concept 999 is not in the vocabulary".into(),
+                    "a notice with \u{1b}[2J an escape".into(),
+                ],
+                ..node("hospital-a", true)
+            }],
+            liveness_only: false,
+        });
+        assert!(
+            noticed.contains("mapping notices")
+                && noticed
+                    .contains("hospital-a: data.postgres.variables.gi_bleed.concepts: concept 999"),
+            "{noticed}"
+        );
+        assert!(!raw(&noticed), "{noticed}");
     }
 }

@@ -42,6 +42,8 @@ pub struct NodeState {
     /// witnessed last (hello, heartbeats): the size the next job's
     /// consistency proof starts from.
     pub witnessed_size: u64,
+    /// From the hello: what the node's mapping check noticed at start-up.
+    pub mapping_notices: Vec<String>,
 }
 
 type Outbound = mpsc::Sender<Result<pb::CoordinatorMessage, Status>>;

@@ -135,6 +135,7 @@ impl Link {
                 data_snapshot: (self.snapshot)(),
                 witnessed_size,
                 witnessed_root,
+                mapping_notices: self.runner.data.notices(),
             })),
         };
         tx.send(hello).await.expect("receiver alive");

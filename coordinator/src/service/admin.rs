@@ -111,6 +111,7 @@ impl Admin for AdminService {
                 degraded: s.degraded,
                 health_detail: s.health_detail,
                 clock_offset_ms: s.clock_offset_ms,
+                mapping_notices: s.mapping_notices,
             })
             .collect();
         Ok(Response::new(pb::ListNodesResponse {

@@ -48,8 +48,15 @@ fn check_hello(h: &pb::Hello) -> Result<(), plexus_core::Error> {
     check("hello.node_id", &h.node_id)?;
     check("hello.version", &h.version)?;
     check("hello.dictionary_version", &h.dictionary_version)?;
-    check("hello.data_snapshot", &h.data_snapshot)
+    check("hello.data_snapshot", &h.data_snapshot)?;
+    plexus_core::text::check_all("hello.mapping_notices", &h.mapping_notices)
 }
+
+/// At most this many mapping notices of a node are kept, each cut to
+/// [`NOTICE_CHARS`]: enough for any real mapping, and a node cannot fill
+/// the coordinator's memory or the admin's screen.
+const NOTICES: usize = 64;
+const NOTICE_CHARS: usize = 500;
 
 pub struct NodeLinkService {
     pub state: Arc<State>,
@@ -147,6 +154,12 @@ impl NodeLink for NodeLinkService {
                 last_heartbeat: now,
                 peer_address: peer_addr.clone(),
                 witnessed_size: hello.witnessed_size,
+                mapping_notices: hello
+                    .mapping_notices
+                    .iter()
+                    .take(NOTICES)
+                    .map(|n| n.chars().take(NOTICE_CHARS).collect())
+                    .collect(),
                 ..Default::default()
             },
             tx,

@@ -51,6 +51,26 @@ impl DataSource {
         }
     }
 
+    /// What the mapping check noticed at start-up that the hospital should
+    /// fix (concepts not in the vocabulary, not standard, of another
+    /// domain), decided without patient data, so the node may report it
+    /// to the coordinator for `plexus nodes`.
+    pub fn notices(&self) -> Vec<String> {
+        match self {
+            DataSource::Files(_) => Vec::new(),
+            DataSource::Warehouse(w) => w.notices().to_vec(),
+        }
+    }
+
+    /// Start-up findings that depend on patient data (a concept set that
+    /// matches no row): for the node's log and `plexus-node` checks only.
+    pub fn local_findings(&self) -> Vec<String> {
+        match self {
+            DataSource::Files(_) => Vec::new(),
+            DataSource::Warehouse(w) => w.local_findings().to_vec(),
+        }
+    }
+
     /// Changes whenever the data or the consent records change (for a
     /// warehouse: as of the last [`Self::refresh`]).
     pub fn snapshot(&self) -> Result<String> {

@@ -13,7 +13,7 @@ use plexus_core::{Dictionary, Error, Result, VarType};
 use sqlx::{PgPool, Row};
 
 use super::super::booleans::BooleanValues;
-use super::config::{Pick, VariableSource, WarehouseConfig};
+use super::config::{ConceptSet, Pick, VariableSource, WarehouseConfig};
 use super::db_error;
 
 /// A table or column name as the catalogue quoted it.
@@ -154,7 +154,9 @@ pub(crate) enum Source {
     Event {
         table: Ident,
         person: Ident,
-        concept: Option<(Ident, i64)>,
+        /// The concept column and the concept set, expanded by the
+        /// vocabulary (sorted, no duplicates).
+        concept: Option<(Ident, Vec<i64>)>,
         /// The value column and the date that picks a row; `None` maps the
         /// presence of a row (a boolean).
         value: Option<(Column, Ident)>,
@@ -169,6 +171,240 @@ pub(crate) struct Var {
     pub source: Source,
     /// A boolean held as codes: the values that mean true and false.
     pub booleans: Option<BooleanValues>,
+    /// A categorical held as concept ids: each id and its category.
+    pub levels: Option<Levels>,
+    /// Age in whole years on this date, from the birth year (an integer
+    /// column) or birth date (a date column).
+    pub age_at: Option<chrono::NaiveDate>,
+}
+
+/// Concept ids and the category each means, in two parallel lists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Levels {
+    pub ids: Vec<i64>,
+    pub labels: Vec<String>,
+}
+
+/// What the mapping check found worth telling the hospital without
+/// refusing to start.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Findings {
+    /// Decided on the mapping and the vocabulary alone (no patient data):
+    /// logged, and reported to the coordinator for `plexus nodes`.
+    pub notices: Vec<String>,
+    /// Decided on patient data (e.g. a concept set that matches no row):
+    /// only in the node's own log, since the coordinator is not entitled
+    /// to learn that a hospital has no patient with a condition.
+    pub local: Vec<String>,
+}
+
+/// The OMOP vocabulary tables, when the warehouse has them.
+pub(crate) struct Vocabulary {
+    schema: String,
+    concept: Option<Table>,
+    ancestor: Option<Table>,
+}
+
+/// One concept's vocabulary record.
+struct ConceptRow {
+    name: String,
+    domain: String,
+    standard: Option<String>,
+}
+
+impl Vocabulary {
+    pub async fn load(pool: &PgPool, host: &str, cfg: &WarehouseConfig) -> Result<Vocabulary> {
+        let schema = cfg.vocabulary_schema().to_string();
+        let f = "data.postgres.vocabulary_schema";
+        let concept = Table::load(pool, host, &schema, "concept", f).await.ok();
+        let ancestor = Table::load(pool, host, &schema, "concept_ancestor", f)
+            .await
+            .ok();
+        if cfg.vocabulary_schema.is_some() && (concept.is_none() || ancestor.is_none()) {
+            return Err(Error::data(format!(
+                "{f} = {schema:?}, but the tables concept and concept_ancestor are not both there (or the node's role may not read them); check the schema's name and grant SELECT on them (deploy/omop/readonly-role.sql)"
+            )));
+        }
+        if let Some(t) = &concept {
+            for c in [
+                "concept_id",
+                "concept_name",
+                "domain_id",
+                "standard_concept",
+            ] {
+                t.column(
+                    c,
+                    &[Family::Int, Family::Text],
+                    f,
+                    "the OMOP vocabulary's columns",
+                )?;
+            }
+        }
+        if let Some(t) = &ancestor {
+            for c in ["ancestor_concept_id", "descendant_concept_id"] {
+                t.column(c, &[Family::Int], f, "concept ids")?;
+            }
+        }
+        Ok(Vocabulary {
+            schema,
+            concept,
+            ancestor,
+        })
+    }
+
+    /// The concepts of a set: the listed ones and, with `descendants`,
+    /// every concept below them in `concept_ancestor`, less the excluded
+    /// ones (with theirs).
+    async fn expand(
+        &self,
+        pool: &PgPool,
+        host: &str,
+        set: &ConceptSet,
+        at: &str,
+    ) -> Result<Vec<i64>> {
+        let below = |ids: Vec<i64>| async move {
+            if !set.descendants || ids.is_empty() {
+                return Ok::<_, Error>(ids);
+            }
+            let Some(a) = &self.ancestor else {
+                return Err(Error::data(format!(
+                    "{at}.descendants = true needs the vocabulary table concept_ancestor, which is not in schema {:?} (or the node's role may not read it); set data.postgres.vocabulary_schema to the vocabulary's schema and grant SELECT on it",
+                    self.schema
+                )));
+            };
+            let mut out: Vec<i64> = sqlx::query_scalar(&format!(
+                "SELECT DISTINCT descendant_concept_id::int8 FROM {} WHERE ancestor_concept_id = ANY($1::int8[])",
+                a.ident.sql()
+            ))
+            .bind(&ids)
+            .fetch_all(pool)
+            .await
+            .map_err(|e| db_error(host, e))?;
+            // concept_ancestor holds each standard concept as its own
+            // descendant (level 0), but not every vocabulary build does.
+            out.extend(ids);
+            Ok(out)
+        };
+        let include = below(set.include.clone()).await?;
+        let exclude: std::collections::BTreeSet<i64> =
+            below(set.exclude.clone()).await?.into_iter().collect();
+        let mut ids: Vec<i64> = include
+            .into_iter()
+            .filter(|i| !exclude.contains(i))
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        Ok(ids)
+    }
+
+    async fn rows(
+        &self,
+        pool: &PgPool,
+        host: &str,
+        ids: &[i64],
+    ) -> Result<BTreeMap<i64, ConceptRow>> {
+        let Some(c) = &self.concept else {
+            return Ok(BTreeMap::new());
+        };
+        let rows = sqlx::query(&format!(
+            "SELECT concept_id::int8, concept_name::text, domain_id::text, standard_concept::text FROM {} WHERE concept_id = ANY($1::int8[])",
+            c.ident.sql()
+        ))
+        .bind(ids)
+        .fetch_all(pool)
+        .await
+        .map_err(|e| db_error(host, e))?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                (
+                    r.get::<i64, _>(0),
+                    ConceptRow {
+                        name: r.get::<Option<String>, _>(1).unwrap_or_default(),
+                        domain: r.get::<Option<String>, _>(2).unwrap_or_default(),
+                        standard: r
+                            .get::<Option<String>, _>(3)
+                            .filter(|s| !s.trim().is_empty()),
+                    },
+                )
+            })
+            .collect())
+    }
+
+    /// Notices about the listed concepts: not in the vocabulary, not
+    /// standard in a standard column, or of another domain than `domain`.
+    #[allow(clippy::too_many_arguments)]
+    async fn check(
+        &self,
+        pool: &PgPool,
+        host: &str,
+        ids: &[i64],
+        column: &str,
+        domain: Option<&str>,
+        descendants: bool,
+        at: &str,
+        findings: &mut Findings,
+    ) -> Result<()> {
+        if self.concept.is_none() || ids.is_empty() {
+            return Ok(());
+        }
+        let known = self.rows(pool, host, ids).await?;
+        let source_column =
+            column.ends_with("source_concept_id") || column.ends_with("source_value");
+        for id in ids {
+            let Some(c) = known.get(id) else {
+                findings.notices.push(format!(
+                    "{at}: concept {id} is not in the vocabulary ({}.concept); check the id (Athena) or load the vocabulary that holds it",
+                    self.schema
+                ));
+                continue;
+            };
+            match c.standard.as_deref() {
+                Some("S") => {}
+                Some("C") if descendants => {}
+                Some("C") => findings.notices.push(format!(
+                    "{at}: concept {id} ({}) is a classification concept; rows are recorded with the standard concepts below it, so set descendants = true",
+                    c.name
+                )),
+                _ if !source_column => findings.notices.push(format!(
+                    "{at}: concept {id} ({}) is not a standard concept, but {column} holds standard concepts; map the standard concept it maps to, or restrict on the source column (e.g. condition_source_concept_id)",
+                    c.name
+                )),
+                _ => {}
+            }
+            if let Some(d) = domain {
+                if !c.domain.eq_ignore_ascii_case(d) {
+                    findings.notices.push(format!(
+                        "{at}: concept {id} ({}) is in the {} domain, but {column} holds {d} concepts; check the id or the table",
+                        c.name, c.domain
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The domain an OMOP table's main concept column (or a person column)
+/// holds, for the start-up check.
+fn expected_domain(table: &str, column: &str) -> Option<&'static str> {
+    if column.ends_with("source_concept_id") || column.contains("value_as_concept") {
+        return None;
+    }
+    Some(match (table, column) {
+        (_, "gender_concept_id") => "Gender",
+        (_, "race_concept_id") => "Race",
+        (_, "ethnicity_concept_id") => "Ethnicity",
+        ("condition_occurrence" | "condition_era", _) => "Condition",
+        ("drug_exposure" | "drug_era", _) => "Drug",
+        ("measurement", _) => "Measurement",
+        ("observation", _) => "Observation",
+        ("procedure_occurrence", _) => "Procedure",
+        ("device_exposure", _) => "Device",
+        ("visit_occurrence" | "visit_detail", _) => "Visit",
+        ("specimen", _) => "Specimen",
+        _ => return None,
+    })
 }
 
 const IDS: [Family; 2] = [Family::Int, Family::Text];
@@ -190,7 +426,9 @@ fn wanted(kind: VarType, codes: bool) -> (&'static [Family], &'static str) {
     }
 }
 
-/// Checks every mapped variable against the dictionary and the catalogue.
+/// Checks every mapped variable against the dictionary and the catalogue,
+/// expands its concept sets with the vocabulary, and collects what the
+/// hospital should hear about without the node refusing to start.
 pub(crate) async fn map_variables(
     pool: &PgPool,
     host: &str,
@@ -198,7 +436,9 @@ pub(crate) async fn map_variables(
     person: &Table,
     id: &Column,
     dict: &Dictionary,
+    findings: &mut Findings,
 ) -> Result<(BTreeMap<String, Var>, Vec<Table>)> {
+    let vocab = Vocabulary::load(pool, host, cfg).await?;
     let mut out = BTreeMap::new();
     let mut tables: Vec<Table> = Vec::new();
     for (name, src) in &cfg.variables {
@@ -216,16 +456,74 @@ pub(crate) async fn map_variables(
                 v.kind
             )));
         }
-        let (families, want) = wanted(v.kind, booleans.is_some());
+        let levels = match src.levels.is_empty() {
+            true => None,
+            false => {
+                if v.kind != VarType::Categorical {
+                    return Err(Error::invalid(format!(
+                        "{at}.levels maps concept ids to categories, but \"{name}\" is {}; only a categorical variable takes levels",
+                        v.kind
+                    )));
+                }
+                let mut l = Levels {
+                    ids: Vec::new(),
+                    labels: Vec::new(),
+                };
+                for (label, ids) in &src.levels {
+                    if !v.categories.contains(label) {
+                        return Err(Error::invalid(format!(
+                            "{at}.levels names {label:?}, which is not a category of \"{name}\" (categories: {}); use the dictionary's spelling",
+                            v.categories.join(", ")
+                        )));
+                    }
+                    for i in ids {
+                        l.ids.push(*i);
+                        l.labels.push(label.clone());
+                    }
+                }
+                Some(l)
+            }
+        };
+        if src.age_at.is_some() && !v.kind.is_numeric() {
+            return Err(Error::invalid(format!(
+                "{at}.age_at derives an age in years, but \"{name}\" is {}; map it to an integer or float variable",
+                v.kind
+            )));
+        }
+        let (families, want) = match (&levels, src.age_at.is_some()) {
+            (Some(_), _) => (&[Family::Int][..], "integer concept ids"),
+            (None, true) => (
+                &[Family::Int, Family::Date][..],
+                "a birth year (integer) or a birth date",
+            ),
+            (None, false) => wanted(v.kind, booleans.is_some()),
+        };
         let source = match src {
             VariableSource {
                 column: Some(c), ..
-            } => Source::Column(person.column(c, families, &format!("{at}.column"), want)?),
+            } => {
+                let col = person.column(c, families, &format!("{at}.column"), want)?;
+                if let Some(l) = &levels {
+                    let ids: Vec<i64> = l.ids.clone();
+                    vocab
+                        .check(
+                            pool,
+                            host,
+                            &ids,
+                            c,
+                            expected_domain(&person.name, c),
+                            false,
+                            &format!("{at}.levels"),
+                            findings,
+                        )
+                        .await?;
+                }
+                Source::Column(col)
+            }
             VariableSource {
                 table: Some(t),
                 person_column,
                 concept_column,
-                concept_id,
                 value,
                 date_column,
                 pick,
@@ -252,27 +550,104 @@ pub(crate) async fn map_variables(
                         pc.data_type, id.data_type
                     )));
                 }
-                let concept = match (concept_column, concept_id) {
-                    (Some(c), Some(id)) => Some((
-                        table
-                            .column(
+                let concept = match (concept_column, src.concept_set()) {
+                    (Some(c), Some(set)) => {
+                        let col = table.column(
+                            c,
+                            &[Family::Int],
+                            &format!("{at}.concept_column"),
+                            "integer concept ids",
+                        )?;
+                        let listed: Vec<i64> =
+                            set.include.iter().chain(&set.exclude).copied().collect();
+                        vocab
+                            .check(
+                                pool,
+                                host,
+                                &listed,
                                 c,
-                                &[Family::Int],
-                                &format!("{at}.concept_column"),
-                                "integer concept ids",
-                            )?
-                            .ident,
-                        *id,
-                    )),
+                                expected_domain(t, c),
+                                set.descendants,
+                                &format!("{at}.concepts"),
+                                findings,
+                            )
+                            .await?;
+                        let ids = vocab.expand(pool, host, &set, &at).await?;
+                        if ids.is_empty() {
+                            return Err(Error::invalid(format!(
+                                "{at}: the concept set is empty once exclude is taken out; check concepts and exclude"
+                            )));
+                        }
+                        // Only a hint for the hospital: a slow or failed
+                        // probe (a huge table without an index on the
+                        // concept column) is logged, never fatal.
+                        let any = sqlx::query_scalar::<_, bool>(&format!(
+                            "SELECT EXISTS (SELECT 1 FROM {} e WHERE e.{} = ANY($1::int8[]))",
+                            table.ident.sql(),
+                            col.ident.sql()
+                        ))
+                        .bind(&ids)
+                        .fetch_one(pool)
+                        .await
+                        .unwrap_or_else(|e| {
+                            tracing::info!(host, variable = %name, error = %e, "could not check that the concept set matches rows");
+                            true
+                        });
+                        if !any {
+                            let hint = match set.descendants {
+                                true => String::new(),
+                                false => {
+                                    let more = vocab
+                                        .expand(
+                                            pool,
+                                            host,
+                                            &ConceptSet {
+                                                descendants: true,
+                                                ..set.clone()
+                                            },
+                                            &at,
+                                        )
+                                        .await
+                                        .map(|all| all.len().saturating_sub(ids.len()))
+                                        .unwrap_or(0);
+                                    match more {
+                                        0 => String::new(),
+                                        n => format!(" ({n} concepts lie below the listed ones: set descendants = true to include them)"),
+                                    }
+                                }
+                            };
+                            findings.local.push(format!(
+                                "{at}: no row of {}.{} has one of the set's {} concepts in {c}, so the variable is false (or missing) for every patient{hint}",
+                                table.schema, table.name, ids.len()
+                            ));
+                        }
+                        Some((col.ident, ids))
+                    }
                     _ => None,
                 };
                 let value = match (value, date_column) {
-                    (Some(val), Some(d)) => Some((
-                        table.column(val, families, &format!("{at}.value"), want)?,
-                        table
-                            .column(d, &[Family::Date], &format!("{at}.date_column"), "dates")?
-                            .ident,
-                    )),
+                    (Some(val), Some(d)) => {
+                        if let Some(l) = &levels {
+                            vocab
+                                .check(
+                                    pool,
+                                    host,
+                                    &l.ids,
+                                    val,
+                                    expected_domain(t, val),
+                                    false,
+                                    &format!("{at}.levels"),
+                                    findings,
+                                )
+                                .await?;
+                        }
+                        Some((
+                            table.column(val, families, &format!("{at}.value"), want)?,
+                            table
+                                .column(d, &[Family::Date], &format!("{at}.date_column"), "dates")?
+                                .ident,
+                        ))
+                    }
                     _ => {
                         if v.kind != VarType::Boolean {
                             return Err(Error::invalid(format!(
@@ -303,6 +678,8 @@ pub(crate) async fn map_variables(
                 kind: v.kind,
                 source,
                 booleans,
+                levels,
+                age_at: src.age_date(),
             },
         );
     }
@@ -347,29 +724,57 @@ pub(crate) async fn consent(
     pool: &PgPool,
     host: &str,
     cfg: &WarehouseConfig,
-    table: &str,
-    opt_out: Option<&str>,
+    tables: &super::config::ConsentTables,
 ) -> Result<ConsentCatalog> {
-    let f = "data.postgres.consent.table";
-    let t = Table::load(pool, host, &cfg.schema, table, f).await?;
+    let schema = tables.schema.as_deref().unwrap_or(&cfg.schema);
+    let f = "data.postgres.consent";
+    let t = Table::load(pool, host, schema, &tables.table, &format!("{f}.table")).await?;
     let dates = [Family::Date, Family::Text];
     let out = ConsentCatalog {
         consent: t.ident.clone(),
-        patient: t.column("patient_id", &IDS, f, "patient ids")?,
+        patient: t.column(
+            &tables.patient_id,
+            &IDS,
+            &format!("{f}.patient_id"),
+            "patient ids",
+        )?,
         purposes: t
-            .column("purposes", &[Family::Text], f, "text (DUO codes)")?
+            .column(
+                &tables.purposes,
+                &[Family::Text],
+                &format!("{f}.purposes"),
+                "text (DUO codes)",
+            )?
             .ident,
-        valid_from: t.column("valid_from", &dates, f, "dates")?.ident,
-        withdrawn_at: t.column("withdrawn_at", &dates, f, "dates")?.ident,
+        valid_from: t
+            .column(
+                &tables.valid_from,
+                &dates,
+                &format!("{f}.valid_from"),
+                "dates",
+            )?
+            .ident,
+        withdrawn_at: t
+            .column(
+                &tables.withdrawn_at,
+                &dates,
+                &format!("{f}.withdrawn_at"),
+                "dates",
+            )?
+            .ident,
         opt_out: None,
         tables: vec![t],
     };
-    match opt_out {
+    match &tables.opt_out_table {
         None => Ok(out),
         Some(o) => {
-            let f = "data.postgres.consent.opt_out_table";
-            let t = Table::load(pool, host, &cfg.schema, o, f).await?;
-            let c = t.column("patient_id", &IDS, f, "patient ids")?;
+            let t = Table::load(pool, host, schema, o, &format!("{f}.opt_out_table")).await?;
+            let c = t.column(
+                &tables.opt_out_patient_id,
+                &IDS,
+                &format!("{f}.opt_out_patient_id"),
+                "patient ids",
+            )?;
             let mut out = out;
             out.opt_out = Some((t.ident.clone(), c));
             out.tables.push(t);

@@ -1,35 +1,46 @@
 //! Analyses over the warehouse.
 //!
-//! Counts (with the complement rule), histograms and quantile bins, and
-//! tables and 2x2 tables are aggregated inside PostgreSQL: only the count
-//! per group leaves the database.
+//! Everything but the regressions is aggregated inside PostgreSQL, so only
+//! aggregate rows leave the database:
+//! - counts (with the complement rule), histograms and quantile bins,
+//!   tables and 2x2 tables: counts per group, exact;
+//! - Kaplan-Meier: counts per group, follow-up time and event (a few
+//!   thousand rows), placed on the grid by the node with the file path's
+//!   rule, exact;
+//! - summaries: count, sum and sum of squares, total and two largest
+//!   magnitudes, and the fixed-point sums a noised summary rests on (exact
+//!   integers, as the file path encodes them);
+//! - correlations: the per-pair sums.
 //!
-//! Summaries, correlations, Kaplan-Meier and the GLM and Cox rounds read
-//! the analysis's own columns (and nothing else) of the consenting cohort
-//! into the node's memory, ordered by patient id, and run the same Rust
-//! arithmetic as the file path. This is deliberate: their releases rest on
-//! floating-point sums whose value depends on the order of addition, on
-//! fixed-point encodings and on the dominance rule's largest values, and
-//! the regressions check their design (complete cases, category sizes)
-//! before any round; summing in SQL would give answers that differ from
-//! the file path's in the last bits and could not reuse those checks. The
-//! columns stay inside the node, the design is prepared once per fit and
-//! cached across rounds like the file path's.
+//! Floating-point sums taken by PostgreSQL add in another order than the
+//! file path's (and in parallel workers when the planner uses them), so
+//! they equal the file node's to within 1e-12 relative (in practice a few
+//! units in the last place), not bit for bit; counts, fixed-point sums and
+//! the largest magnitudes are exact.
+//!
+//! The GLM and Cox rounds read the model's own columns (and nothing else)
+//! of the consenting cohort into the node's memory once per fit, ordered
+//! by patient id, check the design (complete cases, category sizes) with
+//! the file path's code, cache it, and run each round in Rust.
 
 use std::collections::BTreeMap;
 
 use chrono::NaiveDate;
+use plexus_core::dp::fixed::{FixedPoint, DP_DIGITS};
+use plexus_core::models::correlation::{Missing, PairSums};
 use plexus_core::models::design::{ColumnData, Columns, MISSING_LEVEL};
 use plexus_core::models::fit::Iteration;
-use plexus_core::stats::SummarySums;
+use plexus_core::models::linalg::{packed_index, packed_len};
+use plexus_core::models::survival::Tally;
+use plexus_core::stats::{FixedSums, Moments, SummarySums};
 use plexus_core::{Analysis, ConsentTerms, Error, Purpose, Query, RawStats, Result, VarType};
 use sqlx::Row;
 
 use super::catalog::Family;
 use super::sql::{self, Aliases, Param, Params};
 use super::{db_error, Consent, Warehouse};
+use crate::data::blocking;
 use crate::data::models::{self, Limits};
-use crate::data::{blocking, survival_or_pairs};
 
 /// The cohort as a relation `t` (columns `pid`, `v0`, ...) with its filter.
 struct Relation<'a> {
@@ -157,8 +168,9 @@ impl Warehouse {
             _ => "TRUE".into(),
         };
         let from = format!(
-            "FROM (SELECT {select} FROM {} p WHERE {consent}) t WHERE {filter}",
-            self.person.ident.sql()
+            "FROM (SELECT {select} FROM {} p{} WHERE {consent}) t WHERE {filter}",
+            self.person.ident.sql(),
+            params.joins()
         );
         Ok(Relation {
             from,
@@ -264,6 +276,229 @@ impl Warehouse {
         }
         Ok(out)
     }
+
+    /// A summary's sums, taken inside PostgreSQL: count, sum and sum of
+    /// squares of the finite values (floating point, so equal to the file
+    /// node's to about 1e-15 relative: the order of addition differs), the
+    /// fixed-point sums a noised release rests on (exact: the same
+    /// rounding, clamping and centring as `FixedPoint::encode`, summed as
+    /// integers), and the two largest magnitudes and their total for the
+    /// dominance rule.
+    async fn summary(
+        &self,
+        query: &Query,
+        names: &[String],
+        purpose: &Purpose,
+        today: NaiveDate,
+        variable: &str,
+    ) -> Result<RawStats> {
+        let var = self.dict.get(variable)?;
+        let mut r = self.relation(query, names, purpose, today, true).await?;
+        let alias = r.aliases.get(variable)?.0.clone();
+        let fp = FixedPoint::new(variable, var, DP_DIGITS).ok();
+        let fixed = match &fp {
+            Some(fp) => {
+                let (lo, hi) = fp.limits();
+                let scale = r.params.push(Param::F64(fp.scale()), "float8");
+                let (lo, hi) = (
+                    r.params.push(Param::F64(lo as f64), "float8"),
+                    r.params.push(Param::F64(hi as f64), "float8"),
+                );
+                let centre = r.params.push(Param::I64(fp.centre()), "int8");
+                // Halves away from zero, as round_to_i64; clamped; centred.
+                format!(
+                    "(least(greatest(trunc(x * {scale}) + CASE WHEN abs(x * {scale} - trunc(x * {scale})) >= 0.5 THEN sign(x * {scale}) ELSE 0 END, {lo}), {hi})::int8 - {centre})::numeric"
+                )
+            }
+            None => "0::numeric".into(),
+        };
+        let text = format!(
+            "WITH s AS (SELECT x, {fixed} AS e FROM (SELECT (t.{alias})::float8 AS x {}) v \
+                        WHERE x > '-Infinity'::float8 AND x < 'Infinity'::float8) \
+             SELECT count(*)::int8, coalesce(sum(x), 0)::float8, coalesce(sum(x * x), 0)::float8, \
+                    coalesce(sum(e), 0)::text, coalesce(sum(e * e), 0)::text, coalesce(sum(abs(x)), 0)::float8, \
+                    (SELECT array_agg(a ORDER BY a DESC) FROM (SELECT abs(x) AS a FROM s ORDER BY a DESC LIMIT 2) z) \
+             FROM s",
+            r.from
+        );
+        let row = r
+            .params
+            .bind(sqlx::query(&text))
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| db_error(&self.host, e))?;
+        let n = row.get::<i64, _>(0) as u64;
+        let int = |i: usize| -> Result<i128> {
+            row.get::<String, _>(i).parse().map_err(|_| {
+                Error::internal("the database returned a fixed-point sum that is not an integer")
+            })
+        };
+        let top: Vec<f64> = row.get::<Option<Vec<f64>>, _>(6).unwrap_or_default();
+        let mut largest = [0.0; 2];
+        for (slot, v) in largest.iter_mut().zip(&top) {
+            *slot = *v;
+        }
+        Ok(RawStats::Summary(SummarySums {
+            moments: Moments {
+                n,
+                sum: row.get(1),
+                sum_squares: row.get(2),
+            },
+            fixed: match fp {
+                Some(fp) => Some((
+                    fp,
+                    FixedSums {
+                        n,
+                        sum: int(3)?,
+                        squares: int(4)?,
+                    },
+                )),
+                None => None,
+            },
+            largest,
+            total_abs: row.get(5),
+            non_negative: var.numeric_bounds().is_some_and(|(lo, _)| lo >= 0.0),
+        }))
+    }
+
+    /// A correlation's per-pair sums inside PostgreSQL (floating point, to
+    /// about 1e-15 relative of the file node's), with the same missing-value
+    /// rule and, when the answer will be noised, the same clamping to the
+    /// public bounds.
+    #[allow(clippy::too_many_arguments)]
+    async fn pairs(
+        &self,
+        query: &Query,
+        names: &[String],
+        purpose: &Purpose,
+        today: NaiveDate,
+        variables: &[String],
+        missing: Missing,
+        private: bool,
+    ) -> Result<RawStats> {
+        let mut r = self.relation(query, names, purpose, today, true).await?;
+        let mut cols = Vec::new();
+        for (i, v) in variables.iter().enumerate() {
+            let alias = r.aliases.get(v)?.0.clone();
+            let x = format!(
+                "CASE WHEN (t.{alias})::float8 > '-Infinity'::float8 AND (t.{alias})::float8 < 'Infinity'::float8 THEN (t.{alias})::float8 END"
+            );
+            let x = match self.dict.get(v)?.numeric_bounds().filter(|_| private) {
+                Some((lo, hi)) => {
+                    let lo = r.params.push(Param::F64(lo), "float8");
+                    let hi = r.params.push(Param::F64(hi), "float8");
+                    format!("least(greatest({x}, {lo}), {hi})")
+                }
+                None => x,
+            };
+            cols.push(format!("{x} AS c{i}"));
+        }
+        let p = variables.len();
+        let all = (0..p)
+            .map(|i| format!("c{i} IS NOT NULL"))
+            .collect::<Vec<_>>()
+            .join(" AND ");
+        let mut aggs = Vec::new();
+        for a in 0..p {
+            for b in a..p {
+                let keep = match missing {
+                    Missing::CompleteCases => all.clone(),
+                    Missing::Pairwise => format!("c{a} IS NOT NULL AND c{b} IS NOT NULL"),
+                };
+                aggs.push(format!(
+                    "count(*) FILTER (WHERE {keep})::int8, coalesce(sum(c{a}) FILTER (WHERE {keep}), 0)::float8, \
+                     coalesce(sum(c{b}) FILTER (WHERE {keep}), 0)::float8, coalesce(sum(c{a} * c{a}) FILTER (WHERE {keep}), 0)::float8, \
+                     coalesce(sum(c{b} * c{b}) FILTER (WHERE {keep}), 0)::float8, coalesce(sum(c{a} * c{b}) FILTER (WHERE {keep}), 0)::float8"
+                ));
+            }
+        }
+        let text = format!(
+            "SELECT {} FROM (SELECT {} {}) s",
+            aggs.join(", "),
+            cols.join(", "),
+            r.from
+        );
+        let row = r
+            .params
+            .bind(sqlx::query(&text))
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| db_error(&self.host, e))?;
+        let mut out = vec![PairSums::default(); packed_len(p)];
+        let mut i = 0;
+        for a in 0..p {
+            for b in a..p {
+                out[packed_index(p, a, b)] = PairSums {
+                    n: row.get::<i64, _>(i) as u64,
+                    sum_x: row.get(i + 1),
+                    sum_y: row.get(i + 2),
+                    sum_xx: row.get(i + 3),
+                    sum_yy: row.get(i + 4),
+                    sum_xy: row.get(i + 5),
+                };
+                i += 6;
+            }
+        }
+        Ok(RawStats::Pairs(out))
+    }
+
+    /// Kaplan-Meier counts: PostgreSQL counts the complete cases per group,
+    /// follow-up time and event (a few thousand rows however many
+    /// patients), and the node places them on the grid with the file
+    /// node's own rule, so the counts are exact.
+    async fn survival(
+        &self,
+        query: &Query,
+        names: &[String],
+        purpose: &Purpose,
+        today: NaiveDate,
+    ) -> Result<RawStats> {
+        let Analysis::KaplanMeier {
+            time,
+            event,
+            group,
+            grid,
+        } = &query.analysis
+        else {
+            return Err(Error::internal("not a survival analysis"));
+        };
+        let points = grid.points()?;
+        let groups = query.analysis.survival_groups(&self.dict)?.len();
+        let r = self.relation(query, names, purpose, today, true).await?;
+        let (ta, tv) = r.aliases.get(time)?;
+        let (ea, ev) = r.aliases.get(event)?;
+        let number = |alias: &str, kind: VarType| match kind {
+            VarType::Boolean => format!("(t.{alias})::int::float8"),
+            _ => format!("(t.{alias})::float8"),
+        };
+        let (t, e) = (number(ta, tv.kind), number(ea, ev.kind));
+        let g = match group {
+            Some(g) => format!("(t.{})::text", r.aliases.get(g)?.0),
+            None => "''::text".into(),
+        };
+        let text = format!(
+            "SELECT {g}, {t}, ({e}) = 1.0, count(*)::int8 {} AND {t} IS NOT NULL AND {e} IS NOT NULL AND {g} IS NOT NULL GROUP BY 1, 2, 3",
+            r.from
+        );
+        let levels = match group {
+            Some(g) => self.dict.get(g)?.levels(),
+            None => vec![String::new()],
+        };
+        let mut out = vec![Tally::zero(points.len() - 1); groups];
+        for row in self.rows(&text, &r.params).await? {
+            let (label, t, e, n): (String, f64, bool, i64) =
+                (row.get(0), row.get(1), row.get(2), row.get(3));
+            let at = levels.iter().position(|l| *l == label).ok_or_else(|| {
+                Error::data(
+                    "a survival group holds a value that is not a level of the dictionary; fix the data or the mapping",
+                )
+            })?;
+            if let Some(tally) = out.get_mut(at) {
+                tally.add_many(&points, t, e, n as u64);
+            }
+        }
+        Ok(RawStats::Survival(out))
+    }
 }
 
 pub(super) async fn run(
@@ -316,13 +551,7 @@ pub(super) async fn run(
             ),
         },
         Analysis::Summary { variable } => {
-            let columns = w.columns(query, purpose, today).await?;
-            let Some(ColumnData::Numeric(values)) = columns.get(variable) else {
-                return Err(Error::internal(
-                    "a summary variable was not read as numbers",
-                ));
-            };
-            RawStats::Summary(SummarySums::of(w.dict.get(variable)?, variable, values))
+            w.summary(query, &names, purpose, today, variable).await?
         }
         Analysis::Histogram { variable, edges }
         | Analysis::Quantiles {
@@ -391,10 +620,19 @@ pub(super) async fn run(
                 cells,
             }
         }
-        Analysis::KaplanMeier { .. } | Analysis::Correlation { .. } => {
-            let columns = w.columns(query, purpose, today).await?;
-            survival_or_pairs(analysis, &w.dict, columns, limits.private).await?
+        Analysis::Correlation { variables, missing } => {
+            w.pairs(
+                query,
+                &names,
+                purpose,
+                today,
+                variables,
+                *missing,
+                limits.private,
+            )
+            .await?
         }
+        Analysis::KaplanMeier { .. } => w.survival(query, &names, purpose, today).await?,
         Analysis::Glm { .. } | Analysis::Cox { .. } => {
             return Err(Error::internal("regressions are computed round by round"))
         }

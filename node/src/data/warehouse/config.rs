@@ -73,9 +73,14 @@ pub struct WarehouseConfig {
     /// CA certificate (PEM) the database's certificate must chain to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca: Option<PathBuf>,
-    /// Schema of every table named below.
+    /// Schema of every table named below (for OMOP, the CDM schema).
     #[serde(default = "default_schema")]
     pub schema: String,
+    /// Schema of the OMOP vocabulary tables (`concept`,
+    /// `concept_ancestor`) that concept sets are expanded with and checked
+    /// against; by default `schema`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vocabulary_schema: Option<String>,
     /// Refuse to start when the connected role may write to a mapped table
     /// (by default the node warns: its own transactions are read only).
     #[serde(default)]
@@ -128,8 +133,31 @@ pub struct VariableSource {
     pub person_column: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub concept_column: Option<String>,
+    /// One concept: the same as `concepts = [id]`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub concept_id: Option<i64>,
+    /// A concept set: the event rows whose `concept_column` holds one of
+    /// these ids (with their descendants when `descendants`), less those
+    /// of `exclude`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub concepts: Vec<i64>,
+    /// Also every descendant of the listed (and of the excluded) concepts,
+    /// from the vocabulary's `concept_ancestor`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub descendants: bool,
+    /// Concepts taken out of the set.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude: Vec<i64>,
+    /// A categorical variable held as concept ids: each dictionary
+    /// category and the concept ids that mean it; any other id reads as
+    /// missing.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub levels: BTreeMap<String, Vec<i64>>,
+    /// Age in whole years on this date (`YYYY-MM-DD`), from a birth year
+    /// (`year(age_at) - year_of_birth`, the OHDSI convention) or a birth
+    /// date (completed years).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub age_at: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -146,14 +174,43 @@ pub struct VariableSource {
     pub missing_values: Vec<String>,
 }
 
-/// Consent (`patient_id, purposes, valid_from, withdrawn_at`) and opt-out
-/// (`patient_id`) tables, with the columns of the consent files.
+fn default_patient_id() -> String {
+    "patient_id".into()
+}
+fn default_purposes() -> String {
+    "purposes".into()
+}
+fn default_valid_from() -> String {
+    "valid_from".into()
+}
+fn default_withdrawn_at() -> String {
+    "withdrawn_at".into()
+}
+
+/// Consent (one row per patient and consent: who, the DUO purposes, from
+/// when, withdrawn when) and opt-out (who) tables. The columns default to
+/// the consent files' names and can be mapped; the tables can live in a
+/// schema of their own, apart from the CDM the ETL owns.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConsentTables {
     pub table: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub opt_out_table: Option<String>,
+    /// Schema of both tables; by default `data.postgres.schema`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<String>,
+    #[serde(default = "default_patient_id")]
+    pub patient_id: String,
+    #[serde(default = "default_purposes")]
+    pub purposes: String,
+    #[serde(default = "default_valid_from")]
+    pub valid_from: String,
+    #[serde(default = "default_withdrawn_at")]
+    pub withdrawn_at: String,
+    /// The patient column of the opt-out table.
+    #[serde(default = "default_patient_id")]
+    pub opt_out_patient_id: String,
 }
 
 /// A name from the config that will be looked up in the catalogue: no
@@ -177,6 +234,11 @@ impl WarehouseConfig {
             ca: r(&self.ca),
             ..self.clone()
         }
+    }
+
+    /// The schema of the vocabulary tables.
+    pub fn vocabulary_schema(&self) -> &str {
+        self.vocabulary_schema.as_deref().unwrap_or(&self.schema)
     }
 
     /// Checks what can be checked without the database.
@@ -225,12 +287,25 @@ impl WarehouseConfig {
             )));
         }
         check_name(&format!("{f}.schema"), &self.schema)?;
+        if let Some(v) = &self.vocabulary_schema {
+            check_name(&format!("{f}.vocabulary_schema"), v)?;
+        }
         check_name(&format!("{f}.person.table"), &self.person.table)?;
         check_name(&format!("{f}.person.id"), &self.person.id)?;
         if let Some(c) = &self.consent {
             check_name(&format!("{f}.consent.table"), &c.table)?;
             if let Some(t) = &c.opt_out_table {
                 check_name(&format!("{f}.consent.opt_out_table"), t)?;
+            }
+            for (key, name) in [
+                ("schema", c.schema.as_deref().unwrap_or(&self.schema)),
+                ("patient_id", &c.patient_id),
+                ("purposes", &c.purposes),
+                ("valid_from", &c.valid_from),
+                ("withdrawn_at", &c.withdrawn_at),
+                ("opt_out_patient_id", &c.opt_out_patient_id),
+            ] {
+                check_name(&format!("{f}.consent.{key}"), name)?;
             }
         }
         for (var, s) in &self.variables {
@@ -247,6 +322,29 @@ impl VariableSource {
         BooleanValues::from_keys(&self.true_values, &self.false_values, &self.missing_values)
     }
 
+    /// The concept set this variable's event rows are restricted to, as
+    /// configured (before the vocabulary expands it).
+    pub fn concept_set(&self) -> Option<ConceptSet> {
+        let include: Vec<i64> = self
+            .concept_id
+            .iter()
+            .chain(&self.concepts)
+            .copied()
+            .collect();
+        (!include.is_empty()).then(|| ConceptSet {
+            include,
+            exclude: self.exclude.clone(),
+            descendants: self.descendants,
+        })
+    }
+
+    /// The date of `age_at`, checked by `validate`.
+    pub fn age_date(&self) -> Option<chrono::NaiveDate> {
+        self.age_at
+            .as_deref()
+            .and_then(plexus_core::query::parse_date)
+    }
+
     fn validate(&self, at: &str) -> Result<()> {
         if let Some(b) = self.booleans() {
             b.validate(at)?;
@@ -255,12 +353,50 @@ impl VariableSource {
                     "{at} maps the presence of a row, which is already a boolean; true_values and false_values apply to a value column, so remove them or name the value"
                 )));
             }
+            if !self.levels.is_empty() || self.age_at.is_some() {
+                return Err(Error::invalid(format!(
+                    "{at} declares true_values and false_values together with levels or age_at; keep one way of reading the value"
+                )));
+            }
         }
+        if !self.levels.is_empty() {
+            let mut seen = BTreeMap::new();
+            for (level, ids) in &self.levels {
+                for id in ids {
+                    if let Some(other) = seen.insert(*id, level) {
+                        return Err(Error::invalid(format!(
+                            "{at}.levels: concept {id} is listed under both {other:?} and {level:?}; a concept can mean one category only"
+                        )));
+                    }
+                }
+            }
+            if self.table.is_some() && self.value.is_none() {
+                return Err(Error::invalid(format!(
+                    "{at}.levels needs a column holding concept ids: name the event table's value (e.g. value = \"value_as_concept_id\" with date_column) or use column = ... of the person table"
+                )));
+            }
+        }
+        if let Some(text) = &self.age_at {
+            if self.age_date().is_none() {
+                return Err(Error::invalid(format!(
+                    "{at}.age_at = {text:?} is not a date; write YYYY-MM-DD"
+                )));
+            }
+            if self.column.is_none() || !self.levels.is_empty() {
+                return Err(Error::invalid(format!(
+                    "{at}.age_at needs column = the person table's birth year (year_of_birth) or birth date (birth_datetime), and no levels"
+                )));
+            }
+        }
+        let has_set = self.concept_id.is_some()
+            || !self.concepts.is_empty()
+            || !self.exclude.is_empty()
+            || self.descendants;
         match (&self.column, &self.table) {
             (Some(c), None) => {
                 check_name(&format!("{at}.column"), c)?;
                 if self.concept_column.is_some()
-                    || self.concept_id.is_some()
+                    || has_set
                     || self.value.is_some()
                     || self.date_column.is_some()
                 {
@@ -272,9 +408,20 @@ impl VariableSource {
             (None, Some(t)) => {
                 check_name(&format!("{at}.table"), t)?;
                 check_name(&format!("{at}.person_column"), &self.person_column)?;
-                if self.concept_column.is_some() != self.concept_id.is_some() {
+                if self.concept_id.is_some() && !self.concepts.is_empty() {
                     return Err(Error::invalid(format!(
-                        "{at}: concept_column and concept_id go together; give both or neither"
+                        "{at} gives both concept_id and concepts; list every concept under concepts"
+                    )));
+                }
+                let listed = self.concept_id.is_some() || !self.concepts.is_empty();
+                if self.concept_column.is_some() != listed {
+                    return Err(Error::invalid(format!(
+                        "{at}: concept_column and concepts (or concept_id) go together; give both or neither"
+                    )));
+                }
+                if has_set && !listed {
+                    return Err(Error::invalid(format!(
+                        "{at}: exclude and descendants refine a concept set; list its concepts under concepts"
                     )));
                 }
                 if let Some(c) = &self.concept_column {
@@ -310,6 +457,15 @@ impl VariableSource {
         }
         Ok(())
     }
+}
+
+/// A concept set as configured: the listed concepts, the excluded ones,
+/// and whether both take their descendants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConceptSet {
+    pub include: Vec<i64>,
+    pub exclude: Vec<i64>,
+    pub descendants: bool,
 }
 
 #[cfg(test)]
@@ -350,6 +506,59 @@ mod tests {
         assert_eq!(b.declared(), ["N", "U", "Y"]);
     }
 
+    /// The OMOP keys: a concept set, categories from concept ids, a
+    /// derived age, schemas and consent columns of their own.
+    #[test]
+    fn parses_omop_mappings() {
+        let text = r#"
+            source = "postgres"
+            [postgres]
+            url = "postgres://node@db:5432/cdm"
+            schema = "cdm"
+            vocabulary_schema = "vocab"
+            [postgres.person]
+            table = "person"
+            [postgres.consent]
+            table = "consent"
+            schema = "plexus"
+            patient_id = "person_id"
+            purposes = "duo_codes"
+            [postgres.variables]
+            sex = { column = "gender_concept_id", levels = { F = [8532], M = [8507] } }
+            age = { column = "year_of_birth", age_at = "2019-12-31" }
+            nsaid = { table = "drug_exposure", concept_column = "drug_concept_id", concepts = [1177480, 1118084], exclude = [1118084], descendants = true }
+        "#;
+        let d: DataConfig = toml::from_str(text).unwrap();
+        d.validate().unwrap();
+        let pg = d.postgres.unwrap();
+        assert_eq!(pg.vocabulary_schema(), "vocab");
+        let set = pg.variables["nsaid"].concept_set().unwrap();
+        assert_eq!(set.include, [1177480, 1118084]);
+        assert_eq!(set.exclude, [1118084]);
+        assert!(set.descendants);
+        assert_eq!(
+            pg.variables["age"].age_date(),
+            chrono::NaiveDate::from_ymd_opt(2019, 12, 31)
+        );
+        let c = pg.consent.unwrap();
+        assert_eq!(
+            (c.schema.as_deref(), c.patient_id.as_str()),
+            (Some("plexus"), "person_id")
+        );
+        assert_eq!(
+            (c.valid_from.as_str(), c.opt_out_patient_id.as_str()),
+            ("valid_from", "patient_id")
+        );
+        // One concept_id is a set of one.
+        let d: DataConfig = toml::from_str(BASE).unwrap();
+        let pg = d.postgres.unwrap();
+        assert_eq!(pg.vocabulary_schema(), "public");
+        assert_eq!(
+            pg.variables["diabetes"].concept_set().unwrap().include,
+            [201826]
+        );
+    }
+
     #[test]
     fn refuses_what_cannot_work_naming_the_field() {
         let cases = [
@@ -386,6 +595,38 @@ mod tests {
                 "\n[postgres.variables.htn]\ntable = \"c\"\ntrue_values = [\"Y\"]\nfalse_values = [\"N\"]",
                 "presence of a row",
             ),
+            (
+                "\n[postgres.variables.htn]\ntable = \"c\"\nconcept_column = \"x\"\nconcept_id = 1\nconcepts = [2]",
+                "both concept_id and concepts",
+            ),
+            (
+                "\n[postgres.variables.htn]\ntable = \"c\"\nexclude = [2]",
+                "exclude and descendants refine a concept set",
+            ),
+            (
+                "\n[postgres.variables.htn]\ntable = \"c\"\nconcepts = [2]",
+                "concept_column and concepts",
+            ),
+            (
+                "\n[postgres.variables.htn]\ncolumn = \"c\"\ndescendants = true",
+                "event-table keys",
+            ),
+            (
+                "\n[postgres.variables.sex]\ncolumn = \"g\"\nlevels = { F = [8532], M = [8532] }",
+                "concept 8532 is listed under both",
+            ),
+            (
+                "\n[postgres.variables.sex]\ntable = \"observation\"\nlevels = { F = [8532] }",
+                "levels needs a column holding concept ids",
+            ),
+            (
+                "\n[postgres.variables.bmi]\ncolumn = \"year_of_birth\"\nage_at = \"2019-13-01\"",
+                "variables.bmi.age_at",
+            ),
+            (
+                "\n[postgres.variables.bmi]\ntable = \"person\"\nvalue = \"year_of_birth\"\ndate_column = \"d\"\nage_at = \"2019-12-31\"",
+                "age_at needs column",
+            ),
         ];
         for (extra, field) in cases {
             let text = format!("{BASE}{extra}");
@@ -402,6 +643,13 @@ mod tests {
             .unwrap_err()
             .message
             .contains("statement_timeout_ms"));
+        let mut d: DataConfig = toml::from_str(BASE).unwrap();
+        d.postgres.as_mut().unwrap().vocabulary_schema = Some(String::new());
+        assert!(d
+            .validate()
+            .unwrap_err()
+            .message
+            .contains("vocabulary_schema"));
         let mut d: DataConfig = toml::from_str(BASE).unwrap();
         d.postgres.as_mut().unwrap().ca = Some("ca.pem".into());
         assert!(d.validate().unwrap_err().message.contains("sslmode"));

@@ -59,6 +59,8 @@ pub struct Warehouse {
     /// The last snapshot and health seen, for heartbeats.
     state: Mutex<(String, Option<String>)>,
     timeout: Duration,
+    /// What the mapping check found at start-up.
+    findings: catalog::Findings,
 }
 
 impl std::fmt::Debug for Warehouse {
@@ -205,11 +207,17 @@ impl Warehouse {
             )));
         }
         let (person, id) = catalog::person(&pool, &host, cfg).await?;
-        let (vars, events) = catalog::map_variables(&pool, &host, cfg, &person, &id, &dict).await?;
+        let mut findings = catalog::Findings::default();
+        let (vars, events) =
+            catalog::map_variables(&pool, &host, cfg, &person, &id, &dict, &mut findings).await?;
+        for n in &findings.notices {
+            tracing::warn!(host = %host, "{n}");
+        }
+        for n in &findings.local {
+            tracing::warn!(host = %host, "{n} (kept in this log only: it says something about the patients)");
+        }
         let consent = match &cfg.consent {
-            Some(t) => Consent::Tables(
-                catalog::consent(&pool, &host, cfg, &t.table, t.opt_out_table.as_deref()).await?,
-            ),
+            Some(t) => Consent::Tables(catalog::consent(&pool, &host, cfg, t).await?),
             None => {
                 consent_files.validate()?;
                 Consent::Files(ConsentSource::open(consent_files).await?)
@@ -234,6 +242,7 @@ impl Warehouse {
             models: ModelCache::new(),
             state: Mutex::new((String::new(), None)),
             timeout,
+            findings,
         };
         wh.check_categories().await?;
         wh.check_writable(cfg.refuse_writable_role).await?;
@@ -244,6 +253,18 @@ impl Warehouse {
 
     pub fn variables(&self) -> Vec<String> {
         self.vars.keys().cloned().collect()
+    }
+
+    /// The mapping's start-up notices decided on the configuration and the
+    /// vocabulary alone, which the node may report to the coordinator.
+    pub fn notices(&self) -> &[String] {
+        &self.findings.notices
+    }
+
+    /// Start-up findings that depend on patient data: for the node's own
+    /// log and the hospital's checks, never sent.
+    pub fn local_findings(&self) -> &[String] {
+        &self.findings.local
     }
 
     /// The last snapshot taken (refreshed by [`Self::refresh`]).
@@ -387,8 +408,9 @@ impl Warehouse {
             };
             let allowed_param = params.push(sql::Param::Texts(allowed), "text[]");
             let text = format!(
-                "SELECT DISTINCT x FROM (SELECT {v} AS x FROM {} p) s WHERE x IS NOT NULL AND NOT (x = ANY({allowed_param})) LIMIT 3",
-                self.person.ident.sql()
+                "SELECT DISTINCT x FROM (SELECT {v} AS x FROM {} p{}) s WHERE x IS NOT NULL AND NOT (x = ANY({allowed_param})) LIMIT 3",
+                self.person.ident.sql(),
+                params.joins()
             );
             let bad: Vec<String> = params
                 .bind(sqlx::query(&text))

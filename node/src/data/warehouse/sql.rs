@@ -31,15 +31,21 @@ pub(crate) enum Param {
     Texts(Vec<String>),
 }
 
-/// Parameters of one statement, in order.
+/// Parameters of one statement, in order, and the joins its values need
+/// (`LEFT JOIN ... jN ON ...`, written after `FROM person p`).
 #[derive(Debug, Default)]
-pub(crate) struct Params(pub Vec<Param>);
+pub(crate) struct Params(pub Vec<Param>, pub Vec<String>);
 
 impl Params {
     /// Adds a value and returns its placeholder with the SQL type `ty`.
     pub fn push(&mut self, p: Param, ty: &str) -> String {
         self.0.push(p);
         format!("${}::{ty}", self.0.len())
+    }
+
+    /// The joins the values compiled so far need, to follow `FROM person p`.
+    pub fn joins(&self) -> String {
+        self.1.iter().map(|j| format!(" {j}")).collect()
     }
 
     pub fn bind<'q>(
@@ -74,9 +80,17 @@ pub(crate) fn raw(var: &Var, person_id: &str, params: &mut Params) -> String {
             pick,
         } => {
             let with_concept = |mut filter: String, params: &mut Params| {
-                if let Some((col, id)) = concept {
-                    let ph = params.push(Param::I64(*id), "int8");
-                    let _ = write!(filter, " AND e.{} = {ph}", col.sql());
+                if let Some((col, ids)) = concept {
+                    let _ = match ids.as_slice() {
+                        [one] => {
+                            let ph = params.push(Param::I64(*one), "int8");
+                            write!(filter, " AND e.{} = {ph}", col.sql())
+                        }
+                        _ => {
+                            let ph = params.push(Param::I64s(ids.clone()), "int8[]");
+                            write!(filter, " AND e.{} = ANY({ph})", col.sql())
+                        }
+                    };
                 }
                 filter
             };
@@ -93,21 +107,27 @@ pub(crate) fn raw(var: &Var, person_id: &str, params: &mut Params) -> String {
                     )
                 }
                 Some((v, date)) => {
-                    let filter =
-                        with_concept(format!("e.{} = p.{person_id}", person.sql()), params);
+                    let filter = with_concept(format!("e.{} IS NOT NULL", person.sql()), params);
                     let dir = match pick {
                         Pick::Latest => "DESC",
                         Pick::First => "ASC",
                     };
                     let v = v.ident.sql();
-                    // Ties on the date are broken by the value, so the
-                    // answer does not depend on the physical row order.
-                    format!(
-                        "(SELECT e.{v} FROM {} e WHERE {filter} AND e.{v} IS NOT NULL \
-                         ORDER BY e.{} {dir} NULLS LAST, e.{v} {dir} LIMIT 1)",
+                    // One ordered pass over the event table: each
+                    // patient's first row in (date, value) order, joined
+                    // to the person row; not a subquery per patient. Ties
+                    // on the date are broken by the value, so the answer
+                    // does not depend on the physical row order.
+                    let j = format!("j{}", params.1.len());
+                    params.1.push(format!(
+                        "LEFT JOIN (SELECT DISTINCT ON (e.{pc}) e.{pc} AS pid, e.{v} AS v FROM {} e \
+                         WHERE {filter} AND e.{v} IS NOT NULL \
+                         ORDER BY e.{pc}, e.{} {dir} NULLS LAST, e.{v} {dir}) {j} ON {j}.pid = p.{person_id}",
                         table.sql(),
-                        date.sql()
-                    )
+                        date.sql(),
+                        pc = person.sql(),
+                    ));
+                    format!("{j}.v")
                 }
             }
         }
@@ -118,6 +138,28 @@ pub(crate) fn raw(var: &Var, person_id: &str, params: &mut Params) -> String {
 /// text, date.
 pub(crate) fn value(var: &Var, person_id: &str, params: &mut Params) -> String {
     let r = raw(var, person_id, params);
+    if let Some(l) = &var.levels {
+        // The concept id's position among the listed ones picks its
+        // category; an id listed nowhere (0, "no matching concept",
+        // included) reads as missing. The raw value is read once.
+        let ids = params.push(Param::I64s(l.ids.clone()), "int8[]");
+        let labels = params.push(Param::Texts(l.labels.clone()), "text[]");
+        return format!("({labels})[array_position({ids}, ({r})::int8)]");
+    }
+    if let (Some(at), Source::Column(c)) = (var.age_at, &var.source) {
+        let at = params.push(Param::Text(at.to_string()), "date");
+        let age = match c.family {
+            // OHDSI's convention (ATLAS's age at index): the year's
+            // difference, whatever the month.
+            Family::Int => format!("(extract(year FROM {at})::int8 - ({r})::int8)"),
+            // Completed years from a birth date.
+            _ => format!("extract(year FROM age({at}, ({r})::date))::int8"),
+        };
+        return match var.kind {
+            VarType::Float => format!("({age})::float8"),
+            _ => age,
+        };
+    }
     if let (VarType::Boolean, Some(b)) = (var.kind, &var.booleans) {
         // Codes compared as text, as the file path does; the raw value (a
         // subquery for an event table) is read once: its position among
@@ -323,6 +365,8 @@ mod tests {
                 data_type: "text".into(),
             }),
             booleans: None,
+            levels: None,
+            age_at: None,
         }
     }
 
