@@ -13,6 +13,7 @@ use plexus_sandbox::synth::Patient;
 pub use plexus_sandbox::{self as sandbox, Sandbox, SandboxOptions};
 
 pub mod jobs;
+pub mod omop;
 pub mod pg;
 pub mod processes;
 pub mod reference;

