@@ -7,6 +7,10 @@
 #   - `helm lint --strict` and an offline `helm template` of both charts with
 #     several value sets (helm-python-sdk: the Helm SDK, no binary, no cluster)
 #   - kubernetes-validate --strict on every rendered manifest
+#   - deploy/omop/check-role.sh: the read-only role scripts
+#     (deploy/omop/readonly-role.sql, deploy/postgres/readonly-role.sql) run
+#     against the PostgreSQL server at $PLEXUS_TEST_DATABASE_URL; without
+#     psql or a server it prints a skip, under CI=true it fails
 #
 #   deploy/check.sh --install      install the tools (a Python venv) if missing, then check
 #   deploy/check.sh [OUT]          check; rendered manifests and configs go to OUT
@@ -70,5 +74,16 @@ echo "== kubernetes-validate --strict"
 mapfile -t manifests < <(find "$out/helm" -name '*.yaml' | sort)
 "$TOOLS/bin/kubernetes-validate" --strict --quiet "${manifests[@]}"
 echo "ok   ${#manifests[@]} manifests"
+
+echo "== read-only PostgreSQL roles (deploy/omop/check-role.sh)"
+set +e
+deploy/omop/check-role.sh
+status=$?
+set -e
+# 77: no psql or no server, and not under CI=true (where it exits 1).
+if [ "$status" -ne 0 ] && [ "$status" -ne 77 ]; then
+    echo "the read-only role scripts failed their checks (above)"
+    exit 1
+fi
 
 echo "deploy checks passed"

@@ -1,32 +1,132 @@
--- A read-only PostgreSQL role for a Plexus node (run as the warehouse owner
--- or a superuser, e.g. `psql -d cdm -v pw="'...'" -f readonly-role.sql`).
+-- A read-only PostgreSQL role for a Plexus node (run as a superuser, or a
+-- role with CREATEROLE that may grant SELECT on these tables, connected to
+-- the warehouse's database), e.g.
+--
+--   psql -X -v ON_ERROR_STOP=1 -d cdm -v db=cdm -v schema=public \
+--        -v role=plexus_node -v pw='...' -f readonly-role.sql
+--
+-- psql variables: db (the database connected to: checked, granted
+-- CONNECT), schema (data.postgres.schema), role (the user in
+-- data.postgres.url), pw (its password, which the node reads from
+-- password_file), and optionally alter (-v alter=1, below).
 --
 -- The node needs SELECT on the tables named in [data.postgres] (person,
 -- the event tables its variables come from, and the consent and opt-out
--- tables if consent lives in the database) and nothing else. Its sessions
--- also start with default_transaction_read_only = on and a
+-- tables if consent lives in the database) and nothing else: this script
+-- grants SCHEMA.person, measurement, condition_occurrence, observation,
+-- visit_occurrence, drug_exposure, observation_period, death, consent and
+-- opt_out. Adjust the list to the warehouse; every table on it must exist.
+-- Its sessions also start with default_transaction_read_only = on and a
 -- statement_timeout, and it warns at start-up when the role could write
--- (refuses with data.postgres.refuse_writable_role = true).
+-- (refuses with data.postgres.refuse_writable_role = true). For an OMOP
+-- CDM with its vocabulary in a schema of its own, use
+-- deploy/omop/readonly-role.sql.
+--
+-- All or nothing: one transaction that stops at the first error (psql
+-- exits 3), so a missing table leaves no role and no grant behind. -X
+-- skips ~/.psqlrc; the script sets ON_ERROR_ROLLBACK off itself.
+--
+-- A role of that name that exists already is an error: drop it first
+-- (DROP OWNED BY role; DROP ROLE role; in every database it has grants in),
+-- or rerun with -v alter=1, which keeps the role, sets its password and
+-- settings again, revokes whatever it may read in the schema and grants
+-- the list above.
+--
+-- The password travels in the CREATE ROLE statement: a server that logs
+-- DDL (log_statement = 'ddl' or 'all') writes it to its log. There, set a
+-- placeholder here and the real one afterwards with psql's \password.
 
-CREATE ROLE plexus_node LOGIN PASSWORD :pw
-    NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT NOREPLICATION
+\set ON_ERROR_STOP on
+\set ON_ERROR_ROLLBACK off
+
+-- Every variable must be set: psql would otherwise paste `:"role"` into
+-- the SQL as it is.
+\if :{?db} \else \echo 'readonly-role.sql: set the database connected to: -v db=NAME' \set missing 1 \endif
+\if :{?schema} \else \echo 'readonly-role.sql: set the schema of the tables: -v schema=NAME' \set missing 1 \endif
+\if :{?role} \else \echo 'readonly-role.sql: set the role to create: -v role=NAME' \set missing 1 \endif
+\if :{?pw} \else \echo 'readonly-role.sql: set its password: -v pw=PASSWORD' \set missing 1 \endif
+\if :{?alter} \else \set alter off \endif
+\if :alter \set alter on \else \set alter off \endif
+\if :{?missing}
+DO $$ BEGIN RAISE EXCEPTION 'readonly-role.sql: psql variables are missing (named above); nothing was changed'; END $$;
+\endif
+
+BEGIN;
+
+-- The checks a DO block makes, handed over as transaction-local settings
+-- (psql does not interpolate variables inside a dollar-quoted body).
+SELECT set_config('plexus_role.db', :'db', true) AS db_setting,
+       set_config('plexus_role.role', :'role', true) AS role_setting,
+       set_config('plexus_role.alter', :'alter', true) AS alter_setting
+\gset
+DO $check$
+DECLARE
+    db   text := current_setting('plexus_role.db');
+    r    text := current_setting('plexus_role.role');
+    alt  bool := current_setting('plexus_role.alter')::bool;
+    have pg_roles%ROWTYPE;
+BEGIN
+    IF db <> current_database() THEN
+        RAISE EXCEPTION 'readonly-role.sql: -v db=% but psql is connected to database %', db, current_database()
+            USING HINT = 'connect to the database the grants are for (psql -d ' || db || ') or correct -v db';
+    END IF;
+    SELECT * INTO have FROM pg_roles WHERE rolname = r;
+    IF FOUND AND NOT alt THEN
+        RAISE EXCEPTION 'readonly-role.sql: role % exists already; nothing was changed', r
+            USING HINT = 'drop it first (DROP OWNED BY ' || quote_ident(r) || '; DROP ROLE ' || quote_ident(r)
+                || ';) or rerun with -v alter=1 to reset its password, settings and grants';
+    END IF;
+    IF NOT FOUND AND alt THEN
+        RAISE EXCEPTION 'readonly-role.sql: -v alter=1 but role % does not exist; nothing was changed', r
+            USING HINT = 'leave out -v alter=1 to create it';
+    END IF;
+    IF FOUND AND (have.rolsuper OR have.rolreplication OR have.rolbypassrls) THEN
+        RAISE EXCEPTION 'readonly-role.sql: role % is a superuser, a replication role or bypasses row security; nothing was changed', r
+            USING HINT = 'a node needs a plain role: drop this one and create it again without -v alter=1';
+    END IF;
+END
+$check$;
+
+\if :alter
+ALTER ROLE :"role" WITH LOGIN PASSWORD :'pw'
+    NOCREATEDB NOCREATEROLE NOINHERIT
     CONNECTION LIMIT 8;
+-- Whatever it may read in the schema now, it reads only the list below.
+REVOKE ALL ON ALL TABLES IN SCHEMA :"schema" FROM :"role";
+REVOKE ALL ON ALL SEQUENCES IN SCHEMA :"schema" FROM :"role";
+\else
+-- NOINHERIT: a role it is later made a member of adds nothing to its
+-- sessions unless they SET ROLE (the node never does).
+-- CONNECTION LIMIT: data.postgres.pool_size (4) and the health probe.
+CREATE ROLE :"role" LOGIN PASSWORD :'pw'
+    NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT NOREPLICATION NOBYPASSRLS
+    CONNECTION LIMIT 8;
+\endif
 
 -- Belt and braces: even a session that forgets to ask is read only.
-ALTER ROLE plexus_node SET default_transaction_read_only = on;
-ALTER ROLE plexus_node SET statement_timeout = '60s';
+ALTER ROLE :"role" SET default_transaction_read_only = on;
+ALTER ROLE :"role" SET statement_timeout = '60s';
 
--- Adjust the database, schema and table names to the warehouse.
-GRANT CONNECT ON DATABASE cdm TO plexus_node;
-GRANT USAGE ON SCHEMA public TO plexus_node;
-GRANT SELECT ON public.person,
-                public.measurement,
-                public.condition_occurrence,
-                public.observation,
-                public.visit_occurrence,
-                public.consent,
-                public.opt_out
-    TO plexus_node;
+GRANT CONNECT ON DATABASE :"db" TO :"role";
+GRANT USAGE ON SCHEMA :"schema" TO :"role";
 
--- No default privileges, no sequences, no functions beyond what PUBLIC has.
-REVOKE CREATE ON SCHEMA public FROM plexus_node;
+GRANT SELECT ON TABLE :"schema".person,
+                      :"schema".measurement,
+                      :"schema".condition_occurrence,
+                      :"schema".observation,
+                      :"schema".visit_occurrence,
+                      :"schema".drug_exposure,
+                      :"schema".observation_period,
+                      :"schema".death,
+                      :"schema".consent,
+                      :"schema".opt_out
+    TO :"role";
+
+-- No CREATE in the schema it reads. (This revokes a grant to the role
+-- itself; a schema where PUBLIC may create, as `public` before PostgreSQL
+-- 15, needs REVOKE CREATE ON SCHEMA ... FROM PUBLIC by its owner.)
+REVOKE CREATE ON SCHEMA :"schema" FROM :"role";
+
+COMMIT;
+
+\echo 'readonly-role.sql: role' :"role" 'may read the 10 tables listed in its header, read only'
