@@ -452,6 +452,50 @@ async fn omop_mapping_check_reports_concepts_and_refuses_what_is_missing_naming_
         node.notices()
     );
 
+    // The same set exported from ATLAS (each item with its own flags; a
+    // name carrying SQL is only a name) finds the same patients; a cohort
+    // definition's set is picked by name.
+    let dir = tempfile::tempdir().unwrap();
+    let items = r#"[
+        {"concept": {"CONCEPT_ID": 1177480, "CONCEPT_NAME": "ibuprofen'); DROP TABLE cdm.person; --"},
+         "isExcluded": false, "includeDescendants": true, "includeMapped": false},
+        {"concept": {"CONCEPT_ID": 1118084}, "includeDescendants": true},
+        {"concept": {"CONCEPT_ID": 1124300}, "includeDescendants": true},
+        {"concept": {"CONCEPT_ID": 1118084}, "isExcluded": true, "includeDescendants": true}]"#;
+    let expression = dir.path().join("nsaid.json");
+    std::fs::write(&expression, format!(r#"{{"items": {items}}}"#)).unwrap();
+    let cohort = dir.path().join("cohort.json");
+    std::fs::write(
+        &cohort,
+        format!(
+            r#"{{"ConceptSets": [{{"id": 3, "name": "NSAIDs but celecoxib", "expression": {{"items": {items}}}}}],
+                "PrimaryCriteria": {{"CriteriaList": [{{"DrugExposure": {{"CodesetId": 3}}}}]}}}}"#
+        ),
+    )
+    .unwrap();
+    let inline = trues(
+        &open_with(kit_data(url)).await.unwrap(),
+        "nsaid_no_celecoxib",
+    )
+    .await;
+    assert!(inline > 100, "{inline}");
+    for (file, name) in [(&expression, None), (&cohort, Some("NSAIDs but celecoxib"))] {
+        let from_atlas = open_with(with("nsaid_no_celecoxib", &|s| {
+            s.concepts.clear();
+            s.exclude.clear();
+            s.descendants = false;
+            s.concept_set_file = Some(file.clone());
+            s.concept_set_name = name.map(str::to_string);
+        }))
+        .await
+        .unwrap();
+        assert_eq!(
+            trues(&from_atlas, "nsaid_no_celecoxib").await,
+            inline,
+            "{file:?}"
+        );
+    }
+
     // Refused, naming the field: a missing table, a missing column, a
     // vocabulary schema that is not there, a consent column that is not.
     let cases: Vec<(DataConfig, &str)> = vec![

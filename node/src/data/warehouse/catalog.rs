@@ -13,7 +13,7 @@ use plexus_core::{Dictionary, Error, Result, VarType};
 use sqlx::{PgPool, Row};
 
 use super::super::booleans::BooleanValues;
-use super::config::{ConceptSet, Pick, VariableSource, WarehouseConfig};
+use super::config::{ConceptItem, ConceptSet, Pick, VariableSource, WarehouseConfig};
 use super::db_error;
 
 /// A table or column name as the catalogue quoted it.
@@ -252,9 +252,9 @@ impl Vocabulary {
         })
     }
 
-    /// The concepts of a set: the listed ones and, with `descendants`,
-    /// every concept below them in `concept_ancestor`, less the excluded
-    /// ones (with theirs).
+    /// The concepts of a set: those taken in, each with every concept
+    /// below it in `concept_ancestor` where it says so, less those taken
+    /// out (likewise with theirs).
     async fn expand(
         &self,
         pool: &PgPool,
@@ -262,32 +262,45 @@ impl Vocabulary {
         set: &ConceptSet,
         at: &str,
     ) -> Result<Vec<i64>> {
-        let below = |ids: Vec<i64>| async move {
-            if !set.descendants || ids.is_empty() {
-                return Ok::<_, Error>(ids);
+        let side = |excluded: bool| {
+            let items: Vec<&ConceptItem> = set
+                .items
+                .iter()
+                .filter(|i| i.excluded == excluded)
+                .collect();
+            async move {
+                let mut ids: Vec<i64> = items.iter().map(|i| i.id).collect();
+                let above: Vec<i64> = items
+                    .iter()
+                    .filter(|i| i.descendants)
+                    .map(|i| i.id)
+                    .collect();
+                if above.is_empty() {
+                    return Ok::<_, Error>(ids);
+                }
+                let Some(a) = &self.ancestor else {
+                    return Err(Error::data(format!(
+                        "{at} takes descendants, which needs the vocabulary table concept_ancestor, which is not in schema {:?} (or the node's role may not read it); set data.postgres.vocabulary_schema to the vocabulary's schema and grant SELECT on it",
+                        self.schema
+                    )));
+                };
+                let below: Vec<i64> = sqlx::query_scalar(&format!(
+                    "SELECT DISTINCT descendant_concept_id::int8 FROM {} WHERE ancestor_concept_id = ANY($1::int8[])",
+                    a.ident.sql()
+                ))
+                .bind(&above)
+                .fetch_all(pool)
+                .await
+                .map_err(|e| db_error(host, e))?;
+                // concept_ancestor holds each standard concept as its own
+                // descendant (level 0), but not every vocabulary build
+                // does: the listed ids are in either way.
+                ids.extend(below);
+                Ok(ids)
             }
-            let Some(a) = &self.ancestor else {
-                return Err(Error::data(format!(
-                    "{at}.descendants = true needs the vocabulary table concept_ancestor, which is not in schema {:?} (or the node's role may not read it); set data.postgres.vocabulary_schema to the vocabulary's schema and grant SELECT on it",
-                    self.schema
-                )));
-            };
-            let mut out: Vec<i64> = sqlx::query_scalar(&format!(
-                "SELECT DISTINCT descendant_concept_id::int8 FROM {} WHERE ancestor_concept_id = ANY($1::int8[])",
-                a.ident.sql()
-            ))
-            .bind(&ids)
-            .fetch_all(pool)
-            .await
-            .map_err(|e| db_error(host, e))?;
-            // concept_ancestor holds each standard concept as its own
-            // descendant (level 0), but not every vocabulary build does.
-            out.extend(ids);
-            Ok(out)
         };
-        let include = below(set.include.clone()).await?;
-        let exclude: std::collections::BTreeSet<i64> =
-            below(set.exclude.clone()).await?.into_iter().collect();
+        let include = side(false).await?;
+        let exclude: std::collections::BTreeSet<i64> = side(true).await?.into_iter().collect();
         let mut ids: Vec<i64> = include
             .into_iter()
             .filter(|i| !exclude.contains(i))
@@ -550,7 +563,15 @@ pub(crate) async fn map_variables(
                         pc.data_type, id.data_type
                     )));
                 }
-                let concept = match (concept_column, src.concept_set()) {
+                let set = match &src.concept_set_file {
+                    Some(path) => Some(super::atlas::read(
+                        path,
+                        src.concept_set_name.as_deref(),
+                        &at,
+                    )?),
+                    None => src.concept_set(),
+                };
+                let concept = match (concept_column, set) {
                     (Some(c), Some(set)) => {
                         let col = table.column(
                             c,
@@ -558,20 +579,26 @@ pub(crate) async fn map_variables(
                             &format!("{at}.concept_column"),
                             "integer concept ids",
                         )?;
-                        let listed: Vec<i64> =
-                            set.include.iter().chain(&set.exclude).copied().collect();
-                        vocab
-                            .check(
-                                pool,
-                                host,
-                                &listed,
-                                c,
-                                expected_domain(t, c),
-                                set.descendants,
-                                &format!("{at}.concepts"),
-                                findings,
-                            )
-                            .await?;
+                        for descendants in [false, true] {
+                            let listed: Vec<i64> = set
+                                .items
+                                .iter()
+                                .filter(|i| i.descendants == descendants)
+                                .map(|i| i.id)
+                                .collect();
+                            vocab
+                                .check(
+                                    pool,
+                                    host,
+                                    &listed,
+                                    c,
+                                    expected_domain(t, c),
+                                    descendants,
+                                    &format!("{at}.concepts"),
+                                    findings,
+                                )
+                                .await?;
+                        }
                         let ids = vocab.expand(pool, host, &set, &at).await?;
                         if ids.is_empty() {
                             return Err(Error::invalid(format!(
@@ -594,19 +621,11 @@ pub(crate) async fn map_variables(
                             true
                         });
                         if !any {
-                            let hint = match set.descendants {
+                            let hint = match set.items.iter().all(|i| i.descendants) {
                                 true => String::new(),
                                 false => {
                                     let more = vocab
-                                        .expand(
-                                            pool,
-                                            host,
-                                            &ConceptSet {
-                                                descendants: true,
-                                                ..set.clone()
-                                            },
-                                            &at,
-                                        )
+                                        .expand(pool, host, &set.with_descendants(), &at)
                                         .await
                                         .map(|all| all.len().saturating_sub(ids.len()))
                                         .unwrap_or(0);

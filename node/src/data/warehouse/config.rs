@@ -148,6 +148,15 @@ pub struct VariableSource {
     /// Concepts taken out of the set.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub exclude: Vec<i64>,
+    /// A concept set exported from OHDSI ATLAS (JSON): a concept set
+    /// expression (`{"items": [...]}`), or a cohort definition (Circe
+    /// JSON) with `concept_set_name` naming one of its `ConceptSets`.
+    /// Instead of `concepts`, `descendants` and `exclude`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concept_set_file: Option<PathBuf>,
+    /// Which concept set of a cohort definition `concept_set_file` holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concept_set_name: Option<String>,
     /// A categorical variable held as concept ids: each dictionary
     /// category and the concept ids that mean it; any other id reads as
     /// missing.
@@ -228,7 +237,12 @@ impl WarehouseConfig {
     /// Resolves relative paths against `base`, the config file's directory.
     pub fn resolve(&self, base: &Path) -> Self {
         let r = |p: &Option<PathBuf>| p.as_ref().map(|p| super::super::config::resolve(base, p));
+        let mut variables = self.variables.clone();
+        for v in variables.values_mut() {
+            v.concept_set_file = r(&v.concept_set_file);
+        }
         WarehouseConfig {
+            variables,
             url_file: r(&self.url_file),
             password_file: r(&self.password_file),
             ca: r(&self.ca),
@@ -325,17 +339,21 @@ impl VariableSource {
     /// The concept set this variable's event rows are restricted to, as
     /// configured (before the vocabulary expands it).
     pub fn concept_set(&self) -> Option<ConceptSet> {
-        let include: Vec<i64> = self
+        let item = |excluded: bool| {
+            move |id: &i64| ConceptItem {
+                id: *id,
+                descendants: self.descendants,
+                excluded,
+            }
+        };
+        let items: Vec<ConceptItem> = self
             .concept_id
             .iter()
             .chain(&self.concepts)
-            .copied()
+            .map(item(false))
+            .chain(self.exclude.iter().map(item(true)))
             .collect();
-        (!include.is_empty()).then(|| ConceptSet {
-            include,
-            exclude: self.exclude.clone(),
-            descendants: self.descendants,
-        })
+        (!items.is_empty()).then_some(ConceptSet { items })
     }
 
     /// The date of `age_at`, checked by `validate`.
@@ -391,7 +409,23 @@ impl VariableSource {
         let has_set = self.concept_id.is_some()
             || !self.concepts.is_empty()
             || !self.exclude.is_empty()
-            || self.descendants;
+            || self.descendants
+            || self.concept_set_file.is_some();
+        if self.concept_set_file.is_some()
+            && (self.concept_id.is_some()
+                || !self.concepts.is_empty()
+                || !self.exclude.is_empty()
+                || self.descendants)
+        {
+            return Err(Error::invalid(format!(
+                "{at}.concept_set_file gives the whole set (each concept with its own descendants and exclusion flags); remove concepts, concept_id, exclude and descendants"
+            )));
+        }
+        if self.concept_set_name.is_some() && self.concept_set_file.is_none() {
+            return Err(Error::invalid(format!(
+                "{at}.concept_set_name names a concept set of a cohort definition; give the file as concept_set_file"
+            )));
+        }
         match (&self.column, &self.table) {
             (Some(c), None) => {
                 check_name(&format!("{at}.column"), c)?;
@@ -413,7 +447,9 @@ impl VariableSource {
                         "{at} gives both concept_id and concepts; list every concept under concepts"
                     )));
                 }
-                let listed = self.concept_id.is_some() || !self.concepts.is_empty();
+                let listed = self.concept_id.is_some()
+                    || !self.concepts.is_empty()
+                    || self.concept_set_file.is_some();
                 if self.concept_column.is_some() != listed {
                     return Err(Error::invalid(format!(
                         "{at}: concept_column and concepts (or concept_id) go together; give both or neither"
@@ -459,13 +495,42 @@ impl VariableSource {
     }
 }
 
-/// A concept set as configured: the listed concepts, the excluded ones,
-/// and whether both take their descendants.
+/// One concept of a set, with the flags OHDSI ATLAS gives each item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConceptItem {
+    pub id: i64,
+    /// Also every concept below it in `concept_ancestor`.
+    pub descendants: bool,
+    /// Taken out of the set (with its descendants when `descendants`).
+    pub excluded: bool,
+}
+
+/// A concept set as configured (before the vocabulary expands it): the
+/// concepts taken in, and those taken out again.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConceptSet {
-    pub include: Vec<i64>,
-    pub exclude: Vec<i64>,
-    pub descendants: bool,
+    pub items: Vec<ConceptItem>,
+}
+
+impl ConceptSet {
+    /// Every concept listed, taken in or out.
+    pub fn listed(&self) -> Vec<i64> {
+        self.items.iter().map(|i| i.id).collect()
+    }
+
+    /// The same set with every item taking its descendants.
+    pub fn with_descendants(&self) -> ConceptSet {
+        ConceptSet {
+            items: self
+                .items
+                .iter()
+                .map(|i| ConceptItem {
+                    descendants: true,
+                    ..*i
+                })
+                .collect(),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -533,9 +598,19 @@ mod tests {
         let pg = d.postgres.unwrap();
         assert_eq!(pg.vocabulary_schema(), "vocab");
         let set = pg.variables["nsaid"].concept_set().unwrap();
-        assert_eq!(set.include, [1177480, 1118084]);
-        assert_eq!(set.exclude, [1118084]);
-        assert!(set.descendants);
+        let item = |id, excluded| ConceptItem {
+            id,
+            descendants: true,
+            excluded,
+        };
+        assert_eq!(
+            set.items,
+            [
+                item(1177480, false),
+                item(1118084, false),
+                item(1118084, true)
+            ]
+        );
         assert_eq!(
             pg.variables["age"].age_date(),
             chrono::NaiveDate::from_ymd_opt(2019, 12, 31)
@@ -554,7 +629,7 @@ mod tests {
         let pg = d.postgres.unwrap();
         assert_eq!(pg.vocabulary_schema(), "public");
         assert_eq!(
-            pg.variables["diabetes"].concept_set().unwrap().include,
+            pg.variables["diabetes"].concept_set().unwrap().listed(),
             [201826]
         );
     }

@@ -13,6 +13,7 @@
 //! node degraded, and the pool reconnects by itself once the database is
 //! back.
 
+mod atlas;
 mod catalog;
 mod compute;
 pub mod config;
@@ -29,7 +30,10 @@ use plexus_core::{Dictionary, Error, ErrorCode, Purpose, Query, RawStats, Result
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgSslMode};
 use sqlx::{PgPool, Row};
 
-pub use config::{ConsentTables, PersonTable, Pick, SslMode, VariableSource, WarehouseConfig};
+pub use config::{
+    ConceptItem, ConceptSet, ConsentTables, PersonTable, Pick, SslMode, VariableSource,
+    WarehouseConfig,
+};
 pub(crate) use sql::Param;
 
 use super::config::ConsentConfig;
