@@ -83,12 +83,16 @@ Output
       end; time = days from index to the first such date;
     - otherwise event = 0 and time = days from index to end (censored;
       0 when the index is the period's last day);
-    - covariates: age, sex_M and celecoxib_index, which is 1 when the person
-      has a drug_exposure row of descendants(1118084) starting on the index
-      date, else 0.
+    - covariates: age, sex_M and celecoxib (the boolean above, ever);
+    - stratified by site (the i-th URL holds person_id % N == i), as a
+      federated Cox model is: each node is its own stratum;
+    - fitted to a change in log-likelihood below 1e-12 (lifelines'
+      ``precision``).
 
-    Output: ``names`` (age, sex_M, celecoxib_index), ``coef`` (log hazard
-    ratios), ``se``, ``n`` and ``events``.
+    Output: ``names`` (age, sex_M, celecoxib), ``coef`` (log hazard
+    ratios), ``se``, ``n``, ``events``, and ``followup``: over every
+    consenting person with an index in an observation period, ``n``, the
+    sum of ``time`` (``days``) and the number of events.
 ``sites``
     In URL order, ``{"consenting": n, "counts": {...}}`` computed on that
     database alone.
@@ -239,7 +243,7 @@ def logit(p):
     }
 
 
-def cox(d, p):
+def cox(d, p, sites):
     sets = concept_sets(d["ancestor"])
     index_drugs = sets["ibuprofen"][1] | sets["celecoxib"][1] | sets["diclofenac"][1] | sets["acetaminophen"][1]
     drug = d["drug"][d["drug"]["concept_id"].isin(index_drugs)]
@@ -264,24 +268,33 @@ def cox(d, p):
     c["event"] = c["event_date"].notna().astype(int)
     c["time"] = (c["event_date"].fillna(c["end"]) - c["index"]).dt.days.astype(float)
 
-    x = p.dropna(subset=["age", "sex"])[["person_id", "age", "sex"]].merge(c, on="person_id")
+    followed = p[["person_id"]].merge(c, on="person_id")
+    x = p.dropna(subset=["age", "sex"])[["person_id", "age", "sex", "celecoxib"]].merge(c, on="person_id")
     data = pd.DataFrame(
         {
             "time": x["time"],
             "event": x["event"],
             "age": x["age"].astype(float),
             "sex_M": (x["sex"] == "M").astype(float),
-            "celecoxib_index": x["celecoxib_index"],
+            "celecoxib": x["celecoxib"].astype(float),
+            "site": (x["person_id"] % sites).astype(int),
         }
     )
-    fit = CoxPHFitter().fit(data, duration_col="time", event_col="event")
-    names = ["age", "sex_M", "celecoxib_index"]
+    fit = CoxPHFitter().fit(
+        data, duration_col="time", event_col="event", strata=["site"], fit_options={"precision": 1e-12}
+    )
+    names = ["age", "sex_M", "celecoxib"]
     return {
         "names": names,
         "coef": [float(fit.params_[n]) for n in names],
         "se": [float(fit.standard_errors_[n]) for n in names],
         "n": int(len(data)),
         "events": int(data["event"].sum()),
+        "followup": {
+            "n": int(len(followed)),
+            "days": float(followed["time"].sum()),
+            "events": int(followed["event"].sum()),
+        },
     }
 
 
@@ -300,7 +313,7 @@ def main(urls):
         "age": age_summary(p),
         "sex_table": {s: int(sex.get(s, 0)) for s in ("F", "M")},
         "logit": logit(p),
-        "cox": cox(d, p),
+        "cox": cox(d, p, len(urls)),
         "sites": [],
     }
     for site in sites:

@@ -21,7 +21,8 @@
 use std::sync::Arc;
 
 use chrono::NaiveDate;
-use plexus_core::models::fit::{fit_locally, IterativeFit};
+use plexus_core::models::cox::{CoxFitter, CoxStats, Ties};
+use plexus_core::models::fit::{fit_locally, IterativeFit, RoundStats};
 use plexus_core::models::glm::{FitOptions, GlmFitter};
 use plexus_core::{Dictionary, Purpose, Query, RawStats};
 use plexus_node::data::warehouse::VariableSource;
@@ -306,13 +307,10 @@ async fn omop_concept_sets_derived_variables_and_a_logistic_model_equal_the_pool
     let handle = tokio::runtime::Handle::current();
     let fit = tokio::task::block_in_place(|| {
         fit_locally(fitter, |it| {
-            let mut total =
-                <plexus_core::models::glm::GlmStats as plexus_core::models::fit::RoundStats>::zero(
-                    p,
-                );
+            let mut total = <plexus_core::models::glm::GlmStats as RoundStats>::zero(p);
             for node in &nodes {
                 match handle.block_on(node.compute(&q, &research(), day(), limits(), Some(it)))? {
-                    RawStats::Glm(g) => plexus_core::models::fit::RoundStats::merge(&mut total, &g),
+                    RawStats::Glm(g) => RoundStats::merge(&mut total, &g),
                     other => panic!("glm round: {other:?}"),
                 }
             }
@@ -351,6 +349,82 @@ async fn omop_concept_sets_derived_variables_and_a_logistic_model_equal_the_pool
         "{} {lr}",
         fit.deviance
     );
+
+    // A follow-up derived from dates (first NSAID exposure to the first GI
+    // bleed after it, or to the end of observation): its pooled sums and
+    // events against pandas, then a Cox model on it against lifelines
+    // (stratified by site, as a federated Cox model is).
+    let cox = &reference["cox"];
+    let q = Query::from_json(r#"{"analysis": {"summary": {"variable": "bleed_followup_days"}}}"#)
+        .unwrap();
+    let mut m = plexus_core::Moments::default();
+    for node in &nodes {
+        match node.compute(&q, &research(), day(), limits(), None).await {
+            Ok(RawStats::Summary(sums)) => m.merge(&sums.moments),
+            other => panic!("follow-up summary: {other:?}"),
+        }
+    }
+    assert_eq!(m.n, cox["followup"]["n"].as_u64().unwrap());
+    assert_eq!(m.sum, cox["followup"]["days"].as_f64().unwrap());
+    let mut events = 0;
+    for node in &nodes {
+        events += trues(node, "bleed_after_index").await;
+    }
+    assert_eq!(events, cox["followup"]["events"].as_u64().unwrap());
+
+    let q = Query::from_json(
+        r#"{"analysis": {"cox": {"time": "bleed_followup_days", "event": "bleed_after_index",
+                                  "covariates": ["age", "sex", "celecoxib"], "ties": "efron"}}}"#,
+    )
+    .unwrap();
+    let names: Vec<String> = q
+        .analysis
+        .terms(&dict)
+        .unwrap()
+        .iter()
+        .map(|t| t.name())
+        .collect();
+    let fitter = CoxFitter::new(
+        "bleed_followup_days".into(),
+        "bleed_after_index".into(),
+        names,
+        Ties::Efron,
+        FitOptions {
+            tolerance: 1e-12,
+            max_iterations: 50,
+        },
+    );
+    let p = fitter.parameters();
+    let fit = tokio::task::block_in_place(|| {
+        fit_locally(fitter, |it| {
+            let mut total = <CoxStats as RoundStats>::zero(p);
+            for node in &nodes {
+                match handle.block_on(node.compute(&q, &research(), day(), limits(), Some(it)))? {
+                    RawStats::Cox(c) => RoundStats::merge(&mut total, &c),
+                    other => panic!("cox round: {other:?}"),
+                }
+            }
+            Ok(total)
+        })
+    })
+    .unwrap();
+    assert_eq!(fit.n, cox["n"].as_u64().unwrap());
+    assert_eq!(fit.events, cox["events"].as_u64().unwrap());
+    let coef: Vec<f64> = serde_json::from_value(cox["coef"].clone()).unwrap();
+    let se: Vec<f64> = serde_json::from_value(cox["se"].clone()).unwrap();
+    assert_eq!(fit.coefficients.len(), coef.len());
+    for (i, c) in fit.coefficients.iter().enumerate() {
+        assert!(
+            (c.estimate - coef[i]).abs() <= 1e-6 * (1.0 + coef[i].abs())
+                && (c.std_error - se[i]).abs() <= 1e-6 * (1.0 + se[i].abs()),
+            "{}: {} ({}) against lifelines {} ({})",
+            c.term,
+            c.estimate,
+            c.std_error,
+            coef[i],
+            se[i]
+        );
+    }
 
     for db in s.dbs {
         db.drop_now().await;
@@ -533,6 +607,16 @@ async fn omop_mapping_check_reports_concepts_and_refuses_what_is_missing_naming_
                 d
             },
             "data.postgres.consent.purposes",
+        ),
+        (
+            with("bleed_followup_days", &|s| {
+                s.time_to_event.as_mut().unwrap().origin = "age".into();
+            }),
+            "variables.bleed_followup_days.time_to_event.origin",
+        ),
+        (
+            with("gi_bleed", &|s| s.date_column = None),
+            "variables.bleed_after_index.time_to_event.event",
         ),
         (
             with("sex", &|s| {

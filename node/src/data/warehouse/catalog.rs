@@ -161,6 +161,19 @@ pub(crate) enum Source {
         /// presence of a row (a boolean).
         value: Option<(Column, Ident)>,
         pick: Pick,
+        /// A presence's date column, for a follow-up that ends at it.
+        dated: Option<Ident>,
+    },
+    /// Follow-up from an origin date to the first row of an event after it
+    /// or to a censoring date: the days, or (`flag`) whether the event came.
+    TimeTo {
+        origin: Box<Var>,
+        censor: Box<Var>,
+        table: Ident,
+        person: Ident,
+        concept: Option<(Ident, Vec<i64>)>,
+        date: Ident,
+        flag: bool,
     },
 }
 
@@ -452,6 +465,7 @@ pub(crate) async fn map_variables(
     findings: &mut Findings,
 ) -> Result<(BTreeMap<String, Var>, Vec<Table>)> {
     let vocab = Vocabulary::load(pool, host, cfg).await?;
+    let mut derived: Vec<(&String, VarType)> = Vec::new();
     let mut out = BTreeMap::new();
     let mut tables: Vec<Table> = Vec::new();
     for (name, src) in &cfg.variables {
@@ -644,6 +658,14 @@ pub(crate) async fn map_variables(
                     }
                     _ => None,
                 };
+                let dated = match (value, date_column) {
+                    (None, Some(d)) => Some(
+                        table
+                            .column(d, &[Family::Date], &format!("{at}.date_column"), "dates")?
+                            .ident,
+                    ),
+                    _ => None,
+                };
                 let value = match (value, date_column) {
                     (Some(val), Some(d)) => {
                         if let Some(l) = &levels {
@@ -683,7 +705,16 @@ pub(crate) async fn map_variables(
                     concept,
                     value,
                     pick: *pick,
+                    dated,
                 }
+            }
+            VariableSource {
+                time_to_event: Some(_),
+                ..
+            } => {
+                // Once every variable it names is mapped.
+                derived.push((name, v.kind));
+                continue;
             }
             _ => {
                 return Err(Error::internal(
@@ -702,7 +733,84 @@ pub(crate) async fn map_variables(
             },
         );
     }
+    for (name, kind) in derived {
+        let var = time_to_event(name, kind, &cfg.variables[name], &out, dict)?;
+        out.insert(name.clone(), var);
+    }
     Ok((out, tables))
+}
+
+/// A `time_to_event` variable from the mapped variables it names.
+fn time_to_event(
+    name: &str,
+    kind: VarType,
+    src: &VariableSource,
+    mapped: &BTreeMap<String, Var>,
+    dict: &Dictionary,
+) -> Result<Var> {
+    let at = format!("data.postgres.variables.{name}.time_to_event");
+    let t = src
+        .time_to_event
+        .as_ref()
+        .ok_or_else(|| Error::internal("not a time_to_event variable"))?;
+    let flag = match kind {
+        VarType::Boolean => true,
+        VarType::Integer | VarType::Float => false,
+        other => {
+            return Err(Error::invalid(format!(
+                "{at}: \"{name}\" is {other}; a follow-up is a number of days (integer or float) or whether the event came (boolean)"
+            )))
+        }
+    };
+    let get = |key: &str, var: &str| {
+        dict.get(var)
+            .map_err(|e| Error::invalid(format!("{at}.{key}: {}", e.message)))?;
+        mapped.get(var).ok_or_else(|| {
+            Error::invalid(format!(
+                "{at}.{key} names \"{var}\", which this node does not map (or which is itself derived); map it under [data.postgres.variables]"
+            ))
+        })
+    };
+    let date = |key: &str, var: &str| -> Result<Box<Var>> {
+        let v = get(key, var)?;
+        if v.kind != VarType::Date {
+            return Err(Error::invalid(format!(
+                "{at}.{key} names \"{var}\", which is {}; it must be a date (such as the first date of a concept set: value and date_column both the event's date, pick = \"first\")",
+                v.kind
+            )));
+        }
+        Ok(Box::new(v.clone()))
+    };
+    let (origin, censor) = (date("origin", &t.origin)?, date("censor", &t.censor)?);
+    let event = get("event", &t.event)?;
+    match &event.source {
+        Source::Event {
+            table,
+            person,
+            concept,
+            value: None,
+            dated: Some(d),
+            ..
+        } => Ok(Var {
+            kind,
+            source: Source::TimeTo {
+                origin,
+                censor,
+                table: table.clone(),
+                person: person.clone(),
+                concept: concept.clone(),
+                date: d.clone(),
+                flag,
+            },
+            booleans: None,
+            levels: None,
+            age_at: None,
+        }),
+        _ => Err(Error::invalid(format!(
+            "{at}.event names \"{}\", which is not the presence of an event table with its date; map it with table, concept_column, concepts and date_column (the event's date)",
+            t.event
+        ))),
+    }
 }
 
 /// The person table and its id column.

@@ -169,8 +169,15 @@ pub struct VariableSource {
     pub age_at: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value: Option<String>,
+    /// The row's date: picks the latest or first `value`; without `value`,
+    /// the dates of a presence (boolean) that `time_to_event` reads.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub date_column: Option<String>,
+    /// Derived from other mapped variables: follow-up from an origin date
+    /// to the first event after it or to a censoring date. A numeric
+    /// variable gets the days, a boolean whether the event came first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_to_event: Option<TimeToEvent>,
     #[serde(default)]
     pub pick: Pick,
     /// A boolean held as codes (a text or integer column or value): the
@@ -426,6 +433,30 @@ impl VariableSource {
                 "{at}.concept_set_name names a concept set of a cohort definition; give the file as concept_set_file"
             )));
         }
+        if let Some(t) = &self.time_to_event {
+            let derived_only = VariableSource {
+                time_to_event: Some(t.clone()),
+                person_column: self.person_column.clone(),
+                ..Default::default()
+            };
+            if *self != derived_only {
+                return Err(Error::invalid(format!(
+                    "{at}.time_to_event derives the variable from others; remove the other keys of {at}"
+                )));
+            }
+            for (key, name) in [
+                ("origin", &t.origin),
+                ("event", &t.event),
+                ("censor", &t.censor),
+            ] {
+                if name.is_empty() {
+                    return Err(Error::invalid(format!(
+                        "{at}.time_to_event.{key} is empty; name a mapped variable"
+                    )));
+                }
+            }
+            return Ok(());
+        }
         match (&self.column, &self.table) {
             (Some(c), None) => {
                 check_name(&format!("{at}.column"), c)?;
@@ -477,11 +508,7 @@ impl VariableSource {
                             }
                         )))
                     }
-                    (None, Some(_)) => {
-                        return Err(Error::invalid(format!(
-                            "{at}.date_column is set without value; name the value column, or drop date_column to map a presence (boolean)"
-                        )))
-                    }
+                    (None, Some(d)) => check_name(&format!("{at}.date_column"), d)?,
                     (None, None) => {}
                 }
             }
@@ -493,6 +520,22 @@ impl VariableSource {
         }
         Ok(())
     }
+}
+
+/// `time_to_event = { origin = "...", event = "...", censor = "..." }`:
+/// names of mapped variables. `origin` and `censor` are dates (such as the
+/// first exposure of a concept set, and the end of observation); `event` is
+/// a presence of an event table with its `date_column`. The event counts
+/// when one of its rows falls after the origin and on or before the
+/// censoring date; follow-up ends at the first such row, or else at the
+/// censoring date. A patient without an origin or a censoring date, or
+/// censored before the origin, is missing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimeToEvent {
+    pub origin: String,
+    pub event: String,
+    pub censor: String,
 }
 
 /// One concept of a set, with the flags OHDSI ATLAS gives each item.
@@ -592,6 +635,8 @@ mod tests {
             sex = { column = "gender_concept_id", levels = { F = [8532], M = [8507] } }
             age = { column = "year_of_birth", age_at = "2019-12-31" }
             nsaid = { table = "drug_exposure", concept_column = "drug_concept_id", concepts = [1177480, 1118084], exclude = [1118084], descendants = true }
+            bleed = { table = "condition_occurrence", concept_column = "condition_concept_id", concepts = [192671], date_column = "condition_start_date" }
+            followup = { time_to_event = { origin = "nsaid_index", event = "bleed", censor = "observation_end" } }
         "#;
         let d: DataConfig = toml::from_str(text).unwrap();
         d.validate().unwrap();
@@ -614,6 +659,14 @@ mod tests {
         assert_eq!(
             pg.variables["age"].age_date(),
             chrono::NaiveDate::from_ymd_opt(2019, 12, 31)
+        );
+        assert_eq!(
+            pg.variables["followup"].time_to_event,
+            Some(TimeToEvent {
+                origin: "nsaid_index".into(),
+                event: "bleed".into(),
+                censor: "observation_end".into()
+            })
         );
         let c = pg.consent.unwrap();
         assert_eq!(
@@ -685,6 +738,18 @@ mod tests {
             (
                 "\n[postgres.variables.htn]\ncolumn = \"c\"\ndescendants = true",
                 "event-table keys",
+            ),
+            (
+                "\n[postgres.variables.bmi]\ntime_to_event = { origin = \"a\", event = \"b\", censor = \"c\" }\ntable = \"x\"",
+                "time_to_event derives the variable from others",
+            ),
+            (
+                "\n[postgres.variables.bmi]\ntime_to_event = { origin = \"\", event = \"b\", censor = \"c\" }",
+                "time_to_event.origin is empty",
+            ),
+            (
+                "\n[postgres.variables.bmi]\ntime_to_event = { origin = \"a\", event = \"b\" }",
+                "censor",
             ),
             (
                 "\n[postgres.variables.sex]\ncolumn = \"g\"\nlevels = { F = [8532], M = [8532] }",

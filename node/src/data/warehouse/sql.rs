@@ -72,12 +72,41 @@ impl Params {
 pub(crate) fn raw(var: &Var, person_id: &str, params: &mut Params) -> String {
     match &var.source {
         Source::Column(c) => format!("p.{}", c.ident.sql()),
+        Source::TimeTo {
+            origin,
+            censor,
+            table,
+            person,
+            concept,
+            date,
+            flag,
+        } => {
+            let o = value(origin, person_id, params);
+            let c = value(censor, person_id, params);
+            let mut filter = format!("e.{} = p.{person_id}", person.sql());
+            if let Some((col, ids)) = concept {
+                let ph = params.push(Param::I64s(ids.clone()), "int8[]");
+                let _ = write!(filter, " AND e.{} = ANY({ph})", col.sql());
+            }
+            let d = format!("(e.{})::date", date.sql());
+            // The first event after the origin, up to the censoring date.
+            let event = format!(
+                "(SELECT min({d}) FROM {} e WHERE {filter} AND {d} > {o} AND {d} <= {c})",
+                table.sql()
+            );
+            let known = format!("{o} IS NOT NULL AND {c} IS NOT NULL AND {c} >= {o}");
+            match flag {
+                true => format!("(CASE WHEN {known} THEN {event} IS NOT NULL END)"),
+                false => format!("(CASE WHEN {known} THEN coalesce({event}, {c}) - {o} END)"),
+            }
+        }
         Source::Event {
             table,
             person,
             concept,
             value,
             pick,
+            ..
         } => {
             let with_concept = |mut filter: String, params: &mut Params| {
                 if let Some((col, ids)) = concept {
