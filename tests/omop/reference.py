@@ -295,6 +295,26 @@ def cox(d, p, sites):
             "days": float(followed["time"].sum()),
             "events": int(followed["event"].sum()),
         },
+        "windows": windows(d, p, index, cond),
+    }
+
+
+def windows(d, p, index, cond):
+    """Over consenting persons with an index (their first index-drug
+    exposure, whatever the observation period): ``bleed_within_year``, the
+    number with a gi_bleed condition_start_date from index + 1 to index +
+    365 days; ``observed_before_index``, ``n`` and ``sum`` of index minus
+    the start of their first observation period (in days)."""
+    x = p[["person_id"]].merge(index[["person_id", "index"]], on="person_id")
+    c = cond.merge(x, on="person_id")
+    days = (c["start_date"] - c["index"]).dt.days
+    within = set(c.loc[(days >= 1) & (days <= 365), "person_id"])
+    start = d["period"].groupby("person_id", as_index=False)["period_start"].min()
+    o = x.merge(start, on="person_id")
+    before = (o["index"] - o["period_start"]).dt.days
+    return {
+        "bleed_within_year": len(within),
+        "observed_before_index": {"n": int(len(o)), "sum": float(before.sum())},
     }
 
 

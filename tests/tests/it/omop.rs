@@ -10,6 +10,12 @@
 //! - counts, the derived age's sums, the sex table (categories from
 //!   concept ids) and a logistic model on OMOP-derived variables equal
 //!   pandas and statsmodels on the pooled rows (`tests/omop/reference.py`);
+//! - a follow-up derived from dates (first NSAID to first GI bleed or end
+//!   of observation), a window after that index and the days observed
+//!   before it equal pandas, and a Cox model on the follow-up equals
+//!   lifelines (stratified by site);
+//! - concept sets exported from ATLAS find the same patients as the
+//!   same sets written in node.toml;
 //! - the start-up check reports concepts that are not in the vocabulary,
 //!   not standard or of another domain, keeps "matches no row" to the
 //!   node's own log, and refuses a mapping naming a missing table, column
@@ -371,6 +377,29 @@ async fn omop_concept_sets_derived_variables_and_a_logistic_model_equal_the_pool
         events += trues(node, "bleed_after_index").await;
     }
     assert_eq!(events, cox["followup"]["events"].as_u64().unwrap());
+
+    // A window after the index, and the days between two dates.
+    let windows = &cox["windows"];
+    let mut within = 0;
+    for node in &nodes {
+        within += trues(node, "bleed_within_year").await;
+    }
+    assert_eq!(within, windows["bleed_within_year"].as_u64().unwrap());
+    assert!(within > 5, "{within}");
+    let q = Query::from_json(r#"{"analysis": {"summary": {"variable": "observed_before_index"}}}"#)
+        .unwrap();
+    let mut m = plexus_core::Moments::default();
+    for node in &nodes {
+        match node.compute(&q, &research(), day(), limits(), None).await {
+            Ok(RawStats::Summary(sums)) => m.merge(&sums.moments),
+            other => panic!("observed_before_index: {other:?}"),
+        }
+    }
+    assert_eq!(m.n, windows["observed_before_index"]["n"].as_u64().unwrap());
+    assert_eq!(
+        m.sum,
+        windows["observed_before_index"]["sum"].as_f64().unwrap()
+    );
 
     let q = Query::from_json(
         r#"{"analysis": {"cox": {"time": "bleed_followup_days", "event": "bleed_after_index",

@@ -169,12 +169,31 @@ pub(crate) enum Source {
     TimeTo {
         origin: Box<Var>,
         censor: Box<Var>,
-        table: Ident,
-        person: Ident,
-        concept: Option<(Ident, Vec<i64>)>,
-        date: Ident,
+        event: Dated,
         flag: bool,
     },
+    /// Whether the patient has a row of an event from `origin + from` to
+    /// `origin + to` days.
+    Window {
+        origin: Box<Var>,
+        event: Dated,
+        from: i32,
+        to: i32,
+    },
+    /// `to - from`, two dates, in days.
+    DaysBetween {
+        from: Box<Var>,
+        to: Box<Var>,
+    },
+}
+
+/// An event table's rows of one concept set, with their date.
+#[derive(Debug, Clone)]
+pub(crate) struct Dated {
+    pub table: Ident,
+    pub person: Ident,
+    pub concept: Option<(Ident, Vec<i64>)>,
+    pub date: Ident,
 }
 
 /// A dictionary variable as this warehouse holds it.
@@ -711,6 +730,13 @@ pub(crate) async fn map_variables(
             VariableSource {
                 time_to_event: Some(_),
                 ..
+            }
+            | VariableSource {
+                window: Some(_), ..
+            }
+            | VariableSource {
+                days_between: Some(_),
+                ..
             } => {
                 // Once every variable it names is mapped.
                 derived.push((name, v.kind));
@@ -734,83 +760,115 @@ pub(crate) async fn map_variables(
         );
     }
     for (name, kind) in derived {
-        let var = time_to_event(name, kind, &cfg.variables[name], &out, dict)?;
+        let var = derive(name, kind, &cfg.variables[name], &out, dict)?;
         out.insert(name.clone(), var);
     }
     Ok((out, tables))
 }
 
-/// A `time_to_event` variable from the mapped variables it names.
-fn time_to_event(
+/// A variable derived from the mapped variables it names
+/// (`time_to_event`, `window`, `days_between`).
+fn derive(
     name: &str,
     kind: VarType,
     src: &VariableSource,
     mapped: &BTreeMap<String, Var>,
     dict: &Dictionary,
 ) -> Result<Var> {
-    let at = format!("data.postgres.variables.{name}.time_to_event");
-    let t = src
-        .time_to_event
-        .as_ref()
-        .ok_or_else(|| Error::internal("not a time_to_event variable"))?;
-    let flag = match kind {
-        VarType::Boolean => true,
-        VarType::Integer | VarType::Float => false,
-        other => {
-            return Err(Error::invalid(format!(
-                "{at}: \"{name}\" is {other}; a follow-up is a number of days (integer or float) or whether the event came (boolean)"
-            )))
-        }
+    let key = match (&src.time_to_event, &src.window) {
+        (Some(_), _) => "time_to_event",
+        (_, Some(_)) => "window",
+        _ => "days_between",
     };
-    let get = |key: &str, var: &str| {
+    let at = format!("data.postgres.variables.{name}.{key}");
+    let get = |field: &str, var: &str| {
         dict.get(var)
-            .map_err(|e| Error::invalid(format!("{at}.{key}: {}", e.message)))?;
+            .map_err(|e| Error::invalid(format!("{at}.{field}: {}", e.message)))?;
         mapped.get(var).ok_or_else(|| {
             Error::invalid(format!(
-                "{at}.{key} names \"{var}\", which this node does not map (or which is itself derived); map it under [data.postgres.variables]"
+                "{at}.{field} names \"{var}\", which this node does not map (or which is itself derived); map it under [data.postgres.variables]"
             ))
         })
     };
-    let date = |key: &str, var: &str| -> Result<Box<Var>> {
-        let v = get(key, var)?;
+    let date = |field: &str, var: &str| -> Result<Box<Var>> {
+        let v = get(field, var)?;
         if v.kind != VarType::Date {
             return Err(Error::invalid(format!(
-                "{at}.{key} names \"{var}\", which is {}; it must be a date (such as the first date of a concept set: value and date_column both the event's date, pick = \"first\")",
+                "{at}.{field} names \"{var}\", which is {}; it must be a date (such as the first date of a concept set: value and date_column both the event's date, pick = \"first\")",
                 v.kind
             )));
         }
         Ok(Box::new(v.clone()))
     };
-    let (origin, censor) = (date("origin", &t.origin)?, date("censor", &t.censor)?);
-    let event = get("event", &t.event)?;
-    match &event.source {
-        Source::Event {
-            table,
-            person,
-            concept,
-            value: None,
-            dated: Some(d),
-            ..
-        } => Ok(Var {
-            kind,
-            source: Source::TimeTo {
-                origin,
-                censor,
+    let dated = |field: &str, var: &str| -> Result<Dated> {
+        match &get(field, var)?.source {
+            Source::Event {
+                table,
+                person,
+                concept,
+                value: None,
+                dated: Some(d),
+                ..
+            } => Ok(Dated {
                 table: table.clone(),
                 person: person.clone(),
                 concept: concept.clone(),
                 date: d.clone(),
-                flag,
+            }),
+            _ => Err(Error::invalid(format!(
+                "{at}.{field} names \"{var}\", which is not the presence of an event table with its date; map it with table, concept_column, concepts and date_column (the event's date)"
+            ))),
+        }
+    };
+    let wrong = |want: &str| {
+        Error::invalid(format!(
+            "{at}: \"{name}\" is {kind}, but {key} gives {want}; declare it so in the dictionary or map another variable"
+        ))
+    };
+    let source = match (&src.time_to_event, &src.window, &src.days_between) {
+        (Some(t), _, _) => Source::TimeTo {
+            origin: date("origin", &t.origin)?,
+            censor: date("censor", &t.censor)?,
+            event: dated("event", &t.event)?,
+            flag: match kind {
+                VarType::Boolean => true,
+                VarType::Integer | VarType::Float => false,
+                _ => {
+                    return Err(wrong(
+                        "days (integer or float) or whether the event came (boolean)",
+                    ))
+                }
             },
-            booleans: None,
-            levels: None,
-            age_at: None,
-        }),
-        _ => Err(Error::invalid(format!(
-            "{at}.event names \"{}\", which is not the presence of an event table with its date; map it with table, concept_column, concepts and date_column (the event's date)",
-            t.event
-        ))),
-    }
+        },
+        (_, Some(w), _) => {
+            if kind != VarType::Boolean {
+                return Err(wrong("a boolean"));
+            }
+            Source::Window {
+                origin: date("origin", &w.origin)?,
+                event: dated("event", &w.event)?,
+                from: w.from,
+                to: w.to,
+            }
+        }
+        (_, _, Some(d)) => {
+            if !kind.is_numeric() {
+                return Err(wrong("days (integer or float)"));
+            }
+            Source::DaysBetween {
+                from: date("from", &d.from)?,
+                to: date("to", &d.to)?,
+            }
+        }
+        _ => return Err(Error::internal("not a derived variable")),
+    };
+    Ok(Var {
+        kind,
+        source,
+        booleans: None,
+        levels: None,
+        age_at: None,
+    })
 }
 
 /// The person table and its id column.

@@ -178,6 +178,13 @@ pub struct VariableSource {
     /// variable gets the days, a boolean whether the event came first.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub time_to_event: Option<TimeToEvent>,
+    /// Derived: whether the patient has a row of an event in a window of
+    /// days around an origin date.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<Window>,
+    /// Derived: the days from one mapped date to another.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub days_between: Option<DaysBetween>,
     #[serde(default)]
     pub pick: Pick,
     /// A boolean held as codes (a text or integer column or value): the
@@ -433,25 +440,48 @@ impl VariableSource {
                 "{at}.concept_set_name names a concept set of a cohort definition; give the file as concept_set_file"
             )));
         }
-        if let Some(t) = &self.time_to_event {
+        let derived = [
+            self.time_to_event.is_some(),
+            self.window.is_some(),
+            self.days_between.is_some(),
+        ];
+        if derived.iter().any(|d| *d) {
             let derived_only = VariableSource {
-                time_to_event: Some(t.clone()),
+                time_to_event: self.time_to_event.clone(),
+                window: self.window.clone(),
+                days_between: self.days_between.clone(),
                 person_column: self.person_column.clone(),
                 ..Default::default()
             };
-            if *self != derived_only {
+            if *self != derived_only || derived.iter().filter(|d| **d).count() > 1 {
                 return Err(Error::invalid(format!(
-                    "{at}.time_to_event derives the variable from others; remove the other keys of {at}"
+                    "{at}: time_to_event, window and days_between each derive the variable from others; keep one of them and no other key"
                 )));
             }
-            for (key, name) in [
-                ("origin", &t.origin),
-                ("event", &t.event),
-                ("censor", &t.censor),
-            ] {
+            let mut names: Vec<(&str, &String)> = Vec::new();
+            if let Some(t) = &self.time_to_event {
+                names.extend([
+                    ("time_to_event.origin", &t.origin),
+                    ("time_to_event.event", &t.event),
+                    ("time_to_event.censor", &t.censor),
+                ]);
+            }
+            if let Some(w) = &self.window {
+                names.extend([("window.event", &w.event), ("window.origin", &w.origin)]);
+                if w.from > w.to {
+                    return Err(Error::invalid(format!(
+                        "{at}.window: from = {} is after to = {}; give the window's first day, then its last, in days from the origin (negative before it)",
+                        w.from, w.to
+                    )));
+                }
+            }
+            if let Some(d) = &self.days_between {
+                names.extend([("days_between.from", &d.from), ("days_between.to", &d.to)]);
+            }
+            for (key, name) in names {
                 if name.is_empty() {
                     return Err(Error::invalid(format!(
-                        "{at}.time_to_event.{key} is empty; name a mapped variable"
+                        "{at}.{key} is empty; name a mapped variable"
                     )));
                 }
             }
@@ -536,6 +566,28 @@ pub struct TimeToEvent {
     pub origin: String,
     pub event: String,
     pub censor: String,
+}
+
+/// `window = { event = "...", origin = "...", from = -180, to = -1 }`: true
+/// when the patient has a row of `event` (a presence with its
+/// `date_column`) dated from `origin + from` to `origin + to` days, both
+/// ends included; missing without an origin date.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Window {
+    pub event: String,
+    pub origin: String,
+    pub from: i32,
+    pub to: i32,
+}
+
+/// `days_between = { from = "...", to = "..." }`: `to` minus `from`, two
+/// mapped dates, in days; missing when either is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DaysBetween {
+    pub from: String,
+    pub to: String,
 }
 
 /// One concept of a set, with the flags OHDSI ATLAS gives each item.
@@ -637,6 +689,8 @@ mod tests {
             nsaid = { table = "drug_exposure", concept_column = "drug_concept_id", concepts = [1177480, 1118084], exclude = [1118084], descendants = true }
             bleed = { table = "condition_occurrence", concept_column = "condition_concept_id", concepts = [192671], date_column = "condition_start_date" }
             followup = { time_to_event = { origin = "nsaid_index", event = "bleed", censor = "observation_end" } }
+            bleed_year = { window = { event = "bleed", origin = "nsaid_index", from = 1, to = 365 } }
+            observed = { days_between = { from = "observation_start", to = "nsaid_index" } }
         "#;
         let d: DataConfig = toml::from_str(text).unwrap();
         d.validate().unwrap();
@@ -667,6 +721,19 @@ mod tests {
                 event: "bleed".into(),
                 censor: "observation_end".into()
             })
+        );
+        assert_eq!(
+            pg.variables["bleed_year"].window,
+            Some(Window {
+                event: "bleed".into(),
+                origin: "nsaid_index".into(),
+                from: 1,
+                to: 365
+            })
+        );
+        assert_eq!(
+            pg.variables["observed"].days_between.as_ref().unwrap().to,
+            "nsaid_index"
         );
         let c = pg.consent.unwrap();
         assert_eq!(
@@ -741,7 +808,19 @@ mod tests {
             ),
             (
                 "\n[postgres.variables.bmi]\ntime_to_event = { origin = \"a\", event = \"b\", censor = \"c\" }\ntable = \"x\"",
-                "time_to_event derives the variable from others",
+                "time_to_event, window and days_between each derive the variable",
+            ),
+            (
+                "\n[postgres.variables.bmi]\nwindow = { event = \"b\", origin = \"o\", from = 10, to = -10 }",
+                "window: from = 10 is after to = -10",
+            ),
+            (
+                "\n[postgres.variables.bmi]\nwindow = { event = \"b\", origin = \"o\", from = 1, to = 3 }\ndays_between = { from = \"a\", to = \"b\" }",
+                "keep one of them",
+            ),
+            (
+                "\n[postgres.variables.bmi]\ndays_between = { from = \"a\", to = \"\" }",
+                "days_between.to is empty",
             ),
             (
                 "\n[postgres.variables.bmi]\ntime_to_event = { origin = \"\", event = \"b\", censor = \"c\" }",

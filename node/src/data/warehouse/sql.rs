@@ -14,7 +14,7 @@ use std::fmt::Write;
 use plexus_core::query::parse_date;
 use plexus_core::{Cohort, CompareOp, Error, Result, Value, VarType};
 
-use super::catalog::{Family, Source, Var};
+use super::catalog::{Dated, Family, Source, Var};
 use super::config::Pick;
 
 /// A bound value.
@@ -75,30 +75,45 @@ pub(crate) fn raw(var: &Var, person_id: &str, params: &mut Params) -> String {
         Source::TimeTo {
             origin,
             censor,
-            table,
-            person,
-            concept,
-            date,
+            event,
             flag,
         } => {
             let o = value(origin, person_id, params);
             let c = value(censor, person_id, params);
-            let mut filter = format!("e.{} = p.{person_id}", person.sql());
-            if let Some((col, ids)) = concept {
-                let ph = params.push(Param::I64s(ids.clone()), "int8[]");
-                let _ = write!(filter, " AND e.{} = ANY({ph})", col.sql());
-            }
-            let d = format!("(e.{})::date", date.sql());
+            let (d, rows) = dated(event, person_id, params);
             // The first event after the origin, up to the censoring date.
-            let event = format!(
-                "(SELECT min({d}) FROM {} e WHERE {filter} AND {d} > {o} AND {d} <= {c})",
-                table.sql()
-            );
+            let first = format!("(SELECT min({d}) {rows} AND {d} > {o} AND {d} <= {c})");
             let known = format!("{o} IS NOT NULL AND {c} IS NOT NULL AND {c} >= {o}");
             match flag {
-                true => format!("(CASE WHEN {known} THEN {event} IS NOT NULL END)"),
-                false => format!("(CASE WHEN {known} THEN coalesce({event}, {c}) - {o} END)"),
+                true => format!("(CASE WHEN {known} THEN {first} IS NOT NULL END)"),
+                false => format!("(CASE WHEN {known} THEN coalesce({first}, {c}) - {o} END)"),
             }
+        }
+        Source::Window {
+            origin,
+            event,
+            from,
+            to,
+        } => {
+            let o = value(origin, person_id, params);
+            let (d, rows) = dated(event, person_id, params);
+            // date + int4 is a date; the days are bound as int8 (what the
+            // driver sends) and narrowed by the statement.
+            let from = format!(
+                "({})::int4",
+                params.push(Param::I64(i64::from(*from)), "int8")
+            );
+            let to = format!(
+                "({})::int4",
+                params.push(Param::I64(i64::from(*to)), "int8")
+            );
+            format!(
+                "(CASE WHEN {o} IS NOT NULL THEN EXISTS (SELECT 1 {rows} AND {d} BETWEEN {o} + {from} AND {o} + {to}) END)"
+            )
+        }
+        Source::DaysBetween { from, to } => {
+            let (f, t) = (value(from, person_id, params), value(to, person_id, params));
+            format!("({t} - {f})")
         }
         Source::Event {
             table,
@@ -161,6 +176,21 @@ pub(crate) fn raw(var: &Var, person_id: &str, params: &mut Params) -> String {
             }
         }
     }
+}
+
+/// An event's date and `FROM ... WHERE` its rows of the patient `p` (and
+/// of its concept set), for a correlated subquery to finish.
+fn dated(event: &Dated, person_id: &str, params: &mut Params) -> (String, String) {
+    let mut rows = format!(
+        "FROM {} e WHERE e.{} = p.{person_id}",
+        event.table.sql(),
+        event.person.sql()
+    );
+    if let Some((col, ids)) = &event.concept {
+        let ph = params.push(Param::I64s(ids.clone()), "int8[]");
+        let _ = write!(rows, " AND e.{} = ANY({ph})", col.sql());
+    }
+    (format!("(e.{})::date", event.date.sql()), rows)
 }
 
 /// The value in its canonical type: int8, float8 with NaN as NULL, boolean,
