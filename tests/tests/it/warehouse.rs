@@ -195,6 +195,27 @@ async fn every_analysis_on_postgres_equals_the_parquet_node() {
         compared > purposes.len() * COHORTS.len() * ANALYSES.len() / 2,
         "{compared}"
     );
+    // Under differential privacy a correlation clamps its values to the
+    // public bounds first, and a missing value stays missing.
+    let private = Limits {
+        private: true,
+        ..limits()
+    };
+    for cohort in ["null", COHORTS[3], COHORTS[4]] {
+        for analysis in ANALYSES
+            .iter()
+            .filter(|a| a.contains("correlation") || a.contains("summary"))
+        {
+            let q = query(cohort, analysis);
+            let f = p
+                .files
+                .compute(&q, &purposes[0], day(), private, None)
+                .await;
+            let w = p.pg.compute(&q, &purposes[0], day(), private, None).await;
+            assert!(f.is_ok(), "{cohort} {analysis}: {f:?}");
+            assert_same(&f, &w, &format!("private: {cohort} {analysis}"));
+        }
+    }
     // Regression rounds: the first and two more with made-up coefficients.
     let hmb = &purposes[0];
     for cohort in ["null", COHORTS[1]] {
@@ -397,6 +418,48 @@ const PAYLOADS: &[&str] = &[
     "person\"; DROP TABLE person; --",
     "F') OR ('x'='x",
 ];
+
+/// Values a warehouse may hold that PostgreSQL's arithmetic refuses where
+/// Rust's gives an infinity or zero (a huge or tiny reading, an 'infinity'
+/// date): the answer is the file path's kind of answer, never a failed
+/// query that would tell the querier such a patient is in the cohort.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extreme_values_in_postgres_never_fail_a_query() {
+    let Some(p) = pair("wh_extreme", 300).await else {
+        return;
+    };
+    let mut c = sqlx::PgConnection::connect(p.db.url()).await.unwrap();
+    for sql in [
+        "UPDATE measurement SET value_as_number = 1e200 WHERE measurement_id = (SELECT max(measurement_id) FROM measurement WHERE measurement_concept_id = 3004249)",
+        "UPDATE measurement SET value_as_number = 1e-200 WHERE measurement_id = (SELECT min(measurement_id) FROM measurement WHERE measurement_concept_id = 3004249)",
+        "UPDATE measurement SET measurement_date = 'infinity' WHERE measurement_id = (SELECT min(measurement_id) + 3 FROM measurement)",
+    ] {
+        sqlx::query(sql).execute(&mut c).await.unwrap();
+    }
+    let hmb = Purpose::from_parts("HMB", "", &[]).unwrap();
+    let private = Limits {
+        private: true,
+        ..limits()
+    };
+    for analysis in [
+        r#"{"summary": {"variable": "sbp"}}"#,
+        r#"{"correlation": {"variables": ["age", "sbp"], "missing": "pairwise"}}"#,
+        r#"{"histogram": {"variable": "sbp", "edges": [90, 120, 140, 180]}}"#,
+    ] {
+        for l in [limits(), private] {
+            let q = query("null", analysis);
+            let got = p.pg.compute(&q, &hmb, day(), l, None).await;
+            assert!(got.is_ok(), "{analysis}: {got:?}");
+        }
+    }
+    let q = query("null", r#"{"summary": {"variable": "sbp"}}"#);
+    let Ok(RawStats::Summary(s)) = p.pg.compute(&q, &hmb, day(), limits(), None).await else {
+        panic!()
+    };
+    assert_eq!(s.moments.sum_squares, f64::INFINITY);
+    assert_eq!(s.largest[0], 1e200);
+    p.db.drop_now().await;
+}
 
 async fn row_counts(url: &str) -> Vec<i64> {
     let mut c = sqlx::PgConnection::connect(url).await.unwrap();

@@ -258,17 +258,13 @@ impl Vocabulary {
             )));
         }
         if let Some(t) = &concept {
-            for c in [
-                "concept_id",
-                "concept_name",
-                "domain_id",
-                "standard_concept",
-            ] {
+            t.column("concept_id", &[Family::Int], f, "integer concept ids")?;
+            for c in ["concept_name", "domain_id", "standard_concept"] {
                 t.column(
                     c,
-                    &[Family::Int, Family::Text],
+                    &[Family::Text],
                     f,
-                    "the OMOP vocabulary's columns",
+                    "text, as the OMOP vocabulary holds it",
                 )?;
             }
         }
@@ -316,8 +312,18 @@ impl Vocabulary {
                         self.schema
                     )));
                 };
+                // As ATLAS: descendants that the vocabulary marks invalid
+                // (deprecated or replaced) are left out; the listed
+                // concepts themselves are always in.
+                let valid = match self.concept.as_ref().filter(|c| c.columns.contains_key("invalid_reason")) {
+                    Some(c) => format!(
+                        " AND a.descendant_concept_id IN (SELECT concept_id FROM {} WHERE invalid_reason IS NULL)",
+                        c.ident.sql()
+                    ),
+                    None => String::new(),
+                };
                 let below: Vec<i64> = sqlx::query_scalar(&format!(
-                    "SELECT DISTINCT descendant_concept_id::int8 FROM {} WHERE ancestor_concept_id = ANY($1::int8[])",
+                    "SELECT DISTINCT a.descendant_concept_id::int8 FROM {} a WHERE a.ancestor_concept_id = ANY($1::int8[]){valid}",
                     a.ident.sql()
                 ))
                 .bind(&above)

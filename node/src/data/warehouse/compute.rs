@@ -306,16 +306,21 @@ impl Warehouse {
                 );
                 let centre = r.params.push(Param::I64(fp.centre()), "int8");
                 // Halves away from zero, as round_to_i64; clamped; centred.
+                // x is first held within ±1e300 so that x * scale cannot
+                // overflow (PostgreSQL raises where Rust saturates; any
+                // such value is clamped to the bounds either way).
+                let v = format!("(least(greatest(x, -1e300::float8), 1e300::float8) * {scale})");
                 format!(
-                    "(least(greatest(trunc(x * {scale}) + CASE WHEN abs(x * {scale} - trunc(x * {scale})) >= 0.5 THEN sign(x * {scale}) ELSE 0 END, {lo}), {hi})::int8 - {centre})::numeric"
+                    "(least(greatest(trunc({v}) + CASE WHEN abs({v} - trunc({v})) >= 0.5 THEN sign({v}) ELSE 0 END, {lo}), {hi})::int8 - {centre})::numeric"
                 )
             }
             None => "0::numeric".into(),
         };
+        let squares = product("x", "x");
         let text = format!(
             "WITH s AS (SELECT x, {fixed} AS e FROM (SELECT (t.{alias})::float8 AS x {}) v \
                         WHERE x > '-Infinity'::float8 AND x < 'Infinity'::float8) \
-             SELECT count(*)::int8, coalesce(sum(x), 0)::float8, coalesce(sum(x * x), 0)::float8, \
+             SELECT count(*)::int8, coalesce(sum(x), 0)::float8, coalesce(sum({squares}), 0)::float8, \
                     coalesce(sum(e), 0)::text, coalesce(sum(e * e), 0)::text, coalesce(sum(abs(x)), 0)::float8, \
                     (SELECT array_agg(a ORDER BY a DESC) FROM (SELECT abs(x) AS a FROM s ORDER BY a DESC LIMIT 2) z) \
              FROM s",
@@ -380,16 +385,19 @@ impl Warehouse {
         let mut cols = Vec::new();
         for (i, v) in variables.iter().enumerate() {
             let alias = r.aliases.get(v)?.0.clone();
-            let x = format!(
-                "CASE WHEN (t.{alias})::float8 > '-Infinity'::float8 AND (t.{alias})::float8 < 'Infinity'::float8 THEN (t.{alias})::float8 END"
-            );
+            let raw = format!("(t.{alias})::float8");
             let x = match self.dict.get(v)?.numeric_bounds().filter(|_| private) {
+                // Clamped as the file path clamps: an infinity becomes a
+                // bound and counts; a missing value stays missing (least
+                // and greatest would skip a NULL, hence the CASE).
                 Some((lo, hi)) => {
                     let lo = r.params.push(Param::F64(lo), "float8");
                     let hi = r.params.push(Param::F64(hi), "float8");
-                    format!("least(greatest({x}, {lo}), {hi})")
+                    format!("CASE WHEN {raw} IS NOT NULL THEN least(greatest({raw}, {lo}), {hi}) END")
                 }
-                None => x,
+                None => format!(
+                    "CASE WHEN {raw} > '-Infinity'::float8 AND {raw} < 'Infinity'::float8 THEN {raw} END"
+                ),
             };
             cols.push(format!("{x} AS c{i}"));
         }
@@ -405,10 +413,15 @@ impl Warehouse {
                     Missing::CompleteCases => all.clone(),
                     Missing::Pairwise => format!("c{a} IS NOT NULL AND c{b} IS NOT NULL"),
                 };
+                let (aa, bb, ab) = (
+                    product(&format!("c{a}"), &format!("c{a}")),
+                    product(&format!("c{b}"), &format!("c{b}")),
+                    product(&format!("c{a}"), &format!("c{b}")),
+                );
                 aggs.push(format!(
                     "count(*) FILTER (WHERE {keep})::int8, coalesce(sum(c{a}) FILTER (WHERE {keep}), 0)::float8, \
-                     coalesce(sum(c{b}) FILTER (WHERE {keep}), 0)::float8, coalesce(sum(c{a} * c{a}) FILTER (WHERE {keep}), 0)::float8, \
-                     coalesce(sum(c{b} * c{b}) FILTER (WHERE {keep}), 0)::float8, coalesce(sum(c{a} * c{b}) FILTER (WHERE {keep}), 0)::float8"
+                     coalesce(sum(c{b}) FILTER (WHERE {keep}), 0)::float8, coalesce(sum({aa}) FILTER (WHERE {keep}), 0)::float8, \
+                     coalesce(sum({bb}) FILTER (WHERE {keep}), 0)::float8, coalesce(sum({ab}) FILTER (WHERE {keep}), 0)::float8"
                 ));
             }
         }
@@ -476,9 +489,13 @@ impl Warehouse {
             Some(g) => format!("(t.{})::text", r.aliases.get(g)?.0),
             None => "''::text".into(),
         };
+        // Complete cases as the file path takes them: finite numbers.
+        let finite = |x: &str| format!("{x} > '-Infinity'::float8 AND {x} < 'Infinity'::float8");
         let text = format!(
-            "SELECT {g}, {t}, ({e}) = 1.0, count(*)::int8 {} AND {t} IS NOT NULL AND {e} IS NOT NULL AND {g} IS NOT NULL GROUP BY 1, 2, 3",
-            r.from
+            "SELECT {g}, {t}, ({e}) = 1.0, count(*)::int8 {} AND {} AND {} AND {g} IS NOT NULL GROUP BY 1, 2, 3",
+            r.from,
+            finite(&t),
+            finite(&e)
         );
         let levels = match group {
             Some(g) => self.dict.get(g)?.levels(),
@@ -499,6 +516,17 @@ impl Warehouse {
         }
         Ok(RawStats::Survival(out))
     }
+}
+
+/// `a * b` in float8 as Rust multiplies: PostgreSQL raises on overflow
+/// and underflow where Rust gives an infinity or zero, and whether a query
+/// fails must not depend on one patient's extreme value.
+fn product(a: &str, b: &str) -> String {
+    format!(
+        "CASE WHEN {a} = 0 OR {b} = 0 OR abs({a}) < 1e-150 OR abs({b}) < 1e-150 THEN 0::float8 \
+              WHEN abs({a}) > 1e150 OR abs({b}) > 1e150 THEN sign({a}) * sign({b}) * 'Infinity'::float8 \
+              ELSE {a} * {b} END"
+    )
 }
 
 pub(super) async fn run(

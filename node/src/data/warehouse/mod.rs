@@ -90,6 +90,14 @@ pub(crate) fn db_error(host: &str, e: sqlx::Error) -> Error {
         E::Database(d) => {
             let code = d.code().unwrap_or_default().to_string();
             match code.as_str() {
+                // Out-of-range arithmetic over some patient's value: the
+                // message is the same whatever the value or the statement.
+                c if c.starts_with("22") => {
+                    tracing::warn!(host, code, error = %d.message(), "warehouse query hit a value out of range");
+                    Error::data(format!(
+                        "the hospital database at {host} could not compute the query over the mapped values (a value out of range; see the node log): the hospital should check the mapped columns"
+                    ))
+                }
                 "57014" => Error::unavailable(format!(
                     "the hospital database at {host} cancelled the query after data.postgres.statement_timeout_ms; raise the timeout or check the database's load and indexes"
                 )),
@@ -176,9 +184,12 @@ pub fn connect_options(cfg: &WarehouseConfig) -> Result<PgConnectOptions> {
     if let Some(ca) = &cfg.ca {
         opts = opts.ssl_root_cert(ca);
     }
+    // Dates of timestamptz columns are taken in UTC, whatever the server's
+    // default time zone, so a window's edges do not move with it.
     Ok(opts.application_name("plexus-node").options([
         ("default_transaction_read_only", "on".to_string()),
         ("statement_timeout", cfg.statement_timeout_ms.to_string()),
+        ("TimeZone", "UTC".to_string()),
     ]))
 }
 

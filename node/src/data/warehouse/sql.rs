@@ -190,7 +190,12 @@ fn dated(event: &Dated, person_id: &str, params: &mut Params) -> (String, String
         let ph = params.push(Param::I64s(ids.clone()), "int8[]");
         let _ = write!(rows, " AND e.{} = ANY({ph})", col.sql());
     }
-    (format!("(e.{})::date", event.date.sql()), rows)
+    (finite_date(&format!("e.{}", event.date.sql())), rows)
+}
+
+/// A date or timestamp as a date, ±infinity read as missing.
+fn finite_date(x: &str) -> String {
+    format!("NULLIF(NULLIF(({x})::date, 'infinity'::date), '-infinity'::date)")
 }
 
 /// The value in its canonical type: int8, float8 with NaN as NULL, boolean,
@@ -239,7 +244,9 @@ pub(crate) fn value(var: &Var, person_id: &str, params: &mut Params) -> String {
         VarType::Float => format!("NULLIF(({r})::float8, 'NaN'::float8)"),
         VarType::Boolean => format!("({r})::boolean"),
         VarType::Categorical => format!("({r})::text"),
-        VarType::Date => format!("({r})::date"),
+        // An infinite date (a warehouse's 'infinity' end date) is no
+        // date: day arithmetic on it would fail the whole query.
+        VarType::Date => finite_date(&r),
     }
 }
 
