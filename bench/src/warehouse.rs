@@ -36,6 +36,15 @@ const QUERIES: &[(&str, &str)] = &[
         r#"{"analysis": {"table": {"row": "smoking", "column": "diabetes"}}}"#,
     ),
     (
+        "correlation of age, bmi, sbp (latest measurement)",
+        r#"{"analysis": {"correlation": {"variables": ["age", "bmi", "sbp"], "missing": "pairwise"}}}"#,
+    ),
+    (
+        "Kaplan-Meier of death by smoking, 61 intervals",
+        r#"{"analysis": {"kaplan_meier": {"time": "followup_days", "event": "death", "group": "smoking",
+                                          "grid": {"from": 0, "to": 1830, "step": 30}}}}"#,
+    ),
+    (
         "histogram of aaa_diameter (10 bins), cohort diabetes",
         r#"{"cohort": {"compare": {"variable": "diabetes", "op": "=", "value": true}},
             "analysis": {"histogram": {"variable": "aaa_diameter", "edges": [20, 30, 40, 50, 60, 70, 80, 90, 100, 110, 120]}}}"#,

@@ -163,6 +163,8 @@ pub(crate) enum Source {
         pick: Pick,
         /// A presence's date column, for a follow-up that ends at it.
         dated: Option<Ident>,
+        /// The person column holds text ids (sorted byte by byte).
+        text_ids: bool,
     },
     /// Follow-up from an origin date to the first row of an event after it
     /// or to a censoring date: the days, or (`flag`) whether the event came.
@@ -731,6 +733,7 @@ pub(crate) async fn map_variables(
                     value,
                     pick: *pick,
                     dated,
+                    text_ids: pc.family == Family::Text,
                 }
             }
             VariableSource {

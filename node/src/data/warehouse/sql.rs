@@ -121,6 +121,7 @@ pub(crate) fn raw(var: &Var, person_id: &str, params: &mut Params) -> String {
             concept,
             value,
             pick,
+            text_ids,
             ..
         } => {
             let with_concept = |mut filter: String, params: &mut Params| {
@@ -162,11 +163,18 @@ pub(crate) fn raw(var: &Var, person_id: &str, params: &mut Params) -> String {
                     // to the person row; not a subquery per patient. Ties
                     // on the date are broken by the value, so the answer
                     // does not depend on the physical row order.
+                    // Text ids are grouped byte by byte: the same groups
+                    // (equality is bytewise), sorted twice as fast as
+                    // under a locale's collation.
+                    let by = match text_ids {
+                        true => format!("(e.{} COLLATE \"C\")", person.sql()),
+                        false => format!("e.{}", person.sql()),
+                    };
                     let j = format!("j{}", params.1.len());
                     params.1.push(format!(
-                        "LEFT JOIN (SELECT DISTINCT ON (e.{pc}) e.{pc} AS pid, e.{v} AS v FROM {} e \
+                        "LEFT JOIN (SELECT DISTINCT ON ({by}) e.{pc} AS pid, e.{v} AS v FROM {} e \
                          WHERE {filter} AND e.{v} IS NOT NULL \
-                         ORDER BY e.{pc}, e.{} {dir} NULLS LAST, e.{v} {dir}) {j} ON {j}.pid = p.{person_id}",
+                         ORDER BY {by}, e.{} {dir} NULLS LAST, e.{v} {dir}) {j} ON {j}.pid = p.{person_id}",
                         table.sql(),
                         date.sql(),
                         pc = person.sql(),
