@@ -491,6 +491,15 @@ impl Query {
 }
 
 impl Cohort {
+    /// The variables the cohort's conditions read, sorted and unique.
+    pub fn variables(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        self.collect_variables(&mut out);
+        out.sort();
+        out.dedup();
+        out
+    }
+
     fn collect_variables(&self, out: &mut Vec<String>) {
         match self {
             Cohort::And(items) | Cohort::Or(items) => {

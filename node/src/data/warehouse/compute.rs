@@ -213,10 +213,18 @@ impl Warehouse {
         let population = self
             .count(&self.relation(query, &[], purpose, today, false).await?)
             .await?;
+        // Only the cohort's own variables: an analysis variable (a latest
+        // measurement, say) would cost its pass over the event table for
+        // nothing.
+        let cohort_vars = query
+            .cohort
+            .as_ref()
+            .map(|c| c.variables())
+            .unwrap_or_default();
         let cohort = self
             .count(
                 &self
-                    .relation(query, &query.variables(), purpose, today, true)
+                    .relation(query, &cohort_vars, purpose, today, true)
                     .await?,
             )
             .await?;
