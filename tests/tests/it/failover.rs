@@ -63,7 +63,11 @@ async fn the_standby_takes_over_when_the_active_coordinator_dies() {
     opts.database_url = Some(db.url().to_string());
     let mut sb = Sandbox::prepare(opts).await.unwrap();
     sb.coordinator_config.coordinator.instance = Some("coordinator-a".into());
-    sb.coordinator_config.coordinator.lease_ttl_ms = 1500;
+    // Short enough for a quick takeover, long enough that a busy shared
+    // PostgreSQL (other tests load and analyse whole databases on it at
+    // the same time) does not make the active coordinator miss renewals
+    // and step down before it is killed: 1500 ms did, once in CI.
+    sb.coordinator_config.coordinator.lease_ttl_ms = 4000;
     // B: the same network key, certificate and database; its own address and name.
     let listener_b = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url_b = format!("https://{}", listener_b.local_addr().unwrap());
