@@ -27,7 +27,7 @@
 use std::sync::Arc;
 
 use chrono::NaiveDate;
-use plexus_core::models::cox::{CoxFitter, CoxStats, Ties};
+use plexus_core::models::cox::{CoxFitter, Ties};
 use plexus_core::models::fit::{fit_locally, IterativeFit, RoundStats};
 use plexus_core::models::glm::{FitOptions, GlmFitter};
 use plexus_core::{Dictionary, Purpose, Query, RawStats};
@@ -151,6 +151,30 @@ async fn direct(url: &str, table: &str, column: &str, include: &[i64], exclude: 
         .await
         .unwrap()
         .get(0)
+}
+
+/// A whole fit, round by round over the nodes as the coordinator runs it;
+/// `stats` takes a node's round statistics out of its answer.
+fn fit_over<F: IterativeFit>(
+    nodes: &[DataSource],
+    q: &Query,
+    fitter: F,
+    stats: impl Fn(RawStats) -> F::Stats,
+) -> F::Output {
+    let p = fitter.parameters();
+    let handle = tokio::runtime::Handle::current();
+    tokio::task::block_in_place(|| {
+        fit_locally(fitter, |it| {
+            let mut total = F::Stats::zero(p);
+            for node in nodes {
+                let answer =
+                    handle.block_on(node.compute(q, &research(), day(), limits(), Some(it)))?;
+                total.merge(&stats(answer));
+            }
+            Ok(total)
+        })
+    })
+    .unwrap()
 }
 
 /// A concept-set variable of the kit: name, table, concept column, the
@@ -309,21 +333,10 @@ async fn omop_concept_sets_derived_variables_and_a_logistic_model_equal_the_pool
             max_iterations: 50,
         },
     );
-    let p = fitter.parameters();
-    let handle = tokio::runtime::Handle::current();
-    let fit = tokio::task::block_in_place(|| {
-        fit_locally(fitter, |it| {
-            let mut total = <plexus_core::models::glm::GlmStats as RoundStats>::zero(p);
-            for node in &nodes {
-                match handle.block_on(node.compute(&q, &research(), day(), limits(), Some(it)))? {
-                    RawStats::Glm(g) => RoundStats::merge(&mut total, &g),
-                    other => panic!("glm round: {other:?}"),
-                }
-            }
-            Ok(total)
-        })
-    })
-    .unwrap();
+    let fit = fit_over(&nodes, &q, fitter, |s| match s {
+        RawStats::Glm(g) => g,
+        other => panic!("glm round: {other:?}"),
+    });
     let lr = &reference["logit"];
     assert_eq!(fit.n, lr["n"].as_u64().unwrap());
     let coef: Vec<f64> = serde_json::from_value(lr["coef"].clone()).unwrap();
@@ -423,20 +436,10 @@ async fn omop_concept_sets_derived_variables_and_a_logistic_model_equal_the_pool
             max_iterations: 50,
         },
     );
-    let p = fitter.parameters();
-    let fit = tokio::task::block_in_place(|| {
-        fit_locally(fitter, |it| {
-            let mut total = <CoxStats as RoundStats>::zero(p);
-            for node in &nodes {
-                match handle.block_on(node.compute(&q, &research(), day(), limits(), Some(it)))? {
-                    RawStats::Cox(c) => RoundStats::merge(&mut total, &c),
-                    other => panic!("cox round: {other:?}"),
-                }
-            }
-            Ok(total)
-        })
-    })
-    .unwrap();
+    let fit = fit_over(&nodes, &q, fitter, |s| match s {
+        RawStats::Cox(c) => c,
+        other => panic!("cox round: {other:?}"),
+    });
     assert_eq!(fit.n, cox["n"].as_u64().unwrap());
     assert_eq!(fit.events, cox["events"].as_u64().unwrap());
     let coef: Vec<f64> = serde_json::from_value(cox["coef"].clone()).unwrap();

@@ -181,14 +181,17 @@ impl Warehouse {
 
     async fn count(&self, r: &Relation<'_>) -> Result<u64> {
         let text = format!("SELECT count(*)::int8 {}", r.from);
-        let n: i64 = r
-            .params
-            .bind(sqlx::query(&text))
+        let n: i64 = self.row(&text, &r.params).await?.get(0);
+        Ok(n as u64)
+    }
+
+    /// The one row an aggregate statement returns.
+    async fn row(&self, text: &str, params: &Params) -> Result<sqlx::postgres::PgRow> {
+        params
+            .bind(sqlx::query(text))
             .fetch_one(&self.pool)
             .await
-            .map_err(|e| db_error(&self.host, e))?
-            .get(0);
-        Ok(n as u64)
+            .map_err(|e| db_error(&self.host, e))
     }
 
     async fn rows(&self, text: &str, params: &Params) -> Result<Vec<sqlx::postgres::PgRow>> {
@@ -334,12 +337,7 @@ impl Warehouse {
              FROM s",
             r.from
         );
-        let row = r
-            .params
-            .bind(sqlx::query(&text))
-            .fetch_one(&self.pool)
-            .await
-            .map_err(|e| db_error(&self.host, e))?;
+        let row = self.row(&text, &r.params).await?;
         let n = row.get::<i64, _>(0) as u64;
         let int = |i: usize| -> Result<i128> {
             row.get::<String, _>(i).parse().map_err(|_| {
@@ -439,12 +437,7 @@ impl Warehouse {
             cols.join(", "),
             r.from
         );
-        let row = r
-            .params
-            .bind(sqlx::query(&text))
-            .fetch_one(&self.pool)
-            .await
-            .map_err(|e| db_error(&self.host, e))?;
+        let row = self.row(&text, &r.params).await?;
         let mut out = vec![PairSums::default(); packed_len(p)];
         let mut i = 0;
         for a in 0..p {
