@@ -26,6 +26,7 @@ pub mod secagg;
 pub mod stats;
 pub mod study;
 pub mod text;
+pub mod timeline;
 
 pub use cell::Cell;
 pub use dictionary::{Dictionary, VarType, Variable};

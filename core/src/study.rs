@@ -2,7 +2,7 @@
 //! variables and analyses it may use, its researchers, its participating
 //! nodes and how many of them must answer for a result to stand.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -12,6 +12,7 @@ use crate::error::{Error, Result};
 use crate::purpose::Purpose;
 use crate::query::{AnalysisKind, Query};
 use crate::text;
+use crate::timeline::{self, Derived};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -134,6 +135,14 @@ pub struct StudyDefinition {
     pub purpose: PurposeSpec,
     #[serde(default)]
     pub privacy: PrivacySettings,
+    /// The study's time logic: variables it derives from the dictionary's
+    /// dates and dated events (`[derived.NAME]`, see [`crate::timeline`]).
+    /// A query may use one when `variables` lists it; the dictionary
+    /// variables it reads need not be listed, and are never released but
+    /// through it. Left out of the serialised definition when empty, so
+    /// definitions (and their hashes) without it stay as they were.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub derived: BTreeMap<String, Derived>,
 }
 
 fn default_min_nodes() -> u32 {
@@ -184,6 +193,7 @@ impl StudyDefinition {
                 self.id
             )));
         }
+        let dict = &self.dictionary(dict)?;
         for v in &self.variables {
             dict.get(v)?;
         }
@@ -228,6 +238,12 @@ impl StudyDefinition {
                 self.id,
                 crate::secagg::MIN_NODES,
                 self.nodes.len()
+            )));
+        }
+        if self.secure_aggregation && !self.derived.is_empty() {
+            return Err(Error::invalid(format!(
+                "study \"{}\" uses secure_aggregation and derives variables of its own ([derived]); the two do not work together yet: register the derived variables in a study without secure aggregation",
+                self.id
             )));
         }
         self.privacy.validate(&self.id)?;
@@ -290,6 +306,18 @@ impl StudyDefinition {
             }
         }
         Ok(())
+    }
+
+    /// The network dictionary with the study's derived variables added:
+    /// what its queries are read, checked and pooled against.
+    pub fn dictionary(&self, base: &Dictionary) -> Result<Dictionary> {
+        timeline::extend(base, &self.derived)
+    }
+
+    /// The dictionary variables a query's `names` rest on (a derived
+    /// variable's inputs in its place), for a hospital's narrowing.
+    pub fn inputs(&self, names: &[String]) -> Vec<String> {
+        timeline::inputs(&self.derived, names)
     }
 
     pub fn has_researcher(&self, name: &str) -> bool {

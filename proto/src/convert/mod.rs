@@ -211,6 +211,7 @@ pub fn study_to_pb(s: &StudyDefinition, registered_unix_ms: i64) -> pb::Study {
             delta: s.privacy.delta,
         }),
         definition_hash: s.definition_hash(),
+        derived_json: plexus_core::timeline::to_json(&s.derived),
     }
 }
 
@@ -297,6 +298,7 @@ impl TryFrom<pb::Study> for StudyDefinition {
                 disease: purpose.disease,
                 modifiers: purpose.modifiers,
             },
+            derived: plexus_core::timeline::from_json(&s.derived_json)?,
         })
     }
 }

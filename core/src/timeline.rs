@@ -1,0 +1,423 @@
+//! A study's time logic: variables the study itself derives from the
+//! dictionary's dates and dated events (an index date, windows around it,
+//! follow-up to an event, days between two dates). They are declared in
+//! `study.toml` under `[derived.NAME]`, so they are public and pinned by
+//! the definition hash like the rest of the study, and never free SQL: a
+//! node builds each one from its own mapping of the named dictionary
+//! variables.
+//!
+//! ```toml
+//! [derived.bleed_within_180]
+//! type = "boolean"
+//! window = { event = "gi_bleed", origin = "nsaid_index", from = 1, to = 180 }
+//!
+//! [derived.prior_observation]
+//! type = "integer"
+//! min = 0
+//! max = 36500
+//! days_between = { from = "observation_start", to = "nsaid_index" }
+//! ```
+//!
+//! The same three shapes serve a warehouse node's own mapping
+//! (`[data.postgres.variables]`), where they were first written.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::dictionary::{is_identifier, Bound, Dictionary, VarType, Variable};
+use crate::error::{Error, Result};
+
+/// `time_to_event = { origin = "...", event = "...", censor = "..." }`:
+/// `origin` and `censor` are dates (such as the first exposure of a concept
+/// set, and the end of observation); `event` is the presence of a dated
+/// event. The event counts when one of its rows falls after the origin and
+/// on or before the censoring date; follow-up ends at the first such row,
+/// or else at the censoring date. A patient without an origin or a
+/// censoring date, or censored before the origin, is missing. As an integer
+/// or float the variable is the days of follow-up; as a boolean, whether
+/// the event came.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimeToEvent {
+    pub origin: String,
+    pub event: String,
+    pub censor: String,
+}
+
+/// `window = { event = "...", origin = "...", from = -180, to = -1 }`: true
+/// when the patient has a row of `event` (a dated event) dated from
+/// `origin + from` to `origin + to` days, both ends included; missing
+/// without an origin date.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Window {
+    pub event: String,
+    pub origin: String,
+    pub from: i32,
+    pub to: i32,
+}
+
+/// `days_between = { from = "...", to = "..." }`: `to` minus `from`, two
+/// dates, in days; missing when either is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DaysBetween {
+    pub from: String,
+    pub to: String,
+}
+
+/// Longest window, either side of the origin: a century.
+pub const MAX_WINDOW_DAYS: i32 = 36_525;
+
+/// One of the three derivations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Derivation<'a> {
+    TimeToEvent(&'a TimeToEvent),
+    Window(&'a Window),
+    DaysBetween(&'a DaysBetween),
+}
+
+impl<'a> Derivation<'a> {
+    /// The key it is written under.
+    pub fn key(self) -> &'static str {
+        match self {
+            Derivation::TimeToEvent(_) => "time_to_event",
+            Derivation::Window(_) => "window",
+            Derivation::DaysBetween(_) => "days_between",
+        }
+    }
+
+    /// The variables it reads, each with its field and whether it must be
+    /// a dated event (else a date).
+    pub fn inputs(self) -> Vec<(&'static str, &'a str, bool)> {
+        match self {
+            Derivation::TimeToEvent(t) => vec![
+                ("origin", t.origin.as_str(), false),
+                ("event", t.event.as_str(), true),
+                ("censor", t.censor.as_str(), false),
+            ],
+            Derivation::Window(w) => vec![
+                ("event", w.event.as_str(), true),
+                ("origin", w.origin.as_str(), false),
+            ],
+            Derivation::DaysBetween(d) => {
+                vec![
+                    ("from", d.from.as_str(), false),
+                    ("to", d.to.as_str(), false),
+                ]
+            }
+        }
+    }
+
+    /// Whether a variable of type `kind` can hold what it gives.
+    pub fn gives(self, kind: VarType) -> std::result::Result<(), &'static str> {
+        let ok = match self {
+            Derivation::TimeToEvent(_) => kind.is_numeric() || kind == VarType::Boolean,
+            Derivation::Window(_) => kind == VarType::Boolean,
+            Derivation::DaysBetween(_) => kind.is_numeric(),
+        };
+        if ok {
+            return Ok(());
+        }
+        Err(match self {
+            Derivation::TimeToEvent(_) => {
+                "days (integer or float) or whether the event came (boolean)"
+            }
+            Derivation::Window(_) => "a boolean",
+            Derivation::DaysBetween(_) => "days (integer or float)",
+        })
+    }
+}
+
+/// A variable a study derives (`[derived.NAME]` in `study.toml`): its type
+/// and public bounds as a dictionary variable, and exactly one derivation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Derived {
+    #[serde(rename = "type")]
+    pub kind: VarType,
+    /// Public bounds of days, which a private summary or correlation needs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<f64>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_to_event: Option<TimeToEvent>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<Window>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub days_between: Option<DaysBetween>,
+}
+
+impl Derived {
+    /// Its one derivation; `at` names it in the error.
+    pub fn derivation(&self, at: &str) -> Result<Derivation<'_>> {
+        match (&self.time_to_event, &self.window, &self.days_between) {
+            (Some(t), None, None) => Ok(Derivation::TimeToEvent(t)),
+            (None, Some(w), None) => Ok(Derivation::Window(w)),
+            (None, None, Some(d)) => Ok(Derivation::DaysBetween(d)),
+            (None, None, None) => Err(Error::invalid(format!(
+                "{at} names no derivation: give one of time_to_event, window or days_between"
+            ))),
+            _ => Err(Error::invalid(format!(
+                "{at}: time_to_event, window and days_between each derive the variable; keep one of them"
+            ))),
+        }
+    }
+
+    /// The entry it adds to the dictionary. The description says how it
+    /// is derived, so `plexus dictionary` and the study show it.
+    pub fn variable(&self) -> Variable {
+        let how = match self.derivation("") {
+            Ok(Derivation::TimeToEvent(t)) => format!(
+                "time_to_event(origin {}, event {}, censor {})",
+                t.origin, t.event, t.censor
+            ),
+            Ok(Derivation::Window(w)) => format!(
+                "window(event {} from {} to {} days of {})",
+                w.event, w.from, w.to, w.origin
+            ),
+            Ok(Derivation::DaysBetween(d)) => {
+                format!("days_between(from {} to {})", d.from, d.to)
+            }
+            Err(_) => String::new(),
+        };
+        let description = if self.description.is_empty() {
+            format!("derived by the study: {how}")
+        } else {
+            format!("{} (derived by the study: {how})", self.description)
+        };
+        Variable {
+            kind: self.kind,
+            unit: self.kind.is_numeric().then(|| "days".to_string()),
+            min: self.min.map(Bound::Number),
+            max: self.max.map(Bound::Number),
+            categories: Vec::new(),
+            description,
+        }
+    }
+
+    /// Checks `name`'s declaration against the network dictionary `dict`.
+    pub fn check(&self, name: &str, dict: &Dictionary) -> Result<()> {
+        let at = format!("derived.{name}");
+        crate::text::check(&format!("{at}.description"), &self.description)?;
+        if !is_identifier(name) {
+            return Err(Error::invalid(format!(
+                "derived variable name \"{name}\" must start with a lowercase letter and hold only lowercase letters, digits, '_' or '-'"
+            )));
+        }
+        if dict.variables.contains_key(name) {
+            return Err(Error::invalid(format!(
+                "{at}: \"{name}\" is already a variable of the data dictionary; give the derived variable another name"
+            )));
+        }
+        let how = self.derivation(&at)?;
+        let key = how.key();
+        if let Err(want) = how.gives(self.kind) {
+            return Err(Error::invalid(format!(
+                "{at} is {}, but {key} gives {want}; change its type",
+                self.kind
+            )));
+        }
+        for (field, var, event) in how.inputs() {
+            crate::text::check(&format!("{at}.{key}.{field}"), var)?;
+            let v = dict.get(var).map_err(|e| {
+                Error::invalid(format!(
+                    "{at}.{key}.{field}: {} (a derived variable reads only the dictionary's own variables)",
+                    e.message
+                ))
+            })?;
+            let want = if event {
+                VarType::Boolean
+            } else {
+                VarType::Date
+            };
+            if v.kind != want {
+                let what = if event {
+                    "a dated event: a boolean of the dictionary that nodes map to an event table with its date"
+                } else {
+                    "a date"
+                };
+                return Err(Error::invalid(format!(
+                    "{at}.{key}.{field} names \"{var}\", which is {}; it must be {what}",
+                    v.kind
+                )));
+            }
+        }
+        if let Derivation::Window(w) = how {
+            if w.from > w.to || w.from.abs() > MAX_WINDOW_DAYS || w.to.abs() > MAX_WINDOW_DAYS {
+                return Err(Error::invalid(format!(
+                    "{at}.window runs from {} to {} days; from must not be after to, and both within {MAX_WINDOW_DAYS} days of the origin",
+                    w.from, w.to
+                )));
+            }
+        }
+        match (self.min, self.max) {
+            (None, None) => {}
+            _ if !self.kind.is_numeric() => {
+                return Err(Error::invalid(format!(
+                    "{at} is {} and cannot have min or max",
+                    self.kind
+                )))
+            }
+            (Some(lo), Some(hi)) if lo.is_finite() && hi.is_finite() && lo < hi => {}
+            _ => {
+                return Err(Error::invalid(format!(
+                "{at} needs both min and max, finite, with min < max (public bounds of its days)"
+            )))
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `dict` with the study's derived variables added, after checking them.
+pub fn extend(dict: &Dictionary, derived: &BTreeMap<String, Derived>) -> Result<Dictionary> {
+    let mut out = dict.clone();
+    for (name, d) in derived {
+        d.check(name, dict)?;
+        out.variables.insert(name.clone(), d.variable());
+    }
+    Ok(out)
+}
+
+/// The dictionary variables `names` rest on: each derived name replaced by
+/// the variables its derivation reads.
+pub fn inputs(derived: &BTreeMap<String, Derived>, names: &[String]) -> Vec<String> {
+    let mut out = Vec::new();
+    for n in names {
+        match derived.get(n).and_then(|d| d.derivation("").ok()) {
+            Some(how) => out.extend(how.inputs().into_iter().map(|(_, v, _)| v.to_string())),
+            None => out.push(n.clone()),
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// The derived block as JSON (an object keyed by name) for the wire;
+/// empty when there is none.
+pub fn to_json(derived: &BTreeMap<String, Derived>) -> String {
+    if derived.is_empty() {
+        return String::new();
+    }
+    serde_json::to_string(derived).expect("derived variables serialise")
+}
+
+/// [`to_json`]'s inverse; the empty text is no derived variable.
+pub fn from_json(text: &str) -> Result<BTreeMap<String, Derived>> {
+    if text.is_empty() {
+        return Ok(BTreeMap::new());
+    }
+    serde_json::from_str(text)
+        .map_err(|e| Error::invalid(format!("the study's derived variables are not valid: {e}")))
+}
+
+/// A fingerprint of the derived block, for the keys of cached answers: the
+/// same query over a redefined variable is another question. Empty when
+/// the study derives nothing.
+pub fn fingerprint(derived: &BTreeMap<String, Derived>) -> String {
+    if derived.is_empty() {
+        return String::new();
+    }
+    let bytes = serde_json::to_vec(derived).expect("derived variables serialise");
+    crate::hash::sha256_hex(&bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dict() -> Dictionary {
+        Dictionary::from_toml(
+            "name='t'\nversion='1'\n\
+             [variables.index]\ntype='date'\n\
+             [variables.start]\ntype='date'\n\
+             [variables.bleed]\ntype='boolean'\n\
+             [variables.age]\ntype='integer'\n",
+        )
+        .unwrap()
+    }
+
+    fn derived(text: &str) -> BTreeMap<String, Derived> {
+        #[derive(Deserialize)]
+        struct D {
+            derived: BTreeMap<String, Derived>,
+        }
+        toml::from_str::<D>(text).unwrap().derived
+    }
+
+    #[test]
+    fn adds_checked_variables_to_the_dictionary() {
+        let d = derived(
+            "[derived.w]\ntype='boolean'\nwindow={event='bleed', origin='index', from=1, to=365}\n\
+             [derived.prior]\ntype='integer'\nmin=0\nmax=36500\ndays_between={from='start', to='index'}\n",
+        );
+        let x = extend(&dict(), &d).unwrap();
+        assert_eq!(x.get("w").unwrap().kind, VarType::Boolean);
+        assert_eq!(
+            x.get("prior").unwrap().numeric_bounds(),
+            Some((0.0, 36500.0))
+        );
+        assert!(x
+            .get("w")
+            .unwrap()
+            .description
+            .contains("window(event bleed from 1 to 365 days of index)"));
+        assert_eq!(
+            inputs(&d, &["w".into(), "age".into()]),
+            ["age", "bleed", "index"]
+        );
+        assert_eq!(fingerprint(&d).len(), 64);
+        assert_eq!(fingerprint(&BTreeMap::new()), "");
+    }
+
+    #[test]
+    fn refusals_name_the_field() {
+        for (text, want) in [
+            (
+                "[derived.age]\ntype='integer'\ndays_between={from='start', to='index'}",
+                "already a variable of the data dictionary",
+            ),
+            (
+                "[derived.w]\ntype='integer'\nwindow={event='bleed', origin='index', from=1, to=3}",
+                "derived.w is integer, but window gives a boolean",
+            ),
+            (
+                "[derived.w]\ntype='boolean'\nwindow={event='age', origin='index', from=1, to=3}",
+                "derived.w.window.event names \"age\", which is integer; it must be a dated event",
+            ),
+            (
+                "[derived.w]\ntype='boolean'\nwindow={event='bleed', origin='bleed', from=1, to=3}",
+                "derived.w.window.origin names \"bleed\", which is boolean; it must be a date",
+            ),
+            (
+                "[derived.w]\ntype='boolean'\nwindow={event='bleed', origin='index', from=3, to=1}",
+                "from must not be after to",
+            ),
+            (
+                "[derived.w]\ntype='boolean'\nwindow={event='bleed', origin='nope', from=1, to=3}",
+                "derived.w.window.origin: variable \"nope\" is not in the data dictionary",
+            ),
+            (
+                "[derived.w]\ntype='integer'",
+                "derived.w names no derivation",
+            ),
+            (
+                "[derived.d]\ntype='integer'\nmin=0\ndays_between={from='start', to='index'}",
+                "derived.d needs both min and max",
+            ),
+            (
+                "[derived.W]\ntype='integer'\ndays_between={from='start', to='index'}",
+                "derived variable name \"W\"",
+            ),
+        ] {
+            let e = extend(&dict(), &derived(text)).unwrap_err();
+            assert!(e.message.contains(want), "{text}: {e}");
+        }
+    }
+}
