@@ -53,6 +53,18 @@ pub struct State {
 }
 
 impl State {
+    /// The dictionary a study's queries are read, checked and pooled
+    /// against: the network's, with the variables the study derives.
+    pub fn dictionary_for(
+        &self,
+        study: &plexus_core::StudyDefinition,
+    ) -> Result<Arc<Dictionary>, plexus_core::Error> {
+        if study.derived.is_empty() {
+            return Ok(self.dictionary.clone());
+        }
+        Ok(Arc::new(study.dictionary(&self.dictionary)?))
+    }
+
     /// Appends an audit entry. A failure to audit is logged loudly; the
     /// action it describes has already happened and cannot be undone.
     pub async fn audit(&self, entry: AuditEntry) {

@@ -65,6 +65,13 @@ pub struct Study {
     pub definition_hash: String,
     /// Answers are pooled by secure aggregation.
     pub secure_aggregation: bool,
+    /// The variables the study derives itself (`[derived.NAME]` in
+    /// study.toml), by name: each one's type, public bounds and its one
+    /// derivation (`time_to_event`, `window` or `days_between`) over
+    /// dictionary variables.
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    #[schema(value_type = Object)]
+    pub derived: serde_json::Map<String, serde_json::Value>,
 }
 
 /// Purpose of use in GA4GH Data Use Ontology terms.
@@ -115,6 +122,9 @@ impl From<pb::Study> for Study {
             },
             definition_hash: s.definition_hash,
             secure_aggregation: s.secure_aggregation,
+            // Written by the coordinator from the registered definition;
+            // anything else reads as none.
+            derived: serde_json::from_str(&s.derived_json).unwrap_or_default(),
         }
     }
 }

@@ -33,7 +33,8 @@ pub(super) async fn account(
         .iter()
         .map(|(_, r)| r.charged_rho)
         .fold(0.0, f64::max);
-    let canonical = query.canonical_hash(&state.dictionary)?;
+    let dict = state.dictionary_for(study)?;
+    let canonical = query.canonical_hash(&dict)?;
     state
         .store
         .record_charge(query_id, &study.id, &canonical, charged)
@@ -101,7 +102,10 @@ pub(super) async fn record_failed_charge(
     if charged <= 0.0 {
         return;
     }
-    let recorded = match query.canonical_hash(&state.dictionary) {
+    let recorded = match state
+        .dictionary_for(study)
+        .and_then(|d| query.canonical_hash(&d))
+    {
         Ok(canonical) => state
             .store
             .record_charge(query_id, &study.id, &canonical, charged)

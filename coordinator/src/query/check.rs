@@ -206,7 +206,7 @@ pub(super) fn reply(
     state: &State,
     node: &str,
     job: &pb::Job,
-    query: &Query,
+    (query, dict): (&Query, &plexus_core::Dictionary),
     reply: JobReply,
 ) -> Checked {
     let checked = |answer, status, stored, error| Checked {
@@ -287,7 +287,7 @@ pub(super) fn reply(
             let checked_stats = receipt.map(Receipt::try_from).transpose().and_then(|r| {
                 s.check(
                     &query.analysis,
-                    &state.dictionary,
+                    dict,
                     state.config.coordinator.min_cell_size,
                 )
                 .map(|_| r)
@@ -300,7 +300,7 @@ pub(super) fn reply(
                 Err(e) => invalid(e),
             }
         }
-        Ok(secure) => match secure_answer(job, secure, receipt, query, &state.dictionary) {
+        Ok(secure) => match secure_answer(job, secure, receipt, query, dict) {
             Ok((answer, stored)) => checked(answer, Outcome::Answered, Some(stored), None),
             Err(e) => invalid(e),
         },

@@ -141,7 +141,7 @@ pub(super) async fn fit(plan: &Plan<'_>, nodes: Vec<String>, min_nodes: u32) -> 
     let state = plan.state;
     let k = state.config.coordinator.min_cell_size;
     let private = !plan.study.privacy.exact;
-    let mut fitter = Fitter::new(plan.query, &state.dictionary, private)?;
+    let mut fitter = Fitter::new(plan.query, &plan.dictionary, private)?;
     let mut receipts: Vec<(String, Receipt)> = Vec::new();
     let mut iteration = fitter.start();
     let mut participants: Vec<String> = Vec::new();
@@ -254,7 +254,7 @@ pub(super) async fn fit(plan: &Plan<'_>, nodes: Vec<String>, min_nodes: u32) -> 
                 outside.push(o);
             }
             participants = remaining;
-            fitter = Fitter::new(plan.query, &state.dictionary, private)?;
+            fitter = Fitter::new(plan.query, &plan.dictionary, private)?;
             iteration = fitter.start();
             continue;
         }

@@ -200,6 +200,13 @@ async fn execute(
         wire_query: pb::Query::from(query),
         query_hash: query.hash(),
         definition_hash: study.definition_hash(),
+        // Sent only when the nodes need it to read the study's own variables.
+        definition: if study.derived.is_empty() {
+            Vec::new()
+        } else {
+            serde_json::to_vec(study).expect("study serialises")
+        },
+        dictionary: state.dictionary_for(study)?,
         charges,
         privacy: pb::JobPrivacy {
             exact: study.privacy.exact,
@@ -281,7 +288,7 @@ async fn execute(
         } = plan.round(&study.nodes, None).await;
         let mut result = pool(
             &query.analysis,
-            &state.dictionary,
+            &plan.dictionary,
             &answers,
             others,
             study.min_nodes,
@@ -313,10 +320,7 @@ async fn execute(
                 .iter()
                 .map(|(node, stats)| {
                     let one = [(node.clone(), stats.clone())];
-                    SiteResult::new(
-                        node,
-                        pool_value(&query.analysis, &state.dictionary, &one, k),
-                    )
+                    SiteResult::new(node, pool_value(&query.analysis, &plan.dictionary, &one, k))
                 })
                 .collect();
         }

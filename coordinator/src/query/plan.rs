@@ -82,6 +82,11 @@ pub(crate) struct Plan<'a> {
     /// The definition the query runs under, which each node checks
     /// against the versions its hospital approved.
     pub definition_hash: String,
+    /// The definition itself (JSON, hashing to `definition_hash`) when
+    /// the study derives variables, which the nodes read from it.
+    pub definition: Vec<u8>,
+    /// The network dictionary with the study's derived variables.
+    pub dictionary: Arc<plexus_core::Dictionary>,
     /// Every node's receipts so far, summed over the query's jobs.
     pub charges: &'a std::sync::Mutex<Vec<(String, Receipt)>>,
 }

@@ -129,7 +129,7 @@ impl Plan<'_> {
         iteration: Option<&Iteration>,
         recover: bool,
     ) -> Result<Round, Error> {
-        let dict = &self.state.dictionary;
+        let dict = &self.dictionary;
         let len = secagg::vector_len(&self.query.analysis, dict)?;
         let mut round = Round::empty(self.state.config.coordinator.min_cell_size);
         if session.is_none() {
@@ -323,7 +323,7 @@ impl Plan<'_> {
 /// The pooled result of a one-shot analysis from a complete secure round:
 /// every survivor is shown as answered, with no figure of its own.
 pub(crate) fn pool_secure(plan: &Plan<'_>, round: Round) -> Result<PooledResult, Error> {
-    let dict = &plan.state.dictionary;
+    let dict = &plan.dictionary;
     let k = round.min_cell_size;
     let summed = round
         .secure

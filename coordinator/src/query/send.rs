@@ -57,13 +57,23 @@ impl Plan<'_> {
                 iteration: iteration.map(pb::Iteration::from),
                 privacy: Some(self.privacy),
                 study_definition_hash: self.definition_hash.clone(),
+                study_definition: self.definition.clone(),
                 secure_aggregation: secure(node),
                 // The witnessed log's fields, filled in `ask`.
                 ..Default::default()
             };
             let timeout = Duration::from_secs(cfg.job_timeout_secs);
             async move {
-                let answer = ask(self.state, self.query_id, node, job, self.query, timeout).await;
+                let answer = ask(
+                    self.state,
+                    self.query_id,
+                    node,
+                    job,
+                    self.query,
+                    &self.dictionary,
+                    timeout,
+                )
+                .await;
                 if let Some(r) = answer.receipt() {
                     let mut charges = self.charges.lock().expect("charges lock");
                     add_receipts(&mut charges, &[(node.clone(), r)]);
@@ -108,6 +118,7 @@ async fn ask(
     node: &str,
     job: pb::Job,
     query: &Query,
+    dict: &plexus_core::Dictionary,
     timeout: Duration,
 ) -> Answer {
     let job = crate::witness::attach(state, node, job).await;
@@ -226,7 +237,7 @@ async fn ask(
         error: err,
         signed,
         review,
-    } = check::reply(state, node, &job, query, reply);
+    } = check::reply(state, node, &job, (query, dict), reply);
     state.metrics.job(
         node,
         &status.to_string(),

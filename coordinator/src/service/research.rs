@@ -34,7 +34,9 @@ impl ResearchService {
             // What secure aggregation does not answer is refused here,
             // before any node is asked.
             let secure = plexus_core::secagg::supported(query).and_then(|_| {
-                plexus_core::secagg::vector_len(&query.analysis, &self.state.dictionary)
+                self.state
+                    .dictionary_for(study)
+                    .and_then(|d| plexus_core::secagg::vector_len(&query.analysis, &d))
             });
             if let Err(e) = secure {
                 return Ok(Err(e));
@@ -45,7 +47,11 @@ impl ResearchService {
         }
         let store = &self.state.store;
         let (spent, _) = store.spent(&study.id).await.map_err(|e| e.to_status())?;
-        let repeat = match query.canonical_hash(&self.state.dictionary) {
+        let repeat = match self
+            .state
+            .dictionary_for(study)
+            .and_then(|d| query.canonical_hash(&d))
+        {
             Ok(h) => store
                 .charged_before(&study.id, &h)
                 .await
@@ -110,8 +116,13 @@ impl Research for ResearchService {
             ));
             return Err(self.refuse(&who.name, &study.id, e).await);
         }
-        let query = match read_query(req.query, &req.query_json, &self.state.dictionary)
-            .and_then(|q| q.validate(&self.state.dictionary).map(|_| q))
+        let query = match self
+            .state
+            .dictionary_for(&study)
+            .and_then(|dict| {
+                read_query(req.query, &req.query_json, &dict)
+                    .and_then(|q| q.validate(&dict).map(|_| q))
+            })
             .and_then(|q| study.permits(&q).map(|_| q))
         {
             Ok(q) => q,
