@@ -21,7 +21,7 @@ use plexus_proto::job::{JobRequest, SecureStep};
 use plexus_proto::v1 as pb;
 
 use crate::config::NodeConfig;
-use crate::data::{DataSource, Limits};
+use crate::data::{DataSource, Limits, StudyScope};
 use crate::envelope::{self, SeenJobs};
 use crate::ledger::{Answer, Kept, Ledger};
 use crate::log::{JobLog, LogEntry};
@@ -95,6 +95,9 @@ pub(crate) enum Protection {
 }
 
 pub(crate) struct Checked {
+    /// The dictionary the query is read against: the network's, with the
+    /// variables the job's study derives.
+    pub scope: StudyScope,
     pub query: Query,
     pub purpose: Purpose,
     pub rules: Rules,
@@ -433,7 +436,7 @@ impl JobRunner {
         let secure = checked.secure.clone();
         if secure.is_some() {
             secagg::supported(&checked.query)?;
-            secagg::vector_len(&checked.query.analysis, &self.dictionary)?;
+            secagg::vector_len(&checked.query.analysis, &checked.scope.dictionary)?;
         }
         let now_ms = chrono::Utc::now().timestamp_millis();
         let masker = match secure {
@@ -494,6 +497,7 @@ impl JobRunner {
                 .map_err(|e| Error::internal(format!("the node's computation stopped: {e}")))??,
             None => {
                 let compute = self.data.compute_apart(
+                    &checked.scope,
                     &checked.query,
                     &checked.purpose,
                     today,
@@ -515,7 +519,7 @@ impl JobRunner {
         let (release, noise) = release_for(
             raw,
             &checked.query.analysis,
-            &self.dictionary,
+            &checked.scope.dictionary,
             checked.rules,
             rho,
             checked.iteration.as_ref(),
@@ -600,8 +604,8 @@ impl JobRunner {
         today: chrono::NaiveDate,
         rho: f64,
     ) -> Result<String, Error> {
-        let canonical = checked.query.canonical_hash(&self.dictionary)?;
-        let text = format!(
+        let canonical = checked.query.canonical_hash(&checked.scope.dictionary)?;
+        let mut text = format!(
             "{}\0{canonical}\0{}\0{}\0{today}\0{rho:e}\0{}\0{}",
             job.study_id,
             round_text(checked),
@@ -609,6 +613,12 @@ impl JobRunner {
             checked.rules.k,
             checked.rules.dominance_share
         );
+        // The same query over a redefined derived variable is another
+        // question (and nothing is appended for a study without any, so
+        // those keys stay as they were).
+        if !checked.scope.fingerprint.is_empty() {
+            text.push_str(&format!("\0derived {}", checked.scope.fingerprint));
+        }
         Ok(plexus_core::hash::sha256_hex(text.as_bytes()))
     }
 
@@ -624,7 +634,7 @@ impl JobRunner {
         checked: &Checked,
         today: chrono::NaiveDate,
     ) -> Result<String, Error> {
-        let canonical = checked.query.canonical_hash(&self.dictionary)?;
+        let canonical = checked.query.canonical_hash(&checked.scope.dictionary)?;
         let day = match checked.protection {
             Protection::Exact => String::new(),
             Protection::Private { .. } => today.to_string(),
@@ -649,10 +659,18 @@ impl JobRunner {
             iteration,
             secure,
         } = JobRequest::read(job)?;
-        query.validate(&self.dictionary)?;
-        policy::narrowed(&self.config.node.id, &job.study_id, allowed, &query)?;
+        let scope = self.scope(job)?;
+        query.validate(&scope.dictionary)?;
+        policy::narrowed_through(
+            &self.config.node.id,
+            &job.study_id,
+            allowed,
+            &query,
+            &scope.derived,
+        )?;
         let protection = self.protection(job, &query)?;
         Ok(Checked {
+            scope,
             query,
             purpose,
             rules: Rules {
@@ -664,6 +682,36 @@ impl JobRunner {
             protection,
             secure,
         })
+    }
+
+    /// The variables the job's study derives, read from the definition the
+    /// job carries: only when it hashes to the job's (already approved)
+    /// definition hash and is of the job's study. A job without one runs
+    /// over the network dictionary alone.
+    fn scope(&self, job: &pb::Job) -> Result<StudyScope, Error> {
+        if job.study_definition.is_empty() {
+            return Ok(StudyScope::network(self.dictionary.clone()));
+        }
+        let hash = plexus_core::hash::sha256_hex(&job.study_definition);
+        if hash != job.study_definition_hash {
+            return Err(Error::policy(format!(
+                "the study definition the job carries hashes to {hash}, not to the approved {} it names; refused",
+                job.study_definition_hash
+            )));
+        }
+        let study: plexus_core::StudyDefinition = serde_json::from_slice(&job.study_definition)
+            .map_err(|e| {
+                Error::invalid(format!(
+                    "the study definition the job carries is not a study definition: {e}"
+                ))
+            })?;
+        if study.id != job.study_id {
+            return Err(Error::policy(format!(
+                "the job for study \"{}\" carries the definition of \"{}\"; refused",
+                job.study_id, study.id
+            )));
+        }
+        StudyScope::of(&study, &self.dictionary)
     }
 
     /// Exact only for a study registered as exact that the hospital

@@ -130,6 +130,19 @@ pub fn narrowed(
     allowed: &StudyPolicy,
     query: &Query,
 ) -> Result<(), Error> {
+    narrowed_through(node, study, allowed, query, &Default::default())
+}
+
+/// [`narrowed`] for a study that derives variables of its own: a derived
+/// variable is judged by the dictionary variables it reads, which the
+/// hospital's `variables` list names.
+pub fn narrowed_through(
+    node: &str,
+    study: &str,
+    allowed: &StudyPolicy,
+    query: &Query,
+    derived: &std::collections::BTreeMap<String, plexus_core::timeline::Derived>,
+) -> Result<(), Error> {
     let kind = query.analysis.kind();
     if let Some(analyses) = &allowed.analyses {
         if !analyses.contains(&kind) {
@@ -141,8 +154,7 @@ pub fn narrowed(
         }
     }
     if let Some(variables) = &allowed.variables {
-        if let Some(v) = query
-            .variables()
+        if let Some(v) = plexus_core::timeline::inputs(derived, &query.variables())
             .into_iter()
             .find(|v| !variables.contains(v))
         {
@@ -391,6 +403,22 @@ mod tests {
         );
         // Not narrowed: whatever the study allows.
         narrowed("hospital-a", STUDY, &StudyPolicy::default(), &ok).unwrap();
+
+        // A variable the study derives is judged by those it reads.
+        let derived: std::collections::BTreeMap<String, plexus_core::timeline::Derived> =
+            serde_json::from_str(
+                r#"{"seen": {"type": "integer", "days_between": {"from": "inclusion_date", "to": "inclusion_date"}},
+                    "old": {"type": "integer", "days_between": {"from": "age", "to": "age"}}}"#,
+            )
+            .unwrap();
+        let on = |v: &str| {
+            q(&format!(
+                r#"{{"analysis": {{"summary": {{"variable": "{v}"}}}}}}"#
+            ))
+        };
+        narrowed_through("hospital-a", STUDY, &allowed, &on("old"), &derived).unwrap();
+        let e = narrowed_through("hospital-a", STUDY, &allowed, &on("seen"), &derived).unwrap_err();
+        assert!(e.message.contains("\"inclusion_date\""), "{e}");
     }
 
     #[test]

@@ -39,7 +39,7 @@ use plexus_core::{Analysis, Dictionary, Error, Purpose, Query, RawStats, Result}
 
 pub use config::{BooleanValues, ColumnMapping, ConsentConfig, DataConfig, DataFormat, SourceKind};
 pub use models::Limits;
-pub use source::DataSource;
+pub use source::{DataSource, StudyScope};
 
 use compile::Mapped;
 use consent::ConsentSource;

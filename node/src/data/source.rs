@@ -2,15 +2,60 @@
 //! PostgreSQL warehouse, chosen by `data.source`. Both answer with the
 //! same `RawStats` for the same rows.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use chrono::NaiveDate;
 use plexus_core::models::fit::Iteration;
-use plexus_core::{Dictionary, Purpose, Query, RawStats, Result};
+use plexus_core::timeline::Derived;
+use plexus_core::{Dictionary, Error, Purpose, Query, RawStats, Result, StudyDefinition};
 
 use super::config::{ConsentConfig, DataConfig, SourceKind};
 use super::warehouse::Warehouse;
 use super::{FileSource, Limits};
+
+/// What a job's study adds to the network dictionary: the variables it
+/// derives itself (`[derived]` in its definition), which the node builds
+/// from its own mapping of the dictionary variables they read.
+#[derive(Debug, Clone)]
+pub struct StudyScope {
+    /// The network dictionary with the derived variables.
+    pub dictionary: Arc<Dictionary>,
+    pub derived: Arc<BTreeMap<String, Derived>>,
+    /// [`plexus_core::timeline::fingerprint`] of `derived`: empty for none.
+    pub fingerprint: String,
+}
+
+impl StudyScope {
+    /// A study that derives nothing: the network dictionary alone.
+    pub fn network(dictionary: Arc<Dictionary>) -> Self {
+        StudyScope {
+            dictionary,
+            derived: Arc::new(BTreeMap::new()),
+            fingerprint: String::new(),
+        }
+    }
+
+    /// `study`'s variables over the network dictionary `base`.
+    pub fn of(study: &StudyDefinition, base: &Arc<Dictionary>) -> Result<Self> {
+        if study.derived.is_empty() {
+            return Ok(Self::network(base.clone()));
+        }
+        Ok(StudyScope {
+            dictionary: Arc::new(study.dictionary(base)?),
+            derived: Arc::new(study.derived.clone()),
+            fingerprint: plexus_core::timeline::fingerprint(&study.derived),
+        })
+    }
+
+    /// The first of `query`'s variables the study derives.
+    pub fn derived_in(&self, query: &Query) -> Option<String> {
+        query
+            .variables()
+            .into_iter()
+            .find(|v| self.derived.contains_key(v))
+    }
+}
 
 /// One per node, opened once and shared behind an `Arc`: the variants'
 /// sizes do not matter.
@@ -123,7 +168,36 @@ impl DataSource {
         }
     }
 
-    /// [`Self::compute`], with a file source's computation (DataFusion's
+    /// [`Self::compute`] for a job of a study that may derive variables of
+    /// its own (`scope`). A warehouse builds them from its mapping of the
+    /// dated events; a node reading files refuses a query naming one,
+    /// naming the variable.
+    pub async fn compute_in(
+        &self,
+        scope: &StudyScope,
+        query: &Query,
+        purpose: &Purpose,
+        today: NaiveDate,
+        limits: Limits,
+        iteration: Option<&Iteration>,
+    ) -> Result<RawStats> {
+        match self {
+            DataSource::Warehouse(w) => {
+                w.compute_in(scope, query, purpose, today, limits, iteration)
+                    .await
+            }
+            DataSource::Files(f) => {
+                if let Some(v) = scope.derived_in(query) {
+                    return Err(Error::data(format!(
+                        "variable \"{v}\" is derived by the study from dated events and dates ([derived] in its definition); this node reads patient files, which hold one row per patient and no event rows, and derives no study variables: leave the variable out, or run the study on warehouse nodes"
+                    )));
+                }
+                f.compute(query, purpose, today, limits, iteration).await
+            }
+        }
+    }
+
+    /// [`Self::compute_in`], with a file source's computation (DataFusion's
     /// planning and execution: all CPU) on the node's compute threads,
     /// never on the async workers that keep the coordinator link: a burst
     /// of jobs slows the jobs, while heartbeats, HTTP/2 keep-alive answers
@@ -134,25 +208,29 @@ impl DataSource {
     /// the computation.
     pub async fn compute_apart(
         self: &Arc<Self>,
+        scope: &StudyScope,
         query: &Query,
         purpose: &Purpose,
         today: NaiveDate,
         limits: Limits,
         iteration: Option<&Iteration>,
     ) -> Result<RawStats> {
-        if let DataSource::Warehouse(w) = &**self {
+        if let DataSource::Warehouse(_) = &**self {
             // Waits on the warehouse: nothing to move.
-            return w.compute(query, purpose, today, limits, iteration).await;
+            return self
+                .compute_in(scope, query, purpose, today, limits, iteration)
+                .await;
         }
-        let (source, query, purpose, iteration) = (
+        let (source, scope, query, purpose, iteration) = (
             self.clone(),
+            scope.clone(),
             query.clone(),
             purpose.clone(),
             iteration.cloned(),
         );
         let task = compute_threads().spawn(async move {
             source
-                .compute(&query, &purpose, today, limits, iteration.as_ref())
+                .compute_in(&scope, &query, &purpose, today, limits, iteration.as_ref())
                 .await
         });
         tokio_util::task::AbortOnDropHandle::new(task)

@@ -124,14 +124,15 @@ impl JobRunner {
         let session = self.sessions.get(session_id, now_ms)?;
         locked(&session).own_bundle = bytes.clone();
         if !cached {
-            let (data, query, purpose) = (
+            let (data, query, purpose, scope) = (
                 self.data.clone(),
                 checked.query.clone(),
                 checked.purpose.clone(),
+                checked.scope.clone(),
             );
             let (limits, iteration) = (self.limits(checked), checked.iteration.clone());
             let task = tokio::spawn(async move {
-                data.compute_apart(&query, &purpose, today, limits, iteration.as_ref())
+                data.compute_apart(&scope, &query, &purpose, today, limits, iteration.as_ref())
                     .await
             });
             let pending = Pending {

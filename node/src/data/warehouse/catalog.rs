@@ -9,6 +9,7 @@
 
 use std::collections::BTreeMap;
 
+use plexus_core::timeline::Derivation;
 use plexus_core::{Dictionary, Error, Result, VarType};
 use sqlx::{PgPool, Row};
 
@@ -769,27 +770,32 @@ pub(crate) async fn map_variables(
         );
     }
     for (name, kind) in derived {
-        let var = derive(name, kind, &cfg.variables[name], &out, dict)?;
+        let src = &cfg.variables[name];
+        let how = match (&src.time_to_event, &src.window, &src.days_between) {
+            (Some(t), _, _) => Derivation::TimeToEvent(t),
+            (_, Some(w), _) => Derivation::Window(w),
+            (_, _, Some(d)) => Derivation::DaysBetween(d),
+            _ => return Err(Error::internal("not a derived variable")),
+        };
+        let at = format!("data.postgres.variables.{name}.{}", how.key());
+        let var = derive(name, kind, how, &at, &out, dict)?;
         out.insert(name.clone(), var);
     }
     Ok((out, tables))
 }
 
 /// A variable derived from the mapped variables it names
-/// (`time_to_event`, `window`, `days_between`).
-fn derive(
+/// (`time_to_event`, `window`, `days_between`): one of the node's mapping,
+/// or one a study derives (`at` names where it is declared).
+pub(crate) fn derive(
     name: &str,
     kind: VarType,
-    src: &VariableSource,
+    how: Derivation<'_>,
+    at: &str,
     mapped: &BTreeMap<String, Var>,
     dict: &Dictionary,
 ) -> Result<Var> {
-    let key = match (&src.time_to_event, &src.window) {
-        (Some(_), _) => "time_to_event",
-        (_, Some(_)) => "window",
-        _ => "days_between",
-    };
-    let at = format!("data.postgres.variables.{name}.{key}");
+    let key = how.key();
     let get = |field: &str, var: &str| {
         dict.get(var)
             .map_err(|e| Error::invalid(format!("{at}.{field}: {}", e.message)))?;
@@ -834,8 +840,8 @@ fn derive(
             "{at}: \"{name}\" is {kind}, but {key} gives {want}; declare it so in the dictionary or map another variable"
         ))
     };
-    let source = match (&src.time_to_event, &src.window, &src.days_between) {
-        (Some(t), _, _) => Source::TimeTo {
+    let source = match how {
+        Derivation::TimeToEvent(t) => Source::TimeTo {
             origin: date("origin", &t.origin)?,
             censor: date("censor", &t.censor)?,
             event: dated("event", &t.event)?,
@@ -849,7 +855,7 @@ fn derive(
                 }
             },
         },
-        (_, Some(w), _) => {
+        Derivation::Window(w) => {
             if kind != VarType::Boolean {
                 return Err(wrong("a boolean"));
             }
@@ -860,7 +866,7 @@ fn derive(
                 to: w.to,
             }
         }
-        (_, _, Some(d)) => {
+        Derivation::DaysBetween(d) => {
             if !kind.is_numeric() {
                 return Err(wrong("days (integer or float)"));
             }
@@ -869,7 +875,6 @@ fn derive(
                 to: date("to", &d.to)?,
             }
         }
-        _ => return Err(Error::internal("not a derived variable")),
     };
     Ok(Var {
         kind,

@@ -36,11 +36,57 @@ use plexus_core::stats::{FixedSums, Moments, SummarySums};
 use plexus_core::{Analysis, ConsentTerms, Error, Purpose, Query, RawStats, Result, VarType};
 use sqlx::Row;
 
-use super::catalog::Family;
+use super::catalog::{derive, Family, Var};
 use super::sql::{self, Aliases, Param, Params};
 use super::{db_error, Consent, Warehouse};
-use crate::data::blocking;
 use crate::data::models::{self, Limits};
+use crate::data::{blocking, StudyScope};
+
+/// The warehouse as one job's study sees it: the network dictionary with
+/// the study's derived variables, and those variables built over this
+/// node's mapping. Everything else is the warehouse's (through `Deref`).
+pub(super) struct Scope<'a> {
+    w: &'a Warehouse,
+    dict: std::sync::Arc<plexus_core::Dictionary>,
+    /// The study's derived variables the query names.
+    extra: BTreeMap<String, Var>,
+    /// Fingerprint of the study's derived block (empty for none), in the
+    /// keys of cached model data.
+    key: String,
+}
+
+impl std::ops::Deref for Scope<'_> {
+    type Target = Warehouse;
+    fn deref(&self) -> &Warehouse {
+        self.w
+    }
+}
+
+impl<'a> Scope<'a> {
+    /// `study`'s view of `w` for `query`: the study's derived variables the
+    /// query names, built from this node's mapped variables (refused,
+    /// naming the variable and the field, when one it reads is not mapped
+    /// here as the derivation needs it).
+    pub(super) fn new(w: &'a Warehouse, study: &StudyScope, query: &Query) -> Result<Self> {
+        let mut extra = BTreeMap::new();
+        for name in query.variables() {
+            let Some(d) = study.derived.get(&name) else {
+                continue;
+            };
+            let at = format!("study variable derived.{name}");
+            let how = d.derivation(&at)?;
+            let at = format!("{at}.{}", how.key());
+            let var = derive(&name, d.kind, how, &at, &w.vars, &w.dict)?;
+            extra.insert(name, var);
+        }
+        Ok(Scope {
+            w,
+            dict: study.dictionary.clone(),
+            extra,
+            key: study.fingerprint.clone(),
+        })
+    }
+}
 
 /// The cohort as a relation `t` (columns `pid`, `v0`, ...) with its filter.
 struct Relation<'a> {
@@ -49,11 +95,15 @@ struct Relation<'a> {
     params: Params,
 }
 
-impl Warehouse {
-    fn aliases<'a>(&'a self, names: &[String]) -> Result<Aliases<'a>> {
+impl Scope<'_> {
+    fn aliases(&self, names: &[String]) -> Result<Aliases<'_>> {
         let mut vars = BTreeMap::new();
         for (i, n) in names.iter().enumerate() {
-            let (name, var) = self.vars.get_key_value(n.as_str()).ok_or_else(|| {
+            let found = self
+                .extra
+                .get_key_value(n.as_str())
+                .or_else(|| self.w.vars.get_key_value(n.as_str()));
+            let (name, var) = found.ok_or_else(|| {
                 Error::data(format!(
                     "variable \"{n}\" is not mapped at this node (the hospital can add it under [data.postgres.variables] in node.toml; otherwise leave it out of the query)"
                 ))
@@ -531,7 +581,7 @@ fn product(a: &str, b: &str) -> String {
 }
 
 pub(super) async fn run(
-    w: &Warehouse,
+    w: &Scope<'_>,
     query: &Query,
     purpose: &Purpose,
     today: NaiveDate,
@@ -547,7 +597,8 @@ pub(super) async fn run(
             Error::invalid("a regression job carries no iteration (round and coefficients)")
         })?;
         let key = format!(
-            "{}\0{purpose}\0{today}\0{}\0{}\0{}\0{}",
+            "{}\0{}\0{purpose}\0{today}\0{}\0{}\0{}\0{}",
+            w.key,
             query.hash(),
             w.fresh_snapshot().await?,
             limits.k,

@@ -552,43 +552,10 @@ impl VariableSource {
     }
 }
 
-/// `time_to_event = { origin = "...", event = "...", censor = "..." }`:
-/// names of mapped variables. `origin` and `censor` are dates (such as the
-/// first exposure of a concept set, and the end of observation); `event` is
-/// a presence of an event table with its `date_column`. The event counts
-/// when one of its rows falls after the origin and on or before the
-/// censoring date; follow-up ends at the first such row, or else at the
-/// censoring date. A patient without an origin or a censoring date, or
-/// censored before the origin, is missing.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TimeToEvent {
-    pub origin: String,
-    pub event: String,
-    pub censor: String,
-}
-
-/// `window = { event = "...", origin = "...", from = -180, to = -1 }`: true
-/// when the patient has a row of `event` (a presence with its
-/// `date_column`) dated from `origin + from` to `origin + to` days, both
-/// ends included; missing without an origin date.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Window {
-    pub event: String,
-    pub origin: String,
-    pub from: i32,
-    pub to: i32,
-}
-
-/// `days_between = { from = "...", to = "..." }`: `to` minus `from`, two
-/// mapped dates, in days; missing when either is.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DaysBetween {
-    pub from: String,
-    pub to: String,
-}
+/// `time_to_event`, `window` and `days_between` over the node's mapped
+/// variables: the same shapes (and meaning) as a study's own derived
+/// variables ([`plexus_core::timeline`]).
+pub use plexus_core::timeline::{DaysBetween, TimeToEvent, Window};
 
 /// One concept of a set, with the flags OHDSI ATLAS gives each item.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -39,6 +39,7 @@ pub(crate) use sql::Param;
 use super::config::ConsentConfig;
 use super::consent::ConsentSource;
 use super::models::{Limits, ModelCache};
+use super::source::StudyScope;
 use catalog::{Column, ConsentCatalog, Table, Var};
 
 /// Where consent comes from on a warehouse node.
@@ -464,7 +465,26 @@ impl Warehouse {
         limits: Limits,
         iteration: Option<&Iteration>,
     ) -> Result<RawStats> {
-        let r = compute::run(self, query, purpose, today, limits, iteration).await;
+        let study = StudyScope::network(self.dict.clone());
+        self.compute_in(&study, query, purpose, today, limits, iteration)
+            .await
+    }
+
+    /// [`Self::compute`] for a job of a study that may derive variables
+    /// of its own (`study`), built here from this node's mapping.
+    pub async fn compute_in(
+        &self,
+        study: &StudyScope,
+        query: &Query,
+        purpose: &Purpose,
+        today: NaiveDate,
+        limits: Limits,
+        iteration: Option<&Iteration>,
+    ) -> Result<RawStats> {
+        let r = match compute::Scope::new(self, study, query) {
+            Ok(scope) => compute::run(&scope, query, purpose, today, limits, iteration).await,
+            Err(e) => Err(e),
+        };
         self.note(&r);
         r
     }
