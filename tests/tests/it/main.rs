@@ -38,5 +38,6 @@ mod secure_aggregation;
 mod security;
 mod signed_jobs;
 mod slow_node;
+mod study_timeline;
 mod warehouse;
 mod witness;

@@ -32,7 +32,7 @@ use plexus_core::models::fit::{fit_locally, IterativeFit, RoundStats};
 use plexus_core::models::glm::{FitOptions, GlmFitter};
 use plexus_core::{Dictionary, Purpose, Query, RawStats};
 use plexus_node::data::warehouse::VariableSource;
-use plexus_node::data::{ConsentConfig, DataConfig, DataSource, Limits};
+use plexus_node::data::{ConsentConfig, DataConfig, DataSource, Limits, StudyScope};
 use plexus_tests::pg::TestDatabase;
 use sqlx::{Connection, Row};
 
@@ -458,10 +458,224 @@ async fn omop_concept_sets_derived_variables_and_a_logistic_model_equal_the_pool
         );
     }
 
+    study_time_logic(&nodes, &s.urls(), &dict).await;
+
     for db in s.dbs {
         db.drop_now().await;
     }
 }
+
+/// A study that declares its own time logic (`[derived]` in study.toml)
+/// over the kit's dictionary: the index is the kit's first NSAID exposure,
+/// and the follow-up, a window after it and the days observed before it
+/// are declared by the study rather than mapped by the hospital.
+const TIMELINE_STUDY: &str = r#"
+id = "nsaid-bleed-timeline"
+title = "NSAIDs and GI bleeding, with the study's own time logic"
+variables = ["sex", "s_within_year", "s_followup_days", "s_bleed_after", "s_observed_before", "s_bleed_before", "s_ibuprofen_after"]
+analyses = ["count", "summary", "table"]
+researchers = ["researcher"]
+nodes = ["site-0", "site-1", "site-2"]
+
+[purpose]
+code = "HMB"
+
+[derived.s_within_year]
+type = "boolean"
+window = { event = "gi_bleed", origin = "nsaid_index", from = 1, to = 365 }
+
+[derived.s_followup_days]
+type = "integer"
+min = 0
+max = 36500
+time_to_event = { origin = "nsaid_index", event = "gi_bleed", censor = "observation_end" }
+
+[derived.s_bleed_after]
+type = "boolean"
+time_to_event = { origin = "nsaid_index", event = "gi_bleed", censor = "observation_end" }
+
+[derived.s_observed_before]
+type = "integer"
+days_between = { from = "observation_start", to = "nsaid_index" }
+
+[derived.s_bleed_before]
+type = "boolean"
+description = "a GI bleed in the 180 days before the first NSAID exposure"
+window = { event = "gi_bleed", origin = "nsaid_index", from = -180, to = -1 }
+
+[derived.s_ibuprofen_after]
+type = "boolean"
+description = "ibuprofen again (or first) 1 to 365 days after the first NSAID or acetaminophen"
+window = { event = "ibuprofen", origin = "nsaid_index", from = 1, to = 365 }
+"#;
+
+/// The study's derived variables equal the hospital-mapped ones they
+/// mirror at every site, and a window before the index that no mapping
+/// declares equals plain SQL; required prior observation is a condition
+/// on the study's days_between.
+async fn study_time_logic(nodes: &[DataSource], urls: &[&str], dict: &Arc<Dictionary>) {
+    use plexus_core::StudyDefinition;
+
+    let study = StudyDefinition::from_toml(TIMELINE_STUDY).unwrap();
+    study.validate(dict).unwrap();
+    let scope = StudyScope::of(&study, dict).unwrap();
+    let scope = &scope;
+    let (mut windows, mut prior_all) = ([0u64; 2], 0);
+    for (i, (node, url)) in nodes.iter().zip(urls).enumerate() {
+        for (declared, mapped) in [
+            ("s_within_year", "bleed_within_year"),
+            ("s_bleed_after", "bleed_after_index"),
+        ] {
+            assert_eq!(
+                trues_in(node, scope, declared).await,
+                trues(node, mapped).await,
+                "site {i}: {declared}"
+            );
+        }
+        for (declared, mapped) in [
+            ("s_followup_days", "bleed_followup_days"),
+            ("s_observed_before", "observed_before_index"),
+        ] {
+            let d = summary_in(node, scope, declared, "null").await;
+            let q = Query::from_json(&format!(
+                r#"{{"analysis": {{"summary": {{"variable": "{mapped}"}}}}}}"#
+            ))
+            .unwrap();
+            let Ok(RawStats::Summary(m)) =
+                node.compute(&q, &research(), day(), limits(), None).await
+            else {
+                panic!("{mapped}")
+            };
+            assert_eq!(
+                (d.n, d.sum),
+                (m.moments.n, m.moments.sum),
+                "site {i}: {declared}"
+            );
+        }
+
+        // Windows no mapping declares, before and after the index, against
+        // plain SQL over the same concept sets (the kit's nsaid_index, and
+        // gi_bleed or ibuprofen).
+        for (var, table, column, date, set, from, to) in [
+            (
+                "s_bleed_before",
+                "condition_occurrence",
+                "condition_concept_id",
+                "condition_start_date",
+                192671i64,
+                -180,
+                -1,
+            ),
+            (
+                "s_ibuprofen_after",
+                "drug_exposure",
+                "drug_concept_id",
+                "drug_exposure_start_date",
+                1177480,
+                1,
+                365,
+            ),
+        ] {
+            let got = trues_in(node, scope, var).await;
+            let mut c = sqlx::PgConnection::connect(url).await.unwrap();
+            let sql = format!(
+                "WITH idx AS (SELECT d.person_id, min(d.drug_exposure_start_date) AS index_date FROM cdm.drug_exposure d \
+                              WHERE d.drug_concept_id IN (SELECT descendant_concept_id FROM vocab.concept_ancestor \
+                                                          WHERE ancestor_concept_id = ANY($1)) GROUP BY 1) \
+                 SELECT count(DISTINCT i.person_id)::int8 FROM idx i JOIN cdm.{table} e ON e.person_id = i.person_id \
+                 WHERE e.{column} IN (SELECT descendant_concept_id FROM vocab.concept_ancestor WHERE ancestor_concept_id = $2) \
+                   AND e.{date} BETWEEN i.index_date + ($3)::int AND i.index_date + ($4)::int \
+                   AND {CONSENTING}"
+            );
+            let want: i64 = sqlx::query_scalar(&sql)
+                .bind(vec![1177480i64, 1118084, 1124300, 1125315])
+                .bind(set)
+                .bind(from)
+                .bind(to)
+                .fetch_one(&mut c)
+                .await
+                .unwrap();
+            assert_eq!(got as i64, want, "site {i}: {var}");
+            windows[usize::from(var == "s_ibuprofen_after")] += got;
+        }
+
+        // Required prior observation (365 days before the index) as a
+        // cohort condition on the study's days_between, against SQL.
+        let prior = summary_in(
+            node,
+            scope,
+            "s_followup_days",
+            r#"{"compare": {"variable": "s_observed_before", "op": ">=", "value": 365}}"#,
+        )
+        .await;
+        let sql = format!(
+            "WITH idx AS (SELECT d.person_id, min(d.drug_exposure_start_date) AS index_date FROM cdm.drug_exposure d \
+                          WHERE d.drug_concept_id IN (SELECT descendant_concept_id FROM vocab.concept_ancestor \
+                                                      WHERE ancestor_concept_id = ANY($1)) GROUP BY 1), \
+                  obs AS (SELECT person_id, min(observation_period_start_date) AS s, max(observation_period_end_date) AS e \
+                          FROM cdm.observation_period GROUP BY 1) \
+             SELECT count(*)::int8 FROM idx i JOIN obs o ON o.person_id = i.person_id \
+             WHERE i.index_date - o.s >= 365 AND o.e >= i.index_date AND {CONSENTING}"
+        );
+        let want: i64 = sqlx::query_scalar(&sql)
+            .bind(vec![1177480i64, 1118084, 1124300, 1125315])
+            .fetch_one(&mut sqlx::PgConnection::connect(url).await.unwrap())
+            .await
+            .unwrap();
+        assert_eq!(
+            prior.n as i64, want,
+            "site {i}: follow-up with a year of prior observation"
+        );
+        prior_all += prior.n;
+    }
+    eprintln!(
+        "study time logic: {} persons with a GI bleed in the 180 days before their first NSAID, {} with ibuprofen in the year after it; {prior_all} with a year of observation before it",
+        windows[0], windows[1]
+    );
+    assert!(
+        windows[1] > 20 && prior_all > 100,
+        "{windows:?} {prior_all}"
+    );
+}
+
+async fn ask_in(node: &DataSource, scope: &StudyScope, json: &str) -> RawStats {
+    let q = Query::from_json(json).unwrap();
+    match node
+        .compute_in(scope, &q, &research(), day(), limits(), None)
+        .await
+    {
+        Ok(r) => r,
+        Err(e) => panic!("{json}: {e}"),
+    }
+}
+
+async fn trues_in(node: &DataSource, scope: &StudyScope, var: &str) -> u64 {
+    let json = format!(r#"{{"analysis": {{"table": {{"row": "{var}", "column": "sex"}}}}}}"#);
+    match ask_in(node, scope, &json).await {
+        RawStats::Table { cells, .. } => cells[2] + cells[3],
+        other => panic!("{var}: {other:?}"),
+    }
+}
+
+async fn summary_in(
+    node: &DataSource,
+    scope: &StudyScope,
+    var: &str,
+    cohort: &str,
+) -> plexus_core::Moments {
+    let json =
+        format!(r#"{{"cohort": {cohort}, "analysis": {{"summary": {{"variable": "{var}"}}}}}}"#);
+    match ask_in(node, scope, &json).await {
+        RawStats::Summary(s) => s.moments,
+        other => panic!("{var}: {other:?}"),
+    }
+}
+
+/// Consent as the reference defines it, on the alias `i` of a person id.
+const CONSENTING: &str = "i.person_id IN (SELECT person_id FROM plexus.consent WHERE duo_codes = 'GRU' AND valid_from <= DATE '2019-12-31' \
+                                              AND (withdrawn_at IS NULL OR withdrawn_at > DATE '2019-12-31')) \
+     AND i.person_id NOT IN (SELECT person_id FROM plexus.opt_out) \
+     AND i.person_id IN (SELECT person_id FROM cdm.person)";
 
 /// The mapping's start-up check, on one Eunomia site.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
