@@ -7,6 +7,10 @@
 //! variables.
 //!
 //! ```toml
+//! [derived.index]
+//! type = "date"
+//! first_date = { event = "nsaid" }
+//!
 //! [derived.bleed_within_180]
 //! type = "boolean"
 //! window = { event = "gi_bleed", origin = "nsaid_index", from = 1, to = 180 }
@@ -18,8 +22,11 @@
 //! days_between = { from = "observation_start", to = "nsaid_index" }
 //! ```
 //!
-//! The same three shapes serve a warehouse node's own mapping
-//! (`[data.postgres.variables]`), where they were first written.
+//! `first_date` gives a date (the study's index event); the other three
+//! read dates and dated events of the dictionary, or a `first_date` of
+//! the study. `time_to_event`, `window` and `days_between` serve a
+//! warehouse node's own mapping (`[data.postgres.variables]`) too, where
+//! they were first written.
 
 use std::collections::BTreeMap;
 
@@ -67,12 +74,22 @@ pub struct DaysBetween {
     pub to: String,
 }
 
+/// `first_date = { event = "..." }`: the date of the patient's first row
+/// of `event` (a dated event); missing without one. The study's index
+/// event, for windows and follow-up around it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FirstDate {
+    pub event: String,
+}
+
 /// Longest window, either side of the origin: a century.
 pub const MAX_WINDOW_DAYS: i32 = 36_525;
 
 /// One of the three derivations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Derivation<'a> {
+    FirstDate(&'a FirstDate),
     TimeToEvent(&'a TimeToEvent),
     Window(&'a Window),
     DaysBetween(&'a DaysBetween),
@@ -82,6 +99,7 @@ impl<'a> Derivation<'a> {
     /// The key it is written under.
     pub fn key(self) -> &'static str {
         match self {
+            Derivation::FirstDate(_) => "first_date",
             Derivation::TimeToEvent(_) => "time_to_event",
             Derivation::Window(_) => "window",
             Derivation::DaysBetween(_) => "days_between",
@@ -92,6 +110,7 @@ impl<'a> Derivation<'a> {
     /// a dated event (else a date).
     pub fn inputs(self) -> Vec<(&'static str, &'a str, bool)> {
         match self {
+            Derivation::FirstDate(f) => vec![("event", f.event.as_str(), true)],
             Derivation::TimeToEvent(t) => vec![
                 ("origin", t.origin.as_str(), false),
                 ("event", t.event.as_str(), true),
@@ -113,6 +132,7 @@ impl<'a> Derivation<'a> {
     /// Whether a variable of type `kind` can hold what it gives.
     pub fn gives(self, kind: VarType) -> std::result::Result<(), &'static str> {
         let ok = match self {
+            Derivation::FirstDate(_) => kind == VarType::Date,
             Derivation::TimeToEvent(_) => kind.is_numeric() || kind == VarType::Boolean,
             Derivation::Window(_) => kind == VarType::Boolean,
             Derivation::DaysBetween(_) => kind.is_numeric(),
@@ -121,6 +141,7 @@ impl<'a> Derivation<'a> {
             return Ok(());
         }
         Err(match self {
+            Derivation::FirstDate(_) => "a date",
             Derivation::TimeToEvent(_) => {
                 "days (integer or float) or whether the event came (boolean)"
             }
@@ -145,6 +166,8 @@ pub struct Derived {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub description: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_date: Option<FirstDate>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub time_to_event: Option<TimeToEvent>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub window: Option<Window>,
@@ -155,15 +178,20 @@ pub struct Derived {
 impl Derived {
     /// Its one derivation; `at` names it in the error.
     pub fn derivation(&self, at: &str) -> Result<Derivation<'_>> {
-        match (&self.time_to_event, &self.window, &self.days_between) {
-            (Some(t), None, None) => Ok(Derivation::TimeToEvent(t)),
-            (None, Some(w), None) => Ok(Derivation::Window(w)),
-            (None, None, Some(d)) => Ok(Derivation::DaysBetween(d)),
-            (None, None, None) => Err(Error::invalid(format!(
-                "{at} names no derivation: give one of time_to_event, window or days_between"
+        let given = [
+            self.first_date.as_ref().map(Derivation::FirstDate),
+            self.time_to_event.as_ref().map(Derivation::TimeToEvent),
+            self.window.as_ref().map(Derivation::Window),
+            self.days_between.as_ref().map(Derivation::DaysBetween),
+        ];
+        let mut given = given.into_iter().flatten();
+        match (given.next(), given.next()) {
+            (Some(how), None) => Ok(how),
+            (None, _) => Err(Error::invalid(format!(
+                "{at} names no derivation: give one of first_date, time_to_event, window or days_between"
             ))),
-            _ => Err(Error::invalid(format!(
-                "{at}: time_to_event, window and days_between each derive the variable; keep one of them"
+            (Some(_), Some(_)) => Err(Error::invalid(format!(
+                "{at}: first_date, time_to_event, window and days_between each derive the variable; keep one of them"
             ))),
         }
     }
@@ -172,6 +200,7 @@ impl Derived {
     /// is derived, so `plexus dictionary` and the study show it.
     pub fn variable(&self) -> Variable {
         let how = match self.derivation("") {
+            Ok(Derivation::FirstDate(f)) => format!("first_date(event {})", f.event),
             Ok(Derivation::TimeToEvent(t)) => format!(
                 "time_to_event(origin {}, event {}, censor {})",
                 t.origin, t.event, t.censor
@@ -200,8 +229,14 @@ impl Derived {
         }
     }
 
-    /// Checks `name`'s declaration against the network dictionary `dict`.
-    pub fn check(&self, name: &str, dict: &Dictionary) -> Result<()> {
+    /// Checks `name`'s declaration against the network dictionary `dict`
+    /// and the study's other derived variables `study`.
+    pub fn check(
+        &self,
+        name: &str,
+        dict: &Dictionary,
+        study: &BTreeMap<String, Derived>,
+    ) -> Result<()> {
         let at = format!("derived.{name}");
         crate::text::check(&format!("{at}.description"), &self.description)?;
         if !is_identifier(name) {
@@ -224,9 +259,18 @@ impl Derived {
         }
         for (field, var, event) in how.inputs() {
             crate::text::check(&format!("{at}.{key}.{field}"), var)?;
+            // A date may be the study's own index (a first_date).
+            if let Some(d) = study.get(var).filter(|_| !dict.variables.contains_key(var)) {
+                if event || d.first_date.is_none() || how.key() == "first_date" {
+                    return Err(Error::invalid(format!(
+                        "{at}.{key}.{field} names \"{var}\", a variable the study derives; only a date given by first_date may be read, as a date (origin, censor, from or to)"
+                    )));
+                }
+                continue;
+            }
             let v = dict.get(var).map_err(|e| {
                 Error::invalid(format!(
-                    "{at}.{key}.{field}: {} (a derived variable reads only the dictionary's own variables)",
+                    "{at}.{key}.{field}: {} (a derived variable reads the dictionary's variables and the study's first_date dates)",
                     e.message
                 ))
             })?;
@@ -278,7 +322,7 @@ impl Derived {
 pub fn extend(dict: &Dictionary, derived: &BTreeMap<String, Derived>) -> Result<Dictionary> {
     let mut out = dict.clone();
     for (name, d) in derived {
-        d.check(name, dict)?;
+        d.check(name, dict, derived)?;
         out.variables.insert(name.clone(), d.variable());
     }
     Ok(out)
@@ -288,10 +332,17 @@ pub fn extend(dict: &Dictionary, derived: &BTreeMap<String, Derived>) -> Result<
 /// the variables its derivation reads.
 pub fn inputs(derived: &BTreeMap<String, Derived>, names: &[String]) -> Vec<String> {
     let mut out = Vec::new();
-    for n in names {
-        match derived.get(n).and_then(|d| d.derivation("").ok()) {
-            Some(how) => out.extend(how.inputs().into_iter().map(|(_, v, _)| v.to_string())),
-            None => out.push(n.clone()),
+    let mut todo: Vec<String> = names.to_vec();
+    // Checked definitions chain one level (a first_date read by another),
+    // and the bound guards an unchecked one.
+    let mut steps = 0;
+    while let Some(n) = todo.pop() {
+        steps += 1;
+        match derived.get(&n).and_then(|d| d.derivation("").ok()) {
+            Some(how) if steps <= 64 * (names.len() + 1) => {
+                todo.extend(how.inputs().into_iter().map(|(_, v, _)| v.to_string()))
+            }
+            _ => out.push(n),
         }
     }
     out.sort();
@@ -373,6 +424,16 @@ mod tests {
             ["age", "bleed", "index"]
         );
         assert_eq!(fingerprint(&d).len(), 64);
+
+        // The study's own index, read as a date by a window and a follow-up.
+        let d = derived(
+            "[derived.first_bleed]\ntype='date'\nfirst_date={event='bleed'}\n\
+             [derived.w]\ntype='boolean'\nwindow={event='bleed', origin='first_bleed', from=-30, to=-1}\n\
+             [derived.since]\ntype='integer'\ndays_between={from='start', to='first_bleed'}\n",
+        );
+        let x = extend(&dict(), &d).unwrap();
+        assert_eq!(x.get("first_bleed").unwrap().kind, VarType::Date);
+        assert_eq!(inputs(&d, &["since".into()]), ["bleed", "start"]);
         assert_eq!(fingerprint(&BTreeMap::new()), "");
     }
 
@@ -414,6 +475,25 @@ mod tests {
             (
                 "[derived.W]\ntype='integer'\ndays_between={from='start', to='index'}",
                 "derived variable name \"W\"",
+            ),
+            (
+                "[derived.f]\ntype='integer'\nfirst_date={event='bleed'}",
+                "derived.f is integer, but first_date gives a date",
+            ),
+            (
+                "[derived.f]\ntype='date'\nfirst_date={event='bleed'}\n\
+                 [derived.g]\ntype='date'\nfirst_date={event='f'}",
+                "derived.g.first_date.event names \"f\", a variable the study derives",
+            ),
+            (
+                "[derived.w]\ntype='boolean'\nwindow={event='bleed', origin='index', from=1, to=3}\n\
+                 [derived.v]\ntype='boolean'\nwindow={event='w', origin='index', from=1, to=3}",
+                "derived.v.window.event names \"w\", a variable the study derives",
+            ),
+            (
+                "[derived.d]\ntype='integer'\ndays_between={from='start', to='index'}\n\
+                 [derived.e]\ntype='integer'\ndays_between={from='d', to='index'}",
+                "derived.e.days_between.from names \"d\", a variable the study derives",
             ),
         ] {
             let e = extend(&dict(), &derived(text)).unwrap_err();

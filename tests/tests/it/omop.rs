@@ -472,7 +472,7 @@ async fn omop_concept_sets_derived_variables_and_a_logistic_model_equal_the_pool
 const TIMELINE_STUDY: &str = r#"
 id = "nsaid-bleed-timeline"
 title = "NSAIDs and GI bleeding, with the study's own time logic"
-variables = ["sex", "s_within_year", "s_followup_days", "s_bleed_after", "s_observed_before", "s_bleed_before", "s_ibuprofen_after"]
+variables = ["sex", "s_within_year", "s_followup_days", "s_bleed_after", "s_observed_before", "s_bleed_before", "s_ibuprofen_after", "s_first_bleed", "s_ibuprofen_before_bleed", "s_observed_before_bleed"]
 analyses = ["count", "summary", "table"]
 researchers = ["researcher"]
 nodes = ["site-0", "site-1", "site-2"]
@@ -507,6 +507,19 @@ window = { event = "gi_bleed", origin = "nsaid_index", from = -180, to = -1 }
 type = "boolean"
 description = "ibuprofen again (or first) 1 to 365 days after the first NSAID or acetaminophen"
 window = { event = "ibuprofen", origin = "nsaid_index", from = 1, to = 365 }
+
+# The study's own index event: the first GI bleed.
+[derived.s_first_bleed]
+type = "date"
+first_date = { event = "gi_bleed" }
+
+[derived.s_ibuprofen_before_bleed]
+type = "boolean"
+window = { event = "ibuprofen", origin = "s_first_bleed", from = -365, to = -1 }
+
+[derived.s_observed_before_bleed]
+type = "integer"
+days_between = { from = "observation_start", to = "s_first_bleed" }
 "#;
 
 /// The study's derived variables equal the hospital-mapped ones they
@@ -520,7 +533,7 @@ async fn study_time_logic(nodes: &[DataSource], urls: &[&str], dict: &Arc<Dictio
     study.validate(dict).unwrap();
     let scope = StudyScope::of(&study, dict).unwrap();
     let scope = &scope;
-    let (mut windows, mut prior_all) = ([0u64; 2], 0);
+    let (mut windows, mut prior_all) = ([0u64; 3], 0);
     for (i, (node, url)) in nodes.iter().zip(urls).enumerate() {
         for (declared, mapped) in [
             ("s_within_year", "bleed_within_year"),
@@ -599,6 +612,39 @@ async fn study_time_logic(nodes: &[DataSource], urls: &[&str], dict: &Arc<Dictio
             windows[usize::from(var == "s_ibuprofen_after")] += got;
         }
 
+        // The study's own index (the first GI bleed): ibuprofen in the year
+        // before it, and the days observed before it, against SQL.
+        let bleed_index = "WITH idx AS (SELECT c.person_id, min(c.condition_start_date) AS index_date FROM cdm.condition_occurrence c \
+                           WHERE c.condition_concept_id IN (SELECT descendant_concept_id FROM vocab.concept_ancestor \
+                                                            WHERE ancestor_concept_id = 192671) GROUP BY 1)";
+        let got = trues_in(node, scope, "s_ibuprofen_before_bleed").await;
+        let sql = format!(
+            "{bleed_index} SELECT count(DISTINCT i.person_id)::int8 FROM idx i JOIN cdm.drug_exposure e ON e.person_id = i.person_id \
+             WHERE e.drug_concept_id IN (SELECT descendant_concept_id FROM vocab.concept_ancestor WHERE ancestor_concept_id = 1177480) \
+               AND e.drug_exposure_start_date BETWEEN i.index_date - 365 AND i.index_date - 1 AND {CONSENTING}"
+        );
+        let want: i64 = sqlx::query_scalar(&sql)
+            .fetch_one(&mut sqlx::PgConnection::connect(url).await.unwrap())
+            .await
+            .unwrap();
+        assert_eq!(got as i64, want, "site {i}: s_ibuprofen_before_bleed");
+        windows[2] += got;
+        let m = summary_in(node, scope, "s_observed_before_bleed", "null").await;
+        let sql = format!(
+            "{bleed_index}, obs AS (SELECT person_id, min(observation_period_start_date) AS s FROM cdm.observation_period GROUP BY 1) \
+             SELECT count(*)::int8, coalesce(sum(i.index_date - o.s), 0)::float8 FROM idx i JOIN obs o ON o.person_id = i.person_id \
+             WHERE {CONSENTING}"
+        );
+        let (n, sum): (i64, f64) = sqlx::query_as(&sql)
+            .fetch_one(&mut sqlx::PgConnection::connect(url).await.unwrap())
+            .await
+            .unwrap();
+        assert_eq!(
+            (m.n as i64, m.sum),
+            (n, sum),
+            "site {i}: s_observed_before_bleed"
+        );
+
         // Required prior observation (365 days before the index) as a
         // cohort condition on the study's days_between, against SQL.
         let prior = summary_in(
@@ -629,8 +675,8 @@ async fn study_time_logic(nodes: &[DataSource], urls: &[&str], dict: &Arc<Dictio
         prior_all += prior.n;
     }
     eprintln!(
-        "study time logic: {} persons with a GI bleed in the 180 days before their first NSAID, {} with ibuprofen in the year after it; {prior_all} with a year of observation before it",
-        windows[0], windows[1]
+        "study time logic: {} persons with a GI bleed in the 180 days before their first NSAID, {} with ibuprofen in the year after it; {prior_all} with a year of observation before it; {} with ibuprofen in the year before their first GI bleed",
+        windows[0], windows[1], windows[2]
     );
     assert!(
         windows[1] > 20 && prior_all > 100,

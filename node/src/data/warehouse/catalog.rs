@@ -841,6 +841,31 @@ pub(crate) fn derive(
         ))
     };
     let source = match how {
+        Derivation::FirstDate(f) => {
+            if kind != VarType::Date {
+                return Err(wrong("a date"));
+            }
+            let event = dated("event", &f.event)?;
+            let text_ids = matches!(
+                get("event", &f.event)?.source,
+                Source::Event { text_ids: true, .. }
+            );
+            // The first row's date, as a mapped first date is read.
+            let date = Column {
+                ident: event.date.clone(),
+                family: Family::Date,
+                data_type: "date".into(),
+            };
+            Source::Event {
+                table: event.table,
+                person: event.person,
+                concept: event.concept,
+                value: Some((date, event.date.clone())),
+                pick: Pick::First,
+                dated: Some(event.date),
+                text_ids,
+            }
+        }
         Derivation::TimeToEvent(t) => Source::TimeTo {
             origin: date("origin", &t.origin)?,
             censor: date("censor", &t.censor)?,

@@ -69,15 +69,31 @@ impl<'a> Scope<'a> {
     /// here as the derivation needs it).
     pub(super) fn new(w: &'a Warehouse, study: &StudyScope, query: &Query) -> Result<Self> {
         let mut extra = BTreeMap::new();
-        for name in query.variables() {
-            let Some(d) = study.derived.get(&name) else {
-                continue;
-            };
-            let at = format!("study variable derived.{name}");
-            let how = d.derivation(&at)?;
-            let at = format!("{at}.{}", how.key());
-            let var = derive(&name, d.kind, how, &at, &w.vars, &w.dict)?;
-            extra.insert(name, var);
+        let named: Vec<String> = query
+            .variables()
+            .into_iter()
+            .filter(|v| study.derived.contains_key(v))
+            .collect();
+        if !named.is_empty() {
+            // The study's first dates the named variables read come first
+            // (a checked definition chains one level, no further).
+            let read: Vec<String> = named
+                .iter()
+                .flat_map(|n| study.derived[n].derivation("").ok())
+                .flat_map(|how| how.inputs())
+                .map(|(_, v, _)| v.to_string())
+                .filter(|v| study.derived.contains_key(v) && !named.contains(v))
+                .collect();
+            let mut mapped = w.vars.clone();
+            for name in read.into_iter().chain(named) {
+                let d = &study.derived[&name];
+                let at = format!("study variable derived.{name}");
+                let how = d.derivation(&at)?;
+                let at = format!("{at}.{}", how.key());
+                let var = derive(&name, d.kind, how, &at, &mapped, &study.dictionary)?;
+                mapped.insert(name.clone(), var.clone());
+                extra.insert(name, var);
+            }
         }
         Ok(Scope {
             w,
