@@ -13,7 +13,7 @@ use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
 use plexus_core::models::fit::{IterativeFit, Step};
 use plexus_core::models::glm::{Family, GlmFitter};
 use plexus_core::{Dictionary, Purpose, Query, RawStats};
-use plexus_node::data::{ConsentConfig, DataConfig, DataSource, Limits};
+use plexus_node::data::{ConsentConfig, DataConfig, DataSource, Limits, StudyScope};
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, Executor};
 
@@ -48,6 +48,39 @@ const QUERIES: &[(&str, &str)] = &[
         "histogram of aaa_diameter (10 bins), cohort diabetes",
         r#"{"cohort": {"compare": {"variable": "diabetes", "op": "=", "value": true}},
             "analysis": {"histogram": {"variable": "aaa_diameter", "edges": [20, 30, 40, 50, 60, 70, 80, 90, 100, 110, 120]}}}"#,
+    ),
+];
+
+/// A cohort in time, declared by the study (`[derived]`): the first
+/// diabetes diagnosis as the index event, a diagnosis within a year of
+/// inclusion, and the days from the index to inclusion. Only a warehouse
+/// derives these (a Parquet node holds no event rows).
+const TIMELINE: &str = r#"
+[derived.first_diabetes]
+type = "date"
+first_date = { event = "diabetes" }
+
+[derived.diabetes_near_inclusion]
+type = "boolean"
+window = { event = "diabetes", origin = "inclusion_date", from = -365, to = 365 }
+
+[derived.index_to_inclusion]
+type = "integer"
+min = -36500
+max = 36500
+days_between = { from = "first_diabetes", to = "inclusion_date" }
+"#;
+
+const TIMELINE_QUERIES: &[(&str, &str)] = &[
+    (
+        "count, study cohort: diabetes within a year of inclusion, index before it",
+        r#"{"cohort": {"and": [{"compare": {"variable": "diabetes_near_inclusion", "op": "=", "value": true}},
+                               {"compare": {"variable": "index_to_inclusion", "op": ">=", "value": 0}}]},
+            "analysis": {"count": {}}}"#,
+    ),
+    (
+        "summary of days from the study's index to inclusion",
+        r#"{"analysis": {"summary": {"variable": "index_to_inclusion"}}}"#,
     ),
 ];
 
@@ -213,6 +246,30 @@ pub async fn run(patients: usize, repetitions: usize, seed: u64, url: &str) -> a
             format!("{:.2}", w.as_secs_f64() / f.as_secs_f64()),
             String::new(),
         ]);
+        // The study's own time logic: PostgreSQL alone, beside the plain
+        // count above for scale.
+        let mut text = toml::to_string(&plexus_sandbox::demo_study())?;
+        text.push_str(TIMELINE);
+        let mut study = plexus_core::StudyDefinition::from_toml(&text)?;
+        study.variables.extend(study.derived.keys().cloned());
+        let scope = StudyScope::of(&study, &Arc::new(Dictionary::cardiovascular()))?;
+        for (label, json) in TIMELINE_QUERIES {
+            let q = Query::from_json(json)?;
+            let mut w = Vec::new();
+            for _ in 0..repetitions.max(1) {
+                let t = Instant::now();
+                pg.compute_in(&scope, &q, &purpose, today, LIMITS, None)
+                    .await?;
+                w.push(t.elapsed());
+            }
+            table.add_row(vec![
+                label.to_string(),
+                ms(median(w)),
+                "no event rows".to_string(),
+                String::new(),
+                String::new(),
+            ]);
+        }
         println!("{table}");
         anyhow::Ok(())
     }

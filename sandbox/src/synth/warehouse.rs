@@ -194,7 +194,7 @@ inclusion_date = {{ column = "inclusion_date" }}
 followup_days = {{ column = "followup_days" }}
 death = {{ column = "died" }}
 sbp = {{ table = "measurement", concept_column = "measurement_concept_id", concept_id = {SBP_CONCEPT}, value = "value_as_number", date_column = "measurement_date", pick = "latest" }}
-diabetes = {{ table = "condition_occurrence", concept_column = "condition_concept_id", concept_id = {DIABETES_CONCEPT} }}
+diabetes = {{ table = "condition_occurrence", concept_column = "condition_concept_id", concept_id = {DIABETES_CONCEPT}, date_column = "condition_start_date" }}
 "#
     );
     toml::from_str(&text).expect("the synthetic warehouse mapping parses")
