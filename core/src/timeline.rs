@@ -237,6 +237,8 @@ impl Derived {
         dict: &Dictionary,
         study: &BTreeMap<String, Derived>,
     ) -> Result<()> {
+        // Before any message echoes the name.
+        crate::text::check("the name of a derived variable", name)?;
         let at = format!("derived.{name}");
         crate::text::check(&format!("{at}.description"), &self.description)?;
         if !is_identifier(name) {
@@ -475,6 +477,10 @@ mod tests {
             (
                 "[derived.W]\ntype='integer'\ndays_between={from='start', to='index'}",
                 "derived variable name \"W\"",
+            ),
+            (
+                "[derived.\"a\\u001b[8m\"]\ntype='integer'\ndays_between={from='start', to='index'}",
+                "the name of a derived variable holds the control character U+001B",
             ),
             (
                 "[derived.f]\ntype='integer'\nfirst_date={event='bleed'}",
