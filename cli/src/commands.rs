@@ -141,7 +141,7 @@ pub async fn query(
     let text =
         std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
     // Either form, tree or text: the coordinator reads it with the
-    // network's dictionary.
+    // study's dictionary (the network's, with the study's derived variables).
     let client = Client::connect(conn).await?;
     let id = crate::verbs::submit_request(&client, study, &text).await?;
     show_result(&client, &id, wait, format, plot).await

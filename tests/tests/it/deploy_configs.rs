@@ -53,6 +53,18 @@ fn study() -> StudyDefinition {
     StudyDefinition::load(&path).unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// The OMOP kit's example study, with its own time logic, is valid on the
+/// kit's dictionary and keeps its derived block through the wire.
+#[test]
+fn the_omop_example_study_validates_on_the_kit_dictionary() {
+    let dict = plexus_core::Dictionary::load(&deploy_dir().join("omop/dictionary.toml")).unwrap();
+    let study = StudyDefinition::load(&deploy_dir().join("omop/study.toml")).unwrap();
+    study.validate(&dict).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(study.derived.len(), 5);
+    let back = StudyDefinition::try_from(plexus_proto::convert::study_to_pb(&study, 0)).unwrap();
+    assert_eq!(back.definition_hash(), study.definition_hash());
+}
+
 fn same_file(a: &Path, b: &Path) -> bool {
     match (a.canonicalize(), b.canonicalize()) {
         (Ok(a), Ok(b)) => a == b,
