@@ -63,13 +63,14 @@ pub async fn study_show(
             let registered = s.registered_unix_ms;
             let reported = s.definition_hash.clone();
             let def = StudyDefinition::try_from(s)?;
-            // An older coordinator does not report it; the hash is of the
-            // definition as it sends it.
-            let hash = if reported.is_empty() {
-                def.definition_hash()
-            } else {
-                reported
-            };
+            // The hash is taken here, of the definition shown: a hospital
+            // approves what it reads. An older coordinator reports none.
+            let hash = def.definition_hash();
+            if !reported.is_empty() && reported != hash {
+                bail!(
+                    "the coordinator reports definition hash {reported} for study \"{id}\", but the definition it sent hashes to {hash}; do not approve either, and tell the network admin"
+                );
+            }
             (def, hash, Some(registered))
         }
     };

@@ -53,13 +53,33 @@ pub struct State {
 }
 
 impl State {
+    /// The key a query's privacy charge is kept under: its canonical
+    /// hash, with the study's own variables' fingerprint when it has any
+    /// (the same query over a redefined variable is another question, as
+    /// the nodes' ledgers have it).
+    pub fn charge_key(
+        &self,
+        study: &plexus_core::StudyDefinition,
+        query: &plexus_core::Query,
+    ) -> Result<String, plexus_core::Error> {
+        let dict = self.dictionary_for(study)?;
+        let canonical = query.canonical_hash(&dict)?;
+        let fp = plexus_core::timeline::fingerprint(&study.derived, &study.concept_sets);
+        if fp.is_empty() {
+            return Ok(canonical);
+        }
+        Ok(plexus_core::hash::sha256_hex(
+            format!("{canonical}\0derived {fp}").as_bytes(),
+        ))
+    }
+
     /// The dictionary a study's queries are read, checked and pooled
     /// against: the network's, with the variables the study derives.
     pub fn dictionary_for(
         &self,
         study: &plexus_core::StudyDefinition,
     ) -> Result<Arc<Dictionary>, plexus_core::Error> {
-        if study.derived.is_empty() {
+        if study.derived.is_empty() && study.concept_sets.is_empty() {
             return Ok(self.dictionary.clone());
         }
         Ok(Arc::new(study.dictionary(&self.dictionary)?))

@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::purpose::Purpose;
 use crate::query::{AnalysisKind, Query};
 use crate::text;
-use crate::timeline::{self, Derived};
+use crate::timeline::{self, Derived, StudyConceptSet};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -143,6 +143,11 @@ pub struct StudyDefinition {
     /// definitions (and their hashes) without it stay as they were.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub derived: BTreeMap<String, Derived>,
+    /// OMOP concept sets the study brings (`[concept_sets.NAME]`, see
+    /// [`crate::timeline::StudyConceptSet`]): booleans to its queries, and
+    /// dated events its derived variables read. Left out when empty.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub concept_sets: BTreeMap<String, StudyConceptSet>,
 }
 
 fn default_min_nodes() -> u32 {
@@ -240,9 +245,9 @@ impl StudyDefinition {
                 self.nodes.len()
             )));
         }
-        if self.secure_aggregation && !self.derived.is_empty() {
+        if self.secure_aggregation && !(self.derived.is_empty() && self.concept_sets.is_empty()) {
             return Err(Error::invalid(format!(
-                "study \"{}\" uses secure_aggregation and derives variables of its own ([derived]); the two do not work together yet: register the derived variables in a study without secure aggregation",
+                "study \"{}\" uses secure_aggregation and derives variables or concept sets of its own ([derived], [concept_sets]); the two do not work together yet: register them in a study without secure aggregation",
                 self.id
             )));
         }
@@ -311,7 +316,7 @@ impl StudyDefinition {
     /// The network dictionary with the study's derived variables added:
     /// what its queries are read, checked and pooled against.
     pub fn dictionary(&self, base: &Dictionary) -> Result<Dictionary> {
-        timeline::extend(base, &self.derived)
+        timeline::extend(base, &self.derived, &self.concept_sets)
     }
 
     /// The dictionary variables a query's `names` rest on (a derived

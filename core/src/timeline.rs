@@ -83,10 +83,123 @@ pub struct FirstDate {
     pub event: String,
 }
 
+/// The OMOP CDM domain a study's concept set is recorded in: the table a
+/// node reads its rows from (`condition_occurrence`, `drug_exposure`,
+/// `measurement` or `observation`, with the row's start date).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Domain {
+    Condition,
+    Drug,
+    Measurement,
+    Observation,
+}
+
+impl Domain {
+    pub const ALL: [Domain; 4] = [
+        Domain::Condition,
+        Domain::Drug,
+        Domain::Measurement,
+        Domain::Observation,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Domain::Condition => "condition",
+            Domain::Drug => "drug",
+            Domain::Measurement => "measurement",
+            Domain::Observation => "observation",
+        }
+    }
+}
+
+/// Most concept ids a study's concept set may list (included and excluded).
+pub const MAX_SET_CONCEPTS: usize = 5_000;
+
+/// A concept set the study brings (`[concept_sets.NAME]` in study.toml):
+/// OMOP concept ids in one domain, with their descendants in the
+/// vocabulary when `descendants`, less `exclude` (and theirs). To the
+/// study it is a boolean (a row of the set, anywhere in the record) and a
+/// dated event that `first_date`, `window` and `time_to_event` read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StudyConceptSet {
+    pub domain: Domain,
+    pub concepts: Vec<i64>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub descendants: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude: Vec<i64>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+}
+
+impl StudyConceptSet {
+    /// Checks `name`'s set; `dict` is the network dictionary.
+    pub fn check(&self, name: &str, dict: &Dictionary) -> Result<()> {
+        crate::text::check("the name of a concept set", name)?;
+        let at = format!("concept_sets.{name}");
+        crate::text::check(&format!("{at}.description"), &self.description)?;
+        if !is_identifier(name) {
+            return Err(Error::invalid(format!(
+                "concept set name \"{name}\" must start with a lowercase letter and hold only lowercase letters, digits, '_' or '-'"
+            )));
+        }
+        if dict.variables.contains_key(name) {
+            return Err(Error::invalid(format!(
+                "{at}: \"{name}\" is already a variable of the data dictionary; give the concept set another name"
+            )));
+        }
+        if self.concepts.is_empty() {
+            return Err(Error::invalid(format!("{at} lists no concepts")));
+        }
+        if self.concepts.len() + self.exclude.len() > MAX_SET_CONCEPTS {
+            return Err(Error::invalid(format!(
+                "{at} lists {} concept ids; at most {MAX_SET_CONCEPTS} (use descendants = true to take a concept's whole branch)",
+                self.concepts.len() + self.exclude.len()
+            )));
+        }
+        if let Some(bad) = self.concepts.iter().chain(&self.exclude).find(|c| **c <= 0) {
+            return Err(Error::invalid(format!(
+                "{at} lists concept id {bad}; OMOP concept ids are positive"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The boolean it adds to the study's dictionary.
+    pub fn variable(&self) -> Variable {
+        let mut how = format!(
+            "a row of the study's {} concept set of {} concept{}",
+            self.domain.as_str(),
+            self.concepts.len(),
+            if self.concepts.len() == 1 { "" } else { "s" }
+        );
+        if self.descendants {
+            how.push_str(" with their descendants");
+        }
+        if !self.exclude.is_empty() {
+            how.push_str(&format!(", less {} excluded", self.exclude.len()));
+        }
+        Variable {
+            kind: VarType::Boolean,
+            unit: None,
+            min: None,
+            max: None,
+            categories: Vec::new(),
+            description: if self.description.is_empty() {
+                how
+            } else {
+                format!("{} ({how})", self.description)
+            },
+        }
+    }
+}
+
 /// Longest window, either side of the origin: a century.
 pub const MAX_WINDOW_DAYS: i32 = 36_525;
 
-/// One of the three derivations.
+/// One of the four derivations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Derivation<'a> {
     FirstDate(&'a FirstDate),
@@ -248,7 +361,7 @@ impl Derived {
         }
         if dict.variables.contains_key(name) {
             return Err(Error::invalid(format!(
-                "{at}: \"{name}\" is already a variable of the data dictionary; give the derived variable another name"
+                "{at}: \"{name}\" is already a variable of the data dictionary or a concept set of the study; give the derived variable another name"
             )));
         }
         let how = self.derivation(&at)?;
@@ -294,7 +407,8 @@ impl Derived {
             }
         }
         if let Derivation::Window(w) = how {
-            if w.from > w.to || w.from.abs() > MAX_WINDOW_DAYS || w.to.abs() > MAX_WINDOW_DAYS {
+            let days = -MAX_WINDOW_DAYS..=MAX_WINDOW_DAYS;
+            if w.from > w.to || !days.contains(&w.from) || !days.contains(&w.to) {
                 return Err(Error::invalid(format!(
                     "{at}.window runs from {} to {} days; from must not be after to, and both within {MAX_WINDOW_DAYS} days of the origin",
                     w.from, w.to
@@ -320,11 +434,22 @@ impl Derived {
     }
 }
 
-/// `dict` with the study's derived variables added, after checking them.
-pub fn extend(dict: &Dictionary, derived: &BTreeMap<String, Derived>) -> Result<Dictionary> {
-    let mut out = dict.clone();
+/// `dict` with the study's concept sets (as booleans) and derived
+/// variables added, after checking them: a derivation's event may be a
+/// dictionary boolean or one of the study's concept sets.
+pub fn extend(
+    dict: &Dictionary,
+    derived: &BTreeMap<String, Derived>,
+    sets: &BTreeMap<String, StudyConceptSet>,
+) -> Result<Dictionary> {
+    let mut with_sets = dict.clone();
+    for (name, s) in sets {
+        s.check(name, dict)?;
+        with_sets.variables.insert(name.clone(), s.variable());
+    }
+    let mut out = with_sets.clone();
     for (name, d) in derived {
-        d.check(name, dict, derived)?;
+        d.check(name, &with_sets, derived)?;
         out.variables.insert(name.clone(), d.variable());
     }
     Ok(out)
@@ -352,32 +477,39 @@ pub fn inputs(derived: &BTreeMap<String, Derived>, names: &[String]) -> Vec<Stri
     out
 }
 
-/// The derived block as JSON (an object keyed by name) for the wire;
-/// empty when there is none.
-pub fn to_json(derived: &BTreeMap<String, Derived>) -> String {
-    if derived.is_empty() {
+/// A block of the study (its derived variables or its concept sets) as
+/// JSON, an object keyed by name, for the wire; empty when there is none.
+pub fn to_json<T: Serialize>(block: &BTreeMap<String, T>) -> String {
+    if block.is_empty() {
         return String::new();
     }
-    serde_json::to_string(derived).expect("derived variables serialise")
+    serde_json::to_string(block).expect("a study block serialises")
 }
 
-/// [`to_json`]'s inverse; the empty text is no derived variable.
-pub fn from_json(text: &str) -> Result<BTreeMap<String, Derived>> {
+/// [`to_json`]'s inverse; the empty text is an empty block. `what` names
+/// the block in the error.
+pub fn from_json<T: serde::de::DeserializeOwned>(
+    text: &str,
+    what: &str,
+) -> Result<BTreeMap<String, T>> {
     if text.is_empty() {
         return Ok(BTreeMap::new());
     }
     serde_json::from_str(text)
-        .map_err(|e| Error::invalid(format!("the study's derived variables are not valid: {e}")))
+        .map_err(|e| Error::invalid(format!("the study's {what} are not valid: {e}")))
 }
 
 /// A fingerprint of the derived block, for the keys of cached answers: the
 /// same query over a redefined variable is another question. Empty when
 /// the study derives nothing.
-pub fn fingerprint(derived: &BTreeMap<String, Derived>) -> String {
-    if derived.is_empty() {
+pub fn fingerprint(
+    derived: &BTreeMap<String, Derived>,
+    sets: &BTreeMap<String, StudyConceptSet>,
+) -> String {
+    if derived.is_empty() && sets.is_empty() {
         return String::new();
     }
-    let bytes = serde_json::to_vec(derived).expect("derived variables serialise");
+    let bytes = serde_json::to_vec(&(derived, sets)).expect("derived variables serialise");
     crate::hash::sha256_hex(&bytes)
 }
 
@@ -410,7 +542,7 @@ mod tests {
             "[derived.w]\ntype='boolean'\nwindow={event='bleed', origin='index', from=1, to=365}\n\
              [derived.prior]\ntype='integer'\nmin=0\nmax=36500\ndays_between={from='start', to='index'}\n",
         );
-        let x = extend(&dict(), &d).unwrap();
+        let x = extend(&dict(), &d, &BTreeMap::new()).unwrap();
         assert_eq!(x.get("w").unwrap().kind, VarType::Boolean);
         assert_eq!(
             x.get("prior").unwrap().numeric_bounds(),
@@ -425,7 +557,7 @@ mod tests {
             inputs(&d, &["w".into(), "age".into()]),
             ["age", "bleed", "index"]
         );
-        assert_eq!(fingerprint(&d).len(), 64);
+        assert_eq!(fingerprint(&d, &BTreeMap::new()).len(), 64);
 
         // The study's own index, read as a date by a window and a follow-up.
         let d = derived(
@@ -433,10 +565,62 @@ mod tests {
              [derived.w]\ntype='boolean'\nwindow={event='bleed', origin='first_bleed', from=-30, to=-1}\n\
              [derived.since]\ntype='integer'\ndays_between={from='start', to='first_bleed'}\n",
         );
-        let x = extend(&dict(), &d).unwrap();
+        let x = extend(&dict(), &d, &BTreeMap::new()).unwrap();
         assert_eq!(x.get("first_bleed").unwrap().kind, VarType::Date);
         assert_eq!(inputs(&d, &["since".into()]), ["bleed", "start"]);
-        assert_eq!(fingerprint(&BTreeMap::new()), "");
+        assert_eq!(fingerprint(&BTreeMap::new(), &BTreeMap::new()), "");
+    }
+
+    fn sets(text: &str) -> BTreeMap<String, StudyConceptSet> {
+        #[derive(Deserialize)]
+        struct S {
+            concept_sets: BTreeMap<String, StudyConceptSet>,
+        }
+        toml::from_str::<S>(text).unwrap().concept_sets
+    }
+
+    #[test]
+    fn a_study_concept_set_is_a_boolean_and_a_dated_event() {
+        let s = sets(
+            "[concept_sets.nsaids]\ndomain='drug'\nconcepts=[1177480, 1118084]\ndescendants=true\nexclude=[1118084]\n",
+        );
+        let d = derived(
+            "[derived.first_nsaid]\ntype='date'\nfirst_date={event='nsaids'}\n\
+             [derived.after]\ntype='boolean'\nwindow={event='bleed', origin='first_nsaid', from=1, to=30}\n",
+        );
+        let x = extend(&dict(), &d, &s).unwrap();
+        assert_eq!(x.get("nsaids").unwrap().kind, VarType::Boolean);
+        assert!(x
+            .get("nsaids")
+            .unwrap()
+            .description
+            .contains("drug concept set of 2 concepts with their descendants, less 1 excluded"));
+        assert_eq!(inputs(&d, &["after".into()]), ["bleed", "nsaids"]);
+        assert_ne!(fingerprint(&d, &s), fingerprint(&d, &BTreeMap::new()));
+        for (text, want) in [
+            (
+                "[concept_sets.age]\ndomain='drug'\nconcepts=[1]",
+                "already a variable of the data dictionary",
+            ),
+            (
+                "[concept_sets.x]\ndomain='drug'\nconcepts=[]",
+                "concept_sets.x lists no concepts",
+            ),
+            (
+                "[concept_sets.x]\ndomain='drug'\nconcepts=[1]\nexclude=[-4]",
+                "lists concept id -4",
+            ),
+        ] {
+            let e = extend(&dict(), &BTreeMap::new(), &sets(text)).unwrap_err();
+            assert!(e.message.contains(want), "{text}: {e}");
+        }
+        let e = extend(
+            &dict(),
+            &derived("[derived.nsaids]\ntype='date'\nfirst_date={event='bleed'}"),
+            &s,
+        )
+        .unwrap_err();
+        assert!(e.message.contains("or a concept set of the study"), "{e}");
     }
 
     #[test]
@@ -445,6 +629,10 @@ mod tests {
             (
                 "[derived.age]\ntype='integer'\ndays_between={from='start', to='index'}",
                 "already a variable of the data dictionary",
+            ),
+            (
+                "[derived.w]\ntype='boolean'\nwindow={event='bleed', origin='index', from=-2147483648, to=0}",
+                "both within 36525 days of the origin",
             ),
             (
                 "[derived.w]\ntype='integer'\nwindow={event='bleed', origin='index', from=1, to=3}",
@@ -502,7 +690,7 @@ mod tests {
                 "derived.e.days_between.from names \"d\", a variable the study derives",
             ),
         ] {
-            let e = extend(&dict(), &derived(text)).unwrap_err();
+            let e = extend(&dict(), &derived(text), &BTreeMap::new()).unwrap_err();
             assert!(e.message.contains(want), "{text}: {e}");
         }
     }

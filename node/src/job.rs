@@ -659,8 +659,14 @@ impl JobRunner {
             iteration,
             secure,
         } = JobRequest::read(job)?;
-        let scope = self.scope(job)?;
+        let (scope, study) = self.scope(job)?;
         query.validate(&scope.dictionary)?;
+        // With the definition in hand the node holds the study to it too:
+        // its analyses and variables (the variables a derived one reads
+        // are released only through it).
+        if let Some(study) = &study {
+            study.permits(&query)?;
+        }
         policy::narrowed_through(
             &self.config.node.id,
             &job.study_id,
@@ -688,9 +694,14 @@ impl JobRunner {
     /// job carries: only when it hashes to the job's (already approved)
     /// definition hash and is of the job's study. A job without one runs
     /// over the network dictionary alone.
-    fn scope(&self, job: &pb::Job) -> Result<StudyScope, Error> {
+    fn scope(
+        &self,
+        job: &pb::Job,
+    ) -> Result<(StudyScope, Option<plexus_core::StudyDefinition>), Error> {
+        // (A hostile coordinator may leave the definition out: the study's
+        // own variables are then unknown, and refused as such.)
         if job.study_definition.is_empty() {
-            return Ok(StudyScope::network(self.dictionary.clone()));
+            return Ok((StudyScope::network(self.dictionary.clone()), None));
         }
         let hash = plexus_core::hash::sha256_hex(&job.study_definition);
         if hash != job.study_definition_hash {
@@ -705,13 +716,26 @@ impl JobRunner {
                     "the study definition the job carries is not a study definition: {e}"
                 ))
             })?;
+        // Only the definition's own serialisation (what the coordinator
+        // hashed at registration): no second spelling of the same hash,
+        // such as a JSON object with a key given twice.
+        if serde_json::to_vec(&study).ok().as_deref() != Some(&job.study_definition[..]) {
+            return Err(Error::policy(
+                "the study definition the job carries is not in the form its hash was taken of; refused",
+            ));
+        }
         if study.id != job.study_id {
             return Err(Error::policy(format!(
                 "the job for study \"{}\" carries the definition of \"{}\"; refused",
                 job.study_id, study.id
             )));
         }
-        StudyScope::of(&study, &self.dictionary)
+        if job.secure_aggregation.is_some() {
+            return Err(Error::policy(
+                "a study that derives variables or brings concept sets of its own is not run under secure aggregation; refused",
+            ));
+        }
+        Ok((StudyScope::of(&study, &self.dictionary)?, Some(study)))
     }
 
     /// Exact only for a study registered as exact that the hospital

@@ -67,11 +67,18 @@ pub struct Study {
     pub secure_aggregation: bool,
     /// The variables the study derives itself (`[derived.NAME]` in
     /// study.toml), by name: each one's type, public bounds and its one
-    /// derivation (`time_to_event`, `window` or `days_between`) over
-    /// dictionary variables.
+    /// derivation (`first_date`, `time_to_event`, `window` or
+    /// `days_between`) over dictionary variables and the study's concept
+    /// sets.
     #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
     #[schema(value_type = Object)]
     pub derived: serde_json::Map<String, serde_json::Value>,
+    /// The OMOP concept sets the study brings (`[concept_sets.NAME]`), by
+    /// name: each one's domain, concept ids, whether descendants count,
+    /// and the ids excluded.
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    #[schema(value_type = Object)]
+    pub concept_sets: serde_json::Map<String, serde_json::Value>,
 }
 
 /// Purpose of use in GA4GH Data Use Ontology terms.
@@ -125,6 +132,7 @@ impl From<pb::Study> for Study {
             // Written by the coordinator from the registered definition;
             // anything else reads as none.
             derived: serde_json::from_str(&s.derived_json).unwrap_or_default(),
+            concept_sets: serde_json::from_str(&s.concept_sets_json).unwrap_or_default(),
         }
     }
 }

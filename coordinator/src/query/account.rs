@@ -33,8 +33,7 @@ pub(super) async fn account(
         .iter()
         .map(|(_, r)| r.charged_rho)
         .fold(0.0, f64::max);
-    let dict = state.dictionary_for(study)?;
-    let canonical = query.canonical_hash(&dict)?;
+    let canonical = state.charge_key(study, query)?;
     state
         .store
         .record_charge(query_id, &study.id, &canonical, charged)
@@ -102,10 +101,7 @@ pub(super) async fn record_failed_charge(
     if charged <= 0.0 {
         return;
     }
-    let recorded = match state
-        .dictionary_for(study)
-        .and_then(|d| query.canonical_hash(&d))
-    {
+    let recorded = match state.charge_key(study, query) {
         Ok(canonical) => state
             .store
             .record_charge(query_id, &study.id, &canonical, charged)

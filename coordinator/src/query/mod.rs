@@ -201,7 +201,7 @@ async fn execute(
         query_hash: query.hash(),
         definition_hash: study.definition_hash(),
         // Sent only when the nodes need it to read the study's own variables.
-        definition: if study.derived.is_empty() {
+        definition: if study.derived.is_empty() && study.concept_sets.is_empty() {
             Vec::new()
         } else {
             serde_json::to_vec(study).expect("study serialises")

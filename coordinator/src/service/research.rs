@@ -47,11 +47,7 @@ impl ResearchService {
         }
         let store = &self.state.store;
         let (spent, _) = store.spent(&study.id).await.map_err(|e| e.to_status())?;
-        let repeat = match self
-            .state
-            .dictionary_for(study)
-            .and_then(|d| query.canonical_hash(&d))
-        {
+        let repeat = match self.state.charge_key(study, query) {
             Ok(h) => store
                 .charged_before(&study.id, &h)
                 .await

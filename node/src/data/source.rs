@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use chrono::NaiveDate;
 use plexus_core::models::fit::Iteration;
-use plexus_core::timeline::Derived;
+use plexus_core::timeline::{Derived, StudyConceptSet};
 use plexus_core::{Dictionary, Error, Purpose, Query, RawStats, Result, StudyDefinition};
 
 use super::config::{ConsentConfig, DataConfig, SourceKind};
@@ -22,7 +22,9 @@ pub struct StudyScope {
     /// The network dictionary with the derived variables.
     pub dictionary: Arc<Dictionary>,
     pub derived: Arc<BTreeMap<String, Derived>>,
-    /// [`plexus_core::timeline::fingerprint`] of `derived`: empty for none.
+    /// The OMOP concept sets it brings.
+    pub concept_sets: Arc<BTreeMap<String, StudyConceptSet>>,
+    /// [`plexus_core::timeline::fingerprint`] of both: empty for none.
     pub fingerprint: String,
 }
 
@@ -32,28 +34,31 @@ impl StudyScope {
         StudyScope {
             dictionary,
             derived: Arc::new(BTreeMap::new()),
+            concept_sets: Arc::new(BTreeMap::new()),
             fingerprint: String::new(),
         }
     }
 
     /// `study`'s variables over the network dictionary `base`.
     pub fn of(study: &StudyDefinition, base: &Arc<Dictionary>) -> Result<Self> {
-        if study.derived.is_empty() {
+        if study.derived.is_empty() && study.concept_sets.is_empty() {
             return Ok(Self::network(base.clone()));
         }
         Ok(StudyScope {
             dictionary: Arc::new(study.dictionary(base)?),
             derived: Arc::new(study.derived.clone()),
-            fingerprint: plexus_core::timeline::fingerprint(&study.derived),
+            concept_sets: Arc::new(study.concept_sets.clone()),
+            fingerprint: plexus_core::timeline::fingerprint(&study.derived, &study.concept_sets),
         })
     }
 
-    /// The first of `query`'s variables the study derives.
+    /// The first of `query`'s variables the study derives (or brings as
+    /// a concept set).
     pub fn derived_in(&self, query: &Query) -> Option<String> {
         query
             .variables()
             .into_iter()
-            .find(|v| self.derived.contains_key(v))
+            .find(|v| self.derived.contains_key(v) || self.concept_sets.contains_key(v))
     }
 }
 
@@ -189,7 +194,7 @@ impl DataSource {
             DataSource::Files(f) => {
                 if let Some(v) = scope.derived_in(query) {
                     return Err(Error::data(format!(
-                        "variable \"{v}\" is derived by the study from dated events and dates ([derived] in its definition); this node reads patient files, which hold one row per patient and no event rows, and derives no study variables: leave the variable out, or run the study on warehouse nodes"
+                        "variable \"{v}\" is derived by the study from dated events and dates, or is one of its concept sets ([derived], [concept_sets] in its definition); this node reads patient files, which hold one row per patient and no event rows, and derives no study variables: leave the variable out, or run the study on warehouse nodes"
                     )));
                 }
                 f.compute(query, purpose, today, limits, iteration).await

@@ -212,6 +212,7 @@ pub fn study_to_pb(s: &StudyDefinition, registered_unix_ms: i64) -> pb::Study {
         }),
         definition_hash: s.definition_hash(),
         derived_json: plexus_core::timeline::to_json(&s.derived),
+        concept_sets_json: plexus_core::timeline::to_json(&s.concept_sets),
     }
 }
 
@@ -298,7 +299,8 @@ impl TryFrom<pb::Study> for StudyDefinition {
                 disease: purpose.disease,
                 modifiers: purpose.modifiers,
             },
-            derived: plexus_core::timeline::from_json(&s.derived_json)?,
+            derived: plexus_core::timeline::from_json(&s.derived_json, "derived variables")?,
+            concept_sets: plexus_core::timeline::from_json(&s.concept_sets_json, "concept sets")?,
         })
     }
 }

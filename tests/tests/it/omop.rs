@@ -472,7 +472,7 @@ async fn omop_concept_sets_derived_variables_and_a_logistic_model_equal_the_pool
 const TIMELINE_STUDY: &str = r#"
 id = "nsaid-bleed-timeline"
 title = "NSAIDs and GI bleeding, with the study's own time logic"
-variables = ["sex", "s_within_year", "s_followup_days", "s_bleed_after", "s_observed_before", "s_bleed_before", "s_ibuprofen_after", "s_first_bleed", "s_ibuprofen_before_bleed", "s_observed_before_bleed"]
+variables = ["sex", "s_within_year", "s_followup_days", "s_bleed_after", "s_observed_before", "s_bleed_before", "s_ibuprofen_after", "s_first_bleed", "s_ibuprofen_before_bleed", "s_observed_before_bleed", "s_gi_bleed", "s_set_within_year"]
 analyses = ["count", "summary", "table"]
 researchers = ["researcher"]
 nodes = ["site-0", "site-1", "site-2"]
@@ -520,6 +520,26 @@ window = { event = "ibuprofen", origin = "s_first_bleed", from = -365, to = -1 }
 [derived.s_observed_before_bleed]
 type = "integer"
 days_between = { from = "observation_start", to = "s_first_bleed" }
+
+# Concept sets the study brings (the kit's gi_bleed and nsaid_index sets),
+# with an index and a window over them alone.
+[concept_sets.s_gi_bleed]
+domain = "condition"
+concepts = [192671]
+descendants = true
+
+[concept_sets.s_nsaids]
+domain = "drug"
+concepts = [1177480, 1118084, 1124300, 1125315]
+descendants = true
+
+[derived.s_set_index]
+type = "date"
+first_date = { event = "s_nsaids" }
+
+[derived.s_set_within_year]
+type = "boolean"
+window = { event = "s_gi_bleed", origin = "s_set_index", from = 1, to = 365 }
 "#;
 
 /// The study's derived variables equal the hospital-mapped ones they
@@ -538,6 +558,8 @@ async fn study_time_logic(nodes: &[DataSource], urls: &[&str], dict: &Arc<Dictio
         for (declared, mapped) in [
             ("s_within_year", "bleed_within_year"),
             ("s_bleed_after", "bleed_after_index"),
+            ("s_gi_bleed", "gi_bleed"),
+            ("s_set_within_year", "bleed_within_year"),
         ] {
             assert_eq!(
                 trues_in(node, scope, declared).await,
@@ -681,6 +703,33 @@ async fn study_time_logic(nodes: &[DataSource], urls: &[&str], dict: &Arc<Dictio
     assert!(
         windows[1] > 20 && prior_all > 100,
         "{windows:?} {prior_all}"
+    );
+
+    // A hospital that has not opened its tables to a study's own concept
+    // sets refuses them, naming the set and the setting (a rule on the
+    // configuration, never on data); the dictionary's variables still run.
+    let mut data = kit_data(urls[0]);
+    data.postgres.as_mut().unwrap().study_concept_sets = false;
+    let closed = DataSource::open(&data, &ConsentConfig::default(), dict.clone())
+        .await
+        .unwrap();
+    let q = Query::from_json(
+        r#"{"analysis": {"table": {"row": "s_set_within_year", "column": "sex"}}}"#,
+    )
+    .unwrap();
+    let e = closed
+        .compute_in(scope, &q, &research(), day(), limits(), None)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, plexus_core::ErrorCode::Policy, "{e}");
+    assert!(
+        e.message.contains("the study's concept set \"s_")
+            && e.message.contains("study_concept_sets"),
+        "{e}"
+    );
+    assert_eq!(
+        trues_in(&closed, scope, "s_within_year").await,
+        trues_in(&nodes[0], scope, "s_within_year").await
     );
 }
 

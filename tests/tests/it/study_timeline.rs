@@ -174,6 +174,30 @@ async fn a_node_reads_derived_variables_only_from_the_approved_definition() {
     );
     assert!(!e.message.chars().any(|c| c.is_ascii_digit()), "{e}");
 
+    // With the definition in hand, the node holds the study to its own
+    // list of variables, whatever the coordinator lets through.
+    let mut narrow = study.clone();
+    narrow.variables.retain(|v| v != "sbp");
+    sb.approve_at("hospital-a", &narrow).unwrap();
+    let sbp = Query::from_json(r#"{"analysis": {"summary": {"variable": "sbp"}}}"#).unwrap();
+    let mut job = exact_job(
+        &narrow,
+        &sbp,
+        &format!("{:032x}", 1000),
+        "hospital-a",
+        chrono::Utc::now().timestamp_millis(),
+    );
+    job.study_definition = serde_json::to_vec(&narrow).unwrap();
+    let Some(pb::node_message::Msg::Result(r)) = node.take(sign(&key, &job)).await else {
+        panic!("the node sent no result")
+    };
+    let Some(pb::job_result::Outcome::Error(e)) = r.outcome else {
+        panic!("answered {:?}", r.outcome)
+    };
+    let e = plexus_core::Error::from(e);
+    assert_eq!(e.code, ErrorCode::Policy, "{e}");
+    assert!(e.message.contains("does not allow variable \"sbp\""), "{e}");
+
     // Every refusal is in the node's own log.
     let log = sb.node_configs["hospital-a"]
         .node
@@ -184,5 +208,5 @@ async fn a_node_reads_derived_variables_only_from_the_approved_definition() {
         .lines()
         .filter(|l| !l.contains(r#""outcome":"accepted""#))
         .count();
-    assert_eq!(outcomes, 4, "{text}");
+    assert_eq!(outcomes, 5, "{text}");
 }

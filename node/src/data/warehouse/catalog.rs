@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 
-use plexus_core::timeline::Derivation;
+use plexus_core::timeline::{Derivation, Domain};
 use plexus_core::{Dictionary, Error, Result, VarType};
 use sqlx::{PgPool, Row};
 
@@ -286,7 +286,7 @@ impl Vocabulary {
     /// The concepts of a set: those taken in, each with every concept
     /// below it in `concept_ancestor` where it says so, less those taken
     /// out (likewise with theirs).
-    async fn expand(
+    pub(crate) async fn expand(
         &self,
         pool: &PgPool,
         host: &str,
@@ -908,6 +908,81 @@ pub(crate) fn derive(
         levels: None,
         age_at: None,
     })
+}
+
+/// Where the rows of a study's concept sets are, per OMOP domain
+/// (`data.postgres.study_concept_sets`).
+#[derive(Debug, Clone)]
+pub(crate) struct DomainTable {
+    pub table: Ident,
+    pub person: Ident,
+    pub concept: Ident,
+    pub date: Ident,
+    pub text_ids: bool,
+}
+
+/// The CDM table, concept column and start date of each domain.
+fn domain_columns(d: Domain) -> (&'static str, &'static str, &'static str) {
+    match d {
+        Domain::Condition => (
+            "condition_occurrence",
+            "condition_concept_id",
+            "condition_start_date",
+        ),
+        Domain::Drug => (
+            "drug_exposure",
+            "drug_concept_id",
+            "drug_exposure_start_date",
+        ),
+        Domain::Measurement => ("measurement", "measurement_concept_id", "measurement_date"),
+        Domain::Observation => ("observation", "observation_concept_id", "observation_date"),
+    }
+}
+
+/// The domain tables a study's concept sets are read from, checked at
+/// start-up: each must be readable, with its columns of the right types.
+pub(crate) async fn domains(
+    pool: &PgPool,
+    host: &str,
+    cfg: &WarehouseConfig,
+) -> Result<(BTreeMap<Domain, DomainTable>, Vec<Table>)> {
+    let mut out = BTreeMap::new();
+    let mut tables = Vec::new();
+    let at = "data.postgres.study_concept_sets";
+    for d in Domain::ALL {
+        let (name, concept, date) = domain_columns(d);
+        let t = Table::load(pool, host, &cfg.schema, name, &format!("{at} ({name})")).await?;
+        let person = t.column(
+            "person_id",
+            &IDS,
+            &format!("{at} ({name}.person_id)"),
+            "patient ids",
+        )?;
+        let concept = t.column(
+            concept,
+            &[Family::Int],
+            &format!("{at} ({name}.{concept})"),
+            "integer concept ids",
+        )?;
+        let date = t.column(
+            date,
+            &[Family::Date],
+            &format!("{at} ({name}.{date})"),
+            "dates",
+        )?;
+        out.insert(
+            d,
+            DomainTable {
+                table: t.ident.clone(),
+                person: person.ident,
+                concept: concept.ident,
+                date: date.ident,
+                text_ids: person.family == Family::Text,
+            },
+        );
+        tables.push(t);
+    }
+    Ok((out, tables))
 }
 
 /// The person table and its id column.

@@ -67,25 +67,52 @@ impl<'a> Scope<'a> {
     /// query names, built from this node's mapped variables (refused,
     /// naming the variable and the field, when one it reads is not mapped
     /// here as the derivation needs it).
-    pub(super) fn new(w: &'a Warehouse, study: &StudyScope, query: &Query) -> Result<Self> {
+    pub(super) async fn new(w: &'a Warehouse, study: &StudyScope, query: &Query) -> Result<Self> {
         let mut extra = BTreeMap::new();
-        let named: Vec<String> = query
+        let mut named: Vec<String> = query
             .variables()
             .into_iter()
-            .filter(|v| study.derived.contains_key(v))
+            .filter(|v| study.derived.contains_key(v) || study.concept_sets.contains_key(v))
             .collect();
         if !named.is_empty() {
-            // The study's first dates the named variables read come first
-            // (a checked definition chains one level, no further).
-            let read: Vec<String> = named
+            let mut mapped = w.vars.clone();
+            // The study's concept sets the query names or its derived
+            // variables read (directly, or through a first_date), as
+            // presences of their domain's rows, each with its date.
+            let mut sets: Vec<String> = Vec::new();
+            let mut todo = named.clone();
+            while let Some(n) = todo.pop() {
+                if study.concept_sets.contains_key(&n) {
+                    if !sets.contains(&n) {
+                        sets.push(n);
+                    }
+                } else if let Some(how) = study.derived.get(&n).and_then(|d| d.derivation("").ok())
+                {
+                    todo.extend(how.inputs().into_iter().map(|(_, v, _)| v.to_string()));
+                }
+            }
+            for name in sets {
+                let var = w.study_set(&name, &study.concept_sets[&name]).await?;
+                mapped.insert(name.clone(), var.clone());
+                extra.insert(name, var);
+            }
+            named.retain(|n| study.derived.contains_key(n));
+            // Every first date (named, or read by a named variable) comes
+            // first: a checked definition chains one level, no further.
+            let read = named
                 .iter()
                 .flat_map(|n| study.derived[n].derivation("").ok())
                 .flat_map(|how| how.inputs())
                 .map(|(_, v, _)| v.to_string())
-                .filter(|v| study.derived.contains_key(v) && !named.contains(v))
-                .collect();
-            let mut mapped = w.vars.clone();
-            for name in read.into_iter().chain(named) {
+                .filter(|v| study.derived.contains_key(v));
+            let mut order: Vec<String> = Vec::new();
+            for n in read.chain(named.iter().cloned()) {
+                if !order.contains(&n) {
+                    order.push(n);
+                }
+            }
+            order.sort_by_key(|n| study.derived[n].first_date.is_none());
+            for name in order {
                 let d = &study.derived[&name];
                 let at = format!("study variable derived.{name}");
                 let how = d.derivation(&at)?;

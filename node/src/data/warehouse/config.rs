@@ -85,6 +85,14 @@ pub struct WarehouseConfig {
     /// (by default the node warns: its own transactions are read only).
     #[serde(default)]
     pub refuse_writable_role: bool,
+    /// Let a study bring its own OMOP concept sets (`[concept_sets]` in
+    /// study.toml): the node reads their rows from the CDM's
+    /// `condition_occurrence`, `drug_exposure`, `measurement` and
+    /// `observation` tables in `schema` (`person_id`, the domain's concept
+    /// id and its start date), expanding descendants with the vocabulary.
+    /// Off by default: a job naming such a set is then refused.
+    #[serde(default)]
+    pub study_concept_sets: bool,
     /// A read-only query whose first row (as text) identifies the data's
     /// version; by default the node hashes the tables' change counters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -472,6 +480,18 @@ impl VariableSource {
                     return Err(Error::invalid(format!(
                         "{at}.window: from = {} is after to = {}; give the window's first day, then its last, in days from the origin (negative before it)",
                         w.from, w.to
+                    )));
+                }
+                // Beyond a century a date sum could leave PostgreSQL's
+                // date range, and fail only when a patient has such rows.
+                let days = -plexus_core::timeline::MAX_WINDOW_DAYS
+                    ..=plexus_core::timeline::MAX_WINDOW_DAYS;
+                if !days.contains(&w.from) || !days.contains(&w.to) {
+                    return Err(Error::invalid(format!(
+                        "{at}.window runs from {} to {} days; keep both within {} days of the origin",
+                        w.from,
+                        w.to,
+                        plexus_core::timeline::MAX_WINDOW_DAYS
                     )));
                 }
             }

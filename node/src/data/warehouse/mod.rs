@@ -66,6 +66,13 @@ pub struct Warehouse {
     timeout: Duration,
     /// What the mapping check found at start-up.
     findings: catalog::Findings,
+    /// With `study_concept_sets`: the tables a study's own concept sets
+    /// are read from, the vocabulary that expands them, and the sets
+    /// expanded so far (by their definition, for the process's life, as
+    /// the mapping's sets are expanded once at start-up).
+    domains: BTreeMap<plexus_core::timeline::Domain, catalog::DomainTable>,
+    vocabulary: Option<catalog::Vocabulary>,
+    expanded: Mutex<BTreeMap<String, Arc<Vec<i64>>>>,
 }
 
 impl std::fmt::Debug for Warehouse {
@@ -239,12 +246,30 @@ impl Warehouse {
                 Consent::Files(ConsentSource::open(consent_files).await?)
             }
         };
+        let (domains, domain_tables, vocabulary) = if cfg.study_concept_sets {
+            let (d, t) = catalog::domains(&pool, &host, cfg).await?;
+            (
+                d,
+                t,
+                Some(catalog::Vocabulary::load(&pool, &host, cfg).await?),
+            )
+        } else {
+            (BTreeMap::new(), Vec::new(), None)
+        };
         let mut tables: Vec<&Table> = vec![&person];
         tables.extend(events.iter());
+        tables.extend(domain_tables.iter());
         if let Consent::Tables(c) = &consent {
             tables.extend(c.tables.iter());
         }
-        let names: Vec<String> = tables.iter().map(|t| t.ident.sql().to_string()).collect();
+        // In mapping order, each table once (a domain table may be mapped too).
+        let mut names: Vec<String> = Vec::new();
+        for t in &tables {
+            let n = t.ident.sql().to_string();
+            if !names.contains(&n) {
+                names.push(n);
+            }
+        }
         let wh = Warehouse {
             pool,
             host,
@@ -259,6 +284,9 @@ impl Warehouse {
             state: Mutex::new((String::new(), None)),
             timeout,
             findings,
+            domains,
+            vocabulary,
+            expanded: Mutex::new(BTreeMap::new()),
         };
         wh.check_categories().await?;
         wh.check_writable(cfg.refuse_writable_role).await?;
@@ -470,6 +498,66 @@ impl Warehouse {
             .await
     }
 
+    /// One of a study's own concept sets as the presence of a row of its
+    /// domain's table (with the row's date, for the study's windows),
+    /// expanded with the vocabulary the first time it is asked. Refused,
+    /// naming the set and the rule, when the hospital does not take a
+    /// study's concept sets.
+    pub(crate) async fn study_set(
+        &self,
+        name: &str,
+        set: &plexus_core::timeline::StudyConceptSet,
+    ) -> Result<Var> {
+        let at = format!("the study's concept set \"{name}\"");
+        let (Some(vocabulary), Some(d)) = (&self.vocabulary, self.domains.get(&set.domain)) else {
+            return Err(Error::policy(format!(
+                "{at} is read from this node's OMOP tables, which the hospital has not opened to a study's own concept sets (data.postgres.study_concept_sets = true in node.toml); ask the hospital, or use the dictionary's variables"
+            )));
+        };
+        let key = serde_json::to_string(set).expect("a concept set serialises");
+        let cached = self.expanded.lock().expect("sets lock").get(&key).cloned();
+        let ids = match cached {
+            Some(ids) => ids,
+            None => {
+                let items = set
+                    .concepts
+                    .iter()
+                    .map(|id| (*id, false))
+                    .chain(set.exclude.iter().map(|id| (*id, true)))
+                    .map(|(id, excluded)| config::ConceptItem {
+                        id,
+                        descendants: set.descendants,
+                        excluded,
+                    })
+                    .collect();
+                let ids = vocabulary
+                    .expand(&self.pool, &self.host, &config::ConceptSet { items }, &at)
+                    .await?;
+                let ids = Arc::new(ids);
+                self.expanded
+                    .lock()
+                    .expect("sets lock")
+                    .insert(key, ids.clone());
+                ids
+            }
+        };
+        Ok(Var {
+            kind: plexus_core::VarType::Boolean,
+            source: catalog::Source::Event {
+                table: d.table.clone(),
+                person: d.person.clone(),
+                concept: Some((d.concept.clone(), ids.to_vec())),
+                value: None,
+                pick: config::Pick::Latest,
+                dated: Some(d.date.clone()),
+                text_ids: d.text_ids,
+            },
+            booleans: None,
+            levels: None,
+            age_at: None,
+        })
+    }
+
     /// [`Self::compute`] for a job of a study that may derive variables
     /// of its own (`study`), built here from this node's mapping.
     pub async fn compute_in(
@@ -481,7 +569,7 @@ impl Warehouse {
         limits: Limits,
         iteration: Option<&Iteration>,
     ) -> Result<RawStats> {
-        let r = match compute::Scope::new(self, study, query) {
+        let r = match compute::Scope::new(self, study, query).await {
             Ok(scope) => compute::run(&scope, query, purpose, today, limits, iteration).await,
             Err(e) => Err(e),
         };
