@@ -243,6 +243,42 @@ pub fn levels(dict: &pb::Dictionary, variable: &str) -> anyhow::Result<Vec<Value
     })
 }
 
+/// The levels of a `--by` variable the study itself declares (a derived
+/// boolean or one of its concept sets); `None` when it declares none of
+/// that name.
+async fn study_levels(
+    client: &Client,
+    study: &str,
+    variable: &str,
+) -> anyhow::Result<Option<Vec<Value>>> {
+    let studies = client
+        .research()
+        .list_studies(pb::ListStudiesRequest {})
+        .await
+        .map_err(|s| anyhow::anyhow!("{}", plexus_proto::convert::from_status(&s)))?
+        .into_inner()
+        .studies;
+    let Some(s) = studies.into_iter().find(|s| s.id == study) else {
+        return Ok(None);
+    };
+    let def = plexus_core::StudyDefinition::try_from(s)?;
+    let boolean = def.concept_sets.contains_key(variable)
+        || def
+            .derived
+            .get(variable)
+            .is_some_and(|d| d.kind == plexus_core::VarType::Boolean);
+    if boolean {
+        return Ok(Some(vec![Value::Boolean(false), Value::Boolean(true)]));
+    }
+    if let Some(d) = def.derived.get(variable) {
+        bail!(
+            "--by needs a categorical or boolean variable, and the study's \"{variable}\" is {}",
+            d.kind
+        );
+    }
+    Ok(None)
+}
+
 /// `plexus summary VAR --by CATVAR`: one query per level, printed together.
 pub async fn summary_by(
     conn: &ConnectArgs,
@@ -257,7 +293,11 @@ pub async fn summary_by(
         .await
         .map_err(|s| anyhow::anyhow!("{}", plexus_proto::convert::from_status(&s)))?
         .into_inner();
-    let levels = levels(&dict, by)?;
+    let levels = match levels(&dict, by) {
+        Ok(l) => l,
+        // Not a dictionary variable: perhaps one of the study's own.
+        Err(e) => study_levels(&client, &options.study, by).await?.ok_or(e)?,
+    };
     let requests: Vec<(String, String)> = levels
         .iter()
         .map(|level| {
