@@ -828,3 +828,71 @@ async fn a_node_whose_warehouse_goes_away_stays_connected_degraded_and_recovers(
     sb.shutdown().await.unwrap();
     db.drop_now().await;
 }
+
+/// A study's own windows and follow-up on the synthetic warehouse, where
+/// every diabetes row is dated 100 days before inclusion: windows from a
+/// person-table date (inclusion_date) and from an event's first date, and
+/// days between them, each read as one join of the event rows to the
+/// patients' dates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_study_s_windows_from_a_person_date_or_an_event_date_count_the_rows_in_them() {
+    use plexus_node::data::StudyScope;
+    let Some(p) = pair("wh_windows", 400).await else {
+        return;
+    };
+    let mut text = toml::to_string(&plexus_sandbox::demo_study()).unwrap();
+    text.push_str(
+        r#"
+        [derived.near]
+        type = "boolean"
+        window = { event = "diabetes", origin = "inclusion_date", from = -365, to = 365 }
+        [derived.far]
+        type = "boolean"
+        window = { event = "diabetes", origin = "inclusion_date", from = -50, to = 50 }
+        [derived.first_diabetes]
+        type = "date"
+        first_date = { event = "diabetes" }
+        [derived.same_day]
+        type = "boolean"
+        window = { event = "diabetes", origin = "first_diabetes", from = 0, to = 0 }
+        [derived.lag]
+        type = "integer"
+        days_between = { from = "first_diabetes", to = "inclusion_date" }
+        "#,
+    );
+    let mut study = plexus_core::StudyDefinition::from_toml(&text).unwrap();
+    study.variables.extend(study.derived.keys().cloned());
+    let dict = Arc::new(Dictionary::cardiovascular());
+    let scope = StudyScope::of(&study, &dict).unwrap();
+    let hmb = Purpose::from_parts("HMB", "", &[]).unwrap();
+    let count = |var: &str| {
+        let q = query(
+            &format!(r#"{{"compare": {{"variable": "{var}", "op": "=", "value": true}}}}"#),
+            r#"{"count": {}}"#,
+        );
+        let (pg, scope, hmb) = (&p.pg, &scope, &hmb);
+        async move {
+            match pg.compute_in(scope, &q, hmb, day(), limits(), None).await {
+                Ok(RawStats::Count(n)) => n,
+                other => panic!("{other:?}"),
+            }
+        }
+    };
+    let diabetic = count("diabetes").await;
+    assert!(diabetic > 20, "{diabetic}");
+    assert_eq!(count("near").await, diabetic);
+    assert_eq!(count("same_day").await, diabetic);
+    assert_eq!(count("far").await, 0);
+    let q = query("null", r#"{"summary": {"variable": "lag"}}"#);
+    let Ok(RawStats::Summary(s)) =
+        p.pg.compute_in(&scope, &q, &hmb, day(), limits(), None)
+            .await
+    else {
+        panic!("lag")
+    };
+    assert_eq!(
+        (s.moments.n, s.moments.sum),
+        (diabetic, 100.0 * diabetic as f64)
+    );
+    p.db.drop_now().await;
+}

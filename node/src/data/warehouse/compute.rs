@@ -248,6 +248,7 @@ impl Scope<'_> {
         let aliases = self.aliases(names)?;
         let mut params = Params::default();
         let id = self.id.ident.sql();
+        params.2 = Some((self.person.ident.sql().to_string(), id.to_string()));
         let mut select = format!("p.{id} AS pid");
         for (alias, var) in aliases.vars.values() {
             select.push_str(&format!(

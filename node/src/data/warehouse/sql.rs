@@ -14,7 +14,7 @@ use std::fmt::Write;
 use plexus_core::query::parse_date;
 use plexus_core::{Cohort, CompareOp, Error, Result, Value, VarType};
 
-use super::catalog::{Dated, Family, Source, Var};
+use super::catalog::{Dated, Family, Ident, Source, Var};
 use super::config::Pick;
 
 /// A bound value.
@@ -34,7 +34,13 @@ pub(crate) enum Param {
 /// Parameters of one statement, in order, and the joins its values need
 /// (`LEFT JOIN ... jN ON ...`, written after `FROM person p`).
 #[derive(Debug, Default)]
-pub(crate) struct Params(pub Vec<Param>, pub Vec<String>);
+pub(crate) struct Params(
+    pub Vec<Param>,
+    pub Vec<String>,
+    /// The person table and its id column, as the relation's `FROM` names
+    /// them, when a date column of it may be read as a relation of its own.
+    pub Option<(String, String)>,
+);
 
 impl Params {
     /// Adds a value and returns its placeholder with the SQL type `ty`.
@@ -80,9 +86,37 @@ pub(crate) fn raw(var: &Var, person_id: &str, params: &mut Params) -> String {
         } => {
             let o = value(origin, person_id, params);
             let c = value(censor, person_id, params);
-            let (d, rows) = dated(event, person_id, params);
-            // The first event after the origin, up to the censoring date.
-            let first = format!("(SELECT min({d}) {rows} AND {d} > {o} AND {d} <= {c})");
+            // The first event after the origin, up to the censoring date:
+            // when both dates are one row of an event table each, one join
+            // of the event rows to every patient's two dates (a pass over
+            // each table), else a probe of the event table per patient.
+            let both = is_picked_date(origin, params) && is_picked_date(censor, params);
+            let first = match both {
+                true => {
+                    let origins = plain_date(origin, params).expect("a picked date");
+                    let censors = plain_date(censor, params).expect("a picked date");
+                    let filter = concept_filter(
+                        &event.concept,
+                        format!("e.{} IS NOT NULL", event.person.sql()),
+                        params,
+                    );
+                    let d = finite_date(&format!("e.{}", event.date.sql()));
+                    let (od, cd) = (finite_date("o.v"), finite_date("c.v"));
+                    let j = format!("j{}", params.1.len());
+                    params.1.push(format!(
+                        "LEFT JOIN (SELECT e.{ep} AS pid, min({d}) AS d FROM {} e \
+                         JOIN {origins} o ON o.pid = e.{ep} JOIN {censors} c ON c.pid = e.{ep} \
+                         WHERE {filter} AND {d} > {od} AND {d} <= {cd} GROUP BY 1) {j} ON {j}.pid = p.{person_id}",
+                        event.table.sql(),
+                        ep = event.person.sql(),
+                    ));
+                    format!("{j}.d")
+                }
+                false => {
+                    let (d, rows) = dated(event, person_id, params);
+                    format!("(SELECT min({d}) {rows} AND {d} > {o} AND {d} <= {c})")
+                }
+            };
             let known = format!("{o} IS NOT NULL AND {c} IS NOT NULL AND {c} >= {o}");
             match flag {
                 true => format!("(CASE WHEN {known} THEN {first} IS NOT NULL END)"),
@@ -96,7 +130,6 @@ pub(crate) fn raw(var: &Var, person_id: &str, params: &mut Params) -> String {
             to,
         } => {
             let o = value(origin, person_id, params);
-            let (d, rows) = dated(event, person_id, params);
             // date + int4 is a date; the days are bound as int8 (what the
             // driver sends) and narrowed by the statement.
             let from = format!(
@@ -107,6 +140,29 @@ pub(crate) fn raw(var: &Var, person_id: &str, params: &mut Params) -> String {
                 "({})::int4",
                 params.push(Param::I64(i64::from(*to)), "int8")
             );
+            // An origin that is one row of an event table (a first date,
+            // the usual index): the patients with an event row in the
+            // window, as one join of the event rows to every patient's
+            // origin (a hash join, one pass over each table), instead of a
+            // probe of the event table per patient.
+            if let Some(origins) = plain_date(origin, params) {
+                let filter = concept_filter(
+                    &event.concept,
+                    format!("e.{} IS NOT NULL", event.person.sql()),
+                    params,
+                );
+                let d = finite_date(&format!("e.{}", event.date.sql()));
+                let od = finite_date("o.v");
+                let j = format!("j{}", params.1.len());
+                params.1.push(format!(
+                    "LEFT JOIN (SELECT DISTINCT e.{ep} AS pid FROM {} e JOIN {origins} o ON o.pid = e.{ep} \
+                     WHERE {filter} AND {d} BETWEEN {od} + {from} AND {od} + {to}) {j} ON {j}.pid = p.{person_id}",
+                    event.table.sql(),
+                    ep = event.person.sql(),
+                ));
+                return format!("(CASE WHEN {o} IS NOT NULL THEN {j}.pid IS NOT NULL END)");
+            }
+            let (d, rows) = dated(event, person_id, params);
             format!(
                 "(CASE WHEN {o} IS NOT NULL THEN EXISTS (SELECT 1 {rows} AND {d} BETWEEN {o} + {from} AND {o} + {to}) END)"
             )
@@ -120,25 +176,10 @@ pub(crate) fn raw(var: &Var, person_id: &str, params: &mut Params) -> String {
             person,
             concept,
             value,
-            pick,
-            text_ids,
             ..
         } => {
-            let with_concept = |mut filter: String, params: &mut Params| {
-                if let Some((col, ids)) = concept {
-                    let _ = match ids.as_slice() {
-                        [one] => {
-                            let ph = params.push(Param::I64(*one), "int8");
-                            write!(filter, " AND e.{} = {ph}", col.sql())
-                        }
-                        _ => {
-                            let ph = params.push(Param::I64s(ids.clone()), "int8[]");
-                            write!(filter, " AND e.{} = ANY({ph})", col.sql())
-                        }
-                    };
-                }
-                filter
-            };
+            let with_concept =
+                |filter: String, params: &mut Params| concept_filter(concept, filter, params);
             match value {
                 // Uncorrelated, so PostgreSQL reads the event table once into
                 // a hash (a "hashed SubPlan") instead of probing it per
@@ -151,39 +192,107 @@ pub(crate) fn raw(var: &Var, person_id: &str, params: &mut Params) -> String {
                         table.sql()
                     )
                 }
-                Some((v, date)) => {
-                    let filter = with_concept(format!("e.{} IS NOT NULL", person.sql()), params);
-                    let dir = match pick {
-                        Pick::Latest => "DESC",
-                        Pick::First => "ASC",
-                    };
-                    let v = v.ident.sql();
-                    // One ordered pass over the event table: each
-                    // patient's first row in (date, value) order, joined
-                    // to the person row; not a subquery per patient. Ties
-                    // on the date are broken by the value, so the answer
-                    // does not depend on the physical row order.
-                    // Text ids are grouped byte by byte: the same groups
-                    // (equality is bytewise), sorted twice as fast as
-                    // under a locale's collation.
-                    let by = match text_ids {
-                        true => format!("(e.{} COLLATE \"C\")", person.sql()),
-                        false => format!("e.{}", person.sql()),
-                    };
+                Some(_) => {
+                    let rows = picked(var, params).expect("an event table's value");
                     let j = format!("j{}", params.1.len());
-                    params.1.push(format!(
-                        "LEFT JOIN (SELECT DISTINCT ON ({by}) e.{pc} AS pid, e.{v} AS v FROM {} e \
-                         WHERE {filter} AND e.{v} IS NOT NULL \
-                         ORDER BY {by}, e.{} {dir} NULLS LAST, e.{v} {dir}) {j} ON {j}.pid = p.{person_id}",
-                        table.sql(),
-                        date.sql(),
-                        pc = person.sql(),
-                    ));
+                    params
+                        .1
+                        .push(format!("LEFT JOIN {rows} {j} ON {j}.pid = p.{person_id}"));
                     format!("{j}.v")
                 }
             }
         }
     }
+}
+
+/// `filter` and, when there is a concept set, its rows only.
+fn concept_filter(
+    concept: &Option<(Ident, Vec<i64>)>,
+    mut filter: String,
+    params: &mut Params,
+) -> String {
+    if let Some((col, ids)) = concept {
+        let _ = match ids.as_slice() {
+            [one] => {
+                let ph = params.push(Param::I64(*one), "int8");
+                write!(filter, " AND e.{} = {ph}", col.sql())
+            }
+            _ => {
+                let ph = params.push(Param::I64s(ids.clone()), "int8[]");
+                write!(filter, " AND e.{} = ANY({ph})", col.sql())
+            }
+        };
+    }
+    filter
+}
+
+/// For a variable that is one row of an event table (the latest or first
+/// value by date), each patient's row as a relation `(pid, v)` of the raw
+/// value; `None` for any other variable.
+fn picked(var: &Var, params: &mut Params) -> Option<String> {
+    if let (Source::Column(c), Some((table, id))) = (&var.source, &params.2) {
+        return Some(format!(
+            "(SELECT pp.{id} AS pid, pp.{} AS v FROM {table} pp)",
+            c.ident.sql()
+        ));
+    }
+    let Source::Event {
+        table,
+        person,
+        concept,
+        value: Some((v, date)),
+        pick,
+        text_ids,
+        ..
+    } = &var.source
+    else {
+        return None;
+    };
+    let filter = concept_filter(concept, format!("e.{} IS NOT NULL", person.sql()), params);
+    let dir = match pick {
+        Pick::Latest => "DESC",
+        Pick::First => "ASC",
+    };
+    let v = v.ident.sql();
+    // One ordered pass over the event table: each patient's first row in
+    // (date, value) order; not a subquery per patient. Ties on the date
+    // are broken by the value, so the answer does not depend on the
+    // physical row order. Text ids are grouped byte by byte: the same
+    // groups (equality is bytewise), sorted twice as fast as under a
+    // locale's collation.
+    let by = match text_ids {
+        true => format!("(e.{} COLLATE \"C\")", person.sql()),
+        false => format!("e.{}", person.sql()),
+    };
+    Some(format!(
+        "(SELECT DISTINCT ON ({by}) e.{pc} AS pid, e.{v} AS v FROM {} e \
+         WHERE {filter} AND e.{v} IS NOT NULL \
+         ORDER BY {by}, e.{} {dir} NULLS LAST, e.{v} {dir})",
+        table.sql(),
+        date.sql(),
+        pc = person.sql(),
+    ))
+}
+
+/// [`picked`] for a date read as it is (its value is its raw value, made
+/// finite, as [`value`] reads a date).
+fn plain_date(var: &Var, params: &mut Params) -> Option<String> {
+    is_picked_date(var, params)
+        .then(|| picked(var, params))
+        .flatten()
+}
+
+/// Whether [`plain_date`] gives a relation (pushing nothing to find out).
+fn is_picked_date(var: &Var, params: &Params) -> bool {
+    var.kind == VarType::Date
+        && var.levels.is_none()
+        && var.booleans.is_none()
+        && var.age_at.is_none()
+        && match var.source {
+            Source::Event { value: Some(_), .. } => true,
+            Source::Column(_) => params.2.is_some(),
+            _ => false,
+        }
 }
 
 /// An event's date and `FROM ... WHERE` its rows of the patient `p` (and
