@@ -703,19 +703,7 @@ impl JobRunner {
         if job.study_definition.is_empty() {
             return Ok((StudyScope::network(self.dictionary.clone()), None));
         }
-        let hash = plexus_core::hash::sha256_hex(&job.study_definition);
-        if hash != job.study_definition_hash {
-            return Err(Error::policy(format!(
-                "the study definition the job carries hashes to {hash}, not to the approved {} it names; refused",
-                job.study_definition_hash
-            )));
-        }
-        let study: plexus_core::StudyDefinition = serde_json::from_slice(&job.study_definition)
-            .map_err(|e| {
-                Error::invalid(format!(
-                    "the study definition the job carries is not a study definition: {e}"
-                ))
-            })?;
+        let (study, _) = sent_definition(job, &job.study_definition, "the job carries")?;
         // Only the definition's own serialisation (what the coordinator
         // hashed at registration): no second spelling of the same hash,
         // such as a JSON object with a key given twice.
@@ -723,12 +711,6 @@ impl JobRunner {
             return Err(Error::policy(
                 "the study definition the job carries is not in the form its hash was taken of; refused",
             ));
-        }
-        if study.id != job.study_id {
-            return Err(Error::policy(format!(
-                "the job for study \"{}\" carries the definition of \"{}\"; refused",
-                job.study_id, study.id
-            )));
         }
         if job.secure_aggregation.is_some() {
             return Err(Error::policy(
@@ -776,6 +758,35 @@ impl JobRunner {
         };
         Ok(Protection::Private { rho, budget })
     }
+}
+
+/// The study definition `bytes` that came with `job` (`sent` says how, for
+/// the messages), read only when it hashes to the approved definition
+/// hash the job names and is of the job's study; with that hash.
+pub(crate) fn sent_definition(
+    job: &pb::Job,
+    bytes: &[u8],
+    sent: &str,
+) -> Result<(plexus_core::StudyDefinition, String), Error> {
+    let hash = plexus_core::hash::sha256_hex(bytes);
+    if hash != job.study_definition_hash {
+        return Err(Error::policy(format!(
+            "the study definition {sent} hashes to {hash}, not to the approved {} the job names; refused",
+            job.study_definition_hash
+        )));
+    }
+    let study: plexus_core::StudyDefinition = serde_json::from_slice(bytes).map_err(|e| {
+        Error::invalid(format!(
+            "the study definition {sent} is not a study definition: {e}"
+        ))
+    })?;
+    if study.id != job.study_id {
+        return Err(Error::policy(format!(
+            "the study definition {sent} is of study \"{}\", and the job is for \"{}\"; refused",
+            study.id, job.study_id
+        )));
+    }
+    Ok((study, hash))
 }
 
 /// The round of a fit with its coefficients, exactly, for the keys above.

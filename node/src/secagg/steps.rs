@@ -11,7 +11,7 @@ use plexus_core::secagg::shares::{commitment, new_seed, split, SHARE_LEN};
 use plexus_core::secagg::steps::{MaskedAnswer, Partition, UnmaskRequest, Unmasked};
 use plexus_core::secagg::unmask::Revealed;
 use plexus_core::secagg::{encode, min_survivors, threshold, KeyBundle, Roster};
-use plexus_core::{Analysis, Error, NodeStats, Result, StudyDefinition};
+use plexus_core::{Analysis, Error, NodeStats, Result};
 use plexus_proto::v1 as pb;
 
 use super::sessions::{accept_roster, Pending, Session, SessionStudy};
@@ -74,24 +74,11 @@ impl JobRunner {
         now_ms: i64,
     ) -> Outcome {
         let me = &self.config.node.id;
-        let hash = plexus_core::hash::sha256_hex(definition);
-        if hash != job.study_definition_hash {
-            return Err(Error::policy(format!(
-                "the study definition sent with the key request of session {session_id} hashes to {hash}, not to the approved {} the job names; refused",
-                job.study_definition_hash
-            )));
-        }
-        let definition: StudyDefinition = serde_json::from_slice(definition).map_err(|e| {
-            Error::invalid(format!(
-                "the study definition sent with the key request is not a study definition: {e}"
-            ))
-        })?;
-        if definition.id != job.study_id {
-            return Err(Error::policy(format!(
-                "the key request for study \"{}\" sends the definition of \"{}\"; refused",
-                job.study_id, definition.id
-            )));
-        }
+        let (definition, hash) = crate::job::sent_definition(
+            job,
+            definition,
+            &format!("sent with the key request of session {session_id}"),
+        )?;
         let study = SessionStudy {
             study_id: definition.id,
             definition_hash: hash,
