@@ -79,18 +79,9 @@ impl<'a> Scope<'a> {
             // The study's concept sets the query names or its derived
             // variables read (directly, or through a first_date), as
             // presences of their domain's rows, each with its date.
-            let mut sets: Vec<String> = Vec::new();
-            let mut todo = named.clone();
-            while let Some(n) = todo.pop() {
-                if study.concept_sets.contains_key(&n) {
-                    if !sets.contains(&n) {
-                        sets.push(n);
-                    }
-                } else if let Some(how) = study.derived.get(&n).and_then(|d| d.derivation("").ok())
-                {
-                    todo.extend(how.inputs().into_iter().map(|(_, v, _)| v.to_string()));
-                }
-            }
+            let sets = plexus_core::timeline::inputs(&study.derived, &named)
+                .into_iter()
+                .filter(|n| study.concept_sets.contains_key(n));
             for name in sets {
                 let var = w.study_set(&name, &study.concept_sets[&name]).await?;
                 mapped.insert(name.clone(), var.clone());

@@ -361,21 +361,12 @@ impl VariableSource {
     /// The concept set this variable's event rows are restricted to, as
     /// configured (before the vocabulary expands it).
     pub fn concept_set(&self) -> Option<ConceptSet> {
-        let item = |excluded: bool| {
-            move |id: &i64| ConceptItem {
-                id: *id,
-                descendants: self.descendants,
-                excluded,
-            }
-        };
-        let items: Vec<ConceptItem> = self
-            .concept_id
-            .iter()
-            .chain(&self.concepts)
-            .map(item(false))
-            .chain(self.exclude.iter().map(item(true)))
-            .collect();
-        (!items.is_empty()).then_some(ConceptSet { items })
+        let set = ConceptSet::of(
+            self.concept_id.iter().chain(&self.concepts),
+            &self.exclude,
+            self.descendants,
+        );
+        (!set.items.is_empty()).then_some(set)
     }
 
     /// The date of `age_at`, checked by `validate`.
@@ -595,6 +586,30 @@ pub struct ConceptSet {
 }
 
 impl ConceptSet {
+    /// The concepts `included`, less those of `excluded`, every one with
+    /// its descendants when `descendants` (a set as node.toml and a
+    /// study's `[concept_sets]` write it).
+    pub fn of<'a>(
+        included: impl IntoIterator<Item = &'a i64>,
+        excluded: &[i64],
+        descendants: bool,
+    ) -> ConceptSet {
+        let item = |excluded: bool| {
+            move |id: &i64| ConceptItem {
+                id: *id,
+                descendants,
+                excluded,
+            }
+        };
+        ConceptSet {
+            items: included
+                .into_iter()
+                .map(item(false))
+                .chain(excluded.iter().map(item(true)))
+                .collect(),
+        }
+    }
+
     /// Every concept listed, taken in or out.
     pub fn listed(&self) -> Vec<i64> {
         self.items.iter().map(|i| i.id).collect()

@@ -519,19 +519,9 @@ impl Warehouse {
         let ids = match cached {
             Some(ids) => ids,
             None => {
-                let items = set
-                    .concepts
-                    .iter()
-                    .map(|id| (*id, false))
-                    .chain(set.exclude.iter().map(|id| (*id, true)))
-                    .map(|(id, excluded)| config::ConceptItem {
-                        id,
-                        descendants: set.descendants,
-                        excluded,
-                    })
-                    .collect();
+                let listed = config::ConceptSet::of(&set.concepts, &set.exclude, set.descendants);
                 let ids = vocabulary
-                    .expand(&self.pool, &self.host, &config::ConceptSet { items }, &at)
+                    .expand(&self.pool, &self.host, &listed, &at)
                     .await?;
                 let ids = Arc::new(ids);
                 self.expanded
@@ -569,10 +559,11 @@ impl Warehouse {
         limits: Limits,
         iteration: Option<&Iteration>,
     ) -> Result<RawStats> {
-        let r = match compute::Scope::new(self, study, query).await {
-            Ok(scope) => compute::run(&scope, query, purpose, today, limits, iteration).await,
-            Err(e) => Err(e),
-        };
+        let r = async {
+            let scope = compute::Scope::new(self, study, query).await?;
+            compute::run(&scope, query, purpose, today, limits, iteration).await
+        }
+        .await;
         self.note(&r);
         r
     }
