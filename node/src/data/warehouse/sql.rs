@@ -91,30 +91,24 @@ pub(crate) fn raw(var: &Var, person_id: &str, params: &mut Params) -> String {
             // of the event rows to every patient's two dates (a pass over
             // each table), else a probe of the event table per patient.
             let both = is_picked_date(origin, params) && is_picked_date(censor, params);
+            let ep = event.person.sql();
             let first = match both {
                 true => {
-                    let origins = plain_date(origin, params).expect("a picked date");
-                    let censors = plain_date(censor, params).expect("a picked date");
-                    let filter = concept_filter(
-                        &event.concept,
-                        format!("e.{} IS NOT NULL", event.person.sql()),
-                        params,
-                    );
-                    let d = finite_date(&format!("e.{}", event.date.sql()));
+                    let origins = picked(origin, params).expect("a picked date");
+                    let censors = picked(censor, params).expect("a picked date");
+                    let (d, table, filter) = dated(event, format!("e.{ep} IS NOT NULL"), params);
                     let (od, cd) = (finite_date("o.v"), finite_date("c.v"));
-                    let j = format!("j{}", params.1.len());
-                    params.1.push(format!(
-                        "LEFT JOIN (SELECT e.{ep} AS pid, min({d}) AS d FROM {} e \
+                    let rows = format!(
+                        "(SELECT e.{ep} AS pid, min({d}) AS d {table} \
                          JOIN {origins} o ON o.pid = e.{ep} JOIN {censors} c ON c.pid = e.{ep} \
-                         WHERE {filter} AND {d} > {od} AND {d} <= {cd} GROUP BY 1) {j} ON {j}.pid = p.{person_id}",
-                        event.table.sql(),
-                        ep = event.person.sql(),
-                    ));
-                    format!("{j}.d")
+                         WHERE {filter} AND {d} > {od} AND {d} <= {cd} GROUP BY 1)"
+                    );
+                    format!("{}.d", join(params, &rows, person_id))
                 }
                 false => {
-                    let (d, rows) = dated(event, person_id, params);
-                    format!("(SELECT min({d}) {rows} AND {d} > {o} AND {d} <= {c})")
+                    let (d, table, filter) =
+                        dated(event, format!("e.{ep} = p.{person_id}"), params);
+                    format!("(SELECT min({d}) {table} WHERE {filter} AND {d} > {o} AND {d} <= {c})")
                 }
             };
             let known = format!("{o} IS NOT NULL AND {c} IS NOT NULL AND {c} >= {o}");
@@ -145,26 +139,21 @@ pub(crate) fn raw(var: &Var, person_id: &str, params: &mut Params) -> String {
             // window, as one join of the event rows to every patient's
             // origin (a hash join, one pass over each table), instead of a
             // probe of the event table per patient.
-            if let Some(origins) = plain_date(origin, params) {
-                let filter = concept_filter(
-                    &event.concept,
-                    format!("e.{} IS NOT NULL", event.person.sql()),
-                    params,
-                );
-                let d = finite_date(&format!("e.{}", event.date.sql()));
+            let ep = event.person.sql();
+            if is_picked_date(origin, params) {
+                let origins = picked(origin, params).expect("a picked date");
+                let (d, table, filter) = dated(event, format!("e.{ep} IS NOT NULL"), params);
                 let od = finite_date("o.v");
-                let j = format!("j{}", params.1.len());
-                params.1.push(format!(
-                    "LEFT JOIN (SELECT DISTINCT e.{ep} AS pid FROM {} e JOIN {origins} o ON o.pid = e.{ep} \
-                     WHERE {filter} AND {d} BETWEEN {od} + {from} AND {od} + {to}) {j} ON {j}.pid = p.{person_id}",
-                    event.table.sql(),
-                    ep = event.person.sql(),
-                ));
+                let rows = format!(
+                    "(SELECT DISTINCT e.{ep} AS pid {table} JOIN {origins} o ON o.pid = e.{ep} \
+                     WHERE {filter} AND {d} BETWEEN {od} + {from} AND {od} + {to})"
+                );
+                let j = join(params, &rows, person_id);
                 return format!("(CASE WHEN {o} IS NOT NULL THEN {j}.pid IS NOT NULL END)");
             }
-            let (d, rows) = dated(event, person_id, params);
+            let (d, table, filter) = dated(event, format!("e.{ep} = p.{person_id}"), params);
             format!(
-                "(CASE WHEN {o} IS NOT NULL THEN EXISTS (SELECT 1 {rows} AND {d} BETWEEN {o} + {from} AND {o} + {to}) END)"
+                "(CASE WHEN {o} IS NOT NULL THEN EXISTS (SELECT 1 {table} WHERE {filter} AND {d} BETWEEN {o} + {from} AND {o} + {to}) END)"
             )
         }
         Source::DaysBetween { from, to } => {
@@ -178,14 +167,13 @@ pub(crate) fn raw(var: &Var, person_id: &str, params: &mut Params) -> String {
             value,
             ..
         } => {
-            let with_concept =
-                |filter: String, params: &mut Params| concept_filter(concept, filter, params);
             match value {
                 // Uncorrelated, so PostgreSQL reads the event table once into
                 // a hash (a "hashed SubPlan") instead of probing it per
                 // patient; no NULL ids, so the answer is true or false.
                 None => {
-                    let only = with_concept(format!("e.{} IS NOT NULL", person.sql()), params);
+                    let only =
+                        concept_filter(concept, format!("e.{} IS NOT NULL", person.sql()), params);
                     format!(
                         "coalesce(p.{person_id} IN (SELECT e.{} FROM {} e WHERE {only}), false)",
                         person.sql(),
@@ -194,11 +182,7 @@ pub(crate) fn raw(var: &Var, person_id: &str, params: &mut Params) -> String {
                 }
                 Some(_) => {
                     let rows = picked(var, params).expect("an event table's value");
-                    let j = format!("j{}", params.1.len());
-                    params
-                        .1
-                        .push(format!("LEFT JOIN {rows} {j} ON {j}.pid = p.{person_id}"));
-                    format!("{j}.v")
+                    format!("{}.v", join(params, &rows, person_id))
                 }
             }
         }
@@ -274,15 +258,9 @@ fn picked(var: &Var, params: &mut Params) -> Option<String> {
     ))
 }
 
-/// [`picked`] for a date read as it is (its value is its raw value, made
-/// finite, as [`value`] reads a date).
-fn plain_date(var: &Var, params: &mut Params) -> Option<String> {
-    is_picked_date(var, params)
-        .then(|| picked(var, params))
-        .flatten()
-}
-
-/// Whether [`plain_date`] gives a relation (pushing nothing to find out).
+/// Whether `var` is a date read as it is (its value its raw value, made
+/// finite, as [`value`] reads a date) that [`picked`] gives as a relation;
+/// found out without pushing anything.
 fn is_picked_date(var: &Var, params: &Params) -> bool {
     var.kind == VarType::Date
         && var.levels.is_none()
@@ -295,19 +273,24 @@ fn is_picked_date(var: &Var, params: &Params) -> bool {
         }
 }
 
-/// An event's date and `FROM ... WHERE` its rows of the patient `p` (and
-/// of its concept set), for a correlated subquery to finish.
-fn dated(event: &Dated, person_id: &str, params: &mut Params) -> (String, String) {
-    let mut rows = format!(
-        "FROM {} e WHERE e.{} = p.{person_id}",
-        event.table.sql(),
-        event.person.sql()
-    );
-    if let Some((col, ids)) = &event.concept {
-        let ph = params.push(Param::I64s(ids.clone()), "int8[]");
-        let _ = write!(rows, " AND e.{} = ANY({ph})", col.sql());
-    }
-    (finite_date(&format!("e.{}", event.date.sql())), rows)
+/// An event's rows as `e`: their date, `FROM table e`, and `on` (the
+/// patient `p`'s rows, or every patient's) with its concept set, for a
+/// subquery to finish.
+fn dated(event: &Dated, on: String, params: &mut Params) -> (String, String, String) {
+    (
+        finite_date(&format!("e.{}", event.date.sql())),
+        format!("FROM {} e", event.table.sql()),
+        concept_filter(&event.concept, on, params),
+    )
+}
+
+/// Joins `relation` (columns `pid`, ...) to the person row `p`; its alias.
+fn join(params: &mut Params, relation: &str, person_id: &str) -> String {
+    let j = format!("j{}", params.1.len());
+    params.1.push(format!(
+        "LEFT JOIN {relation} {j} ON {j}.pid = p.{person_id}"
+    ));
+    j
 }
 
 /// A date or timestamp as a date, ±infinity read as missing.
