@@ -197,6 +197,8 @@ pub(crate) struct Dated {
     pub person: Ident,
     pub concept: Option<(Ident, Vec<i64>)>,
     pub date: Ident,
+    /// The person column holds text ids.
+    pub text_ids: bool,
 }
 
 /// A dictionary variable as this warehouse holds it.
@@ -823,12 +825,14 @@ pub(crate) fn derive(
                 concept,
                 value: None,
                 dated: Some(d),
+                text_ids,
                 ..
             } => Ok(Dated {
                 table: table.clone(),
                 person: person.clone(),
                 concept: concept.clone(),
                 date: d.clone(),
+                text_ids: *text_ids,
             }),
             _ => Err(Error::invalid(format!(
                 "{at}.{field} names \"{var}\", which is not the presence of an event table with its date; map it with table, concept_column, concepts and date_column (the event's date)"
@@ -846,10 +850,6 @@ pub(crate) fn derive(
                 return Err(wrong("a date"));
             }
             let event = dated("event", &f.event)?;
-            let text_ids = matches!(
-                get("event", &f.event)?.source,
-                Source::Event { text_ids: true, .. }
-            );
             // The first row's date, as a mapped first date is read.
             let date = Column {
                 ident: event.date.clone(),
@@ -863,7 +863,7 @@ pub(crate) fn derive(
                 value: Some((date, event.date.clone())),
                 pick: Pick::First,
                 dated: Some(event.date),
-                text_ids,
+                text_ids: event.text_ids,
             }
         }
         Derivation::TimeToEvent(t) => Source::TimeTo {
