@@ -114,6 +114,17 @@ pub fn is_identifier(s: &str) -> bool {
         && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
 }
 
+/// [`is_identifier`], refused with an error calling `name` `what` (such
+/// as "variable name").
+pub fn check_identifier(what: &str, name: &str) -> Result<()> {
+    if is_identifier(name) {
+        return Ok(());
+    }
+    Err(Error::invalid(format!(
+        "{what} \"{name}\" must start with a lowercase letter and hold only lowercase letters, digits, '_' or '-'"
+    )))
+}
+
 impl Dictionary {
     /// The embedded cardiovascular registry dictionary used by the demo and
     /// as the default when no dictionary file is configured.
@@ -163,11 +174,7 @@ impl Dictionary {
             crate::text::check(&field("unit"), var.unit.as_deref().unwrap_or_default())?;
             crate::text::check(&field("description"), &var.description)?;
             crate::text::check_all(&field("categories"), &var.categories)?;
-            if !is_identifier(name) {
-                return Err(Error::invalid(format!(
-                    "variable name \"{name}\" must start with a lowercase letter and hold only lowercase letters, digits, '_' or '-'"
-                )));
-            }
+            check_identifier("variable name", name)?;
             match var.kind {
                 VarType::Categorical => {
                     if var.categories.is_empty() {

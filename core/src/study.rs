@@ -7,7 +7,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::dictionary::{is_identifier, Dictionary};
+use crate::dictionary::{check_identifier, Dictionary};
 use crate::error::{Error, Result};
 use crate::purpose::Purpose;
 use crate::query::{AnalysisKind, Query};
@@ -180,12 +180,7 @@ impl StudyDefinition {
     pub fn validate(&self, dict: &Dictionary) -> Result<Purpose> {
         // First, so that no later error echoes a control character.
         self.check_text()?;
-        if !is_identifier(&self.id) {
-            return Err(Error::invalid(format!(
-                "study id \"{}\" must start with a lowercase letter and hold only lowercase letters, digits, '_' or '-'",
-                self.id
-            )));
-        }
+        check_identifier("study id", &self.id)?;
         if self.title.trim().is_empty() {
             return Err(Error::invalid(format!(
                 "study \"{}\" has no title",

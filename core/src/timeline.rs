@@ -32,7 +32,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::dictionary::{is_identifier, Bound, Dictionary, VarType, Variable};
+use crate::dictionary::{check_identifier, Bound, Dictionary, VarType, Variable};
 use crate::error::{Error, Result};
 
 /// `time_to_event = { origin = "...", event = "...", censor = "..." }`:
@@ -140,11 +140,7 @@ impl StudyConceptSet {
         crate::text::check("the name of a concept set", name)?;
         let at = format!("concept_sets.{name}");
         crate::text::check(&format!("{at}.description"), &self.description)?;
-        if !is_identifier(name) {
-            return Err(Error::invalid(format!(
-                "concept set name \"{name}\" must start with a lowercase letter and hold only lowercase letters, digits, '_' or '-'"
-            )));
-        }
+        check_identifier("concept set name", name)?;
         if dict.variables.contains_key(name) {
             return Err(Error::invalid(format!(
                 "{at}: \"{name}\" is already a variable of the data dictionary; give the concept set another name"
@@ -354,11 +350,7 @@ impl Derived {
         crate::text::check("the name of a derived variable", name)?;
         let at = format!("derived.{name}");
         crate::text::check(&format!("{at}.description"), &self.description)?;
-        if !is_identifier(name) {
-            return Err(Error::invalid(format!(
-                "derived variable name \"{name}\" must start with a lowercase letter and hold only lowercase letters, digits, '_' or '-'"
-            )));
-        }
+        check_identifier("derived variable name", name)?;
         if dict.variables.contains_key(name) {
             return Err(Error::invalid(format!(
                 "{at}: \"{name}\" is already a variable of the data dictionary or a concept set of the study; give the derived variable another name"
