@@ -318,6 +318,23 @@ pub fn rows(value: &PooledValue) -> (Vec<String>, Vec<Vec<String>>) {
                 ],
             ],
         ),
+        PooledValue::Gbdt(g) => {
+            let total: f64 = g.importance.iter().map(|i| i.gain).sum();
+            (
+                strings(["feature", "splits", "gain", "share of gain"]),
+                g.importance
+                    .iter()
+                    .map(|i| {
+                        vec![
+                            i.feature.clone(),
+                            i.splits.to_string(),
+                            num(i.gain),
+                            format!("{:.1}%", 100.0 * i.gain / total.max(f64::MIN_POSITIVE)),
+                        ]
+                    })
+                    .collect(),
+            )
+        }
     }
 }
 
@@ -325,6 +342,27 @@ pub fn rows(value: &PooledValue) -> (Vec<String>, Vec<Vec<String>>) {
 /// precision.
 pub fn footer(value: &PooledValue) -> Option<String> {
     match value {
+        PooledValue::Gbdt(g) => {
+            let m = &g.model;
+            let depth = m.trees.first().map_or(0, |t| t.depth());
+            let loss = match (g.training_loss.first(), g.training_loss.last()) {
+                (Some(a), Some(b)) => format!("; mean training {} loss {} before the first tree, {} before the last", m.loss.as_str(), num(*a), num(*b)),
+                _ => String::new(),
+            };
+            let mut s = format!(
+                "gradient-boosted trees ({} loss): {} trees of depth {depth}, learning rate {}, base score {}; N = {}; {} rounds{loss}; the model (JSON) is in the result's \"model\" (--format json)",
+                m.loss.as_str(),
+                m.trees.len(),
+                num(m.learning_rate),
+                num(m.base_score),
+                g.n,
+                g.rounds,
+            );
+            if let Some(why) = &g.stopped {
+                s.push_str(&format!("\n{why}"));
+            }
+            Some(s)
+        }
         PooledValue::Glm(g) => Some(format!(
             "{} ({} link) model of {}: N = {}; deviance {} on {} df; null deviance {} on {} df; dispersion {}; {} iterations, {}; {}",
             g.family.as_str(),

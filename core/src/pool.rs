@@ -10,6 +10,7 @@ use crate::error::{Error, ErrorCode, Result};
 use crate::models::correlation::{self, CorrelationResult};
 use crate::models::cox::CoxResult;
 use crate::models::derived::{self, QuantilesResult, TwoByTwoResult};
+use crate::models::gbdt::GbdtResult;
 use crate::models::glm::GlmResult;
 use crate::models::survival::{self, KaplanMeierResult};
 use crate::query::Analysis;
@@ -111,6 +112,7 @@ pub enum PooledValue {
     Correlation(CorrelationResult),
     Quantiles(QuantilesResult),
     TwoByTwo(TwoByTwoResult),
+    Gbdt(Box<GbdtResult>),
 }
 
 /// One site's own answer, when the query asked for them.
@@ -222,6 +224,7 @@ impl PooledResult {
             PooledValue::Correlation(c) => c.n.iter().flatten().flatten().copied().min(),
             PooledValue::Quantiles(q) => Some(q.n),
             PooledValue::TwoByTwo(t) => Some(t.table.iter().flatten().sum()),
+            PooledValue::Gbdt(g) => Some(g.n),
         }
     }
 }
@@ -594,7 +597,7 @@ pub fn pool_value(
                 .collect::<Result<Vec<_>>>()?;
             PooledValue::Correlation(correlation::pool(variables, *missing, &parts)?)
         }
-        Analysis::Glm { .. } | Analysis::Cox { .. } => {
+        Analysis::Glm { .. } | Analysis::Cox { .. } | Analysis::Gbdt { .. } => {
             return Err(Error::internal(
                 "regression models are pooled round by round by the fitting loop",
             ))

@@ -13,6 +13,7 @@ use crate::dp::fixed::{FixedPoint, DP_DIGITS};
 use crate::error::{Error, Result};
 use crate::models::correlation::PairSums;
 use crate::models::cox::CoxStats;
+use crate::models::gbdt::GbdtStats;
 use crate::models::glm::GlmStats;
 use crate::models::linalg::packed_len;
 use crate::models::survival::{self, GroupStats, Tally};
@@ -189,6 +190,9 @@ pub enum RawStats {
     Cox(CoxStats),
     Survival(Vec<Tally>),
     Pairs(Vec<PairSums>),
+    /// One round of a GBDT, its segments already held to the minimum cell
+    /// size at the node.
+    Gbdt(GbdtStats),
 }
 
 impl RawStats {
@@ -246,6 +250,7 @@ pub enum NodeStats {
     Survival(Vec<GroupStats>),
     /// Per-pair sums, packed upper triangle; `None` where fewer than k.
     Pairs(Vec<Option<PairSums>>),
+    Gbdt(GbdtStats),
 }
 
 impl NodeStats {
@@ -335,6 +340,12 @@ impl NodeStats {
                         "node released a model fit resting on fewer patients than the minimum cell size",
                     ));
                 }
+            }
+            (Analysis::Gbdt { .. }, NodeStats::Gbdt(g)) => {
+                // The open nodes are checked against the round by the
+                // trainer; everything else here.
+                let open: Vec<u32> = g.slots.iter().map(|s| s.slot).collect();
+                g.check(&analysis.gbdt_features(dict)?, &open, k)?;
             }
             (Analysis::Cox { .. }, NodeStats::Cox(c)) => {
                 c.check(analysis.terms(dict)?.len())?;

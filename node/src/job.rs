@@ -1105,6 +1105,12 @@ fn shape(stats: &NodeStats) -> String {
         NodeStats::Glm(_) | NodeStats::Cox(_) => {
             return "one model round (sums over complete cases)".into()
         }
+        NodeStats::Gbdt(g) => {
+            return format!(
+                "one tree round (histograms of {} tree nodes, every segment at least k)",
+                g.slots.len()
+            )
+        }
         NodeStats::Survival(groups) => groups
             .iter()
             .map(|g| match g {

@@ -167,6 +167,7 @@ pub fn rows(raw: &RawStats) -> u64 {
         RawStats::Table { cells, .. } => cells.iter().sum(),
         RawStats::Glm(g) => g.n,
         RawStats::Cox(c) => c.n,
+        RawStats::Gbdt(g) => g.n,
         RawStats::Survival(groups) => groups.iter().map(|t| t.counts.at_risk).sum(),
         RawStats::Pairs(pairs) => pairs.iter().map(|p| p.n).max().unwrap_or(0),
     }

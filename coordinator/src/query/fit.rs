@@ -6,6 +6,7 @@ use tracing::info;
 
 use plexus_core::models::cox::CoxFitter;
 use plexus_core::models::fit::{Iteration, IterativeFit, Step};
+use plexus_core::models::gbdt::GbdtTrainer;
 use plexus_core::models::glm::GlmFitter;
 use plexus_core::pool::{quorum, PooledValue, Provenance};
 use plexus_core::pool::{NodeOutcome, NodeStatus};
@@ -21,10 +22,18 @@ enum Fitter {
     /// With the bounds its noise follows from, under differential privacy.
     Glm(Box<GlmFitter>, Option<GlmBounds>),
     Cox(CoxFitter),
+    Gbdt(Box<GbdtTrainer>),
 }
 
 impl Fitter {
     fn new(query: &Query, dict: &plexus_core::Dictionary, private: bool) -> Result<Self, Error> {
+        if let Some(options) = query.analysis.gbdt_options() {
+            if private {
+                return Err(plexus_core::privacy::release::gbdt_refused());
+            }
+            let features = query.analysis.gbdt_features(dict)?;
+            return Ok(Fitter::Gbdt(Box::new(GbdtTrainer::new(options, features))));
+        }
         let names: Vec<String> = query
             .analysis
             .terms(dict)?
@@ -72,6 +81,7 @@ impl Fitter {
         match self {
             Fitter::Glm(f, _) => f.start(),
             Fitter::Cox(f) => f.start(),
+            Fitter::Gbdt(f) => f.start(),
         }
     }
 
@@ -120,6 +130,26 @@ impl Fitter {
                     Step::Done(r) => Step::Done(PooledValue::Cox(r)),
                 }
             }
+            Fitter::Gbdt(f) => {
+                let open = f.open();
+                let mut parts = Vec::with_capacity(answers.len());
+                for (node, s) in answers {
+                    let NodeStats::Gbdt(g) = s else {
+                        return Err(mismatch());
+                    };
+                    let ids: Vec<u32> = g.slots.iter().map(|s| s.slot).collect();
+                    if ids != open {
+                        return Err(Error::invalid(format!(
+                            "{node} answered with histograms for tree nodes {ids:?} where {open:?} were open"
+                        )));
+                    }
+                    parts.push(g);
+                }
+                match f.step_parts(parts)? {
+                    Step::Next(i) => Step::Next(i),
+                    Step::Done(r) => Step::Done(PooledValue::Gbdt(Box::new(r))),
+                }
+            }
         })
     }
 }
@@ -155,8 +185,12 @@ pub(super) async fn fit(plan: &Plan<'_>, nodes: Vec<String>, min_nodes: u32) -> 
     loop {
         round += 1;
         // Step halving and restarts add rounds beyond max_iterations; this
-        // bounds them all.
-        if round > 4 * plexus_core::query::MAX_ITERATIONS {
+        // bounds them all. A GBDT takes one round per level of each tree.
+        let limit = match plan.query.analysis.gbdt_options() {
+            Some(o) => 1 + o.trees * o.depth,
+            None => 4 * plexus_core::query::MAX_ITERATIONS,
+        };
+        if round > limit {
             return Err(Error::invalid(format!(
                 "the fit did not finish in {} rounds; loosen the tolerance or simplify the model",
                 round - 1

@@ -117,6 +117,8 @@ pub fn apply(raw: RawStats, rules: Rules) -> NodeStats {
         // parameters per case, singularity); what is left is the count.
         RawStats::Glm(g) => NodeStats::Glm(g),
         RawStats::Cox(c) => NodeStats::Cox(c),
+        // Segments and tree nodes are held to k as they are computed.
+        RawStats::Gbdt(g) => NodeStats::Gbdt(g),
         RawStats::Survival(groups) => NodeStats::Survival(survival::disclose(groups, k)),
         RawStats::Pairs(pairs) => NodeStats::Pairs(correlation::disclose(pairs, k)),
     }

@@ -300,6 +300,7 @@ impl IterativeFit for CoxFitter {
             round: 1,
             coefficients: self.beta.clone(),
             null_mean: None,
+            gbdt: None,
         }
     }
 
@@ -360,6 +361,7 @@ impl CoxFitter {
             round: self.round,
             coefficients: self.beta.clone(),
             null_mean: None,
+            gbdt: None,
         })
     }
 

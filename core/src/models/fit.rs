@@ -17,6 +17,9 @@ pub struct Iteration {
     /// deviance alongside.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub null_mean: Option<f64>,
+    /// A GBDT's round: the trees so far and the one being grown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gbdt: Option<crate::models::gbdt::GbdtRound>,
 }
 
 /// What the coordinator does after a round: run another, or stop with the

@@ -383,6 +383,7 @@ impl IterativeFit for GlmFitter {
             round: 1,
             coefficients: Vec::new(),
             null_mean: None,
+            gbdt: None,
         }
     }
 
@@ -428,6 +429,7 @@ impl IterativeFit for GlmFitter {
             round: self.round,
             coefficients: self.beta.clone(),
             null_mean: self.null_mean,
+            gbdt: None,
         }))
     }
 }

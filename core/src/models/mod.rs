@@ -11,6 +11,7 @@ pub mod design;
 pub mod fit;
 #[cfg(test)]
 pub(crate) mod fixtures;
+pub mod gbdt;
 pub mod glm;
 pub mod inference;
 pub mod linalg;

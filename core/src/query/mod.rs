@@ -10,7 +10,9 @@ use crate::dictionary::Dictionary;
 use crate::error::{Error, Result};
 use crate::models::correlation::Missing;
 use crate::models::cox::Ties;
+use crate::models::gbdt::{self, GbdtOptions, Loss};
 use crate::models::glm::{Family, FitOptions};
+use std::collections::BTreeMap;
 
 mod canonical;
 pub mod syntax;
@@ -133,10 +135,11 @@ pub enum AnalysisKind {
     Correlation,
     Quantiles,
     TwoByTwo,
+    Gbdt,
 }
 
 impl AnalysisKind {
-    pub const ALL: [AnalysisKind; 10] = [
+    pub const ALL: [AnalysisKind; 11] = [
         AnalysisKind::Count,
         AnalysisKind::Summary,
         AnalysisKind::Histogram,
@@ -147,6 +150,7 @@ impl AnalysisKind {
         AnalysisKind::Correlation,
         AnalysisKind::Quantiles,
         AnalysisKind::TwoByTwo,
+        AnalysisKind::Gbdt,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -161,6 +165,7 @@ impl AnalysisKind {
             AnalysisKind::Correlation => "correlation",
             AnalysisKind::Quantiles => "quantiles",
             AnalysisKind::TwoByTwo => "two_by_two",
+            AnalysisKind::Gbdt => "gbdt",
         }
     }
 
@@ -179,7 +184,10 @@ impl AnalysisKind {
 
     /// Analyses fitted over several rounds of jobs.
     pub fn is_iterative(self) -> bool {
-        matches!(self, AnalysisKind::Glm | AnalysisKind::Cox)
+        matches!(
+            self,
+            AnalysisKind::Glm | AnalysisKind::Cox | AnalysisKind::Gbdt
+        )
     }
 }
 
@@ -256,6 +264,31 @@ pub enum Analysis {
     },
     /// Odds ratio, relative risk and chi-square of two binary variables.
     TwoByTwo { exposure: String, outcome: String },
+    /// Gradient-boosted trees trained across sites, level by level, on
+    /// public bins.
+    Gbdt {
+        #[serde(default)]
+        loss: Loss,
+        outcome: String,
+        covariates: Vec<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        trees: Option<u32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        depth: Option<u32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        learning_rate: Option<f64>,
+        /// L2 penalty on leaf values.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        lambda: Option<f64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        min_child_weight: Option<f64>,
+        /// Even bins of a numeric covariate between its dictionary bounds.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        bins: Option<u32>,
+        /// Cut points of numeric covariates, instead of even bins.
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        edges: BTreeMap<String, Vec<f64>>,
+    },
 }
 
 impl Analysis {
@@ -271,6 +304,7 @@ impl Analysis {
             Analysis::Correlation { .. } => AnalysisKind::Correlation,
             Analysis::Quantiles { .. } => AnalysisKind::Quantiles,
             Analysis::TwoByTwo { .. } => AnalysisKind::TwoByTwo,
+            Analysis::Gbdt { .. } => AnalysisKind::Gbdt,
         }
     }
 
@@ -283,6 +317,11 @@ impl Analysis {
             Analysis::Table { row, column } => vec![row, column],
             Analysis::TwoByTwo { exposure, outcome } => vec![exposure, outcome],
             Analysis::Glm {
+                outcome,
+                covariates,
+                ..
+            }
+            | Analysis::Gbdt {
                 outcome,
                 covariates,
                 ..
@@ -335,6 +374,11 @@ impl Analysis {
                 }
             }
             Analysis::Glm {
+                outcome,
+                covariates,
+                ..
+            }
+            | Analysis::Gbdt {
                 outcome,
                 covariates,
                 ..
@@ -394,6 +438,43 @@ impl Analysis {
                 max_iterations: max_iterations.unwrap_or(DEFAULT_COX_MAX_ITERATIONS),
             }),
             _ => None,
+        }
+    }
+
+    /// A GBDT's settings, with the defaults filled in.
+    pub fn gbdt_options(&self) -> Option<GbdtOptions> {
+        let Analysis::Gbdt {
+            loss,
+            trees,
+            depth,
+            learning_rate,
+            lambda,
+            min_child_weight,
+            ..
+        } = self
+        else {
+            return None;
+        };
+        Some(GbdtOptions {
+            loss: *loss,
+            trees: trees.unwrap_or(gbdt::DEFAULT_TREES),
+            depth: depth.unwrap_or(gbdt::DEFAULT_DEPTH),
+            learning_rate: learning_rate.unwrap_or(gbdt::DEFAULT_LEARNING_RATE),
+            lambda: lambda.unwrap_or(gbdt::DEFAULT_LAMBDA),
+            min_child_weight: min_child_weight.unwrap_or(gbdt::DEFAULT_MIN_CHILD_WEIGHT),
+        })
+    }
+
+    /// A GBDT's features: its covariates cut at public thresholds.
+    pub fn gbdt_features(&self, dict: &Dictionary) -> Result<Vec<gbdt::Feature>> {
+        match self {
+            Analysis::Gbdt {
+                covariates,
+                bins,
+                edges,
+                ..
+            } => gbdt::features(dict, covariates, bins.unwrap_or(gbdt::DEFAULT_BINS), edges),
+            other => Err(Error::internal(format!("a {} has no trees", other.kind()))),
         }
     }
 

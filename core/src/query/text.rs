@@ -80,6 +80,16 @@ fn analysis(a: &Analysis) -> Result<()> {
             check(&field("outcome"), outcome)?;
             list("covariates", covariates)
         }
+        Analysis::Gbdt {
+            outcome,
+            covariates,
+            edges,
+            ..
+        } => {
+            check(&field("outcome"), outcome)?;
+            list("covariates", covariates)?;
+            edges.keys().try_for_each(|k| check(&field("edges"), k))
+        }
         Analysis::Cox {
             time,
             event,

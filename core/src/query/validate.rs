@@ -46,6 +46,59 @@ pub(super) fn analysis(analysis: &Analysis, dict: &Dictionary) -> Result<()> {
             covariate_list(dict, covariates, &[outcome], *intercept)?;
             fit_settings(analysis)
         }
+        Analysis::Gbdt {
+            loss,
+            outcome,
+            covariates,
+            trees,
+            depth,
+            learning_rate,
+            lambda,
+            min_child_weight,
+            ..
+        } => {
+            let v = dict.get(outcome)?;
+            let fits = match loss {
+                Loss::Logistic => v.kind == VarType::Boolean,
+                Loss::Squared => v.kind.is_numeric(),
+            };
+            if !fits {
+                let want = match loss {
+                    Loss::Logistic => "a boolean outcome",
+                    Loss::Squared => "a numeric outcome",
+                };
+                return Err(Error::invalid(format!(
+                    "a gbdt with {} loss needs {want}, and \"{outcome}\" is {}",
+                    loss.as_str(),
+                    v.kind
+                )));
+            }
+            if covariates.is_empty() {
+                return Err(Error::invalid("a gbdt needs at least one covariate"));
+            }
+            covariate_list(dict, covariates, &[outcome], true)?;
+            let within = |name: &str, value: Option<u32>, lo: u32, hi: u32| match value {
+                Some(v) if !(lo..=hi).contains(&v) => Err(Error::invalid(format!(
+                    "gbdt \"{name}\" must be between {lo} and {hi}, not {v}"
+                ))),
+                _ => Ok(()),
+            };
+            within("trees", *trees, 1, gbdt::MAX_TREES)?;
+            within("depth", *depth, 1, gbdt::MAX_DEPTH)?;
+            if learning_rate.is_some_and(|r| !(r > 0.0 && r <= 1.0)) {
+                return Err(Error::invalid(
+                    "gbdt \"learning_rate\" must be above 0 and at most 1",
+                ));
+            }
+            for (name, value) in [("lambda", lambda), ("min_child_weight", min_child_weight)] {
+                if value.is_some_and(|v| !(v.is_finite() && v >= 0.0)) {
+                    return Err(Error::invalid(format!(
+                        "gbdt \"{name}\" must be a finite number of at least 0"
+                    )));
+                }
+            }
+            analysis.gbdt_features(dict).map(|_| ())
+        }
         Analysis::Cox {
             time,
             event,

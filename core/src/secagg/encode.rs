@@ -99,6 +99,13 @@ pub(crate) enum Shape {
     Cox(usize),
 }
 
+/// Why a GBDT is not run under secure aggregation.
+pub fn gbdt_refused() -> Error {
+    Error::policy(
+        "gbdt is not yet offered under secure aggregation: the coordinator needs each hospital's own segment ends to pick splits every site can release; run it in a study without secure_aggregation",
+    )
+}
+
 impl Shape {
     pub(crate) fn of(analysis: &Analysis, dict: &Dictionary) -> Result<Self> {
         Ok(match analysis {
@@ -122,6 +129,7 @@ impl Shape {
             Analysis::Correlation { variables, .. } => Shape::Pairs(packed_len(variables.len())),
             Analysis::Glm { .. } => Shape::Glm(analysis.terms(dict)?.len()),
             Analysis::Cox { .. } => Shape::Cox(analysis.terms(dict)?.len()),
+            Analysis::Gbdt { .. } => return Err(gbdt_refused()),
         })
     }
 

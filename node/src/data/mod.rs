@@ -384,7 +384,7 @@ impl FileSource {
                 let columns = rows.columns(ctx, &vars, &self.dict).await?;
                 survival_or_pairs(analysis, &self.dict, columns, limits.private).await?
             }
-            Analysis::Glm { .. } | Analysis::Cox { .. } => {
+            Analysis::Glm { .. } | Analysis::Cox { .. } | Analysis::Gbdt { .. } => {
                 return Err(Error::internal("regressions are computed round by round"))
             }
         })

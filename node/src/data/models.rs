@@ -13,6 +13,7 @@ use plexus_core::models::correlation::pair_sums;
 use plexus_core::models::cox::CoxData;
 use plexus_core::models::design::{complete_rows, design_matrix, ColumnData, Columns, Term};
 use plexus_core::models::fit::Iteration;
+use plexus_core::models::gbdt::GbdtData;
 use plexus_core::models::glm::{glm_round, Family};
 use plexus_core::models::linalg::{add_outer, first_dependent_column, packed_len};
 use plexus_core::models::rules::{check_cross_cells, check_disclosure};
@@ -44,6 +45,9 @@ pub(crate) enum Prepared {
         deviance_clip: f64,
     },
     Cox(CoxData),
+    /// Binned features and outcome, with the scores of the trees applied
+    /// so far.
+    Gbdt(GbdtData),
 }
 
 /// Prepared regressions kept between rounds.
@@ -112,6 +116,15 @@ fn regression_variables(analysis: &Analysis) -> Vec<&str> {
             all.extend(covariates.iter().map(String::as_str));
             all
         }
+        Analysis::Gbdt {
+            outcome,
+            covariates,
+            ..
+        } => {
+            let mut all: Vec<&str> = vec![outcome];
+            all.extend(covariates.iter().map(String::as_str));
+            all
+        }
         _ => vec![],
     }
 }
@@ -128,6 +141,9 @@ pub(crate) fn prepare(
 ) -> Result<Prepared> {
     let variables = regression_variables(analysis);
     let rows = complete_rows(columns, &variables)?;
+    if let Analysis::Gbdt { outcome, .. } = analysis {
+        return prepare_trees(analysis, dict, columns, &rows, &variables, outcome, limits);
+    }
     let terms = analysis.terms(dict)?;
     if !limits.private {
         if rows.len() < limits.k as usize {
@@ -200,6 +216,52 @@ pub(crate) fn prepare(
             other.kind()
         ))),
     }
+}
+
+/// A GBDT's data: the same complete-cases, level and two-way rules as a
+/// regression (a split on a binary covariate releases its sums by
+/// level, and a logistic outcome's sums count the events), with the
+/// features' count as the parameters; then every feature binned.
+fn prepare_trees(
+    analysis: &Analysis,
+    dict: &Dictionary,
+    columns: &Columns,
+    rows: &[usize],
+    variables: &[&str],
+    outcome: &str,
+    limits: Limits,
+) -> Result<Prepared> {
+    let features = analysis.gbdt_features(dict)?;
+    let options = analysis
+        .gbdt_options()
+        .ok_or_else(|| Error::internal("not a gbdt"))?;
+    if limits.private {
+        return Err(plexus_core::privacy::release::gbdt_refused());
+    }
+    if rows.len() < limits.k as usize {
+        return Err(Error::disclosure(format!(
+            "complete-cases rule: the model would rest on fewer than {} complete cases at this node (widen the cohort)",
+            limits.k
+        )));
+    }
+    check_disclosure(
+        dict,
+        columns,
+        rows,
+        variables,
+        features.len(),
+        limits.max_parameter_share,
+        limits.k,
+    )?;
+    check_cross_cells(dict, columns, rows, variables, limits.k)?;
+    Ok(Prepared::Gbdt(GbdtData::new(
+        options.loss,
+        options.depth,
+        features,
+        columns,
+        rows,
+        outcome,
+    )?))
 }
 
 /// Refuses a design whose X'X is singular at this node (X'WX then is too):
@@ -282,6 +344,13 @@ pub(crate) fn round(
             let (stats, effective) = data.round(&it.coefficients, *ties);
             (RawStats::Cox(stats), effective)
         }
+        (Prepared::Gbdt(data), Analysis::Gbdt { .. }) => {
+            let round = it.gbdt.as_ref().ok_or_else(|| {
+                Error::invalid(format!("round {} of a gbdt carries no trees", it.round))
+            })?;
+            let stats = data.round(round, u64::from(limits.k))?;
+            (RawStats::Gbdt(stats), data.len() as f64)
+        }
         _ => {
             return Err(Error::internal(
                 "prepared model does not match the analysis",
@@ -334,6 +403,16 @@ fn finite(stats: &RawStats) -> bool {
             .chain(&c.information)
             .chain([&c.loglik])
             .all(|v| v.is_finite()),
+        RawStats::Gbdt(g) => {
+            [g.sum_y, g.loss].iter().all(|v| v.is_finite())
+                && g.slots.iter().all(|s| {
+                    s.features
+                        .iter()
+                        .flat_map(|f| &f.sums)
+                        .chain([&s.total])
+                        .all(|x| x.g.is_finite() && x.h.is_finite())
+                })
+        }
         _ => true,
     }
 }
@@ -443,6 +522,7 @@ mod tests {
             round: 2,
             coefficients: beta,
             null_mean: None,
+            gbdt: None,
         };
         let limits = Limits {
             k: 5,

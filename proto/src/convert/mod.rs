@@ -22,6 +22,7 @@ use plexus_core::Purpose;
 use crate::v1 as pb;
 
 mod audit;
+mod gbdt;
 mod query;
 mod secagg;
 mod stats;
@@ -400,6 +401,10 @@ mod tests {
             r#"{"analysis": {"correlation": {"variables": ["age", "bmi"], "missing": "pairwise"}}}"#,
             r#"{"analysis": {"quantiles": {"variable": "age", "edges": [40, 60, 100]}}}"#,
             r#"{"analysis": {"two_by_two": {"exposure": "diabetes", "outcome": "death"}}}"#,
+            r#"{"analysis": {"gbdt": {"outcome": "death", "covariates": ["age", "smoking"]}}}"#,
+            r#"{"analysis": {"gbdt": {"loss": "squared", "outcome": "sbp", "covariates": ["age", "bmi"],
+                "trees": 20, "depth": 3, "learning_rate": 0.3, "lambda": 0.5, "min_child_weight": 2,
+                "bins": 16, "edges": {"bmi": [18.5, 25, 30]}}}}"#,
         ] {
             let q = Query::from_json(json).unwrap();
             assert_eq!(Query::try_from(pb::Query::from(&q)).unwrap(), q, "{json}");
@@ -465,6 +470,7 @@ mod tests {
             round: 2,
             coefficients: vec![f64::NAN],
             null_mean: None,
+            gbdt: None,
         };
         assert!(Iteration::try_from(nan).is_err());
         let zero = pb::Iteration {
@@ -472,5 +478,67 @@ mod tests {
             ..Default::default()
         };
         assert!(Iteration::try_from(zero).is_err());
+
+        use plexus_core::models::gbdt::{
+            GbdtRound, GbdtStats, Segments, Slot, SlotStats, Sums, Tree,
+        };
+        let mut tree = Tree::open_root(2);
+        tree.slots[0] = Slot::Split {
+            feature: 1,
+            threshold: 3,
+        };
+        tree.slots[1] = Slot::Leaf { value: -0.25 };
+        tree.slots[2] = Slot::Open;
+        let it = Iteration {
+            round: 3,
+            gbdt: Some(GbdtRound {
+                base_score: Some(-1.5),
+                trees: vec![tree.clone()],
+                growing: Some(tree),
+            }),
+            ..Iteration::default()
+        };
+        assert_eq!(Iteration::try_from(pb::Iteration::from(&it)).unwrap(), it);
+        let mut bad = pb::Iteration::from(&it);
+        bad.gbdt.as_mut().unwrap().trees[0].kind[0] = 7;
+        assert!(Iteration::try_from(bad)
+            .unwrap_err()
+            .message
+            .contains("kind 7"));
+        let mut bad = pb::Iteration::from(&it);
+        bad.gbdt.as_mut().unwrap().trees[0].value.pop();
+        assert!(Iteration::try_from(bad).is_err());
+        let stats = NodeStats::Gbdt(GbdtStats {
+            n: 40,
+            sum_y: 12.0,
+            loss: 20.5,
+            slots: vec![SlotStats {
+                slot: 2,
+                total: Sums {
+                    n: 20,
+                    g: 1.5,
+                    h: 4.0,
+                },
+                features: vec![Segments {
+                    ends: vec![1, 4],
+                    sums: vec![
+                        Sums {
+                            n: 10,
+                            g: 1.0,
+                            h: 2.0,
+                        },
+                        Sums {
+                            n: 10,
+                            g: 0.5,
+                            h: 2.0,
+                        },
+                    ],
+                }],
+            }],
+        });
+        assert_eq!(
+            NodeStats::try_from(pb::NodeStats::from(&stats)).unwrap(),
+            stats
+        );
     }
 }

@@ -243,6 +243,9 @@ impl From<&Analysis> for pb::Analysis {
                 exposure: exposure.clone(),
                 outcome: outcome.clone(),
             }),
+            Analysis::Gbdt { .. } => {
+                Kind::Gbdt(super::gbdt::analysis_to_pb(a).expect("a gbdt analysis"))
+            }
         };
         pb::Analysis { kind: Some(kind) }
     }
@@ -336,6 +339,7 @@ impl TryFrom<pb::Analysis> for Analysis {
                 exposure: t.exposure,
                 outcome: t.outcome,
             },
+            Kind::Gbdt(g) => super::gbdt::analysis_from_pb(g)?,
         })
     }
 }
@@ -373,6 +377,7 @@ impl From<&Iteration> for pb::Iteration {
             round: i.round,
             coefficients: i.coefficients.clone(),
             null_mean: i.null_mean,
+            gbdt: i.gbdt.as_ref().map(super::gbdt::round_to_pb),
         }
     }
 }
@@ -397,6 +402,7 @@ impl TryFrom<pb::Iteration> for Iteration {
             round: i.round,
             coefficients,
             null_mean: i.null_mean,
+            gbdt: i.gbdt.map(super::gbdt::round_from_pb).transpose()?,
         })
     }
 }

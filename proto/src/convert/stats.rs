@@ -111,6 +111,7 @@ impl From<&NodeStats> for pb::NodeStats {
                     })
                     .collect(),
             }),
+            NodeStats::Gbdt(g) => Kind::Gbdt(super::gbdt::stats_to_pb(g)),
         };
         pb::NodeStats { kind: Some(kind) }
     }
@@ -192,6 +193,7 @@ impl TryFrom<pb::NodeStats> for NodeStats {
                     })
                     .collect::<Result<_>>()?,
             ),
+            Kind::Gbdt(g) => NodeStats::Gbdt(super::gbdt::stats_from_pb(g)?),
         })
     }
 }

@@ -39,5 +39,6 @@ mod security;
 mod signed_jobs;
 mod slow_node;
 mod study_timeline;
+mod trees;
 mod warehouse;
 mod witness;

@@ -208,6 +208,7 @@ impl Attacker {
                     round: 1,
                     coefficients: c.clone(),
                     null_mean: None,
+                    gbdt: None,
                 })
             }),
             ..Default::default()

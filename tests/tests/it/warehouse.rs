@@ -239,6 +239,7 @@ async fn every_analysis_on_postgres_equals_the_parquet_node() {
                         false => vec![],
                     },
                     null_mean: None,
+                    gbdt: None,
                 }),
             )
             .await;
@@ -253,6 +254,7 @@ async fn every_analysis_on_postgres_equals_the_parquet_node() {
                     round,
                     coefficients: (0..n).map(|i| scale * (i as f64 + 1.0)).collect(),
                     null_mean: Some(0.2),
+                    gbdt: None,
                 };
                 let (f, w) = both(&p, &q, hmb, Some(&it)).await;
                 assert_eq!(f, w, "{cohort} {model} round {round}");

@@ -43,6 +43,7 @@ async fn answers(f: &Fixture, csv: bool) -> Vec<(String, Result<RawStats, String
                 round: 1,
                 coefficients: vec![],
                 null_mean: None,
+                gbdt: None,
             };
             let iteration = query.analysis.kind().is_iterative().then_some(&round);
             let got = src

@@ -748,7 +748,7 @@ pub(super) async fn run(
             .await?
         }
         Analysis::KaplanMeier { .. } => w.survival(query, &names, purpose, today).await?,
-        Analysis::Glm { .. } | Analysis::Cox { .. } => {
+        Analysis::Glm { .. } | Analysis::Cox { .. } | Analysis::Gbdt { .. } => {
             return Err(Error::internal("regressions are computed round by round"))
         }
     })

@@ -1,0 +1,296 @@
+//! A node's side of a GBDT: its patients' bins and outcomes, kept between
+//! rounds with their scores under the trees applied so far, and the
+//! histograms of one round under the minimum cell size.
+
+use std::sync::Mutex;
+
+use super::{Feature, GbdtRound, GbdtStats, Loss, Segments, Slot, SlotStats, Sums, Tree};
+use crate::error::{Error, Result};
+use crate::models::design::{ColumnData, Columns};
+
+/// The ends of the segments a node releases of one histogram (patients
+/// per bin in `counts`): adjacent bins are merged, left to right, until a
+/// segment holds at least `k` patients and at least `k` remain after it;
+/// the last segment takes the rest. Every segment then holds at least `k`
+/// patients (when the whole does), and so does each side of a split at
+/// any end. With `k = 0` every bin is its own segment.
+pub fn segment_ends(counts: &[u64], k: u64) -> Vec<u32> {
+    let total: u64 = counts.iter().sum();
+    let mut ends = Vec::new();
+    let (mut acc, mut seen) = (0u64, 0u64);
+    for (b, &c) in counts.iter().enumerate() {
+        acc += c;
+        seen += c;
+        if b + 1 == counts.len() || (acc >= k && total - seen >= k) {
+            ends.push(b as u32);
+            acc = 0;
+        }
+    }
+    ends
+}
+
+/// Scores under the trees applied so far.
+struct Scores {
+    base: f64,
+    trees: Vec<Tree>,
+    f: Vec<f64>,
+}
+
+/// One node's training data: every complete case's bin of every feature
+/// (feature-major) and outcome.
+pub struct GbdtData {
+    loss: Loss,
+    depth: u32,
+    features: Vec<Feature>,
+    bins: Vec<Vec<u16>>,
+    y: Vec<f64>,
+    scores: Mutex<Option<Scores>>,
+}
+
+impl GbdtData {
+    /// Bins `rows` of `columns` (complete cases of the covariates and
+    /// `outcome`). A logistic outcome must be 0 or 1.
+    pub fn new(
+        loss: Loss,
+        depth: u32,
+        features: Vec<Feature>,
+        columns: &Columns,
+        rows: &[usize],
+        outcome: &str,
+    ) -> Result<Self> {
+        let column = |name: &str| {
+            columns
+                .get(name)
+                .ok_or_else(|| Error::internal(format!("\"{name}\" was not extracted")))
+        };
+        let mut bins = Vec::with_capacity(features.len());
+        for f in &features {
+            let c = column(&f.variable)?;
+            bins.push(
+                rows.iter()
+                    .map(|&r| f.bin(f.value(c.number(r))))
+                    .collect::<Vec<u16>>(),
+            );
+        }
+        let c = column(outcome)?;
+        let y: Vec<f64> = rows.iter().map(|&r| c.number(r)).collect();
+        if loss == Loss::Logistic {
+            if matches!(c, ColumnData::Numeric(_)) && y.iter().any(|v| *v != 0.0 && *v != 1.0) {
+                return Err(Error::data(format!(
+                    "\"{outcome}\" holds a value at this node other than 0 and 1, which a logistic loss cannot take (the hospital should check the data)"
+                )));
+            }
+        } else if y.iter().any(|v| !v.is_finite()) {
+            return Err(Error::internal("a complete case without an outcome"));
+        }
+        Ok(GbdtData {
+            loss,
+            depth,
+            features,
+            bins,
+            y,
+            scores: Mutex::new(None),
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.y.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.y.is_empty()
+    }
+
+    /// One round: the outcome's sums in the first, else the histograms of
+    /// the growing tree's open nodes at the scores of the finished trees.
+    /// With `k > 0`, every split of every tree must be at one of this
+    /// node's own segment ends for its tree node, or the round is refused:
+    /// a split anywhere else could put fewer than `k` patients on one
+    /// side, or tell apart two sets that differ by fewer than `k`.
+    pub fn round(&self, round: &GbdtRound, k: u64) -> Result<GbdtStats> {
+        let n = self.y.len() as u64;
+        let sum_y: f64 = self.y.iter().sum();
+        let Some(base) = round.base_score else {
+            return Ok(GbdtStats {
+                n,
+                sum_y,
+                ..GbdtStats::default()
+            });
+        };
+        if !base.is_finite() {
+            return Err(Error::invalid("the round's base score is not finite"));
+        }
+        for t in &round.trees {
+            t.check(&self.features, self.depth, true)?;
+        }
+        let growing = round
+            .growing
+            .as_ref()
+            .ok_or_else(|| Error::invalid("a GBDT round carries no tree to grow"))?;
+        growing.check(&self.features, self.depth, false)?;
+
+        let mut guard = self.scores.lock().expect("gbdt scores lock");
+        let reuse = guard.as_ref().is_some_and(|s| {
+            s.base == base
+                && s.trees.len() <= round.trees.len()
+                && s.trees[..] == round.trees[..s.trees.len()]
+        });
+        if !reuse {
+            *guard = Some(Scores {
+                base,
+                trees: Vec::new(),
+                f: vec![base; self.y.len()],
+            });
+        }
+        let scores = guard.as_mut().expect("scores were just set");
+        for (i, t) in round.trees.iter().enumerate().skip(scores.trees.len()) {
+            let slot = self.route(t, k, i)?;
+            for (f, s) in scores.f.iter_mut().zip(&slot) {
+                if let Slot::Leaf { value } = t.slots[*s as usize] {
+                    *f += value;
+                }
+            }
+            scores.trees.push(t.clone());
+        }
+        let f = &scores.f;
+
+        let (mut g, mut h) = (Vec::with_capacity(f.len()), Vec::with_capacity(f.len()));
+        let mut loss = 0.0;
+        for (fi, yi) in f.iter().zip(&self.y) {
+            let (gi, hi) = self.loss.gradient(*fi, *yi);
+            g.push(gi);
+            h.push(hi);
+            loss += self.loss.loss(*fi, *yi);
+        }
+        drop(guard);
+
+        let slot = self.route(growing, k, round.trees.len())?;
+        let open = growing.open();
+        // The open nodes' positions, by slot.
+        let mut index = vec![usize::MAX; growing.slots.len()];
+        for (i, s) in open.iter().enumerate() {
+            index[*s as usize] = i;
+        }
+        let mut totals = vec![Sums::default(); open.len()];
+        for (r, s) in slot.iter().enumerate() {
+            let i = index[*s as usize];
+            if i != usize::MAX {
+                totals[i].add(&Sums {
+                    n: 1,
+                    g: g[r],
+                    h: h[r],
+                });
+            }
+        }
+        let mut slots: Vec<SlotStats> = open
+            .iter()
+            .zip(&totals)
+            .map(|(s, t)| SlotStats {
+                slot: *s,
+                total: *t,
+                features: Vec::with_capacity(self.features.len()),
+            })
+            .collect();
+        for (i, t) in totals.iter().enumerate() {
+            if t.n < k {
+                return Err(Error::disclosure(format!(
+                    "tree rule: node {} of the tree being grown holds fewer than {k} patients at this hospital; refused",
+                    open[i]
+                )));
+            }
+        }
+        for (feature, column) in self.features.iter().zip(&self.bins) {
+            let width = feature.bins();
+            let mut hist = vec![Sums::default(); open.len() * width];
+            for (r, s) in slot.iter().enumerate() {
+                let i = index[*s as usize];
+                if i != usize::MAX {
+                    let cell = &mut hist[i * width + usize::from(column[r])];
+                    cell.n += 1;
+                    cell.g += g[r];
+                    cell.h += h[r];
+                }
+            }
+            for (i, out) in slots.iter_mut().enumerate() {
+                let bins = &hist[i * width..(i + 1) * width];
+                let counts: Vec<u64> = bins.iter().map(|b| b.n).collect();
+                let mut seg = Segments::default();
+                let mut acc = Sums::default();
+                let ends = segment_ends(&counts, k);
+                let mut next = ends.iter().peekable();
+                for (b, sums) in bins.iter().enumerate() {
+                    acc.add(sums);
+                    if next.peek().is_some_and(|e| **e as usize == b) {
+                        next.next();
+                        seg.ends.push(b as u32);
+                        seg.sums.push(acc);
+                        acc = Sums::default();
+                    }
+                }
+                out.features.push(seg);
+            }
+        }
+        Ok(GbdtStats {
+            n,
+            sum_y,
+            loss,
+            slots,
+        })
+    }
+
+    /// The slot each patient ends in under `tree`, checking level by level
+    /// (with `k > 0`) that each split is at one of this node's segment
+    /// ends for the patients in its tree node.
+    fn route(&self, tree: &Tree, k: u64, number: usize) -> Result<Vec<u32>> {
+        let mut slot = vec![0u32; self.y.len()];
+        for level in 0..tree.depth() {
+            let first = (1usize << level) - 1;
+            let last = (1usize << (level + 1)) - 1;
+            let splits: Vec<(usize, u32, u32)> = (first..last)
+                .filter_map(|s| match tree.slots[s] {
+                    Slot::Split { feature, threshold } => Some((s, feature, threshold)),
+                    _ => None,
+                })
+                .collect();
+            if splits.is_empty() {
+                break;
+            }
+            if k > 0 {
+                let mut position = vec![usize::MAX; tree.slots.len()];
+                let mut counts: Vec<Vec<u64>> = Vec::with_capacity(splits.len());
+                for (i, (s, feature, _)) in splits.iter().enumerate() {
+                    position[*s] = i;
+                    counts.push(vec![0; self.features[*feature as usize].bins()]);
+                }
+                for (r, at) in slot.iter().enumerate() {
+                    let i = position[*at as usize];
+                    if i != usize::MAX {
+                        let feature = splits[i].1 as usize;
+                        counts[i][usize::from(self.bins[feature][r])] += 1;
+                    }
+                }
+                for (&(s, _, threshold), counts) in splits.iter().zip(&counts) {
+                    if !segment_ends(counts, k).contains(&threshold)
+                        || counts.iter().sum::<u64>() < k
+                    {
+                        return Err(Error::disclosure(format!(
+                            "tree rule: tree {} splits its node {s} where this hospital released no threshold, which could single out fewer than {k} patients; refused",
+                            number + 1
+                        )));
+                    }
+                }
+            }
+            for (r, at) in slot.iter_mut().enumerate() {
+                if let Slot::Split { feature, threshold } = tree.slots[*at as usize] {
+                    let b = self.bins[feature as usize][r];
+                    *at = if u32::from(b) <= threshold {
+                        2 * *at + 1
+                    } else {
+                        2 * *at + 2
+                    };
+                }
+            }
+        }
+        Ok(slot)
+    }
+}
