@@ -20,5 +20,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for f in files {
         println!("cargo:rerun-if-changed={f}");
     }
+    // The subset of ONNX's own schema that model export writes.
+    tonic_prost_build::configure()
+        .build_client(false)
+        .build_server(false)
+        .compile_protos(&["onnx/onnx.proto"], &["onnx"])?;
+    println!("cargo:rerun-if-changed=onnx/onnx.proto");
     Ok(())
 }

@@ -138,6 +138,7 @@ pub async fn query(
     format: Format,
     wait: Duration,
     plot: Option<&Path>,
+    save_model: Option<&Path>,
 ) -> anyhow::Result<()> {
     let text =
         std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
@@ -145,7 +146,7 @@ pub async fn query(
     // study's dictionary (the network's, with the study's derived variables).
     let client = Client::connect(conn).await?;
     let id = crate::verbs::submit_request(&client, study, &text).await?;
-    show_result(&client, &id, wait, format, plot).await
+    show_result(&client, &id, wait, format, plot, save_model).await
 }
 
 /// `plexus result ID`: one of the caller's queries, waited for up to
@@ -157,9 +158,10 @@ pub async fn result(
     wait: Duration,
     format: Format,
     plot: Option<&Path>,
+    save_model: Option<&Path>,
 ) -> anyhow::Result<()> {
     let client = Client::connect(conn).await?;
-    show_result(&client, id, wait, format, plot).await
+    show_result(&client, id, wait, format, plot, save_model).await
 }
 
 pub async fn show_result(
@@ -168,6 +170,7 @@ pub async fn show_result(
     wait: Duration,
     format: Format,
     plot: Option<&Path>,
+    save_model: Option<&Path>,
 ) -> anyhow::Result<()> {
     let r = client
         .wait_result(id, wait)
@@ -180,7 +183,31 @@ pub async fn show_result(
         crate::plot::plot_result(&pooled, path)?;
         eprintln!("plot written to {}", path.display());
     }
+    if let Some(path) = save_model {
+        save_model_file(&pooled.value, path)?;
+        eprintln!("model written to {}", path.display());
+    }
     Ok(())
+}
+
+/// Writes a trained model: ONNX for a `.onnx` path, the model's JSON
+/// otherwise.
+pub fn save_model_file(value: &plexus_core::pool::PooledValue, path: &Path) -> anyhow::Result<()> {
+    let plexus_core::pool::PooledValue::Gbdt(g) = value else {
+        anyhow::bail!(
+            "the result holds no model to save: --save-model is for a gbdt's result (the query was answered and shown above)"
+        );
+    };
+    let bytes = if path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("onnx"))
+    {
+        plexus_proto::onnx::gbdt_to_onnx(&g.model)
+    } else {
+        serde_json::to_vec_pretty(&g.model)?
+    };
+    std::fs::write(path, bytes)
+        .with_context(|| format!("cannot write the model to {}", path.display()))
 }
 
 pub async fn nodes(conn: &ConnectArgs) -> anyhow::Result<()> {

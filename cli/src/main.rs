@@ -114,6 +114,10 @@ enum Command {
         /// .svg or .png file.
         #[arg(long)]
         plot: Option<PathBuf>,
+        /// Save a trained model (a gbdt's result): ONNX when the path ends
+        /// in .onnx, the model's JSON otherwise.
+        #[arg(long, value_name = "PATH")]
+        save_model: Option<PathBuf>,
     },
     /// Count the patients in a cohort.
     Count {
@@ -188,6 +192,10 @@ enum Command {
         /// Also draw the result to an .svg or .png file.
         #[arg(long)]
         plot: Option<PathBuf>,
+        /// Save a trained model (a gbdt's result): ONNX when the path ends
+        /// in .onnx, the model's JSON otherwise.
+        #[arg(long, value_name = "PATH")]
+        save_model: Option<PathBuf>,
     },
     /// Nodes known to the coordinator and whether they are live; with
     /// --wait, first wait until the nodes wanted are live.
@@ -526,6 +534,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             output,
             wait_secs,
             plot,
+            save_model,
         } => {
             commands::query(
                 &cli.conn,
@@ -534,6 +543,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 output,
                 Duration::from_secs(wait_secs),
                 plot.as_deref(),
+                save_model.as_deref(),
             )
             .await
         }
@@ -578,6 +588,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             output,
             wait_secs,
             plot,
+            save_model,
         } => {
             commands::result(
                 &cli.conn,
@@ -585,6 +596,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Duration::from_secs(wait_secs),
                 output,
                 plot.as_deref(),
+                save_model.as_deref(),
             )
             .await
         }

@@ -206,7 +206,7 @@ pub async fn run(
     let request = request_of(options, analysis);
     let client = Client::connect(conn).await?;
     let id = submit_request(&client, &options.study, &request).await?;
-    crate::commands::show_result(&client, &id, wait(options), options.output, plot).await
+    crate::commands::show_result(&client, &id, wait(options), options.output, plot, None).await
 }
 
 fn wait(options: &QueryOptions) -> Duration {

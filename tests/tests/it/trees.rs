@@ -7,11 +7,12 @@
 
 use plexus_core::models::design::{ColumnData, Columns};
 use plexus_core::models::fit::{fit_locally, RoundStats};
-use plexus_core::models::gbdt::{GbdtData, GbdtStats, GbdtTrainer, Slot};
+use plexus_core::models::gbdt::{GbdtData, GbdtModel, GbdtStats, GbdtTrainer, Loss, Slot};
 use plexus_core::pool::PooledValue;
 use plexus_core::query::AnalysisKind;
 use plexus_core::{Dictionary, ErrorCode, Query, StudyDefinition};
 use plexus_sandbox::synth::Patient;
+use plexus_tests::tools::{model_script, MODEL_TOOLS};
 use plexus_tests::{ask, consenting, sandbox, today, Sandbox, SandboxOptions};
 
 const QUERY: &str = r#"{"cohort": {"compare": {"variable": "hypertension", "op": "=", "value": true}},
@@ -51,6 +52,78 @@ fn columns(patients: &[&Patient]) -> Columns {
     c.insert("diabetes".into(), lev(&|p| u32::from(p.diabetes)));
     c.insert("death".into(), lev(&|p| u32::from(p.death)));
     c
+}
+
+/// Each patient's feature values (complete cases only).
+fn feature_rows(model: &GbdtModel, cols: &Columns) -> Vec<Vec<f64>> {
+    let n = cols.values().next().map_or(0, ColumnData::len);
+    (0..n)
+        .filter_map(|r| {
+            model
+                .features
+                .iter()
+                .map(|f| {
+                    let c = &cols[&f.variable];
+                    (!c.is_missing(r)).then(|| f.value(c.number(r)))
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// ONNX Runtime's scores of the exported model equal Plexus's own: the
+/// probability (or a squared loss's prediction) to 1e-6, in float32.
+fn onnx_agrees(model: &GbdtModel, rows: &[Vec<f64>], test: &str) {
+    let Some(python) = MODEL_TOOLS.python(test) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (onnx, features, out) = (
+        dir.path().join("model.onnx"),
+        dir.path().join("features.csv"),
+        dir.path().join("scores.csv"),
+    );
+    std::fs::write(&onnx, plexus_proto::onnx::gbdt_to_onnx(model)).unwrap();
+    let csv: Vec<String> = rows
+        .iter()
+        .map(|r| {
+            r.iter()
+                .map(|v| v.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .collect();
+    std::fs::write(&features, csv.join("\n")).unwrap();
+    let run = std::process::Command::new(python)
+        .arg(model_script("score_onnx.py"))
+        .args([&onnx, &features, &out])
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let scored = std::fs::read_to_string(&out).unwrap();
+    let mut worst = 0.0f64;
+    for (line, r) in scored.lines().zip(rows) {
+        let got: Vec<f64> = line.split(',').map(|v| v.parse().unwrap()).collect();
+        let want = model.predict(r);
+        let column = if model.loss == Loss::Logistic { 1 } else { 0 };
+        // A squared loss's prediction is on the outcome's scale: relative.
+        let scale = if column == 1 {
+            1.0
+        } else {
+            want.abs().max(1.0)
+        };
+        worst = worst.max((got[column] - want).abs() / scale);
+    }
+    assert_eq!(scored.lines().count(), rows.len());
+    assert!(worst <= 1e-6, "{test}: ONNX Runtime differs by {worst}");
+    eprintln!(
+        "{test}: ONNX Runtime within {worst:e} of Plexus over {} patients",
+        rows.len()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -144,6 +217,48 @@ async fn boosted_trees_through_the_network_equal_the_protocol_on_the_union() {
     let json = serde_json::to_string(&g.model).unwrap();
     let back: plexus_core::models::gbdt::GbdtModel = serde_json::from_str(&json).unwrap();
     assert_eq!(back, g.model);
+
+    // Exported as ONNX, ONNX Runtime scores every patient as Plexus does.
+    let rows: Vec<Vec<f64>> = sb
+        .sites
+        .iter()
+        .flat_map(|s| {
+            let patients: Vec<&Patient> = consenting(s, &purpose, today())
+                .into_iter()
+                .filter(|p| p.hypertension)
+                .collect();
+            feature_rows(&g.model, &columns(&patients))
+        })
+        .collect();
+    onnx_agrees(&g.model, &rows, "boosted_trees_through_the_network");
+
+    // A squared loss, on a numeric outcome, the same way.
+    let squared = ask(
+        &sb,
+        sandbox::RESEARCHER,
+        &study.id,
+        r#"{"analysis": {"gbdt": {"loss": "squared", "outcome": "age",
+            "covariates": ["sex", "smoking", "diabetes", "death"], "trees": 5, "depth": 2}}}"#,
+    )
+    .await
+    .unwrap();
+    let PooledValue::Gbdt(s) = &squared.value else {
+        panic!("not trees: {squared:?}")
+    };
+    assert_eq!(s.model.trees.len(), 5, "{:?}", s.stopped);
+    let rows: Vec<Vec<f64>> = sb
+        .sites
+        .iter()
+        .flat_map(|site| {
+            let patients: Vec<&Patient> = consenting(site, &purpose, today()).into_iter().collect();
+            feature_rows(&s.model, &columns(&patients))
+        })
+        .collect();
+    onnx_agrees(
+        &s.model,
+        &rows,
+        "boosted_trees_through_the_network (squared)",
+    );
 
     sb.shutdown().await.unwrap();
 }
