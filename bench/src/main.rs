@@ -16,6 +16,7 @@ mod latency;
 mod peers;
 mod secure;
 mod throughput;
+mod trees;
 mod warehouse;
 
 #[derive(Parser)]
@@ -84,6 +85,28 @@ enum Mode {
         no_baseline: bool,
         #[arg(long, default_value_t = 7)]
         seed: u64,
+    },
+    /// Gradient-boosted trees over three nodes against LightGBM trained
+    /// centrally on the union in the same run: training time and AUC on
+    /// an unseen hospital's patients. Needs the model tools' venv
+    /// (tests/models/setup.sh --install).
+    Trees {
+        /// Patients per hospital.
+        #[arg(long, default_value_t = 1_000_000)]
+        patients: usize,
+        /// Patients of the unseen hospital the AUC is measured on.
+        #[arg(long, default_value_t = 200_000)]
+        holdout: usize,
+        #[arg(long, default_value_t = 100)]
+        trees: u32,
+        #[arg(long, default_value_t = 4)]
+        depth: u32,
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+        /// The venv's python (default: PLEXUS_MODEL_PYTHON, else
+        /// ~/.cache/plexus-model-tools/bin/python).
+        #[arg(long, env = "PLEXUS_MODEL_PYTHON")]
+        python: Option<PathBuf>,
     },
     /// One node on PostgreSQL and one on Parquet holding the same
     /// --patients patients.
@@ -242,6 +265,31 @@ async fn run(mode: Mode) -> anyhow::Result<()> {
         })
         .await
         .map(|_| ()),
+        Mode::Trees {
+            patients,
+            holdout,
+            trees,
+            depth,
+            seed,
+            python,
+        } => {
+            let python = match python {
+                Some(p) => p,
+                None => std::env::var_os("HOME")
+                    .map(PathBuf::from)
+                    .context("HOME is not set; pass --python")?
+                    .join(".cache/plexus-model-tools/bin/python"),
+            };
+            trees::run(trees::TreesOptions {
+                patients_per_site: patients,
+                holdout,
+                trees,
+                depth,
+                seed,
+                python,
+            })
+            .await
+        }
         Mode::Warehouse {
             patients,
             repetitions,

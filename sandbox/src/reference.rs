@@ -90,3 +90,52 @@ pub fn write_union(
     out.flush()?;
     Ok(rows)
 }
+
+/// The patients' values as a model's columns, built from the synthetic
+/// records independently of any node's code: numbers as they are (missing
+/// as NaN), levels as their index in the dictionary's order (false, true
+/// for booleans). Every dictionary variable but the dates.
+pub fn model_columns(patients: &[&Patient]) -> plexus_core::models::design::Columns {
+    use plexus_core::models::design::ColumnData;
+    let dict = plexus_core::Dictionary::cardiovascular();
+    let num = |f: &dyn Fn(&Patient) -> Option<f64>| {
+        ColumnData::Numeric(patients.iter().map(|p| f(p).unwrap_or(f64::NAN)).collect())
+    };
+    let level = |variable: &str, f: &dyn Fn(&Patient) -> String| {
+        let levels = dict.get(variable).expect("a dictionary variable").levels();
+        ColumnData::Levels(
+            patients
+                .iter()
+                .map(|p| {
+                    let v = f(p);
+                    levels
+                        .iter()
+                        .position(|l| *l == v)
+                        .expect("a level of the dictionary") as u32
+                })
+                .collect(),
+        )
+    };
+    let mut c = plexus_core::models::design::Columns::new();
+    c.insert("age".into(), num(&|p| Some(p.age as f64)));
+    c.insert("bmi".into(), num(&|p| p.bmi));
+    c.insert("sbp".into(), num(&|p| p.sbp));
+    c.insert("aaa_diameter".into(), num(&|p| p.aaa_diameter));
+    c.insert("cholesterol".into(), num(&|p| p.cholesterol));
+    c.insert(
+        "followup_days".into(),
+        num(&|p| Some(p.followup_days as f64)),
+    );
+    c.insert("sex".into(), level("sex", &|p| p.sex.clone()));
+    c.insert("smoking".into(), level("smoking", &|p| p.smoking.clone()));
+    c.insert(
+        "diabetes".into(),
+        level("diabetes", &|p| p.diabetes.to_string()),
+    );
+    c.insert(
+        "hypertension".into(),
+        level("hypertension", &|p| p.hypertension.to_string()),
+    );
+    c.insert("death".into(), level("death", &|p| p.death.to_string()));
+    c
+}

@@ -96,7 +96,7 @@ pub const MODEL_TOOLS: Tools = Tools {
     python_var: "PLEXUS_MODEL_PYTHON",
     tools_var: "PLEXUS_MODEL_TOOLS",
     default_dir: ".cache/plexus-model-tools",
-    modules: "import onnx, onnxruntime, numpy",
+    modules: "import onnx, onnxruntime, numpy, lightgbm, sklearn",
     setup: "tests/models/setup.sh --install",
 };
 

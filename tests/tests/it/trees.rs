@@ -5,12 +5,12 @@
 //! `plexus_core::models::gbdt`'s tests), and a study that cannot offer it
 //! refuses it naming the rule.
 
-use plexus_core::models::design::{ColumnData, Columns};
 use plexus_core::models::fit::{fit_locally, RoundStats};
 use plexus_core::models::gbdt::{GbdtData, GbdtModel, GbdtStats, GbdtTrainer, Loss, Slot};
 use plexus_core::pool::PooledValue;
 use plexus_core::query::AnalysisKind;
 use plexus_core::{Dictionary, ErrorCode, Query, StudyDefinition};
+use plexus_sandbox::reference::model_columns;
 use plexus_sandbox::synth::Patient;
 use plexus_tests::tools::{model_script, MODEL_TOOLS};
 use plexus_tests::{ask, consenting, sandbox, today, Sandbox, SandboxOptions};
@@ -25,50 +25,6 @@ fn trees_study() -> StudyDefinition {
     let mut s = sandbox::validation_study();
     s.analyses.push(AnalysisKind::Gbdt);
     s
-}
-
-/// One site's columns for the query's variables, built from the patients
-/// independently of the node's code: levels in the dictionary's order,
-/// missing values as NaN.
-fn columns(patients: &[&Patient]) -> Columns {
-    let num = |f: &dyn Fn(&Patient) -> Option<f64>| {
-        ColumnData::Numeric(patients.iter().map(|p| f(p).unwrap_or(f64::NAN)).collect())
-    };
-    let lev =
-        |f: &dyn Fn(&Patient) -> u32| ColumnData::Levels(patients.iter().map(|p| f(p)).collect());
-    let mut c = Columns::new();
-    c.insert("age".into(), num(&|p| Some(p.age as f64)));
-    c.insert("bmi".into(), num(&|p| p.bmi));
-    c.insert("aaa_diameter".into(), num(&|p| p.aaa_diameter));
-    c.insert("sex".into(), lev(&|p| u32::from(p.sex == "M")));
-    c.insert(
-        "smoking".into(),
-        lev(&|p| match p.smoking.as_str() {
-            "never" => 0,
-            "former" => 1,
-            _ => 2,
-        }),
-    );
-    c.insert("diabetes".into(), lev(&|p| u32::from(p.diabetes)));
-    c.insert("death".into(), lev(&|p| u32::from(p.death)));
-    c
-}
-
-/// Each patient's feature values (complete cases only).
-fn feature_rows(model: &GbdtModel, cols: &Columns) -> Vec<Vec<f64>> {
-    let n = cols.values().next().map_or(0, ColumnData::len);
-    (0..n)
-        .filter_map(|r| {
-            model
-                .features
-                .iter()
-                .map(|f| {
-                    let c = &cols[&f.variable];
-                    (!c.is_missing(r)).then(|| f.value(c.number(r)))
-                })
-                .collect()
-        })
-        .collect()
 }
 
 /// ONNX Runtime's scores of the exported model equal Plexus's own: the
@@ -163,7 +119,7 @@ async fn boosted_trees_through_the_network_equal_the_protocol_on_the_union() {
             .into_iter()
             .filter(|p| p.hypertension)
             .collect();
-        let cols = columns(&patients);
+        let cols = model_columns(&patients);
         let rows = plexus_core::models::design::complete_rows(&cols, &variables).unwrap();
         n += rows.len();
         sites.push(
@@ -227,7 +183,7 @@ async fn boosted_trees_through_the_network_equal_the_protocol_on_the_union() {
                 .into_iter()
                 .filter(|p| p.hypertension)
                 .collect();
-            feature_rows(&g.model, &columns(&patients))
+            g.model.feature_rows(&model_columns(&patients)).unwrap()
         })
         .collect();
     onnx_agrees(&g.model, &rows, "boosted_trees_through_the_network");
@@ -251,7 +207,7 @@ async fn boosted_trees_through_the_network_equal_the_protocol_on_the_union() {
         .iter()
         .flat_map(|site| {
             let patients: Vec<&Patient> = consenting(site, &purpose, today()).into_iter().collect();
-            feature_rows(&s.model, &columns(&patients))
+            s.model.feature_rows(&model_columns(&patients)).unwrap()
         })
         .collect();
     onnx_agrees(

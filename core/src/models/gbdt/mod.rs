@@ -455,6 +455,31 @@ impl GbdtModel {
     pub fn predict(&self, values: &[f64]) -> f64 {
         self.loss.response(self.score(values))
     }
+
+    /// The feature values of every row of `columns` that has all the
+    /// model's variables (a complete case), in the rows' order.
+    pub fn feature_rows(&self, columns: &crate::models::design::Columns) -> Result<Vec<Vec<f64>>> {
+        let mut cols = Vec::with_capacity(self.features.len());
+        for f in &self.features {
+            cols.push(columns.get(&f.variable).ok_or_else(|| {
+                Error::invalid(format!(
+                    "no column \"{}\" to score the model on",
+                    f.variable
+                ))
+            })?);
+        }
+        let n = cols.first().map_or(0, |c| c.len());
+        Ok((0..n)
+            .filter(|&r| cols.iter().all(|c| !c.is_missing(r)))
+            .map(|r| {
+                self.features
+                    .iter()
+                    .zip(&cols)
+                    .map(|(f, c)| f.value(c.number(r)))
+                    .collect()
+            })
+            .collect())
+    }
 }
 
 /// What the coordinator sends with each round of a GBDT: nothing yet in
