@@ -260,3 +260,107 @@ async fn boosted_trees_are_refused_where_they_are_not_offered_yet() {
     assert!(e.message.contains("\"depth\""), "{e}");
     sb.shutdown().await.unwrap();
 }
+
+/// A hostile coordinator, signing jobs itself, sends a tree that splits
+/// between two thresholds the hospital released (to tell apart fewer than
+/// k patients): the node refuses with the tree rule, names no count, and
+/// logs the refusal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_refuses_a_tree_split_where_it_released_no_threshold() {
+    use plexus_core::models::fit::Iteration;
+    use plexus_core::models::gbdt::{GbdtRound, Tree};
+    use plexus_core::NodeStats;
+    use plexus_proto::v1 as pb;
+    use plexus_tests::jobs::{exact_job, sign};
+
+    let sb = Sandbox::prepare(SandboxOptions::new(300, 47))
+        .await
+        .unwrap();
+    let study = trees_study();
+    sb.approve_at("hospital-a", &study).unwrap();
+    let node = plexus_node::open_runner(
+        sb.node_configs["hospital-a"].clone(),
+        plexus_node::RunOptions::default(),
+    )
+    .await
+    .unwrap();
+    let key = plexus_tls::SigningKey::load(&sb.coordinator_config.coordinator.signing_key).unwrap();
+    let query = Query::from_json(QUERY).unwrap();
+    let mut next = 0u32;
+    let mut send = |growing: Tree| {
+        next += 1;
+        let mut job = exact_job(
+            &study,
+            &query,
+            &format!("{next:032x}"),
+            "hospital-a",
+            chrono::Utc::now().timestamp_millis(),
+        );
+        job.iteration = Some(pb::Iteration::from(&Iteration {
+            round: 2,
+            gbdt: Some(GbdtRound {
+                base_score: Some(-1.0),
+                trees: vec![],
+                growing: Some(growing),
+            }),
+            ..Iteration::default()
+        }));
+        let signed = sign(&key, &job);
+        let node = &node;
+        async move {
+            let Some(pb::node_message::Msg::Result(r)) = node.take(signed).await else {
+                panic!("the node sent no result")
+            };
+            r.outcome.unwrap()
+        }
+    };
+
+    // An honest root round: the node's segments of bmi (feature 5 of the
+    // query's: age, sex=F, sex=M, smoking x3, diabetes, bmi...).
+    let dict = Dictionary::cardiovascular();
+    let features = query.analysis.gbdt_features(&dict).unwrap();
+    let bmi = features.iter().position(|f| f.name == "bmi").unwrap();
+    let root = Tree::open_root(3);
+    let pb::job_result::Outcome::Stats(stats) = send(root.clone()).await else {
+        panic!("the honest round was refused")
+    };
+    let NodeStats::Gbdt(g) = NodeStats::try_from(stats).unwrap() else {
+        panic!("not tree statistics")
+    };
+    let ends = &g.slots[0].features[bmi].ends;
+    let inside = (0..features[bmi].thresholds.len() as u32)
+        .find(|t| !ends.contains(t))
+        .expect("at 300 patients some bmi bins are merged");
+    let released = ends[0];
+
+    // A split at a released end is answered; one inside a segment is not.
+    let mut split = root.clone();
+    split.slots[0] = Slot::Split {
+        feature: bmi as u32,
+        threshold: released,
+    };
+    split.slots[1] = Slot::Open;
+    split.slots[2] = Slot::Open;
+    assert!(matches!(
+        send(split.clone()).await,
+        pb::job_result::Outcome::Stats(_)
+    ));
+    split.slots[0] = Slot::Split {
+        feature: bmi as u32,
+        threshold: inside,
+    };
+    let pb::job_result::Outcome::Error(e) = send(split).await else {
+        panic!("a split inside a segment was answered")
+    };
+    let e = plexus_core::Error::from(e);
+    assert_eq!(e.code, ErrorCode::Disclosure, "{e}");
+    assert!(e.message.starts_with("tree rule:"), "{e}");
+    assert!(!e.message.contains(" 300"), "{e}");
+
+    let log = sb.node_configs["hospital-a"]
+        .node
+        .state_dir
+        .join("jobs.log.jsonl");
+    let text = std::fs::read_to_string(log).unwrap();
+    assert!(text.contains("tree rule"), "{text}");
+}

@@ -29,11 +29,34 @@ pub fn segment_ends(counts: &[u64], k: u64) -> Vec<u32> {
     ends
 }
 
-/// Scores under the trees applied so far.
+/// Scores under the trees applied so far, with each patient's gradient
+/// and hessian at them, and where the patients are in the tree being
+/// grown: a round of the next level moves only the patients of the tree
+/// nodes split since.
 struct Scores {
     base: f64,
     trees: Vec<Tree>,
     f: Vec<f64>,
+    g: Vec<f64>,
+    h: Vec<f64>,
+    loss: f64,
+    /// The tree being grown as last routed, the slot of each patient in
+    /// it, and the level its open nodes were on.
+    growing: Option<(Tree, Vec<u32>, u32)>,
+}
+
+/// Whether `new` is `old` with decisions taken at `old`'s open nodes (and
+/// their children opened), so patients routed through `old` need only
+/// the new level.
+fn extends(old: &Tree, new: &Tree) -> bool {
+    old.slots.len() == new.slots.len()
+        && old.slots.iter().enumerate().all(|(s, o)| match o {
+            Slot::Open => !matches!(new.slots[s], Slot::Empty | Slot::Open),
+            Slot::Empty => {
+                new.slots[s] == Slot::Empty || (s > 0 && old.slots[(s - 1) / 2] == Slot::Open)
+            }
+            decided => new.slots[s] == *decided,
+        })
 }
 
 /// One node's training data: every complete case's bin of every feature
@@ -129,6 +152,7 @@ impl GbdtData {
             .ok_or_else(|| Error::invalid("a GBDT round carries no tree to grow"))?;
         growing.check(&self.features, self.depth, false)?;
 
+        // One round at a time per model: the lock is held throughout.
         let mut guard = self.scores.lock().expect("gbdt scores lock");
         let reuse = guard.as_ref().is_some_and(|s| {
             s.base == base
@@ -140,11 +164,16 @@ impl GbdtData {
                 base,
                 trees: Vec::new(),
                 f: vec![base; self.y.len()],
+                g: Vec::new(),
+                h: Vec::new(),
+                loss: 0.0,
+                growing: None,
             });
         }
         let scores = guard.as_mut().expect("scores were just set");
-        for (i, t) in round.trees.iter().enumerate().skip(scores.trees.len()) {
-            let slot = self.route(t, k, i)?;
+        let applied = scores.trees.len();
+        for (i, t) in round.trees.iter().enumerate().skip(applied) {
+            let slot = self.route(t, k, i, None)?;
             for (f, s) in scores.f.iter_mut().zip(&slot) {
                 if let Slot::Leaf { value } = t.slots[*s as usize] {
                     *f += value;
@@ -152,28 +181,39 @@ impl GbdtData {
             }
             scores.trees.push(t.clone());
         }
-        let f = &scores.f;
-
-        let (mut g, mut h) = (Vec::with_capacity(f.len()), Vec::with_capacity(f.len()));
-        let mut loss = 0.0;
-        for (fi, yi) in f.iter().zip(&self.y) {
-            let (gi, hi) = self.loss.gradient(*fi, *yi);
-            g.push(gi);
-            h.push(hi);
-            loss += self.loss.loss(*fi, *yi);
+        if scores.trees.len() > applied || scores.g.len() != self.y.len() {
+            let (mut g, mut h) = (
+                Vec::with_capacity(n as usize),
+                Vec::with_capacity(n as usize),
+            );
+            let mut loss = 0.0;
+            for (fi, yi) in scores.f.iter().zip(&self.y) {
+                let (gi, hi) = self.loss.gradient(*fi, *yi);
+                g.push(gi);
+                h.push(hi);
+                loss += self.loss.loss(*fi, *yi);
+            }
+            (scores.g, scores.h, scores.loss) = (g, h, loss);
+            scores.growing = None;
         }
-        drop(guard);
+        let (g, h, loss) = (&scores.g, &scores.h, scores.loss);
 
-        let slot = self.route(growing, k, round.trees.len())?;
+        let slot = match scores.growing.take() {
+            Some((old, slot, level)) if extends(&old, growing) => {
+                self.route(growing, k, round.trees.len(), Some((slot, level)))?
+            }
+            _ => self.route(growing, k, round.trees.len(), None)?,
+        };
         let open = growing.open();
         // The open nodes' positions, by slot.
         let mut index = vec![usize::MAX; growing.slots.len()];
         for (i, s) in open.iter().enumerate() {
             index[*s as usize] = i;
         }
+        // Each patient's open node, by position (none: in a leaf).
+        let at: Vec<usize> = slot.iter().map(|s| index[*s as usize]).collect();
         let mut totals = vec![Sums::default(); open.len()];
-        for (r, s) in slot.iter().enumerate() {
-            let i = index[*s as usize];
+        for (r, &i) in at.iter().enumerate() {
             if i != usize::MAX {
                 totals[i].add(&Sums {
                     n: 1,
@@ -202,8 +242,7 @@ impl GbdtData {
         for (feature, column) in self.features.iter().zip(&self.bins) {
             let width = feature.bins();
             let mut hist = vec![Sums::default(); open.len() * width];
-            for (r, s) in slot.iter().enumerate() {
-                let i = index[*s as usize];
+            for (r, &i) in at.iter().enumerate() {
                 if i != usize::MAX {
                     let cell = &mut hist[i * width + usize::from(column[r])];
                     cell.n += 1;
@@ -230,6 +269,8 @@ impl GbdtData {
                 out.features.push(seg);
             }
         }
+        let level = open.first().map_or(0, |s| Tree::level_of(*s as usize));
+        scores.growing = Some((growing.clone(), slot, level));
         Ok(GbdtStats {
             n,
             sum_y,
@@ -240,10 +281,18 @@ impl GbdtData {
 
     /// The slot each patient ends in under `tree`, checking level by level
     /// (with `k > 0`) that each split is at one of this node's segment
-    /// ends for the patients in its tree node.
-    fn route(&self, tree: &Tree, k: u64, number: usize) -> Result<Vec<u32>> {
-        let mut slot = vec![0u32; self.y.len()];
-        for level in 0..tree.depth() {
+    /// ends for the patients in its tree node. `from` is where the
+    /// patients already are and the level to go on from (the levels above
+    /// were routed and checked then).
+    fn route(
+        &self,
+        tree: &Tree,
+        k: u64,
+        number: usize,
+        from: Option<(Vec<u32>, u32)>,
+    ) -> Result<Vec<u32>> {
+        let (mut slot, start) = from.unwrap_or_else(|| (vec![0u32; self.y.len()], 0));
+        for level in start..tree.depth() {
             let first = (1usize << level) - 1;
             let last = (1usize << (level + 1)) - 1;
             let splits: Vec<(usize, u32, u32)> = (first..last)
