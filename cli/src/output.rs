@@ -358,6 +358,15 @@ pub fn footer(value: &PooledValue) -> Option<String> {
                 g.n,
                 g.rounds,
             );
+            if let (Some(first), Some(last)) = (g.validation_loss.first(), g.validation_loss.last()) {
+                s.push_str(&format!(
+                    "\nheld out for validation: {} patients; mean {} loss {} before the first tree, {} before the last measured",
+                    g.validation_n,
+                    m.loss.as_str(),
+                    num(*first),
+                    num(*last)
+                ));
+            }
             if let Some(why) = &g.stopped {
                 s.push_str(&format!("\n{why}"));
             }

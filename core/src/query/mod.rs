@@ -288,6 +288,12 @@ pub enum Analysis {
         /// Cut points of numeric covariates, instead of even bins.
         #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
         edges: BTreeMap<String, Vec<f64>>,
+        /// Share of each site's patients held out to measure the loss on.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        validation: Option<f64>,
+        /// Trees without improvement of the held-out loss before stopping.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        early_stopping: Option<u32>,
     },
 }
 
@@ -450,6 +456,8 @@ impl Analysis {
             learning_rate,
             lambda,
             min_child_weight,
+            validation,
+            early_stopping,
             ..
         } = self
         else {
@@ -462,6 +470,8 @@ impl Analysis {
             learning_rate: learning_rate.unwrap_or(gbdt::DEFAULT_LEARNING_RATE),
             lambda: lambda.unwrap_or(gbdt::DEFAULT_LAMBDA),
             min_child_weight: min_child_weight.unwrap_or(gbdt::DEFAULT_MIN_CHILD_WEIGHT),
+            validation: validation.unwrap_or(0.0),
+            early_stopping: *early_stopping,
         })
     }
 

@@ -55,6 +55,8 @@ pub(super) fn analysis(analysis: &Analysis, dict: &Dictionary) -> Result<()> {
             learning_rate,
             lambda,
             min_child_weight,
+            validation,
+            early_stopping,
             ..
         } => {
             let v = dict.get(outcome)?;
@@ -96,6 +98,18 @@ pub(super) fn analysis(analysis: &Analysis, dict: &Dictionary) -> Result<()> {
                         "gbdt \"{name}\" must be a finite number of at least 0"
                     )));
                 }
+            }
+            if validation.is_some_and(|v| !(v > 0.0 && v <= gbdt::MAX_VALIDATION)) {
+                return Err(Error::invalid(format!(
+                    "gbdt \"validation\" (the share of patients held out) must be above 0 and at most {}",
+                    gbdt::MAX_VALIDATION
+                )));
+            }
+            within("early_stopping", *early_stopping, 1, gbdt::MAX_TREES)?;
+            if early_stopping.is_some() && validation.is_none() {
+                return Err(Error::invalid(
+                    "gbdt \"early_stopping\" needs \"validation\", the share of patients held out to measure the loss on",
+                ));
             }
             analysis.gbdt_features(dict).map(|_| ())
         }

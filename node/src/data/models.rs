@@ -47,7 +47,7 @@ pub(crate) enum Prepared {
     Cox(CoxData),
     /// Binned features and outcome, with the scores of the trees applied
     /// so far.
-    Gbdt(GbdtData),
+    Gbdt(Box<GbdtData>),
 }
 
 /// Prepared regressions kept between rounds.
@@ -254,14 +254,15 @@ fn prepare_trees(
         limits.k,
     )?;
     check_cross_cells(dict, columns, rows, variables, limits.k)?;
-    Ok(Prepared::Gbdt(GbdtData::new(
-        options.loss,
-        options.depth,
+    Ok(Prepared::Gbdt(Box::new(GbdtData::new(
+        &options,
         features,
         columns,
         rows,
         outcome,
-    )?))
+        plexus_core::models::gbdt::salt(analysis),
+        u64::from(limits.k),
+    )?)))
 }
 
 /// Refuses a design whose X'X is singular at this node (X'WX then is too):

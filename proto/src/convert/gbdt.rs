@@ -27,6 +27,8 @@ pub(super) fn analysis_to_pb(a: &Analysis) -> Option<pb::GbdtAnalysis> {
         min_child_weight,
         bins,
         edges,
+        validation,
+        early_stopping,
     } = a
     else {
         return None;
@@ -51,6 +53,8 @@ pub(super) fn analysis_to_pb(a: &Analysis) -> Option<pb::GbdtAnalysis> {
                 cuts: cuts.clone(),
             })
             .collect(),
+        validation: *validation,
+        early_stopping: *early_stopping,
     })
 }
 
@@ -80,6 +84,8 @@ pub(super) fn analysis_from_pb(g: pb::GbdtAnalysis) -> Result<Analysis> {
         min_child_weight: g.min_child_weight,
         bins: g.bins,
         edges,
+        validation: g.validation,
+        early_stopping: g.early_stopping,
     })
 }
 
@@ -155,6 +161,8 @@ pub(super) fn stats_to_pb(s: &GbdtStats) -> pb::GbdtStats {
         n: s.n,
         sum_y: s.sum_y,
         loss: s.loss,
+        validation_n: s.validation_n,
+        validation_loss: s.validation_loss,
         slots: s
             .slots
             .iter()
@@ -219,6 +227,8 @@ pub(super) fn stats_from_pb(s: pb::GbdtStats) -> Result<GbdtStats> {
         n: s.n,
         sum_y: s.sum_y,
         loss: s.loss,
+        validation_n: s.validation_n,
+        validation_loss: s.validation_loss,
         slots,
     })
 }

@@ -18,7 +18,7 @@ use plexus_tests::{ask, consenting, sandbox, today, Sandbox, SandboxOptions};
 const QUERY: &str = r#"{"cohort": {"compare": {"variable": "hypertension", "op": "=", "value": true}},
     "analysis": {"gbdt": {"outcome": "death",
         "covariates": ["age", "sex", "smoking", "diabetes", "bmi", "aaa_diameter"],
-        "trees": 12, "depth": 3, "learning_rate": 0.3, "bins": 16}}}"#;
+        "trees": 12, "depth": 3, "learning_rate": 0.3, "bins": 16, "validation": 0.2}}}"#;
 
 /// The exact validation study, allowing boosted trees.
 fn trees_study() -> StudyDefinition {
@@ -124,12 +124,13 @@ async fn boosted_trees_through_the_network_equal_the_protocol_on_the_union() {
         n += rows.len();
         sites.push(
             GbdtData::new(
-                options.loss,
-                options.depth,
+                &options,
                 features.clone(),
                 &cols,
                 &rows,
                 "death",
+                plexus_core::models::gbdt::salt(&query.analysis),
+                5,
             )
             .unwrap(),
         );
@@ -144,7 +145,14 @@ async fn boosted_trees_through_the_network_equal_the_protocol_on_the_union() {
     })
     .unwrap();
 
-    assert_eq!(g.n as usize, n);
+    // A fifth of each site's patients held out: they never train, and
+    // their loss is measured before every tree.
+    assert_eq!((g.n + g.validation_n) as usize, n);
+    assert_eq!(g.n, want.n);
+    assert_eq!(g.validation_loss.len(), 12);
+    for (a, b) in g.validation_loss.iter().zip(&want.validation_loss) {
+        assert!((a - b).abs() < 1e-12, "{a} vs {b}");
+    }
     assert_eq!(g.rounds, want.rounds);
     assert_eq!(g.model.trees.len(), 12, "{:?}", g.stopped);
     assert!((g.model.base_score - want.model.base_score).abs() < 1e-12);

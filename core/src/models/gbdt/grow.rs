@@ -113,11 +113,21 @@ pub struct GbdtResult {
     pub rounds: u32,
     /// Mean training loss (log loss, or squared error) before each tree.
     pub training_loss: Vec<f64>,
+    /// Patients held out for validation, and their mean loss before each
+    /// tree (with `validation`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub validation_n: u64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub validation_loss: Vec<f64>,
     /// Features by total gain, largest first.
     pub importance: Vec<Importance>,
     /// Why training stopped before the trees asked for, if it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stopped: Option<String>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// The coordinator's half of a GBDT.
@@ -130,6 +140,11 @@ pub struct GbdtTrainer {
     n: u64,
     round: u32,
     training_loss: Vec<f64>,
+    validation_n: u64,
+    validation_loss: Vec<f64>,
+    /// The lowest held-out loss so far and the trees it was measured
+    /// after.
+    best: Option<(f64, usize)>,
     importance: Vec<(u32, f64)>,
 }
 
@@ -145,6 +160,9 @@ impl GbdtTrainer {
             n: 0,
             round: 0,
             training_loss: Vec::new(),
+            validation_n: 0,
+            validation_loss: Vec::new(),
+            best: None,
             importance,
         }
     }
@@ -204,6 +222,8 @@ impl GbdtTrainer {
             n: self.n,
             rounds: self.round,
             training_loss: std::mem::take(&mut self.training_loss),
+            validation_n: self.validation_n,
+            validation_loss: std::mem::take(&mut self.validation_loss),
             importance,
             stopped,
         }
@@ -258,6 +278,25 @@ impl IterativeFit for GbdtTrainer {
         if open == [0] {
             self.training_loss
                 .push(pooled.loss / pooled.n.max(1) as f64);
+            if pooled.validation_n > 0 {
+                self.validation_n = pooled.validation_n;
+                let loss = pooled.validation_loss / pooled.validation_n as f64;
+                self.validation_loss.push(loss);
+                let trees = self.trees.len();
+                if self.best.is_none_or(|(b, _)| loss < b) {
+                    self.best = Some((loss, trees));
+                }
+                if let (Some(patience), Some((_, at))) = (self.options.early_stopping, self.best) {
+                    if trees - at >= patience as usize {
+                        self.trees.truncate(at);
+                        let why = format!(
+                            "stopped early: the held-out loss did not improve in the {} trees after tree {at}; the model keeps the first {at}",
+                            trees - at
+                        );
+                        return Ok(Step::Done(self.done(Some(why))));
+                    }
+                }
+            }
         }
         let depth = self.options.depth;
         for stats in &pooled.slots {

@@ -4,7 +4,10 @@
 
 use std::sync::Mutex;
 
-use super::{Feature, GbdtRound, GbdtStats, Loss, Segments, Slot, SlotStats, Sums, Tree};
+use super::{
+    held_out, Feature, GbdtOptions, GbdtRound, GbdtStats, Loss, Segments, Slot, SlotStats, Sums,
+    Tree,
+};
 use crate::error::{Error, Result};
 use crate::models::design::{ColumnData, Columns};
 
@@ -40,6 +43,7 @@ struct Scores {
     g: Vec<f64>,
     h: Vec<f64>,
     loss: f64,
+    validation: f64,
     /// The tree being grown as last routed, the slot of each patient in
     /// it, and the level its open nodes were on.
     growing: Option<(Tree, Vec<u32>, u32)>,
@@ -60,27 +64,33 @@ fn extends(old: &Tree, new: &Tree) -> bool {
 }
 
 /// One node's training data: every complete case's bin of every feature
-/// (feature-major) and outcome.
+/// (feature-major) and outcome, and which are held out for validation.
 pub struct GbdtData {
     loss: Loss,
     depth: u32,
     features: Vec<Feature>,
     bins: Vec<Vec<u16>>,
     y: Vec<f64>,
+    held_out: Vec<bool>,
     scores: Mutex<Option<Scores>>,
 }
 
 impl GbdtData {
     /// Bins `rows` of `columns` (complete cases of the covariates and
-    /// `outcome`). A logistic outcome must be 0 or 1.
+    /// `outcome`) and holds out `options.validation` of them by
+    /// [`held_out`] with `salt`. A logistic outcome must be 0 or 1; with a
+    /// validation share, both the held-out patients and the rest must be
+    /// at least `k` (the *validation rule*).
     pub fn new(
-        loss: Loss,
-        depth: u32,
+        options: &GbdtOptions,
         features: Vec<Feature>,
         columns: &Columns,
         rows: &[usize],
         outcome: &str,
+        salt: u64,
+        k: u64,
     ) -> Result<Self> {
+        let (loss, depth) = (options.loss, options.depth);
         let column = |name: &str| {
             columns
                 .get(name)
@@ -106,12 +116,24 @@ impl GbdtData {
         } else if y.iter().any(|v| !v.is_finite()) {
             return Err(Error::internal("a complete case without an outcome"));
         }
+        let held: Vec<bool> = (0..y.len())
+            .map(|r| held_out(salt, r, options.validation))
+            .collect();
+        if options.validation > 0.0 {
+            let out = held.iter().filter(|h| **h).count() as u64;
+            if out < k || (y.len() as u64 - out) < k {
+                return Err(Error::disclosure(format!(
+                    "validation rule: the patients held out for validation, or the others, would be fewer than {k} at this node (widen the cohort or change \"validation\")"
+                )));
+            }
+        }
         Ok(GbdtData {
             loss,
             depth,
             features,
             bins,
             y,
+            held_out: held,
             scores: Mutex::new(None),
         })
     }
@@ -131,12 +153,15 @@ impl GbdtData {
     /// a split anywhere else could put fewer than `k` patients on one
     /// side, or tell apart two sets that differ by fewer than `k`.
     pub fn round(&self, round: &GbdtRound, k: u64) -> Result<GbdtStats> {
-        let n = self.y.len() as u64;
-        let sum_y: f64 = self.y.iter().sum();
+        let training = || self.y.iter().zip(&self.held_out).filter(|(_, h)| !**h);
+        let n = training().count() as u64;
+        let sum_y: f64 = training().map(|(y, _)| y).sum();
+        let validation_n = self.y.len() as u64 - n;
         let Some(base) = round.base_score else {
             return Ok(GbdtStats {
                 n,
                 sum_y,
+                validation_n,
                 ..GbdtStats::default()
             });
         };
@@ -167,6 +192,7 @@ impl GbdtData {
                 g: Vec::new(),
                 h: Vec::new(),
                 loss: 0.0,
+                validation: 0.0,
                 growing: None,
             });
         }
@@ -182,21 +208,23 @@ impl GbdtData {
             scores.trees.push(t.clone());
         }
         if scores.trees.len() > applied || scores.g.len() != self.y.len() {
-            let (mut g, mut h) = (
-                Vec::with_capacity(n as usize),
-                Vec::with_capacity(n as usize),
-            );
-            let mut loss = 0.0;
-            for (fi, yi) in scores.f.iter().zip(&self.y) {
+            let rows = self.y.len();
+            let (mut g, mut h) = (Vec::with_capacity(rows), Vec::with_capacity(rows));
+            let (mut loss, mut validation) = (0.0, 0.0);
+            for ((fi, yi), out) in scores.f.iter().zip(&self.y).zip(&self.held_out) {
                 let (gi, hi) = self.loss.gradient(*fi, *yi);
                 g.push(gi);
                 h.push(hi);
-                loss += self.loss.loss(*fi, *yi);
+                if *out {
+                    validation += self.loss.loss(*fi, *yi);
+                } else {
+                    loss += self.loss.loss(*fi, *yi);
+                }
             }
-            (scores.g, scores.h, scores.loss) = (g, h, loss);
+            (scores.g, scores.h, scores.loss, scores.validation) = (g, h, loss, validation);
             scores.growing = None;
         }
-        let (g, h, loss) = (&scores.g, &scores.h, scores.loss);
+        let (g, h, loss, validation_loss) = (&scores.g, &scores.h, scores.loss, scores.validation);
 
         let slot = match scores.growing.take() {
             Some((old, slot, level)) if extends(&old, growing) => {
@@ -211,7 +239,11 @@ impl GbdtData {
             index[*s as usize] = i;
         }
         // Each patient's open node, by position (none: in a leaf).
-        let at: Vec<usize> = slot.iter().map(|s| index[*s as usize]).collect();
+        let at: Vec<usize> = slot
+            .iter()
+            .zip(&self.held_out)
+            .map(|(s, out)| if *out { usize::MAX } else { index[*s as usize] })
+            .collect();
         let mut totals = vec![Sums::default(); open.len()];
         for (r, &i) in at.iter().enumerate() {
             if i != usize::MAX {
@@ -275,6 +307,8 @@ impl GbdtData {
             n,
             sum_y,
             loss,
+            validation_n,
+            validation_loss,
             slots,
         })
     }
@@ -311,9 +345,10 @@ impl GbdtData {
                     position[*s] = i;
                     counts.push(vec![0; self.features[*feature as usize].bins()]);
                 }
+                // The segments were of the training patients only.
                 for (r, at) in slot.iter().enumerate() {
                     let i = position[*at as usize];
-                    if i != usize::MAX {
+                    if i != usize::MAX && !self.held_out[r] {
                         let feature = splits[i].1 as usize;
                         counts[i][usize::from(self.bins[feature][r])] += 1;
                     }

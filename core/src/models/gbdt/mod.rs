@@ -120,6 +120,12 @@ pub struct GbdtOptions {
     /// `min_child_weight`); the minimum cell size holds at every site
     /// besides.
     pub min_child_weight: f64,
+    /// Share of each site's patients held out to measure the loss on (0:
+    /// none).
+    pub validation: f64,
+    /// Stop when the held-out loss has not improved for this many trees,
+    /// keeping the trees up to its best.
+    pub early_stopping: Option<u32>,
 }
 
 impl Default for GbdtOptions {
@@ -131,8 +137,36 @@ impl Default for GbdtOptions {
             learning_rate: DEFAULT_LEARNING_RATE,
             lambda: DEFAULT_LAMBDA,
             min_child_weight: DEFAULT_MIN_CHILD_WEIGHT,
+            validation: 0.0,
+            early_stopping: None,
         }
     }
+}
+
+/// The salt of a query's held-out patients: the hash of its analysis, so
+/// every round of it (and a fit started again) holds out the same.
+pub fn salt(analysis: &crate::query::Analysis) -> u64 {
+    let json = serde_json::to_vec(analysis).expect("an analysis serialises");
+    let hex = crate::hash::sha256_hex(&json);
+    u64::from_str_radix(&hex[..16], 16).expect("hex digits")
+}
+
+/// Largest share of patients a query may hold out for validation.
+pub const MAX_VALIDATION: f64 = 0.5;
+
+/// Whether patient `row` of a node is held out for validation: a public
+/// hash of the row and the query's `salt`, below `share`. The same at
+/// every round of one query, so the held-out patients never train.
+pub fn held_out(salt: u64, row: usize, share: f64) -> bool {
+    if share <= 0.0 {
+        return false;
+    }
+    // splitmix64
+    let mut z = salt ^ (row as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    ((z >> 11) as f64 / (1u64 << 53) as f64) < share
 }
 
 /// A column the trees split on: a numeric covariate, or the indicator of
@@ -571,6 +605,12 @@ pub struct GbdtStats {
     pub sum_y: f64,
     /// Their loss at the round's scores (0 in the first round).
     pub loss: f64,
+    /// Patients held out for validation at the node, and their loss at
+    /// the round's scores.
+    #[serde(default)]
+    pub validation_n: u64,
+    #[serde(default)]
+    pub validation_loss: f64,
     /// The open nodes' histograms (none in the first round).
     pub slots: Vec<SlotStats>,
 }
@@ -583,8 +623,18 @@ impl GbdtStats {
     /// `k` patients. Says what is wrong.
     pub fn check(&self, features: &[Feature], open: &[u32], k: u64) -> Result<()> {
         let shape = |what: String| Err(Error::invalid(format!("node answered with {what}")));
-        if !(self.sum_y.is_finite() && self.loss.is_finite() && self.loss >= 0.0) {
+        if !(self.sum_y.is_finite()
+            && self.loss.is_finite()
+            && self.loss >= 0.0
+            && self.validation_loss.is_finite()
+            && self.validation_loss >= 0.0)
+        {
             return shape("outcome or loss sums that are not finite".into());
+        }
+        if self.validation_n > 0 && self.validation_n < k {
+            return Err(Error::disclosure(
+                "node released a validation loss over fewer patients than the minimum cell size",
+            ));
         }
         if self.n < k {
             return Err(Error::disclosure(
@@ -650,6 +700,8 @@ impl crate::models::fit::RoundStats for GbdtStats {
         self.n += other.n;
         self.sum_y += other.sum_y;
         self.loss += other.loss;
+        self.validation_n += other.validation_n;
+        self.validation_loss += other.validation_loss;
         if first {
             self.slots = other.slots.clone();
             return;

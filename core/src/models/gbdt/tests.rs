@@ -11,6 +11,9 @@ use crate::models::fit::{fit_locally, RoundStats};
 /// trainer's, which a centralised fit needs too to be comparable).
 const TIE: f64 = 1e-9;
 
+/// The salt of the held-out patients in these tests.
+const SALT: u64 = 7;
+
 #[derive(Debug, Clone)]
 struct Row {
     x0: f64,
@@ -79,7 +82,7 @@ fn site_data(rows: &[Row], site: usize, options: &GbdtOptions) -> GbdtData {
         ColumnData::Numeric(mine.iter().map(|r| r.y).collect()),
     );
     let all: Vec<usize> = (0..mine.len()).collect();
-    GbdtData::new(options.loss, options.depth, features(), &cols, &all, "y").unwrap()
+    GbdtData::new(options, features(), &cols, &all, "y", SALT, 0).unwrap()
 }
 
 fn federated(rows: &[Row], sites: usize, options: GbdtOptions, k: u64) -> Result<GbdtResult> {
@@ -303,6 +306,8 @@ fn small(loss: Loss) -> GbdtOptions {
         learning_rate: 0.3,
         lambda: 1.0,
         min_child_weight: 0.5,
+        validation: 0.0,
+        early_stopping: None,
     }
 }
 
@@ -588,4 +593,100 @@ fn features_of(
 ) -> Vec<Feature> {
     let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
     super::features(d, &names, 32, edges).unwrap()
+}
+
+/// Held-out patients never train, their loss is the model's on them
+/// tree by tree, and training stops once it has not improved for the
+/// patience asked, keeping the trees up to its best.
+#[test]
+fn early_stopping_keeps_the_trees_up_to_the_best_held_out_loss() {
+    let rows = some_rows(900, 3);
+    let o = GbdtOptions {
+        trees: 60,
+        learning_rate: 1.0,
+        validation: 0.3,
+        early_stopping: Some(3),
+        ..small(Loss::Logistic)
+    };
+    let got = federated(&rows, 3, o, 5).unwrap();
+    let why = got.stopped.clone().expect("stopped early");
+    assert!(why.starts_with("stopped early"), "{why}");
+    let kept = got.model.trees.len();
+    let measured = got.validation_loss.len();
+    assert_eq!(measured, kept + 4, "{why}");
+    // Which patients each site held out, as the nodes decide it.
+    let mut held = Vec::new();
+    let mut training = Vec::new();
+    for site in 0..3 {
+        for (i, r) in rows.iter().filter(|r| r.site == site).enumerate() {
+            if held_out(SALT, i, 0.3) {
+                held.push(r);
+            } else {
+                training.push(r);
+            }
+        }
+    }
+    assert_eq!(got.validation_n as usize, held.len());
+    assert_eq!(got.n as usize, training.len());
+    let mean = training.iter().map(|r| r.y).sum::<f64>() / training.len() as f64;
+    assert!((got.model.base_score - (mean / (1.0 - mean)).ln()).abs() < 1e-12);
+    // Every measured loss is the truncated model's on the held-out rows;
+    // the kept model's is the lowest.
+    let mut all = got.model.clone();
+    let full = federated(
+        &rows,
+        3,
+        GbdtOptions {
+            trees: measured as u32,
+            early_stopping: None,
+            ..o
+        },
+        5,
+    )
+    .unwrap();
+    assert_eq!(&full.model.trees[..kept], &got.model.trees[..]);
+    for (t, want) in got.validation_loss.iter().enumerate() {
+        all.trees = full.model.trees[..t].to_vec();
+        let loss = held
+            .iter()
+            .map(|r| Loss::Logistic.loss(all.score(&values(r)), r.y))
+            .sum::<f64>()
+            / held.len() as f64;
+        assert!((loss - want).abs() < 1e-12, "tree {t}: {loss} vs {want}");
+    }
+    let best = got
+        .validation_loss
+        .iter()
+        .cloned()
+        .fold(f64::INFINITY, f64::min);
+    assert_eq!(got.validation_loss[kept], best);
+    // Too few patients to hold out at a site: refused, naming the rule.
+    let few = some_rows(12, 1);
+    let opts = GbdtOptions {
+        validation: 0.3,
+        ..small(Loss::Logistic)
+    };
+    let mine: Vec<&Row> = few.iter().collect();
+    let mut cols = Columns::new();
+    cols.insert(
+        "x0".into(),
+        ColumnData::Numeric(mine.iter().map(|r| r.x0).collect()),
+    );
+    cols.insert(
+        "x1".into(),
+        ColumnData::Numeric(mine.iter().map(|r| r.x1).collect()),
+    );
+    cols.insert(
+        "c".into(),
+        ColumnData::Levels(mine.iter().map(|r| r.level).collect()),
+    );
+    cols.insert(
+        "y".into(),
+        ColumnData::Numeric(mine.iter().map(|r| r.y).collect()),
+    );
+    let all_rows: Vec<usize> = (0..few.len()).collect();
+    let e = GbdtData::new(&opts, features(), &cols, &all_rows, "y", SALT, 5)
+        .err()
+        .expect("refused");
+    assert!(e.message.starts_with("validation rule:"), "{e}");
 }
