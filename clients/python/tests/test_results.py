@@ -156,3 +156,42 @@ def test_by_site_values():
     r = result_from_json(raw)
     assert r.by_site["hospital-a"].n == 1200
     assert r.by_site_errors == {"hospital-c": "disclosure: fewer than 5"}
+
+
+def test_gbdt_importance_and_scoring():
+    # A model of one tree: bmi < 25 goes left (-0.5); then age < 60 (0.25) or not (0.75).
+    model = {
+        "loss": "logistic",
+        "base_score": -1.0,
+        "learning_rate": 0.1,
+        "features": [
+            {"name": "age", "variable": "age", "thresholds": [50.0, 60.0]},
+            {"name": "bmi", "variable": "bmi", "thresholds": [25.0]},
+        ],
+        "trees": [{"slots": [
+            {"split": {"feature": 1, "threshold": 0}},
+            {"leaf": {"value": -0.5}},
+            {"split": {"feature": 0, "threshold": 1}},
+            "empty", "empty",
+            {"leaf": {"value": 0.25}},
+            {"leaf": {"value": 0.75}},
+        ]}],
+    }
+    r = result_from_json({
+        "value": {"kind": "gbdt", "model": model, "n": 900, "rounds": 3,
+                  "training_loss": [0.6, 0.5], "validation_n": 100, "validation_loss": [0.61, 0.55],
+                  "importance": [{"feature": "bmi", "splits": 1, "gain": 3.0},
+                                 {"feature": "age", "splits": 1, "gain": 1.0}]},
+        "provenance": {"nodes": [], "answered": 3, "min_nodes": 2, "min_cell_size": 5}})
+    assert isinstance(r, plexus.GbdtResult)
+    t = r.tidy()
+    assert list(t.columns) == ["feature", "splits", "gain", "share"]
+    assert t.loc[0, "feature"] == "bmi" and t.loc[0, "share"] == 0.75
+    assert r.feature_names == ["age", "bmi"]
+    assert r.score([[40, 20], [55, 30], [70, 30], [60, 25]]) == [-1.5, -0.75, -0.25, -0.25]
+    p = r.predict([[55, 30]])[0]
+    assert abs(p - 1 / (1 + math.exp(0.75))) < 1e-15
+    g = r.glance()
+    assert g.loc[0, "trees"] == 1 and g.loc[0, "validation_loss"] == 0.55
+    with pytest.raises(ValueError, match="2 features"):
+        r.score([[1.0]])

@@ -25,6 +25,7 @@ from .network import Network
 from .results import (
     CountResult,
     CoxResult,
+    GbdtResult,
     GlmResult,
     HistogramResult,
     KmResult,
@@ -53,6 +54,7 @@ __all__ = [
     "GlmResult",
     "CoxResult",
     "KmResult",
+    "GbdtResult",
     "Provenance",
     "result_from_json",
     "PlexusError",

@@ -580,6 +580,89 @@ def _fmt(x: Any) -> str:
     return "NA" if x is None else f"{x:.6g}" if isinstance(x, float) else str(x)
 
 
+class GbdtResult(Result):
+    """Gradient-boosted trees trained across the sites.
+
+    ``tidy()`` gives each feature's splits and gain; :attr:`model` is the
+    trained ensemble as Plexus returns it (save it with :meth:`save_model`,
+    or as ONNX with ``plexus query --save-model model.onnx``);
+    :meth:`predict` scores rows of feature values with it.
+    """
+
+    kind = "gbdt"
+
+    @property
+    def model(self) -> Dict[str, Any]:
+        """The ensemble: ``loss``, ``base_score``, ``learning_rate``, ``features``, ``trees``."""
+        return dict(self.value.get("model") or {})
+
+    @property
+    def feature_names(self) -> List[str]:
+        """The model's features in its input order (``smoking=current`` for a level's indicator)."""
+        return [f["name"] for f in self.model.get("features", [])]
+
+    def tidy(self, **_: Any) -> pd.DataFrame:
+        """One row per feature that splits: feature, splits, gain, share of the total gain."""
+        rows = [dict(i) for i in self.value.get("importance", [])]
+        total = sum(r["gain"] for r in rows) or 1.0
+        for r in rows:
+            r["share"] = r["gain"] / total
+        return pd.DataFrame(rows, columns=["feature", "splits", "gain", "share"])
+
+    def _glance_fields(self) -> Dict[str, Any]:
+        training = self.value.get("training_loss") or []
+        validation = self.value.get("validation_loss") or []
+        return {
+            "n": self.value.get("n"),
+            "trees": len(self.model.get("trees", [])),
+            "loss": self.model.get("loss"),
+            "rounds": self.value.get("rounds"),
+            "training_loss": training[-1] if training else None,
+            "validation_n": self.value.get("validation_n"),
+            "validation_loss": min(validation) if validation else None,
+            "stopped": self.value.get("stopped"),
+        }
+
+    def score(self, rows: Sequence[Sequence[float]]) -> List[float]:
+        """Each row's score: the base score plus its leaf in every tree (rows hold the features in :attr:`feature_names` order: numbers as they are, indicators 0 or 1)."""
+        model = self.model
+        features = model["features"]
+        out = []
+        for row in rows:
+            if len(row) != len(features):
+                raise ValueError(f"a row has {len(row)} values for {len(features)} features ({', '.join(self.feature_names)})")
+            bins = [sum(1 for t in f["thresholds"] if t <= v) for f, v in zip(features, row)]
+            total = model["base_score"]
+            for tree in model["trees"]:
+                slots = tree["slots"]
+                s = 0
+                while isinstance(slots[s], dict) and "split" in slots[s]:
+                    split = slots[s]["split"]
+                    s = 2 * s + 1 if bins[split["feature"]] <= split["threshold"] else 2 * s + 2
+                if isinstance(slots[s], dict) and "leaf" in slots[s]:
+                    total += slots[s]["leaf"]["value"]
+            out.append(total)
+        return out
+
+    def predict(self, rows: Sequence[Sequence[float]]) -> List[float]:
+        """Each row's prediction: a probability for a logistic loss, the outcome's value for a squared one."""
+        scores = self.score(rows)
+        if self.model.get("loss") == "logistic":
+            return [1.0 / (1.0 + math.exp(-s)) for s in scores]
+        return scores
+
+    def save_model(self, path: str) -> None:
+        """Writes the model's JSON to ``path``."""
+        import json
+
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(self.model, f, indent=2)
+
+    def __repr__(self) -> str:
+        g = self._glance_fields()
+        return f"<GbdtResult {g['trees']} trees ({g['loss']}), n={g['n']}: {self._repr_header()}>"
+
+
 _CLASSES: Dict[str, Type[Result]] = {
     "count": CountResult,
     "summary": SummaryResult,
@@ -588,6 +671,7 @@ _CLASSES: Dict[str, Type[Result]] = {
     "glm": GlmResult,
     "cox": CoxResult,
     "kaplan_meier": KmResult,
+    "gbdt": GbdtResult,
 }
 
 
