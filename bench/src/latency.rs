@@ -55,6 +55,7 @@ const QUERIES: &[(&str, &str)] = &[
 /// The centralised baseline applies no disclosure control of its own.
 const LIMITS: Limits = Limits {
     private: false,
+    holdout_salt: 0,
     k: 1,
     max_parameter_share: 1.0,
 };

@@ -89,6 +89,7 @@ const GLM: &str = r#"{"analysis": {"glm": {"family": "binomial", "outcome": "dea
 
 const LIMITS: Limits = Limits {
     private: false,
+    holdout_salt: 0,
     k: 5,
     max_parameter_share: 0.33,
 };

@@ -481,7 +481,7 @@ impl JobRunner {
             }
         };
         let remaining = job.deadline_unix_ms - self.now_ms();
-        let limits = self.limits(&checked);
+        let limits = self.limits(&checked, &job.study_id);
         let remaining = Duration::from_millis(remaining.max(0) as u64);
         let late = || Error::unavailable("the job ran past its deadline at this node");
         // Under secure aggregation the computation may have started with
@@ -583,12 +583,26 @@ impl JobRunner {
     }
 
     /// What the computation of a checked job may release.
-    pub(crate) fn limits(&self, checked: &Checked) -> Limits {
+    pub(crate) fn limits(&self, checked: &Checked, study_id: &str) -> Limits {
         Limits {
             k: checked.rules.k,
             max_parameter_share: self.config.policy.max_parameter_share,
             private: matches!(checked.protection, Protection::Private { .. }),
+            holdout_salt: self.holdout_salt(study_id),
         }
+    }
+
+    /// The salt of the patients a study's models hold out for validation
+    /// here: a secret of this node fixed per study, so neither the
+    /// coordinator nor a researcher can know or redraw which patients are
+    /// held out (a salt they chose would let them difference the sums of
+    /// many draws down to one patient).
+    pub fn holdout_salt(&self, study_id: &str) -> u64 {
+        let secret = self
+            .log
+            .secret(&crate::log::holdout_label(study_id))
+            .unwrap_or_default();
+        u64::from_le_bytes(secret[..8].try_into().expect("8 bytes"))
     }
 
     /// The key a released answer is kept under: the study, the query's

@@ -194,6 +194,15 @@ impl JobLog {
         &self.path
     }
 
+    /// A secret of this node for `label`, derived from its audit key (an
+    /// Ed25519 signature is a deterministic function of key and message
+    /// nobody else can compute): the same across restarts, unknown to the
+    /// coordinator and researchers. `None` for a log opened without the
+    /// key.
+    pub fn secret(&self, label: &str) -> Option<[u8; 32]> {
+        self.key.as_ref().map(|k| secret_of(k, label))
+    }
+
     /// Appends one entry, durably (written and synced) before it returns.
     /// The entry is written under the log's lock and synced after it, so
     /// the entries of jobs running at once share one sync (group commit).
@@ -414,6 +423,28 @@ impl JobLog {
 }
 
 /// The node's audit key in `dir`, made on first use.
+/// [`JobLog::secret`] for `key`.
+fn secret_of(key: &plexus_tls::SigningKey, label: &str) -> [u8; 32] {
+    let signature = key.sign(format!("plexus node secret v1\0{label}").as_bytes());
+    let digest = ring::digest::digest(&ring::digest::SHA256, &signature);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest.as_ref());
+    out
+}
+
+/// The salt of the patients a study's models hold out for validation at
+/// the node whose state folder is `dir` ([`crate::job::JobRunner::holdout_salt`]),
+/// for tests that check what a node computed.
+pub fn holdout_salt(dir: &Path, study_id: &str) -> std::io::Result<u64> {
+    let secret = secret_of(audit_key(dir)?.as_ref(), &holdout_label(study_id));
+    Ok(u64::from_le_bytes(secret[..8].try_into().expect("8 bytes")))
+}
+
+/// The label of a study's holdout secret.
+pub(crate) fn holdout_label(study_id: &str) -> String {
+    format!("gbdt holdout\0{study_id}")
+}
+
 pub(crate) fn audit_key(dir: &Path) -> std::io::Result<Arc<plexus_tls::SigningKey>> {
     std::fs::create_dir_all(dir)?;
     let (key_path, _) = plexus_tls::signing_key_files(dir, AUDIT_KEY_STEM);

@@ -121,7 +121,7 @@ pub fn gbdt_to_onnx(model: &GbdtModel) -> Vec<u8> {
             let (feature, threshold, mode, left, right) = match *slot {
                 Slot::Split { feature, threshold } => (
                     i64::from(feature),
-                    model.features[feature as usize].thresholds[threshold as usize] as f32,
+                    threshold_f32(model.features[feature as usize].thresholds[threshold as usize]),
                     "BRANCH_LT",
                     id[2 * s + 1],
                     id[2 * s + 2],
@@ -223,6 +223,18 @@ pub fn gbdt_to_onnx(model: &GbdtModel) -> Vec<u8> {
         ..Default::default()
     };
     prost::Message::encode_to_vec(&model_proto)
+}
+
+/// The smallest float32 at or above `t`: a float32 input is below it
+/// exactly when it is below `t`, so the ONNX trees send every value
+/// representable in float32 the way Plexus does.
+fn threshold_f32(t: f64) -> f32 {
+    let r = t as f32;
+    if f64::from(r) < t {
+        r.next_up()
+    } else {
+        r
+    }
 }
 
 #[derive(Default)]

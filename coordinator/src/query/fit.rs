@@ -178,6 +178,7 @@ pub(super) async fn fit(plan: &Plan<'_>, nodes: Vec<String>, min_nodes: u32) -> 
     let mut outside: Vec<NodeOutcome> = Vec::new();
     let mut notes = Vec::new();
     let mut round = 0u32;
+    let mut restarts = 0u32;
     let mut round_ms = Vec::new();
     // Under secure aggregation: the session whose roster the rounds use,
     // until a node is lost (then a restart needs fresh keys).
@@ -186,9 +187,10 @@ pub(super) async fn fit(plan: &Plan<'_>, nodes: Vec<String>, min_nodes: u32) -> 
         round += 1;
         // Step halving and restarts add rounds beyond max_iterations; this
         // bounds them all. A GBDT takes one round per level of each tree.
+        // A fit started again without a lost node gets its rounds again.
         let limit = match plan.query.analysis.gbdt_options() {
-            Some(o) => 1 + o.trees * o.depth,
-            None => 4 * plexus_core::query::MAX_ITERATIONS,
+            Some(o) => (1 + o.trees * o.depth) * (restarts + 1),
+            None => 4 * plexus_core::query::MAX_ITERATIONS * (restarts + 1),
         };
         if round > limit {
             return Err(Error::invalid(format!(
@@ -288,6 +290,7 @@ pub(super) async fn fit(plan: &Plan<'_>, nodes: Vec<String>, min_nodes: u32) -> 
                 outside.push(o);
             }
             participants = remaining;
+            restarts += 1;
             fitter = Fitter::new(plan.query, &plan.dictionary, private)?;
             iteration = fitter.start();
             continue;

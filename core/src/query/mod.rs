@@ -288,9 +288,10 @@ pub enum Analysis {
         /// Cut points of numeric covariates, instead of even bins.
         #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
         edges: BTreeMap<String, Vec<f64>>,
-        /// Share of each site's patients held out to measure the loss on.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        validation: Option<f64>,
+        /// Hold out a fixed share of each site's patients
+        /// ([`gbdt::VALIDATION_SHARE`]) to measure the loss on.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        validation: bool,
         /// Trees without improvement of the held-out loss before stopping.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         early_stopping: Option<u32>,
@@ -470,7 +471,11 @@ impl Analysis {
             learning_rate: learning_rate.unwrap_or(gbdt::DEFAULT_LEARNING_RATE),
             lambda: lambda.unwrap_or(gbdt::DEFAULT_LAMBDA),
             min_child_weight: min_child_weight.unwrap_or(gbdt::DEFAULT_MIN_CHILD_WEIGHT),
-            validation: validation.unwrap_or(0.0),
+            validation: if *validation {
+                gbdt::VALIDATION_SHARE
+            } else {
+                0.0
+            },
             early_stopping: *early_stopping,
         })
     }

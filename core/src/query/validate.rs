@@ -99,16 +99,10 @@ pub(super) fn analysis(analysis: &Analysis, dict: &Dictionary) -> Result<()> {
                     )));
                 }
             }
-            if validation.is_some_and(|v| !(v > 0.0 && v <= gbdt::MAX_VALIDATION)) {
-                return Err(Error::invalid(format!(
-                    "gbdt \"validation\" (the share of patients held out) must be above 0 and at most {}",
-                    gbdt::MAX_VALIDATION
-                )));
-            }
             within("early_stopping", *early_stopping, 1, gbdt::MAX_TREES)?;
-            if early_stopping.is_some() && validation.is_none() {
+            if early_stopping.is_some() && !*validation {
                 return Err(Error::invalid(
-                    "gbdt \"early_stopping\" needs \"validation\", the share of patients held out to measure the loss on",
+                    "gbdt \"early_stopping\" needs \"validation\": true, which holds out patients to measure the loss on",
                 ));
             }
             analysis.gbdt_features(dict).map(|_| ())

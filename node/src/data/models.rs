@@ -32,6 +32,9 @@ pub struct Limits {
     /// dictionary's bounds and deviance terms clipped, so every patient's
     /// contribution has the bound the noise is calibrated to.
     pub private: bool,
+    /// The node's secret salt of the patients a model holds out for
+    /// validation in this study.
+    pub holdout_salt: u64,
 }
 
 /// A regression's data, checked and ready for any number of rounds.
@@ -260,7 +263,7 @@ fn prepare_trees(
         columns,
         rows,
         outcome,
-        plexus_core::models::gbdt::salt(analysis),
+        limits.holdout_salt,
         u64::from(limits.k),
     )?)))
 }
@@ -405,7 +408,9 @@ fn finite(stats: &RawStats) -> bool {
             .chain([&c.loglik])
             .all(|v| v.is_finite()),
         RawStats::Gbdt(g) => {
-            [g.sum_y, g.loss].iter().all(|v| v.is_finite())
+            [g.sum_y, g.loss, g.validation_loss]
+                .iter()
+                .all(|v| v.is_finite())
                 && g.slots.iter().all(|s| {
                     s.features
                         .iter()
@@ -529,6 +534,7 @@ mod tests {
             k: 5,
             max_parameter_share: 0.33,
             private: false,
+            holdout_salt: 0,
         };
         round(&poisson(), &analysis, &it, limits)
     }

@@ -117,7 +117,10 @@ impl JobRunner {
                 checked.purpose.clone(),
                 checked.scope.clone(),
             );
-            let (limits, iteration) = (self.limits(checked), checked.iteration.clone());
+            let (limits, iteration) = (
+                self.limits(checked, &job.study_id),
+                checked.iteration.clone(),
+            );
             let task = tokio::spawn(async move {
                 data.compute_apart(&scope, &query, &purpose, today, limits, iteration.as_ref())
                     .await

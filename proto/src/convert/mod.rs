@@ -404,7 +404,7 @@ mod tests {
             r#"{"analysis": {"gbdt": {"outcome": "death", "covariates": ["age", "smoking"]}}}"#,
             r#"{"analysis": {"gbdt": {"loss": "squared", "outcome": "sbp", "covariates": ["age", "bmi"],
                 "trees": 20, "depth": 3, "learning_rate": 0.3, "lambda": 0.5, "min_child_weight": 2,
-                "bins": 16, "edges": {"bmi": [18.5, 25, 30]}, "validation": 0.2, "early_stopping": 5}}}"#,
+                "bins": 16, "edges": {"bmi": [18.5, 25, 30]}, "validation": true, "early_stopping": 5}}}"#,
         ] {
             let q = Query::from_json(json).unwrap();
             assert_eq!(Query::try_from(pb::Query::from(&q)).unwrap(), q, "{json}");

@@ -68,6 +68,7 @@ fn limits() -> Limits {
         k: 5,
         max_parameter_share: 0.33,
         private: false,
+        holdout_salt: 0,
     }
 }
 

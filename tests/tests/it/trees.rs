@@ -18,7 +18,7 @@ use plexus_tests::{ask, consenting, sandbox, today, Sandbox, SandboxOptions};
 const QUERY: &str = r#"{"cohort": {"compare": {"variable": "hypertension", "op": "=", "value": true}},
     "analysis": {"gbdt": {"outcome": "death",
         "covariates": ["age", "sex", "smoking", "diabetes", "bmi", "aaa_diameter"],
-        "trees": 12, "depth": 3, "learning_rate": 0.3, "bins": 16, "validation": 0.2}}}"#;
+        "trees": 12, "depth": 3, "learning_rate": 0.3, "bins": 16, "validation": true}}}"#;
 
 /// The exact validation study, allowing boosted trees.
 fn trees_study() -> StudyDefinition {
@@ -129,7 +129,8 @@ async fn boosted_trees_through_the_network_equal_the_protocol_on_the_union() {
                 &cols,
                 &rows,
                 "death",
-                plexus_core::models::gbdt::salt(&query.analysis),
+                plexus_node::log::holdout_salt(&sb.node_configs[&s.name].node.state_dir, &study.id)
+                    .unwrap(),
                 5,
             )
             .unwrap(),

@@ -110,6 +110,7 @@ fn limits() -> Limits {
         k: 5,
         max_parameter_share: 0.33,
         private: false,
+        holdout_salt: 0,
     }
 }
 
@@ -199,6 +200,7 @@ async fn every_analysis_on_postgres_equals_the_parquet_node() {
     // public bounds first, and a missing value stays missing.
     let private = Limits {
         private: true,
+        holdout_salt: 0,
         ..limits()
     };
     for cohort in ["null", COHORTS[3], COHORTS[4]] {
@@ -441,6 +443,7 @@ async fn extreme_values_in_postgres_never_fail_a_query() {
     let hmb = Purpose::from_parts("HMB", "", &[]).unwrap();
     let private = Limits {
         private: true,
+        holdout_salt: 0,
         ..limits()
     };
     for analysis in [

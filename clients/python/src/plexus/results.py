@@ -648,7 +648,7 @@ class GbdtResult(Result):
         """Each row's prediction: a probability for a logistic loss, the outcome's value for a squared one."""
         scores = self.score(rows)
         if self.model.get("loss") == "logistic":
-            return [1.0 / (1.0 + math.exp(-s)) for s in scores]
+            return [1.0 / (1.0 + math.exp(-s)) if s >= 0 else math.exp(s) / (1.0 + math.exp(s)) for s in scores]
         return scores
 
     def save_model(self, path: str) -> None:

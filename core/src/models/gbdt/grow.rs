@@ -145,12 +145,12 @@ pub struct GbdtTrainer {
     /// The lowest held-out loss so far and the trees it was measured
     /// after.
     best: Option<(f64, usize)>,
-    importance: Vec<(u32, f64)>,
+    /// Each tree's splits (feature, gain), the one being grown last.
+    gains: Vec<Vec<(u32, f64)>>,
 }
 
 impl GbdtTrainer {
     pub fn new(options: GbdtOptions, features: Vec<Feature>) -> Self {
-        let importance = vec![(0, 0.0); features.len()];
         GbdtTrainer {
             growing: Tree::open_root(options.depth),
             options,
@@ -163,7 +163,7 @@ impl GbdtTrainer {
             validation_n: 0,
             validation_loss: Vec::new(),
             best: None,
-            importance,
+            gains: vec![Vec::new()],
         }
     }
 
@@ -199,10 +199,16 @@ impl GbdtTrainer {
     }
 
     fn done(&mut self, stopped: Option<String>) -> GbdtResult {
+        // The kept trees' splits only (early stopping drops the last ones).
+        let mut per_feature = vec![(0u32, 0.0f64); self.features.len()];
+        for (f, gain) in self.gains.iter().take(self.trees.len()).flatten() {
+            per_feature[*f as usize].0 += 1;
+            per_feature[*f as usize].1 += gain;
+        }
         let mut importance: Vec<Importance> = self
             .features
             .iter()
-            .zip(&self.importance)
+            .zip(&per_feature)
             .filter(|(_, (splits, _))| *splits > 0)
             .map(|(f, (splits, gain))| Importance {
                 feature: f.name.clone(),
@@ -308,9 +314,9 @@ impl IterativeFit for GbdtTrainer {
                         feature: c.feature,
                         threshold: c.threshold,
                     };
-                    let counted = &mut self.importance[c.feature as usize];
-                    counted.0 += 1;
-                    counted.1 += c.gain;
+                    if let Some(tree) = self.gains.last_mut() {
+                        tree.push((c.feature, c.gain));
+                    }
                     if level + 1 == depth {
                         self.growing.slots[2 * s + 1] = Slot::Leaf {
                             value: leaf_value(&c.left, &self.options),
@@ -334,6 +340,7 @@ impl IterativeFit for GbdtTrainer {
             return Ok(Step::Next(self.iteration()));
         }
         let tree = std::mem::replace(&mut self.growing, Tree::open_root(depth));
+        self.gains.push(Vec::new());
         let stump = matches!(tree.slots[0], Slot::Leaf { .. });
         self.trees.push(tree);
         if stump {

@@ -18,24 +18,87 @@ use crate::models::design::{ColumnData, Columns};
 /// patients (when the whole does), and so does each side of a split at
 /// any end. With `k = 0` every bin is its own segment.
 pub fn segment_ends(counts: &[u64], k: u64) -> Vec<u32> {
-    let total: u64 = counts.iter().sum();
+    joint_ends(&[counts], &[], k, None)
+}
+
+/// The ends of segments that hold for several histograms of the same bins
+/// at once: every segment (and what remains after each end) holds at
+/// least `k` patients of each `strict` histogram, and none or at least `k`
+/// of each `loose` one; an end must also be one of `allowed` when given.
+/// Greedy, left to right; the last bin always ends the last segment.
+///
+/// A node cuts a tree node's histograms this way with its sibling's
+/// (both children of one split share their ends) and within its parent's
+/// ends, so that no difference of what it released over the tree's levels
+/// isolates fewer than `k` patients; the held-out patients are a loose
+/// histogram, so each side of every split holds none or at least `k`.
+pub fn joint_ends(
+    strict: &[&[u64]],
+    loose: &[&[u64]],
+    k: u64,
+    allowed: Option<&[u32]>,
+) -> Vec<u32> {
+    let bins = strict
+        .iter()
+        .chain(loose)
+        .map(|c| c.len())
+        .max()
+        .unwrap_or(0);
+    let totals = |hs: &[&[u64]]| -> Vec<u64> { hs.iter().map(|c| c.iter().sum()).collect() };
+    let (strict_total, loose_total) = (totals(strict), totals(loose));
+    let mut strict_acc = vec![0u64; strict.len()];
+    let mut strict_seen = vec![0u64; strict.len()];
+    let mut loose_acc = vec![0u64; loose.len()];
+    let mut loose_seen = vec![0u64; loose.len()];
+    let loose_ok = |n: u64| n == 0 || n >= k;
     let mut ends = Vec::new();
-    let (mut acc, mut seen) = (0u64, 0u64);
-    for (b, &c) in counts.iter().enumerate() {
-        acc += c;
-        seen += c;
-        if b + 1 == counts.len() || (acc >= k && total - seen >= k) {
+    for b in 0..bins {
+        for (i, c) in strict.iter().enumerate() {
+            strict_acc[i] += c[b];
+            strict_seen[i] += c[b];
+        }
+        for (i, c) in loose.iter().enumerate() {
+            loose_acc[i] += c[b];
+            loose_seen[i] += c[b];
+        }
+        if b + 1 == bins {
             ends.push(b as u32);
-            acc = 0;
+            break;
+        }
+        let permitted = allowed.is_none_or(|a| a.binary_search(&(b as u32)).is_ok());
+        let ok = permitted
+            && (0..strict.len())
+                .all(|i| strict_acc[i] >= k && strict_total[i] - strict_seen[i] >= k)
+            && (0..loose.len())
+                .all(|i| loose_ok(loose_acc[i]) && loose_ok(loose_total[i] - loose_seen[i]));
+        if ok {
+            ends.push(b as u32);
+            strict_acc.iter_mut().for_each(|a| *a = 0);
+            loose_acc.iter_mut().for_each(|a| *a = 0);
         }
     }
     ends
 }
 
+/// Patients per bin of one tree node and feature: training and held out.
+#[derive(Clone, Default)]
+struct Counts {
+    training: Vec<u64>,
+    held: Vec<u64>,
+}
+
+/// What a node released (or would) for the tree being grown, kept between
+/// its rounds: each patient's slot, the level routed to, and each routed
+/// tree node's segment ends per feature (empty where not computed).
+struct Walk {
+    tree: Tree,
+    slot: Vec<u32>,
+    level: u32,
+    ends: Vec<Vec<Vec<u32>>>,
+}
+
 /// Scores under the trees applied so far, with each patient's gradient
-/// and hessian at them, and where the patients are in the tree being
-/// grown: a round of the next level moves only the patients of the tree
-/// nodes split since.
+/// and hessian at them, and the walk of the tree being grown.
 struct Scores {
     base: f64,
     trees: Vec<Tree>,
@@ -44,9 +107,7 @@ struct Scores {
     h: Vec<f64>,
     loss: f64,
     validation: f64,
-    /// The tree being grown as last routed, the slot of each patient in
-    /// it, and the level its open nodes were on.
-    growing: Option<(Tree, Vec<u32>, u32)>,
+    growing: Option<Walk>,
 }
 
 /// Whether `new` is `old` with decisions taken at `old`'s open nodes (and
@@ -149,9 +210,10 @@ impl GbdtData {
     /// One round: the outcome's sums in the first, else the histograms of
     /// the growing tree's open nodes at the scores of the finished trees.
     /// With `k > 0`, every split of every tree must be at one of this
-    /// node's own segment ends for its tree node, or the round is refused:
-    /// a split anywhere else could put fewer than `k` patients on one
-    /// side, or tell apart two sets that differ by fewer than `k`.
+    /// node's own segment ends for its tree node (as [`joint_ends`] cuts
+    /// them down the tree), or the round is refused: a split anywhere else
+    /// could put fewer than `k` patients on one side, or tell apart two
+    /// sets that differ by fewer than `k`.
     pub fn round(&self, round: &GbdtRound, k: u64) -> Result<GbdtStats> {
         let training = || self.y.iter().zip(&self.held_out).filter(|(_, h)| !**h);
         let n = training().count() as u64;
@@ -198,9 +260,16 @@ impl GbdtData {
         }
         let scores = guard.as_mut().expect("scores were just set");
         let applied = scores.trees.len();
+        // Checked whole before any is applied, so a refused job leaves the
+        // scores as they were.
+        let mut walks = Vec::new();
+        let mut from = scores.growing.take();
         for (i, t) in round.trees.iter().enumerate().skip(applied) {
-            let slot = self.route(t, k, i, None)?;
-            for (f, s) in scores.f.iter_mut().zip(&slot) {
+            let earlier = from.take().filter(|w| extends(&w.tree, t));
+            walks.push(self.walk(t, k, i, earlier)?);
+        }
+        for (t, w) in round.trees.iter().skip(applied).zip(walks) {
+            for (f, s) in scores.f.iter_mut().zip(&w.slot) {
                 if let Slot::Leaf { value } = t.slots[*s as usize] {
                     *f += value;
                 }
@@ -222,16 +291,12 @@ impl GbdtData {
                 }
             }
             (scores.g, scores.h, scores.loss, scores.validation) = (g, h, loss, validation);
-            scores.growing = None;
+            from = None;
         }
+        let earlier = from.filter(|w| extends(&w.tree, growing));
+        let mut walk = self.walk(growing, k, round.trees.len(), earlier)?;
         let (g, h, loss, validation_loss) = (&scores.g, &scores.h, scores.loss, scores.validation);
 
-        let slot = match scores.growing.take() {
-            Some((old, slot, level)) if extends(&old, growing) => {
-                self.route(growing, k, round.trees.len(), Some((slot, level)))?
-            }
-            _ => self.route(growing, k, round.trees.len(), None)?,
-        };
         let open = growing.open();
         // The open nodes' positions, by slot.
         let mut index = vec![usize::MAX; growing.slots.len()];
@@ -239,14 +304,16 @@ impl GbdtData {
             index[*s as usize] = i;
         }
         // Each patient's open node, by position (none: in a leaf).
-        let at: Vec<usize> = slot
-            .iter()
-            .zip(&self.held_out)
-            .map(|(s, out)| if *out { usize::MAX } else { index[*s as usize] })
-            .collect();
+        let at: Vec<usize> = walk.slot.iter().map(|s| index[*s as usize]).collect();
         let mut totals = vec![Sums::default(); open.len()];
+        let mut held_totals = vec![0u64; open.len()];
         for (r, &i) in at.iter().enumerate() {
-            if i != usize::MAX {
+            if i == usize::MAX {
+                continue;
+            }
+            if self.held_out[r] {
+                held_totals[i] += 1;
+            } else {
                 totals[i].add(&Sums {
                     n: 1,
                     g: g[r],
@@ -254,41 +321,58 @@ impl GbdtData {
                 });
             }
         }
-        let mut slots: Vec<SlotStats> = open
-            .iter()
-            .zip(&totals)
-            .map(|(s, t)| SlotStats {
-                slot: *s,
-                total: *t,
-                features: Vec::with_capacity(self.features.len()),
-            })
-            .collect();
         for (i, t) in totals.iter().enumerate() {
-            if t.n < k {
+            if t.n < k || (held_totals[i] > 0 && held_totals[i] < k) {
                 return Err(Error::disclosure(format!(
                     "tree rule: node {} of the tree being grown holds fewer than {k} patients at this hospital; refused",
                     open[i]
                 )));
             }
         }
+        let mut hists: Vec<Vec<Sums>> = Vec::with_capacity(self.features.len());
+        let mut counts: Vec<Vec<Counts>> =
+            vec![Vec::with_capacity(self.features.len()); open.len()];
         for (feature, column) in self.features.iter().zip(&self.bins) {
             let width = feature.bins();
             let mut hist = vec![Sums::default(); open.len() * width];
+            let mut held = vec![0u64; open.len() * width];
             for (r, &i) in at.iter().enumerate() {
-                if i != usize::MAX {
-                    let cell = &mut hist[i * width + usize::from(column[r])];
+                if i == usize::MAX {
+                    continue;
+                }
+                let b = i * width + usize::from(column[r]);
+                if self.held_out[r] {
+                    held[b] += 1;
+                } else {
+                    let cell = &mut hist[b];
                     cell.n += 1;
                     cell.g += g[r];
                     cell.h += h[r];
                 }
             }
-            for (i, out) in slots.iter_mut().enumerate() {
-                let bins = &hist[i * width..(i + 1) * width];
-                let counts: Vec<u64> = bins.iter().map(|b| b.n).collect();
+            for (i, c) in counts.iter_mut().enumerate() {
+                c.push(Counts {
+                    training: hist[i * width..(i + 1) * width]
+                        .iter()
+                        .map(|s| s.n)
+                        .collect(),
+                    held: held[i * width..(i + 1) * width].to_vec(),
+                });
+            }
+            hists.push(hist);
+        }
+        let level = open.first().map_or(0, |s| Tree::level_of(*s as usize));
+        let position = |s: usize| index[s];
+        let mut slots = Vec::with_capacity(open.len());
+        for (i, &s) in open.iter().enumerate() {
+            let ends = self.ends_of(growing, s as usize, &position, &counts, &walk.ends, k);
+            let mut features = Vec::with_capacity(self.features.len());
+            for (f, feature) in self.features.iter().enumerate() {
+                let width = feature.bins();
+                let bins = &hists[f][i * width..(i + 1) * width];
                 let mut seg = Segments::default();
                 let mut acc = Sums::default();
-                let ends = segment_ends(&counts, k);
-                let mut next = ends.iter().peekable();
+                let mut next = ends[f].iter().peekable();
                 for (b, sums) in bins.iter().enumerate() {
                     acc.add(sums);
                     if next.peek().is_some_and(|e| **e as usize == b) {
@@ -298,11 +382,17 @@ impl GbdtData {
                         acc = Sums::default();
                     }
                 }
-                out.features.push(seg);
+                features.push(seg);
             }
+            walk.ends[s as usize] = ends;
+            slots.push(SlotStats {
+                slot: s,
+                total: totals[i],
+                features,
+            });
         }
-        let level = open.first().map_or(0, |s| Tree::level_of(*s as usize));
-        scores.growing = Some((growing.clone(), slot, level));
+        walk.level = level;
+        scores.growing = Some(walk);
         Ok(GbdtStats {
             n,
             sum_y,
@@ -313,22 +403,103 @@ impl GbdtData {
         })
     }
 
-    /// The slot each patient ends in under `tree`, checking level by level
-    /// (with `k > 0`) that each split is at one of this node's segment
-    /// ends for the patients in its tree node. `from` is where the
-    /// patients already are and the level to go on from (the levels above
-    /// were routed and checked then).
-    fn route(
+    /// The segment ends of tree node `s` for every feature, from the
+    /// patients per bin of the nodes on its level (`counts`, by
+    /// `position(slot)`): at the root its own, below it shared with its
+    /// sibling and within its parent's ends, except for the feature the
+    /// parent splits on, which each child cuts alone within the parent's
+    /// ends (a child's part of it is then whole segments of the parent's).
+    fn ends_of(
         &self,
         tree: &Tree,
+        s: usize,
+        position: &dyn Fn(usize) -> usize,
+        counts: &[Vec<Counts>],
+        known: &[Vec<Vec<u32>>],
         k: u64,
-        number: usize,
-        from: Option<(Vec<u32>, u32)>,
-    ) -> Result<Vec<u32>> {
-        let (mut slot, start) = from.unwrap_or_else(|| (vec![0u32; self.y.len()], 0));
-        for level in start..tree.depth() {
-            let first = (1usize << level) - 1;
-            let last = (1usize << (level + 1)) - 1;
+    ) -> Vec<Vec<u32>> {
+        let me = &counts[position(s)];
+        (0..self.features.len())
+            .map(|f| {
+                let mine = &me[f];
+                if s == 0 {
+                    return joint_ends(&[&mine.training], &[&mine.held], k, None);
+                }
+                let parent = (s - 1) / 2;
+                let allowed = known[parent].get(f).map(Vec::as_slice);
+                // Without the rule nothing was kept of the parent's ends.
+                let allowed = if k == 0 { None } else { allowed };
+                let sibling = if s % 2 == 1 { s + 1 } else { s - 1 };
+                let split_on = match tree.slots[parent] {
+                    Slot::Split { feature, .. } => Some(feature as usize),
+                    _ => None,
+                };
+                let other = position(sibling);
+                if split_on == Some(f) || other == usize::MAX {
+                    joint_ends(&[&mine.training], &[&mine.held], k, allowed)
+                } else {
+                    let theirs = &counts[other][f];
+                    joint_ends(
+                        &[&mine.training, &theirs.training],
+                        &[&mine.held, &theirs.held],
+                        k,
+                        allowed,
+                    )
+                }
+            })
+            .collect()
+    }
+
+    /// Patients per bin of each of `nodes` (by position), for every
+    /// feature: one pass over the patients per feature.
+    fn counts(&self, slot: &[u32], nodes: &[usize], slots: usize) -> Vec<Vec<Counts>> {
+        let mut position = vec![usize::MAX; slots];
+        for (i, s) in nodes.iter().enumerate() {
+            position[*s] = i;
+        }
+        let mut out: Vec<Vec<Counts>> = vec![Vec::with_capacity(self.features.len()); nodes.len()];
+        for (feature, column) in self.features.iter().zip(&self.bins) {
+            let width = feature.bins();
+            let mut c: Vec<Counts> = (0..nodes.len())
+                .map(|_| Counts {
+                    training: vec![0; width],
+                    held: vec![0; width],
+                })
+                .collect();
+            for (r, at) in slot.iter().enumerate() {
+                let i = position[*at as usize];
+                if i != usize::MAX {
+                    let b = usize::from(column[r]);
+                    if self.held_out[r] {
+                        c[i].held[b] += 1;
+                    } else {
+                        c[i].training[b] += 1;
+                    }
+                }
+            }
+            for (i, counts) in c.into_iter().enumerate() {
+                out[i].push(counts);
+            }
+        }
+        out
+    }
+
+    /// Routes every patient through `tree`'s splits level by level. With
+    /// `k > 0` it cuts, at each level with a split, every tree node's
+    /// segment ends as this node released them (or would have) and refuses
+    /// a split that is not at one of them. `from` is an earlier walk of a
+    /// tree this one extends: its levels are not walked again.
+    fn walk(&self, tree: &Tree, k: u64, number: usize, from: Option<Walk>) -> Result<Walk> {
+        let mut w = from.unwrap_or_else(|| Walk {
+            tree: tree.clone(),
+            slot: vec![0; self.y.len()],
+            level: 0,
+            ends: vec![Vec::new(); tree.slots.len()],
+        });
+        w.tree = tree.clone();
+        let mut level = w.level;
+        while level < tree.depth() {
+            let (first, last) = ((1usize << level) - 1, (1usize << (level + 1)) - 1);
             let splits: Vec<(usize, u32, u32)> = (first..last)
                 .filter_map(|s| match tree.slots[s] {
                     Slot::Split { feature, threshold } => Some((s, feature, threshold)),
@@ -339,24 +510,26 @@ impl GbdtData {
                 break;
             }
             if k > 0 {
-                let mut position = vec![usize::MAX; tree.slots.len()];
-                let mut counts: Vec<Vec<u64>> = Vec::with_capacity(splits.len());
-                for (i, (s, feature, _)) in splits.iter().enumerate() {
-                    position[*s] = i;
-                    counts.push(vec![0; self.features[*feature as usize].bins()]);
-                }
-                // The segments were of the training patients only.
-                for (r, at) in slot.iter().enumerate() {
-                    let i = position[*at as usize];
-                    if i != usize::MAX && !self.held_out[r] {
-                        let feature = splits[i].1 as usize;
-                        counts[i][usize::from(self.bins[feature][r])] += 1;
+                let nodes: Vec<usize> = (first..last)
+                    .filter(|s| tree.slots[*s] != Slot::Empty)
+                    .collect();
+                if nodes.iter().any(|s| w.ends[*s].is_empty()) {
+                    let counts = self.counts(&w.slot, &nodes, tree.slots.len());
+                    let mut position = vec![usize::MAX; tree.slots.len()];
+                    for (i, s) in nodes.iter().enumerate() {
+                        position[*s] = i;
+                    }
+                    let position = |s: usize| position[s];
+                    let ends: Vec<Vec<Vec<u32>>> = nodes
+                        .iter()
+                        .map(|s| self.ends_of(tree, *s, &position, &counts, &w.ends, k))
+                        .collect();
+                    for (s, e) in nodes.iter().zip(ends) {
+                        w.ends[*s] = e;
                     }
                 }
-                for (&(s, _, threshold), counts) in splits.iter().zip(&counts) {
-                    if !segment_ends(counts, k).contains(&threshold)
-                        || counts.iter().sum::<u64>() < k
-                    {
+                for &(s, feature, threshold) in &splits {
+                    if !w.ends[s][feature as usize].contains(&threshold) {
                         return Err(Error::disclosure(format!(
                             "tree rule: tree {} splits its node {s} where this hospital released no threshold, which could single out fewer than {k} patients; refused",
                             number + 1
@@ -364,7 +537,7 @@ impl GbdtData {
                     }
                 }
             }
-            for (r, at) in slot.iter_mut().enumerate() {
+            for (r, at) in w.slot.iter_mut().enumerate() {
                 if let Slot::Split { feature, threshold } = tree.slots[*at as usize] {
                     let b = self.bins[feature as usize][r];
                     *at = if u32::from(b) <= threshold {
@@ -374,7 +547,9 @@ impl GbdtData {
                     };
                 }
             }
+            level += 1;
         }
-        Ok(slot)
+        w.level = level;
+        Ok(w)
     }
 }

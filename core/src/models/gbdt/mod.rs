@@ -36,13 +36,13 @@ mod local;
 mod tests;
 
 pub use grow::{best_split, GbdtResult, GbdtTrainer, Importance, SplitChoice};
-pub use local::{segment_ends, GbdtData};
+pub use local::{joint_ends, segment_ends, GbdtData};
 
 /// Trees in an ensemble when the query names no number.
 pub const DEFAULT_TREES: u32 = 100;
 pub const MAX_TREES: u32 = 1000;
 pub const DEFAULT_DEPTH: u32 = 4;
-/// Deepest tree: 64 open nodes in the last level's round.
+/// Deepest tree: 32 open nodes in the last level's round.
 pub const MAX_DEPTH: u32 = 6;
 pub const DEFAULT_LEARNING_RATE: f64 = 0.1;
 pub const DEFAULT_LAMBDA: f64 = 1.0;
@@ -51,9 +51,10 @@ pub const DEFAULT_MIN_CHILD_WEIGHT: f64 = 1.0;
 pub const DEFAULT_BINS: u32 = 32;
 /// Most bins of one feature.
 pub const MAX_FEATURE_BINS: usize = 256;
-/// Most (feature, bin) pairs of one model: bounds the histograms a node
-/// holds for one round.
-pub const MAX_TOTAL_BINS: usize = 10_000;
+/// Most (feature, bin) pairs of one model: bounds a node's answer to one
+/// round (32 open nodes of 4,000 segments of about 20 bytes each, under
+/// the 4 MiB a gRPC message may hold).
+pub const MAX_TOTAL_BINS: usize = 4_000;
 
 /// The loss the trees descend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
@@ -143,20 +144,15 @@ impl Default for GbdtOptions {
     }
 }
 
-/// The salt of a query's held-out patients: the hash of its analysis, so
-/// every round of it (and a fit started again) holds out the same.
-pub fn salt(analysis: &crate::query::Analysis) -> u64 {
-    let json = serde_json::to_vec(analysis).expect("an analysis serialises");
-    let hex = crate::hash::sha256_hex(&json);
-    u64::from_str_radix(&hex[..16], 16).expect("hex digits")
-}
+/// The share of each site's patients a model with `validation` holds out.
+/// One share for every query: shares a query could choose would hold out
+/// nested sets whose differences could be small.
+pub const VALIDATION_SHARE: f64 = 0.2;
 
-/// Largest share of patients a query may hold out for validation.
-pub const MAX_VALIDATION: f64 = 0.5;
-
-/// Whether patient `row` of a node is held out for validation: a public
-/// hash of the row and the query's `salt`, below `share`. The same at
-/// every round of one query, so the held-out patients never train.
+/// Whether patient `row` of a node is held out for validation: a hash of
+/// the row and `salt` below `share`. The node's salt is its own secret,
+/// fixed per study, so nobody else knows or can redraw who is held out;
+/// the same in every round, so the held-out patients never train.
 pub fn held_out(salt: u64, row: usize, share: f64) -> bool {
     if share <= 0.0 {
         return false;
@@ -425,6 +421,16 @@ impl Tree {
                 Slot::Open => {
                     if complete {
                         return bad(format!("slot {s} is open in a finished tree"));
+                    }
+                    // Both children of a split are grown together: a node's
+                    // histograms are cut with its sibling's.
+                    let sibling = if s % 2 == 1 {
+                        s + 1
+                    } else {
+                        s.saturating_sub(1)
+                    };
+                    if s > 0 && self.slots[sibling] != Slot::Open {
+                        return bad(format!("slot {s} is open and its sibling is not"));
                     }
                     let level = Self::level_of(s);
                     if open_level.is_some_and(|l| l != level) {

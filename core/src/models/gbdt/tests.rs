@@ -131,11 +131,52 @@ fn reference(rows: &[Row], sites: usize, o: &GbdtOptions, k: u64) -> (f64, Vec<T
         let mut slots = vec![Slot::Empty; size];
         let mut at = vec![0usize; rows.len()];
         slots[0] = Slot::Open;
+        // Each site's segment ends per tree node and feature, cut as the
+        // nodes cut them: at the root alone, below it with the sibling
+        // and within the parent's ends (alone for the parent's feature).
+        let mut site_ends = vec![vec![vec![Vec::<u32>::new(); fs.len()]; size]; sites];
         for level in 0..o.depth {
-            for s in (1usize << level) - 1..(1usize << (level + 1)) - 1 {
-                if slots[s] != Slot::Open {
-                    continue;
+            let open: Vec<usize> = ((1usize << level) - 1..(1usize << (level + 1)) - 1)
+                .filter(|s| slots[*s] == Slot::Open)
+                .collect();
+            if k > 0 {
+                for (site, ends) in site_ends.iter_mut().enumerate() {
+                    let count = |s: usize, f: usize| {
+                        let mut c = vec![0u64; fs[f].thresholds.len() + 1];
+                        for r in 0..rows.len() {
+                            if at[r] == s && rows[r].site == site {
+                                c[bin(r, f)] += 1;
+                            }
+                        }
+                        c
+                    };
+                    for &s in &open {
+                        #[allow(clippy::needless_range_loop)] // ends[p][f] is read too
+                        for f in 0..fs.len() {
+                            let mine = count(s, f);
+                            ends[s][f] = if s == 0 {
+                                joint_ends(&[&mine], &[], k, None)
+                            } else {
+                                let p = (s - 1) / 2;
+                                let sibling = if s % 2 == 1 { s + 1 } else { s - 1 };
+                                let allowed = ends[p][f].clone();
+                                match slots[p] {
+                                    Slot::Split { feature, .. } if feature as usize == f => {
+                                        joint_ends(&[&mine], &[], k, Some(&allowed))
+                                    }
+                                    _ => joint_ends(
+                                        &[&mine, &count(sibling, f)],
+                                        &[],
+                                        k,
+                                        Some(&allowed),
+                                    ),
+                                }
+                            };
+                        }
+                    }
                 }
+            }
+            for s in open {
                 let members: Vec<usize> = (0..rows.len()).filter(|r| at[*r] == s).collect();
                 let (mut gt, mut ht) = (0.0, 0.0);
                 for &r in &members {
@@ -148,34 +189,7 @@ fn reference(rows: &[Row], sites: usize, o: &GbdtOptions, k: u64) -> (f64, Vec<T
                 for f in 0..fs.len() {
                     let m = fs[f].thresholds.len();
                     let allowed = |t: usize| -> bool {
-                        if k == 0 {
-                            return true;
-                        }
-                        (0..sites).all(|site| {
-                            let mut counts = vec![0u64; m + 1];
-                            for &r in &members {
-                                if rows[r].site == site {
-                                    counts[bin(r, f)] += 1;
-                                }
-                            }
-                            let total: u64 = counts.iter().sum();
-                            // Walk the segments: the one ending at t must
-                            // start after an end, hold k and leave k.
-                            let mut acc = 0;
-                            let mut seen = 0;
-                            for (b, c) in counts.iter().enumerate() {
-                                acc += c;
-                                seen += c;
-                                let ends = acc >= k && total - seen >= k;
-                                if b == t {
-                                    return ends;
-                                }
-                                if ends {
-                                    acc = 0;
-                                }
-                            }
-                            false
-                        })
+                        k == 0 || (0..sites).all(|site| site_ends[site][s][f].contains(&(t as u32)))
                     };
                     for t in 0..m {
                         if !allowed(t) {
@@ -549,6 +563,12 @@ fn malformed_trees_are_refused() {
         .message
         .contains("not finite"));
     t.slots[1] = Slot::Leaf { value: 0.1 };
+    assert!(t
+        .check(&fs, 2, false)
+        .unwrap_err()
+        .message
+        .contains("sibling is not"));
+    t.slots[1] = Slot::Open;
     assert!(t.check(&fs, 2, false).is_ok());
     t.slots[3] = Slot::Leaf { value: 0.1 };
     assert!(t
@@ -654,6 +674,15 @@ fn early_stopping_keeps_the_trees_up_to_the_best_held_out_loss() {
             / held.len() as f64;
         assert!((loss - want).abs() < 1e-12, "tree {t}: {loss} vs {want}");
     }
+    // Importance counts the kept trees' splits only.
+    let splits = got
+        .model
+        .trees
+        .iter()
+        .flat_map(|t| &t.slots)
+        .filter(|s| matches!(s, Slot::Split { .. }))
+        .count() as u32;
+    assert_eq!(got.importance.iter().map(|i| i.splits).sum::<u32>(), splits);
     let best = got
         .validation_loss
         .iter()
@@ -689,4 +718,86 @@ fn early_stopping_keeps_the_trees_up_to_the_best_held_out_loss() {
         .err()
         .expect("refused");
     assert!(e.message.starts_with("validation rule:"), "{e}");
+}
+
+/// What a node releases over the levels of one tree cannot be subtracted
+/// into a piece of fewer than k patients: both children of a split share
+/// their segment ends (but for the feature split on) and cut them within
+/// the parent's, so a child's segment is a union of whole parent
+/// segments or is matched by its sibling's.
+#[test]
+fn a_tree_nodes_ends_nest_in_its_parents_and_match_its_siblings() {
+    let rows = some_rows(400, 1);
+    let o = GbdtOptions {
+        trees: 2,
+        ..small(Loss::Logistic)
+    };
+    let site = site_data(&rows, 0, &o);
+    let mut released: Vec<(GbdtRound, GbdtStats)> = Vec::new();
+    let got = fit_locally(GbdtTrainer::new(o, features()), |it| {
+        let round = it.gbdt.clone().unwrap();
+        let stats = site.round(&round, 5)?;
+        released.push((round, stats.clone()));
+        Ok(stats)
+    })
+    .unwrap();
+    assert_eq!(got.model.trees.len(), 2);
+    let mut checked = 0;
+    for pair in released.windows(2) {
+        let ((_, parent), (round, children)) = (&pair[0], &pair[1]);
+        let tree = round.growing.as_ref().unwrap();
+        for child in &children.slots {
+            let s = child.slot as usize;
+            if s == 0 {
+                continue;
+            }
+            let p = (s - 1) / 2;
+            let Some(ps) = parent.slots.iter().find(|x| x.slot as usize == p) else {
+                continue;
+            };
+            let sibling = if s % 2 == 1 { s + 1 } else { s - 1 };
+            let sib = children
+                .slots
+                .iter()
+                .find(|x| x.slot as usize == sibling)
+                .unwrap();
+            let Slot::Split { feature, .. } = tree.slots[p] else {
+                panic!("a child under no split")
+            };
+            for f in 0..features().len() {
+                let (mine, theirs, up) = (&child.features[f], &sib.features[f], &ps.features[f]);
+                assert!(
+                    mine.ends.iter().all(|e| up.ends.contains(e)),
+                    "slot {s} feature {f}"
+                );
+                if f != feature as usize {
+                    assert_eq!(mine.ends, theirs.ends, "slot {s} feature {f}");
+                }
+                assert!(mine.sums.iter().all(|x| x.n >= 5));
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked > 0);
+}
+
+#[test]
+fn joint_ends_hold_for_every_histogram() {
+    // Two children of a split whose parent held [8, 5, 11]: cut alone they
+    // end at {0, 2} and {1, 2}, and with the parent's bins that isolates
+    // the left child's 2 patients of bin 1. Cut together they share {1, 2}:
+    // bins 0 and 1 then form a 2x2 table (children by the parent's bins)
+    // whose margins (7, 6 and 8, 5) do not fix any cell.
+    let (left, right) = ([5u64, 2, 5], [3u64, 3, 6]);
+    assert_eq!(segment_ends(&left, 5), [0, 2]);
+    assert_eq!(segment_ends(&right, 5), [1, 2]);
+    assert_eq!(
+        joint_ends(&[&left, &right], &[], 5, Some(&[0, 1, 2])),
+        [1, 2]
+    );
+    // Held-out patients: none or at least k on each side.
+    assert_eq!(joint_ends(&[&[6, 6, 6]], &[&[0, 1, 0]], 5, None), [2]);
+    assert_eq!(joint_ends(&[&[6, 6, 6]], &[&[5, 0, 0]], 5, None), [0, 1, 2]);
+    // Within the parent's ends only.
+    assert_eq!(joint_ends(&[&[6, 6, 6]], &[], 5, Some(&[1, 2])), [1, 2]);
 }

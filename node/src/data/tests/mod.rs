@@ -27,6 +27,7 @@ use super::{ConsentConfig, DataConfig, DataSource, Limits};
 /// Limits for tests that apply disclosure control themselves.
 pub(super) const TEST_LIMITS: Limits = Limits {
     private: false,
+    holdout_salt: 0,
     k: 1,
     max_parameter_share: 0.33,
 };
