@@ -87,6 +87,10 @@ struct Counts {
     held: Vec<u64>,
 }
 
+/// One tree node's histogram of one feature: the training patients' sums
+/// and the held-out patients' count, per bin.
+type Histogram = (Vec<Sums>, Vec<u64>);
+
 /// What a node released (or would) for the tree being grown, kept between
 /// its rounds: each patient's slot, the level routed to, and each routed
 /// tree node's segment ends per feature (empty where not computed).
@@ -95,6 +99,10 @@ struct Walk {
     slot: Vec<u32>,
     level: u32,
     ends: Vec<Vec<Vec<u32>>>,
+    /// The open nodes' histograms per feature, per bin: the training
+    /// patients' sums and the held-out patients' count. A child's is then
+    /// its parent's less its sibling's.
+    hists: Vec<Option<Vec<Histogram>>>,
 }
 
 /// Scores under the trees applied so far, with each patient's gradient
@@ -329,25 +337,74 @@ impl GbdtData {
                 )));
             }
         }
-        let mut hists: Vec<Vec<Sums>> = Vec::with_capacity(self.features.len());
+        // The larger of two children is its parent's histogram less its
+        // sibling's, when the parent's is kept: below the root, each level
+        // passes over at most half the patients (as LightGBM does). Exact
+        // in the counts; the sums differ from adding up in the last bits.
+        let mut derived: Vec<Option<(usize, usize)>> = vec![None; open.len()];
+        for (i, &s) in open.iter().enumerate() {
+            let s = s as usize;
+            if s == 0 {
+                continue;
+            }
+            let (parent, sibling) = ((s - 1) / 2, if s % 2 == 1 { s + 1 } else { s - 1 });
+            let j = index[sibling];
+            if j == usize::MAX || walk.hists[parent].is_none() {
+                continue;
+            }
+            let (mine, theirs) = (totals[i].n + held_totals[i], totals[j].n + held_totals[j]);
+            if mine > theirs || (mine == theirs && s.is_multiple_of(2)) {
+                derived[i] = Some((parent, j));
+            }
+        }
+        // One pass over the patients, all features at once: each patient's
+        // gradient, hessian and bins are read once.
+        let widths: Vec<usize> = self.features.iter().map(Feature::bins).collect();
+        let mut hists: Vec<Vec<Sums>> = widths
+            .iter()
+            .map(|w| vec![Sums::default(); open.len() * w])
+            .collect();
+        let mut helds: Vec<Vec<u64>> = widths.iter().map(|w| vec![0u64; open.len() * w]).collect();
+        for (r, &i) in at.iter().enumerate() {
+            if i == usize::MAX || derived[i].is_some() {
+                continue;
+            }
+            if self.held_out[r] {
+                for ((held, column), w) in helds.iter_mut().zip(&self.bins).zip(&widths) {
+                    held[i * w + usize::from(column[r])] += 1;
+                }
+            } else {
+                let (gr, hr) = (g[r], h[r]);
+                for ((hist, column), w) in hists.iter_mut().zip(&self.bins).zip(&widths) {
+                    let cell = &mut hist[i * w + usize::from(column[r])];
+                    cell.n += 1;
+                    cell.g += gr;
+                    cell.h += hr;
+                }
+            }
+        }
         let mut counts: Vec<Vec<Counts>> =
             vec![Vec::with_capacity(self.features.len()); open.len()];
-        for (feature, column) in self.features.iter().zip(&self.bins) {
-            let width = feature.bins();
-            let mut hist = vec![Sums::default(); open.len() * width];
-            let mut held = vec![0u64; open.len() * width];
-            for (r, &i) in at.iter().enumerate() {
-                if i == usize::MAX {
+        for (f, width) in widths.iter().copied().enumerate() {
+            let (hist, held) = (&mut hists[f], &mut helds[f]);
+            for (i, d) in derived.iter().enumerate() {
+                let Some((parent, j)) = *d else {
                     continue;
-                }
-                let b = i * width + usize::from(column[r]);
-                if self.held_out[r] {
-                    held[b] += 1;
-                } else {
-                    let cell = &mut hist[b];
-                    cell.n += 1;
-                    cell.g += g[r];
-                    cell.h += h[r];
+                };
+                let (up, up_held) = &walk.hists[parent].as_ref().expect("kept")[f];
+                for b in 0..width {
+                    let sibling = hist[j * width + b];
+                    let n = up[b].n - sibling.n;
+                    hist[i * width + b] = if n == 0 {
+                        Sums::default()
+                    } else {
+                        Sums {
+                            n,
+                            g: up[b].g - sibling.g,
+                            h: (up[b].h - sibling.h).max(0.0),
+                        }
+                    };
+                    held[i * width + b] = up_held[b] - held[j * width + b];
                 }
             }
             for (i, c) in counts.iter_mut().enumerate() {
@@ -359,7 +416,6 @@ impl GbdtData {
                     held: held[i * width..(i + 1) * width].to_vec(),
                 });
             }
-            hists.push(hist);
         }
         let level = open.first().map_or(0, |s| Tree::level_of(*s as usize));
         let position = |s: usize| index[s];
@@ -385,6 +441,17 @@ impl GbdtData {
                 features.push(seg);
             }
             walk.ends[s as usize] = ends;
+            walk.hists[s as usize] = Some(
+                self.features
+                    .iter()
+                    .enumerate()
+                    .map(|(f, feature)| {
+                        let width = feature.bins();
+                        let range = i * width..(i + 1) * width;
+                        (hists[f][range.clone()].to_vec(), helds[f][range].to_vec())
+                    })
+                    .collect(),
+            );
             slots.push(SlotStats {
                 slot: s,
                 total: totals[i],
@@ -495,6 +562,7 @@ impl GbdtData {
             slot: vec![0; self.y.len()],
             level: 0,
             ends: vec![Vec::new(); tree.slots.len()],
+            hists: vec![None; tree.slots.len()],
         });
         w.tree = tree.clone();
         let mut level = w.level;
