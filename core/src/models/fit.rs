@@ -19,7 +19,7 @@ pub struct Iteration {
     pub null_mean: Option<f64>,
     /// A GBDT's round: the trees so far and the one being grown.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub gbdt: Option<crate::models::gbdt::GbdtRound>,
+    pub gbdt: Option<crate::models::trees::GbdtRound>,
 }
 
 /// What the coordinator does after a round: run another, or stop with the

@@ -17,6 +17,7 @@ pub mod inference;
 pub mod linalg;
 pub mod rules;
 pub mod survival;
+pub mod trees;
 
 #[cfg(test)]
 mod tests;
