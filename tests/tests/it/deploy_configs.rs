@@ -122,7 +122,17 @@ fn queries_validate_and_cover_every_analysis() {
         let q = Query::from_json(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         q.validate(&dict)
             .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        s.permits(&q)
+        // The demo study runs under differential privacy and lists every
+        // analysis released under it; gbdt is not yet (it is refused
+        // there), so its example runs in an exact study that lists it.
+        let mut exact = s.clone();
+        if q.analysis.kind() == AnalysisKind::Gbdt {
+            assert!(!s.analyses.contains(&AnalysisKind::Gbdt));
+            exact.privacy.exact = true;
+            exact.analyses.push(AnalysisKind::Gbdt);
+        }
+        exact
+            .permits(&q)
             .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         assert_eq!(
             file_name(&path),
@@ -429,6 +439,16 @@ async fn walkthrough_runs_from_the_deploy_files() {
                     .unwrap_err();
                 assert_eq!(e.code, plexus_core::ErrorCode::Policy, "{}", path.display());
                 assert!(e.message.contains("differential privacy"), "{e}");
+                continue;
+            }
+            // Nor boosted trees, which the deploy study does not list.
+            if query.analysis.kind() == AnalysisKind::Gbdt {
+                let e = alice
+                    .run_query(&def.id, &query, Duration::from_secs(60))
+                    .await
+                    .unwrap_err();
+                assert_eq!(e.code, plexus_core::ErrorCode::Policy, "{}", path.display());
+                assert!(e.message.contains("gbdt"), "{e}");
                 continue;
             }
             answered += 1;
