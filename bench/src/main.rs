@@ -180,6 +180,17 @@ enum Mode {
     },
 }
 
+/// The `--python` given, else the venv's python at `default` under $HOME.
+fn python_or(python: Option<PathBuf>, default: &str) -> anyhow::Result<PathBuf> {
+    match python {
+        Some(p) => Ok(p),
+        None => Ok(std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .context("HOME is not set; pass --python")?
+            .join(default)),
+    }
+}
+
 /// The median of timed repetitions (the upper one of an even count).
 fn median(mut xs: Vec<Duration>) -> Duration {
     xs.sort();
@@ -273,13 +284,7 @@ async fn run(mode: Mode) -> anyhow::Result<()> {
             seed,
             python,
         } => {
-            let python = match python {
-                Some(p) => p,
-                None => std::env::var_os("HOME")
-                    .map(PathBuf::from)
-                    .context("HOME is not set; pass --python")?
-                    .join(".cache/plexus-model-tools/bin/python"),
-            };
+            let python = python_or(python, ".cache/plexus-model-tools/bin/python")?;
             trees::run(trees::TreesOptions {
                 patients_per_site: patients,
                 holdout,
@@ -322,13 +327,7 @@ async fn run(mode: Mode) -> anyhow::Result<()> {
             memory_mib,
             before,
         } => {
-            let python = match python {
-                Some(p) => p,
-                None => std::env::var_os("HOME")
-                    .map(PathBuf::from)
-                    .context("HOME is not set; pass --python")?
-                    .join(".cache/plexus-bench-tools/python/bin/python"),
-            };
+            let python = python_or(python, ".cache/plexus-bench-tools/python/bin/python")?;
             peers::run(peers::PeersOptions {
                 sizes: patients,
                 repetitions: repetitions.max(1),

@@ -149,12 +149,7 @@ pub(crate) fn prepare(
     }
     let terms = analysis.terms(dict)?;
     if !limits.private {
-        if rows.len() < limits.k as usize {
-            return Err(Error::disclosure(format!(
-                "complete-cases rule: the model would rest on fewer than {} complete cases at this node (widen the cohort)",
-                limits.k
-            )));
-        }
+        complete_cases_rule(rows.len(), limits.k)?;
         check_disclosure(
             dict,
             columns,
@@ -241,12 +236,7 @@ fn prepare_trees(
     if limits.private {
         return Err(plexus_core::privacy::release::gbdt_refused());
     }
-    if rows.len() < limits.k as usize {
-        return Err(Error::disclosure(format!(
-            "complete-cases rule: the model would rest on fewer than {} complete cases at this node (widen the cohort)",
-            limits.k
-        )));
-    }
+    complete_cases_rule(rows.len(), limits.k)?;
     check_disclosure(
         dict,
         columns,
@@ -266,6 +256,16 @@ fn prepare_trees(
         limits.holdout_salt,
         u64::from(limits.k),
     )?)))
+}
+
+/// Refuses a model resting on fewer than `k` complete cases at this node.
+fn complete_cases_rule(rows: usize, k: u32) -> Result<()> {
+    if rows < k as usize {
+        return Err(Error::disclosure(format!(
+            "complete-cases rule: the model would rest on fewer than {k} complete cases at this node (widen the cohort)"
+        )));
+    }
+    Ok(())
 }
 
 /// Refuses a design whose X'X is singular at this node (X'WX then is too):
