@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The model test tools (tests/src/tools.rs MODEL_TOOLS): ONNX Runtime, which
 # scores the ONNX files Plexus exports, onnx, whose checker validates them,
-# and LightGBM and scikit-learn, the centralised baseline of plexus-bench
-# trees, pinned in tests/models/requirements.txt.
+# LightGBM and scikit-learn, the centralised baseline of plexus-bench
+# trees, and skl2onnx and onnxmltools, which export the models plexus-onnx's
+# tests load, pinned in tests/models/requirements.txt.
 #
 #   tests/models/setup.sh --install   create the venv and install the tools if missing or out of date
 #   tests/models/setup.sh             check that the venv is complete
@@ -23,7 +24,7 @@ wanted="$(sha256sum "$requirements" | cut -c1-64)"
 
 have_tools() {
     [ -x "$PY" ] && [ "$(cat "$STAMP" 2>/dev/null)" = "$wanted" ] &&
-        "$PY" -c 'import onnx, onnxruntime, numpy, lightgbm, sklearn' 2>/dev/null
+        "$PY" -c 'import onnx, onnxruntime, numpy, lightgbm, sklearn, skl2onnx, onnxmltools' 2>/dev/null
 }
 
 if [ "${1:-}" = "--install" ]; then
