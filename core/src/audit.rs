@@ -113,7 +113,7 @@ impl AuditEntry {
         let action = match self.action {
             Action::QuerySubmit | Action::QueryResult | Action::Job => "E",
             // Earlier versions exported an update as a creation too.
-            Action::StudyRegister | Action::StudyUpdate => "C",
+            Action::StudyRegister | Action::StudyUpdate | Action::ModelRegister => "C",
             _ => "R",
         };
         let mut entities = Vec::new();
@@ -304,6 +304,9 @@ closed_set! {
         Job = "job",
         StudyRegister = "study.register",
         StudyUpdate = "study.update",
+        /// A prediction model registered with a study (its hash in the
+        /// detail), or registered again under its name.
+        ModelRegister = "model.register",
         NodeConnect = "node.connect",
         NodeDisconnect = "node.disconnect",
         /// A second connection of a node replaced the first.

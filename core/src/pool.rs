@@ -113,6 +113,9 @@ pub enum PooledValue {
     Quantiles(QuantilesResult),
     TwoByTwo(TwoByTwoResult),
     Gbdt(Box<GbdtResult>),
+    /// A model's validation (`model_performance`).
+    #[serde(rename = "model_performance")]
+    Performance(Box<crate::models::performance::PerformanceResult>),
 }
 
 /// One site's own answer, when the query asked for them.
@@ -225,6 +228,7 @@ impl PooledResult {
             PooledValue::Quantiles(q) => Some(q.n),
             PooledValue::TwoByTwo(t) => Some(t.table.iter().flatten().sum()),
             PooledValue::Gbdt(g) => Some(g.n),
+            PooledValue::Performance(p) => p.groups.first().map(|g| g.n),
         }
     }
 }
@@ -597,9 +601,12 @@ pub fn pool_value(
                 .collect::<Result<Vec<_>>>()?;
             PooledValue::Correlation(correlation::pool(variables, *missing, &parts)?)
         }
-        Analysis::Glm { .. } | Analysis::Cox { .. } | Analysis::Gbdt { .. } => {
+        Analysis::Glm { .. }
+        | Analysis::Cox { .. }
+        | Analysis::Gbdt { .. }
+        | Analysis::ModelPerformance { .. } => {
             return Err(Error::internal(
-                "regression models are pooled round by round by the fitting loop",
+                "models are pooled round by round by the fitting loop",
             ))
         }
     };

@@ -16,6 +16,7 @@ use crate::models::cox::CoxStats;
 use crate::models::gbdt::GbdtStats;
 use crate::models::glm::GlmStats;
 use crate::models::linalg::packed_len;
+use crate::models::performance::PerformanceStats;
 use crate::models::survival::{self, GroupStats, Tally};
 use crate::query::Analysis;
 
@@ -193,6 +194,9 @@ pub enum RawStats {
     /// One round of a GBDT, its segments already held to the minimum cell
     /// size at the node.
     Gbdt(GbdtStats),
+    /// One round of a model's validation, its segments and groups already
+    /// held to the minimum cell size at the node.
+    Performance(PerformanceStats),
 }
 
 impl RawStats {
@@ -251,6 +255,7 @@ pub enum NodeStats {
     /// Per-pair sums, packed upper triangle; `None` where fewer than k.
     Pairs(Vec<Option<PairSums>>),
     Gbdt(GbdtStats),
+    Performance(PerformanceStats),
 }
 
 impl NodeStats {
@@ -346,6 +351,12 @@ impl NodeStats {
                 // trainer; everything else here.
                 let open: Vec<u32> = g.slots.iter().map(|s| s.slot).collect();
                 g.check(&analysis.gbdt_features(dict)?, &open, k)?;
+            }
+            (Analysis::ModelPerformance { subgroups, .. }, NodeStats::Performance(p)) => {
+                // Which round it answers is checked by the fitter; here
+                // the shape of either kind, and the rules.
+                let groups = crate::models::performance::groups(dict, subgroups)?.len();
+                p.check(groups, !p.counts.is_empty(), k)?;
             }
             (Analysis::Cox { .. }, NodeStats::Cox(c)) => {
                 c.check(analysis.terms(dict)?.len())?;

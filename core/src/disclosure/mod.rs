@@ -119,6 +119,7 @@ pub fn apply(raw: RawStats, rules: Rules) -> NodeStats {
         RawStats::Cox(c) => NodeStats::Cox(c),
         // Segments and tree nodes are held to k as they are computed.
         RawStats::Gbdt(g) => NodeStats::Gbdt(g),
+        RawStats::Performance(p) => NodeStats::Performance(p),
         RawStats::Survival(groups) => NodeStats::Survival(survival::disclose(groups, k)),
         RawStats::Pairs(pairs) => NodeStats::Pairs(correlation::disclose(pairs, k)),
     }

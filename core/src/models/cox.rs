@@ -301,6 +301,7 @@ impl IterativeFit for CoxFitter {
             coefficients: self.beta.clone(),
             null_mean: None,
             gbdt: None,
+            ..Iteration::default()
         }
     }
 
@@ -362,6 +363,7 @@ impl CoxFitter {
             coefficients: self.beta.clone(),
             null_mean: None,
             gbdt: None,
+            ..Iteration::default()
         })
     }
 

@@ -384,6 +384,7 @@ impl IterativeFit for GlmFitter {
             coefficients: Vec::new(),
             null_mean: None,
             gbdt: None,
+            ..Iteration::default()
         }
     }
 
@@ -430,6 +431,7 @@ impl IterativeFit for GlmFitter {
             coefficients: self.beta.clone(),
             null_mean: self.null_mean,
             gbdt: None,
+            ..Iteration::default()
         }))
     }
 }

@@ -4,6 +4,7 @@
 //! compute a site's contribution from its cohort; coordinator-side
 //! functions turn pooled contributions into the researcher's result.
 
+pub mod artefact;
 pub mod correlation;
 pub mod cox;
 pub mod derived;
@@ -15,6 +16,8 @@ pub mod gbdt;
 pub mod glm;
 pub mod inference;
 pub mod linalg;
+pub mod performance;
+pub mod registration;
 pub mod rules;
 pub mod survival;
 pub mod trees;

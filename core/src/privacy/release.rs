@@ -67,6 +67,7 @@ pub fn releasable(query: &Query) -> Result<()> {
     match &query.analysis {
         Analysis::Cox { .. } => Err(cox_refused()),
         Analysis::Gbdt { .. } => Err(gbdt_refused()),
+        Analysis::ModelPerformance { .. } => Err(performance_refused()),
         Analysis::Glm { family, .. } if *family == Family::Poisson => Err(poisson_refused()),
         Analysis::Glm { .. } if query.by_site => Err(Error::policy(
             "by_site is not offered for models under differential privacy: each site's own fit would spend the query's budget again; ask without by_site",
@@ -78,6 +79,12 @@ pub fn releasable(query: &Query) -> Result<()> {
 pub fn gbdt_refused() -> Error {
     Error::policy(
         "gbdt is not yet released under differential privacy; run it in a study registered with [privacy] exact = true that the hospitals accept",
+    )
+}
+
+pub fn performance_refused() -> Error {
+    Error::policy(
+        "model_performance is not yet released under differential privacy; run it in a study registered with [privacy] exact = true that the hospitals accept",
     )
 }
 
@@ -359,6 +366,7 @@ pub fn release(raw: RawStats, rules: Rules, rho: f64) -> Result<(NodeStats, Nois
         }
         RawStats::Cox(_) => return Err(cox_refused()),
         RawStats::Gbdt(_) => return Err(gbdt_refused()),
+        RawStats::Performance(_) => return Err(performance_refused()),
     })
 }
 

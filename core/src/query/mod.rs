@@ -136,10 +136,11 @@ pub enum AnalysisKind {
     Quantiles,
     TwoByTwo,
     Gbdt,
+    ModelPerformance,
 }
 
 impl AnalysisKind {
-    pub const ALL: [AnalysisKind; 11] = [
+    pub const ALL: [AnalysisKind; 12] = [
         AnalysisKind::Count,
         AnalysisKind::Summary,
         AnalysisKind::Histogram,
@@ -151,6 +152,7 @@ impl AnalysisKind {
         AnalysisKind::Quantiles,
         AnalysisKind::TwoByTwo,
         AnalysisKind::Gbdt,
+        AnalysisKind::ModelPerformance,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -166,6 +168,7 @@ impl AnalysisKind {
             AnalysisKind::Quantiles => "quantiles",
             AnalysisKind::TwoByTwo => "two_by_two",
             AnalysisKind::Gbdt => "gbdt",
+            AnalysisKind::ModelPerformance => "model_performance",
         }
     }
 
@@ -186,7 +189,10 @@ impl AnalysisKind {
     pub fn is_iterative(self) -> bool {
         matches!(
             self,
-            AnalysisKind::Glm | AnalysisKind::Cox | AnalysisKind::Gbdt
+            AnalysisKind::Glm
+                | AnalysisKind::Cox
+                | AnalysisKind::Gbdt
+                | AnalysisKind::ModelPerformance
         )
     }
 }
@@ -296,6 +302,34 @@ pub enum Analysis {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         early_stopping: Option<u32>,
     },
+    /// How well a model the study registered predicts a boolean outcome:
+    /// discrimination, calibration, threshold metrics and net benefit,
+    /// overall and per level of each subgroup.
+    ModelPerformance {
+        /// The registered model's name.
+        model: String,
+        /// The approved hash of the model as registered: filled in by the
+        /// coordinator when left out, and checked against the registered
+        /// model when given.
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        model_hash: String,
+        /// The dictionary variables the model reads, filled in by the
+        /// coordinator from the registration (every node checks them
+        /// against the model it is sent).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        inputs: Vec<String>,
+        outcome: String,
+        /// Boolean or categorical variables to report every metric by.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        subgroups: Vec<String>,
+        /// Risk thresholds for sensitivity, specificity, predictive values
+        /// and net benefit (multiples of 0.0001).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        thresholds: Vec<f64>,
+        /// Even bins of predicted risk for the calibration plot.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        calibration_bins: Option<u32>,
+    },
 }
 
 impl Analysis {
@@ -312,6 +346,7 @@ impl Analysis {
             Analysis::Quantiles { .. } => AnalysisKind::Quantiles,
             Analysis::TwoByTwo { .. } => AnalysisKind::TwoByTwo,
             Analysis::Gbdt { .. } => AnalysisKind::Gbdt,
+            Analysis::ModelPerformance { .. } => AnalysisKind::ModelPerformance,
         }
     }
 
@@ -353,6 +388,15 @@ impl Analysis {
             Analysis::Correlation { variables, .. } => {
                 variables.iter().map(String::as_str).collect()
             }
+            Analysis::ModelPerformance {
+                inputs,
+                outcome,
+                subgroups,
+                ..
+            } => std::iter::once(outcome.as_str())
+                .chain(subgroups.iter().map(String::as_str))
+                .chain(inputs.iter().map(String::as_str))
+                .collect(),
         }
     }
 
@@ -422,6 +466,20 @@ impl Analysis {
                 }
             }
             Analysis::Correlation { variables, .. } => listed(variables).then_some("variable"),
+            Analysis::ModelPerformance {
+                inputs,
+                outcome,
+                subgroups,
+                ..
+            } => {
+                if is(outcome) {
+                    Some("outcome")
+                } else if listed(subgroups) {
+                    Some("subgroup")
+                } else {
+                    listed(inputs).then_some("model input")
+                }
+            }
         }
     }
 

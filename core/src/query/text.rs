@@ -110,5 +110,19 @@ fn analysis(a: &Analysis) -> Result<()> {
                 .map_or(Ok(()), |g| check(&field("group"), g))
         }
         Analysis::Correlation { variables, .. } => list("variables", variables),
+        Analysis::ModelPerformance {
+            model,
+            model_hash,
+            inputs,
+            outcome,
+            subgroups,
+            ..
+        } => {
+            check(&field("model"), model)?;
+            check(&field("model_hash"), model_hash)?;
+            list("inputs", inputs)?;
+            check(&field("outcome"), outcome)?;
+            list("subgroups", subgroups)
+        }
     }
 }

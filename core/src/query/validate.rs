@@ -180,6 +180,46 @@ pub(super) fn analysis(analysis: &Analysis, dict: &Dictionary) -> Result<()> {
             }
             different(exposure, outcome, "a two-by-two table")
         }
+        Analysis::ModelPerformance {
+            model,
+            model_hash,
+            inputs,
+            outcome,
+            subgroups,
+            thresholds,
+            calibration_bins,
+        } => {
+            crate::dictionary::check_identifier("model name", model)?;
+            if !(model_hash.is_empty()
+                || (model_hash.len() == 64
+                    && model_hash
+                        .chars()
+                        .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c))))
+            {
+                return Err(Error::invalid(format!(
+                    "model_hash \"{model_hash}\" is not a SHA-256 in lowercase hex (`plexus model list` prints each model's)"
+                )));
+            }
+            let v = dict.get(outcome)?;
+            if v.kind != VarType::Boolean {
+                return Err(Error::invalid(format!(
+                    "a model_performance needs a boolean outcome, and \"{outcome}\" is {}",
+                    v.kind
+                )));
+            }
+            for name in inputs {
+                dict.get(name)?;
+            }
+            unique(subgroups, "a model_performance's subgroups")?;
+            if let Some(s) = subgroups.iter().find(|s| *s == outcome) {
+                return Err(Error::invalid(format!(
+                    "\"{s}\" is the outcome and cannot be a subgroup"
+                )));
+            }
+            crate::models::performance::groups(dict, subgroups)?;
+            crate::models::performance::PerformanceOptions::new(thresholds, *calibration_bins)
+                .map(|_| ())
+        }
     }
 }
 

@@ -106,6 +106,12 @@ pub fn gbdt_refused() -> Error {
     )
 }
 
+pub fn performance_refused() -> Error {
+    Error::policy(
+        "model_performance is not yet offered under secure aggregation: the coordinator needs each hospital's own score segments to pool them at ends every site released; run it in a study without secure_aggregation",
+    )
+}
+
 impl Shape {
     pub(crate) fn of(analysis: &Analysis, dict: &Dictionary) -> Result<Self> {
         Ok(match analysis {
@@ -130,6 +136,7 @@ impl Shape {
             Analysis::Glm { .. } => Shape::Glm(analysis.terms(dict)?.len()),
             Analysis::Cox { .. } => Shape::Cox(analysis.terms(dict)?.len()),
             Analysis::Gbdt { .. } => return Err(gbdt_refused()),
+            Analysis::ModelPerformance { .. } => return Err(performance_refused()),
         })
     }
 

@@ -23,6 +23,7 @@ use crate::v1 as pb;
 
 mod audit;
 mod gbdt;
+pub mod performance;
 mod query;
 mod secagg;
 mod stats;
@@ -405,10 +406,74 @@ mod tests {
             r#"{"analysis": {"gbdt": {"loss": "squared", "outcome": "sbp", "covariates": ["age", "bmi"],
                 "trees": 20, "depth": 3, "learning_rate": 0.3, "lambda": 0.5, "min_child_weight": 2,
                 "bins": 16, "edges": {"bmi": [18.5, 25, 30]}, "validation": true, "early_stopping": 5}}}"#,
+            r#"{"analysis": {"model_performance": {"model": "risk", "outcome": "death"}}}"#,
+            r#"{"analysis": {"model_performance": {"model": "risk", "model_hash": "ab", "inputs": ["age", "sex"],
+                "outcome": "death", "subgroups": ["sex"], "thresholds": [0.1, 0.2], "calibration_bins": 20}}}"#,
         ] {
             let q = Query::from_json(json).unwrap();
             assert_eq!(Query::try_from(pb::Query::from(&q)).unwrap(), q, "{json}");
         }
+    }
+
+    #[test]
+    fn a_model_validation_round_trips_with_its_model_and_statistics() {
+        use plexus_core::models::artefact::{ModelArtefact, ModelFormat, ModelSpec};
+        use plexus_core::models::performance::{
+            CalibrationSums, GroupCounts, PerformanceStats, ScoreSegments,
+        };
+        let it = Iteration {
+            round: 2,
+            calibration: vec![0.1, 0.9, -0.2],
+            model: Some(std::sync::Arc::new(ModelArtefact {
+                spec: ModelSpec {
+                    name: "risk".into(),
+                    format: ModelFormat::Onnx,
+                    inputs: vec!["age".into(), "smoking=current".into()],
+                    output: Some("probabilities".into()),
+                    source: "risk.onnx".into(),
+                },
+                bytes: vec![1, 2, 3],
+            })),
+            ..Iteration::default()
+        };
+        assert_eq!(Iteration::try_from(pb::Iteration::from(&it)).unwrap(), it);
+        let stats = NodeStats::Performance(PerformanceStats {
+            counts: vec![GroupCounts {
+                n: 12,
+                positives: 5,
+                brier: 2.5,
+                segments: ScoreSegments {
+                    first: 3,
+                    lows: vec![10],
+                    ends: vec![9999],
+                    positives: vec![5],
+                    negatives: vec![7],
+                    sum_p: vec![4.5],
+                    tied: vec![false],
+                },
+            }],
+            calibration: vec![CalibrationSums {
+                w: 1.0,
+                wz: 2.0,
+                wzz: 3.0,
+                r: 0.5,
+                rz: 0.25,
+                w0: 1.5,
+                r0: -0.5,
+            }],
+        });
+        assert_eq!(
+            NodeStats::try_from(pb::NodeStats::from(&stats)).unwrap(),
+            stats
+        );
+        let mut bad = pb::ModelArtefact::default();
+        assert!(super::performance::artefact_from_pb(bad.clone()).is_err());
+        bad.spec = Some(pb::ModelSpec {
+            format: "pickle".into(),
+            ..Default::default()
+        });
+        let e = super::performance::artefact_from_pb(bad).unwrap_err();
+        assert!(e.message.contains("\"pickle\""), "{e}");
     }
 
     #[test]
@@ -469,8 +534,13 @@ mod tests {
         let nan = pb::Iteration {
             round: 2,
             coefficients: vec![f64::NAN],
-            null_mean: None,
-            gbdt: None,
+            ..Default::default()
+        };
+        assert!(Iteration::try_from(nan).is_err());
+        let nan = pb::Iteration {
+            round: 2,
+            calibration: vec![0.0, f64::INFINITY, 0.0],
+            ..Default::default()
         };
         assert!(Iteration::try_from(nan).is_err());
         let zero = pb::Iteration {

@@ -246,6 +246,9 @@ impl From<&Analysis> for pb::Analysis {
             Analysis::Gbdt { .. } => {
                 Kind::Gbdt(super::gbdt::analysis_to_pb(a).expect("a gbdt analysis"))
             }
+            Analysis::ModelPerformance { .. } => Kind::ModelPerformance(
+                super::performance::analysis_to_pb(a).expect("a model_performance analysis"),
+            ),
         };
         pb::Analysis { kind: Some(kind) }
     }
@@ -340,6 +343,7 @@ impl TryFrom<pb::Analysis> for Analysis {
                 outcome: t.outcome,
             },
             Kind::Gbdt(g) => super::gbdt::analysis_from_pb(g)?,
+            Kind::ModelPerformance(m) => super::performance::analysis_from_pb(m)?,
         })
     }
 }
@@ -378,6 +382,8 @@ impl From<&Iteration> for pb::Iteration {
             coefficients: i.coefficients.clone(),
             null_mean: i.null_mean,
             gbdt: i.gbdt.as_ref().map(super::gbdt::round_to_pb),
+            calibration: i.calibration.clone(),
+            model: i.model.as_deref().map(super::performance::artefact_to_pb),
         }
     }
 }
@@ -386,8 +392,14 @@ impl TryFrom<pb::Iteration> for Iteration {
     type Error = Error;
     fn try_from(i: pb::Iteration) -> Result<Self> {
         let coefficients = bounded(i.coefficients, MAX_WIRE_VECTOR, "coefficients")?;
+        let calibration = bounded(
+            i.calibration,
+            3 * plexus_core::models::performance::MAX_GROUPS,
+            "calibration parameters",
+        )?;
         if coefficients
             .iter()
+            .chain(&calibration)
             .chain(&i.null_mean)
             .any(|v| !v.is_finite())
         {
@@ -403,6 +415,12 @@ impl TryFrom<pb::Iteration> for Iteration {
             coefficients,
             null_mean: i.null_mean,
             gbdt: i.gbdt.map(super::gbdt::round_from_pb).transpose()?,
+            calibration,
+            model: i
+                .model
+                .map(super::performance::artefact_from_pb)
+                .transpose()?
+                .map(std::sync::Arc::new),
         })
     }
 }

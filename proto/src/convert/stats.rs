@@ -112,6 +112,7 @@ impl From<&NodeStats> for pb::NodeStats {
                     .collect(),
             }),
             NodeStats::Gbdt(g) => Kind::Gbdt(super::gbdt::stats_to_pb(g)),
+            NodeStats::Performance(p) => Kind::Performance(super::performance::stats_to_pb(p)),
         };
         pb::NodeStats { kind: Some(kind) }
     }
@@ -194,6 +195,7 @@ impl TryFrom<pb::NodeStats> for NodeStats {
                     .collect::<Result<_>>()?,
             ),
             Kind::Gbdt(g) => NodeStats::Gbdt(super::gbdt::stats_from_pb(g)?),
+            Kind::Performance(p) => NodeStats::Performance(super::performance::stats_from_pb(p)?),
         })
     }
 }
