@@ -32,6 +32,155 @@ pub async fn study_register(conn: &ConnectArgs, file: &Path) -> anyhow::Result<(
     Ok(())
 }
 
+/// `plexus model register`: an ONNX file with its inputs, or a fitted
+/// model from a query.
+pub async fn model_register(
+    conn: &ConnectArgs,
+    study: &str,
+    name: &str,
+    file: Option<&Path>,
+    inputs: Vec<String>,
+    output: Option<String>,
+    from_query: Option<String>,
+) -> anyhow::Result<()> {
+    let model = match file {
+        Some(path) => {
+            let bytes = std::fs::read(path)
+                .with_context(|| format!("cannot read the model file {}", path.display()))?;
+            Some(pb::ModelArtefact {
+                spec: Some(pb::ModelSpec {
+                    name: name.to_string(),
+                    format: "onnx".into(),
+                    inputs,
+                    output,
+                    source: path
+                        .file_name()
+                        .map(|f| f.to_string_lossy().into_owned())
+                        .unwrap_or_default(),
+                }),
+                file: bytes,
+            })
+        }
+        None => None,
+    };
+    let client = Client::connect(conn).await?;
+    let m = client
+        .admin()
+        .register_model(pb::RegisterModelRequest {
+            study_id: study.to_string(),
+            model,
+            name: name.to_string(),
+            from_query: from_query.unwrap_or_default(),
+        })
+        .await
+        .map_err(|s| plexus_proto::convert::from_status(&s))?
+        .into_inner();
+    println!(
+        "registered model \"{}\" with study \"{}\"\nhash        {}\nfile sha256 {}\nreads       {}\neach hospital approves it with: plexus-node approve --config node.toml --study {} --model {}",
+        output::safe(name),
+        output::safe(study),
+        m.hash,
+        m.file_sha256,
+        output::safe(&m.variables.join(", ")),
+        output::safe(study),
+        m.hash
+    );
+    Ok(())
+}
+
+/// `plexus model list --study ID`: every model with its hash, checked here
+/// against its spec and file hash (a hospital approves what it reads).
+pub async fn model_list(conn: &ConnectArgs, study: &str, format: Format) -> anyhow::Result<()> {
+    let client = Client::connect(conn).await?;
+    let r = client
+        .admin()
+        .list_models(pb::ListModelsRequest {
+            study_id: study.to_string(),
+        })
+        .await
+        .map_err(|s| plexus_proto::convert::from_status(&s))?
+        .into_inner();
+    let mut rows = Vec::new();
+    for m in &r.models {
+        let spec =
+            plexus_proto::convert::performance::spec_from_pb(m.spec.clone().unwrap_or_default())?;
+        let hash = plexus_core::hash::sha256_hex(
+            serde_json::json!({"spec": spec, "file_sha256": m.file_sha256})
+                .to_string()
+                .as_bytes(),
+        );
+        if hash != m.hash {
+            bail!(
+                "the coordinator reports hash {} for model \"{}\", but its spec and file hash give {hash}; do not approve either, and tell the network admin",
+                m.hash,
+                output::safe(&spec.name)
+            );
+        }
+        rows.push(serde_json::json!({
+            "name": spec.name,
+            "format": spec.format.as_str(),
+            "hash": m.hash,
+            "file_sha256": m.file_sha256,
+            "bytes": m.size,
+            "inputs": spec.inputs,
+            "output": spec.output,
+            "variables": m.variables,
+            "operators": m.operators,
+            "producer": m.producer,
+            "source": spec.source,
+            "registered_by": m.registered_by,
+            "registered_at": chrono::DateTime::from_timestamp_millis(m.registered_unix_ms)
+                .map(|t| t.to_rfc3339())
+                .unwrap_or_default(),
+        }));
+    }
+    if matches!(format, Format::Json) {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    if rows.is_empty() {
+        println!(
+            "no models are registered with study \"{}\"",
+            output::safe(study)
+        );
+        return Ok(());
+    }
+    for row in rows {
+        let text = |k: &str| row[k].as_str().unwrap_or_default().to_string();
+        let list = |k: &str| {
+            row[k]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|v| v.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                })
+                .unwrap_or_default()
+        };
+        println!("model        {}", output::safe(&text("name")));
+        println!("format       {} ({} bytes)", text("format"), row["bytes"]);
+        println!("hash         {}", text("hash"));
+        println!("file sha256  {}", text("file_sha256"));
+        println!("reads        {}", output::safe(&list("variables")));
+        if !list("inputs").is_empty() {
+            println!("inputs       {}", output::safe(&list("inputs")));
+        }
+        if !list("operators").is_empty() {
+            println!("operators    {}", output::safe(&list("operators")));
+        }
+        println!("producer     {}", output::safe(&text("producer")));
+        println!("source       {}", output::safe(&text("source")));
+        println!(
+            "registered   {} by {}",
+            text("registered_at"),
+            output::safe(&text("registered_by"))
+        );
+        println!();
+    }
+    Ok(())
+}
+
 /// `plexus study show ID` (as registered at the coordinator) or `plexus
 /// study show --file study.toml`: the definition and the hash hospitals pin
 /// in their node policy.

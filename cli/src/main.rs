@@ -92,6 +92,12 @@ enum Command {
         #[command(subcommand)]
         command: StudyCommand,
     },
+    /// Prediction models of a study: register one (an ONNX file, or a
+    /// model a query fitted), list them with the hashes hospitals approve.
+    Model {
+        #[command(subcommand)]
+        command: ModelCommand,
+    },
     /// Show the network data dictionary's variables (the embedded one, or --file).
     Dictionary {
         #[arg(long)]
@@ -314,6 +320,48 @@ enum StudyCommand {
 }
 
 #[derive(Subcommand)]
+enum ModelCommand {
+    /// Register a model with a study (a network admin or one of its
+    /// researchers): an ONNX file with its inputs mapped to dictionary
+    /// variables, or the model a finished glm (binomial) or gbdt query
+    /// fitted. Registering a name again replaces the model, and hospitals
+    /// must approve its new hash.
+    Register {
+        #[arg(long)]
+        study: String,
+        #[arg(long)]
+        name: String,
+        /// The ONNX file.
+        #[arg(
+            long,
+            conflicts_with = "from_query",
+            required_unless_present = "from_query"
+        )]
+        file: Option<PathBuf>,
+        /// The columns of the model's input in order, comma-separated: a
+        /// dictionary variable (numeric as it is, boolean as 0/1) or one
+        /// level of a categorical one ("smoking=current").
+        #[arg(long, value_delimiter = ',', requires = "file")]
+        inputs: Vec<String>,
+        /// The output holding the probability (default: the first float
+        /// output of one or two columns).
+        #[arg(long, requires = "file")]
+        output: Option<String>,
+        /// The id of a finished query whose fitted model to register.
+        #[arg(long)]
+        from_query: Option<String>,
+    },
+    /// The models registered with a study, with the hash each hospital
+    /// approves (`plexus-node approve --study ID --model HASH`).
+    List {
+        #[arg(long)]
+        study: String,
+        #[arg(long, value_enum, default_value = "table")]
+        output: Format,
+    },
+}
+
+#[derive(Subcommand)]
 enum AuditCommand {
     /// List audit entries.
     Log {
@@ -525,6 +573,30 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             StudyCommand::List => commands::studies(&cli.conn).await,
             StudyCommand::Show { id, file } => {
                 commands::study_show(&cli.conn, id.as_deref(), file.as_deref()).await
+            }
+        },
+        Command::Model { command } => match command {
+            ModelCommand::Register {
+                study,
+                name,
+                file,
+                inputs,
+                output,
+                from_query,
+            } => {
+                commands::model_register(
+                    &cli.conn,
+                    &study,
+                    &name,
+                    file.as_deref(),
+                    inputs,
+                    output,
+                    from_query,
+                )
+                .await
+            }
+            ModelCommand::List { study, output } => {
+                commands::model_list(&cli.conn, &study, output).await
             }
         },
         Command::Dictionary { file } => commands::dictionary(file.as_deref()),

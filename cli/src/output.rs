@@ -335,13 +335,105 @@ pub fn rows(value: &PooledValue) -> (Vec<String>, Vec<Vec<String>>) {
                     .collect(),
             )
         }
+        PooledValue::Performance(p) => {
+            let est = |e: &Option<plexus_core::models::performance::Estimate>| match e {
+                Some(e) => format!("{} ({}, {})", num(e.estimate), num(e.ci[0]), num(e.ci[1])),
+                None => "-".into(),
+            };
+            (
+                strings([
+                    "group",
+                    "n",
+                    "events",
+                    "AUC (95% CI)",
+                    "AUC bound",
+                    "Brier",
+                    "calibration in the large",
+                    "calibration slope",
+                    "O/E",
+                ]),
+                p.groups
+                    .iter()
+                    .map(|g| {
+                        vec![
+                            g.group.label(),
+                            g.n.to_string(),
+                            g.positives.to_string(),
+                            est(&g.auc),
+                            opt(g.auc_error_bound),
+                            opt(g.brier),
+                            est(&g.calibration_in_the_large),
+                            est(&g.calibration_slope),
+                            opt(g.observed_expected),
+                        ]
+                    })
+                    .collect(),
+            )
+        }
     }
+}
+
+/// The threshold metrics and fairness gaps of a model's validation, as
+/// text under its table.
+fn performance_footer(p: &plexus_core::models::performance::PerformanceResult) -> String {
+    let mut s = format!(
+        "validation of model \"{}\" (hash {}) against {}: predictions on a public grid of {} bins; each AUC is from segments of at least k patients, ties within a segment counted half, and \"AUC bound\" is the most the segments can move it; 95% CIs by DeLong on those segments; calibration by logistic fits on logit(p), {} rounds",
+        p.model, p.model_hash, p.outcome, p.grid, p.rounds
+    );
+    let share = |v: Option<f64>| v.map_or("-".to_string(), num);
+    for g in &p.groups {
+        if g.thresholds.is_empty() {
+            continue;
+        }
+        s.push_str(&format!(
+            "\n\n{}: threshold (used)  TP  FP  TN  FN  sensitivity  specificity  PPV  NPV  net benefit  treat all",
+            g.group.label()
+        ));
+        for t in &g.thresholds {
+            s.push_str(&format!(
+                "\n  {} ({})  {}  {}  {}  {}  {}  {}  {}  {}  {}  {}",
+                num(t.requested),
+                num(t.threshold),
+                t.tp,
+                t.fp,
+                t.tn,
+                t.fn_,
+                share(t.sensitivity),
+                share(t.specificity),
+                share(t.ppv),
+                share(t.npv),
+                num(t.net_benefit),
+                num(t.treat_all)
+            ));
+        }
+        if !g.converged {
+            s.push_str("\n  the calibration fits did NOT converge");
+        }
+    }
+    if !p.fairness.is_empty() {
+        s.push_str("\n\nlargest gaps between subgroups:");
+        for f in &p.fairness {
+            s.push_str(&format!(
+                "\n  {} {}{}: {} (lowest {}, highest {})",
+                f.variable,
+                f.metric,
+                f.threshold
+                    .map(|t| format!(" at {}", num(t)))
+                    .unwrap_or_default(),
+                num(f.gap),
+                f.lowest,
+                f.highest
+            ));
+        }
+    }
+    s
 }
 
 /// What a value needs said under its table: fit statistics, tests,
 /// precision.
 pub fn footer(value: &PooledValue) -> Option<String> {
     match value {
+        PooledValue::Performance(p) => Some(performance_footer(p)),
         PooledValue::Gbdt(g) => {
             let m = &g.model;
             let depth = m.trees.first().map_or(0, |t| t.depth());

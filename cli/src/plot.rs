@@ -105,6 +105,153 @@ pub fn histogram_plot(
     .with_context(|| format!("cannot write plot {}", path.display()))
 }
 
+/// A model's validation as three panels side by side: ROC curves,
+/// calibration (observed against predicted risk per bin, with the
+/// diagonal), and the decision curve (net benefit against threshold, with
+/// treat-all and treat-none). One series per group with patients of both
+/// kinds.
+pub fn performance_plot(
+    path: &Path,
+    p: &plexus_core::models::performance::PerformanceResult,
+) -> Result<()> {
+    let format = output_format(path)?;
+    if p.groups.iter().all(|g| g.roc.is_empty()) {
+        bail!("nothing to plot: no group has patients with and without the outcome");
+    }
+    ensure_font()?;
+    let size = (3 * SIZE.0 / 2 + 300, SIZE.1);
+    match format {
+        Format::Svg => draw_performance(SVGBackend::new(path, size), p),
+        Format::Png => draw_performance(BitMapBackend::new(path, size), p),
+    }
+    .with_context(|| format!("cannot write plot {}", path.display()))
+}
+
+fn legend<'a, DB: DrawingBackend + 'a>(chart: &mut Chart<'a, DB>) -> Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .label_font((FONT, 12))
+        .background_style(WHITE.mix(0.85))
+        .border_style(RGBColor(170, 170, 170))
+        .draw()?;
+    Ok(())
+}
+
+fn draw_performance<DB: DrawingBackend>(
+    backend: DB,
+    p: &plexus_core::models::performance::PerformanceResult,
+) -> Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    let root = backend.into_drawing_area();
+    root.fill(&WHITE)?;
+    let panels = root.split_evenly((1, 3));
+    let groups: Vec<_> = p.groups.iter().filter(|g| !g.roc.is_empty()).collect();
+    let grey = RGBColor(150, 150, 150);
+    // ROC.
+    let mut chart = new_chart(
+        &panels[0],
+        ["ROC", "1 - specificity", "sensitivity"],
+        0.0..1.0,
+        0.0..1.0,
+        true,
+    )?;
+    chart.draw_series(LineSeries::new([(0.0, 0.0), (1.0, 1.0)], grey))?;
+    for (g, color) in groups.iter().zip(PALETTE.iter().cycle()) {
+        let style = color.stroke_width(2);
+        let auc = g
+            .auc
+            .map(|a| tick_label(&((a.estimate * 1000.0).round() / 1000.0)));
+        chart
+            .draw_series(LineSeries::new(g.roc.iter().map(|r| (r.fpr, r.tpr)), style))?
+            .label(format!(
+                "{} (AUC {})",
+                g.group.label(),
+                auc.unwrap_or_default()
+            ))
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], style));
+    }
+    legend(&mut chart)?;
+    // Calibration.
+    let top = groups
+        .iter()
+        .flat_map(|g| g.calibration.iter().flat_map(|b| [b.observed, b.predicted]))
+        .fold(0.0f64, f64::max)
+        .clamp(0.05, 1.0);
+    let mut chart = new_chart(
+        &panels[1],
+        ["Calibration", "predicted risk", "observed risk"],
+        0.0..top,
+        0.0..top,
+        true,
+    )?;
+    chart.draw_series(LineSeries::new([(0.0, 0.0), (top, top)], grey))?;
+    for (g, color) in groups.iter().zip(PALETTE.iter().cycle()) {
+        let style = color.stroke_width(2);
+        let points: Vec<(f64, f64)> = g
+            .calibration
+            .iter()
+            .map(|b| (b.predicted, b.observed))
+            .collect();
+        chart
+            .draw_series(LineSeries::new(points.clone(), style))?
+            .label(g.group.label())
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], style));
+        chart.draw_series(
+            points
+                .into_iter()
+                .map(|pt| Circle::new(pt, 3, color.filled())),
+        )?;
+    }
+    legend(&mut chart)?;
+    // Decision curve, over the thresholds asked for.
+    let all = groups[0];
+    let xs: Vec<f64> = all.thresholds.iter().map(|t| t.threshold).collect();
+    let x1 = xs.iter().copied().fold(0.0f64, f64::max).max(0.01);
+    let nb_top = all
+        .thresholds
+        .iter()
+        .map(|t| t.net_benefit.max(t.treat_all))
+        .fold(0.0f64, f64::max)
+        .max(0.01);
+    let mut chart = new_chart(
+        &panels[2],
+        ["Decision curve", "threshold", "net benefit"],
+        0.0..x1,
+        (-nb_top * 0.2)..(nb_top * 1.1),
+        true,
+    )?;
+    chart
+        .draw_series(LineSeries::new(
+            all.thresholds.iter().map(|t| (t.threshold, t.treat_all)),
+            grey.stroke_width(2),
+        ))?
+        .label("treat all")
+        .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], grey));
+    chart
+        .draw_series(LineSeries::new([(0.0, 0.0), (x1, 0.0)], BLACK))?
+        .label("treat none")
+        .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], BLACK));
+    for (g, color) in groups.iter().zip(PALETTE.iter().cycle()) {
+        let style = color.stroke_width(2);
+        chart
+            .draw_series(LineSeries::new(
+                g.thresholds.iter().map(|t| (t.threshold, t.net_benefit)),
+                style,
+            ))?
+            .label(g.group.label())
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], style));
+    }
+    legend(&mut chart)?;
+    root.present()?;
+    Ok(())
+}
+
 enum Format {
     Svg,
     Png,
@@ -440,8 +587,9 @@ pub fn plot_result(r: &plexus_core::pool::PooledResult, path: &Path) -> Result<(
             let counts: Vec<Option<u64>> = bins.iter().map(|c| c.count).collect();
             histogram_plot(path, &format!("Histogram of {variable}"), variable, edges, &counts)
         }
+        PooledValue::Performance(p) => performance_plot(path, p),
         other => bail!(
-            "there is nothing to plot for a {} result; --plot draws kaplan_meier and histogram results",
+            "there is nothing to plot for a {} result; --plot draws kaplan_meier, histogram and model_performance results",
             serde_json::to_value(other)
                 .ok()
                 .and_then(|v| v.get("kind").and_then(|k| k.as_str()).map(str::to_string))

@@ -539,9 +539,12 @@ fn routes(state: &Arc<State>) -> Result<Routes> {
         .add_service(ResearchServer::new(ResearchService {
             state: state.clone(),
         }))
-        .add_service(AdminServer::new(AdminService {
-            state: state.clone(),
-        }))
+        .add_service(
+            AdminServer::new(AdminService {
+                state: state.clone(),
+            })
+            .max_decoding_message_size(plexus_proto::convert::performance::MAX_MODEL_MESSAGE),
+        )
         .add_service(AuditServer::new(AuditService {
             state: state.clone(),
         }));

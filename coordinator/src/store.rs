@@ -110,6 +110,16 @@ pub struct StoredStudy {
     pub registered_at: i64,
 }
 
+/// A model registered with a study.
+#[derive(Debug, Clone)]
+pub struct StoredModel {
+    pub study_id: String,
+    pub artefact: plexus_core::models::artefact::ModelArtefact,
+    pub hash: String,
+    pub registered_by: String,
+    pub registered_at: i64,
+}
+
 #[derive(Debug, Clone)]
 pub struct StoredQuery {
     pub id: String,
@@ -546,6 +556,83 @@ impl Store {
             .fetch_optional(pool)
             .await?;
         row.as_ref().map(Self::row_to_study).transpose()
+        })
+    }
+
+    /// Registers `artefact` with `study` under its name, replacing a model
+    /// of that name; says whether one was replaced.
+    pub async fn upsert_model(
+        &self,
+        study: &str,
+        artefact: &plexus_core::models::artefact::ModelArtefact,
+        by: &str,
+    ) -> Result<bool> {
+        on_writer!(self, pool => {
+        let spec = serde_json::to_string(&artefact.spec).expect("model spec serialises");
+        let existed = self.model(study, &artefact.spec.name).await?.is_some();
+        sqlx::query(
+            "INSERT INTO models (study_id, name, hash, spec, file, registered_by, registered_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT(study_id, name) DO UPDATE SET \
+             hash = excluded.hash, spec = excluded.spec, file = excluded.file, \
+             registered_by = excluded.registered_by, registered_at = excluded.registered_at",
+        )
+        .bind(study)
+        .bind(&artefact.spec.name)
+        .bind(artefact.hash())
+        .bind(spec)
+        .bind(&artefact.bytes)
+        .bind(by)
+        .bind(now_ms())
+        .execute(pool)
+        .await?;
+        Ok(existed)
+        })
+    }
+
+    fn row_to_model<R>(row: &R) -> Result<StoredModel>
+    where
+        R: Row,
+        for<'a> &'a str: sqlx::ColumnIndex<R>,
+        for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+        for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+        for<'r> Vec<u8>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    {
+        let spec: String = row.try_get("spec")?;
+        let spec = serde_json::from_str(&spec).map_err(|e| {
+            crate::error::CoordinatorError::Core(plexus_core::Error::internal(format!(
+                "stored model is unreadable: {e}"
+            )))
+        })?;
+        Ok(StoredModel {
+            study_id: row.try_get("study_id")?,
+            artefact: plexus_core::models::artefact::ModelArtefact {
+                spec,
+                bytes: row.try_get("file")?,
+            },
+            hash: row.try_get("hash")?,
+            registered_by: row.try_get("registered_by")?,
+            registered_at: row.try_get("registered_at")?,
+        })
+    }
+
+    pub async fn model(&self, study: &str, name: &str) -> Result<Option<StoredModel>> {
+        on_pool!(self, pool => {
+        let row = sqlx::query("SELECT * FROM models WHERE study_id = $1 AND name = $2")
+            .bind(study)
+            .bind(name)
+            .fetch_optional(pool)
+            .await?;
+        row.as_ref().map(Self::row_to_model).transpose()
+        })
+    }
+
+    pub async fn models(&self, study: &str) -> Result<Vec<StoredModel>> {
+        on_pool!(self, pool => {
+        let rows = sqlx::query("SELECT * FROM models WHERE study_id = $1 ORDER BY name")
+            .bind(study)
+            .fetch_all(pool)
+            .await?;
+        rows.iter().map(Self::row_to_model).collect()
         })
     }
 

@@ -149,6 +149,11 @@ pub struct StudyPolicy {
     /// `plexus-node approve` (kept in the state folder) count too.
     #[serde(default)]
     pub definition_hashes: BTreeSet<String>,
+    /// The approved hash of each prediction model the study may validate
+    /// here, as `plexus model list --study ID` prints it. Models approved
+    /// later with `plexus-node approve --model` count too.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub model_hashes: BTreeSet<String>,
     /// When set, the only analyses this node runs for the study.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub analyses: Option<BTreeSet<AnalysisKind>>,

@@ -688,6 +688,13 @@ impl JobRunner {
             &query,
             &scope.derived,
         )?;
+        policy::model_approved(
+            &self.config,
+            &job.study_id,
+            &query,
+            iteration.as_ref(),
+            &scope.dictionary,
+        )?;
         let protection = self.protection(job, &query)?;
         Ok(Checked {
             scope,
@@ -1118,6 +1125,17 @@ fn shape(stats: &NodeStats) -> String {
         NodeStats::Table { cells, .. } => cells.clone(),
         NodeStats::Glm(_) | NodeStats::Cox(_) => {
             return "one model round (sums over complete cases)".into()
+        }
+        NodeStats::Performance(p) => {
+            return format!(
+                "one model-validation round ({} groups{})",
+                p.calibration.len(),
+                if p.counts.is_empty() {
+                    ", calibration sums"
+                } else {
+                    ", score segments of at least k and calibration sums"
+                }
+            )
         }
         NodeStats::Gbdt(g) => {
             return format!(

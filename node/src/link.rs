@@ -124,7 +124,9 @@ impl Link {
             },
             _ = shutdown.cancelled() => return SessionEnd::Shutdown,
         };
-        let mut client = NodeLinkClient::new(channel);
+        // A job of a model_performance carries the model.
+        let mut client = NodeLinkClient::new(channel)
+            .max_decoding_message_size(plexus_proto::convert::performance::MAX_MODEL_MESSAGE);
         let (tx, rx) = mpsc::channel::<pb::NodeMessage>(64);
         let (witnessed_size, witnessed_root) = self.runner.witness.reported();
         let hello = pb::NodeMessage {

@@ -40,8 +40,12 @@ enum Command {
         #[arg(long)]
         study: String,
         /// SHA-256 of the definition (64 hex characters).
+        #[arg(long, required_unless_present = "model", conflicts_with = "model")]
+        hash: Option<String>,
+        /// Approve a prediction model of the study instead, by the hash
+        /// `plexus model list --study ID` prints.
         #[arg(long)]
-        hash: String,
+        model: Option<String>,
         /// Why, or on whose request, kept with the approval.
         #[arg(long, default_value = "")]
         note: String,
@@ -132,10 +136,27 @@ fn dispatch(args: Args) -> anyhow::Result<()> {
                 args.log_format
             },
         ),
-        Some(Command::Approve { study, hash, note }) => {
-            let done = plexus_node::policy::approve(&config, &study, &hash, &by, &note)?;
+        Some(Command::Approve {
+            study,
+            hash,
+            model,
+            note,
+        }) => {
+            let (what, hash, done) = match (hash, model) {
+                (_, Some(m)) => {
+                    let done = plexus_node::policy::approve_model(&config, &study, &m, &by, &note)?;
+                    ("model", m, done)
+                }
+                (Some(h), None) => {
+                    let done = plexus_node::policy::approve(&config, &study, &h, &by, &note)?;
+                    ("definition", h, done)
+                }
+                (None, None) => {
+                    anyhow::bail!("say what to approve: --hash DEFINITION or --model HASH")
+                }
+            };
             println!(
-                "{} definition {} of study \"{study}\"; approved versions now: {}",
+                "{} {what} {} of study \"{study}\"; approved {what}s now: {}",
                 if done.recorded {
                     "approved"
                 } else {

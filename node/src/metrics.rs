@@ -168,6 +168,7 @@ pub fn rows(raw: &RawStats) -> u64 {
         RawStats::Glm(g) => g.n,
         RawStats::Cox(c) => c.n,
         RawStats::Gbdt(g) => g.n,
+        RawStats::Performance(p) => p.counts.first().map_or(0, |c| c.n),
         RawStats::Survival(groups) => groups.iter().map(|t| t.counts.at_risk).sum(),
         RawStats::Pairs(pairs) => pairs.iter().map(|p| p.n).max().unwrap_or(0),
     }

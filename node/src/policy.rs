@@ -24,7 +24,13 @@ pub const APPROVALS_FILE: &str = "approvals.jsonl";
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Approval {
     pub study_id: String,
+    /// An approved version of the study's definition (empty in a model's
+    /// approval).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub definition_hash: String,
+    /// An approved prediction model of the study, by its hash.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub model_hash: String,
     /// RFC 3339.
     pub approved_at: String,
     /// The local account that approved it.
@@ -78,10 +84,83 @@ pub fn approved_hashes(config: &NodeConfig, study: &str) -> Result<BTreeSet<Stri
     out.extend(
         read_approvals(&config.node.state_dir)?
             .into_iter()
-            .filter(|a| a.study_id == study)
+            .filter(|a| a.study_id == study && !a.definition_hash.is_empty())
             .map(|a| a.definition_hash),
     );
     Ok(out)
+}
+
+/// The model hashes of `study` the hospital approved: pinned in the config
+/// or recorded in the approvals file.
+pub fn approved_models(config: &NodeConfig, study: &str) -> Result<BTreeSet<String>, Error> {
+    let mut out: BTreeSet<String> = config
+        .policy
+        .studies
+        .get(study)
+        .map(|s| s.model_hashes.clone())
+        .unwrap_or_default();
+    out.extend(
+        read_approvals(&config.node.state_dir)?
+            .into_iter()
+            .filter(|a| a.study_id == study && !a.model_hash.is_empty())
+            .map(|a| a.model_hash),
+    );
+    Ok(out)
+}
+
+/// Refuses a `model_performance` job unless the model it carries is the
+/// one its query names, reads exactly the variables the query lists, and
+/// was approved by this hospital for the study. A changed model has another
+/// hash, and is refused until approved again.
+pub fn model_approved(
+    config: &NodeConfig,
+    study: &str,
+    query: &Query,
+    iteration: Option<&plexus_core::models::fit::Iteration>,
+    dict: &plexus_core::Dictionary,
+) -> Result<(), Error> {
+    let plexus_core::Analysis::ModelPerformance {
+        model,
+        model_hash,
+        inputs,
+        ..
+    } = &query.analysis
+    else {
+        return Ok(());
+    };
+    let artefact = iteration
+        .and_then(|it| it.model.as_deref())
+        .ok_or_else(|| {
+            Error::invalid(format!(
+                "the job validates model \"{model}\" and carries no model"
+            ))
+        })?;
+    let hash = artefact.hash();
+    if hash != *model_hash || artefact.spec.name != *model {
+        return Err(Error::policy(format!(
+            "the model the job carries (\"{}\", hash {hash}) is not the model its query names (\"{model}\", hash {model_hash}); refused",
+            artefact.spec.name
+        )));
+    }
+    let approved = approved_models(config, study)?;
+    if !approved.contains(&hash) {
+        return Err(Error::policy(format!(
+            "model \"{model}\" of study \"{study}\" with hash {hash} has not been approved by this hospital (a model registered again has a new hash); to approve it, check it (`plexus model list --study {study}` shows its file's SHA-256, inputs and operators), then run `plexus-node approve --config node.toml --study {study} --model {hash}` (or add the hash to policy.studies.{study}.model_hashes in node.toml)"
+        )));
+    }
+    let features = plexus_core::models::registration::check(artefact, dict, inputs)?;
+    let reads = plexus_core::models::artefact::ModelArtefact::variables(&features);
+    let mut listed = inputs.clone();
+    listed.sort();
+    listed.dedup();
+    if reads != listed {
+        return Err(Error::policy(format!(
+            "model \"{model}\" reads {} and the query lists {}; refused",
+            reads.join(", "),
+            listed.join(", ")
+        )));
+    }
+    Ok(())
 }
 
 /// Refuses a job of a study the hospital does not take part in, or of a
@@ -186,6 +265,29 @@ pub fn approve(
     by: &str,
     note: &str,
 ) -> Result<Approved, NodeError> {
+    record(config, study, hash, false, by, note)
+}
+
+/// Records `hash` as an approved prediction model of `study` in the
+/// approvals file; the running node uses it from its next job.
+pub fn approve_model(
+    config: &NodeConfig,
+    study: &str,
+    hash: &str,
+    by: &str,
+    note: &str,
+) -> Result<Approved, NodeError> {
+    record(config, study, hash, true, by, note)
+}
+
+fn record(
+    config: &NodeConfig,
+    study: &str,
+    hash: &str,
+    model: bool,
+    by: &str,
+    note: &str,
+) -> Result<Approved, NodeError> {
     let hash = hash.trim().to_ascii_lowercase();
     if !config.policy.studies.contains_key(study) {
         return Err(NodeError::Config(format!(
@@ -194,10 +296,16 @@ pub fn approve(
     }
     if !is_sha256_hex(&hash) {
         return Err(NodeError::Config(format!(
-            "\"{hash}\" is not a SHA-256 hex digest (64 characters 0-9, a-f); copy it from `plexus study show {study}` or from the node's refusal"
+            "\"{hash}\" is not a SHA-256 hex digest (64 characters 0-9, a-f); copy it from `plexus {} {study}` or from the node's refusal",
+            if model { "model list --study" } else { "study show" }
         )));
     }
-    let mut hashes = approved_hashes(config, study).map_err(NodeError::Core)?;
+    let mut hashes = if model {
+        approved_models(config, study)
+    } else {
+        approved_hashes(config, study)
+    }
+    .map_err(NodeError::Core)?;
     if hashes.contains(&hash) {
         return Ok(Approved {
             recorded: false,
@@ -206,7 +314,8 @@ pub fn approve(
     }
     let approval = Approval {
         study_id: study.to_string(),
-        definition_hash: hash.clone(),
+        definition_hash: if model { String::new() } else { hash.clone() },
+        model_hash: if model { hash.clone() } else { String::new() },
         approved_at: chrono::Utc::now().to_rfc3339(),
         by: by.to_string(),
         note: note.to_string(),

@@ -569,6 +569,37 @@ impl Sandbox {
         Ok(())
     }
 
+    /// Registers a prediction model with a study as `who` (the admin or a
+    /// researcher of the study); the coordinator's refusal comes back as
+    /// its error.
+    pub async fn register_model(
+        &self,
+        who: &str,
+        request: pb::RegisterModelRequest,
+    ) -> Result<pb::Model, plexus_core::Error> {
+        let client = self
+            .client(who)
+            .await
+            .map_err(|e| plexus_core::Error::internal(e.to_string()))?;
+        client
+            .admin()
+            .register_model(request)
+            .await
+            .map(|r| r.into_inner())
+            .map_err(|s| plexus_proto::convert::from_status(&s))
+    }
+
+    /// Approves a study's model by its hash at one node, as the hospital's
+    /// steward would with `plexus-node approve --model`.
+    pub fn approve_model_at(&self, node: &str, study: &str, hash: &str) -> anyhow::Result<()> {
+        let config = self
+            .node_configs
+            .get(node)
+            .with_context(|| format!("no node {node} in the sandbox"))?;
+        plexus_node::policy::approve_model(config, study, hash, "sandbox", "")?;
+        Ok(())
+    }
+
     /// A node's review queue, where the results its policy holds wait.
     pub fn review_queue(&self, node: &str) -> anyhow::Result<plexus_node::review::ReviewQueue> {
         let config = self

@@ -2,12 +2,16 @@
 //! nodes answer with their sums for them, and the coordinator steps until
 //! the fit converges, a fixed number of rounds under differential privacy.
 
+use std::sync::Arc;
+
 use tracing::info;
 
+use plexus_core::models::artefact::ModelArtefact;
 use plexus_core::models::cox::CoxFitter;
 use plexus_core::models::fit::{Iteration, IterativeFit, Step};
 use plexus_core::models::gbdt::GbdtTrainer;
 use plexus_core::models::glm::GlmFitter;
+use plexus_core::models::performance::{self, PerformanceFitter, PerformanceOptions};
 use plexus_core::pool::{quorum, PooledValue, Provenance};
 use plexus_core::pool::{NodeOutcome, NodeStatus};
 use plexus_core::privacy::glm::{glm_noise, GlmBounds, DP_GLM_ROUNDS};
@@ -23,10 +27,40 @@ enum Fitter {
     Glm(Box<GlmFitter>, Option<GlmBounds>),
     Cox(CoxFitter),
     Gbdt(Box<GbdtTrainer>),
+    Performance(Box<PerformanceFitter>),
 }
 
 impl Fitter {
-    fn new(query: &Query, dict: &plexus_core::Dictionary, private: bool) -> Result<Self, Error> {
+    fn new(
+        query: &Query,
+        dict: &plexus_core::Dictionary,
+        private: bool,
+        model: Option<&Arc<ModelArtefact>>,
+    ) -> Result<Self, Error> {
+        if let Analysis::ModelPerformance {
+            model: name,
+            model_hash,
+            outcome,
+            subgroups,
+            thresholds,
+            calibration_bins,
+            ..
+        } = &query.analysis
+        {
+            if private {
+                return Err(plexus_core::privacy::release::performance_refused());
+            }
+            let model =
+                model.ok_or_else(|| Error::internal("a model_performance without its model"))?;
+            return Ok(Fitter::Performance(Box::new(PerformanceFitter::new(
+                Some(model.clone()),
+                name.clone(),
+                model_hash.clone(),
+                outcome.clone(),
+                performance::groups(dict, subgroups)?,
+                PerformanceOptions::new(thresholds, *calibration_bins)?,
+            ))));
+        }
         if let Some(options) = query.analysis.gbdt_options() {
             if private {
                 return Err(plexus_core::privacy::release::gbdt_refused());
@@ -82,6 +116,7 @@ impl Fitter {
             Fitter::Glm(f, _) => f.start(),
             Fitter::Cox(f) => f.start(),
             Fitter::Gbdt(f) => f.start(),
+            Fitter::Performance(f) => f.start(),
         }
     }
 
@@ -150,6 +185,29 @@ impl Fitter {
                     Step::Done(r) => Step::Done(PooledValue::Gbdt(Box::new(r))),
                 }
             }
+            Fitter::Performance(f) => {
+                // Counts come in the first round only; every answer was
+                // checked on receipt against the rules, here against the
+                // round.
+                let first = f.first_round();
+                let mut parts = Vec::with_capacity(answers.len());
+                for (node, s) in answers {
+                    let NodeStats::Performance(p) = s else {
+                        return Err(mismatch());
+                    };
+                    if (p.counts.len() == f.groups()) != first {
+                        return Err(Error::invalid(format!(
+                            "{node} answered round {} of a model_performance with the wrong kind of statistics",
+                            if first { 1 } else { 2 }
+                        )));
+                    }
+                    parts.push(p);
+                }
+                match f.step_parts(parts)? {
+                    Step::Next(i) => Step::Next(i),
+                    Step::Done(r) => Step::Done(PooledValue::Performance(Box::new(r))),
+                }
+            }
         })
     }
 }
@@ -171,7 +229,7 @@ pub(super) async fn fit(plan: &Plan<'_>, nodes: Vec<String>, min_nodes: u32) -> 
     let state = plan.state;
     let k = state.config.coordinator.min_cell_size;
     let private = !plan.study.privacy.exact;
-    let mut fitter = Fitter::new(plan.query, &plan.dictionary, private)?;
+    let mut fitter = Fitter::new(plan.query, &plan.dictionary, private, plan.model.as_ref())?;
     let mut receipts: Vec<(String, Receipt)> = Vec::new();
     let mut iteration = fitter.start();
     let mut participants: Vec<String> = Vec::new();
@@ -190,6 +248,9 @@ pub(super) async fn fit(plan: &Plan<'_>, nodes: Vec<String>, min_nodes: u32) -> 
         // A fit started again without a lost node gets its rounds again.
         let limit = match plan.query.analysis.gbdt_options() {
             Some(o) => (1 + o.trees * o.depth) * (restarts + 1),
+            None if matches!(plan.query.analysis, Analysis::ModelPerformance { .. }) => {
+                performance::MAX_ROUNDS * (restarts + 1)
+            }
             None => 4 * plexus_core::query::MAX_ITERATIONS * (restarts + 1),
         };
         if round > limit {
@@ -291,7 +352,7 @@ pub(super) async fn fit(plan: &Plan<'_>, nodes: Vec<String>, min_nodes: u32) -> 
             }
             participants = remaining;
             restarts += 1;
-            fitter = Fitter::new(plan.query, &plan.dictionary, private)?;
+            fitter = Fitter::new(plan.query, &plan.dictionary, private, plan.model.as_ref())?;
             iteration = fitter.start();
             continue;
         }

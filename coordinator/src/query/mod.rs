@@ -191,7 +191,28 @@ async fn execute(
             down.join(", ")
         )));
     }
+    let model = match &query.analysis {
+        plexus_core::Analysis::ModelPerformance {
+            model, model_hash, ..
+        } => {
+            let stored = state
+                .store
+                .model(&study.id, model)
+                .await
+                .map_err(|e| e.to_core())?
+                .filter(|m| m.hash == *model_hash)
+                .ok_or_else(|| {
+                    Error::policy(format!(
+                        "model \"{model}\" with hash {model_hash} is no longer registered with study \"{}\" (it was registered again while the query waited); ask again",
+                        study.id
+                    ))
+                })?;
+            Some(Arc::new(stored.artefact))
+        }
+        _ => None,
+    };
     let plan = Plan {
+        model,
         state,
         query_id,
         study,

@@ -89,6 +89,9 @@ pub(crate) struct Plan<'a> {
     pub dictionary: Arc<plexus_core::Dictionary>,
     /// Every node's receipts so far, summed over the query's jobs.
     pub charges: &'a std::sync::Mutex<Vec<(String, Receipt)>>,
+    /// The registered model a `model_performance` scores, sent with every
+    /// round.
+    pub model: Option<Arc<plexus_core::models::artefact::ModelArtefact>>,
 }
 
 /// A 128-bit job id, hex: a UUIDv7 (milliseconds since 1970, then 74

@@ -57,6 +57,50 @@ impl ResearchService {
         Ok(precheck(study, query, spent, repeat))
     }
 
+    /// Fills in a `model_performance`'s model as registered with the
+    /// study: its approved hash and the variables it reads. A hash the
+    /// researcher gave must be the registered one.
+    async fn resolve_model(
+        &self,
+        study: &plexus_core::StudyDefinition,
+        dict: &plexus_core::Dictionary,
+        query: &mut plexus_core::Query,
+    ) -> Result<(), Error> {
+        let plexus_core::Analysis::ModelPerformance {
+            model,
+            model_hash,
+            inputs,
+            ..
+        } = &mut query.analysis
+        else {
+            return Ok(());
+        };
+        plexus_core::text::check("analysis.model_performance.model", model)?;
+        let stored = self
+            .state
+            .store
+            .model(&study.id, model)
+            .await
+            .map_err(|e| e.to_core())?
+            .ok_or_else(|| {
+                Error::not_found(format!(
+                    "no model \"{model}\" is registered with study \"{}\" (`plexus model list --study {}` shows them; `plexus model register` adds one)",
+                    study.id, study.id
+                ))
+            })?;
+        if !model_hash.is_empty() && *model_hash != stored.hash {
+            return Err(Error::policy(format!(
+                "model \"{model}\" of study \"{}\" is registered with hash {}, not the {model_hash} the query names: it was registered again since; check the new model and ask again with its hash (or none)",
+                study.id, stored.hash
+            )));
+        }
+        let features =
+            plexus_core::models::registration::check(&stored.artefact, dict, &study.variables)?;
+        *model_hash = stored.hash;
+        *inputs = plexus_core::models::artefact::ModelArtefact::variables(&features);
+        Ok(())
+    }
+
     async fn refuse(&self, who: &str, study: &str, e: Error) -> Status {
         // Refused before it was parsed or checked: its analysis is not known.
         self.state
@@ -112,15 +156,20 @@ impl Research for ResearchService {
             ));
             return Err(self.refuse(&who.name, &study.id, e).await);
         }
-        let query = match self
+        let read = self
             .state
             .dictionary_for(&study)
-            .and_then(|dict| {
-                read_query(req.query, &req.query_json, &dict)
-                    .and_then(|q| q.validate(&dict).map(|_| q))
-            })
-            .and_then(|q| study.permits(&q).map(|_| q))
-        {
+            .and_then(|dict| read_query(req.query, &req.query_json, &dict).map(|q| (q, dict)));
+        let read = match read {
+            Ok((mut q, dict)) => self
+                .resolve_model(&study, &dict, &mut q)
+                .await
+                .and_then(|_| q.validate(&dict))
+                .and_then(|_| study.permits(&q))
+                .map(|_| q),
+            Err(e) => Err(e),
+        };
+        let query = match read {
             Ok(q) => q,
             Err(e) => return Err(self.refuse(&who.name, &study.id, e).await),
         };
@@ -160,11 +209,20 @@ impl Research for ResearchService {
                 nodes: study.nodes.clone(),
                 query_id: id.clone(),
                 query_hash: stored.query_hash.clone(),
-                detail: format!(
-                    "{} on {} variables",
-                    query.analysis.kind(),
-                    query.variables().len()
-                ),
+                detail: match &query.analysis {
+                    plexus_core::Analysis::ModelPerformance {
+                        model, model_hash, ..
+                    } => format!(
+                        "{} on {} variables, model \"{model}\" hash {model_hash}",
+                        query.analysis.kind(),
+                        query.variables().len()
+                    ),
+                    _ => format!(
+                        "{} on {} variables",
+                        query.analysis.kind(),
+                        query.variables().len()
+                    ),
+                },
                 ..AuditEntry::new(
                     who.name.clone(),
                     audit::Role::Researcher,

@@ -225,9 +225,9 @@ impl FileSource {
                         .rows(resident.as_deref(), query, purpose, today, limits)
                         .await?;
                     let columns = rows.columns(&self.ctx, &vars, &self.dict).await?;
-                    let (a, d) = (analysis.clone(), self.dict.clone());
+                    let (a, d, i) = (analysis.clone(), self.dict.clone(), it.clone());
                     let prepared =
-                        blocking(move || models::prepare(&a, &d, &columns, limits)).await?;
+                        blocking(move || models::prepare(&a, &d, &columns, limits, &i)).await?;
                     let prepared = Arc::new(prepared);
                     self.models.put(key, prepared.clone());
                     prepared
@@ -384,7 +384,10 @@ impl FileSource {
                 let columns = rows.columns(ctx, &vars, &self.dict).await?;
                 survival_or_pairs(analysis, &self.dict, columns, limits.private).await?
             }
-            Analysis::Glm { .. } | Analysis::Cox { .. } | Analysis::Gbdt { .. } => {
+            Analysis::Glm { .. }
+            | Analysis::Cox { .. }
+            | Analysis::Gbdt { .. }
+            | Analysis::ModelPerformance { .. } => {
                 return Err(Error::internal("regressions are computed round by round"))
             }
         })

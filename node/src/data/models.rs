@@ -9,6 +9,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use plexus_core::models::artefact::ModelFormat;
 use plexus_core::models::correlation::pair_sums;
 use plexus_core::models::cox::CoxData;
 use plexus_core::models::design::{complete_rows, design_matrix, ColumnData, Columns, Term};
@@ -16,6 +17,8 @@ use plexus_core::models::fit::Iteration;
 use plexus_core::models::gbdt::GbdtData;
 use plexus_core::models::glm::{glm_round, Family};
 use plexus_core::models::linalg::{add_outer, first_dependent_column, packed_len};
+use plexus_core::models::performance::{self, PerformanceData};
+use plexus_core::models::registration;
 use plexus_core::models::rules::{check_cross_cells, check_disclosure};
 use plexus_core::models::survival;
 use plexus_core::privacy::glm::GlmBounds;
@@ -51,6 +54,9 @@ pub(crate) enum Prepared {
     /// Binned features and outcome, with the scores of the trees applied
     /// so far.
     Gbdt(Box<GbdtData>),
+    /// A model's predictions of every complete case, with the outcome and
+    /// each group's patients.
+    Performance(Box<PerformanceData>),
 }
 
 /// Prepared regressions kept between rounds.
@@ -128,6 +134,7 @@ fn regression_variables(analysis: &Analysis) -> Vec<&str> {
             all.extend(covariates.iter().map(String::as_str));
             all
         }
+        Analysis::ModelPerformance { .. } => analysis.variables(),
         _ => vec![],
     }
 }
@@ -141,11 +148,15 @@ pub(crate) fn prepare(
     dict: &Dictionary,
     columns: &Columns,
     limits: Limits,
+    it: &Iteration,
 ) -> Result<Prepared> {
     let variables = regression_variables(analysis);
     let rows = complete_rows(columns, &variables)?;
     if let Analysis::Gbdt { outcome, .. } = analysis {
         return prepare_trees(analysis, dict, columns, &rows, &variables, outcome, limits);
+    }
+    if let Analysis::ModelPerformance { .. } = analysis {
+        return prepare_performance(analysis, dict, columns, &rows, limits, it);
     }
     let terms = analysis.terms(dict)?;
     if !limits.private {
@@ -258,6 +269,101 @@ fn prepare_trees(
     )?)))
 }
 
+/// How long a node lets a model score its patients, per job.
+const SCORING_TIME: Duration = Duration::from_secs(300);
+
+/// A model's validation data: every complete case (outcome, subgroups and
+/// the model's inputs) scored by the model the job carries (checked against
+/// the hospital's approval before), and the groups held to their rule.
+fn prepare_performance(
+    analysis: &Analysis,
+    dict: &Dictionary,
+    columns: &Columns,
+    rows: &[usize],
+    limits: Limits,
+    it: &Iteration,
+) -> Result<Prepared> {
+    let Analysis::ModelPerformance {
+        model_hash,
+        inputs,
+        outcome,
+        subgroups,
+        ..
+    } = analysis
+    else {
+        return Err(Error::internal("not a model_performance"));
+    };
+    if limits.private {
+        return Err(plexus_core::privacy::release::performance_refused());
+    }
+    let artefact = it
+        .model
+        .as_deref()
+        .filter(|m| m.hash() == *model_hash)
+        .ok_or_else(|| Error::invalid("the job carries no model, or not the query's"))?;
+    let features = registration::check(artefact, dict, inputs)?;
+    let column = |name: &str| {
+        columns
+            .get(name)
+            .ok_or_else(|| Error::internal(format!("\"{name}\" was not extracted")))
+    };
+    let cols = features
+        .iter()
+        .map(|f| column(&f.variable))
+        .collect::<Result<Vec<_>>>()?;
+    let width = features.len();
+    let p = match artefact.spec.format {
+        ModelFormat::Plexus => {
+            let model = registration::plexus(artefact)?;
+            let mut values = vec![0.0; width];
+            rows.iter()
+                .map(|&r| {
+                    for ((v, f), c) in values.iter_mut().zip(&features).zip(&cols) {
+                        *v = f.value(c.number(r));
+                    }
+                    model.predict(&values)
+                })
+                .collect()
+        }
+        ModelFormat::Onnx => {
+            let scorer = plexus_onnx::OnnxScorer::load(
+                &artefact.bytes,
+                width,
+                artefact.spec.output.as_deref(),
+            )?;
+            let mut x = Vec::with_capacity(rows.len() * width);
+            for &r in rows {
+                for (f, c) in features.iter().zip(&cols) {
+                    x.push(f.value(c.number(r)) as f32);
+                }
+            }
+            scorer.score(&x, rows.len(), Instant::now() + SCORING_TIME)?
+        }
+    };
+    let y_col = column(outcome)?;
+    let y: Vec<bool> = rows.iter().map(|&r| y_col.number(r) == 1.0).collect();
+    let groups = performance::groups(dict, subgroups)?;
+    let all: Vec<u32> = (0..rows.len() as u32).collect();
+    let mut members = vec![all];
+    for g in &groups[1..] {
+        let c = column(g.variable.as_deref().unwrap_or_default())?;
+        members.push(
+            rows.iter()
+                .enumerate()
+                .filter(|(_, &r)| c.number(r) == f64::from(g.index))
+                .map(|(i, _)| i as u32)
+                .collect(),
+        );
+    }
+    Ok(Prepared::Performance(Box::new(PerformanceData::new(
+        p,
+        y,
+        &groups,
+        members,
+        u64::from(limits.k),
+    )?)))
+}
+
 /// Refuses a model resting on fewer than `k` complete cases at this node.
 fn complete_cases_rule(rows: usize, k: u32) -> Result<()> {
     if rows < k as usize {
@@ -355,6 +461,10 @@ pub(crate) fn round(
             let stats = data.round(round, u64::from(limits.k))?;
             (RawStats::Gbdt(stats), data.len() as f64)
         }
+        (Prepared::Performance(data), Analysis::ModelPerformance { .. }) => {
+            let stats = data.round(it, u64::from(limits.k))?;
+            (RawStats::Performance(stats), data.len() as f64)
+        }
         _ => {
             return Err(Error::internal(
                 "prepared model does not match the analysis",
@@ -419,6 +529,11 @@ fn finite(stats: &RawStats) -> bool {
                         .all(|x| x.g.is_finite() && x.h.is_finite())
                 })
         }
+        RawStats::Performance(p) => p.calibration.iter().all(|c| {
+            [c.w, c.wz, c.wzz, c.r, c.rz, c.w0, c.r0]
+                .iter()
+                .all(|v| v.is_finite())
+        }),
         _ => true,
     }
 }
@@ -529,6 +644,7 @@ mod tests {
             coefficients: beta,
             null_mean: None,
             gbdt: None,
+            ..Iteration::default()
         };
         let limits = Limits {
             k: 5,

@@ -40,5 +40,6 @@ mod signed_jobs;
 mod slow_node;
 mod study_timeline;
 mod trees;
+mod validation;
 mod warehouse;
 mod witness;

@@ -209,6 +209,7 @@ impl Attacker {
                     coefficients: c.clone(),
                     null_mean: None,
                     gbdt: None,
+                    ..Iteration::default()
                 })
             }),
             ..Default::default()

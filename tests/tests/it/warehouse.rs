@@ -242,6 +242,7 @@ async fn every_analysis_on_postgres_equals_the_parquet_node() {
                     },
                     null_mean: None,
                     gbdt: None,
+                    ..Iteration::default()
                 }),
             )
             .await;
@@ -257,6 +258,7 @@ async fn every_analysis_on_postgres_equals_the_parquet_node() {
                     coefficients: (0..n).map(|i| scale * (i as f64 + 1.0)).collect(),
                     null_mean: Some(0.2),
                     gbdt: None,
+                    ..Iteration::default()
                 };
                 let (f, w) = both(&p, &q, hmb, Some(&it)).await;
                 assert_eq!(f, w, "{cohort} {model} round {round}");

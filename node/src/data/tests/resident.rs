@@ -44,6 +44,7 @@ async fn answers(f: &Fixture, csv: bool) -> Vec<(String, Result<RawStats, String
                 coefficients: vec![],
                 null_mean: None,
                 gbdt: None,
+                ..Iteration::default()
             };
             let iteration = query.analysis.kind().is_iterative().then_some(&round);
             let got = src

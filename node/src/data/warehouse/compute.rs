@@ -645,9 +645,9 @@ pub(super) async fn run(
             None => {
                 w.check_complement(query, purpose, today, limits).await?;
                 let columns = w.columns(query, purpose, today).await?;
-                let (a, d) = (analysis.clone(), w.dict.clone());
+                let (a, d, i) = (analysis.clone(), w.dict.clone(), it.clone());
                 let prepared = std::sync::Arc::new(
-                    blocking(move || models::prepare(&a, &d, &columns, limits)).await?,
+                    blocking(move || models::prepare(&a, &d, &columns, limits, &i)).await?,
                 );
                 w.models.put(key, prepared.clone());
                 prepared
@@ -748,7 +748,10 @@ pub(super) async fn run(
             .await?
         }
         Analysis::KaplanMeier { .. } => w.survival(query, &names, purpose, today).await?,
-        Analysis::Glm { .. } | Analysis::Cox { .. } | Analysis::Gbdt { .. } => {
+        Analysis::Glm { .. }
+        | Analysis::Cox { .. }
+        | Analysis::Gbdt { .. }
+        | Analysis::ModelPerformance { .. } => {
             return Err(Error::internal("regressions are computed round by round"))
         }
     })
