@@ -519,12 +519,20 @@ impl PerformanceData {
         } else {
             Vec::new()
         };
-        let calibration = self
-            .members
-            .iter()
-            .zip(it.calibration.chunks_exact(3))
-            .map(|(rows, abc)| self.calibration(rows, abc[0], abc[1], abc[2]))
-            .collect();
+        let mut calibration = Vec::with_capacity(groups);
+        for (rows, abc) in self.members.iter().zip(it.calibration.chunks_exact(3)) {
+            let (sums, spread) = self.calibration(rows, abc[0], abc[1], abc[2]);
+            // The weights' effective number of patients (Kish): parameters
+            // a coordinator chose to put nearly all the weight on a few
+            // patients would make the sums theirs.
+            if !rows.is_empty() && spread.iter().any(|&ess| !(ess >= k as f64)) {
+                return Err(Error::disclosure(format!(
+                    "weight rule: round {}'s calibration parameters put nearly all the weight on fewer than {k} patients at this node; refused",
+                    it.round
+                )));
+            }
+            calibration.push(sums);
+        }
         Ok(PerformanceStats {
             counts,
             calibration,
@@ -568,8 +576,11 @@ impl PerformanceData {
             .collect()
     }
 
-    fn calibration(&self, rows: &[u32], a: f64, b: f64, c: f64) -> CalibrationSums {
+    /// A group's calibration sums at (a, b) and c, with the effective
+    /// number of patients of each fit's weights, (Σw)² / Σw².
+    fn calibration(&self, rows: &[u32], a: f64, b: f64, c: f64) -> (CalibrationSums, [f64; 2]) {
         let mut s = CalibrationSums::default();
+        let (mut ww, mut ww0) = (0.0, 0.0);
         for &r in rows {
             let (z, y) = (self.z[r as usize], f64::from(u8::from(self.y[r as usize])));
             let mu = sigmoid(a + b * z);
@@ -579,11 +590,14 @@ impl PerformanceData {
             s.wzz += w * z * z;
             s.r += y - mu;
             s.rz += (y - mu) * z;
+            ww += w * w;
             let mu0 = sigmoid(c + z);
-            s.w0 += mu0 * (1.0 - mu0);
+            let w0 = mu0 * (1.0 - mu0);
+            s.w0 += w0;
+            ww0 += w0 * w0;
             s.r0 += y - mu0;
         }
-        s
+        (s, [s.w * s.w / ww, s.w0 * s.w0 / ww0])
     }
 }
 
@@ -1538,6 +1552,29 @@ mod tests {
             tied: vec![false, false],
         };
         assert!(bad.check(5).is_err());
+    }
+
+    #[test]
+    fn calibration_parameters_that_single_out_patients_are_refused() {
+        let (p, y, sex) = site(11, 300);
+        let d = data(&p, &y, &sex, 5).unwrap();
+        // A steep step at one patient's logit: the weight is that patient's.
+        let z = logit(p[17].clamp(CLIP, 1.0 - CLIP));
+        let b = 1e4;
+        let it = Iteration {
+            round: 2,
+            calibration: [-b * z, b, 0.0].repeat(3),
+            ..Iteration::default()
+        };
+        let e = d.round(&it, 5).unwrap_err();
+        assert!(e.message.starts_with("weight rule"), "{}", e.message);
+        // Calibration in the large far off the data, the same.
+        let it = Iteration {
+            round: 2,
+            calibration: [0.0, 1.0, 800.0].repeat(3),
+            ..Iteration::default()
+        };
+        assert!(d.round(&it, 5).is_err());
     }
 
     #[test]
