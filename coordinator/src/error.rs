@@ -111,10 +111,26 @@ pub fn is_full(e: &sqlx::Error) -> bool {
     }
 }
 
+/// Whether a database error is SQLite finding its file damaged
+/// (SQLITE_CORRUPT and its extended codes).
+pub fn is_corrupt(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => {
+            let code = db.code().unwrap_or_default();
+            matches!(code.parse::<i32>(), Ok(n) if code.len() < 5 && n & 0xff == 11)
+        }
+        _ => false,
+    }
+}
+
 /// What the operator should do about a database error, when that is clear.
 fn hint(e: &sqlx::Error) -> &'static str {
     if is_full(e) {
         " (the volume holding the database is full: free space there; the coordinator writes again as soon as there is room, without a restart)"
+    } else if is_corrupt(e) {
+        // Start-up checks the file (PRAGMA quick_check), but a damaged page
+        // can be read before that check runs.
+        " (the database file is damaged: check it with PRAGMA quick_check, stop here and restore it from backup, or copy out what `sqlite3 FILE .recover` saves)"
     } else {
         ""
     }
