@@ -161,12 +161,15 @@ impl Research for ResearchService {
             .dictionary_for(&study)
             .and_then(|dict| read_query(req.query, &req.query_json, &dict).map(|q| (q, dict)));
         let read = match read {
-            Ok((mut q, dict)) => self
-                .resolve_model(&study, &dict, &mut q)
-                .await
-                .and_then(|_| q.validate(&dict))
-                .and_then(|_| study.permits(&q))
-                .map(|_| q),
+            // The study's analyses and variables before the model is looked
+            // up, and again with the variables the model reads.
+            Ok((mut q, dict)) => match study.permits(&q) {
+                Ok(()) => self.resolve_model(&study, &dict, &mut q).await,
+                Err(e) => Err(e),
+            }
+            .and_then(|_| q.validate(&dict))
+            .and_then(|_| study.permits(&q))
+            .map(|_| q),
             Err(e) => Err(e),
         };
         let query = match read {

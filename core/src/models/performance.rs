@@ -525,7 +525,7 @@ impl PerformanceData {
             // The weights' effective number of patients (Kish): parameters
             // a coordinator chose to put nearly all the weight on a few
             // patients would make the sums theirs.
-            if !rows.is_empty() && spread.iter().any(|&ess| !(ess >= k as f64)) {
+            if !rows.is_empty() && spread.iter().any(|ess| ess.is_nan() || *ess < k as f64) {
                 return Err(Error::disclosure(format!(
                     "weight rule: round {}'s calibration parameters put nearly all the weight on fewer than {k} patients at this node; refused",
                     it.round

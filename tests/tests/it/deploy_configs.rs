@@ -126,10 +126,13 @@ fn queries_validate_and_cover_every_analysis() {
         // analysis released under it; gbdt is not yet (it is refused
         // there), so its example runs in an exact study that lists it.
         let mut exact = s.clone();
-        if q.analysis.kind() == AnalysisKind::Gbdt {
-            assert!(!s.analyses.contains(&AnalysisKind::Gbdt));
+        if matches!(
+            q.analysis.kind(),
+            AnalysisKind::Gbdt | AnalysisKind::ModelPerformance
+        ) {
+            assert!(!s.analyses.contains(&q.analysis.kind()));
             exact.privacy.exact = true;
-            exact.analyses.push(AnalysisKind::Gbdt);
+            exact.analyses.push(q.analysis.kind());
         }
         exact
             .permits(&q)
@@ -441,14 +444,16 @@ async fn walkthrough_runs_from_the_deploy_files() {
                 assert!(e.message.contains("differential privacy"), "{e}");
                 continue;
             }
-            // Nor boosted trees, which the deploy study does not list.
-            if query.analysis.kind() == AnalysisKind::Gbdt {
+            // Nor boosted trees or model validation, which the deploy
+            // study does not list.
+            let kind = query.analysis.kind();
+            if matches!(kind, AnalysisKind::Gbdt | AnalysisKind::ModelPerformance) {
                 let e = alice
                     .run_query(&def.id, &query, Duration::from_secs(60))
                     .await
                     .unwrap_err();
                 assert_eq!(e.code, plexus_core::ErrorCode::Policy, "{}", path.display());
-                assert!(e.message.contains("gbdt"), "{e}");
+                assert!(e.message.contains(kind.as_str()), "{e}");
                 continue;
             }
             answered += 1;
