@@ -8,7 +8,16 @@ import pandas as pd
 import pytest
 
 import plexus
-from plexus.results import KM_COLUMNS, TIDY_COLUMNS, result_from_json
+from plexus.results import (
+    CALIBRATION_COLUMNS,
+    FAIRNESS_COLUMNS,
+    KM_COLUMNS,
+    PERFORMANCE_COLUMNS,
+    ROC_COLUMNS,
+    THRESHOLD_COLUMNS,
+    TIDY_COLUMNS,
+    result_from_json,
+)
 
 from helpers import fixture
 
@@ -195,3 +204,100 @@ def test_gbdt_importance_and_scoring():
     assert g.loc[0, "trees"] == 1 and g.loc[0, "validation_loss"] == 0.55
     with pytest.raises(ValueError, match="2 features"):
         r.score([[1.0]])
+
+
+def load_performance() -> plexus.Result:
+    # A real pooled result (value, provenance, by_site, privacy) of three sites, by sex, at thresholds 0.1, 0.2, 0.3.
+    return result_from_json(fixture("model_performance"))
+
+
+def test_performance_tidy_one_row_per_group():
+    r = load_performance()
+    assert isinstance(r, plexus.PerformanceResult) and r.kind == "model_performance"
+    t = r.tidy()
+    assert list(t.columns) == PERFORMANCE_COLUMNS
+    assert list(t.group) == ["all", "sex=F", "sex=M"]
+    assert t.n.tolist() == [3948, 1377, 2571] and t.events.tolist() == [1457, 426, 1031]
+    everyone = t.set_index("group").loc["all"]
+    assert everyone.auc == 0.6992716676397419
+    assert everyone.auc_low == 0.6825776307278809 and everyone.auc_high == 0.7159657045516029
+    assert everyone.auc_error_bound == 0.06114407198791421
+    assert everyone.prevalence == 0.36904761904761907 and everyone.brier == 0.20389364296390936
+    assert everyone.calibration_in_the_large == -0.0004479175352511471
+    assert everyone.calibration_in_the_large_low == -0.06809730312318857
+    assert everyone.calibration_slope == 1.2672399447003897
+    assert everyone.calibration_slope_high == 1.385502607899368
+    assert everyone.calibration_intercept == 0.12974414124985914
+    assert everyone.observed_expected == 0.9997420017252668 and bool(everyone.converged)
+    assert t.set_index("group").loc["sex=F", "auc"] == 0.6890288453468797
+
+
+def test_performance_thresholds_calibration_and_roc():
+    r = load_performance()
+    th = r.thresholds()
+    assert list(th.columns) == THRESHOLD_COLUMNS
+    assert len(th) == 3 * 3  # groups x thresholds
+    assert th.requested.tolist() == [0.1, 0.2, 0.3] * 3
+    row = th[(th.group == "all") & (th.requested == 0.2)].iloc[0]
+    assert row.threshold == 0.2587  # the released segment end nearest 0.2
+    assert (row.tp, row.fp, row.tn, row["fn"]) == (1264, 1600, 891, 193)
+    assert row.sensitivity == 0.8675360329444063 and row.npv == 0.8219557195571956
+    assert row.net_benefit == 0.1787308940412603 and row.treat_all == 0.1488568987557252
+    assert math.isnan(th[(th.group == "all") & (th.requested == 0.1)].npv.iloc[0])  # no one called negative
+    cal = r.calibration()
+    assert list(cal.columns) == CALIBRATION_COLUMNS
+    assert len(cal) == 3 * 5
+    first = cal.iloc[0]
+    assert (first.group, first.bin_lower, first.bin_upper, first.n) == ("all", 0.0, 0.3, 1392)
+    assert first.observed == 0.19468390804597702 and first.predicted == 0.22030343866810717
+    assert cal[cal.group == "sex=M"].n.sum() == 2571
+    roc = r.roc()
+    assert list(roc.columns) == ROC_COLUMNS
+    assert len(roc) == 3 * 10
+    assert roc.iloc[1].tolist() == ["all", 0.6, 0.026896828582898435, 0.14138641043239533]
+
+
+def test_performance_fairness_gaps():
+    r = load_performance()
+    f = r.fairness()
+    assert list(f.columns) == FAIRNESS_COLUMNS
+    assert len(f) == 3 + 2 * 3  # auc, calibration in the large, O/E; then tpr and fpr at each threshold
+    auc = f[f.metric == "auc"].iloc[0]
+    assert auc.variable == "sex" and auc.gap == 0.005134871634490001
+    assert (auc.lowest, auc.highest) == ("F", "M") and math.isnan(auc.threshold)
+    t = r.tidy().set_index("group")
+    assert auc.gap == pytest.approx(t.loc["sex=M", "auc"] - t.loc["sex=F", "auc"], rel=1e-12)
+    fpr = f[(f.metric == "false_positive_rate") & (f.threshold == 0.3)].iloc[0]
+    assert fpr.gap == 0.16503748617313285
+
+
+def test_performance_glance_repr_and_by_site():
+    r = load_performance()
+    g = r.glance().iloc[0]
+    assert g.model == "lightgbm" and g.outcome == "death" and g.rounds == 5
+    assert g.model_hash == "71526a95805bb7c876756728048af0d7d8095b086cd50b8080337d464d7d7aa7"
+    assert g.n == 3948 and g.events == 1457 and g.auc == 0.6992716676397419 and bool(g.converged)
+    assert g.nodes_answered == 3 and bool(g.exact)
+    assert repr(r).startswith(
+        "<PerformanceResult lightgbm for death: n=3948, events=1457, AUC 0.699 [0.683, 0.716], 3 groups; 3/3 nodes")
+    sites = r.by_site
+    assert sorted(sites) == ["hospital-a", "hospital-b", "hospital-c"]
+    a = sites["hospital-a"]
+    assert isinstance(a, plexus.PerformanceResult)
+    assert a.tidy().auc.iloc[0] == 0.6714675293963743
+    assert sum(s.glance().n.iloc[0] for s in sites.values()) == 3948
+
+
+def test_performance_plot_draws_three_panels():
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    fig = load_performance().plot()
+    roc, cal, dca = fig.axes
+    assert [ax.get_title() for ax in fig.axes] == ["ROC", "Calibration", "Decision curve"]
+    assert len(roc.get_lines()) == 1 + 3  # the diagonal, then a curve per group
+    assert roc.get_lines()[1].get_label() == "all (AUC 0.699)"
+    assert len(cal.get_lines()) == 1 + 3
+    assert [ln.get_label() for ln in dca.get_lines()] == ["treat all", "treat none", "all", "sex=F", "sex=M"]
+    assert list(dca.get_lines()[2].get_xdata()) == [0.1, 0.2587, 0.3]
+    with pytest.raises(ValueError, match="three panels"):
+        load_performance().plot(ax=[roc])

@@ -29,6 +29,7 @@ __all__ = [
     "GlmResult",
     "CoxResult",
     "KmResult",
+    "PerformanceResult",
     "result_from_json",
 ]
 
@@ -663,6 +664,184 @@ class GbdtResult(Result):
         return f"<GbdtResult {g['trees']} trees ({g['loss']}), n={g['n']}: {self._repr_header()}>"
 
 
+PERFORMANCE_COLUMNS = [
+    "group", "n", "events", "prevalence", "auc", "auc_low", "auc_high", "auc_error_bound", "brier",
+    "calibration_in_the_large", "calibration_in_the_large_low", "calibration_in_the_large_high",
+    "calibration_slope", "calibration_slope_low", "calibration_slope_high",
+    "calibration_intercept", "calibration_intercept_low", "calibration_intercept_high",
+    "observed_expected", "converged",
+]
+THRESHOLD_COLUMNS = ["group", "requested", "threshold", "tp", "fp", "tn", "fn", "sensitivity", "specificity",
+                     "ppv", "npv", "net_benefit", "treat_all"]
+CALIBRATION_COLUMNS = ["group", "bin_lower", "bin_upper", "n", "observed", "predicted"]
+ROC_COLUMNS = ["group", "threshold", "fpr", "tpr"]
+FAIRNESS_COLUMNS = ["variable", "metric", "threshold", "gap", "lowest", "highest"]
+
+
+def _group_label(g: Mapping[str, Any]) -> str:
+    """``all`` for everyone, ``variable=level`` for a subgroup (as the server's ``Group::label``)."""
+    if g.get("variable") is not None and g.get("level") is not None:
+        return f"{g['variable']}={g['level']}"
+    return "all"
+
+
+def _estimate(e: Optional[Mapping[str, Any]]) -> List[float]:
+    """An estimate object as [estimate, ci low, ci high], NaN where the server stated none."""
+    if not e:
+        return [float("nan")] * 3
+    ci = e.get("ci") or [None, None]
+    return [_opt_float(e.get("estimate")), _opt_float(ci[0]), _opt_float(ci[1])]
+
+
+class PerformanceResult(Result):
+    """A registered prediction model validated across the sites (``model_performance``).
+
+    Every metric is given per group: everyone (``all``), then every level
+    of every subgroup variable (``sex=F``). ``tidy()`` gives discrimination
+    and calibration per group; :meth:`thresholds`, :meth:`calibration`,
+    :meth:`roc` and :meth:`fairness` the rest as long tables; ``plot()``
+    draws ROC, calibration and decision curves.
+    """
+
+    kind = "model_performance"
+
+    @property
+    def groups(self) -> List[Dict[str, Any]]:
+        """The groups as the server sent them, everyone first."""
+        return list(self.value.get("groups", []))
+
+    @property
+    def overall(self) -> Dict[str, Any]:
+        """The group of everyone (``all``)."""
+        for g in self.groups:
+            if _group_label(g) == "all":
+                return dict(g)
+        return {}
+
+    def tidy(self, **_: Any) -> pd.DataFrame:
+        """One row per group: group, n, events, prevalence, AUC with its 95% interval and error bound, Brier
+        score, calibration in the large, slope and intercept with their intervals, observed/expected,
+        converged. Metrics the server did not state (a group without patients of both kinds) are NaN."""
+        rows = []
+        for g in self.groups:
+            auc = _estimate(g.get("auc"))
+            citl = _estimate(g.get("calibration_in_the_large"))
+            slope = _estimate(g.get("calibration_slope"))
+            intercept = _estimate(g.get("calibration_intercept"))
+            rows.append([
+                _group_label(g), g.get("n"), g.get("positives"), _opt_float(g.get("prevalence")),
+                *auc, _opt_float(g.get("auc_error_bound")), _opt_float(g.get("brier")),
+                *citl, *slope, *intercept, _opt_float(g.get("observed_expected")), g.get("converged"),
+            ])
+        return pd.DataFrame(rows, columns=PERFORMANCE_COLUMNS)
+
+    def thresholds(self) -> pd.DataFrame:
+        """One row per group and threshold: the threshold asked for and the one used (the nearest released
+        segment end), tp, fp, tn, fn, sensitivity, specificity, ppv, npv (NaN where undefined), net_benefit
+        and treat_all (the net benefit of treating everyone)."""
+        rows = []
+        for g in self.groups:
+            for t in g.get("thresholds", []):
+                rows.append([
+                    _group_label(g), t.get("requested"), t.get("threshold"), t.get("tp"), t.get("fp"), t.get("tn"),
+                    t.get("fn"), _opt_float(t.get("sensitivity")), _opt_float(t.get("specificity")),
+                    _opt_float(t.get("ppv")), _opt_float(t.get("npv")), _opt_float(t.get("net_benefit")),
+                    _opt_float(t.get("treat_all")),
+                ])
+        return pd.DataFrame(rows, columns=THRESHOLD_COLUMNS)
+
+    def calibration(self) -> pd.DataFrame:
+        """One row per group and bin of predicted risk: bin_lower, bin_upper, n, observed and mean predicted risk."""
+        rows = [[_group_label(g), b.get("lower"), b.get("upper"), b.get("n"), _opt_float(b.get("observed")),
+                 _opt_float(b.get("predicted"))]
+                for g in self.groups for b in g.get("calibration", [])]
+        return pd.DataFrame(rows, columns=CALIBRATION_COLUMNS)
+
+    def roc(self) -> pd.DataFrame:
+        """One row per group and point of the ROC curve: threshold (at or above it is called positive), fpr, tpr."""
+        rows = [[_group_label(g), r.get("threshold"), r.get("fpr"), r.get("tpr")]
+                for g in self.groups for r in g.get("roc", [])]
+        return pd.DataFrame(rows, columns=ROC_COLUMNS)
+
+    def fairness(self) -> pd.DataFrame:
+        """One row per subgroup variable and metric (per threshold for the rates): the largest gap between its
+        levels and the levels with the lowest and highest value; threshold is NaN for metrics without one."""
+        rows = [[f.get("variable"), f.get("metric"), _opt_float(f.get("threshold")), _opt_float(f.get("gap")),
+                 f.get("lowest"), f.get("highest")]
+                for f in self.value.get("fairness", [])]
+        return pd.DataFrame(rows, columns=FAIRNESS_COLUMNS)
+
+    def _glance_fields(self) -> Dict[str, Any]:
+        g = self.overall
+        auc = (g.get("auc") or {}).get("estimate")
+        return {
+            "model": self.value.get("model"), "model_hash": self.value.get("model_hash"),
+            "outcome": self.value.get("outcome"), "n": g.get("n"), "events": g.get("positives"),
+            "auc": _opt_float(auc), "rounds": self.value.get("rounds"),
+            "converged": all(bool(x.get("converged")) for x in self.groups),
+        }
+
+    def plot(self, ax: Any = None, **kwargs: Any) -> Any:
+        """Three panels as ``plexus query --plot`` draws them: ROC curves, calibration (observed against
+        predicted risk per bin) and the decision curve (net benefit against the threshold used, with treat-all
+        and treat-none), one series per group with patients of both kinds. ``ax`` is three axes to draw on
+        (a new figure when ``None``); returns the figure."""
+        groups = [g for g in self.groups if g.get("roc")]
+        if not groups:
+            raise ValueError("nothing to plot: no group has patients with and without the outcome")
+        if ax is None:
+            try:
+                import matplotlib.pyplot as plt
+            except ImportError as e:  # pragma: no cover - depends on the environment
+                raise ImportError("plot() needs matplotlib: pip install 'plexus-client[plot]'") from e
+            fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+        else:
+            axes = list(ax)
+            if len(axes) != 3:
+                raise ValueError(f"plot() draws three panels (ROC, calibration, decision curve); got {len(axes)} axes")
+            fig = axes[0].figure
+        roc_ax, cal_ax, dca_ax = axes
+        roc_ax.plot([0, 1], [0, 1], color="grey", linewidth=1)
+        for g in groups:
+            auc = (g.get("auc") or {}).get("estimate")
+            label = _group_label(g) + (f" (AUC {auc:.3f})" if auc is not None else "")
+            roc_ax.plot([r["fpr"] for r in g["roc"]], [r["tpr"] for r in g["roc"]], label=label, **kwargs)
+        roc_ax.set(title="ROC", xlabel="1 - specificity", ylabel="sensitivity", xlim=(0, 1), ylim=(0, 1))
+        roc_ax.legend(loc="lower right")
+        top = max([0.05] + [max(b["observed"], b["predicted"]) for g in groups for b in g.get("calibration", [])])
+        top = min(top * 1.05, 1.0)
+        cal_ax.plot([0, top], [0, top], color="grey", linewidth=1)
+        for g in groups:
+            bins = g.get("calibration", [])
+            cal_ax.plot([b["predicted"] for b in bins], [b["observed"] for b in bins], marker="o",
+                        label=_group_label(g), **kwargs)
+        cal_ax.set(title="Calibration", xlabel="predicted risk", ylabel="observed risk", xlim=(0, top), ylim=(0, top))
+        cal_ax.legend(loc="lower right")
+        overall = self.overall or groups[0]
+        ts = overall.get("thresholds", [])
+        every = [t for g in groups for t in g.get("thresholds", [])]
+        x1 = max([0.01] + [t["threshold"] for t in every]) * 1.05
+        dca_ax.plot([t["threshold"] for t in ts], [t["treat_all"] for t in ts], color="grey", linewidth=2,
+                    label="treat all")
+        dca_ax.plot([0, x1], [0, 0], color="black", linewidth=1, label="treat none")
+        for g in groups:
+            th = g.get("thresholds", [])
+            dca_ax.plot([t["threshold"] for t in th], [t["net_benefit"] for t in th], marker="o",
+                        label=_group_label(g), **kwargs)
+        nb_top = max([0.01] + [max(t["net_benefit"], t["treat_all"]) for t in every])
+        dca_ax.set(title="Decision curve", xlabel="threshold", ylabel="net benefit", xlim=(0, x1),
+                   ylim=(-0.2 * nb_top, 1.1 * nb_top))
+        dca_ax.legend(loc="upper right")
+        return fig
+
+    def __repr__(self) -> str:
+        g = self._glance_fields()
+        auc, lo, hi = _estimate(self.overall.get("auc"))
+        shown = "AUC not stated" if math.isnan(auc) else f"AUC {auc:.3f} [{lo:.3f}, {hi:.3f}]"
+        return (f"<PerformanceResult {g['model']} for {g['outcome']}: n={g['n']}, events={g['events']}, {shown}, "
+                f"{len(self.groups)} groups; {self._repr_header()}>")
+
+
 _CLASSES: Dict[str, Type[Result]] = {
     "count": CountResult,
     "summary": SummaryResult,
@@ -672,6 +851,7 @@ _CLASSES: Dict[str, Type[Result]] = {
     "cox": CoxResult,
     "kaplan_meier": KmResult,
     "gbdt": GbdtResult,
+    "model_performance": PerformanceResult,
 }
 
 
