@@ -533,9 +533,14 @@ fn routes(state: &Arc<State>) -> Result<Routes> {
         .build_v1alpha()?;
     let routes = Routes::new(reflection)
         .add_service(reflection_alpha)
-        .add_service(NodeLinkServer::new(NodeLinkService {
-            state: state.clone(),
-        }))
+        // A node's answer to a model_performance holds up to 10,000 pieces
+        // for each of up to 200 groups.
+        .add_service(
+            NodeLinkServer::new(NodeLinkService {
+                state: state.clone(),
+            })
+            .max_decoding_message_size(plexus_proto::convert::performance::MAX_MODEL_MESSAGE),
+        )
         .add_service(ResearchServer::new(ResearchService {
             state: state.clone(),
         }))

@@ -353,10 +353,8 @@ impl NodeStats {
                 g.check(&analysis.gbdt_features(dict)?, &open, k)?;
             }
             (Analysis::ModelPerformance { subgroups, .. }, NodeStats::Performance(p)) => {
-                // Which round it answers is checked by the fitter; here
-                // the shape of either kind, and the rules.
                 let groups = crate::models::performance::groups(dict, subgroups)?.len();
-                p.check(groups, !p.counts.is_empty(), k)?;
+                p.check(groups, k)?;
             }
             (Analysis::Cox { .. }, NodeStats::Cox(c)) => {
                 c.check(analysis.terms(dict)?.len())?;

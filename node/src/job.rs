@@ -1128,13 +1128,8 @@ fn shape(stats: &NodeStats) -> String {
         }
         NodeStats::Performance(p) => {
             return format!(
-                "one model-validation round ({} groups{})",
-                p.calibration.len(),
-                if p.counts.is_empty() {
-                    ", calibration sums"
-                } else {
-                    ", score segments of at least k and calibration sums"
-                }
+                "a model validation ({} groups, pieces of predicted risk of at least k)",
+                p.counts.len()
             )
         }
         NodeStats::Gbdt(g) => {

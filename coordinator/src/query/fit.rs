@@ -186,21 +186,11 @@ impl Fitter {
                 }
             }
             Fitter::Performance(f) => {
-                // Counts come in the first round only; every answer was
-                // checked on receipt against the rules, here against the
-                // round.
-                let first = f.first_round();
                 let mut parts = Vec::with_capacity(answers.len());
-                for (node, s) in answers {
+                for (_, s) in answers {
                     let NodeStats::Performance(p) = s else {
                         return Err(mismatch());
                     };
-                    if (p.counts.len() == f.groups()) != first {
-                        return Err(Error::invalid(format!(
-                            "{node} answered round {} of a model_performance with the wrong kind of statistics",
-                            if first { 1 } else { 2 }
-                        )));
-                    }
                     parts.push(p);
                 }
                 match f.step_parts(parts)? {
@@ -249,7 +239,7 @@ pub(super) async fn fit(plan: &Plan<'_>, nodes: Vec<String>, min_nodes: u32) -> 
         let limit = match plan.query.analysis.gbdt_options() {
             Some(o) => (1 + o.trees * o.depth) * (restarts + 1),
             None if matches!(plan.query.analysis, Analysis::ModelPerformance { .. }) => {
-                performance::MAX_ROUNDS * (restarts + 1)
+                restarts + 1
             }
             None => 4 * plexus_core::query::MAX_ITERATIONS * (restarts + 1),
         };

@@ -296,7 +296,19 @@ impl AdminService {
     ) -> Result<Registered, Error> {
         let study = self.study_for(who, &req.study_id).await?;
         let artefact = match (req.model, req.from_query.is_empty()) {
-            (Some(m), true) => artefact_from_pb(m)?,
+            (Some(m), true) => {
+                let m = artefact_from_pb(m)?;
+                // A Plexus model is registered from the query that fitted
+                // it, with its source set here: an uploaded one could carry
+                // any coefficients or trees under a source it names itself.
+                if m.spec.format == ModelFormat::Plexus {
+                    return Err(Error::invalid(format!(
+                        "model \"{}\" is in Plexus's own format: register a model Plexus fitted from its query (from_query, `plexus model register --from-query ID`), or an ONNX file",
+                        m.spec.name
+                    )));
+                }
+                m
+            }
             (None, false) => self.fitted_model(&study, &req.from_query, &req.name).await?,
             _ => {
                 return Err(Error::invalid(

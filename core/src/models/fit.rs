@@ -20,11 +20,6 @@ pub struct Iteration {
     /// A GBDT's round: the trees so far and the one being grown.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gbdt: Option<crate::models::trees::GbdtRound>,
-    /// A `model_performance`'s round: each group's calibration parameters
-    /// (a, b) of the slope model and c of calibration in the large, in
-    /// threes.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub calibration: Vec<f64>,
     /// The model a `model_performance` scores, as registered; the query
     /// names its hash, which the node checks it against and its hospital
     /// must have approved. Not part of the round's text (the hash is).

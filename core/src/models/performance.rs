@@ -3,21 +3,24 @@
 //!
 //! Each node scores its consenting complete cases with the model and
 //! releases, per group (everyone, then every level of every subgroup
-//! variable):
-//! - the predicted probabilities' **segments** on a public grid of
-//!   [`GRID`] bins of width 1/[`GRID`]: adjacent bins merged until each
-//!   segment holds at least k patients and, of those with and without the
-//!   outcome, none or at least k; per segment the two counts and the sum
-//!   of the predictions. ROC curve, AUC, calibration bins and every
-//!   threshold metric come from these;
-//! - the Brier score's sum;
-//! - each round, the sums of a Newton step of the two calibration fits:
-//!   the slope model `logit P(y) = a + b·logit(p)` and calibration in the
-//!   large `logit P(y) = c + logit(p)` (an offset), as the federated GLM
-//!   takes them.
+//! variable), in one round, the predictions' **pieces** on a public grid
+//! of [`GRID`] bins of width 1/[`GRID`]: one partition for all groups, cut
+//! only at multiples of public widths, each piece holding at least k
+//! patients and, of those with and without the outcome, none or at least
+//! k; per piece the two counts and the sum of the predictions.
 //!
-//! The coordinator pools segments at the ends every site released, steps
-//! the calibration fits to convergence, and computes the metrics.
+//! Everything else is computed by the coordinator from the pooled pieces:
+//! ROC curve, AUC and its error bound, threshold metrics, calibration
+//! bins, and the Brier score and both calibration fits (slope model
+//! `logit P(y) = a + b·logit(p)`, calibration in the large
+//! `logit P(y) = c + logit(p)`) with each piece's patients at its mean
+//! prediction. The outcome therefore leaves a node only as counts of k or
+//! more: a patient-level sum such as Σ(p − y)² or Σ y·logit(p) would let a
+//! model that singles out one patient (a model is the researcher's, and a
+//! hospital's approval cannot see every leaf of it) read that patient's
+//! outcome. The Brier score and the calibration fits are exact when every
+//! piece's patients share one prediction, and the Brier score comes with
+//! a bound otherwise.
 
 use std::collections::BTreeMap;
 
@@ -40,7 +43,7 @@ pub const DEFAULT_THRESHOLDS: [f64; 5] = [0.05, 0.1, 0.2, 0.3, 0.5];
 pub const CLIP: f64 = 1e-9;
 /// Newton steps of the calibration fits before they are reported as not
 /// converged.
-pub const MAX_ROUNDS: u32 = 50;
+pub const MAX_STEPS: u32 = 100;
 /// A calibration fit has converged when no parameter moves by more.
 pub const TOLERANCE: f64 = 1e-10;
 /// At most this many thresholds and groups, so answers stay small.
@@ -317,90 +320,51 @@ pub fn segment_ok(positives: u64, negatives: u64, k: u64) -> bool {
     positives + negatives >= k.max(1) && part(positives) && part(negatives)
 }
 
-/// One group's counts at a site (first round only).
+/// One group's counts at a site.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct GroupCounts {
     pub n: u64,
     pub positives: u64,
-    /// Sum of `(p - y)²`.
-    pub brier: f64,
     pub segments: ScoreSegments,
 }
 
 impl GroupCounts {
     fn merge(&mut self, other: &GroupCounts) {
-        self.n += other.n;
-        self.positives += other.positives;
-        self.brier += other.brier;
+        self.n = self.n.saturating_add(other.n);
+        self.positives = self.positives.saturating_add(other.positives);
         self.segments = self.segments.pooled(&other.segments);
     }
 }
 
-/// One group's sums for a Newton step of both calibration fits at the
-/// round's parameters.
-#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
-pub struct CalibrationSums {
-    /// Slope model at (a, b): Σw, Σw·z, Σw·z², Σ(y−μ), Σ(y−μ)·z.
-    pub w: f64,
-    pub wz: f64,
-    pub wzz: f64,
-    pub r: f64,
-    pub rz: f64,
-    /// Calibration in the large at c: Σw and Σ(y−μ).
-    pub w0: f64,
-    pub r0: f64,
-}
-
-impl CalibrationSums {
-    fn add(&mut self, o: &CalibrationSums) {
-        self.w += o.w;
-        self.wz += o.wz;
-        self.wzz += o.wzz;
-        self.r += o.r;
-        self.rz += o.rz;
-        self.w0 += o.w0;
-        self.r0 += o.r0;
-    }
-
-    fn values(&self) -> [f64; 7] {
-        [self.w, self.wz, self.wzz, self.r, self.rz, self.w0, self.r0]
-    }
-}
-
-/// What a node releases for one round of a `model_performance`.
+/// What a node releases for a `model_performance`: each group's counts.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct PerformanceStats {
-    /// Per group, in the first round; empty after.
     pub counts: Vec<GroupCounts>,
-    /// Per group, every round.
-    pub calibration: Vec<CalibrationSums>,
 }
 
+/// Counts above this are refused on receipt (no site holds 2^40
+/// patients), so that no sum of them overflows.
+const MAX_COUNT: u64 = 1 << 40;
+
 impl PerformanceStats {
-    /// Checks a received answer against the round and the rules.
-    pub fn check(&self, groups: usize, first_round: bool, k: u64) -> Result<()> {
-        if self.calibration.len() != groups {
+    /// Checks a received answer against the query and the rules.
+    pub fn check(&self, groups: usize, k: u64) -> Result<()> {
+        if self.counts.len() != groups {
             return Err(Error::invalid(format!(
-                "calibration sums for {} groups where {groups} were asked",
-                self.calibration.len()
-            )));
-        }
-        if !self
-            .calibration
-            .iter()
-            .all(|c| c.values().iter().all(|v| v.is_finite()))
-        {
-            return Err(Error::invalid("calibration sums that are not finite"));
-        }
-        if first_round != (self.counts.len() == groups) || (!first_round && !self.counts.is_empty())
-        {
-            return Err(Error::invalid(format!(
-                "counts for {} groups in a round that asks for {}",
-                self.counts.len(),
-                if first_round { groups } else { 0 }
+                "counts for {} groups where {groups} were asked",
+                self.counts.len()
             )));
         }
         for c in &self.counts {
+            if c.n > MAX_COUNT
+                || c.segments
+                    .positives
+                    .iter()
+                    .chain(&c.segments.negatives)
+                    .any(|v| *v > MAX_COUNT)
+            {
+                return Err(Error::invalid("counts beyond any site's size"));
+            }
             c.segments.check(k)?;
             let pos: u64 = c.segments.positives.iter().sum();
             let neg: u64 = c.segments.negatives.iter().sum();
@@ -411,9 +375,6 @@ impl PerformanceStats {
             }
             if c.n > 0 && !segment_ok(c.positives, c.n - c.positives, k) {
                 return Err(Error::disclosure("a group under the minimum cell size"));
-            }
-            if !(c.brier.is_finite() && c.brier >= 0.0 && c.brier <= c.n as f64) {
-                return Err(Error::invalid("a Brier sum out of its bounds"));
             }
         }
         Ok(())
@@ -426,14 +387,10 @@ impl RoundStats for PerformanceStats {
     }
 
     fn merge(&mut self, other: &Self) {
-        if self.calibration.is_empty() {
+        if self.counts.is_empty() {
             *self = other.clone();
             return;
         }
-        self.calibration
-            .iter_mut()
-            .zip(&other.calibration)
-            .for_each(|(a, b)| a.add(b));
         self.counts
             .iter_mut()
             .zip(&other.counts)
@@ -446,7 +403,6 @@ impl RoundStats for PerformanceStats {
 #[derive(Debug, Clone)]
 pub struct PerformanceData {
     p: Vec<f64>,
-    z: Vec<f64>,
     y: Vec<bool>,
     members: Vec<Vec<u32>>,
 }
@@ -456,8 +412,8 @@ impl PerformanceData {
     /// least k, and none or at least k with and without the outcome) and
     /// keeps the predictions. `groups` names each group's variable for the
     /// refusal; `members` holds each group's rows. Predictions outside
-    /// [0, 1] are clipped and a prediction that is not a number counts as
-    /// 0.5, so nothing about the patients decides whether a model runs.
+    /// [0, 1] are clipped, and one that is not a number (which the ONNX
+    /// runtime refuses before this) counts as 0.5.
     pub fn new(
         p: Vec<f64>,
         y: Vec<bool>,
@@ -485,8 +441,7 @@ impl PerformanceData {
                 }));
             }
         }
-        let z = p.iter().map(|v| logit(v.clamp(CLIP, 1.0 - CLIP))).collect();
-        Ok(PerformanceData { p, z, y, members })
+        Ok(PerformanceData { p, y, members })
     }
 
     pub fn len(&self) -> usize {
@@ -497,56 +452,27 @@ impl PerformanceData {
         self.p.is_empty()
     }
 
-    /// One round: the counts in the first, the calibration sums at the
-    /// round's parameters always.
+    /// The one round: every group's counts.
     pub fn round(&self, it: &Iteration, k: u64) -> Result<PerformanceStats> {
-        let groups = self.members.len();
-        if it.calibration.len() != 3 * groups {
+        if it.round != 1 {
             return Err(Error::invalid(format!(
-                "round {} carries calibration parameters for {} groups where the query has {groups}",
-                it.round,
-                it.calibration.len() / 3
-            )));
-        }
-        if !it.calibration.iter().all(|v| v.is_finite()) {
-            return Err(Error::invalid(format!(
-                "round {} carries calibration parameters that are not finite",
+                "a model_performance is answered in one round, and the job asks round {}",
                 it.round
             )));
         }
-        let counts = if it.round == 1 {
-            self.counts(k)
-        } else {
-            Vec::new()
-        };
-        let mut calibration = Vec::with_capacity(groups);
-        for (rows, abc) in self.members.iter().zip(it.calibration.chunks_exact(3)) {
-            let (sums, spread) = self.calibration(rows, abc[0], abc[1], abc[2]);
-            // The weights' effective number of patients (Kish): parameters
-            // a coordinator chose to put nearly all the weight on a few
-            // patients would make the sums theirs.
-            if !rows.is_empty() && spread.iter().any(|ess| ess.is_nan() || *ess < k as f64) {
-                return Err(Error::disclosure(format!(
-                    "weight rule: round {}'s calibration parameters put nearly all the weight on fewer than {k} patients at this node; refused",
-                    it.round
-                )));
-            }
-            calibration.push(sums);
-        }
         Ok(PerformanceStats {
-            counts,
-            calibration,
+            counts: self.counts(k),
         })
     }
 
     /// Every group's counts on one partition of the grid ([`partition`]).
     fn counts(&self, k: u64) -> Vec<GroupCounts> {
-        let binned: Vec<(BTreeMap<u32, Bin>, u64, f64)> = self
+        let binned: Vec<(BTreeMap<u32, Bin>, u64)> = self
             .members
             .iter()
             .map(|rows| {
                 let mut bins = BTreeMap::<u32, Bin>::new();
-                let (mut positives, mut brier) = (0, 0.0);
+                let mut positives = 0;
                 for &r in rows {
                     let (p, y) = (self.p[r as usize], self.y[r as usize]);
                     bins.entry(bin(p))
@@ -557,47 +483,21 @@ impl PerformanceData {
                         })
                         .add(p, y);
                     positives += u64::from(y);
-                    brier += (p - f64::from(u8::from(y))).powi(2);
                 }
-                (bins, positives, brier)
+                (bins, positives)
             })
             .collect();
-        let bins: Vec<BTreeMap<u32, Bin>> = binned.iter().map(|(b, _, _)| b.clone()).collect();
+        let bins: Vec<BTreeMap<u32, Bin>> = binned.iter().map(|(b, _)| b.clone()).collect();
         let cells = partition(&bins, k);
         self.members
             .iter()
             .zip(&binned)
-            .map(|(rows, (bins, positives, brier))| GroupCounts {
+            .map(|(rows, (bins, positives))| GroupCounts {
                 n: rows.len() as u64,
                 positives: *positives,
-                brier: *brier,
                 segments: on_cells(bins, &cells),
             })
             .collect()
-    }
-
-    /// A group's calibration sums at (a, b) and c, with the effective
-    /// number of patients of each fit's weights, (Σw)² / Σw².
-    fn calibration(&self, rows: &[u32], a: f64, b: f64, c: f64) -> (CalibrationSums, [f64; 2]) {
-        let mut s = CalibrationSums::default();
-        let (mut ww, mut ww0) = (0.0, 0.0);
-        for &r in rows {
-            let (z, y) = (self.z[r as usize], f64::from(u8::from(self.y[r as usize])));
-            let mu = sigmoid(a + b * z);
-            let w = mu * (1.0 - mu);
-            s.w += w;
-            s.wz += w * z;
-            s.wzz += w * z * z;
-            s.r += y - mu;
-            s.rz += (y - mu) * z;
-            ww += w * w;
-            let mu0 = sigmoid(c + z);
-            let w0 = mu0 * (1.0 - mu0);
-            s.w0 += w0;
-            ww0 += w0 * w0;
-            s.r0 += y - mu0;
-        }
-        (s, [s.w * s.w / ww, s.w0 * s.w0 / ww0])
     }
 }
 
@@ -638,7 +538,7 @@ impl Bin {
 
 /// The widths of the public cells, coarsest first: each divides the one
 /// before, so every cut of a coarser width is a cut of the finer ones.
-pub const CELL_WIDTHS: [u32; 9] = [GRID, 2000, 1000, 200, 100, 20, 10, 2, 1];
+pub const CELL_WIDTHS: [u32; 9] = [GRID, 2000, 1000, 500, 100, 50, 10, 5, 1];
 
 /// The patients of `bins` within `[start, end]`.
 fn within(bins: &BTreeMap<u32, Bin>, start: u32, end: u32) -> Bin {
@@ -727,27 +627,39 @@ pub fn partition(groups: &[BTreeMap<u32, Bin>], k: u64) -> Vec<(u32, u32)> {
 }
 
 /// A group's patients on the cells, as segments (cells without any of the
-/// group's patients left out).
+/// group's patients left out, so a segment may hold several cells).
 pub fn on_cells(bins: &BTreeMap<u32, Bin>, cells: &[(u32, u32)]) -> ScoreSegments {
     let held: Vec<(u32, u32, Bin)> = cells
         .iter()
         .map(|&(s, e)| (s, e, within(bins, s, e)))
         .filter(|(_, _, b)| b.positives + b.negatives > 0)
         .collect();
-    let mut out = ScoreSegments {
-        first: held.first().map_or(0, |c| c.0),
-        ..ScoreSegments::default()
-    };
+    let mut out = ScoreSegments::default();
     for (i, (_, last, b)) in held.iter().enumerate() {
-        out.lows.push(*last);
-        out.ends
-            .push(held.get(i + 1).map_or(GRID - 1, |next| next.0 - 1));
+        // One cut between two pieces, at the roundest place between them:
+        // where the pieces' patients lie is not released beyond it.
+        let cut = match held.get(i + 1) {
+            Some(next) => roundest(*last, next.0 - 1),
+            None => GRID - 1,
+        };
+        out.lows.push(cut);
+        out.ends.push(cut);
         out.positives.push(b.positives);
         out.negatives.push(b.negatives);
         out.sum_p.push(b.sum);
         out.tied.push(b.min == b.max);
     }
     out
+}
+
+/// The cut in `lo..=hi` (after that bin) at a multiple of the largest
+/// public width there is one of.
+fn roundest(lo: u32, hi: u32) -> u32 {
+    CELL_WIDTHS
+        .iter()
+        .map(|w| (lo + 1).div_ceil(*w) * w - 1)
+        .find(|c| *c <= hi)
+        .unwrap_or(lo)
 }
 
 pub fn logit(p: f64) -> f64 {
@@ -833,8 +745,12 @@ pub struct GroupPerformance {
     pub n: u64,
     pub positives: u64,
     pub prevalence: Option<f64>,
-    /// Mean of `(p - y)²`.
+    /// Mean of `(p - y)²`, each piece's patients at its mean prediction
+    /// (exact when they share one).
     pub brier: Option<f64>,
+    /// The most that can differ from the Brier score of the patients' own
+    /// predictions (0 when every piece's patients share one).
+    pub brier_error_bound: Option<f64>,
     /// Area under the ROC curve from the pooled segments (patients in one
     /// segment counted as ties), with the DeLong 95% CI on those segments.
     pub auc: Option<Estimate>,
@@ -853,7 +769,8 @@ pub struct GroupPerformance {
     pub calibration: Vec<CalibrationBin>,
     pub roc: Vec<RocPoint>,
     pub thresholds: Vec<ThresholdMetrics>,
-    /// Whether both calibration fits converged.
+    /// Whether both calibration fits converged. The fits, like the Brier
+    /// score, take each piece's patients at its mean prediction.
     pub converged: bool,
 }
 
@@ -881,8 +798,8 @@ pub struct PerformanceResult {
     pub rounds: u32,
 }
 
-/// The coordinator's side: the first round's counts, then Newton steps of
-/// every group's two calibration fits until all converge.
+/// The coordinator's side: one round of counts, from which everything is
+/// computed.
 pub struct PerformanceFitter {
     model: Option<std::sync::Arc<ModelArtefact>>,
     model_name: String,
@@ -890,13 +807,6 @@ pub struct PerformanceFitter {
     outcome: String,
     groups: Vec<Group>,
     options: PerformanceOptions,
-    round: u32,
-    counts: Vec<GroupCounts>,
-    /// Per group: (a, b, c).
-    params: Vec<[f64; 3]>,
-    /// Per group: the last step's information (w, wz, wzz, w0).
-    information: Vec<[f64; 4]>,
-    moved: Vec<bool>,
 }
 
 impl PerformanceFitter {
@@ -908,7 +818,6 @@ impl PerformanceFitter {
         groups: Vec<Group>,
         options: PerformanceOptions,
     ) -> Self {
-        let g = groups.len();
         PerformanceFitter {
             model,
             model_name,
@@ -916,11 +825,6 @@ impl PerformanceFitter {
             outcome,
             groups,
             options,
-            round: 0,
-            counts: Vec::new(),
-            params: vec![[0.0, 1.0, 0.0]; g],
-            information: vec![[0.0; 4]; g],
-            moved: vec![true; g],
         }
     }
 
@@ -928,67 +832,22 @@ impl PerformanceFitter {
         self.groups.len()
     }
 
-    /// Whether the round being answered is the first (with counts).
-    pub fn first_round(&self) -> bool {
-        self.round == 1
-    }
-
-    fn iteration(&self) -> Iteration {
-        Iteration {
-            round: self.round,
-            calibration: self.params.iter().flatten().copied().collect(),
-            model: self.model.clone(),
-            ..Iteration::default()
-        }
-    }
-
-    fn result(&self) -> PerformanceResult {
-        let groups: Vec<GroupPerformance> = self
-            .groups
-            .iter()
-            .enumerate()
-            .map(|(i, g)| self.group(i, g))
-            .collect();
-        let fairness = fairness(&groups, &self.options);
-        PerformanceResult {
-            model: self.model_name.clone(),
-            model_hash: self.model_hash.clone(),
-            outcome: self.outcome.clone(),
-            grid: GRID,
-            groups,
-            fairness,
-            rounds: self.round,
-        }
-    }
-
-    fn group(&self, i: usize, g: &Group) -> GroupPerformance {
-        let c = &self.counts[i];
-        let fitted = c.positives > 0 && c.positives < c.n;
-        let [a, b, cc] = self.params[i];
-        let [w, wz, wzz, w0] = self.information[i];
-        let det = w * wzz - wz * wz;
-        let (slope, intercept, citl) = if fitted && det > 0.0 && w0 > 0.0 {
-            (
-                Some(Estimate::new(b, (w / det).sqrt())),
-                Some(Estimate::new(a, (wzz / det).sqrt())),
-                Some(Estimate::new(cc, (1.0 / w0).sqrt())),
-            )
-        } else {
-            (None, None, None)
-        };
-        let sum_p: f64 = c.segments.sum_p.iter().sum();
+    fn group(&self, g: &Group, c: &GroupCounts) -> GroupPerformance {
         let metrics = SegmentMetrics::new(&c.segments);
+        let fits = GroupedFits::new(&c.segments);
+        let sum_p: f64 = c.segments.sum_p.iter().sum();
         GroupPerformance {
             group: g.clone(),
             n: c.n,
             positives: c.positives,
             prevalence: (c.n > 0).then(|| c.positives as f64 / c.n as f64),
-            brier: (c.n > 0).then(|| c.brier / c.n as f64),
+            brier: metrics.brier(),
+            brier_error_bound: metrics.brier_bound(),
             auc: metrics.auc(),
             auc_error_bound: metrics.bound(),
-            calibration_in_the_large: citl,
-            calibration_slope: slope,
-            calibration_intercept: intercept,
+            calibration_in_the_large: fits.as_ref().map(|f| f.citl),
+            calibration_slope: fits.as_ref().map(|f| f.slope),
+            calibration_intercept: fits.as_ref().map(|f| f.intercept),
             observed_expected: (sum_p > 0.0).then(|| c.positives as f64 / sum_p),
             calibration: metrics.calibration(self.options.calibration_bins),
             roc: metrics.roc(),
@@ -998,7 +857,7 @@ impl PerformanceFitter {
                 .iter()
                 .map(|t| metrics.at(*t))
                 .collect(),
-            converged: !fitted || !self.moved.iter().any(|m| *m),
+            converged: fits.as_ref().is_none_or(|f| f.converged),
         }
     }
 }
@@ -1008,60 +867,115 @@ impl IterativeFit for PerformanceFitter {
     type Output = PerformanceResult;
 
     fn parameters(&self) -> usize {
-        3 * self.groups.len()
+        0
     }
 
     fn start(&mut self) -> Iteration {
-        self.round = 1;
-        self.iteration()
+        Iteration {
+            round: 1,
+            model: self.model.clone(),
+            ..Iteration::default()
+        }
     }
 
     fn step(&mut self, pooled: &PerformanceStats) -> Result<Step<PerformanceResult>> {
-        if pooled.calibration.len() != self.groups.len() {
-            return Err(Error::internal("calibration sums for other groups"));
+        if pooled.counts.len() != self.groups.len() {
+            return Err(Error::internal("counts for other groups"));
         }
-        if self.round == 1 {
-            if pooled.counts.len() != self.groups.len() {
-                return Err(Error::internal("first round without counts"));
-            }
-            self.counts = pooled.counts.clone();
+        let groups: Vec<GroupPerformance> = self
+            .groups
+            .iter()
+            .zip(&pooled.counts)
+            .map(|(g, c)| self.group(g, c))
+            .collect();
+        let fairness = fairness(&groups, &self.options);
+        Ok(Step::Done(PerformanceResult {
+            model: self.model_name.clone(),
+            model_hash: self.model_hash.clone(),
+            outcome: self.outcome.clone(),
+            grid: GRID,
+            groups,
+            fairness,
+            rounds: 1,
+        }))
+    }
+}
+
+/// Both calibration fits of one group, each piece's patients at its mean
+/// prediction: the slope model and calibration in the large, by Newton's
+/// method (the IRLS of a binomial GLM) on the pieces' counts.
+struct GroupedFits {
+    slope: Estimate,
+    intercept: Estimate,
+    citl: Estimate,
+    converged: bool,
+}
+
+impl GroupedFits {
+    /// `None` without patients of both kinds, or when a fit diverges (the
+    /// predictions separate the outcome).
+    fn new(s: &ScoreSegments) -> Option<Self> {
+        // (patients, positives, logit of the mean prediction) per piece.
+        let pieces: Vec<(f64, f64, f64)> = (0..s.len())
+            .map(|i| {
+                let n = (s.positives[i] + s.negatives[i]) as f64;
+                let m = (s.sum_p[i] / n).clamp(CLIP, 1.0 - CLIP);
+                (n, s.positives[i] as f64, logit(m))
+            })
+            .collect();
+        let (total, events): (f64, f64) = pieces
+            .iter()
+            .fold((0.0, 0.0), |a, p| (a.0 + p.0, a.1 + p.1));
+        if events == 0.0 || events == total {
+            return None;
         }
-        for (i, s) in pooled.calibration.iter().enumerate() {
-            let c = &self.counts[i];
-            self.information[i] = [s.w, s.wz, s.wzz, s.w0];
-            // Without patients of both kinds neither fit has a solution.
-            if c.positives == 0 || c.positives == c.n {
-                self.moved[i] = false;
-                continue;
+        let (mut a, mut b, mut c) = (0.0, 1.0, 0.0);
+        let mut converged = false;
+        let mut info = [0.0; 4];
+        for _ in 0..MAX_STEPS {
+            let (mut w, mut wz, mut wzz, mut r, mut rz, mut w0, mut r0) =
+                (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
+            for &(n, y, z) in &pieces {
+                let mu = sigmoid(a + b * z);
+                let v = n * mu * (1.0 - mu);
+                w += v;
+                wz += v * z;
+                wzz += v * z * z;
+                r += y - n * mu;
+                rz += (y - n * mu) * z;
+                let mu0 = sigmoid(c + z);
+                w0 += n * mu0 * (1.0 - mu0);
+                r0 += y - n * mu0;
             }
-            let det = s.w * s.wzz - s.wz * s.wz;
-            let p = &mut self.params[i];
-            let mut moved = false;
-            if det > 0.0 {
-                let da = (s.wzz * s.r - s.wz * s.rz) / det;
-                let db = (s.w * s.rz - s.wz * s.r) / det;
-                p[0] += da;
-                p[1] += db;
-                moved |= da.abs().max(db.abs()) > TOLERANCE * (1.0 + p[0].abs().max(p[1].abs()));
+            info = [w, wz, wzz, w0];
+            let det = w * wzz - wz * wz;
+            if !(det > 0.0 && w0 > 0.0) {
+                return None;
             }
-            if s.w0 > 0.0 {
-                let dc = s.r0 / s.w0;
-                p[2] += dc;
-                moved |= dc.abs() > TOLERANCE * (1.0 + p[2].abs());
+            let da = (wzz * r - wz * rz) / det;
+            let db = (w * rz - wz * r) / det;
+            let dc = r0 / w0;
+            a += da;
+            b += db;
+            c += dc;
+            if ![a, b, c].iter().all(|v| v.is_finite()) {
+                return None;
             }
-            if !p.iter().all(|v| v.is_finite()) {
-                return Err(Error::invalid(format!(
-                    "the calibration fit of group {} diverged (the predictions may separate the outcome)",
-                    self.groups[i].label()
-                )));
+            let moved = da.abs().max(db.abs()) > TOLERANCE * (1.0 + a.abs().max(b.abs()))
+                || dc.abs() > TOLERANCE * (1.0 + c.abs());
+            if !moved {
+                converged = true;
+                break;
             }
-            self.moved[i] = moved;
         }
-        if self.moved.iter().any(|m| *m) && self.round < MAX_ROUNDS {
-            self.round += 1;
-            return Ok(Step::Next(self.iteration()));
-        }
-        Ok(Step::Done(self.result()))
+        let [w, wz, wzz, w0] = info;
+        let det = w * wzz - wz * wz;
+        Some(GroupedFits {
+            slope: Estimate::new(b, (w / det).sqrt()),
+            intercept: Estimate::new(a, (wzz / det).sqrt()),
+            citl: Estimate::new(c, (1.0 / w0).sqrt()),
+            converged,
+        })
     }
 }
 
@@ -1120,6 +1034,41 @@ impl<'a> SegmentMetrics<'a> {
         Some(e)
     }
 
+    /// The Brier score with each piece's patients at its mean prediction.
+    fn brier(&self) -> Option<f64> {
+        let n = self.positives + self.negatives;
+        (n > 0.0).then(|| {
+            (0..self.s.len())
+                .map(|i| {
+                    let (pos, neg) = (self.s.positives[i] as f64, self.s.negatives[i] as f64);
+                    let m = (self.s.sum_p[i] / (pos + neg)).clamp(0.0, 1.0);
+                    pos * (1.0 - m).powi(2) + neg * m * m
+                })
+                .sum::<f64>()
+                / n
+        })
+    }
+
+    /// How far [`Self::brier`] can be from the patients' own predictions'
+    /// Brier score: within a piece whose predictions lie within `d` of
+    /// their mean, Σ(p − m)² ≤ n·d² and |2Σy(p − m)| ≤ 2·min(pos, neg)·d
+    /// (the deviations sum to 0).
+    fn brier_bound(&self) -> Option<f64> {
+        let n = self.positives + self.negatives;
+        let runs = self.s.runs();
+        (n > 0.0).then(|| {
+            (0..self.s.len())
+                .filter(|&i| !self.s.tied[i])
+                .map(|i| {
+                    let (pos, neg) = (self.s.positives[i] as f64, self.s.negatives[i] as f64);
+                    let d = (runs[i + 1].0 - runs[i].1) as f64 / f64::from(GRID);
+                    (pos + neg) * d * d + 2.0 * pos.min(neg) * d
+                })
+                .sum::<f64>()
+                / n
+        })
+    }
+
     fn bound(&self) -> Option<f64> {
         self.both().then(|| {
             0.5 * self
@@ -1155,8 +1104,10 @@ impl<'a> SegmentMetrics<'a> {
         // A cut in run `r` calls segments `r..` positive; placed at the top
         // of the run.
         let runs = self.s.runs();
+        let (mut tp, mut fp) = (0u64, 0u64);
         for r in (0..self.s.len()).rev() {
-            let (tp, fp) = self.above(r);
+            tp += self.s.positives[r];
+            fp += self.s.negatives[r];
             out.push(RocPoint {
                 threshold: (runs[r].1 + 1) as f64 / f64::from(GRID),
                 fpr: fp as f64 / self.negatives,
@@ -1312,9 +1263,10 @@ mod tests {
     use super::*;
     use crate::models::fit::fit_locally;
 
-    /// A deterministic site: predictions from a skewed generator and
+    /// A deterministic site: predictions from a skewed generator (on 40
+    /// values when `discrete`, so each bin's patients share one) and
     /// outcomes drawn from them (miscalibrated on purpose).
-    fn site(seed: u64, n: usize) -> (Vec<f64>, Vec<bool>, Vec<u32>) {
+    fn site(seed: u64, n: usize, discrete: bool) -> (Vec<f64>, Vec<bool>, Vec<u32>) {
         let mut state = seed
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);
@@ -1324,11 +1276,12 @@ mod tests {
                 .wrapping_add(1442695040888963407);
             (state >> 11) as f64 / (1u64 << 53) as f64
         };
-        let mut p = Vec::new();
-        let mut y = Vec::new();
-        let mut sex = Vec::new();
+        let (mut p, mut y, mut sex) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..n {
-            let x = next();
+            let mut x = next();
+            if discrete {
+                x = (x * 40.0).floor() / 40.0 + 0.0123;
+            }
             let s = u32::from(next() < 0.4);
             let q = 0.02 + 0.9 * x * x;
             p.push(q);
@@ -1370,7 +1323,9 @@ mod tests {
         PerformanceData::new(p.to_vec(), y.to_vec(), &groups2(), members, k)
     }
 
-    fn run(sites: &[(Vec<f64>, Vec<bool>, Vec<u32>)], k: u64) -> PerformanceResult {
+    type Site = (Vec<f64>, Vec<bool>, Vec<u32>);
+
+    fn run(sites: &[Site], k: u64) -> PerformanceResult {
         let data: Vec<PerformanceData> = sites
             .iter()
             .map(|(p, y, s)| data(p, y, s, k).unwrap())
@@ -1388,7 +1343,7 @@ mod tests {
             let mut total = PerformanceStats::zero(0);
             for d in &data {
                 let s = d.round(it, k).unwrap();
-                s.check(3, it.round == 1, k).unwrap();
+                s.check(3, k).unwrap();
                 total.merge(&s);
             }
             Ok(total)
@@ -1396,15 +1351,24 @@ mod tests {
         .unwrap()
     }
 
-    /// Mann-Whitney AUC of `key(p)` with ties counted half.
-    fn auc_of(p: &[f64], y: &[bool], key: impl Fn(f64) -> f64) -> f64 {
+    fn union(sites: &[Site]) -> Site {
+        let (mut p, mut y, mut sex): Site = (Vec::new(), Vec::new(), Vec::new());
+        for (a, b, c) in sites {
+            p.extend(a);
+            y.extend(b);
+            sex.extend(c);
+        }
+        (p, y, sex)
+    }
+
+    /// Mann-Whitney AUC with ties counted half.
+    fn auc_of(p: &[f64], y: &[bool]) -> f64 {
         let (mut area, mut pairs) = (0.0, 0.0);
         for i in (0..p.len()).filter(|&i| y[i]) {
             for j in (0..p.len()).filter(|&j| !y[j]) {
-                let (a, b) = (key(p[i]), key(p[j]));
-                area += if a > b {
+                area += if p[i] > p[j] {
                     1.0
-                } else if a == b {
+                } else if p[i] == p[j] {
                     0.5
                 } else {
                     0.0
@@ -1415,7 +1379,16 @@ mod tests {
         area / pairs
     }
 
-    /// Newton's method on the pooled rows, written from the definition.
+    fn brier_of(p: &[f64], y: &[bool]) -> f64 {
+        p.iter()
+            .zip(y)
+            .map(|(p, y)| (p - f64::from(u8::from(*y))).powi(2))
+            .sum::<f64>()
+            / p.len() as f64
+    }
+
+    /// Newton's method on the patients' own predictions, from the
+    /// definition: (intercept, slope, calibration in the large).
     fn slope_reference(p: &[f64], y: &[bool]) -> (f64, f64, f64) {
         let z: Vec<f64> = p.iter().map(|v| logit(v.clamp(CLIP, 1.0 - CLIP))).collect();
         let (mut a, mut b, mut c) = (0.0, 1.0, 0.0);
@@ -1444,92 +1417,108 @@ mod tests {
     }
 
     #[test]
-    fn pooled_metrics_equal_the_definitions_on_the_union() {
-        let sites = vec![site(1, 400), site(2, 250), site(3, 600)];
-        let (mut p, mut y, mut sex): (Vec<f64>, Vec<bool>, Vec<u32>) =
-            (Vec::new(), Vec::new(), Vec::new());
-        for (a, b, c) in &sites {
-            p.extend(a);
-            y.extend(b);
-            sex.extend(c);
-        }
-        // k = 1: segments are the grid's bins, so the AUC is the AUC of the
-        // binned predictions, exactly.
-        let r = run(&sites, 1);
-        let all = &r.groups[0];
-        assert_eq!(all.n, p.len() as u64);
-        let binned = auc_of(&p, &y, |v| f64::from(bin(v)));
-        assert!((all.auc.unwrap().estimate - binned).abs() < 1e-12);
-        let exact = auc_of(&p, &y, |v| v);
-        assert!((all.auc.unwrap().estimate - exact).abs() <= all.auc_error_bound.unwrap() + 1e-12);
-        let brier: f64 = p
-            .iter()
-            .zip(&y)
-            .map(|(p, y)| (p - f64::from(u8::from(*y))).powi(2))
-            .sum::<f64>()
-            / p.len() as f64;
-        assert!((all.brier.unwrap() - brier).abs() < 1e-12);
-        let (a, b, c) = slope_reference(&p, &y);
-        assert!((all.calibration_slope.unwrap().estimate - b).abs() < 1e-9);
-        assert!((all.calibration_intercept.unwrap().estimate - a).abs() < 1e-9);
-        assert!((all.calibration_in_the_large.unwrap().estimate - c).abs() < 1e-9);
-        assert!(all.converged);
-        for t in &all.thresholds {
-            assert_eq!(t.threshold, t.requested);
-            let tp = p
+    fn where_each_piece_shares_one_prediction_the_metrics_are_the_patients_own() {
+        let sites = vec![site(1, 400, true), site(2, 250, true), site(3, 600, true)];
+        let (p, y, sex) = union(&sites);
+        // k = 1: each bin its own piece (larger k merges values the rule
+        // needs merged, which the other test bounds).
+        {
+            let k = 1;
+            let r = run(&sites, k);
+            let all = &r.groups[0];
+            assert_eq!(all.n, p.len() as u64);
+            assert_eq!(all.auc_error_bound, Some(0.0), "k = {k}");
+            assert_eq!(all.brier_error_bound, Some(0.0), "k = {k}");
+            assert!((all.auc.unwrap().estimate - auc_of(&p, &y)).abs() < 1e-12);
+            assert!((all.brier.unwrap() - brier_of(&p, &y)).abs() < 1e-12);
+            let (a, b, c) = slope_reference(&p, &y);
+            assert!((all.calibration_slope.unwrap().estimate - b).abs() < 1e-9);
+            assert!((all.calibration_intercept.unwrap().estimate - a).abs() < 1e-9);
+            assert!((all.calibration_in_the_large.unwrap().estimate - c).abs() < 1e-9);
+            assert!(all.converged);
+            for t in &all.thresholds {
+                assert_eq!(t.threshold, t.requested);
+                let tp = p
+                    .iter()
+                    .zip(&y)
+                    .filter(|(p, y)| **y && **p >= t.threshold)
+                    .count();
+                let fp = p
+                    .iter()
+                    .zip(&y)
+                    .filter(|(p, y)| !**y && **p >= t.threshold)
+                    .count();
+                assert_eq!((t.tp, t.fp), (tp as u64, fp as u64));
+            }
+            let women: Vec<usize> = (0..p.len()).filter(|&i| sex[i] == 0).collect();
+            let (pw, yw): (Vec<f64>, Vec<bool>) = women.iter().map(|&i| (p[i], y[i])).unzip();
+            let (_, bw, _) = slope_reference(&pw, &yw);
+            let f = &r.groups[1];
+            assert_eq!(f.group.label(), "sex=F");
+            if f.brier_error_bound == Some(0.0) {
+                assert!((f.calibration_slope.unwrap().estimate - bw).abs() < 1e-9);
+            } else {
+                // Pieces cut for both sexes hold two of the women's
+                // predictions: close, not exact.
+                assert!((f.calibration_slope.unwrap().estimate - bw).abs() < 0.05);
+            }
+            assert!(r
+                .fairness
                 .iter()
-                .zip(&y)
-                .filter(|(p, y)| **y && **p >= t.threshold)
-                .count();
-            let fp = p
-                .iter()
-                .zip(&y)
-                .filter(|(p, y)| !**y && **p >= t.threshold)
-                .count();
-            assert_eq!((t.tp, t.fp), (tp as u64, fp as u64));
+                .any(|g| g.variable == "sex" && g.metric == "auc"));
         }
-        // The subgroups' own metrics.
-        let women: Vec<usize> = (0..p.len()).filter(|&i| sex[i] == 0).collect();
-        let (pw, yw): (Vec<f64>, Vec<bool>) = women.iter().map(|&i| (p[i], y[i])).unzip();
-        let (_, bw, _) = slope_reference(&pw, &yw);
-        let f = &r.groups[1];
-        assert_eq!(f.group.label(), "sex=F");
-        assert!((f.calibration_slope.unwrap().estimate - bw).abs() < 1e-9);
-        assert!(r
-            .fairness
-            .iter()
-            .any(|g| g.variable == "sex" && g.metric == "auc" && g.gap >= 0.0));
-
-        // k = 10: every released segment holds the rule, and the AUC is
-        // within its stated bound of the exact one.
-        let r = run(&sites, 10);
-        let all = &r.groups[0];
-        assert!((all.auc.unwrap().estimate - exact).abs() <= all.auc_error_bound.unwrap() + 1e-12);
-        assert!((all.brier.unwrap() - brier).abs() < 1e-12);
-        assert!((all.calibration_slope.unwrap().estimate - b).abs() < 1e-9);
     }
 
     #[test]
-    fn segments_hold_the_rule_and_cover_the_grid() {
-        let (p, y, sex) = site(7, 300);
+    fn otherwise_the_auc_and_brier_score_are_within_their_stated_bounds() {
+        let sites = vec![
+            site(4, 400, false),
+            site(5, 250, false),
+            site(6, 600, false),
+        ];
+        let (p, y, _) = union(&sites);
+        for k in [1, 5, 20] {
+            let all = &run(&sites, k).groups[0];
+            let bound = all.auc_error_bound.unwrap();
+            assert!((all.auc.unwrap().estimate - auc_of(&p, &y)).abs() <= bound + 1e-12);
+            let bound = all.brier_error_bound.unwrap();
+            assert!(bound > 0.0);
+            assert!((all.brier.unwrap() - brier_of(&p, &y)).abs() <= bound + 1e-12);
+        }
+    }
+
+    #[test]
+    fn segments_hold_the_rule_cut_at_round_places_and_cover_the_grid() {
+        let (p, y, sex) = site(7, 300, false);
         for k in [1u64, 5, 11, 20] {
             let d = data(&p, &y, &sex, k).unwrap();
             let it = Iteration {
                 round: 1,
-                calibration: [0.0, 1.0, 0.0].repeat(3),
                 ..Iteration::default()
             };
             let s = d.round(&it, k).unwrap();
-            s.check(3, true, k).unwrap();
+            s.check(3, k).unwrap();
             for c in &s.counts {
                 assert_eq!(c.segments.ends.last(), Some(&(GRID - 1)));
+                assert_eq!(c.segments.first, 0);
+                assert_eq!(c.segments.lows, c.segments.ends);
             }
         }
+        assert_eq!(roundest(1234, 1297), 1249);
+        assert_eq!(roundest(1234, 1236), 1234);
+        assert_eq!(roundest(1500, 2100), 1999);
+        // One round only: a second is refused.
+        let d = data(&p, &y, &sex, 5).unwrap();
+        let again = Iteration {
+            round: 2,
+            ..Iteration::default()
+        };
+        assert!(d.round(&again, 5).is_err());
     }
 
     #[test]
     fn a_group_under_the_rule_is_refused_naming_the_rule_and_no_count() {
-        let (p, mut y, sex) = site(9, 200);
+        let (p, mut y, sex) = site(9, 200, false);
         // Three men with the outcome at most.
         let mut men = 0;
         for i in 0..y.len() {
@@ -1541,10 +1530,11 @@ mod tests {
         let e = data(&p, &y, &sex, 5).unwrap_err();
         assert!(e.message.starts_with("subgroup rule"), "{}", e.message);
         assert!(!e.message.contains('3'), "{}", e.message);
-        // A hostile answer with a small segment is refused on receipt.
+        // A hostile answer with a small segment is refused on receipt, and
+        // one whose counts would overflow.
         let bad = ScoreSegments {
-            first: 3,
-            lows: vec![8, 200],
+            first: 0,
+            lows: vec![10, GRID - 1],
             ends: vec![10, GRID - 1],
             positives: vec![1, 10],
             negatives: vec![10, 10],
@@ -1552,29 +1542,14 @@ mod tests {
             tied: vec![false, false],
         };
         assert!(bad.check(5).is_err());
-    }
-
-    #[test]
-    fn calibration_parameters_that_single_out_patients_are_refused() {
-        let (p, y, sex) = site(11, 300);
-        let d = data(&p, &y, &sex, 5).unwrap();
-        // A steep step at one patient's logit: the weight is that patient's.
-        let z = logit(p[17].clamp(CLIP, 1.0 - CLIP));
-        let b = 1e4;
-        let it = Iteration {
-            round: 2,
-            calibration: [-b * z, b, 0.0].repeat(3),
-            ..Iteration::default()
+        let huge = PerformanceStats {
+            counts: vec![GroupCounts {
+                n: u64::MAX,
+                positives: u64::MAX - 3,
+                segments: ScoreSegments::default(),
+            }],
         };
-        let e = d.round(&it, 5).unwrap_err();
-        assert!(e.message.starts_with("weight rule"), "{}", e.message);
-        // Calibration in the large far off the data, the same.
-        let it = Iteration {
-            round: 2,
-            calibration: [0.0, 1.0, 800.0].repeat(3),
-            ..Iteration::default()
-        };
-        assert!(d.round(&it, 5).is_err());
+        assert!(huge.check(1, 5).is_err());
     }
 
     #[test]

@@ -210,6 +210,13 @@ pub(super) fn analysis(analysis: &Analysis, dict: &Dictionary) -> Result<()> {
             for name in inputs {
                 dict.get(name)?;
             }
+            // A model that reads the outcome could write it into its
+            // predictions, which pieces and sums would then carry.
+            if inputs.contains(outcome) {
+                return Err(Error::invalid(format!(
+                    "model \"{model}\" reads \"{outcome}\", the outcome it would be validated against; validate it against another outcome"
+                )));
+            }
             unique(subgroups, "a model_performance's subgroups")?;
             if let Some(s) = subgroups.iter().find(|s| *s == outcome) {
                 return Err(Error::invalid(format!(

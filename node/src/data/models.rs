@@ -529,11 +529,10 @@ fn finite(stats: &RawStats) -> bool {
                         .all(|x| x.g.is_finite() && x.h.is_finite())
                 })
         }
-        RawStats::Performance(p) => p.calibration.iter().all(|c| {
-            [c.w, c.wz, c.wzz, c.r, c.rz, c.w0, c.r0]
-                .iter()
-                .all(|v| v.is_finite())
-        }),
+        RawStats::Performance(p) => p
+            .counts
+            .iter()
+            .all(|c| c.segments.sum_p.iter().all(|v| v.is_finite())),
         _ => true,
     }
 }

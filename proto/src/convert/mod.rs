@@ -418,12 +418,9 @@ mod tests {
     #[test]
     fn a_model_validation_round_trips_with_its_model_and_statistics() {
         use plexus_core::models::artefact::{ModelArtefact, ModelFormat, ModelSpec};
-        use plexus_core::models::performance::{
-            CalibrationSums, GroupCounts, PerformanceStats, ScoreSegments,
-        };
+        use plexus_core::models::performance::{GroupCounts, PerformanceStats, ScoreSegments};
         let it = Iteration {
-            round: 2,
-            calibration: vec![0.1, 0.9, -0.2],
+            round: 1,
             model: Some(std::sync::Arc::new(ModelArtefact {
                 spec: ModelSpec {
                     name: "risk".into(),
@@ -441,7 +438,6 @@ mod tests {
             counts: vec![GroupCounts {
                 n: 12,
                 positives: 5,
-                brier: 2.5,
                 segments: ScoreSegments {
                     first: 3,
                     lows: vec![10],
@@ -451,15 +447,6 @@ mod tests {
                     sum_p: vec![4.5],
                     tied: vec![false],
                 },
-            }],
-            calibration: vec![CalibrationSums {
-                w: 1.0,
-                wz: 2.0,
-                wzz: 3.0,
-                r: 0.5,
-                rz: 0.25,
-                w0: 1.5,
-                r0: -0.5,
             }],
         });
         assert_eq!(
@@ -534,12 +521,6 @@ mod tests {
         let nan = pb::Iteration {
             round: 2,
             coefficients: vec![f64::NAN],
-            ..Default::default()
-        };
-        assert!(Iteration::try_from(nan).is_err());
-        let nan = pb::Iteration {
-            round: 2,
-            calibration: vec![0.0, f64::INFINITY, 0.0],
             ..Default::default()
         };
         assert!(Iteration::try_from(nan).is_err());

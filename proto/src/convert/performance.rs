@@ -1,9 +1,9 @@
 //! Model validation on the wire: the analysis, the model a round carries,
-//! and a node's segments and calibration sums.
+//! and a node's pieces of the public grid.
 
 use plexus_core::models::artefact::{ModelArtefact, ModelFormat, ModelSpec, MAX_MODEL_BYTES};
 use plexus_core::models::performance::{
-    CalibrationSums, GroupCounts, PerformanceStats, ScoreSegments, GRID, MAX_GROUPS, MAX_THRESHOLDS,
+    GroupCounts, PerformanceStats, ScoreSegments, GRID, MAX_GROUPS, MAX_THRESHOLDS,
 };
 
 use super::*;
@@ -108,7 +108,6 @@ pub(super) fn stats_to_pb(s: &PerformanceStats) -> pb::PerformanceStats {
             .map(|c| pb::PerformanceGroupCounts {
                 n: c.n,
                 positives: c.positives,
-                brier: c.brier,
                 segments: Some(pb::ScoreSegments {
                     first: c.segments.first,
                     lows: c.segments.lows.clone(),
@@ -118,19 +117,6 @@ pub(super) fn stats_to_pb(s: &PerformanceStats) -> pb::PerformanceStats {
                     sum_p: c.segments.sum_p.clone(),
                     tied: c.segments.tied.clone(),
                 }),
-            })
-            .collect(),
-        calibration: s
-            .calibration
-            .iter()
-            .map(|c| pb::CalibrationSums {
-                w: c.w,
-                wz: c.wz,
-                wzz: c.wzz,
-                r: c.r,
-                rz: c.rz,
-                w0: c.w0,
-                r0: c.r0,
             })
             .collect(),
     }
@@ -145,7 +131,6 @@ pub(super) fn stats_from_pb(s: pb::PerformanceStats) -> Result<PerformanceStats>
             Ok(GroupCounts {
                 n: c.n,
                 positives: c.positives,
-                brier: c.brier,
                 segments: ScoreSegments {
                     first: seg.first,
                     lows: bounded(seg.lows, grid, "segments")?,
@@ -158,20 +143,5 @@ pub(super) fn stats_from_pb(s: pb::PerformanceStats) -> Result<PerformanceStats>
             })
         })
         .collect::<Result<Vec<_>>>()?;
-    let calibration = bounded(s.calibration, MAX_GROUPS, "groups")?
-        .into_iter()
-        .map(|c| CalibrationSums {
-            w: c.w,
-            wz: c.wz,
-            wzz: c.wzz,
-            r: c.r,
-            rz: c.rz,
-            w0: c.w0,
-            r0: c.r0,
-        })
-        .collect();
-    Ok(PerformanceStats {
-        counts,
-        calibration,
-    })
+    Ok(PerformanceStats { counts })
 }

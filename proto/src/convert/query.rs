@@ -382,7 +382,6 @@ impl From<&Iteration> for pb::Iteration {
             coefficients: i.coefficients.clone(),
             null_mean: i.null_mean,
             gbdt: i.gbdt.as_ref().map(super::gbdt::round_to_pb),
-            calibration: i.calibration.clone(),
             model: i.model.as_deref().map(super::performance::artefact_to_pb),
         }
     }
@@ -392,14 +391,8 @@ impl TryFrom<pb::Iteration> for Iteration {
     type Error = Error;
     fn try_from(i: pb::Iteration) -> Result<Self> {
         let coefficients = bounded(i.coefficients, MAX_WIRE_VECTOR, "coefficients")?;
-        let calibration = bounded(
-            i.calibration,
-            3 * plexus_core::models::performance::MAX_GROUPS,
-            "calibration parameters",
-        )?;
         if coefficients
             .iter()
-            .chain(&calibration)
             .chain(&i.null_mean)
             .any(|v| !v.is_finite())
         {
@@ -415,7 +408,6 @@ impl TryFrom<pb::Iteration> for Iteration {
             coefficients,
             null_mean: i.null_mean,
             gbdt: i.gbdt.map(super::gbdt::round_from_pb).transpose()?,
-            calibration,
             model: i
                 .model
                 .map(super::performance::artefact_from_pb)
