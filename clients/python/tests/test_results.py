@@ -219,17 +219,17 @@ def test_performance_tidy_one_row_per_group():
     assert list(t.group) == ["all", "sex=F", "sex=M"]
     assert t.n.tolist() == [3948, 1377, 2571] and t.events.tolist() == [1457, 426, 1031]
     everyone = t.set_index("group").loc["all"]
-    assert everyone.auc == 0.6992716676397419
-    assert everyone.auc_low == 0.6825776307278809 and everyone.auc_high == 0.7159657045516029
-    assert everyone.auc_error_bound == 0.06114407198791421
-    assert everyone.prevalence == 0.36904761904761907 and everyone.brier == 0.20389364296390936
-    assert everyone.calibration_in_the_large == -0.0004479175352511471
-    assert everyone.calibration_in_the_large_low == -0.06809730312318857
-    assert everyone.calibration_slope == 1.2672399447003897
-    assert everyone.calibration_slope_high == 1.385502607899368
-    assert everyone.calibration_intercept == 0.12974414124985914
+    assert everyone.auc == 0.6996356409498353
+    assert everyone.auc_low == 0.6830636654424604 and everyone.auc_high == 0.7162076164572102
+    assert everyone.auc_error_bound == 0.0674247469338486
+    assert everyone.prevalence == 0.36904761904761907 and everyone.brier == 0.20551975404436978
+    assert everyone.calibration_in_the_large == -0.0004462846259410218
+    assert everyone.calibration_in_the_large_low == -0.06797225013656719
+    assert everyone.calibration_slope == 1.2377552652817445
+    assert everyone.calibration_slope_high == 1.3556351964044167
+    assert everyone.calibration_intercept == 0.11608321856930125
     assert everyone.observed_expected == 0.9997420017252668 and bool(everyone.converged)
-    assert t.set_index("group").loc["sex=F", "auc"] == 0.6890288453468797
+    assert t.set_index("group").loc["sex=F", "auc"] == 0.6924425981052809
 
 
 def test_performance_thresholds_calibration_and_roc():
@@ -239,10 +239,10 @@ def test_performance_thresholds_calibration_and_roc():
     assert len(th) == 3 * 3  # groups x thresholds
     assert th.requested.tolist() == [0.1, 0.2, 0.3] * 3
     row = th[(th.group == "all") & (th.requested == 0.2)].iloc[0]
-    assert row.threshold == 0.2587  # the released segment end nearest 0.2
-    assert (row.tp, row.fp, row.tn, row["fn"]) == (1264, 1600, 891, 193)
-    assert row.sensitivity == 0.8675360329444063 and row.npv == 0.8219557195571956
-    assert row.net_benefit == 0.1787308940412603 and row.treat_all == 0.1488568987557252
+    assert row.threshold == 0.25  # the released cut nearest 0.2
+    assert (row.tp, row.fp, row.tn, row["fn"]) == (1296, 1682, 809, 161)
+    assert row.sensitivity == 0.8894989704873026 and row.npv == 0.8340206185567011
+    assert row.net_benefit == 0.18625464370145223 and row.treat_all == 0.15873015873015878
     assert math.isnan(th[(th.group == "all") & (th.requested == 0.1)].npv.iloc[0])  # no one called negative
     cal = r.calibration()
     assert list(cal.columns) == CALIBRATION_COLUMNS
@@ -253,7 +253,7 @@ def test_performance_thresholds_calibration_and_roc():
     assert cal[cal.group == "sex=M"].n.sum() == 2571
     roc = r.roc()
     assert list(roc.columns) == ROC_COLUMNS
-    assert len(roc) == 3 * 10
+    assert len(roc) == 3 * 9
     assert roc.iloc[1].tolist() == ["all", 0.6, 0.026896828582898435, 0.14138641043239533]
 
 
@@ -263,7 +263,7 @@ def test_performance_fairness_gaps():
     assert list(f.columns) == FAIRNESS_COLUMNS
     assert len(f) == 3 + 2 * 3  # auc, calibration in the large, O/E; then tpr and fpr at each threshold
     auc = f[f.metric == "auc"].iloc[0]
-    assert auc.variable == "sex" and auc.gap == 0.005134871634490001
+    assert auc.variable == "sex" and auc.gap == 0.0006444312572092548
     assert (auc.lowest, auc.highest) == ("F", "M") and math.isnan(auc.threshold)
     t = r.tidy().set_index("group")
     assert auc.gap == pytest.approx(t.loc["sex=M", "auc"] - t.loc["sex=F", "auc"], rel=1e-12)
@@ -274,17 +274,17 @@ def test_performance_fairness_gaps():
 def test_performance_glance_repr_and_by_site():
     r = load_performance()
     g = r.glance().iloc[0]
-    assert g.model == "lightgbm" and g.outcome == "death" and g.rounds == 5
-    assert g.model_hash == "71526a95805bb7c876756728048af0d7d8095b086cd50b8080337d464d7d7aa7"
-    assert g.n == 3948 and g.events == 1457 and g.auc == 0.6992716676397419 and bool(g.converged)
+    assert g.model == "lightgbm" and g.outcome == "death" and g.rounds == 1
+    assert g.model_hash == "ebeca6c61555da3f4963d0374b032a0a161f0a064dbec601b1e3355da463231b"
+    assert g.n == 3948 and g.events == 1457 and g.auc == 0.6996356409498353 and bool(g.converged)
     assert g.nodes_answered == 3 and bool(g.exact)
     assert repr(r).startswith(
-        "<PerformanceResult lightgbm for death: n=3948, events=1457, AUC 0.699 [0.683, 0.716], 3 groups; 3/3 nodes")
+        "<PerformanceResult lightgbm for death: n=3948, events=1457, AUC 0.700 [0.683, 0.716], 3 groups; 3/3 nodes")
     sites = r.by_site
     assert sorted(sites) == ["hospital-a", "hospital-b", "hospital-c"]
     a = sites["hospital-a"]
     assert isinstance(a, plexus.PerformanceResult)
-    assert a.tidy().auc.iloc[0] == 0.6714675293963743
+    assert a.tidy().auc.iloc[0] == 0.6715329385305083
     assert sum(s.glance().n.iloc[0] for s in sites.values()) == 3948
 
 
@@ -295,9 +295,9 @@ def test_performance_plot_draws_three_panels():
     roc, cal, dca = fig.axes
     assert [ax.get_title() for ax in fig.axes] == ["ROC", "Calibration", "Decision curve"]
     assert len(roc.get_lines()) == 1 + 3  # the diagonal, then a curve per group
-    assert roc.get_lines()[1].get_label() == "all (AUC 0.699)"
+    assert roc.get_lines()[1].get_label() == "all (AUC 0.700)"
     assert len(cal.get_lines()) == 1 + 3
     assert [ln.get_label() for ln in dca.get_lines()] == ["treat all", "treat none", "all", "sex=F", "sex=M"]
-    assert list(dca.get_lines()[2].get_xdata()) == [0.1, 0.2587, 0.3]
+    assert list(dca.get_lines()[2].get_xdata()) == [0.0, 0.25, 0.3]
     with pytest.raises(ValueError, match="three panels"):
         load_performance().plot(ax=[roc])

@@ -125,7 +125,7 @@ print.px_cox <- function(x, digits = max(3L, getOption("digits") - 3L),
 #' re-exported from the generics package, so they work with or without
 #' broom attached.
 #'
-#' @param x A `px_glm`, `px_cox` or `px_km` result.
+#' @param x A `px_glm`, `px_cox`, `px_km` or `px_model_performance` result.
 #' @param exponentiate Give odds, rate or hazard ratios (the coordinator's
 #'   `ratio`) instead of coefficients.
 #' @param conf.int Ignored: the 95% interval is always given.
@@ -169,7 +169,7 @@ privacy_cols <- function(x) {
 
 #' Glance at a Plexus model
 #'
-#' @param x A `px_glm` or `px_cox` result.
+#' @param x A `px_glm`, `px_cox` or `px_model_performance` result.
 #' @param ... Unused.
 #' @return A one-row data frame: for a GLM `nobs`, `deviance`,
 #'   `null.deviance`, `df.residual`, `df.null`, `dispersion`, `iterations`,

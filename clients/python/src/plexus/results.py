@@ -666,6 +666,7 @@ class GbdtResult(Result):
 
 PERFORMANCE_COLUMNS = [
     "group", "n", "events", "prevalence", "auc", "auc_low", "auc_high", "auc_error_bound", "brier",
+    "brier_error_bound",
     "calibration_in_the_large", "calibration_in_the_large_low", "calibration_in_the_large_high",
     "calibration_slope", "calibration_slope_low", "calibration_slope_high",
     "calibration_intercept", "calibration_intercept_low", "calibration_intercept_high",
@@ -731,6 +732,7 @@ class PerformanceResult(Result):
             rows.append([
                 _group_label(g), g.get("n"), g.get("positives"), _opt_float(g.get("prevalence")),
                 *auc, _opt_float(g.get("auc_error_bound")), _opt_float(g.get("brier")),
+                _opt_float(g.get("brier_error_bound")),
                 *citl, *slope, *intercept, _opt_float(g.get("observed_expected")), g.get("converged"),
             ])
         return pd.DataFrame(rows, columns=PERFORMANCE_COLUMNS)

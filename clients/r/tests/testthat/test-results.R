@@ -125,3 +125,95 @@ test_that("counts, summaries and tables print and convert", {
   expect_equal(pv$status, c("answered", "answered", "refused"))
   expect_equal(pv$code[3], "policy")
 })
+
+# A real pooled model_performance result (value, provenance, by_site,
+# privacy) of three sites, by sex, at thresholds 0.1, 0.2 and 0.3, as the
+# coordinator's QueryResult.
+performance <- function() {
+  envelope <- paste0('{"query_id": "q1", "study_id": "aaa-validation", "status": "succeeded", "result": ',
+                     fixture("model_performance.json"), "}")
+  con <- fake_connection(answering(envelope))
+  res <- px_query(con, "aaa-validation", list(model_performance = list(
+    model = "lightgbm", outcome = "death", subgroups = I("sex"), thresholds = c(0.1, 0.2, 0.3))))
+  list(con = con, res = res)
+}
+
+test_that("a model_performance result tidies one row per group", {
+  p <- performance()
+  res <- p$res
+  expect_s3_class(res, "px_model_performance")
+  expect_equal(posted(p$con)[[1]]$analysis$model_performance$subgroups, list("sex"))
+  td <- tidy(res)
+  expect_equal(names(td), c("group", "n", "events", "prevalence", "auc", "auc.low", "auc.high",
+                            "auc.error.bound", "brier", "brier.error.bound", "calibration.in.the.large",
+                            "calibration.in.the.large.low", "calibration.in.the.large.high",
+                            "calibration.slope", "calibration.slope.low", "calibration.slope.high",
+                            "calibration.intercept", "calibration.intercept.low",
+                            "calibration.intercept.high", "observed.expected", "converged"))
+  expect_equal(td$group, c("all", "sex=F", "sex=M"))
+  expect_equal(td$n, c(3948, 1377, 2571))
+  expect_equal(td$events, c(1457, 426, 1031))
+  expect_equal(td$auc[1], 0.6996356409498353, tolerance = 1e-15)
+  expect_equal(c(td$auc.low[1], td$auc.high[1]), c(0.6830636654424604, 0.7162076164572102), tolerance = 1e-15)
+  expect_equal(td$auc.error.bound[1], 0.0674247469338486, tolerance = 1e-15)
+  expect_equal(td$brier[1], 0.20551975404436978, tolerance = 1e-15)
+  expect_equal(td$calibration.in.the.large[1], -0.0004462846259410218, tolerance = 1e-15)
+  expect_equal(td$calibration.slope[1], 1.2377552652817445, tolerance = 1e-15)
+  expect_equal(td$calibration.slope.high[1], 1.3556351964044167, tolerance = 1e-15)
+  expect_equal(td$observed.expected[1], 0.9997420017252668, tolerance = 1e-15)
+  expect_equal(td$auc[2], 0.6924425981052809, tolerance = 1e-15)
+  expect_true(all(td$converged))
+  expect_equal(as.data.frame(res), td)
+})
+
+test_that("a model_performance result gives thresholds, calibration, roc and fairness", {
+  res <- performance()$res
+  th <- px_thresholds(res)
+  expect_equal(nrow(th), 3 * 3)
+  expect_equal(th$requested, rep(c(0.1, 0.2, 0.3), 3))
+  all02 <- th[th$group == "all" & th$requested == 0.2, ]
+  expect_equal(all02$threshold, 0.25)
+  expect_equal(c(all02$tp, all02$fp, all02$tn, all02$fn), c(1296, 1682, 809, 161))
+  expect_equal(all02$sensitivity, 0.8894989704873026, tolerance = 1e-15)
+  expect_equal(all02$net.benefit, 0.18625464370145223, tolerance = 1e-15)
+  expect_equal(all02$treat.all, 0.15873015873015878, tolerance = 1e-15)
+  expect_true(is.na(th$npv[th$group == "all" & th$requested == 0.1]))
+  cal <- px_calibration(res)
+  expect_equal(nrow(cal), 3 * 5)
+  expect_equal(unlist(cal[1, c("bin.lower", "bin.upper", "n")], use.names = FALSE), c(0, 0.3, 1392))
+  expect_equal(cal$observed[1], 0.19468390804597702, tolerance = 1e-15)
+  expect_equal(sum(cal$n[cal$group == "sex=M"]), 2571)
+  roc <- px_roc(res)
+  expect_equal(nrow(roc), 3 * 9)
+  expect_equal(roc$fpr[2], 0.026896828582898435, tolerance = 1e-15)
+  fair <- px_fairness(res)
+  expect_equal(nrow(fair), 3 + 2 * 3)
+  auc <- fair[fair$metric == "auc", ]
+  expect_equal(c(auc$variable, auc$lowest, auc$highest), c("sex", "F", "M"))
+  expect_true(is.na(auc$threshold))
+  expect_equal(auc$gap, 0.0006444312572092548, tolerance = 1e-15)
+  expect_equal(fair$gap[fair$metric == "false_positive_rate" & fair$threshold %in% 0.3], 0.16503748617313285,
+               tolerance = 1e-15)
+  expect_error(px_thresholds(result_of("count.json", px_count, study = "s")),
+               class = "plexus_invalid_error")
+})
+
+test_that("a model_performance result glances and prints with its sites", {
+  res <- performance()$res
+  gl <- glance(res)
+  expect_equal(gl$model, "lightgbm")
+  expect_equal(gl$model.hash, "ebeca6c61555da3f4963d0374b032a0a161f0a064dbec601b1e3355da463231b")
+  expect_equal(gl$outcome, "death")
+  expect_equal(c(gl$nobs, gl$nevent, gl$rounds), c(3948, 1457, 1))
+  expect_equal(gl$auc, 0.6996356409498353, tolerance = 1e-15)
+  expect_true(gl$converged)
+  expect_equal(gl$nodes, 3)
+  expect_equal(gl$privacy.cost, 0)
+  out <- capture.output(print(res))
+  expect_true(any(grepl("Validation of model lightgbm (sha256 ebeca6c61555da3f) predicting death", out,
+                        fixed = TRUE)))
+  expect_true(any(grepl("^sex=F +1377 +426 ", out)))
+  expect_true(any(grepl("At each threshold (everyone):", out, fixed = TRUE)))
+  expect_true(any(grepl("hospital-a: n 1319, events 466, AUC 0.672", out, fixed = TRUE)))
+  expect_true(any(grepl("Nodes: 3 of 3 answered (hospital-a, hospital-b, hospital-c)", out, fixed = TRUE)))
+})
