@@ -75,35 +75,41 @@ pub fn read_approvals(state_dir: &Path) -> Result<Vec<Approval>, Error> {
 /// The definition hashes of `study` the hospital approved: pinned in the
 /// config or recorded in the approvals file.
 pub fn approved_hashes(config: &NodeConfig, study: &str) -> Result<BTreeSet<String>, Error> {
-    let mut out: BTreeSet<String> = config
-        .policy
-        .studies
-        .get(study)
-        .map(|s| s.definition_hashes.clone())
-        .unwrap_or_default();
-    out.extend(
-        read_approvals(&config.node.state_dir)?
-            .into_iter()
-            .filter(|a| a.study_id == study && !a.definition_hash.is_empty())
-            .map(|a| a.definition_hash),
-    );
-    Ok(out)
+    approved(
+        config,
+        study,
+        |s| &s.definition_hashes,
+        |a| a.definition_hash,
+    )
 }
 
 /// The model hashes of `study` the hospital approved: pinned in the config
 /// or recorded in the approvals file.
 pub fn approved_models(config: &NodeConfig, study: &str) -> Result<BTreeSet<String>, Error> {
+    approved(config, study, |s| &s.model_hashes, |a| a.model_hash)
+}
+
+/// What the hospital approved of `study` of one kind: the hashes its
+/// config pins (`pinned`), and those its approvals file records
+/// (`recorded`, empty in an approval of the other kind).
+fn approved(
+    config: &NodeConfig,
+    study: &str,
+    pinned: impl Fn(&StudyPolicy) -> &BTreeSet<String>,
+    recorded: impl Fn(Approval) -> String,
+) -> Result<BTreeSet<String>, Error> {
     let mut out: BTreeSet<String> = config
         .policy
         .studies
         .get(study)
-        .map(|s| s.model_hashes.clone())
+        .map(|s| pinned(s).clone())
         .unwrap_or_default();
     out.extend(
         read_approvals(&config.node.state_dir)?
             .into_iter()
-            .filter(|a| a.study_id == study && !a.model_hash.is_empty())
-            .map(|a| a.model_hash),
+            .filter(|a| a.study_id == study)
+            .map(recorded)
+            .filter(|h| !h.is_empty()),
     );
     Ok(out)
 }
