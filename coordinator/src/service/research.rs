@@ -161,9 +161,10 @@ impl Research for ResearchService {
             .dictionary_for(&study)
             .and_then(|dict| read_query(req.query, &req.query_json, &dict).map(|q| (q, dict)));
         let read = match read {
-            // The study's analyses and variables before the model is looked
+            // Checked against the dictionary (first: no later message echoes
+            // a control character) and the study before a model is looked
             // up, and again with the variables the model reads.
-            Ok((mut q, dict)) => match study.permits(&q) {
+            Ok((mut q, dict)) => match q.validate(&dict).and_then(|_| study.permits(&q)) {
                 Ok(()) => self.resolve_model(&study, &dict, &mut q).await,
                 Err(e) => Err(e),
             }
